@@ -1,0 +1,311 @@
+/* support.c — element types, checked allocation, the arena, numbers, strings, random numbers. */
+#include "support/support.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+void moe_assert_fail(const char *file, int line, const char *expr)
+{
+    fprintf(stderr, "%s:%d: internal error: assertion failed: %s\n", file, line, expr);
+    fflush(stderr);
+    abort();
+}
+
+/* ---- element types ------------------------------------------------------------------------ */
+static const char *const dtype_names[DT_COUNT] = {"f32", "bf16", "f16", "f64", "i32"};
+static const size_t dtype_sizes[DT_COUNT] = {4, 2, 2, 8, 4};
+_Static_assert(MOE_ARRAY_LEN(dtype_names) == DT_COUNT, "dtype name table out of step with moe_dtype");
+
+const char *dtype_name(moe_dtype t)
+{
+    MOE_ASSERT((unsigned)t < DT_COUNT);
+    return dtype_names[t];
+}
+
+bool dtype_parse(const char *s, moe_dtype *out)
+{
+    for (int i = 0; i < DT_COUNT; i++) {
+        if (strcmp(s, dtype_names[i]) == 0) {
+            *out = (moe_dtype)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+size_t dtype_size(moe_dtype t)
+{
+    MOE_ASSERT((unsigned)t < DT_COUNT);
+    return dtype_sizes[t];
+}
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                             /* nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t f32_to_f16(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* NaN */
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* overflow → inf */
+    if (abs < 0x38800000u) {                                             /* subnormal or zero */
+        /* value = abs_f * 2^24 half-ulps; rounding by adding 0.5 in float is exact here */
+        float a = bits_f32(abs);
+        float scaled = a * 16777216.0f;                                  /* 2^24 */
+        uint32_t q = (uint32_t)scaled;
+        float rem = scaled - (float)q;
+        if (rem > 0.5f || (rem == 0.5f && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t mant = abs & 0x7fffffu;
+    uint32_t exp = (abs >> 23) - 127 + 15;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;           /* may carry into exp: fine */
+    return (uint16_t)(sign | h);
+}
+
+float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0) {
+        float v = (float)mant * (1.0f / 16777216.0f);                    /* mant · 2^-24 */
+        return sign ? -v : v;
+    }
+    if (exp == 31) return bits_f32(sign | 0x7f800000u | (mant << 13));
+    return bits_f32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+}
+
+double dtype_round(moe_dtype t, double v)
+{
+    switch (t) {
+    case DT_F32: return (double)(float)v;
+    case DT_BF16: return (double)bf16_to_f32(f32_to_bf16((float)v));
+    case DT_F16: return (double)f16_to_f32(f32_to_f16((float)v));
+    case DT_F64:
+    case DT_I32:
+    case DT_COUNT: break;
+    }
+    return v;
+}
+
+double dtype_load(moe_dtype t, const void *data, size_t i)
+{
+    switch (t) {
+    case DT_F32: return ((const float *)data)[i];
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)data)[i]);
+    case DT_F16: return f16_to_f32(((const uint16_t *)data)[i]);
+    case DT_F64: return ((const double *)data)[i];
+    case DT_I32: return ((const int32_t *)data)[i];
+    case DT_COUNT: break;
+    }
+    MOE_ASSERT(!"bad dtype");
+    return 0;
+}
+
+void dtype_store(moe_dtype t, void *data, size_t i, double v)
+{
+    switch (t) {
+    case DT_F32: ((float *)data)[i] = (float)v; return;
+    case DT_BF16: ((uint16_t *)data)[i] = f32_to_bf16((float)v); return;
+    case DT_F16: ((uint16_t *)data)[i] = f32_to_f16((float)v); return;
+    case DT_F64: ((double *)data)[i] = v; return;
+    case DT_I32: ((int32_t *)data)[i] = (int32_t)v; return;
+    case DT_COUNT: break;
+    }
+    MOE_ASSERT(!"bad dtype");
+}
+
+/* ---- memory --------------------------------------------------------------------------------- */
+static void out_of_memory(size_t n)
+{
+    fprintf(stderr, "moeppc: error: out of memory (asked for %zu bytes)\n", n);
+    exit(70);
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) out_of_memory(count * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) out_of_memory(n);
+    return q;
+}
+
+char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+struct ArenaChunk {
+    ArenaChunk *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+};
+
+void *arena_alloc(Arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    ArenaChunk *c = a->head;
+    if (!c || c->used + n > c->cap) {
+        size_t cap = n > 65536 ? n : 65536;
+        c = xmalloc(sizeof(ArenaChunk) + cap);
+        c->next = a->head;
+        c->used = 0;
+        c->cap = cap;
+        a->head = c;
+    }
+    void *p = c->data + c->used;
+    c->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+char *arena_strdup(Arena *a, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = arena_alloc(a, n);
+    memcpy(p, s, n);
+    return p;
+}
+
+char *arena_printf(Arena *a, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    MOE_ASSERT(n >= 0);
+    char *p = arena_alloc(a, (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+void arena_free(Arena *a)
+{
+    ArenaChunk *c = a->head;
+    while (c) {
+        ArenaChunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    a->head = NULL;
+}
+
+/* ---- numbers and strings -------------------------------------------------------------------- */
+bool i64_mul_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+bool i64_add_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
+
+int str_edit_distance(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    if (na > 64 || nb > 64) return 1000;
+    int row[65];
+    for (size_t j = 0; j <= nb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int up = row[j];
+            int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            int best = diag + cost;
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+char *file_read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = xmalloc(cap + 1);
+    for (;;) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap) break;
+        cap *= 2;
+        buf = xrealloc(buf, cap + 1);
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+/* ---- random numbers --------------------------------------------------------------------------- */
+void rng_seed(moe_rng *r, uint64_t seed) { r->s = seed; }
+
+uint64_t rng_next(moe_rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double rng_uniform(moe_rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+uint64_t hash_str(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}

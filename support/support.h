@@ -1,0 +1,89 @@
+/* support.h — the few things every layer of moeppc shares.
+ *
+ * In:  nothing; this header depends only on the C library.
+ * Out: element types (dtype) and their conversions, the compilation arena, checked allocation,
+ *      MOE_ASSERT for broken invariants, and small string helpers.
+ * Memory: an Arena owns everything allocated from it and frees it all at once in arena_free();
+ *      xmalloc/xcalloc/xstrdup abort on exhaustion (an internal failure, not a user error).
+ * User errors are never reported here: each layer returns them as diagnostics with a location.
+ */
+#ifndef MOEPPC_SUPPORT_H
+#define MOEPPC_SUPPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MOEPPC_VERSION "0.1.0"
+
+/* Broken internal invariant: print where and abort (ggml's GGML_ASSERT). Never for user input. */
+#define MOE_ASSERT(x)                                                                           \
+    do {                                                                                        \
+        if (!(x)) moe_assert_fail(__FILE__, __LINE__, #x);                                      \
+    } while (0)
+_Noreturn void moe_assert_fail(const char *file, int line, const char *expr);
+
+#define MOE_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- element types ------------------------------------------------------------------------ */
+typedef enum {
+    DT_F32,
+    DT_BF16,
+    DT_F16,
+    DT_F64,
+    DT_I32,
+    DT_COUNT
+} moe_dtype;
+
+const char *dtype_name(moe_dtype t);            /* "f32", "bf16", ... */
+bool        dtype_parse(const char *s, moe_dtype *out);
+size_t      dtype_size(moe_dtype t);             /* bytes per element */
+
+/* Round-to-nearest-even conversions; NaN stays NaN, overflow goes to infinity. */
+uint16_t f32_to_bf16(float f);
+float    bf16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float    f16_to_f32(uint16_t h);
+/* Round a double to what a value of type t can hold (f32, bf16, f16; f64 and i32 unchanged). */
+double   dtype_round(moe_dtype t, double v);
+/* Read element i of a buffer of type t as a double. */
+double   dtype_load(moe_dtype t, const void *data, size_t i);
+/* Store v (rounded to nearest even) as element i of a buffer of type t. */
+void     dtype_store(moe_dtype t, void *data, size_t i, double v);
+
+/* ---- memory --------------------------------------------------------------------------------- */
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+/* A bump allocator: chunks are chained and freed together (chibicc, QBE). */
+typedef struct ArenaChunk ArenaChunk;
+typedef struct Arena {
+    ArenaChunk *head;
+} Arena;
+void *arena_alloc(Arena *a, size_t n);           /* zeroed, 16-byte aligned */
+char *arena_strdup(Arena *a, const char *s);
+char *arena_printf(Arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void  arena_free(Arena *a);
+
+/* ---- numbers and strings -------------------------------------------------------------------- */
+/* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
+bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
+bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
+/* Levenshtein distance, for "did you mean" hints. */
+int  str_edit_distance(const char *a, const char *b);
+/* Read a whole file; NULL with errno set on failure. *len gets the byte count. */
+char *file_read_all(const char *path, size_t *len);
+
+/* ---- deterministic random numbers (splitmix64) ---------------------------------------------- */
+typedef struct {
+    uint64_t s;
+} moe_rng;
+void     rng_seed(moe_rng *r, uint64_t seed);
+uint64_t rng_next(moe_rng *r);
+double   rng_uniform(moe_rng *r);                /* [0, 1), 53 random bits */
+uint64_t hash_str(const char *s);                /* FNV-1a 64 */
+
+#endif

@@ -1,0 +1,58 @@
+/* moeppc.c — the command line: one binary, git-style subcommands. */
+#include "frontend/frontend.h"
+#include "runtime/runtime.h"
+#include "tools/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *usage;
+} Command;
+
+static const Command commands[] = {
+    {"check", cmd_check, "check SPEC                      validate a spec; print parameters, FLOPs/token, expert mix"},
+    {"import-hf", cmd_import_hf, "import-hf CONFIG.json -o SPEC   convert a Hugging Face MoE++ config to a spec"},
+    {"compile", cmd_compile, "compile SPEC|--ir FILE [--print-ir] [-o FILE]   lower a spec to IR, verify, print"},
+    {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
+    {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--logits-out F]"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moeppc COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++) fprintf(f, "  moeppc %s\n", commands[i].usage);
+    fprintf(f, "\n  moeppc COMMAND --help   details of one command\n  moeppc --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("moeppc %s\n", MOEPPC_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
+        if (strcmp(cmd, commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+    const char *best = NULL;
+    int best_d = 3;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++) {
+        int d = str_edit_distance(cmd, commands[i].name);
+        if (d < best_d) best_d = d, best = commands[i].name;
+    }
+    fprintf(stderr, "moeppc: error: unknown command '%s'", cmd);
+    if (best) fprintf(stderr, "; did you mean '%s'?", best);
+    fprintf(stderr, "\n");
+    usage(stderr);
+    return 2;
+}
