@@ -1,1 +1,302 @@
-/* placeholder: being written */
+/* hf.c — a Hugging Face config.json of the released MoE++ model → ModelSpec.
+ *
+ * The released code's defaults fill absent keys (configuration class of the Skywork-MoE lineage MoE++ is
+ * built on: moe_expert_interval 1, moe_use_mixtral_gating false, moe_2layer_gate true, moe_use_logits_norm
+ * false, moe_gate_norm_std 1.0, moe_feature_no_mul_topk false, num_key_value_heads = heads, rope_theta
+ * 10000, rms_norm_eps 1e-6, vocab 32000, max_position_embeddings 2048, tie_word_embeddings false).
+ * The result is re-checked by the spec loader, so an import never produces a spec `moeppc check` rejects.
+ */
+#include "frontend/frontend.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Copy with truncation (names are at most 127 bytes). */
+static void copy_trunc(char *dst, size_t n, const char *src)
+{
+    size_t l = strlen(src);
+    if (l >= n) l = n - 1;
+    memcpy(dst, src, l);
+    dst[l] = 0;
+}
+
+/* The released code fixes these; they are not config keys. */
+#define HF_TOP_K 2
+#define HF_N_ZC 4 /* 1 zero + 1 copy + 2 constant experts, counted in num_experts */
+
+typedef struct {
+    const cJSON *root;
+    Diag *d;
+} HfConfig;
+
+/* "a string \"x\"", "1.5", "an array": a JSON value, for "found ...". */
+static void describe_json(const cJSON *v, char *buf, size_t n)
+{
+    if (cJSON_IsNumber(v))
+        snprintf(buf, n, "%.17g", v->valuedouble);
+    else if (cJSON_IsString(v))
+        snprintf(buf, n, "the string \"%.40s\"", v->valuestring);
+    else if (cJSON_IsBool(v))
+        snprintf(buf, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
+    else if (cJSON_IsNull(v))
+        snprintf(buf, n, "null");
+    else if (cJSON_IsArray(v))
+        snprintf(buf, n, "a list of %d elements", cJSON_GetArraySize(v));
+    else
+        snprintf(buf, n, "an object");
+}
+
+static void hf_bad(HfConfig *c, const char *key, const cJSON *v, const char *expected)
+{
+    char found[96];
+    describe_json(v, found, sizeof found);
+    diag_error(c->d, 0, 0, "%s: expected %s, found %s", key, expected, found);
+}
+
+static bool json_int(const cJSON *v, int64_t *out)
+{
+    if (!cJSON_IsNumber(v)) return false;
+    double x = v->valuedouble;
+    if (!isfinite(x) || x != floor(x) || fabs(x) > 9007199254740992.0) return false; /* 2^53: exact */
+    *out = (int64_t)x;
+    return true;
+}
+
+/* An integer >= min; def when absent (required keys pass def < 0 and report absence). */
+static int64_t hf_int(HfConfig *c, const char *key, int64_t min, int64_t def)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    int64_t x;
+    if (!v || cJSON_IsNull(v)) {
+        if (def < 0) diag_error(c->d, 0, 0, "missing required key '%s'", key);
+        return def;
+    }
+    if (!json_int(v, &x) || x < min) {
+        hf_bad(c, key, v, min > 0 ? "a positive integer" : "a non-negative integer");
+        return -1;
+    }
+    return x;
+}
+
+static double hf_float(HfConfig *c, const char *key, double def)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!v || cJSON_IsNull(v)) return def;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || !(v->valuedouble > 0)) {
+        hf_bad(c, key, v, "a positive number");
+        return def;
+    }
+    return v->valuedouble;
+}
+
+static bool hf_bool(HfConfig *c, const char *key, bool def)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!v || cJSON_IsNull(v)) return def;
+    if (!cJSON_IsBool(v)) {
+        hf_bad(c, key, v, "true or false");
+        return def;
+    }
+    return cJSON_IsTrue(v);
+}
+
+static moe_dtype hf_dtype(HfConfig *c)
+{
+    static const struct { const char *hf; moe_dtype t; } names[] = {
+        {"bfloat16", DT_BF16}, {"float16", DT_F16}, {"float32", DT_F32}};
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, "torch_dtype");
+    if (!v || cJSON_IsNull(v)) return DT_BF16; /* the released checkpoint's */
+    for (size_t i = 0; i < MOE_ARRAY_LEN(names); i++)
+        if (cJSON_IsString(v) && strcmp(v->valuestring, names[i].hf) == 0) return names[i].t;
+    hf_bad(c, "torch_dtype", v, "one of \"bfloat16\", \"float16\", \"float32\"");
+    return DT_BF16;
+}
+
+/* num_experts is a one-element list holding E, the 4 zero-computation experts included. */
+static int64_t hf_num_experts(HfConfig *c)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, "num_experts");
+    int64_t n;
+    if (!v) {
+        diag_error(c->d, 0, 0, "missing required key 'num_experts'");
+        return -1;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 1) {
+        hf_bad(c, "num_experts", v, "a list of one integer (one expert count for every MoE layer)");
+        return -1;
+    }
+    if (!json_int(cJSON_GetArrayItem(v, 0), &n) || n <= HF_N_ZC || n > (1 << 16)) {
+        hf_bad(c, "num_experts[0]", cJSON_GetArrayItem(v, 0),
+               "an integer > 4 (the count includes 1 zero, 1 copy and 2 constant experts)");
+        return -1;
+    }
+    return n;
+}
+
+/* Keys the released model never sets to anything else; a different value is a different model. */
+static void hf_unsupported(HfConfig *c)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, "rope_scaling");
+    if (v && !cJSON_IsNull(v)) hf_bad(c, "rope_scaling", v, "null (RoPE scaling is not supported)");
+    v = cJSON_GetObjectItemCaseSensitive(c->root, "hidden_act");
+    if (v && !(cJSON_IsString(v) && strcmp(v->valuestring, "silu") == 0)) hf_bad(c, "hidden_act", v, "\"silu\"");
+}
+
+static void hf_read_model(HfConfig *c, ModelSpec *s)
+{
+    s->vocab = hf_int(c, "vocab_size", 1, 32000);
+    s->hidden = hf_int(c, "hidden_size", 1, -1);
+    s->n_layers = hf_int(c, "num_hidden_layers", 1, -1);
+    s->n_heads = hf_int(c, "num_attention_heads", 1, -1);
+    s->n_kv_heads = hf_int(c, "num_key_value_heads", 1, s->n_heads > 0 ? s->n_heads : 0);
+    s->rope_theta = hf_float(c, "rope_theta", 10000.0);
+    s->norm_eps = hf_float(c, "rms_norm_eps", 1e-6);
+    s->max_positions = hf_int(c, "max_position_embeddings", 1, 2048);
+    s->dtype = hf_dtype(c);
+    s->tie_embeddings = hf_bool(c, "tie_word_embeddings", false);
+}
+
+static void hf_read_moe(HfConfig *c, ModelSpec *s)
+{
+    int64_t n = hf_num_experts(c);
+    s->ffn_intermediate = hf_int(c, "intermediate_size", 1, -1);
+    s->moe_every = hf_int(c, "moe_expert_interval", 1, 1);
+    /* the released code's dense layers use the same intermediate_size */
+    s->dense_intermediate = s->moe_every > 1 ? s->ffn_intermediate : 0;
+    s->top_k = HF_TOP_K;
+    s->n_ffn = n > 0 ? n - HF_N_ZC : 0;
+    s->n_const = 2, s->n_copy = 1, s->n_zero = 1;
+    s->router_layers = hf_bool(c, "moe_2layer_gate", true) ? 2 : 1;
+    s->gating = hf_bool(c, "moe_use_mixtral_gating", false) ? GATING_TOPK_SOFTMAX : GATING_SOFTMAX_TOPK;
+    s->logits_norm = hf_bool(c, "moe_use_logits_norm", false);
+    s->logits_norm_std = hf_float(c, "moe_gate_norm_std", 1.0);
+    s->gating_residual = true; /* always on in the released model */
+    s->input_scaling = !hf_bool(c, "moe_feature_no_mul_topk", false);
+}
+
+/* Contradictions between keys, named in the config's own terms. */
+static void hf_check(HfConfig *c, const ModelSpec *s)
+{
+    if (s->hidden > 0 && s->n_heads > 0) {
+        if (s->hidden % s->n_heads)
+            diag_error(c->d, 0, 0, "num_attention_heads (%lld) does not divide hidden_size (%lld)",
+                       (long long)s->n_heads, (long long)s->hidden);
+        else if (spec_head_dim(s) % 2)
+            diag_error(c->d, 0, 0, "head dimension hidden_size / num_attention_heads = %lld is odd; RoPE needs even",
+                       (long long)spec_head_dim(s));
+    }
+    if (s->n_heads > 0 && s->n_kv_heads > 0 && s->n_heads % s->n_kv_heads)
+        diag_error(c->d, 0, 0, "num_key_value_heads (%lld) does not divide num_attention_heads (%lld)",
+                   (long long)s->n_kv_heads, (long long)s->n_heads);
+    if (s->moe_every > 0 && s->n_layers > 0 && s->moe_every > s->n_layers)
+        diag_error(c->d, 0, 0, "moe_expert_interval (%lld) exceeds num_hidden_layers (%lld): no MoE layer",
+                   (long long)s->moe_every, (long long)s->n_layers);
+}
+
+/* Whatever hf_check does not catch (sizes that overflow, ...) the spec loader does: run the result
+ * through it and report its first complaint against the config. */
+static bool hf_recheck(const ModelSpec *s, Diag *d)
+{
+    char *buf = NULL, *msgs = NULL;
+    size_t len = 0, mlen = 0;
+    FILE *f = open_memstream(&buf, &len);
+    FILE *m = open_memstream(&msgs, &mlen);
+    MOE_ASSERT(f && m);
+    spec_write_yaml(s, f);
+    fclose(f);
+    ModelSpec back;
+    Diag inner = {.out = m, .file = "spec"};
+    bool ok = spec_load_string(buf, len, &back, &inner);
+    fclose(m);
+    if (!ok) {
+        char *nl = strchr(msgs, '\n');
+        if (nl) *nl = 0;
+        const char *msg = strstr(msgs, "error: ");
+        diag_error(d, 0, 0, "the config describes an invalid model: %s", msg ? msg + 7 : msgs);
+    }
+    free(buf);
+    free(msgs);
+    return ok;
+}
+
+/* cJSON gives an offset; a reader wants line:col. */
+static void offset_to_line_col(const char *text, size_t off, int *line, int *col)
+{
+    *line = 1, *col = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (text[i] == '\n')
+            (*line)++, *col = 1;
+        else
+            (*col)++;
+    }
+}
+
+/* "…/MoE-Plus-Plus-7B/config.json" → "MoE-Plus-Plus-7B": HF configs are all called config.json. */
+static void hf_name(const char *path, char *buf, size_t n)
+{
+    char tmp[512];
+    copy_trunc(tmp, sizeof tmp, path);
+    char *slash = strrchr(tmp, '/');
+    char *base = slash ? slash + 1 : tmp;
+    char *dot = strrchr(base, '.');
+    if (dot && dot != base) *dot = 0;
+    if (strcmp(base, "config") == 0 && slash) {
+        *slash = 0;
+        char *up = strrchr(tmp, '/');
+        if (up ? up[1] : tmp[0]) base = up ? up + 1 : tmp;
+    }
+    copy_trunc(buf, n, base[0] ? base : "moepp");
+}
+
+static cJSON *hf_parse(const char *path, Diag *d)
+{
+    size_t len = 0;
+    char *text = file_read_all(path, &len);
+    if (!text) {
+        diag_error(d, 0, 0, "cannot read the config: %s", strerror(errno));
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (!root) {
+        int line, col;
+        size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
+        offset_to_line_col(text, off, &line, &col);
+        diag_error(d, 0, 0, "not valid JSON: syntax error at line %d, column %d", line, col);
+    } else if (!cJSON_IsObject(root)) {
+        char found[96];
+        describe_json(root, found, sizeof found);
+        diag_error(d, 0, 0, "expected a JSON object at the top level, found %s", found);
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    free(text);
+    return root;
+}
+
+bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
+{
+    const char *saved = d->file;
+    if (!d->file) d->file = path;
+    int errors_before = d->n_errors;
+    cJSON *root = hf_parse(path, d);
+    bool ok = false;
+    if (root) {
+        ModelSpec s;
+        memset(&s, 0, sizeof s);
+        hf_name(path, s.name, sizeof s.name);
+        HfConfig c = {.root = root, .d = d};
+        hf_read_model(&c, &s);
+        hf_read_moe(&c, &s);
+        hf_unsupported(&c);
+        hf_check(&c, &s);
+        ok = d->n_errors == errors_before && hf_recheck(&s, d);
+        if (ok) *out = s;
+        cJSON_Delete(root);
+    }
+    d->file = saved;
+    return ok;
+}
