@@ -20,15 +20,16 @@ typedef struct Tensor {
     moe_dtype   dtype;          /* DT_F32, DT_BF16 or DT_F16 */
     int         ndim;           /* 0..4 */
     int64_t     shape[4];
-    const void *data;           /* little-endian, row-major */
+    const void *data;           /* little-endian, row-major, aligned to the element size */
     size_t      nbytes;
 } Tensor;
 
 typedef struct WeightSet WeightSet;
 
-/* Error text buffer used by every runtime call that can fail on user input. */
+/* Error text buffer used by every runtime call that can fail on user input. Room for
+ * weights_check's report (a header line and up to 20 problem lines). */
 typedef struct RtError {
-    char msg[1024];
+    char msg[4096];
 } RtError;
 
 /* Open a checkpoint: PATH may be a .safetensors file, a model.safetensors.index.json, or a
@@ -46,8 +47,13 @@ const Tensor *weights_at(const WeightSet *w, int i);
 void        weights_close(WeightSet *w);
 
 /* Write tensors to one safetensors file (atomically: a temporary file renamed into place, so a
- * failure leaves nothing half-written). metadata may be NULL. */
+ * failure leaves nothing half-written). Header keys in the given order; data contiguous in the
+ * given order (the reference reader rejects gaps), header padded with spaces to a multiple of 8.
+ * safetensors_write writes no __metadata__; safetensors_write_meta writes meta, a NULL-terminated
+ * list of key, value strings (e.g. {"format", "pt", NULL}), or none if meta is NULL. */
 bool        safetensors_write(const char *path, const Tensor *tensors, int n, RtError *err);
+bool        safetensors_write_meta(const char *path, const Tensor *tensors, int n, const char *const *meta,
+                                   RtError *err);
 
 int cmd_init_weights(int argc, char **argv);
 

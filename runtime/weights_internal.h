@@ -1,0 +1,50 @@
+/* weights_internal.h — what safetensors.c, weights.c and init_weights.c share about a WeightSet.
+ *
+ * A WeightSet is a growable array of Tensors (in load order: header order of each file, shards in
+ * the index's order) plus a by-name index built once loading is done, and the memory the tensor
+ * data lives in: read-only file mappings, or one owned 64-byte-aligned block (random weights).
+ * Tensor data is always aligned to its element size (misaligned file tensors are copied).
+ * Tensor names are owned (xstrdup) and freed by weights_close().
+ */
+#ifndef MOEPPC_WEIGHTS_INTERNAL_H
+#define MOEPPC_WEIGHTS_INTERNAL_H
+
+#include "runtime/runtime.h"
+
+typedef struct WsName {
+    const char *name;          /* the tensor's own name string */
+    int         index;         /* into tensors                 */
+} WsName;
+
+typedef struct WsMapping {
+    void  *base;
+    size_t len;
+} WsMapping;
+
+struct WeightSet {
+    Tensor    *tensors;        /* [n], load order                                          */
+    int        n, cap;
+    WsName    *by_name;        /* [n] sorted by name for bsearch; NULL until ws_build_index */
+    WsMapping *maps;           /* [n_maps] file mappings (munmap on close)                 */
+    int        n_maps;
+    void      *owned;          /* one aligned block for random weights (free on close)     */
+    void     **copies;         /* [n_copies] aligned copies of misaligned file tensors     */
+    int        n_copies;
+    char      *origin;         /* file, index or "random weights (seed N)", for messages   */
+};
+
+WeightSet *ws_new(const char *origin);
+/* Append a tensor; takes ownership of t->name. */
+void       ws_push(WeightSet *w, const Tensor *t);
+void       ws_add_mapping(WeightSet *w, void *base, size_t len);
+/* Take a malloc'd block to free on close. */
+void       ws_add_copy(WeightSet *w, void *block);
+/* Sort the by-name index. Returns the index of a name that occurs twice, or -1. */
+int        ws_build_index(WeightSet *w);
+
+/* err->msg = "WHERE: error: " + formatted text. */
+void rt_errorf(RtError *err, const char *where, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* "bf16 [64, 64]" into buf. */
+void rt_format_type(char *buf, size_t len, moe_dtype dt, int ndim, const int64_t *shape);
+
+#endif

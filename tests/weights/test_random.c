@@ -1,0 +1,250 @@
+/* test_random.c — seeded random weights (determinism, documented distribution, dtype rounding)
+ * and weights_check's report. */
+#include "tests/weights/util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static WeightSet *make(const ModelSpec *s, uint64_t seed)
+{
+    WeightSet *w;
+    RtError err;
+    if (!weights_random(s, seed, &w, &err)) fail_msg("%s", err.msg);
+    return w;
+}
+
+static void test_random_covers_spec(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_BF16);
+    int n;
+    TensorDesc *d = spec_tensors(&s, &n);
+    WeightSet *w = make(&s, 1);
+    assert_int_equal(weights_count(w), n);
+    for (int i = 0; i < n; i++) {
+        const Tensor *t = weights_at(w, i);
+        assert_string_equal(t->name, d[i].name);              /* spec order */
+        assert_int_equal(t->dtype, DT_BF16);
+        assert_int_equal((uintptr_t)t->data % 64, 0);
+        assert_int_equal(t->nbytes, (size_t)(d[i].shape[0] * (d[i].ndim == 2 ? d[i].shape[1] : 1)) * 2);
+    }
+    RtError err;
+    assert_true(weights_check(w, &s, &err));
+    weights_close(w);
+    free(d);
+}
+
+static void test_random_deterministic(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_F32);
+    WeightSet *a = make(&s, 42), *b = make(&s, 42), *c = make(&s, 43);
+    int differ = 0;
+    for (int i = 0; i < weights_count(a); i++) {
+        const Tensor *ta = weights_at(a, i), *tb = weights_at(b, i), *tc = weights_at(c, i);
+        assert_memory_equal(ta->data, tb->data, ta->nbytes);
+        differ += memcmp(ta->data, tc->data, ta->nbytes) != 0;
+    }
+    assert_int_equal(differ, weights_count(a));               /* every tensor changes with the seed */
+    weights_close(a), weights_close(b), weights_close(c);
+}
+
+/* A tensor depends only on (seed, name): a spec with another layer count shares layer 0. */
+static void test_random_depends_on_name_only(void **state)
+{
+    (void)state;
+    ModelSpec s2 = tu_tiny_spec(DT_F32), s3 = s2;
+    s3.n_layers = 3;
+    WeightSet *a = make(&s2, 7), *b = make(&s3, 7);
+    const char *name = "model.layers.1.mlp.moe.experts.experts.0.up_proj.weight";
+    assert_memory_equal(weights_find(a, name)->data, weights_find(b, name)->data, weights_find(a, name)->nbytes);
+    weights_close(a), weights_close(b);
+}
+
+/* The documented formula, recomputed independently element by element through dtype_store. */
+static void test_random_formula_and_rounding(void **state)
+{
+    (void)state;
+    moe_dtype dts[3] = {DT_F32, DT_BF16, DT_F16};
+    for (int k = 0; k < 3; k++) {
+        ModelSpec s = tu_tiny_spec(dts[k]);
+        int n;
+        TensorDesc *d = spec_tensors(&s, &n);
+        WeightSet *w = make(&s, 99);
+        unsigned char want[8];
+        for (int i = 0; i < n; i++) {
+            const Tensor *t = weights_find(w, d[i].name);
+            moe_rng r;
+            rng_seed(&r, 99 ^ hash_str(d[i].name));
+            size_t count = t->nbytes / dtype_size(t->dtype);
+            for (size_t j = 0; j < count; j++) {
+                double u = 2.0 * rng_uniform(&r) - 1.0, v;
+                if (d[i].kind == TK_EMBED || d[i].kind == TK_CONST_VEC) v = u;
+                else if (d[i].kind == TK_NORM) v = 1.0 + 0.1 * u;
+                else v = u / sqrt((double)d[i].fan_in);
+                dtype_store(t->dtype, want, 0, v);
+                assert_memory_equal((const char *)t->data + j * dtype_size(t->dtype), want, dtype_size(t->dtype));
+            }
+        }
+        weights_close(w);
+        free(d);
+    }
+}
+
+/* Bounds per kind, and that the values actually spread over the range (a test that can fail). */
+static void test_random_bounds(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_BF16);
+    s.vocab = 4096;
+    int n;
+    TensorDesc *d = spec_tensors(&s, &n);
+    WeightSet *w = make(&s, 5);
+    for (int i = 0; i < n; i++) {
+        const Tensor *t = weights_find(w, d[i].name);
+        size_t count = t->nbytes / 2;
+        double lo = 1e9, hi = -1e9, sum = 0;
+        for (size_t j = 0; j < count; j++) {
+            double v = dtype_load(DT_BF16, t->data, j);
+            lo = v < lo ? v : lo, hi = v > hi ? v : hi, sum += v;
+        }
+        double center = d[i].kind == TK_NORM ? 1.0 : 0.0;
+        bool plain = d[i].kind == TK_EMBED || d[i].kind == TK_CONST_VEC;
+        double half = d[i].kind == TK_NORM ? 0.1 : plain ? 1.0 : 1.0 / sqrt((double)d[i].fan_in);
+        /* rounding is monotonic: values in [c - h, c + h) land in [round(c - h), round(c + h)] */
+        if (lo < dtype_round(DT_BF16, center - half) || hi > dtype_round(DT_BF16, center + half))
+            fail_msg("%s: [%g, %g] outside %g±%g", t->name, lo, hi, center, half);
+        if (count >= 32 && (hi - center < 0.5 * half || center - lo < 0.5 * half))
+            fail_msg("%s: [%g, %g] does not spread over %g±%g", t->name, lo, hi, center, half);
+        if (count >= 1024 && fabs(sum / (double)count - center) > 0.1 * half)
+            fail_msg("%s: mean %g, expected about %g", t->name, sum / (double)count, center);
+    }
+    weights_close(w);
+    free(d);
+}
+
+static void test_random_refuses_too_big(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_F32);
+    s.vocab = (int64_t)1 << 40;        /* 2^40 x 16 x 4 bytes x 2 = 256 TiB */
+    WeightSet *w = (WeightSet *)1;
+    RtError err;
+    assert_false(weights_random(&s, 1, &w, &err));
+    assert_null(w);
+    assert_non_null(strstr(err.msg, "tiny: error: random weights need 140737488."));
+    assert_non_null(strstr(err.msg, "80% of"));
+    s.vocab = (int64_t)1 << 62;        /* overflows int64 */
+    assert_false(weights_random(&s, 1, &w, &err));
+    assert_non_null(strstr(err.msg, "2^63"));
+}
+
+/* ---- weights_check ---- */
+/* Write the tiny spec's random weights with some tensors dropped, retyped or reshaped. */
+static WeightSet *doctored(const char *dir, const ModelSpec *s)
+{
+    WeightSet *w = make(s, 3);
+    int n = weights_count(w), k = 0;
+    Tensor *t = xcalloc((size_t)n + 1, sizeof *t);
+    static float extra[4];
+    for (int i = 0; i < n; i++) {
+        Tensor x = *weights_at(w, i);
+        if (strcmp(x.name, "model.norm.weight") == 0) continue;                 /* missing   */
+        if (strcmp(x.name, "model.layers.0.self_attn.q_proj.weight") == 0)     /* same bytes */
+            x.dtype = DT_F32, x.shape[1] = 8;
+        if (strcmp(x.name, "model.layers.1.mlp.moe.gate.gate_map.weight") == 0) /* [5,5]→[25] */
+            x.ndim = 1, x.shape[0] = 25;
+        t[k++] = x;
+    }
+    t[k++] = (Tensor){"rotary.inv_freq", DT_F32, 1, {4}, extra, 16};            /* extra: fine */
+    char *p = tu_path(dir, "d.safetensors");
+    RtError err;
+    assert_true(safetensors_write(p, t, k, &err));
+    weights_close(w);
+    WeightSet *r;
+    assert_true(weights_open(p, &r, &err));
+    free(p), free(t);
+    return r;
+}
+
+static void test_check_reports_problems(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir();
+    ModelSpec s = tu_tiny_spec(DT_BF16);
+    WeightSet *w = doctored(dir, &s);
+    RtError err;
+    assert_false(weights_check(w, &s, &err));
+    char *p = tu_path(dir, "d.safetensors");
+    char want[2048];
+    snprintf(want, sizeof want,
+             "%s: error: checkpoint does not match spec 'tiny': 3 problems\n"
+             "  model.layers.0.self_attn.q_proj.weight: expected bf16 [16, 16], found f32 [16, 8]\n"
+             "  model.layers.1.mlp.moe.gate.gate_map.weight: expected bf16 [5, 5], found bf16 [25]\n"
+             "  missing tensor model.norm.weight", p);
+    assert_string_equal(err.msg, want);
+    weights_close(w);
+    tu_rmtree(dir);
+    free(dir), free(p);
+}
+
+/* Many problems: the first 20 lines, then a count of the rest; the message is never cut mid-way. */
+static void test_check_many_problems(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_BF16), other = s;
+    other.dtype = DT_F16;
+    WeightSet *w = make(&other, 1);
+    int n;
+    free(spec_tensors(&s, &n));
+    RtError err;
+    assert_false(weights_check(w, &s, &err));
+    char head[160];
+    snprintf(head, sizeof head, "random weights (seed 1): error: checkpoint does not match spec 'tiny': %d problems\n", n);
+    assert_true(strncmp(err.msg, head, strlen(head)) == 0);
+    assert_non_null(strstr(err.msg, "  model.embed_tokens.weight: expected bf16 [64, 16], found f16 [64, 16]\n"));
+    char tail[64];
+    snprintf(tail, sizeof tail, "\n  ... and %d more", n - 20);
+    assert_non_null(strstr(err.msg, tail));
+    int lines = 0;
+    for (const char *c = err.msg; *c; c++) lines += *c == '\n';
+    assert_int_equal(lines, 21);
+    weights_close(w);
+}
+
+/* Random weights written and read back pass the check and keep their bytes. */
+static void test_random_write_open_check(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir(), *p = tu_path(dir, "model.safetensors");
+    ModelSpec s = tu_tiny_spec(DT_F16);
+    WeightSet *w = make(&s, 11), *r;
+    Tensor *t = xmalloc((size_t)weights_count(w) * sizeof *t);
+    for (int i = 0; i < weights_count(w); i++) t[i] = *weights_at(w, i);
+    RtError err;
+    assert_true(safetensors_write(p, t, weights_count(w), &err));
+    assert_true(weights_open(dir, &r, &err));
+    assert_true(weights_check(r, &s, &err));
+    for (int i = 0; i < weights_count(w); i++)
+        assert_memory_equal(weights_find(r, t[i].name)->data, t[i].data, t[i].nbytes);
+    weights_close(w), weights_close(r);
+    tu_rmtree(dir);
+    free(t), free(p), free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_random_covers_spec),
+        cmocka_unit_test(test_random_deterministic),
+        cmocka_unit_test(test_random_depends_on_name_only),
+        cmocka_unit_test(test_random_formula_and_rounding),
+        cmocka_unit_test(test_random_bounds),
+        cmocka_unit_test(test_random_refuses_too_big),
+        cmocka_unit_test(test_check_reports_problems),
+        cmocka_unit_test(test_check_many_problems),
+        cmocka_unit_test(test_random_write_open_check),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
