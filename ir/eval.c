@@ -1,1 +1,403 @@
-/* placeholder: being written */
+/* eval.c — the reference interpreter: executes any IR module, op by op, in plain C. Slow on purpose:
+ * every value is a double array, every op a direct transcription of SEMANTICS.md. In EVAL_F64 mode
+ * it is the project's ground truth; in EVAL_F32 mode every step is rounded as an f32 kernel rounds. */
+#include "ir/ir.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    const IrModule *m;
+    const WeightSet *w;
+    eval_precision prec;
+    int64_t T;
+    double **vals;            /* [n_values]: activations (ints stored exactly as doubles) */
+    const Tensor **params;    /* [n_values]: bound checkpoint tensors */
+    double linear_macs;
+    RtError *err;
+} Eval;
+
+/* Rounding of one arithmetic step: f32 steps in EVAL_F32 mode, none in EVAL_F64. */
+static inline double step(const Eval *ev, double v) { return ev->prec == EVAL_F32 ? (double)(float)v : v; }
+
+/* Rounding of a stored value to its type: bf16/f16 always (the model's own precision), f32 only in
+ * EVAL_F32 mode. */
+static inline double store(const Eval *ev, moe_dtype t, double v)
+{
+    if (t == DT_BF16 || t == DT_F16 || (t == DT_F32 && ev->prec == EVAL_F32)) return dtype_round(t, v);
+    return v;
+}
+
+static int64_t ncols(const IrValue *v) { return v->type.ndim == 1 ? 1 : v->type.dims[v->type.ndim - 1]; }
+
+/* Element i of a value that may be an activation or a param. */
+static double get(const Eval *ev, const IrValue *v, int64_t i)
+{
+    if (v->kind == IR_VAL_PARAM) return dtype_load(ev->params[v->id]->dtype, ev->params[v->id]->data, (size_t)i);
+    return ev->vals[v->id][i];
+}
+
+static double *result(Eval *ev, const IrInstr *i, int k)
+{
+    int64_t n = ir_type_numel(&i->out[k]->type, ev->T);
+    double *p = xcalloc((size_t)n, sizeof *p);
+    ev->vals[i->out[k]->id] = p;
+    return p;
+}
+
+static void round_result(const Eval *ev, const IrInstr *i, int k)
+{
+    const IrValue *v = i->out[k];
+    double *p = ev->vals[v->id];
+    int64_t n = ir_type_numel(&v->type, ev->T);
+    for (int64_t j = 0; j < n; j++) p[j] = store(ev, v->type.dtype, p[j]);
+}
+
+static bool eval_embed(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *tab = i->in[0];
+    int64_t V = tab->type.dims[0], D = tab->type.dims[1];
+    for (int64_t t = 0; t < ev->T; t++) {
+        double id = get(ev, i->in[1], t);
+        if (id < 0 || id >= (double)V) {
+            snprintf(ev->err->msg, sizeof ev->err->msg, "token id %.0f at position %lld is outside the vocabulary [0, %lld)",
+                     id, (long long)t, (long long)V);
+            return false;
+        }
+        for (int64_t d = 0; d < D; d++) out[t * D + d] = get(ev, tab, (int64_t)id * D + d);
+    }
+    return true;
+}
+
+static void eval_rms_norm(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0];
+    int64_t D = ncols(x);
+    double eps = ir_attr_float(i, "eps");
+    for (int64_t t = 0; t < ev->T; t++) {
+        const double *xr = ev->vals[x->id] + t * D;
+        double ss = 0;
+        for (int64_t d = 0; d < D; d++) ss = step(ev, ss + xr[d] * xr[d]);
+        double r = step(ev, 1.0 / sqrt(step(ev, step(ev, ss / (double)D) + eps)));
+        for (int64_t d = 0; d < D; d++) out[t * D + d] = step(ev, get(ev, i->in[1], d) * step(ev, xr[d] * r));
+    }
+}
+
+/* y = x W^T; each weight row is converted once and dotted with every token's row. */
+static void eval_linear(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0], *w = i->in[1];
+    int64_t K = ncols(x), N = w->type.dims[0];
+    double *row = xmalloc((size_t)K * sizeof *row);
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) row[k] = get(ev, w, n * K + k);
+        for (int64_t t = 0; t < ev->T; t++) {
+            const double *xr = ev->vals[x->id] + t * K;
+            double acc = 0;
+            if (ev->prec == EVAL_F32)
+                for (int64_t k = 0; k < K; k++) acc = (double)fmaf((float)xr[k], (float)row[k], (float)acc);
+            else
+                for (int64_t k = 0; k < K; k++) acc += xr[k] * row[k];
+            out[t * N + n] = acc;
+        }
+    }
+    free(row);
+    ev->linear_macs += (double)ev->T * (double)N * (double)K;
+}
+
+/* Half-split ("rotate_half") RoPE: the pair (z_i, z_{i+hd/2}) rotates by pos · theta^(-2i/hd). */
+static void eval_rope(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0];
+    int64_t C = ncols(x), H = ir_attr_int(i, "heads"), hd = C / H, half = hd / 2;
+    double theta = ir_attr_float(i, "theta");
+    for (int64_t t = 0; t < ev->T; t++) {
+        double pos = get(ev, i->in[1], t);
+        for (int64_t h = 0; h < H; h++) {
+            const double *z = ev->vals[x->id] + t * C + h * hd;
+            double *o = out + t * C + h * hd;
+            for (int64_t j = 0; j < half; j++) {
+                double ang = pos * pow(theta, -2.0 * (double)j / (double)hd);
+                double c = step(ev, cos(ang)), s = step(ev, sin(ang));
+                o[j] = step(ev, step(ev, z[j] * c) - step(ev, z[j + half] * s));
+                o[j + half] = step(ev, step(ev, z[j + half] * c) + step(ev, z[j] * s));
+            }
+        }
+    }
+}
+
+/* Causal attention by position: query t sees key j when pos[j] <= pos[t]. */
+static void eval_attention(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *q = i->in[0], *k = i->in[1], *v = i->in[2];
+    int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads");
+    int64_t hd = ncols(q) / H, group = H / Hk, T = ev->T;
+    double scale = 1.0 / sqrt((double)hd);
+    double *p = xmalloc((size_t)T * sizeof *p);
+    for (int64_t t = 0; t < T; t++) {
+        double pt = get(ev, i->in[3], t);
+        for (int64_t h = 0; h < H; h++) {
+            const double *qr = ev->vals[q->id] + t * ncols(q) + h * hd;
+            int64_t kh = h / group;
+            double mx = -INFINITY, sum = 0;
+            for (int64_t j = 0; j < T; j++) {
+                p[j] = NAN;
+                if (get(ev, i->in[3], j) > pt) continue;
+                const double *kr = ev->vals[k->id] + j * ncols(k) + kh * hd;
+                double s = 0;
+                for (int64_t d = 0; d < hd; d++) s = step(ev, s + qr[d] * kr[d]);
+                p[j] = step(ev, s * scale);
+                if (p[j] > mx) mx = p[j];
+            }
+            for (int64_t j = 0; j < T; j++)
+                if (!isnan(p[j])) sum = step(ev, sum + (p[j] = step(ev, exp(p[j] - mx))));
+            double *o = out + t * ncols(q) + h * hd;
+            for (int64_t d = 0; d < hd; d++) {
+                double acc = 0;
+                for (int64_t j = 0; j < T; j++)
+                    if (!isnan(p[j])) acc = step(ev, acc + p[j] * ev->vals[v->id][j * ncols(v) + kh * hd + d]);
+                o[d] = step(ev, acc / sum);
+            }
+        }
+    }
+    free(p);
+}
+
+static void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t n)
+{
+    double mx = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < n; j++) mx = z[j] > mx ? z[j] : mx;
+    for (int64_t j = 0; j < n; j++) sum = step(ev, sum + (o[j] = step(ev, exp(z[j] - mx))));
+    for (int64_t j = 0; j < n; j++) o[j] = step(ev, o[j] / sum);
+}
+
+/* z / (std(z) / target), std with Bessel's correction; a row with zero spread is left as it is. */
+static void eval_logits_norm(const Eval *ev, const double *z, double *o, int64_t n, double target)
+{
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < n; j++) mean = step(ev, mean + z[j]);
+    mean = step(ev, mean / (double)n);
+    for (int64_t j = 0; j < n; j++) var = step(ev, var + (z[j] - mean) * (z[j] - mean));
+    double sd = n > 1 ? step(ev, sqrt(step(ev, var / (double)(n - 1)))) : 0;
+    for (int64_t j = 0; j < n; j++) o[j] = sd > 0 ? step(ev, z[j] / step(ev, sd / target)) : z[j];
+}
+
+/* Top-k by repeated scans; a strict '>' keeps the lower index first on ties. */
+static void eval_topk(const Eval *ev, const IrInstr *i, double *vals, double *ids)
+{
+    int64_t E = ncols(i->in[0]), k = ir_attr_int(i, "k");
+    bool *taken = xmalloc((size_t)E * sizeof *taken);
+    for (int64_t t = 0; t < ev->T; t++) {
+        const double *z = ev->vals[i->in[0]->id] + t * E;
+        memset(taken, 0, (size_t)E * sizeof *taken);
+        for (int64_t j = 0; j < k; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++)
+                if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
+            taken[best] = true;
+            vals[t * k + j] = z[best];
+            ids[t * k + j] = (double)best;
+        }
+    }
+    free(taken);
+}
+
+static void eval_rowwise(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0];
+    int64_t n = ncols(x);
+    for (int64_t t = 0; t < ev->T; t++) {
+        const double *z = ev->vals[x->id] + t * n;
+        double *o = out + t * n;
+        if (i->op == IR_OP_SOFTMAX) {
+            eval_softmax_row(ev, z, o, n);
+        } else if (i->op == IR_OP_LOGITS_NORM) {
+            eval_logits_norm(ev, z, o, n, ir_attr_float(i, "std"));
+        } else { /* RENORM: a row whose weights are all 0 (every pick a zero expert) stays 0, never NaN */
+            double sum = 0;
+            for (int64_t j = 0; j < n; j++) sum = step(ev, sum + z[j]);
+            for (int64_t j = 0; j < n; j++) o[j] = sum != 0 ? step(ev, z[j] / sum) : 0.0;
+        }
+    }
+}
+
+static void eval_gating(Eval *ev, const IrInstr *i, double *out)
+{
+    const double *w = ev->vals[i->in[0]->id], *ids = ev->vals[i->in[1]->id];
+    int64_t k = ncols(i->in[0]);
+    if (i->op == IR_OP_MASK_EXPERTS) {
+        double lo = (double)ir_attr_int(i, "lo"), hi = (double)ir_attr_int(i, "hi");
+        for (int64_t j = 0; j < ev->T * k; j++) out[j] = (ids[j] >= lo && ids[j] < hi) ? 0.0 : w[j];
+    } else { /* GATE_DENSE */
+        int64_t E = ir_attr_int(i, "experts");
+        for (int64_t t = 0; t < ev->T; t++)
+            for (int64_t j = 0; j < k; j++) {
+                int64_t e = (int64_t)ids[t * k + j];
+                MOE_ASSERT(e >= 0 && e < E);
+                out[t * E + e] = step(ev, out[t * E + e] + w[t * k + j]);
+            }
+    }
+}
+
+static void eval_experts(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0];
+    int64_t D = ncols(x);
+    const double *u = ev->vals[x->id];
+    if (i->op == IR_OP_CONST_MIX) {
+        const double *al = ev->vals[i->in[1]->id];
+        for (int64_t t = 0; t < ev->T; t++)
+            for (int64_t d = 0; d < D; d++)
+                out[t * D + d] = step(ev, step(ev, al[2 * t] * u[t * D + d]) + step(ev, al[2 * t + 1] * get(ev, i->in[2], d)));
+        return;
+    }
+    const double *G = ev->vals[i->in[1]->id], *o = ev->vals[i->in[2]->id];
+    int64_t E = ncols(i->in[1]), e = ir_attr_int(i, "expert");
+    for (int64_t t = 0; t < ev->T; t++)
+        for (int64_t d = 0; d < D; d++) out[t * D + d] = step(ev, u[t * D + d] + G[t * E + e] * o[t * D + d]);
+}
+
+static void eval_elementwise(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0];
+    int64_t n = ir_type_numel(&x->type, ev->T);
+    const double *a = ev->vals[x->id], *b = i->n_in > 1 ? ev->vals[i->in[1]->id] : NULL;
+    switch (i->op) {
+    case IR_OP_ADD: for (int64_t j = 0; j < n; j++) out[j] = step(ev, a[j] + b[j]); break;
+    case IR_OP_SCALE: {
+        double s = ir_attr_float(i, "s");
+        for (int64_t j = 0; j < n; j++) out[j] = step(ev, s * a[j]);
+        break;
+    }
+    case IR_OP_TANH: for (int64_t j = 0; j < n; j++) out[j] = step(ev, tanh(a[j])); break;
+    case IR_OP_SWIGLU:
+        for (int64_t j = 0; j < n; j++) out[j] = step(ev, step(ev, a[j] / step(ev, 1.0 + exp(-a[j]))) * b[j]);
+        break;
+    case IR_OP_CONVERT: memcpy(out, a, (size_t)n * sizeof *out); break;
+    case IR_OP_SLICE: {
+        int64_t C = ncols(x), s = ir_attr_int(i, "start"), len = ir_attr_int(i, "len");
+        for (int64_t t = 0; t < ev->T; t++) memcpy(out + t * len, a + t * C + s, (size_t)len * sizeof *out);
+        break;
+    }
+    default: MOE_ASSERT(!"not an elementwise op");
+    }
+}
+
+static bool eval_instr(Eval *ev, const IrInstr *i)
+{
+    double *out = result(ev, i, 0);
+    switch (i->op) {
+    case IR_OP_EMBED:
+        if (!eval_embed(ev, i, out)) return false;
+        break;
+    case IR_OP_RMS_NORM: eval_rms_norm(ev, i, out); break;
+    case IR_OP_LINEAR: eval_linear(ev, i, out); break;
+    case IR_OP_ROPE: eval_rope(ev, i, out); break;
+    case IR_OP_ATTENTION: eval_attention(ev, i, out); break;
+    case IR_OP_ZEROS: break;
+    case IR_OP_SOFTMAX:
+    case IR_OP_LOGITS_NORM:
+    case IR_OP_RENORM: eval_rowwise(ev, i, out); break;
+    case IR_OP_TOPK: eval_topk(ev, i, out, result(ev, i, 1)); break;
+    case IR_OP_MASK_EXPERTS:
+    case IR_OP_GATE_DENSE: eval_gating(ev, i, out); break;
+    case IR_OP_CONST_MIX:
+    case IR_OP_GATE_ACCUM: eval_experts(ev, i, out); break;
+    default: eval_elementwise(ev, i, out); break;
+    }
+    for (int k = 0; k < i->n_out; k++) round_result(ev, i, k);
+    return true;
+}
+
+static bool bind_params(Eval *ev)
+{
+    for (int k = 0; k < ev->m->n_values; k++) {
+        const IrValue *v = ev->m->values[k];
+        if (v->kind != IR_VAL_PARAM) continue;
+        const Tensor *t = weights_find(ev->w, v->tensor);
+        bool ok = t && t->dtype == v->type.dtype && t->ndim == v->type.ndim;
+        for (int d = 0; ok && d < t->ndim; d++) ok = t->shape[d] == v->type.dims[d];
+        if (!ok) {
+            snprintf(ev->err->msg, sizeof ev->err->msg, "%s: %s for %%%s",
+                     v->tensor, t ? "shape or dtype differs from the IR's" : "missing tensor", v->name);
+            return false;
+        }
+        ev->params[k] = t;
+    }
+    return true;
+}
+
+static void bind_inputs(Eval *ev, const int32_t *ids, const int32_t *pos)
+{
+    for (int k = 0; k < ev->m->n_values; k++) {
+        const IrValue *v = ev->m->values[k];
+        if (v->kind != IR_VAL_INPUT) continue;
+        const int32_t *src = strcmp(v->name, "pos") == 0 ? pos : ids;
+        double *p = xcalloc((size_t)ir_type_numel(&v->type, ev->T), sizeof *p);
+        for (int64_t t = 0; t < ev->T; t++) p[t] = src[t];
+        ev->vals[k] = p;
+    }
+}
+
+static void collect_outputs(Eval *ev, EvalResult *out)
+{
+    out->n_outputs = ev->m->n_outputs;
+    out->outputs = xcalloc((size_t)out->n_outputs, sizeof *out->outputs);
+    for (int k = 0; k < ev->m->n_outputs; k++) {
+        const IrValue *v = ev->m->outputs[k].value;
+        EvalTensor *o = &out->outputs[k];
+        o->name = xstrdup(ev->m->outputs[k].name); /* the result outlives the module */
+        o->type = v->type;
+        if (o->type.dims[0] == IR_DIM_T) o->type.dims[0] = ev->T;
+        size_t n = (size_t)ir_type_numel(&v->type, ev->T);
+        o->data = xmalloc(n * sizeof *o->data);
+        for (size_t j = 0; j < n; j++) o->data[j] = get(ev, v, (int64_t)j);
+    }
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
+             eval_precision prec, EvalResult *out, RtError *err)
+{
+    Eval ev = {.m = m, .w = w, .prec = prec, .T = T, .err = err};
+    double t0 = now_seconds();
+    memset(out, 0, sizeof *out);
+    ev.vals = xcalloc((size_t)m->n_values, sizeof *ev.vals);
+    ev.params = xcalloc((size_t)m->n_values, sizeof *ev.params);
+    bool ok = T > 0 && bind_params(&ev);
+    if (T <= 0) snprintf(err->msg, sizeof err->msg, "no tokens to run");
+    if (ok) bind_inputs(&ev, ids, pos);
+    for (const IrInstr *i = m->first; ok && i; i = i->next) ok = eval_instr(&ev, i);
+    if (ok) collect_outputs(&ev, out);
+    for (int k = 0; k < m->n_values; k++) free(ev.vals[k]);
+    free(ev.vals);
+    free(ev.params);
+    out->seconds = now_seconds() - t0;
+    out->linear_macs = ev.linear_macs;
+    return ok;
+}
+
+const EvalTensor *eval_output(const EvalResult *r, const char *name)
+{
+    for (int k = 0; k < r->n_outputs; k++)
+        if (strcmp(r->outputs[k].name, name) == 0) return &r->outputs[k];
+    return NULL;
+}
+
+void ir_eval_result_free(EvalResult *r)
+{
+    for (int k = 0; k < r->n_outputs; k++) {
+        free(r->outputs[k].data);
+        free(r->outputs[k].name);
+    }
+    free(r->outputs);
+    memset(r, 0, sizeof *r);
+}

@@ -1,1 +1,172 @@
-/* placeholder: being written */
+/* ir.c — building IR modules: values, instructions, attributes, outputs; the op tables. */
+#include "ir/ir.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const IrOpInfo op_table[] = {
+#define IR_OP(e, name, nin, nout, attrs) {name, nin, nout, attrs},
+#include "ir/ops.def"
+#undef IR_OP
+};
+_Static_assert(MOE_ARRAY_LEN(op_table) == IR_OP_COUNT, "op table out of step with ops.def");
+
+const IrOpInfo *ir_op_info(ir_op op)
+{
+    MOE_ASSERT((unsigned)op < IR_OP_COUNT);
+    return &op_table[op];
+}
+
+bool ir_op_lookup(const char *name, ir_op *out)
+{
+    for (int i = 0; i < IR_OP_COUNT; i++) {
+        if (strcmp(op_table[i].name, name) == 0) {
+            *out = (ir_op)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool ir_type_equal(const IrType *a, const IrType *b)
+{
+    if (a->dtype != b->dtype || a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->dims[i] != b->dims[i]) return false;
+    return true;
+}
+
+int64_t ir_type_numel(const IrType *t, int64_t T)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->dims[i] == IR_DIM_T ? T : t->dims[i];
+    return n;
+}
+
+IrType ir_type_2d(moe_dtype dt, int64_t d0, int64_t d1) { return (IrType){dt, 2, {d0, d1, 0, 0}}; }
+IrType ir_type_1d(moe_dtype dt, int64_t d0) { return (IrType){dt, 1, {d0, 0, 0, 0}}; }
+
+IrModule *ir_module_new(const char *name)
+{
+    IrModule *m = xcalloc(1, sizeof *m);
+    m->name = arena_strdup(&m->arena, name);
+    return m;
+}
+
+void ir_module_free(IrModule *m)
+{
+    if (!m) return;
+    free(m->values);
+    free(m->outputs);
+    arena_free(&m->arena);
+    free(m);
+}
+
+IrValue *ir_value_find(const IrModule *m, const char *name)
+{
+    for (int i = 0; i < m->n_values; i++)
+        if (strcmp(m->values[i]->name, name) == 0) return m->values[i];
+    return NULL;
+}
+
+static IrValue *value_new(IrModule *m, const char *name, IrType t, ir_value_kind kind)
+{
+    if (m->n_values == m->cap_values) {
+        m->cap_values = m->cap_values ? 2 * m->cap_values : 256;
+        m->values = xrealloc(m->values, (size_t)m->cap_values * sizeof *m->values);
+    }
+    IrValue *v = arena_alloc(&m->arena, sizeof *v);
+    v->id = m->n_values;
+    v->name = name ? arena_strdup(&m->arena, name) : arena_printf(&m->arena, "%d", m->n_values);
+    v->type = t;
+    v->kind = kind;
+    m->values[m->n_values++] = v;
+    return v;
+}
+
+IrValue *ir_input_new(IrModule *m, const char *name, IrType t) { return value_new(m, name, t, IR_VAL_INPUT); }
+
+IrValue *ir_param_new(IrModule *m, const char *name, const char *tensor, IrType t)
+{
+    IrValue *v = value_new(m, name, t, IR_VAL_PARAM);
+    v->tensor = arena_strdup(&m->arena, tensor);
+    return v;
+}
+
+IrInstr *ir_instr_append(IrModule *m, ir_op op, IrValue *const *in, int n_in, const IrType *out_types,
+                         const char *const *out_names, int n_out)
+{
+    IrInstr *i = arena_alloc(&m->arena, sizeof *i);
+    i->op = op;
+    i->n_in = n_in;
+    i->n_out = n_out;
+    i->in = arena_alloc(&m->arena, (size_t)(n_in ? n_in : 1) * sizeof *i->in);
+    i->out = arena_alloc(&m->arena, (size_t)(n_out ? n_out : 1) * sizeof *i->out);
+    for (int k = 0; k < n_in; k++) i->in[k] = in[k];
+    for (int k = 0; k < n_out; k++) {
+        i->out[k] = value_new(m, out_names ? out_names[k] : NULL, out_types[k], IR_VAL_RESULT);
+        i->out[k]->def = i;
+    }
+    i->prev = m->last;
+    if (m->last) m->last->next = i;
+    else m->first = i;
+    m->last = i;
+    return i;
+}
+
+static IrAttr *attr_slot(IrModule *m, IrInstr *i, const char *key)
+{
+    for (int k = 0; k < i->n_attrs; k++)
+        if (strcmp(i->attrs[k].key, key) == 0) return &i->attrs[k];
+    IrAttr *a = arena_alloc(&m->arena, (size_t)(i->n_attrs + 1) * sizeof *a);
+    if (i->n_attrs) memcpy(a, i->attrs, (size_t)i->n_attrs * sizeof *a);
+    i->attrs = a;
+    a[i->n_attrs].key = arena_strdup(&m->arena, key);
+    return &a[i->n_attrs++];
+}
+
+void ir_attr_set_int(IrModule *m, IrInstr *i, const char *key, int64_t v)
+{
+    IrAttr *a = attr_slot(m, i, key);
+    a->kind = IR_ATTR_INT;
+    a->i = v;
+    a->f = (double)v;
+}
+
+void ir_attr_set_float(IrModule *m, IrInstr *i, const char *key, double v)
+{
+    IrAttr *a = attr_slot(m, i, key);
+    a->kind = IR_ATTR_FLOAT;
+    a->f = v;
+    a->i = (int64_t)v;
+}
+
+const IrAttr *ir_attr_get(const IrInstr *i, const char *key)
+{
+    for (int k = 0; k < i->n_attrs; k++)
+        if (strcmp(i->attrs[k].key, key) == 0) return &i->attrs[k];
+    return NULL;
+}
+
+int64_t ir_attr_int(const IrInstr *i, const char *key)
+{
+    const IrAttr *a = ir_attr_get(i, key);
+    MOE_ASSERT(a && a->kind == IR_ATTR_INT);
+    return a->i;
+}
+
+double ir_attr_float(const IrInstr *i, const char *key)
+{
+    const IrAttr *a = ir_attr_get(i, key);
+    MOE_ASSERT(a);
+    return a->kind == IR_ATTR_INT ? (double)a->i : a->f;
+}
+
+void ir_output_add(IrModule *m, const char *name, IrValue *v)
+{
+    if (m->n_outputs == m->cap_outputs) {
+        m->cap_outputs = m->cap_outputs ? 2 * m->cap_outputs : 16;
+        m->outputs = xrealloc(m->outputs, (size_t)m->cap_outputs * sizeof *m->outputs);
+    }
+    m->outputs[m->n_outputs++] = (IrOutput){arena_strdup(&m->arena, name), v};
+}

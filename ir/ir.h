@@ -1,0 +1,153 @@
+/* ir.h — the intermediate representation: an SSA graph of typed tensor values.
+ *
+ * In:  a ModelSpec (lowered by ir_lower_spec to the dense form of DESIGN.md) or IR text (ir_parse).
+ * Out: an IrModule: inputs (token ids, positions), params (checkpoint tensors, by name), a list of
+ *      instructions in execution order, and named outputs (logits, per-layer routing decisions).
+ *      ir_print writes the textual form; ir_parse reads it back (print → parse → print is identical);
+ *      ir_verify checks arity, attributes, types and shapes; ir_eval (eval.c) executes any module.
+ * Types: every value has a dtype and a shape of 1–4 dims; dims[0] may be IR_DIM_T, the token count,
+ *      fixed only when the module runs.
+ * Memory: a module owns everything reachable from it in its arena; ir_module_free releases it all.
+ *      Instructions form a doubly linked list so passes can insert and remove in place.
+ */
+#ifndef MOEPPC_IR_H
+#define MOEPPC_IR_H
+
+#include "frontend/frontend.h"
+#include "runtime/runtime.h"
+#include "support/support.h"
+
+typedef enum {
+#define IR_OP(e, name, nin, nout, attrs) IR_OP_##e,
+#include "ir/ops.def"
+#undef IR_OP
+    IR_OP_COUNT
+} ir_op;
+
+typedef struct IrOpInfo {
+    const char *name;
+    int n_in;                 /* -1: variadic */
+    int n_out;
+    const char *attrs;        /* comma-separated required attribute names */
+} IrOpInfo;
+const IrOpInfo *ir_op_info(ir_op op);
+bool ir_op_lookup(const char *name, ir_op *out);
+
+#define IR_DIM_T (-1)
+#define IR_MAX_DIMS 4
+
+typedef struct IrType {
+    moe_dtype dtype;
+    int ndim;
+    int64_t dims[IR_MAX_DIMS];   /* dims[0] may be IR_DIM_T */
+} IrType;
+bool ir_type_equal(const IrType *a, const IrType *b);
+/* Number of elements for a concrete token count T. */
+int64_t ir_type_numel(const IrType *t, int64_t T);
+
+typedef enum { IR_VAL_INPUT, IR_VAL_PARAM, IR_VAL_RESULT } ir_value_kind;
+
+typedef struct IrInstr IrInstr;
+
+typedef struct IrValue {
+    int id;                   /* dense index into IrModule.values */
+    const char *name;         /* printed as %name */
+    IrType type;
+    ir_value_kind kind;
+    const char *tensor;       /* IR_VAL_PARAM: checkpoint tensor name */
+    IrInstr *def;             /* IR_VAL_RESULT: the defining instruction */
+    int line, col;            /* where it was defined in IR text (0 when built) */
+} IrValue;
+
+typedef enum { IR_ATTR_INT, IR_ATTR_FLOAT } ir_attr_kind;
+
+typedef struct IrAttr {
+    const char *key;
+    ir_attr_kind kind;
+    int64_t i;
+    double f;
+} IrAttr;
+
+struct IrInstr {
+    ir_op op;
+    int n_in, n_out, n_attrs;
+    IrValue **in;             /* [n_in] */
+    IrValue **out;            /* [n_out] */
+    IrAttr *attrs;            /* [n_attrs], in insertion order (printed in that order) */
+    IrInstr *prev, *next;
+    int line, col;            /* position in IR text (0 when built) */
+};
+
+typedef struct IrOutput {
+    const char *name;         /* "logits", "route.3.ids", "route.3.weights" */
+    IrValue *value;
+} IrOutput;
+
+typedef struct IrModule {
+    Arena arena;
+    const char *name;
+    IrValue **values;         /* every value: inputs, params, results; [n_values] */
+    int n_values, cap_values;
+    IrInstr *first, *last;
+    IrOutput *outputs;
+    int n_outputs, cap_outputs;
+} IrModule;
+
+/* ---- ir.c: building ------------------------------------------------------------------------- */
+IrModule *ir_module_new(const char *name);
+void      ir_module_free(IrModule *m);
+IrValue  *ir_value_find(const IrModule *m, const char *name);
+IrValue  *ir_input_new(IrModule *m, const char *name, IrType t);
+IrValue  *ir_param_new(IrModule *m, const char *name, const char *tensor, IrType t);
+/* A new instruction appended at the end; results are created from types/names (a NULL name is
+ * replaced by a fresh numbered one). */
+IrInstr  *ir_instr_append(IrModule *m, ir_op op, IrValue *const *in, int n_in, const IrType *out_types,
+                          const char *const *out_names, int n_out);
+void      ir_attr_set_int(IrModule *m, IrInstr *i, const char *key, int64_t v);
+void      ir_attr_set_float(IrModule *m, IrInstr *i, const char *key, double v);
+const IrAttr *ir_attr_get(const IrInstr *i, const char *key);
+int64_t   ir_attr_int(const IrInstr *i, const char *key);     /* asserts presence (verified IR) */
+double    ir_attr_float(const IrInstr *i, const char *key);   /* int attributes convert */
+void      ir_output_add(IrModule *m, const char *name, IrValue *v);
+IrType    ir_type_2d(moe_dtype dt, int64_t d0, int64_t d1);
+IrType    ir_type_1d(moe_dtype dt, int64_t d0);
+
+/* ---- print.c / parse.c: the textual form ------------------------------------------------------ */
+void      ir_print(const IrModule *m, FILE *f);
+char     *ir_print_string(const IrModule *m);          /* caller frees */
+/* Parse IR text; NULL with diagnostics `FILE:LINE:COL: error: …` on failure. Verifies too. */
+IrModule *ir_parse(const char *text, size_t len, Diag *d);
+
+/* ---- verify.c --------------------------------------------------------------------------------- */
+bool      ir_verify(const IrModule *m, Diag *d);
+
+/* ---- lower.c: spec → dense form --------------------------------------------------------------- */
+IrModule *ir_lower_spec(const ModelSpec *s);
+
+/* ---- eval.c: the reference interpreter ------------------------------------------------------- */
+typedef enum {
+    EVAL_F64,   /* accumulate in f64; round only to narrower model types (bf16, f16): ground truth */
+    EVAL_F32    /* accumulate in f32 and round every value to its dtype: what kernels compute */
+} eval_precision;
+
+typedef struct EvalTensor {
+    char *name;               /* the module output's name (owned by the result) */
+    IrType type;              /* with dims[0] = T resolved */
+    double *data;             /* row-major, numel(type) elements */
+} EvalTensor;
+
+typedef struct EvalResult {
+    EvalTensor *outputs;      /* [n_outputs], in module order */
+    int n_outputs;
+    double seconds;
+    double linear_macs;       /* multiply-adds spent in linear ops (what the dense form wastes) */
+} EvalResult;
+
+/* Run the module on T tokens. ids, pos: [T]. Params are bound by tensor name in w (shape and dtype
+ * must match the param's type). False with err set on a binding problem. */
+bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
+             eval_precision prec, EvalResult *out, RtError *err);
+const EvalTensor *eval_output(const EvalResult *r, const char *name);
+void ir_eval_result_free(EvalResult *r);
+
+#endif
