@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# deps.sh [--tests]: installs, through apt-get, whatever the build (and with --tests, the test suite)
+# needs and this machine lacks. Does nothing when everything is present.
+set -euo pipefail
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+missing=()
+need_pkg() { dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1"); }
+for p in cmake gcc make pkg-config libyaml-dev libcjson-dev; do need_pkg "$p"; done
+if [ "$want_tests" = 1 ]; then
+  for p in libcmocka-dev python3 python3-numpy python3-yaml; do need_pkg "$p"; done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
