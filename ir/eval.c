@@ -1,45 +1,14 @@
 /* eval.c — the reference interpreter: executes any IR module, op by op, in plain C. Slow on purpose:
  * every value is a double array, every op a direct transcription of SEMANTICS.md. In EVAL_F64 mode
  * it is the project's ground truth; in EVAL_F32 mode every step is rounded as an f32 kernel rounds. */
-#include "ir/ir.h"
+#include "ir/eval_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-typedef struct {
-    const IrModule *m;
-    const WeightSet *w;
-    eval_precision prec;
-    int64_t T;
-    double **vals;            /* [n_values]: activations (ints stored exactly as doubles) */
-    const Tensor **params;    /* [n_values]: bound checkpoint tensors */
-    double linear_macs;
-    RtError *err;
-} Eval;
-
-/* Rounding of one arithmetic step: f32 steps in EVAL_F32 mode, none in EVAL_F64. */
-static inline double step(const Eval *ev, double v) { return ev->prec == EVAL_F32 ? (double)(float)v : v; }
-
-/* Rounding of a stored value to its type: bf16/f16 always (the model's own precision), f32 only in
- * EVAL_F32 mode. */
-static inline double store(const Eval *ev, moe_dtype t, double v)
-{
-    if (t == DT_BF16 || t == DT_F16 || (t == DT_F32 && ev->prec == EVAL_F32)) return dtype_round(t, v);
-    return v;
-}
-
-static int64_t ncols(const IrValue *v) { return v->type.ndim == 1 ? 1 : v->type.dims[v->type.ndim - 1]; }
-
-/* Element i of a value that may be an activation or a param. */
-static double get(const Eval *ev, const IrValue *v, int64_t i)
-{
-    if (v->kind == IR_VAL_PARAM) return dtype_load(ev->params[v->id]->dtype, ev->params[v->id]->data, (size_t)i);
-    return ev->vals[v->id][i];
-}
-
-static double *result(Eval *ev, const IrInstr *i, int k)
+double *eval_result(Eval *ev, const IrInstr *i, int k)
 {
     int64_t n = ir_type_numel(&i->out[k]->type, ev->T);
     double *p = xcalloc((size_t)n, sizeof *p);
@@ -47,7 +16,7 @@ static double *result(Eval *ev, const IrInstr *i, int k)
     return p;
 }
 
-static void round_result(const Eval *ev, const IrInstr *i, int k)
+void eval_round_result(const Eval *ev, const IrInstr *i, int k)
 {
     const IrValue *v = i->out[k];
     double *p = ev->vals[v->id];
@@ -60,51 +29,66 @@ static bool eval_embed(Eval *ev, const IrInstr *i, double *out)
     const IrValue *tab = i->in[0];
     int64_t V = tab->type.dims[0], D = tab->type.dims[1];
     for (int64_t t = 0; t < ev->T; t++) {
-        double id = get(ev, i->in[1], t);
+        double id = eval_get(ev, i->in[1], t);
         if (id < 0 || id >= (double)V) {
             snprintf(ev->err->msg, sizeof ev->err->msg, "token id %.0f at position %lld is outside the vocabulary [0, %lld)",
                      id, (long long)t, (long long)V);
             return false;
         }
-        for (int64_t d = 0; d < D; d++) out[t * D + d] = get(ev, tab, (int64_t)id * D + d);
+        for (int64_t d = 0; d < D; d++) out[t * D + d] = eval_get(ev, tab, (int64_t)id * D + d);
     }
     return true;
 }
 
-static void eval_rms_norm(Eval *ev, const IrInstr *i, double *out)
+/* One row: out = w ⊙ x / sqrt(mean(x²) + eps). */
+void eval_rms_norm_row(const Eval *ev, const double *x, const IrValue *w, double eps, int64_t D, double *out)
 {
-    const IrValue *x = i->in[0];
-    int64_t D = ncols(x);
-    double eps = ir_attr_float(i, "eps");
-    for (int64_t t = 0; t < ev->T; t++) {
-        const double *xr = ev->vals[x->id] + t * D;
-        double ss = 0;
-        for (int64_t d = 0; d < D; d++) ss = step(ev, ss + xr[d] * xr[d]);
-        double r = step(ev, 1.0 / sqrt(step(ev, step(ev, ss / (double)D) + eps)));
-        for (int64_t d = 0; d < D; d++) out[t * D + d] = step(ev, get(ev, i->in[1], d) * step(ev, xr[d] * r));
-    }
+    double ss = 0;
+    for (int64_t d = 0; d < D; d++) ss = step(ev, ss + x[d] * x[d]);
+    double r = step(ev, 1.0 / sqrt(step(ev, step(ev, ss / (double)D) + eps)));
+    for (int64_t d = 0; d < D; d++) out[d] = step(ev, eval_get(ev, w, d) * step(ev, x[d] * r));
 }
 
-/* y = x W^T; each weight row is converted once and dotted with every token's row. */
-static void eval_linear(Eval *ev, const IrInstr *i, double *out)
+static void eval_rms_norm(Eval *ev, const IrInstr *i, double *out)
 {
-    const IrValue *x = i->in[0], *w = i->in[1];
-    int64_t K = ncols(x), N = w->type.dims[0];
+    int64_t D = ncols(i->in[0]);
+    for (int64_t t = 0; t < ev->T; t++)
+        eval_rms_norm_row(ev, ev->vals[i->in[0]->id] + t * D, i->in[1], ir_attr_float(i, "eps"), D, out + t * D);
+}
+
+/* out_rows[r][n] = Σ_k x_rows[r][k] · W[n, k] for the given rows; each weight row is converted
+ * once and dotted with every row, so a dtype conversion costs N·K, not rows·N·K. */
+void eval_gemm_rows(const Eval *ev, const IrValue *w, const double *const *x_rows, double *const *out_rows,
+                    int64_t n_rows)
+{
+    int64_t N = w->type.dims[0], K = w->type.dims[1];
     double *row = xmalloc((size_t)K * sizeof *row);
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t k = 0; k < K; k++) row[k] = get(ev, w, n * K + k);
-        for (int64_t t = 0; t < ev->T; t++) {
-            const double *xr = ev->vals[x->id] + t * K;
+    for (int64_t n = 0; n < N && n_rows > 0; n++) {
+        for (int64_t k = 0; k < K; k++) row[k] = eval_get(ev, w, n * K + k);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const double *xr = x_rows[r];
             double acc = 0;
             if (ev->prec == EVAL_F32)
                 for (int64_t k = 0; k < K; k++) acc = (double)fmaf((float)xr[k], (float)row[k], (float)acc);
             else
                 for (int64_t k = 0; k < K; k++) acc += xr[k] * row[k];
-            out[t * N + n] = acc;
+            out_rows[r][n] = acc;
         }
     }
     free(row);
-    ev->linear_macs += (double)ev->T * (double)N * (double)K;
+}
+
+static void eval_linear(Eval *ev, const IrInstr *i, double *out)
+{
+    const IrValue *x = i->in[0], *w = i->in[1];
+    int64_t K = ncols(x), N = w->type.dims[0];
+    const double **xr = xmalloc((size_t)ev->T * sizeof *xr);
+    double **orow = xmalloc((size_t)ev->T * sizeof *orow);
+    for (int64_t t = 0; t < ev->T; t++) xr[t] = ev->vals[x->id] + t * K, orow[t] = out + t * N;
+    eval_gemm_rows(ev, w, xr, orow, ev->T);
+    free(xr);
+    free(orow);
+    ev->macs_linear += (double)ev->T * (double)N * (double)K;
 }
 
 /* Half-split ("rotate_half") RoPE: the pair (z_i, z_{i+hd/2}) rotates by pos · theta^(-2i/hd). */
@@ -114,7 +98,7 @@ static void eval_rope(Eval *ev, const IrInstr *i, double *out)
     int64_t C = ncols(x), H = ir_attr_int(i, "heads"), hd = C / H, half = hd / 2;
     double theta = ir_attr_float(i, "theta");
     for (int64_t t = 0; t < ev->T; t++) {
-        double pos = get(ev, i->in[1], t);
+        double pos = eval_get(ev, i->in[1], t);
         for (int64_t h = 0; h < H; h++) {
             const double *z = ev->vals[x->id] + t * C + h * hd;
             double *o = out + t * C + h * hd;
@@ -137,14 +121,14 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
     double scale = 1.0 / sqrt((double)hd);
     double *p = xmalloc((size_t)T * sizeof *p);
     for (int64_t t = 0; t < T; t++) {
-        double pt = get(ev, i->in[3], t);
+        double pt = eval_get(ev, i->in[3], t);
         for (int64_t h = 0; h < H; h++) {
             const double *qr = ev->vals[q->id] + t * ncols(q) + h * hd;
             int64_t kh = h / group;
             double mx = -INFINITY, sum = 0;
             for (int64_t j = 0; j < T; j++) {
                 p[j] = NAN;
-                if (get(ev, i->in[3], j) > pt) continue;
+                if (eval_get(ev, i->in[3], j) > pt) continue;
                 const double *kr = ev->vals[k->id] + j * ncols(k) + kh * hd;
                 double s = 0;
                 for (int64_t d = 0; d < hd; d++) s = step(ev, s + qr[d] * kr[d]);
@@ -165,7 +149,7 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
     free(p);
 }
 
-static void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t n)
+void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t n)
 {
     double mx = -INFINITY, sum = 0;
     for (int64_t j = 0; j < n; j++) mx = z[j] > mx ? z[j] : mx;
@@ -174,7 +158,7 @@ static void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t
 }
 
 /* z / (std(z) / target), std with Bessel's correction; a row with zero spread is left as it is. */
-static void eval_logits_norm(const Eval *ev, const double *z, double *o, int64_t n, double target)
+void eval_logits_norm(const Eval *ev, const double *z, double *o, int64_t n, double target)
 {
     double mean = 0, var = 0;
     for (int64_t j = 0; j < n; j++) mean = step(ev, mean + z[j]);
@@ -184,24 +168,33 @@ static void eval_logits_norm(const Eval *ev, const double *z, double *o, int64_t
     for (int64_t j = 0; j < n; j++) o[j] = sd > 0 ? step(ev, z[j] / step(ev, sd / target)) : z[j];
 }
 
-/* Top-k by repeated scans; a strict '>' keeps the lower index first on ties. */
+/* Top-k of one row by repeated scans; a strict '>' keeps the lower index first on ties. */
+void eval_topk_row(const double *z, int64_t E, int64_t k, double *vals, double *ids)
+{
+    bool *taken = xcalloc((size_t)E, sizeof *taken);
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++)
+            if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
+        taken[best] = true;
+        vals[j] = z[best];
+        ids[j] = (double)best;
+    }
+    free(taken);
+}
+
 static void eval_topk(const Eval *ev, const IrInstr *i, double *vals, double *ids)
 {
     int64_t E = ncols(i->in[0]), k = ir_attr_int(i, "k");
-    bool *taken = xmalloc((size_t)E * sizeof *taken);
-    for (int64_t t = 0; t < ev->T; t++) {
-        const double *z = ev->vals[i->in[0]->id] + t * E;
-        memset(taken, 0, (size_t)E * sizeof *taken);
-        for (int64_t j = 0; j < k; j++) {
-            int64_t best = -1;
-            for (int64_t e = 0; e < E; e++)
-                if (!taken[e] && (best < 0 || z[e] > z[best])) best = e;
-            taken[best] = true;
-            vals[t * k + j] = z[best];
-            ids[t * k + j] = (double)best;
-        }
-    }
-    free(taken);
+    for (int64_t t = 0; t < ev->T; t++) eval_topk_row(ev->vals[i->in[0]->id] + t * E, E, k, vals + t * k, ids + t * k);
+}
+
+/* w / sum(w); a row whose weights are all 0 (every pick a zero expert) stays 0, never NaN. */
+void eval_renorm_row(const Eval *ev, const double *w, double *o, int64_t n)
+{
+    double sum = 0;
+    for (int64_t j = 0; j < n; j++) sum = step(ev, sum + w[j]);
+    for (int64_t j = 0; j < n; j++) o[j] = sum != 0 ? step(ev, w[j] / sum) : 0.0;
 }
 
 static void eval_rowwise(Eval *ev, const IrInstr *i, double *out)
@@ -215,10 +208,8 @@ static void eval_rowwise(Eval *ev, const IrInstr *i, double *out)
             eval_softmax_row(ev, z, o, n);
         } else if (i->op == IR_OP_LOGITS_NORM) {
             eval_logits_norm(ev, z, o, n, ir_attr_float(i, "std"));
-        } else { /* RENORM: a row whose weights are all 0 (every pick a zero expert) stays 0, never NaN */
-            double sum = 0;
-            for (int64_t j = 0; j < n; j++) sum = step(ev, sum + z[j]);
-            for (int64_t j = 0; j < n; j++) o[j] = sum != 0 ? step(ev, z[j] / sum) : 0.0;
+        } else {
+            eval_renorm_row(ev, z, o, n);
         }
     }
 }
@@ -250,7 +241,7 @@ static void eval_experts(Eval *ev, const IrInstr *i, double *out)
         const double *al = ev->vals[i->in[1]->id];
         for (int64_t t = 0; t < ev->T; t++)
             for (int64_t d = 0; d < D; d++)
-                out[t * D + d] = step(ev, step(ev, al[2 * t] * u[t * D + d]) + step(ev, al[2 * t + 1] * get(ev, i->in[2], d)));
+                out[t * D + d] = step(ev, step(ev, al[2 * t] * u[t * D + d]) + step(ev, al[2 * t + 1] * eval_get(ev, i->in[2], d)));
         return;
     }
     const double *G = ev->vals[i->in[1]->id], *o = ev->vals[i->in[2]->id];
@@ -273,7 +264,7 @@ static void eval_elementwise(Eval *ev, const IrInstr *i, double *out)
     }
     case IR_OP_TANH: for (int64_t j = 0; j < n; j++) out[j] = step(ev, tanh(a[j])); break;
     case IR_OP_SWIGLU:
-        for (int64_t j = 0; j < n; j++) out[j] = step(ev, step(ev, a[j] / step(ev, 1.0 + exp(-a[j]))) * b[j]);
+        for (int64_t j = 0; j < n; j++) out[j] = eval_swiglu(ev, a[j], b[j]);
         break;
     case IR_OP_CONVERT: memcpy(out, a, (size_t)n * sizeof *out); break;
     case IR_OP_SLICE: {
@@ -287,7 +278,11 @@ static void eval_elementwise(Eval *ev, const IrInstr *i, double *out)
 
 static bool eval_instr(Eval *ev, const IrInstr *i)
 {
-    double *out = result(ev, i, 0);
+    if (eval_moe(ev, i)) { /* the fused and sparse MoE ops make their own results */
+        for (int k = 0; k < i->n_out; k++) eval_round_result(ev, i, k);
+        return true;
+    }
+    double *out = eval_result(ev, i, 0);
     switch (i->op) {
     case IR_OP_EMBED:
         if (!eval_embed(ev, i, out)) return false;
@@ -300,14 +295,14 @@ static bool eval_instr(Eval *ev, const IrInstr *i)
     case IR_OP_SOFTMAX:
     case IR_OP_LOGITS_NORM:
     case IR_OP_RENORM: eval_rowwise(ev, i, out); break;
-    case IR_OP_TOPK: eval_topk(ev, i, out, result(ev, i, 1)); break;
+    case IR_OP_TOPK: eval_topk(ev, i, out, eval_result(ev, i, 1)); break;
     case IR_OP_MASK_EXPERTS:
     case IR_OP_GATE_DENSE: eval_gating(ev, i, out); break;
     case IR_OP_CONST_MIX:
     case IR_OP_GATE_ACCUM: eval_experts(ev, i, out); break;
     default: eval_elementwise(ev, i, out); break;
     }
-    for (int k = 0; k < i->n_out; k++) round_result(ev, i, k);
+    for (int k = 0; k < i->n_out; k++) eval_round_result(ev, i, k);
     return true;
 }
 
@@ -353,7 +348,7 @@ static void collect_outputs(Eval *ev, EvalResult *out)
         if (o->type.dims[0] == IR_DIM_T) o->type.dims[0] = ev->T;
         size_t n = (size_t)ir_type_numel(&v->type, ev->T);
         o->data = xmalloc(n * sizeof *o->data);
-        for (size_t j = 0; j < n; j++) o->data[j] = get(ev, v, (int64_t)j);
+        for (size_t j = 0; j < n; j++) o->data[j] = eval_get(ev, v, (int64_t)j);
     }
 }
 
@@ -381,7 +376,8 @@ bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const in
     free(ev.vals);
     free(ev.params);
     out->seconds = now_seconds() - t0;
-    out->linear_macs = ev.linear_macs;
+    out->macs_linear = ev.macs_linear;
+    out->macs_grouped = ev.macs_grouped;
     return ok;
 }
 

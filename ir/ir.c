@@ -5,7 +5,7 @@
 #include <string.h>
 
 static const IrOpInfo op_table[] = {
-#define IR_OP(e, name, nin, nout, attrs) {name, nin, nout, attrs},
+#define IR_OP(e, name, nin, nout, attrs, opt) {name, nin, nout, attrs, opt},
 #include "ir/ops.def"
 #undef IR_OP
 };
@@ -141,6 +141,13 @@ void ir_attr_set_float(IrModule *m, IrInstr *i, const char *key, double v)
     a->i = (int64_t)v;
 }
 
+void ir_attr_set_str(IrModule *m, IrInstr *i, const char *key, const char *v)
+{
+    IrAttr *a = attr_slot(m, i, key);
+    a->kind = IR_ATTR_STR;
+    a->s = arena_strdup(&m->arena, v);
+}
+
 const IrAttr *ir_attr_get(const IrInstr *i, const char *key)
 {
     for (int k = 0; k < i->n_attrs; k++)
@@ -158,7 +165,7 @@ int64_t ir_attr_int(const IrInstr *i, const char *key)
 double ir_attr_float(const IrInstr *i, const char *key)
 {
     const IrAttr *a = ir_attr_get(i, key);
-    MOE_ASSERT(a);
+    MOE_ASSERT(a && a->kind != IR_ATTR_STR);
     return a->kind == IR_ATTR_INT ? (double)a->i : a->f;
 }
 
@@ -169,4 +176,92 @@ void ir_output_add(IrModule *m, const char *name, IrValue *v)
         m->outputs = xrealloc(m->outputs, (size_t)m->cap_outputs * sizeof *m->outputs);
     }
     m->outputs[m->n_outputs++] = (IrOutput){arena_strdup(&m->arena, name), v};
+}
+
+/* ---- rewriting ---------------------------------------------------------------------------------- */
+
+void ir_replace_uses(IrModule *m, const IrValue *old, IrValue *new_value)
+{
+    for (IrInstr *i = m->first; i; i = i->next)
+        for (int k = 0; k < i->n_in; k++)
+            if (i->in[k] == old) i->in[k] = new_value;
+    for (int k = 0; k < m->n_outputs; k++)
+        if (m->outputs[k].value == old) m->outputs[k].value = new_value;
+}
+
+void ir_instr_remove(IrModule *m, IrInstr *i)
+{
+    if (i->prev) i->prev->next = i->next;
+    else m->first = i->next;
+    if (i->next) i->next->prev = i->prev;
+    else m->last = i->prev;
+    i->prev = i->next = NULL;
+}
+
+void ir_instr_move_before(IrModule *m, IrInstr *i, IrInstr *at)
+{
+    if (i == at) return;
+    ir_instr_remove(m, i);
+    i->next = at;
+    i->prev = at->prev;
+    if (at->prev) at->prev->next = i;
+    else m->first = i;
+    at->prev = i;
+}
+
+int *ir_use_counts(const IrModule *m)
+{
+    int *n = xcalloc((size_t)m->n_values + 1, sizeof *n);
+    for (const IrInstr *i = m->first; i; i = i->next)
+        for (int k = 0; k < i->n_in; k++) n[i->in[k]->id]++;
+    for (int k = 0; k < m->n_outputs; k++) n[m->outputs[k].value->id]++;
+    return n;
+}
+
+void ir_module_compact(IrModule *m)
+{
+    int *uses = ir_use_counts(m);
+    bool *keep = xcalloc((size_t)m->n_values + 1, sizeof *keep);
+    for (int k = 0; k < m->n_values; k++) {
+        const IrValue *v = m->values[k];
+        keep[k] = v->kind == IR_VAL_INPUT || (v->kind == IR_VAL_PARAM && uses[k] > 0);
+    }
+    for (const IrInstr *i = m->first; i; i = i->next)
+        for (int k = 0; k < i->n_out; k++) keep[i->out[k]->id] = true;
+    int n = 0;
+    for (int k = 0; k < m->n_values; k++) {
+        if (!keep[k]) continue;
+        m->values[n] = m->values[k];
+        m->values[n]->id = n;
+        n++;
+    }
+    m->n_values = n;
+    free(keep);
+    free(uses);
+}
+
+int ir_liveness(const IrModule *m, int **def_out, int **last_out)
+{
+    int *def = xmalloc(((size_t)m->n_values + 1) * sizeof *def), *last = xmalloc(((size_t)m->n_values + 1) * sizeof *last);
+    for (int k = 0; k < m->n_values; k++) def[k] = last[k] = -1;
+    int n = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++) {
+        for (int k = 0; k < i->n_in; k++)
+            if (i->in[k]->kind == IR_VAL_RESULT) last[i->in[k]->id] = n;
+        for (int k = 0; k < i->n_out; k++) def[i->out[k]->id] = last[i->out[k]->id] = n;
+    }
+    for (int k = 0; k < m->n_outputs; k++)
+        if (m->outputs[k].value->kind == IR_VAL_RESULT) last[m->outputs[k].value->id] = n;
+    *def_out = def;
+    *last_out = last;
+    return n;
+}
+
+void ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed)
+{
+    int64_t n = (int64_t)dtype_size(v->type.dtype);
+    for (int k = v->type.dims[0] == IR_DIM_T ? 1 : 0; k < v->type.ndim; k++) n *= v->type.dims[k];
+    n = (n + 63) / 64 * 64;
+    *per_t = v->type.dims[0] == IR_DIM_T ? n : 0;
+    *fixed = v->type.dims[0] == IR_DIM_T ? 0 : n;
 }

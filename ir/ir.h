@@ -18,7 +18,7 @@
 #include "support/support.h"
 
 typedef enum {
-#define IR_OP(e, name, nin, nout, attrs) IR_OP_##e,
+#define IR_OP(e, name, nin, nout, attrs, opt) IR_OP_##e,
 #include "ir/ops.def"
 #undef IR_OP
     IR_OP_COUNT
@@ -26,9 +26,10 @@ typedef enum {
 
 typedef struct IrOpInfo {
     const char *name;
-    int n_in;                 /* -1: variadic */
-    int n_out;
+    int n_in;                 /* -1: variable, checked by the op's type rule */
+    int n_out;                /* -1: variable */
     const char *attrs;        /* comma-separated required attribute names */
+    const char *optional;     /* comma-separated optional attribute names */
 } IrOpInfo;
 const IrOpInfo *ir_op_info(ir_op op);
 bool ir_op_lookup(const char *name, ir_op *out);
@@ -57,15 +58,18 @@ typedef struct IrValue {
     const char *tensor;       /* IR_VAL_PARAM: checkpoint tensor name */
     IrInstr *def;             /* IR_VAL_RESULT: the defining instruction */
     int line, col;            /* where it was defined in IR text (0 when built) */
+    bool planned;             /* plan-memory gave it a place in the activation arena: */
+    int64_t off_t, off_c;     /*   byte offset off_t·T + off_c */
 } IrValue;
 
-typedef enum { IR_ATTR_INT, IR_ATTR_FLOAT } ir_attr_kind;
+typedef enum { IR_ATTR_INT, IR_ATTR_FLOAT, IR_ATTR_STR } ir_attr_kind;
 
 typedef struct IrAttr {
     const char *key;
     ir_attr_kind kind;
     int64_t i;
     double f;
+    const char *s;            /* IR_ATTR_STR */
 } IrAttr;
 
 struct IrInstr {
@@ -91,6 +95,8 @@ typedef struct IrModule {
     IrInstr *first, *last;
     IrOutput *outputs;
     int n_outputs, cap_outputs;
+    bool planned;             /* every result has an arena offset; the arena holds arena_t·T + arena_c bytes */
+    int64_t arena_t, arena_c;
 } IrModule;
 
 /* ---- ir.c: building ------------------------------------------------------------------------- */
@@ -105,12 +111,33 @@ IrInstr  *ir_instr_append(IrModule *m, ir_op op, IrValue *const *in, int n_in, c
                           const char *const *out_names, int n_out);
 void      ir_attr_set_int(IrModule *m, IrInstr *i, const char *key, int64_t v);
 void      ir_attr_set_float(IrModule *m, IrInstr *i, const char *key, double v);
+void      ir_attr_set_str(IrModule *m, IrInstr *i, const char *key, const char *v);
 const IrAttr *ir_attr_get(const IrInstr *i, const char *key);
 int64_t   ir_attr_int(const IrInstr *i, const char *key);     /* asserts presence (verified IR) */
 double    ir_attr_float(const IrInstr *i, const char *key);   /* int attributes convert */
 void      ir_output_add(IrModule *m, const char *name, IrValue *v);
 IrType    ir_type_2d(moe_dtype dt, int64_t d0, int64_t d1);
+
+/* ---- ir.c: rewriting (for passes) --------------------------------------------------------------- */
+/* Every use of old (operands and outputs) becomes a use of new. */
+void      ir_replace_uses(IrModule *m, const IrValue *old, IrValue *new_value);
+/* Unlink i from the instruction list (its memory stays in the arena). */
+void      ir_instr_remove(IrModule *m, IrInstr *i);
+/* Move i (just appended, say) to stand right before at. */
+void      ir_instr_move_before(IrModule *m, IrInstr *i, IrInstr *at);
+/* Number of uses of every value by instructions and outputs; caller frees. */
+int      *ir_use_counts(const IrModule *m);
+/* Drop values nobody defines or uses any more (results of removed instructions, unused params) and
+ * renumber the rest densely, in their current order. Inputs are always kept. */
+void      ir_module_compact(IrModule *m);
 IrType    ir_type_1d(moe_dtype dt, int64_t d0);
+
+/* Live ranges by instruction index: value v is defined at def[v] and last needed at last[v] (the
+ * instruction count for module outputs: they live to the end). Inputs and params: -1, -1. Caller
+ * frees both arrays. Returns the instruction count. */
+int       ir_liveness(const IrModule *m, int **def, int **last);
+/* Bytes a result needs for T tokens as per_t·T + fixed, each rounded up to 64. */
+void      ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed);
 
 /* ---- print.c / parse.c: the textual form ------------------------------------------------------ */
 void      ir_print(const IrModule *m, FILE *f);
@@ -120,6 +147,9 @@ IrModule *ir_parse(const char *text, size_t len, Diag *d);
 
 /* ---- verify.c --------------------------------------------------------------------------------- */
 bool      ir_verify(const IrModule *m, Diag *d);
+/* For a planned module: every result has a place inside the arena, and no two results alive at once
+ * share bytes, for T = 1, 3 and 512. On failure why says what and *where is the value to blame. */
+bool      ir_plan_check(const IrModule *m, char *why, size_t n, const IrValue **where);
 
 /* ---- lower.c: spec → dense form --------------------------------------------------------------- */
 IrModule *ir_lower_spec(const ModelSpec *s);
@@ -140,7 +170,8 @@ typedef struct EvalResult {
     EvalTensor *outputs;      /* [n_outputs], in module order */
     int n_outputs;
     double seconds;
-    double linear_macs;       /* multiply-adds spent in linear ops (what the dense form wastes) */
+    double macs_linear;       /* multiply-adds in linear ops (the dense form runs every expert here) */
+    double macs_grouped;      /* multiply-adds in grouped GEMMs: only the rows routed to FFN experts */
 } EvalResult;
 
 /* Run the module on T tokens. ids, pos: [T]. Params are bound by tensor name in w (shape and dtype

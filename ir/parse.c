@@ -132,7 +132,7 @@ static void next(Parser *ps)
     } else if (isalpha(c) || c == '_') {
         t->kind = TK_IDENT;
         lex_name(ps, t);
-    } else if (strchr("{}[],:=", c)) {
+    } else if (strchr("{}[],:=@()", c)) {
         t->kind = TK_PUNCT;
         t->text[0] = (char)c;
         advance_char(ps);
@@ -236,6 +236,27 @@ static bool parse_type(Parser *ps, IrType *t)
     return true;
 }
 
+/* arena(per_t, fixed): an arena size or offset written by plan-memory, in bytes per token and fixed. */
+static bool parse_arena(Parser *ps, int64_t *per_t, int64_t *fixed)
+{
+    Token a, b;
+    if (!is_ident(ps, "arena")) {
+        char buf[300];
+        perr(ps, &ps->tok, "expected 'arena(PER_TOKEN, FIXED)', found %s", tok_desc(&ps->tok, buf, sizeof buf));
+        return false;
+    }
+    next(ps);
+    if (!expect_punct(ps, '(') || !expect_kind(ps, TK_NUMBER, "bytes per token", &a) || !parse_int(ps, &a, per_t) ||
+        !expect_punct(ps, ',') || !expect_kind(ps, TK_NUMBER, "fixed bytes", &b) || !parse_int(ps, &b, fixed) ||
+        !expect_punct(ps, ')'))
+        return false;
+    if (*per_t < 0 || *fixed < 0) {
+        perr(ps, &a, "arena offsets and sizes cannot be negative");
+        return false;
+    }
+    return true;
+}
+
 static bool define_check(Parser *ps, const Token *name)
 {
     IrValue *old = ir_value_find(ps->m, name->text);
@@ -284,12 +305,16 @@ static bool parse_attrs(Parser *ps, IrInstr *in)
     for (;;) {
         Token key, val;
         if (!expect_kind(ps, TK_IDENT, "an attribute name", &key) || !expect_punct(ps, '=')) return false;
-        if (!expect_kind(ps, TK_NUMBER, "a number", &val)) return false;
         if (ir_attr_get(in, key.text)) {
             perr(ps, &key, "attribute '%s' given twice", key.text);
             return false;
         }
-        if (val.is_float) {
+        if (ps->tok.kind == TK_STRING) {
+            ir_attr_set_str(ps->m, in, key.text, ps->tok.text);
+            next(ps);
+        } else if (!expect_kind(ps, TK_NUMBER, "a number or a string", &val)) {
+            return false;
+        } else if (val.is_float) {
             char *endp;
             double f = strtod(val.text, &endp);
             if (*endp) {
@@ -309,18 +334,21 @@ static bool parse_attrs(Parser *ps, IrInstr *in)
     return true;
 }
 
-#define MAX_OPERANDS 16
+#define MAX_RESULTS 16
+#define MAX_OPERANDS 1024
 
 /* instr := result (',' result)* '=' OP operands? attrs?   with result := VALUE ':' type */
 static bool parse_instr(Parser *ps)
 {
-    Token names[MAX_OPERANDS];
-    IrType types[MAX_OPERANDS];
-    const char *cnames[MAX_OPERANDS];
+    Token names[MAX_RESULTS];
+    IrType types[MAX_RESULTS];
+    int64_t off[MAX_RESULTS][2];
+    bool planned[MAX_RESULTS] = {false};
+    const char *cnames[MAX_RESULTS];
     int n_out = 0;
     for (;;) {
-        if (n_out == MAX_OPERANDS) {
-            perr(ps, &ps->tok, "too many results (at most %d)", MAX_OPERANDS);
+        if (n_out == MAX_RESULTS) {
+            perr(ps, &ps->tok, "too many results (at most %d)", MAX_RESULTS);
             return false;
         }
         if (!expect_kind(ps, TK_VALUE, "a value name", &names[n_out]) || !define_check(ps, &names[n_out])) return false;
@@ -331,6 +359,11 @@ static bool parse_instr(Parser *ps)
             }
         }
         if (!expect_punct(ps, ':') || !parse_type(ps, &types[n_out])) return false;
+        if (is_punct(ps, '@')) {
+            next(ps);
+            if (!parse_arena(ps, &off[n_out][0], &off[n_out][1])) return false;
+            planned[n_out] = true;
+        }
         cnames[n_out] = names[n_out].text;
         n_out++;
         if (is_punct(ps, '=')) break;
@@ -378,6 +411,8 @@ static bool parse_instr(Parser *ps)
     for (int k = 0; k < n_out; k++) {
         i->out[k]->line = names[k].line;
         i->out[k]->col = names[k].col;
+        i->out[k]->planned = planned[k];
+        if (planned[k]) i->out[k]->off_t = off[k][0], i->out[k]->off_c = off[k][1];
     }
     return is_punct(ps, '{') ? parse_attrs(ps, i) : true;
 }
@@ -409,7 +444,10 @@ IrModule *ir_parse(const char *text, size_t len, Diag *d)
     next(&ps);
     if (!expect_kind(&ps, TK_STRING, "the module's name in quotes", &name)) return NULL;
     ps.m = ir_module_new(name.text);
-    if (expect_punct(&ps, '{') && parse_items(&ps)) {
+    if (is_ident(&ps, "arena")) {
+        ps.m->planned = parse_arena(&ps, &ps.m->arena_t, &ps.m->arena_c);
+    }
+    if (!ps.failed && expect_punct(&ps, '{') && parse_items(&ps)) {
         next(&ps); /* '}' */
         if (ps.tok.kind != TK_EOF) perr(&ps, &ps.tok, "expected end of file after the module, found %s",
                                         tok_desc(&ps.tok, buf, sizeof buf));

@@ -28,6 +28,17 @@ static void print_float(FILE *f, double v)
     fputs(buf, f);
 }
 
+/* Strings are quoted; '"' and '\\' are escaped with a backslash (parse.c reads them back). */
+static void print_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 static void print_type(FILE *f, const IrType *t)
 {
     fprintf(f, "%s[", dtype_name(t->dtype));
@@ -47,6 +58,7 @@ static void print_attrs(FILE *f, const IrInstr *i)
         const IrAttr *a = &i->attrs[k];
         fprintf(f, "%s%s = ", k ? ", " : "", a->key);
         if (a->kind == IR_ATTR_INT) fprintf(f, "%lld", (long long)a->i);
+        else if (a->kind == IR_ATTR_STR) print_string(f, a->s);
         else print_float(f, a->f);
     }
     fputc('}', f);
@@ -56,8 +68,10 @@ static void print_instr(FILE *f, const IrInstr *i)
 {
     fputs("  ", f);
     for (int k = 0; k < i->n_out; k++) {
-        fprintf(f, "%s%%%s : ", k ? ", " : "", i->out[k]->name);
-        print_type(f, &i->out[k]->type);
+        const IrValue *v = i->out[k];
+        fprintf(f, "%s%%%s : ", k ? ", " : "", v->name);
+        print_type(f, &v->type);
+        if (v->planned) fprintf(f, " @arena(%lld, %lld)", (long long)v->off_t, (long long)v->off_c);
     }
     fprintf(f, " = %s", ir_op_info(i->op)->name);
     for (int k = 0; k < i->n_in; k++) fprintf(f, "%s%%%s", k ? ", " : " ", i->in[k]->name);
@@ -65,21 +79,11 @@ static void print_instr(FILE *f, const IrInstr *i)
     fputc('\n', f);
 }
 
-/* Strings are quoted; '"' and '\\' are escaped with a backslash (parse.c reads them back). */
-static void print_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') fputc('\\', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 void ir_print(const IrModule *m, FILE *f)
 {
     fputs("module ", f);
     print_string(f, m->name);
+    if (m->planned) fprintf(f, " arena(%lld, %lld)", (long long)m->arena_t, (long long)m->arena_c);
     fputs(" {\n", f);
     for (int k = 0; k < m->n_values; k++) {
         const IrValue *v = m->values[k];

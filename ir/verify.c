@@ -211,6 +211,141 @@ static bool check_experts(Verifier *v, const IrInstr *i)
     return want_result(v, 0, &x->type, false);
 }
 
+/* ---- fused and sparse MoE ops ------------------------------------------------------------- */
+
+static bool want_type(Verifier *v, const IrValue *x, IrType t, const char *what)
+{
+    if (ir_type_equal(&x->type, &t)) return true;
+    verr(v, "%s %%%s must be %s, found %s", what, x->name, type_str(v, 0, &t), type_str(v, 1, &x->type));
+    return false;
+}
+
+static bool want_count(Verifier *v, int n, int expect, const char *what)
+{
+    return want(v, n == expect, "expects %d %s, found %d", expect, what, n);
+}
+
+/* A list of same-shaped weights in[first .. first+n). */
+static bool want_weights(Verifier *v, const IrInstr *i, int first, int n, int64_t d0, int64_t d1, const char *what)
+{
+    for (int k = first; k < first + n; k++) {
+        if (!want_weight(v, i->in[k], 2, what)) return false;
+        const IrType *t = &i->in[k]->type;
+        if (!want(v, t->dims[0] == d0 && t->dims[1] == d1, "%s %%%s must be [%lld, %lld], found %s", what,
+                  i->in[k]->name, (long long)d0, (long long)d1, type_str(v, 0, t)))
+            return false;
+    }
+    return true;
+}
+
+static bool check_route(Verifier *v, const IrInstr *i)
+{
+    int64_t E = ir_attr_int(i, "experts"), k = ir_attr_int(i, "k"), L = ir_attr_int(i, "router_layers");
+    int64_t res = ir_attr_int(i, "residual"), nc = ir_attr_int(i, "n_const");
+    int64_t zlo = ir_attr_int(i, "zero_lo"), zhi = ir_attr_int(i, "zero_hi");
+    if (!want(v, E >= 1 && k >= 1 && k <= E && (L == 1 || L == 2) && (res == 0 || res == 1) && nc >= 0 && nc <= E &&
+                     0 <= zlo && zlo <= zhi && zhi <= E && ir_attr_int(i, "gating") >= 0 &&
+                     ir_attr_int(i, "gating") <= 1 && ir_attr_float(i, "norm_std") >= 0 && ir_attr_float(i, "s") > 0,
+              "inconsistent attributes (experts %lld, k %lld, router_layers %lld, residual %lld, n_const %lld, "
+              "zero experts [%lld, %lld))", (long long)E, (long long)k, (long long)L, (long long)res, (long long)nc,
+              (long long)zlo, (long long)zhi) ||
+        !want_count(v, i->n_in, (int)(1 + L + 2 * res + nc), "operands") ||
+        !want_count(v, i->n_out, nc ? 4 : 3, "results") || !want_act(v, i->in[0], 2, true, "input"))
+        return false;
+    int64_t D = cols(i->in[0]);
+    int at = 1;
+    if (L == 2) {
+        int64_t Hr = i->in[1]->type.dims[0];
+        if (!want_weights(v, i, 1, 1, Hr, D, "router W1") || !want_weights(v, i, 2, 1, E, Hr, "router W2")) return false;
+    } else if (!want_weights(v, i, 1, 1, E, D, "router W")) {
+        return false;
+    }
+    at += (int)L;
+    if (res && (!want_type(v, i->in[at], ir_type_2d(DT_F32, IR_DIM_T, E), "residual logits") ||
+                !want_weights(v, i, at + 1, 1, E, E, "gate map")))
+        return false;
+    at += 2 * (int)res;
+    if (!want_weights(v, i, at, (int)nc, 2, D, "constant-expert gate")) return false;
+    IrType wt = ir_type_2d(DT_F32, IR_DIM_T, k), it = ir_type_2d(DT_I32, IR_DIM_T, k);
+    IrType zt = ir_type_2d(DT_F32, IR_DIM_T, E), at_ = ir_type_2d(DT_F32, IR_DIM_T, 2 * (nc ? nc : 1));
+    return want_result(v, 0, &wt, false) && want_result(v, 1, &it, false) && want_result(v, 2, &zt, false) &&
+           (!nc || want_result(v, 3, &at_, false));
+}
+
+static bool check_combine(Verifier *v, const IrInstr *i)
+{
+    int64_t nc = ir_attr_int(i, "n_const");
+    if (!want(v, nc >= 0 && ir_attr_int(i, "const_lo") >= 0 && ir_attr_int(i, "copy_lo") >= 0 &&
+                     ir_attr_int(i, "copy_lo") <= ir_attr_int(i, "copy_hi") && ir_attr_float(i, "s") > 0,
+              "inconsistent expert ranges") ||
+        !want_count(v, i->n_in, (int)(3 + (nc ? 1 + nc : 0)), "operands") || !want_act(v, i->in[0], 2, true, "input") ||
+        !want_act(v, i->in[1], 2, true, "weights") || !want_act(v, i->in[2], 2, false, "expert ids"))
+        return false;
+    int64_t D = cols(i->in[0]);
+    if (nc && !want_type(v, i->in[3], ir_type_2d(DT_F32, IR_DIM_T, 2 * nc), "alpha")) return false;
+    for (int c = 0; c < nc; c++)
+        if (!want_weight(v, i->in[4 + c], 1, "constant vector") ||
+            !want(v, cols(i->in[4 + c]) == D, "constant vector %%%s must have %lld elements", i->in[4 + c]->name,
+                  (long long)D))
+            return false;
+    IrType y = ir_type_2d(DT_F32, IR_DIM_T, D);
+    return want_result(v, 0, &y, false);
+}
+
+static IrType slot_type(moe_dtype dt, int64_t k, int64_t n) { return (IrType){dt, 3, {IR_DIM_T, k, n, 0}}; }
+
+static bool check_grouped(Verifier *v, const IrInstr *i)
+{
+    int64_t E = ir_attr_int(i, "experts");
+    bool up = i->op == IR_OP_MOE_GROUPED_UP;
+    if (!want(v, E >= 1, "experts must be positive") || !want_count(v, i->n_in, (int)(E + (up ? 3 : 5)), "operands") ||
+        !want_type(v, i->in[1], ir_type_1d(DT_I32, E + 1), "offsets") || !want_act(v, i->in[2], 2, false, "slots"))
+        return false;
+    int64_t k = cols(i->in[2]);
+    const IrValue *w0 = i->in[up ? 3 : 5];
+    if (!want_weight(v, w0, 2, "expert weight")) return false;
+    if (up) {
+        int64_t I2 = w0->type.dims[0], D;
+        if (!want_act(v, i->in[0], 2, true, "input") || !want(v, I2 % 2 == 0, "up-projection rows must be even"))
+            return false;
+        D = cols(i->in[0]);
+        if (!want_weights(v, i, 3, (int)E, I2, D, "up-projection")) return false;
+        IrType h = slot_type(i->in[0]->type.dtype, k, I2 / 2);
+        return want_result(v, 0, &h, false);
+    }
+    const IrValue *h = i->in[0];
+    if (!want(v, h->type.ndim == 3 && h->type.dims[0] == IR_DIM_T && h->type.dims[1] == k,
+              "slot buffer %%%s must be [T, %lld, I]", h->name, (long long)k) ||
+        !want_type(v, i->in[3], ir_type_2d(DT_F32, IR_DIM_T, k), "weights") ||
+        !want_act(v, i->in[4], 2, true, "accumulator") ||
+        !want_weights(v, i, 5, (int)E, cols(i->in[4]), h->type.dims[2], "down-projection"))
+        return false;
+    return want_result(v, 0, &i->in[4]->type, false);
+}
+
+static bool check_moe(Verifier *v, const IrInstr *i)
+{
+    switch (i->op) {
+    case IR_OP_MOE_ROUTE: return check_route(v, i);
+    case IR_OP_MOE_COMBINE: return check_combine(v, i);
+    case IR_OP_MOE_DISPATCH: {
+        int64_t E = ir_attr_int(i, "experts");
+        if (!want(v, E >= 1, "experts must be positive") || !want_act(v, i->in[0], 2, false, "expert ids")) return false;
+        IrType off = ir_type_1d(DT_I32, E + 1);
+        return want_result(v, 0, &off, false) && want_result(v, 1, &i->in[0]->type, false);
+    }
+    case IR_OP_ADD_RMS_NORM:
+        if (!want_act(v, i->in[0], 2, true, "operand") || !want_same(v, i->in[0], i->in[1]) ||
+            !want_weight(v, i->in[2], 1, "weight") ||
+            !want(v, cols(i->in[2]) == cols(i->in[0]), "weight has %lld elements, input %lld columns",
+                  (long long)cols(i->in[2]), (long long)cols(i->in[0])) ||
+            !want(v, ir_attr_float(i, "eps") > 0, "eps must be positive"))
+            return false;
+        return want_result(v, 0, &i->in[0]->type, false) && want_result(v, 1, &i->in[0]->type, false);
+    default: return check_grouped(v, i);
+    }
+}
+
 static bool check_op(Verifier *v, const IrInstr *i)
 {
     const IrValue *x = i->n_in ? i->in[0] : NULL;
@@ -254,30 +389,53 @@ static bool check_op(Verifier *v, const IrInstr *i)
     case IR_OP_GATE_DENSE: return check_routing(v, i);
     case IR_OP_CONST_MIX:
     case IR_OP_GATE_ACCUM: return check_experts(v, i);
+    case IR_OP_MOE_ROUTE:
+    case IR_OP_MOE_COMBINE:
+    case IR_OP_MOE_DISPATCH:
+    case IR_OP_MOE_GROUPED_UP:
+    case IR_OP_MOE_GROUPED_DOWN:
+    case IR_OP_ADD_RMS_NORM: return check_moe(v, i);
     default: return check_elementwise(v, i);
     }
 }
 
-/* Required attributes exist with the right kind; no unknown ones. Integer-valued attributes are the
- * ones that count or index things; the others (eps, theta, s, std) are floats but accept integers. */
+static bool in_list(const char *list, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = strstr(list, key); p; p = strstr(p + 1, key))
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return true;
+    return false;
+}
+
+/* Attributes that count or index things are integers, tile_src is a string, the rest (eps, theta, s,
+ * std, norm_std) are floats that also accept integers. */
+static ir_attr_kind attr_kind(const char *key)
+{
+    static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
+                                    "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k";
+    if (in_list(ints, key)) return IR_ATTR_INT;
+    return strcmp(key, "tile_src") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
+}
+
+/* Required attributes exist with the right kind; optional ones may; no others. */
 static bool check_attrs(Verifier *v, const IrInstr *i)
 {
-    static const char *const int_attrs[] = {"k", "lo", "hi", "start", "len", "experts", "expert", "heads", "kv_heads"};
-    const char *req = ir_op_info(i->op)->attrs;
+    const IrOpInfo *info = ir_op_info(i->op);
     for (int k = 0; k < i->n_attrs; k++) {
-        const char *key = i->attrs[k].key;
-        size_t n = strlen(key);
-        const char *p = strstr(req, key);
-        while (p && !((p == req || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))) p = strstr(p + 1, key);
-        if (!want(v, p != NULL, "unknown attribute '%s' (expected: %s)", key, *req ? req : "none")) return false;
-        for (size_t j = 0; j < MOE_ARRAY_LEN(int_attrs); j++)
-            if (strcmp(key, int_attrs[j]) == 0 && !want(v, i->attrs[k].kind == IR_ATTR_INT,
-                                                          "attribute '%s' must be an integer", key))
-                return false;
+        const IrAttr *a = &i->attrs[k];
+        if (!want(v, in_list(info->attrs, a->key) || in_list(info->optional, a->key),
+                  "unknown attribute '%s' (expected: %s%s%s)", a->key, *info->attrs ? info->attrs : "none",
+                  *info->optional ? "; optional: " : "", info->optional))
+            return false;
+        ir_attr_kind want_kind = attr_kind(a->key);
+        bool ok = a->kind == want_kind || (want_kind == IR_ATTR_FLOAT && a->kind == IR_ATTR_INT);
+        if (!want(v, ok, "attribute '%s' must be %s", a->key,
+                  want_kind == IR_ATTR_INT ? "an integer" : want_kind == IR_ATTR_STR ? "a string" : "a number"))
+            return false;
     }
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", req);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", info->attrs);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
         if (!want(v, ir_attr_get(i, tok) != NULL, "missing attribute '%s'", tok)) return false;
     return true;
 }
@@ -287,8 +445,8 @@ static bool check_instr(Verifier *v, const IrInstr *i, const bool *defined)
     const IrOpInfo *info = ir_op_info(i->op);
     if (!want(v, info->n_in < 0 || i->n_in == info->n_in, "takes %d operand%s, found %d", info->n_in,
               info->n_in == 1 ? "" : "s", i->n_in) ||
-        !want(v, i->n_out == info->n_out, "has %d result%s, found %d", info->n_out, info->n_out == 1 ? "" : "s",
-              i->n_out))
+        !want(v, info->n_out < 0 || i->n_out == info->n_out, "has %d result%s, found %d", info->n_out,
+              info->n_out == 1 ? "" : "s", i->n_out))
         return false;
     for (int k = 0; k < i->n_in; k++)
         if (!want(v, defined[i->in[k]->id], "operand %%%s is used before it is defined", i->in[k]->name))
@@ -313,6 +471,72 @@ bool ir_verify(const IrModule *m, Diag *d)
                   m->outputs[k].name))
             ok = false;
     if (!want(&v, m->n_outputs > 0, "module \"%s\" has no outputs", m->name)) ok = false;
+    char why[256];
+    const IrValue *where = NULL;
+    if (ok && m->planned && !ir_plan_check(m, why, sizeof why, &where)) {
+        diag_error(d, where->line, where->col, "memory plan: %s", why);
+        ok = false;
+    }
     free(defined);
+    return ok;
+}
+
+/* ---- the memory plan ------------------------------------------------------------------------------ */
+
+static bool plan_pair_ok(const IrValue *a, const IrValue *b, int64_t T)
+{
+    int64_t pa, fa, pb, fb;
+    ir_value_bytes(a, &pa, &fa);
+    ir_value_bytes(b, &pb, &fb);
+    int64_t a0 = a->off_t * T + a->off_c, a1 = a0 + pa * T + fa;
+    int64_t b0 = b->off_t * T + b->off_c, b1 = b0 + pb * T + fb;
+    return a1 <= b0 || b1 <= a0;
+}
+
+/* Every result has a place that fits in the arena for T = 1, 3, 512; *where gets the first that does not. */
+static bool plan_places_ok(const IrModule *m, const int64_t *Ts, size_t nT, char *why, size_t n, const IrValue **where)
+{
+    for (int a = 0; a < m->n_values; a++) {
+        const IrValue *v = m->values[a];
+        if (v->kind != IR_VAL_RESULT) continue;
+        int64_t pa, fa;
+        ir_value_bytes(v, &pa, &fa);
+        for (size_t t = 0; t < nT; t++) {
+            int64_t end = (v->off_t + pa) * Ts[t] + v->off_c + fa;
+            if (!v->planned || end > m->arena_t * Ts[t] + m->arena_c) {
+                snprintf(why, n, v->planned ? "%%%s does not fit in the arena at T = %lld"
+                                            : "%%%s has no arena offset (expected @arena(PER_TOKEN, FIXED))",
+                         v->name, (long long)Ts[t]);
+                *where = v;
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool ir_plan_check(const IrModule *m, char *why, size_t n, const IrValue **where)
+{
+    static const int64_t Ts[] = {1, 3, 512};
+    if (!plan_places_ok(m, Ts, MOE_ARRAY_LEN(Ts), why, n, where)) return false;
+    int *def, *last;
+    ir_liveness(m, &def, &last);
+    bool ok = true;
+    for (int a = 0; ok && a < m->n_values; a++) {
+        const IrValue *va = m->values[a];
+        for (int b = a + 1; ok && va->kind == IR_VAL_RESULT && b < m->n_values; b++) {
+            const IrValue *vb = m->values[b];
+            if (vb->kind != IR_VAL_RESULT || def[a] > last[b] || def[b] > last[a]) continue;
+            for (size_t t = 0; ok && t < MOE_ARRAY_LEN(Ts); t++)
+                if (!plan_pair_ok(va, vb, Ts[t])) {
+                    snprintf(why, n, "%%%s and %%%s are alive together and overlap in the arena at T = %lld",
+                             va->name, vb->name, (long long)Ts[t]);
+                    *where = vb->line ? vb : va;
+                    ok = false;
+                }
+        }
+    }
+    free(def);
+    free(last);
     return ok;
 }

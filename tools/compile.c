@@ -2,6 +2,7 @@
  * reference interpreter on a whole model with real or random weights). */
 #include "frontend/frontend.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
 
@@ -50,7 +51,14 @@ static bool load_spec(const char *path, ModelSpec *s)
 
 /* ---- moeppc compile ------------------------------------------------------------------------------ */
 
-#define COMPILE_USAGE "compile (SPEC | --ir FILE) [--print-ir] [--stats] [-o FILE.ir]"
+#define COMPILE_USAGE "compile (SPEC | --ir FILE) [-O0|-O1] [--target cpu|sm_80|sm_86|sm_89|sm_90] [--print-ir] " \
+                      "[--print-after=PASS|all] [--pass NAME] [--stats] [-o FILE.ir]"
+
+typedef struct {
+    const char *spec, *ir, *out, *only_pass;
+    bool print_ir, stats;
+    PassOptions po;
+} CompileArgs;
 
 static IrModule *compile_input(const char *spec_path, const char *ir_path)
 {
@@ -75,50 +83,95 @@ static IrModule *compile_input(const char *spec_path, const char *ir_path)
     return m;
 }
 
-static void print_stats(const IrModule *m, FILE *f)
+static void count_ops(const IrModule *m, int count[IR_OP_COUNT], int *n_instr, int *n_param)
 {
-    int count[IR_OP_COUNT] = {0}, n_instr = 0, n_param = 0;
-    for (const IrInstr *i = m->first; i; i = i->next) count[i->op]++, n_instr++;
-    for (int k = 0; k < m->n_values; k++) n_param += m->values[k]->kind == IR_VAL_PARAM;
-    fprintf(f, "module \"%s\": %d instructions, %d params, %d outputs\n", m->name, n_instr, n_param, m->n_outputs);
+    *n_instr = *n_param = 0;
+    for (int op = 0; op < IR_OP_COUNT; op++) count[op] = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) count[i->op]++, (*n_instr)++;
+    for (int k = 0; k < m->n_values; k++) *n_param += m->values[k]->kind == IR_VAL_PARAM;
+}
+
+/* Op counts of the module as it came in and as the pipeline left it, then the arena. */
+static void print_stats(const IrModule *before, const IrModule *after, FILE *f)
+{
+    int cb[IR_OP_COUNT], ca[IR_OP_COUNT], ib, ia, pb, pa;
+    count_ops(before, cb, &ib, &pb);
+    count_ops(after, ca, &ia, &pa);
+    fprintf(f, "module \"%s\"        before   after\n", after->name);
+    fprintf(f, "  %-18s %7d %7d\n  %-18s %7d %7d\n", "instructions", ib, ia, "params", pb, pa);
     for (int op = 0; op < IR_OP_COUNT; op++)
-        if (count[op]) fprintf(f, "  %-14s %6d\n", ir_op_info((ir_op)op)->name, count[op]);
+        if (cb[op] || ca[op]) fprintf(f, "  %-18s %7d %7d\n", ir_op_info((ir_op)op)->name, cb[op], ca[op]);
+    if (!after->planned) return;
+    fprintf(f, "activation arena: %lld·T + %lld bytes\n", (long long)after->arena_t, (long long)after->arena_c);
+    static const int64_t Ts[] = {1, 512, 4096};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(Ts); k++)
+        fprintf(f, "  T = %-5lld arena %10.3f MiB   every intermediate separately %10.3f MiB\n", (long long)Ts[k],
+                (double)plan_arena_bytes(after, Ts[k]) / 1048576.0, (double)plan_naive_bytes(after, Ts[k]) / 1048576.0);
+}
+
+static int parse_compile_args(int argc, char **argv, CompileArgs *c)
+{
+    *c = (CompileArgs){.po = {.opt_level = 1, .target = TARGET_CPU, .print_out = stdout}};
+    for (int a = 1; a < argc; a++) {
+        const char *o = argv[a], *v = a + 1 < argc ? argv[a + 1] : NULL;
+        if (strcmp(o, "--print-ir") == 0) c->print_ir = true;
+        else if (strcmp(o, "--stats") == 0) c->stats = true;
+        else if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) c->po.opt_level = o[2] - '0';
+        else if (strncmp(o, "--print-after=", 14) == 0) c->po.print_after = o + 14;
+        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", COMPILE_USAGE), -1;
+        else if (o[0] == '-' && !v) return usage_error("compile", COMPILE_USAGE, "unknown or incomplete option '%s'", o);
+        else if (strcmp(o, "--ir") == 0) c->ir = v, a++;
+        else if (strcmp(o, "-o") == 0) c->out = v, a++;
+        else if (strcmp(o, "--pass") == 0) c->only_pass = v, a++;
+        else if (strcmp(o, "--print-after") == 0) c->po.print_after = v, a++;
+        else if (strcmp(o, "--target") == 0) {
+            if (!pass_target_parse(v, &c->po.target))
+                return usage_error("compile", COMPILE_USAGE, "--target: expected cpu, sm_80, sm_86, sm_89 or sm_90, found '%s'", v);
+            a++;
+        } else if (o[0] == '-') return usage_error("compile", COMPILE_USAGE, "unknown option '%s'", o);
+        else if (!c->spec) c->spec = o;
+        else return usage_error("compile", COMPILE_USAGE, "unexpected argument '%s'", o);
+    }
+    if (!c->spec == !c->ir) return usage_error("compile", COMPILE_USAGE, "%s", "give either a spec or --ir FILE");
+    if (c->po.print_after && strcmp(c->po.print_after, "all") != 0) {
+        bool known = false;
+        for (const char *const *n = passes_names(); *n; n++) known |= strcmp(*n, c->po.print_after) == 0;
+        if (!known) {
+            fprintf(stderr, "moeppc compile: error: --print-after: unknown pass '%s' (passes: all", c->po.print_after);
+            for (const char *const *n = passes_names(); *n; n++) fprintf(stderr, ", %s", *n);
+            fprintf(stderr, ")\nusage: moeppc %s\n", COMPILE_USAGE);
+            return 2;
+        }
+    }
+    return 0;
 }
 
 int cmd_compile(int argc, char **argv)
 {
-    const char *spec = NULL, *ir = NULL, *out = NULL;
-    bool print_ir = false, stats = false;
-    for (int a = 1; a < argc; a++) {
-        if (strcmp(argv[a], "--print-ir") == 0) print_ir = true;
-        else if (strcmp(argv[a], "--stats") == 0) stats = true;
-        else if (strcmp(argv[a], "--ir") == 0 && a + 1 < argc) ir = argv[++a];
-        else if (strcmp(argv[a], "-o") == 0 && a + 1 < argc) out = argv[++a];
-        else if (strcmp(argv[a], "--help") == 0) return printf("usage: moeppc %s\n", COMPILE_USAGE), 0;
-        else if (argv[a][0] == '-') return usage_error("compile", COMPILE_USAGE, "unknown or incomplete option '%s'", argv[a]);
-        else if (!spec) spec = argv[a];
-        else return usage_error("compile", COMPILE_USAGE, "unexpected argument '%s'", argv[a]);
-    }
-    if (!spec == !ir) return usage_error("compile", COMPILE_USAGE, "%s", "give either a spec or --ir FILE");
-    IrModule *m = compile_input(spec, ir);
+    CompileArgs c;
+    int rc = parse_compile_args(argc, argv, &c);
+    if (rc) return rc < 0 ? 0 : rc;
+    IrModule *m = compile_input(c.spec, c.ir);
     if (!m) return 1;
-    int rc = 0;
-    if (print_ir) ir_print(m, stdout);
-    if (stats) print_stats(m, stdout);
-    if (out) {
+    IrModule *before = c.stats ? compile_input(c.spec, c.ir) : NULL;
+    Diag d = {stderr, c.ir ? c.ir : c.spec, 0};
+    bool ok = c.only_pass ? passes_run_one(m, c.only_pass, &c.po, &d) : passes_run(m, &c.po, &d);
+    if (ok && c.print_ir) ir_print(m, stdout);
+    if (ok && c.stats) print_stats(before, m, stdout);
+    if (ok && c.out) {
         char *text = ir_print_string(m);
-        rc = write_file_atomic(out, text, strlen(text), "compile") ? 0 : 1;
+        ok = write_file_atomic(c.out, text, strlen(text), "compile");
         free(text);
     }
-    if (!print_ir && !stats && !out) print_stats(m, stdout);
+    ir_module_free(before);
     ir_module_free(m);
-    return rc;
+    return ok ? 0 : 1;
 }
 
 /* ---- moeppc run ---------------------------------------------------------------------------------- */
 
 #define RUN_USAGE "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--logits-out F] " \
-                  "[--routes-out F] [--precision f64|f32] [--top N]"
+                  "[--routes-out F] [--precision f64|f32] [--top N] [-O0|-O1]"
 
 typedef struct {
     const char *spec, *weights, *ids, *logits_out, *routes_out;
@@ -126,6 +179,7 @@ typedef struct {
     uint64_t seed;
     eval_precision prec;
     int top;
+    int opt_level;
 } RunArgs;
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -141,9 +195,13 @@ static bool parse_u64(const char *s, uint64_t *out)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5};
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1};
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a], *v = a + 1 < argc ? argv[a + 1] : NULL;
+        if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) {
+            r->opt_level = o[2] - '0';
+            continue;
+        }
         if (o[0] == '-' && strcmp(o, "--help") != 0 && !v)
             return usage_error("run", RUN_USAGE, "option '%s' needs a value", o);
         if (strcmp(o, "--weights") == 0) r->weights = v, a++;
@@ -309,6 +367,9 @@ static int run_model(const RunArgs *r, const ModelSpec *s, const int32_t *ids, i
     WeightSet *w;
     if (!open_weights(r, s, &w)) return 1;
     IrModule *m = ir_lower_spec(s);
+    PassOptions po = {.opt_level = r->opt_level, .target = TARGET_CPU};
+    Diag d = {stderr, r->spec, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
     int32_t *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     EvalResult res;
@@ -318,8 +379,9 @@ static int run_model(const RunArgs *r, const ModelSpec *s, const int32_t *ids, i
         fprintf(stderr, "moeppc run: error: %s\n", err.msg);
     } else {
         const EvalTensor *logits = eval_output(&res, "logits");
-        printf("interpreted the dense IR in %.3f s (%s accumulation, %.1f M linear multiply-adds, %.1f tokens/s)\n",
-               res.seconds, r->prec == EVAL_F32 ? "f32" : "f64", res.linear_macs / 1e6, (double)T / res.seconds);
+        printf("interpreted the %s IR in %.3f s (%s accumulation, %.1f tokens/s): %.1f M multiply-adds in linear "
+               "ops, %.1f M in grouped expert GEMMs\n", r->opt_level ? "optimised" : "dense", res.seconds,
+               r->prec == EVAL_F32 ? "f32" : "f64", (double)T / res.seconds, res.macs_linear / 1e6, res.macs_grouped / 1e6);
         print_predictions(logits, ids, r->top, stdout);
         print_route_stats(s, &res, stdout);
         rc = 0;

@@ -1,0 +1,88 @@
+/* plan_memory.c — every intermediate gets a place in one activation arena.
+ *
+ * Sizes are per_t·T + fixed bytes (ir_value_bytes), so the arena is two regions: the fixed-size
+ * buffers (dispatch offsets) first, then the token-proportional ones, whose offsets are multiples of T.
+ * In each region buffers are placed greedily, largest first, at the lowest offset that overlaps no
+ * buffer alive at the same time (TFLite's "greedy by size"), so the arena holds the peak of the live
+ * set, not the sum of every intermediate. Offsets are byte offsets off_t·T + off_c. */
+#include "passes/passes.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    IrValue *v;
+    int64_t size, off;
+    int def, last;
+} Buf;
+
+static int by_size_desc(const void *a, const void *b)
+{
+    const Buf *x = a, *y = b;
+    if (x->size != y->size) return x->size < y->size ? 1 : -1;
+    return x->def - y->def;
+}
+
+/* Place bufs[0..n) (sorted); returns the region's size. */
+static int64_t place(Buf *bufs, int n)
+{
+    int64_t top = 0;
+    for (int a = 0; a < n; a++) {
+        int64_t off = 0;
+        for (bool moved = true; moved;) { /* bump past every conflicting placed buffer until none overlaps */
+            moved = false;
+            for (int b = 0; b < a; b++) {
+                if (bufs[b].def > bufs[a].last || bufs[a].def > bufs[b].last) continue;
+                if (off < bufs[b].off + bufs[b].size && bufs[b].off < off + bufs[a].size) {
+                    off = bufs[b].off + bufs[b].size;
+                    moved = true;
+                }
+            }
+        }
+        bufs[a].off = off;
+        if (off + bufs[a].size > top) top = off + bufs[a].size;
+    }
+    return top;
+}
+
+bool pass_plan_memory(IrModule *m, const PassOptions *o)
+{
+    (void)o;
+    int *def, *last;
+    ir_liveness(m, &def, &last);
+    Buf *tok = xcalloc((size_t)m->n_values + 1, sizeof *tok), *fix = xcalloc((size_t)m->n_values + 1, sizeof *fix);
+    int nt = 0, nf = 0;
+    for (int k = 0; k < m->n_values; k++) {
+        IrValue *v = m->values[k];
+        if (v->kind != IR_VAL_RESULT) continue;
+        int64_t per_t, fixed;
+        ir_value_bytes(v, &per_t, &fixed);
+        if (per_t) tok[nt++] = (Buf){v, per_t, 0, def[k], last[k]};
+        else fix[nf++] = (Buf){v, fixed, 0, def[k], last[k]};
+    }
+    qsort(tok, (size_t)nt, sizeof *tok, by_size_desc);
+    qsort(fix, (size_t)nf, sizeof *fix, by_size_desc);
+    m->arena_c = place(fix, nf);
+    m->arena_t = place(tok, nt);
+    for (int k = 0; k < nf; k++) fix[k].v->off_t = 0, fix[k].v->off_c = fix[k].off, fix[k].v->planned = true;
+    for (int k = 0; k < nt; k++) tok[k].v->off_t = tok[k].off, tok[k].v->off_c = m->arena_c, tok[k].v->planned = true;
+    m->planned = true;
+    free(tok);
+    free(fix);
+    free(def);
+    free(last);
+    return true;
+}
+
+int64_t plan_arena_bytes(const IrModule *m, int64_t T) { return m->arena_t * T + m->arena_c; }
+
+int64_t plan_naive_bytes(const IrModule *m, int64_t T)
+{
+    int64_t sum = 0;
+    for (int k = 0; k < m->n_values; k++) {
+        if (m->values[k]->kind != IR_VAL_RESULT) continue;
+        int64_t per_t, fixed;
+        ir_value_bytes(m->values[k], &per_t, &fixed);
+        sum += per_t * T + fixed;
+    }
+    return sum;
+}
