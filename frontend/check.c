@@ -41,25 +41,6 @@ int cmd_check(int argc, char **argv)
     return 0;
 }
 
-/* Copy with truncation (names are at most 127 bytes). */
-static void copy_trunc(char *dst, size_t n, const char *src)
-{
-    size_t l = strlen(src);
-    if (l >= n) l = n - 1;
-    memcpy(dst, src, l);
-    dst[l] = 0;
-}
-
-/* "out/moepp-7b.yaml" → "moepp-7b": the spec is named after the file it is written to. */
-static void name_from_output(const char *path, char *buf, size_t n)
-{
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    copy_trunc(buf, n, b);
-    char *dot = strrchr(buf, '.');
-    if (dot && dot != buf) *dot = 0;
-}
-
 /* Write to OUT.tmp, then rename: a reader never sees a half-written spec, a failure leaves nothing. */
 static bool write_atomically(const ModelSpec *s, const char *out)
 {
@@ -106,6 +87,6 @@ int cmd_import_hf(int argc, char **argv)
     ModelSpec s;
     Diag d = {.out = stderr, .file = in};
     if (!spec_from_hf_config(in, &s, &d)) return 1;
-    name_from_output(out, s.name, sizeof s.name);
+    spec_name_from_path(out, s.name, sizeof s.name); /* named after the file it is written to */
     return write_atomically(&s, out) ? 0 : 1;
 }

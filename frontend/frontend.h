@@ -61,6 +61,8 @@ void diag_error(Diag *d, int line, int col, const char *fmt, ...) __attribute__(
 /* Parse and check a spec; false (with diagnostics printed) on any error. */
 bool spec_load_file(const char *path, ModelSpec *out, Diag *d);
 bool spec_load_string(const char *text, size_t len, ModelSpec *out, Diag *d);
+/* A spec's default name from a file path: "specs/tiny/tiny-gqa.yaml" → "tiny-gqa". */
+void spec_name_from_path(const char *path, char *buf, size_t n);
 /* Write a spec as YAML v1 (what import-hf produces). Returns false on I/O error. */
 bool spec_write_yaml(const ModelSpec *s, FILE *f);
 

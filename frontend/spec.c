@@ -685,8 +685,8 @@ bool spec_load_string(const char *text, size_t len, ModelSpec *out, Diag *d)
     return spec_load_named(text, len, "spec", out, d);
 }
 
-/* "specs/tiny/tiny-gqa.yaml" → "tiny-gqa". */
-static void base_name(const char *path, char *buf, size_t n)
+/* "specs/tiny/tiny-gqa.yaml" → "tiny-gqa" ("spec" if nothing is left). */
+void spec_name_from_path(const char *path, char *buf, size_t n)
 {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
@@ -707,7 +707,7 @@ bool spec_load_file(const char *path, ModelSpec *out, Diag *d)
         diag_error(d, 0, 0, "cannot read the spec: %s", strerror(errno));
     } else {
         char name[sizeof out->name];
-        base_name(path, name, sizeof name);
+        spec_name_from_path(path, name, sizeof name);
         ok = spec_load_named(text, len, name, out, d);
         free(text);
     }

@@ -5,22 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *tmp;
-
-static int setup(void **state)
-{
-    (void)state;
-    tmp = tu_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    tu_rmtree(tmp);
-    free(tmp);
-    return 0;
-}
 
 static const char tiny_yaml[] =
     "format: 1\nname: tiny\nmodel:\n  vocab: 64\n  hidden: 16\n  layers: 2\n  heads: 2\n  kv_heads: 2\n"
@@ -109,9 +93,9 @@ static void test_writes_random_weights(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_usage_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_spec, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_writes_random_weights, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_usage_errors, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_spec, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_writes_random_weights, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,22 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *tmp;
-
-static int setup(void **state)
-{
-    (void)state;
-    tmp = tu_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    tu_rmtree(tmp);
-    free(tmp);
-    return 0;
-}
 
 /* Open PATH, expect failure, and expect each of the NULL-terminated strings in the message. */
 static void expect_fail(const char *path, const char *const *want)
@@ -302,7 +286,7 @@ static void test_fuzz_header(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, tu_setup, tu_teardown)
     const struct CMUnitTest tests[] = {
         T(test_empty_file), T(test_five_byte_file), T(test_header_length_past_eof), T(test_header_length_huge),
         T(test_header_not_json), T(test_header_json_array), T(test_entry_not_object), T(test_missing_dtype),

@@ -4,22 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *tmp;
-
-static int setup(void **state)
-{
-    (void)state;
-    tmp = tu_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    tu_rmtree(tmp);
-    free(tmp);
-    return 0;
-}
 
 /* Values chosen to be exact in every dtype, plus rounding-sensitive ones stored raw. */
 static void roundtrip(moe_dtype dt)
@@ -257,17 +241,17 @@ static void test_missing_path(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_roundtrip_f32, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_roundtrip_bf16, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_roundtrip_f16, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_read_handmade, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_tensors_lookup, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_write_refuses_bad_input, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_write_replaces, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sharded_via_index, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sharded_via_directory, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_directory_single_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_missing_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_f32, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_bf16, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_f16, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_read_handmade, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_many_tensors_lookup, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_write_refuses_bad_input, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_write_replaces, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_sharded_via_index, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_sharded_via_directory, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_directory_single_file, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_missing_path, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -88,3 +88,21 @@ ModelSpec tu_small_paper_spec(moe_dtype dt)
     snprintf(s.name, sizeof s.name, "moepp-0.6b");
     return s;
 }
+
+char *tmp;
+
+int tu_setup(void **state)
+{
+    (void)state;
+    tmp = tu_tmpdir();
+    return 0;
+}
+
+int tu_teardown(void **state)
+{
+    (void)state;
+    tu_rmtree(tmp);
+    free(tmp);
+    tmp = NULL;
+    return 0;
+}

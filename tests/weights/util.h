@@ -13,6 +13,10 @@
 /* A fresh directory under /tmp (mkdtemp); caller frees and removes it with tu_rmtree. */
 char *tu_tmpdir(void);
 void  tu_rmtree(const char *dir);
+/* The per-group temp directory: tu_setup makes it (CMocka group setup), tu_teardown removes it. */
+extern char *tmp;
+int   tu_setup(void **state);
+int   tu_teardown(void **state);
 /* DIR/NAME, malloc'd. */
 char *tu_path(const char *dir, const char *name);
 void  tu_write_file(const char *path, const void *data, size_t n);
