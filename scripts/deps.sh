@@ -8,6 +8,8 @@ want_tests=0
 missing=()
 need_pkg() { dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1"); }
 for p in cmake gcc make pkg-config libyaml-dev libcjson-dev; do need_pkg "$p"; done
+# The LLVM C API (14 or newer) for CPU code generation: any installed llvm-NN-dev will do.
+ls /usr/lib/llvm-*/lib/cmake/llvm/LLVMConfig.cmake >/dev/null 2>&1 || missing+=("llvm-dev")
 if [ "$want_tests" = 1 ]; then
   for p in libcmocka-dev python3 python3-numpy python3-yaml; do need_pkg "$p"; done
 fi

@@ -1,0 +1,149 @@
+/* bench_gemm — the grouped GEMMs of one MoE++ 7B layer (D = 1536, I = 4096, 16 experts, top-2,
+ * uniform random routing): SwiGLU up-projection + gate-weighted scatter-add down-projection, for
+ * T = 1, 64, 512 on 1 and 2 threads, f32 and bf16 weights interleaved round by round. Prints the
+ * median (min-max) time, GFLOP/s and the fraction of the f32 FMA peak measured in the same run.
+ * Usage: bench_gemm [max_threads [T]]   (MOEPPC_KC=n tries K blocking; MOEPPC_ISA caps the ISA) */
+#include "bench/probe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { D = 1536, I = 4096, E = 16, TOPK = 2, MAX_REPS = 64 };
+
+typedef struct Weights {
+    moe_dtype dt;
+    const CgKernel *kern;
+    CgPackedB up[E], down[E];
+} Weights;
+
+static uint64_t xs_state = 88172645463325252ull;
+static float fast_rand(void) { /* xorshift: 600M weights in about a second */
+    xs_state ^= xs_state << 13, xs_state ^= xs_state >> 7, xs_state ^= xs_state << 17;
+    return (float)(xs_state >> 40) * (1.0f / 16777216.0f) * 0.04f - 0.02f;
+}
+
+/* Random expert weights in dtype, packed; the unpacked copy lives only while one matrix packs. */
+static void make_weights(Weights *w, moe_dtype dt, const CgKernel *kern) {
+    w->dt = dt;
+    w->kern = kern;
+    size_t n_up = (size_t)2 * I * D, n_down = (size_t)D * I;
+    void *buf = xmalloc(n_up * dtype_size(dt));
+    for (int e = 0; e < E; e++) {
+        for (size_t i = 0; i < n_up; i++) dtype_store(dt, buf, i, fast_rand());
+        cg_pack_b_swiglu(&w->up[e], buf, dt, 2 * I, D, kern->cfg.nr);
+        for (size_t i = 0; i < n_down; i++) dtype_store(dt, buf, i, fast_rand());
+        cg_pack_b(&w->down[e], buf, dt, D, I, kern->cfg.nr);
+    }
+    free(buf);
+}
+
+typedef struct Batch {
+    int t;
+    int64_t off[E + 1];
+    int32_t *perm;
+    float *gate_w, *x, *h, *out;
+} Batch;
+
+/* Each token picks TOPK distinct experts uniformly; slots sorted by expert (counting sort). */
+static void make_batch(Batch *b, int t, moe_rng *r) {
+    b->t = t;
+    int *pick = xmalloc(sizeof(int) * (size_t)t * TOPK);
+    int64_t count[E] = {0};
+    for (int i = 0; i < t; i++) {
+        int e0 = (int)(rng_next(r) % E), e1 = (int)(rng_next(r) % (E - 1));
+        e1 += e1 >= e0;
+        pick[i * TOPK] = e0, pick[i * TOPK + 1] = e1;
+        count[e0]++, count[e1]++;
+    }
+    b->off[0] = 0;
+    for (int e = 0; e < E; e++) b->off[e + 1] = b->off[e] + count[e];
+    int64_t fill[E];
+    memcpy(fill, b->off, sizeof fill);
+    b->perm = xmalloc(sizeof(int32_t) * (size_t)t * TOPK);
+    b->gate_w = xmalloc(sizeof(float) * (size_t)t * TOPK);
+    for (int i = 0; i < t * TOPK; i++) {
+        int64_t s = fill[pick[i]]++;
+        b->perm[s] = i / TOPK;
+        b->gate_w[s] = 0.5f;
+    }
+    b->x = xmalloc(sizeof(float) * (size_t)t * D);
+    for (size_t i = 0; i < (size_t)t * D; i++) b->x[i] = fast_rand();
+    b->h = xmalloc(sizeof(float) * (size_t)t * TOPK * I);
+    b->out = xcalloc((size_t)t * D, sizeof(float));
+    free(pick);
+}
+
+static void free_batch(Batch *b) { free(b->perm), free(b->gate_w), free(b->x), free(b->h), free(b->out); }
+
+static double run_layer(const Weights *w, const Batch *b, CgPool *pool, CgWork *work) {
+    CgRouting r = {E, b->off, b->perm, b->gate_w};
+    CgBlocking blk = cg_blocking_default(w->kern);
+    double t0 = bench_now_s();
+    cg_moe_up_swiglu(w->kern, &blk, pool, work, &r, b->x, w->up, b->h);
+    cg_moe_down_scatter(w->kern, &blk, pool, work, &r, b->h, w->down, b->out);
+    return bench_now_s() - t0;
+}
+
+static double median_peak(CgPool *pool) {
+    double v[5];
+    probe_fma_gflops(pool, 1000000);
+    for (int i = 0; i < 5; i++) v[i] = probe_fma_gflops(pool, 3000000);
+    qsort(v, 5, sizeof *v, bench_cmp_double);
+    return v[2];
+}
+
+/* Interleave the dtypes round by round so both see the same machine noise. */
+static void bench_case(Weights *ws, int n_w, int t, CgPool *pool, double peak, moe_rng *r) {
+    Batch b;
+    make_batch(&b, t, r);
+    int reps = t >= 512 ? 7 : t >= 64 ? 21 : MAX_REPS;
+    double times[2][MAX_REPS];
+    CgWork work = {0};
+    for (int i = 0; i < n_w; i++) run_layer(&ws[i], &b, pool, &work), run_layer(&ws[i], &b, pool, &work);
+    for (int rep = 0; rep < reps; rep++)
+        for (int i = 0; i < n_w; i++) times[i][rep] = run_layer(&ws[i], &b, pool, &work);
+    double flops = (double)t * TOPK * (2.0 * D * 2 * I + 2.0 * I * D);
+    for (int i = 0; i < n_w; i++) {
+        qsort(times[i], (size_t)reps, sizeof(double), bench_cmp_double);
+        double med = times[i][reps / 2];
+        printf("T=%-4d threads=%d %-5s %8.3f ms (min %8.3f, max %8.3f)  %6.1f GFLOP/s  %5.1f %% of f32 peak  %7.0f tok/s\n",
+               t, cg_pool_threads(pool), dtype_name(ws[i].dt), med * 1e3, times[i][0] * 1e3, times[i][reps - 1] * 1e3,
+               flops / med * 1e-9, 100.0 * flops / med * 1e-9 / peak, t / med);
+    }
+    cg_work_free(&work);
+    free_batch(&b);
+}
+
+int main(int argc, char **argv) {
+    int max_threads = argc > 1 ? atoi(argv[1]) : 2, only_t = argc > 2 ? atoi(argv[2]) : 0;
+    char err[512];
+    CgJit *jit = cg_jit_new(CG_ISA_AUTO, err, sizeof err);
+    if (!jit) return fprintf(stderr, "bench_gemm: %s\n", err), 1;
+    const CgTarget *tg = cg_jit_target(jit);
+    printf("target: cpu %s, isa %s (probe %s), MOEPPC_KC=%s\n", tg->cpu, cg_isa_name(tg->isa), probe_isa(),
+           getenv("MOEPPC_KC") ? getenv("MOEPPC_KC") : "0 (whole K)");
+    static Weights ws[2];
+    moe_dtype dts[2] = {DT_F32, DT_BF16};
+    for (int i = 0; i < 2; i++) {
+        CgKernelConfig cfg = cg_kernel_config_default(jit, dts[i]);
+        const CgKernel *k = cg_jit_kernel(jit, &cfg, NULL, err, sizeof err);
+        if (!k) return fprintf(stderr, "bench_gemm: %s\n", err), 1;
+        printf("kernel %s: compiled in %.1f ms\n", k->symbol, k->compile_ms);
+        make_weights(&ws[i], dts[i], k);
+    }
+    moe_rng r;
+    rng_seed(&r, 42);
+    static const int Ts[] = {1, 64, 512};
+    for (int threads = 1; threads <= max_threads; threads++) {
+        CgPool *pool = cg_pool_new(threads);
+        double peak = median_peak(pool);
+        printf("-- %d thread(s): f32 FMA peak %.1f GFLOP/s (median of 5)\n", threads, peak);
+        for (size_t i = 0; i < MOE_ARRAY_LEN(Ts); i++)
+            if (!only_t || only_t == Ts[i]) bench_case(ws, 2, Ts[i], pool, peak, &r);
+        cg_pool_free(pool);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int e = 0; e < E; e++) cg_packed_b_free(&ws[i].up[e]), cg_packed_b_free(&ws[i].down[e]);
+    cg_jit_free(jit);
+    return 0;
+}

@@ -1,0 +1,92 @@
+/* ceilings_probe.c — FMA peak: 24 independent FMA chains per thread in the widest vector ISA the
+ * compiler was told about (-march=native), enough to cover FMA latency x throughput on any current
+ * core. Bandwidth: each thread sums its share of a large buffer. */
+#include "bench/probe.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <time.h>
+
+double bench_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define VEC_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VEC_SET1 _mm512_set1_ps
+#define VEC_LANES 16
+#define VEC_ISA "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 vec;
+#define VEC_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VEC_SET1 _mm256_set1_ps
+#define VEC_LANES 8
+#define VEC_ISA "avx2"
+#else
+typedef __m128 vec;
+#define VEC_FMA(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c) /* no FMA: a mul and an add, 2 flops */
+#define VEC_SET1 _mm_set1_ps
+#define VEC_LANES 4
+#define VEC_ISA "sse"
+#endif
+
+const char *probe_isa(void) { return VEC_ISA; }
+
+static volatile float sink_f;
+static volatile uint64_t sink_u;
+
+static void fma_task(void *ctx, int64_t t, int thread) {
+    long iters = *(const long *)ctx;
+    vec m = VEC_SET1(0.999999f), a = VEC_SET1(1e-7f);
+    /* Distinct starting values: identical chains would be merged into one by the compiler. */
+#define V(i) VEC_SET1(1.0f + 0.001f * (float)(i))
+    vec c0 = V(0), c1 = V(1), c2 = V(2), c3 = V(3), c4 = V(4), c5 = V(5), c6 = V(6), c7 = V(7), c8 = V(8),
+        c9 = V(9), c10 = V(10), c11 = V(11), c12 = V(12), c13 = V(13), c14 = V(14), c15 = V(15), c16 = V(16),
+        c17 = V(17), c18 = V(18), c19 = V(19), c20 = V(20), c21 = V(21), c22 = V(22), c23 = V(23);
+    for (long i = 0; i < iters; i++) {
+#define F4(x, y, z, w) x = VEC_FMA(x, m, a); y = VEC_FMA(y, m, a); z = VEC_FMA(z, m, a); w = VEC_FMA(w, m, a);
+        F4(c0, c1, c2, c3) F4(c4, c5, c6, c7) F4(c8, c9, c10, c11)
+        F4(c12, c13, c14, c15) F4(c16, c17, c18, c19) F4(c20, c21, c22, c23)
+        __asm__ volatile("" ::: "memory"); /* keep the loop a loop */
+    }
+    vec s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11 + c12 + c13 + c14 + c15 + c16 + c17 +
+            c18 + c19 + c20 + c21 + c22 + c23;
+    sink_f = s[0];
+}
+
+double probe_fma_gflops(CgPool *pool, long iters) {
+    int threads = cg_pool_threads(pool);
+    double t0 = bench_now_s();
+    cg_pool_parallel_for(pool, threads, fma_task, &iters);
+    double dt = bench_now_s() - t0;
+    return (double)threads * (double)iters * 24.0 * VEC_LANES * 2.0 / dt * 1e-9;
+}
+
+typedef struct ReadJob {
+    const uint64_t *buf;
+    size_t n;
+    int parts;
+} ReadJob;
+
+static void read_task(void *ctx, int64_t t, int thread) {
+    const ReadJob *j = ctx;
+    size_t begin = j->n * (size_t)t / (size_t)j->parts, end = j->n * (size_t)(t + 1) / (size_t)j->parts;
+    uint64_t s = 0;
+    for (size_t i = begin; i < end; i++) s += j->buf[i];
+    sink_u = s;
+}
+
+double probe_read_gbs(CgPool *pool, const uint64_t *buf, size_t n) {
+    ReadJob j = {buf, n, cg_pool_threads(pool)};
+    double t0 = bench_now_s();
+    cg_pool_parallel_for(pool, j.parts, read_task, &j);
+    return (double)n * 8.0 / (bench_now_s() - t0) * 1e-9;
+}

@@ -1,0 +1,14 @@
+/* probe.h — this machine's ceilings, measured: f32 FMA peak and memory read bandwidth, each on all
+ * threads of a pool. Built alone with -O3 -march=native (see codegen/llvm/CMakeLists.txt). */
+#ifndef MOEPPC_BENCH_PROBE_H
+#define MOEPPC_BENCH_PROBE_H
+
+#include "codegen/llvm/cg_llvm.h"
+
+const char *probe_isa(void);                       /* "avx512", "avx2" or "sse": what the probe uses */
+double probe_fma_gflops(CgPool *pool, long iters); /* one timed run: iters x 24 FMAs per thread */
+double probe_read_gbs(CgPool *pool, const uint64_t *buf, size_t n); /* one timed sum of buf[0..n) */
+double bench_now_s(void);
+int    bench_cmp_double(const void *a, const void *b);
+
+#endif

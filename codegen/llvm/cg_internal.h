@@ -1,0 +1,27 @@
+/* cg_internal.h — what the files of codegen/llvm share and nobody else needs: error helpers,
+ * target-machine creation and the IR builder entry point. */
+#ifndef MOEPPC_CG_INTERNAL_H
+#define MOEPPC_CG_INTERNAL_H
+
+#include "codegen/llvm/cg_llvm.h"
+
+#include <llvm-c/Core.h>
+#include <llvm-c/Error.h>
+#include <llvm-c/TargetMachine.h>
+
+/* printf into err[errlen] (NULL/0 allowed); always returns false so callers can `return cg_fail(...)`. */
+bool cg_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Report an LLVMErrorRef with LLVM's own message (consumes it); false. */
+bool cg_fail_llvm(char *err, size_t errlen, const char *what, LLVMErrorRef e);
+
+/* Fill t for the host capped at max_isa (CG_ISA_AUTO reads MOEPPC_ISA). false on a bad MOEPPC_ISA. */
+bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen);
+void cg_target_dispose(CgTarget *t);
+/* A target machine for t: O3, PIC when `pic` (objects linked into PIE executables), else JIT code. */
+LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, size_t errlen);
+
+/* Build the micro-kernel for cfg as function `symbol` in a new module of ctx (not yet optimised). */
+LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, const CgKernelConfig *cfg,
+                                     const char *symbol);
+
+#endif

@@ -1,0 +1,163 @@
+/* cg_llvm.h — CPU code generation through the LLVM C API: a grouped-GEMM kernel generator for MoE.
+ *
+ * In:  the host CPU (detected once: name + feature string; MOEPPC_ISA=avx512|avx2|sse or a parameter
+ *      caps the vector ISA), a kernel configuration (B dtype f32/bf16/f16, register tile MR x NR,
+ *      K unroll), weights W[N, K] in their stored dtype (PyTorch layout, y = x W^T), activations f32.
+ * Out: a micro-kernel built as LLVM IR, optimised with "default<O3>" for the host's features and
+ *      JIT-compiled with LLJIT (or written to an object file); drivers that run it as a plain GEMM
+ *      C[M, N] (+)= A[M, K] W^T and as the two grouped GEMMs of an MoE layer (SwiGLU up-projection,
+ *      gate-weighted scatter-add down-projection), parallel over N panels on a thread pool.
+ * Memory: CgJit owns the LLVM context, target machines, the JIT and every kernel it compiled (kernels
+ *      live until cg_jit_free). CgPackedB owns its panels (cg_packed_b_free); CgWork owns reusable
+ *      scratch (cg_work_free); CgPool owns its threads (cg_pool_free). Inputs are borrowed, never kept.
+ * Errors: functions that can fail return false/NULL and write the reason (LLVM's own message
+ *      included) to err[errlen]; broken invariants (bad shapes passed by our own compiler) abort.
+ * Threads: building kernels is not thread-safe (one CgJit per thread, or build before running);
+ *      running kernels and drivers is.
+ * Object files: cg_jit_kernel(..., obj_path) also writes the optimised module as an ELF object
+ *      defining the kernel symbol (cg_kernel_symbol); link it into an executable like any C object
+ *      (it has no dependencies beyond libc/libm) and call it with the cg_kernel_fn signature.
+ */
+#ifndef MOEPPC_CG_LLVM_H
+#define MOEPPC_CG_LLVM_H
+
+#include "support/support.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ---- target ------------------------------------------------------------------------------- */
+typedef enum {
+    CG_ISA_AUTO,   /* widest present, unless MOEPPC_ISA says narrower */
+    CG_ISA_SSE,    /* 4 x f32, no FMA (mul + add), f16 converted with integer ops */
+    CG_ISA_AVX2,   /* 8 x f32, FMA, F16C */
+    CG_ISA_AVX512, /* 16 x f32, FMA, F16C */
+} cg_isa;
+
+typedef struct CgTarget {
+    char   cpu[64];        /* LLVMGetHostCPUName (may be wrong on new CPUs: the features decide) */
+    char  *features;       /* host features, with everything above `isa` switched off at the end */
+    cg_isa isa;            /* chosen ISA, never above what the host has */
+    int    vec_width;      /* f32 lanes per vector: 16, 8 or 4 */
+    bool   has_fma, has_f16c;
+} CgTarget;
+
+const char *cg_isa_name(cg_isa isa); /* "avx512", "avx2", "sse" */
+/* The widest ISA the host supports (ignores MOEPPC_ISA). */
+cg_isa cg_host_isa(void);
+
+/* ---- JIT and kernels ---------------------------------------------------------------------- */
+typedef struct CgJit CgJit;
+
+/* Detect the host, cap the ISA at `max_isa` (CG_ISA_AUTO: the env MOEPPC_ISA, else the widest),
+ * and start an LLJIT for it. NULL with err filled on failure. */
+CgJit          *cg_jit_new(cg_isa max_isa, char *err, size_t errlen);
+void            cg_jit_free(CgJit *jit);
+const CgTarget *cg_jit_target(const CgJit *jit);
+
+typedef struct CgKernelConfig {
+    moe_dtype b_dtype;  /* DT_F32, DT_BF16 or DT_F16 */
+    int       mr, nr;   /* register tile: MR rows of A x NR columns of B (NR a multiple of vec_width) */
+    int       k_unroll; /* k steps per loop iteration (remainder handled by a second loop) */
+} CgKernelConfig;
+
+/* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
+CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
+
+/* The generated micro-kernel (symbol cg_kernel_symbol):
+ *   for i < MR, j < NR:  c[i*ldc + j] = (beta ? c[i*ldc + j] : 0) + sum_{k < kc} ap[k*MR + i] * B(k, j)
+ * ap: packed A, kc x MR (k-major, the MR rows of a tile interleaved; padded rows are zero).
+ * bp: one panel of packed B, kc x NR in the stored dtype (k-major, see CgPackedB); B(k, j) is
+ *     bp[k*NR + j] converted to f32 after loading (bf16: shift left 16; f16: fpext or integer ops).
+ * The kernel always computes the full MR x NR tile; drivers handle edges by zero padding. */
+typedef void (*cg_kernel_fn)(int64_t kc, const float *ap, const void *bp, float *c, int64_t ldc,
+                             int32_t beta);
+
+typedef struct CgKernel {
+    CgKernelConfig cfg;
+    cg_kernel_fn   fn;
+    char           symbol[64];
+    double         compile_ms; /* build + O3 + codegen + link, wall clock */
+} CgKernel;
+
+void cg_kernel_symbol(const CgKernelConfig *cfg, cg_isa isa, char *out, size_t outlen);
+/* The kernel for cfg, compiled on first request and cached in jit. When obj_path is not NULL the
+ * optimised module is also written there as an object file (even if the kernel was cached). */
+const CgKernel *cg_jit_kernel(CgJit *jit, const CgKernelConfig *cfg, const char *obj_path,
+                              char *err, size_t errlen);
+/* The kernel's optimised LLVM IR as text (xmalloc'd; caller frees), for inspection and tests. */
+char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t errlen);
+
+/* ---- packed weights ----------------------------------------------------------------------- */
+/* W[N, K] (row n = output column n) cut into panels of NR columns, each K-major:
+ *   data + p*panel_bytes holds element (k, j) at [k*NR + j] = W[p*NR + j, k], zero when p*NR+j >= N.
+ * The dtype is kept (bf16/f16 stay 2 bytes). SwiGLU packing takes W_up[2I, K] and puts rows a and b
+ * of the same output column in the same panel: panel p = a rows p*NR/2 .. +NR/2, then the same b rows
+ * (b = rows I..2I-1), so one tile pass yields both halves. Panels are 64-byte aligned. */
+typedef struct CgPackedB {
+    moe_dtype dtype;
+    int       nr;
+    bool      swiglu;      /* n = 2I, panels interleave a and b halves */
+    int64_t   n, k;        /* logical shape of W */
+    int64_t   n_panels;
+    size_t    panel_bytes; /* K * NR * dtype_size, rounded up to 64 */
+    void     *data;        /* [n_panels][K][NR] */
+} CgPackedB;
+
+void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr);
+void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t two_i, int64_t k,
+                      int nr);
+void cg_packed_b_free(CgPackedB *b);
+
+/* ---- thread pool -------------------------------------------------------------------------- */
+/* n_threads in all: the caller plus n_threads-1 workers, created once, never pinned. */
+typedef struct CgPool CgPool;
+typedef void (*cg_task_fn)(void *ctx, int64_t task, int thread);
+
+CgPool *cg_pool_new(int n_threads);
+void    cg_pool_free(CgPool *pool);
+int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
+/* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
+ * A NULL pool runs them on the caller. Not reentrant. */
+void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
+
+/* ---- drivers ------------------------------------------------------------------------------ */
+/* Reusable scratch (packed A, per-thread tiles); grows on demand, zero-initialise it. */
+typedef struct CgWork {
+    float  *a_packed;
+    size_t  a_cap;      /* floats */
+    float  *tiles;
+    size_t  tiles_cap;  /* floats */
+} CgWork;
+void cg_work_free(CgWork *w);
+
+/* Blocking: K in blocks of kc (0: whole K in one pass), M in blocks of mc rows (multiple of MR). */
+typedef struct CgBlocking {
+    int64_t kc, mc;
+} CgBlocking;
+CgBlocking cg_blocking_default(const CgKernel *kern);
+
+/* C[M, N] (+)= A[M, K] . W^T, A row-major with stride lda, C with ldc; b packed without swiglu. */
+void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
+             const float *a, int64_t lda, const CgPackedB *b, float *c, int64_t ldc,
+             bool accumulate);
+
+/* Tokens grouped by expert: group g owns slots off[g] .. off[g+1]-1; slot s is token perm[s] with
+ * gate weight gate_w[s]. A token appears at most once per group (top-k picks distinct experts). */
+typedef struct CgRouting {
+    int64_t        n_groups;
+    const int64_t *off;    /* [n_groups + 1], off[0] = 0 */
+    const int32_t *perm;   /* [n_slots] token index */
+    const float   *gate_w; /* [n_slots] */
+} CgRouting;
+
+/* h[s, I] = silu(a) * b with [a | b] = x[perm[s]] . W_up[g]^T, for every slot s of every group g.
+ * x: [T, K] f32; w_up: n_groups packed SwiGLU weights [2I, K]; h: [n_slots, I] f32. */
+void cg_moe_up_swiglu(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,
+                      const CgRouting *r, const float *x, const CgPackedB *w_up, float *h);
+/* out[perm[s], D] += gate_w[s] * (h[s] . W_down[g]^T) for every slot s of every group g.
+ * h: [n_slots, I]; w_down: n_groups packed [D, I]; out: [T, D], accumulated (zero it first). */
+void cg_moe_down_scatter(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,
+                         const CgRouting *r, const float *h, const CgPackedB *w_down, float *out);
+
+#endif

@@ -1,0 +1,205 @@
+/* gemm.c — the drivers: plain GEMM and the two grouped GEMMs of an MoE layer share one engine.
+ *  1. Pack A: each group's rows (gathered through the permutation) into MR-row tiles, K-major,
+ *     zero-padded to a multiple of MR; done once per call, in parallel, shared by all threads.
+ *  2. Tasks are chunks of N panels; a task walks groups, then its panels, then row blocks of MC, so a
+ *     group's packed A stays in L2 across panels and each weight panel is read once. A thread owns
+ *     its columns of the output for every group: the scatter-add needs no atomics.
+ *  3. Per (group, panel, row block) the kernel fills a per-thread tile S[rows, NR] (over K blocks of
+ *     KC, accumulating), then an epilogue reads S: store, SwiGLU, or gate-weighted scatter-add.
+ * Edges need no special kernel: padded A rows and padded B columns are zeros and never stored. */
+#include "codegen/llvm/cg_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { EPI_STORE, EPI_SWIGLU, EPI_SCATTER } Epilogue;
+
+typedef struct Job {
+    const CgKernel *kern;
+    int64_t kc, mc, K;
+    Epilogue epi;
+    int64_t n_groups;
+    const int64_t *off;    /* [n_groups + 1]: group g owns rows/slots off[g] .. off[g+1]-1 */
+    const int32_t *gather; /* A row of slot s is x[gather[s]] (NULL: x[s]) */
+    const float *x;        /* A source, row stride ldx */
+    int64_t ldx;
+    const CgPackedB *b;    /* [n_groups] */
+    int64_t *tile_off;     /* [n_groups + 1]: first MR-tile of each group in ap */
+    float *ap;             /* packed A, all groups */
+    float *tiles;          /* per-thread S, tile_floats each */
+    size_t tile_floats;
+    int64_t n_panels, n_chunks;
+    float *c;              /* EPI_STORE: C[m, n], ldc */
+    int64_t ldc;
+    bool accumulate;
+    float *h;              /* EPI_SWIGLU: h[slots, inter] */
+    int64_t inter;
+    const int32_t *perm;   /* EPI_SCATTER: out[perm[s], d] += gate_w[s] * S */
+    const float *gate_w;
+    float *out;
+    int64_t d;
+} Job;
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+void cg_work_free(CgWork *w) {
+    free(w->a_packed);
+    free(w->tiles);
+    memset(w, 0, sizeof *w);
+}
+
+static float *grow(float *p, size_t *cap, size_t need) {
+    if (need <= *cap) return p;
+    free(p);
+    *cap = need + need / 4;
+    float *q = aligned_alloc(64, ((*cap * sizeof(float)) + 63) & ~(size_t)63);
+    MOE_ASSERT(q);
+    return q;
+}
+
+CgBlocking cg_blocking_default(const CgKernel *kern) {
+    int mr = kern->cfg.mr;
+    const char *kc = getenv("MOEPPC_KC"); /* for tuning runs; 0 = whole K */
+    return (CgBlocking){kc ? atoll(kc) : 0, (256 / mr) * mr};
+}
+
+/* ---- step 1: pack A ---------------------------------------------------------------------- */
+static void pack_a_task(void *ctx, int64_t t, int thread) {
+    const Job *j = ctx;
+    int64_t g = 0;
+    while (j->tile_off[g + 1] <= t) g++;
+    int mr = j->kern->cfg.mr;
+    int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->K;
+    float *dst = j->ap + t * mr * K;
+    for (int i = 0; i < mr; i++) {
+        if (r0 + i >= rows) {
+            for (int64_t k = 0; k < K; k++) dst[k * mr + i] = 0.0f;
+            continue;
+        }
+        int64_t s = j->off[g] + r0 + i;
+        const float *src = j->x + (j->gather ? j->gather[s] : s) * j->ldx;
+        for (int64_t k = 0; k < K; k++) dst[k * mr + i] = src[k];
+    }
+}
+
+/* ---- step 3: epilogues on S[rows, NR] of (group g, rows row0.., panel p) ---------------------- */
+static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_t p, const float *s) {
+    int nr = j->kern->cfg.nr, half = nr / 2;
+    int64_t slot0 = j->off[g] + row0;
+    if (j->epi == EPI_STORE) {
+        int64_t col0 = p * nr, ncols = j->b[g].n - col0 < nr ? j->b[g].n - col0 : nr;
+        for (int64_t i = 0; i < rows; i++) {
+            float *c = j->c + (slot0 + i) * j->ldc + col0;
+            const float *si = s + i * nr;
+            if (j->accumulate) for (int64_t c_ = 0; c_ < ncols; c_++) c[c_] += si[c_];
+            else memcpy(c, si, (size_t)ncols * sizeof *c);
+        }
+    } else if (j->epi == EPI_SWIGLU) { /* a in S[:, 0..half), b in S[:, half..nr) */
+        int64_t col0 = p * half, ncols = j->inter - col0 < half ? j->inter - col0 : half;
+        for (int64_t i = 0; i < rows; i++) {
+            float *h = j->h + (slot0 + i) * j->inter + col0;
+            const float *si = s + i * nr;
+            for (int64_t c_ = 0; c_ < ncols; c_++) h[c_] = si[c_] / (1.0f + expf(-si[c_])) * si[half + c_];
+        }
+    } else {
+        int64_t col0 = p * nr, ncols = j->d - col0 < nr ? j->d - col0 : nr;
+        for (int64_t i = 0; i < rows; i++) {
+            float *o = j->out + (int64_t)j->perm[slot0 + i] * j->d + col0;
+            float w = j->gate_w[slot0 + i];
+            const float *si = s + i * nr;
+            for (int64_t c_ = 0; c_ < ncols; c_++) o[c_] += w * si[c_];
+        }
+    }
+}
+
+/* ---- step 2: S = A_tiles . panel over K blocks ------------------------------------------------ */
+static void panel_compute(const Job *j, int64_t m_pad, const float *ap, const char *bpanel, float *s) {
+    int mr = j->kern->cfg.mr, nr = j->kern->cfg.nr;
+    int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1);
+    size_t bsz = dtype_size(j->kern->cfg.b_dtype);
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
+        int64_t kb = K - k0 < kc ? K - k0 : kc;
+        for (int64_t m0 = 0; m0 < m_pad; m0 += mr)
+            j->kern->fn(kb, ap + m0 * K + k0 * mr, bpanel + (size_t)(k0 * nr) * bsz, s + m0 * nr, nr, k0 > 0);
+        if (K == 0) break;
+    }
+}
+
+static void chunk_task(void *ctx, int64_t chunk, int thread) {
+    const Job *j = ctx;
+    int mr = j->kern->cfg.mr;
+    int64_t p_begin = chunk * j->n_panels / j->n_chunks, p_end = (chunk + 1) * j->n_panels / j->n_chunks;
+    float *s = j->tiles + (size_t)thread * j->tile_floats;
+    for (int64_t g = 0; g < j->n_groups; g++) {
+        int64_t rows_g = j->off[g + 1] - j->off[g];
+        const float *ap_g = j->ap + j->tile_off[g] * mr * j->K;
+        for (int64_t p = p_begin; p < p_end && rows_g > 0; p++) {
+            const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;
+            for (int64_t row0 = 0; row0 < rows_g; row0 += j->mc) {
+                int64_t rows = rows_g - row0 < j->mc ? rows_g - row0 : j->mc;
+                panel_compute(j, round_up(rows, mr), ap_g + row0 * j->K, bpanel, s);
+                epilogue(j, g, row0, rows, p, s);
+            }
+        }
+    }
+}
+
+static void check_weights(const Job *j, bool swiglu) {
+    const CgKernelConfig *cfg = &j->kern->cfg;
+    for (int64_t g = 0; g < j->n_groups; g++) {
+        const CgPackedB *b = &j->b[g];
+        MOE_ASSERT(b->dtype == cfg->b_dtype && b->nr == cfg->nr && b->k == j->K && b->swiglu == swiglu);
+        MOE_ASSERT(b->n == j->b[0].n);
+    }
+}
+
+static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
+    int mr = j->kern->cfg.mr, threads = cg_pool_threads(pool);
+    j->kc = blk->kc;
+    j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
+    j->tile_off = xmalloc((size_t)(j->n_groups + 1) * sizeof *j->tile_off);
+    j->tile_off[0] = 0;
+    for (int64_t g = 0; g < j->n_groups; g++)
+        j->tile_off[g + 1] = j->tile_off[g] + (j->off[g + 1] - j->off[g] + mr - 1) / mr;
+    int64_t n_tiles = j->tile_off[j->n_groups];
+    work->a_packed = grow(work->a_packed, &work->a_cap, (size_t)(n_tiles * mr * j->K) + 1);
+    j->tile_floats = (size_t)(j->mc * j->kern->cfg.nr);
+    work->tiles = grow(work->tiles, &work->tiles_cap, j->tile_floats * (size_t)threads);
+    j->ap = work->a_packed;
+    j->tiles = work->tiles;
+    /* More chunks than threads balances a noisy machine; few enough that packed A is re-read little. */
+    j->n_chunks = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
+    cg_pool_parallel_for(pool, n_tiles, pack_a_task, j);
+    cg_pool_parallel_for(pool, j->n_chunks, chunk_task, j);
+    free(j->tile_off);
+}
+
+void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
+             const float *a, int64_t lda, const CgPackedB *b, float *c, int64_t ldc, bool accumulate) {
+    int64_t off[2] = {0, m};
+    Job j = {.kern = kern, .K = b->k, .epi = EPI_STORE, .n_groups = 1, .off = off, .x = a, .ldx = lda,
+             .b = b, .n_panels = b->n_panels, .c = c, .ldc = ldc, .accumulate = accumulate};
+    check_weights(&j, false);
+    run(&j, blk, pool, work);
+}
+
+void cg_moe_up_swiglu(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,
+                      const CgRouting *r, const float *x, const CgPackedB *w_up, float *h) {
+    if (r->n_groups == 0) return;
+    Job j = {.kern = kern, .K = w_up[0].k, .epi = EPI_SWIGLU, .n_groups = r->n_groups, .off = r->off,
+             .gather = r->perm, .x = x, .ldx = w_up[0].k, .b = w_up, .n_panels = w_up[0].n_panels, .h = h,
+             .inter = w_up[0].n / 2};
+    check_weights(&j, true);
+    run(&j, blk, pool, work);
+}
+
+void cg_moe_down_scatter(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,
+                         const CgRouting *r, const float *h, const CgPackedB *w_down, float *out) {
+    if (r->n_groups == 0) return;
+    Job j = {.kern = kern, .K = w_down[0].k, .epi = EPI_SCATTER, .n_groups = r->n_groups, .off = r->off,
+             .x = h, .ldx = w_down[0].k, .b = w_down, .n_panels = w_down[0].n_panels, .perm = r->perm,
+             .gate_w = r->gate_w, .out = out, .d = w_down[0].n};
+    check_weights(&j, false);
+    run(&j, blk, pool, work);
+}

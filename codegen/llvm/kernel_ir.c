@@ -1,0 +1,245 @@
+/* kernel_ir.c — the GEMM micro-kernel as LLVM IR: an MR x NR register tile of <W x float>
+ * accumulators, one broadcast of A and NR/W loads of B per k step (B converted to f32 right after
+ * loading), llvm.fma (mul + add on SSE), a K-unrolled main loop, a remainder loop, then a store that
+ * overwrites or accumulates. Explicit vectors: O3 has nothing to guess, it only schedules. */
+#include "codegen/llvm/cg_internal.h"
+
+enum { MAX_ACC = 64 };
+
+typedef struct KB {
+    LLVMContextRef ctx;
+    LLVMModuleRef  mod;
+    LLVMBuilderRef b;
+    const CgTarget *t;
+    const CgKernelConfig *cfg;
+    int W, NV, MR, NR;                   /* lanes, vectors per row, tile */
+    LLVMTypeRef f32, i16, i32, i64, vf32, vi32, b_elem, b_vec;
+    LLVMTypeRef fma_ty;
+    LLVMValueRef fma_fn;
+    LLVMValueRef kc, ap, bp, c, ldc, beta; /* the function's parameters */
+    LLVMValueRef acc[MAX_ACC];           /* [MR][NV], the current values */
+} KB;
+
+static LLVMValueRef ci64(KB *k, long long v) { return LLVMConstInt(k->i64, (unsigned long long)v, 1); }
+static LLVMValueRef ci32(KB *k, long long v) { return LLVMConstInt(k->i32, (unsigned long long)v, 1); }
+
+static LLVMValueRef splat_i32(KB *k, unsigned v) {
+    LLVMValueRef lanes[16];
+    for (int i = 0; i < k->W; i++) lanes[i] = LLVMConstInt(k->i32, v, 0);
+    return LLVMConstVector(lanes, (unsigned)k->W);
+}
+
+/* Load a <W x elem> vector from base + idx elements (unaligned: B rows are NR*size bytes apart). */
+static LLVMValueRef load_vec(KB *k, LLVMTypeRef elem, LLVMTypeRef vec, LLVMValueRef base,
+                             LLVMValueRef idx, unsigned align) {
+    LLVMValueRef p = LLVMBuildGEP2(k->b, elem, base, &idx, 1, "");
+    p = LLVMBuildBitCast(k->b, p, LLVMPointerType(vec, 0), ""); /* no-op with opaque pointers */
+    LLVMValueRef v = LLVMBuildLoad2(k->b, vec, p, "");
+    LLVMSetAlignment(v, align);
+    return v;
+}
+
+/* f16 bits -> f32 without F16C: place exponent and mantissa in f32 position and rescale by 2^112
+ * (exact for normals and subnormals); Inf/NaN get the all-ones exponent; then the sign. */
+static LLVMValueRef f16_bits_to_f32(KB *k, LLVMValueRef h) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef x = LLVMBuildZExt(b, h, k->vi32, "");
+    LLVMValueRef sign = LLVMBuildShl(b, LLVMBuildAnd(b, x, splat_i32(k, 0x8000), ""), splat_i32(k, 16), "");
+    LLVMValueRef em = LLVMBuildAnd(b, x, splat_i32(k, 0x7fff), "");
+    LLVMValueRef shifted = LLVMBuildShl(b, em, splat_i32(k, 13), "");
+    LLVMValueRef scale = LLVMBuildBitCast(b, splat_i32(k, 0x77800000u), k->vf32, ""); /* 2^112 */
+    LLVMValueRef mag = LLVMBuildFMul(b, LLVMBuildBitCast(b, shifted, k->vf32, ""), scale, "");
+    LLVMValueRef special = LLVMBuildOr(b, shifted, splat_i32(k, 0x7f800000u), "");
+    LLVMValueRef is_special = LLVMBuildICmp(b, LLVMIntUGE, em, splat_i32(k, 0x7c00), "");
+    LLVMValueRef bits = LLVMBuildSelect(b, is_special, special, LLVMBuildBitCast(b, mag, k->vi32, ""), "");
+    return LLVMBuildBitCast(b, LLVMBuildOr(b, bits, sign, ""), k->vf32, "");
+}
+
+/* Vector v of B row k (index k*NR + v*W) as <W x float>. */
+static LLVMValueRef load_b(KB *k, LLVMValueRef kk, int v) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kk, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
+    switch (k->cfg->b_dtype) {
+    case DT_BF16: {
+        LLVMValueRef x = load_vec(k, k->i16, k->b_vec, k->bp, idx, 2);
+        x = LLVMBuildShl(b, LLVMBuildZExt(b, x, k->vi32, ""), splat_i32(k, 16), "");
+        return LLVMBuildBitCast(b, x, k->vf32, "");
+    }
+    case DT_F16: {
+        LLVMValueRef x = load_vec(k, k->b_elem, k->b_vec, k->bp, idx, 2);
+        return k->t->has_f16c ? LLVMBuildFPExt(b, x, k->vf32, "") : f16_bits_to_f32(k, x);
+    }
+    default: return load_vec(k, k->f32, k->vf32, k->bp, idx, 4);
+    }
+}
+
+static LLVMValueRef broadcast_a(KB *k, LLVMValueRef kk, int i) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kk, ci64(k, k->MR), ""), ci64(k, i), "");
+    LLVMValueRef p = LLVMBuildGEP2(b, k->f32, k->ap, &idx, 1, "");
+    LLVMValueRef a = LLVMBuildLoad2(b, k->f32, p, "");
+    LLVMSetAlignment(a, 4);
+    LLVMValueRef v = LLVMBuildInsertElement(b, LLVMGetUndef(k->vf32), a, ci32(k, 0), "");
+    LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(k->i32, (unsigned)k->W));
+    return LLVMBuildShuffleVector(b, v, LLVMGetUndef(k->vf32), zeros, "");
+}
+
+static LLVMValueRef fma3(KB *k, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+    if (!k->fma_fn) /* SSE: no FMA unit; a call to fmaf would be far slower than mul + add */
+        return LLVMBuildFAdd(k->b, LLVMBuildFMul(k->b, a, b, ""), c, "");
+    LLVMValueRef args[3] = {a, b, c};
+    return LLVMBuildCall2(k->b, k->fma_ty, k->fma_fn, args, 3, "");
+}
+
+/* One k step: acc[i][v] += A(k, i) * B(k, v). */
+static void emit_k_step(KB *k, LLVMValueRef kk) {
+    LLVMValueRef bv[MAX_ACC];
+    for (int v = 0; v < k->NV; v++) bv[v] = load_b(k, kk, v);
+    for (int i = 0; i < k->MR; i++) {
+        LLVMValueRef a = broadcast_a(k, kk, i);
+        for (int v = 0; v < k->NV; v++) k->acc[i * k->NV + v] = fma3(k, a, bv[v], k->acc[i * k->NV + v]);
+    }
+}
+
+/* Phis for k and every accumulator at the top of the current block; k->acc becomes the phis. */
+static LLVMValueRef make_phis(KB *k, LLVMValueRef phis[MAX_ACC]) {
+    LLVMValueRef kphi = LLVMBuildPhi(k->b, k->i64, "k");
+    for (int a = 0; a < k->MR * k->NV; a++) k->acc[a] = phis[a] = LLVMBuildPhi(k->b, k->vf32, "");
+    return kphi;
+}
+
+static void add_incoming(KB *k, LLVMValueRef kphi, LLVMValueRef kval, LLVMValueRef phis[MAX_ACC],
+                         LLVMValueRef vals[MAX_ACC], LLVMBasicBlockRef from) {
+    LLVMAddIncoming(kphi, &kval, &from, 1);
+    for (int a = 0; a < k->MR * k->NV; a++) LLVMAddIncoming(phis[a], &vals[a], &from, 1);
+}
+
+/* c[i*ldc + v*W ..] = acc (+ old c when beta). */
+static void emit_store(KB *k, bool add) {
+    LLVMBuilderRef b = k->b;
+    for (int i = 0; i < k->MR; i++)
+        for (int v = 0; v < k->NV; v++) {
+            LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, ci64(k, i), k->ldc, ""), ci64(k, (long long)v * k->W), "");
+            LLVMValueRef p = LLVMBuildGEP2(b, k->f32, k->c, &idx, 1, "");
+            p = LLVMBuildBitCast(b, p, LLVMPointerType(k->vf32, 0), "");
+            LLVMValueRef x = k->acc[i * k->NV + v];
+            if (add) {
+                LLVMValueRef old = LLVMBuildLoad2(b, k->vf32, p, "");
+                LLVMSetAlignment(old, 4);
+                x = LLVMBuildFAdd(b, old, x, "");
+            }
+            LLVMSetAlignment(LLVMBuildStore(b, x, p), 4);
+        }
+    LLVMBuildRetVoid(b);
+}
+
+static void init_types(KB *k) {
+    k->W = k->t->vec_width;
+    k->NR = k->cfg->nr;
+    k->MR = k->cfg->mr;
+    k->NV = k->NR / k->W;
+    MOE_ASSERT(k->NR % k->W == 0 && k->MR >= 1 && k->NV >= 1 && k->MR * k->NV <= MAX_ACC);
+    k->f32 = LLVMFloatTypeInContext(k->ctx);
+    k->i16 = LLVMInt16TypeInContext(k->ctx);
+    k->i32 = LLVMInt32TypeInContext(k->ctx);
+    k->i64 = LLVMInt64TypeInContext(k->ctx);
+    k->vf32 = LLVMVectorType(k->f32, (unsigned)k->W);
+    k->vi32 = LLVMVectorType(k->i32, (unsigned)k->W);
+    moe_dtype bt = k->cfg->b_dtype;
+    k->b_elem = bt == DT_F32 ? k->f32 : (bt == DT_F16 && k->t->has_f16c) ? LLVMHalfTypeInContext(k->ctx) : k->i16;
+    k->b_vec = LLVMVectorType(k->b_elem, (unsigned)k->W);
+    if (k->t->has_fma) {
+        unsigned id = LLVMLookupIntrinsicID("llvm.fma", 8);
+        k->fma_ty = LLVMIntrinsicGetType(k->ctx, id, &k->vf32, 1);
+        k->fma_fn = LLVMGetIntrinsicDeclaration(k->mod, id, &k->vf32, 1);
+    }
+}
+
+/* void symbol(i64 kc, float *noalias ap, B *noalias bp, float *noalias c, i64 ldc, i32 beta) */
+static LLVMValueRef declare_kernel(KB *k, const char *symbol) {
+    LLVMTypeRef pf = LLVMPointerType(k->f32, 0);
+    LLVMTypeRef params[6] = {k->i64, pf, LLVMPointerType(k->b_elem, 0), pf, k->i64, k->i32};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(k->ctx), params, 6, 0);
+    LLVMValueRef fn = LLVMAddFunction(k->mod, symbol, fty);
+    unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+    unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
+    for (unsigned p = 2; p <= 4; p++) /* attribute index = parameter number + 1 */
+        LLVMAddAttributeAtIndex(fn, p, LLVMCreateEnumAttribute(k->ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(k->ctx, nounwind, 0));
+    /* No "min-legal-vector-width": with it at 0 the backend splits <16 x float> into ymm halves. */
+    k->kc = LLVMGetParam(fn, 0);
+    k->ap = LLVMGetParam(fn, 1);
+    k->bp = LLVMGetParam(fn, 2);
+    k->c = LLVMGetParam(fn, 3);
+    k->ldc = LLVMGetParam(fn, 4);
+    k->beta = LLVMGetParam(fn, 5);
+    return fn;
+}
+
+LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, const CgKernelConfig *cfg,
+                                     const char *symbol) {
+    KB k = {.ctx = ctx, .t = t, .cfg = cfg};
+    k.mod = LLVMModuleCreateWithNameInContext(symbol, ctx);
+    init_types(&k);
+    LLVMValueRef fn = declare_kernel(&k, symbol);
+    k.b = LLVMCreateBuilderInContext(ctx);
+    LLVMBuilderRef b = k.b;
+    int n_acc = k.MR * k.NV, U = cfg->k_unroll > 0 ? cfg->k_unroll : 1;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(ctx, fn, "entry");
+    LLVMBasicBlockRef main_bb = LLVMAppendBasicBlockInContext(ctx, fn, "main");
+    LLVMBasicBlockRef mid = LLVMAppendBasicBlockInContext(ctx, fn, "mid");
+    LLVMBasicBlockRef rem = LLVMAppendBasicBlockInContext(ctx, fn, "rem");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(ctx, fn, "done");
+    LLVMBasicBlockRef st_add = LLVMAppendBasicBlockInContext(ctx, fn, "store_add");
+    LLVMBasicBlockRef st_set = LLVMAppendBasicBlockInContext(ctx, fn, "store_set");
+    LLVMValueRef zero[MAX_ACC], out[MAX_ACC], p_main[MAX_ACC], p_mid[MAX_ACC], p_rem[MAX_ACC], p_done[MAX_ACC];
+    for (int a = 0; a < n_acc; a++) zero[a] = LLVMConstNull(k.vf32);
+
+    /* entry: kc_main = kc - kc % U; skip the unrolled loop when it has no full iteration. */
+    LLVMPositionBuilderAtEnd(b, entry);
+    LLVMValueRef kc_main = LLVMBuildSub(b, k.kc, LLVMBuildSRem(b, k.kc, ci64(&k, U), ""), "kc_main");
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSGT, kc_main, ci64(&k, 0), ""), main_bb, mid);
+
+    /* main: U k steps per iteration. */
+    LLVMPositionBuilderAtEnd(b, main_bb);
+    LLVMValueRef k_main = make_phis(&k, p_main);
+    for (int u = 0; u < U; u++) emit_k_step(&k, LLVMBuildAdd(b, k_main, ci64(&k, u), ""));
+    LLVMValueRef k_next = LLVMBuildAdd(b, k_main, ci64(&k, U), "");
+    for (int a = 0; a < n_acc; a++) out[a] = k.acc[a];
+    add_incoming(&k, k_main, ci64(&k, 0), p_main, zero, entry);
+    add_incoming(&k, k_main, k_next, p_main, out, main_bb);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, k_next, kc_main, ""), main_bb, mid);
+
+    /* mid: join; run the remainder loop when kc % U != 0. */
+    LLVMPositionBuilderAtEnd(b, mid);
+    LLVMValueRef k_mid = make_phis(&k, p_mid);
+    add_incoming(&k, k_mid, ci64(&k, 0), p_mid, zero, entry);
+    add_incoming(&k, k_mid, kc_main, p_mid, out, main_bb);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, k_mid, k.kc, ""), rem, done);
+
+    /* rem: one k step per iteration. */
+    LLVMPositionBuilderAtEnd(b, rem);
+    LLVMValueRef k_rem = make_phis(&k, p_rem);
+    emit_k_step(&k, k_rem);
+    LLVMValueRef k_rem_next = LLVMBuildAdd(b, k_rem, ci64(&k, 1), "");
+    LLVMValueRef rem_out[MAX_ACC];
+    for (int a = 0; a < n_acc; a++) rem_out[a] = k.acc[a];
+    add_incoming(&k, k_rem, k_mid, p_rem, p_mid, mid);
+    add_incoming(&k, k_rem, k_rem_next, p_rem, rem_out, rem);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, k_rem_next, k.kc, ""), rem, done);
+
+    /* done: the final accumulators; store, adding the old C when beta != 0. */
+    LLVMPositionBuilderAtEnd(b, done);
+    LLVMValueRef k_done = make_phis(&k, p_done);
+    add_incoming(&k, k_done, k_mid, p_done, p_mid, mid);
+    add_incoming(&k, k_done, k_rem_next, p_done, rem_out, rem);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntNE, k.beta, ci32(&k, 0), ""), st_add, st_set);
+    LLVMPositionBuilderAtEnd(b, st_add);
+    emit_store(&k, true);
+    for (int a = 0; a < n_acc; a++) k.acc[a] = p_done[a];
+    LLVMPositionBuilderAtEnd(b, st_set);
+    emit_store(&k, false);
+
+    LLVMDisposeBuilder(b);
+    return k.mod;
+}

@@ -1,0 +1,122 @@
+/* target.c — what CPU we generate code for: host name and features from LLVM, the vector ISA chosen
+ * at run time (and capped for testing), and target machines built from name + features. */
+#include "codegen/llvm/cg_internal.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llvm-c/Target.h>
+
+bool cg_fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+bool cg_fail_llvm(char *err, size_t errlen, const char *what, LLVMErrorRef e) {
+    char *msg = LLVMGetErrorMessage(e); /* consumes e */
+    cg_fail(err, errlen, "%s: %s", what, msg);
+    LLVMDisposeErrorMessage(msg);
+    return false;
+}
+
+const char *cg_isa_name(cg_isa isa) {
+    switch (isa) {
+    case CG_ISA_AUTO: return "auto";
+    case CG_ISA_SSE: return "sse";
+    case CG_ISA_AVX2: return "avx2";
+    case CG_ISA_AVX512: return "avx512";
+    }
+    return "?";
+}
+
+/* "+name" present in an LLVM feature string ("+avx2,-avx512f,..."), matched as a whole item. */
+static bool has_feature(const char *features, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = features; (p = strstr(p, name)) != NULL; p += n) {
+        bool starts = p > features && p[-1] == '+';
+        bool ends = p[n] == ',' || p[n] == '\0';
+        if (starts && ends) return true;
+    }
+    return false;
+}
+
+static cg_isa isa_of_features(const char *f) {
+    if (has_feature(f, "avx512f") && has_feature(f, "fma")) return CG_ISA_AVX512;
+    if (has_feature(f, "avx2") && has_feature(f, "fma")) return CG_ISA_AVX2;
+    return CG_ISA_SSE;
+}
+
+cg_isa cg_host_isa(void) {
+    char *f = LLVMGetHostCPUFeatures();
+    cg_isa isa = isa_of_features(f);
+    LLVMDisposeMessage(f);
+    return isa;
+}
+
+static bool isa_from_env(cg_isa *out, char *err, size_t errlen) {
+    const char *s = getenv("MOEPPC_ISA");
+    *out = CG_ISA_AVX512;
+    if (!s || !*s) return true;
+    if (!strcmp(s, "sse")) *out = CG_ISA_SSE;
+    else if (!strcmp(s, "avx2")) *out = CG_ISA_AVX2;
+    else if (strcmp(s, "avx512") != 0)
+        return cg_fail(err, errlen, "MOEPPC_ISA=%s: expected avx512, avx2 or sse", s);
+    return true;
+}
+
+/* Switch off what lies above isa. LLVM applies the list in order and "-x" also clears every feature
+ * that implies x, so one item at the end suffices: -avx512f drops all AVX-512, -avx drops AVX,
+ * AVX2, FMA, F16C and AVX-512. The CPU name's own defaults (applied first) are overridden too. */
+static char *capped_features(const char *host, cg_isa isa) {
+    const char *cut = isa == CG_ISA_AVX2 ? ",-avx512f" : isa == CG_ISA_SSE ? ",-avx" : "";
+    size_t n = strlen(host) + strlen(cut) + 1;
+    char *f = xmalloc(n);
+    snprintf(f, n, "%s%s", host, cut);
+    return f;
+}
+
+bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen) {
+    memset(t, 0, sizeof *t);
+    if (max_isa == CG_ISA_AUTO && !isa_from_env(&max_isa, err, errlen)) return false;
+    char *name = LLVMGetHostCPUName();
+    char *host = LLVMGetHostCPUFeatures();
+    snprintf(t->cpu, sizeof t->cpu, "%s", name);
+    cg_isa have = isa_of_features(host);
+    t->isa = max_isa < have ? max_isa : have;
+    t->features = capped_features(host, t->isa);
+    t->vec_width = t->isa == CG_ISA_AVX512 ? 16 : t->isa == CG_ISA_AVX2 ? 8 : 4;
+    t->has_fma = t->isa != CG_ISA_SSE;
+    t->has_f16c = t->isa != CG_ISA_SSE && has_feature(host, "f16c");
+    LLVMDisposeMessage(name);
+    LLVMDisposeMessage(host);
+    return true;
+}
+
+void cg_target_dispose(CgTarget *t) {
+    free(t->features);
+    t->features = NULL;
+}
+
+LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, size_t errlen) {
+    char *triple = LLVMGetDefaultTargetTriple();
+    LLVMTargetRef target = NULL;
+    char *msg = NULL;
+    LLVMTargetMachineRef tm = NULL;
+    if (LLVMGetTargetFromTriple(triple, &target, &msg)) {
+        cg_fail(err, errlen, "LLVMGetTargetFromTriple(%s): %s", triple, msg);
+        LLVMDisposeMessage(msg);
+    } else {
+        tm = LLVMCreateTargetMachine(target, triple, t->cpu, t->features, LLVMCodeGenLevelAggressive,
+                                     pic ? LLVMRelocPIC : LLVMRelocDefault,
+                                     pic ? LLVMCodeModelDefault : LLVMCodeModelJITDefault);
+        if (!tm) cg_fail(err, errlen, "LLVMCreateTargetMachine(%s, %s) failed", triple, t->cpu);
+    }
+    LLVMDisposeMessage(triple);
+    return tm;
+}

@@ -1,0 +1,179 @@
+/* test_gemm.c — the generated GEMM against a naive f64 reference on every B dtype, every ISA the
+ * host has, edge shapes (M % MR, N % NR, tiny K), accumulation, strides and K blocking. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/llvm/llvm_test_util.h"
+
+static const moe_dtype DTYPES[] = {DT_F32, DT_BF16, DT_F16};
+
+/* C = (acc ? C : 0) + A B^T with the kernel, checked element-wise against f64 with a tolerance
+ * relative to sum |a_k b_k| (the scale of the dot product's rounding error). Returns mismatches. */
+static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, int64_t m, int64_t n,
+                      int64_t k, bool acc, uint64_t seed) {
+    moe_rng r;
+    rng_seed(&r, seed);
+    int64_t lda = k + 3, ldc = n + 5; /* strides wider than the rows */
+    float *a = xmalloc(sizeof(float) * (size_t)(m * lda + 1)), *w = xmalloc(sizeof(float) * (size_t)(n * k + 1));
+    float *c = xmalloc(sizeof(float) * (size_t)(m * ldc + 1)), *c0 = xmalloc(sizeof(float) * (size_t)(m * ldc + 1));
+    tu_random(&r, a, (size_t)(m * lda));
+    tu_random(&r, w, (size_t)(n * k));
+    tu_random(&r, c0, (size_t)(m * ldc));
+    memcpy(c, c0, sizeof(float) * (size_t)(m * ldc));
+    moe_dtype dt = kern->cfg.b_dtype;
+    void *wd = tu_to_dtype(w, (size_t)(n * k), dt);
+    CgPackedB pb;
+    cg_pack_b(&pb, wd, dt, n, k, kern->cfg.nr);
+    CgWork work = {0};
+    cg_gemm(kern, blk, pool, &work, m, a, lda, &pb, c, ldc, acc);
+    int bad = 0;
+    char label[128];
+    snprintf(label, sizeof label, "%s M=%lld N=%lld K=%lld acc=%d", kern->symbol, (long long)m, (long long)n,
+             (long long)k, acc);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double want = acc ? c0[i * ldc + j] : 0.0, scale = 0.0;
+            for (int64_t kk = 0; kk < k; kk++) {
+                double p = (double)a[i * lda + kk] * dtype_load(dt, wd, (size_t)(j * k + kk));
+                want += p;
+                scale += fabs(p);
+            }
+            double tol = 1e-5 * scale + 1e-7 * fabs(want) + 1e-30;
+            tu_close(label, (size_t)(i * ldc + j), c[i * ldc + j], want, tol, &bad);
+        }
+    for (int64_t i = 0; i < m; i++) /* the padding between rows must be untouched */
+        for (int64_t j = n; j < ldc && i * ldc + j < m * ldc; j++)
+            if (c[i * ldc + j] != c0[i * ldc + j] && bad++ < 5) fprintf(stderr, "  %s: wrote padding\n", label);
+    cg_work_free(&work);
+    cg_packed_b_free(&pb);
+    free(a), free(w), free(c), free(c0), free(wd);
+    return bad;
+}
+
+static void gemm_all_shapes(cg_isa isa) {
+    static const int64_t Ms[] = {0, 1, 7, 8, 9, 33, 100}, Ns[] = {1, 47, 48, 49, 96, 130}, Ks[] = {1, 3, 64, 257};
+    CgPool *pool = cg_pool_new(2);
+    int bad = 0, runs = 0;
+    for (size_t d = 0; d < MOE_ARRAY_LEN(DTYPES); d++) {
+        CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), DTYPES[d]);
+        const CgKernel *kern = tu_kernel(isa, &cfg);
+        CgBlocking blk = {0, 64}; /* whole K; row blocks of 64 so M=100 takes two */
+        for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
+            for (size_t ni = 0; ni < MOE_ARRAY_LEN(Ns); ni++)
+                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs++)
+                    bad += check_gemm(kern, &blk, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 1000u + (uint64_t)runs);
+    }
+    cg_pool_free(pool);
+    if (bad) fprintf(stderr, "%s: %d mismatches over %d GEMMs\n", cg_isa_name(isa), bad, runs);
+    assert_int_equal(bad, 0);
+}
+
+static void test_gemm_avx512(void **state) {
+    if (cg_host_isa() < CG_ISA_AVX512) skip();
+    gemm_all_shapes(CG_ISA_AVX512);
+}
+static void test_gemm_avx2(void **state) {
+    if (cg_host_isa() < CG_ISA_AVX2) skip();
+    gemm_all_shapes(CG_ISA_AVX2);
+}
+static void test_gemm_sse(void **state) { gemm_all_shapes(CG_ISA_SSE); }
+
+/* Other tiles, unrolls and K blocking (kernel called with beta = 1 for later K blocks). */
+static void test_gemm_configs(void **state) {
+    cg_isa isas[3];
+    int n_isa = tu_isas(isas), bad = 0;
+    for (int i = 0; i < n_isa; i++) {
+        int w = cg_jit_target(tu_jit(isas[i]))->vec_width;
+        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1}, {DT_BF16, 4, 2 * w, 3}, {DT_F16, 3, 3 * w, 2}};
+        for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
+            const CgKernel *kern = tu_kernel(isas[i], &cfgs[c]);
+            CgBlocking blk = {16, 2 * cfgs[c].mr};
+            bad += check_gemm(kern, &blk, NULL, 11, 3 * w + 1, 257, c == 1, 77 + c);
+            bad += check_gemm(kern, &blk, NULL, 5, w - 1 > 0 ? w - 1 : 1, 16, false, 99 + c);
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+static void test_isa_detection(void **state) {
+    cg_isa isas[3];
+    int n = tu_isas(isas);
+    static const int width[] = {0, 4, 8, 16};
+    for (int i = 0; i < n; i++) {
+        const CgTarget *t = cg_jit_target(tu_jit(isas[i]));
+        assert_int_equal(t->vec_width, width[isas[i]]);
+        assert_true(t->features && strlen(t->features) > 0);
+        printf("isa %-6s cpu %s, fma %d, f16c %d\n", cg_isa_name(t->isa), t->cpu, t->has_fma, t->has_f16c);
+    }
+    char err[256];
+    setenv("MOEPPC_ISA", "avx9000", 1);
+    assert_null(cg_jit_new(CG_ISA_AUTO, err, sizeof err));
+    assert_non_null(strstr(err, "MOEPPC_ISA"));
+    setenv("MOEPPC_ISA", "sse", 1);
+    CgJit *j = cg_jit_new(CG_ISA_AUTO, err, sizeof err);
+    assert_non_null(j);
+    assert_int_equal(cg_jit_target(j)->isa, CG_ISA_SSE);
+    cg_jit_free(j);
+    unsetenv("MOEPPC_ISA");
+}
+
+/* The optimised IR keeps full-width vectors, uses llvm.fma where there is FMA, calls nothing else. */
+static void test_ir_text(void **state) {
+    cg_isa isas[3];
+    int n = tu_isas(isas);
+    for (int i = 0; i < n; i++) {
+        CgJit *jit = tu_jit(isas[i]);
+        int w = cg_jit_target(jit)->vec_width;
+        CgKernelConfig cfg = cg_kernel_config_default(jit, DT_BF16);
+        char err[256], want[64];
+        char *ir = cg_kernel_ir_text(jit, &cfg, err, sizeof err);
+        assert_non_null(ir);
+        snprintf(want, sizeof want, "<%d x float>", w);
+        assert_non_null(strstr(ir, want));
+        snprintf(want, sizeof want, "@llvm.fma.v%df32", w);
+        assert_true((strstr(ir, want) != NULL) == (isas[i] != CG_ISA_SSE));
+        for (const char *p = ir; (p = strstr(p, "call ")) != NULL; p += 5) {
+            const char *eol = strchr(p, '\n'), *callee = strstr(p, "@llvm.fma");
+            assert_true(callee && (!eol || callee < eol));
+        }
+        free(ir);
+    }
+}
+
+static void add_task(void *ctx, int64_t t, int thread) { atomic_fetch_add((atomic_llong *)ctx + t, 1); }
+
+static void test_pool(void **state) {
+    for (int threads = 1; threads <= 3; threads++) {
+        CgPool *pool = cg_pool_new(threads);
+        assert_int_equal(cg_pool_threads(pool), threads);
+        for (int64_t n = 0; n < 40; n += 13) {
+            atomic_llong hits[40];
+            for (int i = 0; i < 40; i++) atomic_init(&hits[i], 0);
+            for (int rep = 0; rep < 3; rep++) cg_pool_parallel_for(pool, n, add_task, hits);
+            for (int64_t i = 0; i < 40; i++) assert_int_equal(atomic_load(&hits[i]), i < n ? 3 : 0);
+        }
+        cg_pool_free(pool);
+    }
+}
+
+static int teardown(void **state) {
+    tu_jits_free();
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
+        cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
+        cmocka_unit_test(test_gemm_configs),
+    };
+    return cmocka_run_group_tests(tests, NULL, teardown);
+}
