@@ -353,7 +353,7 @@ static bool check_op(Verifier *v, const IrInstr *i)
     case IR_OP_EMBED: {
         if (!want_weight(v, x, 2, "table") || !want_act(v, i->in[1], 1, false, "token ids")) return false;
         IrType t = ir_type_2d(x->type.dtype, IR_DIM_T, x->type.dims[1]);
-        return want_result(v, 0, &t, false);
+        return want_result(v, 0, &t, true); /* any float type: the CPU backend widens activations */
     }
     case IR_OP_RMS_NORM:
         if (!want_act(v, x, 2, true, "input") || !want_weight(v, i->in[1], 1, "weight")) return false;

@@ -13,6 +13,8 @@
  *        dce
  *        specialize       tile configuration on every GEMM for the target; residual add + RMSNorm fused
  *        plan-memory      every intermediate gets an offset a·T + b in one activation arena
+ *      For code generation (PassOptions.codegen) widen-activations runs first: activations in f32,
+ *      weights left in their stored dtype.
  * Memory: passes allocate from the module's arena; nothing to free.
  */
 #ifndef MOEPPC_PASSES_H
@@ -29,6 +31,7 @@ typedef struct PassOptions {
     pass_target target;
     const char *print_after;  /* a pass name, or "all"; NULL: none */
     FILE *print_out;          /* where --print-after writes (stdout) */
+    bool codegen;             /* for a code generator: widen-activations runs first */
 } PassOptions;
 
 typedef bool (*PassFn)(IrModule *m, const PassOptions *o);
@@ -41,6 +44,7 @@ bool passes_run_one(IrModule *m, const char *name, const PassOptions *o, Diag *d
 const char *const *passes_names(void);
 
 /* the passes */
+bool pass_widen_activations(IrModule *m, const PassOptions *o);
 bool pass_simplify(IrModule *m, const PassOptions *o);
 bool pass_dce(IrModule *m, const PassOptions *o);
 bool pass_fuse_routing(IrModule *m, const PassOptions *o);

@@ -19,7 +19,9 @@ static const Pass pipeline[] = {
     {"plan-memory", pass_plan_memory},
 };
 
-static const char *const names[] = {"simplify", "dce", "fuse-routing", "elide-experts", "group-experts",
+static const Pass widen = {"widen-activations", pass_widen_activations};
+
+static const char *const names[] = {"widen-activations", "simplify", "dce", "fuse-routing", "elide-experts", "group-experts",
                                     "specialize", "plan-memory", NULL};
 
 const char *const *passes_names(void) { return names; }
@@ -56,6 +58,7 @@ static bool run_pass(IrModule *m, const Pass *p, const PassOptions *o, Diag *d)
 bool passes_run(IrModule *m, const PassOptions *o, Diag *d)
 {
     if (o->opt_level <= 0) return true;
+    if (o->codegen && !run_pass(m, &widen, o, d)) return false;
     for (size_t k = 0; k < MOE_ARRAY_LEN(pipeline); k++)
         if (!run_pass(m, &pipeline[k], o, d)) return false;
     return true;
@@ -63,6 +66,7 @@ bool passes_run(IrModule *m, const PassOptions *o, Diag *d)
 
 bool passes_run_one(IrModule *m, const char *name, const PassOptions *o, Diag *d)
 {
+    if (strcmp(widen.name, name) == 0) return run_pass(m, &widen, o, d);
     for (size_t k = 0; k < MOE_ARRAY_LEN(pipeline); k++)
         if (strcmp(pipeline[k].name, name) == 0) return run_pass(m, &pipeline[k], o, d);
     fprintf(d->out, "moeppc: error: unknown pass '%s' (passes:", name);

@@ -1,6 +1,16 @@
 /* commands.h — the subcommands that live in tools/ (the others are declared by their layer). */
 #ifndef MOEPPC_COMMANDS_H
 #define MOEPPC_COMMANDS_H
+#include "frontend/frontend.h"
+
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+
+/* common.c */
+/* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */
+int  usage_error(const char *cmd, const char *usage, const char *fmt, const char *arg);
+/* Write n bytes to path through a temporary file renamed into place: all or nothing. */
+bool write_file_atomic(const char *path, const void *data, size_t n, const char *cmd);
+/* Load a spec with diagnostics on stderr. */
+bool load_spec(const char *path, ModelSpec *s);
 #endif

@@ -24,4 +24,12 @@ LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, s
 LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, const CgKernelConfig *cfg,
                                      const char *symbol);
 
+/* The JIT's LLVM context: build modules in it for cg_jit_compile_module. */
+LLVMContextRef cg_jit_context(CgJit *jit);
+/* Verify mod, optimise it with "default<O3>" for the host, optionally write it to obj_path as an
+ * object file, JIT it and return the address of `symbol`. Takes mod (disposed on failure). NULL with
+ * err on failure. Not thread-safe, like every kernel build. */
+void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
+                            size_t errlen);
+
 #endif

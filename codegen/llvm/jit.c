@@ -118,12 +118,9 @@ static bool check_config(const CgJit *jit, const CgKernelConfig *cfg, char *err,
     return true;
 }
 
-/* Build, verify and optimise the module for cfg in jit's context. NULL with err on failure. */
-static LLVMModuleRef build_optimized(CgJit *jit, const CgKernelConfig *cfg, const char *sym, char *err,
-                                     size_t errlen) {
-    if (!check_config(jit, cfg, err, errlen)) return NULL;
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(jit->tsc);
-    LLVMModuleRef mod = cg_build_kernel_module(ctx, &jit->t, cfg, sym);
+/* Give mod the JIT's triple and data layout, verify it and run "default<O3>". Disposes mod and
+ * returns false with err on failure. */
+static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, char *err, size_t errlen) {
     LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit->lljit));
     LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit->lljit));
     char *msg = NULL;
@@ -131,7 +128,7 @@ static LLVMModuleRef build_optimized(CgJit *jit, const CgKernelConfig *cfg, cons
         cg_fail(err, errlen, "kernel %s: invalid IR (a generator bug): %s", sym, msg);
         LLVMDisposeMessage(msg);
         LLVMDisposeModule(mod);
-        return NULL;
+        return false;
     }
     LLVMDisposeMessage(msg);
     LLVMPassBuilderOptionsRef opts = LLVMCreatePassBuilderOptions();
@@ -140,9 +137,18 @@ static LLVMModuleRef build_optimized(CgJit *jit, const CgKernelConfig *cfg, cons
     if (e) {
         cg_fail_llvm(err, errlen, "LLVMRunPasses(default<O3>)", e);
         LLVMDisposeModule(mod);
-        return NULL;
+        return false;
     }
-    return mod;
+    return true;
+}
+
+/* Build, verify and optimise the module for cfg in jit's context. NULL with err on failure. */
+static LLVMModuleRef build_optimized(CgJit *jit, const CgKernelConfig *cfg, const char *sym, char *err,
+                                     size_t errlen) {
+    if (!check_config(jit, cfg, err, errlen)) return NULL;
+    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(jit->tsc);
+    LLVMModuleRef mod = cg_build_kernel_module(ctx, &jit->t, cfg, sym);
+    return verify_and_optimize(jit, mod, sym, err, errlen) ? mod : NULL;
 }
 
 static bool emit_object(CgJit *jit, LLVMModuleRef mod, const char *path, char *err, size_t errlen) {
@@ -217,4 +223,18 @@ char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t
     LLVMDisposeMessage(s);
     LLVMDisposeModule(mod);
     return copy;
+}
+
+LLVMContextRef cg_jit_context(CgJit *jit) { return LLVMOrcThreadSafeContextGetContext(jit->tsc); }
+
+void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
+                            size_t errlen) {
+    if (!verify_and_optimize(jit, mod, symbol, err, errlen)) return NULL;
+    if (obj_path && !emit_object(jit, mod, obj_path, err, errlen)) {
+        LLVMDisposeModule(mod);
+        return NULL;
+    }
+    uint64_t addr = 0;
+    if (!jit_add_and_lookup(jit, mod, symbol, &addr, err, errlen)) return NULL;
+    return (void *)(uintptr_t)addr;
 }
