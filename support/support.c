@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void moe_assert_fail(const char *file, int line, const char *expr)
 {
@@ -285,6 +286,26 @@ char *file_read_all(const char *path, size_t *len)
     buf[n] = '\0';
     if (len) *len = n;
     return buf;
+}
+
+bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len)
+{
+    size_t len = strlen(path);
+    char *tmp = xmalloc(len + 16);
+    snprintf(tmp, len + 16, "%s.tmpXXXXXX", path);
+    int fd = mkstemp(tmp);
+    bool ok = fd >= 0;
+    if (ok) {
+        FILE *f = fdopen(fd, "wb");
+        ok = f && fwrite(data, 1, n, f) == n;
+        if (f) ok = (fclose(f) == 0) && ok;
+        else close(fd);
+        ok = ok && rename(tmp, path) == 0;
+        if (!ok) unlink(tmp);
+    }
+    if (!ok) snprintf(why, why_len, "cannot write '%s': %s", path, strerror(errno));
+    free(tmp);
+    return ok;
 }
 
 /* ---- random numbers --------------------------------------------------------------------------- */

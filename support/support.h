@@ -74,6 +74,9 @@ bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
 /* Levenshtein distance, for "did you mean" hints. */
 int  str_edit_distance(const char *a, const char *b);
+/* Write n bytes to path through a temporary file renamed into place: all or nothing. On failure
+ * why gets "cannot write 'PATH': REASON". */
+bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len);
 /* Read a whole file; NULL with errno set on failure. *len gets the byte count. */
 char *file_read_all(const char *path, size_t *len);
 

@@ -14,24 +14,11 @@ int usage_error(const char *cmd, const char *usage, const char *fmt, const char 
     return 2;
 }
 
-/* Write a buffer to PATH through a temporary file renamed into place: all or nothing. */
 bool write_file_atomic(const char *path, const void *data, size_t n, const char *cmd)
 {
-    size_t len = strlen(path);
-    char *tmp = xmalloc(len + 16);
-    snprintf(tmp, len + 16, "%s.tmpXXXXXX", path);
-    int fd = mkstemp(tmp);
-    bool ok = fd >= 0;
-    if (ok) {
-        FILE *f = fdopen(fd, "wb");
-        ok = f && fwrite(data, 1, n, f) == n;
-        if (f) ok = (fclose(f) == 0) && ok;
-        else close(fd);
-        ok = ok && rename(tmp, path) == 0;
-        if (!ok) unlink(tmp);
-    }
-    if (!ok) fprintf(stderr, "moeppc %s: error: cannot write '%s': %s\n", cmd, path, strerror(errno));
-    free(tmp);
+    char why[512];
+    bool ok = file_write_atomic(path, data, n, why, sizeof why);
+    if (!ok) fprintf(stderr, "moeppc %s: error: %s\n", cmd, why);
     return ok;
 }
 

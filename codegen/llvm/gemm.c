@@ -7,7 +7,7 @@
  *  3. Per (group, panel, row block) the kernel fills a per-thread tile S[rows, NR] (over K blocks of
  *     KC, accumulating), then an epilogue reads S: store, SwiGLU, or gate-weighted scatter-add.
  * Edges need no special kernel: padded A rows and padded B columns are zeros and never stored. */
-#include "codegen/llvm/cg_internal.h"
+#include "codegen/llvm/cg_llvm.h"
 
 #include <math.h>
 #include <stdlib.h>

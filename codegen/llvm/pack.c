@@ -1,6 +1,6 @@
 /* pack.c — weights W[N, K] into K-major panels of NR columns, once at load time, in their stored
  * dtype (bf16/f16 stay 2 bytes: the kernel converts after loading, so memory traffic halves). */
-#include "codegen/llvm/cg_internal.h"
+#include "codegen/llvm/cg_llvm.h"
 
 #include <stdlib.h>
 #include <string.h>

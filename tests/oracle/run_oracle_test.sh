@@ -10,7 +10,8 @@
 #   compare.py interp.bin oracle.bin --vocab V --tol TOL [--routes-a .. --routes-b ..]
 # Normal mode: exit status of compare. --expect-fail MUTATION: the oracle runs mutated and the test
 # passes only if compare FAILS (the comparison detects the mutation).
-# PYTHON overrides the interpreter (default /usr/bin/python3).
+# PYTHON overrides the interpreter (default /usr/bin/python3); MOEPPC_RUN_ARGS adds options to
+# `moeppc run` (e.g. "--backend cpu").
 set -u
 if [ $# -ne 6 ] && [ $# -ne 8 ]; then
     echo "usage: $0 MOEPPC SPEC SEED \"IDS\" TOL WORKDIR [--expect-fail MUTATION]" >&2
@@ -47,8 +48,9 @@ if [ "${ORACLE_NO_ROUTES:-0}" != 1 ]; then
     ROUTE_ARGS=(--routes-out "$WORK/interp_routes.txt")
     CMP_ROUTES=(--routes-a "$WORK/interp_routes.txt" --routes-b "$WORK/routes.txt")
 fi
+read -r -a RUN_EXTRA <<< "${MOEPPC_RUN_ARGS:-}"
 step "moeppc run" "${MOE[@]}" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" \
-    --logits-out "$WORK/interp.bin" "${ROUTE_ARGS[@]}"
+    --logits-out "$WORK/interp.bin" "${ROUTE_ARGS[@]}" "${RUN_EXTRA[@]}"
 MUT_ARGS=()
 [ -n "$MUTATION" ] && MUT_ARGS=(--mutate "$MUTATION")
 step oracle "$PY" "$HERE/oracle.py" "$SPEC" "$WORK/w.safetensors" --ids "$IDS" \

@@ -1,0 +1,96 @@
+/* cg_ops.h — kernels for the non-GEMM ops of the optimised IR, built as LLVM IR through the LLVM C
+ * API and specialised for their compile-time constants (hidden size, heads, eps, theta, expert counts,
+ * weight dtype). The GEMMs themselves (linear, grouped up/down, the router's projections) run on the
+ * micro-kernels of cg_llvm.h; these kernels do everything around them.
+ *
+ * In:  an op descriptor (CgOpDesc: kind + constants), an LLVM context and target (cg_internal.h).
+ * Out: an LLVM module defining one function named `symbol` with the C signature of its kind below;
+ *      cg_ops_build() only builds (not optimised, not compiled): the JIT or object emitter takes it.
+ * Conventions: activations are f32 row-major, T rows (the token count, a run-time argument); weights
+ *      (embedding table, norm weights, constant-expert vectors) are in `wdtype` (f32/bf16/f16) and
+ *      converted to f32 on load; ids and positions are int32; every kernel handles T = 0 as a no-op
+ *      and any T >= 1; kernels never allocate and are thread-safe over disjoint rows (`row0`, `rows`
+ *      select the rows a call handles, so the executor can split T across threads).
+ * Memory: the module belongs to the caller's context.
+ */
+#ifndef MOEPPC_CG_OPS_H
+#define MOEPPC_CG_OPS_H
+
+#include "support/support.h"
+
+/* The two LLVM handles cg_ops_build takes, declared as llvm-c/Types.h declares them, so the
+ * LLVM-free runtime (names, symbols, signatures) can include this header without LLVM's. */
+typedef struct LLVMOpaqueContext *LLVMContextRef;
+typedef struct LLVMOpaqueModule *LLVMModuleRef;
+
+typedef enum {
+    CG_OP_EMBED,        /* void f(int64 row0, int64 rows, const int32 *ids, const void *table, float *out)
+                         *   out[t, :] = table[ids[t], :], D = cols; ids already checked < vocab      */
+    CG_OP_RMS_NORM,     /* void f(int64 row0, int64 rows, const float *x, const void *w, float *out)
+                         *   out[t] = w ⊙ x[t] / sqrt(mean(x[t]²) + eps)                              */
+    CG_OP_ADD_RMS_NORM, /* void f(int64 row0, int64 rows, const float *a, const float *b, const void *w,
+                         *        float *sum, float *out)   sum = a + b; out = rms_norm(sum)           */
+    CG_OP_ROPE,         /* void f(int64 row0, int64 rows, const float *x, const int32 *pos, float *out)
+                         *   half-split RoPE per head: heads, head_dim, theta (out may alias x)        */
+    CG_OP_ATTENTION,    /* void f(int64 row0, int64 rows, const float *q, const float *kc, const float *vc,
+                         *        const int32 *pos, float *out)
+                         *   q: [T, heads·hd]; kc, vc: the KV cache, row j = position j, [*, kv_heads·hd];
+                         *   query t attends to cache rows 0..pos[t] (causal), scale 1/sqrt(hd), GQA
+                         *   (query head h reads kv head h / (heads / kv_heads)); softmax in f32,
+                         *   streaming (online max/sum) so no [T, T] buffer is needed               */
+    CG_OP_SWIGLU,       /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)
+                         *   out = silu(a) · b over cols columns                                       */
+    CG_OP_ADD,          /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)  */
+    CG_OP_SCALE,        /* void f(int64 row0, int64 rows, const float *x, float *out)   out = s · x     */
+    CG_OP_TANH,         /* void f(int64 row0, int64 rows, const float *x, float *out)   out = tanh(x)
+                         *   (the two-layer router's hidden layer; added by the lead after the brief) */
+    CG_OP_ROUTE_POST,   /* void f(int64 row0, int64 rows, const float *z0, const float *g, float *logits,
+                         *        const float *alpha_logits, float *weights, int32 *ids, float *alpha)
+                         *   z0: [T, E] router logits (after W2 or the one-layer W); g: [T, E] Wg·r or
+                         *   NULL when there is no gating residual; logits = z0 + g (the r carried on);
+                         *   then optional logits norm (norm_std > 0, Bessel std), softmax_topk (top-k
+                         *   of softmax, ties → lower index, weights of ids in [zero_lo, zero_hi) set to
+                         *   0, renormalised, all-zero rows stay 0) or topk_softmax (top-k of z,
+                         *   softmax over the k); alpha_logits: [T, 2·n_const] (Wc·u per constant
+                         *   expert) or NULL; alpha = pairwise softmax of it                          */
+    CG_OP_COMBINE,      /* void f(int64 row0, int64 rows, const float *x, const float *weights,
+                         *        const int32 *ids, const float *alpha, const void *const *vc, float *y)
+                         *   y[t] = Σ over t's picks: copy ids [copy_lo, copy_hi): w·s·x[t];
+                         *   constant ids [const_lo, const_lo + n_const): w·(α0·s·x[t] + α1·v_c) with
+                         *   v_c = vc[id - const_lo] (wdtype, D values); y is overwritten            */
+    CG_OP_DISPATCH,     /* void f(int64 T, const int32 *ids, const float *weights, int64 *off,
+                         *        int32 *perm, float *gate_w)
+                         *   stable counting sort of the T·k picks by FFN expert (ids < experts):
+                         *   off[experts + 1], slot s of expert e in off[e] .. off[e+1]-1 holds token
+                         *   perm[s] = p / k and gate_w[s] = weights[p] for pick p = t·k + j; picks of
+                         *   zero-computation experts (ids >= experts) are left out                  */
+    CG_OP_COUNT
+} cg_op_kind;
+
+typedef struct CgOpDesc {
+    cg_op_kind kind;
+    moe_dtype  wdtype;            /* weight dtype (embed table, norm weight, constant vectors) */
+    int64_t    cols;              /* D, or the row width of elementwise ops                    */
+    double     eps;               /* RMS_NORM, ADD_RMS_NORM                                    */
+    int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
+    double     theta;             /* ROPE                                                      */
+    double     s;                 /* SCALE, COMBINE                                            */
+    int64_t    experts, k;        /* ROUTE_POST: E, top_k; DISPATCH: FFN experts, top_k        */
+    int        gating;            /* 0 softmax_topk, 1 topk_softmax                             */
+    int64_t    zero_lo, zero_hi;  /* ROUTE_POST                                                */
+    double     norm_std;          /* ROUTE_POST: 0 = no logits normalisation                    */
+    int64_t    n_const, const_lo, copy_lo, copy_hi; /* ROUTE_POST (n_const), COMBINE          */
+} CgOpDesc;
+
+/* ops_desc.c (no LLVM needed): */
+const char *cg_op_name(cg_op_kind k);
+/* A deterministic symbol for d: kind and every constant that shapes the code (doubles by their
+ * bits), e.g. moeppc_op_rms_norm_bf16_c1536_e3eb0c6f7a0b5ed8d_... */
+void cg_op_symbol(const CgOpDesc *d, char *out, size_t n);
+/* ops.c (LLVM): */
+/* Build d as function `symbol` in a new module of ctx for a target with vec_width f32 lanes.
+ * NULL with err set if d is inconsistent (an internal error of the caller). */
+LLVMModuleRef cg_ops_build(LLVMContextRef ctx, const CgOpDesc *d, int vec_width, const char *symbol,
+                           char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,102 @@
+/* ops_build.h — a thin layer over the LLVM C builder so each kernel of cg_ops.h reads as a short
+ * function: counted loops with phi-carried values, typed loads of activations (f32) and weights
+ * (f32/bf16/f16 widened to f32), explicit <vw x float> vectors for reductions (the C API of LLVM 14
+ * cannot set fast-math flags, so O3 never vectorises an fp reduction we write as a scalar loop),
+ * and math through LLVM intrinsics (exp, sqrt, cos and sin lower to libm calls; the JIT must resolve
+ * process symbols).
+ * Every helper emits at the builder's current position. Integers are i64 unless named otherwise.
+ */
+#ifndef MOEPPC_CG_OPS_BUILD_H
+#define MOEPPC_CG_OPS_BUILD_H
+
+#include "codegen/llvm/ops/cg_ops.h"
+
+#include <llvm-c/Core.h>
+
+typedef struct Ob {
+    LLVMContextRef ctx;
+    LLVMModuleRef mod;
+    LLVMBuilderRef b;
+    LLVMValueRef fn;
+    LLVMBasicBlockRef entry;  /* allocas live here, so mem2reg/SROA can see them */
+    LLVMTypeRef tv, ti1, ti8, ti16, ti32, ti64, tf16, tf32, tf64, tptr, tvf; /* tvf = <vw x float> */
+    int vw;                   /* f32 lanes per vector */
+} Ob;
+
+/* A new module holding `void symbol(params...)`, builder at the start of its body. */
+void ob_begin(Ob *o, LLVMContextRef ctx, const char *symbol, LLVMTypeRef *params, unsigned n_params, int vw);
+/* Close the function (ret void), free the builder; the module goes to the caller. */
+LLVMModuleRef ob_finish(Ob *o);
+LLVMValueRef ob_arg(const Ob *o, unsigned i);
+
+/* ---- constants and arithmetic ---------------------------------------------------------------- */
+LLVMValueRef ob_i64(const Ob *o, int64_t v);
+LLVMValueRef ob_i32(const Ob *o, int32_t v);
+LLVMValueRef ob_f32(const Ob *o, double v);
+LLVMValueRef ob_splat(const Ob *o, LLVMValueRef scalar); /* f32 -> <vw x float> */
+LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b); /* a > b ? a : b, as the interpreter */
+LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
+/* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
+LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueRef *args, unsigned n);
+LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);          /* scalar or vector */
+LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
+LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v);         /* <vw x float> -> float, pairwise tree */
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+LLVMValueRef ob_gep(const Ob *o, LLVMTypeRef elem, LLVMValueRef ptr, LLVMValueRef idx);
+LLVMValueRef ob_ldf(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);     /* ptr: float * */
+void         ob_stf(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v);
+/* A scalar of integer or float type elem (i32, i64, float) at ptr[idx]. */
+LLVMValueRef ob_ld(const Ob *o, LLVMTypeRef elem, LLVMValueRef ptr, LLVMValueRef idx);
+void         ob_st(const Ob *o, LLVMTypeRef elem, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v);
+LLVMValueRef ob_ldi32(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);   /* sign-extended to i64 */
+/* Element idx of a weight array in dtype dt, as f32 (bf16: bits << 16; f16: fpext). */
+LLVMValueRef ob_ldw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);
+/* vw consecutive elements from ptr[idx] as <vw x float> (unaligned). */
+LLVMValueRef ob_ldv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);
+LLVMValueRef ob_ldvw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);
+void         ob_stv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v);
+/* A stack array of n elements of type t in the entry block (n is a compile-time constant). */
+LLVMValueRef ob_alloca(const Ob *o, LLVMTypeRef t, int64_t n);
+
+/* ---- control flow ---------------------------------------------------------------------------- */
+#define OB_MAX_CARRY 8
+/* for (i = lo; i < hi; i++) with values carried around the loop: between ob_loop_begin and
+ * ob_loop_end, L.i is the index and L.v[k] the carried values; ob_loop_end takes their next values
+ * and leaves the builder after the loop, where L.v[k] are the final values. */
+typedef struct ObLoop {
+    LLVMValueRef i, v[OB_MAX_CARRY];
+    int n;
+    LLVMBasicBlockRef header, exit;
+} ObLoop;
+void ob_loop_begin(Ob *o, ObLoop *L, LLVMValueRef lo, LLVMValueRef hi, int n_carry, const LLVMValueRef *init);
+void ob_loop_end(Ob *o, ObLoop *L, const LLVMValueRef *next);
+/* The rows loop every row kernel runs: t from row0 = arg 0 to row0 + rows (arg 1). */
+void ob_rows_begin(Ob *o, ObLoop *L);
+
+/* if (cond) { ... } — ob_if_begin returns the join block; ob_if_end branches there and continues. */
+LLVMBasicBlockRef ob_if_begin(Ob *o, LLVMValueRef cond);
+void ob_if_end(Ob *o, LLVMBasicBlockRef join);
+
+/* ---- compound ---------------------------------------------------------------------------------- */
+/* Σ_{d<n} a[ia + d] · b[ib + d] in f32 (n a compile-time constant; b in dtype bt): vw-wide partial
+ * sums, a pairwise horizontal sum, then the scalar tail. a == b gives a sum of squares. */
+LLVMValueRef ob_dot(Ob *o, LLVMValueRef a, LLVMValueRef ia, LLVMValueRef b, LLVMValueRef ib, int64_t n);
+/* Row-wise softmax of n floats in place at p (n compile-time): max, exp(z - max), sum, divide —
+ * the interpreter's eval_softmax_row order. */
+void ob_softmax(Ob *o, LLVMValueRef p, int64_t n);
+
+/* ---- the kernel bodies (ops_rows.c, ops_attention.c, ops_moe.c) ------------------------------ */
+/* Each emits the body of d's function, begun by cg_ops_build with the kind's parameters (the int64
+ * arguments first, then the pointers, as cg_ops.h lists them); d is already validated. */
+void ops_emit_embed(Ob *o, const CgOpDesc *d);
+void ops_emit_rms_norm(Ob *o, const CgOpDesc *d);
+void ops_emit_add_rms_norm(Ob *o, const CgOpDesc *d);
+void ops_emit_rope(Ob *o, const CgOpDesc *d);
+void ops_emit_elementwise(Ob *o, const CgOpDesc *d); /* SWIGLU, ADD, SCALE */
+void ops_emit_attention(Ob *o, const CgOpDesc *d);
+void ops_emit_route_post(Ob *o, const CgOpDesc *d);
+void ops_emit_combine(Ob *o, const CgOpDesc *d);
+void ops_emit_dispatch(Ob *o, const CgOpDesc *d);
+
+#endif

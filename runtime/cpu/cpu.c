@@ -1,0 +1,526 @@
+/* cpu.c — the CPU executor: each instruction of the planned IR becomes a prepared step (its kernels,
+ * its packed weights, its KV cache), and a run walks the steps with buffers at their planned arena
+ * offsets. GEMMs go to the micro-kernel drivers of cg_llvm.h, everything else to the op kernels of
+ * cg_ops.h, row-parallel on the thread pool. */
+#include "runtime/cpu/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct Step {
+    const IrInstr *i;
+    void *fn, *fn_tanh, *fn_scale;  /* op kernels (route: post, tanh, scale)                         */
+    const CgKernel *gk;             /* GEMM micro-kernel for this step's weights                      */
+    CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
+    int n_pk;
+    float *kc, *vc;                 /* attention: the KV cache, [max_positions, kv_heads·head_dim]   */
+    const void **vc_ptrs;           /* combine: the constant vectors                                  */
+    int64_t *off;                   /* dispatch: CgRouting of this layer                              */
+    int32_t *perm;
+    float *gate_w;
+    int dispatch;                   /* grouped ops: index of their dispatch step                      */
+} Step;
+
+struct CpuModel {
+    const IrModule *m;
+    const WeightSet *w;
+    CpuKernelSource *ks;
+    CgPool *pool;
+    CgWork work;
+    Step *steps;
+    int n_steps;
+    int64_t max_pos, cap_t, last_t;
+    unsigned char *arena;
+    float *scratch;                 /* route scratch: h, z0, g, u, alpha logits                        */
+    size_t scratch_per_t;           /* floats per token                                                */
+    const int32_t *ids, *pos;       /* inputs of the current run                                      */
+    CpuProfile prof;
+    bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static const Tensor *param(const CpuModel *cm, const IrValue *v)
+{
+    const Tensor *t = weights_find(cm->w, v->tensor);
+    MOE_ASSERT(t); /* weights_check ran before */
+    return t;
+}
+
+static void *addr(const CpuModel *cm, const IrValue *v, int64_t T)
+{
+    switch (v->kind) {
+    case IR_VAL_INPUT: return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
+    case IR_VAL_PARAM: return (void *)param(cm, v)->data;
+    case IR_VAL_RESULT: break;
+    }
+    MOE_ASSERT(v->planned);
+    return cm->arena + v->off_t * T + v->off_c;
+}
+
+static int64_t cols(const IrValue *v) { return v->type.dims[v->type.ndim - 1]; }
+
+/* ---- row-parallel op kernels ------------------------------------------------------------------ */
+
+typedef struct {
+    cg_op_kind kind;
+    void *fn;
+    const void *a[6];
+    void *o[4];
+    int64_t T, chunk;
+} RowTask;
+
+typedef void (*k2_fn)(int64_t, int64_t, const void *, void *);
+typedef void (*k3_fn)(int64_t, int64_t, const void *, const void *, void *);
+typedef void (*k4_fn)(int64_t, int64_t, const void *, const void *, const void *, void *);
+typedef void (*addnorm_fn)(int64_t, int64_t, const void *, const void *, const void *, void *, void *);
+typedef void (*attn_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *, void *);
+typedef void (*combine_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *,
+                           const void *const *, void *);
+typedef void (*route_fn)(int64_t, int64_t, const void *, const void *, void *, const void *, void *, void *, void *);
+typedef void (*dispatch_fn)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);
+
+static void row_task(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    RowTask *r = ctx;
+    int64_t row0 = task * r->chunk, rows = r->T - row0 < r->chunk ? r->T - row0 : r->chunk;
+    if (rows <= 0) return;
+    switch (r->kind) {
+    case CG_OP_SCALE:
+    case CG_OP_TANH: ((k2_fn)r->fn)(row0, rows, r->a[0], r->o[0]); break;
+    case CG_OP_EMBED:
+    case CG_OP_RMS_NORM:
+    case CG_OP_ROPE:
+    case CG_OP_SWIGLU:
+    case CG_OP_ADD: ((k3_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->o[0]); break;
+    case CG_OP_ADD_RMS_NORM: ((addnorm_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->o[0], r->o[1]); break;
+    case CG_OP_ATTENTION: ((attn_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->a[3], r->o[0]); break;
+    case CG_OP_COMBINE:
+        ((combine_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->a[3], (const void *const *)r->a[4], r->o[0]);
+        break;
+    case CG_OP_ROUTE_POST:
+        ((route_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->o[0], r->a[2], r->o[1], r->o[2], r->o[3]);
+        break;
+    default: MOE_ASSERT(!"not a row kernel");
+    }
+}
+
+static void rows_run(CpuModel *cm, RowTask *r)
+{
+    int n = cg_pool_threads(cm->pool);
+    r->chunk = (r->T + n - 1) / n;
+    if (r->chunk < 1) r->chunk = 1;
+    cg_pool_parallel_for(cm->pool, (r->T + r->chunk - 1) / r->chunk, row_task, r);
+}
+
+/* ---- preparing the steps ----------------------------------------------------------------------- */
+
+static CgOpDesc desc(cg_op_kind kind, moe_dtype wdtype, int64_t ncols)
+{
+    return (CgOpDesc){.kind = kind, .wdtype = wdtype, .cols = ncols};
+}
+
+static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtError *err)
+{
+    *slot = cm->ks->op(cm->ks->ctx, d, err);
+    (void)st;
+    return *slot != NULL;
+}
+
+/* Pack the weights i->in[idx[0..n)] for the GEMM kernel of their dtype; swiglu for up-projections. */
+static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
+{
+    moe_dtype dt = i->in[idx[0]]->type.dtype;
+    st->gk = cm->ks->gemm(cm->ks->ctx, dt, err);
+    if (!st->gk) return false;
+    if (cm->dry) return true;
+    st->pk = xcalloc((size_t)n, sizeof *st->pk);
+    st->n_pk = n;
+    for (int e = 0; e < n; e++) {
+        const IrValue *w = i->in[idx[e]];
+        const Tensor *t = param(cm, w);
+        MOE_ASSERT(t->dtype == dt);
+        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], st->gk->cfg.nr);
+        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], st->gk->cfg.nr);
+    }
+    return true;
+}
+
+static bool pack(CpuModel *cm, Step *st, const IrInstr *i, int first, int n, bool swiglu, RtError *err)
+{
+    int *idx = xmalloc((size_t)n * sizeof *idx);
+    for (int e = 0; e < n; e++) idx[e] = first + e;
+    bool ok = pack_list(cm, st, i, idx, n, swiglu, err);
+    free(idx);
+    return ok;
+}
+
+static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    CgOpDesc d = {.kind = CG_OP_ROUTE_POST, .experts = E, .k = ir_attr_int(i, "k"),
+                  .gating = (int)ir_attr_int(i, "gating"), .zero_lo = ir_attr_int(i, "zero_lo"),
+                  .zero_hi = ir_attr_int(i, "zero_hi"), .norm_std = ir_attr_float(i, "norm_std"), .n_const = nc,
+                  .cols = E};
+    if (!want_op(cm, st, &st->fn, &d, err)) return false;
+    CgOpDesc th = desc(CG_OP_TANH, DT_F32, L == 2 ? i->in[1]->type.dims[0] : 1);
+    if (L == 2 && !want_op(cm, st, &st->fn_tanh, &th, err)) return false;
+    CgOpDesc sc = desc(CG_OP_SCALE, DT_F32, cols(i->in[0]));
+    sc.s = ir_attr_float(i, "s");
+    if (nc && !want_op(cm, st, &st->fn_scale, &sc, err)) return false;
+    /* every operand but x and the residual logits r is a weight: W1 [W2] [Wg] Wc... */
+    int idx[2 + 1 + 64], n = 0, res_at = 1 + (int)L;
+    for (int k = 1; k < i->n_in && n < (int)MOE_ARRAY_LEN(idx); k++)
+        if (!(ir_attr_int(i, "residual") && k == res_at)) idx[n++] = k;
+    return pack_list(cm, st, i, idx, n, false, err);
+}
+
+static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads"), hd = cols(i->in[0]) / H;
+    CgOpDesc d = {.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = Hk, .head_dim = hd, .cols = H * hd};
+    if (!cm->dry) {
+        st->kc = xcalloc((size_t)(cm->max_pos * Hk * hd), sizeof *st->kc);
+        st->vc = xcalloc((size_t)(cm->max_pos * Hk * hd), sizeof *st->vc);
+    }
+    return want_op(cm, st, &st->fn, &d, err);
+}
+
+static bool prepare_rowwise(CpuModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    CgOpDesc d = desc(CG_OP_COUNT, DT_F32, cols(i->out[0]));
+    switch (i->op) {
+    case IR_OP_EMBED: d.kind = CG_OP_EMBED, d.wdtype = i->in[0]->type.dtype; break;
+    case IR_OP_RMS_NORM: d.kind = CG_OP_RMS_NORM, d.wdtype = i->in[1]->type.dtype, d.eps = ir_attr_float(i, "eps"); break;
+    case IR_OP_ADD_RMS_NORM:
+        d.kind = CG_OP_ADD_RMS_NORM, d.wdtype = i->in[2]->type.dtype, d.eps = ir_attr_float(i, "eps");
+        break;
+    case IR_OP_ROPE:
+        d.kind = CG_OP_ROPE, d.heads = ir_attr_int(i, "heads"), d.head_dim = d.cols / d.heads;
+        d.theta = ir_attr_float(i, "theta");
+        break;
+    case IR_OP_SWIGLU: d.kind = CG_OP_SWIGLU; break;
+    case IR_OP_ADD: d.kind = CG_OP_ADD; break;
+    case IR_OP_SCALE: d.kind = CG_OP_SCALE, d.s = ir_attr_float(i, "s"); break;
+    case IR_OP_TANH: d.kind = CG_OP_TANH; break;
+    case IR_OP_MOE_COMBINE:
+        d.kind = CG_OP_COMBINE, d.s = ir_attr_float(i, "s"), d.n_const = ir_attr_int(i, "n_const");
+        d.const_lo = ir_attr_int(i, "const_lo"), d.copy_lo = ir_attr_int(i, "copy_lo");
+        d.copy_hi = ir_attr_int(i, "copy_hi"), d.k = cols(i->in[1]);
+        d.wdtype = d.n_const ? i->in[4]->type.dtype : DT_F32;
+        st->vc_ptrs = xcalloc((size_t)(d.n_const + 1), sizeof *st->vc_ptrs);
+        for (int64_t c = 0; c < d.n_const && !cm->dry; c++) st->vc_ptrs[c] = param(cm, i->in[4 + c])->data;
+        break;
+    default: MOE_ASSERT(!"not a row-wise op");
+    }
+    return want_op(cm, st, &st->fn, &d, err);
+}
+
+static int step_of(const CpuModel *cm, const IrInstr *def)
+{
+    for (int s = 0; s < cm->n_steps; s++)
+        if (cm->steps[s].i == def) return s;
+    MOE_ASSERT(!"no step for the instruction");
+    return -1;
+}
+
+static bool prepare(CpuModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    switch (i->op) {
+    case IR_OP_LINEAR: return pack(cm, st, i, 1, 1, false, err);
+    case IR_OP_ATTENTION: return prepare_attention(cm, st, err);
+    case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
+    case IR_OP_ZEROS: return true;
+    case IR_OP_MOE_DISPATCH: {
+        int64_t E = ir_attr_int(i, "experts");
+        CgOpDesc d = {.kind = CG_OP_DISPATCH, .experts = E, .k = cols(i->in[0])};
+        st->off = xcalloc((size_t)(E + 1), sizeof *st->off);
+        return want_op(cm, st, &st->fn, &d, err);
+    }
+    case IR_OP_MOE_GROUPED_UP:
+    case IR_OP_MOE_GROUPED_DOWN: {
+        bool up = i->op == IR_OP_MOE_GROUPED_UP;
+        st->dispatch = step_of(cm, i->in[1]->def);
+        return pack(cm, st, i, up ? 3 : 5, (int)ir_attr_int(i, "experts"), up, err);
+    }
+    case IR_OP_CONVERT:
+        snprintf(err->msg, sizeof err->msg, "internal error: convert reached the CPU executor (run widen-activations)");
+        return false;
+    default: return prepare_rowwise(cm, st, err);
+    }
+}
+
+/* ---- running the steps ------------------------------------------------------------------------- */
+
+static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
+{
+    CgBlocking blk = cg_blocking_default(st->gk);
+    cg_gemm(st->gk, &blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
+}
+
+static void run_rows(CpuModel *cm, const Step *st, cg_op_kind kind, int64_t T, const void *a0, const void *a1,
+                     const void *a2, const void *a3, void *o0, void *o1)
+{
+    RowTask r = {.kind = kind, .fn = st->fn, .a = {a0, a1, a2, a3}, .o = {o0, o1}, .T = T};
+    rows_run(cm, &r);
+}
+
+static void run_route(CpuModel *cm, Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    int64_t D = cols(i->in[0]), H1 = L == 2 ? i->in[1]->type.dims[0] : 0;
+    const float *x = addr(cm, i->in[0], T);
+    float *h = cm->scratch, *z0 = h + T * H1, *g = z0 + T * E, *u = g + T * E, *alog = u + T * D;
+    int p = 0;
+    if (L == 2) {
+        gemm(cm, st, p++, T, x, D, h, H1);
+        RowTask th = {.kind = CG_OP_TANH, .fn = st->fn_tanh, .a = {h}, .o = {h}, .T = T};
+        rows_run(cm, &th);
+        gemm(cm, st, p++, T, h, H1, z0, E);
+    } else {
+        gemm(cm, st, p++, T, x, D, z0, E);
+    }
+    bool res = ir_attr_int(i, "residual");
+    if (res) gemm(cm, st, p++, T, addr(cm, i->in[1 + L], T), E, g, E);
+    if (nc) {
+        RowTask sc = {.kind = CG_OP_SCALE, .fn = st->fn_scale, .a = {x}, .o = {u}, .T = T};
+        rows_run(cm, &sc);
+        for (int64_t c = 0; c < nc; c++) gemm(cm, st, p++, T, u, D, alog + 2 * c, 2 * nc);
+    }
+    RowTask r = {.kind = CG_OP_ROUTE_POST, .fn = st->fn, .T = T,
+                 .a = {z0, res ? g : NULL, nc ? alog : NULL},
+                 .o = {addr(cm, i->out[2], T), addr(cm, i->out[0], T), addr(cm, i->out[1], T),
+                       nc ? addr(cm, i->out[3], T) : NULL}};
+    rows_run(cm, &r);
+}
+
+static void run_attention(CpuModel *cm, Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    int64_t kvc = cols(i->in[1]);
+    const float *k = addr(cm, i->in[1], T), *v = addr(cm, i->in[2], T);
+    for (int64_t t = 0; t < T; t++) { /* the KV cache row of position pos[t] */
+        memcpy(st->kc + (int64_t)cm->pos[t] * kvc, k + t * kvc, (size_t)kvc * sizeof *k);
+        memcpy(st->vc + (int64_t)cm->pos[t] * kvc, v + t * kvc, (size_t)kvc * sizeof *v);
+    }
+    run_rows(cm, st, CG_OP_ATTENTION, T, addr(cm, i->in[0], T), st->kc, st->vc, cm->pos, addr(cm, i->out[0], T),
+             NULL);
+}
+
+typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);
+
+static void run_grouped(CpuModel *cm, Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    const Step *ds = &cm->steps[st->dispatch];
+    int64_t E = ir_attr_int(i, "experts");
+    CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
+    CgBlocking blk = cg_blocking_default(st->gk);
+    if (i->op == IR_OP_MOE_GROUPED_UP) {
+        int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
+        cg_moe_up_swiglu(st->gk, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
+        cm->prof.ffn_macs += (double)ds->off[E] * 3.0 * (double)I * (double)D; /* up 2·I·D + down D·I per slot */
+        return;
+    }
+    int64_t D = cols(i->out[0]);
+    float *y = addr(cm, i->out[0], T), *y0 = addr(cm, i->in[4], T);
+    if (y != y0) memcpy(y, y0, (size_t)(T * D) * sizeof *y);
+    cg_moe_down_scatter(st->gk, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
+}
+
+static void run_step(CpuModel *cm, Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    void *out = i->n_out ? addr(cm, i->out[0], T) : NULL;
+    const void *a0 = i->n_in > 0 ? addr(cm, i->in[0], T) : NULL, *a1 = i->n_in > 1 ? addr(cm, i->in[1], T) : NULL;
+    switch (i->op) {
+    case IR_OP_LINEAR: gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0])); break;
+    case IR_OP_MOE_ROUTE: run_route(cm, st, T); break;
+    case IR_OP_ATTENTION: run_attention(cm, st, T); break;
+    case IR_OP_MOE_GROUPED_UP:
+    case IR_OP_MOE_GROUPED_DOWN: run_grouped(cm, st, T); break;
+    case IR_OP_ZEROS: memset(out, 0, (size_t)(T * cols(i->out[0])) * sizeof(float)); break;
+    case IR_OP_MOE_DISPATCH: {
+        const IrValue *w = i->in[0]->def->out[0]; /* the route's weights, beside its ids */
+        ((dispatch_kernel)st->fn)(T, a0, addr(cm, w, T), st->off, st->perm, st->gate_w);
+        break;
+    }
+    case IR_OP_ADD_RMS_NORM:
+        run_rows(cm, st, CG_OP_ADD_RMS_NORM, T, a0, a1, addr(cm, i->in[2], T), NULL, out, addr(cm, i->out[1], T));
+        break;
+    case IR_OP_MOE_COMBINE: {
+        RowTask r = {.kind = CG_OP_COMBINE, .fn = st->fn, .T = T, .o = {out},
+                     .a = {a0, a1, addr(cm, i->in[2], T), ir_attr_int(i, "n_const") ? addr(cm, i->in[3], T) : NULL,
+                           st->vc_ptrs}};
+        rows_run(cm, &r);
+        break;
+    }
+    case IR_OP_EMBED: run_rows(cm, st, CG_OP_EMBED, T, a1, a0, NULL, NULL, out, NULL); break; /* ids, table */
+    default: {
+        static const cg_op_kind kinds[IR_OP_COUNT] = {[IR_OP_RMS_NORM] = CG_OP_RMS_NORM,
+            [IR_OP_ROPE] = CG_OP_ROPE, [IR_OP_SWIGLU] = CG_OP_SWIGLU, [IR_OP_ADD] = CG_OP_ADD,
+            [IR_OP_SCALE] = CG_OP_SCALE, [IR_OP_TANH] = CG_OP_TANH};
+        run_rows(cm, st, kinds[i->op], T, a0, a1, NULL, NULL, out, NULL);
+    }
+    }
+}
+
+static double *profile_slot(CpuModel *cm, ir_op op)
+{
+    switch (op) {
+    case IR_OP_LINEAR: return &cm->prof.gemm_s;
+    case IR_OP_MOE_GROUPED_UP:
+    case IR_OP_MOE_GROUPED_DOWN: return &cm->prof.grouped_s;
+    case IR_OP_ATTENTION: return &cm->prof.attention_s;
+    case IR_OP_MOE_ROUTE:
+    case IR_OP_MOE_COMBINE:
+    case IR_OP_MOE_DISPATCH: return &cm->prof.route_s;
+    default: return &cm->prof.other_s;
+    }
+}
+
+/* ---- the model ------------------------------------------------------------------------------------ */
+
+/* Route scratch per token: h [8E], z0 [E], g [E], u [D], alpha logits [2·Nc], over every route. */
+static size_t route_scratch_per_t(const IrModule *m)
+{
+    size_t most = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) {
+        if (i->op != IR_OP_MOE_ROUTE) continue;
+        int64_t E = ir_attr_int(i, "experts"), L = ir_attr_int(i, "router_layers");
+        size_t n = (size_t)((L == 2 ? i->in[1]->type.dims[0] : 0) + 2 * E + cols(i->in[0]) + 2 * ir_attr_int(i, "n_const"));
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+static void ensure_capacity(CpuModel *cm, int64_t T)
+{
+    if (T <= cm->cap_t) return;
+    free(cm->arena);
+    free(cm->scratch);
+    cm->arena = xcalloc((size_t)(cm->m->arena_t * T + cm->m->arena_c) + 64, 1);
+    cm->scratch = xcalloc(cm->scratch_per_t * (size_t)T + 1, sizeof(float));
+    for (int s = 0; s < cm->n_steps; s++) {
+        Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_MOE_DISPATCH) continue;
+        int64_t k = cols(st->i->in[0]);
+        free(st->perm);
+        free(st->gate_w);
+        st->perm = xcalloc((size_t)(T * k), sizeof *st->perm);
+        st->gate_w = xcalloc((size_t)(T * k), sizeof *st->gate_w);
+    }
+    cm->cap_t = T;
+}
+
+static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
+                           int threads, bool dry, RtError *err)
+{
+    MOE_ASSERT(m->planned);
+    CpuModel *cm = xcalloc(1, sizeof *cm);
+    cm->m = m;
+    cm->w = w;
+    cm->ks = ks;
+    cm->dry = dry;
+    cm->max_pos = max_positions;
+    cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
+    cm->scratch_per_t = route_scratch_per_t(m);
+    for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
+    cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
+    int s = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) cm->steps[s++].i = i;
+    for (s = 0; s < cm->n_steps; s++) {
+        if (!prepare(cm, &cm->steps[s], err)) {
+            cpu_model_free(cm);
+            return NULL;
+        }
+    }
+    return cm;
+}
+
+CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
+                        int threads, RtError *err)
+{
+    return model_new(m, w, max_positions, ks, threads, false, err);
+}
+
+bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)
+{
+    CpuModel *cm = model_new(m, NULL, 1, ks, 1, true, err);
+    bool ok = cm != NULL;
+    cpu_model_free(cm);
+    return ok;
+}
+
+bool cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err)
+{
+    for (int64_t t = 0; t < T; t++) {
+        if (pos[t] < 0 || pos[t] >= cm->max_pos) {
+            snprintf(err->msg, sizeof err->msg, "position %d of token %lld is outside [0, %lld) (max positions)", pos[t],
+                     (long long)t, (long long)cm->max_pos);
+            return false;
+        }
+    }
+    if (T <= 0) {
+        snprintf(err->msg, sizeof err->msg, "no tokens to run");
+        return false;
+    }
+    ensure_capacity(cm, T);
+    cm->ids = ids;
+    cm->pos = pos;
+    for (int s = 0; s < cm->n_steps; s++) {
+        double t0 = now_s();
+        run_step(cm, &cm->steps[s], T);
+        *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;
+    }
+    cm->last_t = T;
+    return true;
+}
+
+const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *ncols, moe_dtype *dtype)
+{
+    for (int k = 0; k < cm->m->n_outputs; k++) {
+        const IrValue *v = cm->m->outputs[k].value;
+        if (strcmp(cm->m->outputs[k].name, name) != 0 || v->kind != IR_VAL_RESULT) continue;
+        if (ncols) *ncols = cols(v);
+        if (dtype) *dtype = v->type.dtype;
+        return addr(cm, v, cm->last_t);
+    }
+    return NULL;
+}
+
+CpuProfile cpu_model_profile(const CpuModel *cm) { return cm->prof; }
+
+void cpu_model_free(CpuModel *cm)
+{
+    if (!cm) return;
+    for (int s = 0; s < cm->n_steps; s++) {
+        Step *st = &cm->steps[s];
+        for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
+        free(st->pk);
+        free(st->kc);
+        free(st->vc);
+        free(st->vc_ptrs);
+        free(st->off);
+        free(st->perm);
+        free(st->gate_w);
+    }
+    free(cm->steps);
+    free(cm->arena);
+    free(cm->scratch);
+    cg_work_free(&cm->work);
+    cg_pool_free(cm->pool);
+    free(cm);
+}

@@ -1,0 +1,66 @@
+/* cpu.h — the CPU executor: runs an optimised, planned IR module with native kernels.
+ *
+ * In:  a module after the pipeline with PassOptions.codegen (activations f32, memory planned), the
+ *      weights (WeightSet), and a kernel source: the JIT (cpu_jit.c, for `moeppc run --backend cpu`)
+ *      or the object code linked into a built executable.
+ * Out: per call, the module's outputs (logits [T, V] f32, route.L.ids i32, route.L.weights f32) in
+ *      the activation arena, valid until the next call. Attention keeps a KV cache per layer, so a
+ *      call with positions n.. continues a sequence (decode); cpu_model_reset starts a new one.
+ * Memory: the CpuModel owns the arena (grown to the largest T seen), the KV caches, the packed
+ *      weights (packed once at load, in their stored dtype), scratch and the thread pool. The module
+ *      and the WeightSet are borrowed and must outlive it.
+ * Errors: user-level problems (T beyond max positions, a token outside the vocabulary) return false
+ *      with a message; broken invariants of our own compiler abort.
+ */
+#ifndef MOEPPC_RUNTIME_CPU_H
+#define MOEPPC_RUNTIME_CPU_H
+
+#include "codegen/llvm/cg_llvm.h"
+#include "codegen/llvm/ops/cg_ops.h"
+#include "ir/ir.h"
+#include "runtime/runtime.h"
+
+typedef struct CpuKernelSource {
+    void *ctx;
+    /* The GEMM micro-kernel for weights stored as dt. */
+    const CgKernel *(*gemm)(void *ctx, moe_dtype dt, RtError *err);
+    /* The kernel for d, a function with the signature cg_ops.h gives its kind. */
+    void *(*op)(void *ctx, const CgOpDesc *d, RtError *err);
+} CpuKernelSource;
+
+typedef struct CpuModel CpuModel;
+
+CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
+                        int threads, RtError *err);
+/* Run T tokens at positions pos (each < max_positions). */
+bool      cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
+/* A module output of the last run: its data in the arena and its shape ([T, cols]). NULL if absent. */
+const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *cols, moe_dtype *dtype);
+/* Seconds spent in each kind of work in the runs so far (for --profile and benchmarks). */
+typedef struct CpuProfile {
+    double gemm_s, grouped_s, attention_s, route_s, other_s;
+    double ffn_macs;        /* multiply-adds executed in the grouped expert GEMMs */
+} CpuProfile;
+CpuProfile cpu_model_profile(const CpuModel *cm);
+void      cpu_model_free(CpuModel *cm);
+
+/* Every kernel the module needs, requested from ks once (moeppc build compiles them this way). */
+bool      cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err);
+
+/* A kernel linked into an executable: a GEMM micro-kernel (is_gemm, with its configuration) or an
+ * op kernel, by the symbol cg_kernel_symbol / cg_op_symbol gives it. */
+typedef struct CpuKernelEntry {
+    const char *symbol;
+    void *fn;
+    bool is_gemm;
+    CgKernelConfig cfg;
+} CpuKernelEntry;
+/* The kernel source of a built executable (table.c): lookups in its table (which must outlive it). */
+CpuKernelSource *cpu_table_source_new(const CpuKernelEntry *table, int n);
+void             cpu_table_source_free(CpuKernelSource *ks);
+
+/* The JIT kernel source (cpu_jit.c): kernels compiled on first use for this host. */
+CpuKernelSource *cpu_jit_source_new(RtError *err);
+void             cpu_jit_source_free(CpuKernelSource *ks);
+
+#endif

@@ -1,0 +1,63 @@
+/* cpu_jit.c — the executor's kernels from the JIT: GEMM micro-kernels (cg_jit_kernel) and op kernels
+ * (cg_ops_build → cg_jit_compile_module), each compiled on first request and cached by symbol. */
+#include "codegen/llvm/cg_internal.h"
+#include "runtime/cpu/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    CgJit *jit;
+    char **symbols;
+    void **fns;
+    int n;
+} JitSource;
+
+static const CgKernel *jit_gemm(void *ctx, moe_dtype dt, RtError *err)
+{
+    JitSource *js = ctx;
+    CgKernelConfig cfg = cg_kernel_config_default(js->jit, dt);
+    const CgKernel *k = cg_jit_kernel(js->jit, &cfg, NULL, err->msg, sizeof err->msg);
+    return k;
+}
+
+static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
+{
+    JitSource *js = ctx;
+    char sym[256];
+    cg_op_symbol(d, sym, sizeof sym);
+    for (int k = 0; k < js->n; k++)
+        if (strcmp(js->symbols[k], sym) == 0) return js->fns[k];
+    LLVMModuleRef mod = cg_ops_build(cg_jit_context(js->jit), d, cg_jit_target(js->jit)->vec_width, sym, err->msg,
+                                     sizeof err->msg);
+    void *fn = mod ? cg_jit_compile_module(js->jit, mod, sym, NULL, err->msg, sizeof err->msg) : NULL;
+    if (!fn) return NULL;
+    js->symbols = xrealloc(js->symbols, (size_t)(js->n + 1) * sizeof *js->symbols);
+    js->fns = xrealloc(js->fns, (size_t)(js->n + 1) * sizeof *js->fns);
+    js->symbols[js->n] = xstrdup(sym);
+    js->fns[js->n++] = fn;
+    return fn;
+}
+
+CpuKernelSource *cpu_jit_source_new(RtError *err)
+{
+    CgJit *jit = cg_jit_new(CG_ISA_AUTO, err->msg, sizeof err->msg);
+    if (!jit) return NULL;
+    JitSource *js = xcalloc(1, sizeof *js);
+    js->jit = jit;
+    CpuKernelSource *ks = xcalloc(1, sizeof *ks);
+    *ks = (CpuKernelSource){js, jit_gemm, jit_op};
+    return ks;
+}
+
+void cpu_jit_source_free(CpuKernelSource *ks)
+{
+    if (!ks) return;
+    JitSource *js = ks->ctx;
+    for (int k = 0; k < js->n; k++) free(js->symbols[k]);
+    free(js->symbols);
+    free(js->fns);
+    cg_jit_free(js->jit);
+    free(js);
+    free(ks);
+}

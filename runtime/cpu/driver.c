@@ -1,0 +1,499 @@
+/* driver.c — running a whole model from the command line, shared by `moeppc run` and the
+ * executables `moeppc build` writes: real or random weights, the reference interpreter or the CPU
+ * backend (kernels from the JIT or linked in), predictions, routing statistics, greedy decoding on the
+ * KV cache, logits and routes written out. */
+#include "runtime/cpu/driver.h"
+
+#include "passes/passes.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RUN_USAGE "%s (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] " \
+                  "[--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
+                  "[--precision f64|f32] [--top N] [-O0|-O1]"
+
+typedef enum { BACKEND_INTERP, BACKEND_CPU } run_backend;
+
+static const DriverConfig *cfg; /* the one configuration of this process's driver */
+
+static void drv_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "PROG: error: …" */
+static void drv_err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", cfg->prog);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+/* "PROG: error: …" and the usage line; returns 2, the usage exit status. */
+static int drv_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: error: ", cfg->prog);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nusage: %s ", cfg->prog);
+    fprintf(stderr, RUN_USAGE, cfg->spec_text ? "" : "SPEC");
+    fputc('\n', stderr);
+    return 2;
+}
+
+typedef struct {
+    const char *spec, *weights, *ids, *logits_out, *routes_out;
+    bool random, route_stats;
+    uint64_t seed;
+    eval_precision prec;
+    int top, opt_level, threads;
+    int64_t generate;
+    run_backend backend;
+} RunArgs;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return false;
+    *out = v;
+    return true;
+}
+
+/* An option's value as an integer in [lo, hi]; false (after a usage message) otherwise. */
+static bool int_option(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
+{
+    uint64_t n;
+    if (!parse_u64(v, &n) || n < (uint64_t)lo || n > (uint64_t)hi) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: expected an integer in [%lld, %lld], found '%%s'", opt, (long long)lo, (long long)hi);
+        drv_usage(msg, v);
+        return false;
+    }
+    *out = (int64_t)n;
+    return true;
+}
+
+static int parse_option(RunArgs *r, const char *o, const char *v)
+{
+    int64_t n;
+    if (strcmp(o, "--weights") == 0) r->weights = v;
+    else if (strcmp(o, "--random-weights") == 0) {
+        if (!parse_u64(v, &r->seed)) return drv_usage("--random-weights: '%s' is not a seed (a non-negative integer)", v);
+        r->random = true;
+    } else if (strcmp(o, "--ids") == 0) r->ids = v;
+    else if (strcmp(o, "--logits-out") == 0) r->logits_out = v;
+    else if (strcmp(o, "--routes-out") == 0) r->routes_out = v;
+    else if (strcmp(o, "--precision") == 0) {
+        if (strcmp(v, "f64") && strcmp(v, "f32")) return drv_usage("--precision: expected f64 or f32, found '%s'", v);
+        r->prec = strcmp(v, "f32") == 0 ? EVAL_F32 : EVAL_F64;
+    } else if (strcmp(o, "--backend") == 0) {
+        if (strcmp(v, "interp") && strcmp(v, "cpu")) return drv_usage("--backend: expected interp or cpu, found '%s'", v);
+        r->backend = strcmp(v, "cpu") == 0 ? BACKEND_CPU : BACKEND_INTERP;
+    } else if (strcmp(o, "--top") == 0) {
+        if (!int_option(o, v, 1, 100, &n)) return 2;
+        r->top = (int)n;
+    } else if (strcmp(o, "--threads") == 0) {
+        if (!int_option(o, v, 1, 256, &n)) return 2;
+        r->threads = (int)n;
+    } else if (strcmp(o, "--generate") == 0) {
+        if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
+    } else return drv_usage("unknown option '%s'", o);
+    return 0;
+}
+
+static int parse_run_args(int argc, char **argv, RunArgs *r)
+{
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2,
+                   .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
+    for (int a = 1; a < argc; a++) {
+        const char *o = argv[a];
+        if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) r->opt_level = o[2] - '0';
+        else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
+        else if (strcmp(o, "--help") == 0) {
+            printf("usage: %s ", cfg->prog);
+            printf(RUN_USAGE, cfg->spec_text ? "" : "SPEC");
+            putchar('\n');
+            return -1;
+        }
+        else if (o[0] == '-') {
+            if (a + 1 >= argc) return drv_usage("option '%s' needs a value", o);
+            int rc = parse_option(r, o, argv[++a]);
+            if (rc) return rc;
+        } else if (!r->spec && !cfg->spec_text) r->spec = o;
+        else return drv_usage("unexpected argument '%s'", o);
+    }
+    if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
+    if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
+    if (!r->ids) return drv_usage("%s", "missing --ids");
+    return 0;
+}
+
+/* "1 5 9" or "1,5,9" → ids; every id checked against the vocabulary and the position limit. */
+static int32_t *parse_ids(const char *text, const ModelSpec *s, int64_t *n_out)
+{
+    int64_t n = 0, cap = 16;
+    int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
+            int len = (int)strcspn(p, " ,\t\n");
+            drv_err("--ids: '%.*s' (token %lld) is not a token id\n", len, p, (long long)n + 1);
+            free(ids);
+            return NULL;
+        }
+        if (v < 0 || v >= s->vocab) {
+            drv_err("--ids: token %lld is %lld, outside the vocabulary [0, %lld)\n",
+                    (long long)n + 1, v, (long long)s->vocab);
+            free(ids);
+            return NULL;
+        }
+        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    if (n == 0 || n > s->max_positions) {
+        if (n == 0) drv_err("--ids: the list is empty\n");
+        else drv_err("--ids: %lld tokens exceed max_positions (%lld)\n", (long long)n,
+                     (long long)s->max_positions);
+        free(ids);
+        return NULL;
+    }
+    *n_out = n;
+    return ids;
+}
+
+static bool open_weights(const RunArgs *r, const ModelSpec *s, WeightSet **w)
+{
+    RtError err = {{0}};
+    bool ok = r->random ? weights_random(s, r->seed, w, &err) : weights_open(r->weights, w, &err);
+    if (ok && !weights_check(*w, s, &err)) {
+        weights_close(*w);
+        ok = false;
+    }
+    if (!ok) drv_err("%s\n", err.msg);
+    return ok;
+}
+
+static void print_predictions(const EvalTensor *logits, const int32_t *ids, int top, FILE *f)
+{
+    int64_t T = logits->type.dims[0], V = logits->type.dims[1];
+    fprintf(f, "\n position  token  next: top %d (logit)\n", top);
+    int *best = xmalloc((size_t)top * sizeof *best);
+    for (int64_t t = 0; t < T; t++) {
+        const double *row = logits->data + t * V;
+        int nb = 0;
+        for (int64_t v = 0; v < V; v++) {
+            int j = nb < top ? nb++ : top;
+            if (j == top && row[v] <= row[best[top - 1]]) continue;
+            if (j == top) j = top - 1;
+            while (j > 0 && row[v] > row[best[j - 1]]) best[j] = best[j - 1], j--;
+            best[j] = (int)v;
+        }
+        fprintf(f, " %8lld %6d  ", (long long)t, ids[t]);
+        for (int j = 0; j < nb; j++) fprintf(f, " %6d (%.3f)", best[j], row[best[j]]);
+        fputc('\n', f);
+    }
+    free(best);
+}
+
+/* Per MoE layer, the share of the T·k picks that went to each kind of expert (with counts: how many,
+ * and the FFN FLOPs those picks cost: 2·3·D·I each). */
+static void print_route_stats(const ModelSpec *s, const EvalResult *res, bool counts, FILE *f)
+{
+    fprintf(f, "\n routing: picks per MoE layer (%lld FFN, %lld constant, %lld copy, %lld zero experts; top-%lld)\n",
+            (long long)s->n_ffn, (long long)s->n_const, (long long)s->n_copy, (long long)s->n_zero, (long long)s->top_k);
+    fprintf(f, " layer      FFN  constant     copy     zero%s\n", counts ? "   (counts)            FFN GFLOP" : "");
+    int64_t b1 = s->n_ffn, b2 = b1 + s->n_const, b3 = b2 + s->n_copy;
+    double per_pick = 6.0 * (double)s->hidden * (double)s->ffn_intermediate;
+    for (int64_t l = 0; l < s->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "route.%lld.ids", (long long)l);
+        const EvalTensor *ids = eval_output(res, name);
+        if (!ids) continue;
+        int64_t n = ids->type.dims[0] * ids->type.dims[1], c[4] = {0};
+        for (int64_t j = 0; j < n; j++) {
+            int64_t e = (int64_t)ids->data[j];
+            c[e < b1 ? 0 : e < b2 ? 1 : e < b3 ? 2 : 3]++;
+        }
+        fprintf(f, " %5lld", (long long)l);
+        for (int k = 0; k < 4; k++) fprintf(f, "  %6.1f%%", 100.0 * (double)c[k] / (double)n);
+        if (counts)
+            fprintf(f, "   %4lld %4lld %4lld %4lld   %10.4g", (long long)c[0], (long long)c[1], (long long)c[2],
+                    (long long)c[3], 1e-9 * per_pick * (double)c[0]);
+        fputc('\n', f);
+    }
+}
+
+static bool write_out(const char *path, const void *data, size_t n)
+{
+    char why[256];
+    bool ok = file_write_atomic(path, data, n, why, sizeof why);
+    if (!ok) drv_err("%s\n", why);
+    return ok;
+}
+
+static bool write_logits(const char *path, const EvalTensor *logits)
+{
+    size_t n = (size_t)(logits->type.dims[0] * logits->type.dims[1]);
+    float *buf = xmalloc(n * sizeof *buf);
+    for (size_t j = 0; j < n; j++) buf[j] = (float)logits->data[j]; /* little-endian hosts only (x86, arm) */
+    bool ok = write_out(path, buf, n * sizeof *buf);
+    free(buf);
+    return ok;
+}
+
+/* "layer token id0 .. id{k-1} w0 .. w{k-1}" per MoE layer and token: compared against the oracle. */
+static bool write_routes(const char *path, const ModelSpec *s, const EvalResult *res)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    for (int64_t l = 0; l < s->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "route.%lld.ids", (long long)l);
+        const EvalTensor *ids = eval_output(res, name);
+        snprintf(name, sizeof name, "route.%lld.weights", (long long)l);
+        const EvalTensor *w = eval_output(res, name);
+        if (!ids || !w) continue;
+        int64_t T = ids->type.dims[0], k = ids->type.dims[1];
+        for (int64_t t = 0; t < T; t++) {
+            fprintf(f, "%lld %lld", (long long)l, (long long)t);
+            for (int64_t j = 0; j < k; j++) fprintf(f, " %d", (int)ids->data[t * k + j]);
+            for (int64_t j = 0; j < k; j++) fprintf(f, " %.9g", w->data[t * k + j]);
+            fputc('\n', f);
+        }
+    }
+    fclose(f);
+    bool ok = write_out(path, buf, len);
+    free(buf);
+    return ok;
+}
+
+/* ---- one way to run the model: the interpreter or the CPU backend ----------------------------- */
+
+typedef struct {
+    const RunArgs *r;
+    const ModelSpec *s;
+    IrModule *m;
+    WeightSet *w;
+    CpuKernelSource *ks;
+    CpuModel *cm;
+    double macs_linear, macs_grouped;
+} Runner;
+
+/* The module to run: the one embedded in a built executable, or the spec lowered and optimised now
+ * (for the CPU backend with widen-activations, as `moeppc build` does). */
+static bool load_module(Runner *rn)
+{
+    Diag d = {stderr, cfg->prog, 0};
+    if (cfg->ir_text) {
+        rn->m = ir_parse(cfg->ir_text, strlen(cfg->ir_text), &d);
+        return rn->m != NULL;
+    }
+    rn->m = ir_lower_spec(rn->s);
+    PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend == BACKEND_CPU};
+    d.file = rn->r->spec;
+    MOE_ASSERT(passes_run(rn->m, &po, &d));
+    return true;
+}
+
+static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, WeightSet *w)
+{
+    *rn = (Runner){.r = r, .s = s, .w = w};
+    if (!load_module(rn)) return false;
+    if (r->backend == BACKEND_INTERP) return true;
+    RtError err = {{0}};
+    if (r->opt_level < 1) {
+        drv_err("--backend cpu needs the optimised IR (drop -O0)\n");
+        return false;
+    }
+    if (!cfg->kernels_new) {
+        drv_err("built without the CPU backend (no LLVM C API was found at configure time); use --backend interp\n");
+        return false;
+    }
+    rn->ks = cfg->kernels_new(&err);
+    if (rn->ks) rn->cm = cpu_model_new(rn->m, w, s->max_positions, rn->ks, r->threads, &err);
+    if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
+    return rn->cm != NULL;
+}
+
+/* The CPU backend's outputs, copied into the interpreter's result form for printing. */
+static void cpu_outputs(const Runner *rn, int64_t T, EvalResult *res)
+{
+    const IrModule *m = rn->m;
+    res->n_outputs = m->n_outputs;
+    res->outputs = xcalloc((size_t)m->n_outputs, sizeof *res->outputs);
+    for (int k = 0; k < m->n_outputs; k++) {
+        int64_t c;
+        moe_dtype dt;
+        const void *p = cpu_model_output(rn->cm, m->outputs[k].name, &c, &dt);
+        EvalTensor *o = &res->outputs[k];
+        o->name = xstrdup(m->outputs[k].name);
+        o->type = ir_type_2d(dt, T, c);
+        o->data = xmalloc((size_t)(T * c) * sizeof *o->data);
+        for (int64_t j = 0; j < T * c; j++) o->data[j] = dtype_load(dt, p, (size_t)j);
+    }
+}
+
+/* Run T tokens at positions pos. The interpreter has no KV cache: for decoding, the caller passes
+ * the whole sequence again. */
+static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, int64_t T, EvalResult *res)
+{
+    RtError err = {{0}};
+    bool ok;
+    memset(res, 0, sizeof *res);
+    if (rn->cm) {
+        double t0 = now_s();
+        double before = cpu_model_profile(rn->cm).ffn_macs;
+        ok = cpu_model_run(rn->cm, ids, pos, T, &err);
+        if (ok) cpu_outputs(rn, T, res);
+        rn->macs_grouped = cpu_model_profile(rn->cm).ffn_macs - before;
+        res->seconds = now_s() - t0;
+        if (!ok) drv_err("%s\n", err.msg);
+        return ok;
+    }
+    ok = ir_eval(rn->m, rn->w, ids, pos, T, rn->r->prec, res, &err);
+    if (!ok) drv_err("%s\n", err.msg);
+    rn->macs_linear = res->macs_linear;
+    rn->macs_grouped = res->macs_grouped;
+    return ok;
+}
+
+static void runner_free(Runner *rn)
+{
+    cpu_model_free(rn->cm);
+    if (rn->ks) cfg->kernels_free(rn->ks);
+    ir_module_free(rn->m);
+}
+
+/* ---- the command ------------------------------------------------------------------------------- */
+
+static int64_t argmax_last_row(const EvalTensor *logits)
+{
+    int64_t T = logits->type.dims[0], V = logits->type.dims[1], best = 0;
+    const double *row = logits->data + (T - 1) * V;
+    for (int64_t v = 1; v < V; v++)
+        if (row[v] > row[best]) best = v;
+    return best;
+}
+
+/* Greedy decoding: n tokens after the prompt, each fed back at the next position. */
+static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *prefill)
+{
+    int64_t n = rn->r->generate, len = T;
+    int32_t next = (int32_t)argmax_last_row(eval_output(prefill, "logits"));
+    double t0 = now_s();
+    printf("\n generated:");
+    for (int64_t g = 0; g < n; g++) {
+        printf(" %d", next);
+        fflush(stdout);
+        if (g + 1 == n) break;
+        if (len >= rn->s->max_positions) {
+            printf("\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
+            n = g + 1;
+            break;
+        }
+        seq[len] = next;
+        int32_t *pos = xmalloc((size_t)(len + 1) * sizeof *pos);
+        for (int64_t t = 0; t <= len; t++) pos[t] = (int32_t)t;
+        bool cached = rn->r->backend == BACKEND_CPU; /* one new token on the KV cache, or the whole sequence */
+        EvalResult res;
+        bool ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
+        free(pos);
+        if (!ok) return false;
+        next = (int32_t)argmax_last_row(eval_output(&res, "logits"));
+        ir_eval_result_free(&res);
+        len++;
+    }
+    double dt = now_s() - t0;
+    printf("\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
+    return true;
+}
+
+static void print_ffn_work(const Runner *rn, int64_t T)
+{
+    const ModelSpec *s = rn->s;
+    double dense = 0;
+    for (int64_t l = 0; l < s->n_layers; l++)
+        if (spec_layer_is_moe(s, l)) dense += (double)T * (double)s->n_ffn * 3.0 * (double)s->hidden * (double)s->ffn_intermediate;
+    printf(" FFN-expert work executed: %.4g GFLOP (%.1f %% of running every FFN expert on every token, %.4g GFLOP)\n",
+           2e-9 * rn->macs_grouped, dense > 0 ? 100.0 * rn->macs_grouped / dense : 0.0, 2e-9 * dense);
+}
+
+static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t T)
+{
+    WeightSet *w;
+    if (!open_weights(r, s, &w)) return 1;
+    Runner rn;
+    int32_t *pos = xmalloc((size_t)T * sizeof *pos);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
+    EvalResult res;
+    int rc = 1;
+    if (runner_init(&rn, r, s, w) && runner_step(&rn, seq, pos, T, &res)) {
+        const EvalTensor *logits = eval_output(&res, "logits");
+        printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
+               (double)T / res.seconds, r->backend == BACKEND_CPU ? "CPU backend (JIT-compiled kernels)"
+               : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
+        print_predictions(logits, seq, r->top, stdout);
+        print_route_stats(s, &res, r->route_stats, stdout);
+        if (r->route_stats) print_ffn_work(&rn, T);
+        rc = 0;
+        if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
+        if (r->routes_out && !write_routes(r->routes_out, s, &res)) rc = 1;
+        if (rc == 0 && r->generate > 0 && !generate(&rn, seq, T, &res)) rc = 1;
+        ir_eval_result_free(&res);
+    }
+    runner_free(&rn);
+    free(pos);
+    weights_close(w);
+    return rc;
+}
+
+static bool load_spec(const RunArgs *r, ModelSpec *s)
+{
+    Diag d = {stderr, r->spec ? r->spec : cfg->prog, 0};
+    if (cfg->spec_text) return spec_load_string(cfg->spec_text, strlen(cfg->spec_text), s, &d);
+    return spec_load_file(r->spec, s, &d);
+}
+
+int driver_main(int argc, char **argv, const DriverConfig *config)
+{
+    cfg = config;
+    RunArgs r;
+    int rc = parse_run_args(argc, argv, &r);
+    if (rc) return rc < 0 ? 0 : rc;
+    ModelSpec s;
+    if (!load_spec(&r, &s)) return 1;
+    int64_t T;
+    int32_t *ids = parse_ids(r.ids, &s, &T);
+    if (!ids) return 1;
+    int32_t *seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *seq);
+    memcpy(seq, ids, (size_t)T * sizeof *seq);
+    printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; %lld tokens; weights: ", cfg->prog, s.name,
+           dtype_name(s.dtype), (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k, (long long)T);
+    if (r.random) printf("random (seed %llu)\n", (unsigned long long)r.seed);
+    else printf("%s\n", r.weights);
+    fflush(stdout);
+    rc = run_model(&r, &s, seq, T);
+    free(seq);
+    free(ids);
+    return rc;
+}

@@ -1,0 +1,27 @@
+/* driver.h — the command-line driver that runs a whole model: `moeppc run` and every executable
+ * `moeppc build` writes share it.
+ *
+ * In:  argv (SPEC unless one is embedded, --weights/--random-weights, --ids, --backend, --threads,
+ *      --generate, --logits-out, --routes-out, --route-stats, …) and a DriverConfig saying where the
+ *      spec, the IR and the kernels come from.
+ * Out: predictions, routing statistics and timings on stdout, files on request; the exit status
+ *      (0 ok, 1 bad input or failure, 2 usage).
+ */
+#ifndef MOEPPC_RUNTIME_DRIVER_H
+#define MOEPPC_RUNTIME_DRIVER_H
+
+#include "runtime/cpu/cpu.h"
+
+typedef struct DriverConfig {
+    const char *prog;             /* "moeppc run" or the executable's name, for messages           */
+    const char *spec_text;        /* an embedded spec (YAML), or NULL: SPEC is the first argument   */
+    const char *ir_text;          /* an embedded planned IR, or NULL: lower and optimise the spec   */
+    bool default_cpu;             /* --backend cpu unless told otherwise                            */
+    /* Where the CPU backend's kernels come from (NULL: no CPU backend in this build). */
+    CpuKernelSource *(*kernels_new)(RtError *err);
+    void (*kernels_free)(CpuKernelSource *ks);
+} DriverConfig;
+
+int driver_main(int argc, char **argv, const DriverConfig *cfg);
+
+#endif

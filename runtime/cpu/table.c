@@ -1,0 +1,60 @@
+/* table.c — the executor's kernels from a table of linked symbols: how an executable written by
+ * `moeppc build` finds the kernels compiled into it (no LLVM at run time). */
+#include "runtime/cpu/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const CpuKernelEntry *table;
+    int n;
+    CgKernel *gemms; /* one CgKernel per GEMM entry, built on first request */
+} TableSource;
+
+static const CgKernel *table_gemm(void *ctx, moe_dtype dt, RtError *err)
+{
+    TableSource *ts = ctx;
+    for (int k = 0; k < ts->n; k++) {
+        const CpuKernelEntry *e = &ts->table[k];
+        if (!e->is_gemm || e->cfg.b_dtype != dt) continue;
+        CgKernel *g = &ts->gemms[k];
+        g->cfg = e->cfg;
+        g->fn = (cg_kernel_fn)e->fn;
+        snprintf(g->symbol, sizeof g->symbol, "%s", e->symbol);
+        return g;
+    }
+    snprintf(err->msg, sizeof err->msg, "no GEMM kernel for %s weights was compiled into this executable",
+             dtype_name(dt));
+    return NULL;
+}
+
+static void *table_op(void *ctx, const CgOpDesc *d, RtError *err)
+{
+    TableSource *ts = ctx;
+    char sym[256];
+    cg_op_symbol(d, sym, sizeof sym);
+    for (int k = 0; k < ts->n; k++)
+        if (!ts->table[k].is_gemm && strcmp(ts->table[k].symbol, sym) == 0) return ts->table[k].fn;
+    snprintf(err->msg, sizeof err->msg, "kernel %s was not compiled into this executable", sym);
+    return NULL;
+}
+
+CpuKernelSource *cpu_table_source_new(const CpuKernelEntry *table, int n)
+{
+    TableSource *ts = xcalloc(1, sizeof *ts);
+    ts->table = table;
+    ts->n = n;
+    ts->gemms = xcalloc((size_t)n + 1, sizeof *ts->gemms);
+    CpuKernelSource *ks = xcalloc(1, sizeof *ks);
+    *ks = (CpuKernelSource){ts, table_gemm, table_op};
+    return ks;
+}
+
+void cpu_table_source_free(CpuKernelSource *ks)
+{
+    if (!ks) return;
+    TableSource *ts = ks->ctx;
+    free(ts->gemms);
+    free(ts);
+    free(ks);
+}

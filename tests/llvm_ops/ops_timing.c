@@ -1,0 +1,99 @@
+/* ops_timing.c — not a test: the cost of building each kernel (cg_ops_build + verify, O3, JIT code
+ * generation) at the MoE++ 7B shapes, and single-threaded run times of attention (T = 512, 16 heads
+ * of 96, positions 0..511) and of the row kernels at T = 512. Medians of repeated calls. */
+#include "tests/llvm_ops/ops_test_util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*fn_att)(int64_t, int64_t, const float *, const float *, const float *, const int32_t *, float *);
+typedef void (*fn3)(int64_t, int64_t, const void *, const void *, void *);
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report(const char *what, double *ms, int n)
+{
+    qsort(ms, (size_t)n, sizeof *ms, cmp_double);
+    printf("%-44s median %8.3f ms  (min %.3f, max %.3f, %d runs)\n", what, ms[n / 2], ms[0], ms[n - 1], n);
+}
+
+int main(void)
+{
+    OpsJit *j = oj_new();
+    const int64_t D = 1536, H = 16, hd = 96, T = 512;
+    CgOpDesc ds[] = {
+        {.kind = CG_OP_EMBED, .wdtype = DT_BF16, .cols = D},
+        {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
+        {.kind = CG_OP_ADD_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
+        {.kind = CG_OP_ROPE, .heads = H, .head_dim = hd, .theta = 10000.0},
+        {.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = H, .head_dim = hd},
+        {.kind = CG_OP_SWIGLU, .cols = 4096},
+        {.kind = CG_OP_ADD, .cols = D},
+        {.kind = CG_OP_SCALE, .cols = D, .s = 2.0},
+        {.kind = CG_OP_TANH, .cols = 160},
+        {.kind = CG_OP_ROUTE_POST, .experts = 20, .k = 2, .zero_lo = 19, .zero_hi = 20, .n_const = 2},
+        {.kind = CG_OP_COMBINE, .wdtype = DT_BF16, .cols = D, .k = 2, .s = 2.0, .n_const = 2, .const_lo = 16,
+         .copy_lo = 18, .copy_hi = 19},
+        {.kind = CG_OP_DISPATCH, .experts = 16, .k = 2},
+    };
+    printf("vector width %d; compile times (ms): build+verify, O3, JIT codegen\n", oj_vec_width(j));
+    double total = 0;
+    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) {
+        OjTimes tm;
+        oj_kernel(j, &ds[i], &tm);
+        total += tm.build_ms + tm.opt_ms + tm.jit_ms;
+        printf("  %-14s %6.2f %7.2f %7.2f\n", cg_op_name(ds[i].kind), tm.build_ms, tm.opt_ms, tm.jit_ms);
+    }
+    printf("  all %zu kernels: %.1f ms\n", sizeof ds / sizeof ds[0], total);
+
+    moe_rng r;
+    rng_seed(&r, 1);
+    size_t n = (size_t)(T * H * hd);
+    float *q = xmalloc(n * 4), *kc = xmalloc(n * 4), *vc = xmalloc(n * 4), *out = xmalloc(n * 4);
+    oj_random(&r, q, n, -1, 1);
+    oj_random(&r, kc, n, -1, 1);
+    oj_random(&r, vc, n, -1, 1);
+    int32_t *pos = xmalloc((size_t)T * 4);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
+    fn_att att = (fn_att)oj_kernel(j, &ds[4], NULL);
+    double ms[15];
+    for (int k = 0; k < 15; k++) {
+        double t0 = oj_now_ms();
+        att(0, T, q, kc, vc, pos, out);
+        ms[k] = oj_now_ms() - t0;
+    }
+    double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
+    report("attention T=512 H=16 hd=96 (1 thread)", ms, 15);
+    printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
+    for (int k = 0; k < 15; k++) {
+        double t0 = oj_now_ms();
+        att(T - 1, 1, q, kc, vc, pos, out); /* one decode step at position 511 */
+        ms[k] = oj_now_ms() - t0;
+    }
+    report("attention decode step at pos 511", ms, 15);
+    float *w = xmalloc((size_t)D * 4), *big = xmalloc((size_t)(T * 4096) * 4), *big2 = xmalloc((size_t)(T * 4096) * 4);
+    oj_random(&r, w, (size_t)D, -1, 1);
+    oj_random(&r, big, (size_t)(T * 4096), -1, 1);
+    CgOpDesc rn = {.kind = CG_OP_RMS_NORM, .wdtype = DT_F32, .cols = D, .eps = 1e-6};
+    fn3 f = (fn3)oj_kernel(j, &rn, NULL);
+    for (int k = 0; k < 15; k++) {
+        double t0 = oj_now_ms();
+        f(0, T, big, w, big2);
+        ms[k] = oj_now_ms() - t0;
+    }
+    report("rms_norm T=512 D=1536 f32", ms, 15);
+    f = (fn3)oj_kernel(j, &ds[5], NULL);
+    for (int k = 0; k < 15; k++) {
+        double t0 = oj_now_ms();
+        f(0, T, big, big2, big2);
+        ms[k] = oj_now_ms() - t0;
+    }
+    report("swiglu T=512 I=4096", ms, 15);
+    free(q), free(kc), free(vc), free(out), free(pos), free(w), free(big), free(big2);
+    oj_free(j);
+    return 0;
+}
