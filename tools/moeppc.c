@@ -6,6 +6,17 @@
 #include <stdio.h>
 #include <string.h>
 
+#ifndef MOEPPC_HAVE_JIT
+int cmd_build(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moeppc build: error: this moeppc was built without the LLVM C API (install llvm-dev and "
+                    "reconfigure), so it cannot generate code\n");
+    return 1;
+}
+#endif
+
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -17,7 +28,8 @@ static const Command commands[] = {
     {"import-hf", cmd_import_hf, "import-hf CONFIG.json -o SPEC   convert a Hugging Face MoE++ config to a spec"},
     {"compile", cmd_compile, "compile SPEC|--ir FILE [--print-ir] [-o FILE]   lower a spec to IR, verify, print"},
     {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
-    {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--logits-out F]"},
+    {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
+    {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,25 @@
+#!/bin/bash
+# test_build.sh MOEPPC SPEC TOL WORKDIR: `moeppc build` writes an executable whose logits equal the
+# interpreter's (max rel err ≤ TOL), reading a real safetensors file; bad input exits non-zero.
+set -u
+MOEPPC=$1 SPEC=$2 TOL=$3 WORK=$4
+PY=${PYTHON:-/usr/bin/python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+IDS="3 17 42 99 128 200 255 0 64 7"
+rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+run() { echo "+ $*"; "$@" || { echo "FAILED (exit $?): $*"; exit 1; }; }
+run "$MOEPPC" build "$SPEC" -o "$WORK/model"
+run "$MOEPPC" init-weights "$SPEC" --seed 4 -o "$WORK/w.safetensors"
+run "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --threads 2 --logits-out "$WORK/model.bin" --generate 3
+run "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
+V=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import oracle; print(oracle.load_spec(sys.argv[2]).V)' "$HERE/../oracle" "$SPEC")
+run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
+# bad input: a token outside the vocabulary, an empty list, no arguments
+expect() { local want=$1; shift; "$@" > "$WORK/out.txt" 2>&1; local rc=$?
+           [ $rc -eq "$want" ] || { echo "expected exit $want, got $rc: $*"; cat "$WORK/out.txt"; exit 1; }
+           grep -q "error" "$WORK/out.txt" || { echo "no error message: $*"; exit 1; }; }
+expect 1 "$WORK/model" --random-weights 1 --ids "3 $V"
+expect 1 "$WORK/model" --random-weights 1 --ids " "
+expect 2 "$WORK/model"
+expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
+echo "built executable matches the interpreter; bad input rejected"
