@@ -6,6 +6,7 @@
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_build(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* common.c */
 /* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */

@@ -15,6 +15,14 @@ int cmd_build(int argc, char **argv)
                     "reconfigure), so it cannot generate code\n");
     return 1;
 }
+
+int cmd_bench(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moeppc bench: error: this moeppc was built without the LLVM C API: no CPU backend to time\n");
+    return 1;
+}
 #endif
 
 typedef struct {
@@ -29,6 +37,7 @@ static const Command commands[] = {
     {"compile", cmd_compile, "compile SPEC|--ir FILE [--print-ir] [-o FILE]   lower a spec to IR, verify, print"},
     {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
+    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--tokens 1,64,512] [--threads N] [--dtype f32] [--json]"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 

@@ -1,0 +1,198 @@
+/* bench.c — `moeppc bench`: one MoE++ layer (router + experts + combine) and the whole model on the
+ * CPU backend, timed after warm-up; medians, tokens/s, GFLOP/s of the FFN-expert multiply-adds
+ * actually executed, and the fraction of this machine's f32 FMA peak (measured here, bench/). */
+#include "bench/probe.h"
+#include "passes/passes.h"
+#include "runtime/cpu/cpu.h"
+#include "tools/commands.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BENCH_USAGE "bench SPEC [--layer] [--model] [--tokens 1,64,512] [--threads N] [--random-weights SEED] " \
+                    "[--dtype f32|bf16|f16] [--reps N] [--json]"
+
+typedef struct {
+    const char *spec;
+    bool layer, model, json;
+    int64_t tokens[16];
+    int n_tokens, threads, reps;
+    uint64_t seed;
+    bool dtype_set;
+    moe_dtype dtype;
+} BenchArgs;
+
+typedef struct {
+    double median, lo, hi;        /* seconds: of the timed scope */
+    double ffn_macs;              /* per run */
+} Timing;
+
+/* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. */
+static Timing time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe_only)
+{
+    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
+    double *s = xmalloc((size_t)reps * sizeof *s), macs = 0;
+    RtError err = {{0}};
+    for (int r = -2; r < reps; r++) {
+        CpuProfile p0 = cpu_model_profile(cm);
+        double t0 = bench_now_s();
+        MOE_ASSERT(cpu_model_run(cm, ids, pos, T, &err));
+        double dt = bench_now_s() - t0;
+        CpuProfile p1 = cpu_model_profile(cm);
+        if (moe_only) dt = (p1.route_s - p0.route_s) + (p1.grouped_s - p0.grouped_s);
+        if (r >= 0) s[r] = dt;
+        macs = p1.ffn_macs - p0.ffn_macs;
+    }
+    qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
+    Timing t = {s[reps / 2], s[0], s[reps - 1], macs};
+    free(s);
+    free(ids);
+    free(pos);
+    return t;
+}
+
+static void report(const BenchArgs *a, const char *scope, int64_t T, const Timing *t, double peak)
+{
+    double gflops = 2e-9 * t->ffn_macs / t->median;
+    if (a->json) {
+        printf("{\"scope\": \"%s\", \"tokens\": %lld, \"median_s\": %.6g, \"min_s\": %.6g, \"max_s\": %.6g, "
+               "\"tokens_per_s\": %.6g, \"gflops\": %.6g, \"peak_gflops\": %.6g, \"peak_fraction\": %.4f}\n",
+               scope, (long long)T, t->median, t->lo, t->hi, (double)T / t->median, gflops, peak, gflops / peak);
+    } else {
+        printf("%-6s T = %-5lld %10.3f ms (%.3f-%.3f)  %9.1f tokens/s  %7.1f GFLOP/s FFN  %5.1f %% of peak\n", scope,
+               (long long)T, 1e3 * t->median, 1e3 * t->lo, 1e3 * t->hi, (double)T / t->median, gflops,
+               100.0 * gflops / peak);
+    }
+    fflush(stdout);
+}
+
+/* Build the CPU model for spec s and time it at every T of the list. */
+static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope, bool moe_only, double peak,
+                      CpuKernelSource *ks)
+{
+    RtError err = {{0}};
+    WeightSet *w;
+    if (!weights_random(s, a->seed, &w, &err)) {
+        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        return 1;
+    }
+    IrModule *m = ir_lower_spec(s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, a->spec, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
+    CpuModel *cm = cpu_model_new(m, w, s->max_positions, ks, a->threads, &err);
+    int rc = 0;
+    if (!cm) {
+        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        rc = 1;
+    }
+    for (int k = 0; cm && k < a->n_tokens; k++) {
+        if (a->tokens[k] > s->max_positions) continue;
+        Timing t = time_runs(cm, a->tokens[k], s->vocab, a->reps, moe_only);
+        report(a, scope, a->tokens[k], &t, peak);
+    }
+    cpu_model_free(cm);
+    ir_module_free(m);
+    weights_close(w);
+    return rc;
+}
+
+static bool parse_tokens(const char *v, BenchArgs *a)
+{
+    a->n_tokens = 0;
+    for (const char *p = v; *p && a->n_tokens < 16;) {
+        char *end;
+        long long t = strtoll(p, &end, 10);
+        if (end == p || t < 1 || t > 65536) return false;
+        a->tokens[a->n_tokens++] = t;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return false;
+    }
+    return a->n_tokens > 0;
+}
+
+static int parse_bench_args(int argc, char **argv, BenchArgs *a)
+{
+    *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = 2, .reps = 7, .seed = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(o, "--layer") == 0) a->layer = true;
+        else if (strcmp(o, "--model") == 0) a->model = true;
+        else if (strcmp(o, "--json") == 0) a->json = true;
+        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_USAGE), -1;
+        else if (o[0] == '-' && !v) return usage_error("bench", BENCH_USAGE, "option '%s' needs a value", o);
+        else if (strcmp(o, "--tokens") == 0) {
+            if (!parse_tokens(v, a)) return usage_error("bench", BENCH_USAGE, "--tokens: expected a list like 1,64,512, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--threads") == 0 || strcmp(o, "--reps") == 0 || strcmp(o, "--random-weights") == 0) {
+            char *end;
+            long long n = strtoll(v, &end, 10);
+            if (*end || n < (o[2] == 'r' && o[3] == 'a' ? 0 : 1) || n > 100000)
+                return usage_error("bench", BENCH_USAGE, "expected a positive integer, found '%s'", v);
+            if (o[2] == 't') a->threads = (int)n;
+            else if (o[3] == 'e') a->reps = (int)n;
+            else a->seed = (uint64_t)n;
+            i++;
+        } else if (strcmp(o, "--dtype") == 0) {
+            if (!dtype_parse(v, &a->dtype) || a->dtype > DT_F16) return usage_error("bench", BENCH_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
+            a->dtype_set = true;
+            i++;
+        } else if (o[0] == '-') return usage_error("bench", BENCH_USAGE, "unknown option '%s'", o);
+        else if (!a->spec) a->spec = o;
+        else return usage_error("bench", BENCH_USAGE, "unexpected argument '%s'", o);
+    }
+    if (!a->spec) return usage_error("bench", BENCH_USAGE, "%s", "missing SPEC");
+    if (!a->layer && !a->model) a->layer = a->model = true;
+    return 0;
+}
+
+/* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */
+static double measure_peak(int threads)
+{
+    CgPool *pool = cg_pool_new(threads);
+    double best = 0;
+    for (int r = 0; r < 5; r++) {
+        double g = probe_fma_gflops(pool, 20000000L / 8);
+        if (g > best) best = g;
+    }
+    cg_pool_free(pool);
+    return best;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    BenchArgs a;
+    int rc = parse_bench_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    ModelSpec s;
+    if (!load_spec(a.spec, &s)) return 1;
+    if (a.dtype_set) s.dtype = a.dtype;
+    RtError err = {{0}};
+    CpuKernelSource *ks = cpu_jit_source_new(&err);
+    if (!ks) {
+        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        return 1;
+    }
+    double peak = measure_peak(a.threads);
+    if (!a.json)
+        printf("moeppc bench %s: %s weights, %d threads, f32 FMA peak measured %.1f GFLOP/s (%s), median of %d\n",
+               s.name, dtype_name(s.dtype), a.threads, peak, probe_isa(), a.reps);
+    if (a.layer) { /* one MoE layer: the spec cut to one layer, a small vocabulary */
+        ModelSpec one = s;
+        one.n_layers = one.moe_every;
+        one.vocab = 256;
+        rc |= bench_spec(&a, &one, "layer", true, peak, ks);
+    }
+    if (a.model) {
+        SpecSummary sum;
+        spec_summarize(&s, &sum);
+        double need = 2.2 * (double)sum.params_total * (double)dtype_size(s.dtype); /* weights + packed copy */
+        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE) * 0.8;
+        if (need > have) printf("model  skipped: needs about %.1f GB (weights and their packed copy), %.1f GB usable\n", need / 1e9, have / 1e9);
+        else rc |= bench_spec(&a, &s, "model", false, peak, ks);
+    }
+    cpu_jit_source_free(ks);
+    return rc;
+}
