@@ -26,6 +26,7 @@ typedef struct {
 typedef struct {
     double median, lo, hi;        /* seconds: of the timed scope */
     double ffn_macs;              /* per run */
+    double grouped_s, route_s;    /* per run, averaged: the grouped GEMMs, routing + combine + dispatch */
 } Timing;
 
 /* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. */
@@ -33,7 +34,7 @@ static Timing time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool m
 {
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
-    double *s = xmalloc((size_t)reps * sizeof *s), macs = 0;
+    double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0;
     RtError err = {{0}};
     for (int r = -2; r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
@@ -42,11 +43,15 @@ static Timing time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool m
         double dt = bench_now_s() - t0;
         CpuProfile p1 = cpu_model_profile(cm);
         if (moe_only) dt = (p1.route_s - p0.route_s) + (p1.grouped_s - p0.grouped_s);
-        if (r >= 0) s[r] = dt;
+        if (r >= 0) {
+            s[r] = dt;
+            grouped += (p1.grouped_s - p0.grouped_s) / reps;
+            route += (p1.route_s - p0.route_s) / reps;
+        }
         macs = p1.ffn_macs - p0.ffn_macs;
     }
     qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
-    Timing t = {s[reps / 2], s[0], s[reps - 1], macs};
+    Timing t = {s[reps / 2], s[0], s[reps - 1], macs, grouped, route};
     free(s);
     free(ids);
     free(pos);
@@ -61,9 +66,10 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
                "\"tokens_per_s\": %.6g, \"gflops\": %.6g, \"peak_gflops\": %.6g, \"peak_fraction\": %.4f}\n",
                scope, (long long)T, t->median, t->lo, t->hi, (double)T / t->median, gflops, peak, gflops / peak);
     } else {
-        printf("%-6s T = %-5lld %10.3f ms (%.3f-%.3f)  %9.1f tokens/s  %7.1f GFLOP/s FFN  %5.1f %% of peak\n", scope,
-               (long long)T, 1e3 * t->median, 1e3 * t->lo, 1e3 * t->hi, (double)T / t->median, gflops,
-               100.0 * gflops / peak);
+        printf("%-6s T = %-5lld %10.3f ms (%.3f-%.3f)  %9.1f tokens/s  %7.1f GFLOP/s FFN  %5.1f %% of peak"
+               "  [grouped GEMMs %.2f ms at %.1f %%, routing %.2f ms]\n", scope, (long long)T, 1e3 * t->median,
+               1e3 * t->lo, 1e3 * t->hi, (double)T / t->median, gflops, 100.0 * gflops / peak, 1e3 * t->grouped_s,
+               t->grouped_s > 0 ? 100.0 * 2e-9 * t->ffn_macs / t->grouped_s / peak : 0.0, 1e3 * t->route_s);
     }
     fflush(stdout);
 }
