@@ -10,12 +10,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BENCH_USAGE "bench SPEC [--layer] [--model] [--tokens 1,64,512] [--threads N] [--random-weights SEED] " \
-                    "[--dtype f32|bf16|f16] [--reps N] [--json]"
+#define BENCH_USAGE "bench SPEC [--layer] [--model] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] " \
+                    "[--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--json]"
 
 typedef struct {
     const char *spec;
-    bool layer, model, json;
+    bool layer, model, experts, json;
+    double zc_share;              /* --experts: share of picks sent to zero-computation experts; < 0: the router's own */
     int64_t tokens[16];
     int n_tokens, threads, reps;
     uint64_t seed;
@@ -121,12 +122,13 @@ static bool parse_tokens(const char *v, BenchArgs *a)
 
 static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 {
-    *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = 2, .reps = 7, .seed = 1};
+    *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = 2, .reps = 7, .seed = 1, .zc_share = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(o, "--layer") == 0) a->layer = true;
         else if (strcmp(o, "--model") == 0) a->model = true;
         else if (strcmp(o, "--json") == 0) a->json = true;
+        else if (strcmp(o, "--experts") == 0) a->experts = true;
         else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_USAGE), -1;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--tokens") == 0) {
@@ -141,6 +143,12 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
             else if (o[3] == 'e') a->reps = (int)n;
             else a->seed = (uint64_t)n;
             i++;
+        } else if (strcmp(o, "--zc-share") == 0) {
+            char *end;
+            a->zc_share = strtod(v, &end);
+            if (*end || !(a->zc_share >= 0 && a->zc_share <= 1))
+                return usage_error("bench", BENCH_USAGE, "--zc-share: expected a share in [0, 1], found '%s'", v);
+            i++;
         } else if (strcmp(o, "--dtype") == 0) {
             if (!dtype_parse(v, &a->dtype) || a->dtype > DT_F16) return usage_error("bench", BENCH_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
             a->dtype_set = true;
@@ -150,8 +158,144 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else return usage_error("bench", BENCH_USAGE, "unexpected argument '%s'", o);
     }
     if (!a->spec) return usage_error("bench", BENCH_USAGE, "%s", "missing SPEC");
-    if (!a->layer && !a->model) a->layer = a->model = true;
+    if (!a->layer && !a->model && !a->experts) a->layer = a->model = true;
     return 0;
+}
+
+/* ---- --experts: the expert part of one layer under synthetic routing ----------------------------------- */
+
+typedef struct {
+    uint64_t s;
+} SplitMix;
+
+static double sm_uniform(SplitMix *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (double)((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Experts of [lo, hi) not among the first j picks of a token. */
+static int64_t n_free(const int32_t *picks, int64_t j, int64_t lo, int64_t hi)
+{
+    int64_t n = hi - lo;
+    for (int64_t q = 0; q < j; q++) n -= picks[q] >= lo && picks[q] < hi;
+    return n;
+}
+
+/* Token t's k picks: each a zero-computation expert ([nf, E)) with probability p, else an FFN expert,
+ * uniform among that class's experts the token has not picked (the other class when it runs out);
+ * weights uniform in [0.1, 1), normalised. bench/baseline_openblas.c draws the same routing. */
+static int64_t synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
+                                 float *w)
+{
+    SplitMix r = {seed};
+    int64_t ffn = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int32_t *picks = ids + t * k;
+        for (int64_t j = 0; j < k; j++) {
+            bool zc = sm_uniform(&r) < p;
+            int64_t lo = zc ? nf : 0, hi = zc ? E : nf;
+            if (n_free(picks, j, lo, hi) == 0) lo = zc ? 0 : nf, hi = zc ? nf : E;
+            int64_t nth = (int64_t)(sm_uniform(&r) * (double)n_free(picks, j, lo, hi)), e = lo;
+            for (;; e++) { /* the nth expert of [lo, hi) not yet picked */
+                bool taken = false;
+                for (int64_t q = 0; q < j; q++) taken |= picks[q] == e;
+                if (!taken && nth-- == 0) break;
+            }
+            picks[j] = (int32_t)e;
+            ffn += e < nf;
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < k; j++) sum += (w[t * k + j] = (float)(0.1 + 0.9 * sm_uniform(&r)));
+        for (int64_t j = 0; j < k; j++) w[t * k + j] = (float)(w[t * k + j] / sum);
+    }
+    return ffn;
+}
+
+static int instr_index(const IrModule *m, ir_op op, int after)
+{
+    int n = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++)
+        if (n > after && i->op == op) return n;
+    return -1;
+}
+
+/* Time the expert part (everything after moe.route up to the grouped down-projection) of layer 0. */
+static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, const ModelSpec *s, int64_t T,
+                           int64_t *ffn_picks)
+{
+    int route = instr_index(m, IR_OP_MOE_ROUTE, -1), down = instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
+    MOE_ASSERT(route >= 0 && down > route);
+    const IrInstr *ri = m->first;
+    for (int n = 0; n < route; n++) ri = ri->next;
+    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(t % s->vocab), pos[t] = (int32_t)t;
+    RtError err = {{0}};
+    MOE_ASSERT(cpu_model_run(cm, ids, pos, T, &err)); /* lays out the arena and runs the real router once */
+    int32_t *rid = cpu_model_buffer(cm, ri->out[1], T);
+    float *rw = cpu_model_buffer(cm, ri->out[0], T);
+    int64_t k = s->top_k, picks = 0;
+    if (a->zc_share >= 0) picks = synthetic_routing(T, k, s->n_ffn, spec_n_experts(s), a->zc_share, a->seed, rid, rw);
+    else for (int64_t j = 0; j < T * k; j++) picks += rid[j] < s->n_ffn;
+    double *sec = xmalloc((size_t)a->reps * sizeof *sec);
+    CpuProfile p0 = cpu_model_profile(cm);
+    for (int r = -2; r < a->reps; r++) {
+        double t0 = bench_now_s();
+        MOE_ASSERT(cpu_model_run_steps(cm, route + 1, down + 1, ids, pos, T, &err));
+        if (r >= 0) sec[r] = bench_now_s() - t0;
+    }
+    CpuProfile p1 = cpu_model_profile(cm);
+    if (getenv("MOEPPC_BENCH_DEBUG"))
+        fprintf(stderr, "grouped %.3f ms, combine+dispatch %.3f ms, other %.3f ms per run\n",
+                1e3 * (p1.grouped_s - p0.grouped_s) / (a->reps + 2), 1e3 * (p1.route_s - p0.route_s) / (a->reps + 2),
+                1e3 * (p1.other_s - p0.other_s) / (a->reps + 2));
+    qsort(sec, (size_t)a->reps, sizeof *sec, bench_cmp_double);
+    Timing t = {sec[a->reps / 2], sec[0], sec[a->reps - 1],
+                (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0};
+    *ffn_picks = picks;
+    free(sec);
+    free(ids);
+    free(pos);
+    return t;
+}
+
+static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak, CpuKernelSource *ks)
+{
+    ModelSpec s = *full;
+    s.n_layers = s.moe_every;
+    s.vocab = 256;
+    RtError err = {{0}};
+    WeightSet *w;
+    if (!weights_random(&s, a->seed, &w, &err)) {
+        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        return 1;
+    }
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, a->spec, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
+    CpuModel *cm = cpu_model_new(m, w, s.max_positions > 8192 ? s.max_positions : 8192, ks, a->threads, &err);
+    if (!cm) fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+    for (int q = 0; cm && q < a->n_tokens; q++) {
+        int64_t T = a->tokens[q], picks;
+        Timing t = time_experts(a, cm, m, &s, T, &picks);
+        double gflops = 2e-9 * t.ffn_macs / t.median;
+        if (a->json)
+            printf("{\"scope\": \"experts\", \"spec\": \"%s\", \"tokens\": %lld, \"zc_share\": %.4g, \"ffn_picks\": %lld, "
+                   "\"median_s\": %.6g, \"min_s\": %.6g, \"max_s\": %.6g, \"gflops\": %.6g, \"peak_fraction\": %.4f}\n",
+                   s.name, (long long)T, a->zc_share, (long long)picks, t.median, t.lo, t.hi, gflops, gflops / peak);
+        else
+            printf("experts T = %-5lld zc share %-6s %6lld FFN picks  %10.3f ms (%.3f-%.3f)  %7.1f GFLOP/s  %5.1f %% of peak\n",
+                   (long long)T, a->zc_share < 0 ? "router" : "set", (long long)picks, 1e3 * t.median, 1e3 * t.lo,
+                   1e3 * t.hi, gflops, 100.0 * gflops / peak);
+        fflush(stdout);
+    }
+    cpu_model_free(cm);
+    ir_module_free(m);
+    weights_close(w);
+    return cm ? 0 : 1;
 }
 
 /* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */
@@ -191,6 +335,7 @@ int cmd_bench(int argc, char **argv)
         one.vocab = 256;
         rc |= bench_spec(&a, &one, "layer", true, peak, ks);
     }
+    if (a.experts) rc |= bench_experts(&a, &s, peak, ks);
     if (a.model) {
         SpecSummary sum;
         spec_summarize(&s, &sum);

@@ -466,6 +466,14 @@ bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)
 
 bool cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err)
 {
+    return cpu_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
+}
+
+void *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T) { return addr(cm, v, T); }
+
+bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
+                         RtError *err)
+{
     for (int64_t t = 0; t < T; t++) {
         if (pos[t] < 0 || pos[t] >= cm->max_pos) {
             snprintf(err->msg, sizeof err->msg, "position %d of token %lld is outside [0, %lld) (max positions)", pos[t],
@@ -480,7 +488,8 @@ bool cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t
     ensure_capacity(cm, T);
     cm->ids = ids;
     cm->pos = pos;
-    for (int s = 0; s < cm->n_steps; s++) {
+    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
+    for (int s = first; s < last; s++) {
         double t0 = now_s();
         run_step(cm, &cm->steps[s], T);
         *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;

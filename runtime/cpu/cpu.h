@@ -34,6 +34,12 @@ CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_posit
                         int threads, RtError *err);
 /* Run T tokens at positions pos (each < max_positions). */
 bool      cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
+/* Run only instructions [first, last) (indices in program order) on T tokens, after a full run on the
+ * same T has laid out the arena; benchmarks time one part of the model this way. */
+bool      cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
+                              RtError *err);
+/* Where value v (a result) lives for T tokens: its buffer in the arena. */
+void     *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T);
 /* A module output of the last run: its data in the arena and its shape ([T, cols]). NULL if absent. */
 const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *cols, moe_dtype *dtype);
 /* Seconds spent in each kind of work in the runs so far (for --profile and benchmarks). */
