@@ -450,7 +450,8 @@ static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t
     if (runner_init(&rn, r, s, w) && runner_step(&rn, seq, pos, T, &res)) {
         const EvalTensor *logits = eval_output(&res, "logits");
         printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
-               (double)T / res.seconds, r->backend == BACKEND_CPU ? "CPU backend (JIT-compiled kernels)"
+               (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
+                                                : "CPU backend (JIT-compiled kernels)")
                : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
         print_predictions(logits, seq, r->top, stdout);
         print_route_stats(s, &res, r->route_stats, stdout);
