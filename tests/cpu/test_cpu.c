@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tests/tiny_specs.h"
+
 #include "passes/passes.h"
 #include "runtime/cpu/cpu.h"
 
@@ -31,13 +33,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static void load(const char *name, ModelSpec *s)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/specs/tiny/%s.yaml", MOEPPC_SOURCE_DIR, name);
-    Diag d = {stderr, path, 0};
-    assert_true(spec_load_file(path, s, &d));
-}
+static void load(const char *name, ModelSpec *s) { assert_true(tiny_spec_load(name, s)); }
 
 static IrModule *codegen_ir(const ModelSpec *s)
 {
@@ -67,12 +63,9 @@ static void ids_for(int32_t *ids, int32_t *pos, int64_t T, int64_t vocab)
 static void test_cpu_equals_interpreter(void **state)
 {
     (void)state;
-    static const char *const specs[] = {"tiny-moepp", "tiny-gqa", "tiny-router1", "tiny-mixtral", "tiny-logitsnorm",
-                                        "tiny-noresidual", "tiny-noscale", "tiny-zeros", "tiny-every2", "tiny-bf16",
-                                        "tiny-f16", "tiny-vanilla", "tiny-tied", "tiny-top1", "tiny-oneffn"};
-    for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
+    for (size_t k = 0; k < MOE_ARRAY_LEN(tiny_specs); k++) {
         ModelSpec s;
-        load(specs[k], &s);
+        load(tiny_specs[k], &s);
         IrModule *m = codegen_ir(&s);
         WeightSet *w;
         RtError err = {{0}};
@@ -95,7 +88,7 @@ static void test_cpu_equals_interpreter(void **state)
             cpu_model_free(cm);
             ir_eval_result_free(&ref);
         }
-        printf("%-16s CPU backend vs interpreter: worst rel err %.3g over T = 1, 13, 25, 37\n", specs[k], worst);
+        printf("%-16s CPU backend vs interpreter: worst rel err %.3g over T = 1, 13, 25, 37\n", tiny_specs[k], worst);
         weights_close(w);
         ir_module_free(m);
     }

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tests/tiny_specs.h"
+
 #include "ir/ir.h"
 #include "passes/passes.h"
 
@@ -16,13 +18,7 @@
 
 #define T_TOKENS 12
 
-static void load(const char *name, ModelSpec *s)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/specs/tiny/%s.yaml", MOEPPC_SOURCE_DIR, name);
-    Diag d = {stderr, path, 0};
-    assert_true(spec_load_file(path, s, &d));
-}
+static void load(const char *name, ModelSpec *s) { assert_true(tiny_spec_load(name, s)); }
 
 static IrModule *lowered(const ModelSpec *s, int opt)
 {
@@ -69,12 +65,9 @@ static void assert_same_routes(const EvalResult *a, const EvalResult *b)
 static void test_optimised_equals_dense(void **state)
 {
     (void)state;
-    static const char *const specs[] = {"tiny-moepp", "tiny-gqa", "tiny-router1", "tiny-mixtral", "tiny-logitsnorm",
-                                        "tiny-noresidual", "tiny-noscale", "tiny-zeros", "tiny-every2", "tiny-bf16",
-                                        "tiny-f16", "tiny-vanilla", "tiny-tied", "tiny-top1", "tiny-oneffn"};
-    for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
+    for (size_t k = 0; k < MOE_ARRAY_LEN(tiny_specs); k++) {
         ModelSpec s;
-        load(specs[k], &s);
+        load(tiny_specs[k], &s);
         IrModule *dense = lowered(&s, 0), *opt = lowered(&s, 1);
         double tol = s.dtype == DT_F32 ? 1e-5 : 2e-2, worst = 0;
         for (uint64_t seed = 1; seed <= 3; seed++) {
@@ -94,7 +87,7 @@ static void test_optimised_equals_dense(void **state)
             }
             weights_close(w);
         }
-        printf("%-16s optimised vs dense: worst rel err %.3g (tolerance %g)\n", specs[k], worst, tol);
+        printf("%-16s optimised vs dense: worst rel err %.3g (tolerance %g)\n", tiny_specs[k], worst, tol);
         ir_module_free(dense);
         ir_module_free(opt);
     }
