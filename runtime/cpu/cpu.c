@@ -450,9 +450,47 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     return cm;
 }
 
+/* Bytes the model will allocate beyond its weights: the packed copies of every GEMM weight and the
+ * KV caches (the arena, sized by the tokens of a call, is small beside them). */
+static double bytes_needed(const IrModule *m, int64_t max_positions)
+{
+    double b = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) {
+        if (i->op == IR_OP_ATTENTION) b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
+        if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_GROUPED_UP && i->op != IR_OP_MOE_GROUPED_DOWN &&
+            i->op != IR_OP_MOE_ROUTE)
+            continue;
+        for (int k = 1; k < i->n_in; k++)
+            if (i->in[k]->kind == IR_VAL_PARAM) b += (double)ir_type_numel(&i->in[k]->type, 1) * (double)dtype_size(i->in[k]->type.dtype);
+    }
+    return b;
+}
+
+/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
+ * counts as available), or MOEPPC_MEM_LIMIT_MB when set (tests). */
+static double bytes_available(void)
+{
+    const char *lim = getenv("MOEPPC_MEM_LIMIT_MB");
+    if (lim) return atof(lim) * 1048576.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    double kb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb > 0 ? kb * 1024.0 : 1e18;
+}
+
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {
+    double need = bytes_needed(m, max_positions), have = bytes_available();
+    if (need > 0.9 * have) {
+        snprintf(err->msg, sizeof err->msg,
+                 "not enough memory: the CPU backend needs %.2f GB for its packed weights and KV caches beyond the "
+                 "weights themselves, and %.2f GB is available", need / 1e9, have / 1e9);
+        return NULL;
+    }
     return model_new(m, w, max_positions, ks, threads, false, err);
 }
 

@@ -150,12 +150,32 @@ static void test_position_out_of_range(void **state)
     ir_module_free(m);
 }
 
+/* A model whose packed weights would not fit is refused with a message, not killed mid-way. */
+static void test_refuses_when_memory_is_short(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    load("tiny-moepp", &s);
+    IrModule *m = codegen_ir(&s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 3, &w, &err));
+    setenv("MOEPPC_MEM_LIMIT_MB", "0.01", 1);
+    CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 1, &err);
+    unsetenv("MOEPPC_MEM_LIMIT_MB");
+    assert_null(cm);
+    assert_non_null(strstr(err.msg, "not enough memory"));
+    weights_close(w);
+    ir_module_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_equals_interpreter),
         cmocka_unit_test(test_decode_on_kv_cache),
         cmocka_unit_test(test_position_out_of_range),
+        cmocka_unit_test(test_refuses_when_memory_is_short),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
