@@ -14,7 +14,7 @@
 #include <time.h>
 
 #define RUN_USAGE "%s (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] " \
-                  "[--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
+                  "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
                   "[--precision f64|f32] [--top N] [-O0|-O1]"
 
 typedef enum { BACKEND_INTERP, BACKEND_CPU } run_backend;
@@ -102,6 +102,12 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--backend") == 0) {
         if (strcmp(v, "interp") && strcmp(v, "cpu")) return drv_usage("--backend: expected interp or cpu, found '%s'", v);
         r->backend = strcmp(v, "cpu") == 0 ? BACKEND_CPU : BACKEND_INTERP;
+    } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag: the CPU, until CUDA code exists */
+        if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU;
+        else if (strcmp(v, "cuda") == 0) {
+            drv_err("--device cuda: no CUDA kernels in this build (CUDA code generation is not available yet)\n");
+            return 1;
+        } else return drv_usage("--device: expected cpu or cuda, found '%s'", v);
     } else if (strcmp(o, "--top") == 0) {
         if (!int_option(o, v, 1, 100, &n)) return 2;
         r->top = (int)n;
