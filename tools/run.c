@@ -1,5 +1,5 @@
-/* run.c — `moeppc run`: the driver (runtime/cpu/driver.c) with kernels from the JIT when the CPU
- * backend is built, else the interpreter alone. */
+/* run.c — `moeppc run`: the driver (runtime/cpu/driver.c) on the CPU backend with kernels from the
+ * JIT when it is built (the default then), else the interpreter alone. */
 #include "runtime/cpu/driver.h"
 #include "tools/commands.h"
 
@@ -7,6 +7,7 @@ int cmd_run(int argc, char **argv)
 {
     DriverConfig cfg = {.prog = "moeppc run"};
 #ifdef MOEPPC_HAVE_JIT
+    cfg.default_cpu = true; /* the generated kernels; --backend interp for the reference interpreter */
     cfg.kernels_new = cpu_jit_source_new;
     cfg.kernels_free = cpu_jit_source_free;
 #endif

@@ -52,6 +52,7 @@ typedef struct {
     int top, opt_level, threads;
     int64_t generate;
     run_backend backend;
+    bool backend_set;             /* --backend or --device given */
 } RunArgs;
 
 static double now_s(void)
@@ -102,8 +103,9 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--backend") == 0) {
         if (strcmp(v, "interp") && strcmp(v, "cpu")) return drv_usage("--backend: expected interp or cpu, found '%s'", v);
         r->backend = strcmp(v, "cpu") == 0 ? BACKEND_CPU : BACKEND_INTERP;
+        r->backend_set = true;
     } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag: the CPU, until CUDA code exists */
-        if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU;
+        if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU, r->backend_set = true;
         else if (strcmp(v, "cuda") == 0) {
             drv_err("--device cuda: no CUDA kernels in this build (CUDA code generation is not available yet)\n");
             return 1;
@@ -143,6 +145,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     }
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
+    if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
     if (!r->ids) return drv_usage("%s", "missing --ids");
     return 0;
 }
