@@ -1,0 +1,159 @@
+/* cg_cuda.h — CUDA code generation: CUDA C source per kernel, specialised for its constants, compiled
+ * with NVRTC to cubin (for one sm_XX) and/or PTX; plus the CUDA driver API, opened with dlopen.
+ *
+ * In:  an op descriptor (CgOpDesc of codegen/llvm/ops/cg_ops.h: the CPU kernels' kinds and constants,
+ *      so both backends compile the same ops) or a grouped-GEMM descriptor (CgCudaGemm below); an
+ *      architecture string ("sm_80", "sm_86", "sm_89", "sm_90").
+ * Out: cg_cuda_op_source / cg_cuda_gemm_source: one NVRTC translation unit (xmalloc'd text; caller
+ *      frees) defining exactly one `extern "C" __global__` kernel named by cg_cuda_*_symbol;
+ *      cg_cuda_compile: PTX and/or cubin bytes, NVRTC's log, and the resource usage ptxas reported
+ *      (registers, shared memory, spill stores/loads), without any GPU (CgCudaBinary; free with
+ *      cg_cuda_binary_free). cg_cuda_*_launch: the grid, block and dynamic shared memory of a launch.
+ * Conventions (the CPU kernels', cg_ops.h): activations are f32 row-major with T rows (T a run-time
+ *      argument; T = 0 is a no-op); weights (embedding, norm weights, constant vectors, expert matrices)
+ *      stay in their stored dtype (f32/bf16/f16) and are widened to f32 on load; ids and positions are
+ *      int32, expert offsets int64. Kernels cover all T rows themselves (no row0/rows arguments: the
+ *      grid does the splitting). Math is IEEE (no --use_fast_math): expf/tanhf/sqrtf as the CPU's libm
+ *      within an ulp or two; RoPE angles in f64 like the CPU kernel.
+ * Memory: the device buffers are the caller's; kernels never allocate. Sources and binaries are
+ *      heap-allocated and owned by the caller.
+ * Errors: cg_cuda_compile returns false with err = "NVRTC: <call>: <nvrtcGetErrorString>" followed by
+ *      the kernel name and NVRTC's full log; the driver functions return false with the driver's
+ *      message (cuGetErrorString) or "no CUDA driver (libcuda.so.1) on this machine".
+ */
+#ifndef MOEPPC_CG_CUDA_H
+#define MOEPPC_CG_CUDA_H
+
+#include "codegen/llvm/ops/cg_ops.h"
+#include "support/support.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- op kernels ------------------------------------------------------------------------------------
+ * Kernel argument lists (C types as the driver passes them: long long = int64, int = int32):
+ *   EMBED         (long long T, const int *ids, const void *table, float *out)        grid T, block 256
+ *   RMS_NORM      (long long T, const float *x, const void *w, float *out)            one block per row
+ *   ADD_RMS_NORM  (long long T, const float *a, const float *b, const void *w, float *sum, float *out)
+ *   ROPE          (long long T, const float *x, const int *pos, float *out)           out may alias x
+ *   ATTENTION     (long long T, const float *q, const float *kc, const float *vc, const int *pos,
+ *                  float *out)  one block of CG_CUDA_ATTN_WARPS warps per (query t, head h): the warps
+ *                  split the keys 0..pos[t] (strided), each keeps an online max/sum/accumulator, and the
+ *                  block merges them in shared memory: works for prefill and for decode (T = 1).
+ *   SWIGLU, ADD   (long long T, const float *a, const float *b, float *out)           grid-stride
+ *   SCALE, TANH   (long long T, const float *x, float *out)                           grid-stride
+ *   ROUTE_POST    (long long T, const float *z0, const float *g, float *logits, const float *alpha_logits,
+ *                  float *weights, int *ids, float *alpha)   one warp per token (g, alpha_logits,
+ *                  alpha may be NULL exactly as on the CPU)
+ *   COMBINE       (long long T, const float *x, const float *weights, const int *ids, const float *alpha,
+ *                  const void *const *vc, float *y)   vc: a device array of n_const device pointers
+ *   DISPATCH      (long long T, const int *ids, const float *weights, long long *off, int *perm,
+ *                  float *gate_w)   ONE block: counts with shared atomics, prefix sum, then a stable
+ *                  (by token) placement with __match_any_sync ranks; deterministic, no host round trip.
+ */
+#define CG_CUDA_ATTN_WARPS 4
+#define CG_CUDA_DISPATCH_THREADS 1024
+
+/* `moeppc_cu_<cg_op_symbol without its moeppc_op_ prefix>`. */
+void  cg_cuda_op_symbol(const CgOpDesc *d, char *out, size_t n);
+/* NULL with err set if d is inconsistent or unsupported. */
+char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen);
+void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
+
+/* ---- grouped GEMMs of the MoE experts ---------------------------------------------------------------
+ * Routing as cg_llvm.h's CgRouting, on the device: off[E+1] (int64), perm[n_slots], gate_w[n_slots]
+ * from DISPATCH. Expert weights stacked in their stored dtype, checkpoint layout:
+ *   up   w_up   [E][2I][K=D]  (rows 0..I-1 give a, rows I..2I-1 give b)
+ *   down w_down [E][D][K=I]
+ * Kernel arguments:
+ *   UP   (long long T, const float *x, const long long *off, const int *perm, const void *w_up,
+ *         float *h)                h[s, I] = silu(a) * b, [a | b] = x[perm[s]] . W_up[g]^T
+ *   DOWN (long long T, const float *h, const long long *off, const int *perm, const float *gate_w,
+ *         const void *w_down, float *y)   y[perm[s], D] += gate_w[s] * (h[s] . W_down[g]^T)
+ * The down epilogue uses f32 atomicAdd into y (y holds the combine's output first): with top-k = 2 two
+ * FFN picks of one token may land in either order, so the last bit of y is not deterministic.
+ * Paths:
+ *   MMA  bf16/f16 weights: mma.sync.m16n8k16 (sm_80+), f32 accumulators, activations rounded to the
+ *        weight dtype when staged into shared memory; tile BM x BN x BK, 2x2 warps.
+ *   FMA  f32 weights: plain f32 FMA register tiles (each thread TM x TN outputs).
+ *   GEMV T <= CG_CUDA_GEMV_MAX_T (decode): one warp per output row (up: the a and b rows of one
+ *        column), 16-byte weight loads, all slots of the group accumulated in registers; weight-
+ *        bandwidth bound. Grid (ceil(N / warps), E).
+ * The M dimension of MMA/FMA is covered without a host round trip: grid.y = ceil(T*k / BM) + E tiles,
+ * a block finds its (group, tile) by walking off[] and returns if it has none. */
+#define CG_CUDA_GEMV_MAX_T 16
+
+typedef enum { CG_CUDA_GEMM_UP, CG_CUDA_GEMM_DOWN } cg_cuda_gemm_kind;
+typedef enum { CG_CUDA_PATH_MMA, CG_CUDA_PATH_FMA, CG_CUDA_PATH_GEMV } cg_cuda_gemm_path;
+
+typedef struct CgCudaGemm {
+    cg_cuda_gemm_kind kind;
+    cg_cuda_gemm_path path;
+    moe_dtype wdtype;        /* DT_F32 (FMA/GEMV) or DT_BF16/DT_F16 (MMA/GEMV) */
+    int64_t   experts;       /* E: FFN experts (groups)                        */
+    int64_t   k_top;         /* top_k: bounds the slots, T*k                   */
+    int64_t   n, k;          /* output columns (UP: I, the a/b width; DOWN: D), reduction length */
+    int       bm, bn, bk;    /* MMA/FMA tile; GEMV: bn = warps per block        */
+} CgCudaGemm;
+
+/* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W), FMA 64x64x16,
+ * GEMV 4 warps. */
+CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, moe_dtype wdtype,
+                                int64_t experts, int64_t k_top, int64_t n, int64_t k);
+const char *cg_cuda_gemm_path_name(cg_cuda_gemm_path p); /* "mma", "fma", "gemv" */
+void  cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n);
+char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen);
+void  cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
+
+/* ---- the kernels of a spec ----------------------------------------------------------------------- */
+/* Every distinct op and grouped-GEMM kernel a model of this spec needs (derived from the spec's shapes,
+ * as the passes' final IR has them; GEMMs: the MMA or FMA path by dtype plus the GEMV path). Arrays
+ * are xmalloc'd; caller frees. */
+struct ModelSpec;
+void cg_cuda_spec_kernels(const struct ModelSpec *s, CgOpDesc **ops, int *n_ops, CgCudaGemm **gemms,
+                          int *n_gemms);
+
+/* ---- NVRTC ---------------------------------------------------------------------------------------- */
+typedef struct CgCudaBinary {
+    char   *ptx;           /* NUL-terminated PTX (NULL unless want_ptx)                         */
+    size_t  ptx_len;
+    void   *cubin;         /* cubin bytes for arch (NULL unless want_cubin)                     */
+    size_t  cubin_len;
+    char   *log;           /* NVRTC's program log (ptxas -v lines included with a cubin)          */
+    double  compile_ms;    /* wall clock of nvrtcCompileProgram (both passes when both asked)    */
+    /* From "ptxas info" lines (cubin only; -1 when not reported). */
+    int     registers;
+    int     smem_bytes;    /* static shared memory                                              */
+    int     spill_stores, spill_loads;  /* bytes */
+} CgCudaBinary;
+
+/* Compile `source` (one kernel, named `name` for messages) for arch "sm_XX". want_cubin: SASS for that
+ * exact arch with -Xptxas -v; want_ptx: PTX for compute_XX (JIT-able on newer GPUs). Options:
+ * -std=c++17 -default-device, IEEE math (no --use_fast_math). */
+bool cg_cuda_compile(const char *source, const char *name, const char *arch, bool want_cubin, bool want_ptx,
+                     CgCudaBinary *out, char *err, size_t errlen);
+void cg_cuda_binary_free(CgCudaBinary *b);
+/* "NVRTC x.y" or NULL with err set (the library's version call). */
+bool cg_cuda_nvrtc_version(int *major, int *minor);
+
+/* ---- driver API (cuda_driver.c: dlopen("libcuda.so.1"), never linked) --------------------------------- */
+typedef struct CgCudaDriver CgCudaDriver;
+/* Open the driver, cuInit, take device `ordinal`, create a context. NULL with err set: "no CUDA
+ * driver (libcuda.so.1) on this machine" when the library is absent, else the driver's message. */
+CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen);
+void          cg_cuda_driver_close(CgCudaDriver *d);
+/* Device memory as 64-bit addresses (CUdeviceptr). */
+bool cg_cuda_alloc(CgCudaDriver *d, uint64_t *ptr, size_t bytes, char *err, size_t errlen);
+void cg_cuda_free(CgCudaDriver *d, uint64_t ptr);
+bool cg_cuda_upload(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen);
+bool cg_cuda_download(CgCudaDriver *d, void *dst, uint64_t src, size_t bytes, char *err, size_t errlen);
+/* Load a cubin or PTX image and look up `name`; the module lives until the driver is closed. */
+bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void **fn, char *err, size_t errlen);
+/* Launch on the default stream and synchronise; args as cuLaunchKernel's kernelParams. */
+bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                    void **args, char *err, size_t errlen);
+/* The device's compute capability as "sm_XY". */
+void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n);
+
+#endif

@@ -1,0 +1,172 @@
+/* cuda_driver.c — the CUDA driver API through dlopen("libcuda.so.1"): nothing links libcuda, so
+ * binaries run where there is no GPU and fail with a clear message only when CUDA is asked for.
+ * The handful of entry points are declared here with the driver's ABI (cuda.h's _v2 names). */
+#include "codegen/cuda/cg_cuda.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult; /* CUDA_SUCCESS = 0 */
+typedef int CUdevice;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef unsigned long long CUdeviceptr;
+
+#define CU_ATTR_CC_MAJOR 75 /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
+#define CU_ATTR_CC_MINOR 76
+
+typedef struct CuApi {
+    CUresult (*init)(unsigned);
+    CUresult (*device_get)(CUdevice *, int);
+    CUresult (*device_attr)(int *, int, CUdevice);
+    CUresult (*ctx_create)(CUcontext *, unsigned, CUdevice);
+    CUresult (*ctx_destroy)(CUcontext);
+    CUresult (*module_load_data)(CUmodule *, const void *);
+    CUresult (*module_get_function)(CUfunction *, CUmodule, const char *);
+    CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *,
+                       void **, void **);
+    CUresult (*mem_alloc)(CUdeviceptr *, size_t);
+    CUresult (*mem_free)(CUdeviceptr);
+    CUresult (*htod)(CUdeviceptr, const void *, size_t);
+    CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+    CUresult (*sync)(void);
+    CUresult (*error_string)(CUresult, const char **);
+} CuApi;
+
+struct CgCudaDriver {
+    void *lib;
+    CuApi api;
+    CUdevice dev;
+    CUcontext ctx;
+};
+
+/* Every driver call goes through this: the call, the driver's own message, and false. */
+#define CU_CHECK(d, call)                                                                                  \
+    do {                                                                                                   \
+        CUresult rc_ = (d)->api.call;                                                                      \
+        if (rc_ != 0) return cu_error((d), #call, rc_, err, errlen);                                       \
+    } while (0)
+
+static bool cu_error(CgCudaDriver *d, const char *call, CUresult rc, char *err, size_t errlen)
+{
+    const char *msg = NULL;
+    if (d->api.error_string) d->api.error_string(rc, &msg);
+    snprintf(err, errlen, "CUDA driver: %s: %s (error %d)", call, msg ? msg : "unknown error", rc);
+    return false;
+}
+
+static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
+{
+    static const struct { const char *name; size_t at; } syms[] = {
+        {"cuInit", offsetof(CuApi, init)},
+        {"cuDeviceGet", offsetof(CuApi, device_get)},
+        {"cuDeviceGetAttribute", offsetof(CuApi, device_attr)},
+        {"cuCtxCreate_v2", offsetof(CuApi, ctx_create)},
+        {"cuCtxDestroy_v2", offsetof(CuApi, ctx_destroy)},
+        {"cuModuleLoadData", offsetof(CuApi, module_load_data)},
+        {"cuModuleGetFunction", offsetof(CuApi, module_get_function)},
+        {"cuLaunchKernel", offsetof(CuApi, launch)},
+        {"cuMemAlloc_v2", offsetof(CuApi, mem_alloc)},
+        {"cuMemFree_v2", offsetof(CuApi, mem_free)},
+        {"cuMemcpyHtoD_v2", offsetof(CuApi, htod)},
+        {"cuMemcpyDtoH_v2", offsetof(CuApi, dtoh)},
+        {"cuCtxSynchronize", offsetof(CuApi, sync)},
+        {"cuGetErrorString", offsetof(CuApi, error_string)},
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(syms); i++) {
+        void *fn = dlsym(d->lib, syms[i].name);
+        if (!fn) {
+            snprintf(err, errlen, "CUDA driver: libcuda.so.1 has no %s (driver too old?)", syms[i].name);
+            return false;
+        }
+        memcpy((char *)&d->api + syms[i].at, &fn, sizeof fn);
+    }
+    return true;
+}
+
+static bool driver_start(CgCudaDriver *d, int ordinal, char *err, size_t errlen)
+{
+    if (!load_api(d, err, errlen)) return false;
+    CU_CHECK(d, init(0));
+    CU_CHECK(d, device_get(&d->dev, ordinal));
+    CU_CHECK(d, ctx_create(&d->ctx, 0, d->dev));
+    return true;
+}
+
+CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(err, errlen, "no CUDA driver (libcuda.so.1) on this machine");
+        return NULL;
+    }
+    CgCudaDriver *d = xcalloc(1, sizeof *d);
+    d->lib = lib;
+    if (!driver_start(d, ordinal, err, errlen)) {
+        cg_cuda_driver_close(d);
+        return NULL;
+    }
+    return d;
+}
+
+void cg_cuda_driver_close(CgCudaDriver *d)
+{
+    if (!d) return;
+    if (d->ctx) d->api.ctx_destroy(d->ctx); /* frees the context's modules and memory */
+    dlclose(d->lib);
+    free(d);
+}
+
+bool cg_cuda_alloc(CgCudaDriver *d, uint64_t *ptr, size_t bytes, char *err, size_t errlen)
+{
+    CUdeviceptr p = 0;
+    CU_CHECK(d, mem_alloc(&p, bytes ? bytes : 1));
+    *ptr = p;
+    return true;
+}
+
+void cg_cuda_free(CgCudaDriver *d, uint64_t ptr)
+{
+    if (ptr) d->api.mem_free(ptr);
+}
+
+bool cg_cuda_upload(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen)
+{
+    CU_CHECK(d, htod(dst, src, bytes));
+    return true;
+}
+
+bool cg_cuda_download(CgCudaDriver *d, void *dst, uint64_t src, size_t bytes, char *err, size_t errlen)
+{
+    CU_CHECK(d, dtoh(dst, src, bytes));
+    return true;
+}
+
+bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void **fn, char *err, size_t errlen)
+{
+    CUmodule mod = NULL;
+    CUfunction f = NULL;
+    CU_CHECK(d, module_load_data(&mod, image));
+    CU_CHECK(d, module_get_function(&f, mod, name));
+    *fn = f;
+    return true;
+}
+
+bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                    void **args, char *err, size_t errlen)
+{
+    CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
+                       NULL, args, NULL));
+    CU_CHECK(d, sync());
+    return true;
+}
+
+void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n)
+{
+    int major = 0, minor = 0;
+    d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev);
+    d->api.device_attr(&minor, CU_ATTR_CC_MINOR, d->dev);
+    snprintf(out, n, "sm_%d%d", major, minor);
+}

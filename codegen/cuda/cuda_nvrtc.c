@@ -1,0 +1,142 @@
+/* cuda_nvrtc.c — compile one generated kernel with NVRTC (linked, no GPU needed): cubin for sm_XX
+ * with ptxas's resource report, and/or PTX for compute_XX. */
+#include "codegen/cuda/cg_cuda.h"
+
+#include <nvrtc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Every NVRTC call goes through this: on failure, the call, NVRTC's message, the kernel name and the
+ * program log (when there is one) go to err, and the function jumps to `fail`. */
+#define NVRTC_CHECK(call)                                                                                  \
+    do {                                                                                                   \
+        nvrtcResult rc_ = (call);                                                                          \
+        if (rc_ != NVRTC_SUCCESS) {                                                                        \
+            nvrtc_error(#call, rc_, prog, name, err, errlen);                                              \
+            goto fail;                                                                                     \
+        }                                                                                                  \
+    } while (0)
+
+static char *program_log(nvrtcProgram prog)
+{
+    size_t n = 0;
+    if (!prog || nvrtcGetProgramLogSize(prog, &n) != NVRTC_SUCCESS) return xstrdup("");
+    char *log = xcalloc(n + 1, 1);
+    if (nvrtcGetProgramLog(prog, log) != NVRTC_SUCCESS) log[0] = 0;
+    return log;
+}
+
+static void nvrtc_error(const char *call, nvrtcResult rc, nvrtcProgram prog, const char *name, char *err,
+                        size_t errlen)
+{
+    char *log = program_log(prog);
+    snprintf(err, errlen, "NVRTC: %s: %s (kernel %s)%s%s", call, nvrtcGetErrorString(rc), name,
+             log[0] ? "\n--- NVRTC log ---\n" : "", log);
+    free(log);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+/* "ptxas info : Used 40 registers, used 1 barriers, 4352 bytes smem" and
+ * "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads". */
+static void parse_resources(const char *log, CgCudaBinary *b)
+{
+    const char *p;
+    if ((p = strstr(log, "Used "))) b->registers = atoi(p + 5), b->smem_bytes = 0; /* smem only listed when > 0 */
+    if ((p = strstr(log, " bytes smem"))) {
+        while (p > log && p[-1] >= '0' && p[-1] <= '9') p--;
+        b->smem_bytes = atoi(p);
+    }
+    if ((p = strstr(log, "bytes stack frame, "))) {
+        p += strlen("bytes stack frame, ");
+        b->spill_stores = atoi(p);
+        if ((p = strstr(p, "spill stores, "))) b->spill_loads = atoi(p + strlen("spill stores, "));
+    }
+}
+
+static bool valid_arch(const char *arch)
+{
+    if (strncmp(arch, "sm_", 3) != 0 || strlen(arch) < 5 || strlen(arch) > 7) return false;
+    for (const char *c = arch + 3; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c == 'a' && c[1] == 0))) return false;
+    return atoi(arch + 3) >= 80;
+}
+
+/* One NVRTC pass; `arch_opt` is --gpu-architecture=sm_XX or compute_XX. */
+static bool compile_once(const char *source, const char *name, const char *arch_opt, bool cubin, CgCudaBinary *out,
+                         char *err, size_t errlen)
+{
+    nvrtcProgram prog = NULL;
+    const char *opts[] = {arch_opt, "-std=c++17", "-default-device", "--ptxas-options=-v"};
+    int n_opts = cubin ? 4 : 3;
+    char file[300];
+    snprintf(file, sizeof file, "%s.cu", name);
+    NVRTC_CHECK(nvrtcCreateProgram(&prog, source, file, 0, NULL, NULL));
+    double t0 = now_ms();
+    NVRTC_CHECK(nvrtcCompileProgram(prog, n_opts, opts));
+    out->compile_ms += now_ms() - t0;
+    char *log = program_log(prog);
+    if (cubin) {
+        parse_resources(log, out);
+        free(out->log);
+        out->log = log;
+        NVRTC_CHECK(nvrtcGetCUBINSize(prog, &out->cubin_len));
+        out->cubin = xmalloc(out->cubin_len);
+        NVRTC_CHECK(nvrtcGetCUBIN(prog, out->cubin));
+    } else {
+        if (!out->log) out->log = log;
+        else free(log);
+        NVRTC_CHECK(nvrtcGetPTXSize(prog, &out->ptx_len));
+        out->ptx = xmalloc(out->ptx_len + 1);
+        NVRTC_CHECK(nvrtcGetPTX(prog, out->ptx));
+        out->ptx[out->ptx_len] = 0;
+    }
+    nvrtcDestroyProgram(&prog);
+    return true;
+fail:
+    if (prog) nvrtcDestroyProgram(&prog);
+    return false;
+}
+
+bool cg_cuda_compile(const char *source, const char *name, const char *arch, bool want_cubin, bool want_ptx,
+                     CgCudaBinary *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->registers = out->smem_bytes = out->spill_stores = out->spill_loads = -1;
+    if (!valid_arch(arch)) {
+        snprintf(err, errlen, "unknown CUDA target '%s' for kernel %s (expected sm_80 or newer: sm_80, sm_86, sm_89, "
+                 "sm_90)", arch, name);
+        return false;
+    }
+    char opt[64];
+    bool ok = true;
+    if (want_cubin) {
+        snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
+        ok = compile_once(source, name, opt, true, out, err, errlen);
+    }
+    if (ok && want_ptx) {
+        snprintf(opt, sizeof opt, "--gpu-architecture=compute_%s", arch + 3);
+        ok = compile_once(source, name, opt, false, out, err, errlen);
+    }
+    if (!ok) cg_cuda_binary_free(out);
+    return ok;
+}
+
+void cg_cuda_binary_free(CgCudaBinary *b)
+{
+    free(b->ptx);
+    free(b->cubin);
+    free(b->log);
+    b->ptx = NULL, b->cubin = NULL, b->log = NULL;
+}
+
+bool cg_cuda_nvrtc_version(int *major, int *minor)
+{
+    return nvrtcVersion(major, minor) == NVRTC_SUCCESS;
+}

@@ -1,0 +1,405 @@
+/* cuda_ops.c — CUDA C for the non-GEMM ops (the kinds of cg_ops.h), one translation unit per kernel,
+ * every constant of the descriptor baked in as a #define. Launch shapes in cg_cuda_op_launch. */
+#include "codegen/cuda/cuda_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROW_THREADS 256  /* embed, norms, rope, combine: one block per row */
+#define EW_THREADS 256   /* elementwise: grid-stride */
+#define ROUTE_WARPS 4    /* route_post: tokens per block */
+
+void cg_cuda_op_symbol(const CgOpDesc *d, char *out, size_t n)
+{
+    char sym[512];
+    cg_op_symbol(d, sym, sizeof sym);
+    const char *rest = strncmp(sym, "moeppc_op_", 10) == 0 ? sym + 10 : sym;
+    snprintf(out, n, "moeppc_cu_%s", rest);
+}
+
+static const char block_sum[] =
+    "__device__ float block_sum(float v) {\n"
+    "    __shared__ float red[32];\n"
+    "    v = warp_sum(v);\n"
+    "    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;\n"
+    "    __syncthreads();\n"
+    "    v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;\n"
+    "    if (threadIdx.x < 32) v = warp_sum(v);\n"
+    "    if (threadIdx.x == 0) red[0] = v;\n"
+    "    __syncthreads();\n"
+    "    v = red[0];\n"
+    "    __syncthreads();\n"
+    "    return v;\n"
+    "}\n";
+
+static void emit_embed(CgBuf *b, const char *name)
+{
+    cb_printf(b, "extern \"C\" __global__ void %s(long long T, const int *ids, const void *table, float *out) {\n"
+                 "    long long t = blockIdx.x;\n"
+                 "    if (t >= T) return;\n"
+                 "    long long row = (long long)ids[t] * COLS;\n"
+                 "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) out[t * COLS + c] = ldw(table, row + c);\n"
+                 "}\n", name);
+}
+
+static void emit_norm(CgBuf *b, const char *name, bool add)
+{
+    cb_printf(b, "%s", block_sum);
+    if (add)
+        cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *a, const float *bb, const void *w, "
+                     "float *sum, float *out) {\n"
+                     "    long long t = blockIdx.x;\n"
+                     "    if (t >= T) return;\n"
+                     "    const float *ar = a + t * COLS, *br = bb + t * COLS;\n"
+                     "    float *x = sum + t * COLS;\n"
+                     "    float ss = 0.0f;\n"
+                     "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) { float v = ar[c] + br[c]; x[c] = v; ss += v * v; }\n",
+                  name);
+    else
+        cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *xin, const void *w, float *out) {\n"
+                     "    long long t = blockIdx.x;\n"
+                     "    if (t >= T) return;\n"
+                     "    const float *x = xin + t * COLS;\n"
+                     "    float ss = 0.0f;\n"
+                     "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) ss += x[c] * x[c];\n",
+                  name);
+    /* each thread reads back only the sum elements it wrote itself: no barrier needed for them */
+    cb_printf(b, "    ss = block_sum(ss);\n"
+                 "    float inv = 1.0f / sqrtf(ss / (float)COLS + (float)EPS);\n"
+                 "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) out[t * COLS + c] = ldw(w, c) * (x[c] * inv);\n"
+                 "}\n");
+}
+
+static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    int64_t half = d->head_dim / 2;
+    cb_printf(b, "#define HEADS %lld\n#define HD %lld\n#define HALF %lld\n__constant__ double freqs[HALF] = {",
+              (long long)d->heads, (long long)d->head_dim, (long long)half);
+    for (int64_t j = 0; j < half; j++)
+        cb_printf(b, "%s%.17g", j ? ", " : "", pow(d->theta, -2.0 * (double)j / (double)d->head_dim));
+    cb_printf(b, "};\n"
+                 "/* angles in f64 like the CPU kernel; out may alias x (each thread owns its pairs) */\n"
+                 "extern \"C\" __global__ void %s(long long T, const float *x, const int *pos, float *out) {\n"
+                 "    long long t = blockIdx.x;\n"
+                 "    if (t >= T) return;\n"
+                 "    double p = (double)pos[t];\n"
+                 "    for (int i = threadIdx.x; i < HEADS * HALF; i += blockDim.x) {\n"
+                 "        int h = i / HALF, j = i %% HALF;\n"
+                 "        double ang = p * freqs[j];\n"
+                 "        float c = (float)cos(ang), s = (float)sin(ang);\n"
+                 "        long long base = t * COLS + (long long)h * HD;\n"
+                 "        float x0 = x[base + j], x1 = x[base + j + HALF];\n"
+                 "        out[base + j] = x0 * c - x1 * s;\n"
+                 "        out[base + j + HALF] = x1 * c + x0 * s;\n"
+                 "    }\n"
+                 "}\n", name);
+}
+
+static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
+                 "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, CG_CUDA_ATTN_WARPS);
+    cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    cb_printf(b,
+        "extern \"C\" __global__ void %s(long long T, const float *q, const float *kc, const float *vc,\n"
+        "                                const int *pos, float *out) {\n"
+        "    __shared__ float sm[NW], sl[NW], sacc[NW][HD];\n"
+        "    long long t = blockIdx.x;\n"
+        "    int h = blockIdx.y, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
+        "    if (t >= T) return;\n"
+        "    float qr[EPL], acc[EPL];\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < EPL; i++) {\n"
+        "        int dd = lane + 32 * i;\n"
+        "        qr[i] = dd < HD ? q[t * (HEADS * HD) + h * HD + dd] : 0.0f;\n"
+        "        acc[i] = 0.0f;\n"
+        "    }\n"
+        "    int n = pos[t] + 1;\n"
+        "    float m = -INFINITY, l = 0.0f;\n"
+        "    for (int j = w; j < n; j += NW) {  /* streaming softmax over this warp's keys */\n"
+        "        const float *kr = kc + (long long)j * (KVH * HD) + kvh * HD;\n"
+        "        const float *vr = vc + (long long)j * (KVH * HD) + kvh * HD;\n"
+        "        float s = 0.0f;\n"
+        "#pragma unroll\n"
+        "        for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) s += qr[i] * kr[dd]; }\n"
+        "        s = warp_sum(s) * SCALE;\n"
+        "        float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);\n"
+        "        l = l * corr + p;\n"
+        "#pragma unroll\n"
+        "        for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) acc[i] = acc[i] * corr + p * vr[dd]; }\n"
+        "        m = mn;\n"
+        "    }\n"
+        "    if (lane == 0) { sm[w] = m; sl[w] = l; }\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) sacc[w][dd] = acc[i]; }\n"
+        "    __syncthreads();\n"
+        "    float mx = sm[0];  /* warp 0 always has key 0, so mx is finite */\n"
+        "    for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[k]);\n"
+        "    float tot = 0.0f;\n"
+        "    for (int k = 0; k < NW; k++) tot += sl[k] * expf(sm[k] - mx);\n"
+        "    for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
+        "        float o = 0.0f;\n"
+        "        for (int k = 0; k < NW; k++) o += sacc[k][dd] * expf(sm[k] - mx);\n"
+        "        out[t * (HEADS * HD) + h * HD + dd] = o / tot;\n"
+        "    }\n"
+        "}\n", name);
+}
+
+static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    bool two = d->kind == CG_OP_SWIGLU || d->kind == CG_OP_ADD;
+    const char *expr = d->kind == CG_OP_SWIGLU ? "a[i] / (1.0f + expf(-a[i])) * bb[i]"
+                     : d->kind == CG_OP_ADD    ? "a[i] + bb[i]"
+                     : d->kind == CG_OP_SCALE  ? "(float)S * a[i]"
+                                               : "tanhf(a[i])";
+    cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *a, %sfloat *out) {\n"
+                 "    long long n = T * COLS;\n"
+                 "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
+                 "         i += (long long)gridDim.x * blockDim.x)\n"
+                 "        out[i] = %s;\n"
+                 "}\n", name, two ? "const float *bb, " : "", expr);
+}
+
+/* z / (std(z) / target), Bessel-corrected (only when the spec asks for it) */
+static const char norm_text[] =
+        "    {\n"
+        "        float s = 0.0f;\n"
+        "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) s += z[i];\n"
+        "        float mean = warp_sum(s) / (float)E, v = 0.0f;\n"
+        "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) v += (z[i] - mean) * (z[i] - mean);\n"
+        "        float sd = sqrtf(warp_sum(v) / (float)(E - 1));\n"
+        "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) z[i] = z[i] / (sd / (float)NORM_STD);\n"
+        "    }\n";
+
+/* One warp per token; lane l holds experts l, l+32, ... */
+static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define E %lld\n#define K %lld\n#define EPL ((E + 31) / 32)\n#define ZLO %lld\n#define ZHI %lld\n"
+                 "#define NC %lld\n#define GATING %d\n#define RW %d\n",
+              (long long)d->experts, (long long)d->k, (long long)d->zero_lo, (long long)d->zero_hi,
+              (long long)d->n_const, d->gating, ROUTE_WARPS);
+    cb_double(b, "NORM_STD", d->norm_std);
+    cb_printf(b,
+        "extern \"C\" __global__ void %s(long long T, const float *z0, const float *g, float *logits,\n"
+        "        const float *alpha_logits, float *weights, int *ids, float *alpha) {\n"
+        "    long long t = blockIdx.x * (long long)RW + (threadIdx.x >> 5);\n"
+        "    int lane = threadIdx.x & 31;\n"
+        "    if (t >= T) return;  /* whole warps leave together */\n"
+        "    float z[EPL];\n"
+        "    bool taken[EPL];\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < EPL; i++) {\n"
+        "        int e = lane + 32 * i;\n"
+        "        taken[i] = false;\n"
+        "        z[i] = -INFINITY;\n"
+        "        if (e < E) { z[i] = z0[t * E + e] + (g ? g[t * E + e] : 0.0f); logits[t * E + e] = z[i]; }\n"
+        "    }\n"
+        "%s"
+        "    float p[EPL];\n"
+        "    if (GATING == 0) {  /* softmax over all E, top-k of p */\n"
+        "        float mx = -INFINITY;\n"
+        "        for (int i = 0; i < EPL; i++) mx = fmaxf(mx, z[i]);\n"
+        "        mx = warp_max(mx);\n"
+        "        float s = 0.0f;\n"
+        "        for (int i = 0; i < EPL; i++) { p[i] = lane + 32 * i < E ? expf(z[i] - mx) : 0.0f; s += p[i]; }\n"
+        "        s = warp_sum(s);\n"
+        "        for (int i = 0; i < EPL; i++) p[i] = lane + 32 * i < E ? p[i] / s : -INFINITY;\n"
+        "    } else {\n"
+        "        for (int i = 0; i < EPL; i++) p[i] = z[i];\n"
+        "    }\n"
+        "    float wk[K];\n"
+        "    int ik[K];\n"
+        "#pragma unroll\n"
+        "    for (int j = 0; j < K; j++) {  /* arg-max, ties to the lower index */\n"
+        "        float bv = -INFINITY; int bi = 0x7fffffff;\n"
+        "        for (int i = 0; i < EPL; i++) {\n"
+        "            int e = lane + 32 * i;\n"
+        "            if (e < E && !taken[i] && (bi == 0x7fffffff || p[i] > bv)) { bv = p[i]; bi = e; }\n"
+        "        }\n"
+        "        for (int o = 16; o > 0; o >>= 1) {\n"
+        "            float ov = __shfl_xor_sync(0xffffffffu, bv, o);\n"
+        "            int oi = __shfl_xor_sync(0xffffffffu, bi, o);\n"
+        "            if (oi != 0x7fffffff && (bi == 0x7fffffff || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }\n"
+        "        }\n"
+        "        for (int i = 0; i < EPL; i++) if (lane + 32 * i == bi) taken[i] = true;\n"
+        "        wk[j] = bv; ik[j] = bi;\n"
+        "    }\n"
+        "    if (GATING == 0) {  /* zero experts weigh 0; renormalise; all-zero rows stay 0 */\n"
+        "        float s = 0.0f;\n"
+        "#pragma unroll\n"
+        "        for (int j = 0; j < K; j++) { if (ik[j] >= ZLO && ik[j] < ZHI) wk[j] = 0.0f; s += wk[j]; }\n"
+        "#pragma unroll\n"
+        "        for (int j = 0; j < K; j++) wk[j] = s > 0.0f ? wk[j] / s : 0.0f;\n"
+        "    } else {  /* softmax over the k picked logits (wk[0] is the largest) */\n"
+        "        float s = 0.0f;\n"
+        "#pragma unroll\n"
+        "        for (int j = 0; j < K; j++) { wk[j] = expf(wk[j] - wk[0]); s += wk[j]; }\n"
+        "#pragma unroll\n"
+        "        for (int j = 0; j < K; j++) wk[j] /= s;\n"
+        "    }\n"
+        "    if (lane == 0)\n"
+        "        for (int j = 0; j < K; j++) { weights[t * K + j] = wk[j]; ids[t * K + j] = ik[j]; }\n"
+        "    if (NC > 0 && alpha_logits)\n"
+        "        for (int c = lane; c < NC; c += 32) {  /* pairwise softmax per constant expert */\n"
+        "            float a0 = alpha_logits[t * 2 * NC + 2 * c], a1 = alpha_logits[t * 2 * NC + 2 * c + 1];\n"
+        "            float mx = fmaxf(a0, a1), e0 = expf(a0 - mx), e1 = expf(a1 - mx);\n"
+        "            alpha[t * 2 * NC + 2 * c] = e0 / (e0 + e1);\n"
+        "            alpha[t * 2 * NC + 2 * c + 1] = e1 / (e0 + e1);\n"
+        "        }\n"
+        "}\n", name, d->norm_std > 0 ? norm_text : "");
+}
+
+static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define K %lld\n#define NC %lld\n#define CONST_LO %lld\n#define COPY_LO %lld\n#define COPY_HI %lld\n",
+              (long long)d->k, (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo,
+              (long long)d->copy_hi);
+    cb_printf(b,
+        "extern \"C\" __global__ void %s(long long T, const float *x, const float *weights, const int *ids,\n"
+        "        const float *alpha, const void *const *vc, float *y) {\n"
+        "    long long t = blockIdx.x;\n"
+        "    if (t >= T) return;\n"
+        "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) {\n"
+        "        float xv = x[t * COLS + c], acc = 0.0f;\n"
+        "        for (int j = 0; j < K; j++) {\n"
+        "            int id = ids[t * K + j];\n"
+        "            float w = weights[t * K + j];\n"
+        "            if (id >= COPY_LO && id < COPY_HI) acc += w * ((float)S * xv);\n",
+        name);
+    if (d->n_const > 0)
+        cb_printf(b,
+        "            else if (id >= CONST_LO && id < CONST_LO + NC) {\n"
+        "                int ci = id - CONST_LO;\n"
+        "                float a0 = alpha[t * 2 * NC + 2 * ci], a1 = alpha[t * 2 * NC + 2 * ci + 1];\n"
+        "                acc += w * (a0 * ((float)S * xv) + a1 * ldw(vc[ci], c));\n"
+        "            }\n");
+    cb_printf(b, "        }\n        y[t * COLS + c] = acc;\n    }\n}\n");
+}
+
+static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define E %lld\n#define K %lld\n#define NT %d\n#define NW (NT / 32)\n", (long long)d->experts,
+              (long long)d->k, CG_CUDA_DISPATCH_THREADS);
+    cb_printf(b,
+        "/* One block. Pass 1 counts (shared atomics: order-free); thread 0 scans the counts into off[];\n"
+        " * pass 2 places the picks chunk by chunk in pick order: a pick's slot is its expert's cursor +\n"
+        " * the picks of that expert in earlier warps of the chunk + its rank among equal ids in its warp. */\n"
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const int *ids, const float *weights,\n"
+        "        long long *off, int *perm, float *gate_w) {\n"
+        "    __shared__ int cnt[E];\n"
+        "    __shared__ long long cur[E];\n"
+        "    __shared__ int wc[NW * E];\n"
+        "    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;\n"
+        "    long long P = T * K;\n"
+        "    for (int e = tid; e < E; e += NT) cnt[e] = 0;\n"
+        "    for (int i = tid; i < NW * E; i += NT) wc[i] = 0;\n"
+        "    __syncthreads();\n"
+        "    for (long long p = tid; p < P; p += NT) { int id = ids[p]; if (id >= 0 && id < E) atomicAdd(&cnt[id], 1); }\n"
+        "    __syncthreads();\n"
+        "    if (tid == 0) {\n"
+        "        long long s = 0;\n"
+        "        for (int e = 0; e < E; e++) { off[e] = s; cur[e] = s; s += cnt[e]; }\n"
+        "        off[E] = s;\n"
+        "    }\n"
+        "    __syncthreads();\n"
+        "    for (long long c0 = 0; c0 < P; c0 += NT) {\n"
+        "        long long p = c0 + tid;\n"
+        "        int id = p < P ? ids[p] : -1;\n"
+        "        if (id < 0 || id >= E) id = -1;\n"
+        "        unsigned same = __match_any_sync(0xffffffffu, id);\n"
+        "        int rank = __popc(same & ((1u << lane) - 1u));\n"
+        "        if (id >= 0 && rank == 0) wc[w * E + id] = __popc(same);\n"
+        "        __syncthreads();\n"
+        "        for (int e = tid; e < E; e += NT) {  /* counts per warp -> exclusive offsets */\n"
+        "            int run = 0;\n"
+        "            for (int k = 0; k < NW; k++) { int c = wc[k * E + e]; wc[k * E + e] = run; run += c; }\n"
+        "            cnt[e] = run;\n"
+        "        }\n"
+        "        __syncthreads();\n"
+        "        if (id >= 0) {\n"
+        "            long long s = cur[id] + wc[w * E + id] + rank;\n"
+        "            perm[s] = (int)(p / K);\n"
+        "            gate_w[s] = weights[p];\n"
+        "        }\n"
+        "        __syncthreads();\n"
+        "        for (int e = tid; e < E; e += NT) cur[e] += cnt[e];\n"
+        "        for (int i = tid; i < NW * E; i += NT) wc[i] = 0;\n"
+        "        __syncthreads();\n"
+        "    }\n"
+        "}\n", name);
+}
+
+static bool check(const CgOpDesc *d, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    if ((unsigned)d->kind >= CG_OP_COUNT) why = "unknown kind";
+    else if (d->kind != CG_OP_DISPATCH && d->cols <= 0) why = "cols <= 0";
+    else if ((d->kind == CG_OP_ROPE || d->kind == CG_OP_ATTENTION) &&
+             (d->heads <= 0 || d->head_dim <= 0 || d->head_dim % 2 || d->heads * d->head_dim != d->cols))
+        why = "heads x head_dim != cols (or odd head_dim)";
+    else if (d->kind == CG_OP_ATTENTION && (d->kv_heads <= 0 || d->heads % d->kv_heads || d->head_dim > 256))
+        why = "kv_heads must divide heads, head_dim <= 256";
+    else if (d->kind == CG_OP_ROUTE_POST && (d->experts <= 0 || d->k <= 0 || d->k > d->experts || d->experts > 1024))
+        why = "experts/k out of range";
+    else if (d->kind == CG_OP_DISPATCH && (d->experts <= 0 || d->k <= 0 || d->experts > 1024))
+        why = "experts/k out of range"; /* k counts picks over all experts: it may exceed the FFN ones */
+    else if (d->kind == CG_OP_COMBINE && d->k <= 0) why = "k <= 0";
+    if (why) snprintf(err, errlen, "cuda op %s: %s", cg_op_name(d->kind), why);
+    return why == NULL;
+}
+
+char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen)
+{
+    if (!check(d, err, errlen)) return NULL;
+    char name[600];
+    cg_cuda_op_symbol(d, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, d->wdtype);
+    cb_printf(&b, "#define COLS %lld\n", (long long)d->cols);
+    cb_double(&b, "EPS", d->eps);
+    cb_double(&b, "S", d->s);
+    switch (d->kind) {
+    case CG_OP_EMBED: emit_embed(&b, name); break;
+    case CG_OP_RMS_NORM: emit_norm(&b, name, false); break;
+    case CG_OP_ADD_RMS_NORM: emit_norm(&b, name, true); break;
+    case CG_OP_ROPE: emit_rope(&b, d, name); break;
+    case CG_OP_ATTENTION: emit_attention(&b, d, name); break;
+    case CG_OP_SWIGLU:
+    case CG_OP_ADD:
+    case CG_OP_SCALE:
+    case CG_OP_TANH: emit_elementwise(&b, d, name); break;
+    case CG_OP_ROUTE_POST: emit_route(&b, d, name); break;
+    case CG_OP_COMBINE: emit_combine(&b, d, name); break;
+    case CG_OP_DISPATCH: emit_dispatch(&b, d, name); break;
+    case CG_OP_COUNT: MOE_ASSERT(!"checked above");
+    }
+    return b.s;
+}
+
+void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
+{
+    grid[0] = grid[1] = grid[2] = 1;
+    block[0] = ROW_THREADS, block[1] = block[2] = 1;
+    *smem = 0;
+    int64_t rows = T > 0 ? T : 1;
+    switch (d->kind) {
+    case CG_OP_ATTENTION:
+        grid[0] = (unsigned)rows, grid[1] = (unsigned)d->heads, block[0] = 32 * CG_CUDA_ATTN_WARPS;
+        break;
+    case CG_OP_SWIGLU:
+    case CG_OP_ADD:
+    case CG_OP_SCALE:
+    case CG_OP_TANH: {
+        int64_t n = (rows * d->cols + EW_THREADS - 1) / EW_THREADS;
+        grid[0] = (unsigned)(n < (1 << 20) ? n : (1 << 20)), block[0] = EW_THREADS;
+        break;
+    }
+    case CG_OP_ROUTE_POST:
+        grid[0] = (unsigned)((rows + ROUTE_WARPS - 1) / ROUTE_WARPS), block[0] = 32 * ROUTE_WARPS;
+        break;
+    case CG_OP_DISPATCH: block[0] = CG_CUDA_DISPATCH_THREADS; break;
+    default: grid[0] = (unsigned)rows; break;
+    }
+}

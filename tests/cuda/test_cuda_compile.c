@@ -1,0 +1,197 @@
+/* test_cuda_compile.c — NVRTC, no GPU: every kernel the specs need (specs/tiny/ and the 7B) compiles
+ * for sm_80 and sm_90 with an empty warning list, the grouped GEMMs spill nothing; bad sources,
+ * targets and descriptors give clear errors. Prints compile time and resources per kernel. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "codegen/cuda/cg_cuda.h"
+#include "frontend/frontend.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const archs[] = {"sm_80", "sm_90"};
+
+/* Symbols already compiled (per arch), so shared kernels of the tiny specs compile once. */
+typedef struct Seen {
+    char (*sym)[300];
+    int n, cap;
+} Seen;
+
+static bool seen_add(Seen *s, const char *sym)
+{
+    for (int i = 0; i < s->n; i++)
+        if (strcmp(s->sym[i], sym) == 0) return false;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 64;
+        s->sym = xrealloc(s->sym, (size_t)s->cap * sizeof *s->sym);
+    }
+    snprintf(s->sym[s->n++], sizeof s->sym[0], "%s", sym);
+    return true;
+}
+
+static void compile_one(const char *spec, const char *sym, const char *src, const char *arch, bool gemm, bool ptx)
+{
+    CgCudaBinary bin;
+    char err[65536];
+    bool ok = cg_cuda_compile(src, sym, arch, true, ptx, &bin, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s: %s\n%s\n", spec, err, src);
+    assert_true(ok);
+    if (strstr(bin.log, "warning")) fprintf(stderr, "%s %s %s: warnings:\n%s\n", spec, arch, sym, bin.log);
+    assert_null(strstr(bin.log, "warning"));
+    assert_non_null(bin.cubin);
+    assert_true(bin.cubin_len > 0);
+    if (ptx) assert_non_null(strstr(bin.ptx, ".entry"));
+    assert_true(bin.registers > 0); /* the ptxas report was found and parsed */
+    printf("  %-6s %8.1f ms  regs %3d  smem %6d  spill %d/%d  %s%s\n", arch, bin.compile_ms, bin.registers,
+           bin.smem_bytes, bin.spill_stores, bin.spill_loads, gemm ? "GEMM " : "", sym);
+    if (gemm) {
+        if (bin.spill_stores || bin.spill_loads) fprintf(stderr, "%s: spills\n%s\n", sym, bin.log);
+        assert_int_equal(bin.spill_stores, 0);
+        assert_int_equal(bin.spill_loads, 0);
+    }
+    cg_cuda_binary_free(&bin);
+}
+
+static void compile_spec(const char *path, Seen *seen)
+{
+    ModelSpec s;
+    Diag d = {.out = stderr, .file = path};
+    assert_true(spec_load_file(path, &s, &d));
+    CgOpDesc *ops;
+    CgCudaGemm *gemms;
+    int n_ops, n_gemms;
+    cg_cuda_spec_kernels(&s, &ops, &n_ops, &gemms, &n_gemms);
+    bool big = strstr(path, "7b") != NULL; /* PTX too for the 7B's kernels (once per arch) */
+    printf("%s: %d op kernels, %d grouped GEMMs\n", s.name, n_ops, n_gemms);
+    char sym[600], err[512];
+    for (int a = 0; a < 2; a++) {
+        for (int i = 0; i < n_ops + n_gemms; i++) {
+            bool gemm = i >= n_ops;
+            char *src = gemm ? cg_cuda_gemm_source(&gemms[i - n_ops], err, sizeof err)
+                             : cg_cuda_op_source(&ops[i], err, sizeof err);
+            if (!src) fprintf(stderr, "%s: %s\n", path, err);
+            assert_non_null(src);
+            if (gemm) cg_cuda_gemm_symbol(&gemms[i - n_ops], sym, sizeof sym);
+            else cg_cuda_op_symbol(&ops[i], sym, sizeof sym);
+            char key[700];
+            snprintf(key, sizeof key, "%s/%s", archs[a], sym);
+            if (seen_add(seen, key)) compile_one(s.name, sym, src, archs[a], gemm, big);
+            free(src);
+        }
+    }
+    free(ops);
+    free(gemms);
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void test_specs_compile(void **state)
+{
+    (void)state;
+    int major = 0, minor = 0;
+    assert_true(cg_cuda_nvrtc_version(&major, &minor));
+    printf("NVRTC %d.%d\n", major, minor);
+    const char *dir = MOEPPC_SOURCE_DIR "/specs/tiny";
+    DIR *dh = opendir(dir);
+    assert_non_null(dh);
+    char *paths[64];
+    int n = 0;
+    for (struct dirent *de; (de = readdir(dh)) && n < 63;) {
+        size_t len = strlen(de->d_name);
+        if (len > 5 && strcmp(de->d_name + len - 5, ".yaml") == 0) {
+            char p[1024];
+            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+            paths[n++] = xstrdup(p);
+        }
+    }
+    closedir(dh);
+    assert_true(n >= 10);
+    qsort(paths, (size_t)n, sizeof *paths, by_name);
+    paths[n++] = xstrdup(MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml");
+    Seen seen = {0};
+    for (int i = 0; i < n; i++) {
+        compile_spec(paths[i], &seen);
+        free(paths[i]);
+    }
+    printf("%d kernel compilations\n", seen.n);
+    free(seen.sym);
+}
+
+static void test_bad_source(void **state)
+{
+    (void)state;
+    CgCudaBinary bin;
+    char err[8192];
+    const char *src = "extern \"C\" __global__ void broken_kernel(float *x) { x[0] = undeclared_thing; }\n";
+    assert_false(cg_cuda_compile(src, "broken_kernel", "sm_80", true, false, &bin, err, sizeof err));
+    printf("bad source -> %s\n", err);
+    assert_non_null(strstr(err, "NVRTC: nvrtcCompileProgram"));
+    assert_non_null(strstr(err, "NVRTC_ERROR_COMPILATION"));
+    assert_non_null(strstr(err, "kernel broken_kernel"));
+    assert_non_null(strstr(err, "undeclared_thing")); /* the log itself */
+    assert_null(bin.cubin);
+}
+
+static void test_bad_target(void **state)
+{
+    (void)state;
+    CgCudaBinary bin;
+    char err[512];
+    for (int i = 0; i < 4; i++) {
+        const char *bad[] = {"sm_20", "gfx90a", "sm_", "sm_9x"};
+        assert_false(cg_cuda_compile("extern \"C\" __global__ void k() {}", "k", bad[i], true, false, &bin, err,
+                                     sizeof err));
+        assert_non_null(strstr(err, "unknown CUDA target"));
+    }
+    printf("bad target -> %s\n", err);
+}
+
+static void test_bad_desc(void **state)
+{
+    (void)state;
+    char err[512];
+    CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_F32, 4, 2, 32, 64);
+    assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
+    assert_non_null(strstr(err, "MMA path needs bf16/f16"));
+    g = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 4, 2, 32, 60);
+    assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
+    CgOpDesc d = {.kind = CG_OP_ATTENTION, .cols = 64, .heads = 4, .kv_heads = 3, .head_dim = 16};
+    assert_null(cg_cuda_op_source(&d, err, sizeof err));
+    assert_non_null(strstr(err, "kv_heads"));
+}
+
+static void test_symbols(void **state)
+{
+    (void)state;
+    CgOpDesc a = {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = 64, .eps = 1e-6}, b = a;
+    char sa[600], sb[600];
+    cg_cuda_op_symbol(&a, sa, sizeof sa);
+    cg_cuda_op_symbol(&b, sb, sizeof sb);
+    assert_string_equal(sa, sb);
+    assert_int_equal(strncmp(sa, "moeppc_cu_rms_norm_bf16_c64_", 28), 0);
+    b.eps = 1e-5;
+    cg_cuda_op_symbol(&b, sb, sizeof sb);
+    assert_string_not_equal(sa, sb);
+    CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
+    cg_cuda_gemm_symbol(&g, sa, sizeof sa);
+    assert_string_equal(sa, "moeppc_cu_gemm_down_mma_bf16_e16_k2_n1536_k4096_t64x64x32");
+    /* the generated source defines exactly that kernel */
+    char err[256], *src = cg_cuda_gemm_source(&g, err, sizeof err);
+    assert_non_null(src);
+    assert_non_null(strstr(src, "extern \"C\" __global__ void __launch_bounds__(NT) moeppc_cu_gemm_down_mma_bf16"));
+    free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
+        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

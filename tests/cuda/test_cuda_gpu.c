@@ -1,0 +1,237 @@
+/* test_cuda_gpu.c — generated kernels run on the GPU against C references (dispatch: exact; grouped
+ * GEMMs, every path: f32 1e-4, bf16 2e-2 relative). Skips cleanly (CMocka skip, exit 0) when there is
+ * no driver or no GPU. Label "cuda;gpu". */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "codegen/cuda/cg_cuda.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static CgCudaDriver *drv;
+static char arch[16];
+
+static int setup(void **state)
+{
+    (void)state;
+    char err[512];
+    drv = cg_cuda_driver_open(0, err, sizeof err);
+    if (!drv) printf("cuda_gpu: skipping: %s\n", err);
+    else cg_cuda_device_arch(drv, arch, sizeof arch);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cg_cuda_driver_close(drv);
+    return 0;
+}
+
+static void *kernel(const char *src, const char *sym)
+{
+    CgCudaBinary bin;
+    char err[16384];
+    bool ok = cg_cuda_compile(src, sym, arch, true, false, &bin, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+    void *fn = NULL;
+    ok = cg_cuda_function(drv, bin.cubin, sym, &fn, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+    cg_cuda_binary_free(&bin);
+    return fn;
+}
+
+static uint64_t upload(const void *p, size_t n)
+{
+    char err[512];
+    uint64_t d = 0;
+    assert_true(cg_cuda_alloc(drv, &d, n, err, sizeof err));
+    if (p) assert_true(cg_cuda_upload(drv, d, p, n, err, sizeof err));
+    return d;
+}
+
+static void download(void *p, uint64_t d, size_t n)
+{
+    char err[512];
+    assert_true(cg_cuda_download(drv, p, d, n, err, sizeof err));
+}
+
+static void launch(void *fn, const unsigned g[3], const unsigned b[3], size_t smem, void **args)
+{
+    char err[512];
+    bool ok = cg_cuda_launch(drv, fn, g, b, smem, args, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+}
+
+/* Stable counting sort of the picks by FFN expert (cg_ops.h CG_OP_DISPATCH). */
+static void dispatch_ref(int64_t T, int k, int E, const int32_t *ids, const float *w, int64_t *off, int32_t *perm,
+                         float *gw)
+{
+    int64_t s = 0;
+    for (int e = 0; e < E; e++) {
+        off[e] = s;
+        for (int64_t p = 0; p < T * k; p++)
+            if (ids[p] == e) perm[s] = (int32_t)(p / k), gw[s++] = w[p];
+    }
+    off[E] = s;
+}
+
+/* Random top-k picks (distinct per token) over E_all experts, the first E of them FFN. */
+static void random_picks(moe_rng *r, int64_t T, int k, int E_all, int32_t *ids, float *w)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            int id;
+            bool dup;
+            do {
+                id = (int)(rng_next(r) % (uint64_t)E_all);
+                dup = false;
+                for (int q = 0; q < j; q++) dup |= ids[t * k + q] == id;
+            } while (dup);
+            ids[t * k + j] = id;
+            w[t * k + j] = (float)rng_uniform(r);
+        }
+}
+
+static void test_dispatch(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    enum { T = 1500, K = 2, E = 6, EALL = 9 };
+    moe_rng r;
+    rng_seed(&r, 7);
+    int32_t *ids = xmalloc(T * K * sizeof *ids), *perm = xmalloc(T * K * sizeof *perm), *perm_d = xmalloc(T * K * 4);
+    float *w = xmalloc(T * K * sizeof *w), *gw = xmalloc(T * K * 4), *gw_d = xmalloc(T * K * 4);
+    int64_t off[E + 1], off_d[E + 1];
+    random_picks(&r, T, K, EALL, ids, w);
+    dispatch_ref(T, K, E, ids, w, off, perm, gw);
+    CgOpDesc d = {.kind = CG_OP_DISPATCH, .experts = E, .k = K};
+    char sym[600], err[256];
+    cg_cuda_op_symbol(&d, sym, sizeof sym);
+    char *src = cg_cuda_op_source(&d, err, sizeof err);
+    void *fn = kernel(src, sym);
+    uint64_t dids = upload(ids, T * K * 4), dw = upload(w, T * K * 4), doff = upload(NULL, sizeof off),
+             dperm = upload(NULL, T * K * 4), dgw = upload(NULL, T * K * 4);
+    long long TT = T;
+    void *args[] = {&TT, &dids, &dw, &doff, &dperm, &dgw};
+    unsigned g[3], b[3];
+    size_t smem;
+    cg_cuda_op_launch(&d, T, g, b, &smem);
+    launch(fn, g, b, smem, args);
+    download(off_d, doff, sizeof off_d);
+    assert_memory_equal(off, off_d, sizeof off);
+    download(perm_d, dperm, (size_t)off[E] * 4);
+    download(gw_d, dgw, (size_t)off[E] * 4);
+    assert_memory_equal(perm, perm_d, (size_t)off[E] * 4);
+    assert_memory_equal(gw, gw_d, (size_t)off[E] * 4);
+    printf("dispatch: %lld FFN slots placed exactly\n", (long long)off[E]);
+    free(src), free(ids), free(perm), free(perm_d), free(w), free(gw), free(gw_d);
+}
+
+static double rel_err(const float *got, const double *want, size_t n)
+{
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+    return scale > 0 ? worst / scale : worst;
+}
+
+/* One path: dispatch on the host, then UP and DOWN on the device against f64 references computed from
+ * the same (rounded) weights. */
+static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol)
+{
+    enum { K = 2, E = 4, EALL = 6, D = 64, I = 48 };
+    moe_rng r;
+    rng_seed(&r, 11 + (uint64_t)T);
+    int32_t *ids = xmalloc((size_t)T * K * 4), *perm = xmalloc((size_t)T * K * 4);
+    float *w = xmalloc((size_t)T * K * 4), *gw = xmalloc((size_t)T * K * 4), *x = xmalloc((size_t)T * D * 4);
+    int64_t off[E + 1];
+    random_picks(&r, T, K, EALL, ids, w);
+    dispatch_ref(T, K, E, ids, w, off, perm, gw);
+    int64_t S = off[E];
+    size_t esz = dtype_size(dt), nu = (size_t)E * 2 * I * D, nd = (size_t)E * D * I;
+    void *wu = xmalloc(nu * esz), *wd = xmalloc(nd * esz);
+    for (size_t i = 0; i < nu; i++) dtype_store(dt, wu, i, (rng_uniform(&r) - 0.5) * 0.25);
+    for (size_t i = 0; i < nd; i++) dtype_store(dt, wd, i, (rng_uniform(&r) - 0.5) * 0.25);
+    for (int64_t i = 0; i < T * D; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1);
+    double *h = xcalloc((size_t)S * I + 1, 8), *y = xcalloc((size_t)T * D, 8);
+    for (int e = 0; e < E; e++)
+        for (int64_t s = off[e]; s < off[e + 1]; s++) {
+            for (int n = 0; n < I; n++) {
+                double a = 0, bb = 0;
+                for (int c = 0; c < D; c++) {
+                    double xv = dtype_round(dt, x[perm[s] * D + c]); /* the MMA path stages x in dt */
+                    if (path != CG_CUDA_PATH_MMA) xv = x[perm[s] * D + c];
+                    a += xv * dtype_load(dt, wu, ((size_t)e * 2 * I + n) * D + c);
+                    bb += xv * dtype_load(dt, wu, ((size_t)e * 2 * I + I + n) * D + c);
+                }
+                h[s * I + n] = a / (1 + exp(-a)) * bb;
+            }
+            for (int n = 0; n < D; n++) {
+                double acc = 0;
+                for (int c = 0; c < I; c++) {
+                    double hv = path == CG_CUDA_PATH_MMA ? dtype_round(dt, (float)h[s * I + c]) : h[s * I + c];
+                    acc += hv * dtype_load(dt, wd, ((size_t)e * D + n) * I + c);
+                }
+                y[perm[s] * D + n] += gw[s] * acc;
+            }
+        }
+    CgCudaGemm gu = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, path, dt, E, K, I, D);
+    CgCudaGemm gd = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, path, dt, E, K, D, I);
+    char su[256], sd[256], err[256];
+    cg_cuda_gemm_symbol(&gu, su, sizeof su);
+    cg_cuda_gemm_symbol(&gd, sd, sizeof sd);
+    char *srcu = cg_cuda_gemm_source(&gu, err, sizeof err), *srcd = cg_cuda_gemm_source(&gd, err, sizeof err);
+    void *fu = kernel(srcu, su), *fd = kernel(srcd, sd);
+    float *hgot = xmalloc((size_t)S * I * 4 + 4), *ygot = xcalloc((size_t)T * D, 4);
+    for (int64_t i = 0; i < S * I; i++) hgot[i] = NAN; /* poison: unwritten elements show */
+    uint64_t dx = upload(x, (size_t)T * D * 4), doff = upload(off, sizeof off), dperm = upload(perm, (size_t)T * K * 4),
+             dgw = upload(gw, (size_t)T * K * 4), dwu = upload(wu, nu * esz), dwd = upload(wd, nd * esz),
+             dh = upload(hgot, (size_t)S * I * 4 + 4), dy = upload(ygot, (size_t)T * D * 4);
+    long long TT = T;
+    unsigned g[3], b[3];
+    size_t smem;
+    void *au[] = {&TT, &dx, &doff, &dperm, &dwu, &dh};
+    cg_cuda_gemm_launch(&gu, T, g, b, &smem);
+    launch(fu, g, b, smem, au);
+    void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy};
+    cg_cuda_gemm_launch(&gd, T, g, b, &smem);
+    launch(fd, g, b, smem, ad);
+    download(hgot, dh, (size_t)S * I * 4);
+    download(ygot, dy, (size_t)T * D * 4);
+    double eu = rel_err(hgot, h, (size_t)S * I), ed = rel_err(ygot, y, (size_t)T * D);
+    printf("%s %s T=%lld: up rel err %.3g, down rel err %.3g (tol %g)\n", cg_cuda_gemm_path_name(path), dtype_name(dt),
+           (long long)T, eu, ed, tol);
+    assert_true(eu <= tol);
+    assert_true(ed <= tol);
+    uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
+    free(srcu), free(srcd), free(ids), free(perm), free(w), free(gw), free(x), free(wu), free(wd), free(h), free(y);
+    free(hgot), free(ygot);
+}
+
+static void test_grouped(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2); /* more slots than one register chunk */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_grouped)};
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
