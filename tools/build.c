@@ -36,12 +36,13 @@ static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const C
     r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
 }
 
-static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, RtError *err)
+static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
 {
     Recorder *r = ctx;
-    CgKernelConfig cfg = cg_kernel_config_default(r->jit, dt);
+    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr);
     for (int k = 0; k < r->n; k++)
-        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt) return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
+        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr)
+            return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
     char path[512];
     const CgKernel *g = cg_jit_kernel(r->jit, &cfg, obj_path(r, path, sizeof path), err->msg, sizeof err->msg);
     if (g) record(r, g->symbol, (void *)g->fn, true, &cfg);

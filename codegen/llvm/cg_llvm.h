@@ -63,6 +63,9 @@ typedef struct CgKernelConfig {
 
 /* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
+/* The tile mr x nr if jit's ISA holds it in registers (nr a multiple of the vector width, the
+ * accumulators within the register file), else the default; mr, nr = 0: the default. */
+CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr);
 
 /* The generated micro-kernel (symbol cg_kernel_symbol):
  *   for i < MR, j < NR:  c[i*ldc + j] = (beta ? c[i*ldc + j] : 0) + sum_{k < kc} ap[k*MR + i] * B(k, j)

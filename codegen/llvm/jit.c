@@ -101,6 +101,16 @@ CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) {
     return (CgKernelConfig){b_dtype, 4, 8, 4}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
 }
 
+CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr) {
+    CgKernelConfig d = cg_kernel_config_default(jit, b_dtype);
+    int w = jit->t.vec_width, regs = jit->t.isa == CG_ISA_AVX512 ? 32 : 16;
+    /* accumulators + one vector per B column block + the A broadcast must fit the register file */
+    if (mr < 1 || nr < w || nr % w || mr * (nr / w) + nr / w + 1 > regs) return d;
+    d.mr = mr;
+    d.nr = nr;
+    return d;
+}
+
 void cg_kernel_symbol(const CgKernelConfig *cfg, cg_isa isa, char *out, size_t outlen) {
     snprintf(out, outlen, "moeppc_gemm_%s_%s_%dx%d_u%d", cg_isa_name(isa), dtype_name(cfg->b_dtype),
              cfg->mr, cfg->nr, cfg->k_unroll);

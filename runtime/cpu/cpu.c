@@ -138,7 +138,8 @@ static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtEr
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
 {
     moe_dtype dt = i->in[idx[0]]->type.dtype;
-    st->gk = cm->ks->gemm(cm->ks->ctx, dt, err);
+    const IrAttr *tm = ir_attr_get(i, "tile_m"), *tn = ir_attr_get(i, "tile_n");
+    st->gk = cm->ks->gemm(cm->ks->ctx, dt, tm ? (int)tm->i : 0, tn ? (int)tn->i : 0, err);
     if (!st->gk) return false;
     if (cm->dry) return true;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);

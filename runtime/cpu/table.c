@@ -11,13 +11,16 @@ typedef struct {
     CgKernel *gemms; /* one CgKernel per GEMM entry, built on first request */
 } TableSource;
 
-static const CgKernel *table_gemm(void *ctx, moe_dtype dt, RtError *err)
+/* The GEMM kernel for dt with the mr × nr tile (moeppc build compiled exactly the tiles the ops ask
+ * for, so a tile missing from the table only happens for mr, nr = 0: then the first kernel of dt). */
+static const CgKernel *table_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
 {
     TableSource *ts = ctx;
-    for (int k = 0; k < ts->n; k++) {
-        const CpuKernelEntry *e = &ts->table[k];
+    for (int k = 0; k < 2 * ts->n; k++) { /* first an exact tile, then any kernel of dt */
+        const CpuKernelEntry *e = &ts->table[k % ts->n];
         if (!e->is_gemm || e->cfg.b_dtype != dt) continue;
-        CgKernel *g = &ts->gemms[k];
+        if (k < ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
+        CgKernel *g = &ts->gemms[k % ts->n];
         g->cfg = e->cfg;
         g->fn = (cg_kernel_fn)e->fn;
         snprintf(g->symbol, sizeof g->symbol, "%s", e->symbol);

@@ -169,6 +169,63 @@ static void test_refuses_when_memory_is_short(void **state)
     ir_module_free(m);
 }
 
+/* The tile the specialize pass records on an op is the tile its kernel gets: a source that notes
+ * every GEMM request, and a module whose linear ops were re-tiled to 4 × 32, which must still compute
+ * the interpreter's logits. */
+typedef struct {
+    int mr[256], nr[256], n;
+} TileLog;
+
+static TileLog tile_log;
+
+static const CgKernel *logging_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+{
+    (void)ctx;
+    if (tile_log.n < 256) tile_log.mr[tile_log.n] = mr, tile_log.nr[tile_log.n++] = nr;
+    return ks->gemm(ks->ctx, dt, mr, nr, err);
+}
+
+static void *logging_op(void *ctx, const CgOpDesc *d, RtError *err)
+{
+    (void)ctx;
+    return ks->op(ks->ctx, d, err);
+}
+
+static void test_tiles_come_from_the_ir(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    load("tiny-moepp", &s);
+    IrModule *m = codegen_ir(&s);
+    for (IrInstr *i = m->first; i; i = i->next) {
+        if (i->op != IR_OP_LINEAR) continue;
+        ir_attr_set_int(m, i, "tile_m", 4);
+        ir_attr_set_int(m, i, "tile_n", 32);
+    }
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 5, &w, &err));
+    CpuKernelSource logging = {NULL, logging_gemm, logging_op};
+    tile_log.n = 0;
+    CpuModel *cm = cpu_model_new(m, w, s.max_positions, &logging, 2, &err);
+    assert_non_null(cm);
+    int retiled = 0;
+    for (int k = 0; k < tile_log.n; k++) retiled += tile_log.mr[k] == 4 && tile_log.nr[k] == 32;
+    assert_true(retiled >= 9); /* q, k, v, o of 2 layers and lm_head */
+    int32_t ids[13], pos[13];
+    ids_for(ids, pos, 13, s.vocab);
+    EvalResult ref;
+    assert_true(ir_eval(m, w, ids, pos, 13, EVAL_F64, &ref, &err));
+    assert_true(cpu_model_run(cm, ids, pos, 13, &err));
+    int64_t V;
+    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+    assert_true(rel_err(logits, eval_output(&ref, "logits")->data, 13, V) <= 1e-5);
+    ir_eval_result_free(&ref);
+    cpu_model_free(cm);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -176,6 +233,7 @@ int main(void)
         cmocka_unit_test(test_decode_on_kv_cache),
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
+        cmocka_unit_test(test_tiles_come_from_the_ir),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
