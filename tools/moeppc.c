@@ -34,10 +34,10 @@ typedef struct {
 static const Command commands[] = {
     {"check", cmd_check, "check SPEC                      validate a spec; print parameters, FLOPs/token, expert mix"},
     {"import-hf", cmd_import_hf, "import-hf CONFIG.json -o SPEC   convert a Hugging Face MoE++ config to a spec"},
-    {"compile", cmd_compile, "compile SPEC|--ir FILE [--print-ir] [-o FILE]   lower a spec to IR, verify, print"},
+    {"compile", cmd_compile, "compile SPEC|--ir FILE [-O0] [--print-ir] [--print-after=PASS] [--stats] [-o F]  IR"},
     {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
-    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--tokens 1,64,512] [--threads N] [--dtype f32] [--json]"},
+    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--json]"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 
