@@ -6,6 +6,7 @@
  * produce "heads does not divide hidden").
  */
 #include "frontend/frontend.h"
+#include "frontend/yaml_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -125,41 +126,6 @@ static void field_path(field_id f, char *buf, size_t n)
     snprintf(buf, n, "%s%s%s", parent, parent[0] ? "." : "", fields[f].key);
 }
 
-/* A scalar's text for a message: printable, at most ~40 characters. */
-static void show_text(const char *s, size_t len, char *buf, size_t n)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < len && o + 8 < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (i >= 40) {
-            o += (size_t)snprintf(buf + o, n - o, "...");
-            break;
-        }
-        if (c >= 0x20 && c != 0x7f)
-            buf[o++] = (char)c;
-        else
-            o += (size_t)snprintf(buf + o, n - o, "\\x%02x", c);
-    }
-    buf[o] = 0;
-}
-
-/* "'abc'", "a mapping", "a sequence", "a quoted string \"4\"": what a node is, for "found ...". */
-static void describe_node(const yaml_node_t *nd, char *buf, size_t n)
-{
-    char text[128];
-    if (nd->type == YAML_MAPPING_NODE) {
-        snprintf(buf, n, "a mapping");
-    } else if (nd->type == YAML_SEQUENCE_NODE) {
-        snprintf(buf, n, "a sequence");
-    } else {
-        show_text((const char *)nd->data.scalar.value, nd->data.scalar.length, text, sizeof text);
-        if (nd->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
-            snprintf(buf, n, "'%s'", text);
-        else
-            snprintf(buf, n, "the quoted string \"%s\"", text);
-    }
-}
-
 static bool is_plain_scalar(const yaml_node_t *nd)
 {
     return nd->type == YAML_SCALAR_NODE && nd->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
@@ -169,22 +135,6 @@ static bool scalar_is(const yaml_node_t *nd, const char *s)
 {
     return is_plain_scalar(nd) && nd->data.scalar.length == strlen(s) &&
            memcmp(nd->data.scalar.value, s, nd->data.scalar.length) == 0;
-}
-
-/* Decimal integer only: "64.0", "0x40", "1e3" are not integers in a spec. */
-static bool parse_int(const yaml_node_t *nd, int64_t *out)
-{
-    if (!is_plain_scalar(nd)) return false;
-    const char *s = (const char *)nd->data.scalar.value;
-    size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
-    if (s[i] == 0 || nd->data.scalar.length != strlen(s)) return false;
-    for (size_t j = i; s[j]; j++)
-        if (s[j] < '0' || s[j] > '9') return false;
-    errno = 0;
-    long long v = strtoll(s, NULL, 10);
-    if (errno == ERANGE) return false;
-    *out = v;
-    return true;
 }
 
 /* A YAML float or integer; .inf/.nan spelled the YAML way are parsed so the range check can name them. */
@@ -220,7 +170,7 @@ static void bad_value(Walk *w, field_id f, const yaml_node_t *nd, const char *ex
 {
     char path[96], found[160];
     field_path(f, path, sizeof path);
-    describe_node(nd, found, sizeof found);
+    yaml_describe_node(nd, found, sizeof found);
     diag_error(w->d, w->line[f], w->col[f], "%s: expected %s, found %s", path, expected, found);
     w->st[f] = ST_BAD;
 }
@@ -230,7 +180,7 @@ static void read_int(Walk *w, field_id f, const yaml_node_t *nd)
     int64_t v;
     const char *what = fields[f].min == 1 ? "a positive integer" : "a non-negative integer";
     if (f == F_FORMAT) what = "an integer";
-    if (!parse_int(nd, &v) || (f != F_FORMAT && v < fields[f].min)) {
+    if (!yaml_node_int(nd, &v) || (f != F_FORMAT && v < fields[f].min)) {
         bad_value(w, f, nd, what);
         return;
     }
@@ -262,7 +212,7 @@ static void read_name_list(Walk *w, field_id f, const yaml_node_t *nd, const cha
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", nm);
     }
     field_path(f, path, sizeof path);
-    describe_node(nd, found, sizeof found);
+    yaml_describe_node(nd, found, sizeof found);
     diag_error(w->d, w->line[f], w->col[f], "%s: unknown %s %s; expected one of %s", path, kind, found, list);
     w->st[f] = ST_BAD;
 }
@@ -330,11 +280,11 @@ static void unknown_key(Walk *w, field_id map, const yaml_node_t *k)
     char text[128], where[112];
     int line = (int)k->start_mark.line + 1, col = (int)k->start_mark.column + 1;
     if (k->type != YAML_SCALAR_NODE) {
-        describe_node(k, text, sizeof text);
+        yaml_describe_node(k, text, sizeof text);
         diag_error(w->d, line, col, "expected a key name, found %s", text);
         return;
     }
-    show_text((const char *)k->data.scalar.value, k->data.scalar.length, text, sizeof text);
+    yaml_show_text((const char *)k->data.scalar.value, k->data.scalar.length, text, sizeof text);
     if (map == F_ROOT)
         snprintf(where, sizeof where, "at the top level");
     else {
@@ -384,7 +334,7 @@ static void walk_map(Walk *w, field_id map, yaml_node_t *nd)
     if (nd->type != YAML_MAPPING_NODE) {
         if (map == F_ROOT) {
             char found[160];
-            describe_node(nd, found, sizeof found);
+            yaml_describe_node(nd, found, sizeof found);
             diag_error(w->d, (int)nd->start_mark.line + 1, (int)nd->start_mark.column + 1,
                        "expected a YAML mapping at the top level, found %s", found);
         } else {
@@ -590,70 +540,12 @@ static void check_spec(Walk *w, ModelSpec *s)
     check_sizes(w, s);
 }
 
-/* libyaml's own problem text and mark for bytes that are not YAML. */
-static void report_parser_error(const yaml_parser_t *p, const char *text, size_t len, Diag *d)
-{
-    if (p->error == YAML_READER_ERROR) { /* the reader gives a byte offset, not a mark */
-        int line = 1, col = 1;
-        for (size_t i = 0; i < p->problem_offset && i < len; i++) {
-            if (text[i] == '\n')
-                line++, col = 1;
-            else
-                col++;
-        }
-        if (p->problem_value != -1)
-            diag_error(d, line, col, "%s (byte 0x%02x); a spec is UTF-8 text", p->problem, p->problem_value & 0xff);
-        else
-            diag_error(d, line, col, "%s; a spec is UTF-8 text", p->problem);
-        return;
-    }
-    const yaml_mark_t *m = p->problem ? &p->problem_mark : &p->context_mark;
-    const char *problem = p->problem ? p->problem : "cannot parse the document";
-    if (p->context)
-        diag_error(d, (int)m->line + 1, (int)m->column + 1, "%s %s", problem, p->context);
-    else
-        diag_error(d, (int)m->line + 1, (int)m->column + 1, "%s", problem);
-}
-
-/* Load one YAML document; false (reported) when libyaml fails, *empty when there is no document. */
-static bool load_document(const char *text, size_t len, yaml_document_t *doc, Diag *d, bool *empty)
-{
-    yaml_parser_t p;
-    MOE_ASSERT(yaml_parser_initialize(&p));
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    bool ok = yaml_parser_load(&p, doc) != 0;
-    if (!ok) {
-        report_parser_error(&p, text, len, d);
-        yaml_parser_delete(&p);
-        return false;
-    }
-    *empty = yaml_document_get_root_node(doc) == NULL;
-    if (!*empty) { /* a second document would be silently ignored: say so */
-        yaml_document_t next;
-        if (!yaml_parser_load(&p, &next)) {
-            report_parser_error(&p, text, len, d);
-            ok = false;
-        } else {
-            yaml_node_t *r = yaml_document_get_root_node(&next);
-            if (r) {
-                diag_error(d, (int)r->start_mark.line + 1, (int)r->start_mark.column + 1,
-                           "expected a single YAML document, found a second one");
-                ok = false;
-            }
-            yaml_document_delete(&next);
-        }
-    }
-    yaml_parser_delete(&p);
-    if (!ok) yaml_document_delete(doc);
-    return ok;
-}
-
 static bool spec_load_named(const char *text, size_t len, const char *default_name, ModelSpec *out, Diag *d)
 {
     int errors_before = d->n_errors;
     yaml_document_t doc;
     bool empty = false;
-    if (!load_document(text, len, &doc, d, &empty)) return false;
+    if (!yaml_load_one(text, len, "a spec", &doc, d, &empty)) return false;
     if (empty) {
         diag_error(d, 1, 1, "expected a YAML mapping, found an empty document");
         yaml_document_delete(&doc);

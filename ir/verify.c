@@ -414,7 +414,7 @@ static ir_attr_kind attr_kind(const char *key)
     static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
                                     "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k";
     if (in_list(ints, key)) return IR_ATTR_INT;
-    return strcmp(key, "tile_src") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
+    return strcmp(key, "tile_src") == 0 || strcmp(key, "tile_schedule") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
 }
 
 /* Required attributes exist with the right kind; optional ones may; no others. */

@@ -32,6 +32,7 @@ typedef struct PassOptions {
     const char *print_after;  /* a pass name, or "all"; NULL: none */
     FILE *print_out;          /* where --print-after writes (stdout) */
     bool codegen;             /* for a code generator: widen-activations runs first */
+    const struct TuneDb *tuning; /* measured tiles (passes/tuning.h) for specialize; NULL: the rule */
 } PassOptions;
 
 typedef bool (*PassFn)(IrModule *m, const PassOptions *o);

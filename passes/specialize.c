@@ -5,6 +5,10 @@
  * are already compile-time constants in the types. And the residual add feeding an RMSNorm becomes
  * one add_rms_norm, which writes the sum and its normalisation in one pass over the row. */
 #include "passes/passes.h"
+#include "passes/schedule.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -27,18 +31,37 @@ static void tile_rule(pass_target t, int64_t N, int64_t K, int64_t tile[3])
     }
 }
 
-static void set_tiles(IrModule *m, IrInstr *i, pass_target t)
+/* The tuning database's entries for this op's shape, one per token bucket measured. */
+static int db_entries(const TuneDb *db, const char *kind, const IrValue *w, int64_t groups, const TuneEntry **out)
 {
-    int64_t N, K, tile[3];
-    const IrValue *w = i->op == IR_OP_LINEAR ? i->in[1] : i->in[i->op == IR_OP_MOE_GROUPED_UP ? 3 : 5];
-    N = w->type.dims[0];
-    K = w->type.dims[1];
-    if (i->op == IR_OP_MOE_GROUPED_UP) N /= 2; /* the tile covers a and b columns of the same rows */
-    tile_rule(t, N, K, tile);
-    ir_attr_set_int(m, i, "tile_m", tile[0]);
-    ir_attr_set_int(m, i, "tile_n", tile[1]);
+    int n = 0;
+    for (int k = 0; db && k < db->n && n < TILE_MAX_BUCKETS; k++) {
+        const TuneEntry *e = &db->e[k];
+        if (strcmp(e->op, kind) == 0 && e->dtype == w->type.dtype && e->n == w->type.dims[0] &&
+            e->k == w->type.dims[1] && e->groups == groups)
+            out[n++] = e;
+    }
+    return n;
+}
+
+static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
+{
+    int64_t tile[3];
+    bool up = i->op == IR_OP_MOE_GROUPED_UP, linear = i->op == IR_OP_LINEAR;
+    const IrValue *w = linear ? i->in[1] : i->in[up ? 3 : 5];
+    int64_t N = w->type.dims[0], K = w->type.dims[1];
+    tile_rule(o->target, up ? N / 2 : N, K, tile); /* up: the tile covers a and b columns of the same rows */
+    const TuneEntry *found[TILE_MAX_BUCKETS];
+    int n = db_entries(o->tuning, linear ? "linear" : up ? "grouped_up" : "grouped_down", w,
+                       linear ? 1 : ir_attr_int(i, "experts"), found);
+    const TuneEntry *rep = n ? found[0] : NULL; /* the bucket nearest 512 tokens fixes NR */
+    for (int k = 1; k < n; k++)
+        if (llabs(found[k]->tokens - 512) < llabs(rep->tokens - 512)) rep = found[k];
+    ir_attr_set_int(m, i, "tile_m", rep ? rep->best_m : tile[0]);
+    ir_attr_set_int(m, i, "tile_n", rep ? rep->best_n : tile[1]);
     ir_attr_set_int(m, i, "tile_k", tile[2]);
-    ir_attr_set_str(m, i, "tile_src", "rule");
+    ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
+    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, rep->best_n, &m->arena));
 }
 
 /* h = add(a, b) whose result an rms_norm reads → (h, hn) = add_rms_norm(a, b, w). */
@@ -69,7 +92,7 @@ bool pass_specialize(IrModule *m, const PassOptions *o)
             IrInstr *f = fuse_add_norm(m, i);
             if (f) next = f->next; /* the norm that followed may be gone */
         } else if (i->op == IR_OP_LINEAR || i->op == IR_OP_MOE_GROUPED_UP || i->op == IR_OP_MOE_GROUPED_DOWN) {
-            set_tiles(m, i, o->target);
+            set_tiles(m, i, o);
         }
     }
     ir_module_compact(m);

@@ -3,6 +3,7 @@
  * actually executed, and the fraction of this machine's f32 FMA peak (measured here, bench/). */
 #include "bench/probe.h"
 #include "passes/passes.h"
+#include "passes/tuning.h"
 #include "runtime/cpu/cpu.h"
 #include "tools/commands.h"
 
@@ -11,10 +12,11 @@
 #include <unistd.h>
 
 #define BENCH_USAGE "bench SPEC [--layer] [--model] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] " \
-                    "[--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--json]"
+                    "[--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--tuning DB] [--json]"
 
 typedef struct {
-    const char *spec;
+    const char *spec, *tuning;
+    const TuneDb *db;
     bool layer, model, experts, json;
     double zc_share;              /* --experts: share of picks sent to zero-computation experts; < 0: the router's own */
     int64_t tokens[16];
@@ -86,7 +88,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
         return 1;
     }
     IrModule *m = ir_lower_spec(s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     CpuModel *cm = cpu_model_new(m, w, s->max_positions, ks, a->threads, &err);
@@ -142,6 +144,9 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
             if (o[2] == 't') a->threads = (int)n;
             else if (o[3] == 'e') a->reps = (int)n;
             else a->seed = (uint64_t)n;
+            i++;
+        } else if (strcmp(o, "--tuning") == 0) {
+            a->tuning = v;
             i++;
         } else if (strcmp(o, "--zc-share") == 0) {
             char *end;
@@ -273,7 +278,7 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     CpuModel *cm = cpu_model_new(m, w, s.max_positions > 8192 ? s.max_positions : 8192, ks, a->threads, &err);
@@ -319,10 +324,14 @@ int cmd_bench(int argc, char **argv)
     ModelSpec s;
     if (!load_spec(a.spec, &s)) return 1;
     if (a.dtype_set) s.dtype = a.dtype;
+    TuneDb db = {0};
+    if (a.tuning && !tuning_load_for_host(a.tuning, &db)) return 1;
+    a.db = a.tuning ? &db : NULL;
     RtError err = {{0}};
     CpuKernelSource *ks = cpu_jit_source_new(&err);
     if (!ks) {
         fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        tune_db_free(&db);
         return 1;
     }
     double peak = measure_peak(a.threads);
@@ -345,5 +354,6 @@ int cmd_bench(int argc, char **argv)
         else rc |= bench_spec(&a, &s, "model", false, peak, ks);
     }
     cpu_jit_source_free(ks);
+    tune_db_free(&db);
     return rc;
 }

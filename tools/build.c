@@ -4,6 +4,7 @@
  * them and the runtime (libmoeppc_driver, libmoeppc_core) by the system's C compiler. */
 #include "codegen/llvm/cg_internal.h"
 #include "passes/passes.h"
+#include "passes/tuning.h"
 #include "runtime/cpu/cpu.h"
 #include "tools/build_config.h"
 #include "tools/commands.h"
@@ -14,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BUILD_USAGE "build SPEC -o MODEL [--target cpu] [--keep-temps]"
+#define BUILD_USAGE "build SPEC -o MODEL [--target cpu] [--tuning DB] [--keep-temps]"
 
 /* A kernel source that compiles through the JIT and also writes every kernel as DIR/kN.o. */
 typedef struct {
@@ -126,7 +127,7 @@ static void remove_dir(const char *dir, int n_obj)
     rmdir(dir);
 }
 
-static int build(const char *spec_path, const char *out, bool keep)
+static int build(const char *spec_path, const char *out, bool keep, const TuneDb *tuning)
 {
     ModelSpec s;
     size_t spec_len;
@@ -136,7 +137,7 @@ static int build(const char *spec_path, const char *out, bool keep)
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     char dir[] = "/tmp/moeppc-buildXXXXXX", tmp_out[4096];
@@ -170,11 +171,12 @@ static int build(const char *spec_path, const char *out, bool keep)
 
 int cmd_build(int argc, char **argv)
 {
-    const char *spec = NULL, *out = NULL;
+    const char *spec = NULL, *out = NULL, *tuning = NULL;
     bool keep = false;
     for (int a = 1; a < argc; a++) {
         if (strcmp(argv[a], "-o") == 0 && a + 1 < argc) out = argv[++a];
         else if (strcmp(argv[a], "--keep-temps") == 0) keep = true;
+        else if (strcmp(argv[a], "--tuning") == 0 && a + 1 < argc) tuning = argv[++a];
         else if (strcmp(argv[a], "--target") == 0 && a + 1 < argc) {
             if (strcmp(argv[++a], "cpu") != 0)
                 return usage_error("build", BUILD_USAGE, "--target: only 'cpu' can be built so far, found '%s'", argv[a]);
@@ -185,5 +187,9 @@ int cmd_build(int argc, char **argv)
     }
     if (!spec) return usage_error("build", BUILD_USAGE, "%s", "missing SPEC");
     if (!out) return usage_error("build", BUILD_USAGE, "%s", "missing -o MODEL");
-    return build(spec, out, keep);
+    TuneDb db = {0};
+    if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
+    int rc = build(spec, out, keep, tuning ? &db : NULL);
+    tune_db_free(&db);
+    return rc;
 }

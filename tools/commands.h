@@ -7,12 +7,17 @@ int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
 
 /* common.c */
 /* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */
 int  usage_error(const char *cmd, const char *usage, const char *fmt, const char *arg);
 /* Write n bytes to path through a temporary file renamed into place: all or nothing. */
 bool write_file_atomic(const char *path, const void *data, size_t n, const char *cmd);
+/* tune.c: load a tuning database for this host (a database for another target, compiler or LLVM is
+ * emptied with a warning); false on a malformed file (diagnostics printed). */
+struct TuneDb;
+bool tuning_load_for_host(const char *path, struct TuneDb *db);
 /* Load a spec with diagnostics on stderr. */
 bool load_spec(const char *path, ModelSpec *s);
 #endif

@@ -3,6 +3,7 @@
 #include "frontend/frontend.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
+#include "passes/tuning.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
 
@@ -15,10 +16,10 @@
 /* ---- moeppc compile ------------------------------------------------------------------------------ */
 
 #define COMPILE_USAGE "compile (SPEC | --ir FILE) [-O0|-O1] [--target cpu|sm_80|sm_86|sm_89|sm_90] [--print-ir] " \
-                      "[--print-after=PASS|all] [--pass NAME] [--stats] [-o FILE.ir]"
+                      "[--print-after=PASS|all] [--pass NAME] [--stats] [--tuning DB] [-o FILE.ir]"
 
 typedef struct {
-    const char *spec, *ir, *out, *only_pass;
+    const char *spec, *ir, *out, *only_pass, *tuning;
     bool print_ir, stats;
     PassOptions po;
 } CompileArgs;
@@ -86,6 +87,7 @@ static int parse_compile_args(int argc, char **argv, CompileArgs *c)
         else if (strcmp(o, "--ir") == 0) c->ir = v, a++;
         else if (strcmp(o, "-o") == 0) c->out = v, a++;
         else if (strcmp(o, "--pass") == 0) c->only_pass = v, a++;
+        else if (strcmp(o, "--tuning") == 0) c->tuning = v, a++;
         else if (strcmp(o, "--print-after") == 0) c->po.print_after = v, a++;
         else if (strcmp(o, "--target") == 0) {
             if (!pass_target_parse(v, &c->po.target))
@@ -114,8 +116,21 @@ int cmd_compile(int argc, char **argv)
     CompileArgs c;
     int rc = parse_compile_args(argc, argv, &c);
     if (rc) return rc < 0 ? 0 : rc;
+    TuneDb db = {0};
+    if (c.tuning) {
+#ifdef MOEPPC_HAVE_JIT
+        if (!tuning_load_for_host(c.tuning, &db)) return 1;
+        c.po.tuning = &db;
+#else
+        fprintf(stderr, "moeppc compile: error: --tuning needs the CPU code generator (this build has no LLVM)\n");
+        return 1;
+#endif
+    }
     IrModule *m = compile_input(c.spec, c.ir);
-    if (!m) return 1;
+    if (!m) {
+        tune_db_free(&db);
+        return 1;
+    }
     IrModule *before = c.stats ? compile_input(c.spec, c.ir) : NULL;
     Diag d = {stderr, c.ir ? c.ir : c.spec, 0};
     bool ok = c.only_pass ? passes_run_one(m, c.only_pass, &c.po, &d) : passes_run(m, &c.po, &d);
@@ -128,6 +143,7 @@ int cmd_compile(int argc, char **argv)
     }
     ir_module_free(before);
     ir_module_free(m);
+    tune_db_free(&db);
     return ok ? 0 : 1;
 }
 

@@ -23,6 +23,14 @@ int cmd_bench(int argc, char **argv)
     fprintf(stderr, "moeppc bench: error: this moeppc was built without the LLVM C API: no CPU backend to time\n");
     return 1;
 }
+
+int cmd_tune(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moeppc tune: error: this moeppc was built without the LLVM C API: no kernels to tune\n");
+    return 1;
+}
 #endif
 
 typedef struct {
@@ -38,6 +46,7 @@ static const Command commands[] = {
     {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
     {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--json]"},
+    {"tune", cmd_tune, "tune SPEC -o DB [--tokens 1,16,64,512,4096] [--budget S]  measure tiles for this CPU"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 

@@ -10,6 +10,7 @@ int cmd_run(int argc, char **argv)
     cfg.default_cpu = true; /* the generated kernels; --backend interp for the reference interpreter */
     cfg.kernels_new = cpu_jit_source_new;
     cfg.kernels_free = cpu_jit_source_free;
+    cfg.load_tuning = tuning_load_for_host;
 #endif
     return driver_main(argc, argv, &cfg);
 }

@@ -54,6 +54,7 @@ typedef struct CgJit CgJit;
 CgJit          *cg_jit_new(cg_isa max_isa, char *err, size_t errlen);
 void            cg_jit_free(CgJit *jit);
 const CgTarget *cg_jit_target(const CgJit *jit);
+const char     *cg_llvm_version(void); /* of the LLVM this was built with, e.g. "14.0.6" */
 
 typedef struct CgKernelConfig {
     moe_dtype b_dtype;  /* DT_F32, DT_BF16 or DT_F16 */

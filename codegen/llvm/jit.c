@@ -13,6 +13,9 @@
 #include <llvm-c/Orc.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
+#include <llvm/Config/llvm-config.h>
+
+const char *cg_llvm_version(void) { return LLVM_VERSION_STRING; }
 
 struct CgJit {
     CgTarget t;

@@ -4,6 +4,8 @@
  * cg_ops.h, row-parallel on the thread pool. */
 #include "runtime/cpu/cpu.h"
 
+#include "passes/schedule.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -12,6 +14,9 @@ typedef struct Step {
     const IrInstr *i;
     void *fn, *fn_tanh, *fn_scale;  /* op kernels (route: post, tanh, scale)                         */
     const CgKernel *gk;             /* GEMM micro-kernel for this step's weights                      */
+    TileSchedule *sched;            /* tuned: the tile height per token count (schedule.c), and       */
+    const CgKernel *gk_mr[TILE_MAX_BUCKETS]; /* the kernel of each height a bucket won, same NR       */
+    int n_gk_mr;
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
     int n_pk;
     float *kc, *vc;                 /* attention: the KV cache, [max_positions, kv_heads·head_dim]   */
@@ -134,13 +139,40 @@ static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtEr
     return *slot != NULL;
 }
 
+/* A tuned op: the kernels of every tile height some token bucket won (at the op's panel width, which
+ * the packing fixes; a schedule this CPU cannot follow is dropped for the primary tile). */
+static bool schedule_kernels(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt, RtError *err)
+{
+    const IrAttr *sa = ir_attr_get(i, "tile_schedule");
+    TileSchedule sched;
+    if (!sa || !tile_schedule_parse(sa->s, &sched) || sched.nr != st->gk->cfg.nr) return true;
+    st->sched = xmalloc(sizeof *st->sched);
+    *st->sched = sched;
+    for (int b = 0; b < sched.n; b++) {
+        int mr = tile_schedule_pick(&sched, sched.b[b].tokens);
+        bool have = false;
+        for (int k = 0; k < st->n_gk_mr; k++) have |= st->gk_mr[k]->cfg.mr == mr;
+        if (have) continue;
+        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, dt, mr, sched.nr, err);
+        if (!g) return false;
+        if (g->cfg.nr != sched.nr || g->cfg.mr != mr) { /* not for this ISA: follow the primary tile */
+            free(st->sched);
+            st->sched = NULL;
+            st->n_gk_mr = 0;
+            return true;
+        }
+        st->gk_mr[st->n_gk_mr++] = g;
+    }
+    return true;
+}
+
 /* Pack the weights i->in[idx[0..n)] for the GEMM kernel of their dtype; swiglu for up-projections. */
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
 {
     moe_dtype dt = i->in[idx[0]]->type.dtype;
     const IrAttr *tm = ir_attr_get(i, "tile_m"), *tn = ir_attr_get(i, "tile_n");
     st->gk = cm->ks->gemm(cm->ks->ctx, dt, tm ? (int)tm->i : 0, tn ? (int)tn->i : 0, err);
-    if (!st->gk) return false;
+    if (!st->gk || !schedule_kernels(cm, st, i, dt, err)) return false;
     if (cm->dry) return true;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
@@ -264,10 +296,21 @@ static bool prepare(CpuModel *cm, Step *st, RtError *err)
 
 /* ---- running the steps ------------------------------------------------------------------------- */
 
+/* The kernel for a call on T tokens: the schedule's choice on a tuned op, else the op's tile. */
+static const CgKernel *kernel_for(const Step *st, int64_t T)
+{
+    if (!st->sched) return st->gk;
+    int mr = tile_schedule_pick(st->sched, T);
+    for (int k = 0; k < st->n_gk_mr; k++)
+        if (st->gk_mr[k]->cfg.mr == mr) return st->gk_mr[k];
+    return st->gk;
+}
+
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
-    CgBlocking blk = cg_blocking_default(st->gk);
-    cg_gemm(st->gk, &blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
+    const CgKernel *k = kernel_for(st, T);
+    CgBlocking blk = cg_blocking_default(k);
+    cg_gemm(k, &blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
 static void run_rows(CpuModel *cm, const Step *st, cg_op_kind kind, int64_t T, const void *a0, const void *a1,
@@ -328,17 +371,18 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     const Step *ds = &cm->steps[st->dispatch];
     int64_t E = ir_attr_int(i, "experts");
     CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
-    CgBlocking blk = cg_blocking_default(st->gk);
+    const CgKernel *k = kernel_for(st, T);
+    CgBlocking blk = cg_blocking_default(k);
     if (i->op == IR_OP_MOE_GROUPED_UP) {
         int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
-        cg_moe_up_swiglu(st->gk, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
+        cg_moe_up_swiglu(k, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
         cm->prof.ffn_macs += (double)ds->off[E] * 3.0 * (double)I * (double)D; /* up 2·I·D + down D·I per slot */
         return;
     }
     int64_t D = cols(i->out[0]);
     float *y = addr(cm, i->out[0], T), *y0 = addr(cm, i->in[4], T);
     if (y != y0) memcpy(y, y0, (size_t)(T * D) * sizeof *y);
-    cg_moe_down_scatter(st->gk, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
+    cg_moe_down_scatter(k, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
 }
 
 static void run_step(CpuModel *cm, Step *st, int64_t T)
@@ -558,6 +602,7 @@ void cpu_model_free(CpuModel *cm)
         Step *st = &cm->steps[s];
         for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
         free(st->pk);
+        free(st->sched);
         free(st->kc);
         free(st->vc);
         free(st->vc_ptrs);

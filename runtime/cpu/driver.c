@@ -5,6 +5,7 @@
 #include "runtime/cpu/driver.h"
 
 #include "passes/passes.h"
+#include "passes/tuning.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -15,7 +16,7 @@
 
 #define RUN_USAGE "%s (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] " \
                   "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
-                  "[--precision f64|f32] [--top N] [-O0|-O1]"
+                  "[--precision f64|f32] [--top N] [--tuning DB] [-O0|-O1]"
 
 typedef enum { BACKEND_INTERP, BACKEND_CPU } run_backend;
 
@@ -45,7 +46,7 @@ static int drv_usage(const char *fmt, const char *arg)
 }
 
 typedef struct {
-    const char *spec, *weights, *ids, *logits_out, *routes_out;
+    const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning;
     bool random, route_stats;
     uint64_t seed;
     eval_precision prec;
@@ -97,6 +98,10 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--ids") == 0) r->ids = v;
     else if (strcmp(o, "--logits-out") == 0) r->logits_out = v;
     else if (strcmp(o, "--routes-out") == 0) r->routes_out = v;
+    else if (strcmp(o, "--tuning") == 0) {
+        if (!cfg->load_tuning || cfg->ir_text) return drv_usage("--tuning '%s': not available here (an executable's tiles are fixed when it is built)", v);
+        r->tuning = v;
+    }
     else if (strcmp(o, "--precision") == 0) {
         if (strcmp(v, "f64") && strcmp(v, "f32")) return drv_usage("--precision: expected f64 or f32, found '%s'", v);
         r->prec = strcmp(v, "f32") == 0 ? EVAL_F32 : EVAL_F64;
@@ -305,6 +310,7 @@ typedef struct {
     WeightSet *w;
     CpuKernelSource *ks;
     CpuModel *cm;
+    TuneDb db;
     double macs_linear, macs_grouped;
 } Runner;
 
@@ -317,8 +323,10 @@ static bool load_module(Runner *rn)
         rn->m = ir_parse(cfg->ir_text, strlen(cfg->ir_text), &d);
         return rn->m != NULL;
     }
+    if (rn->r->tuning && !cfg->load_tuning(rn->r->tuning, &rn->db)) return false;
     rn->m = ir_lower_spec(rn->s);
-    PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend == BACKEND_CPU};
+    PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend == BACKEND_CPU,
+                      .tuning = rn->r->tuning ? &rn->db : NULL};
     d.file = rn->r->spec;
     MOE_ASSERT(passes_run(rn->m, &po, &d));
     return true;
@@ -391,6 +399,7 @@ static void runner_free(Runner *rn)
     cpu_model_free(rn->cm);
     if (rn->ks) cfg->kernels_free(rn->ks);
     ir_module_free(rn->m);
+    tune_db_free(&rn->db);
 }
 
 /* ---- the command ------------------------------------------------------------------------------- */

@@ -12,6 +12,8 @@
 
 #include "runtime/cpu/cpu.h"
 
+struct TuneDb; /* passes/tuning.h */
+
 typedef struct DriverConfig {
     const char *prog;             /* "moeppc run" or the executable's name, for messages           */
     const char *spec_text;        /* an embedded spec (YAML), or NULL: SPEC is the first argument   */
@@ -20,6 +22,8 @@ typedef struct DriverConfig {
     /* Where the CPU backend's kernels come from (NULL: no CPU backend in this build). */
     CpuKernelSource *(*kernels_new)(RtError *err);
     void (*kernels_free)(CpuKernelSource *ks);
+    /* --tuning DB: load a tuning database for this host (NULL: the option is not available here). */
+    bool (*load_tuning)(const char *path, struct TuneDb *db);
 } DriverConfig;
 
 int driver_main(int argc, char **argv, const DriverConfig *cfg);

@@ -1,0 +1,506 @@
+/* tuning.c — the tuning database (tuning.h documents the format): YAML in with every problem a
+ * diagnostic at its node, YAML out atomically, and the check that a database was made for this target.
+ *
+ * The walk reports every independent problem in one run (like spec.c): each mapping's keys are matched
+ * against a fixed list first (unknown, duplicate and missing keys), then each present value is read.
+ */
+#include "passes/tuning.h"
+
+#include "frontend/yaml_util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+/* ---- reading YAML nodes ------------------------------------------------------------------------ */
+typedef struct {
+    yaml_document_t *doc;
+    Diag *d;
+} Ctx;
+
+static int node_line(const yaml_node_t *nd) { return (int)nd->start_mark.line + 1; }
+static int node_col(const yaml_node_t *nd) { return (int)nd->start_mark.column + 1; }
+
+static void bad_value(Ctx *c, const char *path, const yaml_node_t *nd, const char *expected)
+{
+    char found[160];
+    yaml_describe_node(nd, found, sizeof found);
+    diag_error(c->d, node_line(nd), node_col(nd), "%s: expected %s, found %s", path, expected, found);
+}
+
+/* A scalar with no NUL inside: its text, else NULL. */
+static const char *scalar_text(const yaml_node_t *nd)
+{
+    if (nd->type != YAML_SCALAR_NODE) return NULL;
+    const char *s = (const char *)nd->data.scalar.value;
+    return strlen(s) == nd->data.scalar.length ? s : NULL;
+}
+
+static bool is_plain(const yaml_node_t *nd)
+{
+    return nd->type == YAML_SCALAR_NODE && nd->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+/* A plain YAML number (integer or float; strtod's own words such as inf, nan and hex are not). */
+static bool parse_number(const yaml_node_t *nd, double *out)
+{
+    const char *s = scalar_text(nd);
+    if (!s || !is_plain(nd) || s[0] == 0 || strspn(s, "0123456789+-.eE") != strlen(s)) return false;
+    char *end;
+    *out = strtod(s, &end);
+    return *end == 0 && end != s;
+}
+
+/* "8x48" → 8, 48. */
+static bool parse_tile(const char *s, int *m, int *n)
+{
+    if (!s) return false;
+    long v[2];
+    for (int i = 0; i < 2; i++) {
+        if (s[0] < '1' || s[0] > '9') return false;
+        size_t len = strspn(s, "0123456789");
+        errno = 0;
+        v[i] = strtol(s, NULL, 10);
+        if (errno == ERANGE || v[i] > INT_MAX) return false;
+        s += len;
+        if (i == 0 && *s++ != 'x') return false;
+    }
+    if (*s) return false;
+    *m = (int)v[0], *n = (int)v[1];
+    return true;
+}
+
+#define TILE_EXPECTED "a tile MxN of positive integers"
+
+/* ---- mappings with a fixed key list ------------------------------------------------------------ */
+/* Fill vals[i] with the value of keys[i] (NULL when absent, reported). False when nd is no mapping. */
+static bool walk_keys(Ctx *c, const char *path, yaml_node_t *nd, const char *const *keys, int n_keys,
+                      yaml_node_t **vals)
+{
+    bool hinted[16] = {false}; /* keys a "did you mean" already names: their absence is not repeated */
+    MOE_ASSERT(n_keys <= 16);
+    for (int i = 0; i < n_keys; i++) vals[i] = NULL;
+    if (nd->type != YAML_MAPPING_NODE) {
+        bad_value(c, path, nd, "a mapping");
+        return false;
+    }
+    char where[80];
+    snprintf(where, sizeof where, path[0] ? "in %s" : "at the top level", path);
+    for (yaml_node_pair_t *p = nd->data.mapping.pairs.start; p < nd->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(c->doc, p->key), *v = yaml_document_get_node(c->doc, p->value);
+        const char *text = scalar_text(k);
+        int i = 0;
+        while (text && i < n_keys && strcmp(text, keys[i]) != 0) i++;
+        char shown[128];
+        if (!text) {
+            yaml_describe_node(k, shown, sizeof shown);
+            diag_error(c->d, node_line(k), node_col(k), "expected a key name %s, found %s", where, shown);
+        } else if (i == n_keys) {
+            int hint = -1, best = strlen(text) <= 3 ? 2 : 3;
+            for (int j = 0; j < n_keys; j++) {
+                int dist = str_edit_distance(text, keys[j]);
+                if (dist < best) best = dist, hint = j;
+            }
+            yaml_show_text(text, strlen(text), shown, sizeof shown);
+            if (hint >= 0) {
+                hinted[hint] = true;
+                diag_error(c->d, node_line(k), node_col(k), "unknown key '%s' %s; did you mean '%s'?", shown, where,
+                           keys[hint]);
+            } else
+                diag_error(c->d, node_line(k), node_col(k), "unknown key '%s' %s", shown, where);
+        } else if (vals[i]) {
+            diag_error(c->d, node_line(k), node_col(k), "duplicate key '%s' %s (first set on line %d)", text, where,
+                       node_line(vals[i]));
+        } else {
+            vals[i] = v;
+        }
+    }
+    for (int i = 0; i < n_keys; i++)
+        if (!vals[i] && !hinted[i])
+            diag_error(c->d, node_line(nd), node_col(nd), "missing required key '%s' %s", keys[i], where);
+    return true;
+}
+
+/* A string that fits in buf (size n): copied, else reported. */
+static void read_str(Ctx *c, const char *path, const yaml_node_t *nd, char *buf, size_t n)
+{
+    const char *s = scalar_text(nd);
+    if (!s || !s[0] || strlen(s) >= n) {
+        char expected[64];
+        snprintf(expected, sizeof expected, "a non-empty string of at most %zu bytes", n - 1);
+        bad_value(c, path, nd, expected);
+        return;
+    }
+    memcpy(buf, s, strlen(s) + 1);
+}
+
+/* ---- the target --------------------------------------------------------------------------------- */
+static void read_features(Ctx *c, const yaml_node_t *nd, uint64_t *out)
+{
+    const char *s = scalar_text(nd);
+    if (!s || strlen(s) != 16 || strspn(s, "0123456789abcdefABCDEF") != 16) {
+        bad_value(c, "target.features", nd, "the feature hash as 16 hex digits");
+        return;
+    }
+    *out = strtoull(s, NULL, 16);
+}
+
+static void read_target(Ctx *c, yaml_node_t *nd, TuneTarget *t)
+{
+    static const char *const keys[] = {"cpu", "isa", "features"};
+    yaml_node_t *v[3];
+    if (!walk_keys(c, "target", nd, keys, 3, v)) return;
+    if (v[0]) read_str(c, "target.cpu", v[0], t->cpu, sizeof t->cpu);
+    if (v[1]) read_str(c, "target.isa", v[1], t->isa, sizeof t->isa);
+    if (v[2]) read_features(c, v[2], &t->features);
+}
+
+/* ---- entries ------------------------------------------------------------------------------------ */
+static const char *const tune_ops[] = {"linear", "grouped_up", "grouped_down"};
+static const moe_dtype tune_dtypes[] = {DT_F32, DT_BF16, DT_F16};
+
+static void read_op(Ctx *c, const char *path, const yaml_node_t *nd, TuneEntry *e)
+{
+    const char *s = scalar_text(nd);
+    for (size_t i = 0; s && i < MOE_ARRAY_LEN(tune_ops); i++)
+        if (!strcmp(s, tune_ops[i])) {
+            snprintf(e->op, sizeof e->op, "%s", s);
+            return;
+        }
+    bad_value(c, path, nd, "one of linear, grouped_up, grouped_down");
+}
+
+static void read_dtype(Ctx *c, const char *path, const yaml_node_t *nd, TuneEntry *e)
+{
+    const char *s = scalar_text(nd);
+    for (size_t i = 0; s && i < MOE_ARRAY_LEN(tune_dtypes); i++)
+        if (!strcmp(s, dtype_name(tune_dtypes[i]))) {
+            e->dtype = tune_dtypes[i];
+            return;
+        }
+    bad_value(c, path, nd, "one of f32, bf16, f16");
+}
+
+static bool read_positive(Ctx *c, const char *path, const yaml_node_t *nd, int64_t *out)
+{
+    if (!yaml_node_int(nd, out) || *out < 1) {
+        bad_value(c, path, nd, "a positive integer");
+        return false;
+    }
+    return true;
+}
+
+/* measured: {MxN: gflops, ...}. False when anything in it is wrong. */
+static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *e)
+{
+    if (nd->type != YAML_MAPPING_NODE) {
+        bad_value(c, path, nd, "a mapping of tiles to GFLOP/s");
+        return false;
+    }
+    int n_pairs = (int)(nd->data.mapping.pairs.top - nd->data.mapping.pairs.start);
+    if (n_pairs > TUNE_MAX_MEASURED) {
+        diag_error(c->d, node_line(nd), node_col(nd), "%s: expected at most %d tiles, found %d", path,
+                   TUNE_MAX_MEASURED, n_pairs);
+        return false;
+    }
+    bool ok = true;
+    for (yaml_node_pair_t *p = nd->data.mapping.pairs.start; p < nd->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(c->doc, p->key), *v = yaml_document_get_node(c->doc, p->value);
+        TuneMeasure m = {0, 0, 0};
+        char sub[96];
+        if (!parse_tile(scalar_text(k), &m.tile_m, &m.tile_n)) {
+            bad_value(c, path, k, TILE_EXPECTED " as the key");
+            ok = false;
+            continue;
+        }
+        snprintf(sub, sizeof sub, "%s.%dx%d", path, m.tile_m, m.tile_n);
+        for (int i = 0; i < e->n_measured; i++)
+            if (e->measured[i].tile_m == m.tile_m && e->measured[i].tile_n == m.tile_n) {
+                diag_error(c->d, node_line(k), node_col(k), "%s: duplicate tile %dx%d", path, m.tile_m, m.tile_n);
+                ok = false;
+            }
+        if (!parse_number(v, &m.gflops) || !isfinite(m.gflops) || m.gflops < 0) {
+            bad_value(c, sub, v, "a number of GFLOP/s >= 0");
+            ok = false;
+            continue;
+        }
+        e->measured[e->n_measured++] = m;
+    }
+    return ok;
+}
+
+static void check_best(Ctx *c, const char *path, const yaml_node_t *best_nd, const TuneEntry *e)
+{
+    char list[TUNE_MAX_MEASURED * 24] = "";
+    for (int i = 0; i < e->n_measured; i++) {
+        if (e->measured[i].tile_m == e->best_m && e->measured[i].tile_n == e->best_n) return;
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%dx%d", i ? ", " : "", e->measured[i].tile_m,
+                 e->measured[i].tile_n);
+    }
+    diag_error(c->d, node_line(best_nd), node_col(best_nd), "%s.best: tile %dx%d is not among the measured tiles (%s)",
+               path, e->best_m, e->best_n, e->n_measured ? list : "none");
+}
+
+enum { K_OP, K_DTYPE, K_N, K_K, K_GROUPS, K_TOKENS, K_BEST, K_MEASURED, K_COUNT };
+
+/* One entry; false (reported) when anything in it is wrong. */
+static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
+{
+    static const char *const keys[K_COUNT] = {"op", "dtype", "n", "k", "groups", "tokens", "best", "measured"};
+    int errors_before = c->d->n_errors;
+    char path[48], sub[80];
+    yaml_node_t *v[K_COUNT];
+    memset(e, 0, sizeof *e);
+    e->line = node_line(nd);
+    snprintf(path, sizeof path, "entries[%d]", idx);
+    if (!walk_keys(c, path, nd, keys, K_COUNT, v)) return false;
+    int64_t *ints[] = {[K_N] = &e->n, [K_K] = &e->k, [K_GROUPS] = &e->groups, [K_TOKENS] = &e->tokens};
+    bool best_ok = false, measured_ok = false;
+#define SUB(i) (snprintf(sub, sizeof sub, "%s.%s", path, keys[i]), sub)
+    if (v[K_OP]) read_op(c, SUB(K_OP), v[K_OP], e);
+    if (v[K_DTYPE]) read_dtype(c, SUB(K_DTYPE), v[K_DTYPE], e);
+    for (int i = K_N; i <= K_TOKENS; i++) {
+        bool ok = v[i] && read_positive(c, SUB(i), v[i], ints[i]);
+        if (i == K_GROUPS && ok && !strcmp(e->op, "linear") && e->groups != 1)
+            diag_error(c->d, node_line(v[i]), node_col(v[i]), "%s.groups: expected 1 for op linear, found %lld", path,
+                       (long long)e->groups);
+    }
+    if (v[K_BEST]) {
+        best_ok = parse_tile(scalar_text(v[K_BEST]), &e->best_m, &e->best_n);
+        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], TILE_EXPECTED);
+    }
+    if (v[K_MEASURED]) measured_ok = read_measured(c, SUB(K_MEASURED), v[K_MEASURED], e);
+#undef SUB
+    if (best_ok && measured_ok) check_best(c, path, v[K_BEST], e);
+    return c->d->n_errors == errors_before;
+}
+
+static bool same_key(const TuneEntry *a, const TuneEntry *b)
+{
+    return !strcmp(a->op, b->op) && a->dtype == b->dtype && a->n == b->n && a->k == b->k && a->groups == b->groups &&
+           a->tokens == b->tokens;
+}
+
+static void read_entries(Ctx *c, yaml_node_t *nd, TuneDb *db)
+{
+    if (nd->type != YAML_SEQUENCE_NODE) {
+        bad_value(c, "entries", nd, "a sequence");
+        return;
+    }
+    int idx = 0;
+    for (yaml_node_item_t *it = nd->data.sequence.items.start; it < nd->data.sequence.items.top; it++, idx++) {
+        yaml_node_t *item = yaml_document_get_node(c->doc, *it);
+        TuneEntry e;
+        if (!item || !read_entry(c, idx, item, &e)) continue;
+        int dup = -1;
+        for (int j = 0; j < db->n && dup < 0; j++)
+            if (same_key(&db->e[j], &e)) dup = j;
+        if (dup >= 0)
+            diag_error(c->d, node_line(item), node_col(item),
+                       "entries[%d]: duplicate entry (op %s, dtype %s, n %lld, k %lld, groups %lld, tokens %lld), "
+                       "first on line %d",
+                       idx, e.op, dtype_name(e.dtype), (long long)e.n, (long long)e.k, (long long)e.groups,
+                       (long long)e.tokens, db->e[dup].line);
+        else
+            tune_db_add(db, &e);
+    }
+}
+
+/* ---- the document ------------------------------------------------------------------------------- */
+static void read_root(Ctx *c, yaml_node_t *root, TuneDb *db)
+{
+    static const char *const keys[] = {"moeppc_tuning", "compiler", "llvm", "target", "entries"};
+    yaml_node_t *v[5];
+    if (root->type != YAML_MAPPING_NODE) {
+        char found[160];
+        yaml_describe_node(root, found, sizeof found);
+        diag_error(c->d, node_line(root), node_col(root), "expected a YAML mapping at the top level, found %s", found);
+        return;
+    }
+    /* the version first: another version's keys would only produce noise */
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+        const char *key = scalar_text(yaml_document_get_node(c->doc, p->key));
+        yaml_node_t *val = yaml_document_get_node(c->doc, p->value);
+        int64_t version;
+        if (key && !strcmp(key, keys[0]) && yaml_node_int(val, &version) && version != 1) {
+            diag_error(c->d, node_line(val), node_col(val),
+                       "moeppc_tuning: unsupported version %lld; this moeppc reads version 1", (long long)version);
+            return;
+        }
+    }
+    walk_keys(c, "", root, keys, 5, v);
+    if (v[0] && !yaml_node_int(v[0], &(int64_t){0})) bad_value(c, "moeppc_tuning", v[0], "an integer");
+    if (v[1]) read_str(c, "compiler", v[1], db->target.compiler, sizeof db->target.compiler);
+    if (v[2]) read_str(c, "llvm", v[2], db->target.llvm, sizeof db->target.llvm);
+    if (v[3]) read_target(c, v[3], &db->target);
+    if (v[4]) read_entries(c, v[4], db);
+}
+
+/* Exactly one YAML document; false (reported) otherwise. The caller deletes *doc on success. */
+static bool load_document(const char *text, size_t len, yaml_document_t *doc, Diag *d)
+{
+    bool empty = false;
+    if (!yaml_load_one(text, len, "a tuning database", doc, d, &empty)) return false;
+    if (!empty) return true;
+    diag_error(d, 1, 1, "expected a YAML mapping, found an empty document");
+    yaml_document_delete(doc);
+    return false;
+}
+
+bool tune_db_load(const char *path, TuneDb *db, Diag *d)
+{
+    memset(db, 0, sizeof *db);
+    const char *saved = d->file;
+    if (!d->file) d->file = path;
+    int errors_before = d->n_errors;
+    size_t len = 0;
+    char *text = file_read_all(path, &len);
+    yaml_document_t doc;
+    if (!text) {
+        diag_error(d, 0, 0, "cannot read the tuning database: %s", strerror(errno));
+    } else if (load_document(text, len, &doc, d)) {
+        Ctx c = {&doc, d};
+        read_root(&c, yaml_document_get_root_node(&doc), db);
+        yaml_document_delete(&doc);
+    }
+    free(text);
+    d->file = saved;
+    if (d->n_errors == errors_before) return true;
+    tune_db_free(db);
+    return false;
+}
+
+/* ---- writing ------------------------------------------------------------------------------------ */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_printf(Buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    MOE_ASSERT(n >= 0);
+    if (b->len + (size_t)n + 1 > b->cap) {
+        b->cap = (b->len + (size_t)n + 1) * 2;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* Double-quoted YAML string with escapes. */
+static void buf_quoted(Buf *b, const char *s)
+{
+    buf_printf(b, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            buf_printf(b, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            buf_printf(b, "\\x%02x", *p);
+        else
+            buf_printf(b, "%c", *p);
+    }
+    buf_printf(b, "\"");
+}
+
+/* Safe names plain (znver3, avx512), anything a YAML reader could take for something else quoted. */
+static void buf_name(Buf *b, const char *s)
+{
+    bool plain = s[0] != 0 && strchr("-.+0123456789", s[0]) == NULL &&
+                 strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+") == strlen(s) &&
+                 strcmp(s, "true") && strcmp(s, "false") && strcmp(s, "null");
+    if (plain)
+        buf_printf(b, "%s", s);
+    else
+        buf_quoted(b, s);
+}
+
+bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
+{
+    Buf b = {NULL, 0, 0};
+    const TuneTarget *t = &db->target;
+    buf_printf(&b, "moeppc_tuning: 1\ncompiler: ");
+    buf_quoted(&b, t->compiler);
+    buf_printf(&b, "\nllvm: ");
+    buf_quoted(&b, t->llvm);
+    buf_printf(&b, "\ntarget: {cpu: ");
+    buf_name(&b, t->cpu);
+    buf_printf(&b, ", isa: ");
+    buf_name(&b, t->isa);
+    char feat[20];
+    snprintf(feat, sizeof feat, "%016llx", (unsigned long long)t->features);
+    /* all digits (or digits and an 'e') would read as a number to other YAML tools */
+    if (strspn(feat, "0123456789e") == strlen(feat))
+        buf_printf(&b, ", features: \"%s\"}\n", feat);
+    else
+        buf_printf(&b, ", features: %s}\n", feat);
+    buf_printf(&b, "entries:%s\n", db->n ? "" : " []");
+    for (int i = 0; i < db->n; i++) {
+        const TuneEntry *e = &db->e[i];
+        buf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %dx%d, measured: {",
+                   e->op, dtype_name(e->dtype), (long long)e->n, (long long)e->k, (long long)e->groups,
+                   (long long)e->tokens, e->best_m, e->best_n);
+        for (int j = 0; j < e->n_measured; j++)
+            buf_printf(&b, "%s%dx%d: %.1f", j ? ", " : "", e->measured[j].tile_m, e->measured[j].tile_n,
+                       e->measured[j].gflops);
+        buf_printf(&b, "}}\n");
+    }
+    bool ok = file_write_atomic(path, b.p, b.len, why, why_len);
+    free(b.p);
+    return ok;
+}
+
+/* ---- the database in memory --------------------------------------------------------------------- */
+void tune_db_add(TuneDb *db, const TuneEntry *e)
+{
+    if (db->n == db->cap) {
+        db->cap = db->cap ? db->cap * 2 : 16;
+        db->e = xrealloc(db->e, (size_t)db->cap * sizeof *db->e);
+    }
+    db->e[db->n++] = *e;
+}
+
+void tune_db_free(TuneDb *db)
+{
+    free(db->e);
+    memset(db, 0, sizeof *db);
+}
+
+/* "cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0", features shown only when they differ. */
+static void describe_target(const TuneTarget *t, bool show_features, char *buf, size_t n)
+{
+    if (show_features)
+        snprintf(buf, n, "cpu %s (%s, features %016llx) with LLVM %s by moeppc %s", t->cpu, t->isa,
+                 (unsigned long long)t->features, t->llvm, t->compiler);
+    else
+        snprintf(buf, n, "cpu %s (%s) with LLVM %s by moeppc %s", t->cpu, t->isa, t->llvm, t->compiler);
+}
+
+bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len)
+{
+    const TuneTarget *a = &db->target;
+    bool diff[5] = {strcmp(a->cpu, t->cpu) != 0, strcmp(a->isa, t->isa) != 0, a->features != t->features,
+                    strcmp(a->llvm, t->llvm) != 0, strcmp(a->compiler, t->compiler) != 0};
+    static const char *const names[5] = {"cpu", "isa", "cpu features", "LLVM version", "compiler version"};
+    char list[96] = "", mine[200], theirs[200];
+    for (int i = 0; i < 5; i++)
+        if (diff[i]) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "", names[i]);
+    if (why && why_len) why[0] = 0;
+    if (!list[0]) return true;
+    if (why && why_len) {
+        describe_target(a, diff[2], theirs, sizeof theirs);
+        describe_target(t, diff[2], mine, sizeof mine);
+        snprintf(why, why_len, "tuned for %s; this is %s (differs: %s)", theirs, mine, list);
+    }
+    return false;
+}

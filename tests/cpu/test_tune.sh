@@ -1,0 +1,36 @@
+#!/bin/bash
+# test_tune.sh MOEPPC WORKDIR: a tiny `moeppc tune` writes a database that reads back, that compile shows
+# on the ops (tile_src "database"), and that build uses — the executable still equals the interpreter;
+# a database for another target is ignored with a warning; a zero budget keeps the rule's tiles.
+set -u
+MOEPPC=$1 WORK=$2
+PY=${PYTHON:-/usr/bin/python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+SPEC=$HERE/../../specs/tiny/tiny-moepp.yaml
+IDS="3 17 42 99 128 200 255 0 64 7"
+rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+run() { echo "+ $*"; "$@" || { echo "FAILED (exit $?): $*"; exit 1; }; }
+run "$MOEPPC" tune "$SPEC" --tokens 1,16 --budget 20 --threads 2 -o "$WORK/db.yaml" 2>/dev/null
+grep -q "entries:" "$WORK/db.yaml" && grep -q "best:" "$WORK/db.yaml" || { echo "no entries in the database"; exit 1; }
+"$MOEPPC" compile "$SPEC" --tuning "$WORK/db.yaml" --print-ir > "$WORK/tuned.ir" || exit 1
+grep -q 'tile_src = "database"' "$WORK/tuned.ir" || { echo "compile did not use the database"; exit 1; }
+grep -q 'tile_schedule = ' "$WORK/tuned.ir" || { echo "no tile schedule on the ops"; exit 1; }
+run "$MOEPPC" build "$SPEC" --tuning "$WORK/db.yaml" -o "$WORK/model"
+run "$WORK/model" --random-weights 2 --ids "$IDS" --logits-out "$WORK/model.bin"
+run "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
+run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab 256 --tol 1e-5
+# another target: warned about and ignored
+sed 's/cpu: [a-z0-9_-]*/cpu: some-other-cpu/' "$WORK/db.yaml" > "$WORK/other.yaml"
+"$MOEPPC" compile "$SPEC" --tuning "$WORK/other.yaml" --print-ir > "$WORK/other.ir" 2> "$WORK/other.err" || exit 1
+grep -q "warning" "$WORK/other.err" && grep -q "some-other-cpu" "$WORK/other.err" || { echo "no warning for another target"; cat "$WORK/other.err"; exit 1; }
+grep -q 'tile_src = "database"' "$WORK/other.ir" && { echo "an entry for another target was used"; exit 1; }
+# a zero budget: the rule's tiles, said so, and a valid (empty) database
+"$MOEPPC" tune "$SPEC" --budget 0 -o "$WORK/empty.yaml" > "$WORK/empty.out" 2>/dev/null || exit 1
+grep -q "too small" "$WORK/empty.out" || { echo "no message for a zero budget"; exit 1; }
+run "$MOEPPC" compile "$SPEC" --tuning "$WORK/empty.yaml" --stats > /dev/null
+# a corrupt database: an error with file:line:col, exit 1
+printf 'moeppc_tuning: 1\ncompiler: "0.1.0"\nllvm: [x\n' > "$WORK/bad.yaml"
+"$MOEPPC" compile "$SPEC" --tuning "$WORK/bad.yaml" > /dev/null 2> "$WORK/bad.err"
+rc=$?
+[ $rc -eq 1 ] && grep -Eq "bad.yaml:[0-9]+:[0-9]+: error" "$WORK/bad.err" || { echo "corrupt database: exit $rc"; cat "$WORK/bad.err"; exit 1; }
+echo "tuning database: written, read back, used by compile and build, checked"

@@ -1,0 +1,331 @@
+/* test_tuning.c — the tuning database: save → load round trips keep every field, tune_db_matches names
+ * what differs, and every bad/NAME.yaml fails to load with exactly bad/NAME.err.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "passes/tuning.h"
+
+#define BAD_DIR MOEPPC_SOURCE_DIR "/tests/tuning/bad"
+
+/* A fresh temporary folder per test; removed with its files at the end. */
+static char tmp_dir[64];
+
+static int setup_tmp(void **state)
+{
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/moeppc-tuning-XXXXXX");
+    return mkdtemp(tmp_dir) ? 0 : -1;
+}
+
+static int teardown_tmp(void **state)
+{
+    DIR *dir = opendir(tmp_dir);
+    struct dirent *de;
+    char path[512];
+    while (dir && (de = readdir(dir)))
+        if (de->d_name[0] != '.') {
+            snprintf(path, sizeof path, "%s/%s", tmp_dir, de->d_name);
+            unlink(path);
+        }
+    if (dir) closedir(dir);
+    return rmdir(tmp_dir);
+}
+
+static TuneTarget sample_target(void)
+{
+    TuneTarget t;
+    memset(&t, 0, sizeof t);
+    snprintf(t.cpu, sizeof t.cpu, "znver3");
+    snprintf(t.isa, sizeof t.isa, "avx512");
+    snprintf(t.llvm, sizeof t.llvm, "14.0.6");
+    snprintf(t.compiler, sizeof t.compiler, MOEPPC_VERSION);
+    t.features = hash_str("+avx512f,+avx512bw,+fma");
+    return t;
+}
+
+static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, int64_t groups, int64_t tokens,
+                            int n_measured)
+{
+    TuneEntry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.op, sizeof e.op, "%s", op);
+    e.dtype = dt, e.n = n, e.k = k, e.groups = groups, e.tokens = tokens;
+    for (int i = 0; i < n_measured; i++) /* values with one decimal survive %.1f exactly */
+        e.measured[i] = (TuneMeasure){2 + i, 8 * (n_measured - i), (double)(1000 + 37 * i) / 10.0};
+    e.n_measured = n_measured;
+    e.best_m = e.measured[n_measured / 2].tile_m, e.best_n = e.measured[n_measured / 2].tile_n;
+    return e;
+}
+
+static void load_ok(const char *path, TuneDb *db)
+{
+    Diag d = {stderr, NULL, 0};
+    assert_true(tune_db_load(path, db, &d));
+    assert_int_equal(d.n_errors, 0);
+}
+
+static void assert_same_db(const TuneDb *a, const TuneDb *b)
+{
+    assert_string_equal(a->target.cpu, b->target.cpu);
+    assert_string_equal(a->target.isa, b->target.isa);
+    assert_string_equal(a->target.llvm, b->target.llvm);
+    assert_string_equal(a->target.compiler, b->target.compiler);
+    assert_true(a->target.features == b->target.features);
+    assert_int_equal(a->n, b->n);
+    for (int i = 0; i < a->n; i++) {
+        TuneEntry x = a->e[i], y = b->e[i];
+        x.line = y.line = 0; /* where it was read is not content */
+        assert_memory_equal(&x, &y, sizeof x);
+    }
+}
+
+static char *read_text(const char *path)
+{
+    size_t len;
+    char *t = file_read_all(path, &len);
+    assert_non_null(t);
+    return t;
+}
+
+static void test_round_trip(void **state)
+{
+    TuneDb db;
+    memset(&db, 0, sizeof db);
+    db.target = sample_target();
+    TuneEntry e1 = make_entry("grouped_up", DT_F32, 8192, 1536, 16, 512, 3);
+    TuneEntry e2 = make_entry("linear", DT_BF16, 4096, 4096, 1, 1, 1);
+    TuneEntry e3 = make_entry("grouped_down", DT_F16, 1536, 8192, 16, 64, TUNE_MAX_MEASURED);
+    e3.measured[5].gflops = 0.0;
+    tune_db_add(&db, &e1);
+    tune_db_add(&db, &e2);
+    tune_db_add(&db, &e3);
+    for (int i = 0; i < 40; i++) { /* grows past the first allocation */
+        TuneEntry e = make_entry("linear", DT_F32, 64, 64, 1, i + 1, 2);
+        tune_db_add(&db, &e);
+    }
+    char path[128], path2[128], why[256] = "";
+    snprintf(path, sizeof path, "%s/db.yaml", tmp_dir);
+    snprintf(path2, sizeof path2, "%s/db2.yaml", tmp_dir);
+    assert_true(tune_db_save(&db, path, why, sizeof why));
+    TuneDb back;
+    load_ok(path, &back);
+    assert_same_db(&db, &back);
+    assert_int_equal(back.e[0].line, 6);
+    assert_int_equal(back.e[1].line, 7);
+    /* saving what was loaded writes the same bytes */
+    assert_true(tune_db_save(&back, path2, why, sizeof why));
+    char *t1 = read_text(path), *t2 = read_text(path2);
+    assert_string_equal(t1, t2);
+    assert_non_null(strstr(t1, "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, "
+                               "best: 3x16, measured: {2x24: 100.0, 3x16: 103.7, 4x8: 107.4}}\n"));
+    free(t1);
+    free(t2);
+    tune_db_free(&back);
+    tune_db_free(&db);
+    assert_null(db.e);
+    assert_int_equal(db.n, 0);
+}
+
+/* An empty database, quoted names and an all-digit feature hash come back unchanged. */
+static void test_round_trip_odd_target(void **state)
+{
+    TuneDb db;
+    memset(&db, 0, sizeof db);
+    db.target = sample_target();
+    snprintf(db.target.cpu, sizeof db.target.cpu, "1.5 \"weird\" cpu: x");
+    snprintf(db.target.isa, sizeof db.target.isa, "true");
+    db.target.features = 0x0123456789012345ull;
+    char path[128], why[256] = "";
+    snprintf(path, sizeof path, "%s/empty.yaml", tmp_dir);
+    assert_true(tune_db_save(&db, path, why, sizeof why));
+    TuneDb back;
+    load_ok(path, &back);
+    assert_same_db(&db, &back);
+    tune_db_free(&back);
+}
+
+static void test_header_example_loads(void **state)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/example.yaml", tmp_dir);
+    const char *text = "moeppc_tuning: 1\n"
+                       "compiler: \"0.1.0\"          # MOEPPC_VERSION of the tuner\n"
+                       "llvm: \"14.0.6\"\n"
+                       "target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}   # features: hash\n"
+                       "entries:\n"
+                       "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48,\n"
+                       "     measured: {8x48: 181.2, 4x96: 179.9, 6x64: 178.0}}       # GFLOP/s per tile\n";
+    char why[256];
+    assert_true(file_write_atomic(path, text, strlen(text), why, sizeof why));
+    TuneDb db;
+    load_ok(path, &db);
+    assert_string_equal(db.target.cpu, "znver3");
+    assert_string_equal(db.target.isa, "avx512");
+    assert_string_equal(db.target.llvm, "14.0.6");
+    assert_string_equal(db.target.compiler, "0.1.0");
+    assert_true(db.target.features == 0x1a2b3c4d5e6f7081ull);
+    assert_int_equal(db.n, 1);
+    const TuneEntry *e = &db.e[0];
+    assert_string_equal(e->op, "grouped_up");
+    assert_int_equal(e->dtype, DT_F32);
+    assert_true(e->n == 8192 && e->k == 1536 && e->groups == 16 && e->tokens == 512);
+    assert_true(e->best_m == 8 && e->best_n == 48);
+    assert_int_equal(e->n_measured, 3);
+    assert_true(e->measured[1].tile_m == 4 && e->measured[1].tile_n == 96 && e->measured[1].gflops == 179.9);
+    assert_int_equal(e->line, 6);
+    tune_db_free(&db);
+}
+
+/* Every prefix of a good database either loads or fails with diagnostics; none crashes or leaks. */
+static void test_truncations(void **state)
+{
+    char path[128], why[256];
+    snprintf(path, sizeof path, "%s/cut.yaml", tmp_dir);
+    const char *text = "moeppc_tuning: 1\ncompiler: \"0.1.0\"\nllvm: \"14.0.6\"\n"
+                       "target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}\nentries:\n"
+                       "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48,\n"
+                       "     measured: {8x48: 181.2, 4x96: 179.9, 6x64: 178.0}}\n";
+    int n_loaded = 0;
+    for (size_t cut = 0; cut <= strlen(text); cut++) {
+        assert_true(file_write_atomic(path, text, cut, why, sizeof why));
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        Diag d = {f, "cut.yaml", 0};
+        TuneDb db;
+        bool ok = tune_db_load(path, &db, &d);
+        fclose(f);
+        assert_true(ok ? d.n_errors == 0 && len == 0 : d.n_errors > 0 && db.n == 0 && db.e == NULL);
+        n_loaded += ok;
+        tune_db_free(&db);
+        free(out);
+    }
+    assert_true(n_loaded >= 1); /* the whole text (and the cut before its final newline) */
+}
+
+static void test_save_fails_cleanly(void **state)
+{
+    TuneDb db;
+    memset(&db, 0, sizeof db);
+    db.target = sample_target();
+    char why[256] = "";
+    assert_false(tune_db_save(&db, "/nonexistent-dir/db.yaml", why, sizeof why));
+    assert_non_null(strstr(why, "/nonexistent-dir/db.yaml"));
+}
+
+static void test_missing_file(void **state)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    Diag d = {f, NULL, 0};
+    TuneDb db;
+    assert_false(tune_db_load("/nonexistent-dir/db.yaml", &db, &d));
+    fclose(f);
+    assert_string_equal(text, "/nonexistent-dir/db.yaml: error: cannot read the tuning database: "
+                              "No such file or directory\n");
+    assert_null(db.e);
+    assert_int_equal(db.n, 0);
+    free(text);
+}
+
+static void test_matches(void **state)
+{
+    TuneDb db;
+    memset(&db, 0, sizeof db);
+    db.target = sample_target();
+    TuneTarget t = sample_target();
+    char why[512] = "junk";
+    assert_true(tune_db_matches(&db, &t, why, sizeof why));
+    assert_string_equal(why, "");
+    assert_true(tune_db_matches(&db, &t, NULL, 0));
+
+    snprintf(t.cpu, sizeof t.cpu, "icelake");
+    assert_false(tune_db_matches(&db, &t, why, sizeof why));
+    assert_string_equal(why, "tuned for cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0; "
+                             "this is cpu icelake (avx512) with LLVM 14.0.6 by moeppc 0.1.0 (differs: cpu)");
+
+    t = sample_target();
+    snprintf(t.llvm, sizeof t.llvm, "17.0.1");
+    snprintf(t.compiler, sizeof t.compiler, "0.2.0");
+    assert_false(tune_db_matches(&db, &t, why, sizeof why));
+    assert_string_equal(why, "tuned for cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0; "
+                             "this is cpu znver3 (avx512) with LLVM 17.0.1 by moeppc 0.2.0 "
+                             "(differs: LLVM version, compiler version)");
+
+    t = sample_target();
+    db.target.features = 0x1a2b3c4d5e6f7081ull;
+    t.features = 0x1a2b3c4d5e6f7082ull;
+    snprintf(t.isa, sizeof t.isa, "avx2");
+    assert_false(tune_db_matches(&db, &t, why, sizeof why));
+    assert_string_equal(why, "tuned for cpu znver3 (avx512, features 1a2b3c4d5e6f7081) with LLVM 14.0.6 by moeppc "
+                             "0.1.0; this is cpu znver3 (avx2, features 1a2b3c4d5e6f7082) with LLVM 14.0.6 by moeppc "
+                             "0.1.0 (differs: isa, cpu features)");
+    assert_false(tune_db_matches(&db, &t, NULL, 0));
+}
+
+/* One golden case: loading bad/NAME.yaml fails with exactly bad/NAME.err; false (printed) if not. */
+static bool check_bad_case(const char *name)
+{
+    char yaml[512], err[512], shown[128];
+    snprintf(yaml, sizeof yaml, BAD_DIR "/%s.yaml", name);
+    snprintf(err, sizeof err, BAD_DIR "/%s.err", name);
+    snprintf(shown, sizeof shown, "%s.yaml", name);
+    size_t len = 0, elen = 0;
+    char *text = NULL, *expected = file_read_all(err, &elen);
+    FILE *f = open_memstream(&text, &len);
+    Diag d = {f, shown, 0};
+    TuneDb db;
+    memset(&db, 0xab, sizeof db); /* load must leave it empty whatever it held */
+    bool loaded = tune_db_load(yaml, &db, &d);
+    fclose(f);
+    bool ok = !loaded && d.n_errors > 0 && db.e == NULL && db.n == 0 && expected && strcmp(text, expected) == 0;
+    if (!ok)
+        fprintf(stderr, "bad/%s.yaml: loaded=%d errors=%d\n--- expected (%s)\n%s--- got\n%s", name, loaded,
+                d.n_errors, err, expected ? expected : "(missing)\n", text);
+    free(text);
+    free(expected);
+    return ok;
+}
+
+static void test_bad_databases(void **state)
+{
+    DIR *dir = opendir(BAD_DIR);
+    assert_non_null(dir);
+    struct dirent *de;
+    int n_cases = 0, n_failed = 0;
+    while ((de = readdir(dir))) {
+        size_t l = strlen(de->d_name);
+        if (l < 6 || strcmp(de->d_name + l - 5, ".yaml") != 0) continue;
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(l - 5), de->d_name);
+        n_cases++;
+        if (!check_bad_case(name)) n_failed++;
+    }
+    closedir(dir);
+    assert_int_equal(n_failed, 0);
+    assert_true(n_cases >= 9);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_round_trip, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_round_trip_odd_target, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_header_example_loads, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_truncations, setup_tmp, teardown_tmp),
+        cmocka_unit_test(test_save_fails_cleanly),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_matches),
+        cmocka_unit_test(test_bad_databases),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
