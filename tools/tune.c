@@ -334,8 +334,8 @@ int cmd_tune(int argc, char **argv)
             fprintf(stderr, "moeppc tune: error: %s\n", why);
             rc = 1;
         } else {
-            printf("wrote %s: %d entries (%d shapes x %d token buckets measured), %d tiles tried in %.1f s\n", a.out,
-                   db.n, n_sh, a.n_tokens, t.tried, bench_now_s() - t.t0);
+            printf("wrote %s: %d entries (of %d shapes x %d token buckets), %d tiles tried in %.1f s\n", a.out, db.n,
+                   n_sh, a.n_tokens, t.tried, bench_now_s() - t.t0);
         }
     }
     tune_db_free(&db);
