@@ -296,6 +296,16 @@ static bool prepare(CpuModel *cm, Step *st, RtError *err)
 
 /* ---- running the steps ------------------------------------------------------------------------- */
 
+/* The K blocking the op asks for (tile_k; K itself or 0: one pass), M blocked as the drivers like. */
+static CgBlocking blocking_for(const Step *st, const CgKernel *k)
+{
+    CgBlocking blk = cg_blocking_default(k);
+    const IrAttr *tk = ir_attr_get(st->i, "tile_k");
+    int64_t K = st->pk ? st->pk[0].k : 0;
+    if (tk && tk->i > 0 && tk->i < K) blk.kc = tk->i;
+    return blk;
+}
+
 /* The kernel for a call on T tokens: the schedule's choice on a tuned op, else the op's tile. */
 static const CgKernel *kernel_for(const Step *st, int64_t T)
 {
@@ -309,7 +319,7 @@ static const CgKernel *kernel_for(const Step *st, int64_t T)
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
     const CgKernel *k = kernel_for(st, T);
-    CgBlocking blk = cg_blocking_default(k);
+    CgBlocking blk = blocking_for(st, k);
     cg_gemm(k, &blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
@@ -372,7 +382,7 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     int64_t E = ir_attr_int(i, "experts");
     CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
     const CgKernel *k = kernel_for(st, T);
-    CgBlocking blk = cg_blocking_default(k);
+    CgBlocking blk = blocking_for(st, k);
     if (i->op == IR_OP_MOE_GROUPED_UP) {
         int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
         cg_moe_up_swiglu(k, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));

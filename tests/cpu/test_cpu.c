@@ -170,8 +170,8 @@ static void test_refuses_when_memory_is_short(void **state)
 }
 
 /* The tile the specialize pass records on an op is the tile its kernel gets: a source that notes
- * every GEMM request, and a module whose linear ops were re-tiled to 4 × 32, which must still compute
- * the interpreter's logits. */
+ * every GEMM request, and a module whose linear ops were re-tiled to 4 × 32 with K in blocks of 16,
+ * which must still compute the interpreter's logits. */
 typedef struct {
     int mr[256], nr[256], n;
 } TileLog;
@@ -201,6 +201,7 @@ static void test_tiles_come_from_the_ir(void **state)
         if (i->op != IR_OP_LINEAR) continue;
         ir_attr_set_int(m, i, "tile_m", 4);
         ir_attr_set_int(m, i, "tile_n", 32);
+        ir_attr_set_int(m, i, "tile_k", 16); /* K blocked: the accumulating passes of the drivers */
     }
     WeightSet *w;
     RtError err = {{0}};
