@@ -1,4 +1,5 @@
-/* build.c — `moeppc build SPEC -o MODEL`: one self-contained executable. The spec is lowered and
+/* build.c — `moeppc build SPEC -o MODEL`: one self-contained executable; and `moeppc emit`, which
+ * writes the same kernels as files (objects, LLVM IR, or CUDA C / PTX / cubin through emit_cuda.c). The spec is lowered and
  * optimised for the CPU backend, every kernel it needs is generated through the LLVM C API and
  * written as an object file, and a small C main embedding the spec and the planned IR is linked with
  * them and the runtime (libmoeppc_driver, libmoeppc_core) by the system's C compiler. */
@@ -12,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,13 +23,17 @@
 typedef struct {
     CgJit *jit;
     const char *dir;
+    bool by_symbol;           /* emit: DIR/SYMBOL.o; build: DIR/kN.o */
+    bool no_objects;          /* emit llvm: only the IR text (cg_jit_dump_ir) */
     CpuKernelEntry *e;
     int n;
 } Recorder;
 
-static const char *obj_path(const Recorder *r, char *buf, size_t n)
+static const char *obj_path(const Recorder *r, const char *sym, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s/k%d.o", r->dir, r->n);
+    if (r->no_objects) return NULL;
+    if (r->by_symbol) snprintf(buf, n, "%s/%s.o", r->dir, sym);
+    else snprintf(buf, n, "%s/k%d.o", r->dir, r->n);
     return buf;
 }
 
@@ -44,8 +50,9 @@ static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError
     for (int k = 0; k < r->n; k++)
         if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr)
             return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
-    char path[512];
-    const CgKernel *g = cg_jit_kernel(r->jit, &cfg, obj_path(r, path, sizeof path), err->msg, sizeof err->msg);
+    char path[512], sym[64];
+    cg_kernel_symbol(&cfg, cg_jit_target(r->jit)->isa, sym, sizeof sym);
+    const CgKernel *g = cg_jit_kernel(r->jit, &cfg, obj_path(r, sym, path, sizeof path), err->msg, sizeof err->msg);
     if (g) record(r, g->symbol, (void *)g->fn, true, &cfg);
     return g;
 }
@@ -59,7 +66,8 @@ static void *rec_op(void *ctx, const CgOpDesc *d, RtError *err)
         if (!r->e[k].is_gemm && strcmp(r->e[k].symbol, sym) == 0) return r->e[k].fn;
     LLVMModuleRef mod = cg_ops_build(cg_jit_context(r->jit), d, cg_jit_target(r->jit)->vec_width, sym, err->msg,
                                      sizeof err->msg);
-    void *fn = mod ? cg_jit_compile_module(r->jit, mod, sym, obj_path(r, path, sizeof path), err->msg, sizeof err->msg)
+    void *fn = mod ? cg_jit_compile_module(r->jit, mod, sym, obj_path(r, sym, path, sizeof path), err->msg,
+                                           sizeof err->msg)
                    : NULL;
     if (fn) record(r, sym, fn, false, NULL);
     return fn;
@@ -190,6 +198,90 @@ int cmd_build(int argc, char **argv)
     TuneDb db = {0};
     if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
     int rc = build(spec, out, keep, tuning ? &db : NULL);
+    tune_db_free(&db);
+    return rc;
+}
+
+/* ---- moeppc emit ---------------------------------------------------------------------------------- */
+
+#define EMIT_USAGE "emit SPEC --emit llvm|obj|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB]"
+
+/* Every CPU kernel of the spec into dir: objects named by symbol, or the optimised LLVM IR; plus
+ * kernels.txt, one symbol per line (GEMM kernels with their tile). */
+static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const TuneDb *tuning)
+{
+    ModelSpec s;
+    if (!load_spec(spec_path, &s)) return 1;
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    Diag d = {stderr, spec_path, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
+    RtError err = {{0}};
+    Recorder rec = {.dir = dir, .by_symbol = true, .no_objects = llvm};
+    bool ok = (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
+    if (ok && llvm) cg_jit_dump_ir(rec.jit, dir);
+    CpuKernelSource ks = {&rec, rec_gemm, rec_op};
+    ok = ok && cpu_request_kernels(m, &ks, &err);
+    char list[4096];
+    snprintf(list, sizeof list, "%s/kernels.txt", dir);
+    FILE *f = ok ? fopen(list, "w") : NULL;
+    for (int k = 0; f && k < rec.n; k++)
+        fprintf(f, "%s%s\n", rec.e[k].symbol, rec.e[k].is_gemm ? "  (GEMM micro-kernel)" : "");
+    if (f) ok = fclose(f) == 0 && ok;
+    else if (ok) snprintf(err.msg, sizeof err.msg, "cannot write %s", list), ok = false;
+    if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg);
+    else printf("wrote %d kernels (%s) and kernels.txt to %s\n", rec.n, llvm ? "LLVM IR, .ll" : "objects, .o", dir);
+    for (int k = 0; k < rec.n; k++) free((char *)rec.e[k].symbol);
+    free(rec.e);
+    cg_jit_free(rec.jit);
+    ir_module_free(m);
+    return ok ? 0 : 1;
+}
+
+/* mkdir -p */
+static bool make_dirs(const char *dir)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return false;
+        *p = '/';
+    }
+    return mkdir(buf, 0777) == 0 || errno == EEXIST;
+}
+
+int cmd_emit(int argc, char **argv)
+{
+    const char *spec = NULL, *dir = NULL, *kind = NULL, *target = NULL, *tuning = NULL;
+    for (int a = 1; a < argc; a++) {
+        const char *o = argv[a], *v = a + 1 < argc ? argv[a + 1] : NULL;
+        if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", EMIT_USAGE), 0;
+        if (o[0] == '-' && !v) return usage_error("emit", EMIT_USAGE, "option '%s' needs a value", o);
+        if (strcmp(o, "--emit") == 0) kind = v, a++;
+        else if (strcmp(o, "-o") == 0) dir = v, a++;
+        else if (strcmp(o, "--target") == 0) target = v, a++;
+        else if (strcmp(o, "--tuning") == 0) tuning = v, a++;
+        else if (o[0] == '-') return usage_error("emit", EMIT_USAGE, "unknown option '%s'", o);
+        else if (!spec) spec = o;
+        else return usage_error("emit", EMIT_USAGE, "unexpected argument '%s'", o);
+    }
+    if (!spec || !dir || !kind) return usage_error("emit", EMIT_USAGE, "%s", "give SPEC, --emit KIND and -o DIR");
+    bool cpu = strcmp(kind, "llvm") == 0 || strcmp(kind, "obj") == 0;
+    bool gpu = strcmp(kind, "cuda") == 0 || strcmp(kind, "ptx") == 0 || strcmp(kind, "cubin") == 0;
+    if (!cpu && !gpu) return usage_error("emit", EMIT_USAGE, "--emit: expected llvm, obj, cuda, ptx or cubin, found '%s'", kind);
+    pass_target t = gpu ? TARGET_SM90 : TARGET_CPU;
+    if (target && !pass_target_parse(target, &t)) return usage_error("emit", EMIT_USAGE, "--target: unknown target '%s'", target);
+    if (cpu != (t == TARGET_CPU)) return usage_error("emit", EMIT_USAGE, "--emit %s does not go with this --target", kind);
+    if (!make_dirs(dir)) {
+        fprintf(stderr, "moeppc emit: error: cannot create '%s': %s\n", dir, strerror(errno));
+        return 1;
+    }
+    if (gpu) return emit_cuda(spec, kind, pass_target_name(t), dir);
+    TuneDb db = {0};
+    if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
+    int rc = emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
     tune_db_free(&db);
     return rc;
 }

@@ -8,6 +8,9 @@ int cmd_run(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_emit(int argc, char **argv);
+/* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */
+int emit_cuda(const char *spec, const char *kind, const char *arch, const char *dir);
 
 /* common.c */
 /* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */

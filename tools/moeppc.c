@@ -31,6 +31,14 @@ int cmd_tune(int argc, char **argv)
     fprintf(stderr, "moeppc tune: error: this moeppc was built without the LLVM C API: no kernels to tune\n");
     return 1;
 }
+
+int cmd_emit(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moeppc emit: error: this moeppc was built without the LLVM C API: no kernels to emit\n");
+    return 1;
+}
 #endif
 
 typedef struct {
@@ -47,6 +55,7 @@ static const Command commands[] = {
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
     {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--json]"},
     {"tune", cmd_tune, "tune SPEC -o DB [--tokens 1,16,64,512,4096] [--budget S]  measure tiles for this CPU"},
+    {"emit", cmd_emit, "emit SPEC --emit llvm|obj|cuda|ptx|cubin -o DIR [--target …]   the kernels as files"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 

@@ -55,6 +55,8 @@ CgJit          *cg_jit_new(cg_isa max_isa, char *err, size_t errlen);
 void            cg_jit_free(CgJit *jit);
 const CgTarget *cg_jit_target(const CgJit *jit);
 const char     *cg_llvm_version(void); /* of the LLVM this was built with, e.g. "14.0.6" */
+/* From now on also write every module jit optimises to DIR/SYMBOL.ll (NULL: stop). */
+void            cg_jit_dump_ir(CgJit *jit, const char *dir);
 
 typedef struct CgKernelConfig {
     moe_dtype b_dtype;  /* DT_F32, DT_BF16 or DT_F16 */

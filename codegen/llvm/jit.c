@@ -18,6 +18,7 @@
 const char *cg_llvm_version(void) { return LLVM_VERSION_STRING; }
 
 struct CgJit {
+    char *ir_dump_dir;        /* when set, every optimised module is also written there as SYMBOL.ll */
     CgTarget t;
     LLVMOrcThreadSafeContextRef tsc;
     LLVMTargetMachineRef tm; /* for LLVMRunPasses and object files; the JIT owns its own */
@@ -88,6 +89,7 @@ void cg_jit_free(CgJit *jit) {
     }
     if (jit->tsc) LLVMOrcDisposeThreadSafeContext(jit->tsc);
     if (jit->tm) LLVMDisposeTargetMachine(jit->tm);
+    free(jit->ir_dump_dir);
     for (int i = 0; i < jit->n_kernels; i++) free(jit->kernels[i]);
     free(jit->kernels);
     cg_target_dispose(&jit->t);
@@ -152,7 +154,23 @@ static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, 
         LLVMDisposeModule(mod);
         return false;
     }
+    if (jit->ir_dump_dir) {
+        char path[1024], *why = NULL;
+        snprintf(path, sizeof path, "%s/%s.ll", jit->ir_dump_dir, sym);
+        bool bad = LLVMPrintModuleToFile(mod, path, &why) != 0;
+        if (bad) cg_fail(err, errlen, "writing %s: %s", path, why ? why : "?");
+        LLVMDisposeMessage(why);
+        if (bad) {
+            LLVMDisposeModule(mod);
+            return false;
+        }
+    }
     return true;
+}
+
+void cg_jit_dump_ir(CgJit *jit, const char *dir) {
+    free(jit->ir_dump_dir);
+    jit->ir_dump_dir = dir ? xstrdup(dir) : NULL;
 }
 
 /* Build, verify and optimise the module for cfg in jit's context. NULL with err on failure. */

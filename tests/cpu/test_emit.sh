@@ -1,0 +1,28 @@
+#!/bin/bash
+# test_emit.sh MOEPPC WORKDIR [cuda]: moeppc emit writes every CPU kernel of a tiny spec as optimised LLVM
+# IR and as objects defining their symbols (and, with "cuda", every CUDA kernel as CUDA C and PTX);
+# kernels.txt lists what was written; a bad kind is a usage error.
+set -u
+MOEPPC=$1 WORK=$2 CUDA=${3:-}
+SPEC=$(cd "$(dirname "$0")/../../specs/tiny" && pwd)/tiny-moepp.yaml
+rm -rf "$WORK"
+fail() { echo "FAILED: $*"; exit 1; }
+"$MOEPPC" emit "$SPEC" --emit llvm -o "$WORK/llvm" || fail "emit llvm"
+"$MOEPPC" emit "$SPEC" --emit obj -o "$WORK/obj" || fail "emit obj"
+n=$(wc -l < "$WORK/llvm/kernels.txt")
+[ "$n" -gt 5 ] && [ "$(ls "$WORK/llvm"/*.ll | wc -l)" -eq "$n" ] || fail "expected $n .ll files"
+for f in "$WORK"/llvm/*.ll; do grep -q "^define" "$f" || fail "$f defines no function"; done
+[ "$(ls "$WORK/obj"/*.o | wc -l)" -eq "$n" ] || fail "expected $n objects"
+while read -r sym _; do
+  nm "$WORK/obj/$sym.o" | grep -q " T $sym\$" || fail "$sym.o does not define $sym"
+done < "$WORK/obj/kernels.txt"
+if [ "$CUDA" = cuda ]; then
+  "$MOEPPC" emit "$SPEC" --emit cuda -o "$WORK/cuda" || fail "emit cuda"
+  "$MOEPPC" emit "$SPEC" --emit ptx --target sm_80 -o "$WORK/ptx" || fail "emit ptx"
+  for f in "$WORK"/cuda/*.cu; do grep -q "__global__" "$f" || fail "$f has no kernel"; done
+  for f in "$WORK"/ptx/*.ptx; do grep -q "^.version" "$f" || fail "$f is not PTX"; done
+  [ "$(ls "$WORK/cuda"/*.cu | wc -l)" -eq "$(ls "$WORK/ptx"/*.ptx | wc -l)" ] || fail "as many .cu as .ptx"
+fi
+"$MOEPPC" emit "$SPEC" --emit asm -o "$WORK/x" 2> "$WORK/bad.err"; rc=$?
+[ $rc -eq 2 ] && grep -q "expected llvm, obj, cuda, ptx or cubin" "$WORK/bad.err" || fail "bad --emit: exit $rc"
+echo "emit: $n CPU kernels as LLVM IR and objects${CUDA:+, CUDA C and PTX}"
