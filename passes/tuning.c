@@ -375,88 +375,64 @@ bool tune_db_load(const char *path, TuneDb *db, Diag *d)
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} Buf;
-
-static void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void buf_printf(Buf *b, const char *fmt, ...)
+static void buf_quoted(StrBuf *b, const char *s)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    MOE_ASSERT(n >= 0);
-    if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = (b->len + (size_t)n + 1) * 2;
-        b->p = xrealloc(b->p, b->cap);
-    }
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-/* Double-quoted YAML string with escapes. */
-static void buf_quoted(Buf *b, const char *s)
-{
-    buf_printf(b, "\"");
+    strbuf_printf(b, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\')
-            buf_printf(b, "\\%c", *p);
+            strbuf_printf(b, "\\%c", *p);
         else if (*p < 0x20 || *p == 0x7f)
-            buf_printf(b, "\\x%02x", *p);
+            strbuf_printf(b, "\\x%02x", *p);
         else
-            buf_printf(b, "%c", *p);
+            strbuf_printf(b, "%c", *p);
     }
-    buf_printf(b, "\"");
+    strbuf_printf(b, "\"");
 }
 
 /* Safe names plain (znver3, avx512), anything a YAML reader could take for something else quoted. */
-static void buf_name(Buf *b, const char *s)
+static void buf_name(StrBuf *b, const char *s)
 {
     bool plain = s[0] != 0 && strchr("-.+0123456789", s[0]) == NULL &&
                  strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+") == strlen(s) &&
                  strcmp(s, "true") && strcmp(s, "false") && strcmp(s, "null");
     if (plain)
-        buf_printf(b, "%s", s);
+        strbuf_printf(b, "%s", s);
     else
         buf_quoted(b, s);
 }
 
 bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
 {
-    Buf b = {NULL, 0, 0};
+    StrBuf b = {NULL, 0, 0};
     const TuneTarget *t = &db->target;
-    buf_printf(&b, "moeppc_tuning: 1\ncompiler: ");
+    strbuf_printf(&b, "moeppc_tuning: 1\ncompiler: ");
     buf_quoted(&b, t->compiler);
-    buf_printf(&b, "\nllvm: ");
+    strbuf_printf(&b, "\nllvm: ");
     buf_quoted(&b, t->llvm);
-    buf_printf(&b, "\ntarget: {cpu: ");
+    strbuf_printf(&b, "\ntarget: {cpu: ");
     buf_name(&b, t->cpu);
-    buf_printf(&b, ", isa: ");
+    strbuf_printf(&b, ", isa: ");
     buf_name(&b, t->isa);
     char feat[20];
     snprintf(feat, sizeof feat, "%016llx", (unsigned long long)t->features);
     /* all digits (or digits and an 'e') would read as a number to other YAML tools */
     if (strspn(feat, "0123456789e") == strlen(feat))
-        buf_printf(&b, ", features: \"%s\"}\n", feat);
+        strbuf_printf(&b, ", features: \"%s\"}\n", feat);
     else
-        buf_printf(&b, ", features: %s}\n", feat);
-    buf_printf(&b, "entries:%s\n", db->n ? "" : " []");
+        strbuf_printf(&b, ", features: %s}\n", feat);
+    strbuf_printf(&b, "entries:%s\n", db->n ? "" : " []");
     for (int i = 0; i < db->n; i++) {
         const TuneEntry *e = &db->e[i];
-        buf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %dx%d, measured: {",
+        strbuf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %dx%d, measured: {",
                    e->op, dtype_name(e->dtype), (long long)e->n, (long long)e->k, (long long)e->groups,
                    (long long)e->tokens, e->best_m, e->best_n);
         for (int j = 0; j < e->n_measured; j++)
-            buf_printf(&b, "%s%dx%d: %.1f", j ? ", " : "", e->measured[j].tile_m, e->measured[j].tile_n,
+            strbuf_printf(&b, "%s%dx%d: %.1f", j ? ", " : "", e->measured[j].tile_m, e->measured[j].tile_n,
                        e->measured[j].gflops);
-        buf_printf(&b, "}}\n");
+        strbuf_printf(&b, "}}\n");
     }
-    bool ok = file_write_atomic(path, b.p, b.len, why, why_len);
-    free(b.p);
+    bool ok = file_write_atomic(path, b.s, b.len, why, why_len);
+    free(b.s);
     return ok;
 }
 

@@ -68,6 +68,13 @@ char *arena_strdup(Arena *a, const char *s);
 char *arena_printf(Arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void  arena_free(Arena *a);
 
+/* A growing text buffer (s is NUL-terminated once anything was printed; free(s) when done). */
+typedef struct StrBuf {
+    char  *s;
+    size_t len, cap;
+} StrBuf;
+void strbuf_printf(StrBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* ---- numbers and strings -------------------------------------------------------------------- */
 /* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);

@@ -1,26 +1,7 @@
-/* cuda_src.c — the text buffer and the device prelude shared by every generated kernel. */
+/* cuda_src.c — the device prelude and literal helpers shared by every generated kernel. */
 #include "codegen/cuda/cuda_internal.h"
 
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-
-void cb_printf(CgBuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    MOE_ASSERT(n >= 0);
-    if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = (b->len + (size_t)n + 1) * 2;
-        b->s = xrealloc(b->s, b->cap);
-    }
-    va_start(ap, fmt);
-    vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
 
 void cb_double(CgBuf *b, const char *name, double v)
 {
