@@ -202,7 +202,8 @@ static bool open_weights(const RunArgs *r, const ModelSpec *s, WeightSet **w)
         weights_close(*w);
         ok = false;
     }
-    if (!ok) drv_err("%s\n", err.msg);
+    if (!ok && strstr(err.msg, ": error: ")) fprintf(stderr, "%s\n", err.msg); /* already "FILE: error: …" */
+    else if (!ok) drv_err("%s\n", err.msg);
     return ok;
 }
 
