@@ -131,42 +131,55 @@ static void test_decode_on_kv_cache(void **state)
     }
 }
 
+/* tiny-moepp lowered for the CPU backend, with random weights of the given seed. */
+typedef struct {
+    ModelSpec s;
+    IrModule *m;
+    WeightSet *w;
+} Tiny;
+
+static void tiny_open(Tiny *t, uint64_t seed)
+{
+    RtError err = {{0}};
+    load("tiny-moepp", &t->s);
+    t->m = codegen_ir(&t->s);
+    assert_true(weights_random(&t->s, seed, &t->w, &err));
+}
+
+static void tiny_close(Tiny *t)
+{
+    weights_close(t->w);
+    ir_module_free(t->m);
+}
+
 static void test_position_out_of_range(void **state)
 {
     (void)state;
-    ModelSpec s;
-    load("tiny-moepp", &s);
-    IrModule *m = codegen_ir(&s);
-    WeightSet *w;
+    Tiny t;
+    tiny_open(&t, 3);
     RtError err = {{0}};
-    assert_true(weights_random(&s, 3, &w, &err));
-    CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 1, &err);
+    CpuModel *cm = cpu_model_new(t.m, t.w, t.s.max_positions, ks, 1, &err);
     assert_non_null(cm);
-    int32_t ids[1] = {5}, pos[1] = {(int32_t)s.max_positions};
+    int32_t ids[1] = {5}, pos[1] = {(int32_t)t.s.max_positions};
     assert_false(cpu_model_run(cm, ids, pos, 1, &err));
     assert_non_null(strstr(err.msg, "outside"));
     cpu_model_free(cm);
-    weights_close(w);
-    ir_module_free(m);
+    tiny_close(&t);
 }
 
 /* A model whose packed weights would not fit is refused with a message, not killed mid-way. */
 static void test_refuses_when_memory_is_short(void **state)
 {
     (void)state;
-    ModelSpec s;
-    load("tiny-moepp", &s);
-    IrModule *m = codegen_ir(&s);
-    WeightSet *w;
+    Tiny t;
+    tiny_open(&t, 3);
     RtError err = {{0}};
-    assert_true(weights_random(&s, 3, &w, &err));
     setenv("MOEPPC_MEM_LIMIT_MB", "0.01", 1);
-    CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 1, &err);
+    CpuModel *cm = cpu_model_new(t.m, t.w, t.s.max_positions, ks, 1, &err);
     unsetenv("MOEPPC_MEM_LIMIT_MB");
     assert_null(cm);
     assert_non_null(strstr(err.msg, "not enough memory"));
-    weights_close(w);
-    ir_module_free(m);
+    tiny_close(&t);
 }
 
 /* The tile the specialize pass records on an op is the tile its kernel gets: a source that notes
