@@ -61,6 +61,31 @@ void  cg_cuda_op_symbol(const CgOpDesc *d, char *out, size_t n);
 char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen);
 void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
 
+/* The fused router (a decode step's whole moe.route in one launch): one block per token computes
+ * z0 = W2 tanh(W1 x) (or W x with a one-layer router), adds the gating residual Wg r, the constant
+ * experts' alpha logits Wc (s x), all in f32 with the weights widened on load, then decides as
+ * ROUTE_POST (`post` gives its constants). Weights in their stored dtype, all of `wdtype`; the
+ * constant experts' Wc stacked [2·n_const][D].
+ *   (long long T, const float *x, const void *w1, const void *w2, const float *r, const void *wg,
+ *    const void *wc, float *logits, float *weights, int *ids, float *alpha)   grid T, block 256
+ * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts. */
+typedef struct CgCudaRouteFused {
+    CgOpDesc post;           /* the ROUTE_POST descriptor                                   */
+    moe_dtype wdtype;
+    int64_t d, h1;           /* hidden size; the first layer's width (0: one-layer router)  */
+    bool residual;
+    double s;                /* the experts' input scale (alpha is computed from s·x)       */
+} CgCudaRouteFused;
+void  cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n);
+/* NULL with err set when the vectors do not fit one block's shared memory (then: the unfused path). */
+char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen);
+void  cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
+
+/* The KV cache store: (long long T, const float *src, const int *pos, float *cache), cache row pos[t]
+ * = src row t (cols floats each); grid T, block 256. */
+void  cg_cuda_kv_store_symbol(int64_t cols, char *out, size_t n);
+char *cg_cuda_kv_store_source(int64_t cols);
+
 /* ---- grouped GEMMs of the MoE experts ---------------------------------------------------------------
  * Routing as cg_llvm.h's CgRouting, on the device: off[E+1] (int64), perm[n_slots], gate_w[n_slots]
  * from DISPATCH. Expert weights stacked in their stored dtype, checkpoint layout:
@@ -76,15 +101,20 @@ void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned
  * Paths:
  *   MMA  bf16/f16 weights: mma.sync.m16n8k16 (sm_80+), f32 accumulators, activations rounded to the
  *        weight dtype when staged into shared memory; tile BM x BN x BK, 2x2 warps.
- *   FMA  f32 weights: plain f32 FMA register tiles (each thread TM x TN outputs).
+ *   FMA  f32 math on f32 activations, weights of any dtype widened on load: plain FMA register tiles
+ *        (each thread TM x TN outputs); f32 models, and the router of 16-bit ones (SEMANTICS.md §4).
  *   GEMV T <= CG_CUDA_GEMV_MAX_T (decode): one warp per output row (up: the a and b rows of one
- *        column), 16-byte weight loads, all slots of the group accumulated in registers; weight-
- *        bandwidth bound. Grid (ceil(N / warps), E).
+ *        column) walking the groups that have slots, 16-byte weight loads, all slots of a group
+ *        accumulated in registers; weight-bandwidth bound. Grid ceil(N / warps): no block is spent
+ *        on the groups a decode step does not use.
+ *   LINEAR (long long T, const float *x, const void *w, float *out)   out[t, ldc] = x[t] . W^T, W [n][k]:
+ *         a dense layer (experts = top_k = 1, no routing): the attention projections, the router's
+ *         matrices and the lm_head, on the same three paths.
  * The M dimension of MMA/FMA is covered without a host round trip: grid.y = ceil(T*k / BM) + E tiles,
  * a block finds its (group, tile) by walking off[] and returns if it has none. */
 #define CG_CUDA_GEMV_MAX_T 16
 
-typedef enum { CG_CUDA_GEMM_UP, CG_CUDA_GEMM_DOWN } cg_cuda_gemm_kind;
+typedef enum { CG_CUDA_GEMM_UP, CG_CUDA_GEMM_DOWN, CG_CUDA_GEMM_LINEAR } cg_cuda_gemm_kind;
 typedef enum { CG_CUDA_PATH_MMA, CG_CUDA_PATH_FMA, CG_CUDA_PATH_GEMV } cg_cuda_gemm_path;
 
 typedef struct CgCudaGemm {
@@ -95,6 +125,7 @@ typedef struct CgCudaGemm {
     int64_t   k_top;         /* top_k: bounds the slots, T*k                   */
     int64_t   n, k;          /* output columns (UP: I, the a/b width; DOWN: D), reduction length */
     int       bm, bn, bk;    /* MMA/FMA tile; GEMV: bn = warps per block        */
+    int64_t   ldc;           /* LINEAR: the output's row stride (0: n)           */
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W), FMA 64x64x16,
@@ -153,7 +184,30 @@ bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void
 /* Launch on the default stream and synchronise; args as cuLaunchKernel's kernelParams. */
 bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                     void **args, char *err, size_t errlen);
-/* The device's compute capability as "sm_XY". */
+/* The device's compute capability as "sm_XY", its name, its free and total memory. */
 void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n);
+void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n);
+bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes);
+
+/* The driver's one stream (non-blocking, created at open): launches, copies and fills queue on it
+ * and return at once; errors of the work itself surface at cg_cuda_sync. A host source of an
+ * asynchronous upload must stay valid until the next sync. Events time the stream; a capture turns
+ * everything queued between begin and end into a CUDA graph (nothing runs while capturing), which
+ * cg_cuda_graph_launch replays on the stream. */
+bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                          void **args, char *err, size_t errlen);
+bool cg_cuda_sync(CgCudaDriver *d, char *err, size_t errlen);
+bool cg_cuda_upload_async(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen);
+bool cg_cuda_copy_async(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen);
+bool cg_cuda_fill32_async(CgCudaDriver *d, uint64_t dst, uint32_t value, size_t count, char *err, size_t errlen);
+bool cg_cuda_event_new(CgCudaDriver *d, void **ev, char *err, size_t errlen);
+bool cg_cuda_event_record(CgCudaDriver *d, void *ev, char *err, size_t errlen);
+/* Milliseconds between two recorded events (waits for `to`). */
+bool cg_cuda_event_ms(CgCudaDriver *d, void *from, void *to, float *ms, char *err, size_t errlen);
+void cg_cuda_event_free(CgCudaDriver *d, void *ev);
+bool cg_cuda_capture_begin(CgCudaDriver *d, char *err, size_t errlen);
+bool cg_cuda_capture_end(CgCudaDriver *d, void **exec, char *err, size_t errlen);
+bool cg_cuda_graph_launch(CgCudaDriver *d, void *exec, char *err, size_t errlen);
+void cg_cuda_graph_free(CgCudaDriver *d, void *exec);
 
 #endif

@@ -13,6 +13,13 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef unsigned long long CUdeviceptr;
+typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphExec_st *CUgraphExec;
+
+#define CU_STREAM_NON_BLOCKING 1
+#define CU_CAPTURE_MODE_THREAD_LOCAL 1
 
 #define CU_ATTR_CC_MAJOR 75 /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
 #define CU_ATTR_CC_MINOR 76
@@ -33,6 +40,25 @@ typedef struct CuApi {
     CUresult (*dtoh)(void *, CUdeviceptr, size_t);
     CUresult (*sync)(void);
     CUresult (*error_string)(CUresult, const char **);
+    CUresult (*stream_create)(CUstream *, unsigned);
+    CUresult (*stream_destroy)(CUstream);
+    CUresult (*stream_sync)(CUstream);
+    CUresult (*htod_async)(CUdeviceptr, const void *, size_t, CUstream);
+    CUresult (*dtod_async)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+    CUresult (*memset_d32_async)(CUdeviceptr, unsigned, size_t, CUstream);
+    CUresult (*event_create)(CUevent *, unsigned);
+    CUresult (*event_record)(CUevent, CUstream);
+    CUresult (*event_sync)(CUevent);
+    CUresult (*event_elapsed)(float *, CUevent, CUevent);
+    CUresult (*event_destroy)(CUevent);
+    CUresult (*begin_capture)(CUstream, int);
+    CUresult (*end_capture)(CUstream, CUgraph *);
+    CUresult (*graph_instantiate)(CUgraphExec *, CUgraph, unsigned long long);
+    CUresult (*graph_launch)(CUgraphExec, CUstream);
+    CUresult (*graph_exec_destroy)(CUgraphExec);
+    CUresult (*graph_destroy)(CUgraph);
+    CUresult (*mem_info)(size_t *, size_t *);
+    CUresult (*device_name)(char *, int, CUdevice);
 } CuApi;
 
 struct CgCudaDriver {
@@ -40,6 +66,7 @@ struct CgCudaDriver {
     CuApi api;
     CUdevice dev;
     CUcontext ctx;
+    CUstream stream;  /* the one stream every asynchronous call below uses */
 };
 
 /* Every driver call goes through this: the call, the driver's own message, and false. */
@@ -74,6 +101,25 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
         {"cuMemcpyDtoH_v2", offsetof(CuApi, dtoh)},
         {"cuCtxSynchronize", offsetof(CuApi, sync)},
         {"cuGetErrorString", offsetof(CuApi, error_string)},
+        {"cuStreamCreate", offsetof(CuApi, stream_create)},
+        {"cuStreamDestroy_v2", offsetof(CuApi, stream_destroy)},
+        {"cuStreamSynchronize", offsetof(CuApi, stream_sync)},
+        {"cuMemcpyHtoDAsync_v2", offsetof(CuApi, htod_async)},
+        {"cuMemcpyDtoDAsync_v2", offsetof(CuApi, dtod_async)},
+        {"cuMemsetD32Async", offsetof(CuApi, memset_d32_async)},
+        {"cuEventCreate", offsetof(CuApi, event_create)},
+        {"cuEventRecord", offsetof(CuApi, event_record)},
+        {"cuEventSynchronize", offsetof(CuApi, event_sync)},
+        {"cuEventElapsedTime", offsetof(CuApi, event_elapsed)},
+        {"cuEventDestroy_v2", offsetof(CuApi, event_destroy)},
+        {"cuStreamBeginCapture_v2", offsetof(CuApi, begin_capture)},
+        {"cuStreamEndCapture", offsetof(CuApi, end_capture)},
+        {"cuGraphInstantiateWithFlags", offsetof(CuApi, graph_instantiate)},
+        {"cuGraphLaunch", offsetof(CuApi, graph_launch)},
+        {"cuGraphExecDestroy", offsetof(CuApi, graph_exec_destroy)},
+        {"cuGraphDestroy", offsetof(CuApi, graph_destroy)},
+        {"cuMemGetInfo_v2", offsetof(CuApi, mem_info)},
+        {"cuDeviceGetName", offsetof(CuApi, device_name)},
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(syms); i++) {
         void *fn = dlsym(d->lib, syms[i].name);
@@ -92,6 +138,7 @@ static bool driver_start(CgCudaDriver *d, int ordinal, char *err, size_t errlen)
     CU_CHECK(d, init(0));
     CU_CHECK(d, device_get(&d->dev, ordinal));
     CU_CHECK(d, ctx_create(&d->ctx, 0, d->dev));
+    CU_CHECK(d, stream_create(&d->stream, CU_STREAM_NON_BLOCKING));
     return true;
 }
 
@@ -114,6 +161,7 @@ CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
 void cg_cuda_driver_close(CgCudaDriver *d)
 {
     if (!d) return;
+    if (d->stream) d->api.stream_destroy(d->stream);
     if (d->ctx) d->api.ctx_destroy(d->ctx); /* frees the context's modules and memory */
     dlclose(d->lib);
     free(d);
@@ -169,4 +217,103 @@ void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n)
     d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev);
     d->api.device_attr(&minor, CU_ATTR_CC_MINOR, d->dev);
     snprintf(out, n, "sm_%d%d", major, minor);
+}
+
+void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n)
+{
+    if (d->api.device_name(out, (int)n, d->dev) != 0) snprintf(out, n, "(unknown GPU)");
+}
+
+bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes)
+{
+    return d->api.mem_info(free_bytes, total_bytes) == 0;
+}
+
+/* ---- the stream ------------------------------------------------------------------------------------ */
+
+bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                          void **args, char *err, size_t errlen)
+{
+    CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
+                       d->stream, args, NULL));
+    return true;
+}
+
+bool cg_cuda_sync(CgCudaDriver *d, char *err, size_t errlen)
+{
+    CU_CHECK(d, stream_sync(d->stream));
+    return true;
+}
+
+bool cg_cuda_upload_async(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen)
+{
+    CU_CHECK(d, htod_async(dst, src, bytes, d->stream));
+    return true;
+}
+
+bool cg_cuda_copy_async(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen)
+{
+    CU_CHECK(d, dtod_async(dst, src, bytes, d->stream));
+    return true;
+}
+
+bool cg_cuda_fill32_async(CgCudaDriver *d, uint64_t dst, uint32_t value, size_t count, char *err, size_t errlen)
+{
+    CU_CHECK(d, memset_d32_async(dst, value, count, d->stream));
+    return true;
+}
+
+bool cg_cuda_event_new(CgCudaDriver *d, void **ev, char *err, size_t errlen)
+{
+    CUevent e = NULL;
+    CU_CHECK(d, event_create(&e, 0));
+    *ev = e;
+    return true;
+}
+
+bool cg_cuda_event_record(CgCudaDriver *d, void *ev, char *err, size_t errlen)
+{
+    CU_CHECK(d, event_record((CUevent)ev, d->stream));
+    return true;
+}
+
+bool cg_cuda_event_ms(CgCudaDriver *d, void *from, void *to, float *ms, char *err, size_t errlen)
+{
+    CU_CHECK(d, event_sync((CUevent)to));
+    CU_CHECK(d, event_elapsed(ms, (CUevent)from, (CUevent)to));
+    return true;
+}
+
+void cg_cuda_event_free(CgCudaDriver *d, void *ev)
+{
+    if (ev) d->api.event_destroy((CUevent)ev);
+}
+
+bool cg_cuda_capture_begin(CgCudaDriver *d, char *err, size_t errlen)
+{
+    CU_CHECK(d, begin_capture(d->stream, CU_CAPTURE_MODE_THREAD_LOCAL));
+    return true;
+}
+
+bool cg_cuda_capture_end(CgCudaDriver *d, void **exec, char *err, size_t errlen)
+{
+    CUgraph g = NULL;
+    CUgraphExec x = NULL;
+    CU_CHECK(d, end_capture(d->stream, &g));
+    CUresult rc = d->api.graph_instantiate(&x, g, 0);
+    d->api.graph_destroy(g);
+    if (rc != 0) return cu_error(d, "graph_instantiate", rc, err, errlen);
+    *exec = x;
+    return true;
+}
+
+bool cg_cuda_graph_launch(CgCudaDriver *d, void *exec, char *err, size_t errlen)
+{
+    CU_CHECK(d, graph_launch((CUgraphExec)exec, d->stream));
+    return true;
+}
+
+void cg_cuda_graph_free(CgCudaDriver *d, void *exec)
+{
+    if (exec) d->api.graph_exec_destroy((CUgraphExec)exec);
 }

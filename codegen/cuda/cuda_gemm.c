@@ -5,7 +5,6 @@
 
 #include <string.h>
 
-#define MMA_THREADS 128 /* 2 x 2 warps */
 #define FMA_THREADS 256 /* 16 x 16 threads */
 
 const char *cg_cuda_gemm_path_name(cg_cuda_gemm_path p)
@@ -18,7 +17,9 @@ CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, 
 {
     CgCudaGemm g = {.kind = kind, .path = path, .wdtype = wdtype, .experts = experts, .k_top = k_top, .n = n, .k = k};
     switch (path) {
-    case CG_CUDA_PATH_MMA: g.bm = 64, g.bn = 64, g.bk = 32; break;
+    case CG_CUDA_PATH_MMA: /* measured on an H200 (7B layer, T = 512 and 4096): 64x128 wins for DOWN */
+        g.bm = 64, g.bn = kind == CG_CUDA_GEMM_DOWN && n >= 128 ? 128 : 64, g.bk = 32;
+        break;
     case CG_CUDA_PATH_FMA: g.bm = 64, g.bn = 64, g.bk = 16; break;
     case CG_CUDA_PATH_GEMV: g.bn = 4; break;
     }
@@ -27,9 +28,26 @@ CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, 
 
 void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
 {
-    snprintf(out, n, "moeppc_cu_gemm_%s_%s_%s_e%lld_k%lld_n%lld_k%lld_t%dx%dx%d",
-             g->kind == CG_CUDA_GEMM_UP ? "up" : "down", cg_cuda_gemm_path_name(g->path), dtype_name(g->wdtype),
-             (long long)g->experts, (long long)g->k_top, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk);
+    static const char *kinds[] = {"up", "down", "linear"};
+    int w = snprintf(out, n, "moeppc_cu_gemm_%s_%s_%s_e%lld_k%lld_n%lld_k%lld_t%dx%dx%d", kinds[g->kind],
+                     cg_cuda_gemm_path_name(g->path), dtype_name(g->wdtype), (long long)g->experts,
+                     (long long)g->k_top, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk);
+    if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
+}
+
+/* Warps of an MMA block: 2 along M, and along N 4 when the block's outputs (both matrices of UP)
+ * are 128 or more columns wide, else 2. */
+static int mma_warps_n(const CgCudaGemm *g)
+{
+    return g->bn * (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) >= 128 ? 4 : 2;
+}
+
+static int mma_threads(const CgCudaGemm *g) { return 64 * mma_warps_n(g); }
+
+/* Static shared memory of the MMA path: two k tiles of A and B, 16-bit, rows padded by 8. */
+static long mma_smem(const CgCudaGemm *g)
+{
+    return 2L * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
 }
 
 static bool check(const CgCudaGemm *g, char *err, size_t errlen)
@@ -40,11 +58,17 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (!half && g->wdtype != DT_F32) why = "weights must be f32, bf16 or f16";
     else if (g->path == CG_CUDA_PATH_MMA && (!half || g->k % 8))
         why = "the MMA path needs bf16/f16 weights and k a multiple of 8 (16-byte rows)";
-    else if (g->path == CG_CUDA_PATH_MMA && (g->bm % 32 || g->bn % 16 || g->bk % 16 || g->bm > 128 || g->bn > 128))
-        why = "MMA tile: bm a multiple of 32, bn of 16, bk of 16, bm and bn <= 128";
-    else if (g->path == CG_CUDA_PATH_FMA && (g->wdtype != DT_F32 || g->bm % 16 || g->bn % 16 || g->bk <= 0))
-        why = "the FMA path needs f32 weights and bm, bn multiples of 16";
+    else if (g->path == CG_CUDA_PATH_MMA && (g->bm % 32 || g->bn % (8 * mma_warps_n(g)) || g->bk % 16 || g->bm > 128 ||
+                                             g->bn > 128 || g->bk > 64))
+        why = "MMA tile: bm a multiple of 32, bn of 8 x its warps along N, bk of 16; bm, bn <= 128, bk <= 64";
+    else if (g->path == CG_CUDA_PATH_MMA && mma_smem(g) > 48 * 1024)
+        why = "MMA tile: its two k tiles need more than 48 KB of shared memory";
+    else if (g->path == CG_CUDA_PATH_FMA && (g->bm % 16 || g->bn % 16 || g->bk <= 0))
+        why = "the FMA path needs bm, bn multiples of 16";
     else if (g->path == CG_CUDA_PATH_GEMV && (g->bn <= 0 || g->bn > 32)) why = "GEMV: 1..32 warps";
+    else if (g->kind == CG_CUDA_GEMM_LINEAR && (g->experts != 1 || g->k_top != 1))
+        why = "a linear layer is one group of one pick per token";
+    else if (g->ldc && g->ldc < g->n) why = "ldc < n";
     if (why) {
         char sym[256];
         cg_cuda_gemm_symbol(g, sym, sizeof sym);
@@ -61,8 +85,13 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
                  "#define NB %d\n#define NT %d\n",
               (long long)g->experts, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk, up ? 2 : 1, threads);
     /* UP: W rows of a are e*2N + n, of b e*2N + N + n; DOWN: e*N + n */
-    cb_printf(b, "#define WROW(e, mat, n) ((long long)(e) * (NB * N) + (mat) * N + (n))\n");
-    if (up)
+    cb_printf(b, "#define WROW(e, mat, n) ((long long)(e) * (NB * N) + (mat) * N + (n))\n#define LDC %lld\n",
+              (long long)(g->ldc ? g->ldc : g->n));
+    if (g->kind == CG_CUDA_GEMM_LINEAR)
+        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
+                     "const void *wv, float *out) {\n"
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", name);
+    else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const long long *off, const int *perm, const void *wv, float *out) {\n"
                      "#define AROW(s) (x + (long long)perm[s] * KD)\n", name);
@@ -72,8 +101,15 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name);
 }
 
-static void emit_find_tile(CgBuf *b)
+static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
 {
+    if (g->kind == CG_CUDA_GEMM_LINEAR) { /* one group: the T rows */
+        cb_printf(b, "    long long ge = T, m0 = (long long)blockIdx.x * BM;\n"
+                     "    const int e = 0;\n"
+                     "    if (m0 >= T) return;\n"
+                     "    int n0 = blockIdx.y * BN;\n");
+        return;
+    }
     cb_printf(b, "    long long ty = blockIdx.x, gs = 0, ge = 0;\n"
                  "    int e = 0;\n"
                  "    for (; e < E; e++) {  /* this block's (group, M tile), from off[] on the device */\n"
@@ -87,63 +123,84 @@ static void emit_find_tile(CgBuf *b)
                  "    int n0 = blockIdx.y * BN;\n");
 }
 
+/* Tensor cores (mma.sync m16n8k16, f32 accumulators). The k loop is software-pipelined through
+ * registers: the next k tile's global loads are issued before the current tile's MMAs and land in
+ * the other of two shared-memory buffers, so one barrier per tile and the loads' latency hides
+ * behind the math. A (activations, f32) is rounded to the weight dtype on its way to shared memory. */
 static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
-    cb_printf(b, "#define MI (BM / 32)\n#define NI (BN / 16)\n#define LDS (BK + 8)\n"
-                 "#define PACK %s\n#define MMA_T \"%s\"\n", bf ? "pack_bf16" : "pack_f16", bf ? "bf16" : "f16");
+    int wn = mma_warps_n(g);
+    cb_printf(b, "#define WN %d\n#define MI (BM / 32)\n#define NI (BN / WN / 8)\n#define LDS (BK + 8)\n"
+                 "#define PACK %s\n#define MMA_T \"%s\"\n", wn, bf ? "pack_bf16" : "pack_f16", bf ? "bf16" : "f16");
+    cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
+                 "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
     cb_printf(b, "__device__ __forceinline__ void mma(float *c, const u32 *a, const u32 *bb) {\n"
                  "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.\" MMA_T \".\" MMA_T \".f32 \"\n"
                  "                 \"{%%0,%%1,%%2,%%3}, {%%4,%%5,%%6,%%7}, {%%8,%%9}, {%%0,%%1,%%2,%%3};\"\n"
                  "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
                  "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(bb[0]), \"r\"(bb[1]));\n}\n");
-    emit_head(b, g, name, MMA_THREADS);
-    emit_find_tile(b);
+    emit_head(b, g, name, mma_threads(g));
+    emit_find_tile(b, g);
     cb_printf(b,
-        "    __shared__ __align__(16) u16 As[BM][LDS];\n"
-        "    __shared__ __align__(16) u16 Bs[NB][BN][LDS];\n"
+        "    __shared__ __align__(16) u16 As[2][BM][LDS];\n"
+        "    __shared__ __align__(16) u16 Bs[2][NB][BN][LDS];\n"
         "    const u16 *w = (const u16 *)wv;\n"
-        "    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, wm = wid >> 1, wn = wid & 1;\n"
+        "    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, wm = wid / WN, wn = wid %% WN;\n"
         "    int gr = lane >> 2, gc = (lane & 3) * 2;\n"
         "    float acc[NB][MI][NI][4];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
+        "    float4 ra[A_IT][2];\n"
+        "    uint4 rb[B_IT];\n"
+        "#define LOAD(k0) do { /* global -> registers */ \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) { \\\n"
+        "            int q = tid + it * NT, r = q / (BK / 8), c = (q %% (BK / 8)) * 8; \\\n"
+        "            ra[it][0] = ra[it][1] = make_float4(0.f, 0.f, 0.f, 0.f); \\\n"
+        "            if (q < A_CH && m0 + r < ge && (k0) + c < KD) { \\\n"
+        "                const float4 *src = (const float4 *)(AROW(m0 + r) + (k0) + c); \\\n"
+        "                ra[it][0] = src[0]; ra[it][1] = src[1]; } } \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) { \\\n"
+        "            int q = tid + it * NT, mat = q / (BN * BK / 8), rem = q %% (BN * BK / 8); \\\n"
+        "            int r = rem / (BK / 8), c = (rem %% (BK / 8)) * 8; \\\n"
+        "            rb[it] = make_uint4(0u, 0u, 0u, 0u); \\\n"
+        "            if (q < B_CH && n0 + r < N && (k0) + c < KD) \\\n"
+        "                rb[it] = *(const uint4 *)(w + WROW(e, mat, n0 + r) * KD + (k0) + c); } \\\n"
+        "    } while (0)\n"
+        "#define STORE(buf) do { /* registers -> shared (A rounded to 16 bits) */ \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) { \\\n"
+        "            int q = tid + it * NT, r = q / (BK / 8), c = (q %% (BK / 8)) * 8; \\\n"
+        "            if (q < A_CH) *(uint4 *)&As[buf][r][c] = make_uint4(PACK(ra[it][0].x, ra[it][0].y), \\\n"
+        "                PACK(ra[it][0].z, ra[it][0].w), PACK(ra[it][1].x, ra[it][1].y), PACK(ra[it][1].z, ra[it][1].w)); } \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) { \\\n"
+        "            int q = tid + it * NT, mat = q / (BN * BK / 8), rem = q %% (BN * BK / 8); \\\n"
+        "            if (q < B_CH) *(uint4 *)&Bs[buf][mat][rem / (BK / 8)][(rem %% (BK / 8)) * 8] = rb[it]; } \\\n"
+        "    } while (0)\n"
+        "    LOAD(0);\n"
+        "    STORE(0);\n"
+        "    __syncthreads();\n"
+        "    int buf = 0;\n"
         "    for (int k0 = 0; k0 < KD; k0 += BK) {\n"
-        "        for (int q = tid; q < BM * BK / 8; q += NT) {  /* A: f32 rows -> 8 x 16-bit */\n"
-        "            int r = q / (BK / 8), c = (q %% (BK / 8)) * 8;\n"
-        "            uint4 v = make_uint4(0u, 0u, 0u, 0u);\n"
-        "            if (m0 + r < ge && k0 + c < KD) {\n"
-        "                const float4 *src = (const float4 *)(AROW(m0 + r) + k0 + c);\n"
-        "                float4 lo = src[0], hi = src[1];\n"
-        "                v = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
-        "            }\n"
-        "            *(uint4 *)&As[r][c] = v;\n"
-        "        }\n"
-        "        for (int q = tid; q < NB * BN * BK / 8; q += NT) {  /* B: 16-byte weight loads */\n"
-        "            int mat = q / (BN * BK / 8), rem = q %% (BN * BK / 8), r = rem / (BK / 8), c = (rem %% (BK / 8)) * 8;\n"
-        "            uint4 v = make_uint4(0u, 0u, 0u, 0u);\n"
-        "            if (n0 + r < N && k0 + c < KD) v = *(const uint4 *)(w + WROW(e, mat, n0 + r) * KD + k0 + c);\n"
-        "            *(uint4 *)&Bs[mat][r][c] = v;\n"
-        "        }\n"
-        "        __syncthreads();\n"
+        "        bool more = k0 + BK < KD;\n"
+        "        if (more) LOAD(k0 + BK);  /* in flight while the tensor cores work on this tile */\n"
         "#pragma unroll\n"
         "        for (int kk = 0; kk < BK; kk += 16) {\n"
         "            u32 af[MI][4], bfr[NB][NI][2];\n"
         "#pragma unroll\n"
         "            for (int i = 0; i < MI; i++) {\n"
         "                int r = wm * (BM / 2) + i * 16 + gr;\n"
-        "                af[i][0] = *(const u32 *)&As[r][kk + gc];\n"
-        "                af[i][1] = *(const u32 *)&As[r + 8][kk + gc];\n"
-        "                af[i][2] = *(const u32 *)&As[r][kk + gc + 8];\n"
-        "                af[i][3] = *(const u32 *)&As[r + 8][kk + gc + 8];\n"
+        "                af[i][0] = *(const u32 *)&As[buf][r][kk + gc];\n"
+        "                af[i][1] = *(const u32 *)&As[buf][r + 8][kk + gc];\n"
+        "                af[i][2] = *(const u32 *)&As[buf][r][kk + gc + 8];\n"
+        "                af[i][3] = *(const u32 *)&As[buf][r + 8][kk + gc + 8];\n"
         "            }\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++)\n"
         "#pragma unroll\n"
         "                for (int j = 0; j < NI; j++) {\n"
-        "                    int cn = wn * (BN / 2) + j * 8 + gr;\n"
-        "                    bfr[mat][j][0] = *(const u32 *)&Bs[mat][cn][kk + gc];\n"
-        "                    bfr[mat][j][1] = *(const u32 *)&Bs[mat][cn][kk + gc + 8];\n"
+        "                    int cn = wn * (BN / WN) + j * 8 + gr;\n"
+        "                    bfr[mat][j][0] = *(const u32 *)&Bs[buf][mat][cn][kk + gc];\n"
+        "                    bfr[mat][j][1] = *(const u32 *)&Bs[buf][mat][cn][kk + gc + 8];\n"
         "                }\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++)\n"
@@ -152,7 +209,9 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n"
         "        }\n"
+        "        if (more) STORE(buf ^ 1);\n"
         "        __syncthreads();\n"
+        "        buf ^= 1;\n"
         "    }\n"
         "#pragma unroll\n"
         "    for (int i = 0; i < MI; i++)\n"
@@ -161,9 +220,11 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "            for (int q = 0; q < 4; q++) {  /* c0,c1: row gr; c2,c3: row gr + 8 */\n"
         "                long long s = m0 + wm * (BM / 2) + i * 16 + gr + (q >> 1) * 8;\n"
-        "                int n = n0 + wn * (BN / 2) + j * 8 + gc + (q & 1);\n"
+        "                int n = n0 + wn * (BN / WN) + j * 8 + gc + (q & 1);\n"
         "                if (s >= ge || n >= N) continue;\n");
-    if (up)
+    if (g->kind == CG_CUDA_GEMM_LINEAR)
+        cb_printf(b, "                out[s * LDC + n] = acc[0][i][j][q];\n");
+    else if (up)
         cb_printf(b, "                float a = acc[0][i][j][q];\n"
                      "                out[s * N + n] = a / (1.0f + expf(-a)) * acc[1][i][j][q];\n");
     else
@@ -176,11 +237,10 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
     bool up = g->kind == CG_CUDA_GEMM_UP;
     cb_printf(b, "#define TM (BM / 16)\n#define TN (BN / 16)\n");
     emit_head(b, g, name, FMA_THREADS);
-    emit_find_tile(b);
+    emit_find_tile(b, g);
     cb_printf(b,
         "    __shared__ float As[BK][BM];\n"
         "    __shared__ float Bs[NB][BK][BN];\n"
-        "    const float *w = (const float *)wv;\n"
         "    int tid = threadIdx.x, tx = tid & 15, tyy = tid >> 4;\n"
         "    float acc[NB][TM][TN];\n"
         "#pragma unroll\n"
@@ -192,7 +252,7 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        }\n"
         "        for (int q = tid; q < NB * BN * BK; q += NT) {\n"
         "            int mat = q / (BN * BK), rem = q %% (BN * BK), r = rem / BK, c = rem %% BK;\n"
-        "            Bs[mat][c][r] = (n0 + r < N && k0 + c < KD) ? w[WROW(e, mat, n0 + r) * KD + k0 + c] : 0.0f;\n"
+        "            Bs[mat][c][r] = (n0 + r < N && k0 + c < KD) ? ldw(wv, WROW(e, mat, n0 + r) * KD + k0 + c) : 0.0f;\n"
         "        }\n"
         "        __syncthreads();\n"
         "#pragma unroll 4\n"
@@ -218,7 +278,9 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            long long s = m0 + tyy * TM + i;\n"
         "            int n = n0 + tx * TN + j;\n"
         "            if (s >= ge || n >= N) continue;\n");
-    if (up)
+    if (g->kind == CG_CUDA_GEMM_LINEAR)
+        cb_printf(b, "            out[s * LDC + n] = acc[0][i][j];\n");
+    else if (up)
         cb_printf(b, "            float a = acc[0][i][j];\n"
                      "            out[s * N + n] = a / (1.0f + expf(-a)) * acc[1][i][j];\n");
     else
@@ -230,32 +292,34 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
  * of MAXS, all accumulated in registers while the warp streams the weight row once per chunk. */
 static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP, f32 = g->wdtype == DT_F32;
+    bool up = g->kind == CG_CUDA_GEMM_UP, f32 = g->wdtype == DT_F32, lin = g->kind == CG_CUDA_GEMM_LINEAR;
     CgCudaGemm h = *g;
     h.bm = 1, h.bk = 8;
-    cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n",
-              CG_CUDA_GEMV_MAX_T, g->bn);
+    cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n"
+                 "#define UNROLL_K %d\n", CG_CUDA_GEMV_MAX_T, g->bn, up ? 1 : 4); /* UP holds twice the sums */
     emit_head(b, &h, name, 32 * g->bn);
     cb_printf(b,
-        "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5), e = blockIdx.y;\n"
+        "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
         "    if (n >= N) return;\n"
-        "    long long gs = off[e], ge = off[e + 1];\n"
         "    const wtype *w = (const wtype *)wv;\n"
-        "    for (long long s0 = gs; s0 < ge; s0 += MAXS) {\n"
+        "#pragma unroll 1\n"
+        "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
+        "    int gs = (int)(%s), ge = (int)(%s);  /* int slots: no spills (T <= 2^31 / k) */\n"
+        "    for (int s0 = gs; s0 < ge; s0 += MAXS) {\n"
         "        int cnt = ge - s0 < MAXS ? (int)(ge - s0) : MAXS;\n"
         "        float acc[NB][MAXS];\n"
-
         "#pragma unroll\n"
         "        for (int s = 0; s < MAXS; s++) {\n"
-
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) acc[mat][s] = 0.0f;\n"
         "        }\n"
-        "        for (int k = lane * 8; k < K8; k += 256) {\n"
+        "#pragma unroll UNROLL_K\n"
+        "        for (int k = lane * 8; k < K8; k += 256) {  /* unrolled: several 16-byte loads in flight */\n"
         "            float wf[NB][8];\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) {\n"
-        "                const wtype *wr = w + WROW(e, mat, n) * KD + k;\n");
+        "                const wtype *wr = w + WROW(e, mat, n) * KD + k;\n",
+        lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]");
     if (f32)
         cb_printf(b, "                float4 lo = ((const float4 *)wr)[0], hi = ((const float4 *)wr)[1];\n"
                      "                wf[mat][0] = lo.x, wf[mat][1] = lo.y, wf[mat][2] = lo.z, wf[mat][3] = lo.w;\n"
@@ -297,11 +361,13 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) r[mat] = warp_sum(acc[mat][s]);\n"
         "            if (lane != 0) continue;\n");
-    if (up)
-        cb_printf(b, "            out[(s0 + s) * N + n] = r[0] / (1.0f + expf(-r[0])) * r[NB - 1];\n");
+    if (g->kind == CG_CUDA_GEMM_LINEAR)
+        cb_printf(b, "            out[(long long)(s0 + s) * LDC + n] = r[0];\n");
+    else if (up)
+        cb_printf(b, "            out[(long long)(s0 + s) * N + n] = r[0] / (1.0f + expf(-r[0])) * r[NB - 1];\n");
     else
         cb_printf(b, "            atomicAdd(out + (long long)perm[s0 + s] * N + n, gate_w[s0 + s] * r[0]);\n");
-    cb_printf(b, "        }\n    }\n}\n");
+    cb_printf(b, "        }\n    }\n    }\n}\n");
 }
 
 char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
@@ -324,12 +390,12 @@ void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsig
     grid[2] = 1, block[1] = block[2] = 1;
     *smem = 0;
     if (g->path == CG_CUDA_PATH_GEMV) {
-        grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = (unsigned)g->experts, block[0] = 32u * (unsigned)g->bn;
+        grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = 1, block[0] = 32u * (unsigned)g->bn;
         return;
     }
     /* sum over groups of ceil(count / bm) <= ceil(T*k / bm) + E; spare blocks return at once */
     int64_t slots = (T > 0 ? T : 0) * g->k_top;
-    grid[0] = (unsigned)((slots + g->bm - 1) / g->bm + g->experts);
+    grid[0] = (unsigned)((slots + g->bm - 1) / g->bm + (g->kind == CG_CUDA_GEMM_LINEAR ? 0 : g->experts));
     grid[1] = (unsigned)((g->n + g->bn - 1) / g->bn);
-    block[0] = g->path == CG_CUDA_PATH_MMA ? MMA_THREADS : FMA_THREADS;
+    block[0] = g->path == CG_CUDA_PATH_MMA ? (unsigned)mma_threads(g) : FMA_THREADS;
 }

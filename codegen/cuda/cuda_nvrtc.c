@@ -128,14 +128,6 @@ bool cg_cuda_compile(const char *source, const char *name, const char *arch, boo
     return ok;
 }
 
-void cg_cuda_binary_free(CgCudaBinary *b)
-{
-    free(b->ptx);
-    free(b->cubin);
-    free(b->log);
-    b->ptx = NULL, b->cubin = NULL, b->log = NULL;
-}
-
 bool cg_cuda_nvrtc_version(int *major, int *minor)
 {
     return nvrtcVersion(major, minor) == NVRTC_SUCCESS;

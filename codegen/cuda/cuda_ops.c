@@ -173,20 +173,22 @@ static const char norm_text[] =
         "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) z[i] = z[i] / (sd / (float)NORM_STD);\n"
         "    }\n";
 
-/* One warp per token; lane l holds experts l, l+32, ... */
-static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
+/* The constants of the routing decision (the ROUTE_POST descriptor). */
+static void emit_route_defs(CgBuf *b, const CgOpDesc *d)
 {
     cb_printf(b, "#define E %lld\n#define K %lld\n#define EPL ((E + 31) / 32)\n#define ZLO %lld\n#define ZHI %lld\n"
                  "#define NC %lld\n#define GATING %d\n#define RW %d\n",
               (long long)d->experts, (long long)d->k, (long long)d->zero_lo, (long long)d->zero_hi,
               (long long)d->n_const, d->gating, ROUTE_WARPS);
     cb_double(b, "NORM_STD", d->norm_std);
+}
+
+/* One warp decides token t (variables t and lane): logits z = ZIN(e) (written out), optional
+ * normalisation, the gate (either mode), top-k, zero mask and renormalisation, and the constant
+ * experts' alpha from ALOG(i) (the 2·NC alpha logits, when HAVE_ALOG). */
+static void emit_route_body(CgBuf *b, const CgOpDesc *d)
+{
     cb_printf(b,
-        "extern \"C\" __global__ void %s(long long T, const float *z0, const float *g, float *logits,\n"
-        "        const float *alpha_logits, float *weights, int *ids, float *alpha) {\n"
-        "    long long t = blockIdx.x * (long long)RW + (threadIdx.x >> 5);\n"
-        "    int lane = threadIdx.x & 31;\n"
-        "    if (t >= T) return;  /* whole warps leave together */\n"
         "    float z[EPL];\n"
         "    bool taken[EPL];\n"
         "#pragma unroll\n"
@@ -194,7 +196,7 @@ static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
         "        int e = lane + 32 * i;\n"
         "        taken[i] = false;\n"
         "        z[i] = -INFINITY;\n"
-        "        if (e < E) { z[i] = z0[t * E + e] + (g ? g[t * E + e] : 0.0f); logits[t * E + e] = z[i]; }\n"
+        "        if (e < E) { z[i] = ZIN(e); logits[t * E + e] = z[i]; }\n"
         "    }\n"
         "%s"
         "    float p[EPL];\n"
@@ -233,22 +235,39 @@ static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
         "#pragma unroll\n"
         "        for (int j = 0; j < K; j++) wk[j] = s > 0.0f ? wk[j] / s : 0.0f;\n"
         "    } else {  /* softmax over the k picked logits (wk[0] is the largest) */\n"
-        "        float s = 0.0f;\n"
+        "        float s = 0.0f, top = wk[0];\n"
         "#pragma unroll\n"
-        "        for (int j = 0; j < K; j++) { wk[j] = expf(wk[j] - wk[0]); s += wk[j]; }\n"
+        "        for (int j = 0; j < K; j++) { wk[j] = expf(wk[j] - top); s += wk[j]; }\n"
         "#pragma unroll\n"
         "        for (int j = 0; j < K; j++) wk[j] /= s;\n"
         "    }\n"
         "    if (lane == 0)\n"
         "        for (int j = 0; j < K; j++) { weights[t * K + j] = wk[j]; ids[t * K + j] = ik[j]; }\n"
-        "    if (NC > 0 && alpha_logits)\n"
+        "    if (NC > 0 && HAVE_ALOG)\n"
         "        for (int c = lane; c < NC; c += 32) {  /* pairwise softmax per constant expert */\n"
-        "            float a0 = alpha_logits[t * 2 * NC + 2 * c], a1 = alpha_logits[t * 2 * NC + 2 * c + 1];\n"
+        "            float a0 = ALOG(2 * c), a1 = ALOG(2 * c + 1);\n"
         "            float mx = fmaxf(a0, a1), e0 = expf(a0 - mx), e1 = expf(a1 - mx);\n"
         "            alpha[t * 2 * NC + 2 * c] = e0 / (e0 + e1);\n"
         "            alpha[t * 2 * NC + 2 * c + 1] = e1 / (e0 + e1);\n"
         "        }\n"
-        "}\n", name, d->norm_std > 0 ? norm_text : "");
+        "", d->norm_std > 0 ? norm_text : "");
+}
+
+/* One warp per token; lane l holds experts l, l+32, ... */
+static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    emit_route_defs(b, d);
+    cb_printf(b,
+        "extern \"C\" __global__ void %s(long long T, const float *z0, const float *g, float *logits,\n"
+        "        const float *alpha_logits, float *weights, int *ids, float *alpha) {\n"
+        "    long long t = blockIdx.x * (long long)RW + (threadIdx.x >> 5);\n"
+        "    int lane = threadIdx.x & 31;\n"
+        "    if (t >= T) return;  /* whole warps leave together */\n"
+        "#define ZIN(e) (z0[t * E + (e)] + (g ? g[t * E + (e)] : 0.0f))\n"
+        "#define ALOG(i) alpha_logits[t * 2 * NC + (i)]\n"
+        "#define HAVE_ALOG (alpha_logits != 0)\n", name);
+    emit_route_body(b, d);
+    cb_printf(b, "}\n");
 }
 
 static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
@@ -402,4 +421,134 @@ void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned 
     case CG_OP_DISPATCH: block[0] = CG_CUDA_DISPATCH_THREADS; break;
     default: grid[0] = (unsigned)rows; break;
     }
+}
+
+/* ---- the KV cache store (CUDA only: on the CPU a memcpy per row) ------------------------------------ */
+
+void cg_cuda_kv_store_symbol(int64_t cols, char *out, size_t n)
+{
+    snprintf(out, n, "moeppc_cu_kv_store_c%lld", (long long)cols);
+}
+
+char *cg_cuda_kv_store_source(int64_t cols)
+{
+    char name[64];
+    cg_cuda_kv_store_symbol(cols, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, DT_F32);
+    cb_printf(&b, "#define COLS %lld\n"
+                  "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, float *cache) {\n"
+                  "    long long t = blockIdx.x;\n"
+                  "    if (t >= T) return;\n"
+                  "    float *dst = cache + (long long)pos[t] * COLS;\n"
+                  "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) dst[c] = src[t * COLS + c];\n"
+                  "}\n", (long long)cols, name);
+    return b.s;
+}
+
+/* ---- the fused router (CUDA only: one block per token, for small T) ---------------------------------- */
+
+#define FUSED_ROUTE_THREADS 256
+
+static long fused_route_smem(const CgCudaRouteFused *r)
+{
+    return 4L * (r->d + (r->h1 > 0 ? r->h1 : 1) + 2 * r->post.experts + (2 * r->post.n_const > 0 ? 2 * r->post.n_const : 1));
+}
+
+void cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
+{
+    char post[600];
+    cg_cuda_op_symbol(&r->post, post, sizeof post);
+    const char *rest = strncmp(post, "moeppc_cu_", 10) == 0 ? post + 10 : post;
+    uint64_t sbits;
+    memcpy(&sbits, &r->s, sizeof sbits);
+    snprintf(out, n, "moeppc_cu_fused_%s_%s_d%lld_h%lld_r%d_s%llx", rest, dtype_name(r->wdtype), (long long)r->d,
+             (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits);
+}
+
+char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen)
+{
+    const CgOpDesc *d = &r->post;
+    if (!check(d, err, errlen)) return NULL;
+    if (r->d <= 0 || r->h1 < 0 || fused_route_smem(r) > 48 * 1024) {
+        snprintf(err, errlen, "cuda fused route: hidden %lld, router width %lld, %lld experts do not fit one block",
+                 (long long)r->d, (long long)r->h1, (long long)d->experts);
+        return NULL;
+    }
+    char name[700];
+    cg_cuda_route_fused_symbol(r, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, r->wdtype);
+    emit_route_defs(&b, d);
+    cb_printf(&b, "#define D %lld\n#define H1 %lld\n#define RES %d\n#define NT %d\n#define NW (NT / 32)\n",
+              (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, FUSED_ROUTE_THREADS);
+    cb_double(&b, "S", r->s);
+    cb_printf(&b,
+        "/* One weight row (n elements, 16-byte loads when n allows) against a vector in shared memory: the\n"
+        " * warp's sum, in every lane. */\n"
+        "__device__ __forceinline__ float wdot(const wtype *w, const float *v, int n, int lane) {\n"
+        "    float acc = 0.0f;\n"
+        "    if (n %% 8 == 0) {\n"
+        "        for (int k = lane * 8; k < n; k += 256) {\n"
+        "            float f[8];\n");
+    if (r->wdtype == DT_F32)
+        cb_printf(&b, "            float4 lo = *(const float4 *)(w + k), hi = *(const float4 *)(w + k + 4);\n"
+                      "            f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;\n");
+    else
+        cb_printf(&b, "            uint4 q = *(const uint4 *)(w + k);\n"
+                      "            u32 p[4] = {q.x, q.y, q.z, q.w};\n"
+                      "#pragma unroll\n"
+                      "            for (int j = 0; j < 4; j++) { f[2 * j] = ldw(&p[j], 0); f[2 * j + 1] = ldw(&p[j], 1); }\n");
+    cb_printf(&b,
+        "#pragma unroll\n"
+        "            for (int j = 0; j < 8; j++) acc = fmaf(f[j], v[k + j], acc);\n"
+        "        }\n"
+        "    } else {\n"
+        "        for (int k = lane; k < n; k += 32) acc = fmaf(ldw(w, k), v[k], acc);\n"
+        "    }\n"
+        "    return warp_sum(acc);\n"
+        "}\n"
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, const void *w1v,\n"
+        "        const void *w2v, const float *r, const void *wgv, const void *wcv, float *logits, float *weights,\n"
+        "        int *ids, float *alpha) {\n"
+        "    __shared__ float xs[D], hs[H1 > 0 ? H1 : 1], zs[E], rs[E], as[2 * NC > 0 ? 2 * NC : 1];\n"
+        "    long long t = blockIdx.x;\n"
+        "    if (t >= T) return;\n"
+        "    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;\n"
+        "    const wtype *w1 = (const wtype *)w1v, *w2 = (const wtype *)w2v, *wg = (const wtype *)wgv;\n"
+        "    const wtype *wc = (const wtype *)wcv;\n"
+        "    for (int c = threadIdx.x; c < D; c += NT) xs[c] = x[t * D + c];\n"
+        "    if (RES) for (int c = threadIdx.x; c < E; c += NT) rs[c] = r[t * E + c];\n"
+        "    __syncthreads();\n"
+        "    if (H1 > 0) {  /* the two-layer gate: z0 = W2 tanh(W1 x) */\n"
+        "        for (int row = wid; row < H1; row += NW) { float v = wdot(w1 + (long long)row * D, xs, D, lane); if (lane == 0) hs[row] = tanhf(v); }\n"
+        "        __syncthreads();\n"
+        "        for (int row = wid; row < E; row += NW) { float v = wdot(w2 + (long long)row * H1, hs, H1, lane); if (lane == 0) zs[row] = v; }\n"
+        "    } else {\n"
+        "        for (int row = wid; row < E; row += NW) { float v = wdot(w1 + (long long)row * D, xs, D, lane); if (lane == 0) zs[row] = v; }\n"
+        "    }\n"
+        "    for (int row = wid; row < 2 * NC; row += NW) {  /* alpha logits: Wc (s x) */\n"
+        "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n"
+        "        if (lane == 0) as[row] = (float)S * v;\n"
+        "    }\n"
+        "    __syncthreads();\n"
+        "    if (RES) {  /* the gating residual: + Wg r */\n"
+        "        for (int row = wid; row < E; row += NW) { float v = wdot(wg + (long long)row * E, rs, E, lane); if (lane == 0) zs[row] += v; }\n"
+        "        __syncthreads();\n"
+        "    }\n"
+        "    if (wid != 0) return;\n"
+        "#define ZIN(e) zs[e]\n"
+        "#define ALOG(i) as[i]\n"
+        "#define HAVE_ALOG 1\n", name);
+    emit_route_body(&b, d);
+    cb_printf(&b, "}\n");
+    return b.s;
+}
+
+void cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
+{
+    (void)r;
+    grid[0] = (unsigned)(T > 0 ? T : 1), grid[1] = grid[2] = 1;
+    block[0] = FUSED_ROUTE_THREADS, block[1] = block[2] = 1;
+    *smem = 0;
 }

@@ -2,6 +2,7 @@
 #include "codegen/cuda/cuda_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 void cb_double(CgBuf *b, const char *name, double v)
 {
@@ -43,4 +44,13 @@ void cb_prelude(CgBuf *b, moe_dtype wdtype)
         cb_printf(b, "typedef float wtype;\n__device__ __forceinline__ float ldw(const void *p, long long i) "
                      "{ return ((const float *)p)[i]; }\n");
     }
+}
+
+/* Here, not in cuda_nvrtc.c: the executor frees binaries too, and must link without NVRTC. */
+void cg_cuda_binary_free(CgCudaBinary *b)
+{
+    free(b->ptx);
+    free(b->cubin);
+    free(b->log);
+    b->ptx = NULL, b->cubin = NULL, b->log = NULL;
 }

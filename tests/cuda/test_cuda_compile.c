@@ -8,6 +8,8 @@
 
 #include "codegen/cuda/cg_cuda.h"
 #include "frontend/frontend.h"
+#include "passes/passes.h"
+#include "runtime/cuda/cuda_exec.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -57,35 +59,37 @@ static void compile_one(const char *spec, const char *sym, const char *src, cons
     cg_cuda_binary_free(&bin);
 }
 
+/* Every kernel the CUDA executor asks for when it runs the spec's optimised module (the same list
+ * `moeppc build --target` embeds). */
 static void compile_spec(const char *path, Seen *seen)
 {
     ModelSpec s;
     Diag d = {.out = stderr, .file = path};
     assert_true(spec_load_file(path, &s, &d));
-    CgOpDesc *ops;
-    CgCudaGemm *gemms;
-    int n_ops, n_gemms;
-    cg_cuda_spec_kernels(&s, &ops, &n_ops, &gemms, &n_gemms);
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    assert_true(passes_run(m, &po, &d));
+    CudaKernelCode *k = NULL;
+    int n = 0;
+    RtError err = {{0}};
+    bool ok = cuda_module_kernels(m, NULL, &k, &n, &err);
+    if (!ok) fprintf(stderr, "%s: %s\n", path, err.msg);
+    assert_true(ok);
     bool big = strstr(path, "7b") != NULL; /* PTX too for the 7B's kernels (once per arch) */
-    printf("%s: %d op kernels, %d grouped GEMMs\n", s.name, n_ops, n_gemms);
-    char sym[600], err[512];
+    int gemms = 0;
+    for (int i = 0; i < n; i++) gemms += strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0;
+    printf("%s: %d kernels, %d of them GEMMs\n", s.name, n, gemms);
+    assert_true(gemms >= 4);
     for (int a = 0; a < 2; a++) {
-        for (int i = 0; i < n_ops + n_gemms; i++) {
-            bool gemm = i >= n_ops;
-            char *src = gemm ? cg_cuda_gemm_source(&gemms[i - n_ops], err, sizeof err)
-                             : cg_cuda_op_source(&ops[i], err, sizeof err);
-            if (!src) fprintf(stderr, "%s: %s\n", path, err);
-            assert_non_null(src);
-            if (gemm) cg_cuda_gemm_symbol(&gemms[i - n_ops], sym, sizeof sym);
-            else cg_cuda_op_symbol(&ops[i], sym, sizeof sym);
+        for (int i = 0; i < n; i++) {
             char key[700];
-            snprintf(key, sizeof key, "%s/%s", archs[a], sym);
-            if (seen_add(seen, key)) compile_one(s.name, sym, src, archs[a], gemm, big);
-            free(src);
+            snprintf(key, sizeof key, "%s/%s", archs[a], k[i].symbol);
+            if (seen_add(seen, key))
+                compile_one(s.name, k[i].symbol, k[i].source, archs[a], strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0, big);
         }
     }
-    free(ops);
-    free(gemms);
+    cuda_kernel_code_free(k, n);
+    ir_module_free(m);
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -179,7 +183,7 @@ static void test_symbols(void **state)
     assert_string_not_equal(sa, sb);
     CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
     cg_cuda_gemm_symbol(&g, sa, sizeof sa);
-    assert_string_equal(sa, "moeppc_cu_gemm_down_mma_bf16_e16_k2_n1536_k4096_t64x64x32");
+    assert_string_equal(sa, "moeppc_cu_gemm_down_mma_bf16_e16_k2_n1536_k4096_t64x128x32");
     /* the generated source defines exactly that kernel */
     char err[256], *src = cg_cuda_gemm_source(&g, err, sizeof err);
     assert_non_null(src);
