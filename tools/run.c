@@ -12,5 +12,9 @@ int cmd_run(int argc, char **argv)
     cfg.kernels_free = cpu_jit_source_free;
     cfg.load_tuning = tuning_load_for_host;
 #endif
+#ifdef MOEPPC_HAVE_CUDA
+    cfg.cuda = &cuda_backend; /* --device cuda: kernels compiled by NVRTC for the GPU at load */
+    cfg.cuda_compile = cuda_nvrtc_cubins;
+#endif
     return driver_main(argc, argv, &cfg);
 }

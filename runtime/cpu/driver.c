@@ -18,7 +18,7 @@
                   "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
                   "[--precision f64|f32] [--top N] [--tuning DB] [-O0|-O1]"
 
-typedef enum { BACKEND_INTERP, BACKEND_CPU } run_backend;
+typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
 static const DriverConfig *cfg; /* the one configuration of this process's driver */
 
@@ -109,11 +109,15 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         if (strcmp(v, "interp") && strcmp(v, "cpu")) return drv_usage("--backend: expected interp or cpu, found '%s'", v);
         r->backend = strcmp(v, "cpu") == 0 ? BACKEND_CPU : BACKEND_INTERP;
         r->backend_set = true;
-    } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag: the CPU, until CUDA code exists */
+    } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag */
         if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU, r->backend_set = true;
         else if (strcmp(v, "cuda") == 0) {
-            drv_err("--device cuda: no CUDA kernels in this build (CUDA code generation is not available yet)\n");
-            return 1;
+            if (!cfg->cuda) {
+                drv_err("--device cuda: this build has no CUDA backend (the CUDA toolkit's NVRTC was not found when it "
+                        "was configured)\n");
+                return 1;
+            }
+            r->backend = BACKEND_CUDA, r->backend_set = true;
         } else return drv_usage("--device: expected cpu or cuda, found '%s'", v);
     } else if (strcmp(o, "--top") == 0) {
         if (!int_option(o, v, 1, 100, &n)) return 2;
@@ -311,6 +315,7 @@ typedef struct {
     WeightSet *w;
     CpuKernelSource *ks;
     CpuModel *cm;
+    CudaModel *gpu;
     TuneDb db;
     double macs_linear, macs_grouped;
 } Runner;
@@ -326,7 +331,7 @@ static bool load_module(Runner *rn)
     }
     if (rn->r->tuning && !cfg->load_tuning(rn->r->tuning, &rn->db)) return false;
     rn->m = ir_lower_spec(rn->s);
-    PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend == BACKEND_CPU,
+    PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend != BACKEND_INTERP,
                       .tuning = rn->r->tuning ? &rn->db : NULL};
     d.file = rn->r->spec;
     MOE_ASSERT(passes_run(rn->m, &po, &d));
@@ -340,8 +345,17 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     if (r->backend == BACKEND_INTERP) return true;
     RtError err = {{0}};
     if (r->opt_level < 1) {
-        drv_err("--backend cpu needs the optimised IR (drop -O0)\n");
+        drv_err("%s needs the optimised IR (drop -O0)\n", r->backend == BACKEND_CUDA ? "--device cuda" : "--backend cpu");
         return false;
+    }
+    if (r->backend == BACKEND_CUDA) {
+        const char *env = getenv("MOEPPC_CUDA_GRAPH");
+        CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
+                         .no_graph = env && strcmp(env, "0") == 0, .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
+                         .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile};
+        rn->gpu = cfg->cuda->model_new(rn->m, w, s->max_positions, &o, &err);
+        if (!rn->gpu) drv_err("CUDA backend: %s\n", err.msg);
+        return rn->gpu != NULL;
     }
     if (!cfg->kernels_new) {
         drv_err("built without the CPU backend (no LLVM C API was found at configure time); use --backend interp\n");
@@ -353,22 +367,39 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     return rn->cm != NULL;
 }
 
-/* The CPU backend's outputs, copied into the interpreter's result form for printing. */
-static void cpu_outputs(const Runner *rn, int64_t T, EvalResult *res)
+/* A backend's outputs, copied into the interpreter's result form for printing. */
+static bool backend_outputs(const Runner *rn, int64_t T, EvalResult *res, RtError *err)
 {
     const IrModule *m = rn->m;
     res->n_outputs = m->n_outputs;
     res->outputs = xcalloc((size_t)m->n_outputs, sizeof *res->outputs);
     for (int k = 0; k < m->n_outputs; k++) {
-        int64_t c;
-        moe_dtype dt;
-        const void *p = cpu_model_output(rn->cm, m->outputs[k].name, &c, &dt);
+        int64_t c = 0;
+        moe_dtype dt = DT_F32;
+        const void *p = rn->gpu ? cfg->cuda->output(rn->gpu, m->outputs[k].name, &c, &dt, err)
+                                : cpu_model_output(rn->cm, m->outputs[k].name, &c, &dt);
+        if (!p) return false;
         EvalTensor *o = &res->outputs[k];
         o->name = xstrdup(m->outputs[k].name);
         o->type = ir_type_2d(dt, T, c);
         o->data = xmalloc((size_t)(T * c) * sizeof *o->data);
         for (int64_t j = 0; j < T * c; j++) o->data[j] = dtype_load(dt, p, (size_t)j);
     }
+    return true;
+}
+
+/* Multiply-adds of the FFN experts the routes picked (3·D·I per pick), from the route outputs. */
+static double ffn_macs(const Runner *rn, const EvalResult *res)
+{
+    double picks = 0;
+    for (int64_t l = 0; l < rn->s->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "route.%lld.ids", (long long)l);
+        const EvalTensor *ids = eval_output(res, name);
+        int64_t n = ids ? ids->type.dims[0] * ids->type.dims[1] : 0;
+        for (int64_t j = 0; j < n; j++) picks += ids->data[j] < (double)rn->s->n_ffn;
+    }
+    return picks * 3.0 * (double)rn->s->hidden * (double)rn->s->ffn_intermediate;
 }
 
 /* Run T tokens at positions pos. The interpreter has no KV cache: for decoding, the caller passes
@@ -378,11 +409,19 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, int6
     RtError err = {{0}};
     bool ok;
     memset(res, 0, sizeof *res);
+    if (rn->gpu) {
+        double t0 = now_s();
+        ok = cfg->cuda->run(rn->gpu, ids, pos, T, &err) && backend_outputs(rn, T, res, &err);
+        res->seconds = now_s() - t0;
+        if (ok) rn->macs_grouped = ffn_macs(rn, res);
+        if (!ok) drv_err("CUDA backend: %s\n", err.msg);
+        return ok;
+    }
     if (rn->cm) {
         double t0 = now_s();
         double before = cpu_model_profile(rn->cm).ffn_macs;
         ok = cpu_model_run(rn->cm, ids, pos, T, &err);
-        if (ok) cpu_outputs(rn, T, res);
+        if (ok) backend_outputs(rn, T, res, &err);
         rn->macs_grouped = cpu_model_profile(rn->cm).ffn_macs - before;
         res->seconds = now_s() - t0;
         if (!ok) drv_err("%s\n", err.msg);
@@ -398,6 +437,7 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, int6
 static void runner_free(Runner *rn)
 {
     cpu_model_free(rn->cm);
+    if (rn->gpu) cfg->cuda->model_free(rn->gpu);
     if (rn->ks) cfg->kernels_free(rn->ks);
     ir_module_free(rn->m);
     tune_db_free(&rn->db);
@@ -433,7 +473,7 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
         seq[len] = next;
         int32_t *pos = xmalloc((size_t)(len + 1) * sizeof *pos);
         for (int64_t t = 0; t <= len; t++) pos[t] = (int32_t)t;
-        bool cached = rn->r->backend == BACKEND_CPU; /* one new token on the KV cache, or the whole sequence */
+        bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
         EvalResult res;
         bool ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
         free(pos);
@@ -468,10 +508,14 @@ static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t
     int rc = 1;
     if (runner_init(&rn, r, s, w) && runner_step(&rn, seq, pos, T, &res)) {
         const EvalTensor *logits = eval_output(&res, "logits");
-        printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
-               (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
-                                                : "CPU backend (JIT-compiled kernels)")
-               : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
+        if (rn.gpu)
+            printf("ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)T, res.seconds,
+                   (double)T / res.seconds, cfg->cuda->last_ms(rn.gpu), cfg->cuda->device(rn.gpu));
+        else
+            printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
+                   (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
+                                                    : "CPU backend (JIT-compiled kernels)")
+                   : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
         print_predictions(logits, seq, r->top, stdout);
         print_route_stats(s, &res, r->route_stats, stdout);
         if (r->route_stats) print_ffn_work(&rn, T);

@@ -11,6 +11,7 @@
 #define MOEPPC_RUNTIME_DRIVER_H
 
 #include "runtime/cpu/cpu.h"
+#include "runtime/cuda/cuda_exec.h"
 
 struct TuneDb; /* passes/tuning.h */
 
@@ -24,6 +25,13 @@ typedef struct DriverConfig {
     void (*kernels_free)(CpuKernelSource *ks);
     /* --tuning DB: load a tuning database for this host (NULL: the option is not available here). */
     bool (*load_tuning)(const char *path, struct TuneDb *db);
+    /* --device cuda: the CUDA executor (NULL: no CUDA backend in this build), and the kernels built
+     * into an executable (NULL: NVRTC compiles them for the GPU at load). */
+    const CudaBackend *cuda;
+    const CudaKernelImage *cuda_images;
+    int n_cuda_images;
+    const char *cuda_arch;
+    CudaCompileFn cuda_compile;   /* NVRTC for what is not built in (moeppc run), or NULL          */
 } DriverConfig;
 
 int driver_main(int argc, char **argv, const DriverConfig *cfg);

@@ -1,0 +1,952 @@
+/* cuda_exec.c — the CUDA executor: each instruction of the planned IR becomes a prepared step (its
+ * kernels, its device weights, its KV cache), and a call queues the steps on one stream with buffers
+ * at their planned offsets in one device arena. Linear layers and the grouped expert GEMMs go to the
+ * GEMM kernels of cuda_gemm.c (the decode GEMV for T <= CG_CUDA_GEMV_MAX_T, tiles above), everything
+ * else to the op kernels of cuda_ops.c, which are the CPU kernels' kinds with the same constants. */
+#include "runtime/cuda/cuda_exec.h"
+
+#include "codegen/cuda/cg_cuda.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct Kern {
+    char *symbol, *source;
+    void *fn;
+} Kern;
+
+/* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
+ * none: the GEMV serves every T) and the GEMV. */
+typedef struct Gemm {
+    CgCudaGemm tiled, gemv;
+    int k_tiled, k_gemv;
+    uint64_t w;
+} Gemm;
+
+typedef struct Step {
+    const IrInstr *i;
+    int kern, kern_tanh, kern_scale, kern_kv; /* op kernels (route: post, tanh, scale; attention: +store) */
+    CgOpDesc d, d_tanh, d_scale;
+    int kern_fused;                 /* route: the fused router for small T (-1: none)                     */
+    CgCudaRouteFused rf;
+    uint64_t wc_stack;              /* route: the constant experts' Wc stacked for the fused router       */
+    Gemm gm[2 + 1 + 64];            /* linear 1; grouped 1 (stacked); route W1 [W2] [Wg] Wc...            */
+    int n_gm;
+    uint64_t kc, vc;                /* attention: the KV cache, [max_positions, kv_heads·head_dim] f32    */
+    uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
+    uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
+    int dispatch;                   /* grouped ops: index of their dispatch step                          */
+} Step;
+
+typedef struct WMap {
+    const Tensor *t;
+    uint64_t d;
+} WMap;
+
+typedef struct HostOut {
+    void *data;
+    size_t bytes;
+} HostOut;
+
+struct CudaModel {
+    const IrModule *m;
+    const WeightSet *w;
+    CudaOptions o;
+    bool dry;                       /* only collect the kernels (cuda_module_kernels): no GPU          */
+    CgCudaDriver *drv;
+    char arch[16], info[256];
+    Kern *k;
+    int n_k, cap_k;
+    Step *steps;
+    int n_steps;
+    WMap *wmap;
+    int n_w, cap_w;
+    uint64_t *allocs;               /* every allocation that lives as long as the model                */
+    int n_allocs, cap_allocs;
+    double bytes;
+    int64_t max_pos, cap_t, last_t;
+    uint64_t arena, ids, pos, scratch; /* sized by cap_t                                               */
+    size_t scratch_per_t;           /* route scratch floats per token                                   */
+    void *graph;                    /* the decode step (T = 1) as a CUDA graph, for this cap_t           */
+    void *ev0, *ev1;
+    double last_ms;
+    HostOut *outs;                  /* per module output: its host copy                                 */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int64_t cols(const IrValue *v) { return v->type.dims[v->type.ndim - 1]; }
+
+static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* ---- device memory ------------------------------------------------------------------------------ */
+
+static bool dalloc(CudaModel *cm, uint64_t *p, size_t bytes, const char *what, bool keep, RtError *err)
+{
+    char e[512];
+    if (!cg_cuda_alloc(cm->drv, p, bytes, e, sizeof e)) {
+        snprintf(err->msg, sizeof err->msg, "allocating %.1f MB on the GPU for %s: %s", (double)bytes / 1048576.0,
+                 what, e);
+        return false;
+    }
+    cm->bytes += (double)bytes;
+    if (keep) {
+        if (cm->n_allocs == cm->cap_allocs)
+            cm->allocs = xrealloc(cm->allocs, (size_t)(cm->cap_allocs = cm->cap_allocs ? 2 * cm->cap_allocs : 64) * sizeof *cm->allocs);
+        cm->allocs[cm->n_allocs++] = *p;
+    }
+    return true;
+}
+
+static bool dupload(CudaModel *cm, uint64_t dst, const void *src, size_t bytes, RtError *err)
+{
+    char e[512];
+    if (cg_cuda_upload(cm->drv, dst, src, bytes, e, sizeof e)) return true;
+    snprintf(err->msg, sizeof err->msg, "uploading to the GPU: %s", e);
+    return false;
+}
+
+static const Tensor *param(const CudaModel *cm, const IrValue *v)
+{
+    const Tensor *t = weights_find(cm->w, v->tensor);
+    MOE_ASSERT(t); /* weights_check ran before */
+    return t;
+}
+
+static size_t tensor_bytes(const IrValue *v) { return (size_t)ir_type_numel(&v->type, 1) * dtype_size(v->type.dtype); }
+
+/* The device copy of a parameter, uploaded on first use. */
+static bool wdev(CudaModel *cm, const IrValue *v, uint64_t *out, RtError *err)
+{
+    *out = 0;
+    if (cm->dry) return true;
+    const Tensor *t = param(cm, v);
+    for (int j = 0; j < cm->n_w; j++)
+        if (cm->wmap[j].t == t) return *out = cm->wmap[j].d, true;
+    if (!dalloc(cm, out, tensor_bytes(v), v->tensor, true, err) || !dupload(cm, *out, t->data, tensor_bytes(v), err))
+        return false;
+    if (cm->n_w == cm->cap_w) cm->wmap = xrealloc(cm->wmap, (size_t)(cm->cap_w = cm->cap_w ? 2 * cm->cap_w : 64) * sizeof *cm->wmap);
+    cm->wmap[cm->n_w++] = (WMap){t, *out};
+    return true;
+}
+
+/* The experts' matrices i->in[first..first+n) stacked [n][rows][cols] (the grouped GEMMs' layout). */
+static bool wstack(CudaModel *cm, const IrInstr *i, int first, int n, uint64_t *out, RtError *err)
+{
+    *out = 0;
+    if (cm->dry) return true;
+    size_t per = tensor_bytes(i->in[first]);
+    if (!dalloc(cm, out, per * (size_t)n, "stacked expert weights", true, err)) return false;
+    for (int e = 0; e < n; e++) {
+        MOE_ASSERT(tensor_bytes(i->in[first + e]) == per);
+        if (!dupload(cm, *out + per * (size_t)e, param(cm, i->in[first + e])->data, per, err)) return false;
+    }
+    return true;
+}
+
+/* ---- kernels ------------------------------------------------------------------------------------ */
+
+/* Register a kernel (source owned from here on); the index of the one with that symbol if known. */
+static int kern_add(CudaModel *cm, const char *symbol, char *source)
+{
+    for (int j = 0; j < cm->n_k; j++)
+        if (strcmp(cm->k[j].symbol, symbol) == 0) {
+            free(source);
+            return j;
+        }
+    if (cm->n_k == cm->cap_k) cm->k = xrealloc(cm->k, (size_t)(cm->cap_k = cm->cap_k ? 2 * cm->cap_k : 32) * sizeof *cm->k);
+    cm->k[cm->n_k] = (Kern){xstrdup(symbol), source, NULL};
+    return cm->n_k++;
+}
+
+static bool op_kern(CudaModel *cm, const CgOpDesc *d, int *out, RtError *err)
+{
+    char sym[600];
+    cg_cuda_op_symbol(d, sym, sizeof sym);
+    for (int j = 0; j < cm->n_k; j++)
+        if (strcmp(cm->k[j].symbol, sym) == 0) return *out = j, true;
+    char *src = cg_cuda_op_source(d, err->msg, sizeof err->msg);
+    if (!src) return false;
+    *out = kern_add(cm, sym, src);
+    return true;
+}
+
+static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err)
+{
+    char sym[256];
+    cg_cuda_gemm_symbol(g, sym, sizeof sym);
+    for (int j = 0; j < cm->n_k; j++)
+        if (strcmp(cm->k[j].symbol, sym) == 0) return *out = j, true;
+    char *src = cg_cuda_gemm_source(g, err->msg, sizeof err->msg);
+    if (!src) return false;
+    *out = kern_add(cm, sym, src);
+    return true;
+}
+
+/* The kernels of one weight matrix [n][k] (per group): tiles (MMA for 16-bit weights with k a multiple
+ * of 8, FMA for f32) and the GEMV. */
+static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtype dt, int64_t E, int64_t k_top,
+                       int64_t n, int64_t k, int64_t ldc, bool f32_math, RtError *err)
+{
+    bool half = (dt == DT_BF16 || dt == DT_F16) && !f32_math;
+    gm->k_tiled = -1;
+    if (!half || k % 8 == 0) {
+        gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
+        const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
+        if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
+            gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
+        gm->tiled.ldc = ldc;
+        if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
+    }
+    gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
+    gm->gemv.ldc = ldc;
+    return gemm_kern(cm, &gm->gemv, &gm->k_gemv, err);
+}
+
+/* f32_math: f32 activations whatever the weights (the router, SEMANTICS.md §4), else tensor cores
+ * for 16-bit weights. */
+static bool linear_setup(CudaModel *cm, Gemm *gm, const IrValue *w, int64_t ldc, bool f32_math, RtError *err)
+{
+    return gemm_setup(cm, gm, CG_CUDA_GEMM_LINEAR, w->type.dtype, 1, 1, w->type.dims[0], w->type.dims[1], ldc, f32_math,
+                      err) &&
+           wdev(cm, w, &gm->w, err);
+}
+
+/* ---- preparing the steps ------------------------------------------------------------------------ */
+
+static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    int64_t D = cols(i->in[0]);
+    st->d = (CgOpDesc){.kind = CG_OP_ROUTE_POST, .experts = E, .k = ir_attr_int(i, "k"),
+                       .gating = (int)ir_attr_int(i, "gating"), .zero_lo = ir_attr_int(i, "zero_lo"),
+                       .zero_hi = ir_attr_int(i, "zero_hi"), .norm_std = ir_attr_float(i, "norm_std"), .n_const = nc,
+                       .cols = E};
+    if (!op_kern(cm, &st->d, &st->kern, err)) return false;
+    if (L == 2) {
+        st->d_tanh = (CgOpDesc){.kind = CG_OP_TANH, .wdtype = DT_F32, .cols = i->in[1]->type.dims[0]};
+        if (!op_kern(cm, &st->d_tanh, &st->kern_tanh, err)) return false;
+    }
+    if (nc) {
+        st->d_scale = (CgOpDesc){.kind = CG_OP_SCALE, .wdtype = DT_F32, .cols = D, .s = ir_attr_float(i, "s")};
+        if (!op_kern(cm, &st->d_scale, &st->kern_scale, err)) return false;
+    }
+    /* every operand but x and the residual logits r is a weight: W1 [W2] [Wg] Wc... */
+    int res_at = 1 + (int)L;
+    bool res = ir_attr_int(i, "residual"), same_dtype = true;
+    for (int k = 1; k < i->n_in; k++) {
+        if (res && k == res_at) continue;
+        MOE_ASSERT(st->n_gm < (int)MOE_ARRAY_LEN(st->gm));
+        bool is_const = k > (res ? res_at + 1 : (int)L);
+        if (!linear_setup(cm, &st->gm[st->n_gm++], i->in[k], is_const ? 2 * nc : 0, true, err)) return false;
+        same_dtype &= i->in[k]->type.dtype == i->in[1]->type.dtype;
+    }
+    /* the fused router for small T, when its vectors fit one block */
+    st->kern_fused = -1;
+    st->rf = (CgCudaRouteFused){.post = st->d, .wdtype = i->in[1]->type.dtype, .d = D,
+                                .h1 = L == 2 ? i->in[1]->type.dims[0] : 0, .residual = res, .s = ir_attr_float(i, "s")};
+    char sym[800], why[512];
+    cg_cuda_route_fused_symbol(&st->rf, sym, sizeof sym);
+    char *src = same_dtype ? cg_cuda_route_fused_source(&st->rf, why, sizeof why) : NULL;
+    if (!src) return true;
+    st->kern_fused = kern_add(cm, sym, src);
+    if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
+        size_t per = tensor_bytes(i->in[i->n_in - nc]);
+        if (!dalloc(cm, &st->wc_stack, per * (size_t)nc, "the constant experts' gates", true, err)) return false;
+        for (int64_t c = 0; c < nc; c++)
+            if (!dupload(cm, st->wc_stack + per * (size_t)c, param(cm, i->in[i->n_in - nc + c])->data, per, err))
+                return false;
+    }
+    return true;
+}
+
+static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads"), hd = cols(i->in[0]) / H, kvc = cols(i->in[1]);
+    st->d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = Hk, .head_dim = hd, .cols = H * hd};
+    char sym[64];
+    cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
+    st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
+    if (!cm->dry) {
+        size_t bytes = (size_t)(cm->max_pos * kvc) * sizeof(float);
+        if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
+            return false;
+    }
+    return op_kern(cm, &st->d, &st->kern, err);
+}
+
+static bool prepare_rowwise(CudaModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    CgOpDesc d = {.kind = CG_OP_COUNT, .wdtype = DT_F32, .cols = cols(i->out[0])};
+    for (int k = 0; k < i->n_in; k++) { /* the embedding table, norm weights, constant vectors */
+        uint64_t unused;
+        if (i->in[k]->kind == IR_VAL_PARAM && !wdev(cm, i->in[k], &unused, err)) return false;
+    }
+    switch (i->op) {
+    case IR_OP_EMBED: d.kind = CG_OP_EMBED, d.wdtype = i->in[0]->type.dtype; break;
+    case IR_OP_RMS_NORM: d.kind = CG_OP_RMS_NORM, d.wdtype = i->in[1]->type.dtype, d.eps = ir_attr_float(i, "eps"); break;
+    case IR_OP_ADD_RMS_NORM:
+        d.kind = CG_OP_ADD_RMS_NORM, d.wdtype = i->in[2]->type.dtype, d.eps = ir_attr_float(i, "eps");
+        break;
+    case IR_OP_ROPE:
+        d.kind = CG_OP_ROPE, d.heads = ir_attr_int(i, "heads"), d.head_dim = d.cols / d.heads;
+        d.theta = ir_attr_float(i, "theta");
+        break;
+    case IR_OP_SWIGLU: d.kind = CG_OP_SWIGLU; break;
+    case IR_OP_ADD: d.kind = CG_OP_ADD; break;
+    case IR_OP_SCALE: d.kind = CG_OP_SCALE, d.s = ir_attr_float(i, "s"); break;
+    case IR_OP_TANH: d.kind = CG_OP_TANH; break;
+    case IR_OP_MOE_COMBINE: {
+        d.kind = CG_OP_COMBINE, d.s = ir_attr_float(i, "s"), d.n_const = ir_attr_int(i, "n_const");
+        d.const_lo = ir_attr_int(i, "const_lo"), d.copy_lo = ir_attr_int(i, "copy_lo");
+        d.copy_hi = ir_attr_int(i, "copy_hi"), d.k = cols(i->in[1]);
+        d.wdtype = d.n_const ? i->in[4]->type.dtype : DT_F32;
+        if (cm->dry) break;
+        uint64_t ptrs[64] = {0};
+        MOE_ASSERT(d.n_const <= (int64_t)MOE_ARRAY_LEN(ptrs));
+        for (int64_t c = 0; c < d.n_const; c++)
+            if (!wdev(cm, i->in[4 + c], &ptrs[c], err)) return false;
+        size_t bytes = (size_t)(d.n_const + 1) * sizeof *ptrs;
+        if (!dalloc(cm, &st->vc_ptrs, bytes, "constant-expert pointers", true, err) ||
+            !dupload(cm, st->vc_ptrs, ptrs, bytes, err))
+            return false;
+        break;
+    }
+    default: /* the dense form's ops (softmax, top-k, ...) are fused away by the pipeline */
+        snprintf(err->msg, sizeof err->msg, "the CUDA executor has no kernel for %s (%%%s): run the optimising passes",
+                 ir_op_info(i->op)->name, i->n_out ? i->out[0]->name : "?");
+        return false;
+    }
+    st->d = d;
+    return op_kern(cm, &st->d, &st->kern, err);
+}
+
+static int step_of(const CudaModel *cm, const IrInstr *def)
+{
+    for (int s = 0; s < cm->n_steps; s++)
+        if (cm->steps[s].i == def) return s;
+    MOE_ASSERT(!"no step for the instruction");
+    return -1;
+}
+
+static bool prepare(CudaModel *cm, Step *st, RtError *err)
+{
+    const IrInstr *i = st->i;
+    switch (i->op) {
+    case IR_OP_LINEAR: st->n_gm = 1; return linear_setup(cm, &st->gm[0], i->in[1], 0, false, err);
+    case IR_OP_ATTENTION: return prepare_attention(cm, st, err);
+    case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
+    case IR_OP_ZEROS: return true;
+    case IR_OP_MOE_DISPATCH: {
+        int64_t E = ir_attr_int(i, "experts");
+        st->d = (CgOpDesc){.kind = CG_OP_DISPATCH, .experts = E, .k = cols(i->in[0])};
+        if (!cm->dry && !dalloc(cm, &st->off, (size_t)(E + 1) * sizeof(int64_t), "expert offsets", true, err)) return false;
+        return op_kern(cm, &st->d, &st->kern, err);
+    }
+    case IR_OP_MOE_GROUPED_UP:
+    case IR_OP_MOE_GROUPED_DOWN: {
+        bool up = i->op == IR_OP_MOE_GROUPED_UP;
+        int first = up ? 3 : 5, E = (int)ir_attr_int(i, "experts");
+        st->dispatch = step_of(cm, i->in[1]->def);
+        int64_t k_top = cols(cm->steps[st->dispatch].i->in[0]);
+        const IrValue *w = i->in[first];
+        st->n_gm = 1;
+        return gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
+                          up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, err) &&
+               wstack(cm, i, first, E, &st->gm[0].w, err);
+    }
+    case IR_OP_CONVERT:
+        snprintf(err->msg, sizeof err->msg, "internal error: convert reached the CUDA executor (run widen-activations)");
+        return false;
+    default: return prepare_rowwise(cm, st, err);
+    }
+}
+
+/* ---- compiling and loading the kernels ------------------------------------------------------------ */
+
+/* Cubins NVRTC made in this process, by symbol and architecture: models after the first (tests,
+ * benchmarks) load them without compiling again. Reachable until exit. */
+typedef struct CachedCubin {
+    char *symbol;
+    char arch[16];
+    void *cubin;
+} CachedCubin;
+static CachedCubin *cubin_cache;
+static int n_cubin_cache, cap_cubin_cache;
+static pthread_mutex_t cubin_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static const void *cache_find(const char *symbol, const char *arch)
+{
+    const void *hit = NULL;
+    pthread_mutex_lock(&cubin_cache_mu);
+    for (int j = 0; j < n_cubin_cache && !hit; j++)
+        if (strcmp(cubin_cache[j].symbol, symbol) == 0 && strcmp(cubin_cache[j].arch, arch) == 0) hit = cubin_cache[j].cubin;
+    pthread_mutex_unlock(&cubin_cache_mu);
+    return hit;
+}
+
+/* Keeps b's cubin (b no longer owns it). */
+static void cache_add(const char *symbol, const char *arch, CgCudaBinary *b)
+{
+    pthread_mutex_lock(&cubin_cache_mu);
+    if (n_cubin_cache == cap_cubin_cache)
+        cubin_cache = xrealloc(cubin_cache, (size_t)(cap_cubin_cache = cap_cubin_cache ? 2 * cap_cubin_cache : 64) * sizeof *cubin_cache);
+    CachedCubin *c = &cubin_cache[n_cubin_cache++];
+    c->symbol = xstrdup(symbol);
+    snprintf(c->arch, sizeof c->arch, "%s", arch);
+    c->cubin = b->cubin;
+    b->cubin = NULL;
+    pthread_mutex_unlock(&cubin_cache_mu);
+}
+
+static const CudaKernelImage *find_image(const CudaModel *cm, const char *symbol)
+{
+    for (int j = 0; j < cm->o.n_images; j++)
+        if (strcmp(cm->o.images[j].symbol, symbol) == 0) return &cm->o.images[j];
+    return NULL;
+}
+
+/* Embedded images first (the cubin when it is for this GPU, else the PTX for the driver to compile);
+ * whatever is left is compiled by NVRTC for this GPU, in parallel. */
+static bool load_kernels(CudaModel *cm, RtError *err)
+{
+    double t0 = now_s();
+    int *todo = xmalloc((size_t)(cm->n_k + 1) * sizeof *todo), n_todo = 0, n_embedded = 0, n_cached = 0;
+    const void *cached;
+    char e[2048];
+    bool ok = true;
+    for (int j = 0; j < cm->n_k && ok; j++) {
+        const CudaKernelImage *img = cm->o.images ? find_image(cm, cm->k[j].symbol) : NULL;
+        if (img) {
+            bool cubin_fits = img->cubin && cm->o.images_arch && strcmp(cm->o.images_arch, cm->arch) == 0;
+            const void *image = cubin_fits ? (const void *)img->cubin : (const void *)img->ptx;
+            if (!image) {
+                snprintf(err->msg, sizeof err->msg,
+                         "this executable's kernels were built for %s only and this GPU is %s: rebuild with --target %s",
+                         cm->o.images_arch ? cm->o.images_arch : "another GPU", cm->arch, cm->arch);
+                ok = false;
+            } else if (!cg_cuda_function(cm->drv, image, cm->k[j].symbol, &cm->k[j].fn, e, sizeof e)) {
+                snprintf(err->msg, sizeof err->msg, "loading kernel %s: %s", cm->k[j].symbol, e);
+                ok = false;
+            }
+            n_embedded++;
+        } else if ((cached = cache_find(cm->k[j].symbol, cm->arch))) {
+            if (!cg_cuda_function(cm->drv, cached, cm->k[j].symbol, &cm->k[j].fn, e, sizeof e)) {
+                snprintf(err->msg, sizeof err->msg, "loading kernel %s: %s", cm->k[j].symbol, e);
+                ok = false;
+            }
+            n_cached++;
+        } else todo[n_todo++] = j;
+    }
+    if (ok && n_todo && !cm->o.compile) {
+        snprintf(err->msg, sizeof err->msg, "kernel %s is not built into this executable and it cannot compile kernels",
+                 cm->k[todo[0]].symbol);
+        ok = false;
+    }
+    if (ok && n_todo) {
+        CudaKernelCode *code = xcalloc((size_t)n_todo, sizeof *code);
+        CgCudaBinary *bins = xcalloc((size_t)n_todo, sizeof *bins);
+        for (int q = 0; q < n_todo; q++) code[q] = (CudaKernelCode){cm->k[todo[q]].symbol, cm->k[todo[q]].source};
+        ok = cm->o.compile(code, n_todo, cm->arch, bins, err->msg, sizeof err->msg);
+        for (int q = 0; ok && q < n_todo; q++) {
+            Kern *k = &cm->k[todo[q]];
+            if (!cg_cuda_function(cm->drv, bins[q].cubin, k->symbol, &k->fn, e, sizeof e)) {
+                snprintf(err->msg, sizeof err->msg, "loading kernel %s: %s", k->symbol, e);
+                ok = false;
+            }
+            if (ok) cache_add(k->symbol, cm->arch, &bins[q]);
+        }
+        for (int q = 0; ok && q < n_todo; q++) cg_cuda_binary_free(&bins[q]);
+        free(bins);
+        free(code);
+    }
+    free(todo);
+    char name[128];
+    cg_cuda_device_name(cm->drv, name, sizeof name);
+    if (n_todo || n_cached)
+        snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels compiled by NVRTC in %.1f s (%d more already compiled)",
+                 name, cm->arch, n_todo, now_s() - t0, n_cached);
+    else
+        snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels built into this executable (%s)", name, cm->arch,
+                 n_embedded, cm->o.images_arch && strcmp(cm->o.images_arch, cm->arch) == 0 ? "cubin" : "PTX");
+    return ok;
+}
+
+/* ---- the model ---------------------------------------------------------------------------------- */
+
+/* Route scratch per token: h [8E], z0 [E], g [E], u [D], alpha logits [2·Nc], over every route. */
+static size_t route_scratch_per_t(const IrModule *m)
+{
+    size_t most = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) {
+        if (i->op != IR_OP_MOE_ROUTE) continue;
+        int64_t E = ir_attr_int(i, "experts"), L = ir_attr_int(i, "router_layers");
+        size_t n = (size_t)((L == 2 ? i->in[1]->type.dims[0] : 0) + 2 * E + cols(i->in[0]) + 2 * ir_attr_int(i, "n_const"));
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+/* Bytes of weights and KV caches the model will put on the GPU. */
+static double bytes_needed(const IrModule *m, int64_t max_positions)
+{
+    double b = 0;
+    for (int j = 0; j < m->n_values; j++)
+        if (m->values[j]->kind == IR_VAL_PARAM) b += (double)tensor_bytes(m->values[j]);
+    for (const IrInstr *i = m->first; i; i = i->next)
+        if (i->op == IR_OP_ATTENTION) b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
+    return b;
+}
+
+static void model_free_buffers(CudaModel *cm)
+{
+    if (!cm->drv) return;
+    cg_cuda_graph_free(cm->drv, cm->graph);
+    cm->graph = NULL;
+    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch};
+    for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
+    for (int s = 0; s < cm->n_steps; s++) {
+        cg_cuda_free(cm->drv, cm->steps[s].perm);
+        cg_cuda_free(cm->drv, cm->steps[s].gate_w);
+        cm->steps[s].perm = cm->steps[s].gate_w = 0;
+    }
+}
+
+static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
+                            bool dry, RtError *err)
+{
+    MOE_ASSERT(m->planned);
+    CudaModel *cm = xcalloc(1, sizeof *cm);
+    cm->m = m;
+    cm->w = w;
+    cm->o = o ? *o : (CudaOptions){0};
+    cm->dry = dry;
+    cm->max_pos = max_positions;
+    cm->scratch_per_t = route_scratch_per_t(m);
+    for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
+    cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
+    cm->outs = xcalloc((size_t)m->n_outputs + 1, sizeof *cm->outs);
+    int s = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) cm->steps[s++].i = i;
+    if (!dry) {
+        char e[512];
+        cm->drv = cg_cuda_driver_open(cm->o.device, e, sizeof e);
+        if (!cm->drv) {
+            snprintf(err->msg, sizeof err->msg, "%s", e);
+            cuda_model_free(cm);
+            return NULL;
+        }
+        cg_cuda_device_arch(cm->drv, cm->arch, sizeof cm->arch);
+        size_t free_b = 0, total_b = 0;
+        double need = bytes_needed(m, max_positions);
+        if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
+            snprintf(err->msg, sizeof err->msg,
+                     "not enough GPU memory: the weights and KV caches need %.2f GB and %.2f GB of %.2f GB is free",
+                     need / 1e9, (double)free_b / 1e9, (double)total_b / 1e9);
+            cuda_model_free(cm);
+            return NULL;
+        }
+        if (!cg_cuda_event_new(cm->drv, &cm->ev0, e, sizeof e) || !cg_cuda_event_new(cm->drv, &cm->ev1, e, sizeof e)) {
+            snprintf(err->msg, sizeof err->msg, "%s", e);
+            cuda_model_free(cm);
+            return NULL;
+        }
+    }
+    for (s = 0; s < cm->n_steps; s++) {
+        if (!prepare(cm, &cm->steps[s], err)) {
+            cuda_model_free(cm);
+            return NULL;
+        }
+    }
+    if (!dry && !load_kernels(cm, err)) {
+        cuda_model_free(cm);
+        return NULL;
+    }
+    return cm;
+}
+
+CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
+                          RtError *err)
+{
+    return model_new(m, w, max_positions, o, false, err);
+}
+
+bool cuda_module_kernels(const IrModule *m, const CudaOptions *o, CudaKernelCode **out, int *n, RtError *err)
+{
+    CudaModel *cm = model_new(m, NULL, 1, o, true, err);
+    if (!cm) return false;
+    *out = xcalloc((size_t)cm->n_k + 1, sizeof **out);
+    *n = cm->n_k;
+    for (int j = 0; j < cm->n_k; j++) {
+        (*out)[j] = (CudaKernelCode){cm->k[j].symbol, cm->k[j].source};
+        cm->k[j].symbol = cm->k[j].source = NULL;
+    }
+    cuda_model_free(cm);
+    return true;
+}
+
+void cuda_kernel_code_free(CudaKernelCode *k, int n)
+{
+    for (int j = 0; j < n && k; j++) {
+        free(k[j].symbol);
+        free(k[j].source);
+    }
+    free(k);
+}
+
+static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
+{
+    if (T <= cm->cap_t) return true;
+    model_free_buffers(cm);
+    cm->cap_t = 0;
+    size_t arena = (size_t)(cm->m->arena_t * T + cm->m->arena_c) + 64;
+    size_t scratch = 4 * round64(cm->scratch_per_t * (size_t)T * sizeof(float)) + 64;
+    if (!dalloc(cm, &cm->arena, arena, "the activation arena", false, err) ||
+        !dalloc(cm, &cm->ids, (size_t)T * sizeof(int32_t), "token ids", false, err) ||
+        !dalloc(cm, &cm->pos, (size_t)T * sizeof(int32_t), "positions", false, err) ||
+        !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err))
+        return false;
+    for (int s = 0; s < cm->n_steps; s++) {
+        Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_MOE_DISPATCH) continue;
+        size_t n = (size_t)(T * cols(st->i->in[0]));
+        if (!dalloc(cm, &st->perm, n * sizeof(int32_t), "the expert permutation", false, err) ||
+            !dalloc(cm, &st->gate_w, n * sizeof(float), "the gate weights", false, err))
+            return false;
+    }
+    cm->cap_t = T;
+    return true;
+}
+
+/* ---- running the steps ------------------------------------------------------------------------- */
+
+typedef struct Run {
+    CudaModel *cm;
+    int64_t T;
+    long long TT;                   /* T as the kernels take it                                          */
+    RtError *err;
+} Run;
+
+static uint64_t addr(const Run *r, const IrValue *v)
+{
+    CudaModel *cm = r->cm;
+    switch (v->kind) {
+    case IR_VAL_INPUT: return strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids;
+    case IR_VAL_PARAM: {
+        const Tensor *t = param(cm, v);
+        for (int j = 0; j < cm->n_w; j++)
+            if (cm->wmap[j].t == t) return cm->wmap[j].d;
+        MOE_ASSERT(!"a parameter that was never uploaded");
+        return 0;
+    }
+    case IR_VAL_RESULT: break;
+    }
+    MOE_ASSERT(v->planned);
+    return cm->arena + (uint64_t)(v->off_t * r->T + v->off_c);
+}
+
+static bool launch(const Run *r, const Step *st, int kern, const unsigned g[3], const unsigned b[3], size_t smem,
+                   void **args)
+{
+    char e[512];
+    const Kern *k = &r->cm->k[kern];
+    if (cg_cuda_launch_async(r->cm->drv, k->fn, g, b, smem, args, e, sizeof e)) return true;
+    snprintf(r->err->msg, sizeof r->err->msg, "launching %s (for %%%s): %s", k->symbol,
+             st->i->n_out ? st->i->out[0]->name : "?", e);
+    return false;
+}
+
+static bool op(const Run *r, const Step *st, int kern, const CgOpDesc *d, void **args)
+{
+    unsigned g[3], b[3];
+    size_t smem;
+    cg_cuda_op_launch(d, r->T, g, b, &smem);
+    return launch(r, st, kern, g, b, smem, args);
+}
+
+/* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
+static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
+{
+    bool gemv = r->T <= CG_CUDA_GEMV_MAX_T || gm->k_tiled < 0;
+    const CgCudaGemm *g = gemv ? &gm->gemv : &gm->tiled;
+    unsigned gr[3], b[3];
+    size_t smem;
+    cg_cuda_gemm_launch(g, r->T, gr, b, &smem);
+    return launch(r, st, gemv ? gm->k_gemv : gm->k_tiled, gr, b, smem, args);
+}
+
+static bool linear(const Run *r, const Step *st, const Gemm *gm, uint64_t x, uint64_t out)
+{
+    uint64_t w = gm->w;
+    void *args[] = {(void *)&r->TT, &x, &w, &out};
+    return gemm(r, st, gm, args);
+}
+
+/* Tokens up to which the router runs as one fused kernel (weights streamed once per token; above,
+ * the GEMM kernels share them across tokens). */
+#define FUSED_ROUTE_MAX_T 64
+
+static bool run_route_fused(const Run *r, const Step *st)
+{
+    const IrInstr *i = st->i;
+    int64_t L = ir_attr_int(i, "router_layers"), nc = ir_attr_int(i, "n_const");
+    bool res = st->rf.residual;
+    int p = 0;
+    uint64_t x = addr(r, i->in[0]), w1 = st->gm[p++].w, w2 = L == 2 ? st->gm[p++].w : 0;
+    uint64_t rr = res ? addr(r, i->in[1 + L]) : 0, wg = res ? st->gm[p++].w : 0, wc = nc ? st->wc_stack : 0;
+    uint64_t logits = addr(r, i->out[2]), wts = addr(r, i->out[0]), ids = addr(r, i->out[1]);
+    uint64_t alpha = nc ? addr(r, i->out[3]) : 0;
+    void *a[] = {(void *)&r->TT, &x, &w1, &w2, &rr, &wg, &wc, &logits, &wts, &ids, &alpha};
+    unsigned g[3], b[3];
+    size_t smem;
+    cg_cuda_route_fused_launch(&st->rf, r->T, g, b, &smem);
+    return launch(r, st, st->kern_fused, g, b, smem, a);
+}
+
+static bool run_route(const Run *r, const Step *st)
+{
+    const IrInstr *i = st->i;
+    if (st->kern_fused >= 0 && r->T <= FUSED_ROUTE_MAX_T) return run_route_fused(r, st);
+    int64_t T = r->T, E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    int64_t D = cols(i->in[0]), H1 = L == 2 ? i->in[1]->type.dims[0] : 0;
+    uint64_t x = addr(r, i->in[0]), h = r->cm->scratch;
+    uint64_t z0 = h + round64((size_t)(T * H1) * 4), g = z0 + round64((size_t)(T * E) * 4);
+    uint64_t u = g + round64((size_t)(T * E) * 4), alog = u + round64((size_t)(T * D) * 4);
+    int p = 0;
+    if (L == 2) {
+        if (!linear(r, st, &st->gm[p++], x, h)) return false;
+        void *ta[] = {(void *)&r->TT, &h, &h};
+        if (!op(r, st, st->kern_tanh, &st->d_tanh, ta) || !linear(r, st, &st->gm[p++], h, z0)) return false;
+    } else if (!linear(r, st, &st->gm[p++], x, z0)) return false;
+    bool res = ir_attr_int(i, "residual");
+    if (res && !linear(r, st, &st->gm[p++], addr(r, i->in[1 + L]), g)) return false;
+    if (nc) {
+        void *sa[] = {(void *)&r->TT, &x, &u};
+        if (!op(r, st, st->kern_scale, &st->d_scale, sa)) return false;
+        for (int64_t c = 0; c < nc; c++)
+            if (!linear(r, st, &st->gm[p++], u, alog + (uint64_t)(2 * c) * 4)) return false;
+    }
+    uint64_t gg = res ? g : 0, al = nc ? alog : 0, logits = addr(r, i->out[2]), wts = addr(r, i->out[0]);
+    uint64_t ids = addr(r, i->out[1]), alpha = nc ? addr(r, i->out[3]) : 0;
+    void *a[] = {(void *)&r->TT, &z0, &gg, &logits, &al, &wts, &ids, &alpha};
+    return op(r, st, st->kern, &st->d, a);
+}
+
+static bool run_attention(const Run *r, const Step *st)
+{
+    const IrInstr *i = st->i;
+    uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
+    uint64_t pos = r->cm->pos, kc = st->kc, vc = st->vc;
+    unsigned g[3] = {(unsigned)r->T, 1, 1}, b[3] = {256, 1, 1};
+    void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
+    void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out};
+    return launch(r, st, st->kern_kv, g, b, 0, ka) && launch(r, st, st->kern_kv, g, b, 0, va) &&
+           op(r, st, st->kern, &st->d, aa);
+}
+
+static bool run_step(const Run *r, const Step *st)
+{
+    CudaModel *cm = r->cm;
+    const IrInstr *i = st->i;
+    char e[512];
+    uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
+    uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
+    switch (i->op) {
+    case IR_OP_LINEAR: return linear(r, st, &st->gm[0], a0, out);
+    case IR_OP_MOE_ROUTE: return run_route(r, st);
+    case IR_OP_ATTENTION: return run_attention(r, st);
+    case IR_OP_ZEROS:
+        if (cg_cuda_fill32_async(cm->drv, out, 0, (size_t)(r->T * cols(i->out[0])), e, sizeof e)) return true;
+        snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
+        return false;
+    case IR_OP_MOE_DISPATCH: {
+        uint64_t w = addr(r, i->in[0]->def->out[0]); /* the route's weights, beside its ids */
+        uint64_t off = st->off, perm = st->perm, gw = st->gate_w;
+        void *a[] = {(void *)&r->TT, &a0, &w, &off, &perm, &gw};
+        return op(r, st, st->kern, &st->d, a);
+    }
+    case IR_OP_MOE_GROUPED_UP: {
+        const Step *ds = &cm->steps[st->dispatch];
+        uint64_t off = ds->off, perm = ds->perm, w = st->gm[0].w;
+        void *a[] = {(void *)&r->TT, &a0, &off, &perm, &w, &out};
+        return gemm(r, st, &st->gm[0], a);
+    }
+    case IR_OP_MOE_GROUPED_DOWN: {
+        const Step *ds = &cm->steps[st->dispatch];
+        uint64_t y0 = addr(r, i->in[4]), off = ds->off, perm = ds->perm, gw = ds->gate_w, w = st->gm[0].w;
+        if (y0 != out && !cg_cuda_copy_async(cm->drv, out, y0, (size_t)(r->T * cols(i->out[0])) * 4, e, sizeof e)) {
+            snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
+            return false;
+        }
+        void *a[] = {(void *)&r->TT, &a0, &off, &perm, &gw, &w, &out};
+        return gemm(r, st, &st->gm[0], a);
+    }
+    case IR_OP_ADD_RMS_NORM: {
+        uint64_t w = addr(r, i->in[2]), o1 = addr(r, i->out[1]);
+        void *a[] = {(void *)&r->TT, &a0, &a1, &w, &out, &o1};
+        return op(r, st, st->kern, &st->d, a);
+    }
+    case IR_OP_MOE_COMBINE: {
+        uint64_t ids = addr(r, i->in[2]), alpha = ir_attr_int(i, "n_const") ? addr(r, i->in[3]) : 0, vp = st->vc_ptrs;
+        void *a[] = {(void *)&r->TT, &a0, &a1, &ids, &alpha, &vp, &out};
+        return op(r, st, st->kern, &st->d, a);
+    }
+    case IR_OP_EMBED: {
+        void *a[] = {(void *)&r->TT, &a1, &a0, &out}; /* ids, table */
+        return op(r, st, st->kern, &st->d, a);
+    }
+    case IR_OP_SCALE:
+    case IR_OP_TANH: {
+        void *a[] = {(void *)&r->TT, &a0, &out};
+        return op(r, st, st->kern, &st->d, a);
+    }
+    default: { /* rms_norm (x, w), rope (x, pos), swiglu and add (a, b) */
+        void *a[] = {(void *)&r->TT, &a0, &a1, &out};
+        return op(r, st, st->kern, &st->d, a);
+    }
+    }
+}
+
+static bool fail_cuda(RtError *err, const char *what, const char *e)
+{
+    snprintf(err->msg, sizeof err->msg, "%s: %s", what, e);
+    return false;
+}
+
+static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *err)
+{
+    Run r = {cm, T, (long long)T, err};
+    char e[512];
+    for (int s = first; s < last; s++) {
+        if (!run_step(&r, &cm->steps[s])) return false;
+        if (cm->o.sync_each && !cg_cuda_sync(cm->drv, e, sizeof e)) {
+            const IrInstr *i = cm->steps[s].i;
+            snprintf(err->msg, sizeof err->msg, "instruction %d (%s %%%s) failed on the GPU: %s", s, ir_op_info(i->op)->name,
+                     i->n_out ? i->out[0]->name : "?", e);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
+                          RtError *err)
+{
+    if (T <= 0) {
+        snprintf(err->msg, sizeof err->msg, "no tokens to run");
+        return false;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        if (pos[t] < 0 || pos[t] >= cm->max_pos) {
+            snprintf(err->msg, sizeof err->msg, "position %d of token %lld is outside [0, %lld) (max positions)", pos[t],
+                     (long long)t, (long long)cm->max_pos);
+            return false;
+        }
+    }
+    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
+    if (!ensure_capacity(cm, T, err)) return false;
+    char e[512];
+    bool full = first == 0 && last == cm->n_steps;
+    bool use_graph = full && T == 1 && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
+    if (!cg_cuda_event_record(cm->drv, cm->ev0, e, sizeof e) ||
+        !cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
+        !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e))
+        return fail_cuda(err, "queueing the inputs", e);
+    if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
+                                              (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))
+        return fail_cuda(err, "poisoning the arena", e);
+    if (use_graph && cm->graph) {
+        if (!cg_cuda_graph_launch(cm->drv, cm->graph, e, sizeof e)) return fail_cuda(err, "launching the decode graph", e);
+    } else if (!run_range(cm, first, last, T, err)) {
+        cg_cuda_sync(cm->drv, e, sizeof e);
+        return false;
+    }
+    if (!cg_cuda_event_record(cm->drv, cm->ev1, e, sizeof e) || !cg_cuda_sync(cm->drv, e, sizeof e))
+        return fail_cuda(err, "running the model on the GPU", e);
+    float ms = 0;
+    if (cg_cuda_event_ms(cm->drv, cm->ev0, cm->ev1, &ms, e, sizeof e)) cm->last_ms = ms;
+    cm->last_t = T;
+    if (use_graph && !cm->graph) { /* the first decode step ran eagerly; capture it for the next ones */
+        if (!cg_cuda_capture_begin(cm->drv, e, sizeof e)) return fail_cuda(err, "capturing the decode step", e);
+        bool ok = run_range(cm, 0, cm->n_steps, 1, err);
+        void *g = NULL;
+        bool ended = cg_cuda_capture_end(cm->drv, &g, e, sizeof e);
+        if (!ok) return false;
+        if (!ended) return fail_cuda(err, "capturing the decode step", e);
+        cm->graph = g;
+    }
+    return true;
+}
+
+bool cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err)
+{
+    return cuda_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
+}
+
+const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, moe_dtype *dtype, RtError *err)
+{
+    for (int k = 0; k < cm->m->n_outputs; k++) {
+        const IrValue *v = cm->m->outputs[k].value;
+        if (strcmp(cm->m->outputs[k].name, name) != 0 || v->kind != IR_VAL_RESULT) continue;
+        size_t bytes = (size_t)(cm->last_t * cols(v)) * dtype_size(v->type.dtype);
+        HostOut *h = &cm->outs[k];
+        if (h->bytes < bytes) {
+            free(h->data);
+            h->data = xmalloc(bytes);
+            h->bytes = bytes;
+        }
+        Run r = {cm, cm->last_t, (long long)cm->last_t, err};
+        char e[512];
+        if (!cg_cuda_download(cm->drv, h->data, addr(&r, v), bytes, e, sizeof e)) {
+            fail_cuda(err, "copying an output from the GPU", e);
+            return NULL;
+        }
+        if (ncols) *ncols = cols(v);
+        if (dtype) *dtype = v->type.dtype;
+        return h->data;
+    }
+    return NULL;
+}
+
+double cuda_model_last_ms(const CudaModel *cm) { return cm->last_ms; }
+
+const char *cuda_model_device(const CudaModel *cm) { return cm->info; }
+
+double cuda_model_bytes(const CudaModel *cm) { return cm->bytes; }
+
+void cuda_model_free(CudaModel *cm)
+{
+    if (!cm) return;
+    model_free_buffers(cm);
+    if (cm->drv) {
+        for (int j = 0; j < cm->n_allocs; j++) cg_cuda_free(cm->drv, cm->allocs[j]);
+        cg_cuda_event_free(cm->drv, cm->ev0);
+        cg_cuda_event_free(cm->drv, cm->ev1);
+        cg_cuda_driver_close(cm->drv);
+    }
+    for (int j = 0; j < cm->n_k; j++) {
+        free(cm->k[j].symbol);
+        free(cm->k[j].source);
+    }
+    for (int k = 0; k < cm->m->n_outputs; k++) free(cm->outs[k].data);
+    free(cm->outs);
+    free(cm->k);
+    free(cm->allocs);
+    free(cm->wmap);
+    free(cm->steps);
+    free(cm);
+}
+
+const CudaBackend cuda_backend = {cuda_model_new, cuda_model_run, cuda_model_output, cuda_model_device,
+                                  cuda_model_last_ms, cuda_model_free};

@@ -1,0 +1,110 @@
+/* cuda_exec.h — the CUDA executor: runs an optimised, planned IR module on an NVIDIA GPU with the
+ * kernels of codegen/cuda.
+ *
+ * In:  a module after the pipeline with PassOptions.codegen (activations f32, memory planned: the
+ *      same module the CPU executor runs), the weights (WeightSet, host memory), and where the kernels
+ *      come from: images embedded in a built executable (cubin for one sm_XX and/or PTX), or NVRTC
+ *      at load time for this GPU's architecture (compiled in parallel, one thread per core).
+ * Out: per call, the module's outputs (logits [T, V] f32, route.L.ids i32, route.L.weights f32)
+ *      copied back to host memory on request (cuda_model_output), valid until the next call.
+ *      Attention keeps a KV cache per layer on the device, so a call with positions n.. continues a
+ *      sequence (decode).
+ * Memory: the weights are uploaded once at load, in their stored dtype (the experts of a layer
+ *      stacked [E][rows][cols] for the grouped GEMMs); activations live in one device arena laid out
+ *      by the memory plan (grown to the largest T seen); the routing buffers, the KV caches and the
+ *      router scratch beside it. Everything runs on one stream; a call with T = 1 (a decode step) is
+ *      captured once as a CUDA graph and replayed afterwards.
+ * Errors: no driver or GPU, NVRTC failures (kernel name and log), device out of memory, a kernel
+ *      that faults: false with a message. The module and the WeightSet are borrowed.
+ */
+#ifndef MOEPPC_RUNTIME_CUDA_EXEC_H
+#define MOEPPC_RUNTIME_CUDA_EXEC_H
+
+#include "codegen/cuda/cg_cuda.h"
+#include "ir/ir.h"
+#include "runtime/runtime.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One kernel as code: its symbol and its CUDA C source (both owned by the list). */
+typedef struct CudaKernelCode {
+    char *symbol;
+    char *source;
+} CudaKernelCode;
+
+/* A compiled kernel embedded in an executable: cubin for `arch` and/or PTX (NUL-terminated). */
+typedef struct CudaKernelImage {
+    const char *symbol;
+    const unsigned char *cubin;
+    size_t cubin_len;
+    const char *ptx;
+} CudaKernelImage;
+
+/* Compile kernels to cubins for arch (out[n]; false with err set). */
+typedef bool (*CudaCompileFn)(const CudaKernelCode *k, int n, const char *arch, struct CgCudaBinary *out, char *err,
+                              size_t errlen);
+
+typedef struct CudaOptions {
+    int device;                     /* ordinal                                                     */
+    const CudaKernelImage *images;  /* embedded kernels, or NULL: NVRTC now                         */
+    int n_images;
+    const char *images_arch;        /* the sm_XX the cubins were built for                          */
+    bool no_graph;                  /* never capture decode steps as a CUDA graph                   */
+    bool poison;                    /* fill the arena with NaN before every call (tests: catches
+                                       elements no kernel wrote)                                    */
+    bool sync_each;                 /* synchronise after every instruction and name a failing one   */
+    int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
+                                       ({0}: the default, 64x64x32)                                 */
+    CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
+                                       executable: every kernel must be built in)                   */
+} CudaOptions;
+
+typedef struct CudaModel CudaModel;
+
+CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
+                          RtError *err);
+bool       cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
+/* Instructions [first, last) only, after a full run on the same T (benchmarks time a part this way);
+ * no graph. */
+bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos,
+                                int64_t T, RtError *err);
+/* A module output of the last run, copied to host memory owned by the model: [T, cols]. NULL if the
+ * name is not an output (or the copy failed: err says why). */
+const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, moe_dtype *dtype, RtError *err);
+/* Milliseconds of GPU time (CUDA events) of the last call. */
+double     cuda_model_last_ms(const CudaModel *cm);
+/* The GPU: "NVIDIA H200 (sm_90)". */
+const char *cuda_model_device(const CudaModel *cm);
+/* Device bytes the model holds (weights, caches, arena). */
+double     cuda_model_bytes(const CudaModel *cm);
+void       cuda_model_free(CudaModel *cm);
+
+/* cuda_compile.c: NVRTC over kernels, in parallel (one thread per core): cubin and/or PTX for arch
+ * in out[n] (free each with cg_cuda_binary_free). cuda_nvrtc_cubins: cubins only (a CudaCompileFn).
+ * Linking either needs the NVRTC library; the executor alone does not. */
+bool cuda_compile_kernels(const CudaKernelCode *k, int n, const char *arch, bool cubin, bool ptx,
+                          struct CgCudaBinary *out, char *err, size_t errlen);
+bool cuda_nvrtc_cubins(const CudaKernelCode *k, int n, const char *arch, struct CgCudaBinary *out, char *err,
+                       size_t errlen);
+
+/* The executor as the run driver (runtime/cpu/driver.c) calls it: through these pointers, so that the
+ * driver links without CUDA. */
+typedef struct CudaBackend {
+    CudaModel *(*model_new)(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
+                            RtError *err);
+    bool (*run)(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
+    const void *(*output)(CudaModel *cm, const char *name, int64_t *cols, moe_dtype *dtype, RtError *err);
+    const char *(*device)(const CudaModel *cm);
+    double (*last_ms)(const CudaModel *cm);
+    void (*model_free)(CudaModel *cm);
+} CudaBackend;
+extern const CudaBackend cuda_backend;
+
+/* Every kernel the module needs, as code (no GPU, no driver): what `moeppc build --target` compiles
+ * and embeds. The array is xmalloc'd; free with cuda_kernel_code_free. */
+bool cuda_module_kernels(const IrModule *m, const CudaOptions *o, CudaKernelCode **out, int *n, RtError *err);
+void cuda_kernel_code_free(CudaKernelCode *k, int n);
+
+#endif
