@@ -1,19 +1,111 @@
 #!/usr/bin/env bash
-# device-check.sh: the one prepared script for a machine with an NVIDIA GPU (the `device` tool runs it
-# there): builds, runs every CUDA test — the kernels compiled by NVRTC for this GPU's architecture
-# and run against C references (tests/cuda/test_cuda_gpu.c) — and reports. What issue 5 still needs
-# (the whole model on the GPU against the CPU backend, benchmarks) is not here yet: the CUDA executor
-# does not exist. Writes its logs to $OUT (or ./device-check-out) for the device tool to bring back.
+# device-check.sh: the one prepared script for a machine with an NVIDIA GPU. In one go (well under
+# 5 minutes) it
+#   1. builds (or takes the binaries scripts/device-prebuild.sh made elsewhere: MOEPPC_PREBUILT=DIR),
+#   2. measures the GPU's ceilings in the same run (PyTorch, when the machine has it): dense bf16
+#      matrix product (8192^3) and device-to-device copy bandwidth (bytes read + written),
+#   3. runs the generated kernels against C references (tests/cuda/test_cuda_gpu.c) and the whole
+#      tiny and 0.6B models against the interpreter on fresh random inputs, outputs poisoned before
+#      every call (tests/cuda/test_cuda_model.c),
+#   4. decodes with `moeppc run --device cuda` (CUDA graph per token),
+#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 and prints the table last.
+# Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-check-out}
 mkdir -p "$out"
+root=$PWD
+step() { echo; echo "== $*"; }
+# run SECONDS CMD...: with a time limit; a failure is reported and counted, never fatal
+fails=0
+run() {
+  local limit=$1; shift
+  echo "\$ $*"
+  timeout "$limit" "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then echo "!! exit status $rc$([ $rc -eq 124 ] && echo ' (time limit)')"; fails=$((fails + 1)); fi
+  return 0
+}
+
 {
-  echo "== $(date -u)"; nvidia-smi 2>&1 | head -15
-  bash scripts/deps.sh --tests
-  cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DMOEPPC_TESTS=ON >/dev/null && cmake --build build-device -j"$(nproc)" >/dev/null
-  echo "== CUDA tests (compile for sm_80/sm_90; kernels on this GPU against C references)"
-  ctest --test-dir build-device -L cuda --output-on-failure -V 2>&1 | tail -60
-  echo "== the CPU backend's tests, for reference"
-  ctest --test-dir build-device -L cpu -j"$(nproc)" 2>&1 | grep -E "tests passed|Failed"
+  step "$(date -u)  $(hostname)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
+  if [ -n "${MOEPPC_PREBUILT:-}" ]; then
+    bin=$root/$MOEPPC_PREBUILT
+    export LD_LIBRARY_PATH="$bin/lib:${LD_LIBRARY_PATH:-}"
+    step "prebuilt binaries from $MOEPPC_PREBUILT ($(cat "$bin/BUILD_INFO" 2>/dev/null))"
+  else
+    step "build (Release, tests on)"
+    bash scripts/deps.sh --tests
+    cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DMOEPPC_TESTS=ON >/dev/null &&
+      cmake --build build-device -j"$(nproc)" --target moeppc cuda_gpu cuda_model >/dev/null || echo "!! build failed"
+    bin=$root/build-device
+    ln -sf tests/cuda/cuda_gpu tests/cuda/cuda_model -t "$bin" 2>/dev/null
+  fi
+  # NVRTC: the toolkit's, or the one PyTorch's wheels carry
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import glob,site;print(" ".join(glob.glob(site.getsitepackages()[0]+"/nvidia/*/lib")))' 2>/dev/null); do
+    [ -e "$d/libnvrtc.so.13" ] || [ -e "$d/libnvrtc.so.12" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+  done
+  if ldd "$bin/moeppc" | grep -q "not found"; then # search the machine for what is missing
+    for d in $(find / -xdev \( -name 'libnvrtc.so.1[23]' -o -name 'libcuda.so.1' \) 2>/dev/null | xargs -r -n1 dirname | sort -u); do
+      export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+    done
+    ldd "$bin/moeppc" | grep "not found"
+  fi
+  export MOEPPC_SOURCE_DIR=$root
+
+  step "ceilings (PyTorch: bf16 8192^3 matrix product, device-to-device copy)"
+  timeout 60 python3 - >"$out/ceilings.txt" 2>"$out/ceilings.err" <<'EOF'
+import torch
+n = 8192
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16); b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+for _ in range(3): a @ b
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+torch.cuda.synchronize(); s.record()
+for _ in range(10): a @ b
+e.record(); e.synchronize()
+tflops = 2 * n ** 3 / (s.elapsed_time(e) / 10 * 1e-3) / 1e12
+x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(2): y.copy_(x)
+torch.cuda.synchronize(); s.record()
+for _ in range(5): y.copy_(x)
+e.record(); e.synchronize()
+gbs = 2 * x.numel() / (s.elapsed_time(e) / 5 * 1e-3) / 1e9
+print(f"{tflops:.1f} {gbs:.0f}")
+EOF
+  read -r peak bw <"$out/ceilings.txt" || { peak=""; bw=""; }
+  if [ -n "$peak" ]; then echo "bf16 dense peak $peak TFLOP/s, copy bandwidth $bw GB/s (read + written)"
+  else echo "no ceilings measured (no PyTorch?):"; cat "$out/ceilings.err"; fi
+
+  step "generated kernels against C references"
+  run 60 "$bin/cuda_gpu"
+  step "whole models against the interpreter (poisoned outputs, fresh seed)"
+  run 150 "$bin/cuda_model"
+  step "decoding on the GPU (moepp-0.6b, random weights)"
+  run 60 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" --device cuda --generate 64
+  if [ -d "$bin/models" ]; then
+    step "executables from moeppc build --target (cubin for sm_90; PTX for sm_80, compiled by the driver)"
+    ids="3 17 42 99 128 200 255 0 64 7 11 13"
+    for spec in tiny-moepp tiny-bf16; do # small enough that no routing decision is a near-tie
+      run 60 "$bin/models/$spec" --random-weights 5 --ids "$ids" --device cuda --logits-out "$out/$spec.gpu.bin" --generate 32 |
+        grep -E "ran|decode|error|!!"
+      run 60 "$bin/moeppc" run specs/tiny/$spec.yaml --random-weights 5 --ids "$ids" --backend interp --precision f32 \
+        --logits-out "$out/$spec.ref.bin" >/dev/null
+      run 30 python3 tests/oracle/compare.py "$out/$spec.gpu.bin" "$out/$spec.ref.bin" --vocab 256 --tol 2e-2 --show 0
+    done
+    run 60 "$bin/models/moepp-0.6b" --random-weights 5 --ids "$ids" --device cuda --generate 64 | grep -E "ran|decode|error|!!"
+  fi
+  step "7B layer on the GPU"
+  ceil=()
+  [ -n "$peak" ] && ceil=(--peak-tflops "$peak" --bandwidth-gbs "$bw")
+  run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 "${ceil[@]}" >"$out/bench.txt"
+  cat "$out/bench.txt"
+  step "the grouped GEMMs' tiles (up/down, MxNxK) at T = 512 and 4096"
+  for tile in 128x64x32/128x64x32 128x64x32/128x128x32 64x64x32/64x128x32 32x64x32/64x64x64; do
+    echo "tile $tile"
+    run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --reps 10 --tile $tile "${ceil[@]}" | grep "^T ="
+  done
+  step "summary: $fails failed step(s); 7B layer, bf16 (grouped GEMM TFLOP/s vs the bf16 peak; MoE-block weight bytes/s vs the copy bandwidth)"
+  grep "^T = " "$out/bench.txt"
 } 2>&1 | tee "$out/device-check.log"

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BENCH_USAGE "bench SPEC [--layer] [--model] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] " \
+#define BENCH_USAGE "bench SPEC [--layer] [--model] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] [--device cpu|cuda] " \
                     "[--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--tuning DB] [--json]"
 
 typedef struct {
@@ -133,6 +133,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else if (strcmp(o, "--experts") == 0) a->experts = true;
         else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_USAGE), -1;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_USAGE, "option '%s' needs a value", o);
+        else if (strcmp(o, "--device") == 0) i++; /* cpu (cuda went to bench_cuda.c) */
         else if (strcmp(o, "--tokens") == 0) {
             if (!parse_tokens(v, a)) return usage_error("bench", BENCH_USAGE, "--tokens: expected a list like 1,64,512, found '%s'", v);
             i++;
@@ -318,6 +319,8 @@ static double measure_peak(int threads)
 
 int cmd_bench(int argc, char **argv)
 {
+    const char *dev = args_value(argc, argv, "--device");
+    if (dev && strcmp(dev, "cpu") != 0) return bench_cuda(argc, argv); /* the GPU: bench_cuda.c */
     BenchArgs a;
     int rc = parse_bench_args(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;

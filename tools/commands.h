@@ -9,6 +9,10 @@ int cmd_build(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
+/* bench_cuda.c: `moeppc bench SPEC --device cuda` (cmd_bench hands over when asked for cuda). */
+int bench_cuda(int argc, char **argv);
+/* The value after option opt in argv, or NULL. */
+const char *args_value(int argc, char **argv, const char *opt);
 /* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */
 int emit_cuda(const char *spec, const char *kind, const char *arch, const char *dir);
 

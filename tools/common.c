@@ -28,3 +28,10 @@ bool load_spec(const char *path, ModelSpec *s)
     return spec_load_file(path, s, &d);
 }
 
+
+const char *args_value(int argc, char **argv, const char *opt)
+{
+    for (int a = 1; a + 1 < argc; a++)
+        if (strcmp(argv[a], opt) == 0) return argv[a + 1];
+    return NULL;
+}

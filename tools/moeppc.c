@@ -18,8 +18,8 @@ int cmd_build(int argc, char **argv)
 
 int cmd_bench(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    const char *dev = args_value(argc, argv, "--device");
+    if (dev && strcmp(dev, "cpu") != 0) return bench_cuda(argc, argv);
     fprintf(stderr, "moeppc bench: error: this moeppc was built without the LLVM C API: no CPU backend to time\n");
     return 1;
 }
@@ -53,7 +53,7 @@ static const Command commands[] = {
     {"compile", cmd_compile, "compile SPEC|--ir FILE [-O0] [--print-ir] [--print-after=PASS] [--stats] [-o F]  IR"},
     {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
-    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--json]"},
+    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--device cuda] [--json]"},
     {"tune", cmd_tune, "tune SPEC -o DB [--tokens 1,16,64,512,4096] [--budget S]  measure tiles for this CPU"},
     {"emit", cmd_emit, "emit SPEC --emit llvm|obj|cuda|ptx|cubin -o DIR [--target …]   the kernels as files"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},

@@ -1,19 +1,33 @@
 #!/bin/bash
-# test_build.sh MOEPPC SPEC TOL WORKDIR: `moeppc build` writes an executable whose logits equal the
-# interpreter's (max rel err ≤ TOL), reading a real safetensors file; bad input exits non-zero.
+# test_build.sh MOEPPC SPEC TOL WORKDIR [TARGET]: `moeppc build` writes an executable whose logits equal
+# the interpreter's (max rel err ≤ TOL), reading a real safetensors file; bad input exits non-zero.
+# TARGET (sm_XX): built with --target too; `--device cuda` then matches the interpreter on a machine
+# with a GPU, and is refused with a clear message (exit 1) on one without.
 set -u
-MOEPPC=$1 SPEC=$2 TOL=$3 WORK=$4
+MOEPPC=$1 SPEC=$2 TOL=$3 WORK=$4 TARGET=${5:-}
 PY=${PYTHON:-/usr/bin/python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 IDS="3 17 42 99 128 200 255 0 64 7"
 rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 run() { echo "+ $*"; "$@" || { echo "FAILED (exit $?): $*"; exit 1; }; }
-run "$MOEPPC" build "$SPEC" -o "$WORK/model"
+run "$MOEPPC" build "$SPEC" -o "$WORK/model" ${TARGET:+--target "$TARGET"}
 run "$MOEPPC" init-weights "$SPEC" --seed 4 -o "$WORK/w.safetensors"
 run "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --threads 2 --logits-out "$WORK/model.bin" --generate 3
 run "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
 V=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import oracle; print(oracle.load_spec(sys.argv[2]).V)' "$HERE/../oracle" "$SPEC")
 run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
+if [ -n "$TARGET" ]; then
+  "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --device cuda --logits-out "$WORK/gpu.bin" >"$WORK/gpu.txt" 2>&1
+  rc=$?
+  if grep -q "no CUDA driver\|CUDA_ERROR_NO_DEVICE\|no CUDA-capable" "$WORK/gpu.txt"; then
+    [ $rc -eq 1 ] || { echo "no GPU, yet exit $rc"; cat "$WORK/gpu.txt"; exit 1; }
+    echo "no GPU here: --device cuda refused cleanly: $(grep error "$WORK/gpu.txt")"
+  else
+    [ $rc -eq 0 ] || { echo "--device cuda failed (exit $rc)"; cat "$WORK/gpu.txt"; exit 1; }
+    grep "on the GPU" "$WORK/gpu.txt"
+    run "$PY" "$HERE/../oracle/compare.py" "$WORK/gpu.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
+  fi
+fi
 # bad input: a token outside the vocabulary, an empty list, no arguments
 expect() { local want=$1; shift; "$@" > "$WORK/out.txt" 2>&1; local rc=$?
            [ $rc -eq "$want" ] || { echo "expected exit $want, got $rc: $*"; cat "$WORK/out.txt"; exit 1; }

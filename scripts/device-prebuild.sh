@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# device-prebuild.sh [DIR]: build, on this machine, what scripts/device-check.sh runs on a GPU machine
+# that cannot install packages (the `device` tool's machines): moeppc and the two GPU tests (Release,
+# no LLVM: the GPU side needs none), with the shared libraries they need beside them (libyaml, cJSON,
+# CMocka; NVRTC and the driver come from the GPU machine). DIR defaults to .devbin (git-ignored
+# through .git/info/exclude). Then: MOEPPC_PREBUILT=DIR bash scripts/device-check.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-.devbin}
+grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >>.git/info/exclude
+cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DMOEPPC_LLVM=OFF -DMOEPPC_TESTS=ON >/dev/null
+cmake --build build-device -j2 --target moeppc cuda_gpu cuda_model >/dev/null
+rm -rf "$dir" && mkdir -p "$dir/lib"
+cp build-device/moeppc build-device/tests/cuda/cuda_gpu build-device/tests/cuda/cuda_model "$dir/"
+for lib in $(ldd "$dir"/moeppc "$dir"/cuda_gpu "$dir"/cuda_model | awk '/libyaml|libcjson|libcmocka/ {print $3}' | sort -u); do
+  cp -L "$lib" "$dir/lib/"
+done
+# executables `moeppc build --target` writes (needs the LLVM build for their CPU kernels): the 0.6B
+# for sm_90 (cubin) and a tiny one for sm_80 (PTX, which the driver compiles for a newer GPU)
+if cmake -S . -B build -DMOEPPC_TESTS=ON >/dev/null && cmake --build build -j2 --target moeppc >/dev/null &&
+   [ -n "$(grep -l MOEPPC_HAVE_JIT build/CMakeFiles/moeppc.dir/flags.make 2>/dev/null)" ]; then
+  mkdir -p "$dir/models"
+  build/moeppc build specs/moepp-0.6b.yaml --target sm_90 -o "$dir/models/moepp-0.6b" >/dev/null
+  build/moeppc build specs/tiny/tiny-moepp.yaml --target sm_80 -o "$dir/models/tiny-moepp" >/dev/null
+  build/moeppc build specs/tiny/tiny-bf16.yaml --target sm_90 -o "$dir/models/tiny-bf16" >/dev/null
+fi
+echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo +changes), built $(date -u +%FT%TZ)" >"$dir/BUILD_INFO"
+du -sh "$dir"

@@ -1,0 +1,226 @@
+/* bench_cuda.c — `moeppc bench SPEC --device cuda`: one layer of the spec (cut to one MoE layer, a
+ * small vocabulary, random weights) on the GPU, timed with CUDA events after warm-up: the whole layer,
+ * its MoE block (router, combine, dispatch, grouped GEMMs) and the grouped expert GEMMs alone, per
+ * token count. Reports TFLOP/s of the FFN-expert work actually executed and, when the ceilings are
+ * given (--peak-tflops, --bandwidth-gbs: scripts/device-check.sh measures them in the same run), the
+ * fraction of the bf16 peak and, for the MoE block, the bytes of the router and of the selected
+ * experts' weights per second as a fraction of the copy bandwidth. */
+#include "tools/commands.h"
+
+#ifdef MOEPPC_HAVE_CUDA
+#include "passes/passes.h"
+#include "runtime/cuda/cuda_exec.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BENCH_CUDA_USAGE "bench SPEC --device cuda [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
+                         "[--dtype f32|bf16|f16] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] [--json]"
+
+typedef struct {
+    const char *spec;
+    int64_t tokens[16];
+    int n_tokens, reps;
+    uint64_t seed;
+    bool dtype_set, json;
+    moe_dtype dtype;
+    double peak_tflops, bw_gbs;
+    int tile[2][3];               /* --tile UP[/DOWN] */
+} CudaBenchArgs;
+
+static int parse_args(int argc, char **argv, CudaBenchArgs *a)
+{
+    *a = (CudaBenchArgs){.reps = 20, .seed = 1, .tokens = {1, 64, 512, 4096}, .n_tokens = 4};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (strcmp(o, "--json") == 0) a->json = true;
+        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_CUDA_USAGE), -1;
+        else if (o[0] == '-' && !v) return usage_error("bench", BENCH_CUDA_USAGE, "option '%s' needs a value", o);
+        else if (strcmp(o, "--device") == 0) {
+            if (strcmp(v, "cuda") != 0) return usage_error("bench", BENCH_CUDA_USAGE, "--device: expected cuda, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--tokens") == 0) {
+            a->n_tokens = 0;
+            for (const char *p = v; *p && a->n_tokens < 16;) {
+                long long t = strtoll(p, &end, 10);
+                if (end == p || t < 1 || t > 1 << 20 || (*end && *end != ','))
+                    return usage_error("bench", BENCH_CUDA_USAGE, "--tokens: expected counts like 1,64,512, found '%s'", v);
+                a->tokens[a->n_tokens++] = t;
+                p = *end ? end + 1 : end;
+            }
+            i++;
+        } else if (strcmp(o, "--reps") == 0) {
+            a->reps = (int)strtol(v, &end, 10);
+            if (*end || a->reps < 1 || a->reps > 100000) return usage_error("bench", BENCH_CUDA_USAGE, "--reps: expected 1..100000, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--random-weights") == 0) {
+            a->seed = strtoull(v, &end, 10);
+            if (*end || !*v) return usage_error("bench", BENCH_CUDA_USAGE, "--random-weights: '%s' is not a seed", v);
+            i++;
+        } else if (strcmp(o, "--dtype") == 0) {
+            if (!dtype_parse(v, &a->dtype) || a->dtype == DT_I32)
+                return usage_error("bench", BENCH_CUDA_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
+            a->dtype_set = true;
+            i++;
+        } else if (strcmp(o, "--peak-tflops") == 0 || strcmp(o, "--bandwidth-gbs") == 0) {
+            double x = strtod(v, &end);
+            if (*end || !(x > 0)) return usage_error("bench", BENCH_CUDA_USAGE, "expected a positive number, found '%s'", v);
+            *(o[2] == 'p' ? &a->peak_tflops : &a->bw_gbs) = x;
+            i++;
+        } else if (strcmp(o, "--tile") == 0) {
+            int *u = a->tile[0], *d = a->tile[1];
+            int n = sscanf(v, "%dx%dx%d/%dx%dx%d", &u[0], &u[1], &u[2], &d[0], &d[1], &d[2]);
+            if ((n != 3 && n != 6) || u[0] <= 0 || (n == 6 && d[0] <= 0))
+                return usage_error("bench", BENCH_CUDA_USAGE, "--tile: expected MxNxK[/MxNxK] (up/down) like 64x64x32, found '%s'", v);
+            if (n == 3) memcpy(d, u, sizeof a->tile[1]);
+            i++;
+        } else if (o[0] == '-') return usage_error("bench", BENCH_CUDA_USAGE, "unknown option '%s'", o);
+        else if (!a->spec) a->spec = o;
+        else return usage_error("bench", BENCH_CUDA_USAGE, "unexpected argument '%s'", o);
+    }
+    if (!a->spec) return usage_error("bench", BENCH_CUDA_USAGE, "%s", "missing SPEC");
+    return 0;
+}
+
+static int instr_index(const IrModule *m, ir_op op, int after)
+{
+    int n = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++)
+        if (n > after && i->op == op) return n;
+    return -1;
+}
+
+static const IrInstr *instr_at(const IrModule *m, int idx)
+{
+    const IrInstr *i = m->first;
+    while (idx-- > 0) i = i->next;
+    return i;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median GPU milliseconds of instructions [first, last) on T tokens, after warm-up. */
+static bool time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
+                       int64_t T, int reps, double *ms, RtError *err)
+{
+    double *v = xmalloc((size_t)reps * sizeof *v);
+    bool ok = true;
+    for (int r = -3; r < reps && ok; r++) {
+        ok = first == 0 && last == n_steps ? cuda_model_run(cm, ids, pos, T, err)
+                                           : cuda_model_run_steps(cm, first, last, ids, pos, T, err);
+        if (r >= 0) v[r] = cuda_model_last_ms(cm);
+    }
+    if (ok) {
+        qsort(v, (size_t)reps, sizeof *v, cmp_double);
+        *ms = v[reps / 2];
+    }
+    free(v);
+    return ok;
+}
+
+int bench_cuda(int argc, char **argv)
+{
+    CudaBenchArgs a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    ModelSpec s;
+    if (!load_spec(a.spec, &s)) return 1;
+    if (a.dtype_set) s.dtype = a.dtype;
+    s.n_layers = s.moe_every; /* one MoE layer (and the dense ones before it) */
+    s.vocab = 256;
+    int64_t max_t = 1;
+    for (int q = 0; q < a.n_tokens; q++) max_t = a.tokens[q] > max_t ? a.tokens[q] : max_t;
+    if (s.max_positions < max_t) s.max_positions = max_t;
+    RtError err = {{0}};
+    WeightSet *w = NULL;
+    if (!weights_random(&s, a.seed, &w, &err)) {
+        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+        return 1;
+    }
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, a.spec, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
+    CudaOptions o = {.compile = cuda_nvrtc_cubins};
+    memcpy(o.tile, a.tile, sizeof o.tile);
+    CudaModel *cm = cuda_model_new(m, w, s.max_positions, &o, &err);
+    if (!cm) {
+        fprintf(stderr, "moeppc bench: error: CUDA backend: %s\n", err.msg);
+        ir_module_free(m);
+        weights_close(w);
+        return 1;
+    }
+    int n_steps = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) n_steps++;
+    int route = instr_index(m, IR_OP_MOE_ROUTE, -1), up = instr_index(m, IR_OP_MOE_GROUPED_UP, route),
+        down = instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
+    MOE_ASSERT(route >= 0 && up > route && down > up);
+    const IrInstr *ri = instr_at(m, route);
+    double router_bytes = 0, expert_bytes = 3.0 * (double)s.hidden * (double)s.ffn_intermediate * dtype_size(s.dtype);
+    for (int k = 1; k < ri->n_in; k++)
+        if (ri->in[k]->kind == IR_VAL_PARAM)
+            router_bytes += (double)ir_type_numel(&ri->in[k]->type, 1) * dtype_size(ri->in[k]->type.dtype);
+    if (!a.json)
+        printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events)%s\n", s.name,
+               dtype_name(s.dtype), cuda_model_device(cm), a.reps,
+               a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)");
+    char name[64];
+    snprintf(name, sizeof name, "route.%lld.ids", (long long)(s.n_layers - 1));
+    for (int q = 0; q < a.n_tokens && rc == 0; q++) {
+        int64_t T = a.tokens[q];
+        int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+        for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
+        double layer_ms = 0, moe_ms = 0, gemm_ms = 0;
+        bool ok = time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err) &&
+                  time_steps(cm, route, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
+                  time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
+        int64_t cols = 0, picks = 0, used = 0;
+        moe_dtype dt;
+        const int32_t *rid = ok ? cuda_model_output(cm, name, &cols, &dt, &err) : NULL;
+        if (!rid) {
+            fprintf(stderr, "moeppc bench: error: CUDA backend: %s\n", err.msg);
+            rc = 1;
+        } else {
+            bool seen[1024] = {false};
+            for (int64_t j = 0; j < T * cols; j++)
+                if (rid[j] >= 0 && rid[j] < s.n_ffn && rid[j] < 1024) picks++, used += !seen[rid[j]], seen[rid[j]] = true;
+            double tflops = 2e-12 * (double)picks * expert_bytes / dtype_size(s.dtype) / (gemm_ms * 1e-3);
+            double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
+            if (a.json)
+                printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
+                       "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
+                       "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f}\n",
+                       s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, gemm_ms, tflops, gbs,
+                       a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0);
+            else {
+                printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
+                       layer_ms, moe_ms, gemm_ms, tflops);
+                if (a.peak_tflops) printf(" (%5.1f %% of peak)", 100.0 * tflops / a.peak_tflops);
+                printf("  weights %7.0f GB/s", gbs);
+                if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs / a.bw_gbs);
+                printf("  [%lld FFN picks, %lld experts]\n", (long long)picks, (long long)used);
+            }
+            fflush(stdout);
+        }
+        free(ids);
+        free(pos);
+    }
+    cuda_model_free(cm);
+    ir_module_free(m);
+    weights_close(w);
+    return rc;
+}
+#else
+int bench_cuda(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moeppc bench: error: --device cuda: this moeppc was built without the CUDA toolkit's NVRTC\n");
+    return 1;
+}
+#endif
