@@ -101,8 +101,10 @@ EOF
   [ -n "$peak" ] && ceil=(--peak-tflops "$peak" --bandwidth-gbs "$bw")
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 "${ceil[@]}" >"$out/bench.txt"
   cat "$out/bench.txt"
-  step "the grouped GEMMs' tiles (up/down, MxNxK) at T = 512 and 4096"
-  for tile in 128x64x32/128x64x32 128x64x32/128x128x32 64x64x32/64x128x32 32x64x32/64x64x64; do
+  step "the vanilla 7B layer (the baseline: every pick an FFN expert)"
+  run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,512,4096 "${ceil[@]}" | grep "^T ="
+  step "the grouped GEMMs' tiles (up/down, MxNxK) at T = 512 and 4096 (default 64x64x32/64x128x32)"
+  for tile in 128x64x32/128x128x32; do
     echo "tile $tile"
     run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --reps 10 --tile $tile "${ceil[@]}" | grep "^T ="
   done

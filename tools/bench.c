@@ -170,56 +170,6 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 
 /* ---- --experts: the expert part of one layer under synthetic routing ----------------------------------- */
 
-typedef struct {
-    uint64_t s;
-} SplitMix;
-
-static double sm_uniform(SplitMix *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return (double)((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* Experts of [lo, hi) not among the first j picks of a token. */
-static int64_t n_free(const int32_t *picks, int64_t j, int64_t lo, int64_t hi)
-{
-    int64_t n = hi - lo;
-    for (int64_t q = 0; q < j; q++) n -= picks[q] >= lo && picks[q] < hi;
-    return n;
-}
-
-/* Token t's k picks: each a zero-computation expert ([nf, E)) with probability p, else an FFN expert,
- * uniform among that class's experts the token has not picked (the other class when it runs out);
- * weights uniform in [0.1, 1), normalised. bench/baseline_openblas.c draws the same routing. */
-static int64_t synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
-                                 float *w)
-{
-    SplitMix r = {seed};
-    int64_t ffn = 0;
-    for (int64_t t = 0; t < T; t++) {
-        int32_t *picks = ids + t * k;
-        for (int64_t j = 0; j < k; j++) {
-            bool zc = sm_uniform(&r) < p;
-            int64_t lo = zc ? nf : 0, hi = zc ? E : nf;
-            if (n_free(picks, j, lo, hi) == 0) lo = zc ? 0 : nf, hi = zc ? nf : E;
-            int64_t nth = (int64_t)(sm_uniform(&r) * (double)n_free(picks, j, lo, hi)), e = lo;
-            for (;; e++) { /* the nth expert of [lo, hi) not yet picked */
-                bool taken = false;
-                for (int64_t q = 0; q < j; q++) taken |= picks[q] == e;
-                if (!taken && nth-- == 0) break;
-            }
-            picks[j] = (int32_t)e;
-            ffn += e < nf;
-        }
-        double sum = 0;
-        for (int64_t j = 0; j < k; j++) sum += (w[t * k + j] = (float)(0.1 + 0.9 * sm_uniform(&r)));
-        for (int64_t j = 0; j < k; j++) w[t * k + j] = (float)(w[t * k + j] / sum);
-    }
-    return ffn;
-}
-
 static int instr_index(const IrModule *m, ir_op op, int after)
 {
     int n = 0;
@@ -243,7 +193,7 @@ static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, 
     int32_t *rid = cpu_model_buffer(cm, ri->out[1], T);
     float *rw = cpu_model_buffer(cm, ri->out[0], T);
     int64_t k = s->top_k, picks = 0;
-    if (a->zc_share >= 0) picks = synthetic_routing(T, k, s->n_ffn, spec_n_experts(s), a->zc_share, a->seed, rid, rw);
+    if (a->zc_share >= 0) picks = bench_synthetic_routing(T, k, s->n_ffn, spec_n_experts(s), a->zc_share, a->seed, rid, rw);
     else for (int64_t j = 0; j < T * k; j++) picks += rid[j] < s->n_ffn;
     double *sec = xmalloc((size_t)a->reps * sizeof *sec);
     CpuProfile p0 = cpu_model_profile(cm);

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
-                         "[--dtype f32|bf16|f16] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] [--json]"
+                         "[--dtype f32|bf16|f16] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] [--json]"
 
 typedef struct {
     const char *spec;
@@ -25,12 +25,13 @@ typedef struct {
     bool dtype_set, json;
     moe_dtype dtype;
     double peak_tflops, bw_gbs;
+    double zc_share;              /* --zc-share P: synthetic routing for the MoE block (< 0: the router's) */
     int tile[2][3];               /* --tile UP[/DOWN] */
 } CudaBenchArgs;
 
 static int parse_args(int argc, char **argv, CudaBenchArgs *a)
 {
-    *a = (CudaBenchArgs){.reps = 20, .seed = 1, .tokens = {1, 64, 512, 4096}, .n_tokens = 4};
+    *a = (CudaBenchArgs){.reps = 20, .seed = 1, .tokens = {1, 64, 512, 4096}, .n_tokens = 4, .zc_share = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
@@ -62,6 +63,11 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
             if (!dtype_parse(v, &a->dtype) || a->dtype == DT_I32)
                 return usage_error("bench", BENCH_CUDA_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
             a->dtype_set = true;
+            i++;
+        } else if (strcmp(o, "--zc-share") == 0) {
+            a->zc_share = strtod(v, &end);
+            if (*end || !(a->zc_share >= 0 && a->zc_share <= 1))
+                return usage_error("bench", BENCH_CUDA_USAGE, "--zc-share: expected a share in [0, 1], found '%s'", v);
             i++;
         } else if (strcmp(o, "--peak-tflops") == 0 || strcmp(o, "--bandwidth-gbs") == 0) {
             double x = strtod(v, &end);
@@ -166,9 +172,10 @@ int bench_cuda(int argc, char **argv)
         if (ri->in[k]->kind == IR_VAL_PARAM)
             router_bytes += (double)ir_type_numel(&ri->in[k]->type, 1) * dtype_size(ri->in[k]->type.dtype);
     if (!a.json)
-        printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events)%s\n", s.name,
+        printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events)%s%s\n", s.name,
                dtype_name(s.dtype), cuda_model_device(cm), a.reps,
-               a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)");
+               a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)",
+               a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "");
     char name[64];
     snprintf(name, sizeof name, "route.%lld.ids", (long long)(s.n_layers - 1));
     for (int q = 0; q < a.n_tokens && rc == 0; q++) {
@@ -176,12 +183,22 @@ int bench_cuda(int argc, char **argv)
         int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
         for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0;
-        bool ok = time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err) &&
-                  time_steps(cm, route, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
-                  time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
-        int64_t cols = 0, picks = 0, used = 0;
+        bool ok = time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err);
+        int32_t *sid = NULL;
+        if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
+            int64_t k = s.top_k;
+            sid = xmalloc((size_t)(T * k) * sizeof *sid);
+            float *sw = xmalloc((size_t)(T * k) * sizeof *sw);
+            bench_synthetic_routing(T, k, s.n_ffn, spec_n_experts(&s), a.zc_share, a.seed, sid, sw);
+            ok = cuda_model_write(cm, ri->out[1], sid, &err) && cuda_model_write(cm, ri->out[0], sw, &err);
+            free(sw);
+        }
+        int first = a.zc_share >= 0 ? route + 1 : route;
+        ok = ok && time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
+             time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
+        int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
-        const int32_t *rid = ok ? cuda_model_output(cm, name, &cols, &dt, &err) : NULL;
+        const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);
         if (!rid) {
             fprintf(stderr, "moeppc bench: error: CUDA backend: %s\n", err.msg);
             rc = 1;
@@ -209,6 +226,7 @@ int bench_cuda(int argc, char **argv)
         }
         free(ids);
         free(pos);
+        free(sid);
     }
     cuda_model_free(cm);
     ir_module_free(m);

@@ -11,6 +11,12 @@ int cmd_tune(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
 /* bench_cuda.c: `moeppc bench SPEC --device cuda` (cmd_bench hands over when asked for cuda). */
 int bench_cuda(int argc, char **argv);
+/* Synthetic routing (bench --experts and --device cuda --zc-share): token t's k picks each a
+ * zero-computation expert ([nf, E)) with probability p, else an FFN expert, uniform among that
+ * class's experts not yet picked; weights uniform in [0.1, 1), normalised. Returns the FFN picks.
+ * bench/baseline_openblas.c draws the same routing. */
+int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
+                                float *w);
 /* The value after option opt in argv, or NULL. */
 const char *args_value(int argc, char **argv, const char *opt);
 /* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */

@@ -919,6 +919,13 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, m
     return NULL;
 }
 
+bool cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err)
+{
+    MOE_ASSERT(v->kind == IR_VAL_RESULT && cm->last_t > 0);
+    Run r = {cm, cm->last_t, (long long)cm->last_t, err};
+    return dupload(cm, addr(&r, v), host, (size_t)(cm->last_t * cols(v)) * dtype_size(v->type.dtype), err);
+}
+
 double cuda_model_last_ms(const CudaModel *cm) { return cm->last_ms; }
 
 const char *cuda_model_device(const CudaModel *cm) { return cm->info; }

@@ -73,6 +73,9 @@ bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_
 /* A module output of the last run, copied to host memory owned by the model: [T, cols]. NULL if the
  * name is not an output (or the copy failed: err says why). */
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, moe_dtype *dtype, RtError *err);
+/* Overwrite value v (a result) for the T of the last call with host data ([T, cols] of its dtype):
+ * benchmarks impose a routing this way and then run the instructions after the router. */
+bool       cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err);
 /* Milliseconds of GPU time (CUDA events) of the last call. */
 double     cuda_model_last_ms(const CudaModel *cm);
 /* The GPU: "NVIDIA H200 (sm_90)". */
