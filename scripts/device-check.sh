@@ -99,10 +99,13 @@ EOF
   step "7B layer on the GPU"
   ceil=()
   [ -n "$peak" ] && ceil=(--peak-tflops "$peak" --bandwidth-gbs "$bw")
-  run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 "${ceil[@]}" >"$out/bench.txt"
+  echo "routing set to the paper's tau = 0.75 share (FFN share 0.75, 16 experts in use)"
+  run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 "${ceil[@]}" >"$out/bench.txt"
   cat "$out/bench.txt"
-  step "the vanilla 7B layer (the baseline: every pick an FFN expert)"
-  run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,512,4096 "${ceil[@]}" | grep "^T ="
+  step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
+  run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
+  step "the MoE++ 7B layer with its random router's own decisions"
+  run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
   step "the grouped GEMMs' tiles (up/down, MxNxK) at T = 512 and 4096 (default 64x64x32/64x128x32)"
   for tile in 128x64x32/128x128x32; do
     echo "tile $tile"
