@@ -12,7 +12,7 @@ void cb_double(CgBuf *b, const char *name, double v)
 static const char prelude[] =
     "typedef unsigned short u16;\n"
     "typedef unsigned int u32;\n"
-    "#define INFINITY __int_as_float(0x7f800000)\n"
+    "#ifndef INFINITY  /* NVRTC has no math.h; nvcc brings its own */\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n"
     "__device__ __forceinline__ float bf16_f32(u16 h) { return __uint_as_float((u32)h << 16); }\n"
     "__device__ __forceinline__ float f16_f32(u16 h) {\n"
     "    float f; asm(\"cvt.f32.f16 %0, %1;\" : \"=f\"(f) : \"h\"(h)); return f; }\n"

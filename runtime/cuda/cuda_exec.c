@@ -16,7 +16,14 @@
 typedef struct Kern {
     char *symbol, *source;
     void *fn;
+    char launch[200];               /* its launch shape, for `moeppc emit --emit cuda`               */
 } Kern;
+
+/* "grid X×Y, block B[, S B shared] at T = 1 / 512" */
+static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigned g2[3], const unsigned b[3])
+{
+    snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
+}
 
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
  * none: the GEMV serves every T) and the GEMV. */
@@ -163,7 +170,7 @@ static int kern_add(CudaModel *cm, const char *symbol, char *source)
             return j;
         }
     if (cm->n_k == cm->cap_k) cm->k = xrealloc(cm->k, (size_t)(cm->cap_k = cm->cap_k ? 2 * cm->cap_k : 32) * sizeof *cm->k);
-    cm->k[cm->n_k] = (Kern){xstrdup(symbol), source, NULL};
+    cm->k[cm->n_k] = (Kern){.symbol = xstrdup(symbol), .source = source};
     return cm->n_k++;
 }
 
@@ -176,6 +183,11 @@ static bool op_kern(CudaModel *cm, const CgOpDesc *d, int *out, RtError *err)
     char *src = cg_cuda_op_source(d, err->msg, sizeof err->msg);
     if (!src) return false;
     *out = kern_add(cm, sym, src);
+    unsigned g1[3], g2[3], b[3];
+    size_t smem;
+    cg_cuda_op_launch(d, 1, g1, b, &smem);
+    cg_cuda_op_launch(d, 512, g2, b, &smem);
+    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
     return true;
 }
 
@@ -188,6 +200,11 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     char *src = cg_cuda_gemm_source(g, err->msg, sizeof err->msg);
     if (!src) return false;
     *out = kern_add(cm, sym, src);
+    unsigned g1[3], g2[3], b[3];
+    size_t smem;
+    cg_cuda_gemm_launch(g, 1, g1, b, &smem);
+    cg_cuda_gemm_launch(g, 512, g2, b, &smem);
+    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
     return true;
 }
 
@@ -259,6 +276,11 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     char *src = same_dtype ? cg_cuda_route_fused_source(&st->rf, why, sizeof why) : NULL;
     if (!src) return true;
     st->kern_fused = kern_add(cm, sym, src);
+    unsigned g1[3], g2[3], bl[3];
+    size_t smem;
+    cg_cuda_route_fused_launch(&st->rf, 1, g1, bl, &smem);
+    cg_cuda_route_fused_launch(&st->rf, 512, g2, bl, &smem);
+    launch_text(cm->k[st->kern_fused].launch, sizeof cm->k[st->kern_fused].launch, g1, g2, bl);
     if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
         size_t per = tensor_bytes(i->in[i->n_in - nc]);
         if (!dalloc(cm, &st->wc_stack, per * (size_t)nc, "the constant experts' gates", true, err)) return false;
@@ -277,6 +299,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     char sym[64];
     cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
+    snprintf(cm->k[st->kern_kv].launch, sizeof cm->k[st->kern_kv].launch, "block 256; grid T");
     if (!cm->dry) {
         size_t bytes = (size_t)(cm->max_pos * kvc) * sizeof(float);
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
@@ -457,7 +480,7 @@ static bool load_kernels(CudaModel *cm, RtError *err)
     if (ok && n_todo) {
         CudaKernelCode *code = xcalloc((size_t)n_todo, sizeof *code);
         CgCudaBinary *bins = xcalloc((size_t)n_todo, sizeof *bins);
-        for (int q = 0; q < n_todo; q++) code[q] = (CudaKernelCode){cm->k[todo[q]].symbol, cm->k[todo[q]].source};
+        for (int q = 0; q < n_todo; q++) code[q] = (CudaKernelCode){.symbol = cm->k[todo[q]].symbol, .source = cm->k[todo[q]].source};
         ok = cm->o.compile(code, n_todo, cm->arch, bins, err->msg, sizeof err->msg);
         for (int q = 0; ok && q < n_todo; q++) {
             Kern *k = &cm->k[todo[q]];
@@ -589,7 +612,8 @@ bool cuda_module_kernels(const IrModule *m, const CudaOptions *o, CudaKernelCode
     *out = xcalloc((size_t)cm->n_k + 1, sizeof **out);
     *n = cm->n_k;
     for (int j = 0; j < cm->n_k; j++) {
-        (*out)[j] = (CudaKernelCode){cm->k[j].symbol, cm->k[j].source};
+        (*out)[j] = (CudaKernelCode){.symbol = cm->k[j].symbol, .source = cm->k[j].source};
+        snprintf((*out)[j].launch, sizeof (*out)[j].launch, "%s", cm->k[j].launch);
         cm->k[j].symbol = cm->k[j].source = NULL;
     }
     cuda_model_free(cm);

@@ -32,6 +32,7 @@
 typedef struct CudaKernelCode {
     char *symbol;
     char *source;
+    char launch[200];               /* its launch shape at T = 1 and 512 (cuda_module_kernels)       */
 } CudaKernelCode;
 
 /* A compiled kernel embedded in an executable: cubin for `arch` and/or PTX (NUL-terminated). */

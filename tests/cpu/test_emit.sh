@@ -22,6 +22,18 @@ if [ "$CUDA" = cuda ]; then
   for f in "$WORK"/cuda/*.cu; do grep -q "__global__" "$f" || fail "$f has no kernel"; done
   for f in "$WORK"/ptx/*.ptx; do grep -q "^.version" "$f" || fail "$f is not PTX"; done
   [ "$(ls "$WORK/cuda"/*.cu | wc -l)" -eq "$(ls "$WORK/ptx"/*.ptx | wc -l)" ] || fail "as many .cu as .ptx"
+  [ -s "$WORK/cuda/README.md" ] || fail "no README.md beside the kernels"
+  [ "$(grep -c "__global__" "$WORK/cuda/moeppc_kernels.cuh")" -eq "$(ls "$WORK/cuda"/*.cu | wc -l)" ] ||
+    fail "moeppc_kernels.cuh does not declare every kernel"
+  # usable on its own: nvcc compiles a kernel and a host file that includes the header, without a warning
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  if [ -x "$NVCC" ]; then
+    k=$(ls "$WORK"/cuda/moeppc_cu_gemm_up_*.cu | head -1)
+    "$NVCC" -cubin -arch=sm_80 -o "$WORK/k.cubin" "$k" > "$WORK/nvcc.txt" 2>&1 || { cat "$WORK/nvcc.txt"; fail "nvcc $k"; }
+    printf '#include "moeppc_kernels.cuh"\nint main(void) { return 0; }\n' > "$WORK/cuda/host.cu"
+    "$NVCC" -arch=sm_80 -c -o "$WORK/host.o" "$WORK/cuda/host.cu" >> "$WORK/nvcc.txt" 2>&1 || { cat "$WORK/nvcc.txt"; fail "nvcc host.cu"; }
+    ! grep -q warning "$WORK/nvcc.txt" || { cat "$WORK/nvcc.txt"; fail "nvcc warned"; }
+  fi
 fi
 "$MOEPPC" emit "$SPEC" --emit asm -o "$WORK/x" 2> "$WORK/bad.err"; rc=$?
 [ $rc -eq 2 ] && grep -q "expected llvm, obj, cuda, ptx or cubin" "$WORK/bad.err" || fail "bad --emit: exit $rc"
