@@ -265,3 +265,12 @@ void ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed)
     *per_t = v->type.dims[0] == IR_DIM_T ? n : 0;
     *fixed = v->type.dims[0] == IR_DIM_T ? 0 : n;
 }
+
+int ir_instr_position(const IrModule *m, const IrInstr *i)
+{
+    int n = 0;
+    for (const IrInstr *j = m->first; j; j = j->next, n++)
+        if (j == i) return n;
+    MOE_ASSERT(!"the instruction is not in the module");
+    return -1;
+}

@@ -127,6 +127,8 @@ void      ir_instr_remove(IrModule *m, IrInstr *i);
 void      ir_instr_move_before(IrModule *m, IrInstr *i, IrInstr *at);
 /* Number of uses of every value by instructions and outputs; caller frees. */
 int      *ir_use_counts(const IrModule *m);
+/* Position of instruction i in program order (0 = first); asserts it belongs to m. */
+int       ir_instr_position(const IrModule *m, const IrInstr *i);
 /* Drop values nobody defines or uses any more (results of removed instructions, unused params) and
  * renumber the rest densely, in their current order. Inputs are always kept. */
 void      ir_module_compact(IrModule *m);

@@ -170,19 +170,11 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 
 /* ---- --experts: the expert part of one layer under synthetic routing ----------------------------------- */
 
-static int instr_index(const IrModule *m, ir_op op, int after)
-{
-    int n = 0;
-    for (const IrInstr *i = m->first; i; i = i->next, n++)
-        if (n > after && i->op == op) return n;
-    return -1;
-}
-
 /* Time the expert part (everything after moe.route up to the grouped down-projection) of layer 0. */
 static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, const ModelSpec *s, int64_t T,
                            int64_t *ffn_picks)
 {
-    int route = instr_index(m, IR_OP_MOE_ROUTE, -1), down = instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
+    int route = bench_instr_index(m, IR_OP_MOE_ROUTE, -1), down = bench_instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
     MOE_ASSERT(route >= 0 && down > route);
     const IrInstr *ri = m->first;
     for (int n = 0; n < route; n++) ri = ri->next;

@@ -89,14 +89,6 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
     return 0;
 }
 
-static int instr_index(const IrModule *m, ir_op op, int after)
-{
-    int n = 0;
-    for (const IrInstr *i = m->first; i; i = i->next, n++)
-        if (n > after && i->op == op) return n;
-    return -1;
-}
-
 static const IrInstr *instr_at(const IrModule *m, int idx)
 {
     const IrInstr *i = m->first;
@@ -163,8 +155,8 @@ int bench_cuda(int argc, char **argv)
     }
     int n_steps = 0;
     for (const IrInstr *i = m->first; i; i = i->next) n_steps++;
-    int route = instr_index(m, IR_OP_MOE_ROUTE, -1), up = instr_index(m, IR_OP_MOE_GROUPED_UP, route),
-        down = instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
+    int route = bench_instr_index(m, IR_OP_MOE_ROUTE, -1), up = bench_instr_index(m, IR_OP_MOE_GROUPED_UP, route),
+        down = bench_instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
     MOE_ASSERT(route >= 0 && up > route && down > up);
     const IrInstr *ri = instr_at(m, route);
     double router_bytes = 0, expert_bytes = 3.0 * (double)s.hidden * (double)s.ffn_intermediate * dtype_size(s.dtype);

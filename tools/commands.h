@@ -2,6 +2,7 @@
 #ifndef MOEPPC_COMMANDS_H
 #define MOEPPC_COMMANDS_H
 #include "frontend/frontend.h"
+#include "ir/ir.h"
 
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -17,6 +18,8 @@ int bench_cuda(int argc, char **argv);
  * bench/baseline_openblas.c draws the same routing. */
 int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
                                 float *w);
+/* Index (program order) of the first instruction of op after index `after`, or -1. */
+int bench_instr_index(const IrModule *m, ir_op op, int after);
 /* The value after option opt in argv, or NULL. */
 const char *args_value(int argc, char **argv, const char *opt);
 /* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */

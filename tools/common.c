@@ -88,3 +88,11 @@ int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, dou
     return ffn;
 }
 
+
+int bench_instr_index(const IrModule *m, ir_op op, int after)
+{
+    int n = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++)
+        if (n > after && i->op == op) return n;
+    return -1;
+}

@@ -198,11 +198,9 @@ static bool pack(CpuModel *cm, Step *st, const IrInstr *i, int first, int n, boo
 static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
-    CgOpDesc d = {.kind = CG_OP_ROUTE_POST, .experts = E, .k = ir_attr_int(i, "k"),
-                  .gating = (int)ir_attr_int(i, "gating"), .zero_lo = ir_attr_int(i, "zero_lo"),
-                  .zero_hi = ir_attr_int(i, "zero_hi"), .norm_std = ir_attr_float(i, "norm_std"), .n_const = nc,
-                  .cols = E};
+    int64_t nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    CgOpDesc d;
+    MOE_ASSERT(cg_op_desc_for(i, &d));
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     CgOpDesc th = desc(CG_OP_TANH, DT_F32, L == 2 ? i->in[1]->type.dims[0] : 1);
     if (L == 2 && !want_op(cm, st, &st->fn_tanh, &th, err)) return false;
@@ -218,12 +216,11 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
 
 static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
 {
-    const IrInstr *i = st->i;
-    int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads"), hd = cols(i->in[0]) / H;
-    CgOpDesc d = {.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = Hk, .head_dim = hd, .cols = H * hd};
+    CgOpDesc d;
+    MOE_ASSERT(cg_op_desc_for(st->i, &d));
     if (!cm->dry) {
-        st->kc = xcalloc((size_t)(cm->max_pos * Hk * hd), sizeof *st->kc);
-        st->vc = xcalloc((size_t)(cm->max_pos * Hk * hd), sizeof *st->vc);
+        st->kc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->kc);
+        st->vc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->vc);
     }
     return want_op(cm, st, &st->fn, &d, err);
 }
@@ -231,40 +228,13 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
 static bool prepare_rowwise(CpuModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    CgOpDesc d = desc(CG_OP_COUNT, DT_F32, cols(i->out[0]));
-    switch (i->op) {
-    case IR_OP_EMBED: d.kind = CG_OP_EMBED, d.wdtype = i->in[0]->type.dtype; break;
-    case IR_OP_RMS_NORM: d.kind = CG_OP_RMS_NORM, d.wdtype = i->in[1]->type.dtype, d.eps = ir_attr_float(i, "eps"); break;
-    case IR_OP_ADD_RMS_NORM:
-        d.kind = CG_OP_ADD_RMS_NORM, d.wdtype = i->in[2]->type.dtype, d.eps = ir_attr_float(i, "eps");
-        break;
-    case IR_OP_ROPE:
-        d.kind = CG_OP_ROPE, d.heads = ir_attr_int(i, "heads"), d.head_dim = d.cols / d.heads;
-        d.theta = ir_attr_float(i, "theta");
-        break;
-    case IR_OP_SWIGLU: d.kind = CG_OP_SWIGLU; break;
-    case IR_OP_ADD: d.kind = CG_OP_ADD; break;
-    case IR_OP_SCALE: d.kind = CG_OP_SCALE, d.s = ir_attr_float(i, "s"); break;
-    case IR_OP_TANH: d.kind = CG_OP_TANH; break;
-    case IR_OP_MOE_COMBINE:
-        d.kind = CG_OP_COMBINE, d.s = ir_attr_float(i, "s"), d.n_const = ir_attr_int(i, "n_const");
-        d.const_lo = ir_attr_int(i, "const_lo"), d.copy_lo = ir_attr_int(i, "copy_lo");
-        d.copy_hi = ir_attr_int(i, "copy_hi"), d.k = cols(i->in[1]);
-        d.wdtype = d.n_const ? i->in[4]->type.dtype : DT_F32;
+    CgOpDesc d;
+    MOE_ASSERT(cg_op_desc_for(i, &d));
+    if (i->op == IR_OP_MOE_COMBINE) {
         st->vc_ptrs = xcalloc((size_t)(d.n_const + 1), sizeof *st->vc_ptrs);
         for (int64_t c = 0; c < d.n_const && !cm->dry; c++) st->vc_ptrs[c] = param(cm, i->in[4 + c])->data;
-        break;
-    default: MOE_ASSERT(!"not a row-wise op");
     }
     return want_op(cm, st, &st->fn, &d, err);
-}
-
-static int step_of(const CpuModel *cm, const IrInstr *def)
-{
-    for (int s = 0; s < cm->n_steps; s++)
-        if (cm->steps[s].i == def) return s;
-    MOE_ASSERT(!"no step for the instruction");
-    return -1;
 }
 
 static bool prepare(CpuModel *cm, Step *st, RtError *err)
@@ -276,15 +246,15 @@ static bool prepare(CpuModel *cm, Step *st, RtError *err)
     case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
     case IR_OP_ZEROS: return true;
     case IR_OP_MOE_DISPATCH: {
-        int64_t E = ir_attr_int(i, "experts");
-        CgOpDesc d = {.kind = CG_OP_DISPATCH, .experts = E, .k = cols(i->in[0])};
-        st->off = xcalloc((size_t)(E + 1), sizeof *st->off);
+        CgOpDesc d;
+        MOE_ASSERT(cg_op_desc_for(i, &d));
+        st->off = xcalloc((size_t)(d.experts + 1), sizeof *st->off);
         return want_op(cm, st, &st->fn, &d, err);
     }
     case IR_OP_MOE_GROUPED_UP:
     case IR_OP_MOE_GROUPED_DOWN: {
         bool up = i->op == IR_OP_MOE_GROUPED_UP;
-        st->dispatch = step_of(cm, i->in[1]->def);
+        st->dispatch = ir_instr_position(cm->m, i->in[1]->def); /* steps are in program order */
         return pack(cm, st, i, up ? 3 : 5, (int)ir_attr_int(i, "experts"), up, err);
     }
     case IR_OP_CONVERT:

@@ -242,12 +242,8 @@ static bool linear_setup(CudaModel *cm, Gemm *gm, const IrValue *w, int64_t ldc,
 static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
-    int64_t D = cols(i->in[0]);
-    st->d = (CgOpDesc){.kind = CG_OP_ROUTE_POST, .experts = E, .k = ir_attr_int(i, "k"),
-                       .gating = (int)ir_attr_int(i, "gating"), .zero_lo = ir_attr_int(i, "zero_lo"),
-                       .zero_hi = ir_attr_int(i, "zero_hi"), .norm_std = ir_attr_float(i, "norm_std"), .n_const = nc,
-                       .cols = E};
+    int64_t nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers"), D = cols(i->in[0]);
+    MOE_ASSERT(cg_op_desc_for(i, &st->d));
     if (!op_kern(cm, &st->d, &st->kern, err)) return false;
     if (L == 2) {
         st->d_tanh = (CgOpDesc){.kind = CG_OP_TANH, .wdtype = DT_F32, .cols = i->in[1]->type.dims[0]};
@@ -294,8 +290,8 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
 static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads"), hd = cols(i->in[0]) / H, kvc = cols(i->in[1]);
-    st->d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = Hk, .head_dim = hd, .cols = H * hd};
+    int64_t kvc = cols(i->in[1]);
+    MOE_ASSERT(cg_op_desc_for(i, &st->d));
     char sym[64];
     cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
@@ -311,56 +307,26 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
 static bool prepare_rowwise(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    CgOpDesc d = {.kind = CG_OP_COUNT, .wdtype = DT_F32, .cols = cols(i->out[0])};
-    for (int k = 0; k < i->n_in; k++) { /* the embedding table, norm weights, constant vectors */
-        uint64_t unused;
-        if (i->in[k]->kind == IR_VAL_PARAM && !wdev(cm, i->in[k], &unused, err)) return false;
-    }
-    switch (i->op) {
-    case IR_OP_EMBED: d.kind = CG_OP_EMBED, d.wdtype = i->in[0]->type.dtype; break;
-    case IR_OP_RMS_NORM: d.kind = CG_OP_RMS_NORM, d.wdtype = i->in[1]->type.dtype, d.eps = ir_attr_float(i, "eps"); break;
-    case IR_OP_ADD_RMS_NORM:
-        d.kind = CG_OP_ADD_RMS_NORM, d.wdtype = i->in[2]->type.dtype, d.eps = ir_attr_float(i, "eps");
-        break;
-    case IR_OP_ROPE:
-        d.kind = CG_OP_ROPE, d.heads = ir_attr_int(i, "heads"), d.head_dim = d.cols / d.heads;
-        d.theta = ir_attr_float(i, "theta");
-        break;
-    case IR_OP_SWIGLU: d.kind = CG_OP_SWIGLU; break;
-    case IR_OP_ADD: d.kind = CG_OP_ADD; break;
-    case IR_OP_SCALE: d.kind = CG_OP_SCALE, d.s = ir_attr_float(i, "s"); break;
-    case IR_OP_TANH: d.kind = CG_OP_TANH; break;
-    case IR_OP_MOE_COMBINE: {
-        d.kind = CG_OP_COMBINE, d.s = ir_attr_float(i, "s"), d.n_const = ir_attr_int(i, "n_const");
-        d.const_lo = ir_attr_int(i, "const_lo"), d.copy_lo = ir_attr_int(i, "copy_lo");
-        d.copy_hi = ir_attr_int(i, "copy_hi"), d.k = cols(i->in[1]);
-        d.wdtype = d.n_const ? i->in[4]->type.dtype : DT_F32;
-        if (cm->dry) break;
-        uint64_t ptrs[64] = {0};
-        MOE_ASSERT(d.n_const <= (int64_t)MOE_ARRAY_LEN(ptrs));
-        for (int64_t c = 0; c < d.n_const; c++)
-            if (!wdev(cm, i->in[4 + c], &ptrs[c], err)) return false;
-        size_t bytes = (size_t)(d.n_const + 1) * sizeof *ptrs;
-        if (!dalloc(cm, &st->vc_ptrs, bytes, "constant-expert pointers", true, err) ||
-            !dupload(cm, st->vc_ptrs, ptrs, bytes, err))
-            return false;
-        break;
-    }
-    default: /* the dense form's ops (softmax, top-k, ...) are fused away by the pipeline */
+    if (!cg_op_desc_for(i, &st->d)) { /* the dense form's ops (softmax, top-k, ...) are fused away */
         snprintf(err->msg, sizeof err->msg, "the CUDA executor has no kernel for %s (%%%s): run the optimising passes",
                  ir_op_info(i->op)->name, i->n_out ? i->out[0]->name : "?");
         return false;
     }
-    st->d = d;
+    for (int k = 0; k < i->n_in; k++) { /* the embedding table, norm weights, constant vectors */
+        uint64_t unused;
+        if (i->in[k]->kind == IR_VAL_PARAM && !wdev(cm, i->in[k], &unused, err)) return false;
+    }
+    if (i->op == IR_OP_MOE_COMBINE && st->d.n_const && !cm->dry) {
+        uint64_t ptrs[64] = {0};
+        MOE_ASSERT(st->d.n_const <= (int64_t)MOE_ARRAY_LEN(ptrs));
+        for (int64_t c = 0; c < st->d.n_const; c++)
+            if (!wdev(cm, i->in[4 + c], &ptrs[c], err)) return false;
+        size_t bytes = (size_t)(st->d.n_const + 1) * sizeof *ptrs;
+        if (!dalloc(cm, &st->vc_ptrs, bytes, "constant-expert pointers", true, err) ||
+            !dupload(cm, st->vc_ptrs, ptrs, bytes, err))
+            return false;
+    }
     return op_kern(cm, &st->d, &st->kern, err);
-}
-
-static int step_of(const CudaModel *cm, const IrInstr *def)
-{
-    for (int s = 0; s < cm->n_steps; s++)
-        if (cm->steps[s].i == def) return s;
-    MOE_ASSERT(!"no step for the instruction");
-    return -1;
 }
 
 static bool prepare(CudaModel *cm, Step *st, RtError *err)
@@ -372,16 +338,16 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
     case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
     case IR_OP_ZEROS: return true;
     case IR_OP_MOE_DISPATCH: {
-        int64_t E = ir_attr_int(i, "experts");
-        st->d = (CgOpDesc){.kind = CG_OP_DISPATCH, .experts = E, .k = cols(i->in[0])};
-        if (!cm->dry && !dalloc(cm, &st->off, (size_t)(E + 1) * sizeof(int64_t), "expert offsets", true, err)) return false;
+        MOE_ASSERT(cg_op_desc_for(i, &st->d));
+        if (!cm->dry && !dalloc(cm, &st->off, (size_t)(st->d.experts + 1) * sizeof(int64_t), "expert offsets", true, err))
+            return false;
         return op_kern(cm, &st->d, &st->kern, err);
     }
     case IR_OP_MOE_GROUPED_UP:
     case IR_OP_MOE_GROUPED_DOWN: {
         bool up = i->op == IR_OP_MOE_GROUPED_UP;
         int first = up ? 3 : 5, E = (int)ir_attr_int(i, "experts");
-        st->dispatch = step_of(cm, i->in[1]->def);
+        st->dispatch = ir_instr_position(cm->m, i->in[1]->def); /* steps are in program order */
         int64_t k_top = cols(cm->steps[st->dispatch].i->in[0]);
         const IrValue *w = i->in[first];
         st->n_gm = 1;

@@ -17,8 +17,8 @@
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 #include "runtime/cuda/cuda_exec.h"
+#include "tests/tiny_specs.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,33 +244,16 @@ static bool check_spec(const char *path, int64_t T)
     return ok;
 }
 
-static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
 static void test_tiny_specs(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
-    char dir[1024];
-    src_path(dir, sizeof dir, "specs/tiny");
-    DIR *dh = opendir(dir);
-    assert_non_null(dh);
-    char *paths[64];
-    int n = 0;
-    for (struct dirent *de; (de = readdir(dh)) && n < 64;) {
-        size_t len = strlen(de->d_name);
-        if (len > 5 && strcmp(de->d_name + len - 5, ".yaml") == 0) {
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-            paths[n++] = xstrdup(p);
-        }
-    }
-    closedir(dh);
-    assert_true(n >= 10);
-    qsort(paths, (size_t)n, sizeof *paths, by_name);
-    int failed = 0;
+    int n = (int)MOE_ARRAY_LEN(tiny_specs), failed = 0;
     for (int i = 0; i < n; i++) {
-        failed += !check_spec(paths[i], 40); /* above CG_CUDA_GEMV_MAX_T: the tiled GEMMs; GEMVs in decode */
-        free(paths[i]);
+        char rel[128], p[1024];
+        snprintf(rel, sizeof rel, "specs/tiny/%s.yaml", tiny_specs[i]);
+        src_path(p, sizeof p, rel);
+        failed += !check_spec(p, 40); /* above CG_CUDA_GEMV_MAX_T: the tiled GEMMs; GEMVs in decode */
     }
     printf("%d of %d tiny specs failed\n", failed, n);
     assert_int_equal(failed, 0);

@@ -87,6 +87,11 @@ const char *cg_op_name(cg_op_kind k);
 /* A deterministic symbol for d: kind and every constant that shapes the code (doubles by their
  * bits), e.g. moeppc_op_rms_norm_bf16_c1536_e3eb0c6f7a0b5ed8d_... */
 void cg_op_symbol(const CgOpDesc *d, char *out, size_t n);
+/* The descriptor of the one kernel that runs IR instruction i (row-wise ops, attention, dispatch, and
+ * moe.route's decision: ROUTE_POST); false for what is not one op kernel (linear, the grouped GEMMs,
+ * zeros, convert). The CPU and CUDA executors both build their kernels from it. */
+struct IrInstr;
+bool cg_op_desc_for(const struct IrInstr *i, CgOpDesc *d);
 /* ops.c (LLVM): */
 /* Build d as function `symbol` in a new module of ctx for a target with vec_width f32 lanes.
  * NULL with err set if d is inconsistent (an internal error of the caller). */

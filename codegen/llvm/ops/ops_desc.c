@@ -2,6 +2,8 @@
  * to find kernels in an object file or a table without linking LLVM. */
 #include "codegen/llvm/ops/cg_ops.h"
 
+#include "ir/ir.h"
+
 #include <string.h>
 
 static const char *const op_names[] = {
@@ -34,4 +36,51 @@ void cg_op_symbol(const CgOpDesc *d, char *out, size_t n)
              (long long)d->kv_heads, (long long)d->head_dim, bits(d->theta), bits(d->s), (long long)d->experts,
              (long long)d->k, d->gating, (long long)d->zero_lo, (long long)d->zero_hi, bits(d->norm_std),
              (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo, (long long)d->copy_hi);
+}
+
+static int64_t last_dim(const IrValue *v) { return v->type.dims[v->type.ndim - 1]; }
+
+bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
+{
+    *d = (CgOpDesc){.kind = CG_OP_COUNT, .wdtype = DT_F32, .cols = i->n_out ? last_dim(i->out[0]) : 0};
+    switch (i->op) {
+    case IR_OP_EMBED: d->kind = CG_OP_EMBED, d->wdtype = i->in[0]->type.dtype; break;
+    case IR_OP_RMS_NORM: d->kind = CG_OP_RMS_NORM, d->wdtype = i->in[1]->type.dtype, d->eps = ir_attr_float(i, "eps"); break;
+    case IR_OP_ADD_RMS_NORM:
+        d->kind = CG_OP_ADD_RMS_NORM, d->wdtype = i->in[2]->type.dtype, d->eps = ir_attr_float(i, "eps");
+        break;
+    case IR_OP_ROPE:
+        d->kind = CG_OP_ROPE, d->heads = ir_attr_int(i, "heads"), d->head_dim = d->cols / d->heads;
+        d->theta = ir_attr_float(i, "theta");
+        break;
+    case IR_OP_SWIGLU: d->kind = CG_OP_SWIGLU; break;
+    case IR_OP_ADD: d->kind = CG_OP_ADD; break;
+    case IR_OP_SCALE: d->kind = CG_OP_SCALE, d->s = ir_attr_float(i, "s"); break;
+    case IR_OP_TANH: d->kind = CG_OP_TANH; break;
+    case IR_OP_MOE_COMBINE:
+        d->kind = CG_OP_COMBINE, d->s = ir_attr_float(i, "s"), d->n_const = ir_attr_int(i, "n_const");
+        d->const_lo = ir_attr_int(i, "const_lo"), d->copy_lo = ir_attr_int(i, "copy_lo");
+        d->copy_hi = ir_attr_int(i, "copy_hi"), d->k = last_dim(i->in[1]);
+        d->wdtype = d->n_const ? i->in[4]->type.dtype : DT_F32;
+        break;
+    case IR_OP_ATTENTION: {
+        int64_t H = ir_attr_int(i, "heads"), hd = last_dim(i->in[0]) / H;
+        *d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = ir_attr_int(i, "kv_heads"), .head_dim = hd,
+                        .cols = H * hd};
+        break;
+    }
+    case IR_OP_MOE_DISPATCH:
+        *d = (CgOpDesc){.kind = CG_OP_DISPATCH, .experts = ir_attr_int(i, "experts"), .k = last_dim(i->in[0])};
+        break;
+    case IR_OP_MOE_ROUTE: {
+        int64_t E = ir_attr_int(i, "experts");
+        *d = (CgOpDesc){.kind = CG_OP_ROUTE_POST, .experts = E, .k = ir_attr_int(i, "k"),
+                        .gating = (int)ir_attr_int(i, "gating"), .zero_lo = ir_attr_int(i, "zero_lo"),
+                        .zero_hi = ir_attr_int(i, "zero_hi"), .norm_std = ir_attr_float(i, "norm_std"),
+                        .n_const = ir_attr_int(i, "n_const"), .cols = E};
+        break;
+    }
+    default: return false;
+    }
+    return true;
 }
