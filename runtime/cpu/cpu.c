@@ -65,7 +65,7 @@ static void *addr(const CpuModel *cm, const IrValue *v, int64_t T)
 {
     switch (v->kind) {
     case IR_VAL_INPUT:
-        if (cm->bound && cm->bound[v->id]) return (void *)cm->bound[v->id];
+        if (cm->bound[v->id]) return (void *)cm->bound[v->id];
         return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
     case IR_VAL_PARAM: return (void *)param(cm, v)->data;
     case IR_VAL_RESULT: break;
@@ -498,6 +498,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->max_pos = max_positions;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
     cm->scratch_per_t = route_scratch_per_t(m);
+    cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
     cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
     int s = 0;
@@ -621,7 +622,6 @@ CpuProfile cpu_model_profile(const CpuModel *cm) { return cm->prof; }
 void cpu_model_bind_input(CpuModel *cm, const IrValue *input, const void *data)
 {
     MOE_ASSERT(input->kind == IR_VAL_INPUT && input->id < cm->m->n_values);
-    if (!cm->bound) cm->bound = xcalloc((size_t)cm->m->n_values, sizeof *cm->bound);
     cm->bound[input->id] = data;
 }
 
