@@ -39,13 +39,13 @@
  * MEMORY. The caller owns x, y, the residuals, the stream, the weights and the workspace. The
  * library copies nothing of the caller's, except: the CPU build packs the router's, the experts' and
  * the constant experts' gate matrices into its GEMM panel layout once, at create (a copy in the
- * weights' own dtype, the size of those matrices plus panel padding). The
- * constant vectors are read in place, so the caller's tensors must outlive the layer unless
- * MOEPP_LAYER_COPY_WEIGHTS asks the library to copy them too. Every buffer a forward call uses lies
- * in the workspace the caller gives (moepp_layer_workspace_size, moepp_layer_set_workspace): once it
- * is set, forward allocates nothing. The workspace is scratch between calls; layers that run one
- * after the other may share one (sized for the largest), except that the routing of the last call
- * (moepp_layer_route_stats: ids, weights) lives there until the workspace is used again.
+ * weights' own dtype, the size of those matrices plus panel padding). The constant vectors are read
+ * in place, so the caller's tensors must outlive the layer unless MOEPP_LAYER_COPY_WEIGHTS asks the
+ * library to copy them too. Every buffer a forward call uses lies in the workspace the caller gives
+ * (moepp_layer_workspace_size, moepp_layer_set_workspace): once it is set, forward allocates nothing.
+ * The workspace is scratch between calls; layers that run one after the other may share one (sized
+ * for the largest), except that the routing of the last call (moepp_layer_route_stats: ids,
+ * weights) lives there until the workspace is used again.
  *
  * ERRORS. Every call that can fail returns a moepp_status; moepp_status_string names the code and
  * moepp_last_error the details of this thread's last failure ("tensor ...: expected bf16 [64, 32],
@@ -153,7 +153,8 @@ typedef struct moepp_layer moepp_layer;
  * only for a layer that is always called with residual_in = NULL. */
 moepp_status moepp_layer_create(const moepp_layer_desc *desc, moepp_layer **out);
 
-/* Bytes of a workspace for calls of up to max_tokens tokens; 0 if l is NULL or max_tokens < 1. */
+/* Bytes (a multiple of 64) of a workspace for calls of up to max_tokens tokens; 0 if l is NULL or
+ * max_tokens is outside [1, 2^31). */
 size_t moepp_layer_workspace_size(const moepp_layer *l, int64_t max_tokens);
 
 /* Give the layer its workspace: `bytes` bytes at `workspace`, 64-byte aligned, owned by the caller
@@ -169,7 +170,8 @@ int64_t moepp_layer_max_tokens(const moepp_layer *l);
 moepp_status moepp_layer_forward(moepp_layer *l, const void *x, const void *residual_in, void *y,
                                  void *residual_out, int64_t n_tokens, void *stream);
 
-/* Routing of the last successful forward call. */
+/* Routing of the last successful forward call (in a CUDA build, ids and weights are device
+ * pointers, valid once the stream has run the call). */
 typedef struct moepp_route_stats {
     int64_t n_tokens;                    /* 0 before the first call                                   */
     int64_t top_k;

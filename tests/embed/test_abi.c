@@ -223,6 +223,7 @@ static void test_workspace_and_forward_reject(moepp_layer *l, const float *x, co
     expect(moepp_layer_forward(l, x, r, y, ro, T, NULL), MOEPP_ERR_NO_WORKSPACE, "forward: before a workspace");
     CHECK(moepp_layer_workspace_size(NULL, 4) == 0 && moepp_layer_workspace_size(l, 0) == 0);
     void *ws = ws_for(l, MAXT, &bytes);
+    CHECK(bytes % 64 == 0 && moepp_layer_workspace_size(l, 1) % 64 == 0);
     expect(moepp_layer_set_workspace(NULL, ws, bytes), MOEPP_ERR_NULL_POINTER, "set_workspace: layer NULL");
     expect(moepp_layer_set_workspace(l, NULL, bytes), MOEPP_ERR_NULL_POINTER, "set_workspace: workspace NULL");
     expect(moepp_layer_set_workspace(l, (char *)ws + 32, bytes - 64), MOEPP_ERR_MISALIGNED, "set_workspace: misaligned");
