@@ -214,8 +214,14 @@ static bool write_libraries(const char *tmp, const char *dir)
     bool ok = sh("rm -f '%s.tmp' && '%s' rcs '%s.tmp' '%s/layer.o'", a, MOEPPC_AR, a, tmp) && commit_file(a);
     ok = ok && sh("%s -shared %s -Wl,-soname,libmoepp_layer.so.1 -Wl,--no-undefined -o '%s.tmp' '%s/layer.o' -lm -lpthread",
                   MOEPPC_CC, MOEPPC_LIB_FLAGS, so, tmp) && commit_file(so);
+    if (!ok) { /* a failed step leaves no half-written library behind */
+        char t[4300];
+        snprintf(t, sizeof t, "%s.tmp", a), unlink(t);
+        snprintf(t, sizeof t, "%s.tmp", so), unlink(t);
+        return false;
+    }
     unlink(link);
-    if (ok && symlink("libmoepp_layer.so.1", link) != 0) {
+    if (symlink("libmoepp_layer.so.1", link) != 0) {
         fprintf(stderr, "moeppc emit: error: cannot link '%s': %s\n", link, strerror(errno));
         ok = false;
     }
