@@ -15,22 +15,6 @@
 #include <string.h>
 #include <yaml.h>
 
-void diag_error(Diag *d, int line, int col, const char *fmt, ...)
-{
-    FILE *f = d->out ? d->out : stderr;
-    const char *file = d->file ? d->file : "<input>";
-    if (line > 0)
-        fprintf(f, "%s:%d:%d: error: ", file, line, col);
-    else
-        fprintf(f, "%s: error: ", file);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
-    va_end(ap);
-    fputc('\n', f);
-    d->n_errors++;
-}
-
 /* Copy with truncation (names are at most 127 bytes). */
 static void copy_trunc(char *dst, size_t n, const char *src)
 {

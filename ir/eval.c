@@ -324,16 +324,26 @@ static bool bind_params(Eval *ev)
     return true;
 }
 
-static void bind_inputs(Eval *ev, const int32_t *ids, const int32_t *pos)
+/* ids and pos by name, every other input (f32 [T, cols]) from `in`; false if one is not given. */
+static bool bind_inputs(Eval *ev, const int32_t *ids, const int32_t *pos, const EvalInput *in, int n_in)
 {
     for (int k = 0; k < ev->m->n_values; k++) {
         const IrValue *v = ev->m->values[k];
         if (v->kind != IR_VAL_INPUT) continue;
-        const int32_t *src = strcmp(v->name, "pos") == 0 ? pos : ids;
-        double *p = xcalloc((size_t)ir_type_numel(&v->type, ev->T), sizeof *p);
-        for (int64_t t = 0; t < ev->T; t++) p[t] = src[t];
+        int64_t n = ir_type_numel(&v->type, ev->T);
+        const int32_t *src = strcmp(v->name, "pos") == 0 ? pos : strcmp(v->name, "ids") == 0 ? ids : NULL;
+        const float *f = NULL;
+        for (int j = 0; j < n_in && !src && !f; j++)
+            if (strcmp(in[j].name, v->name) == 0) f = in[j].data;
+        if (!src && !f) {
+            snprintf(ev->err->msg, sizeof ev->err->msg, "no data for input %%%s", v->name);
+            return false;
+        }
+        double *p = xcalloc((size_t)n, sizeof *p);
+        for (int64_t j = 0; j < n; j++) p[j] = src ? src[j] : store(ev, v->type.dtype, f[j]);
         ev->vals[k] = p;
     }
+    return true;
 }
 
 static void collect_outputs(Eval *ev, EvalResult *out)
@@ -359,8 +369,8 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
-             eval_precision prec, EvalResult *out, RtError *err)
+static bool eval_run(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos,
+                     const EvalInput *in, int n_in, int64_t T, eval_precision prec, EvalResult *out, RtError *err)
 {
     Eval ev = {.m = m, .w = w, .prec = prec, .T = T, .err = err};
     double t0 = now_seconds();
@@ -369,7 +379,7 @@ bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const in
     ev.params = xcalloc((size_t)m->n_values, sizeof *ev.params);
     bool ok = T > 0 && bind_params(&ev);
     if (T <= 0) snprintf(err->msg, sizeof err->msg, "no tokens to run");
-    if (ok) bind_inputs(&ev, ids, pos);
+    ok = ok && bind_inputs(&ev, ids, pos, in, n_in);
     for (const IrInstr *i = m->first; ok && i; i = i->next) ok = eval_instr(&ev, i);
     if (ok) collect_outputs(&ev, out);
     for (int k = 0; k < m->n_values; k++) free(ev.vals[k]);
@@ -379,6 +389,18 @@ bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const in
     out->macs_linear = ev.macs_linear;
     out->macs_grouped = ev.macs_grouped;
     return ok;
+}
+
+bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
+             eval_precision prec, EvalResult *out, RtError *err)
+{
+    return eval_run(m, w, ids, pos, NULL, 0, T, prec, out, err);
+}
+
+bool ir_eval_inputs(const IrModule *m, const WeightSet *w, const EvalInput *in, int n_in, int64_t T,
+                    eval_precision prec, EvalResult *out, RtError *err)
+{
+    return eval_run(m, w, NULL, NULL, in, n_in, T, prec, out, err);
 }
 
 const EvalTensor *eval_output(const EvalResult *r, const char *name)

@@ -155,6 +155,11 @@ bool      ir_plan_check(const IrModule *m, char *why, size_t n, const IrValue **
 
 /* ---- lower.c: spec → dense form --------------------------------------------------------------- */
 IrModule *ir_lower_spec(const ModelSpec *s);
+/* One MoE layer (an index l with spec_layer_is_moe) alone: inputs %x f32 [T, D] (the post-attention
+ * RMSNorm's output) and, when the spec has a gating residual, %r f32 [T, E] (the previous MoE layer's
+ * router logits); outputs "y" [T, D] (the MoE output, before the residual-stream add), "residual"
+ * [T, E] (this layer's router logits) and route.l.ids / route.l.weights. */
+IrModule *ir_lower_moe_layer(const ModelSpec *s, int64_t layer);
 
 /* ---- eval.c: the reference interpreter ------------------------------------------------------- */
 typedef enum {
@@ -180,6 +185,14 @@ typedef struct EvalResult {
  * must match the param's type). False with err set on a binding problem. */
 bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
              eval_precision prec, EvalResult *out, RtError *err);
+/* A module input other than ids and pos (the one-layer module's x and r): f32 [T, cols], row-major. */
+typedef struct EvalInput {
+    const char *name;
+    const float *data;
+} EvalInput;
+/* ir_eval of a module whose inputs are all given in in[0..n_in) by name (no ids, no pos). */
+bool ir_eval_inputs(const IrModule *m, const WeightSet *w, const EvalInput *in, int n_in, int64_t T,
+                    eval_precision prec, EvalResult *out, RtError *err);
 const EvalTensor *eval_output(const EvalResult *r, const char *name);
 void ir_eval_result_free(EvalResult *r);
 

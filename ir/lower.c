@@ -276,3 +276,18 @@ IrModule *ir_lower_spec(const ModelSpec *s)
     ir_output_add(L.m, "logits", logits);
     return L.m;
 }
+
+/* One MoE layer alone (embed/): x = RMSNorm(h; w_post) in, y = MoE(x) out (no residual-stream add),
+ * with the gating residual r in and the router logits out when the spec has one. */
+IrModule *ir_lower_moe_layer(const ModelSpec *s, int64_t layer)
+{
+    MOE_ASSERT(layer >= 0 && layer < s->n_layers && spec_layer_is_moe(s, layer));
+    Lower L = {.m = ir_module_new(s->name), .s = s, .dt = s->dtype, .l = layer};
+    int64_t D = s->hidden, E = spec_n_experts(s);
+    IrValue *x = ir_input_new(L.m, "x", act(DT_F32, D));
+    IrValue *r = s->gating_residual ? ir_input_new(L.m, "r", act(DT_F32, E)) : NULL;
+    IrValue *y = lower_moe(&L, x, &r);
+    ir_output_add(L.m, "y", y);
+    ir_output_add(L.m, "residual", r);
+    return L.m;
+}

@@ -302,7 +302,7 @@ int cmd_build(int argc, char **argv)
 
 /* ---- moeppc emit ---------------------------------------------------------------------------------- */
 
-#define EMIT_USAGE "emit SPEC --emit llvm|obj|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB]"
+#define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB]"
 
 /* Every CPU kernel of the spec into dir: objects named by symbol, or the optimised LLVM IR; plus
  * kernels.txt, one symbol per line (GEMM kernels with their tile). */
@@ -366,9 +366,9 @@ int cmd_emit(int argc, char **argv)
         else return usage_error("emit", EMIT_USAGE, "unexpected argument '%s'", o);
     }
     if (!spec || !dir || !kind) return usage_error("emit", EMIT_USAGE, "%s", "give SPEC, --emit KIND and -o DIR");
-    bool cpu = strcmp(kind, "llvm") == 0 || strcmp(kind, "obj") == 0;
+    bool lib = strcmp(kind, "lib") == 0, cpu = lib || strcmp(kind, "llvm") == 0 || strcmp(kind, "obj") == 0;
     bool gpu = strcmp(kind, "cuda") == 0 || strcmp(kind, "ptx") == 0 || strcmp(kind, "cubin") == 0;
-    if (!cpu && !gpu) return usage_error("emit", EMIT_USAGE, "--emit: expected llvm, obj, cuda, ptx or cubin, found '%s'", kind);
+    if (!cpu && !gpu) return usage_error("emit", EMIT_USAGE, "--emit: expected llvm, obj, lib, cuda, ptx or cubin, found '%s'", kind);
     pass_target t = gpu ? TARGET_SM90 : TARGET_CPU;
     if (target && !pass_target_parse(target, &t)) return usage_error("emit", EMIT_USAGE, "--target: unknown target '%s'", target);
     if (cpu != (t == TARGET_CPU)) return usage_error("emit", EMIT_USAGE, "--emit %s does not go with this --target", kind);
@@ -379,7 +379,7 @@ int cmd_emit(int argc, char **argv)
     if (gpu) return emit_cuda(spec, kind, pass_target_name(t), dir);
     TuneDb db = {0};
     if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
-    int rc = emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
+    int rc = lib ? emit_lib(spec, dir, tuning ? &db : NULL) : emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
     tune_db_free(&db);
     return rc;
 }

@@ -24,6 +24,9 @@ int bench_instr_index(const IrModule *m, ir_op op, int after);
 const char *args_value(int argc, char **argv, const char *opt);
 /* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */
 int emit_cuda(const char *spec, const char *kind, const char *arch, const char *dir);
+/* emit_lib.c: one MoE layer of the spec as a library behind embed/moepp_layer.h, written to dir. */
+struct TuneDb;
+int emit_lib(const char *spec, const char *dir, const struct TuneDb *tuning);
 
 /* common.c */
 /* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */
@@ -32,7 +35,6 @@ int  usage_error(const char *cmd, const char *usage, const char *fmt, const char
 bool write_file_atomic(const char *path, const void *data, size_t n, const char *cmd);
 /* tune.c: load a tuning database for this host (a database for another target, compiler or LLVM is
  * emptied with a warning); false on a malformed file (diagnostics printed). */
-struct TuneDb;
 bool tuning_load_for_host(const char *path, struct TuneDb *db);
 /* Load a spec with diagnostics on stderr. */
 bool load_spec(const char *path, ModelSpec *s);

@@ -55,7 +55,7 @@ static const Command commands[] = {
     {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
     {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--device cuda] [--json]"},
     {"tune", cmd_tune, "tune SPEC -o DB [--tokens 1,16,64,512,4096] [--budget S]  measure tiles for this CPU"},
-    {"emit", cmd_emit, "emit SPEC --emit llvm|obj|cuda|ptx|cubin -o DIR [--target …]   the kernels as files"},
+    {"emit", cmd_emit, "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target …]   the kernels as files (lib: a layer library)"},
     {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
 };
 

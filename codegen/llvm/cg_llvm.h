@@ -128,20 +128,36 @@ int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
 void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
 
 /* ---- drivers ------------------------------------------------------------------------------ */
-/* Reusable scratch (packed A, per-thread tiles); grows on demand, zero-initialise it. */
+/* Reusable scratch (packed A, per-thread tiles, the groups' first tiles); grows on demand,
+ * zero-initialise it. A borrowed CgWork (cg_work_borrow) lives in caller memory and never grows:
+ * a call needing more than cg_work_need said is a broken invariant. */
 typedef struct CgWork {
-    float  *a_packed;
-    size_t  a_cap;      /* floats */
-    float  *tiles;
-    size_t  tiles_cap;  /* floats */
+    float   *a_packed;
+    size_t   a_cap;      /* floats */
+    float   *tiles;
+    size_t   tiles_cap;  /* floats */
+    int64_t *tile_off;
+    size_t   tile_off_cap;
+    bool     borrowed;
 } CgWork;
-void cg_work_free(CgWork *w);
+void cg_work_free(CgWork *w);       /* frees what it owns; a borrowed one is only forgotten */
 
 /* Blocking: K in blocks of kc (0: whole K in one pass), M in blocks of mc rows (multiple of MR). */
 typedef struct CgBlocking {
     int64_t kc, mc;
 } CgBlocking;
 CgBlocking cg_blocking_default(const CgKernel *kern);
+
+/* What a driver call needs in a CgWork: cg_work_need raises need to cover a call of kern with blk
+ * on `threads` threads over up to m rows in n_groups groups of K columns. */
+typedef struct CgWorkNeed {
+    size_t a_floats, tile_floats, n_tile_off;
+} CgWorkNeed;
+void   cg_work_need(CgWorkNeed *need, const CgKernel *kern, const CgBlocking *blk, int threads, int64_t m,
+                    int64_t n_groups, int64_t K);
+size_t cg_work_need_bytes(const CgWorkNeed *need);  /* three 64-byte aligned blocks */
+/* Use mem (64-byte aligned, cg_work_need_bytes(need) bytes) from now on; what w owned is freed. */
+void   cg_work_borrow(CgWork *w, void *mem, const CgWorkNeed *need);
 
 /* C[M, N] (+)= A[M, K] . W^T, A row-major with stride lda, C with ldc; b packed without swiglu. */
 void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,

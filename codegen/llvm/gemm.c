@@ -44,18 +44,55 @@ typedef struct Job {
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 void cg_work_free(CgWork *w) {
-    free(w->a_packed);
-    free(w->tiles);
+    if (!w->borrowed) {
+        free(w->a_packed);
+        free(w->tiles);
+        free(w->tile_off);
+    }
     memset(w, 0, sizeof *w);
 }
 
-static float *grow(float *p, size_t *cap, size_t need) {
+/* p holding at least need elements of elem bytes: reallocated (owned) or asserted (borrowed). */
+static void *grow(void *p, size_t *cap, size_t need, size_t elem, bool borrowed) {
     if (need <= *cap) return p;
+    MOE_ASSERT(!borrowed); /* cg_work_need sized it for every call the caller makes */
     free(p);
     *cap = need + need / 4;
-    float *q = aligned_alloc(64, ((*cap * sizeof(float)) + 63) & ~(size_t)63);
+    void *q = aligned_alloc(64, ((*cap * elem) + 63) & ~(size_t)63);
     MOE_ASSERT(q);
     return q;
+}
+
+void cg_work_need(CgWorkNeed *need, const CgKernel *kern, const CgBlocking *blk, int threads, int64_t m,
+                  int64_t n_groups, int64_t K) {
+    int mr = kern->cfg.mr;
+    int64_t mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
+    /* run(): Σ_g ceil(rows_g / MR) tiles ≤ ceil(m / MR) + n_groups, each MR × K floats, plus one */
+    size_t a = (size_t)(((m + mr - 1) / mr + n_groups) * mr * K) + 1;
+    size_t tiles = (size_t)(mc * kern->cfg.nr) * (size_t)(threads < 1 ? 1 : threads);
+    size_t off = (size_t)n_groups + 1;
+    if (a > need->a_floats) need->a_floats = a;
+    if (tiles > need->tile_floats) need->tile_floats = tiles;
+    if (off > need->n_tile_off) need->n_tile_off = off;
+}
+
+static size_t block64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+size_t cg_work_need_bytes(const CgWorkNeed *need) {
+    return block64(need->a_floats * sizeof(float)) + block64(need->tile_floats * sizeof(float)) +
+           block64(need->n_tile_off * sizeof(int64_t));
+}
+
+void cg_work_borrow(CgWork *w, void *mem, const CgWorkNeed *need) {
+    MOE_ASSERT(((uintptr_t)mem & 63) == 0);
+    cg_work_free(w);
+    char *p = mem;
+    w->a_packed = (float *)p, w->a_cap = need->a_floats;
+    p += block64(need->a_floats * sizeof(float));
+    w->tiles = (float *)p, w->tiles_cap = need->tile_floats;
+    p += block64(need->tile_floats * sizeof(float));
+    w->tile_off = (int64_t *)p, w->tile_off_cap = need->n_tile_off;
+    w->borrowed = true;
 }
 
 CgBlocking cg_blocking_default(const CgKernel *kern) {
@@ -186,21 +223,21 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     int mr = j->kern->cfg.mr, threads = cg_pool_threads(pool);
     j->kc = blk->kc;
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
-    j->tile_off = xmalloc((size_t)(j->n_groups + 1) * sizeof *j->tile_off);
+    work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);
+    j->tile_off = work->tile_off;
     j->tile_off[0] = 0;
     for (int64_t g = 0; g < j->n_groups; g++)
         j->tile_off[g + 1] = j->tile_off[g] + (j->off[g + 1] - j->off[g] + mr - 1) / mr;
     int64_t n_tiles = j->tile_off[j->n_groups];
-    work->a_packed = grow(work->a_packed, &work->a_cap, (size_t)(n_tiles * mr * j->K) + 1);
+    work->a_packed = grow(work->a_packed, &work->a_cap, (size_t)(n_tiles * mr * j->K) + 1, sizeof(float), work->borrowed);
     j->tile_floats = (size_t)(j->mc * j->kern->cfg.nr);
-    work->tiles = grow(work->tiles, &work->tiles_cap, j->tile_floats * (size_t)threads);
+    work->tiles = grow(work->tiles, &work->tiles_cap, j->tile_floats * (size_t)threads, sizeof(float), work->borrowed);
     j->ap = work->a_packed;
     j->tiles = work->tiles;
     /* More chunks than threads balances a noisy machine; few enough that packed A is re-read little. */
     j->n_chunks = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
     cg_pool_parallel_for(pool, n_tiles, pack_a_task, j);
     cg_pool_parallel_for(pool, j->n_chunks, chunk_task, j);
-    free(j->tile_off);
 }
 
 void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,

@@ -40,6 +40,9 @@ struct CpuModel {
     float *scratch;                 /* route scratch: h, z0, g, u, alpha logits                        */
     size_t scratch_per_t;           /* floats per token                                                */
     const int32_t *ids, *pos;       /* inputs of the current run                                      */
+    const void **bound;             /* [n_values]: other inputs, bound to caller memory (embed/)       */
+    bool external;                  /* arena, scratch and dispatch buffers lie in caller memory:       */
+                                    /*   cap_t is fixed, runs allocate nothing                         */
     CpuProfile prof;
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
 };
@@ -61,7 +64,9 @@ static const Tensor *param(const CpuModel *cm, const IrValue *v)
 static void *addr(const CpuModel *cm, const IrValue *v, int64_t T)
 {
     switch (v->kind) {
-    case IR_VAL_INPUT: return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
+    case IR_VAL_INPUT:
+        if (cm->bound[v->id]) return (void *)cm->bound[v->id];
+        return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
     case IR_VAL_PARAM: return (void *)param(cm, v)->data;
     case IR_VAL_RESULT: break;
     }
@@ -434,6 +439,7 @@ static size_t route_scratch_per_t(const IrModule *m)
 static void ensure_capacity(CpuModel *cm, int64_t T)
 {
     if (T <= cm->cap_t) return;
+    MOE_ASSERT(!cm->external); /* the caller's workspace bounds T (cpu_model_run_steps checks) */
     free(cm->arena);
     free(cm->scratch);
     cm->arena = xcalloc((size_t)(cm->m->arena_t * T + cm->m->arena_c) + 64, 1);
@@ -462,6 +468,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->max_pos = max_positions;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
     cm->scratch_per_t = route_scratch_per_t(m);
+    cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
     cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
     int s = 0;
@@ -537,7 +544,7 @@ void *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T) { return
 bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
                          RtError *err)
 {
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = 0; pos && t < T; t++) {
         if (pos[t] < 0 || pos[t] >= cm->max_pos) {
             snprintf(err->msg, sizeof err->msg, "position %d of token %lld is outside [0, %lld) (max positions)", pos[t],
                      (long long)t, (long long)cm->max_pos);
@@ -546,6 +553,11 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     }
     if (T <= 0) {
         snprintf(err->msg, sizeof err->msg, "no tokens to run");
+        return false;
+    }
+    if (cm->external && T > cm->cap_t) {
+        snprintf(err->msg, sizeof err->msg, "%lld tokens exceed the workspace's %lld", (long long)T,
+                 (long long)cm->cap_t);
         return false;
     }
     ensure_capacity(cm, T);
@@ -575,9 +587,88 @@ const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *ncol
 
 CpuProfile cpu_model_profile(const CpuModel *cm) { return cm->prof; }
 
+/* ---- caller memory (embed/): bound inputs and a workspace -------------------------------------- */
+
+void cpu_model_bind_input(CpuModel *cm, const IrValue *input, const void *data)
+{
+    MOE_ASSERT(input->kind == IR_VAL_INPUT && input->id < cm->m->n_values);
+    cm->bound[input->id] = data;
+}
+
+static size_t block64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+/* What the GEMM drivers need for runs on up to T tokens: every kernel a step may pick, on the rows
+ * it can see (T, or T·k slots for the grouped GEMMs), with its blocking. */
+static CgWorkNeed work_need(const CpuModel *cm, int64_t T)
+{
+    CgWorkNeed need = {0};
+    int threads = cg_pool_threads(cm->pool);
+    for (int s = 0; s < cm->n_steps; s++) {
+        const Step *st = &cm->steps[s];
+        bool grouped = st->i->op == IR_OP_MOE_GROUPED_UP || st->i->op == IR_OP_MOE_GROUPED_DOWN;
+        int64_t m = grouped ? T * cols(cm->steps[st->dispatch].i->in[0]) : T, groups = grouped ? st->n_pk : 1;
+        for (int p = 0; p < st->n_pk; p++) {
+            for (int k = -1; k < st->n_gk_mr; k++) {
+                const CgKernel *g = k < 0 ? st->gk : st->gk_mr[k];
+                CgBlocking blk = blocking_for(st, g);
+                cg_work_need(&need, g, &blk, threads, m, groups, st->pk[p].k);
+            }
+        }
+    }
+    return need;
+}
+
+/* The workspace for T tokens, laid out from base (NULL: only measured): the arena, the route
+ * scratch, each dispatch's permutation and gate weights, the drivers' scratch. */
+static size_t workspace_layout(CpuModel *cm, unsigned char *base, int64_t T)
+{
+    size_t at = block64((size_t)(cm->m->arena_t * T + cm->m->arena_c) + 64); /* as ensure_capacity */
+    if (base) cm->arena = base;
+    if (base) cm->scratch = (float *)(base + at);
+    at += block64((cm->scratch_per_t * (size_t)T + 1) * sizeof(float));
+    for (int s = 0; s < cm->n_steps; s++) {
+        Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_MOE_DISPATCH) continue;
+        size_t n = (size_t)(T * cols(st->i->in[0]));
+        if (base) st->perm = (int32_t *)(base + at);
+        at += block64(n * sizeof(int32_t));
+        if (base) st->gate_w = (float *)(base + at);
+        at += block64(n * sizeof(float));
+    }
+    CgWorkNeed need = work_need(cm, T);
+    if (base) cg_work_borrow(&cm->work, base + at, &need);
+    return at + cg_work_need_bytes(&need);
+}
+
+size_t cpu_model_workspace_bytes(const CpuModel *cm, int64_t max_t)
+{
+    return workspace_layout((CpuModel *)cm, NULL, max_t); /* with no base it only measures */
+}
+
+static void free_run_buffers(CpuModel *cm)
+{
+    if (cm->external) return; /* the caller's */
+    free(cm->arena);
+    free(cm->scratch);
+    for (int s = 0; s < cm->n_steps; s++) {
+        free(cm->steps[s].perm);
+        free(cm->steps[s].gate_w);
+    }
+}
+
+void cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t)
+{
+    MOE_ASSERT(((uintptr_t)ws & 63) == 0 && max_t > 0);
+    free_run_buffers(cm);
+    workspace_layout(cm, ws, max_t);
+    cm->external = true;
+    cm->cap_t = max_t;
+}
+
 void cpu_model_free(CpuModel *cm)
 {
     if (!cm) return;
+    free_run_buffers(cm);
     for (int s = 0; s < cm->n_steps; s++) {
         Step *st = &cm->steps[s];
         for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
@@ -587,12 +678,9 @@ void cpu_model_free(CpuModel *cm)
         free(st->vc);
         free(st->vc_ptrs);
         free(st->off);
-        free(st->perm);
-        free(st->gate_w);
     }
     free(cm->steps);
-    free(cm->arena);
-    free(cm->scratch);
+    free(cm->bound);
     cg_work_free(&cm->work);
     cg_pool_free(cm->pool);
     free(cm);

@@ -8,7 +8,8 @@
  *      call with positions n.. continues a sequence (decode); cpu_model_reset starts a new one.
  * Memory: the CpuModel owns the arena (grown to the largest T seen), the KV caches, the packed
  *      weights (packed once at load, in their stored dtype), scratch and the thread pool. The module
- *      and the WeightSet are borrowed and must outlive it.
+ *      and the WeightSet are borrowed and must outlive it. With cpu_model_set_workspace the arena and
+ *      scratch live in caller memory instead, and a run allocates nothing.
  * Errors: user-level problems (T beyond max positions, a token outside the vocabulary) return false
  *      with a message; broken invariants of our own compiler abort.
  */
@@ -51,6 +52,17 @@ typedef struct CpuProfile {
 } CpuProfile;
 CpuProfile cpu_model_profile(const CpuModel *cm);
 void      cpu_model_free(CpuModel *cm);
+
+/* Caller memory, for a module with inputs other than ids and pos (embed/: one MoE layer, x and r).
+ * Runs then take ids = pos = NULL. */
+/* Read input value `input` (f32 [T, cols], row-major) from data in the following runs. */
+void      cpu_model_bind_input(CpuModel *cm, const IrValue *input, const void *data);
+/* Bytes of a workspace for runs on up to max_t tokens: the arena, the routing scratch and the GEMM
+ * drivers' scratch, laid out in 64-byte aligned blocks. */
+size_t    cpu_model_workspace_bytes(const CpuModel *cm, int64_t max_t);
+/* From now on every buffer of a run lies in ws (64-byte aligned, cpu_model_workspace_bytes(max_t)
+ * bytes, owned by the caller): runs on up to max_t tokens allocate nothing, longer ones fail. */
+void      cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t);
 
 /* Every kernel the module needs, requested from ks once (moeppc build compiles them this way). */
 bool      cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err);

@@ -36,5 +36,5 @@ if [ "$CUDA" = cuda ]; then
   fi
 fi
 "$MOEPPC" emit "$SPEC" --emit asm -o "$WORK/x" 2> "$WORK/bad.err"; rc=$?
-[ $rc -eq 2 ] && grep -q "expected llvm, obj, cuda, ptx or cubin" "$WORK/bad.err" || fail "bad --emit: exit $rc"
+[ $rc -eq 2 ] && grep -q "expected llvm, obj, lib, cuda, ptx or cubin" "$WORK/bad.err" || fail "bad --emit: exit $rc"
 echo "emit: $n CPU kernels as LLVM IR and objects${CUDA:+, CUDA C and PTX}"

@@ -1,0 +1,76 @@
+#!/bin/bash
+# test_example.sh c|python MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
+# pkg-config against LIB only, shared and static) or examples/embed_python (ctypes) against the
+# reference interpreter (embed_layer_ref) on a checkpoint of SPEC: the spec's first MoE layer without
+# residual_in and its last one with one (when the spec has a gating residual), several thread
+# counts. Each "--mutate" run (a negated down-projection; a dropped residual_in) must fail, or the
+# check could not catch them. Env: CC, PKG_CONFIG, PYTHON.
+set -u
+KIND=$1 MOEPPC=$2 REF=$3 LIB=$4 SPEC=$5 WORK=$6
+CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config} PY=${PYTHON:-/usr/bin/python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+EX=$HERE/../../examples
+fail() { echo "FAILED: $*"; exit 1; }
+rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+export PKG_CONFIG_PATH=$LIB
+sanitized=0
+"$PKG_CONFIG" --cflags moepp_layer | grep -q fsanitize=address && sanitized=1
+
+if [ "$KIND" = c ]; then
+  "$CC" -O2 -Wall -Wextra -Werror "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags --libs moepp_layer) -lm \
+        -Wl,-rpath,"$("$PKG_CONFIG" --variable=libdir moepp_layer)" -o "$WORK/embed_layer" || fail "building embed_c (shared)"
+  "$CC" -O2 -Wall -Wextra -Werror "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags moepp_layer) \
+        $("$PKG_CONFIG" --variable=static_libs moepp_layer) -o "$WORK/embed_layer_static" || fail "building embed_c (static)"
+  readelf -d "$WORK/embed_layer_static" | grep -q moepp_layer && fail "the static build still needs the shared library"
+  run() { "$WORK/embed_layer" "$@"; }
+  run_static() { "$WORK/embed_layer_static" "$@"; }
+else
+  if [ $sanitized = 1 ]; then
+    # An ASan-instrumented library inside an uninstrumented Python: its runtime must come first, and
+    # Python's own allocations are not leaks worth reporting.
+    export LD_PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libubsan.so)"
+    export ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0
+  fi
+  run() { "$PY" "$EX/embed_python/run_layer.py" "$LIB" "$@"; }
+  run_static() { run "$@"; }
+fi
+
+"$MOEPPC" init-weights "$SPEC" --seed 7 -o "$WORK/w.safetensors" > /dev/null || fail "init-weights"
+read -r first last residual < <("$PY" - "$SPEC" <<'PYEOF'
+import sys, yaml
+s = yaml.safe_load(open(sys.argv[1]))
+L, every = s["model"]["layers"], s["moe"]["every"]
+moe = [l for l in range(L) if (l + 1) % every == 0]
+print(moe[0], moe[-1], int(s["moe"]["router"]["residual"]))
+PYEOF
+)
+cases=("$first 1 --no-residual")
+[ "$residual" = 1 ] && cases+=("$last 2")
+n=0
+for c in "${cases[@]}"; do
+  read -r layer seed flag <<< "$c"
+  D="$WORK/case$n"; n=$((n + 1))
+  mkdir -p "$D" && ln -sf "$WORK/w.safetensors" "$D/w.safetensors"
+  "$REF" "$SPEC" "$WORK/w.safetensors" "$layer" 19 "$seed" "$D" $flag > /dev/null || fail "reference for layer $layer"
+  for threads in 1 3; do
+    run "$D" --threads $threads || fail "layer $layer, $threads threads: the library differs from the reference"
+  done
+  run_static "$D" --threads 2 || fail "layer $layer (static library)"
+  run "$D" --mutate weight > "$WORK/mutant.txt" 2>&1 && fail "a negated down-projection was not caught"
+  grep -q MISMATCH "$WORK/mutant.txt" || { cat "$WORK/mutant.txt"; fail "no MISMATCH verdict for the weight mutant"; }
+  if [ -z "$flag" ]; then
+    run "$D" --mutate residual > "$WORK/mutant.txt" 2>&1 && fail "a dropped residual_in was not caught"
+    grep -q MISMATCH "$WORK/mutant.txt" || fail "no MISMATCH verdict for the residual mutant"
+  fi
+done
+if [ "$KIND" = python ] && [ "$first" -gt 0 ]; then  # a dense layer is refused with its status
+  "$PY" - "$EX/embed_python" "$LIB" <<'PYEOF' || fail "layer 0 (dense) was not refused"
+import sys; sys.path.insert(0, sys.argv[1]); import moepp_layer as m
+lib = m.Library(sys.argv[2] + "/libmoepp_layer.so")
+try:
+    m.Layer(lib, 0, {}); sys.exit(1)
+except m.MoeppError as e:
+    print("dense layer 0:", e); sys.exit(0 if e.status == 2 and "dense" in str(e) else 1)
+PYEOF
+fi
+echo "embed $KIND: ${#cases[@]} case(s) of $(basename "$SPEC") match the reference; every mutant caught"
