@@ -37,8 +37,11 @@ static void describe_json(const cJSON *v, char *buf, size_t n)
 {
     if (cJSON_IsNumber(v))
         snprintf(buf, n, "%.17g", v->valuedouble);
-    else if (cJSON_IsString(v))
-        snprintf(buf, n, "the string \"%.40s\"", v->valuestring);
+    else if (cJSON_IsString(v)) {
+        char shown[48];
+        str_escape(v->valuestring, strlen(v->valuestring), shown, sizeof shown);
+        snprintf(buf, n, "the string \"%s\"", shown);
+    }
     else if (cJSON_IsBool(v))
         snprintf(buf, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
     else if (cJSON_IsNull(v))

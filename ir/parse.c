@@ -149,7 +149,12 @@ static const char *tok_desc(const Token *t, char *buf, size_t n)
     switch (t->kind) {
     case TK_EOF: return "end of file";
     case TK_VALUE: snprintf(buf, n, "'%%%s'", t->text); return buf;
-    case TK_STRING: snprintf(buf, n, "string \"%s\"", t->text); return buf;
+    case TK_STRING: {
+        char shown[96];
+        str_escape(t->text, strlen(t->text), shown, sizeof shown);
+        snprintf(buf, n, "string \"%s\"", shown);
+        return buf;
+    }
     case TK_BAD: return t->text;
     default: snprintf(buf, n, "'%s'", t->text); return buf;
     }

@@ -258,6 +258,29 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...)
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
 
+void str_escape(const char *s, size_t len, char *buf, size_t n)
+{
+    if (n == 0) return;
+    size_t full = 0;
+    for (size_t i = 0; i < len; i++) full += (unsigned char)s[i] >= 0x20 && s[i] != 0x7f ? 1 : 4;
+    size_t room = full < n ? n - 1 : (n > 4 ? n - 4 : 0); /* cut: keep room for "..." */
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool plain = c >= 0x20 && c != 0x7f;
+        if (o + (plain ? 1 : 4) > room) break;
+        if (plain)
+            buf[o++] = (char)c;
+        else
+            o += (size_t)snprintf(buf + o, n - o, "\\x%02x", c);
+    }
+    if (full >= n && n > 4) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = 0;
+}
+
 int str_edit_distance(const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);

@@ -79,6 +79,9 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...) __attribute__((format(printf
 /* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
+/* Input text for a message, printable: bytes below 0x20 and DEL become \xNN; cut with "..." when
+ * buf (n bytes) is full. Names and strings read from a file go through this before they are shown. */
+void str_escape(const char *s, size_t len, char *buf, size_t n);
 /* Levenshtein distance, for "did you mean" hints. */
 int  str_edit_distance(const char *a, const char *b);
 /* Write n bytes to path through a temporary file renamed into place: all or nothing. On failure
