@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void moe_assert_fail(const char *file, int line, const char *expr)
@@ -307,20 +308,26 @@ char *file_read_all(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > FILE_READ_LIMIT) {
+        fclose(f); /* refused before anything is allocated */
+        errno = EFBIG;
+        return NULL;
+    }
     size_t cap = 4096, n = 0;
     char *buf = xmalloc(cap + 1);
     for (;;) {
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
-        if (n < cap) break;
+        if (n < cap || n > FILE_READ_LIMIT) break;
         cap *= 2;
         buf = xrealloc(buf, cap + 1);
     }
-    int bad = ferror(f);
+    int bad = ferror(f) ? EIO : n > FILE_READ_LIMIT ? EFBIG : 0; /* EFBIG: /dev/zero, a 10 GB "spec" */
     fclose(f);
     if (bad) {
         free(buf);
-        errno = EIO;
+        errno = bad;
         return NULL;
     }
     buf[n] = '\0';

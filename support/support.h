@@ -87,7 +87,11 @@ int  str_edit_distance(const char *a, const char *b);
 /* Write n bytes to path through a temporary file renamed into place: all or nothing. On failure
  * why gets "cannot write 'PATH': REASON". */
 bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len);
-/* Read a whole file; NULL with errno set on failure. *len gets the byte count. */
+/* Read a whole file; NULL with errno set on failure. *len gets the byte count. Every text input
+ * (spec, config, index, IR, tuning database) is read through this, so none can be larger than
+ * FILE_READ_LIMIT (the cap safetensors sets on its header): a bigger one fails with EFBIG before
+ * more than that is read. */
+#define FILE_READ_LIMIT 100000000
 char *file_read_all(const char *path, size_t *len);
 
 /* ---- deterministic random numbers (splitmix64) ---------------------------------------------- */
