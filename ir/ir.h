@@ -179,6 +179,9 @@ typedef struct EvalResult {
 bool ir_eval(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos, int64_t T,
              eval_precision prec, EvalResult *out, RtError *err);
 const EvalTensor *eval_output(const EvalResult *r, const char *name);
+/* Bytes ir_eval holds for T tokens: every input and result, and the outputs' copies, in f64 (it
+ * frees nothing before the end); ir_eval refuses to start when this exceeds the available memory. */
+double ir_eval_bytes(const IrModule *m, int64_t T);
 void ir_eval_result_free(EvalResult *r);
 
 #endif

@@ -201,11 +201,10 @@ static bool random_plan(const TensorDesc *d, int n, size_t *offs, size_t *total)
 
 static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
 {
-    double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
-    double limit = 0.8 * phys;
+    double have = mem_available_bytes(), limit = 0.8 * have;
     if ((double)total <= limit) return true;
-    rt_errorf(err, s->name, "random weights need %.1f MB, more than the %.1f MB allowed (80%% of %.1f MB of "
-              "physical memory); use a smaller spec", (double)total / 1e6, limit / 1e6, phys / 1e6);
+    rt_errorf(err, s->name, "random weights need %.1f MB, more than the %.1f MB allowed (80%% of the %.1f MB of "
+              "memory available); use a smaller spec", (double)total / 1e6, limit / 1e6, have / 1e6);
     return false;
 }
 

@@ -75,6 +75,14 @@ typedef struct StrBuf {
 } StrBuf;
 void strbuf_printf(StrBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
+ * counts as available), or MOEPPC_MEM_LIMIT_MB when set (tests). Whatever would allocate a size the
+ * input decides (random weights, packed weights, KV caches, activations) checks it first, so a model
+ * too large for the machine is a message, never an allocation that fails or the OOM killer. */
+double mem_available_bytes(void);
+/* "3.21 GB" or "12.5 MB" (decimal units), for such messages. */
+void str_bytes(double bytes, char *buf, size_t n);
+
 /* ---- numbers and strings -------------------------------------------------------------------- */
 /* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
