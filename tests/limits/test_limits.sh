@@ -2,7 +2,8 @@
 # test_limits.sh MOEPPC WORKDIR: inputs that ask for more than the machine has are refused early, each
 # with one message and exit status 1, and nothing is allocated for them: a spec whose weights need
 # petabytes (hidden 10^7), activations beyond the memory (MOEPPC_MEM_LIMIT_MB plays a small machine),
-# a safetensors header length of gigabytes, a file that never ends. (Nesting and node limits of YAML: tests/frontend/errors/nested-too-deep and frontend_unit.)
+# a safetensors header length of gigabytes, a token list longer than max_positions, a file that
+# never ends. (Nesting and node limits of YAML: tests/frontend/errors/nested-too-deep, frontend_unit.)
 set -u
 moeppc=$1 work=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,5 +46,8 @@ printf '\000\136\320\262\000\000\000\000{}' >"$work/huge-header.safetensors"
 expect 1 "header length 3000000000 is larger than the 100000000-byte limit" \
     "$moeppc" run "$tiny" --weights "$work/huge-header.safetensors" --ids "1"
 
+# 60000 tokens (the most one argument can hold is 128 KiB): refused at the 65th
+expect 1 "error: --ids: more than max_positions (64) tokens" \
+    "$moeppc" run "$tiny" --random-weights 1 --ids "$(yes 1 | head -n 60000 | tr '\n' ' ')"
 expect 1 "/dev/zero: error: cannot read the spec: File too large" "$moeppc" check /dev/zero
 exit $failed
