@@ -466,11 +466,13 @@ bool ir_verify(const IrModule *m, Diag *d)
         for (int k = 0; k < i->n_out; k++) defined[i->out[k]->id] = true;
     }
     v.in = NULL;
-    for (int k = 0; k < m->n_outputs; k++)
-        if (!want(&v, defined[m->outputs[k].value->id], "output \"%s\" names an undefined value",
-                  m->outputs[k].name))
-            ok = false;
-    if (!want(&v, m->n_outputs > 0, "module \"%s\" has no outputs", m->name)) ok = false;
+    char shown[96]; /* names are strings of the IR text: shown escaped */
+    for (int k = 0; k < m->n_outputs; k++) {
+        str_escape(m->outputs[k].name, strlen(m->outputs[k].name), shown, sizeof shown);
+        if (!want(&v, defined[m->outputs[k].value->id], "output \"%s\" names an undefined value", shown)) ok = false;
+    }
+    str_escape(m->name, strlen(m->name), shown, sizeof shown);
+    if (!want(&v, m->n_outputs > 0, "module \"%s\" has no outputs", shown)) ok = false;
     char why[256];
     const IrValue *where = NULL;
     if (ok && m->planned && !ir_plan_check(m, why, sizeof why, &where)) {
