@@ -138,6 +138,15 @@ static bool chain_is_private(const IrModule *m, const Route *R)
     return true;
 }
 
+/* What moe.route can say (its verifier's rule) and lowering always writes: zero experts within the
+ * E experts, at most E constant ones, a positive input scale, residual logits of width E. IR text may
+ * say otherwise (found by fuzzing); such a layer is left unfused. */
+static bool route_expressible(const Route *R)
+{
+    int64_t E = R->z_resid->type.dims[1];
+    return R->zero_hi <= E && R->n_const <= E && R->s > 0 && (!R->r || R->r->type.dims[1] == E);
+}
+
 static bool match_route(const IrModule *m, IrInstr *gate, Route *R)
 {
     memset(R, 0, sizeof *R);
@@ -153,7 +162,7 @@ static bool match_route(const IrModule *m, IrInstr *gate, Route *R)
         z = nm->in[0];
         chain_add(R, nm);
     }
-    return match_logits(R, z) && match_constants(m, R) && chain_is_private(m, R);
+    return match_logits(R, z) && match_constants(m, R) && route_expressible(R) && chain_is_private(m, R);
 }
 
 static IrInstr *build_route(IrModule *m, const Route *R)
