@@ -36,6 +36,11 @@ bool ir_op_lookup(const char *name, ir_op *out);
 
 #define IR_DIM_T (-1)
 #define IR_MAX_DIMS 4
+/* Bounds the verifier (values) and the parser (arena numbers) hold IR to, far beyond any model (a
+ * value of 1 TB per token): with them, sizes, offsets and the plan's checks at T tokens stay inside
+ * int64 whatever IR text says. */
+#define IR_MAX_VALUE_BYTES ((int64_t)1 << 40)
+#define IR_MAX_ARENA ((int64_t)1 << 50)
 
 typedef struct IrType {
     moe_dtype dtype;

@@ -259,6 +259,10 @@ static bool parse_arena(Parser *ps, int64_t *per_t, int64_t *fixed)
         perr(ps, &a, "arena offsets and sizes cannot be negative");
         return false;
     }
+    if (*per_t > IR_MAX_ARENA || *fixed > IR_MAX_ARENA) {
+        perr(ps, *per_t > IR_MAX_ARENA ? &a : &b, "arena offsets and sizes are at most 2^50 bytes");
+        return false;
+    }
     return true;
 }
 

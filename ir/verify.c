@@ -454,8 +454,23 @@ static bool check_instr(Verifier *v, const IrInstr *i, const bool *defined)
     return check_attrs(v, i) && check_op(v, i);
 }
 
+/* A value's bytes per token (T dimension set to 1) or in all, within IR_MAX_VALUE_BYTES. */
+static bool value_size_ok(const IrValue *x, Diag *d)
+{
+    int64_t n = (int64_t)dtype_size(x->type.dtype);
+    bool ok = true;
+    for (int k = 0; k < x->type.ndim; k++) ok = ok && (x->type.dims[k] == IR_DIM_T || i64_mul_ok(n, x->type.dims[k], &n));
+    if (ok && n <= IR_MAX_VALUE_BYTES) return true;
+    diag_error(d, x->line, x->col, "%%%s takes more than 2^40 bytes%s", x->name,
+               x->type.dims[0] == IR_DIM_T ? " per token" : "");
+    return false;
+}
+
 bool ir_verify(const IrModule *m, Diag *d)
 {
+    bool sizes_ok = true;
+    for (int k = 0; k < m->n_values; k++) sizes_ok = value_size_ok(m->values[k], d) && sizes_ok;
+    if (!sizes_ok) return false; /* the checks below multiply sizes */
     Verifier v = {.d = d};
     bool *defined = xcalloc((size_t)m->n_values + 1, sizeof *defined);
     bool ok = true;

@@ -1,9 +1,10 @@
 #!/bin/sh
 # test_limits.sh MOEPPC WORKDIR: inputs that ask for more than the machine has are refused early, each
-# with one message and exit status 1, and nothing is allocated for them: a spec whose weights need
-# petabytes (hidden 10^7), activations beyond the memory (MOEPPC_MEM_LIMIT_MB plays a small machine),
-# a safetensors header length of gigabytes, a token list longer than max_positions, a file that
-# never ends. (Nesting and node limits of YAML: tests/frontend/errors/nested-too-deep, frontend_unit.)
+# with one message and exit status 1, and nothing is allocated for them: a spec with a tensor beyond
+# 2^38 elements (hidden 10^7), one beyond the memory (hidden 65536; MOEPPC_MEM_LIMIT_MB plays a
+# machine of 1000 MB), activations beyond the memory, a safetensors header length of gigabytes, a
+# token list longer than max_positions, a file that never ends. (Nesting and node limits of YAML:
+# tests/frontend/errors/nested-too-deep and frontend_unit; sizes of IR values: tests/ir/errors.)
 set -u
 moeppc=$1 work=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,15 +26,25 @@ expect() {
     fi
 }
 
+# hidden 10^7: a q_proj of 10^14 elements; refused by the spec checks themselves
 sed 's/hidden: 64/hidden: 10000000/' "$tiny" >"$work/huge.yaml"
-"$moeppc" check "$work/huge.yaml" >/dev/null || { echo "FAIL: check refuses a valid (if huge) spec"; failed=1; }
-"$moeppc" compile "$work/huge.yaml" --stats >/dev/null || { echo "FAIL: compile refuses a valid spec"; failed=1; }
-expect 1 "random weights need 3200057000.0 MB, more than the" "$moeppc" init-weights "$work/huge.yaml" --seed 1 -o "$work/w.safetensors"
+for cmd in check compile; do
+    expect 1 "huge.yaml:6:11: error: tensor model.layers.0.self_attn.q_proj.weight [10000000, 10000000] exceeds 2^38 elements" \
+        "$moeppc" $cmd "$work/huge.yaml"
+done
+# hidden 65536: a valid spec (128 GiB of weights) on a machine of 1000 MB
+sed 's/hidden: 64/hidden: 65536/' "$tiny" >"$work/big.yaml"
+"$moeppc" check "$work/big.yaml" >/dev/null || { echo "FAIL: check refuses a valid (if big) spec"; failed=1; }
+"$moeppc" compile "$work/big.yaml" --stats >/dev/null || { echo "FAIL: compile refuses a valid spec"; failed=1; }
+export MOEPPC_MEM_LIMIT_MB=1000
+expect 1 "random weights need 137812.5 MB, more than the 838.9 MB allowed" \
+    "$moeppc" init-weights "$work/big.yaml" --seed 1 -o "$work/w.safetensors"
 [ -e "$work/w.safetensors" ] && { echo "FAIL: init-weights left a file behind"; failed=1; }
-expect 1 "random weights need 3200057000.0 MB" "$moeppc" run "$work/huge.yaml" --random-weights 1 --ids "1 2"
-expect 1 "random weights need 1600038760.0 MB" "$moeppc" bench "$work/huge.yaml" --layer --tokens 1
-expect 1 "error: not enough memory: linear 10000000x10000000 (1 groups) at T = 1 needs 800000.12 GB" \
-    "$moeppc" tune "$work/huge.yaml" --tokens 1 -o "$work/db.yaml"
+expect 1 "random weights need 137812.5 MB" "$moeppc" run "$work/big.yaml" --random-weights 1 --ids "1 2"
+expect 1 "random weights need 68973.5 MB" "$moeppc" bench "$work/big.yaml" --layer --tokens 1
+expect 1 "error: not enough memory: linear 65536x65536 (1 groups) at T = 1 needs 34.36 GB, and 1.05 GB is available" \
+    "$moeppc" tune "$work/big.yaml" --tokens 1 -o "$work/db.yaml"
+unset MOEPPC_MEM_LIMIT_MB
 
 ids=$(seq -s ' ' 1 64)
 MOEPPC_MEM_LIMIT_MB=1 expect 1 "error: not enough memory: the interpreter needs 1.3 MB for 64 tokens" \
