@@ -321,6 +321,9 @@ static bool parse_attrs(Parser *ps, IrInstr *in)
         if (ps->tok.kind == TK_STRING) {
             ir_attr_set_str(ps->m, in, key.text, ps->tok.text);
             next(ps);
+        } else if (is_ident(ps, "inf") || is_ident(ps, "nan")) { /* as print.c writes them (-inf lexes as a number) */
+            ir_attr_set_float(ps->m, in, key.text, ps->tok.text[0] == 'i' ? INFINITY : NAN);
+            next(ps);
         } else if (!expect_kind(ps, TK_NUMBER, "a number or a string", &val)) {
             return false;
         } else if (val.is_float) {
