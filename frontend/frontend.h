@@ -104,6 +104,8 @@ TensorDesc *spec_tensors(const ModelSpec *s, int *n);
 
 /* ---- hf.c: Hugging Face config.json of the released MoE++ model --------------------------------- */
 bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d);
+/* The same from the config's text; name is the spec's name (NULL: "moepp"). */
+bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec *out, Diag *d);
 
 /* ---- commands (return the process exit status) -------------------------------------------------- */
 int cmd_check(int argc, char **argv);

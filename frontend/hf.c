@@ -37,8 +37,11 @@ static void describe_json(const cJSON *v, char *buf, size_t n)
 {
     if (cJSON_IsNumber(v))
         snprintf(buf, n, "%.17g", v->valuedouble);
-    else if (cJSON_IsString(v))
-        snprintf(buf, n, "the string \"%.40s\"", v->valuestring);
+    else if (cJSON_IsString(v)) {
+        char shown[48];
+        str_escape(v->valuestring, strlen(v->valuestring), shown, sizeof shown);
+        snprintf(buf, n, "the string \"%s\"", shown);
+    }
     else if (cJSON_IsBool(v))
         snprintf(buf, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
     else if (cJSON_IsNull(v))
@@ -251,14 +254,8 @@ static void hf_name(const char *path, char *buf, size_t n)
     copy_trunc(buf, n, base[0] ? base : "moepp");
 }
 
-static cJSON *hf_parse(const char *path, Diag *d)
+static cJSON *hf_parse(const char *text, size_t len, Diag *d)
 {
-    size_t len = 0;
-    char *text = file_read_all(path, &len);
-    if (!text) {
-        diag_error(d, 0, 0, "cannot read the config: %s", strerror(errno));
-        return NULL;
-    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
     if (!root) {
@@ -273,21 +270,18 @@ static cJSON *hf_parse(const char *path, Diag *d)
         cJSON_Delete(root);
         root = NULL;
     }
-    free(text);
     return root;
 }
 
-bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
+bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec *out, Diag *d)
 {
-    const char *saved = d->file;
-    if (!d->file) d->file = path;
     int errors_before = d->n_errors;
-    cJSON *root = hf_parse(path, d);
+    cJSON *root = hf_parse(text, len, d);
     bool ok = false;
     if (root) {
         ModelSpec s;
         memset(&s, 0, sizeof s);
-        hf_name(path, s.name, sizeof s.name);
+        copy_trunc(s.name, sizeof s.name, name ? name : "moepp");
         HfConfig c = {.root = root, .d = d};
         hf_read_model(&c, &s);
         hf_read_moe(&c, &s);
@@ -296,6 +290,24 @@ bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
         ok = d->n_errors == errors_before && hf_recheck(&s, d);
         if (ok) *out = s;
         cJSON_Delete(root);
+    }
+    return ok;
+}
+
+bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
+{
+    const char *saved = d->file;
+    if (!d->file) d->file = path;
+    size_t len = 0;
+    char *text = file_read_all(path, &len);
+    bool ok = false;
+    if (!text) {
+        diag_error(d, 0, 0, "cannot read the config: %s", strerror(errno));
+    } else {
+        char name[sizeof out->name];
+        hf_name(path, name, sizeof name);
+        ok = spec_from_hf_json(text, len, name, out, d);
+        free(text);
     }
     d->file = saved;
     return ok;

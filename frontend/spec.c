@@ -449,6 +449,35 @@ static const char *params_overflow(const ModelSpec *s)
 /* spec_tensors() lists every tensor by name; keep that list (and int counts) bounded. */
 #define SPEC_MAX_TENSORS (1 << 18)
 
+/* Every tensor of the model, weights and one token's activations alike, within 2^38 elements: 1 TB in
+ * f32, the bound the IR verifier puts on a value (IR_MAX_VALUE_BYTES, ir/ir.h), so that whatever a
+ * spec says, its sizes and the memory plan's offsets stay inside int64. Token ids are i32. */
+#define SPEC_MAX_ELEMENTS ((int64_t)1 << 38)
+
+static void check_tensor_sizes(Walk *w, const ModelSpec *s)
+{
+    if (s->vocab > INT32_MAX) {
+        err_at(w, F_VOCAB, "model.vocab (%lld) exceeds 2^31 - 1: token ids are 32-bit", (long long)s->vocab);
+        return;
+    }
+    int64_t widest; /* one token's widest activation row: top_k × intermediate of the grouped GEMMs */
+    if (!i64_mul_ok(s->top_k, s->ffn_intermediate, &widest) || widest > SPEC_MAX_ELEMENTS) {
+        err_at(w, F_INTERMEDIATE, "moe.top_k × moe.intermediate exceeds 2^38 elements in one token's activations");
+        return;
+    }
+    int n;
+    TensorDesc *t = spec_tensors(s, &n);
+    for (int i = 0; i < n; i++) {
+        int64_t e = t[i].shape[0];
+        if (t[i].ndim == 2 && (!i64_mul_ok(e, t[i].shape[1], &e) || e > SPEC_MAX_ELEMENTS)) {
+            err_at(w, F_HIDDEN, "tensor %s [%lld, %lld] exceeds 2^38 elements", t[i].name, (long long)t[i].shape[0],
+                   (long long)t[i].shape[1]);
+            break;
+        }
+    }
+    free(t);
+}
+
 static void check_sizes(Walk *w, const ModelSpec *s)
 {
     if (!all_ok(w, 14, F_EXPERTS, F_VOCAB, F_HIDDEN, F_LAYERS, F_HEADS, F_KV_HEADS, F_FFN, F_CONST, F_COPY, F_ZERO,
@@ -464,6 +493,7 @@ static void check_sizes(Walk *w, const ModelSpec *s)
     }
     const char *what = params_overflow(s);
     if (what) err_at(w, F_HIDDEN, "the parameter count overflows a 64-bit integer (%s)", what);
+    else check_tensor_sizes(w, s);
 }
 
 /* ---- from the walk to a ModelSpec --------------------------------------------------------------- */

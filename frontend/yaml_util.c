@@ -78,8 +78,45 @@ static void report_parser_error(const yaml_parser_t *p, const char *text, size_t
         diag_error(d, (int)m->line + 1, (int)m->column + 1, "%s", problem);
 }
 
+/* Checked on libyaml's event stream before a document is built, so that a hostile file costs no
+ * more than these allow: libyaml itself has no limit, and a few megabytes of "[[[[…" or "[1,1,…"
+ * become gigabytes of nodes. A spec nests 3 levels and has ~40 nodes; a tuning database ~90 nodes
+ * an entry. */
+#define YAML_MAX_DEPTH 64
+#define YAML_MAX_NODES (1 << 20)
+
+static bool check_limits(const char *text, size_t len, const char *what, Diag *d)
+{
+    yaml_parser_t p;
+    MOE_ASSERT(yaml_parser_initialize(&p));
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    int depth = 0;
+    long nodes = 0;
+    bool ok = true, done = false;
+    while (ok && !done) {
+        yaml_event_t e;
+        if (!yaml_parser_parse(&p, &e)) break; /* not YAML: the loader reports the same problem */
+        int line = (int)e.start_mark.line + 1, col = (int)e.start_mark.column + 1;
+        bool opens = e.type == YAML_SEQUENCE_START_EVENT || e.type == YAML_MAPPING_START_EVENT;
+        if (opens && ++depth > YAML_MAX_DEPTH) {
+            diag_error(d, line, col, "expected at most %d levels of nested mappings and sequences in %s, found more",
+                       YAML_MAX_DEPTH, what);
+            ok = false;
+        } else if ((opens || e.type == YAML_SCALAR_EVENT || e.type == YAML_ALIAS_EVENT) && ++nodes > YAML_MAX_NODES) {
+            diag_error(d, line, col, "expected at most %d nodes in %s, found more", YAML_MAX_NODES, what);
+            ok = false;
+        }
+        if (e.type == YAML_SEQUENCE_END_EVENT || e.type == YAML_MAPPING_END_EVENT) depth--;
+        done = e.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&e);
+    }
+    yaml_parser_delete(&p);
+    return ok;
+}
+
 bool yaml_load_one(const char *text, size_t len, const char *what, yaml_document_t *doc, Diag *d, bool *empty)
 {
+    if (!check_limits(text, len, what, d)) return false;
     yaml_parser_t p;
     MOE_ASSERT(yaml_parser_initialize(&p));
     yaml_parser_set_input_string(&p, (const unsigned char *)text, len);

@@ -369,9 +369,34 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double numel_f64(const IrType *t, int64_t T) /* in double: no overflow for any shape */
+{
+    double n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= (double)(t->dims[i] == IR_DIM_T ? T : t->dims[i]);
+    return n;
+}
+
+double ir_eval_bytes(const IrModule *m, int64_t T)
+{
+    double n = 0;
+    for (int k = 0; k < m->n_values; k++)
+        if (m->values[k]->kind != IR_VAL_PARAM) n += numel_f64(&m->values[k]->type, T);
+    for (int k = 0; k < m->n_outputs; k++) n += numel_f64(&m->outputs[k].value->type, T);
+    return n * (double)sizeof(double);
+}
+
 static bool eval_run(const IrModule *m, const WeightSet *w, const int32_t *ids, const int32_t *pos,
                      const EvalInput *in, int n_in, int64_t T, eval_precision prec, EvalResult *out, RtError *err)
 {
+    double need = ir_eval_bytes(m, T), have = mem_available_bytes();
+    if (need > 0.9 * have) {
+        char a[32], b[32];
+        str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
+        memset(out, 0, sizeof *out);
+        snprintf(err->msg, sizeof err->msg, "not enough memory: the interpreter needs %s for %lld tokens (every value "
+                 "in f64), and %s is available", a, (long long)T, b);
+        return false;
+    }
     Eval ev = {.m = m, .w = w, .prec = prec, .T = T, .err = err};
     double t0 = now_seconds();
     memset(out, 0, sizeof *out);

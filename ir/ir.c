@@ -1,6 +1,7 @@
 /* ir.c — building IR modules: values, instructions, attributes, outputs; the op tables. */
 #include "ir/ir.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,7 +139,7 @@ void ir_attr_set_float(IrModule *m, IrInstr *i, const char *key, double v)
     IrAttr *a = attr_slot(m, i, key);
     a->kind = IR_ATTR_FLOAT;
     a->f = v;
-    a->i = (int64_t)v;
+    a->i = fabs(v) < 0x1p63 ? (int64_t)v : 0; /* the integer view only where one exists (not 1e26, NaN) */
 }
 
 void ir_attr_set_str(IrModule *m, IrInstr *i, const char *key, const char *v)

@@ -36,6 +36,11 @@ bool ir_op_lookup(const char *name, ir_op *out);
 
 #define IR_DIM_T (-1)
 #define IR_MAX_DIMS 4
+/* Bounds the verifier (values) and the parser (arena numbers) hold IR to, far beyond any model (a
+ * value of 1 TB per token): with them, sizes, offsets and the plan's checks at T tokens stay inside
+ * int64 whatever IR text says. */
+#define IR_MAX_VALUE_BYTES ((int64_t)1 << 40)
+#define IR_MAX_ARENA ((int64_t)1 << 50)
 
 typedef struct IrType {
     moe_dtype dtype;
@@ -194,6 +199,9 @@ typedef struct EvalInput {
 bool ir_eval_inputs(const IrModule *m, const WeightSet *w, const EvalInput *in, int n_in, int64_t T,
                     eval_precision prec, EvalResult *out, RtError *err);
 const EvalTensor *eval_output(const EvalResult *r, const char *name);
+/* Bytes ir_eval holds for T tokens: every input and result, and the outputs' copies, in f64 (it
+ * frees nothing before the end); ir_eval refuses to start when this exceeds the available memory. */
+double ir_eval_bytes(const IrModule *m, int64_t T);
 void ir_eval_result_free(EvalResult *r);
 
 #endif

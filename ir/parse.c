@@ -149,7 +149,12 @@ static const char *tok_desc(const Token *t, char *buf, size_t n)
     switch (t->kind) {
     case TK_EOF: return "end of file";
     case TK_VALUE: snprintf(buf, n, "'%%%s'", t->text); return buf;
-    case TK_STRING: snprintf(buf, n, "string \"%s\"", t->text); return buf;
+    case TK_STRING: {
+        char shown[96];
+        str_escape(t->text, strlen(t->text), shown, sizeof shown);
+        snprintf(buf, n, "string \"%s\"", shown);
+        return buf;
+    }
     case TK_BAD: return t->text;
     default: snprintf(buf, n, "'%s'", t->text); return buf;
     }
@@ -254,6 +259,10 @@ static bool parse_arena(Parser *ps, int64_t *per_t, int64_t *fixed)
         perr(ps, &a, "arena offsets and sizes cannot be negative");
         return false;
     }
+    if (*per_t > IR_MAX_ARENA || *fixed > IR_MAX_ARENA) {
+        perr(ps, *per_t > IR_MAX_ARENA ? &a : &b, "arena offsets and sizes are at most 2^50 bytes");
+        return false;
+    }
     return true;
 }
 
@@ -311,6 +320,9 @@ static bool parse_attrs(Parser *ps, IrInstr *in)
         }
         if (ps->tok.kind == TK_STRING) {
             ir_attr_set_str(ps->m, in, key.text, ps->tok.text);
+            next(ps);
+        } else if (is_ident(ps, "inf") || is_ident(ps, "nan")) { /* as print.c writes them (-inf lexes as a number) */
+            ir_attr_set_float(ps->m, in, key.text, ps->tok.text[0] == 'i' ? INFINITY : NAN);
             next(ps);
         } else if (!expect_kind(ps, TK_NUMBER, "a number or a string", &val)) {
             return false;

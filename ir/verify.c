@@ -454,8 +454,23 @@ static bool check_instr(Verifier *v, const IrInstr *i, const bool *defined)
     return check_attrs(v, i) && check_op(v, i);
 }
 
+/* A value's bytes per token (T dimension set to 1) or in all, within IR_MAX_VALUE_BYTES. */
+static bool value_size_ok(const IrValue *x, Diag *d)
+{
+    int64_t n = (int64_t)dtype_size(x->type.dtype);
+    bool ok = true;
+    for (int k = 0; k < x->type.ndim; k++) ok = ok && (x->type.dims[k] == IR_DIM_T || i64_mul_ok(n, x->type.dims[k], &n));
+    if (ok && n <= IR_MAX_VALUE_BYTES) return true;
+    diag_error(d, x->line, x->col, "%%%s takes more than 2^40 bytes%s", x->name,
+               x->type.dims[0] == IR_DIM_T ? " per token" : "");
+    return false;
+}
+
 bool ir_verify(const IrModule *m, Diag *d)
 {
+    bool sizes_ok = true;
+    for (int k = 0; k < m->n_values; k++) sizes_ok = value_size_ok(m->values[k], d) && sizes_ok;
+    if (!sizes_ok) return false; /* the checks below multiply sizes */
     Verifier v = {.d = d};
     bool *defined = xcalloc((size_t)m->n_values + 1, sizeof *defined);
     bool ok = true;
@@ -466,11 +481,13 @@ bool ir_verify(const IrModule *m, Diag *d)
         for (int k = 0; k < i->n_out; k++) defined[i->out[k]->id] = true;
     }
     v.in = NULL;
-    for (int k = 0; k < m->n_outputs; k++)
-        if (!want(&v, defined[m->outputs[k].value->id], "output \"%s\" names an undefined value",
-                  m->outputs[k].name))
-            ok = false;
-    if (!want(&v, m->n_outputs > 0, "module \"%s\" has no outputs", m->name)) ok = false;
+    char shown[96]; /* names are strings of the IR text: shown escaped */
+    for (int k = 0; k < m->n_outputs; k++) {
+        str_escape(m->outputs[k].name, strlen(m->outputs[k].name), shown, sizeof shown);
+        if (!want(&v, defined[m->outputs[k].value->id], "output \"%s\" names an undefined value", shown)) ok = false;
+    }
+    str_escape(m->name, strlen(m->name), shown, sizeof shown);
+    if (!want(&v, m->n_outputs > 0, "module \"%s\" has no outputs", shown)) ok = false;
     char why[256];
     const IrValue *where = NULL;
     if (ok && m->planned && !ir_plan_check(m, why, sizeof why, &where)) {

@@ -15,6 +15,8 @@
 
 typedef struct {
     IrInstr *gate, *topk;
+    IrInstr *chain[8];       /* the ops the route replaces: topk, softmax, mask, renorm, logits_norm */
+    int n_chain;
     IrValue *x, *w1, *w2, *r, *wg, *z_resid;
     int router_layers, gating;
     int64_t zero_lo, zero_hi;
@@ -24,12 +26,15 @@ typedef struct {
     IrValue *wc[64];
 } Route;
 
+static void chain_add(Route *R, IrInstr *i) { R->chain[R->n_chain++] = i; }
+
 /* w → gating mode, zero-mask range and the scores topk ran on (before softmax for softmax_topk). */
 static IrValue *match_gating(Route *R, IrValue *w)
 {
     IrInstr *sm = def_of(w, IR_OP_SOFTMAX), *rn = def_of(w, IR_OP_RENORM);
     if (sm && sm->in[0] == R->topk->out[0]) {
         R->gating = 1;
+        chain_add(R, sm);
         return R->topk->in[0];
     }
     if (!rn) return NULL;
@@ -37,11 +42,14 @@ static IrValue *match_gating(Route *R, IrValue *w)
     if (mk && mk->in[0] == R->topk->out[0] && mk->in[1] == R->topk->out[1]) {
         R->zero_lo = ir_attr_int(mk, "lo");
         R->zero_hi = ir_attr_int(mk, "hi");
+        chain_add(R, mk);
     } else if (rn->in[0] != R->topk->out[0]) {
         return NULL;
     }
     IrInstr *p = def_of(R->topk->in[0], IR_OP_SOFTMAX);
     R->gating = 0;
+    chain_add(R, rn);
+    if (p) chain_add(R, p);
     return p ? p->in[0] : NULL;
 }
 
@@ -95,20 +103,66 @@ static bool match_constants(const IrModule *m, Route *R)
     return true;
 }
 
+static bool in_chain(const Route *R, const IrInstr *i)
+{
+    for (int k = 0; k < R->n_chain; k++)
+        if (R->chain[k] == i) return true;
+    return false;
+}
+
+/* The replaced ops must all die. The route stands where the gate does and takes over the weights,
+ * the ids and the logits z: other readers may take those, after the gate; nothing else of the
+ * chain may be read elsewhere (a kept op would read the route's logits before they exist), and
+ * each constant expert's mix must come after the gate to read the route's α. Lowering always writes
+ * it so; IR text may not (found by fuzzing). */
+static bool chain_is_private(const IrModule *m, const Route *R)
+{
+    bool after_gate = false;
+    for (const IrInstr *i = m->first; i; i = i->next) {
+        after_gate |= i == R->gate;
+        if (i == R->gate || in_chain(R, i)) continue;
+        for (int k = 0; k < i->n_in; k++) {
+            const IrValue *v = i->in[k];
+            bool replaced = v == R->gate->in[0] || v == R->topk->out[1] || v == R->z_resid;
+            if ((replaced && !after_gate) || (!replaced && v->kind == IR_VAL_RESULT && in_chain(R, v->def)))
+                return false;
+        }
+        for (int c = 0; c < R->n_const; c++)
+            if (i == R->const_mix[c] && !after_gate) return false;
+    }
+    for (int k = 0; k < m->n_outputs; k++) {
+        const IrValue *v = m->outputs[k].value;
+        if (v->kind == IR_VAL_RESULT && in_chain(R, v->def) && v != R->gate->in[0] && v != R->topk->out[1])
+            return false;
+    }
+    return true;
+}
+
+/* What moe.route can say (its verifier's rule) and lowering always writes: zero experts within the
+ * E experts, at most E constant ones, a positive input scale, residual logits of width E. IR text may
+ * say otherwise (found by fuzzing); such a layer is left unfused. */
+static bool route_expressible(const Route *R)
+{
+    int64_t E = R->z_resid->type.dims[1];
+    return R->zero_hi <= E && R->n_const <= E && R->s > 0 && (!R->r || R->r->type.dims[1] == E);
+}
+
 static bool match_route(const IrModule *m, IrInstr *gate, Route *R)
 {
     memset(R, 0, sizeof *R);
     R->gate = gate;
     R->topk = def_of(gate->in[1], IR_OP_TOPK);
     if (!R->topk || gate->in[0]->kind != IR_VAL_RESULT) return false;
+    chain_add(R, R->topk);
     IrValue *z = match_gating(R, gate->in[0]);
     if (!z) return false;
     IrInstr *nm = def_of(z, IR_OP_LOGITS_NORM);
     if (nm) {
         R->norm_std = ir_attr_float(nm, "std");
         z = nm->in[0];
+        chain_add(R, nm);
     }
-    return match_logits(R, z) && match_constants(m, R);
+    return match_logits(R, z) && match_constants(m, R) && route_expressible(R) && chain_is_private(m, R);
 }
 
 static IrInstr *build_route(IrModule *m, const Route *R)

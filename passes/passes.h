@@ -55,7 +55,7 @@ bool pass_specialize(IrModule *m, const PassOptions *o);
 bool pass_plan_memory(IrModule *m, const PassOptions *o);
 
 /* plan_memory.c: the planned arena size for T tokens, and the sum of every intermediate for comparison */
-int64_t plan_arena_bytes(const IrModule *m, int64_t T);
-int64_t plan_naive_bytes(const IrModule *m, int64_t T);
+double plan_arena_bytes(const IrModule *m, int64_t T);
+double plan_naive_bytes(const IrModule *m, int64_t T);
 
 #endif

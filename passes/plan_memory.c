@@ -73,16 +73,16 @@ bool pass_plan_memory(IrModule *m, const PassOptions *o)
     return true;
 }
 
-int64_t plan_arena_bytes(const IrModule *m, int64_t T) { return m->arena_t * T + m->arena_c; }
+double plan_arena_bytes(const IrModule *m, int64_t T) { return (double)m->arena_t * (double)T + (double)m->arena_c; }
 
-int64_t plan_naive_bytes(const IrModule *m, int64_t T)
+double plan_naive_bytes(const IrModule *m, int64_t T)
 {
-    int64_t sum = 0;
+    double sum = 0; /* in double: summed over a huge model at T = 4096 it may leave int64 */
     for (int k = 0; k < m->n_values; k++) {
         if (m->values[k]->kind != IR_VAL_RESULT) continue;
         int64_t per_t, fixed;
         ir_value_bytes(m->values[k], &per_t, &fixed);
-        sum += per_t * T + fixed;
+        sum += (double)per_t * (double)T + (double)fixed;
     }
     return sum;
 }

@@ -22,19 +22,23 @@ static int cmp_tokens(const void *a, const void *b)
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena)
 {
     qsort(e, (size_t)n, sizeof *e, cmp_tokens);
-    char buf[4096];
-    int len = snprintf(buf, sizeof buf, "%d", nr);
-    for (int b = 0; b < n && b < TILE_MAX_BUCKETS && len < (int)sizeof buf - 64; b++) {
-        len += snprintf(buf + len, sizeof buf - (size_t)len, ";%lld:", (long long)e[b]->tokens);
-        bool first = true;
-        for (int c = 0; c < e[b]->n_measured && len < (int)sizeof buf - 32; c++) {
-            if (e[b]->measured[c].tile_n != nr) continue;
-            len += snprintf(buf + len, sizeof buf - (size_t)len, "%s%d@%.1f", first ? "" : ",", e[b]->measured[c].tile_m,
-                            e[b]->measured[c].gflops);
-            first = false;
+    StrBuf b = {NULL, 0, 0};
+    strbuf_printf(&b, "%d", nr);
+    for (int k = 0; k < n && k < TILE_MAX_BUCKETS; k++) {
+        int at_nr = 0; /* a bucket that measured no tile of this width has nothing to say */
+        for (int c = 0; c < e[k]->n_measured; c++) at_nr += e[k]->measured[c].tile_n == nr;
+        if (!at_nr) continue;
+        strbuf_printf(&b, ";%lld:", (long long)e[k]->tokens);
+        const char *sep = "";
+        for (int c = 0; c < e[k]->n_measured; c++) {
+            if (e[k]->measured[c].tile_n != nr) continue;
+            strbuf_printf(&b, "%s%d@%.1f", sep, e[k]->measured[c].tile_m, e[k]->measured[c].gflops);
+            sep = ",";
         }
     }
-    return arena_strdup(arena, buf);
+    char *s = arena_strdup(arena, b.s);
+    free(b.s);
+    return s;
 }
 
 bool tile_schedule_parse(const char *s, TileSchedule *out)

@@ -351,27 +351,36 @@ static bool load_document(const char *text, size_t len, yaml_document_t *doc, Di
     return false;
 }
 
+bool tune_db_load_string(const char *text, size_t len, TuneDb *db, Diag *d)
+{
+    memset(db, 0, sizeof *db);
+    int errors_before = d->n_errors;
+    yaml_document_t doc;
+    if (load_document(text, len, &doc, d)) {
+        Ctx c = {&doc, d};
+        read_root(&c, yaml_document_get_root_node(&doc), db);
+        yaml_document_delete(&doc);
+    }
+    if (d->n_errors == errors_before) return true;
+    tune_db_free(db);
+    return false;
+}
+
 bool tune_db_load(const char *path, TuneDb *db, Diag *d)
 {
     memset(db, 0, sizeof *db);
     const char *saved = d->file;
     if (!d->file) d->file = path;
-    int errors_before = d->n_errors;
     size_t len = 0;
     char *text = file_read_all(path, &len);
-    yaml_document_t doc;
-    if (!text) {
+    bool ok = false;
+    if (!text)
         diag_error(d, 0, 0, "cannot read the tuning database: %s", strerror(errno));
-    } else if (load_document(text, len, &doc, d)) {
-        Ctx c = {&doc, d};
-        read_root(&c, yaml_document_get_root_node(&doc), db);
-        yaml_document_delete(&doc);
-    }
+    else
+        ok = tune_db_load_string(text, len, db, d);
     free(text);
     d->file = saved;
-    if (d->n_errors == errors_before) return true;
-    tune_db_free(db);
-    return false;
+    return ok;
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */

@@ -53,6 +53,7 @@ typedef struct TuneDb {
 } TuneDb;
 
 bool tune_db_load(const char *path, TuneDb *db, Diag *d);
+bool tune_db_load_string(const char *text, size_t len, TuneDb *db, Diag *d); /* the same from text */
 bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len); /* atomic */
 void tune_db_add(TuneDb *db, const TuneEntry *e);
 void tune_db_free(TuneDb *db);

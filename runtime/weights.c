@@ -100,12 +100,15 @@ void weights_close(WeightSet *w)
 /* ---- messages -------------------------------------------------------------------------------------- */
 void rt_errorf(RtError *err, const char *where, const char *fmt, ...)
 {
-    int k = snprintf(err->msg, sizeof err->msg, "%s: error: ", where);
-    if (k < 0 || (size_t)k >= sizeof err->msg) return;
+    char text[sizeof err->msg];
+    int k = snprintf(text, sizeof text, "%s: error: ", where);
+    if (k < 0 || (size_t)k >= sizeof text) k = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->msg + k, sizeof err->msg - (size_t)k, fmt, ap);
+    vsnprintf(text + k, sizeof text - (size_t)k, fmt, ap);
     va_end(ap);
+    /* names come from checkpoints and paths from users: one printable line, whatever they hold */
+    str_escape(text, strlen(text), err->msg, sizeof err->msg);
 }
 
 void rt_format_type(char *buf, size_t len, moe_dtype dt, int ndim, const int64_t *shape)
@@ -198,11 +201,10 @@ static bool random_plan(const TensorDesc *d, int n, size_t *offs, size_t *total)
 
 static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
 {
-    double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
-    double limit = 0.8 * phys;
+    double have = mem_available_bytes(), limit = 0.8 * have;
     if ((double)total <= limit) return true;
-    rt_errorf(err, s->name, "random weights need %.1f MB, more than the %.1f MB allowed (80%% of %.1f MB of "
-              "physical memory); use a smaller spec", (double)total / 1e6, limit / 1e6, phys / 1e6);
+    rt_errorf(err, s->name, "random weights need %.1f MB, more than the %.1f MB allowed (80%% of the %.1f MB of "
+              "memory available); use a smaller spec", (double)total / 1e6, limit / 1e6, have / 1e6);
     return false;
 }
 
@@ -306,12 +308,12 @@ bool weights_check(const WeightSet *w, const ModelSpec *s, RtError *err)
     for (int i = 0; i < n; i++) check_tensor(r, w, &d[i]);
     bool ok = r->total == 0;
     if (!ok) {
-        rt_errorf(err, w->origin, "checkpoint does not match spec '%s': %d problem%s%s", s->name, r->total,
-                  r->total == 1 ? "" : "s", r->lines);
-        if (r->total > r->shown) {
-            size_t k = strlen(err->msg);
+        rt_errorf(err, w->origin, "checkpoint does not match spec '%s': %d problem%s", s->name, r->total,
+                  r->total == 1 ? "" : "s");
+        size_t k = strlen(err->msg); /* the spec's tensor names, one per line */
+        k += (size_t)snprintf(err->msg + k, sizeof err->msg - k, "%s", r->lines);
+        if (r->total > r->shown && k < sizeof err->msg)
             snprintf(err->msg + k, sizeof err->msg - k, "\n  ... and %d more", r->total - r->shown);
-        }
     }
     free(r);
     free(d);

@@ -42,7 +42,7 @@ void       ws_add_copy(WeightSet *w, void *block);
 /* Sort the by-name index. Returns the index of a name that occurs twice, or -1. */
 int        ws_build_index(WeightSet *w);
 
-/* err->msg = "WHERE: error: " + formatted text. */
+/* err->msg = "WHERE: error: " + formatted text, as one printable line (control bytes escaped). */
 void rt_errorf(RtError *err, const char *where, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* "bf16 [64, 64]" into buf. */
 void rt_format_type(char *buf, size_t len, moe_dtype dt, int ndim, const int64_t *shape);

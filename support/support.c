@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void moe_assert_fail(const char *file, int line, const char *expr)
@@ -172,6 +173,25 @@ void *xrealloc(void *p, size_t n)
     return q;
 }
 
+double mem_available_bytes(void)
+{
+    const char *lim = getenv("MOEPPC_MEM_LIMIT_MB");
+    if (lim) return atof(lim) * 1048576.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    double kb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb > 0 ? kb * 1024.0 : 1e18;
+}
+
+void str_bytes(double bytes, char *buf, size_t n)
+{
+    if (bytes >= 1e9) snprintf(buf, n, "%.2f GB", bytes / 1e9);
+    else snprintf(buf, n, "%.1f MB", bytes / 1e6);
+}
+
 char *xstrdup(const char *s)
 {
     size_t n = strlen(s) + 1;
@@ -258,6 +278,29 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...)
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
 
+void str_escape(const char *s, size_t len, char *buf, size_t n)
+{
+    if (n == 0) return;
+    size_t full = 0;
+    for (size_t i = 0; i < len; i++) full += (unsigned char)s[i] >= 0x20 && s[i] != 0x7f ? 1 : 4;
+    size_t room = full < n ? n - 1 : (n > 4 ? n - 4 : 0); /* cut: keep room for "..." */
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool plain = c >= 0x20 && c != 0x7f;
+        if (o + (plain ? 1 : 4) > room) break;
+        if (plain)
+            buf[o++] = (char)c;
+        else
+            o += (size_t)snprintf(buf + o, n - o, "\\x%02x", c);
+    }
+    if (full >= n && n > 4) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = 0;
+}
+
 int str_edit_distance(const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);
@@ -284,20 +327,26 @@ char *file_read_all(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > FILE_READ_LIMIT) {
+        fclose(f); /* refused before anything is allocated */
+        errno = EFBIG;
+        return NULL;
+    }
     size_t cap = 4096, n = 0;
     char *buf = xmalloc(cap + 1);
     for (;;) {
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
-        if (n < cap) break;
+        if (n < cap || n > FILE_READ_LIMIT) break;
         cap *= 2;
         buf = xrealloc(buf, cap + 1);
     }
-    int bad = ferror(f);
+    int bad = ferror(f) ? EIO : n > FILE_READ_LIMIT ? EFBIG : 0; /* EFBIG: /dev/zero, a 10 GB "spec" */
     fclose(f);
     if (bad) {
         free(buf);
-        errno = EIO;
+        errno = bad;
         return NULL;
     }
     buf[n] = '\0';

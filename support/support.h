@@ -75,16 +75,31 @@ typedef struct StrBuf {
 } StrBuf;
 void strbuf_printf(StrBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
+ * counts as available), or MOEPPC_MEM_LIMIT_MB when set (tests). Whatever would allocate a size the
+ * input decides (random weights, packed weights, KV caches, activations) checks it first, so a model
+ * too large for the machine is a message, never an allocation that fails or the OOM killer. */
+double mem_available_bytes(void);
+/* "3.21 GB" or "12.5 MB" (decimal units), for such messages. */
+void str_bytes(double bytes, char *buf, size_t n);
+
 /* ---- numbers and strings -------------------------------------------------------------------- */
 /* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
+/* Input text for a message, printable: bytes below 0x20 and DEL become \xNN; cut with "..." when
+ * buf (n bytes) is full. Names and strings read from a file go through this before they are shown. */
+void str_escape(const char *s, size_t len, char *buf, size_t n);
 /* Levenshtein distance, for "did you mean" hints. */
 int  str_edit_distance(const char *a, const char *b);
 /* Write n bytes to path through a temporary file renamed into place: all or nothing. On failure
  * why gets "cannot write 'PATH': REASON". */
 bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len);
-/* Read a whole file; NULL with errno set on failure. *len gets the byte count. */
+/* Read a whole file; NULL with errno set on failure. *len gets the byte count. Every text input
+ * (spec, config, index, IR, tuning database) is read through this, so none can be larger than
+ * FILE_READ_LIMIT (the cap safetensors sets on its header): a bigger one fails with EFBIG before
+ * more than that is read. */
+#define FILE_READ_LIMIT 100000000
 char *file_read_all(const char *path, size_t *len);
 
 /* ---- deterministic random numbers (splitmix64) ---------------------------------------------- */

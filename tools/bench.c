@@ -32,17 +32,18 @@ typedef struct {
     double grouped_s, route_s;    /* per run, averaged: the grouped GEMMs, routing + combine + dispatch */
 } Timing;
 
-/* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. */
-static Timing time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe_only)
+/* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. False (err
+ * set) when the first run is refused (an arena for T tokens that does not fit in memory). */
+static bool time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe_only, Timing *out, RtError *err)
 {
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
     double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0;
-    RtError err = {{0}};
-    for (int r = -2; r < reps; r++) {
+    bool ok = true;
+    for (int r = -2; ok && r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
         double t0 = bench_now_s();
-        MOE_ASSERT(cpu_model_run(cm, ids, pos, T, &err));
+        if (!(ok = cpu_model_run(cm, ids, pos, T, err))) break;
         double dt = bench_now_s() - t0;
         CpuProfile p1 = cpu_model_profile(cm);
         if (moe_only) dt = (p1.route_s - p0.route_s) + (p1.grouped_s - p0.grouped_s);
@@ -53,12 +54,14 @@ static Timing time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool m
         }
         macs = p1.ffn_macs - p0.ffn_macs;
     }
-    qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
-    Timing t = {s[reps / 2], s[0], s[reps - 1], macs, grouped, route};
+    if (ok) {
+        qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
+        *out = (Timing){s[reps / 2], s[0], s[reps - 1], macs, grouped, route};
+    }
     free(s);
     free(ids);
     free(pos);
-    return t;
+    return ok;
 }
 
 static void report(const BenchArgs *a, const char *scope, int64_t T, const Timing *t, double peak)
@@ -99,7 +102,12 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
     }
     for (int k = 0; cm && k < a->n_tokens; k++) {
         if (a->tokens[k] > s->max_positions) continue;
-        Timing t = time_runs(cm, a->tokens[k], s->vocab, a->reps, moe_only);
+        Timing t;
+        if (!time_runs(cm, a->tokens[k], s->vocab, a->reps, moe_only, &t, &err)) {
+            fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+            rc = 1;
+            break;
+        }
         report(a, scope, a->tokens[k], &t, peak);
     }
     cpu_model_free(cm);
@@ -171,8 +179,8 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 /* ---- --experts: the expert part of one layer under synthetic routing ----------------------------------- */
 
 /* Time the expert part (everything after moe.route up to the grouped down-projection) of layer 0. */
-static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, const ModelSpec *s, int64_t T,
-                           int64_t *ffn_picks)
+static bool time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, const ModelSpec *s, int64_t T,
+                         int64_t *ffn_picks, Timing *out, RtError *err)
 {
     int route = bench_instr_index(m, IR_OP_MOE_ROUTE, -1), down = bench_instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
     MOE_ASSERT(route >= 0 && down > route);
@@ -180,8 +188,11 @@ static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, 
     for (int n = 0; n < route; n++) ri = ri->next;
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(t % s->vocab), pos[t] = (int32_t)t;
-    RtError err = {{0}};
-    MOE_ASSERT(cpu_model_run(cm, ids, pos, T, &err)); /* lays out the arena and runs the real router once */
+    if (!cpu_model_run(cm, ids, pos, T, err)) { /* lays out the arena and runs the real router once */
+        free(ids);
+        free(pos);
+        return false;
+    }
     int32_t *rid = cpu_model_buffer(cm, ri->out[1], T);
     float *rw = cpu_model_buffer(cm, ri->out[0], T);
     int64_t k = s->top_k, picks = 0;
@@ -191,7 +202,7 @@ static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, 
     CpuProfile p0 = cpu_model_profile(cm);
     for (int r = -2; r < a->reps; r++) {
         double t0 = bench_now_s();
-        MOE_ASSERT(cpu_model_run_steps(cm, route + 1, down + 1, ids, pos, T, &err));
+        MOE_ASSERT(cpu_model_run_steps(cm, route + 1, down + 1, ids, pos, T, err)); /* the arena is there */
         if (r >= 0) sec[r] = bench_now_s() - t0;
     }
     CpuProfile p1 = cpu_model_profile(cm);
@@ -200,13 +211,13 @@ static Timing time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, 
                 1e3 * (p1.grouped_s - p0.grouped_s) / (a->reps + 2), 1e3 * (p1.route_s - p0.route_s) / (a->reps + 2),
                 1e3 * (p1.other_s - p0.other_s) / (a->reps + 2));
     qsort(sec, (size_t)a->reps, sizeof *sec, bench_cmp_double);
-    Timing t = {sec[a->reps / 2], sec[0], sec[a->reps - 1],
-                (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0};
+    *out = (Timing){sec[a->reps / 2], sec[0], sec[a->reps - 1],
+                    (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0};
     *ffn_picks = picks;
     free(sec);
     free(ids);
     free(pos);
-    return t;
+    return true;
 }
 
 static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak, CpuKernelSource *ks)
@@ -226,9 +237,15 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
     MOE_ASSERT(passes_run(m, &po, &d));
     CpuModel *cm = cpu_model_new(m, w, s.max_positions > 8192 ? s.max_positions : 8192, ks, a->threads, &err);
     if (!cm) fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+    int rc = cm ? 0 : 1;
     for (int q = 0; cm && q < a->n_tokens; q++) {
         int64_t T = a->tokens[q], picks;
-        Timing t = time_experts(a, cm, m, &s, T, &picks);
+        Timing t;
+        if (!time_experts(a, cm, m, &s, T, &picks, &t, &err)) {
+            fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
+            rc = 1;
+            break;
+        }
         double gflops = 2e-9 * t.ffn_macs / t.median;
         if (a->json)
             printf("{\"scope\": \"experts\", \"spec\": \"%s\", \"tokens\": %lld, \"zc_share\": %.4g, \"ffn_picks\": %lld, "
@@ -243,7 +260,7 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
     cpu_model_free(cm);
     ir_module_free(m);
     weights_close(w);
-    return cm ? 0 : 1;
+    return rc;
 }
 
 /* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */

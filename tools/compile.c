@@ -70,7 +70,7 @@ static void print_stats(const IrModule *before, const IrModule *after, FILE *f)
     static const int64_t Ts[] = {1, 512, 4096};
     for (size_t k = 0; k < MOE_ARRAY_LEN(Ts); k++)
         fprintf(f, "  T = %-5lld arena %10.3f MiB   every intermediate separately %10.3f MiB\n", (long long)Ts[k],
-                (double)plan_arena_bytes(after, Ts[k]) / 1048576.0, (double)plan_naive_bytes(after, Ts[k]) / 1048576.0);
+                plan_arena_bytes(after, Ts[k]) / 1048576.0, plan_naive_bytes(after, Ts[k]) / 1048576.0);
 }
 
 static int parse_compile_args(int argc, char **argv, CompileArgs *c)

@@ -104,6 +104,15 @@ static void problem_free(Problem *p)
     free(p->gw);
 }
 
+/* What problem_init and tune_one allocate for a shape at T tokens: the weights and their packed copy
+ * (f32 at most), A, the output and the reference output. In double: a hostile spec's shapes overflow. */
+static double problem_bytes(const Shape *sh, int64_t T)
+{
+    double rows = (double)T * (strcmp(sh->op, "linear") == 0 ? 1.0 : (double)sh->top_k);
+    double w = (double)sh->groups * (double)sh->n * (double)sh->k;
+    return w * ((double)dtype_size(sh->dt) + 4.0) + 4.0 * rows * ((double)sh->k + 2.0 * (double)sh->n);
+}
+
 /* One run of the shape's driver with kernel k on weights packed for its NR. */
 static void run_once(Tuner *t, const Problem *p, const CgKernel *k, const CgPackedB *b)
 {
@@ -303,6 +312,25 @@ static void tune_all(Tuner *t, const TuneArgs *a, const Shape *sh, int n_sh, Tun
     fputc('\n', stderr);
 }
 
+/* The largest problem must fit in the available memory: refused before anything is allocated. */
+static bool problems_fit(const Shape *sh, int n_sh, const TuneArgs *a)
+{
+    double most = 0, have = mem_available_bytes();
+    int at = 0;
+    int64_t at_t = 1;
+    for (int k = 0; k < n_sh; k++)
+        for (int b = 0; b < a->n_tokens; b++)
+            if (problem_bytes(&sh[k], a->tokens[b]) > most)
+                most = problem_bytes(&sh[k], a->tokens[b]), at = k, at_t = a->tokens[b];
+    if (most <= 0.9 * have) return true;
+    char need[32], avail[32];
+    str_bytes(most, need, sizeof need), str_bytes(have, avail, sizeof avail);
+    fprintf(stderr, "moeppc tune: error: not enough memory: %s %lldx%lld (%lld groups) at T = %lld needs %s, and %s is "
+            "available\n", sh[at].op, (long long)sh[at].n, (long long)sh[at].k, (long long)sh[at].groups,
+            (long long)at_t, need, avail);
+    return false;
+}
+
 int cmd_tune(int argc, char **argv)
 {
     TuneArgs a;
@@ -317,6 +345,10 @@ int cmd_tune(int argc, char **argv)
     MOE_ASSERT(passes_run(m, &po, &d));
     Shape sh[64];
     int n_sh = collect_shapes(m, &s, sh, 64);
+    if (!problems_fit(sh, n_sh, &a)) {
+        ir_module_free(m);
+        return 1;
+    }
     char err[512];
     Tuner t = {.jit = cg_jit_new(CG_ISA_AUTO, err, sizeof err), .pool = cg_pool_new(a.threads), .t0 = bench_now_s()};
     t.deadline = t.t0 + a.budget;

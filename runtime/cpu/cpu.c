@@ -498,29 +498,16 @@ static double bytes_needed(const IrModule *m, int64_t max_positions)
     return b;
 }
 
-/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
- * counts as available), or MOEPPC_MEM_LIMIT_MB when set (tests). */
-static double bytes_available(void)
-{
-    const char *lim = getenv("MOEPPC_MEM_LIMIT_MB");
-    if (lim) return atof(lim) * 1048576.0;
-    FILE *f = fopen("/proc/meminfo", "r");
-    double kb = 0;
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb > 0 ? kb * 1024.0 : 1e18;
-}
-
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {
-    double need = bytes_needed(m, max_positions), have = bytes_available();
+    double need = bytes_needed(m, max_positions), have = mem_available_bytes();
     if (need > 0.9 * have) {
+        char a[32], b[32];
+        str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
         snprintf(err->msg, sizeof err->msg,
-                 "not enough memory: the CPU backend needs %.2f GB for its packed weights and KV caches beyond the "
-                 "weights themselves, and %.2f GB is available", need / 1e9, have / 1e9);
+                 "not enough memory: the CPU backend needs %s for its packed weights and KV caches beyond the "
+                 "weights themselves, and %s is available", a, b);
         return NULL;
     }
     return model_new(m, w, max_positions, ks, threads, false, err);
@@ -558,6 +545,15 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     if (cm->external && T > cm->cap_t) {
         snprintf(err->msg, sizeof err->msg, "%lld tokens exceed the workspace's %lld", (long long)T,
                  (long long)cm->cap_t);
+        return false;
+    }
+    double arena = (double)cm->m->arena_t * (double)T + (double)cm->m->arena_c;
+    double have = !cm->external && T > cm->cap_t ? mem_available_bytes() : 1e300; /* only when the arena grows */
+    if (arena > 0.9 * have) {
+        char a[32], b[32];
+        str_bytes(arena, a, sizeof a), str_bytes(have, b, sizeof b);
+        snprintf(err->msg, sizeof err->msg, "not enough memory: %lld tokens need an activation arena of %s, and %s is "
+                 "available", (long long)T, a, b);
         return false;
     }
     ensure_capacity(cm, T);

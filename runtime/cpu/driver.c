@@ -183,14 +183,17 @@ static int32_t *parse_ids(const char *text, const ModelSpec *s, int64_t *n_out)
             free(ids);
             return NULL;
         }
+        if (n == s->max_positions) { /* refused at the first token too many: the rest is never read */
+            drv_err("--ids: more than max_positions (%lld) tokens\n", (long long)s->max_positions);
+            free(ids);
+            return NULL;
+        }
         if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
         ids[n++] = (int32_t)v;
         p = end;
     }
-    if (n == 0 || n > s->max_positions) {
-        if (n == 0) drv_err("--ids: the list is empty\n");
-        else drv_err("--ids: %lld tokens exceed max_positions (%lld)\n", (long long)n,
-                     (long long)s->max_positions);
+    if (n == 0) {
+        drv_err("--ids: the list is empty\n");
         free(ids);
         return NULL;
     }

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "frontend/frontend.h"
 
@@ -275,6 +276,41 @@ static void test_mangled_specs(void **state)
     free(good);
 }
 
+/* Refused before they are built or read: 2^20 + 1 nodes, a device that never ends, a file over the
+ * 100 MB text limit (sparse). Each with one message. */
+static void test_resource_limits(void **state)
+{
+    (void)state;
+    size_t n = ((size_t)1 << 20) + 1;
+    char *wide = xmalloc(2 * n + 16);
+    size_t len = (size_t)sprintf(wide, "x: [");
+    for (size_t i = 0; i < n; i++) len += (size_t)sprintf(wide + len, "1,");
+    wide[len - 1] = ']';
+    ModelSpec s;
+    Captured c;
+    capture_begin(&c, "wide.yaml");
+    assert_false(spec_load_string(wide, len, &s, &c.d));
+    fflush(c.f);
+    assert_int_equal(c.d.n_errors, 1);
+    assert_non_null(strstr(c.text, "expected at most 1048576 nodes in a spec, found more"));
+    capture_end(&c);
+    free(wide);
+
+    char big[] = "/tmp/moeppc-big-XXXXXX";
+    int fd = mkstemp(big);
+    assert_true(fd >= 0 && ftruncate(fd, FILE_READ_LIMIT + 1) == 0);
+    close(fd);
+    const char *paths[] = {"/dev/zero", big};
+    for (int i = 0; i < 2; i++) {
+        capture_begin(&c, NULL);
+        assert_false(spec_load_file(paths[i], &s, &c.d));
+        fflush(c.f);
+        assert_non_null(strstr(c.text, "cannot read the spec: File too large"));
+        capture_end(&c);
+    }
+    unlink(big);
+}
+
 static void test_bf16(void **state)
 {
     assert_int_equal(f32_to_bf16(1.0f), 0x3f80);
@@ -314,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_fields_tiny),     cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_round_trip_awkward), cmocka_unit_test(test_summary_7b),
         cmocka_unit_test(test_import_hf_7b),    cmocka_unit_test(test_mangled_specs),
+        cmocka_unit_test(test_resource_limits),
         cmocka_unit_test(test_bf16),            cmocka_unit_test(test_f16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

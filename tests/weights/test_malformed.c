@@ -19,6 +19,8 @@ static void expect_fail(const char *path, const char *const *want)
     for (int i = 0; want[i]; i++) {
         if (!strstr(err.msg, want[i])) fail_msg("message '%s' lacks '%s'", err.msg, want[i]);
     }
+    for (const char *c = err.msg; *c; c++) /* one printable line, whatever the names hold */
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) fail_msg("message '%s' holds the control byte 0x%02x", err.msg, *c);
 }
 
 #define EXPECT_FAIL(path, ...) expect_fail(path, (const char *const[]){__VA_ARGS__, NULL})
@@ -166,6 +168,16 @@ static void test_bad_metadata(void **state)
     HEADER_CASE("{\"__metadata__\":{\"format\":1}}", "__metadata__", "format", "string");
 }
 
+/* Names are shown escaped: a checkpoint cannot write escape sequences to the terminal (found by
+ * fuzzing). */
+static void test_control_bytes_in_names(void **state)
+{
+    (void)state;
+    HEADER_CASE("{\"a\\u001b[2J\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", "tensor 'a\\x1b[2J'",
+                "I64");
+    HEADER_CASE("{\"a\":{\"dtype\":\"F32\\n\",\"shape\":[1],\"data_offsets\":[0,4]}}", "found F32\\x0a");
+}
+
 /* ---- sharded sets ---- */
 static void write_shard(const char *name, const char *tensor)
 {
@@ -204,6 +216,12 @@ static void test_index_dotdot(void **state)
     write_shard("s1.safetensors", "a");
     INDEX_CASE("\"a\":\"../s1.safetensors\"", "tensor 'a'", "'..'", "../s1.safetensors");
     INDEX_CASE("\"a\":\"sub/s1.safetensors\"", "tensor 'a'", "sub/s1.safetensors");
+}
+
+static void test_index_control_bytes(void **state)
+{
+    (void)state;
+    INDEX_CASE("\"a\\n\":\"s\\u0007.safetensors\"", "shard 's\\x07.safetensors'", "tensor 'a\\x0a'");
 }
 
 static void test_index_entry_missing_from_shard(void **state)
@@ -292,7 +310,8 @@ int main(void)
         T(test_header_not_json), T(test_header_json_array), T(test_entry_not_object), T(test_missing_dtype),
         T(test_unknown_dtype), T(test_shape_negative), T(test_offsets_end_before_begin),
         T(test_offsets_past_data), T(test_size_mismatch), T(test_overlapping_offsets), T(test_duplicate_name),
-        T(test_bad_metadata), T(test_index_missing_shard), T(test_index_dotdot),
+        T(test_bad_metadata), T(test_control_bytes_in_names), T(test_index_missing_shard), T(test_index_dotdot),
+        T(test_index_control_bytes),
         T(test_index_entry_missing_from_shard), T(test_index_broken_shard), T(test_index_bad_json),
         T(test_fuzz_header),
     };

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# make_corpus.sh BUILD_DIR: (re)writes the seed corpora tests/fuzz/corpus/<target>/ from the
+# repository's real inputs — the shipped and tiny specs, the bad specs of the error tests, the HF
+# configs, the golden IR of every pass stage, the shipped tuning databases — and small checkpoints
+# written by `moeppc init-weights` for micro specs plus a few hand-made edge cases (mk_safetensors.py).
+# Each seed stays under 64 KB. Run it by hand after the formats change; the fuzzers never write here.
+set -euo pipefail
+build=$(cd "${1:?usage: make_corpus.sh BUILD_DIR}" && pwd)
+cd "$(dirname "$0")/../.."
+out=tests/fuzz/corpus
+rm -rf "$out"
+mkdir -p "$out"/{spec,hf_config,safetensors,safetensors_index,ir,tuning}
+
+# spec: every shipped spec and every bad spec of the golden error tests
+cp specs/*.yaml specs/tiny/*.yaml "$out/spec/"
+for f in tests/frontend/errors/*.yaml; do cp "$f" "$out/spec/bad-$(basename "$f")"; done
+
+# hf_config: the released 7B config, the tiny one, the bad ones
+cp tests/frontend/hf/*.json "$out/hf_config/"
+cp tests/cpu/hf-tiny/config.json "$out/hf_config/hf-tiny.json"
+
+# ir: the dense form and every pass stage of three tiny specs, and the bad IR files
+for s in tiny-moepp tiny-every2 tiny-mixtral; do
+  cp "tests/ir/golden/$s.ir" "$out/ir/0-dense-$s.ir"
+  for stage in tests/passes/golden/*/; do cp "$stage$s.ir" "$out/ir/$(basename "$stage")-$s.ir"; done
+done
+cp tests/ir/errors/*.ir "$out/ir/"
+
+# tuning: the shipped databases, the bad ones, and one measured for tiny-moepp (whose shapes the
+# target's specialize run looks up)
+cp tuning/*.yaml "$out/tuning/"
+for f in tests/tuning/bad/*.yaml; do cp "$f" "$out/tuning/bad-$(basename "$f")"; done
+"$build/moeppc" tune specs/tiny/tiny-moepp.yaml --tokens 1,16,64 --budget 5 -o "$out/tuning/tiny-moepp.yaml" >/dev/null 2>&1
+
+# safetensors: real checkpoints of micro specs in each dtype, and edge cases
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for dt in f32 bf16 f16; do
+  sed -e "s/vocab: 256/vocab: 16/; s/hidden: 64/hidden: 8/; s/heads: 4/heads: 2/; s/kv_heads: 4/kv_heads: 1/" \
+      -e "s/intermediate: 32/intermediate: 4/; s/layers: 2$/layers: 1/; s/dtype: f32/dtype: $dt/" \
+      specs/tiny/tiny-moepp.yaml > "$tmp/micro-$dt.yaml"
+  "$build/moeppc" init-weights "$tmp/micro-$dt.yaml" --seed 1 -o "$out/safetensors/micro-$dt.safetensors" >/dev/null
+done
+/usr/bin/python3 tests/fuzz/mk_safetensors.py "$out/safetensors" "$out/safetensors_index"
+
+find "$out" -type f -size +64k -print -delete | sed 's/^/too large, dropped: /'
+du -sh "$out"
