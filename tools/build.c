@@ -9,6 +9,7 @@
 #include "runtime/cpu/cpu.h"
 #include "tools/build_config.h"
 #include "tools/commands.h"
+#include "tools/recorder.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -78,16 +79,6 @@ typedef struct {
 } GpuKernels;
 #endif
 
-/* A kernel source that compiles through the JIT and also writes every kernel as DIR/kN.o. */
-typedef struct {
-    CgJit *jit;
-    const char *dir;
-    bool by_symbol;           /* emit: DIR/SYMBOL.o; build: DIR/kN.o */
-    bool no_objects;          /* emit llvm: only the IR text (cg_jit_dump_ir) */
-    CpuKernelEntry *e;
-    int n;
-} Recorder;
-
 static const char *obj_path(const Recorder *r, const char *sym, char *buf, size_t n)
 {
     if (r->no_objects) return NULL;
@@ -102,7 +93,7 @@ static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const C
     r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
 }
 
-static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
 {
     Recorder *r = ctx;
     CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr);
@@ -116,7 +107,7 @@ static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError
     return g;
 }
 
-static void *rec_op(void *ctx, const CgOpDesc *d, RtError *err)
+void *recorder_op(void *ctx, const CgOpDesc *d, RtError *err)
 {
     Recorder *r = ctx;
     char sym[256], path[512];
@@ -132,17 +123,24 @@ static void *rec_op(void *ctx, const CgOpDesc *d, RtError *err)
     return fn;
 }
 
-/* text as a C string literal, one source line per text line */
-static void write_c_string(FILE *f, const char *name, const char *text)
+void write_c_literal(FILE *f, const char *text)
 {
-    fprintf(f, "static const char %s[] =\n    \"", name);
+    fputc('"', f);
     for (const char *p = text; *p; p++) {
         if (*p == '\n') fputs(p[1] ? "\\n\"\n    \"" : "\\n", f);
         else if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
         else if ((unsigned char)*p < 32 || (unsigned char)*p > 126) fprintf(f, "\\%03o", (unsigned char)*p);
         else fputc(*p, f);
     }
-    fputs("\";\n\n", f);
+    fputc('"', f);
+}
+
+/* text as a C string literal, one source line per text line */
+static void write_c_string(FILE *f, const char *name, const char *text)
+{
+    fprintf(f, "static const char %s[] =\n    ", name);
+    write_c_literal(f, text);
+    fputs(";\n\n", f);
 }
 
 static bool write_main(const char *path, const char *spec_text, const char *ir_text, const Recorder *r,
@@ -227,7 +225,7 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(dir)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, rec_gemm, rec_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     if (!ok) fprintf(stderr, "moeppc build: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     char *ir_text = ir_print_string(m), main_c[600];
@@ -318,7 +316,7 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     Recorder rec = {.dir = dir, .by_symbol = true, .no_objects = llvm};
     bool ok = (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
     if (ok && llvm) cg_jit_dump_ir(rec.jit, dir);
-    CpuKernelSource ks = {&rec, rec_gemm, rec_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     char list[4096];
     snprintf(list, sizeof list, "%s/kernels.txt", dir);

@@ -12,6 +12,7 @@
 #include "runtime/cpu/cpu.h"
 #include "tools/build_config.h"
 #include "tools/commands.h"
+#include "tools/recorder.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -29,62 +30,7 @@ static const char *const exports[] = {
 
 #define GATE_MAP "mlp.moe.gate.gate_map.weight"
 
-/* ---- the kernels, each written as DIR/kN.o while the JIT compiles it (as moeppc build does) ---- */
-typedef struct {
-    CgJit *jit;
-    const char *dir;
-    CpuKernelEntry *e;
-    int n;
-} Recorder;
-
-static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const CgKernelConfig *cfg)
-{
-    r->e = xrealloc(r->e, (size_t)(r->n + 1) * sizeof *r->e);
-    r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
-}
-
-static const CgKernel *rec_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
-{
-    Recorder *r = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr);
-    for (int k = 0; k < r->n; k++)
-        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr)
-            return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
-    char path[600];
-    snprintf(path, sizeof path, "%s/k%d.o", r->dir, r->n);
-    const CgKernel *g = cg_jit_kernel(r->jit, &cfg, path, err->msg, sizeof err->msg);
-    if (g) record(r, g->symbol, (void *)g->fn, true, &cfg);
-    return g;
-}
-
-static void *rec_op(void *ctx, const CgOpDesc *d, RtError *err)
-{
-    Recorder *r = ctx;
-    char sym[256], path[600];
-    cg_op_symbol(d, sym, sizeof sym);
-    for (int k = 0; k < r->n; k++)
-        if (!r->e[k].is_gemm && strcmp(r->e[k].symbol, sym) == 0) return r->e[k].fn;
-    snprintf(path, sizeof path, "%s/k%d.o", r->dir, r->n);
-    LLVMModuleRef mod = cg_ops_build(cg_jit_context(r->jit), d, cg_jit_target(r->jit)->vec_width, sym, err->msg,
-                                     sizeof err->msg);
-    void *fn = mod ? cg_jit_compile_module(r->jit, mod, sym, path, err->msg, sizeof err->msg) : NULL;
-    if (fn) record(r, sym, fn, false, NULL);
-    return fn;
-}
-
 /* ---- the generated image (embed/layer_image.h) ------------------------------------------------------ */
-
-static void c_string(FILE *f, const char *text)
-{
-    fputc('"', f);
-    for (const char *p = text; *p; p++) {
-        if (*p == '\n') fputs(p[1] ? "\\n\"\n    \"" : "\\n", f);
-        else if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if ((unsigned char)*p < 32 || (unsigned char)*p > 126) fprintf(f, "\\%03o", (unsigned char)*p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
 
 /* The part of a param's tensor name after "model.layers.L." */
 static const char *suffix_of(const IrValue *v, int64_t l)
@@ -103,7 +49,7 @@ static void write_tensors(FILE *f, const IrModule *m, int64_t l)
         if (v->kind != IR_VAL_PARAM) continue;
         const char *suf = suffix_of(v, l);
         fprintf(f, "    {");
-        c_string(f, suf);
+        write_c_literal(f, suf);
         fprintf(f, ", (moe_dtype)%d, %d, {%lld, %lld}, %s},\n", (int)v->type.dtype, v->type.ndim,
                 (long long)v->type.dims[0], (long long)(v->type.ndim > 1 ? v->type.dims[1] : 0),
                 strcmp(suf, GATE_MAP) == 0 ? "false" : "true");
@@ -127,7 +73,7 @@ static bool write_image(const char *path, const ModelSpec *s, int64_t l, const I
             MOEPPC_VERSION, s->name);
     char *ir = ir_print_string(m);
     fprintf(f, "static const char ir_text[] =\n    ");
-    c_string(f, ir);
+    write_c_literal(f, ir);
     fprintf(f, ";\n\n");
     free(ir);
     for (int k = 0; k < r->n; k++) fprintf(f, "extern void %s(void);\n", r->e[k].symbol);
@@ -140,7 +86,7 @@ static bool write_image(const char *path, const ModelSpec *s, int64_t l, const I
     fprintf(f, "};\n\n");
     write_tensors(f, m, l);
     fprintf(f, "const LayerImage moeppc_layer_image = {\n    .spec_name = ");
-    c_string(f, s->name);
+    write_c_literal(f, s->name);
     fprintf(f, ",\n    .isa = \"%s\", .moeppc_version = \"%s\", .ir_text = ir_text, .layer = %lld,\n", isa,
             MOEPPC_VERSION, (long long)l);
     fprintf(f, "    .hidden = %lld, .n_experts = %lld, .n_ffn = %lld, .n_const = %lld, .n_copy = %lld, .n_zero = %lld,\n",
@@ -369,7 +315,7 @@ int emit_lib(const char *spec_path, const char *dir, const struct TuneDb *tuning
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(tmp)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, rec_gemm, rec_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     const char *isa = ok ? cg_isa_name(cg_jit_target(rec.jit)->isa) : "";

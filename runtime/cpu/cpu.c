@@ -423,19 +423,6 @@ static double *profile_slot(CpuModel *cm, ir_op op)
 
 /* ---- the model ------------------------------------------------------------------------------------ */
 
-/* Route scratch per token: h [8E], z0 [E], g [E], u [D], alpha logits [2·Nc], over every route. */
-static size_t route_scratch_per_t(const IrModule *m)
-{
-    size_t most = 0;
-    for (const IrInstr *i = m->first; i; i = i->next) {
-        if (i->op != IR_OP_MOE_ROUTE) continue;
-        int64_t E = ir_attr_int(i, "experts"), L = ir_attr_int(i, "router_layers");
-        size_t n = (size_t)((L == 2 ? i->in[1]->type.dims[0] : 0) + 2 * E + cols(i->in[0]) + 2 * ir_attr_int(i, "n_const"));
-        if (n > most) most = n;
-    }
-    return most;
-}
-
 static void ensure_capacity(CpuModel *cm, int64_t T)
 {
     if (T <= cm->cap_t) return;
@@ -467,7 +454,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->dry = dry;
     cm->max_pos = max_positions;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
-    cm->scratch_per_t = route_scratch_per_t(m);
+    cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
     cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);

@@ -474,19 +474,6 @@ static bool load_kernels(CudaModel *cm, RtError *err)
 
 /* ---- the model ---------------------------------------------------------------------------------- */
 
-/* Route scratch per token: h [8E], z0 [E], g [E], u [D], alpha logits [2·Nc], over every route. */
-static size_t route_scratch_per_t(const IrModule *m)
-{
-    size_t most = 0;
-    for (const IrInstr *i = m->first; i; i = i->next) {
-        if (i->op != IR_OP_MOE_ROUTE) continue;
-        int64_t E = ir_attr_int(i, "experts"), L = ir_attr_int(i, "router_layers");
-        size_t n = (size_t)((L == 2 ? i->in[1]->type.dims[0] : 0) + 2 * E + cols(i->in[0]) + 2 * ir_attr_int(i, "n_const"));
-        if (n > most) most = n;
-    }
-    return most;
-}
-
 /* Bytes of weights and KV caches the model will put on the GPU. */
 static double bytes_needed(const IrModule *m, int64_t max_positions)
 {
@@ -522,7 +509,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     cm->o = o ? *o : (CudaOptions){0};
     cm->dry = dry;
     cm->max_pos = max_positions;
-    cm->scratch_per_t = route_scratch_per_t(m);
+    cm->scratch_per_t = cg_route_scratch_floats(m);
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
     cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
     cm->outs = xcalloc((size_t)m->n_outputs + 1, sizeof *cm->outs);

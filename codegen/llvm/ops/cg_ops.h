@@ -92,6 +92,10 @@ void cg_op_symbol(const CgOpDesc *d, char *out, size_t n);
  * zeros, convert). The CPU and CUDA executors both build their kernels from it. */
 struct IrInstr;
 bool cg_op_desc_for(const struct IrInstr *i, CgOpDesc *d);
+/* Floats per token an executor's router scratch needs, over every moe.route of m: the first layer's
+ * output h [8E], z0 [E], the gating residual g [E], u [D] and the alpha logits [2·Nc]. */
+struct IrModule;
+size_t cg_route_scratch_floats(const struct IrModule *m);
 /* ops.c (LLVM): */
 /* Build d as function `symbol` in a new module of ctx for a target with vec_width f32 lanes.
  * NULL with err set if d is inconsistent (an internal error of the caller). */

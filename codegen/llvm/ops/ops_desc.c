@@ -84,3 +84,15 @@ bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
     }
     return true;
 }
+
+size_t cg_route_scratch_floats(const IrModule *m)
+{
+    size_t most = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) {
+        if (i->op != IR_OP_MOE_ROUTE) continue;
+        int64_t E = ir_attr_int(i, "experts"), L = ir_attr_int(i, "router_layers");
+        size_t n = (size_t)((L == 2 ? i->in[1]->type.dims[0] : 0) + 2 * E + last_dim(i->in[0]) + 2 * ir_attr_int(i, "n_const"));
+        if (n > most) most = n;
+    }
+    return most;
+}

@@ -1,0 +1,28 @@
+/* recorder.h — a CPU kernel source (cpu.h) that compiles every kernel a module asks for through the
+ * JIT and also writes it as an object file: what `moeppc build`, `moeppc emit --emit llvm|obj` and
+ * `moeppc emit --emit lib` link or ship (tools/build.c). */
+#ifndef MOEPPC_TOOLS_RECORDER_H
+#define MOEPPC_TOOLS_RECORDER_H
+
+#include "codegen/llvm/cg_internal.h"
+#include "runtime/cpu/cpu.h"
+
+#include <stdio.h>
+
+typedef struct Recorder {
+    CgJit *jit;
+    const char *dir;
+    bool by_symbol;           /* emit: DIR/SYMBOL.o; build and lib: DIR/kN.o */
+    bool no_objects;          /* emit llvm: only the IR text (cg_jit_dump_ir) */
+    CpuKernelEntry *e;        /* what was compiled, in order (symbols xstrdup'd)  */
+    int n;
+} Recorder;
+
+/* The two callbacks of a CpuKernelSource whose ctx is a Recorder. */
+const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err);
+void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
+
+/* text as a C string literal, one source line per line of text, escaped. */
+void write_c_literal(FILE *f, const char *text);
+
+#endif
