@@ -55,8 +55,9 @@ static void gather_terms(IrInstr **acc, int n, Terms *t)
         default: break;
         }
     }
-    /* constant k's α must be the route's columns 2k, 2k+1: fuse-routing ordered them by expert */
-    t->ok = t->ok && t->n_const <= 64 && t->n_const == ir_attr_int(t->route, "n_const");
+    /* constant k's α must be the route's columns 2k, 2k+1: fuse-routing ordered them by expert; and
+     * moe.combine scales by s > 0, as lowering writes it (IR text may say s = 0: found by fuzzing) */
+    t->ok = t->ok && t->n_const <= 64 && t->n_const == ir_attr_int(t->route, "n_const") && t->s > 0;
 }
 
 static IrInstr *build_combine(IrModule *m, const Terms *t, IrInstr *before)

@@ -74,10 +74,14 @@ bool pass_group_experts(IrModule *m, const PassOptions *o)
         for (int e = 0; ok && e < n; e++) {
             IrValue *u = NULL;
             ok = ir_attr_int(acc[e], "expert") == e && (e == 0 || acc[e]->in[0] == acc[e - 1]->out[0]) &&
-                 match_ffn(acc[e], &u, &f.wu[e], &f.wd[e]) && (e == 0 || u == f.u);
+                 match_ffn(acc[e], &u, &f.wu[e], &f.wd[e]) && (e == 0 || u == f.u) &&
+                 ir_type_equal(&f.wu[e]->type, &f.wu[0]->type) && ir_type_equal(&f.wd[e]->type, &f.wd[0]->type);
             if (ok) f.u = u;
         }
-        if (ok) group_layer(m, i, acc, n, &f);
+        /* what the grouped ops require (experts of one shape, f32 gate weights), as lowering writes it;
+         * IR text may differ and is then left alone */
+        IrType wt = ir_type_2d(DT_F32, IR_DIM_T, i->in[1]->type.dims[1]);
+        if (ok && ir_type_equal(&i->in[0]->type, &wt)) group_layer(m, i, acc, n, &f);
         free(acc);
     }
     return pass_dce(m, o);
