@@ -465,17 +465,23 @@ static void check_tensor_sizes(Walk *w, const ModelSpec *s)
         err_at(w, F_INTERMEDIATE, "moe.top_k × moe.intermediate exceeds 2^38 elements in one token's activations");
         return;
     }
-    int n;
-    TensorDesc *t = spec_tensors(s, &n);
-    for (int i = 0; i < n; i++) {
-        int64_t e = t[i].shape[0];
-        if (t[i].ndim == 2 && (!i64_mul_ok(e, t[i].shape[1], &e) || e > SPEC_MAX_ELEMENTS)) {
-            err_at(w, F_HIDDEN, "tensor %s [%lld, %lld] exceeds 2^38 elements", t[i].name, (long long)t[i].shape[0],
-                   (long long)t[i].shape[1]);
-            break;
-        }
+    /* the widest tensor of each kind (all layers alike; computed, not listed: a spec may have 2^18) */
+    int64_t D = s->hidden, moe_l = s->moe_every - 1;
+    struct { int64_t rows; const char *fmt; long long layer; } big[] = {
+        {s->vocab, "model.embed_tokens.weight", 0},
+        {D, "model.layers.%lld.self_attn.q_proj.weight", 0},
+        {2 * s->ffn_intermediate, "model.layers.%lld.mlp.moe.experts.experts.0.up_proj.weight", moe_l},
+        {8 * spec_n_experts(s), "model.layers.%lld.mlp.moe.gate.wg.0.weight", moe_l},
+        {s->dense_intermediate, "model.layers.%lld.mlp.up_proj.weight", 0},
+    };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(big); k++) {
+        int64_t e;
+        if (i64_mul_ok(big[k].rows, D, &e) && e <= SPEC_MAX_ELEMENTS) continue;
+        char name[96];
+        snprintf(name, sizeof name, big[k].fmt, big[k].layer);
+        err_at(w, F_HIDDEN, "tensor %s [%lld, %lld] exceeds 2^38 elements", name, (long long)big[k].rows, (long long)D);
+        return;
     }
-    free(t);
 }
 
 static void check_sizes(Walk *w, const ModelSpec *s)
