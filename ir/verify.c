@@ -412,7 +412,8 @@ static bool in_list(const char *list, const char *key)
 static ir_attr_kind attr_kind(const char *key)
 {
     static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
-                                    "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k";
+                                    "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k,tile_unroll,"
+                                    "tile_mc,kv_block";
     if (in_list(ints, key)) return IR_ATTR_INT;
     return strcmp(key, "tile_src") == 0 || strcmp(key, "tile_schedule") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
 }
@@ -432,6 +433,14 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
         if (!want(v, ok, "attribute '%s' must be %s", a->key,
                   want_kind == IR_ATTR_INT ? "an integer" : want_kind == IR_ATTR_STR ? "a string" : "a number"))
             return false;
+        /* the tuning knobs size buffers and unroll code: bounded, not merely integers */
+        static const struct { const char *key; int64_t max; } knobs[] = {
+            {"tile_m", 4096}, {"tile_n", 4096}, {"tile_unroll", 16}, {"tile_mc", 65536}, {"kv_block", 1024}};
+        for (size_t n = 0; n < MOE_ARRAY_LEN(knobs); n++)
+            if (!strcmp(a->key, knobs[n].key) &&
+                !want(v, a->i >= 1 && a->i <= knobs[n].max, "attribute '%s' must be in 1..%lld, found %lld", a->key,
+                      (long long)knobs[n].max, (long long)a->i))
+                return false;
     }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", info->attrs);

@@ -1,11 +1,12 @@
-/* schedule.c — tile schedules: how a GEMM op carries the tuning database's measurements to run time.
+/* schedule.c — tuning schedules: how an op carries the tuning database's measurements to run time.
  *
  * The specialize pass fixes a GEMM's panel width NR (packing depends on it) and records, per token
- * bucket the tuner measured, the GFLOP/s of each register-tile height MR at that NR, as the string
- * attribute tile_schedule = "NR;T:MR@G,MR@G;T:…". At run time the executor picks MR for the call's T:
- * the best measured at a bucket it hits, else among the two neighbouring buckets' winners the one
- * whose GFLOP/s, interpolated in log T between those buckets, is higher — measured neighbours, not
- * the nearest bucket. */
+ * bucket the tuner measured, the GFLOP/s of the configurations at that NR that won some bucket, as
+ * the string attribute tile_schedule = "NR;T:CONFIG@G,CONFIG@G;T:…" (CONFIG as in tuning.h, e.g.
+ * 1x48/u2; attention's schedules have NR 0 and kvB configurations). At run time the executor picks
+ * a configuration for the call's T: the best measured at a bucket it hits, else among the two
+ * neighbouring buckets' winners the one whose GFLOP/s, interpolated in log T between those buckets,
+ * is higher — measured neighbours, not the nearest bucket. */
 #include "passes/schedule.h"
 
 #include <math.h>
@@ -13,26 +14,132 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- configurations (tuning.h; here, since the runtime links this file but not the YAML reader) ---- */
+/* A positive decimal integer at *s (no sign, no leading zero), at most max; *s moves past it. */
+static bool parse_count(const char **s, int64_t max, int64_t *out)
+{
+    const char *p = *s;
+    if (p[0] < '1' || p[0] > '9') return false;
+    int64_t v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        v = v * 10 + (*p - '0');
+        if (v > max) return false;
+    }
+    *out = v, *s = p;
+    return true;
+}
+
+/* The bounds are the IR verifier's for the attributes these become (tile_m, tile_n <= 4096,
+ * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024). */
+bool tune_config_parse(const char *text, TuneConfig *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!text || !text[0]) return false;
+    if (!strcmp(text, "rule")) return true;
+    bool seen[5] = {false};
+    for (const char *s = text;;) {
+        int64_t v, w;
+        int field;
+        if (s[0] >= '1' && s[0] <= '9') { /* MxN */
+            if (!parse_count(&s, 4096, &v) || *s++ != 'x' || !parse_count(&s, 4096, &w)) return false;
+            c->tile_m = (int)v, c->tile_n = (int)w, field = 0;
+        } else if (s[0] == 'u') {
+            s++;
+            if (!parse_count(&s, 16, &v)) return false;
+            c->unroll = (int)v, field = 1;
+        } else if (!strncmp(s, "kc", 2) || !strncmp(s, "mc", 2)) {
+            bool kc = s[0] == 'k';
+            s += 2;
+            if (!parse_count(&s, kc ? (int64_t)1 << 40 : 65536, &v)) return false;
+            if (kc) c->kc = v;
+            else c->mc = v;
+            field = kc ? 2 : 3;
+        } else if (!strncmp(s, "kv", 2)) {
+            s += 2;
+            if (!parse_count(&s, 1024, &v)) return false;
+            c->kv_block = (int)v, field = 4;
+        } else {
+            return false;
+        }
+        if (seen[field]) return false;
+        seen[field] = true;
+        if (*s == 0) return true;
+        if (*s++ != '/') return false;
+    }
+}
+
+void tune_config_format(const TuneConfig *c, char *buf, size_t n)
+{
+    StrBuf b = {NULL, 0, 0};
+    const char *sep = "";
+    if (c->tile_m) strbuf_printf(&b, "%dx%d", c->tile_m, c->tile_n), sep = "/";
+    if (c->unroll) strbuf_printf(&b, "%su%d", sep, c->unroll), sep = "/";
+    if (c->kc) strbuf_printf(&b, "%skc%lld", sep, (long long)c->kc), sep = "/";
+    if (c->mc) strbuf_printf(&b, "%smc%lld", sep, (long long)c->mc), sep = "/";
+    if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block);
+    snprintf(buf, n, "%s", b.s ? b.s : "rule");
+    free(b.s);
+}
+
+bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
+{
+    return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
+           a->mc == b->mc && a->kv_block == b->kv_block;
+}
+
+bool tune_op_is_gemm(const char *op)
+{
+    return !strcmp(op, "linear") || !strcmp(op, "route") || !strcmp(op, "grouped_up") || !strcmp(op, "grouped_down");
+}
+
+/* ---- schedules ---------------------------------------------------------------------------------- */
 static int cmp_tokens(const void *a, const void *b)
 {
     const TuneEntry *x = *(const TuneEntry *const *)a, *y = *(const TuneEntry *const *)b;
     return x->tokens < y->tokens ? -1 : x->tokens > y->tokens;
 }
 
+/* Does c belong in a schedule of width nr (a GEMM tile of that width; nr = 0: attention's key block)? */
+static bool fits_width(const TuneConfig *c, int nr)
+{
+    return nr == 0 ? c->tile_m == 0 && c->kv_block > 0 : c->tile_n == nr && c->kv_block == 0;
+}
+
+/* The best measured configuration of e at width nr (NULL: none). */
+static const TuneMeasure *best_at(const TuneEntry *e, int nr)
+{
+    const TuneMeasure *best = NULL;
+    for (int c = 0; c < e->n_measured; c++)
+        if (fits_width(&e->measured[c].c, nr) && (!best || e->measured[c].gflops > best->gflops)) best = &e->measured[c];
+    return best;
+}
+
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena)
 {
     qsort(e, (size_t)n, sizeof *e, cmp_tokens);
+    if (n > TILE_MAX_BUCKETS) n = TILE_MAX_BUCKETS;
+    TuneConfig win[TILE_MAX_BUCKETS];
+    int n_win = 0;
+    for (int k = 0; k < n; k++) {
+        const TuneMeasure *b = best_at(e[k], nr);
+        bool have = false;
+        for (int w = 0; b && w < n_win; w++) have |= tune_config_equal(&win[w], &b->c);
+        if (b && !have) win[n_win++] = b->c;
+    }
     StrBuf b = {NULL, 0, 0};
     strbuf_printf(&b, "%d", nr);
-    for (int k = 0; k < n && k < TILE_MAX_BUCKETS; k++) {
-        int at_nr = 0; /* a bucket that measured no tile of this width has nothing to say */
-        for (int c = 0; c < e[k]->n_measured; c++) at_nr += e[k]->measured[c].tile_n == nr;
-        if (!at_nr) continue;
+    for (int k = 0; k < n; k++) {
+        if (!best_at(e[k], nr)) continue; /* a bucket that measured nothing at this width has nothing to say */
         strbuf_printf(&b, ";%lld:", (long long)e[k]->tokens);
         const char *sep = "";
         for (int c = 0; c < e[k]->n_measured; c++) {
-            if (e[k]->measured[c].tile_n != nr) continue;
-            strbuf_printf(&b, "%s%d@%.1f", sep, e[k]->measured[c].tile_m, e[k]->measured[c].gflops);
+            const TuneMeasure *m = &e[k]->measured[c];
+            bool won = false;
+            for (int w = 0; w < n_win; w++) won |= tune_config_equal(&win[w], &m->c);
+            if (!won || !fits_width(&m->c, nr)) continue;
+            char name[64];
+            tune_config_format(&m->c, name, sizeof name);
+            strbuf_printf(&b, "%s%s@%.1f", sep, name, m->gflops);
             sep = ",";
         }
     }
@@ -45,40 +152,48 @@ bool tile_schedule_parse(const char *s, TileSchedule *out)
 {
     memset(out, 0, sizeof *out);
     char *end;
-    out->nr = (int)strtol(s, &end, 10);
-    if (end == s || out->nr < 1) return false;
-    for (const char *p = end; *p == ';' && out->n < TILE_MAX_BUCKETS;) {
+    long nr = strtol(s, &end, 10);
+    if (end == s || nr < 0 || nr > 4096 || (*end != ';' && *end)) return false;
+    out->nr = (int)nr;
+    const char *p = end;
+    while (*p == ';') {
+        if (out->n == TILE_MAX_BUCKETS) return false;
         TileBucket *b = &out->b[out->n++];
         b->tokens = strtoll(p + 1, &end, 10);
-        if (*end != ':' || b->tokens < 1) return false;
+        if (*end != ':' || b->tokens < 1 || (out->n > 1 && b->tokens <= out->b[out->n - 2].tokens)) return false;
         p = end + 1;
-        while (*p && *p != ';' && b->n < TUNE_MAX_MEASURED) {
-            b->mr[b->n] = (int)strtol(p, &end, 10);
-            if (*end != '@' || b->mr[b->n] < 1) return false;
-            b->gflops[b->n++] = strtod(end + 1, &end);
+        while (*p && *p != ';') {
+            if (b->n == TILE_MAX_BUCKETS) return false;
+            size_t len = strcspn(p, "@;,");
+            char name[64];
+            if (p[len] != '@' || len == 0 || len >= sizeof name) return false;
+            memcpy(name, p, len), name[len] = 0;
+            if (!tune_config_parse(name, &b->c[b->n]) || !fits_width(&b->c[b->n], out->nr)) return false;
+            b->gflops[b->n++] = strtod(p + len + 1, &end);
+            if (end == p + len + 1 || (*end && *end != ',' && *end != ';')) return false;
             p = *end == ',' ? end + 1 : end;
         }
         if (b->n == 0) return false;
     }
-    return out->n > 0;
+    return out->n > 0 && *p == 0;
 }
 
-static int best_of(const TileBucket *b)
+static TuneConfig best_of(const TileBucket *b)
 {
     int best = 0;
     for (int c = 1; c < b->n; c++)
         if (b->gflops[c] > b->gflops[best]) best = c;
-    return b->mr[best];
+    return b->c[best];
 }
 
-static double gflops_of(const TileBucket *b, int mr)
+static double gflops_of(const TileBucket *b, const TuneConfig *c)
 {
-    for (int c = 0; c < b->n; c++)
-        if (b->mr[c] == mr) return b->gflops[c];
+    for (int k = 0; k < b->n; k++)
+        if (tune_config_equal(&b->c[k], c)) return b->gflops[k];
     return -1;
 }
 
-int tile_schedule_pick(const TileSchedule *s, int64_t T)
+TuneConfig tile_schedule_pick(const TileSchedule *s, int64_t T)
 {
     if (T <= s->b[0].tokens) return best_of(&s->b[0]);
     for (int i = 0; i + 1 < s->n; i++) {
@@ -86,10 +201,10 @@ int tile_schedule_pick(const TileSchedule *s, int64_t T)
         if (T >= hi->tokens) continue;
         if (T == lo->tokens) return best_of(lo);
         double f = (log((double)T) - log((double)lo->tokens)) / (log((double)hi->tokens) - log((double)lo->tokens));
-        int cand[2] = {best_of(lo), best_of(hi)}, pick = cand[0];
+        TuneConfig cand[2] = {best_of(lo), best_of(hi)}, pick = cand[0];
         double best = -1;
         for (int c = 0; c < 2; c++) {
-            double a = gflops_of(lo, cand[c]), b = gflops_of(hi, cand[c]);
+            double a = gflops_of(lo, &cand[c]), b = gflops_of(hi, &cand[c]);
             if (a < 0 || b < 0) continue; /* not measured at both neighbours */
             double g = a + (b - a) * f;
             if (g > best) best = g, pick = cand[c];

@@ -1,5 +1,5 @@
-/* schedule.h — tile schedules (schedule.c): the tuning database's measurements carried on a GEMM op
- * (attribute tile_schedule) and the run-time choice of the register-tile height for a token count. */
+/* schedule.h — tuning schedules (schedule.c): the tuning database's measurements carried on an op
+ * (attribute tile_schedule) and the run-time choice of a configuration for a token count. */
 #ifndef MOEPPC_PASSES_SCHEDULE_H
 #define MOEPPC_PASSES_SCHEDULE_H
 
@@ -9,22 +9,24 @@
 
 typedef struct TileBucket {
     int64_t tokens;
-    int mr[TUNE_MAX_MEASURED];
-    double gflops[TUNE_MAX_MEASURED];
+    TuneConfig c[TILE_MAX_BUCKETS];  /* the configurations that win some bucket, measured here */
+    double gflops[TILE_MAX_BUCKETS];
     int n;
 } TileBucket;
 
 typedef struct TileSchedule {
-    int nr;                          /* the panel width every entry shares */
+    int nr;                          /* the panel width every GEMM entry shares (0: attention)  */
     TileBucket b[TILE_MAX_BUCKETS];  /* by increasing tokens */
     int n;
 } TileSchedule;
 
-/* "NR;T:MR@G,…;…" from the entries of one op shape (sorted here by tokens), keeping the tiles of width nr. */
+/* "NR;T:CONFIG@G,…;…" from the entries of one op shape (sorted here by tokens): per bucket, the
+ * measurements of the configurations that won some bucket, of GEMM tiles only those of width nr
+ * (nr = 0 for attention). */
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena);
 bool  tile_schedule_parse(const char *s, TileSchedule *out);
-/* The register-tile height for T tokens: a bucket's best, or between buckets the neighbouring
- * winner with the higher GFLOP/s interpolated in log T. */
-int   tile_schedule_pick(const TileSchedule *s, int64_t T);
+/* The configuration for T tokens: a bucket's best, or between buckets the neighbouring winner with
+ * the higher GFLOP/s interpolated in log T. */
+TuneConfig tile_schedule_pick(const TileSchedule *s, int64_t T);
 
 #endif

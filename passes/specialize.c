@@ -1,9 +1,12 @@
 /* specialize.c — per-target decisions recorded on the ops.
  *
- * Every linear and grouped GEMM gets a tile configuration (tile_m × tile_n register/CTA tile, tile_k
- * depth of a K block) and where it came from (tile_src = "rule" now; a tuning database later). Shapes
- * are already compile-time constants in the types. And the residual add feeding an RMSNorm becomes
- * one add_rms_norm, which writes the sum and its normalisation in one pass over the row. */
+ * Every linear, router and grouped GEMM gets a tile configuration (tile_m × tile_n register/CTA tile,
+ * tile_k depth of a K block; on the CPU also tile_unroll, the micro-kernel's k unroll, and tile_mc,
+ * rows per M block) and where it came from (tile_src = "rule" or "database"); on the CPU each
+ * attention gets its key block (kv_block) the same way. A tuned op also carries tile_schedule, the
+ * database's measurements per token bucket, from which the executor picks per call (schedule.c).
+ * Shapes are already compile-time constants in the types. And the residual add feeding an RMSNorm
+ * becomes one add_rms_norm, which writes the sum and its normalisation in one pass over the row. */
 #include "passes/passes.h"
 #include "passes/schedule.h"
 
@@ -33,36 +36,73 @@ static void tile_rule(pass_target t, int64_t N, int64_t K, int64_t tile[3])
 }
 
 /* The tuning database's entries for this op's shape, one per token bucket measured. */
-static int db_entries(const TuneDb *db, const char *kind, const IrValue *w, int64_t groups, const TuneEntry **out)
+static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, int64_t n, int64_t k, int64_t groups,
+                      const TuneEntry **out)
 {
-    int n = 0;
-    for (int k = 0; db && k < db->n && n < TILE_MAX_BUCKETS; k++) {
-        const TuneEntry *e = &db->e[k];
-        if (strcmp(e->op, kind) == 0 && e->dtype == w->type.dtype && e->n == w->type.dims[0] &&
-            e->k == w->type.dims[1] && e->groups == groups)
-            out[n++] = e;
+    int found = 0;
+    for (int j = 0; db && j < db->n && found < TILE_MAX_BUCKETS; j++) {
+        const TuneEntry *e = &db->e[j];
+        if (strcmp(e->op, kind) == 0 && e->dtype == dt && e->n == n && e->k == k && e->groups == groups)
+            out[found++] = e;
     }
-    return n;
+    return found;
+}
+
+/* Of the entries found, the one whose bucket is nearest 512 tokens: its best fixes what cannot vary
+ * per call (a GEMM's panel width, which the packing of the weights depends on). */
+static const TuneEntry *representative(const TuneEntry **found, int n)
+{
+    const TuneEntry *rep = n ? found[0] : NULL;
+    for (int k = 1; k < n; k++)
+        if (llabs(found[k]->tokens - 512) < llabs(rep->tokens - 512)) rep = found[k];
+    return rep;
+}
+
+static const char *gemm_kind(const IrInstr *i)
+{
+    switch (i->op) {
+    case IR_OP_LINEAR: return "linear";
+    case IR_OP_MOE_ROUTE: return "route";
+    case IR_OP_MOE_GROUPED_UP: return "grouped_up";
+    default: return "grouped_down";
+    }
 }
 
 static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
 {
     int64_t tile[3];
-    bool up = i->op == IR_OP_MOE_GROUPED_UP, linear = i->op == IR_OP_LINEAR;
-    const IrValue *w = linear ? i->in[1] : i->in[up ? 3 : 5];
+    bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
+    const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1]; /* route: its first matrix */
     int64_t N = w->type.dims[0], K = w->type.dims[1];
     tile_rule(o->target, up ? N / 2 : N, K, tile); /* up: the tile covers a and b columns of the same rows */
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    int n = db_entries(o->tuning, linear ? "linear" : up ? "grouped_up" : "grouped_down", w,
-                       linear ? 1 : ir_attr_int(i, "experts"), found);
-    const TuneEntry *rep = n ? found[0] : NULL; /* the bucket nearest 512 tokens fixes NR */
-    for (int k = 1; k < n; k++)
-        if (llabs(found[k]->tokens - 512) < llabs(rep->tokens - 512)) rep = found[k];
-    ir_attr_set_int(m, i, "tile_m", rep ? rep->best_m : tile[0]);
-    ir_attr_set_int(m, i, "tile_n", rep ? rep->best_n : tile[1]);
-    ir_attr_set_int(m, i, "tile_k", tile[2]);
+    int n = o->target == TARGET_CPU ? db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K,
+                                                 grouped ? ir_attr_int(i, "experts") : 1, found)
+                                    : 0;
+    const TuneEntry *rep = representative(found, n);
+    TuneConfig c = rep ? rep->best : (TuneConfig){(int)tile[0], (int)tile[1], 0, 0, 0, 0};
+    ir_attr_set_int(m, i, "tile_m", c.tile_m);
+    ir_attr_set_int(m, i, "tile_n", c.tile_n);
+    ir_attr_set_int(m, i, "tile_k", c.kc ? c.kc : tile[2]);
+    if (o->target == TARGET_CPU) { /* the rule's values said, not left implicit */
+        ir_attr_set_int(m, i, "tile_unroll", c.unroll ? c.unroll : 4);
+        ir_attr_set_int(m, i, "tile_mc", c.mc ? c.mc : round_up(256, c.tile_m));
+    }
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
-    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, rep->best_n, &m->arena));
+    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, c.tile_n, &m->arena));
+}
+
+/* Attention's key block on the CPU: 16 by the rule, else the database's. */
+static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
+{
+    if (o->target != TARGET_CPU) return;
+    int64_t H = ir_attr_int(i, "heads"), hd = i->in[0]->type.dims[1] / H;
+    const TuneEntry *found[TILE_MAX_BUCKETS];
+    int n = db_entries(o->tuning, "attention", DT_F32, H, hd, ir_attr_int(i, "kv_heads"), found);
+    const TuneEntry *rep = representative(found, n);
+    ir_attr_set_int(m, i, "kv_block", rep ? rep->best.kv_block : 16);
+    ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
+    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, 0, &m->arena));
 }
 
 /* h = add(a, b) whose result an rms_norm reads → (h, hn) = add_rms_norm(a, b, w). */
@@ -92,8 +132,11 @@ bool pass_specialize(IrModule *m, const PassOptions *o)
         if (i->op == IR_OP_ADD) {
             IrInstr *f = fuse_add_norm(m, i);
             if (f) next = f->next; /* the norm that followed may be gone */
-        } else if (i->op == IR_OP_LINEAR || i->op == IR_OP_MOE_GROUPED_UP || i->op == IR_OP_MOE_GROUPED_DOWN) {
+        } else if (i->op == IR_OP_LINEAR || i->op == IR_OP_MOE_GROUPED_UP || i->op == IR_OP_MOE_GROUPED_DOWN ||
+                   (i->op == IR_OP_MOE_ROUTE && o->target == TARGET_CPU)) {
             set_tiles(m, i, o);
+        } else if (i->op == IR_OP_ATTENTION) {
+            set_kv_block(m, i, o);
         }
     }
     ir_module_compact(m);

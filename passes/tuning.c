@@ -55,26 +55,20 @@ static bool parse_number(const yaml_node_t *nd, double *out)
     return *end == 0 && end != s;
 }
 
-/* "8x48" → 8, 48. */
-static bool parse_tile(const char *s, int *m, int *n)
+/* Does c suit op (GEMM ops: a tile and no key block; attention: a key block only)? */
+static bool config_fits(const char *op, const TuneConfig *c)
 {
-    if (!s) return false;
-    long v[2];
-    for (int i = 0; i < 2; i++) {
-        if (s[0] < '1' || s[0] > '9') return false;
-        size_t len = strspn(s, "0123456789");
-        errno = 0;
-        v[i] = strtol(s, NULL, 10);
-        if (errno == ERANGE || v[i] > INT_MAX) return false;
-        s += len;
-        if (i == 0 && *s++ != 'x') return false;
-    }
-    if (*s) return false;
-    *m = (int)v[0], *n = (int)v[1];
-    return true;
+    if (!op[0]) return true; /* the op was reported already */
+    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0;
+    return c->tile_m == 0 && c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->kv_block > 0;
 }
 
-#define TILE_EXPECTED "a tile MxN of positive integers"
+static const char *config_expected(const char *op)
+{
+    return !op[0] || tune_op_is_gemm(op)
+               ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536)"
+               : "an attention configuration kvB (1 <= B <= 1024)";
+}
 
 /* ---- mappings with a fixed key list ------------------------------------------------------------ */
 /* Fill vals[i] with the value of keys[i] (NULL when absent, reported). False when nd is no mapping. */
@@ -160,7 +154,7 @@ static void read_target(Ctx *c, yaml_node_t *nd, TuneTarget *t)
 }
 
 /* ---- entries ------------------------------------------------------------------------------------ */
-static const char *const tune_ops[] = {"linear", "grouped_up", "grouped_down"};
+static const char *const tune_ops[] = {"linear", "route", "grouped_up", "grouped_down", "attention"};
 static const moe_dtype tune_dtypes[] = {DT_F32, DT_BF16, DT_F16};
 
 static void read_op(Ctx *c, const char *path, const yaml_node_t *nd, TuneEntry *e)
@@ -171,7 +165,7 @@ static void read_op(Ctx *c, const char *path, const yaml_node_t *nd, TuneEntry *
             snprintf(e->op, sizeof e->op, "%s", s);
             return;
         }
-    bad_value(c, path, nd, "one of linear, grouped_up, grouped_down");
+    bad_value(c, path, nd, "one of linear, route, grouped_up, grouped_down, attention");
 }
 
 static void read_dtype(Ctx *c, const char *path, const yaml_node_t *nd, TuneEntry *e)
@@ -194,33 +188,36 @@ static bool read_positive(Ctx *c, const char *path, const yaml_node_t *nd, int64
     return true;
 }
 
-/* measured: {MxN: gflops, ...}. False when anything in it is wrong. */
+/* measured: {CONFIG: gflops, ...}. False when anything in it is wrong. */
 static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *e)
 {
     if (nd->type != YAML_MAPPING_NODE) {
-        bad_value(c, path, nd, "a mapping of tiles to GFLOP/s");
+        bad_value(c, path, nd, "a mapping of configurations to GFLOP/s");
         return false;
     }
     int n_pairs = (int)(nd->data.mapping.pairs.top - nd->data.mapping.pairs.start);
     if (n_pairs > TUNE_MAX_MEASURED) {
-        diag_error(c->d, node_line(nd), node_col(nd), "%s: expected at most %d tiles, found %d", path,
+        diag_error(c->d, node_line(nd), node_col(nd), "%s: expected at most %d configurations, found %d", path,
                    TUNE_MAX_MEASURED, n_pairs);
         return false;
     }
     bool ok = true;
     for (yaml_node_pair_t *p = nd->data.mapping.pairs.start; p < nd->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key), *v = yaml_document_get_node(c->doc, p->value);
-        TuneMeasure m = {0, 0, 0};
-        char sub[96];
-        if (!parse_tile(scalar_text(k), &m.tile_m, &m.tile_n)) {
-            bad_value(c, path, k, TILE_EXPECTED " as the key");
+        TuneMeasure m;
+        char sub[96], name[64];
+        if (!tune_config_parse(scalar_text(k), &m.c) || !config_fits(e->op, &m.c)) {
+            char expected[128];
+            snprintf(expected, sizeof expected, "%s as the key", config_expected(e->op));
+            bad_value(c, path, k, expected);
             ok = false;
             continue;
         }
-        snprintf(sub, sizeof sub, "%s.%dx%d", path, m.tile_m, m.tile_n);
+        tune_config_format(&m.c, name, sizeof name);
+        snprintf(sub, sizeof sub, "%s.%s", path, name);
         for (int i = 0; i < e->n_measured; i++)
-            if (e->measured[i].tile_m == m.tile_m && e->measured[i].tile_n == m.tile_n) {
-                diag_error(c->d, node_line(k), node_col(k), "%s: duplicate tile %dx%d", path, m.tile_m, m.tile_n);
+            if (tune_config_equal(&e->measured[i].c, &m.c)) {
+                diag_error(c->d, node_line(k), node_col(k), "%s: duplicate configuration %s", path, name);
                 ok = false;
             }
         if (!parse_number(v, &m.gflops) || !isfinite(m.gflops) || m.gflops < 0) {
@@ -235,14 +232,15 @@ static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *
 
 static void check_best(Ctx *c, const char *path, const yaml_node_t *best_nd, const TuneEntry *e)
 {
-    char list[TUNE_MAX_MEASURED * 24] = "";
+    char list[TUNE_MAX_MEASURED * 32] = "", name[64];
     for (int i = 0; i < e->n_measured; i++) {
-        if (e->measured[i].tile_m == e->best_m && e->measured[i].tile_n == e->best_n) return;
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%dx%d", i ? ", " : "", e->measured[i].tile_m,
-                 e->measured[i].tile_n);
+        if (tune_config_equal(&e->measured[i].c, &e->best)) return;
+        tune_config_format(&e->measured[i].c, name, sizeof name);
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", name);
     }
-    diag_error(c->d, node_line(best_nd), node_col(best_nd), "%s.best: tile %dx%d is not among the measured tiles (%s)",
-               path, e->best_m, e->best_n, e->n_measured ? list : "none");
+    tune_config_format(&e->best, name, sizeof name);
+    diag_error(c->d, node_line(best_nd), node_col(best_nd), "%s.best: %s is not among the measured configurations (%s)",
+               path, name, e->n_measured ? list : "none");
 }
 
 enum { K_OP, K_DTYPE, K_N, K_K, K_GROUPS, K_TOKENS, K_BEST, K_MEASURED, K_COUNT };
@@ -265,13 +263,13 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
     if (v[K_DTYPE]) read_dtype(c, SUB(K_DTYPE), v[K_DTYPE], e);
     for (int i = K_N; i <= K_TOKENS; i++) {
         bool ok = v[i] && read_positive(c, SUB(i), v[i], ints[i]);
-        if (i == K_GROUPS && ok && !strcmp(e->op, "linear") && e->groups != 1)
-            diag_error(c->d, node_line(v[i]), node_col(v[i]), "%s.groups: expected 1 for op linear, found %lld", path,
-                       (long long)e->groups);
+        if (i == K_GROUPS && ok && (!strcmp(e->op, "linear") || !strcmp(e->op, "route")) && e->groups != 1)
+            diag_error(c->d, node_line(v[i]), node_col(v[i]), "%s.groups: expected 1 for op %s, found %lld", path,
+                       e->op, (long long)e->groups);
     }
     if (v[K_BEST]) {
-        best_ok = parse_tile(scalar_text(v[K_BEST]), &e->best_m, &e->best_n);
-        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], TILE_EXPECTED);
+        best_ok = tune_config_parse(scalar_text(v[K_BEST]), &e->best) && config_fits(e->op, &e->best);
+        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], config_expected(e->op));
     }
     if (v[K_MEASURED]) measured_ok = read_measured(c, SUB(K_MEASURED), v[K_MEASURED], e);
 #undef SUB
@@ -432,12 +430,15 @@ bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
     strbuf_printf(&b, "entries:%s\n", db->n ? "" : " []");
     for (int i = 0; i < db->n; i++) {
         const TuneEntry *e = &db->e[i];
-        strbuf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %dx%d, measured: {",
+        char name[64];
+        tune_config_format(&e->best, name, sizeof name);
+        strbuf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %s, measured: {",
                    e->op, dtype_name(e->dtype), (long long)e->n, (long long)e->k, (long long)e->groups,
-                   (long long)e->tokens, e->best_m, e->best_n);
-        for (int j = 0; j < e->n_measured; j++)
-            strbuf_printf(&b, "%s%dx%d: %.1f", j ? ", " : "", e->measured[j].tile_m, e->measured[j].tile_n,
-                       e->measured[j].gflops);
+                   (long long)e->tokens, name);
+        for (int j = 0; j < e->n_measured; j++) {
+            tune_config_format(&e->measured[j].c, name, sizeof name);
+            strbuf_printf(&b, "%s%s: %.1f", j ? ", " : "", name, e->measured[j].gflops);
+        }
         strbuf_printf(&b, "}}\n");
     }
     bool ok = file_write_atomic(path, b.s, b.len, why, why_len);

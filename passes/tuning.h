@@ -1,4 +1,4 @@
-/* tuning.h — the tuning database: measured GEMM tile choices per target, op shape and token count.
+/* tuning.h — the tuning database: measured kernel configurations per target, op shape and token count.
  *
  * In:  a YAML file written by `moeppc tune` (format below), or entries the tuner measured.
  * Out: a TuneDb; the specialize pass consults it (PassOptions.tuning) and records on each GEMM op the
@@ -15,27 +15,48 @@
  *   llvm: "14.0.6"
  *   target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}   # features: hash of the feature string
  *   entries:
- *     - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48,
- *        measured: {8x48: 181.2, 4x96: 179.9, 6x64: 178.0}}       # GFLOP/s per tile
+ *     - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48/u2,
+ *        measured: {8x48: 181.2, 4x96: 179.9, 8x48/u2: 183.0, 8x48/u2/kc512: 176.4}}   # GFLOP/s
+ *     - {op: attention, dtype: f32, n: 16, k: 64, groups: 4, tokens: 1, best: kv32,
+ *        measured: {kv16: 3.1, kv32: 3.4}}
+ *
+ * A configuration (the keys of `measured`, and `best`) is fields joined by '/':
+ *   MxN      the register tile: M rows of A by N columns of B (GEMM ops: linear, route, grouped_*)
+ *   uU       k steps per micro-kernel loop iteration, 1..16 (absent: the ISA's default, 4)
+ *   kcK      K in blocks of K (absent: the whole K in one pass)
+ *   mcR      R rows of A per block of a panel, up to 65536 (absent: 256 rounded to M)
+ *   kvB      keys per streaming block of attention, 1..1024 (op attention only; absent: 16)
+ * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
+ * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
+ * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
+ * `tokens` query rows at the end of a context of max(tokens, 512) positions.
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
 
 #include "frontend/frontend.h"
 
-#define TUNE_MAX_MEASURED 32
+#define TUNE_MAX_MEASURED 64
+
+/* One kernel configuration; 0 in a field = absent = the rule's value. */
+typedef struct TuneConfig {
+    int tile_m, tile_n;          /* register tile (GEMM ops)                                  */
+    int unroll;                  /* k unroll of the micro-kernel                              */
+    int64_t kc, mc;              /* K block, M block                                          */
+    int kv_block;                /* attention's key block                                     */
+} TuneConfig;
 
 typedef struct TuneMeasure {
-    int tile_m, tile_n;
-    double gflops;
+    TuneConfig c;
+    double gflops;               /* GFLOP/s (attention: of its q·k and p·v multiply-adds)     */
 } TuneMeasure;
 
 typedef struct TuneEntry {
-    char op[24];                 /* "linear", "grouped_up", "grouped_down" */
-    moe_dtype dtype;             /* of the weights */
-    int64_t n, k, groups;        /* the weight's [N, K]; groups = 1 for linear */
+    char op[24];                 /* "linear", "route", "grouped_up", "grouped_down", "attention" */
+    moe_dtype dtype;             /* of the weights (attention: f32, the activations)          */
+    int64_t n, k, groups;        /* see the file format above                                 */
     int64_t tokens;              /* the token bucket measured */
-    int best_m, best_n;
+    TuneConfig best;
     TuneMeasure measured[TUNE_MAX_MEASURED];
     int n_measured;
     int line;                    /* where it was read (0 when measured) */
@@ -51,6 +72,15 @@ typedef struct TuneDb {
     TuneEntry *e;
     int n, cap;
 } TuneDb;
+
+/* Configurations as text (schedule.c, which the runtime links without the YAML reader): */
+/* The configuration as the file writes it ("8x48/u2/kc256"); "rule" when every field is absent. */
+void tune_config_format(const TuneConfig *c, char *buf, size_t n);
+/* The configuration of text; false when it is not one (see the file format). */
+bool tune_config_parse(const char *text, TuneConfig *c);
+bool tune_config_equal(const TuneConfig *a, const TuneConfig *b);
+/* Is op one of the GEMM ops (linear, route, grouped_up, grouped_down)? */
+bool tune_op_is_gemm(const char *op);
 
 bool tune_db_load(const char *path, TuneDb *db, Diag *d);
 bool tune_db_load_string(const char *text, size_t len, TuneDb *db, Diag *d); /* the same from text */

@@ -93,12 +93,13 @@ static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const C
     r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
 }
 
-const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
 {
     Recorder *r = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr);
+    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr, unroll);
     for (int k = 0; k < r->n; k++)
-        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr)
+        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr &&
+            r->e[k].cfg.k_unroll == cfg.k_unroll)
             return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
     char path[512], sym[64];
     cg_kernel_symbol(&cfg, cg_jit_target(r->jit)->isa, sym, sizeof sym);

@@ -19,7 +19,7 @@ typedef struct Recorder {
 } Recorder;
 
 /* The two callbacks of a CpuKernelSource whose ctx is a Recorder. */
-const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err);
+const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err);
 void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
 
 /* text as a C string literal, one source line per line of text, escaped. */

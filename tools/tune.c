@@ -1,8 +1,18 @@
-/* tune.c — `moeppc tune`: measures, for every GEMM shape of a spec and every token bucket, the register
- * tiles this CPU can hold, checks each against the rule's own tile, and writes the winners (and what
- * was measured) to a tuning database (passes/tuning.h) that build, run, bench and compile use. */
+/* tune.c — `moeppc tune`: measures, for every tunable kernel of a spec (the GEMMs: linear, router,
+ * grouped up and down; attention) and every token bucket, the configurations this CPU can run,
+ * checks each against the rule's own configuration, and writes the winners (and all that was
+ * measured) to a tuning database (passes/tuning.h) that build, run, bench and compile use.
+ *
+ * The GEMM search is staged, each stage around the best of the last, since the full product of its
+ * knobs (24 tiles x 4 unrolls x 4 K blocks x 4 M blocks) would not fit any budget:
+ *   1. register tiles MxN (every one the ISA holds in registers), the rule's first;
+ *   2. k unroll 1, 2, 8 (4 is the default) on the three best tiles;
+ *   3. K blocks of 128, 256, 512 (where below K) and M blocks of 32, 128, 512 rows (where a group
+ *      has more rows than the block) on the best so far.
+ * Attention's search is its key block (4 .. 128; 16 the rule's). */
 #include "bench/probe.h"
 #include "codegen/llvm/cg_internal.h"
+#include "codegen/llvm/ops/cg_ops.h"
 #include "passes/passes.h"
 #include "passes/tuning.h"
 #include "tools/commands.h"
@@ -18,7 +28,7 @@ typedef struct {
     char op[24];
     moe_dtype dt;
     int64_t n, k, groups, top_k;
-    int rule_m, rule_n;
+    TuneConfig rule;
 } Shape;
 
 typedef struct {
@@ -27,20 +37,35 @@ typedef struct {
     CgWork work;
     double deadline, t0, budget;
     int tried, total;
+    char **op_sym;            /* op kernels compiled so far (a JIT defines a symbol once) */
+    void **op_fn;
+    int n_op;
 } Tuner;
 
-/* Distinct GEMM shapes of the optimised IR, with the tile the rule gave them. */
+static bool is_attention(const Shape *sh) { return strcmp(sh->op, "attention") == 0; }
+static bool is_plain(const Shape *sh) { return !strcmp(sh->op, "linear") || !strcmp(sh->op, "route"); }
+
+/* Distinct tunable shapes of the optimised IR, with the configuration the rule gave them. */
 static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int max)
 {
     int n = 0;
     for (const IrInstr *i = m->first; i && n < max; i = i->next) {
-        bool lin = i->op == IR_OP_LINEAR, up = i->op == IR_OP_MOE_GROUPED_UP;
-        if (!lin && !up && i->op != IR_OP_MOE_GROUPED_DOWN) continue;
-        const IrValue *w = lin ? i->in[1] : i->in[up ? 3 : 5];
-        Shape sh = {.dt = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1],
-                    .groups = lin ? 1 : ir_attr_int(i, "experts"), .top_k = s->top_k,
-                    .rule_m = (int)ir_attr_int(i, "tile_m"), .rule_n = (int)ir_attr_int(i, "tile_n")};
-        snprintf(sh.op, sizeof sh.op, "%s", lin ? "linear" : up ? "grouped_up" : "grouped_down");
+        Shape sh = {.top_k = s->top_k, .groups = 1};
+        if (i->op == IR_OP_ATTENTION) {
+            int64_t H = ir_attr_int(i, "heads");
+            sh = (Shape){.dt = DT_F32, .n = H, .k = i->in[0]->type.dims[1] / H, .groups = ir_attr_int(i, "kv_heads"),
+                         .rule = {.kv_block = 16}};
+            snprintf(sh.op, sizeof sh.op, "attention");
+        } else {
+            bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
+            if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_ROUTE && !grouped) continue;
+            const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1];
+            sh.dt = w->type.dtype, sh.n = w->type.dims[0], sh.k = w->type.dims[1];
+            sh.groups = grouped ? ir_attr_int(i, "experts") : 1;
+            sh.rule = (TuneConfig){.tile_m = (int)ir_attr_int(i, "tile_m"), .tile_n = (int)ir_attr_int(i, "tile_n")};
+            snprintf(sh.op, sizeof sh.op, "%s", i->op == IR_OP_LINEAR ? "linear" : i->op == IR_OP_MOE_ROUTE ? "route"
+                                                 : up ? "grouped_up" : "grouped_down");
+        }
         bool seen = false;
         for (int k = 0; k < n; k++)
             seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].n == sh.n && out[k].k == sh.k &&
@@ -50,41 +75,79 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
     return n;
 }
 
-/* The tiles worth trying: the rule's first, then heights × widths this ISA holds in registers. */
-static int candidates(const Tuner *t, const Shape *sh, int *mr, int *nr, int max)
+/* Stage 1: the rule's tile, then heights × widths this ISA holds in registers. */
+static int tile_candidates(const Tuner *t, const Shape *sh, TuneConfig *out, int max)
 {
     static const int ms[] = {1, 2, 4, 6, 8, 12}, ns[] = {16, 32, 48, 64, 96};
     int n = 0;
-    mr[n] = sh->rule_m, nr[n++] = sh->rule_n;
+    out[n++] = sh->rule;
     for (size_t a = 0; a < MOE_ARRAY_LEN(ns); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(ms) && n < max; b++) {
-            CgKernelConfig c = cg_kernel_config_tile(t->jit, sh->dt, ms[b], ns[a]);
-            if (c.mr != ms[b] || c.nr != ns[a] || (ms[b] == sh->rule_m && ns[a] == sh->rule_n)) continue;
-            mr[n] = ms[b], nr[n++] = ns[a];
+            CgKernelConfig c = cg_kernel_config_tile(t->jit, sh->dt, ms[b], ns[a], 0);
+            if (c.mr != ms[b] || c.nr != ns[a] || (ms[b] == sh->rule.tile_m && ns[a] == sh->rule.tile_n)) continue;
+            out[n++] = (TuneConfig){.tile_m = ms[b], .tile_n = ns[a]};
         }
     return n;
 }
 
+static const int unrolls[] = {1, 2, 8}, kcs[] = {128, 256, 512}, mcs[] = {32, 128, 512}, kv_blocks[] = {4, 8, 32, 64, 128};
+enum { UNROLL_TILES = 3 };
+
+/* How many configurations the search of sh tries at most (for the progress bar). */
+static int planned(const Tuner *t, const Shape *sh)
+{
+    if (is_attention(sh)) return 1 + (int)MOE_ARRAY_LEN(kv_blocks);
+    TuneConfig c[64];
+    return tile_candidates(t, sh, c, 64) + UNROLL_TILES * (int)MOE_ARRAY_LEN(unrolls) + (int)MOE_ARRAY_LEN(kcs) +
+           (int)MOE_ARRAY_LEN(mcs);
+}
+
 typedef struct {
     const Shape *sh;
-    int64_t T, rows;          /* tokens; rows of A (slots for grouped) */
-    void *w;                  /* groups × [N, K] weights in sh->dt */
-    float *x, *out;
+    int64_t T, rows;          /* tokens; rows of A (slots for grouped; attention: context length) */
+    void *w;                  /* groups × [N, K] weights in sh->dt (attention: the K cache)       */
+    float *x, *out;           /* A (attention: q); the output                                      */
+    float *vc;                /* attention: the V cache                                            */
     int64_t *off;
-    int32_t *perm;
+    int32_t *perm;            /* grouped: token of each slot; attention: the positions             */
     float *gw;
 } Problem;
+
+static void fill(moe_rng *r, float *x, size_t n)
+{
+    for (size_t j = 0; j < n; j++) x[j] = (float)(2 * rng_uniform(r) - 1);
+}
+
+/* Attention: T queries at the end of a context of max(T, 512) positions. */
+static void attention_init(Problem *p, moe_rng *r)
+{
+    const Shape *sh = p->sh;
+    int64_t C = p->T > 512 ? p->T : 512, q = p->T * sh->n * sh->k, kv = C * sh->groups * sh->k;
+    p->rows = C;
+    p->x = xmalloc((size_t)q * sizeof *p->x);
+    p->w = xmalloc((size_t)kv * sizeof(float));
+    p->vc = xmalloc((size_t)kv * sizeof *p->vc);
+    fill(r, p->x, (size_t)q), fill(r, p->w, (size_t)kv), fill(r, p->vc, (size_t)kv);
+    p->out = xcalloc((size_t)q, sizeof *p->out);
+    p->perm = xmalloc((size_t)p->T * sizeof *p->perm);
+    for (int64_t t = 0; t < p->T; t++) p->perm[t] = (int32_t)(C - p->T + t);
+}
 
 static void problem_init(Problem *p, const Shape *sh, int64_t T, uint64_t seed)
 {
     moe_rng r;
     rng_seed(&r, seed);
-    *p = (Problem){.sh = sh, .T = T, .rows = strcmp(sh->op, "linear") == 0 ? T : T * sh->top_k};
+    *p = (Problem){.sh = sh, .T = T};
+    if (is_attention(sh)) {
+        attention_init(p, &r);
+        return;
+    }
+    p->rows = is_plain(sh) ? T : T * sh->top_k;
     size_t wn = (size_t)(sh->groups * sh->n * sh->k), xk = (size_t)sh->k; /* A is [rows, K] for every shape */
     p->w = xmalloc(wn * dtype_size(sh->dt));
     for (size_t j = 0; j < wn; j++) dtype_store(sh->dt, p->w, j, (2 * rng_uniform(&r) - 1) / sqrt((double)sh->k));
     p->x = xmalloc((size_t)p->rows * xk * sizeof *p->x);
-    for (size_t j = 0; j < (size_t)p->rows * xk; j++) p->x[j] = (float)(2 * rng_uniform(&r) - 1);
+    fill(&r, p->x, (size_t)p->rows * xk);
     size_t outn = (size_t)(p->rows * sh->n);
     p->out = xcalloc(outn, sizeof *p->out);
     p->off = xmalloc((size_t)(sh->groups + 1) * sizeof *p->off);
@@ -99,32 +162,39 @@ static void problem_free(Problem *p)
     free(p->w);
     free(p->x);
     free(p->out);
+    free(p->vc);
     free(p->off);
     free(p->perm);
     free(p->gw);
 }
 
-/* What problem_init and tune_one allocate for a shape at T tokens: the weights and their packed copy
- * (f32 at most), A, the output and the reference output. In double: a hostile spec's shapes overflow. */
-static double problem_bytes(const Shape *sh, int64_t T)
+static size_t out_count(const Problem *p)
 {
-    double rows = (double)T * (strcmp(sh->op, "linear") == 0 ? 1.0 : (double)sh->top_k);
-    double w = (double)sh->groups * (double)sh->n * (double)sh->k;
-    return w * ((double)dtype_size(sh->dt) + 4.0) + 4.0 * rows * ((double)sh->k + 2.0 * (double)sh->n);
+    return (size_t)(is_attention(p->sh) ? p->T * p->sh->n * p->sh->k : p->rows * p->sh->n);
 }
 
-/* One run of the shape's driver with kernel k on weights packed for its NR. */
-static void run_once(Tuner *t, const Problem *p, const CgKernel *k, const CgPackedB *b)
+/* Multiply-adds of one run, ×2 = its flops. */
+static double problem_macs(const Problem *p)
 {
-    CgBlocking blk = cg_blocking_default(k);
     const Shape *sh = p->sh;
-    CgRouting r = {sh->groups, p->off, p->perm, p->gw};
-    if (strcmp(sh->op, "linear") == 0) cg_gemm(k, &blk, t->pool, &t->work, p->rows, p->x, sh->k, b, p->out, sh->n, false);
-    else if (strcmp(sh->op, "grouped_up") == 0) cg_moe_up_swiglu(k, &blk, t->pool, &t->work, &r, p->x, b, p->out);
-    else {
-        memset(p->out, 0, (size_t)(p->T * sh->n) * sizeof *p->out);
-        cg_moe_down_scatter(k, &blk, t->pool, &t->work, &r, p->x, b, p->out);
+    if (!is_attention(sh)) return (double)p->rows * (double)sh->n * (double)sh->k;
+    double keys = 0; /* q·k and p·v over each query's causal context */
+    for (int64_t t = 0; t < p->T; t++) keys += (double)p->perm[t] + 1;
+    return 2.0 * keys * (double)sh->n * (double)sh->k;
+}
+
+/* What problem_init and tune_one allocate for a shape at T tokens: the weights and their packed copy
+ * (f32 at most), A, the output and the reference output (attention: q, the caches, out and ref). In
+ * double: a hostile spec's shapes overflow. */
+static double problem_bytes(const Shape *sh, int64_t T)
+{
+    if (!strcmp(sh->op, "attention")) {
+        double C = T > 512 ? (double)T : 512.0, q = (double)T * (double)sh->n * (double)sh->k;
+        return 4.0 * (3.0 * q + 2.0 * C * (double)sh->groups * (double)sh->k);
     }
+    double rows = (double)T * (is_plain(sh) ? 1.0 : (double)sh->top_k);
+    double w = (double)sh->groups * (double)sh->n * (double)sh->k;
+    return w * ((double)dtype_size(sh->dt) + 4.0) + 4.0 * rows * ((double)sh->k + 2.0 * (double)sh->n);
 }
 
 typedef struct {
@@ -132,12 +202,18 @@ typedef struct {
     CgPackedB *b;             /* [groups] */
 } Packed;
 
+static void packed_free(Packed *pk, int64_t groups)
+{
+    for (int64_t g = 0; pk->b && g < groups; g++) cg_packed_b_free(&pk->b[g]);
+    free(pk->b);
+    pk->b = NULL;
+}
+
 static void pack_for(Packed *pk, const Problem *p, int nr)
 {
     const Shape *sh = p->sh;
     if (pk->b && pk->nr == nr) return;
-    for (int64_t g = 0; pk->b && g < sh->groups; g++) cg_packed_b_free(&pk->b[g]);
-    free(pk->b);
+    packed_free(pk, sh->groups);
     pk->b = xcalloc((size_t)sh->groups, sizeof *pk->b);
     pk->nr = nr;
     size_t gbytes = (size_t)(sh->n * sh->k) * dtype_size(sh->dt);
@@ -146,6 +222,82 @@ static void pack_for(Packed *pk, const Problem *p, int nr)
         if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr);
         else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr);
     }
+}
+
+/* A candidate ready to run: a GEMM kernel with its blocking and packed weights, or attention's kernel. */
+typedef struct {
+    const CgKernel *k;
+    CgBlocking blk;
+    void *att;
+} Runnable;
+
+typedef void (*attn_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *, void *);
+
+typedef struct {
+    const Problem *p;
+    attn_fn f;
+    int64_t items, chunk;
+} AttTask;
+
+static void att_task(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    const AttTask *a = ctx;
+    int64_t i0 = task * a->chunk, n = a->items - i0 < a->chunk ? a->items - i0 : a->chunk;
+    if (n > 0) a->f(i0, n, a->p->x, a->p->w, a->p->vc, a->p->perm, a->p->out);
+}
+
+/* One run of the shape's kernel, split over the pool as the executor splits it. */
+static void run_once(Tuner *t, const Problem *p, const Runnable *rn, const Packed *pk)
+{
+    const Shape *sh = p->sh;
+    if (is_attention(sh)) {
+        AttTask a = {p, (attn_fn)rn->att, p->T * sh->n, 0};
+        int64_t tasks = 4 * (int64_t)cg_pool_threads(t->pool);
+        a.chunk = (a.items + tasks - 1) / tasks;
+        cg_pool_parallel_for(t->pool, (a.items + a.chunk - 1) / a.chunk, att_task, &a);
+        return;
+    }
+    CgRouting r = {sh->groups, p->off, p->perm, p->gw};
+    if (is_plain(sh)) cg_gemm(rn->k, &rn->blk, t->pool, &t->work, p->rows, p->x, sh->k, pk->b, p->out, sh->n, false);
+    else if (strcmp(sh->op, "grouped_up") == 0) cg_moe_up_swiglu(rn->k, &rn->blk, t->pool, &t->work, &r, p->x, pk->b, p->out);
+    else {
+        memset(p->out, 0, (size_t)(p->T * sh->n) * sizeof *p->out);
+        cg_moe_down_scatter(rn->k, &rn->blk, t->pool, &t->work, &r, p->x, pk->b, p->out);
+    }
+}
+
+/* The kernel of configuration c, compiled (and cached by the JIT, or here for attention); false if it
+ * cannot be built. */
+static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runnable *rn)
+{
+    char err[512];
+    memset(rn, 0, sizeof *rn);
+    const Shape *sh = p->sh;
+    if (is_attention(sh)) {
+        CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = sh->n, .kv_heads = sh->groups,
+                      .head_dim = sh->k, .cols = sh->n * sh->k, .kv_block = c->kv_block == 16 ? 0 : c->kv_block};
+        char sym[256];
+        cg_op_symbol(&d, sym, sizeof sym);
+        for (int k = 0; k < t->n_op && !rn->att; k++)
+            if (!strcmp(t->op_sym[k], sym)) rn->att = t->op_fn[k];
+        if (rn->att) return true;
+        LLVMModuleRef mod = cg_ops_build(cg_jit_context(t->jit), &d, cg_jit_target(t->jit)->vec_width, sym, err,
+                                         sizeof err);
+        rn->att = mod ? cg_jit_compile_module(t->jit, mod, sym, NULL, err, sizeof err) : NULL;
+        if (!rn->att) return false;
+        t->op_sym = xrealloc(t->op_sym, (size_t)(t->n_op + 1) * sizeof *t->op_sym);
+        t->op_fn = xrealloc(t->op_fn, (size_t)(t->n_op + 1) * sizeof *t->op_fn);
+        t->op_sym[t->n_op] = xstrdup(sym);
+        t->op_fn[t->n_op++] = rn->att;
+        return true;
+    }
+    CgKernelConfig cfg = cg_kernel_config_tile(t->jit, sh->dt, c->tile_m, c->tile_n, c->unroll);
+    rn->k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
+    if (!rn->k) return false;
+    rn->blk = cg_blocking_make(rn->k, c->kc, c->mc, sh->k);
+    pack_for(pk, p, cfg.nr);
+    return true;
 }
 
 static double out_rel_err(const float *a, const float *b, size_t n)
@@ -158,17 +310,17 @@ static double out_rel_err(const float *a, const float *b, size_t n)
     return den > 0 ? num / den : num;
 }
 
-/* Median GFLOP/s of tile (mr, nr) on p after a warm-up; -1 if it is wrong against ref. */
-static double measure(Tuner *t, Problem *p, Packed *pk, int mr, int nr, const float *ref, size_t n_out)
+/* Median GFLOP/s of configuration c on p after a warm-up; -1 if it cannot be built or is wrong
+ * against ref (the rule's output). */
+static double measure(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, const float *ref)
 {
-    CgKernelConfig cfg = cg_kernel_config_tile(t->jit, p->sh->dt, mr, nr);
-    char err[512];
-    const CgKernel *k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
-    if (!k) return -1;
-    pack_for(pk, p, nr);
-    run_once(t, p, k, pk->b);
-    if (ref && out_rel_err(p->out, ref, n_out) > 1e-5) {
-        fprintf(stderr, "\nmoeppc tune: warning: tile %dx%d disagrees with the rule's tile on %s; discarded\n", mr, nr,
+    Runnable rn;
+    if (!prepare(t, p, pk, c, &rn)) return -1;
+    run_once(t, p, &rn, pk);
+    if (ref && out_rel_err(p->out, ref, out_count(p)) > 1e-5) {
+        char name[64];
+        tune_config_format(c, name, sizeof name);
+        fprintf(stderr, "\nmoeppc tune: warning: %s disagrees with the rule's configuration on %s; discarded\n", name,
                 p->sh->op);
         return -1;
     }
@@ -176,11 +328,11 @@ static double measure(Tuner *t, Problem *p, Packed *pk, int mr, int nr, const fl
     int reps = 0;
     for (double t0 = bench_now_s(); reps < 9 && (reps < 3 || bench_now_s() - t0 < 0.2); reps++) {
         double a = bench_now_s();
-        run_once(t, p, k, pk->b);
+        run_once(t, p, &rn, pk);
         s[reps] = bench_now_s() - a;
     }
     qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
-    return 2e-9 * (double)p->rows * (double)p->sh->n * (double)p->sh->k / s[reps / 2];
+    return 2e-9 * problem_macs(p) / s[reps / 2];
 }
 
 static void progress(const Tuner *t, const Shape *sh, int64_t T, const TuneEntry *e)
@@ -188,39 +340,106 @@ static void progress(const Tuner *t, const Shape *sh, int64_t T, const TuneEntry
     double left = t->deadline - bench_now_s();
     double best = 0;
     for (int c = 0; c < e->n_measured; c++) best = fmax(best, e->measured[c].gflops);
-    fprintf(stderr, "\r[tune] %-12s %lldx%lldx%lld T=%-5lld %3d/%d configs  best %dx%d %7.1f GFLOP/s  %4.0f s left ",
-            sh->op, (long long)sh->n, (long long)sh->k, (long long)sh->groups, (long long)T, t->tried, t->total,
-            e->best_m, e->best_n, best, left > 0 ? left : 0);
+    char name[64];
+    tune_config_format(&e->best, name, sizeof name);
+    fprintf(stderr, "\r[tune] %-12s %lldx%lldx%lld T=%-5lld %4d/%d configs  best %-16s %7.1f GFLOP/s  %4.0f s left ",
+            sh->op, (long long)sh->n, (long long)sh->k, (long long)sh->groups, (long long)T, t->tried, t->total, name,
+            best, left > 0 ? left : 0);
     fflush(stderr);
 }
 
-/* Measure every candidate tile of one shape at T tokens, the rule's first; false if the budget ran out
- * before the rule's own tile was measured (then no entry). */
+typedef struct {
+    Tuner *t;
+    Problem p;
+    Packed pk;
+    float *ref;
+    TuneEntry *e;
+    bool out_of_time;
+} Search;
+
+static bool measured_already(const TuneEntry *e, const TuneConfig *c)
+{
+    for (int k = 0; k < e->n_measured; k++)
+        if (tune_config_equal(&e->measured[k].c, c)) return true;
+    return false;
+}
+
+/* Measure c (unless measured, or out of time or room); the first call is the rule's and sets ref. */
+static void try_config(Search *s, const TuneConfig *c)
+{
+    TuneEntry *e = s->e;
+    if (s->out_of_time || e->n_measured == TUNE_MAX_MEASURED || measured_already(e, c)) return;
+    if (s->ref && bench_now_s() > s->t->deadline) {
+        s->out_of_time = true;
+        return;
+    }
+    double g = measure(s->t, &s->p, &s->pk, c, s->ref);
+    if (!s->ref) s->ref = memcpy(xmalloc(out_count(&s->p) * sizeof *s->ref), s->p.out, out_count(&s->p) * sizeof *s->ref);
+    s->t->tried++;
+    if (g < 0) return;
+    double best = -1;
+    for (int k = 0; k < e->n_measured; k++) best = fmax(best, e->measured[k].gflops);
+    e->measured[e->n_measured++] = (TuneMeasure){*c, g};
+    if (g > best) e->best = *c;
+    progress(s->t, &s->p.sh[0], s->p.T, e);
+}
+
+static int cmp_gflops_desc(const void *a, const void *b)
+{
+    double x = ((const TuneMeasure *)a)->gflops, y = ((const TuneMeasure *)b)->gflops;
+    return x > y ? -1 : x < y;
+}
+
+/* Stages 2 and 3 of the GEMM search (the file comment). */
+static void refine_gemm(Search *s)
+{
+    const Shape *sh = s->p.sh;
+    TuneMeasure top[TUNE_MAX_MEASURED];
+    int n_top = s->e->n_measured;
+    memcpy(top, s->e->measured, (size_t)n_top * sizeof *top);
+    qsort(top, (size_t)n_top, sizeof *top, cmp_gflops_desc);
+    for (int k = 0; k < n_top && k < UNROLL_TILES; k++)
+        for (size_t u = 0; u < MOE_ARRAY_LEN(unrolls); u++) {
+            TuneConfig c = top[k].c;
+            c.unroll = unrolls[u];
+            try_config(s, &c);
+        }
+    for (size_t b = 0; b < MOE_ARRAY_LEN(kcs); b++) {
+        TuneConfig c = s->e->best;
+        if (kcs[b] >= sh->k) continue; /* one pass already */
+        c.kc = kcs[b];
+        try_config(s, &c);
+    }
+    int64_t rows_per_group = (s->p.rows + sh->groups - 1) / sh->groups;
+    for (size_t b = 0; b < MOE_ARRAY_LEN(mcs); b++) {
+        TuneConfig c = s->e->best;
+        int64_t mc = (mcs[b] + c.tile_m - 1) / c.tile_m * c.tile_m, dflt = (256 + c.tile_m - 1) / c.tile_m * c.tile_m;
+        if (rows_per_group <= mc && rows_per_group <= dflt) continue; /* one block either way: the default */
+        c.mc = mc;
+        try_config(s, &c);
+    }
+}
+
+/* Search one shape at T tokens, the rule's configuration first; false if the budget ran out before the
+ * rule's own was measured (then no entry). */
 static bool tune_one(Tuner *t, const Shape *sh, int64_t T, TuneEntry *e)
 {
-    int mr[64], nr[64], nc = candidates(t, sh, mr, nr, 64);
-    Problem p;
-    problem_init(&p, sh, T, hash_str(sh->op) ^ (uint64_t)T);
-    Packed pk = {0};
-    size_t n_out = (size_t)(p.rows * sh->n);
-    float *ref = NULL;
+    Search s = {.t = t, .e = e};
+    problem_init(&s.p, sh, T, hash_str(sh->op) ^ (uint64_t)T);
     *e = (TuneEntry){.dtype = sh->dt, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
     snprintf(e->op, sizeof e->op, "%s", sh->op);
-    double best = -1;
-    for (int c = 0; c < nc && e->n_measured < TUNE_MAX_MEASURED; c++) {
-        if (c > 0 && bench_now_s() > t->deadline) break;
-        double g = measure(t, &p, &pk, mr[c], nr[c], ref, n_out);
-        if (c == 0) ref = memcpy(xmalloc(n_out * sizeof *ref), p.out, n_out * sizeof *ref);
-        t->tried++;
-        if (g < 0) continue;
-        e->measured[e->n_measured++] = (TuneMeasure){mr[c], nr[c], g};
-        if (g > best) best = g, e->best_m = mr[c], e->best_n = nr[c];
-        progress(t, sh, T, e);
+    if (is_attention(sh)) {
+        try_config(&s, &sh->rule);
+        for (size_t b = 0; b < MOE_ARRAY_LEN(kv_blocks); b++) try_config(&s, &(TuneConfig){.kv_block = kv_blocks[b]});
+    } else {
+        TuneConfig c[64];
+        int nc = tile_candidates(t, sh, c, 64);
+        for (int k = 0; k < nc; k++) try_config(&s, &c[k]);
+        if (e->n_measured) refine_gemm(&s);
     }
-    for (int64_t g = 0; pk.b && g < sh->groups; g++) cg_packed_b_free(&pk.b[g]);
-    free(pk.b);
-    free(ref);
-    problem_free(&p);
+    packed_free(&s.pk, sh->groups);
+    free(s.ref);
+    problem_free(&s.p);
     return e->n_measured > 0;
 }
 
@@ -356,21 +575,24 @@ int cmd_tune(int argc, char **argv)
     if (!t.jit) fprintf(stderr, "moeppc tune: error: %s\n", err);
     rc = t.jit ? 0 : 1;
     if (t.jit) {
-        int mr[64], nr[64];
-        for (int k = 0; k < n_sh; k++) t.total += a.n_tokens * candidates(&t, &sh[k], mr, nr, 64);
+        for (int k = 0; k < n_sh; k++) t.total += a.n_tokens * planned(&t, &sh[k]);
         host_identity(t.jit, &db.target);
         tune_all(&t, &a, sh, n_sh, &db);
-        if (db.n == 0) printf("the budget (%.0f s) was too small to try anything: the rule's tiles are kept\n", a.budget);
+        if (db.n == 0) printf("the budget (%.0f s) was too small to try anything: the rule's configurations are kept\n",
+                              a.budget);
         char why[512];
         if (!tune_db_save(&db, a.out, why, sizeof why)) {
             fprintf(stderr, "moeppc tune: error: %s\n", why);
             rc = 1;
         } else {
-            printf("wrote %s: %d entries (of %d shapes x %d token buckets), %d tiles tried in %.1f s\n", a.out, db.n,
+            printf("wrote %s: %d entries (of %d shapes x %d token buckets), %d configurations tried in %.1f s\n", a.out, db.n,
                    n_sh, a.n_tokens, t.tried, bench_now_s() - t.t0);
         }
     }
     tune_db_free(&db);
+    for (int k = 0; k < t.n_op; k++) free(t.op_sym[k]);
+    free(t.op_sym);
+    free(t.op_fn);
     cg_work_free(&t.work);
     cg_pool_free(t.pool);
     cg_jit_free(t.jit);

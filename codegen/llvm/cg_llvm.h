@@ -67,8 +67,9 @@ typedef struct CgKernelConfig {
 /* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
 /* The tile mr x nr if jit's ISA holds it in registers (nr a multiple of the vector width, the
- * accumulators within the register file), else the default; mr, nr = 0: the default. */
-CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr);
+ * accumulators within the register file), else the default; mr, nr = 0: the default. k_unroll in
+ * 1..16 is kept, else (0) the default's. */
+CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr, int k_unroll);
 
 /* The generated micro-kernel (symbol cg_kernel_symbol):
  *   for i < MR, j < NR:  c[i*ldc + j] = (beta ? c[i*ldc + j] : 0) + sum_{k < kc} ap[k*MR + i] * B(k, j)
@@ -147,6 +148,9 @@ typedef struct CgBlocking {
     int64_t kc, mc;
 } CgBlocking;
 CgBlocking cg_blocking_default(const CgKernel *kern);
+/* The blocking a configuration asks for on K columns: kc (0 or >= K: one pass), mc rows (0: the
+ * default; else rounded up to MR, at most 65536). The executor and the tuner share it. */
+CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_t K);
 
 /* What a driver call needs in a CgWork: cg_work_need raises need to cover a call of kern with blk
  * on `threads` threads over up to m rows in n_groups groups of K columns. */

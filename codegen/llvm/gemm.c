@@ -101,6 +101,13 @@ CgBlocking cg_blocking_default(const CgKernel *kern) {
     return (CgBlocking){kc ? atoll(kc) : 0, (256 / mr) * mr};
 }
 
+CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_t K) {
+    CgBlocking blk = cg_blocking_default(kern);
+    if (kc > 0 && kc < K) blk.kc = kc;
+    if (mc > 0) blk.mc = round_up(mc < 65536 ? mc : 65536, kern->cfg.mr);
+    return blk;
+}
+
 /* ---- step 1: pack A ---------------------------------------------------------------------- */
 static void pack_a_task(void *ctx, int64_t t, int thread) {
     const Job *j = ctx;

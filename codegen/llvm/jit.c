@@ -106,8 +106,9 @@ CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) {
     return (CgKernelConfig){b_dtype, 4, 8, 4}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
 }
 
-CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr) {
+CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr, int k_unroll) {
     CgKernelConfig d = cg_kernel_config_default(jit, b_dtype);
+    if (k_unroll >= 1 && k_unroll <= 16) d.k_unroll = k_unroll;
     int w = jit->t.vec_width, regs = jit->t.isa == CG_ISA_AVX512 ? 32 : 16;
     /* accumulators + one vector per B column block + the A broadcast must fit the register file */
     if (mr < 1 || nr < w || nr % w || mr * (nr / w) + nr / w + 1 > regs) return d;

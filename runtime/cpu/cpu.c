@@ -10,13 +10,20 @@
 #include <string.h>
 #include <time.h>
 
+/* A configuration a step may run: a GEMM's micro-kernel and blocking, or attention's kernel. */
+typedef struct Choice {
+    TuneConfig c;
+    const CgKernel *k;
+    CgBlocking blk;
+    void *fn;
+} Choice;
+
 typedef struct Step {
     const IrInstr *i;
     void *fn, *fn_tanh, *fn_scale;  /* op kernels (route: post, tanh, scale)                         */
-    const CgKernel *gk;             /* GEMM micro-kernel for this step's weights                      */
-    TileSchedule *sched;            /* tuned: the tile height per token count (schedule.c), and       */
-    const CgKernel *gk_mr[TILE_MAX_BUCKETS]; /* the kernel of each height a bucket won, same NR       */
-    int n_gk_mr;
+    Choice ch[TILE_MAX_BUCKETS + 1];/* GEMM steps and attention: [0] the op's configuration, then     */
+    int n_ch;                       /*   each one a bucket of its schedule won                         */
+    TileSchedule *sched;            /* tuned: the configuration per token count (schedule.c)          */
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
     int n_pk;
     float *kc, *vc;                 /* attention: the KV cache, [max_positions, kv_heads·head_dim]   */
@@ -122,13 +129,17 @@ static void row_task(void *ctx, int64_t task, int thread)
     }
 }
 
-static void rows_run(CpuModel *cm, RowTask *r)
+/* r->T items (rows; attention: (row, head) pairs) in one task per thread, or more for work of
+ * uneven cost (causal attention: later rows see more keys), which the pool balances. */
+static void rows_run_split(CpuModel *cm, RowTask *r, int tasks_per_thread)
 {
-    int n = cg_pool_threads(cm->pool);
+    int64_t n = (int64_t)cg_pool_threads(cm->pool) * tasks_per_thread;
     r->chunk = (r->T + n - 1) / n;
     if (r->chunk < 1) r->chunk = 1;
     cg_pool_parallel_for(cm->pool, (r->T + r->chunk - 1) / r->chunk, row_task, r);
 }
+
+static void rows_run(CpuModel *cm, RowTask *r) { rows_run_split(cm, r, 1); }
 
 /* ---- preparing the steps ----------------------------------------------------------------------- */
 
@@ -144,29 +155,67 @@ static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtEr
     return *slot != NULL;
 }
 
-/* A tuned op: the kernels of every tile height some token bucket won (at the op's panel width, which
- * the packing fixes; a schedule this CPU cannot follow is dropped for the primary tile). */
-static bool schedule_kernels(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt, RtError *err)
+static CgBlocking blocking_of(const TuneConfig *c, const CgKernel *k, int64_t K)
+{
+    return cg_blocking_make(k, c->kc, c->mc, K);
+}
+
+/* The op's own configuration, as the specialize pass recorded it (absent attributes: the rule's). */
+static TuneConfig op_config(const IrInstr *i)
+{
+    const IrAttr *a[5] = {ir_attr_get(i, "tile_m"), ir_attr_get(i, "tile_n"), ir_attr_get(i, "tile_unroll"),
+                          ir_attr_get(i, "tile_k"), ir_attr_get(i, "tile_mc")};
+    return (TuneConfig){.tile_m = a[0] ? (int)a[0]->i : 0, .tile_n = a[1] ? (int)a[1]->i : 0,
+                        .unroll = a[2] ? (int)a[2]->i : 0, .kc = a[3] ? a[3]->i : 0, .mc = a[4] ? a[4]->i : 0};
+}
+
+static const Choice *find_choice(const Step *st, const TuneConfig *c)
+{
+    for (int k = 1; k < st->n_ch; k++)
+        if (tune_config_equal(&st->ch[k].c, c)) return &st->ch[k];
+    return NULL;
+}
+
+/* A tuned op's schedule, if it parses and suits the op (a GEMM schedule at the op's panel width). */
+static bool schedule_of(Step *st, const IrInstr *i, int nr)
 {
     const IrAttr *sa = ir_attr_get(i, "tile_schedule");
     TileSchedule sched;
-    if (!sa || !tile_schedule_parse(sa->s, &sched) || sched.nr != st->gk->cfg.nr) return true;
+    if (!sa || !tile_schedule_parse(sa->s, &sched) || sched.nr != nr) return false;
     st->sched = xmalloc(sizeof *st->sched);
     *st->sched = sched;
-    for (int b = 0; b < sched.n; b++) {
-        int mr = tile_schedule_pick(&sched, sched.b[b].tokens);
-        bool have = false;
-        for (int k = 0; k < st->n_gk_mr; k++) have |= st->gk_mr[k]->cfg.mr == mr;
-        if (have) continue;
-        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, dt, mr, sched.nr, err);
+    return true;
+}
+
+static void drop_schedule(Step *st)
+{
+    free(st->sched);
+    st->sched = NULL;
+    st->n_ch = 1;
+}
+
+/* A GEMM step's kernels: the op's configuration, then every one a bucket of its schedule won (at the
+ * op's panel width, which the packing fixes; a schedule this CPU cannot follow is dropped: the op's
+ * own configuration then serves every call). */
+static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt, int64_t K, RtError *err)
+{
+    Choice *c0 = &st->ch[0];
+    c0->c = op_config(i);
+    c0->k = cm->ks->gemm(cm->ks->ctx, dt, c0->c.tile_m, c0->c.tile_n, c0->c.unroll, err);
+    if (!c0->k) return false;
+    c0->blk = blocking_of(&c0->c, c0->k, K);
+    st->n_ch = 1;
+    if (!schedule_of(st, i, c0->k->cfg.nr)) return true;
+    for (int b = 0; b < st->sched->n; b++) {
+        TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
+        if (find_choice(st, &c)) continue;
+        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, dt, c.tile_m, c.tile_n, c.unroll, err);
         if (!g) return false;
-        if (g->cfg.nr != sched.nr || g->cfg.mr != mr) { /* not for this ISA: follow the primary tile */
-            free(st->sched);
-            st->sched = NULL;
-            st->n_gk_mr = 0;
+        if (g->cfg.nr != c.tile_n || g->cfg.mr != c.tile_m || (c.unroll && g->cfg.k_unroll != c.unroll)) {
+            drop_schedule(st); /* not for this ISA */
             return true;
         }
-        st->gk_mr[st->n_gk_mr++] = g;
+        st->ch[st->n_ch++] = (Choice){c, g, blocking_of(&c, g, K), NULL};
     }
     return true;
 }
@@ -175,18 +224,17 @@ static bool schedule_kernels(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
 {
     moe_dtype dt = i->in[idx[0]]->type.dtype;
-    const IrAttr *tm = ir_attr_get(i, "tile_m"), *tn = ir_attr_get(i, "tile_n");
-    st->gk = cm->ks->gemm(cm->ks->ctx, dt, tm ? (int)tm->i : 0, tn ? (int)tn->i : 0, err);
-    if (!st->gk || !schedule_kernels(cm, st, i, dt, err)) return false;
+    if (!gemm_choices(cm, st, i, dt, i->in[idx[0]]->type.dims[1], err)) return false;
     if (cm->dry) return true;
+    int nr = st->ch[0].k->cfg.nr;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
     for (int e = 0; e < n; e++) {
         const IrValue *w = i->in[idx[e]];
         const Tensor *t = param(cm, w);
         MOE_ASSERT(t->dtype == dt);
-        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], st->gk->cfg.nr);
-        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], st->gk->cfg.nr);
+        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr);
+        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr);
     }
     return true;
 }
@@ -219,6 +267,7 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
     return pack_list(cm, st, i, idx, n, false, err);
 }
 
+/* Attention's kernels: the op's key block, then each one a bucket of its schedule won. */
 static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
 {
     CgOpDesc d;
@@ -227,7 +276,21 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
         st->kc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->kc);
         st->vc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->vc);
     }
-    return want_op(cm, st, &st->fn, &d, err);
+    if (!want_op(cm, st, &st->fn, &d, err)) return false;
+    st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : 16}, .fn = st->fn};
+    st->n_ch = 1;
+    if (!schedule_of(st, st->i, 0)) return true;
+    for (int b = 0; b < st->sched->n; b++) {
+        TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
+        if (tune_config_equal(&c, &st->ch[0].c) || find_choice(st, &c)) continue;
+        CgOpDesc db = d;
+        db.kv_block = c.kv_block == 16 ? 0 : c.kv_block;
+        Choice *ch = &st->ch[st->n_ch];
+        *ch = (Choice){.c = c};
+        if (!want_op(cm, st, &ch->fn, &db, err)) return false;
+        st->n_ch++;
+    }
+    return true;
 }
 
 static bool prepare_rowwise(CpuModel *cm, Step *st, RtError *err)
@@ -271,31 +334,20 @@ static bool prepare(CpuModel *cm, Step *st, RtError *err)
 
 /* ---- running the steps ------------------------------------------------------------------------- */
 
-/* The K blocking the op asks for (tile_k; K itself or 0: one pass), M blocked as the drivers like. */
-static CgBlocking blocking_for(const Step *st, const CgKernel *k)
+/* The configuration for a call on T tokens: the schedule's choice on a tuned op, else the op's own. */
+static const Choice *choice_for(const Step *st, int64_t T)
 {
-    CgBlocking blk = cg_blocking_default(k);
-    const IrAttr *tk = ir_attr_get(st->i, "tile_k");
-    int64_t K = st->pk ? st->pk[0].k : 0;
-    if (tk && tk->i > 0 && tk->i < K) blk.kc = tk->i;
-    return blk;
-}
-
-/* The kernel for a call on T tokens: the schedule's choice on a tuned op, else the op's tile. */
-static const CgKernel *kernel_for(const Step *st, int64_t T)
-{
-    if (!st->sched) return st->gk;
-    int mr = tile_schedule_pick(st->sched, T);
-    for (int k = 0; k < st->n_gk_mr; k++)
-        if (st->gk_mr[k]->cfg.mr == mr) return st->gk_mr[k];
-    return st->gk;
+    if (!st->sched) return &st->ch[0];
+    TuneConfig c = tile_schedule_pick(st->sched, T);
+    if (tune_config_equal(&c, &st->ch[0].c)) return &st->ch[0];
+    const Choice *ch = find_choice(st, &c);
+    return ch ? ch : &st->ch[0];
 }
 
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
-    const CgKernel *k = kernel_for(st, T);
-    CgBlocking blk = blocking_for(st, k);
-    cg_gemm(k, &blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
+    const Choice *c = choice_for(st, T);
+    cg_gemm(c->k, &c->blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
 static void run_rows(CpuModel *cm, const Step *st, cg_op_kind kind, int64_t T, const void *a0, const void *a1,
@@ -344,8 +396,9 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
         memcpy(st->kc + (int64_t)cm->pos[t] * kvc, k + t * kvc, (size_t)kvc * sizeof *k);
         memcpy(st->vc + (int64_t)cm->pos[t] * kvc, v + t * kvc, (size_t)kvc * sizeof *v);
     }
-    run_rows(cm, st, CG_OP_ATTENTION, T, addr(cm, i->in[0], T), st->kc, st->vc, cm->pos, addr(cm, i->out[0], T),
-             NULL);
+    RowTask r = {.kind = CG_OP_ATTENTION, .fn = choice_for(st, T)->fn, .T = T * ir_attr_int(i, "heads"),
+                 .a = {addr(cm, i->in[0], T), st->kc, st->vc, cm->pos}, .o = {addr(cm, i->out[0], T)}};
+    rows_run_split(cm, &r, 4);
 }
 
 typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);
@@ -356,18 +409,17 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     const Step *ds = &cm->steps[st->dispatch];
     int64_t E = ir_attr_int(i, "experts");
     CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
-    const CgKernel *k = kernel_for(st, T);
-    CgBlocking blk = blocking_for(st, k);
+    const Choice *c = choice_for(st, T);
     if (i->op == IR_OP_MOE_GROUPED_UP) {
         int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
-        cg_moe_up_swiglu(k, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
+        cg_moe_up_swiglu(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
         cm->prof.ffn_macs += (double)ds->off[E] * 3.0 * (double)I * (double)D; /* up 2·I·D + down D·I per slot */
         return;
     }
     int64_t D = cols(i->out[0]);
     float *y = addr(cm, i->out[0], T), *y0 = addr(cm, i->in[4], T);
     if (y != y0) memcpy(y, y0, (size_t)(T * D) * sizeof *y);
-    cg_moe_down_scatter(k, &blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
+    cg_moe_down_scatter(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
 }
 
 static void run_step(CpuModel *cm, Step *st, int64_t T)
@@ -591,11 +643,8 @@ static CgWorkNeed work_need(const CpuModel *cm, int64_t T)
         bool grouped = st->i->op == IR_OP_MOE_GROUPED_UP || st->i->op == IR_OP_MOE_GROUPED_DOWN;
         int64_t m = grouped ? T * cols(cm->steps[st->dispatch].i->in[0]) : T, groups = grouped ? st->n_pk : 1;
         for (int p = 0; p < st->n_pk; p++) {
-            for (int k = -1; k < st->n_gk_mr; k++) {
-                const CgKernel *g = k < 0 ? st->gk : st->gk_mr[k];
-                CgBlocking blk = blocking_for(st, g);
-                cg_work_need(&need, g, &blk, threads, m, groups, st->pk[p].k);
-            }
+            for (int k = 0; k < st->n_ch; k++)
+                cg_work_need(&need, st->ch[k].k, &st->ch[k].blk, threads, m, groups, st->pk[p].k);
         }
     }
     return need;

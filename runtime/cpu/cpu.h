@@ -23,10 +23,10 @@
 
 typedef struct CpuKernelSource {
     void *ctx;
-    /* The GEMM micro-kernel for weights stored as dt with the register tile mr × nr the specialize
-     * pass recorded on the op (tile_m, tile_n); 0, 0 or a tile this CPU's ISA cannot hold: the
-     * default tile of the ISA. */
-    const CgKernel *(*gemm)(void *ctx, moe_dtype dt, int mr, int nr, RtError *err);
+    /* The GEMM micro-kernel for weights stored as dt with the register tile mr × nr and the k unroll
+     * the specialize pass recorded on the op (tile_m, tile_n, tile_unroll); 0, 0 or a tile this CPU's
+     * ISA cannot hold: the default tile of the ISA; unroll 0: the default unroll. */
+    const CgKernel *(*gemm)(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err);
     /* The kernel for d, a function with the signature cg_ops.h gives its kind. */
     void *(*op)(void *ctx, const CgOpDesc *d, RtError *err);
 } CpuKernelSource;

@@ -13,10 +13,10 @@ typedef struct {
     int n;
 } JitSource;
 
-static const CgKernel *jit_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+static const CgKernel *jit_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
 {
     JitSource *js = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(js->jit, dt, mr, nr);
+    CgKernelConfig cfg = cg_kernel_config_tile(js->jit, dt, mr, nr, unroll);
     const CgKernel *k = cg_jit_kernel(js->jit, &cfg, NULL, err->msg, sizeof err->msg);
     return k;
 }

@@ -11,15 +11,17 @@ typedef struct {
     CgKernel *gemms; /* one CgKernel per GEMM entry, built on first request */
 } TableSource;
 
-/* The GEMM kernel for dt with the mr × nr tile (moeppc build compiled exactly the tiles the ops ask
- * for, so a tile missing from the table only happens for mr, nr = 0: then the first kernel of dt). */
-static const CgKernel *table_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+/* The GEMM kernel for dt with the mr × nr tile and k unroll (moeppc build compiled exactly the
+ * configurations the ops ask for, so one missing from the table only happens for mr, nr = 0 or an
+ * unroll of 0 (the default's): then the kernel of that tile, else the first kernel of dt). */
+static const CgKernel *table_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
 {
     TableSource *ts = ctx;
-    for (int k = 0; k < 2 * ts->n; k++) { /* first an exact tile, then any kernel of dt */
+    for (int k = 0; k < 3 * ts->n; k++) { /* an exact match, then the tile, then any kernel of dt */
         const CpuKernelEntry *e = &ts->table[k % ts->n];
         if (!e->is_gemm || e->cfg.b_dtype != dt) continue;
-        if (k < ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
+        if (k < 2 * ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
+        if (k < ts->n && unroll && e->cfg.k_unroll != unroll) continue;
         CgKernel *g = &ts->gemms[k % ts->n];
         g->cfg = e->cfg;
         g->fn = (cg_kernel_fn)e->fn;

@@ -182,20 +182,21 @@ static void test_refuses_when_memory_is_short(void **state)
     tiny_close(&t);
 }
 
-/* The tile the specialize pass records on an op is the tile its kernel gets: a source that notes
- * every GEMM request, and a module whose linear ops were re-tiled to 4 × 32 with K in blocks of 16,
+/* The configuration the specialize pass records on an op is the one its kernel gets: a source that
+ * notes every GEMM request, and a module whose GEMMs were re-tiled to 4 × 32, k unrolled by 2, K in
+ * blocks of 16 and M in blocks of 4 rows (several per call), with attention's keys in blocks of 3,
  * which must still compute the interpreter's logits. */
 typedef struct {
-    int mr[256], nr[256], n;
+    int mr[256], nr[256], unroll[256], n;
 } TileLog;
 
 static TileLog tile_log;
 
-static const CgKernel *logging_gemm(void *ctx, moe_dtype dt, int mr, int nr, RtError *err)
+static const CgKernel *logging_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
 {
     (void)ctx;
-    if (tile_log.n < 256) tile_log.mr[tile_log.n] = mr, tile_log.nr[tile_log.n++] = nr;
-    return ks->gemm(ks->ctx, dt, mr, nr, err);
+    if (tile_log.n < 256) tile_log.mr[tile_log.n] = mr, tile_log.nr[tile_log.n] = nr, tile_log.unroll[tile_log.n++] = unroll;
+    return ks->gemm(ks->ctx, dt, mr, nr, unroll, err);
 }
 
 static void *logging_op(void *ctx, const CgOpDesc *d, RtError *err)
@@ -211,10 +212,15 @@ static void test_tiles_come_from_the_ir(void **state)
     load("tiny-moepp", &s);
     IrModule *m = codegen_ir(&s);
     for (IrInstr *i = m->first; i; i = i->next) {
-        if (i->op != IR_OP_LINEAR) continue;
+        if (i->op == IR_OP_ATTENTION) ir_attr_set_int(m, i, "kv_block", 3);
+        if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_ROUTE && i->op != IR_OP_MOE_GROUPED_UP &&
+            i->op != IR_OP_MOE_GROUPED_DOWN)
+            continue;
         ir_attr_set_int(m, i, "tile_m", 4);
         ir_attr_set_int(m, i, "tile_n", 32);
+        ir_attr_set_int(m, i, "tile_unroll", 2);
         ir_attr_set_int(m, i, "tile_k", 16); /* K blocked: the accumulating passes of the drivers */
+        ir_attr_set_int(m, i, "tile_mc", 4);
     }
     WeightSet *w;
     RtError err = {{0}};
@@ -224,8 +230,8 @@ static void test_tiles_come_from_the_ir(void **state)
     CpuModel *cm = cpu_model_new(m, w, s.max_positions, &logging, 2, &err);
     assert_non_null(cm);
     int retiled = 0;
-    for (int k = 0; k < tile_log.n; k++) retiled += tile_log.mr[k] == 4 && tile_log.nr[k] == 32;
-    assert_true(retiled >= 9); /* q, k, v, o of 2 layers and lm_head */
+    for (int k = 0; k < tile_log.n; k++) retiled += tile_log.mr[k] == 4 && tile_log.nr[k] == 32 && tile_log.unroll[k] == 2;
+    assert_true(retiled >= 9 + 2 + 4); /* q, k, v, o of 2 layers and lm_head; 2 routers; 2 × up, down */
     int32_t ids[13], pos[13];
     ids_for(ids, pos, 13, s.vocab);
     EvalResult ref;

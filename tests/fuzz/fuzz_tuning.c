@@ -24,17 +24,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void check_entry(const TuneEntry *e)
 {
-    FUZZ_CHECK(!strcmp(e->op, "linear") || !strcmp(e->op, "grouped_up") || !strcmp(e->op, "grouped_down"), "op '%s'",
-               e->op);
+    FUZZ_CHECK(tune_op_is_gemm(e->op) || !strcmp(e->op, "attention"), "op '%s'", e->op);
     FUZZ_CHECK(e->n >= 1 && e->k >= 1 && e->groups >= 1 && e->tokens >= 1, "a size below 1 accepted");
     FUZZ_CHECK(e->n_measured >= 1 && e->n_measured <= TUNE_MAX_MEASURED, "%d measured tiles", e->n_measured);
     bool best = false;
     for (int i = 0; i < e->n_measured; i++) {
         const TuneMeasure *m = &e->measured[i];
-        FUZZ_CHECK(m->tile_m >= 1 && m->tile_n >= 1 && isfinite(m->gflops) && m->gflops >= 0, "bad measurement");
-        best |= m->tile_m == e->best_m && m->tile_n == e->best_n;
+        bool gemm = tune_op_is_gemm(e->op);
+        FUZZ_CHECK(gemm ? m->c.tile_m >= 1 && m->c.tile_n >= 1 && m->c.kv_block == 0 : m->c.kv_block >= 1,
+                   "a configuration of the wrong kind for %s", e->op);
+        FUZZ_CHECK(isfinite(m->gflops) && m->gflops >= 0, "bad measurement");
+        best |= tune_config_equal(&m->c, &e->best);
     }
-    FUZZ_CHECK(best, "best tile %dx%d not among the measured", e->best_m, e->best_n);
+    FUZZ_CHECK(best, "the best configuration is not among the measured");
 }
 
 /* tune_db_save → tune_db_load: the same entries (GFLOP/s are written to 0.1). */
@@ -53,33 +55,33 @@ static void check_saved(const TuneDb *db)
     for (int i = 0; i < db->n; i++) {
         const TuneEntry *a = &db->e[i], *b = &back.e[i];
         FUZZ_CHECK(!strcmp(a->op, b->op) && a->dtype == b->dtype && a->n == b->n && a->k == b->k &&
-                       a->groups == b->groups && a->tokens == b->tokens && a->best_m == b->best_m &&
-                       a->best_n == b->best_n && a->n_measured == b->n_measured,
+                       a->groups == b->groups && a->tokens == b->tokens && tune_config_equal(&a->best, &b->best) &&
+                       a->n_measured == b->n_measured,
                    "entry %d reads back different", i);
         for (int j = 0; j < a->n_measured; j++)
-            FUZZ_CHECK(a->measured[j].tile_m == b->measured[j].tile_m &&
-                           a->measured[j].tile_n == b->measured[j].tile_n &&
+            FUZZ_CHECK(tune_config_equal(&a->measured[j].c, &b->measured[j].c) &&
                            fabs(a->measured[j].gflops - b->measured[j].gflops) <= 0.05 + 1e-9 * a->measured[j].gflops,
                        "entry %d tile %d reads back different", i, j);
     }
     tune_db_free(&back);
 }
 
-/* A schedule on a GEMM op parses, and for any T picks a tile height measured at some bucket. */
+/* A schedule on an op parses, and for any T picks a configuration measured at some bucket. */
 static void check_schedule(const IrInstr *i)
 {
     const IrAttr *a = ir_attr_get(i, "tile_schedule");
     if (!a) return;
     TileSchedule s;
     FUZZ_CHECK(tile_schedule_parse(a->s, &s), "tile_schedule '%s' does not parse", a->s);
-    FUZZ_CHECK(s.nr == ir_attr_int(i, "tile_n"), "tile_schedule '%s' for tile_n %lld", a->s,
-               (long long)ir_attr_int(i, "tile_n"));
+    int64_t nr = i->op == IR_OP_ATTENTION ? 0 : ir_attr_int(i, "tile_n");
+    FUZZ_CHECK(s.nr == nr, "tile_schedule '%s' for tile_n %lld", a->s, (long long)nr);
     static const int64_t Ts[] = {1, 3, 16, 100, 512, 5000, 1 << 20};
     for (size_t k = 0; k < MOE_ARRAY_LEN(Ts); k++) {
-        int mr = tile_schedule_pick(&s, Ts[k]), found = 0;
+        TuneConfig pick = tile_schedule_pick(&s, Ts[k]);
+        bool found = false;
         for (int b = 0; b < s.n; b++)
-            for (int c = 0; c < s.b[b].n; c++) found |= s.b[b].mr[c] == mr;
-        FUZZ_CHECK(found, "tile_schedule '%s' picks %d for T = %lld", a->s, mr, (long long)Ts[k]);
+            for (int c = 0; c < s.b[b].n; c++) found |= tune_config_equal(&s.b[b].c[c], &pick);
+        FUZZ_CHECK(found, "tile_schedule '%s' picks what it never measured for T = %lld", a->s, (long long)Ts[k]);
     }
 }
 

@@ -63,7 +63,7 @@ int main(void)
     double ms[15];
     for (int k = 0; k < 15; k++) {
         double t0 = oj_now_ms();
-        att(0, T, q, kc, vc, pos, out);
+        att(0, T * H, q, kc, vc, pos, out); /* items: (row, head) pairs */
         ms[k] = oj_now_ms() - t0;
     }
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
@@ -71,7 +71,7 @@ int main(void)
     printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
     for (int k = 0; k < 15; k++) {
         double t0 = oj_now_ms();
-        att(T - 1, 1, q, kc, vc, pos, out); /* one decode step at position 511 */
+        att((T - 1) * H, H, q, kc, vc, pos, out); /* one decode step at position 511 */
         ms[k] = oj_now_ms() - t0;
     }
     report("attention decode step at pos 511", ms, 15);

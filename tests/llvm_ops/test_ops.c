@@ -202,9 +202,10 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     oj_eval(body, &p, 1, ids, pos, T, &res);
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-    int64_t h = split(T);
+    int64_t h = split(T) * H + (T > 1 ? 1 : 0); /* items are (row, head) pairs: split inside a row */
+    if (h > T * H) h = T * H;
     f(0, h, q, kc, vc, pos, out);
-    f(h, T - h, q, kc, vc, pos, out);
+    f(h, T * H - h, q, kc, vc, pos, out);
     char label[64];
     snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld", (long long)H, (long long)Hk,
              (long long)hd, (long long)T);
@@ -251,17 +252,20 @@ static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const fl
     free(p);
 }
 
-/* Decode-like calls: T new tokens at positions p0.. over a cache of p0 + T rows, several blocks. */
+/* Decode-like calls: T new tokens at positions p0.. over a cache of p0 + T rows, several blocks, at
+ * key blocks the tuner may choose (0: the default 16; 1, 7: a partial block every few keys). */
 static void test_attention_kv_cache(void **state)
 {
     (void)state;
     moe_rng r;
     rng_seed(&r, 14);
     const int64_t p0s[] = {5, 40}, hds[] = {2, 16, 64};
+    const int blocks[] = {0, 1, 7, 64};
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 3; b++)
             for (size_t c = 0; c < 2; c++)
                 for (size_t t = 0; t < 3; t++) {
+                    int kv_block = blocks[(a + b + c + t) % 4];
                     int64_t H = head_pairs[a][0], Hk = head_pairs[a][1], hd = hds[b], T = Ts[t], P = p0s[c] + T;
                     float *q = xmalloc((size_t)(T * H * hd) * 4), *out = xmalloc((size_t)(T * H * hd) * 4);
                     float *kc = xmalloc((size_t)(P * Hk * hd) * 4), *vc = xmalloc((size_t)(P * Hk * hd) * 4);
@@ -272,10 +276,12 @@ static void test_attention_kv_cache(void **state)
                     int32_t pos[17];
                     iota(pos, T, (int32_t)p0s[c], 1);
                     attention_ref(H, Hk, hd, T, q, kc, vc, pos, ref);
-                    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd};
+                    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd,
+                                  .kv_block = kv_block};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-                    f(0, split(T), q, kc, vc, pos, out);
-                    f(split(T), T - split(T), q, kc, vc, pos, out);
+                    int64_t half = T * H / 2;
+                    f(0, half, q, kc, vc, pos, out);
+                    f(half, T * H - half, q, kc, vc, pos, out);
                     assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
                     free(q), free(out), free(kc), free(vc), free(ref);
                 }

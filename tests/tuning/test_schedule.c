@@ -1,4 +1,5 @@
-/* test_schedule.c — a tuned op's tile height for any token count comes from the measured neighbours. */
+/* test_schedule.c — a tuned op's configuration for any token count comes from the measured neighbours;
+ * configurations read and print back; malformed schedules are refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,50 +10,86 @@
 
 #include <string.h>
 
+static int pick_m(const TileSchedule *s, int64_t T) { return tile_schedule_pick(s, T).tile_m; }
+
 static void test_pick_by_measured_neighbours(void **state)
 {
     (void)state;
     TileSchedule s;
-    assert_true(tile_schedule_parse("48;1:1@10.0,8@5.0;64:1@20.0,8@40.0;512:8@100.0,1@30.0", &s));
+    assert_true(tile_schedule_parse("48;1:1x48@10.0,8x48@5.0;64:1x48@20.0,8x48@40.0;512:8x48@100.0,1x48@30.0", &s));
     assert_int_equal(s.nr, 48);
     assert_int_equal(s.n, 3);
-    assert_int_equal(tile_schedule_pick(&s, 1), 1);    /* a bucket: its best */
-    assert_int_equal(tile_schedule_pick(&s, 64), 8);
-    assert_int_equal(tile_schedule_pick(&s, 2), 1);    /* 1 vs 64, at 1/6 of the log range: 11.7 vs 10.8 */
-    assert_int_equal(tile_schedule_pick(&s, 8), 8);    /* halfway: 15.0 vs 22.5 */
-    assert_int_equal(tile_schedule_pick(&s, 4096), 8); /* beyond the last bucket: its best */
+    assert_int_equal(pick_m(&s, 1), 1);    /* a bucket: its best */
+    assert_int_equal(pick_m(&s, 64), 8);
+    assert_int_equal(pick_m(&s, 2), 1);    /* 1 vs 64, at 1/6 of the log range: 11.7 vs 10.8 */
+    assert_int_equal(pick_m(&s, 8), 8);    /* halfway: 15.0 vs 22.5 */
+    assert_int_equal(pick_m(&s, 4096), 8); /* beyond the last bucket: its best */
+}
+
+/* Configurations that differ only in unroll or blocking are different choices. */
+static void test_pick_whole_configurations(void **state)
+{
+    (void)state;
+    TileSchedule s;
+    assert_true(tile_schedule_parse("48;1:1x48/u2@30.0,1x48@20.0;512:8x48/kc256/mc64@90.0,1x48/u2@10.0", &s));
+    TuneConfig a = tile_schedule_pick(&s, 1), b = tile_schedule_pick(&s, 1000);
+    assert_true(a.tile_m == 1 && a.tile_n == 48 && a.unroll == 2 && a.kc == 0 && a.mc == 0);
+    assert_true(b.tile_m == 8 && b.unroll == 0 && b.kc == 256 && b.mc == 64);
+    assert_true(tile_schedule_parse("0;1:kv32@3.0,kv16@2.0;512:kv16@9.0", &s)); /* attention */
+    assert_int_equal(tile_schedule_pick(&s, 1).kv_block, 32);
+    assert_int_equal(tile_schedule_pick(&s, 512).kv_block, 16);
+}
+
+static void test_config_text(void **state)
+{
+    (void)state;
+    const char *good[] = {"8x48", "1x96/u2", "8x48/u1/kc256/mc64", "kv16", "4x32/mc512", "6x64/kc128"};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
+        TuneConfig c;
+        char back[64];
+        assert_true(tune_config_parse(good[k], &c));
+        tune_config_format(&c, back, sizeof back);
+        assert_string_equal(back, good[k]);
+    }
+    const char *bad[] = {"", "8x", "x48", "08x48", "8x48/", "8x48//u2", "8x48/u0", "8x48/u17", "8x48/u2/u2",
+                         "8x48/mc65537", "kv0", "kv1025", "8x48 u2", "8x48/zz1", "u2", "8x48/kv16/x"};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++) {
+        TuneConfig c;
+        if (tune_config_parse(bad[k], &c) && strcmp(bad[k], "u2") != 0) fail_msg("'%s' parsed", bad[k]);
+    }
 }
 
 static void test_malformed_schedules_are_refused(void **state)
 {
     (void)state;
     TileSchedule s;
-    assert_false(tile_schedule_parse("", &s));
-    assert_false(tile_schedule_parse("48", &s));
-    assert_false(tile_schedule_parse("48;1:", &s));
-    assert_false(tile_schedule_parse("48;x:8@1.0", &s));
-    assert_false(tile_schedule_parse("48;1:8", &s));
-    assert_false(tile_schedule_parse("0;1:8@1.0", &s));
+    const char *bad[] = {"", "48", "48;1:", "48;x:8x48@1.0", "48;1:8x48", "48;1:8@1.0", "-1;1:8x48@1.0",
+                         "48;1:8x32@1.0",                 /* a tile of another width */
+                         "48;64:8x48@1.0;1:8x48@1.0",     /* buckets out of order */
+                         "48;1:8x48@1.0x", "48;1:8x48@", "0;1:8x48@1.0", "48;1:kv16@1.0"};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++)
+        if (tile_schedule_parse(bad[k], &s)) fail_msg("schedule '%s' parsed", bad[k]);
 }
 
-/* A bucket that measured no tile of the schedule's width is left out, not written empty (which the
- * executor would refuse, dropping the whole schedule; found by fuzzing); a long schedule is whole. */
-static void test_format_skips_buckets_without_the_width(void **state)
+/* Only the configurations that win some bucket are carried (the pick needs no others), of the op's
+ * width; a bucket with nothing at that width is left out, not written empty (which the executor
+ * would refuse, dropping the whole schedule; found by fuzzing). */
+static void test_format_keeps_the_winners(void **state)
 {
     (void)state;
-    TuneEntry a = {.tokens = 64, .n_measured = 2, .measured = {{8, 48, 100.0}, {4, 48, 90.0}}};
-    TuneEntry b = {.tokens = 1, .n_measured = 1, .measured = {{1, 96, 20.0}}};
-    TuneEntry c = {.tokens = 512, .n_measured = TUNE_MAX_MEASURED};
-    for (int i = 0; i < TUNE_MAX_MEASURED; i++) c.measured[i] = (TuneMeasure){i + 1, 48, 1e300};
+    TuneEntry a = {.tokens = 64, .n_measured = 3,
+                   .measured = {{{8, 48, 0, 0, 0, 0}, 100.0}, {{4, 48, 0, 0, 0, 0}, 90.0}, {{8, 48, 2, 0, 0, 0}, 95.0}}};
+    TuneEntry b = {.tokens = 1, .n_measured = 1, .measured = {{{1, 96, 0, 0, 0, 0}, 20.0}}};
+    TuneEntry c = {.tokens = 512, .n_measured = 3,
+                   .measured = {{{8, 48, 0, 0, 0, 0}, 180.0}, {{4, 48, 0, 0, 0, 0}, 190.0}, {{8, 48, 2, 0, 0, 0}, 1.0}}};
     const TuneEntry *e[3] = {&a, &b, &c};
     Arena arena = {0};
     const char *s = tile_schedule_format(e, 3, 48, &arena);
-    assert_true(strncmp(s, "48;64:8@100.0,4@90.0;512:1@1", 28) == 0);
-    assert_true(strlen(s) > 4096); /* 32 tiles of 1e300 GFLOP/s: once cut at a 4 KB buffer */
+    assert_string_equal(s, "48;64:8x48@100.0,4x48@90.0;512:8x48@180.0,4x48@190.0");
     TileSchedule t;
     assert_true(tile_schedule_parse(s, &t));
     assert_int_equal(t.n, 2);
-    assert_int_equal(t.b[1].n, TUNE_MAX_MEASURED);
+    assert_int_equal(pick_m(&t, 300), 4); /* 4x48 interpolates higher near 512 */
     arena_free(&arena);
 }
 
@@ -60,8 +97,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pick_by_measured_neighbours),
+        cmocka_unit_test(test_pick_whole_configurations),
+        cmocka_unit_test(test_config_text),
         cmocka_unit_test(test_malformed_schedules_are_refused),
-        cmocka_unit_test(test_format_skips_buckets_without_the_width),
+        cmocka_unit_test(test_format_keeps_the_winners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -58,10 +58,13 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     memset(&e, 0, sizeof e);
     snprintf(e.op, sizeof e.op, "%s", op);
     e.dtype = dt, e.n = n, e.k = k, e.groups = groups, e.tokens = tokens;
-    for (int i = 0; i < n_measured; i++) /* values with one decimal survive %.1f exactly */
-        e.measured[i] = (TuneMeasure){2 + i, 8 * (n_measured - i), (double)(1000 + 37 * i) / 10.0};
+    for (int i = 0; i < n_measured; i++) { /* values with one decimal survive %.1f exactly */
+        TuneConfig c = {2 + i, 8 * (n_measured - i), i % 3, i % 4 ? 0 : 128 * i, i % 5 == 1 ? 16 * i : 0, 0};
+        if (!strcmp(op, "attention")) c = (TuneConfig){.kv_block = 4 + i};
+        e.measured[i] = (TuneMeasure){c, (double)(1000 + 37 * i) / 10.0};
+    }
     e.n_measured = n_measured;
-    e.best_m = e.measured[n_measured / 2].tile_m, e.best_n = e.measured[n_measured / 2].tile_n;
+    e.best = e.measured[n_measured / 2].c;
     return e;
 }
 
@@ -103,10 +106,14 @@ static void test_round_trip(void **state)
     TuneEntry e1 = make_entry("grouped_up", DT_F32, 8192, 1536, 16, 512, 3);
     TuneEntry e2 = make_entry("linear", DT_BF16, 4096, 4096, 1, 1, 1);
     TuneEntry e3 = make_entry("grouped_down", DT_F16, 1536, 8192, 16, 64, TUNE_MAX_MEASURED);
+    TuneEntry e4 = make_entry("attention", DT_F32, 16, 64, 4, 512, 5);
+    TuneEntry e5 = make_entry("route", DT_BF16, 20, 4096, 1, 16, 4);
     e3.measured[5].gflops = 0.0;
     tune_db_add(&db, &e1);
     tune_db_add(&db, &e2);
     tune_db_add(&db, &e3);
+    tune_db_add(&db, &e4);
+    tune_db_add(&db, &e5);
     for (int i = 0; i < 40; i++) { /* grows past the first allocation */
         TuneEntry e = make_entry("linear", DT_F32, 64, 64, 1, i + 1, 2);
         tune_db_add(&db, &e);
@@ -125,7 +132,9 @@ static void test_round_trip(void **state)
     char *t1 = read_text(path), *t2 = read_text(path2);
     assert_string_equal(t1, t2);
     assert_non_null(strstr(t1, "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, "
-                               "best: 3x16, measured: {2x24: 100.0, 3x16: 103.7, 4x8: 107.4}}\n"));
+                               "best: 3x16/u1/mc16, measured: {2x24: 100.0, 3x16/u1/mc16: 103.7, 4x8/u2: 107.4}}\n"));
+    assert_non_null(strstr(t1, "  - {op: attention, dtype: f32, n: 16, k: 64, groups: 4, tokens: 512, best: kv6, "
+                               "measured: {kv4: 100.0, kv5: 103.7, kv6: 107.4, kv7: 111.1, kv8: 114.8}}\n"));
     free(t1);
     free(t2);
     tune_db_free(&back);
@@ -161,8 +170,10 @@ static void test_header_example_loads(void **state)
                        "llvm: \"14.0.6\"\n"
                        "target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}   # features: hash\n"
                        "entries:\n"
-                       "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48,\n"
-                       "     measured: {8x48: 181.2, 4x96: 179.9, 6x64: 178.0}}       # GFLOP/s per tile\n";
+                       "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48/u2,\n"
+                       "     measured: {8x48: 181.2, 4x96: 179.9, 8x48/u2: 183.0, 8x48/u2/kc512: 176.4}}   # GFLOP/s\n"
+                       "  - {op: attention, dtype: f32, n: 16, k: 64, groups: 4, tokens: 1, best: kv32,\n"
+                       "     measured: {kv16: 3.1, kv32: 3.4}}\n";
     char why[256];
     assert_true(file_write_atomic(path, text, strlen(text), why, sizeof why));
     TuneDb db;
@@ -172,14 +183,17 @@ static void test_header_example_loads(void **state)
     assert_string_equal(db.target.llvm, "14.0.6");
     assert_string_equal(db.target.compiler, "0.1.0");
     assert_true(db.target.features == 0x1a2b3c4d5e6f7081ull);
-    assert_int_equal(db.n, 1);
     const TuneEntry *e = &db.e[0];
     assert_string_equal(e->op, "grouped_up");
     assert_int_equal(e->dtype, DT_F32);
     assert_true(e->n == 8192 && e->k == 1536 && e->groups == 16 && e->tokens == 512);
-    assert_true(e->best_m == 8 && e->best_n == 48);
-    assert_int_equal(e->n_measured, 3);
-    assert_true(e->measured[1].tile_m == 4 && e->measured[1].tile_n == 96 && e->measured[1].gflops == 179.9);
+    assert_true(e->best.tile_m == 8 && e->best.tile_n == 48 && e->best.unroll == 2);
+    assert_int_equal(e->n_measured, 4);
+    assert_true(e->measured[1].c.tile_m == 4 && e->measured[1].c.tile_n == 96 && e->measured[1].gflops == 179.9);
+    assert_true(e->measured[3].c.kc == 512 && e->measured[3].c.unroll == 2 && e->measured[3].gflops == 176.4);
+    assert_int_equal(db.n, 2);
+    assert_string_equal(db.e[1].op, "attention");
+    assert_true(db.e[1].best.kv_block == 32 && db.e[1].measured[0].c.kv_block == 16);
     assert_int_equal(e->line, 6);
     tune_db_free(&db);
 }

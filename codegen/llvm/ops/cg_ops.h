@@ -32,8 +32,10 @@ typedef enum {
                          *        float *sum, float *out)   sum = a + b; out = rms_norm(sum)           */
     CG_OP_ROPE,         /* void f(int64 row0, int64 rows, const float *x, const int32 *pos, float *out)
                          *   half-split RoPE per head: heads, head_dim, theta (out may alias x)        */
-    CG_OP_ATTENTION,    /* void f(int64 row0, int64 rows, const float *q, const float *kc, const float *vc,
+    CG_OP_ATTENTION,    /* void f(int64 item0, int64 items, const float *q, const float *kc, const float *vc,
                          *        const int32 *pos, float *out)
+                         *   items are (query row, head) pairs t·heads + h, so that a decode step's heads
+                         *   spread over threads; keys stream in blocks of kv_block (0: 16);
                          *   q: [T, heads·hd]; kc, vc: the KV cache, row j = position j, [*, kv_heads·hd];
                          *   query t attends to cache rows 0..pos[t] (causal), scale 1/sqrt(hd), GQA
                          *   (query head h reads kv head h / (heads / kv_heads)); softmax in f32,
@@ -73,6 +75,7 @@ typedef struct CgOpDesc {
     int64_t    cols;              /* D, or the row width of elementwise ops                    */
     double     eps;               /* RMS_NORM, ADD_RMS_NORM                                    */
     int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
+    int        kv_block;          /* ATTENTION: keys per streaming block (0: 16)                */
     double     theta;             /* ROPE                                                      */
     double     s;                 /* SCALE, COMBINE                                            */
     int64_t    experts, k;        /* ROUTE_POST: E, top_k; DISPATCH: FFN experts, top_k        */

@@ -48,6 +48,8 @@ static bool check_heads(const CgOpDesc *d, char *err, size_t errlen)
     if (d->kind == CG_OP_ATTENTION && (d->kv_heads < 1 || d->heads % d->kv_heads))
         return bad(err, errlen, d, "kv_heads %lld does not divide heads %lld", (long long)d->kv_heads,
                    (long long)d->heads);
+    if (d->kind == CG_OP_ATTENTION && (d->kv_block < 0 || d->kv_block > 1024))
+        return bad(err, errlen, d, "kv_block %d (need 1..1024, or 0 for 16)", d->kv_block);
     return true;
 }
 

@@ -1,13 +1,13 @@
 /* ops_attention.c — causal GQA attention over a KV cache, streaming (flash-attention style): keys
- * come in blocks of BLOCK; a block's scores go to a small stack buffer, the running max m and sum l
- * of the query/head are updated once per block (the accumulator rescaled by e^(m_old - m_new)), and
- * the block's values are added with weights e^(s - m_new). No [T, T] buffer; memory per call is
- * BLOCK + head_dim floats of stack. The head_dim loops use explicit <vw x float> vectors. */
+ * come in blocks of B (the desc's kv_block, a tuning knob; 16 by default); a block's scores go to a
+ * small stack buffer, the running max m and sum l of the query/head are updated once per block (the
+ * accumulator rescaled by e^(m_old - m_new)), and the block's values are added with weights
+ * e^(s - m_new). No [T, T] buffer; memory per call is B + head_dim floats of stack. The kernel walks
+ * (query, head) items, so the executor can spread one decode step's heads over its threads. The
+ * head_dim loops use explicit <vw x float> vectors. */
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
-
-enum { BLOCK = 16 };
 
 static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(o->b, a, b, ""); }
 static LLVMValueRef mul(const Ob *o, LLVMValueRef a, int64_t c) { return LLVMBuildNSWMul(o->b, a, ob_i64(o, c), ""); }
@@ -43,7 +43,7 @@ static void axpby(Ob *o, LLVMValueRef y, LLVMValueRef a, LLVMValueRef x, LLVMVal
 typedef struct {
     LLVMValueRef q, kc, vc, sc, acc; /* sc: [BLOCK] scores; acc: [hd] output accumulator */
     LLVMValueRef qi, kvi;            /* q row offset of this query/head; offset of its kv head in a row */
-    int64_t hd, kv_stride;
+    int64_t hd, kv_stride, block;
     double scale;
 } Att;
 
@@ -81,11 +81,11 @@ static void attend(Ob *o, Att *a, LLVMValueRef n, LLVMValueRef out)
 {
     LLVMValueRef zero = ob_f32(o, 0), init[2] = {LLVMConstReal(o->tf32, -INFINITY), zero};
     axpby(o, a->acc, NULL, NULL, NULL, zero, a->hd);  /* acc = 0 */
-    LLVMValueRef n_blocks = LLVMBuildSDiv(o->b, add(o, n, ob_i64(o, BLOCK - 1)), ob_i64(o, BLOCK), "");
+    LLVMValueRef n_blocks = LLVMBuildSDiv(o->b, add(o, n, ob_i64(o, a->block - 1)), ob_i64(o, a->block), "");
     ObLoop B;
     ob_loop_begin(o, &B, ob_i64(o, 0), n_blocks, 2, init);
-    LLVMValueRef j0 = mul(o, B.i, BLOCK);
-    LLVMValueRef nb = ob_min64(o, ob_i64(o, BLOCK), LLVMBuildNSWSub(o->b, n, j0, ""));
+    LLVMValueRef j0 = mul(o, B.i, a->block);
+    LLVMValueRef nb = ob_min64(o, ob_i64(o, a->block), LLVMBuildNSWSub(o->b, n, j0, ""));
     LLVMValueRef m_new = ob_fmax(o, block_scores(o, a, j0, nb), B.v[0]);
     /* e^(-inf) = 0 on the first block, when acc and l are still 0 */
     LLVMValueRef corr = ob_exp(o, LLVMBuildFSub(o->b, B.v[0], m_new, ""));
@@ -103,17 +103,17 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
 {
     int64_t hd = d->head_dim, group = d->heads / d->kv_heads;
     Att a = {.q = ob_arg(o, 2), .kc = ob_arg(o, 3), .vc = ob_arg(o, 4), .hd = hd, .kv_stride = d->kv_heads * hd,
-             .scale = 1.0 / sqrt((double)hd)};
+             .block = d->kv_block > 0 ? d->kv_block : 16, .scale = 1.0 / sqrt((double)hd)};
     LLVMValueRef pos = ob_arg(o, 5), out = ob_arg(o, 6);
-    a.sc = ob_alloca(o, o->tf32, BLOCK);
+    a.sc = ob_alloca(o, o->tf32, a.block);
     a.acc = ob_alloca(o, o->tf32, hd);
-    ObLoop t, h;
-    ob_rows_begin(o, &t);
-    LLVMValueRef n = add(o, ob_ldi32(o, pos, t.i), ob_i64(o, 1));
-    ob_loop_begin(o, &h, ob_i64(o, 0), ob_i64(o, d->heads), 0, NULL);
-    a.qi = add(o, mul(o, t.i, d->heads * hd), mul(o, h.i, hd));
-    a.kvi = mul(o, LLVMBuildSDiv(o->b, h.i, ob_i64(o, group), "kvh"), hd);
+    ObLoop it; /* items item0 .. item0 + items - 1: t = item / heads, h = item % heads */
+    ob_rows_begin(o, &it);
+    LLVMValueRef t = LLVMBuildSDiv(o->b, it.i, ob_i64(o, d->heads), "t");
+    LLVMValueRef h = LLVMBuildSRem(o->b, it.i, ob_i64(o, d->heads), "h");
+    LLVMValueRef n = add(o, ob_ldi32(o, pos, t), ob_i64(o, 1));
+    a.qi = mul(o, it.i, hd); /* t·heads·hd + h·hd */
+    a.kvi = mul(o, LLVMBuildSDiv(o->b, h, ob_i64(o, group), "kvh"), hd);
     attend(o, &a, n, out);
-    ob_loop_end(o, &h, NULL);
-    ob_loop_end(o, &t, NULL);
+    ob_loop_end(o, &it, NULL);
 }
