@@ -8,7 +8,7 @@ MOEPPC=$1 SPEC=$2 LIB=$3
 CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config}
 fail() { echo "FAILED: $*"; exit 1; }
 rm -rf "$LIB"
-"$MOEPPC" emit "$SPEC" --emit lib --target sm_90 -o "$LIB" 2> /dev/null; [ $? -eq 2 ] || fail "--emit lib --target sm_90 is not a usage error"
+"$MOEPPC" emit "$SPEC" --emit lib --target sm_75 -o "$LIB" 2> /dev/null; [ $? -eq 2 ] || fail "--emit lib --target sm_75 is not a usage error"
 "$MOEPPC" emit "$SPEC" --emit lib -o "$LIB" || fail "moeppc emit --emit lib"
 ls "$LIB" | grep -q '\.tmp$' && fail "temporary files left in $LIB"
 for f in moepp_layer.h libmoepp_layer.a libmoepp_layer.so.1 moepp_layer.pc moepp_layer.ir; do
