@@ -241,7 +241,7 @@ int cg_cuda_device_ordinal(const CgCudaDriver *d) { return d->dev; }
 
 cg_cuda_mem cg_cuda_pointer_memory(CgCudaDriver *d, uint64_t p, int *ordinal)
 {
-    unsigned type = 0, managed = 0;
+    unsigned long long type = 0, managed = 0; /* the driver writes an unsigned int (or a bool) here */
     int dev = -1;
     *ordinal = -1;
     if (d->api.pointer_attr(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, p) != 0) return CG_CUDA_MEM_UNKNOWN;
