@@ -1,6 +1,7 @@
-/* layer_image.h — what `moeppc emit --emit lib` (tools/emit_lib.c) generates for embed/layer.c: one
- * MoE layer of a spec as planned IR text, the kernels it calls (linked symbols, as in an executable
- * of `moeppc build`), and the tensors a layer takes. The generated file defines moeppc_layer_image;
+/* layer_image.h — what `moeppc emit --emit lib` (tools/emit_lib.c) generates for embed/layer.c (CPU)
+ * or embed/layer_cuda.c (--target sm_XX): one MoE layer of a spec as planned IR text, the kernels it
+ * calls (CPU: linked symbols, as in an executable of `moeppc build`; CUDA: cubin for the target and
+ * PTX, as C arrays), and the tensors a layer takes. The generated file defines moeppc_layer_image;
  * everything but the moepp_* functions is local to the emitted library. */
 #ifndef MOEPPC_EMBED_LAYER_IMAGE_H
 #define MOEPPC_EMBED_LAYER_IMAGE_H
@@ -16,7 +17,8 @@ typedef struct LayerTensor {
 } LayerTensor;
 
 typedef struct LayerImage {
-    const char *spec_name, *isa, *moeppc_version;
+    int backend;                  /* MOEPP_BACKEND_CPU or _CUDA                                */
+    const char *spec_name, *isa, *moeppc_version; /* isa: CPU "avx2", ...; CUDA the cubins' "sm_XX" */
     const char *ir_text;          /* the planned one-layer module (ir_lower_moe_layer), its    */
     int64_t layer;                /*   tensors named for this layer index                      */
     int64_t hidden, n_experts, n_ffn, n_const, n_copy, n_zero, top_k, ffn_intermediate;
@@ -25,8 +27,10 @@ typedef struct LayerImage {
     bool gating_residual;
     const LayerTensor *tensors;
     int n_tensors;
-    const CpuKernelEntry *kernels;
+    const CpuKernelEntry *kernels;    /* CPU */
     int n_kernels;
+    const struct CudaKernelImage *cuda_images; /* CUDA: every kernel, cubin for isa and PTX      */
+    int n_cuda_images;
 } LayerImage;
 
 extern const LayerImage moeppc_layer_image;

@@ -1,8 +1,9 @@
 /* moepp_layer.h - one MoE++ layer as a library, for engines that keep their own runtime.
  *
- * Written by `moeppc emit SPEC --emit lib -o DIR` next to libmoepp_layer.a, libmoepp_layer.so and
- * moepp_layer.pc; the library holds the kernels moeppc generated for SPEC's MoE layer, specialised
- * for its sizes and for the CPU of the machine that ran moeppc. This header is the whole ABI: C89,
+ * Written by `moeppc emit SPEC --emit lib [--target sm_XX] -o DIR` next to libmoepp_layer.a,
+ * libmoepp_layer.so and moepp_layer.pc; the library holds the kernels moeppc generated for SPEC's MoE
+ * layer, specialised for its sizes and for the CPU of the machine that ran moeppc, or (--target
+ * sm_80, sm_86, sm_89, sm_90) for NVIDIA GPUs: a CUDA build (see CUDA BUILD below). This header is the whole ABI: C89,
  * versioned (MOEPP_LAYER_ABI_VERSION), every struct of fixed-size fields. The block at the end names
  * the spec this copy was emitted for.
  *
@@ -61,6 +62,43 @@
  * ABI) takes device pointers for x, the residuals, y, the weights (MOEPP_MEMORY_DEVICE) and the
  * workspace, and enqueues forward on `stream` (a cudaStream_t) without synchronising.
  *
+ * CUDA BUILD (moepp_layer_info.backend == MOEPP_BACKEND_CUDA; info.isa is the GPU architecture the
+ * cubins are for, "sm_80", ...).
+ *   Kernels: cubin for info.isa and PTX, which the driver compiles at create for newer GPUs (an
+ *     older GPU: MOEPP_ERR_UNSUPPORTED). libcuda.so.1 is opened with dlopen at create: the library
+ *     links nothing of CUDA and loads anywhere; without a driver or a GPU, create returns
+ *     MOEPP_ERR_NO_DEVICE and moepp_last_error says why.
+ *   Device and context: the layer runs on the device of the CUDA context current on the thread that
+ *     calls create (after cudaSetDevice(n) in a CUDA runtime program: device n), else device 0, in
+ *     that device's primary context, the one the CUDA runtime uses (retained at create, released at
+ *     destroy). Every call makes it current and restores the caller's current context before it
+ *     returns, so the caller needs no particular context current. Memory the caller allocated in
+ *     another context of its own (cuCtxCreate) cannot be used.
+ *   Weights: MOEPP_MEMORY_DEVICE tensors are used in place, never copied (the experts' matrices are
+ *     reached through a small device table of pointers built at create): they must stay valid and
+ *     unchanged until destroy, unless MOEPP_LAYER_COPY_WEIGHTS asks for one device copy of every
+ *     tensor at create. MOEPP_MEMORY_HOST tensors are uploaded once at create into device memory
+ *     the layer owns (the caller may free them after create). Device tensors must be device (or
+ *     managed) memory of the layer's device, 16-byte aligned (the kernels load 16 bytes at a time;
+ *     cudaMalloc and PyTorch's allocator give 256): create checks each with cuPointerGetAttribute.
+ *   Workspace: device memory (cudaMalloc), 64-byte aligned, moepp_layer_workspace_size(l, T) bytes.
+ *   Forward: x, residual_in, y and residual_out are device memory of the layer's device (checked
+ *     with cuPointerGetAttribute: a host pointer is MOEPP_ERR_INVALID_ARGUMENT, nothing enqueued).
+ *     Every check runs before anything is enqueued; then the kernels and two device-to-device copies
+ *     (y, residual_out: written last, so y = x and residual_out = residual_in stay safe) are enqueued
+ *     on `stream` and forward returns without synchronising and without allocating. stream is a
+ *     cudaStream_t / CUstream of the layer's device (the same handle); NULL is the legacy default
+ *     stream (stream 0; pass cudaStreamPerThread for the per-thread one). y and residual_out are
+ *     written when the stream has run the call. Calls of one layer (and of layers sharing a
+ *     workspace) must run one after the other on the GPU: use one stream, or order the streams.
+ *     A kernel that fails on the GPU is reported by the caller's next synchronisation, as any CUDA
+ *     error; forward's own status covers what it checked and enqueued.
+ *   Routing statistics: moepp_layer_route_stats after the caller has waited for the stream (e.g.
+ *     cudaStreamSynchronize) and before the workspace is used again: ids and weights are device
+ *     pointers into the workspace; the counts (picks_*) are computed by that call, which copies the
+ *     n_tokens * top_k ids to the host (a synchronous copy; it does not wait for the stream itself).
+ *   n_threads is ignored.
+ *
  * EXAMPLE
  *   moepp_layer_desc d = {0};  moepp_layer *l;  size_t n;  void *ws;
  *   d.struct_size = sizeof d;  d.abi_version = MOEPP_LAYER_ABI_VERSION;
@@ -89,19 +127,29 @@ typedef enum moepp_status {
     MOEPP_OK = 0,
     MOEPP_ERR_NULL_POINTER = 1,          /* a required pointer is NULL                               */
     MOEPP_ERR_INVALID_ARGUMENT = 2,      /* a value out of range: n_tokens <= 0, a layer index that
-                                            is not an MoE layer, n_threads, flags, ...               */
+                                            is not an MoE layer, n_threads, flags, ...; in a CUDA
+                                            build, a pointer that is not device memory of the layer's
+                                            device where the ABI needs one (or device memory marked
+                                            MOEPP_MEMORY_HOST)                                         */
     MOEPP_ERR_MISALIGNED = 3,            /* activations not 4-byte aligned, a tensor not aligned to
-                                            its element size, a workspace not 64-byte aligned        */
+                                            its element size (a CUDA build's device tensors: to 16
+                                            bytes), a workspace not 64-byte aligned                   */
     MOEPP_ERR_UNSUPPORTED = 4,           /* not what this build runs: a stream or a device pointer
-                                            given to a CPU build, a CPU lacking the kernels' ISA      */
+                                            given to a CPU build, a CPU lacking the kernels' ISA, a
+                                            GPU older than a CUDA build's architecture                */
     MOEPP_ERR_BAD_TENSOR = 5,            /* a weight missing, unknown, given twice, or of the wrong
                                             dtype or shape                                            */
     MOEPP_ERR_NO_WORKSPACE = 6,          /* forward before moepp_layer_set_workspace                  */
     MOEPP_ERR_WORKSPACE_TOO_SMALL = 7,   /* a workspace smaller than one token needs, or n_tokens
                                             above what the workspace holds (moepp_layer_max_tokens)  */
     MOEPP_ERR_VERSION = 8,               /* desc.abi_version or desc.struct_size is not this header's */
-    MOEPP_ERR_OUT_OF_MEMORY = 9,         /* the packed weights do not fit in the available memory     */
-    MOEPP_ERR_INTERNAL = 10
+    MOEPP_ERR_OUT_OF_MEMORY = 9,         /* the packed weights do not fit in the available memory
+                                            (CUDA build: device memory)                               */
+    MOEPP_ERR_INTERNAL = 10,             /* (CUDA build: also a driver call that failed, with the
+                                            driver's message in moepp_last_error)                     */
+    MOEPP_ERR_NO_DEVICE = 11             /* CUDA build: no usable driver or GPU (libcuda.so.1 missing,
+                                            no device, the driver failed to start). Added to version
+                                            1 (codes are only ever added); a CPU build never returns it */
 } moepp_status;
 
 typedef enum moepp_dtype {
@@ -122,7 +170,8 @@ typedef enum moepp_backend {
 
 /* desc.flags */
 #define MOEPP_LAYER_COPY_WEIGHTS 1u      /* copy every tensor the layer keeps reading (the constant
-                                            vectors): the caller may free its weights after create   */
+                                            vectors; in a CUDA build every device tensor): the caller
+                                            may free its weights after create                         */
 
 /* One weight: row-major, contiguous, aligned to its element size. */
 typedef struct moepp_tensor {
@@ -142,7 +191,8 @@ typedef struct moepp_layer_desc {
     const moepp_tensor *tensors;         /* the layer's weights, in any order (the array itself is
                                             read only during create)                                  */
     int64_t n_tensors;
-    int32_t n_threads;                   /* CPU threads per forward, the caller's included; 0 = 1     */
+    int32_t n_threads;                   /* CPU threads per forward, the caller's included; 0 = 1
+                                            (ignored by a CUDA build)                                 */
     uint32_t flags;                      /* MOEPP_LAYER_COPY_WEIGHTS                                  */
 } moepp_layer_desc;
 
@@ -153,8 +203,8 @@ typedef struct moepp_layer moepp_layer;
  * only for a layer that is always called with residual_in = NULL. */
 moepp_status moepp_layer_create(const moepp_layer_desc *desc, moepp_layer **out);
 
-/* Bytes (a multiple of 64) of a workspace for calls of up to max_tokens tokens; 0 if l is NULL or
- * max_tokens is outside [1, 2^31). */
+/* Bytes (a multiple of 64) of a workspace for calls of up to max_tokens tokens (CUDA build: of
+ * device memory); 0 if l is NULL or max_tokens is outside [1, 2^31). */
 size_t moepp_layer_workspace_size(const moepp_layer *l, int64_t max_tokens);
 
 /* Give the layer its workspace: `bytes` bytes at `workspace`, 64-byte aligned, owned by the caller
@@ -171,7 +221,7 @@ moepp_status moepp_layer_forward(moepp_layer *l, const void *x, const void *resi
                                  void *residual_out, int64_t n_tokens, void *stream);
 
 /* Routing of the last successful forward call (in a CUDA build, ids and weights are device
- * pointers, valid once the stream has run the call). */
+ * pointers, valid once the stream has run the call; call this only then: see CUDA BUILD above). */
 typedef struct moepp_route_stats {
     int64_t n_tokens;                    /* 0 before the first call                                   */
     int64_t top_k;
@@ -200,7 +250,8 @@ typedef struct moepp_layer_info {
     uint32_t abi_version;                /* MOEPP_LAYER_ABI_VERSION of the library                    */
     int32_t backend;                     /* moepp_backend                                             */
     char spec_name[64];
-    char isa[16];                        /* CPU: "avx512", "avx2" or "sse" (the kernels need it)      */
+    char isa[16];                        /* CPU: "avx512", "avx2" or "sse" (the kernels need it);
+                                            CUDA: the cubins' architecture, "sm_80", ...               */
     char moeppc_version[16];
     int64_t hidden;                      /* D                                                         */
     int64_t n_experts;                   /* E = n_ffn + n_const + n_copy + n_zero, in that order      */

@@ -7,7 +7,9 @@
 #   3. runs the generated kernels against C references (tests/cuda/test_cuda_gpu.c) and the whole
 #      tiny and 0.6B models against the interpreter on fresh random inputs, outputs poisoned before
 #      every call (tests/cuda/test_cuda_model.c),
-#   4. decodes with `moeppc run --device cuda` (CUDA graph per token),
+#   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and runs the CUDA build of the
+#      embedding library (tests/embed: examples/embed_c on the GPU against the interpreter: device
+#      and host weights, in place, with and without the gating residual; needs the CUDA runtime),
 #   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
@@ -82,6 +84,18 @@ EOF
   run 60 "$bin/cuda_gpu"
   step "whole models against the interpreter (poisoned outputs, fresh seed)"
   run 150 "$bin/cuda_model"
+  step "the embedding library's CUDA build (examples/embed_c on the GPU against the interpreter)"
+  if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
+    for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
+      run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh cuda "$bin/moeppc" "$bin/embed_layer_ref" \
+        "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_cuda_$spec"
+    done
+  elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
+    cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
+    run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
+  else
+    echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
+  fi
   step "decoding on the GPU (moepp-0.6b, random weights)"
   run 60 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" --device cuda --generate 64
   if [ -d "$bin/models" ]; then

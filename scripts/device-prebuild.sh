@@ -23,6 +23,12 @@ if cmake -S . -B build -DMOEPPC_TESTS=ON >/dev/null && cmake --build build -j2 -
   build/moeppc build specs/moepp-0.6b.yaml --target sm_90 -o "$dir/models/moepp-0.6b" >/dev/null
   build/moeppc build specs/tiny/tiny-moepp.yaml --target sm_80 -o "$dir/models/tiny-moepp" >/dev/null
   build/moeppc build specs/tiny/tiny-bf16.yaml --target sm_90 -o "$dir/models/tiny-bf16" >/dev/null
+  # the embedding library's CUDA build per tiny spec (cubin sm_90, PTX) and the interpreter's reference
+  # for its example (device-check.sh runs examples/embed_c on the GPU against it)
+  cmake --build build -j2 --target embed_layer_ref >/dev/null && cp build/tests/embed/embed_layer_ref "$dir/"
+  for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
+    build/moeppc emit specs/tiny/$spec.yaml --emit lib --target sm_90 -o "$dir/cudalib/$spec" >/dev/null
+  done
 fi
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo +changes), built $(date -u +%FT%TZ)" >"$dir/BUILD_INFO"
 du -sh "$dir"

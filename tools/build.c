@@ -48,17 +48,6 @@ static void gpu_kernels_free(GpuKernels *g)
     cuda_kernel_code_free(g->code, g->n);
 }
 
-/* bytes as a C string literal (octal escapes; the length is given separately) */
-static void write_c_bytes(FILE *f, const unsigned char *p, size_t n)
-{
-    fputs("    \"", f);
-    for (size_t i = 0; i < n; i++) {
-        fprintf(f, "\\%o", p[i]);
-        if (i % 40 == 39 && i + 1 < n) fputs("\"\n    \"", f);
-    }
-    fputs("\"", f);
-}
-
 static void write_gpu_table(FILE *f, const GpuKernels *g, const char *arch)
 {
     for (int k = 0; k < g->n; k++) {
@@ -134,6 +123,16 @@ void write_c_literal(FILE *f, const char *text)
         else fputc(*p, f);
     }
     fputc('"', f);
+}
+
+void write_c_bytes(FILE *f, const unsigned char *p, size_t n)
+{
+    fputs("    \"", f);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f, "\\%o", p[i]);
+        if (i % 40 == 39 && i + 1 < n) fputs("\"\n    \"", f);
+    }
+    fputs("\"", f);
 }
 
 /* text as a C string literal, one source line per text line */
@@ -370,7 +369,7 @@ int cmd_emit(int argc, char **argv)
     if (!cpu && !gpu) return usage_error("emit", EMIT_USAGE, "--emit: expected llvm, obj, lib, cuda, ptx or cubin, found '%s'", kind);
     pass_target t = gpu ? TARGET_SM90 : TARGET_CPU;
     if (target && !pass_target_parse(target, &t)) return usage_error("emit", EMIT_USAGE, "--target: unknown target '%s'", target);
-    if (cpu != (t == TARGET_CPU)) return usage_error("emit", EMIT_USAGE, "--emit %s does not go with this --target", kind);
+    if (!lib && cpu != (t == TARGET_CPU)) return usage_error("emit", EMIT_USAGE, "--emit %s does not go with this --target", kind);
     if (!make_dirs(dir)) {
         fprintf(stderr, "moeppc emit: error: cannot create '%s': %s\n", dir, strerror(errno));
         return 1;
@@ -378,7 +377,8 @@ int cmd_emit(int argc, char **argv)
     if (gpu) return emit_cuda(spec, kind, pass_target_name(t), dir);
     TuneDb db = {0};
     if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
-    int rc = lib ? emit_lib(spec, dir, tuning ? &db : NULL) : emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
+    const char *arch = t == TARGET_CPU ? NULL : pass_target_name(t); /* lib: a CUDA build */
+    int rc = lib ? emit_lib(spec, dir, tuning ? &db : NULL, arch) : emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
     tune_db_free(&db);
     return rc;
 }

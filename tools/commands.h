@@ -24,9 +24,10 @@ int bench_instr_index(const IrModule *m, ir_op op, int after);
 const char *args_value(int argc, char **argv, const char *opt);
 /* emit_cuda.c: the CUDA kernels of a spec as .cu, .ptx or .cubin files for arch ("sm_90") in dir. */
 int emit_cuda(const char *spec, const char *kind, const char *arch, const char *dir);
-/* emit_lib.c: one MoE layer of the spec as a library behind embed/moepp_layer.h, written to dir. */
+/* emit_lib.c: one MoE layer of the spec as a library behind embed/moepp_layer.h, written to dir; for the
+ * host CPU (arch NULL) or a CUDA build for arch ("sm_90"). */
 struct TuneDb;
-int emit_lib(const char *spec, const char *dir, const struct TuneDb *tuning);
+int emit_lib(const char *spec, const char *dir, const struct TuneDb *tuning, const char *arch);
 
 /* common.c */
 /* "moeppc CMD: error: <fmt with arg>" and the usage line; returns 2 (the usage exit status). */

@@ -24,5 +24,7 @@ void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
 
 /* text as a C string literal, one source line per line of text, escaped. */
 void write_c_literal(FILE *f, const char *text);
+/* n bytes as a C string literal of octal escapes (the length is given separately). */
+void write_c_bytes(FILE *f, const unsigned char *p, size_t n);
 
 #endif

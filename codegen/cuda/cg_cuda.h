@@ -71,6 +71,8 @@ void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned
  * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts. */
 typedef struct CgCudaRouteFused {
     CgOpDesc post;           /* the ROUTE_POST descriptor                                   */
+    bool wc_table;           /* wc is a device array of n_const pointers to each [2][D] Wc,
+                                not the matrices stacked ("_wt" symbols)                   */
     moe_dtype wdtype;
     int64_t d, h1;           /* hidden size; the first layer's width (0: one-layer router)  */
     bool residual;
@@ -126,6 +128,9 @@ typedef struct CgCudaGemm {
     int64_t   n, k;          /* output columns (UP: I, the a/b width; DOWN: D), reduction length */
     int       bm, bn, bk;    /* MMA/FMA tile; GEMV: bn = warps per block        */
     int64_t   ldc;           /* LINEAR: the output's row stride (0: n)           */
+    bool      w_table;       /* UP/DOWN: the weight argument is a device array of E pointers, one
+                                matrix per group wherever it lives (weights used in place, the
+                                embedding library), not the E matrices stacked ("_wt" symbols)   */
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W), FMA 64x64x16,
@@ -173,7 +178,24 @@ typedef struct CgCudaDriver CgCudaDriver;
 /* Open the driver, cuInit, take device `ordinal`, create a context. NULL with err set: "no CUDA
  * driver (libcuda.so.1) on this machine" when the library is absent, else the driver's message. */
 CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen);
+/* For a library inside someone else's CUDA program (embed/): retain the primary context (the CUDA
+ * runtime's) of the device whose context is current on this thread, else of device 0; create no
+ * stream: the asynchronous calls below go to the one cg_cuda_set_stream gives (NULL: the legacy
+ * default stream). The context is not made current: bracket calls with cg_cuda_push / cg_cuda_pop.
+ * Close unloads the modules it loaded and releases the context (memory is the caller's to free). */
+CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen);
 void          cg_cuda_driver_close(CgCudaDriver *d);
+void cg_cuda_set_stream(CgCudaDriver *d, void *stream);     /* a CUstream (= cudaStream_t); attached only */
+bool cg_cuda_push(CgCudaDriver *d, char *err, size_t errlen); /* make the driver's context current      */
+void cg_cuda_pop(CgCudaDriver *d);                          /* and restore the previous one           */
+int  cg_cuda_device_ordinal(const CgCudaDriver *d);
+/* What a pointer is to the driver (cuPointerGetAttribute): memory it does not know (plain host
+ * memory, or garbage), page-locked host memory, device memory, managed memory; *ordinal is the
+ * device it lives on (-1 when none). No synchronisation. */
+typedef enum { CG_CUDA_MEM_UNKNOWN, CG_CUDA_MEM_PINNED, CG_CUDA_MEM_DEVICE, CG_CUDA_MEM_MANAGED } cg_cuda_mem;
+cg_cuda_mem cg_cuda_pointer_memory(CgCudaDriver *d, uint64_t p, int *ordinal);
+/* Device to device, ordered after the work of every stream that blocks on the legacy one. */
+bool cg_cuda_copy(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen);
 /* Device memory as 64-bit addresses (CUdeviceptr). */
 bool cg_cuda_alloc(CgCudaDriver *d, uint64_t *ptr, size_t bytes, char *err, size_t errlen);
 void cg_cuda_free(CgCudaDriver *d, uint64_t ptr);

@@ -20,6 +20,13 @@ typedef struct CUgraphExec_st *CUgraphExec;
 
 #define CU_STREAM_NON_BLOCKING 1
 #define CU_CAPTURE_MODE_THREAD_LOCAL 1
+#define CU_ERROR_INVALID_CONTEXT 201
+#define CU_ERROR_NO_DEVICE 100
+#define CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
+#define CU_POINTER_ATTRIBUTE_IS_MANAGED 8
+#define CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL 9
+#define CU_MEMORYTYPE_HOST 1
+#define CU_MEMORYTYPE_DEVICE 2
 
 #define CU_ATTR_CC_MAJOR 75 /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
 #define CU_ATTR_CC_MINOR 76
@@ -59,6 +66,15 @@ typedef struct CuApi {
     CUresult (*graph_destroy)(CUgraph);
     CUresult (*mem_info)(size_t *, size_t *);
     CUresult (*device_name)(char *, int, CUdevice);
+    CUresult (*primary_retain)(CUcontext *, CUdevice);
+    CUresult (*primary_release)(CUdevice);
+    CUresult (*ctx_push)(CUcontext);
+    CUresult (*ctx_pop)(CUcontext *);
+    CUresult (*ctx_get_device)(CUdevice *);
+    CUresult (*pointer_attr)(void *, int, CUdeviceptr);
+    CUresult (*module_unload)(CUmodule);
+    CUresult (*dtod)(CUdeviceptr, CUdeviceptr, size_t);
+    CUresult (*device_count)(int *);
 } CuApi;
 
 struct CgCudaDriver {
@@ -67,6 +83,9 @@ struct CgCudaDriver {
     CUdevice dev;
     CUcontext ctx;
     CUstream stream;  /* the one stream every asynchronous call below uses */
+    bool shared;      /* ctx is the device's primary context (retained) and stream the caller's   */
+    CUmodule *mods;   /* shared: the modules loaded, unloaded at close (the context outlives us)  */
+    int n_mods, cap_mods;
 };
 
 /* Every driver call goes through this: the call, the driver's own message, and false. */
@@ -120,6 +139,15 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
         {"cuGraphDestroy", offsetof(CuApi, graph_destroy)},
         {"cuMemGetInfo_v2", offsetof(CuApi, mem_info)},
         {"cuDeviceGetName", offsetof(CuApi, device_name)},
+        {"cuDevicePrimaryCtxRetain", offsetof(CuApi, primary_retain)},
+        {"cuDevicePrimaryCtxRelease_v2", offsetof(CuApi, primary_release)},
+        {"cuCtxPushCurrent_v2", offsetof(CuApi, ctx_push)},
+        {"cuCtxPopCurrent_v2", offsetof(CuApi, ctx_pop)},
+        {"cuCtxGetDevice", offsetof(CuApi, ctx_get_device)},
+        {"cuPointerGetAttribute", offsetof(CuApi, pointer_attr)},
+        {"cuModuleUnload", offsetof(CuApi, module_unload)},
+        {"cuMemcpyDtoD_v2", offsetof(CuApi, dtod)},
+        {"cuDeviceGetCount", offsetof(CuApi, device_count)},
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(syms); i++) {
         void *fn = dlsym(d->lib, syms[i].name);
@@ -158,11 +186,91 @@ CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
     return d;
 }
 
+/* The primary context of the device current on this thread (a CUDA runtime caller's, after
+ * cudaSetDevice), else of device 0; the caller's stream is set later (cg_cuda_set_stream). */
+static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen)
+{
+    if (!load_api(d, err, errlen)) return false;
+    CU_CHECK(d, init(0));
+    int n = 0;
+    CU_CHECK(d, device_count(&n));
+    if (n == 0) return cu_error(d, "device_count", CU_ERROR_NO_DEVICE, err, errlen);
+    CUresult rc = d->api.ctx_get_device(&d->dev);
+    if (rc == CU_ERROR_INVALID_CONTEXT) CU_CHECK(d, device_get(&d->dev, 0));
+    else if (rc != 0) return cu_error(d, "ctx_get_device", rc, err, errlen);
+    CU_CHECK(d, primary_retain(&d->ctx, d->dev));
+    d->shared = true;
+    return true;
+}
+
+CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(err, errlen, "no CUDA driver (libcuda.so.1) on this machine");
+        return NULL;
+    }
+    CgCudaDriver *d = xcalloc(1, sizeof *d);
+    d->lib = lib;
+    if (!driver_attach(d, err, errlen)) {
+        cg_cuda_driver_close(d);
+        return NULL;
+    }
+    return d;
+}
+
+void cg_cuda_set_stream(CgCudaDriver *d, void *stream)
+{
+    MOE_ASSERT(d->shared);
+    d->stream = (CUstream)stream;
+}
+
+bool cg_cuda_push(CgCudaDriver *d, char *err, size_t errlen)
+{
+    CU_CHECK(d, ctx_push(d->ctx));
+    return true;
+}
+
+void cg_cuda_pop(CgCudaDriver *d)
+{
+    CUcontext unused;
+    d->api.ctx_pop(&unused);
+}
+
+int cg_cuda_device_ordinal(const CgCudaDriver *d) { return d->dev; }
+
+cg_cuda_mem cg_cuda_pointer_memory(CgCudaDriver *d, uint64_t p, int *ordinal)
+{
+    unsigned long long type = 0, managed = 0; /* the driver writes an unsigned int (or a bool) here */
+    int dev = -1;
+    *ordinal = -1;
+    if (d->api.pointer_attr(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, p) != 0) return CG_CUDA_MEM_UNKNOWN;
+    if (d->api.pointer_attr(&managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, p) != 0) managed = 0;
+    if (d->api.pointer_attr(&dev, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p) == 0) *ordinal = dev;
+    if (managed) return CG_CUDA_MEM_MANAGED;
+    return type == CU_MEMORYTYPE_DEVICE ? CG_CUDA_MEM_DEVICE : type == CU_MEMORYTYPE_HOST ? CG_CUDA_MEM_PINNED
+                                                                                          : CG_CUDA_MEM_UNKNOWN;
+}
+
+bool cg_cuda_copy(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen)
+{
+    CU_CHECK(d, dtod(dst, src, bytes));
+    return true;
+}
+
 void cg_cuda_driver_close(CgCudaDriver *d)
 {
     if (!d) return;
-    if (d->stream) d->api.stream_destroy(d->stream);
-    if (d->ctx) d->api.ctx_destroy(d->ctx); /* frees the context's modules and memory */
+    if (d->shared) { /* the primary context stays: give back only what we put in it */
+        bool pushed = d->ctx && d->api.ctx_push(d->ctx) == 0;
+        for (int j = 0; pushed && j < d->n_mods; j++) d->api.module_unload(d->mods[j]);
+        if (pushed) cg_cuda_pop(d);
+        if (d->ctx) d->api.primary_release(d->dev);
+        free(d->mods);
+    } else {
+        if (d->stream) d->api.stream_destroy(d->stream);
+        if (d->ctx) d->api.ctx_destroy(d->ctx); /* frees the context's modules and memory */
+    }
     dlclose(d->lib);
     free(d);
 }
@@ -197,6 +305,10 @@ bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void
     CUmodule mod = NULL;
     CUfunction f = NULL;
     CU_CHECK(d, module_load_data(&mod, image));
+    if (d->shared) {
+        if (d->n_mods == d->cap_mods) d->mods = xrealloc(d->mods, (size_t)(d->cap_mods = d->cap_mods ? 2 * d->cap_mods : 32) * sizeof *d->mods);
+        d->mods[d->n_mods++] = mod;
+    }
     CU_CHECK(d, module_get_function(&f, mod, name));
     *fn = f;
     return true;

@@ -32,7 +32,8 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     int w = snprintf(out, n, "moeppc_cu_gemm_%s_%s_%s_e%lld_k%lld_n%lld_k%lld_t%dx%dx%d", kinds[g->kind],
                      cg_cuda_gemm_path_name(g->path), dtype_name(g->wdtype), (long long)g->experts,
                      (long long)g->k_top, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk);
-    if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
+    if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
+    if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
 }
 
 /* Warps of an MMA block: 2 along M, and along N 4 when the block's outputs (both matrices of UP)
@@ -69,6 +70,7 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (g->kind == CG_CUDA_GEMM_LINEAR && (g->experts != 1 || g->k_top != 1))
         why = "a linear layer is one group of one pick per token";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
+    else if (g->w_table && g->kind == CG_CUDA_GEMM_LINEAR) why = "a linear layer has one matrix, not a table";
     if (why) {
         char sym[256];
         cg_cuda_gemm_symbol(g, sym, sizeof sym);
@@ -84,21 +86,24 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     cb_printf(b, "#define E %lld\n#define N %lld\n#define KD %lld\n#define BM %d\n#define BN %d\n#define BK %d\n"
                  "#define NB %d\n#define NT %d\n",
               (long long)g->experts, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk, up ? 2 : 1, threads);
-    /* UP: W rows of a are e*2N + n, of b e*2N + N + n; DOWN: e*N + n */
-    cb_printf(b, "#define WROW(e, mat, n) ((long long)(e) * (NB * N) + (mat) * N + (n))\n#define LDC %lld\n",
-              (long long)(g->ldc ? g->ldc : g->n));
+    /* UP: W rows of a are e*2N + n, of b e*2N + N + n; DOWN: e*N + n. With a table, group e's matrix
+     * starts at wtab[e] (the kernel sets wv to it once it knows e) and its rows count from 0. */
+    if (g->w_table) cb_printf(b, "#define WROW(e, mat, n) ((long long)(mat) * N + (n))\n");
+    else cb_printf(b, "#define WROW(e, mat, n) ((long long)(e) * (NB * N) + (mat) * N + (n))\n");
+    cb_printf(b, "#define LDC %lld\n", (long long)(g->ldc ? g->ldc : g->n));
+    const char *wparam = g->w_table ? "const void *const *wtab" : "const void *wv";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out) {\n"
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name);
     else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
-                     "const long long *off, const int *perm, const void *wv, float *out) {\n"
-                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name);
+                     "const long long *off, const int *perm, %s, float *out) {\n"
+                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, wparam);
     else
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
-                     "const long long *off, const int *perm, const float *gate_w, const void *wv, float *out) {\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", name);
+                     "const long long *off, const int *perm, const float *gate_w, %s, float *out) {\n"
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, wparam);
 }
 
 static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
@@ -121,6 +126,7 @@ static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
                  "    if (e == E) return;\n"
                  "    long long m0 = gs + ty * BM;\n"
                  "    int n0 = blockIdx.y * BN;\n");
+    if (g->w_table) cb_printf(b, "    const void *wv = wtab[e];  /* this group's matrix, where its owner keeps it */\n");
 }
 
 /* Tensor cores (mma.sync m16n8k16, f32 accumulators). The k loop is software-pipelined through
@@ -301,9 +307,10 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b,
         "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
         "    if (n >= N) return;\n"
-        "    const wtype *w = (const wtype *)wv;\n"
+        "%s"
         "#pragma unroll 1\n"
         "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
+        "%s"
         "    int gs = (int)(%s), ge = (int)(%s);  /* int slots: no spills (T <= 2^31 / k) */\n"
         "    for (int s0 = gs; s0 < ge; s0 += MAXS) {\n"
         "        int cnt = ge - s0 < MAXS ? (int)(ge - s0) : MAXS;\n"
@@ -319,7 +326,8 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) {\n"
         "                const wtype *wr = w + WROW(e, mat, n) * KD + k;\n",
-        lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]");
+        g->w_table ? "" : "    const wtype *w = (const wtype *)wv;\n",
+        g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "", lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]");
     if (f32)
         cb_printf(b, "                float4 lo = ((const float4 *)wr)[0], hi = ((const float4 *)wr)[1];\n"
                      "                wf[mat][0] = lo.x, wf[mat][1] = lo.y, wf[mat][2] = lo.z, wf[mat][3] = lo.w;\n"

@@ -462,8 +462,8 @@ void cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
     const char *rest = strncmp(post, "moeppc_cu_", 10) == 0 ? post + 10 : post;
     uint64_t sbits;
     memcpy(&sbits, &r->s, sizeof sbits);
-    snprintf(out, n, "moeppc_cu_fused_%s_%s_d%lld_h%lld_r%d_s%llx", rest, dtype_name(r->wdtype), (long long)r->d,
-             (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits);
+    snprintf(out, n, "moeppc_cu_fused_%s_%s_d%lld_h%lld_r%d_s%llx%s", rest, dtype_name(r->wdtype), (long long)r->d,
+             (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits, r->wc_table ? "_wt" : "");
 }
 
 char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen)
@@ -516,7 +516,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "    if (t >= T) return;\n"
         "    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;\n"
         "    const wtype *w1 = (const wtype *)w1v, *w2 = (const wtype *)w2v, *wg = (const wtype *)wgv;\n"
-        "    const wtype *wc = (const wtype *)wcv;\n"
+        "%s"
         "    for (int c = threadIdx.x; c < D; c += NT) xs[c] = x[t * D + c];\n"
         "    if (RES) for (int c = threadIdx.x; c < E; c += NT) rs[c] = r[t * E + c];\n"
         "    __syncthreads();\n"
@@ -528,7 +528,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "        for (int row = wid; row < E; row += NW) { float v = wdot(w1 + (long long)row * D, xs, D, lane); if (lane == 0) zs[row] = v; }\n"
         "    }\n"
         "    for (int row = wid; row < 2 * NC; row += NW) {  /* alpha logits: Wc (s x) */\n"
-        "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n"
+        "%s"
         "        if (lane == 0) as[row] = (float)S * v;\n"
         "    }\n"
         "    __syncthreads();\n"
@@ -539,7 +539,11 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "    if (wid != 0) return;\n"
         "#define ZIN(e) zs[e]\n"
         "#define ALOG(i) as[i]\n"
-        "#define HAVE_ALOG 1\n", name);
+        "#define HAVE_ALOG 1\n", name,
+        r->wc_table ? "    const wtype *const *wct = (const wtype *const *)wcv;  /* constant expert c: wct[c], [2][D] */\n"
+                    : "    const wtype *wc = (const wtype *)wcv;\n",
+        r->wc_table ? "        float v = wdot(wct[row >> 1] + (long long)(row & 1) * D, xs, D, lane);\n"
+                    : "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n");
     emit_route_body(&b, d);
     cb_printf(&b, "}\n");
     return b.s;

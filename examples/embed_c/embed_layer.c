@@ -15,8 +15,19 @@
  * near-tie (the two experts' reference logits within that tolerance), which SEMANTICS allows; such
  * tokens (at most a quarter) are left out of the comparison of y.
  * --mutate makes it wrong on purpose, to show the check can fail: "weight" negates every expert's
- * down-projection, "residual" drops residual_in. Exit 0: match; 1: mismatch; 2: usage or I/O. */
+ * down-projection, "residual" drops residual_in. Exit 0: match; 1: mismatch; 2: usage or I/O.
+ *
+ * Built with -DEMBED_CUDA against a CUDA build of the library (moeppc emit --emit lib --target sm_XX)
+ * and the CUDA runtime (-I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcudart), it does the same
+ * on the GPU: weights, inputs, outputs and workspace in device memory (cudaMalloc), forward on a
+ * stream of its own, the results copied back after cudaStreamSynchronize. There --host-weights gives
+ * the weights as host memory (the library uploads them) instead of device memory used in place, and
+ * --in-place runs y = x (and residual_out = residual_in). Exit 77: no usable GPU. */
 #include "moepp_layer.h"
+
+#ifdef EMBED_CUDA
+#include <cuda_runtime.h>
+#endif
 
 #include <math.h>
 #include <stdio.h>
@@ -92,6 +103,31 @@ static int st_open(const char *dir, const char *name, Safetensors *st)
     return 1;
 }
 
+/* ---- where the layer's memory lives: host, or (EMBED_CUDA) device ------------------------------ */
+#ifdef EMBED_CUDA
+static void cuda_check(cudaError_t rc, const char *what)
+{
+    if (rc == cudaSuccess) return;
+    fprintf(stderr, "embed_layer: %s: %s\n", what, cudaGetErrorString(rc));
+    exit(2);
+}
+
+/* A device copy of n bytes of host memory (NULL stays NULL). */
+static void *to_device(const void *host, size_t n)
+{
+    void *d = NULL;
+    if (!host) return NULL;
+    cuda_check(cudaMalloc(&d, n ? n : 1), "cudaMalloc");
+    cuda_check(cudaMemcpy(d, host, n, cudaMemcpyHostToDevice), "cudaMemcpy to the GPU");
+    return d;
+}
+
+static void to_host(void *host, const void *dev, size_t n)
+{
+    cuda_check(cudaMemcpy(host, dev, n, cudaMemcpyDeviceToHost), "cudaMemcpy from the GPU");
+}
+#endif
+
 /* ---- the check ---------------------------------------------------------------------------------------- */
 /* Routing against the reference, token by token: 0 same picks; 1 a near-tie (each differing pick's
  * two experts have reference logits within tie * max(1, |z|): a flip SEMANTICS.md section 4 allows,
@@ -130,18 +166,40 @@ static void negate(moepp_tensor *t)
 int main(int argc, char **argv)
 {
     const char *data = argc > 1 ? argv[1] : NULL, *mutate = "none";
-    int threads = 2;
+    int threads = 2, host_weights = 0, in_place = 0;
     for (int a = 2; a < argc; a++) {
         if (strcmp(argv[a], "--threads") == 0 && a + 1 < argc) threads = atoi(argv[++a]);
         else if (strcmp(argv[a], "--mutate") == 0 && a + 1 < argc) mutate = argv[++a];
+        else if (strcmp(argv[a], "--host-weights") == 0) host_weights = 1;
+        else if (strcmp(argv[a], "--in-place") == 0) in_place = 1;
         else data = NULL;
     }
     if (!data) {
-        fprintf(stderr, "usage: embed_layer DATA [--threads N] [--mutate none|weight|residual]\n");
+        fprintf(stderr, "usage: embed_layer DATA [--threads N] [--mutate none|weight|residual] [--host-weights] [--in-place]\n");
         return 2;
     }
     moepp_layer_info info;
     moepp_layer_get_info(&info);
+#ifdef EMBED_CUDA
+    int n_gpus = 0;
+    if (info.backend != MOEPP_BACKEND_CUDA) {
+        fprintf(stderr, "embed_layer: built for a CUDA build of the library, and this one is not\n");
+        return 2;
+    }
+    if (cudaGetDeviceCount(&n_gpus) != cudaSuccess || n_gpus == 0) {
+        printf("embed_layer: skipped: no usable GPU\n");
+        return 77;
+    }
+    cudaStream_t stream;
+    cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+#else
+    void *stream = NULL;
+    if (info.backend != MOEPP_BACKEND_CPU) {
+        fprintf(stderr, "embed_layer: this is a CUDA build of the library: build the example with -DEMBED_CUDA\n");
+        return 2;
+    }
+    (void)host_weights, (void)in_place;
+#endif
     long long L = -1, T = 0;
     int with_residual = 0;
     char *text = read_file(data, "case.txt", NULL);
@@ -167,6 +225,14 @@ int main(int argc, char **argv)
             continue;
         }
         if (strcmp(mutate, "weight") == 0 && strstr(ti.name, "down_proj")) negate(&tensors[n]);
+#ifdef EMBED_CUDA
+        if (!host_weights) { /* device memory, used in place by the library */
+            size_t bytes = tensors[n].dtype == MOEPP_DTYPE_F32 ? 4 : 2;
+            for (int d = 0; d < tensors[n].ndim; d++) bytes *= (size_t)tensors[n].shape[d];
+            tensors[n].data = to_device(tensors[n].data, bytes);
+            tensors[n].memory = MOEPP_MEMORY_DEVICE;
+        }
+#endif
         n++;
     }
     moepp_layer_desc desc;
@@ -181,7 +247,7 @@ int main(int argc, char **argv)
     moepp_status s = moepp_layer_create(&desc, &layer);
     if (s != MOEPP_OK) {
         fprintf(stderr, "embed_layer: %s\n  %s\n", moepp_status_string(s), moepp_last_error());
-        return 1;
+        return s == MOEPP_ERR_NO_DEVICE ? 77 : 1;
     }
 
     /* a workspace for T tokens, the inputs, one call */
@@ -197,8 +263,26 @@ int main(int argc, char **argv)
         return 2;
     }
     const float *r_pass = strcmp(mutate, "residual") == 0 ? NULL : r_in;
+#ifdef EMBED_CUDA
+    /* device copies of the inputs, device outputs (or, in place, the inputs themselves) */
+    size_t x_bytes = (size_t)T * D * sizeof *x, r_bytes = (size_t)T * E * sizeof *r_out;
+    void *ws_host = ws, *dx = to_device(x, x_bytes), *dr = to_device(r_pass, r_bytes), *dy, *dz;
+    if (in_place) {
+        dy = dx;
+        if (!dr) cuda_check(cudaMalloc(&dr, r_bytes), "cudaMalloc");
+        dz = dr;
+    } else {
+        cuda_check(cudaMalloc(&dy, x_bytes), "cudaMalloc");
+        cuda_check(cudaMalloc(&dz, r_bytes), "cudaMalloc");
+    }
+    cuda_check(cudaMalloc(&ws, ws_bytes), "cudaMalloc (workspace)");
     s = moepp_layer_set_workspace(layer, ws, ws_bytes);
-    if (s == MOEPP_OK) s = moepp_layer_forward(layer, x, r_pass, y, r_out, T, NULL);
+    if (s == MOEPP_OK) s = moepp_layer_forward(layer, dx, in_place && !r_pass ? NULL : dr, dy, dz, T, stream);
+    if (s == MOEPP_OK) cuda_check(cudaStreamSynchronize(stream), "the layer on the GPU");
+#else
+    s = moepp_layer_set_workspace(layer, ws, ws_bytes);
+    if (s == MOEPP_OK) s = moepp_layer_forward(layer, x, r_pass, y, r_out, T, stream);
+#endif
     if (s != MOEPP_OK) {
         fprintf(stderr, "embed_layer: %s\n  %s\n", moepp_status_string(s), moepp_last_error());
         return 1;
@@ -206,7 +290,18 @@ int main(int argc, char **argv)
 
     /* against the reference */
     moepp_route_stats rs;
-    moepp_layer_route_stats(layer, &rs);
+    s = moepp_layer_route_stats(layer, &rs);
+    if (s != MOEPP_OK) {
+        fprintf(stderr, "embed_layer: %s\n  %s\n", moepp_status_string(s), moepp_last_error());
+        return 1;
+    }
+#ifdef EMBED_CUDA
+    int32_t *ids_host = malloc((size_t)T * K * sizeof *ids_host);
+    to_host(y, dy, x_bytes);
+    to_host(r_out, dz, r_bytes);
+    to_host(ids_host, rs.ids, (size_t)T * K * sizeof *ids_host);
+    rs.ids = ids_host;
+#endif
     double tol = info.weight_dtype == MOEPP_DTYPE_F32 ? 1e-4 : 2e-2;
     char *tied = calloc((size_t)T, 1);
     long n_tied = 0, n_wrong = 0;
@@ -216,15 +311,25 @@ int main(int argc, char **argv)
         n_wrong += c == 2;
     }
     double e_y = rel_err(y, y_ref, T, D, tied), e_r = rel_err(r_out, r_ref, T, E, NULL);
-    printf("layer %lld, %lld tokens%s, %d threads: y max rel err %.3g, residual_out %.3g (tolerance %g); "
+    printf("layer %lld, %lld tokens%s%s%s, %d threads: y max rel err %.3g, residual_out %.3g (tolerance %g); "
            "picks: %lld FFN, %lld constant, %lld copy, %lld zero; tokens routed otherwise: %ld on a near-tie "
-           "(y not compared), %ld not\n", L, T, r_pass ? ", residual_in given" : "", threads, e_y, e_r, tol,
+           "(y not compared), %ld not\n", L, T, r_pass ? ", residual_in given" : "", in_place ? ", in place" : "",
+           host_weights ? ", host weights" : "", threads, e_y, e_r, tol,
            (long long)rs.picks_ffn, (long long)rs.picks_const, (long long)rs.picks_copy, (long long)rs.picks_zero,
            n_tied, n_wrong);
     int ok = e_y <= tol && e_r <= tol && n_wrong == 0 && 4 * n_tied <= T;
     printf("%s\n", ok ? "MATCH: the library computes what moeppc's interpreter computes"
                       : "MISMATCH: the library's output differs from the reference");
     moepp_layer_destroy(layer);
+#ifdef EMBED_CUDA
+    cudaFree(dx), cudaFree(dr), cudaFree(ws);
+    if (!in_place) cudaFree(dy), cudaFree(dz);
+    for (int64_t i = 0; i < n; i++)
+        if (tensors[i].memory == MOEPP_MEMORY_DEVICE) cudaFree((void *)tensors[i].data);
+    cudaStreamDestroy(stream);
+    free(ids_host);
+    ws = ws_host;
+#endif
     free(ws);
     for (int64_t i = 0; i < n; i++) free((char *)tensors[i].name);
     free(tensors);

@@ -64,6 +64,9 @@ struct CudaModel {
     CudaOptions o;
     bool dry;                       /* only collect the kernels (cuda_module_kernels): no GPU          */
     CgCudaDriver *drv;
+    bool own_drv;                   /* opened here (else CudaOptions.driver, borrowed)                  */
+    struct { const IrValue *v; uint64_t d; } bound[4]; /* caller_workspace: inputs in device memory   */
+    int n_bound;
     char arch[16], info[256];
     Kern *k;
     int n_k, cap_k;
@@ -138,18 +141,31 @@ static bool wdev(CudaModel *cm, const IrValue *v, uint64_t *out, RtError *err)
     const Tensor *t = param(cm, v);
     for (int j = 0; j < cm->n_w; j++)
         if (cm->wmap[j].t == t) return *out = cm->wmap[j].d, true;
-    if (!dalloc(cm, out, tensor_bytes(v), v->tensor, true, err) || !dupload(cm, *out, t->data, tensor_bytes(v), err))
+    if (cm->o.weights_in_place) *out = (uint64_t)(uintptr_t)t->data;
+    else if (!dalloc(cm, out, tensor_bytes(v), v->tensor, true, err) || !dupload(cm, *out, t->data, tensor_bytes(v), err))
         return false;
     if (cm->n_w == cm->cap_w) cm->wmap = xrealloc(cm->wmap, (size_t)(cm->cap_w = cm->cap_w ? 2 * cm->cap_w : 64) * sizeof *cm->wmap);
     cm->wmap[cm->n_w++] = (WMap){t, *out};
     return true;
 }
 
-/* The experts' matrices i->in[first..first+n) stacked [n][rows][cols] (the grouped GEMMs' layout). */
+/* A device array of the device addresses of weights ins[0..n) (weights used in place). */
+static bool wtable(CudaModel *cm, IrValue *const *ins, int n, const char *what, uint64_t *out, RtError *err)
+{
+    uint64_t *ptrs = xcalloc((size_t)n + 1, sizeof *ptrs);
+    for (int e = 0; e < n; e++) ptrs[e] = (uint64_t)(uintptr_t)param(cm, ins[e])->data;
+    bool ok = dalloc(cm, out, (size_t)n * sizeof *ptrs, what, true, err) && dupload(cm, *out, ptrs, (size_t)n * sizeof *ptrs, err);
+    free(ptrs);
+    return ok;
+}
+
+/* The experts' matrices i->in[first..first+n) stacked [n][rows][cols] (the grouped GEMMs' layout),
+ * or, with the weights in place, a table of where each one is. */
 static bool wstack(CudaModel *cm, const IrInstr *i, int first, int n, uint64_t *out, RtError *err)
 {
     *out = 0;
     if (cm->dry) return true;
+    if (cm->o.weights_in_place) return wtable(cm, i->in + first, n, "the experts' weight table", out, err);
     size_t per = tensor_bytes(i->in[first]);
     if (!dalloc(cm, out, per * (size_t)n, "stacked expert weights", true, err)) return false;
     for (int e = 0; e < n; e++) {
@@ -213,10 +229,11 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
 static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtype dt, int64_t E, int64_t k_top,
                        int64_t n, int64_t k, int64_t ldc, bool f32_math, RtError *err)
 {
-    bool half = (dt == DT_BF16 || dt == DT_F16) && !f32_math;
+    bool half = (dt == DT_BF16 || dt == DT_F16) && !f32_math, table = cm->o.weights_in_place && kind != CG_CUDA_GEMM_LINEAR;
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
+        gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
         if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
@@ -225,6 +242,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
+    gm->gemv.w_table = table;
     return gemm_kern(cm, &gm->gemv, &gm->k_gemv, err);
 }
 
@@ -265,7 +283,7 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     }
     /* the fused router for small T, when its vectors fit one block */
     st->kern_fused = -1;
-    st->rf = (CgCudaRouteFused){.post = st->d, .wdtype = i->in[1]->type.dtype, .d = D,
+    st->rf = (CgCudaRouteFused){.post = st->d, .wc_table = cm->o.weights_in_place && nc > 0, .wdtype = i->in[1]->type.dtype, .d = D,
                                 .h1 = L == 2 ? i->in[1]->type.dims[0] : 0, .residual = res, .s = ir_attr_float(i, "s")};
     char sym[800], why[512];
     cg_cuda_route_fused_symbol(&st->rf, sym, sizeof sym);
@@ -277,6 +295,8 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     cg_cuda_route_fused_launch(&st->rf, 1, g1, bl, &smem);
     cg_cuda_route_fused_launch(&st->rf, 512, g2, bl, &smem);
     launch_text(cm->k[st->kern_fused].launch, sizeof cm->k[st->kern_fused].launch, g1, g2, bl);
+    if (nc && !cm->dry && cm->o.weights_in_place)
+        return wtable(cm, i->in + i->n_in - nc, (int)nc, "the constant experts' gate table", &st->wc_stack, err);
     if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
         size_t per = tensor_bytes(i->in[i->n_in - nc]);
         if (!dalloc(cm, &st->wc_stack, per * (size_t)nc, "the constant experts' gates", true, err)) return false;
@@ -339,7 +359,8 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
     case IR_OP_ZEROS: return true;
     case IR_OP_MOE_DISPATCH: {
         MOE_ASSERT(cg_op_desc_for(i, &st->d));
-        if (!cm->dry && !dalloc(cm, &st->off, (size_t)(st->d.experts + 1) * sizeof(int64_t), "expert offsets", true, err))
+        if (!cm->dry && !cm->o.caller_workspace &&
+            !dalloc(cm, &st->off, (size_t)(st->d.experts + 1) * sizeof(int64_t), "expert offsets", true, err))
             return false;
         return op_kern(cm, &st->d, &st->kern, err);
     }
@@ -475,10 +496,10 @@ static bool load_kernels(CudaModel *cm, RtError *err)
 /* ---- the model ---------------------------------------------------------------------------------- */
 
 /* Bytes of weights and KV caches the model will put on the GPU. */
-static double bytes_needed(const IrModule *m, int64_t max_positions)
+static double bytes_needed(const IrModule *m, int64_t max_positions, bool weights_in_place)
 {
     double b = 0;
-    for (int j = 0; j < m->n_values; j++)
+    for (int j = 0; j < m->n_values && !weights_in_place; j++)
         if (m->values[j]->kind == IR_VAL_PARAM) b += (double)tensor_bytes(m->values[j]);
     for (const IrInstr *i = m->first; i; i = i->next)
         if (i->op == IR_OP_ATTENTION) b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
@@ -487,7 +508,7 @@ static double bytes_needed(const IrModule *m, int64_t max_positions)
 
 static void model_free_buffers(CudaModel *cm)
 {
-    if (!cm->drv) return;
+    if (!cm->drv || cm->o.caller_workspace) return; /* there, they are addresses in the caller's workspace */
     cg_cuda_graph_free(cm->drv, cm->graph);
     cm->graph = NULL;
     uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch};
@@ -515,9 +536,11 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     cm->outs = xcalloc((size_t)m->n_outputs + 1, sizeof *cm->outs);
     int s = 0;
     for (const IrInstr *i = m->first; i; i = i->next) cm->steps[s++].i = i;
+    MOE_ASSERT(dry || !cm->o.caller_workspace || cm->o.driver);
     if (!dry) {
         char e[512];
-        cm->drv = cg_cuda_driver_open(cm->o.device, e, sizeof e);
+        cm->drv = cm->o.driver;
+        if (!cm->drv) cm->drv = cg_cuda_driver_open(cm->o.device, e, sizeof e), cm->own_drv = true;
         if (!cm->drv) {
             snprintf(err->msg, sizeof err->msg, "%s", e);
             cuda_model_free(cm);
@@ -525,7 +548,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         }
         cg_cuda_device_arch(cm->drv, cm->arch, sizeof cm->arch);
         size_t free_b = 0, total_b = 0;
-        double need = bytes_needed(m, max_positions);
+        double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
         if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
             snprintf(err->msg, sizeof err->msg,
                      "not enough GPU memory: the weights and KV caches need %.2f GB and %.2f GB of %.2f GB is free",
@@ -533,7 +556,8 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
             cuda_model_free(cm);
             return NULL;
         }
-        if (!cg_cuda_event_new(cm->drv, &cm->ev0, e, sizeof e) || !cg_cuda_event_new(cm->drv, &cm->ev1, e, sizeof e)) {
+        if (!cm->o.caller_workspace &&
+            (!cg_cuda_event_new(cm->drv, &cm->ev0, e, sizeof e) || !cg_cuda_event_new(cm->drv, &cm->ev1, e, sizeof e))) {
             snprintf(err->msg, sizeof err->msg, "%s", e);
             cuda_model_free(cm);
             return NULL;
@@ -585,6 +609,7 @@ void cuda_kernel_code_free(CudaKernelCode *k, int n)
 static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
 {
     if (T <= cm->cap_t) return true;
+    MOE_ASSERT(!cm->o.caller_workspace); /* its calls are checked against the workspace before */
     model_free_buffers(cm);
     cm->cap_t = 0;
     size_t arena = (size_t)(cm->m->arena_t * T + cm->m->arena_c) + 64;
@@ -619,7 +644,11 @@ static uint64_t addr(const Run *r, const IrValue *v)
 {
     CudaModel *cm = r->cm;
     switch (v->kind) {
-    case IR_VAL_INPUT: return strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids;
+    case IR_VAL_INPUT:
+        for (int j = 0; j < cm->n_bound; j++)
+            if (cm->bound[j].v == v) return cm->bound[j].d;
+        MOE_ASSERT(!cm->o.caller_workspace);
+        return strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids;
     case IR_VAL_PARAM: {
         const Tensor *t = param(cm, v);
         for (int j = 0; j < cm->n_w; j++)
@@ -831,7 +860,7 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
             return false;
         }
     }
-    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
+    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps && !cm->o.caller_workspace);
     if (!ensure_capacity(cm, T, err)) return false;
     char e[512];
     bool full = first == 0 && last == cm->n_steps;
@@ -917,7 +946,7 @@ void cuda_model_free(CudaModel *cm)
         for (int j = 0; j < cm->n_allocs; j++) cg_cuda_free(cm->drv, cm->allocs[j]);
         cg_cuda_event_free(cm->drv, cm->ev0);
         cg_cuda_event_free(cm->drv, cm->ev1);
-        cg_cuda_driver_close(cm->drv);
+        if (cm->own_drv) cg_cuda_driver_close(cm->drv);
     }
     for (int j = 0; j < cm->n_k; j++) {
         free(cm->k[j].symbol);
@@ -930,6 +959,75 @@ void cuda_model_free(CudaModel *cm)
     free(cm->wmap);
     free(cm->steps);
     free(cm);
+}
+
+/* ---- on the caller's workspace and stream (CudaOptions.caller_workspace) ------------------------- */
+
+static uint64_t take(uint64_t *at, size_t bytes)
+{
+    uint64_t p = *at;
+    *at += round64(bytes);
+    return p;
+}
+
+/* The per-call buffers of T tokens from base: the arena, the router scratch, and per dispatch its
+ * expert offsets, permutation and gate weights; stored into `set` when given. The bytes. */
+static size_t workspace_layout(const CudaModel *cm, int64_t T, uint64_t base, CudaModel *set)
+{
+    uint64_t at = base;
+    uint64_t arena = take(&at, (size_t)(cm->m->arena_t * T + cm->m->arena_c));
+    uint64_t scratch = take(&at, 4 * round64(cm->scratch_per_t * (size_t)T * sizeof(float)));
+    if (set) set->arena = arena, set->scratch = scratch;
+    for (int s = 0; s < cm->n_steps; s++) {
+        const Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_MOE_DISPATCH) continue;
+        size_t n = (size_t)(T * cols(st->i->in[0]));
+        uint64_t off = take(&at, (size_t)(st->d.experts + 1) * sizeof(int64_t));
+        uint64_t perm = take(&at, n * sizeof(int32_t)), gw = take(&at, n * sizeof(float));
+        if (set) set->steps[s].off = off, set->steps[s].perm = perm, set->steps[s].gate_w = gw;
+    }
+    return (size_t)(at - base);
+}
+
+size_t cuda_model_workspace_bytes(const CudaModel *cm, int64_t T)
+{
+    MOE_ASSERT(cm->o.caller_workspace && T > 0);
+    return workspace_layout(cm, T, 0, NULL);
+}
+
+void cuda_model_set_workspace(CudaModel *cm, uint64_t workspace, int64_t T)
+{
+    MOE_ASSERT(cm->o.caller_workspace && T > 0 && workspace % 64 == 0);
+    workspace_layout(cm, T, workspace, cm);
+    cm->cap_t = T;
+}
+
+void cuda_model_bind_input(CudaModel *cm, const IrValue *v, uint64_t dev)
+{
+    MOE_ASSERT(v->kind == IR_VAL_INPUT && dev % 16 == 0);
+    for (int j = 0; j < cm->n_bound; j++)
+        if (cm->bound[j].v == v) return (void)(cm->bound[j].d = dev);
+    MOE_ASSERT(cm->n_bound < (int)MOE_ARRAY_LEN(cm->bound));
+    cm->bound[cm->n_bound].v = v;
+    cm->bound[cm->n_bound++].d = dev;
+}
+
+bool cuda_model_enqueue(CudaModel *cm, int64_t T, RtError *err)
+{
+    MOE_ASSERT(cm->o.caller_workspace && T > 0 && T <= cm->cap_t);
+    cm->last_t = T;
+    return run_range(cm, 0, cm->n_steps, T, err);
+}
+
+uint64_t cuda_model_output_addr(const CudaModel *cm, const char *name, int64_t T)
+{
+    for (int k = 0; k < cm->m->n_outputs; k++) {
+        const IrValue *v = cm->m->outputs[k].value;
+        if (strcmp(cm->m->outputs[k].name, name) != 0 || v->kind != IR_VAL_RESULT) continue;
+        Run r = {(CudaModel *)cm, T, (long long)T, NULL};
+        return addr(&r, v);
+    }
+    return 0;
 }
 
 const CudaBackend cuda_backend = {cuda_model_new, cuda_model_run, cuda_model_output, cuda_model_device,

@@ -60,6 +60,19 @@ typedef struct CudaOptions {
                                        ({0}: the default, 64x64x32)                                 */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
+    /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
+    struct CgCudaDriver *driver;    /* use this driver (cg_cuda_driver_attach: the primary context,
+                                       the caller's stream), borrowed, instead of opening one; the
+                                       context must be current around every call                   */
+    bool weights_in_place;          /* every WeightSet tensor's data is a device address (16-byte
+                                       aligned), used where it is: nothing is uploaded; the grouped
+                                       GEMMs and the fused router reach the experts' matrices through
+                                       device tables of pointers built at load ("_wt" kernels)      */
+    bool caller_workspace;          /* no device buffers per call of its own: the activation arena,
+                                       the router scratch and the routing live in the workspace
+                                       given to cuda_model_set_workspace; inputs are bound to device
+                                       memory (cuda_model_bind_input) and calls only queue work
+                                       (cuda_model_enqueue)                                        */
 } CudaOptions;
 
 typedef struct CudaModel CudaModel;
@@ -84,6 +97,18 @@ const char *cuda_model_device(const CudaModel *cm);
 /* Device bytes the model holds (weights, caches, arena). */
 double     cuda_model_bytes(const CudaModel *cm);
 void       cuda_model_free(CudaModel *cm);
+
+/* With CudaOptions.caller_workspace: bytes of device workspace (a multiple of 64, to be 256-byte
+ * aligned) for calls of up to T tokens; give it (device address, the T it was sized for); bind each
+ * module input (a result of no instruction: "x", "r") to device memory of [T, cols] f32, 16-byte
+ * aligned, for the next call; queue a call of T tokens on the driver's stream without waiting for
+ * it (false with err when a launch is refused; the work queued before stays queued); the device
+ * address of an output of a call of T tokens in the workspace (0 if no such output). */
+size_t     cuda_model_workspace_bytes(const CudaModel *cm, int64_t T);
+void       cuda_model_set_workspace(CudaModel *cm, uint64_t workspace, int64_t T);
+void       cuda_model_bind_input(CudaModel *cm, const IrValue *v, uint64_t dev);
+bool       cuda_model_enqueue(CudaModel *cm, int64_t T, RtError *err);
+uint64_t   cuda_model_output_addr(const CudaModel *cm, const char *name, int64_t T);
 
 /* cuda_compile.c: NVRTC over kernels, in parallel (one thread per core): cubin and/or PTX for arch
  * in out[n] (free each with cg_cuda_binary_free). cuda_nvrtc_cubins: cubins only (a CudaCompileFn).

@@ -1,15 +1,16 @@
 #!/bin/bash
-# emit_check.sh MOEPPC SPEC LIB: `moeppc emit SPEC --emit lib -o LIB` writes the header, both
-# libraries and the pkg-config file; the libraries' only global symbols are the functions the header
-# declares, the shared one needs nothing but the C library (no libyaml, cJSON or LLVM), the header is
-# ASCII C89 (and C++), and pkg-config finds the library. Env: CC, CXX (optional), PKG_CONFIG.
+# emit_check.sh MOEPPC SPEC LIB [ARCH]: `moeppc emit SPEC --emit lib [--target ARCH] -o LIB` writes the
+# header, both libraries and the pkg-config file; the libraries' only global symbols are the functions
+# the header declares, the shared one needs nothing but the C library (no libyaml, cJSON or LLVM; a
+# CUDA build (ARCH sm_XX) no libcuda, libcudart or NVRTC either: it opens libcuda itself), the header
+# is ASCII C89 (and C++), and pkg-config finds the library. Env: CC, CXX (optional), PKG_CONFIG.
 set -u
-MOEPPC=$1 SPEC=$2 LIB=$3
+MOEPPC=$1 SPEC=$2 LIB=$3 ARCH=${4:-}
 CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config}
 fail() { echo "FAILED: $*"; exit 1; }
 rm -rf "$LIB"
-"$MOEPPC" emit "$SPEC" --emit lib --target sm_90 -o "$LIB" 2> /dev/null; [ $? -eq 2 ] || fail "--emit lib --target sm_90 is not a usage error"
-"$MOEPPC" emit "$SPEC" --emit lib -o "$LIB" || fail "moeppc emit --emit lib"
+"$MOEPPC" emit "$SPEC" --emit lib --target sm_75 -o "$LIB" 2> /dev/null; [ $? -eq 2 ] || fail "--emit lib --target sm_75 is not a usage error"
+"$MOEPPC" emit "$SPEC" --emit lib ${ARCH:+--target "$ARCH"} -o "$LIB" || fail "moeppc emit --emit lib ${ARCH:+--target $ARCH}"
 ls "$LIB" | grep -q '\.tmp$' && fail "temporary files left in $LIB"
 for f in moepp_layer.h libmoepp_layer.a libmoepp_layer.so.1 moepp_layer.pc moepp_layer.ir; do
   [ -s "$LIB/$f" ] || fail "$LIB/$f is missing"
@@ -25,7 +26,7 @@ nm -g --defined-only "$LIB/libmoepp_layer.a" | awk 'NF == 3 {print $3}' | sort -
 diff "$LIB/.declared" "$LIB/.so_syms" || fail "libmoepp_layer.so exports other symbols than the header declares"
 diff "$LIB/.declared" "$LIB/.a_syms" || fail "libmoepp_layer.a defines other global symbols than the header declares"
 needed=$(readelf -d "$LIB/libmoepp_layer.so.1" | grep NEEDED | grep -oE '\[[^]]*\]' | tr -d '[]' |
-         grep -vE '^(libc|libm|libpthread|ld-linux[-a-z0-9_]*|libasan|libubsan|libgcc_s)\.so' || true)
+         grep -vE '^(libc|libm|libpthread|libdl|ld-linux[-a-z0-9_]*|libasan|libubsan|libgcc_s)\.so' || true)
 [ -z "$needed" ] || fail "libmoepp_layer.so needs $needed"
 
 # the header: ASCII, C89, C++
@@ -43,4 +44,12 @@ export PKG_CONFIG_PATH=$LIB
 "$PKG_CONFIG" --cflags moepp_layer | grep -q -- "-I$LIB" || fail "pkg-config --cflags"
 "$PKG_CONFIG" --libs moepp_layer | grep -q -- "-L$LIB -lmoepp_layer" || fail "pkg-config --libs"
 "$PKG_CONFIG" --variable=static_libs moepp_layer | grep -q "$LIB/libmoepp_layer.a" || fail "static_libs"
-echo "emit --emit lib: $(wc -l < "$LIB/.declared") ABI functions exported by both libraries, nothing else; header C89/ASCII; pkg-config ok"
+if [ -n "$ARCH" ]; then # a CUDA build: kernels for ARCH, said by the header and the library
+  grep -q "^#define MOEPP_LAYER_BACKEND MOEPP_BACKEND_CUDA" "$LIB/moepp_layer.h" || fail "the header does not say CUDA"
+  grep -q "kernels for $ARCH" "$LIB/moepp_layer.h" || fail "the header does not name $ARCH"
+  strings "$LIB/libmoepp_layer.so.1" | grep -q "^\.target $ARCH" || fail "no PTX for $ARCH in the library"
+  strings "$LIB/libmoepp_layer.so.1" | grep -q "^moeppc_cu_gemm_up_.*_wt$" || fail "no grouped GEMM over a weight table"
+else
+  grep -q "^#define MOEPP_LAYER_BACKEND MOEPP_BACKEND_CPU" "$LIB/moepp_layer.h" || fail "the header does not say CPU"
+fi
+echo "emit --emit lib${ARCH:+ --target $ARCH}: $(wc -l < "$LIB/.declared") ABI functions exported by both libraries, nothing else; header C89/ASCII; pkg-config ok"

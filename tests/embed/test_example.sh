@@ -1,10 +1,13 @@
 #!/bin/bash
-# test_example.sh c|python MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
+# test_example.sh c|python|cuda MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
 # pkg-config against LIB only, shared and static) or examples/embed_python (ctypes) against the
 # reference interpreter (embed_layer_ref) on a checkpoint of SPEC: the spec's first MoE layer without
 # residual_in and its last one with one (when the spec has a gating residual), several thread
 # counts. Each "--mutate" run (a negated down-projection; a dropped residual_in) must fail, or the
-# check could not catch them. Env: CC, PKG_CONFIG, PYTHON.
+# check could not catch them. cuda: LIB is a CUDA build and examples/embed_c is built with
+# -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda); each case runs with device
+# weights, host weights and in place; exit 77 (skipped) without the runtime's header or without a
+# usable GPU. Env: CC, PKG_CONFIG, PYTHON, CUDA_HOME.
 set -u
 KIND=$1 MOEPPC=$2 REF=$3 LIB=$4 SPEC=$5 WORK=$6
 CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config} PY=${PYTHON:-/usr/bin/python3}
@@ -16,7 +19,19 @@ export PKG_CONFIG_PATH=$LIB
 sanitized=0
 "$PKG_CONFIG" --cflags moepp_layer | grep -q fsanitize=address && sanitized=1
 
-if [ "$KIND" = c ]; then
+if [ "$KIND" = cuda ]; then
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  [ -e "$CUDA_HOME/include/cuda_runtime.h" ] || { echo "skipped: no CUDA runtime in $CUDA_HOME"; exit 77; }
+  cudart=("-I$CUDA_HOME/include" "-L$CUDA_HOME/lib64" -lcudart "-Wl,-rpath,$CUDA_HOME/lib64")
+  "$CC" -O2 -Wall -Wextra -Werror -DEMBED_CUDA "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags --libs moepp_layer) \
+        "${cudart[@]}" -lm -Wl,-rpath,"$("$PKG_CONFIG" --variable=libdir moepp_layer)" -o "$WORK/embed_layer" ||
+        fail "building embed_c for the GPU (shared)"
+  "$CC" -O2 -Wall -Wextra -Werror -DEMBED_CUDA "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags moepp_layer) \
+        $("$PKG_CONFIG" --variable=static_libs moepp_layer) "${cudart[@]}" -o "$WORK/embed_layer_static" ||
+        fail "building embed_c for the GPU (static)"
+  run() { "$WORK/embed_layer" "$@"; }
+  run_static() { "$WORK/embed_layer_static" "$@"; }
+elif [ "$KIND" = c ]; then
   "$CC" -O2 -Wall -Wextra -Werror "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags --libs moepp_layer) -lm \
         -Wl,-rpath,"$("$PKG_CONFIG" --variable=libdir moepp_layer)" -o "$WORK/embed_layer" || fail "building embed_c (shared)"
   "$CC" -O2 -Wall -Wextra -Werror "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags moepp_layer) \
@@ -52,9 +67,17 @@ for c in "${cases[@]}"; do
   D="$WORK/case$n"; n=$((n + 1))
   mkdir -p "$D" && ln -sf "$WORK/w.safetensors" "$D/w.safetensors"
   "$REF" "$SPEC" "$WORK/w.safetensors" "$layer" 19 "$seed" "$D" $flag > /dev/null || fail "reference for layer $layer"
-  for threads in 1 3; do
-    run "$D" --threads $threads || fail "layer $layer, $threads threads: the library differs from the reference"
-  done
+  if [ "$KIND" = cuda ]; then
+    run "$D"; rc=$?
+    [ $rc -eq 77 ] && { echo "skipped: no usable GPU"; exit 77; }
+    [ $rc -eq 0 ] || fail "layer $layer on the GPU (device weights): the library differs from the reference"
+    run "$D" --host-weights || fail "layer $layer on the GPU (host weights, uploaded)"
+    run "$D" --in-place || fail "layer $layer on the GPU (in place: y = x, residual_out = residual_in)"
+  else
+    for threads in 1 3; do
+      run "$D" --threads $threads || fail "layer $layer, $threads threads: the library differs from the reference"
+    done
+  fi
   run_static "$D" --threads 2 || fail "layer $layer (static library)"
   run "$D" --mutate weight > "$WORK/mutant.txt" 2>&1 && fail "a negated down-projection was not caught"
   grep -q MISMATCH "$WORK/mutant.txt" || { cat "$WORK/mutant.txt"; fail "no MISMATCH verdict for the weight mutant"; }
