@@ -48,19 +48,25 @@ static void gpu_kernels_free(GpuKernels *g)
     cuda_kernel_code_free(g->code, g->n);
 }
 
-static void write_gpu_table(FILE *f, const GpuKernels *g, const char *arch)
+void write_cuda_images(FILE *f, const CudaKernelCode *code, const CgCudaBinary *bin, int n, const char *table)
 {
-    for (int k = 0; k < g->n; k++) {
+    for (int k = 0; k < n; k++) {
         fprintf(f, "static const char cubin%d[] =\n", k);
-        write_c_bytes(f, g->bin[k].cubin, g->bin[k].cubin_len);
+        write_c_bytes(f, bin[k].cubin, bin[k].cubin_len);
         fprintf(f, ";\nstatic const char ptx%d[] =\n", k);
-        write_c_bytes(f, (const unsigned char *)g->bin[k].ptx, g->bin[k].ptx_len + 1);
+        write_c_bytes(f, (const unsigned char *)bin[k].ptx, bin[k].ptx_len + 1);
         fputs(";\n", f);
     }
-    fprintf(f, "\nstatic const CudaKernelImage gpu_table[] = {\n");
-    for (int k = 0; k < g->n; k++)
-        fprintf(f, "    {\"%s\", (const unsigned char *)cubin%d, sizeof cubin%d - 1, ptx%d},\n", g->code[k].symbol, k, k, k);
-    fprintf(f, "};\nstatic const char gpu_arch[] = \"%s\";\n\n", arch);
+    fprintf(f, "\nstatic const CudaKernelImage %s[] = {\n", table);
+    for (int k = 0; k < n; k++)
+        fprintf(f, "    {\"%s\", (const unsigned char *)cubin%d, sizeof cubin%d - 1, ptx%d},\n", code[k].symbol, k, k, k);
+    fprintf(f, "};\n");
+}
+
+static void write_gpu_table(FILE *f, const GpuKernels *g, const char *arch)
+{
+    write_cuda_images(f, g->code, g->bin, g->n, "gpu_table");
+    fprintf(f, "static const char gpu_arch[] = \"%s\";\n\n", arch);
 }
 #else
 typedef struct {

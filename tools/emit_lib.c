@@ -74,8 +74,8 @@ static int count_params(const IrModule *m)
 /* The kernels, by backend: the CPU objects' symbols, or the CUDA images. */
 typedef struct LibKernels {
     const Recorder *cpu;
-    const CudaKernelCode *code;   /* CUDA: symbols, and their binaries */
-    const CgCudaBinary *bin;
+    const struct CudaKernelCode *code;   /* CUDA: symbols, and their binaries */
+    const struct CgCudaBinary *bin;
     int n;
 } LibKernels;
 
@@ -94,17 +94,13 @@ static void write_cpu_table(FILE *f, const Recorder *r)
 /* cubin and PTX of each kernel as C arrays, and the table the CUDA executor loads them from. */
 static void write_cuda_table(FILE *f, const LibKernels *k)
 {
-    for (int j = 0; j < k->n; j++) {
-        fprintf(f, "static const char cubin%d[] =\n", j);
-        write_c_bytes(f, k->bin[j].cubin, k->bin[j].cubin_len);
-        fprintf(f, ";\nstatic const char ptx%d[] =\n", j);
-        write_c_bytes(f, (const unsigned char *)k->bin[j].ptx, k->bin[j].ptx_len + 1);
-        fputs(";\n", f);
-    }
-    fprintf(f, "\nstatic const CudaKernelImage cuda_images[] = {\n");
-    for (int j = 0; j < k->n; j++)
-        fprintf(f, "    {\"%s\", (const unsigned char *)cubin%d, sizeof cubin%d - 1, ptx%d},\n", k->code[j].symbol, j, j, j);
-    fprintf(f, "};\n\n");
+#ifdef MOEPPC_HAVE_CUDA
+    write_cuda_images(f, k->code, k->bin, k->n, "cuda_images");
+    fputs("\n", f);
+#else
+    (void)f, (void)k;
+    MOE_ASSERT(!"a CUDA library from a build without CUDA"); /* emit refuses --target sm_XX first */
+#endif
 }
 
 static bool write_image(const char *path, const ModelSpec *s, int64_t l, const IrModule *m, const LibKernels *k,

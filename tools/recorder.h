@@ -26,5 +26,10 @@ void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
 void write_c_literal(FILE *f, const char *text);
 /* n bytes as a C string literal of octal escapes (the length is given separately). */
 void write_c_bytes(FILE *f, const unsigned char *p, size_t n);
+/* Each kernel's cubin and PTX as C arrays, then `static const CudaKernelImage TABLE[]` naming them. */
+struct CudaKernelCode;
+struct CgCudaBinary;
+void write_cuda_images(FILE *f, const struct CudaKernelCode *code, const struct CgCudaBinary *bin, int n,
+                       const char *table);
 
 #endif

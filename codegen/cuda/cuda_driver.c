@@ -170,7 +170,10 @@ static bool driver_start(CgCudaDriver *d, int ordinal, char *err, size_t errlen)
     return true;
 }
 
-CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
+/* libcuda opened, then started on device `ordinal` (driver_start) or attached (driver_attach). */
+static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen);
+
+static CgCudaDriver *driver_new(bool attach, int ordinal, char *err, size_t errlen)
 {
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -179,11 +182,16 @@ CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
     }
     CgCudaDriver *d = xcalloc(1, sizeof *d);
     d->lib = lib;
-    if (!driver_start(d, ordinal, err, errlen)) {
+    if (!(attach ? driver_attach(d, err, errlen) : driver_start(d, ordinal, err, errlen))) {
         cg_cuda_driver_close(d);
         return NULL;
     }
     return d;
+}
+
+CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
+{
+    return driver_new(false, ordinal, err, errlen);
 }
 
 /* The primary context of the device current on this thread (a CUDA runtime caller's, after
@@ -203,21 +211,7 @@ static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen)
     return true;
 }
 
-CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen)
-{
-    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        snprintf(err, errlen, "no CUDA driver (libcuda.so.1) on this machine");
-        return NULL;
-    }
-    CgCudaDriver *d = xcalloc(1, sizeof *d);
-    d->lib = lib;
-    if (!driver_attach(d, err, errlen)) {
-        cg_cuda_driver_close(d);
-        return NULL;
-    }
-    return d;
-}
+CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen) { return driver_new(true, 0, err, errlen); }
 
 void cg_cuda_set_stream(CgCudaDriver *d, void *stream)
 {
