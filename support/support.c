@@ -362,8 +362,11 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
     int fd = mkstemp(tmp);
     bool ok = fd >= 0;
     if (ok) {
+        mode_t mask = umask(0); /* mkstemp makes 0600; the file gets what open(..., 0666) would */
+        umask(mask);
+        ok = fchmod(fd, 0666 & ~mask) == 0;
         FILE *f = fdopen(fd, "wb");
-        ok = f && fwrite(data, 1, n, f) == n;
+        ok = ok && f && fwrite(data, 1, n, f) == n;
         if (f) ok = (fclose(f) == 0) && ok;
         else close(fd);
         ok = ok && rename(tmp, path) == 0;
