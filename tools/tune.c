@@ -516,7 +516,11 @@ static int parse_tune_args(int argc, char **argv, TuneArgs *a)
         if (o[0] == '-' && !v) return usage_error("tune", TUNE_USAGE, "option '%s' needs a value", o);
         if (strcmp(o, "-o") == 0) a->out = v, i++;
         else if (strcmp(o, "--target") == 0) {
-            if (strcmp(v, "cpu") != 0) return usage_error("tune", TUNE_USAGE, "--target: only 'cpu' can be tuned here, found '%s'", v);
+            pass_target pt;
+            if (pass_target_parse(v, &pt) && pt != TARGET_CPU)
+                return usage_error("tune", TUNE_USAGE, "--target %s: GPU kernels cannot be tuned yet (try tiles with "
+                                   "`moeppc bench SPEC --device cuda --tile UP/DOWN`); only 'cpu' can", v);
+            if (strcmp(v, "cpu") != 0) return usage_error("tune", TUNE_USAGE, "--target: expected cpu, found '%s'", v);
             i++;
         } else if (strcmp(o, "--budget") == 0) {
             a->budget = strtod(v, &end);

@@ -33,4 +33,18 @@ printf 'moeppc_tuning: 1\ncompiler: "0.1.0"\nllvm: [x\n' > "$WORK/bad.yaml"
 "$MOEPPC" compile "$SPEC" --tuning "$WORK/bad.yaml" > /dev/null 2> "$WORK/bad.err"
 rc=$?
 [ $rc -eq 1 ] && grep -Eq "bad.yaml:[0-9]+:[0-9]+: error" "$WORK/bad.err" || { echo "corrupt database: exit $rc"; cat "$WORK/bad.err"; exit 1; }
+# the command line: a GPU target (not tunable yet) and nonsense are refused, exit 2, nothing written
+for args in "--target sm_90" "--target gpu" "--budget -1" "--tokens 0" "--threads 0"; do
+  "$MOEPPC" tune "$SPEC" $args -o "$WORK/cli.yaml" > /dev/null 2> "$WORK/cli.err"
+  rc=$?
+  [ $rc -eq 2 ] && grep -q "moeppc tune: error" "$WORK/cli.err" && [ ! -e "$WORK/cli.yaml" ] ||
+    { echo "tune $args: exit $rc"; cat "$WORK/cli.err"; exit 1; }
+done
+grep -q "GPU kernels cannot be tuned yet" <("$MOEPPC" tune "$SPEC" --target sm_90 -o "$WORK/cli.yaml" 2>&1) ||
+  { echo "no message for a GPU target"; exit 1; }
+# the tuner's configurations beyond tiles reach the ops: some op of the tuned module names them
+grep -Eq 'tile_unroll = [0-9]+, tile_mc = [0-9]+, tile_src = "database"' "$WORK/tuned.ir" || { echo "no tuned unroll/blocking"; exit 1; }
+grep -Eq 'attention .*kv_block = [0-9]+, tile_src = "database", tile_schedule = "0;1:kv' "$WORK/tuned.ir" ||
+  { echo "attention not tuned"; grep attention "$WORK/tuned.ir"; exit 1; }
+grep -Eq 'moe.route .*tile_src = "database"' "$WORK/tuned.ir" || { echo "router GEMMs not tuned"; exit 1; }
 echo "tuning database: written, read back, used by compile and build, checked"
