@@ -14,3 +14,17 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOEPPC_SANITIZE=ON -DMOEPPC_
 cmake --build build-asan -j$jobs
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan -j$jobs --output-on-failure
+
+# The optional dependencies stay optional: without the CUDA toolkit, and without LLVM too, moeppc
+# still compiles (warnings as errors), runs, and refuses what it cannot do with a message.
+spec=specs/tiny/tiny-moepp.yaml ids="3 17 42"
+cmake -S . -B build-nocuda -DCMAKE_BUILD_TYPE=Release -DMOEPPC_CUDA=OFF -DMOEPPC_TESTS=OFF >/dev/null
+cmake --build build-nocuda -j$jobs >/dev/null
+build-nocuda/moeppc build $spec -o build-nocuda/tiny && build-nocuda/tiny --random-weights 1 --ids "$ids" >/dev/null
+if build-nocuda/moeppc emit $spec --emit lib --target sm_80 -o build-nocuda/lib 2>/dev/null; then
+  echo "a build without CUDA emitted a CUDA library"; exit 1
+fi
+cmake -S . -B build-minimal -DCMAKE_BUILD_TYPE=Release -DMOEPPC_CUDA=OFF -DMOEPPC_LLVM=OFF -DMOEPPC_TESTS=OFF >/dev/null
+cmake --build build-minimal -j$jobs >/dev/null
+build-minimal/moeppc run $spec --random-weights 1 --ids "$ids" >/dev/null
+echo "builds without CUDA and without LLVM: compiled and ran"
