@@ -151,14 +151,9 @@ static size_t workspace_bytes_for(const void *l, int64_t T) { return workspace_b
 
 moepp_status moepp_layer_set_workspace(moepp_layer *l, void *workspace, size_t bytes)
 {
-    if (!l) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: l is NULL");
-    if (!workspace) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: workspace is NULL");
-    if ((uintptr_t)workspace % 64 != 0)
-        return layer_fail(MOEPP_ERR_MISALIGNED, "workspace %p is not 64-byte aligned", workspace);
-    int64_t T = layer_tokens_that_fit(workspace_bytes_for, l, bytes);
-    if (T < 1)
-        return layer_fail(MOEPP_ERR_WORKSPACE_TOO_SMALL, "a workspace of %zu bytes is smaller than one token needs (%zu)",
-                    bytes, workspace_bytes(l, 1));
+    int64_t T;
+    moepp_status st = layer_workspace_args(l, workspace, bytes, workspace_bytes_for, &T);
+    if (st != MOEPP_OK) return st;
     l->ws = workspace;
     l->max_t = T;
     l->zero_r = l->in_r ? workspace : NULL;

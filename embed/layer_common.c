@@ -237,6 +237,20 @@ int64_t layer_tokens_that_fit(size_t (*bytes_for)(const void *ctx, int64_t T), c
     return lo;
 }
 
+moepp_status layer_workspace_args(const void *l, const void *workspace, size_t bytes,
+                                  size_t (*bytes_for)(const void *ctx, int64_t T), int64_t *T)
+{
+    if (!l) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: l is NULL");
+    if (!workspace) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: workspace is NULL");
+    if ((uintptr_t)workspace % 64 != 0)
+        return layer_fail(MOEPP_ERR_MISALIGNED, "workspace %p is not 64-byte aligned", workspace);
+    *T = layer_tokens_that_fit(bytes_for, l, bytes);
+    if (*T < 1)
+        return layer_fail(MOEPP_ERR_WORKSPACE_TOO_SMALL, "a workspace of %zu bytes is smaller than one token needs (%zu)",
+                          bytes, bytes_for(l, 1));
+    return MOEPP_OK;
+}
+
 void layer_count_routes(const LayerImage *img, const int32_t *ids, int64_t T, int64_t *picks, moepp_route_stats *s)
 {
     memset(picks, 0, (size_t)img->n_experts * sizeof *picks);

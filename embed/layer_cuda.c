@@ -265,14 +265,9 @@ size_t moepp_layer_workspace_size(const moepp_layer *l, int64_t max_tokens)
 
 moepp_status moepp_layer_set_workspace(moepp_layer *l, void *workspace, size_t bytes)
 {
-    if (!l) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: l is NULL");
-    if (!workspace) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_set_workspace: workspace is NULL");
-    if ((uintptr_t)workspace % 64 != 0)
-        return layer_fail(MOEPP_ERR_MISALIGNED, "workspace %p is not 64-byte aligned", workspace);
-    int64_t T = layer_tokens_that_fit(workspace_bytes, l, bytes);
-    if (T < 1)
-        return layer_fail(MOEPP_ERR_WORKSPACE_TOO_SMALL, "a workspace of %zu bytes is smaller than one token needs (%zu)",
-                          bytes, workspace_bytes(l, 1));
+    int64_t T;
+    moepp_status st = layer_workspace_args(l, workspace, bytes, workspace_bytes, &T);
+    if (st != MOEPP_OK) return st;
     char e[512];
     if (!cg_cuda_push(l->drv, e, sizeof e)) return fail_driver("making the device's primary context current", e);
     moepp_status s = check_device_ptr(l->drv, workspace, "the workspace");

@@ -39,6 +39,10 @@ moepp_status layer_check_call(const LayerCall *c);
 
 /* The largest T with bytes_for(ctx, T) <= bytes (0 if not even one token fits). */
 int64_t layer_tokens_that_fit(size_t (*bytes_for)(const void *ctx, int64_t T), const void *ctx, size_t bytes);
+/* moepp_layer_set_workspace's checks of its arguments, either build: l and workspace not NULL, the
+ * workspace 64-byte aligned and big enough for one token; *T: the tokens it holds. */
+moepp_status layer_workspace_args(const void *l, const void *workspace, size_t bytes,
+                                  size_t (*bytes_for)(const void *ctx, int64_t T), int64_t *T);
 
 /* The statistics of a call's picks (ids [T, k] in host memory) into s and picks[E]. */
 void layer_count_routes(const LayerImage *img, const int32_t *ids, int64_t T, int64_t *picks, moepp_route_stats *s);
