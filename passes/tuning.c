@@ -7,6 +7,7 @@
 #include "passes/tuning.h"
 
 #include "frontend/yaml_util.h"
+#include "ir/ir.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -460,6 +461,56 @@ void tune_db_free(TuneDb *db)
 {
     free(db->e);
     memset(db, 0, sizeof *db);
+}
+
+void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, const char *nvrtc)
+{
+    memset(t, 0, sizeof *t);
+    snprintf(t->cpu, sizeof t->cpu, "%s", gpu_name);
+    snprintf(t->isa, sizeof t->isa, "%s", arch);
+    snprintf(t->llvm, sizeof t->llvm, "%s", nvrtc);
+    snprintf(t->compiler, sizeof t->compiler, "%s", MOEPPC_VERSION);
+    t->features = hash_str(gpu_name);
+}
+
+int tune_db_gpu_tiles(const TuneDb *db, const IrModule *m, int tile[2][3])
+{
+    int set = 0;
+    for (int kind = 0; kind < 2; kind++) {
+        ir_op op = kind == 0 ? IR_OP_MOE_GROUPED_UP : IR_OP_MOE_GROUPED_DOWN;
+        const IrInstr *i = m->first;
+        while (i && i->op != op) i = i->next;
+        if (!i) continue;
+        const IrValue *w = i->in[kind == 0 ? 3 : 5];
+        int64_t n = w->type.dims[0], groups = ir_attr_int(i, "experts"); /* the weight's shape, as on the CPU */
+        const TuneEntry *rep = NULL;
+        for (int k = 0; k < db->n; k++) {
+            const TuneEntry *e = &db->e[k];
+            if (strcmp(e->op, kind == 0 ? "grouped_up" : "grouped_down") || e->dtype != w->type.dtype || e->n != n ||
+                e->k != w->type.dims[1] || e->groups != groups)
+                continue;
+            if (!rep || llabs(e->tokens - 512) < llabs(rep->tokens - 512)) rep = e;
+        }
+        if (!rep || rep->best.tile_m <= 0) continue;
+        tile[kind][0] = rep->best.tile_m, tile[kind][1] = rep->best.tile_n, tile[kind][2] = (int)rep->best.kc;
+        set++;
+    }
+    return set;
+}
+
+void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
+                       const IrModule *m, int tile[2][3])
+{
+    TuneTarget t;
+    tune_gpu_target(&t, gpu, arch, nvrtc);
+    char why[512];
+    if (!tune_db_matches(db, &t, why, sizeof why))
+        fprintf(stderr, "%s: warning: %s; its entries are ignored and the rule decides\n", path, why);
+    else if (tune_db_gpu_tiles(db, m, tile) == 0)
+        fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs; the rule decides\n", path);
+    else
+        fprintf(stderr, "%s: grouped GEMM tiles up %dx%dx%d, down %dx%dx%d (0: the rule's)\n", path, tile[0][0],
+                tile[0][1], tile[0][2], tile[1][0], tile[1][1], tile[1][2]);
 }
 
 /* "cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0", features shown only when they differ. */

@@ -30,6 +30,12 @@
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
  * `tokens` query rows at the end of a context of max(tokens, 512) positions.
+ *
+ * A GPU database (`moeppc tune --target sm_XX`) has the same form: target.cpu is the GPU's name,
+ * target.isa its architecture (sm_90), target.features a hash of the name, llvm the NVRTC version
+ * ("NVRTC 13.0"); its entries are grouped_up/grouped_down (keyed by the weight's shape, as on the
+ * CPU) with configurations MxN/kcK = the CUDA block tile BM x BN x BK of the tensor-core path (for
+ * UP, BN columns of each of a and b).
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
@@ -89,5 +95,18 @@ void tune_db_add(TuneDb *db, const TuneEntry *e);
 void tune_db_free(TuneDb *db);
 /* Does db apply to target t? If not, why says what differs (a warning for the user). */
 bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len);
+/* The identity of a GPU as a GPU database records it (see the file format). */
+void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, const char *nvrtc);
+/* A GPU database's tiles for the grouped up- and down-projections of m (tile[0]: up, tile[1]: down,
+ * each BM, BN, BK): the best of the entry of m's shape whose bucket is nearest 512 tokens (the
+ * tensor-core path serves T > 16 alone); an op without an entry keeps tile[] as given. Returns how
+ * many of the two were set. */
+struct IrModule;
+int tune_db_gpu_tiles(const TuneDb *db, const struct IrModule *m, int tile[2][3]);
+/* `--tuning DB` with `--device cuda` (db loaded from path): if it was made for this GPU (gpu name,
+ * arch, nvrtc version, this moeppc), set tile[][] from it and say so on stderr; a database for
+ * another target is ignored with a warning. */
+void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
+                       const struct IrModule *m, int tile[2][3]);
 
 #endif

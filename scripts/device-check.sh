@@ -10,7 +10,9 @@
 #   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and runs the CUDA build of the
 #      embedding library (tests/embed: examples/embed_c on the GPU against the interpreter: device
 #      and host weights, in place, with and without the gating residual; needs the CUDA runtime),
-#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 and prints the table last.
+#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096, tunes its grouped GEMMs' tiles (moeppc tune
+#      --target sm_90, written to $OUT/gpu-sm90-moepp-7b.yaml) and benchmarks with them, and prints the
+#      table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -120,11 +122,12 @@ EOF
   run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
   step "the MoE++ 7B layer with its random router's own decisions"
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
-  step "the grouped GEMMs' tiles (up/down, MxNxK) at T = 512 and 4096 (default 64x64x32/64x128x32)"
-  for tile in 128x64x32/128x128x32; do
-    echo "tile $tile"
-    run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --reps 10 --tile $tile "${ceil[@]}" | grep "^T ="
-  done
+  step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
+  run 150 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 512,4096 --budget 90 -o "$out/gpu-sm90-moepp-7b.yaml" |
+    grep -E "tiles compile|wrote|error"
+  [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
+    run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 --reps 10 \
+      --tuning "$out/gpu-sm90-moepp-7b.yaml" "${ceil[@]}" | grep "^T ="
   step "summary: $fails failed step(s); 7B layer, bf16 (grouped GEMM TFLOP/s vs the bf16 peak; MoE-block weight bytes/s vs the copy bandwidth)"
   grep "^T = " "$out/bench.txt"
 } 2>&1 | tee "$out/device-check.log"

@@ -9,13 +9,15 @@
 
 #ifdef MOEPPC_HAVE_CUDA
 #include "passes/passes.h"
+#include "passes/tuning.h"
 #include "runtime/cuda/cuda_exec.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
-                         "[--dtype f32|bf16|f16] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] [--json]"
+                         "[--dtype f32|bf16|f16] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] " \
+                         "[--tuning GPU-DB] [--json]"
 
 typedef struct {
     const char *spec;
@@ -27,6 +29,7 @@ typedef struct {
     double peak_tflops, bw_gbs;
     double zc_share;              /* --zc-share P: synthetic routing for the MoE block (< 0: the router's) */
     int tile[2][3];               /* --tile UP[/DOWN] */
+    const char *tuning;           /* --tuning: a GPU tuning database (moeppc tune --target sm_XX) */
 } CudaBenchArgs;
 
 static int parse_args(int argc, char **argv, CudaBenchArgs *a)
@@ -81,6 +84,8 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
                 return usage_error("bench", BENCH_CUDA_USAGE, "--tile: expected MxNxK[/MxNxK] (up/down) like 64x64x32, found '%s'", v);
             if (n == 3) memcpy(d, u, sizeof a->tile[1]);
             i++;
+        } else if (strcmp(o, "--tuning") == 0) {
+            a->tuning = v, i++;
         } else if (o[0] == '-') return usage_error("bench", BENCH_CUDA_USAGE, "unknown option '%s'", o);
         else if (!a->spec) a->spec = o;
         else return usage_error("bench", BENCH_CUDA_USAGE, "unexpected argument '%s'", o);
@@ -102,8 +107,7 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Median GPU milliseconds of instructions [first, last) on T tokens, after warm-up. */
-static bool time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
+bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
                        int64_t T, int reps, double *ms, RtError *err)
 {
     double *v = xmalloc((size_t)reps * sizeof *v);
@@ -146,6 +150,17 @@ int bench_cuda(int argc, char **argv)
     MOE_ASSERT(passes_run(m, &po, &d));
     CudaOptions o = {.compile = cuda_nvrtc_cubins};
     memcpy(o.tile, a.tile, sizeof o.tile);
+    char gpu[128], arch[16];
+    TuneDb db = {0};
+    Diag tdiag = {stderr, a.tuning, 0};
+    if (a.tuning && !tune_db_load(a.tuning, &db, &tdiag)) {
+        ir_module_free(m);
+        weights_close(w);
+        return 1;
+    }
+    if (a.tuning && cuda_backend.identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) /* no GPU: said below */
+        tune_db_apply_gpu(a.tuning, &db, gpu, arch, cg_cuda_nvrtc_version_text(), m, o.tile);
+    tune_db_free(&db);
     CudaModel *cm = cuda_model_new(m, w, s.max_positions, &o, &err);
     if (!cm) {
         fprintf(stderr, "moeppc bench: error: CUDA backend: %s\n", err.msg);
@@ -175,7 +190,7 @@ int bench_cuda(int argc, char **argv)
         int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
         for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0;
-        bool ok = time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err);
+        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err);
         int32_t *sid = NULL;
         if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
             int64_t k = s.top_k;
@@ -186,8 +201,8 @@ int bench_cuda(int argc, char **argv)
             free(sw);
         }
         int first = a.zc_share >= 0 ? route + 1 : route;
-        ok = ok && time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
-             time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
+             bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);

@@ -3,6 +3,7 @@
 #define MOEPPC_COMMANDS_H
 #include "frontend/frontend.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -18,6 +19,25 @@ int bench_cuda(int argc, char **argv);
  * bench/baseline_openblas.c draws the same routing. */
 int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
                                 float *w);
+/* bench_cuda.c: the median GPU milliseconds (CUDA events) of instructions [first, last) of a CUDA
+ * model on T tokens over reps runs after a warm-up (the whole model when first = 0, last = n_steps). */
+struct CudaModel;
+struct RtError;
+bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int n_steps, const int32_t *ids,
+                           const int32_t *pos, int64_t T, int reps, double *ms, struct RtError *err);
+/* `moeppc tune`'s arguments (common.c): 0, -1 after --help, else the usage exit status (printed). */
+typedef struct TuneArgs {
+    const char *spec, *out;
+    int64_t tokens[16];
+    int n_tokens, threads;
+    double budget;
+    bool dtype_set;
+    moe_dtype dtype;
+    pass_target target;
+} TuneArgs;
+int tune_parse_args(int argc, char **argv, TuneArgs *a);
+/* tune_cuda.c: `moeppc tune SPEC --target sm_XX` (cmd_tune hands over for a GPU target). */
+int tune_cuda(const TuneArgs *a);
 /* Index (program order) of the first instruction of op after index `after`, or -1. */
 int bench_instr_index(const IrModule *m, ir_op op, int after);
 /* The value after option opt in argv, or NULL. */

@@ -1,5 +1,6 @@
 /* common.c — what the subcommands share: usage errors, atomic file writes, loading a spec. */
 #include "tools/commands.h"
+#include "passes/passes.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -96,3 +97,49 @@ int bench_instr_index(const IrModule *m, ir_op op, int after)
         if (n > after && i->op == op) return n;
     return -1;
 }
+
+/* ---- moeppc tune's command line (tune.c for the CPU, tune_cuda.c for GPUs) ---------------------- */
+#define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tokens 1,16,64,512,4096] [--budget SECONDS] [--threads N] " \
+                   "[--dtype f32|bf16|f16]"
+
+int tune_parse_args(int argc, char **argv, TuneArgs *a)
+{
+    *a = (TuneArgs){.tokens = {1, 16, 64, 512, 4096}, .n_tokens = 5, .threads = 2, .budget = 60, .target = TARGET_CPU};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end;
+        if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", TUNE_USAGE), -1;
+        if (o[0] == '-' && !v) return usage_error("tune", TUNE_USAGE, "option '%s' needs a value", o);
+        if (strcmp(o, "-o") == 0) a->out = v, i++;
+        else if (strcmp(o, "--target") == 0) {
+            if (!pass_target_parse(v, &a->target))
+                return usage_error("tune", TUNE_USAGE, "--target: expected cpu, sm_80, sm_86, sm_89 or sm_90, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--budget") == 0) {
+            a->budget = strtod(v, &end);
+            if (*end || !(a->budget >= 0 && a->budget < 1e6)) return usage_error("tune", TUNE_USAGE, "--budget: expected seconds, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--threads") == 0) {
+            a->threads = (int)strtol(v, &end, 10);
+            if (*end || a->threads < 1 || a->threads > 256) return usage_error("tune", TUNE_USAGE, "--threads: expected 1..256, found '%s'", v);
+            i++;
+        } else if (strcmp(o, "--dtype") == 0) {
+            if (!dtype_parse(v, &a->dtype) || a->dtype > DT_F16) return usage_error("tune", TUNE_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
+            a->dtype_set = true, i++;
+        } else if (strcmp(o, "--tokens") == 0) {
+            a->n_tokens = 0;
+            for (const char *q = v; *q && a->n_tokens < 16; q = *end ? end + 1 : end) {
+                long long T = strtoll(q, &end, 10);
+                if (end == q || T < 1 || T > 65536 || (*end && *end != ',')) return usage_error("tune", TUNE_USAGE, "--tokens: expected a list like 1,64,512, found '%s'", v);
+                a->tokens[a->n_tokens++] = T;
+            }
+            i++;
+        } else if (o[0] == '-') return usage_error("tune", TUNE_USAGE, "unknown option '%s'", o);
+        else if (!a->spec) a->spec = o;
+        else return usage_error("tune", TUNE_USAGE, "unexpected argument '%s'", o);
+    }
+    if (!a->spec) return usage_error("tune", TUNE_USAGE, "%s", "missing SPEC");
+    if (!a->out) return usage_error("tune", TUNE_USAGE, "%s", "missing -o DB");
+    return 0;
+}
+

@@ -2,6 +2,7 @@
 #include "frontend/frontend.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
+#include "passes/passes.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -26,9 +27,11 @@ int cmd_bench(int argc, char **argv)
 
 int cmd_tune(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeppc tune: error: this moeppc was built without the LLVM C API: no kernels to tune\n");
+    TuneArgs a;
+    int rc = tune_parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (a.target != TARGET_CPU) return tune_cuda(&a); /* the GPU's tiles need no LLVM */
+    fprintf(stderr, "moeppc tune: error: this moeppc was built without the LLVM C API: no CPU kernels to tune\n");
     return 1;
 }
 

@@ -15,6 +15,7 @@ int cmd_run(int argc, char **argv)
 #ifdef MOEPPC_HAVE_CUDA
     cfg.cuda = &cuda_backend; /* --device cuda: kernels compiled by NVRTC for the GPU at load */
     cfg.cuda_compile = cuda_nvrtc_cubins;
+    cfg.nvrtc_version = cg_cuda_nvrtc_version_text();
 #endif
     return driver_main(argc, argv, &cfg);
 }

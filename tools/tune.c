@@ -22,9 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TUNE_USAGE "tune SPEC -o DB [--target cpu] [--tokens 1,16,64,512,4096] [--budget SECONDS] [--threads N] " \
-                   "[--dtype f32|bf16|f16]"
-
 typedef struct {
     char op[24];
     moe_dtype dt;
@@ -497,59 +494,6 @@ bool tuning_load_for_host(const char *path, TuneDb *db)
     return true;
 }
 
-typedef struct {
-    const char *spec, *out;
-    int64_t tokens[16];
-    int n_tokens, threads;
-    double budget;
-    bool dtype_set;
-    moe_dtype dtype;
-} TuneArgs;
-
-static int parse_tune_args(int argc, char **argv, TuneArgs *a)
-{
-    *a = (TuneArgs){.tokens = {1, 16, 64, 512, 4096}, .n_tokens = 5, .threads = 2, .budget = 60};
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        char *end;
-        if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", TUNE_USAGE), -1;
-        if (o[0] == '-' && !v) return usage_error("tune", TUNE_USAGE, "option '%s' needs a value", o);
-        if (strcmp(o, "-o") == 0) a->out = v, i++;
-        else if (strcmp(o, "--target") == 0) {
-            pass_target pt;
-            if (pass_target_parse(v, &pt) && pt != TARGET_CPU)
-                return usage_error("tune", TUNE_USAGE, "--target %s: GPU kernels cannot be tuned yet (try tiles with "
-                                   "`moeppc bench SPEC --device cuda --tile UP/DOWN`); only 'cpu' can", v);
-            if (strcmp(v, "cpu") != 0) return usage_error("tune", TUNE_USAGE, "--target: expected cpu, found '%s'", v);
-            i++;
-        } else if (strcmp(o, "--budget") == 0) {
-            a->budget = strtod(v, &end);
-            if (*end || !(a->budget >= 0 && a->budget < 1e6)) return usage_error("tune", TUNE_USAGE, "--budget: expected seconds, found '%s'", v);
-            i++;
-        } else if (strcmp(o, "--threads") == 0) {
-            a->threads = (int)strtol(v, &end, 10);
-            if (*end || a->threads < 1 || a->threads > 256) return usage_error("tune", TUNE_USAGE, "--threads: expected 1..256, found '%s'", v);
-            i++;
-        } else if (strcmp(o, "--dtype") == 0) {
-            if (!dtype_parse(v, &a->dtype) || a->dtype > DT_F16) return usage_error("tune", TUNE_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
-            a->dtype_set = true, i++;
-        } else if (strcmp(o, "--tokens") == 0) {
-            a->n_tokens = 0;
-            for (const char *q = v; *q && a->n_tokens < 16; q = *end ? end + 1 : end) {
-                long long T = strtoll(q, &end, 10);
-                if (end == q || T < 1 || T > 65536 || (*end && *end != ',')) return usage_error("tune", TUNE_USAGE, "--tokens: expected a list like 1,64,512, found '%s'", v);
-                a->tokens[a->n_tokens++] = T;
-            }
-            i++;
-        } else if (o[0] == '-') return usage_error("tune", TUNE_USAGE, "unknown option '%s'", o);
-        else if (!a->spec) a->spec = o;
-        else return usage_error("tune", TUNE_USAGE, "unexpected argument '%s'", o);
-    }
-    if (!a->spec) return usage_error("tune", TUNE_USAGE, "%s", "missing SPEC");
-    if (!a->out) return usage_error("tune", TUNE_USAGE, "%s", "missing -o DB");
-    return 0;
-}
-
 static void tune_all(Tuner *t, const TuneArgs *a, const Shape *sh, int n_sh, TuneDb *db)
 {
     for (int b = 0; b < a->n_tokens; b++)
@@ -582,8 +526,9 @@ static bool problems_fit(const Shape *sh, int n_sh, const TuneArgs *a)
 int cmd_tune(int argc, char **argv)
 {
     TuneArgs a;
-    int rc = parse_tune_args(argc, argv, &a);
+    int rc = tune_parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
+    if (a.target != TARGET_CPU) return tune_cuda(&a);
     ModelSpec s;
     if (!load_spec(a.spec, &s)) return 1;
     if (a.dtype_set) s.dtype = a.dtype;

@@ -172,6 +172,7 @@ bool cg_cuda_compile(const char *source, const char *name, const char *arch, boo
 void cg_cuda_binary_free(CgCudaBinary *b);
 /* "NVRTC x.y" or NULL with err set (the library's version call). */
 bool cg_cuda_nvrtc_version(int *major, int *minor);
+const char *cg_cuda_nvrtc_version_text(void); /* "NVRTC 13.0": what GPU tuning databases record */
 
 /* ---- driver API (cuda_driver.c: dlopen("libcuda.so.1"), never linked) --------------------------------- */
 typedef struct CgCudaDriver CgCudaDriver;

@@ -132,3 +132,11 @@ bool cg_cuda_nvrtc_version(int *major, int *minor)
 {
     return nvrtcVersion(major, minor) == NVRTC_SUCCESS;
 }
+
+const char *cg_cuda_nvrtc_version_text(void)
+{
+    static char text[32];
+    int major = 0, minor = 0;
+    if (!text[0]) snprintf(text, sizeof text, "NVRTC %d.%d", cg_cuda_nvrtc_version(&major, &minor) ? major : 0, minor);
+    return text;
+}

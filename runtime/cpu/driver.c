@@ -332,10 +332,13 @@ static bool load_module(Runner *rn)
         rn->m = ir_parse(cfg->ir_text, strlen(cfg->ir_text), &d);
         return rn->m != NULL;
     }
-    if (rn->r->tuning && !cfg->load_tuning(rn->r->tuning, &rn->db)) return false;
+    bool cpu_db = rn->r->tuning && rn->r->backend != BACKEND_CUDA; /* a GPU database goes to the executor */
+    if (cpu_db && !cfg->load_tuning(rn->r->tuning, &rn->db)) return false;
+    Diag dt = {stderr, rn->r->tuning, 0};
+    if (rn->r->tuning && !cpu_db && !tune_db_load(rn->r->tuning, &rn->db, &dt)) return false;
     rn->m = ir_lower_spec(rn->s);
     PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend != BACKEND_INTERP,
-                      .tuning = rn->r->tuning ? &rn->db : NULL};
+                      .tuning = cpu_db ? &rn->db : NULL};
     d.file = rn->r->spec;
     MOE_ASSERT(passes_run(rn->m, &po, &d));
     return true;
@@ -356,6 +359,14 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
         CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
                          .no_graph = env && strcmp(env, "0") == 0, .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile};
+        if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
+            char gpu[128], arch[16];
+            if (!cfg->cuda->identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) {
+                drv_err("CUDA backend: %s\n", err.msg);
+                return false;
+            }
+            tune_db_apply_gpu(r->tuning, &rn->db, gpu, arch, cfg->nvrtc_version ? cfg->nvrtc_version : "", rn->m, o.tile);
+        }
         rn->gpu = cfg->cuda->model_new(rn->m, w, s->max_positions, &o, &err);
         if (!rn->gpu) drv_err("CUDA backend: %s\n", err.msg);
         return rn->gpu != NULL;

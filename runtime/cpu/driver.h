@@ -32,6 +32,8 @@ typedef struct DriverConfig {
     int n_cuda_images;
     const char *cuda_arch;
     CudaCompileFn cuda_compile;   /* NVRTC for what is not built in (moeppc run), or NULL          */
+    const char *nvrtc_version;    /* "NVRTC 13.0" with cuda_compile: what a GPU tuning database
+                                     must have been made with (--tuning with --device cuda)        */
 } DriverConfig;
 
 int driver_main(int argc, char **argv, const DriverConfig *cfg);

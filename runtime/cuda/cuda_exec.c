@@ -1030,5 +1030,15 @@ uint64_t cuda_model_output_addr(const CudaModel *cm, const char *name, int64_t T
     return 0;
 }
 
-const CudaBackend cuda_backend = {cuda_model_new, cuda_model_run, cuda_model_output, cuda_model_device,
-                                  cuda_model_last_ms, cuda_model_free};
+static bool gpu_identity(int ordinal, char *name, size_t n, char *arch, size_t arch_n, RtError *err)
+{
+    CgCudaDriver *d = cg_cuda_driver_open(ordinal, err->msg, sizeof err->msg);
+    if (!d) return false;
+    cg_cuda_device_name(d, name, n);
+    cg_cuda_device_arch(d, arch, arch_n);
+    cg_cuda_driver_close(d);
+    return true;
+}
+
+const CudaBackend cuda_backend = {cuda_model_new,     cuda_model_run,  cuda_model_output, cuda_model_device,
+                                  cuda_model_last_ms, cuda_model_free, gpu_identity};

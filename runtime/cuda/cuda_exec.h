@@ -128,6 +128,8 @@ typedef struct CudaBackend {
     const char *(*device)(const CudaModel *cm);
     double (*last_ms)(const CudaModel *cm);
     void (*model_free)(CudaModel *cm);
+    /* GPU `ordinal`'s name and architecture ("sm_90"), as a GPU tuning database records them. */
+    bool (*identity)(int ordinal, char *name, size_t n, char *arch, size_t arch_n, RtError *err);
 } CudaBackend;
 extern const CudaBackend cuda_backend;
 

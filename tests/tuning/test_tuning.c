@@ -12,7 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "passes/passes.h"
 #include "passes/tuning.h"
+#include "tests/tiny_specs.h"
 
 #define BAD_DIR MOEPPC_SOURCE_DIR "/tests/tuning/bad"
 
@@ -329,6 +331,66 @@ static void test_bad_databases(void **state)
     assert_true(n_cases >= 9);
 }
 
+/* A GPU database: its identity (GPU name, sm, NVRTC) must match, and its entries give the grouped
+ * GEMMs' tiles from the bucket nearest 512 tokens, by the weight's shape; other shapes change nothing. */
+static void test_gpu_tiles(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    assert_true(tiny_spec_load("tiny-bf16", &s));
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, "tiny-bf16", 0};
+    assert_true(passes_run(m, &po, &d));
+    const IrInstr *up = m->first, *down = m->first;
+    while (up->op != IR_OP_MOE_GROUPED_UP) up = up->next;
+    while (down->op != IR_OP_MOE_GROUPED_DOWN) down = down->next;
+    TuneDb db;
+    memset(&db, 0, sizeof db);
+    tune_gpu_target(&db.target, "NVIDIA H200", "sm_90", "NVRTC 13.0");
+    TuneTarget same, other;
+    tune_gpu_target(&same, "NVIDIA H200", "sm_90", "NVRTC 13.0");
+    tune_gpu_target(&other, "NVIDIA H100 80GB HBM3", "sm_90", "NVRTC 13.0");
+    assert_true(tune_db_matches(&db, &same, NULL, 0));
+    assert_false(tune_db_matches(&db, &other, NULL, 0));
+    const IrValue *wu = up->in[3], *wd = down->in[5];
+    const int64_t buckets[] = {64, 512, 4096};
+    for (int b = 0; b < 3; b++)
+        for (int kind = 0; kind < 2; kind++) {
+            const IrValue *w = kind ? wd : wu;
+            TuneEntry e;
+            memset(&e, 0, sizeof e);
+            snprintf(e.op, sizeof e.op, "%s", kind ? "grouped_down" : "grouped_up");
+            e.dtype = w->type.dtype, e.n = w->type.dims[0], e.k = w->type.dims[1];
+            e.groups = ir_attr_int(kind ? down : up, "experts"), e.tokens = buckets[b];
+            e.best = (TuneConfig){.tile_m = 32 * (b + 1), .tile_n = 64 + 64 * kind, .kc = 16 << b};
+            e.measured[e.n_measured++] = (TuneMeasure){e.best, 100.0};
+            tune_db_add(&db, &e);
+        }
+    TuneEntry stranger = db.e[0];
+    stranger.n += 8, stranger.tokens = 512, stranger.best.tile_m = 128; /* another shape: not this model's */
+    stranger.measured[0].c = stranger.best;
+    tune_db_add(&db, &stranger);
+    int tile[2][3] = {{0}};
+    assert_int_equal(tune_db_gpu_tiles(&db, m, tile), 2);
+    assert_true(tile[0][0] == 64 && tile[0][1] == 64 && tile[0][2] == 32);   /* up: the 512 bucket */
+    assert_true(tile[1][0] == 64 && tile[1][1] == 128 && tile[1][2] == 32);  /* down */
+    /* save and load keep a GPU database as it was */
+    char path[128], why[256];
+    snprintf(path, sizeof path, "%s/gpu.yaml", tmp_dir);
+    assert_true(tune_db_save(&db, path, why, sizeof why));
+    TuneDb back;
+    load_ok(path, &back);
+    assert_same_db(&db, &back);
+    char *text = read_text(path);
+    assert_non_null(strstr(text, "target: {cpu: \"NVIDIA H200\", isa: sm_90, features: "));
+    assert_non_null(strstr(text, "best: 64x64/kc32, measured: {64x64/kc32: 100.0}"));
+    free(text);
+    tune_db_free(&back);
+    tune_db_free(&db);
+    ir_module_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_matches),
         cmocka_unit_test(test_bad_databases),
+        cmocka_unit_test_setup_teardown(test_gpu_tiles, setup_tmp, teardown_tmp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,298 @@
+/* tune_cuda.c — `moeppc tune SPEC --target sm_XX`: the block tile of the tensor-core grouped GEMMs on
+ * an NVIDIA GPU (the path every T > 16 runs; decode's GEMV has no tile).
+ *
+ * 1. Every tile BM x BN x BK in {32, 64, 128}^2 x {16, 32, 64} that the kernel generator accepts (its
+ *    own checks: warp layout, 48 KB of static shared memory) is compiled by NVRTC for the target, in
+ *    parallel, and discarded before anything runs if ptxas reports spills or a block whose registers
+ *    exceed an SM's 65536. The table of what survived and why the rest did not is printed.
+ * 2. On a GPU of that architecture, per token bucket (T > 16), one layer of the spec with random
+ *    weights runs with the rule's tiles, then with each candidate for the up- and for the down-
+ *    projection: the model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4),
+ *    the grouped GEMM is timed with CUDA events (median after warm-up). The winners go to a GPU tuning
+ *    database (passes/tuning.h) that `run` and `bench` with --device cuda read.
+ * Without a GPU the command stops after step 1 with an error: nothing is written. */
+#include "tools/commands.h"
+
+#include "passes/passes.h"
+
+#ifdef MOEPPC_HAVE_CUDA
+#include "passes/passes.h"
+#include "passes/tuning.h"
+#include "runtime/cuda/cuda_exec.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    TuneConfig c;             /* tile_m = BM, tile_n = BN, kc = BK                  */
+    bool ok;
+    char why[128];            /* why it was discarded                               */
+    int regs, smem, threads;
+} GpuCand;
+
+enum { MAX_CANDS = 27 };
+
+/* Step 1 for one grouped GEMM: candidates compiled and checked; returns how many were listed. */
+static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out, char *err, size_t errlen)
+{
+    static const int bms[] = {32, 64, 128}, bns[] = {32, 64, 128}, bks[] = {16, 32, 64};
+    CudaKernelCode code[MAX_CANDS];
+    int map[MAX_CANDS], n = 0, n_code = 0;
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t k = 0; k < 3; k++) {
+                CgCudaGemm g = *base;
+                g.bm = bms[a], g.bn = bns[b], g.bk = bks[k];
+                GpuCand *c = &out[n];
+                *c = (GpuCand){.c = {.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk}, .ok = true};
+                char why[512], sym[256];
+                char *src = cg_cuda_gemm_source(&g, why, sizeof why);
+                if (!src) { /* the generator's reason, after the symbol it names */
+                    const char *r = strstr(why, ": ");
+                    snprintf(c->why, sizeof c->why, "%s", r ? r + 2 : why);
+                    c->ok = false;
+                    n++;
+                    continue;
+                }
+                unsigned grid[3], block[3];
+                size_t smem;
+                cg_cuda_gemm_launch(&g, 512, grid, block, &smem);
+                c->threads = (int)(block[0] * block[1] * block[2]);
+                cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+                code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
+                map[n_code++] = n++;
+            }
+    CgCudaBinary bins[MAX_CANDS];
+    bool ok = cuda_compile_kernels(code, n_code, arch, true, false, bins, err, errlen);
+    for (int q = 0; q < n_code; q++) {
+        GpuCand *c = &out[map[q]];
+        if (ok) {
+            c->regs = bins[q].registers, c->smem = bins[q].smem_bytes;
+            if (bins[q].spill_stores > 0 || bins[q].spill_loads > 0)
+                snprintf(c->why, sizeof c->why, "spills (%d bytes stored, %d loaded)", bins[q].spill_stores,
+                         bins[q].spill_loads), c->ok = false;
+            else if ((long)c->regs * c->threads > 65536)
+                snprintf(c->why, sizeof c->why, "%d registers x %d threads exceed an SM's 65536", c->regs, c->threads),
+                    c->ok = false;
+            cg_cuda_binary_free(&bins[q]);
+        }
+        free(code[q].symbol);
+        free(code[q].source);
+    }
+    return ok ? n : -1;
+}
+
+static void print_candidates(const char *what, const GpuCand *c, int n)
+{
+    int good = 0;
+    for (int k = 0; k < n; k++) good += c[k].ok;
+    printf("%s: %d of %d tiles compile for the target without spills\n", what, good, n);
+    for (int k = 0; k < n; k++) {
+        char name[64];
+        tune_config_format(&c[k].c, name, sizeof name);
+        if (c[k].ok) printf("  %-14s ok         %3d registers x %3d threads, %5d B shared\n", name, c[k].regs, c[k].threads, c[k].smem);
+        else printf("  %-14s discarded  %s\n", name, c[k].why);
+    }
+    fflush(stdout);
+}
+
+/* ---- step 2: on the GPU ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const ModelSpec *s;
+    IrModule *m;
+    WeightSet *w;
+    int n_steps, step[2];      /* indices of the grouped up and down instructions */
+    double deadline;
+} GpuLayer;
+
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t j = 0; j < n; j++) num = fmax(num, fabs((double)a[j] - b[j])), den = fmax(den, fabs((double)b[j]));
+    return den > 0 ? num / den : num;
+}
+
+/* One model with tiles `tile`: its logits for ids (copied to *logits) and the median ms of step
+ * `kind`'s grouped GEMM, and its FFN picks. */
+static bool run_tiles(GpuLayer *L, const int tile[2][3], int kind, const int32_t *ids, const int32_t *pos, int64_t T,
+                      float **logits, double *ms, int64_t *picks, RtError *err)
+{
+    CudaOptions o = {.compile = cuda_nvrtc_cubins};
+    memcpy(o.tile, tile, sizeof o.tile);
+    CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
+    if (!cm) return false;
+    int64_t cols = 0;
+    moe_dtype dt;
+    char name[64];
+    snprintf(name, sizeof name, "route.%lld.ids", (long long)(L->s->n_layers - 1));
+    bool ok = cuda_model_run(cm, ids, pos, T, err);
+    const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
+    if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
+    const int32_t *rid = lg ? cuda_model_output(cm, name, &cols, &dt, err) : NULL;
+    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, L->n_steps, ids, pos, T, 9, ms, err);
+    for (int64_t j = 0; ok && j < T * cols; j++) *picks += rid[j] >= 0 && rid[j] < L->s->n_ffn;
+    cuda_model_free(cm);
+    return ok;
+}
+
+/* The entries of both grouped GEMMs at T: the rule's tiles, then every candidate. */
+static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int n_cand[2], int64_t T, TuneDb *db,
+                        RtError *err)
+{
+    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
+    bool ok = true;
+    for (int kind = 0; kind < 2 && ok; kind++) {
+        const IrInstr *gi = L->m->first;
+        for (int k = 0; k < L->step[kind]; k++) gi = gi->next;
+        const IrValue *w = gi->in[kind == 0 ? 3 : 5];
+        TuneEntry e = {.dtype = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1],
+                       .groups = ir_attr_int(gi, "experts"), .tokens = T};
+        snprintf(e.op, sizeof e.op, "%s", kind == 0 ? "grouped_up" : "grouped_down");
+        int rule[2][3] = {{0}};
+        float *ref = NULL;
+        double ms;
+        int64_t picks = 0;
+        ok = run_tiles(L, (const int(*)[3])rule, kind, ids, pos, T, &ref, &ms, &picks, err);
+        double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
+        CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e.dtype,
+                                            e.groups, L->s->top_k, kind == 0 ? e.n / 2 : e.n, e.k);
+        TuneConfig rc = {.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
+        if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
+        for (int q = 0; ok && q < n_cand[kind] && e.n_measured < TUNE_MAX_MEASURED; q++) {
+            const GpuCand *c = &cand[kind][q];
+            if (!c->ok || tune_config_equal(&c->c, &rc) || now_s() > L->deadline) continue;
+            int tile[2][3] = {{0}};
+            tile[kind][0] = c->c.tile_m, tile[kind][1] = c->c.tile_n, tile[kind][2] = (int)c->c.kc;
+            float *lg = NULL;
+            int64_t p = 0;
+            if (!run_tiles(L, (const int(*)[3])tile, kind, ids, pos, T, &lg, &ms, &p, err)) {
+                ok = false;
+                break;
+            }
+            double re = rel_err(lg, ref, (size_t)(T * L->s->vocab));
+            free(lg);
+            char name[64];
+            tune_config_format(&c->c, name, sizeof name);
+            if (re > 2e-2) {
+                fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's tile by %.3g; discarded\n",
+                        e.op, name, re);
+                continue;
+            }
+            e.measured[e.n_measured++] = (TuneMeasure){c->c, 1e-9 * flop / (ms * 1e-3)};
+            if (ms < best) best = ms, e.best = c->c;
+            fprintf(stderr, "\r[tune] %-12s T=%-5lld %-12s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
+        }
+        free(ref);
+        if (ok && e.n_measured) tune_db_add(db, &e);
+    }
+    fputc('\n', stderr);
+    free(ids);
+    free(pos);
+    return ok;
+}
+
+int tune_cuda(const TuneArgs *a)
+{
+    const char *spec_path = a->spec, *arch = pass_target_name(a->target), *out = a->out;
+    const int64_t *tokens = a->tokens;
+    int n_tokens = a->n_tokens;
+    double budget = a->budget, t0 = now_s();
+    bool dtype_set = a->dtype_set;
+    moe_dtype dtype = a->dtype;
+    ModelSpec s;
+    if (!load_spec(spec_path, &s)) return 1;
+    if (dtype_set) s.dtype = dtype;
+    if (s.dtype != DT_BF16 && s.dtype != DT_F16) {
+        fprintf(stderr, "moeppc tune: error: --target %s tunes the tensor-core path of bf16/f16 models; %s is %s (its "
+                        "f32 FMA path has no tile option)\n", arch, spec_path, dtype_name(s.dtype));
+        return 1;
+    }
+    s.n_layers = s.moe_every; /* one MoE layer (and the dense ones before it), as bench --device cuda */
+    s.vocab = 256;
+    int64_t max_t = 1;
+    for (int q = 0; q < n_tokens; q++) max_t = tokens[q] > max_t ? tokens[q] : max_t;
+    if (s.max_positions < max_t) s.max_positions = max_t;
+    GpuLayer L = {.s = &s, .m = ir_lower_spec(&s), .deadline = t0 + budget};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, spec_path, 0};
+    MOE_ASSERT(passes_run(L.m, &po, &d));
+    for (const IrInstr *i = L.m->first; i; i = i->next) L.n_steps++;
+    int route = bench_instr_index(L.m, IR_OP_MOE_ROUTE, -1);
+    L.step[0] = bench_instr_index(L.m, IR_OP_MOE_GROUPED_UP, route);
+    L.step[1] = bench_instr_index(L.m, IR_OP_MOE_GROUPED_DOWN, route);
+    int rc = 1;
+    GpuCand cand[2][MAX_CANDS];
+    int n_cand[2] = {0, 0};
+    char err[1024];
+    for (int kind = 0; kind < 2 && L.step[kind] >= 0; kind++) {
+        const IrInstr *gi = L.m->first;
+        for (int k = 0; k < L.step[kind]; k++) gi = gi->next;
+        const IrValue *w = gi->in[kind == 0 ? 3 : 5];
+        CgCudaGemm base = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA,
+                                               w->type.dtype, ir_attr_int(gi, "experts"), s.top_k,
+                                               kind == 0 ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1]);
+        n_cand[kind] = gpu_candidates(&base, arch, cand[kind], err, sizeof err);
+        if (n_cand[kind] < 0) {
+            fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
+            goto done;
+        }
+        char what[128];
+        snprintf(what, sizeof what, "%s %lldx%lld, %lld experts (%s)", kind == 0 ? "grouped_up" : "grouped_down",
+                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)ir_attr_int(gi, "experts"), arch);
+        print_candidates(what, cand[kind], n_cand[kind]);
+    }
+    if (L.step[0] < 0) {
+        fprintf(stderr, "moeppc tune: error: %s has no grouped expert GEMMs to tune\n", spec_path);
+        goto done;
+    }
+    CgCudaDriver *drv = cg_cuda_driver_open(0, err, sizeof err);
+    char gpu[128] = "", garch[16] = "";
+    if (drv) cg_cuda_device_name(drv, gpu, sizeof gpu), cg_cuda_device_arch(drv, garch, sizeof garch);
+    cg_cuda_driver_close(drv);
+    if (!drv || strcmp(garch, arch) != 0) {
+        if (drv) snprintf(err, sizeof err, "this GPU, %s, is %s", gpu, garch);
+        fprintf(stderr, "moeppc tune: error: measuring the tiles needs a GPU of architecture %s (%s); nothing written\n",
+                arch, err);
+        goto done;
+    }
+    RtError rerr = {{0}};
+    if (!weights_random(&s, 1, &L.w, &rerr)) {
+        fprintf(stderr, "moeppc tune: error: %s\n", rerr.msg);
+        goto done;
+    }
+    TuneDb db = {0};
+    tune_gpu_target(&db.target, gpu, arch, cg_cuda_nvrtc_version_text());
+    bool ok = true;
+    for (int q = 0; q < n_tokens && ok && now_s() < L.deadline; q++)
+        if (tokens[q] > CG_CUDA_GEMV_MAX_T) ok = tune_bucket(&L, cand, n_cand, tokens[q], &db, &rerr);
+    if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", rerr.msg);
+    char why[512];
+    if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", budget);
+    if (ok && !tune_db_save(&db, out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;
+    if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", out, db.n, gpu, arch, now_s() - t0);
+    tune_db_free(&db);
+    rc = ok ? 0 : 1;
+done:
+    if (L.w) weights_close(L.w);
+    ir_module_free(L.m);
+    return rc;
+}
+#else
+int tune_cuda(const TuneArgs *a)
+{
+    fprintf(stderr, "moeppc tune: error: --target %s: this moeppc was built without the CUDA toolkit's NVRTC\n",
+            pass_target_name(a->target));
+    return 1;
+}
+#endif
