@@ -30,10 +30,12 @@ typedef struct {
     int n;
 } GpuKernels;
 
-static bool gpu_kernels(const IrModule *m, const char *arch, GpuKernels *g, RtError *err)
+static bool gpu_kernels(const IrModule *m, const char *arch, const int tile[2][3], GpuKernels *g, RtError *err)
 {
     *g = (GpuKernels){0};
-    if (!cuda_module_kernels(m, NULL, &g->code, &g->n, err)) return false;
+    CudaOptions o = {0};
+    memcpy(o.tile, tile, sizeof o.tile);
+    if (!cuda_module_kernels(m, &o, &g->code, &g->n, err)) return false;
     g->bin = xcalloc((size_t)g->n + 1, sizeof *g->bin);
     if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) return true;
     free(g->bin);
@@ -150,7 +152,7 @@ static void write_c_string(FILE *f, const char *name, const char *text)
 }
 
 static bool write_main(const char *path, const char *spec_text, const char *ir_text, const Recorder *r,
-                       const GpuKernels *gpu, const char *arch)
+                       const GpuKernels *gpu, const char *arch, const int tile[2][3])
 {
     FILE *f = fopen(path, "w");
     if (!f) return false;
@@ -177,8 +179,10 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
                "                        .kernels_new = kernels, .kernels_free = cpu_table_source_free};\n");
     if (gpu)
         fprintf(f, "    cfg.cuda = &cuda_backend; /* --device cuda: the kernels above, no compiler at run time */\n"
-                   "    cfg.cuda_images = gpu_table;\n    cfg.n_cuda_images = %d;\n    cfg.cuda_arch = gpu_arch;\n",
-                gpu->n);
+                   "    cfg.cuda_images = gpu_table;\n    cfg.n_cuda_images = %d;\n    cfg.cuda_arch = gpu_arch;\n"
+                   "    static const int tile[2][3] = {{%d, %d, %d}, {%d, %d, %d}}; /* the GEMM tiles built in */\n"
+                   "    cfg.cuda_tile = tile;\n",
+                gpu->n, tile[0][0], tile[0][1], tile[0][2], tile[1][0], tile[1][1], tile[1][2]);
     fprintf(f, "    return driver_main(argc, argv, &cfg);\n}\n");
     return fclose(f) == 0;
 }
@@ -214,7 +218,8 @@ static void remove_dir(const char *dir, int n_obj)
     rmdir(dir);
 }
 
-static int build(const char *spec_path, const char *out, bool keep, const TuneDb *tuning, const char *arch)
+static int build(const char *spec_path, const char *out, bool keep, const TuneDb *tuning, const TuneDb *gpu_db,
+                 const char *arch)
 {
     ModelSpec s;
     size_t spec_len;
@@ -238,13 +243,17 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     snprintf(main_c, sizeof main_c, "%s/main.c", dir);
     snprintf(tmp_out, sizeof tmp_out, "%s.tmp", out);
     GpuKernels gpu = {0};
+    int tile[2][3] = {{0}};
+    if (gpu_db && tune_db_gpu_tiles(gpu_db, m, tile) == 0)
+        fprintf(stderr, "moeppc build: warning: the GPU database has no entry for this model's grouped GEMMs; the rule's "
+                        "tiles are built\n");
 #ifdef MOEPPC_HAVE_CUDA
     if (ok && arch) {
-        ok = gpu_kernels(m, arch, &gpu, &err);
+        ok = gpu_kernels(m, arch, (const int(*)[3])tile, &gpu, &err);
         if (!ok) fprintf(stderr, "moeppc build: error: %s\n", err.msg);
     }
 #endif
-    ok = ok && write_main(main_c, spec_text, ir_text, &rec, arch ? &gpu : NULL, arch) &&
+    ok = ok && write_main(main_c, spec_text, ir_text, &rec, arch ? &gpu : NULL, arch, (const int(*)[3])tile) &&
          link_model(dir, rec.n, tmp_out, arch != NULL);
     if (ok && rename(tmp_out, out) != 0) {
         fprintf(stderr, "moeppc build: error: cannot write '%s': %s\n", out, strerror(errno));
@@ -297,10 +306,13 @@ int cmd_build(int argc, char **argv)
     }
     if (!spec) return usage_error("build", BUILD_USAGE, "%s", "missing SPEC");
     if (!out) return usage_error("build", BUILD_USAGE, "%s", "missing -o MODEL");
-    TuneDb db = {0};
-    if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
-    int rc = build(spec, out, keep, tuning ? &db : NULL, arch);
+    TuneDb db = {0}, gpu_db = {0};
+    bool gpu = false;
+    if (tuning && !tuning_load_gpu_or_host(tuning, arch, &db, &gpu)) return 1;
+    if (gpu) gpu_db = db, db = (TuneDb){0};
+    int rc = build(spec, out, keep, tuning && !gpu ? &db : NULL, gpu ? &gpu_db : NULL, arch);
     tune_db_free(&db);
+    tune_db_free(&gpu_db);
     return rc;
 }
 

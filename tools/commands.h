@@ -57,6 +57,9 @@ bool write_file_atomic(const char *path, const void *data, size_t n, const char 
 /* tune.c: load a tuning database for this host (a database for another target, compiler or LLVM is
  * emptied with a warning); false on a malformed file (diagnostics printed). */
 bool tuning_load_for_host(const char *path, struct TuneDb *db);
+/* For `build --target`: a GPU database (target.isa sm_XX) made for arch by this NVRTC and moeppc sets
+ * *gpu (any other GPU database is emptied with a warning); a CPU database is loaded as above. */
+bool tuning_load_gpu_or_host(const char *path, const char *arch, struct TuneDb *db, bool *gpu);
 /* Load a spec with diagnostics on stderr. */
 bool load_spec(const char *path, ModelSpec *s);
 #endif

@@ -17,6 +17,9 @@
 #include "passes/passes.h"
 #include "passes/tuning.h"
 #include "tools/commands.h"
+#ifdef MOEPPC_HAVE_CUDA
+#include "codegen/cuda/cg_cuda.h"
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -491,6 +494,38 @@ bool tuning_load_for_host(const char *path, TuneDb *db)
         tune_db_free(db);
         memset(db, 0, sizeof *db);
     }
+    return true;
+}
+
+bool tuning_load_gpu_or_host(const char *path, const char *arch, TuneDb *db, bool *gpu)
+{
+    *gpu = false;
+    Diag d = {stderr, path, 0};
+    if (!tune_db_load(path, db, &d)) return false;
+    if (strncmp(db->target.isa, "sm_", 3) != 0) { /* a CPU database: checked against this host */
+        tune_db_free(db);
+        return tuning_load_for_host(path, db);
+    }
+    char why[256] = "";
+#ifdef MOEPPC_HAVE_CUDA
+    const char *nvrtc = cg_cuda_nvrtc_version_text();
+#else
+    const char *nvrtc = "no NVRTC";
+#endif
+    if (!arch) snprintf(why, sizeof why, "a database for %s GPUs, and this build is for the CPU alone", db->target.isa);
+    else if (strcmp(db->target.isa, arch) != 0) snprintf(why, sizeof why, "made for %s, and this build is for %s", db->target.isa, arch);
+    else if (strcmp(db->target.llvm, nvrtc) != 0 || strcmp(db->target.compiler, MOEPPC_VERSION) != 0)
+        snprintf(why, sizeof why, "made with %s by moeppc %s; this is %s and moeppc %s", db->target.llvm,
+                 db->target.compiler, nvrtc, MOEPPC_VERSION);
+    if (why[0]) {
+        fprintf(stderr, "%s: warning: %s; its entries are ignored and the rule decides\n", path, why);
+        tune_db_free(db);
+        memset(db, 0, sizeof *db);
+        return true;
+    }
+    fprintf(stderr, "%s: the GPU tiles measured on %s are built in (a GPU of another model runs them too)\n", path,
+            db->target.cpu);
+    *gpu = true;
     return true;
 }
 

@@ -248,8 +248,9 @@ int tune_cuda(const TuneArgs *a)
             goto done;
         }
         char what[128];
-        snprintf(what, sizeof what, "%s %lldx%lld, %lld experts (%s)", kind == 0 ? "grouped_up" : "grouped_down",
-                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)ir_attr_int(gi, "experts"), arch);
+        snprintf(what, sizeof what, "%s %lldx%lld, %lld experts (%s, %s)", kind == 0 ? "grouped_up" : "grouped_down",
+                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)ir_attr_int(gi, "experts"), arch,
+                 cg_cuda_nvrtc_version_text());
         print_candidates(what, cand[kind], n_cand[kind]);
     }
     if (L.step[0] < 0) {

@@ -47,12 +47,32 @@ if "$MOEPPC" emit "$SPEC" --emit cuda --target sm_80 -o "$WORK/cu" > /dev/null 2
   rc=$?
   [ $rc -eq 1 ] && [ ! -e "$WORK/gpu.yaml" ] && grep -q "measuring the tiles needs a GPU of architecture sm_80" "$WORK/gpu.err" ||
     { echo "tune --target sm_80: exit $rc"; cat "$WORK/gpu.out" "$WORK/gpu.err"; exit 1; }
-  grep -Eq "^grouped_up 64x64, 4 experts \(sm_80\): [0-9]+ of 27 tiles compile" "$WORK/gpu.out" &&
+  grep -Eq "^grouped_up 64x64, 4 experts \(sm_80, NVRTC [0-9.]+\): [0-9]+ of 27 tiles compile" "$WORK/gpu.out" &&
     grep -Eq "^  64x64/kc32 +ok +[0-9]+ registers" "$WORK/gpu.out" &&
     grep -q "discarded  MMA tile: its two k tiles need more than 48 KB of shared memory" "$WORK/gpu.out" ||
     { echo "tune --target sm_80: no candidate table"; cat "$WORK/gpu.out"; exit 1; }
   "$MOEPPC" tune "$SPEC" --target sm_80 -o "$WORK/gpu.yaml" > /dev/null 2> "$WORK/gpu.err"
   grep -q "tunes the tensor-core path of bf16/f16 models" "$WORK/gpu.err" || { echo "f32 spec on a GPU target"; exit 1; }
+  # a GPU database (written here as the GPU tuner writes it) is built into an executable for its sm
+  nvrtc=$(grep -Eo "NVRTC [0-9]+\.[0-9]+" "$WORK/gpu.out" | head -1)
+  BF=$HERE/../../specs/tiny/tiny-bf16.yaml
+  {
+    echo "moeppc_tuning: 1"
+    echo "compiler: \"$(sed -n 's/^#define MOEPPC_VERSION "\(.*\)"/\1/p' "$HERE/../../support/support.h")\""
+    echo "llvm: \"$nvrtc\""
+    echo "target: {cpu: \"NVIDIA Test GPU\", isa: sm_80, features: 0123456789abcdef}"
+    echo "entries:"
+    echo "  - {op: grouped_up, dtype: bf16, n: 64, k: 64, groups: 4, tokens: 512, best: 32x64/kc16, measured: {64x64/kc32: 1.0, 32x64/kc16: 2.0}}"
+    echo "  - {op: grouped_down, dtype: bf16, n: 64, k: 32, groups: 4, tokens: 512, best: 64x32/kc32, measured: {64x64/kc32: 1.0, 64x32/kc32: 2.0}}"
+  } > "$WORK/gpudb.yaml"
+  run "$MOEPPC" build "$BF" --target sm_80 --tuning "$WORK/gpudb.yaml" --keep-temps -o "$WORK/gpumodel" > "$WORK/gpubuild.out" 2>&1
+  kept=$(sed -n 's/^kept the intermediate files in //p' "$WORK/gpubuild.out")
+  grep -q "static const int tile\[2\]\[3\] = {{32, 64, 16}, {64, 32, 32}}" "$kept/main.c" ||
+    { echo "the GPU database's tiles are not built in"; cat "$WORK/gpubuild.out"; exit 1; }
+  rm -rf "$kept"
+  run "$WORK/gpumodel" --random-weights 2 --ids "$IDS" > /dev/null
+  "$MOEPPC" build "$BF" --target sm_86 --tuning "$WORK/gpudb.yaml" -o "$WORK/gpumodel86" > /dev/null 2> "$WORK/gpu86.err"
+  grep -q "made for sm_80, and this build is for sm_86" "$WORK/gpu86.err" || { echo "a GPU database for another sm was not refused"; exit 1; }
 fi
 # the tuner's configurations beyond tiles reach the ops: some op of the tuned module names them
 grep -Eq 'tile_unroll = [0-9]+, tile_mc = [0-9]+, tile_src = "database"' "$WORK/tuned.ir" || { echo "no tuned unroll/blocking"; exit 1; }
