@@ -19,19 +19,19 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 /* The rule: on the CPU an 8×48 f32 register tile (24 AVX-512 accumulators, measured at 88–95 % of
  * the FMA peak, shared/PERFORMANCE.md), narrower when N is small, and K in one pass (tile_k = K:
  * on the 7B expert shapes one pass measured 83 % of peak against 79 % with K blocked at 256, since a
- * panel's packed A rows stay in L2 either way). On NVIDIA GPUs a 128×128×32 CTA tile for the large
- * GEMMs and 64×64×32 when N is small. */
-static void tile_rule(pass_target t, int64_t N, int64_t K, int64_t tile[3])
+ * panel's packed A rows stay in L2 either way). On NVIDIA GPUs the CUDA executor's own default
+ * block tile (cg_cuda_gemm_default: tensor cores 64×64×32, 64×128×32 for a down-projection of 128
+ * columns or more; f32 weights 64×64×16), so that --print-ir says what runs. */
+static void tile_rule(pass_target t, bool down, moe_dtype dt, int64_t N, int64_t K, int64_t tile[3])
 {
     if (t == TARGET_CPU) {
         tile[0] = 8;
         tile[1] = min64(48, round_up(N, 16));
         tile[2] = K;
     } else {
-        int64_t big = N >= 128 ? 128 : 64;
-        tile[0] = big;
-        tile[1] = big;
-        tile[2] = min64(K, 32);
+        tile[0] = 64;
+        tile[1] = down && N >= 128 && dt != DT_F32 ? 128 : 64;
+        tile[2] = dt == DT_F32 ? 16 : 32;
     }
 }
 
@@ -74,11 +74,11 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
     const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1]; /* route: its first matrix */
     int64_t N = w->type.dims[0], K = w->type.dims[1];
-    tile_rule(o->target, up ? N / 2 : N, K, tile); /* up: the tile covers a and b columns of the same rows */
+    /* up: the tile covers a and b columns of the same rows */
+    tile_rule(o->target, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    int n = o->target == TARGET_CPU ? db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K,
-                                                 grouped ? ir_attr_int(i, "experts") : 1, found)
-                                    : 0;
+    /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
+    int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig c = rep ? rep->best : (TuneConfig){(int)tile[0], (int)tile[1], 0, 0, 0, 0};
     ir_attr_set_int(m, i, "tile_m", c.tile_m);
@@ -89,7 +89,8 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
         ir_attr_set_int(m, i, "tile_mc", c.mc ? c.mc : round_up(256, c.tile_m));
     }
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
-    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, c.tile_n, &m->arena));
+    if (rep && o->target == TARGET_CPU) /* the GPU takes one tile per op (T <= 16 runs the untiled GEMV) */
+        ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, c.tile_n, &m->arena));
 }
 
 /* Attention's key block on the CPU: 16 by the rule, else the database's. */

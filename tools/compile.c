@@ -119,7 +119,15 @@ int cmd_compile(int argc, char **argv)
     TuneDb db = {0};
     if (c.tuning) {
 #ifdef MOEPPC_HAVE_JIT
-        if (!tuning_load_for_host(c.tuning, &db)) return 1;
+        bool gpu = false, gpu_target = c.po.target != TARGET_CPU;
+        if (!(gpu_target ? tuning_load_gpu_or_host(c.tuning, pass_target_name(c.po.target), &db, &gpu)
+                         : tuning_load_for_host(c.tuning, &db)))
+            return 1;
+        if (gpu_target && !gpu && db.n) {
+            fprintf(stderr, "%s: warning: a CPU tuning database for --target %s; its entries are ignored and the rule "
+                            "decides\n", c.tuning, pass_target_name(c.po.target));
+            tune_db_free(&db);
+        }
         c.po.tuning = &db;
 #else
         fprintf(stderr, "moeppc compile: error: --tuning needs the CPU code generator (this build has no LLVM)\n");
