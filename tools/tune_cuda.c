@@ -202,92 +202,100 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int
     return ok;
 }
 
-int tune_cuda(const TuneArgs *a)
+/* The layer the tuner runs: one MoE layer of the spec (and the dense ones before it), as bench --device
+ * cuda, with the instructions of its grouped GEMMs; false (said) for a model the GPU tuner cannot tune. */
+static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char *arch)
 {
-    const char *spec_path = a->spec, *arch = pass_target_name(a->target), *out = a->out;
-    const int64_t *tokens = a->tokens;
-    int n_tokens = a->n_tokens;
-    double budget = a->budget, t0 = now_s();
-    bool dtype_set = a->dtype_set;
-    moe_dtype dtype = a->dtype;
-    ModelSpec s;
-    if (!load_spec(spec_path, &s)) return 1;
-    if (dtype_set) s.dtype = dtype;
-    if (s.dtype != DT_BF16 && s.dtype != DT_F16) {
+    if (!load_spec(a->spec, s)) return false;
+    if (a->dtype_set) s->dtype = a->dtype;
+    if (s->dtype != DT_BF16 && s->dtype != DT_F16) {
         fprintf(stderr, "moeppc tune: error: --target %s tunes the tensor-core path of bf16/f16 models; %s is %s (its "
-                        "f32 FMA path has no tile option)\n", arch, spec_path, dtype_name(s.dtype));
-        return 1;
+                        "f32 FMA path has no tile option)\n", arch, a->spec, dtype_name(s->dtype));
+        return false;
     }
-    s.n_layers = s.moe_every; /* one MoE layer (and the dense ones before it), as bench --device cuda */
-    s.vocab = 256;
-    int64_t max_t = 1;
-    for (int q = 0; q < n_tokens; q++) max_t = tokens[q] > max_t ? tokens[q] : max_t;
-    if (s.max_positions < max_t) s.max_positions = max_t;
-    GpuLayer L = {.s = &s, .m = ir_lower_spec(&s), .deadline = t0 + budget};
+    s->n_layers = s->moe_every;
+    s->vocab = 256;
+    for (int q = 0; q < a->n_tokens; q++)
+        if (s->max_positions < a->tokens[q]) s->max_positions = a->tokens[q];
+    *L = (GpuLayer){.s = s, .m = ir_lower_spec(s), .deadline = now_s() + a->budget};
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
-    Diag d = {stderr, spec_path, 0};
-    MOE_ASSERT(passes_run(L.m, &po, &d));
-    for (const IrInstr *i = L.m->first; i; i = i->next) L.n_steps++;
-    int route = bench_instr_index(L.m, IR_OP_MOE_ROUTE, -1);
-    L.step[0] = bench_instr_index(L.m, IR_OP_MOE_GROUPED_UP, route);
-    L.step[1] = bench_instr_index(L.m, IR_OP_MOE_GROUPED_DOWN, route);
-    int rc = 1;
-    GpuCand cand[2][MAX_CANDS];
-    int n_cand[2] = {0, 0};
-    char err[1024];
-    for (int kind = 0; kind < 2 && L.step[kind] >= 0; kind++) {
-        const IrInstr *gi = L.m->first;
-        for (int k = 0; k < L.step[kind]; k++) gi = gi->next;
+    Diag d = {stderr, a->spec, 0};
+    MOE_ASSERT(passes_run(L->m, &po, &d));
+    for (const IrInstr *i = L->m->first; i; i = i->next) L->n_steps++;
+    int route = bench_instr_index(L->m, IR_OP_MOE_ROUTE, -1);
+    L->step[0] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_UP, route);
+    L->step[1] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_DOWN, route);
+    if (L->step[0] >= 0 && L->step[1] >= 0) return true;
+    fprintf(stderr, "moeppc tune: error: %s has no grouped expert GEMMs to tune\n", a->spec);
+    return false;
+}
+
+/* Step 1 for both grouped GEMMs, with the tables printed; false (said) when NVRTC fails. */
+static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2][MAX_CANDS], int n_cand[2])
+{
+    for (int kind = 0; kind < 2; kind++) {
+        const IrInstr *gi = L->m->first;
+        for (int k = 0; k < L->step[kind]; k++) gi = gi->next;
         const IrValue *w = gi->in[kind == 0 ? 3 : 5];
+        int64_t E = ir_attr_int(gi, "experts");
         CgCudaGemm base = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA,
-                                               w->type.dtype, ir_attr_int(gi, "experts"), s.top_k,
+                                               w->type.dtype, E, L->s->top_k,
                                                kind == 0 ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1]);
+        char err[1024], what[128];
         n_cand[kind] = gpu_candidates(&base, arch, cand[kind], err, sizeof err);
         if (n_cand[kind] < 0) {
             fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
-            goto done;
+            return false;
         }
-        char what[128];
         snprintf(what, sizeof what, "%s %lldx%lld, %lld experts (%s, %s)", kind == 0 ? "grouped_up" : "grouped_down",
-                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)ir_attr_int(gi, "experts"), arch,
-                 cg_cuda_nvrtc_version_text());
+                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)E, arch, cg_cuda_nvrtc_version_text());
         print_candidates(what, cand[kind], n_cand[kind]);
     }
-    if (L.step[0] < 0) {
-        fprintf(stderr, "moeppc tune: error: %s has no grouped expert GEMMs to tune\n", spec_path);
-        goto done;
-    }
+    return true;
+}
+
+/* Device 0's name, if it is a GPU of architecture arch; false (said) otherwise. */
+static bool gpu_of_arch(const char *arch, char *gpu, size_t n)
+{
+    char err[512], garch[16] = "";
     CgCudaDriver *drv = cg_cuda_driver_open(0, err, sizeof err);
-    char gpu[128] = "", garch[16] = "";
-    if (drv) cg_cuda_device_name(drv, gpu, sizeof gpu), cg_cuda_device_arch(drv, garch, sizeof garch);
+    if (drv) cg_cuda_device_name(drv, gpu, n), cg_cuda_device_arch(drv, garch, sizeof garch);
     cg_cuda_driver_close(drv);
-    if (!drv || strcmp(garch, arch) != 0) {
-        if (drv) snprintf(err, sizeof err, "this GPU, %s, is %s", gpu, garch);
-        fprintf(stderr, "moeppc tune: error: measuring the tiles needs a GPU of architecture %s (%s); nothing written\n",
-                arch, err);
-        goto done;
-    }
-    RtError rerr = {{0}};
-    if (!weights_random(&s, 1, &L.w, &rerr)) {
-        fprintf(stderr, "moeppc tune: error: %s\n", rerr.msg);
-        goto done;
-    }
+    if (drv && strcmp(garch, arch) == 0) return true;
+    if (drv) snprintf(err, sizeof err, "this GPU, %s, is %s", gpu, garch);
+    fprintf(stderr, "moeppc tune: error: measuring the tiles needs a GPU of architecture %s (%s); nothing written\n",
+            arch, err);
+    return false;
+}
+
+int tune_cuda(const TuneArgs *a)
+{
+    const char *arch = pass_target_name(a->target);
+    double t0 = now_s();
+    ModelSpec s;
+    GpuLayer L = {0};
+    GpuCand cand[2][MAX_CANDS];
+    int n_cand[2] = {0, 0};
+    char gpu[128] = "";
+    RtError err = {{0}};
+    bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
+              gpu_of_arch(arch, gpu, sizeof gpu);
+    if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     TuneDb db = {0};
     tune_gpu_target(&db.target, gpu, arch, cg_cuda_nvrtc_version_text());
-    bool ok = true;
-    for (int q = 0; q < n_tokens && ok && now_s() < L.deadline; q++)
-        if (tokens[q] > CG_CUDA_GEMV_MAX_T) ok = tune_bucket(&L, cand, n_cand, tokens[q], &db, &rerr);
-    if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", rerr.msg);
+    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++)
+        if (a->tokens[q] > CG_CUDA_GEMV_MAX_T) {
+            ok = tune_bucket(&L, cand, n_cand, a->tokens[q], &db, &err);
+            if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
+        }
     char why[512];
-    if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", budget);
-    if (ok && !tune_db_save(&db, out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;
-    if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", out, db.n, gpu, arch, now_s() - t0);
+    if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", a->budget);
+    if (ok && !tune_db_save(&db, a->out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;
+    if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", a->out, db.n, gpu, arch, now_s() - t0);
     tune_db_free(&db);
-    rc = ok ? 0 : 1;
-done:
     if (L.w) weights_close(L.w);
     ir_module_free(L.m);
-    return rc;
+    return ok ? 0 : 1;
 }
 #else
 int tune_cuda(const TuneArgs *a)
