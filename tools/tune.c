@@ -16,6 +16,7 @@
 #include "codegen/llvm/ops/cg_ops.h"
 #include "passes/passes.h"
 #include "passes/tuning.h"
+#include "runtime/cpu/cpu.h"
 #include "tools/commands.h"
 #ifdef MOEPPC_HAVE_CUDA
 #include "codegen/cuda/cg_cuda.h"
@@ -232,31 +233,12 @@ typedef struct {
     void *att;
 } Runnable;
 
-typedef void (*attn_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *, void *);
-
-typedef struct {
-    const Problem *p;
-    attn_fn f;
-    int64_t items, chunk;
-} AttTask;
-
-static void att_task(void *ctx, int64_t task, int thread)
-{
-    (void)thread;
-    const AttTask *a = ctx;
-    int64_t i0 = task * a->chunk, n = a->items - i0 < a->chunk ? a->items - i0 : a->chunk;
-    if (n > 0) a->f(i0, n, a->p->x, a->p->w, a->p->vc, a->p->perm, a->p->out);
-}
-
 /* One run of the shape's kernel, split over the pool as the executor splits it. */
 static void run_once(Tuner *t, const Problem *p, const Runnable *rn, const Packed *pk)
 {
     const Shape *sh = p->sh;
     if (is_attention(sh)) {
-        AttTask a = {p, (attn_fn)rn->att, p->T * sh->n, 0};
-        int64_t tasks = 4 * (int64_t)cg_pool_threads(t->pool);
-        a.chunk = (a.items + tasks - 1) / tasks;
-        cg_pool_parallel_for(t->pool, (a.items + a.chunk - 1) / a.chunk, att_task, &a);
+        cpu_attention_run(t->pool, rn->att, p->T, sh->n, p->x, p->w, p->vc, p->perm, p->out);
         return;
     }
     CgRouting r = {sh->groups, p->off, p->perm, p->gw};

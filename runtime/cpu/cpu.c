@@ -129,17 +129,13 @@ static void row_task(void *ctx, int64_t task, int thread)
     }
 }
 
-/* r->T items (rows; attention: (row, head) pairs) in one task per thread, or more for work of
- * uneven cost (causal attention: later rows see more keys), which the pool balances. */
-static void rows_run_split(CpuModel *cm, RowTask *r, int tasks_per_thread)
+static void rows_run(CpuModel *cm, RowTask *r)
 {
-    int64_t n = (int64_t)cg_pool_threads(cm->pool) * tasks_per_thread;
+    int n = cg_pool_threads(cm->pool);
     r->chunk = (r->T + n - 1) / n;
     if (r->chunk < 1) r->chunk = 1;
     cg_pool_parallel_for(cm->pool, (r->T + r->chunk - 1) / r->chunk, row_task, r);
 }
-
-static void rows_run(CpuModel *cm, RowTask *r) { rows_run_split(cm, r, 1); }
 
 /* ---- preparing the steps ----------------------------------------------------------------------- */
 
@@ -396,9 +392,39 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
         memcpy(st->kc + (int64_t)cm->pos[t] * kvc, k + t * kvc, (size_t)kvc * sizeof *k);
         memcpy(st->vc + (int64_t)cm->pos[t] * kvc, v + t * kvc, (size_t)kvc * sizeof *v);
     }
-    RowTask r = {.kind = CG_OP_ATTENTION, .fn = choice_for(st, T)->fn, .T = T * ir_attr_int(i, "heads"),
-                 .a = {addr(cm, i->in[0], T), st->kc, st->vc, cm->pos}, .o = {addr(cm, i->out[0], T)}};
-    rows_run_split(cm, &r, 4);
+    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), addr(cm, i->in[0], T), st->kc,
+                      st->vc, cm->pos, addr(cm, i->out[0], T));
+}
+
+/* ---- attention's schedule over the threads -------------------------------------------------------- */
+
+typedef struct {
+    attn_fn fn;
+    int64_t T, heads, rows;         /* rows per task */
+    const void *q, *kc, *vc;
+    const int32_t *pos;
+    void *out;
+} AttTasks;
+
+/* One task: a block of query rows of one head, in order, one (row, head) item per kernel call, so
+ * that the keys and values a row reads are in cache for the next row of the same head (they read
+ * the same cache rows, and one more); heads interleaved by row would stream them from memory. */
+static void att_task(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    const AttTasks *a = ctx;
+    int64_t blocks = (a->T + a->rows - 1) / a->rows, h = task / blocks, t0 = task % blocks * a->rows;
+    for (int64_t t = t0; t < t0 + a->rows && t < a->T; t++) a->fn(t * a->heads + h, 1, a->q, a->kc, a->vc, a->pos, a->out);
+}
+
+void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, const void *q, const void *kc, const void *vc,
+                       const int32_t *pos, void *out)
+{
+    int64_t want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
+    int64_t blocks = (want + heads - 1) / heads;
+    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, q, kc, vc, pos, out};
+    if (a.rows < 1) a.rows = 1;
+    cg_pool_parallel_for(pool, heads * ((T + a.rows - 1) / a.rows), att_task, &a);
 }
 
 typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);

@@ -68,7 +68,7 @@ static LLVMValueRef block_values(Ob *o, const Att *a, LLVMValueRef j0, LLVMValue
 {
     ObLoop L;
     ob_loop_begin(o, &L, ob_i64(o, 0), nb, 1, &l);
-    LLVMValueRef p = ob_exp(o, LLVMBuildFSub(o->b, ob_ldf(o, a->sc, L.i), m, ""));
+    LLVMValueRef p = ob_exp_poly(o, LLVMBuildFSub(o->b, ob_ldf(o, a->sc, L.i), m, ""));
     LLVMValueRef vi = add(o, mul(o, add(o, j0, L.i), a->kv_stride), a->kvi);
     axpby(o, a->acc, p, a->vc, vi, NULL, a->hd);
     LLVMValueRef l2 = LLVMBuildFAdd(o->b, L.v[0], p, "");
@@ -88,7 +88,7 @@ static void attend(Ob *o, Att *a, LLVMValueRef n, LLVMValueRef out)
     LLVMValueRef nb = ob_min64(o, ob_i64(o, a->block), LLVMBuildNSWSub(o->b, n, j0, ""));
     LLVMValueRef m_new = ob_fmax(o, block_scores(o, a, j0, nb), B.v[0]);
     /* e^(-inf) = 0 on the first block, when acc and l are still 0 */
-    LLVMValueRef corr = ob_exp(o, LLVMBuildFSub(o->b, B.v[0], m_new, ""));
+    LLVMValueRef corr = ob_exp_poly(o, LLVMBuildFSub(o->b, B.v[0], m_new, ""));
     axpby(o, a->acc, NULL, NULL, NULL, corr, a->hd);
     LLVMValueRef l = block_values(o, a, j0, nb, m_new, LLVMBuildFMul(o->b, B.v[1], corr, ""));
     LLVMValueRef next[2] = {m_new, l};

@@ -79,6 +79,45 @@ LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueR
 
 LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x) { return ob_intr(o, "llvm.exp", LLVMTypeOf(x), &x, 1); }
 
+/* A constant f32 of x's shape (scalar, or splatted to its vector). */
+static LLVMValueRef like(const Ob *o, LLVMValueRef x, double v)
+{
+    LLVMValueRef c = ob_f32(o, v);
+    return LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind ? ob_splat(o, c) : c;
+}
+
+/* Cephes' expf, as the grouped GEMM's SwiGLU epilogue computes it (codegen/llvm/gemm.c exp_poly):
+ * range reduction by ln 2 in two parts, a degree-6 polynomial, the exponent put in by integer ops. */
+LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
+{
+    LLVMBuilderRef b = o->b;
+    LLVMTypeRef ft = LLVMTypeOf(x);
+    bool vec = LLVMGetTypeKind(ft) == LLVMVectorTypeKind;
+    LLVMTypeRef it = vec ? LLVMVectorType(o->ti32, (unsigned)o->vw) : o->ti32;
+    LLVMValueRef lo = like(o, x, -87.3), hi = like(o, x, 88.7), args[2] = {x, lo};
+    x = ob_intr(o, "llvm.maxnum", ft, args, 2);
+    args[0] = x, args[1] = hi;
+    x = ob_intr(o, "llvm.minnum", ft, args, 2);
+    LLVMValueRef t = ob_fma(o, x, like(o, x, 1.44269504088896341), like(o, x, 0.5));
+    LLVMValueRef n = ob_intr(o, "llvm.floor", ft, &t, 1);
+    x = ob_fma(o, n, like(o, x, -0.693359375), x);
+    x = ob_fma(o, n, like(o, x, 2.12194440e-4), x);
+    static const double c[] = {1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                               5.0000001201e-1};
+    LLVMValueRef p = like(o, x, c[0]);
+    for (int k = 1; k < 6; k++) p = ob_fma(o, p, x, like(o, x, c[k]));
+    p = ob_fma(o, p, LLVMBuildFMul(b, x, x, ""), LLVMBuildFAdd(b, x, like(o, x, 1.0), ""));
+    LLVMValueRef e = LLVMBuildFPToSI(b, n, it, "");
+    LLVMValueRef bias = LLVMConstInt(o->ti32, 127, 0), sh = LLVMConstInt(o->ti32, 23, 0);
+    if (vec) {
+        LLVMValueRef vb[64], vs[64];
+        for (int k = 0; k < o->vw; k++) vb[k] = bias, vs[k] = sh;
+        bias = LLVMConstVector(vb, (unsigned)o->vw), sh = LLVMConstVector(vs, (unsigned)o->vw);
+    }
+    e = LLVMBuildShl(b, LLVMBuildAdd(b, e, bias, ""), sh, "");
+    return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, e, ft, ""), "exp");
+}
+
 /* fmuladd, not fma: fused where the target has FMA, mul + add where it has not (never a call to
  * fmaf, which an SSE-only target would need). */
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c)

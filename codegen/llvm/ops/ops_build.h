@@ -39,6 +39,9 @@ LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
 /* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
 LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueRef *args, unsigned n);
 LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);          /* scalar or vector */
+/* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
+ * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
+LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
 LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v);         /* <vw x float> -> float, pairwise tree */
 
