@@ -36,6 +36,9 @@ typedef struct TuneArgs {
     pass_target target;
 } TuneArgs;
 int tune_parse_args(int argc, char **argv, TuneArgs *a);
+/* max |a - ref| / max |ref| over n values (max |a - ref| when ref is all zeros): how the tuners check
+ * a candidate's output against the rule's. */
+double tune_rel_err(const float *a, const float *ref, size_t n);
 /* tune_cuda.c: `moeppc tune SPEC --target sm_XX` (cmd_tune hands over for a GPU target). */
 int tune_cuda(const TuneArgs *a);
 /* Index (program order) of the first instruction of op after index `after`, or -1. */

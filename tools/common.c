@@ -3,6 +3,7 @@
 #include "passes/passes.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -101,6 +102,16 @@ int bench_instr_index(const IrModule *m, ir_op op, int after)
 /* ---- moeppc tune's command line (tune.c for the CPU, tune_cuda.c for GPUs) ---------------------- */
 #define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tokens 1,16,64,512,4096] [--budget SECONDS] [--threads N] " \
                    "[--dtype f32|bf16|f16]"
+
+double tune_rel_err(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t j = 0; j < n; j++) {
+        num = fmax(num, fabs((double)a[j] - (double)ref[j]));
+        den = fmax(den, fabs((double)ref[j]));
+    }
+    return den > 0 ? num / den : num;
+}
 
 int tune_parse_args(int argc, char **argv, TuneArgs *a)
 {

@@ -283,16 +283,6 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
     return true;
 }
 
-static double out_rel_err(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t j = 0; j < n; j++) {
-        num = fmax(num, fabs((double)a[j] - (double)b[j]));
-        den = fmax(den, fabs((double)b[j]));
-    }
-    return den > 0 ? num / den : num;
-}
-
 /* Median GFLOP/s of configuration c on p after a warm-up; -1 if it cannot be built or is wrong
  * against ref (the rule's output). */
 static double measure(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, const float *ref)
@@ -300,7 +290,7 @@ static double measure(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, con
     Runnable rn;
     if (!prepare(t, p, pk, c, &rn)) return -1;
     run_once(t, p, &rn, pk);
-    if (ref && out_rel_err(p->out, ref, out_count(p)) > 1e-5) {
+    if (ref && tune_rel_err(p->out, ref, out_count(p)) > 1e-5) {
         char name[64];
         tune_config_format(c, name, sizeof name);
         fprintf(stderr, "\nmoeppc tune: warning: %s disagrees with the rule's configuration on %s; discarded\n", name,

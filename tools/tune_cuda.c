@@ -115,13 +115,6 @@ typedef struct {
     double deadline;
 } GpuLayer;
 
-static double rel_err(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t j = 0; j < n; j++) num = fmax(num, fabs((double)a[j] - b[j])), den = fmax(den, fabs((double)b[j]));
-    return den > 0 ? num / den : num;
-}
-
 /* One model with tiles `tile`: its logits for ids (copied to *logits) and the median ms of step
  * `kind`'s grouped GEMM, and its FFN picks. */
 static bool run_tiles(GpuLayer *L, const int tile[2][3], int kind, const int32_t *ids, const int32_t *pos, int64_t T,
@@ -180,7 +173,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int
                 ok = false;
                 break;
             }
-            double re = rel_err(lg, ref, (size_t)(T * L->s->vocab));
+            double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
             free(lg);
             char name[64];
             tune_config_format(&c->c, name, sizeof name);

@@ -190,38 +190,46 @@ static int kern_add(CudaModel *cm, const char *symbol, char *source)
     return cm->n_k++;
 }
 
+static bool kern_have(const CudaModel *cm, const char *sym, int *out)
+{
+    for (int j = 0; j < cm->n_k; j++)
+        if (strcmp(cm->k[j].symbol, sym) == 0) return *out = j, true;
+    return false;
+}
+
+/* Kernel src (taken; NULL: generation failed, err set, nothing added) added as sym, with its launch
+ * shapes at T = 1 and 512 (g1, g2, b from the op's or the GEMM's launch function). */
+static bool kern_new(CudaModel *cm, const char *sym, char *src, const unsigned g1[3], const unsigned g2[3],
+                     const unsigned b[3], int *out)
+{
+    if (!src) return false;
+    *out = kern_add(cm, sym, src);
+    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
+    return true;
+}
+
 static bool op_kern(CudaModel *cm, const CgOpDesc *d, int *out, RtError *err)
 {
     char sym[600];
     cg_cuda_op_symbol(d, sym, sizeof sym);
-    for (int j = 0; j < cm->n_k; j++)
-        if (strcmp(cm->k[j].symbol, sym) == 0) return *out = j, true;
-    char *src = cg_cuda_op_source(d, err->msg, sizeof err->msg);
-    if (!src) return false;
-    *out = kern_add(cm, sym, src);
+    if (kern_have(cm, sym, out)) return true;
+    char *src = cg_cuda_op_source(d, err->msg, sizeof err->msg); /* checks d before it is launched */
     unsigned g1[3], g2[3], b[3];
     size_t smem;
-    cg_cuda_op_launch(d, 1, g1, b, &smem);
-    cg_cuda_op_launch(d, 512, g2, b, &smem);
-    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
-    return true;
+    if (src) cg_cuda_op_launch(d, 1, g1, b, &smem), cg_cuda_op_launch(d, 512, g2, b, &smem);
+    return kern_new(cm, sym, src, g1, g2, b, out);
 }
 
 static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err)
 {
     char sym[256];
     cg_cuda_gemm_symbol(g, sym, sizeof sym);
-    for (int j = 0; j < cm->n_k; j++)
-        if (strcmp(cm->k[j].symbol, sym) == 0) return *out = j, true;
-    char *src = cg_cuda_gemm_source(g, err->msg, sizeof err->msg);
-    if (!src) return false;
-    *out = kern_add(cm, sym, src);
+    if (kern_have(cm, sym, out)) return true;
+    char *src = cg_cuda_gemm_source(g, err->msg, sizeof err->msg); /* checks g before it is launched */
     unsigned g1[3], g2[3], b[3];
     size_t smem;
-    cg_cuda_gemm_launch(g, 1, g1, b, &smem);
-    cg_cuda_gemm_launch(g, 512, g2, b, &smem);
-    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
-    return true;
+    if (src) cg_cuda_gemm_launch(g, 1, g1, b, &smem), cg_cuda_gemm_launch(g, 512, g2, b, &smem);
+    return kern_new(cm, sym, src, g1, g2, b, out);
 }
 
 /* The kernels of one weight matrix [n][k] (per group): tiles (MMA for 16-bit weights with k a multiple
