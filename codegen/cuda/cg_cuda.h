@@ -166,15 +166,27 @@ typedef struct CgCudaBinary {
 
 /* Compile `source` (one kernel, named `name` for messages) for arch "sm_XX". want_cubin: SASS for that
  * exact arch with -Xptxas -v; want_ptx: PTX for compute_XX (JIT-able on newer GPUs). Options:
- * -std=c++17 -default-device, IEEE math (no --use_fast_math). */
+ * -std=c++17 -default-device, IEEE math (no --use_fast_math).
+ * Arch "emu" (CG_CUDA_EMU_ARCH): for the CUDA emulator instead (cg_cuda_emu_compile; cubin only). */
 bool cg_cuda_compile(const char *source, const char *name, const char *arch, bool want_cubin, bool want_ptx,
                      CgCudaBinary *out, char *err, size_t errlen);
 void cg_cuda_binary_free(CgCudaBinary *b);
+
+/* ---- the CUDA emulator (codegen/cuda/emu) ------------------------------------------------------------
+ * libmoeppc_cudaemu.so stands in for libcuda.so.1 when MOEPPC_CUDA_DRIVER names it (cg_cuda_driver_open
+ * below): it runs kernels compiled for arch "emu" on the CPU, every CUDA thread a fiber, so that the GPU
+ * path's tests run where there is no GPU (semantics and limits: emu/cudaemu.c). cg_cuda_device_arch
+ * says "emu" for it. cg_cuda_emu_compile compiles one kernel with the host's C++ compiler
+ * (emu/emu_compile.c: cache folder, compiler); out->cubin is the image the emulator loads; no resource
+ * report (-1). */
+#define CG_CUDA_EMU_ARCH "emu"
+bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out, char *err, size_t errlen);
 /* "NVRTC x.y" or NULL with err set (the library's version call). */
 bool cg_cuda_nvrtc_version(int *major, int *minor);
 const char *cg_cuda_nvrtc_version_text(void); /* "NVRTC 13.0": what GPU tuning databases record */
 
-/* ---- driver API (cuda_driver.c: dlopen("libcuda.so.1"), never linked) --------------------------------- */
+/* ---- driver API (cuda_driver.c: dlopen("libcuda.so.1"), never linked) ---------------------------------
+ * MOEPPC_CUDA_DRIVER in the environment names another library to open instead (the emulator). */
 typedef struct CgCudaDriver CgCudaDriver;
 /* Open the driver, cuInit, take device `ordinal`, create a context. NULL with err set: "no CUDA
  * driver (libcuda.so.1) on this machine" when the library is absent, else the driver's message. */
@@ -207,7 +219,7 @@ bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void
 /* Launch on the default stream and synchronise; args as cuLaunchKernel's kernelParams. */
 bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                     void **args, char *err, size_t errlen);
-/* The device's compute capability as "sm_XY", its name, its free and total memory. */
+/* The device's compute capability as "sm_XY" ("emu" for the emulator), its name, its free and total memory. */
 void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n);
 void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n);
 bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes);

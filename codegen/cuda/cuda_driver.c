@@ -84,6 +84,7 @@ struct CgCudaDriver {
     CUcontext ctx;
     CUstream stream;  /* the one stream every asynchronous call below uses */
     bool shared;      /* ctx is the device's primary context (retained) and stream the caller's   */
+    const char *(*emu_error)(void); /* the CUDA emulator's detail of its last error; NULL: a real driver */
     CUmodule *mods;   /* shared: the modules loaded, unloaded at close (the context outlives us)  */
     int n_mods, cap_mods;
 };
@@ -97,9 +98,10 @@ struct CgCudaDriver {
 
 static bool cu_error(CgCudaDriver *d, const char *call, CUresult rc, char *err, size_t errlen)
 {
-    const char *msg = NULL;
+    const char *msg = NULL, *detail = d->emu_error ? d->emu_error() : "";
     if (d->api.error_string) d->api.error_string(rc, &msg);
-    snprintf(err, errlen, "CUDA driver: %s: %s (error %d)", call, msg ? msg : "unknown error", rc);
+    snprintf(err, errlen, "CUDA driver: %s: %s (error %d)%s%s", call, msg ? msg : "unknown error", rc,
+             detail[0] ? ": " : "", detail);
     return false;
 }
 
@@ -175,13 +177,19 @@ static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen);
 
 static CgCudaDriver *driver_new(bool attach, int ordinal, char *err, size_t errlen)
 {
-    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    const char *path = getenv("MOEPPC_CUDA_DRIVER");
+    void *lib = dlopen(path && path[0] ? path : "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib && path && path[0]) {
+        snprintf(err, errlen, "cannot open the CUDA driver MOEPPC_CUDA_DRIVER=%s: %s", path, dlerror());
+        return NULL;
+    }
     if (!lib) {
         snprintf(err, errlen, "no CUDA driver (libcuda.so.1) on this machine");
         return NULL;
     }
     CgCudaDriver *d = xcalloc(1, sizeof *d);
     d->lib = lib;
+    *(void **)&d->emu_error = dlsym(lib, "moeppc_cudaemu_last_error");
     if (!(attach ? driver_attach(d, err, errlen) : driver_start(d, ordinal, err, errlen))) {
         cg_cuda_driver_close(d);
         return NULL;
@@ -320,6 +328,10 @@ bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const uns
 void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n)
 {
     int major = 0, minor = 0;
+    if (d->emu_error) {
+        snprintf(out, n, "%s", CG_CUDA_EMU_ARCH);
+        return;
+    }
     d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev);
     d->api.device_attr(&minor, CU_ATTR_CC_MINOR, d->dev);
     snprintf(out, n, "sm_%d%d", major, minor);

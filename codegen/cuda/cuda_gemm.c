@@ -138,14 +138,9 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
     int wn = mma_warps_n(g);
     cb_printf(b, "#define WN %d\n#define MI (BM / 32)\n#define NI (BN / WN / 8)\n#define LDS (BK + 8)\n"
-                 "#define PACK %s\n#define MMA_T \"%s\"\n", wn, bf ? "pack_bf16" : "pack_f16", bf ? "bf16" : "f16");
+                 "#define PACK %s\n#define mma %s\n", wn, bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
-    cb_printf(b, "__device__ __forceinline__ void mma(float *c, const u32 *a, const u32 *bb) {\n"
-                 "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.\" MMA_T \".\" MMA_T \".f32 \"\n"
-                 "                 \"{%%0,%%1,%%2,%%3}, {%%4,%%5,%%6,%%7}, {%%8,%%9}, {%%0,%%1,%%2,%%3};\"\n"
-                 "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
-                 "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(bb[0]), \"r\"(bb[1]));\n}\n");
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
     cb_printf(b,

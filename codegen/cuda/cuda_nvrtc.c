@@ -109,6 +109,13 @@ bool cg_cuda_compile(const char *source, const char *name, const char *arch, boo
 {
     memset(out, 0, sizeof *out);
     out->registers = out->smem_bytes = out->spill_stores = out->spill_loads = -1;
+    if (strcmp(arch, CG_CUDA_EMU_ARCH) == 0) {
+        if (want_ptx) {
+            snprintf(err, errlen, "kernel %s: the CUDA emulator has no PTX (arch %s)", name, arch);
+            return false;
+        }
+        return cg_cuda_emu_compile(source, name, out, err, errlen);
+    }
     if (!valid_arch(arch)) {
         snprintf(err, errlen, "unknown CUDA target '%s' for kernel %s (expected sm_80 or newer: sm_80, sm_86, sm_89, "
                  "sm_90)", arch, name);

@@ -493,8 +493,9 @@ static bool load_kernels(CudaModel *cm, RtError *err)
     char name[128];
     cg_cuda_device_name(cm->drv, name, sizeof name);
     if (n_todo || n_cached)
-        snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels compiled by NVRTC in %.1f s (%d more already compiled)",
-                 name, cm->arch, n_todo, now_s() - t0, n_cached);
+        snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels compiled by %s in %.1f s (%d more already compiled)",
+                 name, cm->arch, n_todo, strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0 ? "the host's C++ compiler" : "NVRTC",
+                 now_s() - t0, n_cached);
     else
         snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels built into this executable (%s)", name, cm->arch,
                  n_embedded, cm->o.images_arch && strcmp(cm->o.images_arch, cm->arch) == 0 ? "cubin" : "PTX");

@@ -217,30 +217,44 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
     return worst <= tolerance(s);
 }
 
-/* Prefill and decode; on a failure, the prefill again with every layer's values compared. */
+/* Prefill and decode; on a failure, the prefill again with every layer's values compared. A 16-bit
+ * model whose routing flips on a near-tie within its first 3 tokens leaves nothing to compare the
+ * logits over: it is checked again on the next seed, up to 4 seeds (a real fault fails them all). */
 static bool check_spec(const char *path, int64_t T)
 {
     ModelSpec s;
     Diag d = {.out = stderr, .file = path};
     assert_true(spec_load_file(path, &s, &d));
     if (T > s.max_positions) T = s.max_positions;
-    WeightSet *w = NULL;
-    RtError err = {{0}};
-    assert_true(weights_random(&s, seed, &w, &err));
-    moe_rng r;
-    rng_seed(&r, seed ^ 0x5eedULL);
-    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(rng_next(&r) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
     int64_t rows = 0;
-    bool ok = prefill(&s, w, ids, pos, T, false, &rows);
-    ok = decode(&s, w, ids, pos, T, rows) && ok;
-    if (!ok) {
-        printf("  %-16s FAILED: every layer's values, against the reference:\n", s.name);
-        prefill(&s, w, ids, pos, T, true, &rows);
+    bool ok = false;
+    for (uint64_t sd = seed; sd < seed + 4; sd++) {
+        WeightSet *w = NULL;
+        RtError err = {{0}};
+        assert_true(weights_random(&s, sd, &w, &err));
+        moe_rng r;
+        rng_seed(&r, sd ^ 0x5eedULL);
+        int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+        for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(rng_next(&r) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
+        ok = prefill(&s, w, ids, pos, T, false, &rows);
+        if (rows < 3 && s.dtype != DT_F32 && sd + 1 < seed + 4) {
+            printf("  %-16s routing flipped within the first 3 tokens (seed %llu): again with seed %llu\n", s.name,
+                   (unsigned long long)sd, (unsigned long long)sd + 1);
+            weights_close(w);
+            free(ids);
+            free(pos);
+            continue;
+        }
+        ok = decode(&s, w, ids, pos, T, rows) && ok;
+        if (!ok) {
+            printf("  %-16s FAILED: every layer's values, against the reference:\n", s.name);
+            prefill(&s, w, ids, pos, T, true, &rows);
+        }
+        weights_close(w);
+        free(ids);
+        free(pos);
+        break;
     }
-    weights_close(w);
-    free(ids);
-    free(pos);
     return ok;
 }
 
@@ -263,6 +277,10 @@ static void test_small_models(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
+    if (getenv("MOEPPC_GPU_SKIP_SMALL_MODELS")) { /* the sanitizer build on the emulator: minutes, not seconds */
+        printf("cuda_model: the 0.6B models skipped (MOEPPC_GPU_SKIP_SMALL_MODELS)\n");
+        skip();
+    }
     char p[1024];
     int failed = 0;
     src_path(p, sizeof p, "specs/moepp-0.6b.yaml");

@@ -1,0 +1,862 @@
+/* cudaemu.c — libmoeppc_cudaemu.so: the CUDA driver entry points moeppc calls (cuda_driver.c), served
+ * on the CPU, for kernels compiled for arch "emu" (emu_compile.c). It lets the GPU tests and `moeppc
+ * run --device cuda` run where there is no GPU: point MOEPPC_CUDA_DRIVER at this library.
+ *
+ * Execution: every CUDA thread of a block is a fiber on one OS thread (its own stack; a switch saves
+ * the callee-saved registers); __syncthreads waits for every live thread of the block, warp
+ * collectives (shuffles, match, mma.sync, ldmatrix) for all 32 lanes of the warp, so a divergent
+ * barrier, a collective with exited or missing lanes, or any other deadlock ends the launch with an
+ * error naming the kernel, block and thread, instead of a hang. Blocks are spread over a pool of OS
+ * threads (MOEPPC_CUDAEMU_THREADS, default: the cores); atomics are real atomics. cp.async copies
+ * happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
+ * (filled with 0xff bytes, NaN as floats, when allocated); streams run everything at once, in order;
+ * a stream capture records launches, copies and fills into a graph that a graph launch replays;
+ * events read the host's clock. Timing figures are the CPU's and mean nothing for a GPU.
+ * Not emulated: dynamic shared memory, partial warp masks, texture/surface memory, several devices. */
+#include "codegen/cuda/emu/cudaemu_abi.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+
+typedef int CUresult;
+enum {
+    CU_OK = 0, CU_INVALID_VALUE = 1, CU_OUT_OF_MEMORY = 2, CU_INVALID_DEVICE = 101, CU_INVALID_IMAGE = 200,
+    CU_INVALID_CONTEXT = 201, CU_INVALID_HANDLE = 400, CU_NOT_FOUND = 500, CU_LAUNCH_FAILED = 719,
+    CU_NOT_SUPPORTED = 801, CU_CAPTURE_UNSUPPORTED = 900,
+};
+typedef unsigned long long CUdeviceptr;
+
+EXPORT const int moeppc_cudaemu_abi = CUDAEMU_ABI;
+
+/* ---- errors ---------------------------------------------------------------------------------------- */
+static char last_error[1024];
+static pthread_mutex_t error_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The detail of the emulator's last error (the driver API has only codes): cuda_driver.c appends it. */
+EXPORT const char *moeppc_cudaemu_last_error(void) { return last_error; }
+
+static CUresult fail_with(CUresult rc, const char *fmt, ...)
+{
+    pthread_mutex_lock(&error_mu);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    pthread_mutex_unlock(&error_mu);
+    return rc;
+}
+
+EXPORT CUresult cuGetErrorString(CUresult rc, const char **s)
+{
+    switch (rc) {
+    case CU_OK: *s = "no error"; break;
+    case CU_INVALID_VALUE: *s = "invalid argument"; break;
+    case CU_OUT_OF_MEMORY: *s = "out of memory"; break;
+    case CU_INVALID_DEVICE: *s = "invalid device ordinal"; break;
+    case CU_INVALID_IMAGE: *s = "device kernel image is invalid"; break;
+    case CU_INVALID_CONTEXT: *s = "invalid device context"; break;
+    case CU_INVALID_HANDLE: *s = "invalid resource handle"; break;
+    case CU_NOT_FOUND: *s = "named symbol not found"; break;
+    case CU_LAUNCH_FAILED: *s = "unspecified launch failure"; break;
+    case CU_NOT_SUPPORTED: *s = "operation not supported"; break;
+    case CU_CAPTURE_UNSUPPORTED: *s = "operation not permitted when stream is capturing"; break;
+    default: *s = "unknown error"; return CU_INVALID_VALUE;
+    }
+    return CU_OK;
+}
+
+/* ---- fibers ---------------------------------------------------------------------------------------- */
+#define MAX_THREADS 1024
+#define STACK_BYTES (256 << 10)
+
+enum { F_RUN, F_BAR, F_WX, F_DONE };
+
+typedef struct CpCopy { char *dst; const char *src; unsigned bytes, src_bytes; unsigned group; } CpCopy;
+
+typedef struct Fiber {
+    void *sp;
+#if !defined(__x86_64__)
+    ucontext_t uc;
+#endif
+    int state;
+    unsigned xgen; /* collectives this thread took part in: its warp's slot set is xgen & 1 */
+    CudaEmuThread t;
+    CpCopy *cp;    /* cp.async copies not yet retired, in issue order */
+    int n_cp, cap_cp;
+    unsigned committed; /* cp.async groups committed so far; a copy belongs to group `committed` */
+} Fiber;
+
+typedef struct Warp {
+    struct { unsigned char slots[32][CUDAEMU_SLOT], scratch[CUDAEMU_SCRATCH]; } gen[2];
+    bool fresh[2]; /* released, and no lane has returned yet */
+} Warp;
+
+typedef struct Kernel {
+    void *ctx; /* the context it was loaded into: destroying that unloads it */
+    struct Kernel *next;
+    void *so;
+    void (*call)(void **args);
+    int n_args;
+    unsigned sizes[64];
+    char name[256];
+} Kernel;
+
+typedef struct Sched {
+    void *sp; /* the scheduler's, while a fiber runs */
+#if !defined(__x86_64__)
+    ucontext_t uc;
+#endif
+    char *stacks;
+    size_t stride;
+    Fiber fib[MAX_THREADS];
+    Warp warps[MAX_THREADS / 32];
+    Fiber *cur;
+    const Kernel *k;
+    void **args;
+    bool failed;
+    char msg[768];
+} Sched;
+
+static __thread Sched *S;
+
+#if defined(__x86_64__)
+/* Saves the callee-saved registers and the stack pointer in *save, continues on `to`'s stack. */
+void cudaemu_switch(void **save, void *to);
+__asm__(".text\n"
+        ".globl cudaemu_switch\n"
+        ".hidden cudaemu_switch\n"
+        ".type cudaemu_switch,@function\n"
+        "cudaemu_switch:\n"
+        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n    movq %rsi, %rsp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
+        "    ret\n"
+        ".size cudaemu_switch,.-cudaemu_switch\n");
+#endif
+
+static void to_scheduler(void)
+{
+    Fiber *f = S->cur;
+#if defined(__x86_64__)
+    cudaemu_switch(&f->sp, S->sp);
+#else
+    swapcontext(&f->uc, &S->uc);
+#endif
+}
+
+static void fiber_entry(void)
+{
+    S->k->call(S->args);
+    S->cur->state = F_DONE;
+    to_scheduler();
+    abort(); /* a finished fiber is never resumed */
+}
+
+static void fiber_start(Sched *s, int i)
+{
+    Fiber *f = &s->fib[i];
+    char *top = s->stacks + (size_t)(i + 1) * s->stride;
+#if defined(__x86_64__)
+    uint64_t *sp = (uint64_t *)((uintptr_t)top & ~(uintptr_t)15);
+    *--sp = 0;                          /* fiber_entry's return address: it never returns */
+    *--sp = (uint64_t)(uintptr_t)fiber_entry;
+    for (int r = 0; r < 6; r++) *--sp = 0; /* rbp rbx r12 r13 r14 r15 */
+    f->sp = sp;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = top - s->stride + 4096;
+    f->uc.uc_stack.ss_size = s->stride - 4096;
+    f->uc.uc_link = NULL;
+    makecontext(&f->uc, fiber_entry, 0);
+#endif
+}
+
+static void to_fiber(Sched *s, Fiber *f)
+{
+    s->cur = f;
+#if defined(__x86_64__)
+    cudaemu_switch(&s->sp, f->sp);
+#else
+    swapcontext(&s->uc, &f->uc);
+#endif
+}
+
+static Sched *sched_get(void)
+{
+    if (S) return S;
+    Sched *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->stride = STACK_BYTES + 4096; /* the lowest page of each stack is a guard */
+    s->stacks = mmap(NULL, s->stride * MAX_THREADS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (s->stacks == MAP_FAILED) {
+        free(s);
+        return NULL;
+    }
+    for (int i = 0; i < MAX_THREADS; i++) mprotect(s->stacks + (size_t)i * s->stride, 4096, PROT_NONE);
+    return S = s;
+}
+
+/* ---- what kernels call (CudaEmuApi) ---------------------------------------------------------------- */
+static const CudaEmuThread *api_self(void) { return &S->cur->t; }
+
+static void api_fail(const char *what)
+{
+    Sched *s = S;
+    const CudaEmuThread *t = &s->cur->t;
+    if (!s->failed)
+        snprintf(s->msg, sizeof s->msg, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s", s->k->name, t->bid.x,
+                 t->bid.y, t->bid.z, t->tid.x, t->tid.y, t->tid.z, what);
+    s->failed = true;
+    s->cur->state = F_DONE;
+    to_scheduler();
+    abort();
+}
+
+static void api_syncthreads(void)
+{
+    S->cur->state = F_BAR;
+    to_scheduler();
+}
+
+static void *api_exchange(const void *mine, unsigned size, int *first)
+{
+    Fiber *f = S->cur;
+    if (size > CUDAEMU_SLOT) api_fail("a warp collective of more bytes than the emulator's slot");
+    Warp *w = &S->warps[f->t.warp];
+    unsigned g = f->xgen & 1;
+    if (size) memcpy(w->gen[g].slots[f->t.lane], mine, size);
+    f->state = F_WX;
+    to_scheduler();
+    f->xgen++;
+    if (first) *first = w->fresh[g];
+    w->fresh[g] = false;
+    return w->gen[g].slots;
+}
+
+static void api_cp_async(void *dst, const void *src, unsigned bytes, unsigned src_bytes)
+{
+    Fiber *f = S->cur;
+    if (src_bytes > bytes) api_fail("cp.async: src-size larger than cp-size");
+    if (f->n_cp == f->cap_cp) {
+        int cap = f->cap_cp ? 2 * f->cap_cp : 16;
+        CpCopy *p = realloc(f->cp, (size_t)cap * sizeof *p);
+        if (!p) api_fail("cp.async: out of host memory");
+        f->cp = p, f->cap_cp = cap;
+    }
+    f->cp[f->n_cp++] = (CpCopy){dst, src, bytes, src_bytes, f->committed};
+}
+
+static void api_cp_commit(void) { S->cur->committed++; }
+
+/* cp.async.wait_group n: every copy of a committed group but the n newest lands now. */
+static void api_cp_wait(int pending)
+{
+    Fiber *f = S->cur;
+    int kept = 0;
+    for (int i = 0; i < f->n_cp; i++) {
+        CpCopy *c = &f->cp[i];
+        if (c->group + (unsigned)pending < f->committed) {
+            memcpy(c->dst, c->src, c->src_bytes);
+            memset(c->dst + c->src_bytes, 0, c->bytes - c->src_bytes);
+        } else f->cp[kept++] = *c;
+    }
+    f->n_cp = kept;
+}
+
+static const CudaEmuApi api = {CUDAEMU_ABI, api_self, api_syncthreads, api_exchange, api_fail, api_cp_async,
+                               api_cp_commit, api_cp_wait};
+
+/* ---- one block ------------------------------------------------------------------------------------- */
+static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, CudaEmuDim3 block, CudaEmuDim3 bid)
+{
+    int n = (int)(block.x * block.y * block.z), nw = (n + 31) / 32;
+    s->k = k, s->args = args, s->failed = false;
+    for (int i = 0; i < n; i++) {
+        Fiber *f = &s->fib[i];
+        f->state = F_RUN, f->xgen = 0, f->n_cp = 0, f->committed = 0;
+        f->t = (CudaEmuThread){{(unsigned)i % block.x, (unsigned)i / block.x % block.y, (unsigned)i / (block.x * block.y)},
+                               bid, block, grid, (unsigned)i & 31u, (unsigned)i >> 5};
+        fiber_start(s, i);
+    }
+    for (;;) {
+        for (int i = 0; i < n && !s->failed; i++)
+            if (s->fib[i].state == F_RUN) to_fiber(s, &s->fib[i]);
+        if (s->failed) return false;
+        int live = 0, at_bar = 0, in_wx = 0, released = 0;
+        for (int w = 0; w < nw; w++) {
+            int lanes = n - 32 * w < 32 ? n - 32 * w : 32, wl = 0, wx = 0;
+            for (int l = 0; l < lanes; l++) {
+                int st = s->fib[32 * w + l].state;
+                wl += st != F_DONE, wx += st == F_WX, at_bar += st == F_BAR;
+            }
+            live += wl, in_wx += wx;
+            if (wx == 0 || wx != wl) continue;
+            if (wl != 32) {
+                snprintf(s->msg, sizeof s->msg, "kernel %s, block (%u,%u,%u), warp %d: a warp collective with %d of 32 "
+                         "lanes (%s)", k->name, bid.x, bid.y, bid.z, w, wl, lanes < 32 ? "the block is not whole warps"
+                                                                                     : "the others have exited");
+                return false;
+            }
+            for (int l = 0; l < 32; l++) s->fib[32 * w + l].state = F_RUN;
+            s->warps[w].fresh[s->fib[32 * w].xgen & 1] = true;
+            released++;
+        }
+        if (live == 0) return true;
+        if (released) continue;
+        if (at_bar == live) {
+            for (int i = 0; i < n; i++)
+                if (s->fib[i].state == F_BAR) s->fib[i].state = F_RUN;
+            continue;
+        }
+        snprintf(s->msg, sizeof s->msg, "kernel %s, block (%u,%u,%u): deadlock: of %d live threads %d wait at "
+                 "__syncthreads and %d in warp collectives whose warps are not all there (divergent barrier or "
+                 "collective)", k->name, bid.x, bid.y, bid.z, live, at_bar, in_wx);
+        return false;
+    }
+}
+
+/* ---- launches: blocks over a pool of OS threads ------------------------------------------------------ */
+typedef struct Launch {
+    const Kernel *k;
+    void **args;
+    CudaEmuDim3 grid, block;
+    long next, total;
+    int failed;
+} Launch;
+
+static void launch_work(Launch *L)
+{
+    Sched *s = sched_get();
+    if (!s) {
+        __atomic_store_n(&L->failed, 1, __ATOMIC_SEQ_CST);
+        fail_with(CU_OUT_OF_MEMORY, "no memory for the emulator's fiber stacks");
+        return;
+    }
+    for (;;) {
+        long b = __atomic_fetch_add(&L->next, 1, __ATOMIC_SEQ_CST);
+        if (b >= L->total || __atomic_load_n(&L->failed, __ATOMIC_SEQ_CST)) return;
+        CudaEmuDim3 bid = {(unsigned)(b % L->grid.x), (unsigned)(b / L->grid.x % L->grid.y),
+                           (unsigned)(b / ((long)L->grid.x * L->grid.y))};
+        if (!run_block(s, L->k, L->args, L->grid, L->block, bid)) {
+            if (__atomic_exchange_n(&L->failed, 1, __ATOMIC_SEQ_CST) == 0) fail_with(CU_LAUNCH_FAILED, "%s", s->msg);
+            return;
+        }
+    }
+}
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER, launch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
+static Launch *pool_job;
+static unsigned pool_gen;
+static int pool_busy, n_workers = -1;
+
+static void *pool_worker(void *arg)
+{
+    (void)arg;
+    unsigned seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool_mu);
+        while (pool_gen == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+        seen = pool_gen;
+        Launch *L = pool_job;
+        pthread_mutex_unlock(&pool_mu);
+        launch_work(L);
+        pthread_mutex_lock(&pool_mu);
+        if (--pool_busy == 0) pthread_cond_signal(&pool_done);
+        pthread_mutex_unlock(&pool_mu);
+    }
+    return NULL;
+}
+
+static void pool_start(void)
+{
+    const char *e = getenv("MOEPPC_CUDAEMU_THREADS");
+    long n = e && e[0] ? atol(e) : sysconf(_SC_NPROCESSORS_ONLN);
+    n = n < 1 ? 1 : n > 64 ? 64 : n;
+    n_workers = 0;
+    for (long i = 1; i < n; i++) {
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, pool_worker, NULL) == 0) n_workers++;
+        pthread_attr_destroy(&at);
+    }
+}
+
+static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, void **args)
+{
+    Launch L = {k, args, grid, block, 0, (long)grid.x * grid.y * grid.z, 0};
+    pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
+    if (n_workers < 0) pool_start();
+    bool pool = n_workers > 0 && L.total > 1;
+    if (pool) {
+        pthread_mutex_lock(&pool_mu);
+        pool_job = &L, pool_busy = n_workers, pool_gen++;
+        pthread_cond_broadcast(&pool_cv);
+        pthread_mutex_unlock(&pool_mu);
+    }
+    launch_work(&L);
+    if (pool) {
+        pthread_mutex_lock(&pool_mu);
+        while (pool_busy) pthread_cond_wait(&pool_done, &pool_mu);
+        pthread_mutex_unlock(&pool_mu);
+    }
+    pthread_mutex_unlock(&launch_mu);
+    return L.failed ? CU_LAUNCH_FAILED : CU_OK;
+}
+
+/* ---- device, contexts ------------------------------------------------------------------------------- */
+typedef struct Ctx { int dev; } Ctx;
+static Ctx primary_ctx;
+static __thread Ctx *ctx_stack[16];
+static __thread int ctx_depth;
+static void *current_ctx(void) { return ctx_depth ? ctx_stack[ctx_depth - 1] : NULL; }
+static void ctx_release(void *ctx); /* unloads its modules, frees its memory (cuCtxDestroy) */
+
+EXPORT CUresult cuInit(unsigned flags) { return flags ? CU_INVALID_VALUE : CU_OK; }
+EXPORT CUresult cuDeviceGetCount(int *n) { *n = 1; return CU_OK; }
+EXPORT CUresult cuDeviceGet(int *dev, int ordinal)
+{
+    if (ordinal != 0) return fail_with(CU_INVALID_DEVICE, "the emulator has one device, 0");
+    *dev = 0;
+    return CU_OK;
+}
+EXPORT CUresult cuDeviceGetName(char *name, int len, int dev)
+{
+    (void)dev;
+    snprintf(name, (size_t)len, "moeppc CUDA emulator (CPU)");
+    return CU_OK;
+}
+EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, int dev)
+{
+    (void)dev;
+    *v = attr == 75 ? 9 : 0; /* compute capability 9.0 (the kernels are compiled for arch emu, not for it) */
+    return CU_OK;
+}
+EXPORT CUresult cuCtxCreate_v2(void **ctx, unsigned flags, int dev)
+{
+    (void)flags;
+    Ctx *c = calloc(1, sizeof *c);
+    if (!c) return CU_OUT_OF_MEMORY;
+    c->dev = dev;
+    *ctx = c;
+    if (ctx_depth < 16) ctx_stack[ctx_depth++] = c;
+    return CU_OK;
+}
+EXPORT CUresult cuCtxDestroy_v2(void *ctx)
+{
+    for (int i = 0; i < ctx_depth; i++)
+        if (ctx_stack[i] == ctx) memmove(&ctx_stack[i], &ctx_stack[i + 1], (size_t)(--ctx_depth - i) * sizeof *ctx_stack);
+    ctx_release(ctx);
+    free(ctx);
+    return CU_OK;
+}
+EXPORT CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev)
+{
+    (void)dev;
+    *ctx = &primary_ctx;
+    return CU_OK;
+}
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; return CU_OK; }
+EXPORT CUresult cuCtxPushCurrent_v2(void *ctx)
+{
+    if (ctx_depth == 16) return fail_with(CU_INVALID_VALUE, "context stack deeper than the emulator keeps");
+    ctx_stack[ctx_depth++] = ctx;
+    return CU_OK;
+}
+EXPORT CUresult cuCtxPopCurrent_v2(void **ctx)
+{
+    if (ctx_depth == 0) return CU_INVALID_CONTEXT;
+    *ctx = ctx_stack[--ctx_depth];
+    return CU_OK;
+}
+EXPORT CUresult cuCtxGetDevice(int *dev)
+{
+    if (ctx_depth == 0) return CU_INVALID_CONTEXT;
+    *dev = 0;
+    return CU_OK;
+}
+EXPORT CUresult cuCtxSynchronize(void) { return CU_OK; }
+
+/* ---- memory --------------------------------------------------------------------------------------- */
+typedef struct Alloc { uintptr_t base; size_t bytes; void *ctx; } Alloc;
+static Alloc *allocs;
+static int n_allocs, cap_allocs;
+static size_t allocated;
+static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
+
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
+{
+    if (bytes == 0) return CU_INVALID_VALUE;
+    size_t rounded = (bytes + 255) & ~(size_t)255;
+    void *m = aligned_alloc(256, rounded);
+    if (!m) return fail_with(CU_OUT_OF_MEMORY, "host memory for %zu bytes of device memory", bytes);
+    memset(m, 0xff, rounded); /* device memory starts as garbage: NaN as floats */
+    pthread_mutex_lock(&mem_mu);
+    if (n_allocs == cap_allocs) {
+        int cap = cap_allocs ? 2 * cap_allocs : 64;
+        Alloc *a = realloc(allocs, (size_t)cap * sizeof *a);
+        if (!a) {
+            pthread_mutex_unlock(&mem_mu);
+            free(m);
+            return CU_OUT_OF_MEMORY;
+        }
+        allocs = a, cap_allocs = cap;
+    }
+    allocs[n_allocs++] = (Alloc){(uintptr_t)m, bytes, current_ctx()};
+    allocated += rounded;
+    pthread_mutex_unlock(&mem_mu);
+    *p = (CUdeviceptr)(uintptr_t)m;
+    return CU_OK;
+}
+
+EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
+{
+    pthread_mutex_lock(&mem_mu);
+    for (int i = 0; i < n_allocs; i++)
+        if (allocs[i].base == p) {
+            allocated -= (allocs[i].bytes + 255) & ~(size_t)255;
+            allocs[i] = allocs[--n_allocs];
+            pthread_mutex_unlock(&mem_mu);
+            free((void *)(uintptr_t)p);
+            return CU_OK;
+        }
+    pthread_mutex_unlock(&mem_mu);
+    return fail_with(CU_INVALID_VALUE, "cuMemFree of %#llx, which cuMemAlloc did not return", p);
+}
+
+EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    *total = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)page;
+    *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)page;
+    return CU_OK;
+}
+
+EXPORT CUresult cuPointerGetAttribute(void *data, int attr, CUdeviceptr p)
+{
+    bool found = false;
+    pthread_mutex_lock(&mem_mu);
+    for (int i = 0; i < n_allocs && !found; i++) found = p >= allocs[i].base && p < allocs[i].base + allocs[i].bytes;
+    pthread_mutex_unlock(&mem_mu);
+    if (!found) return CU_INVALID_VALUE; /* host memory the driver does not know */
+    switch (attr) {
+    case 2: *(unsigned *)data = 2; break; /* CU_POINTER_ATTRIBUTE_MEMORY_TYPE: CU_MEMORYTYPE_DEVICE */
+    case 8: *(unsigned *)data = 0; break; /* IS_MANAGED */
+    case 9: *(int *)data = 0; break;      /* DEVICE_ORDINAL */
+    default: return CU_INVALID_VALUE;
+    }
+    return CU_OK;
+}
+
+/* ---- streams, graphs -------------------------------------------------------------------------------- */
+typedef enum { N_LAUNCH, N_COPY, N_FILL } NodeKind;
+typedef struct Node {
+    NodeKind kind;
+    const Kernel *k;
+    CudaEmuDim3 grid, block;
+    void **args;          /* into blob */
+    unsigned char *blob;  /* the arguments' values, copied at capture */
+    char *dst;
+    const char *src;
+    size_t bytes;
+    unsigned value;
+} Node;
+typedef struct Graph { Node *nodes; int n, cap; } Graph;
+typedef struct Stream { Graph *capture; } Stream;
+static Stream legacy_stream;
+
+static Stream *stream_of(void *h) { return h ? (Stream *)h : &legacy_stream; }
+
+static CUresult graph_add(Graph *g, Node n)
+{
+    if (g->n == g->cap) {
+        int cap = g->cap ? 2 * g->cap : 32;
+        Node *p = realloc(g->nodes, (size_t)cap * sizeof *p);
+        if (!p) return CU_OUT_OF_MEMORY;
+        g->nodes = p, g->cap = cap;
+    }
+    g->nodes[g->n++] = n;
+    return CU_OK;
+}
+
+static void graph_free(Graph *g)
+{
+    if (!g) return;
+    for (int i = 0; i < g->n; i++) free(g->nodes[i].blob), free(g->nodes[i].args);
+    free(g->nodes);
+    free(g);
+}
+
+/* A launch's argument values copied (the caller's kernelParams point at its own variables). */
+static bool copy_args(Node *n, const Kernel *k, void **args)
+{
+    size_t off = 0;
+    for (int i = 0; i < k->n_args; i++) off += (k->sizes[i] + 7) & ~(size_t)7;
+    n->blob = malloc(off ? off : 1);
+    n->args = calloc((size_t)k->n_args + 1, sizeof *n->args);
+    if (!n->blob || !n->args) return false;
+    off = 0;
+    for (int i = 0; i < k->n_args; i++) {
+        memcpy(n->blob + off, args[i], k->sizes[i]);
+        n->args[i] = n->blob + off;
+        off += (k->sizes[i] + 7) & ~(size_t)7;
+    }
+    return true;
+}
+
+static CUresult run_node(const Node *n)
+{
+    switch (n->kind) {
+    case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->args);
+    case N_COPY: memmove(n->dst, n->src, n->bytes); return CU_OK;
+    case N_FILL:
+        for (size_t i = 0; i < n->bytes; i++) memcpy(n->dst + 4 * i, &n->value, 4);
+        return CU_OK;
+    }
+    return CU_INVALID_VALUE;
+}
+
+/* Now, or into the graph of a capturing stream. */
+static CUresult enqueue(void *stream, Node n)
+{
+    Stream *s = stream_of(stream);
+    if (!s->capture) return run_node(&n);
+    if (n.kind == N_LAUNCH && !copy_args(&n, n.k, n.args)) return CU_OUT_OF_MEMORY;
+    CUresult rc = graph_add(s->capture, n);
+    if (rc != CU_OK) free(n.blob), free(n.args);
+    return rc;
+}
+
+static CUresult copy_now(void *dst, const void *src, size_t bytes)
+{
+    if (stream_of(NULL)->capture) return CU_CAPTURE_UNSUPPORTED;
+    memmove(dst, src, bytes);
+    return CU_OK;
+}
+
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t bytes)
+{
+    return copy_now((void *)(uintptr_t)dst, src, bytes);
+}
+EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t bytes)
+{
+    return copy_now(dst, (const void *)(uintptr_t)src, bytes);
+}
+EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes)
+{
+    return copy_now((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, bytes);
+}
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t bytes, void *stream)
+{
+    return enqueue(stream, (Node){.kind = N_COPY, .dst = (char *)(uintptr_t)dst, .src = src, .bytes = bytes});
+}
+EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void *stream)
+{
+    return enqueue(stream, (Node){.kind = N_COPY, .dst = (char *)(uintptr_t)dst, .src = (const char *)(uintptr_t)src,
+                                  .bytes = bytes});
+}
+EXPORT CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned value, size_t count, void *stream)
+{
+    return enqueue(stream, (Node){.kind = N_FILL, .dst = (char *)(uintptr_t)dst, .bytes = count, .value = value});
+}
+
+EXPORT CUresult cuStreamCreate(void **stream, unsigned flags)
+{
+    (void)flags;
+    *stream = calloc(1, sizeof(Stream));
+    return *stream ? CU_OK : CU_OUT_OF_MEMORY;
+}
+EXPORT CUresult cuStreamDestroy_v2(void *stream)
+{
+    if (stream) graph_free(((Stream *)stream)->capture), free(stream);
+    return CU_OK;
+}
+EXPORT CUresult cuStreamSynchronize(void *stream)
+{
+    return stream_of(stream)->capture ? CU_CAPTURE_UNSUPPORTED : CU_OK;
+}
+EXPORT CUresult cuStreamBeginCapture_v2(void *stream, int mode)
+{
+    (void)mode;
+    Stream *s = stream_of(stream);
+    if (s->capture) return CU_CAPTURE_UNSUPPORTED;
+    s->capture = calloc(1, sizeof(Graph));
+    return s->capture ? CU_OK : CU_OUT_OF_MEMORY;
+}
+EXPORT CUresult cuStreamEndCapture(void *stream, void **graph)
+{
+    Stream *s = stream_of(stream);
+    if (!s->capture) return fail_with(CU_INVALID_VALUE, "cuStreamEndCapture on a stream that is not capturing");
+    *graph = s->capture;
+    s->capture = NULL;
+    return CU_OK;
+}
+EXPORT CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long flags)
+{
+    (void)flags;
+    const Graph *g = graph;
+    Graph *x = calloc(1, sizeof *x);
+    if (!x) return CU_OUT_OF_MEMORY;
+    for (int i = 0; i < g->n; i++) {
+        Node n = g->nodes[i];
+        n.blob = NULL, n.args = NULL;
+        if ((n.kind == N_LAUNCH && !copy_args(&n, n.k, g->nodes[i].args)) || graph_add(x, n) != CU_OK) {
+            free(n.blob), free(n.args);
+            graph_free(x);
+            return CU_OUT_OF_MEMORY;
+        }
+    }
+    *exec = x;
+    return CU_OK;
+}
+EXPORT CUresult cuGraphLaunch(void *exec, void *stream)
+{
+    if (stream_of(stream)->capture) return fail_with(CU_NOT_SUPPORTED, "a graph launched into a capture");
+    const Graph *g = exec;
+    for (int i = 0; i < g->n; i++) {
+        CUresult rc = run_node(&g->nodes[i]);
+        if (rc != CU_OK) return rc;
+    }
+    return CU_OK;
+}
+EXPORT CUresult cuGraphExecDestroy(void *exec) { graph_free(exec); return CU_OK; }
+EXPORT CUresult cuGraphDestroy(void *graph) { graph_free(graph); return CU_OK; }
+
+typedef struct Event { double t; } Event;
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+EXPORT CUresult cuEventCreate(void **ev, unsigned flags)
+{
+    (void)flags;
+    *ev = calloc(1, sizeof(Event));
+    return *ev ? CU_OK : CU_OUT_OF_MEMORY;
+}
+EXPORT CUresult cuEventRecord(void *ev, void *stream)
+{
+    if (stream_of(stream)->capture) return fail_with(CU_NOT_SUPPORTED, "an event recorded into a capture");
+    ((Event *)ev)->t = now_s();
+    return CU_OK;
+}
+EXPORT CUresult cuEventSynchronize(void *ev) { (void)ev; return CU_OK; }
+EXPORT CUresult cuEventElapsedTime(float *ms, void *from, void *to)
+{
+    *ms = (float)(1e3 * (((Event *)to)->t - ((Event *)from)->t));
+    return CU_OK;
+}
+EXPORT CUresult cuEventDestroy_v2(void *ev) { free(ev); return CU_OK; }
+
+/* ---- modules, launches ------------------------------------------------------------------------------- */
+static Kernel *modules;
+static pthread_mutex_t mod_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void module_free(Kernel *k)
+{
+    dlclose(k->so);
+    free(k);
+}
+
+static void ctx_release(void *ctx)
+{
+    pthread_mutex_lock(&mod_mu);
+    for (Kernel **p = &modules; *p;) {
+        Kernel *k = *p;
+        if (k->ctx == ctx) *p = k->next, module_free(k);
+        else p = &k->next;
+    }
+    pthread_mutex_unlock(&mod_mu);
+    pthread_mutex_lock(&mem_mu);
+    for (int i = 0; i < n_allocs;) {
+        if (allocs[i].ctx == ctx) {
+            allocated -= (allocs[i].bytes + 255) & ~(size_t)255;
+            free((void *)allocs[i].base);
+            allocs[i] = allocs[--n_allocs];
+        } else i++;
+    }
+    pthread_mutex_unlock(&mem_mu);
+}
+
+EXPORT CUresult cuModuleLoadData(void **mod, const void *image)
+{
+    size_t m = strlen(CUDAEMU_IMAGE_MAGIC);
+    if (strncmp(image, CUDAEMU_IMAGE_MAGIC, m) != 0)
+        return fail_with(CU_INVALID_IMAGE, "the image is not an emulator kernel (a cubin or PTX for a GPU?): the "
+                         "emulator runs kernels compiled for arch emu");
+    const char *path = (const char *)image + m;
+    void *so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!so) return fail_with(CU_INVALID_IMAGE, "%s", dlerror());
+    int (*bind)(const CudaEmuApi *) = (int (*)(const CudaEmuApi *))dlsym(so, "moeppc_emu_bind");
+    int (*arg_sizes)(unsigned *, int) = (int (*)(unsigned *, int))dlsym(so, "moeppc_emu_arg_sizes");
+    const char *name = dlsym(so, "moeppc_emu_name");
+    Kernel *k = calloc(1, sizeof *k);
+    if (!k || !bind || !arg_sizes || !name || !(k->call = (void (*)(void **))dlsym(so, "moeppc_emu_call")) ||
+        bind(&api) != CUDAEMU_ABI) {
+        free(k);
+        dlclose(so);
+        return fail_with(CU_INVALID_IMAGE, "%s: not a kernel object of this emulator (ABI %d)", path, CUDAEMU_ABI);
+    }
+    k->so = so;
+    k->ctx = current_ctx();
+    k->n_args = arg_sizes(k->sizes, 64);
+    snprintf(k->name, sizeof k->name, "%s", name);
+    if (k->n_args > 64) {
+        dlclose(so), free(k);
+        return fail_with(CU_INVALID_IMAGE, "kernel %s has more than 64 parameters", name);
+    }
+    pthread_mutex_lock(&mod_mu);
+    k->next = modules, modules = k;
+    pthread_mutex_unlock(&mod_mu);
+    *mod = k;
+    return CU_OK;
+}
+EXPORT CUresult cuModuleUnload(void *mod)
+{
+    pthread_mutex_lock(&mod_mu);
+    for (Kernel **p = &modules; *p; p = &(*p)->next)
+        if (*p == mod) {
+            *p = ((Kernel *)mod)->next;
+            pthread_mutex_unlock(&mod_mu);
+            module_free(mod);
+            return CU_OK;
+        }
+    pthread_mutex_unlock(&mod_mu);
+    return fail_with(CU_INVALID_HANDLE, "cuModuleUnload of a module not loaded");
+}
+EXPORT CUresult cuModuleGetFunction(void **fn, void *mod, const char *name)
+{
+    Kernel *k = mod;
+    if (strcmp(k->name, name) != 0) return fail_with(CU_NOT_FOUND, "the module has kernel %s, not %s", k->name, name);
+    *fn = k;
+    return CU_OK;
+}
+EXPORT CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                               unsigned smem, void *stream, void **params, void **extra)
+{
+    const Kernel *k = fn;
+    if (!k || !params || extra) return fail_with(CU_INVALID_VALUE, "cuLaunchKernel: no kernel or no parameters");
+    if (!gx || !gy || !gz || !bx || !by || !bz || (unsigned long long)bx * by * bz > MAX_THREADS)
+        return fail_with(CU_INVALID_VALUE, "kernel %s: launch of grid (%u,%u,%u) and block (%u,%u,%u)", k->name, gx, gy,
+                         gz, bx, by, bz);
+    if (smem) return fail_with(CU_NOT_SUPPORTED, "kernel %s: dynamic shared memory is not emulated", k->name);
+    return enqueue(stream, (Node){.kind = N_LAUNCH, .k = k, .grid = {gx, gy, gz}, .block = {bx, by, bz}, .args = params});
+}

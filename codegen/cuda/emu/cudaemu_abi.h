@@ -1,0 +1,38 @@
+/* cudaemu_abi.h — what the CUDA emulator (cudaemu.c, a libcuda.so.1 stand-in) and the kernels it runs
+ * (generated CUDA C compiled for the CPU with kernel.hpp, emu_compile.c) share. kernel.hpp mirrors
+ * these declarations in C++; CUDAEMU_ABI changes with either. */
+#ifndef MOEPPC_CUDAEMU_ABI_H
+#define MOEPPC_CUDAEMU_ABI_H
+
+#define CUDAEMU_ABI 2
+#define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
+#define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
+/* The first line of a kernel image for the emulator; the second is the path of its shared object. */
+#define CUDAEMU_IMAGE_MAGIC "MOEPPC-CUDAEMU-1\n"
+
+typedef struct CudaEmuDim3 { unsigned x, y, z; } CudaEmuDim3;
+
+/* The CUDA thread a fiber runs: its indices, lane (linear thread index % 32) and warp. */
+typedef struct CudaEmuThread {
+    CudaEmuDim3 tid, bid, bdim, gdim;
+    unsigned lane, warp;
+} CudaEmuThread;
+
+typedef struct CudaEmuApi {
+    int abi;
+    const CudaEmuThread *(*self)(void);
+    void (*syncthreads)(void);
+    /* A warp collective: every live lane of the calling warp deposits `size` bytes; returns the 32
+     * lanes' deposits (lane l at l * CUDAEMU_SLOT) followed by CUDAEMU_SCRATCH bytes the lanes share,
+     * all valid until this lane's next collective. *first is 1 for the first lane to return (the one
+     * to compute a shared result into the scratch bytes: the lanes of a block run one at a time). */
+    void *(*exchange)(const void *mine, unsigned size, int *first);
+    void (*fail)(const char *what); /* ends the launch with an error; does not return */
+    /* cp.async: copies `bytes`, of which the first src_bytes from src and the rest zeros, when a
+     * later cp_wait leaves at most `pending` of this thread's committed groups outstanding. */
+    void (*cp_async)(void *dst, const void *src, unsigned bytes, unsigned src_bytes);
+    void (*cp_commit)(void);
+    void (*cp_wait)(int pending);
+} CudaEmuApi;
+
+#endif

@@ -1,0 +1,305 @@
+// kernel.hpp — the CUDA C++ that moeppc's kernels use, for the CPU: included before a generated kernel
+// when it is compiled for the CUDA emulator (arch "emu", emu_compile.c). Each CUDA thread is a fiber
+// of the emulator (cudaemu.c); __shared__ variables are per block (blocks of one OS thread run one at
+// a time); warp intrinsics and mma.sync are warp collectives with the PTX ISA's fragment layouts.
+// The PTX-only helpers of the generated prelude (cuda_src.c: f16_f32, pack_bf16, pack_f16, mma_*)
+// are defined here instead. Mirrors cudaemu_abi.h.
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <type_traits>
+#include <utility>
+
+#define MOEPPC_CUDA_EMU 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+#define __constant__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __restrict__ __restrict
+
+#define CUDAEMU_ABI 2
+#define CUDAEMU_SLOT 128
+#define CUDAEMU_SCRATCH 2048
+struct CudaEmuDim3 { unsigned x, y, z; };
+struct CudaEmuThread { CudaEmuDim3 tid, bid, bdim, gdim; unsigned lane, warp; };
+struct CudaEmuApi {
+    int abi;
+    const CudaEmuThread *(*self)(void);
+    void (*syncthreads)(void);
+    void *(*exchange)(const void *mine, unsigned size, int *first);
+    void (*fail)(const char *what);
+    void (*cp_async)(void *dst, const void *src, unsigned bytes, unsigned src_bytes);
+    void (*cp_commit)(void);
+    void (*cp_wait)(int pending);
+};
+static const CudaEmuApi *cudaemu;
+
+#define threadIdx (cudaemu->self()->tid)
+#define blockIdx (cudaemu->self()->bid)
+#define blockDim (cudaemu->self()->bdim)
+#define gridDim (cudaemu->self()->gdim)
+#define warpSize 32
+
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+static inline float2 make_float2(float a, float b) { return float2{a, b}; }
+static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
+static inline uint2 make_uint2(unsigned a, unsigned b) { return uint2{a, b}; }
+static inline int4 make_int4(int a, int b, int c, int d) { return int4{a, b, c, d}; }
+
+template <typename To, typename From> static inline To cudaemu_bits(From f)
+{
+    static_assert(sizeof(To) == sizeof(From), "bit cast of unequal sizes");
+    To t;
+    memcpy(&t, &f, sizeof t);
+    return t;
+}
+static inline float __int_as_float(int i) { return cudaemu_bits<float>(i); }
+static inline float __uint_as_float(unsigned i) { return cudaemu_bits<float>(i); }
+static inline int __float_as_int(float f) { return cudaemu_bits<int>(f); }
+static inline unsigned __float_as_uint(float f) { return cudaemu_bits<unsigned>(f); }
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+static inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+static inline int __ffs(int x) { return __builtin_ffs(x); }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline float __fdividef(float a, float b) { return a / b; }
+template <typename T> static inline T __ldg(const T *p) { return *p; }
+
+// ---- synchronisation and warp collectives ---------------------------------------------------------
+static inline void __syncthreads() { cudaemu->syncthreads(); }
+static inline unsigned cudaemu_lane() { return cudaemu->self()->lane; }
+static inline void cudaemu_full_mask(unsigned mask)
+{
+    if (mask != 0xffffffffu) cudaemu->fail("a warp collective with a partial mask (the emulator needs 0xffffffff)");
+}
+static inline void __syncwarp(unsigned mask = 0xffffffffu)
+{
+    cudaemu_full_mask(mask);
+    cudaemu->exchange(nullptr, 0, nullptr);
+}
+template <typename T> static inline T cudaemu_lane_value(const void *all, unsigned lane)
+{
+    T v;
+    memcpy(&v, (const char *)all + (size_t)lane * CUDAEMU_SLOT, sizeof v);
+    return v;
+}
+template <typename T> static inline T cudaemu_shfl(unsigned mask, T v, unsigned src)
+{
+    static_assert(sizeof(T) <= CUDAEMU_SLOT, "shuffle of a type larger than a slot");
+    cudaemu_full_mask(mask);
+    const void *all = cudaemu->exchange(&v, sizeof v, nullptr);
+    return cudaemu_lane_value<T>(all, src & 31u);
+}
+// width: lanes form segments of `width`; a source outside the caller's segment gives its own value.
+template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int o, int width = 32)
+{
+    unsigned l = cudaemu_lane(), s = l ^ (unsigned)o;
+    if ((s & ~(unsigned)(width - 1)) != (l & ~(unsigned)(width - 1))) s = l;
+    return cudaemu_shfl(mask, v, s);
+}
+template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32)
+{
+    unsigned l = cudaemu_lane();
+    return cudaemu_shfl(mask, v, (l & ~(unsigned)(width - 1)) + ((unsigned)src & (unsigned)(width - 1)));
+}
+template <typename T> static inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32)
+{
+    unsigned l = cudaemu_lane(), seg = l & ~(unsigned)(width - 1);
+    return cudaemu_shfl(mask, v, l + d < seg + (unsigned)width ? l + d : l);
+}
+template <typename T> static inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32)
+{
+    unsigned l = cudaemu_lane(), seg = l & ~(unsigned)(width - 1);
+    return cudaemu_shfl(mask, v, l >= seg + d ? l - d : l);
+}
+static inline unsigned __ballot_sync(unsigned mask, int pred)
+{
+    cudaemu_full_mask(mask);
+    int p = pred != 0;
+    const void *all = cudaemu->exchange(&p, sizeof p, nullptr);
+    unsigned r = 0;
+    for (unsigned l = 0; l < 32; l++) r |= (unsigned)cudaemu_lane_value<int>(all, l) << l;
+    return r;
+}
+static inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+static inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == 0xffffffffu; }
+template <typename T> static inline unsigned __match_any_sync(unsigned mask, T v)
+{
+    cudaemu_full_mask(mask);
+    const void *all = cudaemu->exchange(&v, sizeof v, nullptr);
+    unsigned r = 0;
+    for (unsigned l = 0; l < 32; l++) r |= (unsigned)(cudaemu_lane_value<T>(all, l) == v) << l;
+    return r;
+}
+
+// ---- atomics (blocks may run on several OS threads) -------------------------------------------------
+static inline float atomicAdd(float *p, float v)
+{
+    unsigned old = __atomic_load_n((unsigned *)p, __ATOMIC_RELAXED), nw;
+    do nw = __float_as_uint(__uint_as_float(old) + v);
+    while (!__atomic_compare_exchange_n((unsigned *)p, &old, nw, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return __uint_as_float(old);
+}
+template <typename T> static inline T atomicAdd(T *p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+template <typename T> static inline T atomicSub(T *p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }
+template <typename T> static inline T atomicExch(T *p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+template <typename T> static inline T atomicCAS(T *p, T cmp, T v)
+{
+    __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return cmp;
+}
+template <typename T> static inline T atomicMax(T *p, T v)
+{
+    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+    return old;
+}
+template <typename T> static inline T atomicMin(T *p, T v)
+{
+    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (old > v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+    return old;
+}
+static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// ---- the prelude's PTX helpers ------------------------------------------------------------------------
+typedef unsigned short u16;
+typedef unsigned int u32;
+// cvt.f32.f16 (exact)
+static inline float f16_f32(u16 h)
+{
+    u32 s = (u32)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) return cudaemu_bits<float>(s | cudaemu_bits<u32>((float)m * 5.9604644775390625e-8f));
+    if (e == 31) return cudaemu_bits<float>(s | 0x7f800000u | (m << 13));
+    return cudaemu_bits<float>(s | ((e + 112u) << 23) | (m << 13));
+}
+// cvt.rn.f16.f32: round to nearest even, overflow to infinity, NaN to the canonical NaN
+static inline u16 cudaemu_f16(float f)
+{
+    u32 x = cudaemu_bits<u32>(f), s = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return (u16)0x7fffu;
+    if (a >= 0x477ff000u) return (u16)(s | 0x7c00u); // >= 65520 and infinity
+    if (a < 0x38800000u) return (u16)(s | (u32)nearbyintf(fabsf(f) * 16777216.0f)); // subnormal or zero
+    u32 h = ((a >> 23) - 112u) << 10 | ((a & 0x7fffffu) >> 13), rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (u16)(s | h);
+}
+// cvt.rn.bf16.f32
+static inline u16 cudaemu_bf16(float f)
+{
+    u32 x = cudaemu_bits<u32>(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)0x7fffu;
+    return (u16)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+static inline u32 pack_bf16(float lo, float hi) { return (u32)cudaemu_bf16(lo) | (u32)cudaemu_bf16(hi) << 16; }
+static inline u32 pack_f16(float lo, float hi) { return (u32)cudaemu_f16(lo) | (u32)cudaemu_f16(hi) << 16; }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: D = A B + C, C and D in c (in place). Lane l,
+// group g = l / 4, t = l % 4: a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..],
+// a[3] = A[g+8][2t+8..]; b[0] = B[2t..2t+1][g], b[1] = B[2t+8..][g]; c[0..1] = D[g][2t..2t+1],
+// c[2..3] = D[g+8][2t..]; the lower k (and column) in the low half of each register.
+// The first lane back from the collective computes the warp's whole D into the shared scratch bytes.
+struct CudaEmuMma { u32 a[4], b[2]; float c[4]; };
+static inline float cudaemu_half_of(u32 r, unsigned k, bool bf) { u16 h = (u16)(r >> (16 * (k & 1))); return bf ? cudaemu_bits<float>((u32)h << 16) : f16_f32(h); }
+static inline void cudaemu_mma16816(float *c, const u32 *a, const u32 *b, bool bf)
+{
+    CudaEmuMma mine;
+    memcpy(mine.a, a, sizeof mine.a);
+    memcpy(mine.b, b, sizeof mine.b);
+    memcpy(mine.c, c, sizeof mine.c);
+    int first = 0;
+    char *all = (char *)cudaemu->exchange(&mine, sizeof mine, &first);
+    float *d = (float *)(all + 32 * CUDAEMU_SLOT); // D[16][8]
+    if (first) {
+        float A[16][16], B[16][8];
+        for (unsigned l = 0; l < 32; l++) {
+            const CudaEmuMma *m = (const CudaEmuMma *)(all + l * CUDAEMU_SLOT);
+            unsigned g = l >> 2, t = l & 3;
+            for (unsigned j = 0; j < 2; j++) {
+                unsigned k = 2 * t + j;
+                A[g][k] = cudaemu_half_of(m->a[0], k, bf), A[g + 8][k] = cudaemu_half_of(m->a[1], k, bf);
+                A[g][k + 8] = cudaemu_half_of(m->a[2], k, bf), A[g + 8][k + 8] = cudaemu_half_of(m->a[3], k, bf);
+                B[k][g] = cudaemu_half_of(m->b[0], k, bf), B[k + 8][g] = cudaemu_half_of(m->b[1], k, bf);
+                d[g * 8 + k] = m->c[j], d[(g + 8) * 8 + k] = m->c[2 + j];
+            }
+        }
+        for (unsigned r = 0; r < 16; r++)
+            for (unsigned n = 0; n < 8; n++) {
+                float acc = d[r * 8 + n];
+                for (unsigned k = 0; k < 16; k++) acc = fmaf(A[r][k], B[k][n], acc);
+                d[r * 8 + n] = acc;
+            }
+    }
+    unsigned l = cudaemu_lane(), g = l >> 2, t = l & 3;
+    c[0] = d[g * 8 + 2 * t], c[1] = d[g * 8 + 2 * t + 1], c[2] = d[(g + 8) * 8 + 2 * t], c[3] = d[(g + 8) * 8 + 2 * t + 1];
+}
+static inline void mma_16816_bf16(float *c, const u32 *a, const u32 *b) { cudaemu_mma16816(c, a, b, true); }
+static inline void mma_16816_f16(float *c, const u32 *a, const u32 *b) { cudaemu_mma16816(c, a, b, false); }
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}.shared.b16 [.trans]: lanes 8i..8i+7 give the row addresses of
+// matrix i; lane l receives of matrix i the pair at row l / 4, columns 2 (l % 4) .. +1 (.trans: the
+// transposed matrix's).
+template <int NM, bool TRANS> static inline void cudaemu_ldmatrix(u32 *r, const void *row)
+{
+    const char *all = (const char *)cudaemu->exchange(&row, sizeof row, nullptr);
+    unsigned l = cudaemu_lane();
+    for (int i = 0; i < NM; i++) {
+        u16 h[2];
+        for (int j = 0; j < 2; j++) {
+            unsigned rr = TRANS ? 2 * (l & 3) + j : l >> 2, cc = TRANS ? l >> 2 : 2 * (l & 3) + j;
+            const u16 *p = cudaemu_lane_value<const u16 *>(all, 8 * i + rr);
+            h[j] = p[cc];
+        }
+        r[i] = (u32)h[0] | (u32)h[1] << 16;
+    }
+}
+static inline void ldmatrix_x4(u32 *r, const void *row) { cudaemu_ldmatrix<4, false>(r, row); }
+static inline void ldmatrix_x2(u32 *r, const void *row) { cudaemu_ldmatrix<2, false>(r, row); }
+static inline void ldmatrix_x4_trans(u32 *r, const void *row) { cudaemu_ldmatrix<4, true>(r, row); }
+static inline void ldmatrix_x2_trans(u32 *r, const void *row) { cudaemu_ldmatrix<2, true>(r, row); }
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes; commit_group; wait_group N
+static inline void cp_async16(void *dst, const void *src, unsigned src_bytes) { cudaemu->cp_async(dst, src, 16, src_bytes); }
+static inline void cp_async_commit() { cudaemu->cp_commit(); }
+template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
+
+// ---- the entry points of the kernel's shared object (emu_compile.c appends the kernel's name) -------
+template <typename... A, size_t... I> static void cudaemu_call(void (*f)(A...), void **args, std::index_sequence<I...>)
+{
+    f(*static_cast<typename std::remove_cv<A>::type *>(args[I])...);
+}
+template <typename... A> static void cudaemu_invoke(void (*f)(A...), void **args)
+{
+    cudaemu_call(f, args, std::index_sequence_for<A...>{});
+}
+template <typename... A> static int cudaemu_arg_sizes(void (*)(A...), unsigned *sizes, int max)
+{
+    const unsigned s[] = {0u, (unsigned)sizeof(A)...};
+    int n = (int)sizeof...(A);
+    for (int i = 0; i < n && i < max; i++) sizes[i] = s[i + 1];
+    return n;
+}
+extern "C" __attribute__((visibility("default"))) int moeppc_emu_bind(const CudaEmuApi *api)
+{
+    if (api->abi != CUDAEMU_ABI) return 0;
+    cudaemu = api;
+    return CUDAEMU_ABI;
+}
+#define CUDAEMU_ENTRY(name)                                                                               \
+    extern "C" __attribute__((visibility("default"))) const char moeppc_emu_name[] = #name;              \
+    extern "C" __attribute__((visibility("default"))) void moeppc_emu_call(void **args) { cudaemu_invoke(name, args); } \
+    extern "C" __attribute__((visibility("default"))) int moeppc_emu_arg_sizes(unsigned *sizes, int max)    \
+    {                                                                                                     \
+        return cudaemu_arg_sizes(name, sizes, max);                                                       \
+    }
+#line 1 "kernel.cu"

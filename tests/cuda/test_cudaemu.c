@@ -1,0 +1,263 @@
+/* test_cudaemu.c — the CUDA emulator (codegen/cuda/emu) itself: small kernels compiled for arch emu
+ * and run through the driver API as moeppc runs them. What it must catch (a divergent barrier, a warp
+ * collective with lanes missing: errors naming the kernel, never a hang), what it must refuse (a GPU
+ * image), what it must model (graph capture runs nothing until the graph is launched; cp.async lands
+ * at the wait_group that retires it; ldmatrix's fragments; shuffles; shared memory per block).
+ * Run with MOEPPC_CUDA_DRIVER naming the emulator (CTest does); skips otherwise. Label "cuda;emu". */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "codegen/cuda/cg_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static CgCudaDriver *drv;
+
+static int setup(void **state)
+{
+    (void)state;
+    char err[512], arch[16];
+    drv = cg_cuda_driver_open(0, err, sizeof err);
+    if (!drv) printf("cudaemu: skipping: %s\n", err);
+    else if (cg_cuda_device_arch(drv, arch, sizeof arch), strcmp(arch, CG_CUDA_EMU_ARCH) != 0) {
+        printf("cudaemu: skipping: the driver is a GPU's (%s), not the emulator\n", arch);
+        cg_cuda_driver_close(drv);
+        drv = NULL;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cg_cuda_driver_close(drv);
+    return 0;
+}
+
+/* One kernel `k` from source; NULL with err on a failure to compile or load. */
+static void *kernel(const char *src, char *err, size_t errlen)
+{
+    CgCudaBinary bin;
+    if (!cg_cuda_compile(src, "k", CG_CUDA_EMU_ARCH, true, false, &bin, err, errlen)) return NULL;
+    void *fn = NULL;
+    bool ok = cg_cuda_function(drv, bin.cubin, "k", &fn, err, errlen);
+    cg_cuda_binary_free(&bin);
+    return ok ? fn : NULL;
+}
+
+static void *must_kernel(const char *src)
+{
+    char err[8192];
+    void *fn = kernel(src, err, sizeof err);
+    if (!fn) fprintf(stderr, "%s\n", err);
+    assert_non_null(fn);
+    return fn;
+}
+
+static uint64_t dev(size_t n)
+{
+    char err[512];
+    uint64_t d = 0;
+    assert_true(cg_cuda_alloc(drv, &d, n, err, sizeof err));
+    return d;
+}
+
+/* Launches k(out) with grid g and block b; the error message (empty when it ran). */
+static void run1(void *fn, unsigned g, unsigned b, uint64_t out, char *err, size_t errlen)
+{
+    unsigned grid[3] = {g, 1, 1}, block[3] = {b, 1, 1};
+    void *args[] = {&out};
+    err[0] = 0;
+    cg_cuda_launch(drv, fn, grid, block, 0, args, err, errlen);
+}
+
+static void test_divergent_barrier(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) {\n"
+                           "    if ((threadIdx.x & 31) < 16) __syncthreads(); else __syncwarp();\n"
+                           "    o[threadIdx.x] = 1.0f; }\n");
+    char err[1024];
+    run1(fn, 1, 64, dev(256), err, sizeof err);
+    printf("divergent barrier -> %s\n", err);
+    assert_non_null(strstr(err, "deadlock"));
+    assert_non_null(strstr(err, "kernel k, block (0,0,0)"));
+    /* a barrier that threads which have exited do not reach is not one */
+    fn = must_kernel("extern \"C\" __global__ void k(float *o) {\n"
+                     "    if (threadIdx.x >= 40) return;\n"
+                     "    o[threadIdx.x] = 1.0f + threadIdx.x; __syncthreads(); o[64 + threadIdx.x] = o[threadIdx.x] + o[39 - threadIdx.x]; }\n");
+    uint64_t o = dev(512);
+    run1(fn, 1, 64, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[40];
+    assert_true(cg_cuda_download(drv, h, o + 256, sizeof h, err, sizeof err));
+    for (int i = 0; i < 40; i++) assert_true(h[i] == 41.0f);
+}
+
+#define WARP_SUM "__device__ float warp_sum(float v) {\n" \
+    "    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v; }\n"
+
+static void test_partial_warp(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel(WARP_SUM "extern \"C\" __global__ void k(float *o) {\n"
+                           "    if ((threadIdx.x & 31) >= 16) return;\n"
+                           "    o[threadIdx.x] = warp_sum(1.0f); }\n");
+    char err[1024];
+    run1(fn, 1, 64, dev(256), err, sizeof err);
+    printf("partial warp -> %s\n", err);
+    assert_non_null(strstr(err, "16 of 32 lanes"));
+    /* whole warps: every lane gets the sum; blocks of several warps, several blocks */
+    fn = must_kernel(WARP_SUM "extern \"C\" __global__ void k(float *o) {\n"
+                     "    int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+                     "    o[i] = warp_sum((float)(threadIdx.x & 31)) + __shfl_xor_sync(0xffffffffu, (float)i, 1); }\n");
+    uint64_t o = dev(4 * 256);
+    run1(fn, 4, 64, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[256];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int i = 0; i < 256; i++) assert_true(h[i] == 496.0f + (float)(i ^ 1));
+}
+
+static void test_gpu_image_refused(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = NULL;
+    char err[1024];
+    static const char cubin[] = "\x7f" "ELF not a kernel for the emulator";
+    assert_false(cg_cuda_function(drv, cubin, "k", &fn, err, sizeof err));
+    printf("cubin -> %s\n", err);
+    assert_non_null(strstr(err, "compiled for arch emu"));
+    /* and a kernel that does not compile: the compiler's message with the kernel's name */
+    assert_null(kernel("extern \"C\" __global__ void k(float *o) { o[0] = undeclared; }\n", err, sizeof err));
+    assert_non_null(strstr(err, "undeclared"));
+    assert_non_null(strstr(err, "kernel k"));
+}
+
+/* Shared memory is the block's: each block reverses its own 64 values through it. */
+static void test_shared_per_block(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) {\n"
+                           "    __shared__ float s[64];\n"
+                           "    s[threadIdx.x] = (float)(blockIdx.x * 1000 + threadIdx.x);\n"
+                           "    __syncthreads();\n"
+                           "    o[blockIdx.x * 64 + threadIdx.x] = s[63 - threadIdx.x]; }\n");
+    char err[1024];
+    uint64_t o = dev(64 * 64 * 4);
+    run1(fn, 64, 64, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float *h = malloc(64 * 64 * 4);
+    assert_true(cg_cuda_download(drv, h, o, 64 * 64 * 4, err, sizeof err));
+    for (int b = 0; b < 64; b++)
+        for (int t = 0; t < 64; t++) assert_true(h[b * 64 + t] == (float)(b * 1000 + 63 - t));
+    free(h);
+}
+
+/* Nothing runs while the stream captures; the graph runs it, as often as it is launched. */
+static void test_capture(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) { o[threadIdx.x] += 1.0f; }\n");
+    char err[1024];
+    uint64_t o = dev(32 * 4);
+    assert_true(cg_cuda_fill32_async(drv, o, 0, 32, err, sizeof err));
+    assert_true(cg_cuda_sync(drv, err, sizeof err));
+    unsigned grid[3] = {1, 1, 1}, block[3] = {32, 1, 1};
+    void *exec = NULL;
+    assert_true(cg_cuda_capture_begin(drv, err, sizeof err));
+    {
+        uint64_t arg = o; /* goes out of scope: the capture must have copied it */
+        void *args[] = {&arg};
+        assert_true(cg_cuda_launch_async(drv, fn, grid, block, 0, args, err, sizeof err));
+    }
+    assert_true(cg_cuda_capture_end(drv, &exec, err, sizeof err));
+    float h[32];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    assert_true(h[0] == 0.0f);
+    for (int i = 0; i < 3; i++) assert_true(cg_cuda_graph_launch(drv, exec, err, sizeof err));
+    assert_true(cg_cuda_sync(drv, err, sizeof err));
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int i = 0; i < 32; i++) assert_true(h[i] == 3.0f);
+    cg_cuda_graph_free(drv, exec);
+}
+
+/* cp.async lands at the wait_group that retires it: before, the destination is untouched. */
+static void test_cp_async(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) {\n"
+                           "    __shared__ __align__(16) float s[3][4];\n"
+                           "    __shared__ __align__(16) float src[8];\n"
+                           "    int t = threadIdx.x;\n"
+                           "    if (t == 0) {\n"
+                           "        for (int i = 0; i < 12; i++) (&s[0][0])[i] = -1.0f;\n"
+                           "        for (int i = 0; i < 8; i++) src[i] = (float)i;\n"
+                           "        cp_async16(s[0], src, 16); cp_async_commit();\n"
+                           "        cp_async16(s[1], src + 4, 8); cp_async_commit();\n"
+                           "        o[0] = s[0][0];             /* -1: nothing has landed */\n"
+                           "        cp_async_wait<1>();\n"
+                           "        o[1] = s[0][3], o[2] = s[1][0]; /* 3, -1: the older group only */\n"
+                           "        cp_async_wait<0>();\n"
+                           "        o[3] = s[1][1], o[4] = s[1][2]; /* 5, 0: 8 bytes copied, 8 zero-filled */\n"
+                           "    } }\n");
+    char err[1024];
+    uint64_t o = dev(64);
+    run1(fn, 1, 32, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[5];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    assert_true(h[0] == -1.0f && h[1] == 3.0f && h[2] == -1.0f && h[3] == 5.0f && h[4] == 0.0f);
+}
+
+/* ldmatrix x4 (and .trans): lane l holds, of matrix i, the pair at row l / 4, columns 2 (l % 4) and
+ * 2 (l % 4) + 1 (of the transposed matrix with .trans) — the layout mma.sync's fragments take. */
+static void test_ldmatrix(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) {\n"
+                           "    __shared__ __align__(16) u16 m[4][8][8];\n"
+                           "    int l = threadIdx.x;\n"
+                           "    for (int q = l; q < 256; q += 32) (&m[0][0][0])[q] = (u16)q;\n"
+                           "    __syncwarp();\n"
+                           "    u32 r[4], t[4];\n"
+                           "    ldmatrix_x4(r, &m[l / 8][l % 8][0]);\n"
+                           "    ldmatrix_x4_trans(t, &m[l / 8][l % 8][0]);\n"
+                           "    for (int i = 0; i < 4; i++) o[l * 8 + i] = (float)r[i], o[l * 8 + 4 + i] = (float)t[i]; }\n");
+    char err[1024];
+    uint64_t o = dev(32 * 8 * 4);
+    run1(fn, 1, 32, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[256];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (unsigned l = 0; l < 32; l++)
+        for (unsigned i = 0; i < 4; i++) {
+            unsigned r = l / 4, c = 2 * (l % 4);
+            unsigned lo = i * 64 + r * 8 + c, hi = lo + 1;             /* m[i][r][c], m[i][r][c + 1] */
+            unsigned tlo = i * 64 + c * 8 + r, thi = i * 64 + (c + 1) * 8 + r; /* transposed */
+            assert_true(h[l * 8 + i] == (float)(lo | hi << 16));
+            assert_true(h[l * 8 + 4 + i] == (float)(tlo | thi << 16));
+        }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_divergent_barrier), cmocka_unit_test(test_partial_warp),
+        cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
+        cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
+        cmocka_unit_test(test_ldmatrix),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
