@@ -247,13 +247,22 @@ static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2
     return true;
 }
 
-/* Device 0's name, if it is a GPU of architecture arch; false (said) otherwise. */
-static bool gpu_of_arch(const char *arch, char *gpu, size_t n)
+/* Device 0's name and architecture (garch, 16 bytes), if it is a GPU of architecture arch; false
+ * (said) otherwise. The CUDA emulator stands for any architecture (its kernels are compiled for it):
+ * the whole search runs, and the database is the emulator's (isa emu: no GPU takes it), its timings
+ * the CPU's (a warning says so). */
+static bool gpu_of_arch(const char *arch, char *gpu, size_t n, char *garch)
 {
-    char err[512], garch[16] = "";
+    char err[512];
+    garch[0] = 0;
     CgCudaDriver *drv = cg_cuda_driver_open(0, err, sizeof err);
-    if (drv) cg_cuda_device_name(drv, gpu, n), cg_cuda_device_arch(drv, garch, sizeof garch);
+    if (drv) cg_cuda_device_name(drv, gpu, n), cg_cuda_device_arch(drv, garch, 16);
     cg_cuda_driver_close(drv);
+    if (drv && strcmp(garch, CG_CUDA_EMU_ARCH) == 0) {
+        fprintf(stderr, "moeppc tune: warning: measuring on the CUDA emulator (%s): its timings are the CPU's and "
+                        "say nothing of a GPU's; the database is the emulator's (isa %s)\n", gpu, garch);
+        return true;
+    }
     if (drv && strcmp(garch, arch) == 0) return true;
     if (drv) snprintf(err, sizeof err, "this GPU, %s, is %s", gpu, garch);
     fprintf(stderr, "moeppc tune: error: measuring the tiles needs a GPU of architecture %s (%s); nothing written\n",
@@ -269,13 +278,13 @@ int tune_cuda(const TuneArgs *a)
     GpuLayer L = {0};
     GpuCand cand[2][MAX_CANDS];
     int n_cand[2] = {0, 0};
-    char gpu[128] = "";
+    char gpu[128] = "", garch[16] = "";
     RtError err = {{0}};
     bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
-              gpu_of_arch(arch, gpu, sizeof gpu);
+              gpu_of_arch(arch, gpu, sizeof gpu, garch);
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     TuneDb db = {0};
-    tune_gpu_target(&db.target, gpu, arch, cg_cuda_nvrtc_version_text());
+    tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
     for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++)
         if (a->tokens[q] > CG_CUDA_GEMV_MAX_T) {
             ok = tune_bucket(&L, cand, n_cand, a->tokens[q], &db, &err);
@@ -284,7 +293,7 @@ int tune_cuda(const TuneArgs *a)
     char why[512];
     if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", a->budget);
     if (ok && !tune_db_save(&db, a->out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;
-    if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", a->out, db.n, gpu, arch, now_s() - t0);
+    if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", a->out, db.n, gpu, garch, now_s() - t0);
     tune_db_free(&db);
     if (L.w) weights_close(L.w);
     ir_module_free(L.m);

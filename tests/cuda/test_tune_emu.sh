@@ -1,0 +1,28 @@
+#!/bin/bash
+# test_tune_emu.sh MOEPPC WORKDIR: `moeppc tune --target sm_90` end to end on the CUDA emulator
+# (MOEPPC_CUDA_DRIVER from CTest): every tile that compiles for sm_90 without spills runs the layer,
+# and its logits must match the rule's tile (the tuner discards and warns otherwise: here that is a
+# failure, since every tile computes the same product); the database is the emulator's (isa emu), and
+# `run --device cuda --tuning` takes it without a warning and matches the CPU backend's routing.
+set -u
+MOEPPC=$1 WORK=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+SPEC=$HERE/../../specs/tiny/tiny-bf16.yaml
+rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+"$MOEPPC" tune "$SPEC" --target sm_90 --tokens 1,64 --budget 120 -o "$WORK/db.yaml" > "$WORK/tune.out" 2> "$WORK/tune.err" ||
+  { echo "tune failed"; cat "$WORK/tune.out" "$WORK/tune.err"; exit 1; }
+cat "$WORK/tune.out"
+grep -q "logits differ" "$WORK/tune.err" && { echo "a tile's logits differ from the rule's:"; grep "logits differ" "$WORK/tune.err"; exit 1; }
+grep -q "isa: emu" "$WORK/db.yaml" || { echo "the database is not the emulator's"; cat "$WORK/db.yaml"; exit 1; }
+for op in grouped_up grouped_down; do
+  n=$(grep "op: $op" "$WORK/db.yaml" | grep -o 'x[0-9]*/kc[0-9]*: ' | wc -l)
+  [ "$n" -ge 10 ] || { echo "$op: only $n tiles measured"; cat "$WORK/db.yaml"; exit 1; }
+done
+IDS=$(seq -s ' ' 1 40)
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --device cuda --tuning "$WORK/db.yaml" --route-stats \
+  > "$WORK/gpu.out" 2> "$WORK/gpu.err" || { echo "run --device cuda failed"; cat "$WORK/gpu.err"; exit 1; }
+grep -q "warning" "$WORK/gpu.err" && { echo "the emulator's database was not taken:"; cat "$WORK/gpu.err"; exit 1; }
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --route-stats > "$WORK/cpu.out" 2>/dev/null || exit 1
+diff <(grep -A4 "picks per MoE layer" "$WORK/cpu.out") <(grep -A4 "picks per MoE layer" "$WORK/gpu.out") ||
+  { echo "routing differs between the CPU backend and the tuned GPU path"; exit 1; }
+echo "ok: $(grep -c 'op: ' "$WORK/db.yaml") entries, every tile agrees with the rule's"
