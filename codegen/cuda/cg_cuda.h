@@ -126,7 +126,8 @@ typedef struct CgCudaGemm {
     int64_t   experts;       /* E: FFN experts (groups)                        */
     int64_t   k_top;         /* top_k: bounds the slots, T*k                   */
     int64_t   n, k;          /* output columns (UP: I, the a/b width; DOWN: D), reduction length */
-    int       bm, bn, bk;    /* MMA/FMA tile; GEMV: bn = warps per block        */
+    int       bm, bn, bk;    /* MMA/FMA tile; GEMV: bm = slots of a group per pass over its weights
+                                (1..16), bn = warps per block, bk = unroll of the k loop             */
     int64_t   ldc;           /* LINEAR: the output's row stride (0: n)           */
     bool      w_table;       /* UP/DOWN: the weight argument is a device array of E pointers, one
                                 matrix per group wherever it lives (weights used in place, the
@@ -134,9 +135,13 @@ typedef struct CgCudaGemm {
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W), FMA 64x64x16,
- * GEMV 4 warps. */
+ * GEMV 16 slots per pass, 4 warps, k unrolled 1 (UP: twice the sums) or 4 times. */
 CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, moe_dtype wdtype,
                                 int64_t experts, int64_t k_top, int64_t n, int64_t k);
+/* The GEMV of one decode step (T = 1: one slot per group; right for any T, best at 1): one slot per
+ * pass, so few registers hold sums, and the whole k loop unrolled (up to 16 loads per lane and
+ * matrix in flight). */
+CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv);
 const char *cg_cuda_gemm_path_name(cg_cuda_gemm_path p); /* "mma", "fma", "gemv" */
 void  cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n);
 char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen);
@@ -144,7 +149,7 @@ void  cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsi
 
 /* ---- the kernels of a spec ----------------------------------------------------------------------- */
 /* Every distinct op and grouped-GEMM kernel a model of this spec needs (derived from the spec's shapes,
- * as the passes' final IR has them; GEMMs: the MMA or FMA path by dtype plus the GEMV path). Arrays
+ * as the passes' final IR has them; GEMMs: the MMA or FMA path by dtype plus the GEMV path and its decode form). Arrays
  * are xmalloc'd; caller frees. */
 struct ModelSpec;
 void cg_cuda_spec_kernels(const struct ModelSpec *s, CgOpDesc **ops, int *n_ops, CgCudaGemm **gemms,

@@ -21,8 +21,17 @@ CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, 
         g.bm = 64, g.bn = kind == CG_CUDA_GEMM_DOWN && n >= 128 ? 128 : 64, g.bk = 32;
         break;
     case CG_CUDA_PATH_FMA: g.bm = 64, g.bn = 64, g.bk = 16; break;
-    case CG_CUDA_PATH_GEMV: g.bn = 4; break;
+    case CG_CUDA_PATH_GEMV: g.bm = CG_CUDA_GEMV_MAX_T, g.bn = 4, g.bk = kind == CG_CUDA_GEMM_UP ? 1 : 4; break;
     }
+    return g;
+}
+
+CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv)
+{
+    CgCudaGemm g = *gemv;
+    int64_t iters = (g.k / 8 * 8 + 255) / 256; /* 16-byte loads per lane and matrix */
+    g.bm = 1;
+    g.bk = (int)(iters < 1 ? 1 : iters > 16 ? 16 : iters);
     return g;
 }
 
@@ -67,6 +76,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (g->path == CG_CUDA_PATH_FMA && (g->bm % 16 || g->bn % 16 || g->bk <= 0))
         why = "the FMA path needs bm, bn multiples of 16";
     else if (g->path == CG_CUDA_PATH_GEMV && (g->bn <= 0 || g->bn > 32)) why = "GEMV: 1..32 warps";
+    else if (g->path == CG_CUDA_PATH_GEMV && (g->bm <= 0 || g->bm > CG_CUDA_GEMV_MAX_T || g->bk <= 0 || g->bk > 32))
+        why = "GEMV: 1..16 slots per pass and a k unroll of 1..32";
     else if (g->kind == CG_CUDA_GEMM_LINEAR && (g->experts != 1 || g->k_top != 1))
         why = "a linear layer is one group of one pick per token";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
@@ -290,14 +301,15 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
 }
 
 /* Decode: one warp per output row n (UP: the a and b rows of column n); the group's slots in chunks
- * of MAXS, all accumulated in registers while the warp streams the weight row once per chunk. */
+ * of MAXS (bm), all accumulated in registers while the warp streams the weight row once per chunk,
+ * the k loop unrolled bk times (its 16-byte loads in flight together). */
 static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP, f32 = g->wdtype == DT_F32, lin = g->kind == CG_CUDA_GEMM_LINEAR;
+    bool f32 = g->wdtype == DT_F32, lin = g->kind == CG_CUDA_GEMM_LINEAR;
     CgCudaGemm h = *g;
     h.bm = 1, h.bk = 8;
     cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n"
-                 "#define UNROLL_K %d\n", CG_CUDA_GEMV_MAX_T, g->bn, up ? 1 : 4); /* UP holds twice the sums */
+                 "#define UNROLL_K %d\n", g->bm, g->bn, g->bk);
     emit_head(b, &h, name, 32 * g->bn);
     cb_printf(b,
         "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
@@ -315,39 +327,53 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) acc[mat][s] = 0.0f;\n"
         "        }\n"
-        "#pragma unroll UNROLL_K\n"
-        "        for (int k = lane * 8; k < K8; k += 256) {  /* unrolled: several 16-byte loads in flight */\n"
-        "            float wf[NB][8];\n"
+        "        for (int k0 = lane * 8; k0 < K8; k0 += 256 * UNROLL_K) {\n"
+        "            /* a batch: the UNROLL_K 16-byte loads of each matrix issued before any is used */\n"
+        "            %s raw[UNROLL_K][NB]%s;\n"
         "#pragma unroll\n"
-        "            for (int mat = 0; mat < NB; mat++) {\n"
-        "                const wtype *wr = w + WROW(e, mat, n) * KD + k;\n",
+        "            for (int u = 0; u < UNROLL_K; u++)\n"
+        "#pragma unroll\n"
+        "                for (int mat = 0; mat < NB; mat++) {\n"
+        "                    const wtype *wr = w + WROW(e, mat, n) * KD + k0 + u * 256;\n"
+        "                    if (k0 + u * 256 < K8) %s\n"
+        "                }\n"
+        "#pragma unroll\n"
+        "            for (int u = 0; u < UNROLL_K; u++) {\n"
+        "                int k = k0 + u * 256;\n"
+        "                if (k >= K8) break;\n"
+        "                float wf[NB][8];\n"
+        "#pragma unroll\n"
+        "                for (int mat = 0; mat < NB; mat++) {\n",
         g->w_table ? "" : "    const wtype *w = (const wtype *)wv;\n",
-        g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "", lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]");
+        g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "", lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]",
+        f32 ? "float4" : "uint4", f32 ? "[2]" : "",
+        f32 ? "raw[u][mat][0] = ((const float4 *)wr)[0], raw[u][mat][1] = ((const float4 *)wr)[1];"
+            : "raw[u][mat] = *(const uint4 *)wr;  /* 8 weights */");
     if (f32)
-        cb_printf(b, "                float4 lo = ((const float4 *)wr)[0], hi = ((const float4 *)wr)[1];\n"
-                     "                wf[mat][0] = lo.x, wf[mat][1] = lo.y, wf[mat][2] = lo.z, wf[mat][3] = lo.w;\n"
-                     "                wf[mat][4] = hi.x, wf[mat][5] = hi.y, wf[mat][6] = hi.z, wf[mat][7] = hi.w;\n");
+        cb_printf(b, "                    float4 lo = raw[u][mat][0], hi = raw[u][mat][1];\n"
+                     "                    wf[mat][0] = lo.x, wf[mat][1] = lo.y, wf[mat][2] = lo.z, wf[mat][3] = lo.w;\n"
+                     "                    wf[mat][4] = hi.x, wf[mat][5] = hi.y, wf[mat][6] = hi.z, wf[mat][7] = hi.w;\n");
     else
-        cb_printf(b, "                uint4 v = *(const uint4 *)wr;  /* 8 weights, one 16-byte load */\n"
-                     "                u32 p[4] = {v.x, v.y, v.z, v.w};\n"
+        cb_printf(b, "                    u32 p[4] = {raw[u][mat].x, raw[u][mat].y, raw[u][mat].z, raw[u][mat].w};\n"
                      "#pragma unroll\n"
-                     "                for (int q = 0; q < 4; q++) {\n"
-                     "                    wf[mat][2 * q] = %s((u16)(p[q] & 0xffffu));\n"
-                     "                    wf[mat][2 * q + 1] = %s((u16)(p[q] >> 16));\n"
-                     "                }\n",
+                     "                    for (int q = 0; q < 4; q++) {\n"
+                     "                        wf[mat][2 * q] = %s((u16)(p[q] & 0xffffu));\n"
+                     "                        wf[mat][2 * q + 1] = %s((u16)(p[q] >> 16));\n"
+                     "                    }\n",
                   g->wdtype == DT_BF16 ? "bf16_f32" : "f16_f32", g->wdtype == DT_BF16 ? "bf16_f32" : "f16_f32");
     cb_printf(b,
-        "            }\n"
+        "                }\n"
         "#pragma unroll\n"
-        "            for (int s = 0; s < MAXS; s++) {\n"
-        "                if (s >= cnt) break;\n"
-        "                const float *xs = AROW(s0 + s) + k;\n"
-        "                float4 lo = *(const float4 *)xs, hi = *(const float4 *)(xs + 4);\n"
-        "                float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};\n"
+        "                for (int s = 0; s < MAXS; s++) {\n"
+        "                    if (s >= cnt) break;\n"
+        "                    const float *xs = AROW(s0 + s) + k;\n"
+        "                    float4 lo = *(const float4 *)xs, hi = *(const float4 *)(xs + 4);\n"
+        "                    float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};\n"
         "#pragma unroll\n"
-        "                for (int mat = 0; mat < NB; mat++)\n"
+        "                    for (int mat = 0; mat < NB; mat++)\n"
         "#pragma unroll\n"
-        "                    for (int q = 0; q < 8; q++) acc[mat][s] = fmaf(wf[mat][q], xv[q], acc[mat][s]);\n"
+        "                        for (int q = 0; q < 8; q++) acc[mat][s] = fmaf(wf[mat][q], xv[q], acc[mat][s]);\n"
+        "                }\n"
         "            }\n"
         "        }\n"
         "        for (int k = K8 + lane; k < KD; k += 32)  /* scalar tail (k not a multiple of 8) */\n"
@@ -366,7 +392,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            if (lane != 0) continue;\n");
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "            out[(long long)(s0 + s) * LDC + n] = r[0];\n");
-    else if (up)
+    else if (g->kind == CG_CUDA_GEMM_UP)
         cb_printf(b, "            out[(long long)(s0 + s) * N + n] = r[0] / (1.0f + expf(-r[0])) * r[NB - 1];\n");
     else
         cb_printf(b, "            atomicAdd(out + (long long)perm[s0 + s] * N + n, gate_w[s0 + s] * r[0]);\n");

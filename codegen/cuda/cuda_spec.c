@@ -44,13 +44,15 @@ void cg_cuda_spec_kernels(const ModelSpec *s, CgOpDesc **ops_out, int *n_ops, Cg
     *ops_out = ops;
     *n_ops = n;
 
-    CgCudaGemm *g = xcalloc(4, sizeof *g);
+    CgCudaGemm *g = xcalloc(6, sizeof *g);
     cg_cuda_gemm_path tiled = dt == DT_F32 ? CG_CUDA_PATH_FMA : CG_CUDA_PATH_MMA;
     int64_t I = s->ffn_intermediate;
     g[0] = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, tiled, dt, s->n_ffn, s->top_k, I, D);
     g[1] = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, tiled, dt, s->n_ffn, s->top_k, D, I);
     g[2] = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, CG_CUDA_PATH_GEMV, dt, s->n_ffn, s->top_k, I, D);
     g[3] = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_GEMV, dt, s->n_ffn, s->top_k, D, I);
+    g[4] = cg_cuda_gemm_decode(&g[2]);
+    g[5] = cg_cuda_gemm_decode(&g[3]);
     *gemms_out = g;
-    *n_gemms = 4;
+    *n_gemms = 6;
 }

@@ -26,10 +26,10 @@ static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigne
 }
 
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
- * none: the GEMV serves every T) and the GEMV. */
+ * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
 typedef struct Gemm {
-    CgCudaGemm tiled, gemv;
-    int k_tiled, k_gemv;
+    CgCudaGemm tiled, gemv, gemv1;
+    int k_tiled, k_gemv, k_gemv1;
     uint64_t w;
 } Gemm;
 
@@ -251,7 +251,10 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
     gm->gemv.w_table = table;
-    return gemm_kern(cm, &gm->gemv, &gm->k_gemv, err);
+    gm->k_gemv1 = -1;
+    if (!gemm_kern(cm, &gm->gemv, &gm->k_gemv, err)) return false;
+    gm->gemv1 = cg_cuda_gemm_decode(&gm->gemv);
+    return cm->o.no_decode_gemv || gemm_kern(cm, &gm->gemv1, &gm->k_gemv1, err);
 }
 
 /* f32_math: f32 activations whatever the weights (the router, SEMANTICS.md §4), else tensor cores
@@ -693,12 +696,12 @@ static bool op(const Run *r, const Step *st, int kern, const CgOpDesc *d, void *
 /* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
 static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
 {
-    bool gemv = r->T <= CG_CUDA_GEMV_MAX_T || gm->k_tiled < 0;
-    const CgCudaGemm *g = gemv ? &gm->gemv : &gm->tiled;
+    bool gemv = r->T <= CG_CUDA_GEMV_MAX_T || gm->k_tiled < 0, decode = r->T == 1 && gm->k_gemv1 >= 0;
+    const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
     unsigned gr[3], b[3];
     size_t smem;
     cg_cuda_gemm_launch(g, r->T, gr, b, &smem);
-    return launch(r, st, gemv ? gm->k_gemv : gm->k_tiled, gr, b, smem, args);
+    return launch(r, st, decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled, gr, b, smem, args);
 }
 
 static bool linear(const Run *r, const Step *st, const Gemm *gm, uint64_t x, uint64_t out)

@@ -27,6 +27,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* One kernel as code: its symbol and its CUDA C source (both owned by the list). */
 typedef struct CudaKernelCode {
@@ -58,6 +60,8 @@ typedef struct CudaOptions {
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, 64x64x32)                                 */
+    bool no_decode_gemv;            /* T = 1 on the general GEMV too, not on its decode form
+                                       (cg_cuda_gemm_decode; MOEPPC_CUDA_DECODE_GEMV=0: an A/B)     */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
@@ -76,6 +80,14 @@ typedef struct CudaOptions {
 } CudaOptions;
 
 typedef struct CudaModel CudaModel;
+
+/* True when the environment variable `name` is "0" (a switch that is on unless turned off). Inline:
+ * the run driver reads these switches in builds without the CUDA executor too. */
+static inline bool cuda_env_off(const char *name)
+{
+    const char *v = getenv(name);
+    return v && strcmp(v, "0") == 0;
+}
 
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
                           RtError *err);

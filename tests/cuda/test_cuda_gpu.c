@@ -145,10 +145,10 @@ static double rel_err(const float *got, const double *want, size_t n)
 }
 
 /* One path: dispatch on the host, then UP and DOWN on the device against f64 references computed from
- * the same (rounded) weights. */
-static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol)
+ * the same (rounded) weights; hidden size D, intermediate I; decode: the GEMV's decode form. */
+static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol, int D, int I, bool decode)
 {
-    enum { K = 2, E = 4, EALL = 6, D = 64, I = 48 };
+    enum { K = 2, E = 4, EALL = 6 };
     moe_rng r;
     rng_seed(&r, 11 + (uint64_t)T);
     int32_t *ids = xmalloc((size_t)T * K * 4), *perm = xmalloc((size_t)T * K * 4);
@@ -186,6 +186,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         }
     CgCudaGemm gu = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, path, dt, E, K, I, D);
     CgCudaGemm gd = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, path, dt, E, K, D, I);
+    if (decode) gu = cg_cuda_gemm_decode(&gu), gd = cg_cuda_gemm_decode(&gd);
     char su[256], sd[256], err[256];
     cg_cuda_gemm_symbol(&gu, su, sizeof su);
     cg_cuda_gemm_symbol(&gd, sd, sizeof sd);
@@ -208,8 +209,8 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     download(hgot, dh, (size_t)S * I * 4);
     download(ygot, dy, (size_t)T * D * 4);
     double eu = rel_err(hgot, h, (size_t)S * I), ed = rel_err(ygot, y, (size_t)T * D);
-    printf("%s %s T=%lld: up rel err %.3g, down rel err %.3g (tol %g)\n", cg_cuda_gemm_path_name(path), dtype_name(dt),
-           (long long)T, eu, ed, tol);
+    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down rel err %.3g (tol %g)\n", cg_cuda_gemm_path_name(path),
+           decode ? " (decode)" : "", dtype_name(dt), (long long)T, D, I, eu, ed, tol);
     assert_true(eu <= tol);
     assert_true(ed <= tol);
     uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
@@ -222,12 +223,17 @@ static void test_grouped(void **state)
 {
     (void)state;
     if (!drv) skip();
-    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4);
-    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2);
-    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2); /* more slots than one register chunk */
+    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2, 64, 48, false);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 48, false);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2, 64, 48, false);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2, 64, 48, false); /* more slots than one register chunk */
+    /* the decode form: k loops of 4 and 3 batched loads, the last batch partial; T = 1 and more slots */
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 1, 1e-4, 1000, 600, true);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, true);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false);
 }
 
 int main(void)
