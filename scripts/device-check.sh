@@ -121,6 +121,9 @@ EOF
   step "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above"
   run 60 env MOEPPC_CUDA_DECODE_GEMV=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1 --zc-share 0.25 \
     "${ceil[@]}" | grep "^T ="
+  step "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above"
+  run 60 env MOEPPC_CUDA_ASYNC_GEMM=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
+    "${ceil[@]}" | grep "^T ="
   step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
   run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
   step "the MoE++ 7B layer with its random router's own decisions"

@@ -2,7 +2,8 @@
  * an NVIDIA GPU (the path every T > 16 runs; decode's GEMV has no tile).
  *
  * 1. Every tile BM x BN x BK in {32, 64, 128}^2 x {16, 32, 64} that the kernel generator accepts (its
- *    own checks: warp layout, 48 KB of static shared memory) is compiled by NVRTC for the target, in
+ *    own checks: warp layout, shared memory) and whose shared memory the target's SMs have (the
+ *    cp.async form's k tiles: sm_90 227 KB, sm_80 163 KB, others 99 KB) is compiled by NVRTC for the target, in
  *    parallel, and discarded before anything runs if ptxas reports spills or a block whose registers
  *    exceed an SM's 65536. The table of what survived and why the rest did not is printed.
  * 2. On a GPU of that architecture, per token bucket (T > 16), one layer of the spec with random
@@ -41,6 +42,13 @@ typedef struct {
 
 enum { MAX_CANDS = 27 };
 
+/* The shared memory a block of `arch` may opt in to, in KB. */
+static int arch_smem_kb(const char *arch)
+{
+    int sm = strncmp(arch, "sm_", 3) == 0 ? atoi(arch + 3) : 0;
+    return sm >= 90 ? 227 : sm == 80 || sm == 87 ? 163 : sm ? 99 : 227;
+}
+
 /* Step 1 for one grouped GEMM: candidates compiled and checked; returns how many were listed. */
 static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out, char *err, size_t errlen)
 {
@@ -67,6 +75,15 @@ static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out
                 size_t smem;
                 cg_cuda_gemm_launch(&g, 512, grid, block, &smem);
                 c->threads = (int)(block[0] * block[1] * block[2]);
+                c->smem = (int)smem; /* dynamic; the compile adds the static */
+                if (smem > (size_t)arch_smem_kb(arch) * 1024) {
+                    snprintf(c->why, sizeof c->why, "%zu B of shared memory, above %s's %d KB", smem, arch,
+                             arch_smem_kb(arch));
+                    c->ok = false;
+                    free(src);
+                    n++;
+                    continue;
+                }
                 cg_cuda_gemm_symbol(&g, sym, sizeof sym);
                 code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
                 map[n_code++] = n++;
@@ -76,7 +93,7 @@ static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out
     for (int q = 0; q < n_code; q++) {
         GpuCand *c = &out[map[q]];
         if (ok) {
-            c->regs = bins[q].registers, c->smem = bins[q].smem_bytes;
+            c->regs = bins[q].registers, c->smem += bins[q].smem_bytes;
             if (bins[q].spill_stores > 0 || bins[q].spill_loads > 0)
                 snprintf(c->why, sizeof c->why, "spills (%d bytes stored, %d loaded)", bins[q].spill_stores,
                          bins[q].spill_loads), c->ok = false;
@@ -120,7 +137,7 @@ typedef struct {
 static bool run_tiles(GpuLayer *L, const int tile[2][3], int kind, const int32_t *ids, const int32_t *pos, int64_t T,
                       float **logits, double *ms, int64_t *picks, RtError *err)
 {
-    CudaOptions o = {.compile = cuda_nvrtc_cubins};
+    CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
     memcpy(o.tile, tile, sizeof o.tile);
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
@@ -234,6 +251,7 @@ static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2
         CgCudaGemm base = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA,
                                                w->type.dtype, E, L->s->top_k,
                                                kind == 0 ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1]);
+        if (!cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) base = cg_cuda_gemm_async(&base); /* as the executor runs them */
         char err[1024], what[128];
         n_cand[kind] = gpu_candidates(&base, arch, cand[kind], err, sizeof err);
         if (n_cand[kind] < 0) {

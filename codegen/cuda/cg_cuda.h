@@ -98,11 +98,18 @@ char *cg_cuda_kv_store_source(int64_t cols);
  *         float *h)                h[s, I] = silu(a) * b, [a | b] = x[perm[s]] . W_up[g]^T
  *   DOWN (long long T, const float *h, const long long *off, const int *perm, const float *gate_w,
  *         const void *w_down, float *y)   y[perm[s], D] += gate_w[s] * (h[s] . W_down[g]^T)
+ *   (stages >= 3, "a16": x and h are u16 of the weight dtype, UP's h too)
  * The down epilogue uses f32 atomicAdd into y (y holds the combine's output first): with top-k = 2 two
  * FFN picks of one token may land in either order, so the last bit of y is not deterministic.
  * Paths:
- *   MMA  bf16/f16 weights: mma.sync.m16n8k16 (sm_80+), f32 accumulators, activations rounded to the
- *        weight dtype when staged into shared memory; tile BM x BN x BK, 2x2 warps.
+ *   MMA  bf16/f16 weights: mma.sync.m16n8k16 (sm_80+), f32 accumulators; tile BM x BN x BK, warps
+ *        2 along M and 2 or 4 along N. Two forms:
+ *        stages 2  activations f32, rounded to the weight dtype when staged into shared memory; the
+ *                  next k tile's loads go through registers (the router's and dense linears)
+ *        stages 3+ ("a16": the grouped UP/DOWN of 16-bit models) activations already 16-bit in memory
+ *                  (UP: x rounded by the round16 kernel, its h written 16-bit for DOWN; the same
+ *                  numbers as rounding on the way, SEMANTICS.md §4), a ring of `stages` k tiles in
+ *                  dynamic shared memory filled by cp.async, fragments by ldmatrix.
  *   FMA  f32 math on f32 activations, weights of any dtype widened on load: plain FMA register tiles
  *        (each thread TM x TN outputs); f32 models, and the router of 16-bit ones (SEMANTICS.md §4).
  *   GEMV T <= CG_CUDA_GEMV_MAX_T (decode): one warp per output row (up: the a and b rows of one
@@ -132,16 +139,29 @@ typedef struct CgCudaGemm {
     bool      w_table;       /* UP/DOWN: the weight argument is a device array of E pointers, one
                                 matrix per group wherever it lives (weights used in place, the
                                 embedding library), not the E matrices stacked ("_wt" symbols)   */
+    int       stages;        /* MMA: 2 (0 reads as 2) registers between k tiles; 3..6 (UP/DOWN) a
+                                cp.async ring of k tiles in dynamic shared memory, activations
+                                16-bit in memory (a16 below; "_s3" symbols)                      */
 } CgCudaGemm;
 
-/* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W), FMA 64x64x16,
- * GEMV 16 slots per pass, 4 warps, k unrolled 1 (UP: twice the sums) or 4 times. */
+/* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W; DOWN 64x128), FMA
+ * 64x64x16, GEMV 16 slots per pass, 4 warps, k unrolled 1 (UP: twice the sums) or 4 times. */
 CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, moe_dtype wdtype,
                                 int64_t experts, int64_t k_top, int64_t n, int64_t k);
 /* The GEMV of one decode step (T = 1: one slot per group; right for any T, best at 1): one slot per
  * pass, so few registers hold sums, and the whole k loop unrolled (up to 16 loads per lane and
  * matrix in flight). */
 CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv);
+/* The cp.async form of an MMA UP/DOWN (a16, 3 stages, 128 x 128 of W per block, 8 warps). */
+static inline bool cg_cuda_gemm_a16(const CgCudaGemm *g) { return g->path == CG_CUDA_PATH_MMA && g->stages >= 3; }
+CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma);
+/* Dynamic shared memory a GEMM's launch needs (above 48 KB the launch opts in, cg_cuda_launch*). */
+size_t cg_cuda_gemm_smem(const CgCudaGemm *g);
+/* The kernel that rounds f32 activations to 16 bits for an a16 UP: (long long n, const float *x,
+ * u16 *y), y[i] = x[i] rounded to nearest even in wdtype, n a multiple of 8; launch for n. */
+void  cg_cuda_round16_symbol(moe_dtype wdtype, char *out, size_t n);
+char *cg_cuda_round16_source(moe_dtype wdtype);
+void  cg_cuda_round16_launch(int64_t n, unsigned grid[3], unsigned block[3]);
 const char *cg_cuda_gemm_path_name(cg_cuda_gemm_path p); /* "mma", "fma", "gemv" */
 void  cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n);
 char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen);

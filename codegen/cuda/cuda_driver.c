@@ -75,6 +75,7 @@ typedef struct CuApi {
     CUresult (*module_unload)(CUmodule);
     CUresult (*dtod)(CUdeviceptr, CUdeviceptr, size_t);
     CUresult (*device_count)(int *);
+    CUresult (*func_set_attr)(CUfunction, int, int);
 } CuApi;
 
 struct CgCudaDriver {
@@ -150,6 +151,7 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
         {"cuModuleUnload", offsetof(CuApi, module_unload)},
         {"cuMemcpyDtoD_v2", offsetof(CuApi, dtod)},
         {"cuDeviceGetCount", offsetof(CuApi, device_count)},
+        {"cuFuncSetAttribute", offsetof(CuApi, func_set_attr)},
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(syms); i++) {
         void *fn = dlsym(d->lib, syms[i].name);
@@ -316,9 +318,15 @@ bool cg_cuda_function(CgCudaDriver *d, const void *image, const char *name, void
     return true;
 }
 
+/* Above 48 KB, dynamic shared memory needs the function's opt-in first (a host-side attribute, no
+ * stream work: fine while capturing). */
+#define CU_FUNC_ATTR_MAX_DYNAMIC_SHARED 8
+#define SMEM_NO_OPT_IN (48 * 1024)
+
 bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                     void **args, char *err, size_t errlen)
 {
+    if (smem > SMEM_NO_OPT_IN) CU_CHECK(d, func_set_attr((CUfunction)fn, CU_FUNC_ATTR_MAX_DYNAMIC_SHARED, (int)smem));
     CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
                        NULL, args, NULL));
     CU_CHECK(d, sync());
@@ -352,6 +360,7 @@ bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes)
 bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                           void **args, char *err, size_t errlen)
 {
+    if (smem > SMEM_NO_OPT_IN) CU_CHECK(d, func_set_attr((CUfunction)fn, CU_FUNC_ATTR_MAX_DYNAMIC_SHARED, (int)smem));
     CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
                        d->stream, args, NULL));
     return true;

@@ -26,6 +26,13 @@ CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, 
     return g;
 }
 
+CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma)
+{
+    CgCudaGemm g = *mma;
+    g.stages = 3, g.bm = 128, g.bn = g.kind == CG_CUDA_GEMM_UP ? 64 : 128, g.bk = 32;
+    return g;
+}
+
 CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv)
 {
     CgCudaGemm g = *gemv;
@@ -42,6 +49,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
                      cg_cuda_gemm_path_name(g->path), dtype_name(g->wdtype), (long long)g->experts,
                      (long long)g->k_top, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk);
     if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
+    if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
     if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
 }
 
@@ -54,11 +62,18 @@ static int mma_warps_n(const CgCudaGemm *g)
 
 static int mma_threads(const CgCudaGemm *g) { return 64 * mma_warps_n(g); }
 
-/* Static shared memory of the MMA path: two k tiles of A and B, 16-bit, rows padded by 8. */
+/* Shared memory of the MMA path: `stages` k tiles of A and B (two for the register form, static),
+ * 16-bit, rows padded by 8 halves (16 bytes: ldmatrix's eight row addresses hit distinct banks). */
 static long mma_smem(const CgCudaGemm *g)
 {
-    return 2L * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
+    return (long)(g->stages >= 3 ? g->stages : 2) * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
 }
+
+/* The most dynamic shared memory a block may opt in to (sm_90; sm_80 163 KB, sm_86/89 99 KB: the
+ * tuner's compile for the target finds those). */
+#define MMA_SMEM_MAX (227 * 1024)
+
+size_t cg_cuda_gemm_smem(const CgCudaGemm *g) { return cg_cuda_gemm_a16(g) ? (size_t)mma_smem(g) : 0; }
 
 static bool check(const CgCudaGemm *g, char *err, size_t errlen)
 {
@@ -71,8 +86,16 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (g->path == CG_CUDA_PATH_MMA && (g->bm % 32 || g->bn % (8 * mma_warps_n(g)) || g->bk % 16 || g->bm > 128 ||
                                              g->bn > 128 || g->bk > 64))
         why = "MMA tile: bm a multiple of 32, bn of 8 x its warps along N, bk of 16; bm, bn <= 128, bk <= 64";
-    else if (g->path == CG_CUDA_PATH_MMA && mma_smem(g) > 48 * 1024)
+    else if (g->stages != 0 && (g->stages < 2 || g->stages > 6 || g->path != CG_CUDA_PATH_MMA))
+        why = "pipeline stages: 2..6, on the MMA path";
+    else if (g->stages >= 3 && g->kind == CG_CUDA_GEMM_LINEAR)
+        why = "the cp.async form (stages >= 3) is for the grouped UP/DOWN (their activations 16-bit)";
+    else if (g->stages >= 3 && g->kind == CG_CUDA_GEMM_UP && g->n % 8)
+        why = "the cp.async form of UP writes h 16-bit for DOWN: n must be a multiple of 8";
+    else if (g->path == CG_CUDA_PATH_MMA && g->stages < 3 && mma_smem(g) > 48 * 1024)
         why = "MMA tile: its two k tiles need more than 48 KB of shared memory";
+    else if (g->path == CG_CUDA_PATH_MMA && mma_smem(g) > MMA_SMEM_MAX)
+        why = "MMA tile: its k tiles need more than 227 KB of shared memory";
     else if (g->path == CG_CUDA_PATH_FMA && (g->bm % 16 || g->bn % 16 || g->bk <= 0))
         why = "the FMA path needs bm, bn multiples of 16";
     else if (g->path == CG_CUDA_PATH_GEMV && (g->bn <= 0 || g->bn > 32)) why = "GEMV: 1..32 warps";
@@ -103,18 +126,19 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     else cb_printf(b, "#define WROW(e, mat, n) ((long long)(e) * (NB * N) + (mat) * N + (n))\n");
     cb_printf(b, "#define LDC %lld\n", (long long)(g->ldc ? g->ldc : g->n));
     const char *wparam = g->w_table ? "const void *const *wtab" : "const void *wv";
+    const char *xt = cg_cuda_gemm_a16(g) ? "u16" : "float", *ht = up && cg_cuda_gemm_a16(g) ? "u16" : "float";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out) {\n"
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name);
     else if (up)
-        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
-                     "const long long *off, const int *perm, %s, float *out) {\n"
-                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, wparam);
+        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
+                     "const long long *off, const int *perm, %s, %s *out) {\n"
+                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, xt, wparam, ht);
     else
-        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
+        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, const float *gate_w, %s, float *out) {\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, wparam);
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, xt, wparam);
 }
 
 static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
@@ -241,6 +265,113 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
                      "                out[s * N + n] = a / (1.0f + expf(-a)) * acc[1][i][j][q];\n");
     else
         cb_printf(b, "                atomicAdd(out + (long long)perm[s] * N + n, gate_w[s] * acc[0][i][j][q]);\n");
+    cb_printf(b, "            }\n}\n");
+}
+
+/* Tensor cores fed by cp.async (sm_80+), the grouped UP/DOWN of 16-bit models ("a16": x and h are
+ * 16-bit in memory, so they copy to shared memory as they are). A ring of ST k tiles of A and B in
+ * dynamic shared memory: ST - 1 tiles are in flight while the tensor cores work on the oldest, one
+ * barrier per k tile; fragments come out of shared memory by ldmatrix (A: one x4 per 16 rows, B: one
+ * x4 per two 8-column blocks). Each thread's copy sources (rows gathered through perm) are found once. */
+static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
+{
+    bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    int wn = mma_warps_n(g);
+    cb_printf(b, "#define WN %d\n#define MI (BM / 32)\n#define NI (BN / WN / 8)\n#define LDS (BK + 8)\n#define ST %d\n"
+                 "#define STAGE ((BM + NB * BN) * LDS)\n#define PACK %s\n#define mma %s\n",
+              wn, g->stages, bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
+    cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
+                 "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
+    emit_head(b, g, name, mma_threads(g));
+    emit_find_tile(b, g);
+    cb_printf(b,
+        "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN][LDS]: a stage is A's rows, then each matrix's */\n"
+        "    const u16 *w = (const u16 *)wv;\n"
+        "    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, wm = wid / WN, wn = wid %% WN;\n"
+        "    const u16 *asrc[A_IT], *bsrc[B_IT];  /* this thread's 16-byte chunks: source at k 0, place */\n"
+        "    int adst[A_IT], bdst[B_IT], acol[A_IT], bcol[B_IT];\n"
+        "    bool aok[A_IT], bok[B_IT];\n"
+        "#pragma unroll\n"
+        "    for (int it = 0; it < A_IT; it++) {\n"
+        "        int q = tid + it * NT, r = q / (BK / 8), c = (q %% (BK / 8)) * 8;\n"
+        "        aok[it] = q < A_CH && m0 + r < ge;\n"
+        "        asrc[it] = aok[it] ? AROW(m0 + r) + c : x;\n"
+        "        adst[it] = q < A_CH ? r * LDS + c : -1, acol[it] = c;\n"
+        "    }\n"
+        "#pragma unroll\n"
+        "    for (int it = 0; it < B_IT; it++) {\n"
+        "        int q = tid + it * NT, mat = q / (BN * BK / 8), rem = q %% (BN * BK / 8);\n"
+        "        int r = rem / (BK / 8), c = (rem %% (BK / 8)) * 8;\n"
+        "        bok[it] = q < B_CH && n0 + r < N;\n"
+        "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c : w;\n"
+        "        bdst[it] = q < B_CH ? (BM + mat * BN + r) * LDS + c : -1, bcol[it] = c;\n"
+        "    }\n"
+        "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
+        "        u16 *st_ = sm + (slot) * STAGE; \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
+        "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
+        "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
+        "    } while (0)\n"
+        "    const int KT = (KD + BK - 1) / BK;\n"
+        "#pragma unroll\n"
+        "    for (int s = 0; s < ST - 1; s++) {  /* the first ST - 1 tiles in flight */\n"
+        "        if (s < KT) LOAD(s, s * BK);\n"
+        "        cp_async_commit();\n"
+        "    }\n"
+        "    float acc[NB][MI][NI][4];\n"
+        "#pragma unroll\n"
+        "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
+        "    for (int kt = 0; kt < KT; kt++) {\n"
+        "        cp_async_wait<ST - 2>();  /* tile kt has landed (for this thread) */\n"
+        "        __syncthreads();          /* ... for every thread; and all are done with tile kt - 1 */\n"
+        "        int nk = kt + ST - 1;     /* refill tile kt - 1's slot */\n"
+        "        if (nk < KT) LOAD(nk %% ST, nk * BK);\n"
+        "        cp_async_commit();        /* (empty groups at the end keep the count uniform) */\n"
+        "        const u16 *As = sm + (kt %% ST) * STAGE, *Bs = As + BM * LDS;\n"
+        "#pragma unroll\n"
+        "        for (int kk = 0; kk < BK; kk += 16) {\n"
+        "            u32 af[MI][4], bfr[NB][NI][2];\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < MI; i++)  /* lanes 0-15: rows 0-15 at kk, 16-31: at kk + 8 */\n"
+        "                ldmatrix_x4(af[i], As + (wm * (BM / 2) + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);\n"
+        "#pragma unroll\n"
+        "            for (int mat = 0; mat < NB; mat++) {\n"
+        "                const u16 *bw = Bs + (mat * BN + wn * (BN / WN) + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8;\n"
+        "#pragma unroll\n"
+        "                for (int j = 0; j + 1 < NI; j += 2) {  /* matrices (j, k lo), (j, k hi), (j+1, lo), (j+1, hi) */\n"
+        "                    u32 t4[4];\n"
+        "                    ldmatrix_x4(t4, bw + (j + (lane >> 4)) * 8 * LDS);\n"
+        "                    bfr[mat][j][0] = t4[0], bfr[mat][j][1] = t4[1], bfr[mat][j + 1][0] = t4[2], bfr[mat][j + 1][1] = t4[3];\n"
+        "                }\n"
+        "                if (NI & 1) ldmatrix_x2(bfr[mat][NI - 1], bw + (NI - 1) * 8 * LDS);\n"
+        "            }\n"
+        "#pragma unroll\n"
+        "            for (int mat = 0; mat < NB; mat++)\n"
+        "#pragma unroll\n"
+        "                for (int i = 0; i < MI; i++)\n"
+        "#pragma unroll\n"
+        "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n"
+        "        }\n"
+        "    }\n"
+        "    cp_async_wait<0>();\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < MI; i++)\n"
+        "#pragma unroll\n"
+        "        for (int j = 0; j < NI; j++)\n"
+        "#pragma unroll\n"
+        "            for (int hh = 0; hh < 2; hh++) {  /* c0,c1: row gr, columns gc, gc + 1; c2,c3: row gr + 8 */\n"
+        "                long long s = m0 + wm * (BM / 2) + i * 16 + (lane >> 2) + hh * 8;\n"
+        "                int n = n0 + wn * (BN / WN) + j * 8 + (lane & 3) * 2;\n"
+        "                if (s >= ge || n >= N) continue;\n");
+    if (up)
+        cb_printf(b, "                float a0 = acc[0][i][j][2 * hh], a1 = acc[0][i][j][2 * hh + 1];\n"
+                     "                *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][i][j][2 * hh],\n"
+                     "                                                 a1 / (1.0f + expf(-a1)) * acc[1][i][j][2 * hh + 1]);\n");
+    else
+        cb_printf(b, "                float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
+                     "                atomicAdd(y, gw * acc[0][i][j][2 * hh]);\n"
+                     "                if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][i][j][2 * hh + 1]);\n");
     cb_printf(b, "            }\n}\n");
 }
 
@@ -407,7 +538,7 @@ char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
     CgBuf b = {0};
     cb_prelude(&b, g->wdtype);
     switch (g->path) {
-    case CG_CUDA_PATH_MMA: emit_mma(&b, g, name); break;
+    case CG_CUDA_PATH_MMA: cg_cuda_gemm_a16(g) ? emit_mma_async(&b, g, name) : emit_mma(&b, g, name); break;
     case CG_CUDA_PATH_FMA: emit_fma(&b, g, name); break;
     case CG_CUDA_PATH_GEMV: emit_gemv(&b, g, name); break;
     }
@@ -417,7 +548,7 @@ char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
 void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
 {
     grid[2] = 1, block[1] = block[2] = 1;
-    *smem = 0;
+    *smem = cg_cuda_gemm_smem(g);
     if (g->path == CG_CUDA_PATH_GEMV) {
         grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = 1, block[0] = 32u * (unsigned)g->bn;
         return;
@@ -427,4 +558,33 @@ void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsig
     grid[0] = (unsigned)((slots + g->bm - 1) / g->bm + (g->kind == CG_CUDA_GEMM_LINEAR ? 0 : g->experts));
     grid[1] = (unsigned)((g->n + g->bn - 1) / g->bn);
     block[0] = g->path == CG_CUDA_PATH_MMA ? (unsigned)mma_threads(g) : FMA_THREADS;
+}
+
+/* ---- rounding activations to 16 bits (the input of an a16 UP) ------------------------------------ */
+
+void cg_cuda_round16_symbol(moe_dtype wdtype, char *out, size_t n)
+{
+    snprintf(out, n, "moeppc_cu_round16_%s", dtype_name(wdtype));
+}
+
+char *cg_cuda_round16_source(moe_dtype wdtype)
+{
+    char name[64];
+    cg_cuda_round16_symbol(wdtype, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, wdtype);
+    cb_printf(&b, "#define PACK %s\n"
+                  "extern \"C\" __global__ void __launch_bounds__(256) %s(long long n, const float *x, u16 *y) {\n"
+                  "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;\n"
+                  "    if (i >= n) return;\n"
+                  "    float4 lo = *(const float4 *)(x + i), hi = *(const float4 *)(x + i + 4);\n"
+                  "    *(uint4 *)(y + i) = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
+                  "}\n", wdtype == DT_BF16 ? "pack_bf16" : "pack_f16", name);
+    return b.s;
+}
+
+void cg_cuda_round16_launch(int64_t n, unsigned grid[3], unsigned block[3])
+{
+    grid[0] = (unsigned)((n / 8 + 255) / 256), grid[1] = grid[2] = 1;
+    block[0] = 256, block[1] = block[2] = 1;
 }

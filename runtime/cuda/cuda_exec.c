@@ -46,6 +46,10 @@ typedef struct Step {
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
+    bool a16;                       /* grouped UP/DOWN pair on the cp.async MMA form (T > GEMV): UP's x
+                                       rounded to 16 bits into CudaModel.x16 first, h 16-bit in its
+                                       f32 arena slot (only DOWN reads it)                               */
+    int kern_round;                 /* a16 UP: the rounding kernel                                        */
 } Step;
 
 typedef struct WMap {
@@ -78,8 +82,9 @@ struct CudaModel {
     int n_allocs, cap_allocs;
     double bytes;
     int64_t max_pos, cap_t, last_t;
-    uint64_t arena, ids, pos, scratch; /* sized by cap_t                                               */
+    uint64_t arena, ids, pos, scratch, x16; /* sized by cap_t                                          */
     size_t scratch_per_t;           /* route scratch floats per token                                   */
+    size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit       */
     void *graph;                    /* the decode step (T = 1) as a CUDA graph, for this cap_t           */
     void *ev0, *ev1;
     double last_ms;
@@ -235,12 +240,13 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
 /* The kernels of one weight matrix [n][k] (per group): tiles (MMA for 16-bit weights with k a multiple
  * of 8, FMA for f32) and the GEMV. */
 static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtype dt, int64_t E, int64_t k_top,
-                       int64_t n, int64_t k, int64_t ldc, bool f32_math, RtError *err)
+                       int64_t n, int64_t k, int64_t ldc, bool f32_math, bool a16, RtError *err)
 {
     bool half = (dt == DT_BF16 || dt == DT_F16) && !f32_math, table = cm->o.weights_in_place && kind != CG_CUDA_GEMM_LINEAR;
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
+        if (a16) gm->tiled = cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
         if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
@@ -261,7 +267,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
  * for 16-bit weights. */
 static bool linear_setup(CudaModel *cm, Gemm *gm, const IrValue *w, int64_t ldc, bool f32_math, RtError *err)
 {
-    return gemm_setup(cm, gm, CG_CUDA_GEMM_LINEAR, w->type.dtype, 1, 1, w->type.dims[0], w->type.dims[1], ldc, f32_math,
+    return gemm_setup(cm, gm, CG_CUDA_GEMM_LINEAR, w->type.dtype, 1, 1, w->type.dims[0], w->type.dims[1], ldc, f32_math, false,
                       err) &&
            wdev(cm, w, &gm->w, err);
 }
@@ -383,8 +389,18 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
         int64_t k_top = cols(cm->steps[st->dispatch].i->in[0]);
         const IrValue *w = i->in[first];
         st->n_gm = 1;
+        st->kern_round = -1;
+        if (st->a16 && up) {
+            char sym[64];
+            cg_cuda_round16_symbol(w->type.dtype, sym, sizeof sym);
+            if (!kern_have(cm, sym, &st->kern_round)) {
+                unsigned g1[3], g2[3], b[3];
+                cg_cuda_round16_launch(cols(i->in[0]), g1, b), cg_cuda_round16_launch(512 * cols(i->in[0]), g2, b);
+                kern_new(cm, sym, cg_cuda_round16_source(w->type.dtype), g1, g2, b, &st->kern_round);
+            }
+        }
         return gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
-                          up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, err) &&
+                          up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, st->a16, err) &&
                wstack(cm, i, first, E, &st->gm[0].w, err);
     }
     case IR_OP_CONVERT:
@@ -523,13 +539,37 @@ static void model_free_buffers(CudaModel *cm)
     if (!cm->drv || cm->o.caller_workspace) return; /* there, they are addresses in the caller's workspace */
     cg_cuda_graph_free(cm->drv, cm->graph);
     cm->graph = NULL;
-    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch};
+    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
     for (int s = 0; s < cm->n_steps; s++) {
         cg_cuda_free(cm->drv, cm->steps[s].perm);
         cg_cuda_free(cm->drv, cm->steps[s].gate_w);
         cm->steps[s].perm = cm->steps[s].gate_w = 0;
     }
+}
+
+static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
+
+/* The grouped UP/DOWN pairs that run on the cp.async MMA form above the GEMV's T: 16-bit weights of
+ * one dtype, k of both and UP's n multiples of 8, and UP's h read by that DOWN only (it holds h
+ * 16-bit where the plan put the f32 one). */
+static void mark_a16(CudaModel *cm)
+{
+    if (cm->o.no_async_gemm) return;
+    int *uses = ir_use_counts(cm->m);
+    for (int s = 0; s < cm->n_steps; s++) {
+        const IrInstr *dn = cm->steps[s].i, *up = dn->op == IR_OP_MOE_GROUPED_DOWN ? dn->in[0]->def : NULL;
+        if (!up || up->op != IR_OP_MOE_GROUPED_UP || uses[dn->in[0]->id] != 1) continue;
+        const IrValue *wu = up->in[3], *wd = dn->in[5];
+        if (!half_dtype(wu->type.dtype) || wd->type.dtype != wu->type.dtype || wu->type.dims[1] % 8 ||
+            wd->type.dims[1] % 8 || cols(up->in[0]) != wu->type.dims[1])
+            continue;
+        Step *su = &cm->steps[ir_instr_position(cm->m, up)];
+        su->a16 = cm->steps[s].a16 = true;
+        size_t bytes = (size_t)wu->type.dims[1] * 2;
+        if (bytes > cm->x16_per_t) cm->x16_per_t = bytes;
+    }
+    free(uses);
 }
 
 static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
@@ -575,6 +615,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
             return NULL;
         }
     }
+    mark_a16(cm);
     for (s = 0; s < cm->n_steps; s++) {
         if (!prepare(cm, &cm->steps[s], err)) {
             cuda_model_free(cm);
@@ -629,7 +670,8 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
     if (!dalloc(cm, &cm->arena, arena, "the activation arena", false, err) ||
         !dalloc(cm, &cm->ids, (size_t)T * sizeof(int32_t), "token ids", false, err) ||
         !dalloc(cm, &cm->pos, (size_t)T * sizeof(int32_t), "positions", false, err) ||
-        !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err))
+        !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err) ||
+        (cm->x16_per_t && !dalloc(cm, &cm->x16, cm->x16_per_t * (size_t)T, "16-bit expert inputs", false, err)))
         return false;
     for (int s = 0; s < cm->n_steps; s++) {
         Step *st = &cm->steps[s];
@@ -693,10 +735,13 @@ static bool op(const Run *r, const Step *st, int kern, const CgOpDesc *d, void *
     return launch(r, st, kern, g, b, smem, args);
 }
 
+/* Whether T tokens run on gm's tiles (else the GEMV). */
+static bool tiled_at(const Run *r, const Gemm *gm) { return r->T > CG_CUDA_GEMV_MAX_T && gm->k_tiled >= 0; }
+
 /* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
 static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
 {
-    bool gemv = r->T <= CG_CUDA_GEMV_MAX_T || gm->k_tiled < 0, decode = r->T == 1 && gm->k_gemv1 >= 0;
+    bool gemv = !tiled_at(r, gm), decode = r->T == 1 && gm->k_gemv1 >= 0;
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
     unsigned gr[3], b[3];
     size_t smem;
@@ -797,6 +842,14 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_GROUPED_UP: {
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t off = ds->off, perm = ds->perm, w = st->gm[0].w;
+        if (st->a16 && tiled_at(r, &st->gm[0])) { /* x to 16 bits first; h comes out 16-bit */
+            long long n = (long long)(r->T * cols(i->in[0]));
+            unsigned g[3], b[3];
+            void *ra[] = {&n, &a0, &cm->x16};
+            cg_cuda_round16_launch(n, g, b);
+            if (!launch(r, st, st->kern_round, g, b, 0, ra)) return false;
+            a0 = cm->x16;
+        }
         void *a[] = {(void *)&r->TT, &a0, &off, &perm, &w, &out};
         return gemm(r, st, &st->gm[0], a);
     }
@@ -989,7 +1042,8 @@ static size_t workspace_layout(const CudaModel *cm, int64_t T, uint64_t base, Cu
     uint64_t at = base;
     uint64_t arena = take(&at, (size_t)(cm->m->arena_t * T + cm->m->arena_c));
     uint64_t scratch = take(&at, 4 * round64(cm->scratch_per_t * (size_t)T * sizeof(float)));
-    if (set) set->arena = arena, set->scratch = scratch;
+    uint64_t x16 = take(&at, cm->x16_per_t * (size_t)T);
+    if (set) set->arena = arena, set->scratch = scratch, set->x16 = x16;
     for (int s = 0; s < cm->n_steps; s++) {
         const Step *st = &cm->steps[s];
         if (st->i->op != IR_OP_MOE_DISPATCH) continue;

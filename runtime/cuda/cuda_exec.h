@@ -59,9 +59,12 @@ typedef struct CudaOptions {
                                        elements no kernel wrote)                                    */
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
-                                       ({0}: the default, 64x64x32)                                 */
+                                       ({0}: the default, cg_cuda_gemm_async's or _default's)      */
     bool no_decode_gemv;            /* T = 1 on the general GEMV too, not on its decode form
                                        (cg_cuda_gemm_decode; MOEPPC_CUDA_DECODE_GEMV=0: an A/B)     */
+    bool no_async_gemm;             /* the grouped GEMMs of 16-bit models on the register-pipelined
+                                       MMA form with f32 activations, not the cp.async form with
+                                       16-bit ones (MOEPPC_CUDA_ASYNC_GEMM=0: an A/B)               */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */

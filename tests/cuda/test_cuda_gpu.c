@@ -140,13 +140,19 @@ static double rel_err(const float *got, const double *want, size_t n)
 {
     double worst = 0, scale = 0;
     for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
-    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY; /* fmax would drop a NaN: an unwritten element */
+        worst = fmax(worst, fabs(got[i] - want[i]));
+    }
     return scale > 0 ? worst / scale : worst;
 }
 
 /* One path: dispatch on the host, then UP and DOWN on the device against f64 references computed from
- * the same (rounded) weights; hidden size D, intermediate I; decode: the GEMV's decode form. */
-static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol, int D, int I, bool decode)
+ * the same (rounded) weights; hidden size D, intermediate I; decode: the GEMV's decode form. async
+ * (MMA): the cp.async form with {stages, bm, bn, bk} (0: its default), x uploaded 16-bit and h
+ * coming out 16-bit, as the executor runs it. */
+static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol, int D, int I, bool decode,
+                         const int *async)
 {
     enum { K = 2, E = 4, EALL = 6 };
     moe_rng r;
@@ -187,16 +193,28 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     CgCudaGemm gu = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, path, dt, E, K, I, D);
     CgCudaGemm gd = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, path, dt, E, K, D, I);
     if (decode) gu = cg_cuda_gemm_decode(&gu), gd = cg_cuda_gemm_decode(&gd);
+    CgCudaGemm *both[] = {&gu, &gd};
+    for (int q = 0; async && q < 2; q++) {
+        CgCudaGemm *g = both[q];
+        *g = cg_cuda_gemm_async(g);
+        if (async[0]) g->stages = async[0];
+        if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
+    }
     char su[256], sd[256], err[256];
     cg_cuda_gemm_symbol(&gu, su, sizeof su);
     cg_cuda_gemm_symbol(&gd, sd, sizeof sd);
     char *srcu = cg_cuda_gemm_source(&gu, err, sizeof err), *srcd = cg_cuda_gemm_source(&gd, err, sizeof err);
+    if (!srcu || !srcd) fprintf(stderr, "%s\n", err);
+    assert_true(srcu && srcd);
     void *fu = kernel(srcu, su), *fd = kernel(srcd, sd);
     float *hgot = xmalloc((size_t)S * I * 4 + 4), *ygot = xcalloc((size_t)T * D, 4);
-    for (int64_t i = 0; i < S * I; i++) hgot[i] = NAN; /* poison: unwritten elements show */
-    uint64_t dx = upload(x, (size_t)T * D * 4), doff = upload(off, sizeof off), dperm = upload(perm, (size_t)T * K * 4),
-             dgw = upload(gw, (size_t)T * K * 4), dwu = upload(wu, nu * esz), dwd = upload(wd, nd * esz),
-             dh = upload(hgot, (size_t)S * I * 4 + 4), dy = upload(ygot, (size_t)T * D * 4);
+    size_t hsz = async ? 2 : 4, xsz = async ? 2 : 4; /* async: x and h 16-bit */
+    uint16_t *x16 = xmalloc((size_t)T * D * 2);
+    for (int64_t i = 0; i < T * D && async; i++) dtype_store(dt, x16, (size_t)i, x[i]);
+    for (int64_t i = 0; i < S * I; i++) hgot[i] = NAN; /* poison: unwritten elements show (0xffff: NaN too) */
+    uint64_t dx = upload(async ? (void *)x16 : x, (size_t)T * D * xsz), doff = upload(off, sizeof off),
+             dperm = upload(perm, (size_t)T * K * 4), dgw = upload(gw, (size_t)T * K * 4), dwu = upload(wu, nu * esz),
+             dwd = upload(wd, nd * esz), dh = upload(hgot, (size_t)S * I * 4 + 4), dy = upload(ygot, (size_t)T * D * 4);
     long long TT = T;
     unsigned g[3], b[3];
     size_t smem;
@@ -206,34 +224,41 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy};
     cg_cuda_gemm_launch(&gd, T, g, b, &smem);
     launch(fd, g, b, smem, ad);
-    download(hgot, dh, (size_t)S * I * 4);
+    download(hgot, dh, (size_t)S * I * hsz);
+    for (int64_t i = S * I - 1; async && i >= 0; i--) hgot[i] = (float)dtype_load(dt, hgot, (size_t)i); /* widen in place */
     download(ygot, dy, (size_t)T * D * 4);
     double eu = rel_err(hgot, h, (size_t)S * I), ed = rel_err(ygot, y, (size_t)T * D);
-    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down rel err %.3g (tol %g)\n", cg_cuda_gemm_path_name(path),
+    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down rel err %.3g (tol %g)\n", async ? su : cg_cuda_gemm_path_name(path),
            decode ? " (decode)" : "", dtype_name(dt), (long long)T, D, I, eu, ed, tol);
     assert_true(eu <= tol);
     assert_true(ed <= tol);
     uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
     free(srcu), free(srcd), free(ids), free(perm), free(w), free(gw), free(x), free(wu), free(wd), free(h), free(y);
-    free(hgot), free(ygot);
+    free(hgot), free(ygot), free(x16);
 }
 
 static void test_grouped(void **state)
 {
     (void)state;
     if (!drv) skip();
-    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false);
-    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false);
-    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2, 64, 48, false);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 48, false);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2, 64, 48, false);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2, 64, 48, false); /* more slots than one register chunk */
+    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false, NULL);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, NULL);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2, 64, 48, false, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 48, false, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2, 64, 48, false, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2, 64, 48, false, NULL); /* more slots than one register chunk */
     /* the decode form: k loops of 4 and 3 batched loads, the last batch partial; T = 1 and more slots */
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 1, 1e-4, 1000, 600, true);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, true);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 1, 1e-4, 1000, 600, true, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, true, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false, NULL);
+    /* the cp.async form: its default (tiles wider than N: masked columns), then a 4-stage ring with
+     * an odd count of 8-column blocks per warp (ldmatrix x4 and x2), and k tails (48 % 32, 200 % 64) */
+    static const int dflt[4] = {0}, odd[4] = {4, 64, 48, 16}, deep[4] = {3, 32, 32, 64};
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, dflt);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, odd);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, deep);
 }
 
 int main(void)

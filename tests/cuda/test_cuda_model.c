@@ -246,7 +246,8 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
     const EvalTensor *want = eval_output(&ref, "logits");
     int64_t last = rows < T ? rows : T, T0 = last - 3 > 1 ? last - 3 : 1, V = want->type.dims[1], cols;
     moe_dtype dt;
-    CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV")};
+    CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
+                       .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
     CudaModel *dm = cuda_model_new(m, w, s->max_positions, &opt, &err);
     assert_non_null(dm);
     assert_true(cuda_model_run(dm, ids, pos, T0, &err));

@@ -251,13 +251,43 @@ static void test_ldmatrix(void **state)
         }
 }
 
+/* Dynamic shared memory: above 48 KB through the launch's opt-in (cg_cuda_launch sets the attribute),
+ * garbage (0xff) at the start of a block, shared by its threads; beyond an sm_90 block's 227 KB the
+ * opt-in is refused with a message. */
+static void test_dynamic_shared(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("extern \"C\" __global__ void k(unsigned *o) {\n"
+                           "    DYN_SHARED(unsigned, d);\n"
+                           "    int t = threadIdx.x;\n"
+                           "    if (t == 0) o[0] = d[16383];  /* the last word of 64 KB, before anyone wrote */\n"
+                           "    __syncthreads();\n"
+                           "    d[t * 512] = 100u * blockIdx.x + t;\n"
+                           "    __syncthreads();\n"
+                           "    o[1 + 32 * blockIdx.x + t] = d[((t + 1) % 32) * 512]; }\n");
+    char err[1024];
+    uint64_t o = dev(4 * 65);
+    unsigned grid[3] = {2, 1, 1}, block[3] = {32, 1, 1};
+    void *args[] = {&o};
+    assert_true(cg_cuda_launch(drv, fn, grid, block, 64 * 1024, args, err, sizeof err));
+    unsigned h[65];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    assert_true(h[0] == 0xffffffffu);
+    for (unsigned b = 0; b < 2; b++)
+        for (unsigned t = 0; t < 32; t++) assert_int_equal(h[1 + 32 * b + t], 100 * b + (t + 1) % 32);
+    assert_false(cg_cuda_launch(drv, fn, grid, block, 300 * 1024, args, err, sizeof err));
+    printf("300 KB of dynamic shared memory -> %s\n", err);
+    assert_non_null(strstr(err, "dynamic shared memory"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_divergent_barrier), cmocka_unit_test(test_partial_warp),
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
-        cmocka_unit_test(test_ldmatrix),
+        cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

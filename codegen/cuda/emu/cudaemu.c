@@ -12,7 +12,7 @@
  * (filled with 0xff bytes, NaN as floats, when allocated); streams run everything at once, in order;
  * a stream capture records launches, copies and fills into a graph that a graph launch replays;
  * events read the host's clock. Timing figures are the CPU's and mean nothing for a GPU.
- * Not emulated: dynamic shared memory, partial warp masks, texture/surface memory, several devices. */
+ * Not emulated: partial warp masks, texture/surface memory, several devices. */
 #include "codegen/cuda/emu/cudaemu_abi.h"
 
 #include <dlfcn.h>
@@ -81,6 +81,9 @@ EXPORT CUresult cuGetErrorString(CUresult rc, const char **s)
 
 /* ---- fibers ---------------------------------------------------------------------------------------- */
 #define MAX_THREADS 1024
+#define DYN_SMEM_DEFAULT (48 * 1024)  /* without an opt-in */
+#define DYN_SMEM_MAX (227 * 1024)     /* with one (sm_90) */
+#define FUNC_ATTR_MAX_DYNAMIC_SHARED 8
 #define STACK_BYTES (256 << 10)
 
 enum { F_RUN, F_BAR, F_WX, F_DONE };
@@ -112,6 +115,7 @@ typedef struct Kernel {
     void (*call)(void **args);
     int n_args;
     unsigned sizes[64];
+    unsigned max_dyn; /* dynamic shared memory a launch may ask for (cuFuncSetAttribute; 0: 48 KB) */
     char name[256];
 } Kernel;
 
@@ -127,6 +131,8 @@ typedef struct Sched {
     Fiber *cur;
     const Kernel *k;
     void **args;
+    unsigned char *dyn; /* the block's dynamic shared memory */
+    size_t dyn_bytes, dyn_cap;
     bool failed;
     char msg[768];
 } Sched;
@@ -278,14 +284,17 @@ static void api_cp_wait(int pending)
     f->n_cp = kept;
 }
 
+static void *api_dyn_smem(void) { return S->dyn; }
+
 static const CudaEmuApi api = {CUDAEMU_ABI, api_self, api_syncthreads, api_exchange, api_fail, api_cp_async,
-                               api_cp_commit, api_cp_wait};
+                               api_cp_commit, api_cp_wait, api_dyn_smem};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
 static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, CudaEmuDim3 block, CudaEmuDim3 bid)
 {
     int n = (int)(block.x * block.y * block.z), nw = (n + 31) / 32;
     s->k = k, s->args = args, s->failed = false;
+    memset(s->dyn, 0xff, s->dyn_bytes); /* shared memory starts as garbage on a GPU: NaN here */
     for (int i = 0; i < n; i++) {
         Fiber *f = &s->fib[i];
         f->state = F_RUN, f->xgen = 0, f->n_cp = 0, f->committed = 0;
@@ -335,6 +344,7 @@ typedef struct Launch {
     const Kernel *k;
     void **args;
     CudaEmuDim3 grid, block;
+    unsigned smem;
     long next, total;
     int failed;
 } Launch;
@@ -347,6 +357,18 @@ static void launch_work(Launch *L)
         fail_with(CU_OUT_OF_MEMORY, "no memory for the emulator's fiber stacks");
         return;
     }
+    if (L->smem > s->dyn_cap) {
+        free(s->dyn);
+        s->dyn_cap = 0;
+        if (posix_memalign((void **)&s->dyn, 64, L->smem)) {
+            s->dyn = NULL;
+            __atomic_store_n(&L->failed, 1, __ATOMIC_SEQ_CST);
+            fail_with(CU_OUT_OF_MEMORY, "no memory for %u bytes of dynamic shared memory", L->smem);
+            return;
+        }
+        s->dyn_cap = L->smem;
+    }
+    s->dyn_bytes = L->smem;
     for (;;) {
         long b = __atomic_fetch_add(&L->next, 1, __ATOMIC_SEQ_CST);
         if (b >= L->total || __atomic_load_n(&L->failed, __ATOMIC_SEQ_CST)) return;
@@ -399,9 +421,9 @@ static void pool_start(void)
     }
 }
 
-static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, void **args)
+static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args)
 {
-    Launch L = {k, args, grid, block, 0, (long)grid.x * grid.y * grid.z, 0};
+    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
     if (n_workers < 0) pool_start();
     bool pool = n_workers > 0 && L.total > 1;
@@ -571,6 +593,7 @@ typedef struct Node {
     NodeKind kind;
     const Kernel *k;
     CudaEmuDim3 grid, block;
+    unsigned smem;
     void **args;          /* into blob */
     unsigned char *blob;  /* the arguments' values, copied at capture */
     char *dst;
@@ -624,7 +647,7 @@ static bool copy_args(Node *n, const Kernel *k, void **args)
 static CUresult run_node(const Node *n)
 {
     switch (n->kind) {
-    case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->args);
+    case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->smem, n->args);
     case N_COPY: memmove(n->dst, n->src, n->bytes); return CU_OK;
     case N_FILL:
         for (size_t i = 0; i < n->bytes; i++) memcpy(n->dst + 4 * i, &n->value, 4);
@@ -857,6 +880,25 @@ EXPORT CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, 
     if (!gx || !gy || !gz || !bx || !by || !bz || (unsigned long long)bx * by * bz > MAX_THREADS)
         return fail_with(CU_INVALID_VALUE, "kernel %s: launch of grid (%u,%u,%u) and block (%u,%u,%u)", k->name, gx, gy,
                          gz, bx, by, bz);
-    if (smem) return fail_with(CU_NOT_SUPPORTED, "kernel %s: dynamic shared memory is not emulated", k->name);
-    return enqueue(stream, (Node){.kind = N_LAUNCH, .k = k, .grid = {gx, gy, gz}, .block = {bx, by, bz}, .args = params});
+    unsigned max = k->max_dyn ? k->max_dyn : DYN_SMEM_DEFAULT;
+    if (smem > max)
+        return fail_with(CU_INVALID_VALUE, "kernel %s: launch with %u bytes of dynamic shared memory, above its %u (more "
+                         "than 48 KB needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) first)",
+                         k->name, smem, max);
+    return enqueue(stream, (Node){.kind = N_LAUNCH, .k = k, .grid = {gx, gy, gz}, .block = {bx, by, bz}, .smem = smem,
+                                  .args = params});
+}
+
+/* Of the function attributes, the one moeppc sets: the dynamic shared memory a launch may use. */
+EXPORT CUresult cuFuncSetAttribute(void *fn, int attr, int value)
+{
+    Kernel *k = fn;
+    if (!k) return fail_with(CU_INVALID_HANDLE, "cuFuncSetAttribute without a function");
+    if (attr != FUNC_ATTR_MAX_DYNAMIC_SHARED)
+        return fail_with(CU_NOT_SUPPORTED, "cuFuncSetAttribute: attribute %d is not emulated", attr);
+    if (value < 0 || value > DYN_SMEM_MAX)
+        return fail_with(CU_INVALID_VALUE, "kernel %s: %d bytes of dynamic shared memory, above the %d of an sm_90 block",
+                         k->name, value, DYN_SMEM_MAX);
+    k->max_dyn = (unsigned)value;
+    return CU_OK;
 }

@@ -4,7 +4,7 @@
 #ifndef MOEPPC_CUDAEMU_ABI_H
 #define MOEPPC_CUDAEMU_ABI_H
 
-#define CUDAEMU_ABI 2
+#define CUDAEMU_ABI 3
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
 /* The first line of a kernel image for the emulator; the second is the path of its shared object. */
@@ -33,6 +33,7 @@ typedef struct CudaEmuApi {
     void (*cp_async)(void *dst, const void *src, unsigned bytes, unsigned src_bytes);
     void (*cp_commit)(void);
     void (*cp_wait)(int pending);
+    void *(*dyn_smem)(void); /* the block's dynamic shared memory (the launch's bytes, 0xff at start) */
 } CudaEmuApi;
 
 #endif

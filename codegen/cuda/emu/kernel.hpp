@@ -22,7 +22,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
-#define CUDAEMU_ABI 2
+#define CUDAEMU_ABI 3
 #define CUDAEMU_SLOT 128
 #define CUDAEMU_SCRATCH 2048
 struct CudaEmuDim3 { unsigned x, y, z; };
@@ -36,6 +36,7 @@ struct CudaEmuApi {
     void (*cp_async)(void *dst, const void *src, unsigned bytes, unsigned src_bytes);
     void (*cp_commit)(void);
     void (*cp_wait)(int pending);
+    void *(*dyn_smem)(void);
 };
 static const CudaEmuApi *cudaemu;
 
@@ -272,6 +273,8 @@ static inline void ldmatrix_x2_trans(u32 *r, const void *row) { cudaemu_ldmatrix
 static inline void cp_async16(void *dst, const void *src, unsigned src_bytes) { cudaemu->cp_async(dst, src, 16, src_bytes); }
 static inline void cp_async_commit() { cudaemu->cp_commit(); }
 template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
+// extern __shared__ T name[]: the launch's dynamic shared memory
+#define DYN_SHARED(T, name) T *name = (T *)cudaemu->dyn_smem()
 
 // ---- the entry points of the kernel's shared object (emu_compile.c appends the kernel's name) -------
 template <typename... A, size_t... I> static void cudaemu_call(void (*f)(A...), void **args, std::index_sequence<I...>)
