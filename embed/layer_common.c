@@ -123,7 +123,7 @@ static moepp_status check_tensor(const LayerTensor *want, const moepp_tensor *t,
     if (t->memory == MOEPP_MEMORY_DEVICE && !device_ok)
         return layer_fail(MOEPP_ERR_UNSUPPORTED, "tensor %s: a device pointer was given to a CPU build of the library",
                     t->name);
-    if (t->memory != MOEPP_MEMORY_HOST)
+    if (t->memory != MOEPP_MEMORY_HOST && t->memory != MOEPP_MEMORY_DEVICE)
         return layer_fail(MOEPP_ERR_INVALID_ARGUMENT, "tensor %s: memory %d is neither MOEPP_MEMORY_HOST nor _DEVICE",
                     t->name, (int)t->memory);
     if (!t->data) return layer_fail(MOEPP_ERR_NULL_POINTER, "tensor %s: data is NULL", t->name);

@@ -5,9 +5,10 @@
 # residual_in and its last one with one (when the spec has a gating residual), several thread
 # counts. Each "--mutate" run (a negated down-projection; a dropped residual_in) must fail, or the
 # check could not catch them. cuda: LIB is a CUDA build and examples/embed_c is built with
-# -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda); each case runs with device
-# weights, host weights and in place; exit 77 (skipped) without the runtime's header or without a
-# usable GPU. Env: CC, PKG_CONFIG, PYTHON, CUDA_HOME.
+# -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda; the libcudart of folder
+# $CUDART_DIR when set: the CUDA emulator's test one, with LIB emitted for --target emu); each case
+# runs with device weights, host weights and in place; exit 77 (skipped) without the runtime's header
+# or without a usable GPU. Env: CC, PKG_CONFIG, PYTHON, CUDA_HOME, CUDART_DIR.
 set -u
 KIND=$1 MOEPPC=$2 REF=$3 LIB=$4 SPEC=$5 WORK=$6
 CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config} PY=${PYTHON:-/usr/bin/python3}
@@ -22,7 +23,8 @@ sanitized=0
 if [ "$KIND" = cuda ]; then
   CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   [ -e "$CUDA_HOME/include/cuda_runtime.h" ] || { echo "skipped: no CUDA runtime in $CUDA_HOME"; exit 77; }
-  cudart=("-I$CUDA_HOME/include" "-L$CUDA_HOME/lib64" -lcudart "-Wl,-rpath,$CUDA_HOME/lib64")
+  CUDART_DIR=${CUDART_DIR:-$CUDA_HOME/lib64}
+  cudart=("-I$CUDA_HOME/include" "-L$CUDART_DIR" -lcudart "-Wl,-rpath,$CUDART_DIR")
   "$CC" -O2 -Wall -Wextra -Werror -DEMBED_CUDA "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags --libs moepp_layer) \
         "${cudart[@]}" -lm -Wl,-rpath,"$("$PKG_CONFIG" --variable=libdir moepp_layer)" -o "$WORK/embed_layer" ||
         fail "building embed_c for the GPU (shared)"
