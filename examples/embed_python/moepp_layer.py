@@ -102,7 +102,9 @@ class CudaDriver:
         except OSError as e:
             raise NoDevice(f"no CUDA driver ({path}): {e}") from None
         for name, args in self._SIGS.items():
-            fn = getattr(lib, name)
+            fn = getattr(lib, name, None)
+            if fn is None:
+                raise NoDevice(f"{path} has no {name}: not a CUDA driver")
             fn.restype, fn.argtypes = C.c_int, args
         self._detail = getattr(lib, "moeppc_cudaemu_last_error", None)  # the emulator's own message
         if self._detail is not None:
