@@ -123,7 +123,7 @@ static moepp_status check_tensor(const LayerTensor *want, const moepp_tensor *t,
     if (t->memory == MOEPP_MEMORY_DEVICE && !device_ok)
         return layer_fail(MOEPP_ERR_UNSUPPORTED, "tensor %s: a device pointer was given to a CPU build of the library",
                     t->name);
-    if (t->memory != MOEPP_MEMORY_HOST)
+    if (t->memory != MOEPP_MEMORY_HOST && t->memory != MOEPP_MEMORY_DEVICE)
         return layer_fail(MOEPP_ERR_INVALID_ARGUMENT, "tensor %s: memory %d is neither MOEPP_MEMORY_HOST nor _DEVICE",
                     t->name, (int)t->memory);
     if (!t->data) return layer_fail(MOEPP_ERR_NULL_POINTER, "tensor %s: data is NULL", t->name);
@@ -202,6 +202,24 @@ IrModule *layer_parse_image(const LayerImage *img, const WeightSet *w)
 }
 
 /* ---- forward ------------------------------------------------------------------------------------- */
+
+static int arch_number(const char *arch) { return strncmp(arch, "sm_", 3) == 0 ? atoi(arch + 3) : 0; }
+
+bool layer_cuda_isa_fits(const char *isa, const char *dev_arch, int ordinal, char *why, size_t n)
+{
+    bool lib_emu = strcmp(isa, "emu") == 0, dev_emu = strcmp(dev_arch, "emu") == 0;
+    if (lib_emu && dev_emu) return true;
+    if (lib_emu)
+        snprintf(why, n, "this library's kernels are for the CUDA emulator (emitted with --target emu) and device %d "
+                 "is a GPU (%s): emit the library with --target %s for it", ordinal, dev_arch, dev_arch);
+    else if (dev_emu)
+        snprintf(why, n, "this library's kernels are for %s GPUs (cubin and PTX) and device %d is the CUDA emulator, "
+                 "which runs only kernels compiled for it: emit the library with --target emu", isa, ordinal);
+    else if (arch_number(dev_arch) < arch_number(isa))
+        snprintf(why, n, "this library's kernels are for %s and newer; the GPU (device %d) is %s", isa, ordinal, dev_arch);
+    else return true;
+    return false;
+}
 
 moepp_status layer_check_call(const LayerCall *c)
 {

@@ -42,9 +42,8 @@ static moepp_status fail_driver(const char *what, const char *msg)
 
 /* ---- create ------------------------------------------------------------------------------------ */
 
-static int arch_number(const char *arch) { return strncmp(arch, "sm_", 3) == 0 ? atoi(arch + 3) : 0; }
-
-/* The driver, on the caller's device, for a GPU the kernels can run on. */
+/* The driver, on the caller's device, for a device the kernels can run on (layer_cuda_isa_fits: an
+ * sm_XX library on that GPU or a newer one, an emu library on the CUDA emulator only). */
 static moepp_status attach(const LayerImage *img, CgCudaDriver **out)
 {
     char e[512];
@@ -52,12 +51,10 @@ static moepp_status attach(const LayerImage *img, CgCudaDriver **out)
     if (!*out) return layer_fail(MOEPP_ERR_NO_DEVICE, "no CUDA device for this CUDA build of the library: %s", e);
     char arch[16];
     cg_cuda_device_arch(*out, arch, sizeof arch);
-    if (arch_number(arch) < arch_number(img->isa)) {
-        int dev = cg_cuda_device_ordinal(*out);
+    if (!layer_cuda_isa_fits(img->isa, arch, cg_cuda_device_ordinal(*out), e, sizeof e)) {
         cg_cuda_driver_close(*out);
         *out = NULL;
-        return layer_fail(MOEPP_ERR_UNSUPPORTED, "this library's kernels are for %s and newer; the GPU (device %d) is %s",
-                          img->isa, dev, arch);
+        return layer_fail(MOEPP_ERR_UNSUPPORTED, "%s", e);
     }
     return MOEPP_OK;
 }

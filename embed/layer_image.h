@@ -1,7 +1,8 @@
 /* layer_image.h — what `moeppc emit --emit lib` (tools/emit_lib.c) generates for embed/layer.c (CPU)
- * or embed/layer_cuda.c (--target sm_XX): one MoE layer of a spec as planned IR text, the kernels it
- * calls (CPU: linked symbols, as in an executable of `moeppc build`; CUDA: cubin for the target and
- * PTX, as C arrays), and the tensors a layer takes. The generated file defines moeppc_layer_image;
+ * or embed/layer_cuda.c (--target sm_XX, or emu): one MoE layer of a spec as planned IR text, the
+ * kernels it calls (CPU: linked symbols, as in an executable of `moeppc build`; CUDA: cubin for the
+ * target and PTX, as C arrays; emu: the CUDA emulator's kernel objects, whole, in the cubin's place),
+ * and the tensors a layer takes. The generated file defines moeppc_layer_image;
  * everything but the moepp_* functions is local to the emitted library. */
 #ifndef MOEPPC_EMBED_LAYER_IMAGE_H
 #define MOEPPC_EMBED_LAYER_IMAGE_H
@@ -18,7 +19,7 @@ typedef struct LayerTensor {
 
 typedef struct LayerImage {
     int backend;                  /* MOEPP_BACKEND_CPU or _CUDA                                */
-    const char *spec_name, *isa, *moeppc_version; /* isa: CPU "avx2", ...; CUDA the cubins' "sm_XX" */
+    const char *spec_name, *isa, *moeppc_version; /* isa: CPU "avx2", ...; CUDA "sm_XX" or "emu" */
     const char *ir_text;          /* the planned one-layer module (ir_lower_moe_layer), its    */
     int64_t layer;                /*   tensors named for this layer index                      */
     int64_t hidden, n_experts, n_ffn, n_const, n_copy, n_zero, top_k, ffn_intermediate;
@@ -29,7 +30,7 @@ typedef struct LayerImage {
     int n_tensors;
     const CpuKernelEntry *kernels;    /* CPU */
     int n_kernels;
-    const struct CudaKernelImage *cuda_images; /* CUDA: every kernel, cubin for isa and PTX      */
+    const struct CudaKernelImage *cuda_images; /* CUDA: every kernel, cubin for isa and PTX (emu: no PTX) */
     int n_cuda_images;
 } LayerImage;
 

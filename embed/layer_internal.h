@@ -44,6 +44,11 @@ int64_t layer_tokens_that_fit(size_t (*bytes_for)(const void *ctx, int64_t T), c
 moepp_status layer_workspace_args(const void *l, const void *workspace, size_t bytes,
                                   size_t (*bytes_for)(const void *ctx, int64_t T), int64_t *T);
 
+/* Whether a CUDA build's kernels (isa "sm_XX": cubin for it and PTX for newer GPUs; "emu": objects
+ * for the CUDA emulator) run on device `ordinal` of arch dev_arch ("sm_XY", or "emu" for the
+ * emulator): true, or false with why (a sentence naming both and the --target that would fit). */
+bool layer_cuda_isa_fits(const char *isa, const char *dev_arch, int ordinal, char *why, size_t n);
+
 /* The statistics of a call's picks (ids [T, k] in host memory) into s and picks[E]. */
 void layer_count_routes(const LayerImage *img, const int32_t *ids, int64_t T, int64_t *picks, moepp_route_stats *s);
 

@@ -1,9 +1,10 @@
 /* moepp_layer.h - one MoE++ layer as a library, for engines that keep their own runtime.
  *
- * Written by `moeppc emit SPEC --emit lib [--target sm_XX] -o DIR` next to libmoepp_layer.a,
+ * Written by `moeppc emit SPEC --emit lib [--target sm_XX|emu] -o DIR` next to libmoepp_layer.a,
  * libmoepp_layer.so and moepp_layer.pc; the library holds the kernels moeppc generated for SPEC's MoE
  * layer, specialised for its sizes and for the CPU of the machine that ran moeppc, or (--target
- * sm_80, sm_86, sm_89, sm_90) for NVIDIA GPUs: a CUDA build (see CUDA BUILD below). This header is the whole ABI: C89,
+ * sm_80, sm_86, sm_89, sm_90) for NVIDIA GPUs: a CUDA build (see CUDA BUILD below), or (--target emu)
+ * a CUDA build for moeppc's CUDA emulator, for tests without a GPU. This header is the whole ABI: C89,
  * versioned (MOEPP_LAYER_ABI_VERSION), every struct of fixed-size fields. The block at the end names
  * the spec this copy was emitted for.
  *
@@ -65,7 +66,10 @@
  * CUDA BUILD (moepp_layer_info.backend == MOEPP_BACKEND_CUDA; info.isa is the GPU architecture the
  * cubins are for, "sm_80", ...).
  *   Kernels: cubin for info.isa and PTX, which the driver compiles at create for newer GPUs (an
- *     older GPU: MOEPP_ERR_UNSUPPORTED). libcuda.so.1 is opened with dlopen at create: the library
+ *     older GPU: MOEPP_ERR_UNSUPPORTED). info.isa "emu": the kernels are objects for moeppc's CUDA
+ *     emulator (libmoeppc_cudaemu.so, opened instead of libcuda when MOEPPC_CUDA_DRIVER names it),
+ *     carried whole in the library; such a library runs only there, and an sm_XX library does not
+ *     run there (both: MOEPP_ERR_UNSUPPORTED at create). libcuda.so.1 is opened with dlopen at create: the library
  *     links nothing of CUDA and loads anywhere; without a driver or a GPU, create returns
  *     MOEPP_ERR_NO_DEVICE and moepp_last_error says why.
  *   Device and context: the layer runs on the device of the CUDA context current on the thread that
@@ -251,7 +255,7 @@ typedef struct moepp_layer_info {
     int32_t backend;                     /* moepp_backend                                             */
     char spec_name[64];
     char isa[16];                        /* CPU: "avx512", "avx2" or "sse" (the kernels need it);
-                                            CUDA: the cubins' architecture, "sm_80", ...               */
+                                            CUDA: the cubins' architecture, "sm_80", ..., or "emu"     */
     char moeppc_version[16];
     int64_t hidden;                      /* D                                                         */
     int64_t n_experts;                   /* E = n_ffn + n_const + n_copy + n_zero, in that order      */

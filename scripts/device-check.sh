@@ -8,8 +8,9 @@
 #      tiny and 0.6B models against the interpreter on fresh random inputs, outputs poisoned before
 #      every call (tests/cuda/test_cuda_model.c),
 #   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and runs the CUDA build of the
-#      embedding library (tests/embed: examples/embed_c on the GPU against the interpreter: device
-#      and host weights, in place, with and without the gating residual; needs the CUDA runtime),
+#      embedding library (tests/embed: examples/embed_c and examples/embed_python --cuda on the GPU
+#      against the interpreter: device and host weights, in place, with and without the gating
+#      residual; embed_c needs the CUDA runtime; a library emitted for the CUDA emulator refused),
 #   5. benchmarks the 7B layer at T = 1, 64, 512, 4096, tunes its grouped GEMMs' tiles (moeppc tune
 #      --target sm_90, written to $OUT/gpu-sm90-moepp-7b.yaml) and benchmarks with them, and prints the
 #      table last.
@@ -86,15 +87,21 @@ EOF
   run 60 "$bin/cuda_gpu"
   step "whole models against the interpreter (poisoned outputs, fresh seed)"
   run 150 "$bin/cuda_model"
-  step "the embedding library's CUDA build (examples/embed_c on the GPU against the interpreter)"
+  step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
   if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
     for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
-      run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh cuda "$bin/moeppc" "$bin/embed_layer_ref" \
-        "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_cuda_$spec"
+      for kind in cuda cuda-python; do
+        run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
+          "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
+      done
     done
+    [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+      "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
   elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
     cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
     run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
+    run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+      build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
   else
     echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
   fi

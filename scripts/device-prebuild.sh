@@ -29,6 +29,8 @@ if cmake -S . -B build -DMOEPPC_TESTS=ON >/dev/null && cmake --build build -j2 -
   for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
     build/moeppc emit specs/tiny/$spec.yaml --emit lib --target sm_90 -o "$dir/cudalib/$spec" >/dev/null
   done
+  # and one for the CUDA emulator, which a GPU must refuse (MOEPP_ERR_UNSUPPORTED)
+  build/moeppc emit specs/tiny/tiny-moepp.yaml --emit lib --target emu -o "$dir/cudalib/emu-tiny-moepp" >/dev/null
 fi
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo +changes), built $(date -u +%FT%TZ)" >"$dir/BUILD_INFO"
 du -sh "$dir"

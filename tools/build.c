@@ -55,13 +55,18 @@ void write_cuda_images(FILE *f, const CudaKernelCode *code, const CgCudaBinary *
     for (int k = 0; k < n; k++) {
         fprintf(f, "static const char cubin%d[] =\n", k);
         write_c_bytes(f, bin[k].cubin, bin[k].cubin_len);
-        fprintf(f, ";\nstatic const char ptx%d[] =\n", k);
+        fputs(";\n", f);
+        if (!bin[k].ptx) continue; /* arch emu: the emulator's object only */
+        fprintf(f, "static const char ptx%d[] =\n", k);
         write_c_bytes(f, (const unsigned char *)bin[k].ptx, bin[k].ptx_len + 1);
         fputs(";\n", f);
     }
     fprintf(f, "\nstatic const CudaKernelImage %s[] = {\n", table);
-    for (int k = 0; k < n; k++)
-        fprintf(f, "    {\"%s\", (const unsigned char *)cubin%d, sizeof cubin%d - 1, ptx%d},\n", code[k].symbol, k, k, k);
+    for (int k = 0; k < n; k++) {
+        char ptx[32] = "NULL";
+        if (bin[k].ptx) snprintf(ptx, sizeof ptx, "ptx%d", k);
+        fprintf(f, "    {\"%s\", (const unsigned char *)cubin%d, sizeof cubin%d - 1, %s},\n", code[k].symbol, k, k, ptx);
+    }
     fprintf(f, "};\n");
 }
 
@@ -318,7 +323,7 @@ int cmd_build(int argc, char **argv)
 
 /* ---- moeppc emit ---------------------------------------------------------------------------------- */
 
-#define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB]"
+#define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90|emu (lib)] [--tuning DB]"
 
 /* Every CPU kernel of the spec into dir: objects named by symbol, or the optimised LLVM IR; plus
  * kernels.txt, one symbol per line (GEMM kernels with their tile). */
@@ -386,7 +391,11 @@ int cmd_emit(int argc, char **argv)
     bool gpu = strcmp(kind, "cuda") == 0 || strcmp(kind, "ptx") == 0 || strcmp(kind, "cubin") == 0;
     if (!cpu && !gpu) return usage_error("emit", EMIT_USAGE, "--emit: expected llvm, obj, lib, cuda, ptx or cubin, found '%s'", kind);
     pass_target t = gpu ? TARGET_SM90 : TARGET_CPU;
-    if (target && !pass_target_parse(target, &t)) return usage_error("emit", EMIT_USAGE, "--target: unknown target '%s'", target);
+    bool emu = target && strcmp(target, "emu") == 0; /* CG_CUDA_EMU_ARCH: a CUDA library for the emulator */
+    if (emu && !lib)
+        return usage_error("emit", EMIT_USAGE, "--target %s goes with --emit lib only (a layer library for the CUDA emulator)", target);
+    if (target && !emu && !pass_target_parse(target, &t))
+        return usage_error("emit", EMIT_USAGE, "--target: unknown target '%s'", target);
     if (!lib && cpu != (t == TARGET_CPU)) return usage_error("emit", EMIT_USAGE, "--emit %s does not go with this --target", kind);
     if (!make_dirs(dir)) {
         fprintf(stderr, "moeppc emit: error: cannot create '%s': %s\n", dir, strerror(errno));
@@ -395,7 +404,7 @@ int cmd_emit(int argc, char **argv)
     if (gpu) return emit_cuda(spec, kind, pass_target_name(t), dir);
     TuneDb db = {0};
     if (tuning && !tuning_load_for_host(tuning, &db)) return 1;
-    const char *arch = t == TARGET_CPU ? NULL : pass_target_name(t); /* lib: a CUDA build */
+    const char *arch = emu ? "emu" : t == TARGET_CPU ? NULL : pass_target_name(t); /* lib: a CUDA build */
     int rc = lib ? emit_lib(spec, dir, tuning ? &db : NULL, arch) : emit_cpu(spec, dir, strcmp(kind, "llvm") == 0, tuning ? &db : NULL);
     tune_db_free(&db);
     return rc;

@@ -1,9 +1,10 @@
-/* emit_lib.c — `moeppc emit SPEC --emit lib [--target sm_XX] -o DIR`: one MoE layer of a spec as a
+/* emit_lib.c — `moeppc emit SPEC --emit lib [--target sm_XX|emu] -o DIR`: one MoE layer of a spec as a
  * library behind the C ABI of embed/moepp_layer.h. The layer alone is lowered (ir_lower_moe_layer,
  * for the spec's first MoE layer: every MoE layer runs the same code on its own weights) and
  * optimised; its kernels are generated: CPU objects, or (a CUDA build, --target) cubin for the
  * target and PTX of every CUDA kernel, compiled by NVRTC, with the weights used in place (the "_wt"
- * grouped GEMMs); a C file holding the planned IR, the kernel table and the tensor list
+ * grouped GEMMs; --target emu: the CUDA emulator's kernel objects instead, each embedded whole, for
+ * tests without a GPU); a C file holding the planned IR, the kernel table and the tensor list
  * (embed/layer_image.h) is compiled; all of it and the runtime archive (moeppc_layer_rt, or
  * moeppc_layer_cuda_rt: the CUDA executor, libcuda through dlopen) become one relocatable object
  * whose only global symbols are the ABI's, archived as libmoepp_layer.a and linked as
@@ -229,11 +230,11 @@ static const char *dtype_macro(moe_dtype t)
 }
 
 /* What this copy of the header was emitted for: the spec's numbers as macros, its tensors listed. */
-static void spec_block(StrBuf *b, const ModelSpec *s, int64_t l, const IrModule *m, const char *isa)
+static void spec_block(StrBuf *b, const ModelSpec *s, int64_t l, const IrModule *m, const char *isa, bool cuda)
 {
     strbuf_printf(b, "/* ---- this copy: emitted by moeppc %s for spec \"%s\", kernels for %s -------------------------- */\n",
                   MOEPPC_VERSION, s->name, isa);
-    strbuf_printf(b, "#define MOEPP_LAYER_BACKEND %s\n", strncmp(isa, "sm_", 3) == 0 ? "MOEPP_BACKEND_CUDA" : "MOEPP_BACKEND_CPU");
+    strbuf_printf(b, "#define MOEPP_LAYER_BACKEND %s\n", cuda ? "MOEPP_BACKEND_CUDA" : "MOEPP_BACKEND_CPU");
     strbuf_printf(b, "#define MOEPP_LAYER_SPEC_NAME \"%s\"\n", s->name);
     strbuf_printf(b, "#define MOEPP_LAYER_HIDDEN %lld\n#define MOEPP_LAYER_N_EXPERTS %lld\n", (long long)s->hidden,
                   (long long)spec_n_experts(s));
@@ -261,7 +262,7 @@ static void spec_block(StrBuf *b, const ModelSpec *s, int64_t l, const IrModule 
     strbuf_printf(b, " */");
 }
 
-static bool write_header(const char *dir, const ModelSpec *s, int64_t l, const IrModule *m, const char *isa)
+static bool write_header(const char *dir, const ModelSpec *s, int64_t l, const IrModule *m, const char *isa, bool cuda)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/embed/moepp_layer.h", MOEPPC_SOURCE_DIR);
@@ -276,7 +277,7 @@ static bool write_header(const char *dir, const ModelSpec *s, int64_t l, const I
     }
     StrBuf b = {0};
     strbuf_printf(&b, "%.*s", (int)(at - tmpl), tmpl);
-    spec_block(&b, s, l, m, isa);
+    spec_block(&b, s, l, m, isa, cuda);
     strbuf_printf(&b, "%s", at + strlen(marker));
     bool ok = write_text(dir, "moepp_layer.h", b.s, b.len);
     free(b.s);
@@ -350,7 +351,7 @@ static bool write_all(const char *tmp, const char *dir, const ModelSpec *s, int6
     if (cuda) runtime = MOEPPC_LAYER_CUDA_RT;
 #endif
     return write_image(image, s, l, m, k, isa) && link_object(tmp, k->cpu ? k->n : 0, runtime) &&
-           write_libraries(tmp, dir, cuda) && write_header(dir, s, l, m, isa) && write_pc(dir, s, isa, cuda) &&
+           write_libraries(tmp, dir, cuda) && write_header(dir, s, l, m, isa, cuda) && write_pc(dir, s, isa, cuda) &&
            write_ir(dir, m);
 }
 
@@ -378,7 +379,8 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
     return ok ? 0 : 1;
 }
 
-/* A CUDA build: the layer's CUDA kernels for weights used in place, cubin for arch and PTX. */
+/* A CUDA build: the layer's CUDA kernels for weights used in place, cubin for arch and PTX; for arch
+ * emu the CUDA emulator's kernel objects instead, each embedded whole (cg_cuda_emu_embed). */
 static int emit_lib_cuda(const ModelSpec *s, const char *spec_path, int64_t l, const char *dir, const char *arch)
 {
 #if defined(MOEPPC_HAVE_CUDA) && defined(MOEPPC_LAYER_CUDA_RT)
@@ -393,13 +395,16 @@ static int emit_lib_cuda(const ModelSpec *s, const char *spec_path, int64_t l, c
     if (!ok) snprintf(err.msg, sizeof err.msg, "cannot create a temporary directory: %s", strerror(errno));
     ok = ok && cuda_module_kernels(m, &o, &code, &n, &err);
     if (ok) bin = xcalloc((size_t)n + 1, sizeof *bin);
-    ok = ok && cuda_compile_kernels(code, n, arch, true, true, bin, err.msg, sizeof err.msg);
+    bool emu = strcmp(arch, CG_CUDA_EMU_ARCH) == 0; /* the emulator's objects, each carried whole; no PTX */
+    ok = ok && cuda_compile_kernels(code, n, arch, true, !emu, bin, err.msg, sizeof err.msg);
+    for (int j = 0; ok && emu && j < n; j++) ok = cg_cuda_emu_embed(&bin[j], err.msg, sizeof err.msg);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg);
     LibKernels k = {.code = code, .bin = bin, .n = n};
     ok = ok && write_all(tmp, dir, s, l, m, &k, arch);
     if (ok)
         printf("wrote %s: moepp_layer.h, libmoepp_layer.a, libmoepp_layer.so, moepp_layer.pc (one MoE layer of %s, "
-               "a CUDA build: %d kernels, cubin for %s and PTX)\n", dir, s->name, n, arch);
+               "a CUDA build: %d kernels, %s%s)\n", dir, s->name, n, emu ? "objects for the CUDA emulator" : "cubin and PTX for ",
+               emu ? "" : arch);
     remove_temps(tmp, 0);
     for (int j = 0; bin && j < n; j++) cg_cuda_binary_free(&bin[j]);
     free(bin);

@@ -206,6 +206,9 @@ void cg_cuda_binary_free(CgCudaBinary *b);
  * report (-1). */
 #define CG_CUDA_EMU_ARCH "emu"
 bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out, char *err, size_t errlen);
+/* b->cubin, an image of cg_cuda_emu_compile (the object's path), replaced by a self-contained one
+ * carrying the object's bytes (what an emitted library embeds: the cache folder may vanish). */
+bool cg_cuda_emu_embed(CgCudaBinary *b, char *err, size_t errlen);
 /* "NVRTC x.y" or NULL with err set (the library's version call). */
 bool cg_cuda_nvrtc_version(int *major, int *minor);
 const char *cg_cuda_nvrtc_version_text(void); /* "NVRTC 13.0": what GPU tuning databases record */

@@ -1,7 +1,7 @@
 /* test_cudaemu.c — the CUDA emulator (codegen/cuda/emu) itself: small kernels compiled for arch emu
  * and run through the driver API as moeppc runs them. What it must catch (a divergent barrier, a warp
  * collective with lanes missing: errors naming the kernel, never a hang), what it must refuse (a GPU
- * image), what it must model (graph capture runs nothing until the graph is launched; cp.async lands
+ * image, a corrupt self-contained one), what it must model (graph capture runs nothing until the graph is launched; cp.async lands
  * at the wait_group that retires it; ldmatrix's fragments; shuffles; shared memory per block).
  * Run with MOEPPC_CUDA_DRIVER naming the emulator (CTest does); skips otherwise. Label "cuda;emu". */
 #include <setjmp.h>
@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "codegen/cuda/cg_cuda.h"
+#include "codegen/cuda/emu/cudaemu_abi.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +140,46 @@ static void test_gpu_image_refused(void **state)
     assert_null(kernel("extern \"C\" __global__ void k(float *o) { o[0] = undeclared; }\n", err, sizeof err));
     assert_non_null(strstr(err, "undeclared"));
     assert_non_null(strstr(err, "kernel k"));
+}
+
+/* A self-contained image (format 2, what an emitted library embeds) runs without its object file;
+ * a truncated or corrupt one is refused with a message, never loaded. */
+static void test_embedded_image(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    char err[8192];
+    CgCudaBinary bin;
+    assert_true(cg_cuda_compile("extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 2.0f * threadIdx.x; }\n",
+                                "k", CG_CUDA_EMU_ARCH, true, false, &bin, err, sizeof err));
+    char *path = strdup((const char *)bin.cubin + strlen(CUDAEMU_IMAGE_MAGIC));
+    assert_true(cg_cuda_emu_embed(&bin, err, sizeof err));
+    assert_memory_equal(bin.cubin, CUDAEMU_IMAGE_MAGIC2, strlen(CUDAEMU_IMAGE_MAGIC2));
+    char moved[4200];
+    snprintf(moved, sizeof moved, "%s.moved", path); /* the object gone from where format 1 would look */
+    assert_int_equal(rename(path, moved), 0);
+    void *fn = NULL;
+    bool ok = cg_cuda_function(drv, bin.cubin, "k", &fn, err, sizeof err);
+    assert_int_equal(rename(moved, path), 0);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+    uint64_t o = dev(32 * 4);
+    run1(fn, 1, 32, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[32];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int i = 0; i < 32; i++) assert_true(h[i] == 2.0f * (float)i);
+    static const char *const bad[] = {"MOEPPC-CUDAEMU-2\n", "MOEPPC-CUDAEMU-2\nx\n", "MOEPPC-CUDAEMU-2\n0\n",
+                                      "MOEPPC-CUDAEMU-2\n99999999999\n", "MOEPPC-CUDAEMU-2\n16\n\x7f" "ELF and no more"};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        assert_false(cg_cuda_function(drv, bad[k], "k", &fn, err, sizeof err));
+        printf("corrupt image %zu -> %s\n", k, err);
+    }
+    assert_non_null(strstr(err, "embedded")); /* the last: an ELF header that is not one */
+    strcpy(bin.cubin, "MOEPPC-CUDAEMU-3\n");
+    assert_false(cg_cuda_emu_embed(&bin, err, sizeof err)); /* only a format-1 image is embedded */
+    cg_cuda_binary_free(&bin);
+    free(path);
 }
 
 /* Shared memory is the block's: each block reverses its own 64 values through it. */
@@ -288,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
+        cmocka_unit_test(test_embedded_image),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

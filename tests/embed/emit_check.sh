@@ -2,7 +2,8 @@
 # emit_check.sh MOEPPC SPEC LIB [ARCH]: `moeppc emit SPEC --emit lib [--target ARCH] -o LIB` writes the
 # header, both libraries and the pkg-config file; the libraries' only global symbols are the functions
 # the header declares, the shared one needs nothing but the C library (no libyaml, cJSON or LLVM; a
-# CUDA build (ARCH sm_XX) no libcuda, libcudart or NVRTC either: it opens libcuda itself), the header
+# CUDA build (ARCH sm_XX, or emu: the emulator's kernel objects embedded whole) no libcuda, libcudart or
+# NVRTC either: it opens libcuda itself), the header
 # is ASCII C89 (and C++), and pkg-config finds the library. Env: CC, CXX (optional), PKG_CONFIG.
 set -u
 MOEPPC=$1 SPEC=$2 LIB=$3 ARCH=${4:-}
@@ -47,7 +48,14 @@ export PKG_CONFIG_PATH=$LIB
 if [ -n "$ARCH" ]; then # a CUDA build: kernels for ARCH, said by the header and the library
   grep -q "^#define MOEPP_LAYER_BACKEND MOEPP_BACKEND_CUDA" "$LIB/moepp_layer.h" || fail "the header does not say CUDA"
   grep -q "kernels for $ARCH" "$LIB/moepp_layer.h" || fail "the header does not name $ARCH"
-  strings "$LIB/libmoepp_layer.so.1" | grep -q "^\.target $ARCH" || fail "no PTX for $ARCH in the library"
+  if [ "$ARCH" = emu ]; then # the emulator's kernel objects, carried whole (no path into a cache folder)
+    [ "$(strings "$LIB/libmoepp_layer.so.1" | grep -c '^MOEPPC-CUDAEMU-2$')" -gt 0 ] || fail "no embedded emulator kernels"
+    ! strings "$LIB/libmoepp_layer.so.1" | grep -q '^MOEPPC-CUDAEMU-1$' || fail "an emulator kernel by path, not embedded"
+    "$MOEPPC" emit "$SPEC" --emit cuda --target emu -o "$LIB/.cuda" 2> /dev/null; [ $? -eq 2 ] ||
+      fail "--emit cuda --target emu is not a usage error"
+  else
+    strings "$LIB/libmoepp_layer.so.1" | grep -q "^\.target $ARCH" || fail "no PTX for $ARCH in the library"
+  fi
   strings "$LIB/libmoepp_layer.so.1" | grep -q "^moeppc_cu_gemm_up_.*_wt$" || fail "no grouped GEMM over a weight table"
 else
   grep -q "^#define MOEPP_LAYER_BACKEND MOEPP_BACKEND_CPU" "$LIB/moepp_layer.h" || fail "the header does not say CPU"

@@ -4,7 +4,10 @@
  * usable driver or GPU (MOEPP_ERR_NO_DEVICE, a message, no layer, nothing written) or, with a GPU,
  * a layer whose forward refuses host pointers before enqueueing anything.
  *
- *   test_cuda_lib ARCH        exit 0: every check holds; 1: one failed (each failure printed) */
+ * With "unsupported", the device must be refused instead (an sm_XX library on the CUDA emulator):
+ * MOEPP_ERR_UNSUPPORTED, a message naming the --target that fits, no layer.
+ *
+ *   test_cuda_lib ARCH [unsupported]   exit 0: every check holds; 1: one failed (each failure printed) */
 #include "moepp_layer.h"
 
 #include <stdio.h>
@@ -71,6 +74,7 @@ static void gpu_checks(moepp_layer *layer)
 int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "sm_80";
+    int refused = argc > 2 && strcmp(argv[2], "unsupported") == 0;
     moepp_layer_info info;
     moepp_layer_desc d;
     moepp_layer *layer = (moepp_layer *)&d; /* not NULL: create must set it */
@@ -121,7 +125,14 @@ int main(int argc, char **argv)
 
     /* a valid desc: the driver decides */
     s = moepp_layer_create(&d, &layer);
-    if (s == MOEPP_ERR_NO_DEVICE) {
+    if (refused) {
+        CHECK(s == MOEPP_ERR_UNSUPPORTED, "create: %s, expected MOEPP_ERR_UNSUPPORTED (%s)", moepp_status_string(s),
+              moepp_last_error());
+        CHECK(layer == NULL, "create failed and *out is not NULL");
+        CHECK(strstr(moepp_last_error(), arch) && strstr(moepp_last_error(), "--target"), "message: '%s'",
+              moepp_last_error());
+        printf("refused: create says %s\n  %s\n", moepp_status_string(s), moepp_last_error());
+    } else if (s == MOEPP_ERR_NO_DEVICE) {
         CHECK(layer == NULL, "create failed and *out is not NULL");
         CHECK(strlen(moepp_last_error()) > 10, "no message: '%s'", moepp_last_error());
         printf("no GPU: create says %s\n  %s\n", moepp_status_string(s), moepp_last_error());

@@ -1,13 +1,16 @@
 #!/bin/bash
-# test_example.sh c|python|cuda MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
+# test_example.sh c|python|cuda|cuda-python MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
 # pkg-config against LIB only, shared and static) or examples/embed_python (ctypes) against the
 # reference interpreter (embed_layer_ref) on a checkpoint of SPEC: the spec's first MoE layer without
 # residual_in and its last one with one (when the spec has a gating residual), several thread
 # counts. Each "--mutate" run (a negated down-projection; a dropped residual_in) must fail, or the
 # check could not catch them. cuda: LIB is a CUDA build and examples/embed_c is built with
-# -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda); each case runs with device
-# weights, host weights and in place; exit 77 (skipped) without the runtime's header or without a
-# usable GPU. Env: CC, PKG_CONFIG, PYTHON, CUDA_HOME.
+# -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda; the libcudart of folder
+# $CUDART_DIR when set: the CUDA emulator's test one, with LIB emitted for --target emu); each case
+# runs with device weights, host weights and in place; exit 77 (skipped) without the runtime's header
+# or without a usable GPU. cuda-python: the same cases through examples/embed_python --cuda (the
+# driver API by ctypes: libcuda.so.1, or $MOEPPC_CUDA_DRIVER). Env: CC, PKG_CONFIG, PYTHON, CUDA_HOME,
+# CUDART_DIR, MOEPPC_CUDA_DRIVER.
 set -u
 KIND=$1 MOEPPC=$2 REF=$3 LIB=$4 SPEC=$5 WORK=$6
 CC=${CC:-cc} PKG_CONFIG=${PKG_CONFIG:-pkg-config} PY=${PYTHON:-/usr/bin/python3}
@@ -22,7 +25,8 @@ sanitized=0
 if [ "$KIND" = cuda ]; then
   CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   [ -e "$CUDA_HOME/include/cuda_runtime.h" ] || { echo "skipped: no CUDA runtime in $CUDA_HOME"; exit 77; }
-  cudart=("-I$CUDA_HOME/include" "-L$CUDA_HOME/lib64" -lcudart "-Wl,-rpath,$CUDA_HOME/lib64")
+  CUDART_DIR=${CUDART_DIR:-$CUDA_HOME/lib64}
+  cudart=("-I$CUDA_HOME/include" "-L$CUDART_DIR" -lcudart "-Wl,-rpath,$CUDART_DIR")
   "$CC" -O2 -Wall -Wextra -Werror -DEMBED_CUDA "$EX/embed_c/embed_layer.c" $("$PKG_CONFIG" --cflags --libs moepp_layer) \
         "${cudart[@]}" -lm -Wl,-rpath,"$("$PKG_CONFIG" --variable=libdir moepp_layer)" -o "$WORK/embed_layer" ||
         fail "building embed_c for the GPU (shared)"
@@ -39,14 +43,15 @@ elif [ "$KIND" = c ]; then
   readelf -d "$WORK/embed_layer_static" | grep -q moepp_layer && fail "the static build still needs the shared library"
   run() { "$WORK/embed_layer" "$@"; }
   run_static() { "$WORK/embed_layer_static" "$@"; }
-else
+else # python, cuda-python
   if [ $sanitized = 1 ]; then
     # An ASan-instrumented library inside an uninstrumented Python: its runtime must come first, and
     # Python's own allocations are not leaks worth reporting.
     export LD_PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libubsan.so)"
     export ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0
   fi
-  run() { "$PY" "$EX/embed_python/run_layer.py" "$LIB" "$@"; }
+  cuda_flag=(); [ "$KIND" = cuda-python ] && cuda_flag=(--cuda)
+  run() { "$PY" "$EX/embed_python/run_layer.py" "$LIB" "$@" "${cuda_flag[@]}"; }
   run_static() { run "$@"; }
 fi
 
@@ -67,7 +72,7 @@ for c in "${cases[@]}"; do
   D="$WORK/case$n"; n=$((n + 1))
   mkdir -p "$D" && ln -sf "$WORK/w.safetensors" "$D/w.safetensors"
   "$REF" "$SPEC" "$WORK/w.safetensors" "$layer" 19 "$seed" "$D" $flag > /dev/null || fail "reference for layer $layer"
-  if [ "$KIND" = cuda ]; then
+  if [ "$KIND" = cuda ] || [ "$KIND" = cuda-python ]; then
     run "$D"; rc=$?
     [ $rc -eq 77 ] && { echo "skipped: no usable GPU"; exit 77; }
     [ $rc -eq 0 ] || fail "layer $layer on the GPU (device weights): the library differs from the reference"
@@ -86,12 +91,13 @@ for c in "${cases[@]}"; do
     grep -q MISMATCH "$WORK/mutant.txt" || fail "no MISMATCH verdict for the residual mutant"
   fi
 done
-if [ "$KIND" = python ] && [ "$first" -gt 0 ]; then  # a dense layer is refused with its status
+if [ "${KIND#cuda-}" = python ] && [ "$first" -gt 0 ]; then  # a dense layer is refused with its status
   "$PY" - "$EX/embed_python" "$LIB" <<'PYEOF' || fail "layer 0 (dense) was not refused"
 import sys; sys.path.insert(0, sys.argv[1]); import moepp_layer as m
 lib = m.Library(sys.argv[2] + "/libmoepp_layer.so")
+gpu = m.CudaDriver() if lib.info["backend"] == m.BACKEND_CUDA else None
 try:
-    m.Layer(lib, 0, {}); sys.exit(1)
+    m.Layer(lib, 0, {}, device=gpu); sys.exit(1)
 except m.MoeppError as e:
     print("dense layer 0:", e); sys.exit(0 if e.status == 2 and "dense" in str(e) else 1)
 PYEOF

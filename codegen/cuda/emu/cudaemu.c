@@ -12,10 +12,13 @@
  * (filled with 0xff bytes, NaN as floats, when allocated); streams run everything at once, in order;
  * a stream capture records launches, copies and fills into a graph that a graph launch replays;
  * events read the host's clock. Timing figures are the CPU's and mean nothing for a GPU.
+ * Kernel images: the path of a compiled object (format 1), or the object's bytes themselves (format
+ * 2, in an emitted library: written to a private temporary file, opened and unlinked; cudaemu_abi.h).
  * Not emulated: partial warp masks, texture/surface memory, several devices. */
 #include "codegen/cuda/emu/cudaemu_abi.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -819,15 +822,58 @@ static void ctx_release(void *ctx)
     pthread_mutex_unlock(&mem_mu);
 }
 
+/* A format-2 image's object (CUDAEMU_IMAGE_MAGIC2, after the magic: size, newline, bytes) written to
+ * a private temporary file, opened, and unlinked at once: the mapping outlives the name, and nothing
+ * is left behind. NULL with the error set. */
+static void *dlopen_embedded(const char *p, char *what, size_t n)
+{
+    char *end;
+    unsigned long long bytes = strtoull(p, &end, 10);
+    if (end == p || *end != '\n' || bytes == 0 || bytes > CUDAEMU_IMAGE_MAX_BYTES) {
+        snprintf(what, n, "an embedded kernel object");
+        int shown = (int)strcspn(p, "\n");
+        fail_with(CU_INVALID_IMAGE, "an emulator image of format 2 without a valid size line (\"%.*s\")",
+                  shown < 20 ? shown : 20, p);
+        return NULL;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(what, n, "%s/moeppc-cudaemu-kernel-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+    int fd = mkstemp(what);
+    if (fd < 0) {
+        fail_with(CU_INVALID_IMAGE, "cannot create a temporary file for an embedded kernel object (%s): %s", what,
+                  strerror(errno));
+        return NULL;
+    }
+    const char *at = end + 1;
+    size_t left = (size_t)bytes;
+    while (left > 0) {
+        ssize_t w = write(fd, at, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        at += w, left -= (size_t)w;
+    }
+    int err = errno;
+    close(fd);
+    void *so = left == 0 ? dlopen(what, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (left) fail_with(CU_INVALID_IMAGE, "cannot write the embedded kernel object to %s: %s", what, strerror(err));
+    else if (!so) fail_with(CU_INVALID_IMAGE, "an embedded kernel object: %s", dlerror());
+    unlink(what);
+    snprintf(what, n, "an embedded kernel object (%llu bytes)", bytes);
+    return so;
+}
+
 EXPORT CUresult cuModuleLoadData(void **mod, const void *image)
 {
     size_t m = strlen(CUDAEMU_IMAGE_MAGIC);
-    if (strncmp(image, CUDAEMU_IMAGE_MAGIC, m) != 0)
+    bool embedded = strncmp(image, CUDAEMU_IMAGE_MAGIC2, m) == 0;
+    if (!embedded && strncmp(image, CUDAEMU_IMAGE_MAGIC, m) != 0)
         return fail_with(CU_INVALID_IMAGE, "the image is not an emulator kernel (a cubin or PTX for a GPU?): the "
                          "emulator runs kernels compiled for arch emu");
-    const char *path = (const char *)image + m;
-    void *so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!so) return fail_with(CU_INVALID_IMAGE, "%s", dlerror());
+    char tmp_path[4200];
+    const char *path = embedded ? tmp_path : (const char *)image + m;
+    void *so = embedded ? dlopen_embedded((const char *)image + m, tmp_path, sizeof tmp_path)
+                        : dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!so) return embedded ? CU_INVALID_IMAGE : fail_with(CU_INVALID_IMAGE, "%s", dlerror());
     int (*bind)(const CudaEmuApi *) = (int (*)(const CudaEmuApi *))dlsym(so, "moeppc_emu_bind");
     int (*arg_sizes)(unsigned *, int) = (int (*)(unsigned *, int))dlsym(so, "moeppc_emu_arg_sizes");
     const char *name = dlsym(so, "moeppc_emu_name");

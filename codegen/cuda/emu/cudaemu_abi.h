@@ -7,8 +7,12 @@
 #define CUDAEMU_ABI 3
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
-/* The first line of a kernel image for the emulator; the second is the path of its shared object. */
+/* The first line of a kernel image for the emulator. Format 1 (what the tests and `moeppc run` use):
+ * the path of its shared object follows, NUL-terminated. Format 2 (self-contained, what an emitted
+ * library embeds): the object's size in decimal and a newline, then that many bytes of the object. */
 #define CUDAEMU_IMAGE_MAGIC "MOEPPC-CUDAEMU-1\n"
+#define CUDAEMU_IMAGE_MAGIC2 "MOEPPC-CUDAEMU-2\n"
+#define CUDAEMU_IMAGE_MAX_BYTES (1ull << 30) /* format 2: a larger size is a corrupt image */
 
 typedef struct CudaEmuDim3 { unsigned x, y, z; } CudaEmuDim3;
 

@@ -1,7 +1,8 @@
 /* emu_compile.c — a generated kernel compiled for the CUDA emulator (arch "emu"): kernel.hpp, the
  * kernel's source and its entry points, compiled by the host's C++ compiler into a shared object
  * that cudaemu.c loads. The "cubin" of the result is the image cuModuleLoadData takes:
- * CUDAEMU_IMAGE_MAGIC, then the shared object's path.
+ * CUDAEMU_IMAGE_MAGIC, then the shared object's path; cg_cuda_emu_embed turns it into one that
+ * carries the object itself (CUDAEMU_IMAGE_MAGIC2), for a library that must not depend on the cache.
  *
  * Objects are kept by a hash of their text (and the compiler) in MOEPPC_CUDAEMU_CACHE when set (the
  * tests point it into the build folder), else in a folder of this process under $TMPDIR, removed at
@@ -147,5 +148,41 @@ bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out
     out->cubin = xmalloc(out->cubin_len);
     snprintf(out->cubin, out->cubin_len, "%s%s", CUDAEMU_IMAGE_MAGIC, so);
     out->log = xstrdup("");
+    return true;
+}
+
+bool cg_cuda_emu_embed(CgCudaBinary *b, char *err, size_t errlen)
+{
+    size_t m = strlen(CUDAEMU_IMAGE_MAGIC);
+    if (!b->cubin || b->cubin_len <= m || memcmp(b->cubin, CUDAEMU_IMAGE_MAGIC, m) != 0) {
+        snprintf(err, errlen, "CUDA emulator: not an image of a compiled kernel object (format 1)");
+        return false;
+    }
+    const char *path = (const char *)b->cubin + m;
+    FILE *f = fopen(path, "rb");
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (!f || n <= 0 || (unsigned long long)n > CUDAEMU_IMAGE_MAX_BYTES || fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(err, errlen, "CUDA emulator: cannot read the kernel object %s: %s", path,
+                 f ? "empty, too large or unseekable" : strerror(errno));
+        if (f) fclose(f);
+        return false;
+    }
+    char head[64];
+    int h = snprintf(head, sizeof head, "%s%ld\n", CUDAEMU_IMAGE_MAGIC2, n);
+    size_t len = (size_t)h + (size_t)n + 1; /* NUL-terminated like every image: `sizeof - 1` is the length */
+    char *img = xmalloc(len);
+    memcpy(img, head, (size_t)h);
+    bool ok = fread(img + h, 1, (size_t)n, f) == (size_t)n;
+    fclose(f);
+    if (!ok) {
+        snprintf(err, errlen, "CUDA emulator: cannot read the kernel object %s: short read", path);
+        free(img);
+        return false;
+    }
+    img[len - 1] = 0;
+    free(b->cubin);
+    b->cubin = img;
+    b->cubin_len = len;
     return true;
 }
