@@ -87,6 +87,8 @@ EOF
   run 60 "$bin/cuda_gpu"
   step "whole models against the interpreter (poisoned outputs, fresh seed)"
   run 150 "$bin/cuda_model"
+  step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
+  run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
   step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
   if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
     for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
@@ -130,6 +132,9 @@ EOF
     "${ceil[@]}" | grep "^T ="
   step "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above"
   run 60 env MOEPPC_CUDA_ASYNC_GEMM=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
+    "${ceil[@]}" | grep "^T ="
+  step "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above"
+  run 60 env MOEPPC_CUDA_WGMMA=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
     "${ceil[@]}" | grep "^T ="
   step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
   run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="

@@ -149,7 +149,8 @@ int bench_cuda(int argc, char **argv)
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                     .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
+                     .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
+                     .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
     memcpy(o.tile, a.tile, sizeof o.tile);
     char gpu[128], arch[16];
     TuneDb db = {0};

@@ -142,6 +142,9 @@ typedef struct CgCudaGemm {
     int       stages;        /* MMA: 2 (0 reads as 2) registers between k tiles; 3..6 (UP/DOWN) a
                                 cp.async ring of k tiles in dynamic shared memory, activations
                                 16-bit in memory (a16 below; "_s3" symbols)                      */
+    bool      wgmma;         /* the cp.async form on sm_90a's warpgroup MMA (wgmma.mma_async
+                                m64nNk16, A and B read from shared memory by descriptors): a
+                                warpgroup per 64 rows, bm 64 or 128, bn <= 256 (UP: 128) ("_wg") */
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W; DOWN 64x128), FMA
@@ -155,6 +158,11 @@ CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv);
 /* The cp.async form of an MMA UP/DOWN (a16, 3 stages, 128 x 128 of W per block, 8 warps). */
 static inline bool cg_cuda_gemm_a16(const CgCudaGemm *g) { return g->path == CG_CUDA_PATH_MMA && g->stages >= 3; }
 CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma);
+/* The wgmma form (sm_90 only; its kernels compile for sm_90a): 128 x 128 of W per block (two
+ * warpgroups), a ring of 4 k tiles of 64. */
+CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
+/* In the source of a kernel that needs sm_90a (cg_cuda_compile looks for it). */
+#define CG_CUDA_SM90A_MARK "#define MOEPPC_SM90A 1\n"
 /* Dynamic shared memory a GEMM's launch needs (above 48 KB the launch opts in, cg_cuda_launch*). */
 size_t cg_cuda_gemm_smem(const CgCudaGemm *g);
 /* The kernel that rounds f32 activations to 16 bits for an a16 UP: (long long n, const float *x,

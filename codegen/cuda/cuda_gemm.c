@@ -33,6 +33,13 @@ CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma)
     return g;
 }
 
+CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma)
+{
+    CgCudaGemm g = cg_cuda_gemm_async(mma);
+    g.wgmma = true, g.stages = 4, g.bk = 64;
+    return g;
+}
+
 CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv)
 {
     CgCudaGemm g = *gemv;
@@ -50,6 +57,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
                      (long long)g->k_top, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk);
     if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
     if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
+    if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
     if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
 }
 
@@ -60,12 +68,14 @@ static int mma_warps_n(const CgCudaGemm *g)
     return g->bn * (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) >= 128 ? 4 : 2;
 }
 
-static int mma_threads(const CgCudaGemm *g) { return 64 * mma_warps_n(g); }
+static int mma_threads(const CgCudaGemm *g) { return g->wgmma ? 128 * (g->bm / 64) : 64 * mma_warps_n(g); }
 
 /* Shared memory of the MMA path: `stages` k tiles of A and B (two for the register form, static),
  * 16-bit, rows padded by 8 halves (16 bytes: ldmatrix's eight row addresses hit distinct banks). */
 static long mma_smem(const CgCudaGemm *g)
 {
+    if (g->wgmma) /* no padding: wgmma reads 8 x 16-byte core matrices */
+        return (long)g->stages * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * g->bk * 2;
     return (long)(g->stages >= 3 ? g->stages : 2) * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
 }
 
@@ -83,8 +93,13 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (!half && g->wdtype != DT_F32) why = "weights must be f32, bf16 or f16";
     else if (g->path == CG_CUDA_PATH_MMA && (!half || g->k % 8))
         why = "the MMA path needs bf16/f16 weights and k a multiple of 8 (16-byte rows)";
-    else if (g->path == CG_CUDA_PATH_MMA && (g->bm % 32 || g->bn % (8 * mma_warps_n(g)) || g->bk % 16 || g->bm > 128 ||
-                                             g->bn > 128 || g->bk > 64))
+    else if (g->wgmma && (g->path != CG_CUDA_PATH_MMA || g->stages < 3))
+        why = "wgmma: the cp.async form of the MMA path (stages >= 3)";
+    else if (g->wgmma && ((g->bm != 64 && g->bm != 128) || g->bn % 8 || g->bn < 8 ||
+                          (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn > 256 || g->bk % 16 || g->bk > 128))
+        why = "wgmma tile: bm 64 or 128 (a warpgroup per 64 rows), bn a multiple of 8 up to 256 (UP: 128), bk of 16 up to 128";
+    else if (g->path == CG_CUDA_PATH_MMA && !g->wgmma &&
+             (g->bm % 32 || g->bn % (8 * mma_warps_n(g)) || g->bk % 16 || g->bm > 128 || g->bn > 128 || g->bk > 64))
         why = "MMA tile: bm a multiple of 32, bn of 8 x its warps along N, bk of 16; bm, bn <= 128, bk <= 64";
     else if (g->stages != 0 && (g->stages < 2 || g->stages > 6 || g->path != CG_CUDA_PATH_MMA))
         why = "pipeline stages: 2..6, on the MMA path";
@@ -375,6 +390,125 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b, "            }\n}\n");
 }
 
+/* sm_90a's warpgroup MMA for the cp.async form: the same ring of k tiles, laid out in shared memory
+ * as wgmma's K-major core matrices without swizzle (8 rows x 16 bytes each, the next 8 columns of k
+ * LBO = 128 bytes on, the next 8 rows SBO = BK * 16 bytes on), one wgmma.mma_async m64nBNk16 per
+ * warpgroup, matrix and 16 of k, A and B read by descriptors; the copies that fill a tile are fenced
+ * into the async proxy before the barrier that hands it to the tensor cores. Accumulators: per
+ * matrix BN / 2 floats a thread, the m16n8 C fragment repeated along n. */
+static void emit_wgmma_asm(CgBuf *b, const CgCudaGemm *g)
+{
+    const char *ab = g->wdtype == DT_BF16 ? "bf16" : "f16";
+    int nreg = g->bn / 2;
+    cb_printf(b, "%s#ifndef MOEPPC_CUDA_EMU\n"
+                 "__device__ __forceinline__ void wgmma_fence() { asm volatile(\"wgmma.fence.sync.aligned;\" ::: \"memory\"); }\n"
+                 "__device__ __forceinline__ void wgmma_commit() { asm volatile(\"wgmma.commit_group.sync.aligned;\" ::: \"memory\"); }\n"
+                 "template <int N> __device__ __forceinline__ void wgmma_wait() {\n"
+                 "    asm volatile(\"wgmma.wait_group.sync.aligned %%0;\" :: \"n\"(N) : \"memory\"); }\n"
+                 "__device__ __forceinline__ void fence_proxy_async() { asm volatile(\"fence.proxy.async.shared::cta;\" ::: \"memory\"); }\n"
+                 "/* D[64 x %d] += A[64 x 16] B[%d x 16]^T, both K-major in shared memory */\n"
+                 "__device__ __forceinline__ void wgmma_tile(float *d, unsigned long long a, unsigned long long b) {\n"
+                 "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
+                 "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {",
+              CG_CUDA_SM90A_MARK, g->bn, g->bn, nreg + 2, g->bn, ab, ab);
+    for (int i = 0; i < nreg; i++) cb_printf(b, "%s%%%d", i ? ", " : "", i);
+    cb_printf(b, "}, %%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n                 : ", nreg, nreg + 1);
+    for (int i = 0; i < nreg; i++) cb_printf(b, "%s\"+f\"(d[%d])", i ? ", " : "", i);
+    cb_printf(b, "\n                 : \"l\"(a), \"l\"(b), \"r\"(1)); }\n"
+                 "#else\n#define wgmma_tile(d, a, b) cudaemu_wgmma<%d, %s>(d, a, b)\n#endif\n",
+              g->bn, g->wdtype == DT_BF16 ? "true" : "false");
+}
+
+static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
+{
+    bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    emit_wgmma_asm(b, g);
+    cb_printf(b, "#define ST %d\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
+                 "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
+                 "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
+                 "#define A_CH (BM * KC)\n#define B_CH (NB * BN * KC)\n"
+                 "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n",
+              g->stages, bf ? "pack_bf16" : "pack_f16");
+    emit_head(b, g, name, mma_threads(g));
+    emit_find_tile(b, g);
+    cb_printf(b,
+        "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN rows in core matrices of BK] */\n"
+        "    const u16 *w = (const u16 *)wv;\n"
+        "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n"
+        "    /* chunk q: 8 consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix) */\n"
+        "    const u16 *asrc[A_IT], *bsrc[B_IT];\n"
+        "    int adst[A_IT], bdst[B_IT], acol[A_IT], bcol[B_IT];\n"
+        "    bool aok[A_IT], bok[B_IT];\n"
+        "#pragma unroll\n"
+        "    for (int it = 0; it < A_IT; it++) {\n"
+        "        int q = tid + it * NT, c = (q >> 3) %% KC, r = (q >> 3) / KC * 8 + (q & 7);\n"
+        "        aok[it] = q < A_CH && m0 + r < ge;\n"
+        "        asrc[it] = aok[it] ? AROW(m0 + r) + c * 8 : x;\n"
+        "        adst[it] = q < A_CH ? CM(r, c) : -1, acol[it] = c * 8;\n"
+        "    }\n"
+        "#pragma unroll\n"
+        "    for (int it = 0; it < B_IT; it++) {\n"
+        "        int q = tid + it * NT, c = (q >> 3) %% KC, rr = (q >> 3) / KC * 8 + (q & 7), mat = rr / BN, r = rr %% BN;\n"
+        "        bok[it] = q < B_CH && n0 + r < N;\n"
+        "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c * 8 : w;\n"
+        "        bdst[it] = q < B_CH ? BM * BK + mat * BN * BK + CM(r, c) : -1, bcol[it] = c * 8;\n"
+        "    }\n"
+        "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
+        "        u16 *st_ = sm + (slot) * STAGE; \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
+        "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
+        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
+        "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
+        "    } while (0)\n"
+        "    /* descriptor: start >> 4 (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), no swizzle */\n"
+        "    const unsigned long long DESC = (128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32;\n"
+        "    const int KT = (KD + BK - 1) / BK;\n"
+        "#pragma unroll\n"
+        "    for (int s = 0; s < ST - 1; s++) {\n"
+        "        if (s < KT) LOAD(s, s * BK);\n"
+        "        cp_async_commit();\n"
+        "    }\n"
+        "    float acc[NB][NACC];\n"
+        "#pragma unroll\n"
+        "    for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"
+        "    for (int kt = 0; kt < KT; kt++) {\n"
+        "        cp_async_wait<ST - 2>();  /* tile kt has landed (this thread's copies) */\n"
+        "        fence_proxy_async();      /* ... and is visible to the tensor cores' async proxy */\n"
+        "        __syncthreads();          /* every thread's; and the last tile's wgmmas are done */\n"
+        "        int nk = kt + ST - 1;\n"
+        "        if (nk < KT) LOAD(nk %% ST, nk * BK);\n"
+        "        cp_async_commit();\n"
+        "        u32 base = smem_u32(sm + (kt %% ST) * STAGE);\n"
+        "        wgmma_fence();\n"
+        "#pragma unroll\n"
+        "        for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: two chunks, 256 bytes on */\n"
+        "            unsigned long long da = DESC | (((base + wg * 64 * BK * 2 + kk * 256) & 0x3ffffu) >> 4);\n"
+        "#pragma unroll\n"
+        "            for (int mat = 0; mat < NB; mat++)\n"
+        "                wgmma_tile(acc[mat], da, DESC | (((base + (BM + mat * BN) * BK * 2 + kk * 256) & 0x3ffffu) >> 4));\n"
+        "        }\n"
+        "        wgmma_commit();\n"
+        "        wgmma_wait<0>();\n"
+        "    }\n"
+        "    cp_async_wait<0>();\n"
+        "#pragma unroll\n"
+        "    for (int j = 0; j < BN / 8; j++)\n"
+        "#pragma unroll\n"
+        "        for (int hh = 0; hh < 2; hh++) {  /* the m16n8 C fragment of warp wq's 16 rows, per 8 columns */\n"
+        "            long long s = m0 + wg * 64 + wq * 16 + (lane >> 2) + hh * 8;\n"
+        "            int n = n0 + j * 8 + (lane & 3) * 2;\n"
+        "            if (s >= ge || n >= N) continue;\n");
+    if (up)
+        cb_printf(b, "            float a0 = acc[0][4 * j + 2 * hh], a1 = acc[0][4 * j + 2 * hh + 1];\n"
+                     "            *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][4 * j + 2 * hh],\n"
+                     "                                             a1 / (1.0f + expf(-a1)) * acc[1][4 * j + 2 * hh + 1]);\n");
+    else
+        cb_printf(b, "            float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
+                     "            atomicAdd(y, gw * acc[0][4 * j + 2 * hh]);\n"
+                     "            if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][4 * j + 2 * hh + 1]);\n");
+    cb_printf(b, "        }\n}\n");
+}
+
 static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP;
@@ -538,7 +672,11 @@ char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
     CgBuf b = {0};
     cb_prelude(&b, g->wdtype);
     switch (g->path) {
-    case CG_CUDA_PATH_MMA: cg_cuda_gemm_a16(g) ? emit_mma_async(&b, g, name) : emit_mma(&b, g, name); break;
+    case CG_CUDA_PATH_MMA:
+        if (g->wgmma) emit_mma_wgmma(&b, g, name);
+        else if (cg_cuda_gemm_a16(g)) emit_mma_async(&b, g, name);
+        else emit_mma(&b, g, name);
+        break;
     case CG_CUDA_PATH_FMA: emit_fma(&b, g, name); break;
     case CG_CUDA_PATH_GEMV: emit_gemv(&b, g, name); break;
     }

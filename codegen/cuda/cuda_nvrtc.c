@@ -121,14 +121,22 @@ bool cg_cuda_compile(const char *source, const char *name, const char *arch, boo
                  "sm_90)", arch, name);
         return false;
     }
+    /* A kernel with sm_90a's instructions (wgmma: CG_CUDA_SM90A_MARK) compiles for sm_90a, whose
+     * cubin runs on sm_90 GPUs and whose PTX on nothing else. */
+    const char *suffix = strstr(source, CG_CUDA_SM90A_MARK) ? "a" : "";
+    if (suffix[0] && strcmp(arch, "sm_90") != 0) {
+        snprintf(err, errlen, "kernel %s uses sm_90a's warpgroup MMA (wgmma): it compiles for target sm_90 only, not %s",
+                 name, arch);
+        return false;
+    }
     char opt[64];
     bool ok = true;
     if (want_cubin) {
-        snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
+        snprintf(opt, sizeof opt, "--gpu-architecture=%s%s", arch, suffix);
         ok = compile_once(source, name, opt, true, out, err, errlen);
     }
     if (ok && want_ptx) {
-        snprintf(opt, sizeof opt, "--gpu-architecture=compute_%s", arch + 3);
+        snprintf(opt, sizeof opt, "--gpu-architecture=compute_%s%s", arch + 3, suffix);
         ok = compile_once(source, name, opt, false, out, err, errlen);
     }
     if (!ok) cg_cuda_binary_free(out);

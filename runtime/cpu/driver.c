@@ -359,7 +359,8 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
                          .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                         .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
+                         .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
+                         .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
         if (cfg->cuda_tile) memcpy(o.tile, cfg->cuda_tile, sizeof o.tile);
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
             char gpu[128], arch[16];

@@ -246,10 +246,11 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
-        if (a16) gm->tiled = cg_cuda_gemm_async(&gm->tiled);
+        bool wg = a16 && cm->o.wgmma && (strcmp(cm->arch, "sm_90") == 0 || strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0);
+        if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
-        if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
+        if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0 && !wg)
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         gm->tiled.ldc = ldc;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;

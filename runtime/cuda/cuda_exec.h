@@ -65,6 +65,9 @@ typedef struct CudaOptions {
     bool no_async_gemm;             /* the grouped GEMMs of 16-bit models on the register-pipelined
                                        MMA form with f32 activations, not the cp.async form with
                                        16-bit ones (MOEPPC_CUDA_ASYNC_GEMM=0: an A/B)               */
+    bool wgmma;                     /* those of the cp.async form on sm_90a's wgmma, on an sm_90 GPU
+                                       (or the emulator; elsewhere ignored), `tile` ignored
+                                       (MOEPPC_CUDA_WGMMA=1; not the default until a GPU has run it) */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
@@ -90,6 +93,13 @@ static inline bool cuda_env_off(const char *name)
 {
     const char *v = getenv(name);
     return v && strcmp(v, "0") == 0;
+}
+
+/* True when it is "1" (a switch that is off unless turned on). */
+static inline bool cuda_env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && strcmp(v, "1") == 0;
 }
 
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,

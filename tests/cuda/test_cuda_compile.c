@@ -174,11 +174,44 @@ static void test_symbols(void **state)
     free(src);
 }
 
+/* The wgmma form (not in a spec's kernel list: MOEPPC_CUDA_WGMMA=1 asks for it) for the 7B's shapes:
+ * compiles for sm_90 (as sm_90a) without warnings or spills; refused for sm_80 with a message; a
+ * tile it cannot hold is refused by the generator. */
+static void test_wgmma_compile(void **state)
+{
+    (void)state;
+    Seen seen = {0};
+    for (int kind = 0; kind < 2; kind++) {
+        CgCudaGemm g = cg_cuda_gemm_default(kind ? CG_CUDA_GEMM_DOWN : CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16, 2,
+                                            kind ? 1536 : 4096, kind ? 4096 : 1536);
+        g = cg_cuda_gemm_wgmma(&g);
+        char sym[256], err[4096];
+        cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+        char *src = cg_cuda_gemm_source(&g, err, sizeof err);
+        assert_non_null(src);
+        assert_non_null(strstr(src, CG_CUDA_SM90A_MARK));
+        compile_one("moepp-7b", sym, src, "sm_90", true, true);
+        CgCudaBinary bin;
+        assert_false(cg_cuda_compile(src, sym, "sm_80", true, false, &bin, err, sizeof err));
+        assert_non_null(strstr(err, "compiles for target sm_90 only"));
+        free(src);
+        (void)seen_add(&seen, sym);
+    }
+    printf("wgmma on sm_80 -> refused\n");
+    CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 4096, 1536);
+    g = cg_cuda_gemm_wgmma(&g);
+    g.bn = 256; /* 2 x 256 accumulator columns: 256 floats a thread */
+    char err[512];
+    assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
+    assert_non_null(strstr(err, "wgmma tile"));
+    free(seen.sym);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
-        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile),
+        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -150,7 +150,7 @@ static double rel_err(const float *got, const double *want, size_t n)
 /* One path: dispatch on the host, then UP and DOWN on the device against f64 references computed from
  * the same (rounded) weights; hidden size D, intermediate I; decode: the GEMV's decode form. async
  * (MMA): the cp.async form with {stages, bm, bn, bk} (0: its default), x uploaded 16-bit and h
- * coming out 16-bit, as the executor runs it. */
+ * coming out 16-bit, as the executor runs it; async[4]: on sm_90a's wgmma. */
 static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol, int D, int I, bool decode,
                          const int *async)
 {
@@ -196,7 +196,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     CgCudaGemm *both[] = {&gu, &gd};
     for (int q = 0; async && q < 2; q++) {
         CgCudaGemm *g = both[q];
-        *g = cg_cuda_gemm_async(g);
+        *g = async[4] ? cg_cuda_gemm_wgmma(g) : cg_cuda_gemm_async(g);
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
     }
@@ -255,10 +255,17 @@ static void test_grouped(void **state)
     grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false, NULL);
     /* the cp.async form: its default (tiles wider than N: masked columns), then a 4-stage ring with
      * an odd count of 8-column blocks per warp (ldmatrix x4 and x2), and k tails (48 % 32, 200 % 64) */
-    static const int dflt[4] = {0}, odd[4] = {4, 64, 48, 16}, deep[4] = {3, 32, 32, 64};
+    static const int dflt[5] = {0}, odd[5] = {4, 64, 48, 16}, deep[5] = {3, 32, 32, 64};
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, dflt);
     grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, odd);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, deep);
+    /* wgmma (sm_90 GPUs and the emulator): its default (two warpgroups, k tiles of 64 over k = 48:
+     * one partial tile), then one warpgroup with three 8-column blocks and 3 stages */
+    static const int wg[5] = {0, 0, 0, 0, 1}, wg_small[5] = {3, 64, 24, 32, 1};
+    if (strcmp(arch, "sm_90") == 0 || strcmp(arch, CG_CUDA_EMU_ARCH) == 0) {
+        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, wg);
+        grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, wg_small);
+    } else printf("wgmma: not on %s (sm_90 only)\n", arch);
 }
 
 int main(void)

@@ -247,7 +247,8 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
     int64_t last = rows < T ? rows : T, T0 = last - 3 > 1 ? last - 3 : 1, V = want->type.dims[1], cols;
     moe_dtype dt;
     CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                       .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
+                       .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
+                       .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
     CudaModel *dm = cuda_model_new(m, w, s->max_positions, &opt, &err);
     assert_non_null(dm);
     assert_true(cuda_model_run(dm, ids, pos, T0, &err));

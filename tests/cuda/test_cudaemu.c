@@ -322,6 +322,50 @@ static void test_dynamic_shared(void **state)
     assert_non_null(strstr(err, "dynamic shared memory"));
 }
 
+/* wgmma m64n8k16 (bf16): A 64 x 16 and B 8 x 16 in the K-major core-matrix layout (LBO 128 bytes
+ * to the next 8 of k, SBO 256 to the next 8 rows), A[r][k] = r - k, B[n][k] = k + n % 3; each lane's
+ * D fragment (rows 16 w + l / 4 (+ 8), columns 2 (l % 4) (+ 1)) must hold the product plus its
+ * start value. Lanes giving different descriptors end the launch with a message. */
+static void test_wgmma(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel(
+        "extern \"C\" __global__ void k(float *o) {\n"
+        "    DYN_SHARED(u16, sm);\n"
+        "    int t = threadIdx.x, l = t & 31;\n"
+        "    for (int i = t; i < 80 * 16; i += 128) {  /* rows 0..63: A, 64..71: B */\n"
+        "        int r = i / 16, k = i % 16, rr = r < 64 ? r : r - 64;\n"
+        "        float v = r < 64 ? (float)(r - k) : (float)(k + rr % 3);\n"
+        "        sm[(r < 64 ? 0 : 64 * 16) + (rr / 8) * 128 + (k / 8) * 64 + (rr % 8) * 8 + k % 8] = (u16)(pack_bf16(v, 0.f) & 0xffffu);\n"
+        "    }\n"
+        "    __syncthreads();\n"
+        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        "    float d[4] = {1.f, 2.f, 3.f, 4.f};\n"
+        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        "    for (int v = 0; v < 4; v++) o[t * 4 + v] = d[v];\n"
+        "    if (blockIdx.x == 1) cudaemu_wgmma<8, true>(d, desc | (unsigned)l, desc);  /* lanes disagree */\n"
+        "}\n");
+    char err[1024];
+    uint64_t o = dev(128 * 4 * 4);
+    unsigned grid[3] = {1, 1, 1}, block[3] = {128, 1, 1};
+    void *args[] = {&o};
+    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    float h[512];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int t = 0; t < 128; t++)
+        for (int v = 0; v < 4; v++) {
+            int w = t / 32, l = t % 32, r = 16 * w + l / 4 + 8 * (v / 2), n = 2 * (l % 4) + v % 2;
+            double want = 1 + v;
+            for (int k = 0; k < 16; k++) want += (double)(r - k) * (k + n % 3);
+            assert_float_equal(h[t * 4 + v], want, 1e-3);
+        }
+    grid[0] = 2;
+    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    printf("wgmma with lanes disagreeing -> %s\n", err);
+    assert_non_null(strstr(err, "different descriptors"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,7 +373,7 @@ int main(void)
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
-        cmocka_unit_test(test_embedded_image),
+        cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

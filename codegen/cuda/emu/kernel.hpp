@@ -276,6 +276,55 @@ template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
 // extern __shared__ T name[]: the launch's dynamic shared memory
 #define DYN_SHARED(T, name) T *name = (T *)cudaemu->dyn_smem()
 
+// ---- sm_90a: the warpgroup MMA (wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}) -------------
+// Shared-memory addresses are offsets into the launch's dynamic shared memory (the only kind the
+// descriptors of moeppc's kernels point into). A descriptor: start >> 4 (bits 0-13), leading byte
+// offset >> 4 (16-29), stride byte offset >> 4 (32-45), swizzle (62-63; only none is emulated).
+// K-major without swizzle, element (r, k) of a 64 x 16 (A) or N x 16 (B) tile is at start +
+// (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2 (8 x 16-byte core matrices). D: warp w of the
+// warpgroup holds rows 16w..16w+15 as the m16n8 C fragment repeated along n (d[4j..4j+3]: columns
+// 8j + 2 (l % 4) + {0, 1} of rows l / 4 and l / 4 + 8). The warp's first lane back computes its D
+// into every lane's registers (each deposits where they are); done at issue, so commit and wait
+// are no-ops: a kernel that rewrote the tiles before its wait would pass here and fail on a GPU.
+static inline u32 smem_u32(const void *p) { return (u32)((const char *)p - (const char *)cudaemu->dyn_smem()); }
+static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigned k, bool bf)
+{
+    const char *base = (const char *)cudaemu->dyn_smem();
+    size_t start = (size_t)(desc & 0x3fffu) << 4, lbo = (size_t)((desc >> 16) & 0x3fffu) << 4;
+    size_t sbo = (size_t)((desc >> 32) & 0x3fffu) << 4;
+    u16 h;
+    memcpy(&h, base + start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2, 2);
+    return bf ? cudaemu_bits<float>((u32)h << 16) : f16_f32(h);
+}
+struct CudaEmuWgmma { float *d; unsigned long long a, b; };
+template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned long long a, unsigned long long b)
+{
+    CudaEmuWgmma mine = {d, a, b};
+    int first = 0;
+    char *all = (char *)cudaemu->exchange(&mine, sizeof mine, &first);
+    if (!first) return;
+    for (unsigned l = 0; l < 32; l++) {
+        const CudaEmuWgmma *m = (const CudaEmuWgmma *)(all + l * CUDAEMU_SLOT);
+        if (m->a != a || m->b != b) cudaemu->fail("wgmma: the lanes of a warp give different descriptors");
+        if ((a | b) >> 62) cudaemu->fail("wgmma: swizzled shared-memory layouts are not emulated");
+    }
+    unsigned w = cudaemu->self()->warp & 3;
+    for (unsigned l = 0; l < 32; l++) {
+        float *dl = ((const CudaEmuWgmma *)(all + l * CUDAEMU_SLOT))->d;
+        for (unsigned j = 0; j < N / 8; j++)
+            for (unsigned v = 0; v < 4; v++) {
+                unsigned r = 16 * w + l / 4 + 8 * (v / 2), n = 8 * j + 2 * (l % 4) + v % 2;
+                float acc = dl[4 * j + v];
+                for (unsigned k = 0; k < 16; k++) acc = fmaf(cudaemu_wg_elem(a, r, k, BF), cudaemu_wg_elem(b, n, k, BF), acc);
+                dl[4 * j + v] = acc;
+            }
+    }
+}
+static inline void wgmma_fence() {}
+static inline void wgmma_commit() {}
+template <int N> static inline void wgmma_wait() {}
+static inline void fence_proxy_async() {}
+
 // ---- the entry points of the kernel's shared object (emu_compile.c appends the kernel's name) -------
 template <typename... A, size_t... I> static void cudaemu_call(void (*f)(A...), void **args, std::index_sequence<I...>)
 {
