@@ -102,6 +102,7 @@ static int cmp_tokens(const void *a, const void *b)
 /* Does c belong in a schedule of width nr (a GEMM tile of that width; nr = 0: attention's key block)? */
 static bool fits_width(const TuneConfig *c, int nr)
 {
+    if (nr == TILE_SCHED_GPU) return c->tile_m > 0 && c->kv_block == 0;
     return nr == 0 ? c->tile_m == 0 && c->kv_block > 0 : c->tile_n == nr && c->kv_block == 0;
 }
 
@@ -153,7 +154,7 @@ bool tile_schedule_parse(const char *s, TileSchedule *out)
     memset(out, 0, sizeof *out);
     char *end;
     long nr = strtol(s, &end, 10);
-    if (end == s || nr < 0 || nr > 4096 || (*end != ';' && *end)) return false;
+    if (end == s || nr < TILE_SCHED_GPU || nr > 4096 || (*end != ';' && *end)) return false;
     out->nr = (int)nr;
     const char *p = end;
     while (*p == ';') {

@@ -6,6 +6,7 @@
 #include "passes/tuning.h"
 
 #define TILE_MAX_BUCKETS 16
+#define TILE_SCHED_GPU (-1) /* the nr of a schedule of GPU block tiles (tile_m x tile_n / kc) */
 
 typedef struct TileBucket {
     int64_t tokens;
@@ -15,7 +16,8 @@ typedef struct TileBucket {
 } TileBucket;
 
 typedef struct TileSchedule {
-    int nr;                          /* the panel width every GEMM entry shares (0: attention)  */
+    int nr;                          /* the panel width every GEMM entry shares (0: attention;
+                                        TILE_SCHED_GPU: the GPU's grouped GEMM tiles, any width) */
     TileBucket b[TILE_MAX_BUCKETS];  /* by increasing tokens */
     int n;
 } TileSchedule;

@@ -5,6 +5,7 @@
  * against a fixed list first (unknown, duplicate and missing keys), then each present value is read.
  */
 #include "passes/tuning.h"
+#include "passes/schedule.h"
 
 #include "frontend/yaml_util.h"
 #include "ir/ir.h"
@@ -473,7 +474,7 @@ void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, cons
     t->features = hash_str(gpu_name);
 }
 
-int tune_db_gpu_tiles(const TuneDb *db, const IrModule *m, int tile[2][3])
+int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched[2], Arena *arena)
 {
     int set = 0;
     for (int kind = 0; kind < 2; kind++) {
@@ -483,34 +484,36 @@ int tune_db_gpu_tiles(const TuneDb *db, const IrModule *m, int tile[2][3])
         if (!i) continue;
         const IrValue *w = i->in[kind == 0 ? 3 : 5];
         int64_t n = w->type.dims[0], groups = ir_attr_int(i, "experts"); /* the weight's shape, as on the CPU */
-        const TuneEntry *rep = NULL;
-        for (int k = 0; k < db->n; k++) {
+        const TuneEntry *found[TILE_MAX_BUCKETS];
+        int nf = 0;
+        for (int k = 0; k < db->n && nf < TILE_MAX_BUCKETS; k++) {
             const TuneEntry *e = &db->e[k];
-            if (strcmp(e->op, kind == 0 ? "grouped_up" : "grouped_down") || e->dtype != w->type.dtype || e->n != n ||
-                e->k != w->type.dims[1] || e->groups != groups)
-                continue;
-            if (!rep || llabs(e->tokens - 512) < llabs(rep->tokens - 512)) rep = e;
+            if (!strcmp(e->op, kind == 0 ? "grouped_up" : "grouped_down") && e->dtype == w->type.dtype && e->n == n &&
+                e->k == w->type.dims[1] && e->groups == groups && e->tokens > 0)
+                found[nf++] = e;
         }
-        if (!rep || rep->best.tile_m <= 0) continue;
-        tile[kind][0] = rep->best.tile_m, tile[kind][1] = rep->best.tile_n, tile[kind][2] = (int)rep->best.kc;
+        char *s = nf ? tile_schedule_format(found, nf, TILE_SCHED_GPU, arena) : NULL;
+        TileSchedule check;
+        if (!s || !tile_schedule_parse(s, &check)) continue; /* no bucket measured a tile */
+        sched[kind] = s;
         set++;
     }
     return set;
 }
 
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const IrModule *m, int tile[2][3])
+                       const IrModule *m, const char *sched[2], Arena *arena)
 {
     TuneTarget t;
     tune_gpu_target(&t, gpu, arch, nvrtc);
     char why[512];
     if (!tune_db_matches(db, &t, why, sizeof why))
         fprintf(stderr, "%s: warning: %s; its entries are ignored and the rule decides\n", path, why);
-    else if (tune_db_gpu_tiles(db, m, tile) == 0)
+    else if (tune_db_gpu_schedules(db, m, sched, arena) == 0)
         fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs; the rule decides\n", path);
     else
-        fprintf(stderr, "%s: grouped GEMM tiles up %dx%dx%d, down %dx%dx%d (0: the rule's)\n", path, tile[0][0],
-                tile[0][1], tile[0][2], tile[1][0], tile[1][1], tile[1][2]);
+        fprintf(stderr, "%s: grouped GEMM tiles by tokens (T:tile@GFLOP/s;...): up %s, down %s\n", path,
+                sched[0] ? strchr(sched[0], ';') + 1 : "the rule's", sched[1] ? strchr(sched[1], ';') + 1 : "the rule's");
 }
 
 /* "cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0", features shown only when they differ. */

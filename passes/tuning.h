@@ -97,16 +97,17 @@ void tune_db_free(TuneDb *db);
 bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len);
 /* The identity of a GPU as a GPU database records it (see the file format). */
 void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, const char *nvrtc);
-/* A GPU database's tiles for the grouped up- and down-projections of m (tile[0]: up, tile[1]: down,
- * each BM, BN, BK): the best of the entry of m's shape whose bucket is nearest 512 tokens (the
- * tensor-core path serves T > 16 alone); an op without an entry keeps tile[] as given. Returns how
- * many of the two were set. */
+/* A GPU database's schedules for the grouped up- and down-projections of m (sched[0]: up, [1]:
+ * down): per token bucket of the entries of m's shape, the tiles that win some bucket with their
+ * measured GFLOP/s (schedule.h, width TILE_SCHED_GPU: the executor picks per T by measured
+ * neighbours), allocated in arena; an op without entries keeps sched[] as given. Returns how many of
+ * the two were set. */
 struct IrModule;
-int tune_db_gpu_tiles(const TuneDb *db, const struct IrModule *m, int tile[2][3]);
+int tune_db_gpu_schedules(const TuneDb *db, const struct IrModule *m, const char *sched[2], Arena *arena);
 /* `--tuning DB` with `--device cuda` (db loaded from path): if it was made for this GPU (gpu name,
- * arch, nvrtc version, this moeppc), set tile[][] from it and say so on stderr; a database for
+ * arch, nvrtc version, this moeppc), set sched[] from it and say so on stderr; a database for
  * another target is ignored with a warning. */
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const struct IrModule *m, int tile[2][3]);
+                       const struct IrModule *m, const char *sched[2], Arena *arena);
 
 #endif

@@ -161,7 +161,7 @@ int bench_cuda(int argc, char **argv)
         return 1;
     }
     if (a.tuning && cuda_backend.identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) /* no GPU: said below */
-        tune_db_apply_gpu(a.tuning, &db, gpu, arch, cg_cuda_nvrtc_version_text(), m, o.tile);
+        tune_db_apply_gpu(a.tuning, &db, gpu, arch, cg_cuda_nvrtc_version_text(), m, o.tile_sched, &m->arena);
     tune_db_free(&db);
     CudaModel *cm = cuda_model_new(m, w, s.max_positions, &o, &err);
     if (!cm) {

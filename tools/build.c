@@ -30,11 +30,10 @@ typedef struct {
     int n;
 } GpuKernels;
 
-static bool gpu_kernels(const IrModule *m, const char *arch, const int tile[2][3], GpuKernels *g, RtError *err)
+static bool gpu_kernels(const IrModule *m, const char *arch, const char *const sched[2], GpuKernels *g, RtError *err)
 {
     *g = (GpuKernels){0};
-    CudaOptions o = {0};
-    memcpy(o.tile, tile, sizeof o.tile);
+    CudaOptions o = {.tile_sched = {sched[0], sched[1]}};
     if (!cuda_module_kernels(m, &o, &g->code, &g->n, err)) return false;
     g->bin = xcalloc((size_t)g->n + 1, sizeof *g->bin);
     if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) return true;
@@ -157,7 +156,7 @@ static void write_c_string(FILE *f, const char *name, const char *text)
 }
 
 static bool write_main(const char *path, const char *spec_text, const char *ir_text, const Recorder *r,
-                       const GpuKernels *gpu, const char *arch, const int tile[2][3])
+                       const GpuKernels *gpu, const char *arch, const char *const sched[2])
 {
     FILE *f = fopen(path, "w");
     if (!f) return false;
@@ -185,9 +184,11 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
     if (gpu)
         fprintf(f, "    cfg.cuda = &cuda_backend; /* --device cuda: the kernels above, no compiler at run time */\n"
                    "    cfg.cuda_images = gpu_table;\n    cfg.n_cuda_images = %d;\n    cfg.cuda_arch = gpu_arch;\n"
-                   "    static const int tile[2][3] = {{%d, %d, %d}, {%d, %d, %d}}; /* the GEMM tiles built in */\n"
-                   "    cfg.cuda_tile = tile;\n",
-                gpu->n, tile[0][0], tile[0][1], tile[0][2], tile[1][0], tile[1][1], tile[1][2]);
+                   "    /* the grouped GEMMs' tiles built in, by token count (a GPU tuning database's; NULL: the rule's) */\n"
+                   "    static const char *const tile_sched[2] = {%s%s%s, %s%s%s};\n"
+                   "    cfg.cuda_tile_sched = tile_sched;\n",
+                gpu->n, sched[0] ? "\"" : "", sched[0] ? sched[0] : "NULL", sched[0] ? "\"" : "",
+                sched[1] ? "\"" : "", sched[1] ? sched[1] : "NULL", sched[1] ? "\"" : "");
     fprintf(f, "    return driver_main(argc, argv, &cfg);\n}\n");
     return fclose(f) == 0;
 }
@@ -248,17 +249,17 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     snprintf(main_c, sizeof main_c, "%s/main.c", dir);
     snprintf(tmp_out, sizeof tmp_out, "%s.tmp", out);
     GpuKernels gpu = {0};
-    int tile[2][3] = {{0}};
-    if (gpu_db && tune_db_gpu_tiles(gpu_db, m, tile) == 0)
+    const char *sched[2] = {NULL, NULL};
+    if (gpu_db && tune_db_gpu_schedules(gpu_db, m, sched, &m->arena) == 0)
         fprintf(stderr, "moeppc build: warning: the GPU database has no entry for this model's grouped GEMMs; the rule's "
                         "tiles are built\n");
 #ifdef MOEPPC_HAVE_CUDA
     if (ok && arch) {
-        ok = gpu_kernels(m, arch, (const int(*)[3])tile, &gpu, &err);
+        ok = gpu_kernels(m, arch, sched, &gpu, &err);
         if (!ok) fprintf(stderr, "moeppc build: error: %s\n", err.msg);
     }
 #endif
-    ok = ok && write_main(main_c, spec_text, ir_text, &rec, arch ? &gpu : NULL, arch, (const int(*)[3])tile) &&
+    ok = ok && write_main(main_c, spec_text, ir_text, &rec, arch ? &gpu : NULL, arch, sched) &&
          link_model(dir, rec.n, tmp_out, arch != NULL);
     if (ok && rename(tmp_out, out) != 0) {
         fprintf(stderr, "moeppc build: error: cannot write '%s': %s\n", out, strerror(errno));

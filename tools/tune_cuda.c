@@ -177,6 +177,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int
         double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
         CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e.dtype,
                                             e.groups, L->s->top_k, kind == 0 ? e.n / 2 : e.n, e.k);
+        if (!cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) d = cg_cuda_gemm_async(&d); /* the rule's tile, as the executor runs it */
         TuneConfig rc = {.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
         for (int q = 0; ok && q < n_cand[kind] && e.n_measured < TUNE_MAX_MEASURED; q++) {

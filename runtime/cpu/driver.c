@@ -361,14 +361,15 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
                          .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                          .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
-        if (cfg->cuda_tile) memcpy(o.tile, cfg->cuda_tile, sizeof o.tile);
+        if (cfg->cuda_tile_sched) o.tile_sched[0] = cfg->cuda_tile_sched[0], o.tile_sched[1] = cfg->cuda_tile_sched[1];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
             char gpu[128], arch[16];
             if (!cfg->cuda->identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) {
                 drv_err("CUDA backend: %s\n", err.msg);
                 return false;
             }
-            tune_db_apply_gpu(r->tuning, &rn->db, gpu, arch, cfg->nvrtc_version ? cfg->nvrtc_version : "", rn->m, o.tile);
+            tune_db_apply_gpu(r->tuning, &rn->db, gpu, arch, cfg->nvrtc_version ? cfg->nvrtc_version : "", rn->m,
+                              o.tile_sched, &rn->m->arena);
         }
         rn->gpu = cfg->cuda->model_new(rn->m, w, s->max_positions, &o, &err);
         if (!rn->gpu) drv_err("CUDA backend: %s\n", err.msg);

@@ -31,8 +31,9 @@ typedef struct DriverConfig {
     const CudaKernelImage *cuda_images;
     int n_cuda_images;
     const char *cuda_arch;
-    const int (*cuda_tile)[3];    /* the grouped GEMMs' tiles the kernels were built with (up, down),
-                                     from a GPU tuning database; NULL: the rule's                  */
+    const char *const *cuda_tile_sched; /* the grouped GEMMs' tiles by token count the kernels were
+                                     built with (up, down; CudaOptions.tile_sched), from a GPU
+                                     tuning database; NULL: the rule's                             */
     CudaCompileFn cuda_compile;   /* NVRTC for what is not built in (moeppc run), or NULL          */
     const char *nvrtc_version;    /* "NVRTC 13.0" with cuda_compile: what a GPU tuning database
                                      must have been made with (--tuning with --device cuda)        */

@@ -6,6 +6,7 @@
 #include "runtime/cuda/cuda_exec.h"
 
 #include "codegen/cuda/cg_cuda.h"
+#include "passes/schedule.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -27,9 +28,16 @@ static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigne
 
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
  * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
+typedef struct TiledAlt {           /* a database's tiles by token count (CudaOptions.tile_sched)   */
+    TileSchedule s;
+    CgCudaGemm g[TILE_MAX_BUCKETS];   /* every tile the schedule names, and its kernel                */
+    int k[TILE_MAX_BUCKETS], n;
+} TiledAlt;
+
 typedef struct Gemm {
     CgCudaGemm tiled, gemv, gemv1;
     int k_tiled, k_gemv, k_gemv1;
+    TiledAlt *alt;                    /* NULL: `tiled` for every T above the GEMV                      */
     uint64_t w;
 } Gemm;
 
@@ -237,6 +245,29 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     return kern_new(cm, sym, src, g1, g2, b, out);
 }
 
+/* The kernel of each tile of a tuned schedule (text as CudaOptions.tile_sched), on gm->tiled's form. */
+static bool tiled_alt(CudaModel *cm, Gemm *gm, const char *text, RtError *err)
+{
+    TiledAlt *a = gm->alt = xcalloc(1, sizeof *gm->alt);
+    if (!tile_schedule_parse(text, &a->s) || a->s.nr != TILE_SCHED_GPU) {
+        snprintf(err->msg, sizeof err->msg, "the tuning database's tile schedule '%s' is not a GPU one", text);
+        return false;
+    }
+    for (int b = 0; b < a->s.n; b++)
+        for (int c = 0; c < a->s.b[b].n; c++) {
+            const TuneConfig *t = &a->s.b[b].c[c];
+            bool have = false;
+            for (int j = 0; j < a->n; j++) have |= a->g[j].bm == t->tile_m && a->g[j].bn == t->tile_n && a->g[j].bk == t->kc;
+            if (have || a->n == TILE_MAX_BUCKETS) continue;
+            CgCudaGemm g = gm->tiled;
+            g.bm = t->tile_m, g.bn = t->tile_n, g.bk = (int)t->kc;
+            a->g[a->n] = g;
+            if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
+            a->n++;
+        }
+    return true;
+}
+
 /* The kernels of one weight matrix [n][k] (per group): tiles (MMA for 16-bit weights with k a multiple
  * of 8, FMA for f32) and the GEMV. */
 static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtype dt, int64_t E, int64_t k_top,
@@ -254,6 +285,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         gm->tiled.ldc = ldc;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
+        const char *sched = cm->o.tile_sched[kind == CG_CUDA_GEMM_DOWN];
+        if (half && kind != CG_CUDA_GEMM_LINEAR && sched && !wg && !tiled_alt(cm, gm, sched, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
@@ -744,10 +777,17 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
 {
     bool gemv = !tiled_at(r, gm), decode = r->T == 1 && gm->k_gemv1 >= 0;
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
+    int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
+    if (!gemv && gm->alt) { /* the tuned tile for this T */
+        TuneConfig c = tile_schedule_pick(&gm->alt->s, r->T);
+        for (int j = 0; j < gm->alt->n; j++)
+            if (gm->alt->g[j].bm == c.tile_m && gm->alt->g[j].bn == c.tile_n && gm->alt->g[j].bk == c.kc)
+                g = &gm->alt->g[j], kern = gm->alt->k[j];
+    }
     unsigned gr[3], b[3];
     size_t smem;
     cg_cuda_gemm_launch(g, r->T, gr, b, &smem);
-    return launch(r, st, decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled, gr, b, smem, args);
+    return launch(r, st, kern, gr, b, smem, args);
 }
 
 static bool linear(const Run *r, const Step *st, const Gemm *gm, uint64_t x, uint64_t out)
@@ -1023,6 +1063,8 @@ void cuda_model_free(CudaModel *cm)
     free(cm->k);
     free(cm->allocs);
     free(cm->wmap);
+    for (int s = 0; s < cm->n_steps; s++)
+        for (int g = 0; g < cm->steps[s].n_gm; g++) free(cm->steps[s].gm[g].alt);
     free(cm->steps);
     free(cm);
 }

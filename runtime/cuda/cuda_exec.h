@@ -60,6 +60,10 @@ typedef struct CudaOptions {
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, cg_cuda_gemm_async's or _default's)      */
+    const char *tile_sched[2];      /* tuned tiles of the grouped up and down GEMMs by token count
+                                       (passes/schedule.h, TILE_SCHED_GPU; tune_db_gpu_schedules):
+                                       a kernel per tile, the one for T picked by its measured
+                                       neighbours; NULL: `tile` for every T                         */
     bool no_decode_gemv;            /* T = 1 on the general GEMV too, not on its decode form
                                        (cg_cuda_gemm_decode; MOEPPC_CUDA_DECODE_GEMV=0: an A/B)     */
     bool no_async_gemm;             /* the grouped GEMMs of 16-bit models on the register-pipelined

@@ -63,7 +63,8 @@ static void test_malformed_schedules_are_refused(void **state)
 {
     (void)state;
     TileSchedule s;
-    const char *bad[] = {"", "48", "48;1:", "48;x:8x48@1.0", "48;1:8x48", "48;1:8@1.0", "-1;1:8x48@1.0",
+    const char *bad[] = {"", "48", "48;1:", "48;x:8x48@1.0", "48;1:8x48", "48;1:8@1.0", "-2;1:8x48@1.0",
+                         "-1;1:kv16@1.0",                 /* a GPU schedule names block tiles */
                          "48;1:8x32@1.0",                 /* a tile of another width */
                          "48;64:8x48@1.0;1:8x48@1.0",     /* buckets out of order */
                          "48;1:8x48@1.0x", "48;1:8x48@", "0;1:8x48@1.0", "48;1:kv16@1.0"};

@@ -14,6 +14,7 @@
 
 #include "passes/passes.h"
 #include "passes/tuning.h"
+#include "passes/schedule.h"
 #include "tests/tiny_specs.h"
 
 #define BAD_DIR MOEPPC_SOURCE_DIR "/tests/tuning/bad"
@@ -332,7 +333,8 @@ static void test_bad_databases(void **state)
 }
 
 /* A GPU database: its identity (GPU name, sm, NVRTC) must match, and its entries give the grouped
- * GEMMs' tiles from the bucket nearest 512 tokens, by the weight's shape; other shapes change nothing. */
+ * GEMMs' tile schedules by the weight's shape (other shapes change nothing): per bucket the winners'
+ * measurements, and per T the pick by measured neighbours. */
 static void test_gpu_tiles(void **state)
 {
     (void)state;
@@ -365,16 +367,30 @@ static void test_gpu_tiles(void **state)
             e.groups = ir_attr_int(kind ? down : up, "experts"), e.tokens = buckets[b];
             e.best = (TuneConfig){.tile_m = 32 * (b + 1), .tile_n = 64 + 64 * kind, .kc = 16 << b};
             e.measured[e.n_measured++] = (TuneMeasure){e.best, 100.0};
+            if (b < 2) /* the 64 and 512 buckets also measured each other's winner: 90 at 64, 50 at 512 */
+                e.measured[e.n_measured++] = (TuneMeasure){{.tile_m = 32 * (2 - b), .tile_n = 64 + 64 * kind,
+                                                            .kc = 16 << (1 - b)}, b ? 50.0 : 90.0};
             tune_db_add(&db, &e);
         }
     TuneEntry stranger = db.e[0];
     stranger.n += 8, stranger.tokens = 512, stranger.best.tile_m = 128; /* another shape: not this model's */
     stranger.measured[0].c = stranger.best;
     tune_db_add(&db, &stranger);
-    int tile[2][3] = {{0}};
-    assert_int_equal(tune_db_gpu_tiles(&db, m, tile), 2);
-    assert_true(tile[0][0] == 64 && tile[0][1] == 64 && tile[0][2] == 32);   /* up: the 512 bucket */
-    assert_true(tile[1][0] == 64 && tile[1][1] == 128 && tile[1][2] == 32);  /* down */
+    const char *sched[2] = {NULL, NULL};
+    assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 2);
+    assert_string_equal(sched[0], "-1;64:32x64/kc16@100.0,64x64/kc32@90.0;512:64x64/kc32@100.0,32x64/kc16@50.0;"
+                                  "4096:96x64/kc64@100.0");
+    TileSchedule ts;
+    assert_true(tile_schedule_parse(sched[1], &ts));
+    assert_int_equal(ts.nr, TILE_SCHED_GPU);
+    /* per T: a bucket's best; between 64 and 512 the winner whose GFLOP/s, interpolated in log T, is
+     * higher (T = 80: 32x128 at 94.6 against 91.1; T = 200: 64x128 at 95.5 against 72.6) */
+    const struct { int64_t T; int tm, kc; } want[] = {{16, 32, 16}, {64, 32, 16}, {80, 32, 16}, {200, 64, 32},
+                                                      {512, 64, 32}, {1000, 64, 32}, {4096, 96, 64}, {9999, 96, 64}};
+    for (size_t q = 0; q < MOE_ARRAY_LEN(want); q++) {
+        TuneConfig c = tile_schedule_pick(&ts, want[q].T);
+        assert_true(c.tile_m == want[q].tm && c.tile_n == 128 && c.kc == want[q].kc);
+    }
     /* save and load keep a GPU database as it was */
     char path[128], why[256];
     snprintf(path, sizeof path, "%s/gpu.yaml", tmp_dir);
@@ -384,7 +400,7 @@ static void test_gpu_tiles(void **state)
     assert_same_db(&db, &back);
     char *text = read_text(path);
     assert_non_null(strstr(text, "target: {cpu: \"NVIDIA H200\", isa: sm_90, features: "));
-    assert_non_null(strstr(text, "best: 64x64/kc32, measured: {64x64/kc32: 100.0}"));
+    assert_non_null(strstr(text, "best: 64x64/kc32, measured: {64x64/kc32: 100.0, 32x64/kc16: 50.0}"));
     free(text);
     tune_db_free(&back);
     tune_db_free(&db);
