@@ -20,14 +20,17 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * the FMA peak, shared/PERFORMANCE.md), narrower when N is small, and K in one pass (tile_k = K:
  * on the 7B expert shapes one pass measured 83 % of peak against 79 % with K blocked at 256, since a
  * panel's packed A rows stay in L2 either way). On NVIDIA GPUs the CUDA executor's own default
- * block tile (cg_cuda_gemm_default: tensor cores 64×64×32, 64×128×32 for a down-projection of 128
- * columns or more; f32 weights 64×64×16), so that --print-ir says what runs. */
-static void tile_rule(pass_target t, bool down, moe_dtype dt, int64_t N, int64_t K, int64_t tile[3])
+ * block tile, so that --print-ir says what runs: the grouped GEMMs of 16-bit weights on the cp.async
+ * form (cg_cuda_gemm_async: 128×64×32 up, 128×128×32 down), other tensor-core GEMMs 64×64×32 or
+ * 64×128×32 for a down-projection of 128 columns or more (cg_cuda_gemm_default), f32 weights 64×64×16. */
+static void tile_rule(pass_target t, bool grouped, bool down, moe_dtype dt, int64_t N, int64_t K, int64_t tile[3])
 {
     if (t == TARGET_CPU) {
         tile[0] = 8;
         tile[1] = min64(48, round_up(N, 16));
         tile[2] = K;
+    } else if (grouped && dt != DT_F32 && K % 8 == 0 && N % 8 == 0) {
+        tile[0] = 128, tile[1] = down ? 128 : 64, tile[2] = 32;
     } else {
         tile[0] = 64;
         tile[1] = down && N >= 128 && dt != DT_F32 ? 128 : 64;
@@ -75,7 +78,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1]; /* route: its first matrix */
     int64_t N = w->type.dims[0], K = w->type.dims[1];
     /* up: the tile covers a and b columns of the same rows */
-    tile_rule(o->target, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
+    tile_rule(o->target, grouped, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
     const TuneEntry *found[TILE_MAX_BUCKETS];
     /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
     int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
@@ -89,8 +92,9 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
         ir_attr_set_int(m, i, "tile_mc", c.mc ? c.mc : round_up(256, c.tile_m));
     }
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
-    if (rep && o->target == TARGET_CPU) /* the GPU takes one tile per op (T <= 16 runs the untiled GEMV) */
-        ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, c.tile_n, &m->arena));
+    if (rep) /* per token count; the GPU's grouped GEMMs take any tile width (T <= 16 runs the GEMV) */
+        ir_attr_set_str(m, i, "tile_schedule",
+                        tile_schedule_format(found, n, o->target == TARGET_CPU ? c.tile_n : TILE_SCHED_GPU, &m->arena));
 }
 
 /* Attention's key block on the CPU: 16 by the rule, else the database's. */
