@@ -140,7 +140,7 @@ char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena)
             if (!won || !fits_width(&m->c, nr)) continue;
             char name[64];
             tune_config_format(&m->c, name, sizeof name);
-            strbuf_printf(&b, "%s%s@%.1f", sep, name, m->gflops);
+            strbuf_printf(&b, m->gflops >= 1 || m->gflops == 0 ? "%s%s@%.1f" : "%s%s@%.3g", sep, name, m->gflops);
             sep = ",";
         }
     }

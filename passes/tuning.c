@@ -439,7 +439,8 @@ bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
                    (long long)e->tokens, name);
         for (int j = 0; j < e->n_measured; j++) {
             tune_config_format(&e->measured[j].c, name, sizeof name);
-            strbuf_printf(&b, "%s%s: %.1f", j ? ", " : "", name, e->measured[j].gflops);
+            double g = e->measured[j].gflops; /* below 1 (a GEMV at T = 1 on the emulator) with 3 digits */
+            strbuf_printf(&b, g >= 1 || g == 0 ? "%s%s: %.1f" : "%s%s: %.3g", j ? ", " : "", name, g);
         }
         strbuf_printf(&b, "}}\n");
     }

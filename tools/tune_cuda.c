@@ -1,16 +1,18 @@
-/* tune_cuda.c — `moeppc tune SPEC --target sm_XX`: the block tile of the tensor-core grouped GEMMs on
- * an NVIDIA GPU (the path every T > 16 runs; decode's GEMV has no tile).
+/* tune_cuda.c — `moeppc tune SPEC --target sm_XX`: the grouped expert GEMMs of a bf16/f16 model on an
+ * NVIDIA GPU: the block tile of the tensor-core path (every T > 16) and the form of the GEMV (T <= 16).
  *
  * 1. Every tile BM x BN x BK in {32, 64, 128}^2 x {16, 32, 64} that the kernel generator accepts (its
  *    own checks: warp layout, shared memory) and whose shared memory the target's SMs have (the
- *    cp.async form's k tiles: sm_90 227 KB, sm_80 163 KB, others 99 KB) is compiled by NVRTC for the target, in
- *    parallel, and discarded before anything runs if ptxas reports spills or a block whose registers
- *    exceed an SM's 65536. The table of what survived and why the rest did not is printed.
- * 2. On a GPU of that architecture, per token bucket (T > 16), one layer of the spec with random
- *    weights runs with the rule's tiles, then with each candidate for the up- and for the down-
- *    projection: the model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4),
- *    the grouped GEMM is timed with CUDA events (median after warm-up). The winners go to a GPU tuning
- *    database (passes/tuning.h) that `run` and `bench` with --device cuda read.
+ *    cp.async form's k tiles: sm_90 227 KB, sm_80 163 KB, others 99 KB), and every GEMV form (slots
+ *    per pass {1, 4, 16} x warps {2, 4, 8} x k unroll {1, 4, 16}), is compiled by NVRTC for the
+ *    target, in parallel, and discarded before anything runs if ptxas reports spills or a block whose
+ *    registers exceed an SM's 65536. The tables of what survived and why the rest did not are printed.
+ * 2. On a GPU of that architecture, per token bucket, one layer of the spec with random weights runs
+ *    with the rule's configuration (T = 1: the GEMV's decode form), then with each candidate for the
+ *    up- and for the down-projection (T <= 16: the GEMV forms with at most T slots per pass): the
+ *    model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4), the grouped GEMM
+ *    is timed with CUDA events (median after warm-up). The winners go to a GPU tuning database
+ *    (passes/tuning.h) that `run` and `bench` with --device cuda read, per token count.
  * Without a GPU the command stops after step 1 with an error: nothing is written. */
 #include "tools/commands.h"
 
@@ -34,13 +36,14 @@ static double now_s(void)
 }
 
 typedef struct {
-    TuneConfig c;             /* tile_m = BM, tile_n = BN, kc = BK                  */
+    TuneConfig c;             /* tile_m = BM, tile_n = BN, kc = BK; a GEMV form: tile_m = slots per
+                                 pass, tile_n = warps, unroll = k unroll          */
     bool ok;
     char why[128];            /* why it was discarded                               */
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 27 };
+enum { MAX_CANDS = 27 }; /* 3 x 3 x 3 */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -49,45 +52,63 @@ static int arch_smem_kb(const char *arch)
     return sm >= 90 ? 227 : sm == 80 || sm == 87 ? 163 : sm ? 99 : 227;
 }
 
-/* Step 1 for one grouped GEMM: candidates compiled and checked; returns how many were listed. */
-static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out, char *err, size_t errlen)
+/* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false), or every GEMV form
+ * (slots per pass x warps x k unroll, gemv true); their configurations in cfg. */
+static int list_candidates(const CgCudaGemm *base, bool gemv, CgCudaGemm *list, TuneConfig *cfg)
 {
     static const int bms[] = {32, 64, 128}, bns[] = {32, 64, 128}, bks[] = {16, 32, 64};
-    CudaKernelCode code[MAX_CANDS];
-    int map[MAX_CANDS], n = 0, n_code = 0;
+    static const int slots[] = {1, 4, 16}, warps[] = {2, 4, 8}, unrolls[] = {1, 4, 16};
+    int n = 0;
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 3; b++)
             for (size_t k = 0; k < 3; k++) {
                 CgCudaGemm g = *base;
-                g.bm = bms[a], g.bn = bns[b], g.bk = bks[k];
-                GpuCand *c = &out[n];
-                *c = (GpuCand){.c = {.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk}, .ok = true};
-                char why[512], sym[256];
-                char *src = cg_cuda_gemm_source(&g, why, sizeof why);
-                if (!src) { /* the generator's reason, after the symbol it names */
-                    const char *r = strstr(why, ": ");
-                    snprintf(c->why, sizeof c->why, "%s", r ? r + 2 : why);
-                    c->ok = false;
-                    n++;
-                    continue;
-                }
-                unsigned grid[3], block[3];
-                size_t smem;
-                cg_cuda_gemm_launch(&g, 512, grid, block, &smem);
-                c->threads = (int)(block[0] * block[1] * block[2]);
-                c->smem = (int)smem; /* dynamic; the compile adds the static */
-                if (smem > (size_t)arch_smem_kb(arch) * 1024) {
-                    snprintf(c->why, sizeof c->why, "%zu B of shared memory, above %s's %d KB", smem, arch,
-                             arch_smem_kb(arch));
-                    c->ok = false;
-                    free(src);
-                    n++;
-                    continue;
-                }
-                cg_cuda_gemm_symbol(&g, sym, sizeof sym);
-                code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
-                map[n_code++] = n++;
+                if (gemv) g.bm = slots[a], g.bn = warps[b], g.bk = unrolls[k];
+                else g.bm = bms[a], g.bn = bns[b], g.bk = bks[k];
+                list[n] = g;
+                cfg[n++] = gemv ? (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .unroll = g.bk}
+                                : (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk};
             }
+    return n;
+}
+
+/* Step 1 for one grouped GEMM: candidates compiled and checked; returns how many were listed. */
+static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, GpuCand *out, char *err, size_t errlen)
+{
+    CgCudaGemm list[MAX_CANDS];
+    TuneConfig cfg[MAX_CANDS];
+    int n_list = list_candidates(base, gemv, list, cfg);
+    CudaKernelCode code[MAX_CANDS];
+    int map[MAX_CANDS], n = 0, n_code = 0;
+    for (int q = 0; q < n_list; q++) {
+        const CgCudaGemm *g = &list[q];
+        GpuCand *c = &out[n];
+        *c = (GpuCand){.c = cfg[q], .ok = true};
+        char why[512], sym[256];
+        char *src = cg_cuda_gemm_source(g, why, sizeof why);
+        if (!src) { /* the generator's reason, after the symbol it names */
+            const char *r = strstr(why, ": ");
+            snprintf(c->why, sizeof c->why, "%s", r ? r + 2 : why);
+            c->ok = false;
+            n++;
+            continue;
+        }
+        unsigned grid[3], block[3];
+        size_t smem;
+        cg_cuda_gemm_launch(g, 512, grid, block, &smem);
+        c->threads = (int)(block[0] * block[1] * block[2]);
+        c->smem = (int)smem; /* dynamic; the compile adds the static */
+        if (smem > (size_t)arch_smem_kb(arch) * 1024) {
+            snprintf(c->why, sizeof c->why, "%zu B of shared memory, above %s's %d KB", smem, arch, arch_smem_kb(arch));
+            c->ok = false;
+            free(src);
+            n++;
+            continue;
+        }
+        cg_cuda_gemm_symbol(g, sym, sizeof sym);
+        code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
+        map[n_code++] = n++;
+    }
     CgCudaBinary bins[MAX_CANDS];
     bool ok = cuda_compile_kernels(code, n_code, arch, true, false, bins, err, errlen);
     for (int q = 0; q < n_code; q++) {
@@ -108,11 +129,11 @@ static int gpu_candidates(const CgCudaGemm *base, const char *arch, GpuCand *out
     return ok ? n : -1;
 }
 
-static void print_candidates(const char *what, const GpuCand *c, int n)
+static void print_candidates(const char *what, const char *noun, const GpuCand *c, int n)
 {
     int good = 0;
     for (int k = 0; k < n; k++) good += c[k].ok;
-    printf("%s: %d of %d tiles compile for the target without spills\n", what, good, n);
+    printf("%s: %d of %d %s compile for the target without spills\n", what, good, n, noun);
     for (int k = 0; k < n; k++) {
         char name[64];
         tune_config_format(&c[k].c, name, sizeof name);
@@ -132,13 +153,14 @@ typedef struct {
     double deadline;
 } GpuLayer;
 
-/* One model with tiles `tile`: its logits for ids (copied to *logits) and the median ms of step
+/* One model with tiles `tile` and GEMV forms `gemv`: its logits for ids (copied to *logits) and the median ms of step
  * `kind`'s grouped GEMM, and its FFN picks. */
-static bool run_tiles(GpuLayer *L, const int tile[2][3], int kind, const int32_t *ids, const int32_t *pos, int64_t T,
-                      float **logits, double *ms, int64_t *picks, RtError *err)
+static bool run_tiles(GpuLayer *L, const int tile[2][3], const int gemv[2][3], int kind, const int32_t *ids,
+                      const int32_t *pos, int64_t T, float **logits, double *ms, int64_t *picks, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
     memcpy(o.tile, tile, sizeof o.tile);
+    memcpy(o.gemv, gemv, sizeof o.gemv);
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -155,10 +177,26 @@ static bool run_tiles(GpuLayer *L, const int tile[2][3], int kind, const int32_t
     return ok;
 }
 
-/* The entries of both grouped GEMMs at T: the rule's tiles, then every candidate. */
-static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int n_cand[2], int64_t T, TuneDb *db,
-                        RtError *err)
+/* The rule's configuration of a grouped GEMM at T, as the executor runs it: the cp.async form's tile
+ * above CG_CUDA_GEMV_MAX_T, else the GEMV (its decode form at T = 1). */
+static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, int64_t T)
 {
+    bool gemv = T <= CG_CUDA_GEMV_MAX_T;
+    CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN,
+                                        gemv ? CG_CUDA_PATH_GEMV : CG_CUDA_PATH_MMA, e->dtype, e->groups, L->s->top_k,
+                                        kind == 0 ? e->n / 2 : e->n, e->k);
+    if (!gemv && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) d = cg_cuda_gemm_async(&d);
+    if (gemv && T == 1 && !cuda_env_off("MOEPPC_CUDA_DECODE_GEMV")) d = cg_cuda_gemm_decode(&d);
+    return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}
+                : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
+}
+
+/* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
+ * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T). */
+static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const int n_cand[2][2], int64_t T,
+                        TuneDb *db, RtError *err)
+{
+    int form = T <= CG_CUDA_GEMV_MAX_T;
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     bool ok = true;
@@ -169,25 +207,23 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][MAX_CANDS], const int
         TuneEntry e = {.dtype = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1],
                        .groups = ir_attr_int(gi, "experts"), .tokens = T};
         snprintf(e.op, sizeof e.op, "%s", kind == 0 ? "grouped_up" : "grouped_down");
-        int rule[2][3] = {{0}};
+        int none[2][3] = {{0}};
         float *ref = NULL;
         double ms;
         int64_t picks = 0;
-        ok = run_tiles(L, (const int(*)[3])rule, kind, ids, pos, T, &ref, &ms, &picks, err);
+        ok = run_tiles(L, (const int(*)[3])none, (const int(*)[3])none, kind, ids, pos, T, &ref, &ms, &picks, err);
         double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
-        CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e.dtype,
-                                            e.groups, L->s->top_k, kind == 0 ? e.n / 2 : e.n, e.k);
-        if (!cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) d = cg_cuda_gemm_async(&d); /* the rule's tile, as the executor runs it */
-        TuneConfig rc = {.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
+        TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-        for (int q = 0; ok && q < n_cand[kind] && e.n_measured < TUNE_MAX_MEASURED; q++) {
-            const GpuCand *c = &cand[kind][q];
-            if (!c->ok || tune_config_equal(&c->c, &rc) || now_s() > L->deadline) continue;
-            int tile[2][3] = {{0}};
-            tile[kind][0] = c->c.tile_m, tile[kind][1] = c->c.tile_n, tile[kind][2] = (int)c->c.kc;
+        for (int q = 0; ok && q < n_cand[form][kind] && e.n_measured < TUNE_MAX_MEASURED; q++) {
+            const GpuCand *c = &cand[form][kind][q];
+            if (!c->ok || tune_config_equal(&c->c, &rc) || now_s() > L->deadline || (form && c->c.tile_m > T)) continue;
+            int tile[2][3] = {{0}}, gemv[2][3] = {{0}};
+            if (form) gemv[kind][0] = c->c.tile_m, gemv[kind][1] = c->c.tile_n, gemv[kind][2] = c->c.unroll;
+            else tile[kind][0] = c->c.tile_m, tile[kind][1] = c->c.tile_n, tile[kind][2] = (int)c->c.kc;
             float *lg = NULL;
             int64_t p = 0;
-            if (!run_tiles(L, (const int(*)[3])tile, kind, ids, pos, T, &lg, &ms, &p, err)) {
+            if (!run_tiles(L, (const int(*)[3])tile, (const int(*)[3])gemv, kind, ids, pos, T, &lg, &ms, &p, err)) {
                 ok = false;
                 break;
             }
@@ -241,27 +277,31 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     return false;
 }
 
-/* Step 1 for both grouped GEMMs, with the tables printed; false (said) when NVRTC fails. */
-static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2][MAX_CANDS], int n_cand[2])
+/* Step 1 for both grouped GEMMs, MMA tiles (form 0) and GEMV forms (1), with the tables printed;
+ * false (said) when NVRTC fails. */
+static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2][2][MAX_CANDS], int n_cand[2][2])
 {
-    for (int kind = 0; kind < 2; kind++) {
+    for (int q = 0; q < 4; q++) {
+        int form = q / 2, kind = q % 2;
         const IrInstr *gi = L->m->first;
         for (int k = 0; k < L->step[kind]; k++) gi = gi->next;
         const IrValue *w = gi->in[kind == 0 ? 3 : 5];
         int64_t E = ir_attr_int(gi, "experts");
-        CgCudaGemm base = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA,
-                                               w->type.dtype, E, L->s->top_k,
+        CgCudaGemm base = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN,
+                                               form ? CG_CUDA_PATH_GEMV : CG_CUDA_PATH_MMA, w->type.dtype, E, L->s->top_k,
                                                kind == 0 ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1]);
-        if (!cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) base = cg_cuda_gemm_async(&base); /* as the executor runs them */
-        char err[1024], what[128];
-        n_cand[kind] = gpu_candidates(&base, arch, cand[kind], err, sizeof err);
-        if (n_cand[kind] < 0) {
+        if (!form && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) base = cg_cuda_gemm_async(&base); /* as the executor runs them */
+        char err[1024], what[160];
+        n_cand[form][kind] = gpu_candidates(&base, form, arch, cand[form][kind], err, sizeof err);
+        if (n_cand[form][kind] < 0) {
             fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
             return false;
         }
-        snprintf(what, sizeof what, "%s %lldx%lld, %lld experts (%s, %s)", kind == 0 ? "grouped_up" : "grouped_down",
-                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)E, arch, cg_cuda_nvrtc_version_text());
-        print_candidates(what, cand[kind], n_cand[kind]);
+        snprintf(what, sizeof what, "%s %lldx%lld, %lld experts%s (%s, %s)", kind == 0 ? "grouped_up" : "grouped_down",
+                 (long long)w->type.dims[0], (long long)w->type.dims[1], (long long)E, form ? ", T <= 16" : "", arch,
+                 cg_cuda_nvrtc_version_text());
+        print_candidates(what, form ? "GEMV forms (slots x warps / u k unroll)" : "tiles", cand[form][kind],
+                         n_cand[form][kind]);
     }
     return true;
 }
@@ -295,8 +335,8 @@ int tune_cuda(const TuneArgs *a)
     double t0 = now_s();
     ModelSpec s;
     GpuLayer L = {0};
-    GpuCand cand[2][MAX_CANDS];
-    int n_cand[2] = {0, 0};
+    static GpuCand cand[2][2][MAX_CANDS];
+    int n_cand[2][2] = {{0}};
     char gpu[128] = "", garch[16] = "";
     RtError err = {{0}};
     bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
@@ -304,11 +344,10 @@ int tune_cuda(const TuneArgs *a)
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     TuneDb db = {0};
     tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
-    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++)
-        if (a->tokens[q] > CG_CUDA_GEMV_MAX_T) {
-            ok = tune_bucket(&L, cand, n_cand, a->tokens[q], &db, &err);
-            if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
-        }
+    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) {
+        ok = tune_bucket(&L, (const GpuCand(*)[2][MAX_CANDS])cand, (const int(*)[2])n_cand, a->tokens[q], &db, &err);
+        if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
+    }
     char why[512];
     if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", a->budget);
     if (ok && !tune_db_save(&db, a->out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;

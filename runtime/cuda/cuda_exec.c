@@ -28,16 +28,21 @@ static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigne
 
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
  * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
-typedef struct TiledAlt {           /* a database's tiles by token count (CudaOptions.tile_sched)   */
-    TileSchedule s;
-    CgCudaGemm g[TILE_MAX_BUCKETS];   /* every tile the schedule names, and its kernel                */
-    int k[TILE_MAX_BUCKETS], n;
-} TiledAlt;
+/* A GPU database's configurations by token count (CudaOptions.tile_sched): its buckets above
+ * CG_CUDA_GEMV_MAX_T name MMA tiles (BMxBN/kcBK), those at or below GEMV forms (slots per pass x
+ * warps / u k unroll); every one named gets its kernel. */
+typedef struct GemmAlt {
+    TileSchedule tiles, gemvs;
+    TuneConfig c[2 * TILE_MAX_BUCKETS];
+    bool is_gemv[2 * TILE_MAX_BUCKETS];
+    CgCudaGemm g[2 * TILE_MAX_BUCKETS];
+    int k[2 * TILE_MAX_BUCKETS], n;
+} GemmAlt;
 
 typedef struct Gemm {
     CgCudaGemm tiled, gemv, gemv1;
     int k_tiled, k_gemv, k_gemv1;
-    TiledAlt *alt;                    /* NULL: `tiled` for every T above the GEMV                      */
+    GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
 } Gemm;
 
@@ -245,26 +250,35 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     return kern_new(cm, sym, src, g1, g2, b, out);
 }
 
-/* The kernel of each tile of a tuned schedule (text as CudaOptions.tile_sched), on gm->tiled's form. */
-static bool tiled_alt(CudaModel *cm, Gemm *gm, const char *text, RtError *err)
+/* The kernel of every configuration of a tuned schedule (text as CudaOptions.tile_sched): tiles on
+ * gm->tiled's form (none when `tiles` is false: wgmma, or no tiled kernel), GEMV forms on gm->gemv's. */
+static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtError *err)
 {
-    TiledAlt *a = gm->alt = xcalloc(1, sizeof *gm->alt);
-    if (!tile_schedule_parse(text, &a->s) || a->s.nr != TILE_SCHED_GPU) {
+    GemmAlt *a = gm->alt = xcalloc(1, sizeof *gm->alt);
+    TileSchedule all;
+    if (!tile_schedule_parse(text, &all) || all.nr != TILE_SCHED_GPU) {
         snprintf(err->msg, sizeof err->msg, "the tuning database's tile schedule '%s' is not a GPU one", text);
         return false;
     }
-    for (int b = 0; b < a->s.n; b++)
-        for (int c = 0; c < a->s.b[b].n; c++) {
-            const TuneConfig *t = &a->s.b[b].c[c];
+    a->tiles.nr = a->gemvs.nr = all.nr;
+    for (int b = 0; b < all.n; b++) {
+        bool gv = all.b[b].tokens <= CG_CUDA_GEMV_MAX_T;
+        if (!gv && !tiles) continue;
+        TileSchedule *to = gv ? &a->gemvs : &a->tiles;
+        to->b[to->n++] = all.b[b];
+        for (int c = 0; c < all.b[b].n; c++) {
+            const TuneConfig *t = &all.b[b].c[c];
             bool have = false;
-            for (int j = 0; j < a->n; j++) have |= a->g[j].bm == t->tile_m && a->g[j].bn == t->tile_n && a->g[j].bk == t->kc;
-            if (have || a->n == TILE_MAX_BUCKETS) continue;
-            CgCudaGemm g = gm->tiled;
-            g.bm = t->tile_m, g.bn = t->tile_n, g.bk = (int)t->kc;
-            a->g[a->n] = g;
+            for (int j = 0; j < a->n; j++) have |= a->is_gemv[j] == gv && tune_config_equal(&a->c[j], t);
+            if (have) continue;
+            CgCudaGemm g = gv ? gm->gemv : gm->tiled;
+            if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
+            else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
+            a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
         }
+    }
     return true;
 }
 
@@ -285,16 +299,20 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         gm->tiled.ldc = ldc;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
-        const char *sched = cm->o.tile_sched[kind == CG_CUDA_GEMM_DOWN];
-        if (half && kind != CG_CUDA_GEMM_LINEAR && sched && !wg && !tiled_alt(cm, gm, sched, err)) return false;
     }
+    bool wg = gm->k_tiled >= 0 && gm->tiled.wgmma;
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
     gm->gemv.w_table = table;
     gm->k_gemv1 = -1;
+    const int *gv = cm->o.gemv[kind == CG_CUDA_GEMM_DOWN];
+    bool gv_set = kind != CG_CUDA_GEMM_LINEAR && gv[0] > 0; /* the tuner's candidate, T = 1 included */
+    if (gv_set) gm->gemv.bm = gv[0], gm->gemv.bn = gv[1], gm->gemv.bk = gv[2];
     if (!gemm_kern(cm, &gm->gemv, &gm->k_gemv, err)) return false;
     gm->gemv1 = cg_cuda_gemm_decode(&gm->gemv);
-    return cm->o.no_decode_gemv || gemm_kern(cm, &gm->gemv1, &gm->k_gemv1, err);
+    if (!cm->o.no_decode_gemv && !gv_set && !gemm_kern(cm, &gm->gemv1, &gm->k_gemv1, err)) return false;
+    const char *sched = cm->o.tile_sched[kind == CG_CUDA_GEMM_DOWN];
+    return !sched || kind == CG_CUDA_GEMM_LINEAR || !half || gemm_alt(cm, gm, sched, gm->k_tiled >= 0 && !wg, err);
 }
 
 /* f32_math: f32 activations whatever the weights (the router, SEMANTICS.md §4), else tensor cores
@@ -778,11 +796,11 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
     bool gemv = !tiled_at(r, gm), decode = r->T == 1 && gm->k_gemv1 >= 0;
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
     int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
-    if (!gemv && gm->alt) { /* the tuned tile for this T */
-        TuneConfig c = tile_schedule_pick(&gm->alt->s, r->T);
+    const TileSchedule *ts = !gm->alt ? NULL : gemv ? &gm->alt->gemvs : &gm->alt->tiles;
+    if (ts && ts->n) { /* the tuned configuration for this T */
+        TuneConfig c = tile_schedule_pick(ts, r->T);
         for (int j = 0; j < gm->alt->n; j++)
-            if (gm->alt->g[j].bm == c.tile_m && gm->alt->g[j].bn == c.tile_n && gm->alt->g[j].bk == c.kc)
-                g = &gm->alt->g[j], kern = gm->alt->k[j];
+            if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c)) g = &gm->alt->g[j], kern = gm->alt->k[j];
     }
     unsigned gr[3], b[3];
     size_t smem;

@@ -60,10 +60,14 @@ typedef struct CudaOptions {
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, cg_cuda_gemm_async's or _default's)      */
-    const char *tile_sched[2];      /* tuned tiles of the grouped up and down GEMMs by token count
-                                       (passes/schedule.h, TILE_SCHED_GPU; tune_db_gpu_schedules):
-                                       a kernel per tile, the one for T picked by its measured
-                                       neighbours; NULL: `tile` for every T                         */
+    const char *tile_sched[2];      /* tuned configurations of the grouped up and down GEMMs by token
+                                       count (passes/schedule.h, TILE_SCHED_GPU; tune_db_gpu_schedules):
+                                       MMA tiles above CG_CUDA_GEMV_MAX_T, GEMV forms (slots x warps
+                                       / u k unroll) at or below; a kernel per configuration, the one
+                                       for T picked by its measured neighbours; NULL: the rule's     */
+    int gemv[2][3];                 /* the GEMV form (slots per pass, warps, k unroll) of the grouped
+                                       up and down GEMMs for every T <= CG_CUDA_GEMV_MAX_T, T = 1
+                                       included ({0}: the rule's; the GPU tuner's candidates)       */
     bool no_decode_gemv;            /* T = 1 on the general GEMV too, not on its decode form
                                        (cg_cuda_gemm_decode; MOEPPC_CUDA_DECODE_GEMV=0: an A/B)     */
     bool no_async_gemm;             /* the grouped GEMMs of 16-bit models on the register-pipelined

@@ -3,7 +3,8 @@
 # (MOEPPC_CUDA_DRIVER from CTest): every tile that compiles for sm_90 without spills runs the layer,
 # and its logits must match the rule's tile (the tuner discards and warns otherwise: here that is a
 # failure, since every tile computes the same product); the database is the emulator's (isa emu), and
-# `run --device cuda --tuning` takes it without a warning and matches the CPU backend's routing.
+# `run --device cuda --tuning` takes it without a warning (its schedule by tokens said: the GEMV form
+# at T = 1, the tile at 64) and matches the CPU backend's routing.
 set -u
 MOEPPC=$1 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -15,14 +16,17 @@ cat "$WORK/tune.out"
 grep -q "logits differ" "$WORK/tune.err" && { echo "a tile's logits differ from the rule's:"; grep "logits differ" "$WORK/tune.err"; exit 1; }
 grep -q "isa: emu" "$WORK/db.yaml" || { echo "the database is not the emulator's"; cat "$WORK/db.yaml"; exit 1; }
 for op in grouped_up grouped_down; do
-  n=$(grep "op: $op" "$WORK/db.yaml" | grep -o 'x[0-9]*/kc[0-9]*: ' | wc -l)
+  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o 'x[0-9]*/kc[0-9]*: ' | wc -l)
   [ "$n" -ge 10 ] || { echo "$op: only $n tiles measured"; cat "$WORK/db.yaml"; exit 1; }
+  # T = 1: the GEMV forms of one slot per pass (9: warps x k unroll; the decode form among them)
+  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
+  [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
 done
 IDS=$(seq -s ' ' 1 40)
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --device cuda --tuning "$WORK/db.yaml" --route-stats \
   > "$WORK/gpu.out" 2> "$WORK/gpu.err" || { echo "run --device cuda failed"; cat "$WORK/gpu.err"; exit 1; }
 grep -q "warning" "$WORK/gpu.err" && { echo "the emulator's database was not taken:"; cat "$WORK/gpu.err"; exit 1; }
-grep -Eq "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 64:[0-9]+x[0-9]+/kc[0-9]+@" "$WORK/gpu.err" ||
+grep -Eq "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 1:1x[0-9]+/u[0-9]+@[0-9.]+(,[^;]*)?;64:[0-9]+x[0-9]+/kc[0-9]+@" "$WORK/gpu.err" ||
   { echo "run did not say which tiles it took:"; cat "$WORK/gpu.err"; exit 1; }
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --route-stats > "$WORK/cpu.out" 2>/dev/null || exit 1
 diff <(grep -A4 "picks per MoE layer" "$WORK/cpu.out") <(grep -A4 "picks per MoE layer" "$WORK/gpu.out") ||
