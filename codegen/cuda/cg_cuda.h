@@ -41,6 +41,10 @@
  *                  float *out)  one block of CG_CUDA_ATTN_WARPS warps per (query t, head h): the warps
  *                  split the keys 0..pos[t] (strided), each keeps an online max/sum/accumulator, and the
  *                  block merges them in shared memory: works for prefill and for decode (T = 1).
+ *                  Its tiled form for prefill (T >= CG_CUDA_ATTN_TILED_MIN_T, same arguments,
+ *                  cg_cuda_attention_tiled_*): a block per CG_CUDA_ATTN_BQ consecutive queries and head,
+ *                  4 threads a query (dimensions strided by 4), tiles of keys and values staged in
+ *                  shared memory once for all the block's queries, the same online softmax.
  *   SWIGLU, ADD   (long long T, const float *a, const float *b, float *out)           grid-stride
  *   SCALE, TANH   (long long T, const float *x, float *out)                           grid-stride
  *   ROUTE_POST    (long long T, const float *z0, const float *g, float *logits, const float *alpha_logits,
@@ -53,6 +57,11 @@
  *                  (by token) placement with __match_any_sync ranks; deterministic, no host round trip.
  */
 #define CG_CUDA_ATTN_WARPS 4
+#define CG_CUDA_ATTN_BQ 64
+#define CG_CUDA_ATTN_TILED_MIN_T 32
+void  cg_cuda_attention_tiled_symbol(const CgOpDesc *d, char *out, size_t n);
+char *cg_cuda_attention_tiled_source(const CgOpDesc *d); /* d checked by cg_cuda_op_source */
+void  cg_cuda_attention_tiled_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3]);
 #define CG_CUDA_DISPATCH_THREADS 1024
 
 /* `moeppc_cu_<cg_op_symbol without its moeppc_op_ prefix>`. */

@@ -147,6 +147,92 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name)
         "}\n", name);
 }
 
+/* Prefill attention, tiled: a block per BQ consecutive queries of one head, TPQ threads a query
+ * (dimension d of the head belongs to thread d % TPQ of its query: the quad reads adjacent words of
+ * a staged key, no bank conflicts). Keys and values come through shared memory in tiles of BKV rows,
+ * loaded once for the block's queries (the one-block-per-query kernel reads them once per query);
+ * each query keeps the online max, sum and accumulator of SEMANTICS.md's softmax over its keys
+ * 0..pos[t] (masked past them: the block walks to its largest). */
+void cg_cuda_attention_tiled_symbol(const CgOpDesc *d, char *out, size_t n)
+{
+    snprintf(out, n, "moeppc_cu_attention_tiled_h%lld_kv%lld_hd%lld_q%d", (long long)d->heads, (long long)d->kv_heads,
+             (long long)d->head_dim, CG_CUDA_ATTN_BQ);
+}
+
+char *cg_cuda_attention_tiled_source(const CgOpDesc *d)
+{
+    char name[128];
+    cg_cuda_attention_tiled_symbol(d, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, DT_F32);
+    cb_printf(&b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
+                  "#define BQ %d\n#define TPQ 4\n#define NT (BQ * TPQ)\n#define DPT ((HD + TPQ - 1) / TPQ)\n"
+                  "#define BKV (HD <= 128 ? 32 : 16)   /* 2 x BKV x HD floats: at most 32 KB */\n",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, CG_CUDA_ATTN_BQ);
+    cb_printf(&b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    cb_printf(&b,
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
+        "                                const float *vc, const int *pos, float *out) {\n"
+        "    __shared__ float ks[BKV][HD], vs[BKV][HD];\n"
+        "    __shared__ int nmax;\n"
+        "    int tid = threadIdx.x, c = tid %% TPQ, h = blockIdx.y, kvh = h / GROUP;\n"
+        "    long long t = (long long)blockIdx.x * BQ + tid / TPQ;\n"
+        "    bool live = t < T;\n"
+        "    int n = live ? pos[t] + 1 : 0;  /* this query's keys: 0..n-1 */\n"
+        "    if (tid == 0) nmax = 0;\n"
+        "    __syncthreads();\n"
+        "    if (live && c == 0) atomicMax(&nmax, n);\n"
+        "    __syncthreads();\n"
+        "    const int N = nmax;\n"
+        "    float qr[DPT], acc[DPT];\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < DPT; i++) {\n"
+        "        int dd = TPQ * i + c;\n"
+        "        qr[i] = live && dd < HD ? q[t * (HEADS * HD) + h * HD + dd] : 0.0f;\n"
+        "        acc[i] = 0.0f;\n"
+        "    }\n"
+        "    float m = -INFINITY, l = 0.0f;\n"
+        "    for (int j0 = 0; j0 < N; j0 += BKV) {\n"
+        "        __syncthreads();  /* the last tile is consumed */\n"
+        "        for (int x = tid; x < BKV * HD; x += NT) {\n"
+        "            int r = x / HD, dd = x %% HD;\n"
+        "            long long j = j0 + r, at = j * (KVH * HD) + kvh * HD + dd;\n"
+        "            ks[r][dd] = j < N ? kc[at] : 0.0f;\n"
+        "            vs[r][dd] = j < N ? vc[at] : 0.0f;\n"
+        "        }\n"
+        "        __syncthreads();\n"
+        "        int rows = N - j0 < BKV ? N - j0 : BKV;\n"
+        "        for (int r = 0; r < rows; r++) {\n"
+        "            float s = 0.0f;\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < DPT; i++) { int dd = TPQ * i + c; if (dd < HD) s += qr[i] * ks[r][dd]; }\n"
+        "            s += __shfl_xor_sync(0xffffffffu, s, 1);  /* the quad's partial sums */\n"
+        "            s += __shfl_xor_sync(0xffffffffu, s, 2);\n"
+        "            if (j0 + r >= n) continue;  /* past this query's position (the quad agrees) */\n"
+        "            s *= SCALE;\n"
+        "            float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);\n"
+        "            l = l * corr + p;\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < DPT; i++) { int dd = TPQ * i + c; if (dd < HD) acc[i] = acc[i] * corr + p * vs[r][dd]; }\n"
+        "            m = mn;\n"
+        "        }\n"
+        "    }\n"
+        "    if (!live) return;\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < DPT; i++) {\n"
+        "        int dd = TPQ * i + c;\n"
+        "        if (dd < HD) out[t * (HEADS * HD) + h * HD + dd] = acc[i] / l;\n"
+        "    }\n"
+        "}\n", name);
+    return b.s;
+}
+
+void cg_cuda_attention_tiled_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3])
+{
+    grid[0] = (unsigned)(((T > 0 ? T : 1) + CG_CUDA_ATTN_BQ - 1) / CG_CUDA_ATTN_BQ), grid[1] = (unsigned)d->heads, grid[2] = 1;
+    block[0] = 4 * CG_CUDA_ATTN_BQ, block[1] = block[2] = 1;
+}
+
 static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
 {
     bool two = d->kind == CG_OP_SWIGLU || d->kind == CG_OP_ADD;

@@ -50,7 +50,8 @@ typedef struct Step {
     const IrInstr *i;
     int kern, kern_tanh, kern_scale, kern_kv; /* op kernels (route: post, tanh, scale; attention: +store) */
     CgOpDesc d, d_tanh, d_scale;
-    int kern_fused;                 /* route: the fused router for small T (-1: none)                     */
+    int kern_fused;                 /* route: the fused router for small T (-1: none); attention: its
+                                       tiled form for T >= CG_CUDA_ATTN_TILED_MIN_T                        */
     CgCudaRouteFused rf;
     uint64_t wc_stack;              /* route: the constant experts' Wc stacked for the fused router       */
     Gemm gm[2 + 1 + 64];            /* linear 1; grouped 1 (stacked); route W1 [W2] [Wg] Wc...            */
@@ -381,7 +382,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     const IrInstr *i = st->i;
     int64_t kvc = cols(i->in[1]);
     MOE_ASSERT(cg_op_desc_for(i, &st->d));
-    char sym[64];
+    char sym[128];
     cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
     snprintf(cm->k[st->kern_kv].launch, sizeof cm->k[st->kern_kv].launch, "block 256; grid T");
@@ -389,6 +390,12 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
         size_t bytes = (size_t)(cm->max_pos * kvc) * sizeof(float);
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
             return false;
+    }
+    cg_cuda_attention_tiled_symbol(&st->d, sym, sizeof sym);
+    if (!kern_have(cm, sym, &st->kern_fused)) {
+        unsigned g1[3], g2[3], b[3];
+        cg_cuda_attention_tiled_launch(&st->d, 1, g1, b), cg_cuda_attention_tiled_launch(&st->d, 512, g2, b);
+        kern_new(cm, sym, cg_cuda_attention_tiled_source(&st->d), g1, g2, b, &st->kern_fused);
     }
     return op_kern(cm, &st->d, &st->kern, err);
 }
@@ -873,8 +880,10 @@ static bool run_attention(const Run *r, const Step *st)
     unsigned g[3] = {(unsigned)r->T, 1, 1}, b[3] = {256, 1, 1};
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
     void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out};
-    return launch(r, st, st->kern_kv, g, b, 0, ka) && launch(r, st, st->kern_kv, g, b, 0, va) &&
-           op(r, st, st->kern, &st->d, aa);
+    if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
+    if (r->T < CG_CUDA_ATTN_TILED_MIN_T) return op(r, st, st->kern, &st->d, aa);
+    cg_cuda_attention_tiled_launch(&st->d, r->T, g, b); /* prefill: keys and values shared by a block's queries */
+    return launch(r, st, st->kern_fused, g, b, 0, aa);
 }
 
 static bool run_step(const Run *r, const Step *st)
