@@ -30,13 +30,13 @@ static bool parse_count(const char **s, int64_t max, int64_t *out)
 }
 
 /* The bounds are the IR verifier's for the attributes these become (tile_m, tile_n <= 4096,
- * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024). */
+ * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024); a GPU tile's stages (s) 2..6. */
 bool tune_config_parse(const char *text, TuneConfig *c)
 {
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[5] = {false};
+    bool seen[6] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -58,6 +58,10 @@ bool tune_config_parse(const char *text, TuneConfig *c)
             s += 2;
             if (!parse_count(&s, 1024, &v)) return false;
             c->kv_block = (int)v, field = 4;
+        } else if (s[0] == 's') {
+            s++;
+            if (!parse_count(&s, 6, &v) || v < 2) return false;
+            c->stages = (int)v, field = 5;
         } else {
             return false;
         }
@@ -76,7 +80,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->unroll) strbuf_printf(&b, "%su%d", sep, c->unroll), sep = "/";
     if (c->kc) strbuf_printf(&b, "%skc%lld", sep, (long long)c->kc), sep = "/";
     if (c->mc) strbuf_printf(&b, "%smc%lld", sep, (long long)c->mc), sep = "/";
-    if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block);
+    if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block), sep = "/";
+    if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
 }
@@ -84,7 +89,7 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
 bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
-           a->mc == b->mc && a->kv_block == b->kv_block;
+           a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages;
 }
 
 bool tune_op_is_gemm(const char *op)

@@ -83,7 +83,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
     int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
     const TuneEntry *rep = representative(found, n);
-    TuneConfig c = rep ? rep->best : (TuneConfig){(int)tile[0], (int)tile[1], 0, 0, 0, 0};
+    TuneConfig c = rep ? rep->best : (TuneConfig){.tile_m = (int)tile[0], .tile_n = (int)tile[1]};
     ir_attr_set_int(m, i, "tile_m", c.tile_m);
     ir_attr_set_int(m, i, "tile_n", c.tile_n);
     ir_attr_set_int(m, i, "tile_k", c.kc ? c.kc : tile[2]);

@@ -26,6 +26,7 @@
  *   kcK      K in blocks of K (absent: the whole K in one pass)
  *   mcR      R rows of A per block of a panel, up to 65536 (absent: 256 rounded to M)
  *   kvB      keys per streaming block of attention, 1..1024 (op attention only; absent: 16)
+ *   sS       GPU: k tiles in the cp.async ring of the tensor-core path, 2..6 (absent: 3)
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
@@ -34,8 +35,9 @@
  * A GPU database (`moeppc tune --target sm_XX`) has the same form: target.cpu is the GPU's name,
  * target.isa its architecture (sm_90), target.features a hash of the name, llvm the NVRTC version
  * ("NVRTC 13.0"); its entries are grouped_up/grouped_down (keyed by the weight's shape, as on the
- * CPU) with configurations MxN/kcK = the CUDA block tile BM x BN x BK of the tensor-core path (for
- * UP, BN columns of each of a and b).
+ * CPU) with configurations MxN/kcK[/sS] = the CUDA block tile BM x BN x BK of the tensor-core path
+ * (for UP, BN columns of each of a and b) and its stages, for buckets above 16 tokens; at or below,
+ * SxW/uU = the GEMV's slots per pass, warps and k unroll.
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
@@ -50,6 +52,7 @@ typedef struct TuneConfig {
     int unroll;                  /* k unroll of the micro-kernel                              */
     int64_t kc, mc;              /* K block, M block                                          */
     int kv_block;                /* attention's key block                                     */
+    int stages;                  /* GPU: the k tiles in flight of the cp.async MMA form       */
 } TuneConfig;
 
 typedef struct TuneMeasure {

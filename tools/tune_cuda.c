@@ -151,16 +151,18 @@ typedef struct {
     WeightSet *w;
     int n_steps, step[2];      /* indices of the grouped up and down instructions */
     double deadline;
+    const char *arch;
 } GpuLayer;
 
-/* One model with tiles `tile` and GEMV forms `gemv`: its logits for ids (copied to *logits) and the median ms of step
- * `kind`'s grouped GEMM, and its FFN picks. */
-static bool run_tiles(GpuLayer *L, const int tile[2][3], const int gemv[2][3], int kind, const int32_t *ids,
-                      const int32_t *pos, int64_t T, float **logits, double *ms, int64_t *picks, RtError *err)
+/* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
+ * its logits for ids (copied to *logits) and the median ms of that GEMM, and its FFN picks. */
+static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, const int32_t *ids, const int32_t *pos,
+                       int64_t T, float **logits, double *ms, int64_t *picks, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
-    memcpy(o.tile, tile, sizeof o.tile);
-    memcpy(o.gemv, gemv, sizeof o.gemv);
+    if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
+    else o.tile[kind][0] = c->tile_m, o.tile[kind][1] = c->tile_n, o.tile[kind][2] = (int)c->kc;
+    o.stages[kind] = c->stages;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -191,6 +193,20 @@ static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, i
                 : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
 }
 
+/* Does tile c of grouped GEMM `kind` (entry e's shape) with its stages compile and fit the target's
+ * shared memory? */
+static bool stages_fit(const GpuLayer *L, const TuneEntry *e, int kind, const TuneConfig *c)
+{
+    CgCudaGemm g = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e->dtype,
+                                        e->groups, L->s->top_k, kind == 0 ? e->n / 2 : e->n, e->k);
+    g = cg_cuda_gemm_async(&g);
+    g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages;
+    char err[256];
+    char *src = cg_cuda_gemm_source(&g, err, sizeof err);
+    free(src);
+    return src && cg_cuda_gemm_smem(&g) <= (size_t)arch_smem_kb(L->arch) * 1024;
+}
+
 /* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
  * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T). */
 static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const int n_cand[2][2], int64_t T,
@@ -207,38 +223,47 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         TuneEntry e = {.dtype = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1],
                        .groups = ir_attr_int(gi, "experts"), .tokens = T};
         snprintf(e.op, sizeof e.op, "%s", kind == 0 ? "grouped_up" : "grouped_down");
-        int none[2][3] = {{0}};
+        TuneConfig none = {0};
         float *ref = NULL;
         double ms;
         int64_t picks = 0;
-        ok = run_tiles(L, (const int(*)[3])none, (const int(*)[3])none, kind, ids, pos, T, &ref, &ms, &picks, err);
+        ok = run_config(L, &none, false, kind, ids, pos, T, &ref, &ms, &picks, err);
         double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
         TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-        for (int q = 0; ok && q < n_cand[form][kind] && e.n_measured < TUNE_MAX_MEASURED; q++) {
+        /* the candidates, then the winning tile with deeper rings (the cp.async form: 4 and 5 k tiles) */
+        TuneConfig todo[MAX_CANDS + 2];
+        int n_todo = 0;
+        for (int q = 0; q < n_cand[form][kind]; q++) {
             const GpuCand *c = &cand[form][kind][q];
-            if (!c->ok || tune_config_equal(&c->c, &rc) || now_s() > L->deadline || (form && c->c.tile_m > T)) continue;
-            int tile[2][3] = {{0}}, gemv[2][3] = {{0}};
-            if (form) gemv[kind][0] = c->c.tile_m, gemv[kind][1] = c->c.tile_n, gemv[kind][2] = c->c.unroll;
-            else tile[kind][0] = c->c.tile_m, tile[kind][1] = c->c.tile_n, tile[kind][2] = (int)c->c.kc;
+            if (c->ok && !tune_config_equal(&c->c, &rc) && !(form && c->c.tile_m > T)) todo[n_todo++] = c->c;
+        }
+        bool deeper = !form && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM");
+        for (int q = 0; ok && q < n_todo + 2 && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
+            if (q >= n_todo && !deeper) break;
+            TuneConfig c = q < n_todo ? todo[q] : e.best;
+            if (q >= n_todo) { /* a ring of 4, then 5, k tiles if the target's shared memory holds it */
+                c.stages = 4 + (q - n_todo);
+                if (!stages_fit(L, &e, kind, &c)) continue;
+            }
             float *lg = NULL;
             int64_t p = 0;
-            if (!run_tiles(L, (const int(*)[3])tile, (const int(*)[3])gemv, kind, ids, pos, T, &lg, &ms, &p, err)) {
+            if (!run_config(L, &c, form, kind, ids, pos, T, &lg, &ms, &p, err)) {
                 ok = false;
                 break;
             }
             double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
             free(lg);
             char name[64];
-            tune_config_format(&c->c, name, sizeof name);
+            tune_config_format(&c, name, sizeof name);
             if (re > 2e-2) {
-                fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's tile by %.3g; discarded\n",
+                fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's by %.3g; discarded\n",
                         e.op, name, re);
                 continue;
             }
-            e.measured[e.n_measured++] = (TuneMeasure){c->c, 1e-9 * flop / (ms * 1e-3)};
-            if (ms < best) best = ms, e.best = c->c;
-            fprintf(stderr, "\r[tune] %-12s T=%-5lld %-12s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
+            e.measured[e.n_measured++] = (TuneMeasure){c, 1e-9 * flop / (ms * 1e-3)};
+            if (ms < best) best = ms, e.best = c;
+            fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
         }
         free(ref);
         if (ok && e.n_measured) tune_db_add(db, &e);
@@ -264,7 +289,7 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     s->vocab = 256;
     for (int q = 0; q < a->n_tokens; q++)
         if (s->max_positions < a->tokens[q]) s->max_positions = a->tokens[q];
-    *L = (GpuLayer){.s = s, .m = ir_lower_spec(s), .deadline = now_s() + a->budget};
+    *L = (GpuLayer){.s = s, .m = ir_lower_spec(s), .deadline = now_s() + a->budget, .arch = arch};
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(L->m, &po, &d));

@@ -275,6 +275,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             CgCudaGemm g = gv ? gm->gemv : gm->tiled;
             if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
             else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
+            if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
@@ -298,6 +299,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
         if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0 && !wg)
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
+        int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
+        if (a16 && !wg && stages > 0) gm->tiled.stages = stages;
         gm->tiled.ldc = ldc;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
     }

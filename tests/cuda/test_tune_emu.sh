@@ -18,6 +18,9 @@ grep -q "isa: emu" "$WORK/db.yaml" || { echo "the database is not the emulator's
 for op in grouped_up grouped_down; do
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o 'x[0-9]*/kc[0-9]*: ' | wc -l)
   [ "$n" -ge 10 ] || { echo "$op: only $n tiles measured"; cat "$WORK/db.yaml"; exit 1; }
+  # the winner with deeper cp.async rings
+  grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -Eq '/s4: [0-9.]+, [0-9x]+/kc[0-9]+/s5: ' ||
+    { echo "$op: the winning tile was not tried with 4 and 5 stages"; cat "$WORK/db.yaml"; exit 1; }
   # T = 1: the GEMV forms of one slot per pass (9: warps x k unroll; the decode form among them)
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
   [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }

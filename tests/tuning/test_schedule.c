@@ -65,6 +65,7 @@ static void test_malformed_schedules_are_refused(void **state)
     TileSchedule s;
     const char *bad[] = {"", "48", "48;1:", "48;x:8x48@1.0", "48;1:8x48", "48;1:8@1.0", "-2;1:8x48@1.0",
                          "-1;1:kv16@1.0",                 /* a GPU schedule names block tiles */
+                         "-1;1:8x48/s7@1.0", "-1;1:8x48/s1@1.0", /* stages 2..6 */
                          "48;1:8x32@1.0",                 /* a tile of another width */
                          "48;64:8x48@1.0;1:8x48@1.0",     /* buckets out of order */
                          "48;1:8x48@1.0x", "48;1:8x48@", "0;1:8x48@1.0", "48;1:kv16@1.0"};
