@@ -283,6 +283,24 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b, "            }\n}\n");
 }
 
+/* The cp.async ring of the MMA forms: LOAD(slot, k0) copies k tile k0 into ring slot `slot` (each
+ * thread its chunks: asrc/adst/acol/aok for A, the b* for B, found by the kernel beforehand), then
+ * the first ST - 1 tiles go in flight, one commit group each. */
+static const char cp_ring_start[] =
+    "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
+    "        u16 *st_ = sm + (slot) * STAGE; \\\n"
+    "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
+    "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
+    "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
+    "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
+    "    } while (0)\n"
+    "    const int KT = (KD + BK - 1) / BK;\n"
+    "#pragma unroll\n"
+    "    for (int s = 0; s < ST - 1; s++) {  /* the first ST - 1 tiles in flight */\n"
+    "        if (s < KT) LOAD(s, s * BK);\n"
+    "        cp_async_commit();\n"
+    "    }\n";
+
 /* Tensor cores fed by cp.async (sm_80+), the grouped UP/DOWN of 16-bit models ("a16": x and h are
  * 16-bit in memory, so they copy to shared memory as they are). A ring of ST k tiles of A and B in
  * dynamic shared memory: ST - 1 tiles are in flight while the tensor cores work on the oldest, one
@@ -321,19 +339,8 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c : w;\n"
         "        bdst[it] = q < B_CH ? (BM + mat * BN + r) * LDS + c : -1, bcol[it] = c;\n"
         "    }\n"
-        "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
-        "        u16 *st_ = sm + (slot) * STAGE; \\\n"
-        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
-        "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
-        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
-        "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
-        "    } while (0)\n"
-        "    const int KT = (KD + BK - 1) / BK;\n"
-        "#pragma unroll\n"
-        "    for (int s = 0; s < ST - 1; s++) {  /* the first ST - 1 tiles in flight */\n"
-        "        if (s < KT) LOAD(s, s * BK);\n"
-        "        cp_async_commit();\n"
-        "    }\n"
+        "%s", cp_ring_start);
+    cb_printf(b,
         "    float acc[NB][MI][NI][4];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
@@ -453,21 +460,10 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c * 8 : w;\n"
         "        bdst[it] = q < B_CH ? BM * BK + mat * BN * BK + CM(r, c) : -1, bcol[it] = c * 8;\n"
         "    }\n"
-        "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
-        "        u16 *st_ = sm + (slot) * STAGE; \\\n"
-        "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
-        "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
-        "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
-        "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
-        "    } while (0)\n"
+        "%s", cp_ring_start);
+    cb_printf(b,
         "    /* descriptor: start >> 4 (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), no swizzle */\n"
         "    const unsigned long long DESC = (128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32;\n"
-        "    const int KT = (KD + BK - 1) / BK;\n"
-        "#pragma unroll\n"
-        "    for (int s = 0; s < ST - 1; s++) {\n"
-        "        if (s < KT) LOAD(s, s * BK);\n"
-        "        cp_async_commit();\n"
-        "    }\n"
         "    float acc[NB][NACC];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"

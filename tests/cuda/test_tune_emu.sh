@@ -29,7 +29,7 @@ IDS=$(seq -s ' ' 1 40)
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --device cuda --tuning "$WORK/db.yaml" --route-stats \
   > "$WORK/gpu.out" 2> "$WORK/gpu.err" || { echo "run --device cuda failed"; cat "$WORK/gpu.err"; exit 1; }
 grep -q "warning" "$WORK/gpu.err" && { echo "the emulator's database was not taken:"; cat "$WORK/gpu.err"; exit 1; }
-grep -Eq "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 1:1x[0-9]+/u[0-9]+@[0-9.]+(,[^;]*)?;64:[0-9]+x[0-9]+/kc[0-9]+@" "$WORK/gpu.err" ||
+grep -Eq "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 1:1x[0-9]+/u[0-9]+@[0-9.]+(,[^;]*)?;64:[0-9]+x[0-9]+/kc[0-9]+(/s[0-9])?@" "$WORK/gpu.err" ||
   { echo "run did not say which tiles it took:"; cat "$WORK/gpu.err"; exit 1; }
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --route-stats > "$WORK/cpu.out" 2>/dev/null || exit 1
 diff <(grep -A4 "picks per MoE layer" "$WORK/cpu.out") <(grep -A4 "picks per MoE layer" "$WORK/gpu.out") ||
