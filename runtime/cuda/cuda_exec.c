@@ -26,8 +26,6 @@ static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigne
     snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
 }
 
-/* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
- * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
 /* A GPU database's configurations by token count (CudaOptions.tile_sched): its buckets above
  * CG_CUDA_GEMV_MAX_T name MMA tiles (BMxBN/kcBK), those at or below GEMV forms (slots per pass x
  * warps / u k unroll); every one named gets its kernel. */
@@ -39,6 +37,8 @@ typedef struct GemmAlt {
     int k[2 * TILE_MAX_BUCKETS], n;
 } GemmAlt;
 
+/* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
+ * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
 typedef struct Gemm {
     CgCudaGemm tiled, gemv, gemv1;
     int k_tiled, k_gemv, k_gemv1;
@@ -251,6 +251,8 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     return kern_new(cm, sym, src, g1, g2, b, out);
 }
 
+static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
+
 /* The kernel of every configuration of a tuned schedule (text as CudaOptions.tile_sched): tiles on
  * gm->tiled's form (none when `tiles` is false: wgmma, or no tiled kernel), GEMV forms on gm->gemv's. */
 static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtError *err)
@@ -289,7 +291,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
 static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtype dt, int64_t E, int64_t k_top,
                        int64_t n, int64_t k, int64_t ldc, bool f32_math, bool a16, RtError *err)
 {
-    bool half = (dt == DT_BF16 || dt == DT_F16) && !f32_math, table = cm->o.weights_in_place && kind != CG_CUDA_GEMM_LINEAR;
+    bool half = half_dtype(dt) && !f32_math, table = cm->o.weights_in_place && kind != CG_CUDA_GEMM_LINEAR;
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
@@ -609,8 +611,6 @@ static void model_free_buffers(CudaModel *cm)
         cm->steps[s].perm = cm->steps[s].gate_w = 0;
     }
 }
-
-static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
 
 /* The grouped UP/DOWN pairs that run on the cp.async MMA form above the GEMV's T: 16-bit weights of
  * one dtype, k of both and UP's n multiples of 8, and UP's h read by that DOWN only (it holds h

@@ -297,7 +297,7 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
 {
     int n = (int)(block.x * block.y * block.z), nw = (n + 31) / 32;
     s->k = k, s->args = args, s->failed = false;
-    memset(s->dyn, 0xff, s->dyn_bytes); /* shared memory starts as garbage on a GPU: NaN here */
+    if (s->dyn_bytes) memset(s->dyn, 0xff, s->dyn_bytes); /* shared memory starts as garbage on a GPU: NaN here */
     for (int i = 0; i < n; i++) {
         Fiber *f = &s->fib[i];
         f->state = F_RUN, f->xgen = 0, f->n_cp = 0, f->committed = 0;
