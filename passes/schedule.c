@@ -36,7 +36,7 @@ bool tune_config_parse(const char *text, TuneConfig *c)
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[6] = {false};
+    bool seen[7] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -58,6 +58,9 @@ bool tune_config_parse(const char *text, TuneConfig *c)
             s += 2;
             if (!parse_count(&s, 1024, &v)) return false;
             c->kv_block = (int)v, field = 4;
+        } else if (!strncmp(s, "wg", 2)) {
+            s += 2;
+            c->wgmma = 1, field = 6;
         } else if (s[0] == 's') {
             s++;
             if (!parse_count(&s, 6, &v) || v < 2) return false;
@@ -81,7 +84,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->kc) strbuf_printf(&b, "%skc%lld", sep, (long long)c->kc), sep = "/";
     if (c->mc) strbuf_printf(&b, "%smc%lld", sep, (long long)c->mc), sep = "/";
     if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block), sep = "/";
-    if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages);
+    if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages), sep = "/";
+    if (c->wgmma) strbuf_printf(&b, "%swg", sep);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
 }
@@ -89,7 +93,7 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
 bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
-           a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages;
+           a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma;
 }
 
 bool tune_op_is_gemm(const char *op)

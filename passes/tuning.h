@@ -27,6 +27,7 @@
  *   mcR      R rows of A per block of a panel, up to 65536 (absent: 256 rounded to M)
  *   kvB      keys per streaming block of attention, 1..1024 (op attention only; absent: 16)
  *   sS       GPU: k tiles in the cp.async ring of the tensor-core path, 2..6 (absent: 3)
+ *   wg       GPU (sm_90): that path on the warpgroup MMA (wgmma) instead of mma.sync
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
@@ -53,6 +54,7 @@ typedef struct TuneConfig {
     int64_t kc, mc;              /* K block, M block                                          */
     int kv_block;                /* attention's key block                                     */
     int stages;                  /* GPU: the k tiles in flight of the cp.async MMA form       */
+    int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
 } TuneConfig;
 
 typedef struct TuneMeasure {

@@ -33,7 +33,7 @@ typedef struct {
 static bool gpu_kernels(const IrModule *m, const char *arch, const char *const sched[2], GpuKernels *g, RtError *err)
 {
     *g = (GpuKernels){0};
-    CudaOptions o = {.tile_sched = {sched[0], sched[1]}};
+    CudaOptions o = {.images_arch = arch, .tile_sched = {sched[0], sched[1]}};
     if (!cuda_module_kernels(m, &o, &g->code, &g->n, err)) return false;
     g->bin = xcalloc((size_t)g->n + 1, sizeof *g->bin);
     if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) return true;

@@ -43,7 +43,7 @@ typedef struct {
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 27 }; /* 3 x 3 x 3 */
+enum { MAX_CANDS = 40 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -52,9 +52,10 @@ static int arch_smem_kb(const char *arch)
     return sm >= 90 ? 227 : sm == 80 || sm == 87 ? 163 : sm ? 99 : 227;
 }
 
-/* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false), or every GEMV form
+/* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false; on sm_90 for the
+ * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}), or every GEMV form
  * (slots per pass x warps x k unroll, gemv true); their configurations in cfg. */
-static int list_candidates(const CgCudaGemm *base, bool gemv, CgCudaGemm *list, TuneConfig *cfg)
+static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg)
 {
     static const int bms[] = {32, 64, 128}, bns[] = {32, 64, 128}, bks[] = {16, 32, 64};
     static const int slots[] = {1, 4, 16}, warps[] = {2, 4, 8}, unrolls[] = {1, 4, 16};
@@ -69,6 +70,16 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, CgCudaGemm *list, 
                 cfg[n++] = gemv ? (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .unroll = g.bk}
                                 : (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk};
             }
+    if (gemv || !cg_cuda_gemm_a16(base) || strcmp(arch, "sm_90") != 0) return n;
+    static const int wbms[] = {64, 128}, wbns[] = {64, 128, 256}, wbks[] = {32, 64};
+    for (size_t a = 0; a < 2; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t k = 0; k < 2; k++) {
+                CgCudaGemm g = cg_cuda_gemm_wgmma(base);
+                g.bm = wbms[a], g.bn = wbns[b], g.bk = wbks[k];
+                list[n] = g;
+                cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1};
+            }
     return n;
 }
 
@@ -77,7 +88,7 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
 {
     CgCudaGemm list[MAX_CANDS];
     TuneConfig cfg[MAX_CANDS];
-    int n_list = list_candidates(base, gemv, list, cfg);
+    int n_list = list_candidates(base, gemv, arch, list, cfg);
     CudaKernelCode code[MAX_CANDS];
     int map[MAX_CANDS], n = 0, n_code = 0;
     for (int q = 0; q < n_list; q++) {
@@ -163,6 +174,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
     else o.tile[kind][0] = c->tile_m, o.tile[kind][1] = c->tile_n, o.tile[kind][2] = (int)c->kc;
     o.stages[kind] = c->stages;
+    o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -199,7 +211,7 @@ static bool stages_fit(const GpuLayer *L, const TuneEntry *e, int kind, const Tu
 {
     CgCudaGemm g = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e->dtype,
                                         e->groups, L->s->top_k, kind == 0 ? e->n / 2 : e->n, e->k);
-    g = cg_cuda_gemm_async(&g);
+    g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
     g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages;
     char err[256];
     char *src = cg_cuda_gemm_source(&g, err, sizeof err);
@@ -231,7 +243,8 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
         TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-        /* the candidates, then the winning tile with deeper rings (the cp.async form: 4 and 5 k tiles) */
+        /* the candidates, then the winning tile with deeper rings (one and two more k tiles than its
+         * form's 3, or wgmma's 4) */
         TuneConfig todo[MAX_CANDS + 2];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
@@ -242,8 +255,8 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         for (int q = 0; ok && q < n_todo + 2 && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
             if (q >= n_todo && !deeper) break;
             TuneConfig c = q < n_todo ? todo[q] : e.best;
-            if (q >= n_todo) { /* a ring of 4, then 5, k tiles if the target's shared memory holds it */
-                c.stages = 4 + (q - n_todo);
+            if (q >= n_todo) { /* a deeper ring, if the target's shared memory holds it */
+                c.stages = (c.wgmma ? 5 : 4) + (q - n_todo);
                 if (!stages_fit(L, &e, kind, &c)) continue;
             }
             float *lg = NULL;

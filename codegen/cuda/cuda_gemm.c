@@ -29,7 +29,7 @@ CgCudaGemm cg_cuda_gemm_default(cg_cuda_gemm_kind kind, cg_cuda_gemm_path path, 
 CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma)
 {
     CgCudaGemm g = *mma;
-    g.stages = 3, g.bm = 128, g.bn = g.kind == CG_CUDA_GEMM_UP ? 64 : 128, g.bk = 32;
+    g.stages = 3, g.bm = 128, g.bn = g.kind == CG_CUDA_GEMM_UP ? 64 : 128, g.bk = 32, g.wgmma = false;
     return g;
 }
 

@@ -253,8 +253,15 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
 
 static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
 
+/* Can the grouped GEMMs run on wgmma here: an sm_90 GPU or the emulator (a dry run: the target's). */
+static bool wgmma_here(const CudaModel *cm)
+{
+    return strcmp(cm->arch, "sm_90") == 0 || strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0;
+}
+
 /* The kernel of every configuration of a tuned schedule (text as CudaOptions.tile_sched): tiles on
- * gm->tiled's form (none when `tiles` is false: wgmma, or no tiled kernel), GEMV forms on gm->gemv's. */
+ * gm->tiled's path in the configuration's form (none when `tiles` is false: no tiled kernel), GEMV
+ * forms on gm->gemv's. */
 static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtError *err)
 {
     GemmAlt *a = gm->alt = xcalloc(1, sizeof *gm->alt);
@@ -275,6 +282,10 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             for (int j = 0; j < a->n; j++) have |= a->is_gemv[j] == gv && tune_config_equal(&a->c[j], t);
             if (have) continue;
             CgCudaGemm g = gv ? gm->gemv : gm->tiled;
+            if (!gv && cg_cuda_gemm_a16(&g)) { /* the configuration's form: mma.sync or (sm_90) wgmma */
+                if (t->wgmma && !wgmma_here(cm)) continue; /* (the pick then finds no kernel: the rule's runs) */
+                g = t->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
+            }
             if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
             else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
@@ -295,18 +306,17 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
-        bool wg = a16 && cm->o.wgmma && (strcmp(cm->arch, "sm_90") == 0 || strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0);
+        bool wg = a16 && cm->o.wgmma && wgmma_here(cm);
         if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
-        if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0 && !wg)
+        if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
-        if (a16 && !wg && stages > 0) gm->tiled.stages = stages;
+        if (a16 && stages > 0) gm->tiled.stages = stages;
         gm->tiled.ldc = ldc;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
     }
-    bool wg = gm->k_tiled >= 0 && gm->tiled.wgmma;
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
     gm->gemv.w_table = table;
@@ -318,7 +328,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->gemv1 = cg_cuda_gemm_decode(&gm->gemv);
     if (!cm->o.no_decode_gemv && !gv_set && !gemm_kern(cm, &gm->gemv1, &gm->k_gemv1, err)) return false;
     const char *sched = cm->o.tile_sched[kind == CG_CUDA_GEMM_DOWN];
-    return !sched || kind == CG_CUDA_GEMM_LINEAR || !half || gemm_alt(cm, gm, sched, gm->k_tiled >= 0 && !wg, err);
+    return !sched || kind == CG_CUDA_GEMM_LINEAR || !half || gemm_alt(cm, gm, sched, gm->k_tiled >= 0, err);
 }
 
 /* f32_math: f32 activations whatever the weights (the router, SEMANTICS.md §4), else tensor cores
@@ -643,6 +653,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     cm->w = w;
     cm->o = o ? *o : (CudaOptions){0};
     cm->dry = dry;
+    if (dry && cm->o.images_arch) snprintf(cm->arch, sizeof cm->arch, "%s", cm->o.images_arch); /* the target's */
     cm->max_pos = max_positions;
     cm->scratch_per_t = cg_route_scratch_floats(m);
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;

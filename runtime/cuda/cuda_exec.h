@@ -53,7 +53,8 @@ typedef struct CudaOptions {
     int device;                     /* ordinal                                                     */
     const CudaKernelImage *images;  /* embedded kernels, or NULL: NVRTC now                         */
     int n_images;
-    const char *images_arch;        /* the sm_XX the cubins were built for                          */
+    const char *images_arch;        /* the sm_XX the cubins were built for (cuda_module_kernels:
+                                       the target they are for, which decides wgmma's kernels)    */
     bool no_graph;                  /* never capture decode steps as a CUDA graph                   */
     bool poison;                    /* fill the arena with NaN before every call (tests: catches
                                        elements no kernel wrote)                                    */
@@ -76,8 +77,9 @@ typedef struct CudaOptions {
                                        MMA form with f32 activations, not the cp.async form with
                                        16-bit ones (MOEPPC_CUDA_ASYNC_GEMM=0: an A/B)               */
     bool wgmma;                     /* those of the cp.async form on sm_90a's wgmma, on an sm_90 GPU
-                                       (or the emulator; elsewhere ignored), `tile` ignored
-                                       (MOEPPC_CUDA_WGMMA=1; not the default until a GPU has run it) */
+                                       (or the emulator; elsewhere ignored) (MOEPPC_CUDA_WGMMA=1; not
+                                       the default until a GPU has run it; a tuning database's
+                                       entries can ask for it per tile: "/wg")                      */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
