@@ -248,7 +248,11 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     unsigned g1[3], g2[3], b[3];
     size_t smem;
     if (src) cg_cuda_gemm_launch(g, 1, g1, b, &smem), cg_cuda_gemm_launch(g, 512, g2, b, &smem);
-    return kern_new(cm, sym, src, g1, g2, b, out);
+    if (!kern_new(cm, sym, src, g1, g2, b, out)) return false;
+    char *text = cm->k[*out].launch;
+    size_t len = strlen(text);
+    if (smem) snprintf(text + len, sizeof cm->k[*out].launch - len, "; %zu B of dynamic shared memory", smem);
+    return true;
 }
 
 static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }

@@ -32,6 +32,11 @@ if [ "$CUDA" = cuda ]; then
     "$NVCC" -cubin -arch=sm_80 -o "$WORK/k.cubin" "$k" > "$WORK/nvcc.txt" 2>&1 || { cat "$WORK/nvcc.txt"; fail "nvcc $k"; }
     printf '#include "moeppc_kernels.cuh"\nint main(void) { return 0; }\n' > "$WORK/cuda/host.cu"
     "$NVCC" -arch=sm_80 -c -o "$WORK/host.o" "$WORK/cuda/host.cu" >> "$WORK/nvcc.txt" 2>&1 || { cat "$WORK/nvcc.txt"; fail "nvcc host.cu"; }
+    # a 16-bit model's header too (its cp.async GEMMs take u16 activations)
+    "$MOEPPC" emit "$(dirname "$SPEC")/tiny-bf16.yaml" --emit cuda -o "$WORK/cuda16" > /dev/null || fail "emit cuda (bf16)"
+    printf '#include "moeppc_kernels.cuh"\nint main(void) { return 0; }\n' > "$WORK/cuda16/host.cu"
+    "$NVCC" -arch=sm_80 -c -o "$WORK/host16.o" "$WORK/cuda16/host.cu" >> "$WORK/nvcc.txt" 2>&1 ||
+      { cat "$WORK/nvcc.txt"; fail "nvcc host.cu (bf16)"; }
     ! grep -q warning "$WORK/nvcc.txt" || { cat "$WORK/nvcc.txt"; fail "nvcc warned"; }
   fi
 fi
