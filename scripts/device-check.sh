@@ -141,7 +141,7 @@ EOF
   step "the MoE++ 7B layer with its random router's own decisions"
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
   step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
-  run 150 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,1 --budget 100 -o "$out/gpu-sm90-moepp-7b.yaml" |
+  run 100 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,1 --budget 60 -o "$out/gpu-sm90-moepp-7b.yaml" |
     grep -E "tiles compile|wrote|error"
   [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
     run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,512,4096 --zc-share 0.25 --reps 10 \
