@@ -245,7 +245,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
         /* the candidates, then the winning tile with deeper rings (one and two more k tiles than its
          * form's 3, or wgmma's 4) */
-        TuneConfig todo[MAX_CANDS + 2];
+        TuneConfig todo[MAX_CANDS];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
             const GpuCand *c = &cand[form][kind][q];
