@@ -179,6 +179,15 @@ static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
     if (g->w_table) cb_printf(b, "    const void *wv = wtab[e];  /* this group's matrix, where its owner keeps it */\n");
 }
 
+/* The MMAs of one 16-deep k step of an mma.sync tile: every matrix x row block x column block. */
+static const char mma_nest[] =
+    "#pragma unroll\n"
+    "            for (int mat = 0; mat < NB; mat++)\n"
+    "#pragma unroll\n"
+    "                for (int i = 0; i < MI; i++)\n"
+    "#pragma unroll\n"
+    "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n";
+
 /* Tensor cores (mma.sync m16n8k16, f32 accumulators). The k loop is software-pipelined through
  * registers: the next k tile's global loads are issued before the current tile's MMAs and land in
  * the other of two shared-memory buffers, so one barrier per tile and the loads' latency hides
@@ -253,12 +262,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                    bfr[mat][j][0] = *(const u32 *)&Bs[buf][mat][cn][kk + gc];\n"
         "                    bfr[mat][j][1] = *(const u32 *)&Bs[buf][mat][cn][kk + gc + 8];\n"
         "                }\n"
-        "#pragma unroll\n"
-        "            for (int mat = 0; mat < NB; mat++)\n"
-        "#pragma unroll\n"
-        "                for (int i = 0; i < MI; i++)\n"
-        "#pragma unroll\n"
-        "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n"
+        "%s"
         "        }\n"
         "        if (more) STORE(buf ^ 1);\n"
         "        __syncthreads();\n"
@@ -272,7 +276,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            for (int q = 0; q < 4; q++) {  /* c0,c1: row gr; c2,c3: row gr + 8 */\n"
         "                long long s = m0 + wm * (BM / 2) + i * 16 + gr + (q >> 1) * 8;\n"
         "                int n = n0 + wn * (BN / WN) + j * 8 + gc + (q & 1);\n"
-        "                if (s >= ge || n >= N) continue;\n");
+        "                if (s >= ge || n >= N) continue;\n", mma_nest);
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "                out[s * LDC + n] = acc[0][i][j][q];\n");
     else if (up)
@@ -368,12 +372,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                }\n"
         "                if (NI & 1) ldmatrix_x2(bfr[mat][NI - 1], bw + (NI - 1) * 8 * LDS);\n"
         "            }\n"
-        "#pragma unroll\n"
-        "            for (int mat = 0; mat < NB; mat++)\n"
-        "#pragma unroll\n"
-        "                for (int i = 0; i < MI; i++)\n"
-        "#pragma unroll\n"
-        "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n"
+        "%s"
         "        }\n"
         "    }\n"
         "    cp_async_wait<0>();\n"
@@ -385,7 +384,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            for (int hh = 0; hh < 2; hh++) {  /* c0,c1: row gr, columns gc, gc + 1; c2,c3: row gr + 8 */\n"
         "                long long s = m0 + wm * (BM / 2) + i * 16 + (lane >> 2) + hh * 8;\n"
         "                int n = n0 + wn * (BN / WN) + j * 8 + (lane & 3) * 2;\n"
-        "                if (s >= ge || n >= N) continue;\n");
+        "                if (s >= ge || n >= N) continue;\n", mma_nest);
     if (up)
         cb_printf(b, "                float a0 = acc[0][i][j][2 * hh], a1 = acc[0][i][j][2 * hh + 1];\n"
                      "                *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][i][j][2 * hh],\n"
