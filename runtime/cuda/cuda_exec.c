@@ -20,10 +20,12 @@ typedef struct Kern {
     char launch[200];               /* its launch shape, for `moeppc emit --emit cuda`               */
 } Kern;
 
-/* "grid X×Y, block B[, S B shared] at T = 1 / 512" */
-static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigned g2[3], const unsigned b[3])
+/* "block B; grid X×Y at T = 1, X×Y at T = 512[; S B of dynamic shared memory]" */
+static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigned g2[3], const unsigned b[3],
+                        size_t smem)
 {
-    snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
+    int w = snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
+    if (smem && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "; %zu B of dynamic shared memory", smem);
 }
 
 /* A GPU database's configurations by token count (CudaOptions.tile_sched): its buckets above
@@ -219,11 +221,11 @@ static bool kern_have(const CudaModel *cm, const char *sym, int *out)
 /* Kernel src (taken; NULL: generation failed, err set, nothing added) added as sym, with its launch
  * shapes at T = 1 and 512 (g1, g2, b from the op's or the GEMM's launch function). */
 static bool kern_new(CudaModel *cm, const char *sym, char *src, const unsigned g1[3], const unsigned g2[3],
-                     const unsigned b[3], int *out)
+                     const unsigned b[3], size_t smem, int *out)
 {
     if (!src) return false;
     *out = kern_add(cm, sym, src);
-    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b);
+    launch_text(cm->k[*out].launch, sizeof cm->k[*out].launch, g1, g2, b, smem);
     return true;
 }
 
@@ -234,9 +236,9 @@ static bool op_kern(CudaModel *cm, const CgOpDesc *d, int *out, RtError *err)
     if (kern_have(cm, sym, out)) return true;
     char *src = cg_cuda_op_source(d, err->msg, sizeof err->msg); /* checks d before it is launched */
     unsigned g1[3], g2[3], b[3];
-    size_t smem;
+    size_t smem = 0;
     if (src) cg_cuda_op_launch(d, 1, g1, b, &smem), cg_cuda_op_launch(d, 512, g2, b, &smem);
-    return kern_new(cm, sym, src, g1, g2, b, out);
+    return kern_new(cm, sym, src, g1, g2, b, smem, out);
 }
 
 static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err)
@@ -246,13 +248,9 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
     if (kern_have(cm, sym, out)) return true;
     char *src = cg_cuda_gemm_source(g, err->msg, sizeof err->msg); /* checks g before it is launched */
     unsigned g1[3], g2[3], b[3];
-    size_t smem;
+    size_t smem = 0;
     if (src) cg_cuda_gemm_launch(g, 1, g1, b, &smem), cg_cuda_gemm_launch(g, 512, g2, b, &smem);
-    if (!kern_new(cm, sym, src, g1, g2, b, out)) return false;
-    char *text = cm->k[*out].launch;
-    size_t len = strlen(text);
-    if (smem) snprintf(text + len, sizeof cm->k[*out].launch - len, "; %zu B of dynamic shared memory", smem);
-    return true;
+    return kern_new(cm, sym, src, g1, g2, b, smem, out);
 }
 
 static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
@@ -383,7 +381,7 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     size_t smem;
     cg_cuda_route_fused_launch(&st->rf, 1, g1, bl, &smem);
     cg_cuda_route_fused_launch(&st->rf, 512, g2, bl, &smem);
-    launch_text(cm->k[st->kern_fused].launch, sizeof cm->k[st->kern_fused].launch, g1, g2, bl);
+    launch_text(cm->k[st->kern_fused].launch, sizeof cm->k[st->kern_fused].launch, g1, g2, bl, smem);
     if (nc && !cm->dry && cm->o.weights_in_place)
         return wtable(cm, i->in + i->n_in - nc, (int)nc, "the constant experts' gate table", &st->wc_stack, err);
     if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
@@ -414,7 +412,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     if (!kern_have(cm, sym, &st->kern_fused)) {
         unsigned g1[3], g2[3], b[3];
         cg_cuda_attention_tiled_launch(&st->d, 1, g1, b), cg_cuda_attention_tiled_launch(&st->d, 512, g2, b);
-        kern_new(cm, sym, cg_cuda_attention_tiled_source(&st->d), g1, g2, b, &st->kern_fused);
+        kern_new(cm, sym, cg_cuda_attention_tiled_source(&st->d), g1, g2, b, 0, &st->kern_fused);
     }
     return op_kern(cm, &st->d, &st->kern, err);
 }
@@ -474,7 +472,7 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
             if (!kern_have(cm, sym, &st->kern_round)) {
                 unsigned g1[3], g2[3], b[3];
                 cg_cuda_round16_launch(cols(i->in[0]), g1, b), cg_cuda_round16_launch(512 * cols(i->in[0]), g2, b);
-                kern_new(cm, sym, cg_cuda_round16_source(w->type.dtype), g1, g2, b, &st->kern_round);
+                kern_new(cm, sym, cg_cuda_round16_source(w->type.dtype), g1, g2, b, 0, &st->kern_round);
             }
         }
         return gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
