@@ -30,13 +30,14 @@ static bool parse_count(const char **s, int64_t max, int64_t *out)
 }
 
 /* The bounds are the IR verifier's for the attributes these become (tile_m, tile_n <= 4096,
- * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024); a GPU tile's stages (s) 2..6. */
+ * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024); a GPU tile's stages (s) 2..6, split-K
+ * (sk) 2..16. */
 bool tune_config_parse(const char *text, TuneConfig *c)
 {
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[7] = {false};
+    bool seen[8] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -61,6 +62,10 @@ bool tune_config_parse(const char *text, TuneConfig *c)
         } else if (!strncmp(s, "wg", 2)) {
             s += 2;
             c->wgmma = 1, field = 6;
+        } else if (!strncmp(s, "sk", 2)) {
+            s += 2;
+            if (!parse_count(&s, 16, &v) || v < 2) return false;
+            c->split = (int)v, field = 7;
         } else if (s[0] == 's') {
             s++;
             if (!parse_count(&s, 6, &v) || v < 2) return false;
@@ -85,7 +90,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->mc) strbuf_printf(&b, "%smc%lld", sep, (long long)c->mc), sep = "/";
     if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block), sep = "/";
     if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages), sep = "/";
-    if (c->wgmma) strbuf_printf(&b, "%swg", sep);
+    if (c->wgmma) strbuf_printf(&b, "%swg", sep), sep = "/";
+    if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
 }
@@ -93,7 +99,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
 bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
-           a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma;
+           a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
+           a->split == b->split;
 }
 
 bool tune_op_is_gemm(const char *op)

@@ -28,6 +28,7 @@
  *   kvB      keys per streaming block of attention, 1..1024 (op attention only; absent: 16)
  *   sS       GPU: k tiles in the cp.async ring of the tensor-core path, 2..6 (absent: 3)
  *   wg       GPU (sm_90): that path on the warpgroup MMA (wgmma) instead of mma.sync
+ *   skS      GPU, grouped_down: split-K, S blocks (2..16) each reduce a slice of K (absent: none)
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
@@ -38,7 +39,7 @@
  * ("NVRTC 13.0"); its entries are grouped_up/grouped_down (keyed by the weight's shape, as on the
  * CPU) with configurations MxN/kcK[/sS] = the CUDA block tile BM x BN x BK of the tensor-core path
  * (for UP, BN columns of each of a and b) and its stages, for buckets above 16 tokens; at or below,
- * SxW/uU = the GEMV's slots per pass, warps and k unroll.
+ * SxW/uU = the GEMV's slots per pass, warps and k unroll; either with /skS on grouped_down.
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
@@ -55,6 +56,7 @@ typedef struct TuneConfig {
     int kv_block;                /* attention's key block                                     */
     int stages;                  /* GPU: the k tiles in flight of the cp.async MMA form       */
     int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
+    int split;                   /* GPU: split-K ways of the grouped down-projection          */
 } TuneConfig;
 
 typedef struct TuneMeasure {

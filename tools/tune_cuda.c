@@ -11,7 +11,9 @@
  *    with the rule's configuration (T = 1: the GEMV's decode form), then with each candidate for the
  *    up- and for the down-projection (T <= 16: the GEMV forms with at most T slots per pass): the
  *    model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4), the grouped GEMM
- *    is timed with CUDA events (median after warm-up). The winners go to a GPU tuning database
+ *    is timed with CUDA events (median after warm-up). Then each bucket's winner runs with deeper
+ *    cp.async rings (4, 5 stages) and, for the down-projection, with k split 2, 4 and 8 ways (split-K:
+ *    more blocks where the token count leaves SMs idle). The winners go to a GPU tuning database
  *    (passes/tuning.h) that `run` and `bench` with --device cuda read, per token count.
  * Without a GPU the command stops after step 1 with an error: nothing is written. */
 #include "tools/commands.h"
@@ -174,6 +176,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
     else o.tile[kind][0] = c->tile_m, o.tile[kind][1] = c->tile_n, o.tile[kind][2] = (int)c->kc;
     o.stages[kind] = c->stages;
+    o.split_down = kind == 1 ? c->split : 0;
     o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
@@ -205,18 +208,25 @@ static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, i
                 : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
 }
 
-/* Does tile c of grouped GEMM `kind` (entry e's shape) with its stages compile and fit the target's
- * shared memory? */
-static bool stages_fit(const GpuLayer *L, const TuneEntry *e, int kind, const TuneConfig *c)
+/* Does configuration c of grouped GEMM `kind` (entry e's shape; a GEMV form when gemv) with its
+ * stages and split compile and fit the target's shared memory, and has each split of k a tile or
+ * 8-element chunk of its own? */
+static bool config_fits(const GpuLayer *L, const TuneEntry *e, int kind, bool gemv, const TuneConfig *c)
 {
-    CgCudaGemm g = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, e->dtype,
-                                        e->groups, L->s->top_k, kind == 0 ? e->n / 2 : e->n, e->k);
-    g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
-    g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages;
+    CgCudaGemm g = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN,
+                                        gemv ? CG_CUDA_PATH_GEMV : CG_CUDA_PATH_MMA, e->dtype, e->groups, L->s->top_k,
+                                        kind == 0 ? e->n / 2 : e->n, e->k);
+    if (gemv) g.bm = c->tile_m, g.bn = c->tile_n, g.bk = c->unroll;
+    else {
+        g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
+        g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages ? c->stages : g.stages;
+    }
+    g.split = c->split;
     char err[256];
     char *src = cg_cuda_gemm_source(&g, err, sizeof err);
     free(src);
-    return src && cg_cuda_gemm_smem(&g) <= (size_t)arch_smem_kb(L->arch) * 1024;
+    return src && cg_cuda_gemm_smem(&g) <= (size_t)arch_smem_kb(L->arch) * 1024 &&
+           c->split * (gemv ? 8 : g.bk) <= e->k;
 }
 
 /* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
@@ -244,21 +254,21 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
         /* the candidates, then the winning tile with deeper rings (one and two more k tiles than its
-         * form's 3, or wgmma's 4) */
+         * form's 3, or wgmma's 4), then (down) the winner with k split 2, 4 and 8 ways */
         TuneConfig todo[MAX_CANDS];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
             const GpuCand *c = &cand[form][kind][q];
             if (c->ok && !tune_config_equal(&c->c, &rc) && !(form && c->c.tile_m > T)) todo[n_todo++] = c->c;
         }
-        bool deeper = !form && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM");
-        for (int q = 0; ok && q < n_todo + 2 && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
-            if (q >= n_todo && !deeper) break;
+        int n_deeper = !form && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
+        for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline;
+             q++) {
             TuneConfig c = q < n_todo ? todo[q] : e.best;
-            if (q >= n_todo) { /* a deeper ring, if the target's shared memory holds it */
-                c.stages = (c.wgmma ? 5 : 4) + (q - n_todo);
-                if (!stages_fit(L, &e, kind, &c)) continue;
-            }
+            int x = q - n_todo;
+            if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 5 : 4) + x; /* a deeper ring */
+            else if (x >= 0) c.split = 2 << (x - n_deeper);                /* split-K */
+            if (x >= 0 && !config_fits(L, &e, kind, form, &c)) continue;
             float *lg = NULL;
             int64_t p = 0;
             if (!run_config(L, &c, form, kind, ids, pos, T, &lg, &ms, &p, err)) {

@@ -154,6 +154,9 @@ typedef struct CgCudaGemm {
     bool      wgmma;         /* the cp.async form on sm_90a's warpgroup MMA (wgmma.mma_async
                                 m64nNk16, A and B read from shared memory by descriptors): a
                                 warpgroup per 64 rows, bm 64 or 128, bn <= 256 (UP: 128) ("_wg") */
+    int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
+                                k tiles; the GEMV's 8-element chunks) and add their partial
+                                products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W; DOWN 64x128), FMA

@@ -40,10 +40,17 @@ CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma)
     return g;
 }
 
+/* The GEMV's k elements per split (8-element chunks dealt evenly; all of k / 8 * 8 unsplit). */
+static int64_t split_chunk(const CgCudaGemm *g)
+{
+    int64_t chunks = g->k / 8, s = g->split > 1 ? g->split : 1;
+    return (chunks + s - 1) / s * 8;
+}
+
 CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv)
 {
     CgCudaGemm g = *gemv;
-    int64_t iters = (g.k / 8 * 8 + 255) / 256; /* 16-byte loads per lane and matrix */
+    int64_t iters = (split_chunk(&g) + 255) / 256; /* 16-byte loads per lane and matrix */
     g.bm = 1;
     g.bk = (int)(iters < 1 ? 1 : iters > 16 ? 16 : iters);
     return g;
@@ -58,6 +65,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
     if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
     if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
+    if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
     if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
 }
 
@@ -118,6 +126,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
         why = "GEMV: 1..16 slots per pass and a k unroll of 1..32";
     else if (g->kind == CG_CUDA_GEMM_LINEAR && (g->experts != 1 || g->k_top != 1))
         why = "a linear layer is one group of one pick per token";
+    else if (g->split < 0 || g->split > 16 || (g->split > 1 && g->kind != CG_CUDA_GEMM_DOWN))
+        why = "split-K: 2..16 ways, DOWN only (its epilogue adds into y)";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
     else if (g->w_table && g->kind == CG_CUDA_GEMM_LINEAR) why = "a linear layer has one matrix, not a table";
     if (why) {
@@ -133,8 +143,9 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
 {
     bool up = g->kind == CG_CUDA_GEMM_UP;
     cb_printf(b, "#define E %lld\n#define N %lld\n#define KD %lld\n#define BM %d\n#define BN %d\n#define BK %d\n"
-                 "#define NB %d\n#define NT %d\n",
-              (long long)g->experts, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk, up ? 2 : 1, threads);
+                 "#define NB %d\n#define NT %d\n#define SPLIT %d\n",
+              (long long)g->experts, (long long)g->n, (long long)g->k, g->bm, g->bn, g->bk, up ? 2 : 1, threads,
+              g->split > 1 ? g->split : 1);
     /* UP: W rows of a are e*2N + n, of b e*2N + N + n; DOWN: e*N + n. With a table, group e's matrix
      * starts at wtab[e] (the kernel sets wv to it once it knows e) and its rows count from 0. */
     if (g->w_table) cb_printf(b, "#define WROW(e, mat, n) ((long long)(mat) * N + (n))\n");
@@ -179,6 +190,14 @@ static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
     if (g->w_table) cb_printf(b, "    const void *wv = wtab[e];  /* this group's matrix, where its owner keeps it */\n");
 }
 
+/* The k tiles [KT0, KT1) of a tiled block: all of them, or its slice of a split-K DOWN (blockIdx.z). */
+static void emit_k_range(CgBuf *b)
+{
+    cb_printf(b, "    const int KT_ALL = (KD + BK - 1) / BK;\n"
+                 "    const int KT0 = SPLIT > 1 ? (int)((long long)blockIdx.z * KT_ALL / SPLIT) : 0;\n"
+                 "    const int KT1 = SPLIT > 1 ? (int)((long long)(blockIdx.z + 1) * KT_ALL / SPLIT) : KT_ALL;\n");
+}
+
 /* The MMAs of one 16-deep k step of an mma.sync tile: every matrix x row block x column block. */
 static const char mma_nest[] =
     "#pragma unroll\n"
@@ -202,6 +221,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
+    emit_k_range(b);
     cb_printf(b,
         "    __shared__ __align__(16) u16 As[2][BM][LDS];\n"
         "    __shared__ __align__(16) u16 Bs[2][NB][BN][LDS];\n"
@@ -236,12 +256,12 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            int q = tid + it * NT, mat = q / (BN * BK / 8), rem = q %% (BN * BK / 8); \\\n"
         "            if (q < B_CH) *(uint4 *)&Bs[buf][mat][rem / (BK / 8)][(rem %% (BK / 8)) * 8] = rb[it]; } \\\n"
         "    } while (0)\n"
-        "    LOAD(0);\n"
+        "    LOAD(KT0 * BK);\n"
         "    STORE(0);\n"
         "    __syncthreads();\n"
         "    int buf = 0;\n"
-        "    for (int k0 = 0; k0 < KD; k0 += BK) {\n"
-        "        bool more = k0 + BK < KD;\n"
+        "    for (int k0 = KT0 * BK; k0 < KT1 * BK; k0 += BK) {\n"
+        "        bool more = k0 + BK < KT1 * BK;\n"
         "        if (more) LOAD(k0 + BK);  /* in flight while the tensor cores work on this tile */\n"
         "#pragma unroll\n"
         "        for (int kk = 0; kk < BK; kk += 16) {\n"
@@ -298,7 +318,13 @@ static const char cp_ring_start[] =
     "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
     "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
     "    } while (0)\n"
-    "    const int KT = (KD + BK - 1) / BK;\n"
+    "    const int KT = KT1 - KT0;  /* this block's k tiles, counted from KT0 (split-K: the sources too) */\n"
+    "    if (SPLIT > 1) {\n"
+    "#pragma unroll\n"
+    "        for (int it = 0; it < A_IT; it++) asrc[it] += aok[it] ? KT0 * BK : 0, acol[it] += KT0 * BK;\n"
+    "#pragma unroll\n"
+    "        for (int it = 0; it < B_IT; it++) bsrc[it] += bok[it] ? KT0 * BK : 0, bcol[it] += KT0 * BK;\n"
+    "    }\n"
     "#pragma unroll\n"
     "    for (int s = 0; s < ST - 1; s++) {  /* the first ST - 1 tiles in flight */\n"
     "        if (s < KT) LOAD(s, s * BK);\n"
@@ -321,6 +347,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
+    emit_k_range(b);
     cb_printf(b,
         "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN][LDS]: a stage is A's rows, then each matrix's */\n"
         "    const u16 *w = (const u16 *)wv;\n"
@@ -437,6 +464,7 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
               g->stages, bf ? "pack_bf16" : "pack_f16");
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
+    emit_k_range(b);
     cb_printf(b,
         "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN rows in core matrices of BK] */\n"
         "    const u16 *w = (const u16 *)wv;\n"
@@ -510,6 +538,7 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b, "#define TM (BM / 16)\n#define TN (BN / 16)\n");
     emit_head(b, g, name, FMA_THREADS);
     emit_find_tile(b, g);
+    emit_k_range(b);
     cb_printf(b,
         "    __shared__ float As[BK][BM];\n"
         "    __shared__ float Bs[NB][BK][BN];\n"
@@ -517,7 +546,7 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    float acc[NB][TM][TN];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * TM * TN; q++) (&acc[0][0][0])[q] = 0.0f;\n"
-        "    for (int k0 = 0; k0 < KD; k0 += BK) {\n"
+        "    for (int k0 = KT0 * BK; k0 < KT1 * BK; k0 += BK) {\n"
         "        for (int q = tid; q < BM * BK; q += NT) {\n"
         "            int r = q / BK, c = q %% BK;\n"
         "            As[c][r] = (m0 + r < ge && k0 + c < KD) ? AROW(m0 + r)[k0 + c] : 0.0f;\n"
@@ -574,6 +603,8 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b,
         "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
         "    if (n >= N) return;\n"
+        "    const int KB = SPLIT > 1 ? (int)blockIdx.z * %lld : 0;  /* this block's k slice [KB, KE) (split-K) */\n"
+        "    const int KE = SPLIT > 1 ? (KB + %lld < K8 ? KB + %lld : K8) : K8;\n"
         "%s"
         "#pragma unroll 1\n"
         "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
@@ -587,7 +618,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) acc[mat][s] = 0.0f;\n"
         "        }\n"
-        "        for (int k0 = lane * 8; k0 < K8; k0 += 256 * UNROLL_K) {\n"
+        "        for (int k0 = KB + lane * 8; k0 < KE; k0 += 256 * UNROLL_K) {\n"
         "            /* a batch: the UNROLL_K 16-byte loads of each matrix issued before any is used */\n"
         "            %s raw[UNROLL_K][NB]%s;\n"
         "#pragma unroll\n"
@@ -595,15 +626,16 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "                for (int mat = 0; mat < NB; mat++) {\n"
         "                    const wtype *wr = w + WROW(e, mat, n) * KD + k0 + u * 256;\n"
-        "                    if (k0 + u * 256 < K8) %s\n"
+        "                    if (k0 + u * 256 < KE) %s\n"
         "                }\n"
         "#pragma unroll\n"
         "            for (int u = 0; u < UNROLL_K; u++) {\n"
         "                int k = k0 + u * 256;\n"
-        "                if (k >= K8) break;\n"
+        "                if (k >= KE) break;\n"
         "                float wf[NB][8];\n"
         "#pragma unroll\n"
         "                for (int mat = 0; mat < NB; mat++) {\n",
+        (long long)split_chunk(g), (long long)split_chunk(g), (long long)split_chunk(g),
         g->w_table ? "" : "    const wtype *w = (const wtype *)wv;\n",
         g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "", lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]",
         f32 ? "float4" : "uint4", f32 ? "[2]" : "",
@@ -636,7 +668,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                }\n"
         "            }\n"
         "        }\n"
-        "        for (int k = K8 + lane; k < KD; k += 32)  /* scalar tail (k not a multiple of 8) */\n"
+        "        for (int k = K8 + lane; k < KD && (SPLIT == 1 || blockIdx.z == SPLIT - 1); k += 32)  /* scalar tail (k not a multiple of 8) */\n"
         "#pragma unroll\n"
         "            for (int s = 0; s < MAXS; s++) {\n"
         "                if (s >= cnt) break;\n"
@@ -680,7 +712,7 @@ char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
 
 void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
 {
-    grid[2] = 1, block[1] = block[2] = 1;
+    grid[2] = g->split > 1 ? (unsigned)g->split : 1u, block[1] = block[2] = 1;
     *smem = cg_cuda_gemm_smem(g);
     if (g->path == CG_CUDA_PATH_GEMV) {
         grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = 1, block[0] = 32u * (unsigned)g->bn;

@@ -291,6 +291,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
             else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
+            g.split = t->split; /* (the generator refuses it on UP: a database made by hand) */
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
@@ -317,11 +318,13 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         if (a16 && stages > 0) gm->tiled.stages = stages;
         gm->tiled.ldc = ldc;
+        if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
     gm->gemv.w_table = table;
+    if (kind == CG_CUDA_GEMM_DOWN) gm->gemv.split = cm->o.split_down;
     gm->k_gemv1 = -1;
     const int *gv = cm->o.gemv[kind == CG_CUDA_GEMM_DOWN];
     bool gv_set = kind != CG_CUDA_GEMM_LINEAR && gv[0] > 0; /* the tuner's candidate, T = 1 included */

@@ -68,6 +68,8 @@ typedef struct CudaOptions {
                                        for T picked by its measured neighbours; NULL: the rule's     */
     int stages[2];                  /* k tiles in flight of the grouped up and down GEMMs' cp.async
                                        form (0: its 3; the GPU tuner's candidates)                  */
+    int split_down;                 /* split-K ways of the grouped down GEMM, tiles and GEMV (0: none;
+                                       the GPU tuner's candidates)                                  */
     int gemv[2][3];                 /* the GEMV form (slots per pass, warps, k unroll) of the grouped
                                        up and down GEMMs for every T <= CG_CUDA_GEMV_MAX_T, T = 1
                                        included ({0}: the rule's; the GPU tuner's candidates)       */

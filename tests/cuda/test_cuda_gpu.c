@@ -152,7 +152,7 @@ static double rel_err(const float *got, const double *want, size_t n)
  * (MMA): the cp.async form with {stages, bm, bn, bk} (0: its default), x uploaded 16-bit and h
  * coming out 16-bit, as the executor runs it; async[4]: on sm_90a's wgmma. */
 static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double tol, int D, int I, bool decode,
-                         const int *async)
+                         const int *async, int split)
 {
     enum { K = 2, E = 4, EALL = 6 };
     moe_rng r;
@@ -192,6 +192,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         }
     CgCudaGemm gu = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, path, dt, E, K, I, D);
     CgCudaGemm gd = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, path, dt, E, K, D, I);
+    gd.split = split;
     if (decode) gu = cg_cuda_gemm_decode(&gu), gd = cg_cuda_gemm_decode(&gd);
     CgCudaGemm *both[] = {&gu, &gd};
     for (int q = 0; async && q < 2; q++) {
@@ -228,8 +229,9 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     for (int64_t i = S * I - 1; async && i >= 0; i--) hgot[i] = (float)dtype_load(dt, hgot, (size_t)i); /* widen in place */
     download(ygot, dy, (size_t)T * D * 4);
     double eu = rel_err(hgot, h, (size_t)S * I), ed = rel_err(ygot, y, (size_t)T * D);
-    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down rel err %.3g (tol %g)\n", async ? su : cg_cuda_gemm_path_name(path),
-           decode ? " (decode)" : "", dtype_name(dt), (long long)T, D, I, eu, ed, tol);
+    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down%s rel err %.3g (tol %g)\n",
+           async ? su : cg_cuda_gemm_path_name(path), decode ? " (decode)" : "", dtype_name(dt), (long long)T, D, I, eu,
+           split > 1 ? strrchr(sd, '_') : "", ed, tol);
     assert_true(eu <= tol);
     assert_true(ed <= tol);
     uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
@@ -242,30 +244,40 @@ static void test_grouped(void **state)
 {
     (void)state;
     if (!drv) skip();
-    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false, NULL);
-    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, NULL);
-    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2, 64, 48, false, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 48, false, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2, 64, 48, false, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2, 64, 48, false, NULL); /* more slots than one register chunk */
+    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false, NULL, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, NULL, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 100, 2e-2, 64, 48, false, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 48, false, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 13, 2e-2, 64, 48, false, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 40, 2e-2, 64, 48, false, NULL, 0); /* more slots than one register chunk */
     /* the decode form: k loops of 4 and 3 batched loads, the last batch partial; T = 1 and more slots */
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 1, 1e-4, 1000, 600, true, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, true, NULL);
-    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false, NULL);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 1, 1e-4, 1000, 600, true, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, true, NULL, 0);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 7, 2e-2, 1000, 600, false, NULL, 0);
     /* the cp.async form: its default (tiles wider than N: masked columns), then a 4-stage ring with
      * an odd count of 8-column blocks per warp (ldmatrix x4 and x2), and k tails (48 % 32, 200 % 64) */
     static const int dflt[5] = {0}, odd[5] = {4, 64, 48, 16}, deep[5] = {3, 32, 32, 64};
-    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, dflt);
-    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, odd);
-    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, deep);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, dflt, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, odd, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, deep, 0);
     /* wgmma (sm_90 GPUs and the emulator): its default (two warpgroups, k tiles of 64 over k = 48:
      * one partial tile), then one warpgroup with three 8-column blocks and 3 stages */
     static const int wg[5] = {0, 0, 0, 0, 1}, wg_small[5] = {3, 64, 24, 32, 1};
     if (strcmp(arch, "sm_90") == 0 || strcmp(arch, CG_CUDA_EMU_ARCH) == 0) {
-        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, wg);
-        grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, wg_small);
+        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, wg, 0);
+        grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, wg_small, 0);
     } else printf("wgmma: not on %s (sm_90 only)\n", arch);
+    /* split-K DOWN on every path: whole k tiles per split (FMA: 3 tiles in 4 splits, one empty), the
+     * GEMV's chunks with the scalar k tail in the last split, the decode form's shorter batches */
+    static const int odd3[5] = {3, 64, 48, 16};
+    grouped_case(CG_CUDA_PATH_FMA, DT_F32, 100, 1e-4, 64, 48, false, NULL, 4);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, NULL, 2);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, odd3, 3);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_F32, 13, 1e-4, 64, 52, false, NULL, 3);
+    grouped_case(CG_CUDA_PATH_GEMV, DT_BF16, 1, 2e-2, 1000, 600, true, NULL, 3);
+    if (strcmp(arch, "sm_90") == 0 || strcmp(arch, CG_CUDA_EMU_ARCH) == 0)
+        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2);
 }
 
 /* Attention against an f64 reference, both kernels: the one-block-per-query form and the tiled

@@ -27,6 +27,13 @@ for op in grouped_up grouped_down; do
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
   [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
 done
+# split-K: the down-projection's T = 1 winner with k split 2 and 4 ways (k = 32: 4 chunks of 8, so
+# not 8 ways); the up-projection never (its SwiGLU epilogue is not a sum)
+grep "op: grouped_down" "$WORK/db.yaml" | grep "tokens: 1," | grep -q '/sk2: .*/sk4: ' ||
+  { echo "grouped_down: the T = 1 winner was not tried with split-K"; cat "$WORK/db.yaml"; exit 1; }
+grep "op: grouped_down" "$WORK/db.yaml" | grep "tokens: 1," | grep -q '/sk8: ' &&
+  { echo "grouped_down: split 8 ways over 4 chunks of k"; cat "$WORK/db.yaml"; exit 1; }
+grep "op: grouped_up" "$WORK/db.yaml" | grep -q '/sk[0-9]' && { echo "grouped_up split"; cat "$WORK/db.yaml"; exit 1; }
 IDS=$(seq -s ' ' 1 40)
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --device cuda --tuning "$WORK/db.yaml" --route-stats \
   > "$WORK/gpu.out" 2> "$WORK/gpu.err" || { echo "run --device cuda failed"; cat "$WORK/gpu.err"; exit 1; }
@@ -45,4 +52,13 @@ grep -Eq "up 1:[^;]*;64:[0-9]+x[0-9]+/kc[0-9]+/wg@999.0, .*down 1:[^;]*;64:[0-9]
   { echo "the wgmma tiles were not taken:"; cat "$WORK/wg.err"; exit 1; }
 diff <(grep -A4 "picks per MoE layer" "$WORK/cpu.out") <(grep -A4 "picks per MoE layer" "$WORK/wg.out") ||
   { echo "routing differs between the CPU backend and the GPU path on the database's wgmma tiles"; exit 1; }
+# a database whose T = 1 down winner is split 2 ways: 9 tokens run on that GEMV (T <= 16), routing as the CPU's
+sed -E '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' "$WORK/db.yaml" > "$WORK/db_sk.yaml"
+IDS9=$(seq -s ' ' 1 9)
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS9" --device cuda --tuning "$WORK/db_sk.yaml" --route-stats \
+  > "$WORK/sk.out" 2> "$WORK/sk.err" || { echo "run with split-K failed"; cat "$WORK/sk.err"; exit 1; }
+grep -Eq "down 1:1x[0-9]+/u[0-9]+/sk2@999.0" "$WORK/sk.err" || { echo "the split-K GEMV was not taken:"; cat "$WORK/sk.err"; exit 1; }
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS9" --route-stats > "$WORK/cpu9.out" 2>/dev/null || exit 1
+diff <(grep -A4 "picks per MoE layer" "$WORK/cpu9.out") <(grep -A4 "picks per MoE layer" "$WORK/sk.out") ||
+  { echo "routing differs between the CPU backend and the GPU path with split-K"; exit 1; }
 echo "ok: $(grep -c 'op: ' "$WORK/db.yaml") entries, every tile agrees with the rule's"

@@ -63,7 +63,7 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     e.dtype = dt, e.n = n, e.k = k, e.groups = groups, e.tokens = tokens;
     for (int i = 0; i < n_measured; i++) { /* values with one decimal survive %.1f exactly */
         TuneConfig c = {2 + i, 8 * (n_measured - i), i % 3, i % 4 ? 0 : 128 * i, i % 5 == 1 ? 16 * i : 0, 0,
-                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3};
+                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0};
         if (!strcmp(op, "attention")) c = (TuneConfig){.kv_block = 4 + i};
         e.measured[i] = (TuneMeasure){c, (double)(1000 + 37 * i) / 10.0};
     }
@@ -136,7 +136,7 @@ static void test_round_trip(void **state)
     char *t1 = read_text(path), *t2 = read_text(path2);
     assert_string_equal(t1, t2);
     assert_non_null(strstr(t1, "  - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, "
-                               "best: 3x16/u1/mc16, measured: {2x24: 100.0, 3x16/u1/mc16: 103.7, 4x8/u2/s4: 107.4}}\n"));
+                               "best: 3x16/u1/mc16/sk4, measured: {2x24: 100.0, 3x16/u1/mc16/sk4: 103.7, 4x8/u2/s4: 107.4}}\n"));
     assert_non_null(strstr(t1, "  - {op: attention, dtype: f32, n: 16, k: 64, groups: 4, tokens: 512, best: kv6, "
                                "measured: {kv4: 100.0, kv5: 103.7, kv6: 107.4, kv7: 111.1, kv8: 114.8}}\n"));
     free(t1);
