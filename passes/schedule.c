@@ -118,7 +118,7 @@ static int cmp_tokens(const void *a, const void *b)
 /* Does c belong in a schedule of width nr (a GEMM tile of that width; nr = 0: attention's key block)? */
 static bool fits_width(const TuneConfig *c, int nr)
 {
-    if (nr == TILE_SCHED_GPU) return c->tile_m > 0 && c->kv_block == 0;
+    if (nr == TILE_SCHED_GPU) return c->tile_m > 0; /* (attention's forms may name a key tile) */
     return nr == 0 ? c->tile_m == 0 && c->kv_block > 0 : c->tile_n == nr && c->kv_block == 0;
 }
 

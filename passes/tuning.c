@@ -57,19 +57,21 @@ static bool parse_number(const yaml_node_t *nd, double *out)
     return *end == 0 && end != s;
 }
 
-/* Does c suit op (GEMM ops: a tile and no key block; attention: a key block only)? */
+/* Does c suit op (GEMM ops: a tile and no key block; attention: a key block (CPU) or a form
+ * QxP[/kvB] (GPU), nothing else)? */
 static bool config_fits(const char *op, const TuneConfig *c)
 {
     if (!op[0]) return true; /* the op was reported already */
     if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0;
-    return c->tile_m == 0 && c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->kv_block > 0;
+    return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 &&
+           (c->kv_block > 0 || c->tile_m > 0);
 }
 
 static const char *config_expected(const char *op)
 {
     return !op[0] || tune_op_is_gemm(op)
                ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536)"
-               : "an attention configuration kvB (1 <= B <= 1024)";
+               : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB]";
 }
 
 /* ---- mappings with a fixed key list ------------------------------------------------------------ */
@@ -475,22 +477,26 @@ void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, cons
     t->features = hash_str(gpu_name);
 }
 
-int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched[2], Arena *arena)
+int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched[3], Arena *arena)
 {
+    static const ir_op ops[3] = {IR_OP_MOE_GROUPED_UP, IR_OP_MOE_GROUPED_DOWN, IR_OP_ATTENTION};
+    static const char *const names[3] = {"grouped_up", "grouped_down", "attention"};
     int set = 0;
-    for (int kind = 0; kind < 2; kind++) {
-        ir_op op = kind == 0 ? IR_OP_MOE_GROUPED_UP : IR_OP_MOE_GROUPED_DOWN;
+    for (int kind = 0; kind < 3; kind++) {
         const IrInstr *i = m->first;
-        while (i && i->op != op) i = i->next;
+        while (i && i->op != ops[kind]) i = i->next;
         if (!i) continue;
-        const IrValue *w = i->in[kind == 0 ? 3 : 5];
-        int64_t n = w->type.dims[0], groups = ir_attr_int(i, "experts"); /* the weight's shape, as on the CPU */
+        /* the key: the weight's shape, as on the CPU; attention's heads, head_dim, kv_heads (f32) */
+        const IrValue *w = kind < 2 ? i->in[kind == 0 ? 3 : 5] : NULL;
+        moe_dtype dt = w ? w->type.dtype : DT_F32;
+        int64_t n = w ? w->type.dims[0] : ir_attr_int(i, "heads"), k = w ? w->type.dims[1] : i->in[0]->type.dims[1] / n;
+        int64_t groups = ir_attr_int(i, w ? "experts" : "kv_heads");
         const TuneEntry *found[TILE_MAX_BUCKETS];
         int nf = 0;
-        for (int k = 0; k < db->n && nf < TILE_MAX_BUCKETS; k++) {
-            const TuneEntry *e = &db->e[k];
-            if (!strcmp(e->op, kind == 0 ? "grouped_up" : "grouped_down") && e->dtype == w->type.dtype && e->n == n &&
-                e->k == w->type.dims[1] && e->groups == groups && e->tokens > 0)
+        for (int q = 0; q < db->n && nf < TILE_MAX_BUCKETS; q++) {
+            const TuneEntry *e = &db->e[q];
+            if (!strcmp(e->op, names[kind]) && e->dtype == dt && e->n == n && e->k == k && e->groups == groups &&
+                e->tokens > 0)
                 found[nf++] = e;
         }
         char *s = nf ? tile_schedule_format(found, nf, TILE_SCHED_GPU, arena) : NULL;
@@ -503,7 +509,7 @@ int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched
 }
 
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const IrModule *m, const char *sched[2], Arena *arena)
+                       const IrModule *m, const char *sched[3], Arena *arena)
 {
     TuneTarget t;
     tune_gpu_target(&t, gpu, arch, nvrtc);
@@ -511,10 +517,11 @@ void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, cons
     if (!tune_db_matches(db, &t, why, sizeof why))
         fprintf(stderr, "%s: warning: %s; its entries are ignored and the rule decides\n", path, why);
     else if (tune_db_gpu_schedules(db, m, sched, arena) == 0)
-        fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs; the rule decides\n", path);
+        fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs or attention; the rule decides\n", path);
     else
-        fprintf(stderr, "%s: grouped GEMM tiles by tokens (T:tile@GFLOP/s;...): up %s, down %s\n", path,
-                sched[0] ? strchr(sched[0], ';') + 1 : "the rule's", sched[1] ? strchr(sched[1], ';') + 1 : "the rule's");
+        fprintf(stderr, "%s: grouped GEMM tiles by tokens (T:tile@GFLOP/s;...): up %s, down %s; attention %s\n", path,
+                sched[0] ? strchr(sched[0], ';') + 1 : "the rule's", sched[1] ? strchr(sched[1], ';') + 1 : "the rule's",
+                sched[2] ? strchr(sched[2], ';') + 1 : "the rule's");
 }
 
 /* "cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0", features shown only when they differ. */

@@ -39,7 +39,10 @@
  * ("NVRTC 13.0"); its entries are grouped_up/grouped_down (keyed by the weight's shape, as on the
  * CPU) with configurations MxN/kcK[/sS] = the CUDA block tile BM x BN x BK of the tensor-core path
  * (for UP, BN columns of each of a and b) and its stages, for buckets above 16 tokens; at or below,
- * SxW/uU = the GEMV's slots per pass, warps and k unroll; either with /skS on grouped_down.
+ * SxW/uU = the GEMV's slots per pass, warps and k unroll; either with /skS on grouped_down. Its
+ * attention entries (keyed as the CPU's) have QxP[/kvB] = queries per block x threads per query and
+ * the key tile of the tiled kernel, or 1xP = the per-query kernel with P threads (codegen/cuda's
+ * CgCudaAttnForm).
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
@@ -104,17 +107,17 @@ void tune_db_free(TuneDb *db);
 bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len);
 /* The identity of a GPU as a GPU database records it (see the file format). */
 void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, const char *nvrtc);
-/* A GPU database's schedules for the grouped up- and down-projections of m (sched[0]: up, [1]:
- * down): per token bucket of the entries of m's shape, the tiles that win some bucket with their
- * measured GFLOP/s (schedule.h, width TILE_SCHED_GPU: the executor picks per T by measured
- * neighbours), allocated in arena; an op without entries keeps sched[] as given. Returns how many of
- * the two were set. */
+/* A GPU database's schedules for the grouped up- and down-projections and the attention of m
+ * (sched[0]: up, [1]: down, [2]: attention): per token bucket of the entries of m's shape, the
+ * configurations that win some bucket with their measured GFLOP/s (schedule.h, width TILE_SCHED_GPU:
+ * the executor picks per T by measured neighbours), allocated in arena; an op without entries keeps
+ * sched[] as given. Returns how many of the three were set. */
 struct IrModule;
-int tune_db_gpu_schedules(const TuneDb *db, const struct IrModule *m, const char *sched[2], Arena *arena);
+int tune_db_gpu_schedules(const TuneDb *db, const struct IrModule *m, const char *sched[3], Arena *arena);
 /* `--tuning DB` with `--device cuda` (db loaded from path): if it was made for this GPU (gpu name,
  * arch, nvrtc version, this moeppc), set sched[] from it and say so on stderr; a database for
  * another target is ignored with a warning. */
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const struct IrModule *m, const char *sched[2], Arena *arena);
+                       const struct IrModule *m, const char *sched[3], Arena *arena);
 
 #endif

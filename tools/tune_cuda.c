@@ -1,5 +1,6 @@
 /* tune_cuda.c — `moeppc tune SPEC --target sm_XX`: the grouped expert GEMMs of a bf16/f16 model on an
- * NVIDIA GPU: the block tile of the tensor-core path (every T > 16) and the form of the GEMV (T <= 16).
+ * NVIDIA GPU: the block tile of the tensor-core path (every T > 16) and the form of the GEMV (T <= 16);
+ * and the shape of its attention kernels.
  *
  * 1. Every tile BM x BN x BK in {32, 64, 128}^2 x {16, 32, 64} that the kernel generator accepts (its
  *    own checks: warp layout, shared memory) and whose shared memory the target's SMs have (the
@@ -13,7 +14,10 @@
  *    model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4), the grouped GEMM
  *    is timed with CUDA events (median after warm-up). Then each bucket's winner runs with deeper
  *    cp.async rings (4, 5 stages) and, for the down-projection, with k split 2, 4 and 8 ways (split-K:
- *    more blocks where the token count leaves SMs idle). The winners go to a GPU tuning database
+ *    more blocks where the token count leaves SMs idle). Attention's forms (CgCudaAttnForm: the
+ *    per-query kernel's warps, the tiled kernel's queries per block, threads per query and key tile)
+ *    run the same way, T queries at the end of a context of 512 positions (the model's logits
+ *    checked, the attention timed). The winners go to a GPU tuning database
  *    (passes/tuning.h) that `run` and `bench` with --device cuda read, per token count.
  * Without a GPU the command stops after step 1 with an error: nothing is written. */
 #include "tools/commands.h"
@@ -45,7 +49,7 @@ typedef struct {
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 40 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles */
+enum { MAX_CANDS = 40 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles; attention 4 + 36 forms */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -85,6 +89,32 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
     return n;
 }
 
+/* The listed candidates' kernels (code[q] for candidate out[map[q]]) compiled for arch by NVRTC in
+ * parallel; a candidate whose kernel spills or whose block's registers exceed an SM's is discarded.
+ * Frees the code; returns n, or -1 when NVRTC fails (err). */
+static int compile_filter(GpuCand *out, int n, CudaKernelCode *code, const int *map, int n_code, const char *arch,
+                          char *err, size_t errlen)
+{
+    CgCudaBinary bins[MAX_CANDS];
+    bool ok = cuda_compile_kernels(code, n_code, arch, true, false, bins, err, errlen);
+    for (int q = 0; q < n_code; q++) {
+        GpuCand *c = &out[map[q]];
+        if (ok) {
+            c->regs = bins[q].registers, c->smem += bins[q].smem_bytes;
+            if (bins[q].spill_stores > 0 || bins[q].spill_loads > 0)
+                snprintf(c->why, sizeof c->why, "spills (%d bytes stored, %d loaded)", bins[q].spill_stores,
+                         bins[q].spill_loads), c->ok = false;
+            else if ((long)c->regs * c->threads > 65536)
+                snprintf(c->why, sizeof c->why, "%d registers x %d threads exceed an SM's 65536", c->regs, c->threads),
+                    c->ok = false;
+            cg_cuda_binary_free(&bins[q]);
+        }
+        free(code[q].symbol);
+        free(code[q].source);
+    }
+    return ok ? n : -1;
+}
+
 /* Step 1 for one grouped GEMM: candidates compiled and checked; returns how many were listed. */
 static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, GpuCand *out, char *err, size_t errlen)
 {
@@ -122,24 +152,40 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
         code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
         map[n_code++] = n++;
     }
-    CgCudaBinary bins[MAX_CANDS];
-    bool ok = cuda_compile_kernels(code, n_code, arch, true, false, bins, err, errlen);
-    for (int q = 0; q < n_code; q++) {
-        GpuCand *c = &out[map[q]];
-        if (ok) {
-            c->regs = bins[q].registers, c->smem += bins[q].smem_bytes;
-            if (bins[q].spill_stores > 0 || bins[q].spill_loads > 0)
-                snprintf(c->why, sizeof c->why, "spills (%d bytes stored, %d loaded)", bins[q].spill_stores,
-                         bins[q].spill_loads), c->ok = false;
-            else if ((long)c->regs * c->threads > 65536)
-                snprintf(c->why, sizeof c->why, "%d registers x %d threads exceed an SM's 65536", c->regs, c->threads),
-                    c->ok = false;
-            cg_cuda_binary_free(&bins[q]);
+    return compile_filter(out, n, code, map, n_code, arch, err, errlen);
+}
+
+/* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps and the tiled
+ * one with {16, 32, 64, 128} queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64}, generated,
+ * compiled and checked as the GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
+static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, char *err, size_t errlen)
+{
+    static const int warps[] = {1, 2, 4, 8}, bqs[] = {16, 32, 64, 128}, tpqs[] = {2, 4, 8}, bkvs[] = {0, 16, 64};
+    CgCudaAttnForm list[MAX_CANDS];
+    int n_list = 0;
+    for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], 0};
+    for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)
+        for (size_t b = 0; b < MOE_ARRAY_LEN(tpqs); b++)
+            for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++) list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k]};
+    CudaKernelCode code[MAX_CANDS];
+    int map[MAX_CANDS], n_code = 0;
+    for (int q = 0; q < n_list; q++) {
+        const CgCudaAttnForm *f = &list[q];
+        GpuCand *c = &out[q];
+        *c = (GpuCand){.c = {.tile_m = f->bq, .tile_n = f->tpq, .kv_block = f->bkv}, .ok = true, .threads = f->bq * f->tpq};
+        char why[512], sym[600];
+        char *src = cg_cuda_attention_source(d, f, why, sizeof why);
+        if (!src) {
+            const char *r = strstr(why, ": ");
+            snprintf(c->why, sizeof c->why, "%s", r ? r + 2 : why);
+            c->ok = false;
+            continue;
         }
-        free(code[q].symbol);
-        free(code[q].source);
+        cg_cuda_attention_symbol(d, f, sym, sizeof sym);
+        code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
+        map[n_code++] = q;
     }
-    return ok ? n : -1;
+    return compile_filter(out, n_list, code, map, n_code, arch, err, errlen);
 }
 
 static void print_candidates(const char *what, const char *noun, const GpuCand *c, int n)
@@ -165,6 +211,10 @@ typedef struct {
     int n_steps, step[2];      /* indices of the grouped up and down instructions */
     double deadline;
     const char *arch;
+    int att_step;              /* the first attention instruction, and its kernels' descriptor */
+    CgOpDesc att;
+    GpuCand att_cand[MAX_CANDS];
+    int n_att;
 } GpuLayer;
 
 /* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
@@ -297,6 +347,69 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
     return ok;
 }
 
+/* Attention in form f (NULL: the rule's) for T queries at the end of a context of P positions (ids,
+ * pos hold the whole context: its first P - T positions are run first, filling the KV cache): the
+ * model's logits for the T (copied to *logits) and the median ms of the attention. */
+static bool run_attn(GpuLayer *L, const CgCudaAttnForm *f, const int32_t *ids, const int32_t *pos, int64_t P, int64_t T,
+                     float **logits, double *ms, RtError *err)
+{
+    CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
+    if (f) o.attn = *f;
+    CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
+    if (!cm) return false;
+    int64_t cols = 0;
+    moe_dtype dt;
+    bool ok = (P == T || cuda_model_run(cm, ids, pos, P - T, err)) && cuda_model_run(cm, ids + P - T, pos + P - T, T, err);
+    const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
+    if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
+    ok = lg && bench_cuda_time_steps(cm, L->att_step, L->att_step + 1, L->n_steps, ids + P - T, pos + P - T, T, 9, ms, err);
+    cuda_model_free(cm);
+    return ok;
+}
+
+/* Attention's entry at T: the rule's form, then every candidate (at T = 1 the per-query ones only),
+ * for T queries at the end of a context of 512 positions (as the CPU tuner; fewer when the model
+ * takes fewer, more when T is more). */
+static bool tune_attention(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
+{
+    int64_t P = L->s->max_positions < 512 ? L->s->max_positions : 512, keys = 0;
+    if (P < T) P = T;
+    int32_t *ids = xmalloc((size_t)P * sizeof *ids), *pos = xmalloc((size_t)P * sizeof *pos);
+    for (int64_t t = 0; t < P; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
+    for (int64_t t = P - T; t < P; t++) keys += t + 1;
+    double flop = 4.0 * (double)keys * (double)L->att.heads * (double)L->att.head_dim; /* q.k and p.v */
+    TuneEntry e = {.dtype = DT_F32, .n = L->att.heads, .k = L->att.head_dim, .groups = L->att.kv_heads, .tokens = T};
+    snprintf(e.op, sizeof e.op, "attention");
+    CgCudaAttnForm rf = cg_cuda_attention_rule(T);
+    TuneConfig rc = {.tile_m = rf.bq, .tile_n = rf.tpq, .kv_block = rf.bkv};
+    float *ref = NULL;
+    double ms, best;
+    bool ok = run_attn(L, NULL, ids, pos, P, T, &ref, &ms, err);
+    if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
+    for (int q = 0; ok && q < L->n_att && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
+        const TuneConfig *c = &L->att_cand[q].c;
+        if (!L->att_cand[q].ok || tune_config_equal(c, &rc) || (T == 1 && c->tile_m > 1)) continue;
+        CgCudaAttnForm f = {c->tile_m, c->tile_n, c->kv_block};
+        float *lg = NULL;
+        if (!(ok = run_attn(L, &f, ids, pos, P, T, &lg, &ms, err))) break;
+        double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
+        free(lg);
+        char name[64];
+        tune_config_format(c, name, sizeof name);
+        if (re > 2e-2) {
+            fprintf(stderr, "moeppc tune: warning: attention %s: logits differ from the rule's by %.3g; discarded\n", name, re);
+            continue;
+        }
+        e.measured[e.n_measured++] = (TuneMeasure){*c, 1e-9 * flop / (ms * 1e-3)};
+        if (ms < best) best = ms, e.best = *c;
+        fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
+    }
+    fputc('\n', stderr);
+    if (ok && e.n_measured) tune_db_add(db, &e);
+    free(ref), free(ids), free(pos);
+    return ok;
+}
+
 /* The layer the tuner runs: one MoE layer of the spec (and the dense ones before it), as bench --device
  * cuda, with the instructions of its grouped GEMMs; false (said) for a model the GPU tuner cannot tune. */
 static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char *arch)
@@ -320,14 +433,18 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     int route = bench_instr_index(L->m, IR_OP_MOE_ROUTE, -1);
     L->step[0] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_UP, route);
     L->step[1] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_DOWN, route);
+    L->att_step = bench_instr_index(L->m, IR_OP_ATTENTION, -1);
+    const IrInstr *ai = L->m->first;
+    for (int k = 0; k < L->att_step; k++) ai = ai->next;
+    if (L->att_step < 0 || !cg_op_desc_for(ai, &L->att)) L->att_step = -1; /* (no attention: nothing to tune) */
     if (L->step[0] >= 0 && L->step[1] >= 0) return true;
     fprintf(stderr, "moeppc tune: error: %s has no grouped expert GEMMs to tune\n", a->spec);
     return false;
 }
 
-/* Step 1 for both grouped GEMMs, MMA tiles (form 0) and GEMV forms (1), with the tables printed;
- * false (said) when NVRTC fails. */
-static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2][2][MAX_CANDS], int n_cand[2][2])
+/* Step 1 for both grouped GEMMs, MMA tiles (form 0) and GEMV forms (1), and attention's forms, with
+ * the tables printed; false (said) when NVRTC fails. */
+static bool layer_candidates(GpuLayer *L, const char *arch, GpuCand cand[2][2][MAX_CANDS], int n_cand[2][2])
 {
     for (int q = 0; q < 4; q++) {
         int form = q / 2, kind = q % 2;
@@ -351,6 +468,15 @@ static bool layer_candidates(const GpuLayer *L, const char *arch, GpuCand cand[2
         print_candidates(what, form ? "GEMV forms (slots x warps / u k unroll)" : "tiles", cand[form][kind],
                          n_cand[form][kind]);
     }
+    if (L->att_step < 0) return true;
+    char err[1024], what[160];
+    if ((L->n_att = attn_candidates(&L->att, arch, L->att_cand, err, sizeof err)) < 0) {
+        fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
+        return false;
+    }
+    snprintf(what, sizeof what, "attention %lld heads x %lld, %lld kv heads (%s, %s)", (long long)L->att.heads,
+             (long long)L->att.head_dim, (long long)L->att.kv_heads, arch, cg_cuda_nvrtc_version_text());
+    print_candidates(what, "forms (queries x threads / kv key tile; 1xP: a block per query)", L->att_cand, L->n_att);
     return true;
 }
 
@@ -394,6 +520,11 @@ int tune_cuda(const TuneArgs *a)
     tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
     for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) {
         ok = tune_bucket(&L, (const GpuCand(*)[2][MAX_CANDS])cand, (const int(*)[2])n_cand, a->tokens[q], &db, &err);
+        if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
+    }
+    /* attention after every GEMM bucket: the GEMMs weigh most, attention gets what the budget leaves */
+    for (int q = 0; q < a->n_tokens && ok && L.att_step >= 0 && now_s() < L.deadline; q++) {
+        ok = tune_attention(&L, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
     char why[512];

@@ -42,9 +42,10 @@
  *                  split the keys 0..pos[t] (strided), each keeps an online max/sum/accumulator, and the
  *                  block merges them in shared memory: works for prefill and for decode (T = 1).
  *                  Its tiled form for prefill (T >= CG_CUDA_ATTN_TILED_MIN_T, same arguments,
- *                  cg_cuda_attention_tiled_*): a block per CG_CUDA_ATTN_BQ consecutive queries and head,
- *                  4 threads a query (dimensions strided by 4), tiles of keys and values staged in
- *                  shared memory once for all the block's queries, the same online softmax.
+ *                  cg_cuda_attention_*): a block per BQ consecutive queries and head, TPQ threads a
+ *                  query (dimensions strided by TPQ), tiles of BKV keys and values staged in shared
+ *                  memory once for all the block's queries, the same online softmax. Both kernels'
+ *                  shapes are a CgCudaAttnForm (the tuner's knobs; the rule's below).
  *   SWIGLU, ADD   (long long T, const float *a, const float *b, float *out)           grid-stride
  *   SCALE, TANH   (long long T, const float *x, float *out)                           grid-stride
  *   ROUTE_POST    (long long T, const float *z0, const float *g, float *logits, const float *alpha_logits,
@@ -59,9 +60,21 @@
 #define CG_CUDA_ATTN_WARPS 4
 #define CG_CUDA_ATTN_BQ 64
 #define CG_CUDA_ATTN_TILED_MIN_T 32
-void  cg_cuda_attention_tiled_symbol(const CgOpDesc *d, char *out, size_t n);
-char *cg_cuda_attention_tiled_source(const CgOpDesc *d); /* d checked by cg_cuda_op_source */
-void  cg_cuda_attention_tiled_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3]);
+/* An attention kernel's shape: bq >= 2: the tiled kernel, bq queries a block, tpq threads a query (a
+ * power of two up to 32; bq x tpq whole warps, at most 1024), key/value tiles of bkv rows (0: 32, or
+ * 16 above head_dim 128; at most 48 KB of shared memory for both); bq = 1: the per-query kernel,
+ * tpq = 32 x its warps (bkv 0). As a tuning configuration: bq x tpq [/kv bkv]. */
+typedef struct CgCudaAttnForm {
+    int bq, tpq, bkv;
+} CgCudaAttnForm;
+/* The rule's form for T tokens: per query (4 warps) below CG_CUDA_ATTN_TILED_MIN_T, else tiled 64 x 4. */
+CgCudaAttnForm cg_cuda_attention_rule(int64_t T);
+/* The rule's forms keep their names (the per-query one is the ATTENTION op's, cg_cuda_op_symbol). */
+void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);
+/* NULL with err set when d or f is out of range. */
+char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
+void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
+                               unsigned block[3]);
 #define CG_CUDA_DISPATCH_THREADS 1024
 
 /* `moeppc_cu_<cg_op_symbol without its moeppc_op_ prefix>`. */

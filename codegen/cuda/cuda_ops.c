@@ -96,11 +96,11 @@ static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
                  "}\n", name);
 }
 
-static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name)
+static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps)
 {
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
                  "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n",
-              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, CG_CUDA_ATTN_WARPS);
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     cb_printf(b,
         "extern \"C\" __global__ void %s(long long T, const float *q, const float *kc, const float *vc,\n"
@@ -148,27 +148,67 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name)
 }
 
 /* Prefill attention, tiled: a block per BQ consecutive queries of one head, TPQ threads a query
- * (dimension d of the head belongs to thread d % TPQ of its query: the quad reads adjacent words of
- * a staged key, no bank conflicts). Keys and values come through shared memory in tiles of BKV rows,
- * loaded once for the block's queries (the one-block-per-query kernel reads them once per query);
- * each query keeps the online max, sum and accumulator of SEMANTICS.md's softmax over its keys
- * 0..pos[t] (masked past them: the block walks to its largest). */
-void cg_cuda_attention_tiled_symbol(const CgOpDesc *d, char *out, size_t n)
+ * (dimension d of the head belongs to thread d % TPQ of its query: a query's threads read adjacent
+ * words of a staged key, no bank conflicts). Keys and values come through shared memory in tiles of
+ * BKV rows, loaded once for the block's queries (the one-block-per-query kernel reads them once per
+ * query); each query keeps the online max, sum and accumulator of SEMANTICS.md's softmax over its
+ * keys 0..pos[t] (masked past them: the block walks to its largest). */
+static bool check(const CgOpDesc *d, char *err, size_t errlen);
+
+CgCudaAttnForm cg_cuda_attention_rule(int64_t T)
 {
-    snprintf(out, n, "moeppc_cu_attention_tiled_h%lld_kv%lld_hd%lld_q%d", (long long)d->heads, (long long)d->kv_heads,
-             (long long)d->head_dim, CG_CUDA_ATTN_BQ);
+    return T < CG_CUDA_ATTN_TILED_MIN_T ? (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, 0}
+                                        : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
 }
 
-char *cg_cuda_attention_tiled_source(const CgOpDesc *d)
+static int attn_bkv(const CgOpDesc *d, const CgCudaAttnForm *f)
 {
-    char name[128];
-    cg_cuda_attention_tiled_symbol(d, name, sizeof name);
+    return f->bkv ? f->bkv : d->head_dim <= 128 ? 32 : 16; /* 2 x BKV x HD floats: at most 32 KB */
+}
+
+void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n)
+{
+    if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS) {
+        cg_cuda_op_symbol(d, out, n);
+        return;
+    }
+    int w = snprintf(out, n, "moeppc_cu_attention_%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
+                     (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq);
+    if (f->bq == 1 && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_t%d", f->tpq);
+    else if ((f->tpq != 4 || f->bkv) && w > 0 && (size_t)w < n)
+        snprintf(out + w, n - (size_t)w, "_t%d_b%d", f->tpq, attn_bkv(d, f));
+}
+
+static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    bool pow2 = f->tpq > 0 && (f->tpq & (f->tpq - 1)) == 0;
+    if (d->kind != CG_OP_ATTENTION) why = "not an attention op";
+    else if (f->bq == 1 && (f->tpq % 32 || f->tpq < 32 || f->tpq > 1024 || f->bkv))
+        why = "per-query form: 32..1024 threads, whole warps, no key tile";
+    else if (f->bq != 1 && (f->bq < 2 || !pow2 || f->tpq > 32 || (f->bq * f->tpq) % 32 || f->bq * f->tpq > 1024))
+        why = "tiled form: 2 or more queries a block, a power of two up to 32 threads each, whole warps up to 1024";
+    else if (f->bq != 1 && (f->bkv < 0 || f->bkv > 256 || 2L * attn_bkv(d, f) * d->head_dim * 4 > 48 * 1024))
+        why = "tiled form: key tiles of 1..256 rows within 48 KB of shared memory";
+    if (why) snprintf(err, errlen, "cuda attention %dx%d/kv%d: %s", f->bq, f->tpq, f->bkv, why);
+    return why == NULL;
+}
+
+char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+{
+    if (!check(d, err, errlen) || !attn_form_check(d, f, err, errlen)) return NULL;
+    char name[600];
+    cg_cuda_attention_symbol(d, f, name, sizeof name);
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
+    if (f->bq == 1) {
+        emit_attention(&b, d, name, f->tpq / 32);
+        return b.s;
+    }
     cb_printf(&b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
-                  "#define BQ %d\n#define TPQ 4\n#define NT (BQ * TPQ)\n#define DPT ((HD + TPQ - 1) / TPQ)\n"
-                  "#define BKV (HD <= 128 ? 32 : 16)   /* 2 x BKV x HD floats: at most 32 KB */\n",
-              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, CG_CUDA_ATTN_BQ);
+                  "#define BQ %d\n#define TPQ %d\n#define NT (BQ * TPQ)\n#define DPT ((HD + TPQ - 1) / TPQ)\n"
+                  "#define BKV %d\n",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, f->tpq, attn_bkv(d, f));
     cb_printf(&b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     cb_printf(&b,
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
@@ -206,9 +246,9 @@ char *cg_cuda_attention_tiled_source(const CgOpDesc *d)
         "            float s = 0.0f;\n"
         "#pragma unroll\n"
         "            for (int i = 0; i < DPT; i++) { int dd = TPQ * i + c; if (dd < HD) s += qr[i] * ks[r][dd]; }\n"
-        "            s += __shfl_xor_sync(0xffffffffu, s, 1);  /* the quad's partial sums */\n"
-        "            s += __shfl_xor_sync(0xffffffffu, s, 2);\n"
-        "            if (j0 + r >= n) continue;  /* past this query's position (the quad agrees) */\n"
+        "#pragma unroll\n"
+        "            for (int o = 1; o < TPQ; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  /* the query's partial sums */\n"
+        "            if (j0 + r >= n) continue;  /* past this query's position (its threads agree) */\n"
         "            s *= SCALE;\n"
         "            float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);\n"
         "            l = l * corr + p;\n"
@@ -227,10 +267,11 @@ char *cg_cuda_attention_tiled_source(const CgOpDesc *d)
     return b.s;
 }
 
-void cg_cuda_attention_tiled_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned block[3])
+void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3], unsigned block[3])
 {
-    grid[0] = (unsigned)(((T > 0 ? T : 1) + CG_CUDA_ATTN_BQ - 1) / CG_CUDA_ATTN_BQ), grid[1] = (unsigned)d->heads, grid[2] = 1;
-    block[0] = 4 * CG_CUDA_ATTN_BQ, block[1] = block[2] = 1;
+    int64_t rows = T > 0 ? T : 1;
+    grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads, grid[2] = 1;
+    block[0] = (unsigned)(f->bq * f->tpq), block[1] = block[2] = 1;
 }
 
 static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
@@ -470,7 +511,7 @@ char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen)
     case CG_OP_RMS_NORM: emit_norm(&b, name, false); break;
     case CG_OP_ADD_RMS_NORM: emit_norm(&b, name, true); break;
     case CG_OP_ROPE: emit_rope(&b, d, name); break;
-    case CG_OP_ATTENTION: emit_attention(&b, d, name); break;
+    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS); break;
     case CG_OP_SWIGLU:
     case CG_OP_ADD:
     case CG_OP_SCALE:

@@ -361,7 +361,8 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
                          .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                          .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
-        if (cfg->cuda_tile_sched) o.tile_sched[0] = cfg->cuda_tile_sched[0], o.tile_sched[1] = cfg->cuda_tile_sched[1];
+        if (cfg->cuda_tile_sched)
+            for (int k = 0; k < 3; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
             char gpu[128], arch[16];
             if (!cfg->cuda->identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) {

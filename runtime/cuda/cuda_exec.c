@@ -48,12 +48,21 @@ typedef struct Gemm {
     uint64_t w;
 } Gemm;
 
+/* Attention's forms other than the rule's: the tuner's candidate (CudaOptions.attn, every T) or a
+ * database's schedule (CudaOptions.tile_sched[2]), a kernel per form. */
+typedef struct AttnAlt {
+    TileSchedule sched;               /* n = 0: f[0] for every T */
+    CgCudaAttnForm f[TILE_MAX_BUCKETS];
+    int k[TILE_MAX_BUCKETS], n;
+} AttnAlt;
+
 typedef struct Step {
     const IrInstr *i;
     int kern, kern_tanh, kern_scale, kern_kv; /* op kernels (route: post, tanh, scale; attention: +store) */
     CgOpDesc d, d_tanh, d_scale;
     int kern_fused;                 /* route: the fused router for small T (-1: none); attention: its
                                        tiled form for T >= CG_CUDA_ATTN_TILED_MIN_T                        */
+    AttnAlt *att;                   /* attention: tuned forms (NULL: the rule's two kernels)              */
     CgCudaRouteFused rf;
     uint64_t wc_stack;              /* route: the constant experts' Wc stacked for the fused router       */
     Gemm gm[2 + 1 + 64];            /* linear 1; grouped 1 (stacked); route W1 [W2] [Wg] Wc...            */
@@ -397,6 +406,16 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     return true;
 }
 
+static bool attn_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f, int *out, RtError *err)
+{
+    char sym[600];
+    cg_cuda_attention_symbol(d, f, sym, sizeof sym);
+    if (kern_have(cm, sym, out)) return true;
+    unsigned g1[3], g2[3], b[3];
+    cg_cuda_attention_launch(d, f, 1, g1, b), cg_cuda_attention_launch(d, f, 512, g2, b);
+    return kern_new(cm, sym, cg_cuda_attention_source(d, f, err->msg, sizeof err->msg), g1, g2, b, 0, out);
+}
+
 static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
@@ -411,13 +430,35 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
             return false;
     }
-    cg_cuda_attention_tiled_symbol(&st->d, sym, sizeof sym);
-    if (!kern_have(cm, sym, &st->kern_fused)) {
-        unsigned g1[3], g2[3], b[3];
-        cg_cuda_attention_tiled_launch(&st->d, 1, g1, b), cg_cuda_attention_tiled_launch(&st->d, 512, g2, b);
-        kern_new(cm, sym, cg_cuda_attention_tiled_source(&st->d), g1, g2, b, 0, &st->kern_fused);
+    CgCudaAttnForm tiled = cg_cuda_attention_rule(CG_CUDA_ATTN_TILED_MIN_T);
+    if (!op_kern(cm, &st->d, &st->kern, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err)) return false;
+    const char *text = cm->o.tile_sched[2];
+    if (cm->o.attn.bq <= 0 && !text) return true;
+    AttnAlt *a = st->att = xcalloc(1, sizeof *st->att);
+    if (cm->o.attn.bq > 0) { /* the tuner's candidate */
+        a->f[0] = cm->o.attn, a->n = 1;
+        return attn_kern(cm, &st->d, &a->f[0], &a->k[0], err);
     }
-    return op_kern(cm, &st->d, &st->kern, err);
+    if (!tile_schedule_parse(text, &a->sched) || a->sched.nr != TILE_SCHED_GPU) {
+        snprintf(err->msg, sizeof err->msg, "the tuning database's attention schedule '%s' is not a GPU one", text);
+        return false;
+    }
+    for (int b = 0; b < a->sched.n; b++)
+        for (int c = 0; c < a->sched.b[b].n; c++) {
+            const TuneConfig *t = &a->sched.b[b].c[c];
+            CgCudaAttnForm f = {t->tile_m, t->tile_n, t->kv_block};
+            bool have = false;
+            for (int j = 0; j < a->n; j++) have |= !memcmp(&a->f[j], &f, sizeof f);
+            if (have) continue;
+            if (a->n == TILE_MAX_BUCKETS) {
+                snprintf(err->msg, sizeof err->msg, "the attention schedule '%s' names more than %d forms", text,
+                         TILE_MAX_BUCKETS);
+                return false;
+            }
+            a->f[a->n] = f;
+            if (!attn_kern(cm, &st->d, &f, &a->k[a->n++], err)) return false;
+        }
+    return true;
 }
 
 static bool prepare_rowwise(CudaModel *cm, Step *st, RtError *err)
@@ -900,9 +941,18 @@ static bool run_attention(const Run *r, const Step *st)
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
     void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out};
     if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
-    if (r->T < CG_CUDA_ATTN_TILED_MIN_T) return op(r, st, st->kern, &st->d, aa);
-    cg_cuda_attention_tiled_launch(&st->d, r->T, g, b); /* prefill: keys and values shared by a block's queries */
-    return launch(r, st, st->kern_fused, g, b, 0, aa);
+    CgCudaAttnForm f = cg_cuda_attention_rule(r->T); /* prefill: tiled, keys and values shared by a block's queries */
+    int kern = f.bq == 1 ? st->kern : st->kern_fused;
+    const AttnAlt *at = st->att;
+    if (at && !at->sched.n) f = at->f[0], kern = at->k[0];
+    if (at && at->sched.n) { /* the database's form for this T */
+        TuneConfig c = tile_schedule_pick(&at->sched, r->T);
+        CgCudaAttnForm want = {c.tile_m, c.tile_n, c.kv_block};
+        for (int j = 0; j < at->n; j++)
+            if (!memcmp(&at->f[j], &want, sizeof want)) f = want, kern = at->k[j];
+    }
+    cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
+    return launch(r, st, kern, g, b, 0, aa);
 }
 
 static bool run_step(const Run *r, const Step *st)
@@ -1110,7 +1160,10 @@ void cuda_model_free(CudaModel *cm)
     free(cm->allocs);
     free(cm->wmap);
     for (int s = 0; s < cm->n_steps; s++)
+    {
         for (int g = 0; g < cm->steps[s].n_gm; g++) free(cm->steps[s].gm[g].alt);
+        free(cm->steps[s].att);
+    }
     free(cm->steps);
     free(cm);
 }

@@ -309,30 +309,34 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
                 for (int d = 0; d < HD; d++) want[t * qc + h * HD + d] += sc[j] / sum * vc[j * kvc + kh * HD + d];
         }
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .cols = qc, .heads = H, .kv_heads = KVH, .head_dim = HD};
-    char sym[2][600], err[256];
-    cg_cuda_op_symbol(&d, sym[0], sizeof sym[0]);
-    cg_cuda_attention_tiled_symbol(&d, sym[1], sizeof sym[1]);
-    char *src[2] = {cg_cuda_op_source(&d, err, sizeof err), cg_cuda_attention_tiled_source(&d)};
     uint64_t dq = upload(q, (size_t)(T * qc) * 4), dk = upload(kc, (size_t)(P * kvc) * 4),
              dv = upload(vc, (size_t)(P * kvc) * 4), dp = upload(pos, (size_t)T * 4), dout = upload(NULL, (size_t)(T * qc) * 4);
     long long TT = T;
-    for (int form = 0; form < 2; form++) {
-        void *fn = kernel(src[form], sym[form]);
+    /* the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query; tiled with 1 to 32
+     * threads a query, several key tiles and the last partial */
+    static const CgCudaAttnForm forms[] = {{1, 128, 0}, {64, 4, 0}, {1, 32, 0}, {1, 256, 0}, {32, 8, 16},
+                                           {16, 2, 8},  {8, 32, 0}, {128, 1, 4}};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(forms); k++) {
+        const CgCudaAttnForm *f = &forms[k];
+        char sym[600], err[256];
+        cg_cuda_attention_symbol(&d, f, sym, sizeof sym);
+        char *src = cg_cuda_attention_source(&d, f, err, sizeof err);
+        if (!src) fprintf(stderr, "%s\n", err);
+        assert_non_null(src);
+        void *fn = kernel(src, sym);
         unsigned g[3], b[3];
-        size_t smem = 0;
-        if (form) cg_cuda_attention_tiled_launch(&d, T, g, b);
-        else cg_cuda_op_launch(&d, T, g, b, &smem);
+        cg_cuda_attention_launch(&d, f, T, g, b);
         char e[512];
         for (int64_t i = 0; i < T * qc; i++) got[i] = NAN; /* poison: unwritten elements show */
         assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
         void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout};
-        launch(fn, g, b, smem, args);
+        launch(fn, g, b, 0, args);
         download(got, dout, (size_t)(T * qc) * 4);
         double re = rel_err(got, want, (size_t)(T * qc));
-        printf("attention %s T=%lld H=%d KVH=%d HD=%d from position %d: rel err %.3g\n", form ? "tiled" : "per query",
+        printf("attention %dx%d/kv%d T=%lld H=%d KVH=%d HD=%d from position %d: rel err %.3g\n", f->bq, f->tpq, f->bkv,
                (long long)T, H, KVH, HD, P0, re);
         assert_true(re <= 1e-5);
-        free(src[form]);
+        free(src);
     }
     uint64_t bufs[] = {dq, dk, dv, dp, dout};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);

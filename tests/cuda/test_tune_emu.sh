@@ -4,7 +4,7 @@
 # and its logits must match the rule's tile (the tuner discards and warns otherwise: here that is a
 # failure, since every tile computes the same product); the database is the emulator's (isa emu), and
 # `run --device cuda --tuning` takes it without a warning (its schedule by tokens said: the GEMV form
-# at T = 1, the tile at 64) and matches the CPU backend's routing.
+# at T = 1, the tile at 64) and matches the CPU backend's routing; the same for split-K and attention.
 set -u
 MOEPPC=$1 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -61,4 +61,23 @@ grep -Eq "down 1:1x[0-9]+/u[0-9]+/sk2@999.0" "$WORK/sk.err" || { echo "the split
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS9" --route-stats > "$WORK/cpu9.out" 2>/dev/null || exit 1
 diff <(grep -A4 "picks per MoE layer" "$WORK/cpu9.out") <(grep -A4 "picks per MoE layer" "$WORK/sk.out") ||
   { echo "routing differs between the CPU backend and the GPU path with split-K"; exit 1; }
+# attention (tuned after the GEMMs, with what the budget leaves): the per-query kernel's warps at
+# T = 1 (no tiled form there); at T = 64 forms of both kernels. A database whose T = 64 winner is a
+# tiled form of 8 threads a query and key tiles of 16 (raised by hand): 64 tokens run on it, routing
+# and the top logits as the CPU's
+grep "op: attention" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq 'measured: \{1x[0-9]+: [0-9.]+, 1x[0-9]+: [0-9.]+, 1x[0-9]+: ' ||
+  { echo "attention: fewer than 3 per-query forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+grep "op: attention" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq '[0-9]+x[0-9]+/kv|[2-9][0-9]*x[0-9]+: ' &&
+  { echo "attention: a tiled form measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+grep "op: attention" "$WORK/db.yaml" | grep "tokens: 64," | grep -q '16x8/kv16: ' ||
+  { echo "attention: 16x8/kv16 not measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
+sed -E '/op: attention.*tokens: 64,/ s#(16x8/kv16): [0-9.]+#\1: 999.0#' "$WORK/db.yaml" > "$WORK/db_att.yaml"
+IDS64=$(seq -s ' ' 1 64)
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS64" --device cuda --tuning "$WORK/db_att.yaml" --route-stats \
+  > "$WORK/att.out" 2> "$WORK/att.err" || { echo "run with a tuned attention failed"; cat "$WORK/att.err"; exit 1; }
+grep -Eq "; attention 1:1x[0-9]+@[0-9.]+;64:[^;]*16x8/kv16@999.0" "$WORK/att.err" ||
+  { echo "the tuned attention form was not taken:"; cat "$WORK/att.err"; exit 1; }
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS64" --route-stats > "$WORK/cpu64.out" 2>/dev/null || exit 1
+diff <(grep -A4 "picks per MoE layer" "$WORK/cpu64.out") <(grep -A4 "picks per MoE layer" "$WORK/att.out") ||
+  { echo "routing differs between the CPU backend and the GPU path with a tuned attention"; exit 1; }
 echo "ok: $(grep -c 'op: ' "$WORK/db.yaml") entries, every tile agrees with the rule's"

@@ -31,7 +31,7 @@ static void check_entry(const TuneEntry *e)
     for (int i = 0; i < e->n_measured; i++) {
         const TuneMeasure *m = &e->measured[i];
         bool gemm = tune_op_is_gemm(e->op);
-        FUZZ_CHECK(gemm ? m->c.tile_m >= 1 && m->c.tile_n >= 1 && m->c.kv_block == 0 : m->c.kv_block >= 1,
+        FUZZ_CHECK(gemm ? m->c.tile_m >= 1 && m->c.tile_n >= 1 && m->c.kv_block == 0 : m->c.kv_block >= 1 || m->c.tile_m >= 1,
                    "a configuration of the wrong kind for %s", e->op);
         FUZZ_CHECK(isfinite(m->gflops) && m->gflops >= 0, "bad measurement");
         best |= tune_config_equal(&m->c, &e->best);

@@ -377,8 +377,23 @@ static void test_gpu_tiles(void **state)
     stranger.n += 8, stranger.tokens = 512, stranger.best.tile_m = 128; /* another shape: not this model's */
     stranger.measured[0].c = stranger.best;
     tune_db_add(&db, &stranger);
-    const char *sched[2] = {NULL, NULL};
-    assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 2);
+    /* attention: the per-query form at T = 1, a tiled one at 512 (keyed heads, head_dim, kv_heads);
+     * an entry of other heads is not this model's */
+    const IrInstr *att = m->first;
+    while (att->op != IR_OP_ATTENTION) att = att->next;
+    for (int b = 0; b < 3; b++) {
+        TuneEntry e;
+        memset(&e, 0, sizeof e);
+        snprintf(e.op, sizeof e.op, "attention");
+        e.dtype = DT_F32, e.n = ir_attr_int(att, "heads") + (b == 2), e.k = att->in[0]->type.dims[1] / e.n;
+        e.groups = ir_attr_int(att, "kv_heads"), e.tokens = b ? 512 : 1;
+        e.best = b ? (TuneConfig){.tile_m = 64, .tile_n = 8, .kv_block = 16} : (TuneConfig){.tile_m = 1, .tile_n = 64};
+        e.measured[e.n_measured++] = (TuneMeasure){e.best, 10.0};
+        tune_db_add(&db, &e);
+    }
+    const char *sched[3] = {NULL, NULL, NULL};
+    assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 3);
+    assert_string_equal(sched[2], "-1;1:1x64@10.0;512:64x8/kv16@10.0");
     assert_string_equal(sched[0], "-1;64:32x64/kc16@100.0,64x64/kc32@90.0;512:64x64/kc32@100.0,32x64/kc16@50.0;"
                                   "4096:96x64/kc64@100.0");
     TileSchedule ts;
