@@ -477,20 +477,21 @@ void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, cons
     t->features = hash_str(gpu_name);
 }
 
-int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched[3], Arena *arena)
+int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched[4], Arena *arena)
 {
-    static const ir_op ops[3] = {IR_OP_MOE_GROUPED_UP, IR_OP_MOE_GROUPED_DOWN, IR_OP_ATTENTION};
-    static const char *const names[3] = {"grouped_up", "grouped_down", "attention"};
+    static const ir_op ops[4] = {IR_OP_MOE_GROUPED_UP, IR_OP_MOE_GROUPED_DOWN, IR_OP_ATTENTION, IR_OP_MOE_ROUTE};
+    static const char *const names[4] = {"grouped_up", "grouped_down", "attention", "route"};
     int set = 0;
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 4; kind++) {
         const IrInstr *i = m->first;
         while (i && i->op != ops[kind]) i = i->next;
         if (!i) continue;
-        /* the key: the weight's shape, as on the CPU; attention's heads, head_dim, kv_heads (f32) */
-        const IrValue *w = kind < 2 ? i->in[kind == 0 ? 3 : 5] : NULL;
+        /* the key: the weight's shape, as on the CPU (route: its first matrix, one group); attention's
+         * heads, head_dim, kv_heads (f32) */
+        const IrValue *w = kind == 2 ? NULL : i->in[kind == 0 ? 3 : kind == 1 ? 5 : 1];
         moe_dtype dt = w ? w->type.dtype : DT_F32;
         int64_t n = w ? w->type.dims[0] : ir_attr_int(i, "heads"), k = w ? w->type.dims[1] : i->in[0]->type.dims[1] / n;
-        int64_t groups = ir_attr_int(i, w ? "experts" : "kv_heads");
+        int64_t groups = kind == 3 ? 1 : ir_attr_int(i, w ? "experts" : "kv_heads");
         const TuneEntry *found[TILE_MAX_BUCKETS];
         int nf = 0;
         for (int q = 0; q < db->n && nf < TILE_MAX_BUCKETS; q++) {
@@ -509,7 +510,7 @@ int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched
 }
 
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const IrModule *m, const char *sched[3], Arena *arena)
+                       const IrModule *m, const char *sched[4], Arena *arena)
 {
     TuneTarget t;
     tune_gpu_target(&t, gpu, arch, nvrtc);
@@ -517,11 +518,12 @@ void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, cons
     if (!tune_db_matches(db, &t, why, sizeof why))
         fprintf(stderr, "%s: warning: %s; its entries are ignored and the rule decides\n", path, why);
     else if (tune_db_gpu_schedules(db, m, sched, arena) == 0)
-        fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs or attention; the rule decides\n", path);
+        fprintf(stderr, "%s: warning: no entry for this model's grouped GEMMs, attention or router; the rule decides\n",
+                path);
     else
-        fprintf(stderr, "%s: grouped GEMM tiles by tokens (T:tile@GFLOP/s;...): up %s, down %s; attention %s\n", path,
-                sched[0] ? strchr(sched[0], ';') + 1 : "the rule's", sched[1] ? strchr(sched[1], ';') + 1 : "the rule's",
-                sched[2] ? strchr(sched[2], ';') + 1 : "the rule's");
+        fprintf(stderr, "%s: grouped GEMM tiles by tokens (T:tile@GFLOP/s;...): up %s, down %s; attention %s; router %s\n",
+                path, sched[0] ? strchr(sched[0], ';') + 1 : "the rule's", sched[1] ? strchr(sched[1], ';') + 1 : "the rule's",
+                sched[2] ? strchr(sched[2], ';') + 1 : "the rule's", sched[3] ? strchr(sched[3], ';') + 1 : "the rule's");
 }
 
 /* "cpu znver3 (avx512) with LLVM 14.0.6 by moeppc 0.1.0", features shown only when they differ. */

@@ -42,7 +42,8 @@
  * SxW/uU = the GEMV's slots per pass, warps and k unroll; either with /skS on grouped_down. Its
  * attention entries (keyed as the CPU's) have QxP[/kvB] = queries per block x threads per query and
  * the key tile of the tiled kernel, or 1xP = the per-query kernel with P threads (codegen/cuda's
- * CgCudaAttnForm).
+ * CgCudaAttnForm); its route entries (keyed as the CPU's) 1xN = the fused router with N threads a
+ * token, or MxN/kcK = the unfused path with the router's linears on that FMA tile.
  */
 #ifndef MOEPPC_PASSES_TUNING_H
 #define MOEPPC_PASSES_TUNING_H
@@ -107,17 +108,17 @@ void tune_db_free(TuneDb *db);
 bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len);
 /* The identity of a GPU as a GPU database records it (see the file format). */
 void tune_gpu_target(TuneTarget *t, const char *gpu_name, const char *arch, const char *nvrtc);
-/* A GPU database's schedules for the grouped up- and down-projections and the attention of m
- * (sched[0]: up, [1]: down, [2]: attention): per token bucket of the entries of m's shape, the
- * configurations that win some bucket with their measured GFLOP/s (schedule.h, width TILE_SCHED_GPU:
- * the executor picks per T by measured neighbours), allocated in arena; an op without entries keeps
- * sched[] as given. Returns how many of the three were set. */
+/* A GPU database's schedules for the grouped up- and down-projections, the attention and the router
+ * of m (sched[0]: up, [1]: down, [2]: attention, [3]: route): per token bucket of the entries of m's
+ * shape, the configurations that win some bucket with their measured GFLOP/s (schedule.h, width
+ * TILE_SCHED_GPU: the executor picks per T by measured neighbours), allocated in arena; an op
+ * without entries keeps sched[] as given. Returns how many of the four were set. */
 struct IrModule;
-int tune_db_gpu_schedules(const TuneDb *db, const struct IrModule *m, const char *sched[3], Arena *arena);
+int tune_db_gpu_schedules(const TuneDb *db, const struct IrModule *m, const char *sched[4], Arena *arena);
 /* `--tuning DB` with `--device cuda` (db loaded from path): if it was made for this GPU (gpu name,
  * arch, nvrtc version, this moeppc), set sched[] from it and say so on stderr; a database for
  * another target is ignored with a warning. */
 void tune_db_apply_gpu(const char *path, const TuneDb *db, const char *gpu, const char *arch, const char *nvrtc,
-                       const struct IrModule *m, const char *sched[3], Arena *arena);
+                       const struct IrModule *m, const char *sched[4], Arena *arena);
 
 #endif

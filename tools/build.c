@@ -30,10 +30,10 @@ typedef struct {
     int n;
 } GpuKernels;
 
-static bool gpu_kernels(const IrModule *m, const char *arch, const char *const sched[3], GpuKernels *g, RtError *err)
+static bool gpu_kernels(const IrModule *m, const char *arch, const char *const sched[4], GpuKernels *g, RtError *err)
 {
     *g = (GpuKernels){0};
-    CudaOptions o = {.images_arch = arch, .tile_sched = {sched[0], sched[1], sched[2]}};
+    CudaOptions o = {.images_arch = arch, .tile_sched = {sched[0], sched[1], sched[2], sched[3]}};
     if (!cuda_module_kernels(m, &o, &g->code, &g->n, err)) return false;
     g->bin = xcalloc((size_t)g->n + 1, sizeof *g->bin);
     if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) return true;
@@ -156,7 +156,7 @@ static void write_c_string(FILE *f, const char *name, const char *text)
 }
 
 static bool write_main(const char *path, const char *spec_text, const char *ir_text, const Recorder *r,
-                       const GpuKernels *gpu, const char *arch, const char *const sched[3])
+                       const GpuKernels *gpu, const char *arch, const char *const sched[4])
 {
     FILE *f = fopen(path, "w");
     if (!f) return false;
@@ -184,13 +184,13 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
     if (gpu)
         fprintf(f, "    cfg.cuda = &cuda_backend; /* --device cuda: the kernels above, no compiler at run time */\n"
                    "    cfg.cuda_images = gpu_table;\n    cfg.n_cuda_images = %d;\n    cfg.cuda_arch = gpu_arch;\n"
-                   "    /* the grouped GEMMs' tiles and attention's forms built in, by token count (a GPU tuning\n"
-                   "     * database's; NULL: the rule's) */\n"
-                   "    static const char *const tile_sched[3] = {%s%s%s, %s%s%s, %s%s%s};\n"
-                   "    cfg.cuda_tile_sched = tile_sched;\n",
-                gpu->n, sched[0] ? "\"" : "", sched[0] ? sched[0] : "NULL", sched[0] ? "\"" : "",
-                sched[1] ? "\"" : "", sched[1] ? sched[1] : "NULL", sched[1] ? "\"" : "",
-                sched[2] ? "\"" : "", sched[2] ? sched[2] : "NULL", sched[2] ? "\"" : "");
+                   "    /* the grouped GEMMs' tiles, attention's and the router's forms built in, by token count\n"
+                   "     * (a GPU tuning database's; NULL: the rule's) */\n"
+                   "    static const char *const tile_sched[4] = {",
+                gpu->n);
+    for (int k = 0; gpu && k < 4; k++)
+        fprintf(f, sched[k] ? "%s\"%s\"" : "%sNULL", k ? ", " : "", sched[k]);
+    if (gpu) fprintf(f, "};\n    cfg.cuda_tile_sched = tile_sched;\n");
     fprintf(f, "    return driver_main(argc, argv, &cfg);\n}\n");
     return fclose(f) == 0;
 }
@@ -251,10 +251,10 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     snprintf(main_c, sizeof main_c, "%s/main.c", dir);
     snprintf(tmp_out, sizeof tmp_out, "%s.tmp", out);
     GpuKernels gpu = {0};
-    const char *sched[3] = {NULL, NULL, NULL};
+    const char *sched[4] = {NULL, NULL, NULL, NULL};
     if (gpu_db && tune_db_gpu_schedules(gpu_db, m, sched, &m->arena) == 0)
-        fprintf(stderr, "moeppc build: warning: the GPU database has no entry for this model's grouped GEMMs or "
-                        "attention; the rule's kernels are built\n");
+        fprintf(stderr, "moeppc build: warning: the GPU database has no entry for this model's grouped GEMMs, "
+                        "attention or router; the rule's kernels are built\n");
 #ifdef MOEPPC_HAVE_CUDA
     if (ok && arch) {
         ok = gpu_kernels(m, arch, sched, &gpu, &err);

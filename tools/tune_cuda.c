@@ -188,6 +188,48 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     return compile_filter(out, n_list, code, map, n_code, arch, err, errlen);
 }
 
+/* Step 1 for the router (instruction i, its first matrix w1): the fused kernel with 64 .. 1024
+ * threads a token (where its vectors fit a block), the unfused path's linears on FMA tiles
+ * {16, 32, 64} x {16, 32, 64} x {16, 32} (w1's shape checked); returns how many were listed. */
+static int route_candidates(const IrInstr *i, const IrValue *w1, const char *arch, GpuCand *out, char *err,
+                            size_t errlen)
+{
+    static const int threads[] = {64, 128, 256, 512, 1024}, tiles[] = {16, 32, 64}, kcs[] = {16, 32};
+    CudaKernelCode code[MAX_CANDS];
+    int map[MAX_CANDS], n = 0, n_code = 0;
+    CgCudaRouteFused rf;
+    bool fused = cuda_route_fused_desc(i, false, &rf);
+    for (size_t a = 0; a < MOE_ARRAY_LEN(threads) + MOE_ARRAY_LEN(tiles) * MOE_ARRAY_LEN(tiles) * MOE_ARRAY_LEN(kcs); a++) {
+        GpuCand *c = &out[n++];
+        char why[512], sym[800];
+        char *src;
+        if (a < MOE_ARRAY_LEN(threads)) {
+            rf.threads = threads[a];
+            *c = (GpuCand){.c = {.tile_m = 1, .tile_n = rf.threads}, .ok = true, .threads = rf.threads};
+            src = fused ? cg_cuda_route_fused_source(&rf, why, sizeof why) : NULL;
+            if (!fused) snprintf(why, sizeof why, ": the router's weights are of mixed dtypes (no fused kernel)");
+            cg_cuda_route_fused_symbol(&rf, sym, sizeof sym);
+        } else {
+            size_t q = a - MOE_ARRAY_LEN(threads);
+            CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_FMA, w1->type.dtype, 1, 1,
+                                                w1->type.dims[0], w1->type.dims[1]);
+            g.bm = tiles[q / 6], g.bn = tiles[q / 2 % 3], g.bk = kcs[q % 2];
+            *c = (GpuCand){.c = {.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk}, .ok = true, .threads = 256};
+            src = cg_cuda_gemm_source(&g, why, sizeof why);
+            cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+        }
+        if (!src) {
+            const char *r = strstr(why, ": ");
+            snprintf(c->why, sizeof c->why, "%s", r ? r + 2 : why);
+            c->ok = false;
+            continue;
+        }
+        code[n_code] = (CudaKernelCode){.symbol = xstrdup(sym), .source = src};
+        map[n_code++] = n - 1;
+    }
+    return compile_filter(out, n, code, map, n_code, arch, err, errlen);
+}
+
 static void print_candidates(const char *what, const char *noun, const GpuCand *c, int n)
 {
     int good = 0;
@@ -215,6 +257,10 @@ typedef struct {
     CgOpDesc att;
     GpuCand att_cand[MAX_CANDS];
     int n_att;
+    int route_step;            /* the MoE layer's router, its first matrix, its forms */
+    const IrValue *route_w1;
+    GpuCand route_cand[MAX_CANDS];
+    int n_route;
 } GpuLayer;
 
 /* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
@@ -347,14 +393,16 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
     return ok;
 }
 
-/* Attention in form f (NULL: the rule's) for T queries at the end of a context of P positions (ids,
- * pos hold the whole context: its first P - T positions are run first, filling the KV cache): the
- * model's logits for the T (copied to *logits) and the median ms of the attention. */
-static bool run_attn(GpuLayer *L, const CgCudaAttnForm *f, const int32_t *ids, const int32_t *pos, int64_t P, int64_t T,
-                     float **logits, double *ms, RtError *err)
+/* The model with attention in form f (NULL: the rule's) and the router in form route ({0}: the
+ * rule's) for T tokens at the end of a context of P positions (ids, pos hold the whole context: its
+ * first P - T positions are run first, filling the KV cache): the logits for the T (copied to
+ * *logits) and the median ms of instruction `step`. */
+static bool run_form(GpuLayer *L, const CgCudaAttnForm *f, const int route[3], int step, const int32_t *ids,
+                     const int32_t *pos, int64_t P, int64_t T, float **logits, double *ms, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
     if (f) o.attn = *f;
+    for (int k = 0; k < 3; k++) o.route[k] = route[k];
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -362,9 +410,27 @@ static bool run_attn(GpuLayer *L, const CgCudaAttnForm *f, const int32_t *ids, c
     bool ok = (P == T || cuda_model_run(cm, ids, pos, P - T, err)) && cuda_model_run(cm, ids + P - T, pos + P - T, T, err);
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
-    ok = lg && bench_cuda_time_steps(cm, L->att_step, L->att_step + 1, L->n_steps, ids + P - T, pos + P - T, T, 9, ms, err);
+    ok = lg && bench_cuda_time_steps(cm, step, step + 1, L->n_steps, ids + P - T, pos + P - T, T, 9, ms, err);
     cuda_model_free(cm);
     return ok;
+}
+
+/* Candidate c of entry e ran T tokens in ms with logits lg: kept (measured; the best so far, in
+ * *best ms, if faster) when they match the rule's (ref, bf16 tolerance), else discarded with a warning. */
+static bool check_candidate(const GpuLayer *L, TuneEntry *e, const TuneConfig *c, const float *lg, const float *ref,
+                            int64_t T, double ms, double flop, double *best)
+{
+    double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
+    char name[64];
+    tune_config_format(c, name, sizeof name);
+    if (re > 2e-2) {
+        fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's by %.3g; discarded\n", e->op, name, re);
+        return true;
+    }
+    e->measured[e->n_measured++] = (TuneMeasure){*c, 1e-9 * flop / (ms * 1e-3)};
+    if (ms < *best) *best = ms, e->best = *c;
+    fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e->op, (long long)T, name, ms, *best);
+    return true;
 }
 
 /* Attention's entry at T: the rule's form, then every candidate (at T = 1 the per-query ones only),
@@ -384,25 +450,52 @@ static bool tune_attention(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
     TuneConfig rc = {.tile_m = rf.bq, .tile_n = rf.tpq, .kv_block = rf.bkv};
     float *ref = NULL;
     double ms, best;
-    bool ok = run_attn(L, NULL, ids, pos, P, T, &ref, &ms, err);
+    int zero[3] = {0};
+    bool ok = run_form(L, NULL, zero, L->att_step, ids, pos, P, T, &ref, &ms, err);
     if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
     for (int q = 0; ok && q < L->n_att && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
         const TuneConfig *c = &L->att_cand[q].c;
         if (!L->att_cand[q].ok || tune_config_equal(c, &rc) || (T == 1 && c->tile_m > 1)) continue;
         CgCudaAttnForm f = {c->tile_m, c->tile_n, c->kv_block};
         float *lg = NULL;
-        if (!(ok = run_attn(L, &f, ids, pos, P, T, &lg, &ms, err))) break;
-        double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
+        if (!(ok = run_form(L, &f, zero, L->att_step, ids, pos, P, T, &lg, &ms, err))) break;
+        ok = check_candidate(L, &e, c, lg, ref, T, ms, flop, &best);
         free(lg);
-        char name[64];
-        tune_config_format(c, name, sizeof name);
-        if (re > 2e-2) {
-            fprintf(stderr, "moeppc tune: warning: attention %s: logits differ from the rule's by %.3g; discarded\n", name, re);
-            continue;
-        }
-        e.measured[e.n_measured++] = (TuneMeasure){*c, 1e-9 * flop / (ms * 1e-3)};
-        if (ms < best) best = ms, e.best = *c;
-        fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
+    }
+    fputc('\n', stderr);
+    if (ok && e.n_measured) tune_db_add(db, &e);
+    free(ref), free(ids), free(pos);
+    return ok;
+}
+
+/* The router's entry at T (T tokens at positions 0..T-1, as the GEMMs'): the rule's form (fused up
+ * to 64 tokens, the GEMMs above), then every candidate, each checked by the model's logits and timed. */
+static bool tune_route(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
+{
+    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
+    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
+    const IrValue *w = L->route_w1;
+    TuneEntry e = {.dtype = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1], .groups = 1, .tokens = T};
+    snprintf(e.op, sizeof e.op, "route");
+    double flop = 2.0 * (double)T * (double)e.n * (double)e.k; /* its first matrix's, as the CPU counts */
+    bool fused_rule = L->route_cand[0].ok && T <= 64; /* (the executor's FUSED_ROUTE_MAX_T) */
+    CgCudaGemm d = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_FMA, e.dtype, 1, 1, e.n, e.k);
+    TuneConfig rc = fused_rule ? (TuneConfig){.tile_m = 1, .tile_n = 256} : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
+    float *ref = NULL;
+    double ms, best;
+    int zero[3] = {0};
+    bool ok = run_form(L, NULL, zero, L->route_step, ids, pos, T, T, &ref, &ms, err);
+    if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
+    for (int q = 0; ok && q < L->n_route && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
+        const TuneConfig *c = &L->route_cand[q].c;
+        bool rule_tile = c->tile_m == d.bm && c->tile_n == d.bn && c->kc == d.bk;
+        if (!L->route_cand[q].ok || tune_config_equal(c, &rc)) continue;
+        if (T <= CG_CUDA_GEMV_MAX_T && c->tile_m > 1 && !rule_tile) continue; /* the linears' GEMV: one tile stands for all */
+        int form[3] = {c->tile_m, c->tile_n, (int)c->kc};
+        float *lg = NULL;
+        if (!(ok = run_form(L, NULL, form, L->route_step, ids, pos, T, T, &lg, &ms, err))) break;
+        ok = check_candidate(L, &e, c, lg, ref, T, ms, flop, &best);
+        free(lg);
     }
     fputc('\n', stderr);
     if (ok && e.n_measured) tune_db_add(db, &e);
@@ -433,6 +526,10 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     int route = bench_instr_index(L->m, IR_OP_MOE_ROUTE, -1);
     L->step[0] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_UP, route);
     L->step[1] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_DOWN, route);
+    L->route_step = route;
+    const IrInstr *ri = L->m->first;
+    for (int k = 0; route >= 0 && k < route; k++) ri = ri->next;
+    L->route_w1 = route >= 0 ? ri->in[1] : NULL;
     L->att_step = bench_instr_index(L->m, IR_OP_ATTENTION, -1);
     const IrInstr *ai = L->m->first;
     for (int k = 0; k < L->att_step; k++) ai = ai->next;
@@ -468,8 +565,17 @@ static bool layer_candidates(GpuLayer *L, const char *arch, GpuCand cand[2][2][M
         print_candidates(what, form ? "GEMV forms (slots x warps / u k unroll)" : "tiles", cand[form][kind],
                          n_cand[form][kind]);
     }
-    if (L->att_step < 0) return true;
     char err[1024], what[160];
+    const IrInstr *ri = L->m->first;
+    for (int k = 0; k < L->route_step; k++) ri = ri->next;
+    if ((L->n_route = route_candidates(ri, L->route_w1, arch, L->route_cand, err, sizeof err)) < 0) {
+        fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
+        return false;
+    }
+    snprintf(what, sizeof what, "route %lldx%lld (%s, %s)", (long long)L->route_w1->type.dims[0],
+             (long long)L->route_w1->type.dims[1], arch, cg_cuda_nvrtc_version_text());
+    print_candidates(what, "forms (1xN: fused, N threads a token; MxN/kcK: the linears' FMA tile)", L->route_cand, L->n_route);
+    if (L->att_step < 0) return true;
     if ((L->n_att = attn_candidates(&L->att, arch, L->att_cand, err, sizeof err)) < 0) {
         fprintf(stderr, "moeppc tune: error: NVRTC: %s\n", err);
         return false;
@@ -522,9 +628,14 @@ int tune_cuda(const TuneArgs *a)
         ok = tune_bucket(&L, (const GpuCand(*)[2][MAX_CANDS])cand, (const int(*)[2])n_cand, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
-    /* attention after every GEMM bucket: the GEMMs weigh most, attention gets what the budget leaves */
+    /* attention and the router after every GEMM bucket: the GEMMs weigh most, these get what the
+     * budget leaves */
     for (int q = 0; q < a->n_tokens && ok && L.att_step >= 0 && now_s() < L.deadline; q++) {
         ok = tune_attention(&L, a->tokens[q], &db, &err);
+        if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
+    }
+    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) { /* then the router */
+        ok = tune_route(&L, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
     char why[512];

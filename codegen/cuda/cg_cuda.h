@@ -89,7 +89,7 @@ void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned
  * ROUTE_POST (`post` gives its constants). Weights in their stored dtype, all of `wdtype`; the
  * constant experts' Wc stacked [2·n_const][D].
  *   (long long T, const float *x, const void *w1, const void *w2, const float *r, const void *wg,
- *    const void *wc, float *logits, float *weights, int *ids, float *alpha)   grid T, block 256
+ *    const void *wc, float *logits, float *weights, int *ids, float *alpha)   grid T, block `threads`
  * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts. */
 typedef struct CgCudaRouteFused {
     CgOpDesc post;           /* the ROUTE_POST descriptor                                   */
@@ -99,6 +99,8 @@ typedef struct CgCudaRouteFused {
     int64_t d, h1;           /* hidden size; the first layer's width (0: one-layer router)  */
     bool residual;
     double s;                /* the experts' input scale (alpha is computed from s·x)       */
+    int threads;             /* a block's threads: whole warps, 32..1024 (0: 256; the GPU
+                                tuner's knob, "_tN" symbols)                               */
 } CgCudaRouteFused;
 void  cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n);
 /* NULL with err set when the vectors do not fit one block's shared memory (then: the unfused path). */

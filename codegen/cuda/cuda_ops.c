@@ -577,6 +577,8 @@ char *cg_cuda_kv_store_source(int64_t cols)
 
 #define FUSED_ROUTE_THREADS 256
 
+static int fused_route_threads(const CgCudaRouteFused *r) { return r->threads ? r->threads : FUSED_ROUTE_THREADS; }
+
 static long fused_route_smem(const CgCudaRouteFused *r)
 {
     return 4L * (r->d + (r->h1 > 0 ? r->h1 : 1) + 2 * r->post.experts + (2 * r->post.n_const > 0 ? 2 * r->post.n_const : 1));
@@ -589,14 +591,21 @@ void cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
     const char *rest = strncmp(post, "moeppc_cu_", 10) == 0 ? post + 10 : post;
     uint64_t sbits;
     memcpy(&sbits, &r->s, sizeof sbits);
-    snprintf(out, n, "moeppc_cu_fused_%s_%s_d%lld_h%lld_r%d_s%llx%s", rest, dtype_name(r->wdtype), (long long)r->d,
-             (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits, r->wc_table ? "_wt" : "");
+    int w = snprintf(out, n, "moeppc_cu_fused_%s_%s_d%lld_h%lld_r%d_s%llx%s", rest, dtype_name(r->wdtype),
+                     (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits,
+                     r->wc_table ? "_wt" : "");
+    if (r->threads && r->threads != FUSED_ROUTE_THREADS && w > 0 && (size_t)w < n)
+        snprintf(out + w, n - (size_t)w, "_t%d", r->threads);
 }
 
 char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen)
 {
     const CgOpDesc *d = &r->post;
     if (!check(d, err, errlen)) return NULL;
+    if (r->threads && (r->threads < 32 || r->threads > 1024 || r->threads % 32)) {
+        snprintf(err, errlen, "cuda fused route: %d threads a block (whole warps, 32..1024)", r->threads);
+        return NULL;
+    }
     if (r->d <= 0 || r->h1 < 0 || fused_route_smem(r) > 48 * 1024) {
         snprintf(err, errlen, "cuda fused route: hidden %lld, router width %lld, %lld experts do not fit one block",
                  (long long)r->d, (long long)r->h1, (long long)d->experts);
@@ -608,7 +617,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
     cb_prelude(&b, r->wdtype);
     emit_route_defs(&b, d);
     cb_printf(&b, "#define D %lld\n#define H1 %lld\n#define RES %d\n#define NT %d\n#define NW (NT / 32)\n",
-              (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, FUSED_ROUTE_THREADS);
+              (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, fused_route_threads(r));
     cb_double(&b, "S", r->s);
     cb_printf(&b,
         "/* One weight row (n elements, 16-byte loads when n allows) against a vector in shared memory: the\n"
@@ -678,8 +687,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
 
 void cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
 {
-    (void)r;
     grid[0] = (unsigned)(T > 0 ? T : 1), grid[1] = grid[2] = 1;
-    block[0] = FUSED_ROUTE_THREADS, block[1] = block[2] = 1;
+    block[0] = (unsigned)fused_route_threads(r), block[1] = block[2] = 1;
     *smem = 0;
 }

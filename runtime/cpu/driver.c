@@ -362,7 +362,7 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                          .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
         if (cfg->cuda_tile_sched)
-            for (int k = 0; k < 3; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
+            for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
             char gpu[128], arch[16];
             if (!cfg->cuda->identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) {

@@ -31,8 +31,9 @@ typedef struct DriverConfig {
     const CudaKernelImage *cuda_images;
     int n_cuda_images;
     const char *cuda_arch;
-    const char *const *cuda_tile_sched; /* the grouped GEMMs' tiles and attention's forms by token
-                                     count the kernels were built with (up, down, attention;
+    const char *const *cuda_tile_sched; /* the grouped GEMMs' tiles, attention's and the router's
+                                     forms by token count the kernels were built with (up, down,
+                                     attention, route;
                                      CudaOptions.tile_sched), from a GPU
                                      tuning database; NULL: the rule's                             */
     CudaCompileFn cuda_compile;   /* NVRTC for what is not built in (moeppc run), or NULL          */

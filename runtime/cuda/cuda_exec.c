@@ -56,6 +56,20 @@ typedef struct AttnAlt {
     int k[TILE_MAX_BUCKETS], n;
 } AttnAlt;
 
+/* The router's forms other than the rule's (fused up to FUSED_ROUTE_MAX_T tokens, the GEMMs above):
+ * the tuner's candidate (CudaOptions.route, every T) or a database's schedule (tile_sched[3]). A
+ * configuration 1xN is the fused kernel with N threads a token; MxN/kcK the unfused path with the
+ * router's linears on that FMA tile (above CG_CUDA_GEMV_MAX_T tokens; their GEMV at or below). */
+typedef struct RouteAlt {
+    TileSchedule sched;               /* n = 0: c[0] for every T */
+    TuneConfig c[TILE_MAX_BUCKETS];
+    CgCudaRouteFused rf[TILE_MAX_BUCKETS];
+    int kfused[TILE_MAX_BUCKETS];     /* fused: its kernel                                   */
+    CgCudaGemm *g;                    /* unfused: [config][n_gm], the linears' tiles         */
+    int *k;                           /* ... and their kernels                               */
+    int n;
+} RouteAlt;
+
 typedef struct Step {
     const IrInstr *i;
     int kern, kern_tanh, kern_scale, kern_kv; /* op kernels (route: post, tanh, scale; attention: +store) */
@@ -63,6 +77,7 @@ typedef struct Step {
     int kern_fused;                 /* route: the fused router for small T (-1: none); attention: its
                                        tiled form for T >= CG_CUDA_ATTN_TILED_MIN_T                        */
     AttnAlt *att;                   /* attention: tuned forms (NULL: the rule's two kernels)              */
+    RouteAlt *route;                /* route: tuned forms (NULL: the rule's)                              */
     CgCudaRouteFused rf;
     uint64_t wc_stack;              /* route: the constant experts' Wc stacked for the fused router       */
     Gemm gm[2 + 1 + 64];            /* linear 1; grouped 1 (stacked); route W1 [W2] [Wg] Wc...            */
@@ -356,6 +371,87 @@ static bool linear_setup(CudaModel *cm, Gemm *gm, const IrValue *w, int64_t ldc,
 
 /* ---- preparing the steps ------------------------------------------------------------------------ */
 
+bool cuda_route_fused_desc(const IrInstr *i, bool wc_table, CgCudaRouteFused *rf)
+{
+    int64_t nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    bool res = ir_attr_int(i, "residual"), same_dtype = true;
+    for (int k = 1; k < i->n_in; k++)
+        same_dtype &= (res && k == 1 + (int)L) || i->in[k]->type.dtype == i->in[1]->type.dtype;
+    *rf = (CgCudaRouteFused){.wc_table = wc_table && nc > 0, .wdtype = i->in[1]->type.dtype, .d = cols(i->in[0]),
+                             .h1 = L == 2 ? i->in[1]->type.dims[0] : 0, .residual = res, .s = ir_attr_float(i, "s")};
+    return same_dtype && cg_op_desc_for(i, &rf->post);
+}
+
+/* The fused router rf's kernel (false, nothing added, when its vectors do not fit one block). */
+static bool route_fused_kern(CudaModel *cm, const CgCudaRouteFused *rf, int *out)
+{
+    char sym[800], why[512];
+    cg_cuda_route_fused_symbol(rf, sym, sizeof sym);
+    if (kern_have(cm, sym, out)) return true;
+    char *src = cg_cuda_route_fused_source(rf, why, sizeof why);
+    if (!src) return false;
+    unsigned g1[3], g2[3], bl[3];
+    size_t smem;
+    cg_cuda_route_fused_launch(rf, 1, g1, bl, &smem);
+    cg_cuda_route_fused_launch(rf, 512, g2, bl, &smem);
+    return kern_new(cm, sym, src, g1, g2, bl, smem, out);
+}
+
+/* The tuned router forms (RouteAlt), after the rule's kernels are set up. A fused form where the
+ * fused router cannot be (vectors too large, weights of mixed dtypes) is left out: the pick then
+ * finds no kernel and the rule's path runs. */
+static bool route_alt(CudaModel *cm, Step *st, RtError *err)
+{
+    const char *text = cm->o.tile_sched[3];
+    if (cm->o.route[0] <= 0 && !text) return true;
+    RouteAlt *a = st->route = xcalloc(1, sizeof *st->route);
+    TuneConfig list[TILE_MAX_BUCKETS];
+    int n = 0;
+    if (cm->o.route[0] > 0) {
+        list[n++] = (TuneConfig){.tile_m = cm->o.route[0], .tile_n = cm->o.route[1], .kc = cm->o.route[2]};
+    } else {
+        if (!tile_schedule_parse(text, &a->sched) || a->sched.nr != TILE_SCHED_GPU) {
+            snprintf(err->msg, sizeof err->msg, "the tuning database's router schedule '%s' is not a GPU one", text);
+            return false;
+        }
+        for (int b = 0; b < a->sched.n; b++)
+            for (int c = 0; c < a->sched.b[b].n; c++) {
+                bool have = false;
+                for (int j = 0; j < n; j++) have |= tune_config_equal(&list[j], &a->sched.b[b].c[c]);
+                if (have) continue;
+                if (n == TILE_MAX_BUCKETS) {
+                    snprintf(err->msg, sizeof err->msg, "the router schedule '%s' names more than %d forms", text,
+                             TILE_MAX_BUCKETS);
+                    return false;
+                }
+                list[n++] = a->sched.b[b].c[c];
+            }
+    }
+    a->g = xcalloc((size_t)(n * st->n_gm), sizeof *a->g), a->k = xcalloc((size_t)(n * st->n_gm), sizeof *a->k);
+    for (int j = 0; j < n; j++) {
+        const TuneConfig *t = &list[j];
+        a->c[a->n] = *t, a->kfused[a->n] = -1;
+        if (t->tile_m == 1) { /* fused, t->tile_n threads */
+            if (st->kern_fused < 0) continue;
+            a->rf[a->n] = st->rf, a->rf[a->n].threads = t->tile_n;
+            if (!route_fused_kern(cm, &a->rf[a->n], &a->kfused[a->n])) {
+                snprintf(err->msg, sizeof err->msg, "the router form %dx%d: %d threads a block (whole warps, 32..1024)",
+                         t->tile_m, t->tile_n, t->tile_n);
+                return false;
+            }
+        } else { /* every linear of the router on this FMA tile */
+            for (int q = 0; q < st->n_gm; q++) {
+                CgCudaGemm *g = &a->g[a->n * st->n_gm + q];
+                *g = st->gm[q].tiled;
+                g->bm = t->tile_m, g->bn = t->tile_n, g->bk = t->kc ? (int)t->kc : g->bk;
+                if (st->gm[q].k_tiled < 0 || !gemm_kern(cm, g, &a->k[a->n * st->n_gm + q], err)) return false;
+            }
+        }
+        a->n++;
+    }
+    return true;
+}
+
 static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
@@ -372,28 +468,18 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     }
     /* every operand but x and the residual logits r is a weight: W1 [W2] [Wg] Wc... */
     int res_at = 1 + (int)L;
-    bool res = ir_attr_int(i, "residual"), same_dtype = true;
+    bool res = ir_attr_int(i, "residual");
     for (int k = 1; k < i->n_in; k++) {
         if (res && k == res_at) continue;
         MOE_ASSERT(st->n_gm < (int)MOE_ARRAY_LEN(st->gm));
         bool is_const = k > (res ? res_at + 1 : (int)L);
         if (!linear_setup(cm, &st->gm[st->n_gm++], i->in[k], is_const ? 2 * nc : 0, true, err)) return false;
-        same_dtype &= i->in[k]->type.dtype == i->in[1]->type.dtype;
     }
-    /* the fused router for small T, when its vectors fit one block */
+    /* the fused router for small T, when its vectors fit one block and its weights share a dtype */
     st->kern_fused = -1;
-    st->rf = (CgCudaRouteFused){.post = st->d, .wc_table = cm->o.weights_in_place && nc > 0, .wdtype = i->in[1]->type.dtype, .d = D,
-                                .h1 = L == 2 ? i->in[1]->type.dims[0] : 0, .residual = res, .s = ir_attr_float(i, "s")};
-    char sym[800], why[512];
-    cg_cuda_route_fused_symbol(&st->rf, sym, sizeof sym);
-    char *src = same_dtype ? cg_cuda_route_fused_source(&st->rf, why, sizeof why) : NULL;
-    if (!src) return true;
-    st->kern_fused = kern_add(cm, sym, src);
-    unsigned g1[3], g2[3], bl[3];
-    size_t smem;
-    cg_cuda_route_fused_launch(&st->rf, 1, g1, bl, &smem);
-    cg_cuda_route_fused_launch(&st->rf, 512, g2, bl, &smem);
-    launch_text(cm->k[st->kern_fused].launch, sizeof cm->k[st->kern_fused].launch, g1, g2, bl, smem);
+    if (!cuda_route_fused_desc(i, cm->o.weights_in_place, &st->rf) || !route_fused_kern(cm, &st->rf, &st->kern_fused))
+        return route_alt(cm, st, err);
+    if (!route_alt(cm, st, err)) return false;
     if (nc && !cm->dry && cm->o.weights_in_place)
         return wtable(cm, i->in + i->n_in - nc, (int)nc, "the constant experts' gate table", &st->wc_stack, err);
     if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
@@ -857,6 +943,14 @@ static bool op(const Run *r, const Step *st, int kern, const CgOpDesc *d, void *
 /* Whether T tokens run on gm's tiles (else the GEMV). */
 static bool tiled_at(const Run *r, const Gemm *gm) { return r->T > CG_CUDA_GEMV_MAX_T && gm->k_tiled >= 0; }
 
+static bool gemm_launch(const Run *r, const Step *st, const CgCudaGemm *g, int kern, void **args)
+{
+    unsigned gr[3], b[3];
+    size_t smem;
+    cg_cuda_gemm_launch(g, r->T, gr, b, &smem);
+    return launch(r, st, kern, gr, b, smem, args);
+}
+
 /* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
 static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
 {
@@ -869,24 +963,22 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
         for (int j = 0; j < gm->alt->n; j++)
             if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c)) g = &gm->alt->g[j], kern = gm->alt->k[j];
     }
-    unsigned gr[3], b[3];
-    size_t smem;
-    cg_cuda_gemm_launch(g, r->T, gr, b, &smem);
-    return launch(r, st, kern, gr, b, smem, args);
+    return gemm_launch(r, st, g, kern, args);
 }
 
-static bool linear(const Run *r, const Step *st, const Gemm *gm, uint64_t x, uint64_t out)
+/* out = x W^T; on tile g (kernel k) when given and T is above the GEMV's. */
+static bool linear(const Run *r, const Step *st, const Gemm *gm, const CgCudaGemm *g, int k, uint64_t x, uint64_t out)
 {
     uint64_t w = gm->w;
     void *args[] = {(void *)&r->TT, &x, &w, &out};
-    return gemm(r, st, gm, args);
+    return g && tiled_at(r, gm) ? gemm_launch(r, st, g, k, args) : gemm(r, st, gm, args);
 }
 
 /* Tokens up to which the router runs as one fused kernel (weights streamed once per token; above,
  * the GEMM kernels share them across tokens). */
 #define FUSED_ROUTE_MAX_T 64
 
-static bool run_route_fused(const Run *r, const Step *st)
+static bool run_route_fused(const Run *r, const Step *st, const CgCudaRouteFused *rf, int kern)
 {
     const IrInstr *i = st->i;
     int64_t L = ir_attr_int(i, "router_layers"), nc = ir_attr_int(i, "n_const");
@@ -899,14 +991,25 @@ static bool run_route_fused(const Run *r, const Step *st)
     void *a[] = {(void *)&r->TT, &x, &w1, &w2, &rr, &wg, &wc, &logits, &wts, &ids, &alpha};
     unsigned g[3], b[3];
     size_t smem;
-    cg_cuda_route_fused_launch(&st->rf, r->T, g, b, &smem);
-    return launch(r, st, st->kern_fused, g, b, smem, a);
+    cg_cuda_route_fused_launch(rf, r->T, g, b, &smem);
+    return launch(r, st, kern, g, b, smem, a);
 }
 
 static bool run_route(const Run *r, const Step *st)
 {
     const IrInstr *i = st->i;
-    if (st->kern_fused >= 0 && r->T <= FUSED_ROUTE_MAX_T) return run_route_fused(r, st);
+    const RouteAlt *ra = st->route;
+    int pick = -1; /* the tuned form for this T, if it has a kernel here */
+    if (ra) {
+        TuneConfig c = ra->sched.n ? tile_schedule_pick(&ra->sched, r->T) : ra->c[0];
+        for (int j = 0; j < ra->n; j++)
+            if (tune_config_equal(&ra->c[j], &c)) pick = j;
+    }
+    if (pick >= 0 && ra->c[pick].tile_m == 1) return run_route_fused(r, st, &ra->rf[pick], ra->kfused[pick]);
+    if (pick < 0 && st->kern_fused >= 0 && r->T <= FUSED_ROUTE_MAX_T) return run_route_fused(r, st, &st->rf, st->kern_fused);
+    const CgCudaGemm *tg = pick >= 0 ? ra->g + pick * st->n_gm : NULL; /* the linears' tuned tiles */
+    const int *tk = pick >= 0 ? ra->k + pick * st->n_gm : NULL;
+#define LIN(q, x, out) linear(r, st, &st->gm[q], tg ? tg + (q) : NULL, tk ? tk[q] : -1, x, out)
     int64_t T = r->T, E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
     int64_t D = cols(i->in[0]), H1 = L == 2 ? i->in[1]->type.dims[0] : 0;
     uint64_t x = addr(r, i->in[0]), h = r->cm->scratch;
@@ -914,18 +1017,23 @@ static bool run_route(const Run *r, const Step *st)
     uint64_t u = g + round64((size_t)(T * E) * 4), alog = u + round64((size_t)(T * D) * 4);
     int p = 0;
     if (L == 2) {
-        if (!linear(r, st, &st->gm[p++], x, h)) return false;
+        if (!LIN(p, x, h)) return false;
+        p++;
         void *ta[] = {(void *)&r->TT, &h, &h};
-        if (!op(r, st, st->kern_tanh, &st->d_tanh, ta) || !linear(r, st, &st->gm[p++], h, z0)) return false;
-    } else if (!linear(r, st, &st->gm[p++], x, z0)) return false;
+        if (!op(r, st, st->kern_tanh, &st->d_tanh, ta) || !LIN(p, h, z0)) return false;
+        p++;
+    } else if (!LIN(p, x, z0)) return false;
+    else p++;
     bool res = ir_attr_int(i, "residual");
-    if (res && !linear(r, st, &st->gm[p++], addr(r, i->in[1 + L]), g)) return false;
+    if (res && !LIN(p, addr(r, i->in[1 + L]), g)) return false;
+    p += res;
     if (nc) {
         void *sa[] = {(void *)&r->TT, &x, &u};
         if (!op(r, st, st->kern_scale, &st->d_scale, sa)) return false;
-        for (int64_t c = 0; c < nc; c++)
-            if (!linear(r, st, &st->gm[p++], u, alog + (uint64_t)(2 * c) * 4)) return false;
+        for (int64_t c = 0; c < nc; c++, p++)
+            if (!LIN(p, u, alog + (uint64_t)(2 * c) * 4)) return false;
     }
+#undef LIN
     uint64_t gg = res ? g : 0, al = nc ? alog : 0, logits = addr(r, i->out[2]), wts = addr(r, i->out[0]);
     uint64_t ids = addr(r, i->out[1]), alpha = nc ? addr(r, i->out[3]) : 0;
     void *a[] = {(void *)&r->TT, &z0, &gg, &logits, &al, &wts, &ids, &alpha};
@@ -963,7 +1071,7 @@ static bool run_step(const Run *r, const Step *st)
     uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
     uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
     switch (i->op) {
-    case IR_OP_LINEAR: return linear(r, st, &st->gm[0], a0, out);
+    case IR_OP_LINEAR: return linear(r, st, &st->gm[0], NULL, -1, a0, out);
     case IR_OP_MOE_ROUTE: return run_route(r, st);
     case IR_OP_ATTENTION: return run_attention(r, st);
     case IR_OP_ZEROS:
@@ -1163,6 +1271,8 @@ void cuda_model_free(CudaModel *cm)
     {
         for (int g = 0; g < cm->steps[s].n_gm; g++) free(cm->steps[s].gm[g].alt);
         free(cm->steps[s].att);
+        if (cm->steps[s].route) free(cm->steps[s].route->g), free(cm->steps[s].route->k);
+        free(cm->steps[s].route);
     }
     free(cm->steps);
     free(cm);

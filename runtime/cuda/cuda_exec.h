@@ -61,15 +61,19 @@ typedef struct CudaOptions {
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, cg_cuda_gemm_async's or _default's)      */
-    const char *tile_sched[3];      /* tuned configurations of the grouped up and down GEMMs and of
-                                       attention by token count (passes/schedule.h, TILE_SCHED_GPU;
-                                       tune_db_gpu_schedules): MMA tiles above CG_CUDA_GEMV_MAX_T,
-                                       GEMV forms (slots x warps / u k unroll) at or below; attention
-                                       forms (queries x threads / kv key tile, CgCudaAttnForm); a
-                                       kernel per configuration, the one for T picked by its
-                                       measured neighbours; NULL: the rule's                        */
+    const char *tile_sched[4];      /* tuned configurations of the grouped up and down GEMMs, of
+                                       attention and of the router by token count (passes/schedule.h,
+                                       TILE_SCHED_GPU; tune_db_gpu_schedules): MMA tiles above
+                                       CG_CUDA_GEMV_MAX_T, GEMV forms (slots x warps / u k unroll) at
+                                       or below; attention forms (queries x threads / kv key tile,
+                                       CgCudaAttnForm); router forms (as CudaOptions.route); a kernel
+                                       per configuration, the one for T picked by its measured
+                                       neighbours; NULL: the rule's                                 */
     CgCudaAttnForm attn;            /* attention's form for every T ({0}: the rule's; the GPU tuner's
                                        candidates)                                                  */
+    int route[3];                   /* the router's form for every T ({0}: the rule's; the GPU tuner's
+                                       candidates): {1, threads} the fused kernel, {bm, bn, bk} the
+                                       unfused path's linears on that FMA tile                     */
     int stages[2];                  /* k tiles in flight of the grouped up and down GEMMs' cp.async
                                        form (0: its 3; the GPU tuner's candidates)                  */
     int split_down;                 /* split-K ways of the grouped down GEMM, tiles and GEMV (0: none;
@@ -104,6 +108,10 @@ typedef struct CudaOptions {
 } CudaOptions;
 
 typedef struct CudaModel CudaModel;
+
+/* The fused router's descriptor for moe.route instruction i (CgCudaRouteFused, 256 threads); false
+ * when its weights are of mixed dtypes (no fused kernel). wc_table: weights used in place. */
+bool cuda_route_fused_desc(const IrInstr *i, bool wc_table, CgCudaRouteFused *rf);
 
 /* True when the environment variable `name` is "0" (a switch that is on unless turned off). Inline:
  * the run driver reads these switches in builds without the CUDA executor too. */

@@ -67,14 +67,15 @@ if "$MOEPPC" emit "$SPEC" --emit cuda --target sm_80 -o "$WORK/cu" > /dev/null 2
     echo "  - {op: grouped_up, dtype: bf16, n: 64, k: 64, groups: 4, tokens: 512, best: 32x64/kc16, measured: {64x64/kc32: 1.0, 32x64/kc16: 2.0}}"
     echo "  - {op: grouped_down, dtype: bf16, n: 64, k: 32, groups: 4, tokens: 512, best: 64x32/kc32, measured: {64x64/kc32: 1.0, 64x32/kc32: 2.0}}"
     echo "  - {op: attention, dtype: f32, n: 4, k: 16, groups: 4, tokens: 512, best: 32x8/kv16, measured: {64x4: 1.0, 32x8/kv16: 2.0}}"
+    echo "  - {op: route, dtype: bf16, n: 64, k: 64, groups: 1, tokens: 1, best: 1x512, measured: {1x256: 1.0, 1x512: 2.0}}"
   } > "$WORK/gpudb.yaml"
   run "$MOEPPC" build "$BF" --target sm_80 --tuning "$WORK/gpudb.yaml" --keep-temps -o "$WORK/gpumodel" > "$WORK/gpubuild.out" 2>&1
   kept=$(sed -n 's/^kept the intermediate files in //p' "$WORK/gpubuild.out")
   # (by token count: up has two buckets, each tile's kernel built in; the executor picks per T;
-  # attention's tuned form too)
-  grep -qF 'tile_sched[3] = {"-1;64:64x64/kc32@3.0,32x64/kc16@1.5;512:64x64/kc32@1.0,32x64/kc16@2.0", "-1;512:64x32/kc32@2.0", "-1;512:32x8/kv16@2.0"}' \
+  # attention's and the router's tuned forms too)
+  grep -qF 'tile_sched[4] = {"-1;64:64x64/kc32@3.0,32x64/kc16@1.5;512:64x64/kc32@1.0,32x64/kc16@2.0", "-1;512:64x32/kc32@2.0", "-1;512:32x8/kv16@2.0", "-1;1:1x512@2.0"}' \
     "$kept/main.c" && grep -q "t64x64x32_s3" "$kept/main.c" && grep -q "t32x64x16_s3" "$kept/main.c" &&
-    grep -q "attention_tiled_h4_kv4_hd16_q32_t8_b16" "$kept/main.c" ||
+    grep -q "attention_tiled_h4_kv4_hd16_q32_t8_b16" "$kept/main.c" && grep -Eq "moeppc_cu_fused_[a-z0-9_]*_t512" "$kept/main.c" ||
     { echo "the GPU database's tiles are not built in"; cat "$WORK/gpubuild.out"; grep tile_sched "$kept/main.c"; exit 1; }
   rm -rf "$kept"
   # and compile shows them on the ops, from the database; the rule's (the CUDA executor's default) elsewhere

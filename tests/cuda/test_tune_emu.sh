@@ -4,7 +4,8 @@
 # and its logits must match the rule's tile (the tuner discards and warns otherwise: here that is a
 # failure, since every tile computes the same product); the database is the emulator's (isa emu), and
 # `run --device cuda --tuning` takes it without a warning (its schedule by tokens said: the GEMV form
-# at T = 1, the tile at 64) and matches the CPU backend's routing; the same for split-K and attention.
+# at T = 1, the tile at 64) and matches the CPU backend's routing; the same for split-K, attention and
+# the router.
 set -u
 MOEPPC=$1 WORK=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -80,4 +81,20 @@ grep -Eq "; attention 1:1x[0-9]+@[0-9.]+;64:[^;]*16x8/kv16@999.0" "$WORK/att.err
 "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS64" --route-stats > "$WORK/cpu64.out" 2>/dev/null || exit 1
 diff <(grep -A4 "picks per MoE layer" "$WORK/cpu64.out") <(grep -A4 "picks per MoE layer" "$WORK/att.out") ||
   { echo "routing differs between the CPU backend and the GPU path with a tuned attention"; exit 1; }
+# the router (after attention): fused with 64 .. 1024 threads and the unfused path (at T = 1 on its
+# linears' GEMV: one tile stands for all; at T = 64 several FMA tiles). A database whose T = 64
+# winner is the unfused path on 32x32/kc16 (raised by hand): 64 tokens run on it, routing as the CPU's
+grep "op: route" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq '1x64: .*1x1024: .*64x64/kc16: ' ||
+  { echo "route: the fused forms and the unfused path not measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+n=$(grep "op: route" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '[0-9]*x[0-9]*/kc[0-9]*: ' | wc -l)
+[ "$n" -eq 1 ] || { echo "route: $n tiles measured at T = 1 (the GEMV's: 1)"; cat "$WORK/db.yaml"; exit 1; }
+n=$(grep "op: route" "$WORK/db.yaml" | grep "tokens: 64," | grep -o '[0-9]*x[0-9]*/kc[0-9]*: ' | wc -l)
+[ "$n" -ge 5 ] || { echo "route: only $n tiles measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
+sed -E '/op: route.*tokens: 64,/ s#(32x32/kc16): [0-9.]+#\1: 999.0#' "$WORK/db.yaml" > "$WORK/db_route.yaml"
+"$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS64" --device cuda --tuning "$WORK/db_route.yaml" --route-stats \
+  > "$WORK/route.out" 2> "$WORK/route.err" || { echo "run with a tuned router failed"; cat "$WORK/route.err"; exit 1; }
+grep -Eq "; router 1:[^;]*;64:[^;]*32x32/kc16@999.0" "$WORK/route.err" ||
+  { echo "the tuned router form was not taken:"; cat "$WORK/route.err"; exit 1; }
+diff <(grep -A4 "picks per MoE layer" "$WORK/cpu64.out") <(grep -A4 "picks per MoE layer" "$WORK/route.out") ||
+  { echo "routing differs between the CPU backend and the GPU path with a tuned router"; exit 1; }
 echo "ok: $(grep -c 'op: ' "$WORK/db.yaml") entries, every tile agrees with the rule's"

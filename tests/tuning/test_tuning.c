@@ -391,9 +391,23 @@ static void test_gpu_tiles(void **state)
         e.measured[e.n_measured++] = (TuneMeasure){e.best, 10.0};
         tune_db_add(&db, &e);
     }
-    const char *sched[3] = {NULL, NULL, NULL};
-    assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 3);
+    /* the router: fused with 128 threads at T = 1, its linears on 32x16/kc16 at 512 (keyed by W1) */
+    const IrInstr *route = m->first;
+    while (route->op != IR_OP_MOE_ROUTE) route = route->next;
+    for (int b = 0; b < 2; b++) {
+        TuneEntry e;
+        memset(&e, 0, sizeof e);
+        snprintf(e.op, sizeof e.op, "route");
+        e.dtype = route->in[1]->type.dtype, e.n = route->in[1]->type.dims[0], e.k = route->in[1]->type.dims[1];
+        e.groups = 1, e.tokens = b ? 512 : 1;
+        e.best = b ? (TuneConfig){.tile_m = 32, .tile_n = 16, .kc = 16} : (TuneConfig){.tile_m = 1, .tile_n = 128};
+        e.measured[e.n_measured++] = (TuneMeasure){e.best, 5.0};
+        tune_db_add(&db, &e);
+    }
+    const char *sched[4] = {NULL, NULL, NULL, NULL};
+    assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 4);
     assert_string_equal(sched[2], "-1;1:1x64@10.0;512:64x8/kv16@10.0");
+    assert_string_equal(sched[3], "-1;1:1x128@5.0;512:32x16/kc16@5.0");
     assert_string_equal(sched[0], "-1;64:32x64/kc16@100.0,64x64/kc32@90.0;512:64x64/kc32@100.0,32x64/kc16@50.0;"
                                   "4096:96x64/kc64@100.0");
     TileSchedule ts;
