@@ -350,7 +350,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
         /* the candidates, then the winning tile with deeper rings (one and two more k tiles than its
-         * form's 3, or wgmma's 4), then (down) the winner with k split 2, 4 and 8 ways */
+         * form's 3, or one more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways */
         TuneConfig todo[MAX_CANDS];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
@@ -362,7 +362,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
              q++) {
             TuneConfig c = q < n_todo ? todo[q] : e.best;
             int x = q - n_todo;
-            if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 5 : 4) + x; /* a deeper ring */
+            if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 6 : 4) + x; /* a deeper ring */
             else if (x >= 0) c.split = 2 << (x - n_deeper);                /* split-K */
             if (x >= 0 && !config_fits(L, &e, kind, form, &c)) continue;
             float *lg = NULL;

@@ -186,7 +186,7 @@ CgCudaGemm cg_cuda_gemm_decode(const CgCudaGemm *gemv);
 static inline bool cg_cuda_gemm_a16(const CgCudaGemm *g) { return g->path == CG_CUDA_PATH_MMA && g->stages >= 3; }
 CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma);
 /* The wgmma form (sm_90 only; its kernels compile for sm_90a): 128 x 128 of W per block (two
- * warpgroups), a ring of 4 k tiles of 64. */
+ * warpgroups), a ring of 5 k tiles of 64 (3 in flight, one multiplied while the last one's MMAs drain). */
 CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
 /* In the source of a kernel that needs sm_90a (cg_cuda_compile looks for it). */
 #define CG_CUDA_SM90A_MARK "#define MOEPPC_SM90A 1\n"

@@ -36,7 +36,7 @@ CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma)
 CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma)
 {
     CgCudaGemm g = cg_cuda_gemm_async(mma);
-    g.wgmma = true, g.stages = 4, g.bk = 64;
+    g.wgmma = true, g.stages = 5, g.bk = 64; /* 3 tiles in flight, one being multiplied, one draining */
     return g;
 }
 
@@ -309,7 +309,8 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
 
 /* The cp.async ring of the MMA forms: LOAD(slot, k0) copies k tile k0 into ring slot `slot` (each
  * thread its chunks: asrc/adst/acol/aok for A, the b* for B, found by the kernel beforehand), then
- * the first ST - 1 tiles go in flight, one commit group each. */
+ * the first PF tiles go in flight (the prefetch distance: ST - 1 for mma.sync, ST - 2 for wgmma,
+ * whose last tile's MMAs may still read theirs), one commit group each. */
 static const char cp_ring_start[] =
     "#define LOAD(slot, k0) do { /* global -> shared, zeros past the rows and past KD */ \\\n"
     "        u16 *st_ = sm + (slot) * STAGE; \\\n"
@@ -326,7 +327,7 @@ static const char cp_ring_start[] =
     "        for (int it = 0; it < B_IT; it++) bsrc[it] += bok[it] ? KT0 * BK : 0, bcol[it] += KT0 * BK;\n"
     "    }\n"
     "#pragma unroll\n"
-    "    for (int s = 0; s < ST - 1; s++) {  /* the first ST - 1 tiles in flight */\n"
+    "    for (int s = 0; s < PF; s++) {  /* the first PF tiles in flight */\n"
     "        if (s < KT) LOAD(s, s * BK);\n"
     "        cp_async_commit();\n"
     "    }\n";
@@ -341,7 +342,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
     int wn = mma_warps_n(g);
     cb_printf(b, "#define WN %d\n#define MI (BM / 32)\n#define NI (BN / WN / 8)\n#define LDS (BK + 8)\n#define ST %d\n"
-                 "#define STAGE ((BM + NB * BN) * LDS)\n#define PACK %s\n#define mma %s\n",
+                 "#define PF (ST - 1)\n#define STAGE ((BM + NB * BN) * LDS)\n#define PACK %s\n#define mma %s\n",
               wn, g->stages, bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
@@ -376,9 +377,9 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
         "    for (int kt = 0; kt < KT; kt++) {\n"
-        "        cp_async_wait<ST - 2>();  /* tile kt has landed (for this thread) */\n"
+        "        cp_async_wait<PF - 1>();  /* tile kt has landed (for this thread) */\n"
         "        __syncthreads();          /* ... for every thread; and all are done with tile kt - 1 */\n"
-        "        int nk = kt + ST - 1;     /* refill tile kt - 1's slot */\n"
+        "        int nk = kt + PF;         /* refill tile kt - 1's slot */\n"
         "        if (nk < KT) LOAD(nk %% ST, nk * BK);\n"
         "        cp_async_commit();        /* (empty groups at the end keep the count uniform) */\n"
         "        const u16 *As = sm + (kt %% ST) * STAGE, *Bs = As + BM * LDS;\n"
@@ -456,7 +457,7 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
     emit_wgmma_asm(b, g);
-    cb_printf(b, "#define ST %d\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
+    cb_printf(b, "#define ST %d\n#define PF (ST - 2)\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
                  "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
                  "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
                  "#define A_CH (BM * KC)\n#define B_CH (NB * BN * KC)\n"
@@ -495,10 +496,11 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"
         "    for (int kt = 0; kt < KT; kt++) {\n"
-        "        cp_async_wait<ST - 2>();  /* tile kt has landed (this thread's copies) */\n"
+        "        cp_async_wait<PF - 1>();  /* tile kt has landed (this thread's copies) */\n"
         "        fence_proxy_async();      /* ... and is visible to the tensor cores' async proxy */\n"
-        "        __syncthreads();          /* every thread's; and the last tile's wgmmas are done */\n"
-        "        int nk = kt + ST - 1;\n"
+        "        __syncthreads();          /* every thread's; and every warpgroup's wgmmas of tile kt - 2 are\n"
+        "                                     done (each waited for them), so their slot can be refilled */\n"
+        "        int nk = kt + PF;         /* into tile kt - 2's slot: kt - 1's MMAs may still be reading */\n"
         "        if (nk < KT) LOAD(nk %% ST, nk * BK);\n"
         "        cp_async_commit();\n"
         "        u32 base = smem_u32(sm + (kt %% ST) * STAGE);\n"
@@ -511,8 +513,9 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                wgmma_tile(acc[mat], da, DESC | (((base + (BM + mat * BN) * BK * 2 + kk * 256) & 0x3ffffu) >> 4));\n"
         "        }\n"
         "        wgmma_commit();\n"
-        "        wgmma_wait<0>();\n"
+        "        wgmma_wait<1>();          /* tile kt's MMAs run on while the next tile is waited for */\n"
         "    }\n"
+        "    wgmma_wait<0>();\n"
         "    cp_async_wait<0>();\n"
         "#pragma unroll\n"
         "    for (int j = 0; j < BN / 8; j++)\n"
