@@ -89,6 +89,8 @@ EOF
   run 150 "$bin/cuda_model"
   step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
   run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+  step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
+  run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
   step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
   if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
     for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
@@ -109,6 +111,9 @@ EOF
   fi
   step "decoding on the GPU (moepp-0.6b, random weights)"
   run 60 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" --device cuda --generate 64
+  echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
+  run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+    --device cuda --generate 64 | grep -E "ran|decode|program|error"
   if [ -d "$bin/models" ]; then
     step "executables from moeppc build --target (cubin for sm_90; PTX for sm_80, compiled by the driver)"
     ids="3 17 42 99 128 200 255 0 64 7 11 13"
@@ -129,6 +134,9 @@ EOF
   cat "$out/bench.txt"
   step "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above"
   run 60 env MOEPPC_CUDA_DECODE_GEMV=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1 --zc-share 0.25 \
+    "${ceil[@]}" | grep "^T ="
+  step "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above"
+  run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64 --zc-share 0.25 \
     "${ceil[@]}" | grep "^T ="
   step "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above"
   run 60 env MOEPPC_CUDA_ASYNC_GEMM=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \

@@ -294,6 +294,14 @@ bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes);
  * cg_cuda_graph_launch replays on the stream. */
 bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                           void **args, char *err, size_t errlen);
+/* The same with programmatic dependent launch when pdl (cuLaunchKernelEx, attribute
+ * PROGRAMMATIC_STREAM_SERIALIZATION): the kernel may start while the one before it in the stream
+ * still runs; every generated kernel's first statement waits for it (PDL_ENTRY: griddepcontrol on
+ * sm_90+). cg_cuda_can_pdl: the driver has cuLaunchKernelEx and the GPU is sm_90 or newer (or the
+ * emulator, which checks the waits). */
+bool cg_cuda_launch_async_pdl(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                              void **args, bool pdl, char *err, size_t errlen);
+bool cg_cuda_can_pdl(CgCudaDriver *d);
 bool cg_cuda_sync(CgCudaDriver *d, char *err, size_t errlen);
 bool cg_cuda_upload_async(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen);
 bool cg_cuda_copy_async(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen);

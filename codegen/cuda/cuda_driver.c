@@ -29,6 +29,25 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CU_MEMORYTYPE_DEVICE 2
 
 #define CU_ATTR_CC_MAJOR 75 /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
+#define CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION 6
+
+/* cuda.h's launch configuration for cuLaunchKernelEx (CUDA 12+): an attribute is its id, padding to
+ * 8 bytes and a 64-byte value union. */
+typedef struct CUlaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        long long align; /* (the driver's union holds pointers) */
+        int programmatic_stream_serialization_allowed;
+    } value;
+} CUlaunchAttribute;
+typedef struct CUlaunchConfig {
+    unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, smem;
+    CUstream stream;
+    CUlaunchAttribute *attrs;
+    unsigned n_attrs;
+} CUlaunchConfig;
 #define CU_ATTR_CC_MINOR 76
 
 typedef struct CuApi {
@@ -76,6 +95,7 @@ typedef struct CuApi {
     CUresult (*dtod)(CUdeviceptr, CUdeviceptr, size_t);
     CUresult (*device_count)(int *);
     CUresult (*func_set_attr)(CUfunction, int, int);
+    CUresult (*launch_ex)(const CUlaunchConfig *, CUfunction, void **, void **); /* optional (CUDA 12+) */
 } CuApi;
 
 struct CgCudaDriver {
@@ -161,6 +181,8 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
         }
         memcpy((char *)&d->api + syms[i].at, &fn, sizeof fn);
     }
+    void *ex = dlsym(d->lib, "cuLaunchKernelEx"); /* older drivers lack it: no programmatic launches */
+    memcpy(&d->api.launch_ex, &ex, sizeof ex);
     return true;
 }
 
@@ -360,9 +382,30 @@ bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes)
 bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                           void **args, char *err, size_t errlen)
 {
+    return cg_cuda_launch_async_pdl(d, fn, grid, block, smem, args, false, err, errlen);
+}
+
+bool cg_cuda_can_pdl(CgCudaDriver *d)
+{
+    int major = 0;
+    if (!d->api.launch_ex) return false;
+    if (d->emu_error) return true;
+    return d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev) == 0 && major >= 9;
+}
+
+bool cg_cuda_launch_async_pdl(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
+                              void **args, bool pdl, char *err, size_t errlen)
+{
     if (smem > SMEM_NO_OPT_IN) CU_CHECK(d, func_set_attr((CUfunction)fn, CU_FUNC_ATTR_MAX_DYNAMIC_SHARED, (int)smem));
-    CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
-                       d->stream, args, NULL));
+    if (!pdl || !d->api.launch_ex) {
+        CU_CHECK(d, launch((CUfunction)fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem,
+                           d->stream, args, NULL));
+        return true;
+    }
+    CUlaunchAttribute at = {.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION};
+    at.value.programmatic_stream_serialization_allowed = 1;
+    CUlaunchConfig c = {grid[0], grid[1], grid[2], block[0], block[1], block[2], (unsigned)smem, d->stream, &at, 1};
+    CU_CHECK(d, launch_ex(&c, (CUfunction)fn, args, NULL));
     return true;
 }
 

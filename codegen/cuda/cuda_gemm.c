@@ -156,14 +156,17 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out) {\n"
+                     "    PDL_ENTRY();\n"
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name);
     else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, %s, %s *out) {\n"
+                     "    PDL_ENTRY();\n"
                      "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, xt, wparam, ht);
     else
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, const float *gate_w, %s, float *out) {\n"
+                     "    PDL_ENTRY();\n"
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name, xt, wparam);
 }
 
@@ -743,6 +746,7 @@ char *cg_cuda_round16_source(moe_dtype wdtype)
     cb_prelude(&b, wdtype);
     cb_printf(&b, "#define PACK %s\n"
                   "extern \"C\" __global__ void __launch_bounds__(256) %s(long long n, const float *x, u16 *y) {\n"
+                  "    PDL_ENTRY();\n"
                   "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;\n"
                   "    if (i >= n) return;\n"
                   "    float4 lo = *(const float4 *)(x + i), hi = *(const float4 *)(x + i + 4);\n"

@@ -36,6 +36,7 @@ static const char block_sum[] =
 static void emit_embed(CgBuf *b, const char *name)
 {
     cb_printf(b, "extern \"C\" __global__ void %s(long long T, const int *ids, const void *table, float *out) {\n"
+                 "    PDL_ENTRY();\n"
                  "    long long t = blockIdx.x;\n"
                  "    if (t >= T) return;\n"
                  "    long long row = (long long)ids[t] * COLS;\n"
@@ -49,6 +50,7 @@ static void emit_norm(CgBuf *b, const char *name, bool add)
     if (add)
         cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *a, const float *bb, const void *w, "
                      "float *sum, float *out) {\n"
+                     "    PDL_ENTRY();\n"
                      "    long long t = blockIdx.x;\n"
                      "    if (t >= T) return;\n"
                      "    const float *ar = a + t * COLS, *br = bb + t * COLS;\n"
@@ -58,6 +60,7 @@ static void emit_norm(CgBuf *b, const char *name, bool add)
                   name);
     else
         cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *xin, const void *w, float *out) {\n"
+                     "    PDL_ENTRY();\n"
                      "    long long t = blockIdx.x;\n"
                      "    if (t >= T) return;\n"
                      "    const float *x = xin + t * COLS;\n"
@@ -81,6 +84,7 @@ static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
     cb_printf(b, "};\n"
                  "/* angles in f64 like the CPU kernel; out may alias x (each thread owns its pairs) */\n"
                  "extern \"C\" __global__ void %s(long long T, const float *x, const int *pos, float *out) {\n"
+                 "    PDL_ENTRY();\n"
                  "    long long t = blockIdx.x;\n"
                  "    if (t >= T) return;\n"
                  "    double p = (double)pos[t];\n"
@@ -105,6 +109,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
     cb_printf(b,
         "extern \"C\" __global__ void %s(long long T, const float *q, const float *kc, const float *vc,\n"
         "                                const int *pos, float *out) {\n"
+        "    PDL_ENTRY();\n"
         "    __shared__ float sm[NW], sl[NW], sacc[NW][HD];\n"
         "    long long t = blockIdx.x;\n"
         "    int h = blockIdx.y, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
@@ -213,6 +218,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
     cb_printf(&b,
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
         "                                const float *vc, const int *pos, float *out) {\n"
+        "    PDL_ENTRY();\n"
         "    __shared__ float ks[BKV][HD], vs[BKV][HD];\n"
         "    __shared__ int nmax;\n"
         "    int tid = threadIdx.x, c = tid %% TPQ, h = blockIdx.y, kvh = h / GROUP;\n"
@@ -282,6 +288,7 @@ static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
                      : d->kind == CG_OP_SCALE  ? "(float)S * a[i]"
                                                : "tanhf(a[i])";
     cb_printf(b, "extern \"C\" __global__ void %s(long long T, const float *a, %sfloat *out) {\n"
+                 "    PDL_ENTRY();\n"
                  "    long long n = T * COLS;\n"
                  "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
                  "         i += (long long)gridDim.x * blockDim.x)\n"
@@ -387,6 +394,7 @@ static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
     cb_printf(b,
         "extern \"C\" __global__ void %s(long long T, const float *z0, const float *g, float *logits,\n"
         "        const float *alpha_logits, float *weights, int *ids, float *alpha) {\n"
+        "    PDL_ENTRY();\n"
         "    long long t = blockIdx.x * (long long)RW + (threadIdx.x >> 5);\n"
         "    int lane = threadIdx.x & 31;\n"
         "    if (t >= T) return;  /* whole warps leave together */\n"
@@ -405,6 +413,7 @@ static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
     cb_printf(b,
         "extern \"C\" __global__ void %s(long long T, const float *x, const float *weights, const int *ids,\n"
         "        const float *alpha, const void *const *vc, float *y) {\n"
+        "    PDL_ENTRY();\n"
         "    long long t = blockIdx.x;\n"
         "    if (t >= T) return;\n"
         "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) {\n"
@@ -434,6 +443,7 @@ static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
         " * the picks of that expert in earlier warps of the chunk + its rank among equal ids in its warp. */\n"
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const int *ids, const float *weights,\n"
         "        long long *off, int *perm, float *gate_w) {\n"
+        "    PDL_ENTRY();\n"
         "    __shared__ int cnt[E];\n"
         "    __shared__ long long cur[E];\n"
         "    __shared__ int wc[NW * E];\n"
@@ -565,6 +575,7 @@ char *cg_cuda_kv_store_source(int64_t cols)
     cb_prelude(&b, DT_F32);
     cb_printf(&b, "#define COLS %lld\n"
                   "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, float *cache) {\n"
+                  "    PDL_ENTRY();\n"
                   "    long long t = blockIdx.x;\n"
                   "    if (t >= T) return;\n"
                   "    float *dst = cache + (long long)pos[t] * COLS;\n"
@@ -647,6 +658,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, const void *w1v,\n"
         "        const void *w2v, const float *r, const void *wgv, const void *wcv, float *logits, float *weights,\n"
         "        int *ids, float *alpha) {\n"
+        "    PDL_ENTRY();\n"
         "    __shared__ float xs[D], hs[H1 > 0 ? H1 : 1], zs[E], rs[E], as[2 * NC > 0 ? 2 * NC : 1];\n"
         "    long long t = blockIdx.x;\n"
         "    if (t >= T) return;\n"

@@ -360,7 +360,8 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
                          .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
                          .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                         .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA")};
+                         .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
+                         .pdl = cuda_env_on("MOEPPC_CUDA_PDL")};
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */

@@ -107,6 +107,7 @@ struct CudaModel {
     const WeightSet *w;
     CudaOptions o;
     bool dry;                       /* only collect the kernels (cuda_module_kernels): no GPU          */
+    bool pdl;                       /* CudaOptions.pdl, where this GPU and the kernels' target allow it */
     CgCudaDriver *drv;
     bool own_drv;                   /* opened here (else CudaOptions.driver, borrowed)                  */
     struct { const IrValue *v; uint64_t d; } bound[4]; /* caller_workspace: inputs in device memory   */
@@ -724,6 +725,7 @@ static bool load_kernels(CudaModel *cm, RtError *err)
     else
         snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels built into this executable (%s)", name, cm->arch,
                  n_embedded, cm->o.images_arch && strcmp(cm->o.images_arch, cm->arch) == 0 ? "cubin" : "PTX");
+    if (cm->pdl) snprintf(cm->info + strlen(cm->info), sizeof cm->info - strlen(cm->info), ", programmatic launches");
     return ok;
 }
 
@@ -804,6 +806,10 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
             return NULL;
         }
         cg_cuda_device_arch(cm->drv, cm->arch, sizeof cm->arch);
+        /* programmatic launches need the kernels' griddepcontrol: compiled for sm_90+ (here, or built in) */
+        const char *karch = cm->o.n_images ? cm->o.images_arch : cm->arch;
+        cm->pdl = cm->o.pdl && cg_cuda_can_pdl(cm->drv) && karch &&
+                  (strcmp(karch, CG_CUDA_EMU_ARCH) == 0 || (strncmp(karch, "sm_", 3) == 0 && atoi(karch + 3) >= 90));
         size_t free_b = 0, total_b = 0;
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
         if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
@@ -926,7 +932,7 @@ static bool launch(const Run *r, const Step *st, int kern, const unsigned g[3], 
 {
     char e[512];
     const Kern *k = &r->cm->k[kern];
-    if (cg_cuda_launch_async(r->cm->drv, k->fn, g, b, smem, args, e, sizeof e)) return true;
+    if (cg_cuda_launch_async_pdl(r->cm->drv, k->fn, g, b, smem, args, r->cm->pdl, e, sizeof e)) return true;
     snprintf(r->err->msg, sizeof r->err->msg, "launching %s (for %%%s): %s", k->symbol,
              st->i->n_out ? st->i->out[0]->name : "?", e);
     return false;

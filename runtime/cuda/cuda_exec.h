@@ -90,6 +90,10 @@ typedef struct CudaOptions {
                                        (or the emulator; elsewhere ignored) (MOEPPC_CUDA_WGMMA=1; not
                                        the default until a GPU has run it; a tuning database's
                                        entries can ask for it per tile: "/wg")                      */
+    bool pdl;                       /* launch every kernel with programmatic dependent launch, where
+                                       the GPU (sm_90+) and the kernels' target allow it: each may
+                                       start while the one before it drains (MOEPPC_CUDA_PDL=1; not
+                                       the default until a GPU has measured it)                     */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */

@@ -259,12 +259,34 @@ static void test_attention_forms_compile(void **state)
     }
 }
 
+/* Every kernel starts with the programmatic-dependent-launch wait: griddepcontrol in its sm_90 PTX,
+ * nothing for sm_80 (which has no such instruction). */
+static void test_pdl_entry(void **state)
+{
+    (void)state;
+    CgOpDesc d = {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = 96, .eps = 1e-6};
+    char sym[600], err[4096];
+    cg_cuda_op_symbol(&d, sym, sizeof sym);
+    char *src = cg_cuda_op_source(&d, err, sizeof err);
+    assert_non_null(strstr(src, "PDL_ENTRY();"));
+    for (int a = 0; a < 2; a++) {
+        CgCudaBinary bin;
+        assert_true(cg_cuda_compile(src, sym, archs[a], false, true, &bin, err, sizeof err));
+        bool sm90 = strcmp(archs[a], "sm_90") == 0;
+        assert_true((strstr(bin.ptx, "griddepcontrol.wait") != NULL) == sm90);
+        assert_true((strstr(bin.ptx, "griddepcontrol.launch_dependents") != NULL) == sm90);
+        cg_cuda_binary_free(&bin);
+    }
+    free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
         cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
+        cmocka_unit_test(test_pdl_entry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -232,6 +232,43 @@ static void test_capture(void **state)
     cg_cuda_graph_free(drv, exec);
 }
 
+/* Programmatic dependent launch: a kernel launched with it runs when each of its threads waited
+ * (griddepcontrol.wait) before touching memory; one whose thread did not is an error naming the
+ * count, also when replayed from a graph; without the attribute the wait is not required. */
+static void test_pdl(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    assert_true(cg_cuda_can_pdl(drv));
+    void *good = must_kernel("extern \"C\" __global__ void k(float *o) { grid_dep_wait(); grid_dep_launch(); "
+                             "o[threadIdx.x] = 1.0f; }\n");
+    void *bad = must_kernel("extern \"C\" __global__ void k(float *o) { if (threadIdx.x) grid_dep_wait(); "
+                            "o[threadIdx.x] = 2.0f; }\n");
+    char err[1024];
+    uint64_t o = dev(32 * 4);
+    unsigned grid[3] = {1, 1, 1}, block[3] = {32, 1, 1};
+    void *args[] = {&o};
+    float h[32];
+    assert_true(cg_cuda_launch_async_pdl(drv, good, grid, block, 0, args, true, err, sizeof err));
+    assert_true(cg_cuda_sync(drv, err, sizeof err));
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    assert_true(h[31] == 1.0f);
+    assert_true(cg_cuda_launch_async_pdl(drv, bad, grid, block, 0, args, false, err, sizeof err));
+    bool ok = cg_cuda_launch_async_pdl(drv, bad, grid, block, 0, args, true, err, sizeof err) &&
+              cg_cuda_sync(drv, err, sizeof err);
+    printf("%s\n", err);
+    assert_false(ok);
+    assert_non_null(strstr(err, "1 of its 32 threads never executed griddepcontrol.wait"));
+    void *exec = NULL;
+    assert_true(cg_cuda_capture_begin(drv, err, sizeof err));
+    assert_true(cg_cuda_launch_async_pdl(drv, bad, grid, block, 0, args, true, err, sizeof err));
+    assert_true(cg_cuda_capture_end(drv, &exec, err, sizeof err));
+    ok = cg_cuda_graph_launch(drv, exec, err, sizeof err) && cg_cuda_sync(drv, err, sizeof err);
+    assert_false(ok);
+    assert_non_null(strstr(err, "griddepcontrol.wait"));
+    cg_cuda_graph_free(drv, exec);
+}
+
 /* cp.async lands at the wait_group that retires it: before, the destination is untouched. */
 static void test_cp_async(void **state)
 {
@@ -374,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
         cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_pdl),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -134,6 +134,7 @@ typedef struct Sched {
     Fiber *cur;
     const Kernel *k;
     void **args;
+    struct Launch *launch; /* the one this thread's blocks belong to */
     unsigned char *dyn; /* the block's dynamic shared memory */
     size_t dyn_bytes, dyn_cap;
     bool failed;
@@ -291,8 +292,10 @@ static void api_cp_wait(int pending)
 
 static void *api_dyn_smem(void) { return S->dyn; }
 
+static void api_grid_dep_wait(void);
+
 static const CudaEmuApi api = {CUDAEMU_ABI, api_self, api_syncthreads, api_exchange, api_fail, api_cp_async,
-                               api_cp_commit, api_cp_wait, api_dyn_smem};
+                               api_cp_commit, api_cp_wait, api_dyn_smem, api_grid_dep_wait};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
 static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, CudaEmuDim3 block, CudaEmuDim3 bid)
@@ -352,11 +355,16 @@ typedef struct Launch {
     unsigned smem;
     long next, total;
     int failed;
+    bool pdl;             /* launched with programmatic dependent launch              */
+    long waits;           /* griddepcontrol.wait calls (atomic)                       */
 } Launch;
+
+static void api_grid_dep_wait(void) { __atomic_fetch_add(&S->launch->waits, 1, __ATOMIC_RELAXED); }
 
 static void launch_work(Launch *L)
 {
     Sched *s = sched_get();
+    if (s) s->launch = L;
     if (!s) {
         __atomic_store_n(&L->failed, 1, __ATOMIC_SEQ_CST);
         fail_with(CU_OUT_OF_MEMORY, "no memory for the emulator's fiber stacks");
@@ -426,9 +434,9 @@ static void pool_start(void)
     }
 }
 
-static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args)
+static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args, bool pdl)
 {
-    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0};
+    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
     if (n_workers < 0) pool_start();
     bool pool = n_workers > 0 && L.total > 1;
@@ -445,6 +453,11 @@ static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block,
         pthread_mutex_unlock(&pool_mu);
     }
     pthread_mutex_unlock(&launch_mu);
+    long threads = L.total * (long)block.x * block.y * block.z;
+    if (!L.failed && pdl && L.waits < threads)
+        return fail_with(CU_LAUNCH_FAILED, "kernel %s: launched with programmatic dependent launch, but %ld of its %ld "
+                         "threads never executed griddepcontrol.wait (they could read inputs the kernel before it "
+                         "had not finished writing)", k->name, threads - L.waits, threads);
     return L.failed ? CU_LAUNCH_FAILED : CU_OK;
 }
 
@@ -599,6 +612,7 @@ typedef struct Node {
     const Kernel *k;
     CudaEmuDim3 grid, block;
     unsigned smem;
+    bool pdl;             /* programmatic dependent launch */
     void **args;          /* into blob */
     unsigned char *blob;  /* the arguments' values, copied at capture */
     char *dst;
@@ -652,7 +666,7 @@ static bool copy_args(Node *n, const Kernel *k, void **args)
 static CUresult run_node(const Node *n)
 {
     switch (n->kind) {
-    case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->smem, n->args);
+    case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->smem, n->args, n->pdl);
     case N_COPY: memmove(n->dst, n->src, n->bytes); return CU_OK;
     case N_FILL:
         for (size_t i = 0; i < n->bytes; i++) memcpy(n->dst + 4 * i, &n->value, 4);
@@ -920,8 +934,8 @@ EXPORT CUresult cuModuleGetFunction(void **fn, void *mod, const char *name)
     *fn = k;
     return CU_OK;
 }
-EXPORT CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                               unsigned smem, void *stream, void **params, void **extra)
+static CUresult launch_kernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                              unsigned smem, void *stream, void **params, void **extra, bool pdl)
 {
     const Kernel *k = fn;
     if (!k || !params || extra) return fail_with(CU_INVALID_VALUE, "cuLaunchKernel: no kernel or no parameters");
@@ -934,7 +948,36 @@ EXPORT CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, 
                          "than 48 KB needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) first)",
                          k->name, smem, max);
     return enqueue(stream, (Node){.kind = N_LAUNCH, .k = k, .grid = {gx, gy, gz}, .block = {bx, by, bz}, .smem = smem,
-                                  .args = params});
+                                  .pdl = pdl, .args = params});
+}
+
+EXPORT CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                               unsigned smem, void *stream, void **params, void **extra)
+{
+    return launch_kernel(fn, gx, gy, gz, bx, by, bz, smem, stream, params, extra, false);
+}
+
+/* cuda.h's CUlaunchConfig and CUlaunchAttribute (64-byte value union after an 8-byte id). */
+typedef struct EmuLaunchAttr { int id; char pad[4]; union { char bytes[64]; long long align; int i; } value; } EmuLaunchAttr;
+typedef struct EmuLaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void *stream;
+    EmuLaunchAttr *attrs;
+    unsigned n_attrs;
+} EmuLaunchConfig;
+#define LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION 6
+
+/* Of the launch attributes, programmatic dependent launch (what moeppc asks for). */
+EXPORT CUresult cuLaunchKernelEx(const EmuLaunchConfig *c, void *fn, void **params, void **extra)
+{
+    if (!c || (c->n_attrs && !c->attrs)) return fail_with(CU_INVALID_VALUE, "cuLaunchKernelEx: no launch configuration");
+    bool pdl = false;
+    for (unsigned i = 0; i < c->n_attrs; i++) {
+        if (c->attrs[i].id != LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION)
+            return fail_with(CU_NOT_SUPPORTED, "cuLaunchKernelEx: launch attribute %d is not emulated", c->attrs[i].id);
+        pdl = c->attrs[i].value.i != 0;
+    }
+    return launch_kernel(fn, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra, pdl);
 }
 
 /* Of the function attributes, the one moeppc sets: the dynamic shared memory a launch may use. */

@@ -4,7 +4,7 @@
 #ifndef MOEPPC_CUDAEMU_ABI_H
 #define MOEPPC_CUDAEMU_ABI_H
 
-#define CUDAEMU_ABI 3
+#define CUDAEMU_ABI 4
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
 /* The first line of a kernel image for the emulator. Format 1 (what the tests and `moeppc run` use):
@@ -38,6 +38,9 @@ typedef struct CudaEmuApi {
     void (*cp_commit)(void);
     void (*cp_wait)(int pending);
     void *(*dyn_smem)(void); /* the block's dynamic shared memory (the launch's bytes, 0xff at start) */
+    /* griddepcontrol.wait: counted; a launch with programmatic dependent launch fails unless every
+     * one of its threads waited (the kernels before it could still be writing its inputs) */
+    void (*grid_dep_wait)(void);
 } CudaEmuApi;
 
 #endif

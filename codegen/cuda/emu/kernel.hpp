@@ -22,7 +22,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
-#define CUDAEMU_ABI 3
+#define CUDAEMU_ABI 4
 #define CUDAEMU_SLOT 128
 #define CUDAEMU_SCRATCH 2048
 struct CudaEmuDim3 { unsigned x, y, z; };
@@ -37,6 +37,7 @@ struct CudaEmuApi {
     void (*cp_commit)(void);
     void (*cp_wait)(int pending);
     void *(*dyn_smem)(void);
+    void (*grid_dep_wait)(void);
 };
 static const CudaEmuApi *cudaemu;
 
@@ -275,6 +276,11 @@ static inline void cp_async_commit() { cudaemu->cp_commit(); }
 template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
 // extern __shared__ T name[]: the launch's dynamic shared memory
 #define DYN_SHARED(T, name) T *name = (T *)cudaemu->dyn_smem()
+// griddepcontrol.wait / .launch_dependents (programmatic dependent launch): launches run one after
+// another here, so the wait has nothing to wait for; the emulator checks that every thread of a
+// launch made with the attribute called it
+static inline void grid_dep_wait() { cudaemu->grid_dep_wait(); }
+static inline void grid_dep_launch() {}
 
 // ---- sm_90a: the warpgroup MMA (wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}) -------------
 // Shared-memory addresses are offsets into the launch's dynamic shared memory (the only kind the
