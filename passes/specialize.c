@@ -3,7 +3,8 @@
  * Every linear, router and grouped GEMM gets a tile configuration (tile_m × tile_n register/CTA tile,
  * tile_k depth of a K block; on the CPU also tile_unroll, the micro-kernel's k unroll, and tile_mc,
  * rows per M block) and where it came from (tile_src = "rule" or "database"); on the CPU each
- * attention gets its key block (kv_block) the same way. A tuned op also carries tile_schedule, the
+ * attention gets its key block (kv_block) the same way, on a GPU its kernel's form (tile_m queries a
+ * block, tile_n threads a query, kv_block keys a tile; codegen/cuda's CgCudaAttnForm). A tuned op also carries tile_schedule, the
  * database's measurements per token bucket, from which the executor picks per call (schedule.c).
  * Shapes are already compile-time constants in the types. And the residual add feeding an RMSNorm
  * becomes one add_rms_norm, which writes the sum and its normalisation in one pass over the row. */
@@ -79,6 +80,8 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     int64_t N = w->type.dims[0], K = w->type.dims[1];
     /* up: the tile covers a and b columns of the same rows */
     tile_rule(o->target, grouped, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
+    if (i->op == IR_OP_MOE_ROUTE && o->target != TARGET_CPU) /* the GPU router: f32 math, FMA tiles (1xN: fused) */
+        tile[0] = 64, tile[1] = 64, tile[2] = 16;
     const TuneEntry *found[TILE_MAX_BUCKETS];
     /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
     int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
@@ -97,17 +100,24 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
                         tile_schedule_format(found, n, o->target == TARGET_CPU ? c.tile_n : TILE_SCHED_GPU, &m->arena));
 }
 
-/* Attention's key block on the CPU: 16 by the rule, else the database's. */
+/* Attention's key block on the CPU: 16 by the rule, else the database's. On a GPU its kernel's form
+ * near 512 tokens: by the CUDA executor's rule the tiled kernel, 64 queries a block, 4 threads each,
+ * key tiles of 32 (16 above head_dim 128); else the database's. */
 static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
 {
-    if (o->target != TARGET_CPU) return;
+    bool gpu = o->target != TARGET_CPU;
     int64_t H = ir_attr_int(i, "heads"), hd = i->in[0]->type.dims[1] / H;
     const TuneEntry *found[TILE_MAX_BUCKETS];
     int n = db_entries(o->tuning, "attention", DT_F32, H, hd, ir_attr_int(i, "kv_heads"), found);
     const TuneEntry *rep = representative(found, n);
-    ir_attr_set_int(m, i, "kv_block", rep ? rep->best.kv_block : 16);
+    TuneConfig c = rep ? rep->best : gpu ? (TuneConfig){.tile_m = 64, .tile_n = 4} : (TuneConfig){.kv_block = 16};
+    if (gpu) {
+        ir_attr_set_int(m, i, "tile_m", c.tile_m);
+        ir_attr_set_int(m, i, "tile_n", c.tile_n);
+    }
+    ir_attr_set_int(m, i, "kv_block", c.kv_block ? c.kv_block : hd <= 128 ? 32 : 16);
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
-    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, 0, &m->arena));
+    if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, gpu ? TILE_SCHED_GPU : 0, &m->arena));
 }
 
 /* h = add(a, b) whose result an rms_norm reads → (h, hn) = add_rms_norm(a, b, w). */
@@ -138,7 +148,7 @@ bool pass_specialize(IrModule *m, const PassOptions *o)
             IrInstr *f = fuse_add_norm(m, i);
             if (f) next = f->next; /* the norm that followed may be gone */
         } else if (i->op == IR_OP_LINEAR || i->op == IR_OP_MOE_GROUPED_UP || i->op == IR_OP_MOE_GROUPED_DOWN ||
-                   (i->op == IR_OP_MOE_ROUTE && o->target == TARGET_CPU)) {
+                   i->op == IR_OP_MOE_ROUTE) {
             set_tiles(m, i, o);
         } else if (i->op == IR_OP_ATTENTION) {
             set_kv_block(m, i, o);

@@ -82,8 +82,10 @@ if "$MOEPPC" emit "$SPEC" --emit cuda --target sm_80 -o "$WORK/cu" > /dev/null 2
   "$MOEPPC" compile "$BF" --target sm_80 --tuning "$WORK/gpudb.yaml" --print-ir > "$WORK/gpu.ir" 2>/dev/null
   grep -q 'moe.grouped_up .*tile_m = 32, tile_n = 64, tile_k = 16, tile_src = "database"' "$WORK/gpu.ir" &&
     grep -q 'moe.grouped_down .*tile_m = 64, tile_n = 32, tile_k = 32, tile_src = "database"' "$WORK/gpu.ir" &&
-    grep -q 'linear .*tile_m = 64, tile_n = 64, tile_k = 32, tile_src = "rule"' "$WORK/gpu.ir" ||
-    { echo "compile --target sm_80 does not show the GPU database's tiles"; grep -E "grouped|linear" "$WORK/gpu.ir" | head; exit 1; }
+    grep -q 'linear .*tile_m = 64, tile_n = 64, tile_k = 32, tile_src = "rule"' "$WORK/gpu.ir" &&
+    grep -q 'attention .*tile_m = 32, tile_n = 8, kv_block = 16, tile_src = "database", tile_schedule = "-1;512:32x8/kv16@2.0"' "$WORK/gpu.ir" &&
+    grep -q 'moe.route .*tile_m = 1, tile_n = 512, tile_k = 16, tile_src = "database"' "$WORK/gpu.ir" ||
+    { echo "compile --target sm_80 does not show the GPU database's tiles"; grep -E "grouped|linear|attention|route" "$WORK/gpu.ir" | head; exit 1; }
   run "$WORK/gpumodel" --random-weights 2 --ids "$IDS" > /dev/null
   "$MOEPPC" build "$BF" --target sm_86 --tuning "$WORK/gpudb.yaml" -o "$WORK/gpumodel86" > /dev/null 2> "$WORK/gpu86.err"
   grep -q "made for sm_80, and this build is for sm_86" "$WORK/gpu86.err" || { echo "a GPU database for another sm was not refused"; exit 1; }
