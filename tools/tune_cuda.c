@@ -393,16 +393,19 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
     return ok;
 }
 
-/* The model with attention in form f (NULL: the rule's) and the router in form route ({0}: the
- * rule's) for T tokens at the end of a context of P positions (ids, pos hold the whole context: its
- * first P - T positions are run first, filling the KV cache): the logits for the T (copied to
- * *logits) and the median ms of instruction `step`. */
-static bool run_form(GpuLayer *L, const CgCudaAttnForm *f, const int route[3], int step, const int32_t *ids,
-                     const int32_t *pos, int64_t P, int64_t T, float **logits, double *ms, RtError *err)
+/* The kernel a form tunes: attention's (CgCudaAttnForm) or the router's (CudaOptions.route). */
+typedef enum { FORM_ATTENTION, FORM_ROUTE } FormKind;
+
+/* The model with form c (NULL: the rule's) of `kind`, for T tokens at the end of a context of P
+ * positions (ids, pos hold the whole context: its first P - T positions are run first, filling the
+ * KV cache): the logits for the T (copied to *logits) and the median ms of the form's instruction. */
+static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int32_t *ids, const int32_t *pos,
+                     int64_t P, int64_t T, float **logits, double *ms, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
-    if (f) o.attn = *f;
-    for (int k = 0; k < 3; k++) o.route[k] = route[k];
+    if (c && kind == FORM_ATTENTION) o.attn = (CgCudaAttnForm){c->tile_m, c->tile_n, c->kv_block};
+    if (c && kind == FORM_ROUTE) o.route[0] = c->tile_m, o.route[1] = c->tile_n, o.route[2] = (int)c->kc;
+    int step = kind == FORM_ATTENTION ? L->att_step : L->route_step;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -415,92 +418,81 @@ static bool run_form(GpuLayer *L, const CgCudaAttnForm *f, const int route[3], i
     return ok;
 }
 
-/* Candidate c of entry e ran T tokens in ms with logits lg: kept (measured; the best so far, in
- * *best ms, if faster) when they match the rule's (ref, bf16 tolerance), else discarded with a warning. */
-static bool check_candidate(const GpuLayer *L, TuneEntry *e, const TuneConfig *c, const float *lg, const float *ref,
-                            int64_t T, double ms, double flop, double *best)
+/* Entry e (its op, shape and tokens T set) of a form's kernel: the rule's form rc, then every
+ * candidate that compiled and that `usable` takes at T, each run as run_form does over a context of
+ * P positions, its logits checked against the rule's (bf16 tolerance, else discarded with a warning)
+ * and timed; GFLOP/s from flop. The entry goes to db when something was measured. */
+static bool tune_forms(GpuLayer *L, FormKind kind, TuneEntry *e, const TuneConfig *rc, const GpuCand *cand, int n_cand,
+                       bool (*usable)(const TuneConfig *c, int64_t T), int64_t P, double flop,
+                       TuneDb *db, RtError *err)
 {
-    double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
-    char name[64];
-    tune_config_format(c, name, sizeof name);
-    if (re > 2e-2) {
-        fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's by %.3g; discarded\n", e->op, name, re);
-        return true;
+    int64_t T = e->tokens;
+    int32_t *ids = xmalloc((size_t)P * sizeof *ids), *pos = xmalloc((size_t)P * sizeof *pos);
+    for (int64_t t = 0; t < P; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
+    float *ref = NULL;
+    double ms, best = 0;
+    bool ok = run_form(L, kind, NULL, ids, pos, P, T, &ref, &ms, err);
+    if (ok) e->measured[e->n_measured++] = (TuneMeasure){*rc, 1e-9 * flop / (ms * 1e-3)}, e->best = *rc, best = ms;
+    for (int q = 0; ok && q < n_cand && e->n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
+        const TuneConfig *c = &cand[q].c;
+        if (!cand[q].ok || tune_config_equal(c, rc) || !usable(c, T)) continue;
+        float *lg = NULL;
+        if (!(ok = run_form(L, kind, c, ids, pos, P, T, &lg, &ms, err))) break;
+        char name[64];
+        tune_config_format(c, name, sizeof name);
+        double re = tune_rel_err(lg, ref, (size_t)(T * L->s->vocab));
+        free(lg);
+        if (re > 2e-2) {
+            fprintf(stderr, "moeppc tune: warning: %s %s: logits differ from the rule's by %.3g; discarded\n", e->op, name, re);
+            continue;
+        }
+        e->measured[e->n_measured++] = (TuneMeasure){*c, 1e-9 * flop / (ms * 1e-3)};
+        if (ms < best) best = ms, e->best = *c;
+        fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e->op, (long long)T, name, ms, best);
     }
-    e->measured[e->n_measured++] = (TuneMeasure){*c, 1e-9 * flop / (ms * 1e-3)};
-    if (ms < *best) *best = ms, e->best = *c;
-    fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e->op, (long long)T, name, ms, *best);
-    return true;
+    fputc('\n', stderr);
+    if (ok && e->n_measured) tune_db_add(db, e);
+    free(ref), free(ids), free(pos);
+    return ok;
 }
 
-/* Attention's entry at T: the rule's form, then every candidate (at T = 1 the per-query ones only),
- * for T queries at the end of a context of 512 positions (as the CPU tuner; fewer when the model
- * takes fewer, more when T is more). */
+/* At T = 1 a block of one query: the per-query kernel's forms only. */
+static bool attention_usable(const TuneConfig *c, int64_t T) { return T > 1 || c->tile_m == 1; }
+
+/* Attention's entry at T: the rule's form, then every candidate, for T queries at the end of a
+ * context of 512 positions (as the CPU tuner; fewer when the model takes fewer, more when T is more). */
 static bool tune_attention(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
 {
     int64_t P = L->s->max_positions < 512 ? L->s->max_positions : 512, keys = 0;
     if (P < T) P = T;
-    int32_t *ids = xmalloc((size_t)P * sizeof *ids), *pos = xmalloc((size_t)P * sizeof *pos);
-    for (int64_t t = 0; t < P; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     for (int64_t t = P - T; t < P; t++) keys += t + 1;
     double flop = 4.0 * (double)keys * (double)L->att.heads * (double)L->att.head_dim; /* q.k and p.v */
     TuneEntry e = {.dtype = DT_F32, .n = L->att.heads, .k = L->att.head_dim, .groups = L->att.kv_heads, .tokens = T};
     snprintf(e.op, sizeof e.op, "attention");
     CgCudaAttnForm rf = cg_cuda_attention_rule(T);
     TuneConfig rc = {.tile_m = rf.bq, .tile_n = rf.tpq, .kv_block = rf.bkv};
-    float *ref = NULL;
-    double ms, best;
-    int zero[3] = {0};
-    bool ok = run_form(L, NULL, zero, L->att_step, ids, pos, P, T, &ref, &ms, err);
-    if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-    for (int q = 0; ok && q < L->n_att && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
-        const TuneConfig *c = &L->att_cand[q].c;
-        if (!L->att_cand[q].ok || tune_config_equal(c, &rc) || (T == 1 && c->tile_m > 1)) continue;
-        CgCudaAttnForm f = {c->tile_m, c->tile_n, c->kv_block};
-        float *lg = NULL;
-        if (!(ok = run_form(L, &f, zero, L->att_step, ids, pos, P, T, &lg, &ms, err))) break;
-        ok = check_candidate(L, &e, c, lg, ref, T, ms, flop, &best);
-        free(lg);
-    }
-    fputc('\n', stderr);
-    if (ok && e.n_measured) tune_db_add(db, &e);
-    free(ref), free(ids), free(pos);
-    return ok;
+    return tune_forms(L, FORM_ATTENTION, &e, &rc, L->att_cand, L->n_att, attention_usable, P, flop, db, err);
+}
+
+/* At T <= 16 the unfused router's linears run the GEMV: of its tiles only the rule's stands for all. */
+static bool route_usable(const TuneConfig *c, int64_t T)
+{
+    CgCudaGemm d = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_FMA, DT_F32, 1, 1, 64, 64);
+    return T > CG_CUDA_GEMV_MAX_T || c->tile_m == 1 || (c->tile_m == d.bm && c->tile_n == d.bn && c->kc == d.bk);
 }
 
 /* The router's entry at T (T tokens at positions 0..T-1, as the GEMMs'): the rule's form (fused up
- * to 64 tokens, the GEMMs above), then every candidate, each checked by the model's logits and timed. */
+ * to 64 tokens, the unfused path on the FMA path's default tile above), then every candidate. */
 static bool tune_route(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
 {
-    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     const IrValue *w = L->route_w1;
     TuneEntry e = {.dtype = w->type.dtype, .n = w->type.dims[0], .k = w->type.dims[1], .groups = 1, .tokens = T};
     snprintf(e.op, sizeof e.op, "route");
     double flop = 2.0 * (double)T * (double)e.n * (double)e.k; /* its first matrix's, as the CPU counts */
-    bool fused_rule = L->route_cand[0].ok && T <= 64; /* (the executor's FUSED_ROUTE_MAX_T) */
+    bool fused_rule = L->route_cand[0].ok && T <= 64;           /* (the executor's FUSED_ROUTE_MAX_T) */
     CgCudaGemm d = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_FMA, e.dtype, 1, 1, e.n, e.k);
     TuneConfig rc = fused_rule ? (TuneConfig){.tile_m = 1, .tile_n = 256} : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
-    float *ref = NULL;
-    double ms, best;
-    int zero[3] = {0};
-    bool ok = run_form(L, NULL, zero, L->route_step, ids, pos, T, T, &ref, &ms, err);
-    if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-    for (int q = 0; ok && q < L->n_route && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
-        const TuneConfig *c = &L->route_cand[q].c;
-        bool rule_tile = c->tile_m == d.bm && c->tile_n == d.bn && c->kc == d.bk;
-        if (!L->route_cand[q].ok || tune_config_equal(c, &rc)) continue;
-        if (T <= CG_CUDA_GEMV_MAX_T && c->tile_m > 1 && !rule_tile) continue; /* the linears' GEMV: one tile stands for all */
-        int form[3] = {c->tile_m, c->tile_n, (int)c->kc};
-        float *lg = NULL;
-        if (!(ok = run_form(L, NULL, form, L->route_step, ids, pos, T, T, &lg, &ms, err))) break;
-        ok = check_candidate(L, &e, c, lg, ref, T, ms, flop, &best);
-        free(lg);
-    }
-    fputc('\n', stderr);
-    if (ok && e.n_measured) tune_db_add(db, &e);
-    free(ref), free(ids), free(pos);
-    return ok;
+    return tune_forms(L, FORM_ROUTE, &e, &rc, L->route_cand, L->n_route, route_usable, T, flop, db, err);
 }
 
 /* The layer the tuner runs: one MoE layer of the spec (and the dense ones before it), as bench --device
