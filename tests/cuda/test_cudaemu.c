@@ -232,6 +232,42 @@ static void test_capture(void **state)
     cg_cuda_graph_free(drv, exec);
 }
 
+/* A thread runs until it blocks, in index order, or from the last with MOEPPC_CUDAEMU_ORDER=reverse:
+ * a kernel that reads its left neighbour's shared-memory write without a barrier between (a race)
+ * gets it in index order and shows the race in reverse; with the barrier both are right. */
+static void test_order(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    /* (each launch writes other values: static shared memory keeps the last block's, not garbage) */
+    const char *fmt = "extern \"C\" __global__ void k(float *o, float base) {\n"
+                      "    __shared__ float s[64];\n"
+                      "    s[threadIdx.x] = base + (float)threadIdx.x;\n%s"
+                      "    o[threadIdx.x] = s[(threadIdx.x + 63) %% 64];\n}\n";
+    char src[2][512], err[1024];
+    snprintf(src[0], sizeof src[0], fmt, "");
+    snprintf(src[1], sizeof src[1], fmt, "    __syncthreads();\n");
+    uint64_t o = dev(64 * 4);
+    for (int order = 0; order < 2; order++) {
+        if (order) setenv("MOEPPC_CUDAEMU_ORDER", "reverse", 1);
+        for (int bar = 0; bar < 2; bar++) {
+            void *fn = must_kernel(src[bar]);
+            float base = (float)(1000 * (2 * order + bar + 1));
+            unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
+            void *args[] = {&o, &base};
+            assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
+            float h[64];
+            assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+            bool right = true;
+            for (int t = 1; t < 64; t++) right &= h[t] == base + (float)(t - 1); /* (thread 0 reads thread 63's) */
+            printf("order %s, %s: %s\n", order ? "reverse" : "by index", bar ? "barrier" : "no barrier",
+                   right ? "right" : "the race shows");
+            assert_true(right == (bar || !order));
+        }
+    }
+    unsetenv("MOEPPC_CUDAEMU_ORDER");
+}
+
 /* Programmatic dependent launch: a kernel launched with it runs when each of its threads waited
  * (griddepcontrol.wait) before touching memory; one whose thread did not is an error naming the
  * count, also when replayed from a graph; without the attribute the wait is not required. */
@@ -411,7 +447,7 @@ int main(void)
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
         cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
-        cmocka_unit_test(test_pdl),
+        cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -298,6 +298,12 @@ static const CudaEmuApi api = {CUDAEMU_ABI, api_self, api_syncthreads, api_excha
                                api_cp_commit, api_cp_wait, api_dyn_smem, api_grid_dep_wait};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
+/* The order a block's runnable threads take turns in: by index, or (MOEPPC_CUDAEMU_ORDER=reverse)
+ * from the last. A thread runs until it blocks, so a missing barrier between one thread's write and
+ * another's read of shared memory goes unseen in one of the two orders and shows in the other. Read
+ * at each launch (run_launch, before its blocks run). */
+static bool order_reverse;
+
 static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, CudaEmuDim3 block, CudaEmuDim3 bid)
 {
     int n = (int)(block.x * block.y * block.z), nw = (n + 31) / 32;
@@ -310,9 +316,12 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
                                bid, block, grid, (unsigned)i & 31u, (unsigned)i >> 5};
         fiber_start(s, i);
     }
+    bool rev = order_reverse;
     for (;;) {
-        for (int i = 0; i < n && !s->failed; i++)
+        for (int j = 0; j < n && !s->failed; j++) {
+            int i = rev ? n - 1 - j : j;
             if (s->fib[i].state == F_RUN) to_fiber(s, &s->fib[i]);
+        }
         if (s->failed) return false;
         int live = 0, at_bar = 0, in_wx = 0, released = 0;
         for (int w = 0; w < nw; w++) {
@@ -438,6 +447,8 @@ static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block,
 {
     Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
+    const char *order = getenv("MOEPPC_CUDAEMU_ORDER");
+    order_reverse = order && strcmp(order, "reverse") == 0;
     if (n_workers < 0) pool_start();
     bool pool = n_workers > 0 && L.total > 1;
     if (pool) {
