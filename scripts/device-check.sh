@@ -89,6 +89,8 @@ EOF
   run 150 "$bin/cuda_model"
   step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
   run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+  step "the tiny models with W's k tiles by the TMA (MOEPPC_CUDA_TMA=1, wgmma implied: its first GPU run)"
+  run 60 env MOEPPC_CUDA_TMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
   step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
   run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
   step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
@@ -143,6 +145,9 @@ EOF
     "${ceil[@]}" | grep "^T ="
   step "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above"
   run 60 env MOEPPC_CUDA_WGMMA=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
+    "${ceil[@]}" | grep "^T ="
+  step "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above"
+  run 60 env MOEPPC_CUDA_TMA=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
     "${ceil[@]}" | grep "^T ="
   step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
   run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="

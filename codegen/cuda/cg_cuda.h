@@ -169,6 +169,11 @@ typedef struct CgCudaGemm {
     bool      wgmma;         /* the cp.async form on sm_90a's warpgroup MMA (wgmma.mma_async
                                 m64nNk16, A and B read from shared memory by descriptors): a
                                 warpgroup per 64 rows, bm 64 or 128, bn <= 256 (UP: 128) ("_wg") */
+    bool      tma;           /* wgmma with bk 64, weights stacked: W's k tiles come by the tensor
+                                memory accelerator (cp.async.bulk.tensor, one thread, an mbarrier
+                                per ring slot) into 128-byte-swizzled rows; the kernel takes a
+                                last argument, the weights' CUtensorMap (cg_cuda_gemm_tma_map;
+                                "_tma")                                                         */
     int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
                                 k tiles; the GEMV's 8-element chunks) and add their partial
                                 products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
@@ -188,6 +193,10 @@ CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma);
 /* The wgmma form (sm_90 only; its kernels compile for sm_90a): 128 x 128 of W per block (two
  * warpgroups), a ring of 5 k tiles of 64 (3 in flight, one multiplied while the last one's MMAs drain). */
 CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
+/* The tensor map a TMA kernel takes (its last argument, by value): the weights as one 2-D array of
+ * u16, [experts x matrices x n rows][k], tiles of BN rows x 64 k, 128-byte swizzle, zeros past the
+ * ends. rows/box for cg_cuda_tensor_map_2d. */
+void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_rows);
 /* In the source of a kernel that needs sm_90a (cg_cuda_compile looks for it). */
 #define CG_CUDA_SM90A_MARK "#define MOEPPC_SM90A 1\n"
 /* Dynamic shared memory a GEMM's launch needs (above 48 KB the launch opts in, cg_cuda_launch*). */
@@ -302,6 +311,12 @@ bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], con
 bool cg_cuda_launch_async_pdl(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                               void **args, bool pdl, char *err, size_t errlen);
 bool cg_cuda_can_pdl(CgCudaDriver *d);
+/* A tensor map (128 bytes at map, 64-byte aligned) of the u16 matrix [rows][inner] at device
+ * address addr (rows `inner` elements apart), boxes of box_rows x box_inner, 128-byte swizzle when
+ * swizzle128, zeros outside (cuTensorMapEncodeTiled; false with a message where the driver has no
+ * tensor maps or refuses the shape). */
+bool cg_cuda_tensor_map_2d(CgCudaDriver *d, void *map, uint64_t addr, uint64_t inner, uint64_t rows, unsigned box_inner,
+                           unsigned box_rows, bool swizzle128, char *err, size_t errlen);
 bool cg_cuda_sync(CgCudaDriver *d, char *err, size_t errlen);
 bool cg_cuda_upload_async(CgCudaDriver *d, uint64_t dst, const void *src, size_t bytes, char *err, size_t errlen);
 bool cg_cuda_copy_async(CgCudaDriver *d, uint64_t dst, uint64_t src, size_t bytes, char *err, size_t errlen);

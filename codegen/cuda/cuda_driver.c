@@ -96,6 +96,8 @@ typedef struct CuApi {
     CUresult (*device_count)(int *);
     CUresult (*func_set_attr)(CUfunction, int, int);
     CUresult (*launch_ex)(const CUlaunchConfig *, CUfunction, void **, void **); /* optional (CUDA 12+) */
+    CUresult (*tensor_map_tiled)(void *, int, unsigned, void *, const uint64_t *, const uint64_t *, const unsigned *,
+                                 const unsigned *, int, int, int, int); /* optional (CUDA 12+) */
 } CuApi;
 
 struct CgCudaDriver {
@@ -183,6 +185,8 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
     }
     void *ex = dlsym(d->lib, "cuLaunchKernelEx"); /* older drivers lack it: no programmatic launches */
     memcpy(&d->api.launch_ex, &ex, sizeof ex);
+    void *tm = dlsym(d->lib, "cuTensorMapEncodeTiled"); /* ... or tensor maps */
+    memcpy(&d->api.tensor_map_tiled, &tm, sizeof tm);
     return true;
 }
 
@@ -391,6 +395,25 @@ bool cg_cuda_can_pdl(CgCudaDriver *d)
     if (!d->api.launch_ex) return false;
     if (d->emu_error) return true;
     return d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev) == 0 && major >= 9;
+}
+
+/* cuda.h's CUtensorMapDataType UINT16, CUtensorMapSwizzle 128B, CUtensorMapL2promotion 128B. */
+#define CU_TENSOR_MAP_U16 1
+#define CU_TENSOR_MAP_SWIZZLE_128B 3
+#define CU_TENSOR_MAP_L2_128B 2
+
+bool cg_cuda_tensor_map_2d(CgCudaDriver *d, void *map, uint64_t addr, uint64_t inner, uint64_t rows, unsigned box_inner,
+                           unsigned box_rows, bool swizzle128, char *err, size_t errlen)
+{
+    if (!d->api.tensor_map_tiled) {
+        snprintf(err, errlen, "CUDA driver: libcuda.so.1 has no cuTensorMapEncodeTiled (a CUDA 12 driver is needed for TMA)");
+        return false;
+    }
+    uint64_t dims[2] = {inner, rows}, strides[1] = {inner * 2};
+    unsigned box[2] = {box_inner, box_rows}, estr[2] = {1, 1};
+    CU_CHECK(d, tensor_map_tiled(map, CU_TENSOR_MAP_U16, 2, (void *)(uintptr_t)addr, dims, strides, box, estr, 0,
+                                 swizzle128 ? CU_TENSOR_MAP_SWIZZLE_128B : 0, CU_TENSOR_MAP_L2_128B, 0));
+    return true;
 }
 
 bool cg_cuda_launch_async_pdl(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,

@@ -65,6 +65,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->ldc && g->ldc != g->n && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ld%lld", (long long)g->ldc);
     if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
     if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
+    if (g->tma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_tma");
     if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
     if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
 }
@@ -82,8 +83,9 @@ static int mma_threads(const CgCudaGemm *g) { return g->wgmma ? 128 * (g->bm / 6
  * 16-bit, rows padded by 8 halves (16 bytes: ldmatrix's eight row addresses hit distinct banks). */
 static long mma_smem(const CgCudaGemm *g)
 {
-    if (g->wgmma) /* no padding: wgmma reads 8 x 16-byte core matrices */
-        return (long)g->stages * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * g->bk * 2;
+    if (g->wgmma) /* no padding: wgmma reads 8 x 16-byte core matrices; TMA: 1 KB to align the ring, mbarriers */
+        return (long)g->stages * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * g->bk * 2 +
+               (g->tma ? 1024 + 8L * g->stages : 0);
     return (long)(g->stages >= 3 ? g->stages : 2) * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
 }
 
@@ -92,6 +94,12 @@ static long mma_smem(const CgCudaGemm *g)
 #define MMA_SMEM_MAX (227 * 1024)
 
 size_t cg_cuda_gemm_smem(const CgCudaGemm *g) { return cg_cuda_gemm_a16(g) ? (size_t)mma_smem(g) : 0; }
+
+void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_rows)
+{
+    *rows = (uint64_t)g->experts * (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * (uint64_t)g->n;
+    *box_rows = (unsigned)g->bn;
+}
 
 static bool check(const CgCudaGemm *g, char *err, size_t errlen)
 {
@@ -126,6 +134,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
         why = "GEMV: 1..16 slots per pass and a k unroll of 1..32";
     else if (g->kind == CG_CUDA_GEMM_LINEAR && (g->experts != 1 || g->k_top != 1))
         why = "a linear layer is one group of one pick per token";
+    else if (g->tma && (!g->wgmma || g->bk != 64 || g->w_table || g->bn > 256))
+        why = "TMA: the wgmma form with bk 64 (a 128-byte row of k) and the weights stacked, not a table";
     else if (g->split < 0 || g->split > 16 || (g->split > 1 && g->kind != CG_CUDA_GEMM_DOWN))
         why = "split-K: 2..16 ways, DOWN only (its epilogue adds into y)";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
@@ -153,6 +163,7 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     cb_printf(b, "#define LDC %lld\n", (long long)(g->ldc ? g->ldc : g->n));
     const char *wparam = g->w_table ? "const void *const *wtab" : "const void *wv";
     const char *xt = cg_cuda_gemm_a16(g) ? "u16" : "float", *ht = up && cg_cuda_gemm_a16(g) ? "u16" : "float";
+    const char *tmap = g->tma ? ", const __grid_constant__ CUtensorMap tmw" : "";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out) {\n"
@@ -160,14 +171,14 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name);
     else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
-                     "const long long *off, const int *perm, %s, %s *out) {\n"
+                     "const long long *off, const int *perm, %s, %s *out%s) {\n"
                      "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, xt, wparam, ht);
+                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, xt, wparam, ht, tmap);
     else
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
-                     "const long long *off, const int *perm, const float *gate_w, %s, float *out) {\n"
+                     "const long long *off, const int *perm, const float *gate_w, %s, float *out%s) {\n"
                      "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, xt, wparam);
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, xt, wparam, tmap);
 }
 
 static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
@@ -310,6 +321,13 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
     cb_printf(b, "            }\n}\n");
 }
 
+/* W's part of a ring slot's LOAD when threads copy it by cp.async (each its chunks, b* found by the
+ * kernel beforehand, as A's). */
+static const char load_b_cp[] =
+    "#define LOAD_B(slot, st_, k0) _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
+    "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u)\n"
+    "#define ADVANCE_B(d) _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) bsrc[it] += bok[it] ? (d) : 0, bcol[it] += (d)\n";
+
 /* The cp.async ring of the MMA forms: LOAD(slot, k0) copies k tile k0 into ring slot `slot` (each
  * thread its chunks: asrc/adst/acol/aok for A, the b* for B, found by the kernel beforehand), then
  * the first PF tiles go in flight (the prefetch distance: ST - 1 for mma.sync, ST - 2 for wgmma,
@@ -319,15 +337,13 @@ static const char cp_ring_start[] =
     "        u16 *st_ = sm + (slot) * STAGE; \\\n"
     "        _Pragma(\"unroll\") for (int it = 0; it < A_IT; it++) if (adst[it] >= 0) \\\n"
     "            cp_async16(st_ + adst[it], aok[it] ? asrc[it] + (k0) : asrc[it], aok[it] && (k0) + acol[it] < KD ? 16u : 0u); \\\n"
-    "        _Pragma(\"unroll\") for (int it = 0; it < B_IT; it++) if (bdst[it] >= 0) \\\n"
-    "            cp_async16(st_ + bdst[it], bok[it] ? bsrc[it] + (k0) : bsrc[it], bok[it] && (k0) + bcol[it] < KD ? 16u : 0u); \\\n"
+    "        LOAD_B(slot, st_, k0); \\\n"
     "    } while (0)\n"
     "    const int KT = KT1 - KT0;  /* this block's k tiles, counted from KT0 (split-K: the sources too) */\n"
     "    if (SPLIT > 1) {\n"
     "#pragma unroll\n"
     "        for (int it = 0; it < A_IT; it++) asrc[it] += aok[it] ? KT0 * BK : 0, acol[it] += KT0 * BK;\n"
-    "#pragma unroll\n"
-    "        for (int it = 0; it < B_IT; it++) bsrc[it] += bok[it] ? KT0 * BK : 0, bcol[it] += KT0 * BK;\n"
+    "        ADVANCE_B(KT0 * BK);\n"
     "    }\n"
     "#pragma unroll\n"
     "    for (int s = 0; s < PF; s++) {  /* the first PF tiles in flight */\n"
@@ -374,7 +390,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c : w;\n"
         "        bdst[it] = q < B_CH ? (BM + mat * BN + r) * LDS + c : -1, bcol[it] = c;\n"
         "    }\n"
-        "%s", cp_ring_start);
+        "%s%s", load_b_cp, cp_ring_start);
     cb_printf(b,
         "    float acc[NB][MI][NI][4];\n"
         "#pragma unroll\n"
@@ -451,8 +467,26 @@ static void emit_wgmma_asm(CgBuf *b, const CgCudaGemm *g)
     for (int i = 0; i < nreg; i++) cb_printf(b, "%s%%%d", i ? ", " : "", i);
     cb_printf(b, "}, %%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n                 : ", nreg, nreg + 1);
     for (int i = 0; i < nreg; i++) cb_printf(b, "%s\"+f\"(d[%d])", i ? ", " : "", i);
-    cb_printf(b, "\n                 : \"l\"(a), \"l\"(b), \"r\"(1)); }\n"
-                 "#else\n#define wgmma_tile(d, a, b) cudaemu_wgmma<%d, %s>(d, a, b)\n#endif\n",
+    cb_printf(b, "\n                 : \"l\"(a), \"l\"(b), \"r\"(1)); }\n");
+    if (g->tma) /* the tensor memory accelerator and its mbarriers (the emulator has twins) */
+        cb_printf(b,
+            "struct __align__(64) CUtensorMap { unsigned long long opaque[16]; };\n"
+            "__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {\n"
+            "    asm volatile(\"mbarrier.init.shared::cta.b64 [%%0], %%1;\" :: \"r\"(bar), \"r\"(count) : \"memory\"); }\n"
+            "__device__ __forceinline__ void fence_mbarrier_init() { asm volatile(\"fence.mbarrier_init.release.cluster;\" ::: \"memory\"); }\n"
+            "/* arrive (the one arrival a phase waits for) and expect `bytes` of asynchronous copies */\n"
+            "__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {\n"
+            "    asm volatile(\"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%%0], %%1;\" :: \"r\"(bar), \"r\"(bytes) : \"memory\"); }\n"
+            "__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {\n"
+            "    u32 ok;\n"
+            "    asm volatile(\"{\\n.reg .pred p;\\nmbarrier.try_wait.parity.shared::cta.b64 p, [%%1], %%2;\\nselp.u32 %%0, 1, 0, p;\\n}\"\n"
+            "                 : \"=r\"(ok) : \"r\"(bar), \"r\"(parity) : \"memory\");\n"
+            "    return ok != 0; }\n"
+            "/* the box at (c0 inner, c1 outer) of tensor map *map into shared memory at dst, completing on bar */\n"
+            "__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, u32 bar) {\n"
+            "    asm volatile(\"cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%%0], [%%1, {%%2, %%3}], [%%4];\"\n"
+            "                 :: \"r\"(smem_u32(dst)), \"l\"((unsigned long long)map), \"r\"(c0), \"r\"(c1), \"r\"(bar) : \"memory\"); }\n");
+    cb_printf(b, "#else\n#define wgmma_tile(d, a, b) cudaemu_wgmma<%d, %s>(d, a, b)\n#endif\n",
               g->bn, g->wdtype == DT_BF16 ? "true" : "false");
 }
 
@@ -469,37 +503,67 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
     emit_k_range(b);
+    if (g->tma)
+        cb_printf(b, "    DYN_SHARED(u16, smraw);  /* the ring 1 KB-aligned (the 128-byte swizzle's unit), then the mbarriers */\n"
+                     "    u16 *sm = smraw + ((1024u - (smem_u32(smraw) & 1023u)) & 1023u) / 2;\n"
+                     "    const u32 mbar = smem_u32(sm + ST * STAGE);  /* slot s's: mbar + 8 s, W's tile landed */\n");
+    else
+        cb_printf(b, "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN rows in core matrices of BK] */\n");
     cb_printf(b,
-        "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN rows in core matrices of BK] */\n"
-        "    const u16 *w = (const u16 *)wv;\n"
+        "%s"
         "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n"
         "    /* chunk q: 8 consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix) */\n"
-        "    const u16 *asrc[A_IT], *bsrc[B_IT];\n"
-        "    int adst[A_IT], bdst[B_IT], acol[A_IT], bcol[B_IT];\n"
-        "    bool aok[A_IT], bok[B_IT];\n"
+        "    const u16 *asrc[A_IT];\n"
+        "    int adst[A_IT], acol[A_IT];\n"
+        "    bool aok[A_IT];\n"
         "#pragma unroll\n"
         "    for (int it = 0; it < A_IT; it++) {\n"
         "        int q = tid + it * NT, c = (q >> 3) %% KC, r = (q >> 3) / KC * 8 + (q & 7);\n"
         "        aok[it] = q < A_CH && m0 + r < ge;\n"
         "        asrc[it] = aok[it] ? AROW(m0 + r) + c * 8 : x;\n"
         "        adst[it] = q < A_CH ? CM(r, c) : -1, acol[it] = c * 8;\n"
-        "    }\n"
-        "#pragma unroll\n"
-        "    for (int it = 0; it < B_IT; it++) {\n"
-        "        int q = tid + it * NT, c = (q >> 3) %% KC, rr = (q >> 3) / KC * 8 + (q & 7), mat = rr / BN, r = rr %% BN;\n"
-        "        bok[it] = q < B_CH && n0 + r < N;\n"
-        "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c * 8 : w;\n"
-        "        bdst[it] = q < B_CH ? BM * BK + mat * BN * BK + CM(r, c) : -1, bcol[it] = c * 8;\n"
-        "    }\n"
-        "%s", cp_ring_start);
+        "    }\n", g->tma ? "    (void)wv;  /* W comes by the tensor map */\n" : "    const u16 *w = (const u16 *)wv;\n");
+    if (g->tma) /* W by the TMA: thread 0 arms the slot's mbarrier with the bytes to come and issues a
+                   box of BN rows x 64 k per matrix (rows past the group's are another group's or zeros:
+                   their columns are not stored; k past KD zeros) */
+        cb_printf(b,
+            "    if (tid == 0) {\n"
+            "        for (int s = 0; s < ST; s++) mbar_init(mbar + 8 * s, 1);\n"
+            "        fence_mbarrier_init();\n"
+            "    }\n"
+            "    __syncthreads();\n"
+            "#define LOAD_B(slot, st_, k0) if (tid == 0) { \\\n"
+            "        mbar_expect_tx(mbar + 8 * (slot), NB * BN * BK * 2); \\\n"
+            "        for (int mat = 0; mat < NB; mat++) \\\n"
+            "            tma_load_2d(st_ + BM * BK + mat * BN * BK, &tmw, KT0 * BK + (k0), (int)WROW(e, mat, n0), mbar + 8 * (slot)); }\n"
+            "#define ADVANCE_B(d)  /* (the TMA's coordinates are absolute) */\n"
+            "%s", cp_ring_start);
+    else
+        cb_printf(b,
+            "    const u16 *bsrc[B_IT];\n"
+            "    int bdst[B_IT], bcol[B_IT];\n"
+            "    bool bok[B_IT];\n"
+            "#pragma unroll\n"
+            "    for (int it = 0; it < B_IT; it++) {\n"
+            "        int q = tid + it * NT, c = (q >> 3) %% KC, rr = (q >> 3) / KC * 8 + (q & 7), mat = rr / BN, r = rr %% BN;\n"
+            "        bok[it] = q < B_CH && n0 + r < N;\n"
+            "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c * 8 : w;\n"
+            "        bdst[it] = q < B_CH ? BM * BK + mat * BN * BK + CM(r, c) : -1, bcol[it] = c * 8;\n"
+            "    }\n"
+            "%s%s", load_b_cp, cp_ring_start);
     cb_printf(b,
-        "    /* descriptor: start >> 4 (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), no swizzle */\n"
+        "    /* descriptor: start >> 4 (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), layout (62-63): A's\n"
+        "     * core matrices without swizzle; W's rows of 128 bytes swizzled (TMA: 1; SBO 8 rows, 1 KB) */\n"
         "    const unsigned long long DESC = (128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32;\n"
+        "    const unsigned long long DESCB = %s;\n",
+        g->tma ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16" : "DESC");
+    cb_printf(b,
         "    float acc[NB][NACC];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"
         "    for (int kt = 0; kt < KT; kt++) {\n"
         "        cp_async_wait<PF - 1>();  /* tile kt has landed (this thread's copies) */\n"
+        "%s"
         "        fence_proxy_async();      /* ... and is visible to the tensor cores' async proxy */\n"
         "        __syncthreads();          /* every thread's; and every warpgroup's wgmmas of tile kt - 2 are\n"
         "                                     done (each waited for them), so their slot can be refilled */\n"
@@ -509,11 +573,11 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        u32 base = smem_u32(sm + (kt %% ST) * STAGE);\n"
         "        wgmma_fence();\n"
         "#pragma unroll\n"
-        "        for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: two chunks, 256 bytes on */\n"
+        "        for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: A two chunks on (256 bytes); W %s */\n"
         "            unsigned long long da = DESC | (((base + wg * 64 * BK * 2 + kk * 256) & 0x3ffffu) >> 4);\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++)\n"
-        "                wgmma_tile(acc[mat], da, DESC | (((base + (BM + mat * BN) * BK * 2 + kk * 256) & 0x3ffffu) >> 4));\n"
+        "                wgmma_tile(acc[mat], da, DESCB | (((base + (BM + mat * BN) * BK * 2 + kk * %d) & 0x3ffffu) >> 4));\n"
         "        }\n"
         "        wgmma_commit();\n"
         "        wgmma_wait<1>();          /* tile kt's MMAs run on while the next tile is waited for */\n"
@@ -526,7 +590,9 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        for (int hh = 0; hh < 2; hh++) {  /* the m16n8 C fragment of warp wq's 16 rows, per 8 columns */\n"
         "            long long s = m0 + wg * 64 + wq * 16 + (lane >> 2) + hh * 8;\n"
         "            int n = n0 + j * 8 + (lane & 3) * 2;\n"
-        "            if (s >= ge || n >= N) continue;\n");
+        "            if (s >= ge || n >= N) continue;\n",
+        g->tma ? "        while (!mbar_try_wait(mbar + 8 * (kt % ST), (kt / ST) & 1)) {}  /* W's tile kt (TMA) */\n" : "",
+        g->tma ? "32 bytes on in its swizzled rows" : "two chunks on", g->tma ? 32 : 256);
     if (up)
         cb_printf(b, "            float a0 = acc[0][4 * j + 2 * hh], a1 = acc[0][4 * j + 2 * hh + 1];\n"
                      "            *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][4 * j + 2 * hh],\n"

@@ -361,7 +361,7 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
                          .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
                          .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                          .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
-                         .pdl = cuda_env_on("MOEPPC_CUDA_PDL")};
+                         .pdl = cuda_env_on("MOEPPC_CUDA_PDL"), .tma = cuda_env_on("MOEPPC_CUDA_TMA")};
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */

@@ -37,6 +37,7 @@ typedef struct GemmAlt {
     bool is_gemv[2 * TILE_MAX_BUCKETS];
     CgCudaGemm g[2 * TILE_MAX_BUCKETS];
     int k[2 * TILE_MAX_BUCKETS], n;
+    unsigned char *tmap[2 * TILE_MAX_BUCKETS]; /* g[j].tma: W's tensor map (its box; 128 bytes, aligned) */
 } GemmAlt;
 
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
@@ -46,6 +47,7 @@ typedef struct Gemm {
     int k_tiled, k_gemv, k_gemv1;
     GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
+    unsigned char *tmap;              /* tiled.tma: the stacked weights' tensor map (128 bytes, aligned) */
 } Gemm;
 
 /* Attention's forms other than the rule's: the tuner's candidate (CudaOptions.attn, every T) or a
@@ -313,10 +315,12 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
                 if (t->wgmma && !wgmma_here(cm)) continue; /* (the pick then finds no kernel: the rule's runs) */
                 g = t->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
             }
+            bool tma_ok = !gv && t->wgmma && cm->o.tma && !g.w_table && (t->kc ? t->kc : g.bk) == 64;
             if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
             else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
             g.split = t->split; /* (the generator refuses it on UP: a database made by hand) */
+            g.tma = tma_ok;
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
@@ -334,7 +338,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
-        bool wg = a16 && cm->o.wgmma && wgmma_here(cm);
+        bool wg = a16 && (cm->o.wgmma || cm->o.tma) && wgmma_here(cm);
         if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
@@ -342,6 +346,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         if (a16 && stages > 0) gm->tiled.stages = stages;
+        gm->tiled.tma = wg && cm->o.tma && !table && gm->tiled.bk == 64;
         gm->tiled.ldc = ldc;
         if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
@@ -359,6 +364,34 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     if (!cm->o.no_decode_gemv && !gv_set && !gemm_kern(cm, &gm->gemv1, &gm->k_gemv1, err)) return false;
     const char *sched = cm->o.tile_sched[kind == CG_CUDA_GEMM_DOWN];
     return !sched || kind == CG_CUDA_GEMM_LINEAR || !half || gemm_alt(cm, gm, sched, gm->k_tiled >= 0, err);
+}
+
+/* W's tensor map for a TMA kernel g of gm (its weights stacked at gm->w), into *map (allocated: a
+ * tensor map is 128 bytes, 64-byte aligned). */
+static bool tma_map(CudaModel *cm, const Gemm *gm, const CgCudaGemm *g, unsigned char **map, RtError *err)
+{
+    uint64_t rows;
+    unsigned box;
+    char e[512];
+    cg_cuda_gemm_tma_map(g, &rows, &box);
+    if (!*map && !(*map = aligned_alloc(128, 128))) {
+        snprintf(err->msg, sizeof err->msg, "out of host memory for a tensor map");
+        return false;
+    }
+    if (cg_cuda_tensor_map_2d(cm->drv, *map, gm->w, (uint64_t)g->k, rows, 64, box, true, e, sizeof e)) return true;
+    snprintf(err->msg, sizeof err->msg, "the tensor map of %lld x %lld weights for the TMA: %s", (long long)rows,
+             (long long)g->k, e);
+    return false;
+}
+
+/* The tensor maps of gm's TMA kernels (after its weights are on the device). */
+static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
+{
+    if (cm->dry) return true;
+    if (gm->k_tiled >= 0 && gm->tiled.tma && !tma_map(cm, gm, &gm->tiled, &gm->tmap, err)) return false;
+    for (int j = 0; gm->alt && j < gm->alt->n; j++)
+        if (gm->alt->g[j].tma && !tma_map(cm, gm, &gm->alt->g[j], &gm->alt->tmap[j], err)) return false;
+    return true;
 }
 
 /* f32_math: f32 activations whatever the weights (the router, SEMANTICS.md §4), else tensor cores
@@ -608,7 +641,7 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
         }
         return gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
                           up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, st->a16, err) &&
-               wstack(cm, i, first, E, &st->gm[0].w, err);
+               wstack(cm, i, first, E, &st->gm[0].w, err) && tma_maps(cm, &st->gm[0], err);
     }
     case IR_OP_CONVERT:
         snprintf(err->msg, sizeof err->msg, "internal error: convert reached the CUDA executor (run widen-activations)");
@@ -964,10 +997,19 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
     int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
     const TileSchedule *ts = !gm->alt ? NULL : gemv ? &gm->alt->gemvs : &gm->alt->tiles;
+    const unsigned char *map = gm->tmap;
     if (ts && ts->n) { /* the tuned configuration for this T */
         TuneConfig c = tile_schedule_pick(ts, r->T);
         for (int j = 0; j < gm->alt->n; j++)
-            if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c)) g = &gm->alt->g[j], kern = gm->alt->k[j];
+            if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c))
+                g = &gm->alt->g[j], kern = gm->alt->k[j], map = gm->alt->tmap[j];
+    }
+    if (g->tma) { /* W's tensor map, its last argument */
+        void *with_map[8];
+        int n = g->kind == CG_CUDA_GEMM_UP ? 6 : 7;
+        memcpy(with_map, args, (size_t)n * sizeof *args);
+        with_map[n] = (void *)map;
+        return gemm_launch(r, st, g, kern, with_map);
     }
     return gemm_launch(r, st, g, kern, args);
 }
@@ -1275,7 +1317,11 @@ void cuda_model_free(CudaModel *cm)
     free(cm->wmap);
     for (int s = 0; s < cm->n_steps; s++)
     {
-        for (int g = 0; g < cm->steps[s].n_gm; g++) free(cm->steps[s].gm[g].alt);
+        for (int g = 0; g < cm->steps[s].n_gm; g++) {
+            Gemm *gm = &cm->steps[s].gm[g];
+            for (int j = 0; gm->alt && j < gm->alt->n; j++) free(gm->alt->tmap[j]);
+            free(gm->alt), free(gm->tmap);
+        }
         free(cm->steps[s].att);
         if (cm->steps[s].route) free(cm->steps[s].route->g), free(cm->steps[s].route->k);
         free(cm->steps[s].route);

@@ -90,6 +90,10 @@ typedef struct CudaOptions {
                                        (or the emulator; elsewhere ignored) (MOEPPC_CUDA_WGMMA=1; not
                                        the default until a GPU has run it; a tuning database's
                                        entries can ask for it per tile: "/wg")                      */
+    bool tma;                       /* the grouped GEMMs of 16-bit models on wgmma (implied) with W's
+                                       k tiles by the tensor memory accelerator where the tile's k is 64
+                                       and the weights are stacked (MOEPPC_CUDA_TMA=1; sm_90; opt-in
+                                       until a GPU has run it)                                       */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
                                        start while the one before it drains (MOEPPC_CUDA_PDL=1; not

@@ -181,10 +181,11 @@ static void test_wgmma_compile(void **state)
 {
     (void)state;
     Seen seen = {0};
-    for (int kind = 0; kind < 2; kind++) {
-        CgCudaGemm g = cg_cuda_gemm_default(kind ? CG_CUDA_GEMM_DOWN : CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16, 2,
-                                            kind ? 1536 : 4096, kind ? 4096 : 1536);
+    for (int kind = 0; kind < 4; kind++) { /* up, down; then both with W by the TMA */
+        CgCudaGemm g = cg_cuda_gemm_default(kind % 2 ? CG_CUDA_GEMM_DOWN : CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16,
+                                            2, kind % 2 ? 1536 : 4096, kind % 2 ? 4096 : 1536);
         g = cg_cuda_gemm_wgmma(&g);
+        g.tma = kind >= 2;
         char sym[256], err[4096];
         cg_cuda_gemm_symbol(&g, sym, sizeof sym);
         char *src = cg_cuda_gemm_source(&g, err, sizeof err);
@@ -204,6 +205,9 @@ static void test_wgmma_compile(void **state)
     char err[512];
     assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
     assert_non_null(strstr(err, "wgmma tile"));
+    g.bn = 128, g.bk = 32, g.tma = true; /* TMA rows are 64 of k (128 bytes, the swizzle's) */
+    assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
+    assert_non_null(strstr(err, "TMA"));
     free(seen.sym);
 }
 

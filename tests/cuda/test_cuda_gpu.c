@@ -200,6 +200,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         *g = async[4] ? cg_cuda_gemm_wgmma(g) : cg_cuda_gemm_async(g);
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
+        g->tma = async[4] > 1; /* W by the TMA */
     }
     char su[256], sd[256], err[256];
     cg_cuda_gemm_symbol(&gu, su, sizeof su);
@@ -219,10 +220,22 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     long long TT = T;
     unsigned g[3], b[3];
     size_t smem;
-    void *au[] = {&TT, &dx, &doff, &dperm, &dwu, &dh};
+    _Alignas(128) unsigned char mapu[128], mapd[128]; /* TMA: the weights' tensor maps, last arguments */
+    if (gu.tma) {
+        char e[512];
+        uint64_t rows;
+        unsigned box;
+        cg_cuda_gemm_tma_map(&gu, &rows, &box);
+        bool ok = cg_cuda_tensor_map_2d(drv, mapu, dwu, (uint64_t)D, rows, 64, box, true, e, sizeof e);
+        cg_cuda_gemm_tma_map(&gd, &rows, &box);
+        ok = ok && cg_cuda_tensor_map_2d(drv, mapd, dwd, (uint64_t)I, rows, 64, box, true, e, sizeof e);
+        if (!ok) fprintf(stderr, "%s\n", e);
+        assert_true(ok);
+    }
+    void *au[] = {&TT, &dx, &doff, &dperm, &dwu, &dh, mapu};
     cg_cuda_gemm_launch(&gu, T, g, b, &smem);
     launch(fu, g, b, smem, au);
-    void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy};
+    void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy, mapd};
     cg_cuda_gemm_launch(&gd, T, g, b, &smem);
     launch(fd, g, b, smem, ad);
     download(hgot, dh, (size_t)S * I * hsz);
@@ -264,9 +277,15 @@ static void test_grouped(void **state)
     /* wgmma (sm_90 GPUs and the emulator): its default (two warpgroups, k tiles of 64 over k = 48:
      * one partial tile), then one warpgroup with three 8-column blocks and 3 stages */
     static const int wg[5] = {0, 0, 0, 0, 1}, wg_small[5] = {3, 64, 24, 32, 1};
+    /* ... with W by the TMA (128-byte swizzled rows): k tails (48 and 200 of 64), a 4-stage ring over
+     * k = 200 that wraps, rows past the last group's (zeros) and one warpgroup of 24 columns */
+    static const int tma[5] = {0, 0, 0, 0, 2}, tma_small[5] = {4, 64, 24, 64, 2};
     if (strcmp(arch, "sm_90") == 0 || strcmp(arch, CG_CUDA_EMU_ARCH) == 0) {
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, wg, 0);
         grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, wg_small, 0);
+        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, tma, 0);
+        grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, tma_small, 0);
+        grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, tma, 2);
     } else printf("wgmma: not on %s (sm_90 only)\n", arch);
     /* split-K DOWN on every path: whole k tiles per split (FMA: 3 tiles in 4 splits, one empty), the
      * GEMV's chunks with the scalar k tail in the last split, the decode form's shorter batches */

@@ -249,7 +249,7 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
     CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
                        .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                        .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
-                       .pdl = cuda_env_on("MOEPPC_CUDA_PDL")};
+                       .pdl = cuda_env_on("MOEPPC_CUDA_PDL"), .tma = cuda_env_on("MOEPPC_CUDA_TMA")};
     CudaModel *dm = cuda_model_new(m, w, s->max_positions, &opt, &err);
     assert_non_null(dm);
     assert_true(cuda_model_run(dm, ids, pos, T0, &err));

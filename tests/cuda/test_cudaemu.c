@@ -268,6 +268,40 @@ static void test_order(void **state)
     unsetenv("MOEPPC_CUDAEMU_ORDER");
 }
 
+/* mbarriers: a thread waiting for a phase yields until another thread completes it (in either
+ * order); a wait no thread will end is a deadlock error naming it, not a hang. */
+static void test_mbarrier(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    const char *fmt = "extern \"C\" __global__ void k(float *o) {\n"
+                      "    DYN_SHARED(u16, sm);\n"
+                      "    u32 bar = smem_u32(sm);\n"
+                      "    if (threadIdx.x == 0) mbar_init(bar, 1);\n"
+                      "    __syncthreads();\n"
+                      "    if (threadIdx.x == %d) mbar_expect_tx(bar, 0);  /* the phase's one arrival */\n"
+                      "    while (!mbar_try_wait(bar, 0)) {}\n"
+                      "    o[threadIdx.x] = 1.0f;\n}\n";
+    char src[512], err[1024];
+    uint64_t o = dev(32 * 4);
+    unsigned grid[3] = {1, 1, 1}, block[3] = {32, 1, 1};
+    void *args[] = {&o};
+    for (int order = 0; order < 2; order++) { /* thread 0 arrives: the others wait for it first in reverse */
+        if (order) setenv("MOEPPC_CUDAEMU_ORDER", "reverse", 1);
+        snprintf(src, sizeof src, fmt, 0);
+        assert_true(cg_cuda_fill32_async(drv, o, 0, 32, err, sizeof err));
+        assert_true(cg_cuda_launch(drv, must_kernel(src), grid, block, 64, args, err, sizeof err));
+        float h[32];
+        assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+        for (int t = 0; t < 32; t++) assert_true(h[t] == 1.0f);
+    }
+    unsetenv("MOEPPC_CUDAEMU_ORDER");
+    snprintf(src, sizeof src, fmt, 99); /* nobody arrives */
+    assert_false(cg_cuda_launch(drv, must_kernel(src), grid, block, 64, args, err, sizeof err));
+    printf("%s\n", err);
+    assert_non_null(strstr(err, "32 for an mbarrier phase no thread will complete"));
+}
+
 /* Programmatic dependent launch: a kernel launched with it runs when each of its threads waited
  * (griddepcontrol.wait) before touching memory; one whose thread did not is an error naming the
  * count, also when replayed from a graph; without the attribute the wait is not required. */
@@ -448,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
         cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
+        cmocka_unit_test(test_mbarrier),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

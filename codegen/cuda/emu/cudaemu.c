@@ -89,7 +89,7 @@ EXPORT CUresult cuGetErrorString(CUresult rc, const char **s)
 #define FUNC_ATTR_MAX_DYNAMIC_SHARED 8
 #define STACK_BYTES (256 << 10)
 
-enum { F_RUN, F_BAR, F_WX, F_DONE };
+enum { F_RUN, F_BAR, F_WX, F_DONE, F_MBAR }; /* F_MBAR: waiting for an mbarrier phase */
 
 typedef struct CpCopy { char *dst; const char *src; unsigned bytes, src_bytes; unsigned group; } CpCopy;
 
@@ -138,6 +138,7 @@ typedef struct Sched {
     unsigned char *dyn; /* the block's dynamic shared memory */
     size_t dyn_bytes, dyn_cap;
     bool failed;
+    unsigned long mbar_events; /* mbarrier state changes in this block (a waiter's progress) */
     char msg[768];
 } Sched;
 
@@ -294,8 +295,81 @@ static void *api_dyn_smem(void) { return S->dyn; }
 
 static void api_grid_dep_wait(void);
 
-static const CudaEmuApi api = {CUDAEMU_ABI, api_self, api_syncthreads, api_exchange, api_fail, api_cp_async,
-                               api_cp_commit, api_cp_wait, api_dyn_smem, api_grid_dep_wait};
+/* An mbarrier (8 bytes of dynamic shared memory): arrivals a phase (16 bits), arrivals pending (16),
+ * bytes of copies pending (31) and the phase's parity (1). */
+static uint32_t *mbar_at(unsigned bar, const char *op)
+{
+    if (bar % 8 || (size_t)bar + 8 > S->dyn_bytes) {
+        char m[160];
+        snprintf(m, sizeof m, "%s: mbarrier at %u, not 8-byte aligned in the %zu bytes of dynamic shared memory", op,
+                 bar, S->dyn_bytes);
+        api_fail(m);
+    }
+    return (uint32_t *)(S->dyn + bar);
+}
+
+static void mbar_maybe_complete(uint32_t *m)
+{
+    if ((m[0] >> 16) == 0 && (m[1] & 0x7fffffffu) == 0) /* phase done: flip it, arrivals pending again */
+        m[0] = (m[0] & 0xffffu) | (m[0] & 0xffffu) << 16, m[1] ^= 0x80000000u;
+    S->mbar_events++;
+}
+
+static void api_mbar_init(unsigned bar, unsigned count)
+{
+    uint32_t *m = mbar_at(bar, "mbarrier.init");
+    if (count == 0 || count > 0xffffu) api_fail("mbarrier.init: an arrival count of 0 or above 65535");
+    m[0] = count | count << 16, m[1] = 0;
+    S->mbar_events++;
+}
+
+static void api_mbar_expect_tx(unsigned bar, unsigned bytes)
+{
+    uint32_t *m = mbar_at(bar, "mbarrier.arrive.expect_tx");
+    if ((m[0] >> 16) == 0) api_fail("mbarrier.arrive.expect_tx: more arrivals than the phase expects");
+    if ((m[1] & 0x7fffffffu) + (uint64_t)bytes > 0x7fffffffu) api_fail("mbarrier.arrive.expect_tx: too many bytes");
+    m[1] += bytes, m[0] -= 1u << 16;
+    mbar_maybe_complete(m);
+}
+
+static void api_mbar_wait(unsigned bar, unsigned parity)
+{
+    for (;;) {
+        uint32_t *m = mbar_at(bar, "mbarrier.try_wait.parity");
+        if ((m[1] >> 31) != (parity & 1)) return; /* the phase of that parity has completed */
+        S->cur->state = F_MBAR;
+        to_scheduler();
+    }
+}
+
+static void api_tma_load_2d(void *dst, const void *map, int c0, int c1, unsigned bar)
+{
+    const CudaEmuTensorMap *t = map;
+    if (t->magic != CUDAEMU_TMAP_MAGIC || t->rank != 2) api_fail("cp.async.bulk.tensor: not a 2-D tensor map of this emulator");
+    size_t o = (size_t)((unsigned char *)dst - S->dyn), row = (size_t)t->box[0] * t->esize;
+    if ((unsigned char *)dst < S->dyn || o + row * t->box[1] > S->dyn_bytes || o % (t->swizzle ? 1024 : 128))
+        api_fail("cp.async.bulk.tensor: the box does not fit dynamic shared memory at a 128-byte (swizzled: 1 KB) boundary");
+    for (unsigned r = 0; r < t->box[1]; r++)
+        for (unsigned e = 0; e < t->box[0]; e++) {
+            long long x = (long long)c0 + e, y = (long long)c1 + r;
+            size_t at = o + r * row + (size_t)e * t->esize;
+            if (t->swizzle) at ^= ((at >> 7) & 7) << 4;
+            if (x < 0 || y < 0 || (unsigned long long)x >= t->dims[0] || (unsigned long long)y >= t->dims[1])
+                memset(S->dyn + at, 0, t->esize);
+            else
+                memcpy(S->dyn + at, (const char *)(uintptr_t)t->addr + (size_t)y * t->stride1 + (size_t)x * t->esize, t->esize);
+        }
+    uint32_t *m = mbar_at(bar, "cp.async.bulk.tensor");
+    unsigned bytes = (unsigned)(row * t->box[1]);
+    if ((m[1] & 0x7fffffffu) < bytes) api_fail("cp.async.bulk.tensor: more bytes than its mbarrier expects");
+    m[1] -= bytes;
+    mbar_maybe_complete(m);
+}
+
+static const CudaEmuApi api = {CUDAEMU_ABI,       api_self,        api_syncthreads,    api_exchange,
+                               api_fail,          api_cp_async,    api_cp_commit,      api_cp_wait,
+                               api_dyn_smem,      api_grid_dep_wait, api_mbar_init,    api_mbar_expect_tx,
+                               api_mbar_wait,     api_tma_load_2d};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
 /* The order a block's runnable threads take turns in: by index, or (MOEPPC_CUDAEMU_ORDER=reverse)
@@ -317,13 +391,17 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
         fiber_start(s, i);
     }
     bool rev = order_reverse;
+    unsigned long woke_at = 0; /* mbar_events when the mbarrier waiters were last woken */
+    bool woke = false;
+    s->mbar_events = 0;
     for (;;) {
         for (int j = 0; j < n && !s->failed; j++) {
             int i = rev ? n - 1 - j : j;
             if (s->fib[i].state == F_RUN) to_fiber(s, &s->fib[i]);
         }
         if (s->failed) return false;
-        int live = 0, at_bar = 0, in_wx = 0, released = 0;
+        int live = 0, at_bar = 0, in_wx = 0, released = 0, in_mbar = 0;
+        for (int i = 0; i < n; i++) in_mbar += s->fib[i].state == F_MBAR;
         for (int w = 0; w < nw; w++) {
             int lanes = n - 32 * w < 32 ? n - 32 * w : 32, wl = 0, wx = 0;
             for (int l = 0; l < lanes; l++) {
@@ -349,9 +427,17 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
                 if (s->fib[i].state == F_BAR) s->fib[i].state = F_RUN;
             continue;
         }
+        /* mbarrier waiters run again while some mbarrier changed since they last did */
+        if (in_mbar && (!woke || s->mbar_events != woke_at)) {
+            for (int i = 0; i < n; i++)
+                if (s->fib[i].state == F_MBAR) s->fib[i].state = F_RUN;
+            woke = true, woke_at = s->mbar_events;
+            continue;
+        }
         snprintf(s->msg, sizeof s->msg, "kernel %s, block (%u,%u,%u): deadlock: of %d live threads %d wait at "
-                 "__syncthreads and %d in warp collectives whose warps are not all there (divergent barrier or "
-                 "collective)", k->name, bid.x, bid.y, bid.z, live, at_bar, in_wx);
+                 "__syncthreads, %d in warp collectives whose warps are not all there (divergent barrier or "
+                 "collective) and %d for an mbarrier phase no thread will complete", k->name, bid.x, bid.y, bid.z,
+                 live, at_bar, in_wx, in_mbar);
         return false;
     }
 }
@@ -989,6 +1075,32 @@ EXPORT CUresult cuLaunchKernelEx(const EmuLaunchConfig *c, void *fn, void **para
         pdl = c->attrs[i].value.i != 0;
     }
     return launch_kernel(fn, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra, pdl);
+}
+
+/* A tiled tensor map for the emulator's cp.async.bulk.tensor (what moeppc's kernels use: rank 2,
+ * element strides 1, no interleave, no swizzle or 128 bytes; the driver's requirements checked). */
+EXPORT CUresult cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank, void *addr, const uint64_t *dims,
+                                       const uint64_t *strides, const unsigned *box, const unsigned *estr,
+                                       int interleave, int swizzle, int l2, int oob)
+{
+    static const unsigned sizes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2};
+    (void)l2;
+    if (!map || (uintptr_t)map % 64) return fail_with(CU_INVALID_VALUE, "cuTensorMapEncodeTiled: the map is not 64-byte aligned");
+    if (rank != 2 || interleave != 0 || oob != 0 || dtype < 0 || dtype > 9 || (swizzle != 0 && swizzle != 3))
+        return fail_with(CU_NOT_SUPPORTED, "cuTensorMapEncodeTiled: emulated are rank 2, no interleave, no OOB NaN fill, "
+                         "swizzle none or 128 bytes, data types 0-9 (rank %u, interleave %d, swizzle %d, type %d)",
+                         rank, interleave, swizzle, dtype);
+    unsigned es = sizes[dtype];
+    if (!addr || (uintptr_t)addr % 16 || !dims[0] || !dims[1] || strides[0] % 16 || strides[0] < dims[0] * es ||
+        !box[0] || !box[1] || box[0] > 256 || box[1] > 256 || box[0] * es % 16 || estr[0] != 1 || estr[1] != 1 ||
+        (swizzle == 3 && box[0] * es > 128))
+        return fail_with(CU_INVALID_VALUE, "cuTensorMapEncodeTiled: a tensor or box the driver refuses (address 16-byte "
+                         "aligned, stride a multiple of 16, box rows of 16-byte multiples up to 256, swizzled up to 128 bytes)");
+    CudaEmuTensorMap t = {CUDAEMU_TMAP_MAGIC, es, (unsigned)swizzle, rank, {box[0], box[1]}, (unsigned long long)(uintptr_t)addr,
+                          {dims[0], dims[1]}, strides[0]};
+    memset(map, 0, 128);
+    memcpy(map, &t, sizeof t);
+    return CU_OK;
 }
 
 /* Of the function attributes, the one moeppc sets: the dynamic shared memory a launch may use. */

@@ -4,7 +4,7 @@
 #ifndef MOEPPC_CUDAEMU_ABI_H
 #define MOEPPC_CUDAEMU_ABI_H
 
-#define CUDAEMU_ABI 4
+#define CUDAEMU_ABI 5
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
 /* The first line of a kernel image for the emulator. Format 1 (what the tests and `moeppc run` use):
@@ -41,6 +41,23 @@ typedef struct CudaEmuApi {
     /* griddepcontrol.wait: counted; a launch with programmatic dependent launch fails unless every
      * one of its threads waited (the kernels before it could still be writing its inputs) */
     void (*grid_dep_wait)(void);
+    /* mbarriers (8 bytes of dynamic shared memory at offset bar) and the tensor memory accelerator:
+     * init with `count` arrivals a phase; arrive once expecting `bytes` of copies; wait for the phase
+     * of parity `parity` to complete (yields to the block's other threads until it does; a wait no
+     * thread can end is a deadlock error); copy the box at (c0, c1) of tensor map `map` (made by
+     * this emulator's cuTensorMapEncodeTiled) to shared memory at dst, zeros outside the tensor,
+     * 128-byte swizzled if the map says so, then complete its bytes on bar */
+    void (*mbar_init)(unsigned bar, unsigned count);
+    void (*mbar_expect_tx)(unsigned bar, unsigned bytes);
+    void (*mbar_wait)(unsigned bar, unsigned parity);
+    void (*tma_load_2d)(void *dst, const void *map, int c0, int c1, unsigned bar);
 } CudaEmuApi;
+/* The emulator's tensor map (in the 128 bytes of a CUtensorMap). */
+typedef struct CudaEmuTensorMap {
+    unsigned magic, esize, swizzle, rank; /* swizzle: 0 none, 3 128 bytes (CUtensorMapSwizzle) */
+    unsigned box[2];
+    unsigned long long addr, dims[2], stride1;
+} CudaEmuTensorMap;
+#define CUDAEMU_TMAP_MAGIC 0x4d54454du /* "MTEM" */
 
 #endif

@@ -21,8 +21,9 @@
 #define __constant__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
+#define __grid_constant__
 
-#define CUDAEMU_ABI 4
+#define CUDAEMU_ABI 5
 #define CUDAEMU_SLOT 128
 #define CUDAEMU_SCRATCH 2048
 struct CudaEmuDim3 { unsigned x, y, z; };
@@ -38,6 +39,10 @@ struct CudaEmuApi {
     void (*cp_wait)(int pending);
     void *(*dyn_smem)(void);
     void (*grid_dep_wait)(void);
+    void (*mbar_init)(unsigned bar, unsigned count);
+    void (*mbar_expect_tx)(unsigned bar, unsigned bytes);
+    void (*mbar_wait)(unsigned bar, unsigned parity);
+    void (*tma_load_2d)(void *dst, const void *map, int c0, int c1, unsigned bar);
 };
 static const CudaEmuApi *cudaemu;
 
@@ -281,11 +286,21 @@ template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
 // launch made with the attribute called it
 static inline void grid_dep_wait() { cudaemu->grid_dep_wait(); }
 static inline void grid_dep_launch() {}
+// sm_90's tensor memory accelerator and mbarriers (addresses: offsets into dynamic shared memory)
+struct alignas(64) CUtensorMap { unsigned long long opaque[16]; };
+static inline void mbar_init(u32 bar, u32 count) { cudaemu->mbar_init(bar, count); }
+static inline void fence_mbarrier_init() {}
+static inline void mbar_expect_tx(u32 bar, u32 bytes) { cudaemu->mbar_expect_tx(bar, bytes); }
+static inline bool mbar_try_wait(u32 bar, u32 parity) { cudaemu->mbar_wait(bar, parity); return true; }
+static inline void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, u32 bar)
+{
+    cudaemu->tma_load_2d(dst, map, c0, c1, bar);
+}
 
 // ---- sm_90a: the warpgroup MMA (wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}) -------------
 // Shared-memory addresses are offsets into the launch's dynamic shared memory (the only kind the
 // descriptors of moeppc's kernels point into). A descriptor: start >> 4 (bits 0-13), leading byte
-// offset >> 4 (16-29), stride byte offset >> 4 (32-45), swizzle (62-63; only none is emulated).
+// offset >> 4 (16-29), stride byte offset >> 4 (32-45), swizzle (62-63; none and 128 bytes).
 // K-major without swizzle, element (r, k) of a 64 x 16 (A) or N x 16 (B) tile is at start +
 // (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2 (8 x 16-byte core matrices). D: warp w of the
 // warpgroup holds rows 16w..16w+15 as the m16n8 C fragment repeated along n (d[4j..4j+3]: columns
@@ -297,9 +312,15 @@ static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigne
 {
     const char *base = (const char *)cudaemu->dyn_smem();
     size_t start = (size_t)(desc & 0x3fffu) << 4, lbo = (size_t)((desc >> 16) & 0x3fffu) << 4;
-    size_t sbo = (size_t)((desc >> 32) & 0x3fffu) << 4;
+    size_t sbo = (size_t)((desc >> 32) & 0x3fffu) << 4, at;
+    if (desc >> 62 == 1) { /* 128-byte swizzle: rows of 128 bytes, SBO per 8 rows, 16-byte chunks XOR row % 8 */
+        at = start + (r / 8) * sbo + (r % 8) * 128 + k * 2;
+        at ^= ((at >> 7) & 7) << 4;
+    } else {
+        at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+    }
     u16 h;
-    memcpy(&h, base + start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2, 2);
+    memcpy(&h, base + at, 2);
     return bf ? cudaemu_bits<float>((u32)h << 16) : f16_f32(h);
 }
 struct CudaEmuWgmma { float *d; unsigned long long a, b; };
@@ -312,7 +333,8 @@ template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned lo
     for (unsigned l = 0; l < 32; l++) {
         const CudaEmuWgmma *m = (const CudaEmuWgmma *)(all + l * CUDAEMU_SLOT);
         if (m->a != a || m->b != b) cudaemu->fail("wgmma: the lanes of a warp give different descriptors");
-        if ((a | b) >> 62) cudaemu->fail("wgmma: swizzled shared-memory layouts are not emulated");
+        if (a >> 62 > 1 || b >> 62 > 1) cudaemu->fail("wgmma: only the 128-byte swizzle is emulated (not 64 or 32)");
+        if (((a | b) >> 49) & 7) cudaemu->fail("wgmma: a descriptor's base offset (bits 49-51) is not emulated");
     }
     unsigned w = cudaemu->self()->warp & 3;
     for (unsigned l = 0; l < 32; l++) {
