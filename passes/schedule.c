@@ -37,7 +37,7 @@ bool tune_config_parse(const char *text, TuneConfig *c)
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[8] = {false};
+    bool seen[9] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -59,6 +59,9 @@ bool tune_config_parse(const char *text, TuneConfig *c)
             s += 2;
             if (!parse_count(&s, 1024, &v)) return false;
             c->kv_block = (int)v, field = 4;
+        } else if (!strncmp(s, "tma", 3)) {
+            s += 3;
+            c->tma = 1, field = 8;
         } else if (!strncmp(s, "wg", 2)) {
             s += 2;
             c->wgmma = 1, field = 6;
@@ -91,6 +94,7 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->kv_block) strbuf_printf(&b, "%skv%d", sep, c->kv_block), sep = "/";
     if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages), sep = "/";
     if (c->wgmma) strbuf_printf(&b, "%swg", sep), sep = "/";
+    if (c->tma) strbuf_printf(&b, "%stma", sep), sep = "/";
     if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
@@ -100,7 +104,7 @@ bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
            a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
-           a->split == b->split;
+           a->split == b->split && a->tma == b->tma;
 }
 
 bool tune_op_is_gemm(const char *op)

@@ -28,6 +28,7 @@
  *   kvB      keys per streaming block of attention, 1..1024 (op attention only; absent: 16)
  *   sS       GPU: k tiles in the cp.async ring of the tensor-core path, 2..6 (absent: 3)
  *   wg       GPU (sm_90): that path on the warpgroup MMA (wgmma) instead of mma.sync
+ *   tma      GPU (sm_90, with wg and kc64): W's k tiles by the tensor memory accelerator
  *   skS      GPU, grouped_down: split-K, S blocks (2..16) each reduce a slice of K (absent: none)
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
@@ -61,6 +62,7 @@ typedef struct TuneConfig {
     int stages;                  /* GPU: the k tiles in flight of the cp.async MMA form       */
     int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
     int split;                   /* GPU: split-K ways of the grouped down-projection          */
+    int tma;                     /* GPU: 1 = wgmma's W tiles by the TMA                       */
 } TuneConfig;
 
 typedef struct TuneMeasure {

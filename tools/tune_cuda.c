@@ -49,7 +49,7 @@ typedef struct {
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 40 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles; attention 4 + 36 forms */
+enum { MAX_CANDS = 48 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 4 + 36 forms */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -59,7 +59,8 @@ static int arch_smem_kb(const char *arch)
 }
 
 /* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false; on sm_90 for the
- * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}), or every GEMV form
+ * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}, those of k 64 also with
+ * W by the TMA), or every GEMV form
  * (slots per pass x warps x k unroll, gemv true); their configurations in cfg. */
 static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg)
 {
@@ -83,8 +84,11 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
             for (size_t k = 0; k < 2; k++) {
                 CgCudaGemm g = cg_cuda_gemm_wgmma(base);
                 g.bm = wbms[a], g.bn = wbns[b], g.bk = wbks[k];
-                list[n] = g;
-                cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1};
+                for (int tma = 0; tma <= (g.bk == 64); tma++) { /* k tiles of 64: also with W by the TMA */
+                    g.tma = tma;
+                    list[n] = g;
+                    cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma};
+                }
             }
     return n;
 }
@@ -274,6 +278,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     o.stages[kind] = c->stages;
     o.split_down = kind == 1 ? c->split : 0;
     o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
+    o.tma = c->tma;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -316,6 +321,7 @@ static bool config_fits(const GpuLayer *L, const TuneEntry *e, int kind, bool ge
     else {
         g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
         g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages ? c->stages : g.stages;
+        g.tma = c->tma;
     }
     g.split = c->split;
     char err[256];

@@ -315,7 +315,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
                 if (t->wgmma && !wgmma_here(cm)) continue; /* (the pick then finds no kernel: the rule's runs) */
                 g = t->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
             }
-            bool tma_ok = !gv && t->wgmma && cm->o.tma && !g.w_table && (t->kc ? t->kc : g.bk) == 64;
+            bool tma_ok = !gv && t->wgmma && (t->tma || cm->o.tma) && !g.w_table && (t->kc ? t->kc : g.bk) == 64;
             if (gv) g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->unroll ? t->unroll : g.bk;
             else g.bm = t->tile_m, g.bn = t->tile_n, g.bk = t->kc ? (int)t->kc : g.bk;
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;

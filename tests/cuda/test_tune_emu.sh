@@ -24,6 +24,8 @@ for op in grouped_up grouped_down; do
     { echo "$op: the winning tile was not tried with deeper rings"; cat "$WORK/db.yaml"; exit 1; }
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o '/kc[0-9]*/wg: ' | wc -l)
   [ "$n" -ge 6 ] || { echo "$op: only $n wgmma tiles measured"; cat "$WORK/db.yaml"; exit 1; }
+  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o '/kc64/wg/tma: ' | wc -l)
+  [ "$n" -ge 2 ] || { echo "$op: only $n wgmma tiles with W by the TMA measured"; cat "$WORK/db.yaml"; exit 1; }
   # T = 1: the GEMV forms of one slot per pass (9: warps x k unroll; the decode form among them)
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
   [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
@@ -56,6 +58,9 @@ grep -q "warning" "$WORK/tuned.err" && { echo "the emulator's database was not t
 # T = 64 winners that are wgmma tiles: the executor builds them from the schedule
 forced wg '/tokens: 64/ s#(/kc[0-9]+/wg): [0-9.]+#\1: 999.0#' 40 \
   "up 1:[^;]*;64:[0-9]+x[0-9]+/kc[0-9]+/wg@999.0, .*down 1:[^;]*;64:[0-9]+x[0-9]+/kc[0-9]+/wg@999.0"
+# ... and winners whose W comes by the TMA (the executor encodes their tensor maps)
+forced tma '/tokens: 64/ s#(/kc64/wg/tma): [0-9.]+#\1: 999.0#' 40 \
+  "up 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0, .*down 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0"
 # a T = 1 down winner split 2 ways: 9 tokens run on that GEMV (T <= 16)
 forced sk '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' 9 "down 1:1x[0-9]+/u[0-9]+/sk2@999.0"
 # attention (tuned after the GEMMs, with what the budget leaves): the per-query kernel's warps at
