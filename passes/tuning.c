@@ -62,7 +62,7 @@ static bool parse_number(const yaml_node_t *nd, double *out)
 static bool config_fits(const char *op, const TuneConfig *c)
 {
     if (!op[0]) return true; /* the op was reported already */
-    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0;
+    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma);
     return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 &&
            (c->kv_block > 0 || c->tile_m > 0);
 }
@@ -70,7 +70,7 @@ static bool config_fits(const char *op, const TuneConfig *c)
 static const char *config_expected(const char *op)
 {
     return !op[0] || tune_op_is_gemm(op)
-               ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536)"
+               ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg)"
                : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB]";
 }
 
