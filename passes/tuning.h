@@ -39,8 +39,9 @@
  * target.isa its architecture (sm_90), target.features a hash of the name, llvm the NVRTC version
  * ("NVRTC 13.0"); its entries are grouped_up/grouped_down (keyed by the weight's shape, as on the
  * CPU) with configurations MxN/kcK[/sS] = the CUDA block tile BM x BN x BK of the tensor-core path
- * (for UP, BN columns of each of a and b) and its stages, for buckets above 16 tokens; at or below,
- * SxW/uU = the GEMV's slots per pass, warps and k unroll; either with /skS on grouped_down. Its
+ * (for UP, BN columns of each of a and b) and its stages; SxW/uU = the GEMV's slots per pass, warps
+ * and k unroll; either with /skS on grouped_down. Any bucket may hold both (the tuner measures the
+ * other path's rule too); the executor runs the path of the configuration it picks. Its
  * attention entries (keyed as the CPU's) have QxP[/kvB] = queries per block x threads per query and
  * the key tile of the tiled kernel, or 1xP = the per-query kernel with P threads (codegen/cuda's
  * CgCudaAttnForm); its route entries (keyed as the CPU's) 1xN = the fused router with N threads a

@@ -277,6 +277,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     else o.tile[kind][0] = c->tile_m, o.tile[kind][1] = c->tile_n, o.tile[kind][2] = (int)c->kc;
     o.stages[kind] = c->stages;
     o.split_down = kind == 1 ? c->split : 0;
+    o.force_path = c->tile_m ? (gemv ? 2 : 1) : 0; /* a candidate runs on its path at any T (the other GEMM too) */
     o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
     o.tma = c->tma;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
@@ -295,11 +296,10 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     return ok;
 }
 
-/* The rule's configuration of a grouped GEMM at T, as the executor runs it: the cp.async form's tile
- * above CG_CUDA_GEMV_MAX_T, else the GEMV (its decode form at T = 1). */
-static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, int64_t T)
+/* The rule's configuration of a grouped GEMM at T on a path (gemv, else the tiles), as the executor
+ * runs it: the cp.async form's tile, or the GEMV (its decode form at T = 1). */
+static TuneConfig path_rule(const GpuLayer *L, const TuneEntry *e, int kind, int64_t T, bool gemv)
 {
-    bool gemv = T <= CG_CUDA_GEMV_MAX_T;
     CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN,
                                         gemv ? CG_CUDA_PATH_GEMV : CG_CUDA_PATH_MMA, e->dtype, e->groups, L->s->top_k,
                                         kind == 0 ? e->n / 2 : e->n, e->k);
@@ -308,6 +308,15 @@ static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, i
     return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}
                 : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
 }
+
+/* The rule's configuration at T: the GEMV up to CG_CUDA_GEMV_MAX_T tokens, the tiles above. */
+static TuneConfig rule_config(const GpuLayer *L, const TuneEntry *e, int kind, int64_t T)
+{
+    return path_rule(L, e, kind, T, T <= CG_CUDA_GEMV_MAX_T);
+}
+
+/* A GEMV form rather than a tile (as the executor tells them apart). */
+static bool config_gemv(const TuneConfig *c) { return c->unroll > 0 && !c->kc && !c->stages && !c->wgmma; }
 
 /* Does configuration c of grouped GEMM `kind` (entry e's shape; a GEMV form when gemv) with its
  * stages and split compile and fit the target's shared memory, and has each split of k a tile or
@@ -355,25 +364,28 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         double flop = 2.0 * (double)picks * (double)e.n * (double)e.k, best = -1;
         TuneConfig rc = rule_config(L, &e, kind, T);
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
-        /* the candidates, then the winning tile with deeper rings (one and two more k tiles than its
-         * form's 3, or one more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways */
-        TuneConfig todo[MAX_CANDS];
+        /* the candidates and the other path's rule (where the GEMV gives way to the tiles is measured),
+         * then the winning tile with deeper rings (one and two more k tiles than its form's 3, or one
+         * more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways */
+        TuneConfig todo[MAX_CANDS + 1];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
             const GpuCand *c = &cand[form][kind][q];
             if (c->ok && !tune_config_equal(&c->c, &rc) && !(form && c->c.tile_m > T)) todo[n_todo++] = c->c;
         }
-        int n_deeper = !form && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
+        todo[n_todo++] = path_rule(L, &e, kind, T, !form);
+        int n_deeper = !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
         for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline;
              q++) {
             TuneConfig c = q < n_todo ? todo[q] : e.best;
             int x = q - n_todo;
+            if (x >= 0 && x < n_deeper && config_gemv(&c)) continue;         /* (rings are the tiles') */
             if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 6 : 4) + x; /* a deeper ring */
             else if (x >= 0) c.split = 2 << (x - n_deeper);                /* split-K */
-            if (x >= 0 && !config_fits(L, &e, kind, form, &c)) continue;
+            if (x >= 0 && !config_fits(L, &e, kind, config_gemv(&c), &c)) continue;
             float *lg = NULL;
             int64_t p = 0;
-            if (!run_config(L, &c, form, kind, ids, pos, T, &lg, &ms, &p, err)) {
+            if (!run_config(L, &c, config_gemv(&c), kind, ids, pos, T, &lg, &ms, &p, err)) {
                 ok = false;
                 break;
             }

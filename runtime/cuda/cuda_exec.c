@@ -28,11 +28,13 @@ static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigne
     if (smem && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "; %zu B of dynamic shared memory", smem);
 }
 
-/* A GPU database's configurations by token count (CudaOptions.tile_sched): its buckets above
- * CG_CUDA_GEMV_MAX_T name MMA tiles (BMxBN/kcBK), those at or below GEMV forms (slots per pass x
- * warps / u k unroll); every one named gets its kernel. */
+/* A GPU database's configurations by token count (CudaOptions.tile_sched): MMA tiles (BMxBN/kcBK...)
+ * and GEMV forms (slots per pass x warps / u k unroll), in any bucket (the tuner measures the other
+ * path's rule too: where the GEMV gives way to the tiles is measured, not fixed at
+ * CG_CUDA_GEMV_MAX_T); `all` picks the path for T, `tiles` and `gemvs` the configuration on it.
+ * Every configuration named gets its kernel. */
 typedef struct GemmAlt {
-    TileSchedule tiles, gemvs;
+    TileSchedule all, tiles, gemvs;
     TuneConfig c[2 * TILE_MAX_BUCKETS];
     bool is_gemv[2 * TILE_MAX_BUCKETS];
     CgCudaGemm g[2 * TILE_MAX_BUCKETS];
@@ -88,6 +90,7 @@ typedef struct Step {
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
+    int partner;                    /* an a16 DOWN: its UP's step (whose path it follows); else -1       */
     bool a16;                       /* grouped UP/DOWN pair on the cp.async MMA form (T > GEMV): UP's x
                                        rounded to 16 bits into CudaModel.x16 first, h 16-bit in its
                                        f32 arena slot (only DOWN reads it)                               */
@@ -291,23 +294,31 @@ static bool wgmma_here(const CudaModel *cm)
 /* The kernel of every configuration of a tuned schedule (text as CudaOptions.tile_sched): tiles on
  * gm->tiled's path in the configuration's form (none when `tiles` is false: no tiled kernel), GEMV
  * forms on gm->gemv's. */
+/* A GEMV form (slots x warps / u unroll) rather than a tile (MxN/kcK...)? */
+static bool config_is_gemv(const TuneConfig *c) { return c->unroll > 0 && !c->kc && !c->stages && !c->wgmma; }
+
 static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtError *err)
 {
     GemmAlt *a = gm->alt = xcalloc(1, sizeof *gm->alt);
-    TileSchedule all;
-    if (!tile_schedule_parse(text, &all) || all.nr != TILE_SCHED_GPU) {
+    TileSchedule *all = &a->all;
+    if (!tile_schedule_parse(text, all) || all->nr != TILE_SCHED_GPU) {
         snprintf(err->msg, sizeof err->msg, "the tuning database's tile schedule '%s' is not a GPU one", text);
         return false;
     }
-    a->tiles.nr = a->gemvs.nr = all.nr;
-    for (int b = 0; b < all.n; b++) {
-        bool gv = all.b[b].tokens <= CG_CUDA_GEMV_MAX_T;
-        if (!gv && !tiles) continue;
-        TileSchedule *to = gv ? &a->gemvs : &a->tiles;
-        to->b[to->n++] = all.b[b];
-        for (int c = 0; c < all.b[b].n; c++) {
-            const TuneConfig *t = &all.b[b].c[c];
-            bool have = false;
+    a->tiles.nr = a->gemvs.nr = all->nr;
+    for (int b = 0; b < all->n; b++) { /* each bucket's configurations of each path */
+        for (int path = 0; path < 2; path++) {
+            TileSchedule *to = path ? &a->gemvs : &a->tiles;
+            TileBucket nb = {.tokens = all->b[b].tokens};
+            for (int c = 0; c < all->b[b].n; c++)
+                if (config_is_gemv(&all->b[b].c[c]) == path && (path || tiles))
+                    nb.c[nb.n] = all->b[b].c[c], nb.gflops[nb.n++] = all->b[b].gflops[c];
+            if (nb.n) to->b[to->n++] = nb;
+        }
+        for (int c = 0; c < all->b[b].n; c++) {
+            const TuneConfig *t = &all->b[b].c[c];
+            bool gv = config_is_gemv(t), have = false;
+            if (!gv && !tiles) continue;
             for (int j = 0; j < a->n; j++) have |= a->is_gemv[j] == gv && tune_config_equal(&a->c[j], t);
             if (have) continue;
             CgCudaGemm g = gv ? gm->gemv : gm->tiled;
@@ -794,6 +805,7 @@ static void model_free_buffers(CudaModel *cm)
  * 16-bit where the plan put the f32 one). */
 static void mark_a16(CudaModel *cm)
 {
+    for (int s = 0; s < cm->n_steps; s++) cm->steps[s].partner = -1;
     if (cm->o.no_async_gemm) return;
     int *uses = ir_use_counts(cm->m);
     for (int s = 0; s < cm->n_steps; s++) {
@@ -805,6 +817,7 @@ static void mark_a16(CudaModel *cm)
             continue;
         Step *su = &cm->steps[ir_instr_position(cm->m, up)];
         su->a16 = cm->steps[s].a16 = true;
+        cm->steps[s].partner = ir_instr_position(cm->m, up);
         size_t bytes = (size_t)wu->type.dims[1] * 2;
         if (bytes > cm->x16_per_t) cm->x16_per_t = bytes;
     }
@@ -979,8 +992,27 @@ static bool op(const Run *r, const Step *st, int kern, const CgOpDesc *d, void *
     return launch(r, st, kern, g, b, smem, args);
 }
 
-/* Whether T tokens run on gm's tiles (else the GEMV). */
-static bool tiled_at(const Run *r, const Gemm *gm) { return r->T > CG_CUDA_GEMV_MAX_T && gm->k_tiled >= 0; }
+/* Whether T tokens run gm on its GEMV (else its tiles): the tuner's forced path (grouped GEMMs), a
+ * database's measured neighbours (the path of the configuration they pick, if it has a kernel here),
+ * else the rule: the GEMV up to CG_CUDA_GEMV_MAX_T tokens. */
+static bool gemv_at(const Run *r, const Gemm *gm)
+{
+    if (gm->k_tiled < 0) return true;
+    int force = gm->tiled.kind == CG_CUDA_GEMM_LINEAR ? 0 : r->cm->o.force_path;
+    if (force) return force == 2;
+    if (gm->alt && gm->alt->all.n) {
+        TuneConfig c = tile_schedule_pick(&gm->alt->all, r->T);
+        for (int j = 0; j < gm->alt->n; j++)
+            if (tune_config_equal(&gm->alt->c[j], &c)) return gm->alt->is_gemv[j];
+    }
+    return r->T <= CG_CUDA_GEMV_MAX_T;
+}
+
+/* The same for step st's GEMM: an a16 DOWN follows its UP (h is 16-bit only on the tiles). */
+static bool step_gemv(const Run *r, const Step *st, const Gemm *gm)
+{
+    return st->partner >= 0 ? gemv_at(r, &r->cm->steps[st->partner].gm[0]) : gemv_at(r, gm);
+}
 
 static bool gemm_launch(const Run *r, const Step *st, const CgCudaGemm *g, int kern, void **args)
 {
@@ -993,7 +1025,7 @@ static bool gemm_launch(const Run *r, const Step *st, const CgCudaGemm *g, int k
 /* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
 static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
 {
-    bool gemv = !tiled_at(r, gm), decode = r->T == 1 && gm->k_gemv1 >= 0;
+    bool gemv = step_gemv(r, st, gm), decode = gemv && r->T == 1 && gm->k_gemv1 >= 0;
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
     int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
     const TileSchedule *ts = !gm->alt ? NULL : gemv ? &gm->alt->gemvs : &gm->alt->tiles;
@@ -1019,7 +1051,7 @@ static bool linear(const Run *r, const Step *st, const Gemm *gm, const CgCudaGem
 {
     uint64_t w = gm->w;
     void *args[] = {(void *)&r->TT, &x, &w, &out};
-    return g && tiled_at(r, gm) ? gemm_launch(r, st, g, k, args) : gemm(r, st, gm, args);
+    return g && !gemv_at(r, gm) ? gemm_launch(r, st, g, k, args) : gemm(r, st, gm, args);
 }
 
 /* Tokens up to which the router runs as one fused kernel (weights streamed once per token; above,
@@ -1135,7 +1167,7 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_GROUPED_UP: {
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t off = ds->off, perm = ds->perm, w = st->gm[0].w;
-        if (st->a16 && tiled_at(r, &st->gm[0])) { /* x to 16 bits first; h comes out 16-bit */
+        if (st->a16 && !step_gemv(r, st, &st->gm[0])) { /* x to 16 bits first; h comes out 16-bit */
             long long n = (long long)(r->T * cols(i->in[0]));
             unsigned g[3], b[3];
             void *ra[] = {&n, &a0, &cm->x16};

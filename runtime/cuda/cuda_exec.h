@@ -76,6 +76,8 @@ typedef struct CudaOptions {
                                        unfused path's linears on that FMA tile                     */
     int stages[2];                  /* k tiles in flight of the grouped up and down GEMMs' cp.async
                                        form (0: its 3; the GPU tuner's candidates)                  */
+    int force_path;                 /* the grouped GEMMs on their tiles (1) or their GEMV (2) at every T
+                                       (0: the rule's or the database's; the GPU tuner's candidates)  */
     int split_down;                 /* split-K ways of the grouped down GEMM, tiles and GEMV (0: none;
                                        the GPU tuner's candidates)                                  */
     int gemv[2][3];                 /* the GEMV form (slots per pass, warps, k unroll) of the grouped

@@ -30,6 +30,11 @@ for op in grouped_up grouped_down; do
   # T = 1: the GEMV forms of one slot per pass (9: warps x k unroll; the decode form among them)
   n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
   [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+  # the other path's rule in each bucket: a tile at T = 1, the GEMV at T = 64 (the crossover measured)
+  grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq '[0-9]+x[0-9]+/kc[0-9]+: ' ||
+    { echo "$op: no tile measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+  grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -Eq '16x4/u[0-9]+: ' ||
+    { echo "$op: no GEMV measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
 done
 # split-K: the down-projection's T = 1 winner with k split 2 and 4 ways (k = 32: 4 chunks of 8, so
 # not 8 ways); the up-projection never (its SwiGLU epilogue is not a sum)
@@ -62,6 +67,10 @@ forced wg '/tokens: 64/ s#(/kc[0-9]+/wg): [0-9.]+#\1: 999.0#' 40 \
 # ... and winners whose W comes by the TMA (the executor encodes their tensor maps)
 forced tma '/tokens: 64/ s#(/kc64/wg/tma): [0-9.]+#\1: 999.0#' 40 \
   "up 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0, .*down 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0"
+# the up-projection's winner on the other path than the rule's (raised by hand), its down following it
+# (h is 16-bit only between tiles): the GEMV at T = 64 (40 tokens run on it), a tile at T = 1 (9 tokens)
+forced upgemv '/op: grouped_up.*tokens: 64/ s#(16x4/u[0-9]+): [0-9.]+#\1: 999.0#' 40 "up 1:[^;]*;64:[^;]*16x4/u[0-9]+@999.0"
+forced uptile '/op: grouped_up.*tokens: 1,/ s#([0-9]+x[0-9]+/kc[0-9]+): [0-9.]+#\1: 999.0#' 9 "up 1:[^;]*/kc[0-9]+@999.0"
 # a T = 1 down winner split 2 ways: 9 tokens run on that GEMV (T <= 16)
 forced sk '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' 9 "down 1:1x[0-9]+/u[0-9]+/sk2@999.0"
 # attention (tuned after the GEMMs, with what the budget leaves): the per-query kernel's warps at
