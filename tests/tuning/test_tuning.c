@@ -72,6 +72,16 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     return e;
 }
 
+/* An entry of one measurement, its best. */
+static void add_one(TuneDb *db, const char *op, moe_dtype dt, int64_t n, int64_t k, int64_t groups, int64_t tokens,
+                    TuneConfig best, double gflops)
+{
+    TuneEntry e = make_entry(op, dt, n, k, groups, tokens, 0);
+    e.best = best;
+    e.measured[e.n_measured++] = (TuneMeasure){best, gflops};
+    tune_db_add(db, &e);
+}
+
 static void load_ok(const char *path, TuneDb *db)
 {
     Diag d = {stderr, NULL, 0};
@@ -388,29 +398,17 @@ static void test_gpu_tiles(void **state)
      * an entry of other heads is not this model's */
     const IrInstr *att = m->first;
     while (att->op != IR_OP_ATTENTION) att = att->next;
-    for (int b = 0; b < 3; b++) {
-        TuneEntry e;
-        memset(&e, 0, sizeof e);
-        snprintf(e.op, sizeof e.op, "attention");
-        e.dtype = DT_F32, e.n = ir_attr_int(att, "heads") + (b == 2), e.k = att->in[0]->type.dims[1] / e.n;
-        e.groups = ir_attr_int(att, "kv_heads"), e.tokens = b ? 512 : 1;
-        e.best = b ? (TuneConfig){.tile_m = 64, .tile_n = 8, .kv_block = 16} : (TuneConfig){.tile_m = 1, .tile_n = 64};
-        e.measured[e.n_measured++] = (TuneMeasure){e.best, 10.0};
-        tune_db_add(&db, &e);
-    }
+    int64_t H = ir_attr_int(att, "heads"), hd = att->in[0]->type.dims[1] / H, kvh = ir_attr_int(att, "kv_heads");
+    add_one(&db, "attention", DT_F32, H, hd, kvh, 1, (TuneConfig){.tile_m = 1, .tile_n = 64}, 10.0);
+    add_one(&db, "attention", DT_F32, H, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8, .kv_block = 16}, 10.0);
+    add_one(&db, "attention", DT_F32, H + 1, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8}, 10.0);
     /* the router: fused with 128 threads at T = 1, its linears on 32x16/kc16 at 512 (keyed by W1) */
     const IrInstr *route = m->first;
     while (route->op != IR_OP_MOE_ROUTE) route = route->next;
-    for (int b = 0; b < 2; b++) {
-        TuneEntry e;
-        memset(&e, 0, sizeof e);
-        snprintf(e.op, sizeof e.op, "route");
-        e.dtype = route->in[1]->type.dtype, e.n = route->in[1]->type.dims[0], e.k = route->in[1]->type.dims[1];
-        e.groups = 1, e.tokens = b ? 512 : 1;
-        e.best = b ? (TuneConfig){.tile_m = 32, .tile_n = 16, .kc = 16} : (TuneConfig){.tile_m = 1, .tile_n = 128};
-        e.measured[e.n_measured++] = (TuneMeasure){e.best, 5.0};
-        tune_db_add(&db, &e);
-    }
+    const IrValue *w1 = route->in[1];
+    add_one(&db, "route", w1->type.dtype, w1->type.dims[0], w1->type.dims[1], 1, 1, (TuneConfig){.tile_m = 1, .tile_n = 128}, 5.0);
+    add_one(&db, "route", w1->type.dtype, w1->type.dims[0], w1->type.dims[1], 1, 512,
+            (TuneConfig){.tile_m = 32, .tile_n = 16, .kc = 16}, 5.0);
     const char *sched[4] = {NULL, NULL, NULL, NULL};
     assert_int_equal(tune_db_gpu_schedules(&db, m, sched, &m->arena), 4);
     assert_string_equal(sched[2], "-1;1:1x64@10.0;512:64x8/kv16@10.0");
