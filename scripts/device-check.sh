@@ -134,21 +134,20 @@ EOF
   echo "routing set to the paper's tau = 0.75 share (FFN share 0.75, 16 experts in use)"
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 "${ceil[@]}" >"$out/bench.txt"
   cat "$out/bench.txt"
-  step "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above"
-  run 60 env MOEPPC_CUDA_DECODE_GEMV=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1 --zc-share 0.25 \
-    "${ceil[@]}" | grep "^T ="
-  step "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above"
-  run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64 --zc-share 0.25 \
-    "${ceil[@]}" | grep "^T ="
-  step "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above"
-  run 60 env MOEPPC_CUDA_ASYNC_GEMM=0 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
-    "${ceil[@]}" | grep "^T ="
-  step "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above"
-  run 60 env MOEPPC_CUDA_WGMMA=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
-    "${ceil[@]}" | grep "^T ="
-  step "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above"
-  run 60 env MOEPPC_CUDA_TMA=1 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 --zc-share 0.25 \
-    "${ceil[@]}" | grep "^T ="
+  # ab WHAT VAR=VALUE TOKENS: the 7B layer again with one switch set, against the table above
+  ab() {
+    step "$1"
+    run 60 env "$2" "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens "$3" --zc-share 0.25 "${ceil[@]}" |
+      grep "^T ="
+  }
+  ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
+    MOEPPC_CUDA_DECODE_GEMV=0 1
+  ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
+    MOEPPC_CUDA_PDL=1 1,64
+  ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
+    MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
+  ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
+  ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
   step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
   run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
   step "the MoE++ 7B layer with its random router's own decisions"

@@ -17,19 +17,22 @@ rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 cat "$WORK/tune.out"
 grep -q "logits differ" "$WORK/tune.err" && { echo "a tile's logits differ from the rule's:"; grep "logits differ" "$WORK/tune.err"; exit 1; }
 grep -q "isa: emu" "$WORK/db.yaml" || { echo "the database is not the emulator's"; cat "$WORK/db.yaml"; exit 1; }
+# at_least MIN OP TOKENS PATTERN WHAT: OP's entry for TOKENS ("1," or "64,") measured at least MIN
+# configurations matching PATTERN (grep -o)
+at_least() {
+  local n
+  n=$(grep "op: $2" "$WORK/db.yaml" | grep "tokens: $3" | grep -o "$4" | wc -l)
+  [ "$n" -ge "$1" ] || { echo "$2: only $n $5 measured at T = ${3%,}"; cat "$WORK/db.yaml"; exit 1; }
+}
 for op in grouped_up grouped_down; do
-  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o 'x[0-9]*/kc[0-9]*: ' | wc -l)
-  [ "$n" -ge 10 ] || { echo "$op: only $n tiles measured"; cat "$WORK/db.yaml"; exit 1; }
+  at_least 10 $op 64, 'x[0-9]*/kc[0-9]*: ' tiles
   # the winner with deeper cp.async rings; the wgmma tiles (--target sm_90) among the candidates
   grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -Eq '/s[45](/wg)?: [0-9.]+, [0-9x]+/kc[0-9]+/s[56](/wg)?: ' ||
     { echo "$op: the winning tile was not tried with deeper rings"; cat "$WORK/db.yaml"; exit 1; }
-  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o '/kc[0-9]*/wg: ' | wc -l)
-  [ "$n" -ge 6 ] || { echo "$op: only $n wgmma tiles measured"; cat "$WORK/db.yaml"; exit 1; }
-  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 64" | grep -o '/kc64/wg/tma: ' | wc -l)
-  [ "$n" -ge 2 ] || { echo "$op: only $n wgmma tiles with W by the TMA measured"; cat "$WORK/db.yaml"; exit 1; }
+  at_least 6 $op 64, '/kc[0-9]*/wg: ' "wgmma tiles"
+  at_least 2 $op 64, '/kc64/wg/tma: ' "wgmma tiles with W by the TMA"
   # T = 1: the GEMV forms of one slot per pass (9: warps x k unroll; the decode form among them)
-  n=$(grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '1x[0-9]*/u[0-9]*: ' | wc -l)
-  [ "$n" -ge 5 ] || { echo "$op: only $n GEMV forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
+  at_least 5 $op 1, '1x[0-9]*/u[0-9]*: ' "GEMV forms"
   # the other path's rule in each bucket: a tile at T = 1, the GEMV at T = 64 (the crossover measured)
   grep "op: $op" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq '[0-9]+x[0-9]+/kc[0-9]+: ' ||
     { echo "$op: no tile measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
@@ -90,7 +93,6 @@ grep "op: route" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq '1x64: .*1x1024:
   { echo "route: the fused forms and the unfused path not measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
 n=$(grep "op: route" "$WORK/db.yaml" | grep "tokens: 1," | grep -o '[0-9]*x[0-9]*/kc[0-9]*: ' | wc -l)
 [ "$n" -eq 1 ] || { echo "route: $n tiles measured at T = 1 (the GEMV's: 1)"; cat "$WORK/db.yaml"; exit 1; }
-n=$(grep "op: route" "$WORK/db.yaml" | grep "tokens: 64," | grep -o '[0-9]*x[0-9]*/kc[0-9]*: ' | wc -l)
-[ "$n" -ge 5 ] || { echo "route: only $n tiles measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
+at_least 5 route 64, '[0-9]*x[0-9]*/kc[0-9]*: ' tiles
 forced route '/op: route.*tokens: 64,/ s#(32x32/kc16): [0-9.]+#\1: 999.0#' 64 "; router 1:[^;]*;64:[^;]*32x32/kc16@999.0"
 echo "ok: $(grep -c 'op: ' "$WORK/db.yaml") entries, every tile agrees with the rule's"
