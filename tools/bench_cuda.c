@@ -1,7 +1,8 @@
 /* bench_cuda.c — `moeppc bench SPEC --device cuda`: one layer of the spec (cut to one MoE layer, a
  * small vocabulary, random weights) on the GPU, timed with CUDA events after warm-up: the whole layer,
  * its MoE block (router, combine, dispatch, grouped GEMMs) and the grouped expert GEMMs alone, per
- * token count. Reports TFLOP/s of the FFN-expert work actually executed and, when the ceilings are
+ * token count (at T = 1 each part replayed as a CUDA graph, as a decode step runs: the host's launch
+ * time is not the GPU's). Reports TFLOP/s of the FFN-expert work actually executed and, when the ceilings are
  * given (--peak-tflops, --bandwidth-gbs: scripts/device-check.sh measures them in the same run), the
  * fraction of the bf16 peak and, for the MoE block, the bytes of the router and of the selected
  * experts' weights per second as a fraction of the copy bandwidth. */
@@ -182,7 +183,8 @@ int bench_cuda(int argc, char **argv)
         if (ri->in[k]->kind == IR_VAL_PARAM)
             router_bytes += (double)ir_type_numel(&ri->in[k]->type, 1) * dtype_size(ri->in[k]->type.dtype);
     if (!a.json)
-        printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events)%s%s\n", s.name,
+        printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events; T = 1 as CUDA "
+               "graphs, as decode steps run)%s%s\n", s.name,
                dtype_name(s.dtype), cuda_model_device(cm), a.reps,
                a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)",
                a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "");

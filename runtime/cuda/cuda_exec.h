@@ -13,7 +13,7 @@
  *      stacked [E][rows][cols] for the grouped GEMMs); activations live in one device arena laid out
  *      by the memory plan (grown to the largest T seen); the routing buffers, the KV caches and the
  *      router scratch beside it. Everything runs on one stream; a call with T = 1 (a decode step) is
- *      captured once as a CUDA graph and replayed afterwards.
+ *      captured once as a CUDA graph and replayed afterwards (a range of steps at T = 1 too).
  * Errors: no driver or GPU, NVRTC failures (kernel name and log), device out of memory, a kernel
  *      that faults: false with a message. The module and the WeightSet are borrowed.
  */
@@ -142,7 +142,7 @@ CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_pos
                           RtError *err);
 bool       cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
 /* Instructions [first, last) only, after a full run on the same T (benchmarks time a part this way);
- * no graph. */
+ * at T = 1 the range is captured as a CUDA graph, as a decode step is (the last 8 ranges kept). */
 bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos,
                                 int64_t T, RtError *err);
 /* A module output of the last run, copied to host memory owned by the model: [T, cols]. NULL if the
@@ -153,6 +153,8 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, mo
 bool       cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err);
 /* Milliseconds of GPU time (CUDA events) of the last call. */
 double     cuda_model_last_ms(const CudaModel *cm);
+/* How many ranges of steps (a decode step: all of them) have been captured as CUDA graphs, at most 8. */
+int        cuda_model_graphs(const CudaModel *cm);
 /* The GPU: "NVIDIA H200 (sm_90)". */
 const char *cuda_model_device(const CudaModel *cm);
 /* Device bytes the model holds (weights, caches, arena). */

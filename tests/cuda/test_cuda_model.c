@@ -360,6 +360,61 @@ static void test_small_models(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* Ranges of steps at T = 1 run as CUDA graphs of their own (the benchmarks time a decode step's MoE
+ * block so): the step split in two ranges, each run eagerly (and captured) and then from its graph,
+ * gives the full step's logits, for the id the first range embeds; each range has its graph. */
+static void test_range_graphs(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    char p[1024];
+    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
+    ModelSpec s;
+    Diag d = {.out = stderr, .file = p};
+    assert_true(spec_load_file(p, &s, &d));
+    WeightSet *w = NULL;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, seed, &w, &err));
+    IrModule *m = module_for(&s, true, false);
+    int n = 0, k = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++)
+        if (i->op == IR_OP_MOE_ROUTE && !k) k = n; /* [0, k) up to the first router, [k, n) the rest */
+    assert_true(k > 0);
+    CudaOptions opt = {.compile = cuda_nvrtc_cubins};
+    CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
+    assert_non_null(cm);
+    int32_t ids[2] = {3, 7}, pos = 0;
+    int64_t V = s.vocab, cols;
+    moe_dtype dt;
+    double *want = xmalloc((size_t)(2 * V) * sizeof *want);
+    for (int t = 0; t < 2; t++) { /* the full step of each id: eager (and captured), then its graph */
+        assert_true(cuda_model_run(cm, &ids[t], &pos, 1, &err));
+        const float *got = cuda_model_output(cm, "logits", &cols, &dt, &err);
+        assert_non_null(got);
+        for (int64_t j = 0; j < V; j++) want[t * V + j] = got[j];
+    }
+    assert_int_equal(cuda_model_graphs(cm), 1);
+    double diff = 0;
+    for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(want[j] - want[V + j]));
+    assert_true(diff > 1e-3); /* the two ids' logits differ: each range's replay is seen */
+    for (int rep = 0; rep < 3; rep++)
+        for (int t = 0; t < 2; t++) {
+            assert_true(cuda_model_run_steps(cm, 0, k, &ids[t], &pos, 1, &err) &&
+                        cuda_model_run_steps(cm, k, n, &ids[t], &pos, 1, &err));
+            const float *got = cuda_model_output(cm, "logits", &cols, &dt, &err);
+            assert_non_null(got);
+            double e = rel_err(got, want + t * V, V, 0, 1);
+            if (t) printf("cuda_model: steps [0, %d) then [%d, %d) at T = 1 (%s): rel err %.3g against the full step's\n",
+                          k, k, n, rep ? "graphs" : "eager", e);
+            assert_true(e <= 1e-5);
+        }
+    assert_int_equal(cuda_model_graphs(cm), 3);
+    free(want);
+    cuda_model_free(cm);
+    ir_module_free(m);
+    weights_close(w);
+}
+
 static void test_no_gpu_message(void **state)
 {
     (void)state;
@@ -384,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_no_gpu_message),
         cmocka_unit_test(test_tiny_specs),
         cmocka_unit_test(test_small_models),
+        cmocka_unit_test(test_range_graphs),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
