@@ -267,6 +267,13 @@ void ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed)
     *fixed = v->type.dims[0] == IR_DIM_T ? 0 : n;
 }
 
+const IrValue *ir_inplace_input(const IrValue *v)
+{
+    const IrInstr *i = v->kind == IR_VAL_RESULT ? v->def : NULL;
+    if (!i || i->op != IR_OP_MOE_GROUPED_DOWN || i->out[0] != v || i->n_in < 5) return NULL;
+    return i->in[4]->kind == IR_VAL_RESULT ? i->in[4] : NULL;
+}
+
 int ir_instr_position(const IrModule *m, const IrInstr *i)
 {
     int n = 0;

@@ -145,6 +145,10 @@ IrType    ir_type_1d(moe_dtype dt, int64_t d0);
 int       ir_liveness(const IrModule *m, int **def, int **last);
 /* Bytes a result needs for T tokens as per_t·T + fixed, each rounded up to 64. */
 void      ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed);
+/* The input whose buffer result v takes over when that input dies at v's instruction (an accumulator
+ * updated in place: moe.grouped_down's y0 becomes its y), or NULL. plan-memory gives both one place
+ * then; ir_plan_check accepts exactly that overlap. */
+const IrValue *ir_inplace_input(const IrValue *v);
 
 /* ---- print.c / parse.c: the textual form ------------------------------------------------------ */
 void      ir_print(const IrModule *m, FILE *f);

@@ -4,7 +4,9 @@
  * buffers (dispatch offsets) first, then the token-proportional ones, whose offsets are multiples of T.
  * In each region buffers are placed greedily, largest first, at the lowest offset that overlaps no
  * buffer alive at the same time (TFLite's "greedy by size"), so the arena holds the peak of the live
- * set, not the sum of every intermediate. Offsets are byte offsets off_t·T + off_c. */
+ * set, not the sum of every intermediate. Offsets are byte offsets off_t·T + off_c. An accumulator
+ * updated in place (moe.grouped_down's y0, ir_inplace_input) shares its result's buffer when it dies
+ * there, so the executors skip copying it. */
 #include "passes/passes.h"
 
 #include <stdlib.h>
@@ -49,11 +51,24 @@ bool pass_plan_memory(IrModule *m, const PassOptions *o)
     (void)o;
     int *def, *last;
     ir_liveness(m, &def, &last);
+    /* an accumulator updated in place (ir_inplace_input) that dies there: one buffer for both, alive
+     * from the first's definition to the second's last use (no copy of y0 into y) */
+    const IrValue **same = xcalloc((size_t)m->n_values + 1, sizeof *same);
+    for (int k = 0; k < m->n_values; k++) {
+        const IrValue *v = m->values[k], *src = ir_inplace_input(v);
+        int64_t ps, fs, pv, fv;
+        if (!src) continue;
+        ir_value_bytes(src, &ps, &fs);
+        ir_value_bytes(v, &pv, &fv);
+        if (last[src->id] != def[k] || same[src->id] || ps != pv || fs != fv) continue;
+        same[k] = src;
+        last[src->id] = last[k];
+    }
     Buf *tok = xcalloc((size_t)m->n_values + 1, sizeof *tok), *fix = xcalloc((size_t)m->n_values + 1, sizeof *fix);
     int nt = 0, nf = 0;
     for (int k = 0; k < m->n_values; k++) {
         IrValue *v = m->values[k];
-        if (v->kind != IR_VAL_RESULT) continue;
+        if (v->kind != IR_VAL_RESULT || same[k]) continue;
         int64_t per_t, fixed;
         ir_value_bytes(v, &per_t, &fixed);
         if (per_t) tok[nt++] = (Buf){v, per_t, 0, def[k], last[k]};
@@ -65,7 +80,10 @@ bool pass_plan_memory(IrModule *m, const PassOptions *o)
     m->arena_t = place(tok, nt);
     for (int k = 0; k < nf; k++) fix[k].v->off_t = 0, fix[k].v->off_c = fix[k].off, fix[k].v->planned = true;
     for (int k = 0; k < nt; k++) tok[k].v->off_t = tok[k].off, tok[k].v->off_c = m->arena_c, tok[k].v->planned = true;
+    for (int k = 0; k < m->n_values; k++) /* (a source is never itself in place: same[src] was checked) */
+        if (same[k]) m->values[k]->off_t = same[k]->off_t, m->values[k]->off_c = same[k]->off_c, m->values[k]->planned = true;
     m->planned = true;
+    free(same);
     free(tok);
     free(fix);
     free(def);
