@@ -52,7 +52,11 @@
  *                  float *weights, int *ids, float *alpha)   one warp per token (g, alpha_logits,
  *                  alpha may be NULL exactly as on the CPU)
  *   COMBINE       (long long T, const float *x, const float *weights, const int *ids, const float *alpha,
- *                  const void *const *vc, float *y)   vc: a device array of n_const device pointers
+ *                  const void *const *vc, float *y, float *u, long long *off, int *perm, float *gate_w)
+ *                  vc: a device array of n_const device pointers; u: NULL, or u = s x written too (the
+ *                  scale op, fused); with CgOpDesc.experts > 0 (at most 1024) and off given, block 0
+ *                  also does DISPATCH of (ids, weights) over that many experts (the executor's choice
+ *                  at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T: one launch less a decode layer)
  *   DISPATCH      (long long T, const int *ids, const float *weights, long long *off, int *perm,
  *                  float *gate_w)   ONE block: counts with shared atomics, prefix sum, then a stable
  *                  (by token) placement with __match_any_sync ranks; deterministic, no host round trip.
@@ -76,6 +80,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
                                unsigned block[3]);
 #define CG_CUDA_DISPATCH_THREADS 1024
+#define CG_CUDA_COMBINE_DISPATCH_MAX_T 16
 
 /* `moeppc_cu_<cg_op_symbol without its moeppc_op_ prefix>`. */
 void  cg_cuda_op_symbol(const CgOpDesc *d, char *out, size_t n);

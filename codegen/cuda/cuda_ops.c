@@ -405,45 +405,16 @@ static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
     cb_printf(b, "}\n");
 }
 
-static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
+/* The dispatch of T tokens' K picks over E FFN experts by one block of NT threads (E, K, NT defined
+ * by the caller): pass 1 counts (shared atomics: order-free); thread 0 scans the counts into off[];
+ * pass 2 places the picks chunk by chunk in pick order: a pick's slot is its expert's cursor + the
+ * picks of that expert in earlier warps of the chunk + its rank among equal ids in its warp. */
+static void emit_dispatch_block(CgBuf *b)
 {
-    cb_printf(b, "#define K %lld\n#define NC %lld\n#define CONST_LO %lld\n#define COPY_LO %lld\n#define COPY_HI %lld\n",
-              (long long)d->k, (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo,
-              (long long)d->copy_hi);
     cb_printf(b,
-        "extern \"C\" __global__ void %s(long long T, const float *x, const float *weights, const int *ids,\n"
-        "        const float *alpha, const void *const *vc, float *y) {\n"
-        "    PDL_ENTRY();\n"
-        "    long long t = blockIdx.x;\n"
-        "    if (t >= T) return;\n"
-        "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) {\n"
-        "        float xv = x[t * COLS + c], acc = 0.0f;\n"
-        "        for (int j = 0; j < K; j++) {\n"
-        "            int id = ids[t * K + j];\n"
-        "            float w = weights[t * K + j];\n"
-        "            if (id >= COPY_LO && id < COPY_HI) acc += w * ((float)S * xv);\n",
-        name);
-    if (d->n_const > 0)
-        cb_printf(b,
-        "            else if (id >= CONST_LO && id < CONST_LO + NC) {\n"
-        "                int ci = id - CONST_LO;\n"
-        "                float a0 = alpha[t * 2 * NC + 2 * ci], a1 = alpha[t * 2 * NC + 2 * ci + 1];\n"
-        "                acc += w * (a0 * ((float)S * xv) + a1 * ldw(vc[ci], c));\n"
-        "            }\n");
-    cb_printf(b, "        }\n        y[t * COLS + c] = acc;\n    }\n}\n");
-}
-
-static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
-{
-    cb_printf(b, "#define E %lld\n#define K %lld\n#define NT %d\n#define NW (NT / 32)\n", (long long)d->experts,
-              (long long)d->k, CG_CUDA_DISPATCH_THREADS);
-    cb_printf(b,
-        "/* One block. Pass 1 counts (shared atomics: order-free); thread 0 scans the counts into off[];\n"
-        " * pass 2 places the picks chunk by chunk in pick order: a pick's slot is its expert's cursor +\n"
-        " * the picks of that expert in earlier warps of the chunk + its rank among equal ids in its warp. */\n"
-        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const int *ids, const float *weights,\n"
-        "        long long *off, int *perm, float *gate_w) {\n"
-        "    PDL_ENTRY();\n"
+        "#define NW (NT / 32)\n"
+        "__device__ void dispatch_block(long long T, const int *ids, const float *weights, long long *off, int *perm,\n"
+        "                               float *gate_w) {\n"
         "    __shared__ int cnt[E];\n"
         "    __shared__ long long cur[E];\n"
         "    __shared__ int wc[NW * E];\n"
@@ -484,6 +455,60 @@ static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
         "        for (int i = tid; i < NW * E; i += NT) wc[i] = 0;\n"
         "        __syncthreads();\n"
         "    }\n"
+        "}\n");
+}
+
+/* COMBINE: y = the copy and constant experts' terms; u = S x when u is given (the scale op feeding
+ * the up-projection, fused); with experts > 0, block 0 also dispatches the route's picks when off is
+ * given (the dispatch op, fused: its inputs are the route's, as the combine's are). */
+static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define K %lld\n#define NC %lld\n#define CONST_LO %lld\n#define COPY_LO %lld\n#define COPY_HI %lld\n"
+                 "#define NT %d\n",
+              (long long)d->k, (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo,
+              (long long)d->copy_hi, ROW_THREADS);
+    if (d->experts > 0) {
+        cb_printf(b, "#define E %lld\n", (long long)d->experts);
+        emit_dispatch_block(b);
+    }
+    cb_printf(b,
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, const float *weights,\n"
+        "        const int *ids, const float *alpha, const void *const *vc, float *y, float *u, long long *off, int *perm,\n"
+        "        float *gate_w) {\n"
+        "    PDL_ENTRY();\n"
+        "%s"
+        "    long long t = blockIdx.x;\n"
+        "    if (t >= T) return;\n"
+        "    for (int c = threadIdx.x; c < COLS; c += NT) {\n"
+        "        float xv = x[t * COLS + c], acc = 0.0f;\n"
+        "        if (u) u[t * COLS + c] = (float)S * xv;\n"
+        "        for (int j = 0; j < K; j++) {\n"
+        "            int id = ids[t * K + j];\n"
+        "            float w = weights[t * K + j];\n"
+        "            if (id >= COPY_LO && id < COPY_HI) acc += w * ((float)S * xv);\n",
+        name, d->experts > 0 ? "    if (blockIdx.x == 0 && off) dispatch_block(T, ids, weights, off, perm, gate_w);\n"
+                             : "    (void)off, (void)perm, (void)gate_w;\n");
+    if (d->n_const > 0)
+        cb_printf(b,
+        "            else if (id >= CONST_LO && id < CONST_LO + NC) {\n"
+        "                int ci = id - CONST_LO;\n"
+        "                float a0 = alpha[t * 2 * NC + 2 * ci], a1 = alpha[t * 2 * NC + 2 * ci + 1];\n"
+        "                acc += w * (a0 * ((float)S * xv) + a1 * ldw(vc[ci], c));\n"
+        "            }\n");
+    cb_printf(b, "        }\n        y[t * COLS + c] = acc;\n    }\n}\n");
+}
+
+static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
+{
+    cb_printf(b, "#define E %lld\n#define K %lld\n#define NT %d\n", (long long)d->experts, (long long)d->k,
+              CG_CUDA_DISPATCH_THREADS);
+    emit_dispatch_block(b);
+    cb_printf(b,
+        "/* One block (dispatch_block). */\n"
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const int *ids, const float *weights,\n"
+        "        long long *off, int *perm, float *gate_w) {\n"
+        "    PDL_ENTRY();\n"
+        "    dispatch_block(T, ids, weights, off, perm, gate_w);\n"
         "}\n", name);
 }
 
@@ -501,7 +526,8 @@ static bool check(const CgOpDesc *d, char *err, size_t errlen)
         why = "experts/k out of range";
     else if (d->kind == CG_OP_DISPATCH && (d->experts <= 0 || d->k <= 0 || d->experts > 1024))
         why = "experts/k out of range"; /* k counts picks over all experts: it may exceed the FFN ones */
-    else if (d->kind == CG_OP_COMBINE && d->k <= 0) why = "k <= 0";
+    else if (d->kind == CG_OP_COMBINE && (d->k <= 0 || d->experts < 0 || d->experts > 1024))
+        why = "k <= 0 (or the experts it dispatches outside 0..1024)";
     if (why) snprintf(err, errlen, "cuda op %s: %s", cg_op_name(d->kind), why);
     return why == NULL;
 }

@@ -95,6 +95,10 @@ typedef struct Step {
                                        rounded to 16 bits into CudaModel.x16 first, h 16-bit in its
                                        f32 arena slot (only DOWN reads it)                               */
     int kern_round;                 /* a16 UP: the rounding kernel                                        */
+    int by;                         /* scale, dispatch: the combine step that does its work (dispatch:
+                                       at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T), or -1 (mark_fusions)     */
+    int scale, disp;                /* combine: the scale and dispatch steps it does, or -1               */
+    int kern_disp;                  /* combine with disp: its kernel that also dispatches                 */
 } Step;
 
 typedef struct WMap {
@@ -616,6 +620,11 @@ static bool prepare_rowwise(CudaModel *cm, Step *st, RtError *err)
             !dupload(cm, st->vc_ptrs, ptrs, bytes, err))
             return false;
     }
+    if (i->op == IR_OP_MOE_COMBINE && st->disp >= 0) { /* its form that also dispatches (mark_fusions) */
+        CgOpDesc dd = st->d;
+        dd.experts = ir_attr_int(cm->steps[st->disp].i, "experts");
+        if (!op_kern(cm, &dd, &st->kern_disp, err)) return false;
+    }
     return op_kern(cm, &st->d, &st->kern, err);
 }
 
@@ -802,6 +811,41 @@ static void model_free_buffers(CudaModel *cm)
     }
 }
 
+/* Row-wise work folded into the MoE combine, one launch less each per layer of a decode step: the
+ * scale of the combine's x that feeds the up-projection (same s, first read after the combine: the
+ * combine writes it too), and the dispatch of the route's picks that the combine reads (its block 0
+ * does it at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T; the offsets and permutation are the executor's
+ * buffers, read by this layer's grouped GEMMs only). A range of steps that runs one of these without
+ * its combine would miss it: the benchmarks' ranges keep them together. */
+static void mark_fusions(CudaModel *cm)
+{
+    int *first_use = xmalloc(((size_t)cm->m->n_values + 1) * sizeof *first_use);
+    for (int v = 0; v < cm->m->n_values; v++) first_use[v] = -1;
+    for (int s = 0; s < cm->n_steps; s++) {
+        const IrInstr *i = cm->steps[s].i;
+        cm->steps[s].by = cm->steps[s].scale = cm->steps[s].disp = cm->steps[s].kern_disp = -1;
+        for (int k = 0; k < i->n_in; k++)
+            if (i->in[k]->kind == IR_VAL_RESULT && first_use[i->in[k]->id] < 0) first_use[i->in[k]->id] = s;
+    }
+    for (int c = 0; c < cm->n_steps; c++) {
+        Step *cs = &cm->steps[c];
+        const IrInstr *ci = cs->i;
+        if (ci->op != IR_OP_MOE_COMBINE) continue;
+        for (int s = 0; s < cm->n_steps; s++) {
+            Step *st = &cm->steps[s];
+            const IrInstr *i = st->i;
+            if (i->op == IR_OP_SCALE && s < c && cs->scale < 0 && i->in[0] == ci->in[0] &&
+                ir_attr_float(i, "s") == ir_attr_float(ci, "s") && i->out[0]->type.dtype == DT_F32 &&
+                ci->in[0]->type.dtype == DT_F32 && first_use[i->out[0]->id] > c)
+                cs->scale = s, st->by = c;
+            if (i->op == IR_OP_MOE_DISPATCH && s > c && cs->disp < 0 && i->in[0] == ci->in[2] &&
+                i->in[0]->def->out[0] == ci->in[1] && ir_attr_int(i, "experts") <= 1024)
+                cs->disp = s, st->by = c;
+        }
+    }
+    free(first_use);
+}
+
 /* The grouped UP/DOWN pairs that run on the cp.async MMA form above the GEMV's T: 16-bit weights of
  * one dtype, k of both and UP's n multiples of 8, and UP's h read by that DOWN only (it holds h
  * 16-bit where the plan put the f32 one). */
@@ -875,6 +919,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         }
     }
     mark_a16(cm);
+    mark_fusions(cm);
     for (s = 0; s < cm->n_steps; s++) {
         if (!prepare(cm, &cm->steps[s], err)) {
             cuda_model_free(cm);
@@ -1152,6 +1197,7 @@ static bool run_step(const Run *r, const Step *st)
     char e[512];
     uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
     uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
+    if (st->by >= 0 && (i->op == IR_OP_SCALE || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T)) return true; /* its combine did it */
     switch (i->op) {
     case IR_OP_LINEAR: return linear(r, st, &st->gm[0], NULL, -1, a0, out);
     case IR_OP_MOE_ROUTE: return run_route(r, st);
@@ -1197,8 +1243,11 @@ static bool run_step(const Run *r, const Step *st)
     }
     case IR_OP_MOE_COMBINE: {
         uint64_t ids = addr(r, i->in[2]), alpha = ir_attr_int(i, "n_const") ? addr(r, i->in[3]) : 0, vp = st->vc_ptrs;
-        void *a[] = {(void *)&r->TT, &a0, &a1, &ids, &alpha, &vp, &out};
-        return op(r, st, st->kern, &st->d, a);
+        uint64_t u = st->scale >= 0 ? addr(r, cm->steps[st->scale].i->out[0]) : 0, off = 0, perm = 0, gw = 0;
+        bool disp = st->disp >= 0 && r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T;
+        if (disp) off = cm->steps[st->disp].off, perm = cm->steps[st->disp].perm, gw = cm->steps[st->disp].gate_w;
+        void *a[] = {(void *)&r->TT, &a0, &a1, &ids, &alpha, &vp, &out, &u, &off, &perm, &gw};
+        return op(r, st, disp ? st->kern_disp : st->kern, &st->d, a);
     }
     case IR_OP_EMBED: {
         void *a[] = {(void *)&r->TT, &a1, &a0, &out}; /* ids, table */

@@ -136,6 +136,80 @@ static void test_dispatch(void **state)
     free(src), free(ids), free(perm), free(perm_d), free(w), free(gw), free(gw_d);
 }
 
+/* COMBINE with the scale and the dispatch fused (the executor's form at T <= 16): y against a C
+ * reference (f32 against f64: 1e-5 relative), u = s x and the dispatch exactly; with off NULL the dispatch
+ * buffers stay untouched. FFN experts 0..5, constant 6..7, copy 8, zero 9. */
+static void test_combine(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    enum { D = 300, K = 2, E = 6, NC = 2, EALL = 10, TMAX = 16 };
+    const float S = 1.75f;
+    moe_rng r;
+    rng_seed(&r, 11);
+    CgOpDesc d = {.kind = CG_OP_COMBINE, .wdtype = DT_F32, .cols = D, .k = K, .s = S, .n_const = NC, .const_lo = 6,
+                  .copy_lo = 8, .copy_hi = 9, .experts = E};
+    char sym[600], err[256];
+    cg_cuda_op_symbol(&d, sym, sizeof sym);
+    char *src = cg_cuda_op_source(&d, err, sizeof err);
+    assert_non_null(src);
+    void *fn = kernel(src, sym);
+    float *v = xmalloc(NC * D * sizeof *v), *x = xmalloc(TMAX * D * sizeof *x), *al = xmalloc(TMAX * 2 * NC * 4);
+    for (int j = 0; j < NC * D; j++) v[j] = (float)rng_uniform(&r) - 0.5f;
+    uint64_t dv[NC] = {upload(v, D * 4), upload(v + D, D * 4)}, dvc = upload(dv, sizeof dv);
+    for (int T = 1; T <= TMAX; T += 15)
+        for (int with_disp = 0; with_disp < 2; with_disp++) {
+            int32_t ids[TMAX * K], perm[TMAX * K], perm_d[TMAX * K];
+            float w[TMAX * K], gw[TMAX * K], gw_d[TMAX * K], *y = xmalloc(T * D * 4), *u = xmalloc(T * D * 4);
+            int64_t off[E + 1], off_d[E + 1], unset[E + 1];
+            for (int q = 0; q <= E; q++) unset[q] = 0x7fffffff7fffffffLL;
+            random_picks(&r, T, K, EALL, ids, w);
+            for (int j = 0; j < T * D; j++) x[j] = (float)rng_uniform(&r) * 4 - 2;
+            for (int j = 0; j < T * 2 * NC; j++) al[j] = (float)rng_uniform(&r) * 2 - 1;
+            dispatch_ref(T, K, E, ids, w, off, perm, gw);
+            uint64_t dx = upload(x, T * D * 4), dw = upload(w, T * K * 4), dids = upload(ids, T * K * 4),
+                     dal = upload(al, T * 2 * NC * 4), dy = upload(NULL, T * D * 4), du = upload(NULL, T * D * 4),
+                     doff = upload(unset, sizeof unset), dperm = upload(NULL, T * K * 4), dgw = upload(NULL, T * K * 4);
+            long long TT = T;
+            uint64_t o = with_disp ? doff : 0;
+            void *args[] = {&TT, &dx, &dw, &dids, &dal, &dvc, &dy, &du, &o, &dperm, &dgw};
+            unsigned g[3], b[3];
+            size_t smem;
+            cg_cuda_op_launch(&d, T, g, b, &smem);
+            launch(fn, g, b, smem, args);
+            download(y, dy, T * D * 4), download(u, du, T * D * 4), download(off_d, doff, sizeof off_d);
+            double worst = 0, scale = 0;
+            for (int t = 0; t < T; t++)
+                for (int c = 0; c < D; c++) {
+                    double want = 0, xv = (double)(S * x[t * D + c]);
+                    for (int j = 0; j < K; j++) {
+                        int id = ids[t * K + j];
+                        if (id == 8) want += w[t * K + j] * xv;
+                        else if (id >= 6 && id < 8)
+                            want += w[t * K + j] * (al[t * 2 * NC + 2 * (id - 6)] * xv + al[t * 2 * NC + 2 * (id - 6) + 1] *
+                                                                                         (double)v[(id - 6) * D + c]);
+                    }
+                    assert_true(u[t * D + c] == S * x[t * D + c]);
+                    worst = fmax(worst, fabs(y[t * D + c] - want)), scale = fmax(scale, fabs(want));
+                }
+            assert_true(worst <= 1e-5 * scale);
+            if (with_disp) {
+                assert_memory_equal(off, off_d, sizeof off);
+                download(perm_d, dperm, (size_t)off[E] * 4), download(gw_d, dgw, (size_t)off[E] * 4);
+                assert_memory_equal(perm, perm_d, (size_t)off[E] * 4);
+                assert_memory_equal(gw, gw_d, (size_t)off[E] * 4);
+            } else
+                assert_memory_equal(off_d, unset, sizeof unset); /* untouched */
+            printf("combine: T = %d, u = s x exactly, y within %.2g%s\n", T, scale > 0 ? worst / scale : worst,
+                   with_disp ? ", its dispatch exact" : ", no dispatch (off NULL)");
+            uint64_t bufs[] = {dx, dw, dids, dal, dy, du, doff, dperm, dgw};
+            for (size_t q = 0; q < MOE_ARRAY_LEN(bufs); q++) cg_cuda_free(drv, bufs[q]);
+            free(y), free(u);
+        }
+    cg_cuda_free(drv, dv[0]), cg_cuda_free(drv, dv[1]), cg_cuda_free(drv, dvc);
+    free(src), free(v), free(x), free(al);
+}
+
 static double rel_err(const float *got, const double *want, size_t n)
 {
     double worst = 0, scale = 0;
@@ -373,7 +447,7 @@ static void test_attention(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_grouped),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_combine), cmocka_unit_test(test_grouped),
                                        cmocka_unit_test(test_attention)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }
