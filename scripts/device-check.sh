@@ -116,6 +116,9 @@ EOF
   echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
   run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
     --device cuda --generate 64 | grep -E "ran|decode|program|error"
+  echo "-- the same without the decode step's folded launches (MOEPPC_CUDA_FUSE=0: scale, dispatch and KV store apart)"
+  run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+    --device cuda --generate 64 | grep -E "ran|decode|error"
   if [ -d "$bin/models" ]; then
     step "executables from moeppc build --target (cubin for sm_90; PTX for sm_80, compiled by the driver)"
     ids="3 17 42 99 128 200 255 0 64 7 11 13"
@@ -144,6 +147,8 @@ EOF
     MOEPPC_CUDA_DECODE_GEMV=0 1
   ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
     MOEPPC_CUDA_PDL=1 1,64
+  ab "fusion A/B: the MoE block's scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
+    MOEPPC_CUDA_FUSE=0 1
   ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
     MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
   ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096

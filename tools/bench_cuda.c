@@ -149,10 +149,8 @@ int bench_cuda(int argc, char **argv)
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
-    CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                     .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                     .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
-                     .pdl = cuda_env_on("MOEPPC_CUDA_PDL"), .tma = cuda_env_on("MOEPPC_CUDA_TMA")};
+    CudaOptions o = {.compile = cuda_nvrtc_cubins};
+    cuda_options_env(&o);
     memcpy(o.tile, a.tile, sizeof o.tile);
     char gpu[128], arch[16];
     TuneDb db = {0};

@@ -37,15 +37,19 @@
  *   RMS_NORM      (long long T, const float *x, const void *w, float *out)            one block per row
  *   ADD_RMS_NORM  (long long T, const float *a, const float *b, const void *w, float *sum, float *out)
  *   ROPE          (long long T, const float *x, const int *pos, float *out)           out may alias x
- *   ATTENTION     (long long T, const float *q, const float *kc, const float *vc, const int *pos,
- *                  float *out)  one block of CG_CUDA_ATTN_WARPS warps per (query t, head h): the warps
+ *   ATTENTION     (long long T, const float *q, float *kc, float *vc, const int *pos, float *out,
+ *                  const float *knew, const float *vnew)  knew/vnew NULL, or (T = 1 only: a decode
+ *                  step) the new key and value row, read from there and stored into the caches at
+ *                  pos[0] by the kernel (no separate KV store). One block of CG_CUDA_ATTN_WARPS warps
+ *                  per (query t, head h): the warps
  *                  split the keys 0..pos[t] (strided), each keeps an online max/sum/accumulator, and the
  *                  block merges them in shared memory: works for prefill and for decode (T = 1).
  *                  Its tiled form for prefill (T >= CG_CUDA_ATTN_TILED_MIN_T, same arguments,
  *                  cg_cuda_attention_*): a block per BQ consecutive queries and head, TPQ threads a
  *                  query (dimensions strided by TPQ), tiles of BKV keys and values staged in shared
- *                  memory once for all the block's queries, the same online softmax. Both kernels'
- *                  shapes are a CgCudaAttnForm (the tuner's knobs; the rule's below).
+ *                  memory once for all the block's queries, the same online softmax (its arguments
+ *                  the first six only: the KV store runs before it). Both kernels' shapes are a
+ *                  CgCudaAttnForm (the tuner's knobs; the rule's below).
  *   SWIGLU, ADD   (long long T, const float *a, const float *b, float *out)           grid-stride
  *   SCALE, TANH   (long long T, const float *x, float *out)                           grid-stride
  *   ROUTE_POST    (long long T, const float *z0, const float *g, float *logits, const float *alpha_logits,

@@ -357,11 +357,8 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     if (r->backend == BACKEND_CUDA) {
         CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
-                         .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
-                         .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                         .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                         .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
-                         .pdl = cuda_env_on("MOEPPC_CUDA_PDL"), .tma = cuda_env_on("MOEPPC_CUDA_TMA")};
+                         .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile};
+        cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */

@@ -827,7 +827,7 @@ static void mark_fusions(CudaModel *cm)
         for (int k = 0; k < i->n_in; k++)
             if (i->in[k]->kind == IR_VAL_RESULT && first_use[i->in[k]->id] < 0) first_use[i->in[k]->id] = s;
     }
-    for (int c = 0; c < cm->n_steps; c++) {
+    for (int c = 0; c < cm->n_steps && !cm->o.no_fuse; c++) {
         Step *cs = &cm->steps[c];
         const IrInstr *ci = cs->i;
         if (ci->op != IR_OP_MOE_COMBINE) continue;
@@ -1174,8 +1174,8 @@ static bool run_attention(const Run *r, const Step *st)
     uint64_t pos = r->cm->pos, kc = st->kc, vc = st->vc;
     unsigned g[3] = {(unsigned)r->T, 1, 1}, b[3] = {256, 1, 1};
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
-    void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out};
-    if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
+    uint64_t knew = 0, vnew = 0;
+    void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew};
     CgCudaAttnForm f = cg_cuda_attention_rule(r->T); /* prefill: tiled, keys and values shared by a block's queries */
     int kern = f.bq == 1 ? st->kern : st->kern_fused;
     const AttnAlt *at = st->att;
@@ -1186,6 +1186,8 @@ static bool run_attention(const Run *r, const Step *st)
         for (int j = 0; j < at->n; j++)
             if (!memcmp(&at->f[j], &want, sizeof want)) f = want, kern = at->k[j];
     }
+    if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) knew = k, vnew = v; /* a decode step: the kernel stores them */
+    else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
     cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
     return launch(r, st, kern, g, b, 0, aa);
 }

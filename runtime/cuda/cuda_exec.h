@@ -96,6 +96,9 @@ typedef struct CudaOptions {
                                        k tiles by the tensor memory accelerator where the tile's k is 64
                                        and the weights are stacked (MOEPPC_CUDA_TMA=1; sm_90; opt-in
                                        until a GPU has run it)                                       */
+    bool no_fuse;                   /* keep the decode step's folded launches apart (the combine's
+                                       scale and dispatch, attention's KV store; MOEPPC_CUDA_FUSE=0:
+                                       an A/B of what folding them saves)                          */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
                                        start while the one before it drains (MOEPPC_CUDA_PDL=1; not
@@ -136,6 +139,19 @@ static inline bool cuda_env_on(const char *name)
 {
     const char *v = getenv(name);
     return v && strcmp(v, "1") == 0;
+}
+
+/* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
+ * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1,
+ * MOEPPC_CUDA_TMA=1 (the A/Bs of scripts/device-check.sh). */
+static inline void cuda_options_env(CudaOptions *o)
+{
+    o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");
+    o->no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM");
+    o->no_fuse = cuda_env_off("MOEPPC_CUDA_FUSE");
+    o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
+    o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
+    o->tma = cuda_env_on("MOEPPC_CUDA_TMA");
 }
 
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,

@@ -422,13 +422,34 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         char e[512];
         for (int64_t i = 0; i < T * qc; i++) got[i] = NAN; /* poison: unwritten elements show */
         assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
-        void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout};
+        uint64_t none = 0;
+        void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none};
         launch(fn, g, b, 0, args);
         download(got, dout, (size_t)(T * qc) * 4);
         double re = rel_err(got, want, (size_t)(T * qc));
         printf("attention %dx%d/kv%d T=%lld H=%d KVH=%d HD=%d from position %d: rel err %.3g\n", f->bq, f->tpq, f->bkv,
                (long long)T, H, KVH, HD, P0, re);
         assert_true(re <= 1e-5);
+        if (T == 1 && f->bq == 1) { /* a decode step: the new key and value from knew/vnew, stored by the kernel */
+            float *row = xmalloc((size_t)kvc * 4), *kx = xmalloc((size_t)kvc * 4), *vx = xmalloc((size_t)kvc * 4);
+            for (int64_t i = 0; i < kvc; i++) row[i] = NAN;
+            for (int64_t i = 0; i < T * qc; i++) got[i] = NAN;
+            uint64_t kn = upload(kc + P0 * kvc, (size_t)kvc * 4), vn = upload(vc + P0 * kvc, (size_t)kvc * 4);
+            assert_true(cg_cuda_upload(drv, dk + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
+                        cg_cuda_upload(drv, dv + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
+                        cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
+            void *sargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &kn, &vn};
+            launch(fn, g, b, 0, sargs);
+            download(got, dout, (size_t)(T * qc) * 4);
+            download(kx, dk + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4), download(vx, dv + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4);
+            double rs = rel_err(got, want, (size_t)(T * qc));
+            printf("  the same as a decode step, key and value given (the cache row poisoned): rel err %.3g, row stored\n", rs);
+            assert_true(rs <= 1e-5);
+            assert_memory_equal(kx, kc + P0 * kvc, (size_t)kvc * 4);
+            assert_memory_equal(vx, vc + P0 * kvc, (size_t)kvc * 4);
+            cg_cuda_free(drv, kn), cg_cuda_free(drv, vn);
+            free(row), free(kx), free(vx);
+        }
         free(src);
     }
     uint64_t bufs[] = {dq, dk, dv, dp, dout};
@@ -441,6 +462,8 @@ static void test_attention(void **state)
     (void)state;
     if (!drv) skip();
     attention_case(150, 4, 2, 64, 0);
+    attention_case(1, 4, 2, 64, 45); /* decode steps: the per-query forms also with the new row given */
+    attention_case(1, 3, 1, 36, 0);
     attention_case(70, 2, 1, 36, 45);
     attention_case(40, 2, 2, 130, 3);
 }

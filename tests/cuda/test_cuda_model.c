@@ -144,6 +144,7 @@ static bool prefill(const ModelSpec *s, const WeightSet *w, const int32_t *ids, 
     const EvalTensor *want = eval_output(&ref, "logits");
     int64_t V = want->type.dims[1];
     CudaOptions opt = {.poison = true, .sync_each = true, .compile = cuda_nvrtc_cubins};
+    cuda_options_env(&opt); /* the A/B switches (MOEPPC_CUDA_WGMMA=1, ...): the prefill is where the tiles run */
     CudaModel *cm = cuda_model_new(m, w, s->max_positions, &opt, &err);
     if (!cm) fprintf(stderr, "%s: %s\n", s->name, err.msg);
     assert_non_null(cm);
@@ -246,10 +247,8 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
     const EvalTensor *want = eval_output(&ref, "logits");
     int64_t last = rows < T ? rows : T, T0 = last - 3 > 1 ? last - 3 : 1, V = want->type.dims[1], cols;
     moe_dtype dt;
-    CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV"),
-                       .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                       .wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA"),
-                       .pdl = cuda_env_on("MOEPPC_CUDA_PDL"), .tma = cuda_env_on("MOEPPC_CUDA_TMA")};
+    CudaOptions opt = {.compile = cuda_nvrtc_cubins};
+    cuda_options_env(&opt);
     CudaModel *dm = cuda_model_new(m, w, s->max_positions, &opt, &err);
     assert_non_null(dm);
     assert_true(cuda_model_run(dm, ids, pos, T0, &err));
