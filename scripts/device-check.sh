@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# device-check.sh: the one prepared script for a machine with an NVIDIA GPU. In one go (well under
-# 5 minutes) it
+# device-check.sh: the one prepared script for a machine with an NVIDIA GPU. In one go (5 minutes
+# for the issue's checks; the extras after them while MOEPPC_DEVICE_CHECK_BUDGET seconds last) it
 #   1. builds (or takes the binaries scripts/device-prebuild.sh made elsewhere: MOEPPC_PREBUILT=DIR),
 #   2. measures the GPU's ceilings in the same run (PyTorch, when the machine has it): dense bf16
 #      matrix product (8192^3) and device-to-device copy bandwidth (bytes read + written),
 #   3. runs the generated kernels against C references (tests/cuda/test_cuda_gpu.c) and the whole
 #      tiny and 0.6B models against the interpreter on fresh random inputs, outputs poisoned before
 #      every call (tests/cuda/test_cuda_model.c),
-#   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and runs the CUDA build of the
+#   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and (an extra) runs the CUDA build of the
 #      embedding library (tests/embed: examples/embed_c and examples/embed_python --cuda on the GPU
 #      against the interpreter: device and host weights, in place, with and without the gating
 #      residual; embed_c needs the CUDA runtime; a library emitted for the CUDA emulator refused),
-#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096, tunes its grouped GEMMs' tiles (moeppc tune
-#      --target sm_90, written to $OUT/gpu-sm90-moepp-7b.yaml) and benchmarks with them, and prints the
-#      table last.
+#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096; then, budget permitting, in this order: the
+#      first GPU runs of wgmma, TMA and programmatic launches on the tiny models, the 7B layer's A/Bs,
+#      decoding A/Bs, tuning (moeppc tune --target sm_90, written to $OUT/gpu-sm90-moepp-7b.yaml) and
+#      a bench with its database, the embedding library (step 4's), the vanilla and own-routing benches;
+#      and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,15 @@ root=$PWD
 step() { echo; echo "== $*"; }
 # run SECONDS CMD...: with a time limit; a failure is reported and counted, never fatal
 fails=0
+# The issue's checks (kernels, models, decoding, the 7B table) fit in 5 minutes; what follows them runs
+# while the elapsed time is under MOEPPC_DEVICE_CHECK_BUDGET seconds (default 270: the whole script
+# stays near 5 minutes; a session with more device time gives it more, e.g. 540).
+budget=${MOEPPC_DEVICE_CHECK_BUDGET:-270}
+more() {
+  if [ "$SECONDS" -lt "$budget" ]; then return 0; fi
+  echo; echo "== skipped at ${SECONDS} s (MOEPPC_DEVICE_CHECK_BUDGET=$budget): $*"
+  return 1
+}
 run() {
   local limit=$1; shift
   echo "\$ $*"
@@ -87,38 +98,8 @@ EOF
   run 60 "$bin/cuda_gpu"
   step "whole models against the interpreter (poisoned outputs, fresh seed)"
   run 150 "$bin/cuda_model"
-  step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
-  run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
-  step "the tiny models with W's k tiles by the TMA (MOEPPC_CUDA_TMA=1, wgmma implied: its first GPU run)"
-  run 60 env MOEPPC_CUDA_TMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
-  step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
-  run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
-  step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
-  if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
-    for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
-      for kind in cuda cuda-python; do
-        run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
-          "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
-      done
-    done
-    [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-      "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
-  elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
-    cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
-    run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
-    run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-      build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
-  else
-    echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
-  fi
   step "decoding on the GPU (moepp-0.6b, random weights)"
   run 60 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" --device cuda --generate 64
-  echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
-  run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-    --device cuda --generate 64 | grep -E "ran|decode|program|error"
-  echo "-- the same without the decode step's folded launches (MOEPPC_CUDA_FUSE=0: scale, dispatch and KV store apart)"
-  run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-    --device cuda --generate 64 | grep -E "ran|decode|error"
   if [ -d "$bin/models" ]; then
     step "executables from moeppc build --target (cubin for sm_90; PTX for sm_80, compiled by the driver)"
     ids="3 17 42 99 128 200 255 0 64 7 11 13"
@@ -139,30 +120,74 @@ EOF
   cat "$out/bench.txt"
   # ab WHAT VAR=VALUE TOKENS: the 7B layer again with one switch set, against the table above
   ab() {
+    more "$1" || return 0
     step "$1"
     run 60 env "$2" "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens "$3" --zc-share 0.25 "${ceil[@]}" |
       grep "^T ="
   }
-  ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
-    MOEPPC_CUDA_DECODE_GEMV=0 1
-  ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
-    MOEPPC_CUDA_PDL=1 1,64
-  ab "fusion A/B: the MoE block's scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
-    MOEPPC_CUDA_FUSE=0 1
-  ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
-    MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
-  ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
-  ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
-  step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
-  run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
-  step "the MoE++ 7B layer with its random router's own decisions"
-  run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
-  step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
-  run 100 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,1 --budget 60 -o "$out/gpu-sm90-moepp-7b.yaml" |
-    grep -E "tiles compile|wrote|error"
-  [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
-    run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,512,4096 --zc-share 0.25 --reps 10 \
-      --tuning "$out/gpu-sm90-moepp-7b.yaml" "${ceil[@]}" | grep "^T ="
+  # extras past the issue's five minutes, most informative first, each only while the budget lasts
+  if more "first GPU runs of wgmma, TMA, programmatic launches"; then
+    step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
+    run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+    step "the tiny models with W's k tiles by the TMA (MOEPPC_CUDA_TMA=1, wgmma implied: its first GPU run)"
+    run 60 env MOEPPC_CUDA_TMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+    step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
+    run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
+  fi
+  if more "A/Bs of the 7B layer"; then
+    ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
+      MOEPPC_CUDA_DECODE_GEMV=0 1
+    ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
+      MOEPPC_CUDA_PDL=1 1,64
+    ab "fusion A/B: the MoE block's scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
+      MOEPPC_CUDA_FUSE=0 1
+    ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
+      MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
+    ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
+    ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
+  fi
+  if more "decode A/Bs"; then
+    echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
+    run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+      --device cuda --generate 64 | grep -E "ran|decode|program|error"
+    echo "-- the same without the decode step's folded launches (MOEPPC_CUDA_FUSE=0: scale, dispatch and KV store apart)"
+    run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+      --device cuda --generate 64 | grep -E "ran|decode|error"
+  fi
+  if more "GPU tuning"; then
+    step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
+    run 100 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,1 --budget 60 -o "$out/gpu-sm90-moepp-7b.yaml" |
+      grep -E "tiles compile|wrote|error"
+    [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
+      run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,512,4096 --zc-share 0.25 --reps 10 \
+        --tuning "$out/gpu-sm90-moepp-7b.yaml" "${ceil[@]}" | grep "^T ="
+  fi
+  if more "the embedding library"; then
+    step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
+    if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
+      for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
+        for kind in cuda cuda-python; do
+          run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
+            "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
+        done
+      done
+      [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+        "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
+    elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
+      cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
+      run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
+      run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+        build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
+    else
+      echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
+    fi
+  fi
+  if more "vanilla and own-routing 7B benches"; then
+    step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
+    run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
+    step "the MoE++ 7B layer with its random router's own decisions"
+    run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
+  fi
   step "summary: $fails failed step(s); 7B layer, bf16 (grouped GEMM TFLOP/s vs the bf16 peak; MoE-block weight bytes/s vs the copy bandwidth)"
   grep "^T = " "$out/bench.txt"
 } 2>&1 | tee "$out/device-check.log"
