@@ -148,7 +148,9 @@ char *cg_cuda_kv_store_source(int64_t cols);
  *   GEMV T <= CG_CUDA_GEMV_MAX_T (decode): one warp per output row (up: the a and b rows of one
  *        column) walking the groups that have slots, 16-byte weight loads, all slots of a group
  *        accumulated in registers; weight-bandwidth bound. Grid ceil(N / warps): no block is spent
- *        on the groups a decode step does not use.
+ *        on the groups a decode step does not use. With one slot a pass (bm 1: the decode form)
+ *        grid.y = T·k (linear: T) rows of blocks, one slot each (its group from off[]; slots past
+ *        off[E], the zero-computation picks', return at once): the slots run side by side.
  *   LINEAR (long long T, const float *x, const void *w, float *out)   out[t, ldc] = x[t] . W^T, W [n][k]:
  *         a dense layer (experts = top_k = 1, no routing): the attention projections, the router's
  *         matrices and the lm_head, on the same three paths.

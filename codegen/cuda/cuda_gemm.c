@@ -663,7 +663,10 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
 
 /* Decode: one warp per output row n (UP: the a and b rows of column n); the group's slots in chunks
  * of MAXS (bm), all accumulated in registers while the warp streams the weight row once per chunk,
- * the k loop unrolled bk times (its 16-byte loads in flight together). */
+ * the k loop unrolled bk times (its 16-byte loads in flight together). With one slot a chunk (bm 1:
+ * the decode form and the tuner's 1xW forms) nothing is shared between slots, so each slot has its
+ * own row of blocks (grid.y; its group found from off[]): a decode step's two picks stream their
+ * experts' rows side by side instead of one after the other. */
 static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool f32 = g->wdtype == DT_F32, lin = g->kind == CG_CUDA_GEMM_LINEAR;
@@ -678,8 +681,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    const int KB = SPLIT > 1 ? (int)blockIdx.z * %lld : 0;  /* this block's k slice [KB, KE) (split-K) */\n"
         "    const int KE = SPLIT > 1 ? (KB + %lld < K8 ? KB + %lld : K8) : K8;\n"
         "%s"
-        "#pragma unroll 1\n"
-        "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
+        "%s"
         "%s"
         "    int gs = (int)(%s), ge = (int)(%s);  /* int slots: no spills (T <= 2^31 / k) */\n"
         "    for (int s0 = gs; s0 < ge; s0 += MAXS) {\n"
@@ -709,7 +711,18 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                for (int mat = 0; mat < NB; mat++) {\n",
         (long long)split_chunk(g), (long long)split_chunk(g), (long long)split_chunk(g),
         g->w_table ? "" : "    const wtype *w = (const wtype *)wv;\n",
-        g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "", lin ? "0" : "off[e]", lin ? "T" : "off[e + 1]",
+        g->bm != 1 ? "#pragma unroll 1\n"
+                     "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
+        : lin ? "    const int sp = blockIdx.y;  /* one slot (token) per block row: side by side */\n"
+                "    if (sp >= T) return;\n"
+                "    for (int e = 0; e < 1; e++) {\n"
+              : "    const int sp = blockIdx.y;  /* one slot per block row: the slots side by side, not in turn */\n"
+                "    if (sp >= off[E]) return;  /* (a zero-computation pick's) */\n"
+                "    int es = 0;\n"
+                "    while (off[es + 1] <= sp) es++;  /* its group */\n"
+                "    for (int e = es; e < es + 1; e++) {\n",
+        g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "",
+        g->bm == 1 ? "sp" : lin ? "0" : "off[e]", g->bm == 1 ? "sp + 1" : lin ? "T" : "off[e + 1]",
         f32 ? "float4" : "uint4", f32 ? "[2]" : "",
         f32 ? "raw[u][mat][0] = ((const float4 *)wr)[0], raw[u][mat][1] = ((const float4 *)wr)[1];"
             : "raw[u][mat] = *(const uint4 *)wr;  /* 8 weights */");
@@ -786,8 +799,9 @@ void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsig
 {
     grid[2] = g->split > 1 ? (unsigned)g->split : 1u, block[1] = block[2] = 1;
     *smem = cg_cuda_gemm_smem(g);
-    if (g->path == CG_CUDA_PATH_GEMV) {
-        grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = 1, block[0] = 32u * (unsigned)g->bn;
+    if (g->path == CG_CUDA_PATH_GEMV) { /* one slot a pass: a block row per slot (the decode form's) */
+        int64_t rows = g->bm != 1 ? 1 : (T > 0 ? T : 1) * (g->kind == CG_CUDA_GEMM_LINEAR ? 1 : g->k_top);
+        grid[0] = (unsigned)((g->n + g->bn - 1) / g->bn), grid[1] = (unsigned)rows, block[0] = 32u * (unsigned)g->bn;
         return;
     }
     /* sum over groups of ceil(count / bm) <= ceil(T*k / bm) + E; spare blocks return at once */

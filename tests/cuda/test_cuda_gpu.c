@@ -373,6 +373,55 @@ static void test_grouped(void **state)
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2);
 }
 
+/* Dense layers (LINEAR) on the GEMV: the general form and the decode form (one token a row of
+ * blocks), T 1 and 5, k with and without a scalar tail, f32 and bf16 weights, against f64. */
+static void test_linear_gemv(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    moe_rng r;
+    rng_seed(&r, 23);
+    for (int q = 0; q < 8; q++) {
+        int64_t T = q & 1 ? 5 : 1, N = 40, K = q & 2 ? 70 : 72;
+        moe_dtype dt = q & 4 ? DT_BF16 : DT_F32;
+        float *x = xmalloc((size_t)(T * K) * 4), *got = xmalloc((size_t)(T * N) * 4);
+        void *w = xmalloc((size_t)(N * K) * dtype_size(dt));
+        double *want = xcalloc((size_t)(T * N), 8);
+        for (int64_t i = 0; i < T * K; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1);
+        for (int64_t i = 0; i < N * K; i++) dtype_store(dt, w, (size_t)i, rng_uniform(&r) - 0.5);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t c = 0; c < K; c++) want[t * N + n] += (double)x[t * K + c] * dtype_load(dt, w, (size_t)(n * K + c));
+        CgCudaGemm gen = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_GEMV, dt, 1, 1, N, K);
+        CgCudaGemm forms[2] = {gen, cg_cuda_gemm_decode(&gen)};
+        for (int f = 0; f < 2; f++) {
+            char sym[256], err[256];
+            cg_cuda_gemm_symbol(&forms[f], sym, sizeof sym);
+            char *src = cg_cuda_gemm_source(&forms[f], err, sizeof err);
+            if (!src) fprintf(stderr, "%s\n", err);
+            assert_non_null(src);
+            void *fn = kernel(src, sym);
+            for (int64_t i = 0; i < T * N; i++) got[i] = NAN;
+            uint64_t dx = upload(x, (size_t)(T * K) * 4), dw = upload(w, (size_t)(N * K) * dtype_size(dt)),
+                     dout = upload(got, (size_t)(T * N) * 4);
+            long long TT = T;
+            void *args[] = {&TT, &dx, &dw, &dout};
+            unsigned g[3], b[3];
+            size_t smem;
+            cg_cuda_gemm_launch(&forms[f], T, g, b, &smem);
+            launch(fn, g, b, smem, args);
+            download(got, dout, (size_t)(T * N) * 4);
+            double e = rel_err(got, want, (size_t)(T * N));
+            printf("linear gemv%s %s T=%lld N=%lld K=%lld: grid %ux%u, rel err %.3g\n", f ? " (decode)" : "", dtype_name(dt),
+                   (long long)T, (long long)N, (long long)K, g[0], g[1], e);
+            assert_true(e <= 1e-5);
+            cg_cuda_free(drv, dx), cg_cuda_free(drv, dw), cg_cuda_free(drv, dout);
+            free(src);
+        }
+        free(x), free(got), free(w), free(want);
+    }
+}
+
 /* Attention against an f64 reference, both kernels: the one-block-per-query form and the tiled
  * prefill form (several blocks, the last partial; queries at positions P0.. over a cache that holds
  * earlier keys; GQA; head sizes that are not multiples of 32, and above 128: smaller key tiles). */
@@ -471,6 +520,7 @@ static void test_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_combine), cmocka_unit_test(test_grouped),
+                                       cmocka_unit_test(test_linear_gemv),
                                        cmocka_unit_test(test_attention)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }
