@@ -204,8 +204,9 @@ int bench_cuda(int argc, char **argv)
             free(sw);
         }
         int first = a.zc_share >= 0 ? route + 1 : route;
-        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err) &&
-             bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err);
+        int moe_ops = cuda_model_last_ops(cm); /* the block's launches (and fills, copies) */
+        ok = ok && bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);
@@ -220,9 +221,9 @@ int bench_cuda(int argc, char **argv)
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
             if (a.json)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
-                       "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
+                       "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f}\n",
-                       s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, gemm_ms, tflops, gbs,
+                       s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
@@ -230,7 +231,7 @@ int bench_cuda(int argc, char **argv)
                 if (a.peak_tflops) printf(" (%5.1f %% of peak)", 100.0 * tflops / a.peak_tflops);
                 printf("  weights %7.0f GB/s", gbs);
                 if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs / a.bw_gbs);
-                printf("  [%lld FFN picks, %lld experts]\n", (long long)picks, (long long)used);
+                printf("  [%lld FFN picks, %lld experts; MoE block: %d GPU ops]\n", (long long)picks, (long long)used, moe_ops);
             }
             fflush(stdout);
         }

@@ -135,11 +135,13 @@ struct CudaModel {
     uint64_t arena, ids, pos, scratch, x16; /* sized by cap_t                                          */
     size_t scratch_per_t;           /* route scratch floats per token                                   */
     size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit       */
-    struct { int first, last; void *g; } graphs[8]; /* T = 1 step ranges (the decode step: all of them)
-                                       captured as CUDA graphs, for this cap_t; round robin     */
+    struct { int first, last, ops; void *g; } graphs[8]; /* T = 1 step ranges (the decode step: all
+                                       of them) captured as CUDA graphs, for this cap_t; round robin;
+                                       ops: the GPU operations each holds                      */
     int n_graphs;
     void *ev0, *ev1;
     double last_ms;
+    int ops;                        /* the GPU operations (launches, fills, copies) of the last call */
     HostOut *outs;                  /* per module output: its host copy                                 */
 };
 
@@ -1025,6 +1027,7 @@ static bool launch(const Run *r, const Step *st, int kern, const unsigned g[3], 
 {
     char e[512];
     const Kern *k = &r->cm->k[kern];
+    r->cm->ops++;
     if (cg_cuda_launch_async_pdl(r->cm->drv, k->fn, g, b, smem, args, r->cm->pdl, e, sizeof e)) return true;
     snprintf(r->err->msg, sizeof r->err->msg, "launching %s (for %%%s): %s", k->symbol,
              st->i->n_out ? st->i->out[0]->name : "?", e);
@@ -1205,6 +1208,7 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_ROUTE: return run_route(r, st);
     case IR_OP_ATTENTION: return run_attention(r, st);
     case IR_OP_ZEROS:
+        cm->ops++;
         if (cg_cuda_fill32_async(cm->drv, out, 0, (size_t)(r->T * cols(i->out[0])), e, sizeof e)) return true;
         snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
         return false;
@@ -1231,6 +1235,7 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_GROUPED_DOWN: {
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t y0 = addr(r, i->in[4]), off = ds->off, perm = ds->perm, gw = ds->gate_w, w = st->gm[0].w;
+        if (y0 != out) cm->ops++;
         if (y0 != out && !cg_cuda_copy_async(cm->drv, out, y0, (size_t)(r->T * cols(i->out[0])) * 4, e, sizeof e)) {
             snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
             return false;
@@ -1310,8 +1315,10 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
      * range of steps does (the benchmarks time the MoE block and the GEMMs of a decode step so). */
     bool use_graph = T == 1 && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
     void *graph = NULL;
+    int graph_ops = 0;
     for (int j = 0; use_graph && j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++)
-        if (cm->graphs[j].first == first && cm->graphs[j].last == last) graph = cm->graphs[j].g;
+        if (cm->graphs[j].first == first && cm->graphs[j].last == last) graph = cm->graphs[j].g, graph_ops = cm->graphs[j].ops;
+    cm->ops = graph_ops;
     if (!cg_cuda_event_record(cm->drv, cm->ev0, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e))
@@ -1332,14 +1339,17 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
     cm->last_t = T;
     if (use_graph && !graph) { /* the first such step ran eagerly; capture it for the next ones */
         if (!cg_cuda_capture_begin(cm->drv, e, sizeof e)) return fail_cuda(err, "capturing the decode step", e);
+        int ops = cm->ops;
+        cm->ops = 0;
         bool ok = run_range(cm, first, last, 1, err);
+        MOE_ASSERT(!ok || cm->ops == ops); /* the graph holds what the eager call ran */
         void *g = NULL;
         bool ended = cg_cuda_capture_end(cm->drv, &g, e, sizeof e);
         if (!ok) return false;
         if (!ended) return fail_cuda(err, "capturing the decode step", e);
         int j = cm->n_graphs++ % (int)MOE_ARRAY_LEN(cm->graphs); /* the oldest goes when all are taken */
         if (cm->n_graphs > (int)MOE_ARRAY_LEN(cm->graphs)) cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
-        cm->graphs[j].first = first, cm->graphs[j].last = last, cm->graphs[j].g = g;
+        cm->graphs[j].first = first, cm->graphs[j].last = last, cm->graphs[j].ops = ops, cm->graphs[j].g = g;
     }
     return true;
 }
@@ -1382,6 +1392,8 @@ bool cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError
 }
 
 double cuda_model_last_ms(const CudaModel *cm) { return cm->last_ms; }
+
+int cuda_model_last_ops(const CudaModel *cm) { return cm->ops; }
 
 int cuda_model_graphs(const CudaModel *cm)
 {
@@ -1482,6 +1494,7 @@ bool cuda_model_enqueue(CudaModel *cm, int64_t T, RtError *err)
 {
     MOE_ASSERT(cm->o.caller_workspace && T > 0 && T <= cm->cap_t);
     cm->last_t = T;
+    cm->ops = 0;
     return run_range(cm, 0, cm->n_steps, T, err);
 }
 

@@ -169,6 +169,9 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, mo
 bool       cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err);
 /* Milliseconds of GPU time (CUDA events) of the last call. */
 double     cuda_model_last_ms(const CudaModel *cm);
+/* The GPU operations (kernel launches, fills, copies) the last call queued, a graph's included: what
+ * folding a decode step's kernels saves (bench prints it; tests check it). */
+int        cuda_model_last_ops(const CudaModel *cm);
 /* How many ranges of steps (a decode step: all of them) have been captured as CUDA graphs, at most 8. */
 int        cuda_model_graphs(const CudaModel *cm);
 /* The GPU: "NVIDIA H200 (sm_90)". */

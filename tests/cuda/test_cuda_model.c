@@ -414,6 +414,63 @@ static void test_range_graphs(void **state)
     weights_close(w);
 }
 
+/* A decode step's GPU operations, folded and not (CudaOptions.no_fuse): the MoE block (router to
+ * down-projection) is router, combine (with the scale and the dispatch), up and down: 4, against 6;
+ * the whole step saves 2 per MoE layer and 2 per attention (its KV stores); the logits agree. */
+static void test_decode_ops(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    char p[1024];
+    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
+    ModelSpec s;
+    Diag d = {.out = stderr, .file = p};
+    assert_true(spec_load_file(p, &s, &d));
+    WeightSet *w = NULL;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, seed, &w, &err));
+    IrModule *m = module_for(&s, true, false);
+    int n = 0, route = -1, down = -1, moe = 0, attn = 0;
+    for (const IrInstr *i = m->first; i; i = i->next, n++) {
+        if (i->op == IR_OP_MOE_ROUTE && route < 0) route = n;
+        if (i->op == IR_OP_MOE_GROUPED_DOWN && down < 0) down = n;
+        moe += i->op == IR_OP_MOE_COMBINE, attn += i->op == IR_OP_ATTENTION;
+    }
+    int block[2], step[2];
+    float *logits[2];
+    int32_t id = 5, pos = 0;
+    int64_t V = s.vocab, cols;
+    moe_dtype dt;
+    for (int f = 0; f < 2; f++) {
+        CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_fuse = f == 1};
+        CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
+        assert_non_null(cm);
+        assert_true(cuda_model_run(cm, &id, &pos, 1, &err));
+        step[f] = cuda_model_last_ops(cm);
+        const float *got = cuda_model_output(cm, "logits", &cols, &dt, &err);
+        assert_non_null(got);
+        logits[f] = xmalloc((size_t)V * sizeof *logits[f]);
+        memcpy(logits[f], got, (size_t)V * sizeof *got);
+        for (int rep = 0; rep < 2; rep++) { /* eager, then its graph: the same count */
+            assert_true(cuda_model_run_steps(cm, route, down + 1, &id, &pos, 1, &err));
+            block[f] = cuda_model_last_ops(cm);
+            if (rep) assert_int_equal(cuda_model_graphs(cm), 2);
+        }
+        cuda_model_free(cm);
+    }
+    printf("cuda_model: decode step of %s: %d GPU operations folded, %d not; its MoE block %d and %d\n", s.name,
+           step[0], step[1], block[0], block[1]);
+    assert_int_equal(block[0], 4);
+    assert_int_equal(block[1], 6);
+    assert_int_equal(step[1] - step[0], 2 * moe + 2 * attn);
+    double diff = 0, top = 0;
+    for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(logits[0][j] - logits[1][j])), top = fmax(top, fabs(logits[1][j]));
+    assert_true(diff <= 1e-5 * top);
+    free(logits[0]), free(logits[1]);
+    ir_module_free(m);
+    weights_close(w);
+}
+
 static void test_no_gpu_message(void **state)
 {
     (void)state;
@@ -439,6 +496,7 @@ int main(void)
         cmocka_unit_test(test_tiny_specs),
         cmocka_unit_test(test_small_models),
         cmocka_unit_test(test_range_graphs),
+        cmocka_unit_test(test_decode_ops),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
