@@ -149,6 +149,8 @@ void      ir_value_bytes(const IrValue *v, int64_t *per_t, int64_t *fixed);
  * updated in place: moe.grouped_down's y0 becomes its y), or NULL. plan-memory gives both one place
  * then; ir_plan_check accepts exactly that overlap. */
 const IrValue *ir_inplace_input(const IrValue *v);
+/* Whether two planned results' arena places overlap at T tokens. */
+bool      ir_places_overlap(const IrValue *a, const IrValue *b, int64_t T);
 
 /* ---- print.c / parse.c: the textual form ------------------------------------------------------ */
 void      ir_print(const IrModule *m, FILE *f);

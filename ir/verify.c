@@ -509,14 +509,14 @@ bool ir_verify(const IrModule *m, Diag *d)
 
 /* ---- the memory plan ------------------------------------------------------------------------------ */
 
-static bool plan_pair_ok(const IrValue *a, const IrValue *b, int64_t T)
+bool ir_places_overlap(const IrValue *a, const IrValue *b, int64_t T)
 {
     int64_t pa, fa, pb, fb;
     ir_value_bytes(a, &pa, &fa);
     ir_value_bytes(b, &pb, &fb);
     int64_t a0 = a->off_t * T + a->off_c, a1 = a0 + pa * T + fa;
     int64_t b0 = b->off_t * T + b->off_c, b1 = b0 + pb * T + fb;
-    return a1 <= b0 || b1 <= a0;
+    return a0 < b1 && b0 < a1;
 }
 
 /* Every result has a place that fits in the arena for T = 1, 3, 512; *where gets the first that does not. */
@@ -565,7 +565,7 @@ bool ir_plan_check(const IrModule *m, char *why, size_t n, const IrValue **where
             if (vb->kind != IR_VAL_RESULT || def[a] > last[b] || def[b] > last[a]) continue;
             if (same_place_inplace(va, vb, def, last) || same_place_inplace(vb, va, def, last)) continue;
             for (size_t t = 0; ok && t < MOE_ARRAY_LEN(Ts); t++)
-                if (!plan_pair_ok(va, vb, Ts[t])) {
+                if (ir_places_overlap(va, vb, Ts[t])) {
                     snprintf(why, n, "%%%s and %%%s are alive together and overlap in the arena at T = %lld",
                              va->name, vb->name, (long long)Ts[t]);
                     *where = vb->line ? vb : va;

@@ -99,7 +99,10 @@ void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned
  * constant experts' Wc stacked [2·n_const][D].
  *   (long long T, const float *x, const void *w1, const void *w2, const float *r, const void *wg,
  *    const void *wc, float *logits, float *weights, int *ids, float *alpha)   grid T, block `threads`
- * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts. */
+ * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts.
+ * "_cmb" forms take (..., float *y, float *u, const void *const *vc, long long *off, int *perm,
+ * float *gate_w, unsigned *counter) after them: COMBINE's and DISPATCH's, and a counter of finished
+ * blocks, zero before the launch and zero again after it (the last block resets it). */
 typedef struct CgCudaRouteFused {
     CgOpDesc post;           /* the ROUTE_POST descriptor                                   */
     bool wc_table;           /* wc is a device array of n_const pointers to each [2][D] Wc,
@@ -110,6 +113,11 @@ typedef struct CgCudaRouteFused {
     double s;                /* the experts' input scale (alpha is computed from s·x)       */
     int threads;             /* a block's threads: whole warps, 32..1024 (0: 256; the GPU
                                 tuner's knob, "_tN" symbols)                               */
+    CgOpDesc combine;        /* kind COMBINE ("_cmb" symbols): each block then also does its
+                                token's MoE combine (COMBINE's y, u, vc; constants of the same
+                                s, n_const and, with constants, weight dtype) and, with
+                                combine.experts > 0 and off given, the last block to finish
+                                the DISPATCH; otherwise kind 0 (none)                      */
 } CgCudaRouteFused;
 void  cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n);
 /* NULL with err set when the vectors do not fit one block's shared memory (then: the unfused path). */

@@ -339,7 +339,7 @@ static void emit_route_body(CgBuf *b, const CgOpDesc *d)
         "        int e = lane + 32 * i;\n"
         "        taken[i] = false;\n"
         "        z[i] = -INFINITY;\n"
-        "        if (e < E) { z[i] = ZIN(e); logits[t * E + e] = z[i]; }\n"
+        "        if (e < E) { z[i] = ZIN(e); if (logits) logits[t * E + e] = z[i]; }\n"
         "    }\n"
         "%s"
         "    float p[EPL];\n"
@@ -414,57 +414,81 @@ static void emit_route(CgBuf *b, const CgOpDesc *d, const char *name)
     cb_printf(b, "}\n");
 }
 
-/* The dispatch of T tokens' K picks over E FFN experts by one block of NT threads (E, K, NT defined
- * by the caller): pass 1 counts (shared atomics: order-free); thread 0 scans the counts into off[];
+/* The dispatch of T tokens' K picks over DE FFN experts by one block of NT threads (DE, K, NT
+ * defined by the caller): pass 1 counts (shared atomics: order-free); thread 0 scans the counts into off[];
  * pass 2 places the picks chunk by chunk in pick order: a pick's slot is its expert's cursor + the
  * picks of that expert in earlier warps of the chunk + its rank among equal ids in its warp. */
 static void emit_dispatch_block(CgBuf *b)
 {
     cb_printf(b,
-        "#define NW (NT / 32)\n"
+        "#define DNW (NT / 32)\n"
         "__device__ void dispatch_block(long long T, const int *ids, const float *weights, long long *off, int *perm,\n"
         "                               float *gate_w) {\n"
-        "    __shared__ int cnt[E];\n"
-        "    __shared__ long long cur[E];\n"
-        "    __shared__ int wc[NW * E];\n"
+        "    __shared__ int cnt[DE];\n"
+        "    __shared__ long long cur[DE];\n"
+        "    __shared__ int wc[DNW * DE];\n"
         "    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;\n"
         "    long long P = T * K;\n"
-        "    for (int e = tid; e < E; e += NT) cnt[e] = 0;\n"
-        "    for (int i = tid; i < NW * E; i += NT) wc[i] = 0;\n"
+        "    for (int e = tid; e < DE; e += NT) cnt[e] = 0;\n"
+        "    for (int i = tid; i < DNW * DE; i += NT) wc[i] = 0;\n"
         "    __syncthreads();\n"
-        "    for (long long p = tid; p < P; p += NT) { int id = ids[p]; if (id >= 0 && id < E) atomicAdd(&cnt[id], 1); }\n"
+        "    for (long long p = tid; p < P; p += NT) { int id = ids[p]; if (id >= 0 && id < DE) atomicAdd(&cnt[id], 1); }\n"
         "    __syncthreads();\n"
         "    if (tid == 0) {\n"
         "        long long s = 0;\n"
-        "        for (int e = 0; e < E; e++) { off[e] = s; cur[e] = s; s += cnt[e]; }\n"
-        "        off[E] = s;\n"
+        "        for (int e = 0; e < DE; e++) { off[e] = s; cur[e] = s; s += cnt[e]; }\n"
+        "        off[DE] = s;\n"
         "    }\n"
         "    __syncthreads();\n"
         "    for (long long c0 = 0; c0 < P; c0 += NT) {\n"
         "        long long p = c0 + tid;\n"
         "        int id = p < P ? ids[p] : -1;\n"
-        "        if (id < 0 || id >= E) id = -1;\n"
+        "        if (id < 0 || id >= DE) id = -1;\n"
         "        unsigned same = __match_any_sync(0xffffffffu, id);\n"
         "        int rank = __popc(same & ((1u << lane) - 1u));\n"
-        "        if (id >= 0 && rank == 0) wc[w * E + id] = __popc(same);\n"
+        "        if (id >= 0 && rank == 0) wc[w * DE + id] = __popc(same);\n"
         "        __syncthreads();\n"
-        "        for (int e = tid; e < E; e += NT) {  /* counts per warp -> exclusive offsets */\n"
+        "        for (int e = tid; e < DE; e += NT) {  /* counts per warp -> exclusive offsets */\n"
         "            int run = 0;\n"
-        "            for (int k = 0; k < NW; k++) { int c = wc[k * E + e]; wc[k * E + e] = run; run += c; }\n"
+        "            for (int k = 0; k < DNW; k++) { int c = wc[k * DE + e]; wc[k * DE + e] = run; run += c; }\n"
         "            cnt[e] = run;\n"
         "        }\n"
         "        __syncthreads();\n"
         "        if (id >= 0) {\n"
-        "            long long s = cur[id] + wc[w * E + id] + rank;\n"
+        "            long long s = cur[id] + wc[w * DE + id] + rank;\n"
         "            perm[s] = (int)(p / K);\n"
         "            gate_w[s] = weights[p];\n"
         "        }\n"
         "        __syncthreads();\n"
-        "        for (int e = tid; e < E; e += NT) cur[e] += cnt[e];\n"
-        "        for (int i = tid; i < NW * E; i += NT) wc[i] = 0;\n"
+        "        for (int e = tid; e < DE; e += NT) cur[e] += cnt[e];\n"
+        "        for (int i = tid; i < DNW * DE; i += NT) wc[i] = 0;\n"
         "        __syncthreads();\n"
         "    }\n"
         "}\n");
+}
+
+/* The MoE combine of token t's row (x[c] the row's element c, W columns, NT threads): y = the copy
+ * and constant experts' terms, u = s x too when u is given. Needs K, NC, S, ids, weights, alpha, vc. */
+static void emit_combine_row(CgBuf *b, const CgOpDesc *d, const char *x, const char *width)
+{
+    cb_printf(b, "#define CONST_LO %lld\n#define COPY_LO %lld\n#define COPY_HI %lld\n", (long long)d->const_lo,
+              (long long)d->copy_lo, (long long)d->copy_hi);
+    cb_printf(b,
+        "    for (int c = threadIdx.x; c < %s; c += NT) {\n"
+        "        float xv = %s, acc = 0.0f;\n"
+        "        if (u) u[t * %s + c] = (float)S * xv;\n"
+        "        for (int j = 0; j < K; j++) {\n"
+        "            int id = ids[t * K + j];\n"
+        "            float w = weights[t * K + j];\n"
+        "            if (id >= COPY_LO && id < COPY_HI) acc += w * ((float)S * xv);\n", width, x, width);
+    if (d->n_const > 0)
+        cb_printf(b,
+        "            else if (id >= CONST_LO && id < CONST_LO + NC) {\n"
+        "                int ci = id - CONST_LO;\n"
+        "                float a0 = alpha[t * 2 * NC + 2 * ci], a1 = alpha[t * 2 * NC + 2 * ci + 1];\n"
+        "                acc += w * (a0 * ((float)S * xv) + a1 * ldw(vc[ci], c));\n"
+        "            }\n");
+    cb_printf(b, "        }\n        y[t * %s + c] = acc;\n    }\n", width);
 }
 
 /* COMBINE: y = the copy and constant experts' terms; u = S x when u is given (the scale op feeding
@@ -472,12 +496,9 @@ static void emit_dispatch_block(CgBuf *b)
  * given (the dispatch op, fused: its inputs are the route's, as the combine's are). */
 static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
 {
-    cb_printf(b, "#define K %lld\n#define NC %lld\n#define CONST_LO %lld\n#define COPY_LO %lld\n#define COPY_HI %lld\n"
-                 "#define NT %d\n",
-              (long long)d->k, (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo,
-              (long long)d->copy_hi, ROW_THREADS);
+    cb_printf(b, "#define K %lld\n#define NC %lld\n#define NT %d\n", (long long)d->k, (long long)d->n_const, ROW_THREADS);
     if (d->experts > 0) {
-        cb_printf(b, "#define E %lld\n", (long long)d->experts);
+        cb_printf(b, "#define DE %lld\n", (long long)d->experts);
         emit_dispatch_block(b);
     }
     cb_printf(b,
@@ -487,29 +508,16 @@ static void emit_combine(CgBuf *b, const CgOpDesc *d, const char *name)
         "    PDL_ENTRY();\n"
         "%s"
         "    long long t = blockIdx.x;\n"
-        "    if (t >= T) return;\n"
-        "    for (int c = threadIdx.x; c < COLS; c += NT) {\n"
-        "        float xv = x[t * COLS + c], acc = 0.0f;\n"
-        "        if (u) u[t * COLS + c] = (float)S * xv;\n"
-        "        for (int j = 0; j < K; j++) {\n"
-        "            int id = ids[t * K + j];\n"
-        "            float w = weights[t * K + j];\n"
-        "            if (id >= COPY_LO && id < COPY_HI) acc += w * ((float)S * xv);\n",
+        "    if (t >= T) return;\n",
         name, d->experts > 0 ? "    if (blockIdx.x == 0 && off) dispatch_block(T, ids, weights, off, perm, gate_w);\n"
                              : "    (void)off, (void)perm, (void)gate_w;\n");
-    if (d->n_const > 0)
-        cb_printf(b,
-        "            else if (id >= CONST_LO && id < CONST_LO + NC) {\n"
-        "                int ci = id - CONST_LO;\n"
-        "                float a0 = alpha[t * 2 * NC + 2 * ci], a1 = alpha[t * 2 * NC + 2 * ci + 1];\n"
-        "                acc += w * (a0 * ((float)S * xv) + a1 * ldw(vc[ci], c));\n"
-        "            }\n");
-    cb_printf(b, "        }\n        y[t * COLS + c] = acc;\n    }\n}\n");
+    emit_combine_row(b, d, "x[t * COLS + c]", "COLS");
+    cb_printf(b, "}\n");
 }
 
 static void emit_dispatch(CgBuf *b, const CgOpDesc *d, const char *name)
 {
-    cb_printf(b, "#define E %lld\n#define K %lld\n#define NT %d\n", (long long)d->experts, (long long)d->k,
+    cb_printf(b, "#define DE %lld\n#define K %lld\n#define NT %d\n", (long long)d->experts, (long long)d->k,
               CG_CUDA_DISPATCH_THREADS);
     emit_dispatch_block(b);
     cb_printf(b,
@@ -641,7 +649,14 @@ void cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
                      (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, (unsigned long long)sbits,
                      r->wc_table ? "_wt" : "");
     if (r->threads && r->threads != FUSED_ROUTE_THREADS && w > 0 && (size_t)w < n)
-        snprintf(out + w, n - (size_t)w, "_t%d", r->threads);
+        w += snprintf(out + w, n - (size_t)w, "_t%d", r->threads);
+    if (r->combine.kind == CG_OP_COMBINE && w > 0 && (size_t)w < n) { /* the combine's constants, hashed (FNV-1a) */
+        char c[600];
+        cg_cuda_op_symbol(&r->combine, c, sizeof c);
+        uint64_t h = 1469598103934665603ull;
+        for (const char *p = c; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        snprintf(out + w, n - (size_t)w, "_cmb%016llx", (unsigned long long)h);
+    }
 }
 
 char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen)
@@ -650,6 +665,14 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
     if (!check(d, err, errlen)) return NULL;
     if (r->threads && (r->threads < 32 || r->threads > 1024 || r->threads % 32)) {
         snprintf(err, errlen, "cuda fused route: %d threads a block (whole warps, 32..1024)", r->threads);
+        return NULL;
+    }
+    const CgOpDesc *cm = &r->combine;
+    bool cmb = cm->kind == CG_OP_COMBINE;
+    if (cmb && !check(cm, err, errlen)) return NULL;
+    if (cmb && (cm->cols != r->d || cm->k != d->k || cm->n_const != d->n_const || cm->s != r->s ||
+                (cm->n_const && cm->wdtype != r->wdtype))) {
+        snprintf(err, errlen, "cuda fused route: its combine differs in width, top-k, constants, s or dtype");
         return NULL;
     }
     if (r->d <= 0 || r->h1 < 0 || fused_route_smem(r) > 48 * 1024) {
@@ -665,6 +688,10 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
     cb_printf(&b, "#define D %lld\n#define H1 %lld\n#define RES %d\n#define NT %d\n#define NW (NT / 32)\n",
               (long long)r->d, (long long)r->h1, r->residual ? 1 : 0, fused_route_threads(r));
     cb_double(&b, "S", r->s);
+    if (cmb && cm->experts > 0) {
+        cb_printf(&b, "#define DE %lld\n", (long long)cm->experts);
+        emit_dispatch_block(&b);
+    }
     cb_printf(&b,
         "/* One weight row (n elements, 16-byte loads when n allows) against a vector in shared memory: the\n"
         " * warp's sum, in every lane. */\n"
@@ -692,7 +719,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "}\n"
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, const void *w1v,\n"
         "        const void *w2v, const float *r, const void *wgv, const void *wcv, float *logits, float *weights,\n"
-        "        int *ids, float *alpha) {\n"
+        "        int *ids, float *alpha%s) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ float xs[D], hs[H1 > 0 ? H1 : 1], zs[E], rs[E], as[2 * NC > 0 ? 2 * NC : 1];\n"
         "    long long t = blockIdx.x;\n"
@@ -719,15 +746,38 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "        for (int row = wid; row < E; row += NW) { float v = wdot(wg + (long long)row * E, rs, E, lane); if (lane == 0) zs[row] += v; }\n"
         "        __syncthreads();\n"
         "    }\n"
-        "    if (wid != 0) return;\n"
+        "%s"
         "#define ZIN(e) zs[e]\n"
         "#define ALOG(i) as[i]\n"
         "#define HAVE_ALOG 1\n", name,
+        cmb ? ", float *y, float *u, const void *const *vc, long long *off, int *perm,\n"
+              "        float *gate_w, unsigned *counter" : "",
         r->wc_table ? "    const wtype *const *wct = (const wtype *const *)wcv;  /* constant expert c: wct[c], [2][D] */\n"
                     : "    const wtype *wc = (const wtype *)wcv;\n",
         r->wc_table ? "        float v = wdot(wct[row >> 1] + (long long)(row & 1) * D, xs, D, lane);\n"
-                    : "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n");
+                    : "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n",
+        cmb ? "    if (wid == 0) {  /* warp 0 decides; then the whole block combines */\n" : "    if (wid != 0) return;\n");
     emit_route_body(&b, d);
+    if (cmb) {
+        cb_printf(&b, "    }\n"
+                      "    __syncthreads();  /* the decision (weights, ids, alpha) is visible to the block */\n");
+        emit_combine_row(&b, cm, "xs[c]", "D");
+        if (cm->experts > 0)
+            cb_printf(&b,
+                "    if (off) {  /* the dispatch, by the last block to finish */\n"
+                "        __shared__ unsigned last;\n"
+                "        __threadfence();  /* this block's decision, before its arrival counts */\n"
+                "        __syncthreads();\n"
+                "        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;\n"
+                "        __syncthreads();\n"
+                "        if (last) {\n"
+                "            __threadfence();\n"
+                "            dispatch_block(T, ids, weights, off, perm, gate_w);\n"
+                "            if (threadIdx.x == 0) *counter = 0u;\n"
+                "        }\n"
+                "    }\n");
+        else cb_printf(&b, "    (void)off, (void)perm, (void)gate_w, (void)counter;\n");
+    }
     cb_printf(&b, "}\n");
     return b.s;
 }

@@ -99,6 +99,12 @@ typedef struct Step {
                                        at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T), or -1 (mark_fusions)     */
     int scale, disp;                /* combine: the scale and dispatch steps it does, or -1               */
     int kern_disp;                  /* combine with disp: its kernel that also dispatches                 */
+    int comb, kern_cmb;             /* route: the combine step its fused kernel can do too (and that
+                                       combine's scale and dispatch) up to CG_CUDA_COMBINE_DISPATCH_MAX_T
+                                       tokens, and that kernel ("_cmb"); -1 if none                    */
+    uint64_t counter;               /* route with comb: the finished blocks (zero between calls)        */
+    bool dead_logits;               /* route with comb: no instruction reads its logits (not written)   */
+    int64_t done;                   /* combine: the call (CudaModel.call) whose route did it            */
 } Step;
 
 typedef struct WMap {
@@ -142,6 +148,7 @@ struct CudaModel {
     void *ev0, *ev1;
     double last_ms;
     int ops;                        /* the GPU operations (launches, fills, copies) of the last call */
+    int64_t call;                   /* run_range calls so far (Step.done)                            */
     HostOut *outs;                  /* per module output: its host copy                                 */
 };
 
@@ -530,9 +537,21 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     }
     /* the fused router for small T, when its vectors fit one block and its weights share a dtype */
     st->kern_fused = -1;
-    if (!cuda_route_fused_desc(i, cm->o.weights_in_place, &st->rf) || !route_fused_kern(cm, &st->rf, &st->kern_fused))
+    if (!cuda_route_fused_desc(i, cm->o.weights_in_place, &st->rf) || !route_fused_kern(cm, &st->rf, &st->kern_fused)) {
+        st->comb = -1; /* (no fused router: the combine runs apart) */
         return route_alt(cm, st, err);
+    }
     if (!route_alt(cm, st, err)) return false;
+    if (st->comb >= 0) { /* its form that also combines (and dispatches): mark_fusions */
+        const Step *cs = &cm->steps[st->comb];
+        CgCudaRouteFused rc = st->rf;
+        MOE_ASSERT(cg_op_desc_for(cs->i, &rc.combine));
+        if (cs->disp >= 0) rc.combine.experts = ir_attr_int(cm->steps[cs->disp].i, "experts");
+        if (!route_fused_kern(cm, &rc, &st->kern_cmb)) st->comb = -1; /* (mixed dtypes: apart) */
+        else if (!cm->dry && (!dalloc(cm, &st->counter, 4, "the router's block counter", true, err) ||
+                              !dupload(cm, st->counter, &(uint32_t){0}, 4, err)))
+            return false;
+    }
     if (nc && !cm->dry && cm->o.weights_in_place)
         return wtable(cm, i->in + i->n_in - nc, (int)nc, "the constant experts' gate table", &st->wc_stack, err);
     if (nc && !cm->dry) { /* Wc of every constant expert, [2][D] each, one after the other */
@@ -826,6 +845,7 @@ static void mark_fusions(CudaModel *cm)
     for (int s = 0; s < cm->n_steps; s++) {
         const IrInstr *i = cm->steps[s].i;
         cm->steps[s].by = cm->steps[s].scale = cm->steps[s].disp = cm->steps[s].kern_disp = -1;
+        cm->steps[s].comb = cm->steps[s].kern_cmb = cm->steps[s].done = -1;
         for (int k = 0; k < i->n_in; k++)
             if (i->in[k]->kind == IR_VAL_RESULT && first_use[i->in[k]->id] < 0) first_use[i->in[k]->id] = s;
     }
@@ -845,6 +865,33 @@ static void mark_fusions(CudaModel *cm)
                 cs->disp = s, st->by = c;
         }
     }
+    /* the fused router (one block a token) can do its combine too: it writes the combine's y (and its
+     * scale's u) at the router's step, early, so only where no value alive from there to the combine
+     * shares their places, at any T it takes (<= CG_CUDA_COMBINE_DISPATCH_MAX_T) */
+    int *def, *last;
+    ir_liveness(cm->m, &def, &last);
+    for (int c = 0; c < cm->n_steps && !cm->o.no_fuse && !cm->o.caller_workspace; c++) {
+        const Step *cs = &cm->steps[c];
+        const IrInstr *ci = cs->i, *ri = ci->op == IR_OP_MOE_COMBINE ? ci->in[1]->def : NULL;
+        if (!ri || ri->op != IR_OP_MOE_ROUTE || ri->out[0] != ci->in[1] || ri->out[1] != ci->in[2] ||
+            ri->in[0] != ci->in[0] || (ir_attr_int(ci, "n_const") && ri->out[3] != ci->in[3]))
+            continue;
+        int r = ir_instr_position(cm->m, ri);
+        const IrValue *early[2] = {ci->out[0], cs->scale >= 0 ? cm->steps[cs->scale].i->out[0] : NULL};
+        bool ok = true, dead = last[ri->out[2]->id] == r; /* the last layer's logits: not written then */
+        for (int v = 0; v < cm->m->n_values && ok; v++) {
+            const IrValue *val = cm->m->values[v];
+            if (val->kind != IR_VAL_RESULT || val == early[0] || val == early[1] || def[v] > c || last[v] < r ||
+                (dead && val == ri->out[2]))
+                continue;
+            for (int q = 0; q < 2 && ok; q++)
+                for (int64_t T = 1; early[q] && T <= CG_CUDA_COMBINE_DISPATCH_MAX_T && ok; T++)
+                    ok = !ir_places_overlap(val, early[q], T);
+        }
+        if (ok) cm->steps[r].comb = c, cm->steps[r].dead_logits = dead;
+    }
+    free(def);
+    free(last);
     free(first_use);
 }
 
@@ -1111,6 +1158,7 @@ static bool linear(const Run *r, const Step *st, const Gemm *gm, const CgCudaGem
 static bool run_route_fused(const Run *r, const Step *st, const CgCudaRouteFused *rf, int kern)
 {
     const IrInstr *i = st->i;
+    CudaModel *cm = r->cm;
     int64_t L = ir_attr_int(i, "router_layers"), nc = ir_attr_int(i, "n_const");
     bool res = st->rf.residual;
     int p = 0;
@@ -1118,7 +1166,16 @@ static bool run_route_fused(const Run *r, const Step *st, const CgCudaRouteFused
     uint64_t rr = res ? addr(r, i->in[1 + L]) : 0, wg = res ? st->gm[p++].w : 0, wc = nc ? st->wc_stack : 0;
     uint64_t logits = addr(r, i->out[2]), wts = addr(r, i->out[0]), ids = addr(r, i->out[1]);
     uint64_t alpha = nc ? addr(r, i->out[3]) : 0;
-    void *a[] = {(void *)&r->TT, &x, &w1, &w2, &rr, &wg, &wc, &logits, &wts, &ids, &alpha};
+    uint64_t y = 0, u = 0, vc = 0, off = 0, perm = 0, gw = 0, counter = st->counter;
+    if (kern == st->kern_cmb) { /* and the combine (with its scale and dispatch): skipped when reached */
+        Step *cs = &cm->steps[st->comb];
+        y = addr(r, cs->i->out[0]), vc = cs->vc_ptrs, cs->done = cm->call;
+        if (st->dead_logits) logits = 0;
+        if (cs->scale >= 0) u = addr(r, cm->steps[cs->scale].i->out[0]);
+        if (cs->disp >= 0) off = cm->steps[cs->disp].off, perm = cm->steps[cs->disp].perm, gw = cm->steps[cs->disp].gate_w;
+    }
+    void *a[] = {(void *)&r->TT, &x, &w1, &w2, &rr, &wg, &wc, &logits, &wts, &ids, &alpha, &y, &u, &vc, &off, &perm, &gw,
+                 &counter};
     unsigned g[3], b[3];
     size_t smem;
     cg_cuda_route_fused_launch(rf, r->T, g, b, &smem);
@@ -1135,8 +1192,12 @@ static bool run_route(const Run *r, const Step *st)
         for (int j = 0; j < ra->n; j++)
             if (tune_config_equal(&ra->c[j], &c)) pick = j;
     }
-    if (pick >= 0 && ra->c[pick].tile_m == 1) return run_route_fused(r, st, &ra->rf[pick], ra->kfused[pick]);
-    if (pick < 0 && st->kern_fused >= 0 && r->T <= FUSED_ROUTE_MAX_T) return run_route_fused(r, st, &st->rf, st->kern_fused);
+    int fk = pick >= 0 && ra->c[pick].tile_m == 1 ? ra->kfused[pick]
+             : pick < 0 && r->T <= FUSED_ROUTE_MAX_T ? st->kern_fused : -1; /* a fused router's kernel */
+    if (fk >= 0) { /* the rule's (a database's too, if it picked the rule's form) also combining, for few tokens */
+        if (fk == st->kern_fused && st->comb >= 0 && r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T) fk = st->kern_cmb;
+        return run_route_fused(r, st, pick >= 0 ? &ra->rf[pick] : &st->rf, fk);
+    }
     const CgCudaGemm *tg = pick >= 0 ? ra->g + pick * st->n_gm : NULL; /* the linears' tuned tiles */
     const int *tk = pick >= 0 ? ra->k + pick * st->n_gm : NULL;
 #define LIN(q, x, out) linear(r, st, &st->gm[q], tg ? tg + (q) : NULL, tk ? tk[q] : -1, x, out)
@@ -1203,6 +1264,7 @@ static bool run_step(const Run *r, const Step *st)
     uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
     uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
     if (st->by >= 0 && (i->op == IR_OP_SCALE || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T)) return true; /* its combine did it */
+    if (st->done == cm->call) return true; /* (a combine) its route did it, in this call */
     switch (i->op) {
     case IR_OP_LINEAR: return linear(r, st, &st->gm[0], NULL, -1, a0, out);
     case IR_OP_MOE_ROUTE: return run_route(r, st);
@@ -1281,6 +1343,7 @@ static bool fail_cuda(RtError *err, const char *what, const char *e)
 static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *err)
 {
     Run r = {cm, T, (long long)T, err};
+    cm->call++;
     char e[512];
     for (int s = first; s < last; s++) {
         if (!run_step(&r, &cm->steps[s])) return false;
