@@ -139,7 +139,7 @@ EOF
       MOEPPC_CUDA_DECODE_GEMV=0 1
     ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
       MOEPPC_CUDA_PDL=1 1,64
-    ab "fusion A/B: the MoE block's scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
+    ab "fusion A/B: the MoE block's combine, scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
       MOEPPC_CUDA_FUSE=0 1
     ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
       MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
@@ -150,7 +150,7 @@ EOF
     echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
     run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|program|error"
-    echo "-- the same without the decode step's folded launches (MOEPPC_CUDA_FUSE=0: scale, dispatch and KV store apart)"
+    echo "-- the same without the folded launches (MOEPPC_CUDA_FUSE=0: combine, scale, dispatch, KV store, RoPE apart)"
     run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|error"
   fi

@@ -95,6 +95,8 @@ static bool write_readme(const char *dir, const char *spec, const char *kind, co
         "- route_post: 4 tokens per block of 128; dispatch: exactly one block of 1024 threads; combine: u (may\n"
         "  be NULL) gets s x too (the scale op), and a combine whose symbol's `x` field is E > 0 also does the\n"
         "  dispatch in its block 0 when off is not NULL (moeppc's decode steps, T <= 16; then skip dispatch);\n"
+        "  a rope whose symbol's second `h` field (kv_heads) is K > 0 rotates a second input of K heads too\n"
+        "  (arguments x2, out2 after out);\n"
         "  a fused router whose symbol ends in `_cmb…` also combines its token and its last block dispatches\n"
         "  (extra arguments y, u, vc, off, perm, gate_w and a zeroed block counter: codegen/cuda/cg_cuda.h);\n"
         "- grouped GEMMs (MMA/FMA): grid (ceil(T·k / BM) + E, ceil(N / BN)) where the symbol's `t` gives\n"

@@ -37,6 +37,8 @@
  *   RMS_NORM      (long long T, const float *x, const void *w, float *out)            one block per row
  *   ADD_RMS_NORM  (long long T, const float *a, const float *b, const void *w, float *sum, float *out)
  *   ROPE          (long long T, const float *x, const int *pos, float *out)           out may alias x
+ *                  with kv_heads > 0 (queries' and keys' RoPE in one launch): (..., const float *x2,
+ *                  float *out2), x2 [T, kv_heads·head_dim]; out2 may alias x exactly (same shape)
  *   ATTENTION     (long long T, const float *q, float *kc, float *vc, const int *pos, float *out,
  *                  const float *knew, const float *vnew)  knew/vnew NULL, or (T = 1 only: a decode
  *                  step) the new key and value row, read from there and stored into the caches at

@@ -77,13 +77,16 @@ static void emit_norm(CgBuf *b, const char *name, bool add)
 static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
 {
     int64_t half = d->head_dim / 2;
-    cb_printf(b, "#define HEADS %lld\n#define HD %lld\n#define HALF %lld\n__constant__ double freqs[HALF] = {",
-              (long long)d->heads, (long long)d->head_dim, (long long)half);
+    cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define HALF %lld\n"
+                 "__constant__ double freqs[HALF] = {",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, (long long)half);
     for (int64_t j = 0; j < half; j++)
         cb_printf(b, "%s%.17g", j ? ", " : "", pow(d->theta, -2.0 * (double)j / (double)d->head_dim));
     cb_printf(b, "};\n"
-                 "/* angles in f64 like the CPU kernel; out may alias x (each thread owns its pairs) */\n"
-                 "extern \"C\" __global__ void %s(long long T, const float *x, const int *pos, float *out) {\n"
+                 "/* angles in f64 like the CPU kernel; out may alias x (each thread owns its pairs); with KVH\n"
+                 " * (the queries' and the keys' RoPE in one launch) x2 [T, KVH*HD] too, into out2, by the same\n"
+                 " * thread as x's pair of the same index: out2 may alias x exactly (read before written) */\n"
+                 "extern \"C\" __global__ void %s(long long T, const float *x, const int *pos, float *out%s) {\n"
                  "    PDL_ENTRY();\n"
                  "    long long t = blockIdx.x;\n"
                  "    if (t >= T) return;\n"
@@ -94,10 +97,20 @@ static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
                  "        float c = (float)cos(ang), s = (float)sin(ang);\n"
                  "        long long base = t * COLS + (long long)h * HD;\n"
                  "        float x0 = x[base + j], x1 = x[base + j + HALF];\n"
+                 "%s"
                  "        out[base + j] = x0 * c - x1 * s;\n"
                  "        out[base + j + HALF] = x1 * c + x0 * s;\n"
+                 "%s"
                  "    }\n"
-                 "}\n", name);
+                 "}\n", name, d->kv_heads ? ", const float *x2, float *out2" : "",
+              d->kv_heads ? "        long long b2 = t * (KVH * HD) + (long long)h * HD;\n"
+                            "        float y0 = h < KVH ? x2[b2 + j] : 0.0f, y1 = h < KVH ? x2[b2 + j + HALF] : 0.0f;\n"
+                          : "",
+              d->kv_heads ? "        if (h < KVH) {\n"
+                            "            out2[b2 + j] = y0 * c - y1 * s;\n"
+                            "            out2[b2 + j + HALF] = y1 * c + y0 * s;\n"
+                            "        }\n"
+                          : "");
 }
 
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps)
@@ -537,6 +550,8 @@ static bool check(const CgOpDesc *d, char *err, size_t errlen)
     else if ((d->kind == CG_OP_ROPE || d->kind == CG_OP_ATTENTION) &&
              (d->heads <= 0 || d->head_dim <= 0 || d->head_dim % 2 || d->heads * d->head_dim != d->cols))
         why = "heads x head_dim != cols (or odd head_dim)";
+    else if (d->kind == CG_OP_ROPE && (d->kv_heads < 0 || d->kv_heads > d->heads))
+        why = "the second input's heads (kv_heads) outside 0..heads";
     else if (d->kind == CG_OP_ATTENTION && (d->kv_heads <= 0 || d->heads % d->kv_heads || d->head_dim > 256))
         why = "kv_heads must divide heads, head_dim <= 256";
     else if (d->kind == CG_OP_ROUTE_POST && (d->experts <= 0 || d->k <= 0 || d->k > d->experts || d->experts > 1024))

@@ -99,6 +99,9 @@ typedef struct Step {
                                        at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T), or -1 (mark_fusions)     */
     int scale, disp;                /* combine: the scale and dispatch steps it does, or -1               */
     int kern_disp;                  /* combine with disp: its kernel that also dispatches                 */
+    int pair, kern_pair;            /* rope: the earlier rope step it does too (the queries' with the
+                                       keys'), and that kernel (d_pair); -1 if none                   */
+    CgOpDesc d_pair;
     int comb, kern_cmb;             /* route: the combine step its fused kernel can do too (and that
                                        combine's scale and dispatch) up to CG_CUDA_COMBINE_DISPATCH_MAX_T
                                        tokens, and that kernel ("_cmb"); -1 if none                    */
@@ -641,6 +644,15 @@ static bool prepare_rowwise(CudaModel *cm, Step *st, RtError *err)
             !dupload(cm, st->vc_ptrs, ptrs, bytes, err))
             return false;
     }
+    if (i->op == IR_OP_ROPE && st->pair >= 0) { /* the earlier RoPE too (mark_fusions): the wider one as x */
+        const IrInstr *ai = cm->steps[st->pair].i;
+        CgOpDesc da;
+        MOE_ASSERT(cg_op_desc_for(ai, &da));
+        CgOpDesc dd = da.heads >= st->d.heads ? da : st->d;
+        dd.kv_heads = da.heads >= st->d.heads ? st->d.heads : da.heads;
+        if (!op_kern(cm, &dd, &st->kern_pair, err)) return false;
+        st->d_pair = dd;
+    }
     if (i->op == IR_OP_MOE_COMBINE && st->disp >= 0) { /* its form that also dispatches (mark_fusions) */
         CgOpDesc dd = st->d;
         dd.experts = ir_attr_int(cm->steps[st->disp].i, "experts");
@@ -846,6 +858,7 @@ static void mark_fusions(CudaModel *cm)
         const IrInstr *i = cm->steps[s].i;
         cm->steps[s].by = cm->steps[s].scale = cm->steps[s].disp = cm->steps[s].kern_disp = -1;
         cm->steps[s].comb = cm->steps[s].kern_cmb = cm->steps[s].done = -1;
+        cm->steps[s].pair = cm->steps[s].kern_pair = -1;
         for (int k = 0; k < i->n_in; k++)
             if (i->in[k]->kind == IR_VAL_RESULT && first_use[i->in[k]->id] < 0) first_use[i->in[k]->id] = s;
     }
@@ -889,6 +902,30 @@ static void mark_fusions(CudaModel *cm)
                     ok = !ir_places_overlap(val, early[q], T);
         }
         if (ok) cm->steps[r].comb = c, cm->steps[r].dead_logits = dead;
+    }
+    /* two RoPEs on the same positions, one launch: the earlier (a) runs late, with the later (b), so
+     * a's output must not be read before b, and a's input must keep its place until b: no value made
+     * from a to b overlaps it but b's own output exactly (same shape: the thread that reads an
+     * element writes it) */
+    for (int b = 0; b < cm->n_steps && !cm->o.no_fuse; b++) {
+        const IrInstr *bi = cm->steps[b].i;
+        for (int a = b - 1; bi->op == IR_OP_ROPE && a >= 0 && cm->steps[b].pair < 0; a--) {
+            const IrInstr *ai = cm->steps[a].i;
+            if (ai->op != IR_OP_ROPE || ai->in[1] != bi->in[1] || cm->steps[a].by >= 0 ||
+                ir_attr_float(ai, "theta") != ir_attr_float(bi, "theta") ||
+                cols(ai->in[0]) / ir_attr_int(ai, "heads") != cols(bi->in[0]) / ir_attr_int(bi, "heads") ||
+                first_use[ai->out[0]->id] <= b)
+                continue;
+            const IrValue *q = ai->in[0];
+            bool ok = q->kind == IR_VAL_RESULT;
+            for (int v = 0; v < cm->m->n_values && ok; v++) {
+                const IrValue *val = cm->m->values[v];
+                if (val->kind != IR_VAL_RESULT || val == q || def[v] <= a || def[v] > b) continue;
+                bool exact = val == bi->out[0] && val->off_t == q->off_t && val->off_c == q->off_c && cols(val) == cols(q);
+                ok = exact || (!ir_places_overlap(val, q, 1) && !ir_places_overlap(val, q, 3));
+            }
+            if (ok) cm->steps[b].pair = a, cm->steps[a].by = b;
+        }
     }
     free(def);
     free(last);
@@ -1263,7 +1300,8 @@ static bool run_step(const Run *r, const Step *st)
     char e[512];
     uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
     uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
-    if (st->by >= 0 && (i->op == IR_OP_SCALE || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T)) return true; /* its combine did it */
+    if (st->by >= 0 && (i->op != IR_OP_MOE_DISPATCH || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T))
+        return true; /* a later step's kernel does it (mark_fusions) */
     if (st->done == cm->call) return true; /* (a combine) its route did it, in this call */
     switch (i->op) {
     case IR_OP_LINEAR: return linear(r, st, &st->gm[0], NULL, -1, a0, out);
@@ -1328,6 +1366,13 @@ static bool run_step(const Run *r, const Step *st)
         return op(r, st, st->kern, &st->d, a);
     }
     default: { /* rms_norm (x, w), rope (x, pos), swiglu and add (a, b) */
+        if (i->op == IR_OP_ROPE && st->pair >= 0) { /* with the earlier RoPE: the wider one is x */
+            const IrInstr *ai = cm->steps[st->pair].i;
+            uint64_t ax = addr(r, ai->in[0]), ao = addr(r, ai->out[0]);
+            bool wide = st->d_pair.heads == ir_attr_int(ai, "heads");
+            void *pa[] = {(void *)&r->TT, wide ? &ax : &a0, &a1, wide ? &ao : &out, wide ? &a0 : &ax, wide ? &out : &ao};
+            return op(r, st, st->kern_pair, &st->d_pair, pa);
+        }
         void *a[] = {(void *)&r->TT, &a0, &a1, &out};
         return op(r, st, st->kern, &st->d, a);
     }

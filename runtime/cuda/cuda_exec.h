@@ -96,9 +96,10 @@ typedef struct CudaOptions {
                                        k tiles by the tensor memory accelerator where the tile's k is 64
                                        and the weights are stacked (MOEPPC_CUDA_TMA=1; sm_90; opt-in
                                        until a GPU has run it)                                       */
-    bool no_fuse;                   /* keep the decode step's folded launches apart (the combine's
-                                       scale and dispatch, attention's KV store; MOEPPC_CUDA_FUSE=0:
-                                       an A/B of what folding them saves)                          */
+    bool no_fuse;                   /* keep the folded launches apart (the router's combine, the
+                                       combine's scale and dispatch, attention's KV store, the
+                                       queries' RoPE; MOEPPC_CUDA_FUSE=0: an A/B of what folding
+                                       them saves)                                                 */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
                                        start while the one before it drains (MOEPPC_CUDA_PDL=1; not

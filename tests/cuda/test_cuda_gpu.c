@@ -373,6 +373,64 @@ static void test_grouped(void **state)
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2);
 }
 
+/* The queries' and keys' RoPE in one launch (ROPE with kv_heads): GQA (8 query heads, 2 key heads)
+ * and equal shapes with the keys' output in the queries' buffer (the executor's exact alias), against
+ * the CPU's formula in f64 (1e-6 relative). */
+static void test_rope_pair(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    enum { T = 3, HD = 12 };
+    const double theta = 10000.0;
+    moe_rng r;
+    rng_seed(&r, 31);
+    for (int alias = 0; alias < 2; alias++) {
+        int H = alias ? 4 : 8, KVH = alias ? 4 : 2, qc = H * HD, kc = KVH * HD;
+        float *x = xmalloc((size_t)(T * qc) * 4), *x2 = xmalloc((size_t)(T * kc) * 4), *o = xmalloc((size_t)(T * qc) * 4),
+              *o2 = xmalloc((size_t)(T * kc) * 4);
+        double *want = xmalloc((size_t)(T * qc) * 8), *want2 = xmalloc((size_t)(T * kc) * 8);
+        int32_t pos[T] = {0, 7, 300};
+        for (int i = 0; i < T * qc; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1);
+        for (int i = 0; i < T * kc; i++) x2[i] = (float)(rng_uniform(&r) * 2 - 1);
+        for (int q = 0; q < 2; q++) {
+            const float *in = q ? x2 : x;
+            double *w = q ? want2 : want;
+            int heads = q ? KVH : H;
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < heads; h++)
+                    for (int j = 0; j < HD / 2; j++) {
+                        double ang = pos[t] * pow(theta, -2.0 * j / HD), c = (float)cos(ang), sn = (float)sin(ang);
+                        long long b0 = (long long)t * heads * HD + h * HD;
+                        w[b0 + j] = in[b0 + j] * c - in[b0 + j + HD / 2] * sn;
+                        w[b0 + j + HD / 2] = in[b0 + j + HD / 2] * c + in[b0 + j] * sn;
+                    }
+        }
+        CgOpDesc d = {.kind = CG_OP_ROPE, .cols = qc, .heads = H, .kv_heads = KVH, .head_dim = HD, .theta = theta};
+        char sym[600], err[256];
+        cg_cuda_op_symbol(&d, sym, sizeof sym);
+        char *src = cg_cuda_op_source(&d, err, sizeof err);
+        if (!src) fprintf(stderr, "%s\n", err);
+        assert_non_null(src);
+        void *fn = kernel(src, sym);
+        uint64_t dx = upload(x, (size_t)(T * qc) * 4), dx2 = upload(x2, (size_t)(T * kc) * 4), dp = upload(pos, sizeof pos),
+                 dout = upload(NULL, (size_t)(T * qc) * 4), dout2 = alias ? dx : upload(NULL, (size_t)(T * kc) * 4);
+        long long TT = T;
+        void *args[] = {&TT, &dx, &dp, &dout, &dx2, &dout2};
+        unsigned g[3], b[3];
+        size_t smem;
+        cg_cuda_op_launch(&d, T, g, b, &smem);
+        launch(fn, g, b, smem, args);
+        download(o, dout, (size_t)(T * qc) * 4), download(o2, dout2, (size_t)(T * kc) * 4);
+        double e = rel_err(o, want, (size_t)(T * qc)), e2 = rel_err(o2, want2, (size_t)(T * kc));
+        printf("rope pair: %d query heads, %d key heads%s: rel err %.3g, %.3g\n", H, KVH,
+               alias ? ", keys' output over the queries' input" : "", e, e2);
+        assert_true(e <= 1e-6 && e2 <= 1e-6);
+        cg_cuda_free(drv, dx), cg_cuda_free(drv, dx2), cg_cuda_free(drv, dp), cg_cuda_free(drv, dout);
+        if (!alias) cg_cuda_free(drv, dout2);
+        free(src), free(x), free(x2), free(o), free(o2), free(want), free(want2);
+    }
+}
+
 /* Dense layers (LINEAR) on the GEMV: the general form and the decode form (one token a row of
  * blocks), T 1 and 5, k with and without a scalar tail, f32 and bf16 weights, against f64. */
 static void test_linear_gemv(void **state)
@@ -520,7 +578,7 @@ static void test_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_combine), cmocka_unit_test(test_grouped),
-                                       cmocka_unit_test(test_linear_gemv),
+                                       cmocka_unit_test(test_linear_gemv), cmocka_unit_test(test_rope_pair),
                                        cmocka_unit_test(test_attention)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }
