@@ -911,7 +911,7 @@ static void mark_fusions(CudaModel *cm)
         const IrInstr *bi = cm->steps[b].i;
         for (int a = b - 1; bi->op == IR_OP_ROPE && a >= 0 && cm->steps[b].pair < 0; a--) {
             const IrInstr *ai = cm->steps[a].i;
-            if (ai->op != IR_OP_ROPE || ai->in[1] != bi->in[1] || cm->steps[a].by >= 0 ||
+            if (ai->op != IR_OP_ROPE || ai->in[1] != bi->in[1] || cm->steps[a].by >= 0 || cm->steps[a].pair >= 0 ||
                 ir_attr_float(ai, "theta") != ir_attr_float(bi, "theta") ||
                 cols(ai->in[0]) / ir_attr_int(ai, "heads") != cols(bi->in[0]) / ir_attr_int(bi, "heads") ||
                 first_use[ai->out[0]->id] <= b)
