@@ -198,6 +198,12 @@ typedef struct CgCudaGemm {
     int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
                                 k tiles; the GEMV's 8-element chunks) and add their partial
                                 products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
+    int64_t   seg[2];        /* LINEAR GEMV: several dense layers of one input in one launch (the
+                                attention's q, k, v): rows [0, seg0) of (w, out), [seg0, seg0+seg1)
+                                of a second matrix (w2, out2) and the rest of a third (w3, out3);
+                                seg1 0: two matrices, the rest of the second. Each output's row
+                                stride is its own width. Arguments (T, x, w, out, w2, out2, w3,
+                                out3); {0, 0}: one matrix ("_sgA_B")                           */
 } CgCudaGemm;
 
 /* The default tile for the path: MMA 64x64x32 (UP computes a and b: 64x128 of W; DOWN 64x128), FMA

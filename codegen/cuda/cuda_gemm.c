@@ -67,7 +67,9 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
     if (g->tma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_tma");
     if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
-    if (g->w_table && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_wt");
+    if (g->w_table && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wt");
+    if (g->seg[0] && w > 0 && (size_t)w < n)
+        snprintf(out + w, n - (size_t)w, "_sg%lld_%lld", (long long)g->seg[0], (long long)g->seg[1]);
 }
 
 /* Warps of an MMA block: 2 along M, and along N 4 when the block's outputs (both matrices of UP)
@@ -140,6 +142,9 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
         why = "split-K: 2..16 ways, DOWN only (its epilogue adds into y)";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
     else if (g->w_table && g->kind == CG_CUDA_GEMM_LINEAR) why = "a linear layer has one matrix, not a table";
+    else if ((g->seg[0] || g->seg[1]) && (g->kind != CG_CUDA_GEMM_LINEAR || g->path != CG_CUDA_PATH_GEMV || g->ldc ||
+                                         g->seg[0] <= 0 || g->seg[1] < 0 || g->seg[0] + g->seg[1] >= g->n))
+        why = "segments: the GEMV of a linear layer, no ldc, two or three matrices of at least a row each";
     if (why) {
         char sym[256];
         cg_cuda_gemm_symbol(g, sym, sizeof sym);
@@ -166,9 +171,10 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     const char *tmap = g->tma ? ", const __grid_constant__ CUtensorMap tmw" : "";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
-                     "const void *wv, float *out) {\n"
+                     "const void *wv, float *out%s) {\n"
                      "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", name);
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", name,
+                  g->seg[0] ? ", const void *wv2, float *out2, const void *wv3, float *out3" : "");
     else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, %s, %s *out%s) {\n"
@@ -673,11 +679,13 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
     CgCudaGemm h = *g;
     h.bm = 1, h.bk = 8;
     cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n"
-                 "#define UNROLL_K %d\n", g->bm, g->bn, g->bk);
+                 "#define UNROLL_K %d\n#define SEG0 %lld\n#define SEG1 %lld\n", g->bm, g->bn, g->bk, (long long)g->seg[0],
+              (long long)g->seg[1]);
     emit_head(b, &h, name, 32 * g->bn);
     cb_printf(b,
         "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
         "    if (n >= N) return;\n"
+        "%s"
         "    const int KB = SPLIT > 1 ? (int)blockIdx.z * %lld : 0;  /* this block's k slice [KB, KE) (split-K) */\n"
         "    const int KE = SPLIT > 1 ? (KB + %lld < K8 ? KB + %lld : K8) : K8;\n"
         "%s"
@@ -709,6 +717,16 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                float wf[NB][8];\n"
         "#pragma unroll\n"
         "                for (int mat = 0; mat < NB; mat++) {\n",
+        !g->seg[0] ? "" : g->seg[1]
+            ? "    int ldc_ = SEG0;  /* row n's matrix: its weights, output and width */\n"
+              "    if (n >= SEG0 + SEG1) wv = wv3, out = out3, n -= SEG0 + SEG1, ldc_ = N - SEG0 - SEG1;\n"
+              "    else if (n >= SEG0) wv = wv2, out = out2, n -= SEG0, ldc_ = SEG1;\n"
+              "    (void)wv3, (void)out3;\n"
+              "#undef LDC\n#define LDC ldc_\n"
+            : "    int ldc_ = SEG0;  /* row n's matrix: its weights, output and width */\n"
+              "    if (n >= SEG0) wv = wv2, out = out2, n -= SEG0, ldc_ = N - SEG0;\n"
+              "    (void)wv3, (void)out3;\n"
+              "#undef LDC\n#define LDC ldc_\n",
         (long long)split_chunk(g), (long long)split_chunk(g), (long long)split_chunk(g),
         g->w_table ? "" : "    const wtype *w = (const wtype *)wv;\n",
         g->bm != 1 ? "#pragma unroll 1\n"

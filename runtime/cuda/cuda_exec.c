@@ -105,9 +105,14 @@ typedef struct Step {
     int comb, kern_cmb;             /* route: the combine step its fused kernel can do too (and that
                                        combine's scale and dispatch) up to CG_CUDA_COMBINE_DISPATCH_MAX_T
                                        tokens, and that kernel ("_cmb"); -1 if none                    */
+    int lin[2], n_lin;              /* linear: the later linears of its input it does too, up to
+                                       CG_CUDA_GEMV_MAX_T tokens (the attention's k and v with q)     */
+    CgCudaGemm sg, sg1;             /* linear with n_lin: the GEMV and its decode form over all of them */
+    int k_sg, k_sg1;
     uint64_t counter;               /* route with comb: the finished blocks (zero between calls)        */
     bool dead_logits;               /* route with comb: no instruction reads its logits (not written)   */
-    int64_t done;                   /* combine: the call (CudaModel.call) whose route did it            */
+    int64_t done;                   /* combine, linear: the call (CudaModel.call) in which an earlier
+                                       step's kernel did its work (route, an earlier linear)            */
 } Step;
 
 typedef struct WMap {
@@ -665,7 +670,21 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
     switch (i->op) {
-    case IR_OP_LINEAR: st->n_gm = 1; return linear_setup(cm, &st->gm[0], i->in[1], 0, false, err);
+    case IR_OP_LINEAR: {
+        st->n_gm = 1;
+        if (!linear_setup(cm, &st->gm[0], i->in[1], 0, false, err)) return false;
+        if (!st->n_lin) return true;
+        st->sg = st->gm[0].gemv; /* with the later linears (mark_fusions): one GEMV over all their rows */
+        st->sg.seg[0] = st->sg.n;
+        if (st->sg.bm > 8) st->sg.bm = 8; /* (16 slots a pass and the segments' pointers spill on sm_80) */
+        for (int k = 0; k < st->n_lin; k++) {
+            int64_t rows = cm->steps[st->lin[k]].i->in[1]->type.dims[0];
+            if (k == 0 && st->n_lin == 2) st->sg.seg[1] = rows;
+            st->sg.n += rows;
+        }
+        st->sg1 = cg_cuda_gemm_decode(&st->sg);
+        return gemm_kern(cm, &st->sg, &st->k_sg, err) && (cm->o.no_decode_gemv || gemm_kern(cm, &st->sg1, &st->k_sg1, err));
+    }
     case IR_OP_ATTENTION: return prepare_attention(cm, st, err);
     case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
     case IR_OP_ZEROS: return true;
@@ -859,6 +878,7 @@ static void mark_fusions(CudaModel *cm)
         cm->steps[s].by = cm->steps[s].scale = cm->steps[s].disp = cm->steps[s].kern_disp = -1;
         cm->steps[s].comb = cm->steps[s].kern_cmb = cm->steps[s].done = -1;
         cm->steps[s].pair = cm->steps[s].kern_pair = -1;
+        cm->steps[s].n_lin = 0, cm->steps[s].k_sg = cm->steps[s].k_sg1 = -1;
         for (int k = 0; k < i->n_in; k++)
             if (i->in[k]->kind == IR_VAL_RESULT && first_use[i->in[k]->id] < 0) first_use[i->in[k]->id] = s;
     }
@@ -902,6 +922,31 @@ static void mark_fusions(CudaModel *cm)
                     ok = !ir_places_overlap(val, early[q], T);
         }
         if (ok) cm->steps[r].comb = c, cm->steps[r].dead_logits = dead;
+    }
+    /* dense layers of one input (the attention's q, k, v) in one GEMV launch, up to CG_CUDA_GEMV_MAX_T
+     * tokens, at the first one's step: the later ones' outputs are written early, so only where no
+     * other value alive from there to the last of them shares their places */
+    for (int a = 0; a < cm->n_steps && !cm->o.no_fuse; a++) {
+        Step *sa = &cm->steps[a];
+        const IrInstr *ai = sa->i;
+        if (ai->op != IR_OP_LINEAR || sa->n_lin || sa->by >= 0) continue;
+        for (int b = a + 1; b < cm->n_steps && sa->n_lin < 2; b++) {
+            const IrInstr *bi = cm->steps[b].i;
+            if (bi->op != IR_OP_LINEAR || bi->in[0] != ai->in[0] || bi->in[1]->type.dtype != ai->in[1]->type.dtype)
+                continue;
+            const IrValue *early[3] = {bi->out[0]};
+            for (int k = 0; k < sa->n_lin; k++) early[k + 1] = cm->steps[sa->lin[k]].i->out[0];
+            bool ok = true;
+            for (int v = 0; v < cm->m->n_values && ok; v++) {
+                const IrValue *val = cm->m->values[v];
+                bool mine = val == early[0] || val == early[1] || val == early[2];
+                if (val->kind != IR_VAL_RESULT || mine || def[v] > b || last[v] < a) continue;
+                for (int q = 0; q < 1 + sa->n_lin && ok; q++)
+                    for (int64_t T = 1; T <= CG_CUDA_GEMV_MAX_T && ok; T++) ok = !ir_places_overlap(val, early[q], T);
+            }
+            if (!ok) break; /* (a later one would write over the same values) */
+            sa->lin[sa->n_lin++] = b, cm->steps[b].by = a;
+        }
     }
     /* two RoPEs on the same positions, one launch: the earlier (a) runs late, with the later (b), so
      * a's output must not be read before b, and a's input must keep its place until b: no value made
@@ -1300,11 +1345,23 @@ static bool run_step(const Run *r, const Step *st)
     char e[512];
     uint64_t out = i->n_out ? addr(r, i->out[0]) : 0;
     uint64_t a0 = i->n_in > 0 ? addr(r, i->in[0]) : 0, a1 = i->n_in > 1 ? addr(r, i->in[1]) : 0;
-    if (st->by >= 0 && (i->op != IR_OP_MOE_DISPATCH || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T))
-        return true; /* a later step's kernel does it (mark_fusions) */
+    if (st->by >= 0 && i->op != IR_OP_LINEAR && (i->op != IR_OP_MOE_DISPATCH || r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T))
+        return true; /* another step's kernel does it (mark_fusions) */
     if (st->done == cm->call) return true; /* (a combine) its route did it, in this call */
     switch (i->op) {
-    case IR_OP_LINEAR: return linear(r, st, &st->gm[0], NULL, -1, a0, out);
+    case IR_OP_LINEAR: {
+        bool fold = st->n_lin && r->T <= CG_CUDA_GEMV_MAX_T && !st->gm[0].alt && gemv_at(r, &st->gm[0]);
+        for (int k = 0; fold && k < st->n_lin; k++) fold = !cm->steps[st->lin[k]].gm[0].alt && gemv_at(r, &cm->steps[st->lin[k]].gm[0]);
+        if (!fold) return linear(r, st, &st->gm[0], NULL, -1, a0, out);
+        uint64_t w[3] = {st->gm[0].w}, o[3] = {out};
+        for (int k = 0; k < st->n_lin; k++) { /* theirs too: skipped when reached */
+            Step *sb = &cm->steps[st->lin[k]];
+            w[k + 1] = sb->gm[0].w, o[k + 1] = addr(r, sb->i->out[0]), sb->done = cm->call;
+        }
+        void *la[] = {(void *)&r->TT, &a0, &w[0], &o[0], &w[1], &o[1], &w[2], &o[2]};
+        bool dec = r->T == 1 && st->k_sg1 >= 0;
+        return gemm_launch(r, st, dec ? &st->sg1 : &st->sg, dec ? st->k_sg1 : st->k_sg, la);
+    }
     case IR_OP_MOE_ROUTE: return run_route(r, st);
     case IR_OP_ATTENTION: return run_attention(r, st);
     case IR_OP_ZEROS:
