@@ -373,67 +373,6 @@ static void test_grouped(void **state)
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2);
 }
 
-/* Two or three dense layers of one input in one GEMV launch (the attention's q, k, v: CgCudaGemm.seg),
- * both forms, T 1 and 5, against f64: each output its own buffer and width. */
-static void test_linear_segments(void **state)
-{
-    (void)state;
-    if (!drv) skip();
-    moe_rng r;
-    rng_seed(&r, 29);
-    for (int q = 0; q < 4; q++) {
-        int64_t T = q & 1 ? 5 : 1, K = 72, rows[3] = {40, 16, q & 2 ? 24 : 0}, N = rows[0] + rows[1] + rows[2];
-        int nm = rows[2] ? 3 : 2;
-        float *x = xmalloc((size_t)(T * K) * 4), *got = xmalloc((size_t)(T * N) * 4);
-        void *w[3];
-        double *want[3];
-        uint64_t dw[3] = {0}, dout[3] = {0};
-        for (int64_t i = 0; i < T * K; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1);
-        for (int m = 0; m < nm; m++) {
-            w[m] = xmalloc((size_t)(rows[m] * K) * 2);
-            want[m] = xcalloc((size_t)(T * rows[m]), 8);
-            for (int64_t i = 0; i < rows[m] * K; i++) dtype_store(DT_BF16, w[m], (size_t)i, rng_uniform(&r) - 0.5);
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t n = 0; n < rows[m]; n++)
-                    for (int64_t c = 0; c < K; c++)
-                        want[m][t * rows[m] + n] += (double)x[t * K + c] * dtype_load(DT_BF16, w[m], (size_t)(n * K + c));
-            for (int64_t i = 0; i < T * rows[m]; i++) got[i] = NAN;
-            dw[m] = upload(w[m], (size_t)(rows[m] * K) * 2), dout[m] = upload(got, (size_t)(T * rows[m]) * 4);
-        }
-        CgCudaGemm gen = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_GEMV, DT_BF16, 1, 1, N, K);
-        gen.seg[0] = rows[0], gen.seg[1] = nm == 3 ? rows[1] : 0;
-        CgCudaGemm forms[2] = {gen, cg_cuda_gemm_decode(&gen)};
-        uint64_t dx = upload(x, (size_t)(T * K) * 4);
-        for (int f = 0; f < 2; f++) {
-            char sym[256], err[256];
-            cg_cuda_gemm_symbol(&forms[f], sym, sizeof sym);
-            char *src = cg_cuda_gemm_source(&forms[f], err, sizeof err);
-            if (!src) fprintf(stderr, "%s\n", err);
-            assert_non_null(src);
-            void *fn = kernel(src, sym);
-            long long TT = T;
-            uint64_t w3 = nm == 3 ? dw[2] : 0, o3 = nm == 3 ? dout[2] : 0;
-            void *args[] = {&TT, &dx, &dw[0], &dout[0], &dw[1], &dout[1], &w3, &o3};
-            unsigned g[3], b[3];
-            size_t smem;
-            cg_cuda_gemm_launch(&forms[f], T, g, b, &smem);
-            launch(fn, g, b, smem, args);
-            double worst = 0;
-            for (int m = 0; m < nm; m++) {
-                download(got, dout[m], (size_t)(T * rows[m]) * 4);
-                worst = fmax(worst, rel_err(got, want[m], (size_t)(T * rows[m])));
-            }
-            printf("linear gemv%s, %d matrices of one input (%lld, %lld, %lld rows) T=%lld: rel err %.3g\n", f ? " (decode)" : "",
-                   nm, (long long)rows[0], (long long)rows[1], (long long)rows[2], (long long)T, worst);
-            assert_true(worst <= 1e-5);
-            free(src);
-        }
-        cg_cuda_free(drv, dx);
-        for (int m = 0; m < nm; m++) cg_cuda_free(drv, dw[m]), cg_cuda_free(drv, dout[m]), free(w[m]), free(want[m]);
-        free(x), free(got);
-    }
-}
-
 /* The queries' and keys' RoPE in one launch (ROPE with kv_heads): GQA (8 query heads, 2 key heads)
  * and equal shapes with the keys' output in the queries' buffer (the executor's exact alias), against
  * the CPU's formula in f64 (1e-6 relative). */
@@ -492,53 +431,73 @@ static void test_rope_pair(void **state)
     }
 }
 
-/* Dense layers (LINEAR) on the GEMV: the general form and the decode form (one token a row of
- * blocks), T 1 and 5, k with and without a scalar tail, f32 and bf16 weights, against f64. */
+/* Dense layers (LINEAR) on the GEMV against f64: the general form and the decode form (one token a
+ * row of blocks); one matrix, or two or three of one input in one launch (CgCudaGemm.seg: the
+ * attention's q, k, v), each output its own buffer and width. */
+static void linear_case(moe_rng *r, int64_t T, int64_t K, moe_dtype dt, const int64_t rows[3])
+{
+    int64_t N = rows[0] + rows[1] + rows[2];
+    int nm = rows[2] ? 3 : rows[1] ? 2 : 1;
+    float *x = xmalloc((size_t)(T * K) * 4), *got = xmalloc((size_t)(T * N) * 4);
+    void *w[3];
+    double *want[3];
+    uint64_t dw[3] = {0}, dout[3] = {0};
+    for (int64_t i = 0; i < T * K; i++) x[i] = (float)(rng_uniform(r) * 2 - 1);
+    for (int m = 0; m < nm; m++) {
+        w[m] = xmalloc((size_t)(rows[m] * K) * dtype_size(dt));
+        want[m] = xcalloc((size_t)(T * rows[m]), 8);
+        for (int64_t i = 0; i < rows[m] * K; i++) dtype_store(dt, w[m], (size_t)i, rng_uniform(r) - 0.5);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < rows[m]; n++)
+                for (int64_t c = 0; c < K; c++)
+                    want[m][t * rows[m] + n] += (double)x[t * K + c] * dtype_load(dt, w[m], (size_t)(n * K + c));
+        dw[m] = upload(w[m], (size_t)(rows[m] * K) * dtype_size(dt)), dout[m] = upload(NULL, (size_t)(T * rows[m]) * 4);
+    }
+    CgCudaGemm gen = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_GEMV, dt, 1, 1, N, K);
+    if (nm > 1) gen.seg[0] = rows[0], gen.seg[1] = nm == 3 ? rows[1] : 0;
+    CgCudaGemm forms[2] = {gen, cg_cuda_gemm_decode(&gen)};
+    uint64_t dx = upload(x, (size_t)(T * K) * 4);
+    for (int f = 0; f < 2; f++) {
+        char sym[256], err[256], e[512];
+        cg_cuda_gemm_symbol(&forms[f], sym, sizeof sym);
+        char *src = cg_cuda_gemm_source(&forms[f], err, sizeof err);
+        if (!src) fprintf(stderr, "%s\n", err);
+        assert_non_null(src);
+        void *fn = kernel(src, sym);
+        for (int64_t i = 0; i < T * N; i++) got[i] = NAN; /* poison: unwritten elements show */
+        for (int m = 0; m < nm; m++) assert_true(cg_cuda_upload(drv, dout[m], got, (size_t)(T * rows[m]) * 4, e, sizeof e));
+        long long TT = T;
+        void *args[] = {&TT, &dx, &dw[0], &dout[0], &dw[1], &dout[1], &dw[2], &dout[2]};
+        unsigned g[3], b[3];
+        size_t smem;
+        cg_cuda_gemm_launch(&forms[f], T, g, b, &smem);
+        launch(fn, g, b, smem, args);
+        double worst = 0;
+        for (int m = 0; m < nm; m++) {
+            download(got, dout[m], (size_t)(T * rows[m]) * 4);
+            worst = fmax(worst, rel_err(got, want[m], (size_t)(T * rows[m])));
+        }
+        printf("linear gemv%s %s T=%lld K=%lld, %d matri%s (%lld, %lld, %lld rows): grid %ux%u, rel err %.3g\n",
+               f ? " (decode)" : "", dtype_name(dt), (long long)T, (long long)K, nm, nm > 1 ? "ces of one input" : "x",
+               (long long)rows[0], (long long)rows[1], (long long)rows[2], g[0], g[1], worst);
+        assert_true(worst <= 1e-5);
+        free(src);
+    }
+    cg_cuda_free(drv, dx);
+    for (int m = 0; m < nm; m++) cg_cuda_free(drv, dw[m]), cg_cuda_free(drv, dout[m]), free(w[m]), free(want[m]);
+    free(x), free(got);
+}
+
 static void test_linear_gemv(void **state)
 {
     (void)state;
     if (!drv) skip();
     moe_rng r;
     rng_seed(&r, 23);
-    for (int q = 0; q < 8; q++) {
-        int64_t T = q & 1 ? 5 : 1, N = 40, K = q & 2 ? 70 : 72;
-        moe_dtype dt = q & 4 ? DT_BF16 : DT_F32;
-        float *x = xmalloc((size_t)(T * K) * 4), *got = xmalloc((size_t)(T * N) * 4);
-        void *w = xmalloc((size_t)(N * K) * dtype_size(dt));
-        double *want = xcalloc((size_t)(T * N), 8);
-        for (int64_t i = 0; i < T * K; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1);
-        for (int64_t i = 0; i < N * K; i++) dtype_store(dt, w, (size_t)i, rng_uniform(&r) - 0.5);
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t c = 0; c < K; c++) want[t * N + n] += (double)x[t * K + c] * dtype_load(dt, w, (size_t)(n * K + c));
-        CgCudaGemm gen = cg_cuda_gemm_default(CG_CUDA_GEMM_LINEAR, CG_CUDA_PATH_GEMV, dt, 1, 1, N, K);
-        CgCudaGemm forms[2] = {gen, cg_cuda_gemm_decode(&gen)};
-        for (int f = 0; f < 2; f++) {
-            char sym[256], err[256];
-            cg_cuda_gemm_symbol(&forms[f], sym, sizeof sym);
-            char *src = cg_cuda_gemm_source(&forms[f], err, sizeof err);
-            if (!src) fprintf(stderr, "%s\n", err);
-            assert_non_null(src);
-            void *fn = kernel(src, sym);
-            for (int64_t i = 0; i < T * N; i++) got[i] = NAN;
-            uint64_t dx = upload(x, (size_t)(T * K) * 4), dw = upload(w, (size_t)(N * K) * dtype_size(dt)),
-                     dout = upload(got, (size_t)(T * N) * 4);
-            long long TT = T;
-            void *args[] = {&TT, &dx, &dw, &dout};
-            unsigned g[3], b[3];
-            size_t smem;
-            cg_cuda_gemm_launch(&forms[f], T, g, b, &smem);
-            launch(fn, g, b, smem, args);
-            download(got, dout, (size_t)(T * N) * 4);
-            double e = rel_err(got, want, (size_t)(T * N));
-            printf("linear gemv%s %s T=%lld N=%lld K=%lld: grid %ux%u, rel err %.3g\n", f ? " (decode)" : "", dtype_name(dt),
-                   (long long)T, (long long)N, (long long)K, g[0], g[1], e);
-            assert_true(e <= 1e-5);
-            cg_cuda_free(drv, dx), cg_cuda_free(drv, dw), cg_cuda_free(drv, dout);
-            free(src);
-        }
-        free(x), free(got), free(w), free(want);
-    }
+    for (int q = 0; q < 8; q++) /* T 1 and 5, k with and without a scalar tail, f32 and bf16 */
+        linear_case(&r, q & 1 ? 5 : 1, q & 2 ? 70 : 72, q & 4 ? DT_BF16 : DT_F32, (const int64_t[3]){40, 0, 0});
+    for (int q = 0; q < 4; q++) /* two and three matrices of one input */
+        linear_case(&r, q & 1 ? 5 : 1, 72, DT_BF16, (const int64_t[3]){40, 16, q & 2 ? 24 : 0});
 }
 
 /* Attention against an f64 reference, both kernels: the one-block-per-query form and the tiled
@@ -639,8 +598,7 @@ static void test_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_combine), cmocka_unit_test(test_grouped),
-                                       cmocka_unit_test(test_linear_gemv), cmocka_unit_test(test_linear_segments),
-                                       cmocka_unit_test(test_rope_pair),
+                                       cmocka_unit_test(test_linear_gemv), cmocka_unit_test(test_rope_pair),
                                        cmocka_unit_test(test_attention)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

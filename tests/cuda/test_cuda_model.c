@@ -359,6 +359,18 @@ static void test_small_models(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* specs/tiny/tiny-moepp.yaml with random weights of this run's seed: its planned module for the GPU. */
+static IrModule *tiny_moepp(ModelSpec *s, WeightSet **w)
+{
+    char p[1024];
+    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
+    Diag d = {.out = stderr, .file = p};
+    assert_true(spec_load_file(p, s, &d));
+    RtError err = {{0}};
+    assert_true(weights_random(s, seed, w, &err));
+    return module_for(s, true, false);
+}
+
 /* Ranges of steps at T = 1 run as CUDA graphs of their own (the benchmarks time a decode step's MoE
  * block so): the step split in two ranges, each run eagerly (and captured) and then from its graph,
  * gives the full step's logits, for the id the first range embeds; each range has its graph. */
@@ -366,15 +378,10 @@ static void test_range_graphs(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
-    char p[1024];
-    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
     ModelSpec s;
-    Diag d = {.out = stderr, .file = p};
-    assert_true(spec_load_file(p, &s, &d));
     WeightSet *w = NULL;
     RtError err = {{0}};
-    assert_true(weights_random(&s, seed, &w, &err));
-    IrModule *m = module_for(&s, true, false);
+    IrModule *m = tiny_moepp(&s, &w);
     int n = 0, k = 0;
     for (const IrInstr *i = m->first; i; i = i->next, n++)
         if (i->op == IR_OP_MOE_ROUTE && !k) k = n; /* [0, k) up to the first router, [k, n) the rest */
@@ -422,15 +429,10 @@ static void test_decode_ops(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
-    char p[1024];
-    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
     ModelSpec s;
-    Diag d = {.out = stderr, .file = p};
-    assert_true(spec_load_file(p, &s, &d));
     WeightSet *w = NULL;
     RtError err = {{0}};
-    assert_true(weights_random(&s, seed, &w, &err));
-    IrModule *m = module_for(&s, true, false);
+    IrModule *m = tiny_moepp(&s, &w);
     int n = 0, route = -1, down = -1, moe = 0, attn = 0;
     for (const IrInstr *i = m->first; i; i = i->next, n++) {
         if (i->op == IR_OP_MOE_ROUTE && route < 0) route = n;
