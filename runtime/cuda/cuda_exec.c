@@ -1392,10 +1392,12 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_GROUPED_DOWN: {
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t y0 = addr(r, i->in[4]), off = ds->off, perm = ds->perm, gw = ds->gate_w, w = st->gm[0].w;
-        if (y0 != out) cm->ops++;
-        if (y0 != out && !cg_cuda_copy_async(cm->drv, out, y0, (size_t)(r->T * cols(i->out[0])) * 4, e, sizeof e)) {
-            snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
-            return false;
+        if (y0 != out) { /* (the plan shares their place when y0 dies here: ir_inplace_input) */
+            cm->ops++;
+            if (!cg_cuda_copy_async(cm->drv, out, y0, (size_t)(r->T * cols(i->out[0])) * 4, e, sizeof e)) {
+                snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
+                return false;
+            }
         }
         void *a[] = {(void *)&r->TT, &a0, &off, &perm, &gw, &w, &out};
         return gemm(r, st, &st->gm[0], a);
