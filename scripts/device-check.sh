@@ -154,6 +154,13 @@ EOF
     run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|error"
   fi
+  if more "long-context decode A/B"; then
+    step "a decode step at position 4095 (4096 keys): attention's keys in splits merged by the last (flash-decoding), then one block a head (MOEPPC_CUDA_ATTN_SPLIT=0)"
+    for split in 1 0; do
+      run 60 env MOEPPC_CUDA_ATTN_SPLIT=$split "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1 --context 4095 \
+        --zc-share 0.25 "${ceil[@]}" | grep "^T ="
+    done
+  fi
   if more "GPU tuning"; then
     step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
     run 100 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,1 --budget 60 -o "$out/gpu-sm90-moepp-7b.yaml" |

@@ -5,7 +5,9 @@
  * time is not the GPU's). Reports TFLOP/s of the FFN-expert work actually executed and, when the ceilings are
  * given (--peak-tflops, --bandwidth-gbs: scripts/device-check.sh measures them in the same run), the
  * fraction of the bf16 peak and, for the MoE block, the bytes of the router and of the selected
- * experts' weights per second as a fraction of the copy bandwidth. */
+ * experts' weights per second as a fraction of the copy bandwidth; the attention alone, with the
+ * bytes of the KV cache it reads (--context P: the tokens after a prefill of P, a long context's
+ * decode step). */
 #include "tools/commands.h"
 
 #ifdef MOEPPC_HAVE_CUDA
@@ -17,7 +19,7 @@
 #include <string.h>
 
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
-                         "[--dtype f32|bf16|f16] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] " \
+                         "[--dtype f32|bf16|f16] [--context P] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] " \
                          "[--tuning GPU-DB] [--json]"
 
 typedef struct {
@@ -29,6 +31,7 @@ typedef struct {
     moe_dtype dtype;
     double peak_tflops, bw_gbs;
     double zc_share;              /* --zc-share P: synthetic routing for the MoE block (< 0: the router's) */
+    int64_t context;              /* --context P: the tokens at positions P.., after a prefill of P tokens */
     int tile[2][3];               /* --tile UP[/DOWN] */
     const char *tuning;           /* --tuning: a GPU tuning database (moeppc tune --target sm_XX) */
 } CudaBenchArgs;
@@ -67,6 +70,12 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
             if (!dtype_parse(v, &a->dtype) || a->dtype == DT_I32)
                 return usage_error("bench", BENCH_CUDA_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);
             a->dtype_set = true;
+            i++;
+        } else if (strcmp(o, "--context") == 0) {
+            long long p = strtoll(v, &end, 10);
+            if (*end || !*v || p < 0 || p > 1 << 20)
+                return usage_error("bench", BENCH_CUDA_USAGE, "--context: expected a position in 0..1048576, found '%s'", v);
+            a->context = p;
             i++;
         } else if (strcmp(o, "--zc-share") == 0) {
             a->zc_share = strtod(v, &end);
@@ -138,7 +147,7 @@ int bench_cuda(int argc, char **argv)
     s.vocab = 256;
     int64_t max_t = 1;
     for (int q = 0; q < a.n_tokens; q++) max_t = a.tokens[q] > max_t ? a.tokens[q] : max_t;
-    if (s.max_positions < max_t) s.max_positions = max_t;
+    if (s.max_positions < a.context + max_t) s.max_positions = a.context + max_t;
     RtError err = {{0}};
     WeightSet *w = NULL;
     if (!weights_random(&s, a.seed, &w, &err)) {
@@ -172,9 +181,22 @@ int bench_cuda(int argc, char **argv)
     }
     int n_steps = 0;
     for (const IrInstr *i = m->first; i; i = i->next) n_steps++;
-    int route = bench_instr_index(m, IR_OP_MOE_ROUTE, -1), up = bench_instr_index(m, IR_OP_MOE_GROUPED_UP, route),
+    int att = bench_instr_index(m, IR_OP_ATTENTION, -1), route = bench_instr_index(m, IR_OP_MOE_ROUTE, -1), up = bench_instr_index(m, IR_OP_MOE_GROUPED_UP, route),
         down = bench_instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
-    MOE_ASSERT(route >= 0 && up > route && down > up);
+    MOE_ASSERT(att >= 0 && route >= 0 && up > route && down > up);
+    const IrInstr *ai = instr_at(m, att);
+    double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * sizeof(float);
+    if (a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens */
+        int32_t *ids = xmalloc((size_t)a.context * sizeof *ids), *pos = xmalloc((size_t)a.context * sizeof *pos);
+        for (int64_t t = 0; t < a.context; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
+        bool ok = cuda_model_run(cm, ids, pos, a.context, &err);
+        free(ids), free(pos);
+        if (!ok) {
+            fprintf(stderr, "moeppc bench: error: CUDA backend: the prefill of --context %lld: %s\n", (long long)a.context, err.msg);
+            cuda_model_free(cm), ir_module_free(m), weights_close(w);
+            return 1;
+        }
+    }
     const IrInstr *ri = instr_at(m, route);
     double router_bytes = 0, expert_bytes = 3.0 * (double)s.hidden * (double)s.ffn_intermediate * dtype_size(s.dtype);
     for (int k = 1; k < ri->n_in; k++)
@@ -191,9 +213,11 @@ int bench_cuda(int argc, char **argv)
     for (int q = 0; q < a.n_tokens && rc == 0; q++) {
         int64_t T = a.tokens[q];
         int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
-        for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
-        double layer_ms = 0, moe_ms = 0, gemm_ms = 0;
-        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err);
+        for (int64_t t = 0; t < T; t++)
+            ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + t);
+        double layer_ms = 0, moe_ms = 0, gemm_ms = 0, att_ms = 0;
+        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err) &&
+                  bench_cuda_time_steps(cm, att, att + 1, n_steps, ids, pos, T, a.reps, &att_ms, &err);
         int32_t *sid = NULL;
         if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
             int64_t k = s.top_k;
@@ -219,19 +243,25 @@ int bench_cuda(int argc, char **argv)
                 if (rid[j] >= 0 && rid[j] < s.n_ffn && rid[j] < 1024) picks++, used += !seen[rid[j]], seen[rid[j]] = true;
             double tflops = 2e-12 * (double)picks * expert_bytes / dtype_size(s.dtype) / (gemm_ms * 1e-3);
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
+            double kv_gbs = 1e-9 * (double)(a.context + T) * kv_row_bytes / (att_ms * 1e-3); /* the cache read once */
             if (a.json)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
-                       "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f}\n",
+                       "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
+                       "\"attention_ms\": %.6g, \"kv_gbs\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
-                       a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0);
+                       a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
+                       att_ms, kv_gbs);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
                        layer_ms, moe_ms, gemm_ms, tflops);
                 if (a.peak_tflops) printf(" (%5.1f %% of peak)", 100.0 * tflops / a.peak_tflops);
                 printf("  weights %7.0f GB/s", gbs);
                 if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs / a.bw_gbs);
-                printf("  [%lld FFN picks, %lld experts; MoE block: %d GPU ops]\n", (long long)picks, (long long)used, moe_ops);
+                printf("  [%lld FFN picks, %lld experts; MoE block: %d GPU ops]", (long long)picks, (long long)used, moe_ops);
+                printf("  attention %.4f ms over %lld keys (KV cache %.0f GB/s", att_ms, (long long)(a.context + T), kv_gbs);
+                if (a.bw_gbs) printf(", %.1f %% of copy bw", 100.0 * kv_gbs / a.bw_gbs);
+                printf(")\n");
             }
             fflush(stdout);
         }

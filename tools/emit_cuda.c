@@ -56,8 +56,9 @@ static bool write_header(const char *dir, const CudaKernelCode *k, int n)
         const char *p = strstr(k[q].source, "extern \"C\" __global__"), *e = p ? strchr(p, '{') : NULL;
         if (!p || !e) continue;
         strbuf_printf(&b, "/* %s */\n", k[q].launch);
-        for (const char *c = p; c < e; c++) /* drop __launch_bounds__(NT): NT is the .cu file's own macro */
-            if (strncmp(c, "__launch_bounds__(NT) ", 22) == 0) c += 21;
+        for (const char *c = p; c < e; c++) /* drop __launch_bounds__(...): its macros are the .cu file's own */
+            if (strncmp(c, "__launch_bounds__(", 18) == 0) c = strstr(c, ") ") + 1;
+            else if (*c == ' ' && b.len && b.s[b.len - 1] == ' ') continue; /* (a line's indent) */
             else strbuf_printf(&b, "%c", *c == '\n' ? ' ' : *c);
         while (b.len && b.s[b.len - 1] == ' ') b.s[--b.len] = 0;
         strbuf_printf(&b, ";\n\n");
@@ -86,11 +87,13 @@ static bool write_readme(const char *dir, const char *spec, const char *kind, co
         "`moeppc_kernels.cuh` declares every kernel with its arguments in order and, above each, its block size\n"
         "and grid at T = 1 and T = 512. The launch rules (codegen/cuda/cg_cuda.h has the full contract):\n\n"
         "- row kernels (embedding, RMSNorm, add+RMSNorm, RoPE, combine, KV store, fused router): grid T, block\n"
-        "  as given; attention: grid (T, heads), block 128, keys 0..pos[t] from the caches [max_pos, kv_heads·hd]\n"
-        "  (knew/vnew NULL: store k and v with kv_store first; or, at T = 1 only, the new rows, which it stores);\n"
+        "  as given; attention: grid (T, heads, S), block 128, keys 0..pos[t] from the caches [max_pos, kv_heads·hd]\n"
+        "  (knew/vnew NULL: store k and v with kv_store first; or, at T = 1 only, the new rows, which it stores),\n"
+        "  in up to S splits (flash-decoding) given part [T, heads, S, hd + 2] floats and cnt [T, heads] zeroed once\n"
+        "  (the last split resets it); part and cnt NULL: grid (T, heads), one block a query and head;\n"
         "  its tiled form (`attention_tiled`, moeppc's choice from T = 32): grid (ceil(T / 64), heads), block 256;\n"
         "  a tuned form's symbol says its shape: `_qQ_tP[_bB]` = Q queries a block of Q·P threads (Q = 1: P threads\n"
-        "  per query, grid (T, heads)), grid (ceil(T / Q), heads);\n"
+        "  per query, grid (T, heads), `_sS` its keys in up to S splits as above), grid (ceil(T / Q), heads);\n"
         "- element-wise (add, scale, tanh, swiglu): any grid (grid-stride), block 256;\n"
         "- route_post: 4 tokens per block of 128; dispatch: exactly one block of 1024 threads; combine: u (may\n"
         "  be NULL) gets s x too (the scale op), and a combine whose symbol's `x` field is E > 0 also does the\n"

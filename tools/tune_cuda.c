@@ -49,7 +49,7 @@ typedef struct {
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 48 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 4 + 36 forms */
+enum { MAX_CANDS = 48 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 12 + 36 forms */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -159,15 +159,18 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
     return compile_filter(out, n, code, map, n_code, arch, err, errlen);
 }
 
-/* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps and the tiled
- * one with {16, 32, 64, 128} queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64}, generated,
- * compiled and checked as the GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
+/* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps (its keys in 1,
+ * 8 or 32 splits; the rule's: cg_cuda_attention_splits) and the tiled one with {16, 32, 64, 128}
+ * queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64}, generated, compiled and checked as the
+ * GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
 static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, char *err, size_t errlen)
 {
-    static const int warps[] = {1, 2, 4, 8}, bqs[] = {16, 32, 64, 128}, tpqs[] = {2, 4, 8}, bkvs[] = {0, 16, 64};
+    static const int warps[] = {1, 2, 4, 8}, splits[] = {0, 8, 32}, bqs[] = {16, 32, 64, 128}, tpqs[] = {2, 4, 8},
+                     bkvs[] = {0, 16, 64};
     CgCudaAttnForm list[MAX_CANDS];
     int n_list = 0;
-    for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], 0};
+    for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++)
+        for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k]};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(tpqs); b++)
             for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++) list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k]};
@@ -475,8 +478,13 @@ static bool tune_forms(GpuLayer *L, FormKind kind, TuneEntry *e, const TuneConfi
     return ok;
 }
 
-/* At T = 1 a block of one query: the per-query kernel's forms only. */
-static bool attention_usable(const TuneConfig *c, int64_t T) { return T > 1 || c->tile_m == 1; }
+/* At T = 1 a block of one query: the per-query kernel's forms only; from CG_CUDA_ATTN_TILED_MIN_T
+ * tokens on, that kernel's key splits have no room (run unsplit: the same as its form without). */
+static bool attention_usable(const TuneConfig *c, int64_t T)
+{
+    if (c->tile_m == 1 && c->kv_block > 1) return T < CG_CUDA_ATTN_TILED_MIN_T;
+    return T > 1 || c->tile_m == 1;
+}
 
 /* Attention's entry at T: the rule's form, then every candidate, for T queries at the end of a
  * context of 512 positions (as the CPU tuner; fewer when the model takes fewer, more when T is more). */
@@ -488,7 +496,7 @@ static bool tune_attention(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
     double flop = 4.0 * (double)keys * (double)L->att.heads * (double)L->att.head_dim; /* q.k and p.v */
     TuneEntry e = {.dtype = DT_F32, .n = L->att.heads, .k = L->att.head_dim, .groups = L->att.kv_heads, .tokens = T};
     snprintf(e.op, sizeof e.op, "attention");
-    CgCudaAttnForm rf = cg_cuda_attention_rule(T);
+    CgCudaAttnForm rf = cg_cuda_attention_rule(&L->att, T);
     TuneConfig rc = {.tile_m = rf.bq, .tile_n = rf.tpq, .kv_block = rf.bkv};
     return tune_forms(L, FORM_ATTENTION, &e, &rc, L->att_cand, L->n_att, attention_usable, P, flop, db, err);
 }

@@ -40,12 +40,18 @@
  *                  with kv_heads > 0 (queries' and keys' RoPE in one launch): (..., const float *x2,
  *                  float *out2), x2 [T, kv_heads·head_dim]; out2 may alias x exactly (same shape)
  *   ATTENTION     (long long T, const float *q, float *kc, float *vc, const int *pos, float *out,
- *                  const float *knew, const float *vnew)  knew/vnew NULL, or (T = 1 only: a decode
- *                  step) the new key and value row, read from there and stored into the caches at
- *                  pos[0] by the kernel (no separate KV store). One block of CG_CUDA_ATTN_WARPS warps
- *                  per (query t, head h): the warps
- *                  split the keys 0..pos[t] (strided), each keeps an online max/sum/accumulator, and the
- *                  block merges them in shared memory: works for prefill and for decode (T = 1).
+ *                  const float *knew, const float *vnew, float *part, unsigned *cnt)  knew/vnew
+ *                  NULL, or (T = 1 only: a decode step) the new key and value row, read from there
+ *                  and stored into the caches at pos[0] by the kernel (no separate KV store). One
+ *                  block of CG_CUDA_ATTN_WARPS warps per (query t, head h, key split s): the keys
+ *                  0..pos[t] go to up to S = grid.z splits of at least CG_CUDA_ATTN_SPLIT_MIN_KEYS
+ *                  (flash-decoding: a decode step's 16 heads would otherwise keep 16 SMs busy);
+ *                  within a block the warps take KB keys at a time (their loads in flight together),
+ *                  each keeps an online max/sum/accumulator, the block merges them in shared memory.
+ *                  With more than one split each writes its (max, sum, accumulator) to part
+ *                  [T][heads][S][head_dim + 2] and the last of them to arrive (cnt [T][heads], zero
+ *                  between launches: it resets its count) merges them; part NULL: one split, grid.z
+ *                  1 (blocks past the first split return). Works for prefill and for decode (T = 1).
  *                  Its tiled form for prefill (T >= CG_CUDA_ATTN_TILED_MIN_T, same arguments,
  *                  cg_cuda_attention_*): a block per BQ consecutive queries and head, TPQ threads a
  *                  query (dimensions strided by TPQ), tiles of BKV keys and values staged in shared
@@ -70,15 +76,23 @@
 #define CG_CUDA_ATTN_WARPS 4
 #define CG_CUDA_ATTN_BQ 64
 #define CG_CUDA_ATTN_TILED_MIN_T 32
+#define CG_CUDA_ATTN_SPLIT_MIN_KEYS 64 /* the per-query kernel's key splits: keys a split at least      */
+#define CG_CUDA_ATTN_SPLIT_BLOCKS 256  /* ... and the blocks a query's heads should fill (the rule's S) */
+#define CG_CUDA_ATTN_SPLIT_MAX 32
 /* An attention kernel's shape: bq >= 2: the tiled kernel, bq queries a block, tpq threads a query (a
  * power of two up to 32; bq x tpq whole warps, at most 1024), key/value tiles of bkv rows (0: 32, or
  * 16 above head_dim 128; at most 48 KB of shared memory for both); bq = 1: the per-query kernel,
- * tpq = 32 x its warps (bkv 0). As a tuning configuration: bq x tpq [/kv bkv]. */
+ * tpq = 32 x its warps, bkv its key splits (0 or 1: none; at most CG_CUDA_ATTN_SPLIT_MAX). As a tuning
+ * configuration: bq x tpq [/kv bkv]. */
 typedef struct CgCudaAttnForm {
     int bq, tpq, bkv;
 } CgCudaAttnForm;
-/* The rule's form for T tokens: per query (4 warps) below CG_CUDA_ATTN_TILED_MIN_T, else tiled 64 x 4. */
-CgCudaAttnForm cg_cuda_attention_rule(int64_t T);
+/* The per-query kernel's key splits for d: enough blocks that a query's heads fill
+ * CG_CUDA_ATTN_SPLIT_BLOCKS (a power of two, 1..CG_CUDA_ATTN_SPLIT_MAX). */
+int cg_cuda_attention_splits(const CgOpDesc *d);
+/* The rule's form for T tokens: per query (4 warps, cg_cuda_attention_splits) below
+ * CG_CUDA_ATTN_TILED_MIN_T, else tiled 64 x 4. */
+CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T);
 /* The rule's forms keep their names (the per-query one is the ATTENTION op's, cg_cuda_op_symbol). */
 void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);
 /* NULL with err set when d or f is out of range. */

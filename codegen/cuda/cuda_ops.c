@@ -113,24 +113,34 @@ static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
                           : "");
 }
 
-static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps)
+static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits)
 {
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
-                 "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n",
-              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps);
+                 "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n#define SPLITS %d\n#define MINK %d\n"
+                 "#define KB %d\n",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, splits > 1 ? splits : 1,
+              CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     cb_printf(b,
         "/* knew, vnew (a decode step, T = 1): the key and value at pos[t] come from them, not the caches,\n"
         " * and the first query head of each KV head stores them there for the steps to come (no block of\n"
-        " * this launch reads that row). */\n"
-        "extern \"C\" __global__ void %s(long long T, const float *q, float *kc, float *vc,\n"
-        "                                const int *pos, float *out, const float *knew, const float *vnew) {\n"
+        " * this launch reads that row). Split s of A takes keys j0..j1-1; with A > 1 the last split to\n"
+        " * finish merges the splits' partial results (part) and resets the count (cnt). */\n"
+        "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, float *kc, float *vc,\n"
+        "        const int *pos, float *out, const float *knew, const float *vnew, float *part, unsigned *cnt) {\n"
         "    PDL_ENTRY();\n"
-        "    __shared__ float sm[NW], sl[NW], sacc[NW][HD];\n"
+        "    __shared__ float sm[NW], sl[NW], sacc[NW][HD], se[SPLITS];\n"
+        "    __shared__ unsigned last;\n"
         "    long long t = blockIdx.x;\n"
-        "    int h = blockIdx.y, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
+        "    int h = blockIdx.y, s = blockIdx.z, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
         "    if (t >= T) return;\n"
-        "    if (knew && h %% GROUP == 0)\n"
+        "    int n = pos[t] + 1;\n"
+        "    int chunk = part ? (n + SPLITS - 1) / SPLITS : n;\n"
+        "    if (part && chunk < MINK) chunk = MINK;\n"
+        "    int A = (n + chunk - 1) / chunk;\n"
+        "    if (s >= A) return;  /* (a short context: fewer splits) */\n"
+        "    int j0 = s * chunk, j1 = n - j0 < chunk ? n : j0 + chunk;\n"
+        "    if (knew && h %% GROUP == 0 && s == 0)\n"
         "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "            long long c = (long long)pos[t] * (KVH * HD) + kvh * HD + dd;\n"
         "            kc[c] = knew[t * (KVH * HD) + kvh * HD + dd], vc[c] = vnew[t * (KVH * HD) + kvh * HD + dd];\n"
@@ -142,35 +152,80 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "        qr[i] = dd < HD ? q[t * (HEADS * HD) + h * HD + dd] : 0.0f;\n"
         "        acc[i] = 0.0f;\n"
         "    }\n"
-        "    int n = pos[t] + 1;\n"
         "    float m = -INFINITY, l = 0.0f;\n"
-        "    for (int j = w; j < n; j += NW) {  /* streaming softmax over this warp's keys */\n"
-        "        bool fresh = knew && j == n - 1;\n"
-        "        const float *kr = (fresh ? knew + t * (KVH * HD) : kc + (long long)j * (KVH * HD)) + kvh * HD;\n"
-        "        const float *vr = (fresh ? vnew + t * (KVH * HD) : vc + (long long)j * (KVH * HD)) + kvh * HD;\n"
-        "        float s = 0.0f;\n"
+        "    for (int jb = j0 + w * KB; jb < j1; jb += NW * KB) {  /* streaming softmax, KB keys a time */\n"
+        "        float kx[KB][EPL], vx[KB][EPL], sc[KB];\n"
         "#pragma unroll\n"
-        "        for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) s += qr[i] * kr[dd]; }\n"
-        "        s = warp_sum(s) * SCALE;\n"
-        "        float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);\n"
-        "        l = l * corr + p;\n"
+        "        for (int u = 0; u < KB; u++) {  /* every load of the KB keys and values first */\n"
+        "            int j = jb + u;\n"
+        "            bool fresh = knew && j == n - 1;\n"
+        "            const float *kr = (fresh ? knew + t * (KVH * HD) : kc + (long long)j * (KVH * HD)) + kvh * HD;\n"
+        "            const float *vr = (fresh ? vnew + t * (KVH * HD) : vc + (long long)j * (KVH * HD)) + kvh * HD;\n"
         "#pragma unroll\n"
-        "        for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) acc[i] = acc[i] * corr + p * vr[dd]; }\n"
+        "            for (int i = 0; i < EPL; i++) {\n"
+        "                int dd = lane + 32 * i;\n"
+        "                bool ok = j < j1 && dd < HD;\n"
+        "                kx[u][i] = ok ? kr[dd] : 0.0f, vx[u][i] = ok ? vr[dd] : 0.0f;\n"
+        "            }\n"
+        "        }\n"
+        "        float mn = m;\n"
+        "#pragma unroll\n"
+        "        for (int u = 0; u < KB; u++) {\n"
+        "            float dot = 0.0f;\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < EPL; i++) dot += qr[i] * kx[u][i];\n"
+        "            sc[u] = warp_sum(dot) * SCALE;\n"
+        "            if (jb + u < j1) mn = fmaxf(mn, sc[u]);\n"
+        "        }\n"
+        "        float corr = expf(m - mn);  /* key jb is in range: mn is finite */\n"
+        "        l *= corr;\n"
+        "#pragma unroll\n"
+        "        for (int i = 0; i < EPL; i++) acc[i] *= corr;\n"
+        "#pragma unroll\n"
+        "        for (int u = 0; u < KB; u++) {\n"
+        "            float p = jb + u < j1 ? expf(sc[u] - mn) : 0.0f;\n"
+        "            l += p;\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < EPL; i++) acc[i] += p * vx[u][i];\n"
+        "        }\n"
         "        m = mn;\n"
         "    }\n"
         "    if (lane == 0) { sm[w] = m; sl[w] = l; }\n"
         "#pragma unroll\n"
         "    for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) sacc[w][dd] = acc[i]; }\n"
         "    __syncthreads();\n"
-        "    float mx = sm[0];  /* warp 0 always has key 0, so mx is finite */\n"
+        "    float mx = sm[0];  /* warp 0 always has key j0, so mx is finite */\n"
         "    for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[k]);\n"
         "    float tot = 0.0f;\n"
         "    for (int k = 0; k < NW; k++) tot += sl[k] * expf(sm[k] - mx);\n"
+        "    float *pp = part + ((t * HEADS + h) * SPLITS + s) * (HD + 2);  /* (used only when A > 1) */\n"
         "    for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "        float o = 0.0f;\n"
         "        for (int k = 0; k < NW; k++) o += sacc[k][dd] * expf(sm[k] - mx);\n"
-        "        out[t * (HEADS * HD) + h * HD + dd] = o / tot;\n"
+        "        if (A == 1) out[t * (HEADS * HD) + h * HD + dd] = o / tot;\n"
+        "        else pp[2 + dd] = o;\n"
         "    }\n"
+        "    if (A == 1) return;\n"
+        "    if (threadIdx.x == 0) pp[0] = mx, pp[1] = tot;\n"
+        "    __threadfence();  /* this split's result, before its arrival counts */\n"
+        "    __syncthreads();\n"
+        "    if (threadIdx.x == 0) last = atomicAdd(cnt + t * HEADS + h, 1u) == (unsigned)A - 1;\n"
+        "    __syncthreads();\n"
+        "    if (!last) return;\n"
+        "    __threadfence();\n"
+        "    const float *pb = part + (t * HEADS + h) * SPLITS * (HD + 2);\n"
+        "    float M = -INFINITY;\n"
+        "    for (int k = 0; k < A; k++) M = fmaxf(M, __ldcg(pb + k * (HD + 2)));\n"
+        "    for (int k = threadIdx.x; k < A; k += blockDim.x) se[k] = expf(__ldcg(pb + k * (HD + 2)) - M);\n"
+        "    __syncthreads();\n"
+        "    float L = 0.0f;\n"
+        "    for (int k = 0; k < A; k++) L += se[k] * __ldcg(pb + k * (HD + 2) + 1);\n"
+        "    for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
+        "        float o = 0.0f;\n"
+        "        for (int k = 0; k < A; k++) o += se[k] * __ldcg(pb + k * (HD + 2) + 2 + dd);\n"
+        "        out[t * (HEADS * HD) + h * HD + dd] = o / L;\n"
+        "    }\n"
+        "    if (threadIdx.x == 0) cnt[t * HEADS + h] = 0u;  /* for the next launch */\n"
         "}\n", name);
 }
 
@@ -182,9 +237,16 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
  * keys 0..pos[t] (masked past them: the block walks to its largest). */
 static bool check(const CgOpDesc *d, char *err, size_t errlen);
 
-CgCudaAttnForm cg_cuda_attention_rule(int64_t T)
+int cg_cuda_attention_splits(const CgOpDesc *d)
 {
-    return T < CG_CUDA_ATTN_TILED_MIN_T ? (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, 0}
+    int s = 1;
+    while (s < CG_CUDA_ATTN_SPLIT_MAX && s * d->heads < CG_CUDA_ATTN_SPLIT_BLOCKS) s *= 2;
+    return s;
+}
+
+CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
+{
+    return T < CG_CUDA_ATTN_TILED_MIN_T ? (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)}
                                         : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
 }
 
@@ -195,13 +257,13 @@ static int attn_bkv(const CgOpDesc *d, const CgCudaAttnForm *f)
 
 void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n)
 {
-    if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS) {
+    if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS && f->bkv == cg_cuda_attention_splits(d)) {
         cg_cuda_op_symbol(d, out, n);
         return;
     }
     int w = snprintf(out, n, "moeppc_cu_attention_%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
                      (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq);
-    if (f->bq == 1 && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "_t%d", f->tpq);
+    if (f->bq == 1 && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
     else if ((f->tpq != 4 || f->bkv) && w > 0 && (size_t)w < n)
         snprintf(out + w, n - (size_t)w, "_t%d_b%d", f->tpq, attn_bkv(d, f));
 }
@@ -211,8 +273,8 @@ static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *er
     const char *why = NULL;
     bool pow2 = f->tpq > 0 && (f->tpq & (f->tpq - 1)) == 0;
     if (d->kind != CG_OP_ATTENTION) why = "not an attention op";
-    else if (f->bq == 1 && (f->tpq % 32 || f->tpq < 32 || f->tpq > 1024 || f->bkv))
-        why = "per-query form: 32..1024 threads, whole warps, no key tile";
+    else if (f->bq == 1 && (f->tpq % 32 || f->tpq < 32 || f->tpq > 1024 || f->bkv < 0 || f->bkv > CG_CUDA_ATTN_SPLIT_MAX))
+        why = "per-query form: 32..1024 threads, whole warps, 0..32 key splits";
     else if (f->bq != 1 && (f->bq < 2 || !pow2 || f->tpq > 32 || (f->bq * f->tpq) % 32 || f->bq * f->tpq > 1024))
         why = "tiled form: 2 or more queries a block, a power of two up to 32 threads each, whole warps up to 1024";
     else if (f->bq != 1 && (f->bkv < 0 || f->bkv > 256 || 2L * attn_bkv(d, f) * d->head_dim * 4 > 48 * 1024))
@@ -229,7 +291,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
     if (f->bq == 1) {
-        emit_attention(&b, d, name, f->tpq / 32);
+        emit_attention(&b, d, name, f->tpq / 32, f->bkv);
         return b.s;
     }
     cb_printf(&b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
@@ -298,7 +360,8 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3], unsigned block[3])
 {
     int64_t rows = T > 0 ? T : 1;
-    grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads, grid[2] = 1;
+    grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads;
+    grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)f->bkv : 1;
     block[0] = (unsigned)(f->bq * f->tpq), block[1] = block[2] = 1;
 }
 
@@ -579,7 +642,7 @@ char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen)
     case CG_OP_RMS_NORM: emit_norm(&b, name, false); break;
     case CG_OP_ADD_RMS_NORM: emit_norm(&b, name, true); break;
     case CG_OP_ROPE: emit_rope(&b, d, name); break;
-    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS); break;
+    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)); break;
     case CG_OP_SWIGLU:
     case CG_OP_ADD:
     case CG_OP_SCALE:
@@ -600,7 +663,8 @@ void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned 
     int64_t rows = T > 0 ? T : 1;
     switch (d->kind) {
     case CG_OP_ATTENTION:
-        grid[0] = (unsigned)rows, grid[1] = (unsigned)d->heads, block[0] = 32 * CG_CUDA_ATTN_WARPS;
+        grid[0] = (unsigned)rows, grid[1] = (unsigned)d->heads, grid[2] = (unsigned)cg_cuda_attention_splits(d);
+        block[0] = 32 * CG_CUDA_ATTN_WARPS;
         break;
     case CG_OP_SWIGLU:
     case CG_OP_ADD:

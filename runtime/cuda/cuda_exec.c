@@ -24,7 +24,9 @@ typedef struct Kern {
 static void launch_text(char *out, size_t n, const unsigned g1[3], const unsigned g2[3], const unsigned b[3],
                         size_t smem)
 {
-    int w = snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
+    int w = g1[2] > 1 ? snprintf(out, n, "block %u; grid %ux%ux%u at T = 1, %ux%ux%u at T = 512", b[0], g1[0], g1[1], g1[2],
+                                 g2[0], g2[1], g2[2])
+                      : snprintf(out, n, "block %u; grid %ux%u at T = 1, %ux%u at T = 512", b[0], g1[0], g1[1], g2[0], g2[1]);
     if (smem && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, "; %zu B of dynamic shared memory", smem);
 }
 
@@ -147,6 +149,10 @@ struct CudaModel {
     double bytes;
     int64_t max_pos, cap_t, last_t;
     uint64_t arena, ids, pos, scratch, x16; /* sized by cap_t                                          */
+    uint64_t attn_part, attn_cnt;   /* the per-query attention's key splits below
+                                       CG_CUDA_ATTN_TILED_MIN_T tokens: partial results, arrivals
+                                       (zero between launches); 0: no split                       */
+    size_t attn_part_bytes, attn_cnt_n;
     size_t scratch_per_t;           /* route scratch floats per token                                   */
     size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit       */
     struct { int first, last, ops; void *g; } graphs[8]; /* T = 1 step ranges (the decode step: all
@@ -572,10 +578,31 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     return true;
 }
 
+/* Room for form f's key splits (the per-query kernel's, below CG_CUDA_ATTN_TILED_MIN_T tokens) in the
+ * buffers every attention step shares (one at a time on the stream; the last split resets its count). */
+static bool attn_split_room(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f, RtError *err)
+{
+    if (f->bq != 1 || f->bkv <= 1 || cm->dry || cm->o.caller_workspace || cm->o.no_attn_split) return true;
+    size_t rows = (size_t)(CG_CUDA_ATTN_TILED_MIN_T - 1) * (size_t)d->heads;
+    size_t bytes = rows * (size_t)f->bkv * (size_t)(d->head_dim + 2) * sizeof(float);
+    if (bytes > cm->attn_part_bytes) {
+        if (!dalloc(cm, &cm->attn_part, bytes, "attention's key splits", true, err)) return false;
+        cm->attn_part_bytes = bytes;
+    }
+    if (rows <= cm->attn_cnt_n) return true;
+    unsigned *zero = xcalloc(rows, sizeof *zero);
+    bool ok = dalloc(cm, &cm->attn_cnt, rows * sizeof *zero, "attention's split counts", true, err) &&
+              dupload(cm, cm->attn_cnt, zero, rows * sizeof *zero, err);
+    free(zero);
+    if (ok) cm->attn_cnt_n = rows;
+    return ok;
+}
+
 static bool attn_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f, int *out, RtError *err)
 {
     char sym[600];
     cg_cuda_attention_symbol(d, f, sym, sizeof sym);
+    if (!attn_split_room(cm, d, f, err)) return false;
     if (kern_have(cm, sym, out)) return true;
     unsigned g1[3], g2[3], b[3];
     cg_cuda_attention_launch(d, f, 1, g1, b), cg_cuda_attention_launch(d, f, 512, g2, b);
@@ -596,8 +623,10 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
             return false;
     }
-    CgCudaAttnForm tiled = cg_cuda_attention_rule(CG_CUDA_ATTN_TILED_MIN_T);
-    if (!op_kern(cm, &st->d, &st->kern, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err)) return false;
+    CgCudaAttnForm one = cg_cuda_attention_rule(&st->d, 1), tiled = cg_cuda_attention_rule(&st->d, CG_CUDA_ATTN_TILED_MIN_T);
+    if (!attn_split_room(cm, &st->d, &one, err) || !op_kern(cm, &st->d, &st->kern, err) ||
+        !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err))
+        return false;
     const char *text = cm->o.tile_sched[2];
     if (cm->o.attn.bq <= 0 && !text) return true;
     AttnAlt *a = st->att = xcalloc(1, sizeof *st->att);
@@ -1320,9 +1349,9 @@ static bool run_attention(const Run *r, const Step *st)
     uint64_t pos = r->cm->pos, kc = st->kc, vc = st->vc;
     unsigned g[3] = {(unsigned)r->T, 1, 1}, b[3] = {256, 1, 1};
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
-    uint64_t knew = 0, vnew = 0;
-    void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew};
-    CgCudaAttnForm f = cg_cuda_attention_rule(r->T); /* prefill: tiled, keys and values shared by a block's queries */
+    uint64_t knew = 0, vnew = 0, part = 0, cnt = 0;
+    void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew, &part, &cnt};
+    CgCudaAttnForm f = cg_cuda_attention_rule(&st->d, r->T); /* prefill: tiled, keys and values shared by a block's queries */
     int kern = f.bq == 1 ? st->kern : st->kern_fused;
     const AttnAlt *at = st->att;
     if (at && !at->sched.n) f = at->f[0], kern = at->k[0];
@@ -1335,6 +1364,8 @@ static bool run_attention(const Run *r, const Step *st)
     if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) knew = k, vnew = v; /* a decode step: the kernel stores them */
     else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
     cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
+    if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part) part = r->cm->attn_part, cnt = r->cm->attn_cnt;
+    else g[2] = 1; /* (no room for the splits: one a query and head) */
     return launch(r, st, kern, g, b, 0, aa);
 }
 

@@ -238,13 +238,13 @@ static void test_split_compile(void **state)
 }
 
 /* Attention's tuner forms (not in a spec's list) for a head of 128: the per-query kernel with 8
- * warps, tiled ones with 2 and 32 threads a query and key tiles of 16 and 32 compile for sm_80 and
+ * warps, and with 2 warps and 16 key splits, tiled ones with 2 and 32 threads a query and key tiles of 16 and 32 compile for sm_80 and
  * sm_90 without warnings; shapes the kernels cannot take are refused with a message. */
 static void test_attention_forms_compile(void **state)
 {
     (void)state;
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .cols = 16 * 128, .heads = 16, .kv_heads = 4, .head_dim = 128};
-    static const CgCudaAttnForm good[] = {{1, 256, 0}, {128, 2, 16}, {8, 32, 32}};
+    static const CgCudaAttnForm good[] = {{1, 256, 0}, {128, 2, 16}, {8, 32, 32}, {1, 64, 16}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d, &good[k], sym, sizeof sym);
@@ -254,7 +254,7 @@ static void test_attention_forms_compile(void **state)
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
     }
-    static const CgCudaAttnForm bad[] = {{1, 48, 0}, {1, 64, 16}, {16, 3, 0}, {4, 4, 0}, {64, 32, 0}, {32, 4, 64}};
+    static const CgCudaAttnForm bad[] = {{1, 48, 0}, {1, 64, 33}, {16, 3, 0}, {4, 4, 0}, {64, 32, 0}, {32, 4, 64}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++) {
         char err[512];
         assert_null(cg_cuda_attention_source(&d, &bad[k], err, sizeof err));

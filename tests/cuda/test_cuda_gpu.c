@@ -500,9 +500,10 @@ static void test_linear_gemv(void **state)
         linear_case(&r, q & 1 ? 5 : 1, 72, DT_BF16, (const int64_t[3]){40, 16, q & 2 ? 24 : 0});
 }
 
-/* Attention against an f64 reference, both kernels: the one-block-per-query form and the tiled
- * prefill form (several blocks, the last partial; queries at positions P0.. over a cache that holds
- * earlier keys; GQA; head sizes that are not multiples of 32, and above 128: smaller key tiles). */
+/* Attention against an f64 reference, both kernels: the one-block-per-query form (its keys split
+ * across blocks or not) and the tiled prefill form (several blocks, the last partial; queries at
+ * positions P0.. over a cache that holds earlier keys; GQA; head sizes that are not multiples of 32,
+ * and above 128: smaller key tiles). */
 static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
 {
     moe_rng r;
@@ -531,11 +532,15 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .cols = qc, .heads = H, .kv_heads = KVH, .head_dim = HD};
     uint64_t dq = upload(q, (size_t)(T * qc) * 4), dk = upload(kc, (size_t)(P * kvc) * 4),
              dv = upload(vc, (size_t)(P * kvc) * 4), dp = upload(pos, (size_t)T * 4), dout = upload(NULL, (size_t)(T * qc) * 4);
+    /* the per-query kernel's key splits: partial results and arrival counts (zero between launches) */
+    size_t rows = (size_t)(T * H), part_n = rows * CG_CUDA_ATTN_SPLIT_MAX * (size_t)(HD + 2);
+    uint32_t *cnt = xcalloc(rows, 4);
+    uint64_t dpart = upload(NULL, part_n * 4), dcnt = upload(cnt, rows * 4);
     long long TT = T;
-    /* the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query; tiled with 1 to 32
-     * threads a query, several key tiles and the last partial */
-    static const CgCudaAttnForm forms[] = {{1, 128, 0}, {64, 4, 0}, {1, 32, 0}, {1, 256, 0}, {32, 8, 16},
-                                           {16, 2, 8},  {8, 32, 0}, {128, 1, 4}};
+    /* the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query, keys in 1 to 32
+     * splits; tiled with 1 to 32 threads a query, several key tiles and the last partial */
+    const CgCudaAttnForm forms[] = {cg_cuda_attention_rule(&d, 1), cg_cuda_attention_rule(&d, CG_CUDA_ATTN_TILED_MIN_T),
+                                    {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(forms); k++) {
         const CgCudaAttnForm *f = &forms[k];
         char sym[600], err[256];
@@ -550,13 +555,24 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         for (int64_t i = 0; i < T * qc; i++) got[i] = NAN; /* poison: unwritten elements show */
         assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
         uint64_t none = 0;
-        void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none};
+        void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none, &dpart, &dcnt};
         launch(fn, g, b, 0, args);
         download(got, dout, (size_t)(T * qc) * 4);
         double re = rel_err(got, want, (size_t)(T * qc));
-        printf("attention %dx%d/kv%d T=%lld H=%d KVH=%d HD=%d from position %d: rel err %.3g\n", f->bq, f->tpq, f->bkv,
-               (long long)T, H, KVH, HD, P0, re);
+        printf("attention %dx%d/kv%d T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g\n", f->bq,
+               f->tpq, f->bkv, (long long)T, H, KVH, HD, P0, g[2], re);
         assert_true(re <= 1e-5);
+        download(cnt, dcnt, rows * 4); /* every split's count back to zero */
+        for (size_t x = 0; x < rows; x++) assert_int_equal(cnt[x], 0);
+        if (f->bq == 1 && f->bkv > 1) { /* no room for the splits (part NULL): one block a query and head */
+            for (int64_t i = 0; i < T * qc; i++) got[i] = NAN;
+            assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
+            unsigned g1[3] = {g[0], g[1], 1};
+            void *nargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none, &none, &none};
+            launch(fn, g1, b, 0, nargs);
+            download(got, dout, (size_t)(T * qc) * 4);
+            assert_true(rel_err(got, want, (size_t)(T * qc)) <= 1e-5);
+        }
         if (T == 1 && f->bq == 1) { /* a decode step: the new key and value from knew/vnew, stored by the kernel */
             float *row = xmalloc((size_t)kvc * 4), *kx = xmalloc((size_t)kvc * 4), *vx = xmalloc((size_t)kvc * 4);
             for (int64_t i = 0; i < kvc; i++) row[i] = NAN;
@@ -565,7 +581,7 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
             assert_true(cg_cuda_upload(drv, dk + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
                         cg_cuda_upload(drv, dv + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
                         cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
-            void *sargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &kn, &vn};
+            void *sargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &kn, &vn, &dpart, &dcnt};
             launch(fn, g, b, 0, sargs);
             download(got, dout, (size_t)(T * qc) * 4);
             download(kx, dk + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4), download(vx, dv + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4);
@@ -579,9 +595,9 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         }
         free(src);
     }
-    uint64_t bufs[] = {dq, dk, dv, dp, dout};
+    uint64_t bufs[] = {dq, dk, dv, dp, dout, dpart, dcnt};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
-    free(q), free(kc), free(vc), free(got), free(want), free(sc), free(pos);
+    free(q), free(kc), free(vc), free(got), free(want), free(sc), free(pos), free(cnt);
 }
 
 static void test_attention(void **state)
@@ -593,6 +609,11 @@ static void test_attention(void **state)
     attention_case(1, 3, 1, 36, 0);
     attention_case(70, 2, 1, 36, 45);
     attention_case(40, 2, 2, 130, 3);
+    /* long contexts: keys in splits, as many as fit (at least CG_CUDA_ATTN_SPLIT_MIN_KEYS keys each),
+     * merged by the last to finish; queries of one launch with different split counts */
+    attention_case(1, 4, 2, 64, 1000);
+    attention_case(1, 2, 1, 36, 2500);
+    attention_case(5, 4, 4, 130, 300);
 }
 
 int main(void)

@@ -288,12 +288,14 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
 
 /* Prefill and decode; on a failure, the prefill again with every layer's values compared. A 16-bit
  * model whose routing flips on a near-tie within its first 3 tokens leaves nothing to compare the
- * logits over: it is checked again on the next seed, up to 4 seeds (a real fault fails them all). */
-static bool check_spec(const char *path, int64_t T)
+ * logits over: it is checked again on the next seed, up to 4 seeds (a real fault fails them all).
+ * T beyond the spec's context: grown to T when `grow`, else T cut to it. */
+static bool check_spec_at(const char *path, int64_t T, bool grow)
 {
     ModelSpec s;
     Diag d = {.out = stderr, .file = path};
     assert_true(spec_load_file(path, &s, &d));
+    if (T > s.max_positions && grow) s.max_positions = T;
     if (T > s.max_positions) T = s.max_positions;
     int64_t rows = 0;
     bool ok = false;
@@ -327,6 +329,8 @@ static bool check_spec(const char *path, int64_t T)
     return ok;
 }
 
+static bool check_spec(const char *path, int64_t T) { return check_spec_at(path, T, false); }
+
 static void test_tiny_specs(void **state)
 {
     (void)state;
@@ -357,6 +361,26 @@ static void test_small_models(void **state)
     src_path(p, sizeof p, "specs/vanilla-0.6b.yaml");
     failed += !check_spec(p, 24);
     assert_int_equal(failed, 0);
+}
+
+/* Decode steps at a context of 200 (tiny-gqa, its context grown): the per-query attention's keys in
+ * splits of CG_CUDA_ATTN_SPLIT_MIN_KEYS merged by the last to finish (the tiny specs' 40 tokens fit
+ * one), against the reference; and with the splits off (MOEPPC_CUDA_ATTN_SPLIT=0, its A/B). */
+static void test_long_decode(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    char p[1024];
+    src_path(p, sizeof p, "specs/tiny/tiny-gqa.yaml");
+    assert_true(check_spec_at(p, 200, true));
+    const char *was = getenv("MOEPPC_CUDA_ATTN_SPLIT");
+    char *keep = was ? xstrdup(was) : NULL;
+    setenv("MOEPPC_CUDA_ATTN_SPLIT", "0", 1);
+    bool ok = check_spec_at(p, 200, true);
+    if (keep) setenv("MOEPPC_CUDA_ATTN_SPLIT", keep, 1);
+    else unsetenv("MOEPPC_CUDA_ATTN_SPLIT");
+    free(keep);
+    assert_true(ok);
 }
 
 /* specs/tiny/tiny-moepp.yaml with random weights of this run's seed: its planned module for the GPU. */
@@ -498,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_no_gpu_message),
         cmocka_unit_test(test_tiny_specs),
         cmocka_unit_test(test_small_models),
+        cmocka_unit_test(test_long_decode),
         cmocka_unit_test(test_range_graphs),
         cmocka_unit_test(test_decode_ops),
     };

@@ -81,6 +81,14 @@ static inline int __ffs(int x) { return __builtin_ffs(x); }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline float __fdividef(float a, float b) { return a / b; }
 template <typename T> static inline T __ldg(const T *p) { return *p; }
+// ld.global.cg: past L1, so another block's writes after its fence are seen (a load the emulator
+// makes atomic: blocks may run on several OS threads)
+template <typename T> static inline T __ldcg(const T *p)
+{
+    T r;
+    __atomic_load(p, &r, __ATOMIC_RELAXED);
+    return r;
+}
 
 // ---- synchronisation and warp collectives ---------------------------------------------------------
 static inline void __syncthreads() { cudaemu->syncthreads(); }
