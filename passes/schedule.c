@@ -9,6 +9,8 @@
  * is higher — measured neighbours, not the nearest bucket. */
 #include "passes/schedule.h"
 
+#include "ir/ir.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +39,7 @@ bool tune_config_parse(const char *text, TuneConfig *c)
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[9] = {false};
+    bool seen[10] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -59,6 +61,9 @@ bool tune_config_parse(const char *text, TuneConfig *c)
             s += 2;
             if (!parse_count(&s, 1024, &v)) return false;
             c->kv_block = (int)v, field = 4;
+        } else if (!strncmp(s, "tc", 2)) {
+            s += 2;
+            c->tc = 1, field = 9;
         } else if (!strncmp(s, "tma", 3)) {
             s += 3;
             c->tma = 1, field = 8;
@@ -95,7 +100,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages), sep = "/";
     if (c->wgmma) strbuf_printf(&b, "%swg", sep), sep = "/";
     if (c->tma) strbuf_printf(&b, "%stma", sep), sep = "/";
-    if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split);
+    if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split), sep = "/";
+    if (c->tc) strbuf_printf(&b, "%stc", sep);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
 }
@@ -104,7 +110,14 @@ bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
            a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
-           a->split == b->split && a->tma == b->tma;
+           a->split == b->split && a->tma == b->tma && a->tc == b->tc;
+}
+
+moe_dtype tune_attention_dtype(const struct IrInstr *i)
+{
+    const IrValue *v = i->in[0];
+    while (v->kind == IR_VAL_RESULT && v->def->op == IR_OP_ROPE) v = v->def->in[0];
+    return v->kind == IR_VAL_RESULT && v->def->op == IR_OP_LINEAR ? v->def->in[1]->type.dtype : DT_F32;
 }
 
 bool tune_op_is_gemm(const char *op)

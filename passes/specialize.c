@@ -3,9 +3,10 @@
  * Every linear, router and grouped GEMM gets a tile configuration (tile_m × tile_n register/CTA tile,
  * tile_k depth of a K block; on the CPU also tile_unroll, the micro-kernel's k unroll, and tile_mc,
  * rows per M block) and where it came from (tile_src = "rule" or "database"); on the CPU each
- * attention gets its key block (kv_block) the same way, on a GPU its kernel's form (tile_m queries a
- * block, tile_n threads a query, kv_block keys a tile; codegen/cuda's CgCudaAttnForm). A tuned op also carries tile_schedule, the
- * database's measurements per token bucket, from which the executor picks per call (schedule.c).
+ * attention gets its key block (kv_block) the same way, on a GPU the database's kernel form (tile_m
+ * queries a block, tile_n threads a query, kv_block keys a tile; codegen/cuda's CgCudaAttnForm). A
+ * tuned op also carries tile_schedule, the database's measurements per token bucket, from which the
+ * executor picks per call (schedule.c).
  * Shapes are already compile-time constants in the types. And the residual add feeding an RMSNorm
  * becomes one add_rms_norm, which writes the sum and its normalisation in one pass over the row. */
 #include "passes/passes.h"
@@ -101,17 +102,19 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
 }
 
 /* Attention's key block on the CPU: 16 by the rule, else the database's. On a GPU its kernel's form
- * near 512 tokens: by the CUDA executor's rule the tiled kernel, 64 queries a block, 4 threads each,
- * key tiles of 32 (16 above head_dim 128); else the database's. */
+ * near 512 tokens: the database's (its entries keyed by the model's dtype, tune_attention_dtype: 16-bit
+ * models have a tensor-core form, tile_n 16 with tc), else the CUDA executor's rule decides per T (codegen/cuda,
+ * cg_cuda_attention_rule; tile_src "rule", no form recorded). */
 static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
 {
     bool gpu = o->target != TARGET_CPU;
     int64_t H = ir_attr_int(i, "heads"), hd = i->in[0]->type.dims[1] / H;
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    int n = db_entries(o->tuning, "attention", DT_F32, H, hd, ir_attr_int(i, "kv_heads"), found);
+    int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, H, hd, ir_attr_int(i, "kv_heads"),
+                       found);
     const TuneEntry *rep = representative(found, n);
-    TuneConfig c = rep ? rep->best : gpu ? (TuneConfig){.tile_m = 64, .tile_n = 4} : (TuneConfig){.kv_block = 16};
-    if (gpu) {
+    TuneConfig c = rep ? rep->best : (TuneConfig){.kv_block = 16};
+    if (gpu && rep) {
         ir_attr_set_int(m, i, "tile_m", c.tile_m);
         ir_attr_set_int(m, i, "tile_n", c.tile_n);
     }

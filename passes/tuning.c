@@ -62,16 +62,16 @@ static bool parse_number(const yaml_node_t *nd, double *out)
 static bool config_fits(const char *op, const TuneConfig *c)
 {
     if (!op[0]) return true; /* the op was reported already */
-    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma);
+    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && !c->tc;
     return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 &&
-           (c->kv_block > 0 || c->tile_m > 0);
+           (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0);
 }
 
 static const char *config_expected(const char *op)
 {
     return !op[0] || tune_op_is_gemm(op)
                ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg)"
-               : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB]";
+               : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB][/tc]";
 }
 
 /* ---- mappings with a fixed key list ------------------------------------------------------------ */
@@ -487,9 +487,9 @@ int tune_db_gpu_schedules(const TuneDb *db, const IrModule *m, const char *sched
         while (i && i->op != ops[kind]) i = i->next;
         if (!i) continue;
         /* the key: the weight's shape, as on the CPU (route: its first matrix, one group); attention's
-         * heads, head_dim, kv_heads (f32) */
+         * heads, head_dim, kv_heads and its activations' dtype (16-bit: a tensor-core form) */
         const IrValue *w = kind == 2 ? NULL : i->in[kind == 0 ? 3 : kind == 1 ? 5 : 1];
-        moe_dtype dt = w ? w->type.dtype : DT_F32;
+        moe_dtype dt = w ? w->type.dtype : tune_attention_dtype(i);
         int64_t n = w ? w->type.dims[0] : ir_attr_int(i, "heads"), k = w ? w->type.dims[1] : i->in[0]->type.dims[1] / n;
         int64_t groups = kind == 3 ? 1 : ir_attr_int(i, w ? "experts" : "kv_heads");
         const TuneEntry *found[TILE_MAX_BUCKETS];

@@ -64,6 +64,8 @@ typedef struct TuneConfig {
     int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
     int split;                   /* GPU: split-K ways of the grouped down-projection          */
     int tma;                     /* GPU: 1 = wgmma's W tiles by the TMA                       */
+    int tc;                      /* GPU: 1 = attention's tensor-core form (tile_m queries a
+                                    block, tile_n 16 a warp; 16-bit models)                   */
 } TuneConfig;
 
 typedef struct TuneMeasure {
@@ -73,7 +75,7 @@ typedef struct TuneMeasure {
 
 typedef struct TuneEntry {
     char op[24];                 /* "linear", "route", "grouped_up", "grouped_down", "attention" */
-    moe_dtype dtype;             /* of the weights (attention: f32, the activations)          */
+    moe_dtype dtype;             /* of the weights (attention: the model's; CPU entries f32)     */
     int64_t n, k, groups;        /* see the file format above                                 */
     int64_t tokens;              /* the token bucket measured */
     TuneConfig best;
@@ -101,6 +103,11 @@ bool tune_config_parse(const char *text, TuneConfig *c);
 bool tune_config_equal(const TuneConfig *a, const TuneConfig *b);
 /* Is op one of the GEMM ops (linear, route, grouped_up, grouped_down)? */
 bool tune_op_is_gemm(const char *op);
+/* An attention instruction's model dtype, that of its queries' projection's weights (after
+ * widen-activations its activations are f32): the dtype of its GPU entries (16-bit models have a
+ * tensor-core form); DT_F32 when no linear feeds it. */
+struct IrInstr;
+moe_dtype tune_attention_dtype(const struct IrInstr *i);
 
 bool tune_db_load(const char *path, TuneDb *db, Diag *d);
 bool tune_db_load_string(const char *text, size_t len, TuneDb *db, Diag *d); /* the same from text */

@@ -15,8 +15,8 @@
  *    is timed with CUDA events (median after warm-up). Then each bucket's winner runs with deeper
  *    cp.async rings (4, 5 stages) and, for the down-projection, with k split 2, 4 and 8 ways (split-K:
  *    more blocks where the token count leaves SMs idle). Attention's forms (CgCudaAttnForm: the
- *    per-query kernel's warps, the tiled kernel's queries per block, threads per query and key tile)
- *    run the same way, T queries at the end of a context of 512 positions (the model's logits
+ *    per-query kernel's warps and key splits, the tiled kernel's queries per block, threads per query
+ *    and key tile, for 16-bit models the tensor-core kernel's queries and key tile) run the same way, T queries at the end of a context of 512 positions (the model's logits
  *    checked, the attention timed). The winners go to a GPU tuning database
  *    (passes/tuning.h) that `run` and `bench` with --device cuda read, per token count.
  * Without a GPU the command stops after step 1 with an error: nothing is written. */
@@ -49,7 +49,7 @@ typedef struct {
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 48 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 12 + 36 forms */
+enum { MAX_CANDS = 56 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 12 + 36 + 8 forms */
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -160,8 +160,9 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
 }
 
 /* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps (its keys in 1,
- * 8 or 32 splits; the rule's: cg_cuda_attention_splits) and the tiled one with {16, 32, 64, 128}
- * queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64}, generated, compiled and checked as the
+ * 8 or 32 splits; the rule's: cg_cuda_attention_splits), the tiled one with {16, 32, 64, 128}
+ * queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64} and, for 16-bit models, the tensor-core
+ * one with {16, 32, 64, 128} queries x key tiles {64, 32}, generated, compiled and checked as the
  * GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
 static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, char *err, size_t errlen)
 {
@@ -171,6 +172,8 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     int n_list = 0;
     for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++)
         for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k]};
+    for (size_t a = 0; a < MOE_ARRAY_LEN(bqs) && d->wdtype != DT_F32; a++) /* tensor cores: 16-bit models */
+        for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 32 : 0};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(tpqs); b++)
             for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++) list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k]};
@@ -179,7 +182,7 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     for (int q = 0; q < n_list; q++) {
         const CgCudaAttnForm *f = &list[q];
         GpuCand *c = &out[q];
-        *c = (GpuCand){.c = {.tile_m = f->bq, .tile_n = f->tpq, .kv_block = f->bkv}, .ok = true, .threads = f->bq * f->tpq};
+        *c = (GpuCand){.c = cuda_attn_config(f), .ok = true, .threads = f->tpq ? f->bq * f->tpq : 2 * f->bq};
         char why[512], sym[600];
         char *src = cg_cuda_attention_source(d, f, why, sizeof why);
         if (!src) {
@@ -425,7 +428,7 @@ static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int3
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
                      .no_fuse = true}; /* the forms alone: the rule's router would do the combine too */
-    if (c && kind == FORM_ATTENTION) o.attn = (CgCudaAttnForm){c->tile_m, c->tile_n, c->kv_block};
+    if (c && kind == FORM_ATTENTION) o.attn = cuda_attn_form(c);
     if (c && kind == FORM_ROUTE) o.route[0] = c->tile_m, o.route[1] = c->tile_n, o.route[2] = (int)c->kc;
     int step = kind == FORM_ATTENTION ? L->att_step : L->route_step;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
@@ -494,10 +497,10 @@ static bool tune_attention(GpuLayer *L, int64_t T, TuneDb *db, RtError *err)
     if (P < T) P = T;
     for (int64_t t = P - T; t < P; t++) keys += t + 1;
     double flop = 4.0 * (double)keys * (double)L->att.heads * (double)L->att.head_dim; /* q.k and p.v */
-    TuneEntry e = {.dtype = DT_F32, .n = L->att.heads, .k = L->att.head_dim, .groups = L->att.kv_heads, .tokens = T};
+    TuneEntry e = {.dtype = L->att.wdtype, .n = L->att.heads, .k = L->att.head_dim, .groups = L->att.kv_heads, .tokens = T};
     snprintf(e.op, sizeof e.op, "attention");
     CgCudaAttnForm rf = cg_cuda_attention_rule(&L->att, T);
-    TuneConfig rc = {.tile_m = rf.bq, .tile_n = rf.tpq, .kv_block = rf.bkv};
+    TuneConfig rc = cuda_attn_config(&rf);
     return tune_forms(L, FORM_ATTENTION, &e, &rc, L->att_cand, L->n_att, attention_usable, P, flop, db, err);
 }
 
@@ -552,7 +555,7 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     L->att_step = bench_instr_index(L->m, IR_OP_ATTENTION, -1);
     const IrInstr *ai = L->m->first;
     for (int k = 0; k < L->att_step; k++) ai = ai->next;
-    if (L->att_step < 0 || !cg_op_desc_for(ai, &L->att)) L->att_step = -1; /* (no attention: nothing to tune) */
+    if (L->att_step < 0 || !cuda_attention_desc(ai, &L->att)) L->att_step = -1; /* (no attention: nothing to tune) */
     if (L->step[0] >= 0 && L->step[1] >= 0) return true;
     fprintf(stderr, "moeppc tune: error: %s has no grouped expert GEMMs to tune\n", a->spec);
     return false;

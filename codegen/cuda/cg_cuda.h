@@ -56,8 +56,12 @@
  *                  cg_cuda_attention_*): a block per BQ consecutive queries and head, TPQ threads a
  *                  query (dimensions strided by TPQ), tiles of BKV keys and values staged in shared
  *                  memory once for all the block's queries, the same online softmax (its arguments
- *                  the first six only: the KV store runs before it). Both kernels' shapes are a
- *                  CgCudaAttnForm (the tuner's knobs; the rule's below).
+ *                  the first six only: the KV store runs before it). For 16-bit models (d->wdtype
+ *                  bf16/f16: the model's, activations stay f32) its tensor-core form: a warp per 16
+ *                  queries on mma.sync m16n8k16, q, k, v and the softmax's weights rounded to the
+ *                  model's type, scores, softmax and sums in f32 (SEMANTICS.md §4), the same six
+ *                  arguments. The kernels' shapes are a CgCudaAttnForm (the tuner's knobs; the
+ *                  rule's below).
  *   SWIGLU, ADD   (long long T, const float *a, const float *b, float *out)           grid-stride
  *   SCALE, TANH   (long long T, const float *x, float *out)                           grid-stride
  *   ROUTE_POST    (long long T, const float *z0, const float *g, float *logits, const float *alpha_logits,
@@ -81,9 +85,11 @@
 #define CG_CUDA_ATTN_SPLIT_MAX 32
 /* An attention kernel's shape: bq >= 2: the tiled kernel, bq queries a block, tpq threads a query (a
  * power of two up to 32; bq x tpq whole warps, at most 1024), key/value tiles of bkv rows (0: 32, or
- * 16 above head_dim 128; at most 48 KB of shared memory for both); bq = 1: the per-query kernel,
- * tpq = 32 x its warps, bkv its key splits (0 or 1: none; at most CG_CUDA_ATTN_SPLIT_MAX). As a tuning
- * configuration: bq x tpq [/kv bkv]. */
+ * 16 above head_dim 128; at most 48 KB of shared memory for both); tpq = 0: its tensor-core form
+ * (16-bit models, head_dim a multiple of 16 up to 128), bq 16..128 queries (16 a warp), key tiles of
+ * bkv (0: 64; a multiple of 16 up to 128, within 48 KB); bq = 1: the per-query kernel, tpq = 32 x its
+ * warps, bkv its key splits (0 or 1: none; at most CG_CUDA_ATTN_SPLIT_MAX). As a tuning configuration
+ * (cuda_attn_config): bq x tpq [/kv bkv], the tensor-core form bq x 16 [/kv bkv]/tc. */
 typedef struct CgCudaAttnForm {
     int bq, tpq, bkv;
 } CgCudaAttnForm;
@@ -91,7 +97,8 @@ typedef struct CgCudaAttnForm {
  * CG_CUDA_ATTN_SPLIT_BLOCKS (a power of two, 1..CG_CUDA_ATTN_SPLIT_MAX). */
 int cg_cuda_attention_splits(const CgOpDesc *d);
 /* The rule's form for T tokens: per query (4 warps, cg_cuda_attention_splits) below
- * CG_CUDA_ATTN_TILED_MIN_T, else tiled 64 x 4. */
+ * CG_CUDA_ATTN_TILED_MIN_T, else tiled 64 queries a block: on tensor cores where the form allows
+ * (16-bit models), else 4 threads a query. */
 CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T);
 /* The rule's forms keep their names (the per-query one is the ATTENTION op's, cg_cuda_op_symbol). */
 void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);

@@ -244,14 +244,10 @@ int cg_cuda_attention_splits(const CgOpDesc *d)
     return s;
 }
 
-CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
-{
-    return T < CG_CUDA_ATTN_TILED_MIN_T ? (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)}
-                                        : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
-}
 
 static int attn_bkv(const CgOpDesc *d, const CgCudaAttnForm *f)
 {
+    if (f->tpq == 0) return f->bkv ? f->bkv : 64;         /* tensor cores: 16-bit tiles */
     return f->bkv ? f->bkv : d->head_dim <= 128 ? 32 : 16; /* 2 x BKV x HD floats: at most 32 KB */
 }
 
@@ -259,6 +255,11 @@ void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *
 {
     if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS && f->bkv == cg_cuda_attention_splits(d)) {
         cg_cuda_op_symbol(d, out, n);
+        return;
+    }
+    if (f->bq > 1 && f->tpq == 0) {
+        snprintf(out, n, "moeppc_cu_attention_mma_%s_h%lld_kv%lld_hd%lld_q%d_b%d", dtype_name(d->wdtype),
+                 (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, attn_bkv(d, f));
         return;
     }
     int w = snprintf(out, n, "moeppc_cu_attention_%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
@@ -271,16 +272,142 @@ void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *
 static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
 {
     const char *why = NULL;
-    bool pow2 = f->tpq > 0 && (f->tpq & (f->tpq - 1)) == 0;
+    bool pow2 = f->tpq > 0 && (f->tpq & (f->tpq - 1)) == 0, tc = f->bq != 1 && f->tpq == 0; /* tc: tensor cores */
     if (d->kind != CG_OP_ATTENTION) why = "not an attention op";
     else if (f->bq == 1 && (f->tpq % 32 || f->tpq < 32 || f->tpq > 1024 || f->bkv < 0 || f->bkv > CG_CUDA_ATTN_SPLIT_MAX))
         why = "per-query form: 32..1024 threads, whole warps, 0..32 key splits";
-    else if (f->bq != 1 && (f->bq < 2 || !pow2 || f->tpq > 32 || (f->bq * f->tpq) % 32 || f->bq * f->tpq > 1024))
+    else if (tc && d->wdtype != DT_BF16 && d->wdtype != DT_F16)
+        why = "tensor-core form: 16-bit models only (f32 ones keep f32 math)";
+    else if (tc && (d->head_dim % 16 || d->head_dim > 128)) why = "tensor-core form: head_dim a multiple of 16 up to 128";
+    else if (tc && (f->bq < 16 || f->bq > 128 || f->bq % 16 || f->bkv < 0 || f->bkv % 16 || f->bkv > 128 ||
+                    2L * attn_bkv(d, f) * (d->head_dim + 8) + 2L * d->head_dim * (attn_bkv(d, f) + 8) + 4 > 48 * 1024))
+        why = "tensor-core form: 16..128 queries a block (16 a warp), key tiles of 16..128 (a multiple of 16) within 48 KB";
+    else if (!tc && f->bq != 1 && (f->bq < 2 || !pow2 || f->tpq > 32 || (f->bq * f->tpq) % 32 || f->bq * f->tpq > 1024))
         why = "tiled form: 2 or more queries a block, a power of two up to 32 threads each, whole warps up to 1024";
-    else if (f->bq != 1 && (f->bkv < 0 || f->bkv > 256 || 2L * attn_bkv(d, f) * d->head_dim * 4 > 48 * 1024))
-        why = "tiled form: key tiles of 1..256 rows within 48 KB of shared memory";
+    else if (!tc && f->bq != 1 && (f->bkv < 0 || f->bkv > 256 || 2L * attn_bkv(d, f) * d->head_dim * 4 + 4 > 48 * 1024))
+        why = "tiled form: key tiles of 1..256 rows within 48 KB of shared memory";  /* (+ the block's key count) */
     if (why) snprintf(err, errlen, "cuda attention %dx%d/kv%d: %s", f->bq, f->tpq, f->bkv, why);
     return why == NULL;
+}
+
+CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
+{
+    if (T < CG_CUDA_ATTN_TILED_MIN_T) return (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)};
+    CgCudaAttnForm tc = {CG_CUDA_ATTN_BQ, 0, 0};
+    char unused[256];
+    return attn_form_check(d, &tc, unused, sizeof unused) ? tc : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
+}
+
+/* Prefill attention on tensor cores (16-bit models; tpq = 0): a block per BQ consecutive queries of one
+ * head, a warp per 16 of them (mma.sync m16n8k16, f32 accumulators). The queries are the warp's A
+ * fragments, rounded to the model's 16-bit type once; each tile of BKV keys is staged in shared
+ * memory rounded so too, K row-major and V transposed (both B operands then read as pairs of k). S =
+ * Q K^T in f32, scaled and masked past each query's position, the online softmax of SEMANTICS.md in
+ * f32 on the accumulator fragments (a row's four threads agree through shuffles), P rounded to 16
+ * bits straight from S's fragments as A of O += P V. Rows of shared memory padded by 8 elements: the
+ * fragments' reads fall in distinct banks. */
+static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm *f, const char *name)
+{
+    bool bf = d->wdtype == DT_BF16;
+    cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
+                 "#define BQ %d\n#define BKV %d\n#define NT (BQ * 2)\n#define KS (HD + 8)\n#define VS (BKV + 8)\n"
+                 "#define PACK %s\n#define mma %s\n",
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, attn_bkv(d, f),
+              bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
+    cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    cb_printf(b,
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
+        "                                const float *vc, const int *pos, float *out) {\n"
+        "    PDL_ENTRY();\n"
+        "    __shared__ __align__(16) u16 ks[BKV * KS], vt[HD * VS];\n"
+        "    __shared__ int nmax;\n"
+        "    int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, c = lane & 3, h = blockIdx.y, kvh = h / GROUP;\n"
+        "    long long ta = (long long)blockIdx.x * BQ + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
+        "    int na = ta < T ? pos[ta] + 1 : 0, nb = tb < T ? pos[tb] + 1 : 0;  /* their keys: 0..n-1 */\n"
+        "    if (tid == 0) nmax = 0;\n"
+        "    __syncthreads();\n"
+        "    if (na > 0 || nb > 0) atomicMax(&nmax, na > nb ? na : nb);\n"
+        "    __syncthreads();\n"
+        "    const int N = nmax;\n"
+        "    const float *qa_ = q + ta * (HEADS * HD) + h * HD, *qb_ = q + tb * (HEADS * HD) + h * HD;\n"
+        "    u32 qf[HD / 16][4];\n"
+        "#pragma unroll\n"
+        "    for (int kk = 0; kk < HD / 16; kk++) {\n"
+        "        int d0 = 16 * kk + 2 * c, d1 = d0 + 8;\n"
+        "        qf[kk][0] = ta < T ? PACK(qa_[d0], qa_[d0 + 1]) : 0u, qf[kk][1] = tb < T ? PACK(qb_[d0], qb_[d0 + 1]) : 0u;\n"
+        "        qf[kk][2] = ta < T ? PACK(qa_[d1], qa_[d1 + 1]) : 0u, qf[kk][3] = tb < T ? PACK(qb_[d1], qb_[d1 + 1]) : 0u;\n"
+        "    }\n"
+        "    float o[HD / 8][4];\n"
+        "#pragma unroll\n"
+        "    for (int dn = 0; dn < HD / 8; dn++) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;\n"
+        "    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;  /* row max, this thread's part of the sum */\n"
+        "    for (int j0 = 0; j0 < N; j0 += BKV) {\n"
+        "        __syncthreads();  /* the last tile is consumed */\n"
+        "        for (int x = tid; x < BKV * (HD / 2); x += NT) {  /* a pair of dimensions of one key a thread */\n"
+        "            int r = x / (HD / 2), dd = 2 * (x %% (HD / 2));\n"
+        "            long long j = j0 + r, at = j * (KVH * HD) + kvh * HD + dd;\n"
+        "            bool in = j < N;\n"
+        "            *(u32 *)&ks[r * KS + dd] = PACK(in ? kc[at] : 0.0f, in ? kc[at + 1] : 0.0f);\n"
+        "            u32 v2 = PACK(in ? vc[at] : 0.0f, in ? vc[at + 1] : 0.0f);\n"
+        "            vt[dd * VS + r] = (u16)v2, vt[(dd + 1) * VS + r] = (u16)(v2 >> 16);\n"
+        "        }\n"
+        "        __syncthreads();\n"
+        "        float sf[BKV / 8][4];  /* S = Q K^T: key n-tiles of 8 */\n"
+        "#pragma unroll\n"
+        "        for (int nt = 0; nt < BKV / 8; nt++) {\n"
+        "            sf[nt][0] = sf[nt][1] = sf[nt][2] = sf[nt][3] = 0.0f;\n"
+        "            const u16 *kr = ks + (nt * 8 + g) * KS + 2 * c;\n"
+        "#pragma unroll\n"
+        "            for (int kk = 0; kk < HD / 16; kk++) {\n"
+        "                u32 bk[2] = {*(const u32 *)(kr + 16 * kk), *(const u32 *)(kr + 16 * kk + 8)};\n"
+        "                mma(sf[nt], qf[kk], bk);\n"
+        "            }\n"
+        "        }\n"
+        "        float xa = ma, xb = mb;\n"
+        "#pragma unroll\n"
+        "        for (int nt = 0; nt < BKV / 8; nt++)\n"
+        "#pragma unroll\n"
+        "            for (int e = 0; e < 2; e++) {\n"
+        "                int j = j0 + nt * 8 + 2 * c + e;\n"
+        "                sf[nt][e] = j < na ? sf[nt][e] * SCALE : -INFINITY;\n"
+        "                sf[nt][2 + e] = j < nb ? sf[nt][2 + e] * SCALE : -INFINITY;\n"
+        "                xa = fmaxf(xa, sf[nt][e]), xb = fmaxf(xb, sf[nt][2 + e]);\n"
+        "            }\n"
+        "        xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1)), xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));\n"
+        "        xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1)), xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));\n"
+        "        float ba = xa == -INFINITY ? 0.0f : xa, bb = xb == -INFINITY ? 0.0f : xb;  /* (a row with no key yet) */\n"
+        "        float ca = expf(ma - ba), cb = expf(mb - bb);\n"
+        "        ma = xa, mb = xb, la *= ca, lb *= cb;\n"
+        "#pragma unroll\n"
+        "        for (int dn = 0; dn < HD / 8; dn++) o[dn][0] *= ca, o[dn][1] *= ca, o[dn][2] *= cb, o[dn][3] *= cb;\n"
+        "#pragma unroll\n"
+        "        for (int nt = 0; nt < BKV / 8; nt++)\n"
+        "#pragma unroll\n"
+        "            for (int e = 0; e < 2; e++) {\n"
+        "                sf[nt][e] = expf(sf[nt][e] - ba), sf[nt][2 + e] = expf(sf[nt][2 + e] - bb);\n"
+        "                la += sf[nt][e], lb += sf[nt][2 + e];\n"
+        "            }\n"
+        "#pragma unroll\n"
+        "        for (int kk = 0; kk < BKV / 16; kk++) {  /* O += P V: P's A fragments are S's accumulators */\n"
+        "            u32 pf[4] = {PACK(sf[2 * kk][0], sf[2 * kk][1]), PACK(sf[2 * kk][2], sf[2 * kk][3]),\n"
+        "                         PACK(sf[2 * kk + 1][0], sf[2 * kk + 1][1]), PACK(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};\n"
+        "#pragma unroll\n"
+        "            for (int dn = 0; dn < HD / 8; dn++) {\n"
+        "                const u16 *vr = vt + (dn * 8 + g) * VS + 16 * kk + 2 * c;\n"
+        "                u32 bv[2] = {*(const u32 *)vr, *(const u32 *)(vr + 8)};\n"
+        "                mma(o[dn], pf, bv);\n"
+        "            }\n"
+        "        }\n"
+        "    }\n"
+        "    la += __shfl_xor_sync(0xffffffffu, la, 1), la += __shfl_xor_sync(0xffffffffu, la, 2);\n"
+        "    lb += __shfl_xor_sync(0xffffffffu, lb, 1), lb += __shfl_xor_sync(0xffffffffu, lb, 2);\n"
+        "    float *oa = out + ta * (HEADS * HD) + h * HD + 2 * c, *ob = out + tb * (HEADS * HD) + h * HD + 2 * c;\n"
+        "#pragma unroll\n"
+        "    for (int dn = 0; dn < HD / 8; dn++) {\n"
+        "        if (ta < T) oa[dn * 8] = o[dn][0] / la, oa[dn * 8 + 1] = o[dn][1] / la;\n"
+        "        if (tb < T) ob[dn * 8] = o[dn][2] / lb, ob[dn * 8 + 1] = o[dn][3] / lb;\n"
+        "    }\n"
+        "}\n", name);
 }
 
 char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
@@ -292,6 +419,10 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
     cb_prelude(&b, DT_F32);
     if (f->bq == 1) {
         emit_attention(&b, d, name, f->tpq / 32, f->bkv);
+        return b.s;
+    }
+    if (f->tpq == 0) {
+        emit_attention_mma(&b, d, f, name);
         return b.s;
     }
     cb_printf(&b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
@@ -362,7 +493,7 @@ void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_
     int64_t rows = T > 0 ? T : 1;
     grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads;
     grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)f->bkv : 1;
-    block[0] = (unsigned)(f->bq * f->tpq), block[1] = block[2] = 1;
+    block[0] = (unsigned)(f->tpq ? f->bq * f->tpq : f->bq * 2), block[1] = block[2] = 1; /* (tensor cores: 16 queries a warp) */
 }
 
 static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)

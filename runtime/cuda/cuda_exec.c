@@ -613,7 +613,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
     int64_t kvc = cols(i->in[1]);
-    MOE_ASSERT(cg_op_desc_for(i, &st->d));
+    MOE_ASSERT(cuda_attention_desc(i, &st->d));
     char sym[128];
     cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
@@ -641,7 +641,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     for (int b = 0; b < a->sched.n; b++)
         for (int c = 0; c < a->sched.b[b].n; c++) {
             const TuneConfig *t = &a->sched.b[b].c[c];
-            CgCudaAttnForm f = {t->tile_m, t->tile_n, t->kv_block};
+            CgCudaAttnForm f = cuda_attn_form(t);
             bool have = false;
             for (int j = 0; j < a->n; j++) have |= !memcmp(&a->f[j], &f, sizeof f);
             if (have) continue;
@@ -1357,7 +1357,7 @@ static bool run_attention(const Run *r, const Step *st)
     if (at && !at->sched.n) f = at->f[0], kern = at->k[0];
     if (at && at->sched.n) { /* the database's form for this T */
         TuneConfig c = tile_schedule_pick(&at->sched, r->T);
-        CgCudaAttnForm want = {c.tile_m, c.tile_n, c.kv_block};
+        CgCudaAttnForm want = cuda_attn_form(&c);
         for (int j = 0; j < at->n; j++)
             if (!memcmp(&at->f[j], &want, sizeof want)) f = want, kern = at->k[j];
     }

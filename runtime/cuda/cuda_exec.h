@@ -22,6 +22,7 @@
 
 #include "codegen/cuda/cg_cuda.h"
 #include "ir/ir.h"
+#include "passes/tuning.h"
 #include "runtime/runtime.h"
 
 #include <stdbool.h>
@@ -125,6 +126,27 @@ typedef struct CudaOptions {
 } CudaOptions;
 
 typedef struct CudaModel CudaModel;
+
+/* Attention instruction i's kernel descriptor for the GPU: its wdtype the model's (tune_attention_dtype;
+ * 16-bit ones take the tensor-core prefill form). False when i is not one. */
+static inline bool cuda_attention_desc(const IrInstr *i, CgOpDesc *d)
+{
+    if (!cg_op_desc_for(i, d) || d->kind != CG_OP_ATTENTION) return false;
+    d->wdtype = tune_attention_dtype(i);
+    return true;
+}
+
+/* An attention form as a tuning configuration (passes/tuning.h: QxP[/kvB], the tensor-core form
+ * Qx16[/kvB]/tc) and back. */
+static inline TuneConfig cuda_attn_config(const CgCudaAttnForm *f)
+{
+    return (TuneConfig){.tile_m = f->bq, .tile_n = f->tpq ? f->tpq : 16, .kv_block = f->bkv, .tc = f->tpq == 0};
+}
+
+static inline CgCudaAttnForm cuda_attn_form(const TuneConfig *c)
+{
+    return (CgCudaAttnForm){c->tile_m, c->tc ? 0 : c->tile_n, c->kv_block};
+}
 
 /* The fused router's descriptor for moe.route instruction i (CgCudaRouteFused, 256 threads); false
  * when its weights are of mixed dtypes (no fused kernel). wc_table: weights used in place. */

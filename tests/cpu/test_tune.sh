@@ -66,7 +66,7 @@ if "$MOEPPC" emit "$SPEC" --emit cuda --target sm_80 -o "$WORK/cu" > /dev/null 2
     echo "  - {op: grouped_up, dtype: bf16, n: 64, k: 64, groups: 4, tokens: 64, best: 64x64/kc32, measured: {64x64/kc32: 3.0, 32x64/kc16: 1.5}}"
     echo "  - {op: grouped_up, dtype: bf16, n: 64, k: 64, groups: 4, tokens: 512, best: 32x64/kc16, measured: {64x64/kc32: 1.0, 32x64/kc16: 2.0}}"
     echo "  - {op: grouped_down, dtype: bf16, n: 64, k: 32, groups: 4, tokens: 512, best: 64x32/kc32, measured: {64x64/kc32: 1.0, 64x32/kc32: 2.0}}"
-    echo "  - {op: attention, dtype: f32, n: 4, k: 16, groups: 4, tokens: 512, best: 32x8/kv16, measured: {64x4: 1.0, 32x8/kv16: 2.0}}"
+    echo "  - {op: attention, dtype: bf16, n: 4, k: 16, groups: 4, tokens: 512, best: 32x8/kv16, measured: {64x4: 1.0, 32x8/kv16: 2.0}}"
     echo "  - {op: route, dtype: bf16, n: 64, k: 64, groups: 1, tokens: 1, best: 1x512, measured: {1x256: 1.0, 1x512: 2.0}}"
   } > "$WORK/gpudb.yaml"
   run "$MOEPPC" build "$BF" --target sm_80 --tuning "$WORK/gpudb.yaml" --keep-temps -o "$WORK/gpumodel" > "$WORK/gpubuild.out" 2>&1

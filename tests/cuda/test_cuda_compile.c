@@ -254,13 +254,37 @@ static void test_attention_forms_compile(void **state)
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
     }
-    static const CgCudaAttnForm bad[] = {{1, 48, 0}, {1, 64, 33}, {16, 3, 0}, {4, 4, 0}, {64, 32, 0}, {32, 4, 64}};
+    static const CgCudaAttnForm bad[] = {{1, 48, 0}, {1, 64, 33}, {16, 3, 0}, {4, 4, 0}, {64, 32, 0}, {32, 4, 64},
+                                         {64, 0, 0} /* tensor cores: not for f32 models */};
     for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++) {
         char err[512];
         assert_null(cg_cuda_attention_source(&d, &bad[k], err, sizeof err));
         assert_non_null(strstr(err, "cuda attention"));
         printf("%s\n", err);
     }
+    /* the 7B's head of 96, bf16: the tensor-core forms compile; key tiles whose shared memory and the
+     * block's key count pass 48 KB are refused (64 rows of K and V in f32 are 48 KB alone: NVRTC
+     * refused that kernel, which stopped the tuner) */
+    CgOpDesc d96 = {.kind = CG_OP_ATTENTION, .cols = 16 * 96, .heads = 16, .kv_heads = 16, .head_dim = 96, .wdtype = DT_BF16};
+    static const CgCudaAttnForm good96[] = {{64, 0, 0}, {128, 0, 32}, {16, 0, 16}, {64, 4, 32}};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(good96); k++) {
+        char sym[600], err[512];
+        cg_cuda_attention_symbol(&d96, &good96[k], sym, sizeof sym);
+        char *src = cg_cuda_attention_source(&d96, &good96[k], err, sizeof err);
+        assert_non_null(src);
+        for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
+        free(src);
+    }
+    CgCudaAttnForm tc = cg_cuda_attention_rule(&d96, 512);
+    assert_int_equal(tc.tpq, 0); /* the rule's prefill form for a 16-bit model: tensor cores */
+    static const CgCudaAttnForm bad96[] = {{64, 4, 64}, {16, 2, 64}, {64, 0, 128}, {8, 0, 0}, {64, 0, 24}};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(bad96); k++) {
+        char err[512];
+        assert_null(cg_cuda_attention_source(&d96, &bad96[k], err, sizeof err));
+        printf("%s\n", err);
+    }
+    d96.head_dim = 130, d96.cols = 16 * 130; /* not a multiple of 16: the rule keeps the f32 tiled form */
+    assert_int_equal(cg_cuda_attention_rule(&d96, 512).tpq, 4);
 }
 
 /* Every kernel starts with the programmatic-dependent-launch wait: griddepcontrol in its sm_90 PTX,

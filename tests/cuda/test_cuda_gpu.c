@@ -513,8 +513,13 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
     float *got = xmalloc((size_t)(T * qc) * 4);
     double *want = xcalloc((size_t)(T * qc), 8), *sc = xmalloc((size_t)P * 8);
     int32_t *pos = xmalloc((size_t)T * 4);
+    /* with head_dim a multiple of 16 the tensor-core forms run too: inputs that bf16 (and f16) hold
+     * exactly, so that only their P's rounding to 16 bits departs from the f64 reference */
+    bool tc = HD % 16 == 0 && HD <= 128;
     for (int64_t i = 0; i < T * qc; i++) q[i] = (float)(rng_uniform(&r) * 2 - 1);
     for (int64_t i = 0; i < P * kvc; i++) kc[i] = (float)(rng_uniform(&r) * 2 - 1), vc[i] = (float)(rng_uniform(&r) * 2 - 1);
+    for (int64_t i = 0; tc && i < T * qc; i++) q[i] = (float)dtype_round(DT_BF16, q[i]);
+    for (int64_t i = 0; tc && i < P * kvc; i++) kc[i] = (float)dtype_round(DT_BF16, kc[i]), vc[i] = (float)dtype_round(DT_BF16, vc[i]);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(P0 + t);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
@@ -539,18 +544,26 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
     long long TT = T;
     /* the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query, keys in 1 to 32
      * splits; tiled with 1 to 32 threads a query, several key tiles and the last partial */
+    /* ... and for 16-bit models (bf16, f16: d16) the tensor-core forms, the rule's first */
+    CgOpDesc d16[2] = {d, d};
+    d16[0].wdtype = DT_BF16, d16[1].wdtype = DT_F16;
     const CgCudaAttnForm forms[] = {cg_cuda_attention_rule(&d, 1), cg_cuda_attention_rule(&d, CG_CUDA_ATTN_TILED_MIN_T),
-                                    {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4}};
-    for (size_t k = 0; k < MOE_ARRAY_LEN(forms); k++) {
+                                    {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4},
+                                    cg_cuda_attention_rule(&d16[0], CG_CUDA_ATTN_TILED_MIN_T), {16, 0, 16}, {128, 0, 32},
+                                    cg_cuda_attention_rule(&d16[1], CG_CUDA_ATTN_TILED_MIN_T), {32, 0, 48}};
+    const int n16 = 5, n_forms = (int)MOE_ARRAY_LEN(forms) - (tc ? 0 : n16);
+    for (int k = 0; k < n_forms; k++) {
         const CgCudaAttnForm *f = &forms[k];
+        const CgOpDesc *dd = k < n_forms - n16 || !tc ? &d : &d16[k >= (int)MOE_ARRAY_LEN(forms) - 2];
+        if (tc && k == (int)MOE_ARRAY_LEN(forms) - n16) assert_int_equal(f->tpq, 0); /* the rule's at 16 bits */
         char sym[600], err[256];
-        cg_cuda_attention_symbol(&d, f, sym, sizeof sym);
-        char *src = cg_cuda_attention_source(&d, f, err, sizeof err);
+        cg_cuda_attention_symbol(dd, f, sym, sizeof sym);
+        char *src = cg_cuda_attention_source(dd, f, err, sizeof err);
         if (!src) fprintf(stderr, "%s\n", err);
         assert_non_null(src);
         void *fn = kernel(src, sym);
         unsigned g[3], b[3];
-        cg_cuda_attention_launch(&d, f, T, g, b);
+        cg_cuda_attention_launch(dd, f, T, g, b);
         char e[512];
         for (int64_t i = 0; i < T * qc; i++) got[i] = NAN; /* poison: unwritten elements show */
         assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
@@ -559,9 +572,12 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         launch(fn, g, b, 0, args);
         download(got, dout, (size_t)(T * qc) * 4);
         double re = rel_err(got, want, (size_t)(T * qc));
-        printf("attention %dx%d/kv%d T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g\n", f->bq,
-               f->tpq, f->bkv, (long long)T, H, KVH, HD, P0, g[2], re);
-        assert_true(re <= 1e-5);
+        /* P rounded to 16 bits: 2^-9 (bf16), 2^-12 (f16) relative a weight, its errors averaging out */
+        double tol = f->tpq ? 1e-5 : dd->wdtype == DT_BF16 ? 4e-3 : 5e-4;
+        printf("attention %dx%d/kv%d%s T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g (tolerance %.0e)\n",
+               f->bq, f->tpq, f->bkv, f->tpq ? "" : dd->wdtype == DT_BF16 ? " bf16" : " f16", (long long)T, H, KVH, HD, P0,
+               g[2], re, tol);
+        assert_true(re <= tol);
         download(cnt, dcnt, rows * 4); /* every split's count back to zero */
         for (size_t x = 0; x < rows; x++) assert_int_equal(cnt[x], 0);
         if (f->bq == 1 && f->bkv > 1) { /* no room for the splits (part NULL): one block a query and head */
@@ -614,6 +630,10 @@ static void test_attention(void **state)
     attention_case(1, 4, 2, 64, 1000);
     attention_case(1, 2, 1, 36, 2500);
     attention_case(5, 4, 4, 130, 300);
+    /* the tensor-core forms' head sizes: 7B's 96 (GQA, 3 query heads a KV head), 128 and the tiny 16 */
+    attention_case(100, 6, 2, 96, 37);
+    attention_case(70, 2, 2, 128, 200);
+    attention_case(50, 4, 4, 16, 10);
 }
 
 int main(void)

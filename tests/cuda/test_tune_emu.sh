@@ -77,8 +77,9 @@ forced uptile '/op: grouped_up.*tokens: 1,/ s#([0-9]+x[0-9]+/kc[0-9]+): [0-9.]+#
 # a T = 1 down winner split 2 ways: 9 tokens run on that GEMV (T <= 16)
 forced sk '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' 9 "down 1:1x[0-9]+/u[0-9]+/sk2@999.0"
 # attention (tuned after the GEMMs, with what the budget leaves): the per-query kernel's warps and
-# key splits at T = 1 (no tiled form there); at T = 64 forms of both kernels. A database whose T = 64 winner is a
-# tiled form of 8 threads a query and key tiles of 16: 64 tokens run on it
+# key splits at T = 1 (no tiled form there); at T = 64 forms of the three kernels. A database whose
+# T = 64 winner is a tiled form of 8 threads a query and key tiles of 16: 64 tokens run on it; then
+# one whose winner is a tensor-core form
 q='1x[0-9]+(/kv[0-9]+)?: [0-9.]+' # a per-query form (/kv: its key splits)
 grep "op: attention" "$WORK/db.yaml" | grep "tokens: 1," | grep -Eq "measured: \{$q, $q, $q, " ||
   { echo "attention: fewer than 3 per-query forms measured at T = 1"; cat "$WORK/db.yaml"; exit 1; }
@@ -92,6 +93,10 @@ grep "op: attention" "$WORK/db.yaml" | grep "tokens: 64," | grep -Eq '[{ ]1x[0-9
 grep "op: attention" "$WORK/db.yaml" | grep "tokens: 64," | grep -q '16x8/kv16: ' ||
   { echo "attention: 16x8/kv16 not measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
 forced att '/op: attention.*tokens: 64,/ s#(16x8/kv16): [0-9.]+#\1: 999.0#' 64 "; attention 1:1x[0-9]+(/kv[0-9]+)?@[0-9.]+;64:[^;]*16x8/kv16@999.0"
+# a bf16 model's tensor-core forms (the rule's at T = 64 among them): one of them the winner
+grep "op: attention" "$WORK/db.yaml" | grep "tokens: 64," | grep -q '128x16/kv32/tc: ' ||
+  { echo "attention: the tensor-core form 128x16/kv32/tc not measured at T = 64"; cat "$WORK/db.yaml"; exit 1; }
+forced atc '/op: attention.*tokens: 64,/ s#(128x16/kv32/tc): [0-9.]+#\1: 999.0#' 64 "; attention 1:[^;]*;64:[^;]*128x16/kv32/tc@999.0"
 # the router (after attention): fused with 64 .. 1024 threads and the unfused path (at T = 1 on its
 # linears' GEMV: one tile stands for all; at T = 64 several FMA tiles). A database whose T = 64
 # winner is the unfused path on 32x32/kc16 (raised by hand): 64 tokens run on it, routing as the CPU's

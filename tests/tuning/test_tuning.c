@@ -63,7 +63,7 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     e.dtype = dt, e.n = n, e.k = k, e.groups = groups, e.tokens = tokens;
     for (int i = 0; i < n_measured; i++) { /* values with one decimal survive %.1f exactly */
         TuneConfig c = {2 + i, 8 * (n_measured - i), i % 3, i % 4 ? 0 : 128 * i, i % 5 == 1 ? 16 * i : 0, 0,
-                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0, i % 7 == 3};
+                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0, i % 7 == 3, 0};
         if (!strcmp(op, "attention")) c = (TuneConfig){.kv_block = 4 + i};
         e.measured[i] = (TuneMeasure){c, (double)(1000 + 37 * i) / 10.0};
     }
@@ -394,14 +394,17 @@ static void test_gpu_tiles(void **state)
     stranger.n += 8, stranger.tokens = 512, stranger.best.tile_m = 128; /* another shape: not this model's */
     stranger.measured[0].c = stranger.best;
     tune_db_add(&db, &stranger);
-    /* attention: the per-query form at T = 1, a tiled one at 512 (keyed heads, head_dim, kv_heads);
-     * an entry of other heads is not this model's */
+    /* attention: the per-query form at T = 1, a tiled one at 512 (keyed heads, head_dim, kv_heads
+     * and the model's dtype); entries of other heads or of an f32 model are not this model's */
     const IrInstr *att = m->first;
     while (att->op != IR_OP_ATTENTION) att = att->next;
     int64_t H = ir_attr_int(att, "heads"), hd = att->in[0]->type.dims[1] / H, kvh = ir_attr_int(att, "kv_heads");
-    add_one(&db, "attention", DT_F32, H, hd, kvh, 1, (TuneConfig){.tile_m = 1, .tile_n = 64}, 10.0);
-    add_one(&db, "attention", DT_F32, H, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8, .kv_block = 16}, 10.0);
-    add_one(&db, "attention", DT_F32, H + 1, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8}, 10.0);
+    moe_dtype adt = tune_attention_dtype(att); /* the model's (its f32 activations are not the key: */
+    assert_int_equal(adt, DT_BF16);              /* an f32 entry of its shape is another model's)      */
+    add_one(&db, "attention", adt, H, hd, kvh, 1, (TuneConfig){.tile_m = 1, .tile_n = 64}, 10.0);
+    add_one(&db, "attention", adt, H, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8, .kv_block = 16}, 10.0);
+    add_one(&db, "attention", adt, H + 1, hd, kvh, 512, (TuneConfig){.tile_m = 64, .tile_n = 8}, 10.0);
+    add_one(&db, "attention", DT_F32, H, hd, kvh, 64, (TuneConfig){.tile_m = 16, .tile_n = 8}, 10.0);
     /* the router: fused with 128 threads at T = 1, its linears on 32x16/kc16 at 512 (keyed by W1) */
     const IrInstr *route = m->first;
     while (route->op != IR_OP_MOE_ROUTE) route = route->next;
