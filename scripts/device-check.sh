@@ -143,6 +143,8 @@ EOF
       MOEPPC_CUDA_FUSE=0 1
     ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
       MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
+    ab "prefill attention on the f32 tiled form (MOEPPC_CUDA_ATTN_TC=0) against the tensor-core form above" \
+      MOEPPC_CUDA_ATTN_TC=0 512,4096
     ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
     ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
   fi

@@ -614,6 +614,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     const IrInstr *i = st->i;
     int64_t kvc = cols(i->in[1]);
     MOE_ASSERT(cuda_attention_desc(i, &st->d));
+    if (cm->o.no_attn_tc) st->d.wdtype = DT_F32; /* (the rule's prefill form then the f32 tiled one) */
     char sym[128];
     cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));

@@ -104,6 +104,8 @@ typedef struct CudaOptions {
     bool no_attn_split;             /* the per-query attention kernel on one block a query and head,
                                        its keys not split across blocks (MOEPPC_CUDA_ATTN_SPLIT=0: an
                                        A/B of flash-decoding's splits)                             */
+    bool no_attn_tc;                /* a 16-bit model's prefill attention on the f32 tiled form, not
+                                       on tensor cores (MOEPPC_CUDA_ATTN_TC=0: an A/B)              */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
                                        start while the one before it drains (MOEPPC_CUDA_PDL=1; not
@@ -168,14 +170,15 @@ static inline bool cuda_env_on(const char *name)
 }
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
- * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_WGMMA=1,
- * MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1 (the A/Bs of scripts/device-check.sh). */
+ * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
+ * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1 (the A/Bs of scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
     o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");
     o->no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM");
     o->no_fuse = cuda_env_off("MOEPPC_CUDA_FUSE");
     o->no_attn_split = cuda_env_off("MOEPPC_CUDA_ATTN_SPLIT");
+    o->no_attn_tc = cuda_env_off("MOEPPC_CUDA_ATTN_TC");
     o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
     o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
     o->tma = cuda_env_on("MOEPPC_CUDA_TMA");
