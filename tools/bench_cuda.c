@@ -185,7 +185,8 @@ int bench_cuda(int argc, char **argv)
         down = bench_instr_index(m, IR_OP_MOE_GROUPED_DOWN, route);
     MOE_ASSERT(att >= 0 && route >= 0 && up > route && down > up);
     const IrInstr *ai = instr_at(m, att);
-    double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * sizeof(float);
+    double kv_elem = tune_attention_dtype(ai) == DT_F32 || o.no_attn_tc ? 4.0 : 2.0; /* the caches' (cuda_exec.h) */
+    double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * kv_elem;
     if (a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens */
         int32_t *ids = xmalloc((size_t)a.context * sizeof *ids), *pos = xmalloc((size_t)a.context * sizeof *pos);
         for (int64_t t = 0; t < a.context; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;

@@ -39,8 +39,10 @@
  *   ROPE          (long long T, const float *x, const int *pos, float *out)           out may alias x
  *                  with kv_heads > 0 (queries' and keys' RoPE in one launch): (..., const float *x2,
  *                  float *out2), x2 [T, kv_heads·head_dim]; out2 may alias x exactly (same shape)
- *   ATTENTION     (long long T, const float *q, float *kc, float *vc, const int *pos, float *out,
- *                  const float *knew, const float *vnew, float *part, unsigned *cnt)  knew/vnew
+ *   ATTENTION     (long long T, const float *q, KV *kc, KV *vc, const int *pos, float *out,
+ *                  const float *knew, const float *vnew, float *part, unsigned *cnt)  the caches
+ *                  [max_pos, kv_heads·head_dim] of KV = the model's type (d->wdtype: float, or u16
+ *                  for bf16/f16: SEMANTICS §4's activations in the model's type); knew/vnew
  *                  NULL, or (T = 1 only: a decode step) the new key and value row, read from there
  *                  and stored into the caches at pos[0] by the kernel (no separate KV store). One
  *                  block of CG_CUDA_ATTN_WARPS warps per (query t, head h, key split s): the keys
@@ -149,8 +151,8 @@ void  cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned 
 
 /* The KV cache store: (long long T, const float *src, const int *pos, float *cache), cache row pos[t]
  * = src row t (cols floats each); grid T, block 256. */
-void  cg_cuda_kv_store_symbol(int64_t cols, char *out, size_t n);
-char *cg_cuda_kv_store_source(int64_t cols);
+void  cg_cuda_kv_store_symbol(int64_t cols, moe_dtype dt, char *out, size_t n);
+char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt);
 
 /* ---- grouped GEMMs of the MoE experts ---------------------------------------------------------------
  * Routing as cg_llvm.h's CgRouting, on the device: off[E+1] (int64), perm[n_slots], gate_w[n_slots]

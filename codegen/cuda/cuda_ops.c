@@ -113,6 +113,27 @@ static void emit_rope(CgBuf *b, const CgOpDesc *d, const char *name)
                           : "");
 }
 
+/* The KV cache's element for a model of dtype dt: f32, or its 16-bit type (u16 in signatures). */
+static bool kv16(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
+static const char *kv_ctype(moe_dtype dt) { return kv16(dt) ? "u16" : "float"; }
+
+/* kvt, and kv_ld (an element as f32), kv_of (f32 rounded to an element), kv_round (both). */
+static void emit_kv_type(CgBuf *b, moe_dtype dt)
+{
+    if (!kv16(dt)) {
+        cb_printf(b, "typedef float kvt;\n"
+                     "__device__ __forceinline__ float kv_ld(const kvt *p, long long i) { return p[i]; }\n"
+                     "__device__ __forceinline__ kvt kv_of(float x) { return x; }\n"
+                     "__device__ __forceinline__ float kv_round(float x) { return x; }\n");
+        return;
+    }
+    const char *w = dt == DT_BF16 ? "bf16" : "f16";
+    cb_printf(b, "typedef u16 kvt;  /* the model's %s */\n"
+                 "__device__ __forceinline__ float kv_ld(const kvt *p, long long i) { return %s_f32(p[i]); }\n"
+                 "__device__ __forceinline__ kvt kv_of(float x) { return (kvt)(pack_%s(x, 0.0f) & 0xffffu); }\n"
+                 "__device__ __forceinline__ float kv_round(float x) { return %s_f32(kv_of(x)); }\n", w, w, w, w);
+}
+
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits)
 {
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
@@ -121,12 +142,14 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, splits > 1 ? splits : 1,
               CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    emit_kv_type(b, d->wdtype);
+    const char *kv = kv_ctype(d->wdtype);
     cb_printf(b,
         "/* knew, vnew (a decode step, T = 1): the key and value at pos[t] come from them, not the caches,\n"
         " * and the first query head of each KV head stores them there for the steps to come (no block of\n"
         " * this launch reads that row). Split s of A takes keys j0..j1-1; with A > 1 the last split to\n"
         " * finish merges the splits' partial results (part) and resets the count (cnt). */\n"
-        "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, float *kc, float *vc,\n"
+        "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, %s *kc, %s *vc,\n"
         "        const int *pos, float *out, const float *knew, const float *vnew, float *part, unsigned *cnt) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ float sm[NW], sl[NW], sacc[NW][HD], se[SPLITS];\n"
@@ -143,7 +166,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    if (knew && h %% GROUP == 0 && s == 0)\n"
         "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "            long long c = (long long)pos[t] * (KVH * HD) + kvh * HD + dd;\n"
-        "            kc[c] = knew[t * (KVH * HD) + kvh * HD + dd], vc[c] = vnew[t * (KVH * HD) + kvh * HD + dd];\n"
+        "            kc[c] = kv_of(knew[t * (KVH * HD) + kvh * HD + dd]), vc[c] = kv_of(vnew[t * (KVH * HD) + kvh * HD + dd]);\n"
         "        }\n"
         "    float qr[EPL], acc[EPL];\n"
         "#pragma unroll\n"
@@ -158,14 +181,15 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "#pragma unroll\n"
         "        for (int u = 0; u < KB; u++) {  /* every load of the KB keys and values first */\n"
         "            int j = jb + u;\n"
-        "            bool fresh = knew && j == n - 1;\n"
-        "            const float *kr = (fresh ? knew + t * (KVH * HD) : kc + (long long)j * (KVH * HD)) + kvh * HD;\n"
-        "            const float *vr = (fresh ? vnew + t * (KVH * HD) : vc + (long long)j * (KVH * HD)) + kvh * HD;\n"
+        "            bool fresh = knew && j == n - 1;  /* (rounded as the cache would hold it) */\n"
+        "            const kvt *kr = kc + (long long)j * (KVH * HD) + kvh * HD, *vr = vc + (long long)j * (KVH * HD) + kvh * HD;\n"
+        "            const float *kn = fresh ? knew + t * (KVH * HD) + kvh * HD : 0, *vn = fresh ? vnew + t * (KVH * HD) + kvh * HD : 0;\n"
         "#pragma unroll\n"
         "            for (int i = 0; i < EPL; i++) {\n"
         "                int dd = lane + 32 * i;\n"
         "                bool ok = j < j1 && dd < HD;\n"
-        "                kx[u][i] = ok ? kr[dd] : 0.0f, vx[u][i] = ok ? vr[dd] : 0.0f;\n"
+        "                kx[u][i] = !ok ? 0.0f : fresh ? kv_round(kn[dd]) : kv_ld(kr, dd);\n"
+        "                vx[u][i] = !ok ? 0.0f : fresh ? kv_round(vn[dd]) : kv_ld(vr, dd);\n"
         "            }\n"
         "        }\n"
         "        float mn = m;\n"
@@ -226,7 +250,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "        out[t * (HEADS * HD) + h * HD + dd] = o / L;\n"
         "    }\n"
         "    if (threadIdx.x == 0) cnt[t * HEADS + h] = 0u;  /* for the next launch */\n"
-        "}\n", name);
+        "}\n", name, kv, kv);
 }
 
 /* Prefill attention, tiled: a block per BQ consecutive queries of one head, TPQ threads a query
@@ -262,8 +286,9 @@ void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *
                  (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, attn_bkv(d, f));
         return;
     }
-    int w = snprintf(out, n, "moeppc_cu_attention_%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
-                     (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq);
+    int w = snprintf(out, n, "moeppc_cu_attention_%s%s%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
+                     kv16(d->wdtype) ? dtype_name(d->wdtype) : "", kv16(d->wdtype) ? "_" : "", (long long)d->heads,
+                     (long long)d->kv_heads, (long long)d->head_dim, f->bq);
     if (f->bq == 1 && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
     else if ((f->tpq != 4 || f->bkv) && w > 0 && (size_t)w < n)
         snprintf(out + w, n - (size_t)w, "_t%d_b%d", f->tpq, attn_bkv(d, f));
@@ -301,7 +326,7 @@ CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
 /* Prefill attention on tensor cores (16-bit models; tpq = 0): a block per BQ consecutive queries of one
  * head, a warp per 16 of them (mma.sync m16n8k16, f32 accumulators). The queries are the warp's A
  * fragments, rounded to the model's 16-bit type once; each tile of BKV keys is staged in shared
- * memory rounded so too, K row-major and V transposed (both B operands then read as pairs of k). S =
+ * memory from the cache (in that type), K row-major and V transposed (both B operands then read as pairs of k). S =
  * Q K^T in f32, scaled and masked past each query's position, the online softmax of SEMANTICS.md in
  * f32 on the accumulator fragments (a row's four threads agree through shuffles), P rounded to 16
  * bits straight from S's fragments as A of O += P V. Rows of shared memory padded by 8 elements: the
@@ -316,8 +341,8 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
               bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     cb_printf(b,
-        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
-        "                                const float *vc, const int *pos, float *out) {\n"
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const u16 *kc,\n"
+        "                                const u16 *vc, const int *pos, float *out) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ __align__(16) u16 ks[BKV * KS], vt[HD * VS];\n"
         "    __shared__ int nmax;\n"
@@ -347,8 +372,8 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "            int r = x / (HD / 2), dd = 2 * (x %% (HD / 2));\n"
         "            long long j = j0 + r, at = j * (KVH * HD) + kvh * HD + dd;\n"
         "            bool in = j < N;\n"
-        "            *(u32 *)&ks[r * KS + dd] = PACK(in ? kc[at] : 0.0f, in ? kc[at + 1] : 0.0f);\n"
-        "            u32 v2 = PACK(in ? vc[at] : 0.0f, in ? vc[at + 1] : 0.0f);\n"
+        "            *(u32 *)&ks[r * KS + dd] = in ? *(const u32 *)(kc + at) : 0u;  /* the cache's 16-bit pairs */\n"
+        "            u32 v2 = in ? *(const u32 *)(vc + at) : 0u;\n"
         "            vt[dd * VS + r] = (u16)v2, vt[(dd + 1) * VS + r] = (u16)(v2 >> 16);\n"
         "        }\n"
         "        __syncthreads();\n"
@@ -430,9 +455,10 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
                   "#define BKV %d\n",
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, f->tpq, attn_bkv(d, f));
     cb_printf(&b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    emit_kv_type(&b, d->wdtype);
     cb_printf(&b,
-        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const float *kc,\n"
-        "                                const float *vc, const int *pos, float *out) {\n"
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const %s *kc,\n"
+        "                                const %s *vc, const int *pos, float *out) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ float ks[BKV][HD], vs[BKV][HD];\n"
         "    __shared__ int nmax;\n"
@@ -458,8 +484,8 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
         "        for (int x = tid; x < BKV * HD; x += NT) {\n"
         "            int r = x / HD, dd = x %% HD;\n"
         "            long long j = j0 + r, at = j * (KVH * HD) + kvh * HD + dd;\n"
-        "            ks[r][dd] = j < N ? kc[at] : 0.0f;\n"
-        "            vs[r][dd] = j < N ? vc[at] : 0.0f;\n"
+        "            ks[r][dd] = j < N ? kv_ld(kc, at) : 0.0f;\n"
+        "            vs[r][dd] = j < N ? kv_ld(vc, at) : 0.0f;\n"
         "        }\n"
         "        __syncthreads();\n"
         "        int rows = N - j0 < BKV ? N - j0 : BKV;\n"
@@ -484,7 +510,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
         "        int dd = TPQ * i + c;\n"
         "        if (dd < HD) out[t * (HEADS * HD) + h * HD + dd] = acc[i] / l;\n"
         "    }\n"
-        "}\n", name);
+        "}\n", name, kv_ctype(d->wdtype), kv_ctype(d->wdtype));
     return b.s;
 }
 
@@ -815,25 +841,26 @@ void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned 
 
 /* ---- the KV cache store (CUDA only: on the CPU a memcpy per row) ------------------------------------ */
 
-void cg_cuda_kv_store_symbol(int64_t cols, char *out, size_t n)
+void cg_cuda_kv_store_symbol(int64_t cols, moe_dtype dt, char *out, size_t n)
 {
-    snprintf(out, n, "moeppc_cu_kv_store_c%lld", (long long)cols);
+    snprintf(out, n, "moeppc_cu_kv_store_c%lld%s%s", (long long)cols, kv16(dt) ? "_" : "", kv16(dt) ? dtype_name(dt) : "");
 }
 
-char *cg_cuda_kv_store_source(int64_t cols)
+char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt)
 {
     char name[64];
-    cg_cuda_kv_store_symbol(cols, name, sizeof name);
+    cg_cuda_kv_store_symbol(cols, dt, name, sizeof name);
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
+    emit_kv_type(&b, dt);
     cb_printf(&b, "#define COLS %lld\n"
-                  "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, float *cache) {\n"
+                  "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, %s *cache) {\n"
                   "    PDL_ENTRY();\n"
                   "    long long t = blockIdx.x;\n"
                   "    if (t >= T) return;\n"
-                  "    float *dst = cache + (long long)pos[t] * COLS;\n"
-                  "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) dst[c] = src[t * COLS + c];\n"
-                  "}\n", (long long)cols, name);
+                  "    kvt *dst = cache + (long long)pos[t] * COLS;\n"
+                  "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) dst[c] = kv_of(src[t * COLS + c]);\n"
+                  "}\n", (long long)cols, name, kv_ctype(dt));
     return b.s;
 }
 

@@ -88,7 +88,8 @@ typedef struct Step {
     uint64_t wc_stack;              /* route: the constant experts' Wc stacked for the fused router       */
     Gemm gm[2 + 1 + 64];            /* linear 1; grouped 1 (stacked); route W1 [W2] [Wg] Wc...            */
     int n_gm;
-    uint64_t kc, vc;                /* attention: the KV cache, [max_positions, kv_heads·head_dim] f32    */
+    uint64_t kc, vc;                /* attention: the KV cache, [max_positions, kv_heads·head_dim] of the
+                                       model's type (d.wdtype; f32 with MOEPPC_CUDA_ATTN_TC=0)       */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -616,11 +617,11 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     MOE_ASSERT(cuda_attention_desc(i, &st->d));
     if (cm->o.no_attn_tc) st->d.wdtype = DT_F32; /* (the rule's prefill form then the f32 tiled one) */
     char sym[128];
-    cg_cuda_kv_store_symbol(kvc, sym, sizeof sym);
-    st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc));
+    cg_cuda_kv_store_symbol(kvc, st->d.wdtype, sym, sizeof sym);
+    st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc, st->d.wdtype));
     snprintf(cm->k[st->kern_kv].launch, sizeof cm->k[st->kern_kv].launch, "block 256; grid T");
     if (!cm->dry) {
-        size_t bytes = (size_t)(cm->max_pos * kvc) * sizeof(float);
+        size_t bytes = (size_t)(cm->max_pos * kvc) * (st->d.wdtype == DT_F32 ? sizeof(float) : 2);
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
             return false;
     }
@@ -875,7 +876,8 @@ static double bytes_needed(const IrModule *m, int64_t max_positions, bool weight
     for (int j = 0; j < m->n_values && !weights_in_place; j++)
         if (m->values[j]->kind == IR_VAL_PARAM) b += (double)tensor_bytes(m->values[j]);
     for (const IrInstr *i = m->first; i; i = i->next)
-        if (i->op == IR_OP_ATTENTION) b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
+        if (i->op == IR_OP_ATTENTION) /* (at most: f32 caches) */
+            b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
     return b;
 }
 

@@ -104,8 +104,9 @@ typedef struct CudaOptions {
     bool no_attn_split;             /* the per-query attention kernel on one block a query and head,
                                        its keys not split across blocks (MOEPPC_CUDA_ATTN_SPLIT=0: an
                                        A/B of flash-decoding's splits)                             */
-    bool no_attn_tc;                /* a 16-bit model's prefill attention on the f32 tiled form, not
-                                       on tensor cores (MOEPPC_CUDA_ATTN_TC=0: an A/B)              */
+    bool no_attn_tc;                /* a 16-bit model's attention in f32 throughout: f32 KV caches,
+                                       prefill on the f32 tiled form, not on tensor cores
+                                       (MOEPPC_CUDA_ATTN_TC=0: an A/B)                             */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
                                        start while the one before it drains (MOEPPC_CUDA_PDL=1; not

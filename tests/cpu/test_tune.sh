@@ -75,7 +75,7 @@ if "$MOEPPC" emit "$SPEC" --emit cuda --target sm_80 -o "$WORK/cu" > /dev/null 2
   # attention's and the router's tuned forms too)
   grep -qF 'tile_sched[4] = {"-1;64:64x64/kc32@3.0,32x64/kc16@1.5;512:64x64/kc32@1.0,32x64/kc16@2.0", "-1;512:64x32/kc32@2.0", "-1;512:32x8/kv16@2.0", "-1;1:1x512@2.0"}' \
     "$kept/main.c" && grep -q "t64x64x32_s3" "$kept/main.c" && grep -q "t32x64x16_s3" "$kept/main.c" &&
-    grep -q "attention_tiled_h4_kv4_hd16_q32_t8_b16" "$kept/main.c" && grep -Eq "moeppc_cu_fused_[a-z0-9_]*_t512" "$kept/main.c" ||
+    grep -q "attention_tiled_bf16_h4_kv4_hd16_q32_t8_b16" "$kept/main.c" && grep -Eq "moeppc_cu_fused_[a-z0-9_]*_t512" "$kept/main.c" ||
     { echo "the GPU database's tiles are not built in"; cat "$WORK/gpubuild.out"; grep tile_sched "$kept/main.c"; exit 1; }
   rm -rf "$kept"
   # and compile shows them on the ops, from the database; the rule's (the CUDA executor's default) elsewhere

@@ -542,20 +542,38 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
     uint32_t *cnt = xcalloc(rows, 4);
     uint64_t dpart = upload(NULL, part_n * 4), dcnt = upload(cnt, rows * 4);
     long long TT = T;
-    /* the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query, keys in 1 to 32
-     * splits; tiled with 1 to 32 threads a query, several key tiles and the last partial */
-    /* ... and for 16-bit models (bf16, f16: d16) the tensor-core forms, the rule's first */
+    /* the caches of 16-bit models (bf16, f16: d16[0], d16[1]), from the same (16-bit exact) values */
     CgOpDesc d16[2] = {d, d};
     d16[0].wdtype = DT_BF16, d16[1].wdtype = DT_F16;
-    const CgCudaAttnForm forms[] = {cg_cuda_attention_rule(&d, 1), cg_cuda_attention_rule(&d, CG_CUDA_ATTN_TILED_MIN_T),
-                                    {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4},
-                                    cg_cuda_attention_rule(&d16[0], CG_CUDA_ATTN_TILED_MIN_T), {16, 0, 16}, {128, 0, 32},
-                                    cg_cuda_attention_rule(&d16[1], CG_CUDA_ATTN_TILED_MIN_T), {32, 0, 48}};
-    const int n16 = 5, n_forms = (int)MOE_ARRAY_LEN(forms) - (tc ? 0 : n16);
+    uint16_t *h16[2][2] = {{NULL, NULL}, {NULL, NULL}}; /* [dtype][k, v] */
+    uint64_t c16[2][2] = {{0, 0}, {0, 0}};
+    for (int x = 0; tc && x < 2; x++)
+        for (int kv = 0; kv < 2; kv++) {
+            h16[x][kv] = xmalloc((size_t)(P * kvc) * 2);
+            for (int64_t i = 0; i < P * kvc; i++) dtype_store(d16[x].wdtype, h16[x][kv], (size_t)i, (kv ? vc : kc)[i]);
+            c16[x][kv] = upload(h16[x][kv], (size_t)(P * kvc) * 2);
+        }
+    /* f32: the rule's two forms, then the tuner's other shapes: 1 and 8 warps a query, keys in 1 to 32
+     * splits; tiled with 1 to 32 threads a query, several key tiles and the last partial. 16-bit (ds
+     * 1, 2): the per-query and tiled forms on their caches, the tensor-core forms (the rule's first) */
+    struct { CgCudaAttnForm f; int ds; } forms[32];
+    int n_forms = 0;
+    const CgCudaAttnForm f32_forms[] = {cg_cuda_attention_rule(&d, 1), cg_cuda_attention_rule(&d, CG_CUDA_ATTN_TILED_MIN_T),
+                                        {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4}};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(f32_forms); k++) forms[n_forms].f = f32_forms[k], forms[n_forms++].ds = 0;
+    for (int x = 0; tc && x < 2; x++) {
+        CgCudaAttnForm rule_tc = cg_cuda_attention_rule(&d16[x], CG_CUDA_ATTN_TILED_MIN_T);
+        assert_int_equal(rule_tc.tpq, 0); /* the rule's prefill form at 16 bits: tensor cores */
+        const CgCudaAttnForm f16_forms[] = {cg_cuda_attention_rule(&d16[x], 1), {1, 64, 0}, {32, 8, 16}, rule_tc,
+                                            x ? (CgCudaAttnForm){32, 0, 48} : (CgCudaAttnForm){16, 0, 16}, {128, 0, 32}};
+        for (size_t k = 0; k < MOE_ARRAY_LEN(f16_forms); k++) forms[n_forms].f = f16_forms[k], forms[n_forms++].ds = 1 + x;
+    }
     for (int k = 0; k < n_forms; k++) {
-        const CgCudaAttnForm *f = &forms[k];
-        const CgOpDesc *dd = k < n_forms - n16 || !tc ? &d : &d16[k >= (int)MOE_ARRAY_LEN(forms) - 2];
-        if (tc && k == (int)MOE_ARRAY_LEN(forms) - n16) assert_int_equal(f->tpq, 0); /* the rule's at 16 bits */
+        const CgCudaAttnForm *f = &forms[k].f;
+        int ds = forms[k].ds;
+        const CgOpDesc *dd = ds ? &d16[ds - 1] : &d;
+        uint64_t kcache = ds ? c16[ds - 1][0] : dk, vcache = ds ? c16[ds - 1][1] : dv;
+        size_t es = ds ? 2 : 4; /* a cache element's bytes */
         char sym[600], err[256];
         cg_cuda_attention_symbol(dd, f, sym, sizeof sym);
         char *src = cg_cuda_attention_source(dd, f, err, sizeof err);
@@ -568,15 +586,15 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         for (int64_t i = 0; i < T * qc; i++) got[i] = NAN; /* poison: unwritten elements show */
         assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
         uint64_t none = 0;
-        void *args[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none, &dpart, &dcnt};
+        void *args[] = {&TT, &dq, &kcache, &vcache, &dp, &dout, &none, &none, &dpart, &dcnt};
         launch(fn, g, b, 0, args);
         download(got, dout, (size_t)(T * qc) * 4);
         double re = rel_err(got, want, (size_t)(T * qc));
-        /* P rounded to 16 bits: 2^-9 (bf16), 2^-12 (f16) relative a weight, its errors averaging out */
-        double tol = f->tpq ? 1e-5 : dd->wdtype == DT_BF16 ? 4e-3 : 5e-4;
-        printf("attention %dx%d/kv%d%s T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g (tolerance %.0e)\n",
-               f->bq, f->tpq, f->bkv, f->tpq ? "" : dd->wdtype == DT_BF16 ? " bf16" : " f16", (long long)T, H, KVH, HD, P0,
-               g[2], re, tol);
+        /* tensor cores round P to 16 bits: 2^-9 (bf16), 2^-12 (f16) relative a weight, averaging out;
+         * the other forms see the 16-bit caches' values exactly */
+        double tol = f->tpq ? 1e-5 : ds == 1 ? 4e-3 : 5e-4;
+        printf("attention %dx%d/kv%d, %s caches, T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g "
+               "(tolerance %.0e)\n", f->bq, f->tpq, f->bkv, dtype_name(dd->wdtype), (long long)T, H, KVH, HD, P0, g[2], re, tol);
         assert_true(re <= tol);
         download(cnt, dcnt, rows * 4); /* every split's count back to zero */
         for (size_t x = 0; x < rows; x++) assert_int_equal(cnt[x], 0);
@@ -584,33 +602,37 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
             for (int64_t i = 0; i < T * qc; i++) got[i] = NAN;
             assert_true(cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
             unsigned g1[3] = {g[0], g[1], 1};
-            void *nargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &none, &none, &none, &none};
+            void *nargs[] = {&TT, &dq, &kcache, &vcache, &dp, &dout, &none, &none, &none, &none};
             launch(fn, g1, b, 0, nargs);
             download(got, dout, (size_t)(T * qc) * 4);
             assert_true(rel_err(got, want, (size_t)(T * qc)) <= 1e-5);
         }
-        if (T == 1 && f->bq == 1) { /* a decode step: the new key and value from knew/vnew, stored by the kernel */
-            float *row = xmalloc((size_t)kvc * 4), *kx = xmalloc((size_t)kvc * 4), *vx = xmalloc((size_t)kvc * 4);
-            for (int64_t i = 0; i < kvc; i++) row[i] = NAN;
+        if (T == 1 && f->bq == 1) { /* a decode step: the new key and value from knew/vnew (f32), stored by
+                                       the kernel in the cache's type */
+            unsigned char *row = xmalloc((size_t)kvc * es), *kx = xmalloc((size_t)kvc * es), *vx = xmalloc((size_t)kvc * es);
+            memset(row, 0xff, (size_t)kvc * es); /* NaN in every type */
             for (int64_t i = 0; i < T * qc; i++) got[i] = NAN;
             uint64_t kn = upload(kc + P0 * kvc, (size_t)kvc * 4), vn = upload(vc + P0 * kvc, (size_t)kvc * 4);
-            assert_true(cg_cuda_upload(drv, dk + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
-                        cg_cuda_upload(drv, dv + (uint64_t)(P0 * kvc) * 4, row, (size_t)kvc * 4, e, sizeof e) &&
+            uint64_t at = (uint64_t)(P0 * kvc) * es;
+            assert_true(cg_cuda_upload(drv, kcache + at, row, (size_t)kvc * es, e, sizeof e) &&
+                        cg_cuda_upload(drv, vcache + at, row, (size_t)kvc * es, e, sizeof e) &&
                         cg_cuda_upload(drv, dout, got, (size_t)(T * qc) * 4, e, sizeof e));
-            void *sargs[] = {&TT, &dq, &dk, &dv, &dp, &dout, &kn, &vn, &dpart, &dcnt};
+            void *sargs[] = {&TT, &dq, &kcache, &vcache, &dp, &dout, &kn, &vn, &dpart, &dcnt};
             launch(fn, g, b, 0, sargs);
             download(got, dout, (size_t)(T * qc) * 4);
-            download(kx, dk + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4), download(vx, dv + (uint64_t)(P0 * kvc) * 4, (size_t)kvc * 4);
+            download(kx, kcache + at, (size_t)kvc * es), download(vx, vcache + at, (size_t)kvc * es);
             double rs = rel_err(got, want, (size_t)(T * qc));
             printf("  the same as a decode step, key and value given (the cache row poisoned): rel err %.3g, row stored\n", rs);
             assert_true(rs <= 1e-5);
-            assert_memory_equal(kx, kc + P0 * kvc, (size_t)kvc * 4);
-            assert_memory_equal(vx, vc + P0 * kvc, (size_t)kvc * 4);
+            assert_memory_equal(kx, ds ? (const void *)(h16[ds - 1][0] + P0 * kvc) : (const void *)(kc + P0 * kvc), (size_t)kvc * es);
+            assert_memory_equal(vx, ds ? (const void *)(h16[ds - 1][1] + P0 * kvc) : (const void *)(vc + P0 * kvc), (size_t)kvc * es);
             cg_cuda_free(drv, kn), cg_cuda_free(drv, vn);
             free(row), free(kx), free(vx);
         }
         free(src);
     }
+    for (int x = 0; tc && x < 2; x++)
+        for (int kv = 0; kv < 2; kv++) cg_cuda_free(drv, c16[x][kv]), free(h16[x][kv]);
     uint64_t bufs[] = {dq, dk, dv, dp, dout, dpart, dcnt};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
     free(q), free(kc), free(vc), free(got), free(want), free(sc), free(pos), free(cnt);
