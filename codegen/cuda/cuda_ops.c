@@ -318,7 +318,7 @@ static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *er
 CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
 {
     if (T < CG_CUDA_ATTN_TILED_MIN_T) return (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)};
-    CgCudaAttnForm tc = {CG_CUDA_ATTN_BQ, 0, 0};
+    CgCudaAttnForm tc = {CG_CUDA_ATTN_BQ, 0, d->head_dim <= 64 ? 64 : 32}; /* (64 keys of 96 dims spill on sm_90) */
     char unused[256];
     return attn_form_check(d, &tc, unused, sizeof unused) ? tc : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
 }
@@ -347,14 +347,14 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "    __shared__ __align__(16) u16 ks[BKV * KS], vt[HD * VS];\n"
         "    __shared__ int nmax;\n"
         "    int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, c = lane & 3, h = blockIdx.y, kvh = h / GROUP;\n"
-        "    long long ta = (long long)blockIdx.x * BQ + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
+        "    int ta = blockIdx.x * BQ + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
         "    int na = ta < T ? pos[ta] + 1 : 0, nb = tb < T ? pos[tb] + 1 : 0;  /* their keys: 0..n-1 */\n"
         "    if (tid == 0) nmax = 0;\n"
         "    __syncthreads();\n"
         "    if (na > 0 || nb > 0) atomicMax(&nmax, na > nb ? na : nb);\n"
         "    __syncthreads();\n"
         "    const int N = nmax;\n"
-        "    const float *qa_ = q + ta * (HEADS * HD) + h * HD, *qb_ = q + tb * (HEADS * HD) + h * HD;\n"
+        "    const float *qa_ = q + (long long)ta * (HEADS * HD) + h * HD, *qb_ = q + (long long)tb * (HEADS * HD) + h * HD;\n"
         "    u32 qf[HD / 16][4];\n"
         "#pragma unroll\n"
         "    for (int kk = 0; kk < HD / 16; kk++) {\n"
@@ -426,7 +426,7 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "    }\n"
         "    la += __shfl_xor_sync(0xffffffffu, la, 1), la += __shfl_xor_sync(0xffffffffu, la, 2);\n"
         "    lb += __shfl_xor_sync(0xffffffffu, lb, 1), lb += __shfl_xor_sync(0xffffffffu, lb, 2);\n"
-        "    float *oa = out + ta * (HEADS * HD) + h * HD + 2 * c, *ob = out + tb * (HEADS * HD) + h * HD + 2 * c;\n"
+        "    float *oa = out + (long long)ta * (HEADS * HD) + h * HD + 2 * c, *ob = out + (long long)tb * (HEADS * HD) + h * HD + 2 * c;\n"
         "#pragma unroll\n"
         "    for (int dn = 0; dn < HD / 8; dn++) {\n"
         "        if (ta < T) oa[dn * 8] = o[dn][0] / la, oa[dn * 8 + 1] = o[dn][1] / la;\n"
