@@ -162,7 +162,7 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
 /* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps (its keys in 1,
  * 8 or 32 splits; the rule's: cg_cuda_attention_splits), the tiled one with {16, 32, 64, 128}
  * queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64} and, for 16-bit models, the tensor-core
- * one with {16, 32, 64, 128} queries x key tiles {64, 32}, generated, compiled and checked as the
+ * one with {16, 32, 64, 128} queries x key tiles {32, 64}, generated, compiled and checked as the
  * GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
 static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, char *err, size_t errlen)
 {
@@ -173,7 +173,7 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++)
         for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k]};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs) && d->wdtype != DT_F32; a++) /* tensor cores: 16-bit models */
-        for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 32 : 0};
+        for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 64 : 32};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(tpqs); b++)
             for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++) list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k]};
