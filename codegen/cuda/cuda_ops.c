@@ -305,7 +305,7 @@ static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *er
         why = "tensor-core form: 16-bit models only (f32 ones keep f32 math)";
     else if (tc && (d->head_dim % 16 || d->head_dim > 128)) why = "tensor-core form: head_dim a multiple of 16 up to 128";
     else if (tc && (f->bq < 16 || f->bq > 128 || f->bq % 16 || f->bkv < 0 || f->bkv % 16 || f->bkv > 128 ||
-                    2L * attn_bkv(d, f) * (d->head_dim + 8) + 2L * d->head_dim * (attn_bkv(d, f) + 8) + 4 > 48 * 1024))
+                    8L * attn_bkv(d, f) * (d->head_dim + 8) + 4 > 48 * 1024)) /* two slots of K and V, 16-bit */
         why = "tensor-core form: 16..128 queries a block (16 a warp), key tiles of 16..128 (a multiple of 16) within 48 KB";
     else if (!tc && f->bq != 1 && (f->bq < 2 || !pow2 || f->tpq > 32 || (f->bq * f->tpq) % 32 || f->bq * f->tpq > 1024))
         why = "tiled form: 2 or more queries a block, a power of two up to 32 threads each, whole warps up to 1024";
@@ -325,17 +325,18 @@ CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
 
 /* Prefill attention on tensor cores (16-bit models; tpq = 0): a block per BQ consecutive queries of one
  * head, a warp per 16 of them (mma.sync m16n8k16, f32 accumulators). The queries are the warp's A
- * fragments, rounded to the model's 16-bit type once; each tile of BKV keys is staged in shared
- * memory from the cache (in that type), K row-major and V transposed (both B operands then read as pairs of k). S =
- * Q K^T in f32, scaled and masked past each query's position, the online softmax of SEMANTICS.md in
- * f32 on the accumulator fragments (a row's four threads agree through shuffles), P rounded to 16
- * bits straight from S's fragments as A of O += P V. Rows of shared memory padded by 8 elements: the
- * fragments' reads fall in distinct banks. */
+ * fragments, rounded to the model's 16-bit type once; tiles of BKV keys come from the cache (in that
+ * type) by cp.async into a ring of two in shared memory, the next in flight while one is used; K's B
+ * fragments are pairs of k in its rows, V's come transposed by ldmatrix.trans. S = Q K^T in f32,
+ * scaled and masked past each query's position, the online softmax of SEMANTICS.md in f32 on the
+ * accumulator fragments (a row's four threads agree through shuffles), P rounded to 16 bits straight
+ * from S's fragments as A of O += P V. Rows of shared memory padded by 8 elements: the fragments'
+ * reads fall in distinct banks. */
 static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm *f, const char *name)
 {
     bool bf = d->wdtype == DT_BF16;
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
-                 "#define BQ %d\n#define BKV %d\n#define NT (BQ * 2)\n#define KS (HD + 8)\n#define VS (BKV + 8)\n"
+                 "#define BQ %d\n#define BKV %d\n#define NT (BQ * 2)\n#define KS (HD + 8)\n#define CH (HD / 8)\n"
                  "#define PACK %s\n#define mma %s\n",
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, attn_bkv(d, f),
               bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
@@ -344,7 +345,7 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const u16 *kc,\n"
         "                                const u16 *vc, const int *pos, float *out) {\n"
         "    PDL_ENTRY();\n"
-        "    __shared__ __align__(16) u16 ks[BKV * KS], vt[HD * VS];\n"
+        "    __shared__ __align__(16) u16 ks[2][BKV * KS], vs[2][BKV * KS];  /* a ring of two tiles */\n"
         "    __shared__ int nmax;\n"
         "    int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, c = lane & 3, h = blockIdx.y, kvh = h / GROUP;\n"
         "    int ta = blockIdx.x * BQ + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
@@ -366,22 +367,28 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "#pragma unroll\n"
         "    for (int dn = 0; dn < HD / 8; dn++) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;\n"
         "    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;  /* row max, this thread's part of the sum */\n"
-        "    for (int j0 = 0; j0 < N; j0 += BKV) {\n"
-        "        __syncthreads();  /* the last tile is consumed */\n"
-        "        for (int x = tid; x < BKV * (HD / 2); x += NT) {  /* a pair of dimensions of one key a thread */\n"
-        "            int r = x / (HD / 2), dd = 2 * (x %% (HD / 2));\n"
-        "            long long j = j0 + r, at = j * (KVH * HD) + kvh * HD + dd;\n"
-        "            bool in = j < N;\n"
-        "            *(u32 *)&ks[r * KS + dd] = in ? *(const u32 *)(kc + at) : 0u;  /* the cache's 16-bit pairs */\n"
-        "            u32 v2 = in ? *(const u32 *)(vc + at) : 0u;\n"
-        "            vt[dd * VS + r] = (u16)v2, vt[(dd + 1) * VS + r] = (u16)(v2 >> 16);\n"
-        "        }\n"
-        "        __syncthreads();\n"
+        "    const u16 *kb = kc + kvh * HD, *vb = vc + kvh * HD;\n"
+        "/* keys j0.. into ring slot sl: 16-byte cp.async copies of the cache's rows, rows past N zeros */\n"
+        "#define LOAD_TILE(sl, j0) do { \\\n"
+        "        for (int x = tid; x < BKV * CH; x += NT) { \\\n"
+        "            int r = x / CH, ch = x %% CH, j = (j0) + r; \\\n"
+        "            long long at = (long long)(j < N ? j : 0) * (KVH * HD) + ch * 8; \\\n"
+        "            cp_async16(&ks[sl][r * KS + ch * 8], kb + at, j < N ? 16u : 0u); \\\n"
+        "            cp_async16(&vs[sl][r * KS + ch * 8], vb + at, j < N ? 16u : 0u); \\\n"
+        "        } \\\n"
+        "        cp_async_commit(); } while (0)\n"
+        "    LOAD_TILE(0, 0);\n"
+        "    for (int j0 = 0, sl = 0; j0 < N; j0 += BKV, sl ^= 1) {\n"
+        "        if (j0 + BKV < N) LOAD_TILE(sl ^ 1, j0 + BKV);  /* the next tile in flight while this one is used */\n"
+        "        else cp_async_commit();  /* (an empty group: the wait below counts alike) */\n"
+        "        cp_async_wait<1>();\n"
+        "        __syncthreads();  /* tile j0 landed, every thread's copies */\n"
+        "        const u16 *kt = ks[sl], *vt_ = vs[sl];\n"
         "        float sf[BKV / 8][4];  /* S = Q K^T: key n-tiles of 8 */\n"
         "#pragma unroll\n"
         "        for (int nt = 0; nt < BKV / 8; nt++) {\n"
         "            sf[nt][0] = sf[nt][1] = sf[nt][2] = sf[nt][3] = 0.0f;\n"
-        "            const u16 *kr = ks + (nt * 8 + g) * KS + 2 * c;\n"
+        "            const u16 *kr = kt + (nt * 8 + g) * KS + 2 * c;\n"
         "#pragma unroll\n"
         "            for (int kk = 0; kk < HD / 16; kk++) {\n"
         "                u32 bk[2] = {*(const u32 *)(kr + 16 * kk), *(const u32 *)(kr + 16 * kk + 8)};\n"
@@ -417,12 +424,14 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "            u32 pf[4] = {PACK(sf[2 * kk][0], sf[2 * kk][1]), PACK(sf[2 * kk][2], sf[2 * kk][3]),\n"
         "                         PACK(sf[2 * kk + 1][0], sf[2 * kk + 1][1]), PACK(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};\n"
         "#pragma unroll\n"
-        "            for (int dn = 0; dn < HD / 8; dn++) {\n"
-        "                const u16 *vr = vt + (dn * 8 + g) * VS + 16 * kk + 2 * c;\n"
-        "                u32 bv[2] = {*(const u32 *)vr, *(const u32 *)(vr + 8)};\n"
+        "            for (int dn = 0; dn < HD / 8; dn += 2) {  /* V's B fragments of two dimension tiles, transposed */\n"
+        "                u32 bv[4];\n"
+        "                ldmatrix_x4_trans(bv, vt_ + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * KS + dn * 8 + (lane >> 4) * 8);\n"
         "                mma(o[dn], pf, bv);\n"
+        "                mma(o[dn + 1], pf, bv + 2);\n"
         "            }\n"
         "        }\n"
+        "        __syncthreads();  /* slot sl consumed: the next tile's prefetch refills it */\n"
         "    }\n"
         "    la += __shfl_xor_sync(0xffffffffu, la, 1), la += __shfl_xor_sync(0xffffffffu, la, 2);\n"
         "    lb += __shfl_xor_sync(0xffffffffu, lb, 1), lb += __shfl_xor_sync(0xffffffffu, lb, 2);\n"

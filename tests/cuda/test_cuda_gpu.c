@@ -565,7 +565,7 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         CgCudaAttnForm rule_tc = cg_cuda_attention_rule(&d16[x], CG_CUDA_ATTN_TILED_MIN_T);
         assert_int_equal(rule_tc.tpq, 0); /* the rule's prefill form at 16 bits: tensor cores */
         const CgCudaAttnForm f16_forms[] = {cg_cuda_attention_rule(&d16[x], 1), {1, 64, 0}, {32, 8, 16}, rule_tc,
-                                            x ? (CgCudaAttnForm){32, 0, 48} : (CgCudaAttnForm){16, 0, 16}, {128, 0, 32}};
+                                            x ? (CgCudaAttnForm){32, 0, HD <= 96 ? 48 : 16} : (CgCudaAttnForm){16, 0, 16}, {128, 0, 32}};
         for (size_t k = 0; k < MOE_ARRAY_LEN(f16_forms); k++) forms[n_forms].f = f16_forms[k], forms[n_forms++].ds = 1 + x;
     }
     for (int k = 0; k < n_forms; k++) {

@@ -268,6 +268,75 @@ static void test_order(void **state)
     unsetenv("MOEPPC_CUDAEMU_ORDER");
 }
 
+/* One warp at a time (MOEPPC_CUDAEMU_ORDER=reverse-warps): a warp runs ahead of the others to its next
+ * block barrier, as a GPU may let it. Warp 0 reads what warp 1 copied in this round; without a
+ * barrier after that read, warp 1's next copy may overwrite it first: taking turns (either order) the
+ * warps meet at every warp collective and hide that, one warp at a time shows it. And cp.async lands
+ * at its wait (a read before it sees the old value) or, with MOEPPC_CUDAEMU_CP_ASYNC=eager, at once. */
+static void test_warps_ahead(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    const char *fmt = "extern \"C\" __global__ void k(float *o, const float *src) {\n"
+                      "    __shared__ __align__(16) float buf[64 * 4];\n"
+                      "    float acc = 0.0f;\n"
+                      "    for (int it = 0; it < 3; it++) {\n"
+                      "        cp_async16(&buf[threadIdx.x * 4], src + (it * 64 + threadIdx.x) * 4, 16);\n"
+                      "        cp_async_commit();\n"
+                      "        cp_async_wait<0>();\n"
+                      "        __syncthreads();\n"
+                      "        float v = buf[(threadIdx.x < 32 ? threadIdx.x + 32 : threadIdx.x) * 4];  /* warp 0: warp 1's */\n"
+                      "        acc += __shfl_xor_sync(0xffffffffu, v, 1);\n%s"
+                      "    }\n"
+                      "    o[threadIdx.x] = acc;\n}\n";
+    char src[2][1024], err[1024];
+    snprintf(src[0], sizeof src[0], fmt, "");
+    snprintf(src[1], sizeof src[1], fmt, "        __syncthreads();  /* the read is done before the next copy */\n");
+    float in[3 * 64 * 4] = {0}, want[64] = {0}, h[64];
+    for (int it = 0; it < 3; it++)
+        for (int t = 0; t < 64; t++) in[(it * 64 + t) * 4] = (float)(1000 * it + t);
+    for (int t = 0; t < 64; t++)
+        for (int it = 0; it < 3; it++) want[t] += in[(it * 64 + ((t ^ 1) < 32 ? (t ^ 1) + 32 : (t ^ 1))) * 4];
+    uint64_t o = dev(sizeof h), d_in = dev(sizeof in);
+    assert_true(cg_cuda_upload(drv, d_in, in, sizeof in, err, sizeof err));
+    static const char *const orders[] = {NULL, "reverse", "reverse-warps"};
+    for (int order = 0; order < 3; order++) {
+        if (orders[order]) setenv("MOEPPC_CUDAEMU_ORDER", orders[order], 1);
+        for (int bar = 0; bar < 2; bar++) {
+            void *fn = must_kernel(src[bar]);
+            unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
+            void *args[] = {&o, &d_in};
+            assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
+            assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+            bool right = !memcmp(h, want, sizeof h);
+            printf("order %s, %s: %s\n", orders[order] ? orders[order] : "by index", bar ? "barrier" : "no barrier",
+                   right ? "right" : "the race shows");
+            assert_true(right == (bar || order < 2));
+        }
+        unsetenv("MOEPPC_CUDAEMU_ORDER");
+    }
+    const char *early = "extern \"C\" __global__ void k(float *o, const float *src) {\n"
+                        "    __shared__ __align__(16) float buf[64 * 4];\n"
+                        "    buf[threadIdx.x * 4] = -1.0f;\n"
+                        "    cp_async16(&buf[threadIdx.x * 4], src + threadIdx.x * 4, 16);\n"
+                        "    cp_async_commit();\n"
+                        "    float before = buf[threadIdx.x * 4];  /* (no wait yet) */\n"
+                        "    cp_async_wait<0>();\n"
+                        "    o[threadIdx.x] = before;\n}\n";
+    for (int eager = 0; eager < 2; eager++) {
+        if (eager) setenv("MOEPPC_CUDAEMU_CP_ASYNC", "eager", 1);
+        void *fn = must_kernel(early);
+        unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
+        void *args[] = {&o, &d_in};
+        assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
+        assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+        for (int t = 0; t < 64; t++) assert_true(h[t] == (eager ? in[t * 4] : -1.0f));
+        printf("cp.async read before its wait: %s\n", eager ? "the new value (eager)" : "the old value");
+    }
+    unsetenv("MOEPPC_CUDAEMU_CP_ASYNC");
+    cg_cuda_free(drv, o), cg_cuda_free(drv, d_in);
+}
+
 /* mbarriers: a thread waiting for a phase yields until another thread completes it (in either
  * order); a wait no thread will end is a deadlock error naming it, not a hang. */
 static void test_mbarrier(void **state)
@@ -482,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
         cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
+        cmocka_unit_test(test_warps_ahead),
         cmocka_unit_test(test_mbarrier),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

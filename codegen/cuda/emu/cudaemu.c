@@ -261,10 +261,21 @@ static void *api_exchange(const void *mine, unsigned size, int *first)
     return w->gen[g].slots;
 }
 
+/* Where cp.async's copies land: at the wait that covers them (the latest a GPU may: a read of a tile
+ * before its wait sees the old bytes), or (MOEPPC_CUDAEMU_CP_ASYNC=eager) at once, the earliest (a
+ * copy into a buffer that other threads still read, without a barrier in between, shows). Read at
+ * each launch. */
+static bool cp_eager;
+
 static void api_cp_async(void *dst, const void *src, unsigned bytes, unsigned src_bytes)
 {
     Fiber *f = S->cur;
     if (src_bytes > bytes) api_fail("cp.async: src-size larger than cp-size");
+    if (cp_eager) {
+        memcpy(dst, src, src_bytes);
+        memset((char *)dst + src_bytes, 0, bytes - src_bytes);
+        return;
+    }
     if (f->n_cp == f->cap_cp) {
         int cap = f->cap_cp ? 2 * f->cap_cp : 16;
         CpCopy *p = realloc(f->cp, (size_t)cap * sizeof *p);
@@ -374,9 +385,13 @@ static const CudaEmuApi api = {CUDAEMU_ABI,       api_self,        api_syncthrea
 /* ---- one block ------------------------------------------------------------------------------------- */
 /* The order a block's runnable threads take turns in: by index, or (MOEPPC_CUDAEMU_ORDER=reverse)
  * from the last. A thread runs until it blocks, so a missing barrier between one thread's write and
- * another's read of shared memory goes unseen in one of the two orders and shows in the other. Read
- * at each launch (run_launch, before its blocks run). */
-static bool order_reverse;
+ * another's read of shared memory goes unseen in one of the two orders and shows in the other. Taking
+ * turns, warps stay within a warp collective of each other; with MOEPPC_CUDAEMU_ORDER=reverse-warps
+ * one warp at a time (from the last) runs until it reaches a block barrier (or waits on an mbarrier),
+ * as far ahead of the others as a GPU may let it: a write into a buffer the other warps still read
+ * (with MOEPPC_CUDAEMU_CP_ASYNC=eager, a cp.async prefetch) shows. Read at each launch (run_launch,
+ * before its blocks run). */
+static bool order_reverse, order_warps;
 
 static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, CudaEmuDim3 block, CudaEmuDim3 bid)
 {
@@ -395,9 +410,15 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
     bool woke = false;
     s->mbar_events = 0;
     for (;;) {
+        int w_run = -1; /* order_warps: the one warp that runs this round */
+        for (int jw = 0; order_warps && jw < nw && w_run < 0; jw++) {
+            int w = rev ? nw - 1 - jw : jw;
+            for (int l = 32 * w; l < n && l < 32 * w + 32; l++)
+                if (s->fib[l].state == F_RUN) w_run = w;
+        }
         for (int j = 0; j < n && !s->failed; j++) {
             int i = rev ? n - 1 - j : j;
-            if (s->fib[i].state == F_RUN) to_fiber(s, &s->fib[i]);
+            if (s->fib[i].state == F_RUN && (w_run < 0 || i >> 5 == w_run)) to_fiber(s, &s->fib[i]);
         }
         if (s->failed) return false;
         int live = 0, at_bar = 0, in_wx = 0, released = 0, in_mbar = 0;
@@ -422,6 +443,9 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
         }
         if (live == 0) return true;
         if (released) continue;
+        bool waiting = false; /* (order_warps: warps that have not had their turn) */
+        for (int i = 0; i < n && !waiting; i++) waiting = s->fib[i].state == F_RUN;
+        if (waiting) continue;
         if (at_bar == live) {
             for (int i = 0; i < n; i++)
                 if (s->fib[i].state == F_BAR) s->fib[i].state = F_RUN;
@@ -534,7 +558,10 @@ static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block,
     Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
     const char *order = getenv("MOEPPC_CUDAEMU_ORDER");
-    order_reverse = order && strcmp(order, "reverse") == 0;
+    order_reverse = order && strncmp(order, "reverse", 7) == 0;
+    order_warps = order && strcmp(order, "reverse-warps") == 0;
+    const char *cp = getenv("MOEPPC_CUDAEMU_CP_ASYNC");
+    cp_eager = cp && strcmp(cp, "eager") == 0;
     if (n_workers < 0) pool_start();
     bool pool = n_workers > 0 && L.total > 1;
     if (pool) {
