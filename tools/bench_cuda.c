@@ -187,6 +187,7 @@ int bench_cuda(int argc, char **argv)
     const IrInstr *ai = instr_at(m, att);
     double kv_elem = tune_attention_dtype(ai) == DT_F32 || o.no_attn_tc ? 4.0 : 2.0; /* the caches' (cuda_exec.h) */
     double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * kv_elem;
+    double qk_cols = (double)ai->in[0]->type.dims[ai->in[0]->type.ndim - 1]; /* heads x head_dim */
     if (a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens */
         int32_t *ids = xmalloc((size_t)a.context * sizeof *ids), *pos = xmalloc((size_t)a.context * sizeof *pos);
         for (int64_t t = 0; t < a.context; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
@@ -245,14 +246,16 @@ int bench_cuda(int argc, char **argv)
             double tflops = 2e-12 * (double)picks * expert_bytes / dtype_size(s.dtype) / (gemm_ms * 1e-3);
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
             double kv_gbs = 1e-9 * (double)(a.context + T) * kv_row_bytes / (att_ms * 1e-3); /* the cache read once */
+            double keys = (double)T * (double)a.context + (double)T * (double)(T + 1) / 2; /* causal: sum of pos + 1 */
+            double att_tflops = 4e-12 * keys * qk_cols / (att_ms * 1e-3);                 /* q.k and p.v */
             if (a.json)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
-                       "\"attention_ms\": %.6g, \"kv_gbs\": %.6g}\n",
+                       "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
-                       att_ms, kv_gbs);
+                       att_ms, att_tflops, kv_gbs);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
                        layer_ms, moe_ms, gemm_ms, tflops);
@@ -260,7 +263,8 @@ int bench_cuda(int argc, char **argv)
                 printf("  weights %7.0f GB/s", gbs);
                 if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs / a.bw_gbs);
                 printf("  [%lld FFN picks, %lld experts; MoE block: %d GPU ops]", (long long)picks, (long long)used, moe_ops);
-                printf("  attention %.4f ms over %lld keys (KV cache %.0f GB/s", att_ms, (long long)(a.context + T), kv_gbs);
+                printf("  attention %.4f ms over %lld keys, %.1f TFLOP/s (KV cache %.0f GB/s", att_ms,
+                       (long long)(a.context + T), att_tflops, kv_gbs);
                 if (a.bw_gbs) printf(", %.1f %% of copy bw", 100.0 * kv_gbs / a.bw_gbs);
                 printf(")\n");
             }

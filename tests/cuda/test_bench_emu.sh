@@ -1,0 +1,26 @@
+#!/bin/bash
+# test_bench_emu.sh MOEPPC: `moeppc bench --device cuda` on the CUDA emulator (MOEPPC_CUDA_DRIVER from
+# CTest), the command scripts/device-check.sh times the 7B layer with: tiny-bf16 at T = 1 and 40 after
+# a 30-token prefill (--context), as JSON: one record per T, its positions after the context, the
+# decode step's MoE block folded to 3 GPU operations (router, up, down), every part timed and no part
+# longer than the layer; a bad --context is a usage error (exit 2) naming the option.
+set -u
+MOEPPC=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+SPEC=$HERE/../../specs/tiny/tiny-bf16.yaml
+out=$("$MOEPPC" bench "$SPEC" --device cuda --tokens 1,40 --context 30 --reps 2 --json) || { echo "bench failed"; exit 1; }
+echo "$out"
+python3 - "$out" <<'PY' || exit 1
+import json, sys
+recs = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith("{")]
+assert [r["tokens"] for r in recs] == [1, 40], recs
+for r in recs:
+    assert r["context"] == 30, r
+    for k in ("layer_ms", "moe_ms", "grouped_ms", "attention_ms"):
+        assert r[k] > 0, (k, r)
+    assert r["attention_ms"] <= r["layer_ms"] and r["moe_ms"] <= r["layer_ms"], r
+assert recs[0]["moe_ops"] == 3, recs[0]
+print("ok: bench --device cuda --context, %d records" % len(recs))
+PY
+err=$("$MOEPPC" bench "$SPEC" --device cuda --context -1 2>&1); rc=$?
+[ $rc -eq 2 ] && echo "$err" | grep -q -- "--context" || { echo "bad --context: exit $rc: $err"; exit 1; }
