@@ -166,7 +166,8 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    if (knew && h %% GROUP == 0 && s == 0)\n"
         "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "            long long c = (long long)pos[t] * (KVH * HD) + kvh * HD + dd;\n"
-        "            kc[c] = kv_of(knew[t * (KVH * HD) + kvh * HD + dd]), vc[c] = kv_of(vnew[t * (KVH * HD) + kvh * HD + dd]);\n"
+        "            long long at = t * (KVH * HD) + kvh * HD + dd;\n"
+        "            kc[c] = kv_of(knew[at]), vc[c] = kv_of(vnew[at]);\n"
         "        }\n"
         "    float qr[EPL], acc[EPL];\n"
         "#pragma unroll\n"
@@ -182,8 +183,9 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "        for (int u = 0; u < KB; u++) {  /* every load of the KB keys and values first */\n"
         "            int j = jb + u;\n"
         "            bool fresh = knew && j == n - 1;  /* (rounded as the cache would hold it) */\n"
-        "            const kvt *kr = kc + (long long)j * (KVH * HD) + kvh * HD, *vr = vc + (long long)j * (KVH * HD) + kvh * HD;\n"
-        "            const float *kn = fresh ? knew + t * (KVH * HD) + kvh * HD : 0, *vn = fresh ? vnew + t * (KVH * HD) + kvh * HD : 0;\n"
+        "            long long row = (long long)j * (KVH * HD) + kvh * HD, fr = t * (KVH * HD) + kvh * HD;\n"
+        "            const kvt *kr = kc + row, *vr = vc + row;\n"
+        "            const float *kn = fresh ? knew + fr : 0, *vn = fresh ? vnew + fr : 0;\n"
         "#pragma unroll\n"
         "            for (int i = 0; i < EPL; i++) {\n"
         "                int dd = lane + 32 * i;\n"
@@ -289,7 +291,8 @@ void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *
     int w = snprintf(out, n, "moeppc_cu_attention_%s%s%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
                      kv16(d->wdtype) ? dtype_name(d->wdtype) : "", kv16(d->wdtype) ? "_" : "", (long long)d->heads,
                      (long long)d->kv_heads, (long long)d->head_dim, f->bq);
-    if (f->bq == 1 && w > 0 && (size_t)w < n) snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
+    if (f->bq == 1 && w > 0 && (size_t)w < n)
+        snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
     else if ((f->tpq != 4 || f->bkv) && w > 0 && (size_t)w < n)
         snprintf(out + w, n - (size_t)w, "_t%d_b%d", f->tpq, attn_bkv(d, f));
 }
@@ -426,7 +429,8 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "#pragma unroll\n"
         "            for (int dn = 0; dn < HD / 8; dn += 2) {  /* V's B fragments of two dimension tiles, transposed */\n"
         "                u32 bv[4];\n"
-        "                ldmatrix_x4_trans(bv, vt_ + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * KS + dn * 8 + (lane >> 4) * 8);\n"
+        "                int key = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);  /* this lane's row: matrix lane / 8 */\n"
+        "                ldmatrix_x4_trans(bv, vt_ + key * KS + dn * 8 + (lane >> 4) * 8);\n"
         "                mma(o[dn], pf, bv);\n"
         "                mma(o[dn + 1], pf, bv + 2);\n"
         "            }\n"
@@ -435,7 +439,8 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "    }\n"
         "    la += __shfl_xor_sync(0xffffffffu, la, 1), la += __shfl_xor_sync(0xffffffffu, la, 2);\n"
         "    lb += __shfl_xor_sync(0xffffffffu, lb, 1), lb += __shfl_xor_sync(0xffffffffu, lb, 2);\n"
-        "    float *oa = out + (long long)ta * (HEADS * HD) + h * HD + 2 * c, *ob = out + (long long)tb * (HEADS * HD) + h * HD + 2 * c;\n"
+        "    float *oa = out + (long long)ta * (HEADS * HD) + h * HD + 2 * c;\n"
+        "    float *ob = out + (long long)tb * (HEADS * HD) + h * HD + 2 * c;\n"
         "#pragma unroll\n"
         "    for (int dn = 0; dn < HD / 8; dn++) {\n"
         "        if (ta < T) oa[dn * 8] = o[dn][0] / la, oa[dn * 8 + 1] = o[dn][1] / la;\n"
