@@ -87,7 +87,7 @@ static bool write_readme(const char *dir, const char *spec, const char *kind, co
         "`moeppc_kernels.cuh` declares every kernel with its arguments in order and, above each, its block size\n"
         "and grid at T = 1 and T = 512. The launch rules (codegen/cuda/cg_cuda.h has the full contract):\n\n"
         "- row kernels (embedding, RMSNorm, add+RMSNorm, RoPE, combine, KV store, fused router): grid T, block\n"
-        "  as given; attention: grid (T, heads, S), block 128, keys 0..pos[t] from the caches [max_pos, kv_heads·hd]\n"
+        "  as given; attention: grid (T, heads, ceil(S / T)), block 128, keys 0..pos[t] from the caches [max_pos, kv_heads·hd]\n"
         "  (f32; u16 for a bf16/f16 model: the kernels' signatures say, kv_store writes them rounded)\n"
         "  (knew/vnew NULL: store k and v with kv_store first; or, at T = 1 only, the new rows, which it stores),\n"
         "  in up to S splits (flash-decoding) given part [T, heads, S, hd + 2] floats and cnt [T, heads] zeroed once\n"

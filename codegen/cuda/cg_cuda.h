@@ -46,8 +46,9 @@
  *                  NULL, or (T = 1 only: a decode step) the new key and value row, read from there
  *                  and stored into the caches at pos[0] by the kernel (no separate KV store). One
  *                  block of CG_CUDA_ATTN_WARPS warps per (query t, head h, key split s): the keys
- *                  0..pos[t] go to up to S = grid.z splits of at least CG_CUDA_ATTN_SPLIT_MIN_KEYS
- *                  (flash-decoding: a decode step's 16 heads would otherwise keep 16 SMs busy);
+ *                  0..pos[t] go to up to grid.z splits of at least CG_CUDA_ATTN_SPLIT_MIN_KEYS
+ *                  (flash-decoding: a decode step's 16 heads would otherwise keep 16 SMs busy;
+ *                  grid.z = ceil(S / T) for the form's S, cg_cuda_attention_launch);
  *                  within a block the warps take KB keys at a time (their loads in flight together),
  *                  each keeps an online max/sum/accumulator, the block merges them in shared memory.
  *                  With more than one split each writes its (max, sum, accumulator) to part

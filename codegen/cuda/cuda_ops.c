@@ -158,7 +158,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    int h = blockIdx.y, s = blockIdx.z, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
         "    if (t >= T) return;\n"
         "    int n = pos[t] + 1;\n"
-        "    int chunk = part ? (n + SPLITS - 1) / SPLITS : n;\n"
+        "    int chunk = part ? (n + (int)gridDim.z - 1) / (int)gridDim.z : n;  /* (gridDim.z <= SPLITS) */\n"
         "    if (part && chunk < MINK) chunk = MINK;\n"
         "    int A = (n + chunk - 1) / chunk;\n"
         "    if (s >= A) return;  /* (a short context: fewer splits) */\n"
@@ -532,7 +532,7 @@ void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_
 {
     int64_t rows = T > 0 ? T : 1;
     grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads;
-    grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)f->bkv : 1;
+    grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)((f->bkv + rows - 1) / rows) : 1; /* fewer as queries fill it */
     block[0] = (unsigned)(f->tpq ? f->bq * f->tpq : f->bq * 2), block[1] = block[2] = 1; /* (tensor cores: 16 queries a warp) */
 }
 
