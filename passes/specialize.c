@@ -102,9 +102,9 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
 }
 
 /* Attention's key block on the CPU: 16 by the rule, else the database's. On a GPU its kernel's form
- * near 512 tokens: the database's (its entries keyed by the model's dtype, tune_attention_dtype: 16-bit
- * models have a tensor-core form, tile_n 16 with tc), else the CUDA executor's rule decides per T (codegen/cuda,
- * cg_cuda_attention_rule; tile_src "rule", no form recorded). */
+ * near 512 tokens: the database's (its entries keyed by the model's dtype, tune_attention_dtype:
+ * 16-bit models have a tensor-core form, tile_n 16 with tc), else the CUDA executor's rule decides per
+ * T (codegen/cuda, cg_cuda_attention_rule; tile_src "rule", no form recorded). */
 static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
 {
     bool gpu = o->target != TARGET_CPU;

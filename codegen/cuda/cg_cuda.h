@@ -150,8 +150,9 @@ void  cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
 char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen);
 void  cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
 
-/* The KV cache store: (long long T, const float *src, const int *pos, float *cache), cache row pos[t]
- * = src row t (cols floats each); grid T, block 256. */
+/* The KV cache store: (long long T, const float *src, const int *pos, KV *cache), cache row pos[t]
+ * = src row t (cols elements each) rounded to KV, the model's type dt as for ATTENTION (float, or u16
+ * for bf16/f16); grid T, block 256. */
 void  cg_cuda_kv_store_symbol(int64_t cols, moe_dtype dt, char *out, size_t n);
 char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt);
 
