@@ -235,6 +235,17 @@ static void test_capture(void **state)
 /* A thread runs until it blocks, in index order, or from the last with MOEPPC_CUDAEMU_ORDER=reverse:
  * a kernel that reads its left neighbour's shared-memory write without a barrier between (a race)
  * gets it in index order and shows the race in reverse; with the barrier both are right. */
+/* One block of 64 threads of kernel k(float *o, arg): o's 64 floats into h. */
+static void block64(const char *src, uint64_t o, void *arg, float h[64])
+{
+    char err[1024];
+    void *fn = must_kernel(src);
+    unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
+    void *args[] = {&o, arg};
+    assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
+    assert_true(cg_cuda_download(drv, h, o, 64 * sizeof *h, err, sizeof err));
+}
+
 static void test_order(void **state)
 {
     (void)state;
@@ -244,20 +255,15 @@ static void test_order(void **state)
                       "    __shared__ float s[64];\n"
                       "    s[threadIdx.x] = base + (float)threadIdx.x;\n%s"
                       "    o[threadIdx.x] = s[(threadIdx.x + 63) %% 64];\n}\n";
-    char src[2][512], err[1024];
+    char src[2][512];
     snprintf(src[0], sizeof src[0], fmt, "");
     snprintf(src[1], sizeof src[1], fmt, "    __syncthreads();\n");
     uint64_t o = dev(64 * 4);
     for (int order = 0; order < 2; order++) {
         if (order) setenv("MOEPPC_CUDAEMU_ORDER", "reverse", 1);
         for (int bar = 0; bar < 2; bar++) {
-            void *fn = must_kernel(src[bar]);
-            float base = (float)(1000 * (2 * order + bar + 1));
-            unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
-            void *args[] = {&o, &base};
-            assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
-            float h[64];
-            assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+            float base = (float)(1000 * (2 * order + bar + 1)), h[64];
+            block64(src[bar], o, &base, h);
             bool right = true;
             for (int t = 1; t < 64; t++) right &= h[t] == base + (float)(t - 1); /* (thread 0 reads thread 63's) */
             printf("order %s, %s: %s\n", order ? "reverse" : "by index", bar ? "barrier" : "no barrier",
@@ -303,11 +309,7 @@ static void test_warps_ahead(void **state)
     for (int order = 0; order < 3; order++) {
         if (orders[order]) setenv("MOEPPC_CUDAEMU_ORDER", orders[order], 1);
         for (int bar = 0; bar < 2; bar++) {
-            void *fn = must_kernel(src[bar]);
-            unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
-            void *args[] = {&o, &d_in};
-            assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
-            assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+            block64(src[bar], o, &d_in, h);
             bool right = !memcmp(h, want, sizeof h);
             printf("order %s, %s: %s\n", orders[order] ? orders[order] : "by index", bar ? "barrier" : "no barrier",
                    right ? "right" : "the race shows");
@@ -325,11 +327,7 @@ static void test_warps_ahead(void **state)
                         "    o[threadIdx.x] = before;\n}\n";
     for (int eager = 0; eager < 2; eager++) {
         if (eager) setenv("MOEPPC_CUDAEMU_CP_ASYNC", "eager", 1);
-        void *fn = must_kernel(early);
-        unsigned grid[3] = {1, 1, 1}, block[3] = {64, 1, 1};
-        void *args[] = {&o, &d_in};
-        assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
-        assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+        block64(early, o, &d_in, h);
         for (int t = 0; t < 64; t++) assert_true(h[t] == (eager ? in[t * 4] : -1.0f));
         printf("cp.async read before its wait: %s\n", eager ? "the new value (eager)" : "the old value");
     }
