@@ -935,7 +935,7 @@ static void mark_fusions(CudaModel *cm)
      * shares their places, at any T it takes (<= CG_CUDA_COMBINE_DISPATCH_MAX_T) */
     int *def, *last;
     ir_liveness(cm->m, &def, &last);
-    for (int c = 0; c < cm->n_steps && !cm->o.no_fuse && !cm->o.caller_workspace; c++) {
+    for (int c = 0; c < cm->n_steps && !cm->o.no_fuse; c++) {
         const Step *cs = &cm->steps[c];
         const IrInstr *ci = cs->i, *ri = ci->op == IR_OP_MOE_COMBINE ? ci->in[1]->def : NULL;
         if (!ri || ri->op != IR_OP_MOE_ROUTE || ri->out[0] != ci->in[1] || ri->out[1] != ci->in[2] ||

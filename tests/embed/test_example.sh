@@ -2,7 +2,8 @@
 # test_example.sh c|python|cuda|cuda-python MOEPPC REF LIB SPEC WORK: the example of examples/embed_c (built through
 # pkg-config against LIB only, shared and static) or examples/embed_python (ctypes) against the
 # reference interpreter (embed_layer_ref) on a checkpoint of SPEC: the spec's first MoE layer without
-# residual_in and its last one with one (when the spec has a gating residual), several thread
+# residual_in and its last one with one (when the spec has a gating residual), 19 tokens and 5
+# (its last layer: a decode-sized batch), several thread
 # counts. Each "--mutate" run (a negated down-projection; a dropped residual_in) must fail, or the
 # check could not catch them. cuda: LIB is a CUDA build and examples/embed_c is built with
 # -DEMBED_CUDA and the CUDA runtime ($CUDA_HOME, default /usr/local/cuda; the libcudart of folder
@@ -64,14 +65,17 @@ moe = [l for l in range(L) if (l + 1) % every == 0]
 print(moe[0], moe[-1], int(s["moe"]["router"]["residual"]))
 PYEOF
 )
-cases=("$first 1 --no-residual")
-[ "$residual" = 1 ] && cases+=("$last 2")
+# (layer, seed, tokens, flag): 19 tokens a prefill-sized call; 5 a decode-sized batch, where the CUDA
+# build's fused router also combines and dispatches (up to 16 tokens)
+cases=("$first 1 19 --no-residual")
+if [ "$residual" = 1 ]; then cases+=("$last 2 19" "$last 3 5"); else cases+=("$last 3 5 --no-residual"); fi
 n=0
 for c in "${cases[@]}"; do
-  read -r layer seed flag <<< "$c"
+  read -r layer seed tokens flag <<< "$c"
   D="$WORK/case$n"; n=$((n + 1))
   mkdir -p "$D" && ln -sf "$WORK/w.safetensors" "$D/w.safetensors"
-  "$REF" "$SPEC" "$WORK/w.safetensors" "$layer" 19 "$seed" "$D" $flag > /dev/null || fail "reference for layer $layer"
+  "$REF" "$SPEC" "$WORK/w.safetensors" "$layer" "$tokens" "$seed" "$D" $flag > /dev/null ||
+    fail "reference for layer $layer, $tokens tokens"
   if [ "$KIND" = cuda ] || [ "$KIND" = cuda-python ]; then
     run "$D"; rc=$?
     [ $rc -eq 77 ] && { echo "skipped: no usable GPU"; exit 77; }
