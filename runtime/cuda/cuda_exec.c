@@ -527,6 +527,33 @@ static bool route_alt(CudaModel *cm, Step *st, RtError *err)
     return true;
 }
 
+/* The MoE combine step c's instruction is, for the kernels that fold one (the combine's own dispatch,
+ * the fused router's "_cmb" form): a COMBINE, or the ZEROS a vanilla MoE layer starts its output with
+ * (the down-projection's y0, its dispatch's picks a route's), a combine of no zero-computation
+ * experts: y = 0. Sets io to its x, the route's weights and ids, and d to its descriptor; NULL when ci
+ * is neither, else the instruction that made the weights. */
+static const IrInstr *combine_of(const CudaModel *cm, const IrInstr *ci, const IrValue *io[3], CgOpDesc *d)
+{
+    if (ci->op == IR_OP_MOE_COMBINE) {
+        io[0] = ci->in[0], io[1] = ci->in[1], io[2] = ci->in[2];
+        MOE_ASSERT(cg_op_desc_for(ci, d));
+        return ci->in[1]->def;
+    }
+    if (ci->op != IR_OP_ZEROS) return NULL;
+    for (int s = 0; s < cm->n_steps; s++) {
+        const IrInstr *di = cm->steps[s].i, *dp = di->op == IR_OP_MOE_GROUPED_DOWN ? di->in[1]->def : NULL;
+        const IrInstr *ri = dp && dp->op == IR_OP_MOE_DISPATCH ? dp->in[0]->def : NULL;
+        if (di->in[4] != ci->out[0] || !ri || ri->op != IR_OP_MOE_ROUTE || ri->out[1] != dp->in[0] ||
+            ir_attr_int(ri, "n_const") || cols(ri->in[0]) != cols(ci->out[0]) || ci->out[0]->type.dtype != DT_F32)
+            continue;
+        io[0] = ri->in[0], io[1] = ri->out[0], io[2] = ri->out[1];
+        *d = (CgOpDesc){.kind = CG_OP_COMBINE, .wdtype = DT_F32, .cols = cols(ci->out[0]), .k = cols(ri->out[1]),
+                        .s = ir_attr_float(ri, "s")}; /* copy_lo = copy_hi: no copy experts */
+        return ri;
+    }
+    return NULL;
+}
+
 static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
@@ -560,7 +587,8 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
     if (st->comb >= 0) { /* its form that also combines (and dispatches): mark_fusions */
         const Step *cs = &cm->steps[st->comb];
         CgCudaRouteFused rc = st->rf;
-        MOE_ASSERT(cg_op_desc_for(cs->i, &rc.combine));
+        const IrValue *io[3];
+        MOE_ASSERT(combine_of(cm, cs->i, io, &rc.combine));
         if (cs->disp >= 0) rc.combine.experts = ir_attr_int(cm->steps[cs->disp].i, "experts");
         if (!route_fused_kern(cm, &rc, &st->kern_cmb)) st->comb = -1; /* (mixed dtypes: apart) */
         else if (!cm->dry && (!dalloc(cm, &st->counter, 4, "the router's block counter", true, err) ||
@@ -718,7 +746,14 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
     }
     case IR_OP_ATTENTION: return prepare_attention(cm, st, err);
     case IR_OP_MOE_ROUTE: return prepare_route(cm, st, err);
-    case IR_OP_ZEROS: return true;
+    case IR_OP_ZEROS: { /* a vanilla layer's y0 that also dispatches (mark_fusions): the combine kernel */
+        const IrValue *io[3];
+        if (st->disp < 0) return true;
+        MOE_ASSERT(combine_of(cm, st->i, io, &st->d));
+        CgOpDesc dd = st->d;
+        dd.experts = ir_attr_int(cm->steps[st->disp].i, "experts");
+        return op_kern(cm, &dd, &st->kern_disp, err);
+    }
     case IR_OP_MOE_DISPATCH: {
         MOE_ASSERT(cg_op_desc_for(i, &st->d));
         if (!cm->dry && !cm->o.caller_workspace &&
@@ -917,16 +952,18 @@ static void mark_fusions(CudaModel *cm)
     for (int c = 0; c < cm->n_steps && !cm->o.no_fuse; c++) {
         Step *cs = &cm->steps[c];
         const IrInstr *ci = cs->i;
-        if (ci->op != IR_OP_MOE_COMBINE) continue;
+        const IrValue *io[3];
+        CgOpDesc unused;
+        if (!combine_of(cm, ci, io, &unused)) continue;
         for (int s = 0; s < cm->n_steps; s++) {
             Step *st = &cm->steps[s];
             const IrInstr *i = st->i;
-            if (i->op == IR_OP_SCALE && s < c && cs->scale < 0 && i->in[0] == ci->in[0] &&
+            if (i->op == IR_OP_SCALE && ci->op == IR_OP_MOE_COMBINE && s < c && cs->scale < 0 && i->in[0] == ci->in[0] &&
                 ir_attr_float(i, "s") == ir_attr_float(ci, "s") && i->out[0]->type.dtype == DT_F32 &&
                 ci->in[0]->type.dtype == DT_F32 && first_use[i->out[0]->id] > c)
                 cs->scale = s, st->by = c;
-            if (i->op == IR_OP_MOE_DISPATCH && s > c && cs->disp < 0 && i->in[0] == ci->in[2] &&
-                i->in[0]->def->out[0] == ci->in[1] && ir_attr_int(i, "experts") <= 1024)
+            if (i->op == IR_OP_MOE_DISPATCH && s > c && cs->disp < 0 && i->in[0] == io[2] &&
+                i->in[0]->def->out[0] == io[1] && ir_attr_int(i, "experts") <= 1024)
                 cs->disp = s, st->by = c;
         }
     }
@@ -937,9 +974,11 @@ static void mark_fusions(CudaModel *cm)
     ir_liveness(cm->m, &def, &last);
     for (int c = 0; c < cm->n_steps && !cm->o.no_fuse; c++) {
         const Step *cs = &cm->steps[c];
-        const IrInstr *ci = cs->i, *ri = ci->op == IR_OP_MOE_COMBINE ? ci->in[1]->def : NULL;
-        if (!ri || ri->op != IR_OP_MOE_ROUTE || ri->out[0] != ci->in[1] || ri->out[1] != ci->in[2] ||
-            ri->in[0] != ci->in[0] || (ir_attr_int(ci, "n_const") && ri->out[3] != ci->in[3]))
+        const IrValue *io[3];
+        CgOpDesc unused;
+        const IrInstr *ci = cs->i, *ri = combine_of(cm, ci, io, &unused);
+        if (!ri || ri->op != IR_OP_MOE_ROUTE || ri->out[0] != io[1] || ri->out[1] != io[2] || ri->in[0] != io[0] ||
+            (ci->op == IR_OP_MOE_COMBINE && ir_attr_int(ci, "n_const") && ri->out[3] != ci->in[3]))
             continue;
         int r = ir_instr_position(cm->m, ri);
         const IrValue *early[2] = {ci->out[0], cs->scale >= 0 ? cm->steps[cs->scale].i->out[0] : NULL};
@@ -1399,6 +1438,13 @@ static bool run_step(const Run *r, const Step *st)
     case IR_OP_MOE_ROUTE: return run_route(r, st);
     case IR_OP_ATTENTION: return run_attention(r, st);
     case IR_OP_ZEROS:
+        if (st->disp >= 0 && r->T <= CG_CUDA_COMBINE_DISPATCH_MAX_T) { /* zeros and the dispatch: one launch */
+            const IrInstr *ri = cm->steps[st->disp].i->in[0]->def;
+            uint64_t x = addr(r, ri->in[0]), w = addr(r, ri->out[0]), ids = addr(r, ri->out[1]), none = 0;
+            uint64_t off = cm->steps[st->disp].off, perm = cm->steps[st->disp].perm, gw = cm->steps[st->disp].gate_w;
+            void *a[] = {(void *)&r->TT, &x, &w, &ids, &none, &none, &out, &none, &off, &perm, &gw};
+            return op(r, st, st->kern_disp, &st->d, a);
+        }
         cm->ops++;
         if (cg_cuda_fill32_async(cm->drv, out, 0, (size_t)(r->T * cols(i->out[0])), e, sizeof e)) return true;
         snprintf(r->err->msg, sizeof r->err->msg, "%s", e);

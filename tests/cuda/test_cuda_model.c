@@ -387,11 +387,12 @@ static void test_long_decode(void **state)
     assert_true(ok);
 }
 
-/* specs/tiny/tiny-moepp.yaml with random weights of this run's seed: its planned module for the GPU. */
-static IrModule *tiny_moepp(ModelSpec *s, WeightSet **w)
+/* specs/tiny/NAME.yaml with random weights of this run's seed: its planned module for the GPU. */
+static IrModule *tiny_model(const char *name, ModelSpec *s, WeightSet **w)
 {
-    char p[1024];
-    src_path(p, sizeof p, "specs/tiny/tiny-moepp.yaml");
+    char p[1024], rel[256];
+    snprintf(rel, sizeof rel, "specs/tiny/%s.yaml", name);
+    src_path(p, sizeof p, rel);
     Diag d = {.out = stderr, .file = p};
     assert_true(spec_load_file(p, s, &d));
     RtError err = {{0}};
@@ -409,7 +410,7 @@ static void test_range_graphs(void **state)
     ModelSpec s;
     WeightSet *w = NULL;
     RtError err = {{0}};
-    IrModule *m = tiny_moepp(&s, &w);
+    IrModule *m = tiny_model("tiny-moepp", &s, &w);
     int n = 0, k = 0;
     for (const IrInstr *i = m->first; i; i = i->next, n++)
         if (i->op == IR_OP_MOE_ROUTE && !k) k = n; /* [0, k) up to the first router, [k, n) the rest */
@@ -453,29 +454,33 @@ static void test_range_graphs(void **state)
  * down-projection) is the router (doing the combine, its scale and the dispatch too), up and down: 3,
  * against 6; the whole step saves 3 per MoE layer and 5 per attention (its KV stores, the queries'
  * RoPE done with the keys', the k and v projections done with q's); the logits agree. */
-static void test_decode_ops(void **state)
+/* A decode step's MoE block is 3 GPU operations with the folds (the router also combines and
+ * dispatches; up; down), 6 without for MoE++ (route, scale, combine, dispatch, up, down) and 5 for a
+ * vanilla layer (its combine is the down-projection's zeroed y0); with the router on its unfused
+ * path (a tuned form's), the combine does the scale and the dispatch itself: the router's operations
+ * and 3. The logits do not change. */
+static void decode_ops(const char *name, int unfolded)
 {
-    (void)state;
-    if (!have_gpu) skip();
     ModelSpec s;
     WeightSet *w = NULL;
     RtError err = {{0}};
-    IrModule *m = tiny_moepp(&s, &w);
+    IrModule *m = tiny_model(name, &s, &w);
     int n = 0, route = -1, down = -1, moe = 0, attn = 0;
     for (const IrInstr *i = m->first; i; i = i->next, n++) {
         if (i->op == IR_OP_MOE_ROUTE && route < 0) route = n;
         if (i->op == IR_OP_MOE_GROUPED_DOWN && down < 0) down = n;
-        moe += i->op == IR_OP_MOE_COMBINE, attn += i->op == IR_OP_ATTENTION;
+        moe += i->op == IR_OP_MOE_ROUTE, attn += i->op == IR_OP_ATTENTION;
     }
-    int block[2], step[2];
-    float *logits[2];
+    int block[3], step[3], router = 0;
+    float *logits[3];
     int32_t id = 5, pos = 0;
     int64_t V = s.vocab, cols;
     moe_dtype dt;
-    for (int f = 0; f < 2; f++) {
+    for (int f = 0; f < 3; f++) {
         CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_fuse = f == 1};
+        if (f == 2) opt.route[0] = 16, opt.route[1] = 16, opt.route[2] = 64; /* the linears on 16x16x64 tiles */
         CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
-        assert_non_null(cm);
+        if (!cm) fail_msg("%s", err.msg);
         assert_true(cuda_model_run(cm, &id, &pos, 1, &err));
         step[f] = cuda_model_last_ops(cm);
         const float *got = cuda_model_output(cm, "logits", &cols, &dt, &err);
@@ -487,19 +492,36 @@ static void test_decode_ops(void **state)
             block[f] = cuda_model_last_ops(cm);
             if (rep) assert_int_equal(cuda_model_graphs(cm), 2);
         }
+        if (f == 2) {
+            assert_true(cuda_model_run_steps(cm, route, route + 1, &id, &pos, 1, &err));
+            router = cuda_model_last_ops(cm);
+        }
         cuda_model_free(cm);
     }
-    printf("cuda_model: decode step of %s: %d GPU operations folded, %d not; its MoE block %d and %d\n", s.name,
-           step[0], step[1], block[0], block[1]);
+    printf("cuda_model: decode step of %s: %d GPU operations folded, %d not; its MoE block %d and %d, %d with the "
+           "router unfused (%d of them its)\n", s.name, step[0], step[1], block[0], block[1], block[2], router);
     assert_int_equal(block[0], 3);
-    assert_int_equal(block[1], 6);
-    assert_int_equal(step[1] - step[0], 3 * moe + 5 * attn); /* attention: KV stores, a RoPE, k's and v's GEMVs */
-    double diff = 0, top = 0;
-    for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(logits[0][j] - logits[1][j])), top = fmax(top, fabs(logits[1][j]));
-    assert_true(diff <= 1e-5 * top);
-    free(logits[0]), free(logits[1]);
+    assert_int_equal(block[1], unfolded);
+    assert_true(router > 1);
+    assert_int_equal(block[2], router + 3);
+    /* attention: KV stores, a RoPE, k's and v's GEMVs */
+    assert_int_equal(step[1] - step[0], (unfolded - 3) * moe + 5 * attn);
+    for (int f = 0; f < 3; f += 2) {
+        double diff = 0, top = 0;
+        for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(logits[f][j] - logits[1][j])), top = fmax(top, fabs(logits[1][j]));
+        assert_true(diff <= 1e-5 * top);
+    }
+    free(logits[0]), free(logits[1]), free(logits[2]);
     ir_module_free(m);
     weights_close(w);
+}
+
+static void test_decode_ops(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    decode_ops("tiny-moepp", 6);
+    decode_ops("tiny-vanilla", 5);
 }
 
 static void test_no_gpu_message(void **state)
