@@ -123,8 +123,8 @@ static bool cu_error(CgCudaDriver *d, const char *call, CUresult rc, char *err, 
 {
     const char *msg = NULL, *detail = d->emu_error ? d->emu_error() : "";
     if (d->api.error_string) d->api.error_string(rc, &msg);
-    snprintf(err, errlen, "CUDA driver: %s: %s (error %d)%s%s", call, msg ? msg : "unknown error", rc,
-             detail[0] ? ": " : "", detail);
+    snprintf(err, errlen, "CUDA driver: %.*s: %s (error %d)%s%s", (int)strcspn(call, "("), call, /* (its name) */
+             msg ? msg : "unknown error", rc, detail[0] ? ": " : "", detail);
     return false;
 }
 

@@ -184,8 +184,9 @@ static bool dalloc(CudaModel *cm, uint64_t *p, size_t bytes, const char *what, b
 {
     char e[512];
     if (!cg_cuda_alloc(cm->drv, p, bytes, e, sizeof e)) {
-        snprintf(err->msg, sizeof err->msg, "allocating %.1f MB on the GPU for %s: %s", (double)bytes / 1048576.0,
-                 what, e);
+        bool mb = bytes >= (size_t)1 << 20;
+        snprintf(err->msg, sizeof err->msg, "allocating %.1f %s on the GPU for %s: %s",
+                 (double)bytes / (mb ? 1048576.0 : 1024.0), mb ? "MB" : "KB", what, e);
         return false;
     }
     cm->bytes += (double)bytes;
@@ -1107,9 +1108,11 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         size_t free_b = 0, total_b = 0;
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
         if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
+            double unit = total_b >= (size_t)1 << 30 ? 1e9 : 1e6; /* (GB; MB for a small device) */
+            const char *u = unit == 1e9 ? "GB" : "MB";
             snprintf(err->msg, sizeof err->msg,
-                     "not enough GPU memory: the weights and KV caches need %.2f GB and %.2f GB of %.2f GB is free",
-                     need / 1e9, (double)free_b / 1e9, (double)total_b / 1e9);
+                     "not enough GPU memory: the weights and KV caches need %.2f %s and %.2f %s of %.2f %s is free",
+                     need / unit, u, (double)free_b / unit, u, (double)total_b / unit, u);
             cuda_model_free(cm);
             return NULL;
         }

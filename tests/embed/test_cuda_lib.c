@@ -5,9 +5,11 @@
  * a layer whose forward refuses host pointers before enqueueing anything.
  *
  * With "unsupported", the device must be refused instead (an sm_XX library on the CUDA emulator):
- * MOEPP_ERR_UNSUPPORTED, a message naming the --target that fits, no layer.
+ * MOEPP_ERR_UNSUPPORTED, a message naming the --target that fits, no layer. With "oom", the device is
+ * too small for the weights (the emulator with MOEPPC_CUDAEMU_MEMORY): MOEPP_ERR_OUT_OF_MEMORY, a
+ * message naming the memory, no layer.
  *
- *   test_cuda_lib ARCH [unsupported]   exit 0: every check holds; 1: one failed (each failure printed) */
+ *   test_cuda_lib ARCH [unsupported|oom]   exit 0: every check holds; 1: one failed (each failure printed) */
 #include "moepp_layer.h"
 
 #include <stdio.h>
@@ -74,7 +76,7 @@ static void gpu_checks(moepp_layer *layer)
 int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "sm_80";
-    int refused = argc > 2 && strcmp(argv[2], "unsupported") == 0;
+    int refused = argc > 2 && strcmp(argv[2], "unsupported") == 0, oom = argc > 2 && strcmp(argv[2], "oom") == 0;
     moepp_layer_info info;
     moepp_layer_desc d;
     moepp_layer *layer = (moepp_layer *)&d; /* not NULL: create must set it */
@@ -132,6 +134,12 @@ int main(int argc, char **argv)
         CHECK(strstr(moepp_last_error(), arch) && strstr(moepp_last_error(), "--target"), "message: '%s'",
               moepp_last_error());
         printf("refused: create says %s\n  %s\n", moepp_status_string(s), moepp_last_error());
+    } else if (oom) {
+        CHECK(s == MOEPP_ERR_OUT_OF_MEMORY, "create: %s, expected MOEPP_ERR_OUT_OF_MEMORY (%s)", moepp_status_string(s),
+              moepp_last_error());
+        CHECK(layer == NULL, "create failed and *out is not NULL");
+        CHECK(strstr(moepp_last_error(), "memory") != NULL, "message: '%s'", moepp_last_error());
+        printf("too small a device: create says %s\n  %s\n", moepp_status_string(s), moepp_last_error());
     } else if (s == MOEPP_ERR_NO_DEVICE) {
         CHECK(layer == NULL, "create failed and *out is not NULL");
         CHECK(strlen(moepp_last_error()) > 10, "no message: '%s'", moepp_last_error());

@@ -9,7 +9,7 @@
  * error naming the kernel, block and thread, instead of a hang. Blocks are spread over a pool of OS
  * threads (MOEPPC_CUDAEMU_THREADS, default: the cores); atomics are real atomics. cp.async copies
  * happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
- * (filled with 0xff bytes, NaN as floats, when allocated); streams run everything at once, in order;
+ * (filled with 0xff bytes, NaN as floats, when allocated; MOEPPC_CUDAEMU_MEMORY bytes caps it); streams run everything at once, in order;
  * a stream capture records launches, copies and fills into a graph that a graph launch replays;
  * events read the host's clock. Timing figures are the CPU's and mean nothing for a GPU.
  * Kernel images: the path of a compiled object (format 1), or the object's bytes themselves (format
@@ -665,10 +665,26 @@ static int n_allocs, cap_allocs;
 static size_t allocated;
 static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* The device's memory: MOEPPC_CUDAEMU_MEMORY bytes (a GPU's size, or a small one to test running out
+ * of it: allocations past it fail as a full GPU's do), else the host's. 0 when not set. */
+static size_t memory_limit(void)
+{
+    const char *e = getenv("MOEPPC_CUDAEMU_MEMORY");
+    if (!e || !e[0]) return 0;
+    char *end;
+    unsigned long long v = strtoull(e, &end, 10);
+    return *end == '\0' && v > 0 ? (size_t)v : 0;
+}
+
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
 {
     if (bytes == 0) return CU_INVALID_VALUE;
-    size_t rounded = (bytes + 255) & ~(size_t)255;
+    size_t rounded = (bytes + 255) & ~(size_t)255, limit = memory_limit();
+    pthread_mutex_lock(&mem_mu);
+    bool over = limit && (rounded > limit || allocated > limit - rounded);
+    pthread_mutex_unlock(&mem_mu);
+    if (over) return fail_with(CU_OUT_OF_MEMORY, "%zu bytes more than the emulated device's %zu (MOEPPC_CUDAEMU_MEMORY)",
+                               bytes, limit);
     void *m = aligned_alloc(256, rounded);
     if (!m) return fail_with(CU_OUT_OF_MEMORY, "host memory for %zu bytes of device memory", bytes);
     memset(m, 0xff, rounded); /* device memory starts as garbage: NaN as floats */
@@ -707,6 +723,13 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
 
 EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
 {
+    size_t limit = memory_limit();
+    if (limit) {
+        pthread_mutex_lock(&mem_mu);
+        *total = limit, *free_bytes = allocated < limit ? limit - allocated : 0;
+        pthread_mutex_unlock(&mem_mu);
+        return CU_OK;
+    }
     long page = sysconf(_SC_PAGESIZE);
     *total = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)page;
     *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)page;
