@@ -219,7 +219,8 @@ typedef struct CgCudaGemm {
                                 memory accelerator (cp.async.bulk.tensor, one thread, an mbarrier
                                 per ring slot) into 128-byte-swizzled rows; the kernel takes a
                                 last argument, the weights' CUtensorMap (cg_cuda_gemm_tma_map;
-                                "_tma")                                                         */
+                                "_tma"); DOWN's A (h) comes so too, its map after W's
+                                (cg_cuda_gemm_tma_map_a)                                       */
     int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
                                 k tiles; the GEMV's 8-element chunks) and add their partial
                                 products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
@@ -249,6 +250,10 @@ CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
  * u16, [experts x matrices x n rows][k], tiles of BN rows x 64 k, 128-byte swizzle, zeros past the
  * ends. rows/box for cg_cuda_tensor_map_2d. */
 void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_rows);
+/* A DOWN TMA kernel reads its A (h, [T * k_top slots][k] u16, rows in slot order) by the TMA too: a
+ * second tensor map after W's, its tiles BM rows x 64 k, 128-byte swizzle, zeros past the ends;
+ * rows/box for cg_cuda_tensor_map_2d at T tokens. False (no such map) for any other kernel. */
+bool cg_cuda_gemm_tma_map_a(const CgCudaGemm *g, int64_t T, uint64_t *rows, unsigned *box_rows);
 /* In the source of a kernel that needs sm_90a (cg_cuda_compile looks for it). */
 #define CG_CUDA_SM90A_MARK "#define MOEPPC_SM90A 1\n"
 /* Dynamic shared memory a GEMM's launch needs (above 48 KB the launch opts in, cg_cuda_launch*). */

@@ -103,6 +103,14 @@ void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_row
     *box_rows = (unsigned)g->bn;
 }
 
+bool cg_cuda_gemm_tma_map_a(const CgCudaGemm *g, int64_t T, uint64_t *rows, unsigned *box_rows)
+{
+    if (!g->tma || g->kind != CG_CUDA_GEMM_DOWN) return false;
+    *rows = (uint64_t)T * (uint64_t)g->k_top;
+    *box_rows = (unsigned)g->bm;
+    return true;
+}
+
 static bool check(const CgCudaGemm *g, char *err, size_t errlen)
 {
     const char *why = NULL;
@@ -168,7 +176,9 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     cb_printf(b, "#define LDC %lld\n", (long long)(g->ldc ? g->ldc : g->n));
     const char *wparam = g->w_table ? "const void *const *wtab" : "const void *wv";
     const char *xt = cg_cuda_gemm_a16(g) ? "u16" : "float", *ht = up && cg_cuda_gemm_a16(g) ? "u16" : "float";
-    const char *tmap = g->tma ? ", const __grid_constant__ CUtensorMap tmw" : "";
+    const char *tmap = !g->tma ? ""
+                       : up ? ", const __grid_constant__ CUtensorMap tmw"
+                            : ", const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out%s) {\n"
@@ -357,6 +367,17 @@ static const char cp_ring_start[] =
     "        cp_async_commit();\n"
     "    }\n";
 
+/* The ring when every tile comes by the TMA (DOWN's A and W, LOAD_B: thread 0 and the slot's
+ * mbarrier): the same first PF tiles, the commit groups kept (empty) so the k loop is the same. */
+static const char cp_ring_start_tma[] =
+    "#define LOAD(slot, k0) do { u16 *st_ = sm + (slot) * STAGE; LOAD_B(slot, st_, k0); } while (0)\n"
+    "    const int KT = KT1 - KT0;  /* this block's k tiles, counted from KT0 (split-K: the coordinates too) */\n"
+    "#pragma unroll\n"
+    "    for (int s = 0; s < PF; s++) {  /* the first PF tiles in flight */\n"
+    "        if (s < KT) LOAD(s, s * BK);\n"
+    "        cp_async_commit();\n"
+    "    }\n";
+
 /* Tensor cores fed by cp.async (sm_80+), the grouped UP/DOWN of 16-bit models ("a16": x and h are
  * 16-bit in memory, so they copy to shared memory as they are). A ring of ST k tiles of A and B in
  * dynamic shared memory: ST - 1 tiles are in flight while the tensor cores work on the oldest, one
@@ -499,6 +520,7 @@ static void emit_wgmma_asm(CgBuf *b, const CgCudaGemm *g)
 static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    bool ta = g->tma && !up; /* DOWN's A (h, its rows in slot order: a 2-D box) by the TMA too */
     emit_wgmma_asm(b, g);
     cb_printf(b, "#define ST %d\n#define PF (ST - 2)\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
                  "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
@@ -517,7 +539,13 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         cb_printf(b, "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN rows in core matrices of BK] */\n");
     cb_printf(b,
         "%s"
-        "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n"
+        "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n",
+        g->tma ? "    (void)wv;  /* W comes by the tensor map */\n" : "    const u16 *w = (const u16 *)wv;\n");
+    if (ta)
+        cb_printf(b, "    (void)x;  /* A too: h's rows m0.. by its tensor map (rows past the group's are the next\n"
+                     "               group's or zeros: their rows are not stored) */\n");
+    else
+        cb_printf(b,
         "    /* chunk q: 8 consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix) */\n"
         "    const u16 *asrc[A_IT];\n"
         "    int adst[A_IT], acol[A_IT];\n"
@@ -528,10 +556,10 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        aok[it] = q < A_CH && m0 + r < ge;\n"
         "        asrc[it] = aok[it] ? AROW(m0 + r) + c * 8 : x;\n"
         "        adst[it] = q < A_CH ? CM(r, c) : -1, acol[it] = c * 8;\n"
-        "    }\n", g->tma ? "    (void)wv;  /* W comes by the tensor map */\n" : "    const u16 *w = (const u16 *)wv;\n");
+        "    }\n");
     if (g->tma) /* W by the TMA: thread 0 arms the slot's mbarrier with the bytes to come and issues a
                    box of BN rows x 64 k per matrix (rows past the group's are another group's or zeros:
-                   their columns are not stored; k past KD zeros) */
+                   their columns are not stored; k past KD zeros); DOWN's A likewise, BM rows of h */
         cb_printf(b,
             "    if (tid == 0) {\n"
             "        for (int s = 0; s < ST; s++) mbar_init(mbar + 8 * s, 1);\n"
@@ -539,11 +567,14 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
             "    }\n"
             "    __syncthreads();\n"
             "#define LOAD_B(slot, st_, k0) if (tid == 0) { \\\n"
-            "        mbar_expect_tx(mbar + 8 * (slot), NB * BN * BK * 2); \\\n"
+            "        mbar_expect_tx(mbar + 8 * (slot), (%sNB * BN) * BK * 2); \\\n"
+            "%s"
             "        for (int mat = 0; mat < NB; mat++) \\\n"
             "            tma_load_2d(st_ + BM * BK + mat * BN * BK, &tmw, KT0 * BK + (k0), (int)WROW(e, mat, n0), mbar + 8 * (slot)); }\n"
             "#define ADVANCE_B(d)  /* (the TMA's coordinates are absolute) */\n"
-            "%s", cp_ring_start);
+            "%s", ta ? "BM + " : "",
+            ta ? "        tma_load_2d(st_, &tmx, KT0 * BK + (k0), (int)m0, mbar + 8 * (slot)); \\\n" : "",
+            ta ? cp_ring_start_tma : cp_ring_start);
     else
         cb_printf(b,
             "    const u16 *bsrc[B_IT];\n"
@@ -559,10 +590,13 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
             "%s%s", load_b_cp, cp_ring_start);
     cb_printf(b,
         "    /* descriptor: start >> 4 (bits 0-13), LBO >> 4 (16-29), SBO >> 4 (32-45), layout (62-63): A's\n"
-        "     * core matrices without swizzle; W's rows of 128 bytes swizzled (TMA: 1; SBO 8 rows, 1 KB) */\n"
-        "    const unsigned long long DESC = (128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32;\n"
+        "     * core matrices without swizzle; W's (and a TMA DOWN's A) rows of 128 bytes swizzled (TMA: 1;\n"
+        "     * SBO 8 rows, 1 KB) */\n"
+        "    const unsigned long long DESCA = %s;\n"
         "    const unsigned long long DESCB = %s;\n",
-        g->tma ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16" : "DESC");
+        ta ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"
+           : "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32",
+        g->tma ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16" : "DESCA");
     cb_printf(b,
         "    float acc[NB][NACC];\n"
         "#pragma unroll\n"
@@ -579,8 +613,8 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        u32 base = smem_u32(sm + (kt %% ST) * STAGE);\n"
         "        wgmma_fence();\n"
         "#pragma unroll\n"
-        "        for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: A two chunks on (256 bytes); W %s */\n"
-        "            unsigned long long da = DESC | (((base + wg * 64 * BK * 2 + kk * 256) & 0x3ffffu) >> 4);\n"
+        "        for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: A %s; W %s */\n"
+        "            unsigned long long da = DESCA | (((base + wg * 64 * BK * 2 + kk * %d) & 0x3ffffu) >> 4);\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++)\n"
         "                wgmma_tile(acc[mat], da, DESCB | (((base + (BM + mat * BN) * BK * 2 + kk * %d) & 0x3ffffu) >> 4));\n"
@@ -598,7 +632,8 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            int n = n0 + j * 8 + (lane & 3) * 2;\n"
         "            if (s >= ge || n >= N) continue;\n",
         g->tma ? "        while (!mbar_try_wait(mbar + 8 * (kt % ST), (kt / ST) & 1)) {}  /* W's tile kt (TMA) */\n" : "",
-        g->tma ? "32 bytes on in its swizzled rows" : "two chunks on", g->tma ? 32 : 256);
+        ta ? "32 bytes on in its swizzled rows" : "two chunks on (256 bytes)",
+        g->tma ? "32 bytes on in its swizzled rows" : "two chunks on", ta ? 32 : 256, g->tma ? 32 : 256);
     if (up)
         cb_printf(b, "            float a0 = acc[0][4 * j + 2 * hh], a1 = acc[0][4 * j + 2 * hh + 1];\n"
                      "            *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][4 * j + 2 * hh],\n"

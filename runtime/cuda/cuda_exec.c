@@ -52,6 +52,8 @@ typedef struct Gemm {
     GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
     unsigned char *tmap;              /* tiled.tma: the stacked weights' tensor map (128 bytes, aligned) */
+    unsigned char *amap;              /* a DOWN TMA kernel's (tiled or tuned): h's tensor map, made at
+                                         each launch (its rows are the call's slots)                  */
 } Gemm;
 
 /* Attention's forms other than the rule's: the tuner's candidate (CudaOptions.attn, every T) or a
@@ -430,6 +432,12 @@ static bool tma_map(CudaModel *cm, const Gemm *gm, const CgCudaGemm *g, unsigned
 static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
 {
     if (cm->dry) return true;
+    bool down_tma = gm->k_tiled >= 0 && gm->tiled.tma && gm->tiled.kind == CG_CUDA_GEMM_DOWN;
+    for (int j = 0; gm->alt && j < gm->alt->n; j++) down_tma |= gm->alt->g[j].tma && gm->alt->g[j].kind == CG_CUDA_GEMM_DOWN;
+    if (down_tma && !gm->amap && !(gm->amap = aligned_alloc(128, 128))) {
+        snprintf(err->msg, sizeof err->msg, "out of host memory for a tensor map");
+        return false;
+    }
     if (gm->k_tiled >= 0 && gm->tiled.tma && !tma_map(cm, gm, &gm->tiled, &gm->tmap, err)) return false;
     for (int j = 0; gm->alt && j < gm->alt->n; j++)
         if (gm->alt->g[j].tma && !tma_map(cm, gm, &gm->alt->g[j], &gm->alt->tmap[j], err)) return false;
@@ -1289,11 +1297,22 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
             if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c))
                 g = &gm->alt->g[j], kern = gm->alt->k[j], map = gm->alt->tmap[j];
     }
-    if (g->tma) { /* W's tensor map, its last argument */
-        void *with_map[8];
+    if (g->tma) { /* W's tensor map, its last argument (DOWN: then h's) */
+        void *with_map[9];
         int n = g->kind == CG_CUDA_GEMM_UP ? 6 : 7;
         memcpy(with_map, args, (size_t)n * sizeof *args);
         with_map[n] = (void *)map;
+        uint64_t rows;
+        unsigned box;
+        if (cg_cuda_gemm_tma_map_a(g, r->T, &rows, &box)) {
+            char e[512];
+            uint64_t h = *(const uint64_t *)args[1];
+            if (!cg_cuda_tensor_map_2d(r->cm->drv, gm->amap, h, (uint64_t)g->k, rows, 64, box, true, e, sizeof e)) {
+                snprintf(r->err->msg, sizeof r->err->msg, "the tensor map of the down-projection's input: %s", e);
+                return false;
+            }
+            with_map[n + 1] = (void *)gm->amap;
+        }
         return gemm_launch(r, st, g, kern, with_map);
     }
     return gemm_launch(r, st, g, kern, args);
@@ -1678,7 +1697,7 @@ void cuda_model_free(CudaModel *cm)
         for (int g = 0; g < cm->steps[s].n_gm; g++) {
             Gemm *gm = &cm->steps[s].gm[g];
             for (int j = 0; gm->alt && j < gm->alt->n; j++) free(gm->alt->tmap[j]);
-            free(gm->alt), free(gm->tmap);
+            free(gm->alt), free(gm->tmap), free(gm->amap);
         }
         free(cm->steps[s].att);
         if (cm->steps[s].route) free(cm->steps[s].route->g), free(cm->steps[s].route->k);

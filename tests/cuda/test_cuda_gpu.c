@@ -294,7 +294,8 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     long long TT = T;
     unsigned g[3], b[3];
     size_t smem;
-    _Alignas(128) unsigned char mapu[128], mapd[128]; /* TMA: the weights' tensor maps, last arguments */
+    /* TMA: the weights' tensor maps, last arguments (DOWN: then h's, its A) */
+    _Alignas(128) unsigned char mapu[128], mapd[128], maph[128];
     if (gu.tma) {
         char e[512];
         uint64_t rows;
@@ -303,13 +304,18 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         bool ok = cg_cuda_tensor_map_2d(drv, mapu, dwu, (uint64_t)D, rows, 64, box, true, e, sizeof e);
         cg_cuda_gemm_tma_map(&gd, &rows, &box);
         ok = ok && cg_cuda_tensor_map_2d(drv, mapd, dwd, (uint64_t)I, rows, 64, box, true, e, sizeof e);
+        assert_true(cg_cuda_gemm_tma_map_a(&gd, T, &rows, &box) && !cg_cuda_gemm_tma_map_a(&gu, T, &rows, &box));
+        cg_cuda_gemm_tma_map_a(&gd, T, &rows, &box);
+        assert_true(rows == (uint64_t)(T * K) && rows >= (uint64_t)S && box == (unsigned)gd.bm);
+        /* (the slots of FFN picks only: h here holds S rows, the executor's arena T * k) */
+        ok = ok && cg_cuda_tensor_map_2d(drv, maph, dh, (uint64_t)I, (uint64_t)S, 64, box, true, e, sizeof e);
         if (!ok) fprintf(stderr, "%s\n", e);
         assert_true(ok);
     }
     void *au[] = {&TT, &dx, &doff, &dperm, &dwu, &dh, mapu};
     cg_cuda_gemm_launch(&gu, T, g, b, &smem);
     launch(fu, g, b, smem, au);
-    void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy, mapd};
+    void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy, mapd, maph};
     cg_cuda_gemm_launch(&gd, T, g, b, &smem);
     launch(fd, g, b, smem, ad);
     download(hgot, dh, (size_t)S * I * hsz);
