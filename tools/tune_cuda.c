@@ -60,7 +60,7 @@ static int arch_smem_kb(const char *arch)
 
 /* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false; on sm_90 for the
  * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}, those of k 64 also with
- * W by the TMA), or every GEMV form
+ * W by the TMA, each on the deepest ring up to its default that fits), or every GEMV form
  * (slots per pass x warps x k unroll, gemv true); their configurations in cfg. */
 static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg)
 {
@@ -86,8 +86,14 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
                 g.bm = wbms[a], g.bn = wbns[b], g.bk = wbks[k];
                 for (int tma = 0; tma <= (g.bk == 64); tma++) { /* k tiles of 64: also with W by the TMA */
                     g.tma = tma;
+                    /* a tile whose default ring does not fit the target's shared memory: the deepest
+                     * ring that does, down to 3 (one tile in flight) */
+                    int ring = cg_cuda_gemm_wgmma(base).stages;
+                    for (g.stages = ring; g.stages > 3 && cg_cuda_gemm_smem(&g) > (size_t)arch_smem_kb(arch) * 1024;)
+                        g.stages--;
                     list[n] = g;
-                    cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma};
+                    cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma,
+                                            .stages = g.stages != ring ? g.stages : 0};
                 }
             }
     return n;
