@@ -550,9 +550,10 @@ static const IrInstr *combine_of(const CudaModel *cm, const IrInstr *ci, const I
     }
     if (ci->op != IR_OP_ZEROS) return NULL;
     for (int s = 0; s < cm->n_steps; s++) {
-        const IrInstr *di = cm->steps[s].i, *dp = di->op == IR_OP_MOE_GROUPED_DOWN ? di->in[1]->def : NULL;
-        const IrInstr *ri = dp && dp->op == IR_OP_MOE_DISPATCH ? dp->in[0]->def : NULL;
-        if (di->in[4] != ci->out[0] || !ri || ri->op != IR_OP_MOE_ROUTE || ri->out[1] != dp->in[0] ||
+        const IrInstr *di = cm->steps[s].i;
+        if (di->op != IR_OP_MOE_GROUPED_DOWN || di->in[4] != ci->out[0]) continue; /* (its y0) */
+        const IrInstr *dp = di->in[1]->def, *ri = dp && dp->op == IR_OP_MOE_DISPATCH ? dp->in[0]->def : NULL;
+        if (!ri || ri->op != IR_OP_MOE_ROUTE || ri->out[1] != dp->in[0] ||
             ir_attr_int(ri, "n_const") || cols(ri->in[0]) != cols(ci->out[0]) || ci->out[0]->type.dtype != DT_F32)
             continue;
         io[0] = ri->in[0], io[1] = ri->out[0], io[2] = ri->out[1];
