@@ -134,15 +134,43 @@ static void emit_kv_type(CgBuf *b, moe_dtype dt)
                  "__device__ __forceinline__ float kv_round(float x) { return %s_f32(kv_of(x)); }\n", w, w, w, w);
 }
 
+/* kv_ld_row(p, i, f): elements i..i+EPL-1 of a cache row into f[], EPL 2 or 4 of them in one load
+ * (8 or 16 bytes for f32, 4 or 8 for a 16-bit cache; i a multiple of EPL). */
+static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
+{
+    if (!kv16(dt)) {
+        cb_printf(b, "__device__ __forceinline__ void kv_ld_row(const kvt *p, long long i, float *f) {\n%s}\n",
+                  epl == 4 ? "    float4 v = *(const float4 *)(p + i);\n    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;\n"
+                           : "    float2 v = *(const float2 *)(p + i);\n    f[0] = v.x, f[1] = v.y;\n");
+        return;
+    }
+    const char *cv = dt == DT_BF16 ? "bf16_f32" : "f16_f32";
+    if (epl == 4)
+        cb_printf(b, "__device__ __forceinline__ void kv_ld_row(const kvt *p, long long i, float *f) {\n"
+                     "    uint2 v = *(const uint2 *)(p + i);\n"
+                     "    f[0] = %s((u16)(v.x & 0xffffu)), f[1] = %s((u16)(v.x >> 16));\n"
+                     "    f[2] = %s((u16)(v.y & 0xffffu)), f[3] = %s((u16)(v.y >> 16));\n}\n", cv, cv, cv, cv);
+    else
+        cb_printf(b, "__device__ __forceinline__ void kv_ld_row(const kvt *p, long long i, float *f) {\n"
+                     "    u32 v = *(const u32 *)(p + i);\n"
+                     "    f[0] = %s((u16)(v & 0xffffu)), f[1] = %s((u16)(v >> 16));\n}\n", cv, cv);
+}
+
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits)
 {
+    /* lane l holds dimensions l, l + 32, ... of the head; or, when the head is 64 or 128 wide (a
+     * multiple of 32 with 2 or 4 a lane), the EPL consecutive ones from l EPL: one vector load of a
+     * key's (value's) EPL elements instead of EPL loads */
+    int epl = (int)((d->head_dim + 31) / 32), vec = d->head_dim % 32 == 0 && (epl == 2 || epl == 4);
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
                  "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n#define SPLITS %d\n#define MINK %d\n"
-                 "#define KB %d\n",
+                 "#define KB %d\n#define VEC %d\n#define DD(i) (VEC ? lane * EPL + (i) : lane + 32 * (i))\n",
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, splits > 1 ? splits : 1,
-              CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4);
+              CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4, vec);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     emit_kv_type(b, d->wdtype);
+    if (vec) emit_kv_vec_load(b, d->wdtype, epl);
+    else cb_printf(b, "#define kv_ld_row(p, i, f) ((void)0)  /* (not used: VEC 0) */\n");
     const char *kv = kv_ctype(d->wdtype);
     cb_printf(b,
         "/* knew, vnew (a decode step, T = 1): the key and value at pos[t] come from them, not the caches,\n"
@@ -172,7 +200,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    float qr[EPL], acc[EPL];\n"
         "#pragma unroll\n"
         "    for (int i = 0; i < EPL; i++) {\n"
-        "        int dd = lane + 32 * i;\n"
+        "        int dd = DD(i);\n"
         "        qr[i] = dd < HD ? q[t * (HEADS * HD) + h * HD + dd] : 0.0f;\n"
         "        acc[i] = 0.0f;\n"
         "    }\n"
@@ -186,9 +214,14 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "            long long row = (long long)j * (KVH * HD) + kvh * HD, fr = t * (KVH * HD) + kvh * HD;\n"
         "            const kvt *kr = kc + row, *vr = vc + row;\n"
         "            const float *kn = fresh ? knew + fr : 0, *vn = fresh ? vnew + fr : 0;\n"
+        "            if (VEC && j < j1 && !fresh) {  /* the lane's EPL elements, one load each */\n"
+        "                kv_ld_row(kr, lane * EPL, kx[u]);\n"
+        "                kv_ld_row(vr, lane * EPL, vx[u]);\n"
+        "                continue;\n"
+        "            }\n"
         "#pragma unroll\n"
         "            for (int i = 0; i < EPL; i++) {\n"
-        "                int dd = lane + 32 * i;\n"
+        "                int dd = DD(i);\n"
         "                bool ok = j < j1 && dd < HD;\n"
         "                kx[u][i] = !ok ? 0.0f : fresh ? kv_round(kn[dd]) : kv_ld(kr, dd);\n"
         "                vx[u][i] = !ok ? 0.0f : fresh ? kv_round(vn[dd]) : kv_ld(vr, dd);\n"
@@ -218,7 +251,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    }\n"
         "    if (lane == 0) { sm[w] = m; sl[w] = l; }\n"
         "#pragma unroll\n"
-        "    for (int i = 0; i < EPL; i++) { int dd = lane + 32 * i; if (dd < HD) sacc[w][dd] = acc[i]; }\n"
+        "    for (int i = 0; i < EPL; i++) { int dd = DD(i); if (dd < HD) sacc[w][dd] = acc[i]; }\n"
         "    __syncthreads();\n"
         "    float mx = sm[0];  /* warp 0 always has key j0, so mx is finite */\n"
         "    for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[k]);\n"
