@@ -521,6 +521,7 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
     bool ta = g->tma && !up; /* DOWN's A (h, its rows in slot order: a 2-D box) by the TMA too */
+    const char *swizzled = "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"; /* a TMA tile's descriptor */
     emit_wgmma_asm(b, g);
     cb_printf(b, "#define ST %d\n#define PF (ST - 2)\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
                  "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
@@ -594,9 +595,8 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "     * SBO 8 rows, 1 KB) */\n"
         "    const unsigned long long DESCA = %s;\n"
         "    const unsigned long long DESCB = %s;\n",
-        ta ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"
-           : "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32",
-        g->tma ? "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16" : "DESCA");
+        ta ? swizzled : "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32",
+        g->tma ? swizzled : "DESCA");
     cb_printf(b,
         "    float acc[NB][NACC];\n"
         "#pragma unroll\n"

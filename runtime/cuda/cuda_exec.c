@@ -44,6 +44,14 @@ typedef struct GemmAlt {
     unsigned char *tmap[2 * TILE_MAX_BUCKETS]; /* g[j].tma: W's tensor map (its box; 128 bytes, aligned) */
 } GemmAlt;
 
+/* h's tensor map for a DOWN TMA kernel: its rows are the call's slots, so it is made at a launch,
+ * again only when h's place, the slots or the box differ from the last one's. */
+typedef struct AMap {
+    _Alignas(128) unsigned char map[128];
+    uint64_t h, rows;
+    unsigned box;
+} AMap;
+
 /* One weight matrix [n][k] (or E of them stacked): the tiled kernel (MMA/FMA; -1 when the shape has
  * none: the GEMV serves every T), the GEMV and its decode form for T = 1 (-1: none). */
 typedef struct Gemm {
@@ -52,8 +60,7 @@ typedef struct Gemm {
     GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
     unsigned char *tmap;              /* tiled.tma: the stacked weights' tensor map (128 bytes, aligned) */
-    unsigned char *amap;              /* a DOWN TMA kernel's (tiled or tuned): h's tensor map, made at
-                                         each launch (its rows are the call's slots)                  */
+    struct AMap *amap;                /* a DOWN TMA kernel's (tiled or tuned): h's tensor map          */
 } Gemm;
 
 /* Attention's forms other than the rule's: the tuner's candidate (CudaOptions.attn, every T) or a
@@ -434,9 +441,12 @@ static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
     if (cm->dry) return true;
     bool down_tma = gm->k_tiled >= 0 && gm->tiled.tma && gm->tiled.kind == CG_CUDA_GEMM_DOWN;
     for (int j = 0; gm->alt && j < gm->alt->n; j++) down_tma |= gm->alt->g[j].tma && gm->alt->g[j].kind == CG_CUDA_GEMM_DOWN;
-    if (down_tma && !gm->amap && !(gm->amap = aligned_alloc(128, 128))) {
-        snprintf(err->msg, sizeof err->msg, "out of host memory for a tensor map");
-        return false;
+    if (down_tma && !gm->amap) {
+        if (!(gm->amap = aligned_alloc(128, sizeof *gm->amap))) {
+            snprintf(err->msg, sizeof err->msg, "out of host memory for a tensor map");
+            return false;
+        }
+        memset(gm->amap, 0, sizeof *gm->amap); /* (h 0: none made yet) */
     }
     if (gm->k_tiled >= 0 && gm->tiled.tma && !tma_map(cm, gm, &gm->tiled, &gm->tmap, err)) return false;
     for (int j = 0; gm->alt && j < gm->alt->n; j++)
@@ -1307,12 +1317,17 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
         unsigned box;
         if (cg_cuda_gemm_tma_map_a(g, r->T, &rows, &box)) {
             char e[512];
+            AMap *a = gm->amap;
             uint64_t h = *(const uint64_t *)args[1];
-            if (!cg_cuda_tensor_map_2d(r->cm->drv, gm->amap, h, (uint64_t)g->k, rows, 64, box, true, e, sizeof e)) {
-                snprintf(r->err->msg, sizeof r->err->msg, "the tensor map of the down-projection's input: %s", e);
-                return false;
+            if (a->h != h || a->rows != rows || a->box != box) {
+                a->h = 0; /* (until made) */
+                if (!cg_cuda_tensor_map_2d(r->cm->drv, a->map, h, (uint64_t)g->k, rows, 64, box, true, e, sizeof e)) {
+                    snprintf(r->err->msg, sizeof r->err->msg, "the tensor map of the down-projection's input: %s", e);
+                    return false;
+                }
+                a->h = h, a->rows = rows, a->box = box;
             }
-            with_map[n + 1] = (void *)gm->amap;
+            with_map[n + 1] = (void *)a->map;
         }
         return gemm_launch(r, st, g, kern, with_map);
     }
