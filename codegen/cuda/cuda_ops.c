@@ -158,14 +158,18 @@ static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
 
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits)
 {
-    /* lane l holds dimensions l, l + 32, ... of the head; or, when the head is 64 or 128 wide (a
-     * multiple of 32 with 2 or 4 a lane), the EPL consecutive ones from l EPL: one vector load of a
-     * key's (value's) EPL elements instead of EPL loads */
-    int epl = (int)((d->head_dim + 31) / 32), vec = d->head_dim % 32 == 0 && (epl == 2 || epl == 4);
+    /* lane l holds dimensions l, l + 32, ... of the head; or, when the head fits 2 or 4 a lane in
+     * pieces of that many (33..64 wide and even, 65..128 and a multiple of 4: the 7B's 96 takes 4 a
+     * lane on 24 lanes), the EPL consecutive ones from l EPL: one vector load of a key's (value's) EPL
+     * elements instead of EPL loads (lanes past the head's end load nothing) */
+    int epl = (int)((d->head_dim + 31) / 32);
+    if (epl == 3) epl = 4;
+    int vec = (epl == 2 || epl == 4) && d->head_dim % epl == 0;
+    if (!vec) epl = (int)((d->head_dim + 31) / 32);
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
-                 "#define EPL ((HD + 31) / 32)\n#define GROUP (HEADS / KVH)\n#define SPLITS %d\n#define MINK %d\n"
+                 "#define EPL %d\n#define GROUP (HEADS / KVH)\n#define SPLITS %d\n#define MINK %d\n"
                  "#define KB %d\n#define VEC %d\n#define DD(i) (VEC ? lane * EPL + (i) : lane + 32 * (i))\n",
-              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, splits > 1 ? splits : 1,
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, epl, splits > 1 ? splits : 1,
               CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4, vec);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     emit_kv_type(b, d->wdtype);
@@ -215,8 +219,12 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "            const kvt *kr = kc + row, *vr = vc + row;\n"
         "            const float *kn = fresh ? knew + fr : 0, *vn = fresh ? vnew + fr : 0;\n"
         "            if (VEC && j < j1 && !fresh) {  /* the lane's EPL elements, one load each */\n"
-        "                kv_ld_row(kr, lane * EPL, kx[u]);\n"
-        "                kv_ld_row(vr, lane * EPL, vx[u]);\n"
+        "                if (lane * EPL < HD) {\n"
+        "                    kv_ld_row(kr, lane * EPL, kx[u]);\n"
+        "                    kv_ld_row(vr, lane * EPL, vx[u]);\n"
+        "                } else\n"
+        "#pragma unroll\n"
+        "                    for (int i = 0; i < EPL; i++) kx[u][i] = vx[u][i] = 0.0f;\n"
         "                continue;\n"
         "            }\n"
         "#pragma unroll\n"

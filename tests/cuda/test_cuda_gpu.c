@@ -660,6 +660,7 @@ static void test_attention(void **state)
     attention_case(5, 4, 4, 130, 300);
     /* the tensor-core forms' head sizes: 7B's 96 (GQA, 3 query heads a KV head), 128 and the tiny 16 */
     attention_case(100, 6, 2, 96, 37);
+    attention_case(1, 6, 2, 96, 300); /* the 7B's decode: 4 dimensions a lane on 24 lanes, keys split */
     attention_case(70, 2, 2, 128, 200);
     attention_case(50, 4, 4, 16, 10);
 }
