@@ -36,7 +36,10 @@ static bool gpu_kernels(const IrModule *m, const char *arch, const char *const s
     CudaOptions o = {.images_arch = arch, .tile_sched = {sched[0], sched[1], sched[2], sched[3]}};
     if (!cuda_module_kernels(m, &o, &g->code, &g->n, err)) return false;
     g->bin = xcalloc((size_t)g->n + 1, sizeof *g->bin);
-    if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) return true;
+    if (cuda_compile_kernels(g->code, g->n, arch, true, true, g->bin, err->msg, sizeof err->msg)) {
+        cuda_warn_serialized(g->code, g->bin, g->n);
+        return true;
+    }
     free(g->bin);
     g->bin = NULL;
     return false;

@@ -34,8 +34,9 @@ static bool emit_one(const char *kind, const char *arch, const char *dir, const 
         if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err);
         else ok = cubin ? write_bytes(dir, sym, "cubin", bin.cubin, bin.cubin_len) : write_bytes(dir, sym, "ptx", bin.ptx, bin.ptx_len);
         if (ok && cubin)
-            fprintf(list, "%s  registers %d, shared memory %d B, spills %d/%d B\n", sym, bin.registers, bin.smem_bytes,
-                    bin.spill_stores, bin.spill_loads);
+            fprintf(list, "%s  registers %d, shared memory %d B, spills %d/%d B%s%s%s\n", sym, bin.registers, bin.smem_bytes,
+                    bin.spill_stores, bin.spill_loads, bin.wgmma_serialized[0] ? ", wgmma serialised (" : "",
+                    bin.wgmma_serialized, bin.wgmma_serialized[0] ? ")" : "");
         cg_cuda_binary_free(&bin);
     }
     if (ok && strcmp(kind, "cubin") != 0) fprintf(list, "%s\n", sym);

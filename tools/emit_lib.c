@@ -397,6 +397,7 @@ static int emit_lib_cuda(const ModelSpec *s, const char *spec_path, int64_t l, c
     if (ok) bin = xcalloc((size_t)n + 1, sizeof *bin);
     bool emu = strcmp(arch, CG_CUDA_EMU_ARCH) == 0; /* the emulator's objects, each carried whole; no PTX */
     ok = ok && cuda_compile_kernels(code, n, arch, true, !emu, bin, err.msg, sizeof err.msg);
+    if (ok) cuda_warn_serialized(code, bin, n);
     for (int j = 0; ok && emu && j < n; j++) ok = cg_cuda_emu_embed(&bin[j], err.msg, sizeof err.msg);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg);
     LibKernels k = {.code = code, .bin = bin, .n = n};

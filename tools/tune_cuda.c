@@ -6,8 +6,8 @@
  *    own checks: warp layout, shared memory) and whose shared memory the target's SMs have (the
  *    cp.async form's k tiles: sm_90 227 KB, sm_80 163 KB, others 99 KB), and every GEMV form (slots
  *    per pass {1, 4, 16} x warps {2, 4, 8} x k unroll {1, 4, 16}), is compiled by NVRTC for the
- *    target, in parallel, and discarded before anything runs if ptxas reports spills or a block whose
- *    registers exceed an SM's 65536. The tables of what survived and why the rest did not are printed.
+ *    target, in parallel, and discarded before anything runs if ptxas reports spills, serialises a
+ *    wgmma form's MMAs (its "C7510" advisory) or a block whose registers exceed an SM's 65536. The tables of what survived and why the rest did not are printed.
  * 2. On a GPU of that architecture, per token bucket, one layer of the spec with random weights runs
  *    with the rule's configuration (T = 1: the GEMV's decode form), then with each candidate for the
  *    up- and for the down-projection (T <= 16: the GEMV forms with at most T slots per pass): the
@@ -100,7 +100,8 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
 }
 
 /* The listed candidates' kernels (code[q] for candidate out[map[q]]) compiled for arch by NVRTC in
- * parallel; a candidate whose kernel spills or whose block's registers exceed an SM's is discarded.
+ * parallel; a candidate whose kernel spills, whose wgmma ptxas serialises (a wgmma form slower than
+ * the rest for certain) or whose block's registers exceed an SM's is discarded.
  * Frees the code; returns n, or -1 when NVRTC fails (err). */
 static int compile_filter(GpuCand *out, int n, CudaKernelCode *code, const int *map, int n_code, const char *arch,
                           char *err, size_t errlen)
@@ -114,6 +115,8 @@ static int compile_filter(GpuCand *out, int n, CudaKernelCode *code, const int *
             if (bins[q].spill_stores > 0 || bins[q].spill_loads > 0)
                 snprintf(c->why, sizeof c->why, "spills (%d bytes stored, %d loaded)", bins[q].spill_stores,
                          bins[q].spill_loads), c->ok = false;
+            else if (bins[q].wgmma_serialized[0])
+                snprintf(c->why, sizeof c->why, "ptxas serialises its wgmma (%.90s)", bins[q].wgmma_serialized), c->ok = false;
             else if ((long)c->regs * c->threads > 65536)
                 snprintf(c->why, sizeof c->why, "%d registers x %d threads exceed an SM's 65536", c->regs, c->threads),
                     c->ok = false;

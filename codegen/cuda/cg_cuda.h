@@ -288,6 +288,9 @@ typedef struct CgCudaBinary {
     int     registers;
     int     smem_bytes;    /* static shared memory                                              */
     int     spill_stores, spill_loads;  /* bytes */
+    /* ptxas's "(C7510) Potential Performance Loss: wgmma.mma_async instructions are serialized due
+     * to ..." (an info line, not a warning): the reason, "" when the kernel's wgmmas pipeline */
+    char    wgmma_serialized[160];
 } CgCudaBinary;
 
 /* Compile `source` (one kernel, named `name` for messages) for arch "sm_XX". want_cubin: SASS for that

@@ -53,6 +53,19 @@ static void parse_resources(const char *log, CgCudaBinary *b)
         while (p > log && p[-1] >= '0' && p[-1] <= '9') p--;
         b->smem_bytes = atoi(p);
     }
+    /* wgmma serialised (a tile whose accumulators ptxas cannot keep in flight, a call inside the
+     * pipeline, ...): the kernel is correct but the tensor cores wait for each MMA */
+    b->wgmma_serialized[0] = 0;
+    if ((p = strstr(log, "(C7510)"))) {
+        const char *why = strstr(p, "due to "), *end = strchr(p, '\n');
+        if (!end) end = p + strlen(p);
+        if (!why || why > end) why = p;
+        else why += strlen("due to ");
+        const char *in = strstr(why, " in the function");
+        if (in && in < end) end = in;
+        snprintf(b->wgmma_serialized, sizeof b->wgmma_serialized, "%.*s", (int)(end - why), why);
+        if (!b->wgmma_serialized[0]) snprintf(b->wgmma_serialized, sizeof b->wgmma_serialized, "(no reason given)");
+    }
     if ((p = strstr(log, "bytes stack frame, "))) {
         p += strlen("bytes stack frame, ");
         b->spill_stores = atoi(p);

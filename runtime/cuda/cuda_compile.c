@@ -4,6 +4,7 @@
 #include "runtime/cuda/cuda_exec.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -58,7 +59,17 @@ bool cuda_compile_kernels(const CudaKernelCode *k, int n, const char *arch, bool
     return ok;
 }
 
+void cuda_warn_serialized(const CudaKernelCode *k, const CgCudaBinary *bin, int n)
+{
+    for (int q = 0; q < n; q++)
+        if (bin[q].wgmma_serialized[0])
+            fprintf(stderr, "moeppc: warning: kernel %s: ptxas serialises its wgmma instructions (%s): correct, but "
+                    "its tensor cores wait for each MMA\n", k[q].symbol, bin[q].wgmma_serialized);
+}
+
 bool cuda_nvrtc_cubins(const CudaKernelCode *k, int n, const char *arch, CgCudaBinary *out, char *err, size_t errlen)
 {
-    return cuda_compile_kernels(k, n, arch, true, false, out, err, errlen);
+    if (!cuda_compile_kernels(k, n, arch, true, false, out, err, errlen)) return false;
+    cuda_warn_serialized(k, out, n);
+    return true;
 }

@@ -225,9 +225,11 @@ uint64_t   cuda_model_output_addr(const CudaModel *cm, const char *name, int64_t
 
 /* cuda_compile.c: NVRTC over kernels, in parallel (one thread per core): cubin and/or PTX for arch
  * in out[n] (free each with cg_cuda_binary_free). cuda_nvrtc_cubins: cubins only (a CudaCompileFn).
- * Linking either needs the NVRTC library; the executor alone does not. */
+ * Linking either needs the NVRTC library; the executor alone does not. cuda_warn_serialized: a warning
+ * on stderr for each kernel whose wgmma ptxas serialised (what will run; the tuner discards them). */
 bool cuda_compile_kernels(const CudaKernelCode *k, int n, const char *arch, bool cubin, bool ptx,
                           struct CgCudaBinary *out, char *err, size_t errlen);
+void cuda_warn_serialized(const CudaKernelCode *k, const struct CgCudaBinary *bin, int n);
 bool cuda_nvrtc_cubins(const CudaKernelCode *k, int n, const char *arch, struct CgCudaBinary *out, char *err,
                        size_t errlen);
 

@@ -46,6 +46,9 @@ static void compile_one(const char *spec, const char *sym, const char *src, cons
     assert_true(ok);
     if (strstr(bin.log, "warning")) fprintf(stderr, "%s %s %s: warnings:\n%s\n", spec, arch, sym, bin.log);
     assert_null(strstr(bin.log, "warning"));
+    /* ptxas says a wgmma pipeline is serialised in an info line, not a warning */
+    if (bin.wgmma_serialized[0]) fprintf(stderr, "%s %s %s: wgmma serialised:\n%s\n", spec, arch, sym, bin.log);
+    assert_string_equal(bin.wgmma_serialized, "");
     assert_non_null(bin.cubin);
     assert_true(bin.cubin_len > 0);
     if (ptx) assert_non_null(strstr(bin.ptx, ".entry"));
@@ -181,17 +184,19 @@ static void test_symbols(void **state)
 }
 
 /* The wgmma form (not in a spec's kernel list: MOEPPC_CUDA_WGMMA=1 asks for it) for the 7B's shapes:
- * compiles for sm_90 (as sm_90a) without warnings or spills; refused for sm_80 with a message; a
+ * compiles for sm_90 (as sm_90a) without warnings, spills or serialised MMAs; refused for sm_80 with a message; a
  * tile it cannot hold is refused by the generator. */
 static void test_wgmma_compile(void **state)
 {
     (void)state;
     Seen seen = {0};
-    for (int kind = 0; kind < 4; kind++) { /* up, down; then both with W by the TMA */
+    for (int kind = 0; kind < 8; kind++) { /* up, down; then both with W by the TMA; then the tuner's big
+                                              tiles on 4-tile rings: up 128 x (2 x 128), down 128 x 256 */
         CgCudaGemm g = cg_cuda_gemm_default(kind % 2 ? CG_CUDA_GEMM_DOWN : CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16,
                                             2, kind % 2 ? 1536 : 4096, kind % 2 ? 4096 : 1536);
         g = cg_cuda_gemm_wgmma(&g);
-        g.tma = kind >= 2;
+        g.tma = kind % 4 >= 2;
+        if (kind >= 4) g.bn = kind % 2 ? 256 : 128, g.stages = 4;
         char sym[256], err[4096];
         cg_cuda_gemm_symbol(&g, sym, sizeof sym);
         char *src = cg_cuda_gemm_source(&g, err, sizeof err);
@@ -215,6 +220,38 @@ static void test_wgmma_compile(void **state)
     assert_null(cg_cuda_gemm_source(&g, err, sizeof err));
     assert_non_null(strstr(err, "TMA"));
     free(seen.sym);
+}
+
+/* A wgmma pipeline that ptxas serialises (here: the MMA in a function that is not inlined) is
+ * reported with ptxas's reason, so that the tuner can discard it and a build warn. */
+static void test_wgmma_serialized(void **state)
+{
+    (void)state;
+    const char *src =
+        CG_CUDA_SM90A_MARK
+        "__device__ __noinline__ void tile(float *d, unsigned long long a, unsigned long long b) {\n"
+        "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %10, 0;\\n\"\n"
+        "                 \"wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, \"\n"
+        "                 \"%8, %9, p, 1, 1, 0, 0;\\n}\\n\"\n"
+        "                 : \"+f\"(d[0]), \"+f\"(d[1]), \"+f\"(d[2]), \"+f\"(d[3]), \"+f\"(d[4]), \"+f\"(d[5]), \"+f\"(d[6]),\n"
+        "                   \"+f\"(d[7]) : \"l\"(a), \"l\"(b), \"r\"(1)); }\n"
+        "extern \"C\" __global__ void serial_wgmma(float *o, unsigned long long a, unsigned long long b, int n) {\n"
+        "    float d[8] = {0};\n"
+        "    asm volatile(\"wgmma.fence.sync.aligned;\" ::: \"memory\");\n"
+        "    for (int i = 0; i < n; i++) tile(d, a + i, b);\n"
+        "    asm volatile(\"wgmma.commit_group.sync.aligned;\" ::: \"memory\");\n"
+        "    asm volatile(\"wgmma.wait_group.sync.aligned 0;\" ::: \"memory\");\n"
+        "    for (int i = 0; i < 8; i++) o[threadIdx.x * 8 + i] = d[i];\n"
+        "}\n";
+    CgCudaBinary bin;
+    char err[8192];
+    bool ok = cg_cuda_compile(src, "serial_wgmma", "sm_90", true, false, &bin, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+    printf("a wgmma in a called function -> serialised: %s\n", bin.wgmma_serialized);
+    assert_non_null(strstr(bin.wgmma_serialized, "function boundary"));
+    assert_null(strstr(bin.wgmma_serialized, "in the function"));
+    cg_cuda_binary_free(&bin);
 }
 
 /* Split-K DOWN (a tuner's option, in no spec's list) for the 7B's shape on the cp.async, register
@@ -318,7 +355,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
-        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile),
+        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
         cmocka_unit_test(test_pdl_entry),
     };
