@@ -333,6 +333,92 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     free(hgot), free(ygot), free(x16);
 }
 
+/* Where a wgmma form's elements come from, exactly (small integers, exact in bf16 and f32): the
+ * down-projection kernel of the form `base` over one group of BM slots, N = BN, one k tile of 64,
+ * h[s][k] one-hot at k = s % 64 and W coded so that y[s][n] names what was read —
+ *   k probe: W[n][k] = k + 1            -> y[s][n] = s % 64 + 1 (the k that met row s's one)
+ *   n probe: W[n][k] = n + 1            -> y[s][n] = n + 1      (the W row column n read)
+ *   row probe: h[s][0] = s + 1, W[n][0] = 1, the rest 0 -> y[s][n] = s + 1 (the A row output row s got).
+ * A layout the emulator reads otherwise than a GPU (descriptors, swizzle, fragment order) shows as a
+ * map of what went where, printed (the first mismatches decoded) before the assertion fails. */
+static void layout_probe(const CgCudaGemm *base)
+{
+    CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 1, 1, base->bn, 64);
+    g.wgmma = base->wgmma, g.tma = base->tma, g.stages = base->stages, g.bm = base->bm, g.bn = base->bn, g.bk = 64;
+    const int64_t T = g.bm, N = g.n, KD = 64;
+    char sym[256], err[512];
+    cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+    char *src = cg_cuda_gemm_source(&g, err, sizeof err);
+    if (!src) fprintf(stderr, "%s\n", err);
+    assert_non_null(src);
+    void *fn = kernel(src, sym);
+    int64_t off[2] = {0, T};
+    int32_t *perm = xmalloc((size_t)T * 4);
+    float *gw = xmalloc((size_t)T * 4), *y = xmalloc((size_t)(T * N) * 4);
+    uint16_t *h = xmalloc((size_t)(T * KD) * 2), *w = xmalloc((size_t)(N * KD) * 2);
+    for (int64_t s = 0; s < T; s++) perm[s] = (int32_t)s, gw[s] = 1.0f;
+    uint64_t dh = upload(NULL, (size_t)(T * KD) * 2), dw = upload(NULL, (size_t)(N * KD) * 2), doff = upload(off, sizeof off),
+             dperm = upload(perm, (size_t)T * 4), dgw = upload(gw, (size_t)T * 4), dy = upload(NULL, (size_t)(T * N) * 4);
+    _Alignas(128) unsigned char mapw[128], maph[128];
+    if (g.tma) {
+        uint64_t rows;
+        unsigned box;
+        char e[512];
+        cg_cuda_gemm_tma_map(&g, &rows, &box);
+        bool ok = cg_cuda_tensor_map_2d(drv, mapw, dw, (uint64_t)KD, rows, 64, box, true, e, sizeof e);
+        assert_true(cg_cuda_gemm_tma_map_a(&g, T, &rows, &box));
+        ok = ok && cg_cuda_tensor_map_2d(drv, maph, dh, (uint64_t)KD, rows, 64, box, true, e, sizeof e);
+        if (!ok) fprintf(stderr, "%s\n", e);
+        assert_true(ok);
+    }
+    static const char *const what[3] = {"k", "n", "row"};
+    int bad_total = 0;
+    for (int pr = 0; pr < 3; pr++) {
+        for (int64_t s = 0; s < T; s++)
+            for (int64_t k = 0; k < KD; k++)
+                dtype_store(DT_BF16, h, (size_t)(s * KD + k), pr == 2 ? (k == 0 ? (double)(s + 1) : 0.0) : (k == s % KD));
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < KD; k++)
+                dtype_store(DT_BF16, w, (size_t)(n * KD + k), pr == 0 ? (double)(k + 1) : pr == 1 ? (double)(n + 1) : (k == 0));
+        memset(y, 0, (size_t)(T * N) * 4);
+        char e[512];
+        assert_true(cg_cuda_upload(drv, dh, h, (size_t)(T * KD) * 2, e, sizeof e) &&
+                    cg_cuda_upload(drv, dw, w, (size_t)(N * KD) * 2, e, sizeof e) &&
+                    cg_cuda_upload(drv, dy, y, (size_t)(T * N) * 4, e, sizeof e));
+        long long TT = T;
+        void *args[] = {&TT, &dh, &doff, &dperm, &dgw, &dw, &dy, mapw, maph};
+        unsigned gr[3], b[3];
+        size_t smem;
+        cg_cuda_gemm_launch(&g, T, gr, b, &smem);
+        launch(fn, gr, b, smem, args);
+        download(y, dy, (size_t)(T * N) * 4);
+        int bad = 0, shown = 0, nonfinite = 0;
+        long long nf_at[2] = {-1, -1};
+        for (int64_t s = 0; s < T; s++)
+            for (int64_t n = 0, in_row = 0; n < N; n++) {
+                double want = pr == 0 ? (double)(s % KD + 1) : pr == 1 ? (double)(n + 1) : (double)(s + 1);
+                float got = y[s * N + n];
+                if (got == want) continue;
+                bad++;
+                if (!isfinite(got)) { /* (read past what was loaded, or never written) */
+                    if (!nonfinite++) nf_at[0] = s, nf_at[1] = n;
+                    continue;
+                }
+                if (shown < 8 && in_row++ < 2 && ++shown) /* (two a row: the map across rows shows) */
+                    printf("  %s probe: y[%lld][%lld] = %g: %s %g read where %s %g belongs\n", what[pr], (long long)s,
+                           (long long)n, got, what[pr], got - 1, what[pr], want - 1);
+            }
+        if (nonfinite) printf("  %s probe: %d elements not finite, the first y[%lld][%lld]\n", what[pr], nonfinite, nf_at[0], nf_at[1]);
+        printf("wgmma layout probe %s, %s: %lld of %lld elements right\n", sym, what[pr], (long long)(T * N - bad),
+               (long long)(T * N));
+        bad_total += bad;
+    }
+    uint64_t bufs[] = {dh, dw, doff, dperm, dgw, dy};
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
+    free(src), free(perm), free(gw), free(y), free(h), free(w);
+    assert_int_equal(bad_total, 0);
+}
+
 static void test_grouped(void **state)
 {
     (void)state;
@@ -361,6 +447,14 @@ static void test_grouped(void **state)
      * k = 200 that wraps, rows past the last group's (zeros) and one warpgroup of 24 columns */
     static const int tma[5] = {0, 0, 0, 0, 2}, tma_small[5] = {4, 64, 24, 64, 2};
     if (strcmp(arch, "sm_90") == 0 || strcmp(arch, CG_CUDA_EMU_ARCH) == 0) {
+        /* first the exact maps (two warpgroups by 128 and one by 24 columns; cp.async, then TMA) */
+        for (int q = 0; q < 4; q++) {
+            CgCudaGemm pg = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 1, 1, 128, 64);
+            pg = cg_cuda_gemm_wgmma(&pg);
+            if (q & 1) pg.bm = 64, pg.bn = 24;
+            pg.tma = q >= 2;
+            layout_probe(&pg);
+        }
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, wg, 0);
         grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, wg_small, 0);
         grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, tma, 0);
