@@ -464,7 +464,7 @@ static void test_grouped_wgmma(void **state)
      * one partial tile), then one warpgroup with three 8-column blocks and 3 stages */
     static const int wg[5] = {0, 0, 0, 0, 1}, wg_small[5] = {3, 64, 24, 32, 1};
     /* ... with W by the TMA (128-byte swizzled rows): k tails (48 and 200 of 64), a 4-stage ring over
-     * k = 200 that wraps, rows past the last group's (zeros) and one warpgroup of 24 columns */
+     * k = 200, rows past the last group's (zeros) and one warpgroup of 24 columns */
     static const int tma[5] = {0, 0, 0, 0, 2}, tma_small[5] = {4, 64, 24, 64, 2};
     /* first the exact maps (two warpgroups by 128 and one by 24 columns; cp.async, then TMA) */
     for (int q = 0; q < 4; q++) {
@@ -479,6 +479,11 @@ static void test_grouped_wgmma(void **state)
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, tma, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, tma_small, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, tma, 2);
+    /* k = 600: 10 tiles of 64 around rings of 4 and 5 (cp.async and TMA), each slot refilled twice
+     * while the other slots' MMAs may be in flight (the emulator checks none is overwritten early) */
+    static const int wg_long[5] = {4, 64, 24, 64, 1}, tma_long[5] = {5, 64, 24, 64, 2};
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, wg_long, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, tma_long, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2); /* split-K */
 }
 

@@ -540,6 +540,53 @@ static void test_wgmma(void **state)
     assert_non_null(strstr(err, "different descriptors"));
 }
 
+/* A wgmma's tiles must stay as they were until the wait_group that retires it (the tensor cores
+ * read them asynchronously): block 0 waits and then rewrites A (fine), block 1 rewrites A while the
+ * group is in flight, which ends the launch with a message; a group left in flight by wait_group 1
+ * is checked at the next wait. */
+static void test_wgmma_in_flight(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel(
+        "extern \"C\" __global__ void k(float *o) {\n"
+        "    DYN_SHARED(u16, sm);\n"
+        "    int t = threadIdx.x;\n"
+        "    for (int i = t; i < 80 * 16; i += 128) sm[i] = (u16)0x3f80u;  /* 1.0 */\n"
+        "    __syncthreads();\n"
+        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        "    float d[4] = {0.f, 0.f, 0.f, 0.f};\n"
+        "    wgmma_fence();\n"
+        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        "    wgmma_commit();\n"
+        "    wgmma_commit();  /* an empty group after it */\n"
+        "    if (blockIdx.x == 0) wgmma_wait<0>();\n"
+        "    else wgmma_wait<1>();  /* the MMA's group is older: retired too; then the empty one in flight */\n"
+        "    __syncthreads();\n"
+        "    if (blockIdx.x == 2) {\n"
+        "        cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        "        wgmma_commit();\n"
+        "    }\n"
+        "    if (t == 0) sm[0] = (u16)0x4000u;  /* 2.0 into A */\n"
+        "    __syncthreads();\n"
+        "    wgmma_wait<0>();\n"
+        "    o[blockIdx.x * 128 + t] = d[0];\n"
+        "}\n");
+    char err[1024];
+    uint64_t o = dev(3 * 128 * 4);
+    unsigned grid[3] = {2, 1, 1}, block[3] = {128, 1, 1};
+    void *args[] = {&o};
+    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    float h[256];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int i = 0; i < 256; i++) assert_float_equal(h[i], 16.0, 0); /* 16 products of 1 x 1 */
+    grid[0] = 3;
+    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    printf("a wgmma's tile rewritten before its wait_group -> %s\n", err);
+    assert_non_null(strstr(err, "block (2,0,0)"));
+    assert_non_null(strstr(err, "written between its issue and the wait_group"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -547,7 +594,7 @@ int main(void)
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
-        cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma), cmocka_unit_test(test_wgmma_in_flight),
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
         cmocka_unit_test(test_warps_ahead),
         cmocka_unit_test(test_mbarrier),

@@ -313,8 +313,11 @@ static inline void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1
 // (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2 (8 x 16-byte core matrices). D: warp w of the
 // warpgroup holds rows 16w..16w+15 as the m16n8 C fragment repeated along n (d[4j..4j+3]: columns
 // 8j + 2 (l % 4) + {0, 1} of rows l / 4 and l / 4 + 8). The warp's first lane back computes its D
-// into every lane's registers (each deposits where they are); done at issue, so commit and wait
-// are no-ops: a kernel that rewrote the tiles before its wait would pass here and fail on a GPU.
+// into every lane's registers (each deposits where they are), at issue. On a GPU the tensor cores
+// may read the tiles any time until the wait_group that retires the MMA, so the warp keeps each
+// pending MMA's tiles' hash: commit closes a group, wait_group N retires the oldest groups down to N
+// and fails the launch if a retired MMA's tiles have changed since its issue (a ring slot refilled
+// too early, which computing at issue would hide).
 static inline u32 smem_u32(const void *p) { return (u32)((const char *)p - (const char *)cudaemu->dyn_smem()); }
 static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigned k, bool bf)
 {
@@ -331,6 +334,34 @@ static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigne
     memcpy(&h, base + at, 2);
     return bf ? cudaemu_bits<float>((u32)h << 16) : f16_f32(h);
 }
+static inline unsigned long long cudaemu_wg_hash(unsigned long long desc, unsigned rows, unsigned long long h)
+{
+    for (unsigned r = 0; r < rows; r++)
+        for (unsigned k = 0; k < 16; k++) {
+            float v = cudaemu_wg_elem(desc, r, k, true); // (the element's 16 bits, widened exactly)
+            h = (h ^ cudaemu_bits<u32>(v)) * 0x100000001b3ull;
+        }
+    return h;
+}
+// A warp's MMAs in flight: ops[0 .. n) in issue order, those before group_end[n_groups - 1] in
+// committed groups; the block they belong to (the state is the OS thread's, like __shared__, and
+// the kernel object's: a block that retires all it issued, as every kernel must, leaves it empty).
+enum { CUDAEMU_WG_MAX = 64 };
+struct CudaEmuWgPending {
+    CudaEmuDim3 bid;
+    int n, n_groups;
+    struct { unsigned long long a, b, hash; unsigned rows_b; } ops[CUDAEMU_WG_MAX];
+    int group_end[CUDAEMU_WG_MAX];
+};
+static thread_local CudaEmuWgPending cudaemu_wg_pending[32];
+static inline CudaEmuWgPending *cudaemu_wg_state()
+{
+    const CudaEmuThread *t = cudaemu->self();
+    CudaEmuWgPending *p = &cudaemu_wg_pending[t->warp & 31];
+    if (p->bid.x != t->bid.x || p->bid.y != t->bid.y || p->bid.z != t->bid.z) /* another block's */
+        *p = CudaEmuWgPending{}, p->bid = t->bid;
+    return p;
+}
 struct CudaEmuWgmma { float *d; unsigned long long a, b; };
 template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned long long a, unsigned long long b)
 {
@@ -344,6 +375,10 @@ template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned lo
         if (a >> 62 > 1 || b >> 62 > 1) cudaemu->fail("wgmma: only the 128-byte swizzle is emulated (not 64 or 32)");
         if (((a | b) >> 49) & 7) cudaemu->fail("wgmma: a descriptor's base offset (bits 49-51) is not emulated");
     }
+    CudaEmuWgPending *p = cudaemu_wg_state();
+    if (p->n == CUDAEMU_WG_MAX) cudaemu->fail("wgmma: more MMAs in flight than the emulator tracks (a missing wait_group?)");
+    p->ops[p->n].a = a, p->ops[p->n].b = b, p->ops[p->n].rows_b = N;
+    p->ops[p->n++].hash = cudaemu_wg_hash(b, N, cudaemu_wg_hash(a, 64, 0xcbf29ce484222325ull));
     unsigned w = cudaemu->self()->warp & 3;
     for (unsigned l = 0; l < 32; l++) {
         float *dl = ((const CudaEmuWgmma *)(all + l * CUDAEMU_SLOT))->d;
@@ -357,8 +392,34 @@ template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned lo
     }
 }
 static inline void wgmma_fence() {}
-static inline void wgmma_commit() {}
-template <int N> static inline void wgmma_wait() {}
+static inline void wgmma_commit() // wgmma.commit_group.sync.aligned: the warp's uncommitted MMAs, one group
+{
+    int first = 0;
+    char none = 0;
+    cudaemu->exchange(&none, 1, &first);
+    if (!first) return;
+    CudaEmuWgPending *p = cudaemu_wg_state();
+    if (p->n_groups == CUDAEMU_WG_MAX) cudaemu->fail("wgmma: more groups in flight than the emulator tracks (a missing wait_group?)");
+    p->group_end[p->n_groups++] = p->n; // (an empty group is a group too)
+}
+template <int N> static inline void wgmma_wait() // wgmma.wait_group.sync.aligned N
+{
+    int first = 0;
+    char none = 0;
+    cudaemu->exchange(&none, 1, &first);
+    if (!first) return;
+    CudaEmuWgPending *p = cudaemu_wg_state();
+    if (p->n_groups <= N) return;
+    int retire = p->n_groups - N, upto = p->group_end[retire - 1];
+    for (int i = 0; i < upto; i++)
+        if (cudaemu_wg_hash(p->ops[i].b, p->ops[i].rows_b, cudaemu_wg_hash(p->ops[i].a, 64, 0xcbf29ce484222325ull)) !=
+            p->ops[i].hash)
+            cudaemu->fail("wgmma: shared memory an MMA reads was written between its issue and the wait_group that "
+                          "retires it (the tensor cores may still be reading it)");
+    memmove(p->ops, p->ops + upto, (size_t)(p->n - upto) * sizeof p->ops[0]);
+    for (int g = retire; g < p->n_groups; g++) p->group_end[g - retire] = p->group_end[g] - upto;
+    p->n -= upto, p->n_groups -= retire;
+}
 static inline void fence_proxy_async() {}
 
 // ---- the entry points of the kernel's shared object (emu_compile.c appends the kernel's name) -------
