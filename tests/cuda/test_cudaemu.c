@@ -587,6 +587,48 @@ static void test_wgmma_in_flight(void **state)
     assert_non_null(strstr(err, "written between its issue and the wait_group"));
 }
 
+/* Tiles filled by cp.async (generic-proxy writes) need each copying thread's fence.proxy.async
+ * before a wgmma (the async proxy) reads them: block 0 fences and computes, block 1 does not and
+ * ends the launch with a message naming a thread whose copy was not fenced. */
+static void test_wgmma_proxy_fence(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel(
+        "extern \"C\" __global__ void k(const u16 *src, float *o) {\n"
+        "    DYN_SHARED(u16, sm);\n"
+        "    int t = threadIdx.x;\n"
+        "    for (int i = t; i < 80 * 16 / 8; i += 128) cp_async16(sm + 8 * i, src + 8 * i, 16u);\n"
+        "    cp_async_commit();\n"
+        "    cp_async_wait<0>();\n"
+        "    if (blockIdx.x == 0) fence_proxy_async();\n"
+        "    __syncthreads();\n"
+        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        "    float d[4] = {0.f, 0.f, 0.f, 0.f};\n"
+        "    wgmma_fence();\n"
+        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        "    wgmma_commit();\n"
+        "    wgmma_wait<0>();\n"
+        "    o[t] = d[0];\n"
+        "}\n");
+    uint16_t ones[80 * 16];
+    for (int i = 0; i < 80 * 16; i++) ones[i] = 0x3f80u; /* 1.0 in bf16 */
+    char err[1024];
+    uint64_t src = dev(sizeof ones), o = dev(128 * 4);
+    assert_true(cg_cuda_upload(drv, src, ones, sizeof ones, err, sizeof err));
+    unsigned grid[3] = {1, 1, 1}, block[3] = {128, 1, 1};
+    void *args[] = {&src, &o};
+    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    float h[128];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    for (int i = 0; i < 128; i++) assert_float_equal(h[i], 16.0, 0);
+    grid[0] = 2;
+    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    printf("wgmma over cp.async tiles without fence.proxy.async -> %s\n", err);
+    assert_non_null(strstr(err, "block (1,0,0)"));
+    assert_non_null(strstr(err, "no fence.proxy.async"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,7 +636,7 @@ int main(void)
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
         cmocka_unit_test(test_capture),           cmocka_unit_test(test_cp_async),
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
-        cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma), cmocka_unit_test(test_wgmma_in_flight),
+        cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma), cmocka_unit_test(test_wgmma_in_flight), cmocka_unit_test(test_wgmma_proxy_fence),
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
         cmocka_unit_test(test_warps_ahead),
         cmocka_unit_test(test_mbarrier),

@@ -104,6 +104,9 @@ typedef struct Fiber {
     CpCopy *cp;    /* cp.async copies not yet retired, in issue order */
     int n_cp, cap_cp;
     unsigned committed; /* cp.async groups committed so far; a copy belongs to group `committed` */
+    unsigned *marks;    /* the 16-byte chunks of dynamic shared memory its copies wrote since its last
+                           fence.proxy.async (Sched.unfenced says whether still its) */
+    int n_marks, cap_marks;
 } Fiber;
 
 typedef struct Warp {
@@ -137,6 +140,10 @@ typedef struct Sched {
     struct Launch *launch; /* the one this thread's blocks belong to */
     unsigned char *dyn; /* the block's dynamic shared memory */
     size_t dyn_bytes, dyn_cap;
+    /* per 16-byte chunk of it: 1 + the thread whose cp.async (a generic-proxy write) landed there
+     * last, until that thread's fence.proxy.async; 0 when written through the async proxy (the TMA)
+     * or fenced. wgmma (the async proxy) may not read a marked chunk. */
+    uint16_t *unfenced;
     bool failed;
     unsigned long mbar_events; /* mbarrier state changes in this block (a waiter's progress) */
     char msg[768];
@@ -267,13 +274,47 @@ static void *api_exchange(const void *mine, unsigned size, int *first)
  * each launch. */
 static bool cp_eager;
 
+/* A copy of f's lands: its bytes, and (in dynamic shared memory) its chunks marked as f's. */
+static void cp_land(Fiber *f, void *to, const void *src, unsigned bytes, unsigned src_bytes)
+{
+    unsigned char *dst = to;
+    memcpy(dst, src, src_bytes);
+    memset(dst + src_bytes, 0, bytes - src_bytes);
+    if (dst < S->dyn || dst >= S->dyn + S->dyn_bytes) return;
+    uint16_t me = (uint16_t)(f - S->fib + 1);
+    for (size_t c = (size_t)(dst - S->dyn) / 16; c <= (size_t)(dst + bytes - 1 - S->dyn) / 16; c++) {
+        if (S->unfenced[c] == me) continue;
+        if (f->n_marks == f->cap_marks) {
+            int cap = f->cap_marks ? 2 * f->cap_marks : 64;
+            unsigned *p = realloc(f->marks, (size_t)cap * sizeof *p);
+            if (!p) api_fail("cp.async: out of host memory");
+            f->marks = p, f->cap_marks = cap;
+        }
+        S->unfenced[c] = me, f->marks[f->n_marks++] = (unsigned)c;
+    }
+}
+
+/* fence.proxy.async: this thread's landed copies become visible to the async proxy */
+static void api_fence_proxy_async(void)
+{
+    Fiber *f = S->cur;
+    uint16_t me = (uint16_t)(f - S->fib + 1);
+    for (int i = 0; i < f->n_marks; i++)
+        if (S->unfenced[f->marks[i]] == me) S->unfenced[f->marks[i]] = 0;
+    f->n_marks = 0;
+}
+
+static unsigned api_proxy_writer(unsigned offset)
+{
+    return offset < S->dyn_bytes ? S->unfenced[offset / 16] : 0;
+}
+
 static void api_cp_async(void *dst, const void *src, unsigned bytes, unsigned src_bytes)
 {
     Fiber *f = S->cur;
     if (src_bytes > bytes) api_fail("cp.async: src-size larger than cp-size");
     if (cp_eager) {
-        memcpy(dst, src, src_bytes);
-        memset((char *)dst + src_bytes, 0, bytes - src_bytes);
+        cp_land(f, dst, src, bytes, src_bytes);
         return;
     }
     if (f->n_cp == f->cap_cp) {
@@ -294,10 +335,8 @@ static void api_cp_wait(int pending)
     int kept = 0;
     for (int i = 0; i < f->n_cp; i++) {
         CpCopy *c = &f->cp[i];
-        if (c->group + (unsigned)pending < f->committed) {
-            memcpy(c->dst, c->src, c->src_bytes);
-            memset(c->dst + c->src_bytes, 0, c->bytes - c->src_bytes);
-        } else f->cp[kept++] = *c;
+        if (c->group + (unsigned)pending < f->committed) cp_land(f, c->dst, c->src, c->bytes, c->src_bytes);
+        else f->cp[kept++] = *c;
     }
     f->n_cp = kept;
 }
@@ -370,6 +409,7 @@ static void api_tma_load_2d(void *dst, const void *map, int c0, int c1, unsigned
             else
                 memcpy(S->dyn + at, (const char *)(uintptr_t)t->addr + (size_t)y * t->stride1 + (size_t)x * t->esize, t->esize);
         }
+    memset(S->unfenced + o / 16, 0, (row * t->box[1] + 15) / 16 * sizeof *S->unfenced); /* the async proxy's */
     uint32_t *m = mbar_at(bar, "cp.async.bulk.tensor");
     unsigned bytes = (unsigned)(row * t->box[1]);
     if ((m[1] & 0x7fffffffu) < bytes) api_fail("cp.async.bulk.tensor: more bytes than its mbarrier expects");
@@ -380,7 +420,7 @@ static void api_tma_load_2d(void *dst, const void *map, int c0, int c1, unsigned
 static const CudaEmuApi api = {CUDAEMU_ABI,       api_self,        api_syncthreads,    api_exchange,
                                api_fail,          api_cp_async,    api_cp_commit,      api_cp_wait,
                                api_dyn_smem,      api_grid_dep_wait, api_mbar_init,    api_mbar_expect_tx,
-                               api_mbar_wait,     api_tma_load_2d};
+                               api_mbar_wait,     api_tma_load_2d, api_fence_proxy_async, api_proxy_writer};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
 /* The order a block's runnable threads take turns in: by index, or (MOEPPC_CUDAEMU_ORDER=reverse)
@@ -398,9 +438,10 @@ static bool run_block(Sched *s, const Kernel *k, void **args, CudaEmuDim3 grid, 
     int n = (int)(block.x * block.y * block.z), nw = (n + 31) / 32;
     s->k = k, s->args = args, s->failed = false;
     if (s->dyn_bytes) memset(s->dyn, 0xff, s->dyn_bytes); /* shared memory starts as garbage on a GPU: NaN here */
+    if (s->dyn_bytes) memset(s->unfenced, 0, (s->dyn_bytes + 15) / 16 * sizeof *s->unfenced);
     for (int i = 0; i < n; i++) {
         Fiber *f = &s->fib[i];
-        f->state = F_RUN, f->xgen = 0, f->n_cp = 0, f->committed = 0;
+        f->state = F_RUN, f->xgen = 0, f->n_cp = 0, f->committed = 0, f->n_marks = 0;
         f->t = (CudaEmuThread){{(unsigned)i % block.x, (unsigned)i / block.x % block.y, (unsigned)i / (block.x * block.y)},
                                bid, block, grid, (unsigned)i & 31u, (unsigned)i >> 5};
         fiber_start(s, i);
@@ -491,9 +532,12 @@ static void launch_work(Launch *L)
     }
     if (L->smem > s->dyn_cap) {
         free(s->dyn);
+        free(s->unfenced);
         s->dyn_cap = 0;
-        if (posix_memalign((void **)&s->dyn, 64, L->smem)) {
-            s->dyn = NULL;
+        s->unfenced = calloc((L->smem + 15) / 16, sizeof *s->unfenced);
+        if (!s->unfenced || posix_memalign((void **)&s->dyn, 64, L->smem)) {
+            free(s->unfenced);
+            s->dyn = NULL, s->unfenced = NULL;
             __atomic_store_n(&L->failed, 1, __ATOMIC_SEQ_CST);
             fail_with(CU_OUT_OF_MEMORY, "no memory for %u bytes of dynamic shared memory", L->smem);
             return;

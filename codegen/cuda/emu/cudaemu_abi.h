@@ -4,7 +4,7 @@
 #ifndef MOEPPC_CUDAEMU_ABI_H
 #define MOEPPC_CUDAEMU_ABI_H
 
-#define CUDAEMU_ABI 5
+#define CUDAEMU_ABI 6
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
 /* The first line of a kernel image for the emulator. Format 1 (what the tests and `moeppc run` use):
@@ -51,6 +51,11 @@ typedef struct CudaEmuApi {
     void (*mbar_expect_tx)(unsigned bar, unsigned bytes);
     void (*mbar_wait)(unsigned bar, unsigned parity);
     void (*tma_load_2d)(void *dst, const void *map, int c0, int c1, unsigned bar);
+    /* fence.proxy.async: the calling thread's landed cp.async copies (generic-proxy writes) become
+     * visible to the async proxy; proxy_writer: 1 + the thread whose landed copy into the 16 bytes
+     * of dynamic shared memory at `offset` it has not fenced yet, else 0 (wgmma may not read those) */
+    void (*fence_proxy_async)(void);
+    unsigned (*proxy_writer)(unsigned offset);
 } CudaEmuApi;
 /* The emulator's tensor map (in the 128 bytes of a CUtensorMap). */
 typedef struct CudaEmuTensorMap {

@@ -6,6 +6,7 @@
 // are defined here instead. Mirrors cudaemu_abi.h.
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <type_traits>
@@ -23,7 +24,7 @@
 #define __restrict__ __restrict
 #define __grid_constant__
 
-#define CUDAEMU_ABI 5
+#define CUDAEMU_ABI 6
 #define CUDAEMU_SLOT 128
 #define CUDAEMU_SCRATCH 2048
 struct CudaEmuDim3 { unsigned x, y, z; };
@@ -43,6 +44,8 @@ struct CudaEmuApi {
     void (*mbar_expect_tx)(unsigned bar, unsigned bytes);
     void (*mbar_wait)(unsigned bar, unsigned parity);
     void (*tma_load_2d)(void *dst, const void *map, int c0, int c1, unsigned bar);
+    void (*fence_proxy_async)(void);
+    unsigned (*proxy_writer)(unsigned offset);
 };
 static const CudaEmuApi *cudaemu;
 
@@ -317,11 +320,12 @@ static inline void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1
 // may read the tiles any time until the wait_group that retires the MMA, so the warp keeps each
 // pending MMA's tiles' hash: commit closes a group, wait_group N retires the oldest groups down to N
 // and fails the launch if a retired MMA's tiles have changed since its issue (a ring slot refilled
-// too early, which computing at issue would hide).
+// too early, which computing at issue would hide). At issue, no 16-byte chunk of the tiles may hold
+// a cp.async copy its thread has not followed with fence.proxy.async (generic-proxy writes are not
+// ordered before the async proxy's reads without it; the TMA's writes are the async proxy's).
 static inline u32 smem_u32(const void *p) { return (u32)((const char *)p - (const char *)cudaemu->dyn_smem()); }
-static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigned k, bool bf)
+static inline size_t cudaemu_wg_at(unsigned long long desc, unsigned r, unsigned k)
 {
-    const char *base = (const char *)cudaemu->dyn_smem();
     size_t start = (size_t)(desc & 0x3fffu) << 4, lbo = (size_t)((desc >> 16) & 0x3fffu) << 4;
     size_t sbo = (size_t)((desc >> 32) & 0x3fffu) << 4, at;
     if (desc >> 62 == 1) { /* 128-byte swizzle: rows of 128 bytes, SBO per 8 rows, 16-byte chunks XOR row % 8 */
@@ -330,8 +334,12 @@ static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigne
     } else {
         at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
     }
+    return at;
+}
+static inline float cudaemu_wg_elem(unsigned long long desc, unsigned r, unsigned k, bool bf)
+{
     u16 h;
-    memcpy(&h, base + at, 2);
+    memcpy(&h, (const char *)cudaemu->dyn_smem() + cudaemu_wg_at(desc, r, k), 2);
     return bf ? cudaemu_bits<float>((u32)h << 16) : f16_f32(h);
 }
 static inline unsigned long long cudaemu_wg_hash(unsigned long long desc, unsigned rows, unsigned long long h)
@@ -375,6 +383,15 @@ template <int N, bool BF> static inline void cudaemu_wgmma(float *d, unsigned lo
         if (a >> 62 > 1 || b >> 62 > 1) cudaemu->fail("wgmma: only the 128-byte swizzle is emulated (not 64 or 32)");
         if (((a | b) >> 49) & 7) cudaemu->fail("wgmma: a descriptor's base offset (bits 49-51) is not emulated");
     }
+    for (int m = 0; m < 2; m++) // (8 elements of k share a 16-byte chunk in both layouts)
+        for (unsigned r = 0; r < (m ? (unsigned)N : 64u); r++)
+            for (unsigned k = 0; k < 16; k += 8)
+                if (unsigned wr = cudaemu->proxy_writer((unsigned)cudaemu_wg_at(m ? b : a, r, k))) {
+                    static thread_local char msg[200];
+                    snprintf(msg, sizeof msg, "wgmma: reads shared memory that thread %u's cp.async wrote with no "
+                             "fence.proxy.async after it (the tensor cores, in the async proxy, may not see it)", wr - 1);
+                    cudaemu->fail(msg);
+                }
     CudaEmuWgPending *p = cudaemu_wg_state();
     if (p->n == CUDAEMU_WG_MAX) cudaemu->fail("wgmma: more MMAs in flight than the emulator tracks (a missing wait_group?)");
     p->ops[p->n].a = a, p->ops[p->n].b = b, p->ops[p->n].rows_b = N;
@@ -420,7 +437,7 @@ template <int N> static inline void wgmma_wait() // wgmma.wait_group.sync.aligne
     for (int g = retire; g < p->n_groups; g++) p->group_end[g - retire] = p->group_end[g] - upto;
     p->n -= upto, p->n_groups -= retire;
 }
-static inline void fence_proxy_async() {}
+static inline void fence_proxy_async() { cudaemu->fence_proxy_async(); }
 
 // ---- the entry points of the kernel's shared object (emu_compile.c appends the kernel's name) -------
 template <typename... A, size_t... I> static void cudaemu_call(void (*f)(A...), void **args, std::index_sequence<I...>)
