@@ -45,11 +45,15 @@ typedef struct {
     TuneConfig c;             /* tile_m = BM, tile_n = BN, kc = BK; a GEMV form: tile_m = slots per
                                  pass, tile_n = warps, unroll = k unroll          */
     bool ok;
+    bool pair;                /* a wgmma tile on the ring that lets two blocks share an SM (kept only
+                                 if their registers fit too)                        */
     char why[128];            /* why it was discarded                               */
     int regs, smem, threads;
 } GpuCand;
 
-enum { MAX_CANDS = 56 }; /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA; attention 12 + 36 + 8 forms */
+/* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA, up to 18 of them again on a shallower ring
+ * for two blocks an SM; attention 12 + 36 + 8 forms */
+enum { MAX_CANDS = 72 };
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -60,13 +64,17 @@ static int arch_smem_kb(const char *arch)
 
 /* The candidates of one grouped GEMM: every MMA tile of the grid (gemv false; on sm_90 for the
  * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}, those of k 64 also with
- * W by the TMA, each on the deepest ring up to its default that fits), or every GEMV form
- * (slots per pass x warps x k unroll, gemv true); their configurations in cfg. */
-static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg)
+ * W by the TMA, each on the deepest ring up to its default that fits, and again on the deepest ring
+ * (of 3 or more) with which two blocks share an SM's shared memory, pair[] set: a block's first
+ * tiles' wait and its epilogue then overlap the other's MMAs), or every GEMV form (slots per pass x
+ * warps x k unroll, gemv true); their configurations in cfg. */
+static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg,
+                           bool *pair)
 {
     static const int bms[] = {32, 64, 128}, bns[] = {32, 64, 128}, bks[] = {16, 32, 64};
     static const int slots[] = {1, 4, 16}, warps[] = {2, 4, 8}, unrolls[] = {1, 4, 16};
     int n = 0;
+    memset(pair, 0, MAX_CANDS * sizeof *pair);
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 3; b++)
             for (size_t k = 0; k < 3; k++) {
@@ -94,6 +102,16 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
                     list[n] = g;
                     cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma,
                                             .stages = g.stages != ring ? g.stages : 0};
+                    /* two blocks an SM: each within half the SM's shared memory (less the 1 KB the
+                     * hardware keeps per block) */
+                    int one = g.stages;
+                    size_t half = ((size_t)arch_smem_kb(arch) + 1) * 1024 / 2 - 1024;
+                    while (g.stages > 3 && cg_cuda_gemm_smem(&g) > half) g.stages--;
+                    if (g.stages < one && cg_cuda_gemm_smem(&g) <= half) {
+                        list[n] = g, pair[n] = true;
+                        cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma,
+                                                .stages = g.stages != ring ? g.stages : 0};
+                    }
                 }
             }
     return n;
@@ -120,6 +138,9 @@ static int compile_filter(GpuCand *out, int n, CudaKernelCode *code, const int *
             else if ((long)c->regs * c->threads > 65536)
                 snprintf(c->why, sizeof c->why, "%d registers x %d threads exceed an SM's 65536", c->regs, c->threads),
                     c->ok = false;
+            else if (c->pair && 2L * c->regs * c->threads > 65536) /* (then only a shallower ring) */
+                snprintf(c->why, sizeof c->why, "two blocks an SM: 2 x %d registers x %d threads exceed its 65536",
+                         c->regs, c->threads), c->ok = false;
             cg_cuda_binary_free(&bins[q]);
         }
         free(code[q].symbol);
@@ -133,13 +154,14 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
 {
     CgCudaGemm list[MAX_CANDS];
     TuneConfig cfg[MAX_CANDS];
-    int n_list = list_candidates(base, gemv, arch, list, cfg);
+    bool pair[MAX_CANDS];
+    int n_list = list_candidates(base, gemv, arch, list, cfg, pair);
     CudaKernelCode code[MAX_CANDS];
     int map[MAX_CANDS], n = 0, n_code = 0;
     for (int q = 0; q < n_list; q++) {
         const CgCudaGemm *g = &list[q];
         GpuCand *c = &out[n];
-        *c = (GpuCand){.c = cfg[q], .ok = true};
+        *c = (GpuCand){.c = cfg[q], .ok = true, .pair = pair[q]};
         char why[512], sym[256];
         char *src = cg_cuda_gemm_source(g, why, sizeof why);
         if (!src) { /* the generator's reason, after the symbol it names */
@@ -257,8 +279,10 @@ static void print_candidates(const char *what, const char *noun, const GpuCand *
     for (int k = 0; k < n; k++) {
         char name[64];
         tune_config_format(&c[k].c, name, sizeof name);
-        if (c[k].ok) printf("  %-14s ok         %3d registers x %3d threads, %5d B shared\n", name, c[k].regs, c[k].threads, c[k].smem);
-        else printf("  %-14s discarded  %s\n", name, c[k].why);
+        if (c[k].ok)
+            printf("  %-20s ok         %3d registers x %3d threads, %6d B shared%s\n", name, c[k].regs, c[k].threads,
+                   c[k].smem, c[k].pair ? " (two blocks an SM)" : "");
+        else printf("  %-20s discarded  %s\n", name, c[k].why);
     }
     fflush(stdout);
 }
