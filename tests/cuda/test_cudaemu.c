@@ -496,6 +496,33 @@ static void test_dynamic_shared(void **state)
     assert_non_null(strstr(err, "dynamic shared memory"));
 }
 
+/* The wgmma tests' tiles: A at the start of dynamic shared memory, B after its 64 rows, K-major core
+ * matrices (LBO 128 bytes to the next 8 of k, SBO 256 to the next 8 rows); one m64n8k16 into d[4]. */
+#define WG_DESC "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+#define WG_MMA "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+
+/* The wgmma tests' kernels: `blocks` blocks of one warpgroup over 80 x 16 halves of dynamic shared
+ * memory (A's 64 rows, B's 8 or more). wg_fails: such a launch fails, its message (printed after
+ * `what`) holding `need` and, unless NULL, `need2`. */
+static void wg_launch(void *fn, unsigned blocks, void **args)
+{
+    unsigned grid[3] = {blocks, 1, 1}, block[3] = {128, 1, 1};
+    char err[1024];
+    bool ok = cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+}
+
+static void wg_fails(void *fn, unsigned blocks, void **args, const char *what, const char *need, const char *need2)
+{
+    unsigned grid[3] = {blocks, 1, 1}, block[3] = {128, 1, 1};
+    char err[1024];
+    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    printf("%s -> %s\n", what, err);
+    assert_non_null(strstr(err, need));
+    if (need2) assert_non_null(strstr(err, need2));
+}
+
 /* wgmma m64n8k16 (bf16): A 64 x 16 and B 8 x 16 in the K-major core-matrix layout (LBO 128 bytes
  * to the next 8 of k, SBO 256 to the next 8 rows), A[r][k] = r - k, B[n][k] = k + n % 3; each lane's
  * D fragment (rows 16 w + l / 4 (+ 8), columns 2 (l % 4) (+ 1)) must hold the product plus its
@@ -514,17 +541,16 @@ static void test_wgmma(void **state)
         "        sm[(r < 64 ? 0 : 64 * 16) + (rr / 8) * 128 + (k / 8) * 64 + (rr % 8) * 8 + k % 8] = (u16)(pack_bf16(v, 0.f) & 0xffffu);\n"
         "    }\n"
         "    __syncthreads();\n"
-        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        WG_DESC
         "    float d[4] = {1.f, 2.f, 3.f, 4.f};\n"
-        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        WG_MMA
         "    for (int v = 0; v < 4; v++) o[t * 4 + v] = d[v];\n"
         "    if (blockIdx.x == 1) cudaemu_wgmma<8, true>(d, desc | (unsigned)l, desc);  /* lanes disagree */\n"
         "}\n");
     char err[1024];
     uint64_t o = dev(128 * 4 * 4);
-    unsigned grid[3] = {1, 1, 1}, block[3] = {128, 1, 1};
     void *args[] = {&o};
-    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    wg_launch(fn, 1, args);
     float h[512];
     assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
     for (int t = 0; t < 128; t++)
@@ -534,10 +560,7 @@ static void test_wgmma(void **state)
             for (int k = 0; k < 16; k++) want += (double)(r - k) * (k + n % 3);
             assert_float_equal(h[t * 4 + v], want, 1e-3);
         }
-    grid[0] = 2;
-    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
-    printf("wgmma with lanes disagreeing -> %s\n", err);
-    assert_non_null(strstr(err, "different descriptors"));
+    wg_fails(fn, 2, args, "wgmma with lanes disagreeing", "different descriptors", NULL);
 }
 
 /* A wgmma's tiles must stay as they were until the wait_group that retires it (the tensor cores
@@ -554,17 +577,17 @@ static void test_wgmma_in_flight(void **state)
         "    int t = threadIdx.x;\n"
         "    for (int i = t; i < 80 * 16; i += 128) sm[i] = (u16)0x3f80u;  /* 1.0 */\n"
         "    __syncthreads();\n"
-        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        WG_DESC
         "    float d[4] = {0.f, 0.f, 0.f, 0.f};\n"
         "    wgmma_fence();\n"
-        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        WG_MMA
         "    wgmma_commit();\n"
         "    wgmma_commit();  /* an empty group after it */\n"
         "    if (blockIdx.x == 0) wgmma_wait<0>();\n"
         "    else wgmma_wait<1>();  /* the MMA's group is older: retired too; then the empty one in flight */\n"
         "    __syncthreads();\n"
         "    if (blockIdx.x == 2) {\n"
-        "        cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        "    " WG_MMA
         "        wgmma_commit();\n"
         "    }\n"
         "    if (t == 0) sm[0] = (u16)0x4000u;  /* 2.0 into A */\n"
@@ -574,17 +597,13 @@ static void test_wgmma_in_flight(void **state)
         "}\n");
     char err[1024];
     uint64_t o = dev(3 * 128 * 4);
-    unsigned grid[3] = {2, 1, 1}, block[3] = {128, 1, 1};
     void *args[] = {&o};
-    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    wg_launch(fn, 2, args);
     float h[256];
     assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
     for (int i = 0; i < 256; i++) assert_float_equal(h[i], 16.0, 0); /* 16 products of 1 x 1 */
-    grid[0] = 3;
-    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
-    printf("a wgmma's tile rewritten before its wait_group -> %s\n", err);
-    assert_non_null(strstr(err, "block (2,0,0)"));
-    assert_non_null(strstr(err, "written between its issue and the wait_group"));
+    wg_fails(fn, 3, args, "a wgmma's tile rewritten before its wait_group", "block (2,0,0)",
+             "written between its issue and the wait_group");
 }
 
 /* Tiles filled by cp.async (generic-proxy writes) need each copying thread's fence.proxy.async
@@ -603,10 +622,10 @@ static void test_wgmma_proxy_fence(void **state)
         "    cp_async_wait<0>();\n"
         "    if (blockIdx.x == 0) fence_proxy_async();\n"
         "    __syncthreads();\n"
-        "    unsigned long long desc = (128ull >> 4) << 16 | (256ull >> 4) << 32;\n"
+        WG_DESC
         "    float d[4] = {0.f, 0.f, 0.f, 0.f};\n"
         "    wgmma_fence();\n"
-        "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
+        WG_MMA
         "    wgmma_commit();\n"
         "    wgmma_wait<0>();\n"
         "    o[t] = d[0];\n"
@@ -616,17 +635,12 @@ static void test_wgmma_proxy_fence(void **state)
     char err[1024];
     uint64_t src = dev(sizeof ones), o = dev(128 * 4);
     assert_true(cg_cuda_upload(drv, src, ones, sizeof ones, err, sizeof err));
-    unsigned grid[3] = {1, 1, 1}, block[3] = {128, 1, 1};
     void *args[] = {&src, &o};
-    assert_true(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
+    wg_launch(fn, 1, args);
     float h[128];
     assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
     for (int i = 0; i < 128; i++) assert_float_equal(h[i], 16.0, 0);
-    grid[0] = 2;
-    assert_false(cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err));
-    printf("wgmma over cp.async tiles without fence.proxy.async -> %s\n", err);
-    assert_non_null(strstr(err, "block (1,0,0)"));
-    assert_non_null(strstr(err, "no fence.proxy.async"));
+    wg_fails(fn, 2, args, "wgmma over cp.async tiles without fence.proxy.async", "block (1,0,0)", "no fence.proxy.async");
 }
 
 int main(void)
