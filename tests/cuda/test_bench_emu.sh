@@ -8,7 +8,7 @@ set -u
 MOEPPC=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 SPEC=$HERE/../../specs/tiny/tiny-bf16.yaml
-out=$("$MOEPPC" bench "$SPEC" --device cuda --tokens 1,40 --context 30 --reps 2 --json) || { echo "bench failed"; exit 1; }
+out=$("$MOEPPC" bench "$SPEC" --device cuda --tokens 1,40 --context 30 --reps 7 --json) || { echo "bench failed"; exit 1; }
 echo "$out"
 python3 - "$out" <<'PY' || exit 1
 import json, sys
@@ -19,7 +19,8 @@ for r in recs:
     for k in ("layer_ms", "moe_ms", "grouped_ms", "attention_ms"):
         assert r[k] > 0, (k, r)
     # parts of the layer, not the whole model: medians timed apart, on a CPU other tests load, so
-    # within 3x of the layer's rather than below it (a part above the layer once failed this here)
+    # within 3x of the layer's rather than below it (a part above the layer once failed this here);
+    # medians of 7 (of 2, one scheduling hiccup of a loaded CPU in a 4 ms layer failed it twice)
     assert r["attention_ms"] <= 3 * r["layer_ms"] and r["moe_ms"] <= 3 * r["layer_ms"], r
 assert recs[0]["moe_ops"] == 3, recs[0]
 print("ok: bench --device cuda --context, %d records" % len(recs))
