@@ -10,7 +10,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEPPC_TESTS=ON >/dev/nu
 cmake --build build -j$jobs
 ctest --test-dir build -j$jobs --output-on-failure
 
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOEPPC_SANITIZE=ON -DMOEPPC_TESTS=ON >/dev/null
+# (the CUDA emulator's kernel objects are the same in both builds, none sanitized: the release build's)
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOEPPC_SANITIZE=ON -DMOEPPC_TESTS=ON \
+  -DMOEPPC_CUDAEMU_CACHE_DIR="$PWD/build/cudaemu-cache" >/dev/null
 cmake --build build-asan -j$jobs
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan -j$jobs --output-on-failure
