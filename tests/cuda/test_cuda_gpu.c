@@ -48,6 +48,19 @@ static void *kernel(const char *src, const char *sym)
     return fn;
 }
 
+/* g's kernel, generated and compiled for this GPU; its symbol in sym[256] */
+static void *gemm_kernel(const CgCudaGemm *g, char *sym)
+{
+    char err[512];
+    cg_cuda_gemm_symbol(g, sym, 256);
+    char *src = cg_cuda_gemm_source(g, err, sizeof err);
+    if (!src) fprintf(stderr, "%s\n", err);
+    assert_non_null(src);
+    void *fn = kernel(src, sym);
+    free(src);
+    return fn;
+}
+
 static uint64_t upload(const void *p, size_t n)
 {
     char err[512];
@@ -276,13 +289,8 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
         g->tma = async[4] > 1; /* W by the TMA */
     }
-    char su[256], sd[256], err[256];
-    cg_cuda_gemm_symbol(&gu, su, sizeof su);
-    cg_cuda_gemm_symbol(&gd, sd, sizeof sd);
-    char *srcu = cg_cuda_gemm_source(&gu, err, sizeof err), *srcd = cg_cuda_gemm_source(&gd, err, sizeof err);
-    if (!srcu || !srcd) fprintf(stderr, "%s\n", err);
-    assert_true(srcu && srcd);
-    void *fu = kernel(srcu, su), *fd = kernel(srcd, sd);
+    char su[256], sd[256];
+    void *fu = gemm_kernel(&gu, su), *fd = gemm_kernel(&gd, sd);
     float *hgot = xmalloc((size_t)S * I * 4 + 4), *ygot = xcalloc((size_t)T * D, 4);
     size_t hsz = async ? 2 : 4, xsz = async ? 2 : 4; /* async: x and h 16-bit */
     uint16_t *x16 = xmalloc((size_t)T * D * 2);
@@ -329,7 +337,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     assert_true(ed <= tol);
     uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
-    free(srcu), free(srcd), free(ids), free(perm), free(w), free(gw), free(x), free(wu), free(wd), free(h), free(y);
+    free(ids), free(perm), free(w), free(gw), free(x), free(wu), free(wd), free(h), free(y);
     free(hgot), free(ygot), free(x16);
 }
 
@@ -346,12 +354,8 @@ static void layout_probe(const CgCudaGemm *base)
     CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 1, 1, base->bn, 64);
     g.wgmma = base->wgmma, g.tma = base->tma, g.stages = base->stages, g.bm = base->bm, g.bn = base->bn, g.bk = 64;
     const int64_t T = g.bm, N = g.n, KD = 64;
-    char sym[256], err[512];
-    cg_cuda_gemm_symbol(&g, sym, sizeof sym);
-    char *src = cg_cuda_gemm_source(&g, err, sizeof err);
-    if (!src) fprintf(stderr, "%s\n", err);
-    assert_non_null(src);
-    void *fn = kernel(src, sym);
+    char sym[256];
+    void *fn = gemm_kernel(&g, sym);
     int64_t off[2] = {0, T};
     int32_t *perm = xmalloc((size_t)T * 4);
     float *gw = xmalloc((size_t)T * 4), *y = xmalloc((size_t)(T * N) * 4);
@@ -415,7 +419,7 @@ static void layout_probe(const CgCudaGemm *base)
     }
     uint64_t bufs[] = {dh, dw, doff, dperm, dgw, dy};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
-    free(src), free(perm), free(gw), free(y), free(h), free(w);
+    free(perm), free(gw), free(y), free(h), free(w);
     assert_int_equal(bad_total, 0);
 }
 

@@ -502,13 +502,14 @@ static void test_dynamic_shared(void **state)
 #define WG_MMA "    cudaemu_wgmma<8, true>(d, desc | (smem_u32(sm) >> 4), desc | (smem_u32(sm + 64 * 16) >> 4));\n"
 
 /* The wgmma tests' kernels: `blocks` blocks of one warpgroup over 80 x 16 halves of dynamic shared
- * memory (A's 64 rows, B's 8 or more). wg_fails: such a launch fails, its message (printed after
- * `what`) holding `need` and, unless NULL, `need2`. */
-static void wg_launch(void *fn, unsigned blocks, void **args)
+ * memory (A's 64 rows, B's 8 or more), then `bytes` of `out` read back into h. wg_fails: such a
+ * launch fails, its message (printed after `what`) holding `need` and, unless NULL, `need2`. */
+static void wg_launch(void *fn, unsigned blocks, void **args, uint64_t out, float *h, size_t bytes)
 {
     unsigned grid[3] = {blocks, 1, 1}, block[3] = {128, 1, 1};
     char err[1024];
-    bool ok = cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err);
+    bool ok = cg_cuda_launch(drv, fn, grid, block, 80 * 16 * 2, args, err, sizeof err) &&
+              cg_cuda_download(drv, h, out, bytes, err, sizeof err);
     if (!ok) fprintf(stderr, "%s\n", err);
     assert_true(ok);
 }
@@ -547,12 +548,10 @@ static void test_wgmma(void **state)
         "    for (int v = 0; v < 4; v++) o[t * 4 + v] = d[v];\n"
         "    if (blockIdx.x == 1) cudaemu_wgmma<8, true>(d, desc | (unsigned)l, desc);  /* lanes disagree */\n"
         "}\n");
-    char err[1024];
     uint64_t o = dev(128 * 4 * 4);
     void *args[] = {&o};
-    wg_launch(fn, 1, args);
     float h[512];
-    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    wg_launch(fn, 1, args, o, h, sizeof h);
     for (int t = 0; t < 128; t++)
         for (int v = 0; v < 4; v++) {
             int w = t / 32, l = t % 32, r = 16 * w + l / 4 + 8 * (v / 2), n = 2 * (l % 4) + v % 2;
@@ -595,12 +594,10 @@ static void test_wgmma_in_flight(void **state)
         "    wgmma_wait<0>();\n"
         "    o[blockIdx.x * 128 + t] = d[0];\n"
         "}\n");
-    char err[1024];
     uint64_t o = dev(3 * 128 * 4);
     void *args[] = {&o};
-    wg_launch(fn, 2, args);
     float h[256];
-    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    wg_launch(fn, 2, args, o, h, sizeof h);
     for (int i = 0; i < 256; i++) assert_float_equal(h[i], 16.0, 0); /* 16 products of 1 x 1 */
     wg_fails(fn, 3, args, "a wgmma's tile rewritten before its wait_group", "block (2,0,0)",
              "written between its issue and the wait_group");
@@ -636,9 +633,8 @@ static void test_wgmma_proxy_fence(void **state)
     uint64_t src = dev(sizeof ones), o = dev(128 * 4);
     assert_true(cg_cuda_upload(drv, src, ones, sizeof ones, err, sizeof err));
     void *args[] = {&src, &o};
-    wg_launch(fn, 1, args);
     float h[128];
-    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    wg_launch(fn, 1, args, o, h, sizeof h);
     for (int i = 0; i < 128; i++) assert_float_equal(h[i], 16.0, 0);
     wg_fails(fn, 2, args, "wgmma over cp.async tiles without fence.proxy.async", "block (1,0,0)", "no fence.proxy.async");
 }
