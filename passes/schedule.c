@@ -39,7 +39,7 @@ bool tune_config_parse(const char *text, TuneConfig *c)
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[10] = {false};
+    bool seen[11] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -70,6 +70,9 @@ bool tune_config_parse(const char *text, TuneConfig *c)
         } else if (!strncmp(s, "wg", 2)) {
             s += 2;
             c->wgmma = 1, field = 6;
+        } else if (!strncmp(s, "ws", 2)) {
+            s += 2;
+            c->ws = 1, field = 10;
         } else if (!strncmp(s, "sk", 2)) {
             s += 2;
             if (!parse_count(&s, 16, &v) || v < 2) return false;
@@ -100,6 +103,7 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->stages) strbuf_printf(&b, "%ss%d", sep, c->stages), sep = "/";
     if (c->wgmma) strbuf_printf(&b, "%swg", sep), sep = "/";
     if (c->tma) strbuf_printf(&b, "%stma", sep), sep = "/";
+    if (c->ws) strbuf_printf(&b, "%sws", sep), sep = "/";
     if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split), sep = "/";
     if (c->tc) strbuf_printf(&b, "%stc", sep);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
@@ -110,7 +114,7 @@ bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
            a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
-           a->split == b->split && a->tma == b->tma && a->tc == b->tc;
+           a->split == b->split && a->tma == b->tma && a->ws == b->ws && a->tc == b->tc;
 }
 
 moe_dtype tune_attention_dtype(const struct IrInstr *i)

@@ -62,15 +62,15 @@ static bool parse_number(const yaml_node_t *nd, double *out)
 static bool config_fits(const char *op, const TuneConfig *c)
 {
     if (!op[0]) return true; /* the op was reported already */
-    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && !c->tc;
-    return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 &&
+    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && (!c->ws || c->tma) && !c->tc;
+    return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 && !c->ws &&
            (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0);
 }
 
 static const char *config_expected(const char *op)
 {
     return !op[0] || tune_op_is_gemm(op)
-               ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg)"
+               ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg, ws only with tma)"
                : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB][/tc]";
 }
 
@@ -211,7 +211,7 @@ static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *
         TuneMeasure m;
         char sub[96], name[64];
         if (!tune_config_parse(scalar_text(k), &m.c) || !config_fits(e->op, &m.c)) {
-            char expected[128];
+            char expected[192];
             snprintf(expected, sizeof expected, "%s as the key", config_expected(e->op));
             bad_value(c, path, k, expected);
             ok = false;

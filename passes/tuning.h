@@ -29,6 +29,8 @@
  *   sS       GPU: k tiles in the cp.async ring of the tensor-core path, 2..6 (absent: 3)
  *   wg       GPU (sm_90): that path on the warpgroup MMA (wgmma) instead of mma.sync
  *   tma      GPU (sm_90, with wg and kc64): W's k tiles by the tensor memory accelerator
+ *   ws       GPU (with tma): warp-specialised and persistent (a producer warpgroup, blocks looping
+ *            over the tiles; CgCudaGemm.ws)
  *   skS      GPU, grouped_down: split-K, S blocks (2..16) each reduce a slice of K (absent: none)
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
@@ -64,6 +66,7 @@ typedef struct TuneConfig {
     int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
     int split;                   /* GPU: split-K ways of the grouped down-projection          */
     int tma;                     /* GPU: 1 = wgmma's W tiles by the TMA                       */
+    int ws;                      /* GPU: 1 = the TMA form warp-specialised and persistent      */
     int tc;                      /* GPU: 1 = attention's tensor-core form (tile_m queries a
                                     block, tile_n 16 a warp; 16-bit models)                   */
 } TuneConfig;

@@ -132,6 +132,8 @@ EOF
     run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
     step "the tiny models with W's k tiles by the TMA (MOEPPC_CUDA_TMA=1, wgmma implied: its first GPU run)"
     run 60 env MOEPPC_CUDA_TMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+    step "the tiny models with the TMA GEMMs warp-specialised and persistent (MOEPPC_CUDA_WS=1: its first GPU run)"
+    run 60 env MOEPPC_CUDA_WS=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
     step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
     run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
   fi
@@ -156,6 +158,7 @@ EOF
       MOEPPC_CUDA_ATTN_TC=0 512,4096
     ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
     ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
+    ab "prefill on the warp-specialised persistent TMA form (MOEPPC_CUDA_WS=1) against TMA above" MOEPPC_CUDA_WS=1 512,4096
   fi
   if more "decode A/Bs"; then
     echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"

@@ -52,7 +52,7 @@ typedef struct {
 } GpuCand;
 
 /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA, up to 18 of them again on a shallower ring
- * for two blocks an SM; attention 12 + 36 + 8 forms */
+ * for two blocks an SM, the 6 TMA ones warp-specialised; attention 12 + 36 + 8 forms */
 enum { MAX_CANDS = 72 };
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
@@ -66,7 +66,9 @@ static int arch_smem_kb(const char *arch)
  * cp.async form also the wgmma tiles {64, 128} x {64, 128, 256} x {32, 64}, those of k 64 also with
  * W by the TMA, each on the deepest ring up to its default that fits, and again on the deepest ring
  * (of 3 or more) with which two blocks share an SM's shared memory, pair[] set: a block's first
- * tiles' wait and its epilogue then overlap the other's MMAs), or every GEMV form (slots per pass x
+ * tiles' wait and its epilogue then overlap the other's MMAs), each TMA tile also warp-specialised
+ * and persistent on the deepest ring up to 6 that fits (its producer fills the next tile's slots
+ * while the consumers' epilogue runs), or every GEMV form (slots per pass x
  * warps x k unroll, gemv true); their configurations in cfg. */
 static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, CgCudaGemm *list, TuneConfig *cfg,
                            bool *pair)
@@ -112,6 +114,15 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
                         cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = tma,
                                                 .stages = g.stages != ring ? g.stages : 0};
                     }
+                    if (!tma) continue;
+                    /* warp-specialised and persistent (one block an SM): the deepest ring that fits, to 6 */
+                    g.ws = true;
+                    for (g.stages = 6; g.stages > 3 && cg_cuda_gemm_smem(&g) > (size_t)arch_smem_kb(arch) * 1024;)
+                        g.stages--;
+                    list[n] = g;
+                    cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = 1, .ws = 1,
+                                            .stages = g.stages != ring ? g.stages : 0};
+                    g.ws = false;
                 }
             }
     return n;
@@ -319,6 +330,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     o.force_path = c->tile_m ? (gemv ? 2 : 1) : 0; /* a candidate runs on its path at any T (the other GEMM too) */
     o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
     o.tma = c->tma;
+    o.ws = c->ws;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
     int64_t cols = 0;
@@ -369,7 +381,7 @@ static bool config_fits(const GpuLayer *L, const TuneEntry *e, int kind, bool ge
     else {
         g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
         g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages ? c->stages : g.stages;
-        g.tma = c->tma;
+        g.tma = c->tma, g.ws = c->ws;
     }
     g.split = c->split;
     char err[256];

@@ -221,6 +221,19 @@ typedef struct CgCudaGemm {
                                 last argument, the weights' CUtensorMap (cg_cuda_gemm_tma_map;
                                 "_tma"); DOWN's A (h) comes so too, its map after W's
                                 (cg_cuda_gemm_tma_map_a)                                       */
+    bool      ws;            /* tma, split 0/1: warp-specialised and persistent ("_ws"). A producer
+                                warpgroup fills the ring (W and DOWN's A by the TMA from one
+                                thread; UP's gathered A by its 128 threads' cp.async, each tile
+                                published ST - 2 tiles later, once landed and fenced) and the
+                                consumer warpgroups (one per 64 rows) take slots through full and
+                                empty mbarriers: no block barrier in the k loop. Each block walks
+                                tiles blockIdx.x, + gridDim.x, ... (M tiles of all groups, then N
+                                tiles), the ring running on across tiles, so the producer fills
+                                the next tile's first slots while the consumers' epilogue runs.
+                                Register split by setmaxnreg (producer 40, consumers 232) with two
+                                consumer warpgroups.                                           */
+    int       persist;       /* ws: the blocks a launch keeps (the device's SMs times the blocks an
+                                SM holds; the runtime's); 0: one block per tile. Not in the text */
     int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
                                 k tiles; the GEMV's 8-element chunks) and add their partial
                                 products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
@@ -354,6 +367,7 @@ bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const uns
 /* The device's compute capability as "sm_XY" ("emu" for the emulator), its name, its free and total memory. */
 void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n);
 void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n);
+int  cg_cuda_device_sms(CgCudaDriver *d);                   /* its multiprocessors (1 if unknown)      */
 bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes);
 
 /* The driver's one stream (non-blocking, created at open): launches, copies and fills queue on it

@@ -29,6 +29,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CU_MEMORYTYPE_DEVICE 2
 
 #define CU_ATTR_CC_MAJOR 75 /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
+#define CU_ATTR_SMS 16      /* CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT */
 #define CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION 6
 
 /* cuda.h's launch configuration for cuLaunchKernelEx (CUDA 12+): an attribute is its id, padding to
@@ -369,6 +370,12 @@ void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n)
     d->api.device_attr(&major, CU_ATTR_CC_MAJOR, d->dev);
     d->api.device_attr(&minor, CU_ATTR_CC_MINOR, d->dev);
     snprintf(out, n, "sm_%d%d", major, minor);
+}
+
+int cg_cuda_device_sms(CgCudaDriver *d)
+{
+    int sms = 0;
+    return d->api.device_attr(&sms, CU_ATTR_SMS, d->dev) == 0 && sms > 0 ? sms : 1;
 }
 
 void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n)

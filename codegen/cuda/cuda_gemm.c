@@ -66,6 +66,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
     if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
     if (g->tma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_tma");
+    if (g->ws && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ws");
     if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
     if (g->w_table && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wt");
     if (g->seg[0] && w > 0 && (size_t)w < n)
@@ -79,15 +80,20 @@ static int mma_warps_n(const CgCudaGemm *g)
     return g->bn * (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) >= 128 ? 4 : 2;
 }
 
-static int mma_threads(const CgCudaGemm *g) { return g->wgmma ? 128 * (g->bm / 64) : 64 * mma_warps_n(g); }
+/* (ws: a producer warpgroup before the consumers) */
+static int mma_threads(const CgCudaGemm *g)
+{
+    return g->wgmma ? 128 * (g->bm / 64 + (g->ws ? 1 : 0)) : 64 * mma_warps_n(g);
+}
 
 /* Shared memory of the MMA path: `stages` k tiles of A and B (two for the register form, static),
  * 16-bit, rows padded by 8 halves (16 bytes: ldmatrix's eight row addresses hit distinct banks). */
 static long mma_smem(const CgCudaGemm *g)
 {
-    if (g->wgmma) /* no padding: wgmma reads 8 x 16-byte core matrices; TMA: 1 KB to align the ring, mbarriers */
+    if (g->wgmma) /* no padding: wgmma reads 8 x 16-byte core matrices; TMA: 1 KB to align the ring, mbarriers
+                     (ws: a full and an empty one a slot) */
         return (long)g->stages * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * g->bk * 2 +
-               (g->tma ? 1024 + 8L * g->stages : 0);
+               (g->tma ? 1024 + (g->ws ? 16L : 8L) * g->stages : 0);
     return (long)(g->stages >= 3 ? g->stages : 2) * (g->bm + (g->kind == CG_CUDA_GEMM_UP ? 2 : 1) * g->bn) * (g->bk + 8) * 2;
 }
 
@@ -146,6 +152,9 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
         why = "a linear layer is one group of one pick per token";
     else if (g->tma && (!g->wgmma || g->bk != 64 || g->w_table || g->bn > 256))
         why = "TMA: the wgmma form with bk 64 (a 128-byte row of k) and the weights stacked, not a table";
+    else if (g->ws && (!g->tma || g->split > 1))
+        why = "warp-specialised (ws): the TMA form, not split-K";
+    else if (g->persist < 0 || (g->persist && !g->ws)) why = "persist: a block count of the warp-specialised form";
     else if (g->split < 0 || g->split > 16 || (g->split > 1 && g->kind != CG_CUDA_GEMM_DOWN))
         why = "split-K: 2..16 ways, DOWN only (its epilogue adds into y)";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
@@ -179,6 +188,8 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     const char *tmap = !g->tma ? ""
                        : up ? ", const __grid_constant__ CUtensorMap tmw"
                             : ", const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx";
+    /* ws: one block an SM stated, so that ptxas knows the registers at entry and keeps setmaxnreg */
+    const char *bounds = g->ws ? "NT, 1" : "NT";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out%s) {\n"
@@ -186,15 +197,15 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name,
                   g->seg[0] ? ", const void *wv2, float *out2, const void *wv3, float *out3" : "");
     else if (up)
-        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
+        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(%s) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, %s, %s *out%s) {\n"
                      "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", name, xt, wparam, ht, tmap);
+                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", bounds, name, xt, wparam, ht, tmap);
     else
-        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const %s *x, "
+        cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(%s) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, const float *gate_w, %s, float *out%s) {\n"
                      "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", name, xt, wparam, tmap);
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", bounds, name, xt, wparam, tmap);
 }
 
 static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
@@ -513,8 +524,38 @@ static void emit_wgmma_asm(CgBuf *b, const CgCudaGemm *g)
             "__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, u32 bar) {\n"
             "    asm volatile(\"cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%%0], [%%1, {%%2, %%3}], [%%4];\"\n"
             "                 :: \"r\"(smem_u32(dst)), \"l\"((unsigned long long)map), \"r\"(c0), \"r\"(c1), \"r\"(bar) : \"memory\"); }\n");
+    if (g->ws) /* the consumers' release of a slot; the warpgroups' register split */
+        cb_printf(b,
+            "__device__ __forceinline__ void mbar_arrive(u32 bar) {\n"
+            "    asm volatile(\"mbarrier.arrive.shared::cta.b64 _, [%%0];\" :: \"r\"(bar) : \"memory\"); }\n"
+            "template <int R> __device__ __forceinline__ void regs_dec() { asm volatile(\"setmaxnreg.dec.sync.aligned.u32 %%0;\" :: \"n\"(R)); }\n"
+            "template <int R> __device__ __forceinline__ void regs_inc() { asm volatile(\"setmaxnreg.inc.sync.aligned.u32 %%0;\" :: \"n\"(R)); }\n");
     cb_printf(b, "#else\n#define wgmma_tile(d, a, b) cudaemu_wgmma<%d, %s>(d, a, b)\n#endif\n",
               g->bn, g->wdtype == DT_BF16 ? "true" : "false");
+}
+
+/* A wgmma tile's epilogue from its accumulators (warpgroup `wgv`'s 64 rows): UP's SwiGLU to h (16-bit),
+ * DOWN's gate-weighted atomicAdd into y; each line indented by `in`. */
+static void emit_wgmma_epilogue(CgBuf *b, const CgCudaGemm *g, const char *wgv, const char *in)
+{
+    cb_printf(b,
+        "%s#pragma unroll\n"
+        "%sfor (int j = 0; j < BN / 8; j++)\n"
+        "%s#pragma unroll\n"
+        "%s    for (int hh = 0; hh < 2; hh++) {  /* the m16n8 C fragment of warp wq's 16 rows, per 8 columns */\n"
+        "%s        long long s = m0 + %s * 64 + wq * 16 + (lane >> 2) + hh * 8;\n"
+        "%s        int n = n0 + j * 8 + (lane & 3) * 2;\n"
+        "%s        if (s >= ge || n >= N) continue;\n", "", in, "", in, in, wgv, in, in);
+    if (g->kind == CG_CUDA_GEMM_UP)
+        cb_printf(b, "%s        float a0 = acc[0][4 * j + 2 * hh], a1 = acc[0][4 * j + 2 * hh + 1];\n"
+                     "%s        *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][4 * j + 2 * hh],\n"
+                     "%s                                         a1 / (1.0f + expf(-a1)) * acc[1][4 * j + 2 * hh + 1]);\n",
+                  in, in, in);
+    else
+        cb_printf(b, "%s        float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
+                     "%s        atomicAdd(y, gw * acc[0][4 * j + 2 * hh]);\n"
+                     "%s        if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][4 * j + 2 * hh + 1]);\n", in, in, in);
+    cb_printf(b, "%s    }\n", in);
 }
 
 static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
@@ -623,26 +664,150 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        wgmma_wait<1>();          /* tile kt's MMAs run on while the next tile is waited for */\n"
         "    }\n"
         "    wgmma_wait<0>();\n"
-        "    cp_async_wait<0>();\n"
-        "#pragma unroll\n"
-        "    for (int j = 0; j < BN / 8; j++)\n"
-        "#pragma unroll\n"
-        "        for (int hh = 0; hh < 2; hh++) {  /* the m16n8 C fragment of warp wq's 16 rows, per 8 columns */\n"
-        "            long long s = m0 + wg * 64 + wq * 16 + (lane >> 2) + hh * 8;\n"
-        "            int n = n0 + j * 8 + (lane & 3) * 2;\n"
-        "            if (s >= ge || n >= N) continue;\n",
+        "    cp_async_wait<0>();\n",
         g->tma ? "        while (!mbar_try_wait(mbar + 8 * (kt % ST), (kt / ST) & 1)) {}  /* W's tile kt (TMA) */\n" : "",
         ta ? "32 bytes on in its swizzled rows" : "two chunks on (256 bytes)",
         g->tma ? "32 bytes on in its swizzled rows" : "two chunks on", ta ? 32 : 256, g->tma ? 32 : 256);
+    emit_wgmma_epilogue(b, g, "wg", "    ");
+    cb_printf(b, "}\n");
+}
+
+/* The warp-specialised persistent form (CgCudaGemm.ws): warpgroup 0 produces, warpgroups 1.. consume;
+ * ring slot s has a "full" mbarrier (its tile has landed: the TMA's bytes, and for UP each producer
+ * thread's fenced cp.async copies of A) and an "empty" one (each consumer warp is done with it). Slot
+ * and phase come from a k-tile count that runs on across the block's tiles. */
+static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
+{
+    bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    int cw = g->bm / 64;
+    const char *swizzled = "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"; /* a TMA tile's descriptor */
+    emit_wgmma_asm(b, g);
+    cb_printf(b, "#define ST %d\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
+                 "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
+                 "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
+                 "#define A_CH (BM * KC)\n#define A_IT ((A_CH + 127) / 128)  /* UP: A's chunks a producer thread */\n"
+                 "#define PD (ST - 2)  /* UP: a tile is published PD tiles after its copies are issued */\n"
+                 "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n",
+              g->stages, bf ? "pack_bf16" : "pack_f16", up ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1",
+              cw);
+    emit_head(b, g, name, mma_threads(g));
+    cb_printf(b,
+        "    const int KT = (KD + BK - 1) / BK;\n"
+        "    long long MT = 0;  /* M tiles over all groups (from off[] on the device); tile t: M tile t %% MT, N tile t / MT */\n"
+        "    for (int q = 0; q < E; q++) MT += (off[q + 1] - off[q] + BM - 1) / BM;\n"
+        "    const long long TILES = MT * ((N + BN - 1) / BN);\n"
+        "#define TILE_AT(t) \\\n"
+        "        long long ty = (t) %% MT, gs = 0, ge = 0; \\\n"
+        "        int e = 0; \\\n"
+        "        for (; e < E; e++) { \\\n"
+        "            gs = off[e], ge = off[e + 1]; \\\n"
+        "            long long tiles_ = (ge - gs + BM - 1) / BM; \\\n"
+        "            if (ty < tiles_) break; \\\n"
+        "            ty -= tiles_; \\\n"
+        "        } \\\n"
+        "        long long m0 = gs + ty * BM; \\\n"
+        "        int n0 = (int)((t) / MT) * BN\n"
+        "    DYN_SHARED(u16, smraw);  /* the ring 1 KB-aligned (the 128-byte swizzle's unit), then the mbarriers */\n"
+        "    u16 *sm = smraw + ((1024u - (smem_u32(smraw) & 1023u)) & 1023u) / 2;\n"
+        "    const u32 full = smem_u32(sm + ST * STAGE), empty = full + 8 * ST;  /* slot s's: + 8 s */\n"
+        "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n"
+        "    (void)wv;  /* W comes by the tensor map */\n"
+        "    if (tid == 0) {\n"
+        "        for (int s = 0; s < ST; s++) mbar_init(full + 8 * s, FULL_ARRIVALS), mbar_init(empty + 8 * s, 4 * CW);\n"
+        "        fence_mbarrier_init();\n"
+        "    }\n"
+        "    __syncthreads();  /* (the last block barrier: from here the warpgroups meet at mbarriers) */\n"
+        "    if (wg == 0) {  /* the producer */\n"
+        "%s"
+        "%s"
+        "        long long it = 0;  /* k tiles issued: slot it %% ST, round it / ST */\n"
+        "        for (long long t = blockIdx.x; t < TILES; t += gridDim.x) {\n"
+        "            TILE_AT(t);\n",
+        cw > 1 ? (up ? "        regs_dec<56>();\n" : "        regs_dec<40>();\n") : "",
+        up ? "" : "        (void)x;\n        if (tid != 0) return;  /* one thread issues every copy */\n");
     if (up)
-        cb_printf(b, "            float a0 = acc[0][4 * j + 2 * hh], a1 = acc[0][4 * j + 2 * hh + 1];\n"
-                     "            *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][4 * j + 2 * hh],\n"
-                     "                                             a1 / (1.0f + expf(-a1)) * acc[1][4 * j + 2 * hh + 1]);\n");
-    else
-        cb_printf(b, "            float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
-                     "            atomicAdd(y, gw * acc[0][4 * j + 2 * hh]);\n"
-                     "            if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][4 * j + 2 * hh + 1]);\n");
-    cb_printf(b, "        }\n}\n");
+        cb_printf(b,
+        "            /* A's rows gathered through perm (-1: past the group's, zeros): chunk q = tid + 128 i, 8\n"
+        "             * consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix); only\n"
+        "             * the rows are kept (the producer runs on few registers) */\n"
+        "            int arow[A_IT];\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < A_IT; i++) {\n"
+        "                int q = tid + i * 128, r = (q >> 3) / KC * 8 + (q & 7);\n"
+        "                arow[i] = q < A_CH && m0 + r < ge ? perm[m0 + r] : -1;\n"
+        "            }\n");
+    cb_printf(b,
+        "            for (int kt = 0; kt < KT; kt++, it++) {\n"
+        "                int s = (int)(it %% ST);\n"
+        "                while (!mbar_try_wait(empty + 8 * s, (int)((it / ST) & 1) ^ 1)) {}  /* its last tile's MMAs are done */\n"
+        "                u16 *st_ = sm + s * STAGE;\n"
+        "                if (tid == 0) {  /* W's rows past the group's are another group's or zeros: not stored */\n"
+        "                    mbar_expect_tx(full + 8 * s, (%sNB * BN) * BK * 2);\n"
+        "%s"
+        "                    for (int mat = 0; mat < NB; mat++)\n"
+        "                        tma_load_2d(st_ + BM * BK + mat * BN * BK, &tmw, kt * BK, (int)WROW(e, mat, n0), full + 8 * s);\n"
+        "                }\n",
+        up ? "" : "BM + ", up ? "" : "                    tma_load_2d(st_, &tmx, kt * BK, (int)m0, full + 8 * s);  /* h's rows m0.. */\n");
+    if (up)
+        cb_printf(b,
+        "#pragma unroll\n"
+        "                for (int i = 0; i < A_IT; i++) {\n"
+        "                    int q = tid + i * 128, c = (q >> 3) %% KC, r = (q >> 3) / KC * 8 + (q & 7), k = kt * BK + c * 8;\n"
+        "                    bool ok = arow[i] >= 0 && k < KD;\n"
+        "                    if (q < A_CH) cp_async16(st_ + CM(r, c), ok ? x + (long long)arow[i] * KD + k : x, ok ? 16u : 0u);\n"
+        "                }\n"
+        "                cp_async_commit();\n"
+        "                if (it >= PD) {  /* tile it - PD has landed: fenced into the async proxy, published */\n"
+        "                    cp_async_wait<PD>();\n"
+        "                    fence_proxy_async();\n"
+        "                    mbar_arrive(full + 8 * (int)((it - PD) %% ST));\n"
+        "                }\n");
+    cb_printf(b, "            }\n        }\n");
+    if (up)
+        cb_printf(b,
+        "        cp_async_wait<0>();  /* the last PD tiles */\n"
+        "        fence_proxy_async();\n"
+        "        for (long long j = it > PD ? it - PD : 0; j < it; j++) mbar_arrive(full + 8 * (int)(j %% ST));\n");
+    cb_printf(b,
+        "        return;\n"
+        "    }\n"
+        "%s"
+        "    const int cw = wg - 1;  /* this consumer's 64 rows of the tile */\n"
+        "    /* descriptors (start >> 4 bits 0-13, LBO >> 4 16-29, SBO >> 4 32-45, layout 62-63): %s;\n"
+        "     * W's rows of 128 bytes swizzled (SBO 8 rows, 1 KB) */\n"
+        "    const unsigned long long DESCA = %s;\n"
+        "    const unsigned long long DESCB = %s;\n"
+        "    long long it = 0;  /* k tiles taken: slot it %% ST, round it / ST */\n"
+        "    for (long long t = blockIdx.x; t < TILES; t += gridDim.x) {\n"
+        "        TILE_AT(t);\n"
+        "        float acc[NB][NACC];\n"
+        "#pragma unroll\n"
+        "        for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"
+        "        for (int kt = 0; kt < KT; kt++, it++) {\n"
+        "            int s = (int)(it %% ST);\n"
+        "            while (!mbar_try_wait(full + 8 * s, (int)((it / ST) & 1))) {}  /* tile it has landed */\n"
+        "            u32 base = smem_u32(sm + s * STAGE);\n"
+        "            wgmma_fence();\n"
+        "#pragma unroll\n"
+        "            for (int kk = 0; kk < BK / 16; kk++) {  /* 16 of k: A %s; W 32 bytes on in its swizzled rows */\n"
+        "                unsigned long long da = DESCA | (((base + cw * 64 * BK * 2 + kk * %d) & 0x3ffffu) >> 4);\n"
+        "#pragma unroll\n"
+        "                for (int mat = 0; mat < NB; mat++)\n"
+        "                    wgmma_tile(acc[mat], da, DESCB | (((base + (BM + mat * BN) * BK * 2 + kk * 32) & 0x3ffffu) >> 4));\n"
+        "            }\n"
+        "            wgmma_commit();\n"
+        "            wgmma_wait<1>();  /* tile it - 1's MMAs are done: its slot goes back to the producer */\n"
+        "            if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
+        "        }\n"
+        "        wgmma_wait<0>();\n"
+        "        if (KT > 0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
+        "        /* the epilogue, while the producer fills the next tile's first slots */\n",
+        cw > 1 ? (up ? "    regs_inc<224>();\n" : "    regs_inc<232>();\n") : "",
+        up ? "A's core matrices without swizzle" : "A's (h by the TMA) rows swizzled as W's",
+        up ? "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32" : swizzled, swizzled,
+        up ? "two chunks on (256 bytes)" : "32 bytes on in its swizzled rows", up ? 256 : 32);
+    emit_wgmma_epilogue(b, g, "cw", "        ");
+    cb_printf(b, "    }\n}\n");
 }
 
 static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
@@ -838,7 +1003,8 @@ char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen)
     cb_prelude(&b, g->wdtype);
     switch (g->path) {
     case CG_CUDA_PATH_MMA:
-        if (g->wgmma) emit_mma_wgmma(&b, g, name);
+        if (g->ws) emit_mma_ws(&b, g, name);
+        else if (g->wgmma) emit_mma_wgmma(&b, g, name);
         else if (cg_cuda_gemm_a16(g)) emit_mma_async(&b, g, name);
         else emit_mma(&b, g, name);
         break;
@@ -862,6 +1028,11 @@ void cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsig
     grid[0] = (unsigned)((slots + g->bm - 1) / g->bm + (g->kind == CG_CUDA_GEMM_LINEAR ? 0 : g->experts));
     grid[1] = (unsigned)((g->n + g->bn - 1) / g->bn);
     block[0] = g->path == CG_CUDA_PATH_MMA ? (unsigned)mma_threads(g) : FMA_THREADS;
+    if (g->ws) { /* the tiles in one row of blocks that loop over them: as many as tiles, at most persist */
+        uint64_t tiles = (uint64_t)grid[0] * grid[1];
+        grid[0] = (unsigned)(g->persist > 0 && tiles > (uint64_t)g->persist ? (uint64_t)g->persist : tiles ? tiles : 1);
+        grid[1] = 1;
+    }
 }
 
 /* ---- rounding activations to 16 bits (the input of an a16 UP) ------------------------------------ */

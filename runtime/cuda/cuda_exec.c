@@ -148,6 +148,7 @@ struct CudaModel {
     struct { const IrValue *v; uint64_t d; } bound[4]; /* caller_workspace: inputs in device memory   */
     int n_bound;
     char arch[16], info[256];
+    int sms;                        /* the GPU's SMs: the blocks a persistent (ws) GEMM launches       */
     Kern *k;
     int n_k, cap_k;
     Step *steps;
@@ -372,6 +373,8 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
             g.split = t->split; /* (the generator refuses it on UP: a database made by hand) */
             g.tma = tma_ok;
+            g.ws = tma_ok && t->ws; /* (a database's ws without TMA here: the plain TMA form) */
+            g.persist = g.ws ? cm->sms : 0;
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
@@ -389,7 +392,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
-        bool wg = a16 && (cm->o.wgmma || cm->o.tma) && wgmma_here(cm);
+        bool wg = a16 && (cm->o.wgmma || cm->o.tma || cm->o.ws) && wgmma_here(cm);
         if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
@@ -397,9 +400,11 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         if (a16 && stages > 0) gm->tiled.stages = stages;
-        gm->tiled.tma = wg && cm->o.tma && !table && gm->tiled.bk == 64;
+        gm->tiled.tma = wg && (cm->o.tma || cm->o.ws) && !table && gm->tiled.bk == 64;
         gm->tiled.ldc = ldc;
         if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
+        gm->tiled.ws = gm->tiled.tma && cm->o.ws && gm->tiled.split <= 1;
+        gm->tiled.persist = gm->tiled.ws ? cm->sms : 0;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
@@ -1120,6 +1125,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
             return NULL;
         }
         cg_cuda_device_arch(cm->drv, cm->arch, sizeof cm->arch);
+        cm->sms = cg_cuda_device_sms(cm->drv);
         /* programmatic launches need the kernels' griddepcontrol: compiled for sm_90+ (here, or built in) */
         const char *karch = cm->o.n_images ? cm->o.images_arch : cm->arch;
         cm->pdl = cm->o.pdl && cg_cuda_can_pdl(cm->drv) && karch &&

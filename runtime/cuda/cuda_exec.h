@@ -97,6 +97,9 @@ typedef struct CudaOptions {
                                        k tiles by the tensor memory accelerator where the tile's k is 64
                                        and the weights are stacked (MOEPPC_CUDA_TMA=1; sm_90; opt-in
                                        until a GPU has run it)                                       */
+    bool ws;                        /* the TMA form (implied) warp-specialised and persistent
+                                       (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in until a GPU
+                                       has run it; a database's entries: "/ws")                      */
     bool no_fuse;                   /* keep the folded launches apart (the router's combine, the
                                        combine's scale and dispatch, attention's KV store, the
                                        queries' RoPE; MOEPPC_CUDA_FUSE=0: an A/B of what folding
@@ -172,7 +175,8 @@ static inline bool cuda_env_on(const char *name)
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
- * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1 (the A/Bs of scripts/device-check.sh). */
+ * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1 (the A/Bs of
+ * scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
     o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");
@@ -183,6 +187,7 @@ static inline void cuda_options_env(CudaOptions *o)
     o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
     o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
     o->tma = cuda_env_on("MOEPPC_CUDA_TMA");
+    o->ws = cuda_env_on("MOEPPC_CUDA_WS");
 }
 
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,

@@ -190,13 +190,17 @@ static void test_wgmma_compile(void **state)
 {
     (void)state;
     Seen seen = {0};
-    for (int kind = 0; kind < 8; kind++) { /* up, down; then both with W by the TMA; then the tuner's big
-                                              tiles on 4-tile rings: up 128 x (2 x 128), down 128 x 256 */
+    for (int kind = 0; kind < 12; kind++) { /* up, down; then both with W by the TMA; then the tuner's big
+                                               tiles on 4-tile rings: up 128 x (2 x 128), down 128 x 256;
+                                               then those warp-specialised (two consumer warpgroups and
+                                               setmaxnreg), and 64 rows (one consumer) on 5-tile rings */
         CgCudaGemm g = cg_cuda_gemm_default(kind % 2 ? CG_CUDA_GEMM_DOWN : CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16,
                                             2, kind % 2 ? 1536 : 4096, kind % 2 ? 4096 : 1536);
         g = cg_cuda_gemm_wgmma(&g);
-        g.tma = kind % 4 >= 2;
+        g.tma = kind % 4 >= 2 || kind >= 8;
         if (kind >= 4) g.bn = kind % 2 ? 256 : 128, g.stages = 4;
+        g.ws = kind >= 8, g.persist = kind >= 8 ? 132 : 0;
+        if (kind >= 10) g.bm = 64, g.stages = 5;
         char sym[256], err[4096];
         cg_cuda_gemm_symbol(&g, sym, sizeof sym);
         char *src = cg_cuda_gemm_source(&g, err, sizeof err);

@@ -288,6 +288,9 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
         g->tma = async[4] > 1; /* W by the TMA */
+        /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them);
+           4: warp-specialised, a block a tile */
+        g->ws = async[4] > 2, g->persist = async[4] == 3 ? 3 : 0;
     }
     char su[256], sd[256];
     void *fu = gemm_kernel(&gu, su), *fd = gemm_kernel(&gd, sd);
@@ -489,6 +492,16 @@ static void test_grouped_wgmma(void **state)
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, wg_long, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, tma_long, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 200, false, wg, 2); /* split-K */
+    /* warp-specialised and persistent: two consumer warpgroups (setmaxnreg) over 3 blocks, a tile
+     * (both matrices of UP, 128 columns of DOWN) at a time; one consumer by 24 columns on rings of 3
+     * (the producer's copies of A published one tile late) and 5 over k = 600, the ring wrapping
+     * within and across tiles; a block a tile */
+    static const int ws[5] = {4, 128, 128, 64, 3}, ws_small[5] = {3, 64, 24, 64, 3}, ws_long[5] = {5, 64, 24, 64, 3},
+                     ws_one[5] = {4, 64, 64, 64, 4};
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 96, 200, false, ws, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, ws_small, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, ws_long, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, ws_one, 0);
 }
 
 /* The queries' and keys' RoPE in one launch (ROPE with kv_heads): GQA (8 query heads, 2 key heads)

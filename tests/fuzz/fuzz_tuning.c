@@ -34,6 +34,7 @@ static void check_entry(const TuneEntry *e)
         FUZZ_CHECK(gemm ? m->c.tile_m >= 1 && m->c.tile_n >= 1 && m->c.kv_block == 0 : m->c.kv_block >= 1 || m->c.tile_m >= 1,
                    "a configuration of the wrong kind for %s", e->op);
         FUZZ_CHECK(!gemm || !m->c.tma || m->c.wgmma, "a TMA configuration without wgmma accepted");
+        FUZZ_CHECK(!gemm || !m->c.ws || m->c.tma, "a warp-specialised configuration without TMA accepted");
         FUZZ_CHECK(isfinite(m->gflops) && m->gflops >= 0, "bad measurement");
         best |= tune_config_equal(&m->c, &e->best);
     }

@@ -382,6 +382,14 @@ static void api_mbar_expect_tx(unsigned bar, unsigned bytes)
     mbar_maybe_complete(m);
 }
 
+static void api_mbar_arrive(unsigned bar)
+{
+    uint32_t *m = mbar_at(bar, "mbarrier.arrive");
+    if ((m[0] >> 16) == 0) api_fail("mbarrier.arrive: more arrivals than the phase expects");
+    m[0] -= 1u << 16;
+    mbar_maybe_complete(m);
+}
+
 static void api_mbar_wait(unsigned bar, unsigned parity)
 {
     for (;;) {
@@ -420,7 +428,8 @@ static void api_tma_load_2d(void *dst, const void *map, int c0, int c1, unsigned
 static const CudaEmuApi api = {CUDAEMU_ABI,       api_self,        api_syncthreads,    api_exchange,
                                api_fail,          api_cp_async,    api_cp_commit,      api_cp_wait,
                                api_dyn_smem,      api_grid_dep_wait, api_mbar_init,    api_mbar_expect_tx,
-                               api_mbar_wait,     api_tma_load_2d, api_fence_proxy_async, api_proxy_writer};
+                               api_mbar_wait,     api_tma_load_2d, api_fence_proxy_async, api_proxy_writer,
+                               api_mbar_arrive};
 
 /* ---- one block ------------------------------------------------------------------------------------- */
 /* The order a block's runnable threads take turns in: by index, or (MOEPPC_CUDAEMU_ORDER=reverse)
@@ -654,7 +663,9 @@ EXPORT CUresult cuDeviceGetName(char *name, int len, int dev)
 EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, int dev)
 {
     (void)dev;
-    *v = attr == 75 ? 9 : 0; /* compute capability 9.0 (the kernels are compiled for arch emu, not for it) */
+    /* compute capability 9.0 (the kernels are compiled for arch emu, not for it); 4 multiprocessors (a
+       persistent kernel's blocks then loop over several tiles each) */
+    *v = attr == 75 ? 9 : attr == 16 ? 4 : 0;
     return CU_OK;
 }
 EXPORT CUresult cuCtxCreate_v2(void **ctx, unsigned flags, int dev)

@@ -4,7 +4,7 @@
 #ifndef MOEPPC_CUDAEMU_ABI_H
 #define MOEPPC_CUDAEMU_ABI_H
 
-#define CUDAEMU_ABI 6
+#define CUDAEMU_ABI 7
 #define CUDAEMU_SLOT 128     /* bytes one lane may put into a warp collective */
 #define CUDAEMU_SCRATCH 2048 /* bytes of a collective's result the warp's lanes share */
 /* The first line of a kernel image for the emulator. Format 1 (what the tests and `moeppc run` use):
@@ -56,6 +56,7 @@ typedef struct CudaEmuApi {
      * of dynamic shared memory at `offset` it has not fenced yet, else 0 (wgmma may not read those) */
     void (*fence_proxy_async)(void);
     unsigned (*proxy_writer)(unsigned offset);
+    void (*mbar_arrive)(unsigned bar); /* mbarrier.arrive: one of the phase's arrivals, no bytes */
 } CudaEmuApi;
 /* The emulator's tensor map (in the 128 bytes of a CUtensorMap). */
 typedef struct CudaEmuTensorMap {

@@ -24,7 +24,7 @@
 #define __restrict__ __restrict
 #define __grid_constant__
 
-#define CUDAEMU_ABI 6
+#define CUDAEMU_ABI 7
 #define CUDAEMU_SLOT 128
 #define CUDAEMU_SCRATCH 2048
 struct CudaEmuDim3 { unsigned x, y, z; };
@@ -46,6 +46,7 @@ struct CudaEmuApi {
     void (*tma_load_2d)(void *dst, const void *map, int c0, int c1, unsigned bar);
     void (*fence_proxy_async)(void);
     unsigned (*proxy_writer)(unsigned offset);
+    void (*mbar_arrive)(unsigned bar);
 };
 static const CudaEmuApi *cudaemu;
 
@@ -303,6 +304,10 @@ static inline void mbar_init(u32 bar, u32 count) { cudaemu->mbar_init(bar, count
 static inline void fence_mbarrier_init() {}
 static inline void mbar_expect_tx(u32 bar, u32 bytes) { cudaemu->mbar_expect_tx(bar, bytes); }
 static inline bool mbar_try_wait(u32 bar, u32 parity) { cudaemu->mbar_wait(bar, parity); return true; }
+static inline void mbar_arrive(u32 bar) { cudaemu->mbar_arrive(bar); }
+// setmaxnreg (a warpgroup's register budget): nothing to do on a CPU
+template <int R> static inline void regs_dec() {}
+template <int R> static inline void regs_inc() {}
 static inline void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, u32 bar)
 {
     cudaemu->tma_load_2d(dst, map, c0, c1, bar);
