@@ -534,6 +534,20 @@ static void emit_wgmma_asm(CgBuf *b, const CgCudaGemm *g)
               g->bn, g->wdtype == DT_BF16 ? "true" : "false");
 }
 
+/* The descriptor bits of a TMA tile (rows of 128 bytes, 128B swizzle: layout 1, SBO 1 KB, LBO 16). */
+static const char swizzled[] = "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16";
+
+/* What both wgmma forms define: the ring (ST slots of STAGE halves), the accumulators, the
+ * core-matrix layout of cp.async-copied tiles and A's 16-byte chunks. */
+static void emit_wgmma_defs(CgBuf *b, const CgCudaGemm *g)
+{
+    cb_printf(b, "#define ST %d\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
+                 "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
+                 "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
+                 "#define A_CH (BM * KC)\n",
+              g->stages, g->wdtype == DT_BF16 ? "pack_bf16" : "pack_f16");
+}
+
 /* A wgmma tile's epilogue from its accumulators (warpgroup `wgv`'s 64 rows): UP's SwiGLU to h (16-bit),
  * DOWN's gate-weighted atomicAdd into y; each line indented by `in`. */
 static void emit_wgmma_epilogue(CgBuf *b, const CgCudaGemm *g, const char *wgv, const char *in)
@@ -560,16 +574,12 @@ static void emit_wgmma_epilogue(CgBuf *b, const CgCudaGemm *g, const char *wgv, 
 
 static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    bool up = g->kind == CG_CUDA_GEMM_UP;
     bool ta = g->tma && !up; /* DOWN's A (h, its rows in slot order: a 2-D box) by the TMA too */
-    const char *swizzled = "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"; /* a TMA tile's descriptor */
     emit_wgmma_asm(b, g);
-    cb_printf(b, "#define ST %d\n#define PF (ST - 2)\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
-                 "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
-                 "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
-                 "#define A_CH (BM * KC)\n#define B_CH (NB * BN * KC)\n"
-                 "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n",
-              g->stages, bf ? "pack_bf16" : "pack_f16");
+    emit_wgmma_defs(b, g);
+    cb_printf(b, "#define PF (ST - 2)\n#define B_CH (NB * BN * KC)\n"
+                 "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
     emit_head(b, g, name, mma_threads(g));
     emit_find_tile(b, g);
     emit_k_range(b);
@@ -678,18 +688,14 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
  * and phase come from a k-tile count that runs on across the block's tiles. */
 static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP, bf = g->wdtype == DT_BF16;
+    bool up = g->kind == CG_CUDA_GEMM_UP;
     int cw = g->bm / 64;
-    const char *swizzled = "1ull << 62 | (1024ull >> 4) << 32 | 1ull << 16"; /* a TMA tile's descriptor */
     emit_wgmma_asm(b, g);
-    cb_printf(b, "#define ST %d\n#define STAGE ((BM + NB * BN) * BK)\n#define PACK %s\n#define NACC (BN / 2)\n"
-                 "#define KC (BK / 8)   /* 16-byte chunks of a row's k tile */\n"
-                 "#define CM(r, c) ((((r) >> 3) * KC + (c)) * 64 + ((r) & 7) * 8)  /* core-matrix layout, halves */\n"
-                 "#define A_CH (BM * KC)\n#define A_IT ((A_CH + 127) / 128)  /* UP: A's chunks a producer thread */\n"
+    emit_wgmma_defs(b, g);
+    cb_printf(b, "#define A_IT ((A_CH + 127) / 128)  /* UP: A's chunks a producer thread */\n"
                  "#define PD (ST - 2)  /* UP: a tile is published PD tiles after its copies are issued */\n"
                  "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n",
-              g->stages, bf ? "pack_bf16" : "pack_f16", up ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1",
-              cw);
+              up ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw);
     emit_head(b, g, name, mma_threads(g));
     cb_printf(b,
         "    const int KT = (KD + BK - 1) / BK;\n"
