@@ -101,7 +101,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
                         tile_schedule_format(found, n, o->target == TARGET_CPU ? c.tile_n : TILE_SCHED_GPU, &m->arena));
 }
 
-/* Attention's key block on the CPU: 16 by the rule, else the database's. On a GPU its kernel's form
+/* Attention's key block on the CPU: 64 by the rule, else the database's. On a GPU its kernel's form
  * near 512 tokens: the database's (its entries keyed by the model's dtype, tune_attention_dtype:
  * 16-bit models have a tensor-core form, tile_n 16 with tc), else the CUDA executor's rule decides per
  * T (codegen/cuda, cg_cuda_attention_rule; tile_src "rule", no form recorded). */
@@ -113,7 +113,7 @@ static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
     int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, H, hd, ir_attr_int(i, "kv_heads"),
                        found);
     const TuneEntry *rep = representative(found, n);
-    TuneConfig c = rep ? rep->best : (TuneConfig){.kv_block = 16};
+    TuneConfig c = rep ? rep->best : (TuneConfig){.kv_block = gpu ? 16 : TUNE_CPU_ATTENTION_KV_BLOCK};
     if (gpu && rep) {
         ir_attr_set_int(m, i, "tile_m", c.tile_m);
         ir_attr_set_int(m, i, "tile_n", c.tile_n);

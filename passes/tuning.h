@@ -55,13 +55,16 @@
 #include "frontend/frontend.h"
 
 #define TUNE_MAX_MEASURED 64
+/* The rule's attention key block on the CPU: CG_ATTENTION_KV_BLOCK of codegen/llvm/ops/cg_ops.h (the
+ * passes do not see codegen; tools/tune.c checks the two agree) */
+#define TUNE_CPU_ATTENTION_KV_BLOCK 64
 
 /* One kernel configuration; 0 in a field = absent = the rule's value. */
 typedef struct TuneConfig {
     int tile_m, tile_n;          /* register tile (GEMM ops)                                  */
     int unroll;                  /* k unroll of the micro-kernel                              */
     int64_t kc, mc;              /* K block, M block                                          */
-    int kv_block;                /* attention's key block                                     */
+    int kv_block;                /* attention's key block (CPU: keys per softmax update)       */
     int stages;                  /* GPU: the k tiles in flight of the cp.async MMA form       */
     int wgmma;                   /* GPU: 1 = that form on sm_90a's warpgroup MMA              */
     int split;                   /* GPU: split-K ways of the grouped down-projection          */

@@ -30,6 +30,7 @@ typedef struct {
     double median, lo, hi;        /* seconds: of the timed scope */
     double ffn_macs;              /* per run */
     double grouped_s, route_s;    /* per run, averaged: the grouped GEMMs, routing + combine + dispatch */
+    double attention_s, linear_s; /* per run, averaged: attention; the dense GEMMs (projections, lm_head) */
 } Timing;
 
 /* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. False (err
@@ -38,7 +39,7 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe
 {
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
-    double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0;
+    double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0, attention = 0, linear = 0;
     bool ok = true;
     for (int r = -2; ok && r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
@@ -51,12 +52,14 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe
             s[r] = dt;
             grouped += (p1.grouped_s - p0.grouped_s) / reps;
             route += (p1.route_s - p0.route_s) / reps;
+            attention += (p1.attention_s - p0.attention_s) / reps;
+            linear += (p1.gemm_s - p0.gemm_s) / reps;
         }
         macs = p1.ffn_macs - p0.ffn_macs;
     }
     if (ok) {
         qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
-        *out = (Timing){s[reps / 2], s[0], s[reps - 1], macs, grouped, route};
+        *out = (Timing){s[reps / 2], s[0], s[reps - 1], macs, grouped, route, attention, linear};
     }
     free(s);
     free(ids);
@@ -76,6 +79,8 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
                "  [grouped GEMMs %.2f ms at %.1f %%, routing %.2f ms]\n", scope, (long long)T, 1e3 * t->median,
                1e3 * t->lo, 1e3 * t->hi, (double)T / t->median, gflops, 100.0 * gflops / peak, 1e3 * t->grouped_s,
                t->grouped_s > 0 ? 100.0 * 2e-9 * t->ffn_macs / t->grouped_s / peak : 0.0, 1e3 * t->route_s);
+        if (t->attention_s > 0 || t->linear_s > 0)
+            printf("%-6s %-9s [attention %.2f ms, dense GEMMs %.2f ms]\n", "", "", 1e3 * t->attention_s, 1e3 * t->linear_s);
     }
     fflush(stdout);
 }
@@ -212,7 +217,7 @@ static bool time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, co
                 1e3 * (p1.other_s - p0.other_s) / (a->reps + 2));
     qsort(sec, (size_t)a->reps, sizeof *sec, bench_cmp_double);
     *out = (Timing){sec[a->reps / 2], sec[0], sec[a->reps - 1],
-                    (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0};
+                    (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0, 0, 0};
     *ffn_picks = picks;
     free(sec);
     free(ids);

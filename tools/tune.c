@@ -56,7 +56,7 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         if (i->op == IR_OP_ATTENTION) {
             int64_t H = ir_attr_int(i, "heads");
             sh = (Shape){.dt = DT_F32, .n = H, .k = i->in[0]->type.dims[1] / H, .groups = ir_attr_int(i, "kv_heads"),
-                         .rule = {.kv_block = 16}};
+                         .rule = {.kv_block = TUNE_CPU_ATTENTION_KV_BLOCK}};
             snprintf(sh.op, sizeof sh.op, "attention");
         } else {
             bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
@@ -92,7 +92,8 @@ static int tile_candidates(const Tuner *t, const Shape *sh, TuneConfig *out, int
     return n;
 }
 
-static const int unrolls[] = {1, 2, 8}, kcs[] = {128, 256, 512}, mcs[] = {32, 128, 512}, kv_blocks[] = {4, 8, 32, 64, 128};
+static const int unrolls[] = {1, 2, 8}, kcs[] = {128, 256, 512}, mcs[] = {32, 128, 512}, kv_blocks[] = {16, 32, 48};
+_Static_assert(TUNE_CPU_ATTENTION_KV_BLOCK == CG_ATTENTION_KV_BLOCK, "the pass's CPU rule is the kernel's default");
 enum { UNROLL_TILES = 3 };
 
 /* How many configurations the search of sh tries at most (for the progress bar). */
@@ -107,7 +108,7 @@ static int planned(const Tuner *t, const Shape *sh)
 typedef struct {
     const Shape *sh;
     int64_t T, rows;          /* tokens; rows of A (slots for grouped; attention: context length) */
-    void *w;                  /* groups × [N, K] weights in sh->dt (attention: the K cache)       */
+    void *w;                  /* groups × [N, K] weights in sh->dt (attention: the K cache's tiles) */
     float *x, *out;           /* A (attention: q); the output                                      */
     float *vc;                /* attention: the V cache                                            */
     int64_t *off;
@@ -127,9 +128,9 @@ static void attention_init(Problem *p, moe_rng *r)
     int64_t C = p->T > 512 ? p->T : 512, q = p->T * sh->n * sh->k, kv = C * sh->groups * sh->k;
     p->rows = C;
     p->x = xmalloc((size_t)q * sizeof *p->x);
-    p->w = xmalloc((size_t)kv * sizeof(float));
+    p->w = xmalloc((size_t)cg_attention_kt_floats(C, sh->groups, sh->k) * sizeof(float));
     p->vc = xmalloc((size_t)kv * sizeof *p->vc);
-    fill(r, p->x, (size_t)q), fill(r, p->w, (size_t)kv), fill(r, p->vc, (size_t)kv);
+    fill(r, p->x, (size_t)q), fill(r, p->w, (size_t)cg_attention_kt_floats(C, sh->groups, sh->k)), fill(r, p->vc, (size_t)kv);
     p->out = xcalloc((size_t)q, sizeof *p->out);
     p->perm = xmalloc((size_t)p->T * sizeof *p->perm);
     for (int64_t t = 0; t < p->T; t++) p->perm[t] = (int32_t)(C - p->T + t);
@@ -259,7 +260,7 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
     const Shape *sh = p->sh;
     if (is_attention(sh)) {
         CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = sh->n, .kv_heads = sh->groups,
-                      .head_dim = sh->k, .cols = sh->n * sh->k, .kv_block = c->kv_block == 16 ? 0 : c->kv_block};
+                      .head_dim = sh->k, .cols = sh->n * sh->k, .kv_block = c->kv_block == CG_ATTENTION_KV_BLOCK ? 0 : c->kv_block};
         char sym[256];
         cg_op_symbol(&d, sym, sizeof sym);
         for (int k = 0; k < t->n_op && !rn->att; k++)

@@ -26,7 +26,8 @@ typedef struct Step {
     TileSchedule *sched;            /* tuned: the configuration per token count (schedule.c)          */
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
     int n_pk;
-    float *kc, *vc;                 /* attention: the KV cache, [max_positions, kv_heads·head_dim]   */
+    float *kt, *vc;                 /* attention: the K cache in key tiles (cg_attention_kt_index),  */
+                                    /* the V cache [max_positions, kv_heads·head_dim]                 */
     const void **vc_ptrs;           /* combine: the constant vectors                                  */
     int64_t *off;                   /* dispatch: CgRouting of this layer                              */
     int32_t *perm;
@@ -118,7 +119,6 @@ static void row_task(void *ctx, int64_t task, int thread)
     case CG_OP_SWIGLU:
     case CG_OP_ADD: ((k3_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->o[0]); break;
     case CG_OP_ADD_RMS_NORM: ((addnorm_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->o[0], r->o[1]); break;
-    case CG_OP_ATTENTION: ((attn_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->a[3], r->o[0]); break;
     case CG_OP_COMBINE:
         ((combine_fn)r->fn)(row0, rows, r->a[0], r->a[1], r->a[2], r->a[3], (const void *const *)r->a[4], r->o[0]);
         break;
@@ -269,18 +269,18 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
     CgOpDesc d;
     MOE_ASSERT(cg_op_desc_for(st->i, &d));
     if (!cm->dry) {
-        st->kc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->kc);
+        st->kt = xcalloc((size_t)cg_attention_kt_floats(cm->max_pos, d.kv_heads, d.head_dim), sizeof *st->kt);
         st->vc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->vc);
     }
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
-    st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : 16}, .fn = st->fn};
+    st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : CG_ATTENTION_KV_BLOCK}, .fn = st->fn};
     st->n_ch = 1;
     if (!schedule_of(st, st->i, 0)) return true;
     for (int b = 0; b < st->sched->n; b++) {
         TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
         if (tune_config_equal(&c, &st->ch[0].c) || find_choice(st, &c)) continue;
         CgOpDesc db = d;
-        db.kv_block = c.kv_block == 16 ? 0 : c.kv_block;
+        db.kv_block = c.kv_block == CG_ATTENTION_KV_BLOCK ? 0 : c.kv_block;
         Choice *ch = &st->ch[st->n_ch];
         *ch = (Choice){.c = c};
         if (!want_op(cm, st, &ch->fn, &db, err)) return false;
@@ -386,13 +386,13 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
 static void run_attention(CpuModel *cm, Step *st, int64_t T)
 {
     const IrInstr *i = st->i;
-    int64_t kvc = cols(i->in[1]);
+    int64_t kvc = cols(i->in[1]), kvh = ir_attr_int(i, "kv_heads");
     const float *k = addr(cm, i->in[1], T), *v = addr(cm, i->in[2], T);
-    for (int64_t t = 0; t < T; t++) { /* the KV cache row of position pos[t] */
-        memcpy(st->kc + (int64_t)cm->pos[t] * kvc, k + t * kvc, (size_t)kvc * sizeof *k);
+    for (int64_t t = 0; t < T; t++) { /* the KV cache at position pos[t] */
+        cg_attention_kt_store(st->kt, kvh, kvc / kvh, cm->pos[t], k + t * kvc);
         memcpy(st->vc + (int64_t)cm->pos[t] * kvc, v + t * kvc, (size_t)kvc * sizeof *v);
     }
-    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), addr(cm, i->in[0], T), st->kc,
+    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), addr(cm, i->in[0], T), st->kt,
                       st->vc, cm->pos, addr(cm, i->out[0], T));
 }
 
@@ -401,29 +401,28 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
 typedef struct {
     attn_fn fn;
     int64_t T, heads, rows;         /* rows per task */
-    const void *q, *kc, *vc;
+    const void *q, *kt, *vc;
     const int32_t *pos;
     void *out;
 } AttTasks;
 
-/* One task: a block of query rows of one head, in order, one (row, head) item per kernel call, so
- * that the keys and values a row reads are in cache for the next row of the same head (they read
- * the same cache rows, and one more); heads interleaved by row would stream them from memory. */
+/* One task: a block of query rows of one head in one kernel call, which takes them a few at a time
+ * over each tile of keys and values (heads interleaved by row would stream the cache from memory). */
 static void att_task(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     const AttTasks *a = ctx;
     int64_t blocks = (a->T + a->rows - 1) / a->rows, h = task / blocks, t0 = task % blocks * a->rows;
-    for (int64_t t = t0; t < t0 + a->rows && t < a->T; t++) a->fn(t * a->heads + h, 1, a->q, a->kc, a->vc, a->pos, a->out);
+    a->fn(t0 * a->heads + h, t0 + a->rows < a->T ? a->rows : a->T - t0, a->q, a->kt, a->vc, a->pos, a->out);
 }
 
-void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, const void *q, const void *kc, const void *vc,
+void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, const void *q, const void *kt, const void *vc,
                        const int32_t *pos, void *out)
 {
     int64_t want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
     int64_t blocks = (want + heads - 1) / heads;
-    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, q, kc, vc, pos, out};
-    if (a.rows < 1) a.rows = 1;
+    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, q, kt, vc, pos, out};
+    a.rows = (a.rows + 7) / 8 * 8; /* whole tiles of query rows (the kernel's are 1 to 8) */
     cg_pool_parallel_for(pool, heads * ((T + a.rows - 1) / a.rows), att_task, &a);
 }
 
@@ -732,7 +731,7 @@ void cpu_model_free(CpuModel *cm)
         for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
         free(st->pk);
         free(st->sched);
-        free(st->kc);
+        free(st->kt);
         free(st->vc);
         free(st->vc_ptrs);
         free(st->off);

@@ -173,6 +173,27 @@ static void test_rope(void **state)
 /* ---- attention -------------------------------------------------------------------------------- */
 static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}};
 
+/* The K cache of P positions (rows [P, Hk·hd]) in the kernel's key tiles; the tiles past P hold NaN,
+ * which the kernel must mask, never read into a result. */
+static float *key_tiles(const float *kc, int64_t P, int64_t Hk, int64_t hd)
+{
+    int64_t n = cg_attention_kt_floats(P, Hk, hd);
+    float *kt = xmalloc((size_t)n * 4);
+    for (int64_t j = 0; j < n; j++) kt[j] = NAN;
+    for (int64_t p = 0; p < P; p++) cg_attention_kt_store(kt, Hk, hd, p, kc + p * Hk * hd);
+    return kt;
+}
+
+/* Every head's rows of T queries in two calls each, rows [0, s) and [s, T). */
+static void run_attention(fn_att f, int64_t H, int64_t T, int64_t s, const float *q, const float *kt, const float *vc,
+                          const int32_t *pos, float *out)
+{
+    for (int64_t h = 0; h < H; h++) {
+        if (s > 0) f(h, s, q, kt, vc, pos, out);
+        if (s < T) f(s * H + h, T - s, q, kt, vc, pos, out);
+    }
+}
+
 /* q, k, v as one table [T, H·hd + 2·Hk·hd] sliced in the IR; positions 0..T-1, cache = k, v rows. */
 static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, int64_t T)
 {
@@ -202,10 +223,9 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     oj_eval(body, &p, 1, ids, pos, T, &res);
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-    int64_t h = split(T) * H + (T > 1 ? 1 : 0); /* items are (row, head) pairs: split inside a row */
-    if (h > T * H) h = T * H;
-    f(0, h, q, kc, vc, pos, out);
-    f(h, T * H - h, q, kc, vc, pos, out);
+    float *kt = key_tiles(kc, T, Hk, hd);
+    run_attention(f, H, T, split(T), q, kt, vc, pos, out);
+    free(kt);
     char label[64];
     snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld", (long long)H, (long long)Hk,
              (long long)hd, (long long)T);
@@ -219,9 +239,9 @@ static void test_attention(void **state)
     (void)state;
     moe_rng r;
     rng_seed(&r, 13);
-    const int64_t hds[] = {2, 16, 64};
+    const int64_t hds[] = {2, 16, 64, 158}; /* 158 = 2·79: one <158 x float> accumulator */
     for (size_t a = 0; a < 3; a++)
-        for (size_t b = 0; b < 3; b++)
+        for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t t = 0; t < 3; t++) check_attention_case(&r, head_pairs[a][0], head_pairs[a][1], hds[b], Ts[t]);
 }
 
@@ -229,8 +249,9 @@ static void test_attention(void **state)
 static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const float *q, const float *kc,
                           const float *vc, const int32_t *pos, double *out)
 {
-    int64_t group = H / Hk;
-    double *p = xmalloc((size_t)(pos[T - 1] + 1) * sizeof *p);
+    int64_t group = H / Hk, P = 0;
+    for (int64_t t = 0; t < T; t++) P = pos[t] + 1 > P ? pos[t] + 1 : P;
+    double *p = xmalloc((size_t)P * sizeof *p);
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++) {
             const float *qr = q + (t * H + h) * hd;
@@ -252,20 +273,22 @@ static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const fl
     free(p);
 }
 
-/* Decode-like calls: T new tokens at positions p0.. over a cache of p0 + T rows, several blocks, at
- * key blocks the tuner may choose (0: the default 16; 1, 7: a partial block every few keys). */
+/* Decode-like calls: T new tokens at positions p0.. (or the same positions backwards, so that a tile's
+ * rows end at different keys in any order) over a cache of p0 + T rows, several blocks, at key blocks
+ * the tuner may choose (0: the default 16; 1, 7: rounded up to 16; 40: 48; 64), calls split at every
+ * row count. */
 static void test_attention_kv_cache(void **state)
 {
     (void)state;
     moe_rng r;
     rng_seed(&r, 14);
-    const int64_t p0s[] = {5, 40}, hds[] = {2, 16, 64};
-    const int blocks[] = {0, 1, 7, 64};
+    const int64_t p0s[] = {5, 40}, hds[] = {2, 38, 96}; /* 38: 19 vectors of 2; 96: 6 of 16 (AVX-512) */
+    const int blocks[] = {0, 1, 7, 40, 64};
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 3; b++)
             for (size_t c = 0; c < 2; c++)
                 for (size_t t = 0; t < 3; t++) {
-                    int kv_block = blocks[(a + b + c + t) % 4];
+                    int kv_block = blocks[(a + b + c + t) % 5];
                     int64_t H = head_pairs[a][0], Hk = head_pairs[a][1], hd = hds[b], T = Ts[t], P = p0s[c] + T;
                     float *q = xmalloc((size_t)(T * H * hd) * 4), *out = xmalloc((size_t)(T * H * hd) * 4);
                     float *kc = xmalloc((size_t)(P * Hk * hd) * 4), *vc = xmalloc((size_t)(P * Hk * hd) * 4);
@@ -274,16 +297,19 @@ static void test_attention_kv_cache(void **state)
                     oj_random(&r, kc, (size_t)(P * Hk * hd), -2, 2);
                     oj_random(&r, vc, (size_t)(P * Hk * hd), -2, 2);
                     int32_t pos[17];
-                    iota(pos, T, (int32_t)p0s[c], 1);
+                    if ((a + t) % 2) iota(pos, T, (int32_t)p0s[c], 1);
+                    else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
                     attention_ref(H, Hk, hd, T, q, kc, vc, pos, ref);
                     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd,
                                   .kv_block = kv_block};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-                    int64_t half = T * H / 2;
-                    f(0, half, q, kc, vc, pos, out);
-                    f(half, T * H - half, q, kc, vc, pos, out);
-                    assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
-                    free(q), free(out), free(kc), free(vc), free(ref);
+                    float *kt = key_tiles(kc, P, Hk, hd);
+                    for (int64_t sp = 0; sp <= T; sp++) {
+                        memset(out, 0xff, (size_t)(T * H * hd) * 4); /* NaN: rows left unwritten fail */
+                        run_attention(f, H, T, sp, q, kt, vc, pos, out);
+                        assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
+                    }
+                    free(q), free(out), free(kc), free(kt), free(vc), free(ref);
                 }
 }
 

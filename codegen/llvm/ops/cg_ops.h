@@ -32,14 +32,18 @@ typedef enum {
                          *        float *sum, float *out)   sum = a + b; out = rms_norm(sum)           */
     CG_OP_ROPE,         /* void f(int64 row0, int64 rows, const float *x, const int32 *pos, float *out)
                          *   half-split RoPE per head: heads, head_dim, theta (out may alias x)        */
-    CG_OP_ATTENTION,    /* void f(int64 item0, int64 items, const float *q, const float *kc, const float *vc,
+    CG_OP_ATTENTION,    /* void f(int64 item0, int64 rows, const float *q, const float *kt, const float *vc,
                          *        const int32 *pos, float *out)
-                         *   items are (query row, head) pairs t·heads + h, so that a decode step's heads
-                         *   spread over threads; keys stream in blocks of kv_block (0: 16);
-                         *   q: [T, heads·hd]; kc, vc: the KV cache, row j = position j, [*, kv_heads·hd];
-                         *   query t attends to cache rows 0..pos[t] (causal), scale 1/sqrt(hd), GQA
-                         *   (query head h reads kv head h / (heads / kv_heads)); softmax in f32,
-                         *   streaming (online max/sum) so no [T, T] buffer is needed               */
+                         *   query rows t0 .. t0 + rows - 1 of head h, where item0 = t0·heads + h (so a
+                         *   decode step's heads spread over threads, a prefill's rows in blocks);
+                         *   q: [T, heads·hd]; vc: the V cache, row j = position j, [*, kv_heads·hd];
+                         *   kt: the K cache in key tiles (cg_attention_kt_index), so that one query's
+                         *   scores of 16 keys are one vector; query t attends to positions 0..pos[t]
+                         *   (causal; every position up to the largest pos of a call written), scale
+                         *   1/sqrt(hd), GQA (query head h reads kv head h / (heads / kv_heads));
+                         *   softmax in f32, streaming (online max/sum, updated every kv_block keys,
+                         *   rounded up to 16, at most 64; 0: 64), so no [T, T] buffer is needed; a
+                         *   few query rows of the head share each tile of keys and values          */
     CG_OP_SWIGLU,       /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)
                          *   out = silu(a) · b over cols columns                                       */
     CG_OP_ADD,          /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)  */
@@ -75,7 +79,8 @@ typedef struct CgOpDesc {
     int64_t    cols;              /* D, or the row width of elementwise ops                    */
     double     eps;               /* RMS_NORM, ADD_RMS_NORM                                    */
     int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
-    int        kv_block;          /* ATTENTION: keys per streaming block (0: 16)                */
+    int        kv_block;          /* ATTENTION: keys per online-softmax update (0: CG_ATTENTION_KV_BLOCK;
+                                   * rounded up to 16, at most 64)                               */
     double     theta;             /* ROPE                                                      */
     double     s;                 /* SCALE, COMBINE                                            */
     int64_t    experts, k;        /* ROUTE_POST: E, top_k; DISPATCH: FFN experts, top_k        */
@@ -84,6 +89,27 @@ typedef struct CgOpDesc {
     double     norm_std;          /* ROUTE_POST: 0 = no logits normalisation                    */
     int64_t    n_const, const_lo, copy_lo, copy_hi; /* ROUTE_POST (n_const), COMBINE          */
 } CgOpDesc;
+
+/* Attention's K cache in key tiles: the 16 keys of positions 16b .. 16b + 15 of kv head g lie as
+ * [head_dim][16] floats, tile (b, g) after tile (b, g - 1), block b after block b - 1. A cache of P
+ * positions takes cg_attention_kt_floats(P, ...) floats (whole 64-key blocks: the kernel reads a
+ * block's tiles even past the last position and masks them). */
+#define CG_ATTENTION_KT_KEYS 16
+#define CG_ATTENTION_KV_BLOCK 64 /* the CPU rule's keys per update (the fastest at T = 512, ops_timing) */
+static inline int64_t cg_attention_kt_floats(int64_t positions, int64_t kv_heads, int64_t head_dim)
+{
+    return (positions + 63) / 64 * 64 * kv_heads * head_dim;
+}
+static inline int64_t cg_attention_kt_index(int64_t kv_heads, int64_t head_dim, int64_t p, int64_t g, int64_t d)
+{
+    return ((p / CG_ATTENTION_KT_KEYS * kv_heads + g) * head_dim + d) * CG_ATTENTION_KT_KEYS + p % CG_ATTENTION_KT_KEYS;
+}
+/* Store position p's keys (a K row, [kv_heads·head_dim]) into the tiles. */
+static inline void cg_attention_kt_store(float *kt, int64_t kv_heads, int64_t head_dim, int64_t p, const float *k)
+{
+    for (int64_t g = 0; g < kv_heads; g++)
+        for (int64_t d = 0; d < head_dim; d++) kt[cg_attention_kt_index(kv_heads, head_dim, p, g, d)] = k[g * head_dim + d];
+}
 
 /* ops_desc.c (no LLVM needed): */
 const char *cg_op_name(cg_op_kind k);

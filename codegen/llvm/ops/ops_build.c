@@ -51,11 +51,20 @@ LLVMValueRef ob_i64(const Ob *o, int64_t v) { return LLVMConstInt(o->ti64, (unsi
 LLVMValueRef ob_i32(const Ob *o, int32_t v) { return LLVMConstInt(o->ti32, (unsigned long long)(int64_t)v, 1); }
 LLVMValueRef ob_f32(const Ob *o, double v) { return LLVMConstReal(o->tf32, (double)(float)v); }
 
-LLVMValueRef ob_splat(const Ob *o, LLVMValueRef scalar)
+LLVMValueRef ob_splat(const Ob *o, LLVMValueRef scalar) { return ob_splat_n(o, scalar, o->vw); }
+
+LLVMValueRef ob_splat_n(const Ob *o, LLVMValueRef scalar, int lanes)
 {
-    LLVMValueRef v = LLVMBuildInsertElement(o->b, LLVMGetUndef(o->tvf), scalar, ob_i32(o, 0), "");
-    LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(o->ti32, (unsigned)o->vw));
-    return LLVMBuildShuffleVector(o->b, v, LLVMGetUndef(o->tvf), zeros, "splat");
+    LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(scalar), (unsigned)lanes);
+    LLVMValueRef v = LLVMBuildInsertElement(o->b, LLVMGetUndef(vt), scalar, ob_i32(o, 0), "");
+    LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(o->ti32, (unsigned)lanes));
+    return LLVMBuildShuffleVector(o->b, v, LLVMGetUndef(vt), zeros, "splat");
+}
+
+/* The lanes of a vector type, 0 for a scalar. */
+static int lanes_of(LLVMTypeRef t)
+{
+    return LLVMGetTypeKind(t) == LLVMVectorTypeKind ? (int)LLVMGetVectorSize(t) : 0;
 }
 
 LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b)
@@ -83,7 +92,8 @@ LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x) { return ob_intr(o, "llvm.exp",
 static LLVMValueRef like(const Ob *o, LLVMValueRef x, double v)
 {
     LLVMValueRef c = ob_f32(o, v);
-    return LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind ? ob_splat(o, c) : c;
+    int n = lanes_of(LLVMTypeOf(x));
+    return n ? ob_splat_n(o, c, n) : c;
 }
 
 /* Cephes' expf, as the grouped GEMM's SwiGLU epilogue computes it (codegen/llvm/gemm.c exp_poly):
@@ -92,8 +102,8 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
 {
     LLVMBuilderRef b = o->b;
     LLVMTypeRef ft = LLVMTypeOf(x);
-    bool vec = LLVMGetTypeKind(ft) == LLVMVectorTypeKind;
-    LLVMTypeRef it = vec ? LLVMVectorType(o->ti32, (unsigned)o->vw) : o->ti32;
+    int lanes = lanes_of(ft);
+    LLVMTypeRef it = lanes ? LLVMVectorType(o->ti32, (unsigned)lanes) : o->ti32;
     LLVMValueRef lo = like(o, x, -87.3), hi = like(o, x, 88.7), args[2] = {x, lo};
     x = ob_intr(o, "llvm.maxnum", ft, args, 2);
     args[0] = x, args[1] = hi;
@@ -109,10 +119,10 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
     p = ob_fma(o, p, LLVMBuildFMul(b, x, x, ""), LLVMBuildFAdd(b, x, like(o, x, 1.0), ""));
     LLVMValueRef e = LLVMBuildFPToSI(b, n, it, "");
     LLVMValueRef bias = LLVMConstInt(o->ti32, 127, 0), sh = LLVMConstInt(o->ti32, 23, 0);
-    if (vec) {
+    if (lanes) {
         LLVMValueRef vb[64], vs[64];
-        for (int k = 0; k < o->vw; k++) vb[k] = bias, vs[k] = sh;
-        bias = LLVMConstVector(vb, (unsigned)o->vw), sh = LLVMConstVector(vs, (unsigned)o->vw);
+        for (int k = 0; k < lanes; k++) vb[k] = bias, vs[k] = sh;
+        bias = LLVMConstVector(vb, (unsigned)lanes), sh = LLVMConstVector(vs, (unsigned)lanes);
     }
     e = LLVMBuildShl(b, LLVMBuildAdd(b, e, bias, ""), sh, "");
     return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, e, ft, ""), "exp");
@@ -133,15 +143,19 @@ static LLVMValueRef half_mask(const Ob *o, int width, int first)
     return LLVMConstVector(idx, (unsigned)width);
 }
 
-LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v)
+/* A pairwise tree over v's lanes (a power of two): the sum, or the max as ob_fmax takes it. */
+static LLVMValueRef hreduce(const Ob *o, LLVMValueRef v, bool max)
 {
-    for (int w = o->vw; w > 1; w /= 2) {
+    for (int w = lanes_of(LLVMTypeOf(v)); w > 1; w /= 2) {
         LLVMValueRef lo = LLVMBuildShuffleVector(o->b, v, v, half_mask(o, w / 2, 0), "");
         LLVMValueRef hi = LLVMBuildShuffleVector(o->b, v, v, half_mask(o, w / 2, w / 2), "");
-        v = LLVMBuildFAdd(o->b, lo, hi, "");
+        v = max ? ob_fmax(o, lo, hi) : LLVMBuildFAdd(o->b, lo, hi, "");
     }
-    return LLVMBuildExtractElement(o->b, v, ob_i32(o, 0), "hsum");
+    return LLVMBuildExtractElement(o->b, v, ob_i32(o, 0), max ? "hmax" : "hsum");
 }
+
+LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v) { return hreduce(o, v, false); }
+LLVMValueRef ob_hmax(const Ob *o, LLVMValueRef v) { return hreduce(o, v, true); }
 
 LLVMValueRef ob_gep(const Ob *o, LLVMTypeRef elem, LLVMValueRef ptr, LLVMValueRef idx)
 {
@@ -257,6 +271,11 @@ LLVMValueRef ob_ldw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef id
 LLVMValueRef ob_ldv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx)
 {
     return load_at(o, o->tvf, o->tf32, ptr, idx, 4);
+}
+
+LLVMValueRef ob_ldv_n(const Ob *o, int lanes, LLVMValueRef ptr, LLVMValueRef idx)
+{
+    return load_at(o, LLVMVectorType(o->tf32, (unsigned)lanes), o->tf32, ptr, idx, 4);
 }
 
 LLVMValueRef ob_ldvw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx)

@@ -34,16 +34,19 @@ LLVMValueRef ob_i64(const Ob *o, int64_t v);
 LLVMValueRef ob_i32(const Ob *o, int32_t v);
 LLVMValueRef ob_f32(const Ob *o, double v);
 LLVMValueRef ob_splat(const Ob *o, LLVMValueRef scalar); /* f32 -> <vw x float> */
+LLVMValueRef ob_splat_n(const Ob *o, LLVMValueRef scalar, int lanes); /* scalar -> <lanes x its type> */
 LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b); /* a > b ? a : b, as the interpreter */
 LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
 /* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
 LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueRef *args, unsigned n);
-LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);          /* scalar or vector */
+LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);          /* scalar or vector (any lanes) */
 /* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
  * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
 LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
-LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v);         /* <vw x float> -> float, pairwise tree */
+/* <n x float> -> float by a pairwise tree (n a power of two): the sum; the max as ob_fmax takes it */
+LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v);
+LLVMValueRef ob_hmax(const Ob *o, LLVMValueRef v);
 
 /* ---- memory ---------------------------------------------------------------------------------- */
 LLVMValueRef ob_gep(const Ob *o, LLVMTypeRef elem, LLVMValueRef ptr, LLVMValueRef idx);
@@ -57,13 +60,14 @@ LLVMValueRef ob_ldi32(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);   /* sig
 LLVMValueRef ob_ldw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);
 /* vw consecutive elements from ptr[idx] as <vw x float> (unaligned). */
 LLVMValueRef ob_ldv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);
+LLVMValueRef ob_ldv_n(const Ob *o, int lanes, LLVMValueRef ptr, LLVMValueRef idx); /* <lanes x float> */
 LLVMValueRef ob_ldvw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);
 void         ob_stv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v);
 /* A stack array of n elements of type t in the entry block (n is a compile-time constant). */
 LLVMValueRef ob_alloca(const Ob *o, LLVMTypeRef t, int64_t n);
 
 /* ---- control flow ---------------------------------------------------------------------------- */
-#define OB_MAX_CARRY 8
+#define OB_MAX_CARRY 40
 /* for (i = lo; i < hi; i++) with values carried around the loop: between ob_loop_begin and
  * ob_loop_end, L.i is the index and L.v[k] the carried values; ob_loop_end takes their next values
  * and leaves the builder after the loop, where L.v[k] are the final values. */

@@ -67,7 +67,7 @@ bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
         int64_t H = ir_attr_int(i, "heads"), hd = last_dim(i->in[0]) / H;
         const IrAttr *kb = ir_attr_get(i, "kv_block");
         *d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = ir_attr_int(i, "kv_heads"), .head_dim = hd,
-                        .cols = H * hd, .kv_block = kb && kb->i != 16 ? (int)kb->i : 0}; /* 16: the default's symbol */
+                        .cols = H * hd, .kv_block = kb && kb->i != CG_ATTENTION_KV_BLOCK ? (int)kb->i : 0}; /* the default's symbol */
         break;
     }
     case IR_OP_MOE_DISPATCH:
