@@ -187,13 +187,13 @@ static double problem_macs(const Problem *p)
 }
 
 /* What problem_init and tune_one allocate for a shape at T tokens: the weights and their packed copy
- * (f32 at most), A, the output and the reference output (attention: q, the caches, out and ref). In
- * double: a hostile spec's shapes overflow. */
+ * (f32 at most), A, the output and the reference output (attention: q, the caches — the K tiles
+ * past C too — out and ref). In double: a hostile spec's shapes overflow. */
 static double problem_bytes(const Shape *sh, int64_t T)
 {
     if (!strcmp(sh->op, "attention")) {
         double C = T > 512 ? (double)T : 512.0, q = (double)T * (double)sh->n * (double)sh->k;
-        return 4.0 * (3.0 * q + 2.0 * C * (double)sh->groups * (double)sh->k);
+        return 4.0 * (3.0 * q + (2.0 * C + 64.0 + CG_ATTENTION_KT_KEYS) * (double)sh->groups * (double)sh->k);
     }
     double rows = (double)T * (is_plain(sh) ? 1.0 : (double)sh->top_k);
     double w = (double)sh->groups * (double)sh->n * (double)sh->k;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -225,4 +226,21 @@ double oj_rel_err(const char *label, const float *got, const double *want, size_
         fprintf(stderr, "  %s: rel err %.3g at [%zu]: got %.9g want %.9g\n", label, rel, worst, (double)got[worst],
                 want[worst]);
     return isnan(rel) ? INFINITY : rel;
+}
+
+static size_t guarded_pages(size_t bytes, size_t page) { return (bytes + page - 1) / page + 1; }
+
+void *oj_guarded_alloc(size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = guarded_pages(bytes, page);
+    if (bytes % 4) die("oj_guarded_alloc", "not a multiple of 4 bytes");
+    char *base = mmap(NULL, n * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED || mprotect(base + (n - 1) * page, page, PROT_NONE)) die("oj_guarded_alloc", "mmap");
+    return base + (n - 1) * page - bytes;
+}
+
+void oj_guarded_free(void *p, size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = guarded_pages(bytes, page);
+    munmap((char *)p + bytes - (n - 1) * page, n * page);
 }

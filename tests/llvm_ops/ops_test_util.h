@@ -34,5 +34,9 @@ void    oj_random(moe_rng *r, float *out, size_t n, double lo, double hi);
 /* max |got - want| / max |want| over n values (0 when both are all zero); prints the worst index. */
 double  oj_rel_err(const char *label, const float *got, const double *want, size_t n);
 double  oj_now_ms(void);
+/* bytes (a multiple of 4: the kernels load at a float's alignment) that end where an unmapped page begins, so that a kernel reading past
+ * them faults instead of reading the next allocation (JIT code carries no sanitizer checks). */
+void   *oj_guarded_alloc(size_t bytes);
+void    oj_guarded_free(void *p, size_t bytes);
 
 #endif

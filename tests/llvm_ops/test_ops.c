@@ -173,15 +173,28 @@ static void test_rope(void **state)
 /* ---- attention -------------------------------------------------------------------------------- */
 static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}};
 
-/* The K cache of P positions (rows [P, Hk·hd]) in the kernel's key tiles; the tiles past P hold NaN,
- * which the kernel must mask, never read into a result. */
+/* The K cache of P positions (rows [P, Hk·hd]) in the kernel's key tiles, against a guard page; the
+ * tiles past P hold NaN, which the kernel must mask, never read into a result. */
 static float *key_tiles(const float *kc, int64_t P, int64_t Hk, int64_t hd)
 {
     int64_t n = cg_attention_kt_floats(P, Hk, hd);
-    float *kt = xmalloc((size_t)n * 4);
+    float *kt = oj_guarded_alloc((size_t)n * 4);
     for (int64_t j = 0; j < n; j++) kt[j] = NAN;
     for (int64_t p = 0; p < P; p++) cg_attention_kt_store(kt, Hk, hd, p, kc + p * Hk * hd);
     return kt;
+}
+
+static void key_tiles_free(float *kt, int64_t P, int64_t Hk, int64_t hd)
+{
+    oj_guarded_free(kt, (size_t)cg_attention_kt_floats(P, Hk, hd) * 4);
+}
+
+/* The V cache of P positions against a guard page. */
+static float *value_rows(const float *vc, int64_t P, int64_t Hk, int64_t hd)
+{
+    float *g = oj_guarded_alloc((size_t)(P * Hk * hd) * 4);
+    memcpy(g, vc, (size_t)(P * Hk * hd) * 4);
+    return g;
 }
 
 /* Every head's rows of T queries in two calls each, rows [0, s) and [s, T). */
@@ -223,9 +236,10 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     oj_eval(body, &p, 1, ids, pos, T, &res);
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-    float *kt = key_tiles(kc, T, Hk, hd);
-    run_attention(f, H, T, split(T), q, kt, vc, pos, out);
-    free(kt);
+    float *kt = key_tiles(kc, T, Hk, hd), *vg = value_rows(vc, T, Hk, hd);
+    run_attention(f, H, T, split(T), q, kt, vg, pos, out);
+    key_tiles_free(kt, T, Hk, hd);
+    oj_guarded_free(vg, (size_t)(T * Ck) * 4);
     char label[64];
     snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld", (long long)H, (long long)Hk,
              (long long)hd, (long long)T);
@@ -275,8 +289,8 @@ static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const fl
 
 /* Decode-like calls: T new tokens at positions p0.. (or the same positions backwards, so that a tile's
  * rows end at different keys in any order) over a cache of p0 + T rows, several blocks, at key blocks
- * the tuner may choose (0: the default 16; 1, 7: rounded up to 16; 40: 48; 64), calls split at every
- * row count. */
+ * the tuner may choose (0: the default 64; 1, 7: rounded up to 16; 40: 48, whose last block ends past
+ * a 64-key boundary; 64), calls split at every row count; both caches end at a guard page. */
 static void test_attention_kv_cache(void **state)
 {
     (void)state;
@@ -303,13 +317,15 @@ static void test_attention_kv_cache(void **state)
                     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd,
                                   .kv_block = kv_block};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-                    float *kt = key_tiles(kc, P, Hk, hd);
+                    float *kt = key_tiles(kc, P, Hk, hd), *vg = value_rows(vc, P, Hk, hd);
                     for (int64_t sp = 0; sp <= T; sp++) {
                         memset(out, 0xff, (size_t)(T * H * hd) * 4); /* NaN: rows left unwritten fail */
-                        run_attention(f, H, T, sp, q, kt, vc, pos, out);
+                        run_attention(f, H, T, sp, q, kt, vg, pos, out);
                         assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
                     }
-                    free(q), free(out), free(kc), free(kt), free(vc), free(ref);
+                    key_tiles_free(kt, P, Hk, hd);
+                    oj_guarded_free(vg, (size_t)(P * Hk * hd) * 4);
+                    free(q), free(out), free(kc), free(vc), free(ref);
                 }
 }
 

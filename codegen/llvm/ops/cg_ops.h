@@ -92,13 +92,14 @@ typedef struct CgOpDesc {
 
 /* Attention's K cache in key tiles: the 16 keys of positions 16b .. 16b + 15 of kv head g lie as
  * [head_dim][16] floats, tile (b, g) after tile (b, g - 1), block b after block b - 1. A cache of P
- * positions takes cg_attention_kt_floats(P, ...) floats (whole 64-key blocks: the kernel reads a
- * block's tiles even past the last position and masks them). */
+ * positions takes cg_attention_kt_floats(P, ...) floats: the kernel reads a key block's tiles whole,
+ * past the last position (and masks them), and a block of kb keys (16 to 64) that holds position
+ * P - 1 ends before P - 1 + kb, so P + 63 positions rounded up to a tile. */
 #define CG_ATTENTION_KT_KEYS 16
 #define CG_ATTENTION_KV_BLOCK 64 /* the CPU rule's keys per update (the fastest at T = 512, ops_timing) */
 static inline int64_t cg_attention_kt_floats(int64_t positions, int64_t kv_heads, int64_t head_dim)
 {
-    return (positions + 63) / 64 * 64 * kv_heads * head_dim;
+    return (positions + 63 + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS * CG_ATTENTION_KT_KEYS * kv_heads * head_dim;
 }
 static inline int64_t cg_attention_kt_index(int64_t kv_heads, int64_t head_dim, int64_t p, int64_t g, int64_t d)
 {
