@@ -280,6 +280,7 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
     rn->k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
     if (!rn->k) return false;
     rn->blk = cg_blocking_make(rn->k, c->kc, c->mc, sh->k);
+    if (!cg_jit_edges(t->jit, rn->k, &rn->blk, err, sizeof err)) return false; /* as the executor runs it */
     pack_for(pk, p, cfg.nr);
     return true;
 }

@@ -143,14 +143,25 @@ typedef struct CgWork {
 } CgWork;
 void cg_work_free(CgWork *w);       /* frees what it owns; a borrowed one is only forgotten */
 
-/* Blocking: K in blocks of kc (0: whole K in one pass), M in blocks of mc rows (multiple of MR). */
+/* Blocking: K in blocks of kc (0: whole K in one pass), M in blocks of mc rows (multiple of MR).
+ * edge: kernels of fewer rows (same NR and B dtype, MR descending; NULL after the last) for the rows
+ * of a group past its last whole MR tile, packed as tiles of their own MR: none, and those rows are
+ * zero-padded to a whole tile (a decode step's one row then costs MR rows). */
+enum { CG_GEMM_EDGES = 3 };
 typedef struct CgBlocking {
     int64_t kc, mc;
+    const CgKernel *edge[CG_GEMM_EDGES];
 } CgBlocking;
+/* The edge tiles' rows for kern (MR 4, 2 and, for 16-bit weights, 1, below its MR): how many,
+ * written to mr_out. */
+int cg_gemm_edge_rows(const CgKernel *kern, int mr_out[CG_GEMM_EDGES]);
 CgBlocking cg_blocking_default(const CgKernel *kern);
 /* The blocking a configuration asks for on K columns: kc (0 or >= K: one pass), mc rows (0: the
  * default; else rounded up to MR, at most 65536). The executor and the tuner share it. */
 CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_t K);
+/* blk->edge: kern's edge kernels (cg_gemm_edge_rows; kern's panel width, dtype and unroll) from
+ * jit. False (err; blk without edges) if one cannot be built. */
+bool cg_jit_edges(CgJit *jit, const CgKernel *kern, CgBlocking *blk, char *err, size_t errlen);
 
 /* What a driver call needs in a CgWork: cg_work_need raises need to cover a call of kern with blk
  * on `threads` threads over up to m rows in n_groups groups of K columns. */

@@ -6,7 +6,9 @@
  *     its columns of the output for every group: the scatter-add needs no atomics.
  *  3. Per (group, panel, row block) the kernel fills a per-thread tile S[rows, NR] (over K blocks of
  *     KC, accumulating), then an epilogue reads S: store, SwiGLU, or gate-weighted scatter-add.
- * Edges need no special kernel: padded A rows and padded B columns are zeros and never stored. */
+ * Edges: padded B columns are zeros and never stored. A group's r rows past its last whole MR tile
+ * run as the cheapest cover by the kernel and the blocking's edge kernels (MR 4, 2[, 1]), each tile
+ * packed at its own MR and zero-padded (cover_plan); without edge kernels, one tile padded to MR. */
 #include "codegen/llvm/cg_llvm.h"
 
 #include <math.h>
@@ -15,8 +17,18 @@
 
 typedef enum { EPI_STORE, EPI_SWIGLU, EPI_SCATTER } Epilogue;
 
+enum { MAX_MR = 64, N_TILE_KINDS = 1 + CG_GEMM_EDGES }; /* MAX_MR: kernel_ir.c's accumulator bound */
+
+/* How the last r < MR rows of a group run: n[c] tiles of kernel c of Job.ks, kinds in order. */
+typedef struct Cover {
+    uint8_t n[N_TILE_KINDS];
+} Cover;
+
 typedef struct Job {
     const CgKernel *kern;
+    const CgKernel *ks[N_TILE_KINDS]; /* kern, then the blocking's edge kernels */
+    int n_ks;
+    Cover cover[MAX_MR];   /* [r] for r in 1 .. MR-1 */
     int64_t kc, mc, K;
     Epilogue epi;
     int64_t n_groups;
@@ -98,7 +110,7 @@ void cg_work_borrow(CgWork *w, void *mem, const CgWorkNeed *need) {
 CgBlocking cg_blocking_default(const CgKernel *kern) {
     int mr = kern->cfg.mr;
     const char *kc = getenv("MOEPPC_KC"); /* for tuning runs; 0 = whole K */
-    return (CgBlocking){kc ? atoll(kc) : 0, (256 / mr) * mr};
+    return (CgBlocking){.kc = kc ? atoll(kc) : 0, .mc = (256 / mr) * mr};
 }
 
 CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_t K) {
@@ -108,16 +120,54 @@ CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_
     return blk;
 }
 
+/* 4, 2 and 1 rows for 16-bit weights; 4 and 2 for f32, whose one-row tile measured slower than a
+ * two-row one with a padded row (the 7B's expert shapes at T = 1 and 16: the tuning databases'
+ * 1x48 against 2x48; for bf16 the one-row tile is the faster). */
+int cg_gemm_edge_rows(const CgKernel *kern, int mr_out[CG_GEMM_EDGES]) {
+    static const int rows[CG_GEMM_EDGES] = {4, 2, 1};
+    int n = 0;
+    for (int e = 0; e < CG_GEMM_EDGES; e++)
+        if (rows[e] < kern->cfg.mr && (rows[e] > 1 || kern->cfg.b_dtype != DT_F32)) mr_out[n++] = rows[e];
+    return n;
+}
+
+/* The cheapest way to run r rows (r < MR) on kern and the edge kernels, one tile each padded with
+ * zero rows, by a cost of rows + 1 per tile: the one is a tile's fixed cost (its B panel streamed
+ * again), which makes a 1-row tile about a quarter of an 8-row one and 2 and 4 rows a third and
+ * a half, as the 7B expert shapes measured them (tuning/cpu-*: 1x48, 2x48, 4x48 against 8x48).
+ * So (MR 8) r = 1, 2 get their own tile (f32: r = 1 a padded 2-row one), 3 a 4-row one, 5 and 6
+ * 4 + 1 (f32: 4 + 2) and 4 + 2, 7 the padded whole tile.
+ * A cover never holds more than MR rows (one whole tile costs less), so it fits the tile's space. */
+static void cover_plan(Job *j, const CgKernel *const *edge) {
+    int mr = j->kern->cfg.mr, cost[MAX_MR], first[MAX_MR];
+    j->ks[0] = j->kern, j->n_ks = 1;
+    while (j->n_ks < N_TILE_KINDS && edge[j->n_ks - 1]) j->ks[j->n_ks] = edge[j->n_ks - 1], j->n_ks++;
+    cost[0] = 0;
+    for (int r = 1; r < mr; r++) {
+        cost[r] = -1;
+        for (int c = 0; c < j->n_ks; c++) { /* the largest first: ties go to fewer tiles */
+            int rows = j->ks[c]->cfg.mr, left = r > rows ? r - rows : 0, k = rows + 1 + cost[left];
+            if (cost[r] < 0 || k < cost[r]) cost[r] = k, first[r] = c;
+        }
+    }
+    for (int r = 1; r < mr; r++) {
+        Cover *cv = &j->cover[r];
+        memset(cv, 0, sizeof *cv);
+        int covered = 0;
+        for (int left = r; left > 0; left = left > j->ks[first[left]]->cfg.mr ? left - j->ks[first[left]]->cfg.mr : 0) {
+            cv->n[first[left]]++;
+            covered += j->ks[first[left]]->cfg.mr;
+        }
+        MOE_ASSERT(covered <= mr);
+    }
+}
+
 /* ---- step 1: pack A ---------------------------------------------------------------------- */
-static void pack_a_task(void *ctx, int64_t t, int thread) {
-    const Job *j = ctx;
-    int64_t g = 0;
-    while (j->tile_off[g + 1] <= t) g++;
-    int mr = j->kern->cfg.mr;
-    int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->K;
-    float *dst = j->ap + t * mr * K;
+/* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows (rows past the group's are zeros). */
+static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, int mr, float *dst) {
+    int64_t rows = j->off[g + 1] - j->off[g], K = j->K;
     for (int i = 0; i < mr; i++) {
-        if (r0 + i >= rows) {
+        if (i >= n || r0 + i >= rows) {
             for (int64_t k = 0; k < K; k++) dst[k * mr + i] = 0.0f;
             continue;
         }
@@ -125,6 +175,22 @@ static void pack_a_task(void *ctx, int64_t t, int thread) {
         const float *src = j->x + (j->gather ? j->gather[s] : s) * j->ldx;
         for (int64_t k = 0; k < K; k++) dst[k * mr + i] = src[k];
     }
+}
+
+static void pack_a_task(void *ctx, int64_t t, int thread) {
+    const Job *j = ctx;
+    int64_t g = 0;
+    while (j->tile_off[g + 1] <= t) g++;
+    int mr = j->kern->cfg.mr;
+    int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->K;
+    float *dst = j->ap + t * mr * K;
+    if (r0 + mr <= rows) {
+        pack_rows(j, g, r0, mr, mr, dst);
+        return;
+    }
+    const Cover *cv = &j->cover[rows - r0]; /* the last tile's space: its cover's tiles */
+    for (int c = 0; c < j->n_ks; c++)
+        for (int n = 0, k = j->ks[c]->cfg.mr; n < cv->n[c]; n++, dst += k * K, r0 += k) pack_rows(j, g, r0, k, k, dst);
 }
 
 /* ---- step 3: epilogues on S[rows, NR] of (group g, rows row0.., panel p) ---------------------- */
@@ -186,14 +252,22 @@ static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_
 }
 
 /* ---- step 2: S = A_tiles . panel over K blocks ------------------------------------------------ */
-static void panel_compute(const Job *j, int64_t m_pad, const float *ap, const char *bpanel, float *s) {
+/* S[rows, NR] of `rows` packed rows: whole tiles, then the cover of the rest. */
+static void panel_compute(const Job *j, int64_t rows, const float *ap, const char *bpanel, float *s) {
     int mr = j->kern->cfg.mr, nr = j->kern->cfg.nr;
-    int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1);
+    int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1), whole = rows / mr * mr;
+    const Cover *cv = &j->cover[rows - whole];
     size_t bsz = dtype_size(j->kern->cfg.b_dtype);
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
         int64_t kb = K - k0 < kc ? K - k0 : kc;
-        for (int64_t m0 = 0; m0 < m_pad; m0 += mr)
-            j->kern->fn(kb, ap + m0 * K + k0 * mr, bpanel + (size_t)(k0 * nr) * bsz, s + m0 * nr, nr, k0 > 0);
+        const void *bp = bpanel + (size_t)(k0 * nr) * bsz;
+        for (int64_t m0 = 0; m0 < whole; m0 += mr) j->kern->fn(kb, ap + m0 * K + k0 * mr, bp, s + m0 * nr, nr, k0 > 0);
+        int64_t m0 = whole;
+        for (int c = 0; c < j->n_ks; c++) {
+            const CgKernel *e = j->ks[c];
+            for (int n = 0; n < cv->n[c]; n++, m0 += e->cfg.mr)
+                e->fn(kb, ap + m0 * K + k0 * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
+        }
         if (K == 0) break;
     }
 }
@@ -210,7 +284,7 @@ static void chunk_task(void *ctx, int64_t chunk, int thread) {
             const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;
             for (int64_t row0 = 0; row0 < rows_g; row0 += j->mc) {
                 int64_t rows = rows_g - row0 < j->mc ? rows_g - row0 : j->mc;
-                panel_compute(j, round_up(rows, mr), ap_g + row0 * j->K, bpanel, s);
+                panel_compute(j, rows, ap_g + row0 * j->K, bpanel, s);
                 epilogue(j, g, row0, rows, p, s);
             }
         }
@@ -226,8 +300,22 @@ static void check_weights(const Job *j, bool swiglu) {
     }
 }
 
+/* Edge kernels as CgBlocking describes them: fewer rows than the kernel's, descending, the same
+ * panel width and B dtype. */
+static void check_edges(const CgKernel *kern, const CgKernel *const *edge) {
+    int last = kern->cfg.mr;
+    for (int e = 0; e < CG_GEMM_EDGES && edge[e]; e++) {
+        const CgKernelConfig *c = &edge[e]->cfg;
+        MOE_ASSERT(c->mr < last && c->nr == kern->cfg.nr && c->b_dtype == kern->cfg.b_dtype);
+        last = c->mr;
+    }
+}
+
 static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     int mr = j->kern->cfg.mr, threads = cg_pool_threads(pool);
+    check_edges(j->kern, blk->edge);
+    MOE_ASSERT(mr <= MAX_MR);
+    cover_plan(j, blk->edge);
     j->kc = blk->kc;
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);

@@ -151,9 +151,23 @@ static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtEr
     return *slot != NULL;
 }
 
-static CgBlocking blocking_of(const TuneConfig *c, const CgKernel *k, int64_t K)
+/* The blocking of configuration c for kernel k, with k's edge kernels (a group's last rows, and a
+ * decode step's one, on tiles of 4, 2 and 1 rows instead of one padded to k's rows); a source that
+ * has no kernel of an edge's tile (an executable built before them) leaves the rows padded. */
+static CgBlocking blocking_of(CpuModel *cm, const TuneConfig *c, const CgKernel *k, int64_t K)
 {
-    return cg_blocking_make(k, c->kc, c->mc, K);
+    CgBlocking blk = cg_blocking_make(k, c->kc, c->mc, K);
+    int rows[CG_GEMM_EDGES], n = cg_gemm_edge_rows(k, rows);
+    for (int e = 0; e < n; e++) {
+        RtError err;
+        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, k->cfg.b_dtype, rows[e], k->cfg.nr, k->cfg.k_unroll, &err);
+        if (!g || g->cfg.mr != rows[e] || g->cfg.nr != k->cfg.nr || g->cfg.b_dtype != k->cfg.b_dtype) {
+            memset(blk.edge, 0, sizeof blk.edge);
+            break;
+        }
+        blk.edge[e] = g;
+    }
+    return blk;
 }
 
 /* The op's own configuration, as the specialize pass recorded it (absent attributes: the rule's). */
@@ -199,7 +213,7 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
     c0->c = op_config(i);
     c0->k = cm->ks->gemm(cm->ks->ctx, dt, c0->c.tile_m, c0->c.tile_n, c0->c.unroll, err);
     if (!c0->k) return false;
-    c0->blk = blocking_of(&c0->c, c0->k, K);
+    c0->blk = blocking_of(cm, &c0->c, c0->k, K);
     st->n_ch = 1;
     if (!schedule_of(st, i, c0->k->cfg.nr)) return true;
     for (int b = 0; b < st->sched->n; b++) {
@@ -211,7 +225,7 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
             drop_schedule(st); /* not for this ISA */
             return true;
         }
-        st->ch[st->n_ch++] = (Choice){c, g, blocking_of(&c, g, K), NULL};
+        st->ch[st->n_ch++] = (Choice){c, g, blocking_of(cm, &c, g, K), NULL};
     }
     return true;
 }

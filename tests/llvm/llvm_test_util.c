@@ -41,6 +41,13 @@ const CgKernel *tu_kernel(cg_isa isa, const CgKernelConfig *cfg) {
     return k;
 }
 
+void tu_edges(cg_isa isa, const CgKernel *kern, CgBlocking *blk) {
+    char err[512];
+    bool ok = cg_jit_edges(tu_jit(isa), kern, blk, err, sizeof err);
+    if (!ok) fprintf(stderr, "cg_jit_edges(%s): %s\n", cg_isa_name(isa), err);
+    MOE_ASSERT(ok);
+}
+
 void tu_random(moe_rng *r, float *out, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = (float)(2.0 * rng_uniform(r) - 1.0);
 }

@@ -64,11 +64,15 @@ static void gemm_all_shapes(cg_isa isa) {
     for (size_t d = 0; d < MOE_ARRAY_LEN(DTYPES); d++) {
         CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), DTYPES[d]);
         const CgKernel *kern = tu_kernel(isa, &cfg);
-        CgBlocking blk = {0, 64}; /* whole K; row blocks of 64 so M=100 takes two */
+        /* whole K; row blocks of 64 so M=100 takes two; the last rows zero-padded, then on edge kernels */
+        CgBlocking padded = {.kc = 0, .mc = 64}, edged = padded;
+        tu_edges(isa, kern, &edged);
         for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
             for (size_t ni = 0; ni < MOE_ARRAY_LEN(Ns); ni++)
-                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs++)
-                    bad += check_gemm(kern, &blk, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 1000u + (uint64_t)runs);
+                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs += 2) {
+                    bad += check_gemm(kern, &padded, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 1000u + (uint64_t)runs);
+                    bad += check_gemm(kern, &edged, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 != 1, 1001u + (uint64_t)runs);
+                }
     }
     cg_pool_free(pool);
     if (bad) fprintf(stderr, "%s: %d mismatches over %d GEMMs\n", cg_isa_name(isa), bad, runs);
@@ -85,18 +89,22 @@ static void test_gemm_avx2(void **state) {
 }
 static void test_gemm_sse(void **state) { gemm_all_shapes(CG_ISA_SSE); }
 
-/* Other tiles, unrolls and K blocking (kernel called with beta = 1 for later K blocks). */
+/* Other tiles (12 rows: edge covers of up to 11 rows), unrolls and K blocking (kernel called with
+ * beta = 1 for later K blocks), each padded and on edge kernels. */
 static void test_gemm_configs(void **state) {
     cg_isa isas[3];
     int n_isa = tu_isas(isas), bad = 0;
     for (int i = 0; i < n_isa; i++) {
         int w = cg_jit_target(tu_jit(isas[i]))->vec_width;
-        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1}, {DT_BF16, 4, 2 * w, 3}, {DT_F16, 3, 3 * w, 2}};
+        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1}, {DT_BF16, 4, 2 * w, 3}, {DT_F16, 3, 3 * w, 2}, {DT_BF16, 12, w, 1}};
         for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
             const CgKernel *kern = tu_kernel(isas[i], &cfgs[c]);
-            CgBlocking blk = {16, 2 * cfgs[c].mr};
+            CgBlocking blk = {.kc = 16, .mc = 2 * cfgs[c].mr}, edged = blk;
+            tu_edges(isas[i], kern, &edged);
             bad += check_gemm(kern, &blk, NULL, 11, 3 * w + 1, 257, c == 1, 77 + c);
             bad += check_gemm(kern, &blk, NULL, 5, w - 1 > 0 ? w - 1 : 1, 16, false, 99 + c);
+            bad += check_gemm(kern, &edged, NULL, 11, 3 * w + 1, 257, c != 1, 88 + c);
+            bad += check_gemm(kern, &edged, NULL, 5, w - 1 > 0 ? w - 1 : 1, 16, true, 111 + c);
         }
     }
     assert_int_equal(bad, 0);

@@ -93,7 +93,7 @@ static int check_down(const Problem *p, moe_dtype dt, const float *h, const floa
     return bad;
 }
 
-static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, uint64_t seed) {
+static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, bool edges, uint64_t seed) {
     moe_rng r;
     rng_seed(&r, seed);
     Problem *p = xcalloc(1, sizeof *p);
@@ -106,7 +106,8 @@ static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, uint64_t seed) {
         cg_pack_b(&down[g], p->w_down[g], dt, D, I, cfg.nr);
     }
     CgRouting route = {G, p->off, p->perm, p->gate_w};
-    CgBlocking blk = {32, cfg.mr}; /* K blocks and one-tile row blocks: every loop runs */
+    CgBlocking blk = {.kc = 32, .mc = cfg.mr}; /* K blocks and one-tile row blocks: every loop runs */
+    if (edges) tu_edges(isa, kern, &blk);      /* a group's last rows on 4-, 2- and 1-row kernels */
     CgWork work = {0};
     float *h = xcalloc((size_t)p->n_slots * I + 1, sizeof *h), out0[T * D], out[T * D];
     tu_random(&r, out0, T * D);
@@ -114,7 +115,7 @@ static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, uint64_t seed) {
     cg_moe_up_swiglu(kern, &blk, pool, &work, &route, p->x, up, h);
     cg_moe_down_scatter(kern, &blk, pool, &work, &route, h, down, out);
     char label[128];
-    snprintf(label, sizeof label, "%s threads=%d", kern->symbol, cg_pool_threads(pool));
+    snprintf(label, sizeof label, "%s threads=%d%s", kern->symbol, cg_pool_threads(pool), edges ? " edges" : "");
     int bad = check_up(p, dt, h, label) + check_down(p, dt, h, out0, out, label);
     for (int g = 0; g < G; g++) {
         cg_packed_b_free(&up[g]), cg_packed_b_free(&down[g]);
@@ -132,7 +133,7 @@ static void test_grouped_all(void **state) {
     CgPool *pools[2] = {NULL, cg_pool_new(2)};
     for (int i = 0; i < n_isa; i++)
         for (size_t d = 0; d < MOE_ARRAY_LEN(dts); d++)
-            for (int pi = 0; pi < 2; pi++) bad += run_case(isas[i], dts[d], pools[pi], 7 + d + 10u * (unsigned)i);
+            for (int pi = 0; pi < 4; pi++) bad += run_case(isas[i], dts[d], pools[pi % 2], pi >= 2, 7 + d + 10u * (unsigned)i);
     cg_pool_free(pools[1]);
     assert_int_equal(bad, 0);
 }
