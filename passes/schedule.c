@@ -152,6 +152,32 @@ static const TuneMeasure *best_at(const TuneEntry *e, int nr)
     return best;
 }
 
+bool tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, TuneConfig *out)
+{
+    int widths[64], n_w = 0;
+    for (int k = 0; k < n; k++)
+        for (int c = 0; c < e[k]->n_measured; c++) {
+            const TuneConfig *m = &e[k]->measured[c].c;
+            bool have = m->tile_m <= 0 || m->kv_block != 0;
+            for (int w = 0; w < n_w && !have; w++) have = widths[w] == m->tile_n;
+            if (!have && n_w < (int)MOE_ARRAY_LEN(widths)) widths[n_w++] = m->tile_n;
+        }
+    double best_loss = 0;
+    const TuneMeasure *pick = NULL;
+    for (int w = 0; w < n_w; w++) {
+        double loss = 0;
+        bool everywhere = best_at(near, widths[w]) != NULL;
+        for (int k = 0; k < n && everywhere; k++) {
+            const TuneMeasure *at = best_at(e[k], widths[w]), *any = best_at(e[k], TILE_SCHED_GPU); /* any tile */
+            everywhere = at && at->gflops > 0;
+            if (everywhere) loss += any->gflops / at->gflops;
+        }
+        if (everywhere && (!pick || loss < best_loss)) best_loss = loss, pick = best_at(near, widths[w]);
+    }
+    if (pick) *out = pick->c;
+    return pick != NULL;
+}
+
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena)
 {
     qsort(e, (size_t)n, sizeof *e, cmp_tokens);

@@ -27,6 +27,13 @@ typedef struct TileSchedule {
  * (nr = 0 for attention). */
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena);
 bool  tile_schedule_parse(const char *s, TileSchedule *out);
+/* The CPU's panel width for one GEMM shape's entries: the packing fixes one width for every token
+ * count, so the width whose best configuration loses least summed over the buckets (each bucket's
+ * best GFLOP/s over the best at this width), among the widths measured at every bucket, so that a
+ * width ahead by a hair at 512 tokens cannot cost a decode step a third. *out: that width's best
+ * configuration in `near` (the bucket nearest 512 tokens). False if no width is measured everywhere. */
+bool  tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, TuneConfig *out);
+
 /* The configuration for T tokens: a bucket's best, or between buckets the neighbouring winner with
  * the higher GFLOP/s interpolated in log T. */
 TuneConfig tile_schedule_pick(const TileSchedule *s, int64_t T);

@@ -54,7 +54,8 @@ static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, int64_t 
 }
 
 /* Of the entries found, the one whose bucket is nearest 512 tokens: its best fixes what cannot vary
- * per call (a GEMM's panel width, which the packing of the weights depends on). */
+ * per call (on a GPU; on the CPU a GEMM's panel width, which the packing of the weights depends on,
+ * is the one that loses least over all buckets, tile_schedule_width, at its best here). */
 static const TuneEntry *representative(const TuneEntry **found, int n)
 {
     const TuneEntry *rep = n ? found[0] : NULL;
@@ -88,6 +89,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig c = rep ? rep->best : (TuneConfig){.tile_m = (int)tile[0], .tile_n = (int)tile[1]};
+    if (rep && o->target == TARGET_CPU) tile_schedule_width(found, n, rep, &c); /* else rep's best */
     ir_attr_set_int(m, i, "tile_m", c.tile_m);
     ir_attr_set_int(m, i, "tile_n", c.tile_n);
     ir_attr_set_int(m, i, "tile_k", c.kc ? c.kc : tile[2]);
