@@ -152,7 +152,15 @@ static const TuneMeasure *best_at(const TuneEntry *e, int nr)
     return best;
 }
 
-bool tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, TuneConfig *out)
+/* e's measurement of configuration c (NULL: none). */
+static const TuneMeasure *measured_of(const TuneEntry *e, const TuneConfig *c)
+{
+    for (int k = 0; k < e->n_measured; k++)
+        if (tune_config_equal(&e->measured[k].c, c)) return &e->measured[k];
+    return NULL;
+}
+
+bool tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, const TuneConfig *rule, TuneConfig *out)
 {
     int widths[64], n_w = 0;
     for (int k = 0; k < n; k++)
@@ -166,13 +174,14 @@ bool tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, Tune
     const TuneMeasure *pick = NULL;
     for (int w = 0; w < n_w; w++) {
         double loss = 0;
-        bool everywhere = best_at(near, widths[w]) != NULL;
-        for (int k = 0; k < n && everywhere; k++) {
+        bool fit = best_at(near, widths[w]) != NULL;
+        for (int k = 0; k < n && fit; k++) {
             const TuneMeasure *at = best_at(e[k], widths[w]), *any = best_at(e[k], TILE_SCHED_GPU); /* any tile */
-            everywhere = at && at->gflops > 0;
-            if (everywhere) loss += any->gflops / at->gflops;
+            const TuneMeasure *r = measured_of(e[k], rule);
+            fit = at && at->gflops > 0 && (!r || at->gflops >= r->gflops);
+            if (fit) loss += any->gflops / at->gflops;
         }
-        if (everywhere && (!pick || loss < best_loss)) best_loss = loss, pick = best_at(near, widths[w]);
+        if (fit && (!pick || loss < best_loss)) best_loss = loss, pick = best_at(near, widths[w]);
     }
     if (pick) *out = pick->c;
     return pick != NULL;

@@ -28,11 +28,13 @@ typedef struct TileSchedule {
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena);
 bool  tile_schedule_parse(const char *s, TileSchedule *out);
 /* The CPU's panel width for one GEMM shape's entries: the packing fixes one width for every token
- * count, so the width whose best configuration loses least summed over the buckets (each bucket's
- * best GFLOP/s over the best at this width), among the widths measured at every bucket, so that a
- * width ahead by a hair at 512 tokens cannot cost a decode step a third. *out: that width's best
- * configuration in `near` (the bucket nearest 512 tokens). False if no width is measured everywhere. */
-bool  tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, TuneConfig *out);
+ * count, so among the widths measured at every bucket and, at each, no slower than the rule's own
+ * configuration where the bucket measured it (the rule's width always qualifies), the one whose best
+ * loses least summed over the buckets (each bucket's best GFLOP/s over the best at the width): a
+ * width ahead by a hair at 512 tokens cannot cost a decode step a third, nor a width that wins small
+ * T lose the rule's speed at 512. *out: that width's best configuration in `near` (the bucket
+ * nearest 512 tokens). False if no width qualifies. */
+bool  tile_schedule_width(const TuneEntry **e, int n, const TuneEntry *near, const TuneConfig *rule, TuneConfig *out);
 
 /* The configuration for T tokens: a bucket's best, or between buckets the neighbouring winner with
  * the higher GFLOP/s interpolated in log T. */

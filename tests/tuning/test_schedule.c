@@ -102,7 +102,8 @@ static void test_format_keeps_the_winners(void **state)
 /* The CPU's panel width is the one that loses least over all buckets, not the 512-token winner's: here
  * 12x32 wins at 512 by 2 % but 32-wide tiles run a decode step at half speed, so 48 it is, and the
  * op's own configuration is the best 48-wide one at 512. A width some bucket never measured (96) is
- * not a candidate, however fast it is where it was measured. */
+ * not a candidate, however fast it is where it was measured, nor one slower than the rule's tile
+ * (8x48) at some bucket, whatever it gains at the others. */
 static void test_width_over_all_buckets(void **state)
 {
     (void)state;
@@ -112,20 +113,25 @@ static void test_width_over_all_buckets(void **state)
     TuneEntry t512 = {.tokens = 512, .n_measured = 3,
                       .measured = {{{8, 48, 0, 0, 0, 0}, 190.0}, {{4, 48, 2, 0, 0, 0}, 191.0}, {{12, 32, 2, 0, 0, 0}, 195.0}}};
     const TuneEntry *e[2] = {&t1, &t512};
-    TuneConfig c = {0};
-    assert_true(tile_schedule_width(e, 2, &t512, &c));
+    TuneConfig c = {0}, rule = {.tile_m = 8, .tile_n = 48};
+    assert_true(tile_schedule_width(e, 2, &t512, &rule, &c));
     assert_int_equal(c.tile_n, 48);
     assert_int_equal(c.tile_m, 4);
     assert_int_equal(c.unroll, 2);
     /* with the decode bucket as fast at 32 columns, 12x32 wins */
     t1.measured[2].gflops = 36.0;
-    assert_true(tile_schedule_width(e, 2, &t512, &c));
+    assert_true(tile_schedule_width(e, 2, &t512, &rule, &c));
     assert_int_equal(c.tile_n, 32);
     assert_int_equal(c.tile_m, 12);
+    /* but not if 32 columns fall behind the rule's 8x48 at one bucket, however much they gain elsewhere */
+    t1.measured[2].gflops = 200.0;
+    t512.measured[2].gflops = 185.0;
+    assert_true(tile_schedule_width(e, 2, &t512, &rule, &c));
+    assert_int_equal(c.tile_n, 48);
     /* no width measured everywhere: no answer */
     TuneEntry only96 = {.tokens = 16, .n_measured = 1, .measured = {{{1, 96, 0, 0, 0, 0}, 50.0}}};
     const TuneEntry *f[2] = {&only96, &t512};
-    assert_false(tile_schedule_width(f, 2, &t512, &c));
+    assert_false(tile_schedule_width(f, 2, &t512, &rule, &c));
 }
 
 int main(void)
