@@ -152,15 +152,16 @@ typedef struct CgBlocking {
     int64_t kc, mc;
     const CgKernel *edge[CG_GEMM_EDGES];
 } CgBlocking;
-/* The edge tiles' rows for kern (MR 4, 2 and, for 16-bit weights, 1, below its MR): how many,
- * written to mr_out. */
-int cg_gemm_edge_rows(const CgKernel *kern, int mr_out[CG_GEMM_EDGES]);
+/* blk->edge: kern's edge kernels — MR 4, 2 and, for 16-bit weights, 1, below kern's MR, of its
+ * panel width, dtype and unroll — from get (the JIT, or a table of compiled kernels). One that get
+ * cannot give, or gives of another tile, leaves blk without edges (rows padded): false then. */
+typedef const CgKernel *(*cg_kernel_get)(void *ctx, const CgKernelConfig *cfg);
+bool cg_blocking_edges(CgBlocking *blk, const CgKernel *kern, cg_kernel_get get, void *ctx);
 CgBlocking cg_blocking_default(const CgKernel *kern);
 /* The blocking a configuration asks for on K columns: kc (0 or >= K: one pass), mc rows (0: the
  * default; else rounded up to MR, at most 65536). The executor and the tuner share it. */
 CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_t K);
-/* blk->edge: kern's edge kernels (cg_gemm_edge_rows; kern's panel width, dtype and unroll) from
- * jit. False (err; blk without edges) if one cannot be built. */
+/* cg_blocking_edges from jit. False (err) if one cannot be built. */
 bool cg_jit_edges(CgJit *jit, const CgKernel *kern, CgBlocking *blk, char *err, size_t errlen);
 
 /* What a driver call needs in a CgWork: cg_work_need raises need to cover a call of kern with blk

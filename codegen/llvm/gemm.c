@@ -123,12 +123,21 @@ CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_
 /* 4, 2 and 1 rows for 16-bit weights; 4 and 2 for f32, whose one-row tile measured slower than a
  * two-row one with a padded row (the 7B's expert shapes at T = 1 and 16: the tuning databases'
  * 1x48 against 2x48; for bf16 the one-row tile is the faster). */
-int cg_gemm_edge_rows(const CgKernel *kern, int mr_out[CG_GEMM_EDGES]) {
+bool cg_blocking_edges(CgBlocking *blk, const CgKernel *kern, cg_kernel_get get, void *ctx) {
     static const int rows[CG_GEMM_EDGES] = {4, 2, 1};
-    int n = 0;
-    for (int e = 0; e < CG_GEMM_EDGES; e++)
-        if (rows[e] < kern->cfg.mr && (rows[e] > 1 || kern->cfg.b_dtype != DT_F32)) mr_out[n++] = rows[e];
-    return n;
+    memset(blk->edge, 0, sizeof blk->edge);
+    for (int e = 0, n = 0; e < CG_GEMM_EDGES; e++) {
+        if (rows[e] >= kern->cfg.mr || (rows[e] == 1 && kern->cfg.b_dtype == DT_F32)) continue;
+        CgKernelConfig c = kern->cfg;
+        c.mr = rows[e];
+        const CgKernel *g = get(ctx, &c);
+        if (!g || g->cfg.mr != c.mr || g->cfg.nr != c.nr || g->cfg.b_dtype != c.b_dtype) {
+            memset(blk->edge, 0, sizeof blk->edge);
+            return false;
+        }
+        blk->edge[n++] = g;
+    }
+    return true;
 }
 
 /* The cheapest way to run r rows (r < MR) on kern and the edge kernels, one tile each padded with

@@ -245,18 +245,20 @@ const CgKernel *cg_jit_kernel(CgJit *jit, const CgKernelConfig *cfg, const char 
     return k;
 }
 
+typedef struct {
+    CgJit *jit;
+    char *err;
+    size_t errlen;
+} EdgeGet;
+
+static const CgKernel *jit_get(void *ctx, const CgKernelConfig *cfg) {
+    EdgeGet *g = ctx;
+    return cg_jit_kernel(g->jit, cfg, NULL, g->err, g->errlen);
+}
+
 bool cg_jit_edges(CgJit *jit, const CgKernel *kern, CgBlocking *blk, char *err, size_t errlen) {
-    int rows[CG_GEMM_EDGES], n = cg_gemm_edge_rows(kern, rows);
-    memset(blk->edge, 0, sizeof blk->edge);
-    for (int e = 0; e < n; e++) {
-        CgKernelConfig c = kern->cfg;
-        c.mr = rows[e];
-        if (!(blk->edge[e] = cg_jit_kernel(jit, &c, NULL, err, errlen))) {
-            memset(blk->edge, 0, sizeof blk->edge);
-            return false;
-        }
-    }
-    return true;
+    EdgeGet g = {jit, err, errlen};
+    return cg_blocking_edges(blk, kern, jit_get, &g);
 }
 
 char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t errlen) {

@@ -151,22 +151,20 @@ static bool want_op(CpuModel *cm, Step *st, void **slot, const CgOpDesc *d, RtEr
     return *slot != NULL;
 }
 
+static const CgKernel *source_get(void *ctx, const CgKernelConfig *cfg)
+{
+    const CpuKernelSource *ks = ctx;
+    RtError err;
+    return ks->gemm(ks->ctx, cfg->b_dtype, cfg->mr, cfg->nr, cfg->k_unroll, &err);
+}
+
 /* The blocking of configuration c for kernel k, with k's edge kernels (a group's last rows, and a
  * decode step's one, on tiles of 4, 2 and 1 rows instead of one padded to k's rows); a source that
  * has no kernel of an edge's tile (an executable built before them) leaves the rows padded. */
 static CgBlocking blocking_of(CpuModel *cm, const TuneConfig *c, const CgKernel *k, int64_t K)
 {
     CgBlocking blk = cg_blocking_make(k, c->kc, c->mc, K);
-    int rows[CG_GEMM_EDGES], n = cg_gemm_edge_rows(k, rows);
-    for (int e = 0; e < n; e++) {
-        RtError err;
-        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, k->cfg.b_dtype, rows[e], k->cfg.nr, k->cfg.k_unroll, &err);
-        if (!g || g->cfg.mr != rows[e] || g->cfg.nr != k->cfg.nr || g->cfg.b_dtype != k->cfg.b_dtype) {
-            memset(blk.edge, 0, sizeof blk.edge);
-            break;
-        }
-        blk.edge[e] = g;
-    }
+    cg_blocking_edges(&blk, k, source_get, cm->ks);
     return blk;
 }
 

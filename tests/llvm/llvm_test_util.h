@@ -10,7 +10,7 @@ int      tu_isas(cg_isa out[3]);
 CgJit   *tu_jit(cg_isa isa);            /* created on first use, asserts on failure */
 void     tu_jits_free(void);
 const CgKernel *tu_kernel(cg_isa isa, const CgKernelConfig *cfg);
-/* blk's edge kernels for kern (cg_gemm_edge_rows, kern's panel width, dtype and unroll). */
+/* blk's edge kernels for kern (cg_jit_edges; asserts they build). */
 void     tu_edges(cg_isa isa, const CgKernel *kern, CgBlocking *blk);
 /* n random values in [-1, 1) as f32, and the same values stored in dtype (raw bytes, n elements). */
 void     tu_random(moe_rng *r, float *out, size_t n);
