@@ -222,8 +222,8 @@ static void pack_for(Packed *pk, const Problem *p, int nr)
     size_t gbytes = (size_t)(sh->n * sh->k) * dtype_size(sh->dt);
     for (int64_t g = 0; g < sh->groups; g++) {
         const char *w = (const char *)p->w + (size_t)g * gbytes;
-        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr);
-        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr);
+        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, false);
+        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, false);
     }
 }
 

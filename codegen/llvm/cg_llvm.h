@@ -40,6 +40,7 @@ typedef struct CgTarget {
     cg_isa isa;            /* chosen ISA, never above what the host has */
     int    vec_width;      /* f32 lanes per vector: 16, 8 or 4 */
     bool   has_fma, has_f16c;
+    bool   has_bf16_dot;   /* AVX512-BF16 (vdpbf16ps) with the AVX-512 ISA: CgKernelConfig.a_bf16 kernels */
 } CgTarget;
 
 const char *cg_isa_name(cg_isa isa); /* "avx512", "avx2", "sse" */
@@ -62,10 +63,17 @@ typedef struct CgKernelConfig {
     moe_dtype b_dtype;  /* DT_F32, DT_BF16 or DT_F16 */
     int       mr, nr;   /* register tile: MR rows of A x NR columns of B (NR a multiple of vec_width) */
     int       k_unroll; /* k steps per loop iteration (remainder handled by a second loop) */
+    bool      a_bf16;   /* bf16 weights times A rounded to bf16, both in k pairs, by vdpbf16ps (AVX512-BF16,
+                           f32 accumulators): twice the f32 FMA's multiply-adds per instruction */
 } CgKernelConfig;
 
 /* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
+/* Does this CPU run vdpbf16ps at least 1.5 times as many multiply-adds per second as f32 FMAs (AMD
+ * Zen 4: 2x; Intel Sapphire Rapids: about 0.5x, PERFORMANCE.md)? Measured once (a few ms) on the
+ * first call; false without AVX512-BF16 or when ISA is capped below AVX-512. MOEPPC_BF16_DOT=1 or 0
+ * overrides the measurement (1 still needs the instruction). */
+bool cg_bf16_dot_pays(const CgTarget *t);
 /* The tile mr x nr if jit's ISA holds it in registers (nr a multiple of the vector width, the
  * accumulators within the register file), else the default; mr, nr = 0: the default. k_unroll in
  * 1..16 is kept, else (0) the default's. */
@@ -76,7 +84,10 @@ CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr
  * ap: packed A, kc x MR (k-major, the MR rows of a tile interleaved; padded rows are zero).
  * bp: one panel of packed B, kc x NR in the stored dtype (k-major, see CgPackedB); B(k, j) is
  *     bp[k*NR + j] converted to f32 after loading (bf16: shift left 16; f16: fpext or integer ops).
- * The kernel always computes the full MR x NR tile; drivers handle edges by zero padding. */
+ * The kernel always computes the full MR x NR tile; drivers handle edges by zero padding.
+ * a_bf16 kernels take ap as kc/2 (rounded up) x MR 32-bit words, word (p, i) = the bf16 of A(2p, i)
+ * in its low half and of A(2p+1, i) in its high half, and bp in k pairs likewise (see CgPackedB);
+ * an odd kc's last pair holds zeros in its high halves. */
 typedef void (*cg_kernel_fn)(int64_t kc, const float *ap, const void *bp, float *c, int64_t ldc,
                              int32_t beta);
 
@@ -105,15 +116,16 @@ typedef struct CgPackedB {
     moe_dtype dtype;
     int       nr;
     bool      swiglu;      /* n = 2I, panels interleave a and b halves */
+    bool      kpair;       /* bf16 in k pairs for a_bf16 kernels: (k, j) at [k/2][NR][k%2], K padded even */
     int64_t   n, k;        /* logical shape of W */
     int64_t   n_panels;
-    size_t    panel_bytes; /* K * NR * dtype_size, rounded up to 64 */
+    size_t    panel_bytes; /* K (kpair: rounded up to even) * NR * dtype_size, rounded up to 64 */
     void     *data;        /* [n_panels][K][NR] */
 } CgPackedB;
 
-void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr);
+void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair);
 void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t two_i, int64_t k,
-                      int nr);
+                      int nr, bool kpair);
 void cg_packed_b_free(CgPackedB *b);
 
 /* ---- thread pool -------------------------------------------------------------------------- */

@@ -8,7 +8,9 @@
  *     KC, accumulating), then an epilogue reads S: store, SwiGLU, or gate-weighted scatter-add.
  * Edges: padded B columns are zeros and never stored. A group's r rows past its last whole MR tile
  * run as the cheapest cover by the kernel and the blocking's edge kernels (MR 4, 2[, 1]), each tile
- * packed at its own MR and zero-padded (cover_plan); without edge kernels, one tile padded to MR. */
+ * packed at its own MR and zero-padded (cover_plan); without edge kernels, one tile padded to MR.
+ * bf16-dot kernels (a_bf16): A is packed rounded to bf16 in k pairs (one 32-bit word per pair and
+ * row, so a tile holds ceil(K/2) x MR words), K blocks are even, and B's panels are in k pairs. */
 #include "codegen/llvm/cg_llvm.h"
 
 #include <math.h>
@@ -30,6 +32,7 @@ typedef struct Job {
     int n_ks;
     Cover cover[MAX_MR];   /* [r] for r in 1 .. MR-1 */
     int64_t kc, mc, K;
+    int64_t kw;            /* 32-bit words of a packed row of A: K, or (K + 1) / 2 pairs (a_bf16) */
     Epilogue epi;
     int64_t n_groups;
     const int64_t *off;    /* [n_groups + 1]: group g owns rows/slots off[g] .. off[g+1]-1 */
@@ -131,7 +134,7 @@ bool cg_blocking_edges(CgBlocking *blk, const CgKernel *kern, cg_kernel_get get,
         CgKernelConfig c = kern->cfg;
         c.mr = rows[e];
         const CgKernel *g = get(ctx, &c);
-        if (!g || g->cfg.mr != c.mr || g->cfg.nr != c.nr || g->cfg.b_dtype != c.b_dtype) {
+        if (!g || g->cfg.mr != c.mr || g->cfg.nr != c.nr || g->cfg.b_dtype != c.b_dtype || g->cfg.a_bf16 != c.a_bf16) {
             memset(blk->edge, 0, sizeof blk->edge);
             return false;
         }
@@ -172,17 +175,26 @@ static void cover_plan(Job *j, const CgKernel *const *edge) {
 }
 
 /* ---- step 1: pack A ---------------------------------------------------------------------- */
+/* Row src as word i of each k pair of a tile of mr rows: bf16(src[2p]) | bf16(src[2p+1]) << 16. */
+static void pack_pairs(const float *src, int64_t K, int mr, int i, uint32_t *dst) {
+    int64_t p = 0;
+    for (; 2 * p + 1 < K; p++)
+        dst[p * mr + i] = (uint32_t)f32_to_bf16(src[2 * p]) | (uint32_t)f32_to_bf16(src[2 * p + 1]) << 16;
+    if (K % 2) dst[p * mr + i] = f32_to_bf16(src[2 * p]);
+}
+
 /* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows (rows past the group's are zeros). */
 static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, int mr, float *dst) {
-    int64_t rows = j->off[g + 1] - j->off[g], K = j->K;
+    int64_t rows = j->off[g + 1] - j->off[g], K = j->K, kw = j->kw;
     for (int i = 0; i < mr; i++) {
         if (i >= n || r0 + i >= rows) {
-            for (int64_t k = 0; k < K; k++) dst[k * mr + i] = 0.0f;
+            for (int64_t k = 0; k < kw; k++) dst[k * mr + i] = 0.0f; /* zero bits, in either form */
             continue;
         }
         int64_t s = j->off[g] + r0 + i;
         const float *src = j->x + (j->gather ? j->gather[s] : s) * j->ldx;
-        for (int64_t k = 0; k < K; k++) dst[k * mr + i] = src[k];
+        if (j->kern->cfg.a_bf16) pack_pairs(src, K, mr, i, (uint32_t *)dst);
+        else for (int64_t k = 0; k < K; k++) dst[k * mr + i] = src[k];
     }
 }
 
@@ -191,7 +203,7 @@ static void pack_a_task(void *ctx, int64_t t, int thread) {
     int64_t g = 0;
     while (j->tile_off[g + 1] <= t) g++;
     int mr = j->kern->cfg.mr;
-    int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->K;
+    int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->kw;
     float *dst = j->ap + t * mr * K;
     if (r0 + mr <= rows) {
         pack_rows(j, g, r0, mr, mr, dst);
@@ -264,18 +276,19 @@ static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_
 /* S[rows, NR] of `rows` packed rows: whole tiles, then the cover of the rest. */
 static void panel_compute(const Job *j, int64_t rows, const float *ap, const char *bpanel, float *s) {
     int mr = j->kern->cfg.mr, nr = j->kern->cfg.nr;
-    int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1), whole = rows / mr * mr;
+    int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1), whole = rows / mr * mr, kw = j->kw;
     const Cover *cv = &j->cover[rows - whole];
-    size_t bsz = dtype_size(j->kern->cfg.b_dtype);
+    size_t bsz = dtype_size(j->kern->cfg.b_dtype); /* k pairs: a pair of columns' k0 / 2 rows, as many bytes */
+    int kstep = j->kern->cfg.a_bf16 ? 2 : 1;        /* k steps per word of packed A (run() made kc even) */
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
-        int64_t kb = K - k0 < kc ? K - k0 : kc;
+        int64_t kb = K - k0 < kc ? K - k0 : kc, kw0 = k0 / kstep;
         const void *bp = bpanel + (size_t)(k0 * nr) * bsz;
-        for (int64_t m0 = 0; m0 < whole; m0 += mr) j->kern->fn(kb, ap + m0 * K + k0 * mr, bp, s + m0 * nr, nr, k0 > 0);
+        for (int64_t m0 = 0; m0 < whole; m0 += mr) j->kern->fn(kb, ap + m0 * kw + kw0 * mr, bp, s + m0 * nr, nr, k0 > 0);
         int64_t m0 = whole;
         for (int c = 0; c < j->n_ks; c++) {
             const CgKernel *e = j->ks[c];
             for (int n = 0; n < cv->n[c]; n++, m0 += e->cfg.mr)
-                e->fn(kb, ap + m0 * K + k0 * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
+                e->fn(kb, ap + m0 * kw + kw0 * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
         }
         if (K == 0) break;
     }
@@ -288,12 +301,12 @@ static void chunk_task(void *ctx, int64_t chunk, int thread) {
     float *s = j->tiles + (size_t)thread * j->tile_floats;
     for (int64_t g = 0; g < j->n_groups; g++) {
         int64_t rows_g = j->off[g + 1] - j->off[g];
-        const float *ap_g = j->ap + j->tile_off[g] * mr * j->K;
+        const float *ap_g = j->ap + j->tile_off[g] * mr * j->kw;
         for (int64_t p = p_begin; p < p_end && rows_g > 0; p++) {
             const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;
             for (int64_t row0 = 0; row0 < rows_g; row0 += j->mc) {
                 int64_t rows = rows_g - row0 < j->mc ? rows_g - row0 : j->mc;
-                panel_compute(j, rows, ap_g + row0 * j->K, bpanel, s);
+                panel_compute(j, rows, ap_g + row0 * j->kw, bpanel, s);
                 epilogue(j, g, row0, rows, p, s);
             }
         }
@@ -304,7 +317,8 @@ static void check_weights(const Job *j, bool swiglu) {
     const CgKernelConfig *cfg = &j->kern->cfg;
     for (int64_t g = 0; g < j->n_groups; g++) {
         const CgPackedB *b = &j->b[g];
-        MOE_ASSERT(b->dtype == cfg->b_dtype && b->nr == cfg->nr && b->k == j->K && b->swiglu == swiglu);
+        MOE_ASSERT(b->dtype == cfg->b_dtype && b->nr == cfg->nr && b->k == j->K && b->swiglu == swiglu &&
+                   b->kpair == cfg->a_bf16);
         MOE_ASSERT(b->n == j->b[0].n);
     }
 }
@@ -315,7 +329,8 @@ static void check_edges(const CgKernel *kern, const CgKernel *const *edge) {
     int last = kern->cfg.mr;
     for (int e = 0; e < CG_GEMM_EDGES && edge[e]; e++) {
         const CgKernelConfig *c = &edge[e]->cfg;
-        MOE_ASSERT(c->mr < last && c->nr == kern->cfg.nr && c->b_dtype == kern->cfg.b_dtype);
+        MOE_ASSERT(c->mr < last && c->nr == kern->cfg.nr && c->b_dtype == kern->cfg.b_dtype &&
+                   c->a_bf16 == kern->cfg.a_bf16);
         last = c->mr;
     }
 }
@@ -325,7 +340,8 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     check_edges(j->kern, blk->edge);
     MOE_ASSERT(mr <= MAX_MR);
     cover_plan(j, blk->edge);
-    j->kc = blk->kc;
+    j->kc = blk->kc + (j->kern->cfg.a_bf16 && blk->kc % 2); /* a k pair never straddles two K blocks */
+    j->kw = j->kern->cfg.a_bf16 ? (j->K + 1) / 2 : j->K;
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);
     j->tile_off = work->tile_off;
@@ -333,7 +349,7 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     for (int64_t g = 0; g < j->n_groups; g++)
         j->tile_off[g + 1] = j->tile_off[g] + (j->off[g + 1] - j->off[g] + mr - 1) / mr;
     int64_t n_tiles = j->tile_off[j->n_groups];
-    work->a_packed = grow(work->a_packed, &work->a_cap, (size_t)(n_tiles * mr * j->K) + 1, sizeof(float), work->borrowed);
+    work->a_packed = grow(work->a_packed, &work->a_cap, (size_t)(n_tiles * mr * j->kw) + 1, sizeof(float), work->borrowed);
     j->tile_floats = (size_t)(j->mc * j->kern->cfg.nr);
     work->tiles = grow(work->tiles, &work->tiles_cap, j->tile_floats * (size_t)threads, sizeof(float), work->borrowed);
     j->ap = work->a_packed;

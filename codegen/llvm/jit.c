@@ -101,9 +101,9 @@ const CgTarget *cg_jit_target(const CgJit *jit) { return &jit->t; }
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) {
     /* AVX-512: 24 zmm accumulators + 3 B vectors + 1 broadcast of 32 registers (8x48 measured at
      * ~100 % of peak). AVX2: 16 ymm: 12 accumulators + 2 B + 1 A. SSE: fewer, see below. */
-    if (jit->t.isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4};
-    if (jit->t.isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4};
-    return (CgKernelConfig){b_dtype, 4, 8, 4}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
+    if (jit->t.isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4, false};
+    if (jit->t.isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4, false};
+    return (CgKernelConfig){b_dtype, 4, 8, 4, false}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
 }
 
 CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr, int k_unroll) {
@@ -118,14 +118,18 @@ CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr
 }
 
 void cg_kernel_symbol(const CgKernelConfig *cfg, cg_isa isa, char *out, size_t outlen) {
-    snprintf(out, outlen, "moeppc_gemm_%s_%s_%dx%d_u%d", cg_isa_name(isa), dtype_name(cfg->b_dtype),
-             cfg->mr, cfg->nr, cfg->k_unroll);
+    snprintf(out, outlen, "moeppc_gemm_%s_%s%s_%dx%d_u%d", cg_isa_name(isa), dtype_name(cfg->b_dtype),
+             cfg->a_bf16 ? "dot" : "", cfg->mr, cfg->nr, cfg->k_unroll);
 }
 
 static bool check_config(const CgJit *jit, const CgKernelConfig *cfg, char *err, size_t errlen) {
     moe_dtype d = cfg->b_dtype;
     if (d != DT_F32 && d != DT_BF16 && d != DT_F16)
         return cg_fail(err, errlen, "kernel: B dtype %s not supported (f32, bf16, f16)", dtype_name(d));
+    if (cfg->a_bf16 && (d != DT_BF16 || !jit->t.has_bf16_dot))
+        return cg_fail(err, errlen, "kernel: the bf16 dot product needs bf16 weights and AVX512-BF16 with the "
+                                    "AVX-512 ISA (this target: %s%s)", cg_isa_name(jit->t.isa),
+                       jit->t.has_bf16_dot ? "" : ", no AVX512-BF16");
     int w = jit->t.vec_width;
     if (cfg->mr < 1 || cfg->nr < w || cfg->nr % w || cfg->mr * (cfg->nr / w) > 64 || cfg->k_unroll < 1 ||
         cfg->k_unroll > 16)
@@ -196,7 +200,8 @@ static bool emit_object(CgJit *jit, LLVMModuleRef mod, const char *path, char *e
 static const CgKernel *cache_find(const CgJit *jit, const CgKernelConfig *cfg) {
     for (int i = 0; i < jit->n_kernels; i++) {
         const CgKernelConfig *c = &jit->kernels[i]->cfg;
-        if (c->b_dtype == cfg->b_dtype && c->mr == cfg->mr && c->nr == cfg->nr && c->k_unroll == cfg->k_unroll)
+        if (c->b_dtype == cfg->b_dtype && c->mr == cfg->mr && c->nr == cfg->nr && c->k_unroll == cfg->k_unroll &&
+            c->a_bf16 == cfg->a_bf16)
             return jit->kernels[i];
     }
     return NULL;

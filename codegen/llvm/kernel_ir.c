@@ -1,7 +1,9 @@
 /* kernel_ir.c — the GEMM micro-kernel as LLVM IR: an MR x NR register tile of <W x float>
  * accumulators, one broadcast of A and NR/W loads of B per k step (B converted to f32 right after
  * loading), llvm.fma (mul + add on SSE), a K-unrolled main loop, a remainder loop, then a store that
- * overwrites or accumulates. Explicit vectors: O3 has nothing to guess, it only schedules. */
+ * overwrites or accumulates. Explicit vectors: O3 has nothing to guess, it only schedules.
+ * The bf16-dot form (a_bf16) steps over k pairs instead: a 32-bit broadcast of A's pair, B's pairs
+ * loaded as they are, llvm.x86.avx512bf16.dpbf16ps.512 into the same f32 accumulators. */
 #include "codegen/llvm/cg_internal.h"
 
 enum { MAX_ACC = 64 };
@@ -16,6 +18,8 @@ typedef struct KB {
     LLVMTypeRef f32, i16, i32, i64, vf32, vi32, b_elem, b_vec;
     LLVMTypeRef fma_ty;
     LLVMValueRef fma_fn;
+    LLVMTypeRef dot_ty, dot_a_ty, dot_b_ty; /* a_bf16: vdpbf16ps and its bf16-pair operand types */
+    LLVMValueRef dot_fn;
     LLVMValueRef kc, ap, bp, c, ldc, beta; /* the function's parameters */
     LLVMValueRef acc[MAX_ACC];           /* [MR][NV], the current values */
 } KB;
@@ -91,8 +95,43 @@ static LLVMValueRef fma3(KB *k, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) 
     return LLVMBuildCall2(k->b, k->fma_ty, k->fma_fn, args, 3, "");
 }
 
+/* Word idx of base (A's or B's k pairs) as <W x i32>: a broadcast or a vector load. */
+static LLVMValueRef pair_words(KB *k, LLVMValueRef base, LLVMValueRef idx, bool splat) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef p = LLVMBuildBitCast(b, base, LLVMPointerType(k->i32, 0), "");
+    if (!splat) return load_vec(k, k->i32, k->vi32, p, idx, 4);
+    LLVMValueRef a = LLVMBuildLoad2(b, k->i32, LLVMBuildGEP2(b, k->i32, p, &idx, 1, ""), "");
+    LLVMSetAlignment(a, 4);
+    LLVMValueRef v = LLVMBuildInsertElement(b, LLVMGetUndef(k->vi32), a, ci32(k, 0), "");
+    return LLVMBuildShuffleVector(b, v, LLVMGetUndef(k->vi32), LLVMConstNull(k->vi32), "");
+}
+
+/* One k pair of the bf16-dot form: acc[i][v] += A(2p, i) B(2p, v) + A(2p+1, i) B(2p+1, v). The
+ * intrinsic's pair operands are <16 x i32> up to LLVM 16 and <32 x bfloat> after: a bitcast to
+ * whichever the declaration says. */
+static void emit_pair_step(KB *k, LLVMValueRef kp) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef bv[MAX_ACC];
+    for (int v = 0; v < k->NV; v++) {
+        LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
+        bv[v] = LLVMBuildBitCast(b, pair_words(k, k->bp, idx, false), k->dot_b_ty, "");
+    }
+    for (int i = 0; i < k->MR; i++) {
+        LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->MR), ""), ci64(k, i), "");
+        LLVMValueRef a = LLVMBuildBitCast(b, pair_words(k, k->ap, idx, true), k->dot_a_ty, "");
+        for (int v = 0; v < k->NV; v++) {
+            LLVMValueRef args[3] = {k->acc[i * k->NV + v], a, bv[v]};
+            k->acc[i * k->NV + v] = LLVMBuildCall2(b, k->dot_ty, k->dot_fn, args, 3, "");
+        }
+    }
+}
+
 /* One k step: acc[i][v] += A(k, i) * B(k, v). */
 static void emit_k_step(KB *k, LLVMValueRef kk) {
+    if (k->cfg->a_bf16) {
+        emit_pair_step(k, kk);
+        return;
+    }
     LLVMValueRef bv[MAX_ACC];
     for (int v = 0; v < k->NV; v++) bv[v] = load_b(k, kk, v);
     for (int i = 0; i < k->MR; i++) {
@@ -153,6 +192,19 @@ static void init_types(KB *k) {
         k->fma_ty = LLVMIntrinsicGetType(k->ctx, id, &k->vf32, 1);
         k->fma_fn = LLVMGetIntrinsicDeclaration(k->mod, id, &k->vf32, 1);
     }
+    if (k->cfg->a_bf16) {
+        static const char name[] = "llvm.x86.avx512bf16.dpbf16ps.512";
+        MOE_ASSERT(k->t->has_bf16_dot && k->W == 16 && bt == DT_BF16);
+        unsigned id = LLVMLookupIntrinsicID(name, sizeof name - 1);
+        MOE_ASSERT(id != 0);
+        k->dot_ty = LLVMIntrinsicGetType(k->ctx, id, NULL, 0);
+        k->dot_fn = LLVMGetIntrinsicDeclaration(k->mod, id, NULL, 0);
+        LLVMTypeRef params[3];
+        MOE_ASSERT(LLVMCountParamTypes(k->dot_ty) == 3);
+        LLVMGetParamTypes(k->dot_ty, params);
+        k->dot_a_ty = params[1];
+        k->dot_b_ty = params[2];
+    }
 }
 
 /* void symbol(i64 kc, float *noalias ap, B *noalias bp, float *noalias c, i64 ldc, i32 beta) */
@@ -195,8 +247,10 @@ LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, cons
     LLVMValueRef zero[MAX_ACC], out[MAX_ACC], p_main[MAX_ACC], p_mid[MAX_ACC], p_rem[MAX_ACC], p_done[MAX_ACC];
     for (int a = 0; a < n_acc; a++) zero[a] = LLVMConstNull(k.vf32);
 
-    /* entry: kc_main = kc - kc % U; skip the unrolled loop when it has no full iteration. */
+    /* entry: kc_main = kc - kc % U; skip the unrolled loop when it has no full iteration. The
+     * bf16-dot form counts k pairs: (kc + 1) / 2 of them. */
     LLVMPositionBuilderAtEnd(b, entry);
+    if (cfg->a_bf16) k.kc = LLVMBuildAShr(b, LLVMBuildAdd(b, k.kc, ci64(&k, 1), ""), ci64(&k, 1), "pairs");
     LLVMValueRef kc_main = LLVMBuildSub(b, k.kc, LLVMBuildSRem(b, k.kc, ci64(&k, U), ""), "kc_main");
     LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSGT, kc_main, ci64(&k, 0), ""), main_bb, mid);
 

@@ -2,9 +2,11 @@
  * at run time (and capped for testing), and target machines built from name + features. */
 #include "codegen/llvm/cg_internal.h"
 
+#include <immintrin.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <llvm-c/Target.h>
 
@@ -93,6 +95,7 @@ bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen) {
     t->vec_width = t->isa == CG_ISA_AVX512 ? 16 : t->isa == CG_ISA_AVX2 ? 8 : 4;
     t->has_fma = t->isa != CG_ISA_SSE;
     t->has_f16c = t->isa != CG_ISA_SSE && has_feature(host, "f16c");
+    t->has_bf16_dot = t->isa == CG_ISA_AVX512 && has_feature(host, "avx512bf16");
     LLVMDisposeMessage(name);
     LLVMDisposeMessage(host);
     return true;
@@ -119,4 +122,68 @@ LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, s
     }
     LLVMDisposeMessage(triple);
     return tm;
+}
+
+/* ---- does the bf16 dot product pay? ------------------------------------------------------ */
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds for n rounds of 16 independent chains of 512-bit FMAs (16 multiply-adds each) or of
+ * vdpbf16ps (32 each): the throughput, not the latency, of either. The asm barrier keeps the
+ * compiler from folding the chains. */
+#define CHAINS(op, acc, x, y)                                                          \
+    do {                                                                               \
+        for (long r = 0; r < n; r++) {                                                 \
+            for (int c = 0; c < 16; c++) acc[c] = op(acc[c], x, y);                    \
+            __asm__ volatile("" : "+v"(x));                                            \
+        }                                                                              \
+    } while (0)
+
+__attribute__((target("avx512f"))) static double time_fma(long n, float *sink) {
+    __m512 acc[16], x = _mm512_set1_ps(1e-9f), y = _mm512_set1_ps(1.0f);
+    for (int c = 0; c < 16; c++) acc[c] = _mm512_setzero_ps();
+    double t0 = mono_s();
+#define FMA_OP(a, x, y) _mm512_fmadd_ps(x, y, a)
+    CHAINS(FMA_OP, acc, x, y);
+    double t = mono_s() - t0;
+    for (int c = 0; c < 16; c++) *sink += _mm512_reduce_add_ps(acc[c]);
+    return t;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static double time_dot(long n, float *sink) {
+    __m512 acc[16];
+    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3080), y = (__m512bh)_mm512_set1_epi16(0x3f80);
+    for (int c = 0; c < 16; c++) acc[c] = _mm512_setzero_ps();
+    double t0 = mono_s();
+    CHAINS(_mm512_dpbf16_ps, acc, x, y);
+    double t = mono_s() - t0;
+    for (int c = 0; c < 16; c++) *sink += _mm512_reduce_add_ps(acc[c]);
+    return t;
+}
+
+/* Multiply-adds per second of vdpbf16ps over those of f32 FMAs: the best of 3 short runs of each
+ * (about 1 ms apiece), so a busy neighbour can only lower the ratio's noise, not flip it. */
+static double dot_over_fma(void) {
+    const long n = 20000;
+    double best_fma = 1e9, best_dot = 1e9;
+    float sink = 0;
+    for (int r = 0; r < 3; r++) {
+        double a = time_fma(n, &sink), b = time_dot(n, &sink);
+        if (a < best_fma) best_fma = a;
+        if (b < best_dot) best_dot = b;
+    }
+    __asm__ volatile("" : : "r"(&sink) : "memory");
+    return 2.0 * best_fma / best_dot; /* a dot does twice the multiply-adds */
+}
+
+bool cg_bf16_dot_pays(const CgTarget *t) {
+    if (!t->has_bf16_dot) return false;
+    const char *env = getenv("MOEPPC_BF16_DOT");
+    if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) return env[0] == '1';
+    static int pays = -1; /* the CPU does not change under us: measure once */
+    if (pays < 0) pays = dot_over_fma() >= 1.5;
+    return pays == 1;
 }

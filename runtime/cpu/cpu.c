@@ -241,8 +241,8 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
         const IrValue *w = i->in[idx[e]];
         const Tensor *t = param(cm, w);
         MOE_ASSERT(t->dtype == dt);
-        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr);
-        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr);
+        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, false);
+        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, false);
     }
     return true;
 }

@@ -30,7 +30,7 @@ static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
     moe_dtype dt = kern->cfg.b_dtype;
     void *wd = tu_to_dtype(w, (size_t)(n * k), dt);
     CgPackedB pb;
-    cg_pack_b(&pb, wd, dt, n, k, kern->cfg.nr);
+    cg_pack_b(&pb, wd, dt, n, k, kern->cfg.nr, kern->cfg.a_bf16);
     CgWork work = {0};
     cg_gemm(kern, blk, pool, &work, m, a, lda, &pb, c, ldc, acc);
     int bad = 0;
@@ -40,8 +40,9 @@ static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
             double want = acc ? c0[i * ldc + j] : 0.0, scale = 0.0;
-            for (int64_t kk = 0; kk < k; kk++) {
-                double p = (double)a[i * lda + kk] * dtype_load(dt, wd, (size_t)(j * k + kk));
+            for (int64_t kk = 0; kk < k; kk++) { /* the bf16 dot product multiplies A rounded to bf16 */
+                double ai = kern->cfg.a_bf16 ? bf16_to_f32(f32_to_bf16(a[i * lda + kk])) : a[i * lda + kk];
+                double p = ai * dtype_load(dt, wd, (size_t)(j * k + kk));
                 want += p;
                 scale += fabs(p);
             }
@@ -96,7 +97,8 @@ static void test_gemm_configs(void **state) {
     int n_isa = tu_isas(isas), bad = 0;
     for (int i = 0; i < n_isa; i++) {
         int w = cg_jit_target(tu_jit(isas[i]))->vec_width;
-        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1}, {DT_BF16, 4, 2 * w, 3}, {DT_F16, 3, 3 * w, 2}, {DT_BF16, 12, w, 1}};
+        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1, false}, {DT_BF16, 4, 2 * w, 3, false}, {DT_F16, 3, 3 * w, 2, false},
+                                 {DT_BF16, 12, w, 1, false}};
         for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
             const CgKernel *kern = tu_kernel(isas[i], &cfgs[c]);
             CgBlocking blk = {.kc = 16, .mc = 2 * cfgs[c].mr}, edged = blk;
@@ -108,6 +110,50 @@ static void test_gemm_configs(void **state) {
         }
     }
     assert_int_equal(bad, 0);
+}
+
+/* The bf16 dot-product kernels (AVX512-BF16 hosts): every shape of gemm_all_shapes (odd K: a last
+ * pair half zero), other tiles and unrolls, K blocks of odd sizes (made even by the driver), padded
+ * and on edge kernels. Without the instruction the kernels must be refused with a message. */
+static void test_gemm_bf16_dot(void **state) {
+    if (cg_host_isa() < CG_ISA_AVX512) skip();
+    CgJit *jit = tu_jit(CG_ISA_AVX512);
+    CgKernelConfig cfg = cg_kernel_config_default(jit, DT_BF16);
+    cfg.a_bf16 = true;
+    if (!cg_jit_target(jit)->has_bf16_dot) {
+        char err[256];
+        assert_null(cg_jit_kernel(jit, &cfg, NULL, err, sizeof err));
+        assert_non_null(strstr(err, "AVX512-BF16"));
+        skip();
+    }
+    static const int64_t Ms[] = {0, 1, 2, 3, 7, 8, 9, 33, 100}, Ns[] = {1, 47, 48, 49, 130}, Ks[] = {1, 2, 3, 64, 257};
+    CgPool *pool = cg_pool_new(2);
+    int bad = 0, runs = 0;
+    CgKernelConfig cfgs[] = {cfg, {DT_BF16, 4, 32, 3, true}, {DT_BF16, 12, 16, 1, true}, {DT_BF16, 1, 48, 2, true}};
+    for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
+        const CgKernel *kern = tu_kernel(CG_ISA_AVX512, &cfgs[c]);
+        CgBlocking padded = {.kc = c == 0 ? 0 : c == 1 ? 15 : 64, .mc = 64}, edged = padded;
+        tu_edges(CG_ISA_AVX512, kern, &edged);
+        for (int e = 0; e < CG_GEMM_EDGES && edged.edge[e]; e++) assert_true(edged.edge[e]->cfg.a_bf16);
+        for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
+            for (size_t ni = 0; ni < MOE_ARRAY_LEN(Ns); ni++)
+                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs += 2) {
+                    bad += check_gemm(kern, &padded, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 3000u + (uint64_t)runs);
+                    bad += check_gemm(kern, &edged, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 != 1, 3001u + (uint64_t)runs);
+                }
+    }
+    cg_pool_free(pool);
+    if (bad) fprintf(stderr, "bf16 dot: %d mismatches over %d GEMMs\n", bad, runs);
+    assert_int_equal(bad, 0);
+    char err[256];
+    char *ir = cg_kernel_ir_text(jit, &cfg, err, sizeof err);
+    assert_non_null(ir);
+    assert_non_null(strstr(ir, "@llvm.x86.avx512bf16.dpbf16ps.512"));
+    assert_null(strstr(ir, "@llvm.fma"));
+    free(ir);
+    CgKernelConfig f16 = cfg;
+    f16.b_dtype = DT_F16;
+    assert_null(cg_jit_kernel(jit, &f16, NULL, err, sizeof err));
 }
 
 static void test_isa_detection(void **state) {
@@ -181,7 +227,7 @@ int main(void) {
         cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool),
         cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
         cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
-        cmocka_unit_test(test_gemm_configs),
+        cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_bf16_dot),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -102,8 +102,8 @@ static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, bool edges, uint64_t
     const CgKernel *kern = tu_kernel(isa, &cfg);
     CgPackedB up[G], down[G];
     for (int g = 0; g < G; g++) {
-        cg_pack_b_swiglu(&up[g], p->w_up[g], dt, 2 * I, D, cfg.nr);
-        cg_pack_b(&down[g], p->w_down[g], dt, D, I, cfg.nr);
+        cg_pack_b_swiglu(&up[g], p->w_up[g], dt, 2 * I, D, cfg.nr, cfg.a_bf16);
+        cg_pack_b(&down[g], p->w_down[g], dt, D, I, cfg.nr, cfg.a_bf16);
     }
     CgRouting route = {G, p->off, p->perm, p->gate_w};
     CgBlocking blk = {.kc = 32, .mc = cfg.mr}; /* K blocks and one-tile row blocks: every loop runs */
@@ -144,8 +144,8 @@ static void test_grouped_empty(void **state) {
     const CgKernel *kern = tu_kernel(cg_host_isa(), &cfg);
     float w[2 * 4 * 3] = {0}, x[3] = {1, 2, 3}, out[3] = {5, 6, 7};
     CgPackedB up, down;
-    cg_pack_b_swiglu(&up, w, DT_F32, 8, 3, cfg.nr);
-    cg_pack_b(&down, w, DT_F32, 3, 4, cfg.nr);
+    cg_pack_b_swiglu(&up, w, DT_F32, 8, 3, cfg.nr, false);
+    cg_pack_b(&down, w, DT_F32, 3, 4, cfg.nr, false);
     int64_t off[2] = {0, 0};
     CgRouting none = {0, off, NULL, NULL}, empty = {1, off, NULL, NULL};
     CgBlocking blk = cg_blocking_default(kern);
