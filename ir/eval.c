@@ -57,10 +57,25 @@ static void eval_rms_norm(Eval *ev, const IrInstr *i, double *out)
 }
 
 /* out_rows[r][n] = Σ_k x_rows[r][k] · W[n, k] for the given rows; each weight row is converted
- * once and dotted with every row, so a dtype conversion costs N·K, not rows·N·K. */
-void eval_gemm_rows(const Eval *ev, const IrValue *w, const double *const *x_rows, double *const *out_rows,
-                    int64_t n_rows)
+ * once and dotted with every row, so a dtype conversion costs N·K, not rows·N·K. An instruction
+ * with act_bf16 = 1 multiplies its activations rounded to bf16 (the CPU's bf16 dot product). */
+void eval_gemm_rows(const Eval *ev, const IrInstr *i, const IrValue *w, const double *const *x_rows,
+                    double *const *out_rows, int64_t n_rows)
 {
+    const IrAttr *act = i ? ir_attr_get(i, "act_bf16") : NULL;
+    if (act && act->i) {
+        int64_t K = w->type.dims[1];
+        double *xb = xmalloc((size_t)(n_rows * K + 1) * sizeof *xb);
+        const double **rows = xmalloc((size_t)(n_rows + 1) * sizeof *rows);
+        for (int64_t r = 0; r < n_rows; r++) {
+            for (int64_t k = 0; k < K; k++) xb[r * K + k] = dtype_round(DT_BF16, x_rows[r][k]);
+            rows[r] = xb + r * K;
+        }
+        eval_gemm_rows(ev, NULL, w, rows, out_rows, n_rows);
+        free(rows);
+        free(xb);
+        return;
+    }
     int64_t N = w->type.dims[0], K = w->type.dims[1];
     double *row = xmalloc((size_t)K * sizeof *row);
     for (int64_t n = 0; n < N && n_rows > 0; n++) {
@@ -85,7 +100,7 @@ static void eval_linear(Eval *ev, const IrInstr *i, double *out)
     const double **xr = xmalloc((size_t)ev->T * sizeof *xr);
     double **orow = xmalloc((size_t)ev->T * sizeof *orow);
     for (int64_t t = 0; t < ev->T; t++) xr[t] = ev->vals[x->id] + t * K, orow[t] = out + t * N;
-    eval_gemm_rows(ev, w, xr, orow, ev->T);
+    eval_gemm_rows(ev, i, w, xr, orow, ev->T);
     free(xr);
     free(orow);
     ev->macs_linear += (double)ev->T * (double)N * (double)K;

@@ -48,8 +48,8 @@ static inline double eval_get(const Eval *ev, const IrValue *v, int64_t i)
 double *eval_result(Eval *ev, const IrInstr *i, int k);
 void eval_round_result(const Eval *ev, const IrInstr *i, int k);
 
-void eval_gemm_rows(const Eval *ev, const IrValue *w, const double *const *x_rows, double *const *out_rows,
-                    int64_t n_rows);
+void eval_gemm_rows(const Eval *ev, const IrInstr *i, const IrValue *w, const double *const *x_rows,
+                    double *const *out_rows, int64_t n_rows);
 void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t n);
 void eval_logits_norm(const Eval *ev, const double *z, double *o, int64_t n, double target);
 void eval_rms_norm_row(const Eval *ev, const double *x, const IrValue *w, double eps, int64_t D, double *out);

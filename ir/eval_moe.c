@@ -15,7 +15,7 @@ static double *gemm_all(const Eval *ev, const IrValue *w, const double *x, moe_d
     const double **xr = xmalloc((size_t)T * sizeof *xr);
     double **orow = xmalloc((size_t)T * sizeof *orow);
     for (int64_t r = 0; r < T; r++) xr[r] = x + r * K, orow[r] = out + r * N;
-    eval_gemm_rows(ev, w, xr, orow, T);
+    eval_gemm_rows(ev, NULL, w, xr, orow, T);
     for (int64_t j = 0; j < T * N; j++) out[j] = store(ev, t, out[j]);
     free(xr);
     free(orow);
@@ -189,7 +189,7 @@ static void eval_grouped_up(Eval *ev, const IrInstr *i, double *h)
         int64_t s0, n = group_rows(ev, i, e, &s0);
         for (int64_t r = 0; r < n; r++)
             xr[r] = ev->vals[x->id] + ((int64_t)slots[s0 + r] / k) * D, orow[r] = ab + r * 2 * I;
-        eval_gemm_rows(ev, i->in[3 + e], xr, orow, n);
+        eval_gemm_rows(ev, i, i->in[3 + e], xr, orow, n);
         for (int64_t r = 0; r < n; r++)
             for (int64_t c = 0; c < I; c++)
                 h[(s0 + r) * I + c] = eval_swiglu(ev, store(ev, dt, orow[r][c]), store(ev, dt, orow[r][I + c]));
@@ -213,7 +213,7 @@ static void eval_grouped_down(Eval *ev, const IrInstr *i, double *y)
     for (int64_t e = 0; e < E; e++) {
         int64_t s0, n = group_rows(ev, i, e, &s0);
         for (int64_t r = 0; r < n; r++) xr[r] = h + (s0 + r) * I, orow[r] = o + r * D;
-        eval_gemm_rows(ev, i->in[5 + e], xr, orow, n);
+        eval_gemm_rows(ev, i, i->in[5 + e], xr, orow, n);
         for (int64_t r = 0; r < n; r++) {
             int64_t p = (int64_t)slots[s0 + r], t = p / k;
             for (int64_t d = 0; d < D; d++) y[t * D + d] = step(ev, y[t * D + d] + w[p] * store(ev, dt, orow[r][d]));

@@ -413,7 +413,7 @@ static ir_attr_kind attr_kind(const char *key)
 {
     static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
                                     "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k,tile_unroll,"
-                                    "tile_mc,kv_block";
+                                    "tile_mc,kv_block,act_bf16";
     if (in_list(ints, key)) return IR_ATTR_INT;
     return strcmp(key, "tile_src") == 0 || strcmp(key, "tile_schedule") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
 }
@@ -441,6 +441,8 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
                 !want(v, a->i >= 1 && a->i <= knobs[n].max, "attribute '%s' must be in 1..%lld, found %lld", a->key,
                       (long long)knobs[n].max, (long long)a->i))
                 return false;
+        if (!strcmp(a->key, "act_bf16") && !want(v, a->i == 0 || a->i == 1, "attribute 'act_bf16' must be 0 or 1"))
+            return false;
     }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", info->attrs);

@@ -33,6 +33,9 @@ typedef struct PassOptions {
     FILE *print_out;          /* where --print-after writes (stdout) */
     bool codegen;             /* for a code generator: widen-activations runs first */
     const struct TuneDb *tuning; /* measured tiles (passes/tuning.h) for specialize; NULL: the rule */
+    bool bf16_dot;            /* CPU codegen: GEMMs of bf16 weights (not the router's) take their
+                                 activations rounded to bf16 (act_bf16 = 1), for the bf16 dot-product
+                                 kernels; the caller decides (cpu_bf16_dot) */
 } PassOptions;
 
 typedef bool (*PassFn)(IrModule *m, const PassOptions *o);

@@ -40,14 +40,15 @@ static void tile_rule(pass_target t, bool grouped, bool down, moe_dtype dt, int6
     }
 }
 
-/* The tuning database's entries for this op's shape, one per token bucket measured. */
-static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, int64_t n, int64_t k, int64_t groups,
-                      const TuneEntry **out)
+/* The tuning database's entries for this op's shape and activations, one per token bucket measured. */
+static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, bool act_bf16, int64_t n, int64_t k,
+                      int64_t groups, const TuneEntry **out)
 {
     int found = 0;
     for (int j = 0; db && j < db->n && found < TILE_MAX_BUCKETS; j++) {
         const TuneEntry *e = &db->e[j];
-        if (strcmp(e->op, kind) == 0 && e->dtype == dt && e->n == n && e->k == k && e->groups == groups)
+        if (strcmp(e->op, kind) == 0 && e->dtype == dt && e->act_bf16 == act_bf16 && e->n == n && e->k == k &&
+            e->groups == groups)
             out[found++] = e;
     }
     return found;
@@ -84,9 +85,14 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     tile_rule(o->target, grouped, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
     if (i->op == IR_OP_MOE_ROUTE && o->target != TARGET_CPU) /* the GPU router: f32 math, FMA tiles (1xN: fused) */
         tile[0] = 64, tile[1] = 64, tile[2] = 16;
+    /* bf16 weights on a CPU that gains from the bf16 dot product: activations rounded to bf16 (SEMANTICS
+     * §4 holds bf16 activations; the rest of the executor keeps them in f32); never the router's */
+    bool act = o->target == TARGET_CPU && o->bf16_dot && i->op != IR_OP_MOE_ROUTE && w->type.dtype == DT_BF16;
+    if (act) ir_attr_set_int(m, i, "act_bf16", 1);
     const TuneEntry *found[TILE_MAX_BUCKETS];
     /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
-    int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, N, K, grouped ? ir_attr_int(i, "experts") : 1, found);
+    int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, N, K, grouped ? ir_attr_int(i, "experts") : 1,
+                       found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig rule = {.tile_m = (int)tile[0], .tile_n = (int)tile[1]}, c = rep ? rep->best : rule;
     if (rep && o->target == TARGET_CPU) tile_schedule_width(found, n, rep, &rule, &c); /* else rep's best */
@@ -112,8 +118,8 @@ static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
     bool gpu = o->target != TARGET_CPU;
     int64_t H = ir_attr_int(i, "heads"), hd = i->in[0]->type.dims[1] / H;
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, H, hd, ir_attr_int(i, "kv_heads"),
-                       found);
+    int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, false, H, hd,
+                       ir_attr_int(i, "kv_heads"), found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig c = rep ? rep->best : (TuneConfig){.kv_block = gpu ? 16 : TUNE_CPU_ATTENTION_KV_BLOCK};
     if (gpu && rep) {

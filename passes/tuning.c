@@ -76,8 +76,9 @@ static const char *config_expected(const char *op)
 
 /* ---- mappings with a fixed key list ------------------------------------------------------------ */
 /* Fill vals[i] with the value of keys[i] (NULL when absent, reported). False when nd is no mapping. */
+/* The keys of mapping nd into vals (NULL: absent); keys[n_required..n_keys) may be absent. */
 static bool walk_keys(Ctx *c, const char *path, yaml_node_t *nd, const char *const *keys, int n_keys,
-                      yaml_node_t **vals)
+                      int n_required, yaml_node_t **vals)
 {
     bool hinted[16] = {false}; /* keys a "did you mean" already names: their absence is not repeated */
     MOE_ASSERT(n_keys <= 16);
@@ -117,7 +118,7 @@ static bool walk_keys(Ctx *c, const char *path, yaml_node_t *nd, const char *con
             vals[i] = v;
         }
     }
-    for (int i = 0; i < n_keys; i++)
+    for (int i = 0; i < n_required; i++)
         if (!vals[i] && !hinted[i])
             diag_error(c->d, node_line(nd), node_col(nd), "missing required key '%s' %s", keys[i], where);
     return true;
@@ -151,7 +152,7 @@ static void read_target(Ctx *c, yaml_node_t *nd, TuneTarget *t)
 {
     static const char *const keys[] = {"cpu", "isa", "features"};
     yaml_node_t *v[3];
-    if (!walk_keys(c, "target", nd, keys, 3, v)) return;
+    if (!walk_keys(c, "target", nd, keys, 3, 3, v)) return;
     if (v[0]) read_str(c, "target.cpu", v[0], t->cpu, sizeof t->cpu);
     if (v[1]) read_str(c, "target.isa", v[1], t->isa, sizeof t->isa);
     if (v[2]) read_features(c, v[2], &t->features);
@@ -247,24 +248,31 @@ static void check_best(Ctx *c, const char *path, const yaml_node_t *best_nd, con
                path, name, e->n_measured ? list : "none");
 }
 
-enum { K_OP, K_DTYPE, K_N, K_K, K_GROUPS, K_TOKENS, K_BEST, K_MEASURED, K_COUNT };
+enum { K_OP, K_DTYPE, K_N, K_K, K_GROUPS, K_TOKENS, K_BEST, K_MEASURED, K_ACT, K_COUNT }; /* act optional */
 
 /* One entry; false (reported) when anything in it is wrong. */
 static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
 {
-    static const char *const keys[K_COUNT] = {"op", "dtype", "n", "k", "groups", "tokens", "best", "measured"};
+    static const char *const keys[K_COUNT] = {"op", "dtype", "n", "k", "groups", "tokens", "best", "measured", "act"};
     int errors_before = c->d->n_errors;
     char path[48], sub[80];
     yaml_node_t *v[K_COUNT];
     memset(e, 0, sizeof *e);
     e->line = node_line(nd);
     snprintf(path, sizeof path, "entries[%d]", idx);
-    if (!walk_keys(c, path, nd, keys, K_COUNT, v)) return false;
+    if (!walk_keys(c, path, nd, keys, K_COUNT, K_ACT, v)) return false;
     int64_t *ints[] = {[K_N] = &e->n, [K_K] = &e->k, [K_GROUPS] = &e->groups, [K_TOKENS] = &e->tokens};
     bool best_ok = false, measured_ok = false;
 #define SUB(i) (snprintf(sub, sizeof sub, "%s.%s", path, keys[i]), sub)
     if (v[K_OP]) read_op(c, SUB(K_OP), v[K_OP], e);
     if (v[K_DTYPE]) read_dtype(c, SUB(K_DTYPE), v[K_DTYPE], e);
+    if (v[K_ACT]) { /* the activations' type of a GEMM measured on the bf16 dot product */
+        const char *s = scalar_text(v[K_ACT]);
+        if (s && !strcmp(s, "bf16") && e->dtype == DT_BF16 && tune_op_is_gemm(e->op) && strcmp(e->op, "route"))
+            e->act_bf16 = true;
+        else
+            bad_value(c, SUB(K_ACT), v[K_ACT], "bf16 (and only on a linear or grouped GEMM of bf16 weights)");
+    }
     for (int i = K_N; i <= K_TOKENS; i++) {
         bool ok = v[i] && read_positive(c, SUB(i), v[i], ints[i]);
         if (i == K_GROUPS && ok && (!strcmp(e->op, "linear") || !strcmp(e->op, "route")) && e->groups != 1)
@@ -284,7 +292,7 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
 static bool same_key(const TuneEntry *a, const TuneEntry *b)
 {
     return !strcmp(a->op, b->op) && a->dtype == b->dtype && a->n == b->n && a->k == b->k && a->groups == b->groups &&
-           a->tokens == b->tokens;
+           a->tokens == b->tokens && a->act_bf16 == b->act_bf16;
 }
 
 static void read_entries(Ctx *c, yaml_node_t *nd, TuneDb *db)
@@ -334,7 +342,7 @@ static void read_root(Ctx *c, yaml_node_t *root, TuneDb *db)
             return;
         }
     }
-    walk_keys(c, "", root, keys, 5, v);
+    walk_keys(c, "", root, keys, 5, 5, v);
     if (v[0] && !yaml_node_int(v[0], &(int64_t){0})) bad_value(c, "moeppc_tuning", v[0], "an integer");
     if (v[1]) read_str(c, "compiler", v[1], db->target.compiler, sizeof db->target.compiler);
     if (v[2]) read_str(c, "llvm", v[2], db->target.llvm, sizeof db->target.llvm);
@@ -436,9 +444,9 @@ bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
         const TuneEntry *e = &db->e[i];
         char name[64];
         tune_config_format(&e->best, name, sizeof name);
-        strbuf_printf(&b, "  - {op: %s, dtype: %s, n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %s, measured: {",
-                   e->op, dtype_name(e->dtype), (long long)e->n, (long long)e->k, (long long)e->groups,
-                   (long long)e->tokens, name);
+        strbuf_printf(&b, "  - {op: %s, dtype: %s,%s n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %s, measured: {",
+                   e->op, dtype_name(e->dtype), e->act_bf16 ? " act: bf16," : "", (long long)e->n, (long long)e->k,
+                   (long long)e->groups, (long long)e->tokens, name);
         for (int j = 0; j < e->n_measured; j++) {
             tune_config_format(&e->measured[j].c, name, sizeof name);
             double g = e->measured[j].gflops; /* below 1 (a GEMV at T = 1 on the emulator) with 3 digits */

@@ -82,6 +82,8 @@ typedef struct TuneMeasure {
 typedef struct TuneEntry {
     char op[24];                 /* "linear", "route", "grouped_up", "grouped_down", "attention" */
     moe_dtype dtype;             /* of the weights (attention: the model's; CPU entries f32)     */
+    bool act_bf16;               /* CPU, bf16 weights: measured on the bf16 dot product (`act: bf16`,
+                                    the ops' act_bf16); entries without it never serve those ops */
     int64_t n, k, groups;        /* see the file format above                                 */
     int64_t tokens;              /* the token bucket measured */
     TuneConfig best;

@@ -97,19 +97,33 @@ static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const C
     r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
 }
 
-const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
+const CgKernel *recorder_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     Recorder *r = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, dt, mr, nr, unroll);
+    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
+    cfg.a_bf16 = want->a_bf16;
     for (int k = 0; k < r->n; k++)
-        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == dt && r->e[k].cfg.mr == cfg.mr && r->e[k].cfg.nr == cfg.nr &&
-            r->e[k].cfg.k_unroll == cfg.k_unroll)
+        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == cfg.b_dtype && r->e[k].cfg.mr == cfg.mr &&
+            r->e[k].cfg.nr == cfg.nr && r->e[k].cfg.k_unroll == cfg.k_unroll && r->e[k].cfg.a_bf16 == cfg.a_bf16)
             return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
     char path[512], sym[64];
     cg_kernel_symbol(&cfg, cg_jit_target(r->jit)->isa, sym, sizeof sym);
     const CgKernel *g = cg_jit_kernel(r->jit, &cfg, obj_path(r, sym, path, sizeof path), err->msg, sizeof err->msg);
     if (g) record(r, g->symbol, (void *)g->fn, true, &cfg);
     return g;
+}
+
+void write_kernel_table(FILE *f, const Recorder *r, const char *name)
+{
+    for (int k = 0; k < r->n; k++) fprintf(f, "extern void %s(void);\n", r->e[k].symbol);
+    fprintf(f, "\nstatic const CpuKernelEntry %s[] = {\n", name);
+    for (int k = 0; k < r->n; k++) {
+        const CgKernelConfig *c = &r->e[k].cfg;
+        fprintf(f, "    {\"%s\", (void *)%s, %s, {(moe_dtype)%d, %d, %d, %d, %s}},\n", r->e[k].symbol, r->e[k].symbol,
+                r->e[k].is_gemm ? "true" : "false", (int)c->b_dtype, c->mr, c->nr, c->k_unroll,
+                c->a_bf16 ? "true" : "false");
+    }
+    fprintf(f, "};\n\n");
 }
 
 void *recorder_op(void *ctx, const CgOpDesc *d, RtError *err)
@@ -172,14 +186,8 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
 #endif
     write_c_string(f, "spec_text", spec_text);
     write_c_string(f, "ir_text", ir_text);
-    for (int k = 0; k < r->n; k++) fprintf(f, "extern void %s(void);\n", r->e[k].symbol);
-    fprintf(f, "\nstatic const CpuKernelEntry table[] = {\n");
-    for (int k = 0; k < r->n; k++) {
-        const CgKernelConfig *c = &r->e[k].cfg;
-        fprintf(f, "    {\"%s\", (void *)%s, %s, {(moe_dtype)%d, %d, %d, %d}},\n", r->e[k].symbol, r->e[k].symbol,
-                r->e[k].is_gemm ? "true" : "false", (int)c->b_dtype, c->mr, c->nr, c->k_unroll);
-    }
-    fprintf(f, "};\n\nstatic CpuKernelSource *kernels(RtError *err)\n{\n    (void)err;\n"
+    write_kernel_table(f, r, "table");
+    fprintf(f, "static CpuKernelSource *kernels(RtError *err)\n{\n    (void)err;\n"
                "    return cpu_table_source_new(table, %d);\n}\n\n", r->n);
     fprintf(f, "int main(int argc, char **argv)\n{\n"
                "    DriverConfig cfg = {.prog = argv[0], .spec_text = spec_text, .ir_text = ir_text, .default_cpu = true,\n"
@@ -240,7 +248,7 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     char dir[] = "/tmp/moeppc-buildXXXXXX", tmp_out[4096];
@@ -338,7 +346,7 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     ModelSpec s;
     if (!load_spec(spec_path, &s)) return 1;
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     RtError err = {{0}};

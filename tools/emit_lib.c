@@ -82,14 +82,7 @@ typedef struct LibKernels {
 
 static void write_cpu_table(FILE *f, const Recorder *r)
 {
-    for (int k = 0; k < r->n; k++) fprintf(f, "extern void %s(void);\n", r->e[k].symbol);
-    fprintf(f, "\nstatic const CpuKernelEntry kernels[] = {\n");
-    for (int k = 0; k < r->n; k++) {
-        const CgKernelConfig *c = &r->e[k].cfg;
-        fprintf(f, "    {\"%s\", (void *)%s, %s, {(moe_dtype)%d, %d, %d, %d}},\n", r->e[k].symbol, r->e[k].symbol,
-                r->e[k].is_gemm ? "true" : "false", (int)c->b_dtype, c->mr, c->nr, c->k_unroll);
-    }
-    fprintf(f, "};\n\n");
+    write_kernel_table(f, r, "kernels");
 }
 
 /* cubin and PTX of each kernel as C arrays, and the table the CUDA executor loads them from. */
@@ -325,7 +318,7 @@ static void remove_temps(const char *tmp, int n_kernels)
 static IrModule *layer_module(const ModelSpec *s, const char *spec_path, int64_t l, const struct TuneDb *tuning)
 {
     IrModule *m = ir_lower_moe_layer(s, l);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     return m;

@@ -19,8 +19,10 @@ typedef struct Recorder {
 } Recorder;
 
 /* The two callbacks of a CpuKernelSource whose ctx is a Recorder. */
-const CgKernel *recorder_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err);
+const CgKernel *recorder_gemm(void *ctx, const CgKernelConfig *want, RtError *err);
 void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
+/* The recorded kernels as C: their extern declarations and `static const CpuKernelEntry NAME[]`. */
+void write_kernel_table(FILE *f, const Recorder *r, const char *name);
 
 /* text as a C string literal, one source line per line of text, escaped. */
 void write_c_literal(FILE *f, const char *text);

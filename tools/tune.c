@@ -29,6 +29,7 @@
 typedef struct {
     char op[24];
     moe_dtype dt;
+    bool act;                 /* the op's act_bf16: measured on the bf16 dot-product kernels */
     int64_t n, k, groups, top_k;
     TuneConfig rule;
 } Shape;
@@ -64,14 +65,16 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
             const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1];
             sh.dt = w->type.dtype, sh.n = w->type.dims[0], sh.k = w->type.dims[1];
             sh.groups = grouped ? ir_attr_int(i, "experts") : 1;
+            const IrAttr *act = ir_attr_get(i, "act_bf16");
+            sh.act = act && act->i;
             sh.rule = (TuneConfig){.tile_m = (int)ir_attr_int(i, "tile_m"), .tile_n = (int)ir_attr_int(i, "tile_n")};
             snprintf(sh.op, sizeof sh.op, "%s", i->op == IR_OP_LINEAR ? "linear" : i->op == IR_OP_MOE_ROUTE ? "route"
                                                  : up ? "grouped_up" : "grouped_down");
         }
         bool seen = false;
         for (int k = 0; k < n; k++)
-            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].n == sh.n && out[k].k == sh.k &&
-                    out[k].groups == sh.groups;
+            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act && out[k].n == sh.n &&
+                    out[k].k == sh.k && out[k].groups == sh.groups;
         if (!seen) out[n++] = sh;
     }
     return n;
@@ -222,8 +225,8 @@ static void pack_for(Packed *pk, const Problem *p, int nr)
     size_t gbytes = (size_t)(sh->n * sh->k) * dtype_size(sh->dt);
     for (int64_t g = 0; g < sh->groups; g++) {
         const char *w = (const char *)p->w + (size_t)g * gbytes;
-        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, false);
-        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, false);
+        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, sh->act);
+        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, sh->act);
     }
 }
 
@@ -277,6 +280,7 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
         return true;
     }
     CgKernelConfig cfg = cg_kernel_config_tile(t->jit, sh->dt, c->tile_m, c->tile_n, c->unroll);
+    cfg.a_bf16 = sh->act;
     rn->k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
     if (!rn->k) return false;
     rn->blk = cg_blocking_make(rn->k, c->kc, c->mc, sh->k);
@@ -424,7 +428,7 @@ static bool tune_one(Tuner *t, const Shape *sh, int64_t T, TuneEntry *e)
 {
     Search s = {.t = t, .e = e};
     problem_init(&s.p, sh, T, hash_str(sh->op) ^ (uint64_t)T);
-    *e = (TuneEntry){.dtype = sh->dt, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
+    *e = (TuneEntry){.dtype = sh->dt, .act_bf16 = sh->act, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
     snprintf(e->op, sizeof e->op, "%s", sh->op);
     if (is_attention(sh)) {
         try_config(&s, &sh->rule);
@@ -542,7 +546,7 @@ int cmd_tune(int argc, char **argv)
     if (!load_spec(a.spec, &s)) return 1;
     if (a.dtype_set) s.dtype = a.dtype;
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .bf16_dot = cpu_bf16_dot()};
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     Shape sh[64];

@@ -155,7 +155,7 @@ static const CgKernel *source_get(void *ctx, const CgKernelConfig *cfg)
 {
     const CpuKernelSource *ks = ctx;
     RtError err;
-    return ks->gemm(ks->ctx, cfg->b_dtype, cfg->mr, cfg->nr, cfg->k_unroll, &err);
+    return ks->gemm(ks->ctx, cfg, &err);
 }
 
 /* The blocking of configuration c for kernel k, with k's edge kernels (a group's last rows, and a
@@ -205,11 +205,19 @@ static void drop_schedule(Step *st)
 /* A GEMM step's kernels: the op's configuration, then every one a bucket of its schedule won (at the
  * op's panel width, which the packing fixes; a schedule this CPU cannot follow is dropped: the op's
  * own configuration then serves every call). */
+static const CgKernel *gemm_of(CpuModel *cm, moe_dtype dt, bool act_bf16, const TuneConfig *c, RtError *err)
+{
+    CgKernelConfig want = {dt, c->tile_m, c->tile_n, c->unroll, act_bf16};
+    return cm->ks->gemm(cm->ks->ctx, &want, err);
+}
+
 static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt, int64_t K, RtError *err)
 {
     Choice *c0 = &st->ch[0];
+    const IrAttr *act = ir_attr_get(i, "act_bf16");
+    bool act_bf16 = act && act->i;
     c0->c = op_config(i);
-    c0->k = cm->ks->gemm(cm->ks->ctx, dt, c0->c.tile_m, c0->c.tile_n, c0->c.unroll, err);
+    c0->k = gemm_of(cm, dt, act_bf16, &c0->c, err);
     if (!c0->k) return false;
     c0->blk = blocking_of(cm, &c0->c, c0->k, K);
     st->n_ch = 1;
@@ -217,7 +225,7 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
     for (int b = 0; b < st->sched->n; b++) {
         TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
         if (find_choice(st, &c)) continue;
-        const CgKernel *g = cm->ks->gemm(cm->ks->ctx, dt, c.tile_m, c.tile_n, c.unroll, err);
+        const CgKernel *g = gemm_of(cm, dt, act_bf16, &c, err);
         if (!g) return false;
         if (g->cfg.nr != c.tile_n || g->cfg.mr != c.tile_m || (c.unroll && g->cfg.k_unroll != c.unroll)) {
             drop_schedule(st); /* not for this ISA */
@@ -235,14 +243,15 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
     if (!gemm_choices(cm, st, i, dt, i->in[idx[0]]->type.dims[1], err)) return false;
     if (cm->dry) return true;
     int nr = st->ch[0].k->cfg.nr;
+    bool kpair = st->ch[0].k->cfg.a_bf16;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
     for (int e = 0; e < n; e++) {
         const IrValue *w = i->in[idx[e]];
         const Tensor *t = param(cm, w);
         MOE_ASSERT(t->dtype == dt);
-        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, false);
-        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, false);
+        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, kpair);
+        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, kpair);
     }
     return true;
 }

@@ -23,10 +23,11 @@
 
 typedef struct CpuKernelSource {
     void *ctx;
-    /* The GEMM micro-kernel for weights stored as dt with the register tile mr × nr and the k unroll
-     * the specialize pass recorded on the op (tile_m, tile_n, tile_unroll); 0, 0 or a tile this CPU's
-     * ISA cannot hold: the default tile of the ISA; unroll 0: the default unroll. */
-    const CgKernel *(*gemm)(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err);
+    /* The GEMM micro-kernel for weights stored as want->b_dtype with the register tile mr × nr and
+     * the k unroll the specialize pass recorded on the op (tile_m, tile_n, tile_unroll), on the bf16
+     * dot product when want->a_bf16 (the op's act_bf16); mr, nr 0 or a tile this CPU's ISA cannot
+     * hold: the default tile of the ISA; unroll 0: the default unroll. */
+    const CgKernel *(*gemm)(void *ctx, const CgKernelConfig *want, RtError *err);
     /* The kernel for d, a function with the signature cg_ops.h gives its kind. */
     void *(*op)(void *ctx, const CgOpDesc *d, RtError *err);
 } CpuKernelSource;
@@ -87,6 +88,10 @@ void             cpu_table_source_free(CpuKernelSource *ks);
 
 /* The JIT kernel source (cpu_jit.c): kernels compiled on first use for this host. */
 CpuKernelSource *cpu_jit_source_new(RtError *err);
+/* Should CPU code for this host take the GEMMs of bf16 weights on the bf16 dot product (their
+ * activations rounded to bf16: PassOptions.bf16_dot)? cg_bf16_dot_pays for the host at the ISA
+ * MOEPPC_ISA allows; MOEPPC_BF16_DOT=0 or 1 decides instead (1 needs AVX512-BF16). */
+bool             cpu_bf16_dot(void);
 void             cpu_jit_source_free(CpuKernelSource *ks);
 
 #endif

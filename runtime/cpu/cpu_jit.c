@@ -13,10 +13,11 @@ typedef struct {
     int n;
 } JitSource;
 
-static const CgKernel *jit_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
+static const CgKernel *jit_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     JitSource *js = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(js->jit, dt, mr, nr, unroll);
+    CgKernelConfig cfg = cg_kernel_config_tile(js->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
+    cfg.a_bf16 = want->a_bf16;
     const CgKernel *k = cg_jit_kernel(js->jit, &cfg, NULL, err->msg, sizeof err->msg);
     return k;
 }
@@ -37,6 +38,16 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
     js->symbols[js->n] = xstrdup(sym);
     js->fns[js->n++] = fn;
     return fn;
+}
+
+bool cpu_bf16_dot(void)
+{
+    CgTarget t;
+    char err[256];
+    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return false; /* a bad MOEPPC_ISA: said later */
+    bool pays = cg_bf16_dot_pays(&t);
+    cg_target_dispose(&t);
+    return pays;
 }
 
 CpuKernelSource *cpu_jit_source_new(RtError *err)

@@ -14,12 +14,14 @@ typedef struct {
 /* The GEMM kernel for dt with the mr × nr tile and k unroll (moeppc build compiled exactly the
  * configurations the ops ask for, so one missing from the table only happens for mr, nr = 0 or an
  * unroll of 0 (the default's): then the kernel of that tile, else the first kernel of dt). */
-static const CgKernel *table_gemm(void *ctx, moe_dtype dt, int mr, int nr, int unroll, RtError *err)
+static const CgKernel *table_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     TableSource *ts = ctx;
+    moe_dtype dt = want->b_dtype;
+    int mr = want->mr, nr = want->nr, unroll = want->k_unroll;
     for (int k = 0; k < 3 * ts->n; k++) { /* an exact match, then the tile, then any kernel of dt */
         const CpuKernelEntry *e = &ts->table[k % ts->n];
-        if (!e->is_gemm || e->cfg.b_dtype != dt) continue;
+        if (!e->is_gemm || e->cfg.b_dtype != dt || e->cfg.a_bf16 != want->a_bf16) continue;
         if (k < 2 * ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
         if (k < ts->n && unroll && e->cfg.k_unroll != unroll) continue;
         CgKernel *g = &ts->gemms[k % ts->n];
@@ -28,8 +30,8 @@ static const CgKernel *table_gemm(void *ctx, moe_dtype dt, int mr, int nr, int u
         snprintf(g->symbol, sizeof g->symbol, "%s", e->symbol);
         return g;
     }
-    snprintf(err->msg, sizeof err->msg, "no GEMM kernel for %s weights was compiled into this executable",
-             dtype_name(dt));
+    snprintf(err->msg, sizeof err->msg, "no GEMM kernel for %s weights%s was compiled into this executable",
+             dtype_name(dt), want->a_bf16 ? " on the bf16 dot product" : "");
     return NULL;
 }
 

@@ -11,7 +11,7 @@ IDS="3 17 42 99 128 200 255 0 64 7"
 rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 run() { echo "+ $*"; "$@" || { echo "FAILED (exit $?): $*"; exit 1; }; }
 run "$MOEPPC" build "$SPEC" -o "$WORK/model" ${TARGET:+--target "$TARGET"}
-run "$MOEPPC" init-weights "$SPEC" --seed 4 -o "$WORK/w.safetensors"
+run "$MOEPPC" init-weights "$SPEC" --seed 5 -o "$WORK/w.safetensors"
 run "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --threads 2 --logits-out "$WORK/model.bin" --generate 3
 run "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
 V=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import oracle; print(oracle.load_spec(sys.argv[2]).V)' "$HERE/../oracle" "$SPEC")
