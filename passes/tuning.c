@@ -268,10 +268,14 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
     if (v[K_DTYPE]) read_dtype(c, SUB(K_DTYPE), v[K_DTYPE], e);
     if (v[K_ACT]) { /* the activations' type of a GEMM measured on the bf16 dot product */
         const char *s = scalar_text(v[K_ACT]);
-        if (s && !strcmp(s, "bf16") && e->dtype == DT_BF16 && tune_op_is_gemm(e->op) && strcmp(e->op, "route"))
-            e->act_bf16 = true;
+        if (!s || strcmp(s, "bf16"))
+            bad_value(c, SUB(K_ACT), v[K_ACT], "bf16");
+        else if (e->dtype != DT_BF16 || !tune_op_is_gemm(e->op) || !strcmp(e->op, "route"))
+            diag_error(c->d, node_line(v[K_ACT]), node_col(v[K_ACT]),
+                       "%s: bf16 activations are for a linear or grouped GEMM of bf16 weights, not %s of %s", SUB(K_ACT),
+                       e->op, dtype_name(e->dtype));
         else
-            bad_value(c, SUB(K_ACT), v[K_ACT], "bf16 (and only on a linear or grouped GEMM of bf16 weights)");
+            e->act_bf16 = true;
     }
     for (int i = K_N; i <= K_TOKENS; i++) {
         bool ok = v[i] && read_positive(c, SUB(i), v[i], ints[i]);
