@@ -51,25 +51,26 @@ static void make_problem(Problem *p, moe_dtype dt, moe_rng *r) {
     free(tmp);
 }
 
-/* dot(x, W row n) in f64 and sum of |terms|. */
-static double dot_ref(const float *x, const void *w, moe_dtype dt, int64_t n, int64_t k, double *scale) {
+/* dot(x, W row n) in f64 and sum of |terms|; x rounded to bf16 first for the bf16 dot product. */
+static double dot_ref(const float *x, const void *w, moe_dtype dt, int64_t n, int64_t k, bool bf16_x, double *scale) {
     double s = 0.0;
     *scale = 0.0;
     for (int64_t kk = 0; kk < k; kk++) {
-        double t = (double)x[kk] * dtype_load(dt, w, (size_t)(n * k + kk));
+        double xk = bf16_x ? bf16_to_f32(f32_to_bf16(x[kk])) : x[kk];
+        double t = xk * dtype_load(dt, w, (size_t)(n * k + kk));
         s += t;
         *scale += fabs(t);
     }
     return s;
 }
 
-static int check_up(const Problem *p, moe_dtype dt, const float *h, const char *label) {
+static int check_up(const Problem *p, moe_dtype dt, bool dot, const float *h, const char *label) {
     int bad = 0;
     for (int g = 0; g < G; g++)
         for (int64_t s = p->off[g]; s < p->off[g + 1]; s++)
             for (int j = 0; j < I; j++) {
-                double sa, sb, a = dot_ref(p->x + p->perm[s] * D, p->w_up[g], dt, j, D, &sa);
-                double b = dot_ref(p->x + p->perm[s] * D, p->w_up[g], dt, I + j, D, &sb);
+                double sa, sb, a = dot_ref(p->x + p->perm[s] * D, p->w_up[g], dt, j, D, dot, &sa);
+                double b = dot_ref(p->x + p->perm[s] * D, p->w_up[g], dt, I + j, D, dot, &sb);
                 double silu = a / (1.0 + exp(-a)), want = silu * b;
                 double tol = 2e-5 * (1.1 * sa * fabs(b) + fabs(silu) * sb) + 1e-6 * fabs(want) + 1e-30;
                 tu_close(label, (size_t)(s * I + j), h[s * I + j], want, tol, &bad);
@@ -77,14 +78,14 @@ static int check_up(const Problem *p, moe_dtype dt, const float *h, const char *
     return bad;
 }
 
-static int check_down(const Problem *p, moe_dtype dt, const float *h, const float *out0, const float *out,
-                      const char *label) {
+static int check_down(const Problem *p, moe_dtype dt, bool dot, const float *h, const float *out0,
+                      const float *out, const char *label) {
     double want[T * D], scale[T * D];
     for (int i = 0; i < T * D; i++) want[i] = out0[i], scale[i] = fabs(out0[i]) * 1e-2;
     for (int g = 0; g < G; g++)
         for (int64_t s = p->off[g]; s < p->off[g + 1]; s++)
             for (int n = 0; n < D; n++) {
-                double sc, y = dot_ref(h + s * I, p->w_down[g], dt, n, I, &sc);
+                double sc, y = dot_ref(h + s * I, p->w_down[g], dt, n, I, dot, &sc);
                 want[p->perm[s] * D + n] += p->gate_w[s] * y;
                 scale[p->perm[s] * D + n] += fabs(p->gate_w[s]) * sc;
             }
@@ -93,12 +94,13 @@ static int check_down(const Problem *p, moe_dtype dt, const float *h, const floa
     return bad;
 }
 
-static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, bool edges, uint64_t seed) {
+static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges, uint64_t seed) {
     moe_rng r;
     rng_seed(&r, seed);
     Problem *p = xcalloc(1, sizeof *p);
     make_problem(p, dt, &r);
     CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), dt);
+    cfg.a_bf16 = dot;
     const CgKernel *kern = tu_kernel(isa, &cfg);
     CgPackedB up[G], down[G];
     for (int g = 0; g < G; g++) {
@@ -116,7 +118,7 @@ static int run_case(cg_isa isa, moe_dtype dt, CgPool *pool, bool edges, uint64_t
     cg_moe_down_scatter(kern, &blk, pool, &work, &route, h, down, out);
     char label[128];
     snprintf(label, sizeof label, "%s threads=%d%s", kern->symbol, cg_pool_threads(pool), edges ? " edges" : "");
-    int bad = check_up(p, dt, h, label) + check_down(p, dt, h, out0, out, label);
+    int bad = check_up(p, dt, dot, h, label) + check_down(p, dt, dot, h, out0, out, label);
     for (int g = 0; g < G; g++) {
         cg_packed_b_free(&up[g]), cg_packed_b_free(&down[g]);
         free(p->w_up[g]), free(p->w_down[g]);
@@ -133,7 +135,19 @@ static void test_grouped_all(void **state) {
     CgPool *pools[2] = {NULL, cg_pool_new(2)};
     for (int i = 0; i < n_isa; i++)
         for (size_t d = 0; d < MOE_ARRAY_LEN(dts); d++)
-            for (int pi = 0; pi < 4; pi++) bad += run_case(isas[i], dts[d], pools[pi % 2], pi >= 2, 7 + d + 10u * (unsigned)i);
+            for (int pi = 0; pi < 4; pi++)
+                bad += run_case(isas[i], dts[d], false, pools[pi % 2], pi >= 2, 7 + d + 10u * (unsigned)i);
+    cg_pool_free(pools[1]);
+    assert_int_equal(bad, 0);
+}
+
+/* The same on the bf16 dot product (AVX512-BF16 hosts): K = 67 and 100, odd and even, gathered rows,
+ * K blocks of 32, one-tile row blocks, padded and on edge kernels, 1 and 2 threads. */
+static void test_grouped_bf16_dot(void **state) {
+    if (cg_host_isa() < CG_ISA_AVX512 || !cg_jit_target(tu_jit(CG_ISA_AVX512))->has_bf16_dot) skip();
+    CgPool *pools[2] = {NULL, cg_pool_new(2)};
+    int bad = 0;
+    for (int pi = 0; pi < 4; pi++) bad += run_case(CG_ISA_AVX512, DT_BF16, true, pools[pi % 2], pi >= 2, 41u + (unsigned)pi);
     cg_pool_free(pools[1]);
     assert_int_equal(bad, 0);
 }
@@ -165,6 +179,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_grouped_all), cmocka_unit_test(test_grouped_empty)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_grouped_all), cmocka_unit_test(test_grouped_bf16_dot),
+                                       cmocka_unit_test(test_grouped_empty)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
