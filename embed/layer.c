@@ -28,14 +28,16 @@ struct moepp_layer {
 /* ---- create ------------------------------------------------------------------------------------ */
 
 /* The kernels were compiled for the ISA of the machine that ran moeppc: refuse a CPU without it
- * (the main feature flags; finer extensions the host had are assumed to come with them). */
+ * (the main feature flags; finer extensions the host had are assumed to come with them, but for
+ * AVX512-BF16, which the bf16 dot-product kernels need: "avx512+bf16"). */
 static bool cpu_runs(const char *isa)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (strcmp(isa, "avx512") == 0)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (strcmp(isa, "avx512+bf16") == 0) return avx512 && __builtin_cpu_supports("avx512bf16");
+    if (strcmp(isa, "avx512") == 0) return avx512;
     if (strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     (void)isa;

@@ -304,9 +304,12 @@ int cmd_bench(int argc, char **argv)
         return 1;
     }
     double peak = measure_peak(a.threads);
-    if (!a.json)
+    if (!a.json) {
+        char why[128];
         printf("moeppc bench %s: %s weights, %d threads, f32 FMA peak measured %.1f GFLOP/s (%s), median of %d\n",
                s.name, dtype_name(s.dtype), a.threads, peak, probe_isa(), a.reps);
+        if (s.dtype == DT_BF16) printf("bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
+    }
     if (a.layer) { /* one MoE layer: the spec cut to one layer, a small vocabulary */
         ModelSpec one = s;
         one.n_layers = one.moe_every;

@@ -359,6 +359,8 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
     ok = ok && cpu_request_kernels(m, &ks, &err);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     const char *isa = ok ? cg_isa_name(cg_jit_target(rec.jit)->isa) : "";
+    for (int j = 0; ok && j < rec.n; j++)
+        if (rec.e[j].is_gemm && rec.e[j].cfg.a_bf16) isa = "avx512+bf16"; /* embed/layer.c checks it at create */
     LibKernels k = {.cpu = &rec, .n = rec.n};
     ok = ok && write_all(tmp, dir, s, l, m, &k, isa);
     if (ok)

@@ -547,6 +547,10 @@ int cmd_tune(int argc, char **argv)
     if (a.dtype_set) s.dtype = a.dtype;
     IrModule *m = ir_lower_spec(&s);
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .bf16_dot = cpu_bf16_dot()};
+    if (s.dtype == DT_BF16) {
+        char why[128];
+        fprintf(stderr, "moeppc tune: bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
+    }
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     Shape sh[64];

@@ -74,6 +74,8 @@ CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
  * first call; false without AVX512-BF16 or when ISA is capped below AVX-512. MOEPPC_BF16_DOT=1 or 0
  * overrides the measurement (1 still needs the instruction). */
 bool cg_bf16_dot_pays(const CgTarget *t);
+/* That measured ratio (0 without AVX512-BF16 at the AVX-512 ISA). */
+double cg_bf16_dot_ratio(const CgTarget *t);
 /* The tile mr x nr if jit's ISA holds it in registers (nr a multiple of the vector width, the
  * accumulators within the register file), else the default; mr, nr = 0: the default. k_unroll in
  * 1..16 is kept, else (0) the default's. */

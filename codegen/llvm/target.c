@@ -164,13 +164,14 @@ __attribute__((target("avx512f,avx512bf16"))) static double time_dot(long n, flo
     return t;
 }
 
-/* Multiply-adds per second of vdpbf16ps over those of f32 FMAs: the best of 3 short runs of each
- * (about 1 ms apiece), so a busy neighbour can only lower the ratio's noise, not flip it. */
+/* Multiply-adds per second of vdpbf16ps over those of f32 FMAs: the best of 5 runs of each, 0.3 ms
+ * apiece on a 3 GHz core (2 ms in all), interleaved, so that a busy neighbour or a clock change
+ * cannot favour one. */
 static double dot_over_fma(void) {
-    const long n = 20000;
+    const long n = 60000;
     double best_fma = 1e9, best_dot = 1e9;
     float sink = 0;
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < 5; r++) {
         double a = time_fma(n, &sink), b = time_dot(n, &sink);
         if (a < best_fma) best_fma = a;
         if (b < best_dot) best_dot = b;
@@ -179,11 +180,16 @@ static double dot_over_fma(void) {
     return 2.0 * best_fma / best_dot; /* a dot does twice the multiply-adds */
 }
 
+double cg_bf16_dot_ratio(const CgTarget *t) {
+    static double ratio = -1; /* the CPU does not change under us: measure once */
+    if (!t->has_bf16_dot) return 0;
+    if (ratio < 0) ratio = dot_over_fma();
+    return ratio;
+}
+
 bool cg_bf16_dot_pays(const CgTarget *t) {
     if (!t->has_bf16_dot) return false;
     const char *env = getenv("MOEPPC_BF16_DOT");
     if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) return env[0] == '1';
-    static int pays = -1; /* the CPU does not change under us: measure once */
-    if (pays < 0) pays = dot_over_fma() >= 1.5;
-    return pays == 1;
+    return cg_bf16_dot_ratio(t) >= 1.5;
 }

@@ -92,6 +92,9 @@ CpuKernelSource *cpu_jit_source_new(RtError *err);
  * activations rounded to bf16: PassOptions.bf16_dot)? cg_bf16_dot_pays for the host at the ISA
  * MOEPPC_ISA allows; MOEPPC_BF16_DOT=0 or 1 decides instead (1 needs AVX512-BF16). */
 bool             cpu_bf16_dot(void);
+/* What cpu_bf16_dot decided and why, for a report: "yes (vdpbf16ps 2.0x the f32 FMA's multiply-adds)",
+ * "no (no AVX512-BF16)", "yes (MOEPPC_BF16_DOT=1)"... */
+const char      *cpu_bf16_dot_why(char *buf, size_t n);
 void             cpu_jit_source_free(CpuKernelSource *ks);
 
 #endif

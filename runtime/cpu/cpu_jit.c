@@ -50,6 +50,23 @@ bool cpu_bf16_dot(void)
     return pays;
 }
 
+const char *cpu_bf16_dot_why(char *buf, size_t n)
+{
+    CgTarget t;
+    char err[256];
+    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return snprintf(buf, n, "no (%s)", err), buf;
+    const char *env = getenv("MOEPPC_BF16_DOT");
+    bool pays = cg_bf16_dot_pays(&t);
+    if (!t.has_bf16_dot)
+        snprintf(buf, n, "no (%s)", t.isa == CG_ISA_AVX512 ? "no AVX512-BF16" : "ISA below AVX-512");
+    else if (env && (!strcmp(env, "0") || !strcmp(env, "1")))
+        snprintf(buf, n, "%s (MOEPPC_BF16_DOT=%s)", pays ? "yes" : "no", env);
+    else
+        snprintf(buf, n, "%s (vdpbf16ps %.2fx the f32 FMA's multiply-adds)", pays ? "yes" : "no", cg_bf16_dot_ratio(&t));
+    cg_target_dispose(&t);
+    return buf;
+}
+
 CpuKernelSource *cpu_jit_source_new(RtError *err)
 {
     CgJit *jit = cg_jit_new(CG_ISA_AUTO, err->msg, sizeof err->msg);
