@@ -1,5 +1,6 @@
-/* bench_ceilings — this machine's f32 FMA peak and memory read bandwidth on 1 and 2 threads
- * (medians, min-max): the ceilings the GEMM numbers are judged against. */
+/* bench_ceilings — this machine's f32 FMA peak, bf16 dot-product (vdpbf16ps) peak where the CPU has
+ * AVX512-BF16, and memory read bandwidth on 1 and 2 threads (medians, min-max): the ceilings the
+ * GEMM numbers are judged against. */
 #include "bench/probe.h"
 
 #include <stdlib.h>
@@ -27,6 +28,11 @@ int main(int argc, char **argv) {
         for (int r = 0; r < REPS; r++) v[r] = probe_fma_gflops(pool, 5000000);
         snprintf(what, sizeof what, "f32 FMA peak, %d thread(s)", threads);
         report(what, "GFLOP/s", v);
+        if (probe_dot_gflops(pool, 1000000) > 0) {
+            for (int r = 0; r < REPS; r++) v[r] = probe_dot_gflops(pool, 2500000);
+            snprintf(what, sizeof what, "bf16 dot peak, %d thread(s)", threads);
+            report(what, "GFLOP/s", v);
+        }
         probe_read_gbs(pool, buf, n);
         for (int r = 0; r < REPS; r++) v[r] = probe_read_gbs(pool, buf, n);
         snprintf(what, sizeof what, "memory read, %d thread(s)", threads);

@@ -70,6 +70,37 @@ double probe_fma_gflops(CgPool *pool, long iters) {
     return (double)threads * (double)iters * 24.0 * VEC_LANES * 2.0 / dt * 1e-9;
 }
 
+#if defined(__AVX512BF16__)
+/* bf16 dot-product peak: 24 independent vdpbf16ps chains, 32 multiply-adds (64 flops) each. */
+static void dot_task(void *ctx, int64_t t, int thread) {
+    long iters = *(const long *)ctx;
+    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3080), y = (__m512bh)_mm512_set1_epi16(0x3f80);
+    __m512 c[24];
+    for (int i = 0; i < 24; i++) c[i] = _mm512_set1_ps(1.0f + 0.001f * (float)i);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 24 /* (the chains in registers, not in the array) */
+        for (int k = 0; k < 24; k++) c[k] = _mm512_dpbf16_ps(c[k], x, y);
+        __asm__ volatile("" : "+v"(x)); /* keep the loop a loop */
+    }
+    __m512 s = c[0];
+    for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, c[i]);
+    sink_f = s[0];
+}
+
+double probe_dot_gflops(CgPool *pool, long iters) {
+    int threads = cg_pool_threads(pool);
+    double t0 = bench_now_s();
+    cg_pool_parallel_for(pool, threads, dot_task, &iters);
+    double dt = bench_now_s() - t0;
+    return (double)threads * (double)iters * 24.0 * 64.0 / dt * 1e-9;
+}
+#else
+double probe_dot_gflops(CgPool *pool, long iters) {
+    (void)pool, (void)iters;
+    return -1;
+}
+#endif
+
 typedef struct ReadJob {
     const uint64_t *buf;
     size_t n;

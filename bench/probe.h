@@ -7,6 +7,9 @@
 
 const char *probe_isa(void);                       /* "avx512", "avx2" or "sse": what the probe uses */
 double probe_fma_gflops(CgPool *pool, long iters); /* one timed run: iters x 24 FMAs per thread */
+/* One timed run of iters x 24 vdpbf16ps per thread (GFLOP/s, 2 per multiply-add); -1 when the
+ * probe was not built with AVX512-BF16. */
+double probe_dot_gflops(CgPool *pool, long iters);
 double probe_read_gbs(CgPool *pool, const uint64_t *buf, size_t n); /* one timed sum of buf[0..n) */
 double bench_now_s(void);
 int    bench_cmp_double(const void *a, const void *b);

@@ -137,6 +137,7 @@ static double mono_s(void) {
 #define CHAINS(op, acc, x, y)                                                          \
     do {                                                                               \
         for (long r = 0; r < n; r++) {                                                 \
+            _Pragma("GCC unroll 16") /* the chains in registers, not in the array */     \
             for (int c = 0; c < 16; c++) acc[c] = op(acc[c], x, y);                    \
             __asm__ volatile("" : "+v"(x));                                            \
         }                                                                              \
