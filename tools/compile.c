@@ -6,6 +6,9 @@
 #include "passes/tuning.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
+#ifdef MOEPPC_HAVE_JIT
+#include "runtime/cpu/cpu.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -129,6 +132,9 @@ int cmd_compile(int argc, char **argv)
             tune_db_free(&db);
         }
         c.po.tuning = &db;
+        /* a CPU database is this host's: the ops as this host runs them (act_bf16 where the bf16 dot
+         * product pays), whose entries it keys; without --tuning the output is the same everywhere */
+        c.po.bf16_dot = !gpu_target && cpu_bf16_dot();
 #else
         fprintf(stderr, "moeppc compile: error: --tuning needs the CPU code generator (this build has no LLVM)\n");
         return 1;

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -192,5 +193,11 @@ bool cg_bf16_dot_pays(const CgTarget *t) {
     if (!t->has_bf16_dot) return false;
     const char *env = getenv("MOEPPC_BF16_DOT");
     if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) return env[0] == '1';
+    static bool warned;
+    if (env && !warned) {
+        fprintf(stderr, "moeppc: warning: MOEPPC_BF16_DOT='%s' is neither 0 nor 1; measuring whether it pays instead\n",
+                env);
+        warned = true;
+    }
     return cg_bf16_dot_ratio(t) >= 1.5;
 }

@@ -265,8 +265,13 @@ static int cmp_double(const void *a, const void *b)
 static void test_bf16_dot_equals_interpreter(void **state)
 {
     (void)state;
+    char why[128];
+    setenv("MOEPPC_BF16_DOT", "0", 1);
+    assert_false(cpu_bf16_dot()); /* the override, either way */
+    assert_non_null(strstr(cpu_bf16_dot_why(why, sizeof why), "no ("));
     setenv("MOEPPC_BF16_DOT", "1", 1);
     bool have = cpu_bf16_dot();
+    assert_non_null(strstr(cpu_bf16_dot_why(why, sizeof why), have ? "yes (MOEPPC_BF16_DOT=1)" : "no ("));
     unsetenv("MOEPPC_BF16_DOT");
     if (!have) skip();
     double errs[3 * MOE_ARRAY_LEN(tiny_specs)];

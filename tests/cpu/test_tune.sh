@@ -95,4 +95,21 @@ grep -Eq 'tile_unroll = [0-9]+, tile_mc = [0-9]+, tile_src = "database"' "$WORK/
 grep -Eq 'attention .*kv_block = [0-9]+, tile_src = "database", tile_schedule = "0;1:kv' "$WORK/tuned.ir" ||
   { echo "attention not tuned"; grep attention "$WORK/tuned.ir"; exit 1; }
 grep -Eq 'moe.route .*tile_src = "database"' "$WORK/tuned.ir" || { echo "router GEMMs not tuned"; exit 1; }
+# a bf16 model: where the bf16 dot product pays, tune measures its GEMMs on it (act: bf16 entries) and
+# compile --tuning shows the ops as this host runs them, from those entries; with MOEPPC_BF16_DOT=0 the
+# ops take f32 activations, which the entries do not serve (the rule's tiles)
+BFS=$HERE/../../specs/tiny/tiny-bf16.yaml
+run "$MOEPPC" tune "$BFS" --tokens 16 --budget 5 --threads 2 -o "$WORK/bfdb.yaml" 2> "$WORK/bfdb.err"
+"$MOEPPC" compile "$BFS" --tuning "$WORK/bfdb.yaml" --print-ir > "$WORK/bf.ir" || exit 1
+if grep -q "bf16 dot product: yes" "$WORK/bfdb.err"; then
+  grep -q "act: bf16" "$WORK/bfdb.yaml" &&
+    grep -q 'moe.grouped_up .*act_bf16 = 1, tile_m = [0-9]*, .*tile_src = "database"' "$WORK/bf.ir" &&
+    ! grep -q 'moe.route .*act_bf16' "$WORK/bf.ir" ||
+    { echo "the bf16 dot product's entries are not shown on the ops"; grep -E "grouped|route" "$WORK/bf.ir"; exit 1; }
+  MOEPPC_BF16_DOT=0 "$MOEPPC" compile "$BFS" --tuning "$WORK/bfdb.yaml" --print-ir > "$WORK/bf0.ir" || exit 1
+  ! grep -q 'act_bf16' "$WORK/bf0.ir" && grep -q 'moe.grouped_up .*tile_src = "rule"' "$WORK/bf0.ir" ||
+    { echo "act: bf16 entries served ops with f32 activations"; grep grouped "$WORK/bf0.ir"; exit 1; }
+else
+  ! grep -q "act: bf16" "$WORK/bfdb.yaml" || { echo "act: bf16 entries without the bf16 dot product"; exit 1; }
+fi
 echo "tuning database: written, read back, used by compile and build, checked"
