@@ -62,13 +62,16 @@ static void fma_task(void *ctx, int64_t t, int thread) {
     sink_f = s[0];
 }
 
-double probe_fma_gflops(CgPool *pool, long iters) {
+/* GFLOP/s of one run of task on every thread of pool, each doing flops_per_iter per iteration. */
+static double timed_gflops(CgPool *pool, cg_task_fn task, long iters, double flops_per_iter) {
     int threads = cg_pool_threads(pool);
     double t0 = bench_now_s();
-    cg_pool_parallel_for(pool, threads, fma_task, &iters);
+    cg_pool_parallel_for(pool, threads, task, &iters);
     double dt = bench_now_s() - t0;
-    return (double)threads * (double)iters * 24.0 * VEC_LANES * 2.0 / dt * 1e-9;
+    return (double)threads * (double)iters * flops_per_iter / dt * 1e-9;
 }
+
+double probe_fma_gflops(CgPool *pool, long iters) { return timed_gflops(pool, fma_task, iters, 24.0 * VEC_LANES * 2.0); }
 
 #if defined(__AVX512BF16__)
 /* bf16 dot-product peak: 24 independent vdpbf16ps chains, 32 multiply-adds (64 flops) each. */
@@ -87,13 +90,7 @@ static void dot_task(void *ctx, int64_t t, int thread) {
     sink_f = s[0];
 }
 
-double probe_dot_gflops(CgPool *pool, long iters) {
-    int threads = cg_pool_threads(pool);
-    double t0 = bench_now_s();
-    cg_pool_parallel_for(pool, threads, dot_task, &iters);
-    double dt = bench_now_s() - t0;
-    return (double)threads * (double)iters * 24.0 * 64.0 / dt * 1e-9;
-}
+double probe_dot_gflops(CgPool *pool, long iters) { return timed_gflops(pool, dot_task, iters, 24.0 * 64.0); }
 #else
 double probe_dot_gflops(CgPool *pool, long iters) {
     (void)pool, (void)iters;

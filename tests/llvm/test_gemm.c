@@ -58,6 +58,26 @@ static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
     return bad;
 }
 
+typedef struct Sizes {
+    const int64_t *v;
+    size_t n;
+} Sizes;
+#define SIZES(a) ((Sizes){a, MOE_ARRAY_LEN(a)})
+
+/* check_gemm at every M x N x K of the lists, padded and on edge kernels (one of each pair
+ * accumulating); mismatches, with the GEMMs run counted in *runs. */
+static int sweep(const CgKernel *kern, const CgBlocking *padded, const CgBlocking *edged, CgPool *pool, Sizes ms,
+                 Sizes ns, Sizes ks, uint64_t seed, int *runs) {
+    int bad = 0;
+    for (size_t mi = 0; mi < ms.n; mi++)
+        for (size_t ni = 0; ni < ns.n; ni++)
+            for (size_t ki = 0; ki < ks.n; ki++, *runs += 2) {
+                bad += check_gemm(kern, padded, pool, ms.v[mi], ns.v[ni], ks.v[ki], *runs % 3 == 1, seed + (uint64_t)*runs);
+                bad += check_gemm(kern, edged, pool, ms.v[mi], ns.v[ni], ks.v[ki], *runs % 3 != 1, seed + 1 + (uint64_t)*runs);
+            }
+    return bad;
+}
+
 static void gemm_all_shapes(cg_isa isa) {
     static const int64_t Ms[] = {0, 1, 7, 8, 9, 33, 100}, Ns[] = {1, 47, 48, 49, 96, 130}, Ks[] = {1, 3, 64, 257};
     CgPool *pool = cg_pool_new(2);
@@ -68,12 +88,7 @@ static void gemm_all_shapes(cg_isa isa) {
         /* whole K; row blocks of 64 so M=100 takes two; the last rows zero-padded, then on edge kernels */
         CgBlocking padded = {.kc = 0, .mc = 64}, edged = padded;
         tu_edges(isa, kern, &edged);
-        for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
-            for (size_t ni = 0; ni < MOE_ARRAY_LEN(Ns); ni++)
-                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs += 2) {
-                    bad += check_gemm(kern, &padded, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 1000u + (uint64_t)runs);
-                    bad += check_gemm(kern, &edged, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 != 1, 1001u + (uint64_t)runs);
-                }
+        bad += sweep(kern, &padded, &edged, pool, SIZES(Ms), SIZES(Ns), SIZES(Ks), 1000u, &runs);
     }
     cg_pool_free(pool);
     if (bad) fprintf(stderr, "%s: %d mismatches over %d GEMMs\n", cg_isa_name(isa), bad, runs);
@@ -135,12 +150,7 @@ static void test_gemm_bf16_dot(void **state) {
         CgBlocking padded = {.kc = c == 0 ? 0 : c == 1 ? 15 : 64, .mc = 64}, edged = padded;
         tu_edges(CG_ISA_AVX512, kern, &edged);
         for (int e = 0; e < CG_GEMM_EDGES && edged.edge[e]; e++) assert_true(edged.edge[e]->cfg.a_bf16);
-        for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
-            for (size_t ni = 0; ni < MOE_ARRAY_LEN(Ns); ni++)
-                for (size_t ki = 0; ki < MOE_ARRAY_LEN(Ks); ki++, runs += 2) {
-                    bad += check_gemm(kern, &padded, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 == 1, 3000u + (uint64_t)runs);
-                    bad += check_gemm(kern, &edged, pool, Ms[mi], Ns[ni], Ks[ki], runs % 3 != 1, 3001u + (uint64_t)runs);
-                }
+        bad += sweep(kern, &padded, &edged, pool, SIZES(Ms), SIZES(Ns), SIZES(Ks), 3000u, &runs);
     }
     cg_pool_free(pool);
     if (bad) fprintf(stderr, "bf16 dot: %d mismatches over %d GEMMs\n", bad, runs);
