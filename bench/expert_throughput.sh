@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# expert_throughput.sh [--smoke] [--out DIR] [--reps N]: the paper's headline (MoE++ expert throughput
-# against vanilla MoE, Table 3) measured with moeppc's own CPU kernels.
+# expert_throughput.sh [--smoke] [--out DIR] [--reps N] [--dtype f32|bf16] [--sizes "0.6b 7b"] [--tokens "4096"]:
+# the paper's headline (MoE++ expert throughput against vanilla MoE, Table 3) measured with moeppc's own
+# CPU kernels.
 #
 # For each paper size it times the expert part of one layer (dispatch, grouped GEMMs, zero-computation
-# terms, combine) of the MoE++ spec and of its vanilla twin, f32, at T = 512 and 4096, with routing whose
+# terms, combine) of the MoE++ spec and of its vanilla twin (f32 weights unless --dtype), at T = 512 and 4096, with routing whose
 # zero-computation share follows the paper's tau (FFN share tau*N_ffn / (tau*N_ffn + N_zc), §3.4), and
 # with the random router's own decisions. Writes DIR/expert_throughput.md (the table), .tsv (the data)
 # and .svg (measured vs ideal speed-up against the zero-computation share, with gnuplot).
@@ -15,6 +16,7 @@ MOEPPC=${MOEPPC:-$root/build/moeppc}
 PY=${PYTHON:-/usr/bin/python3}
 out=$root/bench
 reps=5
+dtype=f32
 sizes="0.6b 1b 2b 7b"
 tokens="512 4096"
 taus="0.1 0.25 0.5 0.75 1.0"
@@ -24,7 +26,10 @@ while [ $# -gt 0 ]; do
     --smoke) smoke=1; sizes="tiny"; tokens="8 64"; taus="0.25 1.0"; reps=1 ;;
     --out) out=$2; shift ;;
     --reps) reps=$2; shift ;;
-    *) echo "usage: $0 [--smoke] [--out DIR] [--reps N]" >&2; exit 2 ;;
+    --dtype) dtype=$2; shift ;;   # the weights' (bf16: on the bf16 dot product where the CPU gains from it)
+    --sizes) sizes=$2; shift ;;
+    --tokens) tokens=$2; shift ;;
+    *) echo "usage: $0 [--smoke] [--out DIR] [--reps N] [--dtype f32|bf16] [--sizes LIST] [--tokens LIST]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -46,10 +51,10 @@ import re, sys
 m = re.search(r"= (\d+) FFN \+ (\d+) constant \+ (\d+) copy \+ (\d+) zero", sys.stdin.read())
 print(m.group(1), int(m.group(2)) + int(m.group(3)) + int(m.group(4)))')
   for T in $tokens; do
-    vj=$("$MOEPPC" bench "$van" --experts --dtype f32 --tokens "$T" --zc-share 0 --reps "$reps" --json | grep '"experts"')
+    vj=$("$MOEPPC" bench "$van" --experts --dtype "$dtype" --tokens "$T" --zc-share 0 --reps "$reps" --json | grep '"experts"')
     vp=$(echo "$vj" | "$PY" -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["ffn_picks"], d["median_s"])')
     run_moe() {  # run_moe MODE TAU [SHARE]
-      local args=(--experts --dtype f32 --tokens "$T" --reps "$reps" --json)
+      local args=(--experts --dtype "$dtype" --tokens "$T" --reps "$reps" --json)
       [ -n "${3:-}" ] && args+=(--zc-share "$3")
       "$MOEPPC" bench "$moe" "${args[@]}" | grep '"experts"' | "$PY" -c '
 import json, sys
@@ -88,7 +93,7 @@ if command -v gnuplot >/dev/null 2>&1; then
     awk -F'\t' -v s="$size" -v T="$T" 'NR > 1 && $1 == s && $2 == T { print $5, $9/$7, $8/($6 > 0 ? $6 : 1) }' "$tsv" | sort -n > "$out/.et_$size.dat"
     plot="$plot '$out/.et_$size.dat' using 1:2 with linespoints title '$size measured', '$out/.et_$size.dat' using 1:3 with lines dashtype 2 title '$size ideal',"
   done
-  gnuplot -e "set terminal svg size 720,480; set output '$out/expert_throughput.svg'; set title 'MoE++ over vanilla MoE: expert-part speed-up at T = $T (f32, CPU)'; set xlabel 'share of picks to zero-computation experts'; set ylabel 'speed-up over vanilla'; set key left top; plot ${plot%,}"
+  gnuplot -e "set terminal svg size 720,480; set output '$out/expert_throughput.svg'; set title 'MoE++ over vanilla MoE: expert-part speed-up at T = $T ($dtype, CPU)'; set xlabel 'share of picks to zero-computation experts'; set ylabel 'speed-up over vanilla'; set key left top; plot ${plot%,}"
   rm -f "$out"/.et_*.dat
   echo "plot: $out/expert_throughput.svg"
 else

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #define MOEPPC_VERSION "0.1.0"
 
@@ -40,9 +41,23 @@ const char *dtype_name(moe_dtype t);            /* "f32", "bf16", ... */
 bool        dtype_parse(const char *s, moe_dtype *out);
 size_t      dtype_size(moe_dtype t);             /* bytes per element */
 
-/* Round-to-nearest-even conversions; NaN stays NaN, overflow goes to infinity. */
-uint16_t f32_to_bf16(float f);
-float    bf16_to_f32(uint16_t h);
+/* Round-to-nearest-even conversions; NaN stays NaN, overflow goes to infinity. The bf16 ones are
+ * inline: the CPU GEMMs' packing of A for the bf16 dot product converts every activation. */
+static inline uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                             /* nearest even */
+    return (uint16_t)(u >> 16);
+}
+static inline float bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 uint16_t f32_to_f16(float f);
 float    f16_to_f32(uint16_t h);
 /* Round a double to what a value of type t can hold (f32, bf16, f16; f64 and i32 unchanged). */
