@@ -18,6 +18,7 @@
 #include <string.h>
 
 typedef enum { EPI_STORE, EPI_SWIGLU, EPI_SCATTER } Epilogue;
+typedef void (*swiglu_fn)(float *restrict h, const float *restrict a, const float *restrict b, int64_t n);
 
 enum { MAX_MR = 64, N_TILE_KINDS = 1 + CG_GEMM_EDGES }; /* MAX_MR: kernel_ir.c's accumulator bound */
 
@@ -49,6 +50,7 @@ typedef struct Job {
     int64_t ldc;
     bool accumulate;
     float *h;              /* EPI_SWIGLU: h[slots, inter] */
+    swiglu_fn swiglu;      /* its row function (swiglu_for_host) */
     int64_t inter;
     const int32_t *perm;   /* EPI_SCATTER: out[perm[s], d] += gate_w[s] * S */
     const float *gate_w;
@@ -235,12 +237,59 @@ static inline float exp_poly(float x) {
     return p * scale;
 }
 
-/* h = silu(a) · b over n columns. The SwiGLU epilogue runs once per FFN pick and intermediate
- * column, so it is vectorised: compiled for AVX-512, AVX2 and the baseline, picked at load time
- * by the CPU it runs on (GCC's target_clones), never assumed. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void swiglu_row(float *restrict h, const float *restrict a, const float *restrict b, int64_t n) {
+static void swiglu_scalar(float *restrict h, const float *restrict a, const float *restrict b, int64_t n) {
     for (int64_t c = 0; c < n; c++) h[c] = a[c] / (1.0f + exp_poly(-a[c])) * b[c];
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* exp_poly on 16 lanes: the same clamp, range reduction and polynomial (FMAs where it had a
+ * multiply and an add: within an f32 rounding of it). */
+__attribute__((target("avx512f"))) static inline __m512 exp_poly16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, x), x, x), _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* 16 columns a step, the last few under a mask. */
+__attribute__((target("avx512f"))) static void swiglu_avx512(float *restrict h, const float *restrict a,
+                                                             const float *restrict b, int64_t n) {
+    for (int64_t c = 0; c < n; c += 16) {
+        __mmask16 m = n - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - c)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, a + c), y = _mm512_maskz_loadu_ps(m, b + c);
+        __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp_poly16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        _mm512_mask_storeu_ps(h + c, m, _mm512_mul_ps(_mm512_div_ps(x, d), y));
+    }
+}
+
+#endif
+
+/* h = silu(a) · b over n columns, for one call of the drivers. The SwiGLU epilogue runs once per
+ * FFN pick and intermediate column, so it is written for AVX-512 (the compilers vectorise the scalar
+ * loop at no -O level we build with: its clamp and floor are calls or branches without
+ * -ffast-math), taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does not cap the
+ * ISA below it (so the narrower ISAs' tests run the scalar loop); the scalar loop elsewhere. */
+static swiglu_fn swiglu_for_host(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512f");
+    }
+    const char *isa = getenv("MOEPPC_ISA");
+    if (have && (!isa || strcmp(isa, "avx512") == 0)) return swiglu_avx512;
+#endif
+    return swiglu_scalar;
 }
 
 static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_t p, const float *s) {
@@ -259,7 +308,7 @@ static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_
         for (int64_t i = 0; i < rows; i++) {
             float *h = j->h + (slot0 + i) * j->inter + col0;
             const float *si = s + i * nr;
-            swiglu_row(h, si, si + half, ncols);
+            j->swiglu(h, si, si + half, ncols);
         }
     } else {
         int64_t col0 = p * nr, ncols = j->d - col0 < nr ? j->d - col0 : nr;
@@ -342,6 +391,7 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     cover_plan(j, blk->edge);
     j->kc = blk->kc + (j->kern->cfg.a_bf16 && blk->kc % 2); /* a k pair never straddles two K blocks */
     j->kw = j->kern->cfg.a_bf16 ? (j->K + 1) / 2 : j->K;
+    j->swiglu = swiglu_for_host();
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);
     j->tile_off = work->tile_off;
