@@ -16,6 +16,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h> /* the SwiGLU epilogue and bf16 packing, each behind a CPU check */
+#define MOEPPC_X86_INTRINSICS 1
+#endif
 
 typedef enum { EPI_STORE, EPI_SWIGLU, EPI_SCATTER } Epilogue;
 typedef void (*swiglu_fn)(float *restrict h, const float *restrict a, const float *restrict b, int64_t n);
@@ -177,9 +181,29 @@ static void cover_plan(Job *j, const CgKernel *const *edge) {
 }
 
 /* ---- step 1: pack A ---------------------------------------------------------------------- */
-/* Row src as word i of each k pair of a tile of mr rows: bf16(src[2p]) | bf16(src[2p+1]) << 16. */
+/* Row src as word i of each k pair of a tile of mr rows: bf16(src[2p]) | bf16(src[2p+1]) << 16.
+ * The bf16 dot-product kernels need AVX512-BF16, so its conversion (vcvtne2ps2bf16: round to
+ * nearest even, as f32_to_bf16; denormals to zero, which vdpbf16ps does to its inputs anyway)
+ * packs 32 columns a step, scattered to their pairs' rows of the tile. */
+#ifdef MOEPPC_X86_INTRINSICS
+__attribute__((target("avx512f,avx512bf16"))) static int64_t pack_pairs_avx512(const float *src, int64_t K, int mr,
+                                                                               uint32_t *dst) {
+    __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                      _mm512_set1_epi32(mr));
+    int64_t p = 0;
+    for (; 2 * p + 32 <= K; p += 16) {
+        __m512bh w = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 2 * p + 16), _mm512_loadu_ps(src + 2 * p));
+        _mm512_i32scatter_epi32(dst + p * mr, rows, (__m512i)w, 4);
+    }
+    return p;
+}
+#endif
+
 static void pack_pairs(const float *src, int64_t K, int mr, int i, uint32_t *dst) {
     int64_t p = 0;
+#ifdef MOEPPC_X86_INTRINSICS
+    p = pack_pairs_avx512(src, K, mr, dst + i);
+#endif
     for (; 2 * p + 1 < K; p++)
         dst[p * mr + i] = (uint32_t)f32_to_bf16(src[2 * p]) | (uint32_t)f32_to_bf16(src[2 * p + 1]) << 16;
     if (K % 2) dst[p * mr + i] = f32_to_bf16(src[2 * p]);
@@ -241,8 +265,7 @@ static void swiglu_scalar(float *restrict h, const float *restrict a, const floa
     for (int64_t c = 0; c < n; c++) h[c] = a[c] / (1.0f + exp_poly(-a[c])) * b[c];
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
+#ifdef MOEPPC_X86_INTRINSICS
 /* exp_poly on 16 lanes: the same clamp, range reduction and polynomial (FMAs where it had a
  * multiply and an add: within an f32 rounding of it). */
 __attribute__((target("avx512f"))) static inline __m512 exp_poly16(__m512 x) {
@@ -275,12 +298,11 @@ __attribute__((target("avx512f"))) static void swiglu_avx512(float *restrict h, 
 #endif
 
 /* h = silu(a) · b over n columns, for one call of the drivers. The SwiGLU epilogue runs once per
- * FFN pick and intermediate column, so it is written for AVX-512 (the compilers vectorise the scalar
- * loop at no -O level we build with: its clamp and floor are calls or branches without
- * -ffast-math), taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does not cap the
+ * FFN pick and intermediate column, so it is written for AVX-512 (GCC 12 vectorises the scalar
+ * loop at neither -O2 nor -O3: without -ffast-math its clamp and floor stay calls or branches), taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does not cap the
  * ISA below it (so the narrower ISAs' tests run the scalar loop); the scalar loop elsewhere. */
 static swiglu_fn swiglu_for_host(void) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef MOEPPC_X86_INTRINSICS
     static int have = -1;
     if (have < 0) {
         __builtin_cpu_init();
