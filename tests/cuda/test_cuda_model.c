@@ -5,8 +5,9 @@
  * instruction, so an element no kernel wrote or a faulting kernel fails by name.
  * Checked: logits (max|a-b|/max|b| <= 1e-4 for f32 models, 2e-2 for bf16/f16, SEMANTICS.md §4), every
  * routing decision (a pick may differ only on a near-tie: then the rows after it are not compared and
- * at most 2 % of picks may differ), and decoding: a prefill then single-token steps on the KV cache,
- * replayed as a CUDA graph from the second step, each step's logits against the reference's row.
+ * at most 2 % of picks may differ independently of an earlier flip), and decoding: a prefill then
+ * single-token steps on the KV cache, replayed as a CUDA graph from the second step, each step's
+ * logits against the reference's row.
  * Skips cleanly (exit 0) without a driver or GPU. Label "cuda;gpu". */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -91,14 +92,18 @@ static double rel_err(const float *got, const double *want, int64_t cols, int64_
 typedef struct Check {
     int64_t first_flip;             /* first token whose routing differs anywhere (T if none)      */
     int64_t flips, picks;
+    int64_t independent;            /* flips no earlier flip explains (see compare_routes)         */
 } Check;
 
-/* Routing of every MoE layer, GPU against reference: picks as sets per token; a differing pick is
- * accepted as a near-tie only if the reference's weights of the picks that differ are within 1e-2 of
- * a pick they swapped with (the gate could go either way). */
+/* Routing of every MoE layer, GPU against reference: picks as sets per token. A flip at layer l and
+ * token t is explained by one at an earlier layer and a token t' <= t: that token's hidden state
+ * differs from then on, and through attention so do the later tokens'. Only the others are
+ * independent events, each a near-tie of its own or a bug; counting every flip instead let one
+ * near-tie in an early layer of a bf16 0.6B cascade into 33 of 576 picks (seed 1796109000). */
 static Check compare_routes(const ModelSpec *s, CudaModel *cm, const EvalResult *ref, int64_t T)
 {
     Check c = {.first_flip = T};
+    int64_t diverged = T; /* the first token flipped in an earlier layer */
     for (int64_t l = 0; l < s->n_layers; l++) {
         char name[64];
         snprintf(name, sizeof name, "route.%lld.ids", (long long)l);
@@ -117,6 +122,7 @@ static Check compare_routes(const ModelSpec *s, CudaModel *cm, const EvalResult 
                 c.picks++;
                 if (found) continue;
                 c.flips++;
+                c.independent += t < diverged;
                 if (t < c.first_flip) c.first_flip = t;
                 printf("    routing differs: layer %lld token %lld: reference picks", (long long)l, (long long)t);
                 for (int64_t q = 0; q < k; q++) printf(" %d", (int)rid->data[t * k + q]);
@@ -125,6 +131,7 @@ static Check compare_routes(const ModelSpec *s, CudaModel *cm, const EvalResult 
                 printf("\n");
             }
         }
+        diverged = c.first_flip;
     }
     return c;
 }
@@ -160,10 +167,11 @@ static bool prefill(const ModelSpec *s, const WeightSet *w, const int32_t *ids, 
     int64_t rows = c.first_flip;
     double e = rel_err(got, want->data, V, 0, rows), tol = tolerance(s);
     printf("  %-16s %s T=%-3lld logits rel err %.3g (tolerance %.0e) over %lld rows; routing: %lld of %lld picks "
-           "differ; %.2f ms on %s\n", s->name, dtype_name(s->dtype), (long long)T, e, tol, (long long)rows,
-           (long long)c.flips, (long long)c.picks, cuda_model_last_ms(cm), cuda_model_device(cm));
+           "differ (%lld independently); %.2f ms on %s\n", s->name, dtype_name(s->dtype), (long long)T, e, tol,
+           (long long)rows, (long long)c.flips, (long long)c.picks, (long long)c.independent, cuda_model_last_ms(cm),
+           cuda_model_device(cm));
     /* bf16/f16: activations rounded to 16 bits in the tensor-core GEMMs move near-ties more often */
-    ok = rows > 0 && c.flips * (s->dtype == DT_F32 ? 50 : 20) <= c.picks && e <= tol;
+    ok = rows > 0 && c.independent * (s->dtype == DT_F32 ? 50 : 20) <= c.picks && e <= tol;
     for (int k = 0; debug && k < ref.n_outputs; k++) {
         const EvalTensor *o = &ref.outputs[k];
         if (strncmp(o->name, "dbg.", 4) != 0 && strncmp(o->name, "route.", 6) != 0) continue;
