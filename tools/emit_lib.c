@@ -80,11 +80,6 @@ typedef struct LibKernels {
     int n;
 } LibKernels;
 
-static void write_cpu_table(FILE *f, const Recorder *r)
-{
-    write_kernel_table(f, r, "kernels");
-}
-
 /* cubin and PTX of each kernel as C arrays, and the table the CUDA executor loads them from. */
 static void write_cuda_table(FILE *f, const LibKernels *k)
 {
@@ -109,7 +104,7 @@ static bool write_image(const char *path, const ModelSpec *s, int64_t l, const I
     write_c_literal(f, ir);
     fprintf(f, ";\n\n");
     free(ir);
-    if (k->cpu) write_cpu_table(f, k->cpu);
+    if (k->cpu) write_kernel_table(f, k->cpu, "kernels");
     else write_cuda_table(f, k);
     write_tensors(f, m, l);
     fprintf(f, "const LayerImage moeppc_layer_image = {\n    .spec_name = ");

@@ -2,7 +2,9 @@
  * at run time (and capped for testing), and target machines built from name + features. */
 #include "codegen/llvm/cg_internal.h"
 
-#include <immintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h> /* the bf16 dot product's probe */
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +128,7 @@ LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, s
 }
 
 /* ---- does the bf16 dot product pay? ------------------------------------------------------ */
+#if defined(__x86_64__)
 static double mono_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -181,6 +184,9 @@ static double dot_over_fma(void) {
     __asm__ volatile("" : : "r"(&sink) : "memory");
     return 2.0 * best_fma / best_dot; /* a dot does twice the multiply-adds */
 }
+#else
+static double dot_over_fma(void) { return 0; } /* (has_bf16_dot is never set off x86) */
+#endif
 
 double cg_bf16_dot_ratio(const CgTarget *t) {
     static double ratio = -1; /* the CPU does not change under us: measure once */

@@ -40,30 +40,33 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
     return fn;
 }
 
-bool cpu_bf16_dot(void)
+/* cpu_bf16_dot's decision, and why in buf[n] (n may be 0). */
+static bool bf16_dot_decide(char *buf, size_t n)
 {
     CgTarget t;
     char err[256];
-    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return false; /* a bad MOEPPC_ISA: said later */
+    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) { /* a bad MOEPPC_ISA: said where it is used */
+        if (n) snprintf(buf, n, "no (%s)", err);
+        return false;
+    }
+    const char *env = getenv("MOEPPC_BF16_DOT");
     bool pays = cg_bf16_dot_pays(&t);
+    const char *yes = pays ? "yes" : "no";
+    if (n && !t.has_bf16_dot)
+        snprintf(buf, n, "no (%s)", t.isa == CG_ISA_AVX512 ? "no AVX512-BF16" : "ISA below AVX-512");
+    else if (n && env && (!strcmp(env, "0") || !strcmp(env, "1")))
+        snprintf(buf, n, "%s (MOEPPC_BF16_DOT=%s)", yes, env);
+    else if (n)
+        snprintf(buf, n, "%s (vdpbf16ps %.2fx the f32 FMA's multiply-adds)", yes, cg_bf16_dot_ratio(&t));
     cg_target_dispose(&t);
     return pays;
 }
 
+bool cpu_bf16_dot(void) { return bf16_dot_decide(NULL, 0); }
+
 const char *cpu_bf16_dot_why(char *buf, size_t n)
 {
-    CgTarget t;
-    char err[256];
-    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return snprintf(buf, n, "no (%s)", err), buf;
-    const char *env = getenv("MOEPPC_BF16_DOT");
-    bool pays = cg_bf16_dot_pays(&t);
-    if (!t.has_bf16_dot)
-        snprintf(buf, n, "no (%s)", t.isa == CG_ISA_AVX512 ? "no AVX512-BF16" : "ISA below AVX-512");
-    else if (env && (!strcmp(env, "0") || !strcmp(env, "1")))
-        snprintf(buf, n, "%s (MOEPPC_BF16_DOT=%s)", pays ? "yes" : "no", env);
-    else
-        snprintf(buf, n, "%s (vdpbf16ps %.2fx the f32 FMA's multiply-adds)", pays ? "yes" : "no", cg_bf16_dot_ratio(&t));
-    cg_target_dispose(&t);
+    bf16_dot_decide(buf, n);
     return buf;
 }
 
