@@ -27,23 +27,6 @@ struct moepp_layer {
 
 /* ---- create ------------------------------------------------------------------------------------ */
 
-/* The kernels were compiled for the ISA of the machine that ran moeppc: refuse a CPU without it
- * (the main feature flags; finer extensions the host had are assumed to come with them, but for
- * AVX512-BF16, which the bf16 dot-product kernels need: "avx512+bf16"). */
-static bool cpu_runs(const char *isa)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (strcmp(isa, "avx512+bf16") == 0) return avx512 && __builtin_cpu_supports("avx512bf16");
-    if (strcmp(isa, "avx512") == 0) return avx512;
-    if (strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-    (void)isa;
-    return true;
-}
-
 /* The module's tensors (named for img->layer) over the caller's data; copies of the 1-D tensors
  * (the constant vectors, read at every call) when asked; zeros for a Wg left out. */
 static WeightSet *weight_set(const LayerImage *img, const moepp_tensor **given, bool copy)
@@ -86,8 +69,10 @@ moepp_status moepp_layer_create(const moepp_layer_desc *desc, moepp_layer **out)
     if (!desc) return layer_fail(MOEPP_ERR_NULL_POINTER, "moepp_layer_create: desc is NULL");
     const LayerImage *img = &moeppc_layer_image;
     moepp_status s = layer_check_desc(img, desc);
-    if (s == MOEPP_OK && !cpu_runs(img->isa))
-        s = layer_fail(MOEPP_ERR_UNSUPPORTED, "this library's kernels were compiled for %s and this CPU lacks it", img->isa);
+    char missing[256];
+    if (s == MOEPP_OK && !cpu_runs_features(img->cpu_features, missing, sizeof missing))
+        s = layer_fail(MOEPP_ERR_UNSUPPORTED, "this library's kernels were compiled for %s (%s) and this CPU lacks %s",
+                       img->cpu, img->isa, missing);
     const moepp_tensor **given = xcalloc((size_t)img->n_tensors + 1, sizeof *given);
     if (s == MOEPP_OK) s = layer_match_tensors(img, desc, given, false);
     if (s != MOEPP_OK) {

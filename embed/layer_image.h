@@ -28,6 +28,8 @@ typedef struct LayerImage {
     bool gating_residual;
     const LayerTensor *tensors;
     int n_tensors;
+    const char *cpu, *cpu_features;   /* CPU: what the kernels were compiled for (LLVM's name and  */
+                                      /*   feature list), checked at create                      */
     const CpuKernelEntry *kernels;    /* CPU */
     int n_kernels;
     const struct CudaKernelImage *cuda_images; /* CUDA: every kernel, cubin for isa and PTX (emu: no PTX) */

@@ -258,7 +258,9 @@ typedef struct moepp_layer_info {
     int32_t backend;                     /* moepp_backend                                             */
     char spec_name[64];
     char isa[16];                        /* CPU: "avx512" ("avx512+bf16": its bf16 GEMMs need
-                                            AVX512-BF16 too), "avx2" or "sse" (the kernels need it);
+                                            AVX512-BF16 too), "avx2" or "sse" (the kernels need it,
+                                            and the extensions of the CPU they were compiled on:
+                                            create checks them all and names any missing one);
                                             CUDA: the cubins' architecture, "sm_80", ..., or "emu"     */
     char moeppc_version[16];
     int64_t hidden;                      /* D                                                         */

@@ -187,8 +187,13 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
     write_c_string(f, "spec_text", spec_text);
     write_c_string(f, "ir_text", ir_text);
     write_kernel_table(f, r, "table");
-    fprintf(f, "static CpuKernelSource *kernels(RtError *err)\n{\n    (void)err;\n"
-               "    return cpu_table_source_new(table, %d);\n}\n\n", r->n);
+    const CgTarget *t = cg_jit_target(r->jit);
+    fprintf(f, "/* the CPU the kernels were compiled for, checked at start (a kernel would die of an illegal\n"
+               " * instruction on a CPU without the extensions) */\n");
+    write_c_string(f, "cpu_name", t->cpu);
+    write_c_string(f, "cpu_features", t->features);
+    fprintf(f, "static CpuKernelSource *kernels(RtError *err)\n{\n"
+               "    return cpu_table_source_checked(table, %d, cpu_name, cpu_features, err);\n}\n\n", r->n);
     fprintf(f, "int main(int argc, char **argv)\n{\n"
                "    DriverConfig cfg = {.prog = argv[0], .spec_text = spec_text, .ir_text = ir_text, .default_cpu = true,\n"
                "                        .kernels_new = kernels, .kernels_free = cpu_table_source_free};\n");

@@ -117,8 +117,14 @@ static bool write_image(const char *path, const ModelSpec *s, int64_t l, const I
     fprintf(f, "    .top_k = %lld, .ffn_intermediate = %lld, .n_layers = %lld, .moe_every = %lld,\n",
             (long long)s->top_k, (long long)s->ffn_intermediate, (long long)s->n_layers, (long long)s->moe_every);
     fprintf(f, "    .dtype = (moe_dtype)%d, .gating_residual = %s,\n", (int)s->dtype, s->gating_residual ? "true" : "false");
-    if (k->cpu)
-        fprintf(f, "    .tensors = tensors, .n_tensors = %d, .kernels = kernels, .n_kernels = %d};\n", count_params(m), k->n);
+    if (k->cpu) {
+        const CgTarget *t = cg_jit_target(k->cpu->jit);
+        fprintf(f, "    .cpu = ");
+        write_c_literal(f, t->cpu);
+        fprintf(f, ", .cpu_features = ");
+        write_c_literal(f, t->features);
+        fprintf(f, ",\n    .tensors = tensors, .n_tensors = %d, .kernels = kernels, .n_kernels = %d};\n", count_params(m), k->n);
+    }
     else
         fprintf(f, "    .backend = MOEPP_BACKEND_CUDA, .tensors = tensors, .n_tensors = %d, .cuda_images = cuda_images,\n"
                    "    .n_cuda_images = %d};\n", count_params(m), k->n);

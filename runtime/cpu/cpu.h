@@ -84,7 +84,19 @@ typedef struct CpuKernelEntry {
 } CpuKernelEntry;
 /* The kernel source of a built executable (table.c): lookups in its table (which must outlive it). */
 CpuKernelSource *cpu_table_source_new(const CpuKernelEntry *table, int n);
+/* The same after checking that this CPU runs the table's kernels, compiled for CPU `cpu` with the
+ * LLVM feature list `features` (cpu_runs_features); NULL with a message naming what it lacks. */
+CpuKernelSource *cpu_table_source_checked(const CpuKernelEntry *table, int n, const char *cpu, const char *features,
+                                          RtError *err);
 void             cpu_table_source_free(CpuKernelSource *ks);
+
+/* Whether this CPU has every instruction-set extension an LLVM feature list ("+avx2,+fma,-avx512f")
+ * turns on (cpu_features.c: CPUID and the OS's register saving; names it does not know are not
+ * checked); false with the missing ones in msg, comma-separated. MOEPPC_CPU_HIDE=a,b (testing)
+ * treats features a and b as absent. */
+bool cpu_runs_features(const char *features, char *msg, size_t n);
+/* One feature by LLVM name: 1 present, 0 absent, -1 not known here (or not an x86 CPU). */
+int  cpu_feature(const char *name);
 
 /* The JIT kernel source (cpu_jit.c): kernels compiled on first use for this host. */
 CpuKernelSource *cpu_jit_source_new(RtError *err);

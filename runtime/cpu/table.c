@@ -57,6 +57,17 @@ CpuKernelSource *cpu_table_source_new(const CpuKernelEntry *table, int n)
     return ks;
 }
 
+CpuKernelSource *cpu_table_source_checked(const CpuKernelEntry *table, int n, const char *cpu, const char *features,
+                                          RtError *err)
+{
+    char missing[sizeof err->msg / 2];
+    if (cpu_runs_features(features, missing, sizeof missing)) return cpu_table_source_new(table, n);
+    snprintf(err->msg, sizeof err->msg,
+             "the kernels were compiled for %s and this CPU lacks %s; build again on this machine (or one like it)",
+             cpu, missing[0] ? missing : "some of its features");
+    return NULL;
+}
+
 void cpu_table_source_free(CpuKernelSource *ks)
 {
     if (!ks) return;

@@ -36,4 +36,8 @@ expect 1 "$WORK/model" --random-weights 1 --ids "3 $V"
 expect 1 "$WORK/model" --random-weights 1 --ids " "
 expect 2 "$WORK/model"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
+# a CPU without an extension the kernels were compiled with (made to look so): refused at start,
+# the extension named, instead of an illegal instruction in a kernel
+expect 1 env MOEPPC_CPU_HIDE=sse2 "$WORK/model" --random-weights 1 --ids "1"
+grep -q "this CPU lacks sse2" "$WORK/out.txt" || { echo "the missing extension is not named"; cat "$WORK/out.txt"; exit 1; }
 echo "built executable matches the interpreter; bad input rejected"

@@ -170,6 +170,10 @@ static void test_create_rejects(void)
     w.t[3] = saved, w.t[3].memory = MOEPP_MEMORY_DEVICE;
     expect(moepp_layer_create(&d, &l), MOEPP_ERR_UNSUPPORTED, "create: device pointer on a CPU build");
     w.t[3] = saved;
+    setenv("MOEPPC_CPU_HIDE", "sse2", 1); /* a CPU without an extension the kernels were compiled with */
+    expect(moepp_layer_create(&d, &l), MOEPP_ERR_UNSUPPORTED, "create: a CPU without sse2");
+    CHECK(strstr(moepp_last_error(), "lacks sse2") != NULL);
+    unsetenv("MOEPPC_CPU_HIDE");
     d.n_tensors = w.n - 1; /* the last one (a constant vector) missing */
     expect(moepp_layer_create(&d, &l), MOEPP_ERR_BAD_TENSOR, "create: a missing tensor");
     CHECK(l == NULL);
