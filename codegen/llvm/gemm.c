@@ -295,21 +295,52 @@ __attribute__((target("avx512f"))) static void swiglu_avx512(float *restrict h, 
     }
 }
 
+/* The same on 8 lanes for AVX2 with FMA (the last few columns under a lane mask). */
+__attribute__((target("avx2,fma"))) static inline __m256 exp_poly8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)),
+                               _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, x), x, x), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *restrict h, const float *restrict a,
+                                                           const float *restrict b, int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t c = 0; c < n; c += 8) {
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - c < 8 ? n - c : 8)), lane);
+        __m256 x = _mm256_maskload_ps(a + c, m), y = _mm256_maskload_ps(b + c, m);
+        __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), exp_poly8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+        _mm256_maskstore_ps(h + c, m, _mm256_mul_ps(_mm256_div_ps(x, d), y));
+    }
+}
 #endif
 
 /* h = silu(a) · b over n columns, for one call of the drivers. The SwiGLU epilogue runs once per
- * FFN pick and intermediate column, so it is written for AVX-512 (GCC 12 vectorises the scalar
- * loop at neither -O2 nor -O3: without -ffast-math its clamp and floor stay calls or branches), taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does not cap the
- * ISA below it (so the narrower ISAs' tests run the scalar loop); the scalar loop elsewhere. */
+ * FFN pick and intermediate column, so it is written for AVX-512 and for AVX2 + FMA (GCC 12
+ * vectorises the scalar loop at neither -O2 nor -O3: without -ffast-math its clamp and floor stay
+ * calls or branches), each taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does
+ * not cap the ISA below it (so the narrower ISAs' tests run the other forms); the scalar loop
+ * elsewhere. */
 static swiglu_fn swiglu_for_host(void) {
 #ifdef MOEPPC_X86_INTRINSICS
-    static int have = -1;
-    if (have < 0) {
+    static int have512 = -1, have256 = -1;
+    if (have512 < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512f");
+        have512 = __builtin_cpu_supports("avx512f");
+        have256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     const char *isa = getenv("MOEPPC_ISA");
-    if (have && (!isa || strcmp(isa, "avx512") == 0)) return swiglu_avx512;
+    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return swiglu_avx512;
+    if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return swiglu_avx2;
 #endif
     return swiglu_scalar;
 }

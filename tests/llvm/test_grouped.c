@@ -134,7 +134,7 @@ static void test_grouped_all(void **state) {
     int n_isa = tu_isas(isas), bad = 0;
     CgPool *pools[2] = {NULL, cg_pool_new(2)};
     for (int i = 0; i < n_isa; i++) {
-        setenv("MOEPPC_ISA", cg_isa_name(isas[i]), 1); /* the SwiGLU epilogue's AVX-512 or scalar form */
+        setenv("MOEPPC_ISA", cg_isa_name(isas[i]), 1); /* the SwiGLU epilogue's AVX-512, AVX2 or scalar form */
         for (size_t d = 0; d < MOE_ARRAY_LEN(dts); d++)
             for (int pi = 0; pi < 4; pi++)
                 bad += run_case(isas[i], dts[d], false, pools[pi % 2], pi >= 2, 7 + d + 10u * (unsigned)i);
