@@ -18,18 +18,20 @@
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* The rule: on the CPU an 8×48 f32 register tile (24 AVX-512 accumulators, measured at 88–95 % of
- * the FMA peak, shared/PERFORMANCE.md), narrower when N is small, and K in one pass (tile_k = K:
+/* The rule: on the CPU the ISA's register tile — AVX-512's 8×48 (24 accumulators, measured at 88–95 %
+ * of the FMA peak, shared/PERFORMANCE.md), AVX2's 6×16 (12 of 16 ymm) as PassOptions.cpu_tile_m/n
+ * say —, narrower when N is small, and K in one pass (tile_k = K:
  * on the 7B expert shapes one pass measured 83 % of peak against 79 % with K blocked at 256, since a
  * panel's packed A rows stay in L2 either way). On NVIDIA GPUs the CUDA executor's own default
  * block tile, so that --print-ir says what runs: the grouped GEMMs of 16-bit weights on the cp.async
  * form (cg_cuda_gemm_async: 128×64×32 up, 128×128×32 down), other tensor-core GEMMs 64×64×32 or
  * 64×128×32 for a down-projection of 128 columns or more (cg_cuda_gemm_default), f32 weights 64×64×16. */
-static void tile_rule(pass_target t, bool grouped, bool down, moe_dtype dt, int64_t N, int64_t K, int64_t tile[3])
+static void tile_rule(const PassOptions *o, bool grouped, bool down, moe_dtype dt, int64_t N, int64_t K,
+                      int64_t tile[3])
 {
-    if (t == TARGET_CPU) {
-        tile[0] = 8;
-        tile[1] = min64(48, round_up(N, 16));
+    if (o->target == TARGET_CPU) {
+        tile[0] = o->cpu_tile_m > 0 ? o->cpu_tile_m : 8;
+        tile[1] = min64(o->cpu_tile_n > 0 ? o->cpu_tile_n : 48, round_up(N, o->cpu_vec > 0 ? o->cpu_vec : 16));
         tile[2] = K;
     } else if (grouped && dt != DT_F32 && K % 8 == 0 && N % 8 == 0) {
         tile[0] = 128, tile[1] = down ? 128 : 64, tile[2] = 32;
@@ -82,7 +84,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1]; /* route: its first matrix */
     int64_t N = w->type.dims[0], K = w->type.dims[1];
     /* up: the tile covers a and b columns of the same rows */
-    tile_rule(o->target, grouped, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
+    tile_rule(o, grouped, i->op == IR_OP_MOE_GROUPED_DOWN, w->type.dtype, up ? N / 2 : N, K, tile);
     if (i->op == IR_OP_MOE_ROUTE && o->target != TARGET_CPU) /* the GPU router: f32 math, FMA tiles (1xN: fused) */
         tile[0] = 64, tile[1] = 64, tile[2] = 16;
     /* bf16 weights on a CPU that gains from the bf16 dot product: activations rounded to bf16 (SEMANTICS

@@ -98,7 +98,8 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
         return 1;
     }
     IrModule *m = ir_lower_spec(s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
+    cpu_host_pass_options(&po);
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     CpuModel *cm = cpu_model_new(m, w, s->max_positions, ks, a->threads, &err);
@@ -239,7 +240,8 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
+    cpu_host_pass_options(&po);
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     CpuModel *cm = cpu_model_new(m, w, s.max_positions > 8192 ? s.max_positions : 8192, ks, a->threads, &err);

@@ -253,7 +253,8 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    cpu_host_pass_options(&po);
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     char dir[] = "/tmp/moeppc-buildXXXXXX", tmp_out[4096];
@@ -351,7 +352,8 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     ModelSpec s;
     if (!load_spec(spec_path, &s)) return 1;
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    cpu_host_pass_options(&po);
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     RtError err = {{0}};

@@ -133,8 +133,9 @@ int cmd_compile(int argc, char **argv)
         }
         c.po.tuning = &db;
         /* a CPU database is this host's: the ops as this host runs them (act_bf16 where the bf16 dot
-         * product pays), whose entries it keys; without --tuning the output is the same everywhere */
-        c.po.bf16_dot = !gpu_target && cpu_bf16_dot();
+         * product pays, the rule's tile of its ISA), whose entries it keys; without --tuning the output
+         * is the same everywhere */
+        if (!gpu_target) cpu_host_pass_options(&c.po);
 #else
         fprintf(stderr, "moeppc compile: error: --tuning needs the CPU code generator (this build has no LLVM)\n");
         return 1;

@@ -319,7 +319,8 @@ static void remove_temps(const char *tmp, int n_kernels)
 static IrModule *layer_module(const ModelSpec *s, const char *spec_path, int64_t l, const struct TuneDb *tuning)
 {
     IrModule *m = ir_lower_moe_layer(s, l);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = tuning};
+    cpu_host_pass_options(&po);
     Diag d = {stderr, spec_path, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
     return m;

@@ -11,7 +11,7 @@ int cmd_run(int argc, char **argv)
     cfg.kernels_new = cpu_jit_source_new;
     cfg.kernels_free = cpu_jit_source_free;
     cfg.load_tuning = tuning_load_for_host;
-    cfg.bf16_dot = cpu_bf16_dot;
+    cfg.host_options = cpu_host_pass_options;
 #endif
 #ifdef MOEPPC_HAVE_CUDA
     cfg.cuda = &cuda_backend; /* --device cuda: kernels compiled by NVRTC for the GPU at load */

@@ -546,7 +546,8 @@ int cmd_tune(int argc, char **argv)
     if (!load_spec(a.spec, &s)) return 1;
     if (a.dtype_set) s.dtype = a.dtype;
     IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .bf16_dot = cpu_bf16_dot()};
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    cpu_host_pass_options(&po);
     if (s.dtype == DT_BF16) {
         char why[128];
         fprintf(stderr, "moeppc tune: bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));

@@ -69,6 +69,8 @@ typedef struct CgKernelConfig {
 
 /* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype);
+/* The same for a target detected without a JIT (what the passes' rule takes for this host). */
+CgKernelConfig cg_target_default_tile(const CgTarget *t, moe_dtype b_dtype);
 /* Does this CPU run vdpbf16ps at least 1.5 times as many multiply-adds per second as f32 FMAs (AMD
  * Zen 4: 2x; Intel Sapphire Rapids: about 0.5x, PERFORMANCE.md)? Measured once (a few ms) on the
  * first call; false without AVX512-BF16 or when ISA is capped below AVX-512. MOEPPC_BF16_DOT=1 or 0

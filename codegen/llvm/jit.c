@@ -98,13 +98,15 @@ void cg_jit_free(CgJit *jit) {
 
 const CgTarget *cg_jit_target(const CgJit *jit) { return &jit->t; }
 
-CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) {
+CgKernelConfig cg_target_default_tile(const CgTarget *t, moe_dtype b_dtype) {
     /* AVX-512: 24 zmm accumulators + 3 B vectors + 1 broadcast of 32 registers (8x48 measured at
      * ~100 % of peak). AVX2: 16 ymm: 12 accumulators + 2 B + 1 A. SSE: fewer, see below. */
-    if (jit->t.isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4, false};
-    if (jit->t.isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4, false};
+    if (t->isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4, false};
+    if (t->isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4, false};
     return (CgKernelConfig){b_dtype, 4, 8, 4, false}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
 }
+
+CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) { return cg_target_default_tile(&jit->t, b_dtype); }
 
 CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr, int k_unroll) {
     CgKernelConfig d = cg_kernel_config_default(jit, b_dtype);

@@ -107,6 +107,11 @@ bool             cpu_bf16_dot(void);
 /* What cpu_bf16_dot decided and why, for a report: "yes (vdpbf16ps 2.0x the f32 FMA's multiply-adds)",
  * "no (no AVX512-BF16)", "yes (MOEPPC_BF16_DOT=1)"... */
 const char      *cpu_bf16_dot_why(char *buf, size_t n);
+/* The host's part of the pass options for CPU code generation: bf16_dot (cpu_bf16_dot) and the
+ * rule's register tile and vector width for the ISA the kernels are compiled for here (MOEPPC_ISA
+ * caps it, as it caps the kernels), so that the IR says what runs. */
+struct PassOptions;
+void             cpu_host_pass_options(struct PassOptions *po);
 void             cpu_jit_source_free(CpuKernelSource *ks);
 
 #endif

@@ -1,6 +1,7 @@
 /* cpu_jit.c — the executor's kernels from the JIT: GEMM micro-kernels (cg_jit_kernel) and op kernels
  * (cg_ops_build → cg_jit_compile_module), each compiled on first request and cached by symbol. */
 #include "codegen/llvm/cg_internal.h"
+#include "passes/passes.h"
 #include "runtime/cpu/cpu.h"
 
 #include <stdlib.h>
@@ -63,6 +64,19 @@ static bool bf16_dot_decide(char *buf, size_t n)
 }
 
 bool cpu_bf16_dot(void) { return bf16_dot_decide(NULL, 0); }
+
+void cpu_host_pass_options(struct PassOptions *po)
+{
+    po->bf16_dot = cpu_bf16_dot();
+    CgTarget t;
+    char err[256];
+    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return; /* a bad MOEPPC_ISA: said where it is used */
+    CgKernelConfig c = cg_target_default_tile(&t, DT_F32);
+    po->cpu_tile_m = c.mr;
+    po->cpu_tile_n = c.nr;
+    po->cpu_vec = t.vec_width;
+    cg_target_dispose(&t);
+}
 
 const char *cpu_bf16_dot_why(char *buf, size_t n)
 {

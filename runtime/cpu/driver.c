@@ -338,8 +338,8 @@ static bool load_module(Runner *rn)
     if (rn->r->tuning && !cpu_db && !tune_db_load(rn->r->tuning, &rn->db, &dt)) return false;
     rn->m = ir_lower_spec(rn->s);
     PassOptions po = {.opt_level = rn->r->opt_level, .target = TARGET_CPU, .codegen = rn->r->backend != BACKEND_INTERP,
-                      .tuning = cpu_db ? &rn->db : NULL,
-                      .bf16_dot = rn->r->backend == BACKEND_CPU && cfg->bf16_dot && cfg->bf16_dot()};
+                      .tuning = cpu_db ? &rn->db : NULL};
+    if (rn->r->backend == BACKEND_CPU && cfg->host_options) cfg->host_options(&po);
     d.file = rn->r->spec;
     MOE_ASSERT(passes_run(rn->m, &po, &d));
     return true;

@@ -25,9 +25,9 @@ typedef struct DriverConfig {
     void (*kernels_free)(CpuKernelSource *ks);
     /* --tuning DB: load a tuning database for this host (NULL: the option is not available here). */
     bool (*load_tuning)(const char *path, struct TuneDb *db);
-    /* Does this CPU gain from the bf16 dot product (cpu_bf16_dot: PassOptions.bf16_dot for the CPU
-     * backend)? NULL: no (an executable's module was planned when it was built). */
-    bool (*bf16_dot)(void);
+    /* The host's part of the pass options for the CPU backend (cpu_host_pass_options: the bf16 dot
+     * product, the rule's tile). NULL: none (an executable's module was planned when it was built). */
+    void (*host_options)(struct PassOptions *po);
     /* --device cuda: the CUDA executor (NULL: no CUDA backend in this build), and the kernels built
      * into an executable (NULL: NVRTC compiles them for the GPU at load). */
     const CudaBackend *cuda;

@@ -248,6 +248,42 @@ static void test_tiles_come_from_the_ir(void **state)
     ir_module_free(m);
 }
 
+/* The rule's tile is the host ISA's (cpu_host_pass_options): what the kernel source then compiles,
+ * so the IR says what runs — AVX-512 8x48, AVX2 6x16, SSE 4x8 (MOEPPC_ISA caps it as it caps the
+ * kernels); without the host's options the AVX-512 rule, the same everywhere. */
+static void test_rule_tile_is_the_hosts(void **state)
+{
+    (void)state;
+    static const struct { const char *isa; int mr, nr; } want[] = {{"avx512", 8, 48}, {"avx2", 6, 16}, {"sse", 4, 8}};
+    ModelSpec s;
+    load("tiny-moepp", &s);
+    int checked = 0;
+    for (size_t c = 0; c < sizeof want / sizeof *want; c++) {
+        if ((int)cg_host_isa() < (c == 0 ? CG_ISA_AVX512 : c == 1 ? CG_ISA_AVX2 : CG_ISA_SSE)) continue;
+        setenv("MOEPPC_ISA", want[c].isa, 1);
+        PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+        cpu_host_pass_options(&po);
+        assert_int_equal(po.cpu_tile_m, want[c].mr);
+        assert_int_equal(po.cpu_tile_n, want[c].nr);
+        IrModule *m = ir_lower_spec(&s);
+        Diag d = {stderr, s.name, 0};
+        assert_true(passes_run(m, &po, &d));
+        for (IrInstr *i = m->first; i; i = i->next)
+            if (i->op == IR_OP_MOE_GROUPED_DOWN) { /* N = 64: the whole tile */
+                assert_int_equal(ir_attr_int(i, "tile_m"), want[c].mr);
+                assert_int_equal(ir_attr_int(i, "tile_n"), want[c].nr);
+                checked++;
+            }
+        ir_module_free(m);
+    }
+    unsetenv("MOEPPC_ISA");
+    assert_true(checked >= 2);
+    IrModule *m = codegen_ir(&s);
+    for (IrInstr *i = m->first; i; i = i->next)
+        if (i->op == IR_OP_MOE_GROUPED_DOWN) assert_int_equal(ir_attr_int(i, "tile_n"), 48);
+    ir_module_free(m);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -333,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
         cmocka_unit_test(test_tiles_come_from_the_ir),
+        cmocka_unit_test(test_rule_tile_is_the_hosts),
         cmocka_unit_test(test_bf16_dot_equals_interpreter),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
