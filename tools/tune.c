@@ -31,6 +31,9 @@ typedef struct {
     moe_dtype dt;
     bool act;                 /* the op's act_bf16: measured on the bf16 dot-product kernels */
     int64_t n, k, groups, top_k;
+    double ffn_share;         /* grouped: the share of the top_k picks an FFN expert takes under a
+                                 router of random weights, n_ffn / all experts (MoE++'s zero-computation
+                                 experts take the rest; vanilla 1) */
     TuneConfig rule;
 } Shape;
 
@@ -53,7 +56,7 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
 {
     int n = 0;
     for (const IrInstr *i = m->first; i && n < max; i = i->next) {
-        Shape sh = {.top_k = s->top_k, .groups = 1};
+        Shape sh = {.top_k = s->top_k, .groups = 1, .ffn_share = (double)s->n_ffn / (double)spec_n_experts(s)};
         if (i->op == IR_OP_ATTENTION) {
             int64_t H = ir_attr_int(i, "heads");
             sh = (Shape){.dt = DT_F32, .n = H, .k = i->in[0]->type.dims[1] / H, .groups = ir_attr_int(i, "kv_heads"),
@@ -148,7 +151,10 @@ static void problem_init(Problem *p, const Shape *sh, int64_t T, uint64_t seed)
         attention_init(p, &r);
         return;
     }
-    p->rows = is_plain(sh) ? T : T * sh->top_k;
+    /* grouped: the FFN picks of T tokens as a router of random weights makes them — T · top_k ·
+     * ffn_share slots (at least one), each on an expert drawn at random, so groups differ in size as
+     * they do in a model (a uniform split into equal groups favoured tiles that divide it exactly) */
+    p->rows = is_plain(sh) ? T : (int64_t)fmax(1.0, floor((double)(T * sh->top_k) * sh->ffn_share + 0.5));
     size_t wn = (size_t)(sh->groups * sh->n * sh->k), xk = (size_t)sh->k; /* A is [rows, K] for every shape */
     p->w = xmalloc(wn * dtype_size(sh->dt));
     for (size_t j = 0; j < wn; j++) dtype_store(sh->dt, p->w, j, (2 * rng_uniform(&r) - 1) / sqrt((double)sh->k));
@@ -157,7 +163,9 @@ static void problem_init(Problem *p, const Shape *sh, int64_t T, uint64_t seed)
     size_t outn = (size_t)(p->rows * sh->n);
     p->out = xcalloc(outn, sizeof *p->out);
     p->off = xmalloc((size_t)(sh->groups + 1) * sizeof *p->off);
-    for (int64_t g = 0; g <= sh->groups; g++) p->off[g] = g * p->rows / sh->groups; /* uniform routing */
+    for (int64_t g = 0; g <= sh->groups; g++) p->off[g] = 0;
+    for (int64_t s = 0; s < p->rows; s++) p->off[1 + (int64_t)(rng_uniform(&r) * (double)sh->groups) % sh->groups]++;
+    for (int64_t g = 0; g < sh->groups; g++) p->off[g + 1] += p->off[g];
     p->perm = xmalloc((size_t)p->rows * sizeof *p->perm);
     p->gw = xmalloc((size_t)p->rows * sizeof *p->gw);
     for (int64_t s = 0; s < p->rows; s++) p->perm[s] = (int32_t)(s % T), p->gw[s] = 0.5f;
