@@ -24,8 +24,7 @@ int main(int argc, char **argv) {
         CgPool *pool = cg_pool_new(threads);
         double v[REPS];
         char what[64];
-        probe_fma_gflops(pool, 2000000); /* warm-up: clocks up, threads awake */
-        for (int r = 0; r < REPS; r++) v[r] = probe_fma_gflops(pool, 5000000);
+        probe_fma_peak_runs(pool, v, REPS);
         snprintf(what, sizeof what, "f32 FMA peak, %d thread(s)", threads);
         report(what, "GFLOP/s", v);
         if (probe_dot_gflops(pool, 1000000) > 0) {

@@ -87,8 +87,7 @@ static double run_layer(const Weights *w, const Batch *b, CgPool *pool, CgWork *
 
 static double median_peak(CgPool *pool) {
     double v[5];
-    probe_fma_gflops(pool, 1000000);
-    for (int i = 0; i < 5; i++) v[i] = probe_fma_gflops(pool, 3000000);
+    probe_fma_peak_runs(pool, v, 5);
     qsort(v, 5, sizeof *v, bench_cmp_double);
     return v[2];
 }

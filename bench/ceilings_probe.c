@@ -73,6 +73,11 @@ static double timed_gflops(CgPool *pool, cg_task_fn task, long iters, double flo
 
 double probe_fma_gflops(CgPool *pool, long iters) { return timed_gflops(pool, fma_task, iters, 24.0 * VEC_LANES * 2.0); }
 
+void probe_fma_peak_runs(CgPool *pool, double *v, int n) {
+    probe_fma_gflops(pool, 2000000);
+    for (int r = 0; r < n; r++) v[r] = probe_fma_gflops(pool, 5000000);
+}
+
 #if defined(__AVX512BF16__)
 /* bf16 dot-product peak: 24 independent vdpbf16ps chains, 32 multiply-adds (64 flops) each. */
 static void dot_task(void *ctx, int64_t t, int thread) {

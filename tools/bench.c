@@ -276,12 +276,9 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
 static double measure_peak(int threads)
 {
     CgPool *pool = cg_pool_new(threads);
-    double best = 0;
-    probe_fma_gflops(pool, 2000000); /* warm-up: clocks up, threads awake */
-    for (int r = 0; r < 5; r++) {
-        double g = probe_fma_gflops(pool, 5000000);
-        if (g > best) best = g;
-    }
+    double v[5], best = 0;
+    probe_fma_peak_runs(pool, v, 5);
+    for (int r = 0; r < 5; r++) best = v[r] > best ? v[r] : best;
     cg_pool_free(pool);
     return best;
 }
