@@ -14,7 +14,8 @@
  *    model's logits are checked against the rule's (bf16 tolerance, SEMANTICS.md §4), the grouped GEMM
  *    is timed with CUDA events (median after warm-up). Then each bucket's winner runs with deeper
  *    cp.async rings (4, 5 stages) and, for the down-projection, with k split 2, 4 and 8 ways (split-K:
- *    more blocks where the token count leaves SMs idle). Attention's forms (CgCudaAttnForm: the
+ *    more blocks where the token count leaves SMs idle; the fastest configuration whose k has room
+ *    for it when the winner's tile takes all of k). Attention's forms (CgCudaAttnForm: the
  *    per-query kernel's warps and key splits, the tiled kernel's queries per block, threads per query
  *    and key tile, for 16-bit models the tensor-core kernel's queries and key tile) run the same way, T queries at the end of a context of 512 positions (the model's logits
  *    checked, the attention timed). The winners go to a GPU tuning database
@@ -391,6 +392,21 @@ static bool config_fits(const GpuLayer *L, const TuneEntry *e, int kind, bool ge
            c->split * (gemv ? 8 : g.bk) <= e->k;
 }
 
+/* What split-K starts from: the fastest configuration measured so far whose k has room for two
+ * splits (the winner, unless its tile takes all of k at once; then the next that does). */
+static TuneConfig split_base(const GpuLayer *L, const TuneEntry *e, int kind)
+{
+    TuneConfig base = e->best;
+    double best = -1;
+    for (int i = 0; i < e->n_measured; i++) {
+        TuneConfig c = e->measured[i].c;
+        c.split = 2;
+        if (e->measured[i].gflops > best && config_fits(L, e, kind, config_gemv(&c), &c))
+            best = e->measured[i].gflops, base = e->measured[i].c;
+    }
+    return base;
+}
+
 /* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
  * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T). */
 static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const int n_cand[2][2], int64_t T,
@@ -417,7 +433,8 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         if (ok) e.measured[e.n_measured++] = (TuneMeasure){rc, 1e-9 * flop / (ms * 1e-3)}, e.best = rc, best = ms;
         /* the candidates and the other path's rule (where the GEMV gives way to the tiles is measured),
          * then the winning tile with deeper rings (one and two more k tiles than its form's 3, or one
-         * more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways */
+         * more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways (or, when its tile
+         * takes all of k at once, the fastest configuration that can split) */
         TuneConfig todo[MAX_CANDS + 1];
         int n_todo = 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
@@ -432,7 +449,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
             int x = q - n_todo;
             if (x >= 0 && x < n_deeper && config_gemv(&c)) continue;         /* (rings are the tiles') */
             if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 6 : 4) + x; /* a deeper ring */
-            else if (x >= 0) c.split = 2 << (x - n_deeper);                /* split-K */
+            else if (x >= 0) c = split_base(L, &e, kind), c.split = 2 << (x - n_deeper); /* split-K */
             if (x >= 0 && !config_fits(L, &e, kind, config_gemv(&c), &c)) continue;
             float *lg = NULL;
             int64_t p = 0;

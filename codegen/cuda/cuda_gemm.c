@@ -241,12 +241,21 @@ static void emit_k_range(CgBuf *b)
 
 /* The MMAs of one 16-deep k step of an mma.sync tile: every matrix x row block x column block. */
 static const char mma_nest[] =
-    "#pragma unroll\n"
-    "            for (int mat = 0; mat < NB; mat++)\n"
-    "#pragma unroll\n"
-    "                for (int i = 0; i < MI; i++)\n"
-    "#pragma unroll\n"
-    "                    for (int j = 0; j < NI; j++) mma(acc[mat][i][j], af[i], bfr[mat][j]);\n";
+    "        _Pragma(\"unroll\") for (int mat = 0; mat < NB; mat++) \\\n"
+    "            _Pragma(\"unroll\") for (int i = 0; i < MI; i++) \\\n"
+    "                _Pragma(\"unroll\") for (int j = 0; j < NI; j++) if (i < MB) mma(acc[mat][i][j], af[i], bfr[mat][j]); \\\n";
+
+/* The k loop's MMAs in two forms: KK(MI) for a warp with rows in two or more of its 16-row blocks,
+ * KK(1) for one with rows in its first only (a group of up to 16 rows, or a group's last few), which
+ * loads and multiplies that block alone; a warp past the tile's last row does neither (warp-uniform
+ * branches; the block counts are constants, so each form is the plain loop nest). `mlive`: the warp's
+ * blocks that hold a row. */
+static const char mma_live[] =
+    "    const long long wrows = ge - m0 - wm * (BM / 2);  /* rows of the tile at and past this warp's first */\n"
+    "    const int mlive = wrows <= 0 ? 0 : wrows >= MI * 16 ? MI : (int)((wrows + 15) / 16);\n";
+static const char mma_kk[] =
+    "        if (mlive > 1) KK(MI);\n"
+    "        else if (mlive == 1) KK(1);\n";
 
 /* Tensor cores (mma.sync m16n8k16, f32 accumulators). The k loop is software-pipelined through
  * registers: the next k tile's global loads are issued before the current tile's MMAs and land in
@@ -269,6 +278,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    const u16 *w = (const u16 *)wv;\n"
         "    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, wm = wid / WN, wn = wid %% WN;\n"
         "    int gr = lane >> 2, gc = (lane & 3) * 2;\n"
+        "%s"
         "    float acc[NB][MI][NI][4];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
@@ -301,30 +311,28 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    STORE(0);\n"
         "    __syncthreads();\n"
         "    int buf = 0;\n"
+        "#define KK(MB) do { \\\n"
+        "    _Pragma(\"unroll\") for (int kk = 0; kk < BK; kk += 16) { \\\n"
+        "        u32 af[MI][4], bfr[NB][NI][2]; \\\n"
+        "        _Pragma(\"unroll\") for (int i = 0; i < MI; i++) if (i < MB) { \\\n"
+        "            int r = wm * (BM / 2) + i * 16 + gr; \\\n"
+        "            af[i][0] = *(const u32 *)&As[buf][r][kk + gc]; \\\n"
+        "            af[i][1] = *(const u32 *)&As[buf][r + 8][kk + gc]; \\\n"
+        "            af[i][2] = *(const u32 *)&As[buf][r][kk + gc + 8]; \\\n"
+        "            af[i][3] = *(const u32 *)&As[buf][r + 8][kk + gc + 8]; \\\n"
+        "        } \\\n"
+        "        _Pragma(\"unroll\") for (int mat = 0; mat < NB; mat++) \\\n"
+        "            _Pragma(\"unroll\") for (int j = 0; j < NI; j++) { \\\n"
+        "                int cn = wn * (BN / WN) + j * 8 + gr; \\\n"
+        "                bfr[mat][j][0] = *(const u32 *)&Bs[buf][mat][cn][kk + gc]; \\\n"
+        "                bfr[mat][j][1] = *(const u32 *)&Bs[buf][mat][cn][kk + gc + 8]; \\\n"
+        "            } \\\n"
+        "%s"
+        "    } } while (0)\n"
         "    for (int k0 = KT0 * BK; k0 < KT1 * BK; k0 += BK) {\n"
         "        bool more = k0 + BK < KT1 * BK;\n"
         "        if (more) LOAD(k0 + BK);  /* in flight while the tensor cores work on this tile */\n"
-        "#pragma unroll\n"
-        "        for (int kk = 0; kk < BK; kk += 16) {\n"
-        "            u32 af[MI][4], bfr[NB][NI][2];\n"
-        "#pragma unroll\n"
-        "            for (int i = 0; i < MI; i++) {\n"
-        "                int r = wm * (BM / 2) + i * 16 + gr;\n"
-        "                af[i][0] = *(const u32 *)&As[buf][r][kk + gc];\n"
-        "                af[i][1] = *(const u32 *)&As[buf][r + 8][kk + gc];\n"
-        "                af[i][2] = *(const u32 *)&As[buf][r][kk + gc + 8];\n"
-        "                af[i][3] = *(const u32 *)&As[buf][r + 8][kk + gc + 8];\n"
-        "            }\n"
-        "#pragma unroll\n"
-        "            for (int mat = 0; mat < NB; mat++)\n"
-        "#pragma unroll\n"
-        "                for (int j = 0; j < NI; j++) {\n"
-        "                    int cn = wn * (BN / WN) + j * 8 + gr;\n"
-        "                    bfr[mat][j][0] = *(const u32 *)&Bs[buf][mat][cn][kk + gc];\n"
-        "                    bfr[mat][j][1] = *(const u32 *)&Bs[buf][mat][cn][kk + gc + 8];\n"
-        "                }\n"
         "%s"
-        "        }\n"
         "        if (more) STORE(buf ^ 1);\n"
         "        __syncthreads();\n"
         "        buf ^= 1;\n"
@@ -337,7 +345,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            for (int q = 0; q < 4; q++) {  /* c0,c1: row gr; c2,c3: row gr + 8 */\n"
         "                long long s = m0 + wm * (BM / 2) + i * 16 + gr + (q >> 1) * 8;\n"
         "                int n = n0 + wn * (BN / WN) + j * 8 + gc + (q & 1);\n"
-        "                if (s >= ge || n >= N) continue;\n", mma_nest);
+        "                if (s >= ge || n >= N) continue;\n", mma_live, mma_nest, mma_kk);
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "                out[s * LDC + n] = acc[0][i][j][q];\n");
     else if (up)
@@ -410,6 +418,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    DYN_SHARED(u16, sm);  /* [ST][BM + NB*BN][LDS]: a stage is A's rows, then each matrix's */\n"
         "    const u16 *w = (const u16 *)wv;\n"
         "    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, wm = wid / WN, wn = wid %% WN;\n"
+        "%s"
         "    const u16 *asrc[A_IT], *bsrc[B_IT];  /* this thread's 16-byte chunks: source at k 0, place */\n"
         "    int adst[A_IT], bdst[B_IT], acol[A_IT], bcol[B_IT];\n"
         "    bool aok[A_IT], bok[B_IT];\n"
@@ -428,11 +437,27 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        bsrc[it] = bok[it] ? w + WROW(e, mat, n0 + r) * KD + c : w;\n"
         "        bdst[it] = q < B_CH ? (BM + mat * BN + r) * LDS + c : -1, bcol[it] = c;\n"
         "    }\n"
-        "%s%s", load_b_cp, cp_ring_start);
+        "%s%s", mma_live, load_b_cp, cp_ring_start);
     cb_printf(b,
         "    float acc[NB][MI][NI][4];\n"
         "#pragma unroll\n"
         "    for (int q = 0; q < NB * MI * NI * 4; q++) (&acc[0][0][0][0])[q] = 0.0f;\n"
+        "#define KK(MB) do { \\\n"
+        "    _Pragma(\"unroll\") for (int kk = 0; kk < BK; kk += 16) { \\\n"
+        "        u32 af[MI][4], bfr[NB][NI][2]; \\\n"
+        "        _Pragma(\"unroll\") for (int i = 0; i < MI; i++)  /* lanes 0-15: rows 0-15 at kk, 16-31: at kk + 8 */ \\\n"
+        "            if (i < MB) ldmatrix_x4(af[i], As + (wm * (BM / 2) + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8); \\\n"
+        "        _Pragma(\"unroll\") for (int mat = 0; mat < NB; mat++) { \\\n"
+        "            const u16 *bw = Bs + (mat * BN + wn * (BN / WN) + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8; \\\n"
+        "            _Pragma(\"unroll\") for (int j = 0; j + 1 < NI; j += 2) {  /* matrices (j, k lo), (j, k hi), (j+1, lo), (j+1, hi) */ \\\n"
+        "                u32 t4[4]; \\\n"
+        "                ldmatrix_x4(t4, bw + (j + (lane >> 4)) * 8 * LDS); \\\n"
+        "                bfr[mat][j][0] = t4[0], bfr[mat][j][1] = t4[1], bfr[mat][j + 1][0] = t4[2], bfr[mat][j + 1][1] = t4[3]; \\\n"
+        "            } \\\n"
+        "            if (NI & 1) ldmatrix_x2(bfr[mat][NI - 1], bw + (NI - 1) * 8 * LDS); \\\n"
+        "        } \\\n"
+        "%s"
+        "    } } while (0)\n"
         "    for (int kt = 0; kt < KT; kt++) {\n"
         "        cp_async_wait<PF - 1>();  /* tile kt has landed (for this thread) */\n"
         "        __syncthreads();          /* ... for every thread; and all are done with tile kt - 1 */\n"
@@ -440,25 +465,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        if (nk < KT) LOAD(nk %% ST, nk * BK);\n"
         "        cp_async_commit();        /* (empty groups at the end keep the count uniform) */\n"
         "        const u16 *As = sm + (kt %% ST) * STAGE, *Bs = As + BM * LDS;\n"
-        "#pragma unroll\n"
-        "        for (int kk = 0; kk < BK; kk += 16) {\n"
-        "            u32 af[MI][4], bfr[NB][NI][2];\n"
-        "#pragma unroll\n"
-        "            for (int i = 0; i < MI; i++)  /* lanes 0-15: rows 0-15 at kk, 16-31: at kk + 8 */\n"
-        "                ldmatrix_x4(af[i], As + (wm * (BM / 2) + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);\n"
-        "#pragma unroll\n"
-        "            for (int mat = 0; mat < NB; mat++) {\n"
-        "                const u16 *bw = Bs + (mat * BN + wn * (BN / WN) + (lane & 7)) * LDS + kk + ((lane >> 3) & 1) * 8;\n"
-        "#pragma unroll\n"
-        "                for (int j = 0; j + 1 < NI; j += 2) {  /* matrices (j, k lo), (j, k hi), (j+1, lo), (j+1, hi) */\n"
-        "                    u32 t4[4];\n"
-        "                    ldmatrix_x4(t4, bw + (j + (lane >> 4)) * 8 * LDS);\n"
-        "                    bfr[mat][j][0] = t4[0], bfr[mat][j][1] = t4[1], bfr[mat][j + 1][0] = t4[2], bfr[mat][j + 1][1] = t4[3];\n"
-        "                }\n"
-        "                if (NI & 1) ldmatrix_x2(bfr[mat][NI - 1], bw + (NI - 1) * 8 * LDS);\n"
-        "            }\n"
         "%s"
-        "        }\n"
         "    }\n"
         "    cp_async_wait<0>();\n"
         "#pragma unroll\n"
@@ -469,7 +476,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            for (int hh = 0; hh < 2; hh++) {  /* c0,c1: row gr, columns gc, gc + 1; c2,c3: row gr + 8 */\n"
         "                long long s = m0 + wm * (BM / 2) + i * 16 + (lane >> 2) + hh * 8;\n"
         "                int n = n0 + wn * (BN / WN) + j * 8 + (lane & 3) * 2;\n"
-        "                if (s >= ge || n >= N) continue;\n", mma_nest);
+        "                if (s >= ge || n >= N) continue;\n", mma_nest, mma_kk);
     if (up)
         cb_printf(b, "                float a0 = acc[0][i][j][2 * hh], a1 = acc[0][i][j][2 * hh + 1];\n"
                      "                *(u32 *)(out + s * N + n) = PACK(a0 / (1.0f + expf(-a0)) * acc[1][i][j][2 * hh],\n"
