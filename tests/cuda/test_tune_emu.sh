@@ -63,15 +63,16 @@ forced() {
   diff <(grep -A4 "picks per MoE layer" "$WORK/cpu$n.out") <(grep -A4 "picks per MoE layer" "$WORK/$name.out") ||
     { echo "routing differs between the CPU backend and the GPU path with the $name database"; exit 1; }
 }
-# the database as written: taken without a warning, its schedule by tokens said
-forced tuned '' 40 "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 1:1x[0-9]+/u[0-9]+@[0-9.]+(,[^;]*)?;64:[0-9]+x[0-9]+/kc[0-9]+(/s[0-9])?(/wg)?@"
+# the database as written: taken without a warning, its schedule by tokens said (per bucket the
+# winners measured there; which form wins T = 1 on the emulator, a GEMV or a tile, is its timing's)
+forced tuned '' 40 "grouped GEMM tiles by tokens \(T:tile@GFLOP/s;...\): up 1:[0-9]+x[0-9]+/[a-z0-9/]+@[0-9.]+(,[^;]*)?;64:[0-9]+x[0-9]+/kc[0-9]+(/s[0-9])?(/wg)?@"
 grep -q "warning" "$WORK/tuned.err" && { echo "the emulator's database was not taken:"; cat "$WORK/tuned.err"; exit 1; }
 # T = 64 winners that are wgmma tiles: the executor builds them from the schedule
 forced wg '/tokens: 64/ s#(/kc[0-9]+/wg): [0-9.]+#\1: 999.0#' 40 \
-  "up 1:[^;]*;64:[0-9]+x[0-9]+/kc[0-9]+/wg@999.0, .*down 1:[^;]*;64:[0-9]+x[0-9]+/kc[0-9]+/wg@999.0"
+  "up 1:[^;]*;64:([^;]*,)?[0-9]+x[0-9]+/kc[0-9]+/wg@999.0[,;].*down 1:[^;]*;64:([^;]*,)?[0-9]+x[0-9]+/kc[0-9]+/wg@999.0"
 # ... and winners whose W comes by the TMA (the executor encodes their tensor maps)
 forced tma '/tokens: 64/ s#(/kc64/wg/tma): [0-9.]+#\1: 999.0#' 40 \
-  "up 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0, .*down 1:[^;]*;64:[0-9]+x[0-9]+/kc64/wg/tma@999.0"
+  "up 1:[^;]*;64:([^;]*,)?[0-9]+x[0-9]+/kc64/wg/tma@999.0[,;].*down 1:[^;]*;64:([^;]*,)?[0-9]+x[0-9]+/kc64/wg/tma@999.0"
 # the up-projection's winner on the other path than the rule's (raised by hand), its down following it
 # (h is 16-bit only between tiles): the GEMV at T = 64 (40 tokens run on it), a tile at T = 1 (9 tokens)
 forced upgemv '/op: grouped_up.*tokens: 64/ s#(16x4/u[0-9]+): [0-9.]+#\1: 999.0#' 40 "up 1:[^;]*;64:[^;]*16x4/u[0-9]+@999.0"
