@@ -59,6 +59,31 @@ static void eval_rms_norm(Eval *ev, const IrInstr *i, double *out)
 /* out_rows[r][n] = Σ_k x_rows[r][k] · W[n, k] for the given rows; each weight row is converted
  * once and dotted with every row, so a dtype conversion costs N·K, not rows·N·K. An instruction
  * with act_bf16 = 1 multiplies its activations rounded to bf16 (the CPU's bf16 dot product). */
+/* f32 dots of one weight row w with n_rows rows of x (row r at x + r * K), each in k order through
+ * fmaf (the reference's rounding), four rows' chains at a time. Where the compiler can, also built for
+ * FMA hosts (chosen at load), where fmaf is one instruction and not a call into libm: the same results,
+ * the interpreter's GEMMs several times faster. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+__attribute__((target_clones("fma", "default")))
+#endif
+static void dot_rows_f32(const float *x, const float *w, int64_t K, int64_t n_rows, float *out)
+{
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        const float *a = x + r * K, *b = a + K, *c = b + K, *d = c + K;
+        float sa = 0, sb = 0, sc = 0, sd = 0;
+        for (int64_t k = 0; k < K; k++)
+            sa = fmaf(a[k], w[k], sa), sb = fmaf(b[k], w[k], sb), sc = fmaf(c[k], w[k], sc), sd = fmaf(d[k], w[k], sd);
+        out[r] = sa, out[r + 1] = sb, out[r + 2] = sc, out[r + 3] = sd;
+    }
+    for (; r < n_rows; r++) {
+        const float *a = x + r * K;
+        float s = 0;
+        for (int64_t k = 0; k < K; k++) s = fmaf(a[k], w[k], s);
+        out[r] = s;
+    }
+}
+
 void eval_gemm_rows(const Eval *ev, const IrInstr *i, const IrValue *w, const double *const *x_rows,
                     double *const *out_rows, int64_t n_rows)
 {
@@ -77,16 +102,26 @@ void eval_gemm_rows(const Eval *ev, const IrInstr *i, const IrValue *w, const do
         return;
     }
     int64_t N = w->type.dims[0], K = w->type.dims[1];
+    if (ev->prec == EVAL_F32) { /* every operand rounded to f32 once, the dots in k order (fmaf) */
+        float *xf = xmalloc((size_t)(n_rows * K + 1) * sizeof *xf), *wf = xmalloc((size_t)(K + 1) * sizeof *wf);
+        float *dots = xmalloc((size_t)(n_rows + 1) * sizeof *dots);
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t k = 0; k < K; k++) xf[r * K + k] = (float)x_rows[r][k];
+        for (int64_t n = 0; n < N && n_rows > 0; n++) {
+            for (int64_t k = 0; k < K; k++) wf[k] = (float)eval_get(ev, w, n * K + k);
+            dot_rows_f32(xf, wf, K, n_rows, dots);
+            for (int64_t r = 0; r < n_rows; r++) out_rows[r][n] = dots[r];
+        }
+        free(xf), free(wf), free(dots);
+        return;
+    }
     double *row = xmalloc((size_t)K * sizeof *row);
     for (int64_t n = 0; n < N && n_rows > 0; n++) {
         for (int64_t k = 0; k < K; k++) row[k] = eval_get(ev, w, n * K + k);
         for (int64_t r = 0; r < n_rows; r++) {
             const double *xr = x_rows[r];
             double acc = 0;
-            if (ev->prec == EVAL_F32)
-                for (int64_t k = 0; k < K; k++) acc = (double)fmaf((float)xr[k], (float)row[k], (float)acc);
-            else
-                for (int64_t k = 0; k < K; k++) acc += xr[k] * row[k];
+            for (int64_t k = 0; k < K; k++) acc += xr[k] * row[k];
             out_rows[r][n] = acc;
         }
     }
