@@ -118,11 +118,11 @@ static int cmp_double(const void *a, const void *b)
 }
 
 bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
-                       int64_t T, int reps, double *ms, RtError *err)
+                       int64_t T, int warmup, int reps, double *ms, RtError *err)
 {
     double *v = xmalloc((size_t)reps * sizeof *v);
     bool ok = true;
-    for (int r = -3; r < reps && ok; r++) {
+    for (int r = -warmup; r < reps && ok; r++) {
         ok = first == 0 && last == n_steps ? cuda_model_run(cm, ids, pos, T, err)
                                            : cuda_model_run_steps(cm, first, last, ids, pos, T, err);
         if (r >= 0) v[r] = cuda_model_last_ms(cm);
@@ -218,8 +218,8 @@ int bench_cuda(int argc, char **argv)
         for (int64_t t = 0; t < T; t++)
             ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + t);
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0, att_ms = 0;
-        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, a.reps, &layer_ms, &err) &&
-                  bench_cuda_time_steps(cm, att, att + 1, n_steps, ids, pos, T, a.reps, &att_ms, &err);
+        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, 3, a.reps, &layer_ms, &err) &&
+                  bench_cuda_time_steps(cm, att, att + 1, n_steps, ids, pos, T, 3, a.reps, &att_ms, &err);
         int32_t *sid = NULL;
         if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
             int64_t k = s.top_k;
@@ -230,9 +230,9 @@ int bench_cuda(int argc, char **argv)
             free(sw);
         }
         int first = a.zc_share >= 0 ? route + 1 : route;
-        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, a.reps, &moe_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, 3, a.reps, &moe_ms, &err);
         int moe_ops = cuda_model_last_ops(cm); /* the block's launches (and fills, copies) */
-        ok = ok && bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, a.reps, &gemm_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, 3, a.reps, &gemm_ms, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);

@@ -307,6 +307,8 @@ typedef struct {
     WeightSet *w;
     int n_steps, step[2];      /* indices of the grouped up and down instructions */
     double deadline;
+    int warmup, reps;          /* runs a measurement makes: 3 and 9 on a GPU, 0 and 1 on the CUDA
+                                  emulator (its timings say nothing of a GPU's: the flow is what runs) */
     const char *arch;
     int att_step;              /* the first attention instruction, and its kernels' descriptor */
     CgOpDesc att;
@@ -342,7 +344,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
     const int32_t *rid = lg ? cuda_model_output(cm, name, &cols, &dt, err) : NULL;
-    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, L->n_steps, ids, pos, T, 9, ms, err);
+    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, L->n_steps, ids, pos, T, L->warmup, L->reps, ms, err);
     for (int64_t j = 0; ok && j < T * cols; j++) *picks += rid[j] >= 0 && rid[j] < L->s->n_ffn;
     cuda_model_free(cm);
     return ok;
@@ -500,7 +502,8 @@ static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int3
     bool ok = (P == T || cuda_model_run(cm, ids, pos, P - T, err)) && cuda_model_run(cm, ids + P - T, pos + P - T, T, err);
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
-    ok = lg && bench_cuda_time_steps(cm, step, step + 1, L->n_steps, ids + P - T, pos + P - T, T, 9, ms, err);
+    ok = lg && bench_cuda_time_steps(cm, step, step + 1, L->n_steps, ids + P - T, pos + P - T, T, L->warmup,
+                                    L->reps, ms, err);
     cuda_model_free(cm);
     return ok;
 }
@@ -706,6 +709,8 @@ int tune_cuda(const TuneArgs *a)
     bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
               gpu_of_arch(arch, gpu, sizeof gpu, garch);
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
+    bool emu = strcmp(garch, CG_CUDA_EMU_ARCH) == 0;
+    L.warmup = emu ? 0 : 3, L.reps = emu ? 1 : 9;
     TuneDb db = {0};
     tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
     for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) {
