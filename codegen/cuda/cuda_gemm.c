@@ -239,7 +239,8 @@ static void emit_k_range(CgBuf *b)
                  "    const int KT1 = SPLIT > 1 ? (int)((long long)(blockIdx.z + 1) * KT_ALL / SPLIT) : KT_ALL;\n");
 }
 
-/* The MMAs of one 16-deep k step of an mma.sync tile: every matrix x row block x column block. */
+/* The MMAs of one 16-deep k step of an mma.sync tile, in KK(MB) (below): every matrix x row block
+ * (the warp's first MB) x column block. */
 static const char mma_nest[] =
     "        _Pragma(\"unroll\") for (int mat = 0; mat < NB; mat++) \\\n"
     "            _Pragma(\"unroll\") for (int i = 0; i < MI; i++) \\\n"
