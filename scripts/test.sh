@@ -8,6 +8,9 @@ jobs=2
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEPPC_TESTS=ON >/dev/null
 cmake --build build -j$jobs
+# NVRTC's results kept by their source and options in the build folder: a kernel that several tests
+# (and both builds) compile goes through NVRTC once (cuda_nvrtc.c)
+export MOEPPC_NVRTC_CACHE="$PWD/build/nvrtc-cache"
 ctest --test-dir build -j$jobs --output-on-failure
 
 # (the CUDA emulator's kernel objects are the same in both builds, none sanitized: the release build's)

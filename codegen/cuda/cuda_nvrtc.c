@@ -1,11 +1,21 @@
 /* cuda_nvrtc.c — compile one generated kernel with NVRTC (linked, no GPU needed): cubin for sm_XX
- * with ptxas's resource report, and/or PTX for compute_XX. */
+ * with ptxas's resource report, and/or PTX for compute_XX.
+ *
+ * MOEPPC_NVRTC_CACHE=DIR keeps each pass's result (cubin or PTX, and NVRTC's log, which holds the
+ * resource report) in DIR, by a hash of the source, the kernel's name, the options and NVRTC's
+ * version: the test suite sets it so that a kernel several tests (and the sanitizer build) compile
+ * goes through NVRTC once. A file that does not read back whole is compiled again. */
 #include "codegen/cuda/cg_cuda.h"
 
+#include <errno.h>
 #include <nvrtc.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Every NVRTC call goes through this: on failure, the call, NVRTC's message, the kernel name and the
  * program log (when there is one) go to err, and the function jumps to `fail`. */
@@ -81,6 +91,64 @@ static bool valid_arch(const char *arch)
     return atoi(arch + 3) >= 80;
 }
 
+#define NVRTC_CACHE_MAGIC "MOEPPC-NVRTC-1"
+
+/* The cache file of one pass in MOEPPC_NVRTC_CACHE (false when that is not set). */
+static bool cache_path(const char *source, const char *name, const char *arch_opt, bool cubin, char *path, size_t n)
+{
+    const char *dir = getenv("MOEPPC_NVRTC_CACHE");
+    if (!dir || !dir[0]) return false;
+    int major = 0, minor = 0;
+    nvrtcVersion(&major, &minor);
+    char ver[64];
+    snprintf(ver, sizeof ver, "%d.%d/%d", major, minor, (int)cubin);
+    const char *parts[] = {source, name, arch_opt, ver};
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(parts); i++) { /* FNV-1a, each part ended by a 0xff byte */
+        for (const char *c = parts[i]; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+    }
+    mkdir(dir, 0777);
+    snprintf(path, n, "%s/%016llx.nvrtc", dir, (unsigned long long)h);
+    return true;
+}
+
+/* A pass's result from the cache: the output (cubin bytes or PTX) and the log; false when absent or
+ * not whole. */
+static bool cache_read(const char *path, char **data, size_t *len, char **log)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t n_out = 0, n_log = 0;
+    bool ok = fscanf(f, NVRTC_CACHE_MAGIC " %zu %zu", &n_out, &n_log) == 2 && fgetc(f) == '\n' &&
+              n_out < ((size_t)1 << 30) && n_log < ((size_t)1 << 30);
+    char *d = ok ? xmalloc(n_out + 1) : NULL, *l = ok ? xmalloc(n_log + 1) : NULL;
+    ok = ok && fread(d, 1, n_out, f) == n_out && fread(l, 1, n_log, f) == n_log && fgetc(f) == EOF;
+    fclose(f);
+    if (!ok) {
+        free(d), free(l);
+        return false;
+    }
+    d[n_out] = 0, l[n_log] = 0;
+    *data = d, *len = n_out, *log = l;
+    return true;
+}
+
+/* Stores a pass's result (written to a private name, renamed into place); a failure only costs the
+ * next compile its hit. */
+static void cache_write(const char *path, const void *data, size_t len, const char *log)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%d.%lx.tmp", path, (int)getpid(), (unsigned long)pthread_self());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return;
+    size_t n_log = strlen(log);
+    bool ok = fprintf(f, NVRTC_CACHE_MAGIC " %zu %zu\n", len, n_log) > 0 && fwrite(data, 1, len, f) == len &&
+              fwrite(log, 1, n_log, f) == n_log;
+    if (fclose(f) != 0) ok = false;
+    if (!ok || rename(tmp, path) != 0) unlink(tmp);
+}
+
 /* One NVRTC pass; `arch_opt` is --gpu-architecture=sm_XX or compute_XX. */
 static bool compile_once(const char *source, const char *name, const char *arch_opt, bool cubin, CgCudaBinary *out,
                          char *err, size_t errlen)
@@ -88,31 +156,42 @@ static bool compile_once(const char *source, const char *name, const char *arch_
     nvrtcProgram prog = NULL;
     const char *opts[] = {arch_opt, "-std=c++17", "-default-device", "--ptxas-options=-v"};
     int n_opts = cubin ? 4 : 3;
-    char file[300];
-    snprintf(file, sizeof file, "%s.cu", name);
-    NVRTC_CHECK(nvrtcCreateProgram(&prog, source, file, 0, NULL, NULL));
-    double t0 = now_ms();
-    NVRTC_CHECK(nvrtcCompileProgram(prog, n_opts, opts));
-    out->compile_ms += now_ms() - t0;
-    char *log = program_log(prog);
+    char file[300], path[4100];
+    bool cached = cache_path(source, name, arch_opt, cubin, path, sizeof path);
+    char *data = NULL, *log = NULL;
+    size_t len = 0;
+    if (cached && cache_read(path, &data, &len, &log)) {
+        if (cubin) out->cubin = data, out->cubin_len = len;
+        else out->ptx = data, out->ptx_len = len;
+    } else {
+        snprintf(file, sizeof file, "%s.cu", name);
+        NVRTC_CHECK(nvrtcCreateProgram(&prog, source, file, 0, NULL, NULL));
+        double t0 = now_ms();
+        NVRTC_CHECK(nvrtcCompileProgram(prog, n_opts, opts));
+        out->compile_ms += now_ms() - t0;
+        log = program_log(prog);
+        if (cubin) {
+            NVRTC_CHECK(nvrtcGetCUBINSize(prog, &out->cubin_len));
+            out->cubin = xmalloc(out->cubin_len);
+            NVRTC_CHECK(nvrtcGetCUBIN(prog, out->cubin));
+        } else {
+            NVRTC_CHECK(nvrtcGetPTXSize(prog, &out->ptx_len));
+            out->ptx = xmalloc(out->ptx_len + 1);
+            NVRTC_CHECK(nvrtcGetPTX(prog, out->ptx));
+            out->ptx[out->ptx_len] = 0;
+        }
+        nvrtcDestroyProgram(&prog);
+        if (cached) cache_write(path, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);
+    }
     if (cubin) {
         parse_resources(log, out);
         free(out->log);
         out->log = log;
-        NVRTC_CHECK(nvrtcGetCUBINSize(prog, &out->cubin_len));
-        out->cubin = xmalloc(out->cubin_len);
-        NVRTC_CHECK(nvrtcGetCUBIN(prog, out->cubin));
-    } else {
-        if (!out->log) out->log = log;
-        else free(log);
-        NVRTC_CHECK(nvrtcGetPTXSize(prog, &out->ptx_len));
-        out->ptx = xmalloc(out->ptx_len + 1);
-        NVRTC_CHECK(nvrtcGetPTX(prog, out->ptx));
-        out->ptx[out->ptx_len] = 0;
-    }
-    nvrtcDestroyProgram(&prog);
+    } else if (!out->log) out->log = log;
+    else free(log);
     return true;
 fail:
+    free(log);
     if (prog) nvrtcDestroyProgram(&prog);
     return false;
 }

@@ -134,6 +134,55 @@ static void test_bad_source(void **state)
     assert_null(bin.cubin);
 }
 
+/* MOEPPC_NVRTC_CACHE: the second compile of a kernel reads the first's cubin, PTX, log and resources
+ * back from the folder (nothing compiled: 0 ms); a cache file cut short is compiled again; a source
+ * that fails is not kept. */
+static void test_nvrtc_cache(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moeppc-nvrtc-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *was = getenv("MOEPPC_NVRTC_CACHE");
+    char *keep = was ? xstrdup(was) : NULL;
+    setenv("MOEPPC_NVRTC_CACHE", dir, 1);
+    CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 4, 2, 64, 32);
+    char err[8192], sym[600], *src = cg_cuda_gemm_source(&g, err, sizeof err);
+    assert_non_null(src);
+    cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+    CgCudaBinary a, b, c;
+    assert_true(cg_cuda_compile(src, sym, "sm_80", true, true, &a, err, sizeof err));
+    assert_true(cg_cuda_compile(src, sym, "sm_80", true, true, &b, err, sizeof err));
+    assert_true(a.compile_ms > 0);
+    assert_true(b.compile_ms == 0); /* both passes read back */
+    assert_int_equal(a.cubin_len, b.cubin_len);
+    assert_memory_equal(a.cubin, b.cubin, a.cubin_len);
+    assert_string_equal(a.ptx, b.ptx);
+    assert_string_equal(a.log, b.log);
+    assert_int_equal(a.registers, b.registers);
+    assert_int_equal(a.spill_stores, b.spill_stores);
+    assert_true(b.registers > 0);
+    /* every file cut to half: compiled again, the same cubin */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "for f in %s/*.nvrtc; do n=$(stat -c %%s \"$f\"); truncate -s $((n / 2)) \"$f\"; done",
+             dir);
+    assert_int_equal(system(cmd), 0);
+    assert_true(cg_cuda_compile(src, sym, "sm_80", true, false, &c, err, sizeof err));
+    assert_true(c.compile_ms > 0);
+    assert_memory_equal(a.cubin, c.cubin, a.cubin_len);
+    cg_cuda_binary_free(&a), cg_cuda_binary_free(&b), cg_cuda_binary_free(&c);
+    /* a failed compile leaves nothing, and fails again */
+    const char *bad = "extern \"C\" __global__ void broken_cached(float *x) { x[0] = nope; }\n";
+    assert_false(cg_cuda_compile(bad, "broken_cached", "sm_80", true, false, &a, err, sizeof err));
+    assert_false(cg_cuda_compile(bad, "broken_cached", "sm_80", true, false, &a, err, sizeof err));
+    assert_non_null(strstr(err, "nope"));
+    snprintf(cmd, sizeof cmd, "test $(ls %s | wc -l) -eq 2 && rm -r %s", dir, dir); /* the kernel's cubin and PTX */
+    assert_int_equal(system(cmd), 0);
+    free(src);
+    if (keep) setenv("MOEPPC_NVRTC_CACHE", keep, 1);
+    else unsetenv("MOEPPC_NVRTC_CACHE");
+    free(keep);
+}
+
 static void test_bad_target(void **state)
 {
     (void)state;
@@ -360,7 +409,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
-        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
+        cmocka_unit_test(test_bad_source), cmocka_unit_test(test_nvrtc_cache), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
         cmocka_unit_test(test_pdl_entry),
     };
