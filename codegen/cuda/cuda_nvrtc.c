@@ -7,15 +7,12 @@
  * goes through NVRTC once. A file that does not read back whole is compiled again. */
 #include "codegen/cuda/cg_cuda.h"
 
-#include <errno.h>
 #include <nvrtc.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 /* Every NVRTC call goes through this: on failure, the call, NVRTC's message, the kernel name and the
  * program log (when there is one) go to err, and the function jumps to `fail`. */
@@ -100,14 +97,11 @@ static bool cache_path(const char *source, const char *name, const char *arch_op
     if (!dir || !dir[0]) return false;
     int major = 0, minor = 0;
     nvrtcVersion(&major, &minor);
-    char ver[64];
-    snprintf(ver, sizeof ver, "%d.%d/%d", major, minor, (int)cubin);
-    const char *parts[] = {source, name, arch_opt, ver};
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < MOE_ARRAY_LEN(parts); i++) { /* FNV-1a, each part ended by a 0xff byte */
-        for (const char *c = parts[i]; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
-        h = (h ^ 0xff) * 1099511628211ull;
-    }
+    size_t n_key = strlen(source) + strlen(name) + strlen(arch_opt) + 64;
+    char *key = xmalloc(n_key); /* the source first: the lines after it hold no newline of their own */
+    snprintf(key, n_key, "%s\n%s\n%s\n%d.%d/%d", source, name, arch_opt, major, minor, (int)cubin);
+    uint64_t h = hash_str(key);
+    free(key);
     mkdir(dir, 0777);
     snprintf(path, n, "%s/%016llx.nvrtc", dir, (unsigned long long)h);
     return true;
@@ -134,19 +128,19 @@ static bool cache_read(const char *path, char **data, size_t *len, char **log)
     return true;
 }
 
-/* Stores a pass's result (written to a private name, renamed into place); a failure only costs the
- * next compile its hit. */
+/* Stores a pass's result (file_write_atomic: a reader never sees part of it); a failure only costs
+ * the next compile its hit. */
 static void cache_write(const char *path, const void *data, size_t len, const char *log)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.%d.%lx.tmp", path, (int)getpid(), (unsigned long)pthread_self());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return;
     size_t n_log = strlen(log);
-    bool ok = fprintf(f, NVRTC_CACHE_MAGIC " %zu %zu\n", len, n_log) > 0 && fwrite(data, 1, len, f) == len &&
-              fwrite(log, 1, n_log, f) == n_log;
-    if (fclose(f) != 0) ok = false;
-    if (!ok || rename(tmp, path) != 0) unlink(tmp);
+    char head[96];
+    int h = snprintf(head, sizeof head, NVRTC_CACHE_MAGIC " %zu %zu\n", len, n_log);
+    char *buf = xmalloc((size_t)h + len + n_log), why[256];
+    memcpy(buf, head, (size_t)h);
+    memcpy(buf + h, data, len);
+    memcpy(buf + h + len, log, n_log);
+    (void)file_write_atomic(path, buf, (size_t)h + len + n_log, why, sizeof why);
+    free(buf);
 }
 
 /* One NVRTC pass; `arch_opt` is --gpu-architecture=sm_XX or compute_XX. */

@@ -106,23 +106,6 @@ static int run_logged(char *const argv[], const char *log)
  * takes a .gch only from the same flags). */
 #define EMU_CXX_FLAGS "-std=c++17", "-O2", "-march=native", "-fPIC", "-w", "-fno-strict-aliasing", "-fvisibility=hidden"
 
-/* Writes `text` to `path` through a private temporary name (renamed into place: a reader never sees
- * part of it); false with err set. */
-static bool write_file_atomic(const char *path, const char *text, char *err, size_t errlen)
-{
-    char tmp[4700];
-    snprintf(tmp, sizeof tmp, "%s.%d.%lx.tmp", path, (int)getpid(), (unsigned long)pthread_self());
-    FILE *f = fopen(tmp, "w");
-    bool ok = f && fputs(text, f) >= 0;
-    if (f && fclose(f) != 0) ok = false;
-    if (ok && rename(tmp, path) != 0) ok = false;
-    if (!ok) {
-        snprintf(err, errlen, "CUDA emulator: cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    return ok;
-}
-
 static pthread_mutex_t pch_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* kernel.hpp in `dir` as kernel-HASH.hpp, with its precompiled form beside it when the compiler made
@@ -138,7 +121,8 @@ static bool kernel_header(const char *cxx, const char *dir, char *hpp, size_t hp
     char gch[4700], tmp[4800], log[4800];
     snprintf(gch, sizeof gch, "%s.gch", hpp);
     pthread_mutex_lock(&pch_mu); /* this process's threads wait for the first; other processes may race it */
-    bool ok = access(hpp, R_OK) == 0 || write_file_atomic(hpp, cudaemu_kernel_text, err, errlen);
+    bool ok = access(hpp, R_OK) == 0 ||
+              file_write_atomic(hpp, cudaemu_kernel_text, strlen(cudaemu_kernel_text), err, errlen);
     if (ok && access(gch, R_OK) != 0) {
         snprintf(tmp, sizeof tmp, "%s.%d.%lx.tmp", gch, (int)getpid(), (unsigned long)pthread_self());
         snprintf(log, sizeof log, "%s.%d.%lx.log", gch, (int)getpid(), (unsigned long)pthread_self());
