@@ -7,6 +7,7 @@
 
 #include <llvm-c/Core.h>
 #include <llvm-c/Error.h>
+#include <llvm-c/Orc.h>
 #include <llvm-c/TargetMachine.h>
 
 /* printf into err[errlen] (NULL/0 allowed); always returns false so callers can `return cg_fail(...)`. */
@@ -24,6 +25,9 @@ LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, s
 LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, const CgKernelConfig *cfg,
                                      const char *symbol);
 
+/* A new thread-safe context for LLJIT modules, with the LLVM context inside it in *ctx (owned by the
+ * returned reference: dispose that alone). Hides LLVM 21's change of how the two are made. */
+LLVMOrcThreadSafeContextRef cg_thread_safe_context(LLVMContextRef *ctx);
 /* The JIT's LLVM context: build modules in it for cg_jit_compile_module. */
 LLVMContextRef cg_jit_context(CgJit *jit);
 /* Verify mod, optimise it with "default<O3>" for the host, optionally write it to obj_path as an

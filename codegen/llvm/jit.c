@@ -21,6 +21,7 @@ struct CgJit {
     char *ir_dump_dir;        /* when set, every optimised module is also written there as SYMBOL.ll */
     CgTarget t;
     LLVMOrcThreadSafeContextRef tsc;
+    LLVMContextRef ctx;      /* tsc's context, where every kernel module is built; tsc owns it */
     LLVMTargetMachineRef tm; /* for LLVMRunPasses and object files; the JIT owns its own */
     LLVMOrcLLJITRef lljit;
     CgKernel **kernels;
@@ -60,6 +61,18 @@ static bool start_lljit(CgJit *jit, char *err, size_t errlen) {
     return true;
 }
 
+LLVMOrcThreadSafeContextRef cg_thread_safe_context(LLVMContextRef *ctx) {
+#if LLVM_VERSION_MAJOR >= 21
+    /* LLVM 21 took LLVMOrcThreadSafeContextGetContext away: make the context, then wrap it. */
+    *ctx = LLVMContextCreate();
+    return LLVMOrcCreateNewThreadSafeContextFromLLVMContext(*ctx);
+#else
+    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
+    *ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+    return tsc;
+#endif
+}
+
 CgJit *cg_jit_new(cg_isa max_isa, char *err, size_t errlen) {
     pthread_once(&init_once, init_llvm_native);
     if (init_failed) {
@@ -73,7 +86,7 @@ CgJit *cg_jit_new(cg_isa max_isa, char *err, size_t errlen) {
         cg_jit_free(jit);
         return NULL;
     }
-    jit->tsc = LLVMOrcCreateNewThreadSafeContext();
+    jit->tsc = cg_thread_safe_context(&jit->ctx);
     return jit;
 }
 
@@ -184,8 +197,7 @@ void cg_jit_dump_ir(CgJit *jit, const char *dir) {
 static LLVMModuleRef build_optimized(CgJit *jit, const CgKernelConfig *cfg, const char *sym, char *err,
                                      size_t errlen) {
     if (!check_config(jit, cfg, err, errlen)) return NULL;
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(jit->tsc);
-    LLVMModuleRef mod = cg_build_kernel_module(ctx, &jit->t, cfg, sym);
+    LLVMModuleRef mod = cg_build_kernel_module(jit->ctx, &jit->t, cfg, sym);
     return verify_and_optimize(jit, mod, sym, err, errlen) ? mod : NULL;
 }
 
@@ -280,7 +292,7 @@ char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t
     return copy;
 }
 
-LLVMContextRef cg_jit_context(CgJit *jit) { return LLVMOrcThreadSafeContextGetContext(jit->tsc); }
+LLVMContextRef cg_jit_context(CgJit *jit) { return jit->ctx; }
 
 void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
                             size_t errlen) {

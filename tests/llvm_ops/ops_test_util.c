@@ -28,6 +28,7 @@ struct OpsJit {
     LLVMTargetMachineRef tm; /* for LLVMRunPasses; the JIT owns its own */
     LLVMOrcLLJITRef lljit;
     LLVMOrcThreadSafeContextRef tsc;
+    LLVMContextRef ctx;
     Compiled *done;
     int n_done;
 };
@@ -71,7 +72,7 @@ OpsJit *oj_new(void)
                                                                NULL),
           "LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess");
     LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(j->lljit), gen);
-    j->tsc = LLVMOrcCreateNewThreadSafeContext();
+    j->tsc = cg_thread_safe_context(&j->ctx);
     return j;
 }
 
@@ -93,7 +94,7 @@ static LLVMModuleRef build_optimized(OpsJit *j, const CgOpDesc *d, const char *s
 {
     char err[512];
     double t0 = oj_now_ms();
-    LLVMModuleRef mod = cg_ops_build(LLVMOrcThreadSafeContextGetContext(j->tsc), d, j->t.vec_width, sym, err,
+    LLVMModuleRef mod = cg_ops_build(j->ctx, d, j->t.vec_width, sym, err,
                                      sizeof err);
     if (!mod) die("cg_ops_build", err);
     LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(j->lljit));

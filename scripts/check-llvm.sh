@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# check-llvm.sh NN [NN...]: builds moeppc against LLVM NN (installing llvm-NN-dev through apt-get when
+# it is missing) in build-llvmNN, with the warnings as errors as always, and runs every test that
+# the CPU code generator reaches (all but the CUDA emulator's and NVRTC's, which do not use LLVM).
+# The brief asks that the code keep building on LLVMs newer than the 14 it is developed with; this is
+# how to check it, e.g. `bash scripts/check-llvm.sh 19 22` (Debian 12 packages both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { echo "usage: scripts/check-llvm.sh NN [NN...]  (LLVM major versions, e.g. 19 22)" >&2; exit 2; }
+bash scripts/deps.sh --tests
+jobs=2
+for v in "$@"; do
+  case "$v" in '' | *[!0-9]*) echo "check-llvm: '$v' is not an LLVM major version" >&2; exit 2 ;; esac
+  dir=/usr/lib/llvm-$v/lib/cmake/llvm
+  if [ ! -f "$dir/LLVMConfig.cmake" ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "check-llvm: installing llvm-$v-dev"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "llvm-$v-dev"
+  fi
+  cmake -S . -B "build-llvm$v" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEPPC_TESTS=ON -DLLVM_DIR="$dir" |
+    grep "moeppc: LLVM"
+  cmake --build "build-llvm$v" -j$jobs >/dev/null
+  MOEPPC_NVRTC_CACHE="$PWD/build-llvm$v/nvrtc-cache" \
+    ctest --test-dir "build-llvm$v" -j$jobs -E 'emu|cuda_compile' --output-on-failure
+  echo "check-llvm: LLVM $v: built and passed"
+done
