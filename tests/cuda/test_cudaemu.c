@@ -170,7 +170,7 @@ static void test_embedded_image(void **state)
     assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
     for (int i = 0; i < 32; i++) assert_true(h[i] == 2.0f * (float)i);
     static const char *const bad[] = {"MOEPPC-CUDAEMU-2\n", "MOEPPC-CUDAEMU-2\nx\n", "MOEPPC-CUDAEMU-2\n0\n",
-                                      "MOEPPC-CUDAEMU-2\n99999999999\n", "MOEPPC-CUDAEMU-2\n16\n\x7f" "ELF and no more"};
+                                      "MOEPPC-CUDAEMU-2\n99999999999\n", "MOEPPC-CUDAEMU-2\n16\n\177ELF and no more"};
     for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
         assert_false(cg_cuda_function(drv, bad[k], "k", &fn, err, sizeof err));
         printf("corrupt image %zu -> %s\n", k, err);

@@ -180,7 +180,7 @@ static void test_embed_rejects_out_of_vocab(void **state)
     snprintf(path, sizeof path, "%s/t.safetensors", dir);
     Tensor t = {.name = "tab", .dtype = DT_F32, .ndim = 2, .shape = {2, 2}, .data = tab, .nbytes = 16};
     RtError err = {{0}};
-    WeightSet *w;
+    WeightSet *w = NULL;
     assert_true(safetensors_write(path, &t, 1, &err) && weights_open(path, &w, &err));
     int32_t ids[2] = {1, 2}, pos[2] = {0, 1};
     EvalResult res;

@@ -10,6 +10,9 @@
 
 #include <string.h>
 
+/* One measurement: a register tile m x n, unroll u (0: the rule's), at g GFLOP/s */
+#define MEAS(m, n, u, g) {.c = {.tile_m = (m), .tile_n = (n), .unroll = (u)}, .gflops = (g)}
+
 static int pick_m(const TileSchedule *s, int64_t T) { return tile_schedule_pick(s, T).tile_m; }
 
 static void test_pick_by_measured_neighbours(void **state)
@@ -84,10 +87,10 @@ static void test_format_keeps_the_winners(void **state)
 {
     (void)state;
     TuneEntry a = {.tokens = 64, .n_measured = 3,
-                   .measured = {{{8, 48, 0, 0, 0, 0}, 100.0}, {{4, 48, 0, 0, 0, 0}, 90.0}, {{8, 48, 2, 0, 0, 0}, 95.0}}};
-    TuneEntry b = {.tokens = 1, .n_measured = 1, .measured = {{{1, 96, 0, 0, 0, 0}, 20.0}}};
+                   .measured = {MEAS(8, 48, 0, 100.0), MEAS(4, 48, 0, 90.0), MEAS(8, 48, 2, 95.0)}};
+    TuneEntry b = {.tokens = 1, .n_measured = 1, .measured = {MEAS(1, 96, 0, 20.0)}};
     TuneEntry c = {.tokens = 512, .n_measured = 3,
-                   .measured = {{{8, 48, 0, 0, 0, 0}, 180.0}, {{4, 48, 0, 0, 0, 0}, 190.0}, {{8, 48, 2, 0, 0, 0}, 1.0}}};
+                   .measured = {MEAS(8, 48, 0, 180.0), MEAS(4, 48, 0, 190.0), MEAS(8, 48, 2, 1.0)}};
     const TuneEntry *e[3] = {&a, &b, &c};
     Arena arena = {0};
     const char *s = tile_schedule_format(e, 3, 48, &arena);
@@ -108,10 +111,10 @@ static void test_width_over_all_buckets(void **state)
 {
     (void)state;
     TuneEntry t1 = {.tokens = 1, .n_measured = 4,
-                    .measured = {{{8, 48, 0, 0, 0, 0}, 30.0}, {{1, 48, 0, 0, 0, 0}, 36.0}, {{1, 32, 0, 0, 0, 0}, 18.0},
-                                 {{1, 96, 0, 0, 0, 0}, 90.0}}};
+                    .measured = {MEAS(8, 48, 0, 30.0), MEAS(1, 48, 0, 36.0), MEAS(1, 32, 0, 18.0),
+                                 MEAS(1, 96, 0, 90.0)}};
     TuneEntry t512 = {.tokens = 512, .n_measured = 3,
-                      .measured = {{{8, 48, 0, 0, 0, 0}, 190.0}, {{4, 48, 2, 0, 0, 0}, 191.0}, {{12, 32, 2, 0, 0, 0}, 195.0}}};
+                      .measured = {MEAS(8, 48, 0, 190.0), MEAS(4, 48, 2, 191.0), MEAS(12, 32, 2, 195.0)}};
     const TuneEntry *e[2] = {&t1, &t512};
     TuneConfig c = {0}, rule = {.tile_m = 8, .tile_n = 48};
     assert_true(tile_schedule_width(e, 2, &t512, &rule, &c));
@@ -129,7 +132,7 @@ static void test_width_over_all_buckets(void **state)
     assert_true(tile_schedule_width(e, 2, &t512, &rule, &c));
     assert_int_equal(c.tile_n, 48);
     /* no width measured everywhere: no answer */
-    TuneEntry only96 = {.tokens = 16, .n_measured = 1, .measured = {{{1, 96, 0, 0, 0, 0}, 50.0}}};
+    TuneEntry only96 = {.tokens = 16, .n_measured = 1, .measured = {MEAS(1, 96, 0, 50.0)}};
     const TuneEntry *f[2] = {&only96, &t512};
     assert_false(tile_schedule_width(f, 2, &t512, &rule, &c));
 }
