@@ -855,7 +855,11 @@ static bool copy_args(Node *n, const Kernel *k, void **args)
     for (int i = 0; i < k->n_args; i++) off += (k->sizes[i] + 7) & ~(size_t)7;
     n->blob = malloc(off ? off : 1);
     n->args = calloc((size_t)k->n_args + 1, sizeof *n->args);
-    if (!n->blob || !n->args) return false;
+    if (!n->blob || !n->args) {
+        free(n->blob), free(n->args);
+        n->blob = NULL, n->args = NULL;
+        return false;
+    }
     off = 0;
     for (int i = 0; i < k->n_args; i++) {
         memcpy(n->blob + off, args[i], k->sizes[i]);
