@@ -7,18 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: scripts/check-llvm.sh NN [NN...]  (LLVM major versions, e.g. 19 22)" >&2; exit 2; }
-bash scripts/deps.sh --tests
-jobs=2
+pkgs=()
 for v in "$@"; do
   case "$v" in '' | *[!0-9]*) echo "check-llvm: '$v' is not an LLVM major version" >&2; exit 2 ;; esac
+  [ -f "/usr/lib/llvm-$v/lib/cmake/llvm/LLVMConfig.cmake" ] || pkgs+=("llvm-$v-dev")
+done
+bash scripts/deps.sh --tests "${pkgs[@]}"
+jobs=2
+for v in "$@"; do
   dir=/usr/lib/llvm-$v/lib/cmake/llvm
-  if [ ! -f "$dir/LLVMConfig.cmake" ]; then
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "check-llvm: installing llvm-$v-dev"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "llvm-$v-dev"
-  fi
   cmake -S . -B "build-llvm$v" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEPPC_TESTS=ON -DLLVM_DIR="$dir" |
     grep "moeppc: LLVM"
   cmake --build "build-llvm$v" -j$jobs >/dev/null

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# deps.sh [--tests]: installs, through apt-get, whatever the build (and with --tests, the test suite)
-# needs and this machine lacks. Does nothing when everything is present.
+# deps.sh [--tests] [PACKAGE...]: installs, through apt-get, whatever the build (and with --tests, the
+# test suite) needs and this machine lacks, and each further Debian PACKAGE not installed (the other
+# scripts' own needs: fuzz.sh's clang, check-llvm.sh's llvm-NN-dev). Does nothing when everything is
+# present.
 set -euo pipefail
 want_tests=0
-[ "${1:-}" = "--tests" ] && want_tests=1
+[ "${1:-}" = "--tests" ] && want_tests=1 && shift
 
 missing=()
 need_pkg() { dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1"); }
+for p in "$@"; do need_pkg "$p"; done
 for p in cmake gcc make pkg-config libyaml-dev libcjson-dev; do need_pkg "$p"; done
 # The LLVM C API (14 or newer) for CPU code generation: any installed llvm-NN-dev will do.
 ls /usr/lib/llvm-*/lib/cmake/llvm/LLVMConfig.cmake >/dev/null 2>&1 || missing+=("llvm-dev")

@@ -17,18 +17,11 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning)
 case "$secs" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
-# clang and its libFuzzer runtime, through apt-get like scripts/deps.sh
-bash scripts/deps.sh
+# clang and its libFuzzer runtime, installed by scripts/deps.sh with the build's own needs
 missing=()
 command -v clang >/dev/null || missing+=(clang)
 ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing+=(libclang-rt-14-dev)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "fuzz: installing ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+bash scripts/deps.sh "${missing[@]}"
 
 out=build-fuzz
 cmake -S . -B $out -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEPPC_FUZZ=ON \

@@ -94,8 +94,7 @@ static LLVMModuleRef build_optimized(OpsJit *j, const CgOpDesc *d, const char *s
 {
     char err[512];
     double t0 = oj_now_ms();
-    LLVMModuleRef mod = cg_ops_build(j->ctx, d, j->t.vec_width, sym, err,
-                                     sizeof err);
+    LLVMModuleRef mod = cg_ops_build(j->ctx, d, j->t.vec_width, sym, err, sizeof err);
     if (!mod) die("cg_ops_build", err);
     LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(j->lljit));
     LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(j->lljit));
