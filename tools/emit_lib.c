@@ -281,7 +281,7 @@ static bool write_header(const char *dir, const ModelSpec *s, int64_t l, const I
 
 static bool write_pc(const char *dir, const ModelSpec *s, const char *isa, bool cuda)
 {
-    const char *san = MOEPPC_LIB_FLAGS, *dl = cuda ? " -ldl" : "";
+    const char *san = MOEPPC_LIB_FLAGS, *san_c = MOEPPC_LIB_CFLAGS, *dl = cuda ? " -ldl" : "";
     StrBuf b = {0};
     strbuf_printf(&b, "# moepp_layer: one MoE layer of %s (moeppc %s emit --emit lib); PKG_CONFIG_PATH=%s\n", s->name,
                   MOEPPC_VERSION, dir);
@@ -291,7 +291,7 @@ static bool write_pc(const char *dir, const ModelSpec *s, const char *isa, bool 
     strbuf_printf(&b, "Name: moepp_layer\nDescription: one MoE++ layer of %s behind the moepp_layer.h C ABI (%s kernels%s)\n",
                   s->name, isa, cuda ? ", CUDA: libcuda is opened at run time" : "");
     strbuf_printf(&b, "Version: %d.0.0\nCflags: -I${includedir}%s%s\nLibs: -L${libdir} -lmoepp_layer%s%s\n", 1,
-                  *san ? " " : "", san, *san ? " " : "", san);
+                  *san_c ? " " : "", san_c, *san ? " " : "", san);
     strbuf_printf(&b, "Libs.private: -lm -lpthread%s\n", dl);
     bool ok = write_text(dir, "moepp_layer.pc", b.s, b.len);
     free(b.s);

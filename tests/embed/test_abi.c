@@ -21,7 +21,14 @@ static int failures, checks;
     } while (0)
 
 /* ---- allocation counting (not under ASan, which owns malloc) ---------------------------------- */
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) /* GCC's */
+#define UNDER_ASAN 1
+#elif defined(__has_feature) /* clang's */
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#if defined(UNDER_ASAN)
 #define COUNTS_ALLOCATIONS 0
 static long allocations(void) { return 0; }
 static void count_allocations(int on) { (void)on; }

@@ -47,8 +47,10 @@ elif [ "$KIND" = c ]; then
 else # python, cuda-python
   if [ $sanitized = 1 ]; then
     # An ASan-instrumented library inside an uninstrumented Python: its runtime must come first, and
-    # Python's own allocations are not leaks worth reporting.
-    export LD_PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libubsan.so)"
+    # Python's own allocations are not leaks worth reporting. clang's runtime holds its UBSan's too.
+    rt=$("$CC" -print-file-name="libclang_rt.asan-$(uname -m).so")
+    if [ "${rt#/}" != "$rt" ]; then export LD_PRELOAD=$rt
+    else export LD_PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libubsan.so)"; fi
     export ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0
   fi
   cuda_flag=(); [ "$KIND" = cuda-python ] && cuda_flag=(--cuda)
