@@ -6,13 +6,11 @@
 #include "passes/tuning.h"
 #include "runtime/cpu/cpu.h"
 #include "tools/commands.h"
+#include "tools/help.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define BENCH_USAGE "bench SPEC [--layer] [--model] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] [--device cpu|cuda] " \
-                    "[--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--tuning DB] [--json]"
 
 typedef struct {
     const char *spec, *tuning;
@@ -147,7 +145,6 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else if (strcmp(o, "--model") == 0) a->model = true;
         else if (strcmp(o, "--json") == 0) a->json = true;
         else if (strcmp(o, "--experts") == 0) a->experts = true;
-        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_USAGE), -1;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) i++; /* cpu (cuda went to bench_cuda.c) */
         else if (strcmp(o, "--tokens") == 0) {

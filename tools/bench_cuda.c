@@ -9,6 +9,7 @@
  * bytes of the KV cache it reads (--context P: the tokens after a prefill of P, a long context's
  * decode step). */
 #include "tools/commands.h"
+#include "tools/help.h"
 
 #ifdef MOEPPC_HAVE_CUDA
 #include "passes/passes.h"
@@ -17,10 +18,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-#define BENCH_CUDA_USAGE "bench SPEC --device cuda [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
-                         "[--dtype f32|bf16|f16] [--context P] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] [--tile MxNxK[/MxNxK]] " \
-                         "[--tuning GPU-DB] [--json]"
 
 typedef struct {
     const char *spec;
@@ -43,7 +40,6 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
         if (strcmp(o, "--json") == 0) a->json = true;
-        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", BENCH_CUDA_USAGE), -1;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_CUDA_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) {
             if (strcmp(v, "cuda") != 0) return usage_error("bench", BENCH_CUDA_USAGE, "--device: expected cuda, found '%s'", v);

@@ -9,6 +9,7 @@
 #include "runtime/cpu/cpu.h"
 #include "tools/build_config.h"
 #include "tools/commands.h"
+#include "tools/help.h"
 #include "tools/recorder.h"
 
 #include <errno.h>
@@ -17,8 +18,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#define BUILD_USAGE "build SPEC -o MODEL [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB] [--keep-temps]"
 
 #ifdef MOEPPC_HAVE_CUDA
 #include "runtime/cuda/cuda_exec.h"
@@ -324,8 +323,7 @@ int cmd_build(int argc, char **argv)
                 return 1;
             }
 #endif
-        } else if (strcmp(argv[a], "--help") == 0) return printf("usage: moeppc %s\n", BUILD_USAGE), 0;
-        else if (argv[a][0] == '-') return usage_error("build", BUILD_USAGE, "unknown or incomplete option '%s'", argv[a]);
+        } else if (argv[a][0] == '-') return usage_error("build", BUILD_USAGE, "unknown or incomplete option '%s'", argv[a]);
         else if (!spec) spec = argv[a];
         else return usage_error("build", BUILD_USAGE, "unexpected argument '%s'", argv[a]);
     }
@@ -342,8 +340,6 @@ int cmd_build(int argc, char **argv)
 }
 
 /* ---- moeppc emit ---------------------------------------------------------------------------------- */
-
-#define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90|emu (lib)] [--tuning DB]"
 
 /* Every CPU kernel of the spec into dir: objects named by symbol, or the optimised LLVM IR; plus
  * kernels.txt, one symbol per line (GEMM kernels with their tile). */
@@ -397,7 +393,6 @@ int cmd_emit(int argc, char **argv)
     const char *spec = NULL, *dir = NULL, *kind = NULL, *target = NULL, *tuning = NULL;
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a], *v = a + 1 < argc ? argv[a + 1] : NULL;
-        if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", EMIT_USAGE), 0;
         if (o[0] == '-' && !v) return usage_error("emit", EMIT_USAGE, "option '%s' needs a value", o);
         if (strcmp(o, "--emit") == 0) kind = v, a++;
         else if (strcmp(o, "-o") == 0) dir = v, a++;

@@ -25,7 +25,7 @@ struct CudaModel;
 struct RtError;
 bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int n_steps, const int32_t *ids,
                            const int32_t *pos, int64_t T, int warmup, int reps, double *ms, struct RtError *err);
-/* `moeppc tune`'s arguments (common.c): 0, -1 after --help, else the usage exit status (printed). */
+/* `moeppc tune`'s arguments (common.c): 0, else the usage exit status (printed). */
 typedef struct TuneArgs {
     const char *spec, *out;
     int64_t tokens[16];

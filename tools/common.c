@@ -1,5 +1,6 @@
 /* common.c — what the subcommands share: usage errors, atomic file writes, loading a spec. */
 #include "tools/commands.h"
+#include "tools/help.h"
 #include "passes/passes.h"
 
 #include <errno.h>
@@ -100,8 +101,6 @@ int bench_instr_index(const IrModule *m, ir_op op, int after)
 }
 
 /* ---- moeppc tune's command line (tune.c for the CPU, tune_cuda.c for GPUs) ---------------------- */
-#define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tokens 1,16,64,512,4096] [--budget SECONDS] [--threads N] " \
-                   "[--dtype f32|bf16|f16]"
 
 double tune_rel_err(const float *a, const float *ref, size_t n)
 {
@@ -119,7 +118,6 @@ int tune_parse_args(int argc, char **argv, TuneArgs *a)
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
-        if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", TUNE_USAGE), -1;
         if (o[0] == '-' && !v) return usage_error("tune", TUNE_USAGE, "option '%s' needs a value", o);
         if (strcmp(o, "-o") == 0) a->out = v, i++;
         else if (strcmp(o, "--target") == 0) {

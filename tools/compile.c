@@ -6,6 +6,7 @@
 #include "passes/tuning.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
+#include "tools/help.h"
 #ifdef MOEPPC_HAVE_JIT
 #include "runtime/cpu/cpu.h"
 #endif
@@ -17,9 +18,6 @@
 #include <unistd.h>
 
 /* ---- moeppc compile ------------------------------------------------------------------------------ */
-
-#define COMPILE_USAGE "compile (SPEC | --ir FILE) [-O0|-O1] [--target cpu|sm_80|sm_86|sm_89|sm_90] [--print-ir] " \
-                      "[--print-after=PASS|all] [--pass NAME] [--stats] [--tuning DB] [-o FILE.ir]"
 
 typedef struct {
     const char *spec, *ir, *out, *only_pass, *tuning;
@@ -85,7 +83,6 @@ static int parse_compile_args(int argc, char **argv, CompileArgs *c)
         else if (strcmp(o, "--stats") == 0) c->stats = true;
         else if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) c->po.opt_level = o[2] - '0';
         else if (strncmp(o, "--print-after=", 14) == 0) c->po.print_after = o + 14;
-        else if (strcmp(o, "--help") == 0) return printf("usage: moeppc %s\n", COMPILE_USAGE), -1;
         else if (o[0] == '-' && !v) return usage_error("compile", COMPILE_USAGE, "unknown or incomplete option '%s'", o);
         else if (strcmp(o, "--ir") == 0) c->ir = v, a++;
         else if (strcmp(o, "-o") == 0) c->out = v, a++;

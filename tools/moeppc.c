@@ -2,6 +2,7 @@
 #include "frontend/frontend.h"
 #include "runtime/runtime.h"
 #include "tools/commands.h"
+#include "tools/help.h"
 #include "passes/passes.h"
 
 #include <stdio.h>
@@ -47,45 +48,33 @@ int cmd_emit(int argc, char **argv)
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
-    const char *usage;
 } Command;
 
 static const Command commands[] = {
-    {"check", cmd_check, "check SPEC                      validate a spec; print parameters, FLOPs/token, expert mix"},
-    {"import-hf", cmd_import_hf, "import-hf CONFIG.json -o SPEC   convert a Hugging Face MoE++ config to a spec"},
-    {"compile", cmd_compile, "compile SPEC|--ir FILE [-O0] [--print-ir] [--print-after=PASS] [--stats] [-o F]  IR"},
-    {"init-weights", cmd_init_weights, "init-weights SPEC --seed N -o FILE.safetensors   write seeded random weights"},
-    {"run", cmd_run, "run SPEC (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] [--generate N]"},
-    {"bench", cmd_bench, "bench SPEC [--layer] [--model] [--experts] [--tokens 1,64,512] [--dtype f32] [--device cuda] [--json]"},
-    {"tune", cmd_tune, "tune SPEC -o DB [--tokens 1,16,64,512,4096] [--budget S]  measure tiles for this CPU"},
-    {"emit", cmd_emit, "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target …]   the kernels as files (lib: a layer library)"},
-    {"build", cmd_build, "build SPEC -o MODEL                executable: kernels + plan + runtime (CPU)"},
+    {"check", cmd_check},     {"import-hf", cmd_import_hf}, {"compile", cmd_compile},
+    {"init-weights", cmd_init_weights}, {"run", cmd_run},   {"bench", cmd_bench},
+    {"tune", cmd_tune},       {"emit", cmd_emit},           {"build", cmd_build},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: moeppc COMMAND [ARGS]\n\ncommands:\n");
-    for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++) fprintf(f, "  moeppc %s\n", commands[i].usage);
-    fprintf(f, "\n  moeppc COMMAND --help   details of one command\n  moeppc --version\n");
+    for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
+        fprintf(f, "  %-13s %s\n", commands[i].name, help_summary(commands[i].name));
+    fprintf(f, "\nmoeppc COMMAND --help (or moeppc help COMMAND): what a command does, each option, its defaults\n"
+               "moeppc --version\n");
 }
 
-int main(int argc, char **argv)
+static const Command *find_command(const char *name)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (strcmp(cmd, "--version") == 0) {
-        printf("moeppc %s\n", MOEPPC_VERSION);
-        return 0;
-    }
     for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
-        if (strcmp(cmd, commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+        if (strcmp(name, commands[i].name) == 0) return &commands[i];
+    return NULL;
+}
+
+/* "moeppc: error: unknown command 'x'; did you mean 'y'?" and the command list; returns 2. */
+static int unknown_command(const char *cmd)
+{
     const char *best = NULL;
     int best_d = 3;
     for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++) {
@@ -97,4 +86,38 @@ int main(int argc, char **argv)
     fprintf(stderr, "\n");
     usage(stderr);
     return 2;
+}
+
+/* COMMAND's page; run prints its own (the executables share it). */
+static int help(const Command *c)
+{
+    if (help_print(stdout, c->name)) return 0;
+    char *argv[] = {(char *)c->name, (char *)"--help", NULL};
+    return c->fn(2, argv);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "help") == 0 && argc > 2) {
+        const Command *c = find_command(argv[2]);
+        return c ? help(c) : unknown_command(argv[2]);
+    }
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("moeppc %s\n", MOEPPC_VERSION);
+        return 0;
+    }
+    const Command *c = find_command(cmd);
+    if (!c) return unknown_command(cmd);
+    for (int a = 2; a < argc; a++)
+        if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) return help(c);
+    return c->fn(argc - 1, argv + 1);
 }

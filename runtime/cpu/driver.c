@@ -14,9 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-#define RUN_USAGE "%s (--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] " \
-                  "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] " \
-                  "[--precision f64|f32] [--top N] [--tuning DB] [-O0|-O1]"
 
 typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
@@ -34,14 +31,22 @@ static void drv_err(const char *fmt, ...)
     va_end(ap);
 }
 
+/* "usage: PROG [SPEC] …" (--tuning where it is available) */
+static void print_usage(FILE *f)
+{
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
+               "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] "
+               "[--precision f64|f32] [--top N] %s[-O0|-O1]\n",
+            cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
+}
+
 /* "PROG: error: …" and the usage line; returns 2, the usage exit status. */
 static int drv_usage(const char *fmt, const char *arg)
 {
     fprintf(stderr, "%s: error: ", cfg->prog);
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nusage: %s ", cfg->prog);
-    fprintf(stderr, RUN_USAGE, cfg->spec_text ? "" : "SPEC");
     fputc('\n', stderr);
+    print_usage(stderr);
     return 2;
 }
 
@@ -112,6 +117,11 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag */
         if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU, r->backend_set = true;
         else if (strcmp(v, "cuda") == 0) {
+            if (!cfg->cuda && cfg->spec_text) {
+                drv_err("--device cuda: this executable was built for the CPU only (moeppc build --target sm_XX "
+                        "builds one that runs on the GPU too)\n");
+                return 1;
+            }
             if (!cfg->cuda) {
                 drv_err("--device cuda: this build has no CUDA backend (the CUDA toolkit's NVRTC was not found when it "
                         "was configured)\n");
@@ -131,6 +141,59 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     return 0;
 }
 
+/* --help: the usage line, then what each option does, for moeppc run or this executable. */
+static void print_help(FILE *f)
+{
+    bool exe = cfg->spec_text != NULL;
+    print_usage(f);
+    fprintf(f, "\nRuns %s on a prompt\n"
+               "of token ids (no tokenizer: ids in, ids out) and prints, per position, the top next tokens\n"
+               "with their logits, and per MoE layer the share of the T*k routing picks that went to FFN,\n"
+               "constant, copy and zero experts.\n\n",
+            exe ? "this executable's model (spec, plan and kernels built in)" : "the whole model of SPEC (a model spec, .yaml)");
+    fputs("weights (exactly one):\n"
+          "  --weights W         a .safetensors file, a sharded model.safetensors.index.json, or a folder\n"
+          "                      holding either; every tensor checked by name, shape and dtype first\n"
+          "  --random-weights S  seeded random weights (the same for the same seed and spec)\n"
+          "input and output:\n"
+          "  --ids \"1 2 3\"       the prompt's token ids (spaces or commas), each below the vocabulary\n"
+          "  --generate N        then N tokens of greedy decoding on the KV cache (default 0)\n"
+          "  --top N             next-token candidates printed per position (1..100, default 5)\n"
+          "  --route-stats       routing with counts and the FFN work the zero-computation experts saved\n"
+          "  --logits-out F      the prompt's logits, raw little-endian f32 [T, vocab], row-major\n"
+          "  --routes-out F      the routing: a line per MoE layer and token: layer token ids... weights...\n"
+          "where it runs:\n", f);
+    if (cfg->kernels_new)
+        fprintf(f, "  --device cpu        the CPU backend's kernels%s (the default)\n",
+                exe ? " built into this executable" : ", JIT-compiled through the LLVM C API");
+    fprintf(f, "  --device cuda       %s\n",
+            !cfg->cuda ? (exe ? "(not here: built for the CPU only; moeppc build --target sm_XX adds the GPU)"
+                              : "(not in this build: it has no CUDA backend)")
+            : cfg->cuda_images ? "the GPU: the kernels built in (a newer GPU JIT-compiles their PTX)"
+                               : "the GPU: kernels compiled by NVRTC for it at load");
+    fprintf(f, "  --backend interp    the reference interpreter over the optimised IR%s\n",
+            cfg->default_cpu ? "" : " (the default in this build)");
+    if (cfg->kernels_new) fputs("  --backend cpu       the same as --device cpu\n", f);
+    fputs("  --threads N         CPU threads (1..256, default 2)\n"
+          "  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
+          "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
+          "                      literally); -O1 (default): the optimised IR\n", f);
+    if (cfg->load_tuning && !cfg->ir_text)
+        fputs("  --tuning DB         kernel configurations from a tuning database (moeppc tune): a CPU\n"
+              "                      one for --device cpu, a GPU one (--target sm_XX) for --device cuda\n", f);
+    fputs("environment:\n", f);
+    if (!exe && cfg->kernels_new)
+        fputs("  MOEPPC_ISA          the widest instruction set the JIT may use: avx512 (default), avx2, sse\n", f);
+    if (cfg->cuda_compile)
+        fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
+    fputs("  MOEPPC_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1)\n"
+          "  MOEPPC_CUDA_SYNC=1  synchronise after every GPU instruction and name the one that fails\n"
+          "  MOEPPC_MEM_LIMIT_MB the host memory taken as available (default /proc/meminfo's MemAvailable):\n"
+          "                      random weights, packed weights and caches beyond it are refused\n"
+          "exit status: 0 done; 1 bad input (spec, weights, ids) or a failure, with a message; 2 a wrong\n"
+          "command line.\n", f);
+}
+
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
     *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2,
@@ -139,13 +202,14 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         const char *o = argv[a];
         if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) r->opt_level = o[2] - '0';
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
-        else if (strcmp(o, "--help") == 0) {
-            printf("usage: %s ", cfg->prog);
-            printf(RUN_USAGE, cfg->spec_text ? "" : "SPEC");
-            putchar('\n');
-            return -1;
-        }
+        else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
+            static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--logits-out", "--routes-out",
+                                                 "--tuning", "--precision", "--backend", "--device", "--top",
+                                                 "--threads", "--generate"};
+            bool known = false;
+            for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
+            if (!known) return drv_usage("unknown option '%s'", o);
             if (a + 1 >= argc) return drv_usage("option '%s' needs a value", o);
             int rc = parse_option(r, o, argv[++a]);
             if (rc) return rc;

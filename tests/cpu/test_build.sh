@@ -2,7 +2,8 @@
 # test_build.sh MOEPPC SPEC TOL WORKDIR [TARGET]: `moeppc build` writes an executable whose logits equal
 # the interpreter's (max rel err ≤ TOL), reading a real safetensors file; bad input exits non-zero.
 # TARGET (sm_XX): built with --target too; `--device cuda` then matches the interpreter on a machine
-# with a GPU, and is refused with a clear message (exit 1) on one without.
+# with a GPU, and is refused with a clear message (exit 1) on one without; built without, it is refused
+# as such. MODEL --help describes the executable's own options.
 set -u
 MOEPPC=$1 SPEC=$2 TOL=$3 WORK=$4 TARGET=${5:-}
 PY=${PYTHON:-/usr/bin/python3}
@@ -27,7 +28,20 @@ if [ -n "$TARGET" ]; then
     grep "on the GPU" "$WORK/gpu.txt"
     run "$PY" "$HERE/../oracle/compare.py" "$WORK/gpu.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
   fi
+else # built for the CPU only: --device cuda refused as such, whatever the machine
+  "$WORK/model" --random-weights 1 --ids "1" --device cuda >"$WORK/gpu.txt" 2>&1
+  rc=$?
+  [ $rc -eq 1 ] && grep -q "built for the CPU only" "$WORK/gpu.txt" ||
+    { echo "--device cuda on a CPU-only executable: exit $rc"; cat "$WORK/gpu.txt"; exit 1; }
 fi
+# --help: its own usage (no SPEC, no --tuning: both are built in) and every option described
+"$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
+head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
+! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
+for o in --weights --random-weights --ids --generate --top --route-stats --logits-out --routes-out --device --backend \
+         --threads --precision -O0; do
+  grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
+done
 # bad input: a token outside the vocabulary, an empty list, no arguments
 expect() { local want=$1; shift; "$@" > "$WORK/out.txt" 2>&1; local rc=$?
            [ $rc -eq "$want" ] || { echo "expected exit $want, got $rc: $*"; cat "$WORK/out.txt"; exit 1; }

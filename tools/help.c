@@ -1,0 +1,175 @@
+/* help.c — every command's help page (help.h). A page is its synopsis, a paragraph on what the
+ * command does, its options (each with its default), the environment it reads and its exit status;
+ * the pass list of `compile` comes from the pipeline itself. */
+#include "tools/help.h"
+
+#include "passes/passes.h"
+#include "support/support.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    const char *summary; /* one line in `moeppc --help` */
+    const char *usage;   /* the synopsis, after "moeppc " (NULL: the command prints its own page) */
+    const char *body;
+} HelpPage;
+
+#define EXIT_STATUS "exit status: 0 done; 1 bad input (with a message naming where) or a failure; 2 a wrong\n" \
+                    "command line.\n"
+#define TARGETS "cpu (this machine's CPU, the default), sm_80, sm_86, sm_89 or sm_90"
+
+static const HelpPage pages[] = {
+    {"check", "validate a spec; print parameters, FLOPs/token, expert mix", "check SPEC",
+     "Validates SPEC, a YAML model spec (format 1: SEMANTICS.md's fields; each error with\n"
+     "file:line:col), and prints its parameters (total and active per token), its FLOPs per token and\n"
+     "its expert mix (FFN, constant, copy and zero experts).\n\n" EXIT_STATUS},
+    {"import-hf", "convert a Hugging Face MoE++ config.json to a spec", "import-hf CONFIG.json -o SPEC.yaml",
+     "Converts a Hugging Face MoE++ config.json (Chat-UniVi/MoE-Plus-Plus-7B's, or one of its form)\n"
+     "into a model spec, checked as `check` does.\n\n"
+     "  -o SPEC.yaml        the spec to write (required; written whole or not at all)\n\n" EXIT_STATUS},
+    {"compile", "lower a spec (or IR text) to IR, run the passes, print or write it", COMPILE_USAGE,
+     "Lowers SPEC to the IR (or parses IR text), runs the optimisation passes and prints or writes\n"
+     "the result. Nothing is printed unless asked.\n\n"
+     "  --ir FILE           IR text instead of a spec (moeppc compile -o writes it)\n"
+     "  -O0 | -O1           -O0: the dense form (every expert for every token, as lowered);\n"
+     "                      -O1 (default): every pass\n"
+     "  --target T          whose tiles specialize chooses: cpu (this machine's CPU, the default),\n"
+     "                      sm_80, sm_86, sm_89 or sm_90\n"
+     "  --print-ir          the IR the passes leave, on stdout\n"
+     "  --print-after=PASS  the IR after PASS (or after every pass: all); also --print-after PASS\n"
+     "  --pass NAME         run only the pass NAME\n"
+     "  --stats             op counts before and after, and the activation arena at T = 1, 512, 4096\n"
+     "  --tuning DB         kernel configurations from a tuning database (each op shows its choice\n"
+     "                      and where it came from: database or rule)\n"
+     "  -o FILE.ir          write the IR text to FILE.ir\n\n"
+     "passes, in pipeline order: %PASSES%\n\n" EXIT_STATUS},
+    {"init-weights", "write seeded random weights for a spec", "init-weights SPEC --seed N -o FILE.safetensors",
+     "Writes seeded random weights for every tensor of SPEC, named, shaped and typed as SEMANTICS.md\n"
+     "section 6 says, as one safetensors file: the same file for the same spec and seed.\n\n"
+     "  --seed N            the seed, an integer in [0, 2^64) (also --seed=N; required)\n"
+     "  -o | --output FILE  the .safetensors file to write (required; written whole or not at all)\n\n" EXIT_STATUS},
+    {"run", "run a whole model on token ids (interpreter, CPU kernels or the GPU)", NULL, NULL},
+    {"bench", "time one layer, the whole model or the expert part (CPU or GPU)", BENCH_USAGE,
+     "Times SPEC on random weights: the median of repeated runs after a warm-up, with tokens/s,\n"
+     "GFLOP/s and the fraction of this machine's f32 FMA peak, which it measures first.\n\n"
+     "  --layer             one MoE layer: router, experts and combine (default with --model)\n"
+     "  --model             the whole model's forward pass (default with --layer), attention's\n"
+     "                      and the dense GEMMs' time on a second line\n"
+     "  --experts           the expert part of one layer under set routing (the paper's expert\n"
+     "                      throughput): --zc-share P of the picks go to zero-computation experts\n"
+     "  --tokens LIST       token counts T (default 1,64,512; up to 16, each 1..65536)\n"
+     "  --threads N         CPU threads (default 2)\n"
+     "  --random-weights S  the weights' seed (default 1)\n"
+     "  --dtype D           the weights' type instead of the spec's: f32, bf16 or f16\n"
+     "  --reps N            timed runs per figure (default 7)\n"
+     "  --tuning DB         kernel configurations from a tuning database (moeppc tune)\n"
+     "  --json              a JSON object a line per figure instead of the table\n"
+     "  --device cuda       one layer on the GPU (CUDA events; a table with the MoE block, the\n"
+     "                      grouped GEMMs and attention apart); then:\n\n"
+     "usage: moeppc " BENCH_CUDA_USAGE "\n\n"
+     "  --tokens LIST       token counts (default 1,64,512,4096)\n"
+     "  --reps N            timed runs per figure (default 20)\n"
+     "  --context P         the tokens at positions P.. after a P-token prefill (a decode step at a\n"
+     "                      long context; attention's KV-cache bytes/s said)\n"
+     "  --zc-share P        set routing: a share P of the picks to zero-computation experts\n"
+     "  --peak-tflops X     the GPU's measured dense 16-bit peak: the table gives fractions of it\n"
+     "  --bandwidth-gbs Y   its measured copy bandwidth (GB/s): fractions of it too\n"
+     "  --tile UP[/DOWN]    the grouped GEMMs' block tiles MxNxK (up-projection[/down-projection])\n"
+     "  --tuning GPU-DB     a GPU tuning database (moeppc tune --target sm_XX)\n\n"
+     "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the JIT may use), MOEPPC_CUDA_DRIVER\n"
+     "(the CUDA driver library, default libcuda.so.1), MOEPPC_NVRTC_CACHE (a folder keeping NVRTC's\n"
+     "results between runs).\n\n" EXIT_STATUS},
+    {"tune", "measure kernel configurations for this CPU or a GPU; write a tuning database", TUNE_USAGE,
+     "Searches every tunable kernel of SPEC's optimised IR (the GEMMs, the grouped expert GEMMs, the\n"
+     "router's and attention) per token bucket: each candidate is measured on random data (median of\n"
+     "repeated runs after a warm-up) and checked against the rule's output; configurations that cannot\n"
+     "fit (registers, shared memory) are never run. The rule's own choice is always a candidate. A\n"
+     "progress line on stderr shows configurations tried, the best so far and the time left.\n\n"
+     "  -o DB               the tuning database to write (YAML; required). build, run, bench and\n"
+     "                      compile take it with --tuning DB\n"
+     "  --target T          " TARGETS ";\n"
+     "                      a GPU target measures on that GPU (block tiles, pipeline stages,\n"
+     "                      split-K, the GEMV's forms, attention's and the router's)\n"
+     "  --tokens LIST       the token buckets (default 1,16,64,512,4096)\n"
+     "  --budget SECONDS    the time to spend (default 60); too little to try anything keeps the\n"
+     "                      rule's choices, and says so\n"
+     "  --threads N         CPU threads (1..256, default 2)\n"
+     "  --dtype D           tune for weights of this type instead of the spec's: f32, bf16 or f16\n\n"
+     "A database is keyed by target (CPU name and features, or GPU name and sm), compiler and\n"
+     "LLVM/NVRTC versions: entries from another are ignored with a warning.\n\n" EXIT_STATUS},
+    {"emit", "write the kernels as files: LLVM IR, objects, CUDA C, PTX, cubin, or a layer library", EMIT_USAGE,
+     "Writes SPEC's kernels to the folder DIR.\n\n"
+     "  --emit llvm         the CPU kernels as optimised LLVM IR (.ll), one file per kernel\n"
+     "  --emit obj          the CPU kernels as objects (.o); kernels.txt lists their symbols\n"
+     "  --emit lib          one MoE layer behind the C ABI of moepp_layer.h: the header, a static and\n"
+     "                      a shared library and a pkg-config file (README: Embedding a layer)\n"
+     "  --emit cuda         the CUDA kernels as .cu files with a header and a README (argument order)\n"
+     "  --emit ptx | cubin  the CUDA kernels compiled by NVRTC (no GPU needed)\n"
+     "  -o DIR              the folder (made if missing; required)\n"
+     "  --target T          cpu for llvm, obj and lib (the default); sm_80, sm_86, sm_89 or sm_90 for\n"
+     "                      cuda, ptx and cubin (default sm_90) and for a CUDA build of lib; emu: lib\n"
+     "                      for the CUDA emulator (tests)\n"
+     "  --tuning DB         kernel configurations from a tuning database\n\n"
+     "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use).\n\n" EXIT_STATUS},
+    {"build", "compile a spec to one executable: kernels, plan and runtime (CPU, or CPU and GPU)", BUILD_USAGE,
+     "Compiles SPEC into one executable MODEL: the kernels (CPU, and with a GPU target the CUDA\n"
+     "kernels as cubin and PTX), the planned IR and the runtime. MODEL takes the options of\n"
+     "`moeppc run` without SPEC (MODEL --help); it needs no compiler at run time.\n\n"
+     "  -o MODEL            the executable to write (required; written whole or not at all)\n"
+     "  --target T          " TARGETS ";\n"
+     "                      a GPU target adds its kernels to the CPU's: MODEL --device cuda runs on\n"
+     "                      that GPU (a newer one JIT-compiles the PTX)\n"
+     "  --tuning DB         kernel configurations from a tuning database (a CPU or a GPU one)\n"
+     "  --keep-temps        keep the generated C and objects (their folder is printed)\n\n"
+     "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use; MODEL checks\n"
+     "the CPU it runs on has what its kernels use).\n\n" EXIT_STATUS},
+};
+
+const char *const *help_commands(void)
+{
+    static const char *names[MOE_ARRAY_LEN(pages) + 1];
+    for (size_t k = 0; k < MOE_ARRAY_LEN(pages); k++) names[k] = pages[k].name;
+    return names;
+}
+
+static const HelpPage *find(const char *cmd)
+{
+    for (size_t k = 0; k < MOE_ARRAY_LEN(pages); k++)
+        if (strcmp(cmd, pages[k].name) == 0) return &pages[k];
+    return NULL;
+}
+
+const char *help_summary(const char *cmd)
+{
+    const HelpPage *p = find(cmd);
+    return p ? p->summary : NULL;
+}
+
+bool help_print(FILE *f, const char *cmd)
+{
+    const HelpPage *p = find(cmd);
+    if (!p || !p->usage) return false;
+    fprintf(f, "usage: moeppc %s\n\n", p->usage);
+    const char *mark = strstr(p->body, "%PASSES%");
+    if (!mark) {
+        fputs(p->body, f);
+        return true;
+    }
+    fwrite(p->body, 1, (size_t)(mark - p->body), f);
+    const char *line = mark;
+    while (line > p->body && line[-1] != '\n') line--;
+    int col = (int)(mark - line);
+    for (const char *const *n = passes_names(); *n; n++) { /* wrapped at 96 columns */
+        int w = (int)strlen(*n);
+        if (n != passes_names()) {
+            bool wrap = col + 2 + w > 96;
+            fputs(wrap ? ",\n  " : ", ", f);
+            col = wrap ? 2 : col + 2;
+        }
+        fputs(*n, f);
+        col += w;
+    }
+    fputs(mark + strlen("%PASSES%"), f);
+    return true;
+}
