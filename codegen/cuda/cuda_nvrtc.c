@@ -7,7 +7,10 @@
  * goes through NVRTC once. A file that does not read back whole is compiled again. */
 #include "codegen/cuda/cg_cuda.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <nvrtc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +146,31 @@ static void cache_write(const char *path, const void *data, size_t len, const ch
     free(buf);
 }
 
+/* dl_iterate_phdr's callback: the folder of the loaded libnvrtc.so.N into `data` (PATH_MAX bytes). */
+static int find_nvrtc(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    const char *name = info->dlpi_name, *slash = name ? strrchr(name, '/') : NULL;
+    if (!slash || strncmp(slash + 1, "libnvrtc.so", 11) != 0) return 0;
+    snprintf(data, 4096, "%.*s", (int)(slash - name), name);
+    return 1;
+}
+
+/* NVRTC opens libnvrtc-builtins.so.MAJOR.MINOR by name when it compiles, so the loader looks for it
+ * where it looks for everything (ld.so.conf, LD_LIBRARY_PATH), not beside libnvrtc, which our
+ * RUNPATH found. Where the toolkit is outside those paths (unpacked from a tarball, or a fresh
+ * Debian with /usr/local/cuda and no ld.so.conf entry for it: scripts/check-fresh.sh found this)
+ * every compile failed with NVRTC_ERROR_BUILTIN_OPERATION_FAILURE. Loaded first from libnvrtc's own
+ * folder by its path, the library is found by its soname when NVRTC asks. */
+static void preload_builtins(void)
+{
+    char dir[4096] = "", path[4200];
+    int major, minor;
+    if (!dl_iterate_phdr(find_nvrtc, dir) || nvrtcVersion(&major, &minor) != NVRTC_SUCCESS) return;
+    snprintf(path, sizeof path, "%s/libnvrtc-builtins.so.%d.%d", dir, major, minor);
+    if (!dlopen(path, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD)) (void)dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+}
+
 /* One NVRTC pass; `arch_opt` is --gpu-architecture=sm_XX or compute_XX. */
 static bool compile_once(const char *source, const char *name, const char *arch_opt, bool cubin, CgCudaBinary *out,
                          char *err, size_t errlen)
@@ -158,6 +186,8 @@ static bool compile_once(const char *source, const char *name, const char *arch_
         if (cubin) out->cubin = data, out->cubin_len = len;
         else out->ptx = data, out->ptx_len = len;
     } else {
+        static pthread_once_t builtins = PTHREAD_ONCE_INIT;
+        pthread_once(&builtins, preload_builtins);
         snprintf(file, sizeof file, "%s.cu", name);
         NVRTC_CHECK(nvrtcCreateProgram(&prog, source, file, 0, NULL, NULL));
         double t0 = now_ms();
