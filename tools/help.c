@@ -126,13 +126,6 @@ static const HelpPage pages[] = {
      "the CPU it runs on has what its kernels use).\n\n" EXIT_STATUS},
 };
 
-const char *const *help_commands(void)
-{
-    static const char *names[MOE_ARRAY_LEN(pages) + 1];
-    for (size_t k = 0; k < MOE_ARRAY_LEN(pages); k++) names[k] = pages[k].name;
-    return names;
-}
-
 static const HelpPage *find(const char *cmd)
 {
     for (size_t k = 0; k < MOE_ARRAY_LEN(pages); k++)

@@ -26,8 +26,6 @@
 #define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90|emu (lib)] " \
                    "[--tuning DB]"
 
-/* Commands in moeppc's order, NULL-terminated. */
-const char *const *help_commands(void);
 /* The one-line summary of a command for `moeppc --help`, or NULL for an unknown one. */
 const char *help_summary(const char *cmd);
 /* Print the page of cmd to f: false when cmd has none here (unknown, or `run`, which prints its own). */

@@ -50,10 +50,10 @@ typedef struct {
     int (*fn)(int argc, char **argv);
 } Command;
 
-static const Command commands[] = {
-    {"check", cmd_check},     {"import-hf", cmd_import_hf}, {"compile", cmd_compile},
-    {"init-weights", cmd_init_weights}, {"run", cmd_run},   {"bench", cmd_bench},
-    {"tune", cmd_tune},       {"emit", cmd_emit},           {"build", cmd_build},
+static const Command commands[] = { /* each with its page in tools/help.c */
+    {"check", cmd_check}, {"import-hf", cmd_import_hf}, {"compile", cmd_compile}, {"init-weights", cmd_init_weights},
+    {"run", cmd_run},     {"bench", cmd_bench},         {"tune", cmd_tune},       {"emit", cmd_emit},
+    {"build", cmd_build},
 };
 
 static void usage(FILE *f)

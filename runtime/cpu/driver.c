@@ -14,7 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-
 typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
 static const DriverConfig *cfg; /* the one configuration of this process's driver */
