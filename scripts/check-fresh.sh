@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# check-fresh.sh [main|test]...: the README's two commands on a fresh Debian, as a new user runs them.
-# A minimal Debian 12 (debootstrap --variant=minbase: no compiler, no cmake, no python) is made in
-# build-fresh/root, the committed HEAD is cloned into it, and each named command (default: main)
-# runs there as root through chroot: scripts/main.sh or scripts/test.sh must install what they need
-# with apt-get and pass. The CUDA toolkit is the one thing the machine gives (as the brief's
-# machines do): /usr/local/cuda is bound into the root read-only. Each command gets a root of its
-# own, unpacked from the debootstrapped one kept in build-fresh/base.tar. Needs root (debootstrap,
-# mount, chroot) and Debian's package mirror. Logs: build-fresh/NAME.log.
+# check-fresh.sh [--no-cuda] [main|test]...: the README's two commands on a fresh Debian, as a new
+# user runs them. A minimal Debian 12 (debootstrap --variant=minbase: no compiler, no cmake, no
+# python) is made in build-fresh/root, the committed HEAD is cloned into it, and each named command
+# (default: main) runs there as root through chroot: scripts/main.sh or scripts/test.sh must install
+# what they need with apt-get and pass. The CUDA toolkit is the one thing the machine gives (as the
+# brief's machines do): /usr/local/cuda is bound into the root read-only (--no-cuda: not even that,
+# as on a machine without the toolkit, where moeppc builds without its CUDA parts). Each command gets
+# a root of its own, unpacked from the debootstrapped one kept in build-fresh/base.tar. Needs root
+# (debootstrap, mount, chroot) and Debian's package mirror. Logs: build-fresh/NAME.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 dir=$repo/build-fresh
 root=$dir/root
 [ "$(id -u)" = 0 ] || { echo "check-fresh: needs root (debootstrap, mount, chroot)"; exit 1; }
+cuda=1
+[ "${1:-}" = --no-cuda ] && cuda=0 && shift
 [ $# -gt 0 ] || set -- main
 for c in "$@"; do
   case $c in main|test) ;; *) echo "check-fresh: expected main or test, found '$c'"; exit 2 ;; esac
@@ -47,7 +50,7 @@ fresh_root() {
   mount -t proc proc "$root/proc" && mounts+=("$root/proc")
   mount --rbind /sys "$root/sys" && mounts+=("$root/sys")
   mount --rbind /dev "$root/dev" && mounts+=("$root/dev")
-  if [ -d /usr/local/cuda ]; then
+  if [ $cuda = 1 ] && [ -d /usr/local/cuda ]; then
     mkdir -p "$root/usr/local/cuda"
     mount --bind /usr/local/cuda "$root/usr/local/cuda" && mounts+=("$root/usr/local/cuda")
     mount -o remount,bind,ro "$root/usr/local/cuda"
@@ -55,13 +58,13 @@ fresh_root() {
   git clone -q "$repo" "$root/root/moeppc"
 }
 
-echo "check-fresh: HEAD $(git log --oneline -1)"
+echo "check-fresh: HEAD $(git log --oneline -1)$([ $cuda = 1 ] || echo '; no CUDA toolkit')"
 status=0
 for c in "$@"; do
   fresh_root
   t0=$(date +%s)
   if chroot "$root" /bin/bash -c "cd /root/moeppc && bash scripts/$c.sh" > "$dir/$c.log" 2>&1; then
-    echo "check-fresh: scripts/$c.sh passed on a fresh Debian in $(( $(date +%s) - t0 )) s (log: $dir/$c.log)"
+    echo "check-fresh: scripts/$c.sh passed on a fresh Debian$([ $cuda = 1 ] || echo ' without CUDA') in $(( $(date +%s) - t0 )) s (log: $dir/$c.log)"
   else
     echo "check-fresh: scripts/$c.sh FAILED on a fresh Debian (log: $dir/$c.log):"
     tail -30 "$dir/$c.log"
