@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# check-fresh.sh [--no-cuda] [main|test]...: the README's two commands on a fresh Debian, as a new
-# user runs them. A minimal Debian 12 (debootstrap --variant=minbase: no compiler, no cmake, no
-# python) is made in build-fresh/root, the committed HEAD is cloned into it, and each named command
-# (default: main) runs there as root through chroot: scripts/main.sh or scripts/test.sh must install
-# what they need with apt-get and pass. The CUDA toolkit is the one thing the machine gives (as the
-# brief's machines do): /usr/local/cuda is bound into the root read-only (--no-cuda: not even that,
-# as on a machine without the toolkit, where moeppc builds without its CUDA parts). Each command gets
-# a root of its own, unpacked from the debootstrapped one kept in build-fresh/base.tar. Needs root
-# (debootstrap, mount, chroot) and Debian's package mirror. Logs: build-fresh/NAME.log.
+# check-fresh.sh [--no-cuda] [--suite NAME] [main|test]...: the README's two commands on a fresh
+# Debian, as a new user runs them. A minimal Debian (debootstrap --variant=minbase: no compiler, no
+# cmake, no python; bookworm, Debian 12, unless --suite names another, e.g. trixie) is made in
+# build-fresh, the committed HEAD is cloned into it, and each named command (default: main) runs
+# there as root through chroot: scripts/main.sh or scripts/test.sh must install what they need with
+# apt-get and pass. The CUDA toolkit is the one thing the machine gives (as the brief's machines
+# do): /usr/local/cuda is bound into the root read-only (--no-cuda: not even that, as on a machine
+# without the toolkit, where moeppc builds without its CUDA parts). Each command gets a root of its
+# own, unpacked from the debootstrapped one kept in build-fresh/SUITE.tar. Needs root (debootstrap,
+# mount, chroot) and Debian's package mirror. Logs: build-fresh/SUITE-NAME.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 dir=$repo/build-fresh
 root=$dir/root
 [ "$(id -u)" = 0 ] || { echo "check-fresh: needs root (debootstrap, mount, chroot)"; exit 1; }
-cuda=1
-[ "${1:-}" = --no-cuda ] && cuda=0 && shift
+cuda=1 suite=bookworm
+while [ $# -gt 0 ]; do
+  case $1 in
+    --no-cuda) cuda=0; shift ;;
+    --suite) [ $# -ge 2 ] || { echo "check-fresh: --suite needs a name"; exit 2; }; suite=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
 [ $# -gt 0 ] || set -- main
 for c in "$@"; do
   case $c in main|test) ;; *) echo "check-fresh: expected main or test, found '$c'"; exit 2 ;; esac
@@ -23,16 +30,17 @@ done
 bash scripts/deps.sh debootstrap git
 
 mkdir -p "$dir"
-if [ ! -f "$dir/base.tar" ]; then
-  echo "check-fresh: a minimal Debian 12 (debootstrap), kept as $dir/base.tar"
+base=$dir/$suite.tar
+if [ ! -f "$base" ]; then
+  echo "check-fresh: a minimal Debian $suite (debootstrap), kept as $base"
   rm -rf "$dir/base"
-  debootstrap --variant=minbase bookworm "$dir/base" http://deb.debian.org/debian > "$dir/debootstrap.log" 2>&1 ||
+  debootstrap --variant=minbase "$suite" "$dir/base" http://deb.debian.org/debian > "$dir/debootstrap.log" 2>&1 ||
     { tail -20 "$dir/debootstrap.log"; exit 1; }
   cp /etc/resolv.conf "$dir/base/etc/"
-  if [ -f /etc/apt/sources.list.d/debian.sources ]; then # the host's mirrors, security updates included
+  if [ "$suite" = bookworm ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then # this host's, updates included
     cp /etc/apt/sources.list.d/debian.sources "$dir/base/etc/apt/sources.list.d/" && rm -f "$dir/base/etc/apt/sources.list"
   fi
-  tar -C "$dir/base" -cf "$dir/base.tar.tmp" . && mv "$dir/base.tar.tmp" "$dir/base.tar" && rm -rf "$dir/base"
+  tar -C "$dir/base" -cf "$base.tmp" . && mv "$base.tmp" "$base" && rm -rf "$dir/base"
 fi
 
 mounts=()
@@ -46,7 +54,7 @@ fresh_root() {
   # a run that was killed may have left its mounts: never remove through them into the host's /dev
   for m in proc sys dev usr/local/cuda; do umount -R "$root/$m" 2>/dev/null || true; done
   if grep -q " $root/" /proc/mounts; then echo "check-fresh: still mounted under $root; unmount it first"; exit 1; fi
-  rm -rf --one-file-system "$root" && mkdir -p "$root" && tar -C "$root" -xf "$dir/base.tar"
+  rm -rf --one-file-system "$root" && mkdir -p "$root" && tar -C "$root" -xf "$base"
   mount -t proc proc "$root/proc" && mounts+=("$root/proc")
   mount --rbind /sys "$root/sys" && mounts+=("$root/sys")
   mount --rbind /dev "$root/dev" && mounts+=("$root/dev")
@@ -58,16 +66,17 @@ fresh_root() {
   git clone -q "$repo" "$root/root/moeppc"
 }
 
-echo "check-fresh: HEAD $(git log --oneline -1)$([ $cuda = 1 ] || echo '; no CUDA toolkit')"
+echo "check-fresh: Debian $suite, HEAD $(git log --oneline -1)$([ $cuda = 1 ] || echo '; no CUDA toolkit')"
 status=0
 for c in "$@"; do
   fresh_root
   t0=$(date +%s)
-  if chroot "$root" /bin/bash -c "cd /root/moeppc && bash scripts/$c.sh" > "$dir/$c.log" 2>&1; then
-    echo "check-fresh: scripts/$c.sh passed on a fresh Debian$([ $cuda = 1 ] || echo ' without CUDA') in $(( $(date +%s) - t0 )) s (log: $dir/$c.log)"
+  if chroot "$root" /bin/bash -c "cd /root/moeppc && bash scripts/$c.sh" > "$dir/$suite-$c.log" 2>&1; then
+    what="a fresh Debian $suite$([ $cuda = 1 ] || echo ' without CUDA')"
+    echo "check-fresh: scripts/$c.sh passed on $what in $(( $(date +%s) - t0 )) s (log: $dir/$suite-$c.log)"
   else
-    echo "check-fresh: scripts/$c.sh FAILED on a fresh Debian (log: $dir/$c.log):"
-    tail -30 "$dir/$c.log"
+    echo "check-fresh: scripts/$c.sh FAILED on a fresh Debian $suite (log: $dir/$suite-$c.log):"
+    tail -30 "$dir/$suite-$c.log"
     status=1
   fi
   unmount_all
