@@ -92,6 +92,8 @@ static bool int_option(const char *opt, const char *v, int64_t lo, int64_t hi, i
     return true;
 }
 
+/* An option with its value. Each one here is also in parse_run_args' `valued` list, which tells an
+ * unknown option from one whose value is missing. */
 static int parse_option(RunArgs *r, const char *o, const char *v)
 {
     int64_t n;

@@ -3,7 +3,8 @@
 # For every command `moeppc --help` lists: `moeppc CMD --help` and `moeppc help CMD` print the same
 # page, more than its usage line; a usage error prints that page's first line; and every option
 # literal in the command's argument parser (its functions in SRC, found by name below) is on the
-# page, outside its synopses. An option added to a parser without a word in the help fails here.
+# page, outside its synopses. An option added to a parser without a word in the help fails here, as
+# does one of run's that parse_run_args would call unknown.
 set -u
 M=$1 SRC=$2
 status=0
@@ -51,5 +52,11 @@ for c in $cmds; do
     done
   done
   echo "$c: $n options documented"
+done
+# run: each option parse_option takes is in parse_run_args' list of options with a value (given
+# without one, it is said to need one, not to be unknown)
+for o in $(options_of runtime/cpu/driver.c parse_option); do
+  "$M" run x.yaml "$o" 2>&1 | grep -q "option '$o' needs a value" ||
+    fail "moeppc run x.yaml $o: not 'needs a value' (missing from parse_run_args' valued list?)"
 done
 exit $status
