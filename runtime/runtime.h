@@ -1,4 +1,5 @@
-/* runtime.h — weights for a compiled (or interpreted) model.
+/* runtime.h — weights for a compiled (or interpreted) model, and choosing the next token from its
+ * logits (at the end).
  *
  * In:  a safetensors checkpoint (one file, a sharded set through model.safetensors.index.json, or a
  *      directory holding either), or a seed for random weights; the spec's tensor list (frontend.h).
@@ -56,5 +57,40 @@ bool        safetensors_write_meta(const char *path, const Tensor *tensors, int 
                                    RtError *err);
 
 int cmd_init_weights(int argc, char **argv);
+
+/* ---- choosing the next token (sample.c) --------------------------------------------------------
+ * From one row of logits ([vocab], f64): greedy (temperature 0: the largest logit, the lowest id on
+ * ties), or a draw from softmax(logits / temperature) restricted as Hugging Face's generate does,
+ * in its order: the top_k largest logits (0: all), then, of those renormalised, the smallest set of
+ * the most probable whose mass reaches top_p (1: all), renormalised again. NaN logits are never
+ * chosen. A Sampler's draws are a function of its seed and the logits it is given: the same seed,
+ * the same tokens, on every backend whose logits agree. */
+#define SAMPLE_MAX_TEMPERATURE 100.0
+typedef struct {
+    double  temperature; /* [0, SAMPLE_MAX_TEMPERATURE]; 0: greedy */
+    int64_t top_k;       /* ≥ 0; 0: every token */
+    double  top_p;       /* (0, 1]; 1: every token */
+} SampleParams;
+typedef struct {
+    double  p;
+    int64_t id;
+} SampleCand;
+typedef struct {
+    SampleParams p;
+    int64_t      vocab;
+    moe_rng      rng;
+    int64_t     *ids;  /* [vocab] the last draw's candidates */
+    double      *prob; /* [vocab] their probabilities */
+    SampleCand  *cand; /* [vocab] scratch */
+} Sampler;
+/* False with the reason in why when p is out of range, or asks for top-k/top-p at temperature 0. */
+bool    sample_params_check(const SampleParams *p, char *why, size_t n);
+void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t vocab); /* p checked */
+int64_t sampler_next(Sampler *s, const double *logits);
+/* The tokens a draw chooses among and their probabilities (summing to 1), in ids and prob (each
+ * [vocab]); their count. Descending by probability where top_p < 1, else in no set order. */
+int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob);
+int64_t sample_argmax(const double *logits, int64_t vocab);
+void    sampler_free(Sampler *s);
 
 #endif

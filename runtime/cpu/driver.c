@@ -1,7 +1,7 @@
 /* driver.c — running a whole model from the command line, shared by `moeppc run` and the
  * executables `moeppc build` writes: real or random weights, the reference interpreter or the CPU
- * backend (kernels from the JIT or linked in), predictions, routing statistics, greedy decoding on the
- * KV cache, logits and routes written out. */
+ * backend (kernels from the JIT or linked in), predictions, routing statistics, decoding on the KV
+ * cache (greedy, or drawn: runtime.h's sampler), logits and routes written out. */
 #include "runtime/cpu/driver.h"
 
 #include "passes/passes.h"
@@ -34,7 +34,8 @@ static void drv_err(const char *fmt, ...)
 static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--generate N] [--logits-out F] [--routes-out F] [--route-stats] "
+               "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] [--seed N] "
+               "[--stop IDS]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
 }
@@ -50,9 +51,13 @@ static int drv_usage(const char *fmt, const char *arg)
 }
 
 typedef struct {
-    const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning;
+    const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning, *stop;
     bool random, route_stats;
     uint64_t seed;
+    SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
+    uint64_t sample_seed;
+    const char *sampling;         /* the first sampling option given (for the message without --generate) */
+    bool temperature_set;
     eval_precision prec;
     int top, opt_level, threads;
     int64_t generate;
@@ -90,6 +95,44 @@ static bool int_option(const char *opt, const char *v, int64_t lo, int64_t hi, i
     }
     *out = (int64_t)n;
     return true;
+}
+
+/* An option's value as a number in [lo, hi], or (lo, hi] where open_lo; false (after a usage
+ * message) otherwise. */
+static bool number_option(const char *opt, const char *v, double lo, bool open_lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !(open_lo ? x > lo : x >= lo) || !(x <= hi)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: expected a number in %c%g, %g], found '%%s'", opt, open_lo ? '(' : '[', lo, hi);
+        drv_usage(msg, v);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+/* --temperature, --top-k, --top-p, --seed, --stop: how --generate chooses its tokens. */
+static int sample_option(RunArgs *r, const char *o, const char *v)
+{
+    int64_t n;
+    if (!r->sampling) r->sampling = o;
+    if (strcmp(o, "--temperature") == 0) {
+        if (!number_option(o, v, 0, false, SAMPLE_MAX_TEMPERATURE, &r->sample.temperature)) return 2;
+        r->temperature_set = true;
+    } else if (strcmp(o, "--top-k") == 0) {
+        if (!int_option(o, v, 0, INT32_MAX, &n)) return 2;
+        r->sample.top_k = n;
+    } else if (strcmp(o, "--top-p") == 0) {
+        if (!number_option(o, v, 0, true, 1, &r->sample.top_p)) return 2;
+    } else if (strcmp(o, "--seed") == 0) {
+        if (!parse_u64(v, &r->sample_seed)) return drv_usage("--seed: '%s' is not a seed (a non-negative integer)", v);
+    } else {
+        r->stop = v; /* --stop: its ids are checked against the vocabulary once the spec is read */
+    }
+    return 0;
 }
 
 /* An option with its value. Each one here is also in parse_run_args' `valued` list, which tells an
@@ -138,6 +181,9 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         r->threads = (int)n;
     } else if (strcmp(o, "--generate") == 0) {
         if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
+    } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-k") == 0 || strcmp(o, "--top-p") == 0 ||
+               strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
+        return sample_option(r, o, v);
     } else return drv_usage("unknown option '%s'", o);
     return 0;
 }
@@ -158,7 +204,14 @@ static void print_help(FILE *f)
           "  --random-weights S  seeded random weights (the same for the same seed and spec)\n"
           "input and output:\n"
           "  --ids \"1 2 3\"       the prompt's token ids (spaces or commas), each below the vocabulary\n"
-          "  --generate N        then N tokens of greedy decoding on the KV cache (default 0)\n"
+          "  --generate N        then N tokens of decoding on the KV cache (default 0), greedy unless:\n"
+          "  --temperature X     draw each token from softmax(logits / X), X in [0, 100] (0: greedy, the\n"
+          "                      default; 1 when only --top-k or --top-p is given)\n"
+          "  --top-k K           draw among the K most likely tokens only (default 0: all)\n"
+          "  --top-p P           then among the fewest most likely whose probability reaches P, in (0, 1]\n"
+          "                      (default 1: all); the order and meaning of Hugging Face's generate\n"
+          "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
+          "  --stop \"2 13\"       end the generation after one of these tokens (an end-of-sequence id)\n"
           "  --top N             next-token candidates printed per position (1..100, default 5)\n"
           "  --route-stats       routing with counts and the FFN work the zero-computation experts saved\n"
           "  --logits-out F      the prompt's logits, raw little-endian f32 [T, vocab], row-major\n"
@@ -197,7 +250,7 @@ static void print_help(FILE *f)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2,
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .sample = {.top_p = 1},
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a];
@@ -207,7 +260,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (o[0] == '-') {
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
-                                                 "--threads", "--generate"};
+                                                 "--threads", "--generate", "--temperature", "--top-k", "--top-p",
+                                                 "--seed", "--stop"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -221,11 +275,15 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
     if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
     if (!r->ids) return drv_usage("%s", "missing --ids");
+    if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
+    if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
+    char why[160];
+    if (!sample_params_check(&r->sample, why, sizeof why)) return drv_usage("%s", why);
     return 0;
 }
 
 /* "1 5 9" or "1,5,9" → ids; every id checked against the vocabulary and the position limit. */
-static int32_t *parse_ids(const char *text, const ModelSpec *s, int64_t *n_out)
+static int32_t *parse_ids(const char *opt, const char *text, const ModelSpec *s, int64_t *n_out)
 {
     int64_t n = 0, cap = 16;
     int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
@@ -238,18 +296,18 @@ static int32_t *parse_ids(const char *text, const ModelSpec *s, int64_t *n_out)
         long long v = strtoll(p, &end, 10);
         if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
             int len = (int)strcspn(p, " ,\t\n");
-            drv_err("--ids: '%.*s' (token %lld) is not a token id\n", len, p, (long long)n + 1);
+            drv_err("%s: '%.*s' (token %lld) is not a token id\n", opt, len, p, (long long)n + 1);
             free(ids);
             return NULL;
         }
         if (v < 0 || v >= s->vocab) {
-            drv_err("--ids: token %lld is %lld, outside the vocabulary [0, %lld)\n",
+            drv_err("%s: token %lld is %lld, outside the vocabulary [0, %lld)\n", opt,
                     (long long)n + 1, v, (long long)s->vocab);
             free(ids);
             return NULL;
         }
         if (n == s->max_positions) { /* refused at the first token too many: the rest is never read */
-            drv_err("--ids: more than max_positions (%lld) tokens\n", (long long)s->max_positions);
+            drv_err("%s: more than max_positions (%lld) tokens\n", opt, (long long)s->max_positions);
             free(ids);
             return NULL;
         }
@@ -258,7 +316,7 @@ static int32_t *parse_ids(const char *text, const ModelSpec *s, int64_t *n_out)
         p = end;
     }
     if (n == 0) {
-        drv_err("--ids: the list is empty\n");
+        drv_err("%s: the list is empty\n", opt);
         free(ids);
         return NULL;
     }
@@ -528,26 +586,50 @@ static void runner_free(Runner *rn)
 
 /* ---- the command ------------------------------------------------------------------------------- */
 
-static int64_t argmax_last_row(const EvalTensor *logits)
+/* The last row of logits [T, V]. */
+static const double *last_row(const EvalTensor *logits, int64_t *V)
 {
-    int64_t T = logits->type.dims[0], V = logits->type.dims[1], best = 0;
-    const double *row = logits->data + (T - 1) * V;
-    for (int64_t v = 1; v < V; v++)
-        if (row[v] > row[best]) best = v;
-    return best;
+    *V = logits->type.dims[1];
+    return logits->data + (logits->type.dims[0] - 1) * *V;
 }
 
-/* Greedy decoding: n tokens after the prompt, each fed back at the next position. */
-static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *prefill)
+typedef struct {
+    const int32_t *ids; /* --stop: generation ends after one of these */
+    int64_t n;
+} StopIds;
+
+static bool is_stop(const StopIds *st, int32_t t)
 {
-    int64_t n = rn->r->generate, len = T;
-    int32_t next = (int32_t)argmax_last_row(eval_output(prefill, "logits"));
+    for (int64_t k = 0; k < st->n; k++)
+        if (st->ids[k] == t) return true;
+    return false;
+}
+
+/* Decoding: n tokens after the prompt, each chosen (greedy or drawn: rn->r->sample) from the last
+ * position's logits and fed back at the next position; early at a --stop token or max_positions. */
+static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *prefill, const StopIds *stop)
+{
+    int64_t n = rn->r->generate, len = T, V;
+    const double *row = last_row(eval_output(prefill, "logits"), &V);
+    Sampler sm;
+    sampler_init(&sm, &rn->r->sample, rn->r->sample_seed, V);
+    int32_t next = (int32_t)sampler_next(&sm, row);
+    bool ok = true;
     double t0 = now_s();
-    printf("\n generated:");
+    printf("\n generated");
+    if (rn->r->sample.temperature > 0)
+        printf(" (drawn at temperature %g, top-k %lld, top-p %g, seed %llu)", rn->r->sample.temperature,
+               (long long)rn->r->sample.top_k, rn->r->sample.top_p, (unsigned long long)rn->r->sample_seed);
+    printf(":");
     for (int64_t g = 0; g < n; g++) {
         printf(" %d", next);
         fflush(stdout);
         if (g + 1 == n) break;
+        if (is_stop(stop, next)) {
+            printf("\n (stopped: token %d is a --stop token)", next);
+            n = g + 1;
+            break;
+        }
         if (len >= rn->s->max_positions) {
             printf("\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
             n = g + 1;
@@ -558,13 +640,15 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
         for (int64_t t = 0; t <= len; t++) pos[t] = (int32_t)t;
         bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
         EvalResult res;
-        bool ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
+        ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
         free(pos);
-        if (!ok) return false;
-        next = (int32_t)argmax_last_row(eval_output(&res, "logits"));
+        if (!ok) break;
+        next = (int32_t)sampler_next(&sm, last_row(eval_output(&res, "logits"), &V));
         ir_eval_result_free(&res);
         len++;
     }
+    sampler_free(&sm);
+    if (!ok) return false;
     double dt = now_s() - t0;
     printf("\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
     return true;
@@ -580,7 +664,7 @@ static void print_ffn_work(const Runner *rn, int64_t T)
            2e-9 * rn->macs_grouped, dense > 0 ? 100.0 * rn->macs_grouped / dense : 0.0, 2e-9 * dense);
 }
 
-static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t T)
+static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t T, const StopIds *stop)
 {
     WeightSet *w;
     if (!open_weights(r, s, &w)) return 1;
@@ -605,7 +689,7 @@ static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t
         rc = 0;
         if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
         if (r->routes_out && !write_routes(r->routes_out, s, &res)) rc = 1;
-        if (rc == 0 && r->generate > 0 && !generate(&rn, seq, T, &res)) rc = 1;
+        if (rc == 0 && r->generate > 0 && !generate(&rn, seq, T, &res, stop)) rc = 1;
         ir_eval_result_free(&res);
     }
     runner_free(&rn);
@@ -630,8 +714,14 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     ModelSpec s;
     if (!load_spec(&r, &s)) return 1;
     int64_t T;
-    int32_t *ids = parse_ids(r.ids, &s, &T);
+    int32_t *ids = parse_ids("--ids", r.ids, &s, &T);
     if (!ids) return 1;
+    StopIds stop = {0};
+    int32_t *stop_ids = NULL;
+    if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) {
+        free(ids);
+        return 1;
+    }
     int32_t *seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *seq);
     memcpy(seq, ids, (size_t)T * sizeof *seq);
     printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; %lld tokens; weights: ", cfg->prog, s.name,
@@ -639,8 +729,9 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (r.random) printf("random (seed %llu)\n", (unsigned long long)r.seed);
     else printf("%s\n", r.weights);
     fflush(stdout);
-    rc = run_model(&r, &s, seq, T);
+    rc = run_model(&r, &s, seq, T, &stop);
     free(seq);
     free(ids);
+    free(stop_ids);
     return rc;
 }

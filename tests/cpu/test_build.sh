@@ -34,12 +34,27 @@ else # built for the CPU only: --device cuda refused as such, whatever the machi
   [ $rc -eq 1 ] && grep -q "built for the CPU only" "$WORK/gpu.txt" ||
     { echo "--device cuda on a CPU-only executable: exit $rc"; cat "$WORK/gpu.txt"; exit 1; }
 fi
+# decoding: drawn tokens are a function of the seed and the logits, so the executable and `moeppc run`'s
+# JIT-compiled kernels draw the same; top-k 1 is greedy at any temperature; --stop ends at its token
+gen() { "$@" 2>&1 | sed -n 's/^ generated[^:]*: //p'; }
+DRAW="--generate 12 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 9"
+a=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" $DRAW)
+b=$(gen "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend cpu $DRAW)
+[ -n "$a" ] && [ "$a" = "$b" ] || { echo "drawn tokens: executable '$a', moeppc run '$b'"; exit 1; }
+greedy=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --generate 6)
+k1=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --generate 6 --top-k 1 --temperature 3 --seed 4)
+[ -n "$greedy" ] && [ "$greedy" = "$k1" ] || { echo "top-k 1 '$k1' is not greedy '$greedy'"; exit 1; }
+read -r g1 g2 _ <<<"$greedy"
+stopped=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --generate 6 --stop "$g2")
+want=$g1; [ "$g1" = "$g2" ] || want="$g1 $g2"
+[ "$stopped" = "$want" ] || { echo "--stop $g2 after '$greedy': '$stopped', want '$want'"; exit 1; }
+echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greedy', stopped '$stopped'"
 # --help: its own usage (no SPEC, no --tuning: both are built in) and every option described
 "$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
-for o in --weights --random-weights --ids --generate --top --route-stats --logits-out --routes-out --device --backend \
-         --threads --precision -O0; do
+for o in --weights --random-weights --ids --generate --temperature --top-k --top-p --seed --stop --top --route-stats \
+         --logits-out --routes-out --device --backend --threads --precision -O0; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
 # bad input: a token outside the vocabulary, an empty list, no arguments
@@ -49,6 +64,9 @@ expect() { local want=$1; shift; "$@" > "$WORK/out.txt" 2>&1; local rc=$?
 expect 1 "$WORK/model" --random-weights 1 --ids "3 $V"
 expect 1 "$WORK/model" --random-weights 1 --ids " "
 expect 2 "$WORK/model"
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --top-p 0
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --temperature 0.5
+expect 1 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --stop "$V"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
 # a CPU without an extension the kernels were compiled with (made to look so): refused at start,
 # the extension named, instead of an illegal instruction in a kernel

@@ -1,0 +1,140 @@
+/* sample.c — choosing the next token from a row of logits (runtime.h, "choosing the next token"):
+ * greedy, or drawn at a temperature from the top-k and top-p (nucleus) candidates, in Hugging Face's
+ * order (temperature, then top-k, then top-p over what top-k kept, renormalised).
+ *
+ * No sort of the whole vocabulary: top-k keeps a heap of k, and top-p sorts only the tokens whose
+ * probability is at least θ = (1 - top_p)/n of the n candidates' mass. Those below θ, fewer than n,
+ * hold less than (1 - top_p) of it, so the ones above θ hold more than top_p and, coming first in
+ * descending order, contain the whole nucleus: the cut is exact, not an approximation. */
+#include "runtime/runtime.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+bool sample_params_check(const SampleParams *p, char *why, size_t n)
+{
+    if (!(p->temperature >= 0 && p->temperature <= SAMPLE_MAX_TEMPERATURE)) /* NaN too */
+        snprintf(why, n, "temperature %g: expected a number in [0, %g]", p->temperature, SAMPLE_MAX_TEMPERATURE);
+    else if (p->top_k < 0)
+        snprintf(why, n, "top-k %lld: expected 0 (every token) or more", (long long)p->top_k);
+    else if (!(p->top_p > 0 && p->top_p <= 1))
+        snprintf(why, n, "top-p %g: expected a number in (0, 1]", p->top_p);
+    else if (p->temperature == 0 && (p->top_k > 0 || p->top_p < 1))
+        snprintf(why, n, "top-k and top-p restrict a draw, and temperature 0 draws nothing (it is greedy): give a "
+                         "temperature above 0");
+    else
+        return true;
+    return false;
+}
+
+void sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t vocab)
+{
+    MOE_ASSERT(vocab > 0);
+    *s = (Sampler){.p = *p, .vocab = vocab};
+    rng_seed(&s->rng, seed);
+    if (p->temperature > 0) {
+        s->ids = xmalloc((size_t)vocab * sizeof *s->ids);
+        s->prob = xmalloc((size_t)vocab * sizeof *s->prob);
+        s->cand = xmalloc((size_t)vocab * sizeof *s->cand);
+    }
+}
+
+void sampler_free(Sampler *s)
+{
+    free(s->ids);
+    free(s->prob);
+    free(s->cand);
+    *s = (Sampler){0};
+}
+
+/* NaN is never chosen: it compares below everything. */
+static double key_of(double x) { return isnan(x) ? -INFINITY : x; }
+
+/* a before b: the larger logit, then the lower id (so ties resolve as greedy's). */
+static bool ahead(const double *logits, int64_t a, int64_t b)
+{
+    double x = key_of(logits[a]), y = key_of(logits[b]);
+    return x > y || (x == y && a < b);
+}
+
+int64_t sample_argmax(const double *logits, int64_t vocab)
+{
+    int64_t best = 0;
+    for (int64_t v = 1; v < vocab; v++)
+        if (ahead(logits, v, best)) best = v;
+    return best;
+}
+
+/* Heap of the k best so far, the worst of them at the root. */
+static void sift_down(int64_t *h, int64_t n, int64_t i, const double *logits)
+{
+    for (;;) {
+        int64_t w = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && ahead(logits, h[w], h[l])) w = l;
+        if (r < n && ahead(logits, h[w], h[r])) w = r;
+        if (w == i) return;
+        int64_t t = h[i];
+        h[i] = h[w], h[w] = t, i = w;
+    }
+}
+
+/* The top-k candidates' ids into ids (in no order); their count. */
+static int64_t top_k_ids(const double *logits, int64_t vocab, int64_t k, int64_t *ids)
+{
+    if (k == 0 || k >= vocab) {
+        for (int64_t v = 0; v < vocab; v++) ids[v] = v;
+        return vocab;
+    }
+    for (int64_t v = 0; v < k; v++) ids[v] = v;
+    for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(ids, k, i, logits);
+    for (int64_t v = k; v < vocab; v++)
+        if (ahead(logits, v, ids[0])) ids[0] = v, sift_down(ids, k, 0, logits);
+    return k;
+}
+
+/* Larger probability first, then the lower id. */
+static int cand_cmp(const void *a, const void *b)
+{
+    const SampleCand *x = a, *y = b;
+    return x->p > y->p ? -1 : x->p < y->p ? 1 : (x->id > y->id) - (x->id < y->id);
+}
+
+int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob)
+{
+    int64_t n = top_k_ids(logits, s->vocab, s->p.top_k, ids), m = 0;
+    double top = -INFINITY, mass = 0;
+    for (int64_t c = 0; c < n; c++) top = fmax(top, key_of(logits[ids[c]]));
+    if (!isfinite(top)) { /* every logit -inf or NaN, or one +inf: nothing to weigh, the best one */
+        ids[0] = sample_argmax(logits, s->vocab), prob[0] = 1;
+        return 1;
+    }
+    SampleCand *cd = s->cand;
+    for (int64_t c = 0; c < n; c++) {
+        double p = exp((key_of(logits[ids[c]]) - top) / s->p.temperature);
+        if (p > 0) cd[m++] = (SampleCand){p, ids[c]}, mass += p;
+    }
+    n = m;
+    if (s->p.top_p < 1) {
+        double theta = (1 - s->p.top_p) / (double)n * mass, cum = 0;
+        m = 0;
+        for (int64_t c = 0; c < n; c++)
+            if (cd[c].p >= theta) cd[m++] = cd[c];
+        qsort(cd, (size_t)m, sizeof *cd, cand_cmp);
+        n = 0; /* a token stays while the mass before it is below top_p of the whole */
+        while (n < m && cum < s->p.top_p * mass) cum += cd[n++].p;
+        mass = cum;
+    }
+    for (int64_t c = 0; c < n; c++) ids[c] = cd[c].id, prob[c] = cd[c].p / mass;
+    return n;
+}
+
+int64_t sampler_next(Sampler *s, const double *logits)
+{
+    if (s->p.temperature == 0) return sample_argmax(logits, s->vocab);
+    int64_t n = sampler_candidates(s, logits, s->ids, s->prob);
+    double u = rng_uniform(&s->rng), cum = 0;
+    for (int64_t c = 0; c < n; c++)
+        if (u < (cum += s->prob[c])) return s->ids[c];
+    return s->ids[n - 1]; /* u just below 1 and the sum rounded below it */
+}

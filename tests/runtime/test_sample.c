@@ -1,0 +1,253 @@
+/* test_sample.c — choosing the next token (runtime/sample.c): greedy, the drawn frequencies against
+ * softmax(logits / T) computed here, top-k and top-p against a brute force over the whole sorted
+ * vocabulary, Hugging Face's order (top-k first), seeds, and the parameters it refuses. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "runtime/runtime.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define V6 6
+static const double L6[V6] = {2, 1, 0.5, 0, -1, -3};
+
+/* Draw n tokens and check each frequency against want[] (0 where a token must never come) within
+ * five standard deviations of the binomial count. */
+static void check_frequencies(const SampleParams *p, const double *logits, int64_t V, const double *want, int n)
+{
+    Sampler s;
+    sampler_init(&s, p, 12345, V);
+    int64_t *count = calloc((size_t)V, sizeof *count);
+    for (int k = 0; k < n; k++) {
+        int64_t t = sampler_next(&s, logits);
+        assert_true(t >= 0 && t < V);
+        count[t]++;
+    }
+    for (int64_t v = 0; v < V; v++) {
+        double f = (double)count[v] / n, sd = sqrt(want[v] * (1 - want[v]) / n);
+        if (want[v] == 0) assert_int_equal(count[v], 0);
+        else if (fabs(f - want[v]) > 5 * sd) fail_msg("token %lld: drawn %.5f, want %.5f (5 sd = %.5f)", (long long)v, f, want[v], 5 * sd);
+    }
+    free(count);
+    sampler_free(&s);
+}
+
+/* softmax(logits[ids] / T) over the listed ids, 0 elsewhere. */
+static void softmax_over(const double *logits, int64_t V, double T, const int64_t *ids, int n, double *out)
+{
+    double sum = 0;
+    for (int64_t v = 0; v < V; v++) out[v] = 0;
+    for (int k = 0; k < n; k++) sum += out[ids[k]] = exp(logits[ids[k]] / T);
+    for (int k = 0; k < n; k++) out[ids[k]] /= sum;
+}
+
+static void test_greedy(void **state)
+{
+    (void)state;
+    const double a[] = {1, 3, 3, NAN, -INFINITY}, b[] = {NAN, 2, 1}, c[] = {NAN, NAN}, d[] = {-INFINITY, -INFINITY};
+    assert_int_equal(sample_argmax(a, 5), 1); /* ties: the lowest id, as greedy decoding always did */
+    assert_int_equal(sample_argmax(b, 3), 1); /* NaN never chosen */
+    assert_int_equal(sample_argmax(c, 2), 0);
+    assert_int_equal(sample_argmax(d, 2), 0);
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1}, 7, 5);
+    for (int k = 0; k < 10; k++) assert_int_equal(sampler_next(&s, a), 1);
+    sampler_free(&s);
+}
+
+static void test_temperature_frequencies(void **state)
+{
+    (void)state;
+    const int64_t all[V6] = {0, 1, 2, 3, 4, 5};
+    double want[V6];
+    for (int t = 0; t < 3; t++) {
+        double T = (double[]){0.7, 1.0, 2.5}[t];
+        softmax_over(L6, V6, T, all, V6, want);
+        check_frequencies(&(SampleParams){.temperature = T, .top_p = 1}, L6, V6, want, 200000);
+    }
+}
+
+static void test_top_k(void **state)
+{
+    (void)state;
+    const int64_t top3[] = {0, 1, 2};
+    double want[V6];
+    softmax_over(L6, V6, 1.3, top3, 3, want);
+    check_frequencies(&(SampleParams){.temperature = 1.3, .top_k = 3, .top_p = 1}, L6, V6, want, 200000);
+    /* ties at the cut: the lower ids stay */
+    const double flat[5] = {1, 1, 1, 1, 1};
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = 1, .top_k = 2, .top_p = 1}, 1, 5);
+    int64_t ids[5];
+    double prob[5];
+    assert_int_equal(sampler_candidates(&s, flat, ids, prob), 2);
+    assert_true((ids[0] == 0 && ids[1] == 1) || (ids[0] == 1 && ids[1] == 0));
+    assert_float_equal(prob[0], 0.5, 1e-15);
+    sampler_free(&s);
+    /* k at or above the vocabulary: every token */
+    sampler_init(&s, &(SampleParams){.temperature = 1, .top_k = 99, .top_p = 1}, 1, 5);
+    assert_int_equal(sampler_candidates(&s, flat, ids, prob), 5);
+    sampler_free(&s);
+}
+
+/* The candidates of (T, k, p) on four tokens of probability 0.5, 0.3, 0.15, 0.05 at T = 1. */
+static int64_t candidates4(double T, int64_t k, double p, int64_t *ids, double *prob)
+{
+    const double l[4] = {log(0.5), log(0.3), log(0.15), log(0.05)};
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = T, .top_k = k, .top_p = p}, 1, 4);
+    int64_t n = sampler_candidates(&s, l, ids, prob);
+    sampler_free(&s);
+    return n;
+}
+
+static void test_top_p(void **state)
+{
+    (void)state;
+    int64_t ids[4];
+    double prob[4];
+    assert_int_equal(candidates4(1, 0, 0.75, ids, prob), 2); /* 0.5 < 0.75, then 0.8 reaches it */
+    assert_int_equal(ids[0], 0), assert_int_equal(ids[1], 1);
+    assert_float_equal(prob[0], 0.625, 1e-12), assert_float_equal(prob[1], 0.375, 1e-12);
+    assert_int_equal(candidates4(1, 0, 0.85, ids, prob), 3);
+    assert_int_equal(ids[2], 2);
+    assert_float_equal(prob[2], 0.15 / 0.95, 1e-12);
+    assert_int_equal(candidates4(1, 0, 0.3, ids, prob), 1); /* the most likely alone reaches it */
+    assert_int_equal(ids[0], 0), assert_float_equal(prob[0], 1, 0);
+    assert_int_equal(candidates4(1, 0, 1, ids, prob), 4);
+    /* Hugging Face's order: top-k 2 leaves 0.625 / 0.375, and top-p 0.6 of that keeps token 0
+     * alone; top-p first would have kept 0 and 1 (0.5 < 0.6) */
+    assert_int_equal(candidates4(1, 2, 0.6, ids, prob), 1);
+    assert_int_equal(ids[0], 0);
+    /* temperature before top-p: at T = 3 the four flatten to 0.36, 0.30, 0.24, 0.10 (rounded), and
+     * 0.75 needs three of them */
+    assert_int_equal(candidates4(3, 0, 0.75, ids, prob), 3);
+    /* and the draws follow the kept probabilities */
+    const double l[4] = {log(0.5), log(0.3), log(0.15), log(0.05)}, want[4] = {0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0};
+    check_frequencies(&(SampleParams){.temperature = 1, .top_p = 0.85}, l, 4, want, 200000);
+}
+
+static int cmp_desc(const void *a, const void *b, const double *p)
+{
+    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    return p[i] > p[j] ? -1 : p[i] < p[j] ? 1 : (i > j) - (i < j);
+}
+static const double *g_p;
+static int cmp_desc_g(const void *a, const void *b) { return cmp_desc(a, b, g_p); }
+
+/* The nucleus without the cut at θ: the whole vocabulary (or its top k) sorted. */
+static int64_t brute_nucleus(const double *logits, int64_t V, double T, int64_t k, double top_p, int64_t *ids, double *prob)
+{
+    double *p = malloc((size_t)V * sizeof *p), top = -INFINITY, mass = 0, cum = 0;
+    for (int64_t v = 0; v < V; v++) top = fmax(top, logits[v]);
+    for (int64_t v = 0; v < V; v++) p[v] = exp((logits[v] - top) / T), ids[v] = v;
+    g_p = p;
+    qsort(ids, (size_t)V, sizeof *ids, cmp_desc_g);
+    int64_t n = k > 0 && k < V ? k : V, m = 0;
+    for (int64_t c = 0; c < n; c++) mass += p[ids[c]];
+    while (m < n && cum < top_p * mass) cum += p[ids[m++]];
+    for (int64_t c = 0; c < m; c++) prob[c] = p[ids[c]] / cum;
+    free(p);
+    return m;
+}
+
+static void test_nucleus_exact_on_a_vocabulary(void **state)
+{
+    (void)state;
+    const int64_t V = 32000;
+    double *l = malloc((size_t)V * sizeof *l), *pa = malloc((size_t)V * sizeof *pa), *pb = malloc((size_t)V * sizeof *pb);
+    int64_t *ia = malloc((size_t)V * sizeof *ia), *ib = malloc((size_t)V * sizeof *ib);
+    moe_rng r;
+    rng_seed(&r, 3);
+    for (int64_t v = 0; v < V; v++) { /* roughly normal, with a few strong tokens as a trained model has */
+        double x = 0;
+        for (int k = 0; k < 4; k++) x += rng_uniform(&r) - 0.5;
+        l[v] = 3 * x + (v % 997 == 0 ? 8 : 0);
+    }
+    const double ps[] = {0.1, 0.5, 0.9, 0.99, 0.999};
+    const double Ts[] = {0.5, 1, 2};
+    const int64_t ks[] = {0, 40};
+    for (size_t a = 0; a < 5; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t c = 0; c < 2; c++) {
+                Sampler s;
+                sampler_init(&s, &(SampleParams){.temperature = Ts[b], .top_k = ks[c], .top_p = ps[a]}, 1, V);
+                int64_t n = sampler_candidates(&s, l, ia, pa), m = brute_nucleus(l, V, Ts[b], ks[c], ps[a], ib, pb);
+                if (n != m) fail_msg("T %g, k %lld, p %g: %lld candidates, the brute force %lld", Ts[b], (long long)ks[c], ps[a], (long long)n, (long long)m);
+                for (int64_t i = 0; i < n; i++) {
+                    assert_int_equal(ia[i], ib[i]);
+                    assert_float_equal(pa[i], pb[i], 1e-12);
+                }
+                sampler_free(&s);
+            }
+    free(l), free(pa), free(pb), free(ia), free(ib);
+}
+
+static void test_seeds(void **state)
+{
+    (void)state;
+    const SampleParams p = {.temperature = 1, .top_p = 1};
+    Sampler a, b, c;
+    sampler_init(&a, &p, 5, V6), sampler_init(&b, &p, 5, V6), sampler_init(&c, &p, 6, V6);
+    int differ = 0;
+    for (int k = 0; k < 1000; k++) {
+        int64_t x = sampler_next(&a, L6);
+        assert_int_equal(x, sampler_next(&b, L6));
+        differ += x != sampler_next(&c, L6);
+    }
+    assert_true(differ > 100);
+    sampler_free(&a), sampler_free(&b), sampler_free(&c);
+}
+
+static void test_degenerate_logits(void **state)
+{
+    (void)state;
+    const double inf[4] = {0, INFINITY, 1, NAN}, ninf[3] = {-INFINITY, -INFINITY, -INFINITY};
+    const double nan1[4] = {NAN, 0, 0, NAN}, want[4] = {0, 0.5, 0.5, 0};
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 0.9}, 1, 4);
+    for (int k = 0; k < 20; k++) assert_int_equal(sampler_next(&s, inf), 1);
+    sampler_free(&s);
+    sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 1}, 1, 3);
+    assert_int_equal(sampler_next(&s, ninf), 0);
+    sampler_free(&s);
+    check_frequencies(&(SampleParams){.temperature = 1, .top_p = 1}, nan1, 4, want, 100000);
+}
+
+static void test_params_refused(void **state)
+{
+    (void)state;
+    char why[160];
+    const SampleParams bad[] = {
+        {.temperature = -1, .top_p = 1},    {.temperature = NAN, .top_p = 1},  {.temperature = 101, .top_p = 1},
+        {.temperature = 1, .top_p = 0},     {.temperature = 1, .top_p = 1.01}, {.temperature = 1, .top_p = NAN},
+        {.temperature = 1, .top_k = -1, .top_p = 1}, {.temperature = 0, .top_k = 5, .top_p = 1},
+        {.temperature = 0, .top_p = 0.9},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        why[0] = 0;
+        assert_false(sample_params_check(&bad[k], why, sizeof why));
+        assert_true(why[0] != 0);
+    }
+    assert_true(sample_params_check(&(SampleParams){.temperature = 0, .top_p = 1}, why, sizeof why));
+    assert_true(sample_params_check(&(SampleParams){.temperature = 100, .top_k = 1, .top_p = 1e-9}, why, sizeof why));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_temperature_frequencies),
+        cmocka_unit_test(test_top_k),
+        cmocka_unit_test(test_top_p),
+        cmocka_unit_test(test_nucleus_exact_on_a_vocabulary),
+        cmocka_unit_test(test_seeds),
+        cmocka_unit_test(test_degenerate_logits),
+        cmocka_unit_test(test_params_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
