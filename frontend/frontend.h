@@ -32,6 +32,8 @@ typedef struct ModelSpec {
     int64_t max_positions;
     moe_dtype dtype;           /* DT_F32, DT_BF16 or DT_F16: weights and activations            */
     bool    tie_embeddings;    /* lm_head is embed_tokens                                       */
+    bool    has_eos;           /* eos_token_id given: --generate stops after it (run, executables)*/
+    int64_t eos_token_id;
     /* moe */
     int64_t moe_every;         /* layer l is MoE iff (l + 1) % moe_every == 0                    */
     int64_t dense_intermediate;/* I_dense of the dense SwiGLU MLP of the other layers (0 if none)*/

@@ -148,6 +148,26 @@ static void hf_unsupported(HfConfig *c)
     if (v && !(cJSON_IsString(v) && strcmp(v->valuestring, "silu") == 0)) hf_bad(c, "hidden_act", v, "\"silu\"");
 }
 
+/* eos_token_id: an id, or a list of ids (newer configs) of which the spec keeps the first (run's
+ * --stop takes several); absent or null: none. Its range is the spec loader's check (hf_recheck). */
+static void hf_eos(HfConfig *c, ModelSpec *s)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, "eos_token_id"), *e;
+    if (!v || cJSON_IsNull(v)) return;
+    const cJSON *first = cJSON_IsArray(v) ? v->child : v;
+    bool ok = first && json_int(first, &s->eos_token_id) && s->eos_token_id >= 0;
+    if (cJSON_IsArray(v))
+        cJSON_ArrayForEach(e, v) {
+            int64_t x = -1;
+            ok = ok && json_int(e, &x) && x >= 0;
+        }
+    if (!ok) {
+        hf_bad(c, "eos_token_id", v, "a token id or a list of them");
+        return;
+    }
+    s->has_eos = true;
+}
+
 static void hf_read_model(HfConfig *c, ModelSpec *s)
 {
     s->vocab = hf_int(c, "vocab_size", 1, 32000);
@@ -160,6 +180,7 @@ static void hf_read_model(HfConfig *c, ModelSpec *s)
     s->max_positions = hf_int(c, "max_position_embeddings", 1, 2048);
     s->dtype = hf_dtype(c);
     s->tie_embeddings = hf_bool(c, "tie_word_embeddings", false);
+    hf_eos(c, s);
 }
 
 static void hf_read_moe(HfConfig *c, ModelSpec *s)

@@ -27,7 +27,7 @@ static void copy_trunc(char *dst, size_t n, const char *src)
 /* ---- the schema --------------------------------------------------------------------------------- */
 typedef enum {
     F_ROOT, F_FORMAT, F_NAME, F_MODEL, F_MOE,
-    F_VOCAB, F_HIDDEN, F_LAYERS, F_HEADS, F_KV_HEADS, F_ROPE_THETA, F_NORM_EPS, F_MAX_POS, F_DTYPE, F_TIE,
+    F_VOCAB, F_HIDDEN, F_LAYERS, F_HEADS, F_KV_HEADS, F_ROPE_THETA, F_NORM_EPS, F_MAX_POS, F_DTYPE, F_TIE, F_EOS,
     F_EVERY, F_DENSE_I, F_TOP_K, F_EXPERTS, F_INTERMEDIATE, F_ROUTER, F_INPUT_SCALING,
     F_FFN, F_CONST, F_COPY, F_ZERO,
     F_R_LAYERS, F_GATING, F_LOGITS_NORM, F_LOGITS_STD, F_RESIDUAL,
@@ -63,6 +63,7 @@ static const FieldDef fields[F_COUNT] = {
     [F_MAX_POS]       = {"max_positions", T_INT, F_MODEL, false, 1, 4096, 0},
     [F_DTYPE]         = {"dtype", T_DTYPE, F_MODEL, false, 0, DT_F32, 0},
     [F_TIE]           = {"tie_embeddings", T_BOOL, F_MODEL, false, 0, 0, 0},
+    [F_EOS]           = {"eos_token_id", T_INT, F_MODEL, false, 0, 0, 0}, /* default: none (has_eos) */
     [F_EVERY]         = {"every", T_INT, F_MOE, false, 1, 1, 0},
     [F_DENSE_I]       = {"dense_intermediate", T_INT, F_MOE, false, 0, 0, 0},
     [F_TOP_K]         = {"top_k", T_INT, F_MOE, true, 1, 0, 0},
@@ -396,6 +397,9 @@ static void check_attention(Walk *w, const ModelSpec *s)
     if (all_ok(w, 2, F_HEADS, F_KV_HEADS) && s->n_heads % s->n_kv_heads != 0)
         err_at(w, F_KV_HEADS, "model.kv_heads (%lld) does not divide model.heads (%lld)", (long long)s->n_kv_heads,
                (long long)s->n_heads);
+    if (all_ok(w, 2, F_VOCAB, F_EOS) && w->st[F_EOS] == ST_OK && s->eos_token_id >= s->vocab)
+        err_at(w, F_EOS, "model.eos_token_id (%lld) is outside the vocabulary [0, %lld)", (long long)s->eos_token_id,
+               (long long)s->vocab);
 }
 
 /* Far beyond any real model; keeps E·E and 8E·D products and the tensor list in range. */
@@ -527,6 +531,8 @@ static void fill_spec(const Walk *w, ModelSpec *s)
     s->max_positions = ival_or_default(w, F_MAX_POS);
     s->dtype = (moe_dtype)ival_or_default(w, F_DTYPE);
     s->tie_embeddings = ival_or_default(w, F_TIE) != 0;
+    s->has_eos = w->st[F_EOS] == ST_OK;
+    s->eos_token_id = ival_or_default(w, F_EOS);
     s->moe_every = ival_or_default(w, F_EVERY);
     s->dense_intermediate = ival_or_default(w, F_DENSE_I);
     s->top_k = ival_or_default(w, F_TOP_K);
@@ -687,6 +693,7 @@ bool spec_write_yaml(const ModelSpec *s, FILE *f)
             (long long)s->n_kv_heads);
     fprintf(f, "  rope_theta: %s\n  norm_eps: %s\n  max_positions: %lld\n  dtype: %s\n  tie_embeddings: %s\n",
             theta, eps, (long long)s->max_positions, dtype_name(s->dtype), s->tie_embeddings ? "true" : "false");
+    if (s->has_eos) fprintf(f, "  eos_token_id: %lld\n", (long long)s->eos_token_id);
     fprintf(f, "moe:\n  every: %lld\n  dense_intermediate: %lld\n  top_k: %lld\n", (long long)s->moe_every,
             (long long)s->dense_intermediate, (long long)s->top_k);
     fprintf(f, "  experts:\n    ffn: %lld\n    constant: %lld\n    copy: %lld\n    zero: %lld\n",

@@ -67,10 +67,12 @@ static void print_structure(const ModelSpec *s, FILE *f)
     fprintf(f, "spec %s: %s, %s\n", s->name, s->n_const + s->n_copy + s->n_zero ? "MoE++" : "vanilla MoE",
             dtype_name(s->dtype));
     fprintf(f, "  model: %lld layers, hidden %lld, %lld heads of dim %lld, %lld kv heads, vocab %lld, "
-               "max positions %lld%s\n",
+               "max positions %lld%s",
             (long long)s->n_layers, (long long)s->hidden, (long long)s->n_heads, (long long)spec_head_dim(s),
             (long long)s->n_kv_heads, (long long)s->vocab, (long long)s->max_positions,
             s->tie_embeddings ? ", tied embeddings" : "");
+    if (s->has_eos) fprintf(f, ", end-of-sequence token %lld", (long long)s->eos_token_id);
+    fputc('\n', f);
     fprintf(f, "  MoE layers: %lld of %lld (every %lld)", (long long)n_moe_layers(s), (long long)s->n_layers,
             (long long)s->moe_every);
     if (s->moe_every > 1) fprintf(f, "; dense MLP intermediate %lld", (long long)s->dense_intermediate);

@@ -35,7 +35,7 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] [--seed N] "
-               "[--stop IDS]] [--logits-out F] [--routes-out F] [--route-stats] "
+               "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
 }
@@ -52,7 +52,7 @@ static int drv_usage(const char *fmt, const char *arg)
 
 typedef struct {
     const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning, *stop;
-    bool random, route_stats;
+    bool random, route_stats, ignore_eos;
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
     uint64_t sample_seed;
@@ -211,7 +211,9 @@ static void print_help(FILE *f)
           "  --top-p P           then among the fewest most likely whose probability reaches P, in (0, 1]\n"
           "                      (default 1: all); the order and meaning of Hugging Face's generate\n"
           "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
-          "  --stop \"2 13\"       end the generation after one of these tokens (an end-of-sequence id)\n"
+          "  --stop \"2 13\"       end the generation after one of these tokens (default: the spec's\n"
+          "                      model.eos_token_id, which import-hf takes from the config, if it has one)\n"
+          "  --ignore-eos        generate all N tokens, past the spec's eos_token_id\n"
           "  --top N             next-token candidates printed per position (1..100, default 5)\n"
           "  --route-stats       routing with counts and the FFN work the zero-computation experts saved\n"
           "  --logits-out F      the prompt's logits, raw little-endian f32 [T, vocab], row-major\n"
@@ -256,6 +258,10 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         const char *o = argv[a];
         if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) r->opt_level = o[2] - '0';
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
+        else if (strcmp(o, "--ignore-eos") == 0) {
+            r->ignore_eos = true;
+            if (!r->sampling) r->sampling = o;
+        }
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--logits-out", "--routes-out",
@@ -594,8 +600,9 @@ static const double *last_row(const EvalTensor *logits, int64_t *V)
 }
 
 typedef struct {
-    const int32_t *ids; /* --stop: generation ends after one of these */
+    const int32_t *ids; /* generation ends after one of these: --stop's, or the spec's eos_token_id */
     int64_t n;
+    bool eos;           /* the spec's */
 } StopIds;
 
 static bool is_stop(const StopIds *st, int32_t t)
@@ -626,7 +633,7 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
         fflush(stdout);
         if (g + 1 == n) break;
         if (is_stop(stop, next)) {
-            printf("\n (stopped: token %d is a --stop token)", next);
+            printf("\n (stopped: token %d, %s)", next, stop->eos ? "the spec's eos_token_id" : "a --stop token");
             n = g + 1;
             break;
         }
@@ -722,6 +729,8 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         free(ids);
         return 1;
     }
+    int32_t eos = (int32_t)s.eos_token_id; /* the spec checked it against the vocabulary */
+    if (!r.stop && s.has_eos && !r.ignore_eos) stop = (StopIds){&eos, 1, true};
     int32_t *seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *seq);
     memcpy(seq, ids, (size_t)T * sizeof *seq);
     printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; %lld tokens; weights: ", cfg->prog, s.name,

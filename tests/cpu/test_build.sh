@@ -48,12 +48,18 @@ read -r g1 g2 _ <<<"$greedy"
 stopped=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --generate 6 --stop "$g2")
 want=$g1; [ "$g1" = "$g2" ] || want="$g1 $g2"
 [ "$stopped" = "$want" ] || { echo "--stop $g2 after '$greedy': '$stopped', want '$want'"; exit 1; }
+# the spec's model.eos_token_id stops it the same way; --ignore-eos decodes past it; --stop replaces it
+sed "s/^model:$/model:\n  eos_token_id: $g2/" "$SPEC" >"$WORK/eos.yaml"
+eos() { gen "$MOEPPC" run "$WORK/eos.yaml" --weights "$WORK/w.safetensors" --ids "$IDS" --backend cpu --generate 6 "$@"; }
+[ "$(eos)" = "$want" ] || { echo "eos_token_id $g2 after '$greedy': '$(eos)', want '$want'"; exit 1; }
+[ "$(eos --ignore-eos)" = "$greedy" ] || { echo "--ignore-eos: '$(eos --ignore-eos)', want '$greedy'"; exit 1; }
+[ "$(eos --stop "$g1")" = "$g1" ] || { echo "--stop $g1 over eos_token_id $g2: '$(eos --stop "$g1")'"; exit 1; }
 echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greedy', stopped '$stopped'"
 # --help: its own usage (no SPEC, no --tuning: both are built in) and every option described
 "$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
-for o in --weights --random-weights --ids --generate --temperature --top-k --top-p --seed --stop --top --route-stats \
+for o in --weights --random-weights --ids --generate --temperature --top-k --top-p --seed --stop --ignore-eos --top --route-stats \
          --logits-out --routes-out --device --backend --threads --precision -O0; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
@@ -66,6 +72,7 @@ expect 1 "$WORK/model" --random-weights 1 --ids " "
 expect 2 "$WORK/model"
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --top-p 0
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --temperature 0.5
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --ignore-eos
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --stop "$V"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
 # a CPU without an extension the kernels were compiled with (made to look so): refused at start,

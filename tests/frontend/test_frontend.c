@@ -66,6 +66,8 @@ static void assert_spec_equal(const ModelSpec *a, const ModelSpec *b, bool same_
     assert_int_equal(a->max_positions, b->max_positions);
     assert_int_equal(a->dtype, b->dtype);
     assert_int_equal(a->tie_embeddings, b->tie_embeddings);
+    assert_int_equal(a->has_eos, b->has_eos);
+    if (a->has_eos) assert_int_equal(a->eos_token_id, b->eos_token_id);
     assert_int_equal(a->moe_every, b->moe_every);
     assert_int_equal(a->dense_intermediate, b->dense_intermediate);
     assert_int_equal(a->top_k, b->top_k);
@@ -248,6 +250,49 @@ static void test_import_hf_7b(void **state)
     assert_spec_equal(&want, &got, false);
 }
 
+/* eos_token_id in a config: an id, a list (the first kept), null or absent (none); anything else, or
+ * an id outside the vocabulary, refused with the key named. The spec round-trips it. */
+static void test_import_hf_eos(void **state)
+{
+    size_t len = 0;
+    char *cfg = file_read_all(SRC "/tests/frontend/hf/moepp-7b-config.json", &len);
+    assert_non_null(cfg);
+    char *at = strstr(cfg, "\"eos_token_id\": 2,");
+    assert_non_null(at);
+    const struct {
+        const char *value, *error; /* error: NULL to load */
+        bool has;
+        int64_t id;
+    } cases[] = {
+        {"7", NULL, true, 7},     {"[5, 9]", NULL, true, 5}, {"null", NULL, false, 0},
+        {"-1", "eos_token_id: expected a token id or a list of them, found -1", false, 0},
+        {"[2, \"x\"]", "eos_token_id: expected a token id or a list of them, found a list of 2 elements", false, 0},
+        {"[]", "eos_token_id: expected a token id or a list of them, found a list of 0 elements", false, 0},
+        {"40000", "model.eos_token_id (40000) is outside the vocabulary [0, 32000)", false, 0},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = xmalloc(len + 64);
+        int n = sprintf(text, "%.*s\"eos_token_id\": %s,%s", (int)(at - cfg), cfg, cases[k].value,
+                        at + strlen("\"eos_token_id\": 2,"));
+        ModelSpec s;
+        Captured c;
+        capture_begin(&c, NULL);
+        bool ok = spec_from_hf_json(text, (size_t)n, "m", &s, &c.d);
+        fflush(c.f);
+        if (ok != !cases[k].error) print_error("eos_token_id %s: %s", cases[k].value, c.text);
+        assert_int_equal(ok, !cases[k].error);
+        if (cases[k].error && !strstr(c.text, cases[k].error)) fail_msg("eos_token_id %s: %s", cases[k].value, c.text);
+        capture_end(&c);
+        if (ok) {
+            assert_int_equal(s.has_eos, cases[k].has);
+            if (s.has_eos) assert_int_equal(s.eos_token_id, cases[k].id);
+            assert_round_trip(&s);
+        }
+        free(text);
+    }
+    free(cfg);
+}
+
 /* Mangled copies of a good spec (bytes replaced, inserted, truncated): each must load or fail with at
  * least one diagnostic, never crash (the ASan build checks the memory side). */
 static void test_mangled_specs(void **state)
@@ -349,7 +394,7 @@ int main(void)
         cmocka_unit_test(test_shipped_specs),   cmocka_unit_test(test_fields_7b),
         cmocka_unit_test(test_fields_tiny),     cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_round_trip_awkward), cmocka_unit_test(test_summary_7b),
-        cmocka_unit_test(test_import_hf_7b),    cmocka_unit_test(test_mangled_specs),
+        cmocka_unit_test(test_import_hf_7b),    cmocka_unit_test(test_import_hf_eos),    cmocka_unit_test(test_mangled_specs),
         cmocka_unit_test(test_resource_limits),
         cmocka_unit_test(test_bf16),            cmocka_unit_test(test_f16),
     };
