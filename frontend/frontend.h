@@ -65,6 +65,11 @@ bool spec_load_file(const char *path, ModelSpec *out, Diag *d);
 bool spec_load_string(const char *text, size_t len, ModelSpec *out, Diag *d);
 /* A spec's default name from a file path: "specs/tiny/tiny-gqa.yaml" → "tiny-gqa". */
 void spec_name_from_path(const char *path, char *buf, size_t n);
+/* The file reading both loaders share: path's text to parse, the spec named by name_of(path), and
+ * "cannot read the WHAT: reason" where it cannot be read; d->file is path while it runs (if unset). */
+typedef bool (*SpecParseFn)(const char *text, size_t len, const char *name, ModelSpec *out, Diag *d);
+bool spec_read_file(const char *path, const char *what, void (*name_of)(const char *path, char *buf, size_t n),
+                    SpecParseFn parse, ModelSpec *out, Diag *d);
 /* Write a spec as YAML v1 (what import-hf produces). Returns false on I/O error. */
 bool spec_write_yaml(const ModelSpec *s, FILE *f);
 

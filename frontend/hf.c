@@ -9,19 +9,9 @@
 #include "frontend/frontend.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Copy with truncation (names are at most 127 bytes). */
-static void copy_trunc(char *dst, size_t n, const char *src)
-{
-    size_t l = strlen(src);
-    if (l >= n) l = n - 1;
-    memcpy(dst, src, l);
-    dst[l] = 0;
-}
 
 /* The released code fixes these; they are not config keys. */
 #define HF_TOP_K 2
@@ -262,7 +252,7 @@ static void offset_to_line_col(const char *text, size_t off, int *line, int *col
 static void hf_name(const char *path, char *buf, size_t n)
 {
     char tmp[512];
-    copy_trunc(tmp, sizeof tmp, path);
+    str_copy_trunc(tmp, sizeof tmp, path);
     char *slash = strrchr(tmp, '/');
     char *base = slash ? slash + 1 : tmp;
     char *dot = strrchr(base, '.');
@@ -272,7 +262,7 @@ static void hf_name(const char *path, char *buf, size_t n)
         char *up = strrchr(tmp, '/');
         if (up ? up[1] : tmp[0]) base = up ? up + 1 : tmp;
     }
-    copy_trunc(buf, n, base[0] ? base : "moepp");
+    str_copy_trunc(buf, n, base[0] ? base : "moepp");
 }
 
 static cJSON *hf_parse(const char *text, size_t len, Diag *d)
@@ -302,7 +292,7 @@ bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec
     if (root) {
         ModelSpec s;
         memset(&s, 0, sizeof s);
-        copy_trunc(s.name, sizeof s.name, name ? name : "moepp");
+        str_copy_trunc(s.name, sizeof s.name, name ? name : "moepp");
         HfConfig c = {.root = root, .d = d};
         hf_read_model(&c, &s);
         hf_read_moe(&c, &s);
@@ -317,19 +307,5 @@ bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec
 
 bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
 {
-    const char *saved = d->file;
-    if (!d->file) d->file = path;
-    size_t len = 0;
-    char *text = file_read_all(path, &len);
-    bool ok = false;
-    if (!text) {
-        diag_error(d, 0, 0, "cannot read the config: %s", strerror(errno));
-    } else {
-        char name[sizeof out->name];
-        hf_name(path, name, sizeof name);
-        ok = spec_from_hf_json(text, len, name, out, d);
-        free(text);
-    }
-    d->file = saved;
-    return ok;
+    return spec_read_file(path, "config", hf_name, spec_from_hf_json, out, d);
 }

@@ -15,15 +15,6 @@
 #include <string.h>
 #include <yaml.h>
 
-/* Copy with truncation (names are at most 127 bytes). */
-static void copy_trunc(char *dst, size_t n, const char *src)
-{
-    size_t l = strlen(src);
-    if (l >= n) l = n - 1;
-    memcpy(dst, src, l);
-    dst[l] = 0;
-}
-
 /* ---- the schema --------------------------------------------------------------------------------- */
 typedef enum {
     F_ROOT, F_FORMAT, F_NAME, F_MODEL, F_MOE,
@@ -580,7 +571,7 @@ static bool spec_load_named(const char *text, size_t len, const char *default_na
     Walk *w = xcalloc(1, sizeof *w);
     w->doc = &doc;
     w->d = d;
-    copy_trunc(w->name, sizeof w->name, default_name);
+    str_copy_trunc(w->name, sizeof w->name, default_name);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     w->line[F_ROOT] = (int)root->start_mark.line + 1;
     w->col[F_ROOT] = (int)root->start_mark.column + 1;
@@ -608,13 +599,14 @@ void spec_name_from_path(const char *path, char *buf, size_t n)
 {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
-    copy_trunc(buf, n, b);
+    str_copy_trunc(buf, n, b);
     char *dot = strrchr(buf, '.');
     if (dot && dot != buf) *dot = 0;
     if (!buf[0]) snprintf(buf, n, "spec");
 }
 
-bool spec_load_file(const char *path, ModelSpec *out, Diag *d)
+bool spec_read_file(const char *path, const char *what, void (*name_of)(const char *path, char *buf, size_t n),
+                    SpecParseFn parse, ModelSpec *out, Diag *d)
 {
     const char *saved = d->file;
     if (!d->file) d->file = path;
@@ -622,15 +614,20 @@ bool spec_load_file(const char *path, ModelSpec *out, Diag *d)
     char *text = file_read_all(path, &len);
     bool ok = false;
     if (!text) {
-        diag_error(d, 0, 0, "cannot read the spec: %s", strerror(errno));
+        diag_error(d, 0, 0, "cannot read the %s: %s", what, strerror(errno));
     } else {
         char name[sizeof out->name];
-        spec_name_from_path(path, name, sizeof name);
-        ok = spec_load_named(text, len, name, out, d);
+        name_of(path, name, sizeof name);
+        ok = parse(text, len, name, out, d);
         free(text);
     }
     d->file = saved;
     return ok;
+}
+
+bool spec_load_file(const char *path, ModelSpec *out, Diag *d)
+{
+    return spec_read_file(path, "spec", spec_name_from_path, spec_load_named, out, d);
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */
@@ -654,7 +651,7 @@ static void format_double(double v, char *buf, size_t n)
     snprintf(mant, sizeof mant, "%s%s", buf, strchr(buf, '.') ? "" : ".0");
     char out[64];
     snprintf(out, sizeof out, "%se%d", mant, exp10);
-    copy_trunc(buf, n, out);
+    str_copy_trunc(buf, n, out);
 }
 
 /* Names made of safe characters are written plain; anything else double-quoted with escapes. */

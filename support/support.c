@@ -291,6 +291,14 @@ void str_escape(const char *s, size_t len, char *buf, size_t n)
     buf[o] = 0;
 }
 
+void str_copy_trunc(char *dst, size_t n, const char *src)
+{
+    size_t l = strlen(src);
+    if (l >= n) l = n - 1;
+    memcpy(dst, src, l);
+    dst[l] = 0;
+}
+
 int str_edit_distance(const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);

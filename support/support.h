@@ -105,6 +105,8 @@ bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
 /* Input text for a message, printable: bytes below 0x20 and DEL become \xNN; cut with "..." when
  * buf (n bytes) is full. Names and strings read from a file go through this before they are shown. */
 void str_escape(const char *s, size_t len, char *buf, size_t n);
+/* src into dst (n bytes), cut to n - 1 bytes where longer; always terminated. */
+void str_copy_trunc(char *dst, size_t n, const char *src);
 /* Levenshtein distance, for "did you mean" hints. */
 int  str_edit_distance(const char *a, const char *b);
 /* Write n bytes to path through a temporary file renamed into place: all or nothing. On failure
