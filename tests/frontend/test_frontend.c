@@ -53,6 +53,9 @@ static void load_ok(const char *path, ModelSpec *s)
     capture_end(&c);
 }
 
+/* A field added to ModelSpec changes its size: compare it here too, then update the size. */
+_Static_assert(sizeof(ModelSpec) == 304, "ModelSpec has a new field: compare it in assert_spec_equal");
+
 static void assert_spec_equal(const ModelSpec *a, const ModelSpec *b, bool same_name)
 {
     if (same_name) assert_string_equal(a->name, b->name);

@@ -79,9 +79,12 @@ void fuzz_check_message(const char *msg, const char *where)
     check_printable(msg, n);
 }
 
+/* A field added to ModelSpec changes its size: compare it here too, then update the size. */
+_Static_assert(sizeof(ModelSpec) == 304, "ModelSpec has a new field: compare it in fuzz_spec_equal");
+
 bool fuzz_spec_equal(const ModelSpec *a, const ModelSpec *b)
 {
-    return !strcmp(a->name, b->name) && a->vocab == b->vocab && a->hidden == b->hidden && a->n_layers == b->n_layers &&
+    return a->has_eos == b->has_eos && (!a->has_eos || a->eos_token_id == b->eos_token_id) && !strcmp(a->name, b->name) && a->vocab == b->vocab && a->hidden == b->hidden && a->n_layers == b->n_layers &&
            a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads && a->rope_theta == b->rope_theta &&
            a->norm_eps == b->norm_eps && a->max_positions == b->max_positions && a->dtype == b->dtype &&
            a->tie_embeddings == b->tie_embeddings && a->moe_every == b->moe_every &&
