@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,7 +37,7 @@ static void print_usage(FILE *f)
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
-               "[--precision f64|f32] [--top N] %s[-O0|-O1]\n",
+               "[--precision f64|f32] [--top N] [--perplexity] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
 }
 
@@ -52,7 +53,7 @@ static int drv_usage(const char *fmt, const char *arg)
 
 typedef struct {
     const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning, *stop;
-    bool random, route_stats, ignore_eos;
+    bool random, route_stats, ignore_eos, perplexity;
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
     uint64_t sample_seed;
@@ -215,6 +216,8 @@ static void print_help(FILE *f)
           "                      model.eos_token_id, which import-hf takes from the config, if it has one)\n"
           "  --ignore-eos        generate all N tokens, past the spec's eos_token_id\n"
           "  --top N             next-token candidates printed per position (1..100, default 5)\n"
+          "  --perplexity        also each position's negative log-likelihood of the next --ids token,\n"
+          "                      and the prompt's perplexity (to compare with another implementation)\n"
           "  --route-stats       routing with counts and the FFN work the zero-computation experts saved\n"
           "  --logits-out F      the prompt's logits, raw little-endian f32 [T, vocab], row-major\n"
           "  --routes-out F      the routing: a line per MoE layer and token: layer token ids... weights...\n"
@@ -258,6 +261,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         const char *o = argv[a];
         if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) r->opt_level = o[2] - '0';
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
+        else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
         else if (strcmp(o, "--ignore-eos") == 0) {
             r->ignore_eos = true;
             if (!r->sampling) r->sampling = o;
@@ -343,10 +347,22 @@ static bool open_weights(const RunArgs *r, const ModelSpec *s, WeightSet **w)
     return ok;
 }
 
-static void print_predictions(const EvalTensor *logits, const int32_t *ids, int top, FILE *f)
+/* -log softmax(row)[next], in nats: how surprised the model is by the prompt's next token. */
+static double next_nll(const double *row, int64_t V, int32_t next)
+{
+    double m = row[0], sum = 0;
+    for (int64_t v = 1; v < V; v++) m = row[v] > m ? row[v] : m;
+    for (int64_t v = 0; v < V; v++) sum += exp(row[v] - m);
+    return m + log(sum) - row[next];
+}
+
+/* Per position the top next tokens (and, with nll, the negative log-likelihood of the prompt's own
+ * next token); then, with nll, the prompt's perplexity. */
+static void print_predictions(const EvalTensor *logits, const int32_t *ids, int top, bool nll, FILE *f)
 {
     int64_t T = logits->type.dims[0], V = logits->type.dims[1];
-    fprintf(f, "\n position  token  next: top %d (logit)\n", top);
+    double sum = 0;
+    fprintf(f, "\n position  token  next: top %d (logit)%s\n", top, nll ? "; NLL of the next --ids token" : "");
     int *best = xmalloc((size_t)top * sizeof *best);
     for (int64_t t = 0; t < T; t++) {
         const double *row = logits->data + t * V;
@@ -360,8 +376,16 @@ static void print_predictions(const EvalTensor *logits, const int32_t *ids, int 
         }
         fprintf(f, " %8lld %6d  ", (long long)t, ids[t]);
         for (int j = 0; j < nb; j++) fprintf(f, " %6d (%.3f)", best[j], row[best[j]]);
+        if (nll && t + 1 < T) {
+            double x = next_nll(row, V, ids[t + 1]);
+            sum += x;
+            fprintf(f, "   NLL %.4f", x);
+        }
         fputc('\n', f);
     }
+    if (nll)
+        fprintf(f, " perplexity %.6g over %lld predictions (mean NLL %.6f nats)\n", exp(sum / (double)(T - 1)),
+                (long long)T - 1, sum / (double)(T - 1));
     free(best);
 }
 
@@ -690,7 +714,7 @@ static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t
                    (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                     : "CPU backend (JIT-compiled kernels)")
                    : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
-        print_predictions(logits, seq, r->top, stdout);
+        print_predictions(logits, seq, r->top, r->perplexity, stdout);
         print_route_stats(s, &res, r->route_stats, stdout);
         if (r->route_stats) print_ffn_work(&rn, T);
         rc = 0;
@@ -723,6 +747,11 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     int64_t T;
     int32_t *ids = parse_ids("--ids", r.ids, &s, &T);
     if (!ids) return 1;
+    if (r.perplexity && T < 2) {
+        drv_err("--perplexity: --ids has one token, and a perplexity needs a next one to predict\n");
+        free(ids);
+        return 1;
+    }
     StopIds stop = {0};
     int32_t *stop_ids = NULL;
     if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) {

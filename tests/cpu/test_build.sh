@@ -34,6 +34,25 @@ else # built for the CPU only: --device cuda refused as such, whatever the machi
   [ $rc -eq 1 ] && grep -q "built for the CPU only" "$WORK/gpu.txt" ||
     { echo "--device cuda on a CPU-only executable: exit $rc"; cat "$WORK/gpu.txt"; exit 1; }
 fi
+# --perplexity against NumPy's from the same logits (--logits-out, f32): each NLL and the perplexity
+"$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --perplexity --logits-out "$WORK/ppl.bin" >"$WORK/ppl.txt" ||
+  { echo "--perplexity: exit $?"; exit 1; }
+run "$PY" - "$WORK/ppl.bin" "$WORK/ppl.txt" "$V" "$IDS" <<'EOF'
+import re, sys
+import numpy as np
+logits = np.fromfile(sys.argv[1], dtype="<f4").astype(np.float64).reshape(-1, int(sys.argv[3]))
+ids = [int(t) for t in sys.argv[4].split()]
+m = logits.max(axis=1, keepdims=True)
+lse = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+nll = np.array([lse[t] - logits[t, ids[t + 1]] for t in range(len(ids) - 1)])
+text = open(sys.argv[2]).read()
+got = [float(x) for x in re.findall(r"NLL (-?[0-9.]+)\n", text)]
+ppl = float(re.search(r"perplexity ([0-9.e+]+) over %d predictions" % (len(ids) - 1), text).group(1))
+assert len(got) == len(nll), (got, nll)
+assert np.allclose(got, nll, rtol=0, atol=2e-4), (got, nll)  # printed to 4 decimals; logits rounded to f32
+assert abs(ppl / np.exp(nll.mean()) - 1) < 1e-4, (ppl, np.exp(nll.mean()))
+print("perplexity %.6g (NumPy %.6g), %d NLLs agree" % (ppl, np.exp(nll.mean()), len(got)))
+EOF
 # decoding: drawn tokens are a function of the seed and the logits, so the executable and `moeppc run`'s
 # JIT-compiled kernels draw the same; top-k 1 is greedy at any temperature; --stop ends at its token
 gen() { "$@" 2>&1 | sed -n 's/^ generated[^:]*: //p'; }
@@ -59,7 +78,7 @@ echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greed
 "$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
-for o in --weights --random-weights --ids --generate --temperature --top-k --top-p --seed --stop --ignore-eos --top --route-stats \
+for o in --weights --random-weights --ids --generate --temperature --top-k --top-p --seed --stop --ignore-eos --top --perplexity --route-stats \
          --logits-out --routes-out --device --backend --threads --precision -O0; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
@@ -73,6 +92,7 @@ expect 2 "$WORK/model"
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --top-p 0
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --temperature 0.5
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --ignore-eos
+expect 1 "$WORK/model" --random-weights 1 --ids "1" --perplexity
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --stop "$V"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
 # a CPU without an extension the kernels were compiled with (made to look so): refused at start,
