@@ -59,17 +59,20 @@ bool        safetensors_write_meta(const char *path, const Tensor *tensors, int 
 int cmd_init_weights(int argc, char **argv);
 
 /* ---- choosing the next token (sample.c) --------------------------------------------------------
- * From one row of logits ([vocab], f64): greedy (temperature 0: the largest logit, the lowest id on
- * ties), or a draw from softmax(logits / temperature) restricted as Hugging Face's generate does,
- * in its order: the top_k largest logits (0: all), then, of those renormalised, the smallest set of
- * the most probable whose mass reaches top_p (1: all), renormalised again. NaN logits are never
- * chosen. A Sampler's draws are a function of its seed and the logits it is given: the same seed,
+ * From one row of logits ([vocab], f64), as Hugging Face's generate does, in its order: the logit
+ * of every token already in the sequence divided by repetition_penalty where positive, multiplied
+ * where negative (1: none); then greedy (temperature 0: the largest logit, the lowest id on ties),
+ * or a draw from softmax(logits / temperature) among the top_k largest (0: all), then, of those
+ * renormalised, the smallest set of the most probable whose mass reaches top_p (1: all),
+ * renormalised again. NaN logits are never chosen. A Sampler's draws are a function of its seed and the logits it is given: the same seed,
  * the same tokens, on every backend whose logits agree. */
 #define SAMPLE_MAX_TEMPERATURE 100.0
+#define SAMPLE_MAX_PENALTY 100.0
 typedef struct {
-    double  temperature; /* [0, SAMPLE_MAX_TEMPERATURE]; 0: greedy */
-    int64_t top_k;       /* ≥ 0; 0: every token */
-    double  top_p;       /* (0, 1]; 1: every token */
+    double  temperature;        /* [0, SAMPLE_MAX_TEMPERATURE]; 0: greedy */
+    int64_t top_k;              /* ≥ 0; 0: every token */
+    double  top_p;              /* (0, 1]; 1: every token */
+    double  repetition_penalty; /* (0, SAMPLE_MAX_PENALTY]; 1: none (0 in a SampleParams is taken as 1) */
 } SampleParams;
 typedef struct {
     double  p;
@@ -82,11 +85,15 @@ typedef struct {
     int64_t     *ids;  /* [vocab] the last draw's candidates */
     double      *prob; /* [vocab] their probabilities */
     SampleCand  *cand; /* [vocab] scratch */
+    double      *row;  /* [vocab] the penalised logits (repetition_penalty ≠ 1) */
+    uint8_t     *mark; /* [vocab] tokens penalised in this draw */
 } Sampler;
 /* False with the reason in why when p is out of range, or asks for top-k/top-p at temperature 0. */
 bool    sample_params_check(const SampleParams *p, char *why, size_t n);
 void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t vocab); /* p checked */
-int64_t sampler_next(Sampler *s, const double *logits);
+/* The next token from logits, given the sequence so far (seen: n_seen ids below vocab, the prompt
+ * and what was generated; only the repetition penalty reads it). */
+int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen);
 /* The tokens a draw chooses among and their probabilities (summing to 1), in ids and prob (each
  * [vocab]); their count. Descending by probability where top_p < 1, else in no set order. */
 int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob);

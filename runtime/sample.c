@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 bool sample_params_check(const SampleParams *p, char *why, size_t n)
 {
@@ -20,6 +21,8 @@ bool sample_params_check(const SampleParams *p, char *why, size_t n)
         snprintf(why, n, "top-k %lld: expected 0 (every token) or more", (long long)p->top_k);
     else if (!(p->top_p > 0 && p->top_p <= 1))
         snprintf(why, n, "top-p %g: expected a number in (0, 1]", p->top_p);
+    else if (!(p->repetition_penalty == 0 || (p->repetition_penalty > 0 && p->repetition_penalty <= SAMPLE_MAX_PENALTY)))
+        snprintf(why, n, "repetition penalty %g: expected a number in (0, %g]", p->repetition_penalty, SAMPLE_MAX_PENALTY);
     else if (p->temperature == 0 && (p->top_k > 0 || p->top_p < 1))
         snprintf(why, n, "top-k and top-p restrict a draw, and temperature 0 draws nothing (it is greedy): give a "
                          "temperature above 0");
@@ -32,7 +35,12 @@ void sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t voca
 {
     MOE_ASSERT(vocab > 0);
     *s = (Sampler){.p = *p, .vocab = vocab};
+    if (s->p.repetition_penalty == 0) s->p.repetition_penalty = 1;
     rng_seed(&s->rng, seed);
+    if (s->p.repetition_penalty != 1) {
+        s->row = xmalloc((size_t)vocab * sizeof *s->row);
+        s->mark = xcalloc((size_t)vocab, 1);
+    }
     if (p->temperature > 0) {
         s->ids = xmalloc((size_t)vocab * sizeof *s->ids);
         s->prob = xmalloc((size_t)vocab * sizeof *s->prob);
@@ -45,6 +53,8 @@ void sampler_free(Sampler *s)
     free(s->ids);
     free(s->prob);
     free(s->cand);
+    free(s->row);
+    free(s->mark);
     *s = (Sampler){0};
 }
 
@@ -129,8 +139,26 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
     return n;
 }
 
-int64_t sampler_next(Sampler *s, const double *logits)
+/* logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), in s->row. */
+static const double *penalised(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen)
 {
+    if (s->p.repetition_penalty == 1 || n_seen == 0) return logits;
+    memcpy(s->row, logits, (size_t)s->vocab * sizeof *s->row);
+    for (int64_t k = 0; k < n_seen; k++) {
+        int32_t t = seen[k];
+        MOE_ASSERT(t >= 0 && t < s->vocab);
+        if (s->mark[t]) continue;
+        s->mark[t] = 1;
+        double *x = &s->row[t];
+        *x = *x < 0 ? *x * s->p.repetition_penalty : *x / s->p.repetition_penalty;
+    }
+    for (int64_t k = 0; k < n_seen; k++) s->mark[seen[k]] = 0;
+    return s->row;
+}
+
+int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen)
+{
+    logits = penalised(s, logits, seen, n_seen);
     if (s->p.temperature == 0) return sample_argmax(logits, s->vocab);
     int64_t n = sampler_candidates(s, logits, s->ids, s->prob);
     double u = rng_uniform(&s->rng), cum = 0;

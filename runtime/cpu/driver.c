@@ -35,7 +35,8 @@ static void drv_err(const char *fmt, ...)
 static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] [--seed N] "
+               "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
+               "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] [--perplexity] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
@@ -115,7 +116,8 @@ static bool number_option(const char *opt, const char *v, double lo, bool open_l
     return true;
 }
 
-/* --temperature, --top-k, --top-p, --seed, --stop: how --generate chooses its tokens. */
+/* --temperature, --top-k, --top-p, --repetition-penalty, --seed, --stop: how --generate chooses its
+ * tokens. */
 static int sample_option(RunArgs *r, const char *o, const char *v)
 {
     int64_t n;
@@ -128,6 +130,8 @@ static int sample_option(RunArgs *r, const char *o, const char *v)
         r->sample.top_k = n;
     } else if (strcmp(o, "--top-p") == 0) {
         if (!number_option(o, v, 0, true, 1, &r->sample.top_p)) return 2;
+    } else if (strcmp(o, "--repetition-penalty") == 0) {
+        if (!number_option(o, v, 0, true, SAMPLE_MAX_PENALTY, &r->sample.repetition_penalty)) return 2;
     } else if (strcmp(o, "--seed") == 0) {
         if (!parse_u64(v, &r->sample_seed)) return drv_usage("--seed: '%s' is not a seed (a non-negative integer)", v);
     } else {
@@ -183,7 +187,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--generate") == 0) {
         if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
     } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-k") == 0 || strcmp(o, "--top-p") == 0 ||
-               strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
+               strcmp(o, "--repetition-penalty") == 0 || strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
         return sample_option(r, o, v);
     } else return drv_usage("unknown option '%s'", o);
     return 0;
@@ -211,6 +215,9 @@ static void print_help(FILE *f)
           "  --top-k K           draw among the K most likely tokens only (default 0: all)\n"
           "  --top-p P           then among the fewest most likely whose probability reaches P, in (0, 1]\n"
           "                      (default 1: all); the order and meaning of Hugging Face's generate\n"
+          "  --repetition-penalty R  before all that (greedy too), the logit of each token already in the\n"
+          "                      sequence divided by R where positive, times R where negative; R in\n"
+          "                      (0, 100] (default 1: none), Hugging Face's repetition_penalty\n"
           "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
           "  --stop \"2 13\"       end the generation after one of these tokens (default: the spec's\n"
           "                      model.eos_token_id, which import-hf takes from the config, if it has one)\n"
@@ -255,7 +262,8 @@ static void print_help(FILE *f)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .sample = {.top_p = 1},
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2,
+                   .sample = {.top_p = 1, .repetition_penalty = 1},
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a];
@@ -271,7 +279,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
-                                                 "--seed", "--stop"};
+                                                 "--repetition-penalty", "--seed", "--stop"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -644,13 +652,18 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
     const double *row = last_row(eval_output(prefill, "logits"), &V);
     Sampler sm;
     sampler_init(&sm, &rn->r->sample, rn->r->sample_seed, V);
-    int32_t next = (int32_t)sampler_next(&sm, row);
+    int32_t next = (int32_t)sampler_next(&sm, row, seq, len);
     bool ok = true;
     double t0 = now_s();
     printf("\n generated");
-    if (rn->r->sample.temperature > 0)
-        printf(" (drawn at temperature %g, top-k %lld, top-p %g, seed %llu)", rn->r->sample.temperature,
-               (long long)rn->r->sample.top_k, rn->r->sample.top_p, (unsigned long long)rn->r->sample_seed);
+    const SampleParams *sp = &rn->r->sample;
+    if (sp->temperature > 0)
+        printf(" (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
+               sp->top_p, (unsigned long long)rn->r->sample_seed);
+    else if (sp->repetition_penalty != 1)
+        printf(" (greedy");
+    if (sp->repetition_penalty != 1) printf(", repetition penalty %g", sp->repetition_penalty);
+    if (sp->temperature > 0 || sp->repetition_penalty != 1) printf(")");
     printf(":");
     for (int64_t g = 0; g < n; g++) {
         printf(" %d", next);
@@ -674,7 +687,7 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
         ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
         free(pos);
         if (!ok) break;
-        next = (int32_t)sampler_next(&sm, last_row(eval_output(&res, "logits"), &V));
+        next = (int32_t)sampler_next(&sm, last_row(eval_output(&res, "logits"), &V), seq, len + 1);
         ir_eval_result_free(&res);
         len++;
     }

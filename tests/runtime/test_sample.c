@@ -15,15 +15,16 @@
 #define V6 6
 static const double L6[V6] = {2, 1, 0.5, 0, -1, -3};
 
-/* Draw n tokens and check each frequency against want[] (0 where a token must never come) within
- * five standard deviations of the binomial count. */
-static void check_frequencies(const SampleParams *p, const double *logits, int64_t V, const double *want, int n)
+/* Draw n tokens after the sequence seen[n_seen] and check each frequency against want[] (0 where a
+ * token must never come) within five standard deviations of the binomial count. */
+static void check_frequencies_after(const SampleParams *p, const double *logits, int64_t V, const int32_t *seen,
+                                    int64_t n_seen, const double *want, int n)
 {
     Sampler s;
     sampler_init(&s, p, 12345, V);
     int64_t *count = calloc((size_t)V, sizeof *count);
     for (int k = 0; k < n; k++) {
-        int64_t t = sampler_next(&s, logits);
+        int64_t t = sampler_next(&s, logits, seen, n_seen);
         assert_true(t >= 0 && t < V);
         count[t]++;
     }
@@ -34,6 +35,11 @@ static void check_frequencies(const SampleParams *p, const double *logits, int64
     }
     free(count);
     sampler_free(&s);
+}
+
+static void check_frequencies(const SampleParams *p, const double *logits, int64_t V, const double *want, int n)
+{
+    check_frequencies_after(p, logits, V, NULL, 0, want, n);
 }
 
 /* softmax(logits[ids] / T) over the listed ids, 0 elsewhere. */
@@ -55,7 +61,7 @@ static void test_greedy(void **state)
     assert_int_equal(sample_argmax(d, 2), 0);
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1}, 7, 5);
-    for (int k = 0; k < 10; k++) assert_int_equal(sampler_next(&s, a), 1);
+    for (int k = 0; k < 10; k++) assert_int_equal(sampler_next(&s, a, NULL, 0), 1);
     sampler_free(&s);
 }
 
@@ -195,9 +201,9 @@ static void test_seeds(void **state)
     sampler_init(&a, &p, 5, V6), sampler_init(&b, &p, 5, V6), sampler_init(&c, &p, 6, V6);
     int differ = 0;
     for (int k = 0; k < 1000; k++) {
-        int64_t x = sampler_next(&a, L6);
-        assert_int_equal(x, sampler_next(&b, L6));
-        differ += x != sampler_next(&c, L6);
+        int64_t x = sampler_next(&a, L6, NULL, 0);
+        assert_int_equal(x, sampler_next(&b, L6, NULL, 0));
+        differ += x != sampler_next(&c, L6, NULL, 0);
     }
     assert_true(differ > 100);
     sampler_free(&a), sampler_free(&b), sampler_free(&c);
@@ -210,12 +216,49 @@ static void test_degenerate_logits(void **state)
     const double nan1[4] = {NAN, 0, 0, NAN}, want[4] = {0, 0.5, 0.5, 0};
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 0.9}, 1, 4);
-    for (int k = 0; k < 20; k++) assert_int_equal(sampler_next(&s, inf), 1);
+    for (int k = 0; k < 20; k++) assert_int_equal(sampler_next(&s, inf, NULL, 0), 1);
     sampler_free(&s);
     sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 1}, 1, 3);
-    assert_int_equal(sampler_next(&s, ninf), 0);
+    assert_int_equal(sampler_next(&s, ninf, NULL, 0), 0);
     sampler_free(&s);
     check_frequencies(&(SampleParams){.temperature = 1, .top_p = 1}, nan1, 4, want, 100000);
+}
+
+/* HF's repetition penalty: each token already in the sequence once, positive logits divided and
+ * negative ones multiplied, before greedy or the draw. */
+static int64_t greedy_after(const double *logits, int64_t V, const int32_t *seen, int64_t n_seen, double penalty)
+{
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1, .repetition_penalty = penalty}, 1, V);
+    int64_t t = sampler_next(&s, logits, seen, n_seen);
+    sampler_free(&s);
+    return t;
+}
+
+static void test_repetition_penalty(void **state)
+{
+    (void)state;
+    const double a[4] = {2, 1, -1, 0.5}, b[2] = {2, 0.9}, c[2] = {-1, -1.5};
+    const int32_t seen_a[4] = {0, 2, 2, 0}, seen_b[3] = {0, 0, 0}, seen_c[1] = {0};
+    assert_int_equal(greedy_after(a, 4, seen_a, 4, 1), 0);
+    assert_int_equal(greedy_after(a, 4, seen_a, 4, 4), 1); /* 2 / 4 = 0.5 < 1 */
+    assert_int_equal(greedy_after(b, 2, seen_b, 3, 2), 0); /* once: 2 / 2 = 1 > 0.9 (thrice would be 0.25) */
+    assert_int_equal(greedy_after(c, 2, seen_c, 1, 2), 1); /* negative: -1 · 2 = -2 < -1.5 */
+    assert_int_equal(greedy_after(c, 2, seen_c, 1, 0.5), 0); /* below 1 favours what was seen */
+    assert_int_equal(greedy_after(b, 2, NULL, 0, 2), 0);
+    Sampler s; /* the marks of one draw do not carry into the next */
+    sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1, .repetition_penalty = 3}, 1, 2);
+    assert_int_equal(sampler_next(&s, b, seen_b, 1), 1);
+    assert_int_equal(sampler_next(&s, b, seen_b, 0), 0);
+    sampler_free(&s);
+    /* the draw follows softmax of the penalised logits */
+    const int32_t seen[3] = {1, 0, 1};
+    const double adj[V6] = {2 / 1.5, 1 / 1.5, 0.5, 0, -1, -3};
+    const int64_t all[V6] = {0, 1, 2, 3, 4, 5};
+    double want[V6];
+    softmax_over(adj, V6, 1, all, V6, want);
+    check_frequencies_after(&(SampleParams){.temperature = 1, .top_p = 1, .repetition_penalty = 1.5}, L6, V6, seen, 3,
+                            want, 200000);
 }
 
 static void test_params_refused(void **state)
@@ -226,7 +269,8 @@ static void test_params_refused(void **state)
         {.temperature = -1, .top_p = 1},    {.temperature = NAN, .top_p = 1},  {.temperature = 101, .top_p = 1},
         {.temperature = 1, .top_p = 0},     {.temperature = 1, .top_p = 1.01}, {.temperature = 1, .top_p = NAN},
         {.temperature = 1, .top_k = -1, .top_p = 1}, {.temperature = 0, .top_k = 5, .top_p = 1},
-        {.temperature = 0, .top_p = 0.9},
+        {.temperature = 0, .top_p = 0.9},   {.top_p = 1, .repetition_penalty = -1},
+        {.top_p = 1, .repetition_penalty = NAN}, {.top_p = 1, .repetition_penalty = 101},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         why[0] = 0;
@@ -247,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_nucleus_exact_on_a_vocabulary),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_degenerate_logits),
+        cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_params_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
