@@ -2,10 +2,11 @@
  * greedy, or drawn at a temperature from the top-k and top-p (nucleus) candidates, in Hugging Face's
  * order (temperature, then top-k, then top-p over what top-k kept, renormalised).
  *
- * No sort of the whole vocabulary: top-k keeps a heap of k, and top-p sorts only the tokens whose
- * probability is at least θ = (1 - top_p)/n of the n candidates' mass. Those below θ, fewer than n,
+ * No sort of the vocabulary: top-k keeps a heap of k; top-p looks only at the tokens whose
+ * probability is at least θ = (1 - top_p)/n of the n candidates' mass (those below θ, fewer than n,
  * hold less than (1 - top_p) of it, so the ones above θ hold more than top_p and, coming first in
- * descending order, contain the whole nucleus: the cut is exact, not an approximation. */
+ * descending order, contain the whole nucleus: an exact cut), and finds the nucleus among them by a
+ * quickselect on mass. A draw costs O(vocabulary). */
 #include "runtime/runtime.h"
 
 #include <math.h>
@@ -103,37 +104,73 @@ static int64_t top_k_ids(const double *logits, int64_t vocab, int64_t k, int64_t
     return k;
 }
 
-/* Larger probability first, then the lower id. */
-static int cand_cmp(const void *a, const void *b)
+/* a before b: the larger probability, then the lower id (a total order: ids differ). */
+static bool cand_ahead(const SampleCand *a, const SampleCand *b) { return a->p > b->p || (a->p == b->p && a->id < b->id); }
+
+static int cand_cmp(const void *a, const void *b) { return cand_ahead(a, b) ? -1 : cand_ahead(b, a); }
+
+static void cand_swap(SampleCand *a, SampleCand *b)
 {
-    const SampleCand *x = a, *y = b;
-    return x->p > y->p ? -1 : x->p < y->p ? 1 : (x->id > y->id) - (x->id < y->id);
+    SampleCand t = *a;
+    *a = *b, *b = t;
+}
+
+/* Move the nucleus of cd[0..n) to its front: the fewest candidates, taken in cand_ahead's order,
+ * whose mass reaches target (each one is in while the mass ahead of it is below target). Returns
+ * their count; *kept gets their mass. A quickselect on mass, expected O(n): a flat distribution's
+ * nucleus is most of the vocabulary, and sorting it cost milliseconds a token. The nucleus is left
+ * in no particular order (a draw needs none). */
+static int64_t nucleus(SampleCand *cd, int64_t n, double target, double *kept)
+{
+    int64_t lo = 0, hi = n; /* cd[0..lo) are in, cd[hi..n) out, [lo, hi) undecided */
+    double in = 0;          /* mass of cd[0..lo) */
+    uint64_t pick = 0x9e3779b97f4a7c15ull;
+    while (hi - lo > 32) {
+        pick = pick * 6364136223846793005ull + 1442695040888963407ull; /* a pivot no input can defeat */
+        cand_swap(&cd[lo + (int64_t)((pick >> 33) % (uint64_t)(hi - lo))], &cd[hi - 1]);
+        SampleCand pv = cd[hi - 1];
+        int64_t a = lo;
+        double ahead = 0;
+        for (int64_t c = lo; c < hi - 1; c++)
+            if (cand_ahead(&cd[c], &pv)) ahead += cd[c].p, cand_swap(&cd[c], &cd[a++]);
+        cand_swap(&cd[a], &cd[hi - 1]); /* cd[lo..a) ahead of the pivot, cd[a] the pivot */
+        if (in + ahead >= target) {
+            hi = a;
+        } else {
+            in += ahead + pv.p, lo = a + 1;
+            if (in >= target) return *kept = in, lo;
+        }
+    }
+    qsort(cd + lo, (size_t)(hi - lo), sizeof *cd, cand_cmp);
+    while (lo < hi && in < target) in += cd[lo++].p;
+    *kept = in;
+    return lo;
 }
 
 int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob)
 {
     int64_t n = top_k_ids(logits, s->vocab, s->p.top_k, ids), m = 0;
-    double top = -INFINITY, mass = 0;
-    for (int64_t c = 0; c < n; c++) top = fmax(top, key_of(logits[ids[c]]));
+    double top = -INFINITY, mass = 0, inv_t = 1 / s->p.temperature;
+    for (int64_t c = 0; c < n; c++) { /* (fmax is a library call) */
+        double x = key_of(logits[ids[c]]);
+        top = x > top ? x : top;
+    }
     if (!isfinite(top)) { /* every logit -inf or NaN, or one +inf: nothing to weigh, the best one */
         ids[0] = sample_argmax(logits, s->vocab), prob[0] = 1;
         return 1;
     }
     SampleCand *cd = s->cand;
     for (int64_t c = 0; c < n; c++) {
-        double p = exp((key_of(logits[ids[c]]) - top) / s->p.temperature);
+        double p = exp((key_of(logits[ids[c]]) - top) * inv_t);
         if (p > 0) cd[m++] = (SampleCand){p, ids[c]}, mass += p;
     }
     n = m;
     if (s->p.top_p < 1) {
-        double theta = (1 - s->p.top_p) / (double)n * mass, cum = 0;
+        double theta = (1 - s->p.top_p) / (double)n * mass;
         m = 0;
         for (int64_t c = 0; c < n; c++)
             if (cd[c].p >= theta) cd[m++] = cd[c];
-        qsort(cd, (size_t)m, sizeof *cd, cand_cmp);
-        n = 0; /* a token stays while the mass before it is below top_p of the whole */
-        while (n < m && cum < s->p.top_p * mass) cum += cd[n++].p;
-        mass = cum;
+        n = nucleus(cd, m, s->p.top_p * mass, &mass);
     }
     for (int64_t c = 0; c < n; c++) ids[c] = cd[c].id, prob[c] = cd[c].p / mass;
     return n;

@@ -100,6 +100,8 @@ static void test_top_k(void **state)
     sampler_free(&s);
 }
 
+static void by_id(int64_t *ids, double *prob, int64_t n);
+
 /* The candidates of (T, k, p) on four tokens of probability 0.5, 0.3, 0.15, 0.05 at T = 1. */
 static int64_t candidates4(double T, int64_t k, double p, int64_t *ids, double *prob)
 {
@@ -108,6 +110,7 @@ static int64_t candidates4(double T, int64_t k, double p, int64_t *ids, double *
     sampler_init(&s, &(SampleParams){.temperature = T, .top_k = k, .top_p = p}, 1, 4);
     int64_t n = sampler_candidates(&s, l, ids, prob);
     sampler_free(&s);
+    by_id(ids, prob, n); /* in id order, which is the order of probability here */
     return n;
 }
 
@@ -144,6 +147,22 @@ static int cmp_desc(const void *a, const void *b, const double *p)
 }
 static const double *g_p;
 static int cmp_desc_g(const void *a, const void *b) { return cmp_desc(a, b, g_p); }
+
+/* Candidates in id order (sampler_candidates leaves them in none), probabilities alongside. */
+static int cand_by_id(const void *a, const void *b)
+{
+    int64_t x = ((const SampleCand *)a)->id, y = ((const SampleCand *)b)->id;
+    return (x > y) - (x < y);
+}
+
+static void by_id(int64_t *ids, double *prob, int64_t n)
+{
+    SampleCand *c = malloc((size_t)n * sizeof *c);
+    for (int64_t i = 0; i < n; i++) c[i] = (SampleCand){prob[i], ids[i]};
+    qsort(c, (size_t)n, sizeof *c, cand_by_id);
+    for (int64_t i = 0; i < n; i++) ids[i] = c[i].id, prob[i] = c[i].p;
+    free(c);
+}
 
 /* The nucleus without the cut at θ: the whole vocabulary (or its top k) sorted. */
 static int64_t brute_nucleus(const double *logits, int64_t V, double T, int64_t k, double top_p, int64_t *ids, double *prob)
@@ -184,6 +203,7 @@ static void test_nucleus_exact_on_a_vocabulary(void **state)
                 sampler_init(&s, &(SampleParams){.temperature = Ts[b], .top_k = ks[c], .top_p = ps[a]}, 1, V);
                 int64_t n = sampler_candidates(&s, l, ia, pa), m = brute_nucleus(l, V, Ts[b], ks[c], ps[a], ib, pb);
                 if (n != m) fail_msg("T %g, k %lld, p %g: %lld candidates, the brute force %lld", Ts[b], (long long)ks[c], ps[a], (long long)n, (long long)m);
+                by_id(ia, pa, n), by_id(ib, pb, m);
                 for (int64_t i = 0; i < n; i++) {
                     assert_int_equal(ia[i], ib[i]);
                     assert_float_equal(pa[i], pb[i], 1e-12);
