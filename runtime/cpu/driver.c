@@ -34,7 +34,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) --ids \"1 2 3\" [--backend interp|cpu] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompts F) [--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
@@ -53,7 +53,7 @@ static int drv_usage(const char *fmt, const char *arg)
 }
 
 typedef struct {
-    const char *spec, *weights, *ids, *logits_out, *routes_out, *tuning, *stop;
+    const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
     bool random, route_stats, ignore_eos, perplexity;
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
@@ -150,6 +150,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         if (!parse_u64(v, &r->seed)) return drv_usage("--random-weights: '%s' is not a seed (a non-negative integer)", v);
         r->random = true;
     } else if (strcmp(o, "--ids") == 0) r->ids = v;
+    else if (strcmp(o, "--prompts") == 0) r->prompts = v;
     else if (strcmp(o, "--logits-out") == 0) r->logits_out = v;
     else if (strcmp(o, "--routes-out") == 0) r->routes_out = v;
     else if (strcmp(o, "--tuning") == 0) {
@@ -209,6 +210,9 @@ static void print_help(FILE *f)
           "  --random-weights S  seeded random weights (the same for the same seed and spec)\n"
           "input and output:\n"
           "  --ids \"1 2 3\"       the prompt's token ids (spaces or commas), each below the vocabulary\n"
+          "  --prompts F         instead, a prompt a line of F (- for standard input), each run as it is\n"
+          "                      read, as a new sequence on the model loaded once (blank and # lines\n"
+          "                      skipped; a bad line reported by its number, the rest still run)\n"
           "  --generate N        then N tokens of decoding on the KV cache (default 0), greedy unless:\n"
           "  --temperature X     draw each token from softmax(logits / X), X in [0, 100] (0: greedy, the\n"
           "                      default; 1 when only --top-k or --top-p is given)\n"
@@ -276,7 +280,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         }
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
-            static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--logits-out", "--routes-out",
+            static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--seed", "--stop"};
@@ -292,7 +296,9 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
     if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
-    if (!r->ids) return drv_usage("%s", "missing --ids");
+    if (!r->ids == !r->prompts) return drv_usage("%s", r->ids ? "give one of --ids and --prompts" : "missing --ids");
+    if (r->prompts && (r->logits_out || r->routes_out))
+        return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
     if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
     char why[160];
@@ -708,37 +714,76 @@ static void print_ffn_work(const Runner *rn, int64_t T)
            2e-9 * rn->macs_grouped, dense > 0 ? 100.0 * rn->macs_grouped / dense : 0.0, 2e-9 * dense);
 }
 
-static int run_model(const RunArgs *r, const ModelSpec *s, int32_t *seq, int64_t T, const StopIds *stop)
+/* One prompt (ids[T]) on the loaded model: the prefill, what it prints, the outputs, --generate. */
+static int run_prompt(Runner *rn, const int32_t *ids, int64_t T, const StopIds *stop)
 {
-    WeightSet *w;
-    if (!open_weights(r, s, &w)) return 1;
-    Runner rn;
-    int32_t *pos = xmalloc((size_t)T * sizeof *pos);
-    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
+    const RunArgs *r = rn->r;
+    int32_t *seq = xmalloc((size_t)(T + r->generate + 1) * sizeof *seq), *pos = xmalloc((size_t)T * sizeof *pos);
+    memcpy(seq, ids, (size_t)T * sizeof *seq);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t; /* a new sequence: the caches are written over */
     EvalResult res;
     int rc = 1;
-    if (runner_init(&rn, r, s, w) && runner_step(&rn, seq, pos, T, &res)) {
+    if (runner_step(rn, seq, pos, T, &res)) {
         const EvalTensor *logits = eval_output(&res, "logits");
-        if (rn.gpu)
+        if (rn->gpu)
             printf("ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)T, res.seconds,
-                   (double)T / res.seconds, cfg->cuda->last_ms(rn.gpu), cfg->cuda->device(rn.gpu));
+                   (double)T / res.seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
         else
             printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
                    (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                     : "CPU backend (JIT-compiled kernels)")
                    : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
         print_predictions(logits, seq, r->top, r->perplexity, stdout);
-        print_route_stats(s, &res, r->route_stats, stdout);
-        if (r->route_stats) print_ffn_work(&rn, T);
+        print_route_stats(rn->s, &res, r->route_stats, stdout);
+        if (r->route_stats) print_ffn_work(rn, T);
         rc = 0;
         if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
-        if (r->routes_out && !write_routes(r->routes_out, s, &res)) rc = 1;
-        if (rc == 0 && r->generate > 0 && !generate(&rn, seq, T, &res, stop)) rc = 1;
+        if (r->routes_out && !write_routes(r->routes_out, rn->s, &res)) rc = 1;
+        if (rc == 0 && r->generate > 0 && !generate(rn, seq, T, &res, stop)) rc = 1;
         ir_eval_result_free(&res);
     }
-    runner_free(&rn);
+    fflush(stdout);
+    free(seq);
     free(pos);
-    weights_close(w);
+    return rc;
+}
+
+/* --perplexity needs a next token to predict. */
+static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
+{
+    if (r->perplexity && T < 2) drv_err("%s: one token, and --perplexity needs a next one to predict\n", what);
+    return !(r->perplexity && T < 2);
+}
+
+/* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
+ * loaded model; a bad line is reported by its number and skipped (exit status 1 at the end). Blank
+ * lines and lines starting with # are passed over. */
+static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
+{
+    char *line = NULL, what[64];
+    size_t cap = 0;
+    int rc = 0;
+    int64_t n = 0, done = 0;
+    while (getline(&line, &cap, in) >= 0) {
+        n++;
+        line[strcspn(line, "\r\n")] = 0;
+        const char *p = line + strspn(line, " \t,");
+        if (!*p || *p == '#') continue;
+        snprintf(what, sizeof what, "--prompts line %lld", (long long)n);
+        int64_t T;
+        int32_t *ids = parse_ids(what, line, rn->s, &T);
+        if (!ids || !prompt_ok(rn->r, what, T)) {
+            rc = 1;
+            free(ids);
+            continue;
+        }
+        printf("\n== prompt %lld (line %lld): %lld tokens\n", (long long)++done, (long long)n, (long long)T);
+        fflush(stdout);
+        if (run_prompt(rn, ids, T, stop)) rc = 1;
+        free(ids);
+    }
+    free(line);
+    if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
     return rc;
 }
 
@@ -757,31 +802,39 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (rc) return rc < 0 ? 0 : rc;
     ModelSpec s;
     if (!load_spec(&r, &s)) return 1;
-    int64_t T;
-    int32_t *ids = parse_ids("--ids", r.ids, &s, &T);
-    if (!ids) return 1;
-    if (r.perplexity && T < 2) {
-        drv_err("--perplexity: --ids has one token, and a perplexity needs a next one to predict\n");
-        free(ids);
-        return 1;
-    }
+    int64_t T = 0;
+    int32_t *ids = NULL, *stop_ids = NULL;
+    FILE *prompts = NULL;
     StopIds stop = {0};
-    int32_t *stop_ids = NULL;
-    if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) {
-        free(ids);
-        return 1;
+    rc = 1;
+    if (r.prompts) {
+        prompts = strcmp(r.prompts, "-") == 0 ? stdin : fopen(r.prompts, "r");
+        if (!prompts) {
+            drv_err("--prompts '%s': %s\n", r.prompts, strerror(errno));
+            return 1;
+        }
+    } else if (!(ids = parse_ids("--ids", r.ids, &s, &T)) || !prompt_ok(&r, "--ids", T)) {
+        goto out;
     }
+    if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) goto out;
     int32_t eos = (int32_t)s.eos_token_id; /* the spec checked it against the vocabulary */
     if (!r.stop && s.has_eos && !r.ignore_eos) stop = (StopIds){&eos, 1, true};
-    int32_t *seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *seq);
-    memcpy(seq, ids, (size_t)T * sizeof *seq);
-    printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; %lld tokens; weights: ", cfg->prog, s.name,
-           dtype_name(s.dtype), (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k, (long long)T);
+    printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
+           (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
+    if (prompts) printf("prompts from %s; weights: ", prompts == stdin ? "standard input" : r.prompts);
+    else printf("%lld tokens; weights: ", (long long)T);
     if (r.random) printf("random (seed %llu)\n", (unsigned long long)r.seed);
     else printf("%s\n", r.weights);
     fflush(stdout);
-    rc = run_model(&r, &s, seq, T, &stop);
-    free(seq);
+    WeightSet *w;
+    if (open_weights(&r, &s, &w)) {
+        Runner rn;
+        if (runner_init(&rn, &r, &s, w)) rc = prompts ? run_prompts(&rn, prompts, &stop) : run_prompt(&rn, ids, T, &stop);
+        runner_free(&rn);
+        weights_close(w);
+    }
+out:
+    if (prompts && prompts != stdin) fclose(prompts);
     free(ids);
     free(stop_ids);
     return rc;
