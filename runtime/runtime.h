@@ -95,7 +95,7 @@ void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t v
  * and what was generated; only the repetition penalty reads it). */
 int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen);
 /* The tokens a draw chooses among and their probabilities (summing to 1), in ids and prob (each
- * [vocab]); their count, in no set order (the same for the same logits). */
+ * [vocab]); their count, in no set order (the same for the same logits). Temperature > 0 only. */
 int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob);
 int64_t sample_argmax(const double *logits, int64_t vocab);
 void    sampler_free(Sampler *s);

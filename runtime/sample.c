@@ -130,14 +130,14 @@ static int64_t nucleus(SampleCand *cd, int64_t n, double target, double *kept)
         cand_swap(&cd[lo + (int64_t)((pick >> 33) % (uint64_t)(hi - lo))], &cd[hi - 1]);
         SampleCand pv = cd[hi - 1];
         int64_t a = lo;
-        double ahead = 0;
+        double before = 0; /* the mass ahead of the pivot */
         for (int64_t c = lo; c < hi - 1; c++)
-            if (cand_ahead(&cd[c], &pv)) ahead += cd[c].p, cand_swap(&cd[c], &cd[a++]);
+            if (cand_ahead(&cd[c], &pv)) before += cd[c].p, cand_swap(&cd[c], &cd[a++]);
         cand_swap(&cd[a], &cd[hi - 1]); /* cd[lo..a) ahead of the pivot, cd[a] the pivot */
-        if (in + ahead >= target) {
+        if (in + before >= target) {
             hi = a;
         } else {
-            in += ahead + pv.p, lo = a + 1;
+            in += before + pv.p, lo = a + 1;
             if (in >= target) return *kept = in, lo;
         }
     }
@@ -149,6 +149,7 @@ static int64_t nucleus(SampleCand *cd, int64_t n, double target, double *kept)
 
 int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob)
 {
+    MOE_ASSERT(s->p.temperature > 0);
     int64_t n = top_k_ids(logits, s->vocab, s->p.top_k, ids), m = 0;
     double top = -INFINITY, mass = 0, inv_t = 1 / s->p.temperature;
     for (int64_t c = 0; c < n; c++) { /* (fmax is a library call) */
@@ -176,7 +177,7 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
     return n;
 }
 
-/* logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), in s->row. */
+/* The logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), in s->row. */
 static const double *penalised(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen)
 {
     if (s->p.repetition_penalty == 1 || n_seen == 0) return logits;
