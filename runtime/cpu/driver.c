@@ -18,6 +18,7 @@
 typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
 static const DriverConfig *cfg; /* the one configuration of this process's driver */
+static FILE *say;                /* what a run reports: stdout, or nowhere with --quiet */
 
 static void drv_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -38,7 +39,7 @@ static void print_usage(FILE *f)
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
-               "[--precision f64|f32] [--top N] [--perplexity] %s[-O0|-O1]\n",
+               "[--precision f64|f32] [--top N] [--perplexity] [--quiet] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
 }
 
@@ -54,7 +55,7 @@ static int drv_usage(const char *fmt, const char *arg)
 
 typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
-    bool random, route_stats, ignore_eos, perplexity;
+    bool random, route_stats, ignore_eos, perplexity, quiet;
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
     uint64_t sample_seed;
@@ -211,8 +212,12 @@ static void print_help(FILE *f)
           "input and output:\n"
           "  --ids \"1 2 3\"       the prompt's token ids (spaces or commas), each below the vocabulary\n"
           "  --prompts F         instead, a prompt a line of F (- for standard input), each run as it is\n"
-          "                      read, as a new sequence on the model loaded once (blank and # lines\n"
-          "                      skipped; a bad line reported by its number, the rest still run)\n"
+          "                      read, as a new sequence on the model loaded once, or, starting with +,\n"
+          "                      continuing the one before (its prompts and generated tokens stay in\n"
+          "                      the caches: a conversation's turns); blank and # lines skipped, a bad\n"
+          "                      line reported by its number and the rest still run\n"
+          "  --quiet             print nothing but the generated ids, a line a prompt (an empty line for\n"
+          "                      a bad one): with --prompts -, a line in, a line out\n"
           "  --generate N        then N tokens of decoding on the KV cache (default 0), greedy unless:\n"
           "  --temperature X     draw each token from softmax(logits / X), X in [0, 100] (0: greedy, the\n"
           "                      default; 1 when only --top-k or --top-p is given)\n"
@@ -274,6 +279,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         if (strcmp(o, "-O0") == 0 || strcmp(o, "-O1") == 0) r->opt_level = o[2] - '0';
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
         else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
+        else if (strcmp(o, "--quiet") == 0) r->quiet = true;
         else if (strcmp(o, "--ignore-eos") == 0) {
             r->ignore_eos = true;
             if (!r->sampling) r->sampling = o;
@@ -299,6 +305,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->ids == !r->prompts) return drv_usage("%s", r->ids ? "give one of --ids and --prompts" : "missing --ids");
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
+    if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
     if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
     if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
     char why[160];
@@ -370,15 +377,17 @@ static double next_nll(const double *row, int64_t V, int32_t next)
     return m + log(sum) - row[next];
 }
 
-/* Per position the top next tokens (and, with nll, the negative log-likelihood of the prompt's own
- * next token); then, with nll, the prompt's perplexity. */
-static void print_predictions(const EvalTensor *logits, const int32_t *ids, int top, bool nll, FILE *f)
+/* Per position from row0 on the top next tokens (and, with nll, the negative log-likelihood of the
+ * prompt's own next token); then, with nll, the perplexity over those. ids[t] is row t's token, at
+ * position pos0 + t. */
+static void print_predictions(const EvalTensor *logits, int64_t row0, int64_t pos0, const int32_t *ids, int top,
+                              bool nll, FILE *f)
 {
     int64_t T = logits->type.dims[0], V = logits->type.dims[1];
     double sum = 0;
-    fprintf(f, "\n position  token  next: top %d (logit)%s\n", top, nll ? "; NLL of the next --ids token" : "");
+    fprintf(f, "\n position  token  next: top %d (logit)%s\n", top, nll ? "; NLL of the next token" : "");
     int *best = xmalloc((size_t)top * sizeof *best);
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = row0; t < T; t++) {
         const double *row = logits->data + t * V;
         int nb = 0;
         for (int64_t v = 0; v < V; v++) {
@@ -388,7 +397,7 @@ static void print_predictions(const EvalTensor *logits, const int32_t *ids, int 
             while (j > 0 && row[v] > row[best[j - 1]]) best[j] = best[j - 1], j--;
             best[j] = (int)v;
         }
-        fprintf(f, " %8lld %6d  ", (long long)t, ids[t]);
+        fprintf(f, " %8lld %6d  ", (long long)(pos0 + t), ids[t]);
         for (int j = 0; j < nb; j++) fprintf(f, " %6d (%.3f)", best[j], row[best[j]]);
         if (nll && t + 1 < T) {
             double x = next_nll(row, V, ids[t + 1]);
@@ -397,9 +406,9 @@ static void print_predictions(const EvalTensor *logits, const int32_t *ids, int 
         }
         fputc('\n', f);
     }
-    if (nll)
-        fprintf(f, " perplexity %.6g over %lld predictions (mean NLL %.6f nats)\n", exp(sum / (double)(T - 1)),
-                (long long)T - 1, sum / (double)(T - 1));
+    if (nll && T - 1 > row0)
+        fprintf(f, " perplexity %.6g over %lld predictions (mean NLL %.6f nats)\n", exp(sum / (double)(T - 1 - row0)),
+                (long long)(T - 1 - row0), sum / (double)(T - 1 - row0));
     free(best);
 }
 
@@ -650,38 +659,48 @@ static bool is_stop(const StopIds *st, int32_t t)
     return false;
 }
 
-/* Decoding: n tokens after the prompt, each chosen (greedy or drawn: rn->r->sample) from the last
- * position's logits and fed back at the next position; early at a --stop token or max_positions. */
-static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *prefill, const StopIds *stop)
+/* A sequence on the loaded model: seq[0..len) its tokens, the first fed of them in the caches (the
+ * last generated token is in seq, not yet fed). A --prompts line starting with + continues it. */
+typedef struct {
+    int32_t *seq; /* [max_positions + 1] */
+    int64_t len, fed;
+} Conv;
+
+/* Decoding: n tokens after the sequence (all of it fed, its logits' last row in prefill), each chosen
+ * (greedy or drawn: rn->r->sample) and fed back at the next position; early at a stop token or
+ * max_positions. The tokens join c->seq, the last one unfed. */
+static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopIds *stop)
 {
-    int64_t n = rn->r->generate, len = T, V;
+    int64_t n = rn->r->generate, len = c->len, V;
+    int32_t *seq = c->seq;
     const double *row = last_row(eval_output(prefill, "logits"), &V);
     Sampler sm;
     sampler_init(&sm, &rn->r->sample, rn->r->sample_seed, V);
     int32_t next = (int32_t)sampler_next(&sm, row, seq, len);
     bool ok = true;
     double t0 = now_s();
-    printf("\n generated");
+    fprintf(say, "\n generated");
     const SampleParams *sp = &rn->r->sample;
     if (sp->temperature > 0)
-        printf(" (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
-               sp->top_p, (unsigned long long)rn->r->sample_seed);
+        fprintf(say, " (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
+                sp->top_p, (unsigned long long)rn->r->sample_seed);
     else if (sp->repetition_penalty != 1)
-        printf(" (greedy");
-    if (sp->repetition_penalty != 1) printf(", repetition penalty %g", sp->repetition_penalty);
-    if (sp->temperature > 0 || sp->repetition_penalty != 1) printf(")");
-    printf(":");
+        fprintf(say, " (greedy");
+    if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
+    if (sp->temperature > 0 || sp->repetition_penalty != 1) fprintf(say, ")");
+    fprintf(say, ":");
     for (int64_t g = 0; g < n; g++) {
-        printf(" %d", next);
-        fflush(stdout);
+        fprintf(say, " %d", next);
+        if (rn->r->quiet) printf("%s%d", g ? " " : "", next);
+        fflush(rn->r->quiet ? stdout : say);
         if (g + 1 == n) break;
         if (is_stop(stop, next)) {
-            printf("\n (stopped: token %d, %s)", next, stop->eos ? "the spec's eos_token_id" : "a --stop token");
+            fprintf(say, "\n (stopped: token %d, %s)", next, stop->eos ? "the spec's eos_token_id" : "a --stop token");
             n = g + 1;
             break;
         }
         if (len >= rn->s->max_positions) {
-            printf("\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
+            fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
             n = g + 1;
             break;
         }
@@ -698,9 +717,11 @@ static bool generate(Runner *rn, int32_t *seq, int64_t T, const EvalResult *pref
         len++;
     }
     sampler_free(&sm);
+    seq[len] = next;
+    c->len = len + 1, c->fed = len;
     if (!ok) return false;
     double dt = now_s() - t0;
-    printf("\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
+    fprintf(say, "\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
     return true;
 }
 
@@ -710,40 +731,49 @@ static void print_ffn_work(const Runner *rn, int64_t T)
     double dense = 0;
     for (int64_t l = 0; l < s->n_layers; l++)
         if (spec_layer_is_moe(s, l)) dense += (double)T * (double)s->n_ffn * 3.0 * (double)s->hidden * (double)s->ffn_intermediate;
-    printf(" FFN-expert work executed: %.4g GFLOP (%.1f %% of running every FFN expert on every token, %.4g GFLOP)\n",
+    fprintf(say, " FFN-expert work executed: %.4g GFLOP (%.1f %% of running every FFN expert on every token, %.4g GFLOP)\n",
            2e-9 * rn->macs_grouped, dense > 0 ? 100.0 * rn->macs_grouped / dense : 0.0, 2e-9 * dense);
 }
 
-/* One prompt (ids[T]) on the loaded model: the prefill, what it prints, the outputs, --generate. */
-static int run_prompt(Runner *rn, const int32_t *ids, int64_t T, const StopIds *stop)
+/* ids[T] after c's sequence (a new one: c->len = 0) on the loaded model: the prefill of what is not in
+ * the caches yet, what it prints, the outputs, --generate. */
+static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop)
 {
     const RunArgs *r = rn->r;
-    int32_t *seq = xmalloc((size_t)(T + r->generate + 1) * sizeof *seq), *pos = xmalloc((size_t)T * sizeof *pos);
-    memcpy(seq, ids, (size_t)T * sizeof *seq);
-    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t; /* a new sequence: the caches are written over */
+    if (c->len + T > rn->s->max_positions) {
+        drv_err("%lld tokens after the %lld of the sequence exceed max_positions (%lld)\n", (long long)T,
+                (long long)c->len, (long long)rn->s->max_positions);
+        return 1;
+    }
+    memcpy(c->seq + c->len, ids, (size_t)T * sizeof *ids);
+    c->len += T;
+    /* the backends' caches hold positions 0 .. fed - 1; the interpreter keeps none and runs it all */
+    int64_t from = r->backend == BACKEND_INTERP ? 0 : c->fed, n = c->len - from;
+    int32_t *pos = xmalloc((size_t)n * sizeof *pos);
+    for (int64_t t = 0; t < n; t++) pos[t] = (int32_t)(from + t);
     EvalResult res;
     int rc = 1;
-    if (runner_step(rn, seq, pos, T, &res)) {
+    if (runner_step(rn, c->seq + from, pos, n, &res)) {
         const EvalTensor *logits = eval_output(&res, "logits");
         if (rn->gpu)
-            printf("ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)T, res.seconds,
-                   (double)T / res.seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
+            fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)n,
+                    res.seconds, (double)n / res.seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
         else
-            printf("ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)T, res.seconds,
-                   (double)T / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
+            fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)n, res.seconds,
+                    (double)n / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                     : "CPU backend (JIT-compiled kernels)")
-                   : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
-        print_predictions(logits, seq, r->top, r->perplexity, stdout);
-        print_route_stats(rn->s, &res, r->route_stats, stdout);
-        if (r->route_stats) print_ffn_work(rn, T);
+                    : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
+        print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
+        print_route_stats(rn->s, &res, r->route_stats, say);
+        if (r->route_stats) print_ffn_work(rn, n);
         rc = 0;
+        c->fed = c->len;
         if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
         if (r->routes_out && !write_routes(r->routes_out, rn->s, &res)) rc = 1;
-        if (rc == 0 && r->generate > 0 && !generate(rn, seq, T, &res, stop)) rc = 1;
+        if (rc == 0 && r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
         ir_eval_result_free(&res);
     }
-    fflush(stdout);
-    free(seq);
+    fflush(say);
     free(pos);
     return rc;
 }
@@ -756,33 +786,45 @@ static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
 }
 
 /* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
- * loaded model; a bad line is reported by its number and skipped (exit status 1 at the end). Blank
- * lines and lines starting with # are passed over. */
+ * loaded model; a line starting with + continues the sequence before it (prompts and generated
+ * tokens, kept in the caches: a conversation's turns). A bad line is reported by its number and
+ * skipped (exit status 1 at the end; with --quiet, an empty line answers it). Blank lines and lines
+ * starting with # are passed over. */
 static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
 {
     char *line = NULL, what[64];
     size_t cap = 0;
     int rc = 0;
     int64_t n = 0, done = 0;
+    Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
     while (getline(&line, &cap, in) >= 0) {
         n++;
         line[strcspn(line, "\r\n")] = 0;
         const char *p = line + strspn(line, " \t,");
         if (!*p || *p == '#') continue;
+        bool more = *p == '+';
         snprintf(what, sizeof what, "--prompts line %lld", (long long)n);
         int64_t T;
-        int32_t *ids = parse_ids(what, line, rn->s, &T);
-        if (!ids || !prompt_ok(rn->r, what, T)) {
-            rc = 1;
-            free(ids);
-            continue;
+        int32_t *ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
+        int bad = !ids || !prompt_ok(rn->r, what, T);
+        if (!bad && more && c.len == 0) {
+            drv_err("%s: + continues a sequence, and none has run before it\n", what);
+            bad = 1;
         }
-        printf("\n== prompt %lld (line %lld): %lld tokens\n", (long long)++done, (long long)n, (long long)T);
+        if (!bad) {
+            if (!more) c.len = c.fed = 0;
+            fprintf(say, "\n== prompt %lld (line %lld): %lld tokens%s\n", (long long)++done, (long long)n, (long long)T,
+                    more ? ", continuing the sequence before it" : "");
+            fflush(say);
+            bad = run_prompt(rn, &c, ids, T, stop);
+        }
+        if (bad) rc = 1;
+        if (rn->r->quiet) printf("\n"); /* one line an input line, an empty one for a bad line */
         fflush(stdout);
-        if (run_prompt(rn, ids, T, stop)) rc = 1;
         free(ids);
     }
     free(line);
+    free(c.seq);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
     return rc;
 }
@@ -797,6 +839,7 @@ static bool load_spec(const RunArgs *r, ModelSpec *s)
 int driver_main(int argc, char **argv, const DriverConfig *config)
 {
     cfg = config;
+    say = stdout;
     RunArgs r;
     int rc = parse_run_args(argc, argv, &r);
     if (rc) return rc < 0 ? 0 : rc;
@@ -807,11 +850,15 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     FILE *prompts = NULL;
     StopIds stop = {0};
     rc = 1;
+    if (r.quiet && !(say = fopen("/dev/null", "w"))) {
+        drv_err("--quiet: cannot open /dev/null: %s\n", strerror(errno));
+        return 1;
+    }
     if (r.prompts) {
         prompts = strcmp(r.prompts, "-") == 0 ? stdin : fopen(r.prompts, "r");
         if (!prompts) {
             drv_err("--prompts '%s': %s\n", r.prompts, strerror(errno));
-            return 1;
+            goto out;
         }
     } else if (!(ids = parse_ids("--ids", r.ids, &s, &T)) || !prompt_ok(&r, "--ids", T)) {
         goto out;
@@ -819,22 +866,32 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) goto out;
     int32_t eos = (int32_t)s.eos_token_id; /* the spec checked it against the vocabulary */
     if (!r.stop && s.has_eos && !r.ignore_eos) stop = (StopIds){&eos, 1, true};
-    printf("%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
-           (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
-    if (prompts) printf("prompts from %s; weights: ", prompts == stdin ? "standard input" : r.prompts);
-    else printf("%lld tokens; weights: ", (long long)T);
-    if (r.random) printf("random (seed %llu)\n", (unsigned long long)r.seed);
-    else printf("%s\n", r.weights);
-    fflush(stdout);
+    fprintf(say, "%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
+            (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
+    if (prompts) fprintf(say, "prompts from %s; weights: ", prompts == stdin ? "standard input" : r.prompts);
+    else fprintf(say, "%lld tokens; weights: ", (long long)T);
+    if (r.random) fprintf(say, "random (seed %llu)\n", (unsigned long long)r.seed);
+    else fprintf(say, "%s\n", r.weights);
+    fflush(say);
     WeightSet *w;
     if (open_weights(&r, &s, &w)) {
         Runner rn;
-        if (runner_init(&rn, &r, &s, w)) rc = prompts ? run_prompts(&rn, prompts, &stop) : run_prompt(&rn, ids, T, &stop);
+        if (runner_init(&rn, &r, &s, w)) {
+            if (prompts) {
+                rc = run_prompts(&rn, prompts, &stop);
+            } else {
+                Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
+                rc = run_prompt(&rn, &c, ids, T, &stop);
+                if (r.quiet) printf("\n");
+                free(c.seq);
+            }
+        }
         runner_free(&rn);
         weights_close(w);
     }
 out:
     if (prompts && prompts != stdin) fclose(prompts);
+    if (say != stdout) fclose(say);
     free(ids);
     free(stop_ids);
     return rc;

@@ -78,7 +78,7 @@ echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greed
 "$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
-for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty --seed --stop --ignore-eos --top --perplexity --route-stats \
+for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty --seed --stop --ignore-eos --top --perplexity --quiet --route-stats \
          --logits-out --routes-out --device --backend --threads --precision -O0; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done

@@ -2,7 +2,8 @@
 # test_prompts.sh MOEPPC [DEVICE]: `moeppc run --prompts F` runs each line of F as a new sequence on the
 # model loaded once, and prints for each what `--ids LINE` prints alone (predictions, routing,
 # generated tokens): a long prompt, then a short one over its stale cache positions, then the long one
-# again; blank and # lines skipped; a bad line named by its number, the rest still run, exit 1.
+# again; blank and # lines skipped; a bad line named by its number, the rest still run, exit 1; a
+# line starting with + continues the sequence; --quiet prints a line of generated ids a line.
 # DEVICE: cpu (default) or cuda (with MOEPPC_CUDA_DRIVER: the emulator, from CTest).
 set -u
 MOEPPC=$1 DEVICE=${2:-cpu}
@@ -28,4 +29,22 @@ for k in 1 2 3; do
 done
 printf '%s\n' "$SHORT" | "$MOEPPC" run "$SPEC" "${OPTS[@]}" --prompts - | block | diff "$WORK/alone2.txt" - ||
   { echo "--prompts - (standard input) differs"; exit 1; }
-echo "--prompts on $DEVICE: 3 prompts as alone, the bad line named, standard input read"
+# + continues the sequence before it (prompt and generated tokens in the caches): what it generates is
+# what the whole sequence generates alone; --quiet answers each line with one line of ids (an empty
+# one for a bad line: + first, a continuation past max_positions)
+Q=(--random-weights 1 --device "$DEVICE" --generate 4 --quiet)
+LONG60=$(seq -s " " 1 60)
+printf '+ 1 2\n%s\n+ %s\n# comment\n+ %s\n%s\n' "$LONG" "$SHORT" "$LONG60" "$SHORT" >"$WORK/conv"
+"$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/conv" >"$WORK/conv.txt" 2>"$WORK/conv.err"
+rc=$?
+[ $rc -eq 1 ] || { echo "conversation: exit $rc, want 1"; cat "$WORK/conv.err"; exit 1; }
+grep -q "line 1: + continues a sequence, and none has run before it" "$WORK/conv.err" &&
+  grep -q "exceed max_positions (64)" "$WORK/conv.err" || { echo "the bad lines are not named:"; cat "$WORK/conv.err"; exit 1; }
+mapfile -t out <"$WORK/conv.txt"
+[ ${#out[@]} -eq 5 ] && [ -z "${out[0]}" ] && [ -z "${out[3]}" ] || { echo "not a line a prompt:"; cat "$WORK/conv.txt"; exit 1; }
+alone() { "$MOEPPC" run "$SPEC" "${Q[@]}" --ids "$1"; }
+[ "${out[1]}" = "$(alone "$LONG")" ] || { echo "prompt: '${out[1]}', alone '$(alone "$LONG")'"; exit 1; }
+whole="$LONG ${out[1]} $SHORT"
+[ "${out[2]}" = "$(alone "$whole")" ] || { echo "+ $SHORT: '${out[2]}', the sequence '$whole' alone: '$(alone "$whole")'"; exit 1; }
+[ "${out[4]}" = "$(alone "$SHORT")" ] || { echo "a new prompt after a conversation: '${out[4]}'"; exit 1; }
+echo "--prompts on $DEVICE: 3 prompts as alone, the bad line named, standard input read; + continues as the whole alone"
