@@ -280,10 +280,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
         else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
         else if (strcmp(o, "--quiet") == 0) r->quiet = true;
-        else if (strcmp(o, "--ignore-eos") == 0) {
-            r->ignore_eos = true;
-            if (!r->sampling) r->sampling = o;
-        }
+        else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
@@ -302,7 +299,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
     if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
-    if (!r->ids == !r->prompts) return drv_usage("%s", r->ids ? "give one of --ids and --prompts" : "missing --ids");
+    if (!r->ids == !r->prompts) return drv_usage("%s", r->ids ? "give one of --ids and --prompts" : "missing --ids (or --prompts)");
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
