@@ -323,8 +323,9 @@ static int32_t *parse_ids(const char *opt, const char *text, const ModelSpec *s,
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
-            int len = (int)strcspn(p, " ,\t\n");
-            drv_err("%s: '%.*s' (token %lld) is not a token id\n", opt, len, p, (long long)n + 1);
+            char shown[48]; /* printable and short, whatever the bytes (a --prompts file may hold any) */
+            str_escape(p, strcspn(p, " ,\t\n"), shown, sizeof shown);
+            drv_err("%s: '%s' (token %lld) is not a token id\n", opt, shown, (long long)n + 1);
             free(ids);
             return NULL;
         }

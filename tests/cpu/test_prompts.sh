@@ -10,14 +10,15 @@ MOEPPC=$1 DEVICE=${2:-cpu}
 SPEC=$(cd "$(dirname "$0")" && pwd)/../../specs/tiny/tiny-moepp.yaml
 WORK=$(mktemp -d) && trap 'rm -rf "$WORK"' EXIT
 LONG="3 17 42 99 128 200 255 0 64 7" SHORT="5 6"
-printf '%s\n\n# a comment\n%s\n1 2 999\n%s\n' "$LONG" "$SHORT" "$LONG" >"$WORK/prompts"
+printf '%s\n\n# a comment\n%s\n1 2 999\n%s\n4 5\001\n' "$LONG" "$SHORT" "$LONG" >"$WORK/prompts"
 OPTS=(--random-weights 1 --device "$DEVICE" --generate 5 --route-stats --top 3)
 # what a run prints of one prompt, without the timings
 block() { grep -v -e "^moeppc run:" -e "^ran " -e "^ decode:" -e "^== prompt" -e "^$"; }
 "$MOEPPC" run "$SPEC" "${OPTS[@]}" --prompts "$WORK/prompts" >"$WORK/all.txt" 2>"$WORK/err.txt"
 rc=$?
 [ $rc -eq 1 ] || { echo "a bad line: exit $rc, want 1"; cat "$WORK/err.txt"; exit 1; }
-grep -q "error: --prompts line 5: token 3 is 999, outside the vocabulary" "$WORK/err.txt" ||
+grep -q "error: --prompts line 5: token 3 is 999, outside the vocabulary" "$WORK/err.txt" &&
+  grep -qF "error: --prompts line 7: '5\x01' (token 2) is not a token id" "$WORK/err.txt" ||
   { echo "the bad line is not named:"; cat "$WORK/err.txt"; exit 1; }
 [ "$(grep -c "^== prompt" "$WORK/all.txt")" -eq 3 ] || { echo "not 3 prompts run:"; cat "$WORK/all.txt"; exit 1; }
 for k in 1 2 3; do
