@@ -783,6 +783,27 @@ static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
     return !(r->perplexity && T < 2);
 }
 
+/* One line of in into *buf (without its newline), at most limit bytes kept: the rest of a longer
+ * one is read and dropped, and *too_long set. False at the end of the input. */
+static bool read_line(FILE *in, char **buf, size_t *cap, size_t limit, bool *too_long)
+{
+    size_t n = 0;
+    int ch;
+    *too_long = false;
+    while ((ch = getc(in)) != EOF && ch != '\n') {
+        if (n == limit) {
+            *too_long = true;
+            continue;
+        }
+        if (n + 1 >= *cap) *buf = xrealloc(*buf, *cap = *cap ? 2 * *cap : 256);
+        (*buf)[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0 && !*too_long) return false;
+    if (!*cap) *buf = xrealloc(*buf, *cap = 256);
+    (*buf)[n] = 0;
+    return true;
+}
+
 /* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
  * loaded model; a line starting with + continues the sequence before it (prompts and generated
  * tokens, kept in the caches: a conversation's turns). A bad line is reported by its number and
@@ -791,19 +812,22 @@ static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
 static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
 {
     char *line = NULL, what[64];
-    size_t cap = 0;
+    size_t cap = 0, limit = 16 * (size_t)rn->s->max_positions + (1 << 20); /* ids and any spacing */
     int rc = 0;
     int64_t n = 0, done = 0;
+    bool too_long;
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
-    while (getline(&line, &cap, in) >= 0) {
+    while (read_line(in, &line, &cap, limit, &too_long)) {
         n++;
-        line[strcspn(line, "\r\n")] = 0;
+        line[strcspn(line, "\r")] = 0;
         const char *p = line + strspn(line, " \t,");
-        if (!*p || *p == '#') continue;
+        if (!too_long && (!*p || *p == '#')) continue;
         bool more = *p == '+';
         snprintf(what, sizeof what, "--prompts line %lld", (long long)n);
-        int64_t T;
-        int32_t *ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
+        int64_t T = 0;
+        int32_t *ids = NULL;
+        if (too_long) drv_err("%s: longer than %zu bytes\n", what, limit);
+        else ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
         int bad = !ids || !prompt_ok(rn->r, what, T);
         if (!bad && more && c.len == 0) {
             drv_err("%s: + continues a sequence, and none has run before it\n", what);

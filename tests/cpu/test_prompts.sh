@@ -48,4 +48,9 @@ alone() { "$MOEPPC" run "$SPEC" "${Q[@]}" --ids "$1"; }
 whole="$LONG ${out[1]} $SHORT"
 [ "${out[2]}" = "$(alone "$whole")" ] || { echo "+ $SHORT: '${out[2]}', the sequence '$whole' alone: '$(alone "$whole")'"; exit 1; }
 [ "${out[4]}" = "$(alone "$SHORT")" ] || { echo "a new prompt after a conversation: '${out[4]}'"; exit 1; }
+# a line too long to be a prompt (2 MB of "1 ") is refused without being kept; the next one runs
+{ head -c 2000000 /dev/zero | tr '\0' '1'; printf '\n%s\n' "$SHORT"; } >"$WORK/long"
+"$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/long" >"$WORK/long.txt" 2>"$WORK/long.err"
+[ $? -eq 1 ] && grep -q "line 1: longer than" "$WORK/long.err" && [ "$(sed -n 2p "$WORK/long.txt")" = "$(alone "$SHORT")" ] ||
+  { echo "a 2 MB line:"; cat "$WORK/long.err" "$WORK/long.txt"; exit 1; }
 echo "--prompts on $DEVICE: 3 prompts as alone, the bad line named, standard input read; + continues as the whole alone"
