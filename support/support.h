@@ -126,6 +126,7 @@ typedef struct {
 void     rng_seed(moe_rng *r, uint64_t seed);
 uint64_t rng_next(moe_rng *r);
 double   rng_uniform(moe_rng *r);                /* [0, 1), 53 random bits */
+void     rng_seek(moe_rng *r, uint64_t seed, uint64_t k); /* as rng_seed(r, seed) then k draws */
 uint64_t hash_str(const char *s);                /* FNV-1a 64 */
 
 #endif
