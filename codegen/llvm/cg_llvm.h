@@ -130,6 +130,11 @@ typedef struct CgPackedB {
 void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair);
 void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t two_i, int64_t k,
                       int nr, bool kpair);
+/* The same in two steps, so that threads can share the work: cg_pack_b_alloc sizes out (swiglu: W_up
+ * [2I, K] as above), then cg_pack_b_fill packs panels p0 .. p1 - 1 of w into it, any ranges in any
+ * order (each panel's padding zeroed with it). */
+void cg_pack_b_alloc(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair, bool swiglu);
+void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1);
 void cg_packed_b_free(CgPackedB *b);
 
 /* ---- thread pool -------------------------------------------------------------------------- */

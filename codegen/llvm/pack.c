@@ -6,23 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void packed_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, int64_t n_panels) {
+void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
     MOE_ASSERT(n >= 0 && k >= 0 && nr > 0);
     MOE_ASSERT(dt == DT_F32 || dt == DT_BF16 || dt == DT_F16);
     MOE_ASSERT(!kpair || dt == DT_BF16);
+    MOE_ASSERT(!swiglu || (n % 2 == 0 && nr % 2 == 0));
     memset(out, 0, sizeof *out);
     out->dtype = dt;
     out->nr = nr;
     out->kpair = kpair;
+    out->swiglu = swiglu;
     out->n = n;
     out->k = k;
-    out->n_panels = n_panels;
+    out->n_panels = swiglu ? (n / 2 + nr / 2 - 1) / (nr / 2) : (n + nr - 1) / nr;
     int64_t kp = kpair ? (k + 1) / 2 * 2 : k; /* an odd K's last pair: zeros in its high halves */
     out->panel_bytes = ((size_t)kp * (size_t)nr * dtype_size(dt) + 63) & ~(size_t)63;
-    size_t total = out->panel_bytes * (size_t)n_panels;
+    size_t total = out->panel_bytes * (size_t)out->n_panels;
     out->data = aligned_alloc(64, total ? total : 64);
     MOE_ASSERT(out->data);
-    memset(out->data, 0, total); /* padding columns must be zero: the kernel computes them */
 }
 
 /* Column j of panel p := row `src_row` of w (k elements), strided by nr. */
@@ -44,23 +45,32 @@ static void pack_column(CgPackedB *b, int64_t p, int j, const void *w, int64_t s
     }
 }
 
+void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1) {
+    MOE_ASSERT(0 <= p0 && p0 <= p1 && p1 <= b->n_panels);
+    memset((char *)b->data + (size_t)p0 * b->panel_bytes, 0, (size_t)(p1 - p0) * b->panel_bytes); /* padding: the kernel computes it */
+    int64_t nr = b->nr, half = nr / 2, inter = b->n / 2;
+    for (int64_t p = p0; p < p1; p++) {
+        if (!b->swiglu) {
+            for (int64_t col = p * nr; col < b->n && col < (p + 1) * nr; col++) pack_column(b, p, (int)(col - p * nr), w, col);
+            continue;
+        }
+        for (int64_t col = p * half; col < inter && col < (p + 1) * half; col++) {
+            int j = (int)(col - p * half);
+            pack_column(b, p, j, w, col);                        /* a: rows 0 .. I-1 */
+            pack_column(b, p, (int)half + j, w, inter + col);    /* b: rows I .. 2I-1 */
+        }
+    }
+}
+
 void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair) {
-    packed_alloc(out, dtype, n, k, nr, kpair, (n + nr - 1) / nr);
-    for (int64_t col = 0; col < n; col++) pack_column(out, col / nr, (int)(col % nr), w, col);
+    cg_pack_b_alloc(out, dtype, n, k, nr, kpair, false);
+    cg_pack_b_fill(out, w, 0, out->n_panels);
 }
 
 void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t two_i, int64_t k, int nr,
                       bool kpair) {
-    MOE_ASSERT(two_i % 2 == 0 && nr % 2 == 0);
-    int64_t inter = two_i / 2, half = nr / 2;
-    packed_alloc(out, dtype, two_i, k, nr, kpair, (inter + half - 1) / half);
-    out->swiglu = true;
-    for (int64_t col = 0; col < inter; col++) {
-        int64_t p = col / half;
-        int j = (int)(col % half);
-        pack_column(out, p, j, w_up, col);                       /* a: rows 0 .. I-1 */
-        pack_column(out, p, (int)half + j, w_up, inter + col);   /* b: rows I .. 2I-1 */
-    }
+    cg_pack_b_alloc(out, dtype, two_i, k, nr, kpair, true);
+    cg_pack_b_fill(out, w_up, 0, out->n_panels);
 }
 
 void cg_packed_b_free(CgPackedB *b) {

@@ -236,6 +236,26 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
     return true;
 }
 
+/* Packing on the pool: each weight's panels in runs of about 1 MiB, a task a run (the 7B's 15 GB
+ * of weights are packed at start-up, and one thread did it alone). */
+typedef struct {
+    CgPackedB *pk;
+    const void **src;
+    int64_t *first; /* [n + 1] each weight's first task */
+    int64_t *run;   /* [n] panels a task */
+    int n;
+} PackTasks;
+
+static void pack_task(void *ctx, int64_t task, int thread)
+{
+    (void)thread;
+    const PackTasks *pt = ctx;
+    int e = 0;
+    while (pt->first[e + 1] <= task) e++;
+    int64_t p0 = (task - pt->first[e]) * pt->run[e], p1 = p0 + pt->run[e];
+    cg_pack_b_fill(&pt->pk[e], pt->src[e], p0, p1 < pt->pk[e].n_panels ? p1 : pt->pk[e].n_panels);
+}
+
 /* Pack the weights i->in[idx[0..n)] for the GEMM kernel of their dtype; swiglu for up-projections. */
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
 {
@@ -246,13 +266,21 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
     bool kpair = st->ch[0].k->cfg.a_bf16;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
+    PackTasks pt = {st->pk, xmalloc((size_t)n * sizeof *pt.src), xmalloc((size_t)(n + 1) * sizeof *pt.first),
+                    xmalloc((size_t)n * sizeof *pt.run), n};
+    pt.first[0] = 0;
     for (int e = 0; e < n; e++) {
         const IrValue *w = i->in[idx[e]];
         const Tensor *t = param(cm, w);
         MOE_ASSERT(t->dtype == dt);
-        if (swiglu) cg_pack_b_swiglu(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, kpair);
-        else cg_pack_b(&st->pk[e], t->data, dt, w->type.dims[0], w->type.dims[1], nr, kpair);
+        cg_pack_b_alloc(&st->pk[e], dt, w->type.dims[0], w->type.dims[1], nr, kpair, swiglu);
+        pt.src[e] = t->data;
+        pt.run[e] = st->pk[e].panel_bytes ? (int64_t)(((size_t)1 << 20) / st->pk[e].panel_bytes) : 1;
+        if (pt.run[e] < 1) pt.run[e] = 1;
+        pt.first[e + 1] = pt.first[e] + (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e];
     }
+    cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
+    free(pt.src), free(pt.first), free(pt.run);
     return true;
 }
 
