@@ -388,7 +388,7 @@ static void check_attention(Walk *w, const ModelSpec *s)
     if (all_ok(w, 2, F_HEADS, F_KV_HEADS) && s->n_heads % s->n_kv_heads != 0)
         err_at(w, F_KV_HEADS, "model.kv_heads (%lld) does not divide model.heads (%lld)", (long long)s->n_kv_heads,
                (long long)s->n_heads);
-    if (all_ok(w, 2, F_VOCAB, F_EOS) && w->st[F_EOS] == ST_OK && s->eos_token_id >= s->vocab)
+    if (w->st[F_EOS] == ST_OK && w->st[F_VOCAB] == ST_OK && s->eos_token_id >= s->vocab)
         err_at(w, F_EOS, "model.eos_token_id (%lld) is outside the vocabulary [0, %lld)", (long long)s->eos_token_id,
                (long long)s->vocab);
 }

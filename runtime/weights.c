@@ -19,9 +19,7 @@
 #include "runtime/weights_internal.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,8 +186,8 @@ static void fill_part(void *dst, moe_dtype dt, size_t i0, size_t count, uint64_t
     }
 }
 
-/* The fill in parts of FILL_PART elements, taken by the threads in turn: a 7B model's 7.6 G values
- * took a minute on one core, and the page faults of first touch parallelise too. */
+/* The fill in parts of FILL_PART elements, a pool task a part: a 7B model's 7.6 G values took a
+ * minute on one core, and the page faults of first touch parallelise too. */
 #define FILL_PART ((size_t)1 << 20)
 typedef struct {
     void *dst;
@@ -200,40 +198,31 @@ typedef struct {
 } FillJob;
 typedef struct {
     const FillJob *jobs;
-    int n_jobs;
-    atomic_size_t next; /* parts handed out, over all jobs in order */
-    size_t *first;      /* [n_jobs + 1] each job's first part */
+    size_t *first; /* [n + 1] each job's first part */
 } FillWork;
 
-static void *fill_worker(void *arg)
+static void fill_task(void *ctx, int64_t part, int thread)
 {
-    FillWork *fw = arg;
+    (void)thread;
+    const FillWork *fw = ctx;
     int j = 0;
-    for (size_t part; (part = atomic_fetch_add(&fw->next, 1)) < fw->first[fw->n_jobs];) {
-        while (fw->first[j + 1] <= part) j++;
-        const FillJob *b = &fw->jobs[j];
-        size_t i0 = (part - fw->first[j]) * FILL_PART, n = b->count - i0 < FILL_PART ? b->count - i0 : FILL_PART;
-        fill_part(b->dst, b->dt, i0, n, b->seed, b->k);
-    }
-    return NULL;
+    while (fw->first[j + 1] <= (size_t)part) j++;
+    const FillJob *b = &fw->jobs[j];
+    size_t i0 = ((size_t)part - fw->first[j]) * FILL_PART, n = b->count - i0 < FILL_PART ? b->count - i0 : FILL_PART;
+    fill_part(b->dst, b->dt, i0, n, b->seed, b->k);
 }
 
-/* Every job, on up to 8 threads (the CPUs this process may use). The values do not depend on it. */
+/* Every job, on a pool of the CPUs this process may use (up to 8). The values do not depend on it. */
 static void fill_all(const FillJob *jobs, int n)
 {
-    FillWork fw = {.jobs = jobs, .n_jobs = n, .first = xmalloc((size_t)(n + 1) * sizeof(size_t))};
-    atomic_init(&fw.next, 0);
+    FillWork fw = {jobs, xmalloc((size_t)(n + 1) * sizeof(size_t))};
     fw.first[0] = 0;
     for (int j = 0; j < n; j++) fw.first[j + 1] = fw.first[j] + (jobs[j].count + FILL_PART - 1) / FILL_PART;
     cpu_set_t set;
-    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1, nt = cpus < 8 ? cpus : 8;
-    if ((size_t)nt > fw.first[n]) nt = (int)fw.first[n];
-    pthread_t th[8];
-    int started = 0;
-    for (int t = 1; t < nt; t++)
-        if (pthread_create(&th[started], NULL, fill_worker, &fw) == 0) started++; /* fewer threads: slower, same values */
-    fill_worker(&fw);
-    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    CgPool *pool = cg_pool_new(cpus < 8 ? cpus : 8);
+    cg_pool_parallel_for(pool, (int64_t)fw.first[n], fill_task, &fw);
+    cg_pool_free(pool);
     free(fw.first);
 }
 

@@ -129,4 +129,16 @@ double   rng_uniform(moe_rng *r);                /* [0, 1), 53 random bits */
 void     rng_seek(moe_rng *r, uint64_t seed, uint64_t k); /* as rng_seed(r, seed) then k draws */
 uint64_t hash_str(const char *s);                /* FNV-1a 64 */
 
+/* ---- thread pool (pool.c): the CPU backend's drivers and packing, random weights ------------ */
+/* n_threads in all: the caller plus n_threads-1 workers, created once, never pinned. */
+typedef struct CgPool CgPool;
+typedef void (*cg_task_fn)(void *ctx, int64_t task, int thread);
+
+CgPool *cg_pool_new(int n_threads);
+void    cg_pool_free(CgPool *pool);
+int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
+/* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
+ * A NULL pool runs them on the caller. Not reentrant. */
+void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
+
 #endif

@@ -137,17 +137,7 @@ void cg_pack_b_alloc(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int 
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1);
 void cg_packed_b_free(CgPackedB *b);
 
-/* ---- thread pool -------------------------------------------------------------------------- */
-/* n_threads in all: the caller plus n_threads-1 workers, created once, never pinned. */
-typedef struct CgPool CgPool;
-typedef void (*cg_task_fn)(void *ctx, int64_t task, int thread);
-
-CgPool *cg_pool_new(int n_threads);
-void    cg_pool_free(CgPool *pool);
-int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
-/* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
- * A NULL pool runs them on the caller. Not reentrant. */
-void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
+/* ---- thread pool: CgPool, support.h (pool.c) ------------------------------------------------ */
 
 /* ---- drivers ------------------------------------------------------------------------------ */
 /* Reusable scratch (packed A, per-thread tiles, the groups' first tiles); grows on demand,

@@ -1,7 +1,7 @@
 /* pool.c — a fixed thread pool: n-1 workers created once plus the calling thread; parallel_for hands
  * out task indices from an atomic counter (dynamic balance on a noisy shared machine). Threads are
  * never pinned. */
-#include "codegen/llvm/cg_llvm.h"
+#include "support/support.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
