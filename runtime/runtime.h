@@ -100,4 +100,46 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
 int64_t sample_argmax(const double *logits, int64_t vocab);
 void    sampler_free(Sampler *s);
 
+/* ---- text and token ids (tokenizer.c) ------------------------------------------------------------
+ * A SentencePiece BPE model, the tokenizer.model file beside a LLaMA-family checkpoint, encoding and
+ * decoding exactly as the sentencepiece library does (its tests compare with it). Loading checks the
+ * file as SentencePiece does (a malformed one: false, the file and the byte offset in err); nothing
+ * after that fails. Ids are the pieces' indices, below tokenizer_size. */
+typedef struct Tokenizer Tokenizer;
+bool        tokenizer_load(const char *path, Tokenizer **out, RtError *err);
+bool        tokenizer_parse(const void *data, size_t n, const char *name, Tokenizer **out, RtError *err);
+void        tokenizer_free(Tokenizer *t);
+int64_t     tokenizer_size(const Tokenizer *t);
+int32_t     tokenizer_bos(const Tokenizer *t); /* the control pieces <s> and </s> (the trainer's names): -1 if none */
+int32_t     tokenizer_eos(const Tokenizer *t);
+const char *tokenizer_piece(const Tokenizer *t, int32_t id); /* id below tokenizer_size */
+/* text[n] (any bytes: invalid UTF-8 becomes U+FFFD, as SentencePiece's normaliser makes it) as ids in
+ * *ids (malloc'd; the caller frees it), their count returned. No BOS: the caller adds it. */
+int64_t     tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t **ids);
+/* ids[n] as text (malloc'd, NUL-terminated, *len bytes): control pieces and ids past the pieces give
+ * nothing. hold: an incomplete UTF-8 character that byte pieces at the end began is left out (a
+ * later id may complete it), so that decoding a growing sequence only ever appends: what streaming
+ * prints. */
+char       *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len);
+/* The tokenizer.model beside a checkpoint (in the folder --weights names, or the one its file is
+ * in), its path in path[n]: false if there is none. */
+bool        tokenizer_beside(const char *weights, char *path, size_t n);
+
+/* Text on one line (a --prompts line, a --quiet answer): \n \t \r \\ and \xHH stand for their bytes.
+ * text_unescape writes s[n]'s bytes to out (room for n), their count in *out_n; false at an
+ * unknown escape, the offset of its backslash in *bad. text_write_escaped writes s[n] so. */
+bool        text_unescape(const char *s, size_t n, char *out, size_t *out_n, size_t *bad);
+void        text_write_escaped(FILE *f, const char *s, size_t n);
+/* Printing a sequence's text as it grows: begin takes the text of seq[n] as printed already (a
+ * prompt); each put prints what seq[n] added since (an incomplete UTF-8 character kept back until
+ * final). escape: as text_write_escaped does. */
+typedef struct {
+    const Tokenizer *t;
+    FILE            *f;
+    bool             escape;
+    size_t           printed;
+} TextStream;
+void        text_stream_begin(TextStream *ts, const Tokenizer *t, FILE *f, bool escape, const int32_t *seq, int64_t n);
+void        text_stream_put(TextStream *ts, const int32_t *seq, int64_t n, bool final);
+
 #endif

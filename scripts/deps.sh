@@ -14,8 +14,9 @@ for p in cmake gcc make pkg-config libyaml-dev libcjson-dev; do need_pkg "$p"; d
 # The LLVM C API (14 or newer) for CPU code generation: any installed llvm-NN-dev will do.
 ls /usr/lib/llvm-*/lib/cmake/llvm/LLVMConfig.cmake >/dev/null 2>&1 || missing+=("llvm-dev")
 if [ "$want_tests" = 1 ]; then
+  # python3-sentencepiece (and its python3-protobuf): the reference the tokenizer is tested against
   # g++: the CUDA emulator's tests compile kernels for the CPU with the host's C++ compiler
-  for p in libcmocka-dev python3 python3-numpy python3-yaml g++; do need_pkg "$p"; done
+  for p in libcmocka-dev python3 python3-numpy python3-yaml python3-sentencepiece python3-protobuf g++; do need_pkg "$p"; done
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning)
+[ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning tokenizer)
 case "$secs" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
 # clang and its libFuzzer runtime, installed by scripts/deps.sh with the build's own needs

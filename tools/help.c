@@ -2,6 +2,7 @@
  * command does, its options (each with its default), the environment it reads and its exit status;
  * the pass list of `compile` comes from the pipeline itself. */
 #include "tools/help.h"
+#include "tools/commands.h"
 
 #include "passes/passes.h"
 #include "support/support.h"
@@ -124,6 +125,18 @@ static const HelpPage pages[] = {
      "  --keep-temps        keep the generated C and objects (their folder is printed)\n\n"
      "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use; MODEL checks\n"
      "the CPU it runs on has what its kernels use).\n\n" EXIT_STATUS},
+    {"tokenize", "text to token ids and back with a checkpoint's tokenizer.model", TOKENIZE_USAGE,
+     "Encodes each TEXT (or each line of F, - for standard input) with TOKENIZER, a SentencePiece\n"
+     "BPE model (the tokenizer.model beside a LLaMA-family checkpoint, the released MoE++ one\n"
+     "included), exactly as the sentencepiece library does, and prints its ids a line each: what\n"
+     "`run --ids` takes, and what `run --prompt TEXT` feeds the model.\n\n"
+     "  --no-bos            without the beginning-of-sequence id first (default: with it, as\n"
+     "                      Hugging Face's LlamaTokenizer adds it)\n"
+     "  --pieces            the pieces instead of the ids (\\n, \\t, \\\\, \\xHH for their bytes)\n"
+     "  --decode            the other way: each input is ids (spaces or commas), each printed as text\n"
+     "  --escape            with --decode, the text on one line: \\n, \\t, \\r, \\\\, \\xHH for their bytes\n"
+     "  --file F            the inputs are the lines of F instead of TEXT arguments; a bad line is\n"
+     "                      reported by its number and answered by an empty line\n\n" EXIT_STATUS},
 };
 
 static const HelpPage *find(const char *cmd)

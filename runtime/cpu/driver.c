@@ -35,7 +35,8 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompts F) [--backend interp|cpu] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F) [--tokenizer F] [--no-bos] "
+               "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
@@ -55,7 +56,8 @@ static int drv_usage(const char *fmt, const char *arg)
 
 typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
-    bool random, route_stats, ignore_eos, perplexity, quiet;
+    const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
+    bool random, route_stats, ignore_eos, perplexity, quiet, no_bos;
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
     uint64_t sample_seed;
@@ -152,6 +154,8 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         r->random = true;
     } else if (strcmp(o, "--ids") == 0) r->ids = v;
     else if (strcmp(o, "--prompts") == 0) r->prompts = v;
+    else if (strcmp(o, "--prompt") == 0) r->prompt = v;
+    else if (strcmp(o, "--tokenizer") == 0) r->tokenizer = v;
     else if (strcmp(o, "--logits-out") == 0) r->logits_out = v;
     else if (strcmp(o, "--routes-out") == 0) r->routes_out = v;
     else if (strcmp(o, "--tuning") == 0) {
@@ -201,9 +205,9 @@ static void print_help(FILE *f)
     bool exe = cfg->spec_text != NULL;
     print_usage(f);
     fprintf(f, "\nRuns %s on a prompt\n"
-               "of token ids (no tokenizer: ids in, ids out) and prints, per position, the top next tokens\n"
-               "with their logits, and per MoE layer the share of the T*k routing picks that went to FFN,\n"
-               "constant, copy and zero experts.\n\n",
+               "(token ids, or text through the checkpoint's tokenizer.model) and prints, per position, the\n"
+               "top next tokens with their logits, and per MoE layer the share of the T*k routing picks that\n"
+               "went to FFN, constant, copy and zero experts.\n\n",
             exe ? "this executable's model (spec, plan and kernels built in)" : "the whole model of SPEC (a model spec, .yaml)");
     fputs("weights (exactly one):\n"
           "  --weights W         a .safetensors file, a sharded model.safetensors.index.json, or a folder\n"
@@ -211,13 +215,21 @@ static void print_help(FILE *f)
           "  --random-weights S  seeded random weights (the same for the same seed and spec)\n"
           "input and output:\n"
           "  --ids \"1 2 3\"       the prompt's token ids (spaces or commas), each below the vocabulary\n"
+          "  --prompt TEXT       instead, text: the beginning-of-sequence id, then TEXT encoded by the\n"
+          "                      tokenizer (--tokenizer, or the tokenizer.model beside --weights); the\n"
+          "                      generated tokens are then printed as text too, as they come\n"
+          "  --tokenizer F       a SentencePiece tokenizer.model (moeppc tokenize): generated tokens as\n"
+          "                      text, and --prompts lines as text\n"
+          "  --no-bos            text without the beginning-of-sequence id first\n"
           "  --prompts F         instead, a prompt a line of F (- for standard input), each run as it is\n"
           "                      read, as a new sequence on the model loaded once, or, starting with +,\n"
           "                      continuing the one before (its prompts and generated tokens stay in\n"
           "                      the caches: a conversation's turns); blank and # lines skipped, a bad\n"
-          "                      line reported by its number and the rest still run\n"
-          "  --quiet             print nothing but the generated ids, a line a prompt (an empty line for\n"
-          "                      a bad one): with --prompts -, a line in, a line out\n"
+          "                      line reported by its number and the rest still run. Ids, or with\n"
+          "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
+          "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
+          "                      so), a line a prompt (an empty line for a bad one): with --prompts -, a\n"
+          "                      line in, a line out\n"
           "  --generate N        then N tokens of decoding on the KV cache (default 0), greedy unless:\n"
           "  --temperature X     draw each token from softmax(logits / X), X in [0, 100] (0: greedy, the\n"
           "                      default; 1 when only --top-k or --top-p is given)\n"
@@ -229,7 +241,8 @@ static void print_help(FILE *f)
           "                      (0, 100] (default 1: none), Hugging Face's repetition_penalty\n"
           "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
           "  --stop \"2 13\"       end the generation after one of these tokens (default: the spec's\n"
-          "                      model.eos_token_id, which import-hf takes from the config, if it has one)\n"
+          "                      model.eos_token_id, which import-hf takes from the config, if it has one,\n"
+          "                      else the tokenizer's </s>)\n"
           "  --ignore-eos        generate all N tokens, past the spec's eos_token_id\n"
           "  --top N             next-token candidates printed per position (1..100, default 5)\n"
           "  --perplexity        also each position's negative log-likelihood of the next --ids token,\n"
@@ -280,13 +293,14 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
         else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
         else if (strcmp(o, "--quiet") == 0) r->quiet = true;
+        else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
-                                                 "--repetition-penalty", "--seed", "--stop"};
+                                                 "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -299,7 +313,10 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
     if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
-    if (!r->ids == !r->prompts) return drv_usage("%s", r->ids ? "give one of --ids and --prompts" : "missing --ids (or --prompts)");
+    if (!!r->ids + !!r->prompts + !!r->prompt != 1)
+        return drv_usage("%s", r->ids || r->prompts || r->prompt ? "give one of --ids, --prompt and --prompts" : "missing --ids (or --prompt, --prompts)");
+    if (r->no_bos && !r->prompt && !(r->prompts && r->tokenizer))
+        return drv_usage("%s", "--no-bos applies to text a tokenizer encodes: --prompt, or --prompts with --tokenizer");
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
@@ -495,6 +512,7 @@ typedef struct {
     CudaModel *gpu;
     TuneDb db;
     double macs_linear, macs_grouped;
+    const Tokenizer *tok; /* text in and out (--prompt, --tokenizer), or NULL: ids */
 } Runner;
 
 /* The module to run: the one embedded in a built executable, or the spec lowered and optimised now
@@ -647,7 +665,7 @@ static const double *last_row(const EvalTensor *logits, int64_t *V)
 typedef struct {
     const int32_t *ids; /* generation ends after one of these: --stop's, or the spec's eos_token_id */
     int64_t n;
-    bool eos;           /* the spec's */
+    const char *why;    /* which they are, for the message */
 } StopIds;
 
 static bool is_stop(const StopIds *st, int32_t t)
@@ -686,14 +704,19 @@ static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopI
         fprintf(say, " (greedy");
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
     if (sp->temperature > 0 || sp->repetition_penalty != 1) fprintf(say, ")");
-    fprintf(say, ":");
+    fprintf(say, rn->tok ? " text: " : ":");
+    TextStream text; /* with a tokenizer: the text as it grows (on one line with --quiet) */
+    if (rn->tok) text_stream_begin(&text, rn->tok, rn->r->quiet ? stdout : say, rn->r->quiet, seq, len);
+    int64_t first = len;
     for (int64_t g = 0; g < n; g++) {
-        fprintf(say, " %d", next);
-        if (rn->r->quiet) printf("%s%d", g ? " " : "", next);
+        seq[len] = next;
+        if (rn->tok) text_stream_put(&text, seq, len + 1, false);
+        else fprintf(say, " %d", next);
+        if (rn->r->quiet && !rn->tok) printf("%s%d", g ? " " : "", next);
         fflush(rn->r->quiet ? stdout : say);
         if (g + 1 == n) break;
         if (is_stop(stop, next)) {
-            fprintf(say, "\n (stopped: token %d, %s)", next, stop->eos ? "the spec's eos_token_id" : "a --stop token");
+            fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
             n = g + 1;
             break;
         }
@@ -702,7 +725,6 @@ static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopI
             n = g + 1;
             break;
         }
-        seq[len] = next;
         int32_t *pos = xmalloc((size_t)(len + 1) * sizeof *pos);
         for (int64_t t = 0; t <= len; t++) pos[t] = (int32_t)t;
         bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
@@ -717,6 +739,11 @@ static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopI
     sampler_free(&sm);
     seq[len] = next;
     c->len = len + 1, c->fed = len;
+    if (rn->tok) {
+        text_stream_put(&text, seq, c->len, true);
+        fprintf(say, "\n generated ids:");
+        for (int64_t i = first; i < c->len; i++) fprintf(say, " %d", seq[i]);
+    }
     if (!ok) return false;
     double dt = now_s() - t0;
     fprintf(say, "\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
@@ -745,6 +772,11 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
     }
     memcpy(c->seq + c->len, ids, (size_t)T * sizeof *ids);
     c->len += T;
+    if (rn->tok) { /* what the text became, to compare with another tokenizer */
+        fprintf(say, " prompt ids:");
+        for (int64_t i = 0; i < T && i < 64; i++) fprintf(say, " %d", ids[i]);
+        fprintf(say, "%s\n", T > 64 ? " ..." : "");
+    }
     /* the backends' caches hold positions 0 .. fed - 1; the interpreter keeps none and runs it all */
     int64_t from = r->backend == BACKEND_INTERP ? 0 : c->fed, n = c->len - from;
     int32_t *pos = xmalloc((size_t)n * sizeof *pos);
@@ -776,6 +808,54 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
     return rc;
 }
 
+/* The tokenizer for text in and out: --tokenizer, or for --prompt the tokenizer.model beside
+ * --weights; *out NULL when neither is asked for. False (with a message) when one is needed and
+ * missing, or is not this model's. */
+static bool open_tokenizer(const RunArgs *r, const ModelSpec *s, Tokenizer **out)
+{
+    char found[4096];
+    const char *path = r->tokenizer;
+    *out = NULL;
+    if (!path && r->prompt && r->weights && tokenizer_beside(r->weights, found, sizeof found)) path = found;
+    if (!path && r->prompt) {
+        drv_err("--prompt: text needs a tokenizer: give --tokenizer FILE (a checkpoint's tokenizer.model)%s\n",
+                r->weights ? "; there is none beside --weights" : "");
+        return false;
+    }
+    RtError err;
+    if (!path) return true;
+    if (!tokenizer_load(path, out, &err)) return fprintf(stderr, "%s\n", err.msg), false;
+    if (tokenizer_size(*out) > s->vocab) {
+        drv_err("%s: %lld pieces, more than the model's vocabulary of %lld: not this model's tokenizer\n", path,
+                (long long)tokenizer_size(*out), (long long)s->vocab);
+        tokenizer_free(*out);
+        *out = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* Text as ids: the beginning-of-sequence id first where bos (and not --no-bos), then the
+ * tokenizer's encoding. NULL (after a message) when they are none or more than max_positions. */
+static int32_t *encode_text(const Tokenizer *tok, const RunArgs *r, const ModelSpec *s, const char *what, const char *text,
+                            size_t n, bool bos, int64_t *T)
+{
+    int32_t *enc;
+    int64_t k = tokenizer_encode(tok, text, n, &enc), b = bos && !r->no_bos && tokenizer_bos(tok) >= 0;
+    *T = k + b;
+    if (*T == 0 || *T > s->max_positions) {
+        drv_err("%s: %lld tokens%s\n", what, (long long)*T,
+                *T ? ", more than max_positions" : " (no text, and no beginning-of-sequence id)");
+        free(enc);
+        return NULL;
+    }
+    int32_t *ids = xmalloc((size_t)*T * sizeof *ids);
+    if (b) ids[0] = tokenizer_bos(tok);
+    memcpy(ids + b, enc, (size_t)k * sizeof *ids);
+    free(enc);
+    return ids;
+}
+
 /* --perplexity needs a next token to predict. */
 static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
 {
@@ -804,6 +884,21 @@ static bool read_line(FILE *in, char **buf, size_t *cap, size_t limit, bool *too
     return true;
 }
 
+/* A --prompts line of text, body its part after any + (at column col): its escapes read, encoded
+ * (bos: the beginning-of-sequence id first, for a new sequence). */
+static int32_t *prompt_line_text(const Runner *rn, const char *what, const char *body, size_t col, bool bos, int64_t *T)
+{
+    size_t n = strlen(body), bad;
+    char *text = xmalloc(n + 1), shown[8];
+    int32_t *ids = NULL;
+    if (!text_unescape(body, n, text, &n, &bad)) {
+        str_escape(body + bad, body[bad + 1] ? 2 : 1, shown, sizeof shown);
+        drv_err("%s, column %zu: '%s' is not an escape (\\n \\t \\r \\\\ \\xHH)\n", what, col + bad, shown);
+    } else ids = encode_text(rn->tok, rn->r, rn->s, what, text, n, bos, T);
+    free(text);
+    return ids;
+}
+
 /* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
  * loaded model; a line starting with + continues the sequence before it (prompts and generated
  * tokens, kept in the caches: a conversation's turns). A bad line is reported by its number and
@@ -819,14 +914,16 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
     while (read_line(in, &line, &cap, limit, &too_long)) {
         n++;
-        line[strcspn(line, "\r")] = 0;
-        const char *p = line + strspn(line, " \t,");
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[--len] = 0;
+        const char *p = rn->tok ? line : line + strspn(line, " \t,"); /* text keeps its spaces */
         if (!too_long && (!*p || *p == '#')) continue;
         bool more = *p == '+';
         snprintf(what, sizeof what, "--prompts line %lld", (long long)n);
         int64_t T = 0;
         int32_t *ids = NULL;
         if (too_long) drv_err("%s: longer than %zu bytes\n", what, limit);
+        else if (rn->tok) ids = prompt_line_text(rn, what, p + more, 1 + more, !more, &T);
         else ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
         int bad = !ids || !prompt_ok(rn->r, what, T);
         if (!bad && more && c.len == 0) {
@@ -871,12 +968,16 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     int32_t *ids = NULL, *stop_ids = NULL;
     FILE *prompts = NULL;
     StopIds stop = {0};
+    Tokenizer *tok = NULL;
     rc = 1;
     if (r.quiet && !(say = fopen("/dev/null", "w"))) {
         drv_err("--quiet: cannot open /dev/null: %s\n", strerror(errno));
         return 1;
     }
-    if (r.prompts) {
+    if (!open_tokenizer(&r, &s, &tok)) goto out;
+    if (r.prompt) {
+        if (!(ids = encode_text(tok, &r, &s, "--prompt", r.prompt, strlen(r.prompt), true, &T)) || !prompt_ok(&r, "--prompt", T)) goto out;
+    } else if (r.prompts) {
         prompts = strcmp(r.prompts, "-") == 0 ? stdin : fopen(r.prompts, "r");
         if (!prompts) {
             drv_err("--prompts '%s': %s\n", r.prompts, strerror(errno));
@@ -886,11 +987,12 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         goto out;
     }
     if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) goto out;
-    int32_t eos = (int32_t)s.eos_token_id; /* the spec checked it against the vocabulary */
-    if (!r.stop && s.has_eos && !r.ignore_eos) stop = (StopIds){&eos, 1, true};
+    int32_t eos = s.has_eos ? (int32_t)s.eos_token_id : tok ? tokenizer_eos(tok) : -1; /* checked against the vocabulary */
+    if (!r.stop && eos >= 0 && !r.ignore_eos) stop = (StopIds){&eos, 1, s.has_eos ? "the spec's eos_token_id" : "the tokenizer's </s>"};
+    else if (r.stop) stop.why = "a --stop token";
     fprintf(say, "%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
             (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
-    if (prompts) fprintf(say, "prompts from %s; weights: ", prompts == stdin ? "standard input" : r.prompts);
+    if (prompts) fprintf(say, "prompts%s from %s; weights: ", tok ? " (text)" : "", prompts == stdin ? "standard input" : r.prompts);
     else fprintf(say, "%lld tokens; weights: ", (long long)T);
     if (r.random) fprintf(say, "random (seed %llu)\n", (unsigned long long)r.seed);
     else fprintf(say, "%s\n", r.weights);
@@ -899,6 +1001,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (open_weights(&r, &s, &w)) {
         Runner rn;
         if (runner_init(&rn, &r, &s, w)) {
+            rn.tok = tok;
             if (prompts) {
                 rc = run_prompts(&rn, prompts, &stop);
             } else {
@@ -916,5 +1019,6 @@ out:
     if (say != stdout) fclose(say);
     free(ids);
     free(stop_ids);
+    tokenizer_free(tok);
     return rc;
 }

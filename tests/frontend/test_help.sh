@@ -21,6 +21,7 @@ declare -A parsers=(
   [tune]="tools/common.c:tune_parse_args"
   [emit]="tools/build.c:cmd_emit"
   [build]="tools/build.c:cmd_build"
+  [tokenize]="tools/tokenize.c:cmd_tokenize"
 )
 # The option literals of function fn in file (from its definition to the first "}" in column 1).
 options_of() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_corpus.sh BUILD_DIR: (re)writes the seed corpora tests/fuzz/corpus/<target>/ from the
 # repository's real inputs — the shipped and tiny specs, the bad specs of the error tests, the HF
-# configs, the golden IR of every pass stage, the shipped tuning databases — and small checkpoints
+# configs, the golden IR of every pass stage, the shipped tuning databases, tokenizer models — and small checkpoints
 # written by `moeppc init-weights` for micro specs plus a few hand-made edge cases (mk_safetensors.py).
 # Each seed stays under 64 KB. Run it by hand after the formats change; the fuzzers never write here.
 set -euo pipefail
@@ -9,7 +9,7 @@ build=$(cd "${1:?usage: make_corpus.sh BUILD_DIR}" && pwd)
 cd "$(dirname "$0")/../.."
 out=tests/fuzz/corpus
 rm -rf "$out"
-mkdir -p "$out"/{spec,hf_config,safetensors,safetensors_index,ir,tuning}
+mkdir -p "$out"/{spec,hf_config,safetensors,safetensors_index,ir,tuning,tokenizer}
 
 # spec: every shipped spec and every bad spec of the golden error tests
 cp specs/*.yaml specs/tiny/*.yaml "$out/spec/"
@@ -42,6 +42,11 @@ for dt in f32 bf16 f16; do
   "$build/moeppc" init-weights "$tmp/micro-$dt.yaml" --seed 1 -o "$out/safetensors/micro-$dt.safetensors" >/dev/null
 done
 /usr/bin/python3 tests/fuzz/mk_safetensors.py "$out/safetensors" "$out/safetensors_index"
+
+# tokenizer: SentencePiece models trained by the sentencepiece library (LLaMA's settings; unused
+# pieces; a small character map of its own), as the runtime_tokenizer test trains them
+/usr/bin/python3 tests/runtime/tokenizer_cases.py "$tmp/tok" >/dev/null
+cp "$tmp"/tok/{llama,unused,rules}.model "$out/tokenizer/"
 
 find "$out" -type f -size +64k -print -delete | sed 's/^/too large, dropped: /'
 du -sh "$out"

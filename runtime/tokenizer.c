@@ -1,0 +1,755 @@
+/* tokenizer.c — text to token ids and back with a SentencePiece BPE model (runtime.h, "text and
+ * token ids"): the tokenizer.model of LLaMA-family checkpoints, the released MoE++ one included.
+ *
+ * The file is a protobuf ModelProto; only the fields the encoder and decoder need are read (pieces,
+ * the trainer's model type, byte fallback and special pieces, the normalizer's rules and its
+ * precompiled character map), with a reader of protobuf's wire format, since protobuf-c would need
+ * generated code for these few fields. The algorithm is SentencePiece's own (bpe_model.cc,
+ * normalizer.cc, sentencepiece_processor.cc): normalise (the character map's longest match, or one
+ * UTF-8 character, a bad byte becoming U+FFFD; spaces as U+2581 '▁', a dummy one in front), split into
+ * characters, merge repeatedly the adjacent pair whose concatenation is the best-scored piece (the
+ * leftmost on ties), split any unused piece back into what formed it, and spell a piece outside the
+ * vocabulary in byte pieces <0xXX> (or <unk> without byte fallback). tests/runtime/test_tokenizer.sh
+ * checks it against the sentencepiece library itself. */
+#include "runtime/runtime.h"
+#include "runtime/weights_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+enum { PIECE_NORMAL = 1, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER, PIECE_UNUSED, PIECE_BYTE };
+enum { MODEL_UNIGRAM = 1, MODEL_BPE, MODEL_WORD, MODEL_CHAR };
+#define TOK_MAX_FILE ((size_t)1 << 30) /* a tokenizer.model is a few MB; refuse what is not one */
+
+typedef struct {
+    char    *s;
+    uint32_t len;
+    float    score;
+    uint8_t  type;
+} Piece;
+
+/* Open addressing on a hash of the piece's bytes: ids of the pieces in one of two sets. */
+typedef struct {
+    int32_t *slot; /* [mask + 1], -1 empty */
+    uint32_t mask;
+} PieceMap;
+
+struct Tokenizer {
+    Piece   *piece; /* [n] */
+    int32_t  n;
+    PieceMap normal;   /* NORMAL, USER_DEFINED, UNUSED: what merges may form */
+    PieceMap reserved; /* UNKNOWN, CONTROL, BYTE */
+    int32_t  unk, bos, eos;
+    int32_t  byte_id[256]; /* the piece <0xXX> of each byte, with byte fallback */
+    int32_t *user;         /* [n_user] USER_DEFINED pieces: never split, never normalised */
+    int32_t  n_user;
+    bool     byte_fallback, add_dummy_prefix, remove_extra_ws, escape_ws, ws_suffix;
+    char    *unk_surface;
+    uint32_t *trie; /* the character map: a darts-clone double array [n_trie] */
+    uint32_t  n_trie;
+    char     *norm; /* [n_norm] the replacements it points at, NUL-terminated */
+    uint32_t  n_norm;
+};
+
+static const char SPACE[] = "\xe2\x96\x81"; /* U+2581, what a space becomes */
+
+/* ---- protobuf's wire format ---------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p, *end, *base; /* base: the file's start, for offsets in messages */
+    const char    *name;
+    RtError       *err;
+} Pb;
+
+static bool pb_fail(Pb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool pb_fail(Pb *b, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    rt_errorf(b->err, b->name, "byte %lld: %s", (long long)(b->p - b->base), what);
+    return false;
+}
+
+static bool pb_varint(Pb *b, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (b->p == b->end) return pb_fail(b, "a varint runs past the end of its message (a truncated file?)");
+        uint8_t c = *b->p++;
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) return true;
+    }
+    return pb_fail(b, "a varint longer than 10 bytes (not a protobuf file?)");
+}
+
+/* One field: its number and wire type; a length-delimited one's bytes in *sub, a number's in *v
+ * (a fixed32's bits too). */
+static bool pb_field(Pb *b, uint32_t *field, uint64_t *v, Pb *sub)
+{
+    uint64_t tag;
+    if (!pb_varint(b, &tag)) return false;
+    *field = (uint32_t)(tag >> 3);
+    if (tag >> 3 == 0 || tag >> 3 > 536870911u) return pb_fail(b, "field number %llu (not a protobuf file?)", (unsigned long long)(tag >> 3));
+    switch (tag & 7) {
+    case 0: return pb_varint(b, v);
+    case 1:
+    case 5: {
+        size_t k = (tag & 7) == 1 ? 8 : 4;
+        if ((size_t)(b->end - b->p) < k) return pb_fail(b, "a fixed-size field runs past the end of its message");
+        *v = 0;
+        for (size_t i = 0; i < k; i++) *v |= (uint64_t)b->p[i] << (8 * i);
+        b->p += k;
+        return true;
+    }
+    case 2:
+        if (!pb_varint(b, v)) return false;
+        if (*v > (uint64_t)(b->end - b->p)) return pb_fail(b, "field %u's %llu bytes run past the end of its message", *field, (unsigned long long)*v);
+        *sub = (Pb){b->p, b->p + *v, b->base, b->name, b->err};
+        b->p += *v;
+        return true;
+    default: return pb_fail(b, "field %u has wire type %u, which these files do not use (not a tokenizer.model?)", *field, (unsigned)(tag & 7));
+    }
+}
+
+static float pb_float(uint64_t bits)
+{
+    uint32_t u = (uint32_t)bits;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- piece sets ------------------------------------------------------------------------------ */
+
+static uint32_t piece_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static int32_t map_find(const Tokenizer *t, const PieceMap *m, const char *s, size_t n)
+{
+    for (uint32_t i = piece_hash(s, n) & m->mask;; i = (i + 1) & m->mask) {
+        int32_t id = m->slot[i];
+        if (id < 0) return -1;
+        if (t->piece[id].len == n && memcmp(t->piece[id].s, s, n) == 0) return id;
+    }
+}
+
+/* SentencePiece's PieceToId: the reserved pieces first, then the rest; the unknown piece otherwise. */
+static int32_t piece_id(const Tokenizer *t, const char *s, size_t n)
+{
+    int32_t id = map_find(t, &t->reserved, s, n);
+    if (id < 0) id = map_find(t, &t->normal, s, n);
+    return id < 0 ? t->unk : id;
+}
+
+/* ---- loading --------------------------------------------------------------------------------- */
+
+static bool parse_piece(Pb *b, Tokenizer *t)
+{
+    Piece pc = {.type = PIECE_NORMAL};
+    const uint8_t *at = b->p;
+    uint32_t f;
+    uint64_t v;
+    Pb sub = {0};
+    bool have = false;
+    while (b->p < b->end) {
+        if (!pb_field(b, &f, &v, &sub)) return free(pc.s), false;
+        if (f == 1 && sub.p) {
+            free(pc.s);
+            pc.s = xmalloc(v + 1);
+            memcpy(pc.s, sub.p, v);
+            pc.s[v] = 0;
+            pc.len = (uint32_t)v, have = true;
+        } else if (f == 2) pc.score = pb_float(v);
+        else if (f == 3) pc.type = (uint8_t)(v >= PIECE_NORMAL && v <= PIECE_BYTE ? v : 0);
+        sub.p = NULL;
+    }
+    b->p = at;
+    if (!have || !pc.type || pc.len == 0) {
+        free(pc.s);
+        return pb_fail(b, "piece %d: %s", t->n, !have || pc.len == 0 ? "no text" : "an unknown type");
+    }
+    t->piece = xrealloc(t->piece, (size_t)(t->n + 1) * sizeof *t->piece);
+    t->piece[t->n++] = pc;
+    return true;
+}
+
+typedef struct {
+    uint64_t model_type;
+    char    *bos_piece, *eos_piece;
+    Pb       charsmap;
+} Specs;
+
+static char *pb_string(const Pb *sub)
+{
+    size_t n = (size_t)(sub->end - sub->p);
+    char *s = xmalloc(n + 1);
+    memcpy(s, sub->p, n);
+    s[n] = 0;
+    return s;
+}
+
+static bool parse_trainer(Pb *b, Tokenizer *t, Specs *sp)
+{
+    uint32_t f;
+    uint64_t v;
+    Pb sub = {0};
+    while (b->p < b->end) {
+        if (!pb_field(b, &f, &v, &sub)) return false;
+        if (f == 3) sp->model_type = v;
+        else if (f == 24) t->ws_suffix = v != 0;
+        else if (f == 35) t->byte_fallback = v != 0;
+        else if (f == 44 && sub.p) free(t->unk_surface), t->unk_surface = pb_string(&sub);
+        else if (f == 46 && sub.p) free(sp->bos_piece), sp->bos_piece = pb_string(&sub);
+        else if (f == 47 && sub.p) free(sp->eos_piece), sp->eos_piece = pb_string(&sub);
+        sub.p = NULL;
+    }
+    return true;
+}
+
+static bool parse_normalizer(Pb *b, Tokenizer *t, Specs *sp)
+{
+    uint32_t f;
+    uint64_t v;
+    Pb sub = {0};
+    while (b->p < b->end) {
+        if (!pb_field(b, &f, &v, &sub)) return false;
+        if (f == 2 && sub.p) sp->charsmap = sub;
+        else if (f == 3) t->add_dummy_prefix = v != 0;
+        else if (f == 4) t->remove_extra_ws = v != 0;
+        else if (f == 5) t->escape_ws = v != 0;
+        sub.p = NULL;
+    }
+    return true;
+}
+
+/* The precompiled character map: a little-endian uint32 byte count of the trie, the trie's units,
+ * then the replacement strings the trie's values point at. */
+static bool load_charsmap(Pb *b, Tokenizer *t)
+{
+    size_t n = (size_t)(b->end - b->p);
+    if (n == 0) return true;
+    uint32_t trie_bytes = 0;
+    if (n >= 4) memcpy(&trie_bytes, b->p, 4);
+    if (n < 4 || trie_bytes % 4 || trie_bytes == 0 || trie_bytes > n - 4)
+        return pb_fail(b, "the normalizer's character map (%zu bytes) is malformed: its trie of %u bytes", n, trie_bytes);
+    t->n_trie = trie_bytes / 4;
+    t->trie = xmalloc(trie_bytes);
+    memcpy(t->trie, b->p + 4, trie_bytes);
+    t->n_norm = (uint32_t)(n - 4 - trie_bytes);
+    t->norm = xmalloc((size_t)t->n_norm + 1);
+    memcpy(t->norm, b->p + 4 + trie_bytes, t->n_norm);
+    t->norm[t->n_norm] = 0; /* the last replacement ends even if the file forgot to end it */
+    return true;
+}
+
+static void map_build(const Tokenizer *t, PieceMap *m, bool reserved)
+{
+    uint32_t size = 16;
+    while (size < 2u * (uint32_t)t->n) size *= 2;
+    m->mask = size - 1;
+    m->slot = xmalloc(size * sizeof *m->slot);
+    memset(m->slot, 0xff, size * sizeof *m->slot);
+    for (int32_t id = 0; id < t->n; id++) {
+        uint8_t ty = t->piece[id].type;
+        if ((ty == PIECE_UNKNOWN || ty == PIECE_CONTROL || ty == PIECE_BYTE) != reserved) continue;
+        uint32_t i = piece_hash(t->piece[id].s, t->piece[id].len) & m->mask;
+        while (m->slot[i] >= 0) i = (i + 1) & m->mask;
+        m->slot[i] = id;
+    }
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* What SentencePiece checks when it loads a model, and what this file needs of it. */
+static bool check_model(Tokenizer *t, const Specs *sp, const char *name, RtError *err)
+{
+    const char *type_name[] = {"?", "unigram", "bpe", "word", "char"};
+    if (sp->model_type != MODEL_BPE) {
+        rt_errorf(err, name, "a SentencePiece %s model: moeppc reads BPE models (LLaMA's tokenizer.model is one)",
+                  sp->model_type <= MODEL_CHAR ? type_name[sp->model_type] : "unknown");
+        return false;
+    }
+    if (t->n == 0) return rt_errorf(err, name, "no pieces (not a tokenizer.model?)"), false;
+    map_build(t, &t->normal, false);
+    map_build(t, &t->reserved, true);
+    t->unk = t->bos = t->eos = -1;
+    for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
+    for (int32_t id = 0; id < t->n; id++) {
+        const Piece *p = &t->piece[id];
+        bool reserved = p->type == PIECE_UNKNOWN || p->type == PIECE_CONTROL || p->type == PIECE_BYTE;
+        if (map_find(t, reserved ? &t->reserved : &t->normal, p->s, p->len) != id) {
+            char shown[48];
+            str_escape(p->s, p->len, shown, sizeof shown);
+            return rt_errorf(err, name, "piece %d \"%s\" is already defined", id, shown), false;
+        }
+        if (p->type == PIECE_UNKNOWN) {
+            if (t->unk >= 0) return rt_errorf(err, name, "pieces %d and %d are both the unknown piece", t->unk, id), false;
+            t->unk = id;
+        }
+        if (p->type == PIECE_USER) t->user = xrealloc(t->user, (size_t)(t->n_user + 1) * sizeof *t->user), t->user[t->n_user++] = id;
+        if (p->type == PIECE_BYTE) {
+            int hi = p->len == 6 ? hexval(p->s[3]) : -1, lo = p->len == 6 ? hexval(p->s[4]) : -1;
+            if (!t->byte_fallback || hi < 0 || lo < 0 || memcmp(p->s, "<0x", 3) || p->s[5] != '>')
+                return rt_errorf(err, name, "piece %d is a byte piece, but %s", id,
+                                t->byte_fallback ? "not of the form <0xXX>" : "the model has no byte fallback"), false;
+            t->byte_id[hi * 16 + lo] = id;
+        }
+    }
+    if (t->unk < 0) return rt_errorf(err, name, "no unknown piece (every model has one)"), false;
+    for (int i = 0; t->byte_fallback && i < 256; i++)
+        if (t->byte_id[i] < 0) return rt_errorf(err, name, "byte fallback, but no piece <0x%02X>", i), false;
+    int32_t b = map_find(t, &t->reserved, sp->bos_piece, strlen(sp->bos_piece));
+    int32_t e = map_find(t, &t->reserved, sp->eos_piece, strlen(sp->eos_piece));
+    t->bos = b >= 0 && t->piece[b].type == PIECE_CONTROL ? b : -1;
+    t->eos = e >= 0 && t->piece[e].type == PIECE_CONTROL ? e : -1;
+    return true;
+}
+
+bool tokenizer_parse(const void *data, size_t n, const char *name, Tokenizer **out, RtError *err)
+{
+    Tokenizer *t = xcalloc(1, sizeof *t);
+    t->add_dummy_prefix = t->remove_extra_ws = t->escape_ws = true; /* the proto's defaults */
+    t->unk_surface = xstrdup(" \xe2\x81\x87 ");
+    Specs sp = {.model_type = MODEL_UNIGRAM, .bos_piece = xstrdup("<s>"), .eos_piece = xstrdup("</s>")};
+    Pb b = {data, (const uint8_t *)data + n, data, name, err}, sub = {0};
+    bool ok = true;
+    uint32_t f;
+    uint64_t v;
+    while (ok && b.p < b.end) {
+        if (!(ok = pb_field(&b, &f, &v, &sub))) break;
+        if (sub.p && f == 1) ok = parse_piece(&sub, t);
+        else if (sub.p && f == 2) ok = parse_trainer(&sub, t, &sp);
+        else if (sub.p && f == 3) ok = parse_normalizer(&sub, t, &sp);
+        sub.p = NULL;
+    }
+    if (ok) ok = load_charsmap(&sp.charsmap, t) && check_model(t, &sp, name, err);
+    free(sp.bos_piece);
+    free(sp.eos_piece);
+    if (!ok) {
+        tokenizer_free(t);
+        return false;
+    }
+    *out = t;
+    return true;
+}
+
+bool tokenizer_load(const char *path, Tokenizer **out, RtError *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return rt_errorf(err, path, "%s", strerror(errno)), false;
+    size_t cap = 1 << 20, n = 0, got;
+    char *data = xmalloc(cap);
+    while ((got = fread(data + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap && cap < TOK_MAX_FILE) data = xrealloc(data, cap *= 2);
+        else if (n == cap) break;
+    }
+    bool bad = ferror(f) != 0, big = n == TOK_MAX_FILE && fgetc(f) != EOF;
+    fclose(f);
+    bool ok = false;
+    if (bad) rt_errorf(err, path, "read error");
+    else if (big) rt_errorf(err, path, "larger than %zu MiB: not a tokenizer.model", TOK_MAX_FILE >> 20);
+    else ok = tokenizer_parse(data, n, path, out, err);
+    free(data);
+    return ok;
+}
+
+void tokenizer_free(Tokenizer *t)
+{
+    if (!t) return;
+    for (int32_t i = 0; i < t->n; i++) free(t->piece[i].s);
+    free(t->piece);
+    free(t->normal.slot);
+    free(t->reserved.slot);
+    free(t->user);
+    free(t->unk_surface);
+    free(t->trie);
+    free(t->norm);
+    free(t);
+}
+
+int64_t     tokenizer_size(const Tokenizer *t) { return t->n; }
+int32_t     tokenizer_bos(const Tokenizer *t) { return t->bos; }
+int32_t     tokenizer_eos(const Tokenizer *t) { return t->eos; }
+const char *tokenizer_piece(const Tokenizer *t, int32_t id) { return t->piece[id].s; }
+
+/* ---- normalising ----------------------------------------------------------------------------- */
+
+/* The length of the valid UTF-8 character at s (SentencePiece's IsValidDecodeUTF8: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), 0 if it is not one. */
+static size_t utf8_char(const uint8_t *s, size_t n)
+{
+    if (n == 0) return 0;
+    uint8_t c = s[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (len == 0 || len > n) return 0;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return len;
+}
+
+/* The longest user-defined piece at s, its length (0: none). */
+static size_t user_match(const Tokenizer *t, const char *s, size_t n)
+{
+    size_t best = 0;
+    for (int32_t i = 0; i < t->n_user; i++) {
+        const Piece *p = &t->piece[t->user[i]];
+        if (p->len > best && p->len <= n && memcmp(p->s, s, p->len) == 0) best = p->len;
+    }
+    return best;
+}
+
+/* The longest key of the character map that prefixes s: its replacement's offset in t->norm, and
+ * its length in *len (0: none). A darts-clone double array: unit = label, has-leaf bit, offset. */
+static uint32_t charsmap_match(const Tokenizer *t, const uint8_t *s, size_t n, size_t *len)
+{
+    *len = 0;
+    uint32_t value = 0, pos = 0, u = t->trie[0];
+    pos ^= (u >> 10) << ((u & (1u << 9)) >> 6);
+    for (size_t i = 0; i < n; i++) {
+        pos ^= s[i];
+        if (pos >= t->n_trie) break;
+        u = t->trie[pos];
+        if ((u & ((1u << 31) | 0xff)) != s[i]) break;
+        pos ^= (u >> 10) << ((u & (1u << 9)) >> 6);
+        if (pos >= t->n_trie) break;
+        if ((u >> 8) & 1) value = t->trie[pos] & 0x7fffffffu, *len = i + 1;
+    }
+    return value;
+}
+
+/* What the next piece of the input becomes (*out, *out_n) and how many bytes it takes. */
+static size_t normalize_prefix(const Tokenizer *t, const char *s, size_t n, const char **out, size_t *out_n)
+{
+    size_t len = user_match(t, s, n);
+    if (len) return *out = s, *out_n = len, len;
+    if (t->trie) {
+        uint32_t v = charsmap_match(t, (const uint8_t *)s, n, &len);
+        if (len && v < t->n_norm) return *out = t->norm + v, *out_n = strlen(t->norm + v), len;
+    }
+    len = utf8_char((const uint8_t *)s, n);
+    if (len) return *out = s, *out_n = len, len;
+    return *out = "\xef\xbf\xbd", *out_n = 3, 1; /* U+FFFD for a byte that begins no character */
+}
+
+typedef struct {
+    char  *s;
+    size_t n, cap;
+} Buf;
+
+static void buf_put(Buf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap) b->s = xrealloc(b->s, b->cap = 2 * (b->n + n + 1) + 64);
+    memcpy(b->s + b->n, s, n);
+    b->s[b->n += n] = 0;
+}
+
+static void put_space(const Tokenizer *t, Buf *o)
+{
+    if (t->escape_ws) buf_put(o, SPACE, 3);
+    else buf_put(o, " ", 1);
+}
+
+/* SentencePiece's Normalizer::Normalize. */
+static void normalize(const Tokenizer *t, const char *s, size_t n, Buf *o)
+{
+    const char *r;
+    size_t rn, k;
+    while (t->remove_extra_ws && n && (k = normalize_prefix(t, s, n, &r, &rn)) && rn == 1 && *r == ' ') s += k, n -= k;
+    if (n == 0) return;
+    if (!t->ws_suffix && t->add_dummy_prefix) put_space(t, o);
+    bool prev_space = t->remove_extra_ws;
+    while (n) {
+        k = normalize_prefix(t, s, n, &r, &rn);
+        while (prev_space && rn && *r == ' ') r++, rn--;
+        for (size_t i = 0; i < rn; i++)
+            if (t->escape_ws && r[i] == ' ') put_space(t, o);
+            else buf_put(o, r + i, 1);
+        if (rn) prev_space = r[rn - 1] == ' ';
+        s += k, n -= k;
+        if (!t->remove_extra_ws) prev_space = false;
+    }
+    size_t sl = t->escape_ws ? 3 : 1;
+    while (t->remove_extra_ws && o->n >= sl && memcmp(o->s + o->n - sl, t->escape_ws ? SPACE : " ", sl) == 0) o->s[o->n -= sl] = 0;
+    if (t->ws_suffix && t->add_dummy_prefix) put_space(t, o);
+}
+
+/* ---- BPE ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t  prev, next; /* the neighbours still standing, -1 at the ends */
+    uint32_t off, len;   /* its bytes in the normalised text; 0 once merged into its left */
+    bool     freeze;     /* a user-defined piece */
+} Sym;
+
+typedef struct {
+    float    score;
+    int32_t  left, right;
+    uint32_t len; /* of the merged piece: a pair gone stale no longer adds up to it */
+} Pair;
+
+typedef struct {
+    Pair  *a;
+    size_t n, cap;
+} Heap;
+
+/* The best pair first: the higher score, then the leftmost. */
+static bool pair_before(const Pair *x, const Pair *y)
+{
+    return x->score > y->score || (x->score == y->score && x->left < y->left);
+}
+
+static void heap_push(Heap *h, Pair p)
+{
+    if (h->n == h->cap) h->a = xrealloc(h->a, (h->cap = 2 * h->cap + 64) * sizeof *h->a);
+    size_t i = h->n++;
+    for (; i > 0 && pair_before(&p, &h->a[(i - 1) / 2]); i = (i - 1) / 2) h->a[i] = h->a[(i - 1) / 2];
+    h->a[i] = p;
+}
+
+static Pair heap_pop(Heap *h)
+{
+    Pair top = h->a[0], last = h->a[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && pair_before(&h->a[c + 1], &h->a[c])) c++;
+        if (!pair_before(&h->a[c], &last)) break;
+        h->a[i] = h->a[c], i = c;
+    }
+    if (h->n) h->a[i] = last;
+    return top;
+}
+
+typedef struct {
+    const Tokenizer *t;
+    const char      *text;  /* normalised */
+    Sym             *sym;
+    Heap             heap;
+    uint32_t        *split; /* [t->n] with unused pieces: the left part's length in the last pair that formed each */
+    int32_t         *ids;
+    int64_t          n_ids, cap_ids;
+} Bpe;
+
+static void bpe_try(Bpe *e, int32_t l, int32_t r)
+{
+    if (l < 0 || r < 0 || e->sym[l].freeze || e->sym[r].freeze) return;
+    uint32_t len = e->sym[l].len + e->sym[r].len;
+    int32_t id = map_find(e->t, &e->t->normal, e->text + e->sym[l].off, len);
+    if (id < 0) return;
+    heap_push(&e->heap, (Pair){e->t->piece[id].score, l, r, len});
+    if (e->t->piece[id].type == PIECE_UNUSED) {
+        if (!e->split) e->split = xcalloc((size_t)e->t->n, sizeof *e->split);
+        e->split[id] = e->sym[l].len;
+    }
+}
+
+static void bpe_emit(Bpe *e, int32_t id)
+{
+    if (e->n_ids == e->cap_ids) e->ids = xrealloc(e->ids, (size_t)(e->cap_ids = 2 * e->cap_ids + 16) * sizeof *e->ids);
+    e->ids[e->n_ids++] = id;
+}
+
+/* A final symbol's ids: an unused piece split back into what formed it (the last pair that formed
+ * it), a piece outside the vocabulary spelt in bytes where the model falls back, or else <unk> (once
+ * for a run of them, as SentencePiece writes it). The parts to do wait on a stack, left on top. */
+static void bpe_output(Bpe *e, const char *s, uint32_t len)
+{
+    const Tokenizer *t = e->t;
+    size_t n = 1, cap = 16;
+    struct Part {
+        const char *s;
+        uint32_t    len;
+    } *stack = xmalloc(cap * sizeof *stack);
+    stack[0] = (struct Part){s, len};
+    while (n) {
+        struct Part p = stack[--n];
+        int32_t id = piece_id(t, p.s, p.len);
+        if (id != t->unk && t->piece[id].type == PIECE_UNUSED && e->split && e->split[id]) {
+            if (n + 2 > cap) stack = xrealloc(stack, (cap *= 2) * sizeof *stack);
+            uint32_t ll = e->split[id];
+            stack[n++] = (struct Part){p.s + ll, p.len - ll};
+            stack[n++] = (struct Part){p.s, ll};
+        } else if (id == t->unk && t->byte_fallback) {
+            for (uint32_t i = 0; i < p.len; i++) bpe_emit(e, t->byte_id[(uint8_t)p.s[i]]);
+        } else if (!(id == t->unk && e->n_ids && e->ids[e->n_ids - 1] == t->unk)) { /* a run of unknowns: one */
+            bpe_emit(e, id);
+        }
+    }
+    free(stack);
+}
+
+int64_t tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t **ids)
+{
+    Buf norm = {0};
+    normalize(t, text, n, &norm);
+    Bpe e = {.t = t, .text = norm.s};
+    int32_t n_sym = 0;
+    e.sym = xmalloc((norm.n + 1) * sizeof *e.sym);
+    for (size_t off = 0; off < norm.n; n_sym++) {
+        size_t k = user_match(t, norm.s + off, norm.n - off), u = k ? k : utf8_char((const uint8_t *)norm.s + off, norm.n - off);
+        if (!u) u = 1; /* cannot happen after normalising: a stray byte would have become U+FFFD */
+        e.sym[n_sym] = (Sym){n_sym - 1, -1, (uint32_t)off, (uint32_t)u, k > 0};
+        if (n_sym) e.sym[n_sym - 1].next = n_sym;
+        off += u;
+    }
+    for (int32_t i = 1; i < n_sym; i++) bpe_try(&e, i - 1, i);
+    while (e.heap.n) {
+        Pair p = heap_pop(&e.heap);
+        Sym *l = &e.sym[p.left], *r = &e.sym[p.right];
+        if (l->len == 0 || r->len == 0 || l->len + r->len != p.len || l->next != p.right) continue;
+        l->len += r->len;
+        l->next = r->next;
+        if (r->next >= 0) e.sym[r->next].prev = p.left;
+        r->len = 0;
+        bpe_try(&e, l->prev, p.left);
+        bpe_try(&e, p.left, l->next);
+    }
+    for (int32_t i = n_sym ? 0 : -1; i >= 0; i = e.sym[i].next) bpe_output(&e, norm.s + e.sym[i].off, e.sym[i].len);
+    free(e.sym);
+    free(e.heap.a);
+    free(e.split);
+    free(norm.s);
+    *ids = e.ids ? e.ids : xmalloc(sizeof **ids);
+    return e.n_ids;
+}
+
+/* ---- decoding -------------------------------------------------------------------------------- */
+
+/* Bytes of byte pieces as text: each valid UTF-8 character as it is, each other byte as U+FFFD; an
+ * incomplete character at the end kept back when hold (it may be completed by what follows). */
+static size_t flush_bytes(Buf *o, const uint8_t *b, size_t n, bool hold)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t k = utf8_char(b + i, n - i);
+        if (!k && hold) {
+            uint8_t c = b[i];
+            size_t want = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+            bool prefix = want > n - i;
+            for (size_t j = i + 1; prefix && j < n; j++) prefix = (b[j] & 0xc0) == 0x80;
+            if (prefix) return i; /* b[i..n) may yet become a character */
+        }
+        if (k) buf_put(o, (const char *)b + i, k), i += k;
+        else buf_put(o, "\xef\xbf\xbd", 3), i++;
+    }
+    return n;
+}
+
+char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len)
+{
+    Buf o = {0};
+    buf_put(&o, "", 0);
+    uint8_t *bytes = xmalloc((size_t)n + 1);
+    size_t nb = 0;
+    bool bos_ws = true; /* a leading space, the one normalising added, is still to drop */
+    for (int64_t i = 0; i <= n; i++) {
+        bool known = i < n && ids[i] >= 0 && ids[i] < t->n; /* an id past the pieces: nothing */
+        const Piece *p = known ? &t->piece[ids[i]] : NULL;
+        if (p && p->type == PIECE_BYTE) {
+            bytes[nb++] = (uint8_t)(hexval(p->s[3]) * 16 + hexval(p->s[4]));
+            continue;
+        }
+        if (nb) flush_bytes(&o, bytes, nb, hold && i == n), nb = 0, bos_ws = bos_ws && o.n == 0;
+        if (!p || p->type == PIECE_CONTROL) continue;
+        if (p->type == PIECE_UNKNOWN) {
+            buf_put(&o, t->unk_surface, strlen(t->unk_surface));
+            bos_ws = bos_ws && o.n == 0;
+            continue;
+        }
+        const char *s = p->s;
+        size_t sl = p->len;
+        bool dropped = false;
+        if (bos_ws && (t->add_dummy_prefix || t->remove_extra_ws) && sl >= 3 && memcmp(s, SPACE, 3) == 0) {
+            s += 3, sl -= 3, dropped = !t->remove_extra_ws;
+        }
+        for (size_t k = 0; k < sl;)
+            if (sl - k >= 3 && memcmp(s + k, SPACE, 3) == 0) buf_put(&o, " ", 1), k += 3;
+            else buf_put(&o, s + k, 1), k++;
+        if (dropped || o.n) bos_ws = false;
+    }
+    free(bytes);
+    *len = o.n;
+    return o.s;
+}
+
+/* ---- text on a line, and streaming ----------------------------------------------------------- */
+
+bool text_unescape(const char *s, size_t n, char *out, size_t *out_n, size_t *bad)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '\\') {
+            out[o++] = s[i];
+            continue;
+        }
+        char c = i + 1 < n ? s[i + 1] : 0;
+        int hi = i + 3 < n + 1 && c == 'x' ? hexval(s[i + 2]) : -1, lo = hi >= 0 && i + 3 < n ? hexval(s[i + 3]) : -1;
+        if (c == 'n' || c == 't' || c == 'r' || c == '\\') out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : '\\', i++;
+        else if (lo >= 0) out[o++] = (char)(hi * 16 + lo), i += 3;
+        else return *bad = i, false;
+    }
+    *out_n = o;
+    return true;
+}
+
+void text_write_escaped(FILE *f, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\') fputs("\\\\", f);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c < 0x20 || c == 0x7f) fprintf(f, "\\x%02x", c);
+        else fputc(c, f);
+    }
+}
+
+void text_stream_begin(TextStream *ts, const Tokenizer *t, FILE *f, bool escape, const int32_t *seq, int64_t n)
+{
+    *ts = (TextStream){t, f, escape, 0};
+    free(tokenizer_decode(t, seq, n, true, &ts->printed));
+}
+
+void text_stream_put(TextStream *ts, const int32_t *seq, int64_t n, bool final)
+{
+    size_t len;
+    char *text = tokenizer_decode(ts->t, seq, n, !final, &len);
+    MOE_ASSERT(len >= ts->printed); /* held decodings only grow */
+    if (ts->escape) text_write_escaped(ts->f, text + ts->printed, len - ts->printed);
+    else fwrite(text + ts->printed, 1, len - ts->printed, ts->f);
+    ts->printed = len;
+    free(text);
+}
+
+bool tokenizer_beside(const char *weights, char *path, size_t n)
+{
+    struct stat st;
+    bool dir = stat(weights, &st) == 0 && S_ISDIR(st.st_mode);
+    const char *slash = strrchr(weights, '/');
+    int k = dir ? snprintf(path, n, "%s/tokenizer.model", weights)
+          : slash ? snprintf(path, n, "%.*s/tokenizer.model", (int)(slash - weights), weights)
+                  : snprintf(path, n, "tokenizer.model");
+    return k > 0 && (size_t)k < n && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}

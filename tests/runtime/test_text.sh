@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# test_text.sh MOEPPC PYTHON SRC: text in and out on the command line against the sentencepiece
+# library: `moeppc tokenize` (ids, pieces, decoding) and `moeppc run --prompt/--tokenizer/--prompts`
+# (the prompt's ids, the generated text streamed, text prompt lines), with models that library trains
+# here; and their refusals (a broken or unigram model, a tokenizer larger than the vocabulary, a bad
+# escape, a bad id).
+set -uo pipefail
+M=$1 PY=$2 SRC=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+status=0
+fail() { echo "FAILED: $*"; status=1; }
+
+"$PY" "$SRC/tests/runtime/tokenizer_cases.py" "$tmp/tok" >/dev/null || { echo "cannot train the models"; exit 1; }
+TK=$tmp/tok/llama.model
+sed "s/vocab: 256/vocab: 512/" "$SRC/specs/tiny/tiny-moepp.yaml" > "$tmp/t512.yaml" # the tokenizer's 400 pieces fit
+
+# --- moeppc tokenize against sentencepiece: ids (with and without BOS), pieces, decoding ----------
+printf 'Hello world, this is a test.\n  two  spaces\tand a tab\ncafé 日本語 😀\n\nbad \xff\xfe bytes\n' > "$tmp/lines.txt"
+"$PY" - "$TK" "$tmp/lines.txt" "$tmp" <<'PYEOF' || fail "cannot compute sentencepiece's answers"
+import sys, sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+lines = open(sys.argv[2], "rb").read().split(b"\n")[:-1]
+def esc(b):
+    out = ""
+    for c in b:
+        out += {0x5c: "\\\\", 0x0a: "\\n", 0x09: "\\t", 0x0d: "\\r"}.get(c) or (f"\\x{c:02x}" if c < 0x20 or c == 0x7f else chr(c))
+    return out.encode("latin-1").decode("utf-8", "surrogateescape")
+with open(sys.argv[3] + "/want_ids", "w") as f, open(sys.argv[3] + "/want_nobos", "w") as g, \
+     open(sys.argv[3] + "/want_pieces", "w", encoding="utf-8", errors="surrogateescape") as h:
+    for l in lines:
+        ids = sp.encode(l)
+        f.write(" ".join(map(str, [sp.bos_id()] + ids)) + "\n")
+        g.write(" ".join(map(str, ids)) + "\n")
+        h.write(" ".join(esc(sp.id_to_piece(i).encode()) for i in [sp.bos_id()] + ids) + "\n")
+# decoding: ids of every kind, byte pieces that make and break characters
+seqs = [[1, 343, 75], [0xE6 + 3, 0x97 + 3, 0xA5 + 3, 300], [0xE6 + 3, 0x97 + 3], [2, 13 + 3, 10 + 3, 250], [0, 5, 399]]
+with open(sys.argv[3] + "/dec_in", "w") as f, open(sys.argv[3] + "/want_dec", "w", encoding="utf-8", errors="surrogateescape") as g:
+    for s in seqs:
+        f.write(",".join(map(str, s)) + "\n")
+        g.write(esc(sp.decode(s).encode("utf-8", "surrogateescape")) + "\n")
+PYEOF
+"$M" tokenize "$TK" --file "$tmp/lines.txt" > "$tmp/got_ids" || fail "tokenize --file exited $?"
+cmp -s "$tmp/got_ids" "$tmp/want_ids" || { fail "tokenize's ids differ from sentencepiece's"; diff "$tmp/got_ids" "$tmp/want_ids" | head; }
+"$M" tokenize "$TK" --no-bos --file - < "$tmp/lines.txt" > "$tmp/got_nobos" || fail "tokenize --no-bos exited $?"
+cmp -s "$tmp/got_nobos" "$tmp/want_nobos" || fail "tokenize --no-bos differs from sentencepiece's"
+"$M" tokenize "$TK" --pieces --file "$tmp/lines.txt" > "$tmp/got_pieces" || fail "tokenize --pieces exited $?"
+cmp -s "$tmp/got_pieces" "$tmp/want_pieces" || { fail "tokenize --pieces differs"; diff "$tmp/got_pieces" "$tmp/want_pieces" | head; }
+"$M" tokenize "$TK" --decode --escape --file "$tmp/dec_in" > "$tmp/got_dec" || fail "tokenize --decode exited $?"
+cmp -s "$tmp/got_dec" "$tmp/want_dec" || { fail "tokenize --decode differs"; diff "$tmp/got_dec" "$tmp/want_dec" | head; }
+[ "$("$M" tokenize "$TK" "Hello world" "x")" = "$("$M" tokenize "$TK" --file <(printf 'Hello world\nx\n'))" ] ||
+  fail "TEXT arguments differ from --file lines"
+
+# --- refusals ---------------------------------------------------------------------------------------
+expect() { # expect RC PATTERN CMD...: exit status RC and PATTERN in stderr
+  local rc=$1 pat=$2; shift 2
+  "$@" > "$tmp/out" 2> "$tmp/err"; local got=$?
+  [ $got = "$rc" ] && grep -q -- "$pat" "$tmp/err" || { fail "$* -> exit $got (want $rc, '$pat'): $(head -c 300 "$tmp/err")"; }
+}
+head -c 3000 "$TK" > "$tmp/cut.model"
+expect 1 "cut.model: error: byte [0-9]*: .*past the end" "$M" tokenize "$tmp/cut.model" hi
+"$PY" -c "
+import sentencepiece as spm
+spm.SentencePieceTrainer.train(input='$tmp/tok/corpus.txt', model_prefix='$tmp/uni', vocab_size=300, model_type='unigram', minloglevel=2)" ||
+  fail "cannot train a unigram model"
+expect 1 "uni.model: error: a SentencePiece unigram model: moeppc reads BPE models" "$M" tokenize "$tmp/uni.model" hi
+expect 1 "no such file\|No such file" "$M" tokenize "$tmp/none.model" hi
+expect 1 "argument 1: '400' is not a token id (0..399)" "$M" tokenize "$TK" --decode "1 400"
+printf '1 2\nx\n3\n' | "$M" tokenize "$TK" --decode --file - > "$tmp/out" 2> "$tmp/err"
+[ $? = 1 ] && [ "$(sed -n 2p "$tmp/out")" = "" ] && [ "$(wc -l < "$tmp/out")" = 3 ] && grep -q "line 2: 'x'" "$tmp/err" ||
+  fail "a bad --decode line: not answered by an empty line and named"
+expect 2 "missing TEXT" "$M" tokenize "$TK"
+expect 2 "pieces" "$M" tokenize "$TK" --decode --pieces 1
+
+R=("$M" run "$tmp/t512.yaml" --random-weights 5 --backend interp)
+expect 1 "--prompt: text needs a tokenizer" "${R[@]}" --prompt hi
+expect 1 "400 pieces, more than the model's vocabulary of 256" "$M" run "$SRC/specs/tiny/tiny-moepp.yaml" --random-weights 1 --tokenizer "$TK" --prompt hi
+expect 2 "no-bos applies to text" "${R[@]}" --ids 1 --no-bos
+expect 2 "give one of --ids, --prompt and --prompts" "${R[@]}" --ids 1 --prompt hi
+expect 1 "--prompt: 0 tokens" "${R[@]}" --tokenizer "$TK" --prompt "" --no-bos
+expect 1 "--prompt: .*not a tokenizer.model\|cut.model: error" "${R[@]}" --tokenizer "$tmp/cut.model" --prompt hi
+
+# --- run --prompt: the prompt's ids are sentencepiece's, the streamed text its decoding ----------------
+P="The city, the university: café"
+"${R[@]}" --tokenizer "$TK" --prompt "$P" --generate 40 --temperature 1.5 --seed 3 --ignore-eos > "$tmp/run.out" ||
+  fail "run --prompt exited $?"
+"${R[@]}" --tokenizer "$TK" --prompt "$P" --generate 40 --temperature 1.5 --seed 3 --ignore-eos --quiet > "$tmp/quiet.out" ||
+  fail "run --prompt --quiet exited $?"
+"$PY" - "$TK" "$P" "$tmp/run.out" "$tmp/quiet.out" <<'PYEOF' || fail "run --prompt: ids or text differ from sentencepiece's"
+import re, sys, sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+out = open(sys.argv[3], "rb").read()
+prompt = [int(x) for x in re.search(rb"\n prompt ids:([ 0-9]*)\n", out).group(1).split()]
+want = [sp.bos_id()] + sp.encode(sys.argv[2])
+assert prompt == want, f"prompt ids {prompt}, sentencepiece's {want}"
+gen = [int(x) for x in re.search(rb"\n generated ids:([ 0-9]*)\n", out).group(1).split()]
+assert len(gen) == 40, gen
+known = [i for i in prompt + gen if i < sp.get_piece_size()]  # ids past the pieces decode as nothing
+text = sp.decode(known).encode("utf-8", "surrogateescape")[len(sp.decode(prompt).encode()):]
+streamed = out[out.index(b" text: ") + 7:out.index(b"\n generated ids:")]
+assert streamed == text, f"streamed {streamed!r}, sentencepiece's {text!r}"
+q = open(sys.argv[4], "rb").read()
+esc = text.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t").replace(b"\r", b"\\r")
+esc = re.sub(rb"[\x00-\x1f\x7f]", lambda m: b"\\x%02x" % m.group(0)[0], esc)
+want_q = esc + b"\n"
+assert q == want_q, f"--quiet printed {q!r}, expected {want_q!r}"
+print(f"prompt {len(prompt)} ids, {len(gen)} generated, {len(text)} bytes of text: as sentencepiece has them")
+PYEOF
+
+# --- the tokenizer beside --weights; --prompts lines of text ------------------------------------------
+mkdir "$tmp/ckpt"
+"$M" init-weights "$tmp/t512.yaml" --seed 5 -o "$tmp/ckpt/model.safetensors" >/dev/null && cp "$TK" "$tmp/ckpt/tokenizer.model"
+a=$("$M" run "$tmp/t512.yaml" --weights "$tmp/ckpt" --backend interp --prompt "the city" --generate 6 --quiet) || fail "the tokenizer beside --weights: exit $?"
+b=$("$M" run "$tmp/t512.yaml" --weights "$tmp/ckpt/model.safetensors" --backend interp --tokenizer "$TK" --prompt "the city" --generate 6 --quiet)
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "the tokenizer beside --weights prints '$a', --tokenizer '$b'"
+printf 'the city\n# a comment\n\nnew\\nline \\x41\\\\\nbad \\q escape\n+ and more\n' > "$tmp/prompts.txt"
+"${R[@]}" --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --quiet > "$tmp/p.out" 2> "$tmp/p.err"
+[ $? = 1 ] || fail "--prompts with a bad escape: exit status not 1"
+grep -q -- "--prompts line 5, column 5: '\\\\q' is not an escape" "$tmp/p.err" || fail "bad escape message: $(cat "$tmp/p.err")"
+[ "$(wc -l < "$tmp/p.out")" = 4 ] && [ "$(sed -n 3p "$tmp/p.out")" = "" ] || fail "--prompts --quiet: not a line per prompt line: $(cat -A "$tmp/p.out")"
+for k in 1 2; do
+  text=$(printf '%b' "$(sed -n "$([ $k = 1 ] && echo 1 || echo 4)p" "$tmp/prompts.txt")")
+  one=$("${R[@]}" --tokenizer "$TK" --prompt "$text" --generate 5 --quiet)
+  [ "$one" = "$(sed -n ${k}p "$tmp/p.out")" ] || fail "--prompts line $k prints '$(sed -n ${k}p "$tmp/p.out")', --prompt '$one'"
+done
+"${R[@]}" --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 > "$tmp/pv.out" 2>/dev/null
+"$PY" - "$TK" "$tmp/pv.out" <<'PYEOF' || fail "--prompts: a + line's ids are not its text's, without BOS"
+import re, sys, sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+ids = re.findall(rb"\n prompt ids:([ 0-9]*)\n", open(sys.argv[2], "rb").read())
+want = [[1] + sp.encode("the city"), [1] + sp.encode(b"new\nline A\\"), sp.encode(" and more")]
+assert [[int(x) for x in i.split()] for i in ids] == want, (ids, want)
+PYEOF
+exit $status

@@ -1,0 +1,113 @@
+/* tokenizer_check CASES — moeppc's tokenizer against the sentencepiece library's own encodings and
+ * decodings (tokenizer_cases.py writes them): every text's ids, every id sequence's text, byte for
+ * byte; and decoding with hold only ever appends (each prefix's text, held, begins the whole one's).
+ * Prints the first mismatches; exit status 1 on any. */
+#include "runtime/runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+
+static size_t unhex(const char *h, char *out)
+{
+    size_t n = 0;
+    if (strcmp(h, "-") == 0) return 0;
+    for (; h[0] && h[1]; h += 2) {
+        unsigned v;
+        sscanf(h, "%2x", &v);
+        out[n++] = (char)v;
+    }
+    return n;
+}
+
+static void fail(const char *what, int line, const char *text, size_t n)
+{
+    char shown[160];
+    str_escape(text, n, shown, sizeof shown);
+    if (failures++ < 12) fprintf(stderr, "cases line %d: %s (\"%s\")\n", line, what, shown);
+}
+
+static void print_ids(const char *label, const int32_t *ids, int64_t n)
+{
+    if (failures > 12) return;
+    fprintf(stderr, "  %s:", label);
+    for (int64_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
+static void check_enc(const Tokenizer *t, char *rest, int line, char *buf)
+{
+    char *hex = strtok(rest, " "), *tok;
+    size_t n = unhex(hex, buf);
+    int64_t want_n = strtoll(strtok(NULL, " "), NULL, 10);
+    int32_t *want = xmalloc((size_t)(want_n + 1) * sizeof *want);
+    for (int64_t i = 0; i < want_n && (tok = strtok(NULL, " ")); i++) want[i] = (int32_t)strtol(tok, NULL, 10);
+    int32_t *got;
+    int64_t got_n = tokenizer_encode(t, buf, n, &got);
+    if (got_n != want_n || memcmp(got, want, (size_t)want_n * sizeof *got)) {
+        fail("encoding differs", line, buf, n);
+        print_ids("sentencepiece", want, want_n);
+        print_ids("moeppc", got, got_n);
+    }
+    free(got);
+    free(want);
+}
+
+static void check_dec(const Tokenizer *t, char *rest, int line, char *buf)
+{
+    int64_t n = strtoll(strtok(rest, " "), NULL, 10);
+    int32_t *ids = xmalloc((size_t)(n + 1) * sizeof *ids);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)strtol(strtok(NULL, " "), NULL, 10);
+    size_t want_n = unhex(strtok(NULL, " \n"), buf), got_n;
+    char *got = tokenizer_decode(t, ids, n, false, &got_n);
+    if (got_n != want_n || memcmp(got, buf, want_n)) {
+        fail("decoding differs: moeppc's text follows", line, got, got_n);
+        print_ids("ids", ids, n);
+        char shown[160];
+        str_escape(buf, want_n, shown, sizeof shown);
+        if (failures <= 12) fprintf(stderr, "  sentencepiece: \"%s\"\n", shown);
+    }
+    for (int64_t k = 0; k <= n; k++) {
+        size_t pn;
+        char *part = tokenizer_decode(t, ids, k, true, &pn);
+        if (pn > got_n || memcmp(part, got, pn)) fail("a held prefix's text does not begin the whole text", line, part, pn);
+        free(part);
+    }
+    free(got);
+    free(ids);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) return fprintf(stderr, "usage: tokenizer_check CASES\n"), 2;
+    FILE *f = fopen(argv[1], "r");
+    if (!f) return perror(argv[1]), 2;
+    size_t cap = 1 << 20;
+    char *line = xmalloc(cap), *buf = xmalloc(cap);
+    Tokenizer *t = NULL;
+    int ln = 0, n_enc = 0, n_dec = 0, n_models = 0;
+    while (fgets(line, (int)cap, f)) {
+        ln++;
+        line[strcspn(line, "\n")] = 0;
+        if (strncmp(line, "model ", 6) == 0) {
+            tokenizer_free(t);
+            char path[4096];
+            long size, bos, eos;
+            RtError err;
+            if (sscanf(line + 6, "%4095s %ld %ld %ld", path, &size, &bos, &eos) != 4) return fprintf(stderr, "line %d?\n", ln), 2;
+            if (!tokenizer_load(path, &t, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+            if (tokenizer_size(t) != size || tokenizer_bos(t) != bos || tokenizer_eos(t) != eos)
+                fail("size, bos or eos differ", ln, path, strlen(path));
+            n_models++;
+        } else if (strncmp(line, "enc ", 4) == 0) check_enc(t, line + 4, ln, buf), n_enc++;
+        else if (strncmp(line, "dec ", 4) == 0) check_dec(t, line + 4, ln, buf), n_dec++;
+    }
+    fclose(f);
+    tokenizer_free(t);
+    free(line);
+    free(buf);
+    printf("tokenizer_check: %d models, %d encodings, %d decodings: %d differ\n", n_models, n_enc, n_dec, failures);
+    return failures ? 1 : 0;
+}
