@@ -53,6 +53,9 @@ struct CpuModel {
                                     /*   cap_t is fixed, runs allocate nothing                         */
     CpuProfile prof;
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
+    int tail;                       /* steps [tail, n_steps) make the logits from the final residual  */
+                                    /*   rows alone (final norm, lm_head; n_steps: none such)         */
+    bool last_row;                  /* ... and run on the last row only (cpu_model_set_last_row)      */
 };
 
 static double now_s(void)
@@ -496,6 +499,47 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     cg_moe_down_scatter(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
 }
 
+/* The logits' tail on the last of T rows alone: each result's row T - 1 (the others are not written). */
+static void run_tail_step(CpuModel *cm, const Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    const void *in[3] = {0};
+    void *out[2] = {0};
+    for (int k = 0; k < i->n_in && k < 3; k++) {
+        const IrValue *v = i->in[k];
+        size_t row = v->kind == IR_VAL_RESULT ? (size_t)cols(v) * dtype_size(v->type.dtype) : 0; /* weights: as they are */
+        in[k] = (const unsigned char *)addr(cm, v, T) + (size_t)(T - 1) * row;
+    }
+    for (int k = 0; k < i->n_out && k < 2; k++)
+        out[k] = (unsigned char *)addr(cm, i->out[k], T) + (size_t)(T - 1) * (size_t)cols(i->out[k]) * dtype_size(i->out[k]->type.dtype);
+    switch (i->op) {
+    case IR_OP_LINEAR: gemm(cm, st, 0, 1, in[0], cols(i->in[0]), out[0], cols(i->out[0])); break;
+    case IR_OP_RMS_NORM: run_rows(cm, st, CG_OP_RMS_NORM, 1, in[0], in[1], NULL, NULL, out[0], NULL); break;
+    case IR_OP_ADD_RMS_NORM: run_rows(cm, st, CG_OP_ADD_RMS_NORM, 1, in[0], in[1], in[2], NULL, out[0], out[1]); break;
+    default: MOE_ASSERT(!"not a tail op");
+    }
+}
+
+/* The steps at the end of the program that make the logits from the residual stream's rows, each
+ * row alone: the lm_head LINEAR of the logits output, after the final norm it alone reads. Their
+ * first index; n_steps when the program does not end so. */
+static int find_tail(const CpuModel *cm)
+{
+    const IrValue *logits = NULL;
+    for (int k = 0; k < cm->m->n_outputs; k++)
+        if (strcmp(cm->m->outputs[k].name, "logits") == 0) logits = cm->m->outputs[k].value;
+    int n = cm->n_steps;
+    if (!logits || n < 2 || cm->steps[n - 1].i != logits->def || logits->def->op != IR_OP_LINEAR) return n;
+    const IrInstr *norm = cm->steps[n - 2].i;
+    if ((norm->op != IR_OP_RMS_NORM && norm->op != IR_OP_ADD_RMS_NORM) || logits->def->in[0]->def != norm) return n;
+    for (int k = 0; k < cm->m->n_outputs; k++) /* the norm's results feed nothing else the caller sees */
+        if (cm->m->outputs[k].value->def == norm) return n;
+    return n - 2;
+}
+
+void cpu_model_set_last_row(CpuModel *cm, bool on) { cm->last_row = on && cm->tail < cm->n_steps; }
+bool cpu_model_last_row(const CpuModel *cm) { return cm->last_row; }
+
 static void run_step(CpuModel *cm, Step *st, int64_t T)
 {
     const IrInstr *i = st->i;
@@ -592,6 +636,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
             return NULL;
         }
     }
+    cm->tail = find_tail(cm);
     return cm;
 }
 
@@ -675,7 +720,8 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
     for (int s = first; s < last; s++) {
         double t0 = now_s();
-        run_step(cm, &cm->steps[s], T);
+        if (cm->last_row && s >= cm->tail && T > 1) run_tail_step(cm, &cm->steps[s], T);
+        else run_step(cm, &cm->steps[s], T);
         *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;
     }
     cm->last_t = T;

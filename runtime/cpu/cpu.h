@@ -46,6 +46,12 @@ bool      cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *
 void     *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T);
 /* A module output of the last run: its data in the arena and its shape ([T, cols]). NULL if absent. */
 const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *cols, moe_dtype *dtype);
+/* on: from now on the program's tail that makes the logits from the final residual rows (final norm,
+ * lm_head) runs on the last row of a call only, so only row T - 1 of the logits output is written
+ * (what decoding reads after a prefill: (T - 1)/T of lm_head's work is saved). Off by default; a
+ * module not ending so keeps every row (cpu_model_last_row says which holds). */
+void      cpu_model_set_last_row(CpuModel *cm, bool on);
+bool      cpu_model_last_row(const CpuModel *cm);
 /* Seconds spent in each kind of work in the runs so far (for --profile and benchmarks). */
 typedef struct CpuProfile {
     double gemm_s, grouped_s, attention_s, route_s, other_s;

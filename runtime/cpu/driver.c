@@ -185,7 +185,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
             r->backend = BACKEND_CUDA, r->backend_set = true;
         } else return drv_usage("--device: expected cpu or cuda, found '%s'", v);
     } else if (strcmp(o, "--top") == 0) {
-        if (!int_option(o, v, 1, 100, &n)) return 2;
+        if (!int_option(o, v, 0, 100, &n)) return 2;
         r->top = (int)n;
     } else if (strcmp(o, "--threads") == 0) {
         if (!int_option(o, v, 1, 256, &n)) return 2;
@@ -244,7 +244,9 @@ static void print_help(FILE *f)
           "                      model.eos_token_id, which import-hf takes from the config, if it has one,\n"
           "                      else the tokenizer's </s>)\n"
           "  --ignore-eos        generate all N tokens, past the spec's eos_token_id\n"
-          "  --top N             next-token candidates printed per position (1..100, default 5)\n"
+          "  --top N             next-token candidates printed per position (0..100, default 5; 0: no\n"
+          "                      table, and the CPU backend computes only the last position's logits,\n"
+          "                      as with --quiet: what decoding reads)\n"
           "  --perplexity        also each position's negative log-likelihood of the next --ids token,\n"
           "                      and the prompt's perplexity (to compare with another implementation)\n"
           "  --route-stats       routing with counts and the FFN work the zero-computation experts saved\n"
@@ -400,12 +402,13 @@ static void print_predictions(const EvalTensor *logits, int64_t row0, int64_t po
 {
     int64_t T = logits->type.dims[0], V = logits->type.dims[1];
     double sum = 0;
-    fprintf(f, "\n position  token  next: top %d (logit)%s\n", top, nll ? "; NLL of the next token" : "");
-    int *best = xmalloc((size_t)top * sizeof *best);
+    if (top) fprintf(f, "\n position  token  next: top %d (logit)%s\n", top, nll ? "; NLL of the next token" : "");
+    else fprintf(f, "\n position  token  NLL of the next token\n");
+    int *best = xmalloc((size_t)(top + 1) * sizeof *best);
     for (int64_t t = row0; t < T; t++) {
         const double *row = logits->data + t * V;
         int nb = 0;
-        for (int64_t v = 0; v < V; v++) {
+        for (int64_t v = 0; top > 0 && v < V; v++) {
             int j = nb < top ? nb++ : top;
             if (j == top && row[v] <= row[best[top - 1]]) continue;
             if (j == top) j = top - 1;
@@ -513,6 +516,7 @@ typedef struct {
     TuneDb db;
     double macs_linear, macs_grouped;
     const Tokenizer *tok; /* text in and out (--prompt, --tokenizer), or NULL: ids */
+    bool last_only;       /* only the last position's logits are read (last_row_only) */
 } Runner;
 
 /* The module to run: the one embedded in a built executable, or the spec lowered and optimised now
@@ -537,9 +541,14 @@ static bool load_module(Runner *rn)
     return true;
 }
 
+/* Only each prompt's last position's logits are read (its next token): no table of predictions
+ * (--quiet or --top 0), no perplexity, no logits written. The CPU backend then runs the final norm
+ * and lm_head on that row alone, and only it is copied out. */
+static bool last_row_only(const RunArgs *r) { return (r->quiet || r->top == 0) && !r->perplexity && !r->logits_out; }
+
 static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, WeightSet *w)
 {
-    *rn = (Runner){.r = r, .s = s, .w = w};
+    *rn = (Runner){.r = r, .s = s, .w = w, .last_only = last_row_only(r)};
     if (!load_module(rn)) return false;
     if (r->backend == BACKEND_INTERP) return true;
     RtError err = {{0}};
@@ -574,6 +583,7 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     rn->ks = cfg->kernels_new(&err);
     if (rn->ks) rn->cm = cpu_model_new(rn->m, w, s->max_positions, rn->ks, r->threads, &err);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
+    if (rn->cm) cpu_model_set_last_row(rn->cm, rn->last_only);
     return rn->cm != NULL;
 }
 
@@ -590,10 +600,12 @@ static bool backend_outputs(const Runner *rn, int64_t T, EvalResult *res, RtErro
                                 : cpu_model_output(rn->cm, m->outputs[k].name, &c, &dt);
         if (!p) return false;
         EvalTensor *o = &res->outputs[k];
+        int64_t rows = rn->last_only && strcmp(m->outputs[k].name, "logits") == 0 ? 1 : T; /* the last row alone */
+        size_t first = (size_t)((T - rows) * c);
         o->name = xstrdup(m->outputs[k].name);
-        o->type = ir_type_2d(dt, T, c);
-        o->data = xmalloc((size_t)(T * c) * sizeof *o->data);
-        for (int64_t j = 0; j < T * c; j++) o->data[j] = dtype_load(dt, p, (size_t)j);
+        o->type = ir_type_2d(dt, rows, c);
+        o->data = xmalloc((size_t)(rows * c) * sizeof *o->data);
+        for (int64_t j = 0; j < rows * c; j++) o->data[j] = dtype_load(dt, p, first + (size_t)j);
     }
     return true;
 }
@@ -793,7 +805,7 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
                     (double)n / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                     : "CPU backend (JIT-compiled kernels)")
                     : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
-        print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
+        if (!rn->last_only) print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
         print_route_stats(rn->s, &res, r->route_stats, say);
         if (r->route_stats) print_ffn_work(rn, n);
         rc = 0;

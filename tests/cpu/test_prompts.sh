@@ -45,6 +45,12 @@ mapfile -t out <"$WORK/conv.txt"
 [ ${#out[@]} -eq 5 ] && [ -z "${out[0]}" ] && [ -z "${out[3]}" ] || { echo "not a line a prompt:"; cat "$WORK/conv.txt"; exit 1; }
 alone() { "$MOEPPC" run "$SPEC" "${Q[@]}" --ids "$1"; }
 [ "${out[1]}" = "$(alone "$LONG")" ] || { echo "prompt: '${out[1]}', alone '$(alone "$LONG")'"; exit 1; }
+# --quiet and --top 0 read the last position's logits only (the CPU backend computes no other row):
+# the same tokens as the full table's run
+full=$(grep "^ generated" "$WORK/alone1.txt" | sed 's/.*: //' | cut -d' ' -f1-4)
+top0=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --top 0 --ids "$LONG" | grep "^ generated" | sed 's/.*: //')
+[ "$full" = "$(alone "$LONG")" ] && [ "$full" = "$top0" ] ||
+  { echo "last row only: --quiet '$(alone "$LONG")', --top 0 '$top0', the full run '$full'"; exit 1; }
 whole="$LONG ${out[1]} $SHORT"
 [ "${out[2]}" = "$(alone "$whole")" ] || { echo "+ $SHORT: '${out[2]}', the sequence '$whole' alone: '$(alone "$whole")'"; exit 1; }
 [ "${out[4]}" = "$(alone "$SHORT")" ] || { echo "a new prompt after a conversation: '${out[4]}'"; exit 1; }
