@@ -154,41 +154,30 @@ static int32_t piece_id(const Tokenizer *t, const char *s, size_t n)
 
 /* ---- loading --------------------------------------------------------------------------------- */
 
-static bool parse_piece(Pb *b, Tokenizer *t)
+/* What loading gathers beside the Tokenizer: the trainer's and normaliser's fields that are only
+ * needed to check and finish it, and the piece being read. */
+typedef struct {
+    Tokenizer *t;
+    uint64_t   model_type;
+    char      *bos_piece, *eos_piece;
+    Pb         charsmap;
+    Piece      pc;
+    bool       have_text;
+} Load;
+
+/* Each field of message b to visit (sub: a length-delimited field's bytes, else sub->p is NULL). */
+typedef bool (*PbVisit)(Load *ld, Pb *b, uint32_t field, uint64_t v, const Pb *sub);
+
+static bool pb_each(Load *ld, Pb *b, PbVisit visit)
 {
-    Piece pc = {.type = PIECE_NORMAL};
-    const uint8_t *at = b->p;
-    uint32_t f;
-    uint64_t v;
-    Pb sub = {0};
-    bool have = false;
     while (b->p < b->end) {
-        if (!pb_field(b, &f, &v, &sub)) return free(pc.s), false;
-        if (f == 1 && sub.p) {
-            free(pc.s);
-            pc.s = xmalloc(v + 1);
-            memcpy(pc.s, sub.p, v);
-            pc.s[v] = 0;
-            pc.len = (uint32_t)v, have = true;
-        } else if (f == 2) pc.score = pb_float(v);
-        else if (f == 3) pc.type = (uint8_t)(v >= PIECE_NORMAL && v <= PIECE_BYTE ? v : 0);
-        sub.p = NULL;
+        uint32_t f = 0;
+        uint64_t v = 0;
+        Pb sub = {0};
+        if (!pb_field(b, &f, &v, &sub) || !visit(ld, b, f, v, &sub)) return false;
     }
-    b->p = at;
-    if (!have || !pc.type || pc.len == 0) {
-        free(pc.s);
-        return pb_fail(b, "piece %d: %s", t->n, !have || pc.len == 0 ? "no text" : "an unknown type");
-    }
-    t->piece = xrealloc(t->piece, (size_t)(t->n + 1) * sizeof *t->piece);
-    t->piece[t->n++] = pc;
     return true;
 }
-
-typedef struct {
-    uint64_t model_type;
-    char    *bos_piece, *eos_piece;
-    Pb       charsmap;
-} Specs;
 
 static char *pb_string(const Pb *sub)
 {
@@ -199,37 +188,60 @@ static char *pb_string(const Pb *sub)
     return s;
 }
 
-static bool parse_trainer(Pb *b, Tokenizer *t, Specs *sp)
+static bool visit_piece(Load *ld, Pb *b, uint32_t f, uint64_t v, const Pb *sub)
 {
-    uint32_t f;
-    uint64_t v;
-    Pb sub = {0};
-    while (b->p < b->end) {
-        if (!pb_field(b, &f, &v, &sub)) return false;
-        if (f == 3) sp->model_type = v;
-        else if (f == 24) t->ws_suffix = v != 0;
-        else if (f == 35) t->byte_fallback = v != 0;
-        else if (f == 44 && sub.p) free(t->unk_surface), t->unk_surface = pb_string(&sub);
-        else if (f == 46 && sub.p) free(sp->bos_piece), sp->bos_piece = pb_string(&sub);
-        else if (f == 47 && sub.p) free(sp->eos_piece), sp->eos_piece = pb_string(&sub);
-        sub.p = NULL;
-    }
+    (void)b;
+    if (f == 1 && sub->p) {
+        free(ld->pc.s);
+        ld->pc.s = pb_string(sub);
+        ld->pc.len = (uint32_t)v, ld->have_text = true;
+    } else if (f == 2) ld->pc.score = pb_float(v);
+    else if (f == 3) ld->pc.type = (uint8_t)(v >= PIECE_NORMAL && v <= PIECE_BYTE ? v : 0);
     return true;
 }
 
-static bool parse_normalizer(Pb *b, Tokenizer *t, Specs *sp)
+static bool visit_trainer(Load *ld, Pb *b, uint32_t f, uint64_t v, const Pb *sub)
 {
-    uint32_t f;
-    uint64_t v;
-    Pb sub = {0};
-    while (b->p < b->end) {
-        if (!pb_field(b, &f, &v, &sub)) return false;
-        if (f == 2 && sub.p) sp->charsmap = sub;
-        else if (f == 3) t->add_dummy_prefix = v != 0;
-        else if (f == 4) t->remove_extra_ws = v != 0;
-        else if (f == 5) t->escape_ws = v != 0;
-        sub.p = NULL;
+    (void)b;
+    Tokenizer *t = ld->t;
+    if (f == 3) ld->model_type = v;
+    else if (f == 24) t->ws_suffix = v != 0;
+    else if (f == 35) t->byte_fallback = v != 0;
+    else if (f == 44 && sub->p) free(t->unk_surface), t->unk_surface = pb_string(sub);
+    else if (f == 46 && sub->p) free(ld->bos_piece), ld->bos_piece = pb_string(sub);
+    else if (f == 47 && sub->p) free(ld->eos_piece), ld->eos_piece = pb_string(sub);
+    return true;
+}
+
+static bool visit_normalizer(Load *ld, Pb *b, uint32_t f, uint64_t v, const Pb *sub)
+{
+    (void)b;
+    if (f == 2 && sub->p) ld->charsmap = *sub;
+    else if (f == 3) ld->t->add_dummy_prefix = v != 0;
+    else if (f == 4) ld->t->remove_extra_ws = v != 0;
+    else if (f == 5) ld->t->escape_ws = v != 0;
+    return true;
+}
+
+/* ModelProto: 1 its pieces, 2 the trainer's spec, 3 the normaliser's. */
+static bool visit_model(Load *ld, Pb *b, uint32_t f, uint64_t v, const Pb *sub)
+{
+    (void)v;
+    Pb m = *sub;
+    if (!sub->p) return true;
+    if (f == 2) return pb_each(ld, &m, visit_trainer);
+    if (f == 3) return pb_each(ld, &m, visit_normalizer);
+    if (f != 1) return true;
+    Tokenizer *t = ld->t;
+    ld->pc = (Piece){.type = PIECE_NORMAL}, ld->have_text = false;
+    bool ok = pb_each(ld, &m, visit_piece);
+    if (ok && (!ld->have_text || !ld->pc.type || ld->pc.len == 0)) {
+        b->p = sub->p; /* the offset of the piece */
+        ok = pb_fail(b, "piece %d: %s", t->n, !ld->have_text || ld->pc.len == 0 ? "no text" : "an unknown type");
     }
+    if (!ok) return free(ld->pc.s), false;
+    t->piece = xrealloc(t->piece, (size_t)(t->n + 1) * sizeof *t->piece);
+    t->piece[t->n++] = ld->pc;
     return true;
 }
 
@@ -275,7 +287,7 @@ static int hexval(char c)
 }
 
 /* What SentencePiece checks when it loads a model, and what this file needs of it. */
-static bool check_model(Tokenizer *t, const Specs *sp, const char *name, RtError *err)
+static bool check_model(Tokenizer *t, const Load *sp, const char *name, RtError *err)
 {
     const char *type_name[] = {"?", "unigram", "bpe", "word", "char"};
     if (sp->model_type != MODEL_BPE) {
@@ -324,21 +336,11 @@ bool tokenizer_parse(const void *data, size_t n, const char *name, Tokenizer **o
     Tokenizer *t = xcalloc(1, sizeof *t);
     t->add_dummy_prefix = t->remove_extra_ws = t->escape_ws = true; /* the proto's defaults */
     t->unk_surface = xstrdup(" \xe2\x81\x87 ");
-    Specs sp = {.model_type = MODEL_UNIGRAM, .bos_piece = xstrdup("<s>"), .eos_piece = xstrdup("</s>")};
-    Pb b = {data, (const uint8_t *)data + n, data, name, err}, sub = {0};
-    bool ok = true;
-    uint32_t f;
-    uint64_t v;
-    while (ok && b.p < b.end) {
-        if (!(ok = pb_field(&b, &f, &v, &sub))) break;
-        if (sub.p && f == 1) ok = parse_piece(&sub, t);
-        else if (sub.p && f == 2) ok = parse_trainer(&sub, t, &sp);
-        else if (sub.p && f == 3) ok = parse_normalizer(&sub, t, &sp);
-        sub.p = NULL;
-    }
-    if (ok) ok = load_charsmap(&sp.charsmap, t) && check_model(t, &sp, name, err);
-    free(sp.bos_piece);
-    free(sp.eos_piece);
+    Load ld = {.t = t, .model_type = MODEL_UNIGRAM, .bos_piece = xstrdup("<s>"), .eos_piece = xstrdup("</s>")};
+    Pb b = {data, (const uint8_t *)data + n, data, name, err};
+    bool ok = pb_each(&ld, &b, visit_model) && load_charsmap(&ld.charsmap, t) && check_model(t, &ld, name, err);
+    free(ld.bos_piece);
+    free(ld.eos_piece);
     if (!ok) {
         tokenizer_free(t);
         return false;
