@@ -210,6 +210,22 @@ void ir_instr_move_before(IrModule *m, IrInstr *i, IrInstr *at)
     at->prev = i;
 }
 
+int ir_logits_tail(const IrModule *m)
+{
+    int n = 0;
+    for (const IrInstr *i = m->first; i; i = i->next) n++;
+    const IrValue *logits = NULL;
+    for (int k = 0; k < m->n_outputs; k++)
+        if (strcmp(m->outputs[k].name, "logits") == 0) logits = m->outputs[k].value;
+    const IrInstr *lin = m->last, *norm = lin ? lin->prev : NULL;
+    if (!logits || !norm || logits->def != lin || lin->op != IR_OP_LINEAR || lin->in[0]->def != norm ||
+        (norm->op != IR_OP_RMS_NORM && norm->op != IR_OP_ADD_RMS_NORM))
+        return n;
+    for (int k = 0; k < m->n_outputs; k++)
+        if (m->outputs[k].value->def == norm) return n;
+    return n - 2;
+}
+
 int *ir_use_counts(const IrModule *m)
 {
     int *n = xcalloc((size_t)m->n_values + 1, sizeof *n);

@@ -130,6 +130,11 @@ void      ir_replace_uses(IrModule *m, const IrValue *old, IrValue *new_value);
 void      ir_instr_remove(IrModule *m, IrInstr *i);
 /* Move i (just appended, say) to stand right before at. */
 void      ir_instr_move_before(IrModule *m, IrInstr *i, IrInstr *at);
+/* The program's logits tail: the last two instructions, when they are the final norm (RMS_NORM or
+ * ADD_RMS_NORM, none of whose results is a module output) and the LINEAR of the "logits" output
+ * that alone reads it, each working row by row: an executor may run them on the last row alone when
+ * only it is read. The index of the first (program order), or the instruction count if it ends so not. */
+int       ir_logits_tail(const IrModule *m);
 /* Number of uses of every value by instructions and outputs; caller frees. */
 int      *ir_use_counts(const IrModule *m);
 /* Position of instruction i in program order (0 = first); asserts it belongs to m. */

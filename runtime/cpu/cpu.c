@@ -520,23 +520,6 @@ static void run_tail_step(CpuModel *cm, const Step *st, int64_t T)
     }
 }
 
-/* The steps at the end of the program that make the logits from the residual stream's rows, each
- * row alone: the lm_head LINEAR of the logits output, after the final norm it alone reads. Their
- * first index; n_steps when the program does not end so. */
-static int find_tail(const CpuModel *cm)
-{
-    const IrValue *logits = NULL;
-    for (int k = 0; k < cm->m->n_outputs; k++)
-        if (strcmp(cm->m->outputs[k].name, "logits") == 0) logits = cm->m->outputs[k].value;
-    int n = cm->n_steps;
-    if (!logits || n < 2 || cm->steps[n - 1].i != logits->def || logits->def->op != IR_OP_LINEAR) return n;
-    const IrInstr *norm = cm->steps[n - 2].i;
-    if ((norm->op != IR_OP_RMS_NORM && norm->op != IR_OP_ADD_RMS_NORM) || logits->def->in[0]->def != norm) return n;
-    for (int k = 0; k < cm->m->n_outputs; k++) /* the norm's results feed nothing else the caller sees */
-        if (cm->m->outputs[k].value->def == norm) return n;
-    return n - 2;
-}
-
 void cpu_model_set_last_row(CpuModel *cm, bool on) { cm->last_row = on && cm->tail < cm->n_steps; }
 bool cpu_model_last_row(const CpuModel *cm) { return cm->last_row; }
 
@@ -636,7 +619,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
             return NULL;
         }
     }
-    cm->tail = find_tail(cm);
+    cm->tail = ir_logits_tail(m);
     return cm;
 }
 

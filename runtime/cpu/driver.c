@@ -559,7 +559,8 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     if (r->backend == BACKEND_CUDA) {
         CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
-                         .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile};
+                         .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
+                         .last_row = rn->last_only};
         cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];

@@ -149,6 +149,7 @@ struct CudaModel {
     int n_bound;
     char arch[16], info[256];
     int sms;                        /* the GPU's SMs: the blocks a persistent (ws) GEMM launches       */
+    int tail;                       /* the logits tail's first step (ir_logits_tail)                   */
     Kern *k;
     int n_k, cap_k;
     Step *steps;
@@ -1114,6 +1115,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     cm->outs = xcalloc((size_t)m->n_outputs + 1, sizeof *cm->outs);
     int s = 0;
     for (const IrInstr *i = m->first; i; i = i->next) cm->steps[s++].i = i;
+    cm->tail = ir_logits_tail(m);
     MOE_ASSERT(dry || !cm->o.caller_workspace || cm->o.driver);
     if (!dry) {
         char e[512];
@@ -1226,7 +1228,11 @@ typedef struct Run {
     int64_t T;
     long long TT;                   /* T as the kernels take it                                          */
     RtError *err;
+    int64_t lay_t, row0;            /* the T the arena is laid out for, and the first row a result's     */
+                                    /*   address points at (the logits tail on the last row: T - 1)      */
 } Run;
+
+static Run run_of(CudaModel *cm, int64_t T, RtError *err) { return (Run){cm, T, (long long)T, err, T, 0}; }
 
 static uint64_t addr(const Run *r, const IrValue *v)
 {
@@ -1247,7 +1253,7 @@ static uint64_t addr(const Run *r, const IrValue *v)
     case IR_VAL_RESULT: break;
     }
     MOE_ASSERT(v->planned);
-    return cm->arena + (uint64_t)(v->off_t * r->T + v->off_c);
+    return cm->arena + (uint64_t)(v->off_t * r->lay_t + v->off_c) + (uint64_t)(r->row0 * cols(v)) * dtype_size(v->type.dtype);
 }
 
 static bool launch(const Run *r, const Step *st, int kern, const unsigned g[3], const unsigned b[3], size_t smem,
@@ -1570,11 +1576,12 @@ static bool fail_cuda(RtError *err, const char *what, const char *e)
 
 static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *err)
 {
-    Run r = {cm, T, (long long)T, err};
+    Run r = run_of(cm, T, err), tail = r;
+    tail.T = tail.TT = 1, tail.row0 = T - 1; /* the logits tail on the last row alone */
     cm->call++;
     char e[512];
     for (int s = first; s < last; s++) {
-        if (!run_step(&r, &cm->steps[s])) return false;
+        if (!run_step(cm->o.last_row && s >= cm->tail && T > 1 ? &tail : &r, &cm->steps[s])) return false;
         if (cm->o.sync_each && !cg_cuda_sync(cm->drv, e, sizeof e)) {
             const IrInstr *i = cm->steps[s].i;
             snprintf(err->msg, sizeof err->msg, "instruction %d (%s %%%s) failed on the GPU: %s", s, ir_op_info(i->op)->name,
@@ -1662,9 +1669,12 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, m
             h->data = xmalloc(bytes);
             h->bytes = bytes;
         }
-        Run r = {cm, cm->last_t, (long long)cm->last_t, err};
+        Run r = run_of(cm, cm->last_t, err);
         char e[512];
-        if (!cg_cuda_download(cm->drv, h->data, addr(&r, v), bytes, e, sizeof e)) {
+        size_t skip = 0; /* the logits of the last row alone (the rest was not computed): only it comes */
+        if (cm->o.last_row && cm->tail < cm->n_steps && v->def == cm->steps[cm->n_steps - 1].i)
+            skip = bytes - (size_t)cols(v) * dtype_size(v->type.dtype);
+        if (!cg_cuda_download(cm->drv, (char *)h->data + skip, addr(&r, v) + skip, bytes - skip, e, sizeof e)) {
             fail_cuda(err, "copying an output from the GPU", e);
             return NULL;
         }
@@ -1678,7 +1688,7 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, m
 bool cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err)
 {
     MOE_ASSERT(v->kind == IR_VAL_RESULT && cm->last_t > 0);
-    Run r = {cm, cm->last_t, (long long)cm->last_t, err};
+    Run r = run_of(cm, cm->last_t, err);
     return dupload(cm, addr(&r, v), host, (size_t)(cm->last_t * cols(v)) * dtype_size(v->type.dtype), err);
 }
 
@@ -1794,7 +1804,7 @@ uint64_t cuda_model_output_addr(const CudaModel *cm, const char *name, int64_t T
     for (int k = 0; k < cm->m->n_outputs; k++) {
         const IrValue *v = cm->m->outputs[k].value;
         if (strcmp(cm->m->outputs[k].name, name) != 0 || v->kind != IR_VAL_RESULT) continue;
-        Run r = {(CudaModel *)cm, T, (long long)T, NULL};
+        Run r = run_of((CudaModel *)cm, T, NULL);
         return addr(&r, v);
     }
     return 0;

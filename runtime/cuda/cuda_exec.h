@@ -60,6 +60,9 @@ typedef struct CudaOptions {
     bool poison;                    /* fill the arena with NaN before every call (tests: catches
                                        elements no kernel wrote)                                    */
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
+    bool last_row;                  /* the logits tail (ir_logits_tail: final norm, lm_head) on the
+                                       last row of a call alone, and only that row of the logits
+                                       downloaded: what decoding reads after a prefill             */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, cg_cuda_gemm_async's or _default's)      */
     const char *tile_sched[4];      /* tuned configurations of the grouped up and down GEMMs, of
