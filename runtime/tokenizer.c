@@ -699,15 +699,16 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool h
 
 bool text_unescape(const char *s, size_t n, char *out, size_t *out_n, size_t *bad)
 {
+    static const char from[] = "ntr\\", to[] = "\n\t\r\\";
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         if (s[i] != '\\') {
             out[o++] = s[i];
             continue;
         }
-        char c = i + 1 < n ? s[i + 1] : 0;
-        int hi = i + 3 < n + 1 && c == 'x' ? hexval(s[i + 2]) : -1, lo = hi >= 0 && i + 3 < n ? hexval(s[i + 3]) : -1;
-        if (c == 'n' || c == 't' || c == 'r' || c == '\\') out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : '\\', i++;
+        const char *e = i + 1 < n && s[i + 1] ? strchr(from, s[i + 1]) : NULL;
+        int hi = i + 3 < n && s[i + 1] == 'x' ? hexval(s[i + 2]) : -1, lo = hi >= 0 ? hexval(s[i + 3]) : -1;
+        if (e) out[o++] = to[e - from], i += 1;
         else if (lo >= 0) out[o++] = (char)(hi * 16 + lo), i += 3;
         else return *bad = i, false;
     }
