@@ -101,8 +101,8 @@ int64_t sample_argmax(const double *logits, int64_t vocab);
 void    sampler_free(Sampler *s);
 
 /* ---- text and token ids (tokenizer.c) ------------------------------------------------------------
- * A SentencePiece BPE model, the tokenizer.model file beside a LLaMA-family checkpoint, encoding and
- * decoding exactly as the sentencepiece library does (its tests compare with it). Loading checks the
+ * A SentencePiece model (BPE, as the tokenizer.model beside a LLaMA-family checkpoint, or unigram),
+ * encoding and decoding exactly as the sentencepiece library does (its tests compare with it). Loading checks the
  * file as SentencePiece does (a malformed one: false, the file and the byte offset in err); nothing
  * after that fails. Ids are the pieces' indices, below tokenizer_size. */
 typedef struct Tokenizer Tokenizer;

@@ -5,16 +5,20 @@
  * the trainer's model type, byte fallback and special pieces, the normalizer's rules and its
  * precompiled character map), with a reader of protobuf's wire format, since protobuf-c would need
  * generated code for these few fields. The algorithm is SentencePiece's own (bpe_model.cc,
- * normalizer.cc, sentencepiece_processor.cc): normalise (the character map's longest match, or one
- * UTF-8 character, a bad byte becoming U+FFFD; spaces as U+2581 '▁', a dummy one in front), split into
- * characters, merge repeatedly the adjacent pair whose concatenation is the best-scored piece (the
- * leftmost on ties), split any unused piece back into what formed it, and spell a piece outside the
- * vocabulary in byte pieces <0xXX> (or <unk> without byte fallback). tests/runtime/test_tokenizer.sh
+ * unigram_model.cc, normalizer.cc, sentencepiece_processor.cc): normalise (the character map's
+ * longest match, or one UTF-8 character, a bad byte becoming U+FFFD; spaces as U+2581 '▁', a dummy
+ * one in front); then BPE: split into characters, merge repeatedly the adjacent pair whose
+ * concatenation is the best-scored piece (the leftmost on ties), split any unused piece back into
+ * what formed it; or unigram: the segmentation of highest total score (Viterbi over every piece that
+ * starts at each character, an unknown character scored below every piece); and spell a piece
+ * outside the vocabulary in byte pieces <0xXX> (or <unk> without byte fallback). tests/runtime/test_tokenizer.sh
  * checks it against the sentencepiece library itself. */
 #include "runtime/runtime.h"
 #include "runtime/weights_internal.h"
 
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +52,9 @@ struct Tokenizer {
     int32_t *user;         /* [n_user] USER_DEFINED pieces: never split, never normalised */
     int32_t  n_user;
     bool     byte_fallback, add_dummy_prefix, remove_extra_ws, escape_ws, ws_suffix;
+    bool     unigram;              /* a unigram model (Viterbi over piece scores), else BPE */
+    float    min_score, max_score; /* over the NORMAL pieces: unigram's unknown and user-defined scores */
+    uint32_t max_len;              /* the longest piece a merge or the lattice can reach, in bytes */
     char    *unk_surface;
     uint32_t *trie; /* the character map: a darts-clone double array [n_trie] */
     uint32_t  n_trie;
@@ -135,13 +142,19 @@ static uint32_t piece_hash(const char *s, size_t n)
     return h;
 }
 
-static int32_t map_find(const Tokenizer *t, const PieceMap *m, const char *s, size_t n)
+/* s[n]'s id in m (h: piece_hash(s, n)), -1 if none. */
+static int32_t map_find_h(const Tokenizer *t, const PieceMap *m, const char *s, size_t n, uint32_t h)
 {
-    for (uint32_t i = piece_hash(s, n) & m->mask;; i = (i + 1) & m->mask) {
+    for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
         int32_t id = m->slot[i];
         if (id < 0) return -1;
         if (t->piece[id].len == n && memcmp(t->piece[id].s, s, n) == 0) return id;
     }
+}
+
+static int32_t map_find(const Tokenizer *t, const PieceMap *m, const char *s, size_t n)
+{
+    return map_find_h(t, m, s, n, piece_hash(s, n));
 }
 
 /* SentencePiece's PieceToId: the reserved pieces first, then the rest; the unknown piece otherwise. */
@@ -290,10 +303,17 @@ static int hexval(char c)
 static bool check_model(Tokenizer *t, const Load *sp, const char *name, RtError *err)
 {
     const char *type_name[] = {"?", "unigram", "bpe", "word", "char"};
-    if (sp->model_type != MODEL_BPE) {
-        rt_errorf(err, name, "a SentencePiece %s model: moeppc reads BPE models (LLaMA's tokenizer.model is one)",
-                  sp->model_type <= MODEL_CHAR ? type_name[sp->model_type] : "unknown");
+    if (sp->model_type != MODEL_BPE && sp->model_type != MODEL_UNIGRAM) {
+        rt_errorf(err, name, "a SentencePiece %s model: moeppc reads BPE models (LLaMA's tokenizer.model is one) and "
+                  "unigram ones", sp->model_type <= MODEL_CHAR ? type_name[sp->model_type] : "unknown");
         return false;
+    }
+    t->unigram = sp->model_type == MODEL_UNIGRAM;
+    t->min_score = FLT_MAX, t->max_score = FLT_MIN; /* SentencePiece's starting values, FLT_MIN included */
+    for (int32_t id = 0; id < t->n; id++) {
+        const Piece *p = &t->piece[id];
+        if (p->type == PIECE_NORMAL) t->min_score = fminf(t->min_score, p->score), t->max_score = fmaxf(t->max_score, p->score);
+        if (p->type == PIECE_NORMAL || p->type == PIECE_USER || p->type == PIECE_UNUSED) t->max_len = p->len > t->max_len ? p->len : t->max_len;
     }
     if (t->n == 0) return rt_errorf(err, name, "no pieces (not a tokenizer.model?)"), false;
     map_build(t, &t->normal, false);
@@ -572,6 +592,17 @@ static void bpe_emit(Bpe *e, int32_t id)
     e->ids[e->n_ids++] = id;
 }
 
+/* A piece of the result (its id, its text): outside the vocabulary, spelt in bytes where the model
+ * falls back, or else <unk> once for a run of them, as SentencePiece writes it. */
+static void emit_piece(Bpe *e, int32_t id, const char *s, uint32_t len)
+{
+    const Tokenizer *t = e->t;
+    if (id == t->unk && t->byte_fallback)
+        for (uint32_t i = 0; i < len; i++) bpe_emit(e, t->byte_id[(uint8_t)s[i]]);
+    else if (!(id == t->unk && e->n_ids && e->ids[e->n_ids - 1] == t->unk))
+        bpe_emit(e, id);
+}
+
 /* A final symbol's ids: an unused piece split back into what formed it (the last pair that formed
  * it), a piece outside the vocabulary spelt in bytes where the model falls back, or else <unk> (once
  * for a run of them, as SentencePiece writes it). The parts to do wait on a stack, left on top. */
@@ -592,13 +623,51 @@ static void bpe_output(Bpe *e, const char *s, uint32_t len)
             uint32_t ll = e->split[id];
             stack[n++] = (struct Part){p.s + ll, p.len - ll};
             stack[n++] = (struct Part){p.s, ll};
-        } else if (id == t->unk && t->byte_fallback) {
-            for (uint32_t i = 0; i < p.len; i++) bpe_emit(e, t->byte_id[(uint8_t)p.s[i]]);
-        } else if (!(id == t->unk && e->n_ids && e->ids[e->n_ids - 1] == t->unk)) { /* a run of unknowns: one */
-            bpe_emit(e, id);
+        } else {
+            emit_piece(e, id, p.s, p.len);
         }
     }
     free(stack);
+}
+
+/* Unigram: the segmentation of the normalised text[n] whose pieces' scores sum highest (SentencePiece's
+ * EncodeOptimized, its arithmetic included: a path's score kept in float, a candidate's in double).
+ * best[k]: the best path ending at byte k, its last piece from byte from[k], piece id[k]. */
+static void unigram_encode(Bpe *e, const char *text, size_t n)
+{
+    const Tokenizer *t = e->t;
+    float *best = xcalloc(n + 1, sizeof *best);
+    int32_t *from = xmalloc((n + 1) * sizeof *from), *id = xmalloc((n + 1) * sizeof *id);
+    for (size_t k = 0; k <= n; k++) from[k] = -1;
+    double unk_score = (double)t->min_score - 10.0; /* kUnkPenalty */
+    for (size_t at = 0; at < n;) {
+        size_t one = utf8_char((const uint8_t *)text + at, n - at);
+        if (!one) one = 1;
+        bool single = false;
+        uint32_t h = 2166136261u;
+        for (size_t len = 1; len <= t->max_len && at + len <= n; len++) {
+            h = (h ^ (uint8_t)text[at + len - 1]) * 16777619u; /* piece_hash, a byte at a time */
+            int32_t p = map_find_h(t, &t->normal, text + at, len, h);
+            if (p < 0 || t->piece[p].type == PIECE_UNUSED) continue;
+            double score = t->piece[p].type == PIECE_USER ? (double)len * t->max_score - 0.1 : t->piece[p].score;
+            double cand = score + best[at];
+            if (from[at + len] == -1 || cand > best[at + len]) best[at + len] = (float)cand, from[at + len] = (int32_t)at, id[at + len] = p;
+            single |= len == one;
+        }
+        double cand = unk_score + best[at];
+        if (!single && (from[at + one] == -1 || cand > best[at + one]))
+            best[at + one] = (float)cand, from[at + one] = (int32_t)at, id[at + one] = t->unk;
+        at += one;
+    }
+    size_t count = 0;
+    for (size_t k = n; k > 0; k = (size_t)from[k]) count++;
+    size_t *ends = xmalloc((count + 1) * sizeof *ends);
+    for (size_t k = n, j = count; k > 0; k = (size_t)from[k]) ends[--j] = k;
+    for (size_t j = 0; j < count; j++) emit_piece(e, id[ends[j]], text + from[ends[j]], (uint32_t)(ends[j] - (size_t)from[ends[j]]));
+    free(ends);
+    free(best);
+    free(from);
+    free(id);
 }
 
 int64_t tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t **ids)
@@ -606,6 +675,12 @@ int64_t tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t
     Buf norm = {0};
     normalize(t, text, n, &norm);
     Bpe e = {.t = t, .text = norm.s};
+    if (t->unigram) {
+        unigram_encode(&e, norm.s, norm.n);
+        free(norm.s);
+        *ids = e.ids ? e.ids : xmalloc(sizeof **ids);
+        return e.n_ids;
+    }
     int32_t n_sym = 0;
     e.sym = xmalloc((norm.n + 1) * sizeof *e.sym);
     for (size_t off = 0; off < norm.n; n_sym++) {

@@ -127,8 +127,8 @@ static const HelpPage pages[] = {
      "the CPU it runs on has what its kernels use).\n\n" EXIT_STATUS},
     {"tokenize", "text to token ids and back with a checkpoint's tokenizer.model", TOKENIZE_USAGE,
      "Encodes each TEXT (or each line of F, - for standard input) with TOKENIZER, a SentencePiece\n"
-     "BPE model (the tokenizer.model beside a LLaMA-family checkpoint, the released MoE++ one\n"
-     "included), exactly as the sentencepiece library does, and prints its ids a line each: what\n"
+     "BPE or unigram model (the tokenizer.model beside a LLaMA-family checkpoint, the released MoE++\n"
+     "one included), exactly as the sentencepiece library does, and prints its ids a line each: what\n"
      "`run --ids` takes, and what `run --prompt TEXT` feeds the model.\n\n"
      "  --no-bos            without the beginning-of-sequence id first (default: with it, as\n"
      "                      Hugging Face's LlamaTokenizer adds it)\n"

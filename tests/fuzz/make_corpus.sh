@@ -46,7 +46,7 @@ done
 # tokenizer: SentencePiece models trained by the sentencepiece library (LLaMA's settings; unused
 # pieces; a small character map of its own), as the runtime_tokenizer test trains them
 /usr/bin/python3 tests/runtime/tokenizer_cases.py "$tmp/tok" >/dev/null
-cp "$tmp"/tok/{llama,unused,rules}.model "$out/tokenizer/"
+cp "$tmp"/tok/{llama,unused,rules,unigram_llama}.model "$out/tokenizer/"
 
 find "$out" -type f -size +64k -print -delete | sed 's/^/too large, dropped: /'
 du -sh "$out"

@@ -2,7 +2,7 @@
 # test_text.sh MOEPPC PYTHON SRC: text in and out on the command line against the sentencepiece
 # library: `moeppc tokenize` (ids, pieces, decoding) and `moeppc run --prompt/--tokenizer/--prompts`
 # (the prompt's ids, the generated text streamed, text prompt lines), with models that library trains
-# here; and their refusals (a broken or unigram model, a tokenizer larger than the vocabulary, a bad
+# here; and their refusals (a broken model or one of a kind it does not read, a tokenizer larger than the vocabulary, a bad
 # escape, a bad id).
 set -uo pipefail
 M=$1 PY=$2 SRC=$3
@@ -61,9 +61,9 @@ head -c 3000 "$TK" > "$tmp/cut.model"
 expect 1 "cut.model: error: byte [0-9]*: .*past the end" "$M" tokenize "$tmp/cut.model" hi
 "$PY" -c "
 import sentencepiece as spm
-spm.SentencePieceTrainer.train(input='$tmp/tok/corpus.txt', model_prefix='$tmp/uni', vocab_size=300, model_type='unigram', minloglevel=2)" ||
-  fail "cannot train a unigram model"
-expect 1 "uni.model: error: a SentencePiece unigram model: moeppc reads BPE models" "$M" tokenize "$tmp/uni.model" hi
+spm.SentencePieceTrainer.train(input='$tmp/tok/corpus.txt', model_prefix='$tmp/chr', vocab_size=300, model_type='char', minloglevel=2)" ||
+  fail "cannot train a char model"
+expect 1 "chr.model: error: a SentencePiece char model: moeppc reads BPE models" "$M" tokenize "$tmp/chr.model" hi
 expect 1 "no such file\|No such file" "$M" tokenize "$tmp/none.model" hi
 expect 1 "argument 1: '400' is not a token id (0..399)" "$M" tokenize "$TK" --decode "1 400"
 printf '1 2\nx\n3\n' | "$M" tokenize "$TK" --decode --file - > "$tmp/out" 2> "$tmp/err"

@@ -1,4 +1,4 @@
-"""Cases for tokenizer_check: SentencePiece BPE models trained here by the sentencepiece library,
+"""Cases for tokenizer_check: SentencePiece models (BPE and unigram) trained here by the sentencepiece library,
 and what the library itself encodes and decodes with them (the reference moeppc's tokenizer.c must
 match byte for byte).
 
@@ -38,7 +38,8 @@ with open(os.path.join(out, "corpus.txt"), "w") as f:
 
 def train(name, **kw):
     prefix = os.path.join(out, name)
-    spm.SentencePieceTrainer.train(input=os.path.join(out, "corpus.txt"), model_prefix=prefix, model_type="bpe",
+    kw.setdefault("model_type", "bpe")
+    spm.SentencePieceTrainer.train(input=os.path.join(out, "corpus.txt"), model_prefix=prefix,
                                    character_coverage=0.9995, minloglevel=2, **kw)
     return prefix + ".model"
 
@@ -57,6 +58,9 @@ models = [
     train("nfkc", vocab_size=300, user_defined_symbols=["<mask>", "[SEP]", "foo"]),  # defaults: NFKC map, extra spaces removed, <unk>
     train("suffix", vocab_size=350, byte_fallback=True, treat_whitespace_as_suffix=True, control_symbols=["<ctl>"]),
     train("rules", vocab_size=400, byte_fallback=True, normalization_rule_tsv=rules),  # a small map of its own
+    train("unigram", vocab_size=400, model_type="unigram"),                      # T5's kind: NFKC, <unk>
+    train("unigram_llama", vocab_size=450, model_type="unigram", user_defined_symbols=["<mask>", "foo"],
+          **LLAMA),                                                            # byte fallback, user-defined pieces
     train("noprefix", vocab_size=320, byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity",
           remove_extra_whitespaces=False, bos_id=-1, eos_id=1, unk_id=2, pad_id=0),
 ]
