@@ -19,7 +19,6 @@
 #include "runtime/weights_internal.h"
 
 #include <math.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,8 +217,7 @@ static void fill_all(const FillJob *jobs, int n)
     FillWork fw = {jobs, xmalloc((size_t)(n + 1) * sizeof(size_t))};
     fw.first[0] = 0;
     for (int j = 0; j < n; j++) fw.first[j + 1] = fw.first[j] + (jobs[j].count + FILL_PART - 1) / FILL_PART;
-    cpu_set_t set;
-    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    int cpus = cpus_available();
     CgPool *pool = cg_pool_new(cpus < 8 ? cpus : 8);
     cg_pool_parallel_for(pool, (int64_t)fw.first[n], fill_task, &fw);
     cg_pool_free(pool);

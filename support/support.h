@@ -137,6 +137,7 @@ typedef void (*cg_task_fn)(void *ctx, int64_t task, int thread);
 CgPool *cg_pool_new(int n_threads);
 void    cg_pool_free(CgPool *pool);
 int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
+int     cpus_available(void);                /* the CPUs this process may run on (its affinity), ≥ 1 */
 /* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
  * A NULL pool runs them on the caller. Not reentrant. */
 void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);

@@ -260,7 +260,7 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(dir)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     if (!ok) fprintf(stderr, "moeppc build: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     char *ir_text = ir_print_string(m), main_c[600];
@@ -356,7 +356,7 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     Recorder rec = {.dir = dir, .by_symbol = true, .no_objects = llvm};
     bool ok = (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
     if (ok && llvm) cg_jit_dump_ir(rec.jit, dir);
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     char list[4096];
     snprintf(list, sizeof list, "%s/kernels.txt", dir);

@@ -357,7 +357,7 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(tmp)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op};
+    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
     ok = ok && cpu_request_kernels(m, &ks, &err);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     const char *isa = ok ? cg_isa_name(cg_jit_target(rec.jit)->isa) : "";

@@ -36,4 +36,25 @@ LLVMContextRef cg_jit_context(CgJit *jit);
 void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
                             size_t errlen);
 
+/* Many kernels compiled at once on `threads` threads, each then linked into jit: a GEMM micro-kernel
+ * (gemm: cfg, a tile of this ISA; cached in jit, cg_jit_kernel finds it) or another kernel, the
+ * module build(ctx, arg, ...) makes under symbol (thread-safe: it touches only ctx), its address in
+ * fn. None may be in jit already, none twice. False with err (the first failure) if any fails; the
+ * ones linked before it stay. */
+typedef LLVMModuleRef (*CgJitBuild)(LLVMContextRef ctx, const void *arg, int vec_width, const char *symbol, char *err,
+                                    size_t errlen);
+typedef struct CgJitJob {
+    bool           gemm;
+    CgKernelConfig cfg;
+    CgJitBuild     build;
+    const void    *arg;
+    char           symbol[256];  /* another kernel's (set by the caller); a GEMM's is set here */
+    void          *fn;           /* out */
+    char           err[512];     /* (a job's own failure) */
+    LLVMMemoryBufferRef obj;
+} CgJitJob;
+bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen);
+/* Whether jit has compiled the GEMM micro-kernel of cfg already. */
+bool cg_jit_has_kernel(const CgJit *jit, const CgKernelConfig *cfg);
+
 #endif

@@ -153,9 +153,10 @@ static bool check_config(const CgJit *jit, const CgKernelConfig *cfg, char *err,
     return true;
 }
 
-/* Give mod the JIT's triple and data layout, verify it and run "default<O3>". Disposes mod and
- * returns false with err on failure. */
-static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, char *err, size_t errlen) {
+/* Give mod the JIT's triple and data layout, verify it and run "default<O3>" with tm. Disposes mod
+ * and returns false with err on failure. */
+static bool optimize_with(CgJit *jit, LLVMTargetMachineRef tm, LLVMModuleRef mod, const char *sym, char *err,
+                          size_t errlen) {
     LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit->lljit));
     LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit->lljit));
     char *msg = NULL;
@@ -167,7 +168,7 @@ static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, 
     }
     LLVMDisposeMessage(msg);
     LLVMPassBuilderOptionsRef opts = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef e = LLVMRunPasses(mod, "default<O3>", jit->tm, opts);
+    LLVMErrorRef e = LLVMRunPasses(mod, "default<O3>", tm, opts);
     LLVMDisposePassBuilderOptions(opts);
     if (e) {
         cg_fail_llvm(err, errlen, "LLVMRunPasses(default<O3>)", e);
@@ -186,6 +187,10 @@ static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, 
         }
     }
     return true;
+}
+
+static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, char *err, size_t errlen) {
+    return optimize_with(jit, jit->tm, mod, sym, err, errlen);
 }
 
 void cg_jit_dump_ir(CgJit *jit, const char *dir) {
@@ -305,3 +310,83 @@ void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, c
     if (!jit_add_and_lookup(jit, mod, symbol, &addr, err, errlen)) return NULL;
     return (void *)(uintptr_t)addr;
 }
+
+/* ---- many kernels at once ----------------------------------------------------------------------
+ * Each job on a thread of its own: a context and a target machine per thread (LLVM is thread-safe
+ * across contexts), the module built, optimised and compiled to an object in memory with the JIT's
+ * own code model; then, on the calling thread, each object linked into the JIT and its symbol looked
+ * up (cheap). The code is what compiling the jobs one by one makes. */
+typedef struct {
+    CgJit *jit;
+    CgJitJob *jobs;
+    LLVMTargetMachineRef *tm; /* [threads] */
+} Many;
+
+static void compile_job(void *ctx, int64_t i, int thread) {
+    Many *w = ctx;
+    CgJitJob *j = &w->jobs[i];
+    LLVMContextRef c = LLVMContextCreate();
+    LLVMModuleRef mod = j->gemm ? cg_build_kernel_module(c, &w->jit->t, &j->cfg, j->symbol)
+                                : j->build(c, j->arg, w->jit->t.vec_width, j->symbol, j->err, sizeof j->err);
+    if (mod && optimize_with(w->jit, w->tm[thread], mod, j->symbol, j->err, sizeof j->err)) {
+        char *msg = NULL;
+        LLVMMemoryBufferRef obj = NULL;
+        if (LLVMTargetMachineEmitToMemoryBuffer(w->tm[thread], mod, LLVMObjectFile, &msg, &obj))
+            cg_fail(j->err, sizeof j->err, "kernel %s: code generation failed: %s", j->symbol, msg ? msg : "?");
+        else j->obj = obj;
+        LLVMDisposeMessage(msg);
+        LLVMDisposeModule(mod);
+    }
+    LLVMContextDispose(c);
+}
+
+/* Link job j's object into the JIT (which takes it) and note its address. */
+static bool link_job(CgJit *jit, CgJitJob *j, char *err, size_t errlen) {
+    LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(jit->lljit, LLVMOrcLLJITGetMainJITDylib(jit->lljit), j->obj);
+    j->obj = NULL;
+    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITAddObjectFile", e);
+    LLVMOrcExecutorAddress a = 0;
+    e = LLVMOrcLLJITLookup(jit->lljit, &a, j->symbol);
+    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITLookup", e);
+    j->fn = (void *)(uintptr_t)a;
+    if (!j->gemm) return true;
+    CgKernel *k = xcalloc(1, sizeof *k);
+    k->cfg = j->cfg;
+    k->fn = (cg_kernel_fn)(uintptr_t)a;
+    snprintf(k->symbol, sizeof k->symbol, "%s", j->symbol);
+    jit->kernels = xrealloc(jit->kernels, (size_t)(jit->n_kernels + 1) * sizeof *jit->kernels);
+    jit->kernels[jit->n_kernels++] = k;
+    return true;
+}
+
+bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen) {
+    if (threads < 1) threads = 1;
+    if (threads > n) threads = n;
+    if (n == 0) return true;
+    Many w = {jit, jobs, xcalloc((size_t)threads, sizeof *w.tm)};
+    bool ok = true;
+    for (int t = 0; t < threads && ok; t++) ok = (w.tm[t] = cg_target_machine(&jit->t, false, err, errlen)) != NULL;
+    for (int i = 0; i < n; i++) {
+        jobs[i].obj = NULL, jobs[i].fn = NULL, jobs[i].err[0] = 0;
+        if (jobs[i].gemm) {
+            ok = ok && check_config(jit, &jobs[i].cfg, err, errlen);
+            cg_kernel_symbol(&jobs[i].cfg, jit->t.isa, jobs[i].symbol, sizeof jobs[i].symbol);
+        }
+    }
+    if (ok) {
+        CgPool *pool = cg_pool_new(threads);
+        cg_pool_parallel_for(pool, n, compile_job, &w);
+        cg_pool_free(pool);
+    }
+    for (int i = 0; i < n; i++) {
+        if (ok && !jobs[i].obj) ok = cg_fail(err, errlen, "%s", jobs[i].err[0] ? jobs[i].err : "kernel: not compiled");
+        if (ok) ok = link_job(jit, &jobs[i], err, errlen);
+        if (jobs[i].obj) LLVMDisposeMemoryBuffer(jobs[i].obj), jobs[i].obj = NULL;
+    }
+    for (int t = 0; t < threads; t++)
+        if (w.tm[t]) LLVMDisposeTargetMachine(w.tm[t]);
+    free(w.tm);
+    return ok;
+}
+
+bool cg_jit_has_kernel(const CgJit *jit, const CgKernelConfig *cfg) { return cache_find(jit, cfg) != NULL; }

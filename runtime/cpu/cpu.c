@@ -651,6 +651,7 @@ CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_posit
                  "weights themselves, and %s is available", a, b);
         return NULL;
     }
+    if (ks->prefetch && !ks->prefetch(ks->ctx, m, err)) return NULL;
     return model_new(m, w, max_positions, ks, threads, false, err);
 }
 

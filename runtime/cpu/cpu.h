@@ -30,6 +30,9 @@ typedef struct CpuKernelSource {
     const CgKernel *(*gemm)(void *ctx, const CgKernelConfig *want, RtError *err);
     /* The kernel for d, a function with the signature cg_ops.h gives its kind. */
     void *(*op)(void *ctx, const CgOpDesc *d, RtError *err);
+    /* Optional: make every kernel module m will request ready at once (cpu_model_new calls it
+     * first; the JIT compiles them on all the CPUs). */
+    bool (*prefetch)(void *ctx, const IrModule *m, RtError *err);
 } CpuKernelSource;
 
 typedef struct CpuModel CpuModel;

@@ -41,6 +41,100 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
     return fn;
 }
 
+/* ---- every kernel of a module at once ---------------------------------------------------------- */
+
+/* What a dry preparation of the module asks for (cpu_request_kernels through this source), each
+ * kernel once and only those the JIT has not made yet: the jobs of cg_jit_compile_many. */
+typedef struct {
+    JitSource *js;
+    CgJitJob *jobs;
+    CgOpDesc *ops; /* [n] an op job's description (its arg once all are in) */
+    int n;
+    CgKernel **fake; /* [n_fake] what the dry preparation is handed for a GEMM: its configuration */
+    int n_fake;
+} Wants;
+
+static LLVMModuleRef build_op(LLVMContextRef ctx, const void *arg, int vec_width, const char *symbol, char *err,
+                              size_t errlen)
+{
+    return cg_ops_build(ctx, arg, vec_width, symbol, err, errlen);
+}
+
+static bool wanted(const Wants *w, const char *sym)
+{
+    for (int k = 0; k < w->n; k++)
+        if (strcmp(w->jobs[k].symbol, sym) == 0) return true;
+    for (int k = 0; k < w->js->n; k++)
+        if (strcmp(w->js->symbols[k], sym) == 0) return true;
+    return false;
+}
+
+static CgJitJob *want_job(Wants *w)
+{
+    w->jobs = xrealloc(w->jobs, (size_t)(w->n + 1) * sizeof *w->jobs);
+    w->ops = xrealloc(w->ops, (size_t)(w->n + 1) * sizeof *w->ops);
+    CgJitJob *j = &w->jobs[w->n++];
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+static const CgKernel *want_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
+{
+    (void)err;
+    Wants *w = ctx;
+    CgKernelConfig cfg = cg_kernel_config_tile(w->js->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
+    cfg.a_bf16 = want->a_bf16;
+    CgKernel *k = xcalloc(1, sizeof *k);
+    k->cfg = cfg;
+    cg_kernel_symbol(&cfg, cg_jit_target(w->js->jit)->isa, k->symbol, sizeof k->symbol);
+    w->fake = xrealloc(w->fake, (size_t)(w->n_fake + 1) * sizeof *w->fake);
+    w->fake[w->n_fake++] = k;
+    if (!wanted(w, k->symbol) && !cg_jit_has_kernel(w->js->jit, &cfg)) {
+        CgJitJob *j = want_job(w);
+        j->gemm = true, j->cfg = cfg;
+        snprintf(j->symbol, sizeof j->symbol, "%s", k->symbol);
+    }
+    return k;
+}
+
+static void *want_op(void *ctx, const CgOpDesc *d, RtError *err)
+{
+    (void)err;
+    Wants *w = ctx;
+    char sym[256];
+    cg_op_symbol(d, sym, sizeof sym);
+    if (!wanted(w, sym)) {
+        CgJitJob *j = want_job(w);
+        w->ops[w->n - 1] = *d;
+        j->build = build_op;
+        snprintf(j->symbol, sizeof j->symbol, "%s", sym);
+    }
+    return w; /* (not called: the preparation is dry) */
+}
+
+static bool jit_prefetch(void *ctx, const IrModule *m, RtError *err)
+{
+    JitSource *js = ctx;
+    Wants w = {.js = js};
+    CpuKernelSource asks = {&w, want_gemm, want_op, NULL};
+    bool ok = cpu_request_kernels(m, &asks, err);
+    for (int k = 0; k < w.n; k++) w.jobs[k].arg = &w.ops[k];
+    int cpus = cpus_available();
+    ok = ok && cg_jit_compile_many(js->jit, w.jobs, w.n, cpus < 8 ? cpus : 8, err->msg, sizeof err->msg);
+    for (int k = 0; k < w.n; k++) { /* the op kernels linked: the cache jit_op looks in */
+        if (w.jobs[k].gemm || !w.jobs[k].fn) continue;
+        js->symbols = xrealloc(js->symbols, (size_t)(js->n + 1) * sizeof *js->symbols);
+        js->fns = xrealloc(js->fns, (size_t)(js->n + 1) * sizeof *js->fns);
+        js->symbols[js->n] = xstrdup(w.jobs[k].symbol);
+        js->fns[js->n++] = w.jobs[k].fn;
+    }
+    for (int k = 0; k < w.n_fake; k++) free(w.fake[k]);
+    free(w.fake);
+    free(w.jobs);
+    free(w.ops);
+    return ok;
+}
+
 /* cpu_bf16_dot's decision, and why in buf[n] (n may be 0). */
 static bool bf16_dot_decide(char *buf, size_t n)
 {
@@ -91,7 +185,7 @@ CpuKernelSource *cpu_jit_source_new(RtError *err)
     JitSource *js = xcalloc(1, sizeof *js);
     js->jit = jit;
     CpuKernelSource *ks = xcalloc(1, sizeof *ks);
-    *ks = (CpuKernelSource){js, jit_gemm, jit_op};
+    *ks = (CpuKernelSource){js, jit_gemm, jit_op, getenv("MOEPPC_JIT_SERIAL") ? NULL : jit_prefetch};
     return ks;
 }
 

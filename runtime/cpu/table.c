@@ -53,7 +53,7 @@ CpuKernelSource *cpu_table_source_new(const CpuKernelEntry *table, int n)
     ts->n = n;
     ts->gemms = xcalloc((size_t)n + 1, sizeof *ts->gemms);
     CpuKernelSource *ks = xcalloc(1, sizeof *ks);
-    *ks = (CpuKernelSource){ts, table_gemm, table_op};
+    *ks = (CpuKernelSource){ts, table_gemm, table_op, NULL};
     return ks;
 }
 

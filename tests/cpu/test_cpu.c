@@ -103,6 +103,46 @@ static void test_cpu_equals_interpreter(void **state)
     }
 }
 
+/* The kernels compiled all at once on every CPU (the JIT source's prefetch) are the ones compiled one
+ * by one as the model asks: the same logits, bit for bit, on every tiny spec. */
+static void test_parallel_jit_equals_serial(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(tiny_specs); k++) {
+        ModelSpec s;
+        load(tiny_specs[k], &s);
+        IrModule *m = codegen_ir(&s);
+        WeightSet *w;
+        RtError err = {{0}};
+        assert_true(weights_random(&s, 7, &w, &err));
+        enum { T = 11 };
+        int32_t ids[T], pos[T];
+        ids_for(ids, pos, T, s.vocab);
+        CpuKernelSource *both[2] = {cpu_jit_source_new(&err), cpu_jit_source_new(&err)};
+        assert_true(both[0] && both[1] && both[0]->prefetch);
+        both[1]->prefetch = NULL; /* one kernel at a time, as asked */
+        float *out[2];
+        int64_t V = 0;
+        for (int j = 0; j < 2; j++) {
+            CpuModel *cm = cpu_model_new(m, w, s.max_positions, both[j], 2, &err);
+            if (!cm) fprintf(stderr, "%s\n", err.msg);
+            assert_non_null(cm);
+            assert_true(cpu_model_run(cm, ids, pos, T, &err));
+            const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+            out[j] = xmalloc((size_t)(T * V) * sizeof *out[j]);
+            memcpy(out[j], logits, (size_t)(T * V) * sizeof *out[j]);
+            cpu_model_free(cm);
+        }
+        assert_memory_equal(out[0], out[1], (size_t)(T * V) * sizeof *out[0]);
+        free(out[0]);
+        free(out[1]);
+        cpu_jit_source_free(both[0]);
+        cpu_jit_source_free(both[1]);
+        weights_close(w);
+        ir_module_free(m);
+    }
+}
+
 /* Prefill T tokens, then decode one more on the KV cache: its logits equal the last row of a fresh
  * run over all T + 1 tokens. */
 static void test_decode_on_kv_cache(void **state)
@@ -236,7 +276,7 @@ static void test_tiles_come_from_the_ir(void **state)
     WeightSet *w;
     RtError err = {{0}};
     assert_true(weights_random(&s, 5, &w, &err));
-    CpuKernelSource logging = {NULL, logging_gemm, logging_op};
+    CpuKernelSource logging = {NULL, logging_gemm, logging_op, NULL};
     tile_log.n = 0;
     CpuModel *cm = cpu_model_new(m, w, s.max_positions, &logging, 2, &err);
     assert_non_null(cm);
@@ -339,7 +379,7 @@ static void test_bf16_dot_equals_interpreter(void **state)
         WeightSet *w;
         RtError err = {{0}};
         assert_true(weights_random(&s, 17, &w, &err));
-        CpuKernelSource logging = {NULL, logging_gemm, logging_op};
+        CpuKernelSource logging = {NULL, logging_gemm, logging_op, NULL};
         tile_log.n = tile_log.dot = 0;
         CpuModel *cm = cpu_model_new(m, w, s.max_positions, &logging, 2, &err);
         if (!cm) fprintf(stderr, "%s\n", err.msg);
@@ -375,6 +415,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_equals_interpreter),
         cmocka_unit_test(test_decode_on_kv_cache),
+        cmocka_unit_test(test_parallel_jit_equals_serial),
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
         cmocka_unit_test(test_tiles_come_from_the_ir),
