@@ -44,6 +44,16 @@ static IrModule *codegen_ir(const ModelSpec *s)
     return m;
 }
 
+/* Spec `name` lowered for the CPU backend, and random weights for it of the given seed. */
+static IrModule *open_spec(const char *name, uint64_t seed, ModelSpec *s, WeightSet **w)
+{
+    RtError err = {{0}};
+    load(name, s);
+    IrModule *m = codegen_ir(s);
+    assert_true(weights_random(s, seed, w, &err));
+    return m;
+}
+
 /* max |a - b| / max |b| over the last `rows` rows of two [*, V] logit arrays */
 static double rel_err(const float *a, const double *b, int64_t rows, int64_t V)
 {
@@ -67,11 +77,9 @@ static void test_cpu_equals_interpreter(void **state)
     (void)state;
     for (size_t k = 0; k < MOE_ARRAY_LEN(tiny_specs); k++) {
         ModelSpec s;
-        load(tiny_specs[k], &s);
-        IrModule *m = codegen_ir(&s);
         WeightSet *w;
+        IrModule *m = open_spec(tiny_specs[k], 11, &s, &w);
         RtError err = {{0}};
-        assert_true(weights_random(&s, 11, &w, &err));
         int32_t ids[40], pos[40];
         double worst[2] = {0, 0};
         for (int last = 0; last < 2; last++) {
@@ -110,11 +118,9 @@ static void test_parallel_jit_equals_serial(void **state)
     (void)state;
     for (size_t k = 0; k < MOE_ARRAY_LEN(tiny_specs); k++) {
         ModelSpec s;
-        load(tiny_specs[k], &s);
-        IrModule *m = codegen_ir(&s);
         WeightSet *w;
+        IrModule *m = open_spec(tiny_specs[k], 7, &s, &w);
         RtError err = {{0}};
-        assert_true(weights_random(&s, 7, &w, &err));
         enum { T = 11 };
         int32_t ids[T], pos[T];
         ids_for(ids, pos, T, s.vocab);
@@ -151,11 +157,9 @@ static void test_decode_on_kv_cache(void **state)
     static const char *const specs[] = {"tiny-moepp", "tiny-gqa", "tiny-every2"};
     for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
         ModelSpec s;
-        load(specs[k], &s);
-        IrModule *m = codegen_ir(&s);
         WeightSet *w;
+        IrModule *m = open_spec(specs[k], 3, &s, &w);
         RtError err = {{0}};
-        assert_true(weights_random(&s, 3, &w, &err));
         enum { T = 9 };
         int32_t ids[T + 1], pos[T + 1];
         ids_for(ids, pos, T + 1, s.vocab);
