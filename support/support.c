@@ -400,3 +400,23 @@ uint64_t hash_str(const char *s)
     }
     return h;
 }
+
+bool file_read_line(FILE *in, char **buf, size_t *cap, size_t limit, size_t *len, bool *too_long)
+{
+    size_t n = 0;
+    int ch;
+    *too_long = false;
+    while ((ch = getc(in)) != EOF && ch != '\n') {
+        if (n == limit) {
+            *too_long = true;
+            continue;
+        }
+        if (n + 1 >= *cap) *buf = xrealloc(*buf, *cap = *cap ? 2 * *cap : 256);
+        (*buf)[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0 && !*too_long) return false;
+    if (!*cap) *buf = xrealloc(*buf, *cap = 256);
+    (*buf)[n] = 0;
+    *len = n;
+    return true;
+}

@@ -118,6 +118,10 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
  * more than that is read. */
 #define FILE_READ_LIMIT 100000000
 char *file_read_all(const char *path, size_t *len);
+/* One line of in into *buf (*cap bytes, grown as needed; NUL-terminated, without its newline), its
+ * length in *len; at most limit bytes kept: the rest of a longer one is read and dropped, and
+ * *too_long set (a line of any length never takes more than limit bytes). False at the end of in. */
+bool  file_read_line(FILE *in, char **buf, size_t *cap, size_t limit, size_t *len, bool *too_long);
 
 /* ---- deterministic random numbers (splitmix64) ---------------------------------------------- */
 typedef struct {

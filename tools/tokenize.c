@@ -72,19 +72,18 @@ static int tokenize_file(const Tokenizer *t, const TokenizeArgs *a)
     FILE *f = strcmp(a->file, "-") == 0 ? stdin : fopen(a->file, "rb");
     if (!f) return fprintf(stderr, "moeppc tokenize: error: %s: %s\n", a->file, strerror(errno)), 1;
     char *line = NULL, where[64];
-    size_t cap = 0;
-    ssize_t n;
+    size_t cap = 0, n;
+    bool too_long;
     int rc = 0;
-    for (long ln = 1; (n = getline(&line, &cap, f)) >= 0; ln++) {
-        if (n && line[n - 1] == '\n') line[--n] = 0;
+    for (long ln = 1; file_read_line(f, &line, &cap, TOKENIZE_LINE_MAX, &n, &too_long); ln++) {
         snprintf(where, sizeof where, "line %ld", ln);
-        if ((size_t)n > TOKENIZE_LINE_MAX) {
+        if (too_long) {
             fprintf(stderr, "moeppc tokenize: error: %s: longer than %zu MiB\n", where, TOKENIZE_LINE_MAX >> 20);
             rc = 1;
             putchar('\n');
             continue;
         }
-        if (!tokenize_one(t, a, line, (size_t)n, where)) rc = 1, putchar('\n');
+        if (!tokenize_one(t, a, line, n, where)) rc = 1, putchar('\n');
     }
     if (ferror(f)) fprintf(stderr, "moeppc tokenize: error: %s: read error\n", a->file), rc = 1;
     free(line);

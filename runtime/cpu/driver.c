@@ -878,32 +878,12 @@ static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
     return !(r->perplexity && T < 2);
 }
 
-/* One line of in into *buf (without its newline), at most limit bytes kept: the rest of a longer
- * one is read and dropped, and *too_long set. False at the end of the input. */
-static bool read_line(FILE *in, char **buf, size_t *cap, size_t limit, bool *too_long)
-{
-    size_t n = 0;
-    int ch;
-    *too_long = false;
-    while ((ch = getc(in)) != EOF && ch != '\n') {
-        if (n == limit) {
-            *too_long = true;
-            continue;
-        }
-        if (n + 1 >= *cap) *buf = xrealloc(*buf, *cap = *cap ? 2 * *cap : 256);
-        (*buf)[n++] = (char)ch;
-    }
-    if (ch == EOF && n == 0 && !*too_long) return false;
-    if (!*cap) *buf = xrealloc(*buf, *cap = 256);
-    (*buf)[n] = 0;
-    return true;
-}
-
-/* A --prompts line of text, body its part after any + (at column col): its escapes read, encoded
+/* A --prompts line of text, body[n] its part after any + (at column col): its escapes read, encoded
  * (bos: the beginning-of-sequence id first, for a new sequence). */
-static int32_t *prompt_line_text(const Runner *rn, const char *what, const char *body, size_t col, bool bos, int64_t *T)
+static int32_t *prompt_line_text(const Runner *rn, const char *what, const char *body, size_t n, size_t col, bool bos,
+                                 int64_t *T)
 {
-    size_t n = strlen(body), bad;
+    size_t bad;
     char *text = xmalloc(n + 1), shown[8];
     int32_t *ids = NULL;
     if (!text_unescape(body, n, text, &n, &bad)) {
@@ -927,9 +907,9 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
     int64_t n = 0, done = 0;
     bool too_long;
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
-    while (read_line(in, &line, &cap, limit, &too_long)) {
+    size_t len;
+    while (file_read_line(in, &line, &cap, limit, &len, &too_long)) {
         n++;
-        size_t len = strlen(line);
         if (len && line[len - 1] == '\r') line[--len] = 0;
         const char *p = rn->tok ? line : line + strspn(line, " \t,"); /* text keeps its spaces */
         if (!too_long && (!*p || *p == '#')) continue;
@@ -938,7 +918,8 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
         int64_t T = 0;
         int32_t *ids = NULL;
         if (too_long) drv_err("%s: longer than %zu bytes\n", what, limit);
-        else if (rn->tok) ids = prompt_line_text(rn, what, p + more, 1 + more, !more, &T);
+        else if (rn->tok) ids = prompt_line_text(rn, what, p + more, len - (size_t)more, 1 + more, !more, &T);
+        else if (strlen(line) != len) drv_err("%s, column %zu: a NUL byte\n", what, strlen(line) + 1);
         else ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
         int bad = !ids || !prompt_ok(rn->r, what, T);
         if (!bad && more && c.len == 0) {

@@ -59,4 +59,8 @@ whole="$LONG ${out[1]} $SHORT"
 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/long" >"$WORK/long.txt" 2>"$WORK/long.err"
 [ $? -eq 1 ] && grep -q "line 1: longer than" "$WORK/long.err" && [ "$(sed -n 2p "$WORK/long.txt")" = "$(alone "$SHORT")" ] ||
   { echo "a 2 MB line:"; cat "$WORK/long.err" "$WORK/long.txt"; exit 1; }
+# a NUL byte in a line of ids is named, not taken for its end
+printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/nul.txt" 2>"$WORK/nul.err"
+[ $? -eq 1 ] && grep -q "line 1, column 4: a NUL byte" "$WORK/nul.err" && [ -z "$(sed -n 1p "$WORK/nul.txt")" ] &&
+  [ "$(sed -n 2p "$WORK/nul.txt")" = "$(alone "4 5")" ] || { echo "a NUL byte:"; cat "$WORK/nul.err" "$WORK/nul.txt"; exit 1; }
 echo "--prompts on $DEVICE: 3 prompts as alone, the bad line named, standard input read; + continues as the whole alone"

@@ -16,7 +16,7 @@ TK=$tmp/tok/llama.model
 sed "s/vocab: 256/vocab: 512/" "$SRC/specs/tiny/tiny-moepp.yaml" > "$tmp/t512.yaml" # the tokenizer's 400 pieces fit
 
 # --- moeppc tokenize against sentencepiece: ids (with and without BOS), pieces, decoding ----------
-printf 'Hello world, this is a test.\n  two  spaces\tand a tab\ncafé 日本語 😀\n\nbad \xff\xfe bytes\n' > "$tmp/lines.txt"
+printf 'Hello world, this is a test.\n  two  spaces\tand a tab\ncafé 日本語 😀\n\nbad \xff\xfe bytes\nnul\000byte\n' > "$tmp/lines.txt"
 "$PY" - "$TK" "$tmp/lines.txt" "$tmp" <<'PYEOF' || fail "cannot compute sentencepiece's answers"
 import sys, sentencepiece as spm
 sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
