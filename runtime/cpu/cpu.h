@@ -31,7 +31,8 @@ typedef struct CpuKernelSource {
     /* The kernel for d, a function with the signature cg_ops.h gives its kind. */
     void *(*op)(void *ctx, const CgOpDesc *d, RtError *err);
     /* Optional: make every kernel module m will request ready at once (cpu_model_new calls it
-     * first; the JIT compiles them on all the CPUs). */
+     * first; the JIT compiles them on all the CPUs). Its failure is no error: a kernel it did not
+     * make is made when asked for, and that reports what is wrong. */
     bool (*prefetch)(void *ctx, const IrModule *m, RtError *err);
 } CpuKernelSource;
 

@@ -23,6 +23,15 @@ static const CgKernel *jit_gemm(void *ctx, const CgKernelConfig *want, RtError *
     return k;
 }
 
+/* An op kernel in the cache jit_op looks in. */
+static void keep_op(JitSource *js, const char *sym, void *fn)
+{
+    js->symbols = xrealloc(js->symbols, (size_t)(js->n + 1) * sizeof *js->symbols);
+    js->fns = xrealloc(js->fns, (size_t)(js->n + 1) * sizeof *js->fns);
+    js->symbols[js->n] = xstrdup(sym);
+    js->fns[js->n++] = fn;
+}
+
 static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
 {
     JitSource *js = ctx;
@@ -33,11 +42,7 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
     LLVMModuleRef mod = cg_ops_build(cg_jit_context(js->jit), d, cg_jit_target(js->jit)->vec_width, sym, err->msg,
                                      sizeof err->msg);
     void *fn = mod ? cg_jit_compile_module(js->jit, mod, sym, NULL, err->msg, sizeof err->msg) : NULL;
-    if (!fn) return NULL;
-    js->symbols = xrealloc(js->symbols, (size_t)(js->n + 1) * sizeof *js->symbols);
-    js->fns = xrealloc(js->fns, (size_t)(js->n + 1) * sizeof *js->fns);
-    js->symbols[js->n] = xstrdup(sym);
-    js->fns[js->n++] = fn;
+    if (fn) keep_op(js, sym, fn);
     return fn;
 }
 
@@ -121,13 +126,8 @@ static bool jit_prefetch(void *ctx, const IrModule *m, RtError *err)
     for (int k = 0; k < w.n; k++) w.jobs[k].arg = &w.ops[k];
     int cpus = cpus_available();
     ok = ok && cg_jit_compile_many(js->jit, w.jobs, w.n, cpus < 8 ? cpus : 8, err->msg, sizeof err->msg);
-    for (int k = 0; k < w.n; k++) { /* the op kernels linked: the cache jit_op looks in */
-        if (w.jobs[k].gemm || !w.jobs[k].fn) continue;
-        js->symbols = xrealloc(js->symbols, (size_t)(js->n + 1) * sizeof *js->symbols);
-        js->fns = xrealloc(js->fns, (size_t)(js->n + 1) * sizeof *js->fns);
-        js->symbols[js->n] = xstrdup(w.jobs[k].symbol);
-        js->fns[js->n++] = w.jobs[k].fn;
-    }
+    for (int k = 0; k < w.n; k++)
+        if (!w.jobs[k].gemm && w.jobs[k].fn) keep_op(js, w.jobs[k].symbol, w.jobs[k].fn);
     for (int k = 0; k < w.n_fake; k++) free(w.fake[k]);
     free(w.fake);
     free(w.jobs);
