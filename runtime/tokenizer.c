@@ -299,6 +299,18 @@ static int hexval(char c)
     return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* The normal pieces' lowest and highest scores (unigram's unknown and user-defined scores) and the
+ * longest piece a merge or the lattice can reach. */
+static void piece_stats(Tokenizer *t)
+{
+    t->min_score = FLT_MAX, t->max_score = FLT_MIN; /* SentencePiece's starting values, FLT_MIN included */
+    for (int32_t id = 0; id < t->n; id++) {
+        const Piece *p = &t->piece[id];
+        if (p->type == PIECE_NORMAL) t->min_score = fminf(t->min_score, p->score), t->max_score = fmaxf(t->max_score, p->score);
+        if ((p->type == PIECE_NORMAL || p->type == PIECE_USER || p->type == PIECE_UNUSED) && p->len > t->max_len) t->max_len = p->len;
+    }
+}
+
 /* What SentencePiece checks when it loads a model, and what this file needs of it. */
 static bool check_model(Tokenizer *t, const Load *sp, const char *name, RtError *err)
 {
@@ -309,12 +321,7 @@ static bool check_model(Tokenizer *t, const Load *sp, const char *name, RtError 
         return false;
     }
     t->unigram = sp->model_type == MODEL_UNIGRAM;
-    t->min_score = FLT_MAX, t->max_score = FLT_MIN; /* SentencePiece's starting values, FLT_MIN included */
-    for (int32_t id = 0; id < t->n; id++) {
-        const Piece *p = &t->piece[id];
-        if (p->type == PIECE_NORMAL) t->min_score = fminf(t->min_score, p->score), t->max_score = fmaxf(t->max_score, p->score);
-        if (p->type == PIECE_NORMAL || p->type == PIECE_USER || p->type == PIECE_UNUSED) t->max_len = p->len > t->max_len ? p->len : t->max_len;
-    }
+    piece_stats(t);
     if (t->n == 0) return rt_errorf(err, name, "no pieces (not a tokenizer.model?)"), false;
     map_build(t, &t->normal, false);
     map_build(t, &t->reserved, true);
