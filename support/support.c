@@ -420,3 +420,33 @@ bool file_read_line(FILE *in, char **buf, size_t *cap, size_t limit, size_t *len
     *len = n;
     return true;
 }
+
+int32_t *ids_parse(const char *text, int64_t vocab, int64_t max, int64_t *n_out, char *why, size_t why_n)
+{
+    int64_t n = 0, cap = 16;
+    int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
+    for (const char *p = text;;) {
+        p += strspn(p, " ,\t\n");
+        if (!*p) break;
+        char *end, shown[48]; /* printable and short, whatever the bytes (a --prompts file may hold any) */
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
+            str_escape(p, strcspn(p, " ,\t\n"), shown, sizeof shown);
+            snprintf(why, why_n, "'%s' (token %lld) is not a token id", shown, (long long)n + 1);
+        } else if (v < 0 || v >= vocab) {
+            snprintf(why, why_n, "token %lld is %lld, outside the vocabulary [0, %lld)", (long long)n + 1, v, (long long)vocab);
+        } else if (n == max) {
+            snprintf(why, why_n, "more than max_positions (%lld) tokens", (long long)max);
+        } else {
+            if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+            ids[n++] = (int32_t)v;
+            p = end;
+            continue;
+        }
+        free(ids);
+        return NULL;
+    }
+    *n_out = n;
+    return ids;
+}

@@ -102,6 +102,11 @@ void str_bytes(double bytes, char *buf, size_t n);
 /* a*b and a+b on int64 with overflow detection: return false when the result does not fit. */
 bool i64_mul_ok(int64_t a, int64_t b, int64_t *out);
 bool i64_add_ok(int64_t a, int64_t b, int64_t *out);
+/* Token ids in text ("1 5 9" or "1,5,9": spaces, commas, tabs, newlines between), each in [0, vocab),
+ * at most max of them (max < 0: any number; the first one too many is refused, the rest never read).
+ * The ids (malloc'd; none for empty text) and their count in *n; NULL with why[why_n] naming the first
+ * bad one (by its place, its bytes escaped). */
+int32_t *ids_parse(const char *text, int64_t vocab, int64_t max, int64_t *n, char *why, size_t why_n);
 /* Input text for a message, printable: bytes below 0x20 and DEL become \xNN; cut with "..." when
  * buf (n bytes) is full. Names and strings read from a file go through this before they are shown. */
 void str_escape(const char *s, size_t len, char *buf, size_t n);

@@ -26,22 +26,13 @@ static int tok_usage(const char *fmt, const char *arg)
 static bool tokenize_one(const Tokenizer *t, const TokenizeArgs *a, const char *in, size_t n, const char *where)
 {
     if (a->decode) {
-        int64_t k = 0, size = tokenizer_size(t);
-        int32_t *ids = xmalloc((n / 2 + 1) * sizeof *ids);
-        for (const char *p = in; p < in + n;) {
-            p += strspn(p, " \t,");
-            if (p >= in + n || !*p) break;
-            char *end;
-            errno = 0;
-            long v = strtol(p, &end, 10);
-            if (end == p || errno || v < 0 || v >= size || (*end && !strchr(" \t,", *end))) {
-                char shown[48];
-                str_escape(p, strcspn(p, " \t,"), shown, sizeof shown);
-                fprintf(stderr, "moeppc tokenize: error: %s: '%s' is not a token id (0..%lld)\n", where, shown, (long long)size - 1);
-                free(ids);
-                return false;
-            }
-            ids[k++] = (int32_t)v, p = end;
+        char why[160];
+        int64_t k;
+        int32_t *ids = strlen(in) == n ? ids_parse(in, tokenizer_size(t), -1, &k, why, sizeof why) : NULL;
+        if (!ids) {
+            if (strlen(in) != n) snprintf(why, sizeof why, "column %zu: a NUL byte", strlen(in) + 1);
+            fprintf(stderr, "moeppc tokenize: error: %s: %s\n", where, why);
+            return false;
         }
         size_t len;
         char *text = tokenizer_decode(t, ids, k, false, &len);
@@ -54,13 +45,12 @@ static bool tokenize_one(const Tokenizer *t, const TokenizeArgs *a, const char *
     }
     int32_t *ids;
     int64_t k = tokenizer_encode(t, in, n, &ids);
-    bool bos = !a->no_bos && tokenizer_bos(t) >= 0;
-    if (bos) printf("%s", a->pieces ? tokenizer_piece(t, tokenizer_bos(t)) : "");
-    if (bos && !a->pieces) printf("%d", tokenizer_bos(t));
-    for (int64_t i = 0; i < k; i++) {
-        if (i || bos) putchar(' ');
-        if (!a->pieces) printf("%d", ids[i]);
-        else text_write_escaped(stdout, tokenizer_piece(t, ids[i]), strlen(tokenizer_piece(t, ids[i])));
+    int64_t first = !a->no_bos && tokenizer_bos(t) >= 0 ? -1 : 0; /* -1: the beginning-of-sequence id */
+    for (int64_t i = first; i < k; i++) {
+        int32_t id = i < 0 ? tokenizer_bos(t) : ids[i];
+        if (i > first) putchar(' ');
+        if (a->pieces) text_write_escaped(stdout, tokenizer_piece(t, id), strlen(tokenizer_piece(t, id)));
+        else printf("%d", id);
     }
     putchar('\n');
     free(ids);

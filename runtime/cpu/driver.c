@@ -334,43 +334,14 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
 /* "1 5 9" or "1,5,9" → ids; every id checked against the vocabulary and the position limit. */
 static int32_t *parse_ids(const char *opt, const char *text, const ModelSpec *s, int64_t *n_out)
 {
-    int64_t n = 0, cap = 16;
-    int32_t *ids = xmalloc((size_t)cap * sizeof *ids);
-    const char *p = text;
-    for (;;) {
-        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
-        if (!*p) break;
-        char *end;
-        errno = 0;
-        long long v = strtoll(p, &end, 10);
-        if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
-            char shown[48]; /* printable and short, whatever the bytes (a --prompts file may hold any) */
-            str_escape(p, strcspn(p, " ,\t\n"), shown, sizeof shown);
-            drv_err("%s: '%s' (token %lld) is not a token id\n", opt, shown, (long long)n + 1);
-            free(ids);
-            return NULL;
-        }
-        if (v < 0 || v >= s->vocab) {
-            drv_err("%s: token %lld is %lld, outside the vocabulary [0, %lld)\n", opt,
-                    (long long)n + 1, v, (long long)s->vocab);
-            free(ids);
-            return NULL;
-        }
-        if (n == s->max_positions) { /* refused at the first token too many: the rest is never read */
-            drv_err("%s: more than max_positions (%lld) tokens\n", opt, (long long)s->max_positions);
-            free(ids);
-            return NULL;
-        }
-        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
-        ids[n++] = (int32_t)v;
-        p = end;
-    }
-    if (n == 0) {
-        drv_err("%s: the list is empty\n", opt);
+    char why[160];
+    int32_t *ids = ids_parse(text, s->vocab, s->max_positions, n_out, why, sizeof why);
+    if (ids && *n_out == 0) {
         free(ids);
-        return NULL;
+        ids = NULL;
+        snprintf(why, sizeof why, "the list is empty");
     }
-    *n_out = n;
+    if (!ids) drv_err("%s: %s\n", opt, why);
     return ids;
 }
 

@@ -65,7 +65,8 @@ spm.SentencePieceTrainer.train(input='$tmp/tok/corpus.txt', model_prefix='$tmp/c
   fail "cannot train a char model"
 expect 1 "chr.model: error: a SentencePiece char model: moeppc reads BPE models" "$M" tokenize "$tmp/chr.model" hi
 expect 1 "no such file\|No such file" "$M" tokenize "$tmp/none.model" hi
-expect 1 "argument 1: '400' is not a token id (0..399)" "$M" tokenize "$TK" --decode "1 400"
+expect 1 "argument 1: token 2 is 400, outside the vocabulary \[0, 400)" "$M" tokenize "$TK" --decode "1 400"
+expect 1 "argument 1: '1x' (token 1) is not a token id" "$M" tokenize "$TK" --decode "1x 2"
 printf '1 2\nx\n3\n' | "$M" tokenize "$TK" --decode --file - > "$tmp/out" 2> "$tmp/err"
 [ $? = 1 ] && [ "$(sed -n 2p "$tmp/out")" = "" ] && [ "$(wc -l < "$tmp/out")" = 3 ] && grep -q "line 2: 'x'" "$tmp/err" ||
   fail "a bad --decode line: not answered by an empty line and named"
