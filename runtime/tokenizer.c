@@ -27,7 +27,6 @@
 
 enum { PIECE_NORMAL = 1, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER, PIECE_UNUSED, PIECE_BYTE };
 enum { MODEL_UNIGRAM = 1, MODEL_BPE, MODEL_WORD, MODEL_CHAR };
-#define TOK_MAX_FILE ((size_t)1 << 30) /* a tokenizer.model is a few MB; refuse what is not one */
 
 typedef struct {
     char    *s;
@@ -378,21 +377,10 @@ bool tokenizer_parse(const void *data, size_t n, const char *name, Tokenizer **o
 
 bool tokenizer_load(const char *path, Tokenizer **out, RtError *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return rt_errorf(err, path, "%s", strerror(errno)), false;
-    size_t cap = 1 << 20, n = 0, got;
-    char *data = xmalloc(cap);
-    while ((got = fread(data + n, 1, cap - n, f)) > 0) {
-        n += got;
-        if (n == cap && cap < TOK_MAX_FILE) data = xrealloc(data, cap *= 2);
-        else if (n == cap) break;
-    }
-    bool bad = ferror(f) != 0, big = n == TOK_MAX_FILE && fgetc(f) != EOF;
-    fclose(f);
-    bool ok = false;
-    if (bad) rt_errorf(err, path, "read error");
-    else if (big) rt_errorf(err, path, "larger than %zu MiB: not a tokenizer.model", TOK_MAX_FILE >> 20);
-    else ok = tokenizer_parse(data, n, path, out, err);
+    size_t n;
+    char *data = file_read_all(path, &n); /* at most FILE_READ_LIMIT: a tokenizer.model is a few MB */
+    if (!data) return rt_errorf(err, path, "%s", strerror(errno)), false;
+    bool ok = tokenizer_parse(data, n, path, out, err);
     free(data);
     return ok;
 }
