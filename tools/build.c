@@ -82,34 +82,35 @@ typedef struct {
 } GpuKernels;
 #endif
 
-static const char *obj_path(const Recorder *r, const char *sym, char *buf, size_t n)
+bool recorder_compile(Recorder *r, const IrModule *m, RtError *err)
 {
-    if (r->no_objects) return NULL;
-    if (r->by_symbol) snprintf(buf, n, "%s/%s.o", r->dir, sym);
-    else snprintf(buf, n, "%s/k%d.o", r->dir, r->n);
-    return buf;
+    CpuKernelList l;
+    bool ok = cpu_kernel_list(r->jit, m, &l, err);
+    char **paths = xcalloc((size_t)l.n + 1, sizeof *paths);
+    for (int k = 0; ok && !r->no_objects && k < l.n; k++) {
+        StrBuf p = {0};
+        if (r->by_symbol) strbuf_printf(&p, "%s/%s.o", r->dir, l.jobs[k].symbol);
+        else strbuf_printf(&p, "%s/k%d.o", r->dir, k);
+        l.jobs[k].obj_path = paths[k] = p.s;
+    }
+    ok = ok && cg_jit_emit_many(r->jit, l.jobs, l.n, cpu_jit_threads(), err->msg, sizeof err->msg);
+    r->e = xcalloc((size_t)l.n + 1, sizeof *r->e);
+    for (int k = 0; k < l.n; k++) {
+        if (ok) r->e[r->n++] = (CpuKernelEntry){xstrdup(l.jobs[k].symbol), NULL, l.jobs[k].gemm, l.jobs[k].cfg};
+        else if (paths[k]) unlink(paths[k]); /* nothing half-written */
+        free(paths[k]);
+    }
+    free(paths);
+    cpu_kernel_list_free(&l);
+    return ok;
 }
 
-static void record(Recorder *r, const char *sym, void *fn, bool is_gemm, const CgKernelConfig *cfg)
+void recorder_free(Recorder *r)
 {
-    r->e = xrealloc(r->e, (size_t)(r->n + 1) * sizeof *r->e);
-    r->e[r->n++] = (CpuKernelEntry){xstrdup(sym), fn, is_gemm, cfg ? *cfg : (CgKernelConfig){0}};
-}
-
-const CgKernel *recorder_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
-{
-    Recorder *r = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(r->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
-    cfg.a_bf16 = want->a_bf16;
-    for (int k = 0; k < r->n; k++)
-        if (r->e[k].is_gemm && r->e[k].cfg.b_dtype == cfg.b_dtype && r->e[k].cfg.mr == cfg.mr &&
-            r->e[k].cfg.nr == cfg.nr && r->e[k].cfg.k_unroll == cfg.k_unroll && r->e[k].cfg.a_bf16 == cfg.a_bf16)
-            return cg_jit_kernel(r->jit, &cfg, NULL, err->msg, sizeof err->msg);
-    char path[512], sym[64];
-    cg_kernel_symbol(&cfg, cg_jit_target(r->jit)->isa, sym, sizeof sym);
-    const CgKernel *g = cg_jit_kernel(r->jit, &cfg, obj_path(r, sym, path, sizeof path), err->msg, sizeof err->msg);
-    if (g) record(r, g->symbol, (void *)g->fn, true, &cfg);
-    return g;
+    for (int k = 0; k < r->n; k++) free((char *)r->e[k].symbol);
+    free(r->e);
+    cg_jit_free(r->jit);
+    *r = (Recorder){0};
 }
 
 void write_kernel_table(FILE *f, const Recorder *r, const char *name)
@@ -123,22 +124,6 @@ void write_kernel_table(FILE *f, const Recorder *r, const char *name)
                 c->a_bf16 ? "true" : "false");
     }
     fprintf(f, "};\n\n");
-}
-
-void *recorder_op(void *ctx, const CgOpDesc *d, RtError *err)
-{
-    Recorder *r = ctx;
-    char sym[256], path[512];
-    cg_op_symbol(d, sym, sizeof sym);
-    for (int k = 0; k < r->n; k++)
-        if (!r->e[k].is_gemm && strcmp(r->e[k].symbol, sym) == 0) return r->e[k].fn;
-    LLVMModuleRef mod = cg_ops_build(cg_jit_context(r->jit), d, cg_jit_target(r->jit)->vec_width, sym, err->msg,
-                                     sizeof err->msg);
-    void *fn = mod ? cg_jit_compile_module(r->jit, mod, sym, obj_path(r, sym, path, sizeof path), err->msg,
-                                           sizeof err->msg)
-                   : NULL;
-    if (fn) record(r, sym, fn, false, NULL);
-    return fn;
 }
 
 void write_c_literal(FILE *f, const char *text)
@@ -260,8 +245,7 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(dir)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
-    ok = ok && cpu_request_kernels(m, &ks, &err);
+    ok = ok && recorder_compile(&rec, m, &err);
     if (!ok) fprintf(stderr, "moeppc build: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     char *ir_text = ir_print_string(m), main_c[600];
     snprintf(main_c, sizeof main_c, "%s/main.c", dir);
@@ -292,9 +276,7 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
 #endif
     if (keep) printf("kept the intermediate files in %s\n", dir);
     else if (rec.dir) remove_dir(dir, rec.n);
-    for (int k = 0; k < rec.n; k++) free((char *)rec.e[k].symbol);
-    free(rec.e);
-    cg_jit_free(rec.jit);
+    recorder_free(&rec);
     free(ir_text);
     free(spec_text);
     ir_module_free(m);
@@ -356,8 +338,7 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     Recorder rec = {.dir = dir, .by_symbol = true, .no_objects = llvm};
     bool ok = (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
     if (ok && llvm) cg_jit_dump_ir(rec.jit, dir);
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
-    ok = ok && cpu_request_kernels(m, &ks, &err);
+    ok = ok && recorder_compile(&rec, m, &err);
     char list[4096];
     snprintf(list, sizeof list, "%s/kernels.txt", dir);
     FILE *f = ok ? fopen(list, "w") : NULL;
@@ -367,9 +348,7 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     else if (ok) snprintf(err.msg, sizeof err.msg, "cannot write %s", list), ok = false;
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg);
     else printf("wrote %d kernels (%s) and kernels.txt to %s\n", rec.n, llvm ? "LLVM IR, .ll" : "objects, .o", dir);
-    for (int k = 0; k < rec.n; k++) free((char *)rec.e[k].symbol);
-    free(rec.e);
-    cg_jit_free(rec.jit);
+    recorder_free(&rec);
     ir_module_free(m);
     return ok ? 0 : 1;
 }

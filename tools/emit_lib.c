@@ -357,8 +357,7 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
     RtError err = {{0}};
     Recorder rec = {.dir = mkdtemp(tmp)};
     bool ok = rec.dir && (rec.jit = cg_jit_new(CG_ISA_AUTO, err.msg, sizeof err.msg)) != NULL;
-    CpuKernelSource ks = {&rec, recorder_gemm, recorder_op, NULL};
-    ok = ok && cpu_request_kernels(m, &ks, &err);
+    ok = ok && recorder_compile(&rec, m, &err);
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     const char *isa = ok ? cg_isa_name(cg_jit_target(rec.jit)->isa) : "";
     for (int j = 0; ok && j < rec.n; j++)
@@ -369,9 +368,7 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
         printf("wrote %s: moepp_layer.h, libmoepp_layer.a, libmoepp_layer.so, moepp_layer.pc (one MoE layer of %s, "
                "%d kernels for %s)\n", dir, s->name, rec.n, isa);
     if (rec.dir) remove_temps(tmp, rec.n);
-    for (int j = 0; j < rec.n; j++) free((char *)rec.e[j].symbol);
-    free(rec.e);
-    cg_jit_free(rec.jit);
+    recorder_free(&rec);
     ir_module_free(m);
     return ok ? 0 : 1;
 }

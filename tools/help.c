@@ -112,7 +112,8 @@ static const HelpPage pages[] = {
      "                      cuda, ptx and cubin (default sm_90) and for a CUDA build of lib; emu: lib\n"
      "                      for the CUDA emulator (tests)\n"
      "  --tuning DB         kernel configurations from a tuning database\n\n"
-     "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use).\n\n" EXIT_STATUS},
+     "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use);\n"
+     "MOEPPC_JIT_SERIAL=1 (the CPU kernels compiled one by one; default: on every CPU, the same bytes).\n\n" EXIT_STATUS},
     {"build", "compile a spec to one executable: kernels, plan and runtime (CPU, or CPU and GPU)", BUILD_USAGE,
      "Compiles SPEC into one executable MODEL: the kernels (CPU, and with a GPU target the CUDA\n"
      "kernels as cubin and PTX), the planned IR and the runtime. MODEL takes the options of\n"
@@ -124,7 +125,8 @@ static const HelpPage pages[] = {
      "  --tuning DB         kernel configurations from a tuning database (a CPU or a GPU one)\n"
      "  --keep-temps        keep the generated C and objects (their folder is printed)\n\n"
      "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the CPU kernels may use; MODEL checks\n"
-     "the CPU it runs on has what its kernels use).\n\n" EXIT_STATUS},
+     "the CPU it runs on has what its kernels use); MOEPPC_JIT_SERIAL=1 (the CPU kernels compiled one\n"
+     "by one; default: on every CPU, the same bytes).\n\n" EXIT_STATUS},
     {"tokenize", "text to token ids and back with a checkpoint's tokenizer.model", TOKENIZE_USAGE,
      "Encodes each TEXT (or each line of F, - for standard input) with TOKENIZER, a SentencePiece\n"
      "BPE or unigram model (the tokenizer.model beside a LLaMA-family checkpoint, the released MoE++\n"

@@ -1,6 +1,6 @@
-/* recorder.h — a CPU kernel source (cpu.h) that compiles every kernel a module asks for through the
- * JIT and also writes it as an object file: what `moeppc build`, `moeppc emit --emit llvm|obj` and
- * `moeppc emit --emit lib` link or ship (tools/build.c). */
+/* recorder.h — every CPU kernel a module asks for, compiled at once on the available CPUs and written
+ * as object files: what `moeppc build`, `moeppc emit --emit llvm|obj` and `moeppc emit --emit lib`
+ * link or ship (tools/build.c). */
 #ifndef MOEPPC_TOOLS_RECORDER_H
 #define MOEPPC_TOOLS_RECORDER_H
 
@@ -14,13 +14,17 @@ typedef struct Recorder {
     const char *dir;
     bool by_symbol;           /* emit: DIR/SYMBOL.o; build and lib: DIR/kN.o */
     bool no_objects;          /* emit llvm: only the IR text (cg_jit_dump_ir) */
-    CpuKernelEntry *e;        /* what was compiled, in order (symbols xstrdup'd)  */
+    CpuKernelEntry *e;        /* what was compiled, in the order m asks (symbols xstrdup'd; fn NULL) */
     int n;
 } Recorder;
 
-/* The two callbacks of a CpuKernelSource whose ctx is a Recorder. */
-const CgKernel *recorder_gemm(void *ctx, const CgKernelConfig *want, RtError *err);
-void           *recorder_op(void *ctx, const CgOpDesc *d, RtError *err);
+/* Every kernel m asks for (cpu_kernel_list) compiled by r->jit's generators on cpu_jit_threads()
+ * threads (cg_jit_emit_many), each to its object file in r->dir (or, no_objects, its optimised IR
+ * when cg_jit_dump_ir is on), and listed in r->e. On failure false with err, no object left behind
+ * and nothing listed. */
+bool recorder_compile(Recorder *r, const IrModule *m, RtError *err);
+/* The entries and the JIT. */
+void recorder_free(Recorder *r);
 /* The recorded kernels as C: their extern declarations and `static const CpuKernelEntry NAME[]`. */
 void write_kernel_table(FILE *f, const Recorder *r, const char *name);
 

@@ -279,7 +279,7 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
         if (rn->att) return true;
         LLVMModuleRef mod = cg_ops_build(cg_jit_context(t->jit), &d, cg_jit_target(t->jit)->vec_width, sym, err,
                                          sizeof err);
-        rn->att = mod ? cg_jit_compile_module(t->jit, mod, sym, NULL, err, sizeof err) : NULL;
+        rn->att = mod ? cg_jit_compile_module(t->jit, mod, sym, err, sizeof err) : NULL;
         if (!rn->att) return false;
         t->op_sym = xrealloc(t->op_sym, (size_t)(t->n_op + 1) * sizeof *t->op_sym);
         t->op_fn = xrealloc(t->op_fn, (size_t)(t->n_op + 1) * sizeof *t->op_fn);

@@ -30,11 +30,10 @@ LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, cons
 LLVMOrcThreadSafeContextRef cg_thread_safe_context(LLVMContextRef *ctx);
 /* The JIT's LLVM context: build modules in it for cg_jit_compile_module. */
 LLVMContextRef cg_jit_context(CgJit *jit);
-/* Verify mod, optimise it with "default<O3>" for the host, optionally write it to obj_path as an
- * object file, JIT it and return the address of `symbol`. Takes mod (disposed on failure). NULL with
- * err on failure. Not thread-safe, like every kernel build. */
-void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
-                            size_t errlen);
+/* Verify mod, optimise it with "default<O3>" for the host, JIT it and return the address of
+ * `symbol`. Takes mod (disposed on failure). NULL with err on failure. Not thread-safe, like every
+ * kernel build. (Object files of such kernels: cg_jit_emit_many.) */
+void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, char *err, size_t errlen);
 
 /* Many kernels compiled at once on `threads` threads, each then linked into jit: a GEMM micro-kernel
  * (gemm: cfg, a tile of this ISA; cached in jit, cg_jit_kernel finds it) or another kernel, the
@@ -49,11 +48,17 @@ typedef struct CgJitJob {
     CgJitBuild     build;
     const void    *arg;
     char           symbol[256];  /* another kernel's (set by the caller); a GEMM's is set here */
-    void          *fn;           /* out */
+    const char    *obj_path;     /* cg_jit_emit_many: where its object goes (NULL: none, only IR dumps) */
+    void          *fn;           /* out (cg_jit_compile_many) */
+    bool           done;         /* out: compiled (and written) */
     char           err[512];     /* (a job's own failure) */
     LLVMMemoryBufferRef obj;
 } CgJitJob;
 bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen);
+/* The same jobs compiled ahead of time: each optimised as cg_jit_kernel with obj_path optimises
+ * (cg_jit_dump_ir's IR included) and written position-independent to its obj_path, bit for bit what
+ * cg_jit_kernel writes there; nothing is linked into jit. */
+bool cg_jit_emit_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen);
 /* Whether jit has compiled the GEMM micro-kernel of cfg already. */
 bool cg_jit_has_kernel(const CgJit *jit, const CgKernelConfig *cfg);
 

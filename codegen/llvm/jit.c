@@ -299,13 +299,8 @@ char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t
 
 LLVMContextRef cg_jit_context(CgJit *jit) { return jit->ctx; }
 
-void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, const char *obj_path, char *err,
-                            size_t errlen) {
+void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, char *err, size_t errlen) {
     if (!verify_and_optimize(jit, mod, symbol, err, errlen)) return NULL;
-    if (obj_path && !emit_object(jit, mod, obj_path, err, errlen)) {
-        LLVMDisposeModule(mod);
-        return NULL;
-    }
     uint64_t addr = 0;
     if (!jit_add_and_lookup(jit, mod, symbol, &addr, err, errlen)) return NULL;
     return (void *)(uintptr_t)addr;
@@ -313,12 +308,14 @@ void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, c
 
 /* ---- many kernels at once ----------------------------------------------------------------------
  * Each job on a thread of its own: a context and a target machine per thread (LLVM is thread-safe
- * across contexts), the module built, optimised and compiled to an object in memory with the JIT's
- * own code model; then, on the calling thread, each object linked into the JIT and its symbol looked
- * up (cheap). The code is what compiling the jobs one by one makes. */
+ * across contexts), the module built and optimised, then either compiled to an object in memory with
+ * the JIT's own code model and, on the calling thread, linked into the JIT and its symbol looked up
+ * (cheap; cg_jit_compile_many), or compiled position-independent to its object file
+ * (cg_jit_emit_many). The code is what compiling the jobs one by one makes. */
 typedef struct {
     CgJit *jit;
     CgJitJob *jobs;
+    bool link;
     LLVMTargetMachineRef *tm; /* [threads] */
 } Many;
 
@@ -331,9 +328,15 @@ static void compile_job(void *ctx, int64_t i, int thread) {
     if (mod && optimize_with(w->jit, w->tm[thread], mod, j->symbol, j->err, sizeof j->err)) {
         char *msg = NULL;
         LLVMMemoryBufferRef obj = NULL;
-        if (LLVMTargetMachineEmitToMemoryBuffer(w->tm[thread], mod, LLVMObjectFile, &msg, &obj))
+        if (!w->link) {
+            char *path = j->obj_path ? xstrdup(j->obj_path) : NULL; /* the C API wants a char * */
+            if (path && LLVMTargetMachineEmitToFile(w->tm[thread], mod, path, LLVMObjectFile, &msg))
+                cg_fail(j->err, sizeof j->err, "writing object file %s: %s", path, msg ? msg : "?");
+            else j->done = true;
+            free(path);
+        } else if (LLVMTargetMachineEmitToMemoryBuffer(w->tm[thread], mod, LLVMObjectFile, &msg, &obj))
             cg_fail(j->err, sizeof j->err, "kernel %s: code generation failed: %s", j->symbol, msg ? msg : "?");
-        else j->obj = obj;
+        else j->obj = obj, j->done = true;
         LLVMDisposeMessage(msg);
         LLVMDisposeModule(mod);
     }
@@ -359,15 +362,15 @@ static bool link_job(CgJit *jit, CgJitJob *j, char *err, size_t errlen) {
     return true;
 }
 
-bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen) {
+static bool run_many(CgJit *jit, CgJitJob *jobs, int n, int threads, bool link, char *err, size_t errlen) {
     if (threads < 1) threads = 1;
     if (threads > n) threads = n;
     if (n == 0) return true;
-    Many w = {jit, jobs, xcalloc((size_t)threads, sizeof *w.tm)};
+    Many w = {jit, jobs, link, xcalloc((size_t)threads, sizeof *w.tm)};
     bool ok = true;
-    for (int t = 0; t < threads && ok; t++) ok = (w.tm[t] = cg_target_machine(&jit->t, false, err, errlen)) != NULL;
+    for (int t = 0; t < threads && ok; t++) ok = (w.tm[t] = cg_target_machine(&jit->t, !link, err, errlen)) != NULL;
     for (int i = 0; i < n; i++) {
-        jobs[i].obj = NULL, jobs[i].fn = NULL, jobs[i].err[0] = 0;
+        jobs[i].obj = NULL, jobs[i].fn = NULL, jobs[i].done = false, jobs[i].err[0] = 0;
         if (jobs[i].gemm) {
             ok = ok && check_config(jit, &jobs[i].cfg, err, errlen);
             cg_kernel_symbol(&jobs[i].cfg, jit->t.isa, jobs[i].symbol, sizeof jobs[i].symbol);
@@ -379,14 +382,22 @@ bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *e
         cg_pool_free(pool);
     }
     for (int i = 0; i < n; i++) {
-        if (ok && !jobs[i].obj) ok = cg_fail(err, errlen, "%s", jobs[i].err[0] ? jobs[i].err : "kernel: not compiled");
-        if (ok) ok = link_job(jit, &jobs[i], err, errlen);
+        if (ok && !jobs[i].done) ok = cg_fail(err, errlen, "%s", jobs[i].err[0] ? jobs[i].err : "kernel: not compiled");
+        if (ok && link) ok = link_job(jit, &jobs[i], err, errlen);
         if (jobs[i].obj) LLVMDisposeMemoryBuffer(jobs[i].obj), jobs[i].obj = NULL;
     }
     for (int t = 0; t < threads; t++)
         if (w.tm[t]) LLVMDisposeTargetMachine(w.tm[t]);
     free(w.tm);
     return ok;
+}
+
+bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen) {
+    return run_many(jit, jobs, n, threads, true, err, errlen);
+}
+
+bool cg_jit_emit_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen) {
+    return run_many(jit, jobs, n, threads, false, err, errlen);
 }
 
 bool cg_jit_has_kernel(const CgJit *jit, const CgKernelConfig *cfg) { return cache_find(jit, cfg) != NULL; }

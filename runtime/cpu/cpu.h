@@ -124,4 +124,22 @@ struct PassOptions;
 void             cpu_host_pass_options(struct PassOptions *po);
 void             cpu_jit_source_free(CpuKernelSource *ks);
 
+/* Every kernel a module asks for (a dry cpu_request_kernels), each once, in the order first asked
+ * for, as jobs for cg_jit_compile_many or cg_jit_emit_many: a GEMM's tile normalised as jit makes
+ * it, an op job's arg pointing at its description in ops. */
+struct CgJitJob;
+typedef struct CpuKernelList {
+    struct CgJitJob *jobs; /* [n] */
+    CgOpDesc *ops;         /* [n] (an op job's) */
+    int n;
+    CgJit *jit;
+    CgKernel **fake; /* [n_fake] what the dry preparation was handed for each GEMM */
+    int n_fake;
+} CpuKernelList;
+bool cpu_kernel_list(CgJit *jit, const IrModule *m, CpuKernelList *l, RtError *err);
+void cpu_kernel_list_free(CpuKernelList *l);
+/* Threads to compile kernels on: the CPUs this process may run on, at most 8; 1 with
+ * MOEPPC_JIT_SERIAL set (and not 0). */
+int  cpu_jit_threads(void);
+
 #endif

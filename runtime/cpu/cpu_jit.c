@@ -41,23 +41,12 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
         if (strcmp(js->symbols[k], sym) == 0) return js->fns[k];
     LLVMModuleRef mod = cg_ops_build(cg_jit_context(js->jit), d, cg_jit_target(js->jit)->vec_width, sym, err->msg,
                                      sizeof err->msg);
-    void *fn = mod ? cg_jit_compile_module(js->jit, mod, sym, NULL, err->msg, sizeof err->msg) : NULL;
+    void *fn = mod ? cg_jit_compile_module(js->jit, mod, sym, err->msg, sizeof err->msg) : NULL;
     if (fn) keep_op(js, sym, fn);
     return fn;
 }
 
 /* ---- every kernel of a module at once ---------------------------------------------------------- */
-
-/* What a dry preparation of the module asks for (cpu_request_kernels through this source), each
- * kernel once and only those the JIT has not made yet: the jobs of cg_jit_compile_many. */
-typedef struct {
-    JitSource *js;
-    CgJitJob *jobs;
-    CgOpDesc *ops; /* [n] an op job's description (its arg once all are in) */
-    int n;
-    CgKernel **fake; /* [n_fake] what the dry preparation is handed for a GEMM: its configuration */
-    int n_fake;
-} Wants;
 
 static LLVMModuleRef build_op(LLVMContextRef ctx, const void *arg, int vec_width, const char *symbol, char *err,
                               size_t errlen)
@@ -65,73 +54,102 @@ static LLVMModuleRef build_op(LLVMContextRef ctx, const void *arg, int vec_width
     return cg_ops_build(ctx, arg, vec_width, symbol, err, errlen);
 }
 
-static bool wanted(const Wants *w, const char *sym)
+static bool listed(const CpuKernelList *l, const char *sym)
 {
-    for (int k = 0; k < w->n; k++)
-        if (strcmp(w->jobs[k].symbol, sym) == 0) return true;
-    for (int k = 0; k < w->js->n; k++)
-        if (strcmp(w->js->symbols[k], sym) == 0) return true;
+    for (int k = 0; k < l->n; k++)
+        if (strcmp(l->jobs[k].symbol, sym) == 0) return true;
     return false;
 }
 
-static CgJitJob *want_job(Wants *w)
+static CgJitJob *list_job(CpuKernelList *l)
 {
-    w->jobs = xrealloc(w->jobs, (size_t)(w->n + 1) * sizeof *w->jobs);
-    w->ops = xrealloc(w->ops, (size_t)(w->n + 1) * sizeof *w->ops);
-    CgJitJob *j = &w->jobs[w->n++];
+    l->jobs = xrealloc(l->jobs, (size_t)(l->n + 1) * sizeof *l->jobs);
+    l->ops = xrealloc(l->ops, (size_t)(l->n + 1) * sizeof *l->ops);
+    CgJitJob *j = &l->jobs[l->n++];
     memset(j, 0, sizeof *j);
     return j;
 }
 
-static const CgKernel *want_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
+static const CgKernel *list_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     (void)err;
-    Wants *w = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(w->js->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
+    CpuKernelList *l = ctx;
+    CgKernelConfig cfg = cg_kernel_config_tile(l->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
     cfg.a_bf16 = want->a_bf16;
     CgKernel *k = xcalloc(1, sizeof *k);
     k->cfg = cfg;
-    cg_kernel_symbol(&cfg, cg_jit_target(w->js->jit)->isa, k->symbol, sizeof k->symbol);
-    w->fake = xrealloc(w->fake, (size_t)(w->n_fake + 1) * sizeof *w->fake);
-    w->fake[w->n_fake++] = k;
-    if (!wanted(w, k->symbol) && !cg_jit_has_kernel(w->js->jit, &cfg)) {
-        CgJitJob *j = want_job(w);
+    cg_kernel_symbol(&cfg, cg_jit_target(l->jit)->isa, k->symbol, sizeof k->symbol);
+    l->fake = xrealloc(l->fake, (size_t)(l->n_fake + 1) * sizeof *l->fake);
+    l->fake[l->n_fake++] = k;
+    if (!listed(l, k->symbol)) {
+        CgJitJob *j = list_job(l);
         j->gemm = true, j->cfg = cfg;
         snprintf(j->symbol, sizeof j->symbol, "%s", k->symbol);
     }
     return k;
 }
 
-static void *want_op(void *ctx, const CgOpDesc *d, RtError *err)
+static void *list_op(void *ctx, const CgOpDesc *d, RtError *err)
 {
     (void)err;
-    Wants *w = ctx;
+    CpuKernelList *l = ctx;
     char sym[256];
     cg_op_symbol(d, sym, sizeof sym);
-    if (!wanted(w, sym)) {
-        CgJitJob *j = want_job(w);
-        w->ops[w->n - 1] = *d;
+    if (!listed(l, sym)) {
+        CgJitJob *j = list_job(l);
+        l->ops[l->n - 1] = *d;
         j->build = build_op;
         snprintf(j->symbol, sizeof j->symbol, "%s", sym);
     }
-    return w; /* (not called: the preparation is dry) */
+    return l; /* (never called: the preparation is dry) */
+}
+
+bool cpu_kernel_list(CgJit *jit, const IrModule *m, CpuKernelList *l, RtError *err)
+{
+    *l = (CpuKernelList){.jit = jit};
+    CpuKernelSource asks = {l, list_gemm, list_op, NULL};
+    bool ok = cpu_request_kernels(m, &asks, err);
+    for (int k = 0; k < l->n; k++) l->jobs[k].arg = l->jobs[k].gemm ? NULL : &l->ops[k];
+    return ok;
+}
+
+void cpu_kernel_list_free(CpuKernelList *l)
+{
+    for (int k = 0; k < l->n_fake; k++) free(l->fake[k]);
+    free(l->fake);
+    free(l->jobs);
+    free(l->ops);
+    *l = (CpuKernelList){0};
+}
+
+static bool jit_serial(void)
+{
+    const char *serial = getenv("MOEPPC_JIT_SERIAL");
+    return serial && *serial && strcmp(serial, "0") != 0;
+}
+
+int cpu_jit_threads(void)
+{
+    if (jit_serial()) return 1;
+    int cpus = cpus_available();
+    return cpus < 8 ? cpus : 8;
 }
 
 static bool jit_prefetch(void *ctx, const IrModule *m, RtError *err)
 {
     JitSource *js = ctx;
-    Wants w = {.js = js};
-    CpuKernelSource asks = {&w, want_gemm, want_op, NULL};
-    bool ok = cpu_request_kernels(m, &asks, err);
-    for (int k = 0; k < w.n; k++) w.jobs[k].arg = &w.ops[k];
-    int cpus = cpus_available();
-    ok = ok && cg_jit_compile_many(js->jit, w.jobs, w.n, cpus < 8 ? cpus : 8, err->msg, sizeof err->msg);
-    for (int k = 0; k < w.n; k++)
-        if (!w.jobs[k].gemm && w.jobs[k].fn) keep_op(js, w.jobs[k].symbol, w.jobs[k].fn);
-    for (int k = 0; k < w.n_fake; k++) free(w.fake[k]);
-    free(w.fake);
-    free(w.jobs);
-    free(w.ops);
+    CpuKernelList l;
+    bool ok = cpu_kernel_list(js->jit, m, &l, err);
+    int n = 0; /* only what the JIT has not made yet */
+    for (int k = 0; k < l.n; k++) {
+        bool made = l.jobs[k].gemm && cg_jit_has_kernel(js->jit, &l.jobs[k].cfg);
+        for (int o = 0; !made && !l.jobs[k].gemm && o < js->n; o++) made = strcmp(js->symbols[o], l.jobs[k].symbol) == 0;
+        if (!made) l.jobs[n++] = l.jobs[k];
+    }
+    ok = ok && cg_jit_compile_many(js->jit, l.jobs, n, cpu_jit_threads(), err->msg, sizeof err->msg);
+    for (int k = 0; k < n; k++)
+        if (!l.jobs[k].gemm && l.jobs[k].fn) keep_op(js, l.jobs[k].symbol, l.jobs[k].fn);
+    cpu_kernel_list_free(&l);
     return ok;
 }
 
@@ -185,7 +203,7 @@ CpuKernelSource *cpu_jit_source_new(RtError *err)
     JitSource *js = xcalloc(1, sizeof *js);
     js->jit = jit;
     CpuKernelSource *ks = xcalloc(1, sizeof *ks);
-    *ks = (CpuKernelSource){js, jit_gemm, jit_op, getenv("MOEPPC_JIT_SERIAL") ? NULL : jit_prefetch};
+    *ks = (CpuKernelSource){js, jit_gemm, jit_op, jit_serial() ? NULL : jit_prefetch};
     return ks;
 }
 

@@ -16,6 +16,17 @@ for f in "$WORK"/llvm/*.ll; do grep -q "^define" "$f" || fail "$f defines no fun
 while read -r sym _; do
   nm "$WORK/obj/$sym.o" | grep -q " T $sym\$" || fail "$sym.o does not define $sym"
 done < "$WORK/obj/kernels.txt"
+# compiled on every CPU at once or one by one: the same kernels, the same bytes
+MOEPPC_JIT_SERIAL=1 "$MOEPPC" emit "$SPEC" --emit obj -o "$WORK/obj1" > /dev/null || fail "emit obj, serial"
+MOEPPC_JIT_SERIAL=1 "$MOEPPC" emit "$SPEC" --emit llvm -o "$WORK/llvm1" > /dev/null || fail "emit llvm, serial"
+diff -r "$WORK/obj" "$WORK/obj1" > /dev/null || fail "objects differ when compiled one by one"
+diff -r "$WORK/llvm" "$WORK/llvm1" > /dev/null || fail "LLVM IR differs when compiled one by one"
+# one object that cannot be written: an error naming it, and none of the others left behind
+last=$(tail -1 "$WORK/obj/kernels.txt" | cut -d' ' -f1)
+mkdir -p "$WORK/bad/$last.o"
+"$MOEPPC" emit "$SPEC" --emit obj -o "$WORK/bad" 2> "$WORK/bad.err" > /dev/null && fail "emit into a blocked object path passed"
+grep -q "error: writing object file .*$last.o" "$WORK/bad.err" || { cat "$WORK/bad.err"; fail "the blocked object not named"; }
+[ "$(ls "$WORK/bad")" = "$last.o" ] || fail "half-written output left: $(ls "$WORK/bad" | tr '\n' ' ')"
 if [ "$CUDA" = cuda ]; then
   "$MOEPPC" emit "$SPEC" --emit cuda -o "$WORK/cuda" || fail "emit cuda"
   "$MOEPPC" emit "$SPEC" --emit ptx --target sm_80 -o "$WORK/ptx" || fail "emit ptx"
