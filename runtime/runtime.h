@@ -132,12 +132,15 @@ bool        text_unescape(const char *s, size_t n, char *out, size_t *out_n, siz
 void        text_write_escaped(FILE *f, const char *s, size_t n);
 /* Printing a sequence's text as it grows: begin takes the text of seq[n] as printed already (a
  * prompt); each put prints what seq[n] added since (an incomplete UTF-8 character kept back until
- * final). escape: as text_write_escaped does. */
+ * final), seq growing by appending only. escape: as text_write_escaped does. A put decodes from the
+ * last point where nothing was pending, not the whole sequence. */
 typedef struct {
     const Tokenizer *t;
     FILE            *f;
     bool             escape;
-    size_t           printed;
+    size_t           printed;  /* bytes of text printed (or taken as printed) */
+    int64_t          from;     /* the restart point: seq[from..) is decoded again by each put */
+    size_t           from_len; /* the length of seq[0..from)'s text */
 } TextStream;
 void        text_stream_begin(TextStream *ts, const Tokenizer *t, FILE *f, bool escape, const int32_t *seq, int64_t n);
 void        text_stream_put(TextStream *ts, const int32_t *seq, int64_t n, bool final);

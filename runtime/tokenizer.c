@@ -728,13 +728,14 @@ static size_t flush_bytes(Buf *o, const uint8_t *b, size_t n, bool hold)
     return n;
 }
 
-char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len)
+/* Decoding from a point where nothing is pending (no byte run); bos_ws: no text yet (a leading space,
+ * the one normalising added, is still to drop). */
+static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, bool bos_ws, size_t *len)
 {
     Buf o = {0};
     buf_put(&o, "", 0);
     uint8_t *bytes = xmalloc((size_t)n + 1);
     size_t nb = 0;
-    bool bos_ws = true; /* a leading space, the one normalising added, is still to drop */
     for (int64_t i = 0; i <= n; i++) {
         bool known = i < n && ids[i] >= 0 && ids[i] < t->n; /* an id past the pieces: nothing */
         const Piece *p = known ? &t->piece[ids[i]] : NULL;
@@ -763,6 +764,11 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool h
     free(bytes);
     *len = o.n;
     return o.s;
+}
+
+char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len)
+{
+    return decode_from(t, ids, n, hold, true, len);
 }
 
 /* ---- text on a line, and streaming ----------------------------------------------------------- */
@@ -799,20 +805,37 @@ void text_write_escaped(FILE *f, const char *s, size_t n)
     }
 }
 
+/* The text of seq[n] (held unless final) from the stream's restart point on, its length in *len and
+ * the length of what precedes it in *base; the restart point moves to n when that is one: a piece
+ * other than a byte ends seq[n] (nothing pending) and there is text (the leading space is settled),
+ * so that each put decodes only what the last few ids add. */
+static char *stream_decode(TextStream *ts, const int32_t *seq, int64_t n, bool final, size_t *len, size_t *base)
+{
+    MOE_ASSERT(n >= ts->from);
+    char *text = decode_from(ts->t, seq + ts->from, n - ts->from, !final, ts->from == 0, len);
+    *base = ts->from_len;
+    const Piece *last = n > 0 && seq[n - 1] >= 0 && seq[n - 1] < ts->t->n ? &ts->t->piece[seq[n - 1]] : NULL;
+    if (n > 0 && (!last || last->type != PIECE_BYTE) && *base + *len > 0) ts->from = n, ts->from_len = *base + *len;
+    return text;
+}
+
 void text_stream_begin(TextStream *ts, const Tokenizer *t, FILE *f, bool escape, const int32_t *seq, int64_t n)
 {
-    *ts = (TextStream){t, f, escape, 0};
-    free(tokenizer_decode(t, seq, n, true, &ts->printed));
+    *ts = (TextStream){t, f, escape, 0, 0, 0};
+    size_t len, base;
+    free(stream_decode(ts, seq, n, false, &len, &base));
+    ts->printed = base + len;
 }
 
 void text_stream_put(TextStream *ts, const int32_t *seq, int64_t n, bool final)
 {
-    size_t len;
-    char *text = tokenizer_decode(ts->t, seq, n, !final, &len);
-    MOE_ASSERT(len >= ts->printed); /* held decodings only grow */
-    if (ts->escape) text_write_escaped(ts->f, text + ts->printed, len - ts->printed);
-    else fwrite(text + ts->printed, 1, len - ts->printed, ts->f);
-    ts->printed = len;
+    size_t len, base;
+    char *text = stream_decode(ts, seq, n, final, &len, &base);
+    MOE_ASSERT(base + len >= ts->printed && base <= ts->printed); /* held decodings only grow */
+    size_t skip = ts->printed - base;
+    if (ts->escape) text_write_escaped(ts->f, text + skip, len - skip);
+    else fwrite(text + skip, 1, len - skip, ts->f);
+    ts->printed = base + len;
     free(text);
 }
 

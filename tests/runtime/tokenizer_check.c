@@ -75,6 +75,19 @@ static void check_dec(const Tokenizer *t, char *rest, int line, char *buf)
         if (pn > got_n || memcmp(part, got, pn)) fail("a held prefix's text does not begin the whole text", line, part, pn);
         free(part);
     }
+    /* streamed as it grows, a token a put after a prompt of 3: the rest of the whole text */
+    int64_t p0 = n < 3 ? n : 3;
+    size_t pn0, out_n = 0;
+    free(tokenizer_decode(t, ids, p0, true, &pn0));
+    char *out = NULL;
+    FILE *mem = open_memstream(&out, &out_n);
+    TextStream ts;
+    text_stream_begin(&ts, t, mem, false, ids, p0);
+    for (int64_t k = p0 + 1; k <= n; k++) text_stream_put(&ts, ids, k, k == n);
+    if (p0 == n) text_stream_put(&ts, ids, n, true);
+    fclose(mem);
+    if (out_n != got_n - pn0 || memcmp(out, got + pn0, out_n)) fail("the streamed text differs from the whole", line, out, out_n);
+    free(out);
     free(got);
     free(ids);
 }
