@@ -163,13 +163,23 @@ static void eval_rope(Eval *ev, const IrInstr *i, double *out)
 }
 
 /* Causal attention by position: query t sees key j when pos[j] <= pos[t]. */
+/* kv_dtype (widened IR): the keys and values as the KV cache holds them, rounded to that type. */
 static void eval_attention(Eval *ev, const IrInstr *i, double *out)
 {
-    const IrValue *q = i->in[0], *k = i->in[1], *v = i->in[2];
+    const IrValue *q = i->in[0];
     int64_t H = ir_attr_int(i, "heads"), Hk = ir_attr_int(i, "kv_heads");
-    int64_t hd = ncols(q) / H, group = H / Hk, T = ev->T;
+    int64_t hd = ncols(q) / H, group = H / Hk, T = ev->T, kvc = ncols(i->in[1]);
     double scale = 1.0 / sqrt((double)hd);
-    double *p = xmalloc((size_t)T * sizeof *p);
+    double *p = xmalloc((size_t)T * sizeof *p), *held[2] = {NULL, NULL};
+    const double *kv[2] = {ev->vals[i->in[1]->id], ev->vals[i->in[2]->id]};
+    const IrAttr *kvd = ir_attr_get(i, "kv_dtype");
+    moe_dtype kdt;
+    if (kvd && dtype_parse(kvd->s, &kdt))
+        for (int c = 0; c < 2; c++) {
+            held[c] = xmalloc((size_t)(T * kvc) * sizeof *held[c]);
+            for (int64_t e = 0; e < T * kvc; e++) held[c][e] = dtype_round(kdt, kv[c][e]);
+            kv[c] = held[c];
+        }
     for (int64_t t = 0; t < T; t++) {
         double pt = eval_get(ev, i->in[3], t);
         for (int64_t h = 0; h < H; h++) {
@@ -179,7 +189,7 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
             for (int64_t j = 0; j < T; j++) {
                 p[j] = NAN;
                 if (eval_get(ev, i->in[3], j) > pt) continue;
-                const double *kr = ev->vals[k->id] + j * ncols(k) + kh * hd;
+                const double *kr = kv[0] + j * kvc + kh * hd;
                 double s = 0;
                 for (int64_t d = 0; d < hd; d++) s = step(ev, s + qr[d] * kr[d]);
                 p[j] = step(ev, s * scale);
@@ -191,12 +201,14 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
             for (int64_t d = 0; d < hd; d++) {
                 double acc = 0;
                 for (int64_t j = 0; j < T; j++)
-                    if (!isnan(p[j])) acc = step(ev, acc + p[j] * ev->vals[v->id][j * ncols(v) + kh * hd + d]);
+                    if (!isnan(p[j])) acc = step(ev, acc + p[j] * kv[1][j * kvc + kh * hd + d]);
                 o[d] = step(ev, acc / sum);
             }
         }
     }
     free(p);
+    free(held[0]);
+    free(held[1]);
 }
 
 void eval_softmax_row(const Eval *ev, const double *z, double *o, int64_t n)

@@ -407,7 +407,7 @@ static bool in_list(const char *list, const char *key)
     return false;
 }
 
-/* Attributes that count or index things are integers, tile_src is a string, the rest (eps, theta, s,
+/* Attributes that count or index things are integers, tile_src, tile_schedule and kv_dtype are strings, the rest (eps, theta, s,
  * std, norm_std) are floats that also accept integers. */
 static ir_attr_kind attr_kind(const char *key)
 {
@@ -415,7 +415,7 @@ static ir_attr_kind attr_kind(const char *key)
                                     "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k,tile_unroll,"
                                     "tile_mc,kv_block,act_bf16";
     if (in_list(ints, key)) return IR_ATTR_INT;
-    return strcmp(key, "tile_src") == 0 || strcmp(key, "tile_schedule") == 0 ? IR_ATTR_STR : IR_ATTR_FLOAT;
+    return in_list("tile_src,tile_schedule,kv_dtype", key) ? IR_ATTR_STR : IR_ATTR_FLOAT;
 }
 
 /* Required attributes exist with the right kind; optional ones may; no others. */
@@ -442,6 +442,9 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
                       (long long)knobs[n].max, (long long)a->i))
                 return false;
         if (!strcmp(a->key, "act_bf16") && !want(v, a->i == 0 || a->i == 1, "attribute 'act_bf16' must be 0 or 1"))
+            return false;
+        if (!strcmp(a->key, "kv_dtype") &&
+            !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"), "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", a->s))
             return false;
     }
     char buf[256];

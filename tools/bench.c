@@ -19,6 +19,7 @@ typedef struct {
     double zc_share;              /* --experts: share of picks sent to zero-computation experts; < 0: the router's own */
     int64_t tokens[16];
     int n_tokens, threads, reps;
+    int64_t context;              /* --context P: the model's T tokens at positions P.. after a P-token prefill */
     uint64_t seed;
     bool dtype_set;
     moe_dtype dtype;
@@ -31,14 +32,18 @@ typedef struct {
     double attention_s, linear_s; /* per run, averaged: attention; the dense GEMMs (projections, lm_head) */
 } Timing;
 
-/* Run T tokens reps times after 2 warm-ups; time either the whole run or its MoE part. False (err
- * set) when the first run is refused (an arena for T tokens that does not fit in memory). */
-static bool time_runs(CpuModel *cm, int64_t T, int64_t vocab, int reps, bool moe_only, Timing *out, RtError *err)
+/* Run T tokens at positions P.. (after one untimed P-token prefill that fills the KV caches) reps
+ * times after 2 warm-ups; time either the whole run or its MoE part. False (err set) when the first
+ * run is refused (an arena for T tokens that does not fit in memory). */
+static bool time_runs(CpuModel *cm, int64_t T, int64_t P, int64_t vocab, int reps, bool moe_only, Timing *out,
+                      RtError *err)
 {
-    int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
-    for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
+    int64_t n = P > T ? P : T;
+    int32_t *ids = xmalloc((size_t)n * sizeof *ids), *pos = xmalloc((size_t)n * sizeof *pos);
+    for (int64_t t = 0; t < n; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
+    bool ok = P == 0 || cpu_model_run(cm, ids, pos, P, err);
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(P + t);
     double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0, attention = 0, linear = 0;
-    bool ok = true;
     for (int r = -2; ok && r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
         double t0 = bench_now_s();
@@ -107,14 +112,29 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
         rc = 1;
     }
     for (int k = 0; cm && k < a->n_tokens; k++) {
-        if (a->tokens[k] > s->max_positions) continue;
+        if (a->context + a->tokens[k] > s->max_positions) {
+            if (a->context) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
+                                   (long long)a->tokens[k], (long long)a->context, (long long)s->max_positions);
+            continue;
+        }
         Timing t;
-        if (!time_runs(cm, a->tokens[k], s->vocab, a->reps, moe_only, &t, &err)) {
+        if (!time_runs(cm, a->tokens[k], a->context, s->vocab, a->reps, moe_only, &t, &err)) {
             fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
             rc = 1;
             break;
         }
         report(a, scope, a->tokens[k], &t, peak);
+        if (a->context && !a->json && t.attention_s > 0) { /* the KV caches every step reads whole */
+            double bytes = 0;
+            for (const IrInstr *i = m->first; i; i = i->next) {
+                CgOpDesc od;
+                if (i->op == IR_OP_ATTENTION && cg_op_desc_for(i, &od))
+                    bytes += 2.0 * (double)(a->context + a->tokens[k]) * (double)i->in[1]->type.dims[1] *
+                             (double)dtype_size(od.wdtype);
+            }
+            printf("%-6s %-9s [KV caches at position %lld: %.1f MB, read at %.1f GB/s in attention]\n", "", "",
+                   (long long)a->context, bytes / 1e6, bytes / t.attention_s / 1e9);
+        }
     }
     cpu_model_free(cm);
     ir_module_free(m);
@@ -159,6 +179,12 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
             else if (o[3] == 'e') a->reps = (int)n;
             else a->seed = (uint64_t)n;
             i++;
+        } else if (strcmp(o, "--context") == 0) {
+            char *end;
+            a->context = strtoll(v, &end, 10);
+            if (*end || a->context < 0 || a->context > 1 << 20)
+                return usage_error("bench", BENCH_USAGE, "--context: expected a position, found '%s'", v);
+            i++;
         } else if (strcmp(o, "--tuning") == 0) {
             a->tuning = v;
             i++;
@@ -177,7 +203,9 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else return usage_error("bench", BENCH_USAGE, "unexpected argument '%s'", o);
     }
     if (!a->spec) return usage_error("bench", BENCH_USAGE, "%s", "missing SPEC");
-    if (!a->layer && !a->model && !a->experts) a->layer = a->model = true;
+    if (!a->layer && !a->model && !a->experts) a->model = true, a->layer = !a->context;
+    if (a->context && (a->layer || a->experts || !a->model))
+        return usage_error("bench", BENCH_USAGE, "%s", "--context: with --model only (a layer has no attention)");
     return 0;
 }
 

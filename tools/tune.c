@@ -30,6 +30,8 @@ typedef struct {
     char op[24];
     moe_dtype dt;
     bool act;                 /* the op's act_bf16: measured on the bf16 dot-product kernels */
+    moe_dtype kv_dt;          /* attention: its KV cache's (the op's kv_dtype; the entry's dtype is f32,
+                                 that of its activations) */
     int64_t n, k, groups, top_k;
     double ffn_share;         /* grouped: the share of the top_k picks an FFN expert takes under a
                                  router of random weights, n_ffn / all experts (MoE++'s zero-computation
@@ -59,8 +61,10 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         Shape sh = {.top_k = s->top_k, .groups = 1, .ffn_share = (double)s->n_ffn / (double)spec_n_experts(s)};
         if (i->op == IR_OP_ATTENTION) {
             int64_t H = ir_attr_int(i, "heads");
-            sh = (Shape){.dt = DT_F32, .n = H, .k = i->in[0]->type.dims[1] / H, .groups = ir_attr_int(i, "kv_heads"),
-                         .rule = {.kv_block = TUNE_CPU_ATTENTION_KV_BLOCK}};
+            CgOpDesc d;
+            MOE_ASSERT(cg_op_desc_for(i, &d));
+            sh = (Shape){.dt = DT_F32, .kv_dt = d.wdtype, .n = H, .k = i->in[0]->type.dims[1] / H,
+                         .groups = ir_attr_int(i, "kv_heads"), .rule = {.kv_block = TUNE_CPU_ATTENTION_KV_BLOCK}};
             snprintf(sh.op, sizeof sh.op, "attention");
         } else {
             bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
@@ -76,7 +80,8 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         }
         bool seen = false;
         for (int k = 0; k < n; k++)
-            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act && out[k].n == sh.n &&
+            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act &&
+                    out[k].kv_dt == sh.kv_dt && out[k].n == sh.n &&
                     out[k].k == sh.k && out[k].groups == sh.groups;
         if (!seen) out[n++] = sh;
     }
@@ -116,7 +121,7 @@ typedef struct {
     int64_t T, rows;          /* tokens; rows of A (slots for grouped; attention: context length) */
     void *w;                  /* groups × [N, K] weights in sh->dt (attention: the K cache's tiles) */
     float *x, *out;           /* A (attention: q); the output                                      */
-    float *vc;                /* attention: the V cache                                            */
+    void *vc;                 /* attention: the V cache (sh->kv_dt, as the K cache)                */
     int64_t *off;
     int32_t *perm;            /* grouped: token of each slot; attention: the positions             */
     float *gw;
@@ -127,16 +132,28 @@ static void fill(moe_rng *r, float *x, size_t n)
     for (size_t j = 0; j < n; j++) x[j] = (float)(2 * rng_uniform(r) - 1);
 }
 
+/* n values of type dt (a KV cache's) */
+static void *filled(moe_rng *r, moe_dtype dt, size_t n)
+{
+    float *x = xmalloc(n * sizeof *x);
+    fill(r, x, n);
+    if (dt == DT_F32) return x;
+    void *h = xmalloc(n * 2);
+    cg_attention_put(h, dt, 0, x, (int64_t)n);
+    free(x);
+    return h;
+}
+
 /* Attention: T queries at the end of a context of max(T, 512) positions. */
 static void attention_init(Problem *p, moe_rng *r)
 {
     const Shape *sh = p->sh;
-    int64_t C = p->T > 512 ? p->T : 512, q = p->T * sh->n * sh->k, kv = C * sh->groups * sh->k;
+    int64_t C = p->T > 512 ? p->T : 512, q = p->T * sh->n * sh->k;
     p->rows = C;
     p->x = xmalloc((size_t)q * sizeof *p->x);
-    p->w = xmalloc((size_t)cg_attention_kt_floats(C, sh->groups, sh->k) * sizeof(float));
-    p->vc = xmalloc((size_t)kv * sizeof *p->vc);
-    fill(r, p->x, (size_t)q), fill(r, p->w, (size_t)cg_attention_kt_floats(C, sh->groups, sh->k)), fill(r, p->vc, (size_t)kv);
+    fill(r, p->x, (size_t)q);
+    p->w = filled(r, sh->kv_dt, (size_t)cg_attention_cache_elems(C, sh->groups, sh->k));
+    p->vc = filled(r, sh->kv_dt, (size_t)cg_attention_cache_elems(C, sh->groups, sh->k));
     p->out = xcalloc((size_t)q, sizeof *p->out);
     p->perm = xmalloc((size_t)p->T * sizeof *p->perm);
     for (int64_t t = 0; t < p->T; t++) p->perm[t] = (int32_t)(C - p->T + t);
@@ -204,7 +221,7 @@ static double problem_bytes(const Shape *sh, int64_t T)
 {
     if (!strcmp(sh->op, "attention")) {
         double C = T > 512 ? (double)T : 512.0, q = (double)T * (double)sh->n * (double)sh->k;
-        return 4.0 * (3.0 * q + (2.0 * C + 64.0 + CG_ATTENTION_KT_KEYS) * (double)sh->groups * (double)sh->k);
+        return 4.0 * (3.0 * q + 2.0 * (C + 64.0 + CG_ATTENTION_KT_KEYS) * (double)sh->groups * (double)sh->k);
     }
     double rows = (double)T * (is_plain(sh) ? 1.0 : (double)sh->top_k);
     double w = (double)sh->groups * (double)sh->n * (double)sh->k;
@@ -250,7 +267,7 @@ static void run_once(Tuner *t, const Problem *p, const Runnable *rn, const Packe
 {
     const Shape *sh = p->sh;
     if (is_attention(sh)) {
-        cpu_attention_run(t->pool, rn->att, p->T, sh->n, p->x, p->w, p->vc, p->perm, p->out);
+        cpu_attention_run(t->pool, rn->att, p->T, sh->n, cg_attention_cap(p->rows), p->x, p->w, p->vc, p->perm, p->out);
         return;
     }
     CgRouting r = {sh->groups, p->off, p->perm, p->gw};
@@ -270,7 +287,7 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
     memset(rn, 0, sizeof *rn);
     const Shape *sh = p->sh;
     if (is_attention(sh)) {
-        CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = sh->n, .kv_heads = sh->groups,
+        CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = sh->kv_dt, .heads = sh->n, .kv_heads = sh->groups,
                       .head_dim = sh->k, .cols = sh->n * sh->k, .kv_block = c->kv_block == CG_ATTENTION_KV_BLOCK ? 0 : c->kv_block};
         char sym[256];
         cg_op_symbol(&d, sym, sizeof sym);

@@ -26,8 +26,8 @@ typedef struct Step {
     TileSchedule *sched;            /* tuned: the configuration per token count (schedule.c)          */
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
     int n_pk;
-    float *kt, *vc;                 /* attention: the K cache in key tiles (cg_attention_kt_index),  */
-                                    /* the V cache [max_positions, kv_heads·head_dim]                 */
+    void *kt, *vc;                  /* attention: the K and V caches (cg_attention_store), of kv_dt  */
+    moe_dtype kv_dt;
     const void **vc_ptrs;           /* combine: the constant vectors                                  */
     int64_t *off;                   /* dispatch: CgRouting of this layer                              */
     int32_t *perm;
@@ -101,7 +101,7 @@ typedef void (*k2_fn)(int64_t, int64_t, const void *, void *);
 typedef void (*k3_fn)(int64_t, int64_t, const void *, const void *, void *);
 typedef void (*k4_fn)(int64_t, int64_t, const void *, const void *, const void *, void *);
 typedef void (*addnorm_fn)(int64_t, int64_t, const void *, const void *, const void *, void *, void *);
-typedef void (*attn_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *, void *);
+typedef void (*attn_fn)(int64_t, int64_t, int64_t, const void *, const void *, const void *, const void *, void *);
 typedef void (*combine_fn)(int64_t, int64_t, const void *, const void *, const void *, const void *,
                            const void *const *, void *);
 typedef void (*route_fn)(int64_t, int64_t, const void *, const void *, void *, const void *, void *, void *, void *);
@@ -320,9 +320,11 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
 {
     CgOpDesc d;
     MOE_ASSERT(cg_op_desc_for(st->i, &d));
+    st->kv_dt = d.wdtype;
     if (!cm->dry) {
-        st->kt = xcalloc((size_t)cg_attention_kt_floats(cm->max_pos, d.kv_heads, d.head_dim), sizeof *st->kt);
-        st->vc = xcalloc((size_t)(cm->max_pos * d.kv_heads * d.head_dim), sizeof *st->vc);
+        size_t n = (size_t)cg_attention_cache_elems(cm->max_pos, d.kv_heads, d.head_dim);
+        st->kt = xcalloc(n, dtype_size(d.wdtype));
+        st->vc = xcalloc(n, dtype_size(d.wdtype));
     }
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : CG_ATTENTION_KV_BLOCK}, .fn = st->fn};
@@ -438,13 +440,12 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
 static void run_attention(CpuModel *cm, Step *st, int64_t T)
 {
     const IrInstr *i = st->i;
-    int64_t kvc = cols(i->in[1]), kvh = ir_attr_int(i, "kv_heads");
+    int64_t kvc = cols(i->in[1]), kvh = ir_attr_int(i, "kv_heads"), cap = cg_attention_cap(cm->max_pos);
     const float *k = addr(cm, i->in[1], T), *v = addr(cm, i->in[2], T);
     for (int64_t t = 0; t < T; t++) { /* the KV cache at position pos[t] */
-        cg_attention_kt_store(st->kt, kvh, kvc / kvh, cm->pos[t], k + t * kvc);
-        memcpy(st->vc + (int64_t)cm->pos[t] * kvc, v + t * kvc, (size_t)kvc * sizeof *v);
+        cg_attention_store(st->kt, st->vc, st->kv_dt, kvh, kvc / kvh, cap, cm->pos[t], k + t * kvc, v + t * kvc);
     }
-    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), addr(cm, i->in[0], T), st->kt,
+    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), cap, addr(cm, i->in[0], T), st->kt,
                       st->vc, cm->pos, addr(cm, i->out[0], T));
 }
 
@@ -453,6 +454,7 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
 typedef struct {
     attn_fn fn;
     int64_t T, heads, rows;         /* rows per task */
+    int64_t cap;
     const void *q, *kt, *vc;
     const int32_t *pos;
     void *out;
@@ -465,15 +467,15 @@ static void att_task(void *ctx, int64_t task, int thread)
     (void)thread;
     const AttTasks *a = ctx;
     int64_t blocks = (a->T + a->rows - 1) / a->rows, h = task / blocks, t0 = task % blocks * a->rows;
-    a->fn(t0 * a->heads + h, t0 + a->rows < a->T ? a->rows : a->T - t0, a->q, a->kt, a->vc, a->pos, a->out);
+    a->fn(t0 * a->heads + h, t0 + a->rows < a->T ? a->rows : a->T - t0, a->cap, a->q, a->kt, a->vc, a->pos, a->out);
 }
 
-void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, const void *q, const void *kt, const void *vc,
-                       const int32_t *pos, void *out)
+void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q, const void *kt,
+                       const void *vc, const int32_t *pos, void *out)
 {
     int64_t want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
     int64_t blocks = (want + heads - 1) / heads;
-    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, q, kt, vc, pos, out};
+    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, cap, q, kt, vc, pos, out};
     a.rows = (a.rows + 7) / 8 * 8; /* whole tiles of query rows (the kernel's are 1 to 8) */
     cg_pool_parallel_for(pool, heads * ((T + a.rows - 1) / a.rows), att_task, &a);
 }
@@ -629,7 +631,9 @@ static double bytes_needed(const IrModule *m, int64_t max_positions)
 {
     double b = 0;
     for (const IrInstr *i = m->first; i; i = i->next) {
-        if (i->op == IR_OP_ATTENTION) b += 2.0 * 4.0 * (double)max_positions * (double)cols(i->in[1]);
+        CgOpDesc d;
+        if (i->op == IR_OP_ATTENTION && cg_op_desc_for(i, &d))
+            b += 2.0 * (double)dtype_size(d.wdtype) * (double)max_positions * (double)cols(i->in[1]);
         if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_GROUPED_UP && i->op != IR_OP_MOE_GROUPED_DOWN &&
             i->op != IR_OP_MOE_ROUTE)
             continue;

@@ -75,11 +75,11 @@ size_t    cpu_model_workspace_bytes(const CpuModel *cm, int64_t max_t);
  * bytes, owned by the caller): runs on up to max_t tokens allocate nothing, longer ones fail. */
 void      cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t);
 
-/* Causal attention of T query rows over the KV cache (kt: the K cache in key tiles, vc: the V cache;
- * cg_ops.h) with the attention kernel fn: the work spreads over the pool's threads by head and block
- * of rows (the tuner times it so). */
-void      cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, const void *q, const void *kt,
-                            const void *vc, const int32_t *pos, void *out);
+/* Causal attention of T query rows over the KV caches (kt, vc of cap positions a head:
+ * cg_attention_store) with the attention kernel fn: the work spreads over the pool's threads by head
+ * and block of rows (the tuner times it so). */
+void      cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q,
+                            const void *kt, const void *vc, const int32_t *pos, void *out);
 
 /* Every kernel the module needs, requested from ks once (moeppc build compiles them this way). */
 bool      cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err);

@@ -1,12 +1,13 @@
 /* ops_timing.c — not a test: the cost of building each kernel (cg_ops_build + verify, O3, JIT code
  * generation) at the MoE++ 7B shapes, and single-threaded run times of attention (T = 512, 16 heads
- * of 96, positions 0..511) and of the row kernels at T = 512. Medians of repeated calls. */
+ * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache)
+ * and of the row kernels at T = 512. Medians of repeated calls. */
 #include "tests/llvm_ops/ops_test_util.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-typedef void (*fn_att)(int64_t, int64_t, const float *, const float *, const float *, const int32_t *, float *);
+typedef void (*fn_att)(int64_t, int64_t, int64_t, const float *, const void *, const void *, const int32_t *, float *);
 typedef void (*fn3)(int64_t, int64_t, const void *, const void *, void *);
 
 static int cmp_double(const void *a, const void *b)
@@ -28,12 +29,14 @@ int main(void)
     int64_t H = 16, hd = 96;
     const char *heads_env = getenv("OPS_TIMING_HEADS");
     if (heads_env && sscanf(heads_env, "%ldx%ld", &H, &hd) != 2) H = 16, hd = 96;
+    moe_dtype kv = DT_F32;
+    if (getenv("OPS_TIMING_KV") && !dtype_parse(getenv("OPS_TIMING_KV"), &kv)) kv = DT_F32;
     CgOpDesc ds[] = {
         {.kind = CG_OP_EMBED, .wdtype = DT_BF16, .cols = D},
         {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ADD_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ROPE, .heads = H, .head_dim = hd, .theta = 10000.0},
-        {.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = H, .head_dim = hd},
+        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd},
         {.kind = CG_OP_SWIGLU, .cols = 4096},
         {.kind = CG_OP_ADD, .cols = D},
         {.kind = CG_OP_SCALE, .cols = D, .s = 2.0},
@@ -63,25 +66,46 @@ int main(void)
     int32_t *pos = xmalloc((size_t)T * 4);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     fn_att att = (fn_att)oj_kernel(j, &ds[4], NULL);
-    float *kt = xmalloc((size_t)cg_attention_kt_floats(T, H, hd) * 4);
-    for (int64_t t = 0; t < T; t++) cg_attention_kt_store(kt, H, hd, t, kc + t * H * hd);
+    int64_t cap = cg_attention_cap(T);
+    void *kt = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
+    void *vh = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
+    for (int64_t t = 0; t < T; t++) cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd);
     double ms[15];
     for (int k = 0; k < 15; k++) { /* the executor's order (cpu_attention_run): a head's rows in one call */
         double t0 = oj_now_ms();
-        for (int64_t h = 0; h < H; h++) att(h, T, q, kt, vc, pos, out);
+        for (int64_t h = 0; h < H; h++) att(h, T, cap, q, kt, vh, pos, out);
         ms[k] = oj_now_ms() - t0;
     }
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
     char what[64];
-    snprintf(what, sizeof what, "attention T=512 H=%ld hd=%ld (1 thread)", (long)H, (long)hd);
+    snprintf(what, sizeof what, "attention T=512 H=%ld hd=%ld kv %s (1 thread)", (long)H, (long)hd, dtype_name(kv));
     report(what, ms, 15);
     printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
     for (int k = 0; k < 15; k++) {
         double t0 = oj_now_ms();
-        for (int64_t h = 0; h < H; h++) att((T - 1) * H + h, 1, q, kt, vc, pos, out); /* one decode step at 511 */
+        for (int64_t h = 0; h < H; h++) att((T - 1) * H + h, 1, cap, q, kt, vh, pos, out); /* one decode step at 511 */
         ms[k] = oj_now_ms() - t0;
     }
     report("attention decode step at pos 511", ms, 15);
+    { /* at pos 4095: caches of 4096 positions, far past the caches (the bytes a step reads, said) */
+        const int64_t L = 4096, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, H, hd);
+        void *kl = xcalloc((size_t)el, dtype_size(kv)), *vl = xcalloc((size_t)el, dtype_size(kv));
+        float *row = xmalloc((size_t)(2 * H * hd) * 4);
+        for (int64_t t = 0; t < L; t++) {
+            oj_random(&r, row, (size_t)(2 * H * hd), -1, 1);
+            cg_attention_store(kl, vl, kv, H, hd, capl, t, row, row + H * hd);
+        }
+        int32_t last = (int32_t)(L - 1);
+        for (int k = 0; k < 15; k++) {
+            double t0 = oj_now_ms();
+            for (int64_t h = 0; h < H; h++) att(h, 1, capl, q, kl, vl, &last, out);
+            ms[k] = oj_now_ms() - t0;
+        }
+        report("attention decode step at pos 4095", ms, 15);
+        printf("  = %.1f GB/s of the caches (%.1f MB)\n", 2.0 * L * H * hd * dtype_size(kv) / (ms[7] * 1e6),
+               2.0 * L * H * hd * dtype_size(kv) / 1e6);
+        free(kl), free(vl), free(row);
+    }
     float *w = xmalloc((size_t)D * 4), *big = xmalloc((size_t)(T * 4096) * 4), *big2 = xmalloc((size_t)(T * 4096) * 4);
     oj_random(&r, w, (size_t)D, -1, 1);
     oj_random(&r, big, (size_t)(T * 4096), -1, 1);
@@ -100,7 +124,7 @@ int main(void)
         ms[k] = oj_now_ms() - t0;
     }
     report("swiglu T=512 I=4096", ms, 15);
-    free(q), free(kc), free(kt), free(vc), free(out), free(pos), free(w), free(big), free(big2);
+    free(q), free(kc), free(kt), free(vc), free(vh), free(out), free(pos), free(w), free(big), free(big2);
     oj_free(j);
     return 0;
 }

@@ -26,7 +26,7 @@ static const moe_dtype dtypes[] = {DT_F32, DT_BF16, DT_F16};
 typedef void (*fn3)(int64_t, int64_t, const void *, const void *, void *);
 typedef void (*fn2)(int64_t, int64_t, const void *, void *);
 typedef void (*fn5)(int64_t, int64_t, const void *, const void *, const void *, void *, void *);
-typedef void (*fn_att)(int64_t, int64_t, const float *, const float *, const float *, const int32_t *, float *);
+typedef void (*fn_att)(int64_t, int64_t, int64_t, const float *, const void *, const void *, const int32_t *, float *);
 typedef void (*fn_route)(int64_t, int64_t, const float *, const float *, float *, const float *, float *, int32_t *,
                          float *);
 typedef void (*fn_combine)(int64_t, int64_t, const float *, const float *, const int32_t *, const float *,
@@ -173,42 +173,44 @@ static void test_rope(void **state)
 /* ---- attention -------------------------------------------------------------------------------- */
 static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}};
 
-/* The K cache of P positions (rows [P, Hk·hd]) in the kernel's key tiles, against a guard page; the
- * tiles past P hold NaN, which the kernel must mask, never read into a result. */
-static float *key_tiles(const float *kc, int64_t P, int64_t Hk, int64_t hd)
+/* The caches of P positions (rows [P, Hk·hd] of kc and vc) as the kernel reads them, of type dt, each
+ * against a guard page; what lies past P holds NaN, which the kernel must mask or never read. */
+typedef struct {
+    void *kt, *vc;
+    int64_t cap;
+    size_t bytes;
+} Caches;
+
+static Caches caches(const float *kc, const float *vc, int64_t P, int64_t Hk, int64_t hd, moe_dtype dt)
 {
-    int64_t n = cg_attention_kt_floats(P, Hk, hd);
-    float *kt = oj_guarded_alloc((size_t)n * 4);
-    for (int64_t j = 0; j < n; j++) kt[j] = NAN;
-    for (int64_t p = 0; p < P; p++) cg_attention_kt_store(kt, Hk, hd, p, kc + p * Hk * hd);
-    return kt;
+    int64_t n = cg_attention_cache_elems(P, Hk, hd);
+    Caches c = {.cap = cg_attention_cap(P), .bytes = (size_t)n * dtype_size(dt)};
+    c.kt = oj_guarded_alloc(c.bytes), c.vc = oj_guarded_alloc(c.bytes);
+    float nan = NAN;
+    for (int64_t j = 0; j < n; j++) cg_attention_put(c.kt, dt, j, &nan, 1), cg_attention_put(c.vc, dt, j, &nan, 1);
+    for (int64_t p = 0; p < P; p++) cg_attention_store(c.kt, c.vc, dt, Hk, hd, c.cap, p, kc + p * Hk * hd, vc + p * Hk * hd);
+    return c;
 }
 
-static void key_tiles_free(float *kt, int64_t P, int64_t Hk, int64_t hd)
+static void caches_free(Caches *c)
 {
-    oj_guarded_free(kt, (size_t)cg_attention_kt_floats(P, Hk, hd) * 4);
-}
-
-/* The V cache of P positions against a guard page. */
-static float *value_rows(const float *vc, int64_t P, int64_t Hk, int64_t hd)
-{
-    float *g = oj_guarded_alloc((size_t)(P * Hk * hd) * 4);
-    memcpy(g, vc, (size_t)(P * Hk * hd) * 4);
-    return g;
+    oj_guarded_free(c->kt, c->bytes);
+    oj_guarded_free(c->vc, c->bytes);
 }
 
 /* Every head's rows of T queries in two calls each, rows [0, s) and [s, T). */
-static void run_attention(fn_att f, int64_t H, int64_t T, int64_t s, const float *q, const float *kt, const float *vc,
+static void run_attention(fn_att f, int64_t H, int64_t T, int64_t s, const float *q, const Caches *c,
                           const int32_t *pos, float *out)
 {
     for (int64_t h = 0; h < H; h++) {
-        if (s > 0) f(h, s, q, kt, vc, pos, out);
-        if (s < T) f(s * H + h, T - s, q, kt, vc, pos, out);
+        if (s > 0) f(h, s, c->cap, q, c->kt, c->vc, pos, out);
+        if (s < T) f(s * H + h, T - s, c->cap, q, c->kt, c->vc, pos, out);
     }
 }
 
-/* q, k, v as one table [T, H·hd + 2·Hk·hd] sliced in the IR; positions 0..T-1, cache = k, v rows. */
-static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, int64_t T)
+/* q, k, v as one table [T, H·hd + 2·Hk·hd] sliced in the IR; positions 0..T-1, cache = k, v rows,
+ * held as dt (the IR's kv_dtype: the interpreter rounds them so too). */
+static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, int64_t T, moe_dtype dt)
 {
     int64_t Cq = H * hd, Ck = Hk * hd, W = Cq + 2 * Ck;
     float *tab = xmalloc((size_t)(T * W) * 4), *q = xmalloc((size_t)(T * Cq) * 4);
@@ -223,26 +225,26 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     iota(ids, T, 0, 1);
     iota(pos, T, 0, 1);
     Tensor p = tensor("tab", DT_F32, T, W, tab);
-    char body[1024];
+    char body[1024], kvd[32] = "";
+    if (dt != DT_F32) snprintf(kvd, sizeof kvd, ", kv_dtype = \"%s\"", dtype_name(dt));
     snprintf(body, sizeof body,
              "  %%x : f32[T, %1$lld] = embed %%tab, %%ids\n"
              "  %%q : f32[T, %2$lld] = slice %%x {start = 0, len = %2$lld}\n"
              "  %%k : f32[T, %3$lld] = slice %%x {start = %2$lld, len = %3$lld}\n"
              "  %%v : f32[T, %3$lld] = slice %%x {start = %4$lld, len = %3$lld}\n"
-             "  %%o : f32[T, %2$lld] = attention %%q, %%k, %%v, %%pos {heads = %5$lld, kv_heads = %6$lld}\n"
+             "  %%o : f32[T, %2$lld] = attention %%q, %%k, %%v, %%pos {heads = %5$lld, kv_heads = %6$lld%7$s}\n"
              "  output \"o\" = %%o\n",
-             (long long)W, (long long)Cq, (long long)Ck, (long long)(Cq + Ck), (long long)H, (long long)Hk);
+             (long long)W, (long long)Cq, (long long)Ck, (long long)(Cq + Ck), (long long)H, (long long)Hk, kvd);
     EvalResult res;
     oj_eval(body, &p, 1, ids, pos, T, &res);
-    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd};
+    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = dt, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-    float *kt = key_tiles(kc, T, Hk, hd), *vg = value_rows(vc, T, Hk, hd);
-    run_attention(f, H, T, split(T), q, kt, vg, pos, out);
-    key_tiles_free(kt, T, Hk, hd);
-    oj_guarded_free(vg, (size_t)(T * Ck) * 4);
-    char label[64];
-    snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld", (long long)H, (long long)Hk,
-             (long long)hd, (long long)T);
+    Caches c = caches(kc, vc, T, Hk, hd, dt);
+    run_attention(f, H, T, split(T), q, &c, pos, out);
+    caches_free(&c);
+    char label[96];
+    snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld kv %s", (long long)H, (long long)Hk,
+             (long long)hd, (long long)T, dtype_name(dt));
     assert_true(oj_rel_err(label, out, oj_out(&res, "o"), (size_t)(T * Cq)) <= TOL);
     ir_eval_result_free(&res);
     free(tab), free(q), free(kc), free(vc), free(out);
@@ -258,7 +260,11 @@ static void test_attention(void **state)
                                                    * 2 + 2 + 1 on AVX2 */
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
-            for (size_t t = 0; t < 3; t++) check_attention_case(&r, head_pairs[a][0], head_pairs[a][1], hds[b], Ts[t]);
+            for (size_t t = 0; t < 3; t++) {
+                check_attention_case(&r, head_pairs[a][0], head_pairs[a][1], hds[b], Ts[t], DT_F32);
+                /* a 16-bit model's cache (kv_dtype) */
+                check_attention_case(&r, head_pairs[a][0], head_pairs[a][1], hds[b], Ts[t], t % 2 ? DT_F16 : DT_BF16);
+            }
 }
 
 /* SEMANTICS §2 in double: query t at position pos[t] attends to cache rows 0..pos[t]. */
@@ -305,6 +311,8 @@ static void test_attention_kv_cache(void **state)
             for (size_t c = 0; c < 2; c++)
                 for (size_t t = 0; t < 3; t++) {
                     int kv_block = blocks[(a + b + c + t) % 5];
+                    const moe_dtype dts[] = {DT_F32, DT_BF16, DT_F16};
+                    moe_dtype dt = dts[(a + c + t) % 3]; /* the cache's (a 16-bit model's: kv_dtype) */
                     int64_t H = head_pairs[a][0], Hk = head_pairs[a][1], hd = hds[b], T = Ts[t], P = p0s[c] + T;
                     float *q = xmalloc((size_t)(T * H * hd) * 4), *out = xmalloc((size_t)(T * H * hd) * 4);
                     float *kc = xmalloc((size_t)(P * Hk * hd) * 4), *vc = xmalloc((size_t)(P * Hk * hd) * 4);
@@ -312,21 +320,22 @@ static void test_attention_kv_cache(void **state)
                     oj_random(&r, q, (size_t)(T * H * hd), -2, 2);
                     oj_random(&r, kc, (size_t)(P * Hk * hd), -2, 2);
                     oj_random(&r, vc, (size_t)(P * Hk * hd), -2, 2);
+                    for (int64_t e = 0; e < P * Hk * hd; e++) /* what the cache holds */
+                        kc[e] = (float)dtype_round(dt, kc[e]), vc[e] = (float)dtype_round(dt, vc[e]);
                     int32_t pos[17];
                     if ((a + t) % 2) iota(pos, T, (int32_t)p0s[c], 1);
                     else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
                     attention_ref(H, Hk, hd, T, q, kc, vc, pos, ref);
-                    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = H, .kv_heads = Hk, .head_dim = hd,
+                    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = dt, .heads = H, .kv_heads = Hk, .head_dim = hd,
                                   .kv_block = kv_block};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-                    float *kt = key_tiles(kc, P, Hk, hd), *vg = value_rows(vc, P, Hk, hd);
+                    Caches cs = caches(kc, vc, P, Hk, hd, dt);
                     for (int64_t sp = 0; sp <= T; sp++) {
                         memset(out, 0xff, (size_t)(T * H * hd) * 4); /* NaN: rows left unwritten fail */
-                        run_attention(f, H, T, sp, q, kt, vg, pos, out);
+                        run_attention(f, H, T, sp, q, &cs, pos, out);
                         assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
                     }
-                    key_tiles_free(kt, P, Hk, hd);
-                    oj_guarded_free(vg, (size_t)(P * Hk * hd) * 4);
+                    caches_free(&cs);
                     free(q), free(out), free(kc), free(vc), free(ref);
                 }
 }

@@ -32,13 +32,14 @@ typedef enum {
                          *        float *sum, float *out)   sum = a + b; out = rms_norm(sum)           */
     CG_OP_ROPE,         /* void f(int64 row0, int64 rows, const float *x, const int32 *pos, float *out)
                          *   half-split RoPE per head: heads, head_dim, theta (out may alias x)        */
-    CG_OP_ATTENTION,    /* void f(int64 item0, int64 rows, const float *q, const float *kt, const float *vc,
-                         *        const int32 *pos, float *out)
+    CG_OP_ATTENTION,    /* void f(int64 item0, int64 rows, int64 cap, const float *q, const void *kt,
+                         *        const void *vc, const int32 *pos, float *out)
+                         *   kt, vc: the caches (cg_attention_store), of cap positions a head and of
+                         *   wdtype (f32, bf16 or f16)
                          *   query rows t0 .. t0 + rows - 1 of head h, where item0 = t0·heads + h (so a
                          *   decode step's heads spread over threads, a prefill's rows in blocks);
-                         *   q: [T, heads·hd]; vc: the V cache, row j = position j, [*, kv_heads·hd];
-                         *   kt: the K cache in key tiles (cg_attention_kt_index), so that one query's
-                         *   scores of 16 keys are one vector; query t attends to positions 0..pos[t]
+                         *   q: [T, heads·hd]; vc: the V cache in rows; kt: the K cache in key tiles,
+                         *   so that one query's scores of 16 keys are one vector; query t attends to positions 0..pos[t]
                          *   (causal; every position up to the largest pos of a call written), scale
                          *   1/sqrt(hd), GQA (query head h reads kv head h / (heads / kv_heads));
                          *   softmax in f32, streaming (online max/sum, updated every kv_block keys,
@@ -75,7 +76,8 @@ typedef enum {
 
 typedef struct CgOpDesc {
     cg_op_kind kind;
-    moe_dtype  wdtype;            /* weight dtype (embed table, norm weight, constant vectors) */
+    moe_dtype  wdtype;            /* weight dtype (embed table, norm weight, constant vectors); ATTENTION:
+                                     the KV cache's (kv_dtype; f32 without it) */
     int64_t    cols;              /* D, or the row width of elementwise ops                    */
     double     eps;               /* RMS_NORM, ADD_RMS_NORM                                    */
     int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
@@ -90,26 +92,49 @@ typedef struct CgOpDesc {
     int64_t    n_const, const_lo, copy_lo, copy_hi; /* ROUTE_POST (n_const), COMBINE          */
 } CgOpDesc;
 
-/* Attention's K cache in key tiles: the 16 keys of positions 16b .. 16b + 15 of kv head g lie as
- * [head_dim][16] floats, tile (b, g) after tile (b, g - 1), block b after block b - 1. A cache of P
- * positions takes cg_attention_kt_floats(P, ...) floats: the kernel reads a key block's tiles whole,
- * past the last position (and masks them), and a block of kb keys (16 to 64) that holds position
- * P - 1 ends before P - 1 + kb, so P + 63 positions rounded up to a tile. */
+/* Attention's KV caches, each a kv head after another, cap = cg_attention_cap(P) positions a head:
+ * the K cache in key tiles, the 16 keys of positions 16b .. 16b + 15 of kv head g as [head_dim][16]
+ * values, tile b after tile b - 1; the V cache as rows, [cap][head_dim] a head. One head's keys and
+ * values are each one run of memory, which a decode step streams (with the heads interleaved by
+ * position every 16 keys it jumped pages and waited on memory). The kernel reads a key block's tiles
+ * whole, past the last position (and masks them), and a block of kb keys (16 to 64) that holds
+ * position P - 1 ends before P - 1 + kb: so cap is P + 63 rounded up to a tile. */
 #define CG_ATTENTION_KT_KEYS 16
 #define CG_ATTENTION_KV_BLOCK 64 /* the CPU rule's keys per update (the fastest at T = 512, ops_timing) */
-static inline int64_t cg_attention_kt_floats(int64_t positions, int64_t kv_heads, int64_t head_dim)
+static inline int64_t cg_attention_cap(int64_t positions)
 {
-    return (positions + 63 + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS * CG_ATTENTION_KT_KEYS * kv_heads * head_dim;
+    return (positions + 63 + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS * CG_ATTENTION_KT_KEYS;
 }
-static inline int64_t cg_attention_kt_index(int64_t kv_heads, int64_t head_dim, int64_t p, int64_t g, int64_t d)
+/* Elements of each cache (K and V alike) for P positions. */
+static inline int64_t cg_attention_cache_elems(int64_t positions, int64_t kv_heads, int64_t head_dim)
 {
-    return ((p / CG_ATTENTION_KT_KEYS * kv_heads + g) * head_dim + d) * CG_ATTENTION_KT_KEYS + p % CG_ATTENTION_KT_KEYS;
+    return cg_attention_cap(positions) * kv_heads * head_dim;
 }
-/* Store position p's keys (a K row, [kv_heads·head_dim]) into the tiles. */
-static inline void cg_attention_kt_store(float *kt, int64_t kv_heads, int64_t head_dim, int64_t p, const float *k)
+static inline int64_t cg_attention_kt_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d)
 {
-    for (int64_t g = 0; g < kv_heads; g++)
-        for (int64_t d = 0; d < head_dim; d++) kt[cg_attention_kt_index(kv_heads, head_dim, p, g, d)] = k[g * head_dim + d];
+    return ((g * (cap / CG_ATTENTION_KT_KEYS) + p / CG_ATTENTION_KT_KEYS) * head_dim + d) * CG_ATTENTION_KT_KEYS +
+           p % CG_ATTENTION_KT_KEYS;
+}
+static inline int64_t cg_attention_v_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d)
+{
+    return (g * cap + p) * head_dim + d;
+}
+/* n values as type dt (f32, bf16, f16: rounded to nearest even) at element `at` of a cache. */
+static inline void cg_attention_put(void *cache, moe_dtype dt, int64_t at, const float *v, int64_t n)
+{
+    if (dt == DT_F32) memcpy((float *)cache + at, v, (size_t)n * sizeof *v);
+    else
+        for (int64_t c = 0; c < n; c++) ((uint16_t *)cache)[at + c] = dt == DT_BF16 ? f32_to_bf16(v[c]) : f32_to_f16(v[c]);
+}
+/* Position p's keys and values (K and V rows, [kv_heads·head_dim]) into the caches of type dt. */
+static inline void cg_attention_store(void *kt, void *vc, moe_dtype dt, int64_t kv_heads, int64_t head_dim, int64_t cap,
+                                      int64_t p, const float *k, const float *v)
+{
+    for (int64_t g = 0; g < kv_heads; g++) {
+        for (int64_t d = 0; d < head_dim; d++)
+            cg_attention_put(kt, dt, cg_attention_kt_index(cap, head_dim, p, g, d), k + g * head_dim + d, 1);
+        cg_attention_put(vc, dt, cg_attention_v_index(cap, head_dim, p, g, 0), v + g * head_dim, head_dim);
+    }
 }
 
 /* ops_desc.c (no LLVM needed): */

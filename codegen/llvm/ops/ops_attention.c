@@ -4,7 +4,8 @@
  * A call handles rows t0 .. t0 + rows - 1 of head h, qb rows at once (qb 1, 2 or 4, chosen so that
  * their output accumulators stay in registers; the last rows one at a time). Keys come in blocks of
  * kb = 16·nt (kv_block rounded up to 16, at most 64; 0: 64): per block,
- *   scores  — the K cache lies in tiles of 16 keys × head_dim (cg_attention_kt_index), so one query's
+ *   scores  — the K cache lies in tiles of 16 keys × head_dim (cg_attention_kt_index; a kv head's
+ *             tiles one run of memory, then the next head's, cap positions each), so one query's
  *             scores of 16 keys are one <16 x float> built by head_dim FMAs of a broadcast q element
  *             with a tile row: no horizontal sum per key, and each tile row loaded once serves qb rows;
  *   softmax — keys past a row's position masked to -inf (probability 0), the running max m and sum l
@@ -17,7 +18,8 @@
  * stored back — a few loads and stores a block against a quarter of the V loads, which come from
  * L2 — and the scores run one 16-key tile a pass over d (8 accumulators). 1.5–2.2× on one AVX2 core.
  * No [T, T] buffer: the block's probabilities (qb·kb floats) and those accumulators (qb·head_dim)
- * are the only scratch, on the stack. */
+ * are the only scratch, on the stack. The cache holds f32, or a 16-bit model's keys and values as
+ * bf16/f16 (kv_dtype), widened as they are loaded: half the bytes every decode step reads. */
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
@@ -39,6 +41,8 @@ static LLVMValueRef addc(const Ob *o, LLVMValueRef a, int64_t c) { return add(o,
 
 typedef struct {
     LLVMValueRef q, kt, vc, pos, out;
+    LLVMValueRef head_tiles, head_rows; /* the kv head's first K tile and first V row (cap positions a head) */
+    moe_dtype kvdt;                  /* the KV cache's elements (f32, bf16, f16), widened as loaded */
     LLVMValueRef ps;                 /* [MAX_QB][kb] the block's probabilities */
     LLVMValueRef h, g;               /* the query head and its kv head */
     int64_t heads, kvh, hd, vwp, nvp; /* vwp lanes per accumulator vector, nvp = hd / vwp vectors a row */
@@ -55,17 +59,17 @@ typedef struct {
 static void block_scores(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVMValueRef tile0, LLVMValueRef *s)
 {
     LLVMValueRef zero = LLVMConstNull(LLVMVectorType(o->tf32, KT)), init[MAX_QB * MAX_NT], next[MAX_QB * MAX_NT];
-    int ug = a->score_tiles > 0 && a->score_tiles < a->nt ? a->score_tiles : a->nt;
+    int ug = qb > 1 && a->score_tiles > 0 && a->score_tiles < a->nt ? a->score_tiles : a->nt;
     for (int u0 = 0; u0 < a->nt; u0 += ug) {
         int nu = a->nt - u0 < ug ? a->nt - u0 : ug, n = qb * nu;
         for (int k = 0; k < n; k++) init[k] = zero;
         LLVMValueRef base[MAX_NT];
-        for (int u = 0; u < nu; u++) /* tile (tile0 + u0 + u, g): [hd][16] floats */
-            base[u] = mul(o, add(o, mul(o, addc(o, tile0, u0 + u), a->kvh), a->g), a->hd * KT);
+        for (int u = 0; u < nu; u++) /* tile tile0 + u0 + u of kv head g: [hd][16] values */
+            base[u] = mul(o, add(o, a->head_tiles, addc(o, tile0, u0 + u)), a->hd * KT);
         ObLoop D;
         ob_loop_begin(o, &D, ob_i64(o, 0), ob_i64(o, a->hd), n, init);
         LLVMValueRef kv[MAX_NT];
-        for (int u = 0; u < nu; u++) kv[u] = ob_ldv_n(o, KT, a->kt, add(o, base[u], mul(o, D.i, KT)));
+        for (int u = 0; u < nu; u++) kv[u] = ob_ldvw_n(o, a->kvdt, KT, a->kt, add(o, base[u], mul(o, D.i, KT)));
         for (int i = 0; i < qb; i++) {
             LLVMValueRef qd = ob_splat_n(o, ob_ldf(o, a->q, add(o, qi[i], D.i)), KT);
             for (int u = 0; u < nu; u++) next[i * nu + u] = ob_fma(o, qd, kv[u], D.v[i * nu + u]);
@@ -83,11 +87,11 @@ static void values_pass(Ob *o, const Att *a, int qb, int64_t kb, LLVMValueRef j0
 {
     ObLoop J;
     ob_loop_begin(o, &J, ob_i64(o, 0), keys, qb * nc, acc);
-    LLVMValueRef vrow = add(o, mul(o, add(o, j0, J.i), a->kvh * a->hd), mul(o, a->g, a->hd)), nx[OB_MAX_CARRY];
+    LLVMValueRef vrow = mul(o, add(o, a->head_rows, add(o, j0, J.i)), a->hd), nx[OB_MAX_CARRY];
     LLVMValueRef p[MAX_QB];
     for (int i = 0; i < qb; i++) p[i] = ob_splat_n(o, ob_ldf(o, a->ps, add(o, ob_i64(o, i * kb), J.i)), (int)a->vwp);
     for (int c = 0; c < nc; c++) {
-        LLVMValueRef v = ob_ldv_n(o, (int)a->vwp, a->vc, addc(o, vrow, (c0 + c) * a->vwp));
+        LLVMValueRef v = ob_ldvw_n(o, a->kvdt, (int)a->vwp, a->vc, addc(o, vrow, (c0 + c) * a->vwp));
         for (int i = 0; i < qb; i++) nx[i * nc + c] = ob_fma(o, p[i], v, J.v[i * nc + c]);
     }
     ob_loop_end(o, &J, nx);
@@ -188,8 +192,8 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
 {
     int64_t hd = d->head_dim, group = d->heads / d->kv_heads;
     int kb = d->kv_block > 0 ? d->kv_block : CG_ATTENTION_KV_BLOCK;
-    Att a = {.q = ob_arg(o, 2), .kt = ob_arg(o, 3), .vc = ob_arg(o, 4), .pos = ob_arg(o, 5), .out = ob_arg(o, 6),
-             .heads = d->heads, .kvh = d->kv_heads, .hd = hd, .vwp = o->vw,
+    Att a = {.q = ob_arg(o, 3), .kt = ob_arg(o, 4), .vc = ob_arg(o, 5), .pos = ob_arg(o, 6), .out = ob_arg(o, 7),
+             .kvdt = d->wdtype, .heads = d->heads, .kvh = d->kv_heads, .hd = hd, .vwp = o->vw,
              .nt = kb >= MAX_NT * KT ? MAX_NT : (kb + KT - 1) / KT, .scale = 1.0 / sqrt((double)hd)};
     while (hd % a.vwp) a.vwp /= 2; /* hd is even */
     a.nvp = hd / a.vwp;
@@ -214,6 +218,9 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     LLVMValueRef t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
     a.h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h");
     a.g = LLVMBuildSDiv(o->b, a.h, ob_i64(o, group), "g");
+    LLVMValueRef cap = ob_arg(o, 2);
+    a.head_rows = LLVMBuildNSWMul(o->b, a.g, cap, "head_rows");
+    a.head_tiles = LLVMBuildNSWMul(o->b, a.g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");
     LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, qb), "tiles");
     attend_rows(o, &a, t0, tiles, qb);
     if (qb > 1) { /* the last rows % qb rows one at a time */

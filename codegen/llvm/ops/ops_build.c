@@ -4,6 +4,7 @@
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void ob_begin(Ob *o, LLVMContextRef ctx, const char *symbol, LLVMTypeRef *params, unsigned n_params, int vw)
@@ -216,10 +217,14 @@ LLVMValueRef ob_ldi32(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx)
 /* c as an i32 constant of type t (scalar, or splat over t's lanes). */
 static LLVMValueRef ci32(const Ob *o, LLVMTypeRef t, uint32_t c)
 {
-    LLVMValueRef k = LLVMConstInt(o->ti32, c, 0), lanes[64];
+    LLVMValueRef k = LLVMConstInt(o->ti32, c, 0);
     if (LLVMGetTypeKind(t) != LLVMVectorTypeKind) return k;
-    for (int i = 0; i < o->vw; i++) lanes[i] = k;
-    return LLVMConstVector(lanes, (unsigned)o->vw);
+    unsigned n = LLVMGetVectorSize(t);
+    LLVMValueRef *lanes = xmalloc(n * sizeof *lanes), v;
+    for (unsigned i = 0; i < n; i++) lanes[i] = k;
+    v = LLVMConstVector(lanes, n);
+    free(lanes);
+    return v;
 }
 
 /* f16 bits -> f32 with integer ops (ryg's half_to_float): an SSE-only target has no F16C, and its
@@ -245,20 +250,14 @@ static LLVMValueRef f16_bits_to_f32(const Ob *o, LLVMValueRef h, LLVMTypeRef i32
 /* bf16 is the top half of an f32: widen the bits and shift them into place. */
 static LLVMValueRef widen(const Ob *o, moe_dtype dt, LLVMValueRef raw, LLVMTypeRef i32t, LLVMTypeRef f32t)
 {
+    bool vec = LLVMGetTypeKind(i32t) == LLVMVectorTypeKind;
     if (dt == DT_F16 && o->vw == 4) { /* vw 4 = SSE, the one target without F16C (cg_target_detect) */
-        bool vec = LLVMGetTypeKind(i32t) == LLVMVectorTypeKind;
-        LLVMTypeRef bits = vec ? LLVMVectorType(o->ti16, (unsigned)o->vw) : o->ti16;
+        LLVMTypeRef bits = vec ? LLVMVectorType(o->ti16, LLVMGetVectorSize(i32t)) : o->ti16;
         return f16_bits_to_f32(o, LLVMBuildBitCast(o->b, raw, bits, ""), i32t, f32t);
     }
     if (dt == DT_F16) return LLVMBuildFPExt(o->b, raw, f32t, "");
     LLVMValueRef x = LLVMBuildZExt(o->b, raw, i32t, "");
-    LLVMValueRef sh = LLVMConstInt(o->ti32, 16, 0);
-    if (LLVMGetTypeKind(i32t) == LLVMVectorTypeKind) {
-        LLVMValueRef lanes[64];
-        for (int k = 0; k < o->vw; k++) lanes[k] = sh;
-        sh = LLVMConstVector(lanes, (unsigned)o->vw);
-    }
-    return LLVMBuildBitCast(o->b, LLVMBuildShl(o->b, x, sh, ""), f32t, "");
+    return LLVMBuildBitCast(o->b, LLVMBuildShl(o->b, x, ci32(o, i32t, 16), ""), f32t, "");
 }
 
 LLVMValueRef ob_ldw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx)
@@ -280,11 +279,16 @@ LLVMValueRef ob_ldv_n(const Ob *o, int lanes, LLVMValueRef ptr, LLVMValueRef idx
 
 LLVMValueRef ob_ldvw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx)
 {
-    if (dt == DT_F32) return ob_ldv(o, ptr, idx);
-    unsigned w = (unsigned)o->vw;
+    return ob_ldvw_n(o, dt, o->vw, ptr, idx);
+}
+
+LLVMValueRef ob_ldvw_n(const Ob *o, moe_dtype dt, int lanes, LLVMValueRef ptr, LLVMValueRef idx)
+{
+    if (dt == DT_F32) return ob_ldv_n(o, lanes, ptr, idx);
+    unsigned w = (unsigned)lanes;
     LLVMTypeRef e = dt == DT_F16 ? o->tf16 : o->ti16;
     LLVMValueRef raw = load_at(o, LLVMVectorType(e, w), e, ptr, idx, 2);
-    return widen(o, dt, raw, LLVMVectorType(o->ti32, w), o->tvf);
+    return widen(o, dt, raw, LLVMVectorType(o->ti32, w), LLVMVectorType(o->tf32, w));
 }
 
 void ob_stv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v) { store_at(o, o->tf32, ptr, idx, v); }

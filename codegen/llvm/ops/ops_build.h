@@ -62,6 +62,7 @@ LLVMValueRef ob_ldw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef id
 LLVMValueRef ob_ldv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx);
 LLVMValueRef ob_ldv_n(const Ob *o, int lanes, LLVMValueRef ptr, LLVMValueRef idx); /* <lanes x float> */
 LLVMValueRef ob_ldvw(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);
+LLVMValueRef ob_ldvw_n(const Ob *o, moe_dtype dt, int lanes, LLVMValueRef ptr, LLVMValueRef idx); /* <lanes x float> */
 void         ob_stv(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v);
 /* A stack array of n elements of type t in the entry block (n is a compile-time constant). */
 LLVMValueRef ob_alloca(const Ob *o, LLVMTypeRef t, int64_t n);

@@ -65,9 +65,10 @@ bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
         break;
     case IR_OP_ATTENTION: {
         int64_t H = ir_attr_int(i, "heads"), hd = last_dim(i->in[0]) / H;
-        const IrAttr *kb = ir_attr_get(i, "kv_block");
+        const IrAttr *kb = ir_attr_get(i, "kv_block"), *kvd = ir_attr_get(i, "kv_dtype");
         *d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = ir_attr_int(i, "kv_heads"), .head_dim = hd,
                         .cols = H * hd, .kv_block = kb && kb->i != CG_ATTENTION_KV_BLOCK ? (int)kb->i : 0}; /* the default's symbol */
+        if (kvd && !dtype_parse(kvd->s, &d->wdtype)) return false; /* (the verifier says which) */
         break;
     }
     case IR_OP_MOE_DISPATCH:
