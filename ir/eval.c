@@ -162,8 +162,8 @@ static void eval_rope(Eval *ev, const IrInstr *i, double *out)
     }
 }
 
-/* Causal attention by position: query t sees key j when pos[j] <= pos[t]. */
-/* kv_dtype (widened IR): the keys and values as the KV cache holds them, rounded to that type. */
+/* Causal attention by position: query t sees key j when pos[j] <= pos[t]. With kv_dtype (widened IR)
+ * the keys and values as the KV cache holds them: rounded to that type. */
 static void eval_attention(Eval *ev, const IrInstr *i, double *out)
 {
     const IrValue *q = i->in[0];

@@ -407,8 +407,8 @@ static bool in_list(const char *list, const char *key)
     return false;
 }
 
-/* Attributes that count or index things are integers, tile_src, tile_schedule and kv_dtype are strings, the rest (eps, theta, s,
- * std, norm_std) are floats that also accept integers. */
+/* Attributes that count or index things are integers, tile_src, tile_schedule and kv_dtype are
+ * strings, the rest (eps, theta, s, std, norm_std) are floats that also accept integers. */
 static ir_attr_kind attr_kind(const char *key)
 {
     static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
@@ -443,8 +443,8 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
                 return false;
         if (!strcmp(a->key, "act_bf16") && !want(v, a->i == 0 || a->i == 1, "attribute 'act_bf16' must be 0 or 1"))
             return false;
-        if (!strcmp(a->key, "kv_dtype") &&
-            !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"), "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", a->s))
+        if (!strcmp(a->key, "kv_dtype") && !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"),
+                                                 "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", a->s))
             return false;
     }
     char buf[256];

@@ -45,7 +45,7 @@ typedef struct {
     moe_dtype kvdt;                  /* the KV cache's elements (f32, bf16, f16), widened as loaded */
     LLVMValueRef ps;                 /* [MAX_QB][kb] the block's probabilities */
     LLVMValueRef h, g;               /* the query head and its kv head */
-    int64_t heads, kvh, hd, vwp, nvp; /* vwp lanes per accumulator vector, nvp = hd / vwp vectors a row */
+    int64_t heads, hd, vwp, nvp;     /* vwp lanes per accumulator vector, nvp = hd / vwp vectors a row */
     int nt;                          /* 16-key tiles a block */
     int chunk;                       /* > 0: accumulators in accm, chunk vectors a row at a time */
     int score_tiles;                 /* > 0: tiles a pass over d in block_scores (else nt) */
@@ -193,7 +193,7 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     int64_t hd = d->head_dim, group = d->heads / d->kv_heads;
     int kb = d->kv_block > 0 ? d->kv_block : CG_ATTENTION_KV_BLOCK;
     Att a = {.q = ob_arg(o, 3), .kt = ob_arg(o, 4), .vc = ob_arg(o, 5), .pos = ob_arg(o, 6), .out = ob_arg(o, 7),
-             .kvdt = d->wdtype, .heads = d->heads, .kvh = d->kv_heads, .hd = hd, .vwp = o->vw,
+             .kvdt = d->wdtype, .heads = d->heads, .hd = hd, .vwp = o->vw,
              .nt = kb >= MAX_NT * KT ? MAX_NT : (kb + KT - 1) / KT, .scale = 1.0 / sqrt((double)hd)};
     while (hd % a.vwp) a.vwp /= 2; /* hd is even */
     a.nvp = hd / a.vwp;
