@@ -89,6 +89,14 @@ LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueR
 
 LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x) { return ob_intr(o, "llvm.exp", LLVMTypeOf(x), &x, 1); }
 
+void ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx)
+{
+    LLVMTypeRef e = dt == DT_F32 ? o->tf32 : o->ti16, i8p = LLVMPointerType(LLVMInt8TypeInContext(o->ctx), 0);
+    LLVMValueRef args[4] = {LLVMBuildPointerCast(o->b, ob_gep(o, e, ptr, idx), i8p, ""), ob_i32(o, 0), ob_i32(o, 3),
+                            ob_i32(o, 1)}; /* read, keep in every cache level, data */
+    ob_intr(o, "llvm.prefetch", i8p, args, 4);
+}
+
 /* A constant f32 of x's shape (scalar, or splatted to its vector). */
 static LLVMValueRef like(const Ob *o, LLVMValueRef x, double v)
 {

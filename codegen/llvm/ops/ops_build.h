@@ -39,7 +39,9 @@ LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b); /* a > b ? a 
 LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
 /* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
 LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueRef *args, unsigned n);
-LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);          /* scalar or vector (any lanes) */
+LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);
+/* A hint to fetch element idx of an array of dt (f32, or 16-bit) into the caches. */
+void         ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);          /* scalar or vector (any lanes) */
 /* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
  * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
 LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
