@@ -132,8 +132,9 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
                     bytes += 2.0 * (double)(a->context + a->tokens[k]) * (double)i->in[1]->type.dims[1] *
                              (double)dtype_size(od.wdtype);
             }
-            printf("%-6s %-9s [KV caches at position %lld: %.1f MB, read at %.1f GB/s in attention]\n", "", "",
-                   (long long)a->context, bytes / 1e6, bytes / t.attention_s / 1e9);
+            printf("%-6s %-9s [KV caches at position %lld: %.1f %s, read at %.1f GB/s in attention]\n", "", "",
+                   (long long)a->context, bytes >= 1e6 ? bytes / 1e6 : bytes / 1e3, bytes >= 1e6 ? "MB" : "KB",
+                   bytes / t.attention_s / 1e9);
         }
     }
     cpu_model_free(cm);
