@@ -113,7 +113,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
     }
     for (int k = 0; cm && k < a->n_tokens; k++) {
         if (a->context + a->tokens[k] > s->max_positions) {
-            if (a->context) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
+            if (a->context && !a->json) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
                                    (long long)a->tokens[k], (long long)a->context, (long long)s->max_positions);
             continue;
         }
