@@ -26,7 +26,8 @@ typedef struct Step {
     TileSchedule *sched;            /* tuned: the configuration per token count (schedule.c)          */
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
     int n_pk;
-    void *kt, *vc;                  /* attention: the K and V caches (cg_attention_store), of kv_dt  */
+    void **kt, **vc;                /* attention: each sequence's K and V caches (cg_attention_store), */
+                                    /*   of kv_dt: [n_seqs]                                           */
     moe_dtype kv_dt;
     const void **vc_ptrs;           /* combine: the constant vectors                                  */
     int64_t *off;                   /* dispatch: CgRouting of this layer                              */
@@ -48,6 +49,10 @@ struct CpuModel {
     float *scratch;                 /* route scratch: h, z0, g, u, alpha logits                        */
     size_t scratch_per_t;           /* floats per token                                                */
     const int32_t *ids, *pos;       /* inputs of the current run                                      */
+    const int32_t *seq;             /* ... each token's sequence (NULL: all sequence 0)                */
+    int n_seqs;                     /* sequences with KV caches (cpu_model_set_sequences)             */
+    CpuAttSeg *segs;                /* attention's runs of one sequence's rows: [T] at most            */
+    int64_t segs_cap;
     const void **bound;             /* [n_values]: other inputs, bound to caller memory (embed/)       */
     bool external;                  /* arena, scratch and dispatch buffers lie in caller memory:       */
                                     /*   cap_t is fixed, runs allocate nothing                         */
@@ -323,8 +328,10 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
     st->kv_dt = d.wdtype;
     if (!cm->dry) {
         size_t n = (size_t)cg_attention_cache_elems(cm->max_pos, d.kv_heads, d.head_dim);
-        st->kt = xcalloc(n, dtype_size(d.wdtype));
-        st->vc = xcalloc(n, dtype_size(d.wdtype));
+        st->kt = xcalloc(1, sizeof *st->kt);
+        st->vc = xcalloc(1, sizeof *st->vc);
+        st->kt[0] = xcalloc(n, dtype_size(d.wdtype));
+        st->vc[0] = xcalloc(n, dtype_size(d.wdtype));
     }
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : CG_ATTENTION_KV_BLOCK}, .fn = st->fn};
@@ -442,42 +449,69 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
     const IrInstr *i = st->i;
     int64_t kvc = cols(i->in[1]), kvh = ir_attr_int(i, "kv_heads"), cap = cg_attention_cap(cm->max_pos);
     const float *k = addr(cm, i->in[1], T), *v = addr(cm, i->in[2], T);
-    for (int64_t t = 0; t < T; t++) { /* the KV cache at position pos[t] */
-        cg_attention_store(st->kt, st->vc, st->kv_dt, kvh, kvc / kvh, cap, cm->pos[t], k + t * kvc, v + t * kvc);
+    int n = 0;
+    for (int64_t t = 0; t < T; t++) { /* the KV caches of token t's sequence at position pos[t] */
+        int s = cm->seq ? cm->seq[t] : 0;
+        cg_attention_store(st->kt[s], st->vc[s], st->kv_dt, kvh, kvc / kvh, cap, cm->pos[t], k + t * kvc, v + t * kvc);
+        if (n && cm->segs[n - 1].kt == st->kt[s]) cm->segs[n - 1].rows++;
+        else cm->segs[n++] = (CpuAttSeg){t, 1, st->kt[s], st->vc[s], 0};
     }
-    cpu_attention_run(cm->pool, choice_for(st, T)->fn, T, ir_attr_int(i, "heads"), cap, addr(cm, i->in[0], T), st->kt,
-                      st->vc, cm->pos, addr(cm, i->out[0], T));
+    cpu_attention_run_segs(cm->pool, choice_for(st, T)->fn, ir_attr_int(i, "heads"), cap, addr(cm, i->in[0], T),
+                           cm->pos, addr(cm, i->out[0], T), cm->segs, n);
 }
 
 /* ---- attention's schedule over the threads -------------------------------------------------------- */
 
 typedef struct {
     attn_fn fn;
-    int64_t T, heads, rows;         /* rows per task */
+    int64_t heads, rows;            /* rows per task */
     int64_t cap;
-    const void *q, *kt, *vc;
+    const void *q;
     const int32_t *pos;
     void *out;
+    const CpuAttSeg *segs;
+    int n;
 } AttTasks;
 
-/* One task: a block of query rows of one head in one kernel call, which takes them a few at a time
- * over each tile of keys and values (heads interleaved by row would stream the cache from memory). */
+/* One task: a block of query rows of one head of one sequence in one kernel call, which takes them a
+ * few at a time over each tile of keys and values (heads interleaved by row would stream the cache
+ * from memory). */
 static void att_task(void *ctx, int64_t task, int thread)
 {
     (void)thread;
     const AttTasks *a = ctx;
-    int64_t blocks = (a->T + a->rows - 1) / a->rows, h = task / blocks, t0 = task % blocks * a->rows;
-    a->fn(t0 * a->heads + h, t0 + a->rows < a->T ? a->rows : a->T - t0, a->cap, a->q, a->kt, a->vc, a->pos, a->out);
+    int lo = 0, hi = a->n - 1; /* the segment: its first task <= task < the next one's */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (a->segs[mid].task0 <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    const CpuAttSeg *s = &a->segs[lo];
+    int64_t local = task - s->task0, blocks = (s->rows + a->rows - 1) / a->rows;
+    int64_t h = local / blocks, t0 = local % blocks * a->rows, rows = t0 + a->rows < s->rows ? a->rows : s->rows - t0;
+    a->fn((s->row0 + t0) * a->heads + h, rows, a->cap, a->q, s->kt, s->vc, a->pos, a->out);
+}
+
+void cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t cap, const void *q, const int32_t *pos,
+                            void *out, CpuAttSeg *segs, int n)
+{
+    int64_t T = 0, want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
+    for (int k = 0; k < n; k++) T += segs[k].rows;
+    int64_t blocks = (want + heads - 1) / heads, tasks = 0;
+    AttTasks a = {(attn_fn)fn, heads, (T + blocks - 1) / blocks, cap, q, pos, out, segs, n};
+    a.rows = (a.rows + 7) / 8 * 8; /* whole tiles of query rows (the kernel's are 1 to 8) */
+    for (int k = 0; k < n; k++) {
+        segs[k].task0 = tasks;
+        tasks += heads * ((segs[k].rows + a.rows - 1) / a.rows);
+    }
+    cg_pool_parallel_for(pool, tasks, att_task, &a);
 }
 
 void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q, const void *kt,
                        const void *vc, const int32_t *pos, void *out)
 {
-    int64_t want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
-    int64_t blocks = (want + heads - 1) / heads;
-    AttTasks a = {(attn_fn)fn, T, heads, (T + blocks - 1) / blocks, cap, q, kt, vc, pos, out};
-    a.rows = (a.rows + 7) / 8 * 8; /* whole tiles of query rows (the kernel's are 1 to 8) */
-    cg_pool_parallel_for(pool, heads * ((T + a.rows - 1) / a.rows), att_task, &a);
+    CpuAttSeg one = {0, T, kt, vc, 0};
+    cpu_attention_run_segs(pool, fn, heads, cap, q, pos, out, &one, 1);
 }
 
 typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);
@@ -598,6 +632,15 @@ static void ensure_capacity(CpuModel *cm, int64_t T)
     cm->cap_t = T;
 }
 
+/* Attention's segments for T tokens (runs of one sequence's rows: T at most). */
+static void ensure_segments(CpuModel *cm, int64_t T)
+{
+    if (T <= cm->segs_cap) return;
+    free(cm->segs);
+    cm->segs = xcalloc((size_t)T, sizeof *cm->segs);
+    cm->segs_cap = T;
+}
+
 static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                            int threads, bool dry, RtError *err)
 {
@@ -608,6 +651,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->ks = ks;
     cm->dry = dry;
     cm->max_pos = max_positions;
+    cm->n_seqs = 1;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
     cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
@@ -625,15 +669,21 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     return cm;
 }
 
+/* Bytes of one sequence's K and V caches of attention op i. */
+static double cache_bytes(const IrInstr *i, int64_t max_positions)
+{
+    CgOpDesc d;
+    MOE_ASSERT(cg_op_desc_for(i, &d));
+    return 2.0 * (double)dtype_size(d.wdtype) * (double)cg_attention_cache_elems(max_positions, d.kv_heads, d.head_dim);
+}
+
 /* Bytes the model will allocate beyond its weights: the packed copies of every GEMM weight and the
  * KV caches (the arena, sized by the tokens of a call, is small beside them). */
 static double bytes_needed(const IrModule *m, int64_t max_positions)
 {
     double b = 0;
     for (const IrInstr *i = m->first; i; i = i->next) {
-        CgOpDesc d;
-        if (i->op == IR_OP_ATTENTION && cg_op_desc_for(i, &d))
-            b += 2.0 * (double)dtype_size(d.wdtype) * (double)max_positions * (double)cols(i->in[1]);
+        if (i->op == IR_OP_ATTENTION) b += cache_bytes(i, max_positions);
         if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_GROUPED_UP && i->op != IR_OP_MOE_GROUPED_DOWN &&
             i->op != IR_OP_MOE_ROUTE)
             continue;
@@ -673,6 +723,54 @@ bool cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t
     return cpu_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
 }
 
+bool cpu_model_set_sequences(CpuModel *cm, int n, RtError *err)
+{
+    MOE_ASSERT(n >= 1 && !cm->dry);
+    double need = 0, have = mem_available_bytes();
+    for (int s = 0; s < cm->n_steps; s++)
+        if (cm->steps[s].i->op == IR_OP_ATTENTION) need += (double)(n - cm->n_seqs) * cache_bytes(cm->steps[s].i, cm->max_pos);
+    if (need > 0.9 * have) {
+        char a[32], b[32];
+        str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
+        snprintf(err->msg, sizeof err->msg, "not enough memory: KV caches for %d sequences of %lld positions need %s "
+                 "more, and %s is available", n, (long long)cm->max_pos, a, b);
+        return false;
+    }
+    for (int s = 0; s < cm->n_steps; s++) {
+        Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_ATTENTION) continue;
+        size_t elems = (size_t)cg_attention_cache_elems(cm->max_pos, ir_attr_int(st->i, "kv_heads"),
+                                                        cols(st->i->in[1]) / ir_attr_int(st->i, "kv_heads"));
+        for (int q = n; q < cm->n_seqs; q++) free(st->kt[q]), free(st->vc[q]);
+        st->kt = xrealloc(st->kt, (size_t)n * sizeof *st->kt);
+        st->vc = xrealloc(st->vc, (size_t)n * sizeof *st->vc);
+        for (int q = cm->n_seqs; q < n; q++) {
+            st->kt[q] = xcalloc(elems, dtype_size(st->kv_dt));
+            st->vc[q] = xcalloc(elems, dtype_size(st->kv_dt));
+        }
+    }
+    cm->n_seqs = n;
+    return true;
+}
+
+int cpu_model_sequences(const CpuModel *cm) { return cm->n_seqs; }
+
+bool cpu_model_run_seqs(CpuModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                        RtError *err)
+{
+    for (int64_t t = 0; seq && t < T; t++) {
+        if (seq[t] < 0 || seq[t] >= cm->n_seqs) {
+            snprintf(err->msg, sizeof err->msg, "sequence %d of token %lld is outside [0, %d) (the model's sequences)",
+                     seq[t], (long long)t, cm->n_seqs);
+            return false;
+        }
+    }
+    cm->seq = seq;
+    bool ok = cpu_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
+    cm->seq = NULL;
+    return ok;
+}
+
 void *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T) { return addr(cm, v, T); }
 
 bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
@@ -704,6 +802,7 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
         return false;
     }
     ensure_capacity(cm, T);
+    ensure_segments(cm, T);
     cm->ids = ids;
     cm->pos = pos;
     MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
@@ -802,6 +901,7 @@ void cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t)
     MOE_ASSERT(((uintptr_t)ws & 63) == 0 && max_t > 0);
     free_run_buffers(cm);
     workspace_layout(cm, ws, max_t);
+    ensure_segments(cm, max_t); /* now, not in a run */
     cm->external = true;
     cm->cap_t = max_t;
 }
@@ -815,12 +915,14 @@ void cpu_model_free(CpuModel *cm)
         for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
         free(st->pk);
         free(st->sched);
+        for (int q = 0; st->kt && q < cm->n_seqs; q++) free(st->kt[q]), free(st->vc[q]);
         free(st->kt);
         free(st->vc);
         free(st->vc_ptrs);
         free(st->off);
     }
     free(cm->steps);
+    free(cm->segs);
     free(cm->bound);
     cg_work_free(&cm->work);
     cg_pool_free(cm->pool);

@@ -75,11 +75,33 @@ size_t    cpu_model_workspace_bytes(const CpuModel *cm, int64_t max_t);
  * bytes, owned by the caller): runs on up to max_t tokens allocate nothing, longer ones fail. */
 void      cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t);
 
+/* Sequences: from now on the model keeps KV caches for n (>= 1) sequences of up to max_positions
+ * each (a new one's empty; those it had kept; sequence 0 is the one cpu_model_run runs), for
+ * cpu_model_run_seqs. False with a message where the memory for them is missing (nothing changed). */
+bool      cpu_model_set_sequences(CpuModel *cm, int n, RtError *err);
+int       cpu_model_sequences(const CpuModel *cm);
+/* Run T tokens of several sequences at once (a serving batch): token t of sequence seq[t] (< the n
+ * of cpu_model_set_sequences) at position pos[t] of it, which attends to that sequence's cache
+ * positions 0 .. pos[t] alone; every other op is row-wise. A decode step of B sequences is B rows
+ * here: the grouped GEMMs see each expert's picks of all of them. seq NULL: all sequence 0 (this is
+ * cpu_model_run). */
+bool      cpu_model_run_seqs(CpuModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                             RtError *err);
+
 /* Causal attention of T query rows over the KV caches (kt, vc of cap positions a head:
  * cg_attention_store) with the attention kernel fn: the work spreads over the pool's threads by head
  * and block of rows (the tuner times it so). */
 void      cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q,
                             const void *kt, const void *vc, const int32_t *pos, void *out);
+/* The same over several sequences' caches: rows [row0, row0 + rows) of q, pos and out attend over
+ * kt, vc (task0 is the function's own: where the segment's tasks start). */
+typedef struct CpuAttSeg {
+    int64_t row0, rows;
+    const void *kt, *vc;
+    int64_t task0;
+} CpuAttSeg;
+void      cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t cap, const void *q, const int32_t *pos,
+                                 void *out, CpuAttSeg *segs, int n);
 
 /* Every kernel the module needs, requested from ks once (moeppc build compiles them this way). */
 bool      cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err);

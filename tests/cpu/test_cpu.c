@@ -185,6 +185,74 @@ static void test_decode_on_kv_cache(void **state)
     }
 }
 
+/* Several sequences in one run (cpu_model_run_seqs): a prefill of three prompts whose rows are mixed
+ * (one prompt's in two runs with another's between), then decode steps of one row a sequence in
+ * turning orders; every row's logits equal the interpreter's on that sequence alone. A sequence
+ * outside the model's is refused, and so are caches the memory cannot hold. */
+static void test_batched_sequences(void **state)
+{
+    (void)state;
+    static const char *const specs[] = {"tiny-moepp", "tiny-gqa", "tiny-every2", "tiny-bf16"};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
+        ModelSpec s;
+        WeightSet *w;
+        IrModule *m = open_spec(specs[k], 5, &s, &w);
+        RtError err = {{0}};
+        enum { NS = 3, STEPS = 4, MAXLEN = 12 + STEPS };
+        int64_t len[NS] = {7, 3, 12};
+        int32_t seqs[NS][MAXLEN];
+        for (int q = 0; q < NS; q++)
+            for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 37 + q * 101 + 5) % s.vocab);
+        CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 2, &err);
+        assert_non_null(cm);
+        assert_int_equal(cpu_model_sequences(cm), 1);
+        setenv("MOEPPC_MEM_LIMIT_MB", "0.01", 1);
+        assert_false(cpu_model_set_sequences(cm, NS, &err));
+        unsetenv("MOEPPC_MEM_LIMIT_MB");
+        assert_non_null(strstr(err.msg, "not enough memory"));
+        assert_int_equal(cpu_model_sequences(cm), 1);
+        assert_true(cpu_model_set_sequences(cm, NS + 1, &err) && cpu_model_set_sequences(cm, NS, &err));
+        /* the prefill: sequence 2's first 6 rows, sequence 0's 7, sequence 2's last 6, sequence 1's 3 */
+        int32_t ids[32], pos[32], sq[32];
+        int64_t T = 0;
+        static const int order[4][3] = {{2, 0, 6}, {0, 0, 7}, {2, 6, 12}, {1, 0, 3}};
+        for (int r = 0; r < 4; r++)
+            for (int t = order[r][1]; t < order[r][2]; t++) ids[T] = seqs[order[r][0]][t], pos[T] = t, sq[T++] = order[r][0];
+        double worst = 0;
+        for (int step = 0; step <= STEPS; step++) {
+            if (step) { /* a decode step: the next token of each sequence, the order turned by one */
+                T = 0;
+                for (int j = 0; j < NS; j++) {
+                    int q = (j + step) % NS;
+                    ids[T] = seqs[q][len[q]], pos[T] = (int32_t)len[q], sq[T++] = q;
+                    len[q]++;
+                }
+            }
+            assert_true(cpu_model_run_seqs(cm, ids, pos, sq, T, &err));
+            int64_t V;
+            const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+            for (int64_t t = 0; t < T; t++) { /* row t: its sequence alone up to its position */
+                int32_t p[MAXLEN];
+                for (int j = 0; j <= pos[t]; j++) p[j] = j;
+                EvalResult ref;
+                assert_true(ir_eval(m, w, seqs[sq[t]], p, pos[t] + 1, EVAL_F64, &ref, &err));
+                double e = rel_err(logits + t * V, eval_output(&ref, "logits")->data + pos[t] * V, 1, V);
+                worst = fmax(worst, e);
+                assert_true(e <= 1e-5);
+                ir_eval_result_free(&ref);
+            }
+        }
+        printf("%-12s 3 sequences batched (a mixed prefill, %d decode steps) vs each alone in the interpreter: "
+               "worst rel err %.3g\n", specs[k], STEPS, worst);
+        sq[0] = NS;
+        assert_false(cpu_model_run_seqs(cm, ids, pos, sq, 1, &err));
+        assert_non_null(strstr(err.msg, "sequence 3 of token 0 is outside [0, 3)"));
+        cpu_model_free(cm);
+        weights_close(w);
+        ir_module_free(m);
+    }
+}
+
 /* tiny-moepp lowered for the CPU backend, with random weights of the given seed. */
 typedef struct {
     ModelSpec s;
@@ -420,6 +488,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_equals_interpreter),
         cmocka_unit_test(test_decode_on_kv_cache),
+        cmocka_unit_test(test_batched_sequences),
         cmocka_unit_test(test_parallel_jit_equals_serial),
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
