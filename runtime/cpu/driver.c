@@ -8,6 +8,8 @@
 #include "passes/tuning.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <math.h>
@@ -19,6 +21,7 @@ typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
 static const DriverConfig *cfg; /* the one configuration of this process's driver */
 static FILE *say;                /* what a run reports: stdout, or nowhere with --quiet */
+static FILE *answer;             /* --quiet's generated ids or text: stdout (--batch: a line's buffer) */
 
 static void drv_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -35,7 +38,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F) [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N]) [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -64,7 +67,7 @@ typedef struct {
     const char *sampling;         /* the first sampling option given (for the message without --generate) */
     bool temperature_set;
     eval_precision prec;
-    int top, opt_level, threads;
+    int top, opt_level, threads, batch;
     int64_t generate;
     run_backend backend;
     bool backend_set;             /* --backend or --device given */
@@ -190,6 +193,9 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--threads") == 0) {
         if (!int_option(o, v, 1, 256, &n)) return 2;
         r->threads = (int)n;
+    } else if (strcmp(o, "--batch") == 0) {
+        if (!int_option(o, v, 1, 256, &n)) return 2;
+        r->batch = (int)n;
     } else if (strcmp(o, "--generate") == 0) {
         if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
     } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-k") == 0 || strcmp(o, "--top-p") == 0 ||
@@ -227,6 +233,11 @@ static void print_help(FILE *f)
           "                      the caches: a conversation's turns); blank and # lines skipped, a bad\n"
           "                      line reported by its number and the rest still run. Ids, or with\n"
           "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
+          "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend;\n"
+          "                      default 1: one line after the other), each decode step one row of each\n"
+          "                      through the model, so an expert's weights serve all that picked it;\n"
+          "                      each line prints what it prints alone, in the lines' order, once its\n"
+          "                      sequence is done (a + line waits for the sequence it continues)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
           "                      so), a line a prompt (an empty line for a bad one): with --prompts -, a\n"
           "                      line in, a line out\n"
@@ -288,7 +299,7 @@ static void print_help(FILE *f)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2,
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .batch = 1,
                    .sample = {.top_p = 1, .repetition_penalty = 1},
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
@@ -304,7 +315,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
-                                                 "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer"};
+                                                 "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
+                                                 "--batch"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -323,6 +335,9 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         return drv_usage("%s", "--no-bos applies to text a tokenizer encodes: --prompt, or --prompts with --tokenizer");
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
+    if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
+    if (r->batch > 1 && r->backend != BACKEND_CPU)
+        return drv_usage("%s", "--batch runs on the CPU backend only (not --backend interp or --device cuda)");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
     if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
     if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
@@ -598,9 +613,10 @@ static double ffn_macs(const Runner *rn, const EvalResult *res)
     return picks * 3.0 * (double)rn->s->hidden * (double)rn->s->ffn_intermediate;
 }
 
-/* Run T tokens at positions pos. The interpreter has no KV cache: for decoding, the caller passes
- * the whole sequence again. */
-static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, int64_t T, EvalResult *res)
+/* Run T tokens at positions pos (of sequences seq on the CPU backend: --batch; NULL: sequence 0). The
+ * interpreter has no KV cache: for decoding, the caller passes the whole sequence again. */
+static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                        EvalResult *res)
 {
     RtError err = {{0}};
     bool ok;
@@ -616,7 +632,8 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, int6
     if (rn->cm) {
         double t0 = now_s();
         double before = cpu_model_profile(rn->cm).ffn_macs;
-        ok = cpu_model_run(rn->cm, ids, pos, T, &err);
+        cpu_model_set_last_row(rn->cm, rn->last_only);
+        ok = cpu_model_run_seqs(rn->cm, ids, pos, seq, T, &err);
         if (ok) backend_outputs(rn, T, res, &err);
         rn->macs_grouped = cpu_model_profile(rn->cm).ffn_macs - before;
         res->seconds = now_s() - t0;
@@ -662,25 +679,32 @@ static bool is_stop(const StopIds *st, int32_t t)
 }
 
 /* A sequence on the loaded model: seq[0..len) its tokens, the first fed of them in the caches (the
- * last generated token is in seq, not yet fed). A --prompts line starting with + continues it. */
+ * last generated token is in seq, not yet fed), which are the model's sequence `slot` (--batch; else
+ * 0). A --prompts line starting with + continues it. */
 typedef struct {
     int32_t *seq; /* [max_positions + 1] */
     int64_t len, fed;
+    int slot;
 } Conv;
 
-/* Decoding: n tokens after the sequence (all of it fed, its logits' last row in prefill), each chosen
- * (greedy or drawn: rn->r->sample) and fed back at the next position; early at a stop token or
- * max_positions. The tokens join c->seq, the last one unfed. */
-static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopIds *stop)
-{
-    int64_t n = rn->r->generate, len = c->len, V;
-    int32_t *seq = c->seq;
-    const double *row = last_row(eval_output(prefill, "logits"), &V);
+/* Decoding a sequence: n tokens after it, each chosen (greedy or drawn: rn->r->sample) from the last
+ * logits and fed back at the next position; early at a stop token or max_positions. */
+typedef struct {
+    Conv *c;
     Sampler sm;
-    sampler_init(&sm, &rn->r->sample, rn->r->sample_seed, V);
-    int32_t next = (int32_t)sampler_next(&sm, row, seq, len);
-    bool ok = true;
-    double t0 = now_s();
+    TextStream text;  /* with a tokenizer: the text as it grows (on one line with --quiet) */
+    int64_t n, g, len, first;
+    int32_t next;     /* chosen, to be put at seq[len] */
+    double t0;
+} Gen;
+
+/* Start: the first token chosen from row (the prefill's last logits); what is printed before them. */
+static void gen_begin(Runner *rn, Gen *G, Conv *c, const double *row, int64_t V)
+{
+    *G = (Gen){.c = c, .n = rn->r->generate, .len = c->len, .first = c->len};
+    sampler_init(&G->sm, &rn->r->sample, rn->r->sample_seed, V);
+    G->next = (int32_t)sampler_next(&G->sm, row, c->seq, c->len);
+    G->t0 = now_s();
     fprintf(say, "\n generated");
     const SampleParams *sp = &rn->r->sample;
     if (sp->temperature > 0)
@@ -691,49 +715,79 @@ static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopI
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
     if (sp->temperature > 0 || sp->repetition_penalty != 1) fprintf(say, ")");
     fprintf(say, rn->tok ? " text: " : ":");
-    TextStream text; /* with a tokenizer: the text as it grows (on one line with --quiet) */
-    if (rn->tok) text_stream_begin(&text, rn->tok, rn->r->quiet ? stdout : say, rn->r->quiet, seq, len);
-    int64_t first = len;
-    for (int64_t g = 0; g < n; g++) {
-        seq[len] = next;
-        if (rn->tok) text_stream_put(&text, seq, len + 1, false);
-        else fprintf(say, " %d", next);
-        if (rn->r->quiet && !rn->tok) printf("%s%d", g ? " " : "", next);
-        fflush(rn->r->quiet ? stdout : say);
-        if (g + 1 == n) break;
-        if (is_stop(stop, next)) {
-            fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
-            n = g + 1;
-            break;
-        }
-        if (len >= rn->s->max_positions) {
-            fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
-            n = g + 1;
-            break;
-        }
-        int32_t *pos = xmalloc((size_t)(len + 1) * sizeof *pos);
-        for (int64_t t = 0; t <= len; t++) pos[t] = (int32_t)t;
-        bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
-        EvalResult res;
-        ok = cached ? runner_step(rn, seq + len, pos + len, 1, &res) : runner_step(rn, seq, pos, len + 1, &res);
-        free(pos);
-        if (!ok) break;
-        next = (int32_t)sampler_next(&sm, last_row(eval_output(&res, "logits"), &V), seq, len + 1);
-        ir_eval_result_free(&res);
-        len++;
+    if (rn->tok) text_stream_begin(&G->text, rn->tok, rn->r->quiet ? answer : say, rn->r->quiet, c->seq, c->len);
+}
+
+/* The chosen token joins the sequence and is printed; true when it is to be fed for the next one
+ * (at position G->len: gen_advance after the step), false when decoding ends with it. */
+static bool gen_put(Runner *rn, Gen *G, const StopIds *stop)
+{
+    int32_t *seq = G->c->seq, next = G->next;
+    seq[G->len] = next;
+    if (rn->tok) text_stream_put(&G->text, seq, G->len + 1, false);
+    else fprintf(say, " %d", next);
+    if (rn->r->quiet && !rn->tok) fprintf(answer, "%s%d", G->g ? " " : "", next);
+    fflush(rn->r->quiet ? answer : say);
+    if (G->g + 1 == G->n) return false;
+    if (is_stop(stop, next)) {
+        fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
+        G->n = G->g + 1;
+        return false;
     }
-    sampler_free(&sm);
-    seq[len] = next;
-    c->len = len + 1, c->fed = len;
+    if (G->len >= rn->s->max_positions) {
+        fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
+        G->n = G->g + 1;
+        return false;
+    }
+    return true;
+}
+
+/* After the step that fed seq[len]: the next token from its logits. */
+static void gen_advance(Gen *G, const double *row)
+{
+    G->next = (int32_t)sampler_next(&G->sm, row, G->c->seq, G->len + 1);
+    G->len++;
+    G->g++;
+}
+
+/* The end: the tokens stay in the sequence (the last one unfed); the text's end, the rate. */
+static bool gen_end(Runner *rn, Gen *G, bool ok)
+{
+    Conv *c = G->c;
+    sampler_free(&G->sm);
+    c->seq[G->len] = G->next;
+    c->len = G->len + 1, c->fed = G->len;
     if (rn->tok) {
-        text_stream_put(&text, seq, c->len, true);
+        text_stream_put(&G->text, c->seq, c->len, true);
         fprintf(say, "\n generated ids:");
-        for (int64_t i = first; i < c->len; i++) fprintf(say, " %d", seq[i]);
+        for (int64_t i = G->first; i < c->len; i++) fprintf(say, " %d", c->seq[i]);
     }
     if (!ok) return false;
-    double dt = now_s() - t0;
-    fprintf(say, "\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)n, dt, (double)n / dt);
+    double dt = now_s() - G->t0;
+    fprintf(say, "\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)G->n, dt, (double)G->n / dt);
     return true;
+}
+
+/* Decoding one sequence (all of it fed, its logits' last row in prefill): the tokens join c->seq, the
+ * last one unfed. */
+static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopIds *stop)
+{
+    int64_t V;
+    Gen G;
+    const double *row = last_row(eval_output(prefill, "logits"), &V);
+    gen_begin(rn, &G, c, row, V);
+    bool ok = true;
+    while (ok && gen_put(rn, &G, stop)) {
+        int32_t *seq = c->seq, *pos = xmalloc((size_t)(G.len + 1) * sizeof *pos);
+        for (int64_t t = 0; t <= G.len; t++) pos[t] = (int32_t)t;
+        bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
+        EvalResult res;
+        ok = cached ? runner_step(rn, seq + G.len, pos + G.len, NULL, 1, &res) : runner_step(rn, seq, pos, NULL, G.len + 1, &res);
+        free(pos);
+        if (ok) gen_advance(&G, last_row(eval_output(&res, "logits"), &V));
+        if (ok) ir_eval_result_free(&res);
+    }
+    return gen_end(rn, &G, ok);
 }
 
 static void print_ffn_work(const Runner *rn, int64_t T)
@@ -747,8 +801,10 @@ static void print_ffn_work(const Runner *rn, int64_t T)
 }
 
 /* ids[T] after c's sequence (a new one: c->len = 0) on the loaded model: the prefill of what is not in
- * the caches yet, what it prints, the outputs, --generate. */
-static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop)
+ * the caches yet, what it prints, the outputs, --generate (lane: only its start, into *lane, for
+ * run_prompts_batched to carry on; *started then says whether it did). */
+static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop, Gen *lane,
+                      bool *started)
 {
     const RunArgs *r = rn->r;
     if (c->len + T > rn->s->max_positions) {
@@ -765,11 +821,12 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
     }
     /* the backends' caches hold positions 0 .. fed - 1; the interpreter keeps none and runs it all */
     int64_t from = r->backend == BACKEND_INTERP ? 0 : c->fed, n = c->len - from;
-    int32_t *pos = xmalloc((size_t)n * sizeof *pos);
+    int32_t *pos = xmalloc((size_t)n * sizeof *pos), *seq = c->slot ? xmalloc((size_t)n * sizeof *seq) : NULL;
     for (int64_t t = 0; t < n; t++) pos[t] = (int32_t)(from + t);
+    for (int64_t t = 0; seq && t < n; t++) seq[t] = c->slot;
     EvalResult res;
     int rc = 1;
-    if (runner_step(rn, c->seq + from, pos, n, &res)) {
+    if (runner_step(rn, c->seq + from, pos, seq, n, &res)) {
         const EvalTensor *logits = eval_output(&res, "logits");
         if (rn->gpu)
             fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)n,
@@ -786,11 +843,17 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
         c->fed = c->len;
         if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
         if (r->routes_out && !write_routes(r->routes_out, rn->s, &res)) rc = 1;
-        if (rc == 0 && r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
+        if (rc == 0 && r->generate > 0 && lane) {
+            int64_t V;
+            const double *row = last_row(logits, &V);
+            gen_begin(rn, lane, c, row, V);
+            *started = true;
+        } else if (rc == 0 && r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
         ir_eval_result_free(&res);
     }
     fflush(say);
     free(pos);
+    free(seq);
     return rc;
 }
 
@@ -865,6 +928,58 @@ static int32_t *prompt_line_text(const Runner *rn, const char *what, const char 
     return ids;
 }
 
+/* Reading --prompts: a line at a time (a prompt, + for the next turn of the sequence before it). */
+typedef struct {
+    char *line;
+    size_t cap, limit;
+    int64_t n;       /* lines read */
+} LineReader;
+
+typedef struct {
+    int32_t *ids;    /* [T], or NULL when bad */
+    int64_t T, line;
+    bool more, bad;  /* more: starts with + */
+    char what[64];   /* "--prompts line N", for messages */
+} PromptLine;
+
+/* The next line that is neither blank nor a comment, parsed (a bad one reported, bad set): false at
+ * the end of the input. */
+static bool next_prompt(const Runner *rn, FILE *in, LineReader *lr, PromptLine *pl)
+{
+    size_t len;
+    bool too_long;
+    while (file_read_line(in, &lr->line, &lr->cap, lr->limit, &len, &too_long)) {
+        char *line = lr->line;
+        lr->n++;
+        if (len && line[len - 1] == '\r') line[--len] = 0;
+        const char *p = rn->tok ? line : line + strspn(line, " \t,"); /* text keeps its spaces */
+        if (!too_long && (!*p || *p == '#')) continue;
+        *pl = (PromptLine){.line = lr->n, .more = *p == '+'};
+        snprintf(pl->what, sizeof pl->what, "--prompts line %lld", (long long)lr->n);
+        if (too_long) drv_err("%s: longer than %zu bytes\n", pl->what, lr->limit);
+        else if (rn->tok) pl->ids = prompt_line_text(rn, pl->what, p + pl->more, len - (size_t)pl->more, 1 + pl->more, !pl->more, &pl->T);
+        else if (strlen(line) != len) drv_err("%s, column %zu: a NUL byte\n", pl->what, strlen(line) + 1);
+        else pl->ids = parse_ids(pl->what, pl->more ? p + 1 : p, rn->s, &pl->T);
+        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
+        return true;
+    }
+    return false;
+}
+
+/* A + line with no sequence before it to continue. */
+static void no_sequence_before(PromptLine *pl)
+{
+    drv_err("%s: + continues a sequence, and none has run before it\n", pl->what);
+    pl->bad = true;
+}
+
+static void header(const PromptLine *pl, int64_t k)
+{
+    fprintf(say, "\n== prompt %lld (line %lld): %lld tokens%s\n", (long long)k, (long long)pl->line, (long long)pl->T,
+            pl->more ? ", continuing the sequence before it" : "");
+    fflush(say);
+}
+
 /* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
  * loaded model; a line starting with + continues the sequence before it (prompts and generated
  * tokens, kept in the caches: a conversation's turns). A bad line is reported by its number and
@@ -872,45 +987,197 @@ static int32_t *prompt_line_text(const Runner *rn, const char *what, const char 
  * starting with # are passed over. */
 static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
 {
-    char *line = NULL, what[64];
-    size_t cap = 0, limit = 16 * (size_t)rn->s->max_positions + (1 << 20); /* ids and any spacing */
+    LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)}; /* ids and any spacing */
+    PromptLine pl;
     int rc = 0;
-    int64_t n = 0, done = 0;
-    bool too_long;
+    int64_t done = 0;
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
-    size_t len;
-    while (file_read_line(in, &line, &cap, limit, &len, &too_long)) {
-        n++;
-        if (len && line[len - 1] == '\r') line[--len] = 0;
-        const char *p = rn->tok ? line : line + strspn(line, " \t,"); /* text keeps its spaces */
-        if (!too_long && (!*p || *p == '#')) continue;
-        bool more = *p == '+';
-        snprintf(what, sizeof what, "--prompts line %lld", (long long)n);
-        int64_t T = 0;
-        int32_t *ids = NULL;
-        if (too_long) drv_err("%s: longer than %zu bytes\n", what, limit);
-        else if (rn->tok) ids = prompt_line_text(rn, what, p + more, len - (size_t)more, 1 + more, !more, &T);
-        else if (strlen(line) != len) drv_err("%s, column %zu: a NUL byte\n", what, strlen(line) + 1);
-        else ids = parse_ids(what, more ? p + 1 : p, rn->s, &T);
-        int bad = !ids || !prompt_ok(rn->r, what, T);
-        if (!bad && more && c.len == 0) {
-            drv_err("%s: + continues a sequence, and none has run before it\n", what);
-            bad = 1;
+    while (next_prompt(rn, in, &lr, &pl)) {
+        if (!pl.bad && pl.more && c.len == 0) no_sequence_before(&pl);
+        if (!pl.bad) {
+            if (!pl.more) c.len = c.fed = 0;
+            header(&pl, ++done);
+            pl.bad = run_prompt(rn, &c, pl.ids, pl.T, stop, NULL, NULL);
         }
-        if (!bad) {
-            if (!more) c.len = c.fed = 0;
-            fprintf(say, "\n== prompt %lld (line %lld): %lld tokens%s\n", (long long)++done, (long long)n, (long long)T,
-                    more ? ", continuing the sequence before it" : "");
-            fflush(say);
-            bad = run_prompt(rn, &c, ids, T, stop);
-        }
-        if (bad) rc = 1;
-        if (rn->r->quiet) printf("\n"); /* one line an input line, an empty one for a bad line */
+        if (pl.bad) rc = 1;
+        if (rn->r->quiet) fprintf(answer, "\n"); /* one line an input line, an empty one for a bad line */
         fflush(stdout);
-        free(ids);
+        free(pl.ids);
     }
-    free(line);
+    free(lr.line);
     free(c.seq);
+    if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
+    return rc;
+}
+
+/* ---- --batch N: up to N --prompts lines' sequences decoded together ------------------------------ */
+
+/* A sequence of the batch: the model's sequence `c.slot`, and what its line prints, kept until the
+ * lines before it have printed theirs. */
+typedef struct {
+    Conv c;
+    Gen g;
+    bool active;     /* decoding */
+    int64_t ticket;  /* its line's place among the answered lines */
+    FILE *buf;       /* what the line prints (an open_memstream of text, n) */
+    char *text;
+    size_t n;
+} Lane;
+
+/* Each answered line's output by its place, printed in that order as soon as those before are. */
+typedef struct {
+    char **text;     /* [n] NULL: not done yet */
+    int64_t n, cap, next;
+} Answers;
+
+static int64_t answer_ticket(Answers *a)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 16;
+        a->text = xrealloc(a->text, (size_t)a->cap * sizeof *a->text);
+    }
+    a->text[a->n] = NULL;
+    return a->n++;
+}
+
+static void answer_done(Answers *a, int64_t ticket, char *text)
+{
+    a->text[ticket] = text;
+    for (; a->next < a->n && a->text[a->next]; a->next++) {
+        fputs(a->text[a->next], stdout);
+        free(a->text[a->next]);
+    }
+    fflush(stdout);
+}
+
+/* What is printed goes to the lane's buffer (with --quiet, the answer; else the report) until
+ * lane_print_end. */
+static FILE *say_all, *answer_all;
+static void lane_print(const Runner *rn, Lane *L) { *(rn->r->quiet ? &answer : &say) = L->buf; }
+static void lane_print_end(void) { say = say_all, answer = answer_all; }
+
+static void lane_finish(const Runner *rn, Lane *L, Answers *a)
+{
+    if (rn->r->quiet) fprintf(L->buf, "\n");
+    fclose(L->buf);
+    lane_print_end();
+    answer_done(a, L->ticket, L->text);
+    L->active = false;
+}
+
+/* Whether a line can be read without waiting (a pipe or a terminal: poll). */
+static bool readable(FILE *in)
+{
+    struct pollfd p = {.fd = fileno(in), .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* --prompts with --batch B on the CPU backend: lines are read and started (prefilled alone) while one
+ * of the B sequences of the model is free, then each decode step feeds one token of every decoding
+ * sequence as one run of the model (its rows through the grouped GEMMs together), until each ends.
+ * A + line waits for the sequence it continues to end, and takes its place. Each line prints what it
+ * prints alone, after the lines before it. Reading a pipe or a terminal never waits while sequences
+ * decode: only lines already there are read. */
+static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
+{
+    int B = rn->r->batch, rc = 0, latest = -1; /* the lane of the sequence a + line continues */
+    RtError err = {{0}};
+    if (!cpu_model_set_sequences(rn->cm, B, &err)) {
+        drv_err("--batch %d: %s\n", B, err.msg);
+        return 1;
+    }
+    struct stat st;
+    bool pipe = fstat(fileno(in), &st) != 0 || !S_ISREG(st.st_mode);
+    if (pipe) setvbuf(in, NULL, _IONBF, 0); /* poll sees what is not read yet */
+    say_all = say, answer_all = answer;
+    Lane *lanes = xcalloc((size_t)B, sizeof *lanes);
+    for (int b = 0; b < B; b++) lanes[b].c = (Conv){.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof(int32_t)), .slot = b};
+    int32_t *ids = xmalloc((size_t)B * sizeof *ids), *pos = xmalloc((size_t)B * sizeof *pos), *sq = xmalloc((size_t)B * sizeof *sq);
+    LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
+    Answers ans = {0};
+    PromptLine pl;
+    bool held = false, eof = false;
+    int64_t started = 0, tokens = 0, steps = 0, rows = 0, active = 0;
+    double t0 = now_s();
+    for (;;) {
+        while (!eof) { /* start what can start */
+            if (!held && active && pipe && !readable(in)) break;
+            if (!held && !(held = next_prompt(rn, in, &lr, &pl))) {
+                eof = true;
+                break;
+            }
+            if (!pl.bad && pl.more && latest < 0) no_sequence_before(&pl);
+            Lane *L = NULL;
+            if (!pl.bad && pl.more) L = lanes[latest].active ? NULL : &lanes[latest];
+            for (int b = 0; !pl.bad && !pl.more && !L && b < B; b++) L = lanes[b].active ? NULL : &lanes[b];
+            if (!pl.bad && !L) break; /* it waits for a sequence to end */
+            held = false;
+            int64_t ticket = answer_ticket(&ans);
+            if (pl.bad) {
+                rc = 1;
+                answer_done(&ans, ticket, xstrdup(rn->r->quiet ? "\n" : ""));
+                free(pl.ids);
+                continue;
+            }
+            L->ticket = ticket;
+            L->buf = open_memstream(&L->text, &L->n);
+            MOE_ASSERT(L->buf);
+            lane_print(rn, L);
+            if (!pl.more) L->c.len = L->c.fed = 0;
+            latest = (int)(L - lanes);
+            header(&pl, ++started);
+            bool decoding = false;
+            if (run_prompt(rn, &L->c, pl.ids, pl.T, stop, &L->g, &decoding)) rc = 1;
+            free(pl.ids);
+            if (decoding && gen_put(rn, &L->g, stop)) {
+                L->active = true, active++;
+                lane_print_end();
+                continue;
+            }
+            if (decoding) gen_end(rn, &L->g, true), tokens += L->g.n;
+            lane_finish(rn, L, &ans);
+        }
+        if (!active) {
+            if (eof) break;
+            continue;
+        }
+        int n = 0, who[256];
+        for (int b = 0; b < B; b++) {
+            Lane *L = &lanes[b];
+            if (!L->active) continue;
+            ids[n] = L->c.seq[L->g.len], pos[n] = (int32_t)L->g.len, sq[n] = b, who[n++] = b;
+        }
+        EvalResult res;
+        bool last = rn->last_only;
+        rn->last_only = false; /* every row's logits: each is a sequence's last */
+        bool ok = runner_step(rn, ids, pos, sq, n, &res);
+        rn->last_only = last;
+        const EvalTensor *logits = ok ? eval_output(&res, "logits") : NULL;
+        steps++, rows += n;
+        for (int k = 0; k < n; k++) {
+            Lane *L = &lanes[who[k]];
+            lane_print(rn, L);
+            if (ok) gen_advance(&L->g, logits->data + k * logits->type.dims[1]);
+            if (ok && gen_put(rn, &L->g, stop)) {
+                lane_print_end();
+                continue;
+            }
+            if (!gen_end(rn, &L->g, ok)) rc = 1;
+            tokens += L->g.n;
+            lane_finish(rn, L, &ans);
+            active--;
+        }
+        if (ok) ir_eval_result_free(&res);
+    }
+    double dt = now_s() - t0;
+    fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
+            "%lld decode steps of %.2f sequences on average\n", (long long)started, B, (long long)tokens, dt,
+            (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
+    for (int b = 0; b < B; b++) free(lanes[b].c.seq);
+    free(lanes);
+    free(ids), free(pos), free(sq);
+    free(ans.text);
+    free(lr.line);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
     return rc;
 }
@@ -925,7 +1192,7 @@ static bool load_spec(const RunArgs *r, ModelSpec *s)
 int driver_main(int argc, char **argv, const DriverConfig *config)
 {
     cfg = config;
-    say = stdout;
+    say = answer = stdout;
     RunArgs r;
     int rc = parse_run_args(argc, argv, &r);
     if (rc) return rc < 0 ? 0 : rc;
@@ -970,10 +1237,10 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         if (runner_init(&rn, &r, &s, w)) {
             rn.tok = tok;
             if (prompts) {
-                rc = run_prompts(&rn, prompts, &stop);
+                rc = r.batch > 1 ? run_prompts_batched(&rn, prompts, &stop) : run_prompts(&rn, prompts, &stop);
             } else {
                 Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
-                rc = run_prompt(&rn, &c, ids, T, &stop);
+                rc = run_prompt(&rn, &c, ids, T, &stop, NULL, NULL);
                 if (r.quiet) printf("\n");
                 free(c.seq);
             }
