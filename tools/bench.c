@@ -20,6 +20,7 @@ typedef struct {
     int64_t tokens[16];
     int n_tokens, threads, reps;
     int64_t context;              /* --context P: the model's T tokens at positions P.. after a P-token prefill */
+    bool batch;                   /* --batch: T sequences' tokens at position P each (a decode step of a batch) */
     uint64_t seed;
     bool dtype_set;
     moe_dtype dtype;
@@ -33,21 +34,34 @@ typedef struct {
 } Timing;
 
 /* Run T tokens at positions P.. (after one untimed P-token prefill that fills the KV caches) reps
- * times after 2 warm-ups; time either the whole run or its MoE part. False (err set) when the first
- * run is refused (an arena for T tokens that does not fit in memory). */
-static bool time_runs(CpuModel *cm, int64_t T, int64_t P, int64_t vocab, int reps, bool moe_only, Timing *out,
-                      RtError *err)
+ * times after 2 warm-ups; time either the whole run or its MoE part. batch: T sequences instead,
+ * each prefilled with P tokens of its own, then one token of each at position P a run. False (err
+ * set) when the first run is refused (an arena for T tokens or caches for T sequences that do not
+ * fit in memory). */
+static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vocab, int reps, bool moe_only,
+                      Timing *out, RtError *err)
 {
     int64_t n = P > T ? P : T;
-    int32_t *ids = xmalloc((size_t)n * sizeof *ids), *pos = xmalloc((size_t)n * sizeof *pos);
-    for (int64_t t = 0; t < n; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
-    bool ok = P == 0 || cpu_model_run(cm, ids, pos, P, err);
-    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(P + t);
+    int32_t *ids = xmalloc((size_t)n * sizeof *ids), *pos = xmalloc((size_t)n * sizeof *pos), *seq = NULL;
+    bool ok = !batch || cpu_model_sequences(cm) >= T || cpu_model_set_sequences(cm, (int)T, err);
+    for (int64_t q = 0; ok && q < (batch ? T : 1); q++) { /* sequence q's tokens: q offsets the hash */
+        for (int64_t t = 0; t < n; t++) ids[t] = (int32_t)(((t + q * 7919) * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
+        int32_t *one = q ? xmalloc((size_t)P * sizeof *one) : NULL;
+        for (int64_t t = 0; one && t < P; t++) one[t] = (int32_t)q;
+        ok = P == 0 || cpu_model_run_seqs(cm, ids, pos, one, P, err);
+        free(one);
+    }
+    if (batch) {
+        seq = xmalloc((size_t)T * sizeof *seq);
+        for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(((P + t * 7919) * 2654435761u) % (uint64_t)vocab);
+    }
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(batch ? P : P + t);
+    for (int64_t t = 0; seq && t < T; t++) seq[t] = (int32_t)t;
     double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0, attention = 0, linear = 0;
     for (int r = -2; ok && r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
         double t0 = bench_now_s();
-        if (!(ok = cpu_model_run(cm, ids, pos, T, err))) break;
+        if (!(ok = cpu_model_run_seqs(cm, ids, pos, seq, T, err))) break;
         double dt = bench_now_s() - t0;
         CpuProfile p1 = cpu_model_profile(cm);
         if (moe_only) dt = (p1.route_s - p0.route_s) + (p1.grouped_s - p0.grouped_s);
@@ -69,6 +83,7 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t P, int64_t vocab, int rep
     free(s);
     free(ids);
     free(pos);
+    free(seq);
     return ok;
 }
 
@@ -112,13 +127,13 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
         rc = 1;
     }
     for (int k = 0; cm && k < a->n_tokens; k++) {
-        if (a->context + a->tokens[k] > s->max_positions) {
+        if (a->context + (a->batch ? 1 : a->tokens[k]) > s->max_positions) {
             if (a->context && !a->json) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
                                    (long long)a->tokens[k], (long long)a->context, (long long)s->max_positions);
             continue;
         }
         Timing t;
-        if (!time_runs(cm, a->tokens[k], a->context, s->vocab, a->reps, moe_only, &t, &err)) {
+        if (!time_runs(cm, a->tokens[k], a->context, a->batch, s->vocab, a->reps, moe_only, &t, &err)) {
             fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
             rc = 1;
             break;
@@ -129,12 +144,12 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
             for (const IrInstr *i = m->first; i; i = i->next) {
                 CgOpDesc od;
                 if (i->op == IR_OP_ATTENTION && cg_op_desc_for(i, &od))
-                    bytes += 2.0 * (double)(a->context + a->tokens[k]) * (double)i->in[1]->type.dims[1] *
-                             (double)dtype_size(od.wdtype);
+                    bytes += 2.0 * (double)(a->batch ? a->tokens[k] * (a->context + 1) : a->context + a->tokens[k]) *
+                             (double)i->in[1]->type.dims[1] * (double)dtype_size(od.wdtype);
             }
-            printf("%-6s %-9s [KV caches at position %lld: %.1f %s, read at %.1f GB/s in attention]\n", "", "",
-                   (long long)a->context, bytes >= 1e6 ? bytes / 1e6 : bytes / 1e3, bytes >= 1e6 ? "MB" : "KB",
-                   bytes / t.attention_s / 1e9);
+            printf("%-6s %-9s [KV caches at position %lld%s: %.1f %s, read at %.1f GB/s in attention]\n", "", "",
+                   (long long)a->context, a->batch ? ", every sequence's" : "", bytes >= 1e6 ? bytes / 1e6 : bytes / 1e3,
+                   bytes >= 1e6 ? "MB" : "KB", bytes / t.attention_s / 1e9);
         }
     }
     cpu_model_free(cm);
@@ -165,6 +180,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         if (strcmp(o, "--layer") == 0) a->layer = true;
         else if (strcmp(o, "--model") == 0) a->model = true;
         else if (strcmp(o, "--json") == 0) a->json = true;
+        else if (strcmp(o, "--batch") == 0) a->batch = true;
         else if (strcmp(o, "--experts") == 0) a->experts = true;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) i++; /* cpu (cuda went to bench_cuda.c) */
@@ -204,9 +220,10 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else return usage_error("bench", BENCH_USAGE, "unexpected argument '%s'", o);
     }
     if (!a->spec) return usage_error("bench", BENCH_USAGE, "%s", "missing SPEC");
-    if (!a->layer && !a->model && !a->experts) a->model = true, a->layer = !a->context;
-    if (a->context && (a->layer || a->experts || !a->model))
-        return usage_error("bench", BENCH_USAGE, "%s", "--context: with --model only (a layer has no attention)");
+    if (!a->layer && !a->model && !a->experts) a->model = true, a->layer = !a->context && !a->batch;
+    if ((a->context || a->batch) && (a->layer || a->experts || !a->model))
+        return usage_error("bench", BENCH_USAGE, "%s: with --model only (a layer has no attention)",
+                           a->batch ? "--batch" : "--context");
     return 0;
 }
 
@@ -349,7 +366,12 @@ int cmd_bench(int argc, char **argv)
         double need = 2.2 * (double)sum.params_total * (double)dtype_size(s.dtype); /* weights + packed copy */
         double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE) * 0.8;
         if (need > have) printf("model  skipped: needs about %.1f GB (weights and their packed copy), %.1f GB usable\n", need / 1e9, have / 1e9);
-        else rc |= bench_spec(&a, &s, "model", false, peak, ks);
+        else {
+            if (a.batch && !a.json)
+                printf("batch: T sequences, one token each at position %lld of its own (a decode step of them)\n",
+                       (long long)a.context);
+            rc |= bench_spec(&a, &s, a.batch ? "batch" : "model", false, peak, ks);
+        }
     }
     cpu_jit_source_free(ks);
     tune_db_free(&db);
