@@ -1170,9 +1170,10 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
         if (ok) ir_eval_result_free(&res);
     }
     double dt = now_s() - t0;
-    fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
-            "%lld decode steps of %.2f sequences on average\n", (long long)started, B, (long long)tokens, dt,
-            (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
+    if (rn->r->generate > 0)
+        fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
+                "%lld decode steps of %.2f sequences on average\n", (long long)started, B, (long long)tokens, dt,
+                (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
     for (int b = 0; b < B; b++) free(lanes[b].c.seq);
     free(lanes);
     free(ids), free(pos), free(sq);
