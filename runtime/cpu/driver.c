@@ -233,11 +233,11 @@ static void print_help(FILE *f)
           "                      the caches: a conversation's turns); blank and # lines skipped, a bad\n"
           "                      line reported by its number and the rest still run. Ids, or with\n"
           "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
-          "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend;\n"
-          "                      default 1: one line after the other), each decode step one row of each\n"
-          "                      through the model, so an expert's weights serve all that picked it;\n"
-          "                      each line prints what it prints alone, in the lines' order, once its\n"
-          "                      sequence is done (a + line waits for the sequence it continues)\n"
+          "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend or\n"
+          "                      the GPU; default 1: one line after the other), each decode step one\n"
+          "                      row of each through the model, so an expert's weights serve all that\n"
+          "                      picked it; each line prints what it prints alone, in the lines' order,\n"
+          "                      once its sequence is done (a + line waits for the sequence it continues)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
           "                      so), a line a prompt (an empty line for a bad one): with --prompts -, a\n"
           "                      line in, a line out\n"
@@ -336,8 +336,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
-    if (r->batch > 1 && r->backend != BACKEND_CPU)
-        return drv_usage("%s", "--batch runs on the CPU backend only (not --backend interp or --device cuda)");
+    if (r->batch > 1 && r->backend == BACKEND_INTERP)
+        return drv_usage("%s", "--batch runs on the CPU backend or the GPU (not --backend interp, which keeps no KV cache)");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
     if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
     if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
@@ -623,7 +623,8 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, cons
     memset(res, 0, sizeof *res);
     if (rn->gpu) {
         double t0 = now_s();
-        ok = cfg->cuda->run(rn->gpu, ids, pos, T, &err) && backend_outputs(rn, T, res, &err);
+        cfg->cuda->set_last_row(rn->gpu, rn->last_only);
+        ok = cfg->cuda->run_seqs(rn->gpu, ids, pos, seq, T, &err) && backend_outputs(rn, T, res, &err);
         res->seconds = now_s() - t0;
         if (ok) rn->macs_grouped = ffn_macs(rn, res);
         if (!ok) drv_err("CUDA backend: %s\n", err.msg);
@@ -1072,7 +1073,7 @@ static bool readable(FILE *in)
     return poll(&p, 1, 0) > 0;
 }
 
-/* --prompts with --batch B on the CPU backend: lines are read and started (prefilled alone) while one
+/* --prompts with --batch B (the CPU backend or the GPU): lines are read and started (prefilled alone) while one
  * of the B sequences of the model is free, then each decode step feeds one token of every decoding
  * sequence as one run of the model (its rows through the grouped GEMMs together), until each ends.
  * A + line waits for the sequence it continues to end, and takes its place. Each line prints what it
@@ -1082,7 +1083,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
 {
     int B = rn->r->batch, rc = 0, latest = -1; /* the lane of the sequence a + line continues */
     RtError err = {{0}};
-    if (!cpu_model_set_sequences(rn->cm, B, &err)) {
+    if (rn->gpu ? !cfg->cuda->set_sequences(rn->gpu, B, &err) : !cpu_model_set_sequences(rn->cm, B, &err)) {
         drv_err("--batch %d: %s\n", B, err.msg);
         return 1;
     }

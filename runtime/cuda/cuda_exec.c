@@ -99,6 +99,8 @@ typedef struct Step {
     int n_gm;
     uint64_t kc, vc;                /* attention: the KV cache, [max_positions, kv_heads·head_dim] of the
                                        model's type (d.wdtype; f32 with MOEPPC_CUDA_ATTN_TC=0)       */
+    uint64_t *kcs, *vcs;            /* ... each sequence's ([0] kc, vc; NULL: one sequence)           */
+    int n_kv;                       /*   how many of them are allocated                              */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -175,6 +177,8 @@ struct CudaModel {
     double last_ms;
     int ops;                        /* the GPU operations (launches, fills, copies) of the last call */
     int64_t call;                   /* run_range calls so far (Step.done)                            */
+    int n_seqs;                     /* sequences with KV caches (cuda_model_set_sequences)           */
+    const int32_t *seq;             /* the current run's tokens' sequences (host; NULL: all 0)       */
     HostOut *outs;                  /* per module output: its host copy                                 */
 };
 
@@ -1109,6 +1113,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     cm->dry = dry;
     if (dry && cm->o.images_arch) snprintf(cm->arch, sizeof cm->arch, "%s", cm->o.images_arch); /* the target's */
     cm->max_pos = max_positions;
+    cm->n_seqs = 1;
     cm->scratch_per_t = cg_route_scratch_floats(m);
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
     cm->steps = xcalloc((size_t)cm->n_steps, sizeof *cm->steps);
@@ -1434,11 +1439,11 @@ static bool run_route(const Run *r, const Step *st)
     return op(r, st, st->kern, &st->d, a);
 }
 
-static bool run_attention(const Run *r, const Step *st)
+/* Attention of r's rows over caches kc, vc, their positions at pos (device). */
+static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint64_t vc)
 {
     const IrInstr *i = st->i;
     uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
-    uint64_t pos = r->cm->pos, kc = st->kc, vc = st->vc;
     unsigned g[3] = {(unsigned)r->T, 1, 1}, b[3] = {256, 1, 1};
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
     uint64_t knew = 0, vnew = 0, part = 0, cnt = 0;
@@ -1459,6 +1464,22 @@ static bool run_attention(const Run *r, const Step *st)
     if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part) part = r->cm->attn_part, cnt = r->cm->attn_cnt;
     else g[2] = 1; /* (no room for the splits: one a query and head) */
     return launch(r, st, kern, g, b, 0, aa);
+}
+
+/* Several sequences' rows (cuda_model_run_seqs): each run of one sequence's rows attends over its
+ * own caches, as a run of those rows alone (their results' addresses offset by the first row). */
+static bool run_attention(const Run *r, const Step *st)
+{
+    const CudaModel *cm = r->cm;
+    if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc);
+    for (int64_t t0 = 0, t1; t0 < r->T; t0 = t1) {
+        int s = cm->seq[r->row0 + t0];
+        for (t1 = t0 + 1; t1 < r->T && cm->seq[r->row0 + t1] == s; t1++) {}
+        Run rs = *r;
+        rs.T = t1 - t0, rs.TT = (long long)rs.T, rs.row0 = r->row0 + t0;
+        if (!attend(&rs, st, cm->pos + (uint64_t)rs.row0 * sizeof(int32_t), st->kcs[s], st->vcs[s])) return false;
+    }
+    return true;
 }
 
 static bool run_step(const Run *r, const Step *st)
@@ -1611,7 +1632,7 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
     char e[512];
     /* A decode step (T = 1) runs as a CUDA graph: its launch gaps are the GPU's, not the host's. Any
      * range of steps does (the benchmarks time the MoE block and the GEMMs of a decode step so). */
-    bool use_graph = T == 1 && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
+    bool use_graph = T == 1 && !cm->seq && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
     void *graph = NULL;
     int graph_ops = 0;
     for (int j = 0; use_graph && j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++)
@@ -1656,6 +1677,44 @@ bool cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64
 {
     return cuda_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
 }
+
+bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
+{
+    MOE_ASSERT(!cm->dry && n >= 1);
+    for (int s = 0; s < cm->n_steps && n > cm->n_seqs; s++) {
+        Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_ATTENTION) continue;
+        size_t bytes = (size_t)(cm->max_pos * cols(st->i->in[1])) * (st->d.wdtype == DT_F32 ? sizeof(float) : 2);
+        if (!st->n_kv) st->n_kv = 1; /* kc, vc */
+        st->kcs = xrealloc(st->kcs, (size_t)n * sizeof *st->kcs);
+        st->vcs = xrealloc(st->vcs, (size_t)n * sizeof *st->vcs);
+        st->kcs[0] = st->kc, st->vcs[0] = st->vc;
+        for (; st->n_kv < n; st->n_kv++) /* (after a failure, a later call goes on from there) */
+            if (!dalloc(cm, &st->kcs[st->n_kv], bytes, "the KV caches of --batch", true, err) ||
+                !dalloc(cm, &st->vcs[st->n_kv], bytes, "the KV caches of --batch", true, err))
+                return false;
+    }
+    if (n > cm->n_seqs) cm->n_seqs = n;
+    return true;
+}
+
+bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                         RtError *err)
+{
+    for (int64_t t = 0; seq && t < T; t++) {
+        if (seq[t] < 0 || seq[t] >= cm->n_seqs) {
+            snprintf(err->msg, sizeof err->msg, "sequence %d of token %lld is outside [0, %d) (the model's sequences)",
+                     seq[t], (long long)t, cm->n_seqs);
+            return false;
+        }
+    }
+    cm->seq = seq;
+    bool ok = cuda_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
+    cm->seq = NULL;
+    return ok;
+}
+
+void cuda_model_set_last_row(CudaModel *cm, bool on) { cm->o.last_row = on; }
 
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, moe_dtype *dtype, RtError *err)
 {
@@ -1732,6 +1791,7 @@ void cuda_model_free(CudaModel *cm)
             free(gm->alt), free(gm->tmap), free(gm->amap);
         }
         free(cm->steps[s].att);
+        free(cm->steps[s].kcs), free(cm->steps[s].vcs);
         if (cm->steps[s].route) free(cm->steps[s].route->g), free(cm->steps[s].route->k);
         free(cm->steps[s].route);
     }
@@ -1820,5 +1880,6 @@ static bool gpu_identity(int ordinal, char *name, size_t n, char *arch, size_t a
     return true;
 }
 
-const CudaBackend cuda_backend = {cuda_model_new,     cuda_model_run,  cuda_model_output, cuda_model_device,
-                                  cuda_model_last_ms, cuda_model_free, gpu_identity};
+const CudaBackend cuda_backend = {cuda_model_new,     cuda_model_run,  cuda_model_output,        cuda_model_device,
+                                  cuda_model_last_ms, cuda_model_free, gpu_identity,             cuda_model_set_sequences,
+                                  cuda_model_run_seqs, cuda_model_set_last_row};

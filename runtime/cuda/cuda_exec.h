@@ -196,6 +196,16 @@ static inline void cuda_options_env(CudaOptions *o)
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
                           RtError *err);
 bool       cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
+/* Sequences (moeppc run --batch): from now on the model keeps KV caches for n sequences (n at least
+ * the number it has; sequence 0 is cuda_model_run's); false with a message where GPU memory lacks. */
+bool       cuda_model_set_sequences(CudaModel *cm, int n, RtError *err);
+/* T tokens of several sequences in one run: token t of sequence seq[t] at position pos[t], which
+ * attends to that sequence's caches alone (cpu_model_run_seqs' contract); NULL seq: cuda_model_run.
+ * Not captured as a graph. */
+bool       cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                               RtError *err);
+/* CudaOptions.last_row from now on (the logits tail on a call's last row alone, and only it copied). */
+void       cuda_model_set_last_row(CudaModel *cm, bool on);
 /* Instructions [first, last) only, after a full run on the same T (benchmarks time a part this way);
  * at T = 1 the range is captured as a CUDA graph, as a decode step is (the last 8 ranges kept). */
 bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos,
@@ -253,6 +263,9 @@ typedef struct CudaBackend {
     void (*model_free)(CudaModel *cm);
     /* GPU `ordinal`'s name and architecture ("sm_90"), as a GPU tuning database records them. */
     bool (*identity)(int ordinal, char *name, size_t n, char *arch, size_t arch_n, RtError *err);
+    bool (*set_sequences)(CudaModel *cm, int n, RtError *err);
+    bool (*run_seqs)(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T, RtError *err);
+    void (*set_last_row)(CudaModel *cm, bool on);
 } CudaBackend;
 extern const CudaBackend cuda_backend;
 

@@ -63,14 +63,14 @@ whole="$LONG ${out[1]} $SHORT"
 printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/nul.txt" 2>"$WORK/nul.err"
 [ $? -eq 1 ] && grep -q "line 1, column 4: a NUL byte" "$WORK/nul.err" && [ -z "$(sed -n 1p "$WORK/nul.txt")" ] &&
   [ "$(sed -n 2p "$WORK/nul.txt")" = "$(alone "4 5")" ] || { echo "a NUL byte:"; cat "$WORK/nul.err" "$WORK/nul.txt"; exit 1; }
-if [ "$DEVICE" = cpu ]; then
+{
   # --batch 3: up to 3 sequences decoded together (a decode step one row of each) print what the lines
   # print one after the other, in their order: greedy and drawn, bad lines, + turns (which wait for
   # the sequence they continue), a stop token; and the steps did carry several sequences
   printf '%s\n%s\n+ 9 9\n1 2 999\n4 5 6 7\n\n+ 8 8 8\n%s\n1 2 3\n+ 4\n7 7\n' "$LONG" "$SHORT" "$LONG60" >"$WORK/batch"
   for S in "--quiet" "--top 2 --route-stats --temperature 0.8 --top-p 0.9 --seed 3" "--quiet --stop 102 --temperature 1.5"; do
     read -ra X <<<"$S"
-    B=(--random-weights 1 --generate 6 "${X[@]}" --prompts "$WORK/batch")
+    B=(--random-weights 1 --device "$DEVICE" --generate 6 "${X[@]}" --prompts "$WORK/batch")
     "$MOEPPC" run "$SPEC" "${B[@]}" >"$WORK/one.txt" 2>"$WORK/one.err"; rc1=$?
     "$MOEPPC" run "$SPEC" "${B[@]}" --batch 3 >"$WORK/three.txt" 2>"$WORK/three.err"; rc3=$?
     [ $rc1 -eq 1 ] && [ $rc3 -eq 1 ] && diff "$WORK/one.err" "$WORK/three.err" >/dev/null ||
@@ -78,7 +78,7 @@ if [ "$DEVICE" = cpu ]; then
     diff <(block <"$WORK/one.txt") <(block <"$WORK/three.txt" | grep -v "^ batch:") ||
       { echo "--batch 3 ($S) prints otherwise than one line after the other"; exit 1; }
   done
-  avg=$("$MOEPPC" run "$SPEC" --random-weights 1 --generate 6 --top 0 --prompts "$WORK/batch" --batch 3 2>/dev/null |
+  avg=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 6 --top 0 --prompts "$WORK/batch" --batch 3 2>/dev/null |
         sed -n 's/.*decode steps of \([0-9.]*\) sequences.*/\1/p')
   awk -v a="$avg" 'BEGIN { exit !(a >= 1.5) }' || { echo "--batch 3: decode steps of '$avg' sequences on average"; exit 1; }
   # a pipe answered a line at a time: the next line comes only after the answer (no waiting for it)
@@ -92,5 +92,5 @@ if [ "$DEVICE" = cpu ]; then
   [ $? -eq 2 ] || { echo "--batch 2 --backend interp: not a usage error"; exit 1; }
   "$MOEPPC" run "$SPEC" --random-weights 1 --generate 2 --batch 2 --ids 1 >/dev/null 2>&1
   [ $? -eq 2 ] || { echo "--batch 2 --ids: not a usage error"; exit 1; }
-fi
+}
 echo "--prompts on $DEVICE: 3 prompts as alone, the bad line named, standard input read; + continues as the whole alone; --batch as one by one"
