@@ -15,7 +15,8 @@
 #      first GPU runs of wgmma, TMA and programmatic launches on the tiny models, tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
 #      with its database at the table's T (issue 6's speed-up), the 7B layer's A/Bs, decoding A/Bs,
-#      the embedding library (step 4's), the vanilla and own-routing benches;
+#      batched decoding (--batch 8 against one by one), the embedding library (step 4's), the
+#      vanilla and own-routing benches;
 #      and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
@@ -174,6 +175,21 @@ EOF
       run 60 env MOEPPC_CUDA_ATTN_SPLIT=$split "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1 --context 4095 \
         --zc-share 0.25 "${ceil[@]}" | grep "^T ="
     done
+  fi
+  if more "batched decoding"; then
+    step "--batch on the GPU: 8 prompts of 32 ids, 64 tokens each, one after the other, then 8 at once (moepp-0.6b)"
+    awk 'BEGIN { for (p = 0; p < 8; p++) { l = ""; for (t = 0; t < 32; t++) l = l " " (3 + (p * 7919 + t * 104729) % 31997); print l } }' \
+      >"$out/prompts8.txt"
+    for b in 1 8; do
+      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$out/prompts8.txt" \
+        --generate 64 --ignore-eos --top 0 --batch $b >"$out/batch$b.txt"
+      awk -v b=$b '/^ decode:/ { n += $2; s += $5 } /^ran / { p += $5 } /batch:/ { w = $13 }
+        END { if (b == 1) printf "--batch 1: decode %.1f tokens/s (prefills %.3f s)\n", n / s, p
+              else printf "--batch %d: decode %.1f tokens/s (%s)\n", b, n / (w - p), "the run less its prefills" }' "$out/batch$b.txt"
+    done
+    grep "^ generated" "$out/batch1.txt" >"$out/batch1.ids"; grep "^ generated" "$out/batch8.txt" >"$out/batch8.ids"
+    cmp -s "$out/batch1.ids" "$out/batch8.ids" && echo "the same tokens either way" ||
+      echo "!! --batch 8 generated other tokens than one by one (a bf16 near-tie, or a fault: see $out/batch*.txt)"
   fi
   if more "the embedding library"; then
     step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
