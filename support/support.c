@@ -378,18 +378,8 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
 /* ---- random numbers --------------------------------------------------------------------------- */
 void rng_seed(moe_rng *r, uint64_t seed) { r->s = seed; }
 
-uint64_t rng_next(moe_rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* splitmix64's state only counts: k draws later it is seed + k·γ. */
 void rng_seek(moe_rng *r, uint64_t seed, uint64_t k) { r->s = seed + k * 0x9e3779b97f4a7c15ull; }
-
-double rng_uniform(moe_rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 
 uint64_t hash_str(const char *s)
 {

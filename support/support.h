@@ -133,9 +133,17 @@ typedef struct {
     uint64_t s;
 } moe_rng;
 void     rng_seed(moe_rng *r, uint64_t seed);
-uint64_t rng_next(moe_rng *r);
-double   rng_uniform(moe_rng *r);                /* [0, 1), 53 random bits */
 void     rng_seek(moe_rng *r, uint64_t seed, uint64_t k); /* as rng_seed(r, seed) then k draws */
+/* splitmix64; inline: random weights draw one a value, billions for a 7B model */
+static inline uint64_t rng_next(moe_rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+/* [0, 1), 53 random bits */
+static inline double rng_uniform(moe_rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 uint64_t hash_str(const char *s);                /* FNV-1a 64 */
 
 /* ---- thread pool (pool.c): the CPU backend's drivers and packing, random weights ------------ */
