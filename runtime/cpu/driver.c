@@ -38,7 +38,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N]) [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -69,6 +69,7 @@ typedef struct {
     eval_precision prec;
     int top, opt_level, threads, batch;
     int64_t generate;
+    int64_t max_positions;        /* --max-positions: the caches' positions (0: the spec's)         */
     run_backend backend;
     bool backend_set;             /* --backend or --device given */
 } RunArgs;
@@ -193,6 +194,8 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--threads") == 0) {
         if (!int_option(o, v, 1, 256, &n)) return 2;
         r->threads = (int)n;
+    } else if (strcmp(o, "--max-positions") == 0) {
+        if (!int_option(o, v, 1, INT32_MAX, &r->max_positions)) return 2;
     } else if (strcmp(o, "--batch") == 0) {
         if (!int_option(o, v, 1, 256, &n)) return 2;
         r->batch = (int)n;
@@ -238,6 +241,8 @@ static void print_help(FILE *f)
           "                      row of each through the model, so an expert's weights serve all that\n"
           "                      picked it; each line prints what it prints alone, in the lines' order,\n"
           "                      once its sequence is done (a + line waits for the sequence it continues)\n"
+          "  --max-positions N   KV caches of N positions, at most the spec's max_positions (the default):\n"
+          "                      a sequence ends there; less memory a sequence, more of them (--batch)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
           "                      so), a line a prompt (an empty line for a bad one): with --prompts -, a\n"
           "                      line in, a line out\n"
@@ -316,7 +321,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
-                                                 "--batch"};
+                                                 "--batch", "--max-positions"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -1200,6 +1205,13 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (rc) return rc < 0 ? 0 : rc;
     ModelSpec s;
     if (!load_spec(&r, &s)) return 1;
+    if (r.max_positions > s.max_positions) {
+        char why[160];
+        snprintf(why, sizeof why, "--max-positions %lld: more than the model's max_positions (%lld)",
+                 (long long)r.max_positions, (long long)s.max_positions);
+        return drv_usage("%s", why);
+    }
+    if (r.max_positions) s.max_positions = r.max_positions; /* the caches', and every check's after */
     int64_t T = 0;
     int32_t *ids = NULL, *stop_ids = NULL;
     FILE *prompts = NULL;

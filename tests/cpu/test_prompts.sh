@@ -88,6 +88,15 @@ printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/n
   exec {P[1]}>&-; wait
   [ "$a1" = "$(alone "$SHORT")" ] && [ "$a2" = "$(alone "$SHORT $a1 7")" ] ||
     { echo "--batch 4 on a pipe a line at a time: '$a1', '$a2'"; exit 1; }
+  # --max-positions 20: caches of 20 positions; a 10-token prompt generates 11 tokens of 15 (its
+  # last one at position 20 is not fed), the same with --batch; more than the spec's 64 refused
+  M=(--random-weights 1 --device "$DEVICE" --generate 15 --ignore-eos --quiet --max-positions 20 --prompts -)
+  one=$(printf '%s\n%s\n' "$LONG" "$SHORT" | "$MOEPPC" run "$SPEC" "${M[@]}")
+  two=$(printf '%s\n%s\n' "$LONG" "$SHORT" | "$MOEPPC" run "$SPEC" "${M[@]}" --batch 2)
+  [ "$one" = "$two" ] && [ "$(echo "$one" | head -1 | wc -w)" -eq 11 ] ||
+    { echo "--max-positions 20: '$one' one by one, '$two' with --batch 2"; exit 1; }
+  "$MOEPPC" run "$SPEC" --random-weights 1 --ids 1 --max-positions 65 >/dev/null 2>&1
+  [ $? -eq 2 ] || { echo "--max-positions 65 (past the spec's 64): not a usage error"; exit 1; }
   "$MOEPPC" run "$SPEC" --random-weights 1 --generate 2 --batch 2 --backend interp --prompts "$WORK/batch" >/dev/null 2>&1
   [ $? -eq 2 ] || { echo "--batch 2 --backend interp: not a usage error"; exit 1; }
   "$MOEPPC" run "$SPEC" --random-weights 1 --generate 2 --batch 2 --ids 1 >/dev/null 2>&1
