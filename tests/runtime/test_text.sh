@@ -124,6 +124,14 @@ for k in 1 2; do
   one=$("${R[@]}" --tokenizer "$TK" --prompt "$text" --generate 5 --quiet)
   [ "$one" = "$(sed -n ${k}p "$tmp/p.out")" ] || fail "--prompts line $k prints '$(sed -n ${k}p "$tmp/p.out")', --prompt '$one'"
 done
+# --batch 2 (the CPU backend): the same text answers, and the same report, line for line
+"$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --quiet > "$tmp/c1.out" 2>/dev/null
+"$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --quiet --batch 2 > "$tmp/c2.out" 2>/dev/null
+[ -s "$tmp/c1.out" ] && cmp -s "$tmp/c1.out" "$tmp/c2.out" || fail "--quiet text with --batch 2: '$(cat -A "$tmp/c2.out")', one by one '$(cat -A "$tmp/c1.out")'"
+"$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 > "$tmp/v1.out" 2>/dev/null
+"$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --batch 2 > "$tmp/v2.out" 2>/dev/null
+diff <(grep -v -e "^ran " -e "^ decode:" -e "^ batch:" -e "^$" "$tmp/v1.out") <(grep -v -e "^ran " -e "^ decode:" -e "^ batch:" -e "^$" "$tmp/v2.out") >/dev/null ||
+  fail "text with --batch 2 reports otherwise than one by one"
 "${R[@]}" --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 > "$tmp/pv.out" 2>/dev/null
 "$PY" - "$TK" "$tmp/pv.out" <<'PYEOF' || fail "--prompts: a + line's ids are not its text's, without BOS"
 import re, sys, sentencepiece as spm
