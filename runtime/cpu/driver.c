@@ -38,7 +38,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N]]) [--max-positions N] [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -68,6 +68,8 @@ typedef struct {
     bool temperature_set;
     eval_precision prec;
     int top, opt_level, threads, batch;
+    int64_t chunk;                /* --chunk: prompt tokens a --batch step at most                   */
+    bool chunk_set;
     int64_t generate;
     int64_t max_positions;        /* --max-positions: the caches' positions (0: the spec's)         */
     run_backend backend;
@@ -196,6 +198,9 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         r->threads = (int)n;
     } else if (strcmp(o, "--max-positions") == 0) {
         if (!int_option(o, v, 1, INT32_MAX, &r->max_positions)) return 2;
+    } else if (strcmp(o, "--chunk") == 0) {
+        if (!int_option(o, v, 1, 1 << 20, &r->chunk)) return 2;
+        r->chunk_set = true;
     } else if (strcmp(o, "--batch") == 0) {
         if (!int_option(o, v, 1, 256, &n)) return 2;
         r->batch = (int)n;
@@ -237,10 +242,13 @@ static void print_help(FILE *f)
           "                      line reported by its number and the rest still run. Ids, or with\n"
           "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
           "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend or\n"
-          "                      the GPU; default 1: one line after the other), each decode step one\n"
-          "                      row of each through the model, so an expert's weights serve all that\n"
-          "                      picked it; each line prints what it prints alone, in the lines' order,\n"
-          "                      once its sequence is done (a + line waits for the sequence it continues)\n"
+          "                      the GPU; default 1: one line after the other), each step one row of\n"
+          "                      each decoding sequence and a chunk of the prompts to run through the\n"
+          "                      model together, so an expert's weights serve all that picked it; each\n"
+          "                      line prints what it prints alone, in the lines' order, once its\n"
+          "                      sequence is done (a + line waits for the sequence it continues)\n"
+          "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
+          "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
           "  --max-positions N   KV caches of N positions, at most the spec's max_positions (the default):\n"
           "                      a sequence ends there; less memory a sequence, more of them (--batch)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
@@ -304,7 +312,7 @@ static void print_help(FILE *f)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .batch = 1,
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .batch = 1, .chunk = 256,
                    .sample = {.top_p = 1, .repetition_penalty = 1},
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
@@ -321,7 +329,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
-                                                 "--batch", "--max-positions"};
+                                                 "--batch", "--max-positions", "--chunk"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -341,6 +349,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
+    if (r->chunk_set && r->batch < 2) return drv_usage("%s", "--chunk sizes the steps of --batch N (N > 1): give that too");
     if (r->batch > 1 && r->backend == BACKEND_INTERP)
         return drv_usage("%s", "--batch runs on the CPU backend or the GPU (not --backend interp, which keeps no KV cache)");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
@@ -806,17 +815,15 @@ static void print_ffn_work(const Runner *rn, int64_t T)
            2e-9 * rn->macs_grouped, dense > 0 ? 100.0 * rn->macs_grouped / dense : 0.0, 2e-9 * dense);
 }
 
-/* ids[T] after c's sequence (a new one: c->len = 0) on the loaded model: the prefill of what is not in
- * the caches yet, what it prints, the outputs, --generate (lane: only its start, into *lane, for
- * run_prompts_batched to carry on; *started then says whether it did). */
-static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop, Gen *lane,
-                      bool *started)
+/* ids[T] join c's sequence (a new one: c->len = 0): false (after a message) when they pass
+ * max_positions. *from, *n: the positions the model is to run (the backends' caches hold 0 .. fed - 1;
+ * the interpreter keeps none and runs it all). */
+static bool prompt_start(Runner *rn, Conv *c, const int32_t *ids, int64_t T, int64_t *from, int64_t *n)
 {
-    const RunArgs *r = rn->r;
     if (c->len + T > rn->s->max_positions) {
         drv_err("%lld tokens after the %lld of the sequence exceed max_positions (%lld)\n", (long long)T,
                 (long long)c->len, (long long)rn->s->max_positions);
-        return 1;
+        return false;
     }
     memcpy(c->seq + c->len, ids, (size_t)T * sizeof *ids);
     c->len += T;
@@ -825,41 +832,52 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
         for (int64_t i = 0; i < T && i < 64; i++) fprintf(say, " %d", ids[i]);
         fprintf(say, "%s\n", T > 64 ? " ..." : "");
     }
-    /* the backends' caches hold positions 0 .. fed - 1; the interpreter keeps none and runs it all */
-    int64_t from = r->backend == BACKEND_INTERP ? 0 : c->fed, n = c->len - from;
-    int32_t *pos = xmalloc((size_t)n * sizeof *pos), *seq = c->slot ? xmalloc((size_t)n * sizeof *seq) : NULL;
+    *from = rn->r->backend == BACKEND_INTERP ? 0 : c->fed;
+    *n = c->len - *from;
+    return true;
+}
+
+/* What a prompt's run prints (res: the n positions from `from`, in res->seconds), its outputs written;
+ * the sequence is then fed. 0, or 1 when an output could not be written. */
+static int prompt_report(Runner *rn, Conv *c, const EvalResult *res, int64_t from, int64_t n)
+{
+    const RunArgs *r = rn->r;
+    const EvalTensor *logits = eval_output(res, "logits");
+    if (rn->gpu)
+        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)n,
+                res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
+    else
+        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)n, res->seconds,
+                (double)n / res->seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
+                                                : "CPU backend (JIT-compiled kernels)")
+                : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
+    if (!rn->last_only) print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
+    print_route_stats(rn->s, res, r->route_stats, say);
+    if (r->route_stats) print_ffn_work(rn, n);
+    c->fed = c->len;
+    int rc = 0;
+    if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
+    if (r->routes_out && !write_routes(r->routes_out, rn->s, res)) rc = 1;
+    return rc;
+}
+
+/* ids[T] after c's sequence (a new one: c->len = 0) on the loaded model: the prefill of what is not in
+ * the caches yet, what it prints, the outputs, --generate. */
+static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop)
+{
+    int64_t from, n;
+    if (!prompt_start(rn, c, ids, T, &from, &n)) return 1;
+    int32_t *pos = xmalloc((size_t)n * sizeof *pos);
     for (int64_t t = 0; t < n; t++) pos[t] = (int32_t)(from + t);
-    for (int64_t t = 0; seq && t < n; t++) seq[t] = c->slot;
     EvalResult res;
     int rc = 1;
-    if (runner_step(rn, c->seq + from, pos, seq, n, &res)) {
-        const EvalTensor *logits = eval_output(&res, "logits");
-        if (rn->gpu)
-            fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)n,
-                    res.seconds, (double)n / res.seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
-        else
-            fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)n, res.seconds,
-                    (double)n / res.seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
-                                                    : "CPU backend (JIT-compiled kernels)")
-                    : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
-        if (!rn->last_only) print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
-        print_route_stats(rn->s, &res, r->route_stats, say);
-        if (r->route_stats) print_ffn_work(rn, n);
-        rc = 0;
-        c->fed = c->len;
-        if (r->logits_out && !write_logits(r->logits_out, logits)) rc = 1;
-        if (r->routes_out && !write_routes(r->routes_out, rn->s, &res)) rc = 1;
-        if (rc == 0 && r->generate > 0 && lane) {
-            int64_t V;
-            const double *row = last_row(logits, &V);
-            gen_begin(rn, lane, c, row, V);
-            *started = true;
-        } else if (rc == 0 && r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
+    if (runner_step(rn, c->seq + from, pos, NULL, n, &res)) {
+        rc = prompt_report(rn, c, &res, from, n);
+        if (rc == 0 && rn->r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
         ir_eval_result_free(&res);
     }
     fflush(say);
     free(pos);
-    free(seq);
     return rc;
 }
 
@@ -1003,7 +1021,7 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
         if (!pl.bad) {
             if (!pl.more) c.len = c.fed = 0;
             header(&pl, ++done);
-            pl.bad = run_prompt(rn, &c, pl.ids, pl.T, stop, NULL, NULL);
+            pl.bad = run_prompt(rn, &c, pl.ids, pl.T, stop);
         }
         if (pl.bad) rc = 1;
         if (rn->r->quiet) fprintf(answer, "\n"); /* one line an input line, an empty one for a bad line */
@@ -1020,14 +1038,17 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
 
 /* A sequence of the batch: the model's sequence `c.slot`, and what its line prints, kept until the
  * lines before it have printed theirs. */
+typedef enum { LANE_FREE, LANE_PREFILL, LANE_DECODE } lane_state;
 typedef struct {
     Conv c;
     Gen g;
-    bool active;     /* decoding */
+    lane_state state;
+    int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
+    EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
     int64_t ticket;  /* its line's place among the answered lines */
-    FILE *buf;       /* what the line prints (an open_memstream of text, n) */
+    FILE *buf;       /* what the line prints (an open_memstream of text, text_n) */
     char *text;
-    size_t n;
+    size_t text_n;
 } Lane;
 
 /* Each answered line's output by its place, printed in that order as soon as those before are. */
@@ -1068,7 +1089,30 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a)
     fclose(L->buf);
     lane_print_end();
     answer_done(a, L->ticket, L->text);
-    L->active = false;
+    L->state = LANE_FREE;
+}
+
+/* Rows [r0, r0 + n) of every output of res (a run of T rows) after those acc has (prefill chunks, in
+ * order); an output of one row where T > 1 (logits when the run computed the last row only) gives
+ * that row if it is this chunk's, else nothing. */
+static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, int64_t r0, int64_t n)
+{
+    if (!acc->outputs) {
+        acc->n_outputs = res->n_outputs;
+        acc->outputs = xcalloc((size_t)res->n_outputs, sizeof *acc->outputs);
+        for (int k = 0; k < res->n_outputs; k++) {
+            acc->outputs[k].name = xstrdup(res->outputs[k].name);
+            acc->outputs[k].type = ir_type_2d(res->outputs[k].type.dtype, 0, res->outputs[k].type.dims[1]);
+        }
+    }
+    for (int k = 0; k < res->n_outputs; k++) {
+        EvalTensor *a = &acc->outputs[k];
+        int64_t cols = a->type.dims[1], rows = a->type.dims[0], from = r0, m = n;
+        if (res->outputs[k].type.dims[0] == 1 && T > 1) from = 0, m = r0 + n == T; /* the last row alone */
+        a->data = xrealloc(a->data, (size_t)((rows + m) * cols + 1) * sizeof *a->data);
+        memcpy(a->data + rows * cols, res->outputs[k].data + from * cols, (size_t)(m * cols) * sizeof *a->data);
+        a->type.dims[0] = rows + m;
+    }
 }
 
 /* Whether a line can be read without waiting (a pipe or a terminal: poll). */
@@ -1078,12 +1122,35 @@ static bool readable(FILE *in)
     return poll(&p, 1, 0) > 0;
 }
 
-/* --prompts with --batch B (the CPU backend or the GPU): lines are read and started (prefilled alone) while one
- * of the B sequences of the model is free, then each decode step feeds one token of every decoding
- * sequence as one run of the model (its rows through the grouped GEMMs together), until each ends.
- * A + line waits for the sequence it continues to end, and takes its place. Each line prints what it
- * prints alone, after the lines before it. Reading a pipe or a terminal never waits while sequences
- * decode: only lines already there are read. */
+/* A lane whose prompt has run whole: its report, then decoding starts (or the line is done). */
+static void lane_prefilled(Runner *rn, Lane *L, const StopIds *stop, Answers *ans, int *rc, int64_t *tokens)
+{
+    lane_print(rn, L);
+    rn->macs_grouped = ffn_macs(rn, &L->acc); /* its rows' own (a step's count has the others') */
+    if (prompt_report(rn, &L->c, &L->acc, L->from, L->n)) *rc = 1;
+    bool decoding = false;
+    if (rn->r->generate > 0) {
+        int64_t V;
+        const double *row = last_row(eval_output(&L->acc, "logits"), &V);
+        gen_begin(rn, &L->g, &L->c, row, V);
+        decoding = gen_put(rn, &L->g, stop);
+        if (!decoding) gen_end(rn, &L->g, true), *tokens += L->g.n;
+    }
+    ir_eval_result_free(&L->acc);
+    memset(&L->acc, 0, sizeof L->acc);
+    if (decoding) {
+        L->state = LANE_DECODE;
+        lane_print_end();
+    } else lane_finish(rn, L, ans);
+}
+
+/* --prompts with --batch B (the CPU backend or the GPU): a line starts as soon as one of the B
+ * sequences of the model is free (a + line: when the sequence it continues has ended, in its place);
+ * then every step runs, as one run of the model, one token of each decoding sequence and up to
+ * --chunk tokens of the prompts still to run (the oldest first), so the rows of all of them go through
+ * the grouped GEMMs together and a long prompt stalls the decoding ones a chunk at a time. Each line
+ * prints what it prints alone, after the lines before it. Reading a pipe or a terminal never waits
+ * while sequences run: only lines already there are read. */
 static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
 {
     int B = rn->r->batch, rc = 0, latest = -1; /* the lane of the sequence a + line continues */
@@ -1098,24 +1165,26 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
     say_all = say, answer_all = answer;
     Lane *lanes = xcalloc((size_t)B, sizeof *lanes);
     for (int b = 0; b < B; b++) lanes[b].c = (Conv){.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof(int32_t)), .slot = b};
-    int32_t *ids = xmalloc((size_t)B * sizeof *ids), *pos = xmalloc((size_t)B * sizeof *pos), *sq = xmalloc((size_t)B * sizeof *sq);
+    int64_t chunk = rn->r->chunk, cap = B + chunk; /* rows a step at most */
+    int32_t *ids = xmalloc((size_t)cap * sizeof *ids), *pos = xmalloc((size_t)cap * sizeof *pos), *sq = xmalloc((size_t)cap * sizeof *sq);
+    int *who = xmalloc((size_t)cap * sizeof *who);
     LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
     Answers ans = {0};
     PromptLine pl;
     bool held = false, eof = false;
-    int64_t started = 0, tokens = 0, steps = 0, rows = 0, active = 0;
+    int64_t started = 0, tokens = 0, steps = 0, rows = 0, busy = 0;
     double t0 = now_s();
     for (;;) {
         while (!eof) { /* start what can start */
-            if (!held && active && pipe && !readable(in)) break;
+            if (!held && busy && pipe && !readable(in)) break;
             if (!held && !(held = next_prompt(rn, in, &lr, &pl))) {
                 eof = true;
                 break;
             }
             if (!pl.bad && pl.more && latest < 0) no_sequence_before(&pl);
             Lane *L = NULL;
-            if (!pl.bad && pl.more) L = lanes[latest].active ? NULL : &lanes[latest];
-            for (int b = 0; !pl.bad && !pl.more && !L && b < B; b++) L = lanes[b].active ? NULL : &lanes[b];
+            if (!pl.bad && pl.more) L = lanes[latest].state != LANE_FREE ? NULL : &lanes[latest];
+            for (int b = 0; !pl.bad && !pl.more && !L && b < B; b++) L = lanes[b].state != LANE_FREE ? NULL : &lanes[b];
             if (!pl.bad && !L) break; /* it waits for a sequence to end */
             held = false;
             int64_t ticket = answer_ticket(&ans);
@@ -1126,41 +1195,56 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
                 continue;
             }
             L->ticket = ticket;
-            L->buf = open_memstream(&L->text, &L->n);
+            L->buf = open_memstream(&L->text, &L->text_n);
             MOE_ASSERT(L->buf);
             lane_print(rn, L);
             if (!pl.more) L->c.len = L->c.fed = 0;
             latest = (int)(L - lanes);
             header(&pl, ++started);
-            bool decoding = false;
-            if (run_prompt(rn, &L->c, pl.ids, pl.T, stop, &L->g, &decoding)) rc = 1;
+            bool ok = prompt_start(rn, &L->c, pl.ids, pl.T, &L->from, &L->n);
             free(pl.ids);
-            if (decoding && gen_put(rn, &L->g, stop)) {
-                L->active = true, active++;
-                lane_print_end();
+            if (!ok) {
+                rc = 1;
+                fflush(say);
+                lane_finish(rn, L, &ans);
                 continue;
             }
-            if (decoding) gen_end(rn, &L->g, true), tokens += L->g.n;
-            lane_finish(rn, L, &ans);
+            L->state = LANE_PREFILL, L->done = 0, busy++;
+            lane_print_end();
         }
-        if (!active) {
+        if (!busy) {
             if (eof) break;
             continue;
         }
-        int n = 0, who[256];
+        /* the step: a row of each decoding sequence, then prompt chunks, the oldest lines first */
+        int n = 0;
         for (int b = 0; b < B; b++) {
             Lane *L = &lanes[b];
-            if (!L->active) continue;
-            ids[n] = L->c.seq[L->g.len], pos[n] = (int32_t)L->g.len, sq[n] = b, who[n++] = b;
+            if (L->state == LANE_DECODE) ids[n] = L->c.seq[L->g.len], pos[n] = (int32_t)L->g.len, sq[n] = b, who[n++] = b;
+        }
+        int decode_rows = n;
+        for (int64_t room = chunk; room > 0;) {
+            Lane *P = NULL;
+            for (int b = 0; b < B; b++)
+                if (lanes[b].state == LANE_PREFILL && lanes[b].done < lanes[b].n && (!P || lanes[b].ticket < P->ticket)) P = &lanes[b];
+            if (!P) break;
+            int64_t m = P->n - P->done < room ? P->n - P->done : room;
+            for (int64_t t = 0; t < m; t++, n++) {
+                int64_t p = P->from + P->done + t;
+                ids[n] = P->c.seq[p], pos[n] = (int32_t)p, sq[n] = P->c.slot, who[n] = (int)(P - lanes);
+            }
+            P->done += m, room -= m;
         }
         EvalResult res;
         bool last = rn->last_only;
-        rn->last_only = false; /* every row's logits: each is a sequence's last */
+        /* every row's logits (a decoding sequence's, a prompt's last), unless the rows are one
+         * prompt's whose logits nothing but the last reads */
+        rn->last_only = last && decode_rows == 0 && who[0] == who[n - 1];
         bool ok = runner_step(rn, ids, pos, sq, n, &res);
         rn->last_only = last;
         const EvalTensor *logits = ok ? eval_output(&res, "logits") : NULL;
-        steps++, rows += n;
-        for (int k = 0; k < n; k++) {
+        steps++, rows += decode_rows;
+        for (int k = 0; k < decode_rows; k++) {
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
             if (ok) gen_advance(&L->g, logits->data + k * logits->type.dims[1]);
@@ -1171,18 +1255,37 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             if (!gen_end(rn, &L->g, ok)) rc = 1;
             tokens += L->g.n;
             lane_finish(rn, L, &ans);
-            active--;
+            busy--;
+        }
+        for (int k = decode_rows; k < n;) { /* each prompt's chunk: its rows gathered */
+            Lane *L = &lanes[who[k]];
+            int64_t m = 1;
+            while (k + m < n && who[k + m] == who[k]) m++;
+            if (ok) {
+                acc_append(&L->acc, &res, n, k, m);
+                L->acc.seconds += res.seconds * (double)m / (double)n; /* its share of the step */
+            }
+            k += (int)m;
+            if (ok && L->done < L->n) continue;
+            if (ok) lane_prefilled(rn, L, stop, &ans, &rc, &tokens);
+            else {
+                rc = 1;
+                ir_eval_result_free(&L->acc);
+                memset(&L->acc, 0, sizeof L->acc);
+                lane_finish(rn, L, &ans);
+            }
+            if (L->state == LANE_FREE) busy--;
         }
         if (ok) ir_eval_result_free(&res);
     }
     double dt = now_s() - t0;
     if (rn->r->generate > 0)
         fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
-                "%lld decode steps of %.2f sequences on average\n", (long long)started, B, (long long)tokens, dt,
+                "%lld steps, %.2f decoding sequences a step on average\n", (long long)started, B, (long long)tokens, dt,
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
     for (int b = 0; b < B; b++) free(lanes[b].c.seq);
     free(lanes);
-    free(ids), free(pos), free(sq);
+    free(ids), free(pos), free(sq), free(who);
     free(ans.text);
     free(lr.line);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
@@ -1254,7 +1357,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
                 rc = r.batch > 1 ? run_prompts_batched(&rn, prompts, &stop) : run_prompts(&rn, prompts, &stop);
             } else {
                 Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
-                rc = run_prompt(&rn, &c, ids, T, &stop, NULL, NULL);
+                rc = run_prompt(&rn, &c, ids, T, &stop);
                 if (r.quiet) printf("\n");
                 free(c.seq);
             }

@@ -64,23 +64,33 @@ printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/n
 [ $? -eq 1 ] && grep -q "line 1, column 4: a NUL byte" "$WORK/nul.err" && [ -z "$(sed -n 1p "$WORK/nul.txt")" ] &&
   [ "$(sed -n 2p "$WORK/nul.txt")" = "$(alone "4 5")" ] || { echo "a NUL byte:"; cat "$WORK/nul.err" "$WORK/nul.txt"; exit 1; }
 {
-  # --batch 3: up to 3 sequences decoded together (a decode step one row of each) print what the lines
-  # print one after the other, in their order: greedy and drawn, bad lines, + turns (which wait for
-  # the sequence they continue), a stop token; and the steps did carry several sequences
+  # --batch 3: up to 3 sequences decoded together (a step one row of each, and prompt chunks) print
+  # what the lines print one after the other, in their order: greedy and drawn, bad lines, + turns
+  # (which wait for the sequence they continue), a stop token, prompts in chunks of 3 and 4 tokens
+  # (predictions, perplexity and routing gathered over the steps); and the steps carried several
+  # decoding sequences
   printf '%s\n%s\n+ 9 9\n1 2 999\n4 5 6 7\n\n+ 8 8 8\n%s\n1 2 3\n+ 4\n7 7\n' "$LONG" "$SHORT" "$LONG60" >"$WORK/batch"
-  for S in "--quiet" "--top 2 --route-stats --temperature 0.8 --top-p 0.9 --seed 3" "--quiet --stop 102 --temperature 1.5"; do
-    read -ra X <<<"$S"
+  # (--chunk 3 and 4: prompts run a few tokens a step, beside the decoding sequences' rows)
+  for S in "--quiet" "--top 2 --route-stats --temperature 0.8 --top-p 0.9 --seed 3" "--quiet --stop 102 --temperature 1.5" \
+           "--quiet|--chunk 3" "--top 2 --route-stats --perplexity|--chunk 4"; do
+    read -ra X <<<"${S%%|*}"; read -ra C <<<"$([ "${S#*|}" != "$S" ] && echo "${S#*|}")"
     B=(--random-weights 1 --device "$DEVICE" --generate 6 "${X[@]}" --prompts "$WORK/batch")
     "$MOEPPC" run "$SPEC" "${B[@]}" >"$WORK/one.txt" 2>"$WORK/one.err"; rc1=$?
-    "$MOEPPC" run "$SPEC" "${B[@]}" --batch 3 >"$WORK/three.txt" 2>"$WORK/three.err"; rc3=$?
+    "$MOEPPC" run "$SPEC" "${B[@]}" --batch 3 "${C[@]}" >"$WORK/three.txt" 2>"$WORK/three.err"; rc3=$?
     [ $rc1 -eq 1 ] && [ $rc3 -eq 1 ] && diff "$WORK/one.err" "$WORK/three.err" >/dev/null ||
       { echo "--batch 3 ($S): exit $rc3, one by one $rc1"; cat "$WORK/three.err"; exit 1; }
     diff <(block <"$WORK/one.txt") <(block <"$WORK/three.txt" | grep -v "^ batch:") ||
       { echo "--batch 3 ($S) prints otherwise than one line after the other"; exit 1; }
   done
   avg=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 6 --top 0 --prompts "$WORK/batch" --batch 3 2>/dev/null |
-        sed -n 's/.*decode steps of \([0-9.]*\) sequences.*/\1/p')
+        sed -n 's/.*steps, \([0-9.]*\) decoding sequences.*/\1/p')
   awk -v a="$avg" 'BEGIN { exit !(a >= 1.5) }' || { echo "--batch 3: decode steps of '$avg' sequences on average"; exit 1; }
+  steps() { "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 6 --top 0 --prompts "$WORK/batch" --batch 3 "$@" \
+              2>/dev/null | sed -n 's/.* \([0-9]*\) steps, .*/\1/p'; }
+  s256=$(steps) s3=$(steps --chunk 3)
+  [ -n "$s3" ] && [ "$s3" -gt "$s256" ] || { echo "--chunk 3: $s3 steps, not more than the default's $s256"; exit 1; }
+  "$MOEPPC" run "$SPEC" --random-weights 1 --generate 2 --chunk 3 --prompts "$WORK/batch" >/dev/null 2>&1
+  [ $? -eq 2 ] || { echo "--chunk without --batch: not a usage error"; exit 1; }
   # a pipe answered a line at a time: the next line comes only after the answer (no waiting for it)
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 4; }
   echo "$SHORT" >&"${P[1]}"; read -r -t 30 a1 <&"${P[0]}"
