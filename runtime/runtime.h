@@ -36,6 +36,11 @@ typedef struct RtError {
 /* Open a checkpoint: PATH may be a .safetensors file, a model.safetensors.index.json, or a
  * directory containing model.safetensors or model.safetensors.index.json. */
 bool        weights_open(const char *path, WeightSet **out, RtError *err);
+/* A run's tokens' sequences (seq[T]; NULL: all sequence 0) each in [0, n), the sequences a model keeps
+ * caches for (cpu_model_run_seqs, cuda_model_run_seqs); false with a message naming the first that
+ * is not. */
+bool        rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err);
+
 /* Seeded random weights for every tensor of the spec, in the spec's dtype (distribution: see
  * weights_random's definition and README). */
 bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err);

@@ -303,6 +303,18 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
     return ok;
 }
 
+bool rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err)
+{
+    for (int64_t t = 0; seq && t < T; t++) {
+        if (seq[t] < 0 || seq[t] >= n) {
+            snprintf(err->msg, sizeof err->msg, "sequence %d of token %lld is outside [0, %d) (the model's sequences)",
+                     seq[t], (long long)t, n);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ---- checking a checkpoint against a spec -------------------------------------------------------------- */
 #define CHECK_MAX_LINES 20
 

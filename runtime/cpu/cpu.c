@@ -758,13 +758,7 @@ int cpu_model_sequences(const CpuModel *cm) { return cm->n_seqs; }
 bool cpu_model_run_seqs(CpuModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
                         RtError *err)
 {
-    for (int64_t t = 0; seq && t < T; t++) {
-        if (seq[t] < 0 || seq[t] >= cm->n_seqs) {
-            snprintf(err->msg, sizeof err->msg, "sequence %d of token %lld is outside [0, %d) (the model's sequences)",
-                     seq[t], (long long)t, cm->n_seqs);
-            return false;
-        }
-    }
+    if (!rt_sequences_ok(seq, T, cm->n_seqs, err)) return false;
     cm->seq = seq;
     bool ok = cpu_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
     cm->seq = NULL;

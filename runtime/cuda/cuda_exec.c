@@ -1701,13 +1701,7 @@ bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
 bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
                          RtError *err)
 {
-    for (int64_t t = 0; seq && t < T; t++) {
-        if (seq[t] < 0 || seq[t] >= cm->n_seqs) {
-            snprintf(err->msg, sizeof err->msg, "sequence %d of token %lld is outside [0, %d) (the model's sequences)",
-                     seq[t], (long long)t, cm->n_seqs);
-            return false;
-        }
-    }
+    if (!rt_sequences_ok(seq, T, cm->n_seqs, err)) return false;
     cm->seq = seq;
     bool ok = cuda_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
     cm->seq = NULL;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tests/batch_rows.h"
 #include "tests/tiny_specs.h"
 
 #include "passes/passes.h"
@@ -212,22 +213,12 @@ static void test_batched_sequences(void **state)
         assert_non_null(strstr(err.msg, "not enough memory"));
         assert_int_equal(cpu_model_sequences(cm), 1);
         assert_true(cpu_model_set_sequences(cm, NS + 1, &err) && cpu_model_set_sequences(cm, NS, &err));
-        /* the prefill: sequence 2's first 6 rows, sequence 0's 7, sequence 2's last 6, sequence 1's 3 */
         int32_t ids[32], pos[32], sq[32];
-        int64_t T = 0;
-        static const int order[4][3] = {{2, 0, 6}, {0, 0, 7}, {2, 6, 12}, {1, 0, 3}};
-        for (int r = 0; r < 4; r++)
-            for (int t = order[r][1]; t < order[r][2]; t++) ids[T] = seqs[order[r][0]][t], pos[T] = t, sq[T++] = order[r][0];
+        /* the prefill: sequence 2's rows in two runs, sequence 0's between, then sequence 1's */
+        static const int runs[4][3] = {{2, 0, 6}, {0, 0, 7}, {2, 6, 12}, {1, 0, 3}};
         double worst = 0;
         for (int step = 0; step <= STEPS; step++) {
-            if (step) { /* a decode step: the next token of each sequence, the order turned by one */
-                T = 0;
-                for (int j = 0; j < NS; j++) {
-                    int q = (j + step) % NS;
-                    ids[T] = seqs[q][len[q]], pos[T] = (int32_t)len[q], sq[T++] = q;
-                    len[q]++;
-                }
-            }
+            int64_t T = batch_rows(step, NS, runs, 4, &seqs[0][0], MAXLEN, len, ids, pos, sq);
             assert_true(cpu_model_run_seqs(cm, ids, pos, sq, T, &err));
             int64_t V;
             const float *logits = cpu_model_output(cm, "logits", &V, NULL);

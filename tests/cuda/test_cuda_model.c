@@ -18,6 +18,7 @@
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 #include "runtime/cuda/cuda_exec.h"
+#include "tests/batch_rows.h"
 #include "tests/tiny_specs.h"
 
 #include <math.h>
@@ -444,22 +445,13 @@ static void test_batched_sequences(void **state)
             for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 37 + q * 101 + 5) % s.vocab), ps[t] = t;
         assert_true(cuda_model_set_sequences(cm, NS, &err));
         int32_t ids[64], pos[64], sq[64];
-        int64_t T = 0;
-        static const int order[4][3] = {{2, 0, 34}, {0, 0, 7}, {2, 34, 50}, {1, 0, 3}};
-        for (int r = 0; r < 4; r++)
-            for (int t = order[r][1]; t < order[r][2]; t++) ids[T] = seqs[order[r][0]][t], pos[T] = t, sq[T++] = order[r][0];
+        /* the prefill: sequence 2's rows in two runs, sequence 0's between, then sequence 1's */
+        static const int runs[4][3] = {{2, 0, 34}, {0, 0, 7}, {2, 34, 50}, {1, 0, 3}};
         EvalResult ref[NS]; /* each sequence alone, all of it */
         for (int q = 0; q < NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
         double worst = 0;
         for (int step = 0; step <= STEPS; step++) {
-            if (step) { /* a decode step: the next token of each sequence, the order turned by one */
-                T = 0;
-                for (int j = 0; j < NS; j++) {
-                    int q = (j + step) % NS;
-                    ids[T] = seqs[q][len[q]], pos[T] = (int32_t)len[q], sq[T++] = q;
-                    len[q]++;
-                }
-            }
+            int64_t T = batch_rows(step, NS, runs, 4, &seqs[0][0], MAXLEN, len, ids, pos, sq);
             bool ok = cuda_model_run_seqs(cm, ids, pos, sq, T, &err);
             if (!ok) fprintf(stderr, "%s: %s\n", s.name, err.msg);
             assert_true(ok);
