@@ -60,7 +60,8 @@ struct CpuModel {
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
     int tail;                       /* steps [tail, n_steps) make the logits from the final residual  */
                                     /*   rows alone (final norm, lm_head; n_steps: none such)         */
-    bool last_row;                  /* ... and run on the last row only (cpu_model_set_last_row)      */
+    int64_t last_rows;              /* ... and run on a run's last rows alone, this many (0: on all;  */
+                                    /*   cpu_model_set_last_rows)                                     */
 };
 
 static double now_s(void)
@@ -535,8 +536,9 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     cg_moe_down_scatter(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
 }
 
-/* The logits' tail on the last of T rows alone: each result's row T - 1 (the others are not written). */
-static void run_tail_step(CpuModel *cm, const Step *st, int64_t T)
+/* The logits' tail on the last n of T rows alone: each result's rows T - n .. T - 1 (the others are not
+ * written). */
+static void run_tail_step(CpuModel *cm, const Step *st, int64_t T, int64_t n)
 {
     const IrInstr *i = st->i;
     const void *in[3] = {0};
@@ -544,20 +546,20 @@ static void run_tail_step(CpuModel *cm, const Step *st, int64_t T)
     for (int k = 0; k < i->n_in && k < 3; k++) {
         const IrValue *v = i->in[k];
         size_t row = v->kind == IR_VAL_RESULT ? (size_t)cols(v) * dtype_size(v->type.dtype) : 0; /* weights: as they are */
-        in[k] = (const unsigned char *)addr(cm, v, T) + (size_t)(T - 1) * row;
+        in[k] = (const unsigned char *)addr(cm, v, T) + (size_t)(T - n) * row;
     }
     for (int k = 0; k < i->n_out && k < 2; k++)
-        out[k] = (unsigned char *)addr(cm, i->out[k], T) + (size_t)(T - 1) * (size_t)cols(i->out[k]) * dtype_size(i->out[k]->type.dtype);
+        out[k] = (unsigned char *)addr(cm, i->out[k], T) + (size_t)(T - n) * (size_t)cols(i->out[k]) * dtype_size(i->out[k]->type.dtype);
     switch (i->op) {
-    case IR_OP_LINEAR: gemm(cm, st, 0, 1, in[0], cols(i->in[0]), out[0], cols(i->out[0])); break;
-    case IR_OP_RMS_NORM: run_rows(cm, st, CG_OP_RMS_NORM, 1, in[0], in[1], NULL, NULL, out[0], NULL); break;
-    case IR_OP_ADD_RMS_NORM: run_rows(cm, st, CG_OP_ADD_RMS_NORM, 1, in[0], in[1], in[2], NULL, out[0], out[1]); break;
+    case IR_OP_LINEAR: gemm(cm, st, 0, n, in[0], cols(i->in[0]), out[0], cols(i->out[0])); break;
+    case IR_OP_RMS_NORM: run_rows(cm, st, CG_OP_RMS_NORM, n, in[0], in[1], NULL, NULL, out[0], NULL); break;
+    case IR_OP_ADD_RMS_NORM: run_rows(cm, st, CG_OP_ADD_RMS_NORM, n, in[0], in[1], in[2], NULL, out[0], out[1]); break;
     default: MOE_ASSERT(!"not a tail op");
     }
 }
 
-void cpu_model_set_last_row(CpuModel *cm, bool on) { cm->last_row = on && cm->tail < cm->n_steps; }
-bool cpu_model_last_row(const CpuModel *cm) { return cm->last_row; }
+void cpu_model_set_last_rows(CpuModel *cm, int64_t n) { cm->last_rows = cm->tail < cm->n_steps && n > 0 ? n : 0; }
+int64_t cpu_model_last_rows(const CpuModel *cm) { return cm->last_rows; }
 
 static void run_step(CpuModel *cm, Step *st, int64_t T)
 {
@@ -802,7 +804,7 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
     for (int s = first; s < last; s++) {
         double t0 = now_s();
-        if (cm->last_row && s >= cm->tail && T > 1) run_tail_step(cm, &cm->steps[s], T);
+        if (cm->last_rows && s >= cm->tail && T > cm->last_rows) run_tail_step(cm, &cm->steps[s], T, cm->last_rows);
         else run_step(cm, &cm->steps[s], T);
         *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;
     }

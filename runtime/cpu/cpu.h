@@ -50,12 +50,14 @@ bool      cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *
 void     *cpu_model_buffer(const CpuModel *cm, const IrValue *v, int64_t T);
 /* A module output of the last run: its data in the arena and its shape ([T, cols]). NULL if absent. */
 const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *cols, moe_dtype *dtype);
-/* on: from now on the program's tail that makes the logits from the final residual rows (final norm,
- * lm_head) runs on the last row of a call only, so only row T - 1 of the logits output is written
- * (what decoding reads after a prefill: (T - 1)/T of lm_head's work is saved). Off by default; a
- * module not ending so keeps every row (cpu_model_last_row says which holds). */
-void      cpu_model_set_last_row(CpuModel *cm, bool on);
-bool      cpu_model_last_row(const CpuModel *cm);
+/* n > 0: from now on the program's tail that makes the logits from the final residual rows (final
+ * norm, lm_head) runs on the last n rows of a call only (all of them where T <= n), so only rows
+ * T - n .. T - 1 of the logits output are written: what decoding reads after a prefill (its last
+ * row), or a serving step whose rows that need logits (each decoding sequence's, each prompt's last)
+ * the caller put last. 0 (the default): every row. A module not ending so keeps every row
+ * (cpu_model_last_rows says which holds: the n in force, 0 for every row). */
+void      cpu_model_set_last_rows(CpuModel *cm, int64_t n);
+int64_t   cpu_model_last_rows(const CpuModel *cm);
 /* Seconds spent in each kind of work in the runs so far (for --profile and benchmarks). */
 typedef struct CpuProfile {
     double gemm_s, grouped_s, attention_s, route_s, other_s;

@@ -519,6 +519,8 @@ typedef struct {
     double macs_linear, macs_grouped;
     const Tokenizer *tok; /* text in and out (--prompt, --tokenizer), or NULL: ids */
     bool last_only;       /* only the last position's logits are read (last_row_only) */
+    int64_t logits_rows;  /* ... of each run but for a step whose last logits_rows rows need theirs
+                             (--batch: the decoding sequences', each prompt's last; 0: none such) */
 } Runner;
 
 /* The module to run: the one embedded in a built executable, or the spec lowered and optimised now
@@ -544,8 +546,9 @@ static bool load_module(Runner *rn)
 }
 
 /* Only each prompt's last position's logits are read (its next token): no table of predictions
- * (--quiet or --top 0), no perplexity, no logits written. The CPU backend then runs the final norm
- * and lm_head on that row alone, and only it is copied out. */
+ * (--quiet or --top 0), no perplexity, no logits written. The backends then run the final norm and
+ * lm_head on that row alone (or on the rows a --batch step needs, put last: logits_rows), and only
+ * they are copied out. */
 static bool last_row_only(const RunArgs *r) { return (r->quiet || r->top == 0) && !r->perplexity && !r->logits_out; }
 
 static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, WeightSet *w)
@@ -562,7 +565,7 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
         CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
-                         .last_row = rn->last_only};
+                         .last_rows = rn->last_only};
         cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
@@ -586,11 +589,18 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, Weight
     rn->ks = cfg->kernels_new(&err);
     if (rn->ks) rn->cm = cpu_model_new(rn->m, w, s->max_positions, rn->ks, r->threads, &err);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
-    if (rn->cm) cpu_model_set_last_row(rn->cm, rn->last_only);
     return rn->cm != NULL;
 }
 
-/* A backend's outputs, copied into the interpreter's result form for printing. */
+/* The rows of a run of T whose logits are computed: the last this many (T: all). */
+static int64_t logits_rows(const Runner *rn, int64_t T)
+{
+    int64_t n = !rn->last_only ? T : rn->logits_rows > 0 ? rn->logits_rows : 1;
+    return n < T ? n : T;
+}
+
+/* A backend's outputs, copied into the interpreter's result form for printing: the logits of the
+ * last logits_rows rows, the others' of all T. */
 static bool backend_outputs(const Runner *rn, int64_t T, EvalResult *res, RtError *err)
 {
     const IrModule *m = rn->m;
@@ -603,7 +613,7 @@ static bool backend_outputs(const Runner *rn, int64_t T, EvalResult *res, RtErro
                                 : cpu_model_output(rn->cm, m->outputs[k].name, &c, &dt);
         if (!p) return false;
         EvalTensor *o = &res->outputs[k];
-        int64_t rows = rn->last_only && strcmp(m->outputs[k].name, "logits") == 0 ? 1 : T; /* the last row alone */
+        int64_t rows = strcmp(m->outputs[k].name, "logits") == 0 ? logits_rows(rn, T) : T;
         size_t first = (size_t)((T - rows) * c);
         o->name = xstrdup(m->outputs[k].name);
         o->type = ir_type_2d(dt, rows, c);
@@ -637,7 +647,7 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, cons
     memset(res, 0, sizeof *res);
     if (rn->gpu) {
         double t0 = now_s();
-        cfg->cuda->set_last_row(rn->gpu, rn->last_only);
+        cfg->cuda->set_last_rows(rn->gpu, logits_rows(rn, T));
         ok = cfg->cuda->run_seqs(rn->gpu, ids, pos, seq, T, &err) && backend_outputs(rn, T, res, &err);
         res->seconds = now_s() - t0;
         if (ok) rn->macs_grouped = ffn_macs(rn, res);
@@ -647,7 +657,7 @@ static bool runner_step(Runner *rn, const int32_t *ids, const int32_t *pos, cons
     if (rn->cm) {
         double t0 = now_s();
         double before = cpu_model_profile(rn->cm).ffn_macs;
-        cpu_model_set_last_row(rn->cm, rn->last_only);
+        cpu_model_set_last_rows(rn->cm, logits_rows(rn, T));
         ok = cpu_model_run_seqs(rn->cm, ids, pos, seq, T, &err);
         if (ok) backend_outputs(rn, T, res, &err);
         rn->macs_grouped = cpu_model_profile(rn->cm).ffn_macs - before;
@@ -1092,10 +1102,10 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a)
     L->state = LANE_FREE;
 }
 
-/* Rows [r0, r0 + n) of every output of res (a run of T rows) after those acc has (prefill chunks, in
- * order); an output of one row where T > 1 (logits when the run computed the last row only) gives
- * that row if it is this chunk's, else nothing. */
-static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, int64_t r0, int64_t n)
+/* Rows at[0 .. n - 1] of every output of res (a run of T rows) after those acc has (prefill chunks,
+ * in order); an output of R < T rows (logits of the last R rows alone: logits_rows) gives those of
+ * them it has. */
+static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const int64_t *at, int64_t n)
 {
     if (!acc->outputs) {
         acc->n_outputs = res->n_outputs;
@@ -1107,11 +1117,12 @@ static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, int64_
     }
     for (int k = 0; k < res->n_outputs; k++) {
         EvalTensor *a = &acc->outputs[k];
-        int64_t cols = a->type.dims[1], rows = a->type.dims[0], from = r0, m = n;
-        if (res->outputs[k].type.dims[0] == 1 && T > 1) from = 0, m = r0 + n == T; /* the last row alone */
-        a->data = xrealloc(a->data, (size_t)((rows + m) * cols + 1) * sizeof *a->data);
-        memcpy(a->data + rows * cols, res->outputs[k].data + from * cols, (size_t)(m * cols) * sizeof *a->data);
-        a->type.dims[0] = rows + m;
+        int64_t cols = a->type.dims[1], first = T - res->outputs[k].type.dims[0];
+        a->data = xrealloc(a->data, (size_t)((a->type.dims[0] + n) * cols + 1) * sizeof *a->data);
+        for (int64_t j = 0; j < n; j++)
+            if (at[j] >= first)
+                memcpy(a->data + a->type.dims[0]++ * cols, res->outputs[k].data + (at[j] - first) * cols,
+                       (size_t)cols * sizeof *a->data);
     }
 }
 
@@ -1168,6 +1179,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
     int64_t chunk = rn->r->chunk, cap = B + chunk; /* rows a step at most */
     int32_t *ids = xmalloc((size_t)cap * sizeof *ids), *pos = xmalloc((size_t)cap * sizeof *pos), *sq = xmalloc((size_t)cap * sizeof *sq);
     int *who = xmalloc((size_t)cap * sizeof *who);
+    int32_t *run_ids = xmalloc((size_t)cap * sizeof *run_ids), *run_pos = xmalloc((size_t)cap * sizeof *run_pos),
+            *run_sq = xmalloc((size_t)cap * sizeof *run_sq); /* the rows in the order they run (at) */
+    int64_t *at = xmalloc((size_t)cap * sizeof *at);
     LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
     Answers ans = {0};
     PromptLine pl;
@@ -1235,19 +1249,29 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             }
             P->done += m, room -= m;
         }
+        /* The rows run in the order at[] says: where only the logits decoding reads are read, the rows
+         * that need theirs (a decoding sequence's, a prompt's last) last, the lm_head on them alone. */
+        int64_t need = 0;
+        for (int k = 0; k < n; k++) {
+            const Lane *L = &lanes[who[k]];
+            at[k] = !rn->last_only || k < decode_rows || ((k + 1 == n || who[k + 1] != who[k]) && L->done == L->n);
+            need += at[k];
+        }
+        for (int64_t k = 0, head = 0, tail = n - need; k < n; k++) {
+            at[k] = at[k] ? tail++ : head++;
+            run_ids[at[k]] = ids[k], run_pos[at[k]] = pos[k], run_sq[at[k]] = sq[k];
+        }
         EvalResult res;
-        bool last = rn->last_only;
-        /* every row's logits (a decoding sequence's, a prompt's last), unless the rows are one
-         * prompt's whose logits nothing but the last reads */
-        rn->last_only = last && decode_rows == 0 && who[0] == who[n - 1];
-        bool ok = runner_step(rn, ids, pos, sq, n, &res);
-        rn->last_only = last;
+        rn->logits_rows = need;
+        bool ok = runner_step(rn, run_ids, run_pos, run_sq, n, &res);
+        rn->logits_rows = 0;
         const EvalTensor *logits = ok ? eval_output(&res, "logits") : NULL;
+        int64_t V = ok ? logits->type.dims[1] : 0, first = ok ? n - logits->type.dims[0] : 0; /* its rows' first */
         steps++, rows += decode_rows;
         for (int k = 0; k < decode_rows; k++) {
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
-            if (ok) gen_advance(&L->g, logits->data + k * logits->type.dims[1]);
+            if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V);
             if (ok && gen_put(rn, &L->g, stop)) {
                 lane_print_end();
                 continue;
@@ -1262,7 +1286,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             int64_t m = 1;
             while (k + m < n && who[k + m] == who[k]) m++;
             if (ok) {
-                acc_append(&L->acc, &res, n, k, m);
+                acc_append(&L->acc, &res, n, at + k, m);
                 L->acc.seconds += res.seconds * (double)m / (double)n; /* its share of the step */
             }
             k += (int)m;
@@ -1285,7 +1309,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
     for (int b = 0; b < B; b++) free(lanes[b].c.seq);
     free(lanes);
-    free(ids), free(pos), free(sq), free(who);
+    free(ids), free(pos), free(sq), free(who), free(run_ids), free(run_pos), free(run_sq), free(at);
     free(ans.text);
     free(lr.line);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;

@@ -1598,11 +1598,12 @@ static bool fail_cuda(RtError *err, const char *what, const char *e)
 static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *err)
 {
     Run r = run_of(cm, T, err), tail = r;
-    tail.T = tail.TT = 1, tail.row0 = T - 1; /* the logits tail on the last row alone */
+    int64_t n = cm->o.last_rows < T ? cm->o.last_rows : T;
+    tail.T = n, tail.TT = (long long)n, tail.row0 = T - n; /* the logits tail on the last n rows alone */
     cm->call++;
     char e[512];
     for (int s = first; s < last; s++) {
-        if (!run_step(cm->o.last_row && s >= cm->tail && T > 1 ? &tail : &r, &cm->steps[s])) return false;
+        if (!run_step(n > 0 && n < T && s >= cm->tail ? &tail : &r, &cm->steps[s])) return false;
         if (cm->o.sync_each && !cg_cuda_sync(cm->drv, e, sizeof e)) {
             const IrInstr *i = cm->steps[s].i;
             snprintf(err->msg, sizeof err->msg, "instruction %d (%s %%%s) failed on the GPU: %s", s, ir_op_info(i->op)->name,
@@ -1708,7 +1709,7 @@ bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, 
     return ok;
 }
 
-void cuda_model_set_last_row(CudaModel *cm, bool on) { cm->o.last_row = on; }
+void cuda_model_set_last_rows(CudaModel *cm, int64_t n) { cm->o.last_rows = n > 0 ? n : 0; }
 
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, moe_dtype *dtype, RtError *err)
 {
@@ -1724,9 +1725,10 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, m
         }
         Run r = run_of(cm, cm->last_t, err);
         char e[512];
-        size_t skip = 0; /* the logits of the last row alone (the rest was not computed): only it comes */
-        if (cm->o.last_row && cm->tail < cm->n_steps && v->def == cm->steps[cm->n_steps - 1].i)
-            skip = bytes - (size_t)cols(v) * dtype_size(v->type.dtype);
+        size_t skip = 0; /* the logits of the last rows alone (the rest was not computed): only they come */
+        if (cm->o.last_rows > 0 && cm->o.last_rows < cm->last_t && cm->tail < cm->n_steps &&
+            v->def == cm->steps[cm->n_steps - 1].i)
+            skip = (size_t)((cm->last_t - cm->o.last_rows) * cols(v)) * dtype_size(v->type.dtype);
         if (!cg_cuda_download(cm->drv, (char *)h->data + skip, addr(&r, v) + skip, bytes - skip, e, sizeof e)) {
             fail_cuda(err, "copying an output from the GPU", e);
             return NULL;
@@ -1876,4 +1878,4 @@ static bool gpu_identity(int ordinal, char *name, size_t n, char *arch, size_t a
 
 const CudaBackend cuda_backend = {cuda_model_new,     cuda_model_run,  cuda_model_output,        cuda_model_device,
                                   cuda_model_last_ms, cuda_model_free, gpu_identity,             cuda_model_set_sequences,
-                                  cuda_model_run_seqs, cuda_model_set_last_row};
+                                  cuda_model_run_seqs, cuda_model_set_last_rows};

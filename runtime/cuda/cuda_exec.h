@@ -60,9 +60,11 @@ typedef struct CudaOptions {
     bool poison;                    /* fill the arena with NaN before every call (tests: catches
                                        elements no kernel wrote)                                    */
     bool sync_each;                 /* synchronise after every instruction and name a failing one   */
-    bool last_row;                  /* the logits tail (ir_logits_tail: final norm, lm_head) on the
-                                       last row of a call alone, and only that row of the logits
-                                       downloaded: what decoding reads after a prefill             */
+    int64_t last_rows;              /* > 0: the logits tail (ir_logits_tail: final norm, lm_head) on
+                                       the last this many rows of a call alone, and only those rows
+                                       of the logits downloaded: what decoding reads after a prefill
+                                       (1), or a serving step's rows that need logits, put last;
+                                       0: every row                                                 */
     int tile[2][3];                 /* MMA tiles (m, n, k) of the grouped up and down GEMMs
                                        ({0}: the default, cg_cuda_gemm_async's or _default's)      */
     const char *tile_sched[4];      /* tuned configurations of the grouped up and down GEMMs, of
@@ -204,8 +206,9 @@ bool       cuda_model_set_sequences(CudaModel *cm, int n, RtError *err);
  * Not captured as a graph. */
 bool       cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
                                RtError *err);
-/* CudaOptions.last_row from now on (the logits tail on a call's last row alone, and only it copied). */
-void       cuda_model_set_last_row(CudaModel *cm, bool on);
+/* CudaOptions.last_rows from now on (the logits tail on a call's last n rows alone, and only they
+ * copied; 0: every row). */
+void       cuda_model_set_last_rows(CudaModel *cm, int64_t n);
 /* Instructions [first, last) only, after a full run on the same T (benchmarks time a part this way);
  * at T = 1 the range is captured as a CUDA graph, as a decode step is (the last 8 ranges kept). */
 bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos,
@@ -265,7 +268,7 @@ typedef struct CudaBackend {
     bool (*identity)(int ordinal, char *name, size_t n, char *arch, size_t arch_n, RtError *err);
     bool (*set_sequences)(CudaModel *cm, int n, RtError *err);
     bool (*run_seqs)(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T, RtError *err);
-    void (*set_last_row)(CudaModel *cm, bool on);
+    void (*set_last_rows)(CudaModel *cm, int64_t n);
 } CudaBackend;
 extern const CudaBackend cuda_backend;
 
