@@ -38,7 +38,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N]]) [--max-positions N] [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]]) [--max-positions N] [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -70,6 +70,7 @@ typedef struct {
     int top, opt_level, threads, batch;
     int64_t chunk;                /* --chunk: prompt tokens a --batch step at most                   */
     bool chunk_set;
+    bool unordered;               /* --unordered: --batch lines answered as they end, numbered      */
     int64_t generate;
     int64_t max_positions;        /* --max-positions: the caches' positions (0: the spec's)         */
     run_backend backend;
@@ -247,6 +248,10 @@ static void print_help(FILE *f)
           "                      model together, so an expert's weights serve all that picked it; each\n"
           "                      line prints what it prints alone, in the lines' order, once its\n"
           "                      sequence is done (a + line waits for the sequence it continues)\n"
+          "  --unordered         with --batch: each line's answer as soon as its sequence is done, not\n"
+          "                      after the lines before it; with --quiet, its line number and a tab\n"
+          "                      first (a report names its line anyway): a short request is not held\n"
+          "                      up by a long one before it\n"
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
           "  --max-positions N   KV caches of N positions, at most the spec's max_positions (the default):\n"
@@ -321,6 +326,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--route-stats") == 0) r->route_stats = true;
         else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
         else if (strcmp(o, "--quiet") == 0) r->quiet = true;
+        else if (strcmp(o, "--unordered") == 0) r->unordered = true;
         else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
@@ -350,6 +356,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
     if (r->chunk_set && r->batch < 2) return drv_usage("%s", "--chunk sizes the steps of --batch N (N > 1): give that too");
+    if (r->unordered && r->batch < 2)
+        return drv_usage("%s", "--unordered answers the lines of --batch N (N > 1) as they end: give that too");
     if (r->batch > 1 && r->backend == BACKEND_INTERP)
         return drv_usage("%s", "--batch runs on the CPU backend or the GPU (not --backend interp, which keeps no KV cache)");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
@@ -1061,10 +1069,12 @@ typedef struct {
     size_t text_n;
 } Lane;
 
-/* Each answered line's output by its place, printed in that order as soon as those before are. */
+/* Each answered line's output by its place, printed in that order as soon as those before are (or,
+ * --unordered, at once). */
 typedef struct {
     char **text;     /* [n] NULL: not done yet */
     int64_t n, cap, next;
+    bool now;        /* --unordered */
 } Answers;
 
 static int64_t answer_ticket(Answers *a)
@@ -1079,6 +1089,12 @@ static int64_t answer_ticket(Answers *a)
 
 static void answer_done(Answers *a, int64_t ticket, char *text)
 {
+    if (a->now) {
+        fputs(text, stdout);
+        free(text);
+        fflush(stdout);
+        return;
+    }
     a->text[ticket] = text;
     for (; a->next < a->n && a->text[a->next]; a->next++) {
         fputs(a->text[a->next], stdout);
@@ -1183,7 +1199,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             *run_sq = xmalloc((size_t)cap * sizeof *run_sq); /* the rows in the order they run (at) */
     int64_t *at = xmalloc((size_t)cap * sizeof *at);
     LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
-    Answers ans = {0};
+    Answers ans = {.now = rn->r->unordered};
     PromptLine pl;
     bool held = false, eof = false;
     int64_t started = 0, tokens = 0, steps = 0, rows = 0, busy = 0;
@@ -1204,13 +1220,16 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             int64_t ticket = answer_ticket(&ans);
             if (pl.bad) {
                 rc = 1;
-                answer_done(&ans, ticket, xstrdup(rn->r->quiet ? "\n" : ""));
+                char none[32];
+                snprintf(none, sizeof none, rn->r->quiet && ans.now ? "%lld\t\n" : rn->r->quiet ? "\n" : "", (long long)pl.line);
+                answer_done(&ans, ticket, xstrdup(none));
                 free(pl.ids);
                 continue;
             }
             L->ticket = ticket;
             L->buf = open_memstream(&L->text, &L->text_n);
             MOE_ASSERT(L->buf);
+            if (rn->r->quiet && ans.now) fprintf(L->buf, "%lld\t", (long long)pl.line);
             lane_print(rn, L);
             if (!pl.more) L->c.len = L->c.fed = 0;
             latest = (int)(L - lanes);

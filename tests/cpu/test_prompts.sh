@@ -91,6 +91,19 @@ printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/n
   [ -n "$s3" ] && [ "$s3" -gt "$s256" ] || { echo "--chunk 3: $s3 steps, not more than the default's $s256"; exit 1; }
   "$MOEPPC" run "$SPEC" --random-weights 1 --generate 2 --chunk 3 --prompts "$WORK/batch" >/dev/null 2>&1
   [ $? -eq 2 ] || { echo "--chunk without --batch: not a usage error"; exit 1; }
+  # --unordered: each answer as its sequence ends, after its line number and a tab: by number, what
+  # one line after the other answers (a bad line too); a short line that stops at its first token is
+  # answered before the long one above it, still decoding
+  U=(--random-weights 1 --device "$DEVICE" --generate 6 --quiet --prompts "$WORK/batch")
+  "$MOEPPC" run "$SPEC" "${U[@]}" 2>/dev/null | paste <(awk '{ sub(/^[ \t,]+/, "") } $0 != "" && !/^#/ { print NR }' "$WORK/batch") - >"$WORK/one.txt"
+  "$MOEPPC" run "$SPEC" "${U[@]}" --batch 3 --chunk 4 --unordered 2>/dev/null | sort -s -n -k1,1 >"$WORK/three.txt"
+  diff "$WORK/one.txt" "$WORK/three.txt" || { echo "--unordered: other answers than one by one's"; exit 1; }
+  first=$(alone "$SHORT" | cut -d" " -f1)
+  got=$(printf '%s\n%s\n' "$LONG60" "$SHORT" | "$MOEPPC" run "$SPEC" "${Q[@]}" --stop "$first" --prompts - --batch 2 --chunk 8 --unordered)
+  [ "$got" = "$(printf '2\t%s\n1\t%s' "$first" "$(alone "$LONG60")")" ] ||
+    { echo "--unordered: '$got', not the short line first"; exit 1; }
+  "$MOEPPC" run "$SPEC" "${U[@]}" --unordered >/dev/null 2>&1
+  [ $? -eq 2 ] || { echo "--unordered without --batch: not a usage error"; exit 1; }
   # a pipe answered a line at a time: the next line comes only after the answer (no waiting for it)
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 4; }
   echo "$SHORT" >&"${P[1]}"; read -r -t 30 a1 <&"${P[0]}"
