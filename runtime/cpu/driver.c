@@ -7,6 +7,7 @@
 #include "passes/passes.h"
 #include "passes/tuning.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -239,7 +240,10 @@ static void print_help(FILE *f)
           "  --prompts F         instead, a prompt a line of F (- for standard input), each run as it is\n"
           "                      read, as a new sequence on the model loaded once, or, starting with +,\n"
           "                      continuing the one before (its prompts and generated tokens stay in\n"
-          "                      the caches: a conversation's turns); blank and # lines skipped, a bad\n"
+          "                      the caches: a conversation's turns), or with +@N, line N's (while a\n"
+          "                      sequence still ends with that line's turn: with --batch, the\n"
+          "                      sequence of a done line is kept until a new line needs it, the one\n"
+          "                      idle longest first); blank and # lines skipped, a bad\n"
           "                      line reported by its number and the rest still run. Ids, or with\n"
           "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
           "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend or\n"
@@ -718,6 +722,7 @@ typedef struct {
     int32_t *seq; /* [max_positions + 1] */
     int64_t len, fed;
     int slot;
+    int64_t line; /* the --prompts line of its latest turn (what +@N names; 0: none) */
 } Conv;
 
 /* Decoding a sequence: n tokens after it, each chosen (greedy or drawn: rn->r->sample) from the last
@@ -981,6 +986,7 @@ typedef struct {
     int32_t *ids;    /* [T], or NULL when bad */
     int64_t T, line;
     bool more, bad;  /* more: starts with + */
+    int64_t of;      /* +@N: the line whose sequence it continues (0: + alone, the one before) */
     char what[64];   /* "--prompts line N", for messages */
 } PromptLine;
 
@@ -998,10 +1004,24 @@ static bool next_prompt(const Runner *rn, FILE *in, LineReader *lr, PromptLine *
         if (!too_long && (!*p || *p == '#')) continue;
         *pl = (PromptLine){.line = lr->n, .more = *p == '+'};
         snprintf(pl->what, sizeof pl->what, "--prompts line %lld", (long long)lr->n);
+        const char *body = p + pl->more;
+        if (!too_long && pl->more && *body == '@') { /* +@N */
+            char *end;
+            errno = 0;
+            long long n = isdigit((unsigned char)body[1]) ? strtoll(body + 1, &end, 10) : 0;
+            if (n <= 0 || errno || n >= lr->n) {
+                drv_err("%s, column %zu: +@N continues the sequence of an earlier line N (1 to %lld)\n", pl->what,
+                        (size_t)(body - line) + 1, (long long)lr->n - 1);
+                pl->bad = true;
+                return true;
+            }
+            pl->of = n, body = end;
+        }
+        size_t col = (size_t)(body - line) + 1;
         if (too_long) drv_err("%s: longer than %zu bytes\n", pl->what, lr->limit);
-        else if (rn->tok) pl->ids = prompt_line_text(rn, pl->what, p + pl->more, len - (size_t)pl->more, 1 + pl->more, !pl->more, &pl->T);
+        else if (rn->tok) pl->ids = prompt_line_text(rn, pl->what, body, len - (col - 1), col, !pl->more, &pl->T);
         else if (strlen(line) != len) drv_err("%s, column %zu: a NUL byte\n", pl->what, strlen(line) + 1);
-        else pl->ids = parse_ids(pl->what, pl->more ? p + 1 : p, rn->s, &pl->T);
+        else pl->ids = parse_ids(pl->what, body, rn->s, &pl->T);
         pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
         return true;
     }
@@ -1015,16 +1035,30 @@ static void no_sequence_before(PromptLine *pl)
     pl->bad = true;
 }
 
+/* A +@N line whose line N is not the latest turn of a sequence held now (held: how many are). */
+static void not_held(PromptLine *pl, int held)
+{
+    drv_err("%s: +@%lld: no sequence held now ends with line %lld's turn (%s)\n", pl->what, (long long)pl->of,
+            (long long)pl->of, held > 1 ? "a later turn continued it, a later line took its place among the --batch "
+                                          "sequences, or the line was bad"
+                                        : "only the latest sequence is held without --batch N, and only to its "
+                                          "latest turn");
+    pl->bad = true;
+}
+
 static void header(const PromptLine *pl, int64_t k)
 {
-    fprintf(say, "\n== prompt %lld (line %lld): %lld tokens%s\n", (long long)k, (long long)pl->line, (long long)pl->T,
-            pl->more ? ", continuing the sequence before it" : "");
+    fprintf(say, "\n== prompt %lld (line %lld): %lld tokens", (long long)k, (long long)pl->line, (long long)pl->T);
+    if (pl->of) fprintf(say, ", continuing line %lld's sequence", (long long)pl->of);
+    else if (pl->more) fprintf(say, ", continuing the sequence before it");
+    fprintf(say, "\n");
     fflush(say);
 }
 
 /* --prompts: each line a prompt, run as it is read (so a terminal or a pipe can feed it) on the one
  * loaded model; a line starting with + continues the sequence before it (prompts and generated
- * tokens, kept in the caches: a conversation's turns). A bad line is reported by its number and
+ * tokens, kept in the caches: a conversation's turns), +@N the sequence line N's turn ended if it is
+ * this one. A bad line is reported by its number and
  * skipped (exit status 1 at the end; with --quiet, an empty line answers it). Blank lines and lines
  * starting with # are passed over. */
 static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
@@ -1035,11 +1069,14 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
     int64_t done = 0;
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
     while (next_prompt(rn, in, &lr, &pl)) {
-        if (!pl.bad && pl.more && c.len == 0) no_sequence_before(&pl);
+        if (!pl.bad && pl.more && !pl.of && c.len == 0) no_sequence_before(&pl);
+        if (!pl.bad && pl.of && (pl.of != c.line || c.len == 0)) not_held(&pl, 1);
         if (!pl.bad) {
             if (!pl.more) c.len = c.fed = 0;
+            int64_t before = c.len;
             header(&pl, ++done);
             pl.bad = run_prompt(rn, &c, pl.ids, pl.T, stop);
+            if (c.len > before) c.line = pl.line; /* its turn joined the sequence */
         }
         if (pl.bad) rc = 1;
         if (rn->r->quiet) fprintf(answer, "\n"); /* one line an input line, an empty one for a bad line */
@@ -1064,6 +1101,7 @@ typedef struct {
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
     int64_t ticket;  /* its line's place among the answered lines */
+    int64_t idle;    /* free since this step (0: never used): a new line takes the lowest */
     FILE *buf;       /* what the line prints (an open_memstream of text, text_n) */
     char *text;
     size_t text_n;
@@ -1075,6 +1113,7 @@ typedef struct {
     char **text;     /* [n] NULL: not done yet */
     int64_t n, cap, next;
     bool now;        /* --unordered */
+    int64_t finished; /* lines done so far (a lane's idle stamp) */
 } Answers;
 
 static int64_t answer_ticket(Answers *a)
@@ -1116,6 +1155,7 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a)
     lane_print_end();
     answer_done(a, L->ticket, L->text);
     L->state = LANE_FREE;
+    L->idle = ++a->finished;
 }
 
 /* Rows at[0 .. n - 1] of every output of res (a run of T rows) after those acc has (prefill chunks,
@@ -1172,11 +1212,13 @@ static void lane_prefilled(Runner *rn, Lane *L, const StopIds *stop, Answers *an
 }
 
 /* --prompts with --batch B (the CPU backend or the GPU): a line starts as soon as one of the B
- * sequences of the model is free (a + line: when the sequence it continues has ended, in its place);
+ * sequences of the model is free (a new line: the one free longest, so that a done line's sequence
+ * stays for a +@N as long as can be; a + or +@N line: when the sequence it continues has ended, in
+ * its place);
  * then every step runs, as one run of the model, one token of each decoding sequence and up to
  * --chunk tokens of the prompts still to run (the oldest first), so the rows of all of them go through
  * the grouped GEMMs together and a long prompt stalls the decoding ones a chunk at a time. Each line
- * prints what it prints alone, after the lines before it. Reading a pipe or a terminal never waits
+ * prints what it prints alone, after the lines before it (--unordered: at once). Reading a pipe or a terminal never waits
  * while sequences run: only lines already there are read. */
 static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
 {
@@ -1211,10 +1253,15 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
                 eof = true;
                 break;
             }
-            if (!pl.bad && pl.more && latest < 0) no_sequence_before(&pl);
+            if (!pl.bad && pl.more && !pl.of && latest < 0) no_sequence_before(&pl);
+            int of = pl.more && !pl.of ? latest : -1; /* the lane it continues */
+            for (int b = 0; !pl.bad && pl.of && of < 0 && b < B; b++)
+                if (lanes[b].c.line == pl.of && lanes[b].c.len > 0) of = b;
+            if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
             Lane *L = NULL;
-            if (!pl.bad && pl.more) L = lanes[latest].state != LANE_FREE ? NULL : &lanes[latest];
-            for (int b = 0; !pl.bad && !pl.more && !L && b < B; b++) L = lanes[b].state != LANE_FREE ? NULL : &lanes[b];
+            if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
+            for (int b = 0; !pl.bad && !pl.more && b < B; b++) /* a new one: the free lane idle longest */
+                if (lanes[b].state == LANE_FREE && (!L || lanes[b].idle < L->idle)) L = &lanes[b];
             if (!pl.bad && !L) break; /* it waits for a sequence to end */
             held = false;
             int64_t ticket = answer_ticket(&ans);
@@ -1236,6 +1283,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             header(&pl, ++started);
             bool ok = prompt_start(rn, &L->c, pl.ids, pl.T, &L->from, &L->n);
             free(pl.ids);
+            if (ok) L->c.line = pl.line;
             if (!ok) {
                 rc = 1;
                 fflush(say);

@@ -63,6 +63,13 @@ whole="$LONG ${out[1]} $SHORT"
 printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/nul.txt" 2>"$WORK/nul.err"
 [ $? -eq 1 ] && grep -q "line 1, column 4: a NUL byte" "$WORK/nul.err" && [ -z "$(sed -n 1p "$WORK/nul.txt")" ] &&
   [ "$(sed -n 2p "$WORK/nul.txt")" = "$(alone "4 5")" ] || { echo "a NUL byte:"; cat "$WORK/nul.err" "$WORK/nul.txt"; exit 1; }
+# without --batch, +@N continues the sequence when line N is its latest turn; another line is named
+printf '%s\n+@1 7\n+@2 8\n+@1 9\n' "$SHORT" | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/at1.txt" 2>"$WORK/at1.err"
+rc=$? a1=$(alone "$SHORT")
+a2=$(alone "$SHORT $a1 7")
+[ $rc -eq 1 ] && [ "$(cat "$WORK/at1.txt")" = "$(printf '%s\n%s\n%s\n\n' "$a1" "$a2" "$(alone "$SHORT $a1 7 $a2 8")")" ] &&
+  grep -q "line 4: +@1: no sequence held now ends with line 1's turn (only the latest sequence is held without --batch N" "$WORK/at1.err" ||
+  { echo "+@N one line after the other: exit $rc"; cat "$WORK/at1.txt" "$WORK/at1.err"; exit 1; }
 {
   # --batch 3: up to 3 sequences decoded together (a step one row of each, and prompt chunks) print
   # what the lines print one after the other, in their order: greedy and drawn, bad lines, + turns
@@ -104,6 +111,29 @@ printf '1 2\0003\n4 5\n' | "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - >"$WORK/n
     { echo "--unordered: '$got', not the short line first"; exit 1; }
   "$MOEPPC" run "$SPEC" "${U[@]}" --unordered >/dev/null 2>&1
   [ $? -eq 2 ] || { echo "--unordered without --batch: not a usage error"; exit 1; }
+  # +@N continues line N's sequence, to its latest turn, while one of the --batch sequences holds it:
+  # two conversations interleaved, each turn what its whole sequence generates alone; a line
+  # continued since, a line not before it: named (exit 1), the rest still run
+  a1=$(alone "$SHORT") b1=$(alone "$LONG")
+  a3=$(alone "$SHORT $a1 7") b4=$(alone "$LONG $b1 8")
+  printf '%s\n%s\n+@1 7\n+@2 8\n+@3 9\n+@1 5\n+@9 1\n' "$SHORT" "$LONG" |
+    "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 >"$WORK/at.txt" 2>"$WORK/at.err"
+  rc=$?
+  [ $rc -eq 1 ] && [ "$(cat "$WORK/at.txt")" = "$(printf '%s\n%s\n%s\n%s\n%s\n\n' "$a1" "$b1" "$a3" "$b4" "$(alone "$SHORT $a1 7 $a3 9")")" ] &&
+    grep -q "line 6: +@1: no sequence held now ends with line 1's turn" "$WORK/at.err" &&
+    grep -q "line 7, column 2: +@N continues the sequence of an earlier line N (1 to 6)" "$WORK/at.err" ||
+    { echo "+@N with --batch 2: exit $rc"; cat "$WORK/at.txt" "$WORK/at.err"; exit 1; }
+  # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
+  # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
+  coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }
+  printf '%s\n%s\n' "$SHORT" "$LONG" >&"${P[1]}"; read -r -t 30 _ <&"${P[0]}"; read -r -t 30 _ <&"${P[0]}"
+  printf '+@2 7\n+@1 %s %s\n' "$LONG" "$LONG" >&"${P[1]}"; read -r -t 30 r1 <&"${P[0]}"; read -r -t 30 r2 <&"${P[0]}"
+  printf '%s\n+@4 9\n' "$SHORT" >&"${P[1]}"; read -r -t 30 r3 <&"${P[0]}"; read -r -t 30 r4 <&"${P[0]}"
+  exec {P[1]}>&-; wait
+  a4=$(alone "$SHORT $a1 $LONG $LONG")
+  [ "$r1" = "$(printf '3\t%s' "$(alone "$LONG $b1 7")")" ] && [ "$r2" = "$(printf '4\t%s' "$a4")" ] &&
+    [ "$(printf '%s\n%s\n' "$r3" "$r4" | sort -n)" = "$(printf '5\t%s\n6\t%s' "$a1" "$(alone "$SHORT $a1 $LONG $LONG $a4 9")")" ] ||
+    { echo "+@N on a pipe with --batch 2 --unordered: '$r1', '$r2', '$r3', '$r4'"; exit 1; }
   # a pipe answered a line at a time: the next line comes only after the answer (no waiting for it)
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 4; }
   echo "$SHORT" >&"${P[1]}"; read -r -t 30 a1 <&"${P[0]}"

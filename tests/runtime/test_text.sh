@@ -132,6 +132,12 @@ done
 "$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --batch 2 > "$tmp/v2.out" 2>/dev/null
 diff <(grep -v -e "^ran " -e "^ decode:" -e "^ batch:" -e "^$" "$tmp/v1.out") <(grep -v -e "^ran " -e "^ decode:" -e "^ batch:" -e "^$" "$tmp/v2.out") >/dev/null ||
   fail "text with --batch 2 reports otherwise than one by one"
+# +@N on lines of text: line 3 continues line 1's sequence with the text after the number, as a + line
+# right after line 1 does
+printf 'the city\nnew\\nline\n+@1 and more\n' > "$tmp/at.txt" && printf 'the city\n+ and more\n' > "$tmp/plus.txt"
+at=$("$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/at.txt" --generate 5 --quiet --batch 2 | sed -n 3p)
+plus=$("$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts "$tmp/plus.txt" --generate 5 --quiet | sed -n 2p)
+[ -n "$plus" ] && [ "$at" = "$plus" ] || fail "+@1 and more: '$at', + and more after line 1: '$plus'"
 "${R[@]}" --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 > "$tmp/pv.out" 2>/dev/null
 "$PY" - "$TK" "$tmp/pv.out" <<'PYEOF' || fail "--prompts: a + line's ids are not its text's, without BOS"
 import re, sys, sentencepiece as spm
