@@ -139,6 +139,28 @@ typedef struct HostOut {
     size_t bytes;
 } HostOut;
 
+/* What a captured graph ran: steps [first, last) on T rows, the logits tail on the last `tail` of them
+ * (0: all), the rows' sequences seq[T] (a copy; NULL: sequence 0's alone). The launches depend on
+ * nothing else: the positions and ids are read on the GPU, and the arena is laid out for T. */
+typedef struct GraphKey {
+    int first, last;
+    int64_t T, tail;
+    int32_t *seq;
+} GraphKey;
+
+static bool graph_key_is(const GraphKey *k, const GraphKey *q)
+{
+    return k->first == q->first && k->last == q->last && k->T == q->T && k->tail == q->tail && !k->seq == !q->seq &&
+           (!k->seq || !memcmp(k->seq, q->seq, (size_t)k->T * sizeof *k->seq));
+}
+
+static GraphKey graph_key_copy(const GraphKey *q)
+{
+    GraphKey k = *q;
+    if (q->seq) k.seq = memcpy(xmalloc((size_t)q->T * sizeof *q->seq), q->seq, (size_t)q->T * sizeof *q->seq);
+    return k;
+}
+
 struct CudaModel {
     const IrModule *m;
     const WeightSet *w;
@@ -169,10 +191,12 @@ struct CudaModel {
     size_t attn_part_bytes, attn_cnt_n;
     size_t scratch_per_t;           /* route scratch floats per token                                   */
     size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit       */
-    struct { int first, last, ops; void *g; } graphs[8]; /* T = 1 step ranges (the decode step: all
-                                       of them) captured as CUDA graphs, for this cap_t; round robin;
-                                       ops: the GPU operations each holds                      */
+    struct { GraphKey key; int ops; void *g; } graphs[8]; /* step ranges captured as CUDA graphs, for
+                                       this cap_t: T = 1 (the decode step: all of them), and runs of
+                                       several sequences' rows seen twice in a row (a --batch decode
+                                       step); round robin; ops: the GPU operations each holds      */
     int n_graphs;
+    GraphKey seen;                  /* the last run of several sequences' rows (its seq copied)      */
     void *ev0, *ev1;
     double last_ms;
     int ops;                        /* the GPU operations (launches, fills, copies) of the last call */
@@ -949,7 +973,10 @@ static double bytes_needed(const IrModule *m, int64_t max_positions, bool weight
 static void model_free_buffers(CudaModel *cm)
 {
     if (!cm->drv || cm->o.caller_workspace) return; /* there, they are addresses in the caller's workspace */
-    for (int j = 0; j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++) cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
+    for (int j = 0; j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++) {
+        cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
+        free(cm->graphs[j].key.seq);
+    }
     cm->n_graphs = 0;
     uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
@@ -1632,12 +1659,20 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
     if (!ensure_capacity(cm, T, err)) return false;
     char e[512];
     /* A decode step (T = 1) runs as a CUDA graph: its launch gaps are the GPU's, not the host's. Any
-     * range of steps does (the benchmarks time the MoE block and the GEMMs of a decode step so). */
-    bool use_graph = T == 1 && !cm->seq && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
+     * range of steps does (the benchmarks time the MoE block and the GEMMs of a decode step so). So
+     * does a run of several sequences' rows laid out as the run before it (--batch decoding the
+     * same sequences step after step; a layout seen once is not captured). */
+    GraphKey key = {first, last, T, cm->o.last_rows < T ? cm->o.last_rows : 0, (int32_t *)cm->seq};
+    bool use_graph = (T == 1 || cm->seq) && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
     void *graph = NULL;
     int graph_ops = 0;
     for (int j = 0; use_graph && j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++)
-        if (cm->graphs[j].first == first && cm->graphs[j].last == last) graph = cm->graphs[j].g, graph_ops = cm->graphs[j].ops;
+        if (graph_key_is(&cm->graphs[j].key, &key)) graph = cm->graphs[j].g, graph_ops = cm->graphs[j].ops;
+    bool capture = use_graph && !graph && (!cm->seq || graph_key_is(&cm->seen, &key));
+    if (cm->seq && !graph_key_is(&cm->seen, &key)) {
+        free(cm->seen.seq);
+        cm->seen = graph_key_copy(&key);
+    }
     cm->ops = graph_ops;
     if (!cg_cuda_event_record(cm->drv, cm->ev0, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
@@ -1657,19 +1692,22 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
     float ms = 0;
     if (cg_cuda_event_ms(cm->drv, cm->ev0, cm->ev1, &ms, e, sizeof e)) cm->last_ms = ms;
     cm->last_t = T;
-    if (use_graph && !graph) { /* the first such step ran eagerly; capture it for the next ones */
+    if (capture) { /* the first such step ran eagerly; capture it for the next ones */
         if (!cg_cuda_capture_begin(cm->drv, e, sizeof e)) return fail_cuda(err, "capturing the decode step", e);
         int ops = cm->ops;
         cm->ops = 0;
-        bool ok = run_range(cm, first, last, 1, err);
+        bool ok = run_range(cm, first, last, T, err);
         MOE_ASSERT(!ok || cm->ops == ops); /* the graph holds what the eager call ran */
         void *g = NULL;
         bool ended = cg_cuda_capture_end(cm->drv, &g, e, sizeof e);
         if (!ok) return false;
         if (!ended) return fail_cuda(err, "capturing the decode step", e);
         int j = cm->n_graphs++ % (int)MOE_ARRAY_LEN(cm->graphs); /* the oldest goes when all are taken */
-        if (cm->n_graphs > (int)MOE_ARRAY_LEN(cm->graphs)) cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
-        cm->graphs[j].first = first, cm->graphs[j].last = last, cm->graphs[j].ops = ops, cm->graphs[j].g = g;
+        if (cm->n_graphs > (int)MOE_ARRAY_LEN(cm->graphs)) {
+            cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
+            free(cm->graphs[j].key.seq);
+        }
+        cm->graphs[j].key = graph_key_copy(&key), cm->graphs[j].ops = ops, cm->graphs[j].g = g;
     }
     return true;
 }
@@ -1776,6 +1814,7 @@ void cuda_model_free(CudaModel *cm)
     }
     for (int k = 0; k < cm->m->n_outputs; k++) free(cm->outs[k].data);
     free(cm->outs);
+    free(cm->seen.seq);
     free(cm->k);
     free(cm->allocs);
     free(cm->wmap);

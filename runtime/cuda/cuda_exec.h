@@ -203,7 +203,8 @@ bool       cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos,
 bool       cuda_model_set_sequences(CudaModel *cm, int n, RtError *err);
 /* T tokens of several sequences in one run: token t of sequence seq[t] at position pos[t], which
  * attends to that sequence's caches alone (cpu_model_run_seqs' contract); NULL seq: cuda_model_run.
- * Not captured as a graph. */
+ * A run laid out as the one before it (the same T, rows' sequences and last_rows: --batch decoding the
+ * same sequences step after step) is captured as a CUDA graph and replayed while the layout holds. */
 bool       cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
                                RtError *err);
 /* CudaOptions.last_rows from now on (the logits tail on a call's last n rows alone, and only they
