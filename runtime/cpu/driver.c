@@ -39,7 +39,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]]) [--max-positions N] [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse]) [--max-positions N] [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -62,6 +62,7 @@ typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
     bool random, route_stats, ignore_eos, perplexity, quiet, no_bos;
+    bool no_reuse;                /* --no-prefix-reuse: every prompt run whole                       */
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
     uint64_t sample_seed;
@@ -258,6 +259,11 @@ static void print_help(FILE *f)
           "                      up by a long one before it\n"
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
+          "  --no-prefix-reuse   with --prompts: run every prompt whole; by default a new line whose\n"
+          "                      first tokens are those of a sequence the caches hold (the one before,\n"
+          "                      or with --batch a done line's) runs only the rest, where nothing but\n"
+          "                      its last position's logits is printed (--quiet or --top 0, no\n"
+          "                      --perplexity or --route-stats)\n"
           "  --max-positions N   KV caches of N positions, at most the spec's max_positions (the default):\n"
           "                      a sequence ends there; less memory a sequence, more of them (--batch)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
@@ -332,6 +338,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--quiet") == 0) r->quiet = true;
         else if (strcmp(o, "--unordered") == 0) r->unordered = true;
         else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
+        else if (strcmp(o, "--no-prefix-reuse") == 0) r->no_reuse = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
@@ -360,6 +367,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
     if (r->chunk_set && r->batch < 2) return drv_usage("%s", "--chunk sizes the steps of --batch N (N > 1): give that too");
+    if (r->no_reuse && !r->prompts) return drv_usage("%s", "--no-prefix-reuse applies to the lines of --prompts: give that too");
     if (r->unordered && r->batch < 2)
         return drv_usage("%s", "--unordered answers the lines of --batch N (N > 1) as they end: give that too");
     if (r->batch > 1 && r->backend == BACKEND_INTERP)
@@ -723,7 +731,22 @@ typedef struct {
     int64_t len, fed;
     int slot;
     int64_t line; /* the --prompts line of its latest turn (what +@N names; 0: none) */
+    int64_t reused; /* its latest prompt's first tokens that were in the caches already (prefix_reuse) */
 } Conv;
+
+/* A new sequence on c's caches whose first tokens ids[T] may be those c holds (its fed positions):
+ * how many of them to keep rather than run again — a prompt that repeats the one before, or a
+ * conversation sent whole again, or a shared system prompt, runs only what is new. None where a row's
+ * outputs before the last are printed (a prompt's predictions, perplexity, routing), with the
+ * interpreter (no caches) or with --no-prefix-reuse; at most T - 1, as the last position's logits
+ * must come from a run. */
+static int64_t prefix_reuse(const Runner *rn, const Conv *c, const int32_t *ids, int64_t T)
+{
+    if (!rn->last_only || rn->r->route_stats || rn->r->no_reuse || rn->r->backend == BACKEND_INTERP) return 0;
+    int64_t n = 0;
+    while (n < c->fed && n < T - 1 && c->seq[n] == ids[n]) n++;
+    return n;
+}
 
 /* Decoding a sequence: n tokens after it, each chosen (greedy or drawn: rn->r->sample) from the last
  * logits and fed back at the next position; early at a stop token or max_positions. */
@@ -867,13 +890,15 @@ static int prompt_report(Runner *rn, Conv *c, const EvalResult *res, int64_t fro
     const RunArgs *r = rn->r;
     const EvalTensor *logits = eval_output(res, "logits");
     if (rn->gpu)
-        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s\n", (long long)n,
+        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s", (long long)n,
                 res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
     else
-        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s\n", (long long)n, res->seconds,
+        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s", (long long)n, res->seconds,
                 (double)n / res->seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                 : "CPU backend (JIT-compiled kernels)")
                 : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
+    if (c->reused) fprintf(say, "; the %lld before them were in the caches", (long long)c->reused);
+    fprintf(say, "\n");
     if (!rn->last_only) print_predictions(logits, c->fed - from, from, c->seq + from, r->top, r->perplexity, say);
     print_route_stats(rn->s, res, r->route_stats, say);
     if (r->route_stats) print_ffn_work(rn, n);
@@ -1072,10 +1097,11 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
         if (!pl.bad && pl.more && !pl.of && c.len == 0) no_sequence_before(&pl);
         if (!pl.bad && pl.of && (pl.of != c.line || c.len == 0)) not_held(&pl, 1);
         if (!pl.bad) {
-            if (!pl.more) c.len = c.fed = 0;
+            c.reused = pl.more ? 0 : prefix_reuse(rn, &c, pl.ids, pl.T);
+            if (!pl.more) c.len = c.fed = c.reused;
             int64_t before = c.len;
             header(&pl, ++done);
-            pl.bad = run_prompt(rn, &c, pl.ids, pl.T, stop);
+            pl.bad = run_prompt(rn, &c, pl.ids + c.reused, pl.T - c.reused, stop);
             if (c.len > before) c.line = pl.line; /* its turn joined the sequence */
         }
         if (pl.bad) rc = 1;
@@ -1260,8 +1286,12 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
             Lane *L = NULL;
             if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
-            for (int b = 0; !pl.bad && !pl.more && b < B; b++) /* a new one: the free lane idle longest */
-                if (lanes[b].state == LANE_FREE && (!L || lanes[b].idle < L->idle)) L = &lanes[b];
+            int64_t reuse = 0, most = 0; /* a new one: the free lane whose caches hold most of it (8 tokens */
+            for (int b = 0; !pl.bad && !pl.more && b < B; b++) { /* at least: a BOS or a word does not count, */
+                if (lanes[b].state != LANE_FREE) continue;       /* it would evict a warm sequence), else the */
+                int64_t k = prefix_reuse(rn, &lanes[b].c, pl.ids, pl.T), by = k >= 8 ? k : 0; /* one idle longest */
+                if (!L || by > most || (by == most && lanes[b].idle < L->idle)) L = &lanes[b], most = by, reuse = k;
+            }
             if (!pl.bad && !L) break; /* it waits for a sequence to end */
             held = false;
             int64_t ticket = answer_ticket(&ans);
@@ -1278,10 +1308,11 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             MOE_ASSERT(L->buf);
             if (rn->r->quiet && ans.now) fprintf(L->buf, "%lld\t", (long long)pl.line);
             lane_print(rn, L);
-            if (!pl.more) L->c.len = L->c.fed = 0;
+            L->c.reused = reuse;
+            if (!pl.more) L->c.len = L->c.fed = reuse;
             latest = (int)(L - lanes);
             header(&pl, ++started);
-            bool ok = prompt_start(rn, &L->c, pl.ids, pl.T, &L->from, &L->n);
+            bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
             free(pl.ids);
             if (ok) L->c.line = pl.line;
             if (!ok) {

@@ -70,6 +70,20 @@ a2=$(alone "$SHORT $a1 7")
 [ $rc -eq 1 ] && [ "$(cat "$WORK/at1.txt")" = "$(printf '%s\n%s\n%s\n\n' "$a1" "$a2" "$(alone "$SHORT $a1 7 $a2 8")")" ] &&
   grep -q "line 4: +@1: no sequence held now ends with line 1's turn (only the latest sequence is held without --batch N" "$WORK/at1.err" ||
   { echo "+@N one line after the other: exit $rc"; cat "$WORK/at1.txt" "$WORK/at1.err"; exit 1; }
+# a new line whose first tokens the caches hold (the sequence before it) runs only the rest where
+# only its last logits are read: the same answers as alone; whole with --no-prefix-reuse, --top 1 or
+# --route-stats
+printf '%s\n%s 1 2\n%s\n' "$LONG" "$LONG" "$LONG" >"$WORK/reuse"
+"$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/reuse" >"$WORK/reuse.txt" &&
+  [ "$(cat "$WORK/reuse.txt")" = "$(printf '%s\n%s\n%s' "$(alone "$LONG")" "$(alone "$LONG 1 2")" "$(alone "$LONG")")" ] ||
+  { echo "prefix reuse: other answers than alone:"; cat "$WORK/reuse.txt"; exit 1; }
+ran() { "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --prompts "$WORK/reuse" "$@" | grep "^ran " |
+          sed 's/^ran \([0-9]*\) tokens.*in the caches$/\1 after reuse/; s/^ran \([0-9]*\) tokens.*/\1/' | paste -sd,; }
+r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran --top 0 --route-stats)
+[ "$r0" = "10,2 after reuse,1 after reuse" ] && [ "$r1" = "10,12,10" ] && [ "$r2" = "$r1" ] && [ "$r3" = "$r1" ] ||
+  { echo "prefix reuse: tokens run '$r0', --no-prefix-reuse '$r1', --top 1 '$r2', --route-stats '$r3'"; exit 1; }
+"$MOEPPC" run "$SPEC" "${Q[@]}" --ids 1 --no-prefix-reuse >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "--no-prefix-reuse without --prompts: not a usage error"; exit 1; }
 {
   # --batch 3: up to 3 sequences decoded together (a step one row of each, and prompt chunks) print
   # what the lines print one after the other, in their order: greedy and drawn, bad lines, + turns
@@ -123,6 +137,13 @@ a2=$(alone "$SHORT $a1 7")
     grep -q "line 6: +@1: no sequence held now ends with line 1's turn" "$WORK/at.err" &&
     grep -q "line 7, column 2: +@N continues the sequence of an earlier line N (1 to 6)" "$WORK/at.err" ||
     { echo "+@N with --batch 2: exit $rc"; cat "$WORK/at.txt" "$WORK/at.err"; exit 1; }
+  # a new line takes the done sequence whose caches hold most of it (here not the one idle longest),
+  # and runs only the rest
+  printf '%s\n%s\n%s 1 2\n' "$SHORT" "$LONG" "$LONG" >"$WORK/reuse2"
+  "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --top 0 --prompts "$WORK/reuse2" --batch 2 >"$WORK/r2.txt" &&
+    grep -q "^ran 2 tokens.*; the 10 before them were in the caches" "$WORK/r2.txt" &&
+    [ "$("$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/reuse2" --batch 2 | tail -1)" = "$(alone "$LONG 1 2")" ] ||
+    { echo "prefix reuse with --batch 2:"; cat "$WORK/r2.txt"; exit 1; }
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
   # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }
