@@ -757,6 +757,29 @@ bool cpu_model_set_sequences(CpuModel *cm, int n, RtError *err)
 
 int cpu_model_sequences(const CpuModel *cm) { return cm->n_seqs; }
 
+bool cpu_model_copy_sequence(CpuModel *cm, int from, int to, int64_t positions, RtError *err)
+{
+    if (from < 0 || from >= cm->n_seqs || to < 0 || to >= cm->n_seqs || positions < 0 || positions > cm->max_pos) {
+        snprintf(err->msg, sizeof err->msg, "copying %lld positions of sequence %d to sequence %d: outside the %d "
+                 "sequences of %lld positions", (long long)positions, from, to, cm->n_seqs, (long long)cm->max_pos);
+        return false;
+    }
+    if (from == to || positions == 0) return true;
+    int64_t cap = cg_attention_cap(cm->max_pos), tiles = (positions + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS;
+    for (int s = 0; s < cm->n_steps; s++) {
+        const Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_ATTENTION) continue;
+        int64_t G = ir_attr_int(st->i, "kv_heads"), hd = cols(st->i->in[1]) / G;
+        size_t es = dtype_size(st->kv_dt), head = (size_t)(cap * hd) * es; /* a kv head's keys, and its values */
+        for (int64_t g = 0; g < G; g++) { /* its first whole key tiles; its first value rows */
+            size_t at = (size_t)g * head;
+            memcpy((char *)st->kt[to] + at, (const char *)st->kt[from] + at, (size_t)(tiles * CG_ATTENTION_KT_KEYS * hd) * es);
+            memcpy((char *)st->vc[to] + at, (const char *)st->vc[from] + at, (size_t)(positions * hd) * es);
+        }
+    }
+    return true;
+}
+
 bool cpu_model_run_seqs(CpuModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
                         RtError *err)
 {

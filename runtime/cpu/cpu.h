@@ -82,6 +82,10 @@ void      cpu_model_set_workspace(CpuModel *cm, void *ws, int64_t max_t);
  * cpu_model_run_seqs. False with a message where the memory for them is missing (nothing changed). */
 bool      cpu_model_set_sequences(CpuModel *cm, int n, RtError *err);
 int       cpu_model_sequences(const CpuModel *cm);
+/* Positions 0 .. positions - 1 of sequence from's KV caches into sequence to's (a fork: `to` then
+ * goes on from what `from` held there; its later positions are left to be written). False with a
+ * message for a sequence or a count out of range. */
+bool      cpu_model_copy_sequence(CpuModel *cm, int from, int to, int64_t positions, RtError *err);
 /* Run T tokens of several sequences at once (a serving batch): token t of sequence seq[t] (< the n
  * of cpu_model_set_sequences) at position pos[t] of it, which attends to that sequence's cache
  * positions 0 .. pos[t] alone; every other op is row-wise. A decode step of B sequences is B rows

@@ -260,10 +260,10 @@ static void print_help(FILE *f)
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
           "  --no-prefix-reuse   with --prompts: run every prompt whole; by default a new line whose\n"
-          "                      first tokens are those of a sequence the caches hold (the one before,\n"
-          "                      or with --batch a done line's) runs only the rest, where nothing but\n"
-          "                      its last position's logits is printed (--quiet or --top 0, no\n"
-          "                      --perplexity or --route-stats)\n"
+          "                      first tokens are those of a sequence the caches hold (the one before;\n"
+          "                      with --batch any, copied over: a shared system prompt runs once) runs\n"
+          "                      only the rest, where nothing but its last position's logits is\n"
+          "                      printed (--quiet or --top 0, no --perplexity or --route-stats)\n"
           "  --max-positions N   KV caches of N positions, at most the spec's max_positions (the default):\n"
           "                      a sequence ends there; less memory a sequence, more of them (--batch)\n"
           "  --quiet             print nothing but the generated ids (with --tokenizer, text, escaped\n"
@@ -734,6 +734,15 @@ typedef struct {
     int64_t reused; /* its latest prompt's first tokens that were in the caches already (prefix_reuse) */
 } Conv;
 
+/* How many of ids[T]'s first tokens are c's first `upto` (at most T - 1), where prefixes are reused. */
+static int64_t prefix_held(const Runner *rn, const Conv *c, int64_t upto, const int32_t *ids, int64_t T)
+{
+    if (!rn->last_only || rn->r->route_stats || rn->r->no_reuse || rn->r->backend == BACKEND_INTERP) return 0;
+    int64_t n = 0;
+    while (n < upto && n < T - 1 && c->seq[n] == ids[n]) n++;
+    return n;
+}
+
 /* A new sequence on c's caches whose first tokens ids[T] may be those c holds (its fed positions):
  * how many of them to keep rather than run again — a prompt that repeats the one before, or a
  * conversation sent whole again, or a shared system prompt, runs only what is new. None where a row's
@@ -742,10 +751,7 @@ typedef struct {
  * must come from a run. */
 static int64_t prefix_reuse(const Runner *rn, const Conv *c, const int32_t *ids, int64_t T)
 {
-    if (!rn->last_only || rn->r->route_stats || rn->r->no_reuse || rn->r->backend == BACKEND_INTERP) return 0;
-    int64_t n = 0;
-    while (n < c->fed && n < T - 1 && c->seq[n] == ids[n]) n++;
-    return n;
+    return prefix_held(rn, c, c->fed, ids, T);
 }
 
 /* Decoding a sequence: n tokens after it, each chosen (greedy or drawn: rn->r->sample) from the last
@@ -1208,6 +1214,40 @@ static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const 
     }
 }
 
+/* Prefixes shared by sequences count from this many tokens: a BOS or a word in common does not take a
+ * warm sequence's place, nor wait. */
+enum { SHARED_PREFIX_MIN = 8 };
+
+/* The lane for a new line ids[T], and how many of its first tokens its caches hold (*reuse, run no
+ * more): the free lane whose caches hold most of them, else the one idle longest (what a +@N may
+ * still want is kept longest); where another lane's caches hold more, their first positions are
+ * copied over (a fork: a shared system prompt runs once for all). NULL when none is free, or when a
+ * lane still running its prompt will hold more of it than any holds now (SHARED_PREFIX_MIN more): the
+ * line waits for that rather than run the same tokens beside it. */
+static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_t T, int64_t *reuse)
+{
+    Lane *L = NULL, *from = NULL;
+    int64_t most = 0, there = 0, soon = 0;
+    for (int b = 0; b < B; b++) {
+        int64_t k = prefix_reuse(rn, &lanes[b].c, ids, T), by = k >= SHARED_PREFIX_MIN ? k : 0;
+        int64_t will = lanes[b].state == LANE_PREFILL ? prefix_held(rn, &lanes[b].c, lanes[b].c.len, ids, T) : 0;
+        soon = will > soon ? will : soon;
+        if (by > there) from = &lanes[b], there = by;
+        if (lanes[b].state == LANE_FREE && (!L || by > most || (by == most && lanes[b].idle < L->idle)))
+            L = &lanes[b], most = by, *reuse = k;
+    }
+    if (!L || soon >= there + SHARED_PREFIX_MIN) return NULL;
+    if (from && there > *reuse) {
+        RtError err = {{0}};
+        if (rn->gpu ? cfg->cuda->copy_sequence(rn->gpu, from->c.slot, L->c.slot, there, &err)
+                    : cpu_model_copy_sequence(rn->cm, from->c.slot, L->c.slot, there, &err)) {
+            memcpy(L->c.seq, from->c.seq, (size_t)there * sizeof *L->c.seq);
+            L->c.fed = there, *reuse = there;
+        } else drv_err("%s (the prompt runs whole)\n", err.msg);
+    }
+    return L;
+}
+
 /* Whether a line can be read without waiting (a pipe or a terminal: poll). */
 static bool readable(FILE *in)
 {
@@ -1286,12 +1326,8 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
             Lane *L = NULL;
             if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
-            int64_t reuse = 0, most = 0; /* a new one: the free lane whose caches hold most of it (8 tokens */
-            for (int b = 0; !pl.bad && !pl.more && b < B; b++) { /* at least: a BOS or a word does not count, */
-                if (lanes[b].state != LANE_FREE) continue;       /* it would evict a warm sequence), else the */
-                int64_t k = prefix_reuse(rn, &lanes[b].c, pl.ids, pl.T), by = k >= 8 ? k : 0; /* one idle longest */
-                if (!L || by > most || (by == most && lanes[b].idle < L->idle)) L = &lanes[b], most = by, reuse = k;
-            }
+            int64_t reuse = 0;
+            if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, &reuse);
             if (!pl.bad && !L) break; /* it waits for a sequence to end */
             held = false;
             int64_t ticket = answer_ticket(&ans);

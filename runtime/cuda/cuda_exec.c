@@ -1747,6 +1747,25 @@ bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, 
     return ok;
 }
 
+bool cuda_model_copy_sequence(CudaModel *cm, int from, int to, int64_t positions, RtError *err)
+{
+    if (from < 0 || from >= cm->n_seqs || to < 0 || to >= cm->n_seqs || positions < 0 || positions > cm->max_pos) {
+        snprintf(err->msg, sizeof err->msg, "copying %lld positions of sequence %d to sequence %d: outside the %d "
+                 "sequences of %lld positions", (long long)positions, from, to, cm->n_seqs, (long long)cm->max_pos);
+        return false;
+    }
+    char e[512];
+    for (int s = 0; s < cm->n_steps && from != to && positions > 0; s++) {
+        const Step *st = &cm->steps[s];
+        if (st->i->op != IR_OP_ATTENTION) continue;
+        size_t bytes = (size_t)(positions * cols(st->i->in[1])) * (st->d.wdtype == DT_F32 ? sizeof(float) : 2); /* [pos][cols] */
+        if (!cg_cuda_copy_async(cm->drv, st->kcs[to], st->kcs[from], bytes, e, sizeof e) ||
+            !cg_cuda_copy_async(cm->drv, st->vcs[to], st->vcs[from], bytes, e, sizeof e))
+            return fail_cuda(err, "copying a sequence's KV caches", e);
+    }
+    return true;
+}
+
 void cuda_model_set_last_rows(CudaModel *cm, int64_t n) { cm->o.last_rows = n > 0 ? n : 0; }
 
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *ncols, moe_dtype *dtype, RtError *err)
@@ -1917,4 +1936,5 @@ static bool gpu_identity(int ordinal, char *name, size_t n, char *arch, size_t a
 
 const CudaBackend cuda_backend = {cuda_model_new,     cuda_model_run,  cuda_model_output,        cuda_model_device,
                                   cuda_model_last_ms, cuda_model_free, gpu_identity,             cuda_model_set_sequences,
-                                  cuda_model_run_seqs, cuda_model_set_last_rows};
+                                  cuda_model_run_seqs, cuda_model_set_last_rows,
+                                  cuda_model_copy_sequence};

@@ -201,6 +201,8 @@ bool       cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos,
 /* Sequences (moeppc run --batch): from now on the model keeps KV caches for n sequences (n at least
  * the number it has; sequence 0 is cuda_model_run's); false with a message where GPU memory lacks. */
 bool       cuda_model_set_sequences(CudaModel *cm, int n, RtError *err);
+/* cpu_model_copy_sequence's contract, on the GPU (device-to-device copies on the model's stream). */
+bool       cuda_model_copy_sequence(CudaModel *cm, int from, int to, int64_t positions, RtError *err);
 /* T tokens of several sequences in one run: token t of sequence seq[t] at position pos[t], which
  * attends to that sequence's caches alone (cpu_model_run_seqs' contract); NULL seq: cuda_model_run.
  * A run laid out as the one before it (the same T, rows' sequences and last_rows: --batch decoding the
@@ -270,6 +272,7 @@ typedef struct CudaBackend {
     bool (*set_sequences)(CudaModel *cm, int n, RtError *err);
     bool (*run_seqs)(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T, RtError *err);
     void (*set_last_rows)(CudaModel *cm, int64_t n);
+    bool (*copy_sequence)(CudaModel *cm, int from, int to, int64_t positions, RtError *err);
 } CudaBackend;
 extern const CudaBackend cuda_backend;
 

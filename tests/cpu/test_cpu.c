@@ -192,7 +192,8 @@ static void test_decode_on_kv_cache(void **state)
 
 /* Several sequences in one run (cpu_model_run_seqs): a prefill of three prompts whose rows are mixed
  * (one prompt's in two runs with another's between), then decode steps of one row a sequence in
- * turning orders; every row's logits equal the interpreter's on that sequence alone. A sequence
+ * turning orders; every row's logits equal the interpreter's on that sequence alone; then a fork
+ * (cpu_model_copy_sequence: a part of a key tile) goes on as the sequence it copied. A sequence
  * outside the model's is refused, and so are caches the memory cannot hold. */
 static void test_batched_sequences(void **state)
 {
@@ -239,6 +240,21 @@ static void test_batched_sequences(void **state)
         }
         printf("%-12s 3 sequences batched (a mixed prefill, %d decode steps) vs each alone in the interpreter: "
                "worst rel err %.3g\n", specs[k], STEPS, worst);
+        /* a fork: sequence 2's first 9 positions copied over sequence 0's, which then goes on with
+         * sequence 2's tokens 9 .. 15 (its own later positions overwritten) as sequence 2 alone */
+        assert_true(cpu_model_copy_sequence(cm, 2, 0, 9, &err));
+        for (int t = 0; t < 7; t++) ids[t] = seqs[2][9 + t], pos[t] = 9 + t, sq[t] = 0;
+        assert_true(cpu_model_run_seqs(cm, ids, pos, sq, 7, &err));
+        EvalResult ref;
+        int32_t p[MAXLEN];
+        for (int j = 0; j < MAXLEN; j++) p[j] = j;
+        assert_true(ir_eval(m, w, seqs[2], p, 16, EVAL_F64, &ref, &err));
+        int64_t V;
+        const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+        assert_true(rel_err(logits, eval_output(&ref, "logits")->data + 9 * V, 7, V) <= 1e-5);
+        ir_eval_result_free(&ref);
+        assert_false(cpu_model_copy_sequence(cm, 0, NS, 1, &err));
+        assert_non_null(strstr(err.msg, "outside the 3 sequences"));
         sq[0] = NS;
         assert_false(cpu_model_run_seqs(cm, ids, pos, sq, 1, &err));
         assert_non_null(strstr(err.msg, "sequence 3 of token 0 is outside [0, 3)"));

@@ -144,6 +144,13 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     grep -q "^ran 2 tokens.*; the 10 before them were in the caches" "$WORK/r2.txt" &&
     [ "$("$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/reuse2" --batch 2 | tail -1)" = "$(alone "$LONG 1 2")" ] ||
     { echo "prefix reuse with --batch 2:"; cat "$WORK/r2.txt"; exit 1; }
+  # lines that start together with a shared prefix: the second waits for the first's prompt, then
+  # its caches' first positions are copied (a fork) and only the rest runs; answers as alone
+  printf '%s\n%s 1 2\n%s 3\n' "$LONG" "$LONG" "$LONG" >"$WORK/fork"
+  "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --top 0 --prompts "$WORK/fork" --batch 3 >"$WORK/f.txt" &&
+    [ "$(grep -c "^ran [12] tokens.*; the 10 before them were in the caches" "$WORK/f.txt")" -eq 2 ] &&
+    [ "$("$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/fork" --batch 3)" = "$(printf '%s\n%s\n%s' "$(alone "$LONG")" "$(alone "$LONG 1 2")" "$(alone "$LONG 3")")" ] ||
+    { echo "a fork of a shared prefix with --batch 3:"; cat "$WORK/f.txt"; exit 1; }
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
   # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }

@@ -471,6 +471,21 @@ static void test_batched_sequences(void **state)
         }
         printf("  %-12s 3 sequences batched on the GPU (a mixed prefill, %d decode steps) vs each alone in the "
                "interpreter: worst rel err %.3g (tolerance %.0e)\n", s.name, STEPS, worst, tolerance(&s));
+        /* a fork: sequence 2's first 40 positions copied over sequence 0's, which then goes on with
+         * sequence 2's tokens 40 .. 53 as sequence 2 alone */
+        assert_true(cuda_model_copy_sequence(cm, 2, 0, 40, &err));
+        for (int t = 0; t < 14; t++) ids[t] = seqs[2][40 + t], pos[t] = 40 + t, sq[t] = 0;
+        cuda_model_set_last_rows(cm, 0);
+        assert_true(cuda_model_run_seqs(cm, ids, pos, sq, 14, &err));
+        int64_t V;
+        moe_dtype dt;
+        const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
+        assert_non_null(logits);
+        double e = rel_err(logits, eval_output(&ref[2], "logits")->data + 40 * V, V, 0, 14);
+        printf("  %-12s a fork (40 positions copied, 14 more run): rel err %.3g\n", s.name, e);
+        assert_true(e <= tolerance(&s));
+        assert_false(cuda_model_copy_sequence(cm, 0, NS, 1, &err));
+        assert_non_null(strstr(err.msg, "outside the 3 sequences"));
         sq[0] = NS;
         assert_false(cuda_model_run_seqs(cm, ids, pos, sq, 1, &err));
         assert_non_null(strstr(err.msg, "sequence 3 of token 0 is outside [0, 3)"));
