@@ -15,7 +15,8 @@
 #      first GPU runs of wgmma, TMA and programmatic launches on the tiny models, tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
 #      with its database at the table's T (issue 6's speed-up), the 7B layer's A/Bs, decoding A/Bs,
-#      batched decoding (--batch 8 against one by one), the embedding library (step 4's), the
+#      batched decoding (--batch 8 against one by one), a shared prefix (forked against run whole),
+#      the embedding library (step 4's), the
 #      vanilla and own-routing benches;
 #      and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
@@ -190,6 +191,19 @@ EOF
     grep "^ generated" "$out/batch1.txt" >"$out/batch1.ids"; grep "^ generated" "$out/batch8.txt" >"$out/batch8.ids"
     cmp -s "$out/batch1.ids" "$out/batch8.ids" && echo "the same tokens either way" ||
       echo "!! --batch 8 generated other tokens than one by one (a bf16 near-tie, or a fault: see $out/batch*.txt)"
+  fi
+  if more "shared prefix"; then
+    step "--batch 8, 8 prompts of a shared 500-token prefix and 12 ids each: prefix reuse (the first prompt's caches forked) against --no-prefix-reuse (moepp-0.6b)"
+    awk 'BEGIN { s = ""; for (t = 0; t < 500; t++) s = s " " (3 + (t * 104729) % 31997)
+                 for (p = 0; p < 8; p++) { l = s; for (t = 0; t < 12; t++) l = l " " (3 + (p * 7919 + t * 7907) % 31997); print l } }' \
+      >"$out/shared8.txt"
+    for x in --prefix-reuse --no-prefix-reuse; do
+      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$out/shared8.txt" \
+        --generate 16 --ignore-eos --top 0 --batch 8 $([ $x = --no-prefix-reuse ] && echo $x) >"$out/shared$x.txt"
+      echo "$x: $(grep -c "in the caches$" "$out/shared$x.txt") prompts forked;$(grep "batch:" "$out/shared$x.txt" | cut -d: -f3-)"
+    done
+    diff <(grep "^ generated" "$out/shared--prefix-reuse.txt") <(grep "^ generated" "$out/shared--no-prefix-reuse.txt") >/dev/null &&
+      echo "the same tokens either way" || echo "!! prefix reuse generated other tokens (a bf16 near-tie, or a fault: see $out/shared*.txt)"
   fi
   if more "the embedding library"; then
     step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
