@@ -716,6 +716,14 @@ typedef struct {
     const char *why;    /* which they are, for the message */
 } StopIds;
 
+/* How a sequence's tokens are generated: --generate N and the sampling options, for every line. */
+typedef struct {
+    int64_t generate;
+    SampleParams sample;
+    uint64_t seed;
+    StopIds stop;
+} Req;
+
 static bool is_stop(const StopIds *st, int32_t t)
 {
     for (int64_t k = 0; k < st->n; k++)
@@ -758,6 +766,7 @@ static int64_t prefix_reuse(const Runner *rn, const Conv *c, const int32_t *ids,
  * logits and fed back at the next position; early at a stop token or max_positions. */
 typedef struct {
     Conv *c;
+    const Req *q;
     Sampler sm;
     TextStream text;  /* with a tokenizer: the text as it grows (on one line with --quiet) */
     int64_t n, g, len, first;
@@ -766,17 +775,17 @@ typedef struct {
 } Gen;
 
 /* Start: the first token chosen from row (the prefill's last logits); what is printed before them. */
-static void gen_begin(Runner *rn, Gen *G, Conv *c, const double *row, int64_t V)
+static void gen_begin(Runner *rn, Gen *G, Conv *c, const Req *q, const double *row, int64_t V)
 {
-    *G = (Gen){.c = c, .n = rn->r->generate, .len = c->len, .first = c->len};
-    sampler_init(&G->sm, &rn->r->sample, rn->r->sample_seed, V);
+    *G = (Gen){.c = c, .q = q, .n = q->generate, .len = c->len, .first = c->len};
+    sampler_init(&G->sm, &q->sample, q->seed, V);
     G->next = (int32_t)sampler_next(&G->sm, row, c->seq, c->len);
     G->t0 = now_s();
     fprintf(say, "\n generated");
-    const SampleParams *sp = &rn->r->sample;
+    const SampleParams *sp = &q->sample;
     if (sp->temperature > 0)
         fprintf(say, " (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
-                sp->top_p, (unsigned long long)rn->r->sample_seed);
+                sp->top_p, (unsigned long long)q->seed);
     else if (sp->repetition_penalty != 1)
         fprintf(say, " (greedy");
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
@@ -787,8 +796,9 @@ static void gen_begin(Runner *rn, Gen *G, Conv *c, const double *row, int64_t V)
 
 /* The chosen token joins the sequence and is printed; true when it is to be fed for the next one
  * (at position G->len: gen_advance after the step), false when decoding ends with it. */
-static bool gen_put(Runner *rn, Gen *G, const StopIds *stop)
+static bool gen_put(Runner *rn, Gen *G)
 {
+    const StopIds *stop = &G->q->stop;
     int32_t *seq = G->c->seq, next = G->next;
     seq[G->len] = next;
     if (rn->tok) text_stream_put(&G->text, seq, G->len + 1, false);
@@ -837,14 +847,14 @@ static bool gen_end(Runner *rn, Gen *G, bool ok)
 
 /* Decoding one sequence (all of it fed, its logits' last row in prefill): the tokens join c->seq, the
  * last one unfed. */
-static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const StopIds *stop)
+static bool generate(Runner *rn, Conv *c, const EvalResult *prefill, const Req *q)
 {
     int64_t V;
     Gen G;
     const double *row = last_row(eval_output(prefill, "logits"), &V);
-    gen_begin(rn, &G, c, row, V);
+    gen_begin(rn, &G, c, q, row, V);
     bool ok = true;
-    while (ok && gen_put(rn, &G, stop)) {
+    while (ok && gen_put(rn, &G)) {
         int32_t *seq = c->seq, *pos = xmalloc((size_t)(G.len + 1) * sizeof *pos);
         for (int64_t t = 0; t <= G.len; t++) pos[t] = (int32_t)t;
         bool cached = rn->r->backend != BACKEND_INTERP; /* one new token on the KV cache, or the whole sequence */
@@ -917,7 +927,7 @@ static int prompt_report(Runner *rn, Conv *c, const EvalResult *res, int64_t fro
 
 /* ids[T] after c's sequence (a new one: c->len = 0) on the loaded model: the prefill of what is not in
  * the caches yet, what it prints, the outputs, --generate. */
-static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const StopIds *stop)
+static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const Req *q)
 {
     int64_t from, n;
     if (!prompt_start(rn, c, ids, T, &from, &n)) return 1;
@@ -927,7 +937,7 @@ static int run_prompt(Runner *rn, Conv *c, const int32_t *ids, int64_t T, const 
     int rc = 1;
     if (runner_step(rn, c->seq + from, pos, NULL, n, &res)) {
         rc = prompt_report(rn, c, &res, from, n);
-        if (rc == 0 && rn->r->generate > 0 && !generate(rn, c, &res, stop)) rc = 1;
+        if (rc == 0 && q->generate > 0 && !generate(rn, c, &res, q)) rc = 1;
         ir_eval_result_free(&res);
     }
     fflush(say);
@@ -1092,7 +1102,7 @@ static void header(const PromptLine *pl, int64_t k)
  * this one. A bad line is reported by its number and
  * skipped (exit status 1 at the end; with --quiet, an empty line answers it). Blank lines and lines
  * starting with # are passed over. */
-static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
+static int run_prompts(Runner *rn, FILE *in, const Req *q)
 {
     LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)}; /* ids and any spacing */
     PromptLine pl;
@@ -1107,7 +1117,7 @@ static int run_prompts(Runner *rn, FILE *in, const StopIds *stop)
             if (!pl.more) c.len = c.fed = c.reused;
             int64_t before = c.len;
             header(&pl, ++done);
-            pl.bad = run_prompt(rn, &c, pl.ids + c.reused, pl.T - c.reused, stop);
+            pl.bad = run_prompt(rn, &c, pl.ids + c.reused, pl.T - c.reused, q);
             if (c.len > before) c.line = pl.line; /* its turn joined the sequence */
         }
         if (pl.bad) rc = 1;
@@ -1129,6 +1139,7 @@ typedef enum { LANE_FREE, LANE_PREFILL, LANE_DECODE } lane_state;
 typedef struct {
     Conv c;
     Gen g;
+    const Req *q;    /* how its line's tokens are generated */
     lane_state state;
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
@@ -1256,17 +1267,17 @@ static bool readable(FILE *in)
 }
 
 /* A lane whose prompt has run whole: its report, then decoding starts (or the line is done). */
-static void lane_prefilled(Runner *rn, Lane *L, const StopIds *stop, Answers *ans, int *rc, int64_t *tokens)
+static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *tokens)
 {
     lane_print(rn, L);
     rn->macs_grouped = ffn_macs(rn, &L->acc); /* its rows' own (a step's count has the others') */
     if (prompt_report(rn, &L->c, &L->acc, L->from, L->n)) *rc = 1;
     bool decoding = false;
-    if (rn->r->generate > 0) {
+    if (L->q->generate > 0) {
         int64_t V;
         const double *row = last_row(eval_output(&L->acc, "logits"), &V);
-        gen_begin(rn, &L->g, &L->c, row, V);
-        decoding = gen_put(rn, &L->g, stop);
+        gen_begin(rn, &L->g, &L->c, L->q, row, V);
+        decoding = gen_put(rn, &L->g);
         if (!decoding) gen_end(rn, &L->g, true), *tokens += L->g.n;
     }
     ir_eval_result_free(&L->acc);
@@ -1286,7 +1297,7 @@ static void lane_prefilled(Runner *rn, Lane *L, const StopIds *stop, Answers *an
  * the grouped GEMMs together and a long prompt stalls the decoding ones a chunk at a time. Each line
  * prints what it prints alone, after the lines before it (--unordered: at once). Reading a pipe or a terminal never waits
  * while sequences run: only lines already there are read. */
-static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
+static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
 {
     int B = rn->r->batch, rc = 0, latest = -1; /* the lane of the sequence a + line continues */
     RtError err = {{0}};
@@ -1339,7 +1350,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
                 free(pl.ids);
                 continue;
             }
-            L->ticket = ticket;
+            L->ticket = ticket, L->q = q;
             L->buf = open_memstream(&L->text, &L->text_n);
             MOE_ASSERT(L->buf);
             if (rn->r->quiet && ans.now) fprintf(L->buf, "%lld\t", (long long)pl.line);
@@ -1406,7 +1417,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
             if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V);
-            if (ok && gen_put(rn, &L->g, stop)) {
+            if (ok && gen_put(rn, &L->g)) {
                 lane_print_end();
                 continue;
             }
@@ -1425,7 +1436,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const StopIds *stop)
             }
             k += (int)m;
             if (ok && L->done < L->n) continue;
-            if (ok) lane_prefilled(rn, L, stop, &ans, &rc, &tokens);
+            if (ok) lane_prefilled(rn, L, &ans, &rc, &tokens);
             else {
                 rc = 1;
                 ir_eval_result_free(&L->acc);
@@ -1499,6 +1510,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     int32_t eos = s.has_eos ? (int32_t)s.eos_token_id : tok ? tokenizer_eos(tok) : -1; /* checked against the vocabulary */
     if (!r.stop && eos >= 0 && !r.ignore_eos) stop = (StopIds){&eos, 1, s.has_eos ? "the spec's eos_token_id" : "the tokenizer's </s>"};
     else if (r.stop) stop.why = "a --stop token";
+    Req q = {r.generate, r.sample, r.sample_seed, stop};
     fprintf(say, "%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
             (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
     if (prompts) fprintf(say, "prompts%s from %s; weights: ", tok ? " (text)" : "", prompts == stdin ? "standard input" : r.prompts);
@@ -1512,10 +1524,10 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         if (runner_init(&rn, &r, &s, w)) {
             rn.tok = tok;
             if (prompts) {
-                rc = r.batch > 1 ? run_prompts_batched(&rn, prompts, &stop) : run_prompts(&rn, prompts, &stop);
+                rc = r.batch > 1 ? run_prompts_batched(&rn, prompts, &q) : run_prompts(&rn, prompts, &q);
             } else {
                 Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
-                rc = run_prompt(&rn, &c, ids, T, &stop);
+                rc = run_prompt(&rn, &c, ids, T, &q);
                 if (r.quiet) printf("\n");
                 free(c.seq);
             }
