@@ -3,6 +3,7 @@
  * backend (kernels from the JIT or linked in), predictions, routing statistics, decoding on the KV
  * cache (greedy, or drawn: runtime.h's sampler), logits and routes written out. */
 #include "runtime/cpu/driver.h"
+#include "runtime/cpu/serve.h"
 
 #include "passes/passes.h"
 #include "passes/tuning.h"
@@ -26,20 +27,28 @@ static FILE *answer;             /* --quiet's generated ids or text: stdout (--b
 
 static void drv_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+static char last_err[512]; /* the last drv_err message (--serve answers a request with it) */
+
 /* "PROG: error: …" */
 static void drv_err(const char *fmt, ...)
 {
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
+    va_copy(again, ap);
     fprintf(stderr, "%s: error: ", cfg->prog);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
+    vsnprintf(last_err, sizeof last_err, fmt, again);
+    va_end(again);
+    size_t n = strlen(last_err);
+    for (size_t i = 0; i < n; i++) last_err[i] = last_err[i] == '\n' ? ' ' : last_err[i]; /* one line */
+    while (n && last_err[n - 1] == ' ') last_err[--n] = 0;
 }
 
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse]) [--max-positions N] [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -73,6 +82,7 @@ typedef struct {
     int64_t chunk;                /* --chunk: prompt tokens a --batch step at most                   */
     bool chunk_set;
     bool unordered;               /* --unordered: --batch lines answered as they end, numbered      */
+    bool serve;                   /* --serve: JSON requests on standard input, JSON answers (serve.h) */
     int64_t generate;
     int64_t max_positions;        /* --max-positions: the caches' positions (0: the spec's)         */
     run_backend backend;
@@ -257,6 +267,13 @@ static void print_help(FILE *f)
           "                      after the lines before it; with --quiet, its line number and a tab\n"
           "                      first (a report names its line anyway): a short request is not held\n"
           "                      up by a long one before it\n"
+          "  --serve             instead of --prompts: JSON requests on standard input, a line each, up\n"
+          "                      to --batch N at once, each answered in JSON as it ends, by its id:\n"
+          "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
+          "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
+          "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [...], \"stream\"}\n"
+          "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
+          "                      \"cached_tokens\"} or {\"id\", \"error\"}; streamed, a line a token first\n"
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
           "  --no-prefix-reuse   with --prompts: run every prompt whole; by default a new line whose\n"
@@ -337,6 +354,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--perplexity") == 0) r->perplexity = true;
         else if (strcmp(o, "--quiet") == 0) r->quiet = true;
         else if (strcmp(o, "--unordered") == 0) r->unordered = true;
+        else if (strcmp(o, "--serve") == 0) r->serve = true;
         else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
         else if (strcmp(o, "--no-prefix-reuse") == 0) r->no_reuse = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
@@ -358,6 +376,13 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     }
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
+    if (r->serve && (r->ids || r->prompts || r->prompt))
+        return drv_usage("%s", "--serve reads its requests from standard input: not with --ids, --prompt or --prompts");
+    if (r->serve && (r->quiet || r->unordered))
+        return drv_usage("%s", "--serve answers in JSON as each request ends: no --quiet or --unordered to give");
+    if (r->serve && r->backend == BACKEND_INTERP)
+        return drv_usage("%s", "--serve runs on the CPU backend or the GPU (not --backend interp, which keeps no KV cache)");
+    if (r->serve) r->prompts = "-";
     if (r->opt_level == 0 && !r->backend_set) r->backend = BACKEND_INTERP; /* -O0: the dense form interpreted */
     if (!!r->ids + !!r->prompts + !!r->prompt != 1)
         return drv_usage("%s", r->ids || r->prompts || r->prompt ? "give one of --ids, --prompt and --prompts" : "missing --ids (or --prompt, --prompts)");
@@ -373,7 +398,9 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (r->batch > 1 && r->backend == BACKEND_INTERP)
         return drv_usage("%s", "--batch runs on the CPU backend or the GPU (not --backend interp, which keeps no KV cache)");
     if (r->quiet && r->generate == 0) return drv_usage("%s", "--quiet prints the tokens of --generate N only; give that too");
-    if (r->sampling && r->generate == 0) return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
+    if (r->sampling && r->generate == 0 && !r->serve)
+        return drv_usage("%s: it applies to the tokens of --generate N; give that too", r->sampling);
+    if (r->serve) r->quiet = r->unordered = true; /* --batch lines, answered in JSON */
     if (!r->temperature_set && (r->sample.top_k > 0 || r->sample.top_p < 1)) r->sample.temperature = 1;
     char why[160];
     if (!sample_params_check(&r->sample, why, sizeof why)) return drv_usage("%s", why);
@@ -740,6 +767,7 @@ typedef struct {
     int slot;
     int64_t line; /* the --prompts line of its latest turn (what +@N names; 0: none) */
     int64_t reused; /* its latest prompt's first tokens that were in the caches already (prefix_reuse) */
+    char *id;       /* --serve: the id of its latest turn's request (what "continue" names), or NULL */
 } Conv;
 
 /* How many of ids[T]'s first tokens are c's first `upto` (at most T - 1), where prefixes are reused. */
@@ -772,6 +800,7 @@ typedef struct {
     int64_t n, g, len, first;
     int32_t next;     /* chosen, to be put at seq[len] */
     double t0;
+    const char *why;  /* why it ended early: "stop" or "max_positions" (NULL: its count) */
 } Gen;
 
 /* Start: the first token chosen from row (the prefill's last logits); what is printed before them. */
@@ -791,7 +820,8 @@ static void gen_begin(Runner *rn, Gen *G, Conv *c, const Req *q, const double *r
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
     if (sp->temperature > 0 || sp->repetition_penalty != 1) fprintf(say, ")");
     fprintf(say, rn->tok ? " text: " : ":");
-    if (rn->tok) text_stream_begin(&G->text, rn->tok, rn->r->quiet ? answer : say, rn->r->quiet, c->seq, c->len);
+    if (rn->tok) /* --quiet: escaped, on one line; --serve: as it is, for JSON */
+        text_stream_begin(&G->text, rn->tok, rn->r->quiet ? answer : say, rn->r->quiet && !rn->r->serve, c->seq, c->len);
 }
 
 /* The chosen token joins the sequence and is printed; true when it is to be fed for the next one
@@ -808,12 +838,12 @@ static bool gen_put(Runner *rn, Gen *G)
     if (G->g + 1 == G->n) return false;
     if (is_stop(stop, next)) {
         fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
-        G->n = G->g + 1;
+        G->n = G->g + 1, G->why = "stop";
         return false;
     }
     if (G->len >= rn->s->max_positions) {
         fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
-        G->n = G->g + 1;
+        G->n = G->g + 1, G->why = "max_positions";
         return false;
     }
     return true;
@@ -1029,7 +1059,32 @@ typedef struct {
     bool more, bad;  /* more: starts with + */
     int64_t of;      /* +@N: the line whose sequence it continues (0: + alone, the one before) */
     char what[64];   /* "--prompts line N", for messages */
+    ServeRequest sr; /* --serve: the request (its id, "continue", generation parameters) */
 } PromptLine;
+
+/* A --serve request line into pl (pl->sr): bad, with the reason said, when it is not one. */
+static void serve_line(const Runner *rn, const char *line, size_t len, bool too_long, PromptLine *pl)
+{
+    ServeRequest def = {.max_tokens = rn->r->generate > 0 ? rn->r->generate : 16, .sample = rn->r->sample,
+                        .seed = rn->r->sample_seed};
+    char why[256];
+    pl->bad = true;
+    if (too_long) {
+        snprintf(why, sizeof why, "%lld", (long long)pl->line);
+        pl->sr.id = xstrdup(why);
+        drv_err("%s: longer than %zu bytes\n", pl->what, (size_t)16 * (size_t)rn->s->max_positions + (1 << 20));
+    } else if (!serve_request_parse(line, len, pl->line, rn->s->vocab, &def, &pl->sr, why, sizeof why))
+        drv_err("%s: %s\n", pl->what, why);
+    else if (pl->sr.prompt && !rn->tok)
+        drv_err("%s: \"prompt\" is text, and there is no tokenizer (--tokenizer F): give \"ids\"\n", pl->what);
+    else {
+        pl->more = pl->sr.cont != NULL;
+        if (pl->sr.prompt)
+            pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt), !pl->more, &pl->T);
+        else pl->ids = memcpy(xmalloc((size_t)pl->sr.n_ids * sizeof *pl->ids), pl->sr.ids, (size_t)pl->sr.n_ids * sizeof *pl->ids), pl->T = pl->sr.n_ids;
+        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
+    }
+}
 
 /* The next line that is neither blank nor a comment, parsed (a bad one reported, bad set): false at
  * the end of the input. */
@@ -1043,8 +1098,12 @@ static bool next_prompt(const Runner *rn, FILE *in, LineReader *lr, PromptLine *
         if (len && line[len - 1] == '\r') line[--len] = 0;
         const char *p = rn->tok ? line : line + strspn(line, " \t,"); /* text keeps its spaces */
         if (!too_long && (!*p || *p == '#')) continue;
-        *pl = (PromptLine){.line = lr->n, .more = *p == '+'};
-        snprintf(pl->what, sizeof pl->what, "--prompts line %lld", (long long)lr->n);
+        *pl = (PromptLine){.line = lr->n, .more = *p == '+' && !rn->r->serve};
+        snprintf(pl->what, sizeof pl->what, "%s line %lld", rn->r->serve ? "--serve" : "--prompts", (long long)lr->n);
+        if (rn->r->serve) {
+            serve_line(rn, line, len, too_long, pl);
+            return true;
+        }
         const char *body = p + pl->more;
         if (!too_long && pl->more && *body == '@') { /* +@N */
             char *end;
@@ -1140,6 +1199,10 @@ typedef struct {
     Conv c;
     Gen g;
     const Req *q;    /* how its line's tokens are generated */
+    Req own;         /* --serve: its request's, q = &own */
+    ServeRequest sr; /* --serve: its request */
+    int64_t T;       /* its line's tokens */
+    size_t sent;     /* --serve with "stream": the bytes of its text streamed so far */
     lane_state state;
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
@@ -1191,11 +1254,40 @@ static FILE *say_all, *answer_all;
 static void lane_print(const Runner *rn, Lane *L) { *(rn->r->quiet ? &answer : &say) = L->buf; }
 static void lane_print_end(void) { say = say_all, answer = answer_all; }
 
-static void lane_finish(const Runner *rn, Lane *L, Answers *a)
+/* --serve with "stream": what its line's text gained since the last, with the token put last (< 0:
+ * the text's held-back end alone), as a line at once. */
+static void lane_stream(const Runner *rn, Lane *L, int32_t token)
 {
-    if (rn->r->quiet) fprintf(L->buf, "\n");
+    if (!rn->r->serve || !L->sr.stream) return;
+    fflush(L->buf);
+    char *delta = rn->tok ? xstrdup(L->text + L->sent) : NULL;
+    L->sent = L->text_n;
+    if (token >= 0 || (delta && *delta)) {
+        char *e = serve_event(L->sr.id, token, delta);
+        fputs(e, stdout);
+        fflush(stdout);
+        free(e);
+    }
+    free(delta);
+}
+
+/* A line is done (ok: its run did not fail): its answer (--serve: in JSON) goes out when its turn
+ * comes, and its sequence is free. */
+static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
+{
+    if (rn->r->quiet && !rn->r->serve) fprintf(L->buf, "\n");
+    if (rn->r->serve) lane_stream(rn, L, -1);
     fclose(L->buf);
     lane_print_end();
+    if (rn->r->serve) {
+        char *t = L->text;
+        int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
+        L->text = ok ? serve_answer(L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length",
+                                    L->T, L->c.reused)
+                     : serve_error(L->sr.id, last_err);
+        free(t);
+        serve_request_free(&L->sr);
+    }
     answer_done(a, L->ticket, L->text);
     L->state = LANE_FREE;
     L->idle = ++a->finished;
@@ -1278,6 +1370,7 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
         const double *row = last_row(eval_output(&L->acc, "logits"), &V);
         gen_begin(rn, &L->g, &L->c, L->q, row, V);
         decoding = gen_put(rn, &L->g);
+        lane_stream(rn, L, L->c.seq[L->g.len]);
         if (!decoding) gen_end(rn, &L->g, true), *tokens += L->g.n;
     }
     ir_eval_result_free(&L->acc);
@@ -1285,7 +1378,7 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
     if (decoding) {
         L->state = LANE_DECODE;
         lane_print_end();
-    } else lane_finish(rn, L, ans);
+    } else lane_finish(rn, L, ans, true);
 }
 
 /* --prompts with --batch B (the CPU backend or the GPU): a line starts as soon as one of the B
@@ -1330,6 +1423,13 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 eof = true;
                 break;
             }
+            for (int b = 0; !pl.bad && pl.sr.cont && !pl.of && b < B; b++) /* --serve: "continue" names its lane */
+                if (lanes[b].c.id && strcmp(lanes[b].c.id, pl.sr.cont) == 0 && lanes[b].c.len > 0) pl.of = lanes[b].c.line;
+            if (!pl.bad && pl.sr.cont && !pl.of) {
+                drv_err("%s: \"continue\": no sequence held now ends with request %s's turn (a later turn continued "
+                        "it, a later request took its place, or it failed)\n", pl.what, pl.sr.cont);
+                pl.bad = true;
+            }
             if (!pl.bad && pl.more && !pl.of && latest < 0) no_sequence_before(&pl);
             int of = pl.more && !pl.of ? latest : -1; /* the lane it continues */
             for (int b = 0; !pl.bad && pl.of && of < 0 && b < B; b++)
@@ -1346,14 +1446,22 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 rc = 1;
                 char none[32];
                 snprintf(none, sizeof none, rn->r->quiet && ans.now ? "%lld\t\n" : rn->r->quiet ? "\n" : "", (long long)pl.line);
-                answer_done(&ans, ticket, xstrdup(none));
+                answer_done(&ans, ticket, rn->r->serve ? serve_error(pl.sr.id, last_err) : xstrdup(none));
+                serve_request_free(&pl.sr);
                 free(pl.ids);
                 continue;
             }
-            L->ticket = ticket, L->q = q;
+            L->ticket = ticket, L->q = q, L->T = pl.T, L->sent = 0, L->g = (Gen){0};
+            if (rn->r->serve) { /* the request's own parameters */
+                L->sr = pl.sr;
+                memset(&pl.sr, 0, sizeof pl.sr);
+                L->own = (Req){L->sr.max_tokens, L->sr.sample, L->sr.seed, q->stop};
+                if (L->sr.stop_set) L->own.stop = (StopIds){L->sr.stop, L->sr.n_stop, "a stop token of the request"};
+                L->q = &L->own;
+            }
             L->buf = open_memstream(&L->text, &L->text_n);
             MOE_ASSERT(L->buf);
-            if (rn->r->quiet && ans.now) fprintf(L->buf, "%lld\t", (long long)pl.line);
+            if (rn->r->quiet && ans.now && !rn->r->serve) fprintf(L->buf, "%lld\t", (long long)pl.line);
             lane_print(rn, L);
             L->c.reused = reuse;
             if (!pl.more) L->c.len = L->c.fed = reuse;
@@ -1361,11 +1469,14 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             header(&pl, ++started);
             bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
             free(pl.ids);
-            if (ok) L->c.line = pl.line;
-            if (!ok) {
+            if (ok) {
+                L->c.line = pl.line;
+                free(L->c.id);
+                L->c.id = L->sr.id ? xstrdup(L->sr.id) : NULL;
+            } else {
                 rc = 1;
                 fflush(say);
-                lane_finish(rn, L, &ans);
+                lane_finish(rn, L, &ans, false);
                 continue;
             }
             L->state = LANE_PREFILL, L->done = 0, busy++;
@@ -1417,13 +1528,16 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
             if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V);
-            if (ok && gen_put(rn, &L->g)) {
+            bool more = ok && gen_put(rn, &L->g);
+            if (ok) lane_stream(rn, L, L->c.seq[L->g.len]);
+            if (more) {
                 lane_print_end();
                 continue;
             }
-            if (!gen_end(rn, &L->g, ok)) rc = 1;
+            bool fine = gen_end(rn, &L->g, ok);
+            if (!fine) rc = 1;
             tokens += L->g.n;
-            lane_finish(rn, L, &ans);
+            lane_finish(rn, L, &ans, fine);
             busy--;
         }
         for (int k = decode_rows; k < n;) { /* each prompt's chunk: its rows gathered */
@@ -1441,7 +1555,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 rc = 1;
                 ir_eval_result_free(&L->acc);
                 memset(&L->acc, 0, sizeof L->acc);
-                lane_finish(rn, L, &ans);
+                lane_finish(rn, L, &ans, false);
             }
             if (L->state == LANE_FREE) busy--;
         }
@@ -1452,7 +1566,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
                 "%lld steps, %.2f decoding sequences a step on average\n", (long long)started, B, (long long)tokens, dt,
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
-    for (int b = 0; b < B; b++) free(lanes[b].c.seq);
+    for (int b = 0; b < B; b++) free(lanes[b].c.seq), free(lanes[b].c.id);
     free(lanes);
     free(ids), free(pos), free(sq), free(who), free(run_ids), free(run_pos), free(run_sq), free(at);
     free(ans.text);
@@ -1524,7 +1638,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         if (runner_init(&rn, &r, &s, w)) {
             rn.tok = tok;
             if (prompts) {
-                rc = r.batch > 1 ? run_prompts_batched(&rn, prompts, &q) : run_prompts(&rn, prompts, &q);
+                rc = r.batch > 1 || r.serve ? run_prompts_batched(&rn, prompts, &q) : run_prompts(&rn, prompts, &q);
             } else {
                 Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
                 rc = run_prompt(&rn, &c, ids, T, &q);

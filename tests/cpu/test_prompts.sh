@@ -151,6 +151,45 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     [ "$(grep -c "^ran [12] tokens.*; the 10 before them were in the caches" "$WORK/f.txt")" -eq 2 ] &&
     [ "$("$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/fork" --batch 3)" = "$(printf '%s\n%s\n%s' "$(alone "$LONG")" "$(alone "$LONG 1 2")" "$(alone "$LONG 3")")" ] ||
     { echo "a fork of a shared prefix with --batch 3:"; cat "$WORK/f.txt"; exit 1; }
+  # --serve: JSON requests, JSON answers as each ends (tagged by id), each what --ids gives with the
+  # request's parameters: a stream of its tokens; "continue"; drawn with a seed; a stop token; no
+  # tokens asked; a shared prefix forked (cached_tokens); bad requests answered with an error
+  js() { echo "[$(echo "$1" | tr ' ' ',')]"; }
+  a1=$(alone "$SHORT") b1=$(alone "$LONG")
+  d1=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 6 --quiet --temperature 0.8 --seed 3 --ignore-eos --ids "$LONG")
+  first=${a1%% *}
+  { echo '{"id": "a", "ids": '"$(js "$SHORT")"'}'
+    echo '{"id": "b", "ids": '"$(js "$LONG")"', "stream": true}'
+    echo '{"id": "c", "continue": "a", "ids": [7]}'
+    echo '{"id": 4, "ids": '"$(js "$LONG")"', "max_tokens": 6, "temperature": 0.8, "seed": 3, "stop": []}'
+    echo '{"id": "e", "ids": '"$(js "$SHORT")"', "stop": ['"$first"']}'
+    echo '{"id": "f", "ids": [1, 2], "max_tokens": 0}'
+    echo '{"id": "g", "ids": '"$(js "$LONG 1 2")"'}'
+    echo 'not json'
+    echo '{"id": "h", "ids": [1], "max_token": 3}'
+    echo '{"id": "i", "continue": "zz", "ids": [1]}'
+    echo '{"id": "j", "ids": [1], "top_p": 2}'; } >"$WORK/serve.jsonl"
+  "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve --batch 3 <"$WORK/serve.jsonl" >"$WORK/serve.out" 2>"$WORK/serve.err"
+  rc=$?
+  want=("{\"id\":\"a\",\"ids\":$(js "$a1"),\"finish_reason\":\"length\",\"prompt_tokens\":2,\"cached_tokens\":0}"
+        "{\"id\":\"b\",\"ids\":$(js "$b1"),\"finish_reason\":\"length\",\"prompt_tokens\":10,\"cached_tokens\":0}"
+        "{\"id\":\"c\",\"ids\":$(js "$(alone "$SHORT $a1 7")"),\"finish_reason\":\"length\",\"prompt_tokens\":1,\"cached_tokens\":0}"
+        "{\"id\":4,\"ids\":$(js "$d1"),\"finish_reason\":\"length\",\"prompt_tokens\":10,\"cached_tokens\":9}"
+        "{\"id\":\"e\",\"ids\":[$first],\"finish_reason\":\"stop\",\"prompt_tokens\":2,\"cached_tokens\":0}"
+        "{\"id\":\"f\",\"ids\":[],\"finish_reason\":\"length\",\"prompt_tokens\":2,\"cached_tokens\":0}"
+        "{\"id\":\"g\",\"ids\":$(js "$(alone "$LONG 1 2")"),\"finish_reason\":\"length\",\"prompt_tokens\":12,\"cached_tokens\":10}"
+        '{"id":8,"error":"--serve line 8: column 1: not JSON"}'
+        '{"id":"h","error":"--serve line 9: unknown field \"max_token\""}')
+  for w in "${want[@]}"; do grep -qFx -- "$w" "$WORK/serve.out" || { echo "--serve: no answer '$w' in:"; cat "$WORK/serve.out" "$WORK/serve.err"; exit 1; }; done
+  [ $rc -eq 1 ] && [ "$(wc -l <"$WORK/serve.out")" -eq $((11 + 4)) ] && grep -q '^{"id":"i","error":"--serve line 10: \\"continue\\": no sequence held' "$WORK/serve.out" &&
+    grep -q '^{"id":"j","error":"--serve line 11: .*top' "$WORK/serve.out" &&
+    [ "$(grep '^{"id":"b","token"' "$WORK/serve.out" | sed 's/.*"token":\([0-9]*\)}/\1/' | paste -sd' ')" = "$b1" ] &&
+    [ "$(grep -n '"id":"b"' "$WORK/serve.out" | tail -1 | cut -d: -f2-)" = "${want[1]}" ] ||
+    { echo "--serve: exit $rc, or the stream, the count or the errors are off:"; cat "$WORK/serve.out"; exit 1; }
+  for bad in "--ids 1" "--quiet" "--backend interp"; do
+    "$MOEPPC" run "$SPEC" --random-weights 1 --serve $bad </dev/null >/dev/null 2>&1
+    [ $? -eq 2 ] || { echo "--serve $bad: not a usage error"; exit 1; }
+  done
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
   # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }

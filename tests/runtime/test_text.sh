@@ -146,4 +146,31 @@ ids = re.findall(rb"\n prompt ids:([ 0-9]*)\n", open(sys.argv[2], "rb").read())
 want = [[1] + sp.encode("the city"), [1] + sp.encode(b"new\nline A\\"), sp.encode(" and more")]
 assert [[int(x) for x in i.split()] for i in ids] == want, (ids, want)
 PYEOF
+# --serve with text: "prompt" encoded as --prompt encodes it (the same ids generated), the answer's
+# "text" what sentencepiece decodes after the prompt, the streamed pieces joined the same text; a
+# "continue" turn of text " and more" (no BOS), as a + line after the first
+C=("$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK")
+printf '%s\n' '{"id": 1, "prompt": "the city", "max_tokens": 6, "stream": true}' '{"id": 2, "continue": 1, "prompt": " and more", "max_tokens": 3}' |
+  "${C[@]}" --serve > "$tmp/serve.out" || fail "--serve with text: exit $?"
+"${C[@]}" --prompt "the city" --generate 6 > "$tmp/serve1.txt" && printf 'the city\n+ and more\n' |
+  "${C[@]}" --prompts - --generate 6 > "$tmp/serve2.txt" || fail "--prompt/--prompts for --serve's reference"
+"$PY" - "$TK" "$tmp/serve.out" "$tmp/serve1.txt" "$tmp/serve2.txt" <<'PYEOF' || fail "--serve with text"
+import json, re, sys
+import sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+lines = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+final = {l["id"]: l for l in lines if "finish_reason" in l}
+ids = lambda f: [[int(x) for x in g.split()] for g in re.findall(r"\n generated ids:([ 0-9]*)", open(f).read())]
+gen = ids(sys.argv[3])
+assert final[1]["ids"] == gen[0], (final[1], gen)
+prompt = [1] + sp.encode("the city")
+known = [i for i in prompt + gen[0] if i < sp.get_piece_size()]  # ids past the pieces decode as nothing
+text = sp.decode(known).encode("utf-8", "surrogateescape")[len(sp.decode(prompt).encode()):].decode("utf-8", "replace")
+assert final[1]["text"] == text, (final[1]["text"], text)
+streamed = "".join(l.get("text", "") for l in lines if l["id"] == 1 and "finish_reason" not in l)
+assert streamed == text and [l["token"] for l in lines if "token" in l] == gen[0], (streamed, text)
+gen2 = ids(sys.argv[4])
+assert final[2]["ids"] == gen2[1][:3] and final[2]["prompt_tokens"] == len(sp.encode(" and more")), (final[2], gen2)
+print(f"--serve with text: 6 + 3 tokens, the text as sentencepiece decodes it, streamed the same")
+PYEOF
 exit $status

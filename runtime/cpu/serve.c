@@ -1,0 +1,198 @@
+/* serve.c — `moeppc run --serve`'s wire form: JSON request lines parsed, answer lines written
+ * (serve.h), with cJSON. */
+#include "runtime/cpu/serve.h"
+
+#include "support/support.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An integer field in [lo, hi]: false (why set) when it is not one. */
+static bool int_field(const cJSON *v, const char *name, double lo, double hi, int64_t *out, char *why, size_t n)
+{
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!(d >= lo && d <= hi) || d != floor(d)) {
+        snprintf(why, n, "\"%s\": expected an integer in [%.0f, %.0f]", name, lo, hi);
+        return false;
+    }
+    *out = (int64_t)d;
+    return true;
+}
+
+static bool num_field(const cJSON *v, const char *name, double *out, char *why, size_t n)
+{
+    if (!cJSON_IsNumber(v)) {
+        snprintf(why, n, "\"%s\": expected a number", name);
+        return false;
+    }
+    *out = v->valuedouble;
+    return true;
+}
+
+/* An array of token ids below vocab into *ids (NULL for an empty one), *count. */
+static bool ids_field(const cJSON *v, const char *name, int64_t vocab, int32_t **ids, int64_t *count, char *why,
+                      size_t n)
+{
+    if (!cJSON_IsArray(v)) {
+        snprintf(why, n, "\"%s\": expected an array of token ids", name);
+        return false;
+    }
+    int64_t k = cJSON_GetArraySize(v), j = 0;
+    *ids = k ? xmalloc((size_t)k * sizeof **ids) : NULL;
+    *count = k;
+    for (const cJSON *e = v->child; e; e = e->next, j++) {
+        int64_t id;
+        if (!int_field(e, name, 0, (double)(vocab - 1), &id, why, n)) {
+            size_t l = strlen(why);
+            snprintf(why + l, n - l, " (element %lld: a token id of the vocabulary of %lld)", (long long)j,
+                     (long long)vocab);
+            return false;
+        }
+        (*ids)[j] = (int32_t)id;
+    }
+    return true;
+}
+
+/* An id is echoed as it came: a string, a number, true/false or null. */
+static bool scalar(const cJSON *v) { return cJSON_IsString(v) || cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v); }
+
+bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t vocab, const ServeRequest *defaults,
+                         ServeRequest *q, char *why, size_t n)
+{
+    memset(q, 0, sizeof *q);
+    q->max_tokens = defaults->max_tokens, q->sample = defaults->sample, q->seed = defaults->seed;
+    char num[32];
+    snprintf(num, sizeof num, "%lld", (long long)line_no);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, false);
+    if (!root || !cJSON_IsObject(root)) {
+        q->id = xstrdup(num);
+        if (!root) snprintf(why, n, "column %zu: not JSON", (size_t)((end ? end : line) - line) + 1);
+        else snprintf(why, n, "a request is a JSON object ({\"ids\": [...]} or {\"prompt\": \"...\"})");
+        cJSON_Delete(root);
+        return false;
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    q->id = id && scalar(id) ? cJSON_PrintUnformatted(id) : xstrdup(num);
+    bool ok = true;
+    if (id && !scalar(id)) ok = false, snprintf(why, n, "\"id\": expected a string or a number");
+    for (const cJSON *f = root->child; ok && f; f = f->next) {
+        const char *k = f->string;
+        int64_t i = 0;
+        if (strcmp(k, "id") == 0) continue;
+        else if (strcmp(k, "prompt") == 0) {
+            if (!cJSON_IsString(f)) ok = false, snprintf(why, n, "\"prompt\": expected a string");
+            else q->prompt = xstrdup(f->valuestring);
+        } else if (strcmp(k, "ids") == 0) ok = ids_field(f, k, vocab, &q->ids, &q->n_ids, why, n);
+        else if (strcmp(k, "stop") == 0) ok = q->stop_set = ids_field(f, k, vocab, &q->stop, &q->n_stop, why, n);
+        else if (strcmp(k, "continue") == 0) {
+            if (!scalar(f)) ok = false, snprintf(why, n, "\"continue\": expected the id of an earlier request");
+            else q->cont = cJSON_PrintUnformatted(f);
+        } else if (strcmp(k, "max_tokens") == 0) ok = int_field(f, k, 0, 1e6, &q->max_tokens, why, n);
+        else if (strcmp(k, "temperature") == 0) ok = num_field(f, k, &q->sample.temperature, why, n);
+        else if (strcmp(k, "top_p") == 0) ok = num_field(f, k, &q->sample.top_p, why, n);
+        else if (strcmp(k, "repetition_penalty") == 0) ok = num_field(f, k, &q->sample.repetition_penalty, why, n);
+        else if (strcmp(k, "top_k") == 0) ok = int_field(f, k, 0, 1e9, &q->sample.top_k, why, n);
+        else if (strcmp(k, "seed") == 0) ok = int_field(f, k, 0, 9007199254740992.0, &i, why, n), q->seed = (uint64_t)i;
+        else if (strcmp(k, "stream") == 0) {
+            if (!cJSON_IsBool(f)) ok = false, snprintf(why, n, "\"stream\": expected true or false");
+            else q->stream = cJSON_IsTrue(f);
+        } else ok = false, snprintf(why, n, "unknown field \"%s\"", k);
+    }
+    if (ok && !q->prompt == !q->ids)
+        ok = false, snprintf(why, n, "give one of \"prompt\" (text) and \"ids\" (token ids)");
+    if (ok && q->ids && q->n_ids == 0) ok = false, snprintf(why, n, "\"ids\": no tokens");
+    if (ok && !sample_params_check(&q->sample, why, n)) ok = false;
+    cJSON_Delete(root);
+    return ok;
+}
+
+void serve_request_free(ServeRequest *q)
+{
+    free(q->id), free(q->cont), free(q->prompt), free(q->ids), free(q->stop);
+    memset(q, 0, sizeof *q);
+}
+
+/* The answer object's "id" (its JSON text parsed again) and the printed line. */
+static cJSON *with_id(const char *id)
+{
+    cJSON *o = cJSON_CreateObject(), *v = cJSON_Parse(id);
+    cJSON_AddItemToObject(o, "id", v ? v : cJSON_CreateNull());
+    return o;
+}
+
+static char *line_of(cJSON *o)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    MOE_ASSERT(s);
+    size_t l = strlen(s);
+    char *out = xmalloc(l + 2);
+    memcpy(out, s, l);
+    out[l] = '\n', out[l + 1] = 0;
+    cJSON_free(s);
+    return out;
+}
+
+/* s with each byte that does not begin or continue a well-formed UTF-8 sequence replaced by U+FFFD
+ * (a model's byte tokens can make any bytes; JSON text is UTF-8). */
+static char *utf8_clean(const char *s)
+{
+    size_t n = strlen(s), o = 0;
+    char *out = xmalloc(3 * n + 1);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 && c >= 0xc2 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 && c <= 0xf4 ? 4 : 0;
+        bool ok = k > 0 && i + k <= n;
+        for (size_t j = 1; ok && j < k; j++) ok = ((unsigned char)s[i + j] & 0xc0) == 0x80;
+        if (ok && k == 3) { /* no overlong forms, no surrogates */
+            unsigned char d = (unsigned char)s[i + 1];
+            ok = !(c == 0xe0 && d < 0xa0) && !(c == 0xed && d >= 0xa0);
+        }
+        if (ok && k == 4) {
+            unsigned char d = (unsigned char)s[i + 1];
+            ok = !(c == 0xf0 && d < 0x90) && !(c == 0xf4 && d >= 0x90);
+        }
+        if (ok) memcpy(out + o, s + i, k), o += k, i += k;
+        else memcpy(out + o, "\xef\xbf\xbd", 3), o += 3, i++;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static void add_text(cJSON *o, const char *text)
+{
+    char *t = utf8_clean(text);
+    cJSON_AddStringToObject(o, "text", t);
+    free(t);
+}
+
+char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
+                   int64_t prompt_tokens, int64_t cached_tokens)
+{
+    cJSON *o = with_id(id), *a = cJSON_AddArrayToObject(o, "ids");
+    for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[j]));
+    if (text) add_text(o, text);
+    cJSON_AddStringToObject(o, "finish_reason", finish);
+    cJSON_AddNumberToObject(o, "prompt_tokens", (double)prompt_tokens);
+    cJSON_AddNumberToObject(o, "cached_tokens", (double)cached_tokens);
+    return line_of(o);
+}
+
+char *serve_error(const char *id, const char *message)
+{
+    cJSON *o = with_id(id);
+    cJSON_AddStringToObject(o, "error", message);
+    return line_of(o);
+}
+
+char *serve_event(const char *id, int32_t token, const char *text)
+{
+    cJSON *o = with_id(id);
+    if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
+    if (text) add_text(o, text);
+    return line_of(o);
+}

@@ -1,0 +1,48 @@
+/* serve.h — `moeppc run --serve`: requests and answers as JSON lines, one request a line in, its
+ * answer (and, streaming, its tokens) a line each out, tagged with the request's id. The driver
+ * (driver.c) runs them as --batch lines; this is their wire form, parsed and written with cJSON.
+ *
+ * A request: {"id": any JSON scalar (echoed; default: its line number),
+ *             "prompt": "text" (with a tokenizer) | "ids": [token ids],
+ *             "continue": the id of an earlier request, whose sequence this one goes on,
+ *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
+ *             "seed": S, "stop": [ids] (the run's options are the defaults), "stream": true|false}
+ * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
+ *             "stop" | "max_positions", "prompt_tokens": N, "cached_tokens": K}
+ * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}. */
+#ifndef MOEPPC_RUNTIME_CPU_SERVE_H
+#define MOEPPC_RUNTIME_CPU_SERVE_H
+
+#include "runtime/runtime.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct ServeRequest {
+    char *id;            /* the request's "id" as JSON text, or its line number */
+    char *cont;          /* "continue": that request's id as JSON text, or NULL */
+    char *prompt;        /* "prompt", or NULL */
+    int32_t *ids;        /* "ids" [n_ids], or NULL */
+    int64_t n_ids;
+    int64_t max_tokens;
+    SampleParams sample;
+    uint64_t seed;
+    int32_t *stop;       /* "stop" [n_stop] when stop_set */
+    int64_t n_stop;
+    bool stop_set, stream;
+} ServeRequest;
+
+/* Line `line_no` of the input (len bytes) into *q, the fields it lacks from *defaults (its max_tokens,
+ * sample, seed): false with the reason in why (and q->id set, for the answer) when it is not one. */
+bool  serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t vocab, const ServeRequest *defaults,
+                          ServeRequest *q, char *why, size_t n);
+void  serve_request_free(ServeRequest *q);
+
+/* Answer lines (each ending in a newline; the caller frees them). text may be NULL (no tokenizer). */
+char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
+                   int64_t prompt_tokens, int64_t cached_tokens);
+char *serve_error(const char *id, const char *message);
+/* A streamed token (token < 0: the text's held-back end alone, after the last token). */
+char *serve_event(const char *id, int32_t token, const char *text);
+
+#endif
