@@ -82,7 +82,10 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
     for (const cJSON *f = root->child; ok && f; f = f->next) {
         const char *k = f->string;
         int64_t i = 0;
-        if (strcmp(k, "id") == 0) continue;
+        char shown[64];
+        str_escape(k, strlen(k), shown, sizeof shown);
+        if (cJSON_GetObjectItemCaseSensitive(root, k) != f) ok = false, snprintf(why, n, "\"%s\" given twice", shown);
+        else if (strcmp(k, "id") == 0) continue;
         else if (strcmp(k, "prompt") == 0) {
             if (!cJSON_IsString(f)) ok = false, snprintf(why, n, "\"prompt\": expected a string");
             else q->prompt = xstrdup(f->valuestring);
@@ -100,7 +103,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "stream") == 0) {
             if (!cJSON_IsBool(f)) ok = false, snprintf(why, n, "\"stream\": expected true or false");
             else q->stream = cJSON_IsTrue(f);
-        } else ok = false, snprintf(why, n, "unknown field \"%s\"", k);
+        } else ok = false, snprintf(why, n, "unknown field \"%s\"", shown);
     }
     if (ok && !q->prompt == !q->ids)
         ok = false, snprintf(why, n, "give one of \"prompt\" (text) and \"ids\" (token ids)");
@@ -163,10 +166,10 @@ static char *utf8_clean(const char *s)
     return out;
 }
 
-static void add_text(cJSON *o, const char *text)
+static void add_text(cJSON *o, const char *key, const char *text)
 {
     char *t = utf8_clean(text);
-    cJSON_AddStringToObject(o, "text", t);
+    cJSON_AddStringToObject(o, key, t);
     free(t);
 }
 
@@ -175,7 +178,7 @@ char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *te
 {
     cJSON *o = with_id(id), *a = cJSON_AddArrayToObject(o, "ids");
     for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[j]));
-    if (text) add_text(o, text);
+    if (text) add_text(o, "text", text);
     cJSON_AddStringToObject(o, "finish_reason", finish);
     cJSON_AddNumberToObject(o, "prompt_tokens", (double)prompt_tokens);
     cJSON_AddNumberToObject(o, "cached_tokens", (double)cached_tokens);
@@ -185,7 +188,7 @@ char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *te
 char *serve_error(const char *id, const char *message)
 {
     cJSON *o = with_id(id);
-    cJSON_AddStringToObject(o, "error", message);
+    add_text(o, "error", message); /* it may quote the request's bytes */
     return line_of(o);
 }
 
@@ -193,6 +196,6 @@ char *serve_event(const char *id, int32_t token, const char *text)
 {
     cJSON *o = with_id(id);
     if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
-    if (text) add_text(o, text);
+    if (text) add_text(o, "text", text);
     return line_of(o);
 }

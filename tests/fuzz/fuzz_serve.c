@@ -1,0 +1,67 @@
+/* fuzz_serve.c — a `moeppc run --serve` request line (serve_request_parse), then the answers made
+ * from it. Accepted: one of "prompt" and "ids", every id and stop id in the vocabulary, the sampling
+ * parameters sample_params_check accepts; refused: a reason without control bytes. Either way the
+ * request has an id, and every answer (ids, the input's bytes as its text; an error; a streamed
+ * token) is one line of JSON that parses back with that id and valid UTF-8 text or error. */
+#include "tests/fuzz/fuzz.h"
+
+#include "runtime/cpu/serve.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { VOCAB = 300 };
+
+/* The answer line parses as one JSON object whose "id" prints as id, and whose text, if any, is
+ * well-formed UTF-8 (cJSON keeps the bytes: checked here). */
+static void check_line(char *line, const char *id)
+{
+    size_t n = strlen(line);
+    FUZZ_CHECK(n >= 2 && line[n - 1] == '\n' && !memchr(line, '\n', n - 1), "not one line: %s", line);
+    cJSON *o = cJSON_Parse(line);
+    FUZZ_CHECK(o && cJSON_IsObject(o), "not a JSON object: %s", line);
+    char *got = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(o, "id"));
+    cJSON *want_v = cJSON_Parse(id);
+    char *want = cJSON_PrintUnformatted(want_v);
+    FUZZ_CHECK(got && want && strcmp(got, want) == 0, "id %s answered as %s", want ? want : "?", got ? got : "?");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(o, "error");
+    for (const unsigned char *p = t ? (const unsigned char *)t->valuestring : NULL; p && *p;) {
+        int k = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        FUZZ_CHECK(k > 0, "a stray byte 0x%02x in the text", *p);
+        for (int j = 1; j < k; j++) FUZZ_CHECK((p[j] & 0xc0) == 0x80, "a cut UTF-8 sequence in the text");
+        p += k;
+    }
+    cJSON_free(got), cJSON_free(want);
+    cJSON_Delete(want_v), cJSON_Delete(o);
+    free(line);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    ServeRequest def = {.max_tokens = 16, .sample = {.top_p = 1, .repetition_penalty = 1}}, q;
+    char why[256];
+    bool ok = serve_request_parse((const char *)data, size, 7, VOCAB, &def, &q, why, sizeof why);
+    FUZZ_CHECK(q.id && *q.id, "a request without an id");
+    if (!ok) {
+        for (const unsigned char *p = (const unsigned char *)why; *p; p++)
+            FUZZ_CHECK(*p >= 0x20 && *p != 0x7f, "a control byte in the reason: %s", why);
+        FUZZ_CHECK(*why, "refused without a reason");
+        check_line(serve_error(q.id, why), q.id);
+    } else {
+        FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
+        for (int64_t j = 0; j < q.n_ids; j++) FUZZ_CHECK(q.ids[j] >= 0 && q.ids[j] < VOCAB, "id %d", q.ids[j]);
+        for (int64_t j = 0; j < q.n_stop; j++) FUZZ_CHECK(q.stop[j] >= 0 && q.stop[j] < VOCAB, "stop id %d", q.stop[j]);
+        FUZZ_CHECK(sample_params_check(&q.sample, why, sizeof why), "sampling accepted: %s", why);
+        FUZZ_CHECK(q.max_tokens >= 0, "max_tokens %lld", (long long)q.max_tokens);
+    }
+    char *text = malloc(size + 1); /* the input's bytes, as a tokenizer might make them */
+    memcpy(text, data, size);
+    text[size] = 0;
+    check_line(serve_answer(q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0), q.id);
+    check_line(serve_event(q.id, 3, text), q.id);
+    free(text);
+    serve_request_free(&q);
+    return 0;
+}
