@@ -2,14 +2,15 @@
 # make_corpus.sh BUILD_DIR: (re)writes the seed corpora tests/fuzz/corpus/<target>/ from the
 # repository's real inputs — the shipped and tiny specs, the bad specs of the error tests, the HF
 # configs, the golden IR of every pass stage, the shipped tuning databases, tokenizer models — and small checkpoints
-# written by `moeppc init-weights` for micro specs plus a few hand-made edge cases (mk_safetensors.py).
+# written by `moeppc init-weights` for micro specs plus a few hand-made edge cases (mk_safetensors.py),
+# and `run --serve` requests.
 # Each seed stays under 64 KB. Run it by hand after the formats change; the fuzzers never write here.
 set -euo pipefail
 build=$(cd "${1:?usage: make_corpus.sh BUILD_DIR}" && pwd)
 cd "$(dirname "$0")/../.."
 out=tests/fuzz/corpus
 rm -rf "$out"
-mkdir -p "$out"/{spec,hf_config,safetensors,safetensors_index,ir,tuning,tokenizer}
+mkdir -p "$out"/{spec,hf_config,safetensors,safetensors_index,ir,tuning,tokenizer,serve}
 
 # spec: every shipped spec and every bad spec of the golden error tests
 cp specs/*.yaml specs/tiny/*.yaml "$out/spec/"
@@ -47,6 +48,18 @@ done
 # pieces; a small character map of its own), as the runtime_tokenizer test trains them
 /usr/bin/python3 tests/runtime/tokenizer_cases.py "$tmp/tok" >/dev/null
 cp "$tmp"/tok/{llama,unused,rules,unigram_llama}.model "$out/tokenizer/"
+
+# serve: `run --serve` requests, every field used once, and bad ones
+s=$out/serve
+printf '%s' '{"id": "a", "ids": [1, 2, 3], "max_tokens": 4}' >"$s/ids.json"
+printf '%s' '{"id": 7, "prompt": "the city\n", "stream": true, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 3}' >"$s/prompt.json"
+printf '%s' '{"id": "c", "continue": "a", "ids": [7], "stop": [2, 13]}' >"$s/continue.json"
+printf '%s' '{"ids": [], "stop": []}' >"$s/bad-empty-ids.json"
+printf '%s' '{"id": [1], "ids": [1]}' >"$s/bad-id-array.json"
+printf '%s' '{"ids": [1.5, 300]}' >"$s/bad-ids.json"
+printf '%s' 'not json' >"$s/bad-not-json.json"
+printf '%s' '{"prompt": "\u00e9\ud800", "ids": [1]}' >"$s/bad-both.json"
+printf '%s' '{"id": "\u0000x", "ids": [1], "max_tokens": 1e300}' >"$s/bad-max.json"
 
 find "$out" -type f -size +64k -print -delete | sed 's/^/too large, dropped: /'
 du -sh "$out"
