@@ -1224,6 +1224,7 @@ typedef struct {
 
 static int64_t answer_ticket(Answers *a)
 {
+    if (a->now) return a->n++; /* printed at once: nothing kept (a server's memory does not grow) */
     if (a->n == a->cap) {
         a->cap = a->cap ? 2 * a->cap : 16;
         a->text = xrealloc(a->text, (size_t)a->cap * sizeof *a->text);
