@@ -1062,8 +1062,9 @@ typedef struct {
     ServeRequest sr; /* --serve: the request (its id, "continue", generation parameters) */
 } PromptLine;
 
-/* A --serve request line into pl (pl->sr): bad, with the reason said, when it is not one. */
-static void serve_line(const Runner *rn, const char *line, size_t len, bool too_long, PromptLine *pl)
+/* A --serve request line into pl (pl->sr): bad, with the reason said, when it is not one (too_long: the
+ * line passed that many bytes). */
+static void serve_line(const Runner *rn, const char *line, size_t len, size_t too_long, PromptLine *pl)
 {
     ServeRequest def = {.max_tokens = rn->r->generate > 0 ? rn->r->generate : 16, .sample = rn->r->sample,
                         .seed = rn->r->sample_seed};
@@ -1072,7 +1073,7 @@ static void serve_line(const Runner *rn, const char *line, size_t len, bool too_
     if (too_long) {
         snprintf(why, sizeof why, "%lld", (long long)pl->line);
         pl->sr.id = xstrdup(why);
-        drv_err("%s: longer than %zu bytes\n", pl->what, (size_t)16 * (size_t)rn->s->max_positions + (1 << 20));
+        drv_err("%s: longer than %zu bytes\n", pl->what, too_long);
     } else if (!serve_request_parse(line, len, pl->line, rn->s->vocab, &def, &pl->sr, why, sizeof why))
         drv_err("%s: %s\n", pl->what, why);
     else if (pl->sr.prompt && !rn->tok)
@@ -1101,7 +1102,7 @@ static bool next_prompt(const Runner *rn, FILE *in, LineReader *lr, PromptLine *
         *pl = (PromptLine){.line = lr->n, .more = *p == '+' && !rn->r->serve};
         snprintf(pl->what, sizeof pl->what, "%s line %lld", rn->r->serve ? "--serve" : "--prompts", (long long)lr->n);
         if (rn->r->serve) {
-            serve_line(rn, line, len, too_long, pl);
+            serve_line(rn, line, len, too_long ? lr->limit : 0, pl);
             return true;
         }
         const char *body = p + pl->more;
@@ -1173,7 +1174,7 @@ static int run_prompts(Runner *rn, FILE *in, const Req *q)
         if (!pl.bad && pl.of && (pl.of != c.line || c.len == 0)) not_held(&pl, 1);
         if (!pl.bad) {
             c.reused = pl.more ? 0 : prefix_reuse(rn, &c, pl.ids, pl.T);
-            if (!pl.more) c.len = c.fed = c.reused;
+            if (!pl.more) c.len = c.fed = c.reused, c.line = 0; /* the sequence before is no more */
             int64_t before = c.len;
             header(&pl, ++done);
             pl.bad = run_prompt(rn, &c, pl.ids + c.reused, pl.T - c.reused, q);
@@ -1465,7 +1466,11 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             if (rn->r->quiet && ans.now && !rn->r->serve) fprintf(L->buf, "%lld\t", (long long)pl.line);
             lane_print(rn, L);
             L->c.reused = reuse;
-            if (!pl.more) L->c.len = L->c.fed = reuse;
+            if (!pl.more) { /* the sequence it held is no more (+@ cannot name it) */
+                L->c.len = L->c.fed = reuse, L->c.line = 0;
+                free(L->c.id);
+                L->c.id = NULL;
+            }
             latest = (int)(L - lanes);
             header(&pl, ++started);
             bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
