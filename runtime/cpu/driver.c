@@ -1568,8 +1568,8 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         if (ok) ir_eval_result_free(&res);
     }
     double dt = now_s() - t0;
-    if (rn->r->generate > 0)
-        fprintf(say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
+    if (rn->r->generate > 0 || rn->r->serve) /* --serve: on standard error, the answers' stream is JSON's */
+        fprintf(rn->r->serve ? stderr : say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
                 "%lld steps, %.2f decoding sequences a step on average\n", (long long)started, B, (long long)tokens, dt,
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
     for (int b = 0; b < B; b++) free(lanes[b].c.seq), free(lanes[b].c.id);
