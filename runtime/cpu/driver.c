@@ -1446,8 +1446,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             int64_t ticket = answer_ticket(&ans);
             if (pl.bad) {
                 rc = 1;
-                char none[32];
-                snprintf(none, sizeof none, rn->r->quiet && ans.now ? "%lld\t\n" : rn->r->quiet ? "\n" : "", (long long)pl.line);
+                char none[32]; /* its empty answer */
+                if (rn->r->quiet && ans.now) snprintf(none, sizeof none, "%lld\t\n", (long long)pl.line);
+                else snprintf(none, sizeof none, "%s", rn->r->quiet ? "\n" : "");
                 answer_done(&ans, ticket, rn->r->serve ? serve_error(pl.sr.id, last_err) : xstrdup(none));
                 serve_request_free(&pl.sr);
                 free(pl.ids);

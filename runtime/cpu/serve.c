@@ -32,7 +32,7 @@ static bool num_field(const cJSON *v, const char *name, double *out, char *why, 
     return true;
 }
 
-/* An array of token ids below vocab into *ids (NULL for an empty one), *count. */
+/* An array of token ids below vocab into *ids (allocated even for an empty one), *count. */
 static bool ids_field(const cJSON *v, const char *name, int64_t vocab, int32_t **ids, int64_t *count, char *why,
                       size_t n)
 {
@@ -41,7 +41,7 @@ static bool ids_field(const cJSON *v, const char *name, int64_t vocab, int32_t *
         return false;
     }
     int64_t k = cJSON_GetArraySize(v), j = 0;
-    *ids = k ? xmalloc((size_t)k * sizeof **ids) : NULL;
+    *ids = xmalloc((size_t)(k ? k : 1) * sizeof **ids); /* given, even if empty */
     *count = k;
     for (const cJSON *e = v->child; e; e = e->next, j++) {
         int64_t id;
