@@ -40,6 +40,9 @@ bool        weights_open(const char *path, WeightSet **out, RtError *err);
  * caches for (cpu_model_run_seqs, cuda_model_run_seqs); false with a message naming the first that
  * is not. */
 bool        rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err);
+/* A fork's arguments (cpu_model_copy_sequence, cuda_model_copy_sequence): both sequences in [0, n),
+ * positions in [0, max_positions]; false with a message otherwise. */
+bool        rt_copy_ok(int from, int to, int64_t positions, int n, int64_t max_positions, RtError *err);
 
 /* Seeded random weights for every tensor of the spec, in the spec's dtype (distribution: see
  * weights_random's definition and README). */

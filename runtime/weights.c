@@ -315,6 +315,14 @@ bool rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err)
     return true;
 }
 
+bool rt_copy_ok(int from, int to, int64_t positions, int n, int64_t max_positions, RtError *err)
+{
+    if (from >= 0 && from < n && to >= 0 && to < n && positions >= 0 && positions <= max_positions) return true;
+    snprintf(err->msg, sizeof err->msg, "copying %lld positions of sequence %d to sequence %d: outside the %d sequences "
+             "of %lld positions", (long long)positions, from, to, n, (long long)max_positions);
+    return false;
+}
+
 /* ---- checking a checkpoint against a spec -------------------------------------------------------------- */
 #define CHECK_MAX_LINES 20
 

@@ -759,11 +759,7 @@ int cpu_model_sequences(const CpuModel *cm) { return cm->n_seqs; }
 
 bool cpu_model_copy_sequence(CpuModel *cm, int from, int to, int64_t positions, RtError *err)
 {
-    if (from < 0 || from >= cm->n_seqs || to < 0 || to >= cm->n_seqs || positions < 0 || positions > cm->max_pos) {
-        snprintf(err->msg, sizeof err->msg, "copying %lld positions of sequence %d to sequence %d: outside the %d "
-                 "sequences of %lld positions", (long long)positions, from, to, cm->n_seqs, (long long)cm->max_pos);
-        return false;
-    }
+    if (!rt_copy_ok(from, to, positions, cm->n_seqs, cm->max_pos, err)) return false;
     if (from == to || positions == 0) return true;
     int64_t cap = cg_attention_cap(cm->max_pos), tiles = (positions + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS;
     for (int s = 0; s < cm->n_steps; s++) {

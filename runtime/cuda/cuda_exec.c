@@ -1749,11 +1749,7 @@ bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, 
 
 bool cuda_model_copy_sequence(CudaModel *cm, int from, int to, int64_t positions, RtError *err)
 {
-    if (from < 0 || from >= cm->n_seqs || to < 0 || to >= cm->n_seqs || positions < 0 || positions > cm->max_pos) {
-        snprintf(err->msg, sizeof err->msg, "copying %lld positions of sequence %d to sequence %d: outside the %d "
-                 "sequences of %lld positions", (long long)positions, from, to, cm->n_seqs, (long long)cm->max_pos);
-        return false;
-    }
+    if (!rt_copy_ok(from, to, positions, cm->n_seqs, cm->max_pos, err)) return false;
     char e[512];
     for (int s = 0; s < cm->n_steps && from != to && positions > 0; s++) {
         const Step *st = &cm->steps[s];
