@@ -1720,9 +1720,9 @@ bool cuda_model_run(CudaModel *cm, const int32_t *ids, const int32_t *pos, int64
 bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
 {
     MOE_ASSERT(!cm->dry && n >= 1);
-    for (int s = 0; s < cm->n_steps && n > cm->n_seqs; s++) {
+    for (int s = 0; s < cm->n_steps; s++) { /* (n = 1 too: a run by sequences reads kcs[0]) */
         Step *st = &cm->steps[s];
-        if (st->i->op != IR_OP_ATTENTION) continue;
+        if (st->i->op != IR_OP_ATTENTION || (st->kcs && st->n_kv >= n)) continue;
         size_t bytes = (size_t)(cm->max_pos * cols(st->i->in[1])) * (st->d.wdtype == DT_F32 ? sizeof(float) : 2);
         if (!st->n_kv) st->n_kv = 1; /* kc, vc */
         st->kcs = xrealloc(st->kcs, (size_t)n * sizeof *st->kcs);

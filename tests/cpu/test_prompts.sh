@@ -192,6 +192,10 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     "$MOEPPC" run "$SPEC" --random-weights 1 --serve $bad </dev/null >/dev/null 2>&1
     [ $? -eq 2 ] || { echo "--serve $bad: not a usage error"; exit 1; }
   done
+  # without --batch: one sequence (on the GPU, that one's caches were never set up for a run by
+  # sequences: a crash until 2026-12-02)
+  [ "$(head -1 "$WORK/serve.jsonl" | "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve 2>/dev/null)" = "${want[0]}" ] ||
+    { echo "--serve without --batch: not the answer of --batch 3"; exit 1; }
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
   # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }
