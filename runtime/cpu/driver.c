@@ -273,7 +273,8 @@ static void print_help(FILE *f)
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
           "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [...], \"stream\"}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
-          "                      \"cached_tokens\"} or {\"id\", \"error\"}; streamed, a line a token first\n"
+          "                      \"cached_tokens\"} or {\"id\", \"error\"}; streamed, a line a token first;\n"
+          "                      {\"cancel\": ID} ends that request now (\"finish_reason\": \"cancelled\")\n"
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
           "  --no-prefix-reuse   with --prompts: run every prompt whole; by default a new line whose\n"
@@ -1076,6 +1077,8 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
         drv_err("%s: longer than %zu bytes\n", pl->what, too_long);
     } else if (!serve_request_parse(line, len, pl->line, rn->s->vocab, &def, &pl->sr, why, sizeof why))
         drv_err("%s: %s\n", pl->what, why);
+    else if (pl->sr.cancel)
+        pl->bad = false; /* no tokens: the driver acts on it as it is read */
     else if (pl->sr.prompt && !rn->tok)
         drv_err("%s: \"prompt\" is text, and there is no tokenizer (--tokenizer F): give \"ids\"\n", pl->what);
     else {
@@ -1383,6 +1386,66 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
     } else lane_finish(rn, L, ans, true);
 }
 
+/* A bad line's answer (the reason is said; --serve: its error, in JSON; else with --quiet an empty
+ * line), in its turn. */
+static void line_refused(const Runner *rn, Answers *ans, PromptLine *pl)
+{
+    char none[32];
+    if (rn->r->quiet && ans->now) snprintf(none, sizeof none, "%lld\t\n", (long long)pl->line);
+    else snprintf(none, sizeof none, "%s", rn->r->quiet ? "\n" : "");
+    answer_done(ans, answer_ticket(ans), rn->r->serve ? serve_error(pl->sr.id, last_err) : xstrdup(none));
+    serve_request_free(&pl->sr);
+    free(pl->ids);
+}
+
+/* --serve: requests read while others run, waiting for a sequence (at most this many; past them the
+ * input is left unread until one starts, and a client writing more waits on its pipe). */
+enum { SERVE_QUEUE = 1024 };
+
+/* --serve's {"cancel": id}: every request of that id still waiting (queue[*nq]) or running ends now,
+ * answered with what it has (finish_reason "cancelled"). A decoding one keeps its tokens so far in
+ * its sequence, which a "continue" goes on from; one still running its prompt has generated none, and
+ * the positions it ran stay in its caches for a later prompt that starts with them (no "continue" can
+ * name it). How many ended. */
+static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, PromptLine *queue, int *nq, Answers *ans,
+                            int64_t *busy, int64_t *tokens)
+{
+    int64_t n = 0;
+    for (int i = 0; i < *nq;) {
+        PromptLine *pl = &queue[i];
+        if (pl->bad || strcmp(pl->sr.id, id) != 0) { /* a bad one gets its error */
+            i++;
+            continue;
+        }
+        answer_done(ans, answer_ticket(ans), serve_answer(id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0));
+        serve_request_free(&pl->sr);
+        free(pl->ids);
+        memmove(pl, pl + 1, (size_t)(--*nq - i) * sizeof *pl);
+        n++;
+    }
+    for (int b = 0; b < B; b++) {
+        Lane *L = &lanes[b];
+        if (L->state == LANE_FREE || strcmp(L->sr.id, id) != 0) continue;
+        lane_print(rn, L);
+        if (L->state == LANE_DECODE) {
+            L->g.n = L->g.g + 1; /* the token chosen last joins it, unfed, as at any end */
+            gen_end(rn, &L->g, true);
+            *tokens += L->g.n;
+        } else {
+            L->c.len = L->c.fed = L->from + L->done;
+            L->c.line = 0;
+            free(L->c.id);
+            L->c.id = NULL;
+            ir_eval_result_free(&L->acc);
+            memset(&L->acc, 0, sizeof L->acc);
+        }
+        L->g.why = "cancelled";
+        lane_finish(rn, L, ans, true);
+        (*busy)--, n++;
+    }
+    return n;
+}
+
 /* --prompts with --batch B (the CPU backend or the GPU): a line starts as soon as one of the B
  * sequences of the model is free (a new line: the one free longest, so that a done line's sequence
  * stays for a +@N as long as can be; a + or +@N line: when the sequence it continues has ended, in
@@ -1391,7 +1454,9 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
  * --chunk tokens of the prompts still to run (the oldest first), so the rows of all of them go through
  * the grouped GEMMs together and a long prompt stalls the decoding ones a chunk at a time. Each line
  * prints what it prints alone, after the lines before it (--unordered: at once). Reading a pipe or a terminal never waits
- * while sequences run: only lines already there are read. */
+ * while sequences run: only lines already there are read. Lines start in order; with --serve every
+ * request already sent is read, and one that must wait (for its sequence, or for a shared prefix)
+ * lets those after it start, but for one that continues it. */
 static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
 {
     int B = rn->r->batch, rc = 0, latest = -1; /* the lane of the sequence a + line continues */
@@ -1414,81 +1479,108 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
     int64_t *at = xmalloc((size_t)cap * sizeof *at);
     LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
     Answers ans = {.now = rn->r->unordered};
-    PromptLine pl;
-    bool held = false, eof = false;
-    int64_t started = 0, tokens = 0, steps = 0, rows = 0, busy = 0;
+    int nq = 0, qcap = rn->r->serve ? SERVE_QUEUE : 1; /* lines read, not started */
+    PromptLine *queue = xmalloc((size_t)qcap * sizeof *queue);
+    bool eof = false;
+    int64_t started = 0, tokens = 0, steps = 0, rows = 0, busy = 0, cancelled = 0;
     double t0 = now_s();
     for (;;) {
-        while (!eof) { /* start what can start */
-            if (!held && busy && pipe && !readable(in)) break;
-            if (!held && !(held = next_prompt(rn, in, &lr, &pl))) {
-                eof = true;
-                break;
+        bool moved;
+        do { /* read and start lines until one waits or none is there */
+            moved = false;
+            while (!eof && nq < qcap) { /* read what is there (blocking only when nothing is to be done) */
+                if ((busy || nq) && pipe && !readable(in)) break;
+                PromptLine *pl = &queue[nq];
+                if (!next_prompt(rn, in, &lr, pl)) {
+                    eof = true;
+                    break;
+                }
+                if (pl->bad && rn->r->serve) { /* answered now, with its reason */
+                    line_refused(rn, &ans, pl), rc = 1;
+                    continue;
+                }
+                if (!pl->sr.cancel) {
+                    nq++;
+                    continue;
+                }
+                int64_t k = serve_cancel(rn, pl->sr.cancel, lanes, B, queue, &nq, &ans, &busy, &tokens);
+                if (!k) fprintf(stderr, "%s: %s: cancel %s: no request of that id is waiting or running\n", cfg->prog, pl->what, pl->sr.cancel);
+                cancelled += k;
+                serve_request_free(&pl->sr);
             }
-            for (int b = 0; !pl.bad && pl.sr.cont && !pl.of && b < B; b++) /* --serve: "continue" names its lane */
-                if (lanes[b].c.id && strcmp(lanes[b].c.id, pl.sr.cont) == 0 && lanes[b].c.len > 0) pl.of = lanes[b].c.line;
-            if (!pl.bad && pl.sr.cont && !pl.of) {
-                drv_err("%s: \"continue\": no sequence held now ends with request %s's turn (a later turn continued "
-                        "it, a later request took its place, or it failed)\n", pl.what, pl.sr.cont);
-                pl.bad = true;
-            }
-            if (!pl.bad && pl.more && !pl.of && latest < 0) no_sequence_before(&pl);
-            int of = pl.more && !pl.of ? latest : -1; /* the lane it continues */
-            for (int b = 0; !pl.bad && pl.of && of < 0 && b < B; b++)
-                if (lanes[b].c.line == pl.of && lanes[b].c.len > 0) of = b;
-            if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
-            Lane *L = NULL;
-            if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
-            int64_t reuse = 0;
-            if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, &reuse);
-            if (!pl.bad && !L) break; /* it waits for a sequence to end */
-            held = false;
-            int64_t ticket = answer_ticket(&ans);
-            if (pl.bad) {
-                rc = 1;
-                char none[32]; /* its empty answer */
-                if (rn->r->quiet && ans.now) snprintf(none, sizeof none, "%lld\t\n", (long long)pl.line);
-                else snprintf(none, sizeof none, "%s", rn->r->quiet ? "\n" : "");
-                answer_done(&ans, ticket, rn->r->serve ? serve_error(pl.sr.id, last_err) : xstrdup(none));
-                serve_request_free(&pl.sr);
+            for (int i = 0; i < nq;) { /* start what can start */
+                PromptLine pl = queue[i];
+                bool before = false; /* --serve: it continues a request still waiting before it */
+                for (int j = 0; !pl.bad && pl.sr.cont && !pl.of && j < i; j++) before = before || strcmp(queue[j].sr.id, pl.sr.cont) == 0;
+                if (before) {
+                    i++;
+                    continue;
+                }
+                for (int b = 0; !pl.bad && pl.sr.cont && !pl.of && b < B; b++) /* --serve: "continue" names its lane */
+                    if (lanes[b].c.id && strcmp(lanes[b].c.id, pl.sr.cont) == 0 && lanes[b].c.len > 0) pl.of = lanes[b].c.line;
+                if (!pl.bad && pl.sr.cont && !pl.of) {
+                    drv_err("%s: \"continue\": no sequence held now ends with request %s's turn (a later turn continued "
+                            "it, a later request took its place, or it failed)\n", pl.what, pl.sr.cont);
+                    pl.bad = true;
+                }
+                if (!pl.bad && pl.more && !pl.of && latest < 0) no_sequence_before(&pl);
+                int of = pl.more && !pl.of ? latest : -1; /* the lane it continues */
+                for (int b = 0; !pl.bad && pl.of && of < 0 && b < B; b++)
+                    if (lanes[b].c.line == pl.of && lanes[b].c.len > 0) of = b;
+                if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
+                Lane *L = NULL;
+                if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
+                int64_t reuse = 0;
+                if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, &reuse);
+                if (!pl.bad && !L) { /* it waits for a sequence to end */
+                    queue[i++] = pl;
+                    if (!rn->r->serve) break;
+                    continue;
+                }
+                memmove(queue + i, queue + i + 1, (size_t)(--nq - i) * sizeof *queue);
+                moved = true;
+                if (pl.bad) {
+                    line_refused(rn, &ans, &pl), rc = 1;
+                    continue;
+                }
+                int64_t ticket = answer_ticket(&ans);
+                L->ticket = ticket, L->q = q, L->T = pl.T, L->sent = 0, L->g = (Gen){0};
+                if (rn->r->serve) { /* the request's own parameters */
+                    L->sr = pl.sr;
+                    memset(&pl.sr, 0, sizeof pl.sr);
+                    L->own = (Req){L->sr.max_tokens, L->sr.sample, L->sr.seed, q->stop};
+                    if (L->sr.stop_set) L->own.stop = (StopIds){L->sr.stop, L->sr.n_stop, "a stop token of the request"};
+                    L->q = &L->own;
+                }
+                L->buf = open_memstream(&L->text, &L->text_n);
+                MOE_ASSERT(L->buf);
+                if (rn->r->quiet && ans.now && !rn->r->serve) fprintf(L->buf, "%lld\t", (long long)pl.line);
+                lane_print(rn, L);
+                L->c.reused = reuse;
+                if (!pl.more) { /* the sequence it held is no more (+@ cannot name it) */
+                    L->c.len = L->c.fed = reuse, L->c.line = 0;
+                    free(L->c.id);
+                    L->c.id = NULL;
+                }
+                latest = (int)(L - lanes);
+                header(&pl, ++started);
+                bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
                 free(pl.ids);
-                continue;
+                if (ok) {
+                    L->c.line = pl.line;
+                    free(L->c.id);
+                    L->c.id = L->sr.id ? xstrdup(L->sr.id) : NULL;
+                } else {
+                    rc = 1;
+                    fflush(say);
+                    lane_finish(rn, L, &ans, false);
+                    continue;
+                }
+                L->state = LANE_PREFILL, L->done = 0, busy++;
+                lane_print_end();
             }
-            L->ticket = ticket, L->q = q, L->T = pl.T, L->sent = 0, L->g = (Gen){0};
-            if (rn->r->serve) { /* the request's own parameters */
-                L->sr = pl.sr;
-                memset(&pl.sr, 0, sizeof pl.sr);
-                L->own = (Req){L->sr.max_tokens, L->sr.sample, L->sr.seed, q->stop};
-                if (L->sr.stop_set) L->own.stop = (StopIds){L->sr.stop, L->sr.n_stop, "a stop token of the request"};
-                L->q = &L->own;
-            }
-            L->buf = open_memstream(&L->text, &L->text_n);
-            MOE_ASSERT(L->buf);
-            if (rn->r->quiet && ans.now && !rn->r->serve) fprintf(L->buf, "%lld\t", (long long)pl.line);
-            lane_print(rn, L);
-            L->c.reused = reuse;
-            if (!pl.more) { /* the sequence it held is no more (+@ cannot name it) */
-                L->c.len = L->c.fed = reuse, L->c.line = 0;
-                free(L->c.id);
-                L->c.id = NULL;
-            }
-            latest = (int)(L - lanes);
-            header(&pl, ++started);
-            bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
-            free(pl.ids);
-            if (ok) {
-                L->c.line = pl.line;
-                free(L->c.id);
-                L->c.id = L->sr.id ? xstrdup(L->sr.id) : NULL;
-            } else {
-                rc = 1;
-                fflush(say);
-                lane_finish(rn, L, &ans, false);
-                continue;
-            }
-            L->state = LANE_PREFILL, L->done = 0, busy++;
-            lane_print_end();
-        }
+        } while (moved && !eof);
+        MOE_ASSERT(busy || !nq); /* with every sequence free, the first line waiting starts */
         if (!busy) {
             if (eof) break;
             continue;
@@ -1573,8 +1665,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         fprintf(rn->r->serve ? stderr : say, "\n batch: %lld sequences, up to %d at once: %lld tokens generated in %.3f s (%.2f tokens/s), "
                 "%lld steps, %.2f decoding sequences a step on average\n", (long long)started, B, (long long)tokens, dt,
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
+    if (cancelled) fprintf(stderr, " %lld requests cancelled\n", (long long)cancelled);
     for (int b = 0; b < B; b++) free(lanes[b].c.seq), free(lanes[b].c.id);
-    free(lanes);
+    free(lanes), free(queue);
     free(ids), free(pos), free(sq), free(who), free(run_ids), free(run_pos), free(run_sq), free(at);
     free(ans.text);
     free(lr.line);

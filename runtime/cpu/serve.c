@@ -94,6 +94,10 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "continue") == 0) {
             if (!scalar(f)) ok = false, snprintf(why, n, "\"continue\": expected the id of an earlier request");
             else q->cont = cJSON_PrintUnformatted(f);
+        } else if (strcmp(k, "cancel") == 0) {
+            if (!scalar(f)) ok = false, snprintf(why, n, "\"cancel\": expected the id of a request");
+            else if (f != root->child || f->next) ok = false, snprintf(why, n, "a cancel is {\"cancel\": ID} alone");
+            else q->cancel = cJSON_PrintUnformatted(f);
         } else if (strcmp(k, "max_tokens") == 0) ok = int_field(f, k, 0, 1e6, &q->max_tokens, why, n);
         else if (strcmp(k, "temperature") == 0) ok = num_field(f, k, &q->sample.temperature, why, n);
         else if (strcmp(k, "top_p") == 0) ok = num_field(f, k, &q->sample.top_p, why, n);
@@ -105,7 +109,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
             else q->stream = cJSON_IsTrue(f);
         } else ok = false, snprintf(why, n, "unknown field \"%s\"", shown);
     }
-    if (ok && !q->prompt == !q->ids)
+    if (ok && !q->cancel && !q->prompt == !q->ids)
         ok = false, snprintf(why, n, "give one of \"prompt\" (text) and \"ids\" (token ids)");
     if (ok && q->ids && q->n_ids == 0) ok = false, snprintf(why, n, "\"ids\": no tokens");
     if (ok && !sample_params_check(&q->sample, why, n)) ok = false;
@@ -115,7 +119,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
 
 void serve_request_free(ServeRequest *q)
 {
-    free(q->id), free(q->cont), free(q->prompt), free(q->ids), free(q->stop);
+    free(q->id), free(q->cont), free(q->cancel), free(q->prompt), free(q->ids), free(q->stop);
     memset(q, 0, sizeof *q);
 }
 

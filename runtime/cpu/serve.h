@@ -9,7 +9,9 @@
  *             "seed": S, "stop": [ids] (the run's options are the defaults), "stream": true|false}
  * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
  *             "stop" | "max_positions", "prompt_tokens": N, "cached_tokens": K}
- * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}. */
+ * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}.
+ * A cancel: {"cancel": an id} alone ends every request of that id still waiting or running: each
+ *             answered at once with what it has, "finish_reason": "cancelled"; no answer of its own. */
 #ifndef MOEPPC_RUNTIME_CPU_SERVE_H
 #define MOEPPC_RUNTIME_CPU_SERVE_H
 
@@ -21,6 +23,7 @@
 typedef struct ServeRequest {
     char *id;            /* the request's "id" as JSON text, or its line number */
     char *cont;          /* "continue": that request's id as JSON text, or NULL */
+    char *cancel;        /* a cancel line: the id of the requests to end, as JSON text (nothing else set) */
     char *prompt;        /* "prompt", or NULL */
     int32_t *ids;        /* "ids" [n_ids], or NULL */
     int64_t n_ids;

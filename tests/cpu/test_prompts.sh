@@ -196,6 +196,72 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
   # sequences: a crash until 2026-12-02)
   [ "$(head -1 "$WORK/serve.jsonl" | "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve 2>/dev/null)" = "${want[0]}" ] ||
     { echo "--serve without --batch: not the answer of --batch 3"; exit 1; }
+  # a request that waits (here for the sequence it continues) lets those after it start: f is
+  # answered before a, and c (a's next turn) last
+  printf '%s\n' '{"id": "a", "ids": '"$(js "$LONG")"', "max_tokens": 8}' '{"id": "c", "continue": "a", "ids": [7]}' \
+    '{"id": "f", "ids": '"$(js "$SHORT")"'}' >"$WORK/wait.jsonl"
+  order=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve --batch 2 <"$WORK/wait.jsonl" 2>/dev/null | cut -d, -f1 | paste -sd' ')
+  [ "$order" = '{"id":"f" {"id":"a" {"id":"c"' ] || { echo "--serve: a waiting request held up the next: answers '$order'"; exit 1; }
+  # {"cancel": ID}: a request still waiting ends at once with nothing, answered before the one running
+  # ahead of it; "continue" cannot name it; an id none has is said on standard error; a cancel is alone
+  { echo '{"id": "a", "ids": '"$(js "$LONG")"'}'
+    echo '{"id": "b", "ids": '"$(js "$SHORT")"'}'
+    echo '{"cancel": "b"}'
+    echo '{"cancel": "zz"}'
+    echo '{"cancel": ["b"]}'
+    echo '{"cancel": "a", "ids": [1]}'
+    echo '{"id": "c", "continue": "b", "ids": [1]}'; } >"$WORK/cancel.jsonl"
+  "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve <"$WORK/cancel.jsonl" >"$WORK/cancel.out" 2>"$WORK/cancel.err"
+  rc=$?
+  [ $rc -eq 1 ] && [ "$(sed -n 1p "$WORK/cancel.out")" = '{"id":"b","ids":[],"finish_reason":"cancelled","prompt_tokens":2,"cached_tokens":0}' ] &&
+    [ "$(sed -n '$p' "$WORK/cancel.out")" = "${want[1]/\"b\"/\"a\"}" ] && [ "$(wc -l <"$WORK/cancel.out")" -eq 5 ] &&
+    grep -qF '{"id":5,"error":"--serve line 5: \"cancel\": expected the id of a request"}' "$WORK/cancel.out" &&
+    grep -qF '{"id":6,"error":"--serve line 6: a cancel is {\"cancel\": ID} alone"}' "$WORK/cancel.out" &&
+    grep -qF '{"id":"c","error":"--serve line 7: \"continue\": no sequence held now ends with request \"b\"' "$WORK/cancel.out" &&
+    grep -qF 'line 4: cancel "zz": no request of that id is waiting or running' "$WORK/cancel.err" ||
+    { echo "--serve cancel of a waiting request: exit $rc"; cat "$WORK/cancel.out" "$WORK/cancel.err"; exit 1; }
+  # cancelling running requests, on a pipe (caches of 4096 positions: time to cancel in): a decoding
+  # one ends with the tokens it has streamed, and "continue" goes on from them as the whole sequence
+  # alone; one running its prompt (started once the bad line sent after it is answered) ends with
+  # none, and the positions it ran are in its caches for the same prompt sent again
+  sed 's/max_positions: 64/max_positions: 4096/' "$SPEC" >"$WORK/long.yaml"
+  L=(--random-weights 1 --device "$DEVICE" --ignore-eos)
+  coproc P { timeout 120 "$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --serve --batch 2 --chunk 64 2>/dev/null; }
+  echo '{"id": "d", "ids": '"$(js "$LONG")"', "max_tokens": 4000, "stream": true}' >&"${P[1]}"
+  toks=""
+  read -r -t 60 ln <&"${P[0]}" && echo '{"cancel": "d"}' >&"${P[1]}"
+  while [[ $ln == '{"id":"d","token":'* ]]; do toks="$toks ${ln//[^0-9]/}" && read -r -t 60 ln <&"${P[0]}" || break; done
+  dids=$(echo "$ln" | sed -n 's/^{"id":"d","ids":\[\([0-9,]*\)\],"finish_reason":"cancelled","prompt_tokens":10,"cached_tokens":0}$/\1/p' | tr , ' ')
+  n=$(echo "$dids" | wc -w)
+  [ "$n" -ge 1 ] && [ "$n" -lt 4000 ] && [ "${toks# }" = "$dids" ] ||
+    { echo "--serve cancel of a decoding request: '$ln' after the tokens '$toks'"; exit 1; }
+  echo '{"id": "e", "continue": "d", "ids": [7], "max_tokens": 3}' >&"${P[1]}" && read -r -t 60 ln <&"${P[0]}"
+  e1=$("$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --generate 3 --quiet --ids "$LONG $dids 7")
+  [ "$ln" = "{\"id\":\"e\",\"ids\":$(js "$e1"),\"finish_reason\":\"length\",\"prompt_tokens\":1,\"cached_tokens\":0}" ] ||
+    { echo "--serve continuing a cancelled request: '$ln', want the ids '$e1'"; exit 1; }
+  if [ "$DEVICE" = cpu ]; then # (the emulator would take minutes over 3900 positions)
+    # r decodes beside, its streamed tokens a step each: one after the bad line's answer comes from a
+    # step that ran p's first 64 positions; p is then cancelled (again, with another prompt, should
+    # all 61 steps of its prompt have run first)
+    upto() { while read -r -t 60 ln <&"${P[0]}"; do [[ $ln == $1 ]] && return 0; done; return 1; }
+    echo '{"id": "r", "ids": [1, 2, 3], "max_tokens": 4000, "stream": true}' >&"${P[1]}"
+    for try in 1 2 3; do
+      long=$(seq 3900 | awk -v t=$try '{ printf "%s%d", (NR > 1 ? " " : ""), ($1 * 7 + t) % 250 + 1 }')
+      printf '%s\nx\n' '{"id": "p", "ids": '"$(js "$long")"', "max_tokens": 2}' >&"${P[1]}"
+      upto '*"error"*' && upto '{"id":"r","token"*' && echo '{"cancel": "p"}' >&"${P[1]}" && upto '{"id":"p"*'
+      [[ $ln == *cancelled* ]] && break
+    done
+    pa=$ln
+    echo '{"id": "q", "ids": '"$(js "$long 5")"', "max_tokens": 2}' >&"${P[1]}" && upto '{"id":"q"*'
+    k=$(echo "$ln" | sed -n 's/.*"cached_tokens":\([0-9]*\)}$/\1/p')
+    [ "$pa" = '{"id":"p","ids":[],"finish_reason":"cancelled","prompt_tokens":3900,"cached_tokens":0}' ] &&
+      [ "${k:-0}" -gt 0 ] && [ "$k" -lt 3900 ] && [ $((k % 64)) -eq 0 ] &&
+      [ "$ln" = "{\"id\":\"q\",\"ids\":$(js "$("$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --generate 2 --quiet --ids "$long 5")"),\"finish_reason\":\"length\",\"prompt_tokens\":3901,\"cached_tokens\":$k}" ] ||
+      { echo "--serve cancel of a request in its prompt: '$pa', then the prompt again: '$ln'"; exit 1; }
+    echo '{"cancel": "r"}' >&"${P[1]}" && upto '{"id":"r","ids"*' && [[ $ln == *'"finish_reason":"cancelled"'* ]] ||
+      { echo "--serve: r not cancelled: '$ln'"; exit 1; }
+  fi
+  exec {P[1]}>&-; wait
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
   # +@1 (20 tokens, in chunks of 4), so line 5 takes line 3's sequence and line 4's is still held
   coproc P { timeout 60 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts - --batch 2 --chunk 4 --unordered; }

@@ -1,6 +1,6 @@
 /* fuzz_serve.c — a `moeppc run --serve` request line (serve_request_parse), then the answers made
- * from it. Accepted: one of "prompt" and "ids", every id and stop id in the vocabulary, the sampling
- * parameters sample_params_check accepts; refused: a reason without control bytes. Either way the
+ * from it. Accepted: a cancel alone, or one of "prompt" and "ids", every id and stop id in the
+ * vocabulary, the sampling parameters sample_params_check accepts; refused: a reason without control bytes. Either way the
  * request has an id, and every answer (ids, the input's bytes as its text; an error; a streamed
  * token) is one line of JSON that parses back with that id and valid UTF-8 text or error. */
 #include "tests/fuzz/fuzz.h"
@@ -50,7 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(*why, "refused without a reason");
         check_line(serve_error(q.id, why), q.id);
     } else {
-        FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
+        if (q.cancel) { /* {"cancel": ID} alone; the requests it ends are answered with that id */
+            FUZZ_CHECK(!q.prompt && !q.ids && !q.cont && !q.stop_set, "a cancel with a request's fields");
+            check_line(serve_answer(q.cancel, NULL, 0, "", "cancelled", 0, 0), q.cancel);
+        } else FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
         for (int64_t j = 0; j < q.n_ids; j++) FUZZ_CHECK(q.ids[j] >= 0 && q.ids[j] < VOCAB, "id %d", q.ids[j]);
         for (int64_t j = 0; j < q.n_stop; j++) FUZZ_CHECK(q.stop[j] >= 0 && q.stop[j] < VOCAB, "stop id %d", q.stop[j]);
         FUZZ_CHECK(sample_params_check(&q.sample, why, sizeof why), "sampling accepted: %s", why);
