@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""moeppc_http.py -- an HTTP front for `moeppc run --serve`: OpenAI-style completions over one model.
+
+    python3 examples/serve_http/moeppc_http.py [--host 127.0.0.1] [--port 8000] -- \
+        build/moeppc run specs/moepp-7b.yaml --weights CKPT --tokenizer CKPT/tokenizer.model --batch 8
+
+runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
+  POST /v1/completions  {"prompt": "text" | [token ids], "max_tokens", "temperature", "top_p",
+                         "top_k", "repetition_penalty", "seed", "stop": [token ids], "stream",
+                         "continue": the "id" of an earlier completion (its conversation's next turn)}
+                        -> {"id", "object": "text_completion", "created", "model",
+                            "choices": [{"index": 0, "text", "token_ids", "finish_reason"}],
+                            "usage": {"prompt_tokens", "completion_tokens", "total_tokens",
+                                      "cached_tokens"}}
+                        with "stream": true, server-sent events: a chunk a token, the last with
+                        its finish_reason, then "data: [DONE]"
+  GET  /v1/models, GET /health
+Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
+together; a streaming client that goes away has its request cancelled ({"cancel": id}). Standard
+library only. The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
+"""
+import argparse
+import http.server
+import itertools
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream"}
+# OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored
+NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0,
+           "frequency_penalty": 0}
+
+
+class Backend:
+    """The moeppc subprocess: requests written a line each, answers read by one thread and handed
+    to the waiting request by id."""
+
+    def __init__(self, command):
+        if "--serve" not in command:
+            command = command + ["--serve"]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.lock = threading.Lock()
+        self.waiting = {}  # id -> queue of its answer lines (dicts); None: the subprocess ended
+        self.ids = itertools.count(1)
+        self.alive = True
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                q = self.waiting.get(msg.get("id"))
+            if q is not None:
+                q.put(msg)
+        with self.lock:
+            self.alive = False
+            for q in self.waiting.values():
+                q.put(None)
+
+    def submit(self, request):
+        """Send a request (its "id" chosen here): the id and the queue its lines arrive on."""
+        rid = "cmpl-%d" % next(self.ids)
+        q = queue.Queue()
+        with self.lock:
+            if not self.alive:
+                q.put(None)
+                return rid, q
+            self.waiting[rid] = q
+            self._write(dict(request, id=rid))
+        return rid, q
+
+    def cancel(self, rid):
+        with self.lock:
+            if self.alive:
+                self._write({"cancel": rid})
+
+    def done(self, rid):
+        with self.lock:
+            self.waiting.pop(rid, None)
+
+    def _write(self, obj):  # under the lock
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        except (BrokenPipeError, ValueError):
+            pass  # the reader sees the end
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.proc.wait()
+
+
+def completion_request(body):
+    """A moeppc request from an OpenAI-style body, or raise ValueError with the reason."""
+    if not isinstance(body, dict):
+        raise ValueError("the body is a JSON object")
+    unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user"})
+    if unknown:
+        raise ValueError('unknown field "%s"' % unknown[0])
+    for k, v in NEUTRAL.items():
+        if k in body and body[k] != v:
+            raise ValueError('"%s": only %s is supported' % (k, json.dumps(v)))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        req = {"prompt": prompt}
+    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        req = {"ids": prompt}
+    else:
+        raise ValueError('"prompt": a string or a list of token ids')
+    for k in FIELDS:
+        if k in body:
+            req[k] = body[k]
+    if "continue" in body:
+        req["continue"] = body["continue"]
+    return req
+
+
+def make_handler(backend, model):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # one line a request on standard error
+            sys.stderr.write("moeppc_http: %s %s\n" % (self.address_string(), fmt % args))
+
+        def _json(self, code, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, code, message, kind="invalid_request_error"):
+            self._json(code, {"error": {"message": message, "type": kind}})
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._json(200 if backend.alive else 503, {"status": "ok" if backend.alive else "down"})
+            elif self.path == "/v1/models":
+                self._json(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+            else:
+                self._error(404, "no such endpoint: " + self.path, "not_found")
+
+        def do_POST(self):
+            if self.path != "/v1/completions":
+                return self._error(404, "no such endpoint: " + self.path, "not_found")
+            try:
+                n = int(self.headers.get("Content-Length", "0"))
+                req = completion_request(json.loads(self.rfile.read(n) or b"null"))
+            except ValueError as e:
+                return self._error(400, str(e))
+            rid, q = backend.submit(req)
+            try:
+                if req.get("stream"):
+                    self._stream(rid, q)
+                else:
+                    self._answer(rid, q.get())
+            finally:
+                backend.done(rid)
+
+        def _choice(self, rid, text, finish):
+            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+        def _answer(self, rid, msg):
+            if msg is None:
+                return self._error(503, "the model's process has ended", "server_error")
+            if "error" in msg:
+                return self._error(400, msg["error"])
+            out = self._choice(rid, msg.get("text", ""), msg["finish_reason"])
+            out["choices"][0]["token_ids"] = msg["ids"]
+            out["usage"] = {"prompt_tokens": msg["prompt_tokens"], "completion_tokens": len(msg["ids"]),
+                            "total_tokens": msg["prompt_tokens"] + len(msg["ids"]),
+                            "cached_tokens": msg["cached_tokens"]}
+            self._json(200, out)
+
+        def _stream(self, rid, q):
+            msg = q.get()
+            if msg is None or "error" in msg:  # refused before any token: a plain error
+                return self._answer(rid, msg)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            gone = False
+            while msg is not None:
+                last = "finish_reason" in msg
+                if not gone:  # (the answer's text is the whole: streamed already)
+                    chunk = self._choice(rid, "" if last else msg.get("text", ""), msg.get("finish_reason"))
+                    chunk["choices"][0]["token_ids"] = [msg["token"]] if "token" in msg else []
+                    try:
+                        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                        if last:
+                            self.wfile.write(b"data: [DONE]\n\n")
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        gone = True  # the client went away: its request ends, its answer is awaited
+                        backend.cancel(rid)
+                if last:
+                    break
+                msg = q.get()
+
+    return Handler
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 usage="%(prog)s [--host H] [--port P] -- MOEPPC RUN ARGS...")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0: any free port (the one taken is printed)")
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    command = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not command:
+        ap.error("give the moeppc command after --, e.g. -- build/moeppc run SPEC --weights W --batch 8")
+    model = next((c for c in command if c.endswith((".yaml", ".yml", ".json"))), command[0])
+    backend = Backend(command)
+    server = http.server.ThreadingHTTPServer((a.host, a.port), make_handler(backend, model))
+    server.daemon_threads = True
+    print("moeppc_http: listening on http://%s:%d" % server.server_address[:2], flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    try:
+        threading.Thread(target=lambda: (backend.proc.wait(), server.shutdown()), daemon=True).start()
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        rc = backend.close()
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""test_serve_http.py MOEPPC SOURCE_DIR: examples/serve_http/moeppc_http.py in front of `moeppc run
+--serve --batch 3` on a tiny spec (caches of 4096 positions): completions, streamed or not, several at
+once and a conversation's next turn, each what `moeppc run --ids` generates alone; bad requests
+answered 400 with the reason; a streaming client that goes away has its request cancelled."""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+MOEPPC, SRC = sys.argv[1], sys.argv[2]
+work = tempfile.mkdtemp()
+spec = os.path.join(work, "long.yaml")
+with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:
+    text = f.read()
+assert "max_positions: 64" in text
+with open(spec, "w") as f:
+    f.write(text.replace("max_positions: 64", "max_positions: 4096"))
+RUN = ["run", spec, "--random-weights", "1", "--ignore-eos"]
+
+
+def fail(msg):
+    print("serve_http: " + msg)
+    sys.exit(1)
+
+
+def alone(ids, n):
+    out = subprocess.run([MOEPPC] + RUN + ["--generate", str(n), "--quiet", "--ids", " ".join(map(str, ids))],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(t) for t in out.split()]
+
+
+def start(args, err):
+    """The HTTP server in front of `moeppc ARGS`: the process and its port."""
+    p = subprocess.Popen([sys.executable, os.path.join(SRC, "examples/serve_http/moeppc_http.py"), "--port", "0",
+                          "--", MOEPPC] + args, stdout=subprocess.PIPE, stderr=err, text=True)
+    first = p.stdout.readline()
+    m = re.match(r"moeppc_http: listening on http://127\.0\.0\.1:(\d+)$", first.strip())
+    if not m:
+        fail("no port said: %r" % first)
+    return p, int(m.group(1))
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        fail("the server did not stop at SIGTERM")
+
+
+err = open(os.path.join(work, "server.err"), "w+")
+server, port = start(RUN + ["--batch", "3"], err)
+
+
+def call(method, path, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, r.getheader("Content-Type"), data
+
+
+def complete(body):
+    status, kind, data = call("POST", "/v1/completions", body)
+    if status != 200 or kind != "application/json":
+        fail("%s: %d %s %r" % (body, status, kind, data))
+    return json.loads(data)
+
+
+def stream(body, stop_after=None):
+    """The chunks of a streamed completion (stop_after: close the connection after that many)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)))
+    sock = c.sock
+    r = c.getresponse()
+    if r.status != 200 or r.getheader("Content-Type") != "text/event-stream":
+        fail("stream %s: %d %r" % (body, r.status, r.read()))
+    chunks = []
+    while True:
+        line = r.fp.readline().decode()
+        if not line:
+            fail("stream %s ended without [DONE] after %d chunks" % (body, len(chunks)))
+        if not line.startswith("data: "):
+            continue
+        if line.strip() == "data: [DONE]":
+            break
+        chunks.append(json.loads(line[6:]))
+        if stop_after is not None and len(chunks) == stop_after:
+            sock.shutdown(socket.SHUT_RDWR)  # the client goes away
+            sock.close()
+            return chunks
+    c.close()
+    return chunks
+
+
+LONG, SHORT = [3, 17, 42, 99, 128, 200, 255, 0, 64, 7], [5, 6]
+try:
+    # a completion, and a conversation's next turn ("continue": its id), each as alone
+    a = complete({"prompt": LONG, "max_tokens": 4, "model": "x"})
+    ca = a["choices"][0]
+    if ca["token_ids"] != alone(LONG, 4) or ca["finish_reason"] != "length" or a["object"] != "text_completion" or \
+            a["usage"] != {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "cached_tokens": 0}:
+        fail("a completion: %s, alone %s" % (a, alone(LONG, 4)))
+    b = complete({"prompt": [7], "continue": a["id"], "max_tokens": 3})
+    if b["choices"][0]["token_ids"] != alone(LONG + ca["token_ids"] + [7], 3):
+        fail("the next turn: %s" % b)
+    # streamed: a chunk a token, the last with the finish_reason
+    chunks = stream({"prompt": SHORT, "max_tokens": 5})
+    got = [t for ch in chunks for t in ch["choices"][0]["token_ids"]]
+    if got != alone(SHORT, 5) or chunks[-1]["choices"][0]["finish_reason"] != "length" or \
+            any(ch["choices"][0]["finish_reason"] for ch in chunks[:-1]):
+        fail("a stream: %s, alone %s" % (chunks, alone(SHORT, 5)))
+    # several at once (decoded together by --batch 3), each as alone
+    prompts = [LONG, SHORT, [9, 8, 7, 6, 5], [1, 2, 3], LONG + [1, 2]]
+    results = [None] * len(prompts)
+
+    def one(k):
+        results[k] = complete({"prompt": prompts[k], "max_tokens": 6})["choices"][0]["token_ids"]
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p, r in zip(prompts, results):
+        if r != alone(p, 6):
+            fail("at once: %s gave %s, alone %s" % (p, r, alone(p, 6)))
+    # bad requests: 400 with the reason; other paths
+    for body, reason in (({"prompt": [999999]}, "vocabulary"), ({"prompt": [1], "foo": 1}, 'unknown field "foo"'),
+                         ({"prompt": [1], "n": 2}, '"n": only 1'), ({"prompt": 5}, '"prompt"'),
+                         ({"prompt": [1], "top_p": 2}, "top"), ({"prompt": [1], "continue": "none"}, "continue")):
+        status, _, data = call("POST", "/v1/completions", body)
+        if status != 400 or reason not in json.loads(data)["error"]["message"]:
+            fail("%s: %d %r, want 400 saying %r" % (body, status, data, reason))
+    s1, _, d1 = call("GET", "/health")
+    s2, _, d2 = call("GET", "/v1/models")
+    s3, _, _ = call("GET", "/nope")
+    if (s1, json.loads(d1)) != (200, {"status": "ok"}) or s2 != 200 or json.loads(d2)["data"][0]["id"] != spec or s3 != 404:
+        fail("GET: %d %r, %d %r, %d" % (s1, d1, s2, d2, s3))
+    # a client that goes away after 2 tokens of 4000: its request is cancelled (moeppc says so at the end)
+    stream({"prompt": LONG, "max_tokens": 4000}, stop_after=2)
+    after = complete({"prompt": SHORT, "max_tokens": 2})  # (the server still serves)
+    if after["choices"][0]["token_ids"] != alone(SHORT, 2):
+        fail("after a client went away: %s" % after)
+finally:
+    rc = stop(server)
+err.seek(0)
+log = err.read()
+if " 1 requests cancelled" not in log:
+    fail("the stream given up was not cancelled (exit %d):\n%s" % (rc, log))
+if rc != 1:  # (moeppc's status: some requests were bad)
+    fail("exit %d, want 1 (bad requests):\n%s" % (rc, log))
+# text (a sentencepiece model trained here): a completion's text is moeppc's answer's, and the
+# streamed chunks' texts join to it
+subprocess.run([sys.executable, os.path.join(SRC, "tests/runtime/tokenizer_cases.py"), os.path.join(work, "tok")],
+               check=True, capture_output=True)
+with open(os.path.join(work, "t512.yaml"), "w") as f:
+    f.write(text.replace("vocab: 256", "vocab: 512"))
+TEXT = ["run", os.path.join(work, "t512.yaml"), "--random-weights", "5", "--tokenizer", os.path.join(work, "tok/llama.model")]
+want = json.loads(subprocess.run([MOEPPC] + TEXT + ["--serve"], input='{"prompt": "the city", "max_tokens": 8}\n',
+                                 capture_output=True, text=True, check=True).stdout)
+server, port = start(TEXT + ["--batch", "2"], err)
+try:
+    got = complete({"prompt": "the city", "max_tokens": 8})["choices"][0]
+    chunks = stream({"prompt": "the city", "max_tokens": 8})
+finally:
+    stop(server)
+joined = "".join(ch["choices"][0]["text"] for ch in chunks)
+if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
+    fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
+print("serve_http: completions, a stream, 5 at once and a next turn as alone; 6 bad requests refused; "
+      "a stream given up cancelled; text as moeppc's, streamed the same")
