@@ -1150,6 +1150,14 @@ static void not_held(PromptLine *pl, int held)
     pl->bad = true;
 }
 
+/* A --serve "continue" whose sequence is not held (or no longer: it waited, and another took it). */
+static void not_continued(PromptLine *pl)
+{
+    drv_err("%s: \"continue\": no sequence held now ends with request %s's turn (a later turn continued it, a "
+            "later request took its place, or it failed)\n", pl->what, pl->sr.cont);
+    pl->bad = true;
+}
+
 static void header(const PromptLine *pl, int64_t k)
 {
     fprintf(say, "\n== prompt %lld (line %lld): %lld tokens", (long long)k, (long long)pl->line, (long long)pl->T);
@@ -1518,16 +1526,12 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 }
                 for (int b = 0; !pl.bad && pl.sr.cont && !pl.of && b < B; b++) /* --serve: "continue" names its lane */
                     if (lanes[b].c.id && strcmp(lanes[b].c.id, pl.sr.cont) == 0 && lanes[b].c.len > 0) pl.of = lanes[b].c.line;
-                if (!pl.bad && pl.sr.cont && !pl.of) {
-                    drv_err("%s: \"continue\": no sequence held now ends with request %s's turn (a later turn continued "
-                            "it, a later request took its place, or it failed)\n", pl.what, pl.sr.cont);
-                    pl.bad = true;
-                }
+                if (!pl.bad && pl.sr.cont && !pl.of) not_continued(&pl);
                 if (!pl.bad && pl.more && !pl.of && latest < 0) no_sequence_before(&pl);
                 int of = pl.more && !pl.of ? latest : -1; /* the lane it continues */
                 for (int b = 0; !pl.bad && pl.of && of < 0 && b < B; b++)
                     if (lanes[b].c.line == pl.of && lanes[b].c.len > 0) of = b;
-                if (!pl.bad && pl.of && of < 0) not_held(&pl, B);
+                if (!pl.bad && pl.of && of < 0) pl.sr.cont ? not_continued(&pl) : not_held(&pl, B); /* (taken since) */
                 Lane *L = NULL;
                 if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
                 int64_t reuse = 0;
