@@ -16,15 +16,18 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
                         its finish_reason, then "data: [DONE]"
   GET  /v1/models, GET /health
 Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
-together; a streaming client that goes away has its request cancelled ({"cancel": id}). Standard
-library only. The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
+together; a client that goes away has its request cancelled ({"cancel": id}). Standard
+library only. SIGTERM or ^C: no new requests, those in flight are answered, then moeppc ends (its
+status is this one's). The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
 """
 import argparse
 import http.server
 import itertools
 import json
 import queue
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +48,7 @@ class Backend:
             command = command + ["--serve"]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # notified as requests end
         self.waiting = {}  # id -> queue of its answer lines (dicts); None: the subprocess ended
         self.ids = itertools.count(1)
         self.alive = True
@@ -64,6 +68,7 @@ class Backend:
             self.alive = False
             for q in self.waiting.values():
                 q.put(None)
+            self.idle.notify_all()
 
     def submit(self, request):
         """Send a request (its "id" chosen here): the id and the queue its lines arrive on."""
@@ -85,6 +90,13 @@ class Backend:
     def done(self, rid):
         with self.lock:
             self.waiting.pop(rid, None)
+            self.idle.notify_all()
+
+    def drain(self):
+        """Wait for the requests in flight to end (those whose client left are cancelled)."""
+        with self.lock:
+            while self.waiting and self.alive:
+                self.idle.wait()
 
     def _write(self, obj):  # under the lock
         try:
@@ -138,7 +150,10 @@ def make_handler(backend, model):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away
 
         def _error(self, code, message, kind="invalid_request_error"):
             self._json(code, {"error": {"message": message, "type": kind}})
@@ -164,9 +179,29 @@ def make_handler(backend, model):
                 if req.get("stream"):
                     self._stream(rid, q)
                 else:
-                    self._answer(rid, q.get())
+                    self._answer(rid, self._wait(rid, q))
             finally:
                 backend.done(rid)
+
+        def _gone(self):
+            """Whether the client has closed its connection (readable, with nothing to read)."""
+            try:
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
+        def _wait(self, rid, q):
+            """The answer; a client that goes away meanwhile has its request cancelled."""
+            cancelled = False
+            while True:
+                try:
+                    return q.get(timeout=0.25)
+                except queue.Empty:
+                    if not cancelled and self._gone():
+                        backend.cancel(rid)
+                        cancelled = True
 
         def _choice(self, rid, text, finish):
             return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
@@ -236,8 +271,9 @@ def main():
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
+    finally:  # (SIGTERM: no new requests; those in flight end first)
         server.server_close()
+        backend.drain()
         rc = backend.close()
     sys.exit(rc)
 

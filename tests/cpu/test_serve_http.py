@@ -148,6 +148,11 @@ try:
         fail("GET: %d %r, %d %r, %d" % (s1, d1, s2, d2, s3))
     # a client that goes away after 2 tokens of 4000: its request is cancelled (moeppc says so at the end)
     stream({"prompt": LONG, "max_tokens": 4000}, stop_after=2)
+    # and one that goes away before its (not streamed) answer: cancelled too
+    raw = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"prompt": LONG, "max_tokens": 4000}).encode()
+    raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    raw.close()
     after = complete({"prompt": SHORT, "max_tokens": 2})  # (the server still serves)
     if after["choices"][0]["token_ids"] != alone(SHORT, 2):
         fail("after a client went away: %s" % after)
@@ -155,8 +160,8 @@ finally:
     rc = stop(server)
 err.seek(0)
 log = err.read()
-if " 1 requests cancelled" not in log:
-    fail("the stream given up was not cancelled (exit %d):\n%s" % (rc, log))
+if " 2 requests cancelled" not in log:
+    fail("the requests given up were not cancelled (exit %d):\n%s" % (rc, log))
 if rc != 1:  # (moeppc's status: some requests were bad)
     fail("exit %d, want 1 (bad requests):\n%s" % (rc, log))
 # text (a sentencepiece model trained here): a completion's text is moeppc's answer's, and the
@@ -178,4 +183,4 @@ joined = "".join(ch["choices"][0]["text"] for ch in chunks)
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
 print("serve_http: completions, a stream, 5 at once and a next turn as alone; 6 bad requests refused; "
-      "a stream given up cancelled; text as moeppc's, streamed the same")
+      "requests given up (streamed or not) cancelled; text as moeppc's, streamed the same")
