@@ -6,7 +6,8 @@
 
 runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
   POST /v1/completions  {"prompt": "text" | [token ids], "max_tokens", "temperature", "top_p",
-                         "top_k", "repetition_penalty", "seed", "stop": [token ids], "stream",
+                         "top_k", "repetition_penalty", "seed", "stop": a string or [strings and
+                         token ids], "stream",
                          "continue": the "id" of an earlier completion (its conversation's next turn)}
                         -> {"id", "object": "text_completion", "created", "model",
                             "choices": [{"index": 0, "text", "token_ids", "finish_reason"}],
@@ -132,6 +133,8 @@ def completion_request(body):
     for k in FIELDS:
         if k in body:
             req[k] = body[k]
+    if isinstance(req.get("stop"), str):  # OpenAI's one stop string
+        req["stop"] = [req["stop"]]
     if "continue" in body:
         req["continue"] = body["continue"]
     return req

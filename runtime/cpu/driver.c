@@ -271,7 +271,8 @@ static void print_help(FILE *f)
           "                      to --batch N at once, each answered in JSON as it ends, by its id:\n"
           "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
-          "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [...], \"stream\"}\n"
+          "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [ids, strings],\n"
+          "                      \"stream\"}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
           "                      \"cached_tokens\"} or {\"id\", \"error\"}; streamed, a line a token first;\n"
           "                      {\"cancel\": ID} ends that request now (\"finish_reason\": \"cancelled\")\n"
@@ -1079,6 +1080,8 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
         drv_err("%s: %s\n", pl->what, why);
     else if (pl->sr.cancel)
         pl->bad = false; /* no tokens: the driver acts on it as it is read */
+    else if (pl->sr.n_stop_text && !rn->tok)
+        drv_err("%s: \"stop\": strings end the text, and there is no tokenizer (--tokenizer F): give token ids\n", pl->what);
     else if (pl->sr.prompt && !rn->tok)
         drv_err("%s: \"prompt\" is text, and there is no tokenizer (--tokenizer F): give \"ids\"\n", pl->what);
     else {
@@ -1215,6 +1218,7 @@ typedef struct {
     ServeRequest sr; /* --serve: its request */
     int64_t T;       /* its line's tokens */
     size_t sent;     /* --serve with "stream": the bytes of its text streamed so far */
+    size_t scanned, cut; /* --serve "stop" strings: its text's bytes searched, where one begins (or SIZE_MAX) */
     lane_state state;
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
@@ -1269,12 +1273,59 @@ static void lane_print_end(void) { say = say_all, answer = answer_all; }
 
 /* --serve with "stream": what its line's text gained since the last, with the token put last (< 0:
  * the text's held-back end alone), as a line at once. */
+/* --serve "stop" strings: how many of the last bytes of the lane's text could begin one (streaming
+ * holds them back until the next token says). */
+static size_t stop_held(const Lane *L)
+{
+    size_t held = 0;
+    for (int64_t k = 0; k < L->sr.n_stop_text; k++) {
+        const char *s = L->sr.stop_text[k];
+        for (size_t m = strlen(s) - 1; m > held; m--)
+            if (m <= L->text_n && memcmp(L->text + L->text_n - m, s, m) == 0) {
+                held = m;
+                break;
+            }
+    }
+    return held;
+}
+
+/* Whether a "stop" string now begins in the lane's text (the first such place: its cut, where the
+ * answer's text ends); only what the last check had not seen whole is searched. */
+static bool stop_text_found(Lane *L)
+{
+    if (!L->sr.n_stop_text || L->cut != SIZE_MAX) return false;
+    fflush(L->buf);
+    size_t at = SIZE_MAX;
+    for (int64_t k = 0; k < L->sr.n_stop_text; k++) {
+        size_t m = strlen(L->sr.stop_text[k]), from = L->scanned >= m ? L->scanned - m + 1 : 0;
+        const char *p = from < L->text_n ? memmem(L->text + from, L->text_n - from, L->sr.stop_text[k], m) : NULL;
+        if (p && (size_t)(p - L->text) < at) at = (size_t)(p - L->text);
+    }
+    L->scanned = L->text_n;
+    L->cut = at;
+    return at != SIZE_MAX;
+}
+
+/* After a lane's token: true when decoding ends there (or would have), a "stop" string having come. */
+static bool stop_text_hit(Lane *L)
+{
+    if (!stop_text_found(L)) return false;
+    L->g.n = L->g.g + 1, L->g.why = "stop";
+    return true;
+}
+
 static void lane_stream(const Runner *rn, Lane *L, int32_t token)
 {
     if (!rn->r->serve || !L->sr.stream) return;
     fflush(L->buf);
-    char *delta = rn->tok ? xstrdup(L->text + L->sent) : NULL;
-    L->sent = L->text_n;
+    size_t upto = L->cut != SIZE_MAX ? L->cut : token < 0 ? L->text_n : L->text_n - stop_held(L);
+    upto = upto > L->sent ? upto : L->sent;
+    char *delta = NULL;
+    if (rn->tok) {
+        delta = memcpy(xmalloc(upto - L->sent + 1), L->text + L->sent, upto - L->sent);
+        delta[upto - L->sent] = 0;
+    }
+    L->sent = upto;
     if (token >= 0 || (delta && *delta)) {
         char *e = serve_event(L->sr.id, token, delta);
         fputs(e, stdout);
@@ -1289,11 +1340,13 @@ static void lane_stream(const Runner *rn, Lane *L, int32_t token)
 static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
 {
     if (rn->r->quiet && !rn->r->serve) fprintf(L->buf, "\n");
+    if (rn->r->serve && stop_text_found(L) && !L->g.why) L->g.why = "stop"; /* (in the text's held-back end) */
     if (rn->r->serve) lane_stream(rn, L, -1);
     fclose(L->buf);
     lane_print_end();
     if (rn->r->serve) {
         char *t = L->text;
+        if (L->cut != SIZE_MAX) t[L->cut] = 0; /* the text before the stop string */
         int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
         L->text = ok ? serve_answer(L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length",
                                     L->T, L->c.reused)
@@ -1383,6 +1436,7 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
         const double *row = last_row(eval_output(&L->acc, "logits"), &V);
         gen_begin(rn, &L->g, &L->c, L->q, row, V);
         decoding = gen_put(rn, &L->g);
+        decoding = !stop_text_hit(L) && decoding; /* (its last token too: the stream must not pass it) */
         lane_stream(rn, L, L->c.seq[L->g.len]);
         if (!decoding) gen_end(rn, &L->g, true), *tokens += L->g.n;
     }
@@ -1548,7 +1602,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                     continue;
                 }
                 int64_t ticket = answer_ticket(&ans);
-                L->ticket = ticket, L->q = q, L->T = pl.T, L->sent = 0, L->g = (Gen){0};
+                L->ticket = ticket, L->q = q, L->T = pl.T, L->sent = L->scanned = 0, L->cut = SIZE_MAX, L->g = (Gen){0};
                 if (rn->r->serve) { /* the request's own parameters */
                     L->sr = pl.sr;
                     memset(&pl.sr, 0, sizeof pl.sr);
@@ -1632,6 +1686,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             lane_print(rn, L);
             if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V);
             bool more = ok && gen_put(rn, &L->g);
+            more = !(ok && stop_text_hit(L)) && more; /* (its last token too: the stream must not pass it) */
             if (ok) lane_stream(rn, L, L->c.seq[L->g.len]);
             if (more) {
                 lane_print_end();

@@ -56,6 +56,34 @@ static bool ids_field(const cJSON *v, const char *name, int64_t vocab, int32_t *
     return true;
 }
 
+/* "stop": token ids (which replace the run's stop tokens, as an empty array does) and strings (which
+ * end the text where one of them begins, the run's stop tokens kept), in any mix. */
+static bool stop_field(const cJSON *v, int64_t vocab, ServeRequest *q, char *why, size_t n)
+{
+    if (!cJSON_IsArray(v)) {
+        snprintf(why, n, "\"stop\": expected an array of token ids and strings");
+        return false;
+    }
+    int64_t k = cJSON_GetArraySize(v), j = 0;
+    q->stop = xmalloc((size_t)(k ? k : 1) * sizeof *q->stop);
+    q->stop_text = xcalloc((size_t)(k ? k : 1), sizeof *q->stop_text);
+    for (const cJSON *e = v->child; e; e = e->next, j++) {
+        int64_t id;
+        if (cJSON_IsString(e) && *e->valuestring) q->stop_text[q->n_stop_text++] = xstrdup(e->valuestring);
+        else if (cJSON_IsString(e)) {
+            snprintf(why, n, "\"stop\": element %lld: an empty string", (long long)j);
+            return false;
+        } else if (int_field(e, "stop", 0, (double)(vocab - 1), &id, why, n)) q->stop[q->n_stop++] = (int32_t)id;
+        else {
+            snprintf(why, n, "\"stop\": element %lld: expected a string or a token id of the vocabulary of %lld",
+                     (long long)j, (long long)vocab);
+            return false;
+        }
+    }
+    q->stop_set = q->n_stop > 0 || k == 0;
+    return true;
+}
+
 /* An id is echoed as it came: a string, a number, true/false or null. */
 static bool scalar(const cJSON *v) { return cJSON_IsString(v) || cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v); }
 
@@ -90,7 +118,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
             if (!cJSON_IsString(f)) ok = false, snprintf(why, n, "\"prompt\": expected a string");
             else q->prompt = xstrdup(f->valuestring);
         } else if (strcmp(k, "ids") == 0) ok = ids_field(f, k, vocab, &q->ids, &q->n_ids, why, n);
-        else if (strcmp(k, "stop") == 0) ok = q->stop_set = ids_field(f, k, vocab, &q->stop, &q->n_stop, why, n);
+        else if (strcmp(k, "stop") == 0) ok = stop_field(f, vocab, q, why, n);
         else if (strcmp(k, "continue") == 0) {
             if (!scalar(f)) ok = false, snprintf(why, n, "\"continue\": expected the id of an earlier request");
             else q->cont = cJSON_PrintUnformatted(f);
@@ -119,7 +147,8 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
 
 void serve_request_free(ServeRequest *q)
 {
-    free(q->id), free(q->cont), free(q->cancel), free(q->prompt), free(q->ids), free(q->stop);
+    for (int64_t k = 0; k < q->n_stop_text; k++) free(q->stop_text[k]);
+    free(q->id), free(q->cont), free(q->cancel), free(q->prompt), free(q->ids), free(q->stop), free(q->stop_text);
     memset(q, 0, sizeof *q);
 }
 

@@ -6,9 +6,10 @@
  *             "prompt": "text" (with a tokenizer) | "ids": [token ids],
  *             "continue": the id of an earlier request, whose sequence this one goes on,
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
- *             "seed": S, "stop": [ids] (the run's options are the defaults), "stream": true|false}
+ *             "seed": S, "stop": [ids and strings] (the run's options are the defaults; ids replace its
+ *             stop tokens, strings end the text where one begins), "stream": true|false}
  * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
- *             "stop" | "max_positions", "prompt_tokens": N, "cached_tokens": K}
+ *             "stop" | "max_positions" | "cancelled", "prompt_tokens": N, "cached_tokens": K}
  * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}.
  * A cancel: {"cancel": an id} alone ends every request of that id still waiting or running: each
  *             answered at once with what it has, "finish_reason": "cancelled"; no answer of its own. */
@@ -30,8 +31,10 @@ typedef struct ServeRequest {
     int64_t max_tokens;
     SampleParams sample;
     uint64_t seed;
-    int32_t *stop;       /* "stop" [n_stop] when stop_set */
+    int32_t *stop;       /* "stop"'s token ids [n_stop]: the stop tokens when stop_set */
     int64_t n_stop;
+    char **stop_text;    /* "stop"'s strings [n_stop_text] (with a tokenizer: the text ends before one) */
+    int64_t n_stop_text;
     bool stop_set, stream;
 } ServeRequest;
 

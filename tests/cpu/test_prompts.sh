@@ -204,17 +204,20 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
   [ "$order" = '{"id":"f" {"id":"a" {"id":"c"' ] || { echo "--serve: a waiting request held up the next: answers '$order'"; exit 1; }
   # {"cancel": ID}: a request still waiting ends at once with nothing, answered before the one running
   # ahead of it; "continue" cannot name it; an id none has is said on standard error; a cancel is alone
+  # (and stop strings need a tokenizer)
   { echo '{"id": "a", "ids": '"$(js "$LONG")"'}'
     echo '{"id": "b", "ids": '"$(js "$SHORT")"'}'
     echo '{"cancel": "b"}'
     echo '{"cancel": "zz"}'
     echo '{"cancel": ["b"]}'
     echo '{"cancel": "a", "ids": [1]}'
-    echo '{"id": "c", "continue": "b", "ids": [1]}'; } >"$WORK/cancel.jsonl"
+    echo '{"id": "c", "continue": "b", "ids": [1]}'
+    echo '{"id": "s", "ids": [1], "stop": ["x"]}'; } >"$WORK/cancel.jsonl"
   "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve <"$WORK/cancel.jsonl" >"$WORK/cancel.out" 2>"$WORK/cancel.err"
   rc=$?
   [ $rc -eq 1 ] && [ "$(sed -n 1p "$WORK/cancel.out")" = '{"id":"b","ids":[],"finish_reason":"cancelled","prompt_tokens":2,"cached_tokens":0}' ] &&
-    [ "$(sed -n '$p' "$WORK/cancel.out")" = "${want[1]/\"b\"/\"a\"}" ] && [ "$(wc -l <"$WORK/cancel.out")" -eq 5 ] &&
+    [ "$(sed -n '$p' "$WORK/cancel.out")" = "${want[1]/\"b\"/\"a\"}" ] && [ "$(wc -l <"$WORK/cancel.out")" -eq 6 ] &&
+    grep -qF '{"id":"s","error":"--serve line 8: \"stop\": strings end the text, and there is no tokenizer' "$WORK/cancel.out" &&
     grep -qF '{"id":5,"error":"--serve line 5: \"cancel\": expected the id of a request"}' "$WORK/cancel.out" &&
     grep -qF '{"id":6,"error":"--serve line 6: a cancel is {\"cancel\": ID} alone"}' "$WORK/cancel.out" &&
     grep -qF '{"id":"c","error":"--serve line 7: \"continue\": no sequence held now ends with request \"b\"' "$WORK/cancel.out" &&

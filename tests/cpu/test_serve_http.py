@@ -177,10 +177,14 @@ server, port = start(TEXT + ["--batch", "2"], err)
 try:
     got = complete({"prompt": "the city", "max_tokens": 8})["choices"][0]
     chunks = stream({"prompt": "the city", "max_tokens": 8})
+    cut = want["text"][len(want["text"]) // 2:][:2]  # OpenAI's "stop": one string
+    stopped = complete({"prompt": "the city", "max_tokens": 8, "stop": cut})["choices"][0]
 finally:
     stop(server)
 joined = "".join(ch["choices"][0]["text"] for ch in chunks)
+if (stopped["text"], stopped["finish_reason"]) != (want["text"][:want["text"].find(cut)], "stop"):
+    fail("stop %r: %s, the text %r" % (cut, stopped, want["text"]))
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
 print("serve_http: completions, a stream, 5 at once and a next turn as alone; 6 bad requests refused; "
-      "requests given up (streamed or not) cancelled; text as moeppc's, streamed the same")
+      "requests given up (streamed or not) cancelled; text as moeppc's, streamed the same, cut by a stop string")

@@ -56,6 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
         for (int64_t j = 0; j < q.n_ids; j++) FUZZ_CHECK(q.ids[j] >= 0 && q.ids[j] < VOCAB, "id %d", q.ids[j]);
         for (int64_t j = 0; j < q.n_stop; j++) FUZZ_CHECK(q.stop[j] >= 0 && q.stop[j] < VOCAB, "stop id %d", q.stop[j]);
+        for (int64_t j = 0; j < q.n_stop_text; j++) FUZZ_CHECK(*q.stop_text[j], "an empty stop string");
         FUZZ_CHECK(sample_params_check(&q.sample, why, sizeof why), "sampling accepted: %s", why);
         FUZZ_CHECK(q.max_tokens >= 0, "max_tokens %lld", (long long)q.max_tokens);
     }

@@ -54,6 +54,8 @@ s=$out/serve
 printf '%s' '{"id": "a", "ids": [1, 2, 3], "max_tokens": 4}' >"$s/ids.json"
 printf '%s' '{"id": 7, "prompt": "the city\n", "stream": true, "temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 3}' >"$s/prompt.json"
 printf '%s' '{"id": "c", "continue": "a", "ids": [7], "stop": [2, 13]}' >"$s/continue.json"
+printf '%s' '{"ids": [1], "stop": ["\n\n", 2, "User:"]}' >"$s/stop-strings.json"
+printf '%s' '{"ids": [1], "stop": [""]}' >"$s/bad-stop-empty.json"
 printf '%s' '{"cancel": "a"}' >"$s/cancel.json"
 printf '%s' '{"cancel": 7, "ids": [1]}' >"$s/bad-cancel.json"
 printf '%s' '{"ids": [], "stop": []}' >"$s/bad-empty-ids.json"

@@ -173,4 +173,42 @@ gen2 = ids(sys.argv[4])
 assert final[2]["ids"] == gen2[1][:3] and final[2]["prompt_tokens"] == len(sp.encode(" and more")), (final[2], gen2)
 print(f"--serve with text: 6 + 3 tokens, the text as sentencepiece decodes it, streamed the same")
 PYEOF
+# --serve "stop" strings: a run of 16 tokens, then the same request with a stop string taken from
+# the middle of its text (and one that never comes): the text ends where it first begins, the ids
+# at the token that completed it, finish_reason "stop"; streamed, the pieces join to that text (the
+# bytes that could begin a stop string held back until the next token says)
+"$PY" - "${C[@]}" <<'PYEOF' || fail "--serve with stop strings"
+import json, subprocess, sys
+def serve(stop=None):
+    req = {"prompt": "the city", "max_tokens": 16, "stream": True}
+    if stop is not None:
+        req["stop"] = stop
+    out = subprocess.run(sys.argv[1:] + ["--serve", "--ignore-eos"], input=json.dumps(req) + "\n", capture_output=True,
+                         text=True, check=True).stdout
+    lines = [json.loads(l) for l in out.splitlines()]
+    return lines[-1], [l for l in lines[:-1]]
+full, events = serve()
+whole = full["text"]
+assert len(full["ids"]) == 16 and len(whole) >= 8, full
+cum, sofar = [], ""
+for e in events:
+    sofar += e.get("text", "")
+    if "token" in e:
+        cum.append(sofar)
+checked = 0
+for at in (len(whole) // 3, len(whole) // 2, len(whole) - 2):
+    s = whole[at:at + 2]
+    i = whole.find(s)
+    k = next(k for k, c in enumerate(cum) if s in c) + 1  # the token whose text completed it
+    for stop in ([s], [s, "\u0001never"], ["\u0001never", s]):
+        got, ev = serve(stop)
+        streamed = "".join(e.get("text", "") for e in ev)
+        assert (got["text"], got["ids"], got["finish_reason"]) == (whole[:i], full["ids"][:k], "stop"), (s, got, whole, cum)
+        assert streamed == whole[:i], (s, streamed, whole[:i])
+        checked += 1
+got, ev = serve(["\u0001never"])
+assert (got["text"], got["ids"], got["finish_reason"]) == (whole, full["ids"], "length"), got
+assert "".join(e.get("text", "") for e in ev) == whole
+print(f"--serve stop strings: {checked} stops in a text of {len(whole)} characters where they first begin; one that never comes")
+PYEOF
 exit $status
