@@ -5,19 +5,22 @@
         build/moeppc run specs/moepp-7b.yaml --weights CKPT --tokenizer CKPT/tokenizer.model --batch 8
 
 runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
-  POST /v1/completions  {"prompt": "text" | [token ids], "max_tokens", "temperature", "top_p",
+  POST /v1/completions  {"prompt": "text" | [token ids], "n", "max_tokens", "temperature", "top_p",
                          "top_k", "repetition_penalty", "seed", "stop": a string or [strings and
                          token ids], "stream",
                          "continue": the "id" of an earlier completion (its conversation's next turn)}
                         -> {"id", "object": "text_completion", "created", "model",
-                            "choices": [{"index": 0, "text", "token_ids", "finish_reason"}],
+                            "choices": [{"index", "text", "token_ids", "finish_reason",
+                                         "sequence": the id a "continue" gives for it}],
                             "usage": {"prompt_tokens", "completion_tokens", "total_tokens",
                                       "cached_tokens"}}
                         with "stream": true, server-sent events: a chunk a token, the last with
                         its finish_reason, then "data: [DONE]"
   GET  /v1/models, GET /health
 Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
-together; a client that goes away has its request cancelled ({"cancel": id}). Standard
+together; a client that goes away has its request cancelled ({"cancel": id}). "n" choices are n
+requests (drawn with seeds "seed", "seed" + 1, ...; a random one if none is given): started together,
+all but the first wait for its prompt and fork its caches (from 9 tokens), so the prompt runs once. Standard
 library only. SIGTERM or ^C: no new requests, those in flight are answered, then moeppc ends (its
 status is this one's). The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
 """
@@ -26,6 +29,7 @@ import http.server
 import itertools
 import json
 import queue
+import random
 import select
 import signal
 import socket
@@ -36,8 +40,9 @@ import time
 
 FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream"}
 # OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored
-NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0,
+NEUTRAL = {"best_of": 1, "echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0,
            "frequency_penalty": 0}
+N_MAX = 16
 
 
 class Backend:
@@ -71,17 +76,16 @@ class Backend:
                 q.put(None)
             self.idle.notify_all()
 
-    def submit(self, request):
-        """Send a request (its "id" chosen here): the id and the queue its lines arrive on."""
+    def submit(self, request, q):
+        """Send a request (its "id" chosen here), its lines to arrive on q: the id."""
         rid = "cmpl-%d" % next(self.ids)
-        q = queue.Queue()
         with self.lock:
             if not self.alive:
                 q.put(None)
-                return rid, q
+                return rid
             self.waiting[rid] = q
             self._write(dict(request, id=rid))
-        return rid, q
+        return rid
 
     def cancel(self, rid):
         with self.lock:
@@ -113,11 +117,12 @@ class Backend:
         return self.proc.wait()
 
 
-def completion_request(body):
-    """A moeppc request from an OpenAI-style body, or raise ValueError with the reason."""
+def completion_requests(body):
+    """The moeppc requests of an OpenAI-style body (one a choice: "n", each drawn with its own seed, the
+    request's "seed" + its index), or raise ValueError with the reason."""
     if not isinstance(body, dict):
         raise ValueError("the body is a JSON object")
-    unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user"})
+    unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user", "n"})
     if unknown:
         raise ValueError('unknown field "%s"' % unknown[0])
     for k, v in NEUTRAL.items():
@@ -133,11 +138,19 @@ def completion_request(body):
     for k in FIELDS:
         if k in body:
             req[k] = body[k]
-    if isinstance(req.get("stop"), str):  # OpenAI's one stop string
-        req["stop"] = [req["stop"]]
     if "continue" in body:
         req["continue"] = body["continue"]
-    return req
+    if isinstance(req.get("stop"), str):  # OpenAI's one stop string
+        req["stop"] = [req["stop"]]
+    n = body.get("n", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= N_MAX:
+        raise ValueError('"n": an integer from 1 to %d' % N_MAX)
+    if n == 1:
+        return [req]
+    if "continue" in req:
+        raise ValueError('"n" > 1 with "continue": a sequence has one next turn')
+    seed = req.get("seed", random.randrange(1 << 31))
+    return [dict(req, seed=seed + i) if isinstance(seed, int) else req for i in range(n)]
 
 
 def make_handler(backend, model):
@@ -174,17 +187,19 @@ def make_handler(backend, model):
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
             try:
                 n = int(self.headers.get("Content-Length", "0"))
-                req = completion_request(json.loads(self.rfile.read(n) or b"null"))
+                reqs = completion_requests(json.loads(self.rfile.read(n) or b"null"))
             except ValueError as e:
                 return self._error(400, str(e))
-            rid, q = backend.submit(req)
+            q = queue.Queue()  # every choice's lines, in the order they come
+            rids = [backend.submit(r, q) for r in reqs]
             try:
-                if req.get("stream"):
-                    self._stream(rid, q)
+                if reqs[0].get("stream"):
+                    self._stream(rids, q)
                 else:
-                    self._answer(rid, self._wait(rid, q))
+                    self._answer(rids, self._wait(rids, q))
             finally:
-                backend.done(rid)
+                for rid in rids:
+                    backend.done(rid)
 
         def _gone(self):
             """Whether the client has closed its connection (readable, with nothing to read)."""
@@ -195,58 +210,79 @@ def make_handler(backend, model):
             except OSError:
                 return True
 
-        def _wait(self, rid, q):
-            """The answer; a client that goes away meanwhile has its request cancelled."""
-            cancelled = False
-            while True:
+        def _wait(self, rids, q):
+            """Each choice's answer by id (None: the process ended); a client that goes away meanwhile has
+            its requests cancelled."""
+            got, cancelled = {}, False
+            while len(got) < len(rids):
                 try:
-                    return q.get(timeout=0.25)
+                    msg = q.get(timeout=0.25)
                 except queue.Empty:
                     if not cancelled and self._gone():
-                        backend.cancel(rid)
+                        for rid in rids:
+                            backend.cancel(rid)
                         cancelled = True
+                    continue
+                if msg is None:
+                    return dict.fromkeys(rids)
+                if "finish_reason" in msg or "error" in msg:
+                    got[msg["id"]] = msg
+            return got
 
-        def _choice(self, rid, text, finish):
-            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+        def _completion(self, rids, choices):
+            return {"id": rids[0], "object": "text_completion", "created": int(time.time()), "model": model,
+                    "choices": choices}
 
-        def _answer(self, rid, msg):
-            if msg is None:
+        @staticmethod
+        def _choice(i, rid, text, finish, ids):  # ("sequence": what a "continue" names for this choice)
+            return {"index": i, "text": text, "finish_reason": finish, "logprobs": None, "token_ids": ids,
+                    "sequence": rid}
+
+        def _answer(self, rids, got):
+            msgs = [got[rid] for rid in rids]
+            if None in msgs:
                 return self._error(503, "the model's process has ended", "server_error")
-            if "error" in msg:
-                return self._error(400, msg["error"])
-            out = self._choice(rid, msg.get("text", ""), msg["finish_reason"])
-            out["choices"][0]["token_ids"] = msg["ids"]
-            out["usage"] = {"prompt_tokens": msg["prompt_tokens"], "completion_tokens": len(msg["ids"]),
-                            "total_tokens": msg["prompt_tokens"] + len(msg["ids"]),
-                            "cached_tokens": msg["cached_tokens"]}
+            for m in msgs:
+                if "error" in m:
+                    return self._error(400, m["error"])
+            out = self._completion(rids, [self._choice(i, rid, m.get("text", ""), m["finish_reason"], m["ids"])
+                                          for i, (rid, m) in enumerate(zip(rids, msgs))])
+            made = sum(len(m["ids"]) for m in msgs)
+            out["usage"] = {"prompt_tokens": msgs[0]["prompt_tokens"], "completion_tokens": made,
+                            "total_tokens": msgs[0]["prompt_tokens"] + made,
+                            "cached_tokens": sum(m["cached_tokens"] for m in msgs)}
             self._json(200, out)
 
-        def _stream(self, rid, q):
+        def _stream(self, rids, q):
+            index = {rid: i for i, rid in enumerate(rids)}
             msg = q.get()
             if msg is None or "error" in msg:  # refused before any token: a plain error
-                return self._answer(rid, msg)
+                return self._answer(rids, dict.fromkeys(rids, msg))
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            gone = False
+            gone, left = False, len(rids)
             while msg is not None:
-                last = "finish_reason" in msg
-                if not gone:  # (the answer's text is the whole: streamed already)
-                    chunk = self._choice(rid, "" if last else msg.get("text", ""), msg.get("finish_reason"))
-                    chunk["choices"][0]["token_ids"] = [msg["token"]] if "token" in msg else []
+                last = "finish_reason" in msg or "error" in msg
+                left -= last
+                if not gone:  # (an answer's text is the whole: streamed already)
+                    rid = msg["id"]
+                    chunk = self._completion(rids, [self._choice(index[rid], rid, "" if last else msg.get("text", ""),
+                                                                 msg.get("finish_reason", "error" if last else None),
+                                                                 [msg["token"]] if "token" in msg else [])])
                     try:
                         self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                        if last:
+                        if not left:
                             self.wfile.write(b"data: [DONE]\n\n")
                         self.wfile.flush()
                     except (BrokenPipeError, ConnectionResetError):
-                        gone = True  # the client went away: its request ends, its answer is awaited
-                        backend.cancel(rid)
-                if last:
+                        gone = True  # the client went away: its requests end, their answers are awaited
+                        for r in rids:
+                            backend.cancel(r)
+                if not left:
                     break
                 msg = q.get()
 

@@ -30,8 +30,9 @@ def fail(msg):
     sys.exit(1)
 
 
-def alone(ids, n):
-    out = subprocess.run([MOEPPC] + RUN + ["--generate", str(n), "--quiet", "--ids", " ".join(map(str, ids))],
+def alone(ids, n, seed=None):
+    drawn = ["--temperature", "0.9", "--seed", str(seed)] if seed is not None else []
+    out = subprocess.run([MOEPPC] + RUN + drawn + ["--generate", str(n), "--quiet", "--ids", " ".join(map(str, ids))],
                          capture_output=True, text=True, check=True).stdout
     return [int(t) for t in out.split()]
 
@@ -134,9 +135,22 @@ try:
     for p, r in zip(prompts, results):
         if r != alone(p, 6):
             fail("at once: %s gave %s, alone %s" % (p, r, alone(p, 6)))
+    # "n": 3 choices drawn with seeds 5, 6, 7, each as alone; started together, the second and third
+    # wait for the first's prompt and fork its 11 first positions
+    P12 = list(range(11, 23))
+    c = complete({"prompt": P12, "max_tokens": 4, "n": 3, "temperature": 0.9, "seed": 5})
+    if [ch["token_ids"] for ch in c["choices"]] != [alone(P12, 4, 5 + i) for i in range(3)] or \
+            [ch["index"] for ch in c["choices"]] != [0, 1, 2] or c["usage"]["cached_tokens"] != 22 or \
+            c["usage"]["completion_tokens"] != 12 or c["usage"]["prompt_tokens"] != 12:
+        fail('"n": 3: %s, alone %s' % (c, [alone(P12, 4, 5 + i) for i in range(3)]))
+    chunks = stream({"prompt": P12, "max_tokens": 4, "n": 2, "temperature": 0.9, "seed": 5})
+    if [[t for ch in chunks for t in ch["choices"][0]["token_ids"] if ch["choices"][0]["index"] == i] for i in range(2)] != \
+            [alone(P12, 4, 5), alone(P12, 4, 6)] or sum(bool(ch["choices"][0]["finish_reason"]) for ch in chunks) != 2:
+        fail('"n": 2 streamed: %s' % chunks)
     # bad requests: 400 with the reason; other paths
     for body, reason in (({"prompt": [999999]}, "vocabulary"), ({"prompt": [1], "foo": 1}, 'unknown field "foo"'),
-                         ({"prompt": [1], "n": 2}, '"n": only 1'), ({"prompt": 5}, '"prompt"'),
+                         ({"prompt": [1], "n": 0}, '"n": an integer'),
+                         ({"prompt": [1], "n": 2, "continue": "cmpl-1"}, "one next turn"), ({"prompt": 5}, '"prompt"'),
                          ({"prompt": [1], "top_p": 2}, "top"), ({"prompt": [1], "continue": "none"}, "continue")):
         status, _, data = call("POST", "/v1/completions", body)
         if status != 400 or reason not in json.loads(data)["error"]["message"]:
@@ -186,5 +200,5 @@ if (stopped["text"], stopped["finish_reason"]) != (want["text"][:want["text"].fi
     fail("stop %r: %s, the text %r" % (cut, stopped, want["text"]))
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
-print("serve_http: completions, a stream, 5 at once and a next turn as alone; 6 bad requests refused; "
+print("serve_http: completions, a stream, 5 at once, a next turn and n choices as alone; 7 bad requests refused; "
       "requests given up (streamed or not) cancelled; text as moeppc's, streamed the same, cut by a stop string")
