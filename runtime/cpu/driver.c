@@ -272,7 +272,7 @@ static void print_help(FILE *f)
           "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
           "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [ids, strings],\n"
-          "                      \"stream\"}\n"
+          "                      \"logprobs\": K, \"stream\"}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
           "                      \"cached_tokens\"} or {\"id\", \"error\"}; streamed, a line a token first;\n"
           "                      {\"cancel\": ID} ends that request now (\"finish_reason\": \"cancelled\")\n"
@@ -1219,6 +1219,7 @@ typedef struct {
     int64_t T;       /* its line's tokens */
     size_t sent;     /* --serve with "stream": the bytes of its text streamed so far */
     size_t scanned, cut; /* --serve "stop" strings: its text's bytes searched, where one begins (or SIZE_MAX) */
+    ServeLogprobs lp; /* --serve "logprobs": its tokens' */
     lane_state state;
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
@@ -1270,6 +1271,9 @@ static void answer_done(Answers *a, int64_t ticket, char *text)
 static FILE *say_all, *answer_all;
 static void lane_print(const Runner *rn, Lane *L) { *(rn->r->quiet ? &answer : &say) = L->buf; }
 static void lane_print_end(void) { say = say_all, answer = answer_all; }
+
+/* Whether the lane's --serve request asked "logprobs" (no request: --prompts). */
+static bool lp_asked(const Lane *L) { return L->sr.id && L->sr.logprobs >= 0; }
 
 /* --serve with "stream": what its line's text gained since the last, with the token put last (< 0:
  * the text's held-back end alone), as a line at once. */
@@ -1327,7 +1331,7 @@ static void lane_stream(const Runner *rn, Lane *L, int32_t token)
     }
     L->sent = upto;
     if (token >= 0 || (delta && *delta)) {
-        char *e = serve_event(L->sr.id, token, delta);
+        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1);
         fputs(e, stdout);
         fflush(stdout);
         free(e);
@@ -1349,8 +1353,9 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
         if (L->cut != SIZE_MAX) t[L->cut] = 0; /* the text before the stop string */
         int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
         L->text = ok ? serve_answer(L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length",
-                                    L->T, L->c.reused)
+                                    L->T, L->c.reused, lp_asked(L) ? &L->lp : NULL)
                      : serve_error(L->sr.id, last_err);
+        serve_logprobs_free(&L->lp);
         free(t);
         serve_request_free(&L->sr);
     }
@@ -1424,6 +1429,12 @@ static bool readable(FILE *in)
     return poll(&p, 1, 0) > 0;
 }
 
+/* --serve "logprobs": the log-probabilities of the token just chosen from row[V], and the likeliest. */
+static void lane_logprob(Lane *L, const double *row, int64_t V)
+{
+    if (lp_asked(L)) serve_logprobs_add(&L->lp, row, V, L->g.next);
+}
+
 /* A lane whose prompt has run whole: its report, then decoding starts (or the line is done). */
 static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *tokens)
 {
@@ -1435,6 +1446,7 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
         int64_t V;
         const double *row = last_row(eval_output(&L->acc, "logits"), &V);
         gen_begin(rn, &L->g, &L->c, L->q, row, V);
+        lane_logprob(L, row, V);
         decoding = gen_put(rn, &L->g);
         decoding = !stop_text_hit(L) && decoding; /* (its last token too: the stream must not pass it) */
         lane_stream(rn, L, L->c.seq[L->g.len]);
@@ -1479,7 +1491,9 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
             i++;
             continue;
         }
-        answer_done(ans, answer_ticket(ans), serve_answer(id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0));
+        ServeLogprobs none = {.k = pl->sr.logprobs};
+        answer_done(ans, answer_ticket(ans),
+                    serve_answer(id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0, pl->sr.logprobs >= 0 ? &none : NULL));
         serve_request_free(&pl->sr);
         free(pl->ids);
         memmove(pl, pl + 1, (size_t)(--*nq - i) * sizeof *pl);
@@ -1606,6 +1620,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 if (rn->r->serve) { /* the request's own parameters */
                     L->sr = pl.sr;
                     memset(&pl.sr, 0, sizeof pl.sr);
+                    L->lp = (ServeLogprobs){.k = L->sr.logprobs > 0 ? L->sr.logprobs : 0};
                     L->own = (Req){L->sr.max_tokens, L->sr.sample, L->sr.seed, q->stop};
                     if (L->sr.stop_set) L->own.stop = (StopIds){L->sr.stop, L->sr.n_stop, "a stop token of the request"};
                     L->q = &L->own;
@@ -1684,7 +1699,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         for (int k = 0; k < decode_rows; k++) {
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
-            if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V);
+            if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V), lane_logprob(L, logits->data + (at[k] - first) * V, V);
             bool more = ok && gen_put(rn, &L->g);
             more = !(ok && stop_text_hit(L)) && more; /* (its last token too: the stream must not pass it) */
             if (ok) lane_stream(rn, L, L->c.seq[L->g.len]);

@@ -91,7 +91,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
                          ServeRequest *q, char *why, size_t n)
 {
     memset(q, 0, sizeof *q);
-    q->max_tokens = defaults->max_tokens, q->sample = defaults->sample, q->seed = defaults->seed;
+    q->max_tokens = defaults->max_tokens, q->sample = defaults->sample, q->seed = defaults->seed, q->logprobs = -1;
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)line_no);
     const char *end = NULL;
@@ -130,6 +130,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "temperature") == 0) ok = num_field(f, k, &q->sample.temperature, why, n);
         else if (strcmp(k, "top_p") == 0) ok = num_field(f, k, &q->sample.top_p, why, n);
         else if (strcmp(k, "repetition_penalty") == 0) ok = num_field(f, k, &q->sample.repetition_penalty, why, n);
+        else if (strcmp(k, "logprobs") == 0) ok = int_field(f, k, 0, SERVE_LOGPROBS_MAX, &q->logprobs, why, n);
         else if (strcmp(k, "top_k") == 0) ok = int_field(f, k, 0, 1e9, &q->sample.top_k, why, n);
         else if (strcmp(k, "seed") == 0) ok = int_field(f, k, 0, 9007199254740992.0, &i, why, n), q->seed = (uint64_t)i;
         else if (strcmp(k, "stream") == 0) {
@@ -206,8 +207,52 @@ static void add_text(cJSON *o, const char *key, const char *text)
     free(t);
 }
 
+void serve_logprobs_add(ServeLogprobs *lp, const double *row, int64_t V, int32_t chosen)
+{
+    if (lp->n == lp->cap) {
+        lp->cap = lp->cap ? 2 * lp->cap : 16;
+        lp->chosen = xrealloc(lp->chosen, (size_t)lp->cap * sizeof *lp->chosen);
+        lp->top_ids = xrealloc(lp->top_ids, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_ids);
+        lp->top_lp = xrealloc(lp->top_lp, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_lp);
+    }
+    double m = row[0], sum = 0;
+    for (int64_t v = 1; v < V; v++) m = row[v] > m ? row[v] : m;
+    for (int64_t v = 0; v < V; v++) sum += exp(row[v] - m);
+    double lse = m + log(sum);
+    int32_t *ids = lp->top_ids + lp->n * lp->k;
+    double *top = lp->top_lp + lp->n * lp->k;
+    int64_t have = 0; /* the k best so far, sorted: insertion, rejecting at the k-th */
+    for (int64_t v = 0; v < V; v++) {
+        if (have == lp->k && (lp->k == 0 || row[v] <= top[have - 1])) continue;
+        int64_t j = have < lp->k ? have++ : have - 1;
+        for (; j > 0 && row[v] > top[j - 1]; j--) top[j] = top[j - 1], ids[j] = ids[j - 1];
+        top[j] = row[v], ids[j] = (int32_t)v;
+    }
+    for (int64_t j = 0; j < lp->k; j++) top[j] -= lse;
+    lp->chosen[lp->n++] = row[chosen] - lse;
+}
+
+void serve_logprobs_free(ServeLogprobs *lp)
+{
+    free(lp->chosen), free(lp->top_ids), free(lp->top_lp);
+    *lp = (ServeLogprobs){0};
+}
+
+/* Entry j of lp's top tokens: [[id, logprob], ...]. */
+static cJSON *top_of(const ServeLogprobs *lp, int64_t j)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int64_t i = 0; i < lp->k; i++) {
+        cJSON *pair = cJSON_CreateArray();
+        cJSON_AddItemToArray(pair, cJSON_CreateNumber(lp->top_ids[j * lp->k + i]));
+        cJSON_AddItemToArray(pair, cJSON_CreateNumber(lp->top_lp[j * lp->k + i]));
+        cJSON_AddItemToArray(a, pair);
+    }
+    return a;
+}
+
 char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
-                   int64_t prompt_tokens, int64_t cached_tokens)
+                   int64_t prompt_tokens, int64_t cached_tokens, const ServeLogprobs *lp)
 {
     cJSON *o = with_id(id), *a = cJSON_AddArrayToObject(o, "ids");
     for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[j]));
@@ -215,6 +260,14 @@ char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *te
     cJSON_AddStringToObject(o, "finish_reason", finish);
     cJSON_AddNumberToObject(o, "prompt_tokens", (double)prompt_tokens);
     cJSON_AddNumberToObject(o, "cached_tokens", (double)cached_tokens);
+    if (lp) {
+        cJSON *l = cJSON_AddObjectToObject(o, "logprobs"), *c = cJSON_AddArrayToObject(l, "token_logprobs"),
+              *t = cJSON_AddArrayToObject(l, "top_logprobs");
+        for (int64_t j = 0; j < n && j < lp->n; j++) {
+            cJSON_AddItemToArray(c, cJSON_CreateNumber(lp->chosen[j]));
+            cJSON_AddItemToArray(t, top_of(lp, j));
+        }
+    }
     return line_of(o);
 }
 
@@ -225,10 +278,14 @@ char *serve_error(const char *id, const char *message)
     return line_of(o);
 }
 
-char *serve_event(const char *id, int32_t token, const char *text)
+char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at)
 {
     cJSON *o = with_id(id);
     if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
     if (text) add_text(o, "text", text);
+    if (token >= 0 && lp && at >= 0 && at < lp->n) {
+        cJSON_AddNumberToObject(o, "logprob", lp->chosen[at]);
+        cJSON_AddItemToObject(o, "top_logprobs", top_of(lp, at));
+    }
     return line_of(o);
 }

@@ -6,10 +6,11 @@
  *             "prompt": "text" (with a tokenizer) | "ids": [token ids],
  *             "continue": the id of an earlier request, whose sequence this one goes on,
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
- *             "seed": S, "stop": [ids and strings] (the run's options are the defaults; ids replace its
+ *             "seed": S, "logprobs": K, "stop": [ids and strings] (the run's options are the defaults; ids replace its
  *             stop tokens, strings end the text where one begins), "stream": true|false}
  * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
- *             "stop" | "max_positions" | "cancelled", "prompt_tokens": N, "cached_tokens": K}
+ *             "stop" | "max_positions" | "cancelled", "prompt_tokens": N, "cached_tokens": K,
+ *             with "logprobs": {"token_logprobs": [...], "top_logprobs": [[[id, logprob], ...], ...]}}
  * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}.
  * A cancel: {"cancel": an id} alone ends every request of that id still waiting or running: each
  *             answered at once with what it has, "finish_reason": "cancelled"; no answer of its own. */
@@ -35,8 +36,25 @@ typedef struct ServeRequest {
     int64_t n_stop;
     char **stop_text;    /* "stop"'s strings [n_stop_text] (with a tokenizer: the text ends before one) */
     int64_t n_stop_text;
+    int64_t logprobs;    /* "logprobs": K, each generated token's log-probability and the K likeliest
+                            tokens' (0 to SERVE_LOGPROBS_MAX), or -1: none */
     bool stop_set, stream;
 } ServeRequest;
+
+enum { SERVE_LOGPROBS_MAX = 20 };
+
+/* The log-probabilities of a request's generated tokens (log-softmax of the model's logits, before
+ * any temperature or truncation), n of them so far. */
+typedef struct {
+    int64_t k, n, cap;
+    double *chosen;    /* [n] the generated token's */
+    int32_t *top_ids;  /* [n * k] the k likeliest tokens, likeliest first (ties: lower id first) */
+    double *top_lp;    /* [n * k] theirs */
+} ServeLogprobs;
+
+/* One more: the token chosen from logits row[V]. */
+void  serve_logprobs_add(ServeLogprobs *lp, const double *row, int64_t V, int32_t chosen);
+void  serve_logprobs_free(ServeLogprobs *lp);
 
 /* Line `line_no` of the input (len bytes) into *q, the fields it lacks from *defaults (its max_tokens,
  * sample, seed): false with the reason in why (and q->id set, for the answer) when it is not one. */
@@ -44,11 +62,13 @@ bool  serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t
                           ServeRequest *q, char *why, size_t n);
 void  serve_request_free(ServeRequest *q);
 
-/* Answer lines (each ending in a newline; the caller frees them). text may be NULL (no tokenizer). */
+/* Answer lines (each ending in a newline; the caller frees them). text may be NULL (no tokenizer), lp
+ * NULL (none asked; else its first n are the answer's "logprobs"). */
 char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
-                   int64_t prompt_tokens, int64_t cached_tokens);
+                   int64_t prompt_tokens, int64_t cached_tokens, const ServeLogprobs *lp);
 char *serve_error(const char *id, const char *message);
-/* A streamed token (token < 0: the text's held-back end alone, after the last token). */
-char *serve_event(const char *id, int32_t token, const char *text);
+/* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
+ * `at` when lp is not NULL. */
+char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at);
 
 #endif

@@ -71,6 +71,33 @@ def draw(rng):
     return reqs, lines, {reqs[k]["id"] for k in cancels}
 
 
+# "logprobs": 5 (greedy, and drawn, beside each other with --batch 2, streamed): each generated
+# token's log-probability and the 5 likeliest are the log-softmax of the logits that `moeppc run --ids`
+# computes over the whole sequence (--logits-out), within f32's tolerance
+import numpy as np
+reqs = [{"id": "g", "ids": [5, 9, 2, 77, 31], "max_tokens": 6, "logprobs": 5, "stream": True},
+        {"id": "d", "ids": [8, 1, 40], "max_tokens": 6, "logprobs": 5, "temperature": 0.9, "seed": 3}]
+out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2"], input="".join(json.dumps(r) + "\n" for r in reqs),
+                     capture_output=True, text=True, check=True).stdout
+lines = [json.loads(l) for l in out.splitlines()]
+for r in reqs:
+    a = next(l for l in lines if l["id"] == r["id"] and "ids" in l)
+    whole = r["ids"] + a["ids"]
+    f = os.path.join(work, "logits.f32")
+    subprocess.run([MOEPPC] + BASE[:-1] + ["--ids", " ".join(map(str, whole[:-1])), "--logits-out", f], capture_output=True, check=True)
+    z = np.fromfile(f, dtype="<f4").astype(np.float64).reshape(len(whole) - 1, -1)[len(r["ids"]) - 1:]
+    ref = z - (z.max(axis=1, keepdims=True) + np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
+    got, top = np.array(a["logprobs"]["token_logprobs"]), a["logprobs"]["top_logprobs"]
+    want = ref[np.arange(len(a["ids"])), a["ids"]]
+    ok = len(got) == len(a["ids"]) and np.allclose(got, want, atol=2e-4) and all(
+        len(t) == 5 and np.allclose([lp for _, lp in t], np.sort(ref[j])[::-1][:5], atol=2e-4) and
+        np.allclose([lp for _, lp in t], [ref[j][i] for i, _ in t], atol=2e-4) for j, t in enumerate(top))
+    if r.get("stream"):
+        ev = [l for l in lines if l["id"] == r["id"] and "token" in l]
+        ok = ok and [e["logprob"] for e in ev] == a["logprobs"]["token_logprobs"] and [e["top_logprobs"] for e in ev] == top
+    if not ok:
+        sys.exit("serve_random: logprobs of %s: %s; want %s" % (r, a["logprobs"], want))
+
 checked = refused = cancelled = 0
 for rnd in range(ROUNDS):
     rng = random.Random(rnd)
@@ -122,5 +149,5 @@ for rnd in range(ROUNDS):
         checked += 1
     if out.returncode != (1 if any("error" in a for a in answers.values()) else 0):
         sys.exit("serve_random: %s: exit %d\n%s" % (what, out.returncode, out.stderr))
-print("serve_random: %d rounds: %d answers as alone, %d cancelled, %d next turns refused (sequence gone)"
-      % (ROUNDS, checked, cancelled, refused))
+print("serve_random: logprobs as the logits' log-softmax; %d rounds: %d answers as alone, %d cancelled, %d next turns "
+      "refused (sequence gone)" % (ROUNDS, checked, cancelled, refused))

@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         if (q.cancel) { /* {"cancel": ID} alone; the requests it ends are answered with that id */
             FUZZ_CHECK(!q.prompt && !q.ids && !q.cont && !q.stop_set, "a cancel with a request's fields");
-            check_line(serve_answer(q.cancel, NULL, 0, "", "cancelled", 0, 0), q.cancel);
+            check_line(serve_answer(q.cancel, NULL, 0, "", "cancelled", 0, 0, NULL), q.cancel);
         } else FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
         for (int64_t j = 0; j < q.n_ids; j++) FUZZ_CHECK(q.ids[j] >= 0 && q.ids[j] < VOCAB, "id %d", q.ids[j]);
         for (int64_t j = 0; j < q.n_stop; j++) FUZZ_CHECK(q.stop[j] >= 0 && q.stop[j] < VOCAB, "stop id %d", q.stop[j]);
@@ -63,8 +63,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *text = malloc(size + 1); /* the input's bytes, as a tokenizer might make them */
     memcpy(text, data, size);
     text[size] = 0;
-    check_line(serve_answer(q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0), q.id);
-    check_line(serve_event(q.id, 3, text), q.id);
+    ServeLogprobs lp = {.k = q.logprobs > 0 ? q.logprobs : 0}; /* each id's logprobs over a row of them */
+    double row[VOCAB];
+    for (int64_t v = 0; v < VOCAB; v++) row[v] = (double)((v * 37 + (int64_t)size) % 101) / 7.0;
+    for (int64_t j = 0; q.logprobs >= 0 && j < q.n_ids; j++) serve_logprobs_add(&lp, row, VOCAB, q.ids[j]);
+    check_line(serve_answer(q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL), q.id);
+    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0), q.id);
+    for (int64_t j = 0; j < lp.n; j++)
+        for (int64_t i = 1; i < lp.k; i++)
+            FUZZ_CHECK(lp.top_lp[j * lp.k + i - 1] >= lp.top_lp[j * lp.k + i], "top logprobs out of order");
+    serve_logprobs_free(&lp);
     free(text);
     serve_request_free(&q);
     return 0;

@@ -56,6 +56,7 @@ printf '%s' '{"id": 7, "prompt": "the city\n", "stream": true, "temperature": 0.
 printf '%s' '{"id": "c", "continue": "a", "ids": [7], "stop": [2, 13]}' >"$s/continue.json"
 printf '%s' '{"ids": [1], "stop": ["\n\n", 2, "User:"]}' >"$s/stop-strings.json"
 printf '%s' '{"ids": [1], "stop": [""]}' >"$s/bad-stop-empty.json"
+printf '%s' '{"ids": [1, 2], "logprobs": 3}' >"$s/logprobs.json"
 printf '%s' '{"cancel": "a"}' >"$s/cancel.json"
 printf '%s' '{"cancel": 7, "ids": [1]}' >"$s/bad-cancel.json"
 printf '%s' '{"ids": [], "stop": []}' >"$s/bad-empty-ids.json"
