@@ -826,6 +826,9 @@ static void gen_begin(Runner *rn, Gen *G, Conv *c, const Req *q, const double *r
         text_stream_begin(&G->text, rn->tok, rn->r->quiet ? answer : say, rn->r->quiet && !rn->r->serve, c->seq, c->len);
 }
 
+/* Decoding ends with the token chosen last (it joins the sequence, unfed), for this reason. */
+static void gen_ends_here(Gen *G, const char *why) { G->n = G->g + 1, G->why = why; }
+
 /* The chosen token joins the sequence and is printed; true when it is to be fed for the next one
  * (at position G->len: gen_advance after the step), false when decoding ends with it. */
 static bool gen_put(Runner *rn, Gen *G)
@@ -840,12 +843,12 @@ static bool gen_put(Runner *rn, Gen *G)
     if (G->g + 1 == G->n) return false;
     if (is_stop(stop, next)) {
         fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
-        G->n = G->g + 1, G->why = "stop";
+        gen_ends_here(G, "stop");
         return false;
     }
     if (G->len >= rn->s->max_positions) {
         fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
-        G->n = G->g + 1, G->why = "max_positions";
+        gen_ends_here(G, "max_positions");
         return false;
     }
     return true;
@@ -1314,7 +1317,7 @@ static bool stop_text_found(Lane *L)
 static bool stop_text_hit(Lane *L)
 {
     if (!stop_text_found(L)) return false;
-    L->g.n = L->g.g + 1, L->g.why = "stop";
+    gen_ends_here(&L->g, "stop");
     return true;
 }
 
@@ -1504,7 +1507,7 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
         if (L->state == LANE_FREE || strcmp(L->sr.id, id) != 0) continue;
         lane_print(rn, L);
         if (L->state == LANE_DECODE) {
-            L->g.n = L->g.g + 1; /* the token chosen last joins it, unfed, as at any end */
+            gen_ends_here(&L->g, "cancelled");
             gen_end(rn, &L->g, true);
             *tokens += L->g.n;
         } else {
@@ -1515,7 +1518,7 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
             ir_eval_result_free(&L->acc);
             memset(&L->acc, 0, sizeof L->acc);
         }
-        L->g.why = "cancelled";
+        L->g.why = "cancelled"; /* (a prompt's: nothing generated) */
         lane_finish(rn, L, ans, true);
         (*busy)--, n++;
     }

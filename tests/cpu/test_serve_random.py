@@ -10,13 +10,16 @@ request is answered once; a cancelled one with nothing; a "continue" refused onl
 is no longer held (its turn was continued, or its sequence taken by another request: the message
 says so); and every other answer's ids are what `moeppc run --ids WHOLE --generate N` gives alone, with
 the request's parameters, WHOLE being the conversation up to it (earlier turns' prompts and answers,
-then its prompt) -- and its cached_tokens at most the tokens before its prompt's last."""
+then its prompt) -- and its cached_tokens at most the tokens before its prompt's last. First,
+"logprobs" against the log-softmax of the logits of a run of the whole sequence."""
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
+
+import numpy as np
 
 MOEPPC, SRC = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 6
@@ -74,7 +77,6 @@ def draw(rng):
 # "logprobs": 5 (greedy, and drawn, beside each other with --batch 2, streamed): each generated
 # token's log-probability and the 5 likeliest are the log-softmax of the logits that `moeppc run --ids`
 # computes over the whole sequence (--logits-out), within f32's tolerance
-import numpy as np
 reqs = [{"id": "g", "ids": [5, 9, 2, 77, 31], "max_tokens": 6, "logprobs": 5, "stream": True},
         {"id": "d", "ids": [8, 1, 40], "max_tokens": 6, "logprobs": 5, "temperature": 0.9, "seed": 3}]
 out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2"], input="".join(json.dumps(r) + "\n" for r in reqs),
