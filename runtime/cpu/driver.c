@@ -1223,6 +1223,8 @@ typedef struct {
     size_t sent;     /* --serve with "stream": the bytes of its text streamed so far */
     size_t scanned, cut; /* --serve "stop" strings: its text's bytes searched, where one begins (or SIZE_MAX) */
     ServeLogprobs lp; /* --serve "logprobs": its tokens' */
+    ServeLogprobs plp; /* --serve "echo" with "logprobs": its prompt's tokens' (from the rows this request ran) */
+    int64_t prompt_at; /* where its prompt begins in its sequence */
     lane_state state;
     int64_t from, n, done; /* prefill: positions from .. from + n - 1 to run, done of them run     */
     EvalResult acc;  /* ... their rows of every output, gathered over the steps that ran them      */
@@ -1275,8 +1277,10 @@ static FILE *say_all, *answer_all;
 static void lane_print(const Runner *rn, Lane *L) { *(rn->r->quiet ? &answer : &say) = L->buf; }
 static void lane_print_end(void) { say = say_all, answer = answer_all; }
 
-/* Whether the lane's --serve request asked "logprobs" (no request: --prompts). */
+/* Whether the lane's --serve request asked "logprobs" (no request: --prompts); with "echo", its
+ * prompt's too (all its prompt's rows then compute their logits, and none is taken from the caches). */
 static bool lp_asked(const Lane *L) { return L->sr.id && L->sr.logprobs >= 0; }
+static bool plp_asked(const Lane *L) { return lp_asked(L) && L->sr.echo; }
 
 /* --serve with "stream": what its line's text gained since the last, with the token put last (< 0:
  * the text's held-back end alone), as a line at once. */
@@ -1334,7 +1338,7 @@ static void lane_stream(const Runner *rn, Lane *L, int32_t token)
     }
     L->sent = upto;
     if (token >= 0 || (delta && *delta)) {
-        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1);
+        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1, rn->tok);
         fputs(e, stdout);
         fflush(stdout);
         free(e);
@@ -1355,10 +1359,12 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
         char *t = L->text;
         if (L->cut != SIZE_MAX) t[L->cut] = 0; /* the text before the stop string */
         int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
-        L->text = ok ? serve_answer(L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length",
-                                    L->T, L->c.reused, lp_asked(L) ? &L->lp : NULL)
-                     : serve_error(L->sr.id, last_err);
+        ServeAnswer sa = {L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length", L->T,
+                          L->c.reused, lp_asked(L) ? &L->lp : NULL, L->sr.echo ? L->c.seq + L->prompt_at : NULL,
+                          plp_asked(L) ? &L->plp : NULL, rn->tok};
+        L->text = ok ? serve_answer(&sa) : serve_error(L->sr.id, last_err);
         serve_logprobs_free(&L->lp);
+        serve_logprobs_free(&L->plp);
         free(t);
         serve_request_free(&L->sr);
     }
@@ -1369,8 +1375,8 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
 
 /* Rows at[0 .. n - 1] of every output of res (a run of T rows) after those acc has (prefill chunks,
  * in order); an output of R < T rows (logits of the last R rows alone: logits_rows) gives those of
- * them it has. */
-static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const int64_t *at, int64_t n)
+ * them it has. last_logits: of the logits, only the last row is kept (the one read: last_only). */
+static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const int64_t *at, int64_t n, bool last_logits)
 {
     if (!acc->outputs) {
         acc->n_outputs = res->n_outputs;
@@ -1388,6 +1394,10 @@ static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const 
             if (at[j] >= first)
                 memcpy(a->data + a->type.dims[0]++ * cols, res->outputs[k].data + (at[j] - first) * cols,
                        (size_t)cols * sizeof *a->data);
+        if (last_logits && a->type.dims[0] > 1 && strcmp(a->name, "logits") == 0) {
+            memmove(a->data, a->data + (a->type.dims[0] - 1) * cols, (size_t)cols * sizeof *a->data);
+            a->type.dims[0] = 1;
+        }
     }
 }
 
@@ -1400,14 +1410,15 @@ enum { SHARED_PREFIX_MIN = 8 };
  * still want is kept longest); where another lane's caches hold more, their first positions are
  * copied over (a fork: a shared system prompt runs once for all). NULL when none is free, or when a
  * lane still running its prompt will hold more of it than any holds now (SHARED_PREFIX_MIN more): the
- * line waits for that rather than run the same tokens beside it. */
-static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_t T, int64_t *reuse)
+ * line waits for that rather than run the same tokens beside it. whole: the line runs whole (none
+ * kept, none copied: its every row's logits are wanted). */
+static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_t T, bool whole, int64_t *reuse)
 {
     Lane *L = NULL, *from = NULL;
     int64_t most = 0, there = 0, soon = 0;
     for (int b = 0; b < B; b++) {
-        int64_t k = prefix_reuse(rn, &lanes[b].c, ids, T), by = k >= SHARED_PREFIX_MIN ? k : 0;
-        int64_t will = lanes[b].state == LANE_PREFILL ? prefix_held(rn, &lanes[b].c, lanes[b].c.len, ids, T) : 0;
+        int64_t k = whole ? 0 : prefix_reuse(rn, &lanes[b].c, ids, T), by = k >= SHARED_PREFIX_MIN ? k : 0;
+        int64_t will = lanes[b].state == LANE_PREFILL && !whole ? prefix_held(rn, &lanes[b].c, lanes[b].c.len, ids, T) : 0;
         soon = will > soon ? will : soon;
         if (by > there) from = &lanes[b], there = by;
         if (lanes[b].state == LANE_FREE && (!L || by > most || (by == most && lanes[b].idle < L->idle)))
@@ -1495,8 +1506,10 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
             continue;
         }
         ServeLogprobs none = {.k = pl->sr.logprobs};
-        answer_done(ans, answer_ticket(ans),
-                    serve_answer(id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0, pl->sr.logprobs >= 0 ? &none : NULL));
+        bool lp = pl->sr.logprobs >= 0;
+        ServeAnswer sa = {id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0, lp ? &none : NULL,
+                          pl->sr.echo ? pl->ids : NULL, lp && pl->sr.echo ? &none : NULL, rn->tok};
+        answer_done(ans, answer_ticket(ans), serve_answer(&sa));
         serve_request_free(&pl->sr);
         free(pl->ids);
         memmove(pl, pl + 1, (size_t)(--*nq - i) * sizeof *pl);
@@ -1606,7 +1619,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 Lane *L = NULL;
                 if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
                 int64_t reuse = 0;
-                if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, &reuse);
+                if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, pl.sr.echo && pl.sr.logprobs >= 0, &reuse);
                 if (!pl.bad && !L) { /* it waits for a sequence to end */
                     queue[i++] = pl;
                     if (!rn->r->serve) break;
@@ -1624,6 +1637,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                     L->sr = pl.sr;
                     memset(&pl.sr, 0, sizeof pl.sr);
                     L->lp = (ServeLogprobs){.k = L->sr.logprobs > 0 ? L->sr.logprobs : 0};
+                    L->plp = L->lp;
                     L->own = (Req){L->sr.max_tokens, L->sr.sample, L->sr.seed, q->stop};
                     if (L->sr.stop_set) L->own.stop = (StopIds){L->sr.stop, L->sr.n_stop, "a stop token of the request"};
                     L->q = &L->own;
@@ -1641,6 +1655,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 latest = (int)(L - lanes);
                 header(&pl, ++started);
                 bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
+                L->prompt_at = L->c.len - pl.T;
                 free(pl.ids);
                 if (ok) {
                     L->c.line = pl.line;
@@ -1685,7 +1700,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         int64_t need = 0;
         for (int k = 0; k < n; k++) {
             const Lane *L = &lanes[who[k]];
-            at[k] = !rn->last_only || k < decode_rows || ((k + 1 == n || who[k + 1] != who[k]) && L->done == L->n);
+            at[k] = !rn->last_only || k < decode_rows || ((k + 1 == n || who[k + 1] != who[k]) && L->done == L->n) || plp_asked(L);
             need += at[k];
         }
         for (int64_t k = 0, head = 0, tail = n - need; k < n; k++) {
@@ -1721,7 +1736,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             int64_t m = 1;
             while (k + m < n && who[k + m] == who[k]) m++;
             if (ok) {
-                acc_append(&L->acc, &res, n, at + k, m);
+                for (int64_t j = 0; plp_asked(L) && j < m; j++) /* "echo": each row's log-probability of the next prompt token */
+                    if (pos[k + j] + 1 < L->c.len) serve_logprobs_add(&L->plp, logits->data + (at[k + j] - first) * V, V, L->c.seq[pos[k + j] + 1]);
+                acc_append(&L->acc, &res, n, at + k, m, rn->last_only);
                 L->acc.seconds += res.seconds * (double)m / (double)n; /* its share of the step */
             }
             k += (int)m;

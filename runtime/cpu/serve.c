@@ -133,9 +133,9 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "logprobs") == 0) ok = int_field(f, k, 0, SERVE_LOGPROBS_MAX, &q->logprobs, why, n);
         else if (strcmp(k, "top_k") == 0) ok = int_field(f, k, 0, 1e9, &q->sample.top_k, why, n);
         else if (strcmp(k, "seed") == 0) ok = int_field(f, k, 0, 9007199254740992.0, &i, why, n), q->seed = (uint64_t)i;
-        else if (strcmp(k, "stream") == 0) {
-            if (!cJSON_IsBool(f)) ok = false, snprintf(why, n, "\"stream\": expected true or false");
-            else q->stream = cJSON_IsTrue(f);
+        else if (strcmp(k, "stream") == 0 || strcmp(k, "echo") == 0) {
+            if (!cJSON_IsBool(f)) ok = false, snprintf(why, n, "\"%s\": expected true or false", k);
+            else *(k[0] == 's' ? &q->stream : &q->echo) = cJSON_IsTrue(f);
         } else ok = false, snprintf(why, n, "unknown field \"%s\"", shown);
     }
     if (ok && !q->cancel && !q->prompt == !q->ids)
@@ -238,35 +238,77 @@ void serve_logprobs_free(ServeLogprobs *lp)
     *lp = (ServeLogprobs){0};
 }
 
-/* Entry j of lp's top tokens: [[id, logprob], ...]. */
-static cJSON *top_of(const ServeLogprobs *lp, int64_t j)
+/* Token id's piece, as valid UTF-8 (null for an id of the model's vocabulary past the tokenizer's). */
+static cJSON *piece_of(const Tokenizer *tok, int32_t id)
+{
+    if (id >= tokenizer_size(tok)) return cJSON_CreateNull();
+    char *t = utf8_clean(tokenizer_piece(tok, id));
+    cJSON *s = cJSON_CreateString(t);
+    free(t);
+    return s;
+}
+
+/* Entry j of lp's top tokens: [[id, logprob], ...], with a tokenizer [[id, logprob, "piece"], ...]. */
+static cJSON *top_of(const ServeLogprobs *lp, int64_t j, const Tokenizer *tok)
 {
     cJSON *a = cJSON_CreateArray();
     for (int64_t i = 0; i < lp->k; i++) {
-        cJSON *pair = cJSON_CreateArray();
-        cJSON_AddItemToArray(pair, cJSON_CreateNumber(lp->top_ids[j * lp->k + i]));
-        cJSON_AddItemToArray(pair, cJSON_CreateNumber(lp->top_lp[j * lp->k + i]));
-        cJSON_AddItemToArray(a, pair);
+        cJSON *e = cJSON_CreateArray();
+        int32_t id = lp->top_ids[j * lp->k + i];
+        cJSON_AddItemToArray(e, cJSON_CreateNumber(id));
+        cJSON_AddItemToArray(e, cJSON_CreateNumber(lp->top_lp[j * lp->k + i]));
+        if (tok) cJSON_AddItemToArray(e, piece_of(tok, id));
+        cJSON_AddItemToArray(a, e);
     }
     return a;
 }
 
-char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
-                   int64_t prompt_tokens, int64_t cached_tokens, const ServeLogprobs *lp)
+/* A "logprobs" object of tokens ids[n] whose last lp->n (at most n) have log-probabilities, the
+ * first null: {"tokens": pieces (with a tokenizer), "token_logprobs": [...], "top_logprobs": [...]}. */
+static void add_logprobs(cJSON *o, const char *key, const int32_t *ids, int64_t n, const ServeLogprobs *lp,
+                         const Tokenizer *tok)
 {
-    cJSON *o = with_id(id), *a = cJSON_AddArrayToObject(o, "ids");
+    cJSON *l = cJSON_AddObjectToObject(o, key);
+    if (tok) {
+        cJSON *p = cJSON_AddArrayToObject(l, "tokens");
+        for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(p, piece_of(tok, ids[j]));
+    }
+    cJSON *c = cJSON_AddArrayToObject(l, "token_logprobs"), *t = cJSON_AddArrayToObject(l, "top_logprobs");
+    int64_t none = n > lp->n ? n - lp->n : 0;
+    for (int64_t j = 0; j < n; j++) {
+        cJSON_AddItemToArray(c, j < none ? cJSON_CreateNull() : cJSON_CreateNumber(lp->chosen[j - none]));
+        cJSON_AddItemToArray(t, j < none ? cJSON_CreateNull() : top_of(lp, j - none, tok));
+    }
+}
+
+static void add_ids(cJSON *o, const char *key, const int32_t *ids, int64_t n)
+{
+    cJSON *a = cJSON_AddArrayToObject(o, key);
     for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[j]));
-    if (text) add_text(o, "text", text);
-    cJSON_AddStringToObject(o, "finish_reason", finish);
-    cJSON_AddNumberToObject(o, "prompt_tokens", (double)prompt_tokens);
-    cJSON_AddNumberToObject(o, "cached_tokens", (double)cached_tokens);
-    if (lp) {
-        cJSON *l = cJSON_AddObjectToObject(o, "logprobs"), *c = cJSON_AddArrayToObject(l, "token_logprobs"),
-              *t = cJSON_AddArrayToObject(l, "top_logprobs");
-        for (int64_t j = 0; j < n && j < lp->n; j++) {
-            cJSON_AddItemToArray(c, cJSON_CreateNumber(lp->chosen[j]));
-            cJSON_AddItemToArray(t, top_of(lp, j));
+}
+
+char *serve_answer(const ServeAnswer *a)
+{
+    cJSON *o = with_id(a->id);
+    add_ids(o, "ids", a->ids, a->n);
+    if (a->text) add_text(o, "text", a->text);
+    cJSON_AddStringToObject(o, "finish_reason", a->finish);
+    cJSON_AddNumberToObject(o, "prompt_tokens", (double)a->prompt_tokens);
+    cJSON_AddNumberToObject(o, "cached_tokens", (double)a->cached_tokens);
+    if (a->lp) { /* (a cancelled request may have fewer than its tokens) */
+        ServeLogprobs first = *a->lp;
+        first.n = a->n < a->lp->n ? a->n : a->lp->n;
+        add_logprobs(o, "logprobs", a->ids, first.n, &first, a->tok);
+    }
+    if (a->prompt_ids) {
+        add_ids(o, "prompt_ids", a->prompt_ids, a->prompt_tokens);
+        if (a->tok) {
+            size_t len;
+            char *t = tokenizer_decode(a->tok, a->prompt_ids, a->prompt_tokens, false, &len);
+            add_text(o, "prompt_text", t);
+            free(t);
         }
+        if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok);
     }
     return line_of(o);
 }
@@ -278,14 +320,16 @@ char *serve_error(const char *id, const char *message)
     return line_of(o);
 }
 
-char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at)
+char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
+                  const Tokenizer *tok)
 {
     cJSON *o = with_id(id);
     if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
     if (text) add_text(o, "text", text);
     if (token >= 0 && lp && at >= 0 && at < lp->n) {
+        if (tok) cJSON_AddItemToObject(o, "piece", piece_of(tok, token));
         cJSON_AddNumberToObject(o, "logprob", lp->chosen[at]);
-        cJSON_AddItemToObject(o, "top_logprobs", top_of(lp, at));
+        cJSON_AddItemToObject(o, "top_logprobs", top_of(lp, at, tok));
     }
     return line_of(o);
 }

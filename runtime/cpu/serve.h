@@ -7,10 +7,15 @@
  *             "continue": the id of an earlier request, whose sequence this one goes on,
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
  *             "seed": S, "logprobs": K, "stop": [ids and strings] (the run's options are the defaults; ids replace its
- *             stop tokens, strings end the text where one begins), "stream": true|false}
+ *             stop tokens, strings end the text where one begins), "stream": true|false,
+ *             "echo": true|false (the answer also gives the prompt, and with "logprobs" its tokens')}
  * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
  *             "stop" | "max_positions" | "cancelled", "prompt_tokens": N, "cached_tokens": K,
- *             with "logprobs": {"token_logprobs": [...], "top_logprobs": [[[id, logprob], ...], ...]}}
+ *             with "logprobs": {"token_logprobs": [...], "top_logprobs": [[[id, logprob], ...], ...]}
+ *             (with a tokenizer also "tokens": [pieces], and [id, logprob, "piece"] each top entry),
+ *             with "echo": "prompt_ids": [...], "prompt_text" (with a tokenizer), and with "logprobs"
+ *             "prompt_logprobs" as "logprobs" over the prompt's tokens (null for one no row before it
+ *             ran: a new sequence's first)}
  * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}.
  * A cancel: {"cancel": an id} alone ends every request of that id still waiting or running: each
  *             answered at once with what it has, "finish_reason": "cancelled"; no answer of its own. */
@@ -39,6 +44,7 @@ typedef struct ServeRequest {
     int64_t logprobs;    /* "logprobs": K, each generated token's log-probability and the K likeliest
                             tokens' (0 to SERVE_LOGPROBS_MAX), or -1: none */
     bool stop_set, stream;
+    bool echo;           /* "echo": the answer gives the prompt (and with "logprobs", its tokens' too) */
 } ServeRequest;
 
 enum { SERVE_LOGPROBS_MAX = 20 };
@@ -62,13 +68,26 @@ bool  serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t
                           ServeRequest *q, char *why, size_t n);
 void  serve_request_free(ServeRequest *q);
 
-/* Answer lines (each ending in a newline; the caller frees them). text may be NULL (no tokenizer), lp
- * NULL (none asked; else its first n are the answer's "logprobs"). */
-char *serve_answer(const char *id, const int32_t *ids, int64_t n, const char *text, const char *finish,
-                   int64_t prompt_tokens, int64_t cached_tokens, const ServeLogprobs *lp);
+/* What a request's answer says. */
+typedef struct {
+    const char *id;
+    const int32_t *ids;         /* the generated tokens [n] */
+    int64_t n;
+    const char *text;           /* their text, or NULL (no tokenizer) */
+    const char *finish;
+    int64_t prompt_tokens, cached_tokens;
+    const ServeLogprobs *lp;    /* "logprobs": the first n of its entries, or NULL (not asked) */
+    const int32_t *prompt_ids;  /* "echo": the prompt's tokens [prompt_tokens], or NULL (not asked) */
+    const ServeLogprobs *prompt_lp; /* "echo" with "logprobs": its last lp->n tokens', or NULL */
+    const Tokenizer *tok;       /* the pieces and the prompt's text, or NULL */
+} ServeAnswer;
+
+/* Answer lines (each ending in a newline; the caller frees them). */
+char *serve_answer(const ServeAnswer *a);
 char *serve_error(const char *id, const char *message);
 /* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
- * `at` when lp is not NULL. */
-char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at);
+ * `at` when lp is not NULL (and the token's piece, tok not NULL). */
+char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
+                  const Tokenizer *tok);
 
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""test_serve_random.py MOEPPC SOURCE_DIR [ROUNDS]: `moeppc run --serve` on random request streams
-against each request's whole sequence run alone.
+"""test_serve_random.py MOEPPC SOURCE_DIR [ROUNDS [DEVICE]]: `moeppc run --serve` on random request
+streams against each request's whole sequence run alone (DEVICE: cpu, the default, or cuda).
 
 Each round draws 24 requests -- prompts that share prefixes (so that sequences are reused and forked),
 next turns ("continue") of earlier requests, greedy or drawn with a seed, a few cancels of waiting
@@ -11,7 +11,8 @@ is no longer held (its turn was continued, or its sequence taken by another requ
 says so); and every other answer's ids are what `moeppc run --ids WHOLE --generate N` gives alone, with
 the request's parameters, WHOLE being the conversation up to it (earlier turns' prompts and answers,
 then its prompt) -- and its cached_tokens at most the tokens before its prompt's last. First,
-"logprobs" against the log-softmax of the logits of a run of the whole sequence."""
+"logprobs" (and "echo"'s prompt log-probabilities) against the log-softmax of the logits of a run of
+the whole sequence."""
 import json
 import os
 import random
@@ -23,13 +24,15 @@ import numpy as np
 
 MOEPPC, SRC = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+DEVICE = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 work = tempfile.mkdtemp()
 spec = os.path.join(work, "long.yaml")
 with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:
     text = f.read()
 with open(spec, "w") as f:  # room for conversations of several turns
     f.write(text.replace("max_positions: 64", "max_positions: 512"))
-BASE = ["run", spec, "--random-weights", "1", "--ignore-eos"]
+BASE = ["run", spec, "--random-weights", "1", "--device", DEVICE, "--ignore-eos"]
+REF = ["run", spec, "--random-weights", "1"]  # the reference logits: the CPU backend's
 
 
 def alone(todo):
@@ -74,9 +77,34 @@ def draw(rng):
     return reqs, lines, {reqs[k]["id"] for k in cancels}
 
 
+def log_softmax_of(whole):
+    """Row p: the log-softmax of the logits at position p of the sequence `whole` run alone (its last
+    token not run) on the CPU backend."""
+    f = os.path.join(work, "logits.f32")
+    subprocess.run([MOEPPC] + REF + ["--ids", " ".join(map(str, whole[:-1])), "--logits-out", f], capture_output=True, check=True)
+    z = np.fromfile(f, dtype="<f4").astype(np.float64).reshape(len(whole) - 1, -1)
+    return z - (z.max(axis=1, keepdims=True) + np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
+
+
+def same_logprobs(lp, tokens, ref, k):
+    """Whether a "logprobs" object of tokens[j] (null where ref[j] is None) is ref's."""
+    got, top = lp["token_logprobs"], lp["top_logprobs"]
+    if len(got) != len(tokens) or len(top) != len(tokens):
+        return False
+    for j, (t, r) in enumerate(zip(tokens, ref)):
+        if r is None:
+            if got[j] is not None or top[j] is not None:
+                return False
+        elif got[j] is None or abs(got[j] - r[t]) > 2e-4 or len(top[j]) != k or not (
+                np.allclose([lp for _, lp in top[j]], np.sort(r)[::-1][:k], atol=2e-4) and
+                np.allclose([lp for _, lp in top[j]], [r[i] for i, _ in top[j]], atol=2e-4)):
+            return False
+    return True
+
+
 # "logprobs": 5 (greedy, and drawn, beside each other with --batch 2, streamed): each generated
 # token's log-probability and the 5 likeliest are the log-softmax of the logits that `moeppc run --ids`
-# computes over the whole sequence (--logits-out), within f32's tolerance
+# computes over the whole sequence (--logits-out, on the CPU backend), within f32's tolerance
 reqs = [{"id": "g", "ids": [5, 9, 2, 77, 31], "max_tokens": 6, "logprobs": 5, "stream": True},
         {"id": "d", "ids": [8, 1, 40], "max_tokens": 6, "logprobs": 5, "temperature": 0.9, "seed": 3}]
 out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2"], input="".join(json.dumps(r) + "\n" for r in reqs),
@@ -84,21 +112,40 @@ out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2"], input="".joi
 lines = [json.loads(l) for l in out.splitlines()]
 for r in reqs:
     a = next(l for l in lines if l["id"] == r["id"] and "ids" in l)
-    whole = r["ids"] + a["ids"]
-    f = os.path.join(work, "logits.f32")
-    subprocess.run([MOEPPC] + BASE[:-1] + ["--ids", " ".join(map(str, whole[:-1])), "--logits-out", f], capture_output=True, check=True)
-    z = np.fromfile(f, dtype="<f4").astype(np.float64).reshape(len(whole) - 1, -1)[len(r["ids"]) - 1:]
-    ref = z - (z.max(axis=1, keepdims=True) + np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
-    got, top = np.array(a["logprobs"]["token_logprobs"]), a["logprobs"]["top_logprobs"]
-    want = ref[np.arange(len(a["ids"])), a["ids"]]
-    ok = len(got) == len(a["ids"]) and np.allclose(got, want, atol=2e-4) and all(
-        len(t) == 5 and np.allclose([lp for _, lp in t], np.sort(ref[j])[::-1][:5], atol=2e-4) and
-        np.allclose([lp for _, lp in t], [ref[j][i] for i, _ in t], atol=2e-4) for j, t in enumerate(top))
+    ok = same_logprobs(a["logprobs"], a["ids"], log_softmax_of(r["ids"] + a["ids"])[len(r["ids"]) - 1:], 5)
     if r.get("stream"):
         ev = [l for l in lines if l["id"] == r["id"] and "token" in l]
-        ok = ok and [e["logprob"] for e in ev] == a["logprobs"]["token_logprobs"] and [e["top_logprobs"] for e in ev] == top
+        ok = ok and [e["logprob"] for e in ev] == a["logprobs"]["token_logprobs"] and [e["top_logprobs"] for e in ev] == a["logprobs"]["top_logprobs"]
     if not ok:
-        sys.exit("serve_random: logprobs of %s: %s; want %s" % (r, a["logprobs"], want))
+        sys.exit("serve_random: logprobs of %s: %s" % (r, a["logprobs"]))
+
+# "echo" with "logprobs": 3: every prompt token's log-probability (null for a new sequence's first),
+# in prompt chunks of 3 beside a decoding sequence, of a new sequence and of a next turn (whose first
+# token's comes from the row of the token generated last); such a prompt runs whole, never from the
+# caches (its logits are wanted), while an echo without logprobs still starts from them
+reqs = [{"id": "d", "ids": [8, 1, 40], "max_tokens": 12},
+        {"id": "e", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17], "max_tokens": 2, "logprobs": 3, "echo": True},
+        {"id": "t", "continue": "e", "ids": [12, 13, 14, 15], "max_tokens": 0, "logprobs": 3, "echo": True},
+        {"id": "r", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17, 12, 13, 14, 15, 9], "max_tokens": 1, "logprobs": 3, "echo": True},
+        {"id": "u", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17, 12, 13, 14, 15, 9, 8], "max_tokens": 1, "echo": True}]
+out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2", "--chunk", "3"],
+                     input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True, text=True, check=True).stdout
+got = {a["id"]: a for a in map(json.loads, out.splitlines())}
+e, t, r, u = got["e"], got["t"], got["r"], got["u"]
+whole = reqs[1]["ids"] + e["ids"] + reqs[2]["ids"]
+ref = log_softmax_of(whole + [0])
+n_e = len(reqs[1]["ids"])
+checks = [("e", e["prompt_ids"] == reqs[1]["ids"] and "prompt_text" not in e and
+           same_logprobs(e["prompt_logprobs"], reqs[1]["ids"], [None] + list(ref[:n_e - 1]), 3) and
+           same_logprobs(e["logprobs"], e["ids"], ref[n_e - 1:n_e + 1], 3)),
+          ("t", t["prompt_ids"] == reqs[2]["ids"] and t["ids"] == [] and t["cached_tokens"] == 0 and
+           same_logprobs(t["prompt_logprobs"], reqs[2]["ids"], ref[n_e + 1:n_e + 5], 3)),
+          ("r", r["cached_tokens"] == 0 and same_logprobs(r["prompt_logprobs"], reqs[3]["ids"],
+                                                          [None] + list(log_softmax_of(reqs[3]["ids"] + r["ids"])[:14]), 3)),
+          ("u", u["cached_tokens"] == 15 and u["prompt_ids"] == reqs[4]["ids"] and "prompt_logprobs" not in u)]
+bad = [k for k, ok in checks if not ok]
+if bad:
+    sys.exit("serve_random: echo of %s: %s" % (bad, [got[k] for k in bad]))
 
 checked = refused = cancelled = 0
 for rnd in range(ROUNDS):
@@ -151,5 +198,5 @@ for rnd in range(ROUNDS):
         checked += 1
     if out.returncode != (1 if any("error" in a for a in answers.values()) else 0):
         sys.exit("serve_random: %s: exit %d\n%s" % (what, out.returncode, out.stderr))
-print("serve_random: logprobs as the logits' log-softmax; %d rounds: %d answers as alone, %d cancelled, %d next turns "
+print("serve_random: logprobs and echo's prompt logprobs as the logits' log-softmax; %d rounds: %d answers as alone, %d cancelled, %d next turns "
       "refused (sequence gone)" % (ROUNDS, checked, cancelled, refused))

@@ -1,8 +1,8 @@
 /* fuzz_serve.c — a `moeppc run --serve` request line (serve_request_parse), then the answers made
  * from it. Accepted: a cancel alone, or one of "prompt" and "ids", every id and stop id in the
  * vocabulary, the sampling parameters sample_params_check accepts; refused: a reason without control bytes. Either way the
- * request has an id, and every answer (ids, the input's bytes as its text; an error; a streamed
- * token) is one line of JSON that parses back with that id and valid UTF-8 text or error. */
+ * request has an id, and every answer (ids, the input's bytes as its text, "echo"'s prompt and its
+ * log-probabilities; an error; a streamed token) is one line of JSON that parses back with that id and valid UTF-8 text or error. */
 #include "tests/fuzz/fuzz.h"
 
 #include "runtime/cpu/serve.h"
@@ -52,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         if (q.cancel) { /* {"cancel": ID} alone; the requests it ends are answered with that id */
             FUZZ_CHECK(!q.prompt && !q.ids && !q.cont && !q.stop_set, "a cancel with a request's fields");
-            check_line(serve_answer(q.cancel, NULL, 0, "", "cancelled", 0, 0, NULL), q.cancel);
+            ServeAnswer none = {.id = q.cancel, .text = "", .finish = "cancelled"};
+            check_line(serve_answer(&none), q.cancel);
         } else FUZZ_CHECK(!q.prompt != !q.ids && (!q.ids || q.n_ids >= 1), "not one of prompt and ids");
         for (int64_t j = 0; j < q.n_ids; j++) FUZZ_CHECK(q.ids[j] >= 0 && q.ids[j] < VOCAB, "id %d", q.ids[j]);
         for (int64_t j = 0; j < q.n_stop; j++) FUZZ_CHECK(q.stop[j] >= 0 && q.stop[j] < VOCAB, "stop id %d", q.stop[j]);
@@ -67,8 +68,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     double row[VOCAB];
     for (int64_t v = 0; v < VOCAB; v++) row[v] = (double)((v * 37 + (int64_t)size) % 101) / 7.0;
     for (int64_t j = 0; q.logprobs >= 0 && j < q.n_ids; j++) serve_logprobs_add(&lp, row, VOCAB, q.ids[j]);
-    check_line(serve_answer(q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL), q.id);
-    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0), q.id);
+    ServeLogprobs plp = lp; /* "echo": as if the prompt's first token had none */
+    plp.n = lp.n > 0 ? lp.n - 1 : 0;
+    ServeAnswer a = {q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL,
+                     q.echo ? q.ids : NULL, q.echo && q.logprobs >= 0 ? &plp : NULL, NULL};
+    check_line(serve_answer(&a), q.id);
+    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0, NULL), q.id);
     for (int64_t j = 0; j < lp.n; j++)
         for (int64_t i = 1; i < lp.k; i++)
             FUZZ_CHECK(lp.top_lp[j * lp.k + i - 1] >= lp.top_lp[j * lp.k + i], "top logprobs out of order");

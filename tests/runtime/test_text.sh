@@ -211,4 +211,28 @@ assert (got["text"], got["ids"], got["finish_reason"]) == (whole, full["ids"], "
 assert "".join(e.get("text", "") for e in ev) == whole
 print(f"--serve stop strings: {checked} stops in a text of {len(whole)} characters where they first begin; one that never comes")
 PYEOF
+# --serve "echo" with "logprobs" and a tokenizer: the prompt's ids and text as sentencepiece encodes
+# and decodes them, and every token's piece (the chosen's and the likeliest's, streamed too) its
+# id_to_piece (null past the tokenizer's 400 pieces: the model's vocabulary is 512)
+"$PY" - "$TK" "${C[@]}" <<'PYEOF' || fail "--serve echo with text"
+import json, subprocess, sys
+import sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+req = {"prompt": "the city, café", "max_tokens": 5, "logprobs": 4, "echo": True, "stream": True}
+out = subprocess.run(sys.argv[2:] + ["--serve", "--ignore-eos"], input=json.dumps(req) + "\n", capture_output=True,
+                     text=True, check=True).stdout
+lines = [json.loads(l) for l in out.splitlines()]
+a, events = lines[-1], lines[:-1]
+piece = lambda i: sp.id_to_piece(i) if i < sp.get_piece_size() else None
+prompt = [1] + sp.encode(req["prompt"])
+assert a["prompt_ids"] == prompt and a["prompt_text"] == sp.decode(prompt), a
+for lp, ids in ((a["prompt_logprobs"], prompt), (a["logprobs"], a["ids"])):
+    assert lp["tokens"] == [piece(i) for i in ids], (lp, ids)
+    tops = [t for t in lp["top_logprobs"] if t is not None]
+    assert tops and all(len(t) == 4 and all(e[2] == piece(e[0]) for e in t) for t in tops), lp
+assert a["prompt_logprobs"]["token_logprobs"][0] is None and None not in a["prompt_logprobs"]["token_logprobs"][1:]
+ev = [e for e in events if "token" in e]
+assert [e["piece"] for e in ev] == a["logprobs"]["tokens"] and [e["top_logprobs"] for e in ev] == a["logprobs"]["top_logprobs"], ev
+print(f"--serve echo: {len(prompt)} prompt tokens and 5 generated, their pieces as sentencepiece's")
+PYEOF
 exit $status
