@@ -5,12 +5,15 @@
         build/moeppc run specs/moepp-7b.yaml --weights CKPT --tokenizer CKPT/tokenizer.model --batch 8
 
 runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
-  POST /v1/completions  {"prompt": "text" | [token ids], "n", "max_tokens", "temperature", "top_p",
-                         "top_k", "repetition_penalty", "seed", "stop": a string or [strings and
-                         token ids], "stream",
-                         "continue": the "id" of an earlier completion (its conversation's next turn)}
+  POST /v1/completions  {"prompt": "text" | [token ids] | a list of either (a batch), "n",
+                         "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+                         "stop": a string or [strings and token ids], "stream", "logprobs": K,
+                         "echo", "continue": the "id" of an earlier completion (its conversation's
+                         next turn)}
                         -> {"id", "object": "text_completion", "created", "model",
-                            "choices": [{"index", "text", "token_ids", "finish_reason",
+                            "choices": [{"index" (prompt i's choice j: i * n + j), "text",
+                                         "token_ids", "finish_reason", "logprobs": null or
+                                         {"tokens", "token_logprobs", "top_logprobs", "text_offset"},
                                          "sequence": the id a "continue" gives for it}],
                             "usage": {"prompt_tokens", "completion_tokens", "total_tokens",
                                       "cached_tokens"}}
@@ -23,6 +26,13 @@ requests (drawn with seeds "seed", "seed" + 1, ...; a random one if none is give
 all but the first wait for its prompt and fork its caches (from 9 tokens), so the prompt runs once. Standard
 library only. SIGTERM or ^C: no new requests, those in flight are answered, then moeppc ends (its
 status is this one's). The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
+
+"logprobs": K gives each token's log-probability and the K likeliest tokens' (from the log-softmax of
+the logits before any temperature or truncation); "echo" puts the prompt before the text, and with
+"logprobs" its tokens' too (the first null) -- lm-evaluation-harness's loglikelihood requests
+({"prompt": [[ids], ...], "max_tokens": 1, "logprobs": 1, "echo": true}) score with them. A token's
+string is its SentencePiece piece with U+2581 as a space (moeppc run with a tokenizer), else
+"token_id:N"; "text_offset" counts those strings from the start of the choice's text.
 """
 import argparse
 import http.server
@@ -38,11 +48,12 @@ import sys
 import threading
 import time
 
-FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream"}
+FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream", "echo"}
 # OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored
-NEUTRAL = {"best_of": 1, "echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0,
-           "frequency_penalty": 0}
+NEUTRAL = {"best_of": 1, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0}
 N_MAX = 16
+PROMPTS_MAX = 256
+LOGPROBS_MAX = 20  # moeppc's SERVE_LOGPROBS_MAX
 
 
 class Backend:
@@ -117,40 +128,84 @@ class Backend:
         return self.proc.wait()
 
 
+def is_ids(v):
+    return isinstance(v, list) and v != [] and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+
 def completion_requests(body):
-    """The moeppc requests of an OpenAI-style body (one a choice: "n", each drawn with its own seed, the
-    request's "seed" + its index), or raise ValueError with the reason."""
+    """The moeppc requests of an OpenAI-style body: one a choice, prompt i's choice j at i * n + j (the
+    n of a prompt drawn each with its own seed, the request's "seed" + j); or raise ValueError with
+    the reason."""
     if not isinstance(body, dict):
         raise ValueError("the body is a JSON object")
-    unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user", "n"})
+    unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user", "n", "logprobs"})
     if unknown:
         raise ValueError('unknown field "%s"' % unknown[0])
     for k, v in NEUTRAL.items():
         if k in body and body[k] != v:
             raise ValueError('"%s": only %s is supported' % (k, json.dumps(v)))
     prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        req = {"prompt": prompt}
-    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        req = {"ids": prompt}
+    if isinstance(prompt, str) or is_ids(prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt):
+        prompts = prompt
     else:
-        raise ValueError('"prompt": a string or a list of token ids')
-    for k in FIELDS:
-        if k in body:
-            req[k] = body[k]
+        raise ValueError('"prompt": a string, a list of token ids, or a list of either')
+    if len(prompts) > PROMPTS_MAX:
+        raise ValueError('"prompt": at most %d prompts a request' % PROMPTS_MAX)
+    req = {k: body[k] for k in FIELDS if k in body}
     if "continue" in body:
         req["continue"] = body["continue"]
     if isinstance(req.get("stop"), str):  # OpenAI's one stop string
         req["stop"] = [req["stop"]]
+    logprobs = body.get("logprobs")
+    if logprobs is not None:
+        if not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= LOGPROBS_MAX:
+            raise ValueError('"logprobs": null or an integer from 0 to %d' % LOGPROBS_MAX)
+        req["logprobs"] = logprobs
+    if req.get("echo") and req.get("stream"):
+        raise ValueError('"echo" with "stream": not supported (ask without "stream")')
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= N_MAX:
         raise ValueError('"n": an integer from 1 to %d' % N_MAX)
-    if n == 1:
-        return [req]
-    if "continue" in req:
-        raise ValueError('"n" > 1 with "continue": a sequence has one next turn')
-    seed = req.get("seed", random.randrange(1 << 31))
-    return [dict(req, seed=seed + i) if isinstance(seed, int) else req for i in range(n)]
+    if "continue" in req and n * len(prompts) > 1:
+        raise ValueError('"continue" with %s: a sequence has one next turn' % ('"n" > 1' if n > 1 else "several prompts"))
+    seed = req.get("seed", random.randrange(1 << 31)) if n > 1 else None
+    reqs = []
+    for p in prompts:
+        one = dict(req, **({"prompt": p} if isinstance(p, str) else {"ids": p}))
+        reqs += [dict(one, seed=seed + j) if isinstance(seed, int) else one for j in range(n)]
+    return reqs, n
+
+
+def token_string(piece, token):
+    """A token as OpenAI's logprobs show it: its piece, U+2581 as a space; without one, its id."""
+    return piece.replace("\u2581", " ") if isinstance(piece, str) else "token_id:%d" % token
+
+
+def top_dict(entries):
+    """[[id, logprob(, piece)], ...] -> {string: logprob} (two pieces the same string: the likelier)."""
+    out = {}
+    for e in entries:
+        k = token_string(e[2] if len(e) > 2 else None, e[0])
+        out.setdefault(k, e[1])
+    return out
+
+
+def openai_logprobs(parts, offset=0):
+    """OpenAI's "logprobs" of the tokens of parts ([(ids, moeppc's logprobs object)], in order): their
+    strings, log-probabilities, likeliest (null where moeppc's are) and offsets from `offset` on."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for ids, lp in parts:
+        pieces = lp.get("tokens", [None] * len(ids))
+        for t, piece, chosen, top in zip(ids, pieces, lp["token_logprobs"], lp["top_logprobs"]):
+            s = token_string(piece, t)
+            out["tokens"].append(s)
+            out["token_logprobs"].append(chosen)
+            out["top_logprobs"].append(None if top is None else top_dict(top))
+            out["text_offset"].append(offset)
+            offset += len(s)
+    return out
 
 
 def make_handler(backend, model):
@@ -187,16 +242,16 @@ def make_handler(backend, model):
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
             try:
                 n = int(self.headers.get("Content-Length", "0"))
-                reqs = completion_requests(json.loads(self.rfile.read(n) or b"null"))
+                reqs, n = completion_requests(json.loads(self.rfile.read(n) or b"null"))
             except ValueError as e:
                 return self._error(400, str(e))
             q = queue.Queue()  # every choice's lines, in the order they come
             rids = [backend.submit(r, q) for r in reqs]
             try:
                 if reqs[0].get("stream"):
-                    self._stream(rids, q)
+                    self._stream(rids, reqs, q)
                 else:
-                    self._answer(rids, self._wait(rids, q))
+                    self._answer(rids, reqs, n, self._wait(rids, q))
             finally:
                 for rid in rids:
                     backend.done(rid)
@@ -234,30 +289,38 @@ def make_handler(backend, model):
                     "choices": choices}
 
         @staticmethod
-        def _choice(i, rid, text, finish, ids):  # ("sequence": what a "continue" names for this choice)
-            return {"index": i, "text": text, "finish_reason": finish, "logprobs": None, "token_ids": ids,
+        def _choice(i, rid, text, finish, ids, logprobs=None):  # ("sequence": what a "continue" names)
+            return {"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs, "token_ids": ids,
                     "sequence": rid}
 
-        def _answer(self, rids, got):
+        def _answer(self, rids, reqs, n, got):
             msgs = [got[rid] for rid in rids]
             if None in msgs:
                 return self._error(503, "the model's process has ended", "server_error")
             for m in msgs:
                 if "error" in m:
                     return self._error(400, m["error"])
-            out = self._completion(rids, [self._choice(i, rid, m.get("text", ""), m["finish_reason"], m["ids"])
-                                          for i, (rid, m) in enumerate(zip(rids, msgs))])
+            choices = []
+            for i, (rid, req, m) in enumerate(zip(rids, reqs, msgs)):
+                text, lp = m.get("text", ""), None
+                if req.get("echo"):  # the prompt as it was given, else as its ids decode
+                    text = req.get("prompt", m.get("prompt_text", "")) + text
+                if "logprobs" in m:
+                    parts = [(m["prompt_ids"], m["prompt_logprobs"])] if "prompt_logprobs" in m else []
+                    lp = openai_logprobs(parts + [(m["ids"], m["logprobs"])])
+                choices.append(self._choice(i, rid, text, m["finish_reason"], m["ids"], lp))
+            out = self._completion(rids, choices)
             made = sum(len(m["ids"]) for m in msgs)
-            out["usage"] = {"prompt_tokens": msgs[0]["prompt_tokens"], "completion_tokens": made,
-                            "total_tokens": msgs[0]["prompt_tokens"] + made,
+            prompt = sum(m["prompt_tokens"] for m in msgs[::n])  # (each prompt once, not its n choices)
+            out["usage"] = {"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made,
                             "cached_tokens": sum(m["cached_tokens"] for m in msgs)}
             self._json(200, out)
 
-        def _stream(self, rids, q):
+        def _stream(self, rids, reqs, q):
             index = {rid: i for i, rid in enumerate(rids)}
             msg = q.get()
             if msg is None or "error" in msg:  # refused before any token: a plain error
-                return self._answer(rids, dict.fromkeys(rids, msg))
+                return self._answer(rids, reqs, 1, dict.fromkeys(rids, msg))
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -265,14 +328,20 @@ def make_handler(backend, model):
             self.end_headers()
             self.close_connection = True
             gone, left = False, len(rids)
+            offset = dict.fromkeys(rids, 0)  # each choice's text so far, for "text_offset"
             while msg is not None:
                 last = "finish_reason" in msg or "error" in msg
                 left -= last
                 if not gone:  # (an answer's text is the whole: streamed already)
-                    rid = msg["id"]
+                    rid, lp = msg["id"], None
+                    if "logprob" in msg:
+                        lp = openai_logprobs([([msg["token"]], {"tokens": [msg.get("piece")], "token_logprobs":
+                                                                [msg["logprob"]], "top_logprobs": [msg["top_logprobs"]]})],
+                                             offset[rid])
+                        offset[rid] += len(lp["tokens"][0])
                     chunk = self._completion(rids, [self._choice(index[rid], rid, "" if last else msg.get("text", ""),
                                                                  msg.get("finish_reason", "error" if last else None),
-                                                                 [msg["token"]] if "token" in msg else [])])
+                                                                 [msg["token"]] if "token" in msg else [], lp)])
                     try:
                         self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                         if not left:

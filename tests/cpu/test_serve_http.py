@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """test_serve_http.py MOEPPC SOURCE_DIR: examples/serve_http/moeppc_http.py in front of `moeppc run
 --serve --batch 3` on a tiny spec (caches of 4096 positions): completions, streamed or not, several at
-once and a conversation's next turn, each what `moeppc run --ids` generates alone; bad requests
+once and a conversation's next turn, each what `moeppc run --ids` generates alone; a batch of prompts
+scored as lm-evaluation-harness asks (echo, logprobs) as moeppc --serve scores each; bad requests
 answered 400 with the reason; a streaming client that goes away has its request cancelled."""
 import http.client
 import json
@@ -147,11 +148,39 @@ try:
     if [[t for ch in chunks for t in ch["choices"][0]["token_ids"] if ch["choices"][0]["index"] == i] for i in range(2)] != \
             [alone(P12, 4, 5), alone(P12, 4, 6)] or sum(bool(ch["choices"][0]["finish_reason"]) for ch in chunks) != 2:
         fail('"n": 2 streamed: %s' % chunks)
+    # lm-evaluation-harness's loglikelihood request: a batch of prompts, echoed with logprobs 1 and
+    # one token generated; each choice (by its index) the prompt's tokens and that token, their
+    # log-probabilities (the first null) and likeliest those of moeppc --serve's answer to it alone
+    batch = [LONG, SHORT + [1, 2, 3]]
+    ll = complete({"prompt": batch, "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0})
+    if [ch["index"] for ch in ll["choices"]] != [0, 1] or ll["usage"]["prompt_tokens"] != 15:
+        fail("a batch of prompts: %s" % ll)
+    for p, ch in zip(batch, ll["choices"]):
+        ref = json.loads(subprocess.run([MOEPPC] + RUN + ["--serve"], capture_output=True, text=True, check=True,
+                                        input=json.dumps({"ids": p, "max_tokens": 1, "logprobs": 1, "echo": True}) + "\n").stdout)
+        lp, want_lp = ch["logprobs"], ref["prompt_logprobs"]["token_logprobs"] + ref["logprobs"]["token_logprobs"]
+        tops = ref["prompt_logprobs"]["top_logprobs"] + ref["logprobs"]["top_logprobs"]
+        if lp["tokens"] != ["token_id:%d" % t for t in p + ref["ids"]] or ch["token_ids"] != ref["ids"] or \
+                lp["token_logprobs"][0] is not None or lp["top_logprobs"][0] is not None or \
+                any(abs(a - b) > 1e-6 for a, b in zip(lp["token_logprobs"][1:], want_lp[1:])) or \
+                len(lp["token_logprobs"]) != len(want_lp) or \
+                [list(t) for t in lp["top_logprobs"][1:]] != [["token_id:%d" % t[0][0]] for t in tops[1:]] or \
+                lp["text_offset"] != [sum(len(s) for s in lp["tokens"][:j]) for j in range(len(lp["tokens"]))]:
+            fail("loglikelihood of %s: %s; moeppc --serve: %s" % (p, ch, ref))
+    # "logprobs" streamed: a chunk's the token's own, its text_offset counting the strings before it
+    chunks = stream({"prompt": SHORT, "max_tokens": 3, "logprobs": 2})
+    toks = [ch["choices"][0]["logprobs"] for ch in chunks if ch["choices"][0]["token_ids"]]
+    if len(toks) != 3 or [len(t["top_logprobs"][0]) for t in toks] != [2] * 3 or \
+            [t["text_offset"][0] for t in toks] != [sum(len(u["tokens"][0]) for u in toks[:j]) for j in range(3)]:
+        fail("logprobs streamed: %s" % chunks)
     # bad requests: 400 with the reason; other paths
     for body, reason in (({"prompt": [999999]}, "vocabulary"), ({"prompt": [1], "foo": 1}, 'unknown field "foo"'),
                          ({"prompt": [1], "n": 0}, '"n": an integer'),
                          ({"prompt": [1], "n": 2, "continue": "cmpl-1"}, "one next turn"), ({"prompt": 5}, '"prompt"'),
-                         ({"prompt": [1], "top_p": 2}, "top"), ({"prompt": [1], "continue": "none"}, "continue")):
+                         ({"prompt": [1], "top_p": 2}, "top"), ({"prompt": [1], "continue": "none"}, "continue"),
+                         ({"prompt": []}, '"prompt"'), ({"prompt": [[1], [2]], "continue": "cmpl-1"}, "several prompts"),
+                         ({"prompt": [1], "logprobs": 21}, '"logprobs"'),
+                         ({"prompt": [1], "echo": True, "stream": True}, '"echo" with "stream"')):
         status, _, data = call("POST", "/v1/completions", body)
         if status != 400 or reason not in json.loads(data)["error"]["message"]:
             fail("%s: %d %r, want 400 saying %r" % (body, status, data, reason))
@@ -193,12 +222,25 @@ try:
     chunks = stream({"prompt": "the city", "max_tokens": 8})
     cut = want["text"][len(want["text"]) // 2:][:2]  # OpenAI's "stop": one string
     stopped = complete({"prompt": "the city", "max_tokens": 8, "stop": cut})["choices"][0]
+    echoed = complete({"prompt": "the city", "max_tokens": 8, "echo": True, "logprobs": 2})["choices"][0]
 finally:
     stop(server)
+# echo with text: the prompt as given, then the text; each token's string (the likeliest' too) its
+# piece with U+2581 a space, "token_id:N" past the tokenizer's pieces
+ref = json.loads(subprocess.run([MOEPPC] + TEXT + ["--serve"], capture_output=True, text=True, check=True,
+                                input='{"prompt": "the city", "max_tokens": 8, "echo": true, "logprobs": 2}\n').stdout)
+string = lambda piece, t: piece.replace("\u2581", " ") if piece is not None else "token_id:%d" % t
+lps = (ref["prompt_logprobs"], ref["logprobs"])
+strings = [string(p, t) for lp, ids in zip(lps, (ref["prompt_ids"], ref["ids"])) for p, t in zip(lp["tokens"], ids)]
+tops = [None if t is None else [string(e[2], e[0]) for e in t] for lp in lps for t in lp["top_logprobs"]]
+if echoed["text"] != "the city" + want["text"] or echoed["logprobs"]["tokens"] != strings or \
+        [t and list(t) for t in echoed["logprobs"]["top_logprobs"]] != tops:
+    fail("echo with text: %s; moeppc --serve: %s" % (echoed, ref))
 joined = "".join(ch["choices"][0]["text"] for ch in chunks)
 if (stopped["text"], stopped["finish_reason"]) != (want["text"][:want["text"].find(cut)], "stop"):
     fail("stop %r: %s, the text %r" % (cut, stopped, want["text"]))
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
-print("serve_http: completions, a stream, 5 at once, a next turn and n choices as alone; 7 bad requests refused; "
-      "requests given up (streamed or not) cancelled; text as moeppc's, streamed the same, cut by a stop string")
+print("serve_http: completions, a stream, 5 at once, a next turn and n choices as alone; a batch of prompts scored "
+      "(echo, logprobs) as moeppc's; 11 bad requests refused; requests given up (streamed or not) cancelled; text as "
+      "moeppc's, streamed the same, cut by a stop string, echoed with its pieces")
