@@ -53,6 +53,7 @@ FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "
 NEUTRAL = {"best_of": 1, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0}
 N_MAX = 16
 PROMPTS_MAX = 256
+BODY_MAX = 64 << 20  # bytes of a request's body (a 4096-token prompt of ids is about 30 KB)
 LOGPROBS_MAX = 20  # moeppc's SERVE_LOGPROBS_MAX
 
 
@@ -242,6 +243,9 @@ def make_handler(backend, model):
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
             try:
                 n = int(self.headers.get("Content-Length", "0"))
+                if not 0 <= n <= BODY_MAX:
+                    self.close_connection = True  # (the body is not read)
+                    return self._error(413, "the body is %d bytes; at most %d" % (n, BODY_MAX), "request_too_large")
                 reqs, n = completion_requests(json.loads(self.rfile.read(n) or b"null"))
             except ValueError as e:
                 return self._error(400, str(e))

@@ -184,6 +184,19 @@ try:
         status, _, data = call("POST", "/v1/completions", body)
         if status != 400 or reason not in json.loads(data)["error"]["message"]:
             fail("%s: %d %r, want 400 saying %r" % (body, status, data, reason))
+    raw = socket.create_connection(("127.0.0.1", port))  # a body too large: 413, unread
+    raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+    raw.settimeout(30)
+    head = b""
+    while not head.endswith(b"}"):  # (the server closes the connection after the answer)
+        got = raw.recv(4096)
+        if not got:
+            break
+        head += got
+    head = head.decode()
+    raw.close()
+    if not head.startswith("HTTP/1.1 413") or "at most" not in head:
+        fail("a body too large: %r" % head)
     s1, _, d1 = call("GET", "/health")
     s2, _, d2 = call("GET", "/v1/models")
     s3, _, _ = call("GET", "/nope")
