@@ -1525,6 +1525,7 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
             gen_end(rn, &L->g, true);
             *tokens += L->g.n;
         } else {
+            L->plp.n = 0; /* (its prompt's first rows ran: "prompt_logprobs" would name the last) */
             L->c.len = L->c.fed = L->from + L->done;
             L->c.line = 0;
             free(L->c.id);

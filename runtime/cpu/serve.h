@@ -15,7 +15,7 @@
  *             (with a tokenizer also "tokens": [pieces], and [id, logprob, "piece"] each top entry),
  *             with "echo": "prompt_ids": [...], "prompt_text" (with a tokenizer), and with "logprobs"
  *             "prompt_logprobs" as "logprobs" over the prompt's tokens (null for one no row before it
- *             ran: a new sequence's first)}
+ *             ran: a new sequence's first; all null for a request cancelled before its prompt ran whole)}
  * or {"id": …, "error": "…"}; streaming, first a line per token: {"id": …, "token": T, "text": "…"}.
  * A cancel: {"cancel": an id} alone ends every request of that id still waiting or running: each
  *             answered at once with what it has, "finish_reason": "cancelled"; no answer of its own. */

@@ -226,7 +226,8 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
   # cancelling running requests, on a pipe (caches of 4096 positions: time to cancel in): a decoding
   # one ends with the tokens it has streamed, and "continue" goes on from them as the whole sequence
   # alone; one running its prompt (started once the bad line sent after it is answered) ends with
-  # none, and the positions it ran are in its caches for the same prompt sent again
+  # none (asked to echo its prompt with logprobs: all null), and the positions it ran are in its
+  # caches for the same prompt sent again
   sed 's/max_positions: 64/max_positions: 4096/' "$SPEC" >"$WORK/long.yaml"
   L=(--random-weights 1 --device "$DEVICE" --ignore-eos)
   coproc P { timeout 120 "$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --serve --batch 2 --chunk 64 2>/dev/null; }
@@ -250,14 +251,16 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     echo '{"id": "r", "ids": [1, 2, 3], "max_tokens": 4000, "stream": true}' >&"${P[1]}"
     for try in 1 2 3; do
       long=$(seq 3900 | awk -v t=$try '{ printf "%s%d", (NR > 1 ? " " : ""), ($1 * 7 + t) % 250 + 1 }')
-      printf '%s\nx\n' '{"id": "p", "ids": '"$(js "$long")"', "max_tokens": 2}' >&"${P[1]}"
+      printf '%s\nx\n' '{"id": "p", "ids": '"$(js "$long")"', "max_tokens": 2, "logprobs": 1, "echo": true}' >&"${P[1]}"
       upto '*"error"*' && upto '{"id":"r","token"*' && echo '{"cancel": "p"}' >&"${P[1]}" && upto '{"id":"p"*'
       [[ $ln == *cancelled* ]] && break
     done
     pa=$ln
     echo '{"id": "q", "ids": '"$(js "$long 5")"', "max_tokens": 2}' >&"${P[1]}" && upto '{"id":"q"*'
     k=$(echo "$ln" | sed -n 's/.*"cached_tokens":\([0-9]*\)}$/\1/p')
-    [ "$pa" = '{"id":"p","ids":[],"finish_reason":"cancelled","prompt_tokens":3900,"cached_tokens":0}' ] &&
+    plp=${pa#*'"prompt_logprobs":'} # (echo: the prompt; its log-probabilities all null, its rows cut short)
+    [[ $pa == '{"id":"p","ids":[],"finish_reason":"cancelled","prompt_tokens":3900,"cached_tokens":0,"logprobs":{"token_logprobs":[],"top_logprobs":[]},"prompt_ids":'"$(js "$long")"',"prompt_logprobs":'* ]] &&
+      [ "$plp" = "{\"token_logprobs\":[$(seq 3900 | sed 's/.*/null/' | paste -sd,)],\"top_logprobs\":[$(seq 3900 | sed 's/.*/null/' | paste -sd,)]}}" ] &&
       [ "${k:-0}" -gt 0 ] && [ "$k" -lt 3900 ] && [ $((k % 64)) -eq 0 ] &&
       [ "$ln" = "{\"id\":\"q\",\"ids\":$(js "$("$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --generate 2 --quiet --ids "$long 5")"),\"finish_reason\":\"length\",\"prompt_tokens\":3901,\"cached_tokens\":$k}" ] ||
       { echo "--serve cancel of a request in its prompt: '$pa', then the prompt again: '$ln'"; exit 1; }
