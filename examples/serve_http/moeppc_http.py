@@ -242,11 +242,11 @@ def make_handler(backend, model):
             if self.path != "/v1/completions":
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                if not 0 <= n <= BODY_MAX:
+                size = int(self.headers.get("Content-Length", "0"))
+                if not 0 <= size <= BODY_MAX:
                     self.close_connection = True  # (the body is not read)
-                    return self._error(413, "the body is %d bytes; at most %d" % (n, BODY_MAX), "request_too_large")
-                reqs, n = completion_requests(json.loads(self.rfile.read(n) or b"null"))
+                    return self._error(413, "the body is %d bytes; at most %d" % (size, BODY_MAX), "request_too_large")
+                reqs, n = completion_requests(json.loads(self.rfile.read(size) or b"null"))
             except ValueError as e:
                 return self._error(400, str(e))
             q = queue.Queue()  # every choice's lines, in the order they come
