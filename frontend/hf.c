@@ -1,9 +1,16 @@
-/* hf.c — a Hugging Face config.json of the released MoE++ model → ModelSpec.
+/* hf.c — a Hugging Face config.json of the released MoE++ model, or of a Mixtral model (the vanilla MoE
+ * baseline's architecture), → ModelSpec.
  *
  * The released code's defaults fill absent keys (configuration class of the Skywork-MoE lineage MoE++ is
  * built on: moe_expert_interval 1, moe_use_mixtral_gating false, moe_2layer_gate true, moe_use_logits_norm
  * false, moe_gate_norm_std 1.0, moe_feature_no_mul_topk false, num_key_value_heads = heads, rope_theta
  * 10000, rms_norm_eps 1e-6, vocab 32000, max_position_embeddings 2048, tie_word_embeddings false).
+ * Mixtral (model_type "mixtral"): transformers' MixtralConfig defaults fill absent keys (rope_theta 1e6,
+ * rms_norm_eps 1e-5, num_key_value_heads 8, max_position_embeddings 131072, num_local_experts 8,
+ * num_experts_per_tok 2), and the spec is the vanilla one: no zero-computation experts, a one-layer
+ * router, top-k then softmax over the picks (Mixtral's softmax-then-top-k-renormalised is the same),
+ * no gating residual, no input scaling. Its checkpoint's expert names are the loader's to map
+ * (runtime/checkpoint_layout.c).
  * The result is re-checked by the spec loader, so an import never produces a spec `moeppc check` rejects.
  */
 #include "frontend/frontend.h"
@@ -158,16 +165,26 @@ static void hf_eos(HfConfig *c, ModelSpec *s)
     s->has_eos = true;
 }
 
-static void hf_read_model(HfConfig *c, ModelSpec *s)
+/* The defaults of the keys both model types share, where their configuration classes differ. */
+typedef struct HfDefaults {
+    int64_t kv_heads;          /* 0: num_attention_heads */
+    double  rope_theta, norm_eps;
+    int64_t max_positions;
+} HfDefaults;
+
+static const HfDefaults hf_moepp_defaults = {0, 10000.0, 1e-6, 2048};
+static const HfDefaults hf_mixtral_defaults = {8, 1e6, 1e-5, 4096 * 32};
+
+static void hf_read_model(HfConfig *c, ModelSpec *s, const HfDefaults *def)
 {
     s->vocab = hf_int(c, "vocab_size", 1, 32000);
     s->hidden = hf_int(c, "hidden_size", 1, -1);
     s->n_layers = hf_int(c, "num_hidden_layers", 1, -1);
     s->n_heads = hf_int(c, "num_attention_heads", 1, -1);
-    s->n_kv_heads = hf_int(c, "num_key_value_heads", 1, s->n_heads > 0 ? s->n_heads : 0);
-    s->rope_theta = hf_float(c, "rope_theta", 10000.0);
-    s->norm_eps = hf_float(c, "rms_norm_eps", 1e-6);
-    s->max_positions = hf_int(c, "max_position_embeddings", 1, 2048);
+    s->n_kv_heads = hf_int(c, "num_key_value_heads", 1, def->kv_heads ? def->kv_heads : s->n_heads > 0 ? s->n_heads : 0);
+    s->rope_theta = hf_float(c, "rope_theta", def->rope_theta);
+    s->norm_eps = hf_float(c, "rms_norm_eps", def->norm_eps);
+    s->max_positions = hf_int(c, "max_position_embeddings", 1, def->max_positions);
     s->dtype = hf_dtype(c);
     s->tie_embeddings = hf_bool(c, "tie_word_embeddings", false);
     hf_eos(c, s);
@@ -189,6 +206,54 @@ static void hf_read_moe(HfConfig *c, ModelSpec *s)
     s->logits_norm_std = hf_float(c, "moe_gate_norm_std", 1.0);
     s->gating_residual = true; /* always on in the released model */
     s->input_scaling = !hf_bool(c, "moe_feature_no_mul_topk", false);
+}
+
+/* Mixtral: every layer a vanilla MoE layer of num_local_experts SwiGLU experts. */
+static void hf_read_mixtral(HfConfig *c, ModelSpec *s)
+{
+    s->ffn_intermediate = hf_int(c, "intermediate_size", 1, -1);
+    s->moe_every = 1;
+    s->dense_intermediate = 0;
+    s->n_ffn = hf_int(c, "num_local_experts", 1, 8);
+    s->top_k = hf_int(c, "num_experts_per_tok", 1, 2);
+    s->n_const = s->n_copy = s->n_zero = 0;
+    s->router_layers = 1;
+    s->gating = GATING_TOPK_SOFTMAX;
+    s->logits_norm = false;
+    s->logits_norm_std = 1.0;
+    s->gating_residual = false;
+    s->input_scaling = false;
+    if (s->n_ffn > 0 && s->top_k > s->n_ffn)
+        diag_error(c->d, 0, 0, "num_experts_per_tok (%lld) exceeds num_local_experts (%lld)", (long long)s->top_k,
+                   (long long)s->n_ffn);
+    /* head_dim (newer configs) may only restate hidden_size / num_attention_heads */
+    int64_t hd = hf_int(c, "head_dim", 1, 0);
+    if (hd > 0 && s->hidden > 0 && s->n_heads > 0 && hd * s->n_heads != s->hidden)
+        diag_error(c->d, 0, 0, "head_dim (%lld) is not hidden_size / num_attention_heads (%lld / %lld): a separate "
+                   "head dimension is not supported", (long long)hd, (long long)s->hidden, (long long)s->n_heads);
+    /* A sliding window shorter than the context changes attention past it: positions stop there, where
+     * full and windowed attention still agree. */
+    int64_t win = hf_int(c, "sliding_window", 1, 0);
+    if (win > 0 && s->max_positions > win) {
+        fprintf(c->d->out ? c->d->out : stderr,
+                "%s: note: sliding_window %lld is shorter than max_position_embeddings %lld: the spec stops at %lld "
+                "positions, where attention without the window is the same\n",
+                c->d->file ? c->d->file : "<input>", (long long)win, (long long)s->max_positions, (long long)win);
+        s->max_positions = win;
+    }
+}
+
+/* model_type picks the reader: "moe++" (also when absent: the released config) or "mixtral". */
+typedef enum { HF_UNKNOWN, HF_MOEPP, HF_MIXTRAL } HfModelType;
+
+static HfModelType hf_model_type(HfConfig *c)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, "model_type");
+    if (!v || cJSON_IsNull(v)) return HF_MOEPP;
+    if (cJSON_IsString(v) && strcmp(v->valuestring, "moe++") == 0) return HF_MOEPP;
+    if (cJSON_IsString(v) && strcmp(v->valuestring, "mixtral") == 0) return HF_MIXTRAL;
+    hf_bad(c, "model_type", v, "\"moe++\" (MoE++) or \"mixtral\" (a vanilla MoE)");
+    return HF_UNKNOWN;
 }
 
 /* Contradictions between keys, named in the config's own terms. */
@@ -294,10 +359,16 @@ bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec
         memset(&s, 0, sizeof s);
         str_copy_trunc(s.name, sizeof s.name, name ? name : "moepp");
         HfConfig c = {.root = root, .d = d};
-        hf_read_model(&c, &s);
-        hf_read_moe(&c, &s);
-        hf_unsupported(&c);
-        hf_check(&c, &s);
+        HfModelType type = hf_model_type(&c);
+        if (type != HF_UNKNOWN) {
+            hf_read_model(&c, &s, type == HF_MIXTRAL ? &hf_mixtral_defaults : &hf_moepp_defaults);
+            if (type == HF_MIXTRAL)
+                hf_read_mixtral(&c, &s);
+            else
+                hf_read_moe(&c, &s);
+            hf_unsupported(&c);
+            hf_check(&c, &s);
+        }
         ok = d->n_errors == errors_before && hf_recheck(&s, d);
         if (ok) *out = s;
         cJSON_Delete(root);

@@ -375,10 +375,16 @@ static bool st_load_file(const char *path, WeightSet *w, RtError *err)
     return ok;
 }
 
-/* cJSON keeps both copies of a repeated key; the by-name index finds them. */
-static bool ws_finish(WeightSet *w, const char *path, RtError *err)
+/* cJSON keeps both copies of a repeated key; the by-name index finds them. For the whole set (not
+ * one shard of it) a Mixtral checkpoint's names are then mapped, and a mapped name that the checkpoint
+ * also holds is found twice the same way. */
+static bool ws_finish(WeightSet *w, const char *path, bool whole, RtError *err)
 {
     int dup = ws_build_index(w);
+    if (dup < 0 && whole) {
+        if (!ws_map_mixtral(w, path, err)) return false;
+        dup = ws_build_index(w);
+    }
     if (dup >= 0) {
         rt_errorf(err, path, "tensor '%s': expected one entry, found it twice", w->tensors[dup].name);
         return false;
@@ -479,7 +485,7 @@ static bool idx_load_shard(const char *index_path, const char *dir, const MapEnt
     if (stat(path, &st) != 0) {
         rt_errorf(err, index_path, "shard '%s' (listed for tensor '%s') cannot be opened: %s", first->shard,
                   first->name, strerror(errno));
-    } else if (st_load_file(path, shard, err) && ws_finish(shard, path, err)) {
+    } else if (st_load_file(path, shard, err) && ws_finish(shard, path, false, err)) {
         ok = true;
         for (int i = 0; i < nm && ok; i++) {
             if (m[i].shard_id == shard_id && !weights_find(shard, m[i].name)) {
@@ -534,7 +540,7 @@ static bool idx_open(const char *path, WeightSet *w, RtError *err)
     char *dir = slash ? xstrdup(path) : xstrdup(".");
     if (slash) dir[slash == path ? 1 : slash - path] = '\0';
     for (int s = 0; ok && s < n_shards; s++) ok = idx_load_shard(path, dir, m, nm, s, w, err);
-    ok = ok && ws_finish(w, path, err);
+    ok = ok && ws_finish(w, path, true, err);
     free(dir);
     free(m);
     cJSON_Delete(root);
@@ -581,7 +587,7 @@ bool weights_open(const char *path, WeightSet **out, RtError *err)
     if (!file) return false;
     WeightSet *w = ws_new(file);
     bool ok = ends_with(file, ".json") ? idx_open(file, w, err)
-                                       : st_load_file(file, w, err) && ws_finish(w, file, err);
+                                       : st_load_file(file, w, err) && ws_finish(w, file, true, err);
     free(file);
     if (!ok) {
         weights_close(w);

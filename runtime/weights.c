@@ -353,8 +353,10 @@ static void check_add(CheckReport *r, const char *fmt, ...)
 static void check_tensor(CheckReport *r, const WeightSet *w, const TensorDesc *d)
 {
     const Tensor *t = weights_find(w, d->name);
+    char from[200] = "", src[160];
+    if (w->from_mixtral && ws_mixtral_origin(d->name, src, sizeof src)) snprintf(from, sizeof from, " (Mixtral's %s)", src);
     if (!t) {
-        check_add(r, "missing tensor %s", d->name);
+        check_add(r, "missing tensor %s%s", d->name, from);
         return;
     }
     bool same = t->dtype == d->dtype && t->ndim == d->ndim;
@@ -363,7 +365,7 @@ static void check_tensor(CheckReport *r, const WeightSet *w, const TensorDesc *d
     char want[96], found[96];
     rt_format_type(want, sizeof want, d->dtype, d->ndim, d->shape);
     rt_format_type(found, sizeof found, t->dtype, t->ndim, t->shape);
-    check_add(r, "%s: expected %s, found %s", d->name, want, found);
+    check_add(r, "%s%s: expected %s, found %s", d->name, from, want, found);
 }
 
 bool weights_check(const WeightSet *w, const ModelSpec *s, RtError *err)

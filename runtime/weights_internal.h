@@ -31,6 +31,7 @@ struct WeightSet {
     void     **copies;         /* [n_copies] aligned copies of misaligned file tensors     */
     int        n_copies;
     char      *origin;         /* file, index or "random weights (seed N)", for messages   */
+    bool       from_mixtral;   /* MoE names mapped from Mixtral's (checkpoint_layout.c)    */
 };
 
 WeightSet *ws_new(const char *origin);
@@ -41,6 +42,12 @@ void       ws_add_mapping(WeightSet *w, void *base, size_t len);
 void       ws_add_copy(WeightSet *w, void *block);
 /* Sort the by-name index. Returns the index of a name that occurs twice, or -1. */
 int        ws_build_index(WeightSet *w);
+/* checkpoint_layout.c: a Mixtral checkpoint's block_sparse_moe tensors renamed (router, w2) and
+ * stacked (w1 over w3 → up_proj) into SEMANTICS.md §6's names. Needs the index built; leaves it stale
+ * (rebuild it). A set without such tensors is left alone. False, with err, on a malformed one. */
+bool       ws_map_mixtral(WeightSet *w, const char *path, RtError *err);
+/* The Mixtral tensor(s) a mapped name came from, for messages ("….w2.weight"); false for others. */
+bool       ws_mixtral_origin(const char *mapped, char *buf, size_t n);
 
 /* err->msg = "WHERE: error: " + formatted text, as one printable line (control bytes escaped). */
 void rt_errorf(RtError *err, const char *where, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -25,9 +25,12 @@ static const HelpPage pages[] = {
      "Validates SPEC, a YAML model spec (format 1: SEMANTICS.md's fields; each error with\n"
      "file:line:col), and prints its parameters (total and active per token), its FLOPs per token and\n"
      "its expert mix (FFN, constant, copy and zero experts).\n\n" EXIT_STATUS},
-    {"import-hf", "convert a Hugging Face MoE++ config.json to a spec", "import-hf CONFIG.json -o SPEC.yaml",
-     "Converts a Hugging Face MoE++ config.json (Chat-UniVi/MoE-Plus-Plus-7B's, or one of its form)\n"
-     "into a model spec, checked as `check` does.\n\n"
+    {"import-hf", "convert a Hugging Face MoE++ or Mixtral config.json to a spec", "import-hf CONFIG.json -o SPEC.yaml",
+     "Converts a Hugging Face config.json into a model spec, checked as `check` does: MoE++'s\n"
+     "(Chat-UniVi/MoE-Plus-Plus-7B's, or one of its form; model_type \"moe++\" or none) or Mixtral's\n"
+     "(model_type \"mixtral\": a vanilla MoE spec, every layer num_local_experts SwiGLU experts, top\n"
+     "num_experts_per_tok). A sliding_window shorter than max_position_embeddings caps the spec's\n"
+     "positions at it (a note says so). `run --weights` reads a Mixtral checkpoint's own tensor names.\n\n"
      "  -o SPEC.yaml        the spec to write (required; written whole or not at all)\n\n" EXIT_STATUS},
     {"compile", "lower a spec (or IR text) to IR, run the passes, print or write it", COMPILE_USAGE,
      "Lowers SPEC to the IR (or parses IR text), runs the optimisation passes and prints or writes\n"

@@ -253,6 +253,35 @@ static void test_import_hf_7b(void **state)
     assert_spec_equal(&want, &got, false);
 }
 
+/* Mixtral-8x7B-v0.1's own config.json: the vanilla spec of its sizes, and Mistral's published counts
+ * (46.7 B parameters, 12.9 B of them active with the embeddings) from the summary. */
+static void test_import_hf_mixtral(void **state)
+{
+    ModelSpec got;
+    Captured c;
+    capture_begin(&c, NULL);
+    bool ok = spec_from_hf_config(SRC "/tests/frontend/hf/mixtral-8x7b-config.json", &got, &c.d);
+    fflush(c.f);
+    if (!ok) print_error("%s", c.text);
+    assert_true(ok);
+    assert_string_equal(c.text, ""); /* no sliding window: no note */
+    capture_end(&c);
+    ModelSpec want = {.vocab = 32000, .hidden = 4096, .n_layers = 32, .n_heads = 32, .n_kv_heads = 8,
+                      .rope_theta = 1e6, .norm_eps = 1e-5, .max_positions = 32768, .dtype = DT_BF16,
+                      .tie_embeddings = false, .has_eos = true, .eos_token_id = 2, .moe_every = 1,
+                      .dense_intermediate = 0, .top_k = 2, .n_ffn = 8, .ffn_intermediate = 14336,
+                      .router_layers = 1, .gating = GATING_TOPK_SOFTMAX, .logits_norm = false,
+                      .logits_norm_std = 1.0, .gating_residual = false, .input_scaling = false};
+    str_copy_trunc(want.name, sizeof want.name, got.name);
+    assert_spec_equal(&want, &got, false);
+    assert_round_trip(&got);
+    SpecSummary sum;
+    spec_summarize(&got, &sum);
+    assert_true(sum.params_total >= 46650000000LL && sum.params_total <= 46750000000LL);
+    int64_t active = sum.params_active + sum.params_embedding / 2; /* + embed_tokens (lm_head is in) */
+    assert_true(active >= 12850000000LL && active <= 12950000000LL);
+}
+
 /* eos_token_id in a config: an id, a list (the first kept), null or absent (none); anything else, or
  * an id outside the vocabulary, refused with the key named. The spec round-trips it. */
 static void test_import_hf_eos(void **state)
@@ -397,7 +426,7 @@ int main(void)
         cmocka_unit_test(test_shipped_specs),   cmocka_unit_test(test_fields_7b),
         cmocka_unit_test(test_fields_tiny),     cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_round_trip_awkward), cmocka_unit_test(test_summary_7b),
-        cmocka_unit_test(test_import_hf_7b),    cmocka_unit_test(test_import_hf_eos),    cmocka_unit_test(test_mangled_specs),
+        cmocka_unit_test(test_import_hf_7b),    cmocka_unit_test(test_import_hf_mixtral),    cmocka_unit_test(test_import_hf_eos),    cmocka_unit_test(test_mangled_specs),
         cmocka_unit_test(test_resource_limits),
         cmocka_unit_test(test_bf16),            cmocka_unit_test(test_f16),
     };

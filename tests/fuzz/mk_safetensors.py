@@ -24,6 +24,11 @@ def f32(*v):
     return struct.pack("<%df" % len(v), *v)
 
 
+def f32e(off):
+    """A 2×2 f32 entry at byte offset off."""
+    return {"dtype": "F32", "shape": [2, 2], "data_offsets": [off, off + 16]}
+
+
 def main():
     sdir, idir = sys.argv[1], sys.argv[2]
     two = {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
@@ -40,6 +45,14 @@ def main():
                                        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, f32(1, 2, 3)),
         "bad-past-end.safetensors": st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, f32(1)),
         "bad-dtype.safetensors": st({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8),
+        # Mixtral's MoE names, mapped by the loader (w1 over w3 into one up_proj)
+        "mixtral.safetensors": st({"model.layers.0.block_sparse_moe.gate.weight": f32e(0),
+                                   "model.layers.0.block_sparse_moe.experts.0.w1.weight": f32e(16),
+                                   "model.layers.0.block_sparse_moe.experts.0.w3.weight": f32e(32),
+                                   "model.layers.0.block_sparse_moe.experts.0.w2.weight": f32e(48)},
+                                  f32(*range(16))),
+        "bad-mixtral-no-w3.safetensors": st({"model.layers.0.block_sparse_moe.experts.0.w1.weight": f32e(0)},
+                                            f32(1, 2, 3, 4)),
         "bad-header-length.safetensors": struct.pack("<Q", 1 << 40) + b"{}",
         "bad-json.safetensors": struct.pack("<Q", 6) + b'{"a":[' + b"\0" * 4,
     }
