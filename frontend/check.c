@@ -36,7 +36,7 @@ int cmd_check(int argc, char **argv)
     if (!path) return usage_error(check_usage, "missing the spec file%s", "");
     ModelSpec s;
     Diag d = {.out = stderr, .file = path};
-    if (!spec_load_file(path, &s, &d)) return 1;
+    if (!spec_load_any(path, &s, &d)) return 1;
     spec_print_summary(&s, stdout);
     return 0;
 }

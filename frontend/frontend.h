@@ -109,8 +109,14 @@ typedef struct TensorDesc {
 /* Every tensor the spec reads, in a fixed order; *n gets the count. Caller frees. */
 TensorDesc *spec_tensors(const ModelSpec *s, int *n);
 
-/* ---- hf.c: Hugging Face config.json of the released MoE++ model --------------------------------- */
+/* ---- hf.c: Hugging Face config.json of the released MoE++ model or of a Mixtral ----------------- */
 bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d);
+/* SPEC as every command takes it: a YAML spec, a Hugging Face config.json (a path ending in .json),
+ * or a model directory holding config.json (spec_is_model_dir: `run` then reads its weights there). */
+bool spec_load_any(const char *path, ModelSpec *out, Diag *d);
+bool spec_is_model_dir(const char *path);
+/* The spec's YAML text: the file's own for a YAML spec, spec_write_yaml's for a config (malloc'd). */
+char *spec_yaml_text(const char *path, const ModelSpec *s);
 /* The same from the config's text; name is the spec's name (NULL: "moepp"). */
 bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec *out, Diag *d);
 

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The released code fixes these; they are not config keys. */
 #define HF_TOP_K 2
@@ -379,4 +380,50 @@ bool spec_from_hf_json(const char *text, size_t len, const char *name, ModelSpec
 bool spec_from_hf_config(const char *path, ModelSpec *out, Diag *d)
 {
     return spec_read_file(path, "config", hf_name, spec_from_hf_json, out, d);
+}
+
+/* ---- SPEC given as a Hugging Face config or model directory --------------------------------------- */
+bool spec_is_model_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static bool ends_with_json(const char *path)
+{
+    size_t n = strlen(path);
+    return n >= 5 && strcmp(path + n - 5, ".json") == 0;
+}
+
+bool spec_load_any(const char *path, ModelSpec *out, Diag *d)
+{
+    if (ends_with_json(path)) return spec_from_hf_config(path, out, d);
+    if (!spec_is_model_dir(path)) return spec_load_file(path, out, d);
+    size_t n = strlen(path) + sizeof "/config.json";
+    char *config = xmalloc(n);
+    snprintf(config, n, "%s%sconfig.json", path, path[0] && path[strlen(path) - 1] == '/' ? "" : "/");
+    const char *saved = d->file;
+    d->file = config; /* its errors are the config's */
+    struct stat st;
+    bool ok = false;
+    if (stat(config, &st) != 0)
+        diag_error(d, 0, 0, "the directory given as the model holds no config.json (SPEC is a YAML spec, a Hugging "
+                   "Face config.json, or a model directory holding one)");
+    else
+        ok = spec_from_hf_config(config, out, d);
+    d->file = saved;
+    free(config);
+    return ok;
+}
+
+char *spec_yaml_text(const char *path, const ModelSpec *s)
+{
+    if (!ends_with_json(path) && !spec_is_model_dir(path)) return file_read_all(path, NULL);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    MOE_ASSERT(f);
+    spec_write_yaml(s, f);
+    fclose(f);
+    return buf;
 }

@@ -230,10 +230,10 @@ static int build(const char *spec_path, const char *out, bool keep, const TuneDb
                  const char *arch)
 {
     ModelSpec s;
-    size_t spec_len;
-    char *spec_text = file_read_all(spec_path, &spec_len);
-    if (!load_spec(spec_path, &s) || !spec_text) {
-        free(spec_text);
+    if (!load_spec(spec_path, &s)) return 1;
+    char *spec_text = spec_yaml_text(spec_path, &s); /* what the executable embeds */
+    if (!spec_text) {
+        fprintf(stderr, "moeppc build: error: cannot read %s: %s\n", spec_path, strerror(errno));
         return 1;
     }
     IrModule *m = ir_lower_spec(&s);

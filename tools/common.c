@@ -28,7 +28,7 @@ bool write_file_atomic(const char *path, const void *data, size_t n, const char 
 bool load_spec(const char *path, ModelSpec *s)
 {
     Diag d = {stderr, path, 0};
-    return spec_load_file(path, s, &d);
+    return spec_load_any(path, s, &d);
 }
 
 

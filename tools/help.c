@@ -24,7 +24,9 @@ static const HelpPage pages[] = {
     {"check", "validate a spec; print parameters, FLOPs/token, expert mix", "check SPEC",
      "Validates SPEC, a YAML model spec (format 1: SEMANTICS.md's fields; each error with\n"
      "file:line:col), and prints its parameters (total and active per token), its FLOPs per token and\n"
-     "its expert mix (FFN, constant, copy and zero experts).\n\n" EXIT_STATUS},
+     "its expert mix (FFN, constant, copy and zero experts). Wherever a command takes SPEC it also\n"
+     "takes a Hugging Face config.json (MoE++ or Mixtral, read as import-hf reads it) or a model\n"
+     "folder holding one.\n\n" EXIT_STATUS},
     {"import-hf", "convert a Hugging Face MoE++ or Mixtral config.json to a spec", "import-hf CONFIG.json -o SPEC.yaml",
      "Converts a Hugging Face config.json into a model spec, checked as `check` does: MoE++'s\n"
      "(Chat-UniVi/MoE-Plus-Plus-7B's, or one of its form; model_type \"moe++\" or none) or Mixtral's\n"

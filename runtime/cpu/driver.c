@@ -235,7 +235,9 @@ static void print_help(FILE *f)
                "(token ids, or text through the checkpoint's tokenizer.model) and prints, per position, the\n"
                "top next tokens with their logits, and per MoE layer the share of the T*k routing picks that\n"
                "went to FFN, constant, copy and zero experts.\n\n",
-            exe ? "this executable's model (spec, plan and kernels built in)" : "the whole model of SPEC (a model spec, .yaml)");
+            exe ? "this executable's model (spec, plan and kernels built in)"
+                : "the whole model of SPEC (a model spec, .yaml; a Hugging Face MoE++ or Mixtral config.json;\n"
+                  "or a model folder holding config.json, whose checkpoint is then --weights unless given)");
     fputs("weights (exactly one):\n"
           "  --weights W         a .safetensors file, a sharded model.safetensors.index.json, or a folder\n"
           "                      holding either; every tensor checked by name, shape and dtype first\n"
@@ -378,6 +380,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else return drv_usage("unexpected argument '%s'", o);
     }
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
+    /* a model directory (config.json, its checkpoint, tokenizer.model) is its own weights */
+    if (r->spec && !r->weights && !r->random && spec_is_model_dir(r->spec)) r->weights = r->spec;
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
     if (r->serve && (r->ids || r->prompts || r->prompt))
         return drv_usage("%s", "--serve reads its requests from standard input: not with --ids, --prompt or --prompts");
@@ -1775,7 +1779,7 @@ static bool load_spec(const RunArgs *r, ModelSpec *s)
 {
     Diag d = {stderr, r->spec ? r->spec : cfg->prog, 0};
     if (cfg->spec_text) return spec_load_string(cfg->spec_text, strlen(cfg->spec_text), s, &d);
-    return spec_load_file(r->spec, s, &d);
+    return spec_load_any(r->spec, s, &d);
 }
 
 int driver_main(int argc, char **argv, const DriverConfig *config)

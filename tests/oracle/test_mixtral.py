@@ -191,6 +191,32 @@ def main():
                 check(e <= tol, "%s %s: logits within %g of the reference (%.3g)" % (dtype, b, tol, e))
                 check(rel_err(logits(o), swapped) > tol, "%s %s: and not those of w1 and w3 swapped" % (dtype, b))
 
+    # ---- the model directory itself as SPEC: its config.json, its checkpoint as the weights -------------
+    d = os.path.join(WORK, "f32")
+    want = open(os.path.join(d, "cpu.bin"), "rb").read() if os.path.exists(os.path.join(d, "cpu.bin")) else None
+    o = os.path.join(WORK, "dir.bin")
+    rc, out = moeppc("run", d, "--backend", "cpu", "--ids", " ".join(map(str, IDS)), "--logits-out", o)
+    check(rc == 0 and "weights: " + d in out and open(o, "rb").read() == want,
+          "moeppc run DIR (no --weights): the same logits as the imported spec's")
+    for target in (d, os.path.join(d, "config.json")):
+        rc, out = moeppc("check", target)
+        check(rc == 0 and out.startswith("spec f32: vanilla MoE, f32") and "8 FFN" not in out and "4 = 4 FFN" in out,
+              "moeppc check %s" % os.path.relpath(target, WORK))
+    exe = os.path.join(WORK, "mixtral-exe")
+    rc, out = moeppc("build", d, "-o", exe)
+    check(rc == 0, "moeppc build DIR" + ("" if rc == 0 else ": " + out))
+    if rc == 0:
+        if os.path.exists(o):
+            os.remove(o)
+        r = subprocess.run([exe, "--weights", d, "--ids", " ".join(map(str, IDS)), "--logits-out", o],
+                           capture_output=True, text=True, timeout=300)
+        check(r.returncode == 0 and open(o, "rb").read() == want, "its executable: the same logits")
+    empty = os.path.join(WORK, "empty-dir")
+    os.makedirs(empty, exist_ok=True)
+    rc, out = moeppc("run", empty, "--random-weights", "1", "--ids", "1")
+    check(rc == 1 and "%s/config.json: error: the directory given as the model holds no config.json" % empty in out,
+          "a directory without config.json refused (rc %d)" % rc)
+
     # ---- checkpoints the loader refuses: a message naming the tensor, no logits ----------------------
     d0 = os.path.join(WORK, "f32")
     spec = os.path.join(d0, "spec.yaml")
