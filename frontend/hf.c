@@ -278,15 +278,23 @@ static void hf_check(HfConfig *c, const ModelSpec *s)
 
 /* Whatever hf_check does not catch (sizes that overflow, ...) the spec loader does: run the result
  * through it and report its first complaint against the config. */
-static bool hf_recheck(const ModelSpec *s, Diag *d)
+static char *spec_to_yaml(const ModelSpec *s, size_t *len)
 {
-    char *buf = NULL, *msgs = NULL;
-    size_t len = 0, mlen = 0;
-    FILE *f = open_memstream(&buf, &len);
-    FILE *m = open_memstream(&msgs, &mlen);
-    MOE_ASSERT(f && m);
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    MOE_ASSERT(f);
     spec_write_yaml(s, f);
     fclose(f);
+    return buf;
+}
+
+static bool hf_recheck(const ModelSpec *s, Diag *d)
+{
+    char *msgs = NULL;
+    size_t len = 0, mlen = 0;
+    char *buf = spec_to_yaml(s, &len);
+    FILE *m = open_memstream(&msgs, &mlen);
+    MOE_ASSERT(m);
     ModelSpec back;
     Diag inner = {.out = m, .file = "spec"};
     bool ok = spec_load_string(buf, len, &back, &inner);
@@ -418,12 +426,6 @@ bool spec_load_any(const char *path, ModelSpec *out, Diag *d)
 
 char *spec_yaml_text(const char *path, const ModelSpec *s)
 {
-    if (!ends_with_json(path) && !spec_is_model_dir(path)) return file_read_all(path, NULL);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    MOE_ASSERT(f);
-    spec_write_yaml(s, f);
-    fclose(f);
-    return buf;
+    size_t len;
+    return ends_with_json(path) || spec_is_model_dir(path) ? spec_to_yaml(s, &len) : file_read_all(path, NULL);
 }
