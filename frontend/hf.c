@@ -276,8 +276,6 @@ static void hf_check(HfConfig *c, const ModelSpec *s)
                    (long long)s->moe_every, (long long)s->n_layers);
 }
 
-/* Whatever hf_check does not catch (sizes that overflow, ...) the spec loader does: run the result
- * through it and report its first complaint against the config. */
 static char *spec_to_yaml(const ModelSpec *s, size_t *len)
 {
     char *buf = NULL;
@@ -288,6 +286,8 @@ static char *spec_to_yaml(const ModelSpec *s, size_t *len)
     return buf;
 }
 
+/* Whatever hf_check does not catch (sizes that overflow, ...) the spec loader does: run the result
+ * through it and report its first complaint against the config. */
 static bool hf_recheck(const ModelSpec *s, Diag *d)
 {
     char *msgs = NULL;
