@@ -383,7 +383,7 @@ static bool ws_finish(WeightSet *w, const char *path, bool whole, RtError *err)
     int dup = ws_build_index(w);
     if (dup < 0 && whole) {
         if (!ws_map_mixtral(w, path, err)) return false;
-        dup = ws_build_index(w);
+        if (w->from_mixtral) dup = ws_build_index(w); /* names changed: index them again */
     }
     if (dup >= 0) {
         rt_errorf(err, path, "tensor '%s': expected one entry, found it twice", w->tensors[dup].name);

@@ -43,8 +43,9 @@ void       ws_add_copy(WeightSet *w, void *block);
 /* Sort the by-name index. Returns the index of a name that occurs twice, or -1. */
 int        ws_build_index(WeightSet *w);
 /* checkpoint_layout.c: a Mixtral checkpoint's block_sparse_moe tensors renamed (router, w2) and
- * stacked (w1 over w3 → up_proj) into SEMANTICS.md §6's names. Needs the index built; leaves it stale
- * (rebuild it). A set without such tensors is left alone. False, with err, on a malformed one. */
+ * stacked (w1 over w3 → up_proj) into SEMANTICS.md §6's names, and from_mixtral set. Needs the index
+ * built; leaves it stale (rebuild it). A set without such tensors is left alone (from_mixtral stays
+ * false). False, with err, on a malformed one. */
 bool       ws_map_mixtral(WeightSet *w, const char *path, RtError *err);
 /* The Mixtral tensor(s) a mapped name came from, for messages ("….w2.weight"); false for others. */
 bool       ws_mixtral_origin(const char *mapped, char *buf, size_t n);
