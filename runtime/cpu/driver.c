@@ -775,6 +775,10 @@ typedef struct {
     int64_t line; /* the --prompts line of its latest turn (what +@N names; 0: none) */
     int64_t reused; /* its latest prompt's first tokens that were in the caches already (prefix_reuse) */
     char *id;       /* --serve: the id of its latest turn's request (what "continue" names), or NULL */
+    ServeLogprobs scored; /* --serve: its tokens 1 .. scored.n's log-probabilities (entry j: token j + 1's,
+                             from row j's logits; the SERVE_LOGPROBS_MAX likeliest), where an "echo" with
+                             "logprobs" ran those rows: a later such prompt that begins with them takes
+                             them rather than run the rows again (prefix_scored) */
 } Conv;
 
 /* How many of ids[T]'s first tokens are c's first `upto` (at most T - 1), where prefixes are reused. */
@@ -795,6 +799,31 @@ static int64_t prefix_held(const Runner *rn, const Conv *c, int64_t upto, const 
 static int64_t prefix_reuse(const Runner *rn, const Conv *c, const int32_t *ids, int64_t T)
 {
     return prefix_held(rn, c, c->fed, ids, T);
+}
+
+/* For a prompt ids[T] whose every token's log-probability is wanted ("echo" with "logprobs"): how
+ * many of its first positions to take from c's caches. Token p's comes from row p - 1, so each kept
+ * position's token, and the first run one's, must be among c's scored tokens (and be the same): at
+ * most prefix_held's less one. */
+static int64_t prefix_scored(const Runner *rn, const Conv *c, const int32_t *ids, int64_t T)
+{
+    int64_t upto = (c->fed < c->scored.n ? c->fed : c->scored.n) + 1;
+    int64_t k = prefix_held(rn, c, upto < c->len ? upto : c->len, ids, T);
+    return k > 0 ? k - 1 : 0;
+}
+
+/* ids[T] becomes c's sequence (or its first positions are c's: a fork copied them): of c's scored
+ * tokens, those it shares with them stay (token p's needs tokens 0 .. p the same). */
+static void scored_keep(Conv *c, const Conv *of, const int32_t *ids, int64_t T)
+{
+    int64_t m = 0;
+    while (m < of->len && m < T && of->seq[m] == ids[m]) m++;
+    int64_t n = of->scored.n < m - 1 ? of->scored.n : m > 0 ? m - 1 : 0;
+    if (of != c) {
+        c->scored.n = 0;
+        for (int64_t j = 0; j < n; j++) serve_logprobs_append(&c->scored, &of->scored, j);
+    }
+    c->scored.n = n;
 }
 
 /* Decoding a sequence: n tokens after it, each chosen (greedy or drawn: rn->r->sample) from the last
@@ -1410,34 +1439,58 @@ static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const 
  * warm sequence's place, nor wait. */
 enum { SHARED_PREFIX_MIN = 8 };
 
+/* Whether a new sequence among lines[n] would start from c's caches (a shared prefix). */
+static bool lane_wanted(const Runner *rn, const Conv *c, const PromptLine *lines, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const PromptLine *pl = &lines[i];
+        if (pl->bad || pl->more || pl->sr.cont) continue;
+        bool scored = pl->sr.echo && pl->sr.logprobs >= 0;
+        if ((scored ? prefix_scored(rn, c, pl->ids, pl->T) : prefix_reuse(rn, c, pl->ids, pl->T)) >= SHARED_PREFIX_MIN) return true;
+    }
+    return false;
+}
+
 /* The lane for a new line ids[T], and how many of its first tokens its caches hold (*reuse, run no
  * more): the free lane whose caches hold most of them, else the one idle longest (what a +@N may
  * still want is kept longest); where another lane's caches hold more, their first positions are
  * copied over (a fork: a shared system prompt runs once for all). NULL when none is free, or when a
  * lane still running its prompt will hold more of it than any holds now (SHARED_PREFIX_MIN more): the
- * line waits for that rather than run the same tokens beside it. whole: the line runs whole (none
- * kept, none copied: its every row's logits are wanted). */
-static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_t T, bool whole, int64_t *reuse)
+ * line waits for that rather than run the same tokens beside it. scored: its every row's logits are
+ * wanted ("echo" with "logprobs"): it keeps only positions whose tokens' log-probabilities a lane has
+ * (prefix_scored), and waits only for a lane running such a prompt. later[n_later]: --serve's requests
+ * waiting after it; where one of them would start from the caches of the lane it would take, while
+ * the lane it would copy from is busy, it waits for that lane rather than take the other's. */
+static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_t T, bool scored, int64_t *reuse,
+                      const PromptLine *later, int n_later)
 {
     Lane *L = NULL, *from = NULL;
     int64_t most = 0, there = 0, soon = 0;
     for (int b = 0; b < B; b++) {
-        int64_t k = whole ? 0 : prefix_reuse(rn, &lanes[b].c, ids, T), by = k >= SHARED_PREFIX_MIN ? k : 0;
-        int64_t will = lanes[b].state == LANE_PREFILL && !whole ? prefix_held(rn, &lanes[b].c, lanes[b].c.len, ids, T) : 0;
+        const Conv *c = &lanes[b].c;
+        int64_t k = scored ? prefix_scored(rn, c, ids, T) : prefix_reuse(rn, c, ids, T), by = k >= SHARED_PREFIX_MIN ? k : 0;
+        int64_t will = lanes[b].state != LANE_PREFILL ? 0 : !scored ? prefix_held(rn, c, c->len, ids, T)
+                     : plp_asked(&lanes[b]) && c->scored.n >= lanes[b].from ? prefix_held(rn, c, c->len, ids, T) - 1 : 0;
         soon = will > soon ? will : soon;
         if (by > there) from = &lanes[b], there = by;
         if (lanes[b].state == LANE_FREE && (!L || by > most || (by == most && lanes[b].idle < L->idle)))
             L = &lanes[b], most = by, *reuse = k;
     }
     if (!L || soon >= there + SHARED_PREFIX_MIN) return NULL;
+    if (from && there > *reuse && from->state != LANE_FREE && *reuse < SHARED_PREFIX_MIN && lane_wanted(rn, &L->c, later, n_later))
+        return NULL;
     if (from && there > *reuse) {
         RtError err = {{0}};
         if (rn->gpu ? cfg->cuda->copy_sequence(rn->gpu, from->c.slot, L->c.slot, there, &err)
                     : cpu_model_copy_sequence(rn->cm, from->c.slot, L->c.slot, there, &err)) {
+            scored_keep(&L->c, &from->c, ids, T);
             memcpy(L->c.seq, from->c.seq, (size_t)there * sizeof *L->c.seq);
             L->c.fed = there, *reuse = there;
-        } else drv_err("%s (the prompt runs whole)\n", err.msg);
+            return L;
+        }
+        drv_err("%s (the prompt runs whole)\n", err.msg);
     }
+    scored_keep(&L->c, &L->c, ids, T);
     return L;
 }
 
@@ -1452,6 +1505,19 @@ static bool readable(FILE *in)
 static void lane_logprob(Lane *L, const double *row, int64_t V)
 {
     if (lp_asked(L)) serve_logprobs_add(&L->lp, row, V, L->g.next);
+}
+
+/* --serve "echo" with "logprobs": the log-probability of prompt token p + 1 from row p's logits [V],
+ * and the likeliest; kept with the sequence too where it follows the tokens kept there. */
+static void lane_prompt_logprob(Lane *L, const double *row, int64_t V, int64_t p)
+{
+    ServeLogprobs *sc = &L->c.scored;
+    if (sc->n != p) {
+        serve_logprobs_add(&L->plp, row, V, L->c.seq[p + 1]);
+        return;
+    }
+    serve_logprobs_add(sc, row, V, L->c.seq[p + 1]);
+    serve_logprobs_append(&L->plp, sc, p);
 }
 
 /* A lane whose prompt has run whole: its report, then decoding starts (or the line is done). */
@@ -1568,7 +1634,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
     if (pipe) setvbuf(in, NULL, _IONBF, 0); /* poll sees what is not read yet */
     say_all = say, answer_all = answer;
     Lane *lanes = xcalloc((size_t)B, sizeof *lanes);
-    for (int b = 0; b < B; b++) lanes[b].c = (Conv){.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof(int32_t)), .slot = b};
+    for (int b = 0; b < B; b++)
+        lanes[b].c = (Conv){.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof(int32_t)), .slot = b,
+                            .scored = {.k = SERVE_LOGPROBS_MAX}};
     int64_t chunk = rn->r->chunk, cap = B + chunk; /* rows a step at most */
     int32_t *ids = xmalloc((size_t)cap * sizeof *ids), *pos = xmalloc((size_t)cap * sizeof *pos), *sq = xmalloc((size_t)cap * sizeof *sq);
     int *who = xmalloc((size_t)cap * sizeof *who);
@@ -1625,7 +1693,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 Lane *L = NULL;
                 if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
                 int64_t reuse = 0;
-                if (!pl.bad && !pl.more) L = lane_for(rn, lanes, B, pl.ids, pl.T, pl.sr.echo && pl.sr.logprobs >= 0, &reuse);
+                if (!pl.bad && !pl.more)
+                    L = lane_for(rn, lanes, B, pl.ids, pl.T, pl.sr.echo && pl.sr.logprobs >= 0, &reuse, queue + i + 1,
+                                 rn->r->serve ? nq - i - 1 : 0);
                 if (!pl.bad && !L) { /* it waits for a sequence to end */
                     queue[i++] = pl;
                     if (!rn->r->serve) break;
@@ -1658,7 +1728,11 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                     free(L->c.id);
                     L->c.id = NULL;
                 }
+                for (int64_t j = 0; plp_asked(L) && j < reuse; j++) /* the kept tokens' (and the first run one's) */
+                    serve_logprobs_append(&L->plp, &L->c.scored, j);
                 latest = (int)(L - lanes);
+                if (pl.more && plp_asked(L) && L->c.fed == L->c.len && L->c.fed > 0)
+                    L->c.fed--; /* its first token's log-probability: the turn before's last row, run again */
                 header(&pl, ++started);
                 bool ok = prompt_start(rn, &L->c, pl.ids + reuse, pl.T - reuse, &L->from, &L->n);
                 L->prompt_at = L->c.len - pl.T;
@@ -1743,7 +1817,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
             while (k + m < n && who[k + m] == who[k]) m++;
             if (ok) {
                 for (int64_t j = 0; plp_asked(L) && j < m; j++) /* "echo": each row's log-probability of the next prompt token */
-                    if (pos[k + j] + 1 < L->c.len) serve_logprobs_add(&L->plp, logits->data + (at[k + j] - first) * V, V, L->c.seq[pos[k + j] + 1]);
+                    if (pos[k + j] + 1 < L->c.len) lane_prompt_logprob(L, logits->data + (at[k + j] - first) * V, V, pos[k + j]);
                 acc_append(&L->acc, &res, n, at + k, m, rn->last_only);
                 L->acc.seconds += res.seconds * (double)m / (double)n; /* its share of the step */
             }
@@ -1766,7 +1840,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 "%lld steps, %.2f decoding sequences a step on average\n", (long long)started, B, (long long)tokens, dt,
                 (double)tokens / dt, (long long)steps, steps ? (double)rows / (double)steps : 0.0);
     if (cancelled) fprintf(stderr, " %lld requests cancelled\n", (long long)cancelled);
-    for (int b = 0; b < B; b++) free(lanes[b].c.seq), free(lanes[b].c.id);
+    for (int b = 0; b < B; b++) free(lanes[b].c.seq), free(lanes[b].c.id), serve_logprobs_free(&lanes[b].c.scored);
     free(lanes), free(queue);
     free(ids), free(pos), free(sq), free(who), free(run_ids), free(run_pos), free(run_sq), free(at);
     free(ans.text);

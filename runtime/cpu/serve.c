@@ -207,14 +207,19 @@ static void add_text(cJSON *o, const char *key, const char *text)
     free(t);
 }
 
+/* Room for one more entry. */
+static void logprobs_grow(ServeLogprobs *lp)
+{
+    if (lp->n < lp->cap) return;
+    lp->cap = lp->cap ? 2 * lp->cap : 16;
+    lp->chosen = xrealloc(lp->chosen, (size_t)lp->cap * sizeof *lp->chosen);
+    lp->top_ids = xrealloc(lp->top_ids, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_ids);
+    lp->top_lp = xrealloc(lp->top_lp, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_lp);
+}
+
 void serve_logprobs_add(ServeLogprobs *lp, const double *row, int64_t V, int32_t chosen)
 {
-    if (lp->n == lp->cap) {
-        lp->cap = lp->cap ? 2 * lp->cap : 16;
-        lp->chosen = xrealloc(lp->chosen, (size_t)lp->cap * sizeof *lp->chosen);
-        lp->top_ids = xrealloc(lp->top_ids, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_ids);
-        lp->top_lp = xrealloc(lp->top_lp, (size_t)(lp->cap * (lp->k ? lp->k : 1)) * sizeof *lp->top_lp);
-    }
+    logprobs_grow(lp);
     double m = row[0], sum = 0;
     for (int64_t v = 1; v < V; v++) m = row[v] > m ? row[v] : m;
     for (int64_t v = 0; v < V; v++) sum += exp(row[v] - m);
@@ -230,6 +235,15 @@ void serve_logprobs_add(ServeLogprobs *lp, const double *row, int64_t V, int32_t
     }
     for (int64_t j = 0; j < lp->k; j++) top[j] -= lse;
     lp->chosen[lp->n++] = row[chosen] - lse;
+}
+
+void serve_logprobs_append(ServeLogprobs *lp, const ServeLogprobs *from, int64_t j)
+{
+    MOE_ASSERT(j < from->n && lp->k <= from->k);
+    logprobs_grow(lp);
+    memcpy(lp->top_ids + lp->n * lp->k, from->top_ids + j * from->k, (size_t)lp->k * sizeof *lp->top_ids);
+    memcpy(lp->top_lp + lp->n * lp->k, from->top_lp + j * from->k, (size_t)lp->k * sizeof *lp->top_lp);
+    lp->chosen[lp->n++] = from->chosen[j];
 }
 
 void serve_logprobs_free(ServeLogprobs *lp)

@@ -60,6 +60,8 @@ typedef struct {
 
 /* One more: the token chosen from logits row[V]. */
 void  serve_logprobs_add(ServeLogprobs *lp, const double *row, int64_t V, int32_t chosen);
+/* One more: from's entry j, its first lp->k likeliest (lp->k <= from->k: the same as computing them). */
+void  serve_logprobs_append(ServeLogprobs *lp, const ServeLogprobs *from, int64_t j);
 void  serve_logprobs_free(ServeLogprobs *lp);
 
 /* Line `line_no` of the input (len bytes) into *q, the fields it lacks from *defaults (its max_tokens,

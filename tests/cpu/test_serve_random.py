@@ -32,7 +32,7 @@ with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:
 with open(spec, "w") as f:  # room for conversations of several turns
     f.write(text.replace("max_positions: 64", "max_positions: 512"))
 BASE = ["run", spec, "--random-weights", "1", "--device", DEVICE, "--ignore-eos"]
-REF = ["run", spec, "--random-weights", "1"]  # the reference logits: the CPU backend's
+REF = ["run", spec, "--random-weights", "1", "--backend", "interp"]  # the reference logits: the interpreter's
 
 
 def alone(todo):
@@ -69,6 +69,8 @@ def draw(rng):
             r["ids"] = head + [rng.randrange(1, 250) for _ in range(rng.randint(0 if head else 1, 6))]
         if rng.random() < 0.3:
             r["temperature"], r["seed"] = 0.9, rng.choice([7, 11])
+        if rng.random() < 0.4:  # scored as lm-evaluation-harness scores: from the caches where they hold it
+            r["echo"], r["logprobs"] = True, rng.choice([1, 3])
         reqs.append(r)
     lines = [json.dumps(r) for r in reqs]
     cancels = rng.sample(range(1, 24), 2)  # cancel a request soon after it is sent (it is waiting)
@@ -79,7 +81,7 @@ def draw(rng):
 
 def log_softmax_of(whole):
     """Row p: the log-softmax of the logits at position p of the sequence `whole` run alone (its last
-    token not run) on the CPU backend."""
+    token not run) on the interpreter."""
     f = os.path.join(work, "logits.f32")
     subprocess.run([MOEPPC] + REF + ["--ids", " ".join(map(str, whole[:-1])), "--logits-out", f], capture_output=True, check=True)
     z = np.fromfile(f, dtype="<f4").astype(np.float64).reshape(len(whole) - 1, -1)
@@ -104,7 +106,7 @@ def same_logprobs(lp, tokens, ref, k):
 
 # "logprobs": 5 (greedy, and drawn, beside each other with --batch 2, streamed): each generated
 # token's log-probability and the 5 likeliest are the log-softmax of the logits that `moeppc run --ids`
-# computes over the whole sequence (--logits-out, on the CPU backend), within f32's tolerance
+# computes over the whole sequence (--logits-out, on the interpreter), within f32's tolerance
 reqs = [{"id": "g", "ids": [5, 9, 2, 77, 31], "max_tokens": 6, "logprobs": 5, "stream": True},
         {"id": "d", "ids": [8, 1, 40], "max_tokens": 6, "logprobs": 5, "temperature": 0.9, "seed": 3}]
 out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2"], input="".join(json.dumps(r) + "\n" for r in reqs),
@@ -121,8 +123,9 @@ for r in reqs:
 
 # "echo" with "logprobs": 3: every prompt token's log-probability (null for a new sequence's first),
 # in prompt chunks of 3 beside a decoding sequence, of a new sequence and of a next turn (whose first
-# token's comes from the row of the token generated last); such a prompt runs whole, never from the
-# caches (its logits are wanted), while an echo without logprobs still starts from them
+# token's comes from the row of the token generated last); such a prompt starts from the caches only
+# where its tokens' log-probabilities are kept with them: "r" takes e's first 9 positions (tokens 1 .. 9's
+# from e's rows), not t's (e's generated tokens have none), while an echo without logprobs takes all
 reqs = [{"id": "d", "ids": [8, 1, 40], "max_tokens": 12},
         {"id": "e", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17], "max_tokens": 2, "logprobs": 3, "echo": True},
         {"id": "t", "continue": "e", "ids": [12, 13, 14, 15], "max_tokens": 0, "logprobs": 3, "echo": True},
@@ -140,14 +143,61 @@ checks = [("e", e["prompt_ids"] == reqs[1]["ids"] and "prompt_text" not in e and
            same_logprobs(e["logprobs"], e["ids"], ref[n_e - 1:n_e + 1], 3)),
           ("t", t["prompt_ids"] == reqs[2]["ids"] and t["ids"] == [] and t["cached_tokens"] == 0 and
            same_logprobs(t["prompt_logprobs"], reqs[2]["ids"], ref[n_e + 1:n_e + 5], 3)),
-          ("r", r["cached_tokens"] == 0 and same_logprobs(r["prompt_logprobs"], reqs[3]["ids"],
+          ("r", r["cached_tokens"] == 9 and same_logprobs(r["prompt_logprobs"], reqs[3]["ids"],
                                                           [None] + list(log_softmax_of(reqs[3]["ids"] + r["ids"])[:14]), 3)),
           ("u", u["cached_tokens"] == 15 and u["prompt_ids"] == reqs[4]["ids"] and "prompt_logprobs" not in u)]
 bad = [k for k, ok in checks if not ok]
 if bad:
     sys.exit("serve_random: echo of %s: %s" % (bad, [got[k] for k in bad]))
 
-checked = refused = cancelled = 0
+# lm-evaluation-harness's loglikelihood requests: one context, four continuations, sent together. The
+# first runs whole; the others wait for it (it will hold their context's log-probabilities), then the
+# second takes its sequence's first 19 positions and the third and fourth fork them (row 19 gives the
+# first continuation token's: it runs), every prompt token's log-probability as the whole sequence's
+ctx = [17, 4, 203, 88, 9, 9, 140, 61, 2, 230, 45, 7, 99, 12, 180, 33, 5, 71, 150, 26]
+reqs = [{"id": "c%d" % i, "ids": ctx + cont, "max_tokens": 1, "logprobs": 1, "echo": True}
+        for i, cont in enumerate([[40], [41, 42], [43, 44, 45], [46]])]
+out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "4", "--chunk", "8"],
+                     input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True, text=True, check=True).stdout
+got = {a["id"]: a for a in map(json.loads, out.splitlines())}
+for r in reqs:
+    a, ref = got[r["id"]], log_softmax_of(r["ids"] + got[r["id"]]["ids"] + [0])
+    if not (a["cached_tokens"] == (0 if r is reqs[0] else 19) and
+            same_logprobs(a["prompt_logprobs"], r["ids"], [None] + list(ref[:len(r["ids"]) - 1]), 1) and
+            same_logprobs(a["logprobs"], a["ids"], ref[len(r["ids"]) - 1:], 1)):
+        sys.exit("serve_random: a context's continuations scored: %s: %s" % (r["id"], a))
+# Two contexts' continuations on two sequences: when the second context's first request ends, the
+# first context's sequence is still decoding; the first context's second request waits for it rather
+# than copy its context over the second's, which the request after it starts from (both: 19)
+ctx2 = [60, 61, 3, 3, 90, 14, 200, 8, 77, 5, 31, 120, 6, 49, 18, 2, 240, 11, 65, 97]
+reqs = [{"id": "i%d" % i, "ids": c + [40 + i], "max_tokens": n, "logprobs": 1, "echo": True}
+        for i, (c, n) in enumerate([(ctx, 6), (ctx2, 1), (ctx, 1), (ctx2, 1)])]
+out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2", "--chunk", "8"],
+                     input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True, text=True, check=True).stdout
+got = {a["id"]: a for a in map(json.loads, out.splitlines())}
+for r in reqs:
+    a, ref = got[r["id"]], log_softmax_of(r["ids"] + got[r["id"]]["ids"] + [0])
+    if not (a["cached_tokens"] == (0 if r in reqs[:2] else 19) and
+            same_logprobs(a["prompt_logprobs"], r["ids"], [None] + list(ref[:len(r["ids"]) - 1]), 1)):
+        sys.exit("serve_random: two contexts' continuations: %s: %s" % (r["id"], a))
+# ... and on one sequence: a request without "echo" keeps the context's 20 positions and runs the rest;
+# the log-probabilities of the first's continuation are no longer the sequence's (the third, scored
+# again, takes 19 positions, not 22); its next turn's first token's comes from its last row, run again
+# (no token was generated after it)
+reqs = [{"id": "s0", "ids": ctx + [40, 41, 42], "max_tokens": 0, "logprobs": 1, "echo": True},
+        {"id": "s1", "ids": ctx + [50, 51, 52], "max_tokens": 0},
+        {"id": "s2", "ids": ctx + [50, 51, 52, 53], "max_tokens": 0, "logprobs": 2, "echo": True},
+        {"id": "s3", "continue": "s2", "ids": [7, 8], "max_tokens": 0, "logprobs": 2, "echo": True}]
+out = subprocess.run([MOEPPC] + BASE + ["--serve"], input="".join(json.dumps(r) + "\n" for r in reqs),
+                     capture_output=True, text=True, check=True).stdout
+got = {a["id"]: a for a in map(json.loads, out.splitlines())}
+ref = log_softmax_of(reqs[2]["ids"] + reqs[3]["ids"])
+if [got[r["id"]]["cached_tokens"] for r in reqs] != [0, 20, 19, 0] or not same_logprobs(
+        got["s2"]["prompt_logprobs"], reqs[2]["ids"], [None] + list(ref[:23]), 2) or not same_logprobs(
+        got["s3"]["prompt_logprobs"], reqs[3]["ids"], ref[23:], 2):
+    sys.exit("serve_random: a context scored, then run on: %s" % [got[r["id"]] for r in reqs])
+
+checked = refused = cancelled = scored = scored_cached = 0
 for rnd in range(ROUNDS):
     rng = random.Random(rnd)
     reqs, lines, cancel_ids = draw(rng)
@@ -196,7 +246,16 @@ for rnd in range(ROUNDS):
         if a["ids"] != want[key[rid]] or a["prompt_tokens"] != len(byid[rid]["ids"]) or a["cached_tokens"] > len(seq) - 1:
             sys.exit("serve_random: %s: %s (%s) answered %s; alone %s" % (what, rid, byid[rid], a, want[key[rid]]))
         checked += 1
+        if "logprobs" in byid[rid]:  # its prompt's and its generated tokens' against the whole sequence's logits
+            k, n0, ref = byid[rid]["logprobs"], len(seq) - len(byid[rid]["ids"]), log_softmax_of(whole[rid] + [0])
+            if not (same_logprobs(a["prompt_logprobs"], byid[rid]["ids"], [ref[p - 1] if p else None for p in range(n0, len(seq))], k)
+                    and same_logprobs(a["logprobs"], a["ids"], ref[len(seq) - 1:], k)):
+                sys.exit("serve_random: %s: %s (%s): logprobs %s" % (what, rid, byid[rid], a))
+            scored += 1
+            scored_cached += a["cached_tokens"] > 0
     if out.returncode != (1 if any("error" in a for a in answers.values()) else 0):
         sys.exit("serve_random: %s: exit %d\n%s" % (what, out.returncode, out.stderr))
-print("serve_random: logprobs and echo's prompt logprobs as the logits' log-softmax; %d rounds: %d answers as alone, %d cancelled, %d next turns "
-      "refused (sequence gone)" % (ROUNDS, checked, cancelled, refused))
+if ROUNDS and not scored_cached:
+    sys.exit("serve_random: no \"echo\" with \"logprobs\" started from the caches")
+print("serve_random: logprobs and echo's prompt logprobs as the logits' log-softmax; %d rounds: %d answers as alone (%d scored, "
+      "%d of them from the caches), %d cancelled, %d next turns refused (sequence gone)" % (ROUNDS, checked, scored, scored_cached, cancelled, refused))
