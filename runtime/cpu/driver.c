@@ -1439,14 +1439,16 @@ static void acc_append(EvalResult *acc, const EvalResult *res, int64_t T, const 
  * warm sequence's place, nor wait. */
 enum { SHARED_PREFIX_MIN = 8 };
 
+/* Whether a --serve line is scored: "echo" with "logprobs" (every prompt token's log-probability). */
+static bool line_scored(const PromptLine *pl) { return pl->sr.echo && pl->sr.logprobs >= 0; }
+
 /* Whether a new sequence among lines[n] would start from c's caches (a shared prefix). */
 static bool lane_wanted(const Runner *rn, const Conv *c, const PromptLine *lines, int n)
 {
     for (int i = 0; i < n; i++) {
         const PromptLine *pl = &lines[i];
         if (pl->bad || pl->more || pl->sr.cont) continue;
-        bool scored = pl->sr.echo && pl->sr.logprobs >= 0;
-        if ((scored ? prefix_scored(rn, c, pl->ids, pl->T) : prefix_reuse(rn, c, pl->ids, pl->T)) >= SHARED_PREFIX_MIN) return true;
+        if ((line_scored(pl) ? prefix_scored(rn, c, pl->ids, pl->T) : prefix_reuse(rn, c, pl->ids, pl->T)) >= SHARED_PREFIX_MIN) return true;
     }
     return false;
 }
@@ -1694,7 +1696,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
                 if (!pl.bad && pl.more) L = lanes[of].state != LANE_FREE ? NULL : &lanes[of];
                 int64_t reuse = 0;
                 if (!pl.bad && !pl.more)
-                    L = lane_for(rn, lanes, B, pl.ids, pl.T, pl.sr.echo && pl.sr.logprobs >= 0, &reuse, queue + i + 1,
+                    L = lane_for(rn, lanes, B, pl.ids, pl.T, line_scored(&pl), &reuse, queue + i + 1,
                                  rn->r->serve ? nq - i - 1 : 0);
                 if (!pl.bad && !L) { /* it waits for a sequence to end */
                     queue[i++] = pl;
