@@ -30,8 +30,9 @@
  * Activations are f32 in every build, whatever the weights' dtype (bf16/f16 weights are converted
  * as the kernels load them; every reduction accumulates in f32), except that a library whose isa
  * (moepp_layer_info) is "avx512+bf16" runs the expert GEMMs of bf16 weights on the CPU's bf16 dot
- * product: their inputs (u, and the SwiGLU output h) are rounded to bf16 first, as SEMANTICS.md
- * holds a bf16 model's activations; the router stays f32. Arrays are row-major and
+ * product, and one whose isa is "avx512+amx" on its AMX tiles: their inputs (u, and the SwiGLU
+ * output h) are rounded to bf16 first, as SEMANTICS.md holds a bf16 model's activations; the
+ * router stays f32. Arrays are row-major and
  * contiguous (row t of x starts at x + t*D), aligned to 4 bytes. y may be x (in place) and
  * residual_out may be residual_in; no other overlap is allowed.
  *
@@ -258,7 +259,9 @@ typedef struct moepp_layer_info {
     int32_t backend;                     /* moepp_backend                                             */
     char spec_name[64];
     char isa[16];                        /* CPU: "avx512" ("avx512+bf16": its bf16 GEMMs need
-                                            AVX512-BF16 too), "avx2" or "sse" (the kernels need it,
+                                            AVX512-BF16 too; "avx512+amx": AMX-BF16, and Linux's
+                                            leave to use the tiles, asked at the first forward),
+                                            "avx2" or "sse" (the kernels need it,
                                             and the extensions of the CPU they were compiled on:
                                             create checks them all and names any missing one);
                                             CUDA: the cubins' architecture, "sm_80", ..., or "emu"     */

@@ -413,7 +413,7 @@ static ir_attr_kind attr_kind(const char *key)
 {
     static const char *const ints = "k,lo,hi,start,len,experts,expert,heads,kv_heads,router_layers,residual,"
                                     "gating,zero_lo,zero_hi,n_const,const_lo,copy_lo,copy_hi,tile_m,tile_n,tile_k,tile_unroll,"
-                                    "tile_mc,kv_block,act_bf16";
+                                    "tile_mc,kv_block,act_bf16,amx";
     if (in_list(ints, key)) return IR_ATTR_INT;
     return in_list("tile_src,tile_schedule,kv_dtype", key) ? IR_ATTR_STR : IR_ATTR_FLOAT;
 }
@@ -442,6 +442,10 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
                       (long long)knobs[n].max, (long long)a->i))
                 return false;
         if (!strcmp(a->key, "act_bf16") && !want(v, a->i == 0 || a->i == 1, "attribute 'act_bf16' must be 0 or 1"))
+            return false;
+        const IrAttr *act = ir_attr_get(i, "act_bf16");
+        if (!strcmp(a->key, "amx") && !want(v, a->i == 0 || (a->i == 1 && act && act->kind == IR_ATTR_INT && act->i == 1),
+                                            "attribute 'amx' must be 0, or 1 with act_bf16 = 1"))
             return false;
         if (!strcmp(a->key, "kv_dtype") && !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"),
                                                  "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", a->s))

@@ -36,6 +36,8 @@ typedef struct PassOptions {
     bool bf16_dot;            /* CPU codegen: GEMMs of bf16 weights (not the router's) take their
                                  activations rounded to bf16 (act_bf16 = 1), for the bf16 dot-product
                                  kernels; the caller decides (cpu_bf16_dot) */
+    bool amx;                 /* CPU codegen: the same GEMMs (act_bf16 = 1) on AMX tiles (amx = 1; the
+                                 rule's 32 x 32 tile, no database entry); the caller decides (cpu_amx) */
     int cpu_tile_m, cpu_tile_n, cpu_vec; /* CPU codegen: the rule's register tile and the vector width of
                                  the ISA the kernels are compiled for (cpu_host_pass_options); 0:
                                  AVX-512's 8 × 48 on 16 lanes, so that output without a host (compile)

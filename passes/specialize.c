@@ -89,12 +89,20 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
         tile[0] = 64, tile[1] = 64, tile[2] = 16;
     /* bf16 weights on a CPU that gains from the bf16 dot product: activations rounded to bf16 (SEMANTICS
      * §4 holds bf16 activations; the rest of the executor keeps them in f32); never the router's */
-    bool act = o->target == TARGET_CPU && o->bf16_dot && i->op != IR_OP_MOE_ROUTE && w->type.dtype == DT_BF16;
+    bool act = o->target == TARGET_CPU && (o->bf16_dot || o->amx) && i->op != IR_OP_MOE_ROUTE &&
+               w->type.dtype == DT_BF16;
+    bool amx = act && o->amx; /* AMX tiles: 32 x 32 (two A and two B tiles, four accumulators) */
     if (act) ir_attr_set_int(m, i, "act_bf16", 1);
+    if (amx) {
+        ir_attr_set_int(m, i, "amx", 1);
+        tile[0] = 32, tile[1] = 32;
+    }
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries */
-    int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, N, K, grouped ? ir_attr_int(i, "experts") : 1,
-                       found);
+    /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries;
+     * its entries measured vector kernels, never the AMX ones */
+    int n = amx ? 0
+                : db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, N, K, grouped ? ir_attr_int(i, "experts") : 1,
+                             found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig rule = {.tile_m = (int)tile[0], .tile_n = (int)tile[1]}, c = rep ? rep->best : rule;
     if (rep && o->target == TARGET_CPU) tile_schedule_width(found, n, rep, &rule, &c); /* else rep's best */
@@ -102,7 +110,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     ir_attr_set_int(m, i, "tile_n", c.tile_n);
     ir_attr_set_int(m, i, "tile_k", c.kc ? c.kc : tile[2]);
     if (o->target == TARGET_CPU) { /* the rule's values said, not left implicit */
-        ir_attr_set_int(m, i, "tile_unroll", c.unroll ? c.unroll : 4);
+        ir_attr_set_int(m, i, "tile_unroll", c.unroll ? c.unroll : amx ? 1 : 4);
         ir_attr_set_int(m, i, "tile_mc", c.mc ? c.mc : round_up(256, c.tile_m));
     }
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");

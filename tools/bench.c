@@ -352,6 +352,7 @@ int cmd_bench(int argc, char **argv)
         printf("moeppc bench %s: %s weights, %d threads, f32 FMA peak measured %.1f GFLOP/s (%s), median of %d\n",
                s.name, dtype_name(s.dtype), a.threads, peak, probe_isa(), a.reps);
         if (s.dtype == DT_BF16) printf("bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
+        if (s.dtype == DT_BF16) printf("bf16 GEMMs on AMX tiles: %s\n", cpu_amx_why(why, sizeof why));
     }
     if (a.layer) { /* one MoE layer: the spec cut to one layer, a small vocabulary */
         ModelSpec one = s;

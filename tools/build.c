@@ -119,9 +119,9 @@ void write_kernel_table(FILE *f, const Recorder *r, const char *name)
     fprintf(f, "\nstatic const CpuKernelEntry %s[] = {\n", name);
     for (int k = 0; k < r->n; k++) {
         const CgKernelConfig *c = &r->e[k].cfg;
-        fprintf(f, "    {\"%s\", (void *)%s, %s, {(moe_dtype)%d, %d, %d, %d, %s}},\n", r->e[k].symbol, r->e[k].symbol,
-                r->e[k].is_gemm ? "true" : "false", (int)c->b_dtype, c->mr, c->nr, c->k_unroll,
-                c->a_bf16 ? "true" : "false");
+        fprintf(f, "    {\"%s\", (void *)%s, %s, {(moe_dtype)%d, %d, %d, %d, %s, %s, %s}},\n", r->e[k].symbol,
+                r->e[k].symbol, r->e[k].is_gemm ? "true" : "false", (int)c->b_dtype, c->mr, c->nr, c->k_unroll,
+                c->a_bf16 ? "true" : "false", c->amx ? "true" : "false", c->kpair_b ? "true" : "false");
     }
     fprintf(f, "};\n\n");
 }

@@ -361,7 +361,8 @@ static int emit_lib_cpu(const ModelSpec *s, const char *spec_path, int64_t l, co
     if (!ok) fprintf(stderr, "moeppc emit: error: %s\n", err.msg[0] ? err.msg : strerror(errno));
     const char *isa = ok ? cg_isa_name(cg_jit_target(rec.jit)->isa) : "";
     for (int j = 0; ok && j < rec.n; j++)
-        if (rec.e[j].is_gemm && rec.e[j].cfg.a_bf16) isa = "avx512+bf16"; /* embed/layer.c checks it at create */
+        if (rec.e[j].is_gemm && rec.e[j].cfg.a_bf16) /* embed/layer.c checks it at create */
+            isa = rec.e[j].cfg.amx ? "avx512+amx" : "avx512+bf16";
     LibKernels k = {.cpu = &rec, .n = rec.n};
     ok = ok && write_all(tmp, dir, s, l, m, &k, isa);
     if (ok)

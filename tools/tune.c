@@ -69,6 +69,8 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         } else {
             bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
             if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_ROUTE && !grouped) continue;
+            const IrAttr *amx = ir_attr_get(i, "amx");
+            if (amx && amx->i) continue; /* AMX tiles: the rule's 32 x 32, which the database never serves */
             const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1];
             sh.dt = w->type.dtype, sh.n = w->type.dims[0], sh.k = w->type.dims[1];
             sh.groups = grouped ? ir_attr_int(i, "experts") : 1;
@@ -576,6 +578,7 @@ int cmd_tune(int argc, char **argv)
     if (s.dtype == DT_BF16) {
         char why[128];
         fprintf(stderr, "moeppc tune: bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
+        if (po.amx) fprintf(stderr, "moeppc tune: bf16 GEMMs on AMX tiles: yes (not tuned: the rule's tile serves them)\n");
     }
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));

@@ -41,6 +41,8 @@ typedef struct CgTarget {
     int    vec_width;      /* f32 lanes per vector: 16, 8 or 4 */
     bool   has_fma, has_f16c;
     bool   has_bf16_dot;   /* AVX512-BF16 (vdpbf16ps) with the AVX-512 ISA: CgKernelConfig.a_bf16 kernels */
+    bool   has_amx;        /* AMX-TILE + AMX-BF16 with the AVX-512 ISA, and the kernel let this process use
+                              the tiles (cg_amx_grant): CgKernelConfig.amx kernels */
 } CgTarget;
 
 const char *cg_isa_name(cg_isa isa); /* "avx512", "avx2", "sse" */
@@ -65,6 +67,13 @@ typedef struct CgKernelConfig {
     int       k_unroll; /* k steps per loop iteration (remainder handled by a second loop) */
     bool      a_bf16;   /* bf16 weights times A rounded to bf16, both in k pairs, by vdpbf16ps (AVX512-BF16,
                            f32 accumulators): twice the f32 FMA's multiply-adds per instruction */
+    bool      amx;      /* (with a_bf16) the same product on AMX tiles (tdpbf16ps): MR 1..16 rows (one A
+                           tile) or 32 (two), NR 16 or 32 columns (one or two B tiles), K in blocks of 32;
+                           A packed row-major a 32-k block at a time (see cg_kernel_fn) */
+    bool      kpair_b;  /* (bf16, without a_bf16) f32 FMAs on B in k pairs, each pair widened to two f32
+                           vectors, A in f32 as usual: the AMX kernels' few-row edges (decode), which
+                           share their weights' packing (the drivers round their A to bf16 then, as
+                           the AMX tiles') */
 } CgKernelConfig;
 
 /* The tile that fits the register file of jit's ISA: 8x48 on AVX-512, 6x16 on AVX2, 4x8 on SSE. */
@@ -78,6 +87,12 @@ CgKernelConfig cg_target_default_tile(const CgTarget *t, moe_dtype b_dtype);
 bool cg_bf16_dot_pays(const CgTarget *t);
 /* That measured ratio (0 without AVX512-BF16 at the AVX-512 ISA). */
 double cg_bf16_dot_ratio(const CgTarget *t);
+/* An AMX kernel (has_amx) of mr x nr if it is one (mr 1..16 or 32, nr 16 or 32), else 32 x 32. */
+CgKernelConfig cg_kernel_config_amx(int mr, int nr);
+/* Ask Linux once for this process's use of the AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM); the
+ * answer is kept. An AMX instruction before a grant kills the process, so every path that runs an
+ * AMX kernel (the drivers below) asks first. False off Linux/x86-64 or where the kernel refuses. */
+bool cg_amx_grant(void);
 /* The tile mr x nr if jit's ISA holds it in registers (nr a multiple of the vector width, the
  * accumulators within the register file), else the default; mr, nr = 0: the default. k_unroll in
  * 1..16 is kept, else (0) the default's. */
@@ -91,7 +106,11 @@ CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr
  * The kernel always computes the full MR x NR tile; drivers handle edges by zero padding.
  * a_bf16 kernels take ap as kc/2 (rounded up) x MR 32-bit words, word (p, i) = the bf16 of A(2p, i)
  * in its low half and of A(2p+1, i) in its high half, and bp in k pairs likewise (see CgPackedB);
- * an odd kc's last pair holds zeros in its high halves. */
+ * an odd kc's last pair holds zeros in its high halves.
+ * amx kernels take the same words in another order: for each block of 16 pairs (32 k steps), MR rows
+ * of 16 words, row i's at [(p/16)*MR*16 + i*16 + p%16] (a tile's rows, 64 bytes apart); they run
+ * ceil(kc/32) blocks, so the words past kc up to the block's end must be zeros (in B too: kpair
+ * panels pad K to a multiple of 32). */
 typedef void (*cg_kernel_fn)(int64_t kc, const float *ap, const void *bp, float *c, int64_t ldc,
                              int32_t beta);
 
@@ -120,7 +139,8 @@ typedef struct CgPackedB {
     moe_dtype dtype;
     int       nr;
     bool      swiglu;      /* n = 2I, panels interleave a and b halves */
-    bool      kpair;       /* bf16 in k pairs for a_bf16 kernels: (k, j) at [k/2][NR][k%2], K padded even */
+    bool      kpair;       /* bf16 in k pairs for a_bf16 kernels: (k, j) at [k/2][NR][k%2], K padded with
+                              zeros to a multiple of 32 (the AMX kernels' k block; the others read kc) */
     int64_t   n, k;        /* logical shape of W */
     int64_t   n_panels;
     size_t    panel_bytes; /* K (kpair: rounded up to even) * NR * dtype_size, rounded up to 64 */
@@ -163,7 +183,7 @@ typedef struct CgBlocking {
     int64_t kc, mc;
     const CgKernel *edge[CG_GEMM_EDGES];
 } CgBlocking;
-/* blk->edge: kern's edge kernels — MR 4, 2 and, for 16-bit weights, 1, below kern's MR, of its
+/* blk->edge: kern's edge kernels — MR 4, 2 and, for 16-bit weights, 1 (AMX: 16, 4, 1), below kern's MR, of its
  * panel width, dtype and unroll — from get (the JIT, or a table of compiled kernels). One that get
  * cannot give, or gives of another tile, leaves blk without edges (rows padded): false then. */
 typedef const CgKernel *(*cg_kernel_get)(void *ctx, const CgKernelConfig *cfg);

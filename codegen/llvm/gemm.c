@@ -10,12 +10,20 @@
  * run as the cheapest cover by the kernel and the blocking's edge kernels (MR 4, 2[, 1]), each tile
  * packed at its own MR and zero-padded (cover_plan); without edge kernels, one tile padded to MR.
  * bf16-dot kernels (a_bf16): A is packed rounded to bf16 in k pairs (one 32-bit word per pair and
- * row, so a tile holds ceil(K/2) x MR words), K blocks are even, and B's panels are in k pairs. */
+ * row, so a tile holds ceil(K/2) x MR words), K blocks are even, and B's panels are in k pairs.
+ * AMX kernels (amx) take the same words a tile row of 16 pairs at a time (cg_kernel_fn), K blocks a
+ * multiple of 32 and each row's words zero-padded to a multiple of 16; the process asks Linux for the
+ * tiles (cg_amx_grant) before the first. */
 #include "codegen/llvm/cg_llvm.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h> /* the SwiGLU epilogue and bf16 packing, each behind a CPU check */
 #define MOEPPC_X86_INTRINSICS 1
@@ -37,7 +45,8 @@ typedef struct Job {
     int n_ks;
     Cover cover[MAX_MR];   /* [r] for r in 1 .. MR-1 */
     int64_t kc, mc, K;
-    int64_t kw;            /* 32-bit words of a packed row of A: K, or (K + 1) / 2 pairs (a_bf16) */
+    int64_t kw;            /* 32-bit words of a packed row of A: K, or (K + 1) / 2 pairs (a_bf16),
+                              rounded up to 16 (amx) */
     Epilogue epi;
     int64_t n_groups;
     const int64_t *off;    /* [n_groups + 1]: group g owns rows/slots off[g] .. off[g+1]-1 */
@@ -64,6 +73,34 @@ typedef struct Job {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+/* Words of a packed row of A for kern over K columns (Job.kw). */
+static int64_t row_words(const CgKernelConfig *cfg, int64_t K) {
+    return cfg->amx ? round_up((K + 1) / 2, 16) : cfg->a_bf16 ? (K + 1) / 2 : cfg->kpair_b ? round_up(K, 2) : K;
+}
+
+/* Words of a packed row of A for a call of kern and blk's edge kernels over K columns: the most any
+ * of them needs, so that every tile of a group has the same stride (Job.kw). */
+static int64_t call_words(const CgKernel *kern, const CgBlocking *blk, int64_t K) {
+    int64_t kw = row_words(&kern->cfg, K);
+    for (int e = 0; e < CG_GEMM_EDGES && blk->edge[e]; e++)
+        if (row_words(&blk->edge[e]->cfg, K) > kw) kw = row_words(&blk->edge[e]->cfg, K);
+    return kw;
+}
+
+/* Weights in k pairs (CgPackedB.kpair) for this kernel? */
+static bool kpair_layout(const CgKernelConfig *cfg) { return cfg->a_bf16 || cfg->kpair_b; }
+
+bool cg_amx_grant(void) {
+#if defined(__linux__) && defined(__x86_64__)
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    static int granted = -1; /* asked once: the answer holds for the process */
+    if (granted < 0) granted = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return granted == 1;
+#else
+    return false;
+#endif
+}
+
 void cg_work_free(CgWork *w) {
     if (!w->borrowed) {
         free(w->a_packed);
@@ -89,7 +126,8 @@ void cg_work_need(CgWorkNeed *need, const CgKernel *kern, const CgBlocking *blk,
     int mr = kern->cfg.mr;
     int64_t mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     /* run(): Σ_g ceil(rows_g / MR) tiles ≤ ceil(m / MR) + n_groups, each MR × K floats, plus one */
-    size_t a = (size_t)(((m + mr - 1) / mr + n_groups) * mr * K) + 1;
+    int64_t kw = call_words(kern, blk, K) > K ? call_words(kern, blk, K) : K;
+    size_t a = (size_t)(((m + mr - 1) / mr + n_groups) * mr * kw) + 1;
     size_t tiles = (size_t)(mc * kern->cfg.nr) * (size_t)(threads < 1 ? 1 : threads);
     size_t off = (size_t)n_groups + 1;
     if (a > need->a_floats) need->a_floats = a;
@@ -131,16 +169,20 @@ CgBlocking cg_blocking_make(const CgKernel *kern, int64_t kc, int64_t mc, int64_
 
 /* 4, 2 and 1 rows for 16-bit weights; 4 and 2 for f32, whose one-row tile measured slower than a
  * two-row one with a padded row (the 7B's expert shapes at T = 1 and 16: the tuning databases'
- * 1x48 against 2x48; for bf16 the one-row tile is the faster). */
+ * 1x48 against 2x48; for bf16 the one-row tile is the faster). AMX: 16, 4 and 1 (cover_plan). */
 bool cg_blocking_edges(CgBlocking *blk, const CgKernel *kern, cg_kernel_get get, void *ctx) {
-    static const int rows[CG_GEMM_EDGES] = {4, 2, 1};
+    static const int vec_rows[CG_GEMM_EDGES] = {4, 2, 1}, amx_rows[CG_GEMM_EDGES] = {16, 4, 1};
+    const int *rows = kern->cfg.amx ? amx_rows : vec_rows;
     memset(blk->edge, 0, sizeof blk->edge);
     for (int e = 0, n = 0; e < CG_GEMM_EDGES; e++) {
         if (rows[e] >= kern->cfg.mr || (rows[e] == 1 && kern->cfg.b_dtype == DT_F32)) continue;
         CgKernelConfig c = kern->cfg;
         c.mr = rows[e];
+        if (c.amx && c.mr < 16) /* a few rows: f32 FMAs on the same k pairs (the tiles' latency would bind) */
+            c.amx = c.a_bf16 = false, c.kpair_b = true, c.k_unroll = 4;
         const CgKernel *g = get(ctx, &c);
-        if (!g || g->cfg.mr != c.mr || g->cfg.nr != c.nr || g->cfg.b_dtype != c.b_dtype || g->cfg.a_bf16 != c.a_bf16) {
+        if (!g || g->cfg.mr != c.mr || g->cfg.nr != c.nr || g->cfg.b_dtype != c.b_dtype || g->cfg.a_bf16 != c.a_bf16 ||
+            g->cfg.amx != c.amx || g->cfg.kpair_b != c.kpair_b) {
             memset(blk->edge, 0, sizeof blk->edge);
             return false;
         }
@@ -154,7 +196,11 @@ bool cg_blocking_edges(CgBlocking *blk, const CgKernel *kern, cg_kernel_get get,
  * again), which makes a 1-row tile about a quarter of an 8-row one and 2 and 4 rows a third and
  * a half, as the 7B expert shapes measured them (tuning/cpu-*: 1x48, 2x48, 4x48 against 8x48).
  * So (MR 8) r = 1, 2 get their own tile (f32: r = 1 a padded 2-row one), 3 a 4-row one, 5 and 6
- * 4 + 1 (f32: 4 + 2) and 4 + 2, 7 the padded whole tile.
+ * 4 + 1 (f32: 4 + 2) and 4 + 2, 7 the padded whole tile. An AMX tile's fixed cost is its B tiles'
+ * loads, 2 KB a k block against 64 bytes a row of A, and it multiplies about four times as fast as
+ * FMAs: costs are 4 (rows + 1) for a vector tile, rows + 16 for an AMX one (AMX MR 32 with edges of
+ * 16 AMX rows and 4 and 1 rows of FMAs on the same k pairs: r = 1 one 1-row tile, 2 two, 3-4 a
+ * 4-row one, 5 4 + 1, 6-16 a 16-row AMX tile, 17 16 + 1, 18-31 the whole tile).
  * A cover never holds more than MR rows (one whole tile costs less), so it fits the tile's space. */
 static void cover_plan(Job *j, const CgKernel *const *edge) {
     int mr = j->kern->cfg.mr, cost[MAX_MR], first[MAX_MR];
@@ -164,7 +210,8 @@ static void cover_plan(Job *j, const CgKernel *const *edge) {
     for (int r = 1; r < mr; r++) {
         cost[r] = -1;
         for (int c = 0; c < j->n_ks; c++) { /* the largest first: ties go to fewer tiles */
-            int rows = j->ks[c]->cfg.mr, left = r > rows ? r - rows : 0, k = rows + 1 + cost[left];
+            int rows = j->ks[c]->cfg.mr, left = r > rows ? r - rows : 0;
+            int k = (j->ks[c]->cfg.amx ? rows + 16 : 4 * (rows + 1)) + cost[left];
             if (cost[r] < 0 || k < cost[r]) cost[r] = k, first[r] = c;
         }
     }
@@ -209,18 +256,52 @@ static void pack_pairs(const float *src, int64_t K, int mr, int i, uint32_t *dst
     if (K % 2) dst[p * mr + i] = f32_to_bf16(src[2 * p]);
 }
 
-/* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows (rows past the group's are zeros). */
-static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, int mr, float *dst) {
-    int64_t rows = j->off[g + 1] - j->off[g], K = j->K, kw = j->kw;
+/* Row src as row i of an AMX tile of mr rows: each block of 16 pairs 64 bytes at [(p/16)*mr*16 +
+ * i*16], the words past K zeros up to kw. AMX CPUs have AVX512-BF16: 32 columns a conversion. */
+#ifdef MOEPPC_X86_INTRINSICS
+__attribute__((target("avx512f,avx512bf16"))) static int64_t pack_amx_avx512(const float *src, int64_t K, int mr,
+                                                                             uint32_t *dst) {
+    int64_t p = 0;
+    for (; 2 * p + 32 <= K; p += 16) {
+        __m512bh w = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 2 * p + 16), _mm512_loadu_ps(src + 2 * p));
+        _mm512_storeu_si512(dst + p * mr, (__m512i)w);
+    }
+    return p;
+}
+#endif
+
+static void pack_amx_row(const float *src, int64_t K, int64_t kw, int mr, int i, uint32_t *dst) {
+    dst += i * 16;
+    int64_t p = 0;
+#ifdef MOEPPC_X86_INTRINSICS
+    p = pack_amx_avx512(src, K, mr, dst);
+#endif
+    for (; p < kw; p++) {
+        uint32_t lo = 2 * p < K ? f32_to_bf16(src[2 * p]) : 0, hi = 2 * p + 1 < K ? f32_to_bf16(src[2 * p + 1]) : 0;
+        dst[(p / 16) * mr * 16 + p % 16] = lo | hi << 16;
+    }
+}
+
+/* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows for kernel cfg (rows past the group's are
+ * zeros). */
+static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, const CgKernelConfig *cfg, float *dst) {
+    int64_t rows = j->off[g + 1] - j->off[g], K = j->K, kw = j->kw, own = row_words(cfg, K); /* kw >= own */
+    int mr = cfg->mr;
     for (int i = 0; i < mr; i++) {
         if (i >= n || r0 + i >= rows) {
-            for (int64_t k = 0; k < kw; k++) dst[k * mr + i] = 0.0f; /* zero bits, in either form */
+            if (cfg->amx)
+                for (int64_t p = 0; p < own; p += 16) memset(dst + p * mr + i * 16, 0, 64);
+            else
+                for (int64_t k = 0; k < kw; k++) dst[k * mr + i] = 0.0f; /* zero bits, in either form */
             continue;
         }
         int64_t s = j->off[g] + r0 + i;
         const float *src = j->x + (j->gather ? j->gather[s] : s) * j->ldx;
-        if (j->kern->cfg.a_bf16) pack_pairs(src, K, mr, i, (uint32_t *)dst);
-        else for (int64_t k = 0; k < K; k++) dst[k * mr + i] = src[k];
+        if (cfg->amx) pack_amx_row(src, K, own, mr, i, (uint32_t *)dst);
+        else if (cfg->a_bf16) pack_pairs(src, K, mr, i, (uint32_t *)dst);
+        else if (j->kern->cfg.a_bf16) /* an AMX kernel's kpair_b edge: A rounded as the AMX tiles' */
+            for (int64_t k = 0; k < kw; k++) dst[k * mr + i] = k < K ? bf16_to_f32(f32_to_bf16(src[k])) : 0.0f;
+        else for (int64_t k = 0; k < kw; k++) dst[k * mr + i] = k < K ? src[k] : 0.0f; /* kpair_b: K even */
     }
 }
 
@@ -232,12 +313,13 @@ static void pack_a_task(void *ctx, int64_t t, int thread) {
     int64_t rows = j->off[g + 1] - j->off[g], r0 = (t - j->tile_off[g]) * mr, K = j->kw;
     float *dst = j->ap + t * mr * K;
     if (r0 + mr <= rows) {
-        pack_rows(j, g, r0, mr, mr, dst);
+        pack_rows(j, g, r0, mr, &j->kern->cfg, dst);
         return;
     }
     const Cover *cv = &j->cover[rows - r0]; /* the last tile's space: its cover's tiles */
     for (int c = 0; c < j->n_ks; c++)
-        for (int n = 0, k = j->ks[c]->cfg.mr; n < cv->n[c]; n++, dst += k * K, r0 += k) pack_rows(j, g, r0, k, k, dst);
+        for (int n = 0, k = j->ks[c]->cfg.mr; n < cv->n[c]; n++, dst += k * K, r0 += k)
+            pack_rows(j, g, r0, k, &j->ks[c]->cfg, dst);
 }
 
 /* ---- step 3: epilogues on S[rows, NR] of (group g, rows row0.., panel p) ---------------------- */
@@ -381,16 +463,17 @@ static void panel_compute(const Job *j, int64_t rows, const float *ap, const cha
     int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1), whole = rows / mr * mr, kw = j->kw;
     const Cover *cv = &j->cover[rows - whole];
     size_t bsz = dtype_size(j->kern->cfg.b_dtype); /* k pairs: a pair of columns' k0 / 2 rows, as many bytes */
-    int kstep = j->kern->cfg.a_bf16 ? 2 : 1;        /* k steps per word of packed A (run() made kc even) */
+    /* k steps per word of packed A, a tile kind's own (AMX's pairs, its kpair_b edges' f32) */
+#define KSTEP(cfg) ((cfg).a_bf16 ? 2 : 1) /* (run() made kc even) */
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
-        int64_t kb = K - k0 < kc ? K - k0 : kc, kw0 = k0 / kstep;
+        int64_t kb = K - k0 < kc ? K - k0 : kc, kw0 = k0 / KSTEP(j->kern->cfg);
         const void *bp = bpanel + (size_t)(k0 * nr) * bsz;
         for (int64_t m0 = 0; m0 < whole; m0 += mr) j->kern->fn(kb, ap + m0 * kw + kw0 * mr, bp, s + m0 * nr, nr, k0 > 0);
         int64_t m0 = whole;
         for (int c = 0; c < j->n_ks; c++) {
             const CgKernel *e = j->ks[c];
             for (int n = 0; n < cv->n[c]; n++, m0 += e->cfg.mr)
-                e->fn(kb, ap + m0 * kw + kw0 * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
+                e->fn(kb, ap + m0 * kw + k0 / KSTEP(e->cfg) * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
         }
         if (K == 0) break;
     }
@@ -420,7 +503,7 @@ static void check_weights(const Job *j, bool swiglu) {
     for (int64_t g = 0; g < j->n_groups; g++) {
         const CgPackedB *b = &j->b[g];
         MOE_ASSERT(b->dtype == cfg->b_dtype && b->nr == cfg->nr && b->k == j->K && b->swiglu == swiglu &&
-                   b->kpair == cfg->a_bf16);
+                   b->kpair == kpair_layout(cfg));
         MOE_ASSERT(b->n == j->b[0].n);
     }
 }
@@ -432,7 +515,7 @@ static void check_edges(const CgKernel *kern, const CgKernel *const *edge) {
     for (int e = 0; e < CG_GEMM_EDGES && edge[e]; e++) {
         const CgKernelConfig *c = &edge[e]->cfg;
         MOE_ASSERT(c->mr < last && c->nr == kern->cfg.nr && c->b_dtype == kern->cfg.b_dtype &&
-                   c->a_bf16 == kern->cfg.a_bf16);
+                   kpair_layout(c) == kpair_layout(&kern->cfg) && (!c->amx || kern->cfg.amx));
         last = c->mr;
     }
 }
@@ -442,8 +525,13 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     check_edges(j->kern, blk->edge);
     MOE_ASSERT(mr <= MAX_MR);
     cover_plan(j, blk->edge);
-    j->kc = blk->kc + (j->kern->cfg.a_bf16 && blk->kc % 2); /* a k pair never straddles two K blocks */
-    j->kw = j->kern->cfg.a_bf16 ? (j->K + 1) / 2 : j->K;
+    /* a k pair never straddles two K blocks, nor an AMX k block */
+    j->kc = j->kern->cfg.amx ? round_up(blk->kc, 32) : blk->kc + (kpair_layout(&j->kern->cfg) && blk->kc % 2);
+    j->kw = call_words(j->kern, blk, j->K);
+    if (j->kern->cfg.amx && !cg_amx_grant()) {
+        fprintf(stderr, "moeppc: Linux refused this process the AMX tiles its kernels were built for\n");
+        abort();
+    }
     j->swiglu = swiglu_for_host();
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);

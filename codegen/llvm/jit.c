@@ -114,9 +114,9 @@ const CgTarget *cg_jit_target(const CgJit *jit) { return &jit->t; }
 CgKernelConfig cg_target_default_tile(const CgTarget *t, moe_dtype b_dtype) {
     /* AVX-512: 24 zmm accumulators + 3 B vectors + 1 broadcast of 32 registers (8x48 measured at
      * ~100 % of peak). AVX2: 16 ymm: 12 accumulators + 2 B + 1 A. SSE: fewer, see below. */
-    if (t->isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4, false};
-    if (t->isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4, false};
-    return (CgKernelConfig){b_dtype, 4, 8, 4, false}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
+    if (t->isa == CG_ISA_AVX512) return (CgKernelConfig){b_dtype, 8, 48, 4, false, false, false};
+    if (t->isa == CG_ISA_AVX2) return (CgKernelConfig){b_dtype, 6, 16, 4, false, false, false};
+    return (CgKernelConfig){b_dtype, 4, 8, 4, false, false, false}; /* SSE: 6x8 spills once mul, add and f16 decoding need temps */
 }
 
 CgKernelConfig cg_kernel_config_default(const CgJit *jit, moe_dtype b_dtype) { return cg_target_default_tile(&jit->t, b_dtype); }
@@ -132,9 +132,16 @@ CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr
     return d;
 }
 
+static bool amx_tile_ok(int mr, int nr) { return ((mr >= 1 && mr <= 16) || mr == 32) && (nr == 16 || nr == 32); }
+
+CgKernelConfig cg_kernel_config_amx(int mr, int nr) {
+    bool ok = amx_tile_ok(mr, nr);
+    return (CgKernelConfig){DT_BF16, ok ? mr : 32, ok ? nr : 32, 1, true, true, false};
+}
+
 void cg_kernel_symbol(const CgKernelConfig *cfg, cg_isa isa, char *out, size_t outlen) {
     snprintf(out, outlen, "moeppc_gemm_%s_%s%s_%dx%d_u%d", cg_isa_name(isa), dtype_name(cfg->b_dtype),
-             cfg->a_bf16 ? "dot" : "", cfg->mr, cfg->nr, cfg->k_unroll);
+             cfg->amx ? "amx" : cfg->a_bf16 ? "dot" : cfg->kpair_b ? "kp" : "", cfg->mr, cfg->nr, cfg->k_unroll);
 }
 
 static bool check_config(const CgJit *jit, const CgKernelConfig *cfg, char *err, size_t errlen) {
@@ -145,6 +152,16 @@ static bool check_config(const CgJit *jit, const CgKernelConfig *cfg, char *err,
         return cg_fail(err, errlen, "kernel: the bf16 dot product needs bf16 weights and AVX512-BF16 with the "
                                     "AVX-512 ISA (this target: %s%s)", cg_isa_name(jit->t.isa),
                        jit->t.has_bf16_dot ? "" : ", no AVX512-BF16");
+    if (cfg->kpair_b && (d != DT_BF16 || cfg->a_bf16 || cfg->amx))
+        return cg_fail(err, errlen, "kernel: B in k pairs with f32 A needs bf16 weights, without the bf16 dot product");
+    if (cfg->amx && !jit->t.has_amx)
+        return cg_fail(err, errlen, "kernel: AMX tiles need AMX-TILE and AMX-BF16 with the AVX-512 ISA and the "
+                                    "kernel's leave to use them (this target: %s)", cg_isa_name(jit->t.isa));
+    if (cfg->amx)
+        return cfg->a_bf16 && amx_tile_ok(cfg->mr, cfg->nr)
+                   ? true
+                   : cg_fail(err, errlen, "kernel: AMX tile %dx%d invalid (1..16 or 32 rows, 16 or 32 columns, "
+                                          "bf16 activations)", cfg->mr, cfg->nr);
     int w = jit->t.vec_width;
     if (cfg->mr < 1 || cfg->nr < w || cfg->nr % w || cfg->mr * (cfg->nr / w) > 64 || cfg->k_unroll < 1 ||
         cfg->k_unroll > 16)
@@ -220,7 +237,7 @@ static const CgKernel *cache_find(const CgJit *jit, const CgKernelConfig *cfg) {
     for (int i = 0; i < jit->n_kernels; i++) {
         const CgKernelConfig *c = &jit->kernels[i]->cfg;
         if (c->b_dtype == cfg->b_dtype && c->mr == cfg->mr && c->nr == cfg->nr && c->k_unroll == cfg->k_unroll &&
-            c->a_bf16 == cfg->a_bf16)
+            c->a_bf16 == cfg->a_bf16 && c->amx == cfg->amx && c->kpair_b == cfg->kpair_b)
             return jit->kernels[i];
     }
     return NULL;

@@ -3,8 +3,13 @@
  * loading), llvm.fma (mul + add on SSE), a K-unrolled main loop, a remainder loop, then a store that
  * overwrites or accumulates. Explicit vectors: O3 has nothing to guess, it only schedules.
  * The bf16-dot form (a_bf16) steps over k pairs instead: a 32-bit broadcast of A's pair, B's pairs
- * loaded as they are, llvm.x86.avx512bf16.dpbf16ps.512 into the same f32 accumulators. */
+ * loaded as they are, llvm.x86.avx512bf16.dpbf16ps.512 into the same f32 accumulators.
+ * The AMX form (amx) keeps the tile in AMX tile registers instead: C tiles 0-3, A 4-5, B 6-7, named
+ * by the immediates of the intrinsics that take tile numbers (llvm.x86.tileloadd64 and friends, as
+ * GCC's _tile_* builtins), configured by one ldtilecfg of a constant at entry. */
 #include "codegen/llvm/cg_internal.h"
+
+#include <string.h>
 
 enum { MAX_ACC = 64 };
 
@@ -126,10 +131,35 @@ static void emit_pair_step(KB *k, LLVMValueRef kp) {
     }
 }
 
+/* One k pair of the kpair_b form: B's pair words widened (low half: k = 2p, high: 2p + 1), each
+ * times A's f32 of its k: acc[i][v] += A(2p, i) B(2p, v) + A(2p+1, i) B(2p+1, v). */
+static void emit_kpair_f32_step(KB *k, LLVMValueRef kp) {
+    LLVMBuilderRef b = k->b;
+    LLVMValueRef lo[MAX_ACC], hi[MAX_ACC];
+    for (int v = 0; v < k->NV; v++) {
+        LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
+        LLVMValueRef x = pair_words(k, k->bp, idx, false);
+        lo[v] = LLVMBuildBitCast(b, LLVMBuildShl(b, x, splat_i32(k, 16), ""), k->vf32, "");
+        hi[v] = LLVMBuildBitCast(b, LLVMBuildAnd(b, x, splat_i32(k, 0xffff0000u), ""), k->vf32, "");
+    }
+    LLVMValueRef k0 = LLVMBuildMul(b, kp, ci64(k, 2), ""), k1 = LLVMBuildAdd(b, k0, ci64(k, 1), "");
+    for (int i = 0; i < k->MR; i++) {
+        LLVMValueRef a0 = broadcast_a(k, k0, i), a1 = broadcast_a(k, k1, i);
+        for (int v = 0; v < k->NV; v++) {
+            LLVMValueRef *acc = &k->acc[i * k->NV + v];
+            *acc = fma3(k, a1, hi[v], fma3(k, a0, lo[v], *acc));
+        }
+    }
+}
+
 /* One k step: acc[i][v] += A(k, i) * B(k, v). */
 static void emit_k_step(KB *k, LLVMValueRef kk) {
     if (k->cfg->a_bf16) {
         emit_pair_step(k, kk);
+        return;
+    }
+    if (k->cfg->kpair_b) {
+        emit_kpair_f32_step(k, kk);
         return;
     }
     LLVMValueRef bv[MAX_ACC];
@@ -228,11 +258,132 @@ static LLVMValueRef declare_kernel(KB *k, const char *symbol) {
     return fn;
 }
 
+/* ---- the AMX form --------------------------------------------------------------------------- */
+enum { AMX_C = 0, AMX_A = 4, AMX_B = 6 };
+
+static LLVMValueRef amx_call(KB *k, const char *name, LLVMValueRef *args, unsigned n) {
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MOE_ASSERT(id != 0);
+    LLVMTypeRef ty = LLVMIntrinsicGetType(k->ctx, id, NULL, 0);
+    return LLVMBuildCall2(k->b, ty, LLVMGetIntrinsicDeclaration(k->mod, id, NULL, 0), args, n, "");
+}
+
+static LLVMValueRef tile_no(KB *k, int t) { return LLVMConstInt(LLVMInt8TypeInContext(k->ctx), (unsigned)t, 0); }
+
+/* base + off bytes as i8*. */
+static LLVMValueRef byte_ptr(KB *k, LLVMValueRef base, LLVMValueRef off) {
+    LLVMTypeRef i8 = LLVMInt8TypeInContext(k->ctx);
+    LLVMValueRef p = LLVMBuildBitCast(k->b, base, LLVMPointerType(i8, 0), "");
+    return LLVMBuildGEP2(k->b, i8, p, &off, 1, "");
+}
+
+static void tile_move(KB *k, const char *name, int t, LLVMValueRef base, LLVMValueRef off, LLVMValueRef stride) {
+    LLVMValueRef args[3] = {tile_no(k, t), byte_ptr(k, base, off), stride};
+    amx_call(k, name, args, 3);
+}
+
+/* The 64-byte tile configuration: palette 1, bytes per row (colsb, u16 at 16 + 2t) and rows (u8 at
+ * 48 + t) of each tile used. */
+static LLVMValueRef amx_config(KB *k, int na, int nb, int rows) {
+    unsigned char cfg[64] = {1};
+    for (int t = 0; t < 8; t++) {
+        bool used = (t < AMX_A && t < na * nb) || (t >= AMX_A && t < AMX_A + na) || (t >= AMX_B && t < AMX_B + nb);
+        if (!used) continue;
+        cfg[16 + 2 * t] = 64;                           /* 16 f32, 32 bf16 or 16 pair columns */
+        cfg[48 + t] = (unsigned char)(t >= AMX_B ? 16 : rows); /* B: 16 k pairs */
+    }
+    LLVMTypeRef i8 = LLVMInt8TypeInContext(k->ctx), arr = LLVMArrayType(i8, 64);
+    LLVMValueRef bytes[64];
+    for (int i = 0; i < 64; i++) bytes[i] = LLVMConstInt(i8, cfg[i], 0);
+    LLVMValueRef g = LLVMAddGlobal(k->mod, arr, "amx_tile_config");
+    LLVMSetInitializer(g, LLVMConstArray(i8, bytes, 64));
+    LLVMSetGlobalConstant(g, 1);
+    LLVMSetLinkage(g, LLVMPrivateLinkage);
+    LLVMSetAlignment(g, 64);
+    return LLVMBuildBitCast(k->b, g, LLVMPointerType(i8, 0), "");
+}
+
+/* C[MR, NR] (+)= A . B on tiles: na A tiles of up to 16 rows, nb B tiles of 16 columns, na x nb C
+ * tiles; a loop over ceil(kc / 32) k blocks, each loading the A and B tiles and multiplying. */
+static LLVMModuleRef build_amx(KB *k, LLVMValueRef fn) {
+    LLVMContextRef ctx = k->ctx;
+    int na = k->MR > 16 ? k->MR / 16 : 1, nb = k->NR / 16, rows = k->MR > 16 ? 16 : k->MR;
+    MOE_ASSERT(k->cfg->a_bf16 && na * nb <= AMX_A && na <= 2 && nb <= 2 && (k->MR <= 16 || k->MR % 16 == 0));
+    k->b = LLVMCreateBuilderInContext(ctx);
+    LLVMBuilderRef b = k->b;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(ctx, fn, "entry");
+    LLVMBasicBlockRef ld_c = LLVMAppendBasicBlockInContext(ctx, fn, "load_c");
+    LLVMBasicBlockRef zero_c = LLVMAppendBasicBlockInContext(ctx, fn, "zero_c");
+    LLVMBasicBlockRef head = LLVMAppendBasicBlockInContext(ctx, fn, "head");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(ctx, fn, "body");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(ctx, fn, "done");
+    LLVMValueRef ldc_bytes, blocks;
+
+    LLVMPositionBuilderAtEnd(b, entry);
+    LLVMValueRef cfgp = amx_config(k, na, nb, rows);
+    amx_call(k, "llvm.x86.ldtilecfg", &cfgp, 1);
+    ldc_bytes = LLVMBuildMul(b, k->ldc, ci64(k, 4), "");
+    blocks = LLVMBuildSDiv(b, LLVMBuildAdd(b, k->kc, ci64(k, 31), ""), ci64(k, 32), "blocks");
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntNE, k->beta, ci32(k, 0), ""), ld_c, zero_c);
+
+    LLVMPositionBuilderAtEnd(b, ld_c); /* tile (a, c) at c + (a*16*ldc + c*16) floats */
+    for (int a = 0; a < na; a++)
+        for (int c = 0; c < nb; c++) {
+            LLVMValueRef off = LLVMBuildAdd(b, LLVMBuildMul(b, ci64(k, a * 16), ldc_bytes, ""), ci64(k, c * 64), "");
+            tile_move(k, "llvm.x86.tileloadd64", AMX_C + a * nb + c, k->c, off, ldc_bytes);
+        }
+    LLVMBuildBr(b, head);
+    LLVMPositionBuilderAtEnd(b, zero_c);
+    for (int t = 0; t < na * nb; t++) {
+        LLVMValueRef no = tile_no(k, AMX_C + t);
+        amx_call(k, "llvm.x86.tilezero", &no, 1);
+    }
+    LLVMBuildBr(b, head);
+
+    LLVMPositionBuilderAtEnd(b, head);
+    LLVMValueRef kb = LLVMBuildPhi(b, k->i64, "kb");
+    LLVMValueRef z = ci64(k, 0);
+    LLVMAddIncoming(kb, (LLVMValueRef[]){z, z}, (LLVMBasicBlockRef[]){ld_c, zero_c}, 2);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kb, blocks, ""), body, done);
+
+    /* body: A tile a of block kb at ap + (kb*MR*16 + a*256) words, rows 64 bytes apart; B tile c at
+     * bp + (kb*16*NR + c*16) words, rows NR*4 bytes apart. */
+    LLVMPositionBuilderAtEnd(b, body);
+    for (int a = 0; a < na; a++) {
+        LLVMValueRef off = LLVMBuildAdd(b, LLVMBuildMul(b, kb, ci64(k, (long long)k->MR * 64), ""), ci64(k, a * 1024), "");
+        tile_move(k, "llvm.x86.tileloadd64", AMX_A + a, k->ap, off, ci64(k, 64));
+    }
+    for (int c = 0; c < nb; c++) {
+        LLVMValueRef off = LLVMBuildAdd(b, LLVMBuildMul(b, kb, ci64(k, (long long)k->NR * 64), ""), ci64(k, c * 64), "");
+        tile_move(k, "llvm.x86.tileloadd64", AMX_B + c, k->bp, off, ci64(k, (long long)k->NR * 4));
+    }
+    for (int a = 0; a < na; a++)
+        for (int c = 0; c < nb; c++) {
+            LLVMValueRef args[3] = {tile_no(k, AMX_C + a * nb + c), tile_no(k, AMX_A + a), tile_no(k, AMX_B + c)};
+            amx_call(k, "llvm.x86.tdpbf16ps", args, 3);
+        }
+    LLVMValueRef next = LLVMBuildAdd(b, kb, ci64(k, 1), "");
+    LLVMAddIncoming(kb, &next, &body, 1);
+    LLVMBuildBr(b, head);
+
+    LLVMPositionBuilderAtEnd(b, done);
+    for (int a = 0; a < na; a++)
+        for (int c = 0; c < nb; c++) {
+            LLVMValueRef off = LLVMBuildAdd(b, LLVMBuildMul(b, ci64(k, a * 16), ldc_bytes, ""), ci64(k, c * 64), "");
+            tile_move(k, "llvm.x86.tilestored64", AMX_C + a * nb + c, k->c, off, ldc_bytes);
+        }
+    amx_call(k, "llvm.x86.tilerelease", NULL, 0);
+    LLVMBuildRetVoid(b);
+    LLVMDisposeBuilder(b);
+    return k->mod;
+}
+
 LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, const CgKernelConfig *cfg,
                                      const char *symbol) {
     KB k = {.ctx = ctx, .t = t, .cfg = cfg};
     k.mod = LLVMModuleCreateWithNameInContext(symbol, ctx);
     init_types(&k);
+    if (cfg->amx) return build_amx(&k, declare_kernel(&k, symbol));
     LLVMValueRef fn = declare_kernel(&k, symbol);
     k.b = LLVMCreateBuilderInContext(ctx);
     LLVMBuilderRef b = k.b;
@@ -250,7 +401,7 @@ LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, cons
     /* entry: kc_main = kc - kc % U; skip the unrolled loop when it has no full iteration. The
      * bf16-dot form counts k pairs: (kc + 1) / 2 of them. */
     LLVMPositionBuilderAtEnd(b, entry);
-    if (cfg->a_bf16) k.kc = LLVMBuildAShr(b, LLVMBuildAdd(b, k.kc, ci64(&k, 1), ""), ci64(&k, 1), "pairs");
+    if (cfg->a_bf16 || cfg->kpair_b) k.kc = LLVMBuildAShr(b, LLVMBuildAdd(b, k.kc, ci64(&k, 1), ""), ci64(&k, 1), "pairs");
     LLVMValueRef kc_main = LLVMBuildSub(b, k.kc, LLVMBuildSRem(b, k.kc, ci64(&k, U), ""), "kc_main");
     LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSGT, kc_main, ci64(&k, 0), ""), main_bb, mid);
 

@@ -19,7 +19,7 @@ void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr,
     out->n = n;
     out->k = k;
     out->n_panels = swiglu ? (n / 2 + nr / 2 - 1) / (nr / 2) : (n + nr - 1) / nr;
-    int64_t kp = kpair ? (k + 1) / 2 * 2 : k; /* an odd K's last pair: zeros in its high halves */
+    int64_t kp = kpair ? (k + 31) / 32 * 32 : k; /* zeros to the AMX kernels' k block (an odd K's last pair too) */
     out->panel_bytes = ((size_t)kp * (size_t)nr * dtype_size(dt) + 63) & ~(size_t)63;
     size_t total = out->panel_bytes * (size_t)out->n_panels;
     out->data = aligned_alloc(64, total ? total : 64);

@@ -99,6 +99,7 @@ bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen) {
     t->has_fma = t->isa != CG_ISA_SSE;
     t->has_f16c = t->isa != CG_ISA_SSE && has_feature(host, "f16c");
     t->has_bf16_dot = t->isa == CG_ISA_AVX512 && has_feature(host, "avx512bf16");
+    t->has_amx = t->has_bf16_dot && has_feature(host, "amx-tile") && has_feature(host, "amx-bf16") && cg_amx_grant();
     LLVMDisposeMessage(name);
     LLVMDisposeMessage(host);
     return true;

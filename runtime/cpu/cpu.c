@@ -214,9 +214,10 @@ static void drop_schedule(Step *st)
 /* A GEMM step's kernels: the op's configuration, then every one a bucket of its schedule won (at the
  * op's panel width, which the packing fixes; a schedule this CPU cannot follow is dropped: the op's
  * own configuration then serves every call). */
-static const CgKernel *gemm_of(CpuModel *cm, moe_dtype dt, bool act_bf16, const TuneConfig *c, RtError *err)
+static const CgKernel *gemm_of(CpuModel *cm, moe_dtype dt, bool act_bf16, bool amx, const TuneConfig *c,
+                               RtError *err)
 {
-    CgKernelConfig want = {dt, c->tile_m, c->tile_n, c->unroll, act_bf16};
+    CgKernelConfig want = {dt, c->tile_m, c->tile_n, c->unroll, act_bf16, amx, false};
     return cm->ks->gemm(cm->ks->ctx, &want, err);
 }
 
@@ -224,9 +225,10 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
 {
     Choice *c0 = &st->ch[0];
     const IrAttr *act = ir_attr_get(i, "act_bf16");
-    bool act_bf16 = act && act->i;
+    const IrAttr *amx_attr = ir_attr_get(i, "amx");
+    bool act_bf16 = act && act->i, amx = act_bf16 && amx_attr && amx_attr->i;
     c0->c = op_config(i);
-    c0->k = gemm_of(cm, dt, act_bf16, &c0->c, err);
+    c0->k = gemm_of(cm, dt, act_bf16, amx, &c0->c, err);
     if (!c0->k) return false;
     c0->blk = blocking_of(cm, &c0->c, c0->k, K);
     st->n_ch = 1;
@@ -234,7 +236,7 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
     for (int b = 0; b < st->sched->n; b++) {
         TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
         if (find_choice(st, &c)) continue;
-        const CgKernel *g = gemm_of(cm, dt, act_bf16, &c, err);
+        const CgKernel *g = gemm_of(cm, dt, act_bf16, amx, &c, err);
         if (!g) return false;
         if (g->cfg.nr != c.tile_n || g->cfg.mr != c.tile_m || (c.unroll && g->cfg.k_unroll != c.unroll)) {
             drop_schedule(st); /* not for this ISA */

@@ -145,6 +145,10 @@ bool             cpu_bf16_dot(void);
 /* What cpu_bf16_dot decided and why, for a report: "yes (vdpbf16ps 2.0x the f32 FMA's multiply-adds)",
  * "no (no AVX512-BF16)", "yes (MOEPPC_BF16_DOT=1)"... */
 const char      *cpu_bf16_dot_why(char *buf, size_t n);
+/* Should CPU code for this host take those GEMMs on AMX tiles instead (PassOptions.amx)? Where it has
+ * AMX-BF16 at the AVX-512 ISA and Linux grants the tiles, unless MOEPPC_AMX=0. */
+bool             cpu_amx(void);
+const char      *cpu_amx_why(char *buf, size_t n); /* "yes", "no (MOEPPC_AMX=0)", "no (no AMX-BF16...)" */
 /* The host's part of the pass options for CPU code generation: bf16_dot (cpu_bf16_dot) and the
  * rule's register tile and vector width for the ISA the kernels are compiled for here (MOEPPC_ISA
  * caps it, as it caps the kernels), so that the IR says what runs. */

@@ -12,7 +12,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 
-enum { NEEDS_NONE, NEEDS_AVX, NEEDS_AVX512 }; /* register state a feature needs the OS to save */
+enum { NEEDS_NONE, NEEDS_AVX, NEEDS_AVX512, NEEDS_AMX }; /* register state a feature needs the OS to save */
 
 /* Where CPUID reports each feature, by LLVM's name (only features that are instructions). */
 typedef struct {
@@ -45,6 +45,8 @@ static const Feature features[] = {
     {"avx512bf16", 7, 1, 'a', 5, NEEDS_AVX512}, {"lzcnt", 0x80000001u, 0, 'c', 5, NEEDS_NONE},
     {"sse4a", 0x80000001u, 0, 'c', 6, NEEDS_NONE}, {"fma4", 0x80000001u, 0, 'c', 16, NEEDS_AVX},
     {"xop", 0x80000001u, 0, 'c', 11, NEEDS_AVX},
+    {"amx-bf16", 7, 0, 'd', 22, NEEDS_AMX},     {"amx-tile", 7, 0, 'd', 24, NEEDS_AMX},
+    {"amx-int8", 7, 0, 'd', 25, NEEDS_AMX},
 };
 
 static const Feature *feature_find(const char *name, size_t len)
@@ -55,7 +57,8 @@ static const Feature *feature_find(const char *name, size_t len)
 }
 
 /* The register state the OS saves on a context switch (XCR0): AVX needs SSE and AVX state (bits
- * 1, 2), AVX-512 also the opmask and upper registers (bits 5–7). */
+ * 1, 2), AVX-512 also the opmask and upper registers (bits 5–7), AMX (on AVX-512 CPUs only) also
+ * the tile configuration and data (bits 17, 18; a process still asks Linux for the data, gemm.c). */
 static int os_saves(void)
 {
     unsigned a, b, c, d;
@@ -63,7 +66,8 @@ static int os_saves(void)
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     if ((lo & 0x6) != 0x6) return NEEDS_NONE;
-    return (lo & 0xe0) == 0xe0 ? NEEDS_AVX512 : NEEDS_AVX;
+    if ((lo & 0xe0) != 0xe0) return NEEDS_AVX;
+    return (lo & 0x60000) == 0x60000 ? NEEDS_AMX : NEEDS_AVX512;
 }
 
 /* "a,b,c" contains name as a whole item */
@@ -98,7 +102,7 @@ bool cpu_runs_features(const char *list, char *msg, size_t n)
 {
     /* what the list switches off: "-avx512f" every AVX-512 extension, "-avx" every AVX one (LLVM
      * clears the features that imply the one switched off; capped targets end so, target.c) */
-    int cap = NEEDS_AVX512;
+    int cap = NEEDS_AMX;
     if (listed(list, "-avx512f", 8)) cap = NEEDS_AVX;
     if (listed(list, "-avx", 4)) cap = NEEDS_NONE;
     size_t len = 0;

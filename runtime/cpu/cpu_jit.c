@@ -7,6 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The kernel jit makes for what an op asks: its tile if the ISA (or AMX) holds it, else the default. */
+static CgKernelConfig cpu_gemm_config(CgJit *jit, const CgKernelConfig *want)
+{
+    if (want->amx) return cg_kernel_config_amx(want->mr, want->nr);
+    CgKernelConfig cfg = cg_kernel_config_tile(jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
+    cfg.a_bf16 = want->a_bf16;
+    cfg.kpair_b = want->kpair_b; /* an AMX kernel's few-row edges */
+    return cfg;
+}
+
 typedef struct {
     CgJit *jit;
     char **symbols;
@@ -17,8 +27,7 @@ typedef struct {
 static const CgKernel *jit_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     JitSource *js = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(js->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
-    cfg.a_bf16 = want->a_bf16;
+    CgKernelConfig cfg = cpu_gemm_config(js->jit, want);
     const CgKernel *k = cg_jit_kernel(js->jit, &cfg, NULL, err->msg, sizeof err->msg);
     return k;
 }
@@ -74,8 +83,7 @@ static const CgKernel *list_gemm(void *ctx, const CgKernelConfig *want, RtError 
 {
     (void)err;
     CpuKernelList *l = ctx;
-    CgKernelConfig cfg = cg_kernel_config_tile(l->jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
-    cfg.a_bf16 = want->a_bf16;
+    CgKernelConfig cfg = cpu_gemm_config(l->jit, want);
     CgKernel *k = xcalloc(1, sizeof *k);
     k->cfg = cfg;
     cg_kernel_symbol(&cfg, cg_jit_target(l->jit)->isa, k->symbol, sizeof k->symbol);
@@ -177,9 +185,37 @@ static bool bf16_dot_decide(char *buf, size_t n)
 
 bool cpu_bf16_dot(void) { return bf16_dot_decide(NULL, 0); }
 
+/* cpu_amx's decision, and why in buf[n] (n may be 0). */
+static bool amx_decide(char *buf, size_t n)
+{
+    CgTarget t;
+    char err[256];
+    if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) {
+        if (n) snprintf(buf, n, "no (%s)", err);
+        return false;
+    }
+    const char *env = getenv("MOEPPC_AMX");
+    bool off = env && strcmp(env, "0") == 0, yes = t.has_amx && !off;
+    if (n && !t.has_amx)
+        snprintf(buf, n, "no (%s)", t.isa != CG_ISA_AVX512 ? "ISA below AVX-512" : "no AMX-BF16, or Linux refused the tiles");
+    else if (n)
+        snprintf(buf, n, "%s%s", yes ? "yes" : "no", off ? " (MOEPPC_AMX=0)" : "");
+    cg_target_dispose(&t);
+    return yes;
+}
+
+bool cpu_amx(void) { return amx_decide(NULL, 0); }
+
+const char *cpu_amx_why(char *buf, size_t n)
+{
+    amx_decide(buf, n);
+    return buf;
+}
+
 void cpu_host_pass_options(struct PassOptions *po)
 {
     po->bf16_dot = cpu_bf16_dot();
+    po->amx = cpu_amx();
     CgTarget t;
     char err[256];
     if (!cg_target_detect(&t, CG_ISA_AUTO, err, sizeof err)) return; /* a bad MOEPPC_ISA: said where it is used */

@@ -21,7 +21,9 @@ static const CgKernel *table_gemm(void *ctx, const CgKernelConfig *want, RtError
     int mr = want->mr, nr = want->nr, unroll = want->k_unroll;
     for (int k = 0; k < 3 * ts->n; k++) { /* an exact match, then the tile, then any kernel of dt */
         const CpuKernelEntry *e = &ts->table[k % ts->n];
-        if (!e->is_gemm || e->cfg.b_dtype != dt || e->cfg.a_bf16 != want->a_bf16) continue;
+        if (!e->is_gemm || e->cfg.b_dtype != dt || e->cfg.a_bf16 != want->a_bf16 || e->cfg.amx != want->amx ||
+            e->cfg.kpair_b != want->kpair_b)
+            continue;
         if (k < 2 * ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
         if (k < ts->n && unroll && e->cfg.k_unroll != unroll) continue;
         CgKernel *g = &ts->gemms[k % ts->n];
@@ -31,7 +33,7 @@ static const CgKernel *table_gemm(void *ctx, const CgKernelConfig *want, RtError
         return g;
     }
     snprintf(err->msg, sizeof err->msg, "no GEMM kernel for %s weights%s was compiled into this executable",
-             dtype_name(dt), want->a_bf16 ? " on the bf16 dot product" : "");
+             dtype_name(dt), want->amx ? " on AMX tiles" : want->a_bf16 ? " on the bf16 dot product" : "");
     return NULL;
 }
 

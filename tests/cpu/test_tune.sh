@@ -101,7 +101,13 @@ grep -Eq 'moe.route .*tile_src = "database"' "$WORK/tuned.ir" || { echo "router 
 BFS=$HERE/../../specs/tiny/tiny-bf16.yaml
 run "$MOEPPC" tune "$BFS" --tokens 16 --budget 5 --threads 2 -o "$WORK/bfdb.yaml" 2> "$WORK/bfdb.err"
 "$MOEPPC" compile "$BFS" --tuning "$WORK/bfdb.yaml" --print-ir > "$WORK/bf.ir" || exit 1
-if grep -q "bf16 dot product: yes" "$WORK/bfdb.err"; then
+if grep -q "AMX tiles: yes" "$WORK/bfdb.err"; then # AMX takes the bf16 GEMMs: none tuned, the rule's tile
+  ! grep -q "act: bf16" "$WORK/bfdb.yaml" &&
+    grep -q 'moe.grouped_up .*act_bf16 = 1, amx = 1, tile_m = 32, tile_n = 32, .*tile_src = "rule"' "$WORK/bf.ir" ||
+    { echo "AMX GEMMs tuned, or not shown on the ops"; grep -E "grouped" "$WORK/bf.ir"; exit 1; }
+  MOEPPC_AMX=0 "$MOEPPC" compile "$BFS" --tuning "$WORK/bfdb.yaml" --print-ir | grep -q "amx = 1" &&
+    { echo "MOEPPC_AMX=0 left AMX on"; exit 1; }
+elif grep -q "bf16 dot product: yes" "$WORK/bfdb.err"; then
   grep -q "act: bf16" "$WORK/bfdb.yaml" &&
     grep -q 'moe.grouped_up .*act_bf16 = 1, tile_m = [0-9]*, .*tile_src = "database"' "$WORK/bf.ir" &&
     ! grep -q 'moe.route .*act_bf16' "$WORK/bf.ir" ||

@@ -40,7 +40,7 @@ static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
             double want = acc ? c0[i * ldc + j] : 0.0, scale = 0.0;
-            for (int64_t kk = 0; kk < k; kk++) { /* the bf16 dot product multiplies A rounded to bf16 */
+            for (int64_t kk = 0; kk < k; kk++) { /* the bf16 dot product and AMX multiply A rounded to bf16 */
                 double ai = kern->cfg.a_bf16 ? bf16_to_f32(f32_to_bf16(a[i * lda + kk])) : a[i * lda + kk];
                 double p = ai * dtype_load(dt, wd, (size_t)(j * k + kk));
                 want += p;
@@ -112,8 +112,8 @@ static void test_gemm_configs(void **state) {
     int n_isa = tu_isas(isas), bad = 0;
     for (int i = 0; i < n_isa; i++) {
         int w = cg_jit_target(tu_jit(isas[i]))->vec_width;
-        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1, false}, {DT_BF16, 4, 2 * w, 3, false}, {DT_F16, 3, 3 * w, 2, false},
-                                 {DT_BF16, 12, w, 1, false}};
+        CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1, false, false, false}, {DT_BF16, 4, 2 * w, 3, false, false, false},
+                                 {DT_F16, 3, 3 * w, 2, false, false, false}, {DT_BF16, 12, w, 1, false, false, false}};
         for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
             const CgKernel *kern = tu_kernel(isas[i], &cfgs[c]);
             CgBlocking blk = {.kc = 16, .mc = 2 * cfgs[c].mr}, edged = blk;
@@ -144,7 +144,8 @@ static void test_gemm_bf16_dot(void **state) {
     static const int64_t Ms[] = {0, 1, 2, 3, 7, 8, 9, 33, 100}, Ns[] = {1, 47, 48, 49, 130}, Ks[] = {1, 2, 3, 64, 257};
     CgPool *pool = cg_pool_new(2);
     int bad = 0, runs = 0;
-    CgKernelConfig cfgs[] = {cfg, {DT_BF16, 4, 32, 3, true}, {DT_BF16, 12, 16, 1, true}, {DT_BF16, 1, 48, 2, true}};
+    CgKernelConfig cfgs[] = {cfg, {DT_BF16, 4, 32, 3, true, false, false}, {DT_BF16, 12, 16, 1, true, false, false},
+                             {DT_BF16, 1, 48, 2, true, false, false}};
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
         const CgKernel *kern = tu_kernel(CG_ISA_AVX512, &cfgs[c]);
         CgBlocking padded = {.kc = c == 0 ? 0 : c == 1 ? 15 : 64, .mc = 64}, edged = padded;
@@ -164,6 +165,50 @@ static void test_gemm_bf16_dot(void **state) {
     CgKernelConfig f16 = cfg;
     f16.b_dtype = DT_F16;
     assert_null(cg_jit_kernel(jit, &f16, NULL, err, sizeof err));
+}
+
+/* The AMX kernels (AMX-BF16 hosts that Linux grants the tiles): 32 x 32 (two A tiles, two B),
+ * 16 x 32, 7 x 16 and 32 x 16, over M around 16 and 32 (edge covers of 16 AMX rows and 4 and 1 rows
+ * of f32 FMAs on the same k pairs, A rounded alike), N around
+ * the panel, K around the 32-step k block (the rest zeros in A and B) and K blocks the driver rounds
+ * up to 32, padded and on edge kernels, against f64 with A rounded to bf16; the kernel's IR holds
+ * the tile multiply and no vector one. Without AMX the kernels must be refused with a message. */
+static void test_gemm_amx(void **state) {
+    if (cg_host_isa() < CG_ISA_AVX512) skip();
+    CgJit *jit = tu_jit(CG_ISA_AVX512);
+    CgKernelConfig cfg = cg_kernel_config_amx(32, 32);
+    char err[256];
+    if (!cg_jit_target(jit)->has_amx) {
+        assert_null(cg_jit_kernel(jit, &cfg, NULL, err, sizeof err));
+        assert_non_null(strstr(err, "AMX"));
+        skip();
+    }
+    static const int64_t Ms[] = {0, 1, 2, 5, 16, 17, 31, 32, 33, 100}, Ns[] = {1, 31, 32, 33, 130},
+                         Ks[] = {1, 2, 31, 32, 33, 64, 257};
+    CgPool *pool = cg_pool_new(2);
+    int bad = 0, runs = 0;
+    CgKernelConfig cfgs[] = {cfg, cg_kernel_config_amx(16, 32), cg_kernel_config_amx(7, 16), cg_kernel_config_amx(32, 16)};
+    for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
+        assert_true(cfgs[c].amx && cfgs[c].a_bf16);
+        const CgKernel *kern = tu_kernel(CG_ISA_AVX512, &cfgs[c]);
+        CgBlocking padded = {.kc = c == 0 ? 0 : c == 1 ? 15 : 64, .mc = 64}, edged = padded;
+        tu_edges(CG_ISA_AVX512, kern, &edged);
+        for (int e = 0; e < CG_GEMM_EDGES && edged.edge[e]; e++) /* 16 rows AMX, fewer FMAs on the k pairs */
+            assert_true(edged.edge[e]->cfg.mr >= 16 ? edged.edge[e]->cfg.amx : edged.edge[e]->cfg.kpair_b);
+        bad += sweep(kern, &padded, &edged, pool, SIZES(Ms), SIZES(Ns), SIZES(Ks), 5000u, &runs);
+    }
+    cg_pool_free(pool);
+    if (bad) fprintf(stderr, "amx: %d mismatches over %d GEMMs\n", bad, runs);
+    assert_int_equal(bad, 0);
+    char *ir = cg_kernel_ir_text(jit, &cfg, err, sizeof err);
+    assert_non_null(ir);
+    assert_non_null(strstr(ir, "@llvm.x86.tdpbf16ps"));
+    assert_null(strstr(ir, "@llvm.fma"));
+    free(ir);
+    CgKernelConfig bad_tile = cfg;
+    bad_tile.nr = 48; /* three B tiles and six accumulators: more than 8 tiles */
+    assert_null(cg_jit_kernel(jit, &bad_tile, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "AMX tile"));
 }
 
 static void test_isa_detection(void **state) {
@@ -238,6 +283,7 @@ int main(void) {
         cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
         cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
         cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_bf16_dot),
+        cmocka_unit_test(test_gemm_amx),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -46,10 +46,10 @@ static void test_object_file(void **state) {
 static void test_bad_config(void **state) {
     CgJit *jit = tu_jit(cg_host_isa());
     char err[512];
-    CgKernelConfig cfg = {DT_F64, 4, 16, 1, false};
+    CgKernelConfig cfg = {DT_F64, 4, 16, 1, false, false, false};
     assert_null(cg_jit_kernel(jit, &cfg, NULL, err, sizeof err));
     assert_non_null(strstr(err, "f64"));
-    cfg = (CgKernelConfig){DT_F32, 4, 3, 1, false};
+    cfg = (CgKernelConfig){DT_F32, 4, 3, 1, false, false, false};
     assert_null(cg_jit_kernel(jit, &cfg, NULL, err, sizeof err));
     assert_non_null(strstr(err, "invalid"));
 }
