@@ -43,14 +43,14 @@ static void tile_rule(const PassOptions *o, bool grouped, bool down, moe_dtype d
 }
 
 /* The tuning database's entries for this op's shape and activations, one per token bucket measured. */
-static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, bool act_bf16, int64_t n, int64_t k,
-                      int64_t groups, const TuneEntry **out)
+static int db_entries(const TuneDb *db, const char *kind, moe_dtype dt, bool act_bf16, bool amx, int64_t n,
+                      int64_t k, int64_t groups, const TuneEntry **out)
 {
     int found = 0;
     for (int j = 0; db && j < db->n && found < TILE_MAX_BUCKETS; j++) {
         const TuneEntry *e = &db->e[j];
-        if (strcmp(e->op, kind) == 0 && e->dtype == dt && e->act_bf16 == act_bf16 && e->n == n && e->k == k &&
-            e->groups == groups)
+        if (strcmp(e->op, kind) == 0 && e->dtype == dt && e->act_bf16 == act_bf16 && e->amx == amx && e->n == n &&
+            e->k == k && e->groups == groups)
             out[found++] = e;
     }
     return found;
@@ -99,10 +99,9 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     }
     const TuneEntry *found[TILE_MAX_BUCKETS];
     /* the database is the target's (the caller checked): a CPU one, or a GPU one with grouped entries;
-     * its entries measured vector kernels, never the AMX ones */
-    int n = amx ? 0
-                : db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, N, K, grouped ? ir_attr_int(i, "experts") : 1,
-                             found);
+     * an AMX op takes only entries measured on AMX tiles (`act: amx`) */
+    int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, amx, N, K, grouped ? ir_attr_int(i, "experts") : 1,
+                       found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig rule = {.tile_m = (int)tile[0], .tile_n = (int)tile[1]}, c = rep ? rep->best : rule;
     if (rep && o->target == TARGET_CPU) tile_schedule_width(found, n, rep, &rule, &c); /* else rep's best */
@@ -128,7 +127,7 @@ static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
     bool gpu = o->target != TARGET_CPU;
     int64_t H = ir_attr_int(i, "heads"), hd = i->in[0]->type.dims[1] / H;
     const TuneEntry *found[TILE_MAX_BUCKETS];
-    int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, false, H, hd,
+    int n = db_entries(o->tuning, "attention", gpu ? tune_attention_dtype(i) : DT_F32, false, false, H, hd,
                        ir_attr_int(i, "kv_heads"), found);
     const TuneEntry *rep = representative(found, n);
     TuneConfig c = rep ? rep->best : (TuneConfig){.kv_block = gpu ? 16 : TUNE_CPU_ATTENTION_KV_BLOCK};

@@ -59,16 +59,27 @@ static bool parse_number(const yaml_node_t *nd, double *out)
 
 /* Does c suit op (GEMM ops: a tile and no key block; attention: a key block (CPU) or a form
  * QxP[/kvB] (GPU), nothing else)? */
-static bool config_fits(const char *op, const TuneConfig *c)
+/* An AMX tile (`act: amx`): M 1..16 or 32, N 16 or 32, one k step a loop (codegen/llvm's AMX kernels). */
+static bool amx_config(const TuneConfig *c)
 {
+    return ((c->tile_m >= 1 && c->tile_m <= 16) || c->tile_m == 32) && (c->tile_n == 16 || c->tile_n == 32) &&
+           c->unroll <= 1 && c->kc % 32 == 0;
+}
+
+static bool config_fits(const TuneEntry *e, const TuneConfig *c)
+{
+    const char *op = e->op;
     if (!op[0]) return true; /* the op was reported already */
+    if (e->amx && !amx_config(c)) return false;
     if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && (!c->ws || c->tma) && !c->tc;
     return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 && !c->ws &&
            (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0);
 }
 
-static const char *config_expected(const char *op)
+static const char *config_expected(const TuneEntry *e)
 {
+    const char *op = e->op;
+    if (e->amx) return "an AMX tile MxN[/u1][/kcK][/mcR] (M 1..16 or 32, N 16 or 32, K a multiple of 32)";
     return !op[0] || tune_op_is_gemm(op)
                ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg, ws only with tma)"
                : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB][/tc]";
@@ -211,9 +222,9 @@ static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *
         yaml_node_t *k = yaml_document_get_node(c->doc, p->key), *v = yaml_document_get_node(c->doc, p->value);
         TuneMeasure m;
         char sub[96], name[64];
-        if (!tune_config_parse(scalar_text(k), &m.c) || !config_fits(e->op, &m.c)) {
+        if (!tune_config_parse(scalar_text(k), &m.c) || !config_fits(e, &m.c)) {
             char expected[192];
-            snprintf(expected, sizeof expected, "%s as the key", config_expected(e->op));
+            snprintf(expected, sizeof expected, "%s as the key", config_expected(e));
             bad_value(c, path, k, expected);
             ok = false;
             continue;
@@ -266,16 +277,16 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
 #define SUB(i) (snprintf(sub, sizeof sub, "%s.%s", path, keys[i]), sub)
     if (v[K_OP]) read_op(c, SUB(K_OP), v[K_OP], e);
     if (v[K_DTYPE]) read_dtype(c, SUB(K_DTYPE), v[K_DTYPE], e);
-    if (v[K_ACT]) { /* the activations' type of a GEMM measured on the bf16 dot product */
+    if (v[K_ACT]) { /* bf16 activations of a GEMM measured on the bf16 dot product, or on AMX tiles */
         const char *s = scalar_text(v[K_ACT]);
-        if (!s || strcmp(s, "bf16"))
-            bad_value(c, SUB(K_ACT), v[K_ACT], "bf16");
+        if (!s || (strcmp(s, "bf16") && strcmp(s, "amx")))
+            bad_value(c, SUB(K_ACT), v[K_ACT], "bf16 or amx");
         else if (e->dtype != DT_BF16 || !tune_op_is_gemm(e->op) || !strcmp(e->op, "route"))
             diag_error(c->d, node_line(v[K_ACT]), node_col(v[K_ACT]),
                        "%s: bf16 activations are for a linear or grouped GEMM of bf16 weights, not %s of %s", SUB(K_ACT),
                        e->op, dtype_name(e->dtype));
         else
-            e->act_bf16 = true;
+            e->act_bf16 = true, e->amx = !strcmp(s, "amx");
     }
     for (int i = K_N; i <= K_TOKENS; i++) {
         bool ok = v[i] && read_positive(c, SUB(i), v[i], ints[i]);
@@ -284,8 +295,8 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
                        e->op, (long long)e->groups);
     }
     if (v[K_BEST]) {
-        best_ok = tune_config_parse(scalar_text(v[K_BEST]), &e->best) && config_fits(e->op, &e->best);
-        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], config_expected(e->op));
+        best_ok = tune_config_parse(scalar_text(v[K_BEST]), &e->best) && config_fits(e, &e->best);
+        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], config_expected(e));
     }
     if (v[K_MEASURED]) measured_ok = read_measured(c, SUB(K_MEASURED), v[K_MEASURED], e);
 #undef SUB
@@ -296,7 +307,7 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
 static bool same_key(const TuneEntry *a, const TuneEntry *b)
 {
     return !strcmp(a->op, b->op) && a->dtype == b->dtype && a->n == b->n && a->k == b->k && a->groups == b->groups &&
-           a->tokens == b->tokens && a->act_bf16 == b->act_bf16;
+           a->tokens == b->tokens && a->act_bf16 == b->act_bf16 && a->amx == b->amx;
 }
 
 static void read_entries(Ctx *c, yaml_node_t *nd, TuneDb *db)
@@ -449,7 +460,7 @@ bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
         char name[64];
         tune_config_format(&e->best, name, sizeof name);
         strbuf_printf(&b, "  - {op: %s, dtype: %s,%s n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %s, measured: {",
-                   e->op, dtype_name(e->dtype), e->act_bf16 ? " act: bf16," : "", (long long)e->n, (long long)e->k,
+                   e->op, dtype_name(e->dtype), e->amx ? " act: amx," : e->act_bf16 ? " act: bf16," : "", (long long)e->n, (long long)e->k,
                    (long long)e->groups, (long long)e->tokens, name);
         for (int j = 0; j < e->n_measured; j++) {
             tune_config_format(&e->measured[j].c, name, sizeof name);

@@ -35,7 +35,10 @@
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
- * `tokens` query rows at the end of a context of max(tokens, 512) positions.
+ * `tokens` query rows at the end of a context of max(tokens, 512) positions. A CPU GEMM entry of
+ * bf16 weights may say `act: bf16` (measured on the bf16 dot product, A rounded to bf16) or
+ * `act: amx` (on AMX tiles, whose MxN is 1..16 or 32 by 16 or 32 and whose unroll is 1); it serves
+ * only ops run that way, and such ops only it.
  *
  * A GPU database (`moeppc tune --target sm_XX`) has the same form: target.cpu is the GPU's name,
  * target.isa its architecture (sm_90), target.features a hash of the name, llvm the NVRTC version
@@ -84,6 +87,8 @@ typedef struct TuneEntry {
     moe_dtype dtype;             /* of the weights (attention: the model's; CPU entries f32)     */
     bool act_bf16;               /* CPU, bf16 weights: measured on the bf16 dot product (`act: bf16`,
                                     the ops' act_bf16); entries without it never serve those ops */
+    bool amx;                    /* with act_bf16: measured on AMX tiles (`act: amx`, the ops' amx);
+                                    such entries serve only AMX ops, and AMX ops only such entries */
     int64_t n, k, groups;        /* see the file format above                                 */
     int64_t tokens;              /* the token bucket measured */
     TuneConfig best;

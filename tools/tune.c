@@ -10,7 +10,9 @@
  *   3. K blocks of 128, 256, 512 (where below K) and M blocks of 32, 128, 512 rows (where a group
  *      has more rows than the block) on the best so far;
  * then a confirmation round (the rule's and the three best measured again, each keeping its better
- * figure) decides. Attention's search is its key block (4 .. 128; 16 the rule's). */
+ * figure) decides. GEMMs on AMX tiles (bf16 on a CPU with AMX-BF16) search the AMX tiles instead
+ * (32 or 16 rows by 32 or 16 columns, the rule's 32 x 32 first; no unroll stage: one k block a loop)
+ * and write `act: amx` entries. Attention's search is its key block (4 .. 128; 16 the rule's). */
 #include "bench/probe.h"
 #include "codegen/llvm/cg_internal.h"
 #include "codegen/llvm/ops/cg_ops.h"
@@ -30,6 +32,7 @@ typedef struct {
     char op[24];
     moe_dtype dt;
     bool act;                 /* the op's act_bf16: measured on the bf16 dot-product kernels */
+    bool amx;                 /* (with act) the op's amx: on AMX tiles */
     moe_dtype kv_dt;          /* attention: its KV cache's (the op's kv_dtype; the entry's dtype is f32,
                                  that of its activations) */
     int64_t n, k, groups, top_k;
@@ -69,20 +72,20 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         } else {
             bool up = i->op == IR_OP_MOE_GROUPED_UP, grouped = up || i->op == IR_OP_MOE_GROUPED_DOWN;
             if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_ROUTE && !grouped) continue;
-            const IrAttr *amx = ir_attr_get(i, "amx");
-            if (amx && amx->i) continue; /* AMX tiles: the rule's 32 x 32, which the database never serves */
             const IrValue *w = i->in[i->op == IR_OP_MOE_GROUPED_DOWN ? 5 : up ? 3 : 1];
             sh.dt = w->type.dtype, sh.n = w->type.dims[0], sh.k = w->type.dims[1];
             sh.groups = grouped ? ir_attr_int(i, "experts") : 1;
             const IrAttr *act = ir_attr_get(i, "act_bf16");
+            const IrAttr *amx = ir_attr_get(i, "amx");
             sh.act = act && act->i;
+            sh.amx = sh.act && amx && amx->i;
             sh.rule = (TuneConfig){.tile_m = (int)ir_attr_int(i, "tile_m"), .tile_n = (int)ir_attr_int(i, "tile_n")};
             snprintf(sh.op, sizeof sh.op, "%s", i->op == IR_OP_LINEAR ? "linear" : i->op == IR_OP_MOE_ROUTE ? "route"
                                                  : up ? "grouped_up" : "grouped_down");
         }
         bool seen = false;
         for (int k = 0; k < n; k++)
-            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act &&
+            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act && out[k].amx == sh.amx &&
                     out[k].kv_dt == sh.kv_dt && out[k].n == sh.n &&
                     out[k].k == sh.k && out[k].groups == sh.groups;
         if (!seen) out[n++] = sh;
@@ -90,12 +93,18 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
     return n;
 }
 
-/* Stage 1: the rule's tile, then heights × widths this ISA holds in registers. */
+/* Stage 1: the rule's tile, then heights × widths this ISA holds in registers (AMX: tiles). */
 static int tile_candidates(const Tuner *t, const Shape *sh, TuneConfig *out, int max)
 {
-    static const int ms[] = {1, 2, 4, 6, 8, 12}, ns[] = {16, 32, 48, 64, 96};
+    static const int ms[] = {1, 2, 4, 6, 8, 12}, ns[] = {16, 32, 48, 64, 96}, amx_tiles[][2] = {{32, 16}, {16, 32}, {16, 16}};
     int n = 0;
     out[n++] = sh->rule;
+    if (sh->amx) {
+        for (size_t a = 0; a < MOE_ARRAY_LEN(amx_tiles) && n < max; a++)
+            if (amx_tiles[a][0] != sh->rule.tile_m || amx_tiles[a][1] != sh->rule.tile_n)
+                out[n++] = (TuneConfig){.tile_m = amx_tiles[a][0], .tile_n = amx_tiles[a][1]};
+        return n;
+    }
     for (size_t a = 0; a < MOE_ARRAY_LEN(ns); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(ms) && n < max; b++) {
             CgKernelConfig c = cg_kernel_config_tile(t->jit, sh->dt, ms[b], ns[a], 0);
@@ -114,7 +123,7 @@ static int planned(const Tuner *t, const Shape *sh)
 {
     if (is_attention(sh)) return 1 + (int)MOE_ARRAY_LEN(kv_blocks);
     TuneConfig c[64];
-    return tile_candidates(t, sh, c, 64) + UNROLL_TILES * (int)MOE_ARRAY_LEN(unrolls) + (int)MOE_ARRAY_LEN(kcs) +
+    return tile_candidates(t, sh, c, 64) + (sh->amx ? 0 : UNROLL_TILES * (int)MOE_ARRAY_LEN(unrolls)) + (int)MOE_ARRAY_LEN(kcs) +
            (int)MOE_ARRAY_LEN(mcs);
 }
 
@@ -306,8 +315,10 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
         t->op_fn[t->n_op++] = rn->att;
         return true;
     }
-    CgKernelConfig cfg = cg_kernel_config_tile(t->jit, sh->dt, c->tile_m, c->tile_n, c->unroll);
+    CgKernelConfig cfg = sh->amx ? cg_kernel_config_amx(c->tile_m, c->tile_n)
+                                 : cg_kernel_config_tile(t->jit, sh->dt, c->tile_m, c->tile_n, c->unroll);
     cfg.a_bf16 = sh->act;
+    if (sh->amx && (cfg.mr != c->tile_m || cfg.nr != c->tile_n)) return false;
     rn->k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
     if (!rn->k) return false;
     rn->blk = cg_blocking_make(rn->k, c->kc, c->mc, sh->k);
@@ -404,7 +415,7 @@ static void refine_gemm(Search *s)
     int n_top = s->e->n_measured;
     memcpy(top, s->e->measured, (size_t)n_top * sizeof *top);
     qsort(top, (size_t)n_top, sizeof *top, cmp_gflops_desc);
-    for (int k = 0; k < n_top && k < UNROLL_TILES; k++)
+    for (int k = 0; k < n_top && k < UNROLL_TILES && !sh->amx; k++)
         for (size_t u = 0; u < MOE_ARRAY_LEN(unrolls); u++) {
             TuneConfig c = top[k].c;
             c.unroll = unrolls[u];
@@ -455,7 +466,7 @@ static bool tune_one(Tuner *t, const Shape *sh, int64_t T, TuneEntry *e)
 {
     Search s = {.t = t, .e = e};
     problem_init(&s.p, sh, T, hash_str(sh->op) ^ (uint64_t)T);
-    *e = (TuneEntry){.dtype = sh->dt, .act_bf16 = sh->act, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
+    *e = (TuneEntry){.dtype = sh->dt, .act_bf16 = sh->act, .amx = sh->amx, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
     snprintf(e->op, sizeof e->op, "%s", sh->op);
     if (is_attention(sh)) {
         try_config(&s, &sh->rule);
@@ -578,7 +589,7 @@ int cmd_tune(int argc, char **argv)
     if (s.dtype == DT_BF16) {
         char why[128];
         fprintf(stderr, "moeppc tune: bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
-        if (po.amx) fprintf(stderr, "moeppc tune: bf16 GEMMs on AMX tiles: yes (not tuned: the rule's tile serves them)\n");
+        if (po.amx) fprintf(stderr, "moeppc tune: bf16 GEMMs on AMX tiles: yes (their tiles searched: act: amx)\n");
     }
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));

@@ -101,7 +101,7 @@ static void assert_same_db(const TuneDb *a, const TuneDb *b)
         const TuneEntry *x = &a->e[i], *y = &b->e[i];
         assert_string_equal(x->op, y->op);
         assert_true(x->dtype == y->dtype && x->n == y->n && x->k == y->k && x->groups == y->groups &&
-                    x->tokens == y->tokens && x->act_bf16 == y->act_bf16);
+                    x->tokens == y->tokens && x->act_bf16 == y->act_bf16 && x->amx == y->amx);
         assert_true(tune_config_equal(&x->best, &y->best));
         assert_int_equal(x->n_measured, y->n_measured);
         for (int m = 0; m < x->n_measured; m++) {
@@ -131,6 +131,9 @@ static void test_round_trip(void **state)
     TuneEntry e5 = make_entry("route", DT_BF16, 20, 4096, 1, 16, 4);
     TuneEntry e6 = make_entry("linear", DT_BF16, 4096, 4096, 1, 1, 1); /* e2's key on the bf16 dot product */
     e6.act_bf16 = true;
+    TuneEntry e7 = make_entry("linear", DT_BF16, 4096, 4096, 1, 1, 1); /* and on AMX tiles */
+    e7.act_bf16 = e7.amx = true;
+    e7.measured[0].c = e7.best = (TuneConfig){.tile_m = 16, .tile_n = 32, .kc = 256};
     e3.measured[5].gflops = 0.0;
     tune_db_add(&db, &e1);
     tune_db_add(&db, &e2);
@@ -138,6 +141,7 @@ static void test_round_trip(void **state)
     tune_db_add(&db, &e4);
     tune_db_add(&db, &e5);
     tune_db_add(&db, &e6);
+    tune_db_add(&db, &e7);
     for (int i = 0; i < 40; i++) { /* grows past the first allocation */
         TuneEntry e = make_entry("linear", DT_F32, 64, 64, 1, i + 1, 2);
         tune_db_add(&db, &e);
@@ -160,6 +164,8 @@ static void test_round_trip(void **state)
     assert_non_null(strstr(t1, "  - {op: attention, dtype: f32, n: 16, k: 64, groups: 4, tokens: 512, best: kv6, "
                                "measured: {kv4: 100.0, kv5: 103.7, kv6: 107.4, kv7: 111.1, kv8: 114.8}}\n"));
     assert_non_null(strstr(t1, "  - {op: linear, dtype: bf16, act: bf16, n: 4096, k: 4096, groups: 1, tokens: 1, "));
+    assert_non_null(strstr(t1, "  - {op: linear, dtype: bf16, act: amx, n: 4096, k: 4096, groups: 1, tokens: 1, "
+                               "best: 16x32/kc256, measured: {16x32/kc256: 100.0}}\n"));
     free(t1);
     free(t2);
     tune_db_free(&back);
