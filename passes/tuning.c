@@ -57,14 +57,15 @@ static bool parse_number(const yaml_node_t *nd, double *out)
     return *end == 0 && end != s;
 }
 
-/* Does c suit op (GEMM ops: a tile and no key block; attention: a key block (CPU) or a form
- * QxP[/kvB] (GPU), nothing else)? */
 /* An AMX tile (`act: amx`): M 1..16 or 32, N 16 or 32, one k step a loop (codegen/llvm's AMX kernels). */
 static bool amx_config(const TuneConfig *c)
 {
     return ((c->tile_m >= 1 && c->tile_m <= 16) || c->tile_m == 32) && (c->tile_n == 16 || c->tile_n == 32) &&
            c->unroll <= 1 && c->kc % 32 == 0;
 }
+
+/* Does c suit entry e's op (GEMM ops: a tile and no key block, an AMX tile for `act: amx`; attention:
+ * a key block (CPU) or a form QxP[/kvB] (GPU), nothing else)? */
 
 static bool config_fits(const TuneEntry *e, const TuneConfig *c)
 {
@@ -459,9 +460,10 @@ bool tune_db_save(const TuneDb *db, const char *path, char *why, size_t why_len)
         const TuneEntry *e = &db->e[i];
         char name[64];
         tune_config_format(&e->best, name, sizeof name);
+        const char *act = e->amx ? " act: amx," : e->act_bf16 ? " act: bf16," : "";
         strbuf_printf(&b, "  - {op: %s, dtype: %s,%s n: %lld, k: %lld, groups: %lld, tokens: %lld, best: %s, measured: {",
-                   e->op, dtype_name(e->dtype), e->amx ? " act: amx," : e->act_bf16 ? " act: bf16," : "", (long long)e->n, (long long)e->k,
-                   (long long)e->groups, (long long)e->tokens, name);
+                   e->op, dtype_name(e->dtype), act, (long long)e->n, (long long)e->k, (long long)e->groups,
+                   (long long)e->tokens, name);
         for (int j = 0; j < e->n_measured; j++) {
             tune_config_format(&e->measured[j].c, name, sizeof name);
             double g = e->measured[j].gflops; /* below 1 (a GEMV at T = 1 on the emulator) with 3 digits */

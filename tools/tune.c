@@ -85,9 +85,9 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
         }
         bool seen = false;
         for (int k = 0; k < n; k++)
-            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act && out[k].amx == sh.amx &&
-                    out[k].kv_dt == sh.kv_dt && out[k].n == sh.n &&
-                    out[k].k == sh.k && out[k].groups == sh.groups;
+            seen |= strcmp(out[k].op, sh.op) == 0 && out[k].dt == sh.dt && out[k].act == sh.act &&
+                    out[k].amx == sh.amx && out[k].kv_dt == sh.kv_dt && out[k].n == sh.n && out[k].k == sh.k &&
+                    out[k].groups == sh.groups;
         if (!seen) out[n++] = sh;
     }
     return n;
@@ -96,7 +96,8 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
 /* Stage 1: the rule's tile, then heights × widths this ISA holds in registers (AMX: tiles). */
 static int tile_candidates(const Tuner *t, const Shape *sh, TuneConfig *out, int max)
 {
-    static const int ms[] = {1, 2, 4, 6, 8, 12}, ns[] = {16, 32, 48, 64, 96}, amx_tiles[][2] = {{32, 16}, {16, 32}, {16, 16}};
+    static const int ms[] = {1, 2, 4, 6, 8, 12}, ns[] = {16, 32, 48, 64, 96};
+    static const int amx_tiles[][2] = {{32, 16}, {16, 32}, {16, 16}};
     int n = 0;
     out[n++] = sh->rule;
     if (sh->amx) {
@@ -123,8 +124,8 @@ static int planned(const Tuner *t, const Shape *sh)
 {
     if (is_attention(sh)) return 1 + (int)MOE_ARRAY_LEN(kv_blocks);
     TuneConfig c[64];
-    return tile_candidates(t, sh, c, 64) + (sh->amx ? 0 : UNROLL_TILES * (int)MOE_ARRAY_LEN(unrolls)) + (int)MOE_ARRAY_LEN(kcs) +
-           (int)MOE_ARRAY_LEN(mcs);
+    int unroll_stage = sh->amx ? 0 : UNROLL_TILES * (int)MOE_ARRAY_LEN(unrolls);
+    return tile_candidates(t, sh, c, 64) + unroll_stage + (int)MOE_ARRAY_LEN(kcs) + (int)MOE_ARRAY_LEN(mcs);
 }
 
 typedef struct {
@@ -466,7 +467,8 @@ static bool tune_one(Tuner *t, const Shape *sh, int64_t T, TuneEntry *e)
 {
     Search s = {.t = t, .e = e};
     problem_init(&s.p, sh, T, hash_str(sh->op) ^ (uint64_t)T);
-    *e = (TuneEntry){.dtype = sh->dt, .act_bf16 = sh->act, .amx = sh->amx, .n = sh->n, .k = sh->k, .groups = sh->groups, .tokens = T};
+    *e = (TuneEntry){.dtype = sh->dt, .act_bf16 = sh->act, .amx = sh->amx, .n = sh->n, .k = sh->k,
+                     .groups = sh->groups, .tokens = T};
     snprintf(e->op, sizeof e->op, "%s", sh->op);
     if (is_attention(sh)) {
         try_config(&s, &sh->rule);
