@@ -119,7 +119,9 @@ for line in open(sys.argv[1]):  # every act: amx entry: 16 x 16 measured fastest
     out.append(line)
 open(sys.argv[2], "w").write("".join(out))
 EOF
-  grep -q "act: amx.*best: 16x16" "$WORK/bf16x16.yaml" || { echo "no 16x16 database"; exit 1; }
+  "$MOEPPC" compile "$BFS" --tuning "$WORK/bf16x16.yaml" --print-ir | grep -E "grouped|linear" > "$WORK/bf16x16.ir"
+  grep -q "amx = 1" "$WORK/bf16x16.ir" && ! grep "amx = 1" "$WORK/bf16x16.ir" | grep -vq "tile_m = 16, tile_n = 16" ||
+    { echo "the AMX ops do not take the forced 16 x 16 tiles"; cat "$WORK/bf16x16.ir"; exit 1; }
   IDS40=$(seq -s ' ' 3 6 240)
   for db in bfdb bf16x16; do
     run "$MOEPPC" build "$BFS" --tuning "$WORK/$db.yaml" -o "$WORK/bfmodel"
