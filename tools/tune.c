@@ -47,6 +47,7 @@ typedef struct {
     CgPool *pool;
     CgWork work;
     double deadline, t0, budget;
+    double share_end;         /* the end of the current (shape, bucket)'s share of what is left */
     int tried, total;
     char **op_sym;            /* op kernels compiled so far (a JIT defines a symbol once) */
     void **op_fn;
@@ -387,7 +388,7 @@ static void try_config(Search *s, const TuneConfig *c)
 {
     TuneEntry *e = s->e;
     if (s->out_of_time || e->n_measured == TUNE_MAX_MEASURED || measured_already(e, c)) return;
-    if (s->ref && bench_now_s() > s->t->deadline) {
+    if (s->ref && bench_now_s() > s->t->share_end) {
         s->out_of_time = true;
         return;
     }
@@ -450,7 +451,7 @@ static void confirm(Search *s, const TuneConfig *rule)
     for (int k = -1; k < 3 && k < e->n_measured; k++) {
         const TuneConfig *c = k < 0 ? rule : &top[k].c;
         if ((k >= 0 && tune_config_equal(c, rule)) || !measured_already(e, c)) continue;
-        if (bench_now_s() > s->t->deadline) break;
+        if (bench_now_s() > s->t->share_end) break;
         double g = measure(s->t, &s->p, &s->pk, c, s->ref);
         for (int j = 0; j < e->n_measured; j++)
             if (tune_config_equal(&e->measured[j].c, c) && g > e->measured[j].gflops) e->measured[j].gflops = g;
@@ -547,10 +548,16 @@ bool tuning_load_gpu_or_host(const char *path, const char *arch, TuneDb *db, boo
     return true;
 }
 
+/* Every (shape, bucket) gets an equal share of the time left when its turn comes (what one leaves
+ * unused goes to those after it), so a tight budget still measures the rule and the first candidates
+ * of every shape rather than all of the first shapes and none of the last. */
 static void tune_all(Tuner *t, const TuneArgs *a, const Shape *sh, int n_sh, TuneDb *db)
 {
+    int left = a->n_tokens * n_sh;
     for (int b = 0; b < a->n_tokens; b++)
-        for (int s = 0; s < n_sh && bench_now_s() < t->deadline; s++) {
+        for (int s = 0; s < n_sh && bench_now_s() < t->deadline; s++, left--) {
+            double now = bench_now_s();
+            t->share_end = now + (t->deadline - now) / left;
             TuneEntry e;
             if (tune_one(t, &sh[s], a->tokens[b], &e)) tune_db_add(db, &e);
         }
