@@ -55,6 +55,9 @@ typedef struct {
 /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA, up to 18 of them again on a shallower ring
  * for two blocks an SM, the 6 TMA ones warp-specialised; attention 12 + 36 + 8 forms */
 enum { MAX_CANDS = 72 };
+/* A grouped GEMM's share of the budget against attention's or the router's (1): the GEMMs take most of
+ * a layer's time and have the most candidates (tiles, GEMV forms, deeper rings, split-K) */
+enum { GEMM_WEIGHT = 2 };
 
 /* The shared memory a block of `arch` may opt in to, in KB. */
 static int arch_smem_kb(const char *arch)
@@ -307,6 +310,8 @@ typedef struct {
     WeightSet *w;
     int n_steps, step[2];      /* indices of the grouped up and down instructions */
     double deadline;
+    double share_end, weight_left; /* the end of the current kernel's share of the time left, and the
+                                      weight of the kernels still to come (see take_share) */
     int warmup, reps;          /* runs a measurement makes: 3 and 9 on a GPU, 0 and 1 on the CUDA
                                   emulator (its timings say nothing of a GPU's: the flow is what runs) */
     const char *arch;
@@ -319,6 +324,17 @@ typedef struct {
     GpuCand route_cand[MAX_CANDS];
     int n_route;
 } GpuLayer;
+
+/* The next kernel to tune, of weight w, gets its share of the time left: w / (the weight of it and
+ * those after it). What one leaves unused goes to the rest, so a tight budget still measures the
+ * rule and the first candidates of every kernel at every bucket rather than all of the first buckets
+ * and none of the last (attention's and the router's above all, tuned after the GEMMs). */
+static void take_share(GpuLayer *L, double w)
+{
+    double now = now_s();
+    L->share_end = now + (L->deadline - now) * w / L->weight_left;
+    L->weight_left -= w;
+}
 
 /* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
  * its logits for ids (copied to *logits) and the median ms of that GEMM, and its FFN picks. */
@@ -419,6 +435,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     bool ok = true;
     for (int kind = 0; kind < 2 && ok; kind++) {
+        take_share(L, GEMM_WEIGHT);
         const IrInstr *gi = L->m->first;
         for (int k = 0; k < L->step[kind]; k++) gi = gi->next;
         const IrValue *w = gi->in[kind == 0 ? 3 : 5];
@@ -445,7 +462,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
         }
         todo[n_todo++] = path_rule(L, &e, kind, T, !form);
         int n_deeper = !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
-        for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline;
+        for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->share_end;
              q++) {
             TuneConfig c = q < n_todo ? todo[q] : e.best;
             int x = q - n_todo;
@@ -521,9 +538,10 @@ static bool tune_forms(GpuLayer *L, FormKind kind, TuneEntry *e, const TuneConfi
     for (int64_t t = 0; t < P; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     float *ref = NULL;
     double ms, best = 0;
+    take_share(L, 1);
     bool ok = run_form(L, kind, NULL, ids, pos, P, T, &ref, &ms, err);
     if (ok) e->measured[e->n_measured++] = (TuneMeasure){*rc, 1e-9 * flop / (ms * 1e-3)}, e->best = *rc, best = ms;
-    for (int q = 0; ok && q < n_cand && e->n_measured < TUNE_MAX_MEASURED && now_s() < L->deadline; q++) {
+    for (int q = 0; ok && q < n_cand && e->n_measured < TUNE_MAX_MEASURED && now_s() < L->share_end; q++) {
         const TuneConfig *c = &cand[q].c;
         if (!cand[q].ok || tune_config_equal(c, rc) || !usable(c, T)) continue;
         float *lg = NULL;
@@ -710,15 +728,19 @@ int tune_cuda(const TuneArgs *a)
               gpu_of_arch(arch, gpu, sizeof gpu, garch);
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     bool emu = strcmp(garch, CG_CUDA_EMU_ARCH) == 0;
+    if (ok) /* (step 1 counts against the budget: it is time spent) */
+        printf("step 1 took %.1f s; %.1f s of the budget are left to measure\n", now_s() - t0,
+               fmax(0, L.deadline - now_s()));
     L.warmup = emu ? 0 : 3, L.reps = emu ? 1 : 9;
+    /* the budget's shares: a grouped GEMM weighs GEMM_WEIGHT, attention and the router 1 each */
+    L.weight_left = a->n_tokens * (2 * GEMM_WEIGHT + (L.att_step >= 0) + 1);
     TuneDb db = {0};
     tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
     for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) {
         ok = tune_bucket(&L, (const GpuCand(*)[2][MAX_CANDS])cand, (const int(*)[2])n_cand, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
-    /* attention and the router after every GEMM bucket: the GEMMs weigh most, these get what the
-     * budget leaves */
+    /* attention and the router after every GEMM bucket, each with its share of what is left */
     for (int q = 0; q < a->n_tokens && ok && L.att_step >= 0 && now_s() < L.deadline; q++) {
         ok = tune_attention(&L, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
