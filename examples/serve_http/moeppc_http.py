@@ -17,8 +17,9 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
                                          "sequence": the id a "continue" gives for it}],
                             "usage": {"prompt_tokens", "completion_tokens", "total_tokens",
                                       "cached_tokens"}}
-                        with "stream": true, server-sent events: a chunk a token, the last with
-                        its finish_reason, then "data: [DONE]"
+                        with "stream": true, server-sent events: a chunk a token (with "echo",
+                        the prompt's chunk first: its text, no token ids, with "logprobs" its
+                        tokens'), the last with its finish_reason, then "data: [DONE]"
   GET  /v1/models, GET /health
 Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
 together; a client that goes away has its request cancelled ({"cancel": id}). "n" choices are n
@@ -164,8 +165,6 @@ def completion_requests(body):
         if not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= LOGPROBS_MAX:
             raise ValueError('"logprobs": null or an integer from 0 to %d' % LOGPROBS_MAX)
         req["logprobs"] = logprobs
-    if req.get("echo") and req.get("stream"):
-        raise ValueError('"echo" with "stream": not supported (ask without "stream")')
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= N_MAX:
         raise ValueError('"n": an integer from 1 to %d' % N_MAX)
@@ -338,14 +337,22 @@ def make_handler(backend, model):
                 left -= last
                 if not gone:  # (an answer's text is the whole: streamed already)
                     rid, lp = msg["id"], None
-                    if "logprob" in msg:
-                        lp = openai_logprobs([([msg["token"]], {"tokens": [msg.get("piece")], "token_logprobs":
-                                                                [msg["logprob"]], "top_logprobs": [msg["top_logprobs"]]})],
-                                             offset[rid])
-                        offset[rid] += len(lp["tokens"][0])
-                    chunk = self._completion(rids, [self._choice(index[rid], rid, "" if last else msg.get("text", ""),
-                                                                 msg.get("finish_reason", "error" if last else None),
-                                                                 [msg["token"]] if "token" in msg else [], lp)])
+                    if "prompt_ids" in msg and not last:  # "echo": the prompt's chunk, before the first token's
+                        if "prompt_logprobs" in msg:
+                            lp = openai_logprobs([(msg["prompt_ids"], msg["prompt_logprobs"])], offset[rid])
+                            offset[rid] += sum(len(s) for s in lp["tokens"])
+                        text = reqs[index[rid]].get("prompt", msg.get("prompt_text", ""))
+                        chunk = self._completion(rids, [self._choice(index[rid], rid, text, None, [], lp)])
+                    else:
+                        if "logprob" in msg:
+                            lp = openai_logprobs([([msg["token"]], {"tokens": [msg.get("piece")], "token_logprobs":
+                                                                    [msg["logprob"]], "top_logprobs":
+                                                                    [msg["top_logprobs"]]})], offset[rid])
+                            offset[rid] += len(lp["tokens"][0])
+                        text = "" if last else msg.get("text", "")
+                        finish = msg.get("finish_reason", "error" if last else None)
+                        chunk = self._completion(rids, [self._choice(index[rid], rid, text, finish,
+                                                                     [msg["token"]] if "token" in msg else [], lp)])
                     try:
                         self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                         if not left:

@@ -277,7 +277,8 @@ static void print_help(FILE *f)
           "                      \"logprobs\": K, \"echo\", \"stream\"}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
           "                      \"cached_tokens\", \"logprobs\", with \"echo\" \"prompt_ids\", \"prompt_text\",\n"
-          "                      \"prompt_logprobs\"} or {\"id\", \"error\"}; streamed, a line a token first;\n"
+          "                      \"prompt_logprobs\"} or {\"id\", \"error\"}; streamed, a line a token first\n"
+          "                      (echoed, the prompt's fields' line before them);\n"
           "                      {\"cancel\": ID} ends that request now (\"finish_reason\": \"cancelled\")\n"
           "  --chunk N           with --batch: prompt tokens a step at most (default 256): a long\n"
           "                      prompt runs over several steps, the decoding sequences' rows beside it\n"
@@ -1525,6 +1526,14 @@ static void lane_prompt_logprob(Lane *L, const double *row, int64_t V, int64_t p
 /* A lane whose prompt has run whole: its report, then decoding starts (or the line is done). */
 static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *tokens)
 {
+    if (rn->r->serve && L->sr.stream && L->sr.echo) { /* the stream's first line: the prompt, as the answer gives it */
+        ServeAnswer sa = {.id = L->sr.id, .prompt_tokens = L->T, .prompt_ids = L->c.seq + L->prompt_at,
+                          .prompt_lp = plp_asked(L) ? &L->plp : NULL, .tok = rn->tok};
+        char *e = serve_echo(&sa);
+        fputs(e, stdout);
+        fflush(stdout);
+        free(e);
+    }
     lane_print(rn, L);
     rn->macs_grouped = ffn_macs(rn, &L->acc); /* its rows' own (a step's count has the others') */
     if (prompt_report(rn, &L->c, &L->acc, L->from, L->n)) *rc = 1;

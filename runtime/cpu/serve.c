@@ -301,6 +301,19 @@ static void add_ids(cJSON *o, const char *key, const int32_t *ids, int64_t n)
     for (int64_t j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[j]));
 }
 
+/* "echo"'s fields: the prompt's ids, with a tokenizer its text, with "logprobs" its tokens'. */
+static void add_prompt(cJSON *o, const ServeAnswer *a)
+{
+    add_ids(o, "prompt_ids", a->prompt_ids, a->prompt_tokens);
+    if (a->tok) {
+        size_t len;
+        char *t = tokenizer_decode(a->tok, a->prompt_ids, a->prompt_tokens, false, &len);
+        add_text(o, "prompt_text", t);
+        free(t);
+    }
+    if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok);
+}
+
 char *serve_answer(const ServeAnswer *a)
 {
     cJSON *o = with_id(a->id);
@@ -314,16 +327,14 @@ char *serve_answer(const ServeAnswer *a)
         first.n = a->n < a->lp->n ? a->n : a->lp->n;
         add_logprobs(o, "logprobs", a->ids, first.n, &first, a->tok);
     }
-    if (a->prompt_ids) {
-        add_ids(o, "prompt_ids", a->prompt_ids, a->prompt_tokens);
-        if (a->tok) {
-            size_t len;
-            char *t = tokenizer_decode(a->tok, a->prompt_ids, a->prompt_tokens, false, &len);
-            add_text(o, "prompt_text", t);
-            free(t);
-        }
-        if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok);
-    }
+    if (a->prompt_ids) add_prompt(o, a);
+    return line_of(o);
+}
+
+char *serve_echo(const ServeAnswer *a)
+{
+    cJSON *o = with_id(a->id);
+    add_prompt(o, a);
     return line_of(o);
 }
 

@@ -87,6 +87,9 @@ typedef struct {
 /* Answer lines (each ending in a newline; the caller frees them). */
 char *serve_answer(const ServeAnswer *a);
 char *serve_error(const char *id, const char *message);
+/* A stream's first line for an "echo" request: a's id and prompt fields alone, as serve_answer gives
+ * them (its prompt run, before its first token). */
+char *serve_echo(const ServeAnswer *a);
 /* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
  * `at` when lp is not NULL (and the token's piece, tok not NULL). */
 char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,

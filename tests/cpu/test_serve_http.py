@@ -173,14 +173,29 @@ try:
     if len(toks) != 3 or [len(t["top_logprobs"][0]) for t in toks] != [2] * 3 or \
             [t["text_offset"][0] for t in toks] != [sum(len(u["tokens"][0]) for u in toks[:j]) for j in range(3)]:
         fail("logprobs streamed: %s" % chunks)
+    # "echo" streamed: the prompt's chunk first (its text: none for ids without a tokenizer; its tokens'
+    # log-probabilities, the first null; no token ids), then a chunk a token: together the answer's
+    P = SHORT + [1, 2, 3]
+    whole = complete({"prompt": P, "max_tokens": 3, "logprobs": 2, "echo": True})["choices"][0]
+    chunks = stream({"prompt": P, "max_tokens": 3, "logprobs": 2, "echo": True})
+    first, lps = chunks[0]["choices"][0], [ch["choices"][0]["logprobs"] for ch in chunks if ch["choices"][0]["logprobs"]]
+    joined = {k: sum((lp[k] for lp in lps), []) for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+    if first["token_ids"] or first["text"] or first["logprobs"]["tokens"] != ["token_id:%d" % t for t in P] or \
+            first["logprobs"]["token_logprobs"][0] is not None or \
+            [t for ch in chunks for t in ch["choices"][0]["token_ids"]] != whole["token_ids"] or \
+            {k: v for k, v in joined.items() if k != "token_logprobs"} != \
+            {k: v for k, v in whole["logprobs"].items() if k != "token_logprobs"} or \
+            any((a is None) != (b is None) or (a is not None and abs(a - b) > 1e-6)
+                for a, b in zip(joined["token_logprobs"], whole["logprobs"]["token_logprobs"])) or \
+            len(joined["token_logprobs"]) != len(P) + 3:
+        fail("echo streamed: %s; not streamed: %s" % (chunks, whole))
     # bad requests: 400 with the reason; other paths
     for body, reason in (({"prompt": [999999]}, "vocabulary"), ({"prompt": [1], "foo": 1}, 'unknown field "foo"'),
                          ({"prompt": [1], "n": 0}, '"n": an integer'),
                          ({"prompt": [1], "n": 2, "continue": "cmpl-1"}, "one next turn"), ({"prompt": 5}, '"prompt"'),
                          ({"prompt": [1], "top_p": 2}, "top"), ({"prompt": [1], "continue": "none"}, "continue"),
                          ({"prompt": []}, '"prompt"'), ({"prompt": [[1], [2]], "continue": "cmpl-1"}, "several prompts"),
-                         ({"prompt": [1], "logprobs": 21}, '"logprobs"'),
-                         ({"prompt": [1], "echo": True, "stream": True}, '"echo" with "stream"')):
+                         ({"prompt": [1], "logprobs": 21}, '"logprobs"')):
         status, _, data = call("POST", "/v1/completions", body)
         if status != 400 or reason not in json.loads(data)["error"]["message"]:
             fail("%s: %d %r, want 400 saying %r" % (body, status, data, reason))
@@ -236,6 +251,7 @@ try:
     cut = want["text"][len(want["text"]) // 2:][:2]  # OpenAI's "stop": one string
     stopped = complete({"prompt": "the city", "max_tokens": 8, "stop": cut})["choices"][0]
     echoed = complete({"prompt": "the city", "max_tokens": 8, "echo": True, "logprobs": 2})["choices"][0]
+    echo_chunks = stream({"prompt": "the city", "max_tokens": 8, "echo": True, "logprobs": 2})
 finally:
     stop(server)
 # echo with text: the prompt as given, then the text; each token's string (the likeliest' too) its
@@ -249,11 +265,16 @@ tops = [None if t is None else [string(e[2], e[0]) for e in t] for lp in lps for
 if echoed["text"] != "the city" + want["text"] or echoed["logprobs"]["tokens"] != strings or \
         [t and list(t) for t in echoed["logprobs"]["top_logprobs"]] != tops:
     fail("echo with text: %s; moeppc --serve: %s" % (echoed, ref))
+# ... streamed: the prompt as given first, the texts and the tokens' strings joining to the same
+echo_texts = [ch["choices"][0]["text"] for ch in echo_chunks]
+echo_strings = [s for ch in echo_chunks if ch["choices"][0]["logprobs"] for s in ch["choices"][0]["logprobs"]["tokens"]]
+if echo_texts[0] != "the city" or "".join(echo_texts) != echoed["text"] or echo_strings != strings:
+    fail("echo streamed with text: %s; not streamed: %s" % (echo_chunks, echoed))
 joined = "".join(ch["choices"][0]["text"] for ch in chunks)
 if (stopped["text"], stopped["finish_reason"]) != (want["text"][:want["text"].find(cut)], "stop"):
     fail("stop %r: %s, the text %r" % (cut, stopped, want["text"]))
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
 print("serve_http: completions, a stream, 5 at once, a next turn and n choices as alone; a batch of prompts scored "
-      "(echo, logprobs) as moeppc's; 11 bad requests refused; requests given up (streamed or not) cancelled; text as "
-      "moeppc's, streamed the same, cut by a stop string, echoed with its pieces")
+      "(echo, logprobs) as moeppc's, and echoed streamed; 10 bad requests refused; requests given up (streamed or not) "
+      "cancelled; text as moeppc's, streamed the same, cut by a stop string, echoed with its pieces, streamed too")

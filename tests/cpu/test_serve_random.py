@@ -126,15 +126,21 @@ for r in reqs:
 # token's comes from the row of the token generated last); such a prompt starts from the caches only
 # where its tokens' log-probabilities are kept with them: "r" takes e's first 9 positions (tokens 1 .. 9's
 # from e's rows), not t's (e's generated tokens have none), while an echo without logprobs takes all
+# (e and t streamed: the prompt's line comes first, then the tokens')
 reqs = [{"id": "d", "ids": [8, 1, 40], "max_tokens": 12},
-        {"id": "e", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17], "max_tokens": 2, "logprobs": 3, "echo": True},
-        {"id": "t", "continue": "e", "ids": [12, 13, 14, 15], "max_tokens": 0, "logprobs": 3, "echo": True},
+        {"id": "e", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17], "max_tokens": 2, "logprobs": 3, "echo": True, "stream": True},
+        {"id": "t", "continue": "e", "ids": [12, 13, 14, 15], "max_tokens": 0, "logprobs": 3, "echo": True, "stream": True},
         {"id": "r", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17, 12, 13, 14, 15, 9], "max_tokens": 1, "logprobs": 3, "echo": True},
         {"id": "u", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17, 12, 13, 14, 15, 9, 8], "max_tokens": 1, "echo": True}]
 out = subprocess.run([MOEPPC] + BASE + ["--serve", "--batch", "2", "--chunk", "3"],
                      input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True, text=True, check=True).stdout
-got = {a["id"]: a for a in map(json.loads, out.splitlines())}
+got = {a["id"]: a for a in map(json.loads, out.splitlines())}  # (an id's answer is its last line)
 e, t, r, u = got["e"], got["t"], got["r"], got["u"]
+for k in ("e", "t"):  # streamed: the prompt's line first, its fields the answer's, then a line a token
+    mine = [a for a in map(json.loads, out.splitlines()) if a["id"] == k]
+    want = {"id": k, "prompt_ids": got[k]["prompt_ids"], "prompt_logprobs": got[k]["prompt_logprobs"]}
+    if mine[0] != want or [a.get("token") for a in mine[1:-1]] != got[k]["ids"]:
+        sys.exit("serve_random: echo of %s streamed: %s" % (k, mine))
 whole = reqs[1]["ids"] + e["ids"] + reqs[2]["ids"]
 ref = log_softmax_of(whole + [0])
 n_e = len(reqs[1]["ids"])
