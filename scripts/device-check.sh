@@ -142,7 +142,7 @@ EOF
   if more "GPU tuning"; then
     step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
     run 130 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,64,1 --budget 80 -o "$out/gpu-sm90-moepp-7b.yaml" |
-      grep -E "tiles compile|wrote|error"
+      grep -E "tiles compile|step 1|wrote|error"
     [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
       run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 --reps 10 \
         --tuning "$out/gpu-sm90-moepp-7b.yaml" "${ceil[@]}" | grep "^T ="
