@@ -328,7 +328,8 @@ typedef struct {
 /* The next kernel to tune, of weight w, gets its share of the time left: w / (the weight of it and
  * those after it). What one leaves unused goes to the rest, so a tight budget still measures the
  * rule and the first candidates of every kernel at every bucket rather than all of the first buckets
- * and none of the last (attention's and the router's above all, tuned after the GEMMs). */
+ * and none of the last (attention's and the router's above all, tuned after the GEMMs); with none
+ * left, its rule alone. */
 static void take_share(GpuLayer *L, double w)
 {
     double now = now_s();
@@ -729,28 +730,29 @@ int tune_cuda(const TuneArgs *a)
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     bool emu = strcmp(garch, CG_CUDA_EMU_ARCH) == 0;
     if (ok) /* (step 1 counts against the budget: it is time spent) */
-        printf("step 1 took %.1f s; %.1f s of the budget are left to measure\n", now_s() - t0,
-               fmax(0, L.deadline - now_s()));
+        printf("step 1 took %.1f s; %.1f s of the budget are left to measure%s\n", now_s() - t0,
+               fmax(0, L.deadline - now_s()), now_s() < L.deadline ? "" : " (only each kernel's rule)");
     L.warmup = emu ? 0 : 3, L.reps = emu ? 1 : 9;
     /* the budget's shares: a grouped GEMM weighs GEMM_WEIGHT, attention and the router 1 each */
     L.weight_left = a->n_tokens * (2 * GEMM_WEIGHT + (L.att_step >= 0) + 1);
     TuneDb db = {0};
     tune_gpu_target(&db.target, gpu, garch, cg_cuda_nvrtc_version_text());
-    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) {
+    /* every kernel at every bucket has its turn, its rule measured however little is left (one run of
+     * the layer each past the budget at most), so that the database has an entry for each */
+    for (int q = 0; q < a->n_tokens && ok; q++) {
         ok = tune_bucket(&L, (const GpuCand(*)[2][MAX_CANDS])cand, (const int(*)[2])n_cand, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
     /* attention and the router after every GEMM bucket, each with its share of what is left */
-    for (int q = 0; q < a->n_tokens && ok && L.att_step >= 0 && now_s() < L.deadline; q++) {
+    for (int q = 0; q < a->n_tokens && ok && L.att_step >= 0; q++) {
         ok = tune_attention(&L, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
-    for (int q = 0; q < a->n_tokens && ok && now_s() < L.deadline; q++) { /* then the router */
+    for (int q = 0; q < a->n_tokens && ok; q++) { /* then the router */
         ok = tune_route(&L, a->tokens[q], &db, &err);
         if (!ok) fprintf(stderr, "moeppc tune: error: CUDA backend: %s\n", err.msg);
     }
     char why[512];
-    if (ok && db.n == 0) printf("the budget (%.0f s) was too small to measure anything: the rule's tiles are kept\n", a->budget);
     if (ok && !tune_db_save(&db, a->out, why, sizeof why)) fprintf(stderr, "moeppc tune: error: %s\n", why), ok = false;
     if (ok) printf("wrote %s: %d entries for %s (%s) in %.1f s\n", a->out, db.n, gpu, garch, now_s() - t0);
     tune_db_free(&db);
