@@ -124,6 +124,11 @@ const char *tokenizer_piece(const Tokenizer *t, int32_t id); /* id below tokeniz
 /* text[n] (any bytes: invalid UTF-8 becomes U+FFFD, as SentencePiece's normaliser makes it) as ids in
  * *ids (malloc'd; the caller frees it), their count returned. No BOS: the caller adds it. */
 int64_t     tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t **ids);
+/* The same, except that the text of each control or unknown piece in text (<s>, </s>, <unk>: the
+ * special tokens of a Hugging Face tokenizer made from the model) is that piece's id, the longest
+ * where several begin at one place, and the text between them is encoded on its own, as Hugging
+ * Face's tokenizers split special tokens out before anything else: what a chat template writes. */
+int64_t     tokenizer_encode_special(const Tokenizer *t, const char *text, size_t n, int32_t **ids);
 /* ids[n] as text (malloc'd, NUL-terminated, *len bytes): control pieces and ids past the pieces give
  * nothing. hold: an incomplete UTF-8 character that byte pieces at the end began is left out (a
  * later id may complete it), so that decoding a growing sequence only ever appends: what streaming

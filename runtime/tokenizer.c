@@ -50,6 +50,9 @@ struct Tokenizer {
     int32_t  byte_id[256]; /* the piece <0xXX> of each byte, with byte fallback */
     int32_t *user;         /* [n_user] USER_DEFINED pieces: never split, never normalised */
     int32_t  n_user;
+    int32_t *special;      /* [n_special] CONTROL and UNKNOWN pieces of some text (tokenizer_encode_special) */
+    int32_t  n_special;
+    uint8_t  special_first[32]; /* a bit for each byte one of them begins with */
     bool     byte_fallback, add_dummy_prefix, remove_extra_ws, escape_ws, ws_suffix;
     bool     unigram;              /* a unigram model (Viterbi over piece scores), else BPE */
     float    min_score, max_score; /* over the NORMAL pieces: unigram's unknown and user-defined scores */
@@ -339,6 +342,11 @@ static bool check_model(Tokenizer *t, const Load *sp, const char *name, RtError 
             t->unk = id;
         }
         if (p->type == PIECE_USER) t->user = xrealloc(t->user, (size_t)(t->n_user + 1) * sizeof *t->user), t->user[t->n_user++] = id;
+        if ((p->type == PIECE_CONTROL || p->type == PIECE_UNKNOWN) && p->len > 0) {
+            t->special = xrealloc(t->special, (size_t)(t->n_special + 1) * sizeof *t->special);
+            t->special[t->n_special++] = id;
+            t->special_first[(uint8_t)p->s[0] >> 3] |= (uint8_t)(1u << ((uint8_t)p->s[0] & 7));
+        }
         if (p->type == PIECE_BYTE) {
             int hi = p->len == 6 ? hexval(p->s[3]) : -1, lo = p->len == 6 ? hexval(p->s[4]) : -1;
             if (!t->byte_fallback || hi < 0 || lo < 0 || memcmp(p->s, "<0x", 3) || p->s[5] != '>')
@@ -393,6 +401,7 @@ void tokenizer_free(Tokenizer *t)
     free(t->normal.slot);
     free(t->reserved.slot);
     free(t->user);
+    free(t->special);
     free(t->unk_surface);
     free(t->trie);
     free(t->norm);
@@ -704,6 +713,42 @@ int64_t tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int32_t
     free(norm.s);
     *ids = e.ids ? e.ids : xmalloc(sizeof **ids);
     return e.n_ids;
+}
+
+/* The longest special piece (control or unknown) whose text begins s[n]: its id, its length in *len;
+ * -1 if none does. */
+static int32_t special_match(const Tokenizer *t, const char *s, size_t n, size_t *len)
+{
+    int32_t best = -1;
+    *len = 0;
+    if (!(t->special_first[(uint8_t)s[0] >> 3] & (1u << ((uint8_t)s[0] & 7)))) return -1;
+    for (int32_t i = 0; i < t->n_special; i++) {
+        const Piece *p = &t->piece[t->special[i]];
+        if (p->len > *len && p->len <= n && memcmp(p->s, s, p->len) == 0) best = t->special[i], *len = p->len;
+    }
+    return best;
+}
+
+int64_t tokenizer_encode_special(const Tokenizer *t, const char *text, size_t n, int32_t **ids)
+{
+    int32_t *out = NULL;
+    int64_t n_out = 0, cap = 0;
+    for (size_t at = 0, from = 0; from < n;) {
+        size_t len = 0;
+        int32_t id = at < n ? special_match(t, text + at, n - at, &len) : -1;
+        if (id < 0 && at < n) {
+            at++;
+            continue;
+        }
+        int32_t *seg;
+        int64_t k = at > from ? tokenizer_encode(t, text + from, at - from, &seg) : 0;
+        if (n_out + k + 1 > cap) cap = 2 * (n_out + k + 1), out = xrealloc(out, (size_t)cap * sizeof *out);
+        if (at > from) memcpy(out + n_out, seg, (size_t)k * sizeof *out), free(seg), n_out += k;
+        if (id >= 0) out[n_out++] = id;
+        from = at = at + len;
+    }
+    *ids = out ? out : xmalloc(sizeof **ids);
+    return n_out;
 }
 
 /* ---- decoding -------------------------------------------------------------------------------- */

@@ -19,7 +19,8 @@ if [ "$want_tests" = 1 ]; then
   for p in libcmocka-dev python3 python3-numpy python3-yaml g++; do need_pkg "$p"; done
   # the sentencepiece library: the reference the tokenizer is tested against (runtime_tokenizer and
   # runtime_text are not registered without it, and CMake says so)
-  for p in python3-sentencepiece python3-protobuf; do dpkg -s "$p" >/dev/null 2>&1 || wanted+=("$p"); done
+  # and jinja2: the chat templates of examples/serve_http (cpu_serve_chat is not registered without it)
+  for p in python3-sentencepiece python3-protobuf python3-jinja2; do dpkg -s "$p" >/dev/null 2>&1 || wanted+=("$p"); done
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ] && [ $((${#missing[@]} + ${#wanted[@]})) -gt 0 ]; then
@@ -28,7 +29,7 @@ if [ "$(id -u)" -ne 0 ] && [ $((${#missing[@]} + ${#wanted[@]})) -gt 0 ]; then
   elif [ "${#missing[@]}" -gt 0 ]; then
     echo "deps: installing needs root, and sudo is not here: as root, apt-get install ${missing[*]} ${wanted[*]}"; exit 1
   else
-    echo "deps: warning: ${wanted[*]} not installed (needs root): the tokenizer's tests against sentencepiece will not run"
+    echo "deps: warning: ${wanted[*]} not installed (needs root): the tokenizer's tests against sentencepiece and the chat test will not run"
     wanted=()
   fi
 fi
@@ -41,5 +42,5 @@ if [ "${#wanted[@]}" -gt 0 ]; then
   echo "deps: installing ${wanted[*]}"
   { [ "${#missing[@]}" -gt 0 ] || $sudo apt-get update -qq; } &&
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${wanted[@]}" ||
-    echo "deps: warning: could not install ${wanted[*]}: the tokenizer's tests against sentencepiece will not run"
+    echo "deps: warning: could not install ${wanted[*]}: the tokenizer's tests against sentencepiece and the chat test will not run"
 fi

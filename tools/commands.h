@@ -12,7 +12,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
-#define TOKENIZE_USAGE "tokenize TOKENIZER [--decode] [--pieces] [--no-bos] [--escape] (TEXT... | --file F)"
+#define TOKENIZE_USAGE "tokenize TOKENIZER [--decode] [--pieces] [--no-bos] [--special] [--escape] (TEXT... | --file F)"
 /* bench_cuda.c: `moeppc bench SPEC --device cuda` (cmd_bench hands over when asked for cuda). */
 int bench_cuda(int argc, char **argv);
 /* Synthetic routing (bench --experts and --device cuda --zc-share): token t's k picks each a

@@ -11,7 +11,7 @@
 
 typedef struct {
     const char *model, *file;
-    bool decode, pieces, no_bos, escape;
+    bool decode, pieces, no_bos, escape, special;
 } TokenizeArgs;
 
 static int tok_usage(const char *fmt, const char *arg)
@@ -44,8 +44,8 @@ static bool tokenize_one(const Tokenizer *t, const TokenizeArgs *a, const char *
         return true;
     }
     int32_t *ids;
-    int64_t k = tokenizer_encode(t, in, n, &ids);
-    int64_t first = !a->no_bos && tokenizer_bos(t) >= 0 ? -1 : 0; /* -1: the beginning-of-sequence id */
+    int64_t k = (a->special ? tokenizer_encode_special : tokenizer_encode)(t, in, n, &ids);
+    int64_t first = !a->no_bos && !a->special && tokenizer_bos(t) >= 0 ? -1 : 0; /* -1: the beginning-of-sequence id */
     for (int64_t i = first; i < k; i++) {
         int32_t id = i < 0 ? tokenizer_bos(t) : ids[i];
         if (i > first) putchar(' ');
@@ -91,6 +91,7 @@ int cmd_tokenize(int argc, char **argv)
         else if (strcmp(o, "--pieces") == 0) a.pieces = true;
         else if (strcmp(o, "--no-bos") == 0) a.no_bos = true;
         else if (strcmp(o, "--escape") == 0) a.escape = true;
+        else if (strcmp(o, "--special") == 0) a.special = true;
         else if (strcmp(o, "--file") == 0) {
             if (i + 1 >= argc) return tok_usage("%s needs a value", o);
             a.file = argv[++i];
@@ -107,6 +108,7 @@ int cmd_tokenize(int argc, char **argv)
     if (!a.model) return tok_usage("%s", "missing TOKENIZER (a checkpoint's tokenizer.model)");
     if (!a.file == !first_text) return tok_usage("%s", a.file ? "give --file or TEXT, not both" : "missing TEXT (or --file F)");
     if (a.decode && a.pieces) return tok_usage("%s", "--pieces shows an encoding's pieces: not with --decode");
+    if (a.decode && a.special) return tok_usage("%s", "--special reads control pieces in text: not with --decode");
     Tokenizer *t;
     RtError err;
     if (!tokenizer_load(a.model, &t, &err)) return fprintf(stderr, "%s\n", err.msg), 1;

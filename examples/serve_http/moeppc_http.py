@@ -20,12 +20,31 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
                         with "stream": true, server-sent events: a chunk a token (with "echo",
                         the prompt's chunk first: its text, no token ids, with "logprobs" its
                         tokens'), the last with its finish_reason, then "data: [DONE]"
+  POST /v1/chat/completions  {"messages": [{"role", "content": text or [{"type": "text", "text"}]}], "n",
+                         "max_tokens" (or "max_completion_tokens"; default: until the end of sequence
+                         or the caches' end), "temperature", "top_p", "top_k", "repetition_penalty",
+                         "seed", "stop", "stream", "stream_options": {"include_usage"}, "logprobs":
+                         true|false, "top_logprobs": K}
+                        -> {"id", "object": "chat.completion", "created", "model", "choices": [{"index",
+                            "message": {"role": "assistant", "content"}, "finish_reason", "logprobs":
+                            null or {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}}],
+                            "usage": {..., "prompt_tokens_details": {"cached_tokens"}}}; streamed,
+                        "chat.completion.chunk"s: each choice's role first, then a "delta" a token
+                        The messages become the prompt through the model's chat template, rendered as
+                        Hugging Face's apply_chat_template renders it (Jinja, with the jinja2 module):
+                        --chat-template FILE (a template, or a tokenizer_config.json with its
+                        "chat_template"), else the tokenizer_config.json beside --tokenizer, --weights
+                        or a model folder given as SPEC; the text it writes goes to moeppc with
+                        "special" (its <s> and </s> those tokens, as Hugging Face tokenizes it).
+                        A conversation sent again with its next message runs only what is new (its
+                        sequence's first positions are taken from the caches that hold them).
   GET  /v1/models, GET /health
 Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
 together; a client that goes away has its request cancelled ({"cancel": id}). "n" choices are n
 requests (drawn with seeds "seed", "seed" + 1, ...; a random one if none is given): started together,
 all but the first wait for its prompt and fork its caches (from 9 tokens), so the prompt runs once. Standard
-library only. SIGTERM or ^C: no new requests, those in flight are answered, then moeppc ends (its
+library only, and jinja2 for chat templates (Debian's python3-jinja2; without it the chat endpoint says
+so). SIGTERM or ^C: no new requests, those in flight are answered, then moeppc ends (its
 status is this one's). The wire protocol is moeppc's (runtime/cpu/serve.h): this file only translates it.
 
 "logprobs": K gives each token's log-probability and the K likeliest tokens' (from the log-softmax of
@@ -37,10 +56,12 @@ string is its SentencePiece piece with U+2581 as a space (moeppc run with a toke
 """
 import argparse
 import http.server
+import os
 import itertools
 import json
 import queue
 import random
+import re
 import select
 import signal
 import socket
@@ -50,6 +71,8 @@ import threading
 import time
 
 FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream", "echo"}
+CHAT_FIELDS = FIELDS - {"echo", "max_tokens"}
+MAX_TOKENS_UNTIL_END = 1000000  # moeppc's largest "max_tokens": a chat's default, ended by the caches' end
 # OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored
 NEUTRAL = {"best_of": 1, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0}
 N_MAX = 16
@@ -134,6 +157,13 @@ def is_ids(v):
     return isinstance(v, list) and v != [] and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
 
 
+def neutral(body):
+    """Raise ValueError if body gives one of the NEUTRAL fields another value."""
+    for k, v in NEUTRAL.items():
+        if k in body and body[k] != v:
+            raise ValueError('"%s": only %s is supported' % (k, json.dumps(v)))
+
+
 def completion_requests(body):
     """The moeppc requests of an OpenAI-style body: one a choice, prompt i's choice j at i * n + j (the
     n of a prompt drawn each with its own seed, the request's "seed" + j); or raise ValueError with
@@ -143,9 +173,7 @@ def completion_requests(body):
     unknown = sorted(set(body) - FIELDS - set(NEUTRAL) - {"prompt", "continue", "model", "user", "n", "logprobs"})
     if unknown:
         raise ValueError('unknown field "%s"' % unknown[0])
-    for k, v in NEUTRAL.items():
-        if k in body and body[k] != v:
-            raise ValueError('"%s": only %s is supported' % (k, json.dumps(v)))
+    neutral(body)
     prompt = body.get("prompt")
     if isinstance(prompt, str) or is_ids(prompt):
         prompts = [prompt]
@@ -158,24 +186,150 @@ def completion_requests(body):
     req = {k: body[k] for k in FIELDS if k in body}
     if "continue" in body:
         req["continue"] = body["continue"]
-    if isinstance(req.get("stop"), str):  # OpenAI's one stop string
-        req["stop"] = [req["stop"]]
     logprobs = body.get("logprobs")
     if logprobs is not None:
         if not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= LOGPROBS_MAX:
             raise ValueError('"logprobs": null or an integer from 0 to %d' % LOGPROBS_MAX)
         req["logprobs"] = logprobs
+    return fan_out(body, req, prompts)
+
+
+def fan_out(body, req, prompts, special=False):
+    """req for each prompt, "n" times each (the n of a prompt drawn each with its own seed, the
+    request's "seed" + j), and n; or raise ValueError."""
+    if isinstance(req.get("stop"), str):  # OpenAI's one stop string
+        req["stop"] = [req["stop"]]
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= N_MAX:
         raise ValueError('"n": an integer from 1 to %d' % N_MAX)
     if "continue" in req and n * len(prompts) > 1:
-        raise ValueError('"continue" with %s: a sequence has one next turn' % ('"n" > 1' if n > 1 else "several prompts"))
+        raise ValueError('"continue" with %s: a sequence has one next turn' %
+                         ('"n" > 1' if n > 1 else "several prompts"))
     seed = req.get("seed", random.randrange(1 << 31)) if n > 1 else None
     reqs = []
     for p in prompts:
         one = dict(req, **({"prompt": p} if isinstance(p, str) else {"ids": p}))
+        if special:
+            one["special"] = True
         reqs += [dict(one, seed=seed + j) if isinstance(seed, int) else one for j in range(n)]
     return reqs, n
+
+
+class ChatTemplate:
+    """A Hugging Face chat template: a Jinja template rendered as transformers' apply_chat_template
+    renders it (a sandbox, trim_blocks and lstrip_blocks, raise_exception, tojson), with the special
+    tokens' strings of the tokenizer_config.json it came from (else LLaMA's <s>, </s>, <unk>)."""
+
+    def __init__(self, path):
+        self.path, self.tokens = path, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if path.endswith(".json"):
+            try:
+                cfg = json.loads(text)
+            except ValueError as e:
+                raise ValueError("%s: not JSON: %s" % (path, e))
+            source = cfg.get("chat_template") if isinstance(cfg, dict) else None
+            if isinstance(source, list):  # named templates: the default one
+                source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"),
+                              None)
+            if not isinstance(source, str):
+                raise ValueError('%s: no "chat_template" (a string, or a list with one named "default")' % path)
+            for k in self.tokens:
+                v = cfg.get(k)
+                v = v.get("content") if isinstance(v, dict) else v
+                if isinstance(v, str):
+                    self.tokens[k] = v
+            text = source
+        try:
+            import jinja2
+            import jinja2.ext
+            import jinja2.sandbox
+        except ImportError:
+            self.template, self.why = None, "chat templates need the jinja2 module (Debian: python3-jinja2)"
+            return
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                           extensions=[jinja2.ext.loopcontrols])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+        self.error = jinja2.exceptions.TemplateError
+        try:
+            self.template, self.why = env.from_string(text), None
+        except jinja2.exceptions.TemplateSyntaxError as e:
+            raise ValueError("%s: line %s: %s" % (path, e.lineno, e.message))
+
+    def render(self, messages):
+        """The prompt's text (raise ValueError with the template's reason)."""
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=True, **self.tokens)
+        except self.error as e:
+            raise ValueError("the chat template: %s" % e)
+
+
+def chat_template_beside(command):
+    """The tokenizer_config.json beside the tokenizer, the weights or a model folder given as SPEC in
+    moeppc's command line, or None."""
+    places = []
+    for i, c in enumerate(command):
+        if c in ("--tokenizer", "--weights") and i + 1 < len(command):
+            v = command[i + 1]
+            places.append(v if os.path.isdir(v) else os.path.dirname(v))
+        elif os.path.isdir(c):
+            places.append(c)
+    return next((os.path.join(d, "tokenizer_config.json") for d in places
+                 if os.path.isfile(os.path.join(d, "tokenizer_config.json"))), None)
+
+
+def chat_requests(body, template):
+    """The moeppc requests of an OpenAI-style chat body: the messages through the template, one
+    request a choice (as completion_requests); or raise ValueError with the reason."""
+    if not isinstance(body, dict):
+        raise ValueError("the body is a JSON object")
+    known = CHAT_FIELDS | set(NEUTRAL) - {"best_of", "suffix"} | {"messages", "model", "user", "n", "logprobs",
+                                                                  "top_logprobs", "max_tokens", "max_completion_tokens",
+                                                                  "stream_options"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ValueError('unknown field "%s"' % unknown[0])
+    neutral(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError('"messages": a list of {"role", "content"}')
+    conv = []
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and all(isinstance(c, dict) and c.get("type") == "text" and
+                                             isinstance(c.get("text"), str) for c in content):
+            content = "".join(c["text"] for c in content)
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
+            raise ValueError('"messages"[%d]: {"role": a string, "content": text or [{"type": "text", "text"}]}' % i)
+        conv.append(dict(m, content=content))
+    if "max_completion_tokens" in body and "max_tokens" in body and body["max_completion_tokens"] != body["max_tokens"]:
+        raise ValueError('"max_tokens" and "max_completion_tokens" differ')
+    opts = body.get("stream_options")
+    if opts is not None and not (isinstance(opts, dict) and set(opts) <= {"include_usage"} and
+                                 isinstance(opts.get("include_usage", False), bool)):
+        raise ValueError('"stream_options": {"include_usage": true or false}')
+    if not isinstance(body.get("logprobs", False), bool):
+        raise ValueError('"logprobs": true or false')
+    top = body.get("top_logprobs")
+    if top is not None and not body.get("logprobs"):
+        raise ValueError('"top_logprobs" needs "logprobs": true')
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= LOGPROBS_MAX):
+        raise ValueError('"top_logprobs": an integer from 0 to %d' % LOGPROBS_MAX)
+    req = {k: body[k] for k in CHAT_FIELDS if k in body}
+    req["max_tokens"] = body.get("max_completion_tokens", body.get("max_tokens", MAX_TOKENS_UNTIL_END))
+    if body.get("logprobs"):
+        req["logprobs"] = top or 0
+    return fan_out(body, req, [template.render(conv)], special=True)
 
 
 def token_string(piece, token):
@@ -208,7 +362,32 @@ def openai_logprobs(parts, offset=0):
     return out
 
 
-def make_handler(backend, model):
+def event_logprobs(msg):
+    """A streamed token's log-probabilities as moeppc's logprobs object of one token."""
+    return {"tokens": [msg.get("piece")], "token_logprobs": [msg["logprob"]], "top_logprobs": [msg["top_logprobs"]]}
+
+
+def chat_finish(reason):
+    """moeppc's finish_reason as a chat completion's: the caches' end is a length."""
+    return "length" if reason == "max_positions" else reason
+
+
+def chat_logprobs(ids, lp):
+    """A chat completion's "logprobs" of ids from moeppc's logprobs object: each token's string, its
+    bytes, log-probability and likeliest (a list of the same). A byte piece <0xXX> is that byte (its
+    string \\xXX where it is no character alone), as OpenAI gives a token that ends inside one."""
+    def entry(token, piece, logprob):
+        m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece or "")
+        b = bytes([int(m.group(1), 16)]) if m else token_string(piece, token).encode("utf-8")
+        return {"token": b.decode("utf-8", "backslashreplace"), "logprob": logprob, "bytes": list(b)}
+
+    pieces = lp.get("tokens", [None] * len(ids))
+    return {"content": [dict(entry(t, piece, chosen), top_logprobs=[entry(e[0], e[2] if len(e) > 2 else None, e[1])
+                                                                    for e in top or []])
+                        for t, piece, chosen, top in zip(ids, pieces, lp["token_logprobs"], lp["top_logprobs"])]}
+
+
+def make_handler(backend, model, template):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -238,23 +417,33 @@ def make_handler(backend, model):
                 self._error(404, "no such endpoint: " + self.path, "not_found")
 
         def do_POST(self):
-            if self.path != "/v1/completions":
+            chat = self.path == "/v1/chat/completions"
+            if self.path != "/v1/completions" and not chat:
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
+            if chat and template is None:
+                return self._error(404, "this server has no chat template: start moeppc_http.py with --chat-template "
+                                        "FILE (a Jinja template, or a tokenizer_config.json with one)", "not_found")
+            if chat and template.template is None:
+                return self._error(501, template.why, "not_implemented")
+            self.streaming = False
             try:
                 size = int(self.headers.get("Content-Length", "0"))
                 if not 0 <= size <= BODY_MAX:
                     self.close_connection = True  # (the body is not read)
                     return self._error(413, "the body is %d bytes; at most %d" % (size, BODY_MAX), "request_too_large")
-                reqs, n = completion_requests(json.loads(self.rfile.read(size) or b"null"))
+                body = json.loads(self.rfile.read(size) or b"null")
+                reqs, n = chat_requests(body, template) if chat else completion_requests(body)
             except ValueError as e:
                 return self._error(400, str(e))
             q = queue.Queue()  # every choice's lines, in the order they come
             rids = [backend.submit(r, q) for r in reqs]
             try:
                 if reqs[0].get("stream"):
-                    self._stream(rids, reqs, q)
+                    self.streaming = True
+                    usage = chat and (body.get("stream_options") or {}).get("include_usage", False)
+                    self._stream(rids, reqs, n, q, chat, usage)
                 else:
-                    self._answer(rids, reqs, n, self._wait(rids, q))
+                    self._answer(rids, reqs, n, self._wait(rids, q), chat)
             finally:
                 for rid in rids:
                     backend.done(rid)
@@ -287,16 +476,25 @@ def make_handler(backend, model):
                     got[msg["id"]] = msg
             return got
 
-        def _completion(self, rids, choices):
-            return {"id": rids[0], "object": "text_completion", "created": int(time.time()), "model": model,
-                    "choices": choices}
+        def _completion(self, rids, choices, chat=False):
+            kind = ("chat.completion.chunk" if self.streaming else "chat.completion") if chat else "text_completion"
+            return {"id": rids[0].replace("cmpl-", "chatcmpl-") if chat else rids[0], "object": kind,
+                    "created": int(time.time()), "model": model, "choices": choices}
 
         @staticmethod
         def _choice(i, rid, text, finish, ids, logprobs=None):  # ("sequence": what a "continue" names)
             return {"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs, "token_ids": ids,
                     "sequence": rid}
 
-        def _answer(self, rids, reqs, n, got):
+        @staticmethod
+        def _usage(msgs, n, chat):
+            made = sum(len(m["ids"]) for m in msgs)
+            prompt = sum(m["prompt_tokens"] for m in msgs[::n])  # (each prompt once, not its n choices)
+            cached = sum(m["cached_tokens"] for m in msgs)
+            return dict({"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made},
+                        **({"prompt_tokens_details": {"cached_tokens": cached}} if chat else {"cached_tokens": cached}))
+
+        def _answer(self, rids, reqs, n, got, chat=False):
             msgs = [got[rid] for rid in rids]
             if None in msgs:
                 return self._error(503, "the model's process has ended", "server_error")
@@ -305,6 +503,11 @@ def make_handler(backend, model):
                     return self._error(400, m["error"])
             choices = []
             for i, (rid, req, m) in enumerate(zip(rids, reqs, msgs)):
+                if chat:
+                    choices.append({"index": i, "message": {"role": "assistant", "content": m.get("text", "")},
+                                    "finish_reason": chat_finish(m["finish_reason"]),
+                                    "logprobs": chat_logprobs(m["ids"], m["logprobs"]) if "logprobs" in m else None})
+                    continue
                 text, lp = m.get("text", ""), None
                 if req.get("echo"):  # the prompt as it was given, else as its ids decode
                     text = req.get("prompt", m.get("prompt_text", "")) + text
@@ -312,15 +515,34 @@ def make_handler(backend, model):
                     parts = [(m["prompt_ids"], m["prompt_logprobs"])] if "prompt_logprobs" in m else []
                     lp = openai_logprobs(parts + [(m["ids"], m["logprobs"])])
                 choices.append(self._choice(i, rid, text, m["finish_reason"], m["ids"], lp))
-            out = self._completion(rids, choices)
-            made = sum(len(m["ids"]) for m in msgs)
-            prompt = sum(m["prompt_tokens"] for m in msgs[::n])  # (each prompt once, not its n choices)
-            out["usage"] = {"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made,
-                            "cached_tokens": sum(m["cached_tokens"] for m in msgs)}
+            out = self._completion(rids, choices, chat)
+            out["usage"] = self._usage(msgs, n, chat)
             self._json(200, out)
 
-        def _stream(self, rids, reqs, q):
-            index = {rid: i for i, rid in enumerate(rids)}
+        def _chunk(self, rids, index, reqs, msg, last, offset, chat):
+            """A streamed line's chunk: the prompt's ("echo"), a token's, or a choice's end."""
+            rid = msg["id"]
+            i, lp = index[rid], None
+            finish = msg.get("finish_reason", "error" if last else None)
+            if chat:
+                delta = {} if last else {"content": msg.get("text", "")}
+                if "logprob" in msg:
+                    lp = chat_logprobs([msg["token"]], event_logprobs(msg))
+                return self._completion(rids, [{"index": i, "delta": delta, "logprobs": lp,
+                                                "finish_reason": finish and chat_finish(finish)}], chat)
+            if "prompt_ids" in msg and not last:  # "echo": the prompt's chunk, before the first token's
+                if "prompt_logprobs" in msg:
+                    lp = openai_logprobs([(msg["prompt_ids"], msg["prompt_logprobs"])], offset[rid])
+                    offset[rid] += sum(len(s) for s in lp["tokens"])
+                text = reqs[i].get("prompt", msg.get("prompt_text", ""))
+                return self._completion(rids, [self._choice(i, rid, text, None, [], lp)])
+            if "logprob" in msg:
+                lp = openai_logprobs([([msg["token"]], event_logprobs(msg))], offset[rid])
+                offset[rid] += len(lp["tokens"][0])
+            return self._completion(rids, [self._choice(i, rid, "" if last else msg.get("text", ""), finish,
+                                                        [msg["token"]] if "token" in msg else [], lp)])
+
+        def _stream(self, rids, reqs, n, q, chat=False, usage=False):
             msg = q.get()
             if msg is None or "error" in msg:  # refused before any token: a plain error
                 return self._answer(rids, reqs, 1, dict.fromkeys(rids, msg))
@@ -330,31 +552,25 @@ def make_handler(backend, model):
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            gone, left = False, len(rids)
+            gone, left, ends = False, len(rids), {}
+            index = {rid: i for i, rid in enumerate(rids)}
             offset = dict.fromkeys(rids, 0)  # each choice's text so far, for "text_offset"
-            while msg is not None:
+            role = {"role": "assistant", "content": ""}  # (a chat's choices' first chunks)
+            chunks = [self._completion(rids, [{"index": i, "delta": role, "logprobs": None, "finish_reason": None}],
+                                       chat) for i in range(len(rids))] if chat else []
+            while True:
                 last = "finish_reason" in msg or "error" in msg
                 left -= last
+                if last:
+                    ends[msg["id"]] = msg
                 if not gone:  # (an answer's text is the whole: streamed already)
-                    rid, lp = msg["id"], None
-                    if "prompt_ids" in msg and not last:  # "echo": the prompt's chunk, before the first token's
-                        if "prompt_logprobs" in msg:
-                            lp = openai_logprobs([(msg["prompt_ids"], msg["prompt_logprobs"])], offset[rid])
-                            offset[rid] += sum(len(s) for s in lp["tokens"])
-                        text = reqs[index[rid]].get("prompt", msg.get("prompt_text", ""))
-                        chunk = self._completion(rids, [self._choice(index[rid], rid, text, None, [], lp)])
-                    else:
-                        if "logprob" in msg:
-                            lp = openai_logprobs([([msg["token"]], {"tokens": [msg.get("piece")], "token_logprobs":
-                                                                    [msg["logprob"]], "top_logprobs":
-                                                                    [msg["top_logprobs"]]})], offset[rid])
-                            offset[rid] += len(lp["tokens"][0])
-                        text = "" if last else msg.get("text", "")
-                        finish = msg.get("finish_reason", "error" if last else None)
-                        chunk = self._completion(rids, [self._choice(index[rid], rid, text, finish,
-                                                                     [msg["token"]] if "token" in msg else [], lp)])
+                    chunks.append(self._chunk(rids, index, reqs, msg, last, offset, chat))
+                    if not left and usage and all("ids" in ends[r] for r in rids):
+                        total = self._usage([ends[r] for r in rids], n, chat)
+                        chunks.append(dict(self._completion(rids, [], chat), usage=total))
                     try:
-                        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                        for chunk in chunks:
+                            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                         if not left:
                             self.wfile.write(b"data: [DONE]\n\n")
                         self.wfile.flush()
@@ -362,9 +578,12 @@ def make_handler(backend, model):
                         gone = True  # the client went away: its requests end, their answers are awaited
                         for r in rids:
                             backend.cancel(r)
+                    chunks = []
                 if not left:
                     break
                 msg = q.get()
+                if msg is None:
+                    break
 
     return Handler
 
@@ -374,14 +593,24 @@ def main():
                                  usage="%(prog)s [--host H] [--port P] -- MOEPPC RUN ARGS...")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0: any free port (the one taken is printed)")
+    ap.add_argument("--chat-template", metavar="FILE", help="the chat template for /v1/chat/completions: a Jinja "
+                    "file, or a tokenizer_config.json with its chat_template (default: the tokenizer_config.json "
+                    "beside --tokenizer, --weights or a model folder in the command)")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not command:
         ap.error("give the moeppc command after --, e.g. -- build/moeppc run SPEC --weights W --batch 8")
     model = next((c for c in command if c.endswith((".yaml", ".yml", ".json"))), command[0])
+    template, path = None, a.chat_template or chat_template_beside(command)
+    try:
+        template = ChatTemplate(path) if path else None
+    except (OSError, ValueError) as e:
+        if a.chat_template:
+            ap.error("--chat-template: %s" % e)
+        print("moeppc_http: no chat endpoint: %s" % e, file=sys.stderr)  # (a base model's config has none)
     backend = Backend(command)
-    server = http.server.ThreadingHTTPServer((a.host, a.port), make_handler(backend, model))
+    server = http.server.ThreadingHTTPServer((a.host, a.port), make_handler(backend, model, template))
     server.daemon_threads = True
     print("moeppc_http: listening on http://%s:%d" % server.server_address[:2], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())

@@ -274,7 +274,8 @@ static void print_help(FILE *f)
           "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
           "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [ids, strings],\n"
-          "                      \"logprobs\": K, \"echo\", \"stream\"}\n"
+          "                      \"logprobs\": K, \"echo\", \"stream\", \"special\": the prompt's <s>, </s>\n"
+          "                      those tokens and no BOS added, as a chat template writes it}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
           "                      \"cached_tokens\", \"logprobs\", with \"echo\" \"prompt_ids\", \"prompt_text\",\n"
           "                      \"prompt_logprobs\"} or {\"id\", \"error\"}; streamed, a line a token first\n"
@@ -1043,12 +1044,14 @@ static bool open_tokenizer(const RunArgs *r, const ModelSpec *s, Tokenizer **out
 }
 
 /* Text as ids: the beginning-of-sequence id first where bos (and not --no-bos), then the
- * tokenizer's encoding. NULL (after a message) when they are none or more than max_positions. */
+ * tokenizer's encoding (special: tokenizer_encode_special's). NULL (after a message) when they are
+ * none or more than max_positions. */
 static int32_t *encode_text(const Tokenizer *tok, const RunArgs *r, const ModelSpec *s, const char *what, const char *text,
-                            size_t n, bool bos, int64_t *T)
+                            size_t n, bool bos, bool special, int64_t *T)
 {
     int32_t *enc;
-    int64_t k = tokenizer_encode(tok, text, n, &enc), b = bos && !r->no_bos && tokenizer_bos(tok) >= 0;
+    int64_t k = (special ? tokenizer_encode_special : tokenizer_encode)(tok, text, n, &enc);
+    int64_t b = bos && !r->no_bos && tokenizer_bos(tok) >= 0;
     *T = k + b;
     if (*T == 0 || *T > s->max_positions) {
         drv_err("%s: %lld tokens%s\n", what, (long long)*T,
@@ -1081,7 +1084,7 @@ static int32_t *prompt_line_text(const Runner *rn, const char *what, const char 
     if (!text_unescape(body, n, text, &n, &bad)) {
         str_escape(body + bad, body[bad + 1] ? 2 : 1, shown, sizeof shown);
         drv_err("%s, column %zu: '%s' is not an escape (\\n \\t \\r \\\\ \\xHH)\n", what, col + bad, shown);
-    } else ids = encode_text(rn->tok, rn->r, rn->s, what, text, n, bos, T);
+    } else ids = encode_text(rn->tok, rn->r, rn->s, what, text, n, bos, false, T);
     free(text);
     return ids;
 }
@@ -1125,7 +1128,8 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
     else {
         pl->more = pl->sr.cont != NULL;
         if (pl->sr.prompt)
-            pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt), !pl->more, &pl->T);
+            pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt),
+                                  !pl->more && !pl->sr.special, pl->sr.special, &pl->T);
         else pl->ids = memcpy(xmalloc((size_t)pl->sr.n_ids * sizeof *pl->ids), pl->sr.ids, (size_t)pl->sr.n_ids * sizeof *pl->ids), pl->T = pl->sr.n_ids;
         pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
     }
@@ -1895,7 +1899,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     }
     if (!open_tokenizer(&r, &s, &tok)) goto out;
     if (r.prompt) {
-        if (!(ids = encode_text(tok, &r, &s, "--prompt", r.prompt, strlen(r.prompt), true, &T)) || !prompt_ok(&r, "--prompt", T)) goto out;
+        if (!(ids = encode_text(tok, &r, &s, "--prompt", r.prompt, strlen(r.prompt), true, false, &T)) || !prompt_ok(&r, "--prompt", T)) goto out;
     } else if (r.prompts) {
         prompts = strcmp(r.prompts, "-") == 0 ? stdin : fopen(r.prompts, "r");
         if (!prompts) {

@@ -133,14 +133,15 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "logprobs") == 0) ok = int_field(f, k, 0, SERVE_LOGPROBS_MAX, &q->logprobs, why, n);
         else if (strcmp(k, "top_k") == 0) ok = int_field(f, k, 0, 1e9, &q->sample.top_k, why, n);
         else if (strcmp(k, "seed") == 0) ok = int_field(f, k, 0, 9007199254740992.0, &i, why, n), q->seed = (uint64_t)i;
-        else if (strcmp(k, "stream") == 0 || strcmp(k, "echo") == 0) {
+        else if (strcmp(k, "stream") == 0 || strcmp(k, "echo") == 0 || strcmp(k, "special") == 0) {
             if (!cJSON_IsBool(f)) ok = false, snprintf(why, n, "\"%s\": expected true or false", k);
-            else *(k[0] == 's' ? &q->stream : &q->echo) = cJSON_IsTrue(f);
+            else *(k[1] == 't' ? &q->stream : k[1] == 'c' ? &q->echo : &q->special) = cJSON_IsTrue(f);
         } else ok = false, snprintf(why, n, "unknown field \"%s\"", shown);
     }
     if (ok && !q->cancel && !q->prompt == !q->ids)
         ok = false, snprintf(why, n, "give one of \"prompt\" (text) and \"ids\" (token ids)");
     if (ok && q->ids && q->n_ids == 0) ok = false, snprintf(why, n, "\"ids\": no tokens");
+    if (ok && q->ids && q->special) ok = false, snprintf(why, n, "\"special\": for a \"prompt\"'s text, not \"ids\"");
     if (ok && !sample_params_check(&q->sample, why, n)) ok = false;
     cJSON_Delete(root);
     return ok;

@@ -8,7 +8,10 @@
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
  *             "seed": S, "logprobs": K, "stop": [ids and strings] (the run's options are the defaults; ids replace its
  *             stop tokens, strings end the text where one begins), "stream": true|false,
- *             "echo": true|false (the answer also gives the prompt, and with "logprobs" its tokens')}
+ *             "echo": true|false (the answer also gives the prompt, and with "logprobs" its tokens'),
+ *             "special": true|false (the prompt's text is the whole sequence, as a chat template writes
+ *             it: the text of a control piece in it, <s> or </s>, is that token, and no
+ *             beginning-of-sequence id is added)}
  * An answer: {"id": …, "ids": […], "text": "…" (with a tokenizer), "finish_reason": "length" |
  *             "stop" | "max_positions" | "cancelled", "prompt_tokens": N, "cached_tokens": K,
  *             with "logprobs": {"token_logprobs": [...], "top_logprobs": [[[id, logprob], ...], ...]}
@@ -45,6 +48,7 @@ typedef struct ServeRequest {
                             tokens' (0 to SERVE_LOGPROBS_MAX), or -1: none */
     bool stop_set, stream;
     bool echo;           /* "echo": the answer gives the prompt (and with "logprobs", its tokens' too) */
+    bool special;        /* "special": the prompt's control pieces' text their ids, no BOS added */
 } ServeRequest;
 
 enum { SERVE_LOGPROBS_MAX = 20 };

@@ -3,10 +3,13 @@ and what the library itself encodes and decodes with them (the reference moeppc'
 match byte for byte).
 
 usage: tokenizer_cases.py OUTDIR  ->  OUTDIR/*.model, OUTDIR/cases.txt
-cases.txt: "model PATH SIZE BOS EOS", then for it "enc HEX N ID..." (text -> ids) and
+cases.txt: "model PATH SIZE BOS EOS", then for it "enc HEX N ID..." (text -> ids), "spc HEX N ID..."
+(text -> ids, the control and unknown pieces' text in it those pieces, as Hugging Face's tokenizers
+split special tokens out and encode the text between on its own: what a chat template writes) and
 "dec N ID... HEX" (ids -> text); HEX is the text's bytes in hex, "-" when empty."""
 import os
 import random
+import re
 import sys
 
 import sentencepiece as spm
@@ -100,6 +103,32 @@ def texts():
     return out_
 
 
+def special_texts(specials):
+    """Texts as chat templates write them, the model's special pieces among the words."""
+    fixed = ["<s>[INST] the city [/INST] the world</s>[INST] one more [/INST]", "<s><s></s>", "a<unk>b", "<s",
+             "</s >", " <s> ", "<s>\n", "x<ctl>y<ctl>", "<</s>>", ""]
+    out_ = [t.encode("utf-8") for t in fixed]
+    for _ in range(60):
+        parts = [rng.choice(specials) if rng.random() < 0.4 else sentence() for _ in range(rng.randint(1, 6))]
+        out_.append(rng.choice(["", " ", "\n"]).join(parts).encode("utf-8"))
+    return out_
+
+
+def encode_special(sp, specials, t):
+    """The reference: the text split at its special pieces (the longest first where several begin at one
+    place), each piece its id and each other part sentencepiece's encoding of it alone."""
+    ids = []
+    if not specials:
+        return sp.encode(t)
+    alt = "|".join(re.escape(x.encode("utf-8")).decode("latin-1") for x in sorted(specials, key=len, reverse=True))
+    for k, part in enumerate(re.split(("(" + alt + ")").encode("latin-1"), t)):
+        if k % 2:
+            ids.append(sp.piece_to_id(part.decode("utf-8")))
+        elif part:
+            ids += sp.encode(part)
+    return ids
+
+
 def hexs(b):
     return b.hex() if b else "-"
 
@@ -112,6 +141,11 @@ with open(os.path.join(out, "cases.txt"), "w") as f:
         for t in texts():
             ids = sp.encode(t)
             f.write(f"enc {hexs(t)} {len(ids)} {' '.join(map(str, ids))}\n")
+        specials = [sp.id_to_piece(i) for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
+        specials = [x for x in specials if x]
+        for t in special_texts(specials or ["<s>"]):
+            ids = encode_special(sp, specials, t)
+            f.write(f"spc {hexs(t)} {len(ids)} {' '.join(map(str, ids))}\n")
         byte_ids = [i for i in range(n) if sp.is_byte(i)]
         for k in range(300):
             pool = byte_ids if byte_ids and k % 3 == 0 else range(n)

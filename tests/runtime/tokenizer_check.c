@@ -1,6 +1,6 @@
 /* tokenizer_check CASES — moeppc's tokenizer against the sentencepiece library's own encodings and
- * decodings (tokenizer_cases.py writes them): every text's ids, every id sequence's text, byte for
- * byte; and decoding with hold only ever appends (each prefix's text, held, begins the whole one's).
+ * decodings (tokenizer_cases.py writes them): every text's ids (also with special pieces in the text,
+ * against the library encoding the parts between them), every id sequence's text, byte for byte; and decoding with hold only ever appends (each prefix's text, held, begins the whole one's).
  * Prints the first mismatches; exit status 1 on any. */
 #include "runtime/runtime.h"
 
@@ -37,7 +37,7 @@ static void print_ids(const char *label, const int32_t *ids, int64_t n)
     fprintf(stderr, "\n");
 }
 
-static void check_enc(const Tokenizer *t, char *rest, int line, char *buf)
+static void check_enc(const Tokenizer *t, char *rest, int line, char *buf, bool special)
 {
     char *hex = strtok(rest, " "), *tok;
     size_t n = unhex(hex, buf);
@@ -45,9 +45,9 @@ static void check_enc(const Tokenizer *t, char *rest, int line, char *buf)
     int32_t *want = xmalloc((size_t)(want_n + 1) * sizeof *want);
     for (int64_t i = 0; i < want_n && (tok = strtok(NULL, " ")); i++) want[i] = (int32_t)strtol(tok, NULL, 10);
     int32_t *got;
-    int64_t got_n = tokenizer_encode(t, buf, n, &got);
+    int64_t got_n = (special ? tokenizer_encode_special : tokenizer_encode)(t, buf, n, &got);
     if (got_n != want_n || memcmp(got, want, (size_t)want_n * sizeof *got)) {
-        fail("encoding differs", line, buf, n);
+        fail(special ? "encoding with special pieces differs" : "encoding differs", line, buf, n);
         print_ids("sentencepiece", want, want_n);
         print_ids("moeppc", got, got_n);
     }
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     size_t cap = 1 << 20;
     char *line = xmalloc(cap), *buf = xmalloc(cap);
     Tokenizer *t = NULL;
-    int ln = 0, n_enc = 0, n_dec = 0, n_models = 0;
+    int ln = 0, n_enc = 0, n_spc = 0, n_dec = 0, n_models = 0;
     while (fgets(line, (int)cap, f)) {
         ln++;
         line[strcspn(line, "\n")] = 0;
@@ -114,13 +114,15 @@ int main(int argc, char **argv)
             if (tokenizer_size(t) != size || tokenizer_bos(t) != bos || tokenizer_eos(t) != eos)
                 fail("size, bos or eos differ", ln, path, strlen(path));
             n_models++;
-        } else if (strncmp(line, "enc ", 4) == 0) check_enc(t, line + 4, ln, buf), n_enc++;
+        } else if (strncmp(line, "enc ", 4) == 0) check_enc(t, line + 4, ln, buf, false), n_enc++;
+        else if (strncmp(line, "spc ", 4) == 0) check_enc(t, line + 4, ln, buf, true), n_spc++;
         else if (strncmp(line, "dec ", 4) == 0) check_dec(t, line + 4, ln, buf), n_dec++;
     }
     fclose(f);
     tokenizer_free(t);
     free(line);
     free(buf);
-    printf("tokenizer_check: %d models, %d encodings, %d decodings: %d differ\n", n_models, n_enc, n_dec, failures);
+    printf("tokenizer_check: %d models, %d encodings, %d with special pieces, %d decodings: %d differ\n", n_models, n_enc,
+           n_spc, n_dec, failures);
     return failures ? 1 : 0;
 }
