@@ -779,8 +779,9 @@ typedef struct {
     char *id;       /* --serve: the id of its latest turn's request (what "continue" names), or NULL */
     ServeLogprobs scored; /* --serve: its tokens 1 .. scored.n's log-probabilities (entry j: token j + 1's,
                              from row j's logits; the SERVE_LOGPROBS_MAX likeliest), where an "echo" with
-                             "logprobs" ran those rows: a later such prompt that begins with them takes
-                             them rather than run the rows again (prefix_scored) */
+                             "logprobs" ran those rows, and on through the tokens generated after them
+                             and a next turn's scored prompt: a later such prompt that begins with them
+                             takes them rather than run the rows again (prefix_scored) */
 } Conv;
 
 /* How many of ids[T]'s first tokens are c's first `upto` (at most T - 1), where prefixes are reused. */
@@ -1508,10 +1509,17 @@ static bool readable(FILE *in)
     return poll(&p, 1, 0) > 0;
 }
 
-/* --serve "logprobs": the log-probabilities of the token just chosen from row[V], and the likeliest. */
+/* --serve "logprobs": the log-probabilities of the token just chosen from row[V], and the likeliest.
+ * A sequence whose scored tokens reach the one before it (an "echo" with "logprobs" ran its rows) keeps
+ * the chosen token's with them too, so that a next turn's scored prompt, or a later one repeating the
+ * whole conversation, goes on from them (prefix_scored) rather than stop where its first prompt did. */
 static void lane_logprob(Lane *L, const double *row, int64_t V)
 {
-    if (lp_asked(L)) serve_logprobs_add(&L->lp, row, V, L->g.next);
+    ServeLogprobs *sc = &L->c.scored;
+    if ((sc->n > 0 || plp_asked(L)) && sc->n == L->g.len - 1) {
+        serve_logprobs_add(sc, row, V, L->g.next);
+        if (lp_asked(L)) serve_logprobs_append(&L->lp, sc, sc->n - 1);
+    } else if (lp_asked(L)) serve_logprobs_add(&L->lp, row, V, L->g.next);
 }
 
 /* --serve "echo" with "logprobs": the log-probability of prompt token p + 1 from row p's logits [V],

@@ -124,8 +124,9 @@ for r in reqs:
 # "echo" with "logprobs": 3: every prompt token's log-probability (null for a new sequence's first),
 # in prompt chunks of 3 beside a decoding sequence, of a new sequence and of a next turn (whose first
 # token's comes from the row of the token generated last); such a prompt starts from the caches only
-# where its tokens' log-probabilities are kept with them: "r" takes e's first 9 positions (tokens 1 .. 9's
-# from e's rows), not t's (e's generated tokens have none), while an echo without logprobs takes all
+# where its tokens' log-probabilities are kept with them: "r" (e's prompt, then t's without e's
+# generated tokens) takes e's first 9 positions (tokens 1 .. 9's from e's rows), while an echo without
+# logprobs takes all
 # (e and t streamed: the prompt's line comes first, then the tokens')
 reqs = [{"id": "d", "ids": [8, 1, 40], "max_tokens": 12},
         {"id": "e", "ids": [5, 9, 2, 77, 31, 6, 6, 3, 250, 17], "max_tokens": 2, "logprobs": 3, "echo": True, "stream": True},
@@ -202,6 +203,26 @@ if [got[r["id"]]["cached_tokens"] for r in reqs] != [0, 20, 19, 0] or not same_l
         got["s2"]["prompt_logprobs"], reqs[2]["ids"], [None] + list(ref[:23]), 2) or not same_logprobs(
         got["s3"]["prompt_logprobs"], reqs[3]["ids"], ref[23:], 2):
     sys.exit("serve_random: a context scored, then run on: %s" % [got[r["id"]] for r in reqs])
+# ... and a conversation scored turn by turn: the tokens generated after a scored prompt and the next
+# turn's scored prompt keep theirs with the sequence, so that the whole conversation scored again takes
+# all its positions but the last from the caches (15 of 16; 7, its first prompt's, without that)
+p = subprocess.Popen([MOEPPC] + BASE + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+A, B = [21, 3, 77, 140, 9, 250, 64, 18], [33, 7, 101]
+got = {}
+for r in ({"id": "a", "ids": A, "max_tokens": 3, "logprobs": 2, "echo": True},
+          {"id": "b", "continue": "a", "ids": B, "max_tokens": 2, "logprobs": 2, "echo": True}):
+    p.stdin.write(json.dumps(r) + "\n")
+    p.stdin.flush()
+    got[r["id"]] = json.loads(p.stdout.readline())
+whole = A + got["a"]["ids"] + B + got["b"]["ids"] + [5]
+p.stdin.write(json.dumps({"id": "w", "ids": whole, "max_tokens": 1, "logprobs": 2, "echo": True}) + "\n")
+p.stdin.close()
+w = json.loads(p.stdout.readline())
+p.wait()
+ref = log_softmax_of(whole + w["ids"])
+if w["cached_tokens"] != len(whole) - 2 or not same_logprobs(w["prompt_logprobs"], whole, [None] + list(ref[:len(whole) - 1]), 2) \
+        or not same_logprobs(got["b"]["logprobs"], got["b"]["ids"], ref[len(whole) - 4:len(whole) - 2], 2):
+    sys.exit("serve_random: a conversation scored turn by turn, then whole: %s" % [got["a"], got["b"], w])
 
 checked = refused = cancelled = scored = scored_cached = 0
 for rnd in range(ROUNDS):
