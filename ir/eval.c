@@ -381,6 +381,7 @@ static bool bind_params(Eval *ev)
                      v->tensor, t ? "shape or dtype differs from the IR's" : "missing tensor", v->name);
             return false;
         }
+        if (!weights_data(ev->w, t, ev->err) && t->nbytes) return false; /* (one in two parts: stacked once) */
         ev->params[k] = t;
     }
     return true;

@@ -21,7 +21,8 @@ typedef struct Tensor {
     moe_dtype   dtype;          /* DT_F32, DT_BF16 or DT_F16 */
     int         ndim;           /* 0..4 */
     int64_t     shape[4];
-    const void *data;           /* little-endian, row-major, aligned to the element size */
+    const void *data;           /* little-endian, row-major, aligned to the element size; NULL for a
+                                   tensor held in two parts (weights_parts) */
     size_t      nbytes;
 } Tensor;
 
@@ -51,6 +52,14 @@ bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, R
  * first problems (all of them, one per line, up to a limit) in err. */
 bool        weights_check(const WeightSet *w, const ModelSpec *s, RtError *err);
 const Tensor *weights_find(const WeightSet *w, const char *name);
+/* Whether w's tensor t is held in two parts, each in place in the files (a Mixtral expert's up
+ * projection: w1's rows over w3's; its data NULL until weights_data): its first *part0_bytes bytes
+ * at part[0], the rest at part[1]. */
+bool        weights_parts(const WeightSet *w, const Tensor *t, const void *part[2], size_t *part0_bytes);
+/* t's bytes as one block, for a reader that needs them whole: t->data, which for a tensor held in
+ * two parts is set here, at the first call, to a copy of the two stacked (kept with w; NULL, with
+ * err, when it cannot be allocated). Readers that can take the parts (packing, uploading) should. */
+const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err);
 int         weights_count(const WeightSet *w);
 const Tensor *weights_at(const WeightSet *w, int i);
 void        weights_close(WeightSet *w);

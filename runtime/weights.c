@@ -78,6 +78,43 @@ const Tensor *weights_find(const WeightSet *w, const char *name)
     return hit ? &w->tensors[hit->index] : NULL;
 }
 
+static int ws_parts_cmp(const void *a, const void *b)
+{
+    return strcmp(((const WsParts *)a)->name, ((const WsParts *)b)->name);
+}
+
+void ws_sort_parts(WeightSet *w)
+{
+    if (w->n_parts) qsort(w->parts, (size_t)w->n_parts, sizeof *w->parts, ws_parts_cmp);
+}
+
+bool weights_parts(const WeightSet *w, const Tensor *t, const void *part[2], size_t *part0_bytes)
+{
+    if (t->data || !w->n_parts) return false;
+    WsParts key = {.name = t->name};
+    const WsParts *p = bsearch(&key, w->parts, (size_t)w->n_parts, sizeof *w->parts, ws_parts_cmp);
+    if (!p) return false;
+    part[0] = p->part[0], part[1] = p->part[1], *part0_bytes = p->part0_bytes;
+    return true;
+}
+
+const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err)
+{
+    const void *part[2];
+    size_t lo;
+    if (!weights_parts(w, t, part, &lo)) return t->data;
+    void *whole = aligned_alloc(64, (t->nbytes + 63) & ~(size_t)63);
+    if (!whole) {
+        rt_errorf(err, w->origin, "tensor '%s': cannot allocate %zu bytes to stack its two parts", t->name, t->nbytes);
+        return NULL;
+    }
+    memcpy(whole, part[0], lo);
+    memcpy((char *)whole + lo, part[1], t->nbytes - lo);
+    ws_add_copy((WeightSet *)w, whole); /* (the set owns its tensors: filling one in is its business) */
+    ((Tensor *)t)->data = whole;
+    return whole;
+}
+
 int weights_count(const WeightSet *w) { return w ? w->n : 0; }
 
 const Tensor *weights_at(const WeightSet *w, int i) { return w && i >= 0 && i < w->n ? &w->tensors[i] : NULL; }
@@ -92,6 +129,7 @@ void weights_close(WeightSet *w)
     free(w->maps);
     for (int i = 0; i < w->n_copies; i++) free(w->copies[i]);
     free(w->copies);
+    free(w->parts);
     free(w->owned);
     free(w->origin);
     free(w);
@@ -286,8 +324,8 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
         w->owned = block;
         FillJob *jobs = xmalloc((size_t)(n ? n : 1) * sizeof *jobs);
         for (int i = 0; i < n; i++) {
-            Tensor t = {xstrdup(d[i].name), d[i].dtype, d[i].ndim, {d[i].shape[0], d[i].shape[1], 0, 0},
-                        (char *)block + offs[i], 0};
+            Tensor t = {.name = xstrdup(d[i].name), .dtype = d[i].dtype, .ndim = d[i].ndim,
+                        .shape = {d[i].shape[0], d[i].shape[1], 0, 0}, .data = (char *)block + offs[i]};
             size_t count = d[i].ndim == 2 ? (size_t)(d[i].shape[0] * d[i].shape[1]) : (size_t)d[i].shape[0];
             t.nbytes = count * dtype_size(t.dtype);
             jobs[i] = (FillJob){(char *)block + offs[i], t.dtype, count, seed ^ hash_str(d[i].name), fill_scale(&d[i])};

@@ -21,6 +21,13 @@ typedef struct WsMapping {
     size_t len;
 } WsMapping;
 
+/* A tensor held in two parts (weights_parts). */
+typedef struct {
+    const char *name;          /* the tensor's (owned by it) */
+    const void *part[2];
+    size_t      part0_bytes;
+} WsParts;
+
 struct WeightSet {
     Tensor    *tensors;        /* [n], load order                                          */
     int        n, cap;
@@ -32,6 +39,8 @@ struct WeightSet {
     int        n_copies;
     char      *origin;         /* file, index or "random weights (seed N)", for messages   */
     bool       from_mixtral;   /* MoE names mapped from Mixtral's (checkpoint_layout.c)    */
+    WsParts   *parts;          /* [n_parts] tensors held in two parts, sorted by name      */
+    int        n_parts;
 };
 
 WeightSet *ws_new(const char *origin);
@@ -40,6 +49,8 @@ void       ws_push(WeightSet *w, const Tensor *t);
 void       ws_add_mapping(WeightSet *w, void *base, size_t len);
 /* Take a malloc'd block to free on close. */
 void       ws_add_copy(WeightSet *w, void *block);
+/* Sort the two-part tensors by name (weights_parts looks them up). */
+void       ws_sort_parts(WeightSet *w);
 /* Sort the by-name index. Returns the index of a name that occurs twice, or -1. */
 int        ws_build_index(WeightSet *w);
 /* checkpoint_layout.c: a Mixtral checkpoint's block_sparse_moe tensors renamed (router, w2) and

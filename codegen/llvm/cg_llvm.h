@@ -155,6 +155,9 @@ void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t
  * order (each panel's padding zeroed with it). */
 void cg_pack_b_alloc(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair, bool swiglu);
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1);
+/* The same for a W held in two parts: rows 0 .. rows_lo - 1 at w, the rest at w_hi (w_hi NULL: all
+ * at w), e.g. a Mixtral expert's w1 and w3 read in place as its [2I, K] up projection. */
+void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t p0, int64_t p1);
 void cg_packed_b_free(CgPackedB *b);
 
 /* ---- thread pool: CgPool, support.h (pool.c) ------------------------------------------------ */

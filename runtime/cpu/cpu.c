@@ -84,7 +84,11 @@ static void *addr(const CpuModel *cm, const IrValue *v, int64_t T)
     case IR_VAL_INPUT:
         if (cm->bound[v->id]) return (void *)cm->bound[v->id];
         return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
-    case IR_VAL_PARAM: return (void *)param(cm, v)->data;
+    case IR_VAL_PARAM: {
+        const Tensor *t = param(cm, v);
+        MOE_ASSERT(t->data || t->nbytes == 0); /* one in two parts (weights_parts) is only packed */
+        return (void *)t->data;
+    }
     case IR_VAL_RESULT: break;
     }
     MOE_ASSERT(v->planned);
@@ -251,7 +255,8 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
  * of weights are packed at start-up, and one thread did it alone). */
 typedef struct {
     CgPackedB *pk;
-    const void **src;
+    const void **src, **src_hi; /* [n] each weight, or its two parts (weights_parts: src_hi not NULL) */
+    int64_t *rows_lo;           /* [n] the first part's rows */
     int64_t *first; /* [n + 1] each weight's first task */
     int64_t *run;   /* [n] panels a task */
     int n;
@@ -264,7 +269,8 @@ static void pack_task(void *ctx, int64_t task, int thread)
     int e = 0;
     while (pt->first[e + 1] <= task) e++;
     int64_t p0 = (task - pt->first[e]) * pt->run[e], p1 = p0 + pt->run[e];
-    cg_pack_b_fill(&pt->pk[e], pt->src[e], p0, p1 < pt->pk[e].n_panels ? p1 : pt->pk[e].n_panels);
+    cg_pack_b_fill_parts(&pt->pk[e], pt->src[e], pt->src_hi[e], pt->rows_lo[e], p0,
+                         p1 < pt->pk[e].n_panels ? p1 : pt->pk[e].n_panels);
 }
 
 /* Pack the weights i->in[idx[0..n)] for the GEMM kernel of their dtype; swiglu for up-projections. */
@@ -277,7 +283,8 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
     bool kpair = st->ch[0].k->cfg.a_bf16;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
-    PackTasks pt = {st->pk, xmalloc((size_t)n * sizeof *pt.src), xmalloc((size_t)(n + 1) * sizeof *pt.first),
+    PackTasks pt = {st->pk, xmalloc((size_t)n * sizeof *pt.src), xmalloc((size_t)n * sizeof *pt.src_hi),
+                    xmalloc((size_t)n * sizeof *pt.rows_lo), xmalloc((size_t)(n + 1) * sizeof *pt.first),
                     xmalloc((size_t)n * sizeof *pt.run), n};
     pt.first[0] = 0;
     for (int e = 0; e < n; e++) {
@@ -285,13 +292,17 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
         const Tensor *t = param(cm, w);
         MOE_ASSERT(t->dtype == dt);
         cg_pack_b_alloc(&st->pk[e], dt, w->type.dims[0], w->type.dims[1], nr, kpair, swiglu);
-        pt.src[e] = t->data;
+        const void *part[2] = {t->data, NULL};
+        size_t lo = 0;
+        weights_parts(cm->w, t, part, &lo); /* (two parts: each packed from where it is) */
+        pt.src[e] = part[0], pt.src_hi[e] = part[1];
+        pt.rows_lo[e] = (int64_t)(lo / ((size_t)w->type.dims[1] * dtype_size(dt)));
         pt.run[e] = st->pk[e].panel_bytes ? (int64_t)(((size_t)1 << 20) / st->pk[e].panel_bytes) : 1;
         if (pt.run[e] < 1) pt.run[e] = 1;
         pt.first[e + 1] = pt.first[e] + (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e];
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
-    free(pt.src), free(pt.first), free(pt.run);
+    free(pt.src), free(pt.src_hi), free(pt.rows_lo), free(pt.first), free(pt.run);
     return true;
 }
 

@@ -254,6 +254,16 @@ static const Tensor *param(const CudaModel *cm, const IrValue *v)
 
 static size_t tensor_bytes(const IrValue *v) { return (size_t)ir_type_numel(&v->type, 1) * dtype_size(v->type.dtype); }
 
+/* A parameter's bytes [bytes] to device address d, whole or from its two parts (weights_parts). */
+static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
+{
+    const void *part[2];
+    size_t lo;
+    if (!weights_parts(cm->w, t, part, &lo)) return dupload(cm, d, t->data, bytes, err);
+    MOE_ASSERT(bytes == t->nbytes);
+    return dupload(cm, d, part[0], lo, err) && dupload(cm, d + lo, part[1], bytes - lo, err);
+}
+
 /* The device copy of a parameter, uploaded on first use. */
 static bool wdev(CudaModel *cm, const IrValue *v, uint64_t *out, RtError *err)
 {
@@ -262,8 +272,12 @@ static bool wdev(CudaModel *cm, const IrValue *v, uint64_t *out, RtError *err)
     const Tensor *t = param(cm, v);
     for (int j = 0; j < cm->n_w; j++)
         if (cm->wmap[j].t == t) return *out = cm->wmap[j].d, true;
-    if (cm->o.weights_in_place) *out = (uint64_t)(uintptr_t)t->data;
-    else if (!dalloc(cm, out, tensor_bytes(v), v->tensor, true, err) || !dupload(cm, *out, t->data, tensor_bytes(v), err))
+    if (cm->o.weights_in_place) {
+        const void *whole = weights_data(cm->w, t, err);
+        if (!whole && t->nbytes) return false;
+        *out = (uint64_t)(uintptr_t)whole;
+    } else if (!dalloc(cm, out, tensor_bytes(v), v->tensor, true, err) ||
+               !dupload_tensor(cm, *out, t, tensor_bytes(v), err))
         return false;
     if (cm->n_w == cm->cap_w) cm->wmap = xrealloc(cm->wmap, (size_t)(cm->cap_w = cm->cap_w ? 2 * cm->cap_w : 64) * sizeof *cm->wmap);
     cm->wmap[cm->n_w++] = (WMap){t, *out};
@@ -274,8 +288,13 @@ static bool wdev(CudaModel *cm, const IrValue *v, uint64_t *out, RtError *err)
 static bool wtable(CudaModel *cm, IrValue *const *ins, int n, const char *what, uint64_t *out, RtError *err)
 {
     uint64_t *ptrs = xcalloc((size_t)n + 1, sizeof *ptrs);
-    for (int e = 0; e < n; e++) ptrs[e] = (uint64_t)(uintptr_t)param(cm, ins[e])->data;
-    bool ok = dalloc(cm, out, (size_t)n * sizeof *ptrs, what, true, err) && dupload(cm, *out, ptrs, (size_t)n * sizeof *ptrs, err);
+    bool ok = true;
+    for (int e = 0; ok && e < n; e++) {
+        const Tensor *t = param(cm, ins[e]);
+        ptrs[e] = (uint64_t)(uintptr_t)weights_data(cm->w, t, err);
+        ok = ptrs[e] || !t->nbytes;
+    }
+    ok = ok && dalloc(cm, out, (size_t)n * sizeof *ptrs, what, true, err) && dupload(cm, *out, ptrs, (size_t)n * sizeof *ptrs, err);
     free(ptrs);
     return ok;
 }
@@ -291,7 +310,7 @@ static bool wstack(CudaModel *cm, const IrInstr *i, int first, int n, uint64_t *
     if (!dalloc(cm, out, per * (size_t)n, "stacked expert weights", true, err)) return false;
     for (int e = 0; e < n; e++) {
         MOE_ASSERT(tensor_bytes(i->in[first + e]) == per);
-        if (!dupload(cm, *out + per * (size_t)e, param(cm, i->in[first + e])->data, per, err)) return false;
+        if (!dupload_tensor(cm, *out + per * (size_t)e, param(cm, i->in[first + e]), per, err)) return false;
     }
     return true;
 }
@@ -655,7 +674,7 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
         size_t per = tensor_bytes(i->in[i->n_in - nc]);
         if (!dalloc(cm, &st->wc_stack, per * (size_t)nc, "the constant experts' gates", true, err)) return false;
         for (int64_t c = 0; c < nc; c++)
-            if (!dupload(cm, st->wc_stack + per * (size_t)c, param(cm, i->in[i->n_in - nc + c])->data, per, err))
+            if (!dupload_tensor(cm, st->wc_stack + per * (size_t)c, param(cm, i->in[i->n_in - nc + c]), per, err))
                 return false;
     }
     return true;

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
-"""test_mixtral.py MOEPPC WORKDIR
+"""test_mixtral.py MOEPPC WORKDIR [cuda]
 
 A Mixtral model from its Hugging Face files: `moeppc import-hf` of a MixtralForCausalLM config.json, then
 `moeppc run` on a sharded checkpoint under Mixtral's tensor names (block_sparse_moe.gate,
 experts.E.w1/w2/w3), against a float64 NumPy forward written from transformers' modeling_mixtral.py
 (not from SEMANTICS.md, nor the oracle's): RMSNorm, rotate-half RoPE, grouped-query causal attention,
 softmax over all experts then the top k renormalised, w2(silu(w1 x) * w3 x). f32 on the interpreter and
-the CPU backend (tolerance 1e-4), bf16 on the CPU backend (2e-2), SEMANTICS.md §4. Then configs and
-checkpoints that must be refused, each with its message and no logits written.
+the CPU backend (tolerance 1e-4), bf16 on the CPU backend (2e-2), SEMANTICS.md §4; with "cuda" also both
+on `--device cuda` (the emulator in the test suite: w1 and w3 uploaded from where they are in the files
+as the two halves of one up projection). Then configs and checkpoints that must be refused, each with
+its message and no logits written.
 """
 import json
 import os
@@ -21,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oracle  # noqa: E402  (its safetensors writer only)
 
 MOEPPC, WORK = sys.argv[1], sys.argv[2]
+CUDA = sys.argv[3:] == ["cuda"]
 IDS = [3, 17, 42, 99, 128, 200, 255, 0, 64, 7, 31, 5]
 
 # rope_theta and rms_norm_eps left out: Mixtral's defaults (1e6, 1e-5) must be the ones used.
@@ -167,8 +170,9 @@ def main():
     swapped, _ = forward(CONFIG, W, IDS, swap_w1_w3=True)
     check(rel_err(swapped, ref) > 1e-2, "the reference tells w1 from w3 (%.3g apart)" % rel_err(swapped, ref))
 
-    for dtype, torch_dtype, tol, backends in (("F32", "float32", 1e-4, ("interp", "cpu")),
-                                              ("BF16", "bfloat16", 2e-2, ("cpu",))):
+    cuda = ("cuda",) if CUDA else ()
+    for dtype, torch_dtype, tol, backends in (("F32", "float32", 1e-4, ("interp", "cpu") + cuda),
+                                              ("BF16", "bfloat16", 2e-2, ("cpu",) + cuda)):
         d = os.path.join(WORK, dtype.lower())
         config = dict(CONFIG, torch_dtype=torch_dtype)
         write_checkpoint(d, W, dtype, config)
@@ -184,7 +188,7 @@ def main():
             check(want in text, "%s: the imported spec says '%s'" % (dtype, want))
         for b in backends:
             o = os.path.join(d, b + ".bin")
-            rc, out = run(spec, d, o, "--backend", b)
+            rc, out = run(spec, d, o, *(("--device", "cuda") if b == "cuda" else ("--backend", b)))
             check(rc == 0, "%s %s: moeppc run on the Mixtral checkpoint%s" % (dtype, b, "" if rc == 0 else ": " + out))
             if rc == 0:
                 e = rel_err(logits(o), ref)
