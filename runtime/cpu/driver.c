@@ -48,7 +48,7 @@ static void drv_err(const char *fmt, ...)
 /* "usage: PROG [SPEC] …" (--tuning where it is available) */
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] "
+    fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
                "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
@@ -70,7 +70,7 @@ static int drv_usage(const char *fmt, const char *arg)
 typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
-    bool random, route_stats, ignore_eos, perplexity, quiet, no_bos;
+    bool random, route_stats, ignore_eos, perplexity, quiet, no_bos, special;
     bool no_reuse;                /* --no-prefix-reuse: every prompt run whole                       */
     uint64_t seed;
     SampleParams sample;          /* --generate's tokens: greedy unless --temperature/--top-k/--top-p */
@@ -250,6 +250,8 @@ static void print_help(FILE *f)
           "  --tokenizer F       a SentencePiece tokenizer.model (moeppc tokenize): generated tokens as\n"
           "                      text, and --prompts lines as text\n"
           "  --no-bos            text without the beginning-of-sequence id first\n"
+          "  --special           text as a chat template writes it: <s>, </s> (the control pieces' text)\n"
+          "                      are those tokens, and no beginning-of-sequence id is added\n"
           "  --prompts F         instead, a prompt a line of F (- for standard input), each run as it is\n"
           "                      read, as a new sequence on the model loaded once, or, starting with +,\n"
           "                      continuing the one before (its prompts and generated tokens stay in\n"
@@ -363,6 +365,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--unordered") == 0) r->unordered = true;
         else if (strcmp(o, "--serve") == 0) r->serve = true;
         else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
+        else if (strcmp(o, "--special") == 0) r->special = true;
         else if (strcmp(o, "--no-prefix-reuse") == 0) r->no_reuse = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
@@ -397,6 +400,9 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         return drv_usage("%s", r->ids || r->prompts || r->prompt ? "give one of --ids, --prompt and --prompts" : "missing --ids (or --prompt, --prompts)");
     if (r->no_bos && !r->prompt && !(r->prompts && r->tokenizer))
         return drv_usage("%s", "--no-bos applies to text a tokenizer encodes: --prompt, or --prompts with --tokenizer");
+    if (r->special && !r->prompt && !(r->prompts && r->tokenizer && !r->serve))
+        return drv_usage("%s", "--special applies to text a tokenizer encodes: --prompt, or --prompts with --tokenizer "
+                               "(--serve: a request's \"special\")");
     if (r->prompts && (r->logits_out || r->routes_out))
         return drv_usage("%s", "--logits-out and --routes-out write one prompt's: give it with --ids");
     if (r->batch > 1 && !r->prompts) return drv_usage("%s", "--batch decodes several --prompts lines together: give --prompts");
@@ -1044,15 +1050,15 @@ static bool open_tokenizer(const RunArgs *r, const ModelSpec *s, Tokenizer **out
     return true;
 }
 
-/* Text as ids: the beginning-of-sequence id first where bos (and not --no-bos), then the
- * tokenizer's encoding (special: tokenizer_encode_special's). NULL (after a message) when they are
- * none or more than max_positions. */
+/* Text as ids: the beginning-of-sequence id first where bos (and not --no-bos, nor special), then the
+ * tokenizer's encoding (special: tokenizer_encode_special's, the text naming its special tokens). NULL
+ * (after a message) when they are none or more than max_positions. */
 static int32_t *encode_text(const Tokenizer *tok, const RunArgs *r, const ModelSpec *s, const char *what, const char *text,
                             size_t n, bool bos, bool special, int64_t *T)
 {
     int32_t *enc;
     int64_t k = (special ? tokenizer_encode_special : tokenizer_encode)(tok, text, n, &enc);
-    int64_t b = bos && !r->no_bos && tokenizer_bos(tok) >= 0;
+    int64_t b = bos && !special && !r->no_bos && tokenizer_bos(tok) >= 0;
     *T = k + b;
     if (*T == 0 || *T > s->max_positions) {
         drv_err("%s: %lld tokens%s\n", what, (long long)*T,
@@ -1085,7 +1091,7 @@ static int32_t *prompt_line_text(const Runner *rn, const char *what, const char 
     if (!text_unescape(body, n, text, &n, &bad)) {
         str_escape(body + bad, body[bad + 1] ? 2 : 1, shown, sizeof shown);
         drv_err("%s, column %zu: '%s' is not an escape (\\n \\t \\r \\\\ \\xHH)\n", what, col + bad, shown);
-    } else ids = encode_text(rn->tok, rn->r, rn->s, what, text, n, bos, false, T);
+    } else ids = encode_text(rn->tok, rn->r, rn->s, what, text, n, bos, rn->r->special, T);
     free(text);
     return ids;
 }
@@ -1129,8 +1135,8 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
     else {
         pl->more = pl->sr.cont != NULL;
         if (pl->sr.prompt)
-            pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt),
-                                  !pl->more && !pl->sr.special, pl->sr.special, &pl->T);
+            pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt), !pl->more,
+                                  pl->sr.special, &pl->T);
         else pl->ids = memcpy(xmalloc((size_t)pl->sr.n_ids * sizeof *pl->ids), pl->sr.ids, (size_t)pl->sr.n_ids * sizeof *pl->ids), pl->T = pl->sr.n_ids;
         pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
     }
@@ -1907,7 +1913,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     }
     if (!open_tokenizer(&r, &s, &tok)) goto out;
     if (r.prompt) {
-        if (!(ids = encode_text(tok, &r, &s, "--prompt", r.prompt, strlen(r.prompt), true, false, &T)) || !prompt_ok(&r, "--prompt", T)) goto out;
+        if (!(ids = encode_text(tok, &r, &s, "--prompt", r.prompt, strlen(r.prompt), true, r.special, &T)) || !prompt_ok(&r, "--prompt", T)) goto out;
     } else if (r.prompts) {
         prompts = strcmp(r.prompts, "-") == 0 ? stdin : fopen(r.prompts, "r");
         if (!prompts) {

@@ -77,6 +77,8 @@ R=("$M" run "$tmp/t512.yaml" --random-weights 5 --backend interp)
 expect 1 "--prompt: text needs a tokenizer" "${R[@]}" --prompt hi
 expect 1 "400 pieces, more than the model's vocabulary of 256" "$M" run "$SRC/specs/tiny/tiny-moepp.yaml" --random-weights 1 --tokenizer "$TK" --prompt hi
 expect 2 "no-bos applies to text" "${R[@]}" --ids 1 --no-bos
+expect 2 "special applies to text" "${R[@]}" --ids 1 --special
+expect 2 "a request's \"special\"" "$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --serve --special
 expect 2 "give one of --ids, --prompt and --prompts" "${R[@]}" --ids 1 --prompt hi
 expect 1 "--prompt: 0 tokens" "${R[@]}" --tokenizer "$TK" --prompt "" --no-bos
 expect 1 "--prompt: .*not a tokenizer.model\|cut.model: error" "${R[@]}" --tokenizer "$tmp/cut.model" --prompt hi
@@ -106,6 +108,19 @@ esc = re.sub(rb"[\x00-\x1f\x7f]", lambda m: b"\\x%02x" % m.group(0)[0], esc)
 want_q = esc + b"\n"
 assert q == want_q, f"--quiet printed {q!r}, expected {want_q!r}"
 print(f"prompt {len(prompt)} ids, {len(gen)} generated, {len(text)} bytes of text: as sentencepiece has them")
+PYEOF
+
+# --- --special: a chat template's text, its <s> and </s> those tokens, no BOS added (run and tokenize) ---
+S="<s>[INST] the city [/INST] one</s>[INST] two [/INST]"
+"${R[@]}" --tokenizer "$TK" --prompt "$S" --special > "$tmp/special.out" || fail "run --prompt --special exited $?"
+"$M" tokenize "$TK" --special "$S" > "$tmp/special.tok" || fail "tokenize --special exited $?"
+"$PY" - "$TK" "$S" "$tmp/special.out" "$tmp/special.tok" <<'PYEOF' || fail "--special: ids differ from sentencepiece's, part by part"
+import re, sys, sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+want = [sp.bos_id()] + sp.encode("[INST] the city [/INST] one") + [sp.eos_id()] + sp.encode("[INST] two [/INST]")
+got = [int(x) for x in re.search(rb"\n prompt ids:([ 0-9]*)\n", open(sys.argv[3], "rb").read()).group(1).split()]
+tok = [int(x) for x in open(sys.argv[4]).read().split()]
+assert got == want and tok == want, f"run {got}, tokenize {tok}, sentencepiece's by parts {want}"
 PYEOF
 
 # --- the tokenizer beside --weights; --prompts lines of text ------------------------------------------
