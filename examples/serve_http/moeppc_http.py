@@ -29,7 +29,7 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
                             "message": {"role": "assistant", "content"}, "finish_reason", "logprobs":
                             null or {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}}],
                             "usage": {..., "prompt_tokens_details": {"cached_tokens"}}}; streamed,
-                        "chat.completion.chunk"s: each choice's role first, then a "delta" a token
+                        "chat.completion.chunk"s: each choice's role first, then a "delta" a token.
                         The messages become the prompt through the model's chat template, rendered as
                         Hugging Face's apply_chat_template renders it (Jinja, with the jinja2 module):
                         --chat-template FILE (a template, or a tokenizer_config.json with its
@@ -39,8 +39,9 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
                         A conversation sent again with its next message runs only what is new (its
                         sequence's first positions are taken from the caches that hold them).
   GET  /v1/models, GET /health
-Requests from many clients at once go to the one subprocess, which decodes up to --batch N of them
-together; a client that goes away has its request cancelled ({"cancel": id}). "n" choices are n
+A field given as null is as if it were absent (OpenAI's fields are nullable). Requests from many
+clients at once go to the one subprocess, which decodes up to --batch N of them together; a client
+that goes away has its request cancelled ({"cancel": id}). "n" choices are n
 requests (drawn with seeds "seed", "seed" + 1, ...; a random one if none is given): started together,
 all but the first wait for its prompt and fork its caches (from 9 tokens), so the prompt runs once. Standard
 library only, and jinja2 for chat templates (Debian's python3-jinja2; without it the chat endpoint says
@@ -432,6 +433,8 @@ def make_handler(backend, model, template):
                     self.close_connection = True  # (the body is not read)
                     return self._error(413, "the body is %d bytes; at most %d" % (size, BODY_MAX), "request_too_large")
                 body = json.loads(self.rfile.read(size) or b"null")
+                if isinstance(body, dict):  # OpenAI's optional fields are nullable: null is the default
+                    body = {k: v for k, v in body.items() if v is not None}
                 reqs, n = chat_requests(body, template) if chat else completion_requests(body)
             except ValueError as e:
                 return self._error(400, str(e))

@@ -111,7 +111,8 @@ TURN1 = [{"role": "user", "content": "the city of the world"}]
 try:
     # one turn: the prompt Mistral's template makes, tokenized as Hugging Face does; the answer,
     # its log-probabilities and likeliest as moeppc's to those ids
-    a = chat(port, {"messages": TURN1, "max_tokens": 5, "logprobs": True, "top_logprobs": 2, "model": "x"})
+    a = chat(port, {"messages": TURN1, "max_tokens": 5, "logprobs": True, "top_logprobs": 2, "model": "x",
+                    "stop": None, "seed": None, "max_completion_tokens": None})  # (null: the default)
     want_ids = mistral_ids(TURN1)
     ref = serve_alone({"ids": want_ids, "max_tokens": 5, "logprobs": 2})
     ch, lp = a["choices"][0], a["choices"][0]["logprobs"]["content"]
