@@ -222,7 +222,7 @@ class ChatTemplate:
     tokens' strings of the tokenizer_config.json it came from (else LLaMA's <s>, </s>, <unk>)."""
 
     def __init__(self, path):
-        self.path, self.tokens = path, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+        self.tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
         with open(path, encoding="utf-8") as f:
             text = f.read()
         if path.endswith(".json"):
@@ -261,18 +261,18 @@ class ChatTemplate:
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-        self.error = jinja2.exceptions.TemplateError
         try:
             self.template, self.why = env.from_string(text), None
         except jinja2.exceptions.TemplateSyntaxError as e:
             raise ValueError("%s: line %s: %s" % (path, e.lineno, e.message))
 
     def render(self, messages):
-        """The prompt's text (raise ValueError with the template's reason)."""
+        """The prompt's text (raise ValueError with the template's reason: its raise_exception, or any
+        error it meets on these messages, so that a request gets an answer rather than a dead thread)."""
         try:
             return self.template.render(messages=messages, add_generation_prompt=True, **self.tokens)
-        except self.error as e:
-            raise ValueError("the chat template: %s" % e)
+        except Exception as e:  # (TemplateError, and TypeError or the like from the template's own code)
+            raise ValueError("the chat template: %s: %s" % (type(e).__name__, e))
 
 
 def chat_template_beside(command):

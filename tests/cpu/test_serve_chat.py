@@ -166,6 +166,17 @@ want3 = sp.encode("<|user|> the city of the world\n<|assistant|>")
 ref3 = serve_alone({"ids": want3, "max_tokens": 3})
 if c["choices"][0]["message"]["content"] != ref3["text"] or c["usage"]["prompt_tokens"] != len(want3):
     fail("--chat-template FILE: %s; moeppc --serve with %s: %s" % (c, want3, ref3))
+# a template that fails on a request's messages (not by raise_exception): a reason, not a dead thread
+sys.path.insert(0, os.path.join(SRC, "examples/serve_http"))
+import moeppc_http  # noqa: E402
+with open(os.path.join(work, "bad.jinja"), "w") as f:
+    f.write("{{ messages[0]['content'] + 1 }}")
+try:
+    moeppc_http.ChatTemplate(os.path.join(work, "bad.jinja")).render(TURN1)
+    fail("a template adding a number to a string rendered")
+except ValueError as e:
+    if "the chat template: TypeError" not in str(e):
+        fail("a failing template: %s" % e)
 # no template anywhere: the chat endpoint says so (404), completions still served
 os.remove(os.path.join(work, "tok/tokenizer_config.json"))
 server, port = start(RUN)
