@@ -120,7 +120,8 @@ try:
             ch["finish_reason"] != "length" or a["usage"]["prompt_tokens"] != len(want_ids) or \
             a["usage"]["completion_tokens"] != 5 or len(lp) != 5 or \
             any(abs(e["logprob"] - w) > 1e-6 for e, w in zip(lp, ref["logprobs"]["token_logprobs"])) or \
-            [[t["logprob"] for t in e["top_logprobs"]] for e in lp] != [[t[1] for t in w] for w in ref["logprobs"]["top_logprobs"]]:
+            [[t["logprob"] for t in e["top_logprobs"]] for e in lp] != \
+            [[t[1] for t in w] for w in ref["logprobs"]["top_logprobs"]]:
         fail("a chat turn: %s; moeppc --serve with the template's ids %s: %s" % (a, want_ids, ref))
     # the next turn, the conversation sent whole: its first turn's positions come from the caches
     conv = TURN1 + [{"role": "assistant", "content": ch["message"]["content"] or "x"},
@@ -188,4 +189,5 @@ finally:
 if status != 404 or "--chat-template" not in got["error"]["message"] or status2 != 200:
     fail("no template: %d %s, completions %d" % (status, got, status2))
 print("serve_chat: a turn as moeppc's answer to the template's ids (tokenized as Hugging Face does), the next turn "
-      "from the caches, streamed the same with the usage last, 8 bad requests refused, --chat-template FILE, no template 404")
+      "from the caches, streamed the same with the usage last, 8 bad requests refused, a failing template's reason, "
+      "--chat-template FILE, no template 404")
