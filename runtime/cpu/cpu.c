@@ -23,8 +23,11 @@ typedef struct Step {
     void *fn, *fn_tanh, *fn_scale;  /* op kernels (route: post, tanh, scale)                         */
     Choice ch[TILE_MAX_BUCKETS + 1];/* GEMM steps and attention: [0] the op's configuration, then     */
     int n_ch;                       /*   each one a bucket of its schedule won                         */
+    Choice narrow;                  /* route: the kernel one vector wide of its narrow weights (k NULL: */
+                                    /*   none; a packed weight of its nr runs on it, narrow_choice)     */
     TileSchedule *sched;            /* tuned: the configuration per token count (schedule.c)          */
-    CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], Wc.. */
+    CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], [Wc] */
+                                    /*   (the constants' Wc stacked: one [2nc, D])                     */
     int n_pk;
     void **kt, **vc;                /* attention: each sequence's K and V caches (cg_attention_store), */
                                     /*   of kv_dt: [n_seqs]                                           */
@@ -251,14 +254,31 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
     return true;
 }
 
+/* A weight to pack: [n, k] at src, or in two parts (weights_parts: rows 0 .. rows_lo - 1 at src, the
+ * rest at src_hi), into panels nr wide. */
+typedef struct {
+    const void *src, *src_hi;
+    int64_t rows_lo, n, k;
+    int nr;
+} PackSrc;
+
+static PackSrc pack_src(const CpuModel *cm, const IrValue *w, int nr)
+{
+    const Tensor *t = param(cm, w);
+    const void *part[2] = {t->data, NULL};
+    size_t lo = 0;
+    weights_parts(cm->w, t, part, &lo); /* (two parts: each packed from where it is) */
+    return (PackSrc){part[0], part[1], (int64_t)(lo / ((size_t)w->type.dims[1] * dtype_size(t->dtype))),
+                     w->type.dims[0], w->type.dims[1], nr};
+}
+
 /* Packing on the pool: each weight's panels in runs of about 1 MiB, a task a run (the 7B's 15 GB
  * of weights are packed at start-up, and one thread did it alone). */
 typedef struct {
     CgPackedB *pk;
-    const void **src, **src_hi; /* [n] each weight, or its two parts (weights_parts: src_hi not NULL) */
-    int64_t *rows_lo;           /* [n] the first part's rows */
-    int64_t *first; /* [n + 1] each weight's first task */
-    int64_t *run;   /* [n] panels a task */
+    const PackSrc *src; /* [n] */
+    int64_t *first;     /* [n + 1] each weight's first task */
+    int64_t *run;       /* [n] panels a task */
     int n;
 } PackTasks;
 
@@ -269,40 +289,40 @@ static void pack_task(void *ctx, int64_t task, int thread)
     int e = 0;
     while (pt->first[e + 1] <= task) e++;
     int64_t p0 = (task - pt->first[e]) * pt->run[e], p1 = p0 + pt->run[e];
-    cg_pack_b_fill_parts(&pt->pk[e], pt->src[e], pt->src_hi[e], pt->rows_lo[e], p0,
+    const PackSrc *s = &pt->src[e];
+    cg_pack_b_fill_parts(&pt->pk[e], s->src, s->src_hi, s->rows_lo, p0,
                          p1 < pt->pk[e].n_panels ? p1 : pt->pk[e].n_panels);
 }
 
-/* Pack the weights i->in[idx[0..n)] for the GEMM kernel of their dtype; swiglu for up-projections. */
-static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
+/* The step's packed weights, from n sources of dtype dt. */
+static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *src, int n, bool kpair, bool swiglu)
 {
-    moe_dtype dt = i->in[idx[0]]->type.dtype;
-    if (!gemm_choices(cm, st, i, dt, i->in[idx[0]]->type.dims[1], err)) return false;
-    if (cm->dry) return true;
-    int nr = st->ch[0].k->cfg.nr;
-    bool kpair = st->ch[0].k->cfg.a_bf16;
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
-    PackTasks pt = {st->pk, xmalloc((size_t)n * sizeof *pt.src), xmalloc((size_t)n * sizeof *pt.src_hi),
-                    xmalloc((size_t)n * sizeof *pt.rows_lo), xmalloc((size_t)(n + 1) * sizeof *pt.first),
-                    xmalloc((size_t)n * sizeof *pt.run), n};
+    PackTasks pt = {st->pk, src, xmalloc((size_t)(n + 1) * sizeof *pt.first), xmalloc((size_t)n * sizeof *pt.run), n};
     pt.first[0] = 0;
     for (int e = 0; e < n; e++) {
-        const IrValue *w = i->in[idx[e]];
-        const Tensor *t = param(cm, w);
-        MOE_ASSERT(t->dtype == dt);
-        cg_pack_b_alloc(&st->pk[e], dt, w->type.dims[0], w->type.dims[1], nr, kpair, swiglu);
-        const void *part[2] = {t->data, NULL};
-        size_t lo = 0;
-        weights_parts(cm->w, t, part, &lo); /* (two parts: each packed from where it is) */
-        pt.src[e] = part[0], pt.src_hi[e] = part[1];
-        pt.rows_lo[e] = (int64_t)(lo / ((size_t)w->type.dims[1] * dtype_size(dt)));
+        cg_pack_b_alloc(&st->pk[e], dt, src[e].n, src[e].k, src[e].nr, kpair, swiglu);
         pt.run[e] = st->pk[e].panel_bytes ? (int64_t)(((size_t)1 << 20) / st->pk[e].panel_bytes) : 1;
         if (pt.run[e] < 1) pt.run[e] = 1;
         pt.first[e + 1] = pt.first[e] + (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e];
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
-    free(pt.src), free(pt.src_hi), free(pt.rows_lo), free(pt.first), free(pt.run);
+    free(pt.first), free(pt.run);
+}
+
+static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
+{
+    moe_dtype dt = i->in[idx[0]]->type.dtype;
+    if (!gemm_choices(cm, st, i, dt, i->in[idx[0]]->type.dims[1], err)) return false;
+    if (cm->dry) return true;
+    PackSrc *src = xmalloc((size_t)n * sizeof *src);
+    for (int e = 0; e < n; e++) {
+        MOE_ASSERT(i->in[idx[e]]->type.dtype == dt);
+        src[e] = pack_src(cm, i->in[idx[e]], st->ch[0].k->cfg.nr);
+    }
+    pack_sources(cm, st, dt, src, n, st->ch[0].k->cfg.a_bf16, swiglu);
+    free(src);
     return true;
 }
 
@@ -315,23 +335,70 @@ static bool pack(CpuModel *cm, Step *st, const IrInstr *i, int first, int n, boo
     return ok;
 }
 
+/* A route weight narrower than the op's panels (W2 and Wg are [E, ·], the constants' Wc [2nc, D])
+ * pads each panel to the op's NR columns: on AVX-512's 48, two constants' 4 columns took as long
+ * as W1's 160 (the 7B layer at T = 512). Those run on the narrowest tile this ISA holds, one vector
+ * wide (8 rows), asked for until the source gives one of the width asked. */
+static bool narrow_choice(CpuModel *cm, Step *st, moe_dtype dt, int64_t K, RtError *err)
+{
+    static const int widths[] = {4, 8, 16};
+    st->narrow = (Choice){0};
+    for (size_t w = 0; w < MOE_ARRAY_LEN(widths) && widths[w] < st->ch[0].k->cfg.nr; w++) {
+        TuneConfig c = {.tile_m = 8, .tile_n = widths[w]};
+        const CgKernel *g = gemm_of(cm, dt, false, false, &c, err);
+        if (!g) return false;
+        if (g->cfg.nr != c.tile_n || g->cfg.mr != c.tile_m) continue;
+        st->narrow = (Choice){c, g, blocking_of(cm, &c, g, K), NULL};
+        break;
+    }
+    return true;
+}
+
 static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
-    int64_t nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
+    int64_t nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers"), D = cols(i->in[0]);
     CgOpDesc d;
     MOE_ASSERT(cg_op_desc_for(i, &d));
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     CgOpDesc th = desc(CG_OP_TANH, DT_F32, L == 2 ? i->in[1]->type.dims[0] : 1);
     if (L == 2 && !want_op(cm, st, &st->fn_tanh, &th, err)) return false;
-    CgOpDesc sc = desc(CG_OP_SCALE, DT_F32, cols(i->in[0]));
+    CgOpDesc sc = desc(CG_OP_SCALE, DT_F32, D);
     sc.s = ir_attr_float(i, "s");
     if (nc && !want_op(cm, st, &st->fn_scale, &sc, err)) return false;
-    /* every operand but x and the residual logits r is a weight: W1 [W2] [Wg] Wc... */
-    int idx[2 + 1 + 64], n = 0, res_at = 1 + (int)L;
-    for (int k = 1; k < i->n_in && n < (int)MOE_ARRAY_LEN(idx); k++)
-        if (!(ir_attr_int(i, "residual") && k == res_at)) idx[n++] = k;
-    return pack_list(cm, st, i, idx, n, false, err);
+    /* the operands: x, W1 [W2] [r Wg] Wc..; the first GEMM's weight is the op's (the tuned shape) */
+    moe_dtype dt = i->in[1]->type.dtype;
+    if (!gemm_choices(cm, st, i, dt, D, err) || !narrow_choice(cm, st, dt, D, err)) return false;
+    if (cm->dry) return true;
+    int nr = st->ch[0].k->cfg.nr, n = 0;
+    int64_t res = ir_attr_int(i, "residual"), first_c = 1 + L + (res ? 2 : 0);
+    PackSrc src[4]; /* W1 [W2] [Wg] [Wc] */
+    for (int k = 1; k < first_c; k++) {
+        if (res && k == 1 + L) continue; /* r, the previous layer's logits */
+        const IrValue *w = i->in[k];
+        MOE_ASSERT(w->type.dtype == dt);
+        src[n++] = pack_src(cm, w, k > 1 && st->narrow.k && w->type.dims[0] < nr ? st->narrow.k->cfg.nr : nr);
+    }
+    /* the constants' Wc [2, D] each, stacked into one [2nc, D]: a single GEMM writes alpha's logits */
+    void *wc = NULL;
+    if (nc) {
+        size_t bytes = 2 * (size_t)D * dtype_size(dt);
+        wc = xmalloc((size_t)nc * bytes);
+        for (int64_t c = 0; c < nc; c++) {
+            const IrValue *w = i->in[first_c + c];
+            MOE_ASSERT(w->type.dtype == dt && w->type.dims[0] == 2 && w->type.dims[1] == D);
+            const void *data = weights_data(cm->w, param(cm, w), err);
+            if (!data) {
+                free(wc);
+                return false;
+            }
+            memcpy((char *)wc + c * bytes, data, bytes);
+        }
+        src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr};
+    }
+    pack_sources(cm, st, dt, src, n, false, false);
+    free(wc);
+    return true;
 }
 
 /* Attention's kernels: the op's key block, then each one a bucket of its schedule won. */
@@ -417,7 +484,7 @@ static const Choice *choice_for(const Step *st, int64_t T)
 
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
-    const Choice *c = choice_for(st, T);
+    const Choice *c = st->narrow.k && st->pk[p].nr == st->narrow.k->cfg.nr ? &st->narrow : choice_for(st, T);
     cg_gemm(c->k, &c->blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
@@ -449,7 +516,7 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
     if (nc) {
         RowTask sc = {.kind = CG_OP_SCALE, .fn = st->fn_scale, .a = {x}, .o = {u}, .T = T};
         rows_run(cm, &sc);
-        for (int64_t c = 0; c < nc; c++) gemm(cm, st, p++, T, u, D, alog + 2 * c, 2 * nc);
+        gemm(cm, st, p++, T, u, D, alog, 2 * nc);
     }
     RowTask r = {.kind = CG_OP_ROUTE_POST, .fn = st->fn, .T = T,
                  .a = {z0, res ? g : NULL, nc ? alog : NULL},
@@ -881,6 +948,7 @@ static CgWorkNeed work_need(const CpuModel *cm, int64_t T)
         for (int p = 0; p < st->n_pk; p++) {
             for (int k = 0; k < st->n_ch; k++)
                 cg_work_need(&need, st->ch[k].k, &st->ch[k].blk, threads, m, groups, st->pk[p].k);
+            if (st->narrow.k) cg_work_need(&need, st->narrow.k, &st->narrow.blk, threads, m, groups, st->pk[p].k);
         }
     }
     return need;
