@@ -143,6 +143,10 @@ int64_t     tokenizer_encode_special(const Tokenizer *t, const char *text, size_
  * later id may complete it), so that decoding a growing sequence only ever appends: what streaming
  * prints. */
 char       *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len);
+/* The same (not held), and where each id's text begins in it, in characters, in offsets[n]: the length
+ * of the ids before it decoded held, what streaming has printed when it comes (a byte piece inside a
+ * character: where that character begins). */
+char       *tokenizer_decode_offsets(const Tokenizer *t, const int32_t *ids, int64_t n, int64_t *offsets, size_t *len);
 /* The tokenizer.model beside a checkpoint (in the folder --weights names, or the one its file is
  * in), its path in path[n]: false if there is none. */
 bool        tokenizer_beside(const char *weights, char *path, size_t n);
@@ -152,6 +156,8 @@ bool        tokenizer_beside(const char *weights, char *path, size_t n);
  * unknown escape, the offset of its backslash in *bad. text_write_escaped writes s[n] so. */
 bool        text_unescape(const char *s, size_t n, char *out, size_t *out_n, size_t *bad);
 void        text_write_escaped(FILE *f, const char *s, size_t n);
+/* The characters (Unicode code points) of valid UTF-8 s[n], as Python's len counts them. */
+int64_t     text_chars(const char *s, size_t n);
 /* Printing a sequence's text as it grows: begin takes the text of seq[n] as printed already (a
  * prompt); each put prints what seq[n] added since (an incomplete UTF-8 character kept back until
  * final), seq growing by appending only. escape: as text_write_escaped does. A put decodes from the

@@ -774,8 +774,10 @@ static size_t flush_bytes(Buf *o, const uint8_t *b, size_t n, bool hold)
 }
 
 /* Decoding from a point where nothing is pending (no byte run); bos_ws: no text yet (a leading space,
- * the one normalising added, is still to drop). */
-static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, bool bos_ws, size_t *len)
+ * the one normalising added, is still to drop). at (NULL: not wanted): where each id's text begins, in
+ * bytes: the length of the ids before it decoded held (what streaming has printed when it comes). */
+static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, bool bos_ws, size_t *len,
+                         size_t *at)
 {
     Buf o = {0};
     buf_put(&o, "", 0);
@@ -784,6 +786,12 @@ static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool
     for (int64_t i = 0; i <= n; i++) {
         bool known = i < n && ids[i] >= 0 && ids[i] < t->n; /* an id past the pieces: nothing */
         const Piece *p = known ? &t->piece[ids[i]] : NULL;
+        if (at && i < n) { /* the text so far, a run's bytes held (they go out at its end) */
+            Buf held = {0};
+            if (nb) flush_bytes(&held, bytes, nb, true);
+            at[i] = o.n + held.n;
+            free(held.s);
+        }
         if (p && p->type == PIECE_BYTE) {
             bytes[nb++] = (uint8_t)(hexval(p->s[3]) * 16 + hexval(p->s[4]));
             continue;
@@ -813,10 +821,30 @@ static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool
 
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int64_t n, bool hold, size_t *len)
 {
-    return decode_from(t, ids, n, hold, true, len);
+    return decode_from(t, ids, n, hold, true, len, NULL);
+}
+
+char *tokenizer_decode_offsets(const Tokenizer *t, const int32_t *ids, int64_t n, int64_t *offsets, size_t *len)
+{
+    size_t *at = xmalloc(((size_t)n + 1) * sizeof *at);
+    char *text = decode_from(t, ids, n, false, true, len, at);
+    int64_t chars = 0;
+    for (int64_t i = 0; i < n; i++) { /* (at never decreases) */
+        chars += text_chars(text + (i ? at[i - 1] : 0), at[i] - (i ? at[i - 1] : 0));
+        offsets[i] = chars;
+    }
+    free(at);
+    return text;
 }
 
 /* ---- text on a line, and streaming ----------------------------------------------------------- */
+
+int64_t text_chars(const char *s, size_t n)
+{
+    int64_t chars = 0;
+    for (size_t b = 0; b < n; b++) chars += ((unsigned char)s[b] & 0xc0) != 0x80; /* a character's first byte */
+    return chars;
+}
 
 bool text_unescape(const char *s, size_t n, char *out, size_t *out_n, size_t *bad)
 {
@@ -857,7 +885,7 @@ void text_write_escaped(FILE *f, const char *s, size_t n)
 static char *stream_decode(TextStream *ts, const int32_t *seq, int64_t n, bool final, size_t *len, size_t *base)
 {
     MOE_ASSERT(n >= ts->from);
-    char *text = decode_from(ts->t, seq + ts->from, n - ts->from, !final, ts->from == 0, len);
+    char *text = decode_from(ts->t, seq + ts->from, n - ts->from, !final, ts->from == 0, len, NULL);
     *base = ts->from_len;
     const Piece *last = n > 0 && seq[n - 1] >= 0 && seq[n - 1] < ts->t->n ? &ts->t->piece[seq[n - 1]] : NULL;
     if (n > 0 && (!last || last->type != PIECE_BYTE) && *base + *len > 0) ts->from = n, ts->from_len = *base + *len;

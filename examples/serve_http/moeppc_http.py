@@ -53,7 +53,10 @@ the logits before any temperature or truncation); "echo" puts the prompt before 
 "logprobs" its tokens' too (the first null) -- lm-evaluation-harness's loglikelihood requests
 ({"prompt": [[ids], ...], "max_tokens": 1, "logprobs": 1, "echo": true}) score with them. A token's
 string is its SentencePiece piece with U+2581 as a space (moeppc run with a tokenizer), else
-"token_id:N"; "text_offset" counts those strings from the start of the choice's text.
+"token_id:N"; "text_offset" is where the token's text begins in the choice's text, in characters (moeppc's:
+the text of the tokens before it as streaming prints it, a character that byte pieces spell whole; with
+"echo", the prompt's from its ids' text, which may differ from the prompt as given where the tokenizer
+normalises it); without a tokenizer it counts the tokens' strings.
 """
 import argparse
 import http.server
@@ -348,24 +351,27 @@ def top_dict(entries):
 
 
 def openai_logprobs(parts, offset=0):
-    """OpenAI's "logprobs" of the tokens of parts ([(ids, moeppc's logprobs object)], in order): their
-    strings, log-probabilities, likeliest (null where moeppc's are) and offsets from `offset` on."""
+    """OpenAI's "logprobs" of the tokens of parts ([(ids, moeppc's logprobs object, where the part's text
+    begins in the choice's)], in order): their strings, log-probabilities, likeliest (null where moeppc's
+    are) and offsets: moeppc's "text_offset" (with a tokenizer: in characters, into the part's text) from
+    where the part's text begins, else the strings counted from `offset` on."""
     out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    for ids, lp in parts:
-        pieces = lp.get("tokens", [None] * len(ids))
-        for t, piece, chosen, top in zip(ids, pieces, lp["token_logprobs"], lp["top_logprobs"]):
+    for ids, lp, base in parts:
+        pieces, at = lp.get("tokens", [None] * len(ids)), lp.get("text_offset")
+        for j, (t, piece, chosen, top) in enumerate(zip(ids, pieces, lp["token_logprobs"], lp["top_logprobs"])):
             s = token_string(piece, t)
             out["tokens"].append(s)
             out["token_logprobs"].append(chosen)
             out["top_logprobs"].append(None if top is None else top_dict(top))
-            out["text_offset"].append(offset)
+            out["text_offset"].append(offset if at is None else base + at[j])
             offset += len(s)
     return out
 
 
 def event_logprobs(msg):
     """A streamed token's log-probabilities as moeppc's logprobs object of one token."""
-    return {"tokens": [msg.get("piece")], "token_logprobs": [msg["logprob"]], "top_logprobs": [msg["top_logprobs"]]}
+    lp = {"tokens": [msg.get("piece")], "token_logprobs": [msg["logprob"]], "top_logprobs": [msg["top_logprobs"]]}
+    return dict(lp, text_offset=[msg["text_offset"]]) if "text_offset" in msg else lp
 
 
 def chat_finish(reason):
@@ -511,12 +517,11 @@ def make_handler(backend, model, template):
                                     "finish_reason": chat_finish(m["finish_reason"]),
                                     "logprobs": chat_logprobs(m["ids"], m["logprobs"]) if "logprobs" in m else None})
                     continue
-                text, lp = m.get("text", ""), None
-                if req.get("echo"):  # the prompt as it was given, else as its ids decode
-                    text = req.get("prompt", m.get("prompt_text", "")) + text
+                echoed = req.get("prompt", m.get("prompt_text", "")) if req.get("echo") else ""
+                text, lp = echoed + m.get("text", ""), None  # (the prompt as it was given, else as its ids decode)
                 if "logprobs" in m:
-                    parts = [(m["prompt_ids"], m["prompt_logprobs"])] if "prompt_logprobs" in m else []
-                    lp = openai_logprobs(parts + [(m["ids"], m["logprobs"])])
+                    parts = [(m["prompt_ids"], m["prompt_logprobs"], 0)] if "prompt_logprobs" in m else []
+                    lp = openai_logprobs(parts + [(m["ids"], m["logprobs"], len(echoed))])
                 choices.append(self._choice(i, rid, text, m["finish_reason"], m["ids"], lp))
             out = self._completion(rids, choices, chat)
             out["usage"] = self._usage(msgs, n, chat)
@@ -534,14 +539,15 @@ def make_handler(backend, model, template):
                 return self._completion(rids, [{"index": i, "delta": delta, "logprobs": lp,
                                                 "finish_reason": finish and chat_finish(finish)}], chat)
             if "prompt_ids" in msg and not last:  # "echo": the prompt's chunk, before the first token's
-                if "prompt_logprobs" in msg:
-                    lp = openai_logprobs([(msg["prompt_ids"], msg["prompt_logprobs"])], offset[rid])
-                    offset[rid] += sum(len(s) for s in lp["tokens"])
                 text = reqs[i].get("prompt", msg.get("prompt_text", ""))
+                if "prompt_logprobs" in msg:
+                    lp = openai_logprobs([(msg["prompt_ids"], msg["prompt_logprobs"], 0)])
+                    told = "text_offset" in msg["prompt_logprobs"]
+                    offset[rid] = len(text) if told else sum(len(s) for s in lp["tokens"])
                 return self._completion(rids, [self._choice(i, rid, text, None, [], lp)])
-            if "logprob" in msg:
-                lp = openai_logprobs([([msg["token"]], event_logprobs(msg))], offset[rid])
-                offset[rid] += len(lp["tokens"][0])
+            if "logprob" in msg:  # (moeppc's "text_offset": into the text after the prompt's)
+                lp = openai_logprobs([([msg["token"]], event_logprobs(msg), offset[rid])], offset[rid])
+                offset[rid] += 0 if "text_offset" in msg else len(lp["tokens"][0])
             return self._completion(rids, [self._choice(i, rid, "" if last else msg.get("text", ""), finish,
                                                         [msg["token"]] if "token" in msg else [], lp)])
 

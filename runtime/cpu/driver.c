@@ -1269,6 +1269,9 @@ typedef struct {
     size_t sent;     /* --serve with "stream": the bytes of its text streamed so far */
     size_t scanned, cut; /* --serve "stop" strings: its text's bytes searched, where one begins (or SIZE_MAX) */
     ServeLogprobs lp; /* --serve "logprobs": its tokens' */
+    int64_t *lp_at;  /* ... with a tokenizer: where each token's text begins in text, in characters [lp.n] */
+    int64_t lp_at_cap, text_chars; /* (text_chars: the characters of text's first text_counted bytes) */
+    size_t text_counted;
     ServeLogprobs plp; /* --serve "echo" with "logprobs": its prompt's tokens' (from the rows this request ran) */
     int64_t prompt_at; /* where its prompt begins in its sequence */
     lane_state state;
@@ -1384,7 +1387,8 @@ static void lane_stream(const Runner *rn, Lane *L, int32_t token)
     }
     L->sent = upto;
     if (token >= 0 || (delta && *delta)) {
-        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1, rn->tok);
+        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1, rn->tok,
+                              L->lp_at && L->lp.n ? L->lp_at[L->lp.n - 1] : -1);
         fputs(e, stdout);
         fflush(stdout);
         free(e);
@@ -1405,12 +1409,16 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
         char *t = L->text;
         if (L->cut != SIZE_MAX) t[L->cut] = 0; /* the text before the stop string */
         int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
+        int64_t chars = text_chars(t, strlen(t)); /* (a stop string's tokens begin within the text cut) */
+        for (int64_t j = 0; L->lp_at && j < L->lp.n; j++) L->lp_at[j] = L->lp_at[j] < chars ? L->lp_at[j] : chars;
         ServeAnswer sa = {L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length", L->T,
                           L->c.reused, lp_asked(L) ? &L->lp : NULL, L->sr.echo ? L->c.seq + L->prompt_at : NULL,
-                          plp_asked(L) ? &L->plp : NULL, rn->tok};
+                          plp_asked(L) ? &L->plp : NULL, rn->tok, L->lp_at};
         L->text = ok ? serve_answer(&sa) : serve_error(L->sr.id, last_err);
         serve_logprobs_free(&L->lp);
         serve_logprobs_free(&L->plp);
+        free(L->lp_at);
+        L->lp_at = NULL, L->lp_at_cap = 0, L->text_chars = 0, L->text_counted = 0;
         free(t);
         serve_request_free(&L->sr);
     }
@@ -1519,8 +1527,18 @@ static bool readable(FILE *in)
  * A sequence whose scored tokens reach the one before it (an "echo" with "logprobs" ran its rows) keeps
  * the chosen token's with them too, so that a next turn's scored prompt, or a later one repeating the
  * whole conversation, goes on from them (prefix_scored) rather than stop where its first prompt did. */
-static void lane_logprob(Lane *L, const double *row, int64_t V)
+static void lane_logprob(const Runner *rn, Lane *L, const double *row, int64_t V)
 {
+    if (lp_asked(L) && rn->tok) { /* where the token's text will begin: the end of its text so far */
+        fflush(L->buf);
+        L->text_chars += text_chars(L->text + L->text_counted, L->text_n - L->text_counted);
+        L->text_counted = L->text_n;
+        if (L->lp.n >= L->lp_at_cap) {
+            L->lp_at_cap = 2 * L->lp_at_cap + 16;
+            L->lp_at = xrealloc(L->lp_at, (size_t)L->lp_at_cap * sizeof *L->lp_at);
+        }
+        L->lp_at[L->lp.n] = L->text_chars;
+    }
     ServeLogprobs *sc = &L->c.scored;
     if ((sc->n > 0 || plp_asked(L)) && sc->n == L->g.len - 1) {
         serve_logprobs_add(sc, row, V, L->g.next);
@@ -1560,7 +1578,7 @@ static void lane_prefilled(Runner *rn, Lane *L, Answers *ans, int *rc, int64_t *
         int64_t V;
         const double *row = last_row(eval_output(&L->acc, "logits"), &V);
         gen_begin(rn, &L->g, &L->c, L->q, row, V);
-        lane_logprob(L, row, V);
+        lane_logprob(rn, L, row, V);
         decoding = gen_put(rn, &L->g);
         decoding = !stop_text_hit(L) && decoding; /* (its last token too: the stream must not pass it) */
         lane_stream(rn, L, L->c.seq[L->g.len]);
@@ -1608,7 +1626,7 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
         ServeLogprobs none = {.k = pl->sr.logprobs};
         bool lp = pl->sr.logprobs >= 0;
         ServeAnswer sa = {id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0, lp ? &none : NULL,
-                          pl->sr.echo ? pl->ids : NULL, lp && pl->sr.echo ? &none : NULL, rn->tok};
+                          pl->sr.echo ? pl->ids : NULL, lp && pl->sr.echo ? &none : NULL, rn->tok, NULL};
         answer_done(ans, answer_ticket(ans), serve_answer(&sa));
         serve_request_free(&pl->sr);
         free(pl->ids);
@@ -1826,7 +1844,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         for (int k = 0; k < decode_rows; k++) {
             Lane *L = &lanes[who[k]];
             lane_print(rn, L);
-            if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V), lane_logprob(L, logits->data + (at[k] - first) * V, V);
+            if (ok) gen_advance(&L->g, logits->data + (at[k] - first) * V), lane_logprob(rn, L, logits->data + (at[k] - first) * V, V);
             bool more = ok && gen_put(rn, &L->g);
             more = !(ok && stop_text_hit(L)) && more; /* (its last token too: the stream must not pass it) */
             if (ok) lane_stream(rn, L, L->c.seq[L->g.len]);

@@ -279,9 +279,10 @@ static cJSON *top_of(const ServeLogprobs *lp, int64_t j, const Tokenizer *tok)
 }
 
 /* A "logprobs" object of tokens ids[n] whose last lp->n (at most n) have log-probabilities, the
- * first null: {"tokens": pieces (with a tokenizer), "token_logprobs": [...], "top_logprobs": [...]}. */
+ * first null: {"tokens": pieces (with a tokenizer), "token_logprobs": [...], "top_logprobs": [...],
+ * "text_offset": offs[n] (where each token's text begins, in characters; offs NULL: none)}. */
 static void add_logprobs(cJSON *o, const char *key, const int32_t *ids, int64_t n, const ServeLogprobs *lp,
-                         const Tokenizer *tok)
+                         const Tokenizer *tok, const int64_t *offs)
 {
     cJSON *l = cJSON_AddObjectToObject(o, key);
     if (tok) {
@@ -294,6 +295,8 @@ static void add_logprobs(cJSON *o, const char *key, const int32_t *ids, int64_t 
         cJSON_AddItemToArray(c, j < none ? cJSON_CreateNull() : cJSON_CreateNumber(lp->chosen[j - none]));
         cJSON_AddItemToArray(t, j < none ? cJSON_CreateNull() : top_of(lp, j - none, tok));
     }
+    cJSON *f = offs ? cJSON_AddArrayToObject(l, "text_offset") : NULL;
+    for (int64_t j = 0; f && j < n; j++) cJSON_AddItemToArray(f, cJSON_CreateNumber((double)offs[j]));
 }
 
 static void add_ids(cJSON *o, const char *key, const int32_t *ids, int64_t n)
@@ -306,13 +309,16 @@ static void add_ids(cJSON *o, const char *key, const int32_t *ids, int64_t n)
 static void add_prompt(cJSON *o, const ServeAnswer *a)
 {
     add_ids(o, "prompt_ids", a->prompt_ids, a->prompt_tokens);
+    int64_t *offs = NULL;
     if (a->tok) {
         size_t len;
-        char *t = tokenizer_decode(a->tok, a->prompt_ids, a->prompt_tokens, false, &len);
+        offs = xmalloc(((size_t)a->prompt_tokens + 1) * sizeof *offs);
+        char *t = tokenizer_decode_offsets(a->tok, a->prompt_ids, a->prompt_tokens, offs, &len);
         add_text(o, "prompt_text", t);
         free(t);
     }
-    if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok);
+    if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok, offs);
+    free(offs);
 }
 
 char *serve_answer(const ServeAnswer *a)
@@ -326,7 +332,7 @@ char *serve_answer(const ServeAnswer *a)
     if (a->lp) { /* (a cancelled request may have fewer than its tokens) */
         ServeLogprobs first = *a->lp;
         first.n = a->n < a->lp->n ? a->n : a->lp->n;
-        add_logprobs(o, "logprobs", a->ids, first.n, &first, a->tok);
+        add_logprobs(o, "logprobs", a->ids, first.n, &first, a->tok, a->text ? a->text_offset : NULL);
     }
     if (a->prompt_ids) add_prompt(o, a);
     return line_of(o);
@@ -347,7 +353,7 @@ char *serve_error(const char *id, const char *message)
 }
 
 char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
-                  const Tokenizer *tok)
+                  const Tokenizer *tok, int64_t text_offset)
 {
     cJSON *o = with_id(id);
     if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
@@ -356,6 +362,7 @@ char *serve_event(const char *id, int32_t token, const char *text, const ServeLo
         if (tok) cJSON_AddItemToObject(o, "piece", piece_of(tok, token));
         cJSON_AddNumberToObject(o, "logprob", lp->chosen[at]);
         cJSON_AddItemToObject(o, "top_logprobs", top_of(lp, at, tok));
+        if (text_offset >= 0) cJSON_AddNumberToObject(o, "text_offset", (double)text_offset);
     }
     return line_of(o);
 }

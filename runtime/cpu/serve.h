@@ -86,6 +86,8 @@ typedef struct {
     const int32_t *prompt_ids;  /* "echo": the prompt's tokens [prompt_tokens], or NULL (not asked) */
     const ServeLogprobs *prompt_lp; /* "echo" with "logprobs": its last lp->n tokens', or NULL */
     const Tokenizer *tok;       /* the pieces and the prompt's text, or NULL */
+    const int64_t *text_offset; /* "logprobs" with text: where each token's text begins in text, in
+                                   characters [n] (tokenizer_decode_offsets' rule), or NULL */
 } ServeAnswer;
 
 /* Answer lines (each ending in a newline; the caller frees them). */
@@ -95,8 +97,9 @@ char *serve_error(const char *id, const char *message);
  * them (its prompt run, before its first token). */
 char *serve_echo(const ServeAnswer *a);
 /* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
- * `at` when lp is not NULL (and the token's piece, tok not NULL). */
+ * `at` when lp is not NULL (and the token's piece, tok not NULL; where its text begins in the whole
+ * text streamed, in characters, text_offset >= 0). */
 char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
-                  const Tokenizer *tok);
+                  const Tokenizer *tok, int64_t text_offset);
 
 #endif

@@ -142,6 +142,25 @@ try:
             any(c["object"] != "chat.completion.chunk" for c in chunks) or \
             [c["choices"][0]["finish_reason"] for c in chunks[:-1]] != [None] * (len(chunks) - 2) + ["length"]:
         fail("a chat stream: %d %s; not streamed %r" % (status, chunks, ref["text"]))
+    # completions' "text_offset" with a tokenizer: where each token's text begins in the choice's text
+    # (the prompt echoed, <s> giving none), in characters: at every token after one that is no byte
+    # piece, the length of sentencepiece's decoding of the ids before it; streamed, the same
+    PROMPT = "the city of the world"
+    body = {"prompt": PROMPT, "max_tokens": 12, "logprobs": 1, "echo": True, "temperature": 0}
+    status, whole = post(port, body, "/v1/completions")
+    ch = whole["choices"][0] if status == 200 else fail("text_offset: %d %s" % (status, whole))
+    every = [BOS] + sp.encode(PROMPT) + ch["token_ids"]
+    every = [t if t < sp.GetPieceSize() else EOS for t in every]  # (ids past the pieces: no text, as </s>)
+    offs, texts = ch["logprobs"]["text_offset"], [sp.decode(every[:j]) for j in range(len(every))]
+    if texts[len(every) - 12] != PROMPT or not ch["text"].startswith(PROMPT) or len(offs) != len(every) or \
+            offs != sorted(offs) or offs[-1] > len(ch["text"]) or \
+            any(offs[j] != len(texts[j]) for j in range(len(every)) if j == 0 or not sp.IsByte(every[j - 1])):
+        fail("text_offset: %s; ids %s, the text before each %s" % (ch, every, texts))
+    status, chunks = post(port, dict(body, stream=True), "/v1/completions")
+    streamed = [o for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                for o in c["choices"][0]["logprobs"]["text_offset"]]
+    if streamed != offs or "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) != ch["text"]:
+        fail("text_offset streamed: %s; not streamed %s" % (chunks, ch))
     # bad requests: 400 with the reason (the template's own included)
     for body, reason in (({"messages": [{"role": "assistant", "content": "x"}]}, "roles must alternate"),
                          ({"messages": []}, '"messages"'), ({"messages": [{"role": "user"}]}, '"messages"[0]'),
@@ -189,5 +208,6 @@ finally:
 if status != 404 or "--chat-template" not in got["error"]["message"] or status2 != 200:
     fail("no template: %d %s, completions %d" % (status, got, status2))
 print("serve_chat: a turn as moeppc's answer to the template's ids (tokenized as Hugging Face does), the next turn "
-      "from the caches, streamed the same with the usage last, 8 bad requests refused, a failing template's reason, "
+      "from the caches, streamed the same with the usage last, completions' text_offset as sentencepiece decodes, "
+      "8 bad requests refused, a failing template's reason, "
       "--chat-template FILE, no template 404")

@@ -71,9 +71,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ServeLogprobs plp = lp; /* "echo": as if the prompt's first token had none */
     plp.n = lp.n > 0 ? lp.n - 1 : 0;
     ServeAnswer a = {q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL,
-                     q.echo ? q.ids : NULL, q.echo && q.logprobs >= 0 ? &plp : NULL, NULL};
+                     q.echo ? q.ids : NULL, q.echo && q.logprobs >= 0 ? &plp : NULL, NULL, NULL};
     check_line(serve_answer(&a), q.id);
-    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0, NULL), q.id);
+    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0, NULL, 0), q.id);
     for (int64_t j = 0; j < lp.n; j++)
         for (int64_t i = 1; i < lp.k; i++)
             FUZZ_CHECK(lp.top_lp[j * lp.k + i - 1] >= lp.top_lp[j * lp.k + i], "top logprobs out of order");

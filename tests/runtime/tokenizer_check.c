@@ -69,12 +69,19 @@ static void check_dec(const Tokenizer *t, char *rest, int line, char *buf)
         str_escape(buf, want_n, shown, sizeof shown);
         if (failures <= 12) fprintf(stderr, "  sentencepiece: \"%s\"\n", shown);
     }
+    int64_t *offs = xmalloc((size_t)(n + 1) * sizeof *offs);
+    size_t on;
+    char *with = tokenizer_decode_offsets(t, ids, n, offs, &on);
+    if (on != got_n || memcmp(with, got, on)) fail("decoding with offsets gives another text", line, with, on);
     for (int64_t k = 0; k <= n; k++) {
         size_t pn;
         char *part = tokenizer_decode(t, ids, k, true, &pn);
         if (pn > got_n || memcmp(part, got, pn)) fail("a held prefix's text does not begin the whole text", line, part, pn);
+        if (k < n && offs[k] != text_chars(part, pn)) fail("an id's offset is not its held prefix's length", line, part, pn);
         free(part);
     }
+    free(with);
+    free(offs);
     /* streamed as it grows, a token a put after a prompt of 3: the rest of the whole text */
     int64_t p0 = n < 3 ? n : 3;
     size_t pn0, out_n = 0;
