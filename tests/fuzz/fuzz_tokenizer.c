@@ -2,8 +2,8 @@
  * what run does with one: encoding texts (fixed ones, and the input's own bytes as text; plainly and
  * with special pieces, as --serve's "special" and `tokenize --special` do) and
  * decoding their ids. Refused: one clean message naming the file. Accepted: every id below the
- * piece count, the BOS and EOS ids control pieces or none, decoding total, and a held decoding of
- * every prefix the start of the whole text (what streaming relies on). */
+ * piece count, the BOS and EOS ids control pieces or none, decoding total, a held decoding of every
+ * prefix the start of the whole text (what streaming relies on) and each id's offset its length. */
 #include "tests/fuzz/fuzz.h"
 
 #include "runtime/runtime.h"
@@ -19,11 +19,17 @@ static void check_ids(const Tokenizer *t, const char *text, size_t n, bool speci
     size_t len, part_len;
     char *whole = tokenizer_decode(t, ids, k, false, &len);
     FUZZ_CHECK(strlen(whole) <= len, "decoding's length");
+    int64_t *offs = malloc(((size_t)k + 1) * sizeof *offs);
+    char *with = tokenizer_decode_offsets(t, ids, k, offs, &part_len);
+    FUZZ_CHECK(part_len == len && memcmp(with, whole, len) == 0, "decoding with offsets gives another text");
+    free(with);
     for (int64_t j = 0; j <= k && j < 64; j++) {
         char *part = tokenizer_decode(t, ids, j, true, &part_len);
         FUZZ_CHECK(part_len <= len && memcmp(part, whole, part_len) == 0, "held prefix %lld is not the start of the text", (long long)j);
+        FUZZ_CHECK(j == k || offs[j] == text_chars(part, part_len), "id %lld's offset is not its held prefix's length", (long long)j);
         free(part);
     }
+    free(offs);
     free(whole);
     free(ids);
 }
