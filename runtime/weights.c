@@ -290,18 +290,6 @@ static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
     return false;
 }
 
-/* Large blocks are 2 MiB aligned and marked for transparent huge pages: filling 1 GB through 4 KiB
- * page faults otherwise costs as much kernel time as computing the values. */
-static void *random_alloc(size_t total)
-{
-    const size_t huge = (size_t)2 << 20;
-    if (total < huge) return aligned_alloc(64, total ? (total + 63) & ~(size_t)63 : 64);
-    size_t size = (total + huge - 1) & ~(huge - 1);
-    void *p = aligned_alloc(huge, size);
-    if (p) madvise(p, size, MADV_HUGEPAGE);   /* only a hint: failure changes nothing */
-    return p;
-}
-
 bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err)
 {
     *out = NULL;
@@ -312,7 +300,7 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
     bool ok = random_plan(d, n, offs, &total);
     if (!ok) rt_errorf(err, s->name, "random weights need more than 2^63 bytes");
     ok = ok && random_fits(s, total, err);
-    void *block = ok ? random_alloc(total) : NULL;
+    void *block = ok ? alloc_large(total) : NULL; /* (huge pages: 4 KiB faults cost as much as the values) */
     if (ok && !block) {
         rt_errorf(err, s->name, "cannot allocate %.1f MB for random weights", (double)total / 1e6);
         ok = false;

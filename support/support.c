@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -146,6 +147,16 @@ void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p) out_of_memory(n);
+    return p;
+}
+
+void *alloc_large(size_t n)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (n < huge) return aligned_alloc(64, n ? (n + 63) & ~(size_t)63 : 64);
+    size_t size = (n + huge - 1) & ~(huge - 1);
+    void *p = aligned_alloc(huge, size);
+    if (p) madvise(p, size, MADV_HUGEPAGE); /* failure changes nothing */
     return p;
 }
 

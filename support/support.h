@@ -72,6 +72,10 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+/* n bytes, 64-byte aligned; from 2 MiB on, 2 MiB aligned and marked for transparent huge pages (only a
+ * hint): such a block faults in, and streams through the TLB, in 2 MiB pages instead of 4 KiB ones.
+ * NULL when there is no memory; free() frees it. */
+void *alloc_large(size_t n);
 
 /* A bump allocator: chunks are chained and freed together (chibicc, QBE). */
 typedef struct ArenaChunk ArenaChunk;

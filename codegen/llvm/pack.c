@@ -22,7 +22,7 @@ void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr,
     int64_t kp = kpair ? (k + 31) / 32 * 32 : k; /* zeros to the AMX kernels' k block (an odd K's last pair too) */
     out->panel_bytes = ((size_t)kp * (size_t)nr * dtype_size(dt) + 63) & ~(size_t)63;
     size_t total = out->panel_bytes * (size_t)out->n_panels;
-    out->data = aligned_alloc(64, total ? total : 64);
+    out->data = alloc_large(total); /* (huge pages: the panels are streamed from memory, a decode step's whole) */
     MOE_ASSERT(out->data);
 }
 
