@@ -60,6 +60,12 @@ bool        weights_parts(const WeightSet *w, const Tensor *t, const void *part[
  * two parts is set here, at the first call, to a copy of the two stacked (kept with w; NULL, with
  * err, when it cannot be allocated). Readers that can take the parts (packing, uploading) should. */
 const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err);
+/* bytes at data (a tensor's, or a part's) are not needed again soon (copied: packed, uploaded): where
+ * they lie in one of w's file mappings, the whole pages among them leave this process (madvise
+ * MADV_DONTNEED on the read-only private mapping: the file's pages are read again if touched; the
+ * page cache keeps them while memory allows), so that the mapping and the copy do not both stay
+ * resident. Anywhere else (random weights, copies, caller memory): nothing. */
+void        weights_release(const WeightSet *w, const void *data, size_t bytes);
 int         weights_count(const WeightSet *w);
 const Tensor *weights_at(const WeightSet *w, int i);
 void        weights_close(WeightSet *w);

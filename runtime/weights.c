@@ -119,6 +119,18 @@ int weights_count(const WeightSet *w) { return w ? w->n : 0; }
 
 const Tensor *weights_at(const WeightSet *w, int i) { return w && i >= 0 && i < w->n ? &w->tensors[i] : NULL; }
 
+void weights_release(const WeightSet *w, const void *data, size_t bytes)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)data, hi = lo + bytes;
+    for (int i = 0; i < w->n_maps; i++) {
+        uintptr_t base = (uintptr_t)w->maps[i].base;
+        if (lo < base || hi > base + w->maps[i].len) continue;
+        uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page; /* (a neighbour's pages stay) */
+        if (a < b) madvise((void *)a, b - a, MADV_DONTNEED); /* only a hint: failure changes nothing */
+        return;
+    }
+}
+
 void weights_close(WeightSet *w)
 {
     if (!w) return;

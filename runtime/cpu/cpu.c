@@ -309,6 +309,11 @@ static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
     free(pt.first), free(pt.run);
+    for (int e = 0; e < n; e++) { /* the copy is what runs: the checkpoint's pages leave (weights_release) */
+        size_t row = (size_t)src[e].k * dtype_size(dt);
+        weights_release(cm->w, src[e].src, (size_t)(src[e].src_hi ? src[e].rows_lo : src[e].n) * row);
+        if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
+    }
 }
 
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)

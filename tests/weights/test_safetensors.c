@@ -226,6 +226,62 @@ static void test_directory_single_file(void **state)
     free(p);
 }
 
+/* This process's resident pages of file mappings, in KiB (/proc/self/status). */
+static long rss_file_kb(void)
+{
+    size_t len;
+    char *st = file_read_all("/proc/self/status", &len);
+    assert_non_null(st);
+    const char *at = strstr(st, "RssFile:");
+    assert_non_null(at);
+    long kb = strtol(at + 8, NULL, 10);
+    free(st);
+    return kb;
+}
+
+/* weights_release: a mapped tensor's pages leave the process (RssFile drops by about its size) and
+ * read back the same; its neighbours' bytes are untouched; memory that is no file mapping (random
+ * weights, which MADV_DONTNEED would zero) keeps its values. */
+static void test_release(void **state)
+{
+    (void)state;
+    enum { N = 4 << 20 }; /* 16 MiB of f32 */
+    float *big = malloc((size_t)N * sizeof *big), small[5] = {1, 2, 3, 4, 5};
+    for (int i = 0; i < N; i++) big[i] = (float)(i % 1000) - 0.5f;
+    Tensor in[3] = {{"a", DT_F32, 1, {5}, small, sizeof small}, {"big", DT_F32, 1, {N}, big, (size_t)N * 4},
+                    {"c", DT_F32, 1, {5}, small, sizeof small}};
+    char *path = tu_path(tmp, "release.safetensors");
+    RtError err;
+    assert_true(safetensors_write(path, in, 3, &err));
+    WeightSet *w;
+    assert_true(weights_open(path, &w, &err));
+    const Tensor *t = weights_find(w, "big"), *a = weights_find(w, "a"), *c = weights_find(w, "c");
+    assert_memory_equal(t->data, big, t->nbytes); /* every page resident */
+    long before = rss_file_kb();
+    weights_release(w, t->data, t->nbytes);
+    long after = rss_file_kb();
+    assert_true(before - after >= 15 * 1024);
+    assert_memory_equal(t->data, big, t->nbytes); /* read from the file again */
+    assert_memory_equal(a->data, small, sizeof small);
+    assert_memory_equal(c->data, small, sizeof small);
+    weights_release(w, big, 64); /* not w's: nothing */
+    assert_true(big[3] == 2.5f);
+    weights_close(w);
+    free(path);
+    free(big);
+    ModelSpec spec = tu_tiny_spec(DT_F32); /* one block of all its tensors, several pages */
+    assert_true(weights_random(&spec, 3, &w, &err));
+    const Tensor *first = weights_at(w, 0), *last = weights_at(w, weights_count(w) - 1);
+    size_t span = (size_t)((const char *)last->data + last->nbytes - (const char *)first->data);
+    assert_true(span > 4 * 4096);
+    char *keep = malloc(span);
+    memcpy(keep, first->data, span);
+    weights_release(w, first->data, span);
+    assert_memory_equal(first->data, keep, span);
+    free(keep);
+    weights_close(w);
+}
+
 static void test_missing_path(void **state)
 {
     (void)state;
@@ -252,6 +308,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sharded_via_directory, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_directory_single_file, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_missing_path, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_release, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
