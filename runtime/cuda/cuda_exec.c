@@ -255,13 +255,22 @@ static const Tensor *param(const CudaModel *cm, const IrValue *v)
 static size_t tensor_bytes(const IrValue *v) { return (size_t)ir_type_numel(&v->type, 1) * dtype_size(v->type.dtype); }
 
 /* A parameter's bytes [bytes] to device address d, whole or from its two parts (weights_parts). */
+/* (The upload is synchronous: the device copy is what runs, and the checkpoint's pages then leave the
+ * process, weights_release.) */
 static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
 {
     const void *part[2];
     size_t lo;
-    if (!weights_parts(cm->w, t, part, &lo)) return dupload(cm, d, t->data, bytes, err);
+    if (!weights_parts(cm->w, t, part, &lo)) {
+        if (!dupload(cm, d, t->data, bytes, err)) return false;
+        weights_release(cm->w, t->data, bytes);
+        return true;
+    }
     MOE_ASSERT(bytes == t->nbytes);
-    return dupload(cm, d, part[0], lo, err) && dupload(cm, d + lo, part[1], bytes - lo, err);
+    if (!dupload(cm, d, part[0], lo, err) || !dupload(cm, d + lo, part[1], bytes - lo, err)) return false;
+    weights_release(cm->w, part[0], lo);
+    weights_release(cm->w, part[1], bytes - lo);
+    return true;
 }
 
 /* The device copy of a parameter, uploaded on first use. */
