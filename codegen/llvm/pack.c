@@ -5,6 +5,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
     MOE_ASSERT(n >= 0 && k >= 0 && nr > 0);
@@ -32,25 +35,76 @@ typedef struct {
     int64_t rows_lo;
 } Rows;
 
-/* Column j of panel p := row `src_row` of the weight (k elements), strided by nr. */
-static void pack_column(CgPackedB *b, int64_t p, int j, const Rows *w, int64_t src_row) {
-    char *panel = (char *)b->data + (size_t)p * b->panel_bytes;
-    int64_t k = b->k, nr = b->nr;
+static const char *row_of(const CgPackedB *b, const Rows *w, int64_t src_row) {
     bool hi = w->w_hi && src_row >= w->rows_lo;
     int64_t r = hi ? src_row - w->rows_lo : src_row;
-    const char *row = (const char *)(hi ? w->w_hi : w->w) + (size_t)(r * k) * dtype_size(b->dtype);
+    return (const char *)(hi ? w->w_hi : w->w) + (size_t)(r * b->k) * dtype_size(b->dtype);
+}
+
+/* A panel is the transpose of its NR source rows (NULL: a padding column, left zero) in units: f32
+ * elements, bf16/f16 ones, or (kpair) a bf16 k pair as one 32-bit word, the even k in its low half
+ * as the two lie in the row: dst[u * nr + j] = rows[j][u]. In blocks of 16 units, so that a block's
+ * stores stay in L1 (column by column over all of K, each store missed to L2: the 7B's 15 GB took
+ * most of its start-up); 4 x 4 words a step with SSE2. */
+enum { UNITS = 16 };
+
+static uint32_t ld32(const char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* (a row of 2-byte elements need not be 4-byte aligned) */
+    return v;
+}
+
+static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t units) {
+    for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
+        int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
+        for (int j = 0; j < nr; j += 4) {
+            int64_t u = 0;
+#ifdef __SSE2__
+            if (rows[j] && rows[j + 1] && rows[j + 2] && rows[j + 3])
+                for (; u + 4 <= ub; u += 4) {
+                    __m128i r0 = _mm_loadu_si128((const __m128i *)(rows[j] + 4 * (u0 + u)));
+                    __m128i r1 = _mm_loadu_si128((const __m128i *)(rows[j + 1] + 4 * (u0 + u)));
+                    __m128i r2 = _mm_loadu_si128((const __m128i *)(rows[j + 2] + 4 * (u0 + u)));
+                    __m128i r3 = _mm_loadu_si128((const __m128i *)(rows[j + 3] + 4 * (u0 + u)));
+                    __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
+                    __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
+                    uint32_t *d = dst + (u0 + u) * nr + j;
+                    _mm_storeu_si128((__m128i *)d, _mm_unpacklo_epi64(t0, t1));
+                    _mm_storeu_si128((__m128i *)(d + nr), _mm_unpackhi_epi64(t0, t1));
+                    _mm_storeu_si128((__m128i *)(d + 2 * nr), _mm_unpacklo_epi64(t2, t3));
+                    _mm_storeu_si128((__m128i *)(d + 3 * nr), _mm_unpackhi_epi64(t2, t3));
+                }
+#endif
+            for (int jj = j; jj < j + 4; jj++)
+                for (int64_t v = u; rows[jj] && v < ub; v++) dst[(u0 + v) * nr + jj] = ld32(rows[jj] + 4 * (u0 + v));
+        }
+    }
+}
+
+static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t units) {
+    for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
+        int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
+        for (int j = 0; j < nr; j++)
+            for (int64_t u = 0; rows[j] && u < ub; u++) {
+                uint16_t v;
+                memcpy(&v, rows[j] + 2 * (u0 + u), 2);
+                dst[(u0 + u) * nr + j] = v;
+            }
+    }
+}
+
+/* Panel p of b from its source rows (row[j]: column j's, NULL for padding). */
+static void pack_panel(CgPackedB *b, int64_t p, const char *const *rows) {
+    char *panel = (char *)b->data + (size_t)p * b->panel_bytes;
+    int nr = b->nr;
     if (dtype_size(b->dtype) == 4) {
-        const uint32_t *src = (const uint32_t *)row;
-        uint32_t *dst = (uint32_t *)panel + j;
-        for (int64_t kk = 0; kk < k; kk++) dst[kk * nr] = src[kk];
-    } else if (b->kpair) { /* (kk, j) at [kk/2][nr][kk%2] */
-        const uint16_t *src = (const uint16_t *)row;
-        uint16_t *dst = (uint16_t *)panel + 2 * j;
-        for (int64_t kk = 0; kk < k; kk++) dst[(kk >> 1) * 2 * nr + (kk & 1)] = src[kk];
+        transpose32((uint32_t *)panel, rows, nr, b->k);
+    } else if (b->kpair) { /* (kk, j) at [kk/2][nr][kk%2]: whole pairs as words, an odd K's last k alone */
+        transpose32((uint32_t *)panel, rows, nr, b->k / 2);
+        for (int j = 0; b->k % 2 && j < nr; j++)
+            if (rows[j]) memcpy(panel + ((size_t)(b->k / 2) * (size_t)nr + (size_t)j) * 4, rows[j] + 2 * (b->k - 1), 2);
     } else {
-        const uint16_t *src = (const uint16_t *)row;
-        uint16_t *dst = (uint16_t *)panel + j;
-        for (int64_t kk = 0; kk < k; kk++) dst[kk * nr] = src[kk];
+        transpose16((uint16_t *)panel, rows, nr, b->k);
     }
 }
 
@@ -63,17 +117,16 @@ void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t
     MOE_ASSERT(0 <= p0 && p0 <= p1 && p1 <= b->n_panels);
     memset((char *)b->data + (size_t)p0 * b->panel_bytes, 0, (size_t)(p1 - p0) * b->panel_bytes); /* padding: the kernel computes it */
     int64_t nr = b->nr, half = nr / 2, inter = b->n / 2;
+    const char **rows = xmalloc((size_t)nr * sizeof *rows);
     for (int64_t p = p0; p < p1; p++) {
-        if (!b->swiglu) {
-            for (int64_t col = p * nr; col < b->n && col < (p + 1) * nr; col++) pack_column(b, p, (int)(col - p * nr), &src, col);
-            continue;
+        for (int64_t j = 0; j < nr; j++) {
+            int64_t col = b->swiglu ? p * half + j % half : p * nr + j; /* swiglu: a's rows, then b's (row I + ·) */
+            bool real = b->swiglu ? col < inter : col < b->n;
+            rows[j] = real ? row_of(b, &src, b->swiglu && j >= half ? inter + col : col) : NULL;
         }
-        for (int64_t col = p * half; col < inter && col < (p + 1) * half; col++) {
-            int j = (int)(col - p * half);
-            pack_column(b, p, j, &src, col);                     /* a: rows 0 .. I-1 */
-            pack_column(b, p, (int)half + j, &src, inter + col); /* b: rows I .. 2I-1 */
-        }
+        pack_panel(b, p, rows);
     }
+    free(rows);
 }
 
 void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair) {
