@@ -10,7 +10,7 @@
 #endif
 
 void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
-    MOE_ASSERT(n >= 0 && k >= 0 && nr > 0);
+    MOE_ASSERT(n >= 0 && k >= 0 && nr > 0 && nr % 4 == 0);
     MOE_ASSERT(dt == DT_F32 || dt == DT_BF16 || dt == DT_F16);
     MOE_ASSERT(!kpair || dt == DT_BF16);
     MOE_ASSERT(!swiglu || (n % 2 == 0 && nr % 2 == 0));
@@ -41,7 +41,7 @@ static const char *row_of(const CgPackedB *b, const Rows *w, int64_t src_row) {
     return (const char *)(hi ? w->w_hi : w->w) + (size_t)(r * b->k) * dtype_size(b->dtype);
 }
 
-/* A panel is the transpose of its NR source rows (NULL: a padding column, left zero) in units: f32
+/* A panel is the transpose of its NR source rows (a padding column's: zeros) in units: f32
  * elements, bf16/f16 ones, or (kpair) a bf16 k pair as one 32-bit word, the even k in its low half
  * as the two lie in the row: dst[u * nr + j] = rows[j][u]. In blocks of 16 units, so that a block's
  * stores stay in L1 (column by column over all of K, each store missed to L2: the 7B's 15 GB took
@@ -57,26 +57,25 @@ static uint32_t ld32(const char *p) {
 static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t units) {
     for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
         int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
-        for (int j = 0; j < nr; j += 4) {
+        for (int j = 0; j < nr; j += 4) { /* (nr a multiple of 4) */
             int64_t u = 0;
 #ifdef __SSE2__
-            if (rows[j] && rows[j + 1] && rows[j + 2] && rows[j + 3])
-                for (; u + 4 <= ub; u += 4) {
-                    __m128i r0 = _mm_loadu_si128((const __m128i *)(rows[j] + 4 * (u0 + u)));
-                    __m128i r1 = _mm_loadu_si128((const __m128i *)(rows[j + 1] + 4 * (u0 + u)));
-                    __m128i r2 = _mm_loadu_si128((const __m128i *)(rows[j + 2] + 4 * (u0 + u)));
-                    __m128i r3 = _mm_loadu_si128((const __m128i *)(rows[j + 3] + 4 * (u0 + u)));
-                    __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
-                    __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
-                    uint32_t *d = dst + (u0 + u) * nr + j;
-                    _mm_storeu_si128((__m128i *)d, _mm_unpacklo_epi64(t0, t1));
-                    _mm_storeu_si128((__m128i *)(d + nr), _mm_unpackhi_epi64(t0, t1));
-                    _mm_storeu_si128((__m128i *)(d + 2 * nr), _mm_unpacklo_epi64(t2, t3));
-                    _mm_storeu_si128((__m128i *)(d + 3 * nr), _mm_unpackhi_epi64(t2, t3));
-                }
+            for (; u + 4 <= ub; u += 4) {
+                __m128i r0 = _mm_loadu_si128((const __m128i *)(rows[j] + 4 * (u0 + u)));
+                __m128i r1 = _mm_loadu_si128((const __m128i *)(rows[j + 1] + 4 * (u0 + u)));
+                __m128i r2 = _mm_loadu_si128((const __m128i *)(rows[j + 2] + 4 * (u0 + u)));
+                __m128i r3 = _mm_loadu_si128((const __m128i *)(rows[j + 3] + 4 * (u0 + u)));
+                __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
+                __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
+                uint32_t *d = dst + (u0 + u) * nr + j;
+                _mm_storeu_si128((__m128i *)d, _mm_unpacklo_epi64(t0, t1));
+                _mm_storeu_si128((__m128i *)(d + nr), _mm_unpackhi_epi64(t0, t1));
+                _mm_storeu_si128((__m128i *)(d + 2 * nr), _mm_unpacklo_epi64(t2, t3));
+                _mm_storeu_si128((__m128i *)(d + 3 * nr), _mm_unpackhi_epi64(t2, t3));
+            }
 #endif
             for (int jj = j; jj < j + 4; jj++)
-                for (int64_t v = u; rows[jj] && v < ub; v++) dst[(u0 + v) * nr + jj] = ld32(rows[jj] + 4 * (u0 + v));
+                for (int64_t v = u; v < ub; v++) dst[(u0 + v) * nr + jj] = ld32(rows[jj] + 4 * (u0 + v));
         }
     }
 }
@@ -85,7 +84,7 @@ static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t 
     for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
         int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
         for (int j = 0; j < nr; j++)
-            for (int64_t u = 0; rows[j] && u < ub; u++) {
+            for (int64_t u = 0; u < ub; u++) {
                 uint16_t v;
                 memcpy(&v, rows[j] + 2 * (u0 + u), 2);
                 dst[(u0 + u) * nr + j] = v;
@@ -93,19 +92,28 @@ static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t 
     }
 }
 
-/* Panel p of b from its source rows (row[j]: column j's, NULL for padding). */
+/* Panel p of b from its source rows (row[j]: column j's, a row of zeros for padding): every byte of
+ * it written, the K padding (to the AMX kernels' k block) and the 64-byte rounding zeroed. */
 static void pack_panel(CgPackedB *b, int64_t p, const char *const *rows) {
     char *panel = (char *)b->data + (size_t)p * b->panel_bytes;
     int nr = b->nr;
+    size_t done;
     if (dtype_size(b->dtype) == 4) {
         transpose32((uint32_t *)panel, rows, nr, b->k);
+        done = (size_t)b->k * (size_t)nr * 4;
     } else if (b->kpair) { /* (kk, j) at [kk/2][nr][kk%2]: whole pairs as words, an odd K's last k alone */
         transpose32((uint32_t *)panel, rows, nr, b->k / 2);
-        for (int j = 0; b->k % 2 && j < nr; j++)
-            if (rows[j]) memcpy(panel + ((size_t)(b->k / 2) * (size_t)nr + (size_t)j) * 4, rows[j] + 2 * (b->k - 1), 2);
+        for (int j = 0; b->k % 2 && j < nr; j++) {
+            uint16_t last;
+            memcpy(&last, rows[j] + 2 * (b->k - 1), 2);
+            ((uint32_t *)panel)[(b->k / 2) * nr + j] = last; /* (its pair's other half 0) */
+        }
+        done = (size_t)((b->k + 1) / 2) * (size_t)nr * 4;
     } else {
         transpose16((uint16_t *)panel, rows, nr, b->k);
+        done = (size_t)b->k * (size_t)nr * 2;
     }
+    memset(panel + done, 0, b->panel_bytes - done);
 }
 
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1) {
@@ -115,18 +123,19 @@ void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1) {
 void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t p0, int64_t p1) {
     const Rows src = {w, w_hi, rows_lo};
     MOE_ASSERT(0 <= p0 && p0 <= p1 && p1 <= b->n_panels);
-    memset((char *)b->data + (size_t)p0 * b->panel_bytes, 0, (size_t)(p1 - p0) * b->panel_bytes); /* padding: the kernel computes it */
     int64_t nr = b->nr, half = nr / 2, inter = b->n / 2;
-    const char **rows = xmalloc((size_t)nr * sizeof *rows);
+    const char **rows = xmalloc((size_t)nr * sizeof *rows), *zero = NULL; /* padding columns: the kernel computes them */
     for (int64_t p = p0; p < p1; p++) {
         for (int64_t j = 0; j < nr; j++) {
             int64_t col = b->swiglu ? p * half + j % half : p * nr + j; /* swiglu: a's rows, then b's (row I + ·) */
             bool real = b->swiglu ? col < inter : col < b->n;
-            rows[j] = real ? row_of(b, &src, b->swiglu && j >= half ? inter + col : col) : NULL;
+            if (!real && !zero) zero = xcalloc((size_t)b->k + 1, dtype_size(b->dtype));
+            rows[j] = real ? row_of(b, &src, b->swiglu && j >= half ? inter + col : col) : zero;
         }
         pack_panel(b, p, rows);
     }
     free(rows);
+    free((void *)zero);
 }
 
 void cg_pack_b(CgPackedB *out, const void *w, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair) {

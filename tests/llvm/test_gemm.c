@@ -258,6 +258,46 @@ static void test_ir_text(void **state) {
 
 static void add_task(void *ctx, int64_t t, int thread) { atomic_fetch_add((atomic_llong *)ctx + t, 1); }
 
+/* Packing writes every byte of its panels: K and column padding zero whatever the memory held
+ * before (a bf16 NaN there times an A padding of 0 is NaN), and each element where the kernels read
+ * it; every layout (f32, 16-bit, k pairs with an odd K, swiglu halves), N and K not multiples. */
+static void test_pack_every_byte(void **state) {
+    (void)state;
+    static const struct { moe_dtype dt; bool kpair, swiglu; int nr; } forms[] = {
+        {DT_F32, false, false, 48}, {DT_BF16, false, false, 16}, {DT_F16, false, true, 32},
+        {DT_BF16, true, false, 32}, {DT_BF16, true, true, 16}, {DT_F32, false, true, 8}};
+    for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
+        int64_t n = 38, k = 37; /* (swiglu: 19 + 19) */
+        size_t es = dtype_size(forms[f].dt);
+        unsigned char *w = malloc((size_t)(n * k) * es);
+        for (size_t i = 0; i < (size_t)(n * k) * es; i++) w[i] = (unsigned char)(i * 7 + 3) | 1;
+        CgPackedB b;
+        cg_pack_b_alloc(&b, forms[f].dt, n, k, forms[f].nr, forms[f].kpair, forms[f].swiglu);
+        memset(b.data, 0xff, b.panel_bytes * (size_t)b.n_panels);
+        cg_pack_b_fill(&b, w, 0, b.n_panels);
+        int nr = forms[f].nr, half = nr / 2;
+        for (int64_t p = 0; p < b.n_panels; p++) {
+            const unsigned char *panel = (const unsigned char *)b.data + p * b.panel_bytes;
+            size_t real_bytes = 0;
+            for (int j = 0; j < nr; j++) {
+                int64_t col = forms[f].swiglu ? p * half + j % half : p * nr + j;
+                bool real = forms[f].swiglu ? col < n / 2 : col < n;
+                int64_t row = forms[f].swiglu && j >= half ? n / 2 + col : col;
+                for (int64_t kk = 0; real && kk < k; kk++) {
+                    size_t at = forms[f].kpair ? (size_t)((kk / 2) * 2 * nr + 2 * j + kk % 2) : (size_t)(kk * nr + j);
+                    assert_memory_equal(panel + at * es, w + (size_t)(row * k + kk) * es, es);
+                    real_bytes += es;
+                }
+            }
+            size_t zeros = 0; /* every other byte: padding (w has no zero byte) */
+            for (size_t i = 0; i < b.panel_bytes; i++) zeros += panel[i] == 0;
+            assert_int_equal(zeros, b.panel_bytes - real_bytes);
+        }
+        cg_packed_b_free(&b);
+        free(w);
+    }
+}
+
 static void test_pool(void **state) {
     for (int threads = 1; threads <= 3; threads++) {
         CgPool *pool = cg_pool_new(threads);
@@ -283,7 +323,7 @@ int main(void) {
         cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
         cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
         cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_bf16_dot),
-        cmocka_unit_test(test_gemm_amx),
+        cmocka_unit_test(test_gemm_amx),      cmocka_unit_test(test_pack_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
