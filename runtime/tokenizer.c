@@ -782,21 +782,21 @@ static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool
     Buf o = {0};
     buf_put(&o, "", 0);
     uint8_t *bytes = xmalloc((size_t)n + 1);
-    size_t nb = 0;
+    size_t nb = 0, held_from = 0; /* (at: the run's bytes before held_from are text in held) */
+    Buf held = {0};
     for (int64_t i = 0; i <= n; i++) {
         bool known = i < n && ids[i] >= 0 && ids[i] < t->n; /* an id past the pieces: nothing */
         const Piece *p = known ? &t->piece[ids[i]] : NULL;
         if (at && i < n) { /* the text so far, a run's bytes held (they go out at its end) */
-            Buf held = {0};
-            if (nb) flush_bytes(&held, bytes, nb, true);
+            held_from += flush_bytes(&held, bytes + held_from, nb - held_from, true);
             at[i] = o.n + held.n;
-            free(held.s);
         }
         if (p && p->type == PIECE_BYTE) {
             bytes[nb++] = (uint8_t)(hexval(p->s[3]) * 16 + hexval(p->s[4]));
             continue;
         }
         if (nb) flush_bytes(&o, bytes, nb, hold && i == n), nb = 0, bos_ws = bos_ws && o.n == 0;
+        held.n = 0, held_from = 0;
         if (!p || p->type == PIECE_CONTROL) continue;
         if (p->type == PIECE_UNKNOWN) {
             buf_put(&o, t->unk_surface, strlen(t->unk_surface));
@@ -815,6 +815,7 @@ static char *decode_from(const Tokenizer *t, const int32_t *ids, int64_t n, bool
         if (dropped || o.n) bos_ws = false;
     }
     free(bytes);
+    free(held.s);
     *len = o.n;
     return o.s;
 }

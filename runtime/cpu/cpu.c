@@ -316,6 +316,7 @@ static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
     }
 }
 
+/* The weights i->in[idx[0..n)], for the op's GEMM kernel of their dtype; swiglu for up-projections. */
 static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, int n, bool swiglu, RtError *err)
 {
     moe_dtype dt = i->in[idx[0]]->type.dtype;
