@@ -45,7 +45,7 @@ static const char *row_of(const CgPackedB *b, const Rows *w, int64_t src_row) {
  * elements, bf16/f16 ones, or (kpair) a bf16 k pair as one 32-bit word, the even k in its low half
  * as the two lie in the row: dst[u * nr + j] = rows[j][u]. In blocks of 16 units, so that a block's
  * stores stay in L1 (column by column over all of K, each store missed to L2: the 7B's 15 GB took
- * most of its start-up); 4 x 4 words a step with SSE2. */
+ * most of its start-up); with SSE2, 4 x 4 words or 8 x 8 halves a step. */
 enum { UNITS = 16 };
 
 static uint32_t ld32(const char *p) {
@@ -54,12 +54,19 @@ static uint32_t ld32(const char *p) {
     return v;
 }
 
+/* Units ua .. ub - 1 of block u0 for rows j0 .. j1 - 1, one at a time. */
+static void copy32(uint32_t *dst, const char *const *rows, int nr, int64_t u0, int j0, int j1, int64_t ua, int64_t ub) {
+    for (int j = j0; j < j1; j++)
+        for (int64_t u = ua; u < ub; u++) dst[(u0 + u) * nr + j] = ld32(rows[j] + 4 * (u0 + u));
+}
+
 static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t units) {
     for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
         int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
-        for (int j = 0; j < nr; j += 4) { /* (nr a multiple of 4) */
-            int64_t u = 0;
+        int j = 0;
 #ifdef __SSE2__
+        for (; j + 4 <= nr; j += 4) { /* 4 rows x 4 units a step */
+            int64_t u = 0;
             for (; u + 4 <= ub; u += 4) {
                 __m128i r0 = _mm_loadu_si128((const __m128i *)(rows[j] + 4 * (u0 + u)));
                 __m128i r1 = _mm_loadu_si128((const __m128i *)(rows[j + 1] + 4 * (u0 + u)));
@@ -73,22 +80,45 @@ static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t 
                 _mm_storeu_si128((__m128i *)(d + 2 * nr), _mm_unpacklo_epi64(t2, t3));
                 _mm_storeu_si128((__m128i *)(d + 3 * nr), _mm_unpackhi_epi64(t2, t3));
             }
-#endif
-            for (int jj = j; jj < j + 4; jj++)
-                for (int64_t v = u; v < ub; v++) dst[(u0 + v) * nr + jj] = ld32(rows[jj] + 4 * (u0 + v));
+            copy32(dst, rows, nr, u0, j, j + 4, u, ub);
         }
+#endif
+        copy32(dst, rows, nr, u0, j, nr, 0, ub);
     }
+}
+
+/* Units ua .. ub - 1 of block u0 for rows j0 .. j1 - 1, one at a time. */
+static void copy16(uint16_t *dst, const char *const *rows, int nr, int64_t u0, int j0, int j1, int64_t ua, int64_t ub) {
+    for (int j = j0; j < j1; j++)
+        for (int64_t u = ua; u < ub; u++) memcpy(dst + (u0 + u) * nr + j, rows[j] + 2 * (u0 + u), 2);
 }
 
 static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t units) {
     for (int64_t u0 = 0; u0 < units; u0 += UNITS) {
         int64_t ub = units - u0 < UNITS ? units - u0 : UNITS;
-        for (int j = 0; j < nr; j++)
-            for (int64_t u = 0; u < ub; u++) {
-                uint16_t v;
-                memcpy(&v, rows[j] + 2 * (u0 + u), 2);
-                dst[(u0 + u) * nr + j] = v;
+        int j = 0;
+#ifdef __SSE2__
+        for (; j + 8 <= nr; j += 8) { /* 8 rows x 8 units a step */
+            int64_t u = 0;
+            for (; u + 8 <= ub; u += 8) {
+                __m128i r[8], t[8], v[8];
+                for (int m = 0; m < 8; m++) r[m] = _mm_loadu_si128((const __m128i *)(rows[j + m] + 2 * (u0 + u)));
+                for (int m = 0; m < 8; m += 2) /* rows m, m+1 interleaved: units 0-3, then 4-7 */
+                    t[m] = _mm_unpacklo_epi16(r[m], r[m + 1]), t[m + 1] = _mm_unpackhi_epi16(r[m], r[m + 1]);
+                for (int m = 0; m < 8; m += 4) { /* rows m..m+3: units 0-1, 2-3, 4-5, 6-7 */
+                    v[m] = _mm_unpacklo_epi32(t[m], t[m + 2]), v[m + 1] = _mm_unpackhi_epi32(t[m], t[m + 2]);
+                    v[m + 2] = _mm_unpacklo_epi32(t[m + 1], t[m + 3]), v[m + 3] = _mm_unpackhi_epi32(t[m + 1], t[m + 3]);
+                }
+                uint16_t *d = dst + (u0 + u) * nr + j;
+                for (int q = 0; q < 4; q++) { /* unit 2q and 2q+1 of all 8 rows */
+                    _mm_storeu_si128((__m128i *)(d + (2 * q) * nr), _mm_unpacklo_epi64(v[q], v[q + 4]));
+                    _mm_storeu_si128((__m128i *)(d + (2 * q + 1) * nr), _mm_unpackhi_epi64(v[q], v[q + 4]));
+                }
             }
+            copy16(dst, rows, nr, u0, j, j + 8, u, ub);
+        }
+#endif
+        copy16(dst, rows, nr, u0, j, nr, 0, ub);
     }
 }
 
