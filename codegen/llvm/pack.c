@@ -48,16 +48,11 @@ static const char *row_of(const CgPackedB *b, const Rows *w, int64_t src_row) {
  * most of its start-up); with SSE2, 4 x 4 words or 8 x 8 halves a step. */
 enum { UNITS = 16 };
 
-static uint32_t ld32(const char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4); /* (a row of 2-byte elements need not be 4-byte aligned) */
-    return v;
-}
-
-/* Units ua .. ub - 1 of block u0 for rows j0 .. j1 - 1, one at a time. */
-static void copy32(uint32_t *dst, const char *const *rows, int nr, int64_t u0, int j0, int j1, int64_t ua, int64_t ub) {
+/* Units ua .. ub - 1 (of es bytes) of block u0 for rows j0 .. j1 - 1, one at a time. */
+static void copy_units(char *dst, const char *const *rows, int nr, size_t es, int64_t u0, int j0, int j1, int64_t ua,
+                       int64_t ub) {
     for (int j = j0; j < j1; j++)
-        for (int64_t u = ua; u < ub; u++) dst[(u0 + u) * nr + j] = ld32(rows[j] + 4 * (u0 + u));
+        for (int64_t u = ua; u < ub; u++) memcpy(dst + ((size_t)((u0 + u) * nr) + (size_t)j) * es, rows[j] + es * (size_t)(u0 + u), es);
 }
 
 static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t units) {
@@ -80,17 +75,11 @@ static void transpose32(uint32_t *dst, const char *const *rows, int nr, int64_t 
                 _mm_storeu_si128((__m128i *)(d + 2 * nr), _mm_unpacklo_epi64(t2, t3));
                 _mm_storeu_si128((__m128i *)(d + 3 * nr), _mm_unpackhi_epi64(t2, t3));
             }
-            copy32(dst, rows, nr, u0, j, j + 4, u, ub);
+            copy_units((char *)dst, rows, nr, 4, u0, j, j + 4, u, ub);
         }
 #endif
-        copy32(dst, rows, nr, u0, j, nr, 0, ub);
+        copy_units((char *)dst, rows, nr, 4, u0, j, nr, 0, ub);
     }
-}
-
-/* Units ua .. ub - 1 of block u0 for rows j0 .. j1 - 1, one at a time. */
-static void copy16(uint16_t *dst, const char *const *rows, int nr, int64_t u0, int j0, int j1, int64_t ua, int64_t ub) {
-    for (int j = j0; j < j1; j++)
-        for (int64_t u = ua; u < ub; u++) memcpy(dst + (u0 + u) * nr + j, rows[j] + 2 * (u0 + u), 2);
 }
 
 static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t units) {
@@ -115,10 +104,10 @@ static void transpose16(uint16_t *dst, const char *const *rows, int nr, int64_t 
                     _mm_storeu_si128((__m128i *)(d + (2 * q + 1) * nr), _mm_unpackhi_epi64(v[q], v[q + 4]));
                 }
             }
-            copy16(dst, rows, nr, u0, j, j + 8, u, ub);
+            copy_units((char *)dst, rows, nr, 2, u0, j, j + 8, u, ub);
         }
 #endif
-        copy16(dst, rows, nr, u0, j, nr, 0, ub);
+        copy_units((char *)dst, rows, nr, 2, u0, j, nr, 0, ub);
     }
 }
 
