@@ -180,10 +180,18 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
             for (int64_t e = 0; e < T * kvc; e++) held[c][e] = dtype_round(kdt, kv[c][e]);
             kv[c] = held[c];
         }
+    /* amx: q rounded to bf16, and each weight, against the row's max, before the sum and the values */
+    const IrAttr *amx = ir_attr_get(i, "amx");
+    bool bf16 = amx && amx->i;
+    double *qh = bf16 ? xmalloc((size_t)(hd + 1) * sizeof *qh) : NULL;
     for (int64_t t = 0; t < T; t++) {
         double pt = eval_get(ev, i->in[3], t);
         for (int64_t h = 0; h < H; h++) {
             const double *qr = ev->vals[q->id] + t * ncols(q) + h * hd;
+            if (bf16) {
+                for (int64_t d = 0; d < hd; d++) qh[d] = dtype_round(DT_BF16, qr[d]);
+                qr = qh;
+            }
             int64_t kh = h / group;
             double mx = -INFINITY, sum = 0;
             for (int64_t j = 0; j < T; j++) {
@@ -196,7 +204,11 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
                 if (p[j] > mx) mx = p[j];
             }
             for (int64_t j = 0; j < T; j++)
-                if (!isnan(p[j])) sum = step(ev, sum + (p[j] = step(ev, exp(p[j] - mx))));
+                if (!isnan(p[j])) {
+                    p[j] = step(ev, exp(p[j] - mx));
+                    if (bf16) p[j] = dtype_round(DT_BF16, p[j]);
+                    sum = step(ev, sum + p[j]);
+                }
             double *o = out + t * ncols(q) + h * hd;
             for (int64_t d = 0; d < hd; d++) {
                 double acc = 0;
@@ -207,6 +219,7 @@ static void eval_attention(Eval *ev, const IrInstr *i, double *out)
         }
     }
     free(p);
+    free(qh);
     free(held[0]);
     free(held[1]);
 }

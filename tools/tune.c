@@ -67,6 +67,7 @@ static int collect_shapes(const IrModule *m, const ModelSpec *s, Shape *out, int
             int64_t H = ir_attr_int(i, "heads");
             CgOpDesc d;
             MOE_ASSERT(cg_op_desc_for(i, &d));
+            if (d.amx) continue; /* attention's amx form: one kernel, no key block to choose */
             sh = (Shape){.dt = DT_F32, .kv_dt = d.wdtype, .n = H, .k = i->in[0]->type.dims[1] / H,
                          .groups = ir_attr_int(i, "kv_heads"), .rule = {.kv_block = TUNE_CPU_ATTENTION_KV_BLOCK}};
             snprintf(sh.op, sizeof sh.op, "attention");

@@ -32,6 +32,7 @@ typedef struct Step {
     void **kt, **vc;                /* attention: each sequence's K and V caches (cg_attention_store), */
                                     /*   of kv_dt: [n_seqs]                                           */
     moe_dtype kv_dt;
+    bool kv_pairs;                  /* attention's amx form: its caches in k pairs (cg_attention_kt_index) */
     const void **vc_ptrs;           /* combine: the constant vectors                                  */
     int64_t *off;                   /* dispatch: CgRouting of this layer                              */
     int32_t *perm;
@@ -413,6 +414,7 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
     CgOpDesc d;
     MOE_ASSERT(cg_op_desc_for(st->i, &d));
     st->kv_dt = d.wdtype;
+    st->kv_pairs = d.amx;
     if (!cm->dry) {
         size_t n = (size_t)cg_attention_cache_elems(cm->max_pos, d.kv_heads, d.head_dim);
         st->kt = xcalloc(1, sizeof *st->kt);
@@ -423,7 +425,7 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     st->ch[0] = (Choice){.c = {.kv_block = d.kv_block ? d.kv_block : CG_ATTENTION_KV_BLOCK}, .fn = st->fn};
     st->n_ch = 1;
-    if (!schedule_of(st, st->i, 0)) return true;
+    if (d.amx || !schedule_of(st, st->i, 0)) return true; /* the amx form has no key block to schedule */
     for (int b = 0; b < st->sched->n; b++) {
         TuneConfig c = tile_schedule_pick(st->sched, st->sched->b[b].tokens);
         if (tune_config_equal(&c, &st->ch[0].c) || find_choice(st, &c)) continue;
@@ -539,7 +541,8 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
     int n = 0;
     for (int64_t t = 0; t < T; t++) { /* the KV caches of token t's sequence at position pos[t] */
         int s = cm->seq ? cm->seq[t] : 0;
-        cg_attention_store(st->kt[s], st->vc[s], st->kv_dt, kvh, kvc / kvh, cap, cm->pos[t], k + t * kvc, v + t * kvc);
+        cg_attention_store(st->kt[s], st->vc[s], st->kv_dt, kvh, kvc / kvh, cap, cm->pos[t], k + t * kvc, v + t * kvc,
+                           st->kv_pairs);
         if (n && cm->segs[n - 1].kt == st->kt[s]) cm->segs[n - 1].rows++;
         else cm->segs[n++] = (CpuAttSeg){t, 1, st->kt[s], st->vc[s], 0};
     }
@@ -586,7 +589,7 @@ void cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t cap, 
     for (int k = 0; k < n; k++) T += segs[k].rows;
     int64_t blocks = (want + heads - 1) / heads, tasks = 0;
     AttTasks a = {(attn_fn)fn, heads, (T + blocks - 1) / blocks, cap, q, pos, out, segs, n};
-    a.rows = (a.rows + 7) / 8 * 8; /* whole tiles of query rows (the kernel's are 1 to 8) */
+    a.rows = (a.rows + 15) / 16 * 16; /* whole tiles of query rows (the kernels' are 1 to 4, or 16 on AMX) */
     for (int k = 0; k < n; k++) {
         segs[k].task0 = tasks;
         tasks += heads * ((segs[k].rows + a.rows - 1) / a.rows);
@@ -853,10 +856,11 @@ bool cpu_model_copy_sequence(CpuModel *cm, int from, int to, int64_t positions, 
         if (st->i->op != IR_OP_ATTENTION) continue;
         int64_t G = ir_attr_int(st->i, "kv_heads"), hd = cols(st->i->in[1]) / G;
         size_t es = dtype_size(st->kv_dt), head = (size_t)(cap * hd) * es; /* a kv head's keys, and its values */
+        int64_t rows = st->kv_pairs ? positions + positions % 2 : positions; /* in pairs: whole pairs */
         for (int64_t g = 0; g < G; g++) { /* its first whole key tiles; its first value rows */
             size_t at = (size_t)g * head;
             memcpy((char *)st->kt[to] + at, (const char *)st->kt[from] + at, (size_t)(tiles * CG_ATTENTION_KT_KEYS * hd) * es);
-            memcpy((char *)st->vc[to] + at, (const char *)st->vc[from] + at, (size_t)(positions * hd) * es);
+            memcpy((char *)st->vc[to] + at, (const char *)st->vc[from] + at, (size_t)(rows * hd) * es);
         }
     }
     return true;

@@ -17,6 +17,7 @@ typedef struct OjTimes {
 OpsJit *oj_new(void);              /* aborts on failure (the test cannot run without a JIT) */
 void    oj_free(OpsJit *j);
 int     oj_vec_width(const OpsJit *j);
+bool    oj_has_amx(const OpsJit *j);      /* the host's AMX tiles, granted (CgTarget.has_amx) */
 /* The kernel for d (compiled on first request); times may be NULL. Aborts with LLVM's message on any
  * failure. */
 void   *oj_kernel(OpsJit *j, const CgOpDesc *d, OjTimes *times);

@@ -31,12 +31,15 @@ int main(void)
     if (heads_env && sscanf(heads_env, "%ldx%ld", &H, &hd) != 2) H = 16, hd = 96;
     moe_dtype kv = DT_F32;
     if (getenv("OPS_TIMING_KV") && !dtype_parse(getenv("OPS_TIMING_KV"), &kv)) kv = DT_F32;
+    /* OPS_TIMING_AMX=1: attention's amx form (bf16 caches in k pairs, head_dim a multiple of 32) */
+    bool amx = getenv("OPS_TIMING_AMX") && atoi(getenv("OPS_TIMING_AMX")) && oj_has_amx(j);
+    if (amx) kv = DT_BF16;
     CgOpDesc ds[] = {
         {.kind = CG_OP_EMBED, .wdtype = DT_BF16, .cols = D},
         {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ADD_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ROPE, .heads = H, .head_dim = hd, .theta = 10000.0},
-        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd},
+        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd, .amx = amx},
         {.kind = CG_OP_SWIGLU, .cols = 4096},
         {.kind = CG_OP_ADD, .cols = D},
         {.kind = CG_OP_SCALE, .cols = D, .s = 2.0},
@@ -69,7 +72,7 @@ int main(void)
     int64_t cap = cg_attention_cap(T);
     void *kt = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
     void *vh = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
-    for (int64_t t = 0; t < T; t++) cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd);
+    for (int64_t t = 0; t < T; t++) cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd, amx);
     double ms[15];
     for (int k = 0; k < 15; k++) { /* the executor's order (cpu_attention_run): a head's rows in one call */
         double t0 = oj_now_ms();
@@ -78,7 +81,8 @@ int main(void)
     }
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
     char what[64];
-    snprintf(what, sizeof what, "attention T=512 H=%ld hd=%ld kv %s (1 thread)", (long)H, (long)hd, dtype_name(kv));
+    snprintf(what, sizeof what, "attention T=512 H=%ld hd=%ld kv %s%s (1 thread)", (long)H, (long)hd, dtype_name(kv),
+             amx ? " amx" : "");
     report(what, ms, 15);
     printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
     for (int k = 0; k < 15; k++) {
@@ -93,7 +97,7 @@ int main(void)
         float *row = xmalloc((size_t)(2 * H * hd) * 4);
         for (int64_t t = 0; t < L; t++) {
             oj_random(&r, row, (size_t)(2 * H * hd), -1, 1);
-            cg_attention_store(kl, vl, kv, H, hd, capl, t, row, row + H * hd);
+            cg_attention_store(kl, vl, kv, H, hd, capl, t, row, row + H * hd, amx);
         }
         int32_t last = (int32_t)(L - 1);
         for (int k = 0; k < 15; k++) {

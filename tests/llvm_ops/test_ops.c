@@ -181,14 +181,14 @@ typedef struct {
     size_t bytes;
 } Caches;
 
-static Caches caches(const float *kc, const float *vc, int64_t P, int64_t Hk, int64_t hd, moe_dtype dt)
+static Caches caches(const float *kc, const float *vc, int64_t P, int64_t Hk, int64_t hd, moe_dtype dt, bool pairs)
 {
     int64_t n = cg_attention_cache_elems(P, Hk, hd);
     Caches c = {.cap = cg_attention_cap(P), .bytes = (size_t)n * dtype_size(dt)};
     c.kt = oj_guarded_alloc(c.bytes), c.vc = oj_guarded_alloc(c.bytes);
     float nan = NAN;
     for (int64_t j = 0; j < n; j++) cg_attention_put(c.kt, dt, j, &nan, 1), cg_attention_put(c.vc, dt, j, &nan, 1);
-    for (int64_t p = 0; p < P; p++) cg_attention_store(c.kt, c.vc, dt, Hk, hd, c.cap, p, kc + p * Hk * hd, vc + p * Hk * hd);
+    for (int64_t p = 0; p < P; p++) cg_attention_store(c.kt, c.vc, dt, Hk, hd, c.cap, p, kc + p * Hk * hd, vc + p * Hk * hd, pairs);
     return c;
 }
 
@@ -239,7 +239,7 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     oj_eval(body, &p, 1, ids, pos, T, &res);
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = dt, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-    Caches c = caches(kc, vc, T, Hk, hd, dt);
+    Caches c = caches(kc, vc, T, Hk, hd, dt, false);
     run_attention(f, H, T, split(T), q, &c, pos, out);
     caches_free(&c);
     char label[96];
@@ -267,9 +267,10 @@ static void test_attention(void **state)
             }
 }
 
-/* SEMANTICS §2 in double: query t at position pos[t] attends to cache rows 0..pos[t]. */
+/* SEMANTICS §2 in double: query t at position pos[t] attends to cache rows 0..pos[t]; bf16 (the amx
+ * form's): q and each weight rounded to bf16, the weight against the row's max, summed as rounded. */
 static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const float *q, const float *kc,
-                          const float *vc, const int32_t *pos, double *out)
+                          const float *vc, const int32_t *pos, bool bf16, double *out)
 {
     int64_t group = H / Hk, P = 0;
     for (int64_t t = 0; t < T; t++) P = pos[t] + 1 > P ? pos[t] + 1 : P;
@@ -281,11 +282,15 @@ static void attention_ref(int64_t H, int64_t Hk, int64_t hd, int64_t T, const fl
             double mx = -INFINITY, sum = 0;
             for (int64_t j = 0; j < n; j++) {
                 double s = 0;
-                for (int64_t c = 0; c < hd; c++) s += (double)qr[c] * kc[j * Hk * hd + kv + c];
+                for (int64_t c = 0; c < hd; c++)
+                    s += (bf16 ? dtype_round(DT_BF16, qr[c]) : (double)qr[c]) * kc[j * Hk * hd + kv + c];
                 p[j] = s / sqrt((double)hd);
                 mx = fmax(mx, p[j]);
             }
-            for (int64_t j = 0; j < n; j++) sum += (p[j] = exp(p[j] - mx));
+            for (int64_t j = 0; j < n; j++) {
+                p[j] = exp(p[j] - mx);
+                sum += (p[j] = bf16 ? dtype_round(DT_BF16, (float)p[j]) : p[j]);
+            }
             for (int64_t c = 0; c < hd; c++) {
                 double acc = 0;
                 for (int64_t j = 0; j < n; j++) acc += p[j] * vc[j * Hk * hd + kv + c];
@@ -325,11 +330,11 @@ static void test_attention_kv_cache(void **state)
                     int32_t pos[17];
                     if ((a + t) % 2) iota(pos, T, (int32_t)p0s[c], 1);
                     else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
-                    attention_ref(H, Hk, hd, T, q, kc, vc, pos, ref);
+                    attention_ref(H, Hk, hd, T, q, kc, vc, pos, false, ref);
                     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = dt, .heads = H, .kv_heads = Hk, .head_dim = hd,
                                   .kv_block = kv_block};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
-                    Caches cs = caches(kc, vc, P, Hk, hd, dt);
+                    Caches cs = caches(kc, vc, P, Hk, hd, dt, false);
                     for (int64_t sp = 0; sp <= T; sp++) {
                         memset(out, 0xff, (size_t)(T * H * hd) * 4); /* NaN: rows left unwritten fail */
                         run_attention(f, H, T, sp, q, &cs, pos, out);
@@ -338,6 +343,74 @@ static void test_attention_kv_cache(void **state)
                     caches_free(&cs);
                     free(q), free(out), free(kc), free(vc), free(ref);
                 }
+}
+
+/* The amx form (bf16 caches in k pairs; 16 rows a call on AMX tiles, the rest one at a time) against
+ * attention_ref's rounding, at head_dim 32 to 128, over caches of p0 + T positions (p0 0: a prompt),
+ * rows in calls split at 0, 7, 16, T/2 and T (so tiles of 16 and single rows run alike; every call
+ * of 16 rows or more has tiles whose rows end at different keys), both caches ending at a guard page
+ * with NaN past their positions. A weight within an f32 rounding of a bf16 tie may round the other
+ * way than in double (~1e-4 of them: one bf16 ulp of one weight, up to ~1e-4 on its row), so each
+ * row must agree to TOL but for a few, and all to 2e-3; weights or q not rounded, or rounded against
+ * a running max: most rows fail. */
+static void test_attention_amx(void **state)
+{
+    (void)state;
+    if (!oj_has_amx(J)) {
+        fprintf(stderr, "attention amx: this host has no AMX tiles (skipped)\n");
+        skip();
+    }
+    moe_rng r;
+    rng_seed(&r, 16);
+    const int64_t p0s[] = {0, 5, 40}, hds[] = {32, 64, 96, 128}, Tamx[] = {1, 16, 17, 45, 70};
+    int64_t rows_all = 0, rows_off = 0;
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
+            for (size_t c = 0; c < MOE_ARRAY_LEN(p0s); c++)
+                for (size_t t = 0; t < MOE_ARRAY_LEN(Tamx); t++) {
+                    int64_t H = head_pairs[a][0], Hk = head_pairs[a][1], hd = hds[b], T = Tamx[t], P = p0s[c] + T;
+                    size_t nq = (size_t)(T * H * hd), nc = (size_t)(P * Hk * hd);
+                    float *q = xmalloc(nq * 4), *out = xmalloc(nq * 4), *kc = xmalloc(nc * 4), *vc = xmalloc(nc * 4);
+                    double *ref = xmalloc(nq * 8);
+                    oj_random(&r, q, nq, -2, 2);
+                    oj_random(&r, kc, nc, -2, 2);
+                    oj_random(&r, vc, nc, -2, 2);
+                    for (size_t e = 0; e < nc; e++)
+                        kc[e] = (float)dtype_round(DT_BF16, kc[e]), vc[e] = (float)dtype_round(DT_BF16, vc[e]);
+                    int32_t pos[70];
+                    if ((a + b + t) % 2) iota(pos, T, (int32_t)p0s[c], 1);
+                    else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
+                    attention_ref(H, Hk, hd, T, q, kc, vc, pos, true, ref);
+                    CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = H, .kv_heads = Hk,
+                                  .head_dim = hd, .amx = 1};
+                    fn_att f = (fn_att)oj_kernel(J, &d, NULL);
+                    Caches cs = caches(kc, vc, P, Hk, hd, DT_BF16, true);
+                    const int64_t sps[] = {0, 7, 16, T / 2, T};
+                    for (size_t k = 0; k < MOE_ARRAY_LEN(sps); k++) {
+                        if (sps[k] > T) continue;
+                        memset(out, 0xff, nq * 4); /* NaN: rows left unwritten fail */
+                        run_attention(f, H, T, sps[k], q, &cs, pos, out);
+                        double most = 0, worst = 0;
+                        for (size_t e = 0; e < nq; e++) most = fmax(most, fabs(ref[e]));
+                        for (int64_t row = 0; row < T * H; row++) {
+                            double err = 0;
+                            for (int64_t e = row * hd; e < (row + 1) * hd; e++)
+                                err = isnan(out[e]) ? INFINITY : fmax(err, fabs(out[e] - ref[e]) / most);
+                            rows_all++;
+                            rows_off += err > TOL;
+                            worst = fmax(worst, err);
+                        }
+                        if (worst > 2e-3)
+                            fprintf(stderr, "attention amx H=%lld Hk=%lld hd=%lld T=%lld p0=%lld split %lld: %.3g\n",
+                                    (long long)H, (long long)Hk, (long long)hd, (long long)T, (long long)p0s[c],
+                                    (long long)sps[k], worst);
+                        assert_true(worst <= 2e-3);
+                    }
+                    caches_free(&cs);
+                    free(q), free(out), free(kc), free(vc), free(ref);
+                }
+    fprintf(stderr, "attention amx: %lld of %lld rows beyond %g\n", (long long)rows_off, (long long)rows_all, TOL);
+    assert_true(rows_off * 50 <= rows_all);
 }
 
 /* ---- route_post, combine, dispatch ------------------------------------------------------------ */
@@ -490,6 +563,12 @@ static void test_symbols_and_bad_descs(void **state)
     CgOpDesc bad_gqa = {.kind = CG_OP_ATTENTION, .heads = 4, .kv_heads = 3, .head_dim = 16};
     assert_null(cg_ops_build(ctx, &bad_gqa, 16, "x", err, sizeof err));
     assert_non_null(strstr(err, "kv_heads 3"));
+    CgOpDesc bad_amx = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = 4, .kv_heads = 4, .head_dim = 48, .amx = 1};
+    assert_null(cg_ops_build(ctx, &bad_amx, 16, "x", err, sizeof err));
+    assert_non_null(strstr(err, "amx"));
+    bad_amx.head_dim = 64, bad_amx.wdtype = DT_F16;
+    assert_null(cg_ops_build(ctx, &bad_amx, 16, "x", err, sizeof err));
+    assert_non_null(strstr(err, "amx"));
     LLVMContextDispose(ctx);
 }
 
@@ -533,6 +612,7 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_kv_cache),
+        cmocka_unit_test(test_attention_amx),
         cmocka_unit_test(test_routing),
         cmocka_unit_test(test_vectorised),
     };

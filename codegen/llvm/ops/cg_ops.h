@@ -44,7 +44,12 @@ typedef enum {
                          *   1/sqrt(hd), GQA (query head h reads kv head h / (heads / kv_heads));
                          *   softmax in f32, streaming (online max/sum, updated every kv_block keys,
                          *   rounded up to 16, at most 64; 0: 64), so no [T, T] buffer is needed; a
-                         *   few query rows of the head share each tile of keys and values          */
+                         *   few query rows of the head share each tile of keys and values.
+                         *   amx (bf16 caches, head_dim a multiple of 32): the caches in k pairs
+                         *   (cg_attention_kt_index) and the IR's amx attention: q rounded to bf16,
+                         *   a row's max over all its keys first, its weights rounded to bf16 (and
+                         *   summed as rounded), 16 query rows at a time on AMX tiles, the rest
+                         *   and decode steps on FMAs over the same pairs                            */
     CG_OP_SWIGLU,       /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)
                          *   out = silu(a) · b over cols columns                                       */
     CG_OP_ADD,          /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)  */
@@ -83,6 +88,7 @@ typedef struct CgOpDesc {
     int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
     int        kv_block;          /* ATTENTION: keys per online-softmax update (0: CG_ATTENTION_KV_BLOCK;
                                    * rounded up to 16, at most 64)                               */
+    int        amx;               /* ATTENTION: 1 = the AMX form and its caches in k pairs (bf16)  */
     double     theta;             /* ROPE                                                      */
     double     s;                 /* SCALE, COMBINE                                            */
     int64_t    experts, k;        /* ROUTE_POST: E, top_k; DISPATCH: FFN experts, top_k        */
@@ -98,7 +104,10 @@ typedef struct CgOpDesc {
  * values are each one run of memory, which a decode step streams (with the heads interleaved by
  * position every 16 keys it jumped pages and waited on memory). The kernel reads a key block's tiles
  * whole, past the last position (and masks them), and a block of kb keys (16 to 64) that holds
- * position P - 1 ends before P - 1 + kb: so cap is P + 63 rounded up to a tile. */
+ * position P - 1 ends before P - 1 + kb: so cap is P + 63 rounded up to a tile.
+ * In k pairs (pairs, the amx form's: AMX tiles multiply bf16 in pairs of their k index) a key tile is
+ * [head_dim / 2][16][2] (the dims 2i, 2i + 1 of a key side by side), and the V cache is
+ * [cap / 2][head_dim][2] (the values of positions 2r, 2r + 1 side by side): the same sizes. */
 #define CG_ATTENTION_KT_KEYS 16
 #define CG_ATTENTION_KV_BLOCK 64 /* the CPU rule's keys per update (the fastest at T = 512, ops_timing) */
 static inline int64_t cg_attention_cap(int64_t positions)
@@ -110,13 +119,15 @@ static inline int64_t cg_attention_cache_elems(int64_t positions, int64_t kv_hea
 {
     return cg_attention_cap(positions) * kv_heads * head_dim;
 }
-static inline int64_t cg_attention_kt_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d)
+static inline int64_t cg_attention_kt_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d, bool pairs)
 {
-    return ((g * (cap / CG_ATTENTION_KT_KEYS) + p / CG_ATTENTION_KT_KEYS) * head_dim + d) * CG_ATTENTION_KT_KEYS +
-           p % CG_ATTENTION_KT_KEYS;
+    int64_t tile = (g * (cap / CG_ATTENTION_KT_KEYS) + p / CG_ATTENTION_KT_KEYS) * head_dim * CG_ATTENTION_KT_KEYS;
+    if (pairs) return tile + (d & ~(int64_t)1) * CG_ATTENTION_KT_KEYS + p % CG_ATTENTION_KT_KEYS * 2 + (d & 1);
+    return tile + d * CG_ATTENTION_KT_KEYS + p % CG_ATTENTION_KT_KEYS;
 }
-static inline int64_t cg_attention_v_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d)
+static inline int64_t cg_attention_v_index(int64_t cap, int64_t head_dim, int64_t p, int64_t g, int64_t d, bool pairs)
 {
+    if (pairs) return ((g * cap / 2 + p / 2) * head_dim + d) * 2 + p % 2;
     return (g * cap + p) * head_dim + d;
 }
 /* n values as type dt (f32, bf16, f16: rounded to nearest even) at element `at` of a cache. */
@@ -126,14 +137,26 @@ static inline void cg_attention_put(void *cache, moe_dtype dt, int64_t at, const
     else
         for (int64_t c = 0; c < n; c++) ((uint16_t *)cache)[at + c] = dt == DT_BF16 ? f32_to_bf16(v[c]) : f32_to_f16(v[c]);
 }
-/* Position p's keys and values (K and V rows, [kv_heads·head_dim]) into the caches of type dt. */
+/* Position p's keys and values (K and V rows, [kv_heads·head_dim]) into the caches of type dt (pairs:
+ * bf16). Every token of a prefill stores through here, so each head's row walks its run of the cache
+ * with the index of its dim 0 and a stride: a key dim every 16 elements (in pairs: a pair every 32),
+ * a value every element (in pairs: every other). */
 static inline void cg_attention_store(void *kt, void *vc, moe_dtype dt, int64_t kv_heads, int64_t head_dim, int64_t cap,
-                                      int64_t p, const float *k, const float *v)
+                                      int64_t p, const float *k, const float *v, bool pairs)
 {
     for (int64_t g = 0; g < kv_heads; g++) {
-        for (int64_t d = 0; d < head_dim; d++)
-            cg_attention_put(kt, dt, cg_attention_kt_index(cap, head_dim, p, g, d), k + g * head_dim + d, 1);
-        cg_attention_put(vc, dt, cg_attention_v_index(cap, head_dim, p, g, 0), v + g * head_dim, head_dim);
+        const float *kg = k + g * head_dim, *vg = v + g * head_dim;
+        int64_t k0 = cg_attention_kt_index(cap, head_dim, p, g, 0, pairs), v0 = cg_attention_v_index(cap, head_dim, p, g, 0, pairs);
+        if (pairs) {
+            uint16_t *kd = (uint16_t *)kt + k0, *vd = (uint16_t *)vc + v0;
+            for (int64_t d = 0; d < head_dim; d++) {
+                kd[(d & ~(int64_t)1) * CG_ATTENTION_KT_KEYS + (d & 1)] = f32_to_bf16(kg[d]);
+                vd[2 * d] = f32_to_bf16(vg[d]);
+            }
+            continue;
+        }
+        for (int64_t d = 0; d < head_dim; d++) cg_attention_put(kt, dt, k0 + d * CG_ATTENTION_KT_KEYS, kg + d, 1);
+        cg_attention_put(vc, dt, v0, vg, head_dim);
     }
 }
 

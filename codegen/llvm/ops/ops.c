@@ -16,7 +16,7 @@ static const OpInfo op_info[] = {
     [CG_OP_RMS_NORM] = {2, 3, ops_emit_rms_norm},
     [CG_OP_ADD_RMS_NORM] = {2, 5, ops_emit_add_rms_norm},
     [CG_OP_ROPE] = {2, 3, ops_emit_rope},
-    [CG_OP_ATTENTION] = {3, 5, ops_emit_attention},
+    [CG_OP_ATTENTION] = {3, 5, ops_emit_attention}, /* (d->amx: ops_emit_attention_amx) */
     [CG_OP_SWIGLU] = {2, 3, ops_emit_elementwise},
     [CG_OP_ADD] = {2, 3, ops_emit_elementwise},
     [CG_OP_SCALE] = {2, 2, ops_emit_elementwise},
@@ -50,6 +50,9 @@ static bool check_heads(const CgOpDesc *d, char *err, size_t errlen)
                    (long long)d->heads);
     if (d->kind == CG_OP_ATTENTION && (d->kv_block < 0 || d->kv_block > 1024))
         return bad(err, errlen, d, "kv_block %d (need 1..1024, or 0 for 16)", d->kv_block);
+    if (d->kind == CG_OP_ATTENTION && d->amx && (d->wdtype != DT_BF16 || d->head_dim % 32))
+        return bad(err, errlen, d, "amx with %s caches and head_dim %lld (need bf16 and a multiple of 32)",
+                   dtype_name(d->wdtype), (long long)d->head_dim);
     return true;
 }
 
@@ -70,6 +73,8 @@ static bool check_desc(const CgOpDesc *d, int vec_width, char *err, size_t errle
     if ((unsigned)d->kind >= CG_OP_COUNT) return bad(err, errlen, d, "unknown kind %d", (int)d->kind);
     if (vec_width != 4 && vec_width != 8 && vec_width != 16)
         return bad(err, errlen, d, "vector width %d (need 4, 8 or 16)", vec_width);
+    if (d->amx && (d->kind != CG_OP_ATTENTION || vec_width != 16))
+        return bad(err, errlen, d, "amx at vector width %d (attention on AVX-512 only)", vec_width);
     if (d->wdtype != DT_F32 && d->wdtype != DT_BF16 && d->wdtype != DT_F16)
         return bad(err, errlen, d, "weight dtype %s (need f32, bf16 or f16)", dtype_name(d->wdtype));
     switch (d->kind) {
@@ -106,6 +111,7 @@ LLVMModuleRef cg_ops_build(LLVMContextRef ctx, const CgOpDesc *d, int vec_width,
     for (int k = 0; k < info->n_ints; k++) params[n++] = LLVMInt64TypeInContext(ctx);
     for (int k = 0; k < info->n_ptrs; k++) params[n++] = LLVMPointerType(LLVMInt8TypeInContext(ctx), 0);
     ob_begin(&o, ctx, symbol, params, (unsigned)n, vec_width);
-    info->emit(&o, d);
+    if (d->amx) ops_emit_attention_amx(&o, d);
+    else info->emit(&o, d);
     return ob_finish(&o);
 }

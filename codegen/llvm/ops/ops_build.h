@@ -105,6 +105,7 @@ void ops_emit_add_rms_norm(Ob *o, const CgOpDesc *d);
 void ops_emit_rope(Ob *o, const CgOpDesc *d);
 void ops_emit_elementwise(Ob *o, const CgOpDesc *d); /* SWIGLU, ADD, SCALE */
 void ops_emit_attention(Ob *o, const CgOpDesc *d);
+void ops_emit_attention_amx(Ob *o, const CgOpDesc *d); /* ops_attention_amx.c */
 void ops_emit_route_post(Ob *o, const CgOpDesc *d);
 void ops_emit_combine(Ob *o, const CgOpDesc *d);
 void ops_emit_dispatch(Ob *o, const CgOpDesc *d);

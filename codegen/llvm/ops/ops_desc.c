@@ -31,9 +31,9 @@ void cg_op_symbol(const CgOpDesc *d, char *out, size_t n)
 {
     MOE_ASSERT((unsigned)d->kind < CG_OP_COUNT);
     snprintf(out, n,
-             "moeppc_op_%s_%s_c%lld_e%llx_h%lld_%lld_%lld_b%d_t%llx_s%llx_x%lld_%lld_g%d_z%lld_%lld_n%llx_k%lld_%lld_%lld_%lld",
+             "moeppc_op_%s_%s_c%lld_e%llx_h%lld_%lld_%lld_b%d_a%d_t%llx_s%llx_x%lld_%lld_g%d_z%lld_%lld_n%llx_k%lld_%lld_%lld_%lld",
              cg_op_name(d->kind), dtype_name(d->wdtype), (long long)d->cols, bits(d->eps), (long long)d->heads,
-             (long long)d->kv_heads, (long long)d->head_dim, d->kv_block, bits(d->theta), bits(d->s), (long long)d->experts,
+             (long long)d->kv_heads, (long long)d->head_dim, d->kv_block, d->amx, bits(d->theta), bits(d->s), (long long)d->experts,
              (long long)d->k, d->gating, (long long)d->zero_lo, (long long)d->zero_hi, bits(d->norm_std),
              (long long)d->n_const, (long long)d->const_lo, (long long)d->copy_lo, (long long)d->copy_hi);
 }
@@ -69,6 +69,9 @@ bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
         *d = (CgOpDesc){.kind = CG_OP_ATTENTION, .heads = H, .kv_heads = ir_attr_int(i, "kv_heads"), .head_dim = hd,
                         .cols = H * hd, .kv_block = kb && kb->i != CG_ATTENTION_KV_BLOCK ? (int)kb->i : 0}; /* the default's symbol */
         if (kvd && !dtype_parse(kvd->s, &d->wdtype)) return false; /* (the verifier says which) */
+        const IrAttr *amx = ir_attr_get(i, "amx");
+        d->amx = amx && amx->i;
+        if (d->amx) d->kv_block = 0; /* (the FMA form's knob: one kernel, whatever the op says) */
         break;
     }
     case IR_OP_MOE_DISPATCH:
