@@ -72,7 +72,8 @@ int main(void)
     int64_t cap = cg_attention_cap(T);
     void *kt = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
     void *vh = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
-    for (int64_t t = 0; t < T; t++) cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd, amx);
+    for (int64_t t = 0; t < T; t++)
+        cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd, amx);
     double ms[15];
     for (int k = 0; k < 15; k++) { /* the executor's order (cpu_attention_run): a head's rows in one call */
         double t0 = oj_now_ms();

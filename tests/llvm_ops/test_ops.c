@@ -188,7 +188,8 @@ static Caches caches(const float *kc, const float *vc, int64_t P, int64_t Hk, in
     c.kt = oj_guarded_alloc(c.bytes), c.vc = oj_guarded_alloc(c.bytes);
     float nan = NAN;
     for (int64_t j = 0; j < n; j++) cg_attention_put(c.kt, dt, j, &nan, 1), cg_attention_put(c.vc, dt, j, &nan, 1);
-    for (int64_t p = 0; p < P; p++) cg_attention_store(c.kt, c.vc, dt, Hk, hd, c.cap, p, kc + p * Hk * hd, vc + p * Hk * hd, pairs);
+    for (int64_t p = 0; p < P; p++)
+        cg_attention_store(c.kt, c.vc, dt, Hk, hd, c.cap, p, kc + p * Hk * hd, vc + p * Hk * hd, pairs);
     return c;
 }
 
@@ -563,7 +564,8 @@ static void test_symbols_and_bad_descs(void **state)
     CgOpDesc bad_gqa = {.kind = CG_OP_ATTENTION, .heads = 4, .kv_heads = 3, .head_dim = 16};
     assert_null(cg_ops_build(ctx, &bad_gqa, 16, "x", err, sizeof err));
     assert_non_null(strstr(err, "kv_heads 3"));
-    CgOpDesc bad_amx = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = 4, .kv_heads = 4, .head_dim = 48, .amx = 1};
+    CgOpDesc bad_amx = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = 4, .kv_heads = 4, .head_dim = 48,
+                        .amx = 1};
     assert_null(cg_ops_build(ctx, &bad_amx, 16, "x", err, sizeof err));
     assert_non_null(strstr(err, "amx"));
     bad_amx.head_dim = 64, bad_amx.wdtype = DT_F16;

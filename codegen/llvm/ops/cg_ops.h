@@ -146,7 +146,8 @@ static inline void cg_attention_store(void *kt, void *vc, moe_dtype dt, int64_t 
 {
     for (int64_t g = 0; g < kv_heads; g++) {
         const float *kg = k + g * head_dim, *vg = v + g * head_dim;
-        int64_t k0 = cg_attention_kt_index(cap, head_dim, p, g, 0, pairs), v0 = cg_attention_v_index(cap, head_dim, p, g, 0, pairs);
+        int64_t k0 = cg_attention_kt_index(cap, head_dim, p, g, 0, pairs);
+        int64_t v0 = cg_attention_v_index(cap, head_dim, p, g, 0, pairs);
         if (pairs) {
             uint16_t *kd = (uint16_t *)kt + k0, *vd = (uint16_t *)vc + v0;
             for (int64_t d = 0; d < head_dim; d++) {

@@ -22,9 +22,10 @@
  *   or masked into f32s) into a [cap] stack buffer and their max, then the weights in place, then
  *   the values a pair of keys at a time. A decode step streams each cache once and prefetches ahead.
  * Measured at T = 512 on one core of the AMX Xeon (tests/llvm_ops/ops_timing, OPS_TIMING_AMX=1):
- * 1.4-1.8x the FMA form. Tried and not kept: the scores of 64 keys a run (four S tiles, their
- * chains side by side: slower), prefetching the next 32 keys' K and V into L1 (slower), a decode
- * step's prefetch 4x as far ahead (slower). */
+ * 1.4-2.4x the FMA form, the tile instructions most of its time (about 30 ns each; README). Tried
+ * and not kept: the scores of 64 keys a run (four S tiles, their chains side by side: slower),
+ * prefetching the next 32 keys' K and V into L1 (slower), q's tiles kept in registers and the key
+ * and value tiles round three registers (alike), a decode step's prefetch 4x as far (slower). */
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
@@ -81,21 +82,24 @@ static void store_bf16x32(const Ob *o, LLVMValueRef lo, LLVMValueRef hi, LLVMVal
     }
     for (int k = 0; k < 32; k++) sel[k] = ob_i32(o, k);
     LLVMValueRef v = LLVMBuildShuffleVector(o->b, h[0], h[1], LLVMConstVector(sel, 32), "");
-    LLVMValueRef p = LLVMBuildPointerCast(o->b, ob_gep(o, o->ti16, ptr, idx), LLVMPointerType(vi(o, o->ti16, 32), 0), "");
+    LLVMValueRef p = ob_gep(o, o->ti16, ptr, idx);
+    p = LLVMBuildPointerCast(o->b, p, LLVMPointerType(vi(o, o->ti16, 32), 0), "");
     LLVMSetAlignment(LLVMBuildStore(o->b, v, p), 2);
 }
 
 /* 16 pair words (i32 elements) at ptr[idx]; their even and odd halves as f32. */
 static LLVMValueRef ld_words(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx)
 {
-    LLVMValueRef p = LLVMBuildPointerCast(o->b, ob_gep(o, o->ti32, ptr, idx), LLVMPointerType(vi(o, o->ti32, 16), 0), "");
+    LLVMValueRef p = ob_gep(o, o->ti32, ptr, idx);
+    p = LLVMBuildPointerCast(o->b, p, LLVMPointerType(vi(o, o->ti32, 16), 0), "");
     LLVMValueRef v = LLVMBuildLoad2(o->b, vi(o, o->ti32, 16), p, "");
     LLVMSetAlignment(v, 4);
     return v;
 }
 static void st_words(const Ob *o, LLVMValueRef ptr, LLVMValueRef idx, LLVMValueRef v)
 {
-    LLVMValueRef p = LLVMBuildPointerCast(o->b, ob_gep(o, o->ti32, ptr, idx), LLVMPointerType(vi(o, o->ti32, 16), 0), "");
+    LLVMValueRef p = ob_gep(o, o->ti32, ptr, idx);
+    p = LLVMBuildPointerCast(o->b, p, LLVMPointerType(vi(o, o->ti32, 16), 0), "");
     LLVMSetAlignment(LLVMBuildStore(o->b, v, p), 4);
 }
 static LLVMValueRef even_half(const Ob *o, LLVMValueRef w)
@@ -189,7 +193,8 @@ static void scores16(const Ob *o, const Am *a, LLVMValueRef sub)
 static void row_scores(const Ob *o, const Am *a, int i, LLVMValueRef j0, LLVMValueRef *s)
 {
     LLVMValueRef left = LLVMBuildNSWSub(o->b, ob_ld(o, o->ti64, a->nr, ob_i64(o, i)), j0, "");
-    LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16), ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
+    LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16);
+    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     for (int u = 0; u < 2; u++) {
         LLVMValueRef v = LLVMBuildFMul(o->b, ob_ldv_n(o, 16, a->sb, ob_i64(o, i * SUB + 16 * u)), scale, "");
         s[u] = LLVMBuildSelect(o->b, lanes_below(o, 16 * u, left), v, ninf, "");
@@ -250,7 +255,8 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
     ObLoop B; /* pass 2: STEP_SUBS · 32 keys a step */
     ob_loop_begin(o, &B, ob_i64(o, 0), LLVMBuildSDiv(o->b, addc(o, nsub, STEP_SUBS - 1), ob_i64(o, STEP_SUBS), ""), 0,
                   NULL);
-    LLVMValueRef sub0 = mul(o, B.i, STEP_SUBS), nin = ob_min64(o, ob_i64(o, STEP_SUBS), LLVMBuildNSWSub(o->b, nsub, sub0, ""));
+    LLVMValueRef sub0 = mul(o, B.i, STEP_SUBS);
+    LLVMValueRef nin = ob_min64(o, ob_i64(o, STEP_SUBS), LLVMBuildNSWSub(o->b, nsub, sub0, ""));
     ObLoop U; /* each 32 keys' P tile; the V of the step that holds the rows' last key copied, masked */
     ob_loop_begin(o, &U, ob_i64(o, 0), nin, 0, NULL);
     LLVMValueRef sub = add(o, sub0, U.i), j0 = mul(o, sub, SUB);
@@ -260,7 +266,8 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
         row_scores(o, a, i, j0, s);
         for (int k = 0; k < 2; k++) {
             LLVMValueRef e = ob_exp_poly(o, LLVMBuildFSub(o->b, s[k], m[i], ""));
-            p[k] = round_bf16(o, LLVMBuildSelect(o->b, LLVMBuildFCmp(o->b, LLVMRealOEQ, s[k], ninf, ""), zero16, e, ""));
+            LLVMValueRef masked = LLVMBuildFCmp(o->b, LLVMRealOEQ, s[k], ninf, "");
+            p[k] = round_bf16(o, LLVMBuildSelect(o->b, masked, zero16, e, ""));
         }
         LLVMValueRef at = ob_i64(o, 16 * i);
         ob_stv(o, a->lv, at, LLVMBuildFAdd(o->b, ob_ldv_n(o, 16, a->lv, at), LLVMBuildFAdd(o->b, p[0], p[1], ""), ""));
@@ -275,8 +282,10 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
         for (int e = 0; e < ne; e++) tile_ld(o, T_O + e, a->ob, ob_i64(o, 4 * 16 * (e0 + e)), 4 * a->hd);
         ObLoop V;
         ob_loop_begin(o, &V, ob_i64(o, 0), nin, 0, NULL);
-        LLVMValueRef vsub = add(o, sub0, V.i), tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
-        LLVMValueRef direct = bytes_at(o, a->vc, mul(o, mul(o, add(o, a->head_pairs, mul(o, vsub, SUB / 2)), a->hd), 4));
+        LLVMValueRef vsub = add(o, sub0, V.i);
+        LLVMValueRef tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
+        LLVMValueRef vrow = add(o, a->head_pairs, mul(o, vsub, SUB / 2)); /* its first pair row */
+        LLVMValueRef direct = bytes_at(o, a->vc, mul(o, vrow, 4 * a->hd));
         LLVMValueRef vsrc = LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
         tile_ld(o, T_P, a->pb, mul(o, V.i, 2 * ROWS * SUB), 2 * SUB);
         for (int e = 0; e < ne; e++) {
@@ -300,7 +309,8 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
 static void row1(Ob *o, const Am *a, LLVMValueRef t)
 {
     LLVMValueRef n = addc(o, ob_ldi32(o, a->pos, t), 1), qi = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
-    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
+    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16));
+    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     for (int64_t c = 0; c < a->hd / 16; c++)
         ob_stv(o, a->qr, ob_i64(o, 16 * c), round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi, 16 * c))));
     LLVMValueRef ntile = LLVMBuildSDiv(o->b, addc(o, n, KT - 1), ob_i64(o, KT), "");
@@ -317,7 +327,8 @@ static void row1(Ob *o, const Am *a, LLVMValueRef t)
     next[0] = ob_fma(o, qe, even_half(o, w), D.v[0]);
     next[1] = ob_fma(o, qo, odd_half(o, w), D.v[1]);
     ob_loop_end(o, &D, next);
-    LLVMValueRef s = LLVMBuildFMul(o->b, LLVMBuildFAdd(o->b, D.v[0], D.v[1], ""), ob_splat_n(o, ob_f32(o, a->scale), 16), "");
+    LLVMValueRef s = LLVMBuildFAdd(o->b, D.v[0], D.v[1], "");
+    s = LLVMBuildFMul(o->b, s, ob_splat_n(o, ob_f32(o, a->scale), 16), "");
     s = LLVMBuildSelect(o->b, lanes_below(o, 0, LLVMBuildNSWSub(o->b, n, mul(o, B.i, KT), "")), s, ninf, "");
     ob_stv(o, a->sc, mul(o, B.i, KT), s);
     LLVMValueRef mx = ob_fmax(o, s, B.v[0]);
