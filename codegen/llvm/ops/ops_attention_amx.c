@@ -22,10 +22,11 @@
  *   or masked into f32s) into a [cap] stack buffer and their max, then the weights in place, then
  *   the values a pair of keys at a time. A decode step streams each cache once and prefetches ahead.
  * Measured at T = 512 on one core of the AMX Xeon (tests/llvm_ops/ops_timing, OPS_TIMING_AMX=1):
- * 1.4-2.4x the FMA form, the tile instructions most of its time (about 30 ns each; README). Tried
- * and not kept: the scores of 64 keys a run (four S tiles, their chains side by side: slower),
- * prefetching the next 32 keys' K and V into L1 (slower), q's tiles kept in registers and the key
- * and value tiles round three registers (alike), a decode step's prefetch 4x as far (slower). */
+ * 1.4-2.4x the FMA form; on that VM a tile product takes 17 ns and a tile load 11, barely
+ * overlapped, so fewer tile instructions is what would pay next (README). Tried and not kept:
+ * the scores of 64 keys a run (four S tiles, their chains side by side: slower), prefetching the
+ * next 32 keys' K and V into L1 (slower), q's tiles kept in registers and the key and value tiles
+ * round three registers (alike), a decode step's prefetch 4x as far (slower). */
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
