@@ -410,6 +410,32 @@ static void test_attention_amx(void **state)
                     caches_free(&cs);
                     free(q), free(out), free(kc), free(vc), free(ref);
                 }
+    { /* past the kept scores' capacity (ops_attention_amx.c KEEP_CAP): the keys scored again */
+        int64_t H = 2, Hk = 1, hd = 64, T = 17, P = 4200;
+        size_t nq = (size_t)(T * H * hd), nc = (size_t)(P * Hk * hd);
+        float *q = xmalloc(nq * 4), *out = xmalloc(nq * 4), *kc = xmalloc(nc * 4), *vc = xmalloc(nc * 4);
+        double *ref = xmalloc(nq * 8), most = 0, worst = 0;
+        oj_random(&r, q, nq, -2, 2);
+        oj_random(&r, kc, nc, -2, 2);
+        oj_random(&r, vc, nc, -2, 2);
+        for (size_t e = 0; e < nc; e++)
+            kc[e] = (float)dtype_round(DT_BF16, kc[e]), vc[e] = (float)dtype_round(DT_BF16, vc[e]);
+        int32_t pos[17];
+        iota(pos, T, (int32_t)(P - T), 1);
+        attention_ref(H, Hk, hd, T, q, kc, vc, pos, true, ref);
+        CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = H, .kv_heads = Hk, .head_dim = hd,
+                      .amx = 1};
+        Caches cs = caches(kc, vc, P, Hk, hd, DT_BF16, true);
+        memset(out, 0xff, nq * 4);
+        run_attention((fn_att)oj_kernel(J, &d, NULL), H, T, 0, q, &cs, pos, out);
+        for (size_t e = 0; e < nq; e++) most = fmax(most, fabs(ref[e]));
+        for (size_t e = 0; e < nq; e++)
+            worst = isnan(out[e]) ? INFINITY : fmax(worst, fabs(out[e] - ref[e]) / most);
+        fprintf(stderr, "attention amx over %lld positions (scored again): %.3g\n", (long long)P, worst);
+        assert_true(worst <= 1e-4);
+        caches_free(&cs);
+        free(q), free(out), free(kc), free(vc), free(ref);
+    }
     fprintf(stderr, "attention amx: %lld of %lld rows beyond %g\n", (long long)rows_off, (long long)rows_all, TOL);
     assert_true(rows_off * 50 <= rows_all);
 }

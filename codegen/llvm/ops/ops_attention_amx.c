@@ -11,9 +11,9 @@
  * dims at a time, one AMX B tile of 16 pair rows × 16 keys; the V cache [cap / 2][head_dim][2] is, 32
  * keys and 16 dims at a time, one B tile of 16 key pairs × 16 dims.
  *   16 rows at a time (tile16): their q as a bf16 A tile [16][head_dim]; pass 1 runs the scores of
- *   32 keys a step (two S tiles, head_dim / 32 products each) for the rows' max; pass 2 runs them
- *   again (cheaper on the tiles than keeping [16, cap] scores), turns each 32 keys into a bf16 P tile
- *   and, 256 keys a step, adds P · V into the rows' f32 output [16][head_dim] (loaded and stored
+ *   32 keys a step (two S tiles, head_dim / 32 products each) for the rows' max, keeping them on
+ *   the stack where cap <= KEEP_CAP (else pass 2 runs them again); pass 2 turns each 32 keys into a
+ *   bf16 P tile and, 256 keys a step, adds P · V into the rows' f32 output [16][head_dim] (loaded and stored
  *   around the step, four 16-dim tiles at a time). V rows past the rows' last key are never read
  *   into a product: the 32 keys that hold the last one are copied with the later keys' halves zeroed
  *   (a cache past its positions may hold anything, NaN in the tests). One tile configuration a call.
@@ -22,9 +22,9 @@
  *   or masked into f32s) into a [cap] stack buffer and their max, then the weights in place, then
  *   the values a pair of keys at a time. A decode step streams each cache once and prefetches ahead.
  * Measured at T = 512 on one core of the AMX Xeon (tests/llvm_ops/ops_timing, OPS_TIMING_AMX=1):
- * 1.4-2.4x the FMA form; on that VM a tile product takes 17 ns and a tile load 11, barely
- * overlapped, so fewer tile instructions is what would pay next (README). Tried and not kept:
- * the scores of 64 keys a run (four S tiles, their chains side by side: slower), prefetching the
+ * 1.4-2.4x the FMA form, and the kept scores 1.1-1.6x more; on that VM a tile product takes 17 ns
+ * and a tile load 11, barely overlapped, so fewer tile instructions is what pays (README). Tried and
+ * not kept: the scores of 64 keys a run (four S tiles, their chains side by side: slower), prefetching the
  * next 32 keys' K and V into L1 (slower), q's tiles kept in registers and the key and value tiles
  * round three registers (alike), a decode step's prefetch 4x as far (slower). */
 #include "codegen/llvm/ops/ops_build.h"
@@ -34,6 +34,9 @@
 #define KT CG_ATTENTION_KT_KEYS /* keys of a K tile */
 #define ROWS 16                 /* query rows of an AMX tile */
 #define SUB 32                  /* keys of a P tile (16 pairs) */
+/* Caches of up to this capacity (cg_attention_cap of 4096 positions and a little) keep pass 1's scores
+ * for pass 2, on the stack (16 rows of cap floats, 270 KB at most); larger ones score the keys again */
+#define KEEP_CAP 4224
 #define STEP_SUBS 8             /* P tiles a step of pass 2: the O tiles loaded and stored once a step */
 #define PF_TILES 2              /* key tiles ahead a single row prefetches K */
 #define PF_PAIRS 32             /* key pairs ahead it prefetches V */
@@ -49,6 +52,7 @@ typedef struct {
     /* tile16: q [16][hd] bf16, S [16][32] f32, P STEP_SUBS x [16][32] bf16, the last keys' V copy
      * [16][hd] words, O [16][hd] f32, per row its key count, running max and sum lanes [16][16] */
     LLVMValueRef qb, sb, pb, vt, ob, nr, mv, lv;
+    LLVMValueRef keep, kept;             /* cap <= KEEP_CAP: pass 1's scores kept, [cap / 32][16][32] */
 } Am;
 
 static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(o->b, a, b, ""); }
@@ -174,7 +178,14 @@ static void tile_config(const Ob *o)
 
 /* ---- 16 rows on the tiles -------------------------------------------------------------------- */
 
-/* S[16][32] = the 16 rows' q · keys 32·sub .. 32·sub + 31 (unscaled), into a->sb. */
+/* Where the scores of 32·sub .. are: a->kept's block sub when pass 1 keeps them, else a->sb. */
+static LLVMValueRef scores_at(const Ob *o, const Am *a, LLVMValueRef sub)
+{
+    LLVMValueRef at = ob_gep(o, o->tf32, a->kept, mul(o, sub, ROWS * SUB));
+    return LLVMBuildSelect(o->b, a->keep, at, LLVMBuildPointerCast(o->b, a->sb, LLVMTypeOf(at), ""), "");
+}
+
+/* S[16][32] = the 16 rows' q · keys 32·sub .. 32·sub + 31 (unscaled), into scores_at(sub). */
 static void scores16(const Ob *o, const Am *a, LLVMValueRef sub)
 {
     LLVMValueRef tile0 = add(o, a->head_tiles, mul(o, sub, SUB / KT));
@@ -186,18 +197,19 @@ static void scores16(const Ob *o, const Am *a, LLVMValueRef sub)
         tile_dp(o, T_S, T_Q, T_B);
         tile_dp(o, T_S + 1, T_Q, T_B + 1);
     }
-    tile_st(o, T_S, a->sb, ob_i64(o, 0), 4 * SUB);
-    tile_st(o, T_S + 1, a->sb, ob_i64(o, 4 * KT), 4 * SUB);
+    LLVMValueRef to = scores_at(o, a, sub);
+    tile_st(o, T_S, to, ob_i64(o, 0), 4 * SUB);
+    tile_st(o, T_S + 1, to, ob_i64(o, 4 * KT), 4 * SUB);
 }
 
-/* Row i's scaled scores of keys j0 .. j0 + 31 from a->sb, keys from its count on -inf. */
-static void row_scores(const Ob *o, const Am *a, int i, LLVMValueRef j0, LLVMValueRef *s)
+/* Row i's scaled scores of keys j0 .. j0 + 31 from `from` (scores_at), keys from its count on -inf. */
+static void row_scores(const Ob *o, const Am *a, int i, LLVMValueRef j0, LLVMValueRef from, LLVMValueRef *s)
 {
     LLVMValueRef left = LLVMBuildNSWSub(o->b, ob_ld(o, o->ti64, a->nr, ob_i64(o, i)), j0, "");
     LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16);
     LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     for (int u = 0; u < 2; u++) {
-        LLVMValueRef v = LLVMBuildFMul(o->b, ob_ldv_n(o, 16, a->sb, ob_i64(o, i * SUB + 16 * u)), scale, "");
+        LLVMValueRef v = LLVMBuildFMul(o->b, ob_ldv_n(o, 16, from, ob_i64(o, i * SUB + 16 * u)), scale, "");
         s[u] = LLVMBuildSelect(o->b, lanes_below(o, 16 * u, left), v, ninf, "");
     }
 }
@@ -243,9 +255,10 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
     ObLoop S; /* pass 1: each row's max lanes */
     ob_loop_begin(o, &S, ob_i64(o, 0), nsub, 0, NULL);
     scores16(o, a, S.i);
+    LLVMValueRef from1 = scores_at(o, a, S.i);
     for (int i = 0; i < ROWS; i++) {
         LLVMValueRef s[2];
-        row_scores(o, a, i, mul(o, S.i, SUB), s);
+        row_scores(o, a, i, mul(o, S.i, SUB), from1, s);
         LLVMValueRef m = ob_fmax(o, ob_fmax(o, s[0], s[1]), ob_ldv_n(o, 16, a->mv, ob_i64(o, 16 * i)));
         ob_stv(o, a->mv, ob_i64(o, 16 * i), m);
     }
@@ -261,10 +274,13 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
     ObLoop U; /* each 32 keys' P tile; the V of the step that holds the rows' last key copied, masked */
     ob_loop_begin(o, &U, ob_i64(o, 0), nin, 0, NULL);
     LLVMValueRef sub = add(o, sub0, U.i), j0 = mul(o, sub, SUB);
+    LLVMBasicBlockRef again = ob_if_begin(o, LLVMBuildNot(o->b, a->keep, "")); /* unless pass 1 kept them */
     scores16(o, a, sub);
+    ob_if_end(o, again);
+    LLVMValueRef from2 = scores_at(o, a, sub);
     for (int i = 0; i < ROWS; i++) {
         LLVMValueRef s[2], p[2];
-        row_scores(o, a, i, j0, s);
+        row_scores(o, a, i, j0, from2, s);
         for (int k = 0; k < 2; k++) {
             LLVMValueRef e = ob_exp_poly(o, LLVMBuildFSub(o->b, s[k], m[i], ""));
             LLVMValueRef masked = LLVMBuildFCmp(o->b, LLVMRealOEQ, s[k], ninf, "");
@@ -380,6 +396,11 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
     a.qr = ob_alloca(o, o->tf32, hd);
     a.qb = ob_alloca(o, o->ti16, ROWS * hd);
     a.sb = ob_alloca(o, o->tf32, ROWS * SUB);
+    /* the kept scores: 16 rows of cap floats while cap is at most KEEP_CAP */
+    a.keep = LLVMBuildICmp(o->b, LLVMIntSLE, cap, ob_i64(o, KEEP_CAP), "keep");
+    LLVMValueRef kept_n = LLVMBuildSelect(o->b, a.keep, mul(o, cap, ROWS), ob_i64(o, ROWS * SUB), "");
+    a.kept = LLVMBuildArrayAlloca(o->b, o->tf32, kept_n, "kept");
+    LLVMSetAlignment(a.kept, 64);
     a.pb = ob_alloca(o, o->ti16, STEP_SUBS * ROWS * SUB);
     a.vt = ob_alloca(o, o->ti32, 16 * hd);
     a.ob = ob_alloca(o, o->tf32, ROWS * hd);
