@@ -346,6 +346,17 @@ static void test_attention_kv_cache(void **state)
                 }
 }
 
+/* Random q (nq values) and cache rows k, v (nc each) in [-2, 2), the caches' as bf16 holds them. */
+static void amx_inputs(moe_rng *r, size_t nq, size_t nc, float **q, float **kc, float **vc)
+{
+    *q = xmalloc(nq * 4), *kc = xmalloc(nc * 4), *vc = xmalloc(nc * 4);
+    oj_random(r, *q, nq, -2, 2);
+    oj_random(r, *kc, nc, -2, 2);
+    oj_random(r, *vc, nc, -2, 2);
+    for (size_t e = 0; e < nc; e++)
+        (*kc)[e] = (float)dtype_round(DT_BF16, (*kc)[e]), (*vc)[e] = (float)dtype_round(DT_BF16, (*vc)[e]);
+}
+
 /* The amx form (bf16 caches in k pairs; 16 rows a call on AMX tiles, the rest one at a time) against
  * attention_ref's rounding, at head_dim 32 to 128, over caches of p0 + T positions (p0 0: a prompt),
  * rows in calls split at 0, 7, 16, T/2 and T (so tiles of 16 and single rows run alike; every call
@@ -371,13 +382,9 @@ static void test_attention_amx(void **state)
                 for (size_t t = 0; t < MOE_ARRAY_LEN(Tamx); t++) {
                     int64_t H = head_pairs[a][0], Hk = head_pairs[a][1], hd = hds[b], T = Tamx[t], P = p0s[c] + T;
                     size_t nq = (size_t)(T * H * hd), nc = (size_t)(P * Hk * hd);
-                    float *q = xmalloc(nq * 4), *out = xmalloc(nq * 4), *kc = xmalloc(nc * 4), *vc = xmalloc(nc * 4);
+                    float *q, *kc, *vc, *out = xmalloc(nq * 4);
                     double *ref = xmalloc(nq * 8);
-                    oj_random(&r, q, nq, -2, 2);
-                    oj_random(&r, kc, nc, -2, 2);
-                    oj_random(&r, vc, nc, -2, 2);
-                    for (size_t e = 0; e < nc; e++)
-                        kc[e] = (float)dtype_round(DT_BF16, kc[e]), vc[e] = (float)dtype_round(DT_BF16, vc[e]);
+                    amx_inputs(&r, nq, nc, &q, &kc, &vc);
                     int32_t pos[70];
                     if ((a + b + t) % 2) iota(pos, T, (int32_t)p0s[c], 1);
                     else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
@@ -413,13 +420,9 @@ static void test_attention_amx(void **state)
     { /* past the kept scores' capacity (ops_attention_amx.c KEEP_CAP): the keys scored again */
         int64_t H = 2, Hk = 1, hd = 64, T = 17, P = 4200;
         size_t nq = (size_t)(T * H * hd), nc = (size_t)(P * Hk * hd);
-        float *q = xmalloc(nq * 4), *out = xmalloc(nq * 4), *kc = xmalloc(nc * 4), *vc = xmalloc(nc * 4);
+        float *q, *kc, *vc, *out = xmalloc(nq * 4);
         double *ref = xmalloc(nq * 8), most = 0, worst = 0;
-        oj_random(&r, q, nq, -2, 2);
-        oj_random(&r, kc, nc, -2, 2);
-        oj_random(&r, vc, nc, -2, 2);
-        for (size_t e = 0; e < nc; e++)
-            kc[e] = (float)dtype_round(DT_BF16, kc[e]), vc[e] = (float)dtype_round(DT_BF16, vc[e]);
+        amx_inputs(&r, nq, nc, &q, &kc, &vc);
         int32_t pos[17];
         iota(pos, T, (int32_t)(P - T), 1);
         attention_ref(H, Hk, hd, T, q, kc, vc, pos, true, ref);
