@@ -6,9 +6,9 @@
 #include "codegen/llvm/cg_llvm.h"
 
 const char *probe_isa(void);                       /* "avx512", "avx2" or "sse": what the probe uses */
-double probe_fma_gflops(CgPool *pool, long iters); /* one timed run: iters x 24 FMAs per thread */
+double probe_fma_gflops(CgPool *pool, long iters); /* one timed run: iters x 24 (AVX-512) or 12 FMAs a thread */
 /* The FMA peak as every benchmark measures it: a warm-up run (clocks up, threads awake), then n
- * runs of 5M iterations into v[0..n) (a cold, short probe read 40 % low on a shared VM). */
+ * runs of 120M vector FMAs a thread into v[0..n) (a cold, short probe read 40 % low on a shared VM). */
 void   probe_fma_peak_runs(CgPool *pool, double *v, int n);
 /* One timed run of iters x 24 vdpbf16ps per thread (GFLOP/s, 2 per multiply-add); -1 when the
  * probe was not built with AVX512-BF16. */

@@ -87,6 +87,30 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vo
     return ok;
 }
 
+/* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */
+static double measure_peak(int threads)
+{
+    CgPool *pool = cg_pool_new(threads);
+    double v[5], best = 0;
+    probe_fma_peak_runs(pool, v, 5);
+    for (int r = 0; r < 5; r++) best = v[r] > best ? v[r] : best;
+    cg_pool_free(pool);
+    return best;
+}
+
+/* The peak a line's fractions use: the best probe so far, measured again before each line. A shared
+ * VM has slow phases of seconds: a first probe on the Zen 2 of 2026-12-03 read 122-133 GFLOP/s where
+ * the machine gives 180, and the 7B layer's lines said 129 % "of peak". The text says when it rose. */
+static double peak_again(const BenchArgs *a, double *peak)
+{
+    double was = *peak, now = measure_peak(a->threads);
+    if (now > was) *peak = now;
+    if (!a->json && *peak > 1.03 * was)
+        printf("(f32 FMA peak measured again: %.1f GFLOP/s, the first probe ran in a slow phase of this machine; "
+               "the fractions from here use it)\n", *peak);
+    return *peak;
+}
+
 static void report(const BenchArgs *a, const char *scope, int64_t T, const Timing *t, double peak)
 {
     double gflops = 2e-9 * t->ffn_macs / t->median;
@@ -106,7 +130,7 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
 }
 
 /* Build the CPU model for spec s and time it at every T of the list. */
-static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope, bool moe_only, double peak,
+static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope, bool moe_only, double *peak,
                       CpuKernelSource *ks)
 {
     RtError err = {{0}};
@@ -138,7 +162,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
             rc = 1;
             break;
         }
-        report(a, scope, a->tokens[k], &t, peak);
+        report(a, scope, a->tokens[k], &t, peak_again(a, peak));
         if (a->context && !a->json && t.attention_s > 0) { /* the KV caches every step reads whole */
             double bytes = 0;
             for (const IrInstr *i = m->first; i; i = i->next) {
@@ -271,7 +295,7 @@ static bool time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, co
     return true;
 }
 
-static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak, CpuKernelSource *ks)
+static int bench_experts(const BenchArgs *a, const ModelSpec *full, double *peak, CpuKernelSource *ks)
 {
     ModelSpec s = *full;
     s.n_layers = s.moe_every;
@@ -298,15 +322,15 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
             rc = 1;
             break;
         }
-        double gflops = 2e-9 * t.ffn_macs / t.median;
+        double gflops = 2e-9 * t.ffn_macs / t.median, pk = peak_again(a, peak);
         if (a->json)
             printf("{\"scope\": \"experts\", \"spec\": \"%s\", \"tokens\": %lld, \"zc_share\": %.4g, \"ffn_picks\": %lld, "
                    "\"median_s\": %.6g, \"min_s\": %.6g, \"max_s\": %.6g, \"gflops\": %.6g, \"peak_fraction\": %.4f}\n",
-                   s.name, (long long)T, a->zc_share, (long long)picks, t.median, t.lo, t.hi, gflops, gflops / peak);
+                   s.name, (long long)T, a->zc_share, (long long)picks, t.median, t.lo, t.hi, gflops, gflops / pk);
         else
             printf("experts T = %-5lld zc share %-6s %6lld FFN picks  %10.3f ms (%.3f-%.3f)  %7.1f GFLOP/s  %5.1f %% of peak\n",
                    (long long)T, a->zc_share < 0 ? "router" : "set", (long long)picks, 1e3 * t.median, 1e3 * t.lo,
-                   1e3 * t.hi, gflops, 100.0 * gflops / peak);
+                   1e3 * t.hi, gflops, 100.0 * gflops / pk);
         fflush(stdout);
     }
     cpu_model_free(cm);
@@ -315,16 +339,6 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double peak,
     return rc;
 }
 
-/* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */
-static double measure_peak(int threads)
-{
-    CgPool *pool = cg_pool_new(threads);
-    double v[5], best = 0;
-    probe_fma_peak_runs(pool, v, 5);
-    for (int r = 0; r < 5; r++) best = v[r] > best ? v[r] : best;
-    cg_pool_free(pool);
-    return best;
-}
 
 int cmd_bench(int argc, char **argv)
 {
@@ -358,9 +372,9 @@ int cmd_bench(int argc, char **argv)
         ModelSpec one = s;
         one.n_layers = one.moe_every;
         one.vocab = 256;
-        rc |= bench_spec(&a, &one, "layer", true, peak, ks);
+        rc |= bench_spec(&a, &one, "layer", true, &peak, ks);
     }
-    if (a.experts) rc |= bench_experts(&a, &s, peak, ks);
+    if (a.experts) rc |= bench_experts(&a, &s, &peak, ks);
     if (a.model) {
         SpecSummary sum;
         spec_summarize(&s, &sum);
@@ -371,7 +385,7 @@ int cmd_bench(int argc, char **argv)
             if (a.batch && !a.json)
                 printf("batch: T sequences, one token each at position %lld of its own (a decode step of them)\n",
                        (long long)a.context);
-            rc |= bench_spec(&a, &s, a.batch ? "batch" : "model", false, peak, ks);
+            rc |= bench_spec(&a, &s, a.batch ? "batch" : "model", false, &peak, ks);
         }
     }
     cpu_jit_source_free(ks);
