@@ -58,7 +58,8 @@ static const HelpPage pages[] = {
     {"run", "run a whole model on token ids (interpreter, CPU kernels or the GPU)", NULL, NULL},
     {"bench", "time one layer, the whole model or the expert part (CPU or GPU)", BENCH_USAGE,
      "Times SPEC on random weights: the median of repeated runs after a warm-up, with tokens/s,\n"
-     "GFLOP/s and the fraction of this machine's f32 FMA peak, which it measures first.\n\n"
+     "GFLOP/s and the fraction of this machine's f32 FMA peak, which it measures first and again\n"
+     "before each line (the best so far: a shared machine has slow phases).\n\n"
      "  --layer             one MoE layer: router, experts and combine (default with --model)\n"
      "  --model             the whole model's forward pass (default with --layer), attention's\n"
      "                      and the dense GEMMs' time on a second line\n"
