@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "codegen/llvm/cg_internal.h"
 #include "tests/llvm/llvm_test_util.h"
 
 static void test_object_file(void **state) {
@@ -54,12 +55,51 @@ static void test_bad_config(void **state) {
     assert_non_null(strstr(err, "invalid"));
 }
 
+/* Prefetches of B in the kernel's IR for cfg on the host's target with its ISA set to isa (only the
+ * IR is built: AVX-512's needs no AVX-512 host). */
+static int prefetches(cg_isa isa, CgKernelConfig cfg) {
+    CgTarget t = *cg_jit_target(tu_jit(CG_ISA_SSE));
+    t.isa = isa;
+    t.vec_width = isa == CG_ISA_AVX512 ? 16 : isa == CG_ISA_AVX2 ? 8 : 4;
+    t.has_fma = t.has_f16c = isa >= CG_ISA_AVX2;
+    t.has_bf16_dot = cfg.a_bf16;
+    LLVMContextRef ctx = LLVMContextCreate();
+    LLVMModuleRef mod = cg_build_kernel_module(ctx, &t, &cfg, "k");
+    char *ir = LLVMPrintModuleToString(mod), *at = ir;
+    int n = 0;
+    while ((at = strstr(at, "call void @llvm.prefetch"))) n++, at++;
+    LLVMDisposeMessage(ir);
+    LLVMDisposeModule(mod);
+    LLVMContextDispose(ctx);
+    return n;
+}
+
+static CgKernelConfig tile(moe_dtype dt, int mr, int nr, int unroll, bool dot) {
+    return (CgKernelConfig){.b_dtype = dt, .mr = mr, .nr = nr, .k_unroll = unroll, .a_bf16 = dot};
+}
+
+/* kernel_ir.c's B prefetch: on SSE and AVX2 each main-loop iteration over 16-bit weights touches
+ * every 64-byte line its U k steps of B span (NR x 2 bytes a step); f32 weights' loops, AVX-512's,
+ * the dot product's and AMX's do not (AMX prefetches per k block, in its own loop). */
+static void test_b_prefetch(void **state) {
+    assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_BF16, 6, 16, 4, false)), 2);  /* 4 x 32 bytes */
+    assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_F16, 1, 32, 8, false)), 8);   /* 8 x 64 */
+    assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_BF16, 2, 16, 1, false)), 1);  /* 32: one line */
+    assert_int_equal(prefetches(CG_ISA_SSE, tile(DT_BF16, 4, 8, 4, false)), 1);    /* 4 x 16 */
+    assert_int_equal(prefetches(CG_ISA_SSE, tile(DT_F16, 4, 8, 3, false)), 1);     /* 3 x 16 */
+    assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_F32, 6, 16, 4, false)), 0);
+    assert_int_equal(prefetches(CG_ISA_SSE, tile(DT_F32, 4, 8, 4, false)), 0);
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, false)), 0);
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 0);
+}
+
 static int teardown(void **state) {
     tu_jits_free();
     return 0;
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_object_file), cmocka_unit_test(test_bad_config)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_object_file), cmocka_unit_test(test_bad_config),
+                                       cmocka_unit_test(test_b_prefetch)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
