@@ -1,12 +1,20 @@
 /* pool.c — a fixed thread pool: n-1 workers created once plus the calling thread; parallel_for hands
  * out task indices from an atomic counter (dynamic balance on a noisy shared machine). Threads are
- * never pinned. */
+ * never pinned.
+ *
+ * A worker done with a job, and a caller waiting for its workers, spin for up to SPIN_NS before they
+ * sleep on the condition variables: a decode step is some hundred jobs of tens of microseconds, and
+ * a sleeping worker on a VM is woken by an interprocessor interrupt through the hypervisor, which the
+ * caller then waits for even when it ran every task itself. */
 #include "support/support.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
+
+enum { SPIN_NS = 100000 };
 
 typedef struct Worker {
     struct CgPool *pool;
@@ -19,9 +27,9 @@ struct CgPool {
     Worker *workers;
     pthread_mutex_t mu;
     pthread_cond_t start_cv, done_cv;
-    uint64_t generation; /* bumped per parallel_for; workers wait for a new one */
+    _Atomic uint64_t generation; /* bumped per parallel_for (under mu); workers wait for a new one */
     bool stop;
-    int busy;            /* workers still inside the current job */
+    atomic_int busy;     /* workers still inside the current job */
     cg_task_fn fn;
     void *ctx;
     int64_t n_tasks;
@@ -36,21 +44,50 @@ static void run_tasks(CgPool *p, int thread) {
     }
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Spin until done(p, arg) or SPIN_NS have passed; whether done. */
+static bool spin_until(CgPool *p, bool (*done)(CgPool *, uint64_t), uint64_t arg) {
+    int64_t end = now_ns() + SPIN_NS;
+    for (int i = 1;; i++) {
+        if (done(p, arg)) return true;
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() > end) return false;
+    }
+}
+
+static bool new_job(CgPool *p, uint64_t seen) { return atomic_load(&p->generation) != seen; }
+static bool workers_done(CgPool *p, uint64_t unused) { return (void)unused, atomic_load(&p->busy) == 0; }
+
 static void *worker_main(void *arg) {
     Worker *w = arg;
     CgPool *p = w->pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->generation == seen && !p->stop) pthread_cond_wait(&p->start_cv, &p->mu);
-        if (p->stop) break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
-        run_tasks(p, w->index);
+        spin_until(p, new_job, seen); /* (stop is seen under the lock, after at most SPIN_NS) */
         pthread_mutex_lock(&p->mu);
-        if (--p->busy == 0) pthread_cond_signal(&p->done_cv);
+        while (atomic_load(&p->generation) == seen && !p->stop) pthread_cond_wait(&p->start_cv, &p->mu);
+        bool stop = p->stop;
+        seen = atomic_load(&p->generation);
+        pthread_mutex_unlock(&p->mu);
+        if (stop) break;
+        run_tasks(p, w->index);
+        if (atomic_fetch_sub(&p->busy, 1) == 1) { /* the last: the caller may sleep on done_cv */
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -98,13 +135,14 @@ void cg_pool_parallel_for(CgPool *p, int64_t n_tasks, cg_task_fn fn, void *ctx) 
     p->ctx = ctx;
     p->n_tasks = n_tasks;
     atomic_store(&p->next, 0);
-    p->busy = p->n_threads - 1;
-    p->generation++;
+    atomic_store(&p->busy, p->n_threads - 1);
+    atomic_fetch_add(&p->generation, 1);
     pthread_cond_broadcast(&p->start_cv);
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
+    if (spin_until(p, workers_done, 0)) return;
     pthread_mutex_lock(&p->mu);
-    while (p->busy > 0) pthread_cond_wait(&p->done_cv, &p->mu);
+    while (atomic_load(&p->busy) > 0) pthread_cond_wait(&p->done_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tests/llvm/llvm_test_util.h"
 
@@ -313,6 +314,31 @@ static void test_pool(void **state) {
     }
 }
 
+/* A task of about 10 us that ends with a plain store: the caller must see it once parallel_for returns. */
+static void slow_set_task(void *ctx, int64_t t, int thread) {
+    volatile double x = 1.0;
+    for (int i = 0; i < 4000; i++) x = x * 1.0000001 + 1e-9;
+    ((int64_t *)ctx)[t] = t + 1 + (x > 0 ? 0 : 1);
+}
+
+/* support/pool.c: jobs back to back (workers still spinning from the last) and after pauses longer
+ * than the spin (workers asleep): each returns with every task's plain stores done and visible; a
+ * pool frees both while its workers spin and while they sleep. */
+static void test_pool_spin_and_sleep(void **state) {
+    for (int threads = 2; threads <= 3; threads++) {
+        CgPool *pool = cg_pool_new(threads);
+        int64_t vals[48];
+        for (int round = 0; round < 120; round++) {
+            memset(vals, 0, sizeof vals);
+            cg_pool_parallel_for(pool, 48, slow_set_task, vals);
+            for (int64_t i = 0; i < 48; i++) assert_int_equal(vals[i], i + 1);
+            if (round % 40 == 39) nanosleep(&(struct timespec){0, 400000}, NULL); /* 400 us: past the spin */
+        }
+        if (threads == 3) nanosleep(&(struct timespec){0, 1000000}, NULL); /* the workers asleep */
+        cg_pool_free(pool);                                                 /* (threads 2: still spinning) */
+    }
+}
+
 static int teardown(void **state) {
     tu_jits_free();
     return 0;
@@ -320,7 +346,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool), cmocka_unit_test(test_pool_spin_and_sleep),
         cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
         cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
         cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_bf16_dot),
