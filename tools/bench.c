@@ -100,7 +100,8 @@ static double measure_peak(int threads)
 
 /* The peak a line's fractions use: the best probe so far, measured again before each line. A shared
  * VM has slow phases of seconds: a first probe on the Zen 2 of 2026-12-03 read 122-133 GFLOP/s where
- * the machine gives 180, and the 7B layer's lines said 129 % "of peak". The text says when it rose. */
+ * the same probe read 180 a minute later, and the 7B layer's lines said 129 % "of peak". The text
+ * says when it rose. */
 static double peak_again(const BenchArgs *a, double *peak)
 {
     double was = *peak, now = measure_peak(a->threads);
