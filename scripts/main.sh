@@ -14,7 +14,7 @@ ids="1 306 4684 338 263 1243 310 1571"
 model=build/$(basename "$spec" .yaml)
 if ./build/moeppc build "$spec" -o "$model"; then
   echo
-  "$model" --random-weights 1 --ids "$ids" --generate 16 --route-stats --threads 2
+  "$model" --random-weights 1 --ids "$ids" --generate 16 --route-stats  # threads: one a core it may use
 else
   echo "(no CPU code generator in this build: running the reference interpreter instead)"
   ./build/moeppc run "$spec" --random-weights 1 --ids "$ids" --route-stats

@@ -5,11 +5,12 @@
  * A worker done with a job, and a caller waiting for its workers, spin for up to SPIN_NS before they
  * sleep on the condition variables: a decode step is some hundred jobs of tens of microseconds, and
  * a sleeping worker on a VM is woken by an interprocessor interrupt through the hypervisor, which the
- * caller then waits for even when it ran every task itself. */
+ * caller then waits for even when it ran every task itself. A pool with more threads than the
+ * process has CPUs (cpus_available) never spins: there a spinning thread holds the CPU a thread with
+ * work is waiting for. */
 #include "support/support.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -23,6 +24,7 @@ typedef struct Worker {
 
 struct CgPool {
     int n_threads;
+    int64_t spin_ns; /* SPIN_NS, or 0 when oversubscribed */
     pthread_t *threads;
     Worker *workers;
     pthread_mutex_t mu;
@@ -56,9 +58,10 @@ static void cpu_relax(void) {
 #endif
 }
 
-/* Spin until done(p, arg) or SPIN_NS have passed; whether done. */
+/* Spin until done(p, arg) or the pool's spin_ns have passed; whether done. */
 static bool spin_until(CgPool *p, bool (*done)(CgPool *, uint64_t), uint64_t arg) {
-    int64_t end = now_ns() + SPIN_NS;
+    if (p->spin_ns == 0) return done(p, arg);
+    int64_t end = now_ns() + p->spin_ns;
     for (int i = 1;; i++) {
         if (done(p, arg)) return true;
         cpu_relax();
@@ -94,6 +97,7 @@ static void *worker_main(void *arg) {
 CgPool *cg_pool_new(int n_threads) {
     CgPool *p = xcalloc(1, sizeof *p);
     p->n_threads = n_threads < 1 ? 1 : n_threads;
+    p->spin_ns = p->n_threads <= cpus_available() ? SPIN_NS : 0;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->start_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
@@ -123,6 +127,7 @@ void cg_pool_free(CgPool *p) {
 }
 
 int cg_pool_threads(const CgPool *p) { return p ? p->n_threads : 1; }
+bool cg_pool_spins(const CgPool *p) { return p && p->n_threads > 1 && p->spin_ns > 0; }
 
 void cg_pool_parallel_for(CgPool *p, int64_t n_tasks, cg_task_fn fn, void *ctx) {
     if (n_tasks <= 0) return;
@@ -144,11 +149,4 @@ void cg_pool_parallel_for(CgPool *p, int64_t n_tasks, cg_task_fn fn, void *ctx) 
     pthread_mutex_lock(&p->mu);
     while (atomic_load(&p->busy) > 0) pthread_cond_wait(&p->done_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
-}
-
-int cpus_available(void)
-{
-    cpu_set_t set;
-    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    return n > 0 ? n : 1;
 }

@@ -174,19 +174,6 @@ void *xrealloc(void *p, size_t n)
     return q;
 }
 
-double mem_available_bytes(void)
-{
-    const char *lim = getenv("MOEPPC_MEM_LIMIT_MB");
-    if (lim) return atof(lim) * 1048576.0;
-    FILE *f = fopen("/proc/meminfo", "r");
-    double kb = 0;
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb > 0 ? kb * 1024.0 : 1e18;
-}
-
 void str_bytes(double bytes, char *buf, size_t n)
 {
     if (bytes >= 1e9) snprintf(buf, n, "%.2f GB", bytes / 1e9);

@@ -94,12 +94,7 @@ typedef struct StrBuf {
 } StrBuf;
 void strbuf_printf(StrBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
- * counts as available), or MOEPPC_MEM_LIMIT_MB when set (tests). Whatever would allocate a size the
- * input decides (random weights, packed weights, KV caches, activations) checks it first, so a model
- * too large for the machine is a message, never an allocation that fails or the OOM killer. */
-double mem_available_bytes(void);
-/* "3.21 GB" or "12.5 MB" (decimal units), for such messages. */
+/* "3.21 GB" or "12.5 MB" (decimal units), for messages about memory. */
 void str_bytes(double bytes, char *buf, size_t n);
 
 /* ---- numbers and strings -------------------------------------------------------------------- */
@@ -158,9 +153,40 @@ typedef void (*cg_task_fn)(void *ctx, int64_t task, int thread);
 CgPool *cg_pool_new(int n_threads);
 void    cg_pool_free(CgPool *pool);
 int     cg_pool_threads(const CgPool *pool); /* 1 for a NULL pool */
-int     cpus_available(void);                /* the CPUs this process may run on (its affinity), ≥ 1 */
+bool    cg_pool_spins(const CgPool *pool);   /* whether its threads spin before they sleep (pool.c) */
 /* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
  * A NULL pool runs them on the caller. Not reentrant. */
 void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
+
+/* ---- what the machine gives this process (sysres.c) ----------------------------------------- */
+enum { MOE_MAX_THREADS = 256 }; /* --threads at most (their messages and help pages say 256) */
+
+/* Memory a new allocation can have: MemAvailable of /proc/meminfo (page cache of mapped checkpoints
+ * counts as available), less where this process's cgroup limits its memory to less (what the
+ * cgroup may still use, its reclaimable file pages counted free), or MOEPPC_MEM_LIMIT_MB when set
+ * (tests). Whatever would allocate a size the input decides (random weights, packed weights, KV
+ * caches, activations) checks it first, so a model too large for the machine (or the container) is a
+ * message, never an allocation that fails or the OOM killer. */
+double mem_available_bytes(void);
+/* The CPUs this process may run on: its affinity, cut to its cgroup's CPU quota rounded up; >= 1. */
+int cpus_available(void);
+/* The default thread count: the cores (not SMT threads) of this process's affinity, cut to its
+ * cgroup's CPU quota rounded up; 1 .. MOE_MAX_THREADS. */
+int threads_default(void);
+
+/* The parts, for tests. A cgroup's limits from the text of /proc/self/mountinfo and of
+ * /proc/self/cgroup (prefix: a folder standing for / in front of the mount points; "" for the real
+ * ones): the tightest along the cgroup's path to its hierarchy's root, each controller from v1 where
+ * v1 mounts it, else from v2. */
+typedef struct CgroupLimits {
+    double cpus;      /* quota / period; 0: no limit */
+    double mem_bytes; /* limit - (usage - inactive file pages), >= 1; 0: no limit */
+} CgroupLimits;
+CgroupLimits cgroup_limits(const char *mountinfo, const char *self_cgroup, const char *prefix);
+/* Cores among the CPUs cpus[0..n): distinct SYS_CPU/cpuN/topology/thread_siblings_list; n where one
+ * is unreadable. */
+int cpu_cores_among(const char *sys_cpu, const int *cpus, int n);
+/* Threads for that many cores under a cgroup CPU limit (0: none): 1 .. MOE_MAX_THREADS. */
+int threads_for(int cores, double cgroup_cpus);
 
 #endif

@@ -199,7 +199,8 @@ static bool parse_tokens(const char *v, BenchArgs *a)
 
 static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 {
-    *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = 2, .reps = 7, .seed = 1, .zc_share = -1};
+    *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = threads_default(), .reps = 7, .seed = 1,
+                     .zc_share = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(o, "--layer") == 0) a->layer = true;
@@ -212,13 +213,19 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
         else if (strcmp(o, "--tokens") == 0) {
             if (!parse_tokens(v, a)) return usage_error("bench", BENCH_USAGE, "--tokens: expected a list like 1,64,512, found '%s'", v);
             i++;
-        } else if (strcmp(o, "--threads") == 0 || strcmp(o, "--reps") == 0 || strcmp(o, "--random-weights") == 0) {
+        } else if (strcmp(o, "--threads") == 0) {
             char *end;
             long long n = strtoll(v, &end, 10);
-            if (*end || n < (o[2] == 'r' && o[3] == 'a' ? 0 : 1) || n > 100000)
+            if (*end || n < 1 || n > MOE_MAX_THREADS)
+                return usage_error("bench", BENCH_USAGE, "--threads: expected 1..256, found '%s'", v);
+            a->threads = (int)n;
+            i++;
+        } else if (strcmp(o, "--reps") == 0 || strcmp(o, "--random-weights") == 0) {
+            char *end;
+            long long n = strtoll(v, &end, 10);
+            if (*end || n < (o[3] == 'a' ? 0 : 1) || n > 100000)
                 return usage_error("bench", BENCH_USAGE, "expected a positive integer, found '%s'", v);
-            if (o[2] == 't') a->threads = (int)n;
-            else if (o[3] == 'e') a->reps = (int)n;
+            if (o[3] == 'e') a->reps = (int)n;
             else a->seed = (uint64_t)n;
             i++;
         } else if (strcmp(o, "--context") == 0) {

@@ -114,7 +114,8 @@ double tune_rel_err(const float *a, const float *ref, size_t n)
 
 int tune_parse_args(int argc, char **argv, TuneArgs *a)
 {
-    *a = (TuneArgs){.tokens = {1, 16, 64, 512, 4096}, .n_tokens = 5, .threads = 2, .budget = 60, .target = TARGET_CPU};
+    *a = (TuneArgs){.tokens = {1, 16, 64, 512, 4096}, .n_tokens = 5, .threads = threads_default(), .budget = 60,
+                    .target = TARGET_CPU};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
@@ -130,7 +131,8 @@ int tune_parse_args(int argc, char **argv, TuneArgs *a)
             i++;
         } else if (strcmp(o, "--threads") == 0) {
             a->threads = (int)strtol(v, &end, 10);
-            if (*end || a->threads < 1 || a->threads > 256) return usage_error("tune", TUNE_USAGE, "--threads: expected 1..256, found '%s'", v);
+            if (*end || a->threads < 1 || a->threads > MOE_MAX_THREADS)
+                return usage_error("tune", TUNE_USAGE, "--threads: expected 1..256, found '%s'", v);
             i++;
         } else if (strcmp(o, "--dtype") == 0) {
             if (!dtype_parse(v, &a->dtype) || a->dtype > DT_F16) return usage_error("tune", TUNE_USAGE, "--dtype: expected f32, bf16 or f16, found '%s'", v);

@@ -207,7 +207,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         if (!int_option(o, v, 0, 100, &n)) return 2;
         r->top = (int)n;
     } else if (strcmp(o, "--threads") == 0) {
-        if (!int_option(o, v, 1, 256, &n)) return 2;
+        if (!int_option(o, v, 1, MOE_MAX_THREADS, &n)) return 2;
         r->threads = (int)n;
     } else if (strcmp(o, "--max-positions") == 0) {
         if (!int_option(o, v, 1, INT32_MAX, &r->max_positions)) return 2;
@@ -329,8 +329,9 @@ static void print_help(FILE *f)
     fprintf(f, "  --backend interp    the reference interpreter over the optimised IR%s\n",
             cfg->default_cpu ? "" : " (the default in this build)");
     if (cfg->kernels_new) fputs("  --backend cpu       the same as --device cpu\n", f);
-    fputs("  --threads N         CPU threads (1..256, default 2)\n"
-          "  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
+    fprintf(f, "  --threads N         CPU threads (1..256; default: one a core this process may use, %d here)\n",
+            threads_default());
+    fputs("  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
           "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
           "                      literally); -O1 (default): the optimised IR\n", f);
     if (cfg->load_tuning && !cfg->ir_text)
@@ -353,7 +354,7 @@ static void print_help(FILE *f)
 
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
-    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = 2, .batch = 1, .chunk = 256,
+    *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = threads_default(), .batch = 1, .chunk = 256,
                    .sample = {.top_p = 1, .repetition_penalty = 1},
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
