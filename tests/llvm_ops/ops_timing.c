@@ -1,7 +1,8 @@
 /* ops_timing.c — not a test: the cost of building each kernel (cg_ops_build + verify, O3, JIT code
  * generation) at the MoE++ 7B shapes, and single-threaded run times of attention (T = 512, 16 heads
- * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache)
- * and of the row kernels at T = 512. Medians of repeated calls. */
+ * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache;
+ * decode steps at 511 and 4095, and a serving batch's at 511 over 64 MB of caches) and of the row
+ * kernels at T = 512. Medians of repeated calls. */
 #include "tests/llvm_ops/ops_test_util.h"
 
 #include <stdlib.h>
@@ -109,6 +110,34 @@ int main(void)
         report("attention decode step at pos 4095", ms, 15);
         printf("  = %.1f GB/s of the caches (%.1f MB)\n", 2.0 * L * H * hd * dtype_size(kv) / (ms[7] * 1e6),
                2.0 * L * H * hd * dtype_size(kv) / 1e6);
+        free(kl), free(vl), free(row);
+    }
+    { /* a serving batch's decode step: sequences of 512 positions, one query row each, their caches
+       * 64 MB in all (past any L3 these machines have had; the step at 4095 above may sit in one) */
+        const int64_t L = 512, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, H, hd);
+        const double seq_bytes = 2.0 * (double)el * (double)dtype_size(kv);
+        const int64_t S = (int64_t)(64e6 / seq_bytes) + 1;
+        void **kl = xmalloc(sizeof(void *) * (size_t)S), **vl = xmalloc(sizeof(void *) * (size_t)S);
+        float *row = xmalloc((size_t)(2 * H * hd) * 4);
+        for (int64_t s = 0; s < S; s++) {
+            kl[s] = xcalloc((size_t)el, dtype_size(kv)), vl[s] = xcalloc((size_t)el, dtype_size(kv));
+            for (int64_t t = 0; t < L; t++) {
+                oj_random(&r, row, (size_t)(2 * H * hd), -1, 1);
+                cg_attention_store(kl[s], vl[s], kv, H, hd, capl, t, row, row + H * hd, amx);
+            }
+        }
+        int32_t last = (int32_t)(L - 1);
+        for (int k = 0; k < 15; k++) { /* cpu_attention_run_segs' order: sequence by sequence, head by head */
+            double t0 = oj_now_ms();
+            for (int64_t s = 0; s < S; s++)
+                for (int64_t h = 0; h < H; h++) att(h, 1, capl, q, kl[s], vl[s], &last, out);
+            ms[k] = oj_now_ms() - t0;
+        }
+        snprintf(what, sizeof what, "attention decode, %ld sequences at pos 511", (long)S);
+        report(what, ms, 15);
+        double bytes = 2.0 * (double)(S * L * H * hd) * (double)dtype_size(kv);
+        printf("  = %.1f GB/s of the caches (%.1f MB)\n", bytes / (ms[7] * 1e6), bytes / 1e6);
+        for (int64_t s = 0; s < S; s++) free(kl[s]), free(vl[s]);
         free(kl), free(vl), free(row);
     }
     float *w = xmalloc((size_t)D * 4), *big = xmalloc((size_t)(T * 4096) * 4), *big2 = xmalloc((size_t)(T * 4096) * 4);
