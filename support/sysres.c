@@ -16,39 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PATH_BYTES = 4096, MAX_FILE = 1 << 22 };
+enum { PATH_BYTES = 4096 };
 
-/* The whole of a small file in buf (NUL-terminated), or false. */
-static bool read_small(const char *path, char *buf, size_t size)
+/* The text of the file dir/name (file_read_all: NULL where it cannot be read). The caller frees it. */
+static char *read_in(const char *dir, const char *name)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return false;
-    size_t n = fread(buf, 1, size - 1, f);
-    bool ok = !ferror(f);
-    fclose(f);
-    buf[n] = '\0';
-    return ok && n > 0;
-}
-
-/* A whole file (NUL-terminated; at most MAX_FILE bytes: a host's mountinfo with hundreds of
- * container mounts is some hundred KB), or NULL. The caller frees it. */
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    size_t cap = 16384, n = 0;
-    char *buf = xmalloc(cap);
-    for (size_t got; (got = fread(buf + n, 1, cap - 1 - n, f)) > 0;) {
-        n += got;
-        if (n == cap - 1 && cap < MAX_FILE) buf = xrealloc(buf, cap *= 2);
-        else if (n == cap - 1) break;
-    }
-    bool ok = !ferror(f) && n > 0;
-    fclose(f);
-    buf[n] = '\0';
-    if (ok) return buf;
-    free(buf);
-    return NULL;
+    char path[3 * PATH_BYTES + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return file_read_all(path, NULL);
 }
 
 /* Is word one of the comma-separated words of list[0..n)? */
@@ -165,29 +140,22 @@ static double tightest(const char *mountinfo, const char *self_cgroup, const cha
     return best;
 }
 
-/* A number from the file dir/name, or NAN. */
-static double file_number(const char *dir, const char *name)
+/* The number the file dir/name starts with, or NAN; *second (when given) the number after it. */
+static double file_number(const char *dir, const char *name, double *second)
 {
-    char path[3 * PATH_BYTES + 64], buf[256], *end;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!read_small(path, buf, sizeof buf)) return NAN;
-    double v = strtod(buf, &end);
-    return end != buf && (*end == '\0' || *end == '\n' || *end == ' ') ? v : NAN;
+    char *text = read_in(dir, name), *end;
+    double v = text ? strtod(text, &end) : NAN;
+    if (text && (end == text || (*end != '\0' && *end != '\n' && *end != ' '))) v = NAN;
+    if (second) *second = text && !isnan(v) ? strtod(end, NULL) : NAN;
+    free(text);
+    return v;
 }
 
 static double cpu_limit(const char *dir, bool v1)
 {
     double quota, period;
-    if (v1) {
-        quota = file_number(dir, "cpu.cfs_quota_us"), period = file_number(dir, "cpu.cfs_period_us");
-    } else { /* cpu.max: "QUOTA PERIOD" or "max PERIOD" */
-        char path[3 * PATH_BYTES + 64], buf[256], *end;
-        snprintf(path, sizeof path, "%s/cpu.max", dir);
-        if (!read_small(path, buf, sizeof buf)) return 0;
-        quota = strtod(buf, &end);
-        if (end == buf) return 0;
-        period = strtod(end, NULL);
-    }
+    if (v1) quota = file_number(dir, "cpu.cfs_quota_us", NULL), period = file_number(dir, "cpu.cfs_period_us", NULL);
+    else quota = file_number(dir, "cpu.max", &period); /* "QUOTA PERIOD" or "max PERIOD" */
     return quota > 0 && period > 0 ? quota / period : 0; /* (NAN fails both) */
 }
 
@@ -195,13 +163,11 @@ static double cpu_limit(const char *dir, bool v1)
  * frees: the page cache of a mapped checkpoint), at least 1 byte; 0: no limit. */
 static double mem_limit(const char *dir, bool v1)
 {
-    double limit = file_number(dir, v1 ? "memory.limit_in_bytes" : "memory.max");
-    double usage = file_number(dir, v1 ? "memory.usage_in_bytes" : "memory.current");
+    double limit = file_number(dir, v1 ? "memory.limit_in_bytes" : "memory.max", NULL);
+    double usage = file_number(dir, v1 ? "memory.usage_in_bytes" : "memory.current", NULL);
     if (!(limit > 0 && limit < 0x1p60)) return 0; /* "max", v1's page-counter maximum, unreadable */
     double inactive = 0;
-    char path[3 * PATH_BYTES + 64];
-    snprintf(path, sizeof path, "%s/memory.stat", dir);
-    char *stat = read_all(path);
+    char *stat = read_in(dir, "memory.stat");
     for (const char *line = stat; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
         const char *key = v1 ? "total_inactive_file " : "inactive_file ";
         if (strncmp(line, key, strlen(key)) == 0) inactive = strtod(line + strlen(key), NULL);
@@ -220,22 +186,23 @@ CgroupLimits cgroup_limits(const char *mountinfo, const char *self_cgroup, const
     return l;
 }
 
-static CgroupLimits own_limits(void)
+/* This process's tightest limit of one controller (0: none). */
+static double own_limit(const char *controller, limit_fn limit)
 {
-    char *mountinfo = read_all("/proc/self/mountinfo"), *self = read_all("/proc/self/cgroup");
-    CgroupLimits l = cgroup_limits(mountinfo, self, "");
+    char *mountinfo = file_read_all("/proc/self/mountinfo", NULL), *self = file_read_all("/proc/self/cgroup", NULL);
+    double v = mountinfo && self ? tightest(mountinfo, self, "", controller, limit) : 0;
     free(mountinfo), free(self);
-    return l;
+    return v;
 }
 
 int cpu_cores_among(const char *sys_cpu, const int *cpus, int n)
 {
-    char (*sib)[64] = xcalloc((size_t)(n > 0 ? n : 1), sizeof *sib);
-    char path[PATH_BYTES];
+    char **sib = xcalloc((size_t)(n > 0 ? n : 1), sizeof *sib);
+    char dir[PATH_BYTES];
     int cores = 0;
     for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/cpu%d/topology/thread_siblings_list", sys_cpu, cpus[i]);
-        if (!read_small(path, sib[i], sizeof sib[i])) {
+        snprintf(dir, sizeof dir, "%s/cpu%d/topology", sys_cpu, cpus[i]);
+        if (!(sib[i] = read_in(dir, "thread_siblings_list"))) {
             cores = n; /* no topology: each CPU its own core */
             break;
         }
@@ -244,6 +211,7 @@ int cpu_cores_among(const char *sys_cpu, const int *cpus, int n)
         for (int j = 0; j < i && !seen; j++) seen = strcmp(sib[i], sib[j]) == 0;
         cores += !seen;
     }
+    for (int i = 0; i < n; i++) free(sib[i]);
     free(sib);
     return cores > 0 ? cores : n;
 }
@@ -269,7 +237,7 @@ static int affinity(int *cpus)
 int cpus_available(void)
 {
     int cpus[CPU_SETSIZE], n = affinity(cpus);
-    double q = own_limits().cpus;
+    double q = own_limit("cpu", cpu_limit);
     if (q > 0 && ceil(q) < n) n = (int)ceil(q);
     return n > 0 ? n : 1;
 }
@@ -278,7 +246,7 @@ int threads_default(void)
 {
     int cpus[CPU_SETSIZE], n = affinity(cpus);
     if (n == 0) return 1;
-    return threads_for(cpu_cores_among("/sys/devices/system/cpu", cpus, n), own_limits().cpus);
+    return threads_for(cpu_cores_among("/sys/devices/system/cpu", cpus, n), own_limit("cpu", cpu_limit));
 }
 
 double mem_available_bytes(void)
@@ -291,6 +259,6 @@ double mem_available_bytes(void)
     while (f && fgets(line, sizeof line, f))
         if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
     if (f) fclose(f);
-    double have = kb > 0 ? kb * 1024.0 : 1e18, cg = own_limits().mem_bytes;
+    double have = kb > 0 ? kb * 1024.0 : 1e18, cg = own_limit("memory", mem_limit);
     return cg > 0 && cg < have ? cg : have;
 }
