@@ -180,7 +180,7 @@ int threads_default(void);
  * v1 mounts it, else from v2. */
 typedef struct CgroupLimits {
     double cpus;      /* quota / period; 0: no limit */
-    double mem_bytes; /* limit - (usage - inactive file pages), >= 1; 0: no limit */
+    double mem_bytes; /* limit - (usage - file pages), >= 1; 0: no limit */
 } CgroupLimits;
 CgroupLimits cgroup_limits(const char *mountinfo, const char *self_cgroup, const char *prefix);
 /* Cores among the CPUs cpus[0..n): distinct SYS_CPU/cpuN/topology/thread_siblings_list; n where one

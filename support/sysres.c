@@ -159,21 +159,25 @@ static double cpu_limit(const char *dir, bool v1)
     return quota > 0 && period > 0 ? quota / period : 0; /* (NAN fails both) */
 }
 
-/* Bytes still to be had under dir's limit: limit - (usage - inactive file pages, which reclaim
- * frees: the page cache of a mapped checkpoint), at least 1 byte; 0: no limit. */
+/* Bytes still to be had under dir's limit: limit - (usage - the file pages on the LRU lists, active
+ * and inactive), at least 1 byte; 0: no limit. A cgroup's usage counts its page cache, which grows up
+ * to the limit and which reclaim frees (the active list first demoted) before anything is killed:
+ * counted free, as the host's MemAvailable counts it (the inactive list alone would make a cgroup at
+ * its limit with a hot cache, the files a build just wrote, look full). Shared memory is not on the
+ * file lists and stays used. */
 static double mem_limit(const char *dir, bool v1)
 {
     double limit = file_number(dir, v1 ? "memory.limit_in_bytes" : "memory.max", NULL);
     double usage = file_number(dir, v1 ? "memory.usage_in_bytes" : "memory.current", NULL);
     if (!(limit > 0 && limit < 0x1p60)) return 0; /* "max", v1's page-counter maximum, unreadable */
-    double inactive = 0;
+    double file = 0;
+    const char *keys[] = {v1 ? "total_inactive_file " : "inactive_file ", v1 ? "total_active_file " : "active_file "};
     char *stat = read_in(dir, "memory.stat");
-    for (const char *line = stat; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
-        const char *key = v1 ? "total_inactive_file " : "inactive_file ";
-        if (strncmp(line, key, strlen(key)) == 0) inactive = strtod(line + strlen(key), NULL);
-    }
+    for (const char *line = stat; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL)
+        for (int k = 0; k < 2; k++)
+            if (strncmp(line, keys[k], strlen(keys[k])) == 0) file += strtod(line + strlen(keys[k]), NULL);
     free(stat);
-    double used = usage >= 0 ? usage - (inactive > 0 && inactive < usage ? inactive : 0) : 0;
+    double used = usage >= 0 ? usage - (file > 0 && file < usage ? file : 0) : 0;
     return limit - used >= 1 ? limit - used : 1;
 }
 

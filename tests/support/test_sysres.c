@@ -54,7 +54,8 @@ static const char *const v2_mounts =
     "30 22 0:26 / /v2/sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
 
 /* cgroup v2, the process in /a/b: /a limits CPUs to 2 and memory to 8 GiB of which 2 GiB are used
- * (1 GiB of it inactive file pages), /a/b memory to 4 GiB with 3.5 used: the tightest of each. */
+ * (1.5 GiB of it file pages, inactive and active), /a/b memory to 4 GiB with 3.5 used: the tightest of
+ * each. */
 static void test_v2_nested(void **state)
 {
     (void)state;
@@ -62,15 +63,15 @@ static void test_v2_nested(void **state)
     put("v2/sys/fs/cgroup/a/b/cpu.max", "max 100000\n");
     put("v2/sys/fs/cgroup/a/memory.max", "8589934592\n");
     put("v2/sys/fs/cgroup/a/memory.current", "2147483648\n");
-    put("v2/sys/fs/cgroup/a/memory.stat", "anon 5\ninactive_anon 7\ninactive_file 1073741824\nactive_file 9\n");
+    put("v2/sys/fs/cgroup/a/memory.stat", "anon 5\ninactive_anon 7\ninactive_file 1073741824\nactive_file 536870912\n");
     put("v2/sys/fs/cgroup/a/b/memory.max", "4294967296\n");
     put("v2/sys/fs/cgroup/a/b/memory.current", "3758096384\n");
     CgroupLimits l = cgroup_limits(v2_mounts, "0::/a/b\n", g_root);
     assert_true(l.cpus == 2.0);
-    assert_true(l.mem_bytes == 536870912.0); /* 4 GiB - 3.5 GiB, below /a's 8 - (2 - 1) */
-    /* the parent alone: its own memory, inactive file pages counted free */
+    assert_true(l.mem_bytes == 536870912.0); /* 4 GiB - 3.5 GiB, below /a's 8 - (2 - 1.5) */
+    /* the parent alone: its own memory, file pages (both lists) counted free */
     l = cgroup_limits(v2_mounts, "0::/a\n", g_root);
-    assert_true(l.cpus == 2.0 && l.mem_bytes == 7516192768.0);
+    assert_true(l.cpus == 2.0 && l.mem_bytes == 8053063680.0);
     /* a cgroup with no limits up its path (the root has no cpu.max) */
     l = cgroup_limits(v2_mounts, "0::/elsewhere\n", g_root);
     assert_true(l.cpus == 0 && l.mem_bytes == 0);
@@ -99,11 +100,12 @@ static void test_v1_container(void **state)
     put("v1/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
     put("v1/sys/fs/cgroup/memory/memory.limit_in_bytes", "1073741824\n");
     put("v1/sys/fs/cgroup/memory/memory.usage_in_bytes", "536870912\n");
-    put("v1/sys/fs/cgroup/memory/memory.stat", "cache 1\ninactive_file 4\ntotal_inactive_file 268435456\n");
+    put("v1/sys/fs/cgroup/memory/memory.stat",
+        "cache 1\ninactive_file 4\nactive_file 3\ntotal_inactive_file 268435456\ntotal_active_file 134217728\n");
     put("v1/sys/fs/cgroup/unified/docker/abc/cpu.max", "50000 100000\n");
     CgroupLimits l = cgroup_limits(mounts, self, g_root);
     assert_true(l.cpus == 1.5);
-    assert_true(l.mem_bytes == 805306368.0); /* 1 GiB - (512 MiB - 256 MiB) */
+    assert_true(l.mem_bytes == 939524096.0); /* 1 GiB - (512 MiB - 256 - 128 MiB) */
     assert_int_equal(threads_for(8, l.cpus), 2);
     /* a path outside the mount's root: the mount point's own limits; one below it, its own too */
     assert_true(cgroup_limits(mounts, "4:cpu,cpuacct:/other\n", g_root).cpus == 1.5);
