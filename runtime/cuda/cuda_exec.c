@@ -1195,11 +1195,10 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         size_t free_b = 0, total_b = 0;
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
         if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
-            double unit = total_b >= (size_t)1 << 30 ? 1e9 : 1e6; /* (GB; MB for a small device) */
-            const char *u = unit == 1e9 ? "GB" : "MB";
+            char n[32], f[32], t[32]; /* (each in its own unit: a small model on a large device) */
+            str_bytes(need, n, sizeof n), str_bytes((double)free_b, f, sizeof f), str_bytes((double)total_b, t, sizeof t);
             snprintf(err->msg, sizeof err->msg,
-                     "not enough GPU memory: the weights and KV caches need %.2f %s and %.2f %s of %.2f %s is free",
-                     need / unit, u, (double)free_b / unit, u, (double)total_b / unit, u);
+                     "not enough GPU memory: the weights and KV caches need %s and %s of %s is free", n, f, t);
             cuda_model_free(cm);
             return NULL;
         }

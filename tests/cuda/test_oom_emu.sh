@@ -39,3 +39,14 @@ for ((kb = 64; kb <= 4096; kb += 32)); do
 done
 echo "refused: $check by the up-front check, $alloc at an allocation"
 [ $ran -eq 1 ] && [ $check -gt 0 ] && [ $alloc -gt 0 ] || { echo "the sweep missed a case"; exit 1; }
+# Without MOEPPC_CUDAEMU_MEMORY the emulated device's free memory is what the host may still give the
+# process (MemAvailable and its cgroup; MOEPPC_MEM_LIMIT_MB stands for both), not MemFree: KV caches
+# of 4096 positions (4.2 MB) on a host with 2 MB to give are refused up front, naming both sizes
+spec4k=$(mktemp) || exit 2
+trap 'rm -f "$spec4k"' EXIT
+sed 's/max_positions: 64/max_positions: 4096/' "$SPEC" > "$spec4k"
+out=$(env -u MOEPPC_CUDAEMU_MEMORY MOEPPC_MEM_LIMIT_MB=2 timeout 60 "$MOEPPC" run "$spec4k" --random-weights 1 --ids "1 2 3" \
+  --device cuda 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$out" | grep -q "not enough GPU memory: the weights and KV caches need 4.7 MB and 2.1 MB of" ||
+  { echo "2 MB of host memory to give, 4096 positions: exit $rc:"; echo "$out"; exit 1; }
+echo "a host with 2 MB to give: $(echo "$out" | grep error)"

@@ -16,6 +16,7 @@
  * 2, in an emitted library: written to a private temporary file, opened and unlinked; cudaemu_abi.h).
  * Not emulated: partial warp masks, texture/surface memory, several devices. */
 #include "codegen/cuda/emu/cudaemu_abi.h"
+#include "support/support.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -785,9 +786,12 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
         pthread_mutex_unlock(&mem_mu);
         return CU_OK;
     }
+    /* the host's memory: free is what the process may still take (MemAvailable, the cgroup's limit),
+     * not MemFree, which a page cache filled by earlier work keeps low while reclaim would free it */
     long page = sysconf(_SC_PAGESIZE);
     *total = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)page;
-    *free_bytes = (size_t)sysconf(_SC_AVPHYS_PAGES) * (size_t)page;
+    double avail = mem_available_bytes();
+    *free_bytes = avail < (double)*total ? (size_t)avail : *total;
     return CU_OK;
 }
 
