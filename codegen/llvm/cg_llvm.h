@@ -214,6 +214,15 @@ void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *
              const float *a, int64_t lda, const CgPackedB *b, float *c, int64_t ldc,
              bool accumulate);
 
+/* C_q[M, N_q] = A[M, K] . W_q^T for q < n (at most CG_GEMM_MULTI) matrices of one A, as n cg_gemm
+ * calls compute them, in one call: A packed once and the panels of all n spread over the threads
+ * together (a layer's Q, K and V projections: one pool dispatch instead of three at a decode step).
+ * Each b[q] packed without swiglu for kern, of the same K (N_q may differ); ldc[q] C_q's row stride. */
+#define CG_GEMM_MULTI 4
+void cg_gemm_multi(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
+                   const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
+                   const int64_t *ldc);
+
 /* Tokens grouped by expert: group g owns slots off[g] .. off[g+1]-1; slot s is token perm[s] with
  * gate weight gate_w[s]. A token appears at most once per group (top-k picks distinct experts). */
 typedef struct CgRouting {

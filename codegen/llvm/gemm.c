@@ -69,6 +69,11 @@ typedef struct Job {
     const float *gate_w;
     float *out;
     int64_t d;
+    int n_multi;           /* cg_gemm_multi: n_multi matrices of one A, C_q = A . W_q^T (0: none) */
+    const CgPackedB *mw[CG_GEMM_MULTI];
+    float *mout[CG_GEMM_MULTI];
+    int64_t mldc[CG_GEMM_MULTI];
+    int64_t mpanel[CG_GEMM_MULTI + 1]; /* matrix q owns panels mpanel[q] .. mpanel[q+1]-1 of the call */
 } Job;
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -479,11 +484,37 @@ static void panel_compute(const Job *j, int64_t rows, const float *ap, const cha
     }
 }
 
+/* Panels p_begin .. p_end - 1 of a cg_gemm_multi call: each matrix's through a view of the job with
+ * its weights and output (one group, the call's m rows). */
+static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, float *s) {
+    int64_t rows_all = j->off[1];
+    Job v;
+    int q = -1;
+    for (int64_t p = p_begin; p < p_end; p++) {
+        if (q < 0 || p >= j->mpanel[q + 1]) {
+            for (q = 0; j->mpanel[q + 1] <= p; q++) {}
+            v = *j;
+            v.b = j->mw[q], v.c = j->mout[q], v.ldc = j->mldc[q];
+        }
+        int64_t lp = p - j->mpanel[q];
+        const char *bpanel = (const char *)v.b->data + (size_t)lp * v.b->panel_bytes;
+        for (int64_t row0 = 0; row0 < rows_all; row0 += j->mc) {
+            int64_t rows = rows_all - row0 < j->mc ? rows_all - row0 : j->mc;
+            panel_compute(&v, rows, j->ap + row0 * j->kw, bpanel, s);
+            epilogue(&v, 0, row0, rows, lp, s);
+        }
+    }
+}
+
 static void chunk_task(void *ctx, int64_t chunk, int thread) {
     const Job *j = ctx;
     int mr = j->kern->cfg.mr;
     int64_t p_begin = chunk * j->n_panels / j->n_chunks, p_end = (chunk + 1) * j->n_panels / j->n_chunks;
     float *s = j->tiles + (size_t)thread * j->tile_floats;
+    if (j->n_multi) {
+        multi_chunk(j, p_begin, p_end, s);
+        return;
+    }
     for (int64_t g = 0; g < j->n_groups; g++) {
         int64_t rows_g = j->off[g + 1] - j->off[g];
         const float *ap_g = j->ap + j->tile_off[g] * mr * j->kw;
@@ -557,6 +588,23 @@ void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *
     Job j = {.kern = kern, .K = b->k, .epi = EPI_STORE, .n_groups = 1, .off = off, .x = a, .ldx = lda,
              .b = b, .n_panels = b->n_panels, .c = c, .ldc = ldc, .accumulate = accumulate};
     check_weights(&j, false);
+    run(&j, blk, pool, work);
+}
+
+void cg_gemm_multi(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
+                   const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
+                   const int64_t *ldc) {
+    MOE_ASSERT(n >= 1 && n <= CG_GEMM_MULTI);
+    int64_t off[2] = {0, m};
+    Job j = {.kern = kern, .K = b[0]->k, .epi = EPI_STORE, .n_groups = 1, .off = off, .x = a, .ldx = lda,
+             .b = b[0], .n_multi = n};
+    for (int q = 0; q < n; q++) {
+        j.b = b[q]; /* each checked as the job's weights; their n may differ */
+        check_weights(&j, false);
+        j.mw[q] = b[q], j.mout[q] = c[q], j.mldc[q] = ldc[q];
+        j.mpanel[q + 1] = j.mpanel[q] + b[q]->n_panels;
+    }
+    j.b = b[0], j.n_panels = j.mpanel[n];
     run(&j, blk, pool, work);
 }
 

@@ -38,6 +38,8 @@ typedef struct Step {
     int32_t *perm;
     float *gate_w;
     int dispatch;                   /* grouped ops: index of their dispatch step                      */
+    int fuse;                       /* linear: it and the fuse - 1 linears after it read one input     */
+                                    /*   (a layer's Q, K, V): run as one cg_gemm_multi (run_linears)   */
 } Step;
 
 struct CpuModel {
@@ -496,6 +498,43 @@ static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x,
     cg_gemm(c->k, &c->blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
+/* Linears that read one input, each step's own weights and output (see Step.fuse): n steps from st,
+ * one cg_gemm_multi when every step runs the same kernel and blocking at T (a tuning database may give
+ * them different ones), else one cg_gemm each. */
+static void run_linears(CpuModel *cm, const Step *st, int n, int64_t T)
+{
+    const Choice *c = choice_for(st, T);
+    const CgPackedB *b[CG_GEMM_MULTI];
+    float *y[CG_GEMM_MULTI];
+    int64_t ldc[CG_GEMM_MULTI];
+    bool same = true;
+    for (int q = 0; q < n; q++) {
+        const Choice *cq = choice_for(&st[q], T);
+        same = same && cq->k == c->k && cq->blk.kc == c->blk.kc && cq->blk.mc == c->blk.mc &&
+               memcmp(cq->blk.edge, c->blk.edge, sizeof c->blk.edge) == 0;
+        b[q] = &st[q].pk[0], y[q] = addr(cm, st[q].i->out[0], T), ldc[q] = cols(st[q].i->out[0]);
+    }
+    const float *x = addr(cm, st->i->in[0], T);
+    if (same) cg_gemm_multi(c->k, &c->blk, cm->pool, &cm->work, T, x, cols(st->i->in[0]), n, b, y, ldc);
+    else for (int q = 0; q < n; q++) gemm(cm, &st[q], 0, T, x, cols(st->i->in[0]), y[q], ldc[q]);
+}
+
+/* Step.fuse of every linear: the run of linears after it (up to CG_GEMM_MULTI) with the same input,
+ * none of which reads another's output (they share one input, and an output is a new value). */
+static void plan_fusion(CpuModel *cm)
+{
+    for (int s = 0; s < cm->n_steps; s++) {
+        const IrInstr *i = cm->steps[s].i;
+        if (i->op != IR_OP_LINEAR) continue;
+        int n = 1;
+        while (n < CG_GEMM_MULTI && s + n < cm->n_steps && cm->steps[s + n].i->op == IR_OP_LINEAR &&
+               cm->steps[s + n].i->in[0] == i->in[0])
+            n++;
+        cm->steps[s].fuse = n;
+        s += n - 1;
+    }
+}
+
 static void run_rows(CpuModel *cm, const Step *st, cg_op_kind kind, int64_t T, const void *a0, const void *a1,
                      const void *a2, const void *a3, void *o0, void *o1)
 {
@@ -757,6 +796,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
         }
     }
     cm->tail = ir_logits_tail(m);
+    plan_fusion(cm);
     return cm;
 }
 
@@ -913,8 +953,13 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps);
     for (int s = first; s < last; s++) {
         double t0 = now_s();
-        if (cm->last_rows && s >= cm->tail && T > cm->last_rows) run_tail_step(cm, &cm->steps[s], T, cm->last_rows);
-        else run_step(cm, &cm->steps[s], T);
+        bool tail = cm->last_rows && s >= cm->tail && T > cm->last_rows;
+        int fuse = cm->steps[s].fuse;
+        if (tail) run_tail_step(cm, &cm->steps[s], T, cm->last_rows);
+        else if (fuse > 1 && s + fuse <= last && !(cm->last_rows && s + fuse > cm->tail)) {
+            run_linears(cm, &cm->steps[s], fuse, T); /* (a range that cuts the run: one at a time) */
+            s += fuse - 1;
+        } else run_step(cm, &cm->steps[s], T);
         *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;
     }
     cm->last_t = T;

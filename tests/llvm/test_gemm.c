@@ -128,6 +128,61 @@ static void test_gemm_configs(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* cg_gemm_multi: three matrices of one A (N of 49, 47 and 130: panels of each whole and cut, 7 chunks
+ * over 2 threads crossing from one matrix to the next), M of 1, 7 and 100 (row blocks of 64), every B
+ * dtype and ISA, padded and on edge kernels: each C_q as cg_gemm makes it alone (check_gemm checks
+ * that against f64), bit for bit, and the padding between rows untouched. */
+static void test_gemm_multi(void **state) {
+    static const int64_t Ns[3] = {49, 47, 130}, Ms[] = {1, 7, 100}, K = 257;
+    cg_isa isas[3];
+    int n_isa = tu_isas(isas), bad = 0;
+    CgPool *pool = cg_pool_new(2);
+    for (int is = 0; is < n_isa; is++)
+        for (size_t d = 0; d < MOE_ARRAY_LEN(DTYPES); d++)
+            for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
+                for (int edges = 0; edges < 2; edges++) {
+                    CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isas[is]), DTYPES[d]);
+                    const CgKernel *kern = tu_kernel(isas[is], &cfg);
+                    CgBlocking blk = {.kc = 0, .mc = 64};
+                    if (edges) tu_edges(isas[is], kern, &blk);
+                    int64_t m = Ms[mi], lda = K + 3;
+                    moe_rng r;
+                    rng_seed(&r, 500 + (uint64_t)(mi * 2 + (size_t)edges));
+                    float *a = xmalloc(sizeof(float) * (size_t)(m * lda));
+                    tu_random(&r, a, (size_t)(m * lda));
+                    CgPackedB pb[3];
+                    const CgPackedB *bp[3];
+                    float *c[3], *want[3];
+                    int64_t ldc[3];
+                    void *wd[3];
+                    CgWork work = {0};
+                    for (int q = 0; q < 3; q++) {
+                        float *w = xmalloc(sizeof(float) * (size_t)(Ns[q] * K));
+                        tu_random(&r, w, (size_t)(Ns[q] * K));
+                        wd[q] = tu_to_dtype(w, (size_t)(Ns[q] * K), DTYPES[d]);
+                        free(w);
+                        cg_pack_b(&pb[q], wd[q], DTYPES[d], Ns[q], K, kern->cfg.nr, kern->cfg.a_bf16);
+                        bp[q] = &pb[q], ldc[q] = Ns[q] + 2 + q;
+                        c[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));
+                        want[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));
+                        for (int64_t e = 0; e < m * ldc[q]; e++) c[q][e] = want[q][e] = -7.0f - (float)q;
+                        cg_gemm(kern, &blk, pool, &work, m, a, lda, &pb[q], want[q], ldc[q], false);
+                    }
+                    cg_gemm_multi(kern, &blk, pool, &work, m, a, lda, 3, bp, c, ldc);
+                    for (int q = 0; q < 3; q++) {
+                        if (memcmp(c[q], want[q], sizeof(float) * (size_t)(m * ldc[q])) != 0 && bad++ < 5)
+                            fprintf(stderr, "  %s %s M=%lld edges=%d: matrix %d differs from cg_gemm's\n", kern->symbol,
+                                    dtype_name(DTYPES[d]), (long long)m, edges, q);
+                        cg_packed_b_free(&pb[q]);
+                        free(c[q]), free(want[q]), free(wd[q]);
+                    }
+                    cg_work_free(&work);
+                    free(a);
+                }
+    cg_pool_free(pool);
+    assert_int_equal(bad, 0);
+}
+
 /* The bf16 dot-product kernels (AVX512-BF16 hosts): every shape of gemm_all_shapes (odd K: a last
  * pair half zero), other tiles and unrolls, K blocks of odd sizes (made even by the driver), padded
  * and on edge kernels. Without the instruction the kernels must be refused with a message. */
@@ -349,7 +404,8 @@ int main(void) {
         cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool), cmocka_unit_test(test_pool_spin_and_sleep),
         cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
         cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
-        cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_bf16_dot),
+        cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_multi),
+        cmocka_unit_test(test_gemm_bf16_dot),
         cmocka_unit_test(test_gemm_amx),      cmocka_unit_test(test_pack_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
