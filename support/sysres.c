@@ -164,10 +164,14 @@ static double cpu_limit(const char *dir, bool v1)
  * to the limit and which reclaim frees (the active list first demoted) before anything is killed:
  * counted free, as the host's MemAvailable counts it (the inactive list alone would make a cgroup at
  * its limit with a hot cache, the files a build just wrote, look full). Shared memory is not on the
- * file lists and stays used. */
+ * file lists and stays used. The limit is v2's memory.high where that is lower than memory.max: above
+ * it the kernel throttles the cgroup and reclaims hard, a model there would crawl rather than be
+ * killed. Swap (memory.swap.max, memsw) is not counted: weights paged out to it are no way to run. */
 static double mem_limit(const char *dir, bool v1)
 {
     double limit = file_number(dir, v1 ? "memory.limit_in_bytes" : "memory.max", NULL);
+    double high = v1 ? NAN : file_number(dir, "memory.high", NULL); /* ("max": NAN) */
+    if (high > 0 && (!(limit > 0) || high < limit)) limit = high;
     double usage = file_number(dir, v1 ? "memory.usage_in_bytes" : "memory.current", NULL);
     if (!(limit > 0 && limit < 0x1p60)) return 0; /* "max", v1's page-counter maximum, unreadable */
     double file = 0;

@@ -79,6 +79,17 @@ static void test_v2_nested(void **state)
      * outside the mount */
     put("v2/sys/fs/x/cpu.max", "100000 100000\n");
     assert_true(cgroup_limits(v2_mounts, "0::/../x\n", g_root).cpus == 0);
+    /* memory.high (a throttle) below memory.max, or with no memory.max: the limit; above it, not */
+    put("v2/sys/fs/cgroup/h/memory.max", "max\n");
+    put("v2/sys/fs/cgroup/h/memory.high", "2147483648\n");
+    put("v2/sys/fs/cgroup/h/memory.current", "1073741824\n");
+    assert_true(cgroup_limits(v2_mounts, "0::/h\n", g_root).mem_bytes == 1073741824.0);
+    put("v2/sys/fs/cgroup/h/memory.max", "3221225472\n");
+    assert_true(cgroup_limits(v2_mounts, "0::/h\n", g_root).mem_bytes == 1073741824.0);
+    put("v2/sys/fs/cgroup/h/memory.high", "4294967296\n");
+    assert_true(cgroup_limits(v2_mounts, "0::/h\n", g_root).mem_bytes == 2147483648.0);
+    put("v2/sys/fs/cgroup/h/memory.high", "max\n");
+    assert_true(cgroup_limits(v2_mounts, "0::/h\n", g_root).mem_bytes == 2147483648.0);
     /* over its limit: one byte left, not a negative size */
     put("v2/sys/fs/cgroup/full/memory.max", "1000\n");
     put("v2/sys/fs/cgroup/full/memory.current", "5000\n");
