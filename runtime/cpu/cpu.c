@@ -519,8 +519,11 @@ static void run_linears(CpuModel *cm, const Step *st, int n, int64_t T)
     else for (int q = 0; q < n; q++) gemm(cm, &st[q], 0, T, x, cols(st->i->in[0]), y[q], ldc[q]);
 }
 
-/* Step.fuse of every linear: the run of linears after it (up to CG_GEMM_MULTI) with the same input,
- * none of which reads another's output (they share one input, and an output is a new value). */
+/* Step.fuse of every linear: the run of consecutive linears from it (up to CG_GEMM_MULTI) with the same
+ * input. None reads another's output, and the later outputs, written early (at the first one's step),
+ * overwrite nothing alive: with no other step between them, a value alive at the first step is the
+ * shared input or alive at the later steps too, and so never shares a later output's place, whatever
+ * T (the CUDA executor, which fuses across other steps, checks the places instead). */
 static void plan_fusion(CpuModel *cm)
 {
     for (int s = 0; s < cm->n_steps; s++) {
