@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fuzz.sh [SECONDS] [TARGET...]: coverage-guided fuzzing of every reader of hostile input (tests/fuzz):
 # builds the libFuzzer targets with clang, ASan and UBSan in build-fuzz/, runs each target (all of them
-# by default: spec hf_config safetensors safetensors_index ir tuning tokenizer serve) for SECONDS (default 60), one
+# by default: spec hf_config safetensors safetensors_index ir tuning tokenizer serve sysres) for SECONDS (default 60), one
 # after another at low priority, and prints executions, coverage and crashes per target.
 #
 # Each target starts from its seed corpus (tests/fuzz/corpus/TARGET, copied into build-fuzz/corpus/
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning tokenizer serve)
+[ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning tokenizer serve sysres)
 case "$secs" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
 # clang and its libFuzzer runtime, installed by scripts/deps.sh with the build's own needs
