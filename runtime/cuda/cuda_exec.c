@@ -1196,7 +1196,8 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
         if (cg_cuda_mem_info(cm->drv, &free_b, &total_b) && need > 0.95 * (double)free_b) {
             char n[32], f[32], t[32]; /* (each in its own unit: a small model on a large device) */
-            str_bytes(need, n, sizeof n), str_bytes((double)free_b, f, sizeof f), str_bytes((double)total_b, t, sizeof t);
+            str_bytes(need, n, sizeof n), str_bytes((double)free_b, f, sizeof f);
+            str_bytes((double)total_b, t, sizeof t);
             snprintf(err->msg, sizeof err->msg,
                      "not enough GPU memory: the weights and KV caches need %s and %s of %s is free", n, f, t);
             cuda_model_free(cm);

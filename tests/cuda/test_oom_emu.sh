@@ -45,8 +45,8 @@ echo "refused: $check by the up-front check, $alloc at an allocation"
 spec4k=$(mktemp) || exit 2
 trap 'rm -f "$spec4k"' EXIT
 sed 's/max_positions: 64/max_positions: 4096/' "$SPEC" > "$spec4k"
-out=$(env -u MOEPPC_CUDAEMU_MEMORY MOEPPC_MEM_LIMIT_MB=2 timeout 60 "$MOEPPC" run "$spec4k" --random-weights 1 --ids "1 2 3" \
-  --device cuda 2>&1); rc=$?
+out=$(env -u MOEPPC_CUDAEMU_MEMORY MOEPPC_MEM_LIMIT_MB=2 timeout 60 "$MOEPPC" run "$spec4k" --random-weights 1 \
+  --ids "1 2 3" --device cuda 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "not enough GPU memory: the weights and KV caches need 4.7 MB and 2.1 MB of" ||
   { echo "2 MB of host memory to give, 4096 positions: exit $rc:"; echo "$out"; exit 1; }
 echo "a host with 2 MB to give: $(echo "$out" | grep error)"

@@ -22,8 +22,8 @@ tune_cause() { # the first lines of $WORK/tune.err that say what went wrong, and
   tr '\r' '\n' < "$WORK/tune.err" | grep -E -m 8 -i 'error|sanitizer|signal|abort|leak' | cut -c1-400
 }
 for try in 1 2; do
-  "$MOEPPC" tune "$SPEC" --target sm_90 --tokens 1,64 --budget 1000 -o "$WORK/db.yaml" > "$WORK/tune.out" 2> "$WORK/tune.err" &&
-    break
+  "$MOEPPC" tune "$SPEC" --target sm_90 --tokens 1,64 --budget 1000 -o "$WORK/db.yaml" \
+    > "$WORK/tune.out" 2> "$WORK/tune.err" && break
   rc=$?
   tune_cause $rc
   [ $try = 2 ] && { echo "its whole output:"; cat "$WORK/tune.out" "$WORK/tune.err"; exit 1; }
