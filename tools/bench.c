@@ -24,6 +24,7 @@ typedef struct {
     uint64_t seed;
     bool dtype_set;
     moe_dtype dtype;
+    double read_gbs;              /* the memory read rate of a streaming sum, measured at start */
 } BenchArgs;
 
 typedef struct {
@@ -31,6 +32,7 @@ typedef struct {
     double ffn_macs;              /* per run */
     double grouped_s, route_s;    /* per run, averaged: the grouped GEMMs, routing + combine + dispatch */
     double attention_s, linear_s; /* per run, averaged: attention; the dense GEMMs (projections, lm_head) */
+    double grouped_bytes, linear_bytes; /* per run: the weight bytes the grouped and the dense GEMMs read */
 } Timing;
 
 /* Run T tokens at positions P.. (after one untimed P-token prefill that fills the KV caches) reps
@@ -58,6 +60,7 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vo
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(batch ? P : P + t);
     for (int64_t t = 0; seq && t < T; t++) seq[t] = (int32_t)t;
     double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0, attention = 0, linear = 0;
+    double gbytes = 0, lbytes = 0;
     for (int r = -2; ok && r < reps; r++) {
         CpuProfile p0 = cpu_model_profile(cm);
         double t0 = bench_now_s();
@@ -75,16 +78,37 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vo
             }
         }
         macs = p1.ffn_macs - p0.ffn_macs;
+        gbytes = p1.grouped_bytes - p0.grouped_bytes, lbytes = moe_only ? 0 : p1.gemm_bytes - p0.gemm_bytes;
     }
     if (ok) {
         qsort(s, (size_t)reps, sizeof *s, bench_cmp_double);
-        *out = (Timing){s[reps / 2], s[0], s[reps - 1], macs, grouped, route, attention, linear};
+        *out = (Timing){s[reps / 2], s[0], s[reps - 1], macs, grouped, route, attention, linear, gbytes, lbytes};
     }
     free(s);
     free(ids);
     free(pos);
     free(seq);
     return ok;
+}
+
+/* The machine's memory read bandwidth on `threads` threads (GB/s): the best of ten timed sums of a
+ * buffer far beyond the caches (512 MB, less where memory is short), bench_ceilings' probe. A GEMM
+ * that prefetches its weights can read faster than this plain stream: over 100 % is possible. */
+static double measure_read(int threads)
+{
+    double have = mem_available_bytes(), bytes = have >= 8e9 ? 512e6 : have / 16;
+    size_t n = (size_t)((bytes < 64e6 ? 64e6 : bytes) / sizeof(uint64_t));
+    uint64_t *buf = xmalloc(n * sizeof *buf);
+    for (size_t i = 0; i < n; i++) buf[i] = i;
+    CgPool *pool = cg_pool_new(threads);
+    double best = 0;
+    for (int r = 0; r < 11; r++) { /* (the first warms the threads and the pages up) */
+        double v = probe_read_gbs(pool, buf, n);
+        best = r && v > best ? v : best;
+    }
+    cg_pool_free(pool);
+    free(buf);
+    return best;
 }
 
 /* The machine's f32 FMA peak on `threads` threads: the best of a few short probes. */
@@ -112,13 +136,24 @@ static double peak_again(const BenchArgs *a, double *peak)
     return *peak;
 }
 
-static void report(const BenchArgs *a, const char *scope, int64_t T, const Timing *t, double peak)
+/* bytes in KB, MB or GB, one decimal (a tiny model's weights and caches are kilobytes) */
+static void bytes_text(double bytes, char *buf, size_t n)
+{
+    if (bytes >= 1e9) snprintf(buf, n, "%.2f GB", bytes / 1e9);
+    else if (bytes >= 1e6) snprintf(buf, n, "%.1f MB", bytes / 1e6);
+    else snprintf(buf, n, "%.1f KB", bytes / 1e3);
+}
+
+static void report(const BenchArgs *a, const char *scope, int64_t T, const Timing *t, double peak, double read)
 {
     double gflops = 2e-9 * t->ffn_macs / t->median;
     if (a->json) {
         printf("{\"scope\": \"%s\", \"tokens\": %lld, \"median_s\": %.6g, \"min_s\": %.6g, \"max_s\": %.6g, "
-               "\"tokens_per_s\": %.6g, \"gflops\": %.6g, \"peak_gflops\": %.6g, \"peak_fraction\": %.4f}\n",
-               scope, (long long)T, t->median, t->lo, t->hi, (double)T / t->median, gflops, peak, gflops / peak);
+               "\"tokens_per_s\": %.6g, \"gflops\": %.6g, \"peak_gflops\": %.6g, \"peak_fraction\": %.4f, "
+               "\"read_gbs\": %.6g, \"grouped_s\": %.6g, \"grouped_weight_bytes\": %.6g, \"dense_s\": %.6g, "
+               "\"dense_weight_bytes\": %.6g}\n",
+               scope, (long long)T, t->median, t->lo, t->hi, (double)T / t->median, gflops, peak, gflops / peak, read,
+               t->grouped_s, t->grouped_bytes, t->linear_s, t->linear_bytes);
     } else {
         printf("%-6s T = %-5lld %10.3f ms (%.3f-%.3f)  %9.1f tokens/s  %7.1f GFLOP/s FFN  %5.1f %% of peak"
                "  [grouped GEMMs %.2f ms at %.1f %%, routing %.2f ms]\n", scope, (long long)T, 1e3 * t->median,
@@ -126,6 +161,16 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
                t->grouped_s > 0 ? 100.0 * 2e-9 * t->ffn_macs / t->grouped_s / peak : 0.0, 1e3 * t->route_s);
         if (t->attention_s > 0 || t->linear_s > 0)
             printf("%-6s %-9s [attention %.2f ms, dense GEMMs %.2f ms]\n", "", "", 1e3 * t->attention_s, 1e3 * t->linear_s);
+        /* the weights each kind of GEMM read, and how fast against the read ceiling (the figure that
+         * binds where a weight serves few tokens: a decode step) */
+        char gb[32], lb[32];
+        bytes_text(t->grouped_bytes, gb, sizeof gb), bytes_text(t->linear_bytes, lb, sizeof lb);
+        double gr = t->grouped_s > 0 ? 1e-9 * t->grouped_bytes / t->grouped_s : 0;
+        double lr = t->linear_s > 0 ? 1e-9 * t->linear_bytes / t->linear_s : 0;
+        printf("%-6s %-9s [weights read: grouped GEMMs %s at %.1f GB/s, %.0f %% of the read probe's", "", "", gb, gr,
+               100.0 * gr / read);
+        if (t->linear_s > 0) printf("; dense GEMMs %s at %.1f GB/s, %.0f %%", lb, lr, 100.0 * lr / read);
+        printf("]\n");
     }
     fflush(stdout);
 }
@@ -163,7 +208,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
             rc = 1;
             break;
         }
-        report(a, scope, a->tokens[k], &t, peak_again(a, peak));
+        report(a, scope, a->tokens[k], &t, peak_again(a, peak), a->read_gbs);
         if (a->context && !a->json && t.attention_s > 0) { /* the KV caches every step reads whole */
             double bytes = 0;
             for (const IrInstr *i = m->first; i; i = i->next) {
@@ -172,9 +217,10 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
                     bytes += 2.0 * (double)(a->batch ? a->tokens[k] * (a->context + 1) : a->context + a->tokens[k]) *
                              (double)i->in[1]->type.dims[1] * (double)dtype_size(od.wdtype);
             }
-            printf("%-6s %-9s [KV caches at position %lld%s: %.1f %s, read at %.1f GB/s in attention]\n", "", "",
-                   (long long)a->context, a->batch ? ", every sequence's" : "", bytes >= 1e6 ? bytes / 1e6 : bytes / 1e3,
-                   bytes >= 1e6 ? "MB" : "KB", bytes / t.attention_s / 1e9);
+            char kv[32];
+            bytes_text(bytes, kv, sizeof kv);
+            printf("%-6s %-9s [KV caches at position %lld%s: %s, read at %.1f GB/s in attention]\n", "", "",
+                   (long long)a->context, a->batch ? ", every sequence's" : "", kv, bytes / t.attention_s / 1e9);
         }
     }
     cpu_model_free(cm);
@@ -295,7 +341,7 @@ static bool time_experts(const BenchArgs *a, CpuModel *cm, const IrModule *m, co
                 1e3 * (p1.other_s - p0.other_s) / (a->reps + 2));
     qsort(sec, (size_t)a->reps, sizeof *sec, bench_cmp_double);
     *out = (Timing){sec[a->reps / 2], sec[0], sec[a->reps - 1],
-                    (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0, 0, 0};
+                    (double)picks * 3.0 * (double)s->hidden * (double)s->ffn_intermediate, 0, 0, 0, 0, 0, 0};
     *ffn_picks = picks;
     free(sec);
     free(ids);
@@ -369,10 +415,12 @@ int cmd_bench(int argc, char **argv)
         return 1;
     }
     double peak = measure_peak(a.threads);
+    a.read_gbs = measure_read(a.threads);
     if (!a.json) {
         char why[128];
-        printf("moeppc bench %s: %s weights, %d threads, f32 FMA peak measured %.1f GFLOP/s (%s), median of %d\n",
-               s.name, dtype_name(s.dtype), a.threads, peak, probe_isa(), a.reps);
+        printf("moeppc bench %s: %s weights, %d threads, f32 FMA peak measured %.1f GFLOP/s (%s), memory read "
+               "(a streaming sum) %.1f GB/s, median of %d\n", s.name, dtype_name(s.dtype), a.threads, peak, probe_isa(),
+               a.read_gbs, a.reps);
         if (s.dtype == DT_BF16) printf("bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
         if (s.dtype == DT_BF16) printf("bf16 GEMMs on AMX tiles: %s\n", cpu_amx_why(why, sizeof why));
     }

@@ -60,7 +60,9 @@ static const HelpPage pages[] = {
     {"bench", "time one layer, the whole model or the expert part (CPU or GPU)", BENCH_USAGE,
      "Times SPEC on random weights: the median of repeated runs after a warm-up, with tokens/s,\n"
      "GFLOP/s and the fraction of this machine's f32 FMA peak, which it measures first and again\n"
-     "before each line (the best so far: a shared machine has slow phases).\n\n"
+     "before each line (the best so far: a shared machine has slow phases), and the bytes of weights\n"
+     "the grouped (and the dense) GEMMs read, at what rate and what fraction of the memory read\n"
+     "bandwidth it measures first: the ceiling of a decode step.\n\n"
      "  --layer             one MoE layer: router, experts and combine (default with --model)\n"
      "  --model             the whole model's forward pass (default with --layer), attention's\n"
      "                      and the dense GEMMs' time on a second line\n"

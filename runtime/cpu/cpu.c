@@ -492,6 +492,9 @@ static const Choice *choice_for(const Step *st, int64_t T)
     return ch ? ch : &st->ch[0];
 }
 
+/* The bytes of a packed weight's elements (its panels' padding aside): what a GEMM over it reads. */
+static double weight_bytes(const CgPackedB *b) { return (double)b->n * (double)b->k * (double)dtype_size(b->dtype); }
+
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
     const Choice *c = st->narrow.k && st->pk[p].nr == st->narrow.k->cfg.nr ? &st->narrow : choice_for(st, T);
@@ -513,6 +516,7 @@ static void run_linears(CpuModel *cm, const Step *st, int n, int64_t T)
         same = same && cq->k == c->k && cq->blk.kc == c->blk.kc && cq->blk.mc == c->blk.mc &&
                memcmp(cq->blk.edge, c->blk.edge, sizeof c->blk.edge) == 0;
         b[q] = &st[q].pk[0], y[q] = addr(cm, st[q].i->out[0], T), ldc[q] = cols(st[q].i->out[0]);
+        cm->prof.gemm_bytes += weight_bytes(b[q]);
     }
     const float *x = addr(cm, st->i->in[0], T);
     if (same) cg_gemm_multi(c->k, &c->blk, cm->pool, &cm->work, T, x, cols(st->i->in[0]), n, b, y, ldc);
@@ -655,6 +659,7 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     int64_t E = ir_attr_int(i, "experts");
     CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
     const Choice *c = choice_for(st, T);
+    for (int64_t g = 0; g < E; g++) cm->prof.grouped_bytes += ds->off[g + 1] > ds->off[g] ? weight_bytes(&st->pk[g]) : 0;
     if (i->op == IR_OP_MOE_GROUPED_UP) {
         int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
         cg_moe_up_swiglu(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
@@ -682,7 +687,10 @@ static void run_tail_step(CpuModel *cm, const Step *st, int64_t T, int64_t n)
     for (int k = 0; k < i->n_out && k < 2; k++)
         out[k] = (unsigned char *)addr(cm, i->out[k], T) + (size_t)(T - n) * (size_t)cols(i->out[k]) * dtype_size(i->out[k]->type.dtype);
     switch (i->op) {
-    case IR_OP_LINEAR: gemm(cm, st, 0, n, in[0], cols(i->in[0]), out[0], cols(i->out[0])); break;
+    case IR_OP_LINEAR:
+        gemm(cm, st, 0, n, in[0], cols(i->in[0]), out[0], cols(i->out[0]));
+        cm->prof.gemm_bytes += weight_bytes(&st->pk[0]);
+        break;
     case IR_OP_RMS_NORM: run_rows(cm, st, CG_OP_RMS_NORM, n, in[0], in[1], NULL, NULL, out[0], NULL); break;
     case IR_OP_ADD_RMS_NORM: run_rows(cm, st, CG_OP_ADD_RMS_NORM, n, in[0], in[1], in[2], NULL, out[0], out[1]); break;
     default: MOE_ASSERT(!"not a tail op");
@@ -698,7 +706,10 @@ static void run_step(CpuModel *cm, Step *st, int64_t T)
     void *out = i->n_out ? addr(cm, i->out[0], T) : NULL;
     const void *a0 = i->n_in > 0 ? addr(cm, i->in[0], T) : NULL, *a1 = i->n_in > 1 ? addr(cm, i->in[1], T) : NULL;
     switch (i->op) {
-    case IR_OP_LINEAR: gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0])); break;
+    case IR_OP_LINEAR:
+        gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0]));
+        cm->prof.gemm_bytes += weight_bytes(&st->pk[0]);
+        break;
     case IR_OP_MOE_ROUTE: run_route(cm, st, T); break;
     case IR_OP_ATTENTION: run_attention(cm, st, T); break;
     case IR_OP_MOE_GROUPED_UP:

@@ -62,6 +62,8 @@ int64_t   cpu_model_last_rows(const CpuModel *cm);
 typedef struct CpuProfile {
     double gemm_s, grouped_s, attention_s, route_s, other_s;
     double ffn_macs;        /* multiply-adds executed in the grouped expert GEMMs */
+    double gemm_bytes;      /* weight bytes the dense GEMMs read (each weight's own size)           */
+    double grouped_bytes;   /* ... and the grouped GEMMs: the experts some token picked              */
 } CpuProfile;
 CpuProfile cpu_model_profile(const CpuModel *cm);
 void      cpu_model_free(CpuModel *cm);

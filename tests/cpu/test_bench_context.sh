@@ -4,17 +4,25 @@
 # of 16) at T = 1 after 30 positions holds 31 positions of keys and values, 2 bytes each in a bf16
 # model's caches (15.9 KB) and 4 in an f32 one's (31.7 KB); T = 40 would pass max_positions 64 and is
 # skipped, said so; --context with --layer, or negative, is a usage error (exit 2) naming the option.
+# The weights each step's dense GEMMs read: 2 layers of q, k, v, o (64 x 64) and the lm_head (256 x 64),
+# 49152 elements: 98.3 KB in bf16, 196.6 KB in f32; the grouped GEMMs, at T = 1, the experts the token
+# picked: 0 to 4 FFN experts (top-2 of 2 layers) of 6144 elements each (up 64 x 64, down 64 x 32), 12.3 KB
+# each in bf16, 24.6 in f32 (all 8 a layer would be 196.6 and 393.2).
 # --batch: T sequences, one token each at position P of its own: T = 3 holds three sequences' 31
 # positions (47.6 KB), and T = 40 at position 63 fits (one position each); --batch --layer exit 2.
 set -u
 MOEPPC=$1
 SPEC=$(cd "$(dirname "$0")/../../specs/tiny" && pwd)/tiny-bf16.yaml
 fail() { echo "FAILED: $*"; exit 1; }
-for dt in bf16:15.9 f32:31.7; do
-  out=$("$MOEPPC" bench "$SPEC" --context 30 --tokens 1,40 --reps 3 --dtype "${dt%%:*}") || fail "bench --dtype ${dt%%:*}: $out"
+for dt in bf16:15.9:98.3:0.0,12.3,24.6,36.9,49.2 f32:31.7:196.6:0.0,24.6,49.2,73.7,98.3; do
+  IFS=: read -r dtype kv weights experts <<< "$dt"
+  out=$("$MOEPPC" bench "$SPEC" --context 30 --tokens 1,40 --reps 3 --dtype "$dtype") || fail "bench --dtype $dtype: $out"
   echo "$out"
   echo "$out" | grep -q "^model  T = 1 " || fail "no T = 1 figure"
-  echo "$out" | grep -q "KV caches at position 30: ${dt##*:} KB, read at" || fail "${dt%%:*}: expected ${dt##*:} KB of caches"
+  echo "$out" | grep -q "KV caches at position 30: $kv KB, read at" || fail "$dtype: expected $kv KB of caches"
+  echo "$out" | grep -q "dense GEMMs $weights KB at [0-9.]* GB/s" || fail "$dtype: expected the dense GEMMs to read $weights KB"
+  echo "$out" | grep -Eq "grouped GEMMs (${experts//,/|}) KB at [0-9.]* GB/s" ||
+    fail "$dtype: expected the grouped GEMMs to read one of ${experts//,/, } KB"
   echo "$out" | grep -q "T = 40    skipped: positions 30.. pass max_positions 64" || fail "T = 40 not said skipped"
   ! echo "$out" | grep -q "^layer" || fail "--context timed a layer"
 done
