@@ -659,7 +659,8 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
     int64_t E = ir_attr_int(i, "experts");
     CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
     const Choice *c = choice_for(st, T);
-    for (int64_t g = 0; g < E; g++) cm->prof.grouped_bytes += ds->off[g + 1] > ds->off[g] ? weight_bytes(&st->pk[g]) : 0;
+    for (int64_t g = 0; g < E; g++) /* (the experts some token picked: their weights are read) */
+        cm->prof.grouped_bytes += ds->off[g + 1] > ds->off[g] ? weight_bytes(&st->pk[g]) : 0;
     if (i->op == IR_OP_MOE_GROUPED_UP) {
         int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
         cg_moe_up_swiglu(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));

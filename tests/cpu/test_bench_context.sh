@@ -16,11 +16,13 @@ SPEC=$(cd "$(dirname "$0")/../../specs/tiny" && pwd)/tiny-bf16.yaml
 fail() { echo "FAILED: $*"; exit 1; }
 for dt in bf16:15.9:98.3:0.0,12.3,24.6,36.9,49.2 f32:31.7:196.6:0.0,24.6,49.2,73.7,98.3; do
   IFS=: read -r dtype kv weights experts <<< "$dt"
-  out=$("$MOEPPC" bench "$SPEC" --context 30 --tokens 1,40 --reps 3 --dtype "$dtype") || fail "bench --dtype $dtype: $out"
+  out=$("$MOEPPC" bench "$SPEC" --context 30 --tokens 1,40 --reps 3 --dtype "$dtype") ||
+    fail "bench --dtype $dtype: $out"
   echo "$out"
   echo "$out" | grep -q "^model  T = 1 " || fail "no T = 1 figure"
   echo "$out" | grep -q "KV caches at position 30: $kv KB, read at" || fail "$dtype: expected $kv KB of caches"
-  echo "$out" | grep -q "dense GEMMs $weights KB at [0-9.]* GB/s" || fail "$dtype: expected the dense GEMMs to read $weights KB"
+  echo "$out" | grep -q "dense GEMMs $weights KB at [0-9.]* GB/s" ||
+    fail "$dtype: expected the dense GEMMs to read $weights KB"
   echo "$out" | grep -Eq "grouped GEMMs (${experts//,/|}) KB at [0-9.]* GB/s" ||
     fail "$dtype: expected the grouped GEMMs to read one of ${experts//,/, } KB"
   echo "$out" | grep -q "T = 40    skipped: positions 30.. pass max_positions 64" || fail "T = 40 not said skipped"
