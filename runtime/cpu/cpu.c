@@ -516,7 +516,6 @@ static void run_linears(CpuModel *cm, const Step *st, int n, int64_t T)
         same = same && cq->k == c->k && cq->blk.kc == c->blk.kc && cq->blk.mc == c->blk.mc &&
                memcmp(cq->blk.edge, c->blk.edge, sizeof c->blk.edge) == 0;
         b[q] = &st[q].pk[0], y[q] = addr(cm, st[q].i->out[0], T), ldc[q] = cols(st[q].i->out[0]);
-        cm->prof.gemm_bytes += weight_bytes(b[q]);
     }
     const float *x = addr(cm, st->i->in[0], T);
     if (same) cg_gemm_multi(c->k, &c->blk, cm->pool, &cm->work, T, x, cols(st->i->in[0]), n, b, y, ldc);
@@ -688,10 +687,7 @@ static void run_tail_step(CpuModel *cm, const Step *st, int64_t T, int64_t n)
     for (int k = 0; k < i->n_out && k < 2; k++)
         out[k] = (unsigned char *)addr(cm, i->out[k], T) + (size_t)(T - n) * (size_t)cols(i->out[k]) * dtype_size(i->out[k]->type.dtype);
     switch (i->op) {
-    case IR_OP_LINEAR:
-        gemm(cm, st, 0, n, in[0], cols(i->in[0]), out[0], cols(i->out[0]));
-        cm->prof.gemm_bytes += weight_bytes(&st->pk[0]);
-        break;
+    case IR_OP_LINEAR: gemm(cm, st, 0, n, in[0], cols(i->in[0]), out[0], cols(i->out[0])); break;
     case IR_OP_RMS_NORM: run_rows(cm, st, CG_OP_RMS_NORM, n, in[0], in[1], NULL, NULL, out[0], NULL); break;
     case IR_OP_ADD_RMS_NORM: run_rows(cm, st, CG_OP_ADD_RMS_NORM, n, in[0], in[1], in[2], NULL, out[0], out[1]); break;
     default: MOE_ASSERT(!"not a tail op");
@@ -707,10 +703,7 @@ static void run_step(CpuModel *cm, Step *st, int64_t T)
     void *out = i->n_out ? addr(cm, i->out[0], T) : NULL;
     const void *a0 = i->n_in > 0 ? addr(cm, i->in[0], T) : NULL, *a1 = i->n_in > 1 ? addr(cm, i->in[1], T) : NULL;
     switch (i->op) {
-    case IR_OP_LINEAR:
-        gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0]));
-        cm->prof.gemm_bytes += weight_bytes(&st->pk[0]);
-        break;
+    case IR_OP_LINEAR: gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0])); break;
     case IR_OP_MOE_ROUTE: run_route(cm, st, T); break;
     case IR_OP_ATTENTION: run_attention(cm, st, T); break;
     case IR_OP_MOE_GROUPED_UP:
@@ -969,12 +962,14 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
     for (int s = first; s < last; s++) {
         double t0 = now_s();
         bool tail = cm->last_rows && s >= cm->tail && T > cm->last_rows;
-        int fuse = cm->steps[s].fuse;
+        int fuse = cm->steps[s].fuse, s0 = s;
         if (tail) run_tail_step(cm, &cm->steps[s], T, cm->last_rows);
         else if (fuse > 1 && s + fuse <= last && !(cm->last_rows && s + fuse > cm->tail)) {
             run_linears(cm, &cm->steps[s], fuse, T); /* (a range that cuts the run: one at a time) */
             s += fuse - 1;
         } else run_step(cm, &cm->steps[s], T);
+        for (int q = s0; q <= s; q++) /* the steps just run: a linear reads its whole weight */
+            if (cm->steps[q].i->op == IR_OP_LINEAR) cm->prof.gemm_bytes += weight_bytes(&cm->steps[q].pk[0]);
         *profile_slot(cm, cm->steps[s].i->op) += now_s() - t0;
     }
     cm->last_t = T;
