@@ -223,12 +223,12 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     grep -qF '{"id":"c","error":"--serve line 7: \"continue\": no sequence held now ends with request \"b\"' "$WORK/cancel.out" &&
     grep -qF 'line 4: cancel "zz": no request of that id is waiting or running' "$WORK/cancel.err" ||
     { echo "--serve cancel of a waiting request: exit $rc"; cat "$WORK/cancel.out" "$WORK/cancel.err"; exit 1; }
-  # cancelling running requests, on a pipe (caches of 4096 positions: time to cancel in): a decoding
+  # cancelling running requests, on a pipe (caches of 8192 positions: time to cancel in): a decoding
   # one ends with the tokens it has streamed, and "continue" goes on from them as the whole sequence
   # alone; one running its prompt (started once the bad line sent after it is answered) ends with
   # none (asked to echo its prompt with logprobs: all null), and the positions it ran are in its
   # caches for the same prompt sent again
-  sed 's/max_positions: 64/max_positions: 4096/' "$SPEC" >"$WORK/long.yaml"
+  sed 's/max_positions: 64/max_positions: 8192/' "$SPEC" >"$WORK/long.yaml"
   L=(--random-weights 1 --device "$DEVICE" --ignore-eos)
   coproc P { timeout 120 "$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --serve --batch 2 --chunk 64 2>/dev/null; }
   echo '{"id": "d", "ids": '"$(js "$LONG")"', "max_tokens": 4000, "stream": true}' >&"${P[1]}"
@@ -246,9 +246,10 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
   if [ "$DEVICE" = cpu ]; then # (the emulator would take minutes over 3900 positions)
     # r decodes beside, its streamed tokens a step each: one after the bad line's answer comes from a
     # step that ran p's first 64 positions; p is then cancelled (again, with another prompt, should
-    # all 61 steps of its prompt have run first)
+    # all 61 steps of its prompt have run first); r is cancelled once q's answer is in, before the
+    # reference run (r would decode freely while it starts: a fast step finishes 8000 tokens)
     upto() { while read -r -t 60 ln <&"${P[0]}"; do [[ $ln == $1 ]] && return 0; done; return 1; }
-    echo '{"id": "r", "ids": [1, 2, 3], "max_tokens": 4000, "stream": true}' >&"${P[1]}"
+    echo '{"id": "r", "ids": [1, 2, 3], "max_tokens": 8000, "stream": true}' >&"${P[1]}"
     for try in 1 2 3; do
       long=$(seq 3900 | awk -v t=$try '{ printf "%s%d", (NR > 1 ? " " : ""), ($1 * 7 + t) % 250 + 1 }')
       printf '%s\nx\n' '{"id": "p", "ids": '"$(js "$long")"', "max_tokens": 2, "logprobs": 1, "echo": true}' >&"${P[1]}"
@@ -257,6 +258,10 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     done
     pa=$ln
     echo '{"id": "q", "ids": '"$(js "$long 5")"', "max_tokens": 2}' >&"${P[1]}" && upto '{"id":"q"*'
+    qa=$ln
+    echo '{"cancel": "r"}' >&"${P[1]}" && upto '{"id":"r","ids"*' && [[ $ln == *'"finish_reason":"cancelled"'* ]] ||
+      { echo "--serve: r not cancelled: '${ln:0:300}'"; exit 1; }
+    ln=$qa
     k=$(echo "$ln" | sed -n 's/.*"cached_tokens":\([0-9]*\)}$/\1/p')
     plp=${pa#*'"prompt_logprobs":'} # (echo: the prompt; its log-probabilities all null, its rows cut short)
     [[ $pa == '{"id":"p","ids":[],"finish_reason":"cancelled","prompt_tokens":3900,"cached_tokens":0,"logprobs":{"token_logprobs":[],"top_logprobs":[]},"prompt_ids":'"$(js "$long")"',"prompt_logprobs":'* ]] &&
@@ -264,8 +269,6 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
       [ "${k:-0}" -gt 0 ] && [ "$k" -lt 3900 ] && [ $((k % 64)) -eq 0 ] &&
       [ "$ln" = "{\"id\":\"q\",\"ids\":$(js "$("$MOEPPC" run "$WORK/long.yaml" "${L[@]}" --generate 2 --quiet --ids "$long 5")"),\"finish_reason\":\"length\",\"prompt_tokens\":3901,\"cached_tokens\":$k}" ] ||
       { echo "--serve cancel of a request in its prompt: '$pa', then the prompt again: '$ln'"; exit 1; }
-    echo '{"cancel": "r"}' >&"${P[1]}" && upto '{"id":"r","ids"*' && [[ $ln == *'"finish_reason":"cancelled"'* ]] ||
-      { echo "--serve: r not cancelled: '$ln'"; exit 1; }
   fi
   exec {P[1]}>&-; wait
   # a new line takes the sequence idle longest: on a pipe, the short turn +@2 ends before the long
