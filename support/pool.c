@@ -2,12 +2,18 @@
  * out task indices from an atomic counter (dynamic balance on a noisy shared machine). Threads are
  * never pinned.
  *
+ * A job is open from its start until the caller has run out of tasks; a worker joins it only while
+ * it is open (a CAS on one state word that holds the job's generation, whether it is closed and how
+ * many workers are inside), and the caller then waits only for the workers that joined. A worker the
+ * scheduler has not run yet (other processes on the CPUs) therefore costs the job nothing: it finds
+ * the job closed when it does run and goes back to waiting; the caller never waits a time slice for a
+ * worker that had nothing to do.
+ *
  * A worker done with a job, and a caller waiting for its workers, spin for up to SPIN_NS before they
  * sleep on the condition variables: a decode step is some hundred jobs of tens of microseconds, and
- * a sleeping worker on a VM is woken by an interprocessor interrupt through the hypervisor, which the
- * caller then waits for even when it ran every task itself. A pool with more threads than the
- * process has CPUs (cpus_available) never spins: there a spinning thread holds the CPU a thread with
- * work is waiting for. */
+ * a sleeping worker on a VM is woken by an interprocessor interrupt through the hypervisor. A pool
+ * with more threads than the process has CPUs (cpus_available) never spins: there a spinning thread
+ * holds the CPU a thread with work is waiting for. */
 #include "support/support.h"
 
 #include <pthread.h>
@@ -16,6 +22,11 @@
 #include <time.h>
 
 enum { SPIN_NS = 100000 };
+
+/* The state word: generation << GEN_SHIFT | CLOSED | workers inside the job. */
+enum { GEN_SHIFT = 24 };
+#define CLOSED ((uint64_t)1 << (GEN_SHIFT - 1))
+#define ACTIVE_MASK (CLOSED - 1)
 
 typedef struct Worker {
     struct CgPool *pool;
@@ -29,14 +40,15 @@ struct CgPool {
     Worker *workers;
     pthread_mutex_t mu;
     pthread_cond_t start_cv, done_cv;
-    _Atomic uint64_t generation; /* bumped per parallel_for (under mu); workers wait for a new one */
+    _Atomic uint64_t state; /* a new generation is stored under mu; the rest by CAS and fetch ops */
     bool stop;
-    atomic_int busy;     /* workers still inside the current job */
     cg_task_fn fn;
     void *ctx;
     int64_t n_tasks;
     atomic_llong next;
 };
+
+static uint64_t generation(uint64_t state) { return state >> GEN_SHIFT; }
 
 static void run_tasks(CgPool *p, int thread) {
     for (;;) {
@@ -69,8 +81,18 @@ static bool spin_until(CgPool *p, bool (*done)(CgPool *, uint64_t), uint64_t arg
     }
 }
 
-static bool new_job(CgPool *p, uint64_t seen) { return atomic_load(&p->generation) != seen; }
-static bool workers_done(CgPool *p, uint64_t unused) { return (void)unused, atomic_load(&p->busy) == 0; }
+static bool new_job(CgPool *p, uint64_t seen) { return generation(atomic_load(&p->state)) != seen; }
+static bool workers_done(CgPool *p, uint64_t unused) {
+    return (void)unused, (atomic_load(&p->state) & ACTIVE_MASK) == 0;
+}
+
+/* Join job gen if it is still open: whether this worker is now inside it. */
+static bool join(CgPool *p, uint64_t gen) {
+    uint64_t s = atomic_load(&p->state);
+    while (generation(s) == gen && !(s & CLOSED))
+        if (atomic_compare_exchange_weak(&p->state, &s, s + 1)) return true;
+    return false;
+}
 
 static void *worker_main(void *arg) {
     Worker *w = arg;
@@ -79,13 +101,15 @@ static void *worker_main(void *arg) {
     for (;;) {
         spin_until(p, new_job, seen); /* (stop is seen under the lock, after at most SPIN_NS) */
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->generation) == seen && !p->stop) pthread_cond_wait(&p->start_cv, &p->mu);
+        while (generation(atomic_load(&p->state)) == seen && !p->stop) pthread_cond_wait(&p->start_cv, &p->mu);
         bool stop = p->stop;
-        seen = atomic_load(&p->generation);
+        seen = generation(atomic_load(&p->state));
         pthread_mutex_unlock(&p->mu);
         if (stop) break;
+        if (!join(p, seen)) continue; /* closed: the caller ran out of tasks before this worker ran */
         run_tasks(p, w->index);
-        if (atomic_fetch_sub(&p->busy, 1) == 1) { /* the last: the caller may sleep on done_cv */
+        uint64_t before = atomic_fetch_sub(&p->state, 1);
+        if ((before & CLOSED) && (before & ACTIVE_MASK) == 1) { /* the last: the caller may sleep on done_cv */
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done_cv);
             pthread_mutex_unlock(&p->mu);
@@ -97,6 +121,7 @@ static void *worker_main(void *arg) {
 CgPool *cg_pool_new(int n_threads) {
     CgPool *p = xcalloc(1, sizeof *p);
     p->n_threads = n_threads < 1 ? 1 : n_threads;
+    MOE_ASSERT((uint64_t)p->n_threads < ACTIVE_MASK);
     p->spin_ns = p->n_threads <= cpus_available() ? SPIN_NS : 0;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->start_cv, NULL);
@@ -135,18 +160,19 @@ void cg_pool_parallel_for(CgPool *p, int64_t n_tasks, cg_task_fn fn, void *ctx) 
         for (int64_t t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
+    /* Every worker of the last job has left it (the caller waited), so these fields are the caller's. */
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
     atomic_store(&p->next, 0);
-    atomic_store(&p->busy, p->n_threads - 1);
-    atomic_fetch_add(&p->generation, 1);
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->state, (generation(atomic_load(&p->state)) + 1) << GEN_SHIFT); /* open, nobody inside */
     pthread_cond_broadcast(&p->start_cv);
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
-    if (spin_until(p, workers_done, 0)) return;
+    uint64_t before = atomic_fetch_or(&p->state, CLOSED); /* from here on no worker joins */
+    if ((before & ACTIVE_MASK) == 0 || spin_until(p, workers_done, 0)) return;
     pthread_mutex_lock(&p->mu);
-    while (atomic_load(&p->busy) > 0) pthread_cond_wait(&p->done_cv, &p->mu);
+    while (!workers_done(p, 0)) pthread_cond_wait(&p->done_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }

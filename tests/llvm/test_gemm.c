@@ -6,10 +6,8 @@
 #include <cmocka.h>
 
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "tests/llvm/llvm_test_util.h"
 
@@ -313,8 +311,6 @@ static void test_ir_text(void **state) {
     }
 }
 
-static void add_task(void *ctx, int64_t t, int thread) { atomic_fetch_add((atomic_llong *)ctx + t, 1); }
-
 /* Packing writes every byte of its panels: K and column padding zero whatever the memory held
  * before (a bf16 NaN there times an A padding of 0 is NaN), and each element where the kernels read
  * it; every layout (f32, 16-bit, k pairs with an odd K, swiglu halves), N and K not multiples. */
@@ -355,45 +351,6 @@ static void test_pack_every_byte(void **state) {
     }
 }
 
-static void test_pool(void **state) {
-    for (int threads = 1; threads <= 3; threads++) {
-        CgPool *pool = cg_pool_new(threads);
-        assert_int_equal(cg_pool_threads(pool), threads);
-        for (int64_t n = 0; n < 40; n += 13) {
-            atomic_llong hits[40];
-            for (int i = 0; i < 40; i++) atomic_init(&hits[i], 0);
-            for (int rep = 0; rep < 3; rep++) cg_pool_parallel_for(pool, n, add_task, hits);
-            for (int64_t i = 0; i < 40; i++) assert_int_equal(atomic_load(&hits[i]), i < n ? 3 : 0);
-        }
-        cg_pool_free(pool);
-    }
-}
-
-/* A task of about 10 us that ends with a plain store: the caller must see it once parallel_for returns. */
-static void slow_set_task(void *ctx, int64_t t, int thread) {
-    volatile double x = 1.0;
-    for (int i = 0; i < 4000; i++) x = x * 1.0000001 + 1e-9;
-    ((int64_t *)ctx)[t] = t + 1 + (x > 0 ? 0 : 1);
-}
-
-/* support/pool.c: jobs back to back (workers still spinning from the last) and after pauses longer
- * than the spin (workers asleep): each returns with every task's plain stores done and visible; a
- * pool frees both while its workers spin and while they sleep. */
-static void test_pool_spin_and_sleep(void **state) {
-    for (int threads = 2; threads <= 3; threads++) {
-        CgPool *pool = cg_pool_new(threads);
-        int64_t vals[48];
-        for (int round = 0; round < 120; round++) {
-            memset(vals, 0, sizeof vals);
-            cg_pool_parallel_for(pool, 48, slow_set_task, vals);
-            for (int64_t i = 0; i < 48; i++) assert_int_equal(vals[i], i + 1);
-            if (round % 40 == 39) nanosleep(&(struct timespec){0, 400000}, NULL); /* 400 us: past the spin */
-        }
-        if (threads == 3) nanosleep(&(struct timespec){0, 1000000}, NULL); /* the workers asleep */
-        cg_pool_free(pool);                                                 /* (threads 2: still spinning) */
-    }
-}
-
 static int teardown(void **state) {
     tu_jits_free();
     return 0;
@@ -401,11 +358,10 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_pool), cmocka_unit_test(test_pool_spin_and_sleep),
-        cmocka_unit_test(test_ir_text),       cmocka_unit_test(test_gemm_avx512),
-        cmocka_unit_test(test_gemm_avx2),     cmocka_unit_test(test_gemm_sse),
-        cmocka_unit_test(test_gemm_configs),    cmocka_unit_test(test_gemm_multi),
-        cmocka_unit_test(test_gemm_bf16_dot),
+        cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_ir_text),
+        cmocka_unit_test(test_gemm_avx512),   cmocka_unit_test(test_gemm_avx2),
+        cmocka_unit_test(test_gemm_sse),      cmocka_unit_test(test_gemm_configs),
+        cmocka_unit_test(test_gemm_multi),    cmocka_unit_test(test_gemm_bf16_dot),
         cmocka_unit_test(test_gemm_amx),      cmocka_unit_test(test_pack_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
