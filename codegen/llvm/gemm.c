@@ -33,6 +33,7 @@ typedef enum { EPI_STORE, EPI_SWIGLU, EPI_SCATTER } Epilogue;
 typedef void (*swiglu_fn)(float *restrict h, const float *restrict a, const float *restrict b, int64_t n);
 
 enum { MAX_MR = 64, N_TILE_KINDS = 1 + CG_GEMM_EDGES }; /* MAX_MR: kernel_ir.c's accumulator bound */
+enum { MIN_PART_TILES = 4 }; /* MR-row tiles a chunk's rows hold at least when rows are split (run) */
 
 /* How the last r < MR rows of a group run: n[c] tiles of kernel c of Job.ks, kinds in order. */
 typedef struct Cover {
@@ -59,6 +60,7 @@ typedef struct Job {
     float *tiles;          /* per-thread S, tile_floats each */
     size_t tile_floats;
     int64_t n_panels, n_chunks;
+    int64_t row_parts;     /* chunks a panel range's rows are split into (one group, few panels) */
     float *c;              /* EPI_STORE: C[m, n], ldc */
     int64_t ldc;
     bool accumulate;
@@ -509,19 +511,23 @@ static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, float *s) 
 static void chunk_task(void *ctx, int64_t chunk, int thread) {
     const Job *j = ctx;
     int mr = j->kern->cfg.mr;
-    int64_t p_begin = chunk * j->n_panels / j->n_chunks, p_end = (chunk + 1) * j->n_panels / j->n_chunks;
+    int64_t parts = j->n_chunks / j->row_parts, pc = chunk / j->row_parts, rc = chunk % j->row_parts;
+    int64_t p_begin = pc * j->n_panels / parts, p_end = (pc + 1) * j->n_panels / parts;
     float *s = j->tiles + (size_t)thread * j->tile_floats;
     if (j->n_multi) {
         multi_chunk(j, p_begin, p_end, s);
         return;
     }
     for (int64_t g = 0; g < j->n_groups; g++) {
-        int64_t rows_g = j->off[g + 1] - j->off[g];
+        int64_t rows_g = j->off[g + 1] - j->off[g], tiles_g = (rows_g + mr - 1) / mr;
+        /* this chunk's rows: part rc of the group's, whole tiles (one part unless row_parts > 1) */
+        int64_t r_begin = rc * tiles_g / j->row_parts * mr, r_end = (rc + 1) * tiles_g / j->row_parts * mr;
+        r_end = r_end < rows_g ? r_end : rows_g;
         const float *ap_g = j->ap + j->tile_off[g] * mr * j->kw;
-        for (int64_t p = p_begin; p < p_end && rows_g > 0; p++) {
+        for (int64_t p = p_begin; p < p_end && r_end > r_begin; p++) {
             const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;
-            for (int64_t row0 = 0; row0 < rows_g; row0 += j->mc) {
-                int64_t rows = rows_g - row0 < j->mc ? rows_g - row0 : j->mc;
+            for (int64_t row0 = r_begin; row0 < r_end; row0 += j->mc) {
+                int64_t rows = r_end - row0 < j->mc ? r_end - row0 : j->mc;
                 panel_compute(j, rows, ap_g + row0 * j->kw, bpanel, s);
                 epilogue(j, g, row0, rows, p, s);
             }
@@ -576,8 +582,17 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     work->tiles = grow(work->tiles, &work->tiles_cap, j->tile_floats * (size_t)threads, sizeof(float), work->borrowed);
     j->ap = work->a_packed;
     j->tiles = work->tiles;
-    /* More chunks than threads balances a noisy machine; few enough that packed A is re-read little. */
-    j->n_chunks = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
+    /* More chunks than threads balances a noisy machine; few enough that packed A is re-read little.
+     * A single matrix with fewer panels than that (a router's 96 or 12 outputs, the constant experts'
+     * 4) also splits its rows, in parts of at least MIN_PART_TILES tiles: else its panels alone
+     * leave threads idle (one panel: one thread), which a many-core machine feels most. */
+    int64_t panel_parts = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
+    j->row_parts = 1;
+    if (j->n_groups == 1 && !j->n_multi && j->epi == EPI_STORE && panel_parts > 0 && panel_parts < 2 * threads) {
+        int64_t want = (2 * threads + panel_parts - 1) / panel_parts, most = n_tiles / MIN_PART_TILES;
+        j->row_parts = want < most ? want : most > 1 ? most : 1;
+    }
+    j->n_chunks = panel_parts * j->row_parts;
     cg_pool_parallel_for(pool, n_tiles, pack_a_task, j);
     cg_pool_parallel_for(pool, j->n_chunks, chunk_task, j);
 }

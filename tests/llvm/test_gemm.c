@@ -126,6 +126,29 @@ static void test_gemm_configs(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* A matrix of fewer panels than twice the threads splits its rows over chunks as well (gemm.c run):
+ * 1 to 3 panels, M from 5 tiles to 333 rows (parts of whole tiles, the last cut), row blocks (mc)
+ * smaller than a part, pools of 1, 2, 3 and 5 threads, padded and on edge kernels; each against f64. */
+static void test_gemm_row_parts(void **state) {
+    cg_isa isas[3];
+    int n_isa = tu_isas(isas), bad = 0, runs = 0;
+    for (int threads = 1; threads <= 5; threads += threads < 3 ? 1 : 2) {
+        CgPool *pool = cg_pool_new(threads);
+        for (int i = 0; i < n_isa; i++) {
+            CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isas[i]), DT_BF16);
+            const CgKernel *kern = tu_kernel(isas[i], &cfg);
+            int mr = kern->cfg.mr, nr = kern->cfg.nr;
+            const int64_t ms[] = {5 * mr, 37, 333}, ns[] = {1, 12, 2 * nr + 3}, ks[] = {40};
+            CgBlocking padded = {.kc = 0, .mc = 2 * mr}, edged = padded;
+            tu_edges(isas[i], kern, &edged);
+            bad += sweep(kern, &padded, &edged, pool, SIZES(ms), SIZES(ns), SIZES(ks), 4000u + (uint64_t)threads, &runs);
+        }
+        cg_pool_free(pool);
+    }
+    if (bad) fprintf(stderr, "row parts: %d mismatches over %d GEMMs\n", bad, runs);
+    assert_int_equal(bad, 0);
+}
+
 /* cg_gemm_multi: three matrices of one A (N of 49, 47 and 130: panels of each whole and cut, 7 chunks
  * over 2 threads crossing from one matrix to the next), M of 1, 7 and 100 (row blocks of 64), every B
  * dtype and ISA, padded and on edge kernels: each C_q as cg_gemm makes it alone (check_gemm checks
@@ -361,7 +384,8 @@ int main(void) {
         cmocka_unit_test(test_isa_detection), cmocka_unit_test(test_ir_text),
         cmocka_unit_test(test_gemm_avx512),   cmocka_unit_test(test_gemm_avx2),
         cmocka_unit_test(test_gemm_sse),      cmocka_unit_test(test_gemm_configs),
-        cmocka_unit_test(test_gemm_multi),    cmocka_unit_test(test_gemm_bf16_dot),
+        cmocka_unit_test(test_gemm_multi),    cmocka_unit_test(test_gemm_row_parts),
+        cmocka_unit_test(test_gemm_bf16_dot),
         cmocka_unit_test(test_gemm_amx),      cmocka_unit_test(test_pack_every_byte),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
