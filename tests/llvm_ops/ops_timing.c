@@ -1,6 +1,7 @@
 /* ops_timing.c — not a test: the cost of building each kernel (cg_ops_build + verify, O3, JIT code
  * generation) at the MoE++ 7B shapes, and single-threaded run times of attention (T = 512, 16 heads
- * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache;
+ * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache,
+ * OPS_TIMING_KVB and OPS_TIMING_TASK the key block and the rows a call;
  * decode steps at 511 and 4095, and a serving batch's at 511 over 64 MB of caches) and of the row
  * kernels at T = 512. Medians of repeated calls. */
 #include "tests/llvm_ops/ops_test_util.h"
@@ -35,12 +36,18 @@ int main(void)
     /* OPS_TIMING_AMX=1: attention's amx form (bf16 caches in k pairs, head_dim a multiple of 32) */
     bool amx = getenv("OPS_TIMING_AMX") && atoi(getenv("OPS_TIMING_AMX")) && oj_has_amx(j);
     if (amx) kv = DT_BF16;
+    /* OPS_TIMING_KVB=N: attention's key block (16..64; default the rule's); OPS_TIMING_TASK=R: the
+     * prefill a call of R rows at a time (the executor's tasks: multiples of 16; default all 512) */
+    int kvb = getenv("OPS_TIMING_KVB") ? atoi(getenv("OPS_TIMING_KVB")) : 0;
+    int64_t task = getenv("OPS_TIMING_TASK") ? atoll(getenv("OPS_TIMING_TASK")) : 0;
+    if (task <= 0 || task > T) task = T;
     CgOpDesc ds[] = {
         {.kind = CG_OP_EMBED, .wdtype = DT_BF16, .cols = D},
         {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ADD_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ROPE, .heads = H, .head_dim = hd, .theta = 10000.0},
-        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd, .amx = amx},
+        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd, .amx = amx,
+         .kv_block = kvb},
         {.kind = CG_OP_SWIGLU, .cols = 4096},
         {.kind = CG_OP_ADD, .cols = D},
         {.kind = CG_OP_SCALE, .cols = D, .s = 2.0},
@@ -78,7 +85,8 @@ int main(void)
     double ms[15];
     for (int k = 0; k < 15; k++) { /* the executor's order (cpu_attention_run): a head's rows in one call */
         double t0 = oj_now_ms();
-        for (int64_t h = 0; h < H; h++) att(h, T, cap, q, kt, vh, pos, out);
+        for (int64_t t = 0; t < T; t += task)
+            for (int64_t h = 0; h < H; h++) att(t * H + h, t + task <= T ? task : T - t, cap, q, kt, vh, pos, out);
         ms[k] = oj_now_ms() - t0;
     }
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
