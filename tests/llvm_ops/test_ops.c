@@ -258,7 +258,7 @@ static void test_attention(void **state)
     rng_seed(&r, 13);
     const int64_t hds[] = {2, 16, 40, 64, 158}; /* 158 = 2·79: one <158 x float> accumulator; 40: 5
                                                    * vectors of 8, accumulators on the stack in chunks of
-                                                   * 2 + 2 + 1 on AVX2 */
+                                                   * 2, 2 (a loop), then 1 on AVX2 */
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t t = 0; t < 3; t++) {

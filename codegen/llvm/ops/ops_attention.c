@@ -15,12 +15,13 @@
  * On the 16-register ISAs one row's accumulators above head_dim 32 fill the register file, so there
  * the accumulators of qb = 6 rows (AVX2; 4 on SSE) live on the stack instead, with the rows' max and
  * sum: per block the scores run one 16-key tile a pass over d (12 accumulators: 6 rows × 2 vectors)
- * and are stored; the softmax runs as a loop over the rows, each reading its scores back; each chunk
- * of head_dim (2 vectors a row) is loaded, runs the block's keys with every V load serving the 6
- * rows, and is stored back, a loop over the chunks. Those loops' indices keep LLVM from promoting the
- * stack arrays to registers (which it did when they were unrolled: it spilled them in an order of its
- * own, and interleaved the rows' softmax to hundreds of spills a block). The last rows % qb in tiles
- * of 4 and 2 rows, then one at a time in registers. One AVX2 core (Zen 2, ops_timing, T = 512, the
+ * and are stored, a loop over the tiles; the softmax runs as a loop over the rows, each reading its
+ * scores back; each chunk of head_dim (2 vectors a row) is loaded, runs the block's keys with every
+ * V load serving the 6 rows, and is stored back, a loop over the chunks. Those loops' indices keep
+ * LLVM from promoting the stack arrays to registers (which it did when they were unrolled: it spilled
+ * them in an order of its own, and interleaved the rows' softmax to hundreds of spills a block), and
+ * keep the kernel small. A call's last 2 to qb - 1 rows make one more tile ending at its last row
+ * (overlapping the one before), then a last row runs alone, in registers. One AVX2 core (Zen 2, ops_timing, T = 512, the
  * rule's key block 64): 12 heads of 64, bf16 caches 42 -> 56 GFLOP/s, f32 37 -> 53; 16 of 96, bf16
  * 40 -> 63, f32 40 -> 61; 8 of 128, bf16 38 -> 66 (of the core's ~100). No [T, T] buffer: the
  * block's scores and probabilities (qb·kb floats) and those accumulators (qb·head_dim) are the only
@@ -34,7 +35,7 @@
 #define KT CG_ATTENTION_KT_KEYS
 #define MAX_QB 6 /* query rows a tile */
 #define MAX_NT 4 /* 16-key tiles a block */
-#define MAX_CHUNK 8 /* accumulator vectors a row in one values pass from the stack (≤ 12 / 2 rows) */
+#define MAX_CHUNK 8 /* accumulator vectors a row in one values pass from the stack */
 /* Rows a tile and score tiles a pass over d with the accumulators on the stack. Measured at T = 512 on
  * one AVX2 core (Zen 3, tests/llvm_ops/ops_timing, GFLOP/s; registers, one row: 26–30 at 12 heads of
  * 64, 19–25 at 16 of 96): 2 rows × 2 tiles 38–43 and 34–36, 2 × 1 33–35 and 31–32, 4 × 1 43–45
@@ -72,41 +73,52 @@ typedef struct {
     double scale;
 } Att;
 
+/* One pass over d: the scores of tiles tile0 + u0 .. tile0 + u0 + nu - 1 of kv head g for qb rows,
+ * sc[i·nu + u] = Σ_d q_i[d] · kt_tile[d][:] (a tile: [hd][16] values). */
+static void score_pass(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVMValueRef tile0, LLVMValueRef u0,
+                       int nu, LLVMValueRef *sc)
+{
+    LLVMValueRef init[MAX_QB * MAX_NT], next[MAX_QB * MAX_NT], base[MAX_NT];
+    int n = qb * nu;
+    for (int k = 0; k < n; k++) init[k] = LLVMConstNull(LLVMVectorType(o->tf32, KT));
+    for (int u = 0; u < nu; u++) base[u] = mul(o, add(o, a->head_tiles, add(o, tile0, addc(o, u0, u))), a->hd * KT);
+    ObLoop D;
+    ob_loop_begin(o, &D, ob_i64(o, 0), ob_i64(o, a->hd), n, init);
+    LLVMValueRef kv[MAX_NT];
+    for (int u = 0; u < nu; u++) {
+        LLVMValueRef at = add(o, base[u], mul(o, D.i, KT));
+        kv[u] = ob_ldvw_n(o, a->kvdt, KT, a->kt, at);
+        if (a->pf && qb == 1) /* a later block's */
+            ob_prefetch(o, a->kvdt, a->kt, addc(o, at, a->pf * a->nt * a->hd * KT));
+    }
+    for (int i = 0; i < qb; i++) {
+        LLVMValueRef qd = ob_splat_n(o, ob_ldf(o, a->q, add(o, qi[i], D.i)), KT);
+        for (int u = 0; u < nu; u++) next[i * nu + u] = ob_fma(o, qd, kv[u], D.v[i * nu + u]);
+    }
+    ob_loop_end(o, &D, next);
+    for (int k = 0; k < n; k++) sc[k] = D.v[k];
+}
+
 /* Scores of tile-rows j0/16 .. j0/16 + nt - 1 for qb rows: s[i·nt + u] = Σ_d q_i[d] · kt_tile_u[d][:],
- * a->score_tiles tiles per pass over d (all nt but where qb rows' scores of nt tiles would not fit
- * the registers); s NULL: stored to ps[i·kb + 16u] instead (the stack form's rows, whose scores of a
- * block would not fit the registers between the passes and the softmax, which reads them back a row
- * at a time). */
+ * all nt tiles in one pass over d; s NULL (the stack form): a->score_tiles tiles a pass (a loop over
+ * the passes), stored to ps[i·kb + 16u] (the block's scores would not fit the registers between the
+ * passes and the softmax, which reads them back a row at a time). */
 static void block_scores(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVMValueRef tile0, LLVMValueRef *s)
 {
-    LLVMValueRef zero = LLVMConstNull(LLVMVectorType(o->tf32, KT)), init[MAX_QB * MAX_NT], next[MAX_QB * MAX_NT];
-    int ug = qb > 1 && a->score_tiles > 0 && a->score_tiles < a->nt ? a->score_tiles : a->nt;
-    for (int u0 = 0; u0 < a->nt; u0 += ug) {
-        int nu = a->nt - u0 < ug ? a->nt - u0 : ug, n = qb * nu;
-        for (int k = 0; k < n; k++) init[k] = zero;
-        LLVMValueRef base[MAX_NT];
-        for (int u = 0; u < nu; u++) /* tile tile0 + u0 + u of kv head g: [hd][16] values */
-            base[u] = mul(o, add(o, a->head_tiles, addc(o, tile0, u0 + u)), a->hd * KT);
-        ObLoop D;
-        ob_loop_begin(o, &D, ob_i64(o, 0), ob_i64(o, a->hd), n, init);
-        LLVMValueRef kv[MAX_NT];
-        for (int u = 0; u < nu; u++) {
-            LLVMValueRef at = add(o, base[u], mul(o, D.i, KT));
-            kv[u] = ob_ldvw_n(o, a->kvdt, KT, a->kt, at);
-            if (a->pf && qb == 1) /* a later block's */
-                ob_prefetch(o, a->kvdt, a->kt, addc(o, at, a->pf * a->nt * a->hd * KT));
-        }
-        for (int i = 0; i < qb; i++) {
-            LLVMValueRef qd = ob_splat_n(o, ob_ldf(o, a->q, add(o, qi[i], D.i)), KT);
-            for (int u = 0; u < nu; u++) next[i * nu + u] = ob_fma(o, qd, kv[u], D.v[i * nu + u]);
-        }
-        ob_loop_end(o, &D, next);
-        for (int i = 0; i < qb; i++)
-            for (int u = 0; u < nu; u++) {
-                if (s) s[i * a->nt + u0 + u] = D.v[i * nu + u];
-                else ob_stv(o, a->ps, ob_i64(o, ((int64_t)i * a->nt + u0 + u) * KT), D.v[i * nu + u]);
-            }
+    LLVMValueRef sc[MAX_QB * MAX_NT];
+    if (s) {
+        score_pass(o, a, qb, qi, tile0, ob_i64(o, 0), a->nt, sc);
+        for (int k = 0; k < qb * a->nt; k++) s[k] = sc[k];
+        return;
     }
+    int ug = a->score_tiles; /* divides nt (1) */
+    ObLoop G;
+    ob_loop_begin(o, &G, ob_i64(o, 0), ob_i64(o, a->nt / ug), 0, NULL);
+    LLVMValueRef u0 = mul(o, G.i, ug);
+    score_pass(o, a, qb, qi, tile0, u0, ug, sc);
+    for (int i = 0; i < qb; i++)
+        for (int u = 0; u < ug; u++) ob_stv(o, a->ps, mul(o, addc(o, u0, (int64_t)i * a->nt + u), KT), sc[i * ug + u]);
+    ob_loop_end(o, &G, NULL);
 }
 
 /* acc[i·nc + c] += Σ over the block's keys of p_i[j] · V[j0 + j][(c0 + c)·vwp ..]: the accumulator
@@ -129,6 +141,20 @@ static void values_pass(Ob *o, const Att *a, int qb, int64_t kb, LLVMValueRef j0
     }
     ob_loop_end(o, &J, nx);
     for (int k = 0; k < qb * nc; k++) acc[k] = J.v[k];
+}
+
+/* The stack form's values_pass over accumulator vectors c0 .. c0 + nc - 1, from and to accm. */
+static void values_chunk(Ob *o, const Att *a, int qb, int64_t kb, LLVMValueRef j0, LLVMValueRef keys, LLVMValueRef c0,
+                         int nc)
+{
+    LLVMValueRef acc[MAX_QB * MAX_CHUNK], at[MAX_QB];
+    for (int i = 0; i < qb; i++) {
+        at[i] = mul(o, addc(o, c0, i * a->nvp), a->vwp);
+        for (int c = 0; c < nc; c++) acc[i * nc + c] = ob_ldv_n(o, (int)a->vwp, a->accm, addc(o, at[i], c * a->vwp));
+    }
+    values_pass(o, a, qb, kb, j0, keys, c0, nc, acc);
+    for (int i = 0; i < qb; i++)
+        for (int c = 0; c < nc; c++) ob_stv(o, a->accm, addc(o, at[i], c * a->vwp), acc[i * nc + c]);
 }
 
 /* The online softmax of one row over a block of kb keys from j0: its scores s[0 .. nt - 1] (NULL: read
@@ -164,11 +190,14 @@ static LLVMValueRef row_softmax(Ob *o, const Att *a, int64_t kb, LLVMValueRef j0
     return corr;
 }
 
-/* Rows lo .. lo + qb·n_tiles - 1 of the head, qb at a time. The stack form (inmem) keeps each row's
- * max, sum and accumulators in memory (ml, accm) and runs the softmax and the values' chunks as
- * loops: their indices keep LLVM from promoting those to registers it does not have (it would spill
- * them, from an order of its own). The last rows, one at a time, keep theirs in registers. */
-static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_tiles, int qb)
+/* Rows lo .. lo + qb·n_tiles - 1 of the head, qb at a time; a tile starts last rows past lo at the
+ * most (when non-NULL): a call's last tile of qb rows may overlap the one before it, whose rows it
+ * computes again, to the same values. The stack form (inmem) keeps each row's max, sum and
+ * accumulators in memory (ml, accm) and runs the softmax and the values' chunks as loops: their
+ * indices keep LLVM from promoting those to registers it does not have (it would spill them, from an
+ * order of its own). The last rows, one at a time, keep theirs in registers. */
+static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_tiles, int qb,
+                        LLVMValueRef last)
 {
     int64_t kb = (int64_t)a->nt * KT;
     bool inmem = a->chunk > 0 && qb > 1;
@@ -176,7 +205,8 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     LLVMTypeRef tacc = LLVMVectorType(o->tf32, (unsigned)a->vwp);
     ObLoop R;
     ob_loop_begin(o, &R, ob_i64(o, 0), n_tiles, 0, NULL);
-    LLVMValueRef t0 = add(o, lo, mul(o, R.i, qb)), n[MAX_QB], qi[MAX_QB], nmax = NULL;
+    LLVMValueRef r0 = mul(o, R.i, qb), t0 = add(o, lo, last ? ob_min64(o, r0, last) : r0), n[MAX_QB], qi[MAX_QB];
+    LLVMValueRef nmax = NULL;
     for (int i = 0; i < qb; i++) {
         LLVMValueRef t = addc(o, t0, i);
         n[i] = addc(o, ob_ldi32(o, a->pos, t), 1); /* keys 0 .. pos[t] */
@@ -220,19 +250,13 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     LLVMValueRef keys = ob_min64(o, ob_i64(o, kb), LLVMBuildNSWSub(o->b, nmax, j0, ""));
     if (!inmem) {
         values_pass(o, a, qb, kb, j0, keys, ob_i64(o, 0), (int)a->nvp, next + 2 * qb);
-    } else { /* head_dim a chunk at a time, from and to accm */
+    } else { /* head_dim a chunk at a time, from and to accm (a loop), then what is left of it */
         ObLoop C;
         ob_loop_begin(o, &C, ob_i64(o, 0), ob_i64(o, a->nvp / a->chunk), 0, NULL);
-        LLVMValueRef c0 = mul(o, C.i, a->chunk), acc[MAX_QB * MAX_CHUNK], at[MAX_QB];
-        for (int i = 0; i < qb; i++) {
-            at[i] = mul(o, addc(o, c0, i * a->nvp), a->vwp);
-            for (int c = 0; c < a->chunk; c++)
-                acc[i * a->chunk + c] = ob_ldv_n(o, (int)a->vwp, a->accm, addc(o, at[i], c * a->vwp));
-        }
-        values_pass(o, a, qb, kb, j0, keys, c0, a->chunk, acc);
-        for (int i = 0; i < qb; i++)
-            for (int c = 0; c < a->chunk; c++) ob_stv(o, a->accm, addc(o, at[i], c * a->vwp), acc[i * a->chunk + c]);
+        values_chunk(o, a, qb, kb, j0, keys, mul(o, C.i, a->chunk), a->chunk);
         ob_loop_end(o, &C, NULL);
+        if (a->nvp % a->chunk)
+            values_chunk(o, a, qb, kb, j0, keys, ob_i64(o, a->nvp - a->nvp % a->chunk), (int)(a->nvp % a->chunk));
     }
     ob_loop_end(o, &B, next);
 
@@ -272,6 +296,7 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     if (stack) {
         qb = stack_qb;
         a.score_tiles = STACK_SCORE_TILES;
+        while (a.nt % a.score_tiles) a.score_tiles--; /* whole passes of the key block's tiles */
         a.accm = ob_alloca(o, o->tf32, MAX_QB * hd);
         a.ml = ob_alloca(o, o->tf32, 2 * MAX_QB);
     }
@@ -283,15 +308,20 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     LLVMValueRef cap = ob_arg(o, 2);
     a.head_rows = LLVMBuildNSWMul(o->b, a.g, cap, "head_rows");
     a.head_tiles = LLVMBuildNSWMul(o->b, a.g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");
-    /* tiles of qb rows, then the rest in tiles of 4 and 2 (a stack tile of 6: the executor's tasks of
-     * 16 rows are 6 + 6 + 4) and one row at a time (in registers) */
-    LLVMValueRef done = ob_i64(o, 0);
-    for (int n = qb; n >= 1; n = n > 4 ? 4 : n / 2) {
-        if (n > 1 && n < qb && !stack) continue;
-        a.chunk = stack && n > 1 ? stack_acc / n : 0;
-        while (a.chunk > 1 && a.nvp % a.chunk) a.chunk--; /* whole chunks of the row's vectors */
-        LLVMValueRef tiles = LLVMBuildSDiv(o->b, LLVMBuildNSWSub(o->b, rows, done, ""), ob_i64(o, n), "tiles");
-        attend_rows(o, &a, add(o, t0, done), tiles, n);
-        done = add(o, done, mul(o, tiles, n));
+    /* tiles of qb rows; in the stack form 2 to qb - 1 rows left over (of at least qb) make one more,
+     * which ends at the last row (the executor's tasks of 16 rows: 0-5, 6-11, 10-15; a kernel for each
+     * tile size took LLVM's O3 as long again); then one row at a time (in registers) */
+    LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, qb), "tiles"), done = mul(o, tiles, qb), last = NULL;
+    if (stack) {
+        LLVMValueRef rest = LLVMBuildNSWSub(o->b, rows, done, "");
+        LLVMValueRef more = LLVMBuildAnd(o->b, LLVMBuildICmp(o->b, LLVMIntSGE, rest, ob_i64(o, 2), ""),
+                                         LLVMBuildICmp(o->b, LLVMIntSGE, rows, ob_i64(o, qb), ""), "");
+        tiles = add(o, tiles, LLVMBuildZExt(o->b, more, o->ti64, ""));
+        done = LLVMBuildSelect(o->b, more, rows, done, "");
+        last = LLVMBuildNSWSub(o->b, rows, ob_i64(o, qb), "");
     }
+    a.chunk = stack ? stack_acc / qb : 0;
+    attend_rows(o, &a, t0, tiles, qb, last);
+    a.chunk = 0;
+    if (qb > 1) attend_rows(o, &a, add(o, t0, done), LLVMBuildNSWSub(o->b, rows, done, ""), 1, NULL);
 }

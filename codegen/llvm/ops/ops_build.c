@@ -113,10 +113,11 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
     LLVMTypeRef ft = LLVMTypeOf(x);
     int lanes = lanes_of(ft);
     LLVMTypeRef it = lanes ? LLVMVectorType(o->ti32, (unsigned)lanes) : o->ti32;
-    LLVMValueRef lo = like(o, x, -87.3), hi = like(o, x, 88.7), args[2] = {x, lo};
-    x = ob_intr(o, "llvm.maxnum", ft, args, 2);
-    args[0] = x, args[1] = hi;
-    x = ob_intr(o, "llvm.minnum", ft, args, 2);
+    /* clamped by compare and select, one vmaxps and one vminps on x86 (llvm.maxnum and minnum add a
+     * NaN test and a blend to each): NaN becomes lo either way, as fmaxf takes it in exp_poly */
+    LLVMValueRef lo = like(o, x, -87.3), hi = like(o, x, 88.7);
+    x = ob_fmax(o, x, lo);
+    x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, hi, ""), x, hi, "");
     LLVMValueRef t = ob_fma(o, x, like(o, x, 1.44269504088896341), like(o, x, 0.5));
     LLVMValueRef n = ob_intr(o, "llvm.floor", ft, &t, 1);
     x = ob_fma(o, n, like(o, x, -0.693359375), x);
