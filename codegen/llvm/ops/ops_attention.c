@@ -21,9 +21,10 @@
  * LLVM from promoting the stack arrays to registers (which it did when they were unrolled: it spilled
  * them in an order of its own, and interleaved the rows' softmax to hundreds of spills a block), and
  * keep the kernel small. A call's last 2 to qb - 1 rows make one more tile ending at its last row
- * (overlapping the one before), then a last row runs alone, in registers. One AVX2 core (Zen 2, ops_timing, T = 512, the
- * rule's key block 64): 12 heads of 64, bf16 caches 42 -> 56 GFLOP/s, f32 37 -> 53; 16 of 96, bf16
- * 40 -> 63, f32 40 -> 61; 8 of 128, bf16 38 -> 66 (of the core's ~100). No [T, T] buffer: the
+ * (overlapping the one before), then a last row runs alone, in registers. A causal block's score
+ * tiles past every row's keys are skipped. One AVX2 core (Zen 2, ops_timing, T = 512, the rule's key
+ * block 64): 12 heads of 64, bf16 caches 42 -> 56 GFLOP/s, f32 37 -> 53; 16 of 96, bf16 40 -> 63,
+ * f32 40 -> 61; 8 of 128, bf16 38 -> 66 (of the core's ~107). No [T, T] buffer: the
  * block's scores and probabilities (qb·kb floats) and those accumulators (qb·head_dim) are the only
  * scratch, on the stack. The cache holds f32, or a 16-bit model's keys and values as
  * bf16/f16 (kv_dtype), widened as they are loaded: half the bytes every decode step reads; a single
@@ -101,9 +102,11 @@ static void score_pass(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVM
 
 /* Scores of tile-rows j0/16 .. j0/16 + nt - 1 for qb rows: s[i·nt + u] = Σ_d q_i[d] · kt_tile_u[d][:],
  * all nt tiles in one pass over d; s NULL (the stack form): a->score_tiles tiles a pass (a loop over
- * the passes), stored to ps[i·kb + 16u] (the block's scores would not fit the registers between the
- * passes and the softmax, which reads them back a row at a time). */
-static void block_scores(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVMValueRef tile0, LLVMValueRef *s)
+ * the passes, up to the tile of key keys - 1: a causal block's tiles past every row's keys are left
+ * as they were, which the softmax masks), stored to ps[i·kb + 16u] (the block's scores would not fit
+ * the registers between the passes and the softmax, which reads them back a row at a time). */
+static void block_scores(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LLVMValueRef tile0, LLVMValueRef keys,
+                         LLVMValueRef *s)
 {
     LLVMValueRef sc[MAX_QB * MAX_NT];
     if (s) {
@@ -113,7 +116,8 @@ static void block_scores(Ob *o, const Att *a, int qb, const LLVMValueRef *qi, LL
     }
     int ug = a->score_tiles; /* divides nt (1) */
     ObLoop G;
-    ob_loop_begin(o, &G, ob_i64(o, 0), ob_i64(o, a->nt / ug), 0, NULL);
+    LLVMValueRef passes = LLVMBuildSDiv(o->b, addc(o, keys, KT * ug - 1), ob_i64(o, KT * ug), "");
+    ob_loop_begin(o, &G, ob_i64(o, 0), ob_min64(o, ob_i64(o, a->nt / ug), passes), 0, NULL);
     LLVMValueRef u0 = mul(o, G.i, ug);
     score_pass(o, a, qb, qi, tile0, u0, ug, sc);
     for (int i = 0; i < qb; i++)
@@ -223,7 +227,9 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     ObLoop B;
     ob_loop_begin(o, &B, ob_i64(o, 0), LLVMBuildSDiv(o->b, addc(o, nmax, kb - 1), ob_i64(o, kb), ""), ncar, init);
     LLVMValueRef j0 = mul(o, B.i, kb), s[MAX_QB * MAX_NT], next[OB_MAX_CARRY];
-    block_scores(o, a, qb, qi, mul(o, B.i, a->nt), inmem ? NULL : s);
+    /* keys j0 .. min(j0 + kb, nmax) - 1 are some row's; rows past their own n add 0 */
+    LLVMValueRef keys = ob_min64(o, ob_i64(o, kb), LLVMBuildNSWSub(o->b, nmax, j0, ""));
+    block_scores(o, a, qb, qi, mul(o, B.i, a->nt), keys, inmem ? NULL : s);
     if (!inmem) {
         for (int i = 0; i < qb; i++) {
             next[i] = B.v[i], next[qb + i] = B.v[qb + i];
@@ -246,8 +252,6 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
         ob_loop_end(o, &I, NULL);
     }
 
-    /* values: keys j0 .. min(j0 + kb, nmax) - 1; rows past their own n add 0 */
-    LLVMValueRef keys = ob_min64(o, ob_i64(o, kb), LLVMBuildNSWSub(o->b, nmax, j0, ""));
     if (!inmem) {
         values_pass(o, a, qb, kb, j0, keys, ob_i64(o, 0), (int)a->nvp, next + 2 * qb);
     } else { /* head_dim a chunk at a time, from and to accm (a loop), then what is left of it */
