@@ -313,17 +313,28 @@ static LLVMValueRef amx_config(KB *k, int na, int nb, int rows) {
     return LLVMBuildBitCast(k->b, g, LLVMPointerType(i8, 0), "");
 }
 
-/* The FMA kernels' prefetch of 16-bit weights: each iteration of the main loop touches the lines of
- * B its U k steps will read B_PREFETCH bytes later, into L2 (running on into the next panel, which
- * the drivers read next). A 6-row tile widening bf16 weights asks one core for 18 GB/s, more than
- * it reads from memory unaided. Measured on a Zen 2 (AVX2; bench_gemm, the 7B layer's grouped
- * GEMMs, 2 threads, two rounds interleaved): bf16 T = 1 3.90 -> 2.91-3.03 ms, T = 64 44.5-45.3 ->
- * 37.2-38.2, T = 512 224-227 -> 213-216 (SSE T = 64 133 -> 125-127); 2 and 4 KB ahead, L1 or L2,
- * alike; 1 KB less. Not for f32 weights: bench_gemm gained (T = 64 67.5-69.5 -> 63.2-64.2) but the
- * 7B f32 layer did not (moeppc bench, two rounds: T = 1 2.48-2.62 -> 2.88-2.97 ms, a range this VM
- * also gives the old code; it streams near the read ceiling already; T = 64 and 512 alike). Left
- * off AVX-512 (not measured there) and the bf16 dot product's and AMX's own loops. */
+/* The FMA kernels' prefetch of weights: each iteration of the main loop touches the lines of B its
+ * U k steps will read B_PREFETCH bytes later, into L2 (running on into the next panel, which the
+ * drivers read next). A 6-row tile widening bf16 weights asks one core for 18 GB/s, more than it
+ * reads from memory unaided. Measured on a Zen 2 (AVX2; bench_gemm, the 7B layer's grouped GEMMs, 2
+ * threads, two rounds interleaved): bf16 T = 1 3.90 -> 2.91-3.03 ms, T = 64 44.5-45.3 -> 37.2-38.2,
+ * T = 512 224-227 -> 213-216 (SSE T = 64 133 -> 125-127); 2 and 4 KB ahead, L1 or L2, alike; 1 KB
+ * less. Not for f32 weights there: bench_gemm gained (T = 64 67.5-69.5 -> 63.2-64.2) but the 7B f32
+ * layer did not (moeppc bench, two rounds: T = 1 2.48-2.62 -> 2.88-2.97 ms, a range this VM also
+ * gives the old code; it streams near the read ceiling already; T = 64 and 512 alike).
+ * On AVX-512 for f32 weights too: an Intel Xeon with AVX-512 (LLVM's icelake-client, no AMX;
+ * bench_gemm, 2 threads, four rounds interleaved, ms): bf16 T = 64 45-54 -> 33-41, T = 512 193-224
+ * -> 170-205; f32 T = 64 66-82 -> 53-67, T = 512 192-223 -> 160-227 (3 of 4 rounds faster); one
+ * thread T = 512, three rounds: bf16 363-408 -> 340-347, f32 360-412 -> 320-342; 2 KB ahead
+ * slower, 8 KB alike. Left off the bf16 dot product's loop (its CPUs, Zen 4, not measured) and
+ * AMX's (its own, per k block). */
 enum { B_PREFETCH = 4096 };
+
+/* Does cfg's main loop prefetch B (prefetch_b_ahead)? */
+static bool prefetches_b(const CgTarget *t, const CgKernelConfig *cfg) {
+    if (cfg->a_bf16) return false;
+    return t->isa == CG_ISA_AVX512 || cfg->b_dtype != DT_F32;
+}
 
 static void prefetch_b_ahead(KB *k, LLVMValueRef kk, int U) {
     long long step = (long long)k->NR * (long long)dtype_size(k->cfg->b_dtype); /* bytes of B a k step */
@@ -442,11 +453,11 @@ LLVMModuleRef cg_build_kernel_module(LLVMContextRef ctx, const CgTarget *t, cons
     LLVMValueRef kc_main = LLVMBuildSub(b, k.kc, LLVMBuildSRem(b, k.kc, ci64(&k, U), ""), "kc_main");
     LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSGT, kc_main, ci64(&k, 0), ""), main_bb, mid);
 
-    /* main: U k steps per iteration (and, for 16-bit weights on the 16-register ISAs, B's prefetch). */
+    /* main: U k steps per iteration (and B's prefetch: see prefetches_b). */
     LLVMPositionBuilderAtEnd(b, main_bb);
     LLVMValueRef k_main = make_phis(&k, p_main);
     for (int u = 0; u < U; u++) emit_k_step(&k, LLVMBuildAdd(b, k_main, ci64(&k, u), ""));
-    if (t->isa <= CG_ISA_AVX2 && cfg->b_dtype != DT_F32) prefetch_b_ahead(&k, k_main, U);
+    if (prefetches_b(t, cfg)) prefetch_b_ahead(&k, k_main, U);
     LLVMValueRef k_next = LLVMBuildAdd(b, k_main, ci64(&k, U), "");
     for (int a = 0; a < n_acc; a++) out[a] = k.acc[a];
     add_incoming(&k, k_main, ci64(&k, 0), p_main, zero, entry);

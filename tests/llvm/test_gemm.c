@@ -311,7 +311,7 @@ static void test_isa_detection(void **state) {
 }
 
 /* The optimised IR keeps full-width vectors, uses llvm.fma where there is FMA, calls nothing else but
- * llvm.prefetch (16-bit weights on SSE and AVX2: test_object's test_b_prefetch). */
+ * llvm.prefetch (test_object's test_b_prefetch). */
 static void test_ir_text(void **state) {
     cg_isa isas[3];
     int n = tu_isas(isas);

@@ -78,9 +78,10 @@ static CgKernelConfig tile(moe_dtype dt, int mr, int nr, int unroll, bool dot) {
     return (CgKernelConfig){.b_dtype = dt, .mr = mr, .nr = nr, .k_unroll = unroll, .a_bf16 = dot};
 }
 
-/* kernel_ir.c's B prefetch: on SSE and AVX2 each main-loop iteration over 16-bit weights touches
- * every 64-byte line its U k steps of B span (NR x 2 bytes a step); f32 weights' loops, AVX-512's,
- * the dot product's and AMX's do not (AMX prefetches per k block, in its own loop). */
+/* kernel_ir.c's B prefetch: each main-loop iteration over 16-bit weights (on AVX-512 over f32 too)
+ * touches every 64-byte line its U k steps of B span (NR x 2 or 4 bytes a step; a k pair's twice);
+ * f32 weights' loops on SSE and AVX2 and the dot product's do not (AMX prefetches per k block, in
+ * its own loop). */
 static void test_b_prefetch(void **state) {
     assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_BF16, 6, 16, 4, false)), 2);  /* 4 x 32 bytes */
     assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_F16, 1, 32, 8, false)), 8);   /* 8 x 64 */
@@ -89,7 +90,12 @@ static void test_b_prefetch(void **state) {
     assert_int_equal(prefetches(CG_ISA_SSE, tile(DT_F16, 4, 8, 3, false)), 1);     /* 3 x 16 */
     assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_F32, 6, 16, 4, false)), 0);
     assert_int_equal(prefetches(CG_ISA_SSE, tile(DT_F32, 4, 8, 4, false)), 0);
-    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, false)), 0);
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, false)), 6);  /* 4 x 96 */
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_F32, 8, 48, 4, false)), 12);  /* 4 x 192 */
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_F32, 2, 16, 1, false)), 1);   /* 64 */
+    CgKernelConfig kp = tile(DT_BF16, 4, 32, 4, false);                              /* AMX's edges */
+    kp.kpair_b = true;
+    assert_int_equal(prefetches(CG_ISA_AVX512, kp), 8);                              /* 4 pairs x 128 */
     assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 0);
 }
 
