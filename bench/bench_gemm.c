@@ -1,15 +1,16 @@
 /* bench_gemm — the grouped GEMMs of one MoE++ 7B layer (D = 1536, I = 4096, 16 experts, top-2,
  * uniform random routing): SwiGLU up-projection + gate-weighted scatter-add down-projection, for
- * T = 1, 64, 512 on 1 and 2 threads, f32 and bf16 weights (and, on AVX512-BF16 hosts, bf16 on the
- * bf16 dot-product kernels; on AMX hosts, bf16 on 32 x 32 AMX tiles) interleaved round by round. Prints the
- * median (min-max) time, GFLOP/s and the fraction of the f32 FMA peak measured in the same run.
+ * T = 1, 64, 512 on 1 and 2 threads, f32 and bf16 weights (and, on AVX-512 hosts, bf16 in k pairs; on
+ * AVX512-BF16 hosts, bf16 on the bf16 dot-product kernels; on AMX hosts, bf16 on 32 x 32 AMX tiles)
+ * interleaved round by round. Prints the median (min-max) time, GFLOP/s and the fraction of the f32
+ * FMA peak measured in the same run.
  * Usage: bench_gemm [max_threads [T]]   (MOEPPC_KC=n tries K blocking; MOEPPC_ISA caps the ISA) */
 #include "bench/probe.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-enum { D = 1536, I = 4096, E = 16, TOPK = 2, MAX_REPS = 64 };
+enum { D = 1536, I = 4096, E = 16, TOPK = 2, MAX_REPS = 64, N_KINDS = 5 };
 
 typedef struct Weights {
     moe_dtype dt;
@@ -31,9 +32,9 @@ static void make_weights(Weights *w, moe_dtype dt, const CgKernel *kern) {
     void *buf = xmalloc(n_up * dtype_size(dt));
     for (int e = 0; e < E; e++) {
         for (size_t i = 0; i < n_up; i++) dtype_store(dt, buf, i, fast_rand());
-        cg_pack_b_swiglu(&w->up[e], buf, dt, 2 * I, D, kern->cfg.nr, kern->cfg.a_bf16);
+        cg_pack_b_swiglu(&w->up[e], buf, dt, 2 * I, D, kern->cfg.nr, cg_kernel_kpair(&kern->cfg));
         for (size_t i = 0; i < n_down; i++) dtype_store(dt, buf, i, fast_rand());
-        cg_pack_b(&w->down[e], buf, dt, D, I, kern->cfg.nr, kern->cfg.a_bf16);
+        cg_pack_b(&w->down[e], buf, dt, D, I, kern->cfg.nr, cg_kernel_kpair(&kern->cfg));
     }
     free(buf);
 }
@@ -97,7 +98,7 @@ static void bench_case(Weights *ws, int n_w, int t, CgPool *pool, double peak, m
     Batch b;
     make_batch(&b, t, r);
     int reps = t >= 512 ? 7 : t >= 64 ? 21 : MAX_REPS;
-    double times[4][MAX_REPS];
+    double times[N_KINDS][MAX_REPS];
     CgWork work = {0};
     for (int i = 0; i < n_w; i++) run_layer(&ws[i], &b, pool, &work), run_layer(&ws[i], &b, pool, &work);
     for (int rep = 0; rep < reps; rep++)
@@ -108,7 +109,11 @@ static void bench_case(Weights *ws, int n_w, int t, CgPool *pool, double peak, m
         double med = times[i][reps / 2];
         printf("T=%-4d threads=%d %-7s %8.3f ms (min %8.3f, max %8.3f)  %6.1f GFLOP/s  %5.1f %% of f32 peak  %7.0f tok/s\n",
                t, cg_pool_threads(pool),
-               ws[i].kern->cfg.amx ? "bf16amx" : ws[i].kern->cfg.a_bf16 ? "bf16dot" : dtype_name(ws[i].dt), med * 1e3,
+               ws[i].kern->cfg.amx      ? "bf16amx"
+               : ws[i].kern->cfg.a_bf16 ? "bf16dot"
+               : ws[i].kern->cfg.kpair_b ? "bf16kp"
+                                        : dtype_name(ws[i].dt),
+               med * 1e3,
                times[i][0] * 1e3, times[i][reps - 1] * 1e3,
                flops / med * 1e-9, 100.0 * flops / med * 1e-9 / peak, t / med);
     }
@@ -124,14 +129,17 @@ int main(int argc, char **argv) {
     const CgTarget *tg = cg_jit_target(jit);
     printf("target: cpu %s, isa %s (probe %s), MOEPPC_KC=%s\n", tg->cpu, cg_isa_name(tg->isa), probe_isa(),
            getenv("MOEPPC_KC") ? getenv("MOEPPC_KC") : "0 (whole K)");
-    static Weights ws[4];
-    moe_dtype dts[4] = {DT_F32, DT_BF16, DT_BF16, DT_BF16};
-    bool kind_on[4] = {true, true, tg->has_bf16_dot, tg->has_amx};
+    /* f32; bf16 widened to f32 as loaded; on AVX-512 the same in k pairs (cg_kernel_form, what the
+     * executor runs there); the bf16 dot product; AMX */
+    static Weights ws[N_KINDS];
+    moe_dtype dts[N_KINDS] = {DT_F32, DT_BF16, DT_BF16, DT_BF16, DT_BF16};
+    bool kind_on[N_KINDS] = {true, true, tg->isa == CG_ISA_AVX512, tg->has_bf16_dot, tg->has_amx};
     int n_w = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_KINDS; i++) {
         if (!kind_on[i]) continue;
-        CgKernelConfig cfg = i == 3 ? cg_kernel_config_amx(32, 32) : cg_kernel_config_default(jit, dts[i]);
-        cfg.a_bf16 = i >= 2;
+        CgKernelConfig cfg = i == 4 ? cg_kernel_config_amx(32, 32) : cg_kernel_config_default(jit, dts[i]);
+        cfg.a_bf16 = i >= 3;
+        cfg.kpair_b = i == 2;
         const CgKernel *k = cg_jit_kernel(jit, &cfg, NULL, err, sizeof err);
         if (!k) return fprintf(stderr, "bench_gemm: %s\n", err), 1;
         printf("kernel %s: compiled in %.1f ms\n", k->symbol, k->compile_ms);

@@ -254,18 +254,18 @@ static void packed_free(Packed *pk, int64_t groups)
     pk->b = NULL;
 }
 
-static void pack_for(Packed *pk, const Problem *p, int nr)
+static void pack_for(Packed *pk, const Problem *p, int nr, bool kpair)
 {
     const Shape *sh = p->sh;
-    if (pk->b && pk->nr == nr) return;
+    if (pk->b && pk->nr == nr && pk->b[0].kpair == kpair) return;
     packed_free(pk, sh->groups);
     pk->b = xcalloc((size_t)sh->groups, sizeof *pk->b);
     pk->nr = nr;
     size_t gbytes = (size_t)(sh->n * sh->k) * dtype_size(sh->dt);
     for (int64_t g = 0; g < sh->groups; g++) {
         const char *w = (const char *)p->w + (size_t)g * gbytes;
-        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, sh->act);
-        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, sh->act);
+        if (strcmp(sh->op, "grouped_up") == 0) cg_pack_b_swiglu(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, kpair);
+        else cg_pack_b(&pk->b[g], w, sh->dt, sh->n, sh->k, nr, kpair);
     }
 }
 
@@ -321,12 +321,13 @@ static bool prepare(Tuner *t, Problem *p, Packed *pk, const TuneConfig *c, Runna
     CgKernelConfig cfg = sh->amx ? cg_kernel_config_amx(c->tile_m, c->tile_n)
                                  : cg_kernel_config_tile(t->jit, sh->dt, c->tile_m, c->tile_n, c->unroll);
     cfg.a_bf16 = sh->act;
+    cfg = cg_kernel_form(cg_jit_target(t->jit), cfg); /* as the executor runs it */
     if (sh->amx && (cfg.mr != c->tile_m || cfg.nr != c->tile_n)) return false;
     rn->k = cg_jit_kernel(t->jit, &cfg, NULL, err, sizeof err);
     if (!rn->k) return false;
     rn->blk = cg_blocking_make(rn->k, c->kc, c->mc, sh->k);
     if (!cg_jit_edges(t->jit, rn->k, &rn->blk, err, sizeof err)) return false; /* as the executor runs it */
-    pack_for(pk, p, cfg.nr);
+    pack_for(pk, p, cfg.nr, cg_kernel_kpair(&cfg));
     return true;
 }
 

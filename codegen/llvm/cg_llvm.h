@@ -97,6 +97,13 @@ bool cg_amx_grant(void);
  * accumulators within the register file), else the default; mr, nr = 0: the default. k_unroll in
  * 1..16 is kept, else (0) the default's. */
 CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr, int nr, int k_unroll);
+/* The form target t runs cfg in: on AVX-512, bf16 weights times f32 A (neither a_bf16 nor amx) take the
+ * k-pair form (kpair_b), whose widening is one op a vector where the plain form's is two (a zero
+ * extension and a shift), and those ops share Intel's two FMA ports (8x48 in cache, one Intel core:
+ * 131-137 -> 151-155 GFLOP/s; the same products in the same order, so the same results); else cfg. */
+CgKernelConfig cg_kernel_form(const CgTarget *t, CgKernelConfig cfg);
+/* Are cfg's weights packed in k pairs (cg_pack_b's kpair): the dot product's, AMX's and kpair_b's? */
+bool cg_kernel_kpair(const CgKernelConfig *cfg);
 
 /* The generated micro-kernel (symbol cg_kernel_symbol):
  *   for i < MR, j < NR:  c[i*ldc + j] = (beta ? c[i*ldc + j] : 0) + sum_{k < kc} ap[k*MR + i] * B(k, j)

@@ -94,8 +94,7 @@ static int64_t call_words(const CgKernel *kern, const CgBlocking *blk, int64_t K
     return kw;
 }
 
-/* Weights in k pairs (CgPackedB.kpair) for this kernel? */
-static bool kpair_layout(const CgKernelConfig *cfg) { return cfg->a_bf16 || cfg->kpair_b; }
+bool cg_kernel_kpair(const CgKernelConfig *cfg) { return cfg->a_bf16 || cfg->kpair_b; }
 
 bool cg_amx_grant(void) {
 #if defined(__linux__) && defined(__x86_64__)
@@ -540,7 +539,7 @@ static void check_weights(const Job *j, bool swiglu) {
     for (int64_t g = 0; g < j->n_groups; g++) {
         const CgPackedB *b = &j->b[g];
         MOE_ASSERT(b->dtype == cfg->b_dtype && b->nr == cfg->nr && b->k == j->K && b->swiglu == swiglu &&
-                   b->kpair == kpair_layout(cfg));
+                   b->kpair == cg_kernel_kpair(cfg));
         MOE_ASSERT(b->n == j->b[0].n);
     }
 }
@@ -552,7 +551,7 @@ static void check_edges(const CgKernel *kern, const CgKernel *const *edge) {
     for (int e = 0; e < CG_GEMM_EDGES && edge[e]; e++) {
         const CgKernelConfig *c = &edge[e]->cfg;
         MOE_ASSERT(c->mr < last && c->nr == kern->cfg.nr && c->b_dtype == kern->cfg.b_dtype &&
-                   kpair_layout(c) == kpair_layout(&kern->cfg) && (!c->amx || kern->cfg.amx));
+                   cg_kernel_kpair(c) == cg_kernel_kpair(&kern->cfg) && (!c->amx || kern->cfg.amx));
         last = c->mr;
     }
 }
@@ -563,7 +562,7 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     MOE_ASSERT(mr <= MAX_MR);
     cover_plan(j, blk->edge);
     /* a k pair never straddles two K blocks, nor an AMX k block */
-    j->kc = j->kern->cfg.amx ? round_up(blk->kc, 32) : blk->kc + (kpair_layout(&j->kern->cfg) && blk->kc % 2);
+    j->kc = j->kern->cfg.amx ? round_up(blk->kc, 32) : blk->kc + (cg_kernel_kpair(&j->kern->cfg) && blk->kc % 2);
     j->kw = call_words(j->kern, blk, j->K);
     if (j->kern->cfg.amx && !cg_amx_grant()) {
         fprintf(stderr, "moeppc: Linux refused this process the AMX tiles its kernels were built for\n");

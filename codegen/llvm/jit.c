@@ -132,6 +132,11 @@ CgKernelConfig cg_kernel_config_tile(const CgJit *jit, moe_dtype b_dtype, int mr
     return d;
 }
 
+CgKernelConfig cg_kernel_form(const CgTarget *t, CgKernelConfig cfg) {
+    if (t->isa == CG_ISA_AVX512 && cfg.b_dtype == DT_BF16 && !cfg.a_bf16 && !cfg.amx) cfg.kpair_b = true;
+    return cfg;
+}
+
 static bool amx_tile_ok(int mr, int nr) { return ((mr >= 1 && mr <= 16) || mr == 32) && (nr == 16 || nr == 32); }
 
 CgKernelConfig cg_kernel_config_amx(int mr, int nr) {

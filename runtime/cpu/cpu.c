@@ -330,7 +330,7 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
         MOE_ASSERT(i->in[idx[e]]->type.dtype == dt);
         src[e] = pack_src(cm, i->in[idx[e]], st->ch[0].k->cfg.nr);
     }
-    pack_sources(cm, st, dt, src, n, st->ch[0].k->cfg.a_bf16, swiglu);
+    pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), swiglu);
     free(src);
     return true;
 }
@@ -405,7 +405,7 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
         }
         src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr};
     }
-    pack_sources(cm, st, dt, src, n, false, false);
+    pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), false); /* (the narrow kernel's alike) */
     free(wc);
     return true;
 }

@@ -7,14 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The kernel jit makes for what an op asks: its tile if the ISA (or AMX) holds it, else the default. */
+/* The kernel jit makes for what an op asks: its tile if the ISA (or AMX) holds it, else the default,
+ * in the form the ISA runs it (cg_kernel_form: on AVX-512 bf16 weights in k pairs). */
 static CgKernelConfig cpu_gemm_config(CgJit *jit, const CgKernelConfig *want)
 {
     if (want->amx) return cg_kernel_config_amx(want->mr, want->nr);
     CgKernelConfig cfg = cg_kernel_config_tile(jit, want->b_dtype, want->mr, want->nr, want->k_unroll);
     cfg.a_bf16 = want->a_bf16;
     cfg.kpair_b = want->kpair_b; /* an AMX kernel's few-row edges */
-    return cfg;
+    return cg_kernel_form(cg_jit_target(jit), cfg);
 }
 
 typedef struct {

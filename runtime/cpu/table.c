@@ -13,7 +13,9 @@ typedef struct {
 
 /* The GEMM kernel for dt with the mr × nr tile and k unroll (moeppc build compiled exactly the
  * configurations the ops ask for, so one missing from the table only happens for mr, nr = 0 or an
- * unroll of 0 (the default's): then the kernel of that tile, else the first kernel of dt). */
+ * unroll of 0 (the default's): then the kernel of that tile, else the first kernel of dt). A kernel
+ * in k pairs serves an op that did not ask for them (cg_kernel_form: an AVX-512 build's bf16 FMA
+ * kernels all are); the executor packs the weights as the kernel it gets says. */
 static const CgKernel *table_gemm(void *ctx, const CgKernelConfig *want, RtError *err)
 {
     TableSource *ts = ctx;
@@ -22,7 +24,7 @@ static const CgKernel *table_gemm(void *ctx, const CgKernelConfig *want, RtError
     for (int k = 0; k < 3 * ts->n; k++) { /* an exact match, then the tile, then any kernel of dt */
         const CpuKernelEntry *e = &ts->table[k % ts->n];
         if (!e->is_gemm || e->cfg.b_dtype != dt || e->cfg.a_bf16 != want->a_bf16 || e->cfg.amx != want->amx ||
-            e->cfg.kpair_b != want->kpair_b)
+            (want->kpair_b && !e->cfg.kpair_b))
             continue;
         if (k < 2 * ts->n && (e->cfg.mr != mr || e->cfg.nr != nr)) continue;
         if (k < ts->n && unroll && e->cfg.k_unroll != unroll) continue;

@@ -1,5 +1,6 @@
-/* test_gemm.c — the generated GEMM against a naive f64 reference on every B dtype, every ISA the
- * host has, edge shapes (M % MR, N % NR, tiny K), accumulation, strides and K blocking. */
+/* test_gemm.c — the generated GEMM against a naive f64 reference on every B dtype (and bf16 in k
+ * pairs), every ISA the host has, edge shapes (M % MR, N % NR, tiny K), accumulation, strides and K
+ * blocking. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,7 +30,7 @@ static int check_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
     moe_dtype dt = kern->cfg.b_dtype;
     void *wd = tu_to_dtype(w, (size_t)(n * k), dt);
     CgPackedB pb;
-    cg_pack_b(&pb, wd, dt, n, k, kern->cfg.nr, kern->cfg.a_bf16);
+    cg_pack_b(&pb, wd, dt, n, k, kern->cfg.nr, cg_kernel_kpair(&kern->cfg));
     CgWork work = {0};
     cg_gemm(kern, blk, pool, &work, m, a, lda, &pb, c, ldc, acc);
     int bad = 0;
@@ -81,8 +82,9 @@ static void gemm_all_shapes(cg_isa isa) {
     static const int64_t Ms[] = {0, 1, 7, 8, 9, 33, 100}, Ns[] = {1, 47, 48, 49, 96, 130}, Ks[] = {1, 3, 64, 257};
     CgPool *pool = cg_pool_new(2);
     int bad = 0, runs = 0;
-    for (size_t d = 0; d < MOE_ARRAY_LEN(DTYPES); d++) {
-        CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), DTYPES[d]);
+    for (size_t d = 0; d <= MOE_ARRAY_LEN(DTYPES); d++) { /* and bf16 in k pairs (kpair_b) */
+        CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), d < MOE_ARRAY_LEN(DTYPES) ? DTYPES[d] : DT_BF16);
+        cfg.kpair_b = d == MOE_ARRAY_LEN(DTYPES);
         const CgKernel *kern = tu_kernel(isa, &cfg);
         /* whole K; row blocks of 64 so M=100 takes two; the last rows zero-padded, then on edge kernels */
         CgBlocking padded = {.kc = 0, .mc = 64}, edged = padded;
@@ -112,7 +114,8 @@ static void test_gemm_configs(void **state) {
     for (int i = 0; i < n_isa; i++) {
         int w = cg_jit_target(tu_jit(isas[i]))->vec_width;
         CgKernelConfig cfgs[] = {{DT_F32, 1, w, 1, false, false, false}, {DT_BF16, 4, 2 * w, 3, false, false, false},
-                                 {DT_F16, 3, 3 * w, 2, false, false, false}, {DT_BF16, 12, w, 1, false, false, false}};
+                                 {DT_F16, 3, 3 * w, 2, false, false, false}, {DT_BF16, 12, w, 1, false, false, false},
+                                 {DT_BF16, 5, 2 * w, 3, false, false, true}};
         for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
             const CgKernel *kern = tu_kernel(isas[i], &cfgs[c]);
             CgBlocking blk = {.kc = 16, .mc = 2 * cfgs[c].mr}, edged = blk;
@@ -182,7 +185,7 @@ static void test_gemm_multi(void **state) {
                         tu_random(&r, w, (size_t)(Ns[q] * K));
                         wd[q] = tu_to_dtype(w, (size_t)(Ns[q] * K), DTYPES[d]);
                         free(w);
-                        cg_pack_b(&pb[q], wd[q], DTYPES[d], Ns[q], K, kern->cfg.nr, kern->cfg.a_bf16);
+                        cg_pack_b(&pb[q], wd[q], DTYPES[d], Ns[q], K, kern->cfg.nr, cg_kernel_kpair(&kern->cfg));
                         bp[q] = &pb[q], ldc[q] = Ns[q] + 2 + q;
                         c[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));
                         want[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));

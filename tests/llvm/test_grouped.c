@@ -101,11 +101,12 @@ static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges
     make_problem(p, dt, &r);
     CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), dt);
     cfg.a_bf16 = dot;
+    cfg = cg_kernel_form(cg_jit_target(tu_jit(isa)), cfg); /* the executor's (AVX-512: bf16 in k pairs) */
     const CgKernel *kern = tu_kernel(isa, &cfg);
     CgPackedB up[G], down[G];
     for (int g = 0; g < G; g++) {
-        cg_pack_b_swiglu(&up[g], p->w_up[g], dt, 2 * I, D, cfg.nr, cfg.a_bf16);
-        cg_pack_b(&down[g], p->w_down[g], dt, D, I, cfg.nr, cfg.a_bf16);
+        cg_pack_b_swiglu(&up[g], p->w_up[g], dt, 2 * I, D, cfg.nr, cg_kernel_kpair(&cfg));
+        cg_pack_b(&down[g], p->w_down[g], dt, D, I, cfg.nr, cg_kernel_kpair(&cfg));
     }
     CgRouting route = {G, p->off, p->perm, p->gate_w};
     CgBlocking blk = {.kc = 32, .mc = cfg.mr}; /* K blocks and one-tile row blocks: every loop runs */

@@ -99,6 +99,24 @@ static void test_b_prefetch(void **state) {
     assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 0);
 }
 
+/* cg_kernel_form: AVX-512 runs bf16 weights times f32 A in k pairs (and packs them so); the dot
+ * product, AMX, f32 and f16 weights and the 16-register ISAs keep their form. */
+static void test_kernel_form(void **state) {
+    CgTarget t = *cg_jit_target(tu_jit(CG_ISA_SSE));
+    t.isa = CG_ISA_AVX512;
+    CgKernelConfig bf = tile(DT_BF16, 8, 48, 4, false), f = cg_kernel_form(&t, bf);
+    assert_true(f.kpair_b && !f.a_bf16 && !f.amx && f.mr == 8 && f.nr == 48 && f.k_unroll == 4);
+    assert_true(cg_kernel_kpair(&f) && !cg_kernel_kpair(&bf));
+    assert_false(cg_kernel_form(&t, tile(DT_F32, 8, 48, 4, false)).kpair_b);
+    assert_false(cg_kernel_form(&t, tile(DT_F16, 8, 48, 4, false)).kpair_b);
+    assert_false(cg_kernel_form(&t, tile(DT_BF16, 8, 32, 4, true)).kpair_b);
+    assert_false(cg_kernel_form(&t, cg_kernel_config_amx(32, 32)).kpair_b);
+    for (cg_isa isa = CG_ISA_SSE; isa <= CG_ISA_AVX2; isa++) {
+        t.isa = isa;
+        assert_false(cg_kernel_form(&t, tile(DT_BF16, 6, 16, 4, false)).kpair_b);
+    }
+}
+
 static int teardown(void **state) {
     tu_jits_free();
     return 0;
@@ -106,6 +124,6 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_object_file), cmocka_unit_test(test_bad_config),
-                                       cmocka_unit_test(test_b_prefetch)};
+                                       cmocka_unit_test(test_b_prefetch), cmocka_unit_test(test_kernel_form)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
