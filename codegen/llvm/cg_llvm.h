@@ -71,7 +71,8 @@ typedef struct CgKernelConfig {
                            tile) or 32 (two), NR 16 or 32 columns (one or two B tiles), K in blocks of 32;
                            A packed row-major a 32-k block at a time (see cg_kernel_fn) */
     bool      kpair_b;  /* (bf16, without a_bf16) f32 FMAs on B in k pairs, each pair widened to two f32
-                           vectors, A in f32 as usual: the AMX kernels' few-row edges (decode), which
+                           vectors, A in f32 as usual: every bf16 FMA kernel on AVX-512
+                           (cg_kernel_form), among them the AMX kernels' few-row edges (decode), which
                            share their weights' packing (the drivers round their A to bf16 then, as
                            the AMX tiles') */
 } CgKernelConfig;

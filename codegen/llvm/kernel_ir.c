@@ -326,8 +326,9 @@ static LLVMValueRef amx_config(KB *k, int na, int nb, int rows) {
  * bench_gemm, 2 threads, four rounds interleaved, ms): bf16 T = 64 45-54 -> 33-41, T = 512 193-224
  * -> 170-205; f32 T = 64 66-82 -> 53-67, T = 512 192-223 -> 160-227 (3 of 4 rounds faster); one
  * thread T = 512, three rounds: bf16 363-408 -> 340-347, f32 360-412 -> 320-342; 2 KB ahead
- * slower, 8 KB alike. Left off the bf16 dot product's loop (its CPUs, Zen 4, not measured) and
- * AMX's (its own, per k block). */
+ * slower, 8 KB alike (the AMX kernels' few-row kpair_b edges prefetch too, not measured on an AMX
+ * machine). Left off the bf16 dot product's loop (its CPUs, Zen 4, not measured) and AMX's (its
+ * own, per k block). */
 enum { B_PREFETCH = 4096 };
 
 /* Does cfg's main loop prefetch B (prefetch_b_ahead)? */
