@@ -14,10 +14,10 @@
 #   5. benchmarks the 7B layer at T = 1, 64, 512, 4096; then, budget permitting, in this order: the
 #      first GPU runs of wgmma, TMA and programmatic launches on the tiny models, tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
-#      with its database at the table's T (issue 6's speed-up), the 7B layer's A/Bs, decoding A/Bs,
-#      batched decoding (--batch 8 against one by one), a shared prefix (forked against run whole),
-#      the embedding library (step 4's), the
-#      vanilla and own-routing benches;
+#      with its database at the table's T (issue 6's speed-up), the embedding library (step 4's),
+#      compute-sanitizer's memcheck and racecheck on the kernels' tests, the 7B layer's A/Bs, decoding
+#      A/Bs, batched decoding (--batch 8 against one by one), a shared prefix (forked against run
+#      whole), the vanilla and own-routing benches;
 #      and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out.
 set -uo pipefail
@@ -73,6 +73,9 @@ run() {
     ldd "$bin/moeppc" | grep "not found"
   fi
   export MOEPPC_SOURCE_DIR=$root
+  # the embedding examples need pkg-config (device-prebuild.sh carries one) and a python3 with NumPy
+  command -v pkg-config >/dev/null || [ ! -x "$bin/bin/pkg-config" ] || export PKG_CONFIG=$bin/bin/pkg-config
+  export PYTHON=${PYTHON:-$(command -v python3)}
 
   step "ceilings (PyTorch: bf16 8192^3 matrix product, device-to-device copy)"
   timeout 60 python3 - >"$out/ceilings.txt" 2>"$out/ceilings.err" <<'EOF'
@@ -147,6 +150,36 @@ EOF
       run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 --reps 10 \
         --tuning "$out/gpu-sm90-moepp-7b.yaml" "${ceil[@]}" | grep "^T ="
   fi
+  if more "the embedding library"; then
+    step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
+    if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
+      for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
+        for kind in cuda cuda-python; do
+          run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
+            "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
+        done
+      done
+      [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+        "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
+    elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
+      cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
+      run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
+      run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
+        build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
+    else
+      echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
+    fi
+  fi
+  if more "compute-sanitizer"; then
+    step "compute-sanitizer on the generated kernels (memcheck: out-of-bounds and misaligned accesses; racecheck: shared memory)"
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    if [ -n "$cs" ]; then
+      for tool in memcheck racecheck; do
+        run 60 "$cs" --tool $tool --error-exitcode 1 --print-limit 20 "$bin/cuda_gpu" >"$out/sanitizer-$tool.txt" 2>&1
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^=+ (Invalid|Error|Race)|FAILED|PASSED|^!!" "$out/sanitizer-$tool.txt" | head -12
+      done
+    else echo "no compute-sanitizer on this machine"; fi
+  fi
   if more "A/Bs of the 7B layer"; then
     ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
       MOEPPC_CUDA_DECODE_GEMV=0 1
@@ -204,26 +237,6 @@ EOF
     done
     diff <(grep "^ generated" "$out/shared--prefix-reuse.txt") <(grep "^ generated" "$out/shared--no-prefix-reuse.txt") >/dev/null &&
       echo "the same tokens either way" || echo "!! prefix reuse generated other tokens (a bf16 near-tie, or a fault: see $out/shared*.txt)"
-  fi
-  if more "the embedding library"; then
-    step "the embedding library's CUDA build (examples/embed_c and embed_python --cuda on the GPU against the interpreter)"
-    if [ -n "${MOEPPC_PREBUILT:-}" ] && [ -d "$bin/cudalib" ]; then # libraries emitted on the build machine
-      for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
-        for kind in cuda cuda-python; do
-          run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
-            "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
-        done
-      done
-      [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-        "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
-    elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
-      cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
-      run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
-      run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-        build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
-    else
-      echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
-    fi
   fi
   if more "vanilla and own-routing 7B benches"; then
     step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"

@@ -15,6 +15,12 @@ cp build-device/moeppc build-device/tests/cuda/cuda_gpu build-device/tests/cuda/
 for lib in $(ldd "$dir"/moeppc "$dir"/cuda_gpu "$dir"/cuda_model | awk '/libyaml|libcjson|libcmocka/ {print $3}' | sort -u); do
   cp -L "$lib" "$dir/lib/"
 done
+# pkg-config for the embedding examples (the GPU machine may have none): pkgconf and its library
+pc=$(command -v pkg-config || true)
+if [ -n "$pc" ]; then
+  mkdir -p "$dir/bin" && cp -L "$pc" "$dir/bin/pkg-config"
+  ldd "$pc" | awk '/libpkgconf/ {print $3}' | xargs -r -I{} cp -L {} "$dir/lib/"
+fi
 # executables `moeppc build --target` writes (needs the LLVM build for their CPU kernels): the 0.6B
 # for sm_90 (cubin) and a tiny one for sm_80 (PTX, which the driver compiles for a newer GPU)
 if cmake -S . -B build -DMOEPPC_TESTS=ON >/dev/null && cmake --build build -j2 --target moeppc >/dev/null &&
