@@ -184,7 +184,8 @@ static moepp_status build(moepp_layer *l, const moepp_layer_desc *desc, const mo
     if (s != MOEPP_OK) return s;
     l->m = layer_parse_image(img, l->w);
     CudaOptions o = {.images = img->cuda_images, .n_images = img->n_cuda_images, .images_arch = img->isa,
-                     .no_graph = true, .driver = l->drv, .weights_in_place = true, .caller_workspace = true};
+                     .no_graph = true, .driver = l->drv, .weights_in_place = true, .caller_workspace = true,
+                     .no_pdl = true}; /* (plain launches on the caller's stream, as checked on an H200) */
     RtError err = {{0}};
     l->cm = cuda_model_new(l->m, l->w, 1, &o, &err);
     if (!l->cm) return fail_driver("loading the layer on the GPU", err.msg);

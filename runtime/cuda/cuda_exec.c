@@ -383,10 +383,24 @@ static bool gemm_kern(CudaModel *cm, const CgCudaGemm *g, int *out, RtError *err
 
 static bool half_dtype(moe_dtype dt) { return dt == DT_BF16 || dt == DT_F16; }
 
-/* Can the grouped GEMMs run on wgmma here: an sm_90 GPU or the emulator (a dry run: the target's). */
+/* The architecture the kernels are compiled for: the built-in images' (an executable, the embedding
+ * library), else this GPU's (NVRTC here; a dry run: the target's). */
+static const char *kernel_arch(const CudaModel *cm)
+{
+    return cm->o.n_images && cm->o.images_arch ? cm->o.images_arch : cm->arch;
+}
+
+/* Can the grouped GEMMs run on wgmma here: kernels for sm_90 or the emulator (a dry run: the target's)
+ * on that GPU. */
 static bool wgmma_here(const CudaModel *cm)
 {
-    return strcmp(cm->arch, "sm_90") == 0 || strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0;
+    const char *ka = kernel_arch(cm);
+    return strcmp(ka, cm->arch) == 0 && (strcmp(ka, "sm_90") == 0 || strcmp(ka, CG_CUDA_EMU_ARCH) == 0);
+}
+
+bool cuda_tma_rule(const char *karch, const char *garch, const CudaOptions *o)
+{
+    return !o->no_tma && karch && garch && strcmp(karch, "sm_90") == 0 && strcmp(garch, "sm_90") == 0;
 }
 
 /* The kernel of every configuration of a tuned schedule (text as CudaOptions.tile_sched): tiles on
@@ -449,7 +463,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
     gm->k_tiled = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
-        bool wg = a16 && (cm->o.wgmma || cm->o.tma || cm->o.ws) && wgmma_here(cm);
+        bool rule_tma = a16 && !table && cuda_tma_rule(kernel_arch(cm), cm->arch, &cm->o);
+        bool wg = a16 && (cm->o.wgmma || cm->o.tma || cm->o.ws || rule_tma) && wgmma_here(cm);
         if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
         gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
@@ -457,7 +472,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         if (a16 && stages > 0) gm->tiled.stages = stages;
-        gm->tiled.tma = wg && (cm->o.tma || cm->o.ws) && !table && gm->tiled.bk == 64;
+        gm->tiled.tma = wg && (cm->o.tma || cm->o.ws || rule_tma) && !table && gm->tiled.bk == 64;
         gm->tiled.ldc = ldc;
         if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
         gm->tiled.ws = gm->tiled.tma && cm->o.ws && gm->tiled.split <= 1;
@@ -1189,8 +1204,9 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         cg_cuda_device_arch(cm->drv, cm->arch, sizeof cm->arch);
         cm->sms = cg_cuda_device_sms(cm->drv);
         /* programmatic launches need the kernels' griddepcontrol: compiled for sm_90+ (here, or built in) */
-        const char *karch = cm->o.n_images ? cm->o.images_arch : cm->arch;
-        cm->pdl = cm->o.pdl && cg_cuda_can_pdl(cm->drv) && karch &&
+        const char *karch = kernel_arch(cm);
+        bool emu = strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0; /* (a GPU's default; the emulator's on asking) */
+        cm->pdl = (cm->o.pdl || (!cm->o.no_pdl && !emu)) && cg_cuda_can_pdl(cm->drv) && karch &&
                   (strcmp(karch, CG_CUDA_EMU_ARCH) == 0 || (strncmp(karch, "sm_", 3) == 0 && atoi(karch + 3) >= 90));
         size_t free_b = 0, total_b = 0;
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);

@@ -95,16 +95,20 @@ typedef struct CudaOptions {
                                        MMA form with f32 activations, not the cp.async form with
                                        16-bit ones (MOEPPC_CUDA_ASYNC_GEMM=0: an A/B)               */
     bool wgmma;                     /* those of the cp.async form on sm_90a's wgmma, on an sm_90 GPU
-                                       (or the emulator; elsewhere ignored) (MOEPPC_CUDA_WGMMA=1; not
-                                       the default until a GPU has run it; a tuning database's
+                                       (or the emulator; elsewhere ignored) (MOEPPC_CUDA_WGMMA=1; the
+                                       rule's sm_90 form takes W by the TMA too, cuda_tma_rule: without
+                                       it wgmma was slower on an H200 than mma.sync; a tuning database's
                                        entries can ask for it per tile: "/wg")                      */
     bool tma;                       /* the grouped GEMMs of 16-bit models on wgmma (implied) with W's
                                        k tiles by the tensor memory accelerator where the tile's k is 64
-                                       and the weights are stacked (MOEPPC_CUDA_TMA=1; sm_90; opt-in
-                                       until a GPU has run it)                                       */
+                                       and the weights are stacked, also where the rule would not put
+                                       them (the emulator; a database's wgmma tiles) (MOEPPC_CUDA_TMA=1) */
+    bool no_tma;                    /* not the rule's TMA form on an sm_90 GPU (cuda_tma_rule): the
+                                       cp.async mma.sync form, as other GPUs run (MOEPPC_CUDA_TMA=0:
+                                       an A/B; the GPU tuner's non-TMA candidates)                  */
     bool ws;                        /* the TMA form (implied) warp-specialised and persistent
-                                       (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in until a GPU
-                                       has run it; a database's entries: "/ws")                      */
+                                       (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in: on an H200
+                                       it ran 0.87x the plain TMA form; a database's entries: "/ws") */
     bool no_fuse;                   /* keep the folded launches apart (the router's combine, the
                                        combine's scale and dispatch, attention's KV store, the
                                        queries' RoPE; MOEPPC_CUDA_FUSE=0: an A/B of what folding
@@ -117,8 +121,9 @@ typedef struct CudaOptions {
                                        (MOEPPC_CUDA_ATTN_TC=0: an A/B)                             */
     bool pdl;                       /* launch every kernel with programmatic dependent launch, where
                                        the GPU (sm_90+) and the kernels' target allow it: each may
-                                       start while the one before it drains (MOEPPC_CUDA_PDL=1; not
-                                       the default until a GPU has measured it)                     */
+                                       start while the one before it drains; the default on a GPU, this
+                                       asks for it on the emulator too (MOEPPC_CUDA_PDL=1)         */
+    bool no_pdl;                    /* plain launches on a GPU too (MOEPPC_CUDA_PDL=0: an A/B)      */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
@@ -192,8 +197,16 @@ static inline void cuda_options_env(CudaOptions *o)
     o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
     o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
     o->tma = cuda_env_on("MOEPPC_CUDA_TMA");
+    o->no_tma = cuda_env_off("MOEPPC_CUDA_TMA");
+    o->no_pdl = cuda_env_off("MOEPPC_CUDA_PDL");
     o->ws = cuda_env_on("MOEPPC_CUDA_WS");
 }
+
+/* Does the rule put a 16-bit model's grouped GEMMs on sm_90a's wgmma with W by the TMA: kernels for
+ * sm_90 (`karch`: NVRTC's here, or an executable's built-in ones) on an sm_90 GPU (`garch`; not the
+ * emulator, whose default stays the form other GPUs run), unless o->no_tma. Measured on an H200 (2026-12-04):
+ * the 7B layer's grouped GEMMs 1.4x faster at T = 512 and 4096 than on the cp.async mma.sync form. */
+bool cuda_tma_rule(const char *karch, const char *garch, const CudaOptions *o);
 
 CudaModel *cuda_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
                           RtError *err);

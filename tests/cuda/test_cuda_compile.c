@@ -98,6 +98,49 @@ static void compile_spec(const char *path, Seen *seen, bool generate_only)
     ir_module_free(m);
 }
 
+/* How many of the kernels the executor asks for when it runs spec `path` with options o (a dry run, as
+ * `moeppc build --target` makes) have `part` in their symbol. */
+static int kernels_with(const char *path, const CudaOptions *o, const char *part)
+{
+    ModelSpec s;
+    Diag d = {.out = stderr, .file = path};
+    assert_true(spec_load_file(path, &s, &d));
+    IrModule *m = ir_lower_spec(&s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    assert_true(passes_run(m, &po, &d));
+    CudaKernelCode *k = NULL;
+    int n = 0, with = 0;
+    RtError err = {{0}};
+    assert_true(cuda_module_kernels(m, o, &k, &n, &err));
+    for (int i = 0; i < n; i++) with += strstr(k[i].symbol, part) != NULL;
+    cuda_kernel_code_free(k, n);
+    ir_module_free(m);
+    return with;
+}
+
+/* The rule's sm_90 form (cuda_tma_rule): a 16-bit model's grouped GEMMs on wgmma with W by the TMA for
+ * an sm_90 target, the cp.async mma.sync form for other targets, with MOEPPC_CUDA_TMA=0's no_tma, on
+ * the emulator, for f32 weights and for weights used in place (the embedding library). */
+static void test_sm90_rule(void **state)
+{
+    (void)state;
+    char bf16[1024], f32[1024];
+    snprintf(bf16, sizeof bf16, "%s/specs/tiny/tiny-bf16.yaml", MOEPPC_SOURCE_DIR);
+    snprintf(f32, sizeof f32, "%s/specs/tiny/tiny-moepp.yaml", MOEPPC_SOURCE_DIR);
+    CudaOptions sm90 = {.images_arch = "sm_90"}, sm80 = {.images_arch = "sm_80"};
+    CudaOptions off = {.images_arch = "sm_90", .no_tma = true}, table = {.images_arch = "sm_90", .weights_in_place = true};
+    assert_int_equal(kernels_with(bf16, &sm90, "_wg_tma"), 2); /* up and down */
+    assert_int_equal(kernels_with(bf16, &sm80, "_wg"), 0);
+    assert_int_equal(kernels_with(bf16, &off, "_wg"), 0);
+    assert_true(kernels_with(bf16, &off, "_s3") >= 2); /* the cp.async form's ring of 3 */
+    assert_int_equal(kernels_with(bf16, &table, "_tma"), 0);
+    assert_int_equal(kernels_with(f32, &sm90, "_wg"), 0);
+    assert_true(cuda_tma_rule("sm_90", "sm_90", &(CudaOptions){0}));
+    assert_false(cuda_tma_rule("sm_90", "sm_90", &off));
+    assert_false(cuda_tma_rule("sm_80", "sm_90", &(CudaOptions){0})); /* an sm_80 build on an H200 */
+    assert_false(cuda_tma_rule(CG_CUDA_EMU_ARCH, CG_CUDA_EMU_ARCH, &(CudaOptions){0}));
+}
+
 static void test_specs_compile(void **state)
 {
     (void)state;
@@ -411,7 +454,7 @@ int main(void)
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
         cmocka_unit_test(test_bad_source), cmocka_unit_test(test_nvrtc_cache), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
-        cmocka_unit_test(test_pdl_entry),
+        cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
