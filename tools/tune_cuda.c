@@ -315,6 +315,7 @@ typedef struct {
     int warmup, reps;          /* runs a measurement makes: 3 and 9 on a GPU, 0 and 1 on the CUDA
                                   emulator (its timings say nothing of a GPU's: the flow is what runs) */
     const char *arch;
+    const char *garch;         /* the GPU's (the emulator's on it): its rule is what runs there */
     int att_step;              /* the first attention instruction, and its kernels' descriptor */
     CgOpDesc att;
     GpuCand att_cand[MAX_CANDS];
@@ -350,6 +351,7 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     o.force_path = c->tile_m ? (gemv ? 2 : 1) : 0; /* a candidate runs on its path at any T (the other GEMM too) */
     o.wgmma = c->wgmma; /* (the other GEMM too: its logits then check wgmma twice) */
     o.tma = c->tma;
+    o.no_tma = c->tile_m && !c->tma; /* a candidate without the TMA: not the rule's TMA form either */
     o.ws = c->ws;
     CudaModel *cm = cuda_model_new(L->m, L->w, L->s->max_positions, &o, err);
     if (!cm) return false;
@@ -368,16 +370,20 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
 }
 
 /* The rule's configuration of a grouped GEMM at T on a path (gemv, else the tiles), as the executor
- * runs it: the cp.async form's tile, or the GEMV (its decode form at T = 1). */
+ * runs it: the cp.async form's tile (on an sm_90 GPU its wgmma form with W by the TMA: cuda_tma_rule),
+ * or the GEMV (its decode form at T = 1). */
 static TuneConfig path_rule(const GpuLayer *L, const TuneEntry *e, int kind, int64_t T, bool gemv)
 {
     CgCudaGemm d = cg_cuda_gemm_default(kind == 0 ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN,
                                         gemv ? CG_CUDA_PATH_GEMV : CG_CUDA_PATH_MMA, e->dtype, e->groups, L->s->top_k,
                                         kind == 0 ? e->n / 2 : e->n, e->k);
-    if (!gemv && !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")) d = cg_cuda_gemm_async(&d);
-    if (gemv && T == 1 && !cuda_env_off("MOEPPC_CUDA_DECODE_GEMV")) d = cg_cuda_gemm_decode(&d);
+    CudaOptions env = {0};
+    cuda_options_env(&env);
+    bool tma = !gemv && !env.no_async_gemm && cuda_tma_rule(L->garch, L->garch, &env);
+    if (!gemv && !env.no_async_gemm) d = tma ? cg_cuda_gemm_wgmma(&d) : cg_cuda_gemm_async(&d);
+    if (gemv && T == 1 && !env.no_decode_gemv) d = cg_cuda_gemm_decode(&d);
     return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}
-                : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk};
+                : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk, .wgmma = tma, .tma = tma};
 }
 
 /* The rule's configuration at T: the GEMV up to CG_CUDA_GEMV_MAX_T tokens, the tiles above. */
@@ -426,6 +432,32 @@ static TuneConfig split_base(const GpuLayer *L, const TuneEntry *e, int kind)
     return base;
 }
 
+/* The order in which tiles are measured, so that a budget that runs out has tried each form's likeliest
+ * ones (on an H200 the first budgets ran out inside the mma.sync tiles, before any wgmma one): round
+ * robin over the forms (wgmma with W by the TMA, the same warp-specialised, wgmma, mma.sync), within
+ * each deeper k tiles first, then larger tiles first at T >= 512 and smaller first below (where an
+ * expert has few rows). Candidates of a kind in c[n], reordered in place. */
+static long tile_rank(const TuneConfig *c, int64_t T)
+{
+    return -1000000L * c->kc + (T >= 512 ? -1L : 1L) * c->tile_m * c->tile_n;
+}
+
+static void order_tiles(TuneConfig *c, int n, int64_t T)
+{
+    TuneConfig by[4][MAX_CANDS];
+    int nb[4] = {0};
+    for (int q = 0; q < n; q++) {
+        int f = c[q].ws ? 1 : c[q].tma ? 0 : c[q].wgmma ? 2 : 3, at = nb[f]++;
+        for (; at > 0 && tile_rank(&by[f][at - 1], T) > tile_rank(&c[q], T); at--) /* (a stable insertion sort) */
+            by[f][at] = by[f][at - 1];
+        by[f][at] = c[q];
+    }
+    int m = 0;
+    for (int r = 0; m < n; r++)
+        for (int f = 0; f < 4; f++)
+            if (r < nb[f]) c[m++] = by[f][r];
+}
+
 /* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
  * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T). */
 static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const int n_cand[2][2], int64_t T,
@@ -461,6 +493,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
             const GpuCand *c = &cand[form][kind][q];
             if (c->ok && !tune_config_equal(&c->c, &rc) && !(form && c->c.tile_m > T)) todo[n_todo++] = c->c;
         }
+        if (!form) order_tiles(todo, n_todo, T);
         todo[n_todo++] = path_rule(L, &e, kind, T, !form);
         int n_deeper = !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
         for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->share_end;
@@ -727,6 +760,7 @@ int tune_cuda(const TuneArgs *a)
     RtError err = {{0}};
     bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
               gpu_of_arch(arch, gpu, sizeof gpu, garch);
+    L.garch = garch;
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     bool emu = strcmp(garch, CG_CUDA_EMU_ARCH) == 0;
     if (ok) /* (step 1 counts against the budget: it is time spent) */
