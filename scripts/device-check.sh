@@ -11,8 +11,9 @@
 #      embedding library (tests/embed: examples/embed_c and examples/embed_python --cuda on the GPU
 #      against the interpreter: device and host weights, in place, with and without the gating
 #      residual; embed_c needs the CUDA runtime; a library emitted for the CUDA emulator refused),
-#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096; then, budget permitting, in this order: the
-#      first GPU runs of wgmma, TMA and programmatic launches on the tiny models, tuning (moeppc tune
+#   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 (on sm_90 the grouped GEMMs on wgmma with W by the
+#      TMA, programmatic launches: the defaults there); then, budget permitting, in this order: the tiny
+#      models on the other forms (mma.sync, wgmma alone, warp-specialised, plain launches), tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
 #      with its database at the table's T (issue 6's speed-up), the embedding library (step 4's),
 #      compute-sanitizer's memcheck and racecheck on the kernels' tests, the 7B layer's A/Bs, decoding
@@ -124,27 +125,29 @@ EOF
   echo "routing set to the paper's tau = 0.75 share (FFN share 0.75, 16 experts in use)"
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 "${ceil[@]}" >"$out/bench.txt"
   cat "$out/bench.txt"
-  # ab WHAT VAR=VALUE TOKENS: the 7B layer again with one switch set, against the table above
+  # ab WHAT "VAR=VALUE..." TOKENS: the 7B layer again with those switches set, against the table above
   ab() {
     more "$1" || return 0
     step "$1"
-    run 60 env "$2" "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens "$3" --zc-share 0.25 "${ceil[@]}" |
+    run 60 env $2 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens "$3" --zc-share 0.25 "${ceil[@]}" |
       grep "^T ="
   }
   # extras past the issue's five minutes, most informative first, each only while the budget lasts
-  if more "first GPU runs of wgmma, TMA, programmatic launches"; then
-    step "the tiny models with the grouped GEMMs on sm_90a's wgmma (MOEPPC_CUDA_WGMMA=1: its first GPU run)"
-    run 60 env MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
-    step "the tiny models with W's k tiles by the TMA (MOEPPC_CUDA_TMA=1, wgmma implied: its first GPU run)"
-    run 60 env MOEPPC_CUDA_TMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
-    step "the tiny models with the TMA GEMMs warp-specialised and persistent (MOEPPC_CUDA_WS=1: its first GPU run)"
+  if more "the other forms on the GPU"; then
+    # (the defaults on an sm_90 GPU, which the steps above ran: the grouped GEMMs on wgmma with W by the
+    # TMA, programmatic launches)
+    step "the tiny models with the grouped GEMMs on the cp.async mma.sync form, as other GPUs run them (MOEPPC_CUDA_TMA=0)"
+    run 60 env MOEPPC_CUDA_TMA=0 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+    step "the tiny models on wgmma without the TMA (MOEPPC_CUDA_TMA=0 MOEPPC_CUDA_WGMMA=1)"
+    run 60 env MOEPPC_CUDA_TMA=0 MOEPPC_CUDA_WGMMA=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
+    step "the tiny models with the TMA GEMMs warp-specialised and persistent (MOEPPC_CUDA_WS=1)"
     run 60 env MOEPPC_CUDA_WS=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
-    step "the tiny models with every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1: its first GPU run)"
-    run 60 env MOEPPC_CUDA_PDL=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
+    step "the tiny models with plain launches (MOEPPC_CUDA_PDL=0)"
+    run 60 env MOEPPC_CUDA_PDL=0 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
   fi
   if more "GPU tuning"; then
     step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
-    run 130 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,64,1 --budget 80 -o "$out/gpu-sm90-moepp-7b.yaml" |
+    run 150 "$bin/moeppc" tune specs/moepp-7b.yaml --target sm_90 --tokens 4096,512,64,1 --budget 100 -o "$out/gpu-sm90-moepp-7b.yaml" |
       grep -E "tiles compile|step 1|wrote|error"
     [ -f "$out/gpu-sm90-moepp-7b.yaml" ] &&
       run 60 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 --reps 10 \
@@ -175,7 +178,8 @@ EOF
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
     if [ -n "$cs" ]; then
       for tool in memcheck racecheck; do
-        run 60 "$cs" --tool $tool --error-exitcode 1 --print-limit 20 "$bin/cuda_gpu" >"$out/sanitizer-$tool.txt" 2>&1
+        limit=60; [ $tool = racecheck ] && limit=150 # (racecheck took over 60 s on an H200)
+        run $limit "$cs" --tool $tool --error-exitcode 1 --print-limit 20 "$bin/cuda_gpu" >"$out/sanitizer-$tool.txt" 2>&1
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^=+ (Invalid|Error|Race)|FAILED|PASSED|^!!" "$out/sanitizer-$tool.txt" | head -12
       done
     else echo "no compute-sanitizer on this machine"; fi
@@ -183,21 +187,22 @@ EOF
   if more "A/Bs of the 7B layer"; then
     ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
       MOEPPC_CUDA_DECODE_GEMV=0 1
-    ab "launch A/B: every kernel a programmatic dependent launch (MOEPPC_CUDA_PDL=1) against the plain launches above" \
-      MOEPPC_CUDA_PDL=1 1,64
+    ab "launch A/B: plain launches (MOEPPC_CUDA_PDL=0) against the programmatic dependent launches above" \
+      MOEPPC_CUDA_PDL=0 1,64
     ab "fusion A/B: the MoE block's combine, scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
       MOEPPC_CUDA_FUSE=0 1
-    ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0), against the cp.async form above" \
+    ab "prefill A/B: the grouped GEMMs on the cp.async mma.sync form (MOEPPC_CUDA_TMA=0), against wgmma with W by the TMA above" \
+      MOEPPC_CUDA_TMA=0 64,512,4096
+    ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0)" \
       MOEPPC_CUDA_ASYNC_GEMM=0 512,4096
     ab "prefill attention on the f32 tiled form (MOEPPC_CUDA_ATTN_TC=0) against the tensor-core form above" \
       MOEPPC_CUDA_ATTN_TC=0 512,4096
-    ab "prefill on wgmma (MOEPPC_CUDA_WGMMA=1) against the cp.async mma.sync form above" MOEPPC_CUDA_WGMMA=1 512,4096
-    ab "prefill on wgmma with W by the TMA (MOEPPC_CUDA_TMA=1) against wgmma above" MOEPPC_CUDA_TMA=1 512,4096
+    ab "prefill on wgmma without the TMA (MOEPPC_CUDA_TMA=0 MOEPPC_CUDA_WGMMA=1)" "MOEPPC_CUDA_TMA=0 MOEPPC_CUDA_WGMMA=1" 512,4096
     ab "prefill on the warp-specialised persistent TMA form (MOEPPC_CUDA_WS=1) against TMA above" MOEPPC_CUDA_WS=1 512,4096
   fi
   if more "decode A/Bs"; then
-    echo "-- the same with programmatic dependent launches (MOEPPC_CUDA_PDL=1): decode tokens/s A/B"
-    run 60 env MOEPPC_CUDA_PDL=1 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+    echo "-- the same with plain launches (MOEPPC_CUDA_PDL=0): decode tokens/s A/B"
+    run 60 env MOEPPC_CUDA_PDL=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|program|error"
     echo "-- the same without the folded launches (MOEPPC_CUDA_FUSE=0: combine, scale, dispatch, KV store, RoPE apart)"
     run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
