@@ -360,6 +360,43 @@ static void test_bad_databases(void **state)
     assert_true(n_cases >= 9);
 }
 
+/* Every database shipped in tuning/ loads, with entries, each entry's best among its measurements;
+ * a GPU one (gpu-*.yaml) names an sm_90 GPU and puts its T = 4096 grouped GEMMs on wgmma with the TMA
+ * (the tiles the H200 measured fastest), a CPU one (cpu-*.yaml) names an x86 ISA. */
+static void test_shipped_databases(void **state)
+{
+    (void)state;
+    DIR *dir = opendir(MOEPPC_SOURCE_DIR "/tuning");
+    assert_non_null(dir);
+    struct dirent *de;
+    int n_cpu = 0, n_gpu = 0;
+    while ((de = readdir(dir))) {
+        size_t l = strlen(de->d_name);
+        if (l < 6 || strcmp(de->d_name + l - 5, ".yaml") != 0) continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/tuning/%s", MOEPPC_SOURCE_DIR, de->d_name);
+        TuneDb db = {0};
+        Diag d = {.out = stderr, .file = path};
+        assert_true(tune_db_load(path, &db, &d));
+        assert_true(db.n > 0);
+        bool gpu = strncmp(de->d_name, "gpu-", 4) == 0, wgmma_tma = false;
+        assert_true(gpu || strncmp(de->d_name, "cpu-", 4) == 0);
+        for (int i = 0; i < db.n; i++) {
+            const TuneEntry *e = &db.e[i];
+            bool found = false;
+            for (int j = 0; j < e->n_measured; j++) found |= tune_config_equal(&e->measured[j].c, &e->best);
+            if (!found) fprintf(stderr, "%s:%d: the best of %s is not among its measurements\n", path, e->line, e->op);
+            assert_true(found);
+            wgmma_tma |= e->tokens == 4096 && strncmp(e->op, "grouped_", 8) == 0 && e->best.wgmma && e->best.tma;
+        }
+        if (gpu) assert_string_equal(db.target.isa, "sm_90"), assert_true(wgmma_tma), n_gpu++;
+        else assert_true(strcmp(db.target.isa, "sm_90") != 0), n_cpu++;
+        tune_db_free(&db);
+    }
+    closedir(dir);
+    assert_true(n_cpu >= 4 && n_gpu >= 1);
+}
+
 /* A GPU database: its identity (GPU name, sm, NVRTC) must match, and its entries give the grouped
  * GEMMs' tile schedules by the weight's shape (other shapes change nothing): per bucket the winners'
  * measurements, and per T the pick by measured neighbours. */
@@ -467,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_matches),
         cmocka_unit_test(test_bad_databases),
         cmocka_unit_test_setup_teardown(test_gpu_tiles, setup_tmp, teardown_tmp),
+        cmocka_unit_test(test_shipped_databases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
