@@ -63,9 +63,10 @@ static void compile_one(const char *spec, const char *sym, const char *src, cons
     cg_cuda_binary_free(&bin);
 }
 
-/* Every kernel the CUDA executor asks for when it runs the spec's optimised module (the same list
- * `moeppc build --target` embeds); its grouped GEMMs and attention kernels without spills. With
- * `generate_only`, the sources are generated and not compiled. */
+/* Every kernel the CUDA executor asks for when it runs the spec's optimised module for each arch (the
+ * list `moeppc build --target` embeds: on sm_90 the grouped GEMMs of 16-bit models on wgmma with the
+ * TMA); its grouped GEMMs and attention kernels without spills. With `generate_only`, the sources are
+ * generated and not compiled. */
 static void compile_spec(const char *path, Seen *seen, bool generate_only)
 {
     ModelSpec s;
@@ -74,27 +75,29 @@ static void compile_spec(const char *path, Seen *seen, bool generate_only)
     IrModule *m = ir_lower_spec(&s);
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     assert_true(passes_run(m, &po, &d));
-    CudaKernelCode *k = NULL;
-    int n = 0;
-    RtError err = {{0}};
-    bool ok = cuda_module_kernels(m, NULL, &k, &n, &err);
-    if (!ok) fprintf(stderr, "%s: %s\n", path, err.msg);
-    assert_true(ok);
     bool big = strstr(path, "7b") != NULL; /* PTX too for the 7B's kernels (once per arch) */
-    int gemms = 0;
-    for (int i = 0; i < n; i++) gemms += strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0;
-    printf("%s: %d kernels, %d of them GEMMs%s\n", s.name, n, gemms, generate_only ? " (generated, not compiled)" : "");
-    assert_true(gemms >= 4);
-    for (int a = 0; a < 2 && !generate_only; a++) {
-        for (int i = 0; i < n; i++) {
+    for (int a = 0; a < 2; a++) {
+        CudaKernelCode *k = NULL;
+        int n = 0;
+        RtError err = {{0}};
+        CudaOptions o = {.images_arch = archs[a]};
+        bool ok = cuda_module_kernels(m, &o, &k, &n, &err);
+        if (!ok) fprintf(stderr, "%s: %s\n", path, err.msg);
+        assert_true(ok);
+        int gemms = 0;
+        for (int i = 0; i < n; i++) gemms += strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0;
+        printf("%s for %s: %d kernels, %d of them GEMMs%s\n", s.name, archs[a], n, gemms,
+               generate_only ? " (generated, not compiled)" : "");
+        assert_true(gemms >= 4);
+        for (int i = 0; i < n && !generate_only; i++) {
             char key[700];
             snprintf(key, sizeof key, "%s/%s", archs[a], k[i].symbol);
             if (seen_add(seen, key))
                 compile_one(s.name, k[i].symbol, k[i].source, archs[a],
                             strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0 || strstr(k[i].symbol, "attention"), big);
         }
+        cuda_kernel_code_free(k, n);
     }
-    cuda_kernel_code_free(k, n);
     ir_module_free(m);
 }
 
