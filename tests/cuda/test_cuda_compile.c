@@ -63,6 +63,17 @@ static void compile_one(const char *spec, const char *sym, const char *src, cons
     cg_cuda_binary_free(&bin);
 }
 
+/* Spec `path` (into *s) lowered and optimised as the CUDA executor runs it. */
+static IrModule *optimised_module(const char *path, ModelSpec *s)
+{
+    Diag d = {.out = stderr, .file = path};
+    assert_true(spec_load_file(path, s, &d));
+    IrModule *m = ir_lower_spec(s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    assert_true(passes_run(m, &po, &d));
+    return m;
+}
+
 /* Every kernel the CUDA executor asks for when it runs the spec's optimised module for each arch (the
  * list `moeppc build --target` embeds: on sm_90 the grouped GEMMs of 16-bit models on wgmma with the
  * TMA); its grouped GEMMs and attention kernels without spills. With `generate_only`, the sources are
@@ -70,11 +81,7 @@ static void compile_one(const char *spec, const char *sym, const char *src, cons
 static void compile_spec(const char *path, Seen *seen, bool generate_only)
 {
     ModelSpec s;
-    Diag d = {.out = stderr, .file = path};
-    assert_true(spec_load_file(path, &s, &d));
-    IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
-    assert_true(passes_run(m, &po, &d));
+    IrModule *m = optimised_module(path, &s);
     bool big = strstr(path, "7b") != NULL; /* PTX too for the 7B's kernels (once per arch) */
     for (int a = 0; a < 2; a++) {
         CudaKernelCode *k = NULL;
@@ -106,11 +113,7 @@ static void compile_spec(const char *path, Seen *seen, bool generate_only)
 static int kernels_with(const char *path, const CudaOptions *o, const char *part)
 {
     ModelSpec s;
-    Diag d = {.out = stderr, .file = path};
-    assert_true(spec_load_file(path, &s, &d));
-    IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
-    assert_true(passes_run(m, &po, &d));
+    IrModule *m = optimised_module(path, &s);
     CudaKernelCode *k = NULL;
     int n = 0, with = 0;
     RtError err = {{0}};
