@@ -18,13 +18,18 @@
 #      with its database at the table's T (issue 6's speed-up), the embedding library (step 4's),
 #      compute-sanitizer's memcheck and racecheck on the kernels' tests, the 7B layer's A/Bs, decoding
 #      A/Bs, batched decoding (--batch 8 against one by one), a shared prefix (forked against run
-#      whole), the vanilla and own-routing benches;
+#      whole), the vanilla and own-routing benches, tuning the other paper sizes for sm_90;
 #      and prints the table last.
-# Logs go to $OUT (the device tool brings them back) or ./device-check-out.
+# Logs go to $OUT (the device tool brings them back) or ./device-check-out; scratch files to work.tgz there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-check-out}
 mkdir -p "$out"
+# $out gets the log, the 7B table and the GPU tuning databases (the device tool brings back 8 files);
+# everything else goes to $work, brought back as one archive
+work=$(mktemp -d)
+trap 'tar czf "$out/work.tgz" -C "$work" . 2>/dev/null; rm -rf "$work"' EXIT
+trap 'exit 143' TERM INT
 root=$PWD
 step() { echo; echo "== $*"; }
 # run SECONDS CMD...: with a time limit; a failure is reported and counted, never fatal
@@ -79,7 +84,7 @@ run() {
   export PYTHON=${PYTHON:-$(command -v python3)}
 
   step "ceilings (PyTorch: bf16 8192^3 matrix product, device-to-device copy)"
-  timeout 60 python3 - >"$out/ceilings.txt" 2>"$out/ceilings.err" <<'EOF'
+  timeout 60 python3 - >"$work/ceilings.txt" 2>"$work/ceilings.err" <<'EOF'
 import torch
 n = 8192
 a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16); b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -97,9 +102,9 @@ e.record(); e.synchronize()
 gbs = 2 * x.numel() / (s.elapsed_time(e) / 5 * 1e-3) / 1e9
 print(f"{tflops:.1f} {gbs:.0f}")
 EOF
-  read -r peak bw <"$out/ceilings.txt" || { peak=""; bw=""; }
+  read -r peak bw <"$work/ceilings.txt" || { peak=""; bw=""; }
   if [ -n "$peak" ]; then echo "bf16 dense peak $peak TFLOP/s, copy bandwidth $bw GB/s (read + written)"
-  else echo "no ceilings measured (no PyTorch?):"; cat "$out/ceilings.err"; fi
+  else echo "no ceilings measured (no PyTorch?):"; cat "$work/ceilings.err"; fi
 
   step "generated kernels against C references"
   run 60 "$bin/cuda_gpu"
@@ -111,11 +116,11 @@ EOF
     step "executables from moeppc build --target (cubin for sm_90; PTX for sm_80, compiled by the driver)"
     ids="3 17 42 99 128 200 255 0 64 7 11 13"
     for spec in tiny-moepp tiny-bf16; do # small enough that no routing decision is a near-tie
-      run 60 "$bin/models/$spec" --random-weights 5 --ids "$ids" --device cuda --logits-out "$out/$spec.gpu.bin" --generate 32 |
+      run 60 "$bin/models/$spec" --random-weights 5 --ids "$ids" --device cuda --logits-out "$work/$spec.gpu.bin" --generate 32 |
         grep -E "ran|decode|error|!!"
       run 60 "$bin/moeppc" run specs/tiny/$spec.yaml --random-weights 5 --ids "$ids" --backend interp --precision f32 \
-        --logits-out "$out/$spec.ref.bin" >/dev/null
-      run 30 python3 tests/oracle/compare.py "$out/$spec.gpu.bin" "$out/$spec.ref.bin" --vocab 256 --tol 2e-2 --show 0
+        --logits-out "$work/$spec.ref.bin" >/dev/null
+      run 30 python3 tests/oracle/compare.py "$work/$spec.gpu.bin" "$work/$spec.ref.bin" --vocab 256 --tol 2e-2 --show 0
     done
     run 60 "$bin/models/moepp-0.6b" --random-weights 5 --ids "$ids" --device cuda --generate 64 | grep -E "ran|decode|error|!!"
   fi
@@ -159,16 +164,16 @@ EOF
       for spec in tiny-moepp tiny-vanilla tiny-bf16 tiny-every2; do
         for kind in cuda cuda-python; do
           run 120 env CC=${CC:-cc} bash tests/embed/test_example.sh $kind "$bin/moeppc" "$bin/embed_layer_ref" \
-            "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$out/embed_${kind}_$spec"
+            "$bin/cudalib/$spec" specs/tiny/$spec.yaml "$work/embed_${kind}_$spec"
         done
       done
       [ -d "$bin/cudalib/emu-tiny-moepp" ] && run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-        "$bin/cudalib/emu-tiny-moepp" "$out/embed_emu_lib_on_gpu" emu unsupported
+        "$bin/cudalib/emu-tiny-moepp" "$work/embed_emu_lib_on_gpu" emu unsupported
     elif [ -z "${MOEPPC_PREBUILT:-}" ]; then
       cmake --build build-device -j"$(nproc)" --target embed_layer_ref >/dev/null || echo "!! build failed"
       run 300 ctest --test-dir build-device -R embed_cuda --output-on-failure --no-tests=error
       run 60 env -u MOEPPC_CUDA_DRIVER CC=${CC:-cc} bash tests/embed/test_cuda_lib.sh \
-        build-device/tests/embed/emulib_tiny-moepp "$out/embed_emu_lib_on_gpu" emu unsupported
+        build-device/tests/embed/emulib_tiny-moepp "$work/embed_emu_lib_on_gpu" emu unsupported
     else
       echo "no prebuilt CUDA layer libraries in $MOEPPC_PREBUILT (scripts/device-prebuild.sh makes them)"
     fi
@@ -179,8 +184,8 @@ EOF
     if [ -n "$cs" ]; then
       for tool in memcheck racecheck; do
         limit=60; [ $tool = racecheck ] && limit=150 # (racecheck took over 60 s on an H200)
-        run $limit "$cs" --tool $tool --error-exitcode 1 --print-limit 20 "$bin/cuda_gpu" >"$out/sanitizer-$tool.txt" 2>&1
-        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^=+ (Invalid|Error|Race)|FAILED|PASSED|^!!" "$out/sanitizer-$tool.txt" | head -12
+        run $limit "$cs" --tool $tool --error-exitcode 1 --print-limit 20 "$bin/cuda_gpu" >"$work/sanitizer-$tool.txt" 2>&1
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^=+ (Invalid|Error|Race)|FAILED|PASSED|^!!" "$work/sanitizer-$tool.txt" | head -12
       done
     else echo "no compute-sanitizer on this machine"; fi
   fi
@@ -218,36 +223,44 @@ EOF
   if more "batched decoding"; then
     step "--batch on the GPU: 8 prompts of 32 ids, 64 tokens each, one after the other, then 8 at once (moepp-0.6b)"
     awk 'BEGIN { for (p = 0; p < 8; p++) { l = ""; for (t = 0; t < 32; t++) l = l " " (3 + (p * 7919 + t * 104729) % 31997); print l } }' \
-      >"$out/prompts8.txt"
+      >"$work/prompts8.txt"
     for b in 1 8; do
-      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$out/prompts8.txt" \
-        --generate 64 --ignore-eos --top 0 --batch $b >"$out/batch$b.txt"
+      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$work/prompts8.txt" \
+        --generate 64 --ignore-eos --top 0 --batch $b >"$work/batch$b.txt"
       awk -v b=$b '/^ decode:/ { n += $2; s += $5 } /^ran / { p += $5 } /batch:/ { w = $13 }
         END { if (b == 1) printf "--batch 1: decode %.1f tokens/s (prefills %.3f s)\n", n / s, p
-              else printf "--batch %d: decode %.1f tokens/s (%s)\n", b, n / (w - p), "the run less its prefills" }' "$out/batch$b.txt"
+              else printf "--batch %d: decode %.1f tokens/s (%s)\n", b, n / (w - p), "the run less its prefills" }' "$work/batch$b.txt"
     done
-    grep "^ generated" "$out/batch1.txt" >"$out/batch1.ids"; grep "^ generated" "$out/batch8.txt" >"$out/batch8.ids"
-    cmp -s "$out/batch1.ids" "$out/batch8.ids" && echo "the same tokens either way" ||
-      echo "!! --batch 8 generated other tokens than one by one (a bf16 near-tie, or a fault: see $out/batch*.txt)"
+    grep "^ generated" "$work/batch1.txt" >"$work/batch1.ids"; grep "^ generated" "$work/batch8.txt" >"$work/batch8.ids"
+    cmp -s "$work/batch1.ids" "$work/batch8.ids" && echo "the same tokens either way" ||
+      echo "!! --batch 8 generated other tokens than one by one (a bf16 near-tie, or a fault: see $work/batch*.txt)"
   fi
   if more "shared prefix"; then
     step "--batch 8, 8 prompts of a shared 500-token prefix and 12 ids each: prefix reuse (the first prompt's caches forked) against --no-prefix-reuse (moepp-0.6b)"
     awk 'BEGIN { s = ""; for (t = 0; t < 500; t++) s = s " " (3 + (t * 104729) % 31997)
                  for (p = 0; p < 8; p++) { l = s; for (t = 0; t < 12; t++) l = l " " (3 + (p * 7919 + t * 7907) % 31997); print l } }' \
-      >"$out/shared8.txt"
+      >"$work/shared8.txt"
     for x in --prefix-reuse --no-prefix-reuse; do
-      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$out/shared8.txt" \
-        --generate 16 --ignore-eos --top 0 --batch 8 $([ $x = --no-prefix-reuse ] && echo $x) >"$out/shared$x.txt"
-      echo "$x: $(grep -c "in the caches$" "$out/shared$x.txt") prompts forked;$(grep "batch:" "$out/shared$x.txt" | cut -d: -f3-)"
+      run 120 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --device cuda --prompts "$work/shared8.txt" \
+        --generate 16 --ignore-eos --top 0 --batch 8 $([ $x = --no-prefix-reuse ] && echo $x) >"$work/shared$x.txt"
+      echo "$x: $(grep -c "in the caches$" "$work/shared$x.txt") prompts forked;$(grep "batch:" "$work/shared$x.txt" | cut -d: -f3-)"
     done
-    diff <(grep "^ generated" "$out/shared--prefix-reuse.txt") <(grep "^ generated" "$out/shared--no-prefix-reuse.txt") >/dev/null &&
-      echo "the same tokens either way" || echo "!! prefix reuse generated other tokens (a bf16 near-tie, or a fault: see $out/shared*.txt)"
+    diff <(grep "^ generated" "$work/shared--prefix-reuse.txt") <(grep "^ generated" "$work/shared--no-prefix-reuse.txt") >/dev/null &&
+      echo "the same tokens either way" || echo "!! prefix reuse generated other tokens (a bf16 near-tie, or a fault: see $work/shared*.txt)"
   fi
   if more "vanilla and own-routing 7B benches"; then
     step "the vanilla 7B layer (the baseline: every pick an FFN expert), same routing generator"
     run 120 "$bin/moeppc" bench specs/vanilla-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0 "${ceil[@]}" | grep "^T ="
     step "the MoE++ 7B layer with its random router's own decisions"
     run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 512,4096 "${ceil[@]}" | grep "^T ="
+  fi
+  if more "GPU tuning of the other paper sizes"; then
+    step "GPU tuning of the 0.6B, 1B and 2B (moeppc tune --target sm_90, 60 s each: databases for tuning/)"
+    for size in 0.6b 1b 2b; do
+      more "tuning the $size" || break
+      run 100 "$bin/moeppc" tune specs/moepp-$size.yaml --target sm_90 --tokens 4096,512,64,1 --budget 60 \
+        -o "$out/gpu-sm90-moepp-$size.yaml" | grep -E "wrote|error"
+    done
   fi
   step "summary: $fails failed step(s); 7B layer, bf16 (grouped GEMM TFLOP/s vs the bf16 peak; MoE-block weight bytes/s vs the copy bandwidth)"
   grep "^T = " "$out/bench.txt"
