@@ -1206,7 +1206,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         /* programmatic launches need the kernels' griddepcontrol: compiled for sm_90+ (here, or built in) */
         const char *karch = kernel_arch(cm);
         bool emu = strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0; /* (a GPU's default; the emulator's on asking) */
-        cm->pdl = (cm->o.pdl || (!cm->o.no_pdl && !emu)) && cg_cuda_can_pdl(cm->drv) && karch &&
+        cm->pdl = (cm->o.pdl || (!cm->o.no_pdl && !emu)) && cg_cuda_can_pdl(cm->drv) &&
                   (strcmp(karch, CG_CUDA_EMU_ARCH) == 0 || (strncmp(karch, "sm_", 3) == 0 && atoi(karch + 3) >= 90));
         size_t free_b = 0, total_b = 0;
         double need = bytes_needed(m, max_positions, cm->o.weights_in_place);
