@@ -380,10 +380,13 @@ static TuneConfig path_rule(const GpuLayer *L, const TuneEntry *e, int kind, int
     CudaOptions env = {0};
     cuda_options_env(&env);
     bool tma = !gemv && !env.no_async_gemm && cuda_tma_rule(L->garch, L->garch, &env);
-    if (!gemv && !env.no_async_gemm) d = tma ? cg_cuda_gemm_wgmma(&d) : cg_cuda_gemm_async(&d);
+    if (!gemv && !env.no_async_gemm)
+        d = tma ? cg_cuda_gemm_tma(&d, cg_cuda_gemm_tma_large(&d, T)) : cg_cuda_gemm_async(&d);
     if (gemv && T == 1 && !env.no_decode_gemv) d = cg_cuda_gemm_decode(&d);
+    int ring = cg_cuda_gemm_wgmma(&d).stages; /* (a configuration's stages: 0 for its form's default) */
     return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}
-                : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk, .wgmma = tma, .tma = tma};
+                : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk, .wgmma = tma, .tma = tma,
+                               .stages = tma && d.stages != ring ? d.stages : 0};
 }
 
 /* The rule's configuration at T: the GEMV up to CG_CUDA_GEMV_MAX_T tokens, the tiles above. */

@@ -259,6 +259,15 @@ CgCudaGemm cg_cuda_gemm_async(const CgCudaGemm *mma);
 /* The wgmma form (sm_90 only; its kernels compile for sm_90a): 128 x 128 of W per block (two
  * warpgroups), a ring of 5 k tiles of 64 (3 in flight, one multiplied while the last one's MMAs drain). */
 CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
+/* sm_90's rule for the wgmma form with W by the TMA (the caller sets tma): two tiles, the winners of
+ * the H200 database at the 7B's shapes (tuning/gpu-h200-moepp-7b.yaml): where a group has fewer rows
+ * than CG_CUDA_TMA_LARGE_ROWS on average (`large` false), 64 rows by 128 columns (DOWN on a ring of 4,
+ * so two blocks share an SM; UP's two matrices on the default 5); from there (`large`) 128 rows by
+ * 128 columns (UP) or 256 (DOWN), rings of 4. Narrower where n is (UP below 128 columns: 64, DOWN
+ * below 256: 128). cg_cuda_gemm_tma_large: whether T tokens' slots average that many rows a group. */
+#define CG_CUDA_TMA_LARGE_ROWS 128
+CgCudaGemm cg_cuda_gemm_tma(const CgCudaGemm *mma, bool large);
+bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T);
 /* The tensor map a TMA kernel takes (its last argument, by value): the weights as one 2-D array of
  * u16, [experts x matrices x n rows][k], tiles of BN rows x 64 k, 128-byte swizzle, zeros past the
  * ends. rows/box for cg_cuda_tensor_map_2d. */

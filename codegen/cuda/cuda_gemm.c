@@ -40,6 +40,21 @@ CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma)
     return g;
 }
 
+CgCudaGemm cg_cuda_gemm_tma(const CgCudaGemm *mma, bool large)
+{
+    CgCudaGemm g = cg_cuda_gemm_wgmma(mma);
+    bool up = g.kind == CG_CUDA_GEMM_UP;
+    g.bm = large ? 128 : 64;
+    g.bn = up ? (g.n >= 128 ? 128 : 64) : large && g.n >= 256 ? 256 : 128;
+    if (large || !up) g.stages = 4;
+    return g;
+}
+
+bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T)
+{
+    return T * g->k_top >= (int64_t)CG_CUDA_TMA_LARGE_ROWS * g->experts;
+}
+
 /* The GEMV's k elements per split (8-element chunks dealt evenly; all of k / 8 * 8 unsplit). */
 static int64_t split_chunk(const CgCudaGemm *g)
 {

@@ -57,9 +57,11 @@ typedef struct AMap {
 typedef struct Gemm {
     CgCudaGemm tiled, gemv, gemv1;
     int k_tiled, k_gemv, k_gemv1;
+    CgCudaGemm big;                   /* sm_90's TMA rule: the larger tile, where T gives a group its rows */
+    int k_big;                        /* (cg_cuda_gemm_tma_large); -1: none, `tiled` for every T         */
     GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
-    unsigned char *tmap;              /* tiled.tma: the stacked weights' tensor map (128 bytes, aligned) */
+    unsigned char *tmap, *tmap_big;   /* tiled.tma, big: the stacked weights' tensor maps (128 bytes, aligned) */
     struct AMap *amap;                /* a DOWN TMA kernel's (tiled or tuned): h's tensor map          */
 } Gemm;
 
@@ -460,17 +462,23 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
                        int64_t n, int64_t k, int64_t ldc, bool f32_math, bool a16, RtError *err)
 {
     bool half = half_dtype(dt) && !f32_math, table = cm->o.weights_in_place && kind != CG_CUDA_GEMM_LINEAR;
-    gm->k_tiled = -1;
+    gm->k_tiled = gm->k_big = -1;
     if (!half || k % 8 == 0) {
         gm->tiled = cg_cuda_gemm_default(kind, half ? CG_CUDA_PATH_MMA : CG_CUDA_PATH_FMA, dt, E, k_top, n, k);
         bool rule_tma = a16 && !table && cuda_tma_rule(kernel_arch(cm), cm->arch, &cm->o);
         bool wg = a16 && (cm->o.wgmma || cm->o.tma || cm->o.ws || rule_tma) && wgmma_here(cm);
-        if (a16) gm->tiled = wg ? cg_cuda_gemm_wgmma(&gm->tiled) : cg_cuda_gemm_async(&gm->tiled);
-        gm->tiled.w_table = table;
         const int *tile = cm->o.tile[kind == CG_CUDA_GEMM_DOWN];
+        int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
+        /* W by the TMA (the rule's or asked for), not warp-specialised, no tile or ring asked for: the
+         * rule's two tiles */
+        bool two = wg && (rule_tma || cm->o.tma) && !cm->o.ws && !table && tile[0] <= 0 && stages <= 0;
+        if (a16)
+            gm->tiled = two  ? cg_cuda_gemm_tma(&gm->tiled, false)
+                        : wg ? cg_cuda_gemm_wgmma(&gm->tiled)
+                             : cg_cuda_gemm_async(&gm->tiled);
+        gm->tiled.w_table = table;
         if (half && kind != CG_CUDA_GEMM_LINEAR && tile[0] > 0)
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
-        int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         if (a16 && stages > 0) gm->tiled.stages = stages;
         gm->tiled.tma = wg && (cm->o.tma || cm->o.ws || rule_tma) && !table && gm->tiled.bk == 64;
         gm->tiled.ldc = ldc;
@@ -478,6 +486,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         gm->tiled.ws = gm->tiled.tma && cm->o.ws && gm->tiled.split <= 1;
         gm->tiled.persist = gm->tiled.ws ? cm->sms : 0;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
+        gm->big = cg_cuda_gemm_tma(&gm->tiled, true); /* (keeps the rest: tma, ldc, split) */
+        if (two && gm->tiled.tma && !gemm_kern(cm, &gm->big, &gm->k_big, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);
     gm->gemv.ldc = ldc;
@@ -516,7 +526,7 @@ static bool tma_map(CudaModel *cm, const Gemm *gm, const CgCudaGemm *g, unsigned
 static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
 {
     if (cm->dry) return true;
-    bool down_tma = gm->k_tiled >= 0 && gm->tiled.tma && gm->tiled.kind == CG_CUDA_GEMM_DOWN;
+    bool down_tma = gm->k_tiled >= 0 && gm->tiled.tma && gm->tiled.kind == CG_CUDA_GEMM_DOWN; /* (big: the same) */
     for (int j = 0; gm->alt && j < gm->alt->n; j++) down_tma |= gm->alt->g[j].tma && gm->alt->g[j].kind == CG_CUDA_GEMM_DOWN;
     if (down_tma && !gm->amap) {
         if (!(gm->amap = aligned_alloc(128, sizeof *gm->amap))) {
@@ -526,6 +536,7 @@ static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
         memset(gm->amap, 0, sizeof *gm->amap); /* (h 0: none made yet) */
     }
     if (gm->k_tiled >= 0 && gm->tiled.tma && !tma_map(cm, gm, &gm->tiled, &gm->tmap, err)) return false;
+    if (gm->k_big >= 0 && !tma_map(cm, gm, &gm->big, &gm->tmap_big, err)) return false;
     for (int j = 0; gm->alt && j < gm->alt->n; j++)
         if (gm->alt->g[j].tma && !tma_map(cm, gm, &gm->alt->g[j], &gm->alt->tmap[j], err)) return false;
     return true;
@@ -1390,6 +1401,8 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
     int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
     const TileSchedule *ts = !gm->alt ? NULL : gemv ? &gm->alt->gemvs : &gm->alt->tiles;
     const unsigned char *map = gm->tmap;
+    if (!gemv && gm->k_big >= 0 && cg_cuda_gemm_tma_large(&gm->big, r->T)) /* the rule's larger tile */
+        g = &gm->big, kern = gm->k_big, map = gm->tmap_big;
     if (ts && ts->n) { /* the tuned configuration for this T */
         TuneConfig c = tile_schedule_pick(ts, r->T);
         for (int j = 0; j < gm->alt->n; j++)
@@ -1882,7 +1895,7 @@ void cuda_model_free(CudaModel *cm)
         for (int g = 0; g < cm->steps[s].n_gm; g++) {
             Gemm *gm = &cm->steps[s].gm[g];
             for (int j = 0; gm->alt && j < gm->alt->n; j++) free(gm->alt->tmap[j]);
-            free(gm->alt), free(gm->tmap), free(gm->amap);
+            free(gm->alt), free(gm->tmap), free(gm->tmap_big), free(gm->amap);
         }
         free(cm->steps[s].att);
         free(cm->steps[s].kcs), free(cm->steps[s].vcs);

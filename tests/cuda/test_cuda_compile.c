@@ -135,7 +135,26 @@ static void test_sm90_rule(void **state)
     snprintf(f32, sizeof f32, "%s/specs/tiny/tiny-moepp.yaml", MOEPPC_SOURCE_DIR);
     CudaOptions sm90 = {.images_arch = "sm_90"}, sm80 = {.images_arch = "sm_80"};
     CudaOptions off = {.images_arch = "sm_90", .no_tma = true}, table = {.images_arch = "sm_90", .weights_in_place = true};
-    assert_int_equal(kernels_with(bf16, &sm90, "_wg_tma"), 2); /* up and down */
+    /* up and down, each on the rule's two tiles (cg_cuda_gemm_tma): UP 32 wide (64-column tiles) on
+     * rings of 5 and 4, DOWN 64 wide (128 columns, not 256) on rings of 4 */
+    assert_int_equal(kernels_with(bf16, &sm90, "_wg_tma"), 4);
+    assert_int_equal(kernels_with(bf16, &sm90, "_up_mma_bf16_e4_k2_n32_k64_t64x64x64_s5_wg_tma"), 1);
+    assert_int_equal(kernels_with(bf16, &sm90, "_up_mma_bf16_e4_k2_n32_k64_t128x64x64_s4_wg_tma"), 1);
+    assert_int_equal(kernels_with(bf16, &sm90, "_down_mma_bf16_e4_k2_n64_k32_t64x128x64_s4_wg_tma"), 1);
+    assert_int_equal(kernels_with(bf16, &sm90, "_down_mma_bf16_e4_k2_n64_k32_t128x128x64_s4_wg_tma"), 1);
+    /* the 7B's: the H200 database's winners at T = 512 and 4096 */
+    const char *b7 = MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml";
+    assert_int_equal(kernels_with(b7, &sm90, "_wg_tma"), 4);
+    assert_int_equal(kernels_with(b7, &sm90, "_up_mma_bf16_e16_k2_n4096_k1536_t64x128x64_s5_wg_tma"), 1);
+    assert_int_equal(kernels_with(b7, &sm90, "_up_mma_bf16_e16_k2_n4096_k1536_t128x128x64_s4_wg_tma"), 1);
+    assert_int_equal(kernels_with(b7, &sm90, "_down_mma_bf16_e16_k2_n1536_k4096_t64x128x64_s4_wg_tma"), 1);
+    assert_int_equal(kernels_with(b7, &sm90, "_down_mma_bf16_e16_k2_n1536_k4096_t128x256x64_s4_wg_tma"), 1);
+    CgCudaGemm d7 = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
+    assert_false(cg_cuda_gemm_tma_large(&d7, 1023)); /* 2046 slots: below 128 a group */
+    assert_true(cg_cuda_gemm_tma_large(&d7, 1024));
+    /* warp-specialised (asked for): one tile, the wgmma form's */
+    CudaOptions ws = {.images_arch = "sm_90", .ws = true};
+    assert_int_equal(kernels_with(bf16, &ws, "_wg_tma"), 2);
     assert_int_equal(kernels_with(bf16, &sm80, "_wg"), 0);
     assert_int_equal(kernels_with(bf16, &off, "_wg"), 0);
     assert_true(kernels_with(bf16, &off, "_s3") >= 2); /* the cp.async form's ring of 3 */

@@ -284,13 +284,15 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     CgCudaGemm *both[] = {&gu, &gd};
     for (int q = 0; async && q < 2; q++) {
         CgCudaGemm *g = both[q];
-        *g = async[4] ? cg_cuda_gemm_wgmma(g) : cg_cuda_gemm_async(g);
+        *g = async[4] == 5 ? cg_cuda_gemm_tma(g, cg_cuda_gemm_tma_large(g, T)) /* 5: sm_90's rule at T */
+             : async[4]    ? cg_cuda_gemm_wgmma(g)
+                           : cg_cuda_gemm_async(g);
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
         g->tma = async[4] > 1; /* W by the TMA */
         /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them);
            4: warp-specialised, a block a tile */
-        g->ws = async[4] > 2, g->persist = async[4] == 3 ? 3 : 0;
+        g->ws = async[4] == 3 || async[4] == 4, g->persist = async[4] == 3 ? 3 : 0;
     }
     char su[256], sd[256];
     void *fu = gemm_kernel(&gu, su), *fd = gemm_kernel(&gd, sd);
@@ -333,9 +335,9 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     for (int64_t i = S * I - 1; async && i >= 0; i--) hgot[i] = (float)dtype_load(dt, hgot, (size_t)i); /* widen in place */
     download(ygot, dy, (size_t)T * D * 4);
     double eu = rel_err(hgot, h, (size_t)S * I), ed = rel_err(ygot, y, (size_t)T * D);
-    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down%s rel err %.3g (tol %g)\n",
+    printf("%s%s %s T=%lld D=%d I=%d: up rel err %.3g, down%s%s rel err %.3g (tol %g)\n",
            async ? su : cg_cuda_gemm_path_name(path), decode ? " (decode)" : "", dtype_name(dt), (long long)T, D, I, eu,
-           split > 1 ? strrchr(sd, '_') : "", ed, tol);
+           async ? " " : "", async ? strstr(sd, "_t") + 1 : "", ed, tol);
     assert_true(eu <= tol);
     assert_true(ed <= tol);
     uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
@@ -486,6 +488,11 @@ static void test_grouped_wgmma(void **state)
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, tma, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, tma_small, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, tma, 2);
+    /* the rule's tiles (cg_cuda_gemm_tma): 64 rows (UP on a ring of 5, DOWN of 4: a group's 50 slots
+     * on average) and 128 rows (rings of 4, DOWN 256 columns wide over 296: 150 slots a group) */
+    static const int tma_rule[5] = {0, 0, 0, 0, 5};
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 160, 136, false, tma_rule, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 296, 200, false, tma_rule, 0);
     /* k = 600: 10 tiles of 64 around rings of 4 and 5 (cp.async and TMA), each slot refilled twice
      * while the other slots' MMAs may be in flight (the emulator checks none is overwritten early) */
     static const int wg_long[5] = {4, 64, 24, 64, 1}, tma_long[5] = {5, 64, 24, 64, 2};
