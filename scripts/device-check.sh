@@ -196,6 +196,8 @@ EOF
       MOEPPC_CUDA_PDL=0 1,64
     ab "fusion A/B: the MoE block's combine, scale and dispatch launched apart (MOEPPC_CUDA_FUSE=0) against the folded ones above" \
       MOEPPC_CUDA_FUSE=0 1
+    ab "prefill A/B: the TMA form on one tile for every T (MOEPPC_CUDA_TILE_PAIR=0), against the rule's two above" \
+      MOEPPC_CUDA_TILE_PAIR=0 64,512,4096
     ab "prefill A/B: the grouped GEMMs on the cp.async mma.sync form (MOEPPC_CUDA_TMA=0), against wgmma with W by the TMA above" \
       MOEPPC_CUDA_TMA=0 64,512,4096
     ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0)" \

@@ -381,7 +381,9 @@ static TuneConfig path_rule(const GpuLayer *L, const TuneEntry *e, int kind, int
     cuda_options_env(&env);
     bool tma = !gemv && !env.no_async_gemm && cuda_tma_rule(L->garch, L->garch, &env);
     if (!gemv && !env.no_async_gemm)
-        d = tma ? cg_cuda_gemm_tma(&d, cg_cuda_gemm_tma_large(&d, T)) : cg_cuda_gemm_async(&d);
+        d = !tma               ? cg_cuda_gemm_async(&d)
+            : env.no_tile_pair ? cg_cuda_gemm_wgmma(&d)
+                               : cg_cuda_gemm_tma(&d, cg_cuda_gemm_tma_large(&d, T));
     if (gemv && T == 1 && !env.no_decode_gemv) d = cg_cuda_gemm_decode(&d);
     int ring = cg_cuda_gemm_wgmma(&d).stages; /* (a configuration's stages: 0 for its form's default) */
     return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}

@@ -471,7 +471,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         int stages = cm->o.stages[kind == CG_CUDA_GEMM_DOWN];
         /* W by the TMA (the rule's or asked for), not warp-specialised, no tile or ring asked for: the
          * rule's two tiles */
-        bool two = wg && (rule_tma || cm->o.tma) && !cm->o.ws && !table && tile[0] <= 0 && stages <= 0;
+        bool two = wg && (rule_tma || cm->o.tma) && !cm->o.ws && !cm->o.no_tile_pair && !table && tile[0] <= 0 &&
+                   stages <= 0;
         if (a16)
             gm->tiled = two  ? cg_cuda_gemm_tma(&gm->tiled, false)
                         : wg ? cg_cuda_gemm_wgmma(&gm->tiled)

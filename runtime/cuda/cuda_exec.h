@@ -106,6 +106,9 @@ typedef struct CudaOptions {
     bool no_tma;                    /* not the rule's TMA form on an sm_90 GPU (cuda_tma_rule): the
                                        cp.async mma.sync form, as other GPUs run (MOEPPC_CUDA_TMA=0:
                                        an A/B; the GPU tuner's non-TMA candidates)                  */
+    bool no_tile_pair;              /* the TMA form on one tile for every T (the wgmma form's 128 x
+                                       64 / 128 x 128), not the rule's two (cg_cuda_gemm_tma)
+                                       (MOEPPC_CUDA_TILE_PAIR=0: an A/B)                            */
     bool ws;                        /* the TMA form (implied) warp-specialised and persistent
                                        (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in: on an H200
                                        it ran 0.87x the plain TMA form; a database's entries: "/ws") */
@@ -185,7 +188,7 @@ static inline bool cuda_env_on(const char *name)
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
- * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1 (the A/Bs of
+ * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1, MOEPPC_CUDA_TILE_PAIR=0 (the A/Bs of
  * scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
@@ -200,6 +203,7 @@ static inline void cuda_options_env(CudaOptions *o)
     o->no_tma = cuda_env_off("MOEPPC_CUDA_TMA");
     o->no_pdl = cuda_env_off("MOEPPC_CUDA_PDL");
     o->ws = cuda_env_on("MOEPPC_CUDA_WS");
+    o->no_tile_pair = cuda_env_off("MOEPPC_CUDA_TILE_PAIR");
 }
 
 /* Does the rule put a 16-bit model's grouped GEMMs on sm_90a's wgmma with W by the TMA: kernels for

@@ -152,9 +152,11 @@ static void test_sm90_rule(void **state)
     CgCudaGemm d7 = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
     assert_false(cg_cuda_gemm_tma_large(&d7, 1023)); /* 2046 slots: below 128 a group */
     assert_true(cg_cuda_gemm_tma_large(&d7, 1024));
-    /* warp-specialised (asked for): one tile, the wgmma form's */
-    CudaOptions ws = {.images_arch = "sm_90", .ws = true};
+    /* warp-specialised (asked for), or MOEPPC_CUDA_TILE_PAIR=0's A/B: one tile, the wgmma form's */
+    CudaOptions ws = {.images_arch = "sm_90", .ws = true}, one = {.images_arch = "sm_90", .no_tile_pair = true};
     assert_int_equal(kernels_with(bf16, &ws, "_wg_tma"), 2);
+    assert_int_equal(kernels_with(b7, &one, "_wg_tma"), 2);
+    assert_int_equal(kernels_with(b7, &one, "_up_mma_bf16_e16_k2_n4096_k1536_t128x64x64_s5_wg_tma"), 1);
     assert_int_equal(kernels_with(bf16, &sm80, "_wg"), 0);
     assert_int_equal(kernels_with(bf16, &off, "_wg"), 0);
     assert_true(kernels_with(bf16, &off, "_s3") >= 2); /* the cp.async form's ring of 3 */
