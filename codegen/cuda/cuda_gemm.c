@@ -186,8 +186,11 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
 }
 
 /* The constants, the signature and the (group, tile) search every tiled path starts with. */
-static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threads)
+/* The kernel's head: its shape as macros and its signature, then (unless `late`: the kernel waits
+ * further on, emit_gemv) PDL_ENTRY. */
+static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threads, bool late)
 {
+    const char *entry = late ? "" : "    PDL_ENTRY();\n";
     bool up = g->kind == CG_CUDA_GEMM_UP;
     cb_printf(b, "#define E %lld\n#define N %lld\n#define KD %lld\n#define BM %d\n#define BN %d\n#define BK %d\n"
                  "#define NB %d\n#define NT %d\n#define SPLIT %d\n",
@@ -208,19 +211,19 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, "
                      "const void *wv, float *out%s) {\n"
-                     "    PDL_ENTRY();\n"
+                     "%s"
                      "#define AROW(s) (x + (long long)(s) * KD)\n", name,
-                  g->seg[0] ? ", const void *wv2, float *out2, const void *wv3, float *out3" : "");
+                  g->seg[0] ? ", const void *wv2, float *out2, const void *wv3, float *out3" : "", entry);
     else if (up)
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(%s) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, %s, %s *out%s) {\n"
-                     "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", bounds, name, xt, wparam, ht, tmap);
+                     "%s"
+                     "#define AROW(s) (x + (long long)perm[s] * KD)\n", bounds, name, xt, wparam, ht, tmap, entry);
     else
         cb_printf(b, "extern \"C\" __global__ void __launch_bounds__(%s) %s(long long T, const %s *x, "
                      "const long long *off, const int *perm, const float *gate_w, %s, float *out%s) {\n"
-                     "    PDL_ENTRY();\n"
-                     "#define AROW(s) (x + (long long)(s) * KD)\n", bounds, name, xt, wparam, tmap);
+                     "%s"
+                     "#define AROW(s) (x + (long long)(s) * KD)\n", bounds, name, xt, wparam, tmap, entry);
 }
 
 static void emit_find_tile(CgBuf *b, const CgCudaGemm *g)
@@ -285,7 +288,7 @@ static void emit_mma(CgBuf *b, const CgCudaGemm *g, const char *name)
                  "#define PACK %s\n#define mma %s\n", wn, bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
-    emit_head(b, g, name, mma_threads(g));
+    emit_head(b, g, name, mma_threads(g), false);
     emit_find_tile(b, g);
     emit_k_range(b);
     cb_printf(b,
@@ -427,7 +430,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
               wn, g->stages, bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define A_CH (BM * BK / 8)\n#define B_CH (NB * BN * BK / 8)\n"
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
-    emit_head(b, g, name, mma_threads(g));
+    emit_head(b, g, name, mma_threads(g), false);
     emit_find_tile(b, g);
     emit_k_range(b);
     cb_printf(b,
@@ -603,7 +606,7 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
     emit_wgmma_defs(b, g);
     cb_printf(b, "#define PF (ST - 2)\n#define B_CH (NB * BN * KC)\n"
                  "#define A_IT ((A_CH + NT - 1) / NT)\n#define B_IT ((B_CH + NT - 1) / NT)\n");
-    emit_head(b, g, name, mma_threads(g));
+    emit_head(b, g, name, mma_threads(g), false);
     emit_find_tile(b, g);
     emit_k_range(b);
     if (g->tma)
@@ -719,7 +722,7 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
                  "#define PD (ST - 2)  /* UP: a tile is published PD tiles after its copies are issued */\n"
                  "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n",
               up ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw);
-    emit_head(b, g, name, mma_threads(g));
+    emit_head(b, g, name, mma_threads(g), false);
     cb_printf(b,
         "    const int KT = (KD + BK - 1) / BK;\n"
         "    long long MT = 0;  /* M tiles over all groups (from off[] on the device); tile t: M tile t %% MT, N tile t / MT */\n"
@@ -843,7 +846,7 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool up = g->kind == CG_CUDA_GEMM_UP;
     cb_printf(b, "#define TM (BM / 16)\n#define TN (BN / 16)\n");
-    emit_head(b, g, name, FMA_THREADS);
+    emit_head(b, g, name, FMA_THREADS, false);
     emit_find_tile(b, g);
     emit_k_range(b);
     cb_printf(b,
@@ -901,19 +904,29 @@ static void emit_fma(CgBuf *b, const CgCudaGemm *g, const char *name)
  * the k loop unrolled bk times (its 16-byte loads in flight together). With one slot a chunk (bm 1:
  * the decode form and the tuner's 1xW forms) nothing is shared between slots, so each slot has its
  * own row of blocks (grid.y; its group found from off[]): a decode step's two picks stream their
- * experts' rows side by side instead of one after the other. */
+ * experts' rows side by side instead of one after the other.
+ * Weights first (`late`: one slot a chunk, DOWN or LINEAR): under programmatic dependent launch the
+ * first batch of weight loads is issued before the wait (PDL_ENTRY), so that the weights stream while
+ * the kernel before this one drains; x is read after it. Read before the wait: the weights and, for
+ * DOWN, off[] (the routing's, two kernels back, with UP between: complete when this kernel can start,
+ * as every kernel lets its dependents launch only after its own wait returned), through L2
+ * (ld.global.cg: no stale L1 line of an earlier step's). UP's group comes from the kernel just
+ * before it, so UP waits first. Every thread waits, also one that leaves early. */
 static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
     bool f32 = g->wdtype == DT_F32, lin = g->kind == CG_CUDA_GEMM_LINEAR;
+    bool late = g->bm == 1 && g->kind != CG_CUDA_GEMM_UP;
     CgCudaGemm h = *g;
     h.bm = 1, h.bk = 8;
     cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n"
-                 "#define UNROLL_K %d\n#define SEG0 %lld\n#define SEG1 %lld\n", g->bm, g->bn, g->bk, (long long)g->seg[0],
-              (long long)g->seg[1]);
-    emit_head(b, &h, name, 32 * g->bn);
+                 "#define UNROLL_K %d\n#define SEG0 %lld\n#define SEG1 %lld\n#define OFF(i) %s\n#define LEAVE %s\n", g->bm,
+              g->bn, g->bk, (long long)g->seg[0], (long long)g->seg[1], late ? "__ldcg(off + (i))" : "off[i]",
+              late ? "{ PDL_ENTRY(); return; }" : "return;");
+    emit_head(b, &h, name, 32 * g->bn, late);
     cb_printf(b,
         "    int lane = threadIdx.x & 31, n = blockIdx.x * NWARP + (threadIdx.x >> 5);\n"
-        "    if (n >= N) return;\n"
+        "%s"
+        "    if (n >= N) LEAVE\n"
         "%s"
         "    const int KB = SPLIT > 1 ? (int)blockIdx.z * %lld : 0;  /* this block's k slice [KB, KE) (split-K) */\n"
         "    const int KE = SPLIT > 1 ? (KB + %lld < K8 ? KB + %lld : K8) : K8;\n"
@@ -939,6 +952,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                    const wtype *wr = w + WROW(e, mat, n) * KD + k0 + u * 256;\n"
         "                    if (k0 + u * 256 < KE) %s\n"
         "                }\n"
+        "%s"
         "#pragma unroll\n"
         "            for (int u = 0; u < UNROLL_K; u++) {\n"
         "                int k = k0 + u * 256;\n"
@@ -946,6 +960,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                float wf[NB][8];\n"
         "#pragma unroll\n"
         "                for (int mat = 0; mat < NB; mat++) {\n",
+        late ? "    bool waited = false;  /* PDL_ENTRY done: after the first batch of weights */\n" : "",
         !g->seg[0] ? "" : g->seg[1]
             ? "    int ldc_ = SEG0;  /* row n's matrix: its weights, output and width */\n"
               "    if (n >= SEG0 + SEG1) wv = wv3, out = out3, n -= SEG0 + SEG1, ldc_ = N - SEG0 - SEG1;\n"
@@ -961,18 +976,19 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         g->bm != 1 ? "#pragma unroll 1\n"
                      "    for (int e = 0; e < E; e++) {  /* the groups with slots (a decode step has a few) */\n"
         : lin ? "    const int sp = blockIdx.y;  /* one slot (token) per block row: side by side */\n"
-                "    if (sp >= T) return;\n"
+                "    if (sp >= T) LEAVE\n"
                 "    for (int e = 0; e < 1; e++) {\n"
               : "    const int sp = blockIdx.y;  /* one slot per block row: the slots side by side, not in turn */\n"
-                "    if (sp >= off[E]) return;  /* (a zero-computation pick's) */\n"
+                "    if (sp >= OFF(E)) LEAVE  /* (a zero-computation pick's) */\n"
                 "    int es = 0;\n"
-                "    while (off[es + 1] <= sp) es++;  /* its group */\n"
+                "    while (OFF(es + 1) <= sp) es++;  /* its group */\n"
                 "    for (int e = es; e < es + 1; e++) {\n",
         g->w_table ? "    const wtype *w = (const wtype *)wtab[e];\n" : "",
         g->bm == 1 ? "sp" : lin ? "0" : "off[e]", g->bm == 1 ? "sp + 1" : lin ? "T" : "off[e + 1]",
         f32 ? "float4" : "uint4", f32 ? "[2]" : "",
         f32 ? "raw[u][mat][0] = ((const float4 *)wr)[0], raw[u][mat][1] = ((const float4 *)wr)[1];"
-            : "raw[u][mat] = *(const uint4 *)wr;  /* 8 weights */");
+            : "raw[u][mat] = *(const uint4 *)wr;  /* 8 weights */",
+        late ? "            if (!waited) PDL_ENTRY(), waited = true;  /* x is read from here on */\n" : "");
     if (f32)
         cb_printf(b, "                    float4 lo = raw[u][mat][0], hi = raw[u][mat][1];\n"
                      "                    wf[mat][0] = lo.x, wf[mat][1] = lo.y, wf[mat][2] = lo.z, wf[mat][3] = lo.w;\n"
@@ -1000,6 +1016,7 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                }\n"
         "            }\n"
         "        }\n"
+        "%s"
         "        for (int k = K8 + lane; k < KD && (SPLIT == 1 || blockIdx.z == SPLIT - 1); k += 32)  /* scalar tail (k not a multiple of 8) */\n"
         "#pragma unroll\n"
         "            for (int s = 0; s < MAXS; s++) {\n"
@@ -1013,7 +1030,8 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            float r[NB];\n"
         "#pragma unroll\n"
         "            for (int mat = 0; mat < NB; mat++) r[mat] = warp_sum(acc[mat][s]);\n"
-        "            if (lane != 0) continue;\n");
+        "            if (lane != 0) continue;\n",
+        late ? "        if (!waited) PDL_ENTRY(), waited = true;  /* (a lane with no 8-element chunk) */\n" : "");
     if (g->kind == CG_CUDA_GEMM_LINEAR)
         cb_printf(b, "            out[(long long)(s0 + s) * LDC + n] = r[0];\n");
     else if (g->kind == CG_CUDA_GEMM_UP)

@@ -455,7 +455,8 @@ static void test_attention_forms_compile(void **state)
 }
 
 /* Every kernel starts with the programmatic-dependent-launch wait: griddepcontrol in its sm_90 PTX,
- * nothing for sm_80 (which has no such instruction). */
+ * nothing for sm_80 (which has no such instruction); the decode GEMVs of DOWN and dense layers after
+ * their first weight loads. */
 static void test_pdl_entry(void **state)
 {
     (void)state;
@@ -473,6 +474,26 @@ static void test_pdl_entry(void **state)
         cg_cuda_binary_free(&bin);
     }
     free(src);
+    /* the decode GEMVs of DOWN and dense layers issue their first weight loads before the wait (x
+     * after it); UP's waits first (its group comes from the kernel just before) */
+    for (int kind = 0; kind < 3; kind++) {
+        bool lin = kind == CG_CUDA_GEMM_LINEAR;
+        CgCudaGemm g = cg_cuda_gemm_default((cg_cuda_gemm_kind)kind, CG_CUDA_PATH_GEMV, DT_BF16, lin ? 1 : 16,
+                                            lin ? 1 : 2, 1536, 4096);
+        g = cg_cuda_gemm_decode(&g);
+        cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+        assert_non_null(src = cg_cuda_gemm_source(&g, err, sizeof err));
+        const char *body = strstr(src, sym), *load = strstr(body, "raw[u][mat] = "), *wait = strstr(body, "PDL_ENTRY()");
+        const char *x = strstr(body, "AROW(s0 + s) + k");
+        assert_true(load && wait && x && wait < x);
+        assert_true(kind == CG_CUDA_GEMM_UP ? wait < load : load < wait);
+        CgCudaBinary bin;
+        assert_true(cg_cuda_compile(src, sym, "sm_90", false, true, &bin, err, sizeof err));
+        assert_non_null(strstr(bin.ptx, "griddepcontrol.wait"));
+        assert_null(strstr(bin.log, "warning"));
+        cg_cuda_binary_free(&bin);
+        free(src);
+    }
 }
 
 int main(void)
