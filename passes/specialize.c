@@ -25,7 +25,9 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * panel's packed A rows stay in L2 either way). On NVIDIA GPUs the CUDA executor's own default
  * block tile, so that --print-ir says what runs: the grouped GEMMs of 16-bit weights on the cp.async
  * form (cg_cuda_gemm_async: 128×64×32 up, 128×128×32 down), other tensor-core GEMMs 64×64×32 or
- * 64×128×32 for a down-projection of 128 columns or more (cg_cuda_gemm_default), f32 weights 64×64×16. */
+ * 64×128×32 for a down-projection of 128 columns or more (cg_cuda_gemm_default), f32 weights 64×64×16.
+ * (Kernels for sm_90 on an sm_90 GPU run the TMA form's two tiles instead, by T: cuda_tma_rule and
+ * cg_cuda_gemm_tma; the pass knows neither the GPU nor T.) */
 static void tile_rule(const PassOptions *o, bool grouped, bool down, moe_dtype dt, int64_t N, int64_t K,
                       int64_t tile[3])
 {
