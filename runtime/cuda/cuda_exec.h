@@ -239,7 +239,8 @@ const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, mo
 /* Overwrite value v (a result) for the T of the last call with host data ([T, cols] of its dtype):
  * benchmarks impose a routing this way and then run the instructions after the router. */
 bool       cuda_model_write(CudaModel *cm, const IrValue *v, const void *host, RtError *err);
-/* Milliseconds of GPU time (CUDA events) of the last call. */
+/* Milliseconds of GPU time (CUDA events) of the last call's launches or graph (its inputs' upload
+ * before them not counted). */
 double     cuda_model_last_ms(const CudaModel *cm);
 /* The GPU operations (kernel launches, fills, copies) the last call queued, a graph's included: what
  * folding a decode step's kernels saves (bench prints it; tests check it). */
