@@ -185,9 +185,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     return why == NULL;
 }
 
-/* The constants, the signature and the (group, tile) search every tiled path starts with. */
-/* The kernel's head: its shape as macros and its signature, then (unless `late`: the kernel waits
- * further on, emit_gemv) PDL_ENTRY. */
+/* The constants and the signature every path starts with, then PDL_ENTRY (unless `late`: the kernel
+ * waits further on, emit_gemv). */
 static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threads, bool late)
 {
     const char *entry = late ? "" : "    PDL_ENTRY();\n";
@@ -919,8 +918,9 @@ static void emit_gemv(CgBuf *b, const CgCudaGemm *g, const char *name)
     CgCudaGemm h = *g;
     h.bm = 1, h.bk = 8;
     cb_printf(b, "#define MAXS %d\n#define NWARP %d\n#define VEC (KD %% 8 == 0)\n#define K8 (VEC ? KD / 8 * 8 : 0)\n"
-                 "#define UNROLL_K %d\n#define SEG0 %lld\n#define SEG1 %lld\n#define OFF(i) %s\n#define LEAVE %s\n", g->bm,
-              g->bn, g->bk, (long long)g->seg[0], (long long)g->seg[1], late ? "__ldcg(off + (i))" : "off[i]",
+                 "#define UNROLL_K %d\n#define SEG0 %lld\n#define SEG1 %lld\n"
+                 "#define OFF(i) %s\n#define LEAVE %s\n",
+              g->bm, g->bn, g->bk, (long long)g->seg[0], (long long)g->seg[1], late ? "__ldcg(off + (i))" : "off[i]",
               late ? "{ PDL_ENTRY(); return; }" : "return;");
     emit_head(b, &h, name, 32 * g->bn, late);
     cb_printf(b,

@@ -188,8 +188,8 @@ static inline bool cuda_env_on(const char *name)
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
- * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1, MOEPPC_CUDA_TILE_PAIR=0 (the A/Bs of
- * scripts/device-check.sh). */
+ * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1, MOEPPC_CUDA_TILE_PAIR=0
+ * (the A/Bs of scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
     o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");

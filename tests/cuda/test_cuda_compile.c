@@ -483,8 +483,8 @@ static void test_pdl_entry(void **state)
         g = cg_cuda_gemm_decode(&g);
         cg_cuda_gemm_symbol(&g, sym, sizeof sym);
         assert_non_null(src = cg_cuda_gemm_source(&g, err, sizeof err));
-        const char *body = strstr(src, sym), *load = strstr(body, "raw[u][mat] = "), *wait = strstr(body, "PDL_ENTRY()");
-        const char *x = strstr(body, "AROW(s0 + s) + k");
+        const char *body = strstr(src, sym), *load = strstr(body, "raw[u][mat] = ");
+        const char *wait = strstr(body, "PDL_ENTRY()"), *x = strstr(body, "AROW(s0 + s) + k");
         assert_true(load && wait && x && wait < x);
         assert_true(kind == CG_CUDA_GEMM_UP ? wait < load : load < wait);
         CgCudaBinary bin;
