@@ -7,7 +7,8 @@
  * fraction of the bf16 peak and, for the MoE block, the bytes of the router and of the selected
  * experts' weights per second as a fraction of the copy bandwidth; the attention alone, with the
  * bytes of the KV cache it reads (--context P: the tokens after a prefill of P, a long context's
- * decode step). */
+ * decode step). At T = 1 the MoE block and its GEMMs also IN_GRAPH times over in one graph: what a
+ * block costs inside a whole decode step's graph, whose one launch serves every layer. */
 #include "tools/commands.h"
 #include "tools/help.h"
 
@@ -18,6 +19,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+#define IN_GRAPH 20
 
 typedef struct {
     const char *spec;
@@ -113,15 +116,16 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
+/* bench_cuda_time_steps with the range run in_graph times over in each call (one graph at T = 1), the
+ * call's time divided by it. */
+static bool time_steps(CudaModel *cm, int first, int last, int in_graph, const int32_t *ids, const int32_t *pos,
                        int64_t T, int warmup, int reps, double *ms, RtError *err)
 {
     double *v = xmalloc((size_t)reps * sizeof *v);
     bool ok = true;
     for (int r = -warmup; r < reps && ok; r++) {
-        ok = first == 0 && last == n_steps ? cuda_model_run(cm, ids, pos, T, err)
-                                           : cuda_model_run_steps(cm, first, last, ids, pos, T, err);
-        if (r >= 0) v[r] = cuda_model_last_ms(cm);
+        ok = cuda_model_run_steps_reps(cm, first, last, in_graph, ids, pos, T, err);
+        if (r >= 0) v[r] = cuda_model_last_ms(cm) / in_graph;
     }
     if (ok) {
         qsort(v, (size_t)reps, sizeof *v, cmp_double);
@@ -129,6 +133,13 @@ bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, cons
     }
     free(v);
     return ok;
+}
+
+bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
+                           int64_t T, int warmup, int reps, double *ms, RtError *err)
+{
+    (void)n_steps; /* (the whole model is the range [0, n_steps)) */
+    return time_steps(cm, first, last, 1, ids, pos, T, warmup, reps, ms, err);
 }
 
 int bench_cuda(int argc, char **argv)
@@ -229,6 +240,12 @@ int bench_cuda(int argc, char **argv)
         ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, 3, a.reps, &moe_ms, &err);
         int moe_ops = cuda_model_last_ops(cm); /* the block's launches (and fills, copies) */
         ok = ok && bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, 3, a.reps, &gemm_ms, &err);
+        /* a decode step's block as it runs inside the whole step's graph: IN_GRAPH blocks in one graph,
+         * its launch shared (the block's ranges rewrite what they read: each run is the first's) */
+        double moe_g = 0, gemm_g = 0;
+        if (ok && T == 1)
+            ok = time_steps(cm, first, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &moe_g, &err) &&
+                 time_steps(cm, up, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &gemm_g, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);
@@ -241,6 +258,7 @@ int bench_cuda(int argc, char **argv)
                 if (rid[j] >= 0 && rid[j] < s.n_ffn && rid[j] < 1024) picks++, used += !seen[rid[j]], seen[rid[j]] = true;
             double tflops = 2e-12 * (double)picks * expert_bytes / dtype_size(s.dtype) / (gemm_ms * 1e-3);
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
+            double gbs_g = moe_g > 0 ? gbs * moe_ms / moe_g : 0;
             double kv_gbs = 1e-9 * (double)(a.context + T) * kv_row_bytes / (att_ms * 1e-3); /* the cache read once */
             double keys = (double)T * (double)a.context + (double)T * (double)(T + 1) / 2; /* causal: sum of pos + 1 */
             double att_tflops = 4e-12 * keys * qk_cols / (att_ms * 1e-3);                 /* q.k and p.v */
@@ -248,10 +266,11 @@ int bench_cuda(int argc, char **argv)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
-                       "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g}\n",
+                       "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g, \"moe_ms_in_graph\": %.6g, "
+                       "\"grouped_ms_in_graph\": %.6g, \"moe_weight_gbs_in_graph\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
-                       att_ms, att_tflops, kv_gbs);
+                       att_ms, att_tflops, kv_gbs, moe_g, gemm_g, gbs_g);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
                        layer_ms, moe_ms, gemm_ms, tflops);
@@ -259,6 +278,11 @@ int bench_cuda(int argc, char **argv)
                 printf("  weights %7.0f GB/s", gbs);
                 if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs / a.bw_gbs);
                 printf("  [%lld FFN picks, %lld experts; MoE block: %d GPU ops]", (long long)picks, (long long)used, moe_ops);
+                if (moe_g > 0) {
+                    printf("  in a graph of %d: MoE block %.4f ms, weights %.0f GB/s", IN_GRAPH, moe_g, gbs_g);
+                    if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs_g / a.bw_gbs);
+                    printf(", grouped GEMMs %.4f ms", gemm_g);
+                }
                 printf("  attention %.4f ms over %lld keys, %.1f TFLOP/s (KV cache %.0f GB/s", att_ms,
                        (long long)(a.context + T), att_tflops, kv_gbs);
                 if (a.bw_gbs) printf(", %.1f %% of copy bw", 100.0 * kv_gbs / a.bw_gbs);

@@ -141,18 +141,20 @@ typedef struct HostOut {
     size_t bytes;
 } HostOut;
 
-/* What a captured graph ran: steps [first, last) on T rows, the logits tail on the last `tail` of them
- * (0: all), the rows' sequences seq[T] (a copy; NULL: sequence 0's alone). The launches depend on
- * nothing else: the positions and ids are read on the GPU, and the arena is laid out for T. */
+/* What a captured graph ran: steps [first, last) `reps` times over on T rows, the logits tail on the
+ * last `tail` of them (0: all), the rows' sequences seq[T] (a copy; NULL: sequence 0's alone). The
+ * launches depend on nothing else: the positions and ids are read on the GPU, and the arena is laid
+ * out for T. */
 typedef struct GraphKey {
-    int first, last;
+    int first, last, reps;
     int64_t T, tail;
     int32_t *seq;
 } GraphKey;
 
 static bool graph_key_is(const GraphKey *k, const GraphKey *q)
 {
-    return k->first == q->first && k->last == q->last && k->T == q->T && k->tail == q->tail && !k->seq == !q->seq &&
+    return k->first == q->first && k->last == q->last && k->reps == q->reps && k->T == q->T && k->tail == q->tail &&
+           !k->seq == !q->seq &&
            (!k->seq || !memcmp(k->seq, q->seq, (size_t)k->T * sizeof *k->seq));
 }
 
@@ -1699,8 +1701,22 @@ static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *er
     return true;
 }
 
+/* run_range `reps` times over */
+static bool run_ranges(CudaModel *cm, int first, int last, int reps, int64_t T, RtError *err)
+{
+    for (int q = 0; q < reps; q++)
+        if (!run_range(cm, first, last, T, err)) return false;
+    return true;
+}
+
 bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos, int64_t T,
                           RtError *err)
+{
+    return cuda_model_run_steps_reps(cm, first, last, 1, ids, pos, T, err);
+}
+
+bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, const int32_t *ids, const int32_t *pos,
+                               int64_t T, RtError *err)
 {
     if (T <= 0) {
         snprintf(err->msg, sizeof err->msg, "no tokens to run");
@@ -1713,14 +1729,14 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
             return false;
         }
     }
-    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps && !cm->o.caller_workspace);
+    MOE_ASSERT(0 <= first && first <= last && last <= cm->n_steps && reps >= 1 && !cm->o.caller_workspace);
     if (!ensure_capacity(cm, T, err)) return false;
     char e[512];
     /* A decode step (T = 1) runs as a CUDA graph: its launch gaps are the GPU's, not the host's. Any
      * range of steps does (the benchmarks time the MoE block and the GEMMs of a decode step so). So
      * does a run of several sequences' rows laid out as the run before it (--batch decoding the
      * same sequences step after step; a layout seen once is not captured). */
-    GraphKey key = {first, last, T, cm->o.last_rows < T ? cm->o.last_rows : 0, (int32_t *)cm->seq};
+    GraphKey key = {first, last, reps, T, cm->o.last_rows < T ? cm->o.last_rows : 0, (int32_t *)cm->seq};
     bool use_graph = (T == 1 || cm->seq) && !cm->o.no_graph && !cm->o.poison && !cm->o.sync_each;
     void *graph = NULL;
     int graph_ops = 0;
@@ -1743,7 +1759,7 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
     if (!cg_cuda_event_record(cm->drv, cm->ev0, e, sizeof e)) return fail_cuda(err, "queueing the inputs", e);
     if (graph) {
         if (!cg_cuda_graph_launch(cm->drv, graph, e, sizeof e)) return fail_cuda(err, "launching the decode graph", e);
-    } else if (!run_range(cm, first, last, T, err)) {
+    } else if (!run_ranges(cm, first, last, reps, T, err)) {
         cg_cuda_sync(cm->drv, e, sizeof e);
         return false;
     }
@@ -1756,7 +1772,7 @@ bool cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids
         if (!cg_cuda_capture_begin(cm->drv, e, sizeof e)) return fail_cuda(err, "capturing the decode step", e);
         int ops = cm->ops;
         cm->ops = 0;
-        bool ok = run_range(cm, first, last, T, err);
+        bool ok = run_ranges(cm, first, last, reps, T, err);
         MOE_ASSERT(!ok || cm->ops == ops); /* the graph holds what the eager call ran */
         void *g = NULL;
         bool ended = cg_cuda_capture_end(cm->drv, &g, e, sizeof e);

@@ -233,6 +233,12 @@ void       cuda_model_set_last_rows(CudaModel *cm, int64_t n);
  * at T = 1 the range is captured as a CUDA graph, as a decode step is (the last 8 ranges kept). */
 bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_t *ids, const int32_t *pos,
                                 int64_t T, RtError *err);
+/* The same range `reps` times over in one call (one graph at T = 1): a part of a decode step timed as
+ * it runs inside the whole step's graph, the graph's launch shared by the repetitions (bench's
+ * "in a graph" figures). A range that rewrites all it reads from (the whole step: its KV rows are
+ * stored again with the same values; the MoE block) leaves the outputs one run would. */
+bool       cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, const int32_t *ids,
+                                     const int32_t *pos, int64_t T, RtError *err);
 /* A module output of the last run, copied to host memory owned by the model: [T, cols]. NULL if the
  * name is not an output (or the copy failed: err says why). */
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, moe_dtype *dtype, RtError *err);

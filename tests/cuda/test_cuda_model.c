@@ -559,7 +559,9 @@ static void test_batched_graphs(void **state)
 
 /* Ranges of steps at T = 1 run as CUDA graphs of their own (the benchmarks time a decode step's MoE
  * block so): the step split in two ranges, each run eagerly (and captured) and then from its graph,
- * gives the full step's logits, for the id the first range embeds; each range has its graph. */
+ * gives the full step's logits, for the id the first range embeds; each range has its graph. The
+ * whole step three times over in one call (cuda_model_run_steps_reps) is a graph of its own, of three
+ * times the step's GPU operations, with the step's logits. */
 static void test_range_graphs(void **state)
 {
     (void)state;
@@ -601,6 +603,18 @@ static void test_range_graphs(void **state)
             assert_true(e <= 1e-5);
         }
     assert_int_equal(cuda_model_graphs(cm), 3);
+    /* the whole step 3 times over in one call (bench's "in a graph"): eager and captured, then its
+     * graph; each run rewrites what it reads, so the logits are one step's */
+    assert_true(cuda_model_run_steps(cm, 0, n, &ids[1], &pos, 1, &err));
+    int ops = cuda_model_last_ops(cm);
+    for (int rep = 0; rep < 2; rep++) {
+        assert_true(cuda_model_run_steps_reps(cm, 0, n, 3, &ids[1], &pos, 1, &err));
+        assert_int_equal(cuda_model_graphs(cm), 4);
+        assert_int_equal(cuda_model_last_ops(cm), 3 * ops);
+        const float *got = cuda_model_output(cm, "logits", &cols, &dt, &err);
+        assert_non_null(got);
+        assert_true(rel_err(got, want + V, V, 0, 1) <= 1e-5);
+    }
     free(want);
     cuda_model_free(cm);
     ir_module_free(m);
