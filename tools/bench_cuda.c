@@ -266,8 +266,8 @@ int bench_cuda(int argc, char **argv)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
-                       "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g, \"moe_ms_in_graph\": %.6g, "
-                       "\"grouped_ms_in_graph\": %.6g, \"moe_weight_gbs_in_graph\": %.6g}\n",
+                       "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g, "
+                       "\"moe_ms_in_graph\": %.6g, \"grouped_ms_in_graph\": %.6g, \"moe_weight_gbs_in_graph\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
                        att_ms, att_tflops, kv_gbs, moe_g, gemm_g, gbs_g);

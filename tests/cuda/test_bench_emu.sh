@@ -3,7 +3,8 @@
 # CTest), the command scripts/device-check.sh times the 7B layer with: tiny-bf16 at T = 1 and 40 after
 # a 30-token prefill (--context), as JSON: one record per T, its positions after the context, the
 # decode step's MoE block folded to 3 GPU operations (router, up, down), every part timed (at T = 1
-# also in a graph of 20 blocks) and none far beyond the layer (medians timed apart on a loaded CPU); a bad --context is a usage error (exit 2) naming the option.
+# also in a graph of 20 blocks) and none far beyond the layer (medians timed apart on a loaded CPU);
+# a bad --context is a usage error (exit 2) naming the option.
 set -u
 MOEPPC=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
