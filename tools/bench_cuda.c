@@ -116,10 +116,8 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* bench_cuda_time_steps with the range run in_graph times over in each call (one graph at T = 1), the
- * call's time divided by it. */
-static bool time_steps(CudaModel *cm, int first, int last, int in_graph, const int32_t *ids, const int32_t *pos,
-                       int64_t T, int warmup, int reps, double *ms, RtError *err)
+bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int in_graph, const int32_t *ids, const int32_t *pos,
+                           int64_t T, int warmup, int reps, double *ms, RtError *err)
 {
     double *v = xmalloc((size_t)reps * sizeof *v);
     bool ok = true;
@@ -133,13 +131,6 @@ static bool time_steps(CudaModel *cm, int first, int last, int in_graph, const i
     }
     free(v);
     return ok;
-}
-
-bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int n_steps, const int32_t *ids, const int32_t *pos,
-                           int64_t T, int warmup, int reps, double *ms, RtError *err)
-{
-    (void)n_steps; /* (the whole model is the range [0, n_steps)) */
-    return time_steps(cm, first, last, 1, ids, pos, T, warmup, reps, ms, err);
 }
 
 int bench_cuda(int argc, char **argv)
@@ -225,8 +216,8 @@ int bench_cuda(int argc, char **argv)
         for (int64_t t = 0; t < T; t++)
             ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + t);
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0, att_ms = 0;
-        bool ok = bench_cuda_time_steps(cm, 0, n_steps, n_steps, ids, pos, T, 3, a.reps, &layer_ms, &err) &&
-                  bench_cuda_time_steps(cm, att, att + 1, n_steps, ids, pos, T, 3, a.reps, &att_ms, &err);
+        bool ok = bench_cuda_time_steps(cm, 0, n_steps, 1, ids, pos, T, 3, a.reps, &layer_ms, &err) &&
+                  bench_cuda_time_steps(cm, att, att + 1, 1, ids, pos, T, 3, a.reps, &att_ms, &err);
         int32_t *sid = NULL;
         if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
             int64_t k = s.top_k;
@@ -237,15 +228,15 @@ int bench_cuda(int argc, char **argv)
             free(sw);
         }
         int first = a.zc_share >= 0 ? route + 1 : route;
-        ok = ok && bench_cuda_time_steps(cm, first, down + 1, n_steps, ids, pos, T, 3, a.reps, &moe_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, first, down + 1, 1, ids, pos, T, 3, a.reps, &moe_ms, &err);
         int moe_ops = cuda_model_last_ops(cm); /* the block's launches (and fills, copies) */
-        ok = ok && bench_cuda_time_steps(cm, up, down + 1, n_steps, ids, pos, T, 3, a.reps, &gemm_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, up, down + 1, 1, ids, pos, T, 3, a.reps, &gemm_ms, &err);
         /* a decode step's block as it runs inside the whole step's graph: IN_GRAPH blocks in one graph,
          * its launch shared (the block's ranges rewrite what they read: each run is the first's) */
         double moe_g = 0, gemm_g = 0;
         if (ok && T == 1)
-            ok = time_steps(cm, first, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &moe_g, &err) &&
-                 time_steps(cm, up, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &gemm_g, &err);
+            ok = bench_cuda_time_steps(cm, first, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &moe_g, &err) &&
+                 bench_cuda_time_steps(cm, up, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &gemm_g, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);

@@ -22,10 +22,11 @@ int bench_cuda(int argc, char **argv);
 int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
                                 float *w);
 /* bench_cuda.c: the median GPU milliseconds (CUDA events) of instructions [first, last) of a CUDA
- * model on T tokens over reps runs after `warmup` runs (the whole model when first = 0, last = n_steps). */
+ * model on T tokens over reps runs after `warmup` runs, each run the range in_graph times over in one
+ * call (one graph at T = 1; cuda_model_run_steps_reps) and its time divided by in_graph. */
 struct CudaModel;
 struct RtError;
-bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int n_steps, const int32_t *ids,
+bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int in_graph, const int32_t *ids,
                            const int32_t *pos, int64_t T, int warmup, int reps, double *ms, struct RtError *err);
 /* `moeppc tune`'s arguments (common.c): 0, else the usage exit status (printed). */
 typedef struct TuneArgs {

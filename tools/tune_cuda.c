@@ -308,7 +308,7 @@ typedef struct {
     const ModelSpec *s;
     IrModule *m;
     WeightSet *w;
-    int n_steps, step[2];      /* indices of the grouped up and down instructions */
+    int step[2];               /* indices of the grouped up and down instructions */
     double deadline;
     double share_end, weight_left; /* the end of the current kernel's share of the time left, and the
                                       weight of the kernels still to come (see take_share) */
@@ -338,6 +338,11 @@ static void take_share(GpuLayer *L, double w)
     L->weight_left -= w;
 }
 
+/* Runs of a step timed in one call (bench_cuda_time_steps' in_graph): up to CG_CUDA_GEMV_MAX_T tokens
+ * a kernel takes microseconds, of the order of a graph's launch, which 10 runs then share (each run's
+ * results are taken before the timing). */
+static int in_graph(int64_t T) { return T <= CG_CUDA_GEMV_MAX_T ? 10 : 1; }
+
 /* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
  * its logits for ids (copied to *logits) and the median ms of that GEMM, and its FFN picks. */
 static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, const int32_t *ids, const int32_t *pos,
@@ -363,7 +368,8 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
     const int32_t *rid = lg ? cuda_model_output(cm, name, &cols, &dt, err) : NULL;
-    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, L->n_steps, ids, pos, T, L->warmup, L->reps, ms, err);
+    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, in_graph(T), ids, pos, T, L->warmup, L->reps,
+                                      ms, err);
     for (int64_t j = 0; ok && j < T * cols; j++) *picks += rid[j] >= 0 && rid[j] < L->s->n_ffn;
     cuda_model_free(cm);
     return ok;
@@ -558,8 +564,8 @@ static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int3
     bool ok = (P == T || cuda_model_run(cm, ids, pos, P - T, err)) && cuda_model_run(cm, ids + P - T, pos + P - T, T, err);
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
-    ok = lg && bench_cuda_time_steps(cm, step, step + 1, L->n_steps, ids + P - T, pos + P - T, T, L->warmup,
-                                    L->reps, ms, err);
+    ok = lg && bench_cuda_time_steps(cm, step, step + 1, in_graph(T), ids + P - T, pos + P - T, T, L->warmup,
+                                     L->reps, ms, err);
     cuda_model_free(cm);
     return ok;
 }
@@ -666,7 +672,6 @@ static bool layer_init(GpuLayer *L, ModelSpec *s, const TuneArgs *a, const char 
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     Diag d = {stderr, a->spec, 0};
     MOE_ASSERT(passes_run(L->m, &po, &d));
-    for (const IrInstr *i = L->m->first; i; i = i->next) L->n_steps++;
     int route = bench_instr_index(L->m, IR_OP_MOE_ROUTE, -1);
     L->step[0] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_UP, route);
     L->step[1] = bench_instr_index(L->m, IR_OP_MOE_GROUPED_DOWN, route);
