@@ -124,6 +124,20 @@ static int kernels_with(const char *path, const CudaOptions *o, const char *part
     return with;
 }
 
+/* An sm_90 build of spec asks for the rule's two TMA tiles of each grouped GEMM and no other TMA
+ * kernel: up and down are the symbols' shape parts ("bf16_e4_k2_n32_k64"), tiles[] UP's small and
+ * large tile, then DOWN's ("64x128x64_s4"). */
+static void expect_tile_pair(const char *spec, const char *up, const char *down, const char *const tiles[4])
+{
+    CudaOptions sm90 = {.images_arch = "sm_90"};
+    assert_int_equal(kernels_with(spec, &sm90, "_wg_tma"), 4);
+    for (int q = 0; q < 4; q++) {
+        char name[160];
+        snprintf(name, sizeof name, "_%s_mma_%s_t%s_wg_tma", q < 2 ? "up" : "down", q < 2 ? up : down, tiles[q]);
+        assert_int_equal(kernels_with(spec, &sm90, name), 1);
+    }
+}
+
 /* The rule's sm_90 form (cuda_tma_rule): a 16-bit model's grouped GEMMs on wgmma with W by the TMA for
  * an sm_90 target, the cp.async mma.sync form for other targets, with MOEPPC_CUDA_TMA=0's no_tma, on
  * the emulator, for f32 weights and for weights used in place (the embedding library). */
@@ -136,19 +150,13 @@ static void test_sm90_rule(void **state)
     CudaOptions sm90 = {.images_arch = "sm_90"}, sm80 = {.images_arch = "sm_80"};
     CudaOptions off = {.images_arch = "sm_90", .no_tma = true}, table = {.images_arch = "sm_90", .weights_in_place = true};
     /* up and down, each on the rule's two tiles (cg_cuda_gemm_tma): UP 32 wide (64-column tiles) on
-     * rings of 5 and 4, DOWN 64 wide (128 columns, not 256) on rings of 4 */
-    assert_int_equal(kernels_with(bf16, &sm90, "_wg_tma"), 4);
-    assert_int_equal(kernels_with(bf16, &sm90, "_up_mma_bf16_e4_k2_n32_k64_t64x64x64_s5_wg_tma"), 1);
-    assert_int_equal(kernels_with(bf16, &sm90, "_up_mma_bf16_e4_k2_n32_k64_t128x64x64_s4_wg_tma"), 1);
-    assert_int_equal(kernels_with(bf16, &sm90, "_down_mma_bf16_e4_k2_n64_k32_t64x128x64_s4_wg_tma"), 1);
-    assert_int_equal(kernels_with(bf16, &sm90, "_down_mma_bf16_e4_k2_n64_k32_t128x128x64_s4_wg_tma"), 1);
-    /* the 7B's: the H200 database's winners at T = 512 and 4096 */
+     * rings of 5 and 4, DOWN 64 wide (128 columns, not 256) on rings of 4; the 7B's: the H200
+     * database's winners at T = 512 and 4096 */
+    static const char *const tiny_tiles[4] = {"64x64x64_s5", "128x64x64_s4", "64x128x64_s4", "128x128x64_s4"};
+    static const char *const b7_tiles[4] = {"64x128x64_s5", "128x128x64_s4", "64x128x64_s4", "128x256x64_s4"};
     const char *b7 = MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml";
-    assert_int_equal(kernels_with(b7, &sm90, "_wg_tma"), 4);
-    assert_int_equal(kernels_with(b7, &sm90, "_up_mma_bf16_e16_k2_n4096_k1536_t64x128x64_s5_wg_tma"), 1);
-    assert_int_equal(kernels_with(b7, &sm90, "_up_mma_bf16_e16_k2_n4096_k1536_t128x128x64_s4_wg_tma"), 1);
-    assert_int_equal(kernels_with(b7, &sm90, "_down_mma_bf16_e16_k2_n1536_k4096_t64x128x64_s4_wg_tma"), 1);
-    assert_int_equal(kernels_with(b7, &sm90, "_down_mma_bf16_e16_k2_n1536_k4096_t128x256x64_s4_wg_tma"), 1);
+    expect_tile_pair(bf16, "bf16_e4_k2_n32_k64", "bf16_e4_k2_n64_k32", tiny_tiles);
+    expect_tile_pair(b7, "bf16_e16_k2_n4096_k1536", "bf16_e16_k2_n1536_k4096", b7_tiles);
     CgCudaGemm d7 = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
     assert_false(cg_cuda_gemm_tma_large(&d7, 1023)); /* 2046 slots: below 128 a group */
     assert_true(cg_cuda_gemm_tma_large(&d7, 1024));
