@@ -388,9 +388,10 @@ bool cg_cuda_launch_async(CgCudaDriver *d, void *fn, const unsigned grid[3], con
                           void **args, char *err, size_t errlen);
 /* The same with programmatic dependent launch when pdl (cuLaunchKernelEx, attribute
  * PROGRAMMATIC_STREAM_SERIALIZATION): the kernel may start while the one before it in the stream
- * still runs; every generated kernel's first statement waits for it (PDL_ENTRY: griddepcontrol on
- * sm_90+). cg_cuda_can_pdl: the driver has cuLaunchKernelEx and the GPU is sm_90 or newer (or the
- * emulator, which checks the waits). */
+ * still runs; every generated kernel waits for it before it reads anything a kernel before it writes,
+ * and lets its dependents launch only after that wait (PDL_ENTRY: griddepcontrol on sm_90+; the
+ * prelude in cuda_src.c states the contract). cg_cuda_can_pdl: the driver has cuLaunchKernelEx and
+ * the GPU is sm_90 or newer (or the emulator, which checks the waits). */
 bool cg_cuda_launch_async_pdl(CgCudaDriver *d, void *fn, const unsigned grid[3], const unsigned block[3], size_t smem,
                               void **args, bool pdl, char *err, size_t errlen);
 bool cg_cuda_can_pdl(CgCudaDriver *d);
