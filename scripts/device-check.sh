@@ -198,6 +198,8 @@ EOF
       MOEPPC_CUDA_FUSE=0 1
     ab "prefill A/B: the TMA form on one tile for every T (MOEPPC_CUDA_TILE_PAIR=0), against the rule's two above" \
       MOEPPC_CUDA_TILE_PAIR=0 64,512,4096
+    ab "prefill A/B: UP's x rows gathered by the threads' cp.async (MOEPPC_CUDA_TMA_A=0), against x gathered into slot order and taken by the TMA above" \
+      MOEPPC_CUDA_TMA_A=0 512,4096
     ab "prefill A/B: the grouped GEMMs on the cp.async mma.sync form (MOEPPC_CUDA_TMA=0), against wgmma with W by the TMA above" \
       MOEPPC_CUDA_TMA=0 64,512,4096
     ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0)" \

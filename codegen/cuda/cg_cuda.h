@@ -219,11 +219,15 @@ typedef struct CgCudaGemm {
                                 memory accelerator (cp.async.bulk.tensor, one thread, an mbarrier
                                 per ring slot) into 128-byte-swizzled rows; the kernel takes a
                                 last argument, the weights' CUtensorMap (cg_cuda_gemm_tma_map;
-                                "_tma"); DOWN's A (h) comes so too, its map after W's
-                                (cg_cuda_gemm_tma_map_a)                                       */
+                                "_tma"); A comes so too, its map after W's
+                                (cg_cuda_gemm_tma_map_a): DOWN's h, and UP's x gathered into
+                                slot order, 16-bit, by the gather16 kernel first              */
+    bool      gather_a;      /* UP, tma: A's rows gathered through perm by the threads' cp.async
+                                (x 16-bit in token order, round16) instead of by the TMA ("_ga";
+                                the form before 2026-12-05, an A/B)                             */
     bool      ws;            /* tma, split 0/1: warp-specialised and persistent ("_ws"). A producer
-                                warpgroup fills the ring (W and DOWN's A by the TMA from one
-                                thread; UP's gathered A by its 128 threads' cp.async, each tile
+                                warpgroup fills the ring (W and A by the TMA from one thread;
+                                gather_a: UP's A by its 128 threads' cp.async, each tile
                                 published ST - 2 tiles later, once landed and fenced) and the
                                 consumer warpgroups (one per 64 rows) take slots through full and
                                 empty mbarriers: no block barrier in the k loop. Each block walks
@@ -272,10 +276,12 @@ bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T);
  * u16, [experts x matrices x n rows][k], tiles of BN rows x 64 k, 128-byte swizzle, zeros past the
  * ends. rows/box for cg_cuda_tensor_map_2d. */
 void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_rows);
-/* A DOWN TMA kernel reads its A (h, [T * k_top slots][k] u16, rows in slot order) by the TMA too: a
- * second tensor map after W's, its tiles BM rows x 64 k, 128-byte swizzle, zeros past the ends;
- * rows/box for cg_cuda_tensor_map_2d at T tokens. False (no such map) for any other kernel. */
+/* A TMA kernel reads its A ([T * k_top slots][k] u16, rows in slot order: DOWN's h, UP's x gathered
+ * by the gather16 kernel; not a gather_a UP) by the TMA too: a second tensor map after W's, its tiles
+ * BM rows x 64 k, 128-byte swizzle, zeros past the ends; rows/box for cg_cuda_tensor_map_2d at T
+ * tokens. False (no such map) for any other kernel. */
 bool cg_cuda_gemm_tma_map_a(const CgCudaGemm *g, int64_t T, uint64_t *rows, unsigned *box_rows);
+bool cg_cuda_gemm_tma_a(const CgCudaGemm *g); /* does g read A so (and take that map) */
 /* In the source of a kernel that needs sm_90a (cg_cuda_compile looks for it). */
 #define CG_CUDA_SM90A_MARK "#define MOEPPC_SM90A 1\n"
 /* Dynamic shared memory a GEMM's launch needs (above 48 KB the launch opts in, cg_cuda_launch*). */
@@ -285,6 +291,13 @@ size_t cg_cuda_gemm_smem(const CgCudaGemm *g);
 void  cg_cuda_round16_symbol(moe_dtype wdtype, char *out, size_t n);
 char *cg_cuda_round16_source(moe_dtype wdtype);
 void  cg_cuda_round16_launch(int64_t n, unsigned grid[3], unsigned block[3]);
+/* The same into slot order for a TMA UP (cg_cuda_gemm_tma_map_a): (long long slots, long long d,
+ * long long e, const float *x, const long long *off, const int *perm, u16 *y), y's row s = x's row
+ * perm[s] rounded, for the slots of the e groups' picks (s < off[e]; later rows are left as they
+ * are: no output row reads them), d a multiple of 8; launch for `slots` rows of d. */
+void  cg_cuda_gather16_symbol(moe_dtype wdtype, char *out, size_t n);
+char *cg_cuda_gather16_source(moe_dtype wdtype);
+void  cg_cuda_gather16_launch(int64_t slots, int64_t d, unsigned grid[3], unsigned block[3]);
 const char *cg_cuda_gemm_path_name(cg_cuda_gemm_path p); /* "mma", "fma", "gemv" */
 void  cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n);
 char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen);

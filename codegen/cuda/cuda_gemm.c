@@ -81,6 +81,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->stages >= 3 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_s%d", g->stages);
     if (g->wgmma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wg");
     if (g->tma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_tma");
+    if (g->gather_a && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ga");
     if (g->ws && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ws");
     if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
     if (g->w_table && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wt");
@@ -124,9 +125,14 @@ void cg_cuda_gemm_tma_map(const CgCudaGemm *g, uint64_t *rows, unsigned *box_row
     *box_rows = (unsigned)g->bn;
 }
 
+bool cg_cuda_gemm_tma_a(const CgCudaGemm *g)
+{
+    return g->tma && (g->kind == CG_CUDA_GEMM_DOWN || (g->kind == CG_CUDA_GEMM_UP && !g->gather_a));
+}
+
 bool cg_cuda_gemm_tma_map_a(const CgCudaGemm *g, int64_t T, uint64_t *rows, unsigned *box_rows)
 {
-    if (!g->tma || g->kind != CG_CUDA_GEMM_DOWN) return false;
+    if (!cg_cuda_gemm_tma_a(g)) return false;
     *rows = (uint64_t)T * (uint64_t)g->k_top;
     *box_rows = (unsigned)g->bm;
     return true;
@@ -167,6 +173,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
         why = "a linear layer is one group of one pick per token";
     else if (g->tma && (!g->wgmma || g->bk != 64 || g->w_table || g->bn > 256))
         why = "TMA: the wgmma form with bk 64 (a 128-byte row of k) and the weights stacked, not a table";
+    else if (g->gather_a && (!g->tma || g->kind != CG_CUDA_GEMM_UP))
+        why = "gather_a: a TMA UP's A gathered by cp.async instead of by the TMA";
     else if (g->ws && (!g->tma || g->split > 1))
         why = "warp-specialised (ws): the TMA form, not split-K";
     else if (g->persist < 0 || (g->persist && !g->ws)) why = "persist: a block count of the warp-specialised form";
@@ -202,9 +210,9 @@ static void emit_head(CgBuf *b, const CgCudaGemm *g, const char *name, int threa
     cb_printf(b, "#define LDC %lld\n", (long long)(g->ldc ? g->ldc : g->n));
     const char *wparam = g->w_table ? "const void *const *wtab" : "const void *wv";
     const char *xt = cg_cuda_gemm_a16(g) ? "u16" : "float", *ht = up && cg_cuda_gemm_a16(g) ? "u16" : "float";
-    const char *tmap = !g->tma ? ""
-                       : up ? ", const __grid_constant__ CUtensorMap tmw"
-                            : ", const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx";
+    static const char tmw[] = ", const __grid_constant__ CUtensorMap tmw",
+                      tmwx[] = ", const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx";
+    const char *tmap = !g->tma ? "" : cg_cuda_gemm_tma_a(g) ? tmwx : tmw; /* W's map, then A's */
     /* ws: one block an SM stated, so that ptxas knows the registers at entry and keeps setmaxnreg */
     const char *bounds = g->ws ? "NT, 1" : "NT";
     if (g->kind == CG_CUDA_GEMM_LINEAR)
@@ -599,8 +607,7 @@ static void emit_wgmma_epilogue(CgBuf *b, const CgCudaGemm *g, const char *wgv, 
 
 static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP;
-    bool ta = g->tma && !up; /* DOWN's A (h, its rows in slot order: a 2-D box) by the TMA too */
+    bool ta = cg_cuda_gemm_tma_a(g); /* A (rows in slot order: a 2-D box) by the TMA too: DOWN's h, UP's gathered x */
     emit_wgmma_asm(b, g);
     emit_wgmma_defs(b, g);
     cb_printf(b, "#define PF (ST - 2)\n#define B_CH (NB * BN * KC)\n"
@@ -619,8 +626,8 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;\n",
         g->tma ? "    (void)wv;  /* W comes by the tensor map */\n" : "    const u16 *w = (const u16 *)wv;\n");
     if (ta)
-        cb_printf(b, "    (void)x;  /* A too: h's rows m0.. by its tensor map (rows past the group's are the next\n"
-                     "               group's or zeros: their rows are not stored) */\n");
+        cb_printf(b, "    (void)x;  /* A too: its rows m0.. by its tensor map (rows past the group's are the next\n"
+                     "               group's, or anything, or zeros: their rows are not stored) */\n");
     else
         cb_printf(b,
         "    /* chunk q: 8 consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix) */\n"
@@ -713,14 +720,14 @@ static void emit_mma_wgmma(CgBuf *b, const CgCudaGemm *g, const char *name)
  * and phase come from a k-tile count that runs on across the block's tiles. */
 static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
 {
-    bool up = g->kind == CG_CUDA_GEMM_UP;
+    bool ga = !cg_cuda_gemm_tma_a(g); /* A gathered through perm by the producer threads' cp.async (a gather_a UP) */
     int cw = g->bm / 64;
     emit_wgmma_asm(b, g);
     emit_wgmma_defs(b, g);
     cb_printf(b, "#define A_IT ((A_CH + 127) / 128)  /* UP: A's chunks a producer thread */\n"
                  "#define PD (ST - 2)  /* UP: a tile is published PD tiles after its copies are issued */\n"
                  "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n",
-              up ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw);
+              ga ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw);
     emit_head(b, g, name, mma_threads(g), false);
     cb_printf(b,
         "    const int KT = (KD + BK - 1) / BK;\n"
@@ -754,9 +761,9 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        long long it = 0;  /* k tiles issued: slot it %% ST, round it / ST */\n"
         "        for (long long t = blockIdx.x; t < TILES; t += gridDim.x) {\n"
         "            TILE_AT(t);\n",
-        cw > 1 ? (up ? "        regs_dec<56>();\n" : "        regs_dec<40>();\n") : "",
-        up ? "" : "        (void)x;\n        if (tid != 0) return;  /* one thread issues every copy */\n");
-    if (up)
+        cw > 1 ? (ga ? "        regs_dec<56>();\n" : "        regs_dec<40>();\n") : "",
+        ga ? "" : "        (void)x;\n        if (tid != 0) return;  /* one thread issues every copy */\n");
+    if (ga)
         cb_printf(b,
         "            /* A's rows gathered through perm (-1: past the group's, zeros): chunk q = tid + 128 i, 8\n"
         "             * consecutive threads take 8 rows of one k chunk (16 bytes each, one core matrix); only\n"
@@ -778,8 +785,8 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                    for (int mat = 0; mat < NB; mat++)\n"
         "                        tma_load_2d(st_ + BM * BK + mat * BN * BK, &tmw, kt * BK, (int)WROW(e, mat, n0), full + 8 * s);\n"
         "                }\n",
-        up ? "" : "BM + ", up ? "" : "                    tma_load_2d(st_, &tmx, kt * BK, (int)m0, full + 8 * s);  /* h's rows m0.. */\n");
-    if (up)
+        ga ? "" : "BM + ", ga ? "" : "                    tma_load_2d(st_, &tmx, kt * BK, (int)m0, full + 8 * s);  /* A's rows m0.. */\n");
+    if (ga)
         cb_printf(b,
         "#pragma unroll\n"
         "                for (int i = 0; i < A_IT; i++) {\n"
@@ -794,7 +801,7 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                    mbar_arrive(full + 8 * (int)((it - PD) %% ST));\n"
         "                }\n");
     cb_printf(b, "            }\n        }\n");
-    if (up)
+    if (ga)
         cb_printf(b,
         "        cp_async_wait<0>();  /* the last PD tiles */\n"
         "        fence_proxy_async();\n"
@@ -833,10 +840,10 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "        wgmma_wait<0>();\n"
         "        if (KT > 0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
         "        /* the epilogue, while the producer fills the next tile's first slots */\n",
-        cw > 1 ? (up ? "    regs_inc<224>();\n" : "    regs_inc<232>();\n") : "",
-        up ? "A's core matrices without swizzle" : "A's (h by the TMA) rows swizzled as W's",
-        up ? "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32" : swizzled, swizzled,
-        up ? "two chunks on (256 bytes)" : "32 bytes on in its swizzled rows", up ? 256 : 32);
+        cw > 1 ? (ga ? "    regs_inc<224>();\n" : "    regs_inc<232>();\n") : "",
+        ga ? "A's core matrices without swizzle" : "A's (by the TMA) rows swizzled as W's",
+        ga ? "(128ull >> 4) << 16 | ((unsigned long long)(BK * 16) >> 4) << 32" : swizzled, swizzled,
+        ga ? "two chunks on (256 bytes)" : "32 bytes on in its swizzled rows", ga ? 256 : 32);
     emit_wgmma_epilogue(b, g, "cw", "        ");
     cb_printf(b, "    }\n}\n");
 }
@@ -1110,4 +1117,33 @@ void cg_cuda_round16_launch(int64_t n, unsigned grid[3], unsigned block[3])
 {
     grid[0] = (unsigned)((n / 8 + 255) / 256), grid[1] = grid[2] = 1;
     block[0] = 256, block[1] = block[2] = 1;
+}
+
+void cg_cuda_gather16_symbol(moe_dtype wdtype, char *out, size_t n)
+{
+    snprintf(out, n, "moeppc_cu_gather16_%s", dtype_name(wdtype));
+}
+
+char *cg_cuda_gather16_source(moe_dtype wdtype)
+{
+    char name[64];
+    cg_cuda_gather16_symbol(wdtype, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, wdtype);
+    cb_printf(&b, "#define PACK %s\n"
+                  "extern \"C\" __global__ void __launch_bounds__(256) %s(long long slots, long long d, long long e,\n"
+                  "        const float *x, const long long *off, const int *perm, u16 *y) {\n"
+                  "    PDL_ENTRY();\n"
+                  "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8, s = i / d;\n"
+                  "    if (s >= slots || s >= off[e]) return;  /* (past the FFN picks' slots: no row reads it) */\n"
+                  "    const float *src = x + (long long)perm[s] * d + (i - s * d);\n"
+                  "    float4 lo = *(const float4 *)src, hi = *(const float4 *)(src + 4);\n"
+                  "    *(uint4 *)(y + i) = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
+                  "}\n", wdtype == DT_BF16 ? "pack_bf16" : "pack_f16", name);
+    return b.s;
+}
+
+void cg_cuda_gather16_launch(int64_t slots, int64_t d, unsigned grid[3], unsigned block[3])
+{
+    cg_cuda_round16_launch(slots * d, grid, block);
 }

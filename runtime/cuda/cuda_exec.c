@@ -44,8 +44,9 @@ typedef struct GemmAlt {
     unsigned char *tmap[2 * TILE_MAX_BUCKETS]; /* g[j].tma: W's tensor map (its box; 128 bytes, aligned) */
 } GemmAlt;
 
-/* h's tensor map for a DOWN TMA kernel: its rows are the call's slots, so it is made at a launch,
- * again only when h's place, the slots or the box differ from the last one's. */
+/* A's tensor map for a TMA kernel that reads A so (DOWN's h, UP's gathered x): its rows are the call's
+ * slots, so it is made at a launch, again only when A's place, the slots or the box differ from the
+ * last one's. */
 typedef struct AMap {
     _Alignas(128) unsigned char map[128];
     uint64_t h, rows;
@@ -62,7 +63,7 @@ typedef struct Gemm {
     GemmAlt *alt;                     /* NULL: the rule's kernels for every T                          */
     uint64_t w;
     unsigned char *tmap, *tmap_big;   /* tiled.tma, big: the stacked weights' tensor maps (128 bytes, aligned) */
-    struct AMap *amap;                /* a DOWN TMA kernel's (tiled or tuned): h's tensor map          */
+    struct AMap *amap;                /* a TMA kernel's (tiled or tuned) that reads A so: A's tensor map */
 } Gemm;
 
 /* Attention's forms other than the rule's: the tuner's candidate (CudaOptions.attn, every T) or a
@@ -111,6 +112,8 @@ typedef struct Step {
                                        rounded to 16 bits into CudaModel.x16 first, h 16-bit in its
                                        f32 arena slot (only DOWN reads it)                               */
     int kern_round;                 /* a16 UP: the rounding kernel                                        */
+    int kern_gather;                /* ... and the one into slot order, for a kernel that takes x by the
+                                       TMA (cg_cuda_gemm_tma_a); -1: none                                 */
     int by;                         /* scale, dispatch: the combine step that does its work (dispatch:
                                        at T <= CG_CUDA_COMBINE_DISPATCH_MAX_T), or -1 (mark_fusions)     */
     int scale, disp;                /* combine: the scale and dispatch steps it does, or -1               */
@@ -194,7 +197,8 @@ struct CudaModel {
                                        (zero between launches); 0: no split                       */
     size_t attn_part_bytes, attn_cnt_n;
     size_t scratch_per_t;           /* route scratch floats per token                                   */
-    size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit       */
+    size_t x16_per_t;               /* bytes per token of x16: the widest a16 UP's input, 16-bit, k_top
+                                       rows of it (a TMA UP's x in slot order, the gather16 kernel's) */
     struct { GraphKey key; int ops; void *g; } graphs[8]; /* step ranges captured as CUDA graphs, for
                                        this cap_t: T = 1 (the decode step: all of them), and runs of
                                        several sequences' rows seen twice in a row (a --batch decode
@@ -448,6 +452,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             if (!gv && t->stages && cg_cuda_gemm_a16(&g)) g.stages = t->stages;
             g.split = t->split; /* (the generator refuses it on UP: a database made by hand) */
             g.tma = tma_ok;
+            g.gather_a = tma_ok && g.kind == CG_CUDA_GEMM_UP && cm->o.tma_gather_a;
             g.ws = tma_ok && t->ws; /* (a database's ws without TMA here: the plain TMA form) */
             g.persist = g.ws ? cm->sms : 0;
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
@@ -484,6 +489,7 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
             gm->tiled.bm = tile[0], gm->tiled.bn = tile[1], gm->tiled.bk = tile[2];
         if (a16 && stages > 0) gm->tiled.stages = stages;
         gm->tiled.tma = wg && (cm->o.tma || cm->o.ws || rule_tma) && !table && gm->tiled.bk == 64;
+        gm->tiled.gather_a = gm->tiled.tma && kind == CG_CUDA_GEMM_UP && cm->o.tma_gather_a;
         gm->tiled.ldc = ldc;
         if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
         gm->tiled.ws = gm->tiled.tma && cm->o.ws && gm->tiled.split <= 1;
@@ -525,13 +531,19 @@ static bool tma_map(CudaModel *cm, const Gemm *gm, const CgCudaGemm *g, unsigned
     return false;
 }
 
+/* Does one of gm's tiled kernels read A by the TMA (cg_cuda_gemm_tma_a; big: as tiled). */
+static bool gemm_tma_a(const Gemm *gm)
+{
+    bool any = gm->k_tiled >= 0 && cg_cuda_gemm_tma_a(&gm->tiled);
+    for (int j = 0; gm->alt && j < gm->alt->n; j++) any |= cg_cuda_gemm_tma_a(&gm->alt->g[j]);
+    return any;
+}
+
 /* The tensor maps of gm's TMA kernels (after its weights are on the device). */
 static bool tma_maps(CudaModel *cm, Gemm *gm, RtError *err)
 {
     if (cm->dry) return true;
-    bool down_tma = gm->k_tiled >= 0 && gm->tiled.tma && gm->tiled.kind == CG_CUDA_GEMM_DOWN; /* (big: the same) */
-    for (int j = 0; gm->alt && j < gm->alt->n; j++) down_tma |= gm->alt->g[j].tma && gm->alt->g[j].kind == CG_CUDA_GEMM_DOWN;
-    if (down_tma && !gm->amap) {
+    if (gemm_tma_a(gm) && !gm->amap) {
         if (!(gm->amap = aligned_alloc(128, sizeof *gm->amap))) {
             snprintf(err->msg, sizeof err->msg, "out of host memory for a tensor map");
             return false;
@@ -880,7 +892,7 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
         int64_t k_top = cols(cm->steps[st->dispatch].i->in[0]);
         const IrValue *w = i->in[first];
         st->n_gm = 1;
-        st->kern_round = -1;
+        st->kern_round = st->kern_gather = -1;
         if (st->a16 && up) {
             char sym[64];
             cg_cuda_round16_symbol(w->type.dtype, sym, sizeof sym);
@@ -890,9 +902,19 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
                 kern_new(cm, sym, cg_cuda_round16_source(w->type.dtype), g1, g2, b, 0, &st->kern_round);
             }
         }
-        return gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
-                          up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, st->a16, err) &&
-               wstack(cm, i, first, E, &st->gm[0].w, err) && tma_maps(cm, &st->gm[0], err);
+        bool ok = gemm_setup(cm, &st->gm[0], up ? CG_CUDA_GEMM_UP : CG_CUDA_GEMM_DOWN, w->type.dtype, E, k_top,
+                             up ? w->type.dims[0] / 2 : w->type.dims[0], w->type.dims[1], 0, false, st->a16, err);
+        if (ok && st->a16 && up && gemm_tma_a(&st->gm[0])) { /* x into slot order, for the TMA */
+            char sym[64];
+            cg_cuda_gather16_symbol(w->type.dtype, sym, sizeof sym);
+            if (!kern_have(cm, sym, &st->kern_gather)) {
+                unsigned g1[3], g2[3], b[3];
+                cg_cuda_gather16_launch(k_top, cols(i->in[0]), g1, b);
+                cg_cuda_gather16_launch(512 * k_top, cols(i->in[0]), g2, b);
+                kern_new(cm, sym, cg_cuda_gather16_source(w->type.dtype), g1, g2, b, 0, &st->kern_gather);
+            }
+        }
+        return ok && wstack(cm, i, first, E, &st->gm[0].w, err) && tma_maps(cm, &st->gm[0], err);
     }
     case IR_OP_CONVERT:
         snprintf(err->msg, sizeof err->msg, "internal error: convert reached the CUDA executor (run widen-activations)");
@@ -1180,7 +1202,7 @@ static void mark_a16(CudaModel *cm)
         Step *su = &cm->steps[ir_instr_position(cm->m, up)];
         su->a16 = cm->steps[s].a16 = true;
         cm->steps[s].partner = ir_instr_position(cm->m, up);
-        size_t bytes = (size_t)wu->type.dims[1] * 2;
+        size_t bytes = (size_t)wu->type.dims[1] * 2 * (size_t)cols(up->in[1]->def->in[0]); /* slot order: k_top rows */
         if (bytes > cm->x16_per_t) cm->x16_per_t = bytes;
     }
     free(uses);
@@ -1396,22 +1418,32 @@ static bool gemm_launch(const Run *r, const Step *st, const CgCudaGemm *g, int k
     return launch(r, st, kern, gr, b, smem, args);
 }
 
-/* out = x W^T (or the grouped forms): the GEMV for a few tokens, the tiles above. */
-static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
+/* The kernel of gm that runs this call (*kern), and W's tensor map for a TMA one (*map): the GEMV for a
+ * few tokens, the tiles above. */
+static const CgCudaGemm *gemm_pick(const Run *r, const Step *st, const Gemm *gm, int *kern, const unsigned char **map)
 {
     bool gemv = step_gemv(r, st, gm), decode = gemv && r->T == 1 && gm->k_gemv1 >= 0;
     const CgCudaGemm *g = decode ? &gm->gemv1 : gemv ? &gm->gemv : &gm->tiled;
-    int kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
+    *kern = decode ? gm->k_gemv1 : gemv ? gm->k_gemv : gm->k_tiled;
     const TileSchedule *ts = !gm->alt ? NULL : gemv ? &gm->alt->gemvs : &gm->alt->tiles;
-    const unsigned char *map = gm->tmap;
+    *map = gm->tmap;
     if (!gemv && gm->k_big >= 0 && cg_cuda_gemm_tma_large(&gm->big, r->T)) /* the rule's larger tile */
-        g = &gm->big, kern = gm->k_big, map = gm->tmap_big;
+        g = &gm->big, *kern = gm->k_big, *map = gm->tmap_big;
     if (ts && ts->n) { /* the tuned configuration for this T */
         TuneConfig c = tile_schedule_pick(ts, r->T);
         for (int j = 0; j < gm->alt->n; j++)
             if (gm->alt->is_gemv[j] == gemv && tune_config_equal(&gm->alt->c[j], &c))
-                g = &gm->alt->g[j], kern = gm->alt->k[j], map = gm->alt->tmap[j];
+                g = &gm->alt->g[j], *kern = gm->alt->k[j], *map = gm->alt->tmap[j];
     }
+    return g;
+}
+
+/* out = x W^T (or the grouped forms) on gemm_pick's kernel. */
+static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
+{
+    int kern;
+    const unsigned char *map;
+    const CgCudaGemm *g = gemm_pick(r, st, gm, &kern, &map);
     if (g->tma) { /* W's tensor map, its last argument (DOWN: then h's) */
         void *with_map[9];
         int n = g->kind == CG_CUDA_GEMM_UP ? 6 : 7;
@@ -1426,7 +1458,8 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
             if (a->h != h || a->rows != rows || a->box != box) {
                 a->h = 0; /* (until made) */
                 if (!cg_cuda_tensor_map_2d(r->cm->drv, a->map, h, (uint64_t)g->k, rows, 64, box, true, e, sizeof e)) {
-                    snprintf(r->err->msg, sizeof r->err->msg, "the tensor map of the down-projection's input: %s", e);
+                    snprintf(r->err->msg, sizeof r->err->msg, "the tensor map of the %s's input: %s",
+                             g->kind == CG_CUDA_GEMM_UP ? "up-projection" : "down-projection", e);
                     return false;
                 }
                 a->h = h, a->rows = rows, a->box = box;
@@ -1617,11 +1650,20 @@ static bool run_step(const Run *r, const Step *st)
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t off = ds->off, perm = ds->perm, w = st->gm[0].w;
         if (st->a16 && !step_gemv(r, st, &st->gm[0])) { /* x to 16 bits first; h comes out 16-bit */
-            long long n = (long long)(r->T * cols(i->in[0]));
+            int kern;
+            const unsigned char *map;
+            long long n = (long long)(r->T * cols(i->in[0])), d = cols(i->in[0]), slots = r->T * st->gm[0].tiled.k_top,
+                      groups = st->gm[0].tiled.experts;
             unsigned g[3], b[3];
-            void *ra[] = {&n, &a0, &cm->x16};
-            cg_cuda_round16_launch(n, g, b);
-            if (!launch(r, st, st->kern_round, g, b, 0, ra)) return false;
+            if (cg_cuda_gemm_tma_a(gemm_pick(r, st, &st->gm[0], &kern, &map))) { /* in slot order, for the TMA */
+                void *ga[] = {&slots, &d, &groups, &a0, &off, &perm, &cm->x16};
+                cg_cuda_gather16_launch(slots, d, g, b);
+                if (!launch(r, st, st->kern_gather, g, b, 0, ga)) return false;
+            } else {
+                void *ra[] = {&n, &a0, &cm->x16};
+                cg_cuda_round16_launch(n, g, b);
+                if (!launch(r, st, st->kern_round, g, b, 0, ra)) return false;
+            }
             a0 = cm->x16;
         }
         void *a[] = {(void *)&r->TT, &a0, &off, &perm, &w, &out};

@@ -289,10 +289,12 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
                            : cg_cuda_gemm_async(g);
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
-        g->tma = async[4] > 1; /* W by the TMA */
+        g->tma = async[4] > 1; /* W by the TMA, and A: DOWN's h, UP's x gathered into slot order first */
         /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them);
-           4: warp-specialised, a block a tile */
-        g->ws = async[4] == 3 || async[4] == 4, g->persist = async[4] == 3 ? 3 : 0;
+           4: warp-specialised, a block a tile; 6: TMA with UP's A gathered by cp.async (gather_a);
+           7: that warp-specialised, 3 blocks */
+        g->ws = async[4] == 3 || async[4] == 4 || async[4] == 7, g->persist = async[4] == 3 || async[4] == 7 ? 3 : 0;
+        g->gather_a = async[4] >= 6 && q == 0;
     }
     char su[256], sd[256];
     void *fu = gemm_kernel(&gu, su), *fd = gemm_kernel(&gd, sd);
@@ -307,8 +309,29 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
     long long TT = T;
     unsigned g[3], b[3];
     size_t smem;
-    /* TMA: the weights' tensor maps, last arguments (DOWN: then h's, its A) */
-    _Alignas(128) unsigned char mapu[128], mapd[128], maph[128];
+    /* TMA: the weights' tensor maps, last arguments, then A's (DOWN's h; UP's x in slot order, which
+     * the gather16 kernel makes from f32 x as the executor does: rows past the FFN picks' slots poisoned,
+     * their outputs are not stored) */
+    _Alignas(128) unsigned char mapu[128], mapd[128], maph[128], mapx[128];
+    bool ua = cg_cuda_gemm_tma_a(&gu);
+    uint64_t dxs = 0;
+    if (ua) {
+        char gs[64];
+        cg_cuda_gather16_symbol(dt, gs, sizeof gs);
+        char *src = cg_cuda_gather16_source(dt);
+        void *fg = kernel(src, gs);
+        free(src);
+        uint16_t *poison = xmalloc((size_t)(T * K * D) * 2);
+        memset(poison, 0xff, (size_t)(T * K * D) * 2);
+        uint64_t dxf = upload(x, (size_t)(T * D) * 4);
+        dxs = upload(poison, (size_t)(T * K * D) * 2);
+        long long slots = T * K, dd = D, ee = E;
+        void *ga[] = {&slots, &dd, &ee, &dxf, &doff, &dperm, &dxs};
+        cg_cuda_gather16_launch(slots, D, g, b);
+        launch(fg, g, b, 0, ga);
+        cg_cuda_free(drv, dxf);
+        free(poison);
+    }
     if (gu.tma) {
         char e[512];
         uint64_t rows;
@@ -317,15 +340,19 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         bool ok = cg_cuda_tensor_map_2d(drv, mapu, dwu, (uint64_t)D, rows, 64, box, true, e, sizeof e);
         cg_cuda_gemm_tma_map(&gd, &rows, &box);
         ok = ok && cg_cuda_tensor_map_2d(drv, mapd, dwd, (uint64_t)I, rows, 64, box, true, e, sizeof e);
-        assert_true(cg_cuda_gemm_tma_map_a(&gd, T, &rows, &box) && !cg_cuda_gemm_tma_map_a(&gu, T, &rows, &box));
-        cg_cuda_gemm_tma_map_a(&gd, T, &rows, &box);
+        assert_true(cg_cuda_gemm_tma_map_a(&gu, T, &rows, &box) == !gu.gather_a);
+        if (ua) {
+            assert_true(rows == (uint64_t)(T * K) && box == (unsigned)gu.bm);
+            ok = ok && cg_cuda_tensor_map_2d(drv, mapx, dxs, (uint64_t)D, rows, 64, box, true, e, sizeof e);
+        }
+        assert_true(cg_cuda_gemm_tma_map_a(&gd, T, &rows, &box));
         assert_true(rows == (uint64_t)(T * K) && rows >= (uint64_t)S && box == (unsigned)gd.bm);
         /* (the slots of FFN picks only: h here holds S rows, the executor's arena T * k) */
         ok = ok && cg_cuda_tensor_map_2d(drv, maph, dh, (uint64_t)I, (uint64_t)S, 64, box, true, e, sizeof e);
         if (!ok) fprintf(stderr, "%s\n", e);
         assert_true(ok);
     }
-    void *au[] = {&TT, &dx, &doff, &dperm, &dwu, &dh, mapu};
+    void *au[] = {&TT, ua ? &dxs : &dx, &doff, &dperm, &dwu, &dh, mapu, mapx};
     cg_cuda_gemm_launch(&gu, T, g, b, &smem);
     launch(fu, g, b, smem, au);
     void *ad[] = {&TT, &dh, &doff, &dperm, &dgw, &dwd, &dy, mapd, maph};
@@ -340,7 +367,7 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
            async ? " " : "", async ? strstr(sd, "_t") + 1 : "", ed, tol);
     assert_true(eu <= tol);
     assert_true(ed <= tol);
-    uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy};
+    uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dh, dy, dxs};
     for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
     free(ids), free(perm), free(w), free(gw), free(x), free(wu), free(wd), free(h), free(y);
     free(hgot), free(ygot), free(x16);
@@ -488,6 +515,10 @@ static void test_grouped_wgmma(void **state)
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, tma, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, tma_small, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 150, 2e-2, 200, 136, false, tma, 2);
+    /* UP's A gathered through perm by cp.async (gather_a, MOEPPC_CUDA_TMA_A=0), plain and warp-specialised */
+    static const int tma_ga[5] = {0, 0, 0, 0, 6}, tma_ga_ws[5] = {3, 64, 24, 64, 7};
+    grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, tma_ga, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 96, 200, false, tma_ga_ws, 0);
     /* the rule's tiles (cg_cuda_gemm_tma): 64 rows (UP on a ring of 5, DOWN of 4: a group's 50 slots
      * on average) and 128 rows (rings of 4, DOWN 256 columns wide over 296: 150 slots a group) */
     static const int tma_rule[5] = {0, 0, 0, 0, 5};
