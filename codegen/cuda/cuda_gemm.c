@@ -509,8 +509,7 @@ static void emit_mma_async(CgBuf *b, const CgCudaGemm *g, const char *name)
                      "                                                 a1 / (1.0f + expf(-a1)) * acc[1][i][j][2 * hh + 1]);\n");
     else
         cb_printf(b, "                float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
-                     "                atomicAdd(y, gw * acc[0][i][j][2 * hh]);\n"
-                     "                if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][i][j][2 * hh + 1]);\n");
+                     "                atomic_add_pair(y, gw * acc[0][i][j][2 * hh], gw * acc[0][i][j][2 * hh + 1], n + 1 < N);\n");
     cb_printf(b, "            }\n}\n");
 }
 
@@ -600,8 +599,8 @@ static void emit_wgmma_epilogue(CgBuf *b, const CgCudaGemm *g, const char *wgv, 
                   in, in, in);
     else
         cb_printf(b, "%s        float *y = out + (long long)perm[s] * N + n, gw = gate_w[s];\n"
-                     "%s        atomicAdd(y, gw * acc[0][4 * j + 2 * hh]);\n"
-                     "%s        if (n + 1 < N) atomicAdd(y + 1, gw * acc[0][4 * j + 2 * hh + 1]);\n", in, in, in);
+                     "%s        atomic_add_pair(y, gw * acc[0][4 * j + 2 * hh], gw * acc[0][4 * j + 2 * hh + 1], n + 1 < N);\n",
+                  in, in);
     cb_printf(b, "%s    }\n", in);
 }
 

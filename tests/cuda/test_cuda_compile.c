@@ -504,13 +504,54 @@ static void test_pdl_entry(void **state)
     }
 }
 
+/* DOWN's tensor-core epilogues add pairs of columns by one red.global.add.v2.f32 on sm_90 (scalar atomics
+ * kept for an unaligned row or the last odd column, and on sm_80); a TMA UP takes its A by a second
+ * tensor map, x in slot order, unless gather_a */
+static void test_epilogue_and_tma_a(void **state)
+{
+    (void)state;
+    char sym[256], err[4096];
+    for (int form = 0; form < 2; form++) {
+        CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 1536, 4096);
+        g = form ? cg_cuda_gemm_tma(&g, true) : cg_cuda_gemm_async(&g);
+        g.tma = form == 1;
+        cg_cuda_gemm_symbol(&g, sym, sizeof sym);
+        char *src = cg_cuda_gemm_source(&g, err, sizeof err);
+        assert_non_null(src);
+        for (int a = form; a < 2; a++) { /* (wgmma: sm_90 only) */
+            CgCudaBinary bin;
+            bool ok = cg_cuda_compile(src, sym, archs[a], false, true, &bin, err, sizeof err);
+            if (!ok) fprintf(stderr, "%s\n", err);
+            assert_true(ok);
+            bool sm90 = strcmp(archs[a], "sm_90") == 0;
+            assert_true((strstr(bin.ptx, "red.global.add.v2.f32") != NULL) == sm90);
+            assert_non_null(strstr(bin.ptx, "atom.global.add.f32")); /* (the scalar atomics) */
+            cg_cuda_binary_free(&bin);
+        }
+        free(src);
+    }
+    for (int ga = 0; ga < 2; ga++) {
+        CgCudaGemm g = cg_cuda_gemm_default(CG_CUDA_GEMM_UP, CG_CUDA_PATH_MMA, DT_BF16, 16, 2, 4096, 1536);
+        g = cg_cuda_gemm_tma(&g, false);
+        g.tma = true, g.gather_a = ga;
+        uint64_t rows;
+        unsigned box;
+        assert_true(cg_cuda_gemm_tma_map_a(&g, 100, &rows, &box) == !ga);
+        char *src = cg_cuda_gemm_source(&g, err, sizeof err);
+        assert_non_null(src);
+        assert_true((strstr(src, "CUtensorMap tmx") != NULL) == !ga);
+        assert_true((strstr(src, "AROW(m0 + r)") != NULL) == ga); /* (the threads' gather) */
+        free(src);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
         cmocka_unit_test(test_bad_source), cmocka_unit_test(test_nvrtc_cache), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
-        cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule),
+        cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule), cmocka_unit_test(test_epilogue_and_tma_a),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -293,6 +293,12 @@ static inline void cp_async_commit() { cudaemu->cp_commit(); }
 template <int N> static inline void cp_async_wait() { cudaemu->cp_wait(N); }
 // extern __shared__ T name[]: the launch's dynamic shared memory
 #define DYN_SHARED(T, name) T *name = (T *)cudaemu->dyn_smem()
+// y[0] += a and, when both, y[1] += b (sm_90's red.global.add.v2.f32 on a GPU): two atomics here
+static inline void atomic_add_pair(float *y, float a, float b, bool both)
+{
+    atomicAdd(y, a);
+    if (both) atomicAdd(y + 1, b);
+}
 // griddepcontrol.wait / .launch_dependents (programmatic dependent launch): launches run one after
 // another here, so the wait has nothing to wait for; the emulator checks that every thread of a
 // launch made with the attribute called it
