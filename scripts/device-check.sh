@@ -200,6 +200,8 @@ EOF
       MOEPPC_CUDA_TILE_PAIR=0 64,512,4096
     ab "prefill A/B: UP's x rows gathered by the threads' cp.async (MOEPPC_CUDA_TMA_A=0), against x gathered into slot order and taken by the TMA above" \
       MOEPPC_CUDA_TMA_A=0 512,4096
+    ab "prefill A/B: the rule's large DOWN tile not warp-specialised (MOEPPC_CUDA_WS=0), against warp-specialised above" \
+      MOEPPC_CUDA_WS=0 4096
     ab "prefill A/B: the grouped GEMMs on the cp.async mma.sync form (MOEPPC_CUDA_TMA=0), against wgmma with W by the TMA above" \
       MOEPPC_CUDA_TMA=0 64,512,4096
     ab "prefill A/B: the grouped GEMMs on the register-pipelined MMA form, f32 activations (MOEPPC_CUDA_ASYNC_GEMM=0)" \

@@ -394,7 +394,7 @@ static TuneConfig path_rule(const GpuLayer *L, const TuneEntry *e, int kind, int
     int ring = cg_cuda_gemm_wgmma(&d).stages; /* (a configuration's stages: 0 for its form's default) */
     return gemv ? (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .unroll = d.bk}
                 : (TuneConfig){.tile_m = d.bm, .tile_n = d.bn, .kc = d.bk, .wgmma = tma, .tma = tma,
-                               .stages = tma && d.stages != ring ? d.stages : 0};
+                               .stages = tma && d.stages != ring ? d.stages : 0, .ws = tma && d.ws && !env.no_ws};
 }
 
 /* The rule's configuration at T: the GEMV up to CG_CUDA_GEMV_MAX_T tokens, the tiles above. */

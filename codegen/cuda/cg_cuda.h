@@ -267,8 +267,9 @@ CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
  * the H200 database at the 7B's shapes (tuning/gpu-h200-moepp-7b.yaml): where a group has fewer rows
  * than CG_CUDA_TMA_LARGE_ROWS on average (`large` false), 64 rows by 128 columns (DOWN on a ring of 4,
  * so two blocks share an SM; UP's two matrices on the default 5); from there (`large`) 128 rows by
- * 128 columns (UP) or 256 (DOWN), rings of 4. Narrower where n is (UP below 128 columns: 64, DOWN
- * below 256: 128). cg_cuda_gemm_tma_large: whether T tokens' slots average that many rows a group. */
+ * 128 columns (UP) or 256 (DOWN), rings of 4, DOWN's warp-specialised (ws; the caller clears it for
+ * split-K and sets persist). Narrower where n is (UP below 128 columns: 64, DOWN below 256: 128).
+ * cg_cuda_gemm_tma_large: whether T tokens' slots average that many rows a group. */
 #define CG_CUDA_TMA_LARGE_ROWS 128
 CgCudaGemm cg_cuda_gemm_tma(const CgCudaGemm *mma, bool large);
 bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T);

@@ -47,6 +47,7 @@ CgCudaGemm cg_cuda_gemm_tma(const CgCudaGemm *mma, bool large)
     g.bm = large ? 128 : 64;
     g.bn = up ? (g.n >= 128 ? 128 : 64) : large && g.n >= 256 ? 256 : 128;
     if (large || !up) g.stages = 4;
+    g.ws = large && !up; /* (the caller: not with split-K; its blocks, persist) */
     return g;
 }
 

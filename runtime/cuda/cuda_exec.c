@@ -496,6 +496,8 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         gm->tiled.persist = gm->tiled.ws ? cm->sms : 0;
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
         gm->big = cg_cuda_gemm_tma(&gm->tiled, true); /* (keeps the rest: tma, ldc, split) */
+        gm->big.ws = gm->big.ws && gm->big.tma && gm->big.split <= 1 && !cm->o.no_ws;
+        gm->big.persist = gm->big.ws ? cm->sms : 0;
         if (two && gm->tiled.tma && !gemm_kern(cm, &gm->big, &gm->k_big, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);

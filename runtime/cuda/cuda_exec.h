@@ -112,6 +112,8 @@ typedef struct CudaOptions {
     bool tma_gather_a;              /* the TMA form's UP gathers x's rows through perm by cp.async, as
                                        before 2026-12-05, not x gathered into slot order first and
                                        taken by the TMA (MOEPPC_CUDA_TMA_A=0: an A/B)               */
+    bool no_ws;                     /* the rule's large DOWN tile (cg_cuda_gemm_tma) not warp-
+                                       specialised (MOEPPC_CUDA_WS=0: an A/B)                        */
     bool ws;                        /* the TMA form (implied) warp-specialised and persistent
                                        (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in: on an H200
                                        it ran 0.87x the plain TMA form; a database's entries: "/ws") */
@@ -191,7 +193,7 @@ static inline bool cuda_env_on(const char *name)
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
- * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1, MOEPPC_CUDA_TILE_PAIR=0,
+ * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1|0, MOEPPC_CUDA_TILE_PAIR=0,
  * MOEPPC_CUDA_TMA_A=0 (the A/Bs of scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
@@ -206,6 +208,7 @@ static inline void cuda_options_env(CudaOptions *o)
     o->no_tma = cuda_env_off("MOEPPC_CUDA_TMA");
     o->no_pdl = cuda_env_off("MOEPPC_CUDA_PDL");
     o->ws = cuda_env_on("MOEPPC_CUDA_WS");
+    o->no_ws = cuda_env_off("MOEPPC_CUDA_WS");
     o->no_tile_pair = cuda_env_off("MOEPPC_CUDA_TILE_PAIR");
     o->tma_gather_a = cuda_env_off("MOEPPC_CUDA_TMA_A");
 }

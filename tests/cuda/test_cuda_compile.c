@@ -108,19 +108,43 @@ static void compile_spec(const char *path, Seen *seen, bool generate_only)
     ir_module_free(m);
 }
 
-/* How many of the kernels the executor asks for when it runs spec `path` with options o (a dry run, as
- * `moeppc build --target` makes) have `part` in their symbol. */
-static int kernels_with(const char *path, const CudaOptions *o, const char *part)
+/* The symbols of the kernels the executor asks for when it runs spec `path` with options o (a dry run,
+ * as `moeppc build --target` makes), each followed by a newline (free it). */
+static char *kernel_names(const char *path, const CudaOptions *o)
 {
     ModelSpec s;
     IrModule *m = optimised_module(path, &s);
     CudaKernelCode *k = NULL;
-    int n = 0, with = 0;
+    int n = 0;
     RtError err = {{0}};
     assert_true(cuda_module_kernels(m, o, &k, &n, &err));
-    for (int i = 0; i < n; i++) with += strstr(k[i].symbol, part) != NULL;
+    size_t len = 1;
+    for (int i = 0; i < n; i++) len += strlen(k[i].symbol) + 1;
+    char *names = xmalloc(len), *p = names;
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s\n", k[i].symbol);
+    *p = '\0';
     cuda_kernel_code_free(k, n);
     ir_module_free(m);
+    return names;
+}
+
+/* How many lines of names have `part` in them. */
+static int count_with(const char *names, const char *part)
+{
+    int with = 0;
+    for (const char *l = names; *l; l = strchr(l, '\n') + 1) {
+        const char *hit = strstr(l, part), *end = strchr(l, '\n');
+        with += hit && hit < end;
+    }
+    return with;
+}
+
+/* How many of those kernels have `part` in their symbol. */
+static int kernels_with(const char *path, const CudaOptions *o, const char *part)
+{
+    char *names = kernel_names(path, o);
+    int with = count_with(names, part);
+    free(names);
     return with;
 }
 
@@ -129,13 +153,20 @@ static int kernels_with(const char *path, const CudaOptions *o, const char *part
  * large tile, then DOWN's ("64x128x64_s4"). */
 static void expect_tile_pair(const char *spec, const char *up, const char *down, const char *const tiles[4])
 {
-    CudaOptions sm90 = {.images_arch = "sm_90"};
-    assert_int_equal(kernels_with(spec, &sm90, "_wg_tma"), 4);
-    for (int q = 0; q < 4; q++) {
+    char *rule = kernel_names(spec, &(CudaOptions){.images_arch = "sm_90"});
+    char *no_ws = kernel_names(spec, &(CudaOptions){.images_arch = "sm_90", .no_ws = true});
+    assert_int_equal(count_with(rule, "_wg_tma"), 4);
+    for (int q = 0; q < 4; q++) { /* DOWN's large tile warp-specialised (not with MOEPPC_CUDA_WS=0) */
         char name[160];
-        snprintf(name, sizeof name, "_%s_mma_%s_t%s_wg_tma", q < 2 ? "up" : "down", q < 2 ? up : down, tiles[q]);
-        assert_int_equal(kernels_with(spec, &sm90, name), 1);
+        snprintf(name, sizeof name, "_%s_mma_%s_t%s_wg_tma_ws", q < 2 ? "up" : "down", q < 2 ? up : down, tiles[q]);
+        assert_int_equal(count_with(rule, name), q == 3);
+        assert_int_equal(count_with(no_ws, name), 0);
+        name[strlen(name) - 3] = '\0'; /* (without "_ws") */
+        assert_int_equal(count_with(rule, name), 1);
+        assert_int_equal(count_with(no_ws, name), 1);
     }
+    free(rule);
+    free(no_ws);
 }
 
 /* The rule's sm_90 form (cuda_tma_rule): a 16-bit model's grouped GEMMs on wgmma with W by the TMA for

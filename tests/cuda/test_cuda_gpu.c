@@ -293,7 +293,9 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them);
            4: warp-specialised, a block a tile; 6: TMA with UP's A gathered by cp.async (gather_a);
            7: that warp-specialised, 3 blocks */
-        g->ws = async[4] == 3 || async[4] == 4 || async[4] == 7, g->persist = async[4] == 3 || async[4] == 7 ? 3 : 0;
+        bool rule_ws = async[4] == 5 && g->ws; /* (the rule's large DOWN tile) */
+        g->ws = async[4] == 3 || async[4] == 4 || async[4] == 7 || rule_ws;
+        g->persist = async[4] == 3 || async[4] == 7 || rule_ws ? 3 : 0;
         g->gather_a = async[4] >= 6 && q == 0;
     }
     char su[256], sd[256];
