@@ -1096,21 +1096,30 @@ void cg_cuda_round16_symbol(moe_dtype wdtype, char *out, size_t n)
     snprintf(out, n, "moeppc_cu_round16_%s", dtype_name(wdtype));
 }
 
+/* The kernel named `name` that rounds 8 f32 a thread to 16 bits, from x's element src (after the
+ * parameters and the checks of `head`, which set src and leave threads past the end) to y[i]. */
+static char *pack16_source(moe_dtype wdtype, const char *name, const char *params, const char *head)
+{
+    CgBuf b = {0};
+    cb_prelude(&b, wdtype);
+    cb_printf(&b, "#define PACK %s\n"
+                  "extern \"C\" __global__ void __launch_bounds__(256) %s(%s) {\n"
+                  "    PDL_ENTRY();\n"
+                  "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;\n"
+                  "%s"
+                  "    float4 lo = *(const float4 *)src, hi = *(const float4 *)(src + 4);\n"
+                  "    *(uint4 *)(y + i) = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
+                  "}\n", wdtype == DT_BF16 ? "pack_bf16" : "pack_f16", name, params, head);
+    return b.s;
+}
+
 char *cg_cuda_round16_source(moe_dtype wdtype)
 {
     char name[64];
     cg_cuda_round16_symbol(wdtype, name, sizeof name);
-    CgBuf b = {0};
-    cb_prelude(&b, wdtype);
-    cb_printf(&b, "#define PACK %s\n"
-                  "extern \"C\" __global__ void __launch_bounds__(256) %s(long long n, const float *x, u16 *y) {\n"
-                  "    PDL_ENTRY();\n"
-                  "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;\n"
-                  "    if (i >= n) return;\n"
-                  "    float4 lo = *(const float4 *)(x + i), hi = *(const float4 *)(x + i + 4);\n"
-                  "    *(uint4 *)(y + i) = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
-                  "}\n", wdtype == DT_BF16 ? "pack_bf16" : "pack_f16", name);
-    return b.s;
+    return pack16_source(wdtype, name, "long long n, const float *x, u16 *y",
+                         "    if (i >= n) return;\n"
+                         "    const float *src = x + i;\n");
 }
 
 void cg_cuda_round16_launch(int64_t n, unsigned grid[3], unsigned block[3])
@@ -1128,19 +1137,12 @@ char *cg_cuda_gather16_source(moe_dtype wdtype)
 {
     char name[64];
     cg_cuda_gather16_symbol(wdtype, name, sizeof name);
-    CgBuf b = {0};
-    cb_prelude(&b, wdtype);
-    cb_printf(&b, "#define PACK %s\n"
-                  "extern \"C\" __global__ void __launch_bounds__(256) %s(long long slots, long long d, long long e,\n"
-                  "        const float *x, const long long *off, const int *perm, u16 *y) {\n"
-                  "    PDL_ENTRY();\n"
-                  "    long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8, s = i / d;\n"
-                  "    if (s >= slots || s >= off[e]) return;  /* (past the FFN picks' slots: no row reads it) */\n"
-                  "    const float *src = x + (long long)perm[s] * d + (i - s * d);\n"
-                  "    float4 lo = *(const float4 *)src, hi = *(const float4 *)(src + 4);\n"
-                  "    *(uint4 *)(y + i) = make_uint4(PACK(lo.x, lo.y), PACK(lo.z, lo.w), PACK(hi.x, hi.y), PACK(hi.z, hi.w));\n"
-                  "}\n", wdtype == DT_BF16 ? "pack_bf16" : "pack_f16", name);
-    return b.s;
+    return pack16_source(wdtype, name,
+                         "long long slots, long long d, long long e, const float *x, const long long *off,\n"
+                         "        const int *perm, u16 *y",
+                         "    long long s = i / d;\n"
+                         "    if (s >= slots || s >= off[e]) return;  /* (past the FFN picks' slots: no row reads it) */\n"
+                         "    const float *src = x + (long long)perm[s] * d + (i - s * d);\n");
 }
 
 void cg_cuda_gather16_launch(int64_t slots, int64_t d, unsigned grid[3], unsigned block[3])
