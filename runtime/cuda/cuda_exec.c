@@ -1446,7 +1446,7 @@ static bool gemm(const Run *r, const Step *st, const Gemm *gm, void **args)
     int kern;
     const unsigned char *map;
     const CgCudaGemm *g = gemm_pick(r, st, gm, &kern, &map);
-    if (g->tma) { /* W's tensor map, its last argument (DOWN: then h's) */
+    if (g->tma) { /* W's tensor map, its last argument (then A's: DOWN's h, a TMA UP's gathered x) */
         void *with_map[9];
         int n = g->kind == CG_CUDA_GEMM_UP ? 6 : 7;
         memcpy(with_map, args, (size_t)n * sizeof *args);
