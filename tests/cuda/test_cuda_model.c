@@ -238,7 +238,7 @@ static int step_routes(const ModelSpec *s, CudaModel *cm, const EvalResult *ref,
         int v = na == nb ? 1 : -1; /* paired by rank of weight */
         bool zero_swapped = na == nb && (only_ref[na - 1] == 0 || only_gpu[nb - 1] == 0);
         for (int a = 0; a < na && v == 1 && !zero_swapped; a++)
-            if (fabs(only_gpu[a] - only_ref[a]) > 0.05) v = -1;
+            if (!(fabs(only_gpu[a] - only_ref[a]) <= 0.05)) v = -1; /* (a NaN weight is no near-tie) */
         printf("    decode step %lld, layer %lld: routing differs from the reference (%s)\n", (long long)t, (long long)l,
                v == 1 ? "a near-tie" : "NOT a near-tie");
         if (v < verdict || verdict == 0) verdict = v;
@@ -277,20 +277,26 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
         bool ok = cuda_model_run(dm, ids + t, pos + t, 1, &err);
         if (!ok) fprintf(stderr, "%s decode: %s\n", s->name, err.msg);
         assert_true(ok);
-        /* a step's own numerics (the GEMV's f32 activations) may settle a near-tie the other way than
-         * the prefill did: from such a step on the reference's rows are another model's */
-        int rv = step_routes(s, dm, &ref, t);
-        if (rv < 0) routes_ok = false;
-        if (rv != 0) break;
         const float *got = cuda_model_output(dm, "logits", &cols, &dt, &err);
         assert_non_null(got);
+        int64_t bad = 0; /* (garbage is never a near-tie) */
+        for (int64_t v = 0; v < V; v++) bad += !isfinite(got[v]);
+        if (bad)
+            printf("    decode step %lld: %lld of %lld logits not finite\n", (long long)t, (long long)bad, (long long)V);
+        /* a step's own numerics (the GEMV's f32 activations) may settle a near-tie the other way than
+         * the prefill did: from such a step on the reference's rows are another model's */
+        int rv = bad ? -1 : step_routes(s, dm, &ref, t);
+        if (rv < 0) routes_ok = false;
+        if (rv != 0) break;
         double ed = rel_err(got, want->data + t * V, V, 0, 1);
         if (ed > worst) worst = ed;
     }
     if (!c0.flips)
         printf("  %-16s decode steps %lld..%lld (graph from the second): worst rel err %.3g, last step %.3f ms%s\n",
                s->name, (long long)T0, (long long)t - 1, worst, cuda_model_last_ms(dm),
-               t < last ? "; a routing near-tie ended the comparison" : "");
+               t >= last   ? ""
+               : routes_ok ? "; a routing near-tie ended the comparison"
+                           : "; then a difference that is no near-tie");
     cuda_model_free(dm);
     ir_eval_result_free(&ref);
     ir_module_free(ref_m);

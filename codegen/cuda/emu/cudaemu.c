@@ -11,7 +11,9 @@
  * happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
  * (filled with 0xff bytes, NaN as floats, when allocated; MOEPPC_CUDAEMU_MEMORY bytes caps it);
  * streams run everything at once, in order; a stream capture records launches, copies and fills
- * into a graph that a graph launch replays; events read the host's clock. Timing figures are the CPU's and mean nothing for a GPU.
+ * into a graph that a graph launch replays; events read the host's clock. A programmatic launch
+ * fails unless every thread waited; with MOEPPC_CUDAEMU_PDL_HAZARDS=1 what the kernel before it
+ * wrote reads as garbage until its block's threads have (see Launch). Timing figures are the CPU's and mean nothing for a GPU.
  * Kernel images: the path of a compiled object (format 1), or the object's bytes themselves (format
  * 2, in an emitted library: written to a private temporary file, opened and unlinked; cudaemu_abi.h).
  * Not emulated: partial warp masks, texture/surface memory, several devices. */
@@ -527,9 +529,34 @@ typedef struct Launch {
     int failed;
     bool pdl;             /* launched with programmatic dependent launch              */
     long waits;           /* griddepcontrol.wait calls (atomic)                       */
+    bool hazards;         /* the kernel before's writes poisoned until each block's wait (below) */
 } Launch;
 
-static void api_grid_dep_wait(void) { __atomic_fetch_add(&S->launch->waits, 1, __ATOMIC_RELAXED); }
+/* Programmatic-launch hazards (MOEPPC_CUDAEMU_PDL_HAZARDS=1): on a GPU a kernel launched with
+ * programmatic dependent launch may start while the kernel before it still runs, so what it reads
+ * before its griddepcontrol.wait of that kernel's writes may be old. Launches run one after another
+ * here; with the check on, the bytes the kernel before wrote (found by comparing the device memory
+ * with a copy taken before it ran, while all of it is at most HAZARD_CAP bytes; none after a copy or
+ * fill, which a programmatic launch does not overlap) hold 0xff bytes (NaN) in each block of a
+ * programmatic launch until all of the block's threads have waited: a read before the wait gets
+ * garbage, as it might on a GPU, and the results show it. Such a launch runs its blocks one at a time,
+ * its wait a block barrier. Kernels two launches back are complete on a GPU too (each lets its
+ * dependents launch only after its own wait): their writes are not poisoned. */
+#define HAZARD_CAP ((size_t)256 << 20)
+static void hazard_poison(void);
+static void hazard_restore(void);
+static bool hazard_snapshot(void);
+static bool hazard_diff(void);
+static bool hazard_valid; /* the last stream operation was a kernel whose writes hazard_diff found */
+
+static void api_grid_dep_wait(void)
+{
+    __atomic_fetch_add(&S->launch->waits, 1, __ATOMIC_RELAXED);
+    if (!S->launch->hazards) return;
+    S->cur->state = F_BAR; /* every thread of the block waits, then the kernel before's writes are back */
+    to_scheduler();
+    hazard_restore();
+}
 
 static void launch_work(Launch *L)
 {
@@ -560,7 +587,10 @@ static void launch_work(Launch *L)
         if (b >= L->total || __atomic_load_n(&L->failed, __ATOMIC_SEQ_CST)) return;
         CudaEmuDim3 bid = {(unsigned)(b % L->grid.x), (unsigned)(b / L->grid.x % L->grid.y),
                            (unsigned)(b / ((long)L->grid.x * L->grid.y))};
-        if (!run_block(s, L->k, L->args, L->grid, L->block, bid)) {
+        if (L->hazards) hazard_poison();
+        bool ok = run_block(s, L->k, L->args, L->grid, L->block, bid);
+        if (L->hazards) hazard_restore(); /* (a block whose threads never waited) */
+        if (!ok) {
             if (__atomic_exchange_n(&L->failed, 1, __ATOMIC_SEQ_CST) == 0) fail_with(CU_LAUNCH_FAILED, "%s", s->msg);
             return;
         }
@@ -609,15 +639,18 @@ static void pool_start(void)
 
 static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args, bool pdl)
 {
-    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0};
+    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0, false};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
+    const char *check = getenv("MOEPPC_CUDAEMU_PDL_HAZARDS");
+    bool hazards = check && strcmp(check, "1") == 0, snapped = hazards && hazard_snapshot();
+    L.hazards = hazards && pdl && hazard_valid;
     const char *order = getenv("MOEPPC_CUDAEMU_ORDER");
     order_reverse = order && strncmp(order, "reverse", 7) == 0;
     order_warps = order && strcmp(order, "reverse-warps") == 0;
     const char *cp = getenv("MOEPPC_CUDAEMU_CP_ASYNC");
     cp_eager = cp && strcmp(cp, "eager") == 0;
     if (n_workers < 0) pool_start();
-    bool pool = n_workers > 0 && L.total > 1;
+    bool pool = n_workers > 0 && L.total > 1 && !L.hazards;
     if (pool) {
         pthread_mutex_lock(&pool_mu);
         pool_job = &L, pool_busy = n_workers, pool_gen++;
@@ -630,6 +663,7 @@ static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block,
         while (pool_busy) pthread_cond_wait(&pool_done, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
     }
+    hazard_valid = snapped && !L.failed && hazard_diff();
     pthread_mutex_unlock(&launch_mu);
     long threads = L.total * (long)block.x * block.y * block.z;
     if (!L.failed && pdl && L.waits < threads)
@@ -730,6 +764,94 @@ static size_t memory_limit(void)
     char *end;
     unsigned long long v = strtoull(e, &end, 10);
     return *end == '\0' && v > 0 ? (size_t)v : 0;
+}
+
+/* The hazard check's state (under launch_mu): a copy of the device memory before the last launch,
+ * the byte runs that launch changed, and while a block runs poisoned, what they held. */
+static struct {
+    unsigned char *snap, *held;
+    size_t snap_cap, held_cap, snap_bytes;
+    struct { unsigned char *p; size_t n; } *run;
+    int n_run, cap_run;
+    bool poisoned;
+} hz;
+
+static bool hazard_snapshot(void)
+{
+    pthread_mutex_lock(&mem_mu);
+    size_t total = 0;
+    for (int i = 0; i < n_allocs; i++) total += allocs[i].bytes;
+    bool ok = total <= HAZARD_CAP;
+    if (ok && total > hz.snap_cap) {
+        unsigned char *s = realloc(hz.snap, total);
+        if (s) hz.snap = s, hz.snap_cap = total;
+        ok = s != NULL;
+    }
+    size_t at = 0;
+    for (int i = 0; ok && i < n_allocs; i++) {
+        memcpy(hz.snap + at, (void *)allocs[i].base, allocs[i].bytes);
+        at += allocs[i].bytes;
+    }
+    hz.snap_bytes = ok ? total : 0;
+    pthread_mutex_unlock(&mem_mu);
+    return ok;
+}
+
+/* The runs of bytes that differ from the snapshot (gaps under 16 bytes joined); false when out of
+ * memory for them or the allocations changed. */
+static bool hazard_diff(void)
+{
+    pthread_mutex_lock(&mem_mu);
+    hz.n_run = 0;
+    size_t at = 0, held = 0;
+    bool ok = true;
+    for (int i = 0; ok && i < n_allocs; i++) {
+        const unsigned char *now = (const unsigned char *)allocs[i].base, *was = hz.snap + at;
+        size_t n = allocs[i].bytes;
+        if (at + n > hz.snap_bytes) { ok = false; break; }
+        for (size_t j = 0; j < n;) {
+            if (j % 64 == 0 && n - j >= 64 && memcmp(now + j, was + j, 64) == 0) { j += 64; continue; }
+            if (now[j] == was[j]) { j++; continue; }
+            size_t e = j + 1, same = 0;
+            for (; e < n && same < 16; e++) same = now[e] == was[e] ? same + 1 : 0;
+            e -= same;
+            if (hz.n_run == hz.cap_run) {
+                int cap = hz.cap_run ? 2 * hz.cap_run : 64;
+                void *r = realloc(hz.run, (size_t)cap * sizeof *hz.run);
+                if (!r) { ok = false; break; }
+                hz.run = r, hz.cap_run = cap;
+            }
+            hz.run[hz.n_run].p = (unsigned char *)now + j, hz.run[hz.n_run++].n = e - j;
+            held += e - j, j = e;
+        }
+        at += n;
+    }
+    if (ok && held > hz.held_cap) {
+        unsigned char *h = realloc(hz.held, held);
+        if (h) hz.held = h, hz.held_cap = held;
+        ok = h != NULL;
+    }
+    pthread_mutex_unlock(&mem_mu);
+    return ok;
+}
+
+static void hazard_poison(void)
+{
+    size_t at = 0;
+    for (int i = 0; i < hz.n_run; i++) {
+        memcpy(hz.held + at, hz.run[i].p, hz.run[i].n);
+        memset(hz.run[i].p, 0xff, hz.run[i].n);
+        at += hz.run[i].n;
+    }
+    hz.poisoned = true;
+}
+
+static void hazard_restore(void)
+{
+    if (!hz.poisoned) return;
+    size_t at = 0;
+    for (int i = 0; i < hz.n_run; i++) memcpy(hz.run[i].p, hz.held + at, hz.run[i].n), at += hz.run[i].n;
+    hz.poisoned = false;
 }
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
@@ -877,9 +999,10 @@ static CUresult run_node(const Node *n)
 {
     switch (n->kind) {
     case N_LAUNCH: return run_launch(n->k, n->grid, n->block, n->smem, n->args, n->pdl);
-    case N_COPY: memmove(n->dst, n->src, n->bytes); return CU_OK;
+    case N_COPY: memmove(n->dst, n->src, n->bytes); hazard_valid = false; return CU_OK;
     case N_FILL:
         for (size_t i = 0; i < n->bytes; i++) memcpy(n->dst + 4 * i, &n->value, 4);
+        hazard_valid = false;
         return CU_OK;
     }
     return CU_INVALID_VALUE;
@@ -900,6 +1023,7 @@ static CUresult copy_now(void *dst, const void *src, size_t bytes)
 {
     if (stream_of(NULL)->capture) return CU_CAPTURE_UNSUPPORTED;
     memmove(dst, src, bytes);
+    hazard_valid = false; /* (the next launch does not overlap it) */
     return CU_OK;
 }
 
