@@ -190,7 +190,13 @@ EOF
     else echo "no compute-sanitizer on this machine"; fi
   fi
   if more "A/Bs of the 7B layer"; then
-    ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0) against its decode form above" \
+    ab "decode A/B: T = 1's up and down as their two decode GEMVs (MOEPPC_CUDA_MLP=0), against one decode MLP kernel above" \
+      MOEPPC_CUDA_MLP=0 1
+    ab "decode A/B: the decode MLP on 16 rows of h a block (MOEPPC_CUDA_MLP=16x8: twice the blocks and reductions)" \
+      MOEPPC_CUDA_MLP=16x8 1
+    ab "decode A/B: the decode MLP on 64 rows a block, 16 warps (MOEPPC_CUDA_MLP=64x16: half the reductions, a block an SM)" \
+      MOEPPC_CUDA_MLP=64x16 1
+    ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0: up and down apart), against the decode MLP above" \
       MOEPPC_CUDA_DECODE_GEMV=0 1
     ab "launch A/B: plain launches (MOEPPC_CUDA_PDL=0) against the programmatic dependent launches above" \
       MOEPPC_CUDA_PDL=0 1,64
@@ -212,6 +218,9 @@ EOF
     ab "prefill on the warp-specialised persistent TMA form (MOEPPC_CUDA_WS=1) against TMA above" MOEPPC_CUDA_WS=1 512,4096
   fi
   if more "decode A/Bs"; then
+    echo "-- the same with up and down as two GEMVs (MOEPPC_CUDA_MLP=0), not one decode MLP kernel: decode tokens/s A/B"
+    run 60 env MOEPPC_CUDA_MLP=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+      --device cuda --generate 64 | grep -E "ran|decode|error"
     echo "-- the same with plain launches (MOEPPC_CUDA_PDL=0): decode tokens/s A/B"
     run 60 env MOEPPC_CUDA_PDL=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|program|error"

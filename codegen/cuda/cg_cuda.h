@@ -304,6 +304,35 @@ void  cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n);
 char *cg_cuda_gemm_source(const CgCudaGemm *g, char *err, size_t errlen);
 void  cg_cuda_gemm_launch(const CgCudaGemm *g, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
 
+/* ---- the decode MLP: a grouped UP and its DOWN in one launch ----------------------------------------
+ * For a decode step (T = 1; right for any T, one slot a row of blocks): block (c, s) takes slot s's
+ * group e and rows [c·rows, (c+1)·rows) of h, each silu(a)·b from W_up[e]'s rows as the GEMV makes
+ * them (a warp a row, f32 sums), kept in shared memory; W_down[e]'s columns of those rows (DOWN's k
+ * slice: d rows of `rows` weights) come by cp.async into shared memory from the block's start, so
+ * that both matrices' share of the block streams at once; then y[perm[s]] += gate_w[s] ·
+ * W_down[e][:, slice] · h[slice], four rows a reduction (red.global.add.v4.f32 on sm_90, atomics
+ * elsewhere). What it saves against the two decode GEMVs: DOWN's launch, its ramp after UP's tail, h's
+ * trip through memory; what it costs: d/4 reductions a block instead of d a slot. 16-bit weights,
+ * stacked as the grouped GEMMs take them; d and i multiples of 8.
+ *   (long long T, const float *x, const long long *off, const int *perm, const float *gate_w,
+ *    const void *w_up, const void *w_down, float *y)      grid (ceil(i / rows), T·k_top), `warps` warps,
+ *   d·rows·2 bytes of dynamic shared memory
+ * x [T][d] as UP's, y [T][d] as DOWN's (holding y0 before). */
+typedef struct CgCudaMlp {
+    moe_dtype wdtype;
+    int64_t experts, k_top;
+    int64_t d, i;            /* UP's k and DOWN's n; UP's n (the a/b width) and DOWN's k        */
+    int rows;                /* h's rows a block: 8, 16, 32 or 64 (0 in the rule: no such kernel) */
+    int warps;               /* 1..32                                                          */
+} CgCudaMlp;
+/* The rule's: 8 warps, 32 rows (16 where d·64 bytes exceed 96 KB of shared memory, none where d·32
+ * do: every target's opt-in holds the slice); rows 0 for f32 weights and d or i not multiples of 8. */
+CgCudaMlp cg_cuda_mlp_rule(moe_dtype wdtype, int64_t experts, int64_t k_top, int64_t d, int64_t i);
+void   cg_cuda_mlp_symbol(const CgCudaMlp *m, char *out, size_t n);  /* "moeppc_cu_gemm_mlp_..." */
+char  *cg_cuda_mlp_source(const CgCudaMlp *m, char *err, size_t errlen); /* NULL with err when out of range */
+size_t cg_cuda_mlp_smem(const CgCudaMlp *m);
+void   cg_cuda_mlp_launch(const CgCudaMlp *m, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
+
 /* ---- the kernels of a spec ----------------------------------------------------------------------- */
 /* Every distinct op and grouped-GEMM kernel a model of this spec needs (derived from the spec's shapes,
  * as the passes' final IR has them; GEMMs: the MMA or FMA path by dtype plus the GEMV path and its decode form). Arrays

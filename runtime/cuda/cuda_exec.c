@@ -111,6 +111,11 @@ typedef struct Step {
     bool a16;                       /* grouped UP/DOWN pair on the cp.async MMA form (T > GEMV): UP's x
                                        rounded to 16 bits into CudaModel.x16 first, h 16-bit in its
                                        f32 arena slot (only DOWN reads it)                               */
+    int mlp_up, mlp_down;           /* a grouped DOWN that runs with its UP as one decode MLP kernel
+                                       (mark_mlp): the UP's step (in the DOWN) and the DOWN's (in the
+                                       UP); -1: none                                                      */
+    CgCudaMlp mlp;                  /* the DOWN's: that kernel's (kern_mlp; -1: none)                     */
+    int kern_mlp;
     int kern_round;                 /* a16 UP: the rounding kernel                                        */
     int kern_gather;                /* ... and the one into slot order, for a kernel that takes x by the
                                        TMA (cg_cuda_gemm_tma_a); -1: none                                 */
@@ -916,6 +921,18 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
                 kern_new(cm, sym, cg_cuda_gather16_source(w->type.dtype), g1, g2, b, 0, &st->kern_gather);
             }
         }
+        if (ok && st->mlp_up >= 0) { /* and with its UP, as one kernel (mark_mlp) */
+            char sym[256];
+            st->mlp.k_top = k_top;
+            cg_cuda_mlp_symbol(&st->mlp, sym, sizeof sym);
+            if (!kern_have(cm, sym, &st->kern_mlp)) {
+                char *src = cg_cuda_mlp_source(&st->mlp, err->msg, sizeof err->msg);
+                unsigned g1[3], g2[3], b[3];
+                size_t smem = 0;
+                if (src) cg_cuda_mlp_launch(&st->mlp, 1, g1, b, &smem), cg_cuda_mlp_launch(&st->mlp, 512, g2, b, &smem);
+                ok = kern_new(cm, sym, src, g1, g2, b, smem, &st->kern_mlp);
+            }
+        }
         return ok && wstack(cm, i, first, E, &st->gm[0].w, err) && tma_maps(cm, &st->gm[0], err);
     }
     case IR_OP_CONVERT:
@@ -1210,6 +1227,30 @@ static void mark_a16(CudaModel *cm)
     free(uses);
 }
 
+/* The grouped UP/DOWN pairs that can run as one decode MLP kernel (cg_cuda_mlp_*; at T = 1, mlp_now):
+ * DOWN right after its UP on the same routing, UP's h read by that DOWN only, weights of one 16-bit
+ * dtype, stacked (not used in place), in shapes the kernel takes. */
+static void mark_mlp(CudaModel *cm)
+{
+    for (int s = 0; s < cm->n_steps; s++) cm->steps[s].mlp_up = cm->steps[s].mlp_down = cm->steps[s].kern_mlp = -1;
+    if (cm->o.no_mlp || cm->o.weights_in_place) return;
+    int *uses = ir_use_counts(cm->m);
+    for (int s = 1; s < cm->n_steps; s++) {
+        const IrInstr *dn = cm->steps[s].i, *up = cm->steps[s - 1].i;
+        if (dn->op != IR_OP_MOE_GROUPED_DOWN || up->op != IR_OP_MOE_GROUPED_UP || dn->in[0] != up->out[0] ||
+            uses[up->out[0]->id] != 1 || dn->in[1] != up->in[1])
+            continue;
+        const IrValue *wu = up->in[3], *wd = dn->in[5];
+        CgCudaMlp mlp = cg_cuda_mlp_rule(wu->type.dtype, ir_attr_int(dn, "experts"), 1, wd->type.dims[0], wd->type.dims[1]);
+        if (wd->type.dtype != wu->type.dtype || !mlp.rows || wu->type.dims[0] != 2 * mlp.i || wu->type.dims[1] != mlp.d ||
+            cols(up->in[0]) != mlp.d)
+            continue;
+        if (cm->o.mlp[0] > 0) mlp.rows = cm->o.mlp[0], mlp.warps = cm->o.mlp[1]; /* (checked by its generator) */
+        cm->steps[s].mlp_up = s - 1, cm->steps[s - 1].mlp_down = s, cm->steps[s].mlp = mlp;
+    }
+    free(uses);
+}
+
 static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, const CudaOptions *o,
                             bool dry, RtError *err)
 {
@@ -1265,6 +1306,7 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
         }
     }
     mark_a16(cm);
+    mark_mlp(cm);
     mark_fusions(cm);
     for (s = 0; s < cm->n_steps; s++) {
         if (!prepare(cm, &cm->steps[s], err)) {
@@ -1344,9 +1386,13 @@ typedef struct Run {
     RtError *err;
     int64_t lay_t, row0;            /* the T the arena is laid out for, and the first row a result's     */
                                     /*   address points at (the logits tail on the last row: T - 1)      */
+    int first, last;                /* the steps [first, last) this call runs                             */
 } Run;
 
-static Run run_of(CudaModel *cm, int64_t T, RtError *err) { return (Run){cm, T, (long long)T, err, T, 0}; }
+static Run run_of(CudaModel *cm, int64_t T, RtError *err)
+{
+    return (Run){cm, T, (long long)T, err, T, 0, 0, cm->n_steps};
+}
 
 static uint64_t addr(const Run *r, const IrValue *v)
 {
@@ -1438,6 +1484,22 @@ static const CgCudaGemm *gemm_pick(const Run *r, const Step *st, const Gemm *gm,
                 g = &gm->alt->g[j], *kern = gm->alt->k[j], *map = gm->alt->tmap[j];
     }
     return g;
+}
+
+/* Does DOWN step dn run with its UP as the decode MLP kernel in this call: T = 1, both steps in the
+ * call's range, each where it would run its decode GEMV (not a database's form), and DOWN's output
+ * not in UP's input's place (the plan may give it x's once x is dead). Otherwise the two GEMVs. */
+static bool mlp_now(const Run *r, const Step *dn)
+{
+    CudaModel *cm = r->cm;
+    int s = (int)(dn - cm->steps), k;
+    if (dn->kern_mlp < 0 || r->T != 1 || dn->mlp_up < r->first || s >= r->last) return false;
+    const Step *up = &cm->steps[dn->mlp_up];
+    const unsigned char *map;
+    if (gemm_pick(r, up, &up->gm[0], &k, &map) != &up->gm[0].gemv1 || gemm_pick(r, dn, &dn->gm[0], &k, &map) != &dn->gm[0].gemv1)
+        return false;
+    uint64_t x = addr(r, up->i->in[0]), y = addr(r, dn->i->out[0]), bytes = (uint64_t)(r->T * dn->mlp.d) * 4;
+    return x + bytes <= y || y + bytes <= x;
 }
 
 /* out = x W^T (or the grouped forms) on gemm_pick's kernel. */
@@ -1649,6 +1711,7 @@ static bool run_step(const Run *r, const Step *st)
         return op(r, st, st->kern, &st->d, a);
     }
     case IR_OP_MOE_GROUPED_UP: {
+        if (st->mlp_down >= 0 && mlp_now(r, &cm->steps[st->mlp_down])) return true; /* its DOWN's kernel does it */
         const Step *ds = &cm->steps[st->dispatch];
         uint64_t off = ds->off, perm = ds->perm, w = st->gm[0].w;
         if (st->a16 && !step_gemv(r, st, &st->gm[0])) { /* x to 16 bits first; h comes out 16-bit */
@@ -1680,6 +1743,15 @@ static bool run_step(const Run *r, const Step *st)
                 snprintf(r->err->msg, sizeof r->err->msg, "%s", e);
                 return false;
             }
+        }
+        if (st->mlp_up >= 0 && mlp_now(r, st)) { /* with its UP: from UP's x */
+            const Step *us = &cm->steps[st->mlp_up];
+            uint64_t x = addr(r, us->i->in[0]), wu = us->gm[0].w;
+            void *a[] = {(void *)&r->TT, &x, &off, &perm, &gw, &wu, &w, &out};
+            unsigned g[3], b[3];
+            size_t smem;
+            cg_cuda_mlp_launch(&st->mlp, r->T, g, b, &smem);
+            return launch(r, st, st->kern_mlp, g, b, smem, a);
         }
         void *a[] = {(void *)&r->TT, &a0, &off, &perm, &gw, &w, &out};
         return gemm(r, st, &st->gm[0], a);
@@ -1728,7 +1800,9 @@ static bool fail_cuda(RtError *err, const char *what, const char *e)
 
 static bool run_range(CudaModel *cm, int first, int last, int64_t T, RtError *err)
 {
-    Run r = run_of(cm, T, err), tail = r;
+    Run r = run_of(cm, T, err);
+    r.first = first, r.last = last;
+    Run tail = r;
     int64_t n = cm->o.last_rows < T ? cm->o.last_rows : T;
     tail.T = n, tail.TT = (long long)n, tail.row0 = T - n; /* the logits tail on the last n rows alone */
     cm->call++;

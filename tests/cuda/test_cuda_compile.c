@@ -535,6 +535,37 @@ static void test_pdl_entry(void **state)
     }
 }
 
+/* The decode MLP (cg_cuda_mlp_*, mark_mlp): a 16-bit model's up/down pair gets one kernel of the rule's
+ * shape on every target (the 7B's 32 rows by 8 warps), CudaOptions.mlp another shape
+ * (MOEPPC_CUDA_MLP=RxW); none with no_mlp, for f32 weights or for weights used in place (the embedding
+ * library's tables); a shape its generator refuses fails the model's kernels with its message. */
+static void test_decode_mlp_kernels(void **state)
+{
+    (void)state;
+    char bf16[1024], f32[1024];
+    snprintf(bf16, sizeof bf16, "%s/specs/tiny/tiny-bf16.yaml", MOEPPC_SOURCE_DIR);
+    snprintf(f32, sizeof f32, "%s/specs/tiny/tiny-moepp.yaml", MOEPPC_SOURCE_DIR);
+    const char *b7 = MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml";
+    CudaOptions sm80 = {.images_arch = "sm_80"}, sm90 = {.images_arch = "sm_90"};
+    assert_int_equal(kernels_with(b7, &sm90, "_gemm_mlp_bf16_e16_k2_d1536_i4096_r32w8"), 1);
+    assert_int_equal(kernels_with(b7, &sm80, "_gemm_mlp_"), 1);
+    assert_int_equal(kernels_with(bf16, &sm80, "_gemm_mlp_bf16_e4_k2_d64_i32_r32w8"), 1);
+    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .mlp = {16, 4}}, "_gemm_mlp_bf16_e4_k2_d64_i32_r16w4"), 1);
+    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .no_mlp = true}, "_gemm_mlp_"), 0);
+    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .weights_in_place = true}, "_gemm_mlp_"), 0);
+    assert_int_equal(kernels_with(f32, &sm80, "_gemm_mlp_"), 0);
+    /* a shape its generator refuses: the model's kernels are refused with its message */
+    ModelSpec s;
+    IrModule *m = optimised_module(bf16, &s);
+    CudaKernelCode *k = NULL;
+    int n = 0;
+    RtError err = {{0}};
+    assert_false(cuda_module_kernels(m, &(CudaOptions){.images_arch = "sm_80", .mlp = {24, 8}}, &k, &n, &err));
+    printf("MOEPPC_CUDA_MLP=24x8 -> %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "rows 8, 16, 32 or 64"));
+    ir_module_free(m);
+}
+
 /* DOWN's tensor-core epilogues add pairs of columns by one red.global.add.v2.f32 on sm_90 (scalar atomics
  * kept for an unaligned row or the last odd column, and on sm_80); a TMA UP takes its A by a second
  * tensor map, x in slot order, unless gather_a */
@@ -582,7 +613,8 @@ int main(void)
         cmocka_unit_test(test_symbols),   cmocka_unit_test(test_bad_desc), cmocka_unit_test(test_bad_target),
         cmocka_unit_test(test_bad_source), cmocka_unit_test(test_nvrtc_cache), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
-        cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule), cmocka_unit_test(test_epilogue_and_tma_a),
+        cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule), cmocka_unit_test(test_decode_mlp_kernels),
+        cmocka_unit_test(test_epilogue_and_tma_a),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

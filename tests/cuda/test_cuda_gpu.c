@@ -544,6 +544,100 @@ static void test_grouped_wgmma(void **state)
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, ws_one, 0);
 }
 
+/* The decode MLP (cg_cuda_mlp_*): UP and DOWN in one kernel over T tokens' picks (some of them to
+ * zero-computation experts: their blocks leave), y holding y0 first, against the f64 reference from the
+ * same rounded weights with x as it is: f32 math throughout, as the GEMVs', so 1e-4 relative (no
+ * activation is rounded to 16 bits that bf16's 2e-2 would allow for). */
+static void mlp_case(moe_dtype dt, int64_t T, int D, int I, int rows, int warps)
+{
+    enum { K = 2, E = 4, EALL = 6 };
+    moe_rng r;
+    rng_seed(&r, 5 + (uint64_t)(T * D + I + rows));
+    int32_t *ids = xmalloc((size_t)T * K * 4), *perm = xmalloc((size_t)T * K * 4);
+    float *w = xmalloc((size_t)T * K * 4), *gw = xmalloc((size_t)T * K * 4), *x = xmalloc((size_t)T * D * 4);
+    float *y = xmalloc((size_t)T * D * 4);
+    int64_t off[E + 1];
+    random_picks(&r, T, K, EALL, ids, w);
+    dispatch_ref(T, K, E, ids, w, off, perm, gw);
+    size_t esz = dtype_size(dt), nu = (size_t)E * 2 * I * D, nd = (size_t)E * D * I;
+    void *wu = xmalloc(nu * esz), *wd = xmalloc(nd * esz);
+    for (size_t i = 0; i < nu; i++) dtype_store(dt, wu, i, (rng_uniform(&r) - 0.5) * 0.25);
+    for (size_t i = 0; i < nd; i++) dtype_store(dt, wd, i, (rng_uniform(&r) - 0.5) * 0.25);
+    for (int64_t i = 0; i < T * D; i++) x[i] = (float)(rng_uniform(&r) * 2 - 1), y[i] = (float)(rng_uniform(&r) - 0.5);
+    double *want = xmalloc((size_t)T * D * 8), *h = xmalloc((size_t)I * 8);
+    for (int64_t i = 0; i < T * D; i++) want[i] = y[i];
+    for (int e = 0; e < E; e++)
+        for (int64_t s = off[e]; s < off[e + 1]; s++) {
+            for (int n = 0; n < I; n++) {
+                double a = 0, bb = 0;
+                for (int c = 0; c < D; c++) {
+                    a += x[perm[s] * D + c] * dtype_load(dt, wu, ((size_t)e * 2 * I + n) * D + c);
+                    bb += x[perm[s] * D + c] * dtype_load(dt, wu, ((size_t)e * 2 * I + I + n) * D + c);
+                }
+                h[n] = a / (1 + exp(-a)) * bb;
+            }
+            for (int n = 0; n < D; n++) {
+                double acc = 0;
+                for (int c = 0; c < I; c++) acc += h[c] * dtype_load(dt, wd, ((size_t)e * D + n) * I + c);
+                want[perm[s] * D + n] += gw[s] * acc;
+            }
+        }
+    CgCudaMlp m = cg_cuda_mlp_rule(dt, E, K, D, I);
+    m.rows = rows, m.warps = warps;
+    char sym[256], err[512];
+    cg_cuda_mlp_symbol(&m, sym, sizeof sym);
+    char *src = cg_cuda_mlp_source(&m, err, sizeof err);
+    if (!src) fprintf(stderr, "%s\n", err);
+    assert_non_null(src);
+    void *fn = kernel(src, sym);
+    free(src);
+    uint64_t dx = upload(x, (size_t)T * D * 4), doff = upload(off, sizeof off), dperm = upload(perm, (size_t)T * K * 4),
+             dgw = upload(gw, (size_t)T * K * 4), dwu = upload(wu, nu * esz), dwd = upload(wd, nd * esz),
+             dy = upload(y, (size_t)T * D * 4);
+    long long TT = T;
+    void *args[] = {&TT, &dx, &doff, &dperm, &dgw, &dwu, &dwd, &dy};
+    unsigned g[3], b[3];
+    size_t smem;
+    cg_cuda_mlp_launch(&m, T, g, b, &smem);
+    assert_true(g[0] == (unsigned)((I + rows - 1) / rows) && g[1] == (unsigned)(T * K) && b[0] == 32u * (unsigned)warps);
+    assert_true(smem == (size_t)D * (size_t)rows * 2);
+    launch(fn, g, b, smem, args);
+    download(y, dy, (size_t)T * D * 4);
+    double ed = rel_err(y, want, (size_t)T * D);
+    printf("%s T=%lld (%lld FFN picks): rel err %.3g (tol 1e-4)\n", sym, (long long)T, (long long)off[E], ed);
+    assert_true(ed <= 1e-4);
+    uint64_t bufs[] = {dx, doff, dperm, dgw, dwu, dwd, dy};
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) cg_cuda_free(drv, bufs[i]);
+    free(ids), free(perm), free(w), free(gw), free(x), free(y), free(wu), free(wd), free(want), free(h);
+}
+
+static void test_mlp(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    /* the rule's shape (32 rows, 8 warps) at the 0.6B's D and I; then a last block of 8 of 32 rows
+     * (I = 72) and D = 200 (a lane's k loop one batch short: 200 of 256), 3 warps over 16 and 64 rows
+     * (rows a warp unequal), 8 rows (a lane a row of the slice), f16, several tokens */
+    mlp_case(DT_BF16, 1, 768, 2048, 32, 8);
+    mlp_case(DT_BF16, 1, 200, 72, 32, 8);
+    mlp_case(DT_F16, 3, 200, 72, 16, 3);
+    mlp_case(DT_BF16, 2, 520, 136, 64, 3);
+    mlp_case(DT_BF16, 3, 64, 32, 8, 1);
+    /* out of range: f32 weights, rows 24, d not a multiple of 8 */
+    char err[512];
+    CgCudaMlp bad[3] = {cg_cuda_mlp_rule(DT_BF16, 4, 2, 64, 32), cg_cuda_mlp_rule(DT_BF16, 4, 2, 64, 32),
+                        cg_cuda_mlp_rule(DT_BF16, 4, 2, 64, 32)};
+    bad[0].wdtype = DT_F32, bad[1].rows = 24, bad[2].d = 60;
+    for (int q = 0; q < 3; q++) {
+        char *src = cg_cuda_mlp_source(&bad[q], err, sizeof err);
+        assert_null(src);
+        printf("refused: %s\n", err);
+    }
+    assert_int_equal(cg_cuda_mlp_rule(DT_F32, 4, 2, 64, 32).rows, 0);
+    assert_int_equal(cg_cuda_mlp_rule(DT_BF16, 16, 2, 1536, 4096).rows, 32);
+    assert_int_equal(cg_cuda_mlp_rule(DT_BF16, 8, 2, 4096, 14336).rows, 0); /* (Mixtral: 128 KB a 16-row slice) */
+}
+
 /* The queries' and keys' RoPE in one launch (ROPE with kv_heads): GQA (8 query heads, 2 key heads)
  * and equal shapes with the keys' output in the queries' buffer (the executor's exact alias), against
  * the CPU's formula in f64 (1e-6 relative). */
@@ -833,7 +927,8 @@ static void test_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_dispatch), cmocka_unit_test(test_combine), cmocka_unit_test(test_grouped),
-                                       cmocka_unit_test(test_grouped_wgmma), cmocka_unit_test(test_linear_gemv), cmocka_unit_test(test_rope_pair),
+                                       cmocka_unit_test(test_grouped_wgmma), cmocka_unit_test(test_mlp),
+                                       cmocka_unit_test(test_linear_gemv), cmocka_unit_test(test_rope_pair),
                                        cmocka_unit_test(test_attention)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -635,8 +635,9 @@ static void test_range_graphs(void **state)
  * dispatches; up; down), 6 without for MoE++ (route, scale, combine, dispatch, up, down) and 5 for a
  * vanilla layer (its combine is the down-projection's zeroed y0); with the router on its unfused
  * path (a tuned form's), the combine does the scale and the dispatch itself: the router's operations
- * and 3. The logits do not change. */
-static void decode_ops(const char *name, int unfolded)
+ * and 3. A 16-bit model's up and down are one (the decode MLP kernel, `mlp`), two with
+ * CudaOptions.no_mlp, each count one less. The logits do not change. */
+static void decode_ops(const char *name, int unfolded, bool mlp)
 {
     ModelSpec s;
     WeightSet *w = NULL;
@@ -648,13 +649,13 @@ static void decode_ops(const char *name, int unfolded)
         if (i->op == IR_OP_MOE_GROUPED_DOWN && down < 0) down = n;
         moe += i->op == IR_OP_MOE_ROUTE, attn += i->op == IR_OP_ATTENTION;
     }
-    int block[3], step[3], router = 0;
-    float *logits[3];
+    int block[4], step[4], router = 0, variants = mlp ? 4 : 3, gemms = mlp ? 1 : 2;
+    float *logits[4];
     int32_t id = 5, pos = 0;
     int64_t V = s.vocab, cols;
     moe_dtype dt;
-    for (int f = 0; f < 3; f++) {
-        CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_fuse = f == 1};
+    for (int f = 0; f < variants; f++) {
+        CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_fuse = f == 1, .no_mlp = f == 3};
         if (f == 2) opt.route[0] = 16, opt.route[1] = 16, opt.route[2] = 64; /* the linears on 16x16x64 tiles */
         CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
         if (!cm) fail_msg("%s", err.msg);
@@ -676,19 +677,22 @@ static void decode_ops(const char *name, int unfolded)
         cuda_model_free(cm);
     }
     printf("cuda_model: decode step of %s: %d GPU operations folded, %d not; its MoE block %d and %d, %d with the "
-           "router unfused (%d of them its)\n", s.name, step[0], step[1], block[0], block[1], block[2], router);
-    assert_int_equal(block[0], 3);
-    assert_int_equal(block[1], unfolded);
+           "router unfused (%d of them its)", s.name, step[0], step[1], block[0], block[1], block[2], router);
+    if (mlp) printf("; %d with up and down apart (a step %d)", block[3], step[3]);
+    printf("\n");
+    assert_int_equal(block[0], 1 + gemms);
+    assert_int_equal(block[1], unfolded - 2 + gemms);
     assert_true(router > 1);
-    assert_int_equal(block[2], router + 3);
+    assert_int_equal(block[2], router + 1 + gemms);
+    if (mlp) assert_int_equal(block[3], 3), assert_int_equal(step[3], step[0] + moe);
     /* attention: KV stores, a RoPE, k's and v's GEMVs */
     assert_int_equal(step[1] - step[0], (unfolded - 3) * moe + 5 * attn);
-    for (int f = 0; f < 3; f += 2) {
+    for (int f = 0; f < variants; f += f == 0 ? 2 : 1) {
         double diff = 0, top = 0;
         for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(logits[f][j] - logits[1][j])), top = fmax(top, fabs(logits[1][j]));
         assert_true(diff <= 1e-5 * top);
     }
-    free(logits[0]), free(logits[1]), free(logits[2]);
+    for (int f = 0; f < variants; f++) free(logits[f]);
     ir_module_free(m);
     weights_close(w);
 }
@@ -697,8 +701,9 @@ static void test_decode_ops(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
-    decode_ops("tiny-moepp", 6);
-    decode_ops("tiny-vanilla", 5);
+    decode_ops("tiny-moepp", 6, false);
+    decode_ops("tiny-vanilla", 5, false);
+    decode_ops("tiny-bf16", 6, true);
 }
 
 static void test_no_gpu_message(void **state)

@@ -299,6 +299,11 @@ static inline void atomic_add_pair(float *y, float a, float b, bool both)
     atomicAdd(y, a);
     if (both) atomicAdd(y + 1, b);
 }
+// y[0..3] += a, b, c, d (sm_90's red.global.add.v4.f32 on a GPU): four atomics here
+static inline void atomic_add_quad(float *y, float a, float b, float c, float d)
+{
+    atomicAdd(y, a), atomicAdd(y + 1, b), atomicAdd(y + 2, c), atomicAdd(y + 3, d);
+}
 // griddepcontrol.wait / .launch_dependents (programmatic dependent launch): launches run one after
 // another here, so the wait has nothing to wait for; the emulator checks that every thread of a
 // launch made with the attribute called it
