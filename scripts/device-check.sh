@@ -196,6 +196,8 @@ EOF
       MOEPPC_CUDA_MLP=16x8 1
     ab "decode A/B: the decode MLP on 64 rows a block, 16 warps (MOEPPC_CUDA_MLP=64x16: half the reductions, a block an SM)" \
       MOEPPC_CUDA_MLP=64x16 1
+    ab "decode A/B: the fused router on one block a token (MOEPPC_CUDA_ROUTE_SPLIT=0; the layer's time has it), against W1's rows over 21 blocks above" \
+      MOEPPC_CUDA_ROUTE_SPLIT=0 1
     ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0: up and down apart), against the decode MLP above" \
       MOEPPC_CUDA_DECODE_GEMV=0 1
     ab "launch A/B: plain launches (MOEPPC_CUDA_PDL=0) against the programmatic dependent launches above" \
@@ -220,6 +222,9 @@ EOF
   if more "decode A/Bs"; then
     echo "-- the same with up and down as two GEMVs (MOEPPC_CUDA_MLP=0), not one decode MLP kernel: decode tokens/s A/B"
     run 60 env MOEPPC_CUDA_MLP=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+      --device cuda --generate 64 | grep -E "ran|decode|error"
+    echo "-- the same with the fused router on one block a token (MOEPPC_CUDA_ROUTE_SPLIT=0): decode tokens/s A/B"
+    run 60 env MOEPPC_CUDA_ROUTE_SPLIT=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
       --device cuda --generate 64 | grep -E "ran|decode|error"
     echo "-- the same with plain launches (MOEPPC_CUDA_PDL=0): decode tokens/s A/B"
     run 60 env MOEPPC_CUDA_PDL=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \

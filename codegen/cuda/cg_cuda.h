@@ -128,7 +128,12 @@ void  cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned
  * w2 is NULL with a one-layer router, r and wg without a residual, wc without constant experts.
  * "_cmb" forms take (..., float *y, float *u, const void *const *vc, long long *off, int *perm,
  * float *gate_w, unsigned *counter) after them: COMBINE's and DISPATCH's, and a counter of finished
- * blocks, zero before the launch and zero again after it (the last block resets it). */
+ * tokens, zero before the launch and zero again after it (the last token's block resets it). Every
+ * form then takes (..., float *part, unsigned *tcount): with grid.y = P > 1 blocks a token (`split`,
+ * few tokens: one block streams W1's 0.5 MB at the 7B's shape one row a warp at a time), the
+ * token's rows of W1 (tanh'd with two layers) and of Wc (times s) are dealt over its P blocks into
+ * part [T][(h1 or experts) + 2·n_const], and the last of them to arrive (tcount [T], zero before the
+ * launch, reset by it) reads them back and goes on as one block does; P = 1: neither is read. */
 typedef struct CgCudaRouteFused {
     CgOpDesc post;           /* the ROUTE_POST descriptor                                   */
     bool wc_table;           /* wc is a device array of n_const pointers to each [2][D] Wc,
@@ -139,6 +144,8 @@ typedef struct CgCudaRouteFused {
     double s;                /* the experts' input scale (alpha is computed from s·x)       */
     int threads;             /* a block's threads: whole warps, 32..1024 (0: 256; the GPU
                                 tuner's knob, "_tN" symbols)                               */
+    int split;               /* blocks a token at launch (grid.y; 0 or 1: one); not in the
+                                text: cg_cuda_route_fused_split is the rule's              */
     CgOpDesc combine;        /* kind COMBINE ("_cmb" symbols): each block then also does its
                                 token's MoE combine (COMBINE's y, u, vc; constants of the same
                                 s, n_const and, with constants, weight dtype) and, with
@@ -149,6 +156,10 @@ void  cg_cuda_route_fused_symbol(const CgCudaRouteFused *r, char *out, size_t n)
 /* NULL with err set when the vectors do not fit one block's shared memory (then: the unfused path). */
 char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t errlen);
 void  cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem);
+/* The rule's blocks a token for T tokens: about CG_CUDA_ROUTE_SPLIT_BLOCKS blocks in all, none
+ * with fewer rows than warps (1: one block a token, from CG_CUDA_ROUTE_SPLIT_BLOCKS tokens). */
+#define CG_CUDA_ROUTE_SPLIT_BLOCKS 32
+int   cg_cuda_route_fused_split(const CgCudaRouteFused *r, int64_t T);
 
 /* The KV cache store: (long long T, const float *src, const int *pos, KV *cache), cache row pos[t]
  * = src row t (cols elements each) rounded to KV, the model's type dt as for ATTENTION (float, or u16

@@ -974,6 +974,9 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
     }
     char name[700];
     cg_cuda_route_fused_symbol(r, name, sizeof name);
+    const char *wc_row = r->wc_table
+                             ? "        float v = wdot(wct[crow >> 1] + (long long)(crow & 1) * D, xs, D, lane);\n"
+                             : "        float v = wdot(wc + (long long)crow * D, xs, D, lane);\n";
     CgBuf b = {0};
     cb_prelude(&b, r->wdtype);
     emit_route_defs(&b, d);
@@ -1011,7 +1014,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "}\n"
         "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *x, const void *w1v,\n"
         "        const void *w2v, const float *r, const void *wgv, const void *wcv, float *logits, float *weights,\n"
-        "        int *ids, float *alpha%s) {\n"
+        "        int *ids, float *alpha%s, float *part, unsigned *tcount) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ float xs[D], hs[H1 > 0 ? H1 : 1], zs[E], rs[E], as[2 * NC > 0 ? 2 * NC : 1];\n"
         "    long long t = blockIdx.x;\n"
@@ -1022,6 +1025,38 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "    for (int c = threadIdx.x; c < D; c += NT) xs[c] = x[t * D + c];\n"
         "    if (RES) for (int c = threadIdx.x; c < E; c += NT) rs[c] = r[t * E + c];\n"
         "    __syncthreads();\n"
+        "    if (gridDim.y > 1) {  /* the token's rows of W1 and Wc dealt over its gridDim.y blocks, into part */\n"
+        "        const int RA = H1 > 0 ? H1 : E;\n"
+        "        float *pt = part + t * (RA + 2 * NC);\n"
+        "        for (int row = blockIdx.y * NW + wid; row < RA + 2 * NC; row += gridDim.y * NW) {\n"
+        "            if (row < RA) {\n"
+        "                float v = wdot(w1 + (long long)row * D, xs, D, lane);\n"
+        "                if (lane == 0) pt[row] = H1 > 0 ? tanhf(v) : v;\n"
+        "            } else {\n"
+        "                int crow = row - RA;\n"
+        "%s"
+        "                if (lane == 0) pt[row] = (float)S * v;\n"
+        "            }\n"
+        "        }\n"
+        "        __shared__ unsigned tlast;  /* the last of the token's blocks to arrive goes on */\n"
+        "        __threadfence();\n"
+        "        __syncthreads();\n"
+        "        if (threadIdx.x == 0) tlast = atomicAdd(tcount + t, 1u) == gridDim.y - 1;\n"
+        "        __syncthreads();\n"
+        "        if (!tlast) return;\n"
+        "        __threadfence();\n"
+        "        if (threadIdx.x == 0) tcount[t] = 0u;  /* (zero again for the next launch) */\n"
+        "        for (int c = threadIdx.x; c < RA; c += NT) {\n"
+        "            if (H1 > 0) hs[c] = __ldcg(pt + c);\n"
+        "            else zs[c] = __ldcg(pt + c);\n"
+        "        }\n"
+        "        for (int c = threadIdx.x; c < 2 * NC; c += NT) as[c] = __ldcg(pt + RA + c);\n"
+        "        __syncthreads();\n"
+        "        for (int row = wid; H1 > 0 && row < E; row += NW) {\n"
+        "            float v = wdot(w2 + (long long)row * H1, hs, H1, lane);\n"
+        "            if (lane == 0) zs[row] = v;\n"
+        "        }\n"
+        "    } else {\n"
         "    if (H1 > 0) {  /* the two-layer gate: z0 = W2 tanh(W1 x) */\n"
         "        for (int row = wid; row < H1; row += NW) { float v = wdot(w1 + (long long)row * D, xs, D, lane); if (lane == 0) hs[row] = tanhf(v); }\n"
         "        __syncthreads();\n"
@@ -1030,8 +1065,10 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
         "        for (int row = wid; row < E; row += NW) { float v = wdot(w1 + (long long)row * D, xs, D, lane); if (lane == 0) zs[row] = v; }\n"
         "    }\n"
         "    for (int row = wid; row < 2 * NC; row += NW) {  /* alpha logits: Wc (s x) */\n"
+        "        int crow = row;\n"
         "%s"
         "        if (lane == 0) as[row] = (float)S * v;\n"
+        "    }\n"
         "    }\n"
         "    __syncthreads();\n"
         "    if (RES) {  /* the gating residual: + Wg r */\n"
@@ -1046,8 +1083,7 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
               "        float *gate_w, unsigned *counter" : "",
         r->wc_table ? "    const wtype *const *wct = (const wtype *const *)wcv;  /* constant expert c: wct[c], [2][D] */\n"
                     : "    const wtype *wc = (const wtype *)wcv;\n",
-        r->wc_table ? "        float v = wdot(wct[row >> 1] + (long long)(row & 1) * D, xs, D, lane);\n"
-                    : "        float v = wdot(wc + (long long)row * D, xs, D, lane);\n",
+        wc_row, wc_row,
         cmb ? "    if (wid == 0) {  /* warp 0 decides; then the whole block combines */\n" : "    if (wid != 0) return;\n");
     emit_route_body(&b, d);
     if (cmb) {
@@ -1076,7 +1112,15 @@ char *cg_cuda_route_fused_source(const CgCudaRouteFused *r, char *err, size_t er
 
 void cg_cuda_route_fused_launch(const CgCudaRouteFused *r, int64_t T, unsigned grid[3], unsigned block[3], size_t *smem)
 {
-    grid[0] = (unsigned)(T > 0 ? T : 1), grid[1] = grid[2] = 1;
+    grid[0] = (unsigned)(T > 0 ? T : 1), grid[1] = (unsigned)(r->split > 1 ? r->split : 1), grid[2] = 1;
     block[0] = (unsigned)fused_route_threads(r), block[1] = block[2] = 1;
     *smem = 0;
+}
+
+int cg_cuda_route_fused_split(const CgCudaRouteFused *r, int64_t T)
+{
+    int64_t rows = (r->h1 > 0 ? r->h1 : r->post.experts) + 2 * r->post.n_const, nw = fused_route_threads(r) / 32;
+    int64_t p = (CG_CUDA_ROUTE_SPLIT_BLOCKS + (T > 0 ? T : 1) - 1) / (T > 0 ? T : 1), most = (rows + nw - 1) / nw;
+    p = p < most ? p : most;
+    return p > 1 ? (int)p : 1;
 }

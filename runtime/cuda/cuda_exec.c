@@ -133,7 +133,10 @@ typedef struct Step {
                                        CG_CUDA_GEMV_MAX_T tokens (the attention's k and v with q)     */
     CgCudaGemm sg, sg1;             /* linear with n_lin: the GEMV and its decode form over all of them */
     int k_sg, k_sg1;
-    uint64_t counter;               /* route with comb: the finished blocks (zero between calls)        */
+    uint64_t counter;               /* route with comb: the finished tokens (zero between calls)        */
+    uint64_t tcount;                /* route, fused: each token's finished blocks when it has several
+                                       (cg_cuda_route_fused_split; CG_CUDA_ROUTE_SPLIT_BLOCKS of them,
+                                       zero between calls)                                         */
     bool dead_logits;               /* route with comb: no instruction reads its logits (not written)   */
     int64_t done;                   /* combine, linear: the call (CudaModel.call) in which an earlier
                                        step's kernel did its work (route, an earlier linear)            */
@@ -714,6 +717,12 @@ static bool prepare_route(CudaModel *cm, Step *st, RtError *err)
         return route_alt(cm, st, err);
     }
     if (!route_alt(cm, st, err)) return false;
+    if (!cm->dry && !cm->o.no_route_split) { /* a few tokens' blocks apart: their arrivals */
+        uint32_t zero[CG_CUDA_ROUTE_SPLIT_BLOCKS] = {0};
+        if (!dalloc(cm, &st->tcount, sizeof zero, "the router's token counters", true, err) ||
+            !dupload(cm, st->tcount, zero, sizeof zero, err))
+            return false;
+    }
     if (st->comb >= 0) { /* its form that also combines (and dispatches): mark_fusions */
         const Step *cs = &cm->steps[st->comb];
         CgCudaRouteFused rc = st->rf;
@@ -1241,9 +1250,10 @@ static void mark_mlp(CudaModel *cm)
             uses[up->out[0]->id] != 1 || dn->in[1] != up->in[1])
             continue;
         const IrValue *wu = up->in[3], *wd = dn->in[5];
-        CgCudaMlp mlp = cg_cuda_mlp_rule(wu->type.dtype, ir_attr_int(dn, "experts"), 1, wd->type.dims[0], wd->type.dims[1]);
-        if (wd->type.dtype != wu->type.dtype || !mlp.rows || wu->type.dims[0] != 2 * mlp.i || wu->type.dims[1] != mlp.d ||
-            cols(up->in[0]) != mlp.d)
+        CgCudaMlp mlp = cg_cuda_mlp_rule(wu->type.dtype, ir_attr_int(dn, "experts"), 1, wd->type.dims[0],
+                                         wd->type.dims[1]);
+        if (wd->type.dtype != wu->type.dtype || !mlp.rows || wu->type.dims[0] != 2 * mlp.i ||
+            wu->type.dims[1] != mlp.d || cols(up->in[0]) != mlp.d)
             continue;
         if (cm->o.mlp[0] > 0) mlp.rows = cm->o.mlp[0], mlp.warps = cm->o.mlp[1]; /* (checked by its generator) */
         cm->steps[s].mlp_up = s - 1, cm->steps[s - 1].mlp_down = s, cm->steps[s].mlp = mlp;
@@ -1496,7 +1506,8 @@ static bool mlp_now(const Run *r, const Step *dn)
     if (dn->kern_mlp < 0 || r->T != 1 || dn->mlp_up < r->first || s >= r->last) return false;
     const Step *up = &cm->steps[dn->mlp_up];
     const unsigned char *map;
-    if (gemm_pick(r, up, &up->gm[0], &k, &map) != &up->gm[0].gemv1 || gemm_pick(r, dn, &dn->gm[0], &k, &map) != &dn->gm[0].gemv1)
+    if (gemm_pick(r, up, &up->gm[0], &k, &map) != &up->gm[0].gemv1 ||
+        gemm_pick(r, dn, &dn->gm[0], &k, &map) != &dn->gm[0].gemv1)
         return false;
     uint64_t x = addr(r, up->i->in[0]), y = addr(r, dn->i->out[0]), bytes = (uint64_t)(r->T * dn->mlp.d) * 4;
     return x + bytes <= y || y + bytes <= x;
@@ -1566,11 +1577,16 @@ static bool run_route_fused(const Run *r, const Step *st, const CgCudaRouteFused
         if (cs->scale >= 0) u = addr(r, cm->steps[cs->scale].i->out[0]);
         if (cs->disp >= 0) off = cm->steps[cs->disp].off, perm = cm->steps[cs->disp].perm, gw = cm->steps[cs->disp].gate_w;
     }
+    /* a few tokens' blocks apart (CgCudaRouteFused.split), their partial rows in the router scratch */
+    CgCudaRouteFused at = *rf;
+    at.split = cm->o.no_route_split ? 1 : cg_cuda_route_fused_split(rf, r->T);
+    uint64_t part = cm->scratch, tcount = st->tcount;
     void *a[] = {(void *)&r->TT, &x, &w1, &w2, &rr, &wg, &wc, &logits, &wts, &ids, &alpha, &y, &u, &vc, &off, &perm, &gw,
-                 &counter};
+                 &counter, &part, &tcount};
+    if (kern != st->kern_cmb) a[11] = &part, a[12] = &tcount; /* (the forms without the combine's arguments) */
     unsigned g[3], b[3];
     size_t smem;
-    cg_cuda_route_fused_launch(rf, r->T, g, b, &smem);
+    cg_cuda_route_fused_launch(&at, r->T, g, b, &smem);
     return launch(r, st, kern, g, b, smem, a);
 }
 

@@ -120,6 +120,9 @@ typedef struct CudaOptions {
                                        it ran 0.87x the plain TMA form; a database's entries: "/ws") */
     bool no_mlp;                    /* a decode step's grouped UP and DOWN as their two GEMVs, not as
                                        one decode MLP kernel (cg_cuda_mlp_*; MOEPPC_CUDA_MLP=0: an A/B) */
+    bool no_route_split;            /* the fused router on one block a token at every T, not a few
+                                       tokens' W1 rows dealt over several (cg_cuda_route_fused_split;
+                                       MOEPPC_CUDA_ROUTE_SPLIT=0: an A/B)                          */
     int mlp[2];                     /* that kernel's rows of h a block and warps ({0}: the rule's,
                                        cg_cuda_mlp_rule; MOEPPC_CUDA_MLP=RxW: device-check's A/Bs)   */
     bool no_fuse;                   /* keep the folded launches apart (the router's combine, the
@@ -199,13 +202,14 @@ static inline bool cuda_env_on(const char *name)
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
  * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1|0, MOEPPC_CUDA_TILE_PAIR=0,
- * MOEPPC_CUDA_TMA_A=0, MOEPPC_CUDA_MLP=0|RxW (the A/Bs of scripts/device-check.sh). */
+ * MOEPPC_CUDA_TMA_A=0, MOEPPC_CUDA_MLP=0|RxW, MOEPPC_CUDA_ROUTE_SPLIT=0 (the A/Bs of scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
     o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");
     o->no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM");
     o->no_fuse = cuda_env_off("MOEPPC_CUDA_FUSE");
     o->no_mlp = cuda_env_off("MOEPPC_CUDA_MLP");
+    o->no_route_split = cuda_env_off("MOEPPC_CUDA_ROUTE_SPLIT");
     const char *mlp = getenv("MOEPPC_CUDA_MLP");
     if (!mlp || sscanf(mlp, "%dx%d", &o->mlp[0], &o->mlp[1]) != 2) o->mlp[0] = o->mlp[1] = 0;
     o->no_attn_split = cuda_env_off("MOEPPC_CUDA_ATTN_SPLIT");

@@ -535,6 +535,31 @@ static void test_pdl_entry(void **state)
     }
 }
 
+/* The fused router's blocks a token (cg_cuda_route_fused_split) at the 7B's router (160 + 4 rows of
+ * 1536, 8 warps): 21 at T = 1 (a row a warp), 16 at 2 (32 blocks in all), 2 at 16, one from 32; and
+ * the launch's grid.y. */
+static void test_route_split_rule(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = optimised_module(MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml", &s);
+    const IrInstr *i = m->first;
+    while (i && i->op != IR_OP_MOE_ROUTE) i = i->next;
+    CgCudaRouteFused rf;
+    assert_true(i && cuda_route_fused_desc(i, false, &rf));
+    static const int64_t T[5] = {1, 2, 16, 31, 32};
+    static const int want[5] = {21, 16, 2, 2, 1};
+    for (int q = 0; q < 5; q++) {
+        assert_int_equal(cg_cuda_route_fused_split(&rf, T[q]), want[q]);
+        unsigned g[3], b[3];
+        size_t smem;
+        rf.split = want[q];
+        cg_cuda_route_fused_launch(&rf, T[q], g, b, &smem);
+        assert_true(g[0] == (unsigned)T[q] && g[1] == (unsigned)want[q] && b[0] == 256);
+    }
+    ir_module_free(m);
+}
+
 /* The decode MLP (cg_cuda_mlp_*, mark_mlp): a 16-bit model's up/down pair gets one kernel of the rule's
  * shape on every target (the 7B's 32 rows by 8 warps), CudaOptions.mlp another shape
  * (MOEPPC_CUDA_MLP=RxW); none with no_mlp, for f32 weights or for weights used in place (the embedding
@@ -549,10 +574,12 @@ static void test_decode_mlp_kernels(void **state)
     CudaOptions sm80 = {.images_arch = "sm_80"}, sm90 = {.images_arch = "sm_90"};
     assert_int_equal(kernels_with(b7, &sm90, "_gemm_mlp_bf16_e16_k2_d1536_i4096_r32w8"), 1);
     assert_int_equal(kernels_with(b7, &sm80, "_gemm_mlp_"), 1);
+    CudaOptions other = {.images_arch = "sm_80", .mlp = {16, 4}}, none = {.images_arch = "sm_80", .no_mlp = true},
+                table = {.images_arch = "sm_80", .weights_in_place = true};
     assert_int_equal(kernels_with(bf16, &sm80, "_gemm_mlp_bf16_e4_k2_d64_i32_r32w8"), 1);
-    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .mlp = {16, 4}}, "_gemm_mlp_bf16_e4_k2_d64_i32_r16w4"), 1);
-    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .no_mlp = true}, "_gemm_mlp_"), 0);
-    assert_int_equal(kernels_with(bf16, &(CudaOptions){.images_arch = "sm_80", .weights_in_place = true}, "_gemm_mlp_"), 0);
+    assert_int_equal(kernels_with(bf16, &other, "_gemm_mlp_bf16_e4_k2_d64_i32_r16w4"), 1);
+    assert_int_equal(kernels_with(bf16, &none, "_gemm_mlp_"), 0);
+    assert_int_equal(kernels_with(bf16, &table, "_gemm_mlp_"), 0);
     assert_int_equal(kernels_with(f32, &sm80, "_gemm_mlp_"), 0);
     /* a shape its generator refuses: the model's kernels are refused with its message */
     ModelSpec s;
@@ -614,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_bad_source), cmocka_unit_test(test_nvrtc_cache), cmocka_unit_test(test_specs_compile), cmocka_unit_test(test_wgmma_compile), cmocka_unit_test(test_wgmma_serialized),
         cmocka_unit_test(test_split_compile), cmocka_unit_test(test_attention_forms_compile),
         cmocka_unit_test(test_pdl_entry), cmocka_unit_test(test_sm90_rule), cmocka_unit_test(test_decode_mlp_kernels),
+        cmocka_unit_test(test_route_split_rule),
         cmocka_unit_test(test_epilogue_and_tma_a),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
