@@ -220,18 +220,17 @@ EOF
     ab "prefill on the warp-specialised persistent TMA form (MOEPPC_CUDA_WS=1) against TMA above" MOEPPC_CUDA_WS=1 512,4096
   fi
   if more "decode A/Bs"; then
-    echo "-- the same with up and down as two GEMVs (MOEPPC_CUDA_MLP=0), not one decode MLP kernel: decode tokens/s A/B"
-    run 60 env MOEPPC_CUDA_MLP=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-      --device cuda --generate 64 | grep -E "ran|decode|error"
-    echo "-- the same with the fused router on one block a token (MOEPPC_CUDA_ROUTE_SPLIT=0): decode tokens/s A/B"
-    run 60 env MOEPPC_CUDA_ROUTE_SPLIT=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-      --device cuda --generate 64 | grep -E "ran|decode|error"
-    echo "-- the same with plain launches (MOEPPC_CUDA_PDL=0): decode tokens/s A/B"
-    run 60 env MOEPPC_CUDA_PDL=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-      --device cuda --generate 64 | grep -E "ran|decode|program|error"
-    echo "-- the same without the folded launches (MOEPPC_CUDA_FUSE=0: combine, scale, dispatch, KV store, RoPE apart)"
-    run 60 env MOEPPC_CUDA_FUSE=0 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
-      --device cuda --generate 64 | grep -E "ran|decode|error"
+    # decode_ab TITLE SETTING: the 0.6B's decode tokens/s with that setting, against the run above
+    decode_ab() {
+      echo "-- the same $1: decode tokens/s A/B"
+      run 60 env $2 "$bin/moeppc" run specs/moepp-0.6b.yaml --random-weights 1 --ids "1 2 3 4 5 6 7 8" \
+        --device cuda --generate 64 | grep -E "ran|decode|program|error"
+    }
+    decode_ab "with up and down as two GEMVs (MOEPPC_CUDA_MLP=0), not one decode MLP kernel" MOEPPC_CUDA_MLP=0
+    decode_ab "with the fused router on one block a token (MOEPPC_CUDA_ROUTE_SPLIT=0)" MOEPPC_CUDA_ROUTE_SPLIT=0
+    decode_ab "with plain launches (MOEPPC_CUDA_PDL=0)" MOEPPC_CUDA_PDL=0
+    decode_ab "without the folded launches (MOEPPC_CUDA_FUSE=0: combine, scale, dispatch, KV store, RoPE apart)" \
+      MOEPPC_CUDA_FUSE=0
   fi
   if more "long-context decode A/B"; then
     step "a decode step at position 4095 (4096 keys): attention's keys in splits merged by the last (flash-decoding), then one block a head (MOEPPC_CUDA_ATTN_SPLIT=0)"

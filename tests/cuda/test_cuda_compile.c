@@ -175,9 +175,8 @@ static void expect_tile_pair(const char *spec, const char *up, const char *down,
 static void test_sm90_rule(void **state)
 {
     (void)state;
-    char bf16[1024], f32[1024];
-    snprintf(bf16, sizeof bf16, "%s/specs/tiny/tiny-bf16.yaml", MOEPPC_SOURCE_DIR);
-    snprintf(f32, sizeof f32, "%s/specs/tiny/tiny-moepp.yaml", MOEPPC_SOURCE_DIR);
+    const char *bf16 = MOEPPC_SOURCE_DIR "/specs/tiny/tiny-bf16.yaml";
+    const char *f32 = MOEPPC_SOURCE_DIR "/specs/tiny/tiny-moepp.yaml";
     CudaOptions sm90 = {.images_arch = "sm_90"}, sm80 = {.images_arch = "sm_80"};
     CudaOptions off = {.images_arch = "sm_90", .no_tma = true}, table = {.images_arch = "sm_90", .weights_in_place = true};
     /* up and down, each on the rule's two tiles (cg_cuda_gemm_tma): UP 32 wide (64-column tiles) on
@@ -567,9 +566,8 @@ static void test_route_split_rule(void **state)
 static void test_decode_mlp_kernels(void **state)
 {
     (void)state;
-    char bf16[1024], f32[1024];
-    snprintf(bf16, sizeof bf16, "%s/specs/tiny/tiny-bf16.yaml", MOEPPC_SOURCE_DIR);
-    snprintf(f32, sizeof f32, "%s/specs/tiny/tiny-moepp.yaml", MOEPPC_SOURCE_DIR);
+    const char *bf16 = MOEPPC_SOURCE_DIR "/specs/tiny/tiny-bf16.yaml";
+    const char *f32 = MOEPPC_SOURCE_DIR "/specs/tiny/tiny-moepp.yaml";
     const char *b7 = MOEPPC_SOURCE_DIR "/specs/moepp-7b.yaml";
     CudaOptions sm80 = {.images_arch = "sm_80"}, sm90 = {.images_arch = "sm_90"};
     assert_int_equal(kernels_with(b7, &sm90, "_gemm_mlp_bf16_e16_k2_d1536_i4096_r32w8"), 1);
