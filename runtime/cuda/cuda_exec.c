@@ -935,10 +935,13 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
             st->mlp.k_top = k_top;
             cg_cuda_mlp_symbol(&st->mlp, sym, sizeof sym);
             if (!kern_have(cm, sym, &st->kern_mlp)) {
-                char *src = cg_cuda_mlp_source(&st->mlp, err->msg, sizeof err->msg);
+                char why[400];
+                char *src = cg_cuda_mlp_source(&st->mlp, why, sizeof why);
                 unsigned g1[3], g2[3], b[3];
                 size_t smem = 0;
                 if (src) cg_cuda_mlp_launch(&st->mlp, 1, g1, b, &smem), cg_cuda_mlp_launch(&st->mlp, 512, g2, b, &smem);
+                else snprintf(err->msg, sizeof err->msg, "the decode MLP's shape %dx%d (MOEPPC_CUDA_MLP=RxW): %s",
+                              st->mlp.rows, st->mlp.warps, why);
                 ok = kern_new(cm, sym, src, g1, g2, b, smem, &st->kern_mlp);
             }
         }
