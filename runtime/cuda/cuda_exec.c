@@ -1500,17 +1500,18 @@ static const CgCudaGemm *gemm_pick(const Run *r, const Step *st, const Gemm *gm,
 }
 
 /* Does DOWN step dn run with its UP as the decode MLP kernel in this call: T = 1, both steps in the
- * call's range, each where it would run its decode GEMV (not a database's form), and DOWN's output
- * not in UP's input's place (the plan may give it x's once x is dead). Otherwise the two GEMVs. */
+ * call's range, each on its GEMV path with a decode form (not MOEPPC_CUDA_DECODE_GEMV=0's general
+ * GEMV, not the tuner's candidate; a database's T = 1 GEMV form is not asked: it was measured
+ * against the other GEMVs, not against this kernel, and holds where the two GEMVs run), and DOWN's
+ * output not in UP's input's place (the plan may give it x's once x is dead). Else the two GEMVs. */
 static bool mlp_now(const Run *r, const Step *dn)
 {
     CudaModel *cm = r->cm;
-    int s = (int)(dn - cm->steps), k;
+    int s = (int)(dn - cm->steps);
     if (dn->kern_mlp < 0 || r->T != 1 || dn->mlp_up < r->first || s >= r->last) return false;
     const Step *up = &cm->steps[dn->mlp_up];
-    const unsigned char *map;
-    if (gemm_pick(r, up, &up->gm[0], &k, &map) != &up->gm[0].gemv1 ||
-        gemm_pick(r, dn, &dn->gm[0], &k, &map) != &dn->gm[0].gemv1)
+    if (up->gm[0].k_gemv1 < 0 || dn->gm[0].k_gemv1 < 0 || !step_gemv(r, up, &up->gm[0]) ||
+        !step_gemv(r, dn, &dn->gm[0]))
         return false;
     uint64_t x = addr(r, up->i->in[0]), y = addr(r, dn->i->out[0]), bytes = (uint64_t)(r->T * dn->mlp.d) * 4;
     return x + bytes <= y || y + bytes <= x;

@@ -636,7 +636,8 @@ static void test_range_graphs(void **state)
  * vanilla layer (its combine is the down-projection's zeroed y0); with the router on its unfused
  * path (a tuned form's), the combine does the scale and the dispatch itself: the router's operations
  * and 3. A 16-bit model's up and down are one (the decode MLP kernel, `mlp`), two with
- * CudaOptions.no_mlp, each count one less. The logits do not change. */
+ * CudaOptions.no_mlp, each count one less, one also under a database's T = 1 GEMV forms. The logits
+ * do not change. */
 static void decode_ops(const char *name, int unfolded, bool mlp)
 {
     ModelSpec s;
@@ -649,13 +650,15 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
         if (i->op == IR_OP_MOE_GROUPED_DOWN && down < 0) down = n;
         moe += i->op == IR_OP_MOE_ROUTE, attn += i->op == IR_OP_ATTENTION;
     }
-    int block[4], step[4], router = 0, variants = mlp ? 4 : 3, gemms = mlp ? 1 : 2;
-    float *logits[4];
+    int block[5], step[5], router = 0, variants = mlp ? 5 : 3, gemms = mlp ? 1 : 2;
+    float *logits[5];
     int32_t id = 5, pos = 0;
     int64_t V = s.vocab, cols;
     moe_dtype dt;
     for (int f = 0; f < variants; f++) {
         CudaOptions opt = {.compile = cuda_nvrtc_cubins, .no_fuse = f == 1, .no_mlp = f == 3};
+        if (f == 4) /* a database's GEMV forms at T = 1 (measured against other GEMVs): still the decode MLP */
+            opt.tile_sched[0] = opt.tile_sched[1] = "-1;1:1x4/u4@10";
         if (f == 2) opt.route[0] = 16, opt.route[1] = 16, opt.route[2] = 64; /* the linears on 16x16x64 tiles */
         CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
         if (!cm) fail_msg("%s", err.msg);
@@ -684,7 +687,7 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
     assert_int_equal(block[1], unfolded - 2 + gemms);
     assert_true(router > 1);
     assert_int_equal(block[2], router + 1 + gemms);
-    if (mlp) assert_int_equal(block[3], 3), assert_int_equal(step[3], step[0] + moe);
+    if (mlp) assert_int_equal(block[3], 3), assert_int_equal(step[3], step[0] + moe), assert_int_equal(block[4], 2);
     /* attention: KV stores, a RoPE, k's and v's GEMVs */
     assert_int_equal(step[1] - step[0], (unfolded - 3) * moe + 5 * attn);
     for (int f = 0; f < variants; f += f == 0 ? 2 : 1) {
