@@ -2,8 +2,6 @@
  * reads its h, in one launch, one slot a row of blocks. */
 #include "codegen/cuda/cuda_internal.h"
 
-#include <string.h>
-
 /* W_down's slice in shared memory, at most: within every target's opt-in (sm_86/89: 99 KB a block). */
 #define MLP_SMEM_RULE (96 * 1024)
 #define MLP_SMEM_MAX (227 * 1024) /* sm_90's; a larger slice compiles for no target */

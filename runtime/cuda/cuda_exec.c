@@ -932,7 +932,7 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
         }
         if (ok && st->mlp_up >= 0) { /* and with its UP, as one kernel (mark_mlp) */
             char sym[256];
-            st->mlp.k_top = k_top;
+            MOE_ASSERT(st->mlp.k_top == k_top);
             cg_cuda_mlp_symbol(&st->mlp, sym, sizeof sym);
             if (!kern_have(cm, sym, &st->kern_mlp)) {
                 char why[400];
@@ -1253,8 +1253,8 @@ static void mark_mlp(CudaModel *cm)
             uses[up->out[0]->id] != 1 || dn->in[1] != up->in[1])
             continue;
         const IrValue *wu = up->in[3], *wd = dn->in[5];
-        CgCudaMlp mlp = cg_cuda_mlp_rule(wu->type.dtype, ir_attr_int(dn, "experts"), 1, wd->type.dims[0],
-                                         wd->type.dims[1]);
+        CgCudaMlp mlp = cg_cuda_mlp_rule(wu->type.dtype, ir_attr_int(dn, "experts"), cols(up->in[2]), wd->type.dims[0],
+                                         wd->type.dims[1]); /* (in[2]: the slots, [T, k_top]) */
         if (wd->type.dtype != wu->type.dtype || !mlp.rows || wu->type.dims[0] != 2 * mlp.i ||
             wu->type.dims[1] != mlp.d || cols(up->in[0]) != mlp.d)
             continue;
