@@ -198,6 +198,8 @@ EOF
       MOEPPC_CUDA_MLP=64x16 1
     ab "decode A/B: the fused router on one block a token (MOEPPC_CUDA_ROUTE_SPLIT=0; the layer's time has it), against W1's rows over 21 blocks above" \
       MOEPPC_CUDA_ROUTE_SPLIT=0 1
+    ab "prefill A/B: the large DOWN tile's last wave as whole tiles (MOEPPC_CUDA_STREAMK=0), against stream-K above" \
+      MOEPPC_CUDA_STREAMK=0 4096
     ab "decode A/B: T = 1 on the general GEMV (MOEPPC_CUDA_DECODE_GEMV=0: up and down apart), against the decode MLP above" \
       MOEPPC_CUDA_DECODE_GEMV=0 1
     ab "launch A/B: plain launches (MOEPPC_CUDA_PDL=0) against the programmatic dependent launches above" \

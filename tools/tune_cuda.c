@@ -121,12 +121,13 @@ static int list_candidates(const CgCudaGemm *base, bool gemv, const char *arch, 
                     if (!tma) continue;
                     /* warp-specialised and persistent (one block an SM): the deepest ring that fits, to 6 */
                     g.ws = true;
+                    cg_cuda_gemm_persist(&g, 0, false); /* (DOWN's source with its stream-K tail) */
                     for (g.stages = 6; g.stages > 3 && cg_cuda_gemm_smem(&g) > (size_t)arch_smem_kb(arch) * 1024;)
                         g.stages--;
                     list[n] = g;
                     cfg[n++] = (TuneConfig){.tile_m = g.bm, .tile_n = g.bn, .kc = g.bk, .wgmma = 1, .tma = 1, .ws = 1,
                                             .stages = g.stages != ring ? g.stages : 0};
-                    g.ws = false;
+                    g.ws = g.stream_k = false;
                 }
             }
     return n;
@@ -419,6 +420,7 @@ static bool config_fits(const GpuLayer *L, const TuneEntry *e, int kind, bool ge
         g = c->wgmma ? cg_cuda_gemm_wgmma(&g) : cg_cuda_gemm_async(&g);
         g.bm = c->tile_m, g.bn = c->tile_n, g.bk = (int)c->kc, g.stages = c->stages ? c->stages : g.stages;
         g.tma = c->tma, g.ws = c->ws;
+        cg_cuda_gemm_persist(&g, 0, false);
     }
     g.split = c->split;
     char err[256];

@@ -249,6 +249,13 @@ typedef struct CgCudaGemm {
                                 consumer warpgroups.                                           */
     int       persist;       /* ws: the blocks a launch keeps (the device's SMs times the blocks an
                                 SM holds; the runtime's); 0: one block per tile. Not in the text */
+    bool      stream_k;      /* DOWN, ws: a last wave of tiles that would leave more than a tenth
+                                of the blocks idle is dealt out as k tiles instead (stream-K):
+                                each block a contiguous run of that wave's tiles' k tiles, cut
+                                where a tile ends, its partial sums added into y by the epilogue
+                                as split-K's are; the whole waves before it run as tiles. (With
+                                persist 0, blocks at least the tiles: all by stream-K.) ("_stk";
+                                cg_cuda_gemm_persist)                                          */
     int       split;         /* DOWN: split-K, 2..16 blocks (grid.z) each reduce a slice of k (whole
                                 k tiles; the GEMV's 8-element chunks) and add their partial
                                 products into y with the epilogue's atomicAdd; 0/1 none ("_skS") */
@@ -284,6 +291,9 @@ CgCudaGemm cg_cuda_gemm_wgmma(const CgCudaGemm *mma);
 #define CG_CUDA_TMA_LARGE_ROWS 128
 CgCudaGemm cg_cuda_gemm_tma(const CgCudaGemm *mma, bool large);
 bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T);
+/* A warp-specialised form's blocks (persist: `blocks`, the device's SMs; 0 where not known) and, for
+ * DOWN, its last wave by stream-K unless `no_stream_k`; neither for any other form. */
+void cg_cuda_gemm_persist(CgCudaGemm *g, int blocks, bool no_stream_k);
 /* The tensor map a TMA kernel takes (its last argument, by value): the weights as one 2-D array of
  * u16, [experts x matrices x n rows][k], tiles of BN rows x 64 k, 128-byte swizzle, zeros past the
  * ends. rows/box for cg_cuda_tensor_map_2d. */

@@ -56,6 +56,13 @@ bool cg_cuda_gemm_tma_large(const CgCudaGemm *g, int64_t T)
     return T * g->k_top >= (int64_t)CG_CUDA_TMA_LARGE_ROWS * g->experts;
 }
 
+void cg_cuda_gemm_persist(CgCudaGemm *g, int blocks, bool no_stream_k)
+{
+    g->persist = g->ws && blocks > 0 ? blocks : 0;
+    g->stream_k = g->ws && g->kind == CG_CUDA_GEMM_DOWN && !no_stream_k; /* (also where blocks are not known:
+                                                                            a build's kernels) */
+}
+
 /* The GEMV's k elements per split (8-element chunks dealt evenly; all of k / 8 * 8 unsplit). */
 static int64_t split_chunk(const CgCudaGemm *g)
 {
@@ -84,6 +91,7 @@ void cg_cuda_gemm_symbol(const CgCudaGemm *g, char *out, size_t n)
     if (g->tma && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_tma");
     if (g->gather_a && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ga");
     if (g->ws && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_ws");
+    if (g->stream_k && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_stk");
     if (g->split > 1 && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_sk%d", g->split);
     if (g->w_table && w > 0 && (size_t)w < n) w += snprintf(out + w, n - (size_t)w, "_wt");
     if (g->seg[0] && w > 0 && (size_t)w < n)
@@ -179,6 +187,8 @@ static bool check(const CgCudaGemm *g, char *err, size_t errlen)
     else if (g->ws && (!g->tma || g->split > 1))
         why = "warp-specialised (ws): the TMA form, not split-K";
     else if (g->persist < 0 || (g->persist && !g->ws)) why = "persist: a block count of the warp-specialised form";
+    else if (g->stream_k && (g->kind != CG_CUDA_GEMM_DOWN || !g->ws))
+        why = "stream-K: a warp-specialised DOWN (its epilogue adds into y)";
     else if (g->split < 0 || g->split > 16 || (g->split > 1 && g->kind != CG_CUDA_GEMM_DOWN))
         why = "split-K: 2..16 ways, DOWN only (its epilogue adds into y)";
     else if (g->ldc && g->ldc < g->n) why = "ldc < n";
@@ -726,14 +736,34 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
     emit_wgmma_defs(b, g);
     cb_printf(b, "#define A_IT ((A_CH + 127) / 128)  /* UP: A's chunks a producer thread */\n"
                  "#define PD (ST - 2)  /* UP: a tile is published PD tiles after its copies are issued */\n"
-                 "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n",
-              ga ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw);
+                 "#define FULL_ARRIVALS %s\n#define CW %d  /* consumer warpgroups */\n"
+                 "#define SK %d  /* the last wave by stream-K */\n",
+              ga ? "129  /* thread 0's expect_tx, each producer thread's copies */" : "1", cw, g->stream_k ? 1 : 0);
+    cb_printf(b,
+        "/* The tiles before the last wave when it would leave more than a tenth of the blocks idle (it goes\n"
+        " * by stream-K), else all of them. */\n"
+        "__device__ __forceinline__ long long whole_tiles(long long tiles) {\n"
+        "    long long G = gridDim.x, waves = (tiles + G - 1) / G, last = tiles - (waves - 1) * G;\n"
+        "    return 10 * last >= 9 * G ? tiles : (waves - 1) * G; }\n"
+        "/* The block's piece j: tile *t, its k tiles [*k0, *k1); false past the block's last. First the\n"
+        " * whole tiles before dp (blockIdx.x, + gridDim.x, ...), then its even share of the k tiles of the\n"
+        " * tiles from dp on (tile-major), a contiguous run cut where a tile ends. */\n"
+        "__device__ __forceinline__ bool piece(long long j, long long tiles, long long dp, int kt, long long *t,\n"
+        "                                      int *k0, int *k1) {\n"
+        "    long long b = blockIdx.x, G = gridDim.x, nd = b < dp ? (dp - b + G - 1) / G : 0;\n"
+        "    if (j < nd) { *t = b + j * G, *k0 = 0, *k1 = kt; return true; }\n"
+        "    long long w = (tiles - dp) * kt, g0 = w * b / G, g1 = w * (b + 1) / G;\n"
+        "    long long gi = j == nd ? g0 : (g0 / kt + (j - nd)) * kt;  /* its first k tile */\n"
+        "    if (gi >= g1) return false;\n"
+        "    long long tt = gi / kt;\n"
+        "    *t = dp + tt, *k0 = (int)(gi - tt * kt), *k1 = (int)(g1 - tt * kt < kt ? g1 - tt * kt : kt);\n"
+        "    return true; }\n");
     emit_head(b, g, name, mma_threads(g), false);
     cb_printf(b,
         "    const int KT = (KD + BK - 1) / BK;\n"
         "    long long MT = 0;  /* M tiles over all groups (from off[] on the device); tile t: M tile t %% MT, N tile t / MT */\n"
         "    for (int q = 0; q < E; q++) MT += (off[q + 1] - off[q] + BM - 1) / BM;\n"
-        "    const long long TILES = MT * ((N + BN - 1) / BN);\n"
+        "    const long long TILES = MT * ((N + BN - 1) / BN), DPT = SK ? whole_tiles(TILES) : TILES;\n"
         "#define TILE_AT(t) \\\n"
         "        long long ty = (t) %% MT, gs = 0, ge = 0; \\\n"
         "        int e = 0; \\\n"
@@ -758,8 +788,9 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "    if (wg == 0) {  /* the producer */\n"
         "%s"
         "%s"
-        "        long long it = 0;  /* k tiles issued: slot it %% ST, round it / ST */\n"
-        "        for (long long t = blockIdx.x; t < TILES; t += gridDim.x) {\n"
+        "        long long it = 0, t;  /* k tiles issued: slot it %% ST, round it / ST */\n"
+        "        int k0, k1;\n"
+        "        for (long long j = 0; piece(j, TILES, DPT, KT, &t, &k0, &k1); j++) {\n"
         "            TILE_AT(t);\n",
         cw > 1 ? (ga ? "        regs_dec<56>();\n" : "        regs_dec<40>();\n") : "",
         ga ? "" : "        (void)x;\n        if (tid != 0) return;  /* one thread issues every copy */\n");
@@ -775,7 +806,7 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "                arow[i] = q < A_CH && m0 + r < ge ? perm[m0 + r] : -1;\n"
         "            }\n");
     cb_printf(b,
-        "            for (int kt = 0; kt < KT; kt++, it++) {\n"
+        "            for (int kt = k0; kt < k1; kt++, it++) {\n"
         "                int s = (int)(it %% ST);\n"
         "                while (!mbar_try_wait(empty + 8 * s, (int)((it / ST) & 1) ^ 1)) {}  /* its last tile's MMAs are done */\n"
         "                u16 *st_ = sm + s * STAGE;\n"
@@ -815,13 +846,14 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "     * W's rows of 128 bytes swizzled (SBO 8 rows, 1 KB) */\n"
         "    const unsigned long long DESCA = %s;\n"
         "    const unsigned long long DESCB = %s;\n"
-        "    long long it = 0;  /* k tiles taken: slot it %% ST, round it / ST */\n"
-        "    for (long long t = blockIdx.x; t < TILES; t += gridDim.x) {\n"
+        "    long long it = 0, t;  /* k tiles taken: slot it %% ST, round it / ST */\n"
+        "    int k0, k1;\n"
+        "    for (long long j = 0; piece(j, TILES, DPT, KT, &t, &k0, &k1); j++) {\n"
         "        TILE_AT(t);\n"
         "        float acc[NB][NACC];\n"
         "#pragma unroll\n"
         "        for (int q = 0; q < NB * NACC; q++) (&acc[0][0])[q] = 0.0f;\n"
-        "        for (int kt = 0; kt < KT; kt++, it++) {\n"
+        "        for (int kt = k0; kt < k1; kt++, it++) {\n"
         "            int s = (int)(it %% ST);\n"
         "            while (!mbar_try_wait(full + 8 * s, (int)((it / ST) & 1))) {}  /* tile it has landed */\n"
         "            u32 base = smem_u32(sm + s * STAGE);\n"
@@ -835,10 +867,10 @@ static void emit_mma_ws(CgBuf *b, const CgCudaGemm *g, const char *name)
         "            }\n"
         "            wgmma_commit();\n"
         "            wgmma_wait<1>();  /* tile it - 1's MMAs are done: its slot goes back to the producer */\n"
-        "            if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
+        "            if (kt > k0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
         "        }\n"
         "        wgmma_wait<0>();\n"
-        "        if (KT > 0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
+        "        if (k1 > k0 && lane == 0) mbar_arrive(empty + 8 * (int)((it - 1) %% ST));\n"
         "        /* the epilogue, while the producer fills the next tile's first slots */\n",
         cw > 1 ? (ga ? "    regs_inc<224>();\n" : "    regs_inc<232>();\n") : "",
         ga ? "A's core matrices without swizzle" : "A's (by the TMA) rows swizzled as W's",

@@ -462,7 +462,7 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
             g.tma = tma_ok;
             g.gather_a = tma_ok && g.kind == CG_CUDA_GEMM_UP && cm->o.tma_gather_a;
             g.ws = tma_ok && t->ws; /* (a database's ws without TMA here: the plain TMA form) */
-            g.persist = g.ws ? cm->sms : 0;
+            cg_cuda_gemm_persist(&g, cm->sms, cm->o.no_stream_k);
             a->c[a->n] = *t, a->is_gemv[a->n] = gv, a->g[a->n] = g;
             if (!gemm_kern(cm, &a->g[a->n], &a->k[a->n], err)) return false;
             a->n++;
@@ -501,11 +501,11 @@ static bool gemm_setup(CudaModel *cm, Gemm *gm, cg_cuda_gemm_kind kind, moe_dtyp
         gm->tiled.ldc = ldc;
         if (kind == CG_CUDA_GEMM_DOWN) gm->tiled.split = cm->o.split_down;
         gm->tiled.ws = gm->tiled.tma && cm->o.ws && gm->tiled.split <= 1;
-        gm->tiled.persist = gm->tiled.ws ? cm->sms : 0;
+        cg_cuda_gemm_persist(&gm->tiled, cm->sms, cm->o.no_stream_k);
         if (!gemm_kern(cm, &gm->tiled, &gm->k_tiled, err)) return false;
         gm->big = cg_cuda_gemm_tma(&gm->tiled, true); /* (keeps the rest: tma, ldc, split) */
         gm->big.ws = gm->big.ws && gm->big.tma && gm->big.split <= 1 && !cm->o.no_ws;
-        gm->big.persist = gm->big.ws ? cm->sms : 0;
+        cg_cuda_gemm_persist(&gm->big, cm->sms, cm->o.no_stream_k);
         if (two && gm->tiled.tma && !gemm_kern(cm, &gm->big, &gm->k_big, err)) return false;
     }
     gm->gemv = cg_cuda_gemm_default(kind, CG_CUDA_PATH_GEMV, dt, E, k_top, n, k);

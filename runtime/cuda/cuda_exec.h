@@ -118,6 +118,8 @@ typedef struct CudaOptions {
     bool ws;                        /* the TMA form (implied) warp-specialised and persistent
                                        (CgCudaGemm.ws; MOEPPC_CUDA_WS=1; sm_90; opt-in: on an H200
                                        it ran 0.87x the plain TMA form; a database's entries: "/ws") */
+    bool no_stream_k;               /* a persistent DOWN's last wave as whole tiles, not by stream-K
+                                       (CgCudaGemm.stream_k; MOEPPC_CUDA_STREAMK=0: an A/B)          */
     bool no_mlp;                    /* a decode step's grouped UP and DOWN as their two GEMVs, not as
                                        one decode MLP kernel (cg_cuda_mlp_*; MOEPPC_CUDA_MLP=0: an A/B) */
     bool no_route_split;            /* the fused router on one block a token at every T, not a few
@@ -202,7 +204,8 @@ static inline bool cuda_env_on(const char *name)
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
  * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1|0, MOEPPC_CUDA_TILE_PAIR=0,
- * MOEPPC_CUDA_TMA_A=0, MOEPPC_CUDA_MLP=0|RxW, MOEPPC_CUDA_ROUTE_SPLIT=0 (the A/Bs of scripts/device-check.sh). */
+ * MOEPPC_CUDA_TMA_A=0, MOEPPC_CUDA_MLP=0|RxW, MOEPPC_CUDA_ROUTE_SPLIT=0, MOEPPC_CUDA_STREAMK=0 (the A/Bs of
+ * scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
 {
     o->no_decode_gemv = cuda_env_off("MOEPPC_CUDA_DECODE_GEMV");
@@ -221,6 +224,7 @@ static inline void cuda_options_env(CudaOptions *o)
     o->no_pdl = cuda_env_off("MOEPPC_CUDA_PDL");
     o->ws = cuda_env_on("MOEPPC_CUDA_WS");
     o->no_ws = cuda_env_off("MOEPPC_CUDA_WS");
+    o->no_stream_k = cuda_env_off("MOEPPC_CUDA_STREAMK");
     o->no_tile_pair = cuda_env_off("MOEPPC_CUDA_TILE_PAIR");
     o->tma_gather_a = cuda_env_off("MOEPPC_CUDA_TMA_A");
 }

@@ -357,7 +357,8 @@ static void test_wgmma_compile(void **state)
         g = cg_cuda_gemm_wgmma(&g);
         g.tma = kind % 4 >= 2 || kind >= 8;
         if (kind >= 4) g.bn = kind % 2 ? 256 : 128, g.stages = 4;
-        g.ws = kind >= 8, g.persist = kind >= 8 ? 132 : 0;
+        g.ws = kind >= 8;
+        cg_cuda_gemm_persist(&g, 132, false); /* (DOWN's with its stream-K tail) */
         if (kind >= 10) g.bm = 64, g.stages = 5;
         char sym[256], err[4096];
         cg_cuda_gemm_symbol(&g, sym, sizeof sym);

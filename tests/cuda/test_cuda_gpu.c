@@ -290,13 +290,14 @@ static void grouped_case(cg_cuda_gemm_path path, moe_dtype dt, int64_t T, double
         if (async[0]) g->stages = async[0];
         if (async[1]) g->bm = async[1], g->bn = async[2], g->bk = async[3];
         g->tma = async[4] > 1; /* W by the TMA, and A: DOWN's h, UP's x gathered into slot order first */
-        /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them);
-           4: warp-specialised, a block a tile; 6: TMA with UP's A gathered by cp.async (gather_a);
-           7: that warp-specialised, 3 blocks */
+        /* 3: warp-specialised, 3 blocks looping over the tiles (the ring running on across them),
+           DOWN's last wave by stream-K, as the executor runs them; 8: without stream-K; 4:
+           warp-specialised, a block a tile (DOWN: all by stream-K); 6: TMA with UP's A gathered by
+           cp.async (gather_a); 7: that warp-specialised, 3 blocks */
         bool rule_ws = async[4] == 5 && g->ws; /* (the rule's large DOWN tile) */
-        g->ws = async[4] == 3 || async[4] == 4 || async[4] == 7 || rule_ws;
-        g->persist = async[4] == 3 || async[4] == 7 || rule_ws ? 3 : 0;
-        g->gather_a = async[4] >= 6 && q == 0;
+        g->ws = async[4] == 3 || async[4] == 4 || async[4] == 7 || async[4] == 8 || rule_ws;
+        cg_cuda_gemm_persist(g, async[4] == 4 ? 0 : 3, async[4] == 8);
+        g->gather_a = (async[4] == 6 || async[4] == 7) && q == 0;
     }
     char su[256], sd[256];
     void *fu = gemm_kernel(&gu, su), *fd = gemm_kernel(&gd, sd);
@@ -535,10 +536,15 @@ static void test_grouped_wgmma(void **state)
     /* warp-specialised and persistent: two consumer warpgroups (setmaxnreg) over 3 blocks, a tile
      * (both matrices of UP, 128 columns of DOWN) at a time; one consumer by 24 columns on rings of 3
      * (the producer's copies of A published one tile late) and 5 over k = 600, the ring wrapping
-     * within and across tiles; a block a tile */
+     * within and across tiles; a block a tile. DOWN's last wave by stream-K: 4 tiles of 4 k tiles
+     * over 3 blocks (a tile and a block's share of the last: k tiles [0,1) [1,2) [2,4)), 32 tiles
+     * (10 waves, then 8 k tiles: [0,2) [2,5) [5,8), a block's run across two tiles), 100 of 10 (33
+     * waves, then [0,3) [3,6) [6,10)), a block a tile (all by stream-K: 7 blocks, 5 k tiles); and
+     * without stream-K */
     static const int ws[5] = {4, 128, 128, 64, 3}, ws_small[5] = {3, 64, 24, 64, 3}, ws_long[5] = {5, 64, 24, 64, 3},
-                     ws_one[5] = {4, 64, 64, 64, 4};
+                     ws_one[5] = {4, 64, 64, 64, 4}, ws_dp[5] = {4, 128, 128, 64, 8};
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 96, 200, false, ws, 0);
+    grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 96, 200, false, ws_dp, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_F16, 300, 2e-2, 96, 200, false, ws_small, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 40, 2e-2, 600, 600, false, ws_long, 0);
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 100, 2e-2, 64, 48, false, ws_one, 0);
