@@ -710,8 +710,8 @@ static void emit_dispatch_block(CgBuf *b)
 {
     cb_printf(b,
         "#define DNW (NT / 32)\n"
-        "__device__ void dispatch_block(long long T, const int *ids, const float *weights, long long *off, int *perm,\n"
-        "                               float *gate_w) {\n"
+        "__device__ __forceinline__ void dispatch_block(long long T, const int *ids, const float *weights, long long *off,\n"
+        "                                               int *perm, float *gate_w) {\n"
         "    __shared__ int cnt[DE];\n"
         "    __shared__ long long cur[DE];\n"
         "    __shared__ int wc[DNW * DE];\n"

@@ -76,7 +76,7 @@ static IrModule *optimised_module(const char *path, ModelSpec *s)
 
 /* Every kernel the CUDA executor asks for when it runs the spec's optimised module for each arch (the
  * list `moeppc build --target` embeds: on sm_90 the grouped GEMMs of 16-bit models on wgmma with the
- * TMA); its grouped GEMMs and attention kernels without spills. With `generate_only`, the sources are
+ * TMA); its grouped GEMMs and attention kernels without spills, and a full-size spec's fused router. With `generate_only`, the sources are
  * generated and not compiled. */
 static void compile_spec(const char *path, Seen *seen, bool generate_only)
 {
@@ -99,9 +99,12 @@ static void compile_spec(const char *path, Seen *seen, bool generate_only)
         for (int i = 0; i < n && !generate_only; i++) {
             char key[700];
             snprintf(key, sizeof key, "%s/%s", archs[a], k[i].symbol);
+            /* (and a full-size model's fused router: the tiny f32 ones spill a few bytes on sm_90) */
+            bool router = strstr(k[i].symbol, "fused_route") && !strstr(path, "tiny");
             if (seen_add(seen, key))
                 compile_one(s.name, k[i].symbol, k[i].source, archs[a],
-                            strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0 || strstr(k[i].symbol, "attention"), big);
+                            strncmp(k[i].symbol, "moeppc_cu_gemm_", 15) == 0 || strstr(k[i].symbol, "attention") || router,
+                            big);
         }
         cuda_kernel_code_free(k, n);
     }
