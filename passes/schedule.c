@@ -39,7 +39,7 @@ bool tune_config_parse(const char *text, TuneConfig *c)
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[11] = {false};
+    bool seen[12] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -70,6 +70,9 @@ bool tune_config_parse(const char *text, TuneConfig *c)
         } else if (!strncmp(s, "wg", 2)) {
             s += 2;
             c->wgmma = 1, field = 6;
+        } else if (!strncmp(s, "mlp", 3)) {
+            s += 3;
+            c->mlp = 1, field = 11;
         } else if (!strncmp(s, "ws", 2)) {
             s += 2;
             c->ws = 1, field = 10;
@@ -105,7 +108,8 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->tma) strbuf_printf(&b, "%stma", sep), sep = "/";
     if (c->ws) strbuf_printf(&b, "%sws", sep), sep = "/";
     if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split), sep = "/";
-    if (c->tc) strbuf_printf(&b, "%stc", sep);
+    if (c->tc) strbuf_printf(&b, "%stc", sep), sep = "/";
+    if (c->mlp) strbuf_printf(&b, "%smlp", sep);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
 }
@@ -114,7 +118,7 @@ bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
            a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
-           a->split == b->split && a->tma == b->tma && a->ws == b->ws && a->tc == b->tc;
+           a->split == b->split && a->tma == b->tma && a->ws == b->ws && a->tc == b->tc && a->mlp == b->mlp;
 }
 
 moe_dtype tune_attention_dtype(const struct IrInstr *i)
@@ -140,6 +144,7 @@ static int cmp_tokens(const void *a, const void *b)
 static bool fits_width(const TuneConfig *c, int nr)
 {
     if (nr == TILE_SCHED_GPU) return c->tile_m > 0; /* (attention's forms may name a key tile) */
+    if (c->mlp) return false;                       /* (the GPU's decode MLP)                      */
     return nr == 0 ? c->tile_m == 0 && c->kv_block > 0 : c->tile_n == nr && c->kv_block == 0;
 }
 
@@ -205,9 +210,14 @@ char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena)
         if (!best_at(e[k], nr)) continue; /* a bucket that measured nothing at this width has nothing to say */
         strbuf_printf(&b, ";%lld:", (long long)e[k]->tokens);
         const char *sep = "";
+        const TuneMeasure *mlp = NULL, *other = NULL; /* the bucket's best decode MLP, and best else */
+        for (int c = 0; c < e[k]->n_measured; c++) {
+            const TuneMeasure *m = &e[k]->measured[c], **to = m->c.mlp ? &mlp : &other;
+            if (fits_width(&m->c, nr) && (!*to || m->gflops > (*to)->gflops)) *to = m;
+        }
         for (int c = 0; c < e[k]->n_measured; c++) {
             const TuneMeasure *m = &e[k]->measured[c];
-            bool won = false;
+            bool won = mlp && (m == mlp || m == other);
             for (int w = 0; w < n_win; w++) won |= tune_config_equal(&win[w], &m->c);
             if (!won || !fits_width(&m->c, nr)) continue;
             char name[64];

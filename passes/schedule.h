@@ -24,7 +24,9 @@ typedef struct TileSchedule {
 
 /* "NR;T:CONFIG@G,…;…" from the entries of one op shape (sorted here by tokens): per bucket, the
  * measurements of the configurations that won some bucket, of GEMM tiles only those of width nr
- * (nr = 0 for attention). */
+ * (nr = 0 for attention); on a GPU, where a bucket measured the decode MLP (`mlp`), also its best
+ * MLP and its best other configuration, won or not: the executor then knows whether the two GEMVs beat
+ * the MLP, and has a GEMV for that T where the MLP does not run. */
 char *tile_schedule_format(const TuneEntry **e, int n, int nr, Arena *arena);
 bool  tile_schedule_parse(const char *s, TileSchedule *out);
 /* The CPU's panel width for one GEMM shape's entries: the packing fixes one width for every token

@@ -105,7 +105,7 @@ static void set_tiles(IrModule *m, IrInstr *i, const PassOptions *o)
     int n = db_entries(o->tuning, gemm_kind(i), w->type.dtype, act, amx, N, K, grouped ? ir_attr_int(i, "experts") : 1,
                        found);
     const TuneEntry *rep = representative(found, n);
-    TuneConfig rule = {.tile_m = (int)tile[0], .tile_n = (int)tile[1]}, c = rep ? rep->best : rule;
+    TuneConfig rule = {.tile_m = (int)tile[0], .tile_n = (int)tile[1]}, c = rep && !rep->best.mlp ? rep->best : rule;
     if (rep && o->target == TARGET_CPU) tile_schedule_width(found, n, rep, &rule, &c); /* else rep's best */
     ir_attr_set_int(m, i, "tile_m", c.tile_m);
     ir_attr_set_int(m, i, "tile_n", c.tile_n);

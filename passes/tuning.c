@@ -64,22 +64,31 @@ static bool amx_config(const TuneConfig *c)
            c->unroll <= 1 && c->kc % 32 == 0;
 }
 
-/* Does c suit entry e's op (GEMM ops: a tile and no key block, an AMX tile for `act: amx`; attention:
- * a key block (CPU) or a form QxP[/kvB] (GPU), nothing else)? */
+/* A decode MLP RxW/mlp: R rows of h a block (8, 16, 32 or 64) by W warps (1..32), nothing else. */
+static bool mlp_config(const TuneConfig *c)
+{
+    TuneConfig only = {.tile_m = c->tile_m, .tile_n = c->tile_n, .mlp = 1};
+    return (c->tile_m == 8 || c->tile_m == 16 || c->tile_m == 32 || c->tile_m == 64) && c->tile_n >= 1 &&
+           c->tile_n <= 32 && tune_config_equal(c, &only);
+}
 
+/* Does c suit entry e's op (GEMM ops: a tile and no key block, an AMX tile for `act: amx`, a decode MLP
+ * on grouped_down at 1 token; attention: a key block (CPU) or a form QxP[/kvB] (GPU), nothing else)? */
 static bool config_fits(const TuneEntry *e, const TuneConfig *c)
 {
     const char *op = e->op;
     if (!op[0]) return true; /* the op was reported already */
     if (e->amx && !amx_config(c)) return false;
+    if (c->mlp) return mlp_config(c) && !strcmp(op, "grouped_down") && e->tokens == 1;
     if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && (!c->ws || c->tma) && !c->tc;
     return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 && !c->ws &&
            (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0);
 }
 
-static const char *config_expected(const TuneEntry *e)
+static const char *config_expected(const TuneEntry *e, const TuneConfig *c)
 {
     const char *op = e->op;
+    if (c->mlp) return "a decode MLP RxW/mlp (R 8, 16, 32 or 64; W 1..32; for grouped_down at tokens 1)";
     if (e->amx) return "an AMX tile MxN[/u1][/kcK][/mcR] (M 1..16 or 32, N 16 or 32, K a multiple of 32)";
     return !op[0] || tune_op_is_gemm(op)
                ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg, ws only with tma)"
@@ -225,7 +234,7 @@ static bool read_measured(Ctx *c, const char *path, yaml_node_t *nd, TuneEntry *
         char sub[96], name[64];
         if (!tune_config_parse(scalar_text(k), &m.c) || !config_fits(e, &m.c)) {
             char expected[192];
-            snprintf(expected, sizeof expected, "%s as the key", config_expected(e));
+            snprintf(expected, sizeof expected, "%s as the key", config_expected(e, &m.c));
             bad_value(c, path, k, expected);
             ok = false;
             continue;
@@ -297,7 +306,7 @@ static bool read_entry(Ctx *c, int idx, yaml_node_t *nd, TuneEntry *e)
     }
     if (v[K_BEST]) {
         best_ok = tune_config_parse(scalar_text(v[K_BEST]), &e->best) && config_fits(e, &e->best);
-        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], config_expected(e));
+        if (!best_ok) bad_value(c, SUB(K_BEST), v[K_BEST], config_expected(e, &e->best));
     }
     if (v[K_MEASURED]) measured_ok = read_measured(c, SUB(K_MEASURED), v[K_MEASURED], e);
 #undef SUB

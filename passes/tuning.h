@@ -32,6 +32,12 @@
  *   ws       GPU (with tma): warp-specialised and persistent (a producer warpgroup, blocks looping
  *            over the tiles; CgCudaGemm.ws)
  *   skS      GPU, grouped_down: split-K, S blocks (2..16) each reduce a slice of K (absent: none)
+ *   mlp      GPU, grouped_down at tokens 1: RxW/mlp, the down-projection and its up-projection as
+ *            one decode MLP kernel (codegen/cuda's cg_cuda_mlp_*), R rows of h a block (8, 16, 32
+ *            or 64) by W warps (1..32); its GFLOP/s are the down-projection's FLOPs over what the
+ *            kernel takes beyond the up-projection's best GEMV, so that they compare with the GEMVs'.
+ *            Where a bucket at 1 token measured it, a decode step runs the bucket's best: this
+ *            kernel, or (a GEMV form best) the two GEMVs; without such a bucket, the rule's kernel.
  * Absent fields are the rule's values, so "8x48" is the rule's own configuration on AVX-512.
  * Shapes: GEMM ops key the weight [N, K] (route: its first router matrix) and groups (experts;
  * 1 for linear and route); attention keys n = heads, k = head_dim, groups = kv_heads and measures
@@ -75,6 +81,9 @@ typedef struct TuneConfig {
     int ws;                      /* GPU: 1 = the TMA form warp-specialised and persistent      */
     int tc;                      /* GPU: 1 = attention's tensor-core form (tile_m queries a
                                     block, tile_n 16 a warp; 16-bit models)                   */
+    int mlp;                     /* GPU: 1 = a decode step's down-projection with its up-
+                                    projection as one decode MLP kernel, tile_m rows of h a
+                                    block by tile_n warps (grouped_down at 1 token only)       */
 } TuneConfig;
 
 typedef struct TuneMeasure {

@@ -345,12 +345,15 @@ static void take_share(GpuLayer *L, double w)
 static int in_graph(int64_t T) { return T <= CG_CUDA_GEMV_MAX_T ? 10 : 1; }
 
 /* One model with configuration c for grouped GEMM `kind` (zeros: the rule's; a GEMV form when gemv):
- * its logits for ids (copied to *logits) and the median ms of that GEMM, and its FFN picks. */
+ * its logits for ids (copied to *logits) and the median ms of that GEMM, and its FFN picks. A decode
+ * MLP (c->mlp; DOWN at T = 1): the model with that kernel's shape, the time of both GEMMs' steps. */
 static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, const int32_t *ids, const int32_t *pos,
                        int64_t T, float **logits, double *ms, int64_t *picks, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
-    if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
+    static const TuneConfig rule = {0};
+    if (c->mlp) o.mlp[0] = c->tile_m, o.mlp[1] = c->tile_n, c = &rule; /* (the GEMMs' rule otherwise) */
+    else if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
     else o.tile[kind][0] = c->tile_m, o.tile[kind][1] = c->tile_n, o.tile[kind][2] = (int)c->kc;
     o.stages[kind] = c->stages;
     o.split_down = kind == 1 ? c->split : 0;
@@ -369,8 +372,9 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
     const int32_t *rid = lg ? cuda_model_output(cm, name, &cols, &dt, err) : NULL;
-    ok = rid && bench_cuda_time_steps(cm, L->step[kind], L->step[kind] + 1, in_graph(T), ids, pos, T, L->warmup, L->reps,
-                                      ms, err);
+    int first = o.mlp[0] ? L->step[0] : L->step[kind]; /* (the MLP: from UP's step) */
+    ok = rid &&
+         bench_cuda_time_steps(cm, first, L->step[kind] + 1, in_graph(T), ids, pos, T, L->warmup, L->reps, ms, err);
     for (int64_t j = 0; ok && j < T * cols; j++) *picks += rid[j] >= 0 && rid[j] < L->s->n_ffn;
     cuda_model_free(cm);
     return ok;
@@ -439,7 +443,7 @@ static TuneConfig split_base(const GpuLayer *L, const TuneEntry *e, int kind)
     for (int i = 0; i < e->n_measured; i++) {
         TuneConfig c = e->measured[i].c;
         c.split = 2;
-        if (e->measured[i].gflops > best && config_fits(L, e, kind, config_gemv(&c), &c))
+        if (e->measured[i].gflops > best && !c.mlp && config_fits(L, e, kind, config_gemv(&c), &c))
             best = e->measured[i].gflops, base = e->measured[i].c;
     }
     return base;
@@ -471,8 +475,39 @@ static void order_tiles(TuneConfig *c, int n, int64_t T)
             if (r < nb[f]) c[m++] = by[f][r];
 }
 
+/* The decode MLP's shapes to measure (RxW/mlp: rows of h a block {16, 32, 64} x warps {4, 8, 16}, the
+ * rule's first) where the layer's grouped GEMMs can run as that kernel (16-bit weights, d and i
+ * multiples of 8), each one its generator takes and whose W_down slice the target's shared memory
+ * holds; their count. */
+static int mlp_candidates(const GpuLayer *L, TuneConfig *out)
+{
+    const IrInstr *dn = L->m->first;
+    for (int k = 0; k < L->step[1]; k++) dn = dn->next;
+    const IrValue *wd = dn->in[5];
+    CgCudaMlp m = cg_cuda_mlp_rule(wd->type.dtype, ir_attr_int(dn, "experts"), L->s->top_k, wd->type.dims[0],
+                                   wd->type.dims[1]);
+    if (!m.rows) return 0;
+    static const int rows[] = {16, 32, 64}, warps[] = {4, 8, 16};
+    int n = 0;
+    out[n++] = (TuneConfig){.tile_m = m.rows, .tile_n = m.warps, .mlp = 1};
+    for (size_t r = 0; r < MOE_ARRAY_LEN(rows); r++)
+        for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++) {
+            CgCudaMlp c = m;
+            c.rows = rows[r], c.warps = warps[w];
+            char err[256];
+            char *src = cg_cuda_mlp_source(&c, err, sizeof err);
+            free(src);
+            bool fits = src && cg_cuda_mlp_smem(&c) <= (size_t)arch_smem_kb(L->arch) * 1024;
+            if (fits && (c.rows != m.rows || c.warps != m.warps)) /* (the rule's is first) */
+                out[n++] = (TuneConfig){.tile_m = c.rows, .tile_n = c.warps, .mlp = 1};
+        }
+    return n;
+}
+
 /* The entries of both grouped GEMMs at T: the rule's configuration, then every candidate (MMA tiles
- * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T). */
+ * above CG_CUDA_GEMV_MAX_T; at or below, the GEMV forms with no more slots per pass than T; at T = 1
+ * the down-projection's decode MLP shapes first: the pair's time less the up-projection's best is what
+ * the kernel costs the down-projection, which its GFLOP/s count by). */
 static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const int n_cand[2][2], int64_t T,
                         TuneDb *db, RtError *err)
 {
@@ -480,6 +515,7 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
     int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)L->s->vocab), pos[t] = (int32_t)t;
     bool ok = true;
+    double up_ms = -1; /* the up-projection's best at T */
     for (int kind = 0; kind < 2 && ok; kind++) {
         take_share(L, GEMM_WEIGHT);
         const IrInstr *gi = L->m->first;
@@ -500,20 +536,20 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
          * then the winning tile with deeper rings (one and two more k tiles than its form's 3, or one
          * more than wgmma's 5), then (down) the winner with k split 2, 4 and 8 ways (or, when its tile
          * takes all of k at once, the fastest configuration that can split) */
-        TuneConfig todo[MAX_CANDS + 1];
-        int n_todo = 0;
+        TuneConfig todo[MAX_CANDS + 16];
+        int n_todo = kind == 1 && T == 1 && up_ms > 0 ? mlp_candidates(L, todo) : 0;
         for (int q = 0; q < n_cand[form][kind]; q++) {
             const GpuCand *c = &cand[form][kind][q];
             if (c->ok && !tune_config_equal(&c->c, &rc) && !(form && c->c.tile_m > T)) todo[n_todo++] = c->c;
         }
-        if (!form) order_tiles(todo, n_todo, T);
+        if (!form) order_tiles(todo, n_todo, T); /* (T > 16: no MLP among them) */
         todo[n_todo++] = path_rule(L, &e, kind, T, !form);
         int n_deeper = !cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM") ? 2 : 0, n_split = kind == 1 ? 3 : 0;
         for (int q = 0; ok && q < n_todo + n_deeper + n_split && e.n_measured < TUNE_MAX_MEASURED && now_s() < L->share_end;
              q++) {
             TuneConfig c = q < n_todo ? todo[q] : e.best;
             int x = q - n_todo;
-            if (x >= 0 && x < n_deeper && config_gemv(&c)) continue;         /* (rings are the tiles') */
+            if (x >= 0 && x < n_deeper && (config_gemv(&c) || c.mlp)) continue; /* (rings are the tiles') */
             if (x >= 0 && x < n_deeper) c.stages = (c.wgmma ? 6 : 4) + x; /* a deeper ring */
             else if (x >= 0) c = split_base(L, &e, kind), c.split = 2 << (x - n_deeper); /* split-K */
             if (x >= 0 && !config_fits(L, &e, kind, config_gemv(&c), &c)) continue;
@@ -532,11 +568,13 @@ static bool tune_bucket(GpuLayer *L, const GpuCand cand[2][2][MAX_CANDS], const 
                         e.op, name, re);
                 continue;
             }
+            if (c.mlp) ms = fmax(ms - up_ms, 0.05 * ms); /* (what it costs beyond the up-projection's best) */
             e.measured[e.n_measured++] = (TuneMeasure){c, 1e-9 * flop / (ms * 1e-3)};
             if (ms < best) best = ms, e.best = c;
             fprintf(stderr, "\r[tune] %-12s T=%-5lld %-14s %8.3f ms (best %.3f ms) ", e.op, (long long)T, name, ms, best);
         }
         free(ref);
+        if (kind == 0) up_ms = best;
         if (ok && e.n_measured) tune_db_add(db, &e);
     }
     fputc('\n', stderr);

@@ -433,6 +433,19 @@ static bool gemm_alt(CudaModel *cm, Gemm *gm, const char *text, bool tiles, RtEr
         snprintf(err->msg, sizeof err->msg, "the tuning database's tile schedule '%s' is not a GPU one", text);
         return false;
     }
+    int kept = 0;
+    for (int b = 0; b < all->n; b++) { /* (the decode MLP's configurations are mark_mlp's, no GEMM's) */
+        TileBucket *bk = &all->b[b];
+        int m = 0;
+        for (int c = 0; c < bk->n; c++)
+            if (!bk->c[c].mlp) bk->c[m] = bk->c[c], bk->gflops[m++] = bk->gflops[c];
+        bk->n = m;
+        if (m) all->b[kept++] = *bk;
+    }
+    if (!(all->n = kept)) { /* (nothing but the MLP: the rule's GEMMs) */
+        free(a), gm->alt = NULL;
+        return true;
+    }
     a->tiles.nr = a->gemvs.nr = all->nr;
     for (int b = 0; b < all->n; b++) { /* each bucket's configurations of each path */
         for (int path = 0; path < 2; path++) {
@@ -940,7 +953,8 @@ static bool prepare(CudaModel *cm, Step *st, RtError *err)
                 unsigned g1[3], g2[3], b[3];
                 size_t smem = 0;
                 if (src) cg_cuda_mlp_launch(&st->mlp, 1, g1, b, &smem), cg_cuda_mlp_launch(&st->mlp, 512, g2, b, &smem);
-                else snprintf(err->msg, sizeof err->msg, "the decode MLP's shape %dx%d (MOEPPC_CUDA_MLP=RxW): %s",
+                else snprintf(err->msg, sizeof err->msg,
+                              "the decode MLP's shape %dx%d (MOEPPC_CUDA_MLP=RxW, or a tuning database's RxW/mlp): %s",
                               st->mlp.rows, st->mlp.warps, why);
                 ok = kern_new(cm, sym, src, g1, g2, b, smem, &st->kern_mlp);
             }
@@ -1239,9 +1253,31 @@ static void mark_a16(CudaModel *cm)
     free(uses);
 }
 
+/* A database's word on the decode MLP (its down-projection's bucket at 1 token, where it measured the
+ * kernel: passes/tuning.h): 1 and the shape in *m where the kernel was that bucket's best, 0 where a
+ * GEMV form was (the two GEMVs then run), -1 where it says nothing (the rule's kernel). */
+static int mlp_tuned(const CudaModel *cm, CgCudaMlp *m)
+{
+    TileSchedule ts;
+    const char *text = cm->o.tile_sched[1];
+    if (!text || !tile_schedule_parse(text, &ts) || ts.n == 0 || ts.b[0].tokens != 1) return -1;
+    const TileBucket *b = &ts.b[0];
+    int best = 0;
+    bool measured = false;
+    for (int c = 0; c < b->n; c++) {
+        measured |= b->c[c].mlp != 0;
+        if (b->gflops[c] > b->gflops[best]) best = c;
+    }
+    if (!measured) return -1;
+    if (!b->c[best].mlp) return 0;
+    m->rows = b->c[best].tile_m, m->warps = b->c[best].tile_n;
+    return 1;
+}
+
 /* The grouped UP/DOWN pairs that can run as one decode MLP kernel (cg_cuda_mlp_*; at T = 1, mlp_now):
  * DOWN right after its UP on the same routing, UP's h read by that DOWN only, weights of one 16-bit
- * dtype, stacked (not used in place), in shapes the kernel takes. */
+ * dtype, stacked (not used in place), in shapes the kernel takes; the kernel's shape the rule's, a
+ * database's (mlp_tuned: none where the GEMVs measured faster) or MOEPPC_CUDA_MLP's. */
 static void mark_mlp(CudaModel *cm)
 {
     for (int s = 0; s < cm->n_steps; s++) cm->steps[s].mlp_up = cm->steps[s].mlp_down = cm->steps[s].kern_mlp = -1;
@@ -1259,6 +1295,7 @@ static void mark_mlp(CudaModel *cm)
             wu->type.dims[1] != mlp.d || cols(up->in[0]) != mlp.d)
             continue;
         if (cm->o.mlp[0] > 0) mlp.rows = cm->o.mlp[0], mlp.warps = cm->o.mlp[1]; /* (checked by its generator) */
+        else if (mlp_tuned(cm, &mlp) == 0) continue;
         cm->steps[s].mlp_up = s - 1, cm->steps[s - 1].mlp_down = s, cm->steps[s].mlp = mlp;
     }
     free(uses);
@@ -1501,9 +1538,9 @@ static const CgCudaGemm *gemm_pick(const Run *r, const Step *st, const Gemm *gm,
 
 /* Does DOWN step dn run with its UP as the decode MLP kernel in this call: T = 1, both steps in the
  * call's range, each on its GEMV path with a decode form (not MOEPPC_CUDA_DECODE_GEMV=0's general
- * GEMV, not the tuner's candidate; a database's T = 1 GEMV form is not asked: it was measured
- * against the other GEMVs, not against this kernel, and holds where the two GEMVs run), and DOWN's
- * output not in UP's input's place (the plan may give it x's once x is dead). Else the two GEMVs. */
+ * GEMV, not the tuner's candidate; a database's T = 1 GEMV form is not asked: where the database
+ * measured the kernel against the GEMVs, mark_mlp kept it or not), and DOWN's output not in UP's
+ * input's place (the plan may give it x's once x is dead). Else the two GEMVs. */
 static bool mlp_now(const Run *r, const Step *dn)
 {
     CudaModel *cm = r->cm;

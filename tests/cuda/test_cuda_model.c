@@ -650,8 +650,11 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
         if (i->op == IR_OP_MOE_GROUPED_DOWN && down < 0) down = n;
         moe += i->op == IR_OP_MOE_ROUTE, attn += i->op == IR_OP_ATTENTION;
     }
-    int block[5], step[5], router = 0, variants = mlp ? 5 : 3, gemms = mlp ? 1 : 2;
-    float *logits[5];
+    int block[7], step[7], router = 0, variants = mlp ? 7 : 3, gemms = mlp ? 1 : 2;
+    float *logits[7];
+    /* 5, 6: a database that measured the decode MLP at T = 1: the GEMV faster (the two GEMVs run), or
+       the MLP on 16 rows a block (it runs so) */
+    static const char *const mlp_db[2] = {"-1;1:1x4/u4@10,16x8/mlp@9", "-1;1:1x4/u4@10,16x8/mlp@12"};
     int32_t id = 5, pos = 0;
     int64_t V = s.vocab, cols;
     moe_dtype dt;
@@ -660,6 +663,17 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
         if (f == 4) /* a database's GEMV forms at T = 1 (measured against other GEMVs): still the decode MLP */
             opt.tile_sched[0] = opt.tile_sched[1] = "-1;1:1x4/u4@10";
         if (f == 2) opt.route[0] = 16, opt.route[1] = 16, opt.route[2] = 64; /* the linears on 16x16x64 tiles */
+        if (f >= 5) {
+            opt.tile_sched[1] = mlp_db[f - 5];
+            CudaOptions dry = {.images_arch = "sm_80", .tile_sched = {NULL, mlp_db[f - 5]}};
+            CudaKernelCode *k = NULL;
+            int nk = 0, with16 = 0, any = 0;
+            assert_true(cuda_module_kernels(m, &dry, &k, &nk, &err));
+            for (int j = 0; j < nk; j++)
+                any += strstr(k[j].symbol, "_gemm_mlp_") != NULL, with16 += strstr(k[j].symbol, "_r16w8") != NULL;
+            cuda_kernel_code_free(k, nk);
+            assert_int_equal(any, f == 6), assert_int_equal(with16, f == 6);
+        }
         CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
         if (!cm) fail_msg("%s", err.msg);
         assert_true(cuda_model_run(cm, &id, &pos, 1, &err));
@@ -688,6 +702,7 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
     assert_true(router > 1);
     assert_int_equal(block[2], router + 1 + gemms);
     if (mlp) assert_int_equal(block[3], 3), assert_int_equal(step[3], step[0] + moe), assert_int_equal(block[4], 2);
+    if (mlp) assert_int_equal(block[5], 3), assert_int_equal(block[6], 2);
     /* attention: KV stores, a RoPE, k's and v's GEMVs */
     assert_int_equal(step[1] - step[0], (unfolded - 3) * moe + 5 * attn);
     for (int f = 0; f < variants; f += f == 0 ? 2 : 1) {

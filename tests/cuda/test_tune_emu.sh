@@ -63,6 +63,12 @@ grep "op: grouped_down" "$WORK/db.yaml" | grep "tokens: 1," | grep -q '/sk2: .*/
 grep "op: grouped_down" "$WORK/db.yaml" | grep "tokens: 1," | grep -q '/sk8: ' &&
   { echo "grouped_down: split 8 ways over 4 chunks of k"; cat "$WORK/db.yaml"; exit 1; }
 grep "op: grouped_up" "$WORK/db.yaml" | grep -q '/sk[0-9]' && { echo "grouped_up split"; cat "$WORK/db.yaml"; exit 1; }
+# the decode MLP: the down-projection's T = 1 entry measured its shapes (RxW/mlp: rows of h a block by
+# warps), nothing else did; a database whose T = 1 winner is one (raised by hand) is taken, its schedule
+# saying so
+at_least 6 grouped_down 1, '[0-9]x[0-9]*/mlp: ' "decode MLP shapes"
+grep -v "op: grouped_down.*tokens: 1," "$WORK/db.yaml" | grep -q '/mlp' &&
+  { echo "an MLP shape outside grouped_down at T = 1"; cat "$WORK/db.yaml"; exit 1; }
 # forced NAME SED N PATTERN: the database edited by sed expression SED (a measurement raised by hand;
 # '' for none) and N tokens run on the GPU with it: what run says it took must match PATTERN, and the
 # routing must be the CPU backend's
@@ -92,8 +98,9 @@ forced tma '/tokens: 64/ s#(/kc64/wg/tma): [0-9.]+#\1: 999.0#' 40 \
 # (h is 16-bit only between tiles): the GEMV at T = 64 (40 tokens run on it), a tile at T = 1 (9 tokens)
 forced upgemv '/op: grouped_up.*tokens: 64/ s#(16x4/u[0-9]+): [0-9.]+#\1: 999.0#' 40 "up 1:[^;]*;64:[^;]*16x4/u[0-9]+@999.0"
 forced uptile '/op: grouped_up.*tokens: 1,/ s#([0-9]+x[0-9]+/kc[0-9]+): [0-9.]+#\1: 999.0#' 9 "up 1:[^;]*/kc[0-9]+@999.0"
-# a T = 1 down winner split 2 ways: 9 tokens run on that GEMV (T <= 16)
-forced sk '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' 9 "down 1:1x[0-9]+/u[0-9]+/sk2@999.0"
+# a T = 1 down winner split 2 ways: 9 tokens run on that GEMV (T <= 16; the best MLP shape named too)
+forced sk '/op: grouped_down.*tokens: 1,/ s#(/sk2): [0-9.]+#\1: 999.0#' 9 "down 1:([^;]*,)?1x[0-9]+/u[0-9]+/sk2@999.0"
+forced mlp '/op: grouped_down.*tokens: 1,/ s#(16x8/mlp): [0-9.]+#\1: 999.0#' 9 "down 1:[^;]*16x8/mlp@999.0"
 # attention (tuned after the GEMMs, with what the budget leaves): the per-query kernel's warps and
 # key splits at T = 1 (no tiled form there); at T = 64 forms of the three kernels. A database whose
 # T = 64 winner is a tiled form of 8 threads a query and key tiles of 16: 64 tokens run on it; then

@@ -63,7 +63,8 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     e.dtype = dt, e.n = n, e.k = k, e.groups = groups, e.tokens = tokens;
     for (int i = 0; i < n_measured; i++) { /* values with one decimal survive %.1f exactly */
         TuneConfig c = {2 + i, 8 * (n_measured - i), i % 3, i % 4 ? 0 : 128 * i, i % 5 == 1 ? 16 * i : 0, 0,
-                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0, i % 7 == 3, i % 7 == 3 && i % 2, 0};
+                        i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0, i % 7 == 3,
+                        i % 7 == 3 && i % 2, 0, 0};
         if (!strcmp(op, "attention")) c = (TuneConfig){.kv_block = 4 + i};
         e.measured[i] = (TuneMeasure){c, (double)(1000 + 37 * i) / 10.0};
     }
@@ -492,6 +493,42 @@ static void test_gpu_tiles(void **state)
     ir_module_free(m);
 }
 
+/* The decode MLP in a GPU database (grouped_down at 1 token, RxW/mlp): a bucket's schedule names its best
+ * MLP and its best GEMV beside the winners, won or not (the executor then knows whether the two
+ * GEMVs beat the MLP, and has a GEMV where it does not run), no other MLP; its text parses back;
+ * where it wins, the bucket's pick is it. */
+static void test_gpu_mlp(void **state)
+{
+    (void)state;
+    TuneConfig gemv = {.tile_m = 1, .tile_n = 4, .unroll = 4}, m16 = {.tile_m = 16, .tile_n = 8, .mlp = 1},
+               m32 = {.tile_m = 32, .tile_n = 8, .mlp = 1}, tile = {.tile_m = 64, .tile_n = 128, .kc = 32};
+    char name[64];
+    tune_config_format(&m16, name, sizeof name);
+    assert_string_equal(name, "16x8/mlp");
+    TuneConfig back;
+    assert_true(tune_config_parse("16x8/mlp", &back) && tune_config_equal(&back, &m16));
+    assert_false(tune_config_parse("16x8/mlp/mlp", &back));
+    for (int wins = 0; wins < 2; wins++) {
+        TuneEntry e1 = make_entry("grouped_down", DT_BF16, 64, 128, 4, 1, 0), e64 = make_entry("grouped_down", DT_BF16,
+                                                                                              64, 128, 4, 64, 0);
+        e1.measured[e1.n_measured++] = (TuneMeasure){gemv, 10.0};
+        e1.measured[e1.n_measured++] = (TuneMeasure){m16, wins ? 12.0 : 9.0};
+        e1.measured[e1.n_measured++] = (TuneMeasure){m32, 8.0};
+        e64.measured[e64.n_measured++] = (TuneMeasure){tile, 100.0};
+        const TuneEntry *found[2] = {&e64, &e1};
+        Arena a = {0};
+        char *text = tile_schedule_format(found, 2, TILE_SCHED_GPU, &a);
+        assert_string_equal(text, wins ? "-1;1:1x4/u4@10.0,16x8/mlp@12.0;64:64x128/kc32@100.0"
+                                       : "-1;1:1x4/u4@10.0,16x8/mlp@9.0;64:64x128/kc32@100.0");
+        assert_null(strstr(text, "32x8")); /* (the MLPs after the best are not named) */
+        TileSchedule ts;
+        assert_true(tile_schedule_parse(text, &ts));
+        TuneConfig at1 = tile_schedule_pick(&ts, 1);
+        assert_true(tune_config_equal(&at1, wins ? &m16 : &gemv));
+        arena_free(&a);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_bad_databases),
         cmocka_unit_test_setup_teardown(test_gpu_tiles, setup_tmp, teardown_tmp),
         cmocka_unit_test(test_shipped_databases),
+        cmocka_unit_test(test_gpu_mlp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
