@@ -126,7 +126,10 @@ static bool write_readme(const char *dir, const char *spec, const char *kind, co
         "  are 16-bit of the weight dtype: UP's x rounded by `round16_*` (n = T·D, grid ceil(n / 2048), block\n"
         "  256), UP writes h 16-bit, DOWN reads it so. `_wg` kernels (sm_90a's wgmma) compile for sm_90a only.\n"
         "  `_tma` kernels take the weights' CUtensorMap by value after the arguments above (u16 [E·mats·N][K],\n"
-        "  box 64 x BN, 128-byte swizzle: cg_cuda_gemm_tma_map), DOWN then h's (u16 [T·k][K], box 64 x BM).\n\n"
+        "  box 64 x BN, 128-byte swizzle: cg_cuda_gemm_tma_map), DOWN then h's (u16 [T·k][K], box 64 x BM).\n"
+        "  `_ws` kernels (warp-specialised) loop over the tiles: any grid.x works (the launch shape given is\n"
+        "  a block a tile; moeppc launches one block an SM); `_stk` ones (down) deal a last partial wave of\n"
+        "  tiles over all the blocks by k, adding partial sums into y (the same sums, another f32 order).\n\n"
         "Buffers are the caller's; kernels never allocate. Dispatch writes `off[E+1]` (int64), `perm[T·k]` and\n"
         "`gate_w[T·k]`, which the grouped GEMMs read; nothing goes back to the host between them.\n",
         spec, MOEPPC_VERSION, n, strcmp(kind, "cuda") ? "" : ", with their launch shapes");
