@@ -539,8 +539,8 @@ static void test_grouped_wgmma(void **state)
      * within and across tiles; a block a tile. DOWN's last wave by stream-K: 4 tiles of 4 k tiles
      * over 3 blocks (a tile and a block's share of the last: k tiles [0,1) [1,2) [2,4)), 32 tiles
      * (10 waves, then 8 k tiles: [0,2) [2,5) [5,8), a block's run across two tiles), 100 of 10 (33
-     * waves, then [0,3) [3,6) [6,10)), a block a tile (all by stream-K: 7 blocks, 5 k tiles); and
-     * without stream-K */
+     * waves, then [0,3) [3,6) [6,10)), a block a tile (all by stream-K: 8 blocks, 4 tiles of one k
+     * tile, half the blocks empty); and without stream-K */
     static const int ws[5] = {4, 128, 128, 64, 3}, ws_small[5] = {3, 64, 24, 64, 3}, ws_long[5] = {5, 64, 24, 64, 3},
                      ws_one[5] = {4, 64, 64, 64, 4}, ws_dp[5] = {4, 128, 128, 64, 8};
     grouped_case(CG_CUDA_PATH_MMA, DT_BF16, 300, 2e-2, 96, 200, false, ws, 0);
