@@ -705,11 +705,11 @@ static void decode_ops(const char *name, int unfolded, bool mlp)
     if (mlp) assert_int_equal(block[5], 3), assert_int_equal(block[6], 2);
     /* attention: KV stores, a RoPE, k's and v's GEMVs */
     assert_int_equal(step[1] - step[0], (unfolded - 3) * moe + 5 * attn);
-    /* the variants' logits alike: f32 1e-5; a 16-bit model SEMANTICS.md §4's 2e-2 (its activations are
-       rounded to 16 bits between layers, and the down-projection's f32 atomics add in any order: a sum
-       that lands on the other side of a rounding boundary in one run moves the logits by more than 1e-5;
-       CI's ASan run of 2026-12-05 met one) */
-    double tol = s.dtype == DT_F32 ? 1e-5 : 2e-2;
+    /* the variants' logits alike: f32 1e-5; a 16-bit model 2e-3, the bound cpu_test_backend gives a
+       bf16 tie rounded the other way (its activations are rounded to 16 bits between layers, and the
+       down-projection's f32 atomics add in any order: a sum that lands on the other side of a rounding
+       boundary in one run moves the logits by more than 1e-5; CI's ASan run of 2026-12-05 met one) */
+    double tol = s.dtype == DT_F32 ? 1e-5 : 2e-3;
     for (int f = 0; f < variants; f += f == 0 ? 2 : 1) {
         double diff = 0, top = 0;
         for (int64_t j = 0; j < V; j++) diff = fmax(diff, fabs(logits[f][j] - logits[1][j])), top = fmax(top, fabs(logits[1][j]));
