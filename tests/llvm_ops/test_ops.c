@@ -310,10 +310,11 @@ static void test_attention_kv_cache(void **state)
     (void)state;
     moe_rng r;
     rng_seed(&r, 14);
-    const int64_t p0s[] = {5, 40}, hds[] = {2, 38, 96}; /* 38: 19 vectors of 2; 96: 6 of 16 (AVX-512) */
+    /* 38: 19 vectors of 2; 64: 4 of 16, 6 rows a tile on AVX-512; 96: 6 of 16, 4 rows */
+    const int64_t p0s[] = {5, 40}, hds[] = {2, 38, 64, 96};
     const int blocks[] = {0, 1, 7, 40, 64};
     for (size_t a = 0; a < 3; a++)
-        for (size_t b = 0; b < 3; b++)
+        for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t c = 0; c < 2; c++)
                 for (size_t t = 0; t < 3; t++) {
                     int kv_block = blocks[(a + b + c + t) % 5];

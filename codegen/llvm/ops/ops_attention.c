@@ -1,9 +1,11 @@
 /* ops_attention.c — causal GQA attention over a KV cache, streaming (flash-attention style), for a
  * few query rows of one head at a time.
  *
- * A call handles rows t0 .. t0 + rows - 1 of head h, qb rows at once (qb 1, 2 or 4 chosen so that
- * their output accumulators stay in registers, or the stack form below; the last rows one at a
- * time). Keys come in blocks of kb = 16·nt (kv_block rounded up to 16, at most 64; 0: 64): per block,
+ * A call handles rows t0 .. t0 + rows - 1 of head h, qb rows at once (qb 1, 2, 4 or, on AVX-512 up
+ * to head_dim 64, 6 chosen so that their output accumulators stay in registers, or the stack form
+ * below; a call's last 2 to qb - 1 rows one more tile that overlaps the one before, as below; the
+ * last rows one at a time). Keys come in blocks of kb = 16·nt (kv_block rounded up to 16, at most
+ * 64; 0: 64): per block,
  *   scores  — the K cache lies in tiles of 16 keys × head_dim (cg_attention_kt_index; a kv head's
  *             tiles one run of memory, then the next head's, cap positions each), so one query's
  *             scores of 16 keys are one <16 x float> built by head_dim FMAs of a broadcast q element
@@ -285,10 +287,13 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     while (hd % a.vwp) a.vwp /= 2; /* hd is even */
     a.nvp = hd / a.vwp;
     /* rows a tile: up to 4, with at most 32 accumulator vectors on AVX-512 (8 on the 16-register
-     * ISAs). Measured at T = 512 on one AVX-512 core (tests/llvm_ops/ops_timing): 4 rows beat 2 by
-     * 1.3x at head_dim 96 and 128, though some scores then spill; 8 rows of 64 lost 10 % to 4 */
+     * ISAs), and 6 on AVX-512 where they take at most 24 (head_dim up to 64). Measured at T = 512 on
+     * one AVX-512 core (tests/llvm_ops/ops_timing): 4 rows beat 2 by 1.3x at head_dim 96 and 128, though
+     * some scores then spill; 8 rows of 64 lost 10 % to 4, 6 rows gained 8 % (each K and V vector
+     * loaded, and a 16-bit one widened, for 6 rows' FMAs instead of 4) */
     int budget = o->vw == 16 ? 32 : 8, qb = 1;
     while (qb * 2 <= MAX_QB && qb * 2 * a.nvp <= budget) qb *= 2;
+    if (o->vw == 16 && MAX_QB * a.nvp <= 24) qb = MAX_QB;
     if (2 + a.nvp > OB_MAX_CARRY) /* hd = 2 · a large odd number: one <hd x float>, which LLVM splits */
         a.vwp = hd, a.nvp = 1;
     /* 16-register ISAs where one row's accumulators fill the budget (head_dim above 4 vectors): rows
@@ -312,11 +317,11 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
     LLVMValueRef cap = ob_arg(o, 2);
     a.head_rows = LLVMBuildNSWMul(o->b, a.g, cap, "head_rows");
     a.head_tiles = LLVMBuildNSWMul(o->b, a.g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");
-    /* tiles of qb rows; in the stack form 2 to qb - 1 rows left over (of at least qb) make one more,
-     * which ends at the last row (the executor's tasks of 16 rows: 0-5, 6-11, 10-15; a kernel for each
-     * tile size took LLVM's O3 as long again); then one row at a time (in registers) */
+    /* tiles of qb rows; 2 to qb - 1 rows left over (of at least qb) make one more, which ends at the
+     * last row (the executor's tasks of 16 rows in tiles of 6: 0-5, 6-11, 10-15; a kernel for each tile
+     * size took LLVM's O3 as long again); then one row at a time (in registers) */
     LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, qb), "tiles"), done = mul(o, tiles, qb), last = NULL;
-    if (stack) {
+    if (qb > 2) {
         LLVMValueRef rest = LLVMBuildNSWSub(o->b, rows, done, "");
         LLVMValueRef more = LLVMBuildAnd(o->b, LLVMBuildICmp(o->b, LLVMIntSGE, rest, ob_i64(o, 2), ""),
                                          LLVMBuildICmp(o->b, LLVMIntSGE, rows, ob_i64(o, qb), ""), "");
