@@ -463,24 +463,59 @@ static void epilogue(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_
 }
 
 /* ---- step 2: S = A_tiles . panel over K blocks ------------------------------------------------ */
-/* S[rows, NR] of `rows` packed rows: whole tiles, then the cover of the rest. */
-static void panel_compute(const Job *j, int64_t rows, const float *ap, const char *bpanel, float *s) {
+/* S[rows, NR] of `rows` packed rows: whole tiles, then the cover of the rest. next: the panel (of the
+ * same K and width) the caller reads after this one, or NULL.
+ *
+ * What the kernels prefetch (cg_kernel_fn's pf and pf_shift). Each tile's call prefetches its own
+ * weights CG_B_PREFETCH bytes ahead (4 KB; measured on a Zen 2, AVX2, bench_gemm, the 7B layer's
+ * grouped GEMMs, 2 threads, two rounds interleaved: bf16 T = 1 3.90 -> 2.91-3.03 ms, T = 64
+ * 44.5-45.3 -> 37.2-38.2, T = 512 224-227 -> 213-216; 2 and 4 KB ahead, L1 or L2, alike; 1 KB less;
+ * there not for f32 weights, which stream near the read ceiling unaided. On an Intel Xeon with
+ * AVX-512, f32 too: bf16 T = 64 45-54 -> 33-41, T = 512 193-224 -> 170-205; f32 T = 64 66-82 ->
+ * 53-67, T = 512 192-223 -> 160-227; 2 KB ahead slower, 8 KB alike). But a panel's first tile still
+ * read it from memory, faster than one core streams, and its later tiles from L2: on that Xeon (the
+ * 7B layer's grouped GEMMs at T = 512, one thread, 7.5 calls a panel) the first call took 48.5
+ * thousand cycles against the others' 27.1, 9 % of the time. So in a panel of 3 calls or more, calls
+ * 1 .. 2^s (the most that 2^s <= calls - 1 allows) prefetch instead a 2^-s share of the weights read
+ * next each (the next panel; the panel's next K block where a K blocking splits it), at 2^-s of the
+ * pace they read their own: the next panel is in L2 when its first tile comes
+ * (one call prefetching the whole of it stalled on memory, 41 thousand cycles, for 37 in the next
+ * first tile). bench_gemm T = 512, one thread, two rounds: f32 317.8, 316.5 -> 289.2, 288.9 ms, bf16
+ * in k pairs 306.0, 305.4 -> 289.3, 291.2. Panels of one or two calls (T <= 64 of the 7B's 16
+ * experts) keep their own prefetch: one panel ahead in every call was slower at T = 1. */
+static void panel_compute(const Job *j, int64_t rows, const float *ap, const char *bpanel, const char *next,
+                          float *s) {
     int mr = j->kern->cfg.mr, nr = j->kern->cfg.nr;
     int64_t K = j->K, kc = j->kc > 0 && j->kc < K ? j->kc : (K > 0 ? K : 1), whole = rows / mr * mr, kw = j->kw;
     const Cover *cv = &j->cover[rows - whole];
+    /* of 3 calls or more, the calls 1 .. 2^shift prefetch a 2^-shift share of the weights read next
+     * each: the panel's next K block, or after its last the next panel's first */
+    int calls = (int)(whole / mr), shift = 0;
+    for (int c = 0; c < j->n_ks; c++) calls += cv->n[c];
+    while (2 << shift <= calls - 1) shift++;
     size_t bsz = dtype_size(j->kern->cfg.b_dtype); /* k pairs: a pair of columns' k0 / 2 rows, as many bytes */
     /* k steps per word of packed A, a tile kind's own (AMX's pairs, its kpair_b edges' f32) */
 #define KSTEP(cfg) ((cfg).a_bf16 ? 2 : 1) /* (run() made kc even) */
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
         int64_t kb = K - k0 < kc ? K - k0 : kc, kw0 = k0 / KSTEP(j->kern->cfg);
-        const void *bp = bpanel + (size_t)(k0 * nr) * bsz;
-        for (int64_t m0 = 0; m0 < whole; m0 += mr) j->kern->fn(kb, ap + m0 * kw + kw0 * mr, bp, s + m0 * nr, nr, k0 > 0);
+        size_t at = (size_t)(k0 * nr) * bsz, share = ((size_t)(kb * nr) * bsz >> shift) & ~(size_t)63;
+        const char *bp = bpanel + at, *nx = k0 + kb < K ? bp + (size_t)(kb * nr) * bsz : next;
+        int call = 0, first = 1, last = nx && calls >= 3 ? first + (1 << shift) : 0;
+        /* (bp + CG_B_PREFETCH may lie past the weights' end: formed as an integer, never read) */
+        const void *own = (const void *)((uintptr_t)bp + CG_B_PREFETCH);
+#define PF(call) ((call) >= first && (call) < last ? nx + (size_t)((call) - first) * share : own)
+#define SHIFT(call) ((call) >= first && (call) < last ? shift : 0)
+        for (int64_t m0 = 0; m0 < whole; m0 += mr, call++)
+            j->kern->fn(kb, ap + m0 * kw + kw0 * mr, bp, s + m0 * nr, nr, k0 > 0, PF(call), SHIFT(call));
         int64_t m0 = whole;
         for (int c = 0; c < j->n_ks; c++) {
             const CgKernel *e = j->ks[c];
-            for (int n = 0; n < cv->n[c]; n++, m0 += e->cfg.mr)
-                e->fn(kb, ap + m0 * kw + k0 / KSTEP(e->cfg) * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0);
+            for (int n = 0; n < cv->n[c]; n++, m0 += e->cfg.mr, call++)
+                e->fn(kb, ap + m0 * kw + k0 / KSTEP(e->cfg) * e->cfg.mr, bp, s + m0 * nr, nr, k0 > 0, PF(call),
+                      SHIFT(call));
         }
+#undef PF
+#undef SHIFT
         if (K == 0) break;
     }
 }
@@ -499,12 +534,20 @@ static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, float *s) 
         }
         int64_t lp = p - j->mpanel[q];
         const char *bpanel = (const char *)v.b->data + (size_t)lp * v.b->panel_bytes;
+        const char *next = p + 1 < p_end && p + 1 < j->mpanel[q + 1] ? bpanel + v.b->panel_bytes : NULL;
         for (int64_t row0 = 0; row0 < rows_all; row0 += j->mc) {
             int64_t rows = rows_all - row0 < j->mc ? rows_all - row0 : j->mc;
-            panel_compute(&v, rows, j->ap + row0 * j->kw, bpanel, s);
+            panel_compute(&v, rows, j->ap + row0 * j->kw, bpanel, row0 ? NULL : next, s);
             epilogue(&v, 0, row0, rows, lp, s);
         }
     }
+}
+
+/* The first panel chunk_task reads after group g's last (p_begin of the next group with rows), or NULL. */
+static const char *next_group(const Job *j, int64_t g, int64_t p_begin) {
+    for (int64_t h = g + 1; h < j->n_groups; h++)
+        if (j->off[h + 1] > j->off[h]) return (const char *)j->b[h].data + (size_t)p_begin * j->b[h].panel_bytes;
+    return NULL;
 }
 
 static void chunk_task(void *ctx, int64_t chunk, int thread) {
@@ -525,9 +568,10 @@ static void chunk_task(void *ctx, int64_t chunk, int thread) {
         const float *ap_g = j->ap + j->tile_off[g] * mr * j->kw;
         for (int64_t p = p_begin; p < p_end && r_end > r_begin; p++) {
             const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;
+            const char *next = p + 1 < p_end ? bpanel + j->b[g].panel_bytes : next_group(j, g, p_begin);
             for (int64_t row0 = r_begin; row0 < r_end; row0 += j->mc) {
                 int64_t rows = r_end - row0 < j->mc ? r_end - row0 : j->mc;
-                panel_compute(j, rows, ap_g + row0 * j->kw, bpanel, s);
+                panel_compute(j, rows, ap_g + row0 * j->kw, bpanel, row0 > r_begin ? NULL : next, s);
                 epilogue(j, g, row0, rows, p, s);
             }
         }

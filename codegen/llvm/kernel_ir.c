@@ -25,7 +25,7 @@ typedef struct KB {
     LLVMValueRef fma_fn;
     LLVMTypeRef dot_ty, dot_a_ty, dot_b_ty; /* a_bf16: vdpbf16ps and its bf16-pair operand types */
     LLVMValueRef dot_fn;
-    LLVMValueRef kc, ap, bp, c, ldc, beta; /* the function's parameters */
+    LLVMValueRef kc, ap, bp, c, ldc, beta, pf, pf_shift; /* the function's parameters */
     LLVMValueRef acc[MAX_ACC];           /* [MR][NV], the current values */
 } KB;
 
@@ -237,11 +237,13 @@ static void init_types(KB *k) {
     }
 }
 
-/* void symbol(i64 kc, float *noalias ap, B *noalias bp, float *noalias c, i64 ldc, i32 beta) */
+/* void symbol(i64 kc, float *noalias ap, B *noalias bp, float *noalias c, i64 ldc, i32 beta, i8 *pf,
+ *             i64 pf_shift) */
 static LLVMValueRef declare_kernel(KB *k, const char *symbol) {
     LLVMTypeRef pf = LLVMPointerType(k->f32, 0);
-    LLVMTypeRef params[6] = {k->i64, pf, LLVMPointerType(k->b_elem, 0), pf, k->i64, k->i32};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(k->ctx), params, 6, 0);
+    LLVMTypeRef params[8] = {k->i64, pf, LLVMPointerType(k->b_elem, 0), pf, k->i64, k->i32,
+                             LLVMPointerType(LLVMInt8TypeInContext(k->ctx), 0), k->i64};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(k->ctx), params, 8, 0);
     LLVMValueRef fn = LLVMAddFunction(k->mod, symbol, fty);
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
@@ -255,6 +257,8 @@ static LLVMValueRef declare_kernel(KB *k, const char *symbol) {
     k->c = LLVMGetParam(fn, 3);
     k->ldc = LLVMGetParam(fn, 4);
     k->beta = LLVMGetParam(fn, 5);
+    k->pf = LLVMGetParam(fn, 6);
+    k->pf_shift = LLVMGetParam(fn, 7);
     return fn;
 }
 
@@ -313,23 +317,13 @@ static LLVMValueRef amx_config(KB *k, int na, int nb, int rows) {
     return LLVMBuildBitCast(k->b, g, LLVMPointerType(i8, 0), "");
 }
 
-/* The FMA kernels' prefetch of weights: each iteration of the main loop touches the lines of B its
- * U k steps will read B_PREFETCH bytes later, into L2 (running on into the next panel, which the
- * drivers read next). A 6-row tile widening bf16 weights asks one core for 18 GB/s, more than it
- * reads from memory unaided. Measured on a Zen 2 (AVX2; bench_gemm, the 7B layer's grouped GEMMs, 2
- * threads, two rounds interleaved): bf16 T = 1 3.90 -> 2.91-3.03 ms, T = 64 44.5-45.3 -> 37.2-38.2,
- * T = 512 224-227 -> 213-216 (SSE T = 64 133 -> 125-127); 2 and 4 KB ahead, L1 or L2, alike; 1 KB
- * less. Not for f32 weights there: bench_gemm gained (T = 64 67.5-69.5 -> 63.2-64.2) but the 7B f32
- * layer did not (moeppc bench, two rounds: T = 1 2.48-2.62 -> 2.88-2.97 ms, a range this VM also
- * gives the old code; it streams near the read ceiling already; T = 64 and 512 alike).
- * On AVX-512 for f32 weights too: an Intel Xeon with AVX-512 (LLVM's icelake-client, no AMX;
- * bench_gemm, 2 threads, four rounds interleaved, ms): bf16 T = 64 45-54 -> 33-41, T = 512 193-224
- * -> 170-205; f32 T = 64 66-82 -> 53-67, T = 512 192-223 -> 160-227 (3 of 4 rounds faster); one
- * thread T = 512, three rounds: bf16 363-408 -> 340-347, f32 360-412 -> 320-342; 2 KB ahead
- * slower, 8 KB alike (the AMX kernels' few-row kpair_b edges prefetch too, not measured on an AMX
- * machine). Left off the bf16 dot product's loop (its CPUs, Zen 4, not measured) and AMX's (its
- * own, per k block). */
-enum { B_PREFETCH = 4096 };
+/* The FMA kernels' prefetch of weights: each iteration of the main loop touches, into L2, the lines
+ * at pf of the offsets (shifted right by pf_shift) of B its U k steps read: the driver's choice of
+ * what (cg_kernel_fn: B's own bytes CG_B_PREFETCH ahead, or a share of the panel it reads next;
+ * gemm.c's panel_compute says what was measured). A 6-row tile widening bf16 weights asks one core
+ * for 18 GB/s, more than it reads from memory unaided. Not for f32 weights below AVX-512 (on a Zen 2
+ * they stream near the read ceiling unaided: the 7B f32 layer did not gain), nor in the bf16 dot
+ * product's loop (its CPUs, Zen 4, not measured) or AMX's (its own, per k block). */
 
 /* Does cfg's main loop prefetch B (prefetch_b_ahead)? */
 static bool prefetches_b(const CgTarget *t, const CgKernelConfig *cfg) {
@@ -340,9 +334,9 @@ static bool prefetches_b(const CgTarget *t, const CgKernelConfig *cfg) {
 static void prefetch_b_ahead(KB *k, LLVMValueRef kk, int U) {
     long long step = (long long)k->NR * (long long)dtype_size(k->cfg->b_dtype); /* bytes of B a k step */
     if (k->cfg->a_bf16 || k->cfg->kpair_b) step *= 2;                        /* (kk counts k pairs) */
-    LLVMValueRef at = LLVMBuildMul(k->b, kk, ci64(k, step), "");
+    LLVMValueRef at = LLVMBuildLShr(k->b, LLVMBuildMul(k->b, kk, ci64(k, step), ""), k->pf_shift, "");
     for (long long line = 0; line < (step * U + 63) / 64; line++)
-        prefetch_l2(k, k->bp, LLVMBuildAdd(k->b, at, ci64(k, B_PREFETCH + 64 * line), ""));
+        prefetch_l2(k, k->pf, LLVMBuildAdd(k->b, at, ci64(k, 64 * line), ""));
 }
 
 /* C[MR, NR] (+)= A . B on tiles: na A tiles of up to 16 rows, nb B tiles of 16 columns, na x nb C
