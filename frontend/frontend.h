@@ -58,6 +58,8 @@ typedef struct Diag {
     int         n_errors;
 } Diag;
 void diag_error(Diag *d, int line, int col, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The same form with "warning" (not counted: the input is taken, changed as the message says). */
+void diag_warning(Diag *d, int line, int col, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---- spec.c: YAML spec v1 ---------------------------------------------------------------------- */
 /* Parse and check a spec; false (with diagnostics printed) on any error. */

@@ -236,10 +236,9 @@ static void hf_read_mixtral(HfConfig *c, ModelSpec *s)
      * full and windowed attention still agree. */
     int64_t win = hf_int(c, "sliding_window", 1, 0);
     if (win > 0 && s->max_positions > win) {
-        fprintf(c->d->out ? c->d->out : stderr,
-                "%s: note: sliding_window %lld is shorter than max_position_embeddings %lld: the spec stops at %lld "
-                "positions, where attention without the window is the same\n",
-                c->d->file ? c->d->file : "<input>", (long long)win, (long long)s->max_positions, (long long)win);
+        diag_warning(c->d, 0, 0, "sliding_window %lld is shorter than max_position_embeddings %lld: the spec stops at "
+                     "%lld positions, where attention without the window is the same", (long long)win,
+                     (long long)s->max_positions, (long long)win);
         s->max_positions = win;
     }
 }

@@ -179,8 +179,8 @@ def main():
         spec = os.path.join(d, "spec.yaml")
         rc, out = moeppc("import-hf", os.path.join(d, "config.json"), "-o", spec)
         check(rc == 0, "%s: import-hf of the Mixtral config" % dtype)
-        check("note: sliding_window 32 is shorter than max_position_embeddings 64" in out,
-              "%s: import-hf notes the sliding window" % dtype)
+        check("config.json: warning: sliding_window 32 is shorter than max_position_embeddings 64" in out,
+              "%s: import-hf warns of the sliding window" % dtype)
         text = open(spec).read() if rc == 0 else ""
         for want in ("max_positions: 32", "rope_theta: 1000000", "norm_eps: 1.0e-5", "kv_heads: 2",
                      "ffn: 4", "zero: 0", "gating: topk_softmax", "residual: false", "layers: 1",
