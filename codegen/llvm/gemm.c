@@ -500,11 +500,11 @@ static void panel_compute(const Job *j, int64_t rows, const float *ap, const cha
         int64_t kb = K - k0 < kc ? K - k0 : kc, kw0 = k0 / KSTEP(j->kern->cfg);
         size_t at = (size_t)(k0 * nr) * bsz, share = ((size_t)(kb * nr) * bsz >> shift) & ~(size_t)63;
         const char *bp = bpanel + at, *nx = k0 + kb < K ? bp + (size_t)(kb * nr) * bsz : next;
-        int call = 0, first = 1, last = nx && calls >= 3 ? first + (1 << shift) : 0;
+        int call = 0, last = nx && calls >= 3 ? 1 + (1 << shift) : 0; /* calls 1 .. last - 1 prefetch nx */
         /* (bp + CG_B_PREFETCH may lie past the weights' end: formed as an integer, never read) */
         const void *own = (const void *)((uintptr_t)bp + CG_B_PREFETCH);
-#define PF(call) ((call) >= first && (call) < last ? nx + (size_t)((call) - first) * share : own)
-#define SHIFT(call) ((call) >= first && (call) < last ? shift : 0)
+#define PF(call) ((call) >= 1 && (call) < last ? nx + (size_t)((call) - 1) * share : own)
+#define SHIFT(call) ((call) >= 1 && (call) < last ? shift : 0)
         for (int64_t m0 = 0; m0 < whole; m0 += mr, call++)
             j->kern->fn(kb, ap + m0 * kw + kw0 * mr, bp, s + m0 * nr, nr, k0 > 0, PF(call), SHIFT(call));
         int64_t m0 = whole;
