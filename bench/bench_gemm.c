@@ -4,7 +4,8 @@
  * AVX512-BF16 hosts, bf16 on the bf16 dot-product kernels; on AMX hosts, bf16 on 32 x 32 AMX tiles)
  * interleaved round by round. Prints the median (min-max) time, GFLOP/s and the fraction of the f32
  * FMA peak measured in the same run.
- * Usage: bench_gemm [max_threads [T]]   (MOEPPC_KC=n tries K blocking; MOEPPC_ISA caps the ISA) */
+ * Usage: bench_gemm [max_threads [T]]   (T: any token count, else 1, 64 and 512)
+ *  (MOEPPC_KC=n tries K blocking; MOEPPC_ISA caps the ISA) */
 #include "bench/probe.h"
 
 #include <stdlib.h>
@@ -152,8 +153,8 @@ int main(int argc, char **argv) {
         CgPool *pool = cg_pool_new(threads);
         double peak = median_peak(pool);
         printf("-- %d thread(s): f32 FMA peak %.1f GFLOP/s (median of 5)\n", threads, peak);
-        for (size_t i = 0; i < MOE_ARRAY_LEN(Ts); i++)
-            if (!only_t || only_t == Ts[i]) bench_case(ws, n_w, Ts[i], pool, peak, &r);
+        for (size_t i = 0; i < (only_t ? 1 : MOE_ARRAY_LEN(Ts)); i++)
+            bench_case(ws, n_w, only_t ? only_t : Ts[i], pool, peak, &r);
         cg_pool_free(pool);
     }
     for (int i = 0; i < n_w; i++)
