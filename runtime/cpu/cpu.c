@@ -20,7 +20,7 @@ typedef struct Choice {
 
 typedef struct Step {
     const IrInstr *i;
-    void *fn, *fn_tanh, *fn_scale;  /* op kernels (route: post, tanh, scale)                         */
+    void *fn, *fn_tanh;             /* op kernels (route: post, tanh)                                */
     Choice ch[TILE_MAX_BUCKETS + 1];/* GEMM steps and attention: [0] the op's configuration, then     */
     int n_ch;                       /*   each one a bucket of its schedule won                         */
     Choice narrow;                  /* route: the kernel one vector wide of its narrow weights (k NULL: */
@@ -372,9 +372,6 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
     if (!want_op(cm, st, &st->fn, &d, err)) return false;
     CgOpDesc th = desc(CG_OP_TANH, DT_F32, L == 2 ? i->in[1]->type.dims[0] : 1);
     if (L == 2 && !want_op(cm, st, &st->fn_tanh, &th, err)) return false;
-    CgOpDesc sc = desc(CG_OP_SCALE, DT_F32, D);
-    sc.s = ir_attr_float(i, "s");
-    if (nc && !want_op(cm, st, &st->fn_scale, &sc, err)) return false;
     /* the operands: x, W1 [W2] [r Wg] Wc..; the first GEMM's weight is the op's (the tuned shape) */
     moe_dtype dt = i->in[1]->type.dtype;
     if (!gemm_choices(cm, st, i, dt, D, err) || !narrow_choice(cm, st, dt, D, err)) return false;
@@ -554,7 +551,7 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
     int64_t E = ir_attr_int(i, "experts"), nc = ir_attr_int(i, "n_const"), L = ir_attr_int(i, "router_layers");
     int64_t D = cols(i->in[0]), H1 = L == 2 ? i->in[1]->type.dims[0] : 0;
     const float *x = addr(cm, i->in[0], T);
-    float *h = cm->scratch, *z0 = h + T * H1, *g = z0 + T * E, *u = g + T * E, *alog = u + T * D;
+    float *h = cm->scratch, *z0 = h + T * H1, *g = z0 + T * E, *alog = g + T * E;
     int p = 0;
     if (L == 2) {
         gemm(cm, st, p++, T, x, D, h, H1);
@@ -566,10 +563,10 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
     }
     bool res = ir_attr_int(i, "residual");
     if (res) gemm(cm, st, p++, T, addr(cm, i->in[1 + L], T), E, g, E);
-    if (nc) {
-        RowTask sc = {.kind = CG_OP_SCALE, .fn = st->fn_scale, .a = {x}, .o = {u}, .T = T};
-        rows_run(cm, &sc);
-        gemm(cm, st, p++, T, u, D, alog, 2 * nc);
+    if (nc) { /* Wc · (s x) as s (Wc · x): the same f32 values where s is a power of two (the picks, 2) */
+        gemm(cm, st, p++, T, x, D, alog, 2 * nc);
+        float s = (float)ir_attr_float(i, "s");
+        for (int64_t j = 0; j < T * 2 * nc; j++) alog[j] *= s;
     }
     RowTask r = {.kind = CG_OP_ROUTE_POST, .fn = st->fn, .T = T,
                  .a = {z0, res ? g : NULL, nc ? alog : NULL},

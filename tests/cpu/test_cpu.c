@@ -116,6 +116,36 @@ static void test_cpu_equals_interpreter(void **state)
     }
 }
 
+/* Input scaling by s = top_k = 3, not a power of two: the CPU router computes the constants' alpha logits
+ * as s (Wc x), the interpreter as Wc (s x), f32 roundings apart (tiny-moepp with top_k 3). */
+static void test_input_scale_of_three(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    load("tiny-moepp", &s);
+    s.top_k = 3;
+    IrModule *m = codegen_ir(&s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 11, &w, &err));
+    int32_t ids[37], pos[37];
+    ids_for(ids, pos, 37, s.vocab);
+    EvalResult ref;
+    assert_true(ir_eval(m, w, ids, pos, 37, EVAL_F64, &ref, &err));
+    CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 2, &err);
+    assert_non_null(cm);
+    assert_true(cpu_model_run(cm, ids, pos, 37, &err));
+    int64_t V;
+    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+    double e = rel_err(logits, eval_output(&ref, "logits")->data, 37, V);
+    printf("tiny-moepp, top_k 3: CPU backend vs interpreter: rel err %.3g\n", e);
+    assert_true(e <= 1e-5);
+    cpu_model_free(cm);
+    ir_eval_result_free(&ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 /* The kernels compiled all at once on every CPU (the JIT source's prefetch) are the ones compiled one
  * by one as the model asks: the same logits, bit for bit, on every tiny spec. */
 static void test_parallel_jit_equals_serial(void **state)
@@ -546,6 +576,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_equals_interpreter),
+        cmocka_unit_test(test_input_scale_of_three),
         cmocka_unit_test(test_decode_on_kv_cache),
         cmocka_unit_test(test_batched_sequences),
         cmocka_unit_test(test_parallel_jit_equals_serial),

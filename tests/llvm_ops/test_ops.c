@@ -127,6 +127,44 @@ static void test_row_ops(void **state)
             for (size_t t = 0; t < MOE_ARRAY_LEN(Ts); t++) check_rows_case(&r, cols[c], dtypes[k], Ts[t]);
 }
 
+/* tanh without libm (ob_tanh): each element within TANH_TOL of tanh in f64, relative, over 2^-40 .. 2^7
+ * both signs (the Taylor branch below 1/2, the exp branch above, both sides of the switch), in place
+ * and not, rows whose ends fall inside a vector; 0 and -0 kept, ±inf to ±1, NaN to NaN. */
+#define TANH_TOL 2e-7
+static void test_tanh(void **state)
+{
+    (void)state;
+    enum { ROWS = 3, C = 4001 }; /* 12003 elements: whole vectors and a scalar tail in each call */
+    float *x = xmalloc(sizeof(float) * ROWS * C), *out = xmalloc(sizeof(float) * ROWS * C);
+    const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 0.5f, -0.5f, nextafterf(0.5f, 0.0f),
+                             nextafterf(-0.5f, 0.0f), 1e-45f, 88.0f, -1e30f};
+    size_t n_special = MOE_ARRAY_LEN(special);
+    for (size_t i = 0; i < ROWS * C; i++) /* 2^-40 .. 2^7 evenly in the exponent, signs alternating */
+        x[i] = i < n_special ? special[i] : (i % 2 ? -1.0f : 1.0f) * exp2f(-40.0f + 47.0f * (float)i / (ROWS * C));
+    CgOpDesc d = {.kind = CG_OP_TANH, .wdtype = DT_F32, .cols = C};
+    fn2 f = (fn2)oj_kernel(J, &d, NULL);
+    for (int in_place = 0; in_place < 2; in_place++) {
+        if (in_place) memcpy(out, x, sizeof(float) * ROWS * C);
+        else memset(out, 0xff, sizeof(float) * ROWS * C); /* NaN: elements it skips show */
+        const float *in = in_place ? out : x;
+        f(0, 1, in, out), f(1, ROWS - 1, in, out);
+        double worst = 0;
+        size_t at = 0;
+        for (size_t i = 0; i < ROWS * C; i++) {
+            double want = tanh((double)x[i]), got = out[i];
+            double e = isnan(want) ? (isnan(got) ? 0 : INFINITY)
+                       : want == 0 ? (got == 0 && !signbit(got) == !signbit(want) ? 0 : INFINITY)
+                                   : fabs(got - want) / fabs(want);
+            if (!(e <= worst)) worst = e, at = i;
+        }
+        if (!(worst <= TANH_TOL))
+            fprintf(stderr, "tanh%s: rel err %.3g at x = %.9g: got %.9g\n", in_place ? " in place" : "", worst,
+                    (double)x[at], (double)out[at]);
+        assert_true(worst <= TANH_TOL);
+    }
+    free(x), free(out);
+}
+
 /* ---- rope ------------------------------------------------------------------------------------- */
 static void check_rope_case(moe_rng *r, int64_t H, int64_t hd, int64_t T)
 {
@@ -604,7 +642,8 @@ static void test_symbols_and_bad_descs(void **state)
     LLVMContextDispose(ctx);
 }
 
-/* The hot loops are vectorised at the target's width (explicit in ob_dot/attention, by O3 elsewhere). */
+/* The hot loops are vectorised at the target's width (explicit in ob_dot, attention and the elementwise
+ * ops, by O3 elsewhere). */
 static void test_vectorised(void **state)
 {
     (void)state;
@@ -612,6 +651,7 @@ static void test_vectorised(void **state)
     snprintf(want, sizeof want, "<%d x float>", oj_vec_width(J));
     CgOpDesc ds[] = {{.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = 1536, .eps = 1e-6},
                      {.kind = CG_OP_ADD, .wdtype = DT_F32, .cols = 1536},
+                     {.kind = CG_OP_TANH, .wdtype = DT_F32, .cols = 160}, /* in place too (the router's) */
                      {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = 16, .kv_heads = 16, .head_dim = 96}};
     for (size_t i = 0; i < MOE_ARRAY_LEN(ds); i++) {
         char *ir = oj_ir_text(J, &ds[i]);
@@ -641,6 +681,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symbols_and_bad_descs),
         cmocka_unit_test(test_row_ops),
+        cmocka_unit_test(test_tanh),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_kv_cache),

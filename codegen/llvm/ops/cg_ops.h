@@ -172,7 +172,8 @@ void cg_op_symbol(const CgOpDesc *d, char *out, size_t n);
 struct IrInstr;
 bool cg_op_desc_for(const struct IrInstr *i, CgOpDesc *d);
 /* Floats per token an executor's router scratch needs, over every moe.route of m: the first layer's
- * output h [8E], z0 [E], the gating residual g [E], u [D] and the alpha logits [2·Nc]. */
+ * output h [8E], z0 [E], the gating residual g [E], u [D] (the CUDA executor's; the CPU's scales the
+ * alpha logits instead of x) and the alpha logits [2·Nc]. */
 struct IrModule;
 size_t cg_route_scratch_floats(const struct IrModule *m);
 /* ops.c (LLVM): */

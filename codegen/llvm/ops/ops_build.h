@@ -35,6 +35,7 @@ LLVMValueRef ob_i32(const Ob *o, int32_t v);
 LLVMValueRef ob_f32(const Ob *o, double v);
 LLVMValueRef ob_splat(const Ob *o, LLVMValueRef scalar); /* f32 -> <vw x float> */
 LLVMValueRef ob_splat_n(const Ob *o, LLVMValueRef scalar, int lanes); /* scalar -> <lanes x its type> */
+LLVMValueRef ob_like(const Ob *o, LLVMValueRef x, double v); /* the f32 v in x's shape: scalar or splatted */
 LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b); /* a > b ? a : b, as the interpreter */
 LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
 /* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
@@ -45,6 +46,7 @@ void         ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueR
 /* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
  * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
 LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
+LLVMValueRef ob_tanh(const Ob *o, LLVMValueRef x); /* scalar or vector, without libm */
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
 /* <n x float> -> float by a pairwise tree (n a power of two): the sum; the max as ob_fmax takes it */
 LLVMValueRef ob_hsum(const Ob *o, LLVMValueRef v);

@@ -110,36 +110,36 @@ void ops_emit_rope(Ob *o, const CgOpDesc *d)
 static LLVMValueRef swiglu(const Ob *o, LLVMValueRef a, LLVMValueRef b)
 {
     LLVMValueRef e = ob_exp(o, LLVMBuildFNeg(o->b, a, ""));
-    LLVMValueRef silu = LLVMBuildFDiv(o->b, a, LLVMBuildFAdd(o->b, ob_f32(o, 1.0), e, ""), "silu");
+    LLVMValueRef silu = LLVMBuildFDiv(o->b, a, LLVMBuildFAdd(o->b, ob_like(o, a, 1.0), e, ""), "silu");
     return LLVMBuildFMul(o->b, silu, b, "");
 }
 
-/* tanhf from libm (LLVM has no tanh intrinsic); the JIT resolves it from the process. */
-static LLVMValueRef tanh_f32(const Ob *o, LLVMValueRef x)
+/* The elementwise op of d on x (and y): one f32 or a vector of them. */
+static LLVMValueRef elementwise(const Ob *o, const CgOpDesc *d, LLVMValueRef x, LLVMValueRef y)
 {
-    LLVMTypeRef fty = LLVMFunctionType(o->tf32, (LLVMTypeRef[]){o->tf32}, 1, 0);
-    LLVMValueRef f = LLVMGetNamedFunction(o->mod, "tanhf");
-    if (!f) {
-        f = LLVMAddFunction(o->mod, "tanhf", fty);
-        unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
-        LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(o->ctx, nounwind, 0));
-    }
-    return LLVMBuildCall2(o->b, fty, f, &x, 1, "");
+    if (d->kind == CG_OP_SCALE) return LLVMBuildFMul(o->b, ob_like(o, x, d->s), x, "");
+    if (d->kind == CG_OP_TANH) return ob_tanh(o, x);
+    if (d->kind == CG_OP_ADD) return LLVMBuildFAdd(o->b, x, y, "");
+    return swiglu(o, x, y);
 }
 
-/* SWIGLU, ADD (out = f(a, b)), SCALE (out = s · x) and TANH: one flat loop over the rows' elements. */
+/* SWIGLU, ADD (out = f(a, b)), SCALE (out = s · x) and TANH over the rows' elements as one flat run:
+ * whole vectors, then what is left one at a time. Vectors by hand: a loop LLVM vectorises itself
+ * checks a and out for overlap at run time and runs scalar when they meet, as they do in place (the
+ * router's tanh). */
 void ops_emit_elementwise(Ob *o, const CgOpDesc *d)
 {
     bool unary = d->kind == CG_OP_SCALE || d->kind == CG_OP_TANH;
     LLVMValueRef a = ob_arg(o, 2), b = unary ? NULL : ob_arg(o, 3), out = ob_arg(o, unary ? 3 : 4);
     LLVMValueRef lo = mul(o, ob_arg(o, 0), d->cols), n = mul(o, ob_arg(o, 1), d->cols);
+    LLVMValueRef nv = LLVMBuildSDiv(o->b, n, ob_i64(o, o->vw), "");
+    ObLoop v;
+    ob_loop_begin(o, &v, ob_i64(o, 0), nv, 0, NULL);
+    LLVMValueRef at = add(o, lo, mul(o, v.i, o->vw));
+    ob_stv(o, out, at, elementwise(o, d, ob_ldv(o, a, at), unary ? NULL : ob_ldv(o, b, at)));
+    ob_loop_end(o, &v, NULL);
     ObLoop c;
-    ob_loop_begin(o, &c, lo, add(o, lo, n), 0, NULL);
-    LLVMValueRef x = ob_ldf(o, a, c.i), y;
-    if (d->kind == CG_OP_SCALE) y = LLVMBuildFMul(o->b, ob_f32(o, d->s), x, "");
-    else if (d->kind == CG_OP_TANH) y = tanh_f32(o, x);
-    else if (d->kind == CG_OP_ADD) y = LLVMBuildFAdd(o->b, x, ob_ldf(o, b, c.i), "");
-    else y = swiglu(o, x, ob_ldf(o, b, c.i));
-    ob_stf(o, out, c.i, y);
+    ob_loop_begin(o, &c, add(o, lo, mul(o, nv, o->vw)), add(o, lo, n), 0, NULL);
+    ob_stf(o, out, c.i, elementwise(o, d, ob_ldf(o, a, c.i), unary ? NULL : ob_ldf(o, b, c.i)));
     ob_loop_end(o, &c, NULL);
 }
