@@ -350,12 +350,19 @@ char *file_read_all(const char *path, size_t *len)
     return buf;
 }
 
-bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len)
+/* A temporary file beside path (PATH.tmpXXXXXX, its name in *tmp, malloc'd): its descriptor, or -1. */
+static int open_beside(const char *path, char **tmp)
 {
     size_t len = strlen(path);
-    char *tmp = xmalloc(len + 16);
-    snprintf(tmp, len + 16, "%s.tmpXXXXXX", path);
-    int fd = mkstemp(tmp);
+    *tmp = xmalloc(len + 16);
+    snprintf(*tmp, len + 16, "%s.tmpXXXXXX", path);
+    return mkstemp(*tmp);
+}
+
+bool file_write_atomic(const char *path, const void *data, size_t n, char *why, size_t why_len)
+{
+    char *tmp;
+    int fd = open_beside(path, &tmp);
     bool ok = fd >= 0;
     if (ok) {
         mode_t mask = umask(0); /* mkstemp makes 0600; the file gets what open(..., 0666) would */
@@ -368,6 +375,20 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
         ok = ok && rename(tmp, path) == 0;
         if (!ok) unlink(tmp);
     }
+    if (!ok) snprintf(why, why_len, "cannot write '%s': %s", path, strerror(errno));
+    free(tmp);
+    return ok;
+}
+
+bool file_can_write(const char *path, char *why, size_t why_len)
+{
+    struct stat st;
+    bool ok = !(stat(path, &st) == 0 && S_ISDIR(st.st_mode));
+    if (!ok) errno = EISDIR;
+    char *tmp = NULL;
+    int fd = ok ? open_beside(path, &tmp) : -1;
+    ok = fd >= 0;
+    if (ok) close(fd), unlink(tmp);
     if (!ok) snprintf(why, why_len, "cannot write '%s': %s", path, strerror(errno));
     free(tmp);
     return ok;

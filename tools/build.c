@@ -311,6 +311,11 @@ int cmd_build(int argc, char **argv)
     }
     if (!spec) return usage_error("build", BUILD_USAGE, "%s", "missing SPEC");
     if (!out) return usage_error("build", BUILD_USAGE, "%s", "missing -o MODEL");
+    char why[512];
+    if (!file_can_write(out, why, sizeof why)) { /* said before the compile, not by the linker after it */
+        fprintf(stderr, "moeppc build: error: %s\n", why);
+        return 1;
+    }
     TuneDb db = {0}, gpu_db = {0};
     bool gpu = false;
     if (tuning && !tuning_load_gpu_or_host(tuning, arch, &db, &gpu)) return 1;

@@ -590,6 +590,11 @@ int cmd_tune(int argc, char **argv)
     TuneArgs a;
     int rc = tune_parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
+    char why[512];
+    if (!file_can_write(a.out, why, sizeof why)) { /* said now, not after the budget */
+        fprintf(stderr, "moeppc tune: error: %s\n", why);
+        return 1;
+    }
     if (a.target != TARGET_CPU) return tune_cuda(&a);
     ModelSpec s;
     if (!load_spec(a.spec, &s)) return 1;
@@ -598,7 +603,6 @@ int cmd_tune(int argc, char **argv)
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     cpu_host_pass_options(&po);
     if (s.dtype == DT_BF16) {
-        char why[128];
         fprintf(stderr, "moeppc tune: bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
         if (po.amx) fprintf(stderr, "moeppc tune: bf16 GEMMs on AMX tiles: yes (their tiles searched: act: amx)\n");
     }
@@ -622,7 +626,6 @@ int cmd_tune(int argc, char **argv)
         tune_all(&t, &a, sh, n_sh, &db);
         if (db.n == 0) printf("the budget (%.0f s) was too small to try anything: the rule's configurations are kept\n",
                               a.budget);
-        char why[512];
         if (!tune_db_save(&db, a.out, why, sizeof why)) {
             fprintf(stderr, "moeppc tune: error: %s\n", why);
             rc = 1;

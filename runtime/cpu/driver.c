@@ -1911,6 +1911,14 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     RunArgs r;
     int rc = parse_run_args(argc, argv, &r);
     if (rc) return rc < 0 ? 0 : rc;
+    const char *outs[2] = {r.logits_out, r.routes_out};
+    for (int k = 0; k < 2; k++) { /* said before the model runs, not after */
+        char why[512];
+        if (outs[k] && !file_can_write(outs[k], why, sizeof why)) {
+            drv_err("%s\n", why);
+            return 1;
+        }
+    }
     ModelSpec s;
     if (!load_spec(&r, &s)) return 1;
     if (r.max_positions > s.max_positions) {

@@ -3,8 +3,9 @@
 # with one message and exit status 1, and nothing is allocated for them: a spec with a tensor beyond
 # 2^38 elements (hidden 10^7), one beyond the memory (hidden 65536; MOEPPC_MEM_LIMIT_MB plays a
 # machine of 1000 MB), activations beyond the memory, a safetensors header length of gigabytes, a
-# token list longer than max_positions, a file that never ends. (Nesting and node limits of YAML:
-# tests/frontend/errors/nested-too-deep and frontend_unit; sizes of IR values: tests/ir/errors.)
+# token list longer than max_positions, a file that never ends, an output that cannot be written.
+# (Nesting and node limits of YAML: tests/frontend/errors/nested-too-deep and frontend_unit; sizes of
+# IR values: tests/ir/errors.)
 set -u
 moeppc=$1 work=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -61,4 +62,18 @@ expect 1 "header length 3000000000 is larger than the 100000000-byte limit" \
 expect 1 "error: --ids: more than max_positions (64) tokens" \
     "$moeppc" run "$tiny" --random-weights 1 --ids "$(yes 1 | head -n 60000 | tr '\n' ' ')"
 expect 1 "/dev/zero: error: cannot read the spec: File too large" "$moeppc" check /dev/zero
+
+# an output that cannot be written is said before the work whose result it would hold, not after it:
+# tune's (a 60 s budget; tiny-moepp's configurations all take about 5 s, so a limit of 3 s), build's
+# compile (its own message, not the linker's), run's model (nothing on stdout)
+expect 1 "moeppc tune: error: cannot write '$work/no-such-dir/db.yaml': No such file or directory" \
+    timeout 3 "$moeppc" tune "$tiny" --budget 60 -o "$work/no-such-dir/db.yaml"
+expect 1 "moeppc build: error: cannot write '$work/no-such-dir/m': No such file or directory" \
+    "$moeppc" build "$tiny" -o "$work/no-such-dir/m"
+for opt in --logits-out --routes-out; do
+    expect 1 "moeppc run: error: cannot write '$work': Is a directory" \
+        "$moeppc" run "$tiny" --random-weights 1 --ids "1 2" $opt "$work"
+    [ -s "$work/out" ] && { echo "FAIL: run $opt to a directory ran the model first"; failed=1; }
+done
+ls "$work" | grep -q '\.tmp' && { echo "FAIL: a temporary file left in $work"; failed=1; }
 exit $failed
