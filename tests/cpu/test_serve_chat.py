@@ -8,10 +8,12 @@ computed here with the sentencepiece library), and its answer, log-probabilities
 first turn from the caches; streamed, the role first, the deltas joining to the same text, and the
 usage last when asked; the template's own errors and bad requests answered 400; --chat-template
 with a plain Jinja file; a server with no template answers 404."""
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import sentencepiece as spm
 
 MOEPPC, SRC = sys.argv[1], sys.argv[2]
 work = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing left outside the build
 subprocess.run([sys.executable, os.path.join(SRC, "tests/runtime/tokenizer_cases.py"), os.path.join(work, "tok")],
                check=True, capture_output=True)
 with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:

@@ -4,10 +4,12 @@
 once and a conversation's next turn, each what `moeppc run --ids` generates alone; a batch of prompts
 scored as lm-evaluation-harness asks (echo, logprobs) as moeppc --serve scores each; bad requests
 answered 400 with the reason; a streaming client that goes away has its request cancelled."""
+import atexit
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import threading
 
 MOEPPC, SRC = sys.argv[1], sys.argv[2]
 work = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing left outside the build
 spec = os.path.join(work, "long.yaml")
 with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:
     text = f.read()

@@ -13,9 +13,11 @@ the request's parameters, WHOLE being the conversation up to it (earlier turns' 
 then its prompt) -- and its cached_tokens at most the tokens before its prompt's last. First,
 "logprobs" (and "echo"'s prompt log-probabilities) against the log-softmax of the logits of a run of
 the whole sequence."""
+import atexit
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ MOEPPC, SRC = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 6
 DEVICE = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 work = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, work, ignore_errors=True)  # nothing left outside the build
 spec = os.path.join(work, "long.yaml")
 with open(os.path.join(SRC, "specs/tiny/tiny-moepp.yaml")) as f:
     text = f.read()

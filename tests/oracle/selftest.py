@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """selftest.py: checks the oracle's pieces against hand-computed values (no moeppc needed)."""
+import atexit
 import json
 import math
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -193,6 +195,7 @@ def test_experts():
 
 def test_safetensors():
     d = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
     # hand-built file: BF16 1.5 = 0x3FC0, -2.25 = 0xC010; F16 1.5 = 0x3E00, -2.25 = 0xC080;
     # a __metadata__ entry, tensors stored out of order, header padded with spaces
     data = struct.pack("<2H", 0x3E00, 0xC080) + struct.pack("<2f", 0.25, -8.0) + struct.pack("<2H", 0x3FC0, 0xC010)
