@@ -365,7 +365,7 @@ void cg_cuda_spec_kernels(const struct ModelSpec *s, CgOpDesc **ops, int *n_ops,
 /* ---- NVRTC ---------------------------------------------------------------------------------------- */
 typedef struct CgCudaBinary {
     char   *ptx;           /* NUL-terminated PTX (NULL unless want_ptx)                         */
-    size_t  ptx_len;
+    size_t  ptx_len;       /* its text's bytes, the NUL not counted                             */
     void   *cubin;         /* cubin bytes for arch (NULL unless want_cubin)                     */
     size_t  cubin_len;
     char   *log;           /* NVRTC's program log (ptxas -v lines included with a cubin)          */

@@ -184,7 +184,7 @@ static bool compile_once(const char *source, const char *name, const char *arch_
     size_t len = 0;
     if (cached && cache_read(path, &data, &len, &log)) {
         if (cubin) out->cubin = data, out->cubin_len = len;
-        else out->ptx = data, out->ptx_len = len;
+        else out->ptx = data, out->ptx_len = strlen(data); /* (a cache written before held the NUL too) */
     } else {
         static pthread_once_t builtins = PTHREAD_ONCE_INIT;
         pthread_once(&builtins, preload_builtins);
@@ -203,6 +203,7 @@ static bool compile_once(const char *source, const char *name, const char *arch_
             out->ptx = xmalloc(out->ptx_len + 1);
             NVRTC_CHECK(nvrtcGetPTX(prog, out->ptx));
             out->ptx[out->ptx_len] = 0;
+            out->ptx_len = strlen(out->ptx); /* NVRTC's size counts the NUL (a .ptx file with it ptxas refuses) */
         }
         nvrtcDestroyProgram(&prog);
         if (cached) cache_write(path, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);

@@ -32,6 +32,13 @@ if [ "$CUDA" = cuda ]; then
   "$MOEPPC" emit "$SPEC" --emit ptx --target sm_80 -o "$WORK/ptx" || fail "emit ptx"
   for f in "$WORK"/cuda/*.cu; do grep -q "__global__" "$f" || fail "$f has no kernel"; done
   for f in "$WORK"/ptx/*.ptx; do grep -q "^.version" "$f" || fail "$f is not PTX"; done
+  # text alone (NVRTC's size counts a NUL, which ptxas refuses as an unexpected end), and ptxas takes it
+  for f in "$WORK"/ptx/*.ptx; do [ "$(tail -c 1 "$f" | od -An -tx1 | tr -d ' ')" = 0a ] || fail "$f ends in a NUL"; done
+  PTXAS=$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)
+  if [ -x "$PTXAS" ]; then
+    k=$(ls "$WORK"/ptx/moeppc_cu_gemm_up_*.ptx | head -1)
+    "$PTXAS" -arch=sm_80 -o "$WORK/k-ptx.cubin" "$k" > "$WORK/ptxas.txt" 2>&1 || { cat "$WORK/ptxas.txt"; fail "ptxas $k"; }
+  fi
   [ "$(ls "$WORK/cuda"/*.cu | wc -l)" -eq "$(ls "$WORK/ptx"/*.ptx | wc -l)" ] || fail "as many .cu as .ptx"
   [ -s "$WORK/cuda/README.md" ] || fail "no README.md beside the kernels"
   [ "$(grep -c "__global__" "$WORK/cuda/moeppc_kernels.cuh")" -eq "$(ls "$WORK/cuda"/*.cu | wc -l)" ] ||
