@@ -586,16 +586,20 @@ typedef struct StoreJob {
 } StoreJob;
 
 /* Tokens c·STORE_CHUNK .. of the step into the caches of their sequences, each at its position (no two
- * tokens share a sequence and a position, so tasks write apart). */
+ * tokens share a sequence and a position, so tasks write apart), a run of one sequence's consecutive
+ * positions at a time. */
 static void store_task(void *ctx, int64_t c, int thread)
 {
     (void)thread;
     const StoreJob *j = ctx;
+    const int32_t *seq = j->cm->seq;
+    const int32_t *pos = j->cm->pos;
     int64_t end = (c + 1) * STORE_CHUNK < j->T ? (c + 1) * STORE_CHUNK : j->T;
-    for (int64_t t = c * STORE_CHUNK; t < end; t++) {
-        int s = j->cm->seq ? j->cm->seq[t] : 0;
-        cg_attention_store(j->st->kt[s], j->st->vc[s], j->st->kv_dt, j->kvh, j->kvc / j->kvh, j->cap, j->cm->pos[t],
-                           j->k + t * j->kvc, j->v + t * j->kvc, j->st->kv_pairs);
+    for (int64_t t = c * STORE_CHUNK, u; t < end; t = u) {
+        int s = seq ? seq[t] : 0;
+        for (u = t + 1; u < end && (seq ? seq[u] : 0) == s && pos[u] == pos[u - 1] + 1;) u++;
+        cg_attention_store_run(j->st->kt[s], j->st->vc[s], j->st->kv_dt, j->kvh, j->kvc / j->kvh, j->cap, pos[t], u - t,
+                               j->k + t * j->kvc, j->v + t * j->kvc, j->kvc, j->st->kv_pairs);
     }
 }
 

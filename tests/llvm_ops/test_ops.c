@@ -385,6 +385,76 @@ static void test_attention_kv_cache(void **state)
                 }
 }
 
+/* cg_attention_store_run against each element put where cg_attention_kt_index and _v_index say, bit
+ * for bit, in every cache type and in k pairs: runs that start and end inside a K tile, span several,
+ * hold one position or a decode step's few, with rows farther apart than a row's width, values that
+ * round to even, overflow, are NaN (kept quiet, whatever the payload), infinite, subnormal (kept:
+ * vcvtneps2bf16 would flush them) or -0; everything outside the run left as it was. Under both forms
+ * where the CPU has AVX-512 (MOEPPC_ISA set to sse4.2: the element form), the element form elsewhere. */
+static void check_store_case(moe_rng *r, moe_dtype dt, bool pairs, int64_t Hk, int64_t hd, int64_t p0, int64_t n)
+{
+    const int64_t P = 128, cap = cg_attention_cap(P), ld = Hk * hd + 5;
+    const float special[] = {NAN, -NAN, INFINITY, -INFINITY, 1e-40f, -0.0f, 3.4e38f, 1.00390625f, 1.01171875f};
+    size_t es = dtype_size(dt), bytes = (size_t)cg_attention_cache_elems(P, Hk, hd) * es;
+    float *k = xmalloc((size_t)(n * ld) * 4), *v = xmalloc((size_t)(n * ld) * 4);
+    oj_random(r, k, (size_t)(n * ld), -2, 2);
+    oj_random(r, v, (size_t)(n * ld), -2, 2);
+    const uint32_t nans[] = {0x7fffffffu, 0x7f800001u}; /* rounding would carry into the sign, or to inf */
+    for (size_t s = 0; s < MOE_ARRAY_LEN(special) + MOE_ARRAY_LEN(nans); s++) { /* somewhere in the run */
+        float x = special[s % MOE_ARRAY_LEN(special)];
+        if (s >= MOE_ARRAY_LEN(special)) memcpy(&x, &nans[s - MOE_ARRAY_LEN(special)], 4);
+        k[rng_next(r) % (uint64_t)(n * ld)] = x;
+        v[rng_next(r) % (uint64_t)(n * ld)] = x;
+    }
+    unsigned char *kt = xmalloc(bytes), *vc = xmalloc(bytes), *kr = xmalloc(bytes), *vr = xmalloc(bytes);
+    memset(kt, 0xab, bytes), memset(vc, 0xab, bytes), memset(kr, 0xab, bytes), memset(vr, 0xab, bytes);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = 0; g < Hk; g++)
+            for (int64_t d = 0; d < hd; d++) {
+                float x[2] = {k[i * ld + g * hd + d], v[i * ld + g * hd + d]};
+                size_t at[2] = {(size_t)cg_attention_kt_index(cap, hd, p0 + i, g, d, pairs),
+                                (size_t)cg_attention_v_index(cap, hd, p0 + i, g, d, pairs)};
+                unsigned char *ref[2] = {kr, vr};
+                for (int c = 0; c < 2; c++) {
+                    if (dt == DT_F32) memcpy(ref[c] + at[c] * 4, &x[c], 4);
+                    else {
+                        uint16_t h = dt == DT_BF16 ? f32_to_bf16(x[c]) : f32_to_f16(x[c]);
+                        memcpy(ref[c] + at[c] * 2, &h, 2);
+                    }
+                }
+            }
+    cg_attention_store_run(kt, vc, dt, Hk, hd, cap, p0, n, k, v, ld, pairs);
+    if (memcmp(kt, kr, bytes) || memcmp(vc, vr, bytes))
+        fail_msg("store run: %s%s Hk=%lld hd=%lld p0=%lld n=%lld (MOEPPC_ISA=%s): K %s, V %s", dtype_name(dt),
+                 pairs ? " pairs" : "", (long long)Hk, (long long)hd, (long long)p0, (long long)n,
+                 getenv("MOEPPC_ISA") ? getenv("MOEPPC_ISA") : "-", memcmp(kt, kr, bytes) ? "differs" : "same",
+                 memcmp(vc, vr, bytes) ? "differs" : "same");
+    free(k), free(v), free(kt), free(vc), free(kr), free(vr);
+}
+
+static void test_attention_store(void **state)
+{
+    (void)state;
+    moe_rng r;
+    rng_seed(&r, 15);
+    const int64_t hds[] = {2, 38, 64, 158}, runs[][2] = {{0, 1}, {5, 3}, {0, 16}, {3, 29}, {16, 40}, {30, 70}, {9, 8}};
+    const char *isa = getenv("MOEPPC_ISA");
+    char *keep = isa ? xstrdup(isa) : NULL;
+    for (int form = 0; form < 2; form++) {
+        if (form) setenv("MOEPPC_ISA", "sse4.2", 1);
+        for (size_t t = 0; t < 3; t++)
+            for (int pairs = 0; pairs < 2; pairs++)
+                for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
+                    for (size_t c = 0; c < MOE_ARRAY_LEN(runs); c++)
+                        if (!pairs || dtypes[t] == DT_BF16)
+                            check_store_case(&r, dtypes[t], pairs, 1 + (int64_t)(b % 2) * 2, hds[b], runs[c][0],
+                                             runs[c][1]);
+    }
+    if (keep) setenv("MOEPPC_ISA", keep, 1);
+    else unsetenv("MOEPPC_ISA");
+    free(keep);
+}
+
 /* Random q (nq values) and cache rows k, v (nc each) in [-2, 2), the caches' as bf16 holds them. */
 static void amx_inputs(moe_rng *r, size_t nq, size_t nc, float **q, float **kc, float **vc)
 {
@@ -685,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_kv_cache),
+        cmocka_unit_test(test_attention_store),
         cmocka_unit_test(test_attention_amx),
         cmocka_unit_test(test_routing),
         cmocka_unit_test(test_vectorised),

@@ -130,35 +130,20 @@ static inline int64_t cg_attention_v_index(int64_t cap, int64_t head_dim, int64_
     if (pairs) return ((g * cap / 2 + p / 2) * head_dim + d) * 2 + p % 2;
     return (g * cap + p) * head_dim + d;
 }
-/* n values as type dt (f32, bf16, f16: rounded to nearest even) at element `at` of a cache. */
-static inline void cg_attention_put(void *cache, moe_dtype dt, int64_t at, const float *v, int64_t n)
-{
-    if (dt == DT_F32) memcpy((float *)cache + at, v, (size_t)n * sizeof *v);
-    else
-        for (int64_t c = 0; c < n; c++) ((uint16_t *)cache)[at + c] = dt == DT_BF16 ? f32_to_bf16(v[c]) : f32_to_f16(v[c]);
-}
-/* Position p's keys and values (K and V rows, [kv_heads·head_dim]) into the caches of type dt (pairs:
- * bf16). Every token of a prefill stores through here, so each head's row walks its run of the cache
- * with the index of its dim 0 and a stride: a key dim every 16 elements (in pairs: a pair every 32),
- * a value every element (in pairs: every other). */
+/* attention_cache.c (no LLVM needed): n values as type dt (f32, bf16, f16: rounded to nearest even,
+ * as f32_to_bf16 and f32_to_f16) at element `at` of a cache. */
+void cg_attention_put(void *cache, moe_dtype dt, int64_t at, const float *v, int64_t n);
+/* Positions p0 .. p0 + n - 1 of one sequence, their keys and
+ * values the rows k + i·ld and v + i·ld ([kv_heads·head_dim] each), into the caches of type dt
+ * (pairs: bf16). Every token of a prefill stores through here; a run writes a K tile's rows (a dim of
+ * its keys) a dim at a time, each head's values a row at a time. */
+void cg_attention_store_run(void *kt, void *vc, moe_dtype dt, int64_t kv_heads, int64_t head_dim, int64_t cap,
+                            int64_t p0, int64_t n, const float *k, const float *v, int64_t ld, bool pairs);
+/* Position p's keys and values alone. */
 static inline void cg_attention_store(void *kt, void *vc, moe_dtype dt, int64_t kv_heads, int64_t head_dim, int64_t cap,
                                       int64_t p, const float *k, const float *v, bool pairs)
 {
-    for (int64_t g = 0; g < kv_heads; g++) {
-        const float *kg = k + g * head_dim, *vg = v + g * head_dim;
-        int64_t k0 = cg_attention_kt_index(cap, head_dim, p, g, 0, pairs);
-        int64_t v0 = cg_attention_v_index(cap, head_dim, p, g, 0, pairs);
-        if (pairs) {
-            uint16_t *kd = (uint16_t *)kt + k0, *vd = (uint16_t *)vc + v0;
-            for (int64_t d = 0; d < head_dim; d++) {
-                kd[(d & ~(int64_t)1) * CG_ATTENTION_KT_KEYS + (d & 1)] = f32_to_bf16(kg[d]);
-                vd[2 * d] = f32_to_bf16(vg[d]);
-            }
-            continue;
-        }
-        for (int64_t d = 0; d < head_dim; d++) cg_attention_put(kt, dt, k0 + d * CG_ATTENTION_KT_KEYS, kg + d, 1);
-        cg_attention_put(vc, dt, v0, vg, head_dim);
-    }
+    cg_attention_store_run(kt, vc, dt, kv_heads, head_dim, cap, p, 1, k, v, 0, pairs);
 }
 
 /* ops_desc.c (no LLVM needed): */
