@@ -446,17 +446,17 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
         const IrAttr *act = ir_attr_get(i, "act_bf16");
         const IrAttr *kvd = ir_attr_get(i, "kv_dtype"), *heads = ir_attr_get(i, "heads");
         if (!strcmp(a->key, "amx") && i->op == IR_OP_ATTENTION &&
-            !want(v, a->i == 0 || (a->i == 1 &&
+            !want(v, a->i == 0 || ((a->i == 1 || a->i == 2) &&
                                    (kvd ? kvd->kind == IR_ATTR_STR && !strcmp(kvd->s, "bf16")
                                         : i->in[1]->type.dtype == DT_BF16) &&
                                    i->in[0]->type.ndim == 2 && heads && heads->kind == IR_ATTR_INT &&
                                    heads->i > 0 && heads->i <= INT32_MAX &&
                                    i->in[0]->type.dims[1] % (32 * heads->i) == 0),
-                  "attribute 'amx' on attention must be 0, or 1 with bf16 keys and values (kv_dtype \"bf16\") and "
-                  "a head_dim that is a multiple of 32"))
+                  "attribute 'amx' on attention must be 0, or 1 (AMX tiles) or 2 (the bf16 dot product) with bf16 "
+                  "keys and values (kv_dtype \"bf16\") and a head_dim that is a multiple of 32"))
             return false;
         if (!strcmp(a->key, "amx") && i->op != IR_OP_ATTENTION &&
-            !want(v, a->i == 0 || (a->i == 1 && act && act->kind == IR_ATTR_INT && act->i == 1),
+            !want(v, a->i == 0 || ((a->i == 1 || a->i == 2) && act && act->kind == IR_ATTR_INT && act->i == 1),
                   "attribute 'amx' must be 0, or 1 with act_bf16 = 1"))
             return false;
         if (!strcmp(a->key, "kv_dtype") && !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"),

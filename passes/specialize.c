@@ -139,10 +139,11 @@ static void set_kv_block(IrModule *m, IrInstr *i, const PassOptions *o)
     }
     ir_attr_set_int(m, i, "kv_block", c.kv_block ? c.kv_block : hd <= 128 ? 32 : 16);
     /* on AMX hosts, bf16 caches and head_dim a multiple of 32 (its tiles' k block): the AMX form,
-     * whose q and weights are bf16 (eval_attention; the kv_block is the FMA form's) */
+     * whose q and weights are bf16 (eval_attention; the kv_block is the FMA form's); the same form on
+     * the bf16 dot product where the GEMMs take it (amx 2: twice the FMAs' rate on a Zen 4 or 5) */
     const IrAttr *kvd = ir_attr_get(i, "kv_dtype");
     bool bf16_cache = kvd ? !strcmp(kvd->s, "bf16") : i->in[1]->type.dtype == DT_BF16; /* (widened or not) */
-    if (!gpu && o->amx && bf16_cache && hd % 32 == 0) ir_attr_set_int(m, i, "amx", 1);
+    if (!gpu && (o->amx || o->bf16_dot) && bf16_cache && hd % 32 == 0) ir_attr_set_int(m, i, "amx", o->amx ? 1 : 2);
     ir_attr_set_str(m, i, "tile_src", rep ? "database" : "rule");
     if (rep) ir_attr_set_str(m, i, "tile_schedule", tile_schedule_format(found, n, gpu ? TILE_SCHED_GPU : 0, &m->arena));
 }

@@ -89,6 +89,7 @@ void oj_free(OpsJit *j)
 
 int oj_vec_width(const OpsJit *j) { return j->t.vec_width; }
 bool oj_has_amx(const OpsJit *j) { return j->t.has_amx; }
+bool oj_has_bf16_dot(const OpsJit *j) { return j->t.has_bf16_dot; }
 
 /* Build, verify and optimise d in the JIT's context. */
 static LLVMModuleRef build_optimized(OpsJit *j, const CgOpDesc *d, const char *sym, OjTimes *tm)

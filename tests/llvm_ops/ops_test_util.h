@@ -18,6 +18,7 @@ OpsJit *oj_new(void);              /* aborts on failure (the test cannot run wit
 void    oj_free(OpsJit *j);
 int     oj_vec_width(const OpsJit *j);
 bool    oj_has_amx(const OpsJit *j);      /* the host's AMX tiles, granted (CgTarget.has_amx) */
+bool    oj_has_bf16_dot(const OpsJit *j); /* AVX512-BF16 at the JIT's ISA (CgTarget.has_bf16_dot) */
 /* The kernel for d (compiled on first request); times may be NULL. Aborts with LLVM's message on any
  * failure. */
 void   *oj_kernel(OpsJit *j, const CgOpDesc *d, OjTimes *times);

@@ -33,8 +33,10 @@ int main(void)
     if (heads_env && sscanf(heads_env, "%ldx%ld", &H, &hd) != 2) H = 16, hd = 96;
     moe_dtype kv = DT_F32;
     if (getenv("OPS_TIMING_KV") && !dtype_parse(getenv("OPS_TIMING_KV"), &kv)) kv = DT_F32;
-    /* OPS_TIMING_AMX=1: attention's amx form (bf16 caches in k pairs, head_dim a multiple of 32) */
-    bool amx = getenv("OPS_TIMING_AMX") && atoi(getenv("OPS_TIMING_AMX")) && oj_has_amx(j);
+    /* OPS_TIMING_AMX=1: attention's amx form (bf16 caches in k pairs, head_dim a multiple of 32) on AMX
+     * tiles, =2 on the bf16 dot product (each where the host has it) */
+    int form = getenv("OPS_TIMING_AMX") ? atoi(getenv("OPS_TIMING_AMX")) : 0;
+    int amx = (form == CG_ATTENTION_AMX && oj_has_amx(j)) || (form == CG_ATTENTION_DOT && oj_has_bf16_dot(j)) ? form : 0;
     if (amx) kv = DT_BF16;
     /* OPS_TIMING_KVB=N: attention's key block (16..64; default the rule's); OPS_TIMING_TASK=R: the
      * prefill a call of R rows at a time (the executor's tasks: multiples of 16; default all 512) */
@@ -92,7 +94,7 @@ int main(void)
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
     char what[64];
     snprintf(what, sizeof what, "attention T=512 H=%ld hd=%ld kv %s%s (1 thread)", (long)H, (long)hd, dtype_name(kv),
-             amx ? " amx" : "");
+             amx == CG_ATTENTION_AMX ? " amx" : amx ? " amx on the dot product" : "");
     report(what, ms, 15);
     printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
     for (int k = 0; k < 15; k++) {

@@ -474,13 +474,9 @@ static void amx_inputs(moe_rng *r, size_t nq, size_t nc, float **q, float **kc, 
  * way than in double (~1e-4 of them: one bf16 ulp of one weight, up to ~1e-4 on its row), so each
  * row must agree to TOL but for a few, and all to 2e-3; weights or q not rounded, or rounded against
  * a running max: most rows fail. */
-static void test_attention_amx(void **state)
+/* form: CG_ATTENTION_AMX (16 rows a tile on AMX tiles) or CG_ATTENTION_DOT (8 on vdpbf16ps). */
+static void check_amx_form(int form)
 {
-    (void)state;
-    if (!oj_has_amx(J)) {
-        fprintf(stderr, "attention amx: this host has no AMX tiles (skipped)\n");
-        skip();
-    }
     moe_rng r;
     rng_seed(&r, 16);
     const int64_t p0s[] = {0, 5, 40}, hds[] = {32, 64, 96, 128}, Tamx[] = {1, 16, 17, 45, 70};
@@ -499,7 +495,7 @@ static void test_attention_amx(void **state)
                     else iota(pos, T, (int32_t)(p0s[c] + T - 1), -1);
                     attention_ref(H, Hk, hd, T, q, kc, vc, pos, true, ref);
                     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = H, .kv_heads = Hk,
-                                  .head_dim = hd, .amx = 1};
+                                  .head_dim = hd, .amx = form};
                     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
                     Caches cs = caches(kc, vc, P, Hk, hd, DT_BF16, true);
                     const int64_t sps[] = {0, 7, 16, T / 2, T};
@@ -518,8 +514,8 @@ static void test_attention_amx(void **state)
                             worst = fmax(worst, err);
                         }
                         if (worst > 2e-3)
-                            fprintf(stderr, "attention amx H=%lld Hk=%lld hd=%lld T=%lld p0=%lld split %lld: %.3g\n",
-                                    (long long)H, (long long)Hk, (long long)hd, (long long)T, (long long)p0s[c],
+                            fprintf(stderr, "attention amx %d H=%lld Hk=%lld hd=%lld T=%lld p0=%lld split %lld: %.3g\n",
+                                    form, (long long)H, (long long)Hk, (long long)hd, (long long)T, (long long)p0s[c],
                                     (long long)sps[k], worst);
                         assert_true(worst <= 2e-3);
                     }
@@ -536,20 +532,44 @@ static void test_attention_amx(void **state)
         iota(pos, T, (int32_t)(P - T), 1);
         attention_ref(H, Hk, hd, T, q, kc, vc, pos, true, ref);
         CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = DT_BF16, .heads = H, .kv_heads = Hk, .head_dim = hd,
-                      .amx = 1};
+                      .amx = form};
         Caches cs = caches(kc, vc, P, Hk, hd, DT_BF16, true);
         memset(out, 0xff, nq * 4);
         run_attention((fn_att)oj_kernel(J, &d, NULL), H, T, 0, q, &cs, pos, out);
         for (size_t e = 0; e < nq; e++) most = fmax(most, fabs(ref[e]));
         for (size_t e = 0; e < nq; e++)
             worst = isnan(out[e]) ? INFINITY : fmax(worst, fabs(out[e] - ref[e]) / most);
-        fprintf(stderr, "attention amx over %lld positions (scored again): %.3g\n", (long long)P, worst);
+        fprintf(stderr, "attention amx %d over %lld positions (scored again, or rows alone): %.3g\n", form,
+                (long long)P, worst);
         assert_true(worst <= 1e-4);
         caches_free(&cs);
         free(q), free(out), free(kc), free(vc), free(ref);
     }
-    fprintf(stderr, "attention amx: %lld of %lld rows beyond %g\n", (long long)rows_off, (long long)rows_all, TOL);
+    fprintf(stderr, "attention amx %d: %lld of %lld rows beyond %g\n", form, (long long)rows_off, (long long)rows_all,
+            TOL);
     assert_true(rows_off * 50 <= rows_all);
+}
+
+static void test_attention_amx(void **state)
+{
+    (void)state;
+    if (!oj_has_amx(J)) {
+        fprintf(stderr, "attention amx: this host has no AMX tiles (skipped)\n");
+        skip();
+    }
+    check_amx_form(CG_ATTENTION_AMX);
+}
+
+/* The same on the bf16 dot product: 8 rows a tile, two key tiles a pass, the output 2 vectors a row a
+ * pass over the values; the same roundings, so the same bounds. */
+static void test_attention_dot(void **state)
+{
+    (void)state;
+    if (!oj_has_bf16_dot(J)) {
+        fprintf(stderr, "attention dot: this host has no AVX512-BF16 (skipped)\n");
+        skip();
+    }
+    check_amx_form(CG_ATTENTION_DOT);
 }
 
 /* ---- route_post, combine, dispatch ------------------------------------------------------------ */
@@ -757,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_attention_kv_cache),
         cmocka_unit_test(test_attention_store),
         cmocka_unit_test(test_attention_amx),
+        cmocka_unit_test(test_attention_dot),
         cmocka_unit_test(test_routing),
         cmocka_unit_test(test_vectorised),
     };

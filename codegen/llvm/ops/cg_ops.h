@@ -48,8 +48,9 @@ typedef enum {
                          *   amx (bf16 caches, head_dim a multiple of 32): the caches in k pairs
                          *   (cg_attention_kt_index) and the IR's amx attention: q rounded to bf16,
                          *   a row's max over all its keys first, its weights rounded to bf16 (and
-                         *   summed as rounded), 16 query rows at a time on AMX tiles, the rest
-                         *   and decode steps on FMAs over the same pairs                            */
+                         *   summed as rounded), 16 query rows at a time on AMX tiles (amx 1) or 8
+                         *   on the bf16 dot product, vdpbf16ps (amx 2: AVX512-BF16 without AMX),
+                         *   the rest and decode steps on FMAs over the same pairs                     */
     CG_OP_SWIGLU,       /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)
                          *   out = silu(a) · b over cols columns                                       */
     CG_OP_ADD,          /* void f(int64 row0, int64 rows, const float *a, const float *b, float *out)  */
@@ -88,7 +89,8 @@ typedef struct CgOpDesc {
     int64_t    heads, kv_heads, head_dim;  /* ROPE (heads, head_dim), ATTENTION               */
     int        kv_block;          /* ATTENTION: keys per online-softmax update (0: CG_ATTENTION_KV_BLOCK;
                                    * rounded up to 16, at most 64)                               */
-    int        amx;               /* ATTENTION: 1 = the AMX form and its caches in k pairs (bf16)  */
+    int        amx;               /* ATTENTION: the amx form and its caches in k pairs (bf16): 0 none,
+                                   * CG_ATTENTION_AMX on AMX tiles, CG_ATTENTION_DOT on vdpbf16ps */
     double     theta;             /* ROPE                                                      */
     double     s;                 /* SCALE, COMBINE                                            */
     int64_t    experts, k;        /* ROUTE_POST: E, top_k; DISPATCH: FFN experts, top_k        */
@@ -108,6 +110,7 @@ typedef struct CgOpDesc {
  * In k pairs (pairs, the amx form's: AMX tiles multiply bf16 in pairs of their k index) a key tile is
  * [head_dim / 2][16][2] (the dims 2i, 2i + 1 of a key side by side), and the V cache is
  * [cap / 2][head_dim][2] (the values of positions 2r, 2r + 1 side by side): the same sizes. */
+enum { CG_ATTENTION_AMX = 1, CG_ATTENTION_DOT = 2 }; /* CgOpDesc.amx, the IR attention's amx attribute */
 #define CG_ATTENTION_KT_KEYS 16
 #define CG_ATTENTION_KV_BLOCK 64 /* the CPU rule's keys per update (the fastest at T = 512, ops_timing) */
 static inline int64_t cg_attention_cap(int64_t positions)

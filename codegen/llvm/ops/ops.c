@@ -50,6 +50,8 @@ static bool check_heads(const CgOpDesc *d, char *err, size_t errlen)
                    (long long)d->heads);
     if (d->kind == CG_OP_ATTENTION && (d->kv_block < 0 || d->kv_block > 1024))
         return bad(err, errlen, d, "kv_block %d (need 1..1024, or 0 for 16)", d->kv_block);
+    if (d->kind == CG_OP_ATTENTION && (d->amx < 0 || d->amx > CG_ATTENTION_DOT))
+        return bad(err, errlen, d, "amx %d (need 0, 1 for AMX tiles or 2 for the bf16 dot product)", d->amx);
     if (d->kind == CG_OP_ATTENTION && d->amx && (d->wdtype != DT_BF16 || d->head_dim % 32))
         return bad(err, errlen, d, "amx with %s caches and head_dim %lld (need bf16 and a multiple of 32)",
                    dtype_name(d->wdtype), (long long)d->head_dim);

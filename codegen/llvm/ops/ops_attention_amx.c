@@ -40,6 +40,8 @@
 #define STEP_SUBS 8             /* P tiles a step of pass 2: the O tiles loaded and stored once a step */
 #define PF_TILES 2              /* key tiles ahead a single row prefetches K */
 #define PF_PAIRS 32             /* key pairs ahead it prefetches V */
+#define DOT_ROWS 8              /* the dot form's query rows a tile: 8 × 2 key tiles = 16 score chains */
+#define DOT_CHUNK 2             /* its output vectors a row a pass over the values: 8 × 2 chains */
 
 enum { T_S = 0, T_O = 0, T_Q = 4, T_P = 4, T_B = 6 }; /* tile registers: S 0-1 or O 0-3, A 4, B 6-7 */
 
@@ -53,6 +55,8 @@ typedef struct {
      * [16][hd] words, O [16][hd] f32, per row its key count, running max and sum lanes [16][16] */
     LLVMValueRef qb, sb, pb, vt, ob, nr, mv, lv;
     LLVMValueRef keep, kept;             /* cap <= KEEP_CAP: pass 1's scores kept, [cap / 32][16][32] */
+    LLVMTypeRef dot_ty, dot_a, dot_b;    /* the dot form (amx 2): vdpbf16ps and its pair operands' types */
+    LLVMValueRef dot_fn;
 } Am;
 
 static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(o->b, a, b, ""); }
@@ -322,6 +326,130 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
     }
 }
 
+/* ---- DOT_ROWS rows on the bf16 dot product (the dot form) ----------------------------------- */
+
+/* acc + the pairwise products of 16 pair words with one pair word in every lane (vdpbf16ps: per lane
+ * acc + a0·b0 + a1·b1, each product exact in f32, the sums rounded). */
+static LLVMValueRef dot(const Ob *o, const Am *a, LLVMValueRef acc, LLVMValueRef words, LLVMValueRef word)
+{
+    LLVMValueRef args[3] = {acc, LLVMBuildBitCast(o->b, words, a->dot_a, ""),
+                            LLVMBuildBitCast(o->b, ob_splat_n(o, word, 16), a->dot_b, "")};
+    return LLVMBuildCall2(o->b, a->dot_ty, a->dot_fn, args, 3, "");
+}
+
+/* The tile16 computation for DOT_ROWS rows by vdpbf16ps, with the same roundings (so the same
+ * weights): q's pair words broadcast against a K tile's pair rows (a row: one pair of dims of 16
+ * keys) give 16 keys' scores a chain, two key tiles × DOT_ROWS rows at once; the rows' scaled, masked
+ * scores are kept (the caller runs this only when they fit, cap <= KEEP_CAP); the weights' pair words
+ * broadcast against a V pair row (16 dims of two keys) add to DOT_CHUNK output vectors a row, loaded
+ * from and stored to a->ob around each step of STEP_SUBS · 32 keys. */
+static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
+{
+    enum { R = DOT_ROWS };
+    LLVMValueRef nmax = ob_i64(o, 0), zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[R];
+    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16), qi[R];
+    LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16);
+    for (int i = 0; i < R; i++) {
+        LLVMValueRef t = addc(o, t0, i);
+        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1);
+        nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "");
+        qi[i] = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
+        for (int64_t c = 0; c < a->hd / 32; c++)
+            store_bf16x32(o, round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c))),
+                          round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c + 16))), a->qb,
+                          ob_i64(o, i * a->hd + 32 * c));
+        for (int64_t c = 0; c < a->hd / 16; c++) ob_stv(o, a->ob, ob_i64(o, i * a->hd + 16 * c), zero16);
+    }
+    LLVMValueRef nsub = LLVMBuildSDiv(o->b, addc(o, nmax, SUB - 1), ob_i64(o, SUB), "");
+
+    ObLoop S; /* pass 1: 32 keys a step, their scaled and masked scores kept; each row's max lanes */
+    LLVMValueRef mx[R];
+    for (int i = 0; i < R; i++) mx[i] = ninf;
+    ob_loop_begin(o, &S, ob_i64(o, 0), nsub, R, mx);
+    LLVMValueRef tile0 = add(o, a->head_tiles, mul(o, S.i, SUB / KT)), base[2], acc[2 * R];
+    for (int u = 0; u < 2; u++) base[u] = mul(o, addc(o, tile0, u), a->hd * KT / 2); /* its first pair word */
+    for (int k = 0; k < 2 * R; k++) acc[k] = zero16;
+    ObLoop D;
+    ob_loop_begin(o, &D, ob_i64(o, 0), ob_i64(o, a->hd / 2), 2 * R, acc);
+    LLVMValueRef w[2], nx[2 * R];
+    for (int u = 0; u < 2; u++) w[u] = ld_words(o, a->kt, add(o, base[u], mul(o, D.i, KT)));
+    for (int i = 0; i < R; i++) {
+        LLVMValueRef qw = ob_ld(o, o->ti32, a->qb, addc(o, D.i, i * a->hd / 2));
+        for (int u = 0; u < 2; u++) nx[2 * i + u] = dot(o, a, D.v[2 * i + u], w[u], qw);
+    }
+    ob_loop_end(o, &D, nx);
+    LLVMValueRef j0 = mul(o, S.i, SUB), kept = ob_gep(o, o->tf32, a->kept, mul(o, S.i, R * SUB)), nmx[R];
+    for (int i = 0; i < R; i++) {
+        LLVMValueRef left = LLVMBuildNSWSub(o->b, n[i], j0, ""), m = S.v[i];
+        for (int u = 0; u < 2; u++) {
+            LLVMValueRef sc = LLVMBuildFMul(o->b, D.v[2 * i + u], scale, "");
+            sc = LLVMBuildSelect(o->b, lanes_below(o, 16 * u, left), sc, ninf, "");
+            ob_stv(o, kept, ob_i64(o, i * SUB + 16 * u), sc);
+            m = ob_fmax(o, m, sc);
+        }
+        nmx[i] = m;
+    }
+    ob_loop_end(o, &S, nmx);
+    LLVMValueRef m[R], lsum[R];
+    for (int i = 0; i < R; i++) m[i] = ob_splat_n(o, ob_hmax(o, S.v[i]), 16), lsum[i] = zero16;
+
+    ObLoop B; /* pass 2: STEP_SUBS · 32 keys a step, the rows' sums of their weights carried */
+    ob_loop_begin(o, &B, ob_i64(o, 0), LLVMBuildSDiv(o->b, addc(o, nsub, STEP_SUBS - 1), ob_i64(o, STEP_SUBS), ""), R,
+                  lsum);
+    LLVMValueRef sub0 = mul(o, B.i, STEP_SUBS), lnow[R];
+    LLVMValueRef nin = ob_min64(o, ob_i64(o, STEP_SUBS), LLVMBuildNSWSub(o->b, nsub, sub0, ""));
+    ObLoop U; /* each 32 keys' weights as pair words; the V of the 32 that hold the rows' last key copied, masked */
+    ob_loop_begin(o, &U, ob_i64(o, 0), nin, R, B.v);
+    LLVMValueRef sub = add(o, sub0, U.i), jj = mul(o, sub, SUB), from = ob_gep(o, o->tf32, a->kept, mul(o, sub, R * SUB));
+    for (int i = 0; i < R; i++) {
+        LLVMValueRef p[2];
+        for (int k = 0; k < 2; k++) {
+            LLVMValueRef sv = ob_ldv_n(o, 16, from, ob_i64(o, i * SUB + 16 * k));
+            LLVMValueRef e = ob_exp_poly(o, LLVMBuildFSub(o->b, sv, m[i], ""));
+            p[k] = round_bf16(o, LLVMBuildSelect(o->b, LLVMBuildFCmp(o->b, LLVMRealOEQ, sv, ninf, ""), zero16, e, ""));
+        }
+        lnow[i] = LLVMBuildFAdd(o->b, U.v[i], LLVMBuildFAdd(o->b, p[0], p[1], ""), "");
+        store_bf16x32(o, p[0], p[1], a->pb, add(o, mul(o, U.i, R * SUB), ob_i64(o, i * SUB)));
+    }
+    LLVMBasicBlockRef join = ob_if_begin(o, LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, jj, SUB), nmax, ""));
+    copy_v_tail(o, a, jj, nmax);
+    ob_if_end(o, join);
+    ob_loop_end(o, &U, lnow);
+    for (int64_t c0 = 0; c0 < a->hd / 16; c0 += DOT_CHUNK) { /* O += P · V, DOT_CHUNK vectors a row at a time */
+        int nc = a->hd / 16 - c0 < DOT_CHUNK ? (int)(a->hd / 16 - c0) : DOT_CHUNK;
+        LLVMValueRef oacc[R * DOT_CHUNK], onx[R * DOT_CHUNK];
+        for (int i = 0; i < R; i++)
+            for (int c = 0; c < nc; c++) oacc[i * nc + c] = ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)));
+        ObLoop V;
+        ob_loop_begin(o, &V, ob_i64(o, 0), nin, R * nc, oacc);
+        LLVMValueRef vsub = add(o, sub0, V.i);
+        LLVMValueRef tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
+        LLVMValueRef vrow = add(o, a->head_pairs, mul(o, vsub, SUB / 2)); /* its first pair row */
+        LLVMValueRef direct = bytes_at(o, a->vc, mul(o, vrow, 4 * a->hd));
+        LLVMValueRef vsrc = LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
+        for (int k = 0; k < R * nc; k++) onx[k] = V.v[k];
+        for (int j = 0; j < SUB / 2; j++) { /* key pair j: its 16-dim pair rows, each row's weight word */
+            LLVMValueRef vw[DOT_CHUNK];
+            for (int c = 0; c < nc; c++) vw[c] = ld_words(o, vsrc, ob_i64(o, j * a->hd + 16 * (c0 + c)));
+            for (int i = 0; i < R; i++) {
+                LLVMValueRef pw = ob_ld(o, o->ti32, a->pb, addc(o, mul(o, V.i, R * SUB / 2), i * SUB / 2 + j));
+                for (int c = 0; c < nc; c++) onx[i * nc + c] = dot(o, a, onx[i * nc + c], vw[c], pw);
+            }
+        }
+        ob_loop_end(o, &V, onx);
+        for (int i = 0; i < R; i++)
+            for (int c = 0; c < nc; c++) ob_stv(o, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)), V.v[i * nc + c]);
+    }
+    ob_loop_end(o, &B, U.v);
+
+    for (int i = 0; i < R; i++) {
+        LLVMValueRef l = ob_splat_n(o, ob_hsum(o, B.v[i]), 16);
+        for (int64_t c = 0; c < a->hd / 16; c++)
+            ob_stv(o, a->out, addc(o, qi[i], 16 * c),
+                   LLVMBuildFDiv(o->b, ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * c)), l, ""));
+    }
+}
+
 /* ---- one row on FMAs ------------------------------------------------------------------------- */
 static void row1(Ob *o, const Am *a, LLVMValueRef t)
 {
@@ -411,17 +539,31 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
     a.sc = LLVMBuildArrayAlloca(o->b, o->tf32, cap, "scores");
     LLVMSetAlignment(a.sc, 64);
 
-    LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, ROWS), "tiles");
+    int per = d->amx == CG_ATTENTION_DOT ? DOT_ROWS : ROWS; /* rows a tile */
+    LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, per), "tiles");
+    if (d->amx == CG_ATTENTION_DOT) { /* (its tiles keep their scores: caches past KEEP_CAP run rows alone) */
+        static const char name[] = "llvm.x86.avx512bf16.dpbf16ps.512";
+        unsigned id = LLVMLookupIntrinsicID(name, sizeof name - 1);
+        MOE_ASSERT(id != 0);
+        a.dot_ty = LLVMIntrinsicGetType(o->ctx, id, NULL, 0);
+        a.dot_fn = LLVMGetIntrinsicDeclaration(o->mod, id, NULL, 0);
+        LLVMTypeRef params[3];
+        MOE_ASSERT(LLVMCountParamTypes(a.dot_ty) == 3);
+        LLVMGetParamTypes(a.dot_ty, params);
+        a.dot_a = params[1], a.dot_b = params[2];
+        tiles = LLVMBuildSelect(o->b, a.keep, tiles, ob_i64(o, 0), "");
+    }
     LLVMBasicBlockRef join = ob_if_begin(o, LLVMBuildICmp(o->b, LLVMIntSGT, tiles, ob_i64(o, 0), ""));
-    tile_config(o); /* once a call: its tiles of rows share the configuration */
+    if (d->amx == CG_ATTENTION_AMX) tile_config(o); /* once a call: its tiles of rows share the configuration */
     ObLoop R;
     ob_loop_begin(o, &R, ob_i64(o, 0), tiles, 0, NULL);
-    tile16(o, &a, add(o, t0, mul(o, R.i, ROWS)));
+    if (d->amx == CG_ATTENTION_DOT) tile_dot(o, &a, add(o, t0, mul(o, R.i, per)));
+    else tile16(o, &a, add(o, t0, mul(o, R.i, ROWS)));
     ob_loop_end(o, &R, NULL);
-    amx(o, "llvm.x86.tilerelease", NULL, 0);
+    if (d->amx == CG_ATTENTION_AMX) amx(o, "llvm.x86.tilerelease", NULL, 0);
     ob_if_end(o, join);
     ObLoop L;
-    ob_loop_begin(o, &L, add(o, t0, mul(o, tiles, ROWS)), add(o, t0, rows), 0, NULL);
+    ob_loop_begin(o, &L, add(o, t0, mul(o, tiles, per)), add(o, t0, rows), 0, NULL);
     row1(o, &a, L.i);
     ob_loop_end(o, &L, NULL);
 }

@@ -70,7 +70,7 @@ bool cg_op_desc_for(const IrInstr *i, CgOpDesc *d)
                         .cols = H * hd, .kv_block = kb && kb->i != CG_ATTENTION_KV_BLOCK ? (int)kb->i : 0}; /* the default's symbol */
         if (kvd && !dtype_parse(kvd->s, &d->wdtype)) return false; /* (the verifier says which) */
         const IrAttr *amx = ir_attr_get(i, "amx");
-        d->amx = amx && amx->i;
+        d->amx = amx ? (int)amx->i : 0; /* (the verifier holds it to 0, 1, 2) */
         if (d->amx) d->kv_block = 0; /* (the FMA form's knob: one kernel, whatever the op says) */
         break;
     }
