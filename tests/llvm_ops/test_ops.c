@@ -208,6 +208,42 @@ static void test_rope(void **state)
             for (size_t t = 0; t < 3; t++) check_rope_case(&r, heads[a], hds[b], Ts[t]);
 }
 
+/* RoPE's angles at positions up to int32's largest, against cos and sin in double from libm, rounded
+ * to f32 and applied as the kernel applies them: each output within 2 f32 ulps of the inputs' scale
+ * (a cos or sin an f32 ulp off where the double lies at a rounding boundary). Positions below and
+ * from ROPE_NEAR_POS (2^19, where the kernel's own sincos gives way to libm), head_dim 2 (no whole
+ * vector of angles), 38 (a vector and a tail on AVX-512) and 128. A reduction by π/2 in one part
+ * instead of three is off by ~1e-5 at position 500 000; a wrong quadrant by 1. */
+static void test_rope_far(void **state)
+{
+    (void)state;
+    moe_rng r;
+    rng_seed(&r, 17);
+    const int32_t far[] = {0, 1, 2, 3, 7, 100, 4095, 65535, 300001, 524287, 524288, 1 << 24, 2147483647};
+    const int64_t hds[] = {2, 38, 128}, H = 2, T = (int64_t)MOE_ARRAY_LEN(far);
+    for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++) {
+        int64_t hd = hds[b], C = H * hd, half = hd / 2;
+        float *x = xmalloc((size_t)(T * C) * 4), *out = xmalloc((size_t)(T * C) * 4);
+        oj_random(&r, x, (size_t)(T * C), -2, 2);
+        CgOpDesc d = {.kind = CG_OP_ROPE, .wdtype = DT_F32, .heads = H, .head_dim = hd, .theta = 10000.0};
+        fn3 f = (fn3)oj_kernel(J, &d, NULL);
+        f(0, T, x, far, out);
+        double worst = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t j = 0; j < half; j++) {
+                    double ang = (double)far[t] * pow(10000.0, -2.0 * (double)j / (double)hd);
+                    float c = (float)cos(ang), sn = (float)sin(ang);
+                    float z0 = x[t * C + h * hd + j], z1 = x[t * C + h * hd + j + half];
+                    worst = fmax(worst, fabs(out[t * C + h * hd + j] - (z0 * c - z1 * sn)));
+                    worst = fmax(worst, fabs(out[t * C + h * hd + j + half] - (z1 * c + z0 * sn)));
+                }
+        if (worst > 2.4e-7) fprintf(stderr, "rope far, head_dim %lld: %.3g\n", (long long)hd, worst);
+        assert_true(worst <= 2.4e-7); /* 2 ulps of 1 (inputs below 2: an output's ulp is at most 2.4e-7) */
+        free(x), free(out);
+    }
+}
+
 /* ---- attention -------------------------------------------------------------------------------- */
 static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}};
 
@@ -390,7 +426,7 @@ static void test_attention_kv_cache(void **state)
  * hold one position or a decode step's few, with rows farther apart than a row's width, values that
  * round to even, overflow, are NaN (kept quiet, whatever the payload), infinite, subnormal (kept:
  * vcvtneps2bf16 would flush them) or -0; everything outside the run left as it was. Under both forms
- * where the CPU has AVX-512 (MOEPPC_ISA set to sse4.2: the element form), the element form elsewhere. */
+ * where the CPU has AVX-512 (MOEPPC_ISA set to sse: the element form), the element form elsewhere. */
 static void check_store_case(moe_rng *r, moe_dtype dt, bool pairs, int64_t Hk, int64_t hd, int64_t p0, int64_t n)
 {
     const int64_t P = 128, cap = cg_attention_cap(P), ld = Hk * hd + 5;
@@ -441,7 +477,7 @@ static void test_attention_store(void **state)
     const char *isa = getenv("MOEPPC_ISA");
     char *keep = isa ? xstrdup(isa) : NULL;
     for (int form = 0; form < 2; form++) {
-        if (form) setenv("MOEPPC_ISA", "sse4.2", 1);
+        if (form) setenv("MOEPPC_ISA", "sse", 1);
         for (size_t t = 0; t < 3; t++)
             for (int pairs = 0; pairs < 2; pairs++)
                 for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
@@ -742,6 +778,7 @@ static void test_vectorised(void **state)
     CgOpDesc ds[] = {{.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = 1536, .eps = 1e-6},
                      {.kind = CG_OP_ADD, .wdtype = DT_F32, .cols = 1536},
                      {.kind = CG_OP_TANH, .wdtype = DT_F32, .cols = 160}, /* in place too (the router's) */
+                     {.kind = CG_OP_ROPE, .wdtype = DT_F32, .heads = 12, .head_dim = 64, .theta = 1e4}, /* (in place) */
                      {.kind = CG_OP_ATTENTION, .wdtype = DT_F32, .heads = 16, .kv_heads = 16, .head_dim = 96}};
     for (size_t i = 0; i < MOE_ARRAY_LEN(ds); i++) {
         char *ir = oj_ir_text(J, &ds[i]);
@@ -773,6 +810,7 @@ int main(void)
         cmocka_unit_test(test_row_ops),
         cmocka_unit_test(test_tanh),
         cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_far),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_kv_cache),
         cmocka_unit_test(test_attention_store),
