@@ -237,20 +237,32 @@ static void copy_v_tail(Ob *o, const Am *a, LLVMValueRef j0, LLVMValueRef nmax)
     }
 }
 
-static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
+/* A tile's rows t0 .. t0 + rows - 1: each one's key count n[i] (the largest returned) and output
+ * offset qi[i], its q rounded to bf16 into a->qb, its output accumulators a->ob zeroed. */
+static LLVMValueRef tile_rows(Ob *o, const Am *a, LLVMValueRef t0, int rows, LLVMValueRef *n, LLVMValueRef *qi)
 {
     LLVMValueRef nmax = ob_i64(o, 0), zero16 = LLVMConstNull(vi(o, o->tf32, 16));
-    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16), qi[ROWS];
-    for (int i = 0; i < ROWS; i++) {
-        LLVMValueRef t = addc(o, t0, i), n = addc(o, ob_ldi32(o, a->pos, t), 1);
-        ob_st(o, o->ti64, a->nr, ob_i64(o, i), n);
-        nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n, nmax, ""), n, nmax, "");
+    for (int i = 0; i < rows; i++) {
+        LLVMValueRef t = addc(o, t0, i);
+        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1);
+        nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "");
         qi[i] = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
         for (int64_t c = 0; c < a->hd / 32; c++)
             store_bf16x32(o, round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c))),
                           round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c + 16))), a->qb,
                           ob_i64(o, i * a->hd + 32 * c));
         for (int64_t c = 0; c < a->hd / 16; c++) ob_stv(o, a->ob, ob_i64(o, i * a->hd + 16 * c), zero16);
+    }
+    return nmax;
+}
+
+static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
+{
+    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[ROWS], qi[ROWS];
+    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
+    LLVMValueRef nmax = tile_rows(o, a, t0, ROWS, n, qi);
+    for (int i = 0; i < ROWS; i++) {
+        ob_st(o, o->ti64, a->nr, ob_i64(o, i), n[i]);
         ob_stv(o, a->mv, ob_i64(o, 16 * i), ninf);
         ob_stv(o, a->lv, ob_i64(o, 16 * i), zero16);
     }
@@ -346,20 +358,10 @@ static LLVMValueRef dot(const Ob *o, const Am *a, LLVMValueRef acc, LLVMValueRef
 static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
 {
     enum { R = DOT_ROWS };
-    LLVMValueRef nmax = ob_i64(o, 0), zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[R];
-    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16), qi[R];
+    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[R], qi[R];
+    LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16);
-    for (int i = 0; i < R; i++) {
-        LLVMValueRef t = addc(o, t0, i);
-        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1);
-        nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "");
-        qi[i] = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
-        for (int64_t c = 0; c < a->hd / 32; c++)
-            store_bf16x32(o, round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c))),
-                          round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c + 16))), a->qb,
-                          ob_i64(o, i * a->hd + 32 * c));
-        for (int64_t c = 0; c < a->hd / 16; c++) ob_stv(o, a->ob, ob_i64(o, i * a->hd + 16 * c), zero16);
-    }
+    LLVMValueRef nmax = tile_rows(o, a, t0, R, n, qi);
     LLVMValueRef nsub = LLVMBuildSDiv(o->b, addc(o, nmax, SUB - 1), ob_i64(o, SUB), "");
 
     ObLoop S; /* pass 1: 32 keys a step, their scaled and masked scores kept; each row's max lanes */
