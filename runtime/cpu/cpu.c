@@ -652,7 +652,10 @@ static void att_task(void *ctx, int64_t task, int thread)
     }
     const CpuAttSeg *s = &a->segs[lo];
     int64_t local = task - s->task0, blocks = (s->rows + a->rows - 1) / a->rows;
-    int64_t h = local / blocks, t0 = local % blocks * a->rows, rows = t0 + a->rows < s->rows ? a->rows : s->rows - t0;
+    /* the last block of rows of every head first: causal rows see the more keys the later they come,
+     * so the largest tasks go first and the pool's last tasks are its smallest */
+    int64_t h = local % a->heads, t0 = (blocks - 1 - local / a->heads) * a->rows;
+    int64_t rows = t0 + a->rows < s->rows ? a->rows : s->rows - t0;
     a->fn((s->row0 + t0) * a->heads + h, rows, a->cap, a->q, s->kt, s->vc, a->pos, a->out);
 }
 
