@@ -456,7 +456,7 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
                   "keys and values (kv_dtype \"bf16\") and a head_dim that is a multiple of 32"))
             return false;
         if (!strcmp(a->key, "amx") && i->op != IR_OP_ATTENTION &&
-            !want(v, a->i == 0 || ((a->i == 1 || a->i == 2) && act && act->kind == IR_ATTR_INT && act->i == 1),
+            !want(v, a->i == 0 || (a->i == 1 && act && act->kind == IR_ATTR_INT && act->i == 1),
                   "attribute 'amx' must be 0, or 1 with act_bf16 = 1"))
             return false;
         if (!strcmp(a->key, "kv_dtype") && !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"),
