@@ -8,6 +8,7 @@
  * conversion, one store) and each value row 16 dims a conversion; elsewhere element by element. */
 #include "codegen/llvm/ops/cg_ops.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -114,18 +115,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void store_bf16_avx5
 #endif
 
 /* bf16 caches take the AVX-512 form where the CPU has AVX-512 F, BW and VL and MOEPPC_ISA does not
- * ask for a narrower ISA (whose tests then run the element form). */
+ * ask for a narrower ISA (whose tests then run the element form). The pool's threads all ask: the
+ * answer, the same for each, is kept in an atomic. */
 static bool store_avx512(void)
 {
 #ifdef MOEPPC_X86_INTRINSICS
-    static int have = -1;
-    if (have < 0) {
+    static _Atomic int have = -1;
+    if (atomic_load_explicit(&have, memory_order_relaxed) < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
+        atomic_store_explicit(&have, __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                         __builtin_cpu_supports("avx512vl"), memory_order_relaxed);
     }
     const char *isa = getenv("MOEPPC_ISA");
-    return have && (!isa || strcmp(isa, "avx512") == 0);
+    return atomic_load_explicit(&have, memory_order_relaxed) && (!isa || strcmp(isa, "avx512") == 0);
 #else
     return false;
 #endif
