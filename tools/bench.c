@@ -423,6 +423,11 @@ int cmd_bench(int argc, char **argv)
                a.read_gbs, a.reps);
         if (s.dtype == DT_BF16) printf("bf16 GEMMs on the bf16 dot product: %s\n", cpu_bf16_dot_why(why, sizeof why));
         if (s.dtype == DT_BF16) printf("bf16 GEMMs on AMX tiles: %s\n", cpu_amx_why(why, sizeof why));
+        if (s.dtype == DT_BF16) /* specialize's choice of attention's form (the amx form needs head_dim % 32 == 0) */
+            printf("bf16 attention: %s\n", spec_head_dim(&s) % 32 ? "f32 FMAs (head_dim not a multiple of 32)"
+                                           : cpu_amx()         ? "the amx form on AMX tiles"
+                                           : cpu_bf16_dot()    ? "the amx form on the bf16 dot product"
+                                                               : "f32 FMAs");
     }
     if (a.layer) { /* one MoE layer: the spec cut to one layer, a small vocabulary */
         ModelSpec one = s;

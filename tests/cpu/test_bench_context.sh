@@ -8,6 +8,7 @@
 # 49152 elements: 98.3 KB in bf16, 196.6 KB in f32; the grouped GEMMs, at T = 1, the experts the token
 # picked: 0 to 4 FFN experts (top-2 of 2 layers) of 6144 elements each (up 64 x 64, down 64 x 32), 12.3 KB
 # each in bf16, 24.6 in f32 (all 8 a layer would be 196.6 and 393.2).
+# A bf16 model's report says which form attention takes (here f32 FMAs: head_dim 16); an f32 one's does not.
 # --batch: T sequences, one token each at position P of its own: T = 3 holds three sequences' 31
 # positions (47.6 KB), and T = 40 at position 63 fits (one position each); --batch --layer exit 2.
 set -u
@@ -27,6 +28,11 @@ for dt in bf16:15.9:98.3:0.0,12.3,24.6,36.9,49.2 f32:31.7:196.6:0.0,24.6,49.2,73
     fail "$dtype: expected the grouped GEMMs to read one of ${experts//,/, } KB"
   echo "$out" | grep -q "T = 40    skipped: positions 30.. pass max_positions 64" || fail "T = 40 not said skipped"
   ! echo "$out" | grep -q "^layer" || fail "--context timed a layer"
+  if [ "$dtype" = bf16 ]; then # head_dim 16: never the amx form, on any CPU
+    echo "$out" | grep -qx "bf16 attention: f32 FMAs (head_dim not a multiple of 32)" || fail "bf16 attention's form not said"
+  else
+    ! echo "$out" | grep -q "^bf16 attention" || fail "an f32 model said a bf16 attention form"
+  fi
 done
 out=$("$MOEPPC" bench "$SPEC" --context 30 --batch --tokens 1,3 --reps 3) || fail "bench --batch: $out"
 echo "$out"
