@@ -52,8 +52,8 @@ static void *jit_op(void *ctx, const CgOpDesc *d, RtError *err)
     const CgTarget *t = cg_jit_target(js->jit);
     if (d->kind == CG_OP_ATTENTION && ((d->amx == CG_ATTENTION_AMX && !t->has_amx) ||
                                        (d->amx == CG_ATTENTION_DOT && !t->has_bf16_dot))) {
-        snprintf(err->msg, sizeof err->msg, "attention's amx form %d needs %s, which this CPU (at ISA %s) lacks", d->amx,
-                 d->amx == CG_ATTENTION_AMX ? "AMX-BF16 tiles" : "AVX512-BF16", cg_isa_name(t->isa));
+        snprintf(err->msg, sizeof err->msg, "attention's amx form %d needs %s, which this CPU (at ISA %s) lacks",
+                 d->amx, d->amx == CG_ATTENTION_AMX ? "AMX-BF16 tiles" : "AVX512-BF16", cg_isa_name(t->isa));
         return NULL;
     }
     LLVMModuleRef mod = cg_ops_build(cg_jit_context(js->jit), d, t->vec_width, sym, err->msg, sizeof err->msg);

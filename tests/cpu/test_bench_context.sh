@@ -29,7 +29,8 @@ for dt in bf16:15.9:98.3:0.0,12.3,24.6,36.9,49.2 f32:31.7:196.6:0.0,24.6,49.2,73
   echo "$out" | grep -q "T = 40    skipped: positions 30.. pass max_positions 64" || fail "T = 40 not said skipped"
   ! echo "$out" | grep -q "^layer" || fail "--context timed a layer"
   if [ "$dtype" = bf16 ]; then # head_dim 16: never the amx form, on any CPU
-    echo "$out" | grep -qx "bf16 attention: f32 FMAs (head_dim not a multiple of 32)" || fail "bf16 attention's form not said"
+    echo "$out" | grep -qx "bf16 attention: f32 FMAs (head_dim not a multiple of 32)" ||
+      fail "bf16 attention's form not said"
   else
     ! echo "$out" | grep -q "^bf16 attention" || fail "an f32 model said a bf16 attention form"
   fi

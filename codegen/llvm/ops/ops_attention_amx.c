@@ -402,7 +402,8 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
     LLVMValueRef nin = ob_min64(o, ob_i64(o, STEP_SUBS), LLVMBuildNSWSub(o->b, nsub, sub0, ""));
     ObLoop U; /* each 32 keys' weights as pair words; the V of the 32 that hold the rows' last key copied, masked */
     ob_loop_begin(o, &U, ob_i64(o, 0), nin, R, B.v);
-    LLVMValueRef sub = add(o, sub0, U.i), jj = mul(o, sub, SUB), from = ob_gep(o, o->tf32, a->kept, mul(o, sub, R * SUB));
+    LLVMValueRef sub = add(o, sub0, U.i), jj = mul(o, sub, SUB);
+    LLVMValueRef from = ob_gep(o, o->tf32, a->kept, mul(o, sub, R * SUB));
     for (int i = 0; i < R; i++) {
         LLVMValueRef p[2];
         for (int k = 0; k < 2; k++) {
@@ -421,7 +422,8 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
         int nc = a->hd / 16 - c0 < DOT_CHUNK ? (int)(a->hd / 16 - c0) : DOT_CHUNK;
         LLVMValueRef oacc[R * DOT_CHUNK], onx[R * DOT_CHUNK];
         for (int i = 0; i < R; i++)
-            for (int c = 0; c < nc; c++) oacc[i * nc + c] = ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)));
+            for (int c = 0; c < nc; c++)
+                oacc[i * nc + c] = ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)));
         ObLoop V;
         ob_loop_begin(o, &V, ob_i64(o, 0), nin, R * nc, oacc);
         LLVMValueRef vsub = add(o, sub0, V.i);

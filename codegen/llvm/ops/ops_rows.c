@@ -116,7 +116,8 @@ static void sincos_f64(const Ob *o, LLVMValueRef x, LLVMValueRef *c, LLVMValueRe
     LLVMTypeRef it = LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind
                          ? LLVMVectorType(o->ti64, LLVMGetVectorSize(LLVMTypeOf(x))) : o->ti64;
     LLVMValueRef qi = LLVMBuildFPToSI(b, k, it, "");
-    LLVMValueRef one = LLVMConstInt(o->ti64, 1, 0), two = LLVMConstInt(o->ti64, 2, 0), zero = LLVMConstInt(o->ti64, 0, 0);
+    LLVMValueRef one = LLVMConstInt(o->ti64, 1, 0), two = LLVMConstInt(o->ti64, 2, 0);
+    LLVMValueRef zero = LLVMConstInt(o->ti64, 0, 0);
     if (it != o->ti64) {
         int n = (int)LLVMGetVectorSize(it);
         one = ob_splat_n(o, one, n), two = ob_splat_n(o, two, n), zero = ob_splat_n(o, zero, n);
