@@ -15,6 +15,15 @@ bool cg_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((form
 /* Report an LLVMErrorRef with LLVM's own message (consumes it); false. */
 bool cg_fail_llvm(char *err, size_t errlen, const char *what, LLVMErrorRef e);
 
+/* vdpbf16ps (llvm.x86.avx512bf16.dpbf16ps.512) declared in mod: its function type and function, and the
+ * types of its two bf16-pair operands (<16 x i32> on LLVM 14, <32 x bfloat> on newer LLVMs: bitcast
+ * pair words to them). The GEMMs' dot-product kernels and attention's dot form call it. */
+typedef struct {
+    LLVMTypeRef ty, a, b;
+    LLVMValueRef fn;
+} CgDotIntrinsic;
+CgDotIntrinsic cg_dot_intrinsic(LLVMModuleRef mod);
+
 /* Fill t for the host capped at max_isa (CG_ISA_AUTO reads MOEPPC_ISA). false on a bad MOEPPC_ISA. */
 bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen);
 void cg_target_dispose(CgTarget *t);

@@ -23,8 +23,7 @@ typedef struct KB {
     LLVMTypeRef f32, i16, i32, i64, vf32, vi32, b_elem, b_vec;
     LLVMTypeRef fma_ty;
     LLVMValueRef fma_fn;
-    LLVMTypeRef dot_ty, dot_a_ty, dot_b_ty; /* a_bf16: vdpbf16ps and its bf16-pair operand types */
-    LLVMValueRef dot_fn;
+    CgDotIntrinsic dot;                     /* a_bf16: vdpbf16ps */
     LLVMValueRef kc, ap, bp, c, ldc, beta, pf, pf_shift; /* the function's parameters */
     LLVMValueRef acc[MAX_ACC];           /* [MR][NV], the current values */
 } KB;
@@ -119,14 +118,14 @@ static void emit_pair_step(KB *k, LLVMValueRef kp) {
     LLVMValueRef bv[MAX_ACC];
     for (int v = 0; v < k->NV; v++) {
         LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
-        bv[v] = LLVMBuildBitCast(b, pair_words(k, k->bp, idx, false), k->dot_b_ty, "");
+        bv[v] = LLVMBuildBitCast(b, pair_words(k, k->bp, idx, false), k->dot.b, "");
     }
     for (int i = 0; i < k->MR; i++) {
         LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->MR), ""), ci64(k, i), "");
-        LLVMValueRef a = LLVMBuildBitCast(b, pair_words(k, k->ap, idx, true), k->dot_a_ty, "");
+        LLVMValueRef a = LLVMBuildBitCast(b, pair_words(k, k->ap, idx, true), k->dot.a, "");
         for (int v = 0; v < k->NV; v++) {
             LLVMValueRef args[3] = {k->acc[i * k->NV + v], a, bv[v]};
-            k->acc[i * k->NV + v] = LLVMBuildCall2(b, k->dot_ty, k->dot_fn, args, 3, "");
+            k->acc[i * k->NV + v] = LLVMBuildCall2(b, k->dot.ty, k->dot.fn, args, 3, "");
         }
     }
 }
@@ -223,18 +222,22 @@ static void init_types(KB *k) {
         k->fma_fn = LLVMGetIntrinsicDeclaration(k->mod, id, &k->vf32, 1);
     }
     if (k->cfg->a_bf16) {
-        static const char name[] = "llvm.x86.avx512bf16.dpbf16ps.512";
         MOE_ASSERT(k->t->has_bf16_dot && k->W == 16 && bt == DT_BF16);
-        unsigned id = LLVMLookupIntrinsicID(name, sizeof name - 1);
-        MOE_ASSERT(id != 0);
-        k->dot_ty = LLVMIntrinsicGetType(k->ctx, id, NULL, 0);
-        k->dot_fn = LLVMGetIntrinsicDeclaration(k->mod, id, NULL, 0);
-        LLVMTypeRef params[3];
-        MOE_ASSERT(LLVMCountParamTypes(k->dot_ty) == 3);
-        LLVMGetParamTypes(k->dot_ty, params);
-        k->dot_a_ty = params[1];
-        k->dot_b_ty = params[2];
+        k->dot = cg_dot_intrinsic(k->mod);
     }
+}
+
+CgDotIntrinsic cg_dot_intrinsic(LLVMModuleRef mod) {
+    static const char name[] = "llvm.x86.avx512bf16.dpbf16ps.512";
+    unsigned id = LLVMLookupIntrinsicID(name, sizeof name - 1);
+    MOE_ASSERT(id != 0);
+    CgDotIntrinsic d = {.ty = LLVMIntrinsicGetType(LLVMGetModuleContext(mod), id, NULL, 0),
+                        .fn = LLVMGetIntrinsicDeclaration(mod, id, NULL, 0)};
+    LLVMTypeRef params[3];
+    MOE_ASSERT(LLVMCountParamTypes(d.ty) == 3);
+    LLVMGetParamTypes(d.ty, params);
+    d.a = params[1], d.b = params[2];
+    return d;
 }
 
 /* void symbol(i64 kc, float *noalias ap, B *noalias bp, float *noalias c, i64 ldc, i32 beta, i8 *pf,

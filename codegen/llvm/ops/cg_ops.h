@@ -136,10 +136,10 @@ static inline int64_t cg_attention_v_index(int64_t cap, int64_t head_dim, int64_
 /* attention_cache.c (no LLVM needed): n values as type dt (f32, bf16, f16: rounded to nearest even,
  * as f32_to_bf16 and f32_to_f16) at element `at` of a cache. */
 void cg_attention_put(void *cache, moe_dtype dt, int64_t at, const float *v, int64_t n);
-/* Positions p0 .. p0 + n - 1 of one sequence, their keys and
- * values the rows k + i·ld and v + i·ld ([kv_heads·head_dim] each), into the caches of type dt
- * (pairs: bf16). Every token of a prefill stores through here; a run writes a K tile's rows (a dim of
- * its keys) a dim at a time, each head's values a row at a time. */
+/* Positions p0 .. p0 + n - 1 of one sequence, their keys and values the rows k + i·ld and v + i·ld
+ * ([kv_heads·head_dim] each), into the caches of type dt (pairs: bf16). Every token of a prefill
+ * stores through here; a run writes a K tile's rows (a dim of its keys) a dim at a time, each head's
+ * values a row at a time. */
 void cg_attention_store_run(void *kt, void *vc, moe_dtype dt, int64_t kv_heads, int64_t head_dim, int64_t cap,
                             int64_t p0, int64_t n, const float *k, const float *v, int64_t ld, bool pairs);
 /* Position p's keys and values alone. */

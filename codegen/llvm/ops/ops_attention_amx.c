@@ -27,6 +27,7 @@
  * not kept: the scores of 64 keys a run (four S tiles, their chains side by side: slower), prefetching the
  * next 32 keys' K and V into L1 (slower), q's tiles kept in registers and the key and value tiles
  * round three registers (alike), a decode step's prefetch 4x as far (slower). */
+#include "codegen/llvm/cg_internal.h"
 #include "codegen/llvm/ops/ops_build.h"
 
 #include <math.h>
@@ -55,8 +56,7 @@ typedef struct {
      * [16][hd] words, O [16][hd] f32, per row its key count, running max and sum lanes [16][16] */
     LLVMValueRef qb, sb, pb, vt, ob, nr, mv, lv;
     LLVMValueRef keep, kept;             /* cap <= KEEP_CAP: pass 1's scores kept, [cap / 32][16][32] */
-    LLVMTypeRef dot_ty, dot_a, dot_b;    /* the dot form (amx 2): vdpbf16ps and its pair operands' types */
-    LLVMValueRef dot_fn;
+    CgDotIntrinsic dot;                  /* the dot form (amx 2): vdpbf16ps */
 } Am;
 
 static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(o->b, a, b, ""); }
@@ -256,6 +256,16 @@ static LLVMValueRef tile_rows(Ob *o, const Am *a, LLVMValueRef t0, int rows, LLV
     return nmax;
 }
 
+/* Where the V pairs of keys 32·vsub .. 32·vsub + 31 are read from: the cache, or a->vt (copy_v_tail's)
+ * for the 32 keys that hold the rows' last one (nmax - 1). */
+static LLVMValueRef v_source(const Ob *o, const Am *a, LLVMValueRef vsub, LLVMValueRef nmax)
+{
+    LLVMValueRef tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
+    LLVMValueRef vrow = add(o, a->head_pairs, mul(o, vsub, SUB / 2)); /* its first pair row */
+    LLVMValueRef direct = bytes_at(o, a->vc, mul(o, vrow, 4 * a->hd));
+    return LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
+}
+
 static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
 {
     LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[ROWS], qi[ROWS];
@@ -315,11 +325,7 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
         for (int e = 0; e < ne; e++) tile_ld(o, T_O + e, a->ob, ob_i64(o, 4 * 16 * (e0 + e)), 4 * a->hd);
         ObLoop V;
         ob_loop_begin(o, &V, ob_i64(o, 0), nin, 0, NULL);
-        LLVMValueRef vsub = add(o, sub0, V.i);
-        LLVMValueRef tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
-        LLVMValueRef vrow = add(o, a->head_pairs, mul(o, vsub, SUB / 2)); /* its first pair row */
-        LLVMValueRef direct = bytes_at(o, a->vc, mul(o, vrow, 4 * a->hd));
-        LLVMValueRef vsrc = LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
+        LLVMValueRef vsrc = v_source(o, a, add(o, sub0, V.i), nmax);
         tile_ld(o, T_P, a->pb, mul(o, V.i, 2 * ROWS * SUB), 2 * SUB);
         for (int e = 0; e < ne; e++) {
             tile_ld(o, T_B, vsrc, ob_i64(o, 4 * 16 * (e0 + e)), 4 * a->hd);
@@ -344,9 +350,9 @@ static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
  * acc + a0·b0 + a1·b1, each product exact in f32, the sums rounded). */
 static LLVMValueRef dot(const Ob *o, const Am *a, LLVMValueRef acc, LLVMValueRef words, LLVMValueRef word)
 {
-    LLVMValueRef args[3] = {acc, LLVMBuildBitCast(o->b, words, a->dot_a, ""),
-                            LLVMBuildBitCast(o->b, ob_splat_n(o, word, 16), a->dot_b, "")};
-    return LLVMBuildCall2(o->b, a->dot_ty, a->dot_fn, args, 3, "");
+    LLVMValueRef args[3] = {acc, LLVMBuildBitCast(o->b, words, a->dot.a, ""),
+                            LLVMBuildBitCast(o->b, ob_splat_n(o, word, 16), a->dot.b, "")};
+    return LLVMBuildCall2(o->b, a->dot.ty, a->dot.fn, args, 3, "");
 }
 
 /* The tile16 computation for DOT_ROWS rows by vdpbf16ps, with the same roundings (so the same
@@ -426,11 +432,7 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
                 oacc[i * nc + c] = ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)));
         ObLoop V;
         ob_loop_begin(o, &V, ob_i64(o, 0), nin, R * nc, oacc);
-        LLVMValueRef vsub = add(o, sub0, V.i);
-        LLVMValueRef tail = LLVMBuildICmp(o->b, LLVMIntSGT, addc(o, mul(o, vsub, SUB), SUB), nmax, "");
-        LLVMValueRef vrow = add(o, a->head_pairs, mul(o, vsub, SUB / 2)); /* its first pair row */
-        LLVMValueRef direct = bytes_at(o, a->vc, mul(o, vrow, 4 * a->hd));
-        LLVMValueRef vsrc = LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
+        LLVMValueRef vsrc = v_source(o, a, add(o, sub0, V.i), nmax);
         for (int k = 0; k < R * nc; k++) onx[k] = V.v[k];
         for (int j = 0; j < SUB / 2; j++) { /* key pair j: its 16-dim pair rows, each row's weight word */
             LLVMValueRef vw[DOT_CHUNK];
@@ -546,15 +548,7 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
     int per = d->amx == CG_ATTENTION_DOT ? DOT_ROWS : ROWS; /* rows a tile */
     LLVMValueRef tiles = LLVMBuildSDiv(o->b, rows, ob_i64(o, per), "tiles");
     if (d->amx == CG_ATTENTION_DOT) { /* (its tiles keep their scores: caches past KEEP_CAP run rows alone) */
-        static const char name[] = "llvm.x86.avx512bf16.dpbf16ps.512";
-        unsigned id = LLVMLookupIntrinsicID(name, sizeof name - 1);
-        MOE_ASSERT(id != 0);
-        a.dot_ty = LLVMIntrinsicGetType(o->ctx, id, NULL, 0);
-        a.dot_fn = LLVMGetIntrinsicDeclaration(o->mod, id, NULL, 0);
-        LLVMTypeRef params[3];
-        MOE_ASSERT(LLVMCountParamTypes(a.dot_ty) == 3);
-        LLVMGetParamTypes(a.dot_ty, params);
-        a.dot_a = params[1], a.dot_b = params[2];
+        a.dot = cg_dot_intrinsic(o->mod);
         tiles = LLVMBuildSelect(o->b, a.keep, tiles, ob_i64(o, 0), "");
     }
     LLVMBasicBlockRef join = ob_if_begin(o, LLVMBuildICmp(o->b, LLVMIntSGT, tiles, ob_i64(o, 0), ""));
