@@ -80,8 +80,8 @@ static CgKernelConfig tile(moe_dtype dt, int mr, int nr, int unroll, bool dot) {
 
 /* kernel_ir.c's B prefetch: each main-loop iteration over 16-bit weights (on AVX-512 over f32 too)
  * touches every 64-byte line its U k steps of B span (NR x 2 or 4 bytes a step; a k pair's twice);
- * f32 weights' loops on SSE and AVX2 and the dot product's do not (AMX prefetches per k block, in
- * its own loop). */
+ * the dot product's too (k pairs); f32 weights' loops on SSE and AVX2 do not (AMX prefetches per k
+ * block, in its own loop). */
 static void test_b_prefetch(void **state) {
     assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_BF16, 6, 16, 4, false)), 2);  /* 4 x 32 bytes */
     assert_int_equal(prefetches(CG_ISA_AVX2, tile(DT_F16, 1, 32, 8, false)), 8);   /* 8 x 64 */
@@ -96,7 +96,9 @@ static void test_b_prefetch(void **state) {
     CgKernelConfig kp = tile(DT_BF16, 4, 32, 4, false);                              /* AMX's edges */
     kp.kpair_b = true;
     assert_int_equal(prefetches(CG_ISA_AVX512, kp), 8);                              /* 4 pairs x 128 */
-    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 0);
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 8);   /* 4 pairs x 128 */
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, true)), 12);  /* 4 pairs x 192 */
+    assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 1, 16, 1, true)), 1);   /* 1 pair x 64 */
 }
 
 /* cg_kernel_form: AVX-512 runs bf16 weights times f32 A in k pairs (and packs them so); the dot
