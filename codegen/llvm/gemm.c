@@ -34,6 +34,8 @@ typedef void (*swiglu_fn)(float *restrict h, const float *restrict a, const floa
 
 enum { MAX_MR = 64, N_TILE_KINDS = 1 + CG_GEMM_EDGES }; /* MAX_MR: kernel_ir.c's accumulator bound */
 enum { MIN_PART_TILES = 4 }; /* MR-row tiles a chunk's rows hold at least when rows are split (run) */
+/* run: weights of at most SMALL_B_BYTES are multiplied in parts of A of about A_PART_BYTES (both in L2) */
+enum { SMALL_B_BYTES = 1 << 20, A_PART_BYTES = 256 << 10 };
 
 /* How the last r < MR rows of a group run: n[c] tiles of kernel c of Job.ks, kinds in order. */
 typedef struct Cover {
@@ -738,7 +740,18 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
      * leave threads idle (one panel: one thread), which a many-core machine feels most. */
     int64_t panel_parts = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
     j->row_parts = 1;
-    if (j->n_groups == 1 && !j->n_multi && j->epi == EPI_STORE && panel_parts > 0 && panel_parts < 2 * threads) {
+    bool single = j->n_groups == 1 && !j->n_multi && j->epi == EPI_STORE;
+    size_t a_bytes = (size_t)(n_tiles * mr * j->kw) * sizeof(float), b_bytes = (size_t)j->n_panels * j->b[0].panel_bytes;
+    if (single && j->n_panels > 1 && b_bytes <= SMALL_B_BYTES && a_bytes >= 2 * b_bytes) {
+        /* weights that fit in L2 beside a part of many rows (a router's W1): parts of rows over all the
+         * panels, so that A is read once and the weights from L2, not A once a panel (the 7B's W1, 160
+         * outputs of 1536, at T = 2048: A 12.6 MB in f32 read four times from memory) */
+        int64_t part_tiles = (int64_t)(A_PART_BYTES / ((size_t)(mr * j->kw) * sizeof(float)));
+        part_tiles = part_tiles > MIN_PART_TILES ? part_tiles : MIN_PART_TILES;
+        panel_parts = 1;
+        j->row_parts = (n_tiles + part_tiles - 1) / part_tiles;
+        j->row_parts = j->row_parts > 2 * threads ? j->row_parts : 2 * threads < n_tiles ? 2 * threads : n_tiles;
+    } else if (single && panel_parts > 0 && panel_parts < 2 * threads) {
         int64_t want = (2 * threads + panel_parts - 1) / panel_parts, most = n_tiles / MIN_PART_TILES;
         j->row_parts = want < most ? want : most > 1 ? most : 1;
     }

@@ -482,7 +482,11 @@ static void test_tiles_come_from_the_ir(void **state)
 static void test_rule_tile_is_the_hosts(void **state)
 {
     (void)state;
-    static const struct { const char *isa; int mr, nr; } want[] = {{"avx512", 8, 48}, {"avx2", 6, 16}, {"sse", 4, 8}};
+    /* down: the grouped DOWN's 64 columns, in one tile where the host's is wider, else in the host's
+     * width; AVX-512's 48 would pad a second panel to 96 columns, so the rule takes 32 there (see
+     * test_rule_width_pads_little) */
+    static const struct { const char *isa; int mr, nr, down; } want[] = {
+        {"avx512", 8, 48, 32}, {"avx2", 6, 16, 16}, {"sse", 4, 8, 8}};
     ModelSpec s;
     load("tiny-moepp", &s);
     int checked = 0;
@@ -497,9 +501,9 @@ static void test_rule_tile_is_the_hosts(void **state)
         Diag d = {stderr, s.name, 0};
         assert_true(passes_run(m, &po, &d));
         for (IrInstr *i = m->first; i; i = i->next)
-            if (i->op == IR_OP_MOE_GROUPED_DOWN) { /* N = 64: the whole tile */
+            if (i->op == IR_OP_MOE_GROUPED_DOWN) { /* N = 64 */
                 assert_int_equal(ir_attr_int(i, "tile_m"), want[c].mr);
-                assert_int_equal(ir_attr_int(i, "tile_n"), want[c].nr);
+                assert_int_equal(ir_attr_int(i, "tile_n"), want[c].down);
                 checked++;
             }
         ir_module_free(m);
@@ -508,7 +512,30 @@ static void test_rule_tile_is_the_hosts(void **state)
     assert_true(checked >= 2);
     IrModule *m = codegen_ir(&s);
     for (IrInstr *i = m->first; i; i = i->next)
-        if (i->op == IR_OP_MOE_GROUPED_DOWN) assert_int_equal(ir_attr_int(i, "tile_n"), 48);
+        if (i->op == IR_OP_MOE_GROUPED_DOWN) assert_int_equal(ir_attr_int(i, "tile_n"), 32);
+    ir_module_free(m);
+}
+
+/* The rule's panel width past one panel: narrower (down to half the host's) where the host's would
+ * leave more than an eighth of N as padding. The 7B spec on the AVX-512 rule: the router's W1 (160
+ * outputs: four panels of 48 hold 192) in five of 32; the 1536-wide linears and the experts in 48;
+ * the lm_head's 32000 in 48 as well (16 columns of padding, under an eighth). */
+static void test_rule_width_pads_little(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    char path[512];
+    snprintf(path, sizeof path, "%s/specs/moepp-7b.yaml", MOEPPC_SOURCE_DIR);
+    Diag d = {stderr, path, 0};
+    assert_true(spec_load_file(path, &s, &d));
+    IrModule *m = codegen_ir(&s);
+    int routes = 0, linears = 0;
+    for (IrInstr *i = m->first; i; i = i->next) {
+        if (i->op == IR_OP_MOE_ROUTE) assert_int_equal(ir_attr_int(i, "tile_n"), 32), routes++;
+        if (i->op == IR_OP_LINEAR || i->op == IR_OP_MOE_GROUPED_UP || i->op == IR_OP_MOE_GROUPED_DOWN)
+            assert_int_equal(ir_attr_int(i, "tile_n"), 48), linears++;
+    }
+    assert_true(routes == 24 && linears > 24 * 4);
     ir_module_free(m);
 }
 
@@ -652,6 +679,7 @@ int main(void)
         cmocka_unit_test(test_refuses_when_memory_is_short),
         cmocka_unit_test(test_tiles_come_from_the_ir),
         cmocka_unit_test(test_rule_tile_is_the_hosts),
+        cmocka_unit_test(test_rule_width_pads_little),
         cmocka_unit_test(test_bf16_dot_equals_interpreter),
         cmocka_unit_test(test_amx_equals_interpreter),
     };
