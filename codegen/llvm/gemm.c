@@ -362,28 +362,56 @@ __attribute__((target("avx512f,avx512bf16"))) static int64_t pack_block_pairs(co
     }
     return w;
 }
+
+/* pack_block_f32 on AVX2: 8 columns a step, the 4-row transposes (unpack, shuffle) in both 128-bit
+ * halves, then for 8 rows each word's halves joined (vperm2f128). */
+__attribute__((target("avx2"))) static int64_t pack_block_f32_avx2(const float *const *src, int rows, int64_t K, int mr,
+                                                                  float *dst) {
+    int64_t w = 0;
+    for (; w + 8 <= K; w += 8) {
+        __m256 r[8], u[8];
+        for (int i = 0; i < rows; i++) r[i] = src[i] ? _mm256_loadu_ps(src[i] + w) : _mm256_setzero_ps();
+        for (int h = 0; h < rows; h += 4) { /* u[h + m]: rows h .. h + 3 of word m (low half) and m + 4 (high) */
+            __m256 t0 = _mm256_unpacklo_ps(r[h], r[h + 1]), t1 = _mm256_unpackhi_ps(r[h], r[h + 1]);
+            __m256 t2 = _mm256_unpacklo_ps(r[h + 2], r[h + 3]), t3 = _mm256_unpackhi_ps(r[h + 2], r[h + 3]);
+            u[h] = _mm256_shuffle_ps(t0, t2, 0x44), u[h + 1] = _mm256_shuffle_ps(t0, t2, 0xee);
+            u[h + 2] = _mm256_shuffle_ps(t1, t3, 0x44), u[h + 3] = _mm256_shuffle_ps(t1, t3, 0xee);
+        }
+        for (int m = 0; m < 4; m++) {
+            if (rows == 4) {
+                _mm_storeu_ps(dst + (w + m) * mr, _mm256_castps256_ps128(u[m]));
+                _mm_storeu_ps(dst + (w + 4 + m) * mr, _mm256_extractf128_ps(u[m], 1));
+            } else {
+                _mm256_storeu_ps(dst + (w + m) * mr, _mm256_permute2f128_ps(u[m], u[4 + m], 0x20));
+                _mm256_storeu_ps(dst + (w + 4 + m) * mr, _mm256_permute2f128_ps(u[m], u[4 + m], 0x31));
+            }
+        }
+    }
+    return w;
+}
 #endif
 
-/* Does this process pack f32 rows in blocks (pack_block_f32: AVX-512 present, and MOEPPC_ISA, which
- * the tests set to run the narrower forms, not below it)? bf16 pairs always are: their kernels need
- * AVX512-BF16. */
-static bool blocks_f32(void) {
+/* The vectors this process packs f32 rows in blocks with: 512 (pack_block_f32), 256
+ * (pack_block_f32_avx2) or 0 (none), as the CPU has them and MOEPPC_ISA (which the tests set to run
+ * the narrower forms) allows. bf16 pairs always are: their kernels need AVX512-BF16. */
+static int blocks_f32(void) {
 #ifdef MOEPPC_X86_INTRINSICS
-    static int have = -1;
-    if (have < 0) {
+    static int have512 = -1, have256 = -1;
+    if (have512 < 0) {
         __builtin_cpu_init();
-        const char *isa = getenv("MOEPPC_ISA");
-        have = __builtin_cpu_supports("avx512f") && (!isa || strcmp(isa, "avx512") == 0);
+        have512 = __builtin_cpu_supports("avx512f");
+        have256 = __builtin_cpu_supports("avx2");
     }
-    return have == 1;
-#else
-    return false;
+    const char *isa = getenv("MOEPPC_ISA");
+    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return 512;
+    if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return 256;
 #endif
+    return 0;
 }
 
 /* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows for kernel cfg (rows past the group's are
- * zeros): blocks of 8 and 4 rows (store_block) where they can, then each row's rest (all of it for the
- * others) one word at a time. */
+ * zeros): blocks of 8 and 4 rows (pack_block_*) where they can, then each row's rest (all of it for
+ * the others) one word at a time. */
 static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, const CgKernelConfig *cfg, float *dst) {
     int64_t rows = j->off[g + 1] - j->off[g], K = j->K, kw = j->kw, own = row_words(cfg, K); /* kw >= own */
     int mr = cfg->mr;
@@ -402,12 +430,12 @@ static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, const CgKe
     int blocked = 0; /* rows 0 .. blocked - 1 have words 0 .. done - 1 packed */
     int64_t done = 0;
 #ifdef MOEPPC_X86_INTRINSICS
-    if (cfg->a_bf16 || (!rounded && blocks_f32())) {
-        for (int b = 8; b >= 4; b -= 4)
-            for (; blocked + b <= mr; blocked += b)
-                done = cfg->a_bf16 ? pack_block_pairs(src + blocked, b, K, mr, dst + blocked)
-                                   : pack_block_f32(src + blocked, b, K, mr, dst + blocked);
-    }
+    int bits = cfg->a_bf16 ? 512 : rounded ? 0 : blocks_f32();
+    for (int b = 8; bits && b >= 4; b -= 4)
+        for (; blocked + b <= mr; blocked += b)
+            done = cfg->a_bf16 ? pack_block_pairs(src + blocked, b, K, mr, dst + blocked)
+                   : bits == 512 ? pack_block_f32(src + blocked, b, K, mr, dst + blocked)
+                                 : pack_block_f32_avx2(src + blocked, b, K, mr, dst + blocked);
 #endif
     for (int i = 0; i < mr; i++) {
         int64_t from = i < blocked ? done : 0;
