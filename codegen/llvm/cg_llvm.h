@@ -236,6 +236,15 @@ void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *
 void cg_gemm_multi(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
                    const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
                    const int64_t *ldc);
+/* Whether kernel b (blocking bb) takes A packed as kernel a (blocking ba) packs it: the same rows and
+ * form, kernel and edges alike, and panels no wider (the per-thread tiles are a's). */
+bool cg_gemm_packs_alike(const CgKernel *a, const CgBlocking *ba, const CgKernel *b, const CgBlocking *bb);
+/* cg_gemm_multi with each matrix on its own kernel and blocking (kern[q], blk[q]; each packs A alike
+ * with kern[0], cg_gemm_packs_alike; A packed once by kern[0] and blk[0]'s blocking of K and rows): a
+ * router's W1 and its constants' narrow Wc, say. */
+void cg_gemm_multi_kernels(const CgKernel *const *kern, const CgBlocking *const *blk, CgPool *pool, CgWork *work,
+                           int64_t m, const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
+                           const int64_t *ldc);
 
 /* Tokens grouped by expert: group g owns slots off[g] .. off[g+1]-1; slot s is token perm[s] with
  * gate weight gate_w[s]. A token appears at most once per group (top-k picks distinct experts). */

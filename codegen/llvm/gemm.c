@@ -74,6 +74,7 @@ typedef struct Job {
     float *out;
     int64_t d;
     int n_multi;           /* cg_gemm_multi: n_multi matrices of one A, C_q = A . W_q^T (0: none) */
+    const CgKernel *mks[CG_GEMM_MULTI][N_TILE_KINDS]; /* matrix q's kernel and edge kernels (ks's rows) */
     const CgPackedB *mw[CG_GEMM_MULTI];
     float *mout[CG_GEMM_MULTI];
     int64_t mldc[CG_GEMM_MULTI];
@@ -657,10 +658,9 @@ static void panel_compute(const Job *j, int64_t rows, const float *ap, const cha
     }
 }
 
-/* Panels p_begin .. p_end - 1 of a cg_gemm_multi call: each matrix's through a view of the job with
- * its weights and output (one group, the call's m rows). */
-static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, float *s) {
-    int64_t rows_all = j->off[1];
+/* Panels p_begin .. p_end - 1 of a cg_gemm_multi call over rows r_begin .. r_end - 1: each matrix's
+ * through a view of the job with its kernels, weights and output (one group). */
+static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, int64_t r_begin, int64_t r_end, float *s) {
     Job v;
     int q = -1;
     for (int64_t p = p_begin; p < p_end; p++) {
@@ -668,13 +668,15 @@ static void multi_chunk(const Job *j, int64_t p_begin, int64_t p_end, float *s) 
             for (q = 0; j->mpanel[q + 1] <= p; q++) {}
             v = *j;
             v.b = j->mw[q], v.c = j->mout[q], v.ldc = j->mldc[q];
+            v.kern = j->mks[q][0];
+            memcpy(v.ks, j->mks[q], sizeof v.ks);
         }
         int64_t lp = p - j->mpanel[q];
         const char *bpanel = (const char *)v.b->data + (size_t)lp * v.b->panel_bytes;
         const char *next = p + 1 < p_end && p + 1 < j->mpanel[q + 1] ? bpanel + v.b->panel_bytes : NULL;
-        for (int64_t row0 = 0; row0 < rows_all; row0 += j->mc) {
-            int64_t rows = rows_all - row0 < j->mc ? rows_all - row0 : j->mc;
-            panel_compute(&v, rows, j->ap + row0 * j->kw, bpanel, row0 ? NULL : next, s);
+        for (int64_t row0 = r_begin; row0 < r_end; row0 += j->mc) {
+            int64_t rows = r_end - row0 < j->mc ? r_end - row0 : j->mc;
+            panel_compute(&v, rows, j->ap + row0 * j->kw, bpanel, row0 > r_begin ? NULL : next, s);
             epilogue(&v, 0, row0, rows, lp, s);
         }
     }
@@ -693,8 +695,9 @@ static void chunk_task(void *ctx, int64_t chunk, int thread) {
     int64_t parts = j->n_chunks / j->row_parts, pc = chunk / j->row_parts, rc = chunk % j->row_parts;
     int64_t p_begin = pc * j->n_panels / parts, p_end = (pc + 1) * j->n_panels / parts;
     float *s = j->tiles + (size_t)thread * j->tile_floats;
-    if (j->n_multi) {
-        multi_chunk(j, p_begin, p_end, s);
+    if (j->n_multi) { /* part rc of the rows, whole tiles */
+        int64_t tiles = j->tile_off[1], r_end = (rc + 1) * tiles / j->row_parts * mr;
+        multi_chunk(j, p_begin, p_end, rc * tiles / j->row_parts * mr, r_end < j->off[1] ? r_end : j->off[1], s);
         return;
     }
     for (int64_t g = 0; g < j->n_groups; g++) {
@@ -768,8 +771,12 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
      * leave threads idle (one panel: one thread), which a many-core machine feels most. */
     int64_t panel_parts = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
     j->row_parts = 1;
-    bool single = j->n_groups == 1 && !j->n_multi && j->epi == EPI_STORE;
+    bool single = j->n_groups == 1 && j->epi == EPI_STORE;
     size_t a_bytes = (size_t)(n_tiles * mr * j->kw) * sizeof(float), b_bytes = (size_t)j->n_panels * j->b[0].panel_bytes;
+    if (j->n_multi) {
+        b_bytes = 0;
+        for (int q = 0; q < j->n_multi; q++) b_bytes += (size_t)j->mw[q]->n_panels * j->mw[q]->panel_bytes;
+    }
     if (single && j->n_panels > 1 && b_bytes <= SMALL_B_BYTES && a_bytes >= 2 * b_bytes) {
         /* weights that fit in L2 beside a part of many rows (a router's W1): parts of rows over all the
          * panels, so that A is read once and the weights from L2, not A once a panel (the 7B's W1, 160
@@ -797,21 +804,45 @@ void cg_gemm(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *
     run(&j, blk, pool, work);
 }
 
-void cg_gemm_multi(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
-                   const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
-                   const int64_t *ldc) {
+bool cg_gemm_packs_alike(const CgKernel *a, const CgBlocking *ba, const CgKernel *b, const CgBlocking *bb) {
+    for (int e = -1; e < CG_GEMM_EDGES; e++) {
+        const CgKernel *x = e < 0 ? a : ba->edge[e], *y = e < 0 ? b : bb->edge[e];
+        if (!x != !y) return false;
+        if (x && (x->cfg.mr != y->cfg.mr || x->cfg.a_bf16 != y->cfg.a_bf16 || x->cfg.amx != y->cfg.amx ||
+                  cg_kernel_kpair(&x->cfg) != cg_kernel_kpair(&y->cfg)))
+            return false;
+    }
+    return b->cfg.nr <= a->cfg.nr;
+}
+
+void cg_gemm_multi_kernels(const CgKernel *const *kern, const CgBlocking *const *blk, CgPool *pool, CgWork *work,
+                           int64_t m, const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
+                           const int64_t *ldc) {
     MOE_ASSERT(n >= 1 && n <= CG_GEMM_MULTI);
     int64_t off[2] = {0, m};
-    Job j = {.kern = kern, .K = b[0]->k, .epi = EPI_STORE, .n_groups = 1, .off = off, .x = a, .ldx = lda,
+    Job j = {.kern = kern[0], .K = b[0]->k, .epi = EPI_STORE, .n_groups = 1, .off = off, .x = a, .ldx = lda,
              .b = b[0], .n_multi = n};
     for (int q = 0; q < n; q++) {
-        j.b = b[q]; /* each checked as the job's weights; their n may differ */
+        MOE_ASSERT(cg_gemm_packs_alike(kern[0], blk[0], kern[q], blk[q]));
+        check_edges(kern[q], blk[q]->edge);
+        j.kern = kern[q], j.b = b[q]; /* each checked as the job's weights; their n may differ */
         check_weights(&j, false);
+        j.mks[q][0] = kern[q];
+        for (int e = 0; e < CG_GEMM_EDGES; e++) j.mks[q][1 + e] = blk[q]->edge[e];
         j.mw[q] = b[q], j.mout[q] = c[q], j.mldc[q] = ldc[q];
         j.mpanel[q + 1] = j.mpanel[q] + b[q]->n_panels;
     }
-    j.b = b[0], j.n_panels = j.mpanel[n];
-    run(&j, blk, pool, work);
+    j.kern = kern[0], j.b = b[0], j.n_panels = j.mpanel[n];
+    run(&j, blk[0], pool, work);
+}
+
+void cg_gemm_multi(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work, int64_t m,
+                   const float *a, int64_t lda, int n, const CgPackedB *const *b, float *const *c,
+                   const int64_t *ldc) {
+    const CgKernel *ks[CG_GEMM_MULTI];
+    const CgBlocking *bs[CG_GEMM_MULTI];
+    for (int q = 0; q < n && q < CG_GEMM_MULTI; q++) ks[q] = kern, bs[q] = blk;
+    cg_gemm_multi_kernels(ks, bs, pool, work, m, a, lda, n, b, c, ldc);
 }
 
 void cg_moe_up_swiglu(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,

@@ -492,9 +492,16 @@ static const Choice *choice_for(const Step *st, int64_t T)
 /* The bytes of a packed weight's elements (its panels' padding aside): what a GEMM over it reads. */
 static double weight_bytes(const CgPackedB *b) { return (double)b->n * (double)b->k * (double)dtype_size(b->dtype); }
 
+/* The configuration packed weight p of st runs at T tokens on: a route's narrow kernel for its narrow
+ * weights, else choice_for. */
+static const Choice *gemm_choice(const Step *st, int p, int64_t T)
+{
+    return st->narrow.k && st->pk[p].nr == st->narrow.k->cfg.nr ? &st->narrow : choice_for(st, T);
+}
+
 static void gemm(CpuModel *cm, const Step *st, int p, int64_t T, const float *x, int64_t lda, float *y, int64_t ldc)
 {
-    const Choice *c = st->narrow.k && st->pk[p].nr == st->narrow.k->cfg.nr ? &st->narrow : choice_for(st, T);
+    const Choice *c = gemm_choice(st, p, T);
     cg_gemm(c->k, &c->blk, cm->pool, &cm->work, T, x, lda, &st->pk[p], y, ldc, false);
 }
 
@@ -552,19 +559,33 @@ static void run_route(CpuModel *cm, Step *st, int64_t T)
     int64_t D = cols(i->in[0]), H1 = L == 2 ? i->in[1]->type.dims[0] : 0;
     const float *x = addr(cm, i->in[0], T);
     float *h = cm->scratch, *z0 = h + T * H1, *g = z0 + T * E, *alog = g + T * E;
-    int p = 0;
+    bool res = ir_attr_int(i, "residual");
+    /* the first GEMM (W1, weight 0) and the constants' Wc (weight pc) both read x: one call packs it
+     * once where their kernels take it alike (the 7B at T = 2048: Wc alone took 0.7-1.4 ms a layer,
+     * most of it packing x again) */
+    int pc = (int)L + res;
+    float *y1 = L == 2 ? h : z0;
+    int64_t ld1 = L == 2 ? H1 : E;
+    const Choice *c1 = gemm_choice(st, 0, T), *cc = nc ? gemm_choice(st, pc, T) : NULL;
+    bool shared = cc && cg_gemm_packs_alike(c1->k, &c1->blk, cc->k, &cc->blk);
+    if (shared) {
+        const CgKernel *k[2] = {c1->k, cc->k};
+        const CgBlocking *blk[2] = {&c1->blk, &cc->blk};
+        const CgPackedB *b[2] = {&st->pk[0], &st->pk[pc]};
+        float *y[2] = {y1, alog};
+        int64_t ldc[2] = {ld1, 2 * nc};
+        cg_gemm_multi_kernels(k, blk, cm->pool, &cm->work, T, x, D, 2, b, y, ldc);
+    } else {
+        gemm(cm, st, 0, T, x, D, y1, ld1);
+    }
     if (L == 2) {
-        gemm(cm, st, p++, T, x, D, h, H1);
         RowTask th = {.kind = CG_OP_TANH, .fn = st->fn_tanh, .a = {h}, .o = {h}, .T = T};
         rows_run(cm, &th);
-        gemm(cm, st, p++, T, h, H1, z0, E);
-    } else {
-        gemm(cm, st, p++, T, x, D, z0, E);
+        gemm(cm, st, 1, T, h, H1, z0, E);
     }
-    bool res = ir_attr_int(i, "residual");
-    if (res) gemm(cm, st, p++, T, addr(cm, i->in[1 + L], T), E, g, E);
+    if (res) gemm(cm, st, (int)L, T, addr(cm, i->in[1 + L], T), E, g, E);
     if (nc) { /* Wc · (s x) as s (Wc · x): the same f32 values where s is a power of two (the picks, 2) */
-        gemm(cm, st, p++, T, x, D, alog, 2 * nc);
+        if (!shared) gemm(cm, st, pc, T, x, D, alog, 2 * nc);
         float s = (float)ir_attr_float(i, "s");
         for (int64_t j = 0; j < T * 2 * nc; j++) alog[j] *= s;
     }

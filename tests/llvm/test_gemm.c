@@ -153,22 +153,33 @@ static void test_gemm_row_parts(void **state) {
 }
 
 /* cg_gemm_multi: three matrices of one A (N of 49, 47 and 130: panels of each whole and cut, 7 chunks
- * over 2 threads crossing from one matrix to the next), M of 1, 7 and 100 (row blocks of 64), every B
- * dtype and ISA, padded and on edge kernels: each C_q as cg_gemm makes it alone (check_gemm checks
- * that against f64), bit for bit, and the padding between rows untouched. */
+ * over 2 threads crossing from one matrix to the next), M of 1, 7, 100 (row blocks of 64) and 1000
+ * (parts of rows over all the panels: the weights small beside A), every B dtype and ISA, padded and
+ * on edge kernels, and (cg_gemm_multi_kernels) the third matrix on a kernel one vector wide: each C_q
+ * as cg_gemm makes it alone on its kernel (check_gemm checks that against f64), bit for bit, and the
+ * padding between rows untouched. */
 static void test_gemm_multi(void **state) {
-    static const int64_t Ns[3] = {49, 47, 130}, Ms[] = {1, 7, 100}, K = 257;
+    static const int64_t Ns[3] = {49, 47, 130}, Ms[] = {1, 7, 100, 1000}, K = 257;
     cg_isa isas[3];
     int n_isa = tu_isas(isas), bad = 0;
     CgPool *pool = cg_pool_new(2);
     for (int is = 0; is < n_isa; is++)
         for (size_t d = 0; d < MOE_ARRAY_LEN(DTYPES); d++)
             for (size_t mi = 0; mi < MOE_ARRAY_LEN(Ms); mi++)
-                for (int edges = 0; edges < 2; edges++) {
+                for (int edges = 0; edges < 4; edges++) { /* edges & 2: the narrow third kernel */
                     CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isas[is]), DTYPES[d]);
-                    const CgKernel *kern = tu_kernel(isas[is], &cfg);
-                    CgBlocking blk = {.kc = 0, .mc = 64};
-                    if (edges) tu_edges(isas[is], kern, &blk);
+                    const CgKernel *kern = tu_kernel(isas[is], &cfg), *ks[3] = {kern, kern, kern};
+                    CgBlocking blk = {.kc = 0, .mc = 64}, nblk = blk;
+                    const CgBlocking *bs[3] = {&blk, &blk, &blk};
+                    if (edges & 1) tu_edges(isas[is], kern, &blk);
+                    if (edges & 2) {
+                        CgKernelConfig n = cg_kernel_config_tile(tu_jit(isas[is]), DTYPES[d], cfg.mr,
+                                                                 cg_jit_target(tu_jit(isas[is]))->vec_width, 0);
+                        ks[2] = tu_kernel(isas[is], &n), bs[2] = &nblk;
+                        if (edges & 1) tu_edges(isas[is], ks[2], &nblk);
+                        assert_true(cg_gemm_packs_alike(kern, &blk, ks[2], &nblk) && ks[2]->cfg.nr < kern->cfg.nr);
+                        assert_false(cg_gemm_packs_alike(ks[2], &nblk, kern, &blk)); /* wider than the first */
+                    }
                     int64_t m = Ms[mi], lda = K + 3;
                     moe_rng r;
                     rng_seed(&r, 500 + (uint64_t)(mi * 2 + (size_t)edges));
@@ -185,14 +196,15 @@ static void test_gemm_multi(void **state) {
                         tu_random(&r, w, (size_t)(Ns[q] * K));
                         wd[q] = tu_to_dtype(w, (size_t)(Ns[q] * K), DTYPES[d]);
                         free(w);
-                        cg_pack_b(&pb[q], wd[q], DTYPES[d], Ns[q], K, kern->cfg.nr, cg_kernel_kpair(&kern->cfg));
+                        cg_pack_b(&pb[q], wd[q], DTYPES[d], Ns[q], K, ks[q]->cfg.nr, cg_kernel_kpair(&ks[q]->cfg));
                         bp[q] = &pb[q], ldc[q] = Ns[q] + 2 + q;
                         c[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));
                         want[q] = xmalloc(sizeof(float) * (size_t)(m * ldc[q]));
                         for (int64_t e = 0; e < m * ldc[q]; e++) c[q][e] = want[q][e] = -7.0f - (float)q;
-                        cg_gemm(kern, &blk, pool, &work, m, a, lda, &pb[q], want[q], ldc[q], false);
+                        cg_gemm(ks[q], bs[q], pool, &work, m, a, lda, &pb[q], want[q], ldc[q], false);
                     }
-                    cg_gemm_multi(kern, &blk, pool, &work, m, a, lda, 3, bp, c, ldc);
+                    if (edges & 2) cg_gemm_multi_kernels(ks, bs, pool, &work, m, a, lda, 3, bp, c, ldc);
+                    else cg_gemm_multi(kern, &blk, pool, &work, m, a, lda, 3, bp, c, ldc);
                     for (int q = 0; q < 3; q++) {
                         if (memcmp(c[q], want[q], sizeof(float) * (size_t)(m * ldc[q])) != 0 && bad++ < 5)
                             fprintf(stderr, "  %s %s M=%lld edges=%d: matrix %d differs from cg_gemm's\n", kern->symbol,
