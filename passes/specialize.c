@@ -39,7 +39,8 @@ static void tile_rule(const PassOptions *o, bool grouped, bool down, moe_dtype d
          * than an eighth of N in padding: the 7B router's W1 of 160 outputs in four panels of 48 (a
          * fifth of its multiply-adds on zeros) measured 1.07 ms at T = 512 (Zen 5, two threads), in
          * five of 32 (none) 0.88 ms */
-        for (int64_t w = nr - vec, pad = round_up(N, nr) - N; N > nr && pad > N / 8 && w >= nr / 2 && w >= vec; w -= vec)
+        int64_t pad = round_up(N, nr) - N;
+        for (int64_t w = nr - vec; N > nr && pad > N / 8 && w >= nr / 2 && w >= vec; w -= vec)
             if (round_up(N, w) - N < pad) tile[1] = w, pad = round_up(N, w) - N;
         tile[2] = K;
     } else if (grouped && dt != DT_F32 && K % 8 == 0 && N % 8 == 0) {

@@ -236,6 +236,24 @@ static void cover_plan(Job *j, const CgKernel *const *edge) {
     }
 }
 
+/* The widest vectors the host code here (packing A in blocks, the SwiGLU epilogue) may take: 512, 256
+ * (AVX2 with FMA) or 0, as the CPU it runs on has them, never assumed, and as MOEPPC_ISA allows (so
+ * the narrower ISAs' tests run the other forms). */
+static int host_vector_bits(void) {
+#ifdef MOEPPC_X86_INTRINSICS
+    static int have512 = -1, have256 = -1;
+    if (have512 < 0) {
+        __builtin_cpu_init();
+        have512 = __builtin_cpu_supports("avx512f");
+        have256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    const char *isa = getenv("MOEPPC_ISA");
+    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return 512;
+    if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return 256;
+#endif
+    return 0;
+}
+
 /* ---- step 1: pack A ---------------------------------------------------------------------- */
 /* Row src as word i of each k pair of a tile of mr rows: bf16(src[2p]) | bf16(src[2p+1]) << 16.
  * The bf16 dot-product kernels need AVX512-BF16, so its conversion (vcvtne2ps2bf16: round to
@@ -392,23 +410,6 @@ __attribute__((target("avx2"))) static int64_t pack_block_f32_avx2(const float *
 }
 #endif
 
-/* The vectors this process packs f32 rows in blocks with: 512 (pack_block_f32), 256
- * (pack_block_f32_avx2) or 0 (none), as the CPU has them and MOEPPC_ISA (which the tests set to run
- * the narrower forms) allows. bf16 pairs always are: their kernels need AVX512-BF16. */
-static int blocks_f32(void) {
-#ifdef MOEPPC_X86_INTRINSICS
-    static int have512 = -1, have256 = -1;
-    if (have512 < 0) {
-        __builtin_cpu_init();
-        have512 = __builtin_cpu_supports("avx512f");
-        have256 = __builtin_cpu_supports("avx2");
-    }
-    const char *isa = getenv("MOEPPC_ISA");
-    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return 512;
-    if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return 256;
-#endif
-    return 0;
-}
 
 /* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows for kernel cfg (rows past the group's are
  * zeros): blocks of 8 and 4 rows (pack_block_*) where they can, then each row's rest (all of it for
@@ -431,7 +432,7 @@ static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, const CgKe
     int blocked = 0; /* rows 0 .. blocked - 1 have words 0 .. done - 1 packed */
     int64_t done = 0;
 #ifdef MOEPPC_X86_INTRINSICS
-    int bits = cfg->a_bf16 ? 512 : rounded ? 0 : blocks_f32();
+    int bits = cfg->a_bf16 ? 512 : rounded ? 0 : host_vector_bits(); /* (bf16 pairs: their kernels need AVX512-BF16) */
     for (int b = 8; bits && b >= 4; b -= 4)
         for (; blocked + b <= mr; blocked += b)
             done = cfg->a_bf16 ? pack_block_pairs(src + blocked, b, K, mr, dst + blocked)
@@ -553,20 +554,11 @@ __attribute__((target("avx2,fma"))) static void swiglu_avx2(float *restrict h, c
 /* h = silu(a) · b over n columns, for one call of the drivers. The SwiGLU epilogue runs once per
  * FFN pick and intermediate column, so it is written for AVX-512 and for AVX2 + FMA (GCC 12
  * vectorises the scalar loop at neither -O2 nor -O3: without -ffast-math its clamp and floor stay
- * calls or branches), each taken when the CPU it runs on has it, never assumed, and MOEPPC_ISA does
- * not cap the ISA below it (so the narrower ISAs' tests run the other forms); the scalar loop
- * elsewhere. */
+ * calls or branches), as host_vector_bits allows; the scalar loop elsewhere. */
 static swiglu_fn swiglu_for_host(void) {
 #ifdef MOEPPC_X86_INTRINSICS
-    static int have512 = -1, have256 = -1;
-    if (have512 < 0) {
-        __builtin_cpu_init();
-        have512 = __builtin_cpu_supports("avx512f");
-        have256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    const char *isa = getenv("MOEPPC_ISA");
-    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return swiglu_avx512;
-    if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return swiglu_avx2;
+    int bits = host_vector_bits();
+    if (bits) return bits == 512 ? swiglu_avx512 : swiglu_avx2;
 #endif
     return swiglu_scalar;
 }
@@ -772,7 +764,8 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     int64_t panel_parts = j->n_panels < 2 * threads ? j->n_panels : 2 * threads;
     j->row_parts = 1;
     bool single = j->n_groups == 1 && j->epi == EPI_STORE;
-    size_t a_bytes = (size_t)(n_tiles * mr * j->kw) * sizeof(float), b_bytes = (size_t)j->n_panels * j->b[0].panel_bytes;
+    size_t a_bytes = (size_t)(n_tiles * mr * j->kw) * sizeof(float);
+    size_t b_bytes = (size_t)j->n_panels * j->b[0].panel_bytes;
     if (j->n_multi) {
         b_bytes = 0;
         for (int q = 0; q < j->n_multi; q++) b_bytes += (size_t)j->mw[q]->n_panels * j->mw[q]->panel_bytes;
