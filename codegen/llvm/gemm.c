@@ -410,7 +410,6 @@ __attribute__((target("avx2"))) static int64_t pack_block_f32_avx2(const float *
 }
 #endif
 
-
 /* Rows r0 .. r0 + n - 1 of group g as one tile of mr rows for kernel cfg (rows past the group's are
  * zeros): blocks of 8 and 4 rows (pack_block_*) where they can, then each row's rest (all of it for
  * the others) one word at a time. */
