@@ -34,8 +34,6 @@ typedef void (*swiglu_fn)(float *restrict h, const float *restrict a, const floa
 
 enum { MAX_MR = 64, N_TILE_KINDS = 1 + CG_GEMM_EDGES }; /* MAX_MR: kernel_ir.c's accumulator bound */
 enum { MIN_PART_TILES = 4 }; /* MR-row tiles a chunk's rows hold at least when rows are split (run) */
-/* run: weights of at most SMALL_B_BYTES are multiplied in parts of A of about A_PART_BYTES (both in L2) */
-enum { SMALL_B_BYTES = 1 << 20, A_PART_BYTES = 256 << 10 };
 
 /* How the last r < MR rows of a group run: n[c] tiles of kernel c of Job.ks, kinds in order. */
 typedef struct Cover {
@@ -82,6 +80,19 @@ typedef struct Job {
 } Job;
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* This CPU's L2 a core (sysconf's, 1 MB where it does not say), held within 256 KB .. 4 MB. */
+static size_t l2_bytes(void) {
+    static size_t l2;
+    if (!l2) {
+        long v = 0;
+#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE)
+        v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        l2 = v <= 0 ? (size_t)1 << 20 : v < 256 << 10 ? (size_t)256 << 10 : v > 4 << 20 ? (size_t)4 << 20 : (size_t)v;
+    }
+    return l2;
+}
 
 /* Words of a packed row of A for kern over K columns (Job.kw). */
 static int64_t row_words(const CgKernelConfig *cfg, int64_t K) {
@@ -769,11 +780,13 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
         b_bytes = 0;
         for (int q = 0; q < j->n_multi; q++) b_bytes += (size_t)j->mw[q]->n_panels * j->mw[q]->panel_bytes;
     }
-    if (single && j->n_panels > 1 && b_bytes <= SMALL_B_BYTES && a_bytes >= 2 * b_bytes) {
-        /* weights that fit in L2 beside a part of many rows (a router's W1): parts of rows over all the
-         * panels, so that A is read once and the weights from L2, not A once a panel (the 7B's W1, 160
-         * outputs of 1536, at T = 2048: A 12.6 MB in f32 read four times from memory) */
-        int64_t part_tiles = (int64_t)(A_PART_BYTES / ((size_t)(mr * j->kw) * sizeof(float)));
+    if (single && j->n_panels > 1 && b_bytes <= l2_bytes() && a_bytes >= 2 * b_bytes) {
+        /* weights that fit in L2 beside a part of many rows (a router's W1): parts of rows (a quarter of
+         * L2 of A) over all the panels, so that A is read once and the weights from L2, not A once a
+         * panel (the 7B's W1, 160 outputs of 1536, at T = 2048: A 12.6 MB in f32 read four times from
+         * memory). (Measured on a Zen 5's 1 MB of L2; weights of 2 MB there, the 0.6B's output
+         * projection, ran slower so.) */
+        int64_t part_tiles = (int64_t)(l2_bytes() / 4 / ((size_t)(mr * j->kw) * sizeof(float)));
         part_tiles = part_tiles > MIN_PART_TILES ? part_tiles : MIN_PART_TILES;
         panel_parts = 1;
         j->row_parts = (n_tiles + part_tiles - 1) / part_tiles;
