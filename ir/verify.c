@@ -459,9 +459,11 @@ static bool check_attrs(Verifier *v, const IrInstr *i)
             !want(v, a->i == 0 || (a->i == 1 && act && act->kind == IR_ATTR_INT && act->i == 1),
                   "attribute 'amx' must be 0, or 1 with act_bf16 = 1"))
             return false;
-        if (!strcmp(a->key, "kv_dtype") && !want(v, !strcmp(a->s, "bf16") || !strcmp(a->s, "f16"),
-                                                 "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", a->s))
-            return false;
+        if (!strcmp(a->key, "kv_dtype") && strcmp(a->s, "bf16") != 0 && strcmp(a->s, "f16") != 0) {
+            char shown[64]; /* the IR text's string: shown escaped */
+            str_escape(a->s, strlen(a->s), shown, sizeof shown);
+            return want(v, false, "attribute 'kv_dtype' must be \"bf16\" or \"f16\", found \"%s\"", shown);
+        }
     }
     char buf[256];
     snprintf(buf, sizeof buf, "%s", info->attrs);
