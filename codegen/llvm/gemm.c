@@ -66,6 +66,7 @@ typedef struct Job {
     bool accumulate;
     float *h;              /* EPI_SWIGLU: h[slots, inter] */
     swiglu_fn swiglu;      /* its row function (swiglu_for_host) */
+    int vec_bits;          /* host_vector_bits at the call: pack_rows's blocks */
     int64_t inter;
     const int32_t *perm;   /* EPI_SCATTER: out[perm[s], d] += gate_w[s] * S */
     const float *gate_w;
@@ -442,7 +443,7 @@ static void pack_rows(const Job *j, int64_t g, int64_t r0, int64_t n, const CgKe
     int blocked = 0; /* rows 0 .. blocked - 1 have words 0 .. done - 1 packed */
     int64_t done = 0;
 #ifdef MOEPPC_X86_INTRINSICS
-    int bits = cfg->a_bf16 ? 512 : rounded ? 0 : host_vector_bits(); /* (bf16 pairs: their kernels need AVX512-BF16) */
+    int bits = cfg->a_bf16 ? 512 : rounded ? 0 : j->vec_bits; /* (bf16 pairs: their kernels need AVX512-BF16) */
     for (int b = 8; bits && b >= 4; b -= 4)
         for (; blocked + b <= mr; blocked += b)
             done = cfg->a_bf16 ? pack_block_pairs(src + blocked, b, K, mr, dst + blocked)
@@ -565,11 +566,11 @@ __attribute__((target("avx2,fma"))) static void swiglu_avx2(float *restrict h, c
  * FFN pick and intermediate column, so it is written for AVX-512 and for AVX2 + FMA (GCC 12
  * vectorises the scalar loop at neither -O2 nor -O3: without -ffast-math its clamp and floor stay
  * calls or branches), as host_vector_bits allows; the scalar loop elsewhere. */
-static swiglu_fn swiglu_for_host(void) {
+static swiglu_fn swiglu_for_host(int bits) {
 #ifdef MOEPPC_X86_INTRINSICS
-    int bits = host_vector_bits();
     if (bits) return bits == 512 ? swiglu_avx512 : swiglu_avx2;
 #endif
+    (void)bits;
     return swiglu_scalar;
 }
 
@@ -754,7 +755,8 @@ static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
         fprintf(stderr, "moeppc: Linux refused this process the AMX tiles its kernels were built for\n");
         abort();
     }
-    j->swiglu = swiglu_for_host();
+    j->vec_bits = host_vector_bits(); /* (once a call, here: the pool's threads only read it) */
+    j->swiglu = swiglu_for_host(j->vec_bits);
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     work->tile_off = grow(work->tile_off, &work->tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), work->borrowed);
     j->tile_off = work->tile_off;
