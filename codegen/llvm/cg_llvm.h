@@ -119,10 +119,10 @@ bool cg_kernel_kpair(const CgKernelConfig *cfg);
  * of 16 words, row i's at [(p/16)*MR*16 + i*16 + p%16] (a tile's rows, 64 bytes apart); they run
  * ceil(kc/32) blocks, so the words past kc up to the block's end must be zeros (in B too: kpair
  * panels pad K to a multiple of 32).
- * pf, pf_shift: what the FMA and dot-product kernels prefetch into L2 as they go: for the bytes of bp they read at
- * offset o, the line at pf + (o >> pf_shift) (pf = bp + CG_B_PREFETCH, shift 0: their own weights
- * ahead; or a 2^-pf_shift share of the panel a driver reads next; never dereferenced, so any
- * address). The AMX kernels prefetch their own panel ahead: they ignore both. */
+ * pf, pf_shift: what the FMA and dot-product kernels prefetch into L2 as they go: for the bytes of
+ * bp they read at offset o, the line at pf + (o >> pf_shift) (pf = bp + CG_B_PREFETCH, shift 0: their
+ * own weights ahead; or a 2^-pf_shift share of the panel a driver reads next; never dereferenced, so
+ * any address). The AMX kernels prefetch their own panel ahead: they ignore both. */
 typedef void (*cg_kernel_fn)(int64_t kc, const float *ap, const void *bp, float *c, int64_t ldc,
                              int32_t beta, const void *pf, int64_t pf_shift);
 /* The bytes ahead of B a kernel's own prefetch runs (pf = bp + CG_B_PREFETCH). */

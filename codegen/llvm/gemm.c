@@ -692,22 +692,29 @@ static const char *next_group(const Job *j, int64_t g, int64_t p_begin) {
     return NULL;
 }
 
+/* Part rc of a group's `rows` rows, whole MR-row tiles: rows *begin .. *end - 1 (one part unless
+ * row_parts > 1). */
+static void part_rows(const Job *j, int64_t rc, int64_t rows, int64_t *begin, int64_t *end) {
+    int64_t mr = j->kern->cfg.mr, tiles = (rows + mr - 1) / mr;
+    *begin = rc * tiles / j->row_parts * mr;
+    *end = (rc + 1) * tiles / j->row_parts * mr;
+    *end = *end < rows ? *end : rows;
+}
+
 static void chunk_task(void *ctx, int64_t chunk, int thread) {
     const Job *j = ctx;
     int mr = j->kern->cfg.mr;
     int64_t parts = j->n_chunks / j->row_parts, pc = chunk / j->row_parts, rc = chunk % j->row_parts;
     int64_t p_begin = pc * j->n_panels / parts, p_end = (pc + 1) * j->n_panels / parts;
     float *s = j->tiles + (size_t)thread * j->tile_floats;
-    if (j->n_multi) { /* part rc of the rows, whole tiles */
-        int64_t tiles = j->tile_off[1], r_end = (rc + 1) * tiles / j->row_parts * mr;
-        multi_chunk(j, p_begin, p_end, rc * tiles / j->row_parts * mr, r_end < j->off[1] ? r_end : j->off[1], s);
+    int64_t r_begin, r_end; /* this chunk's rows of a group */
+    if (j->n_multi) {
+        part_rows(j, rc, j->off[1], &r_begin, &r_end);
+        multi_chunk(j, p_begin, p_end, r_begin, r_end, s);
         return;
     }
     for (int64_t g = 0; g < j->n_groups; g++) {
-        int64_t rows_g = j->off[g + 1] - j->off[g], tiles_g = (rows_g + mr - 1) / mr;
-        /* this chunk's rows: part rc of the group's, whole tiles (one part unless row_parts > 1) */
-        int64_t r_begin = rc * tiles_g / j->row_parts * mr, r_end = (rc + 1) * tiles_g / j->row_parts * mr;
-        r_end = r_end < rows_g ? r_end : rows_g;
+        part_rows(j, rc, j->off[g + 1] - j->off[g], &r_begin, &r_end);
         const float *ap_g = j->ap + j->tile_off[g] * mr * j->kw;
         for (int64_t p = p_begin; p < p_end && r_end > r_begin; p++) {
             const char *bpanel = (const char *)j->b[g].data + (size_t)p * j->b[g].panel_bytes;

@@ -331,9 +331,8 @@ static LLVMValueRef amx_config(KB *k, int na, int nb, int rows) {
  * near the read ceiling unaided: the 7B f32 layer did not gain), nor AMX's loop (its own, per k
  * block). */
 
-/* Does cfg's main loop prefetch B (prefetch_b_ahead)? */
+/* Does cfg's main loop prefetch B (prefetch_b_ahead)? (The dot product's kernels are AVX-512's.) */
 static bool prefetches_b(const CgTarget *t, const CgKernelConfig *cfg) {
-    if (cfg->a_bf16) return true;
     return t->isa == CG_ISA_AVX512 || cfg->b_dtype != DT_F32;
 }
 
