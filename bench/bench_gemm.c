@@ -2,8 +2,9 @@
  * uniform random routing): SwiGLU up-projection + gate-weighted scatter-add down-projection, for
  * T = 1, 64, 512 on 1 and 2 threads, f32 and bf16 weights (and, on AVX-512 hosts, bf16 in k pairs; on
  * AVX512-BF16 hosts, bf16 on the bf16 dot-product kernels; on AMX hosts, bf16 on 32 x 32 AMX tiles)
- * interleaved round by round. Prints the median (min-max) time, GFLOP/s and the fraction of the f32
- * FMA peak measured in the same run.
+ * interleaved round by round, each as two calls and (where the down-projection takes h packed, marked
+ * "+ffn") as one cg_moe_ffn, what the executor runs. Prints the median (min-max) time, GFLOP/s and
+ * the fraction of the f32 FMA peak measured in the same run.
  * Usage: bench_gemm [max_threads [T]]   (T: any token count, else 1, 64 and 512)
  *  (MOEPPC_KC=n tries K blocking; MOEPPC_ISA caps the ISA) */
 #include "bench/probe.h"
@@ -11,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { D = 1536, I = 4096, E = 16, TOPK = 2, MAX_REPS = 64, N_KINDS = 5 };
+enum { D = 1536, I = 4096, E = 16, TOPK = 2, MAX_REPS = 64, N_KINDS = 5, N_ROWS = 2 * N_KINDS };
 
 typedef struct Weights {
     moe_dtype dt;
@@ -78,13 +79,22 @@ static void make_batch(Batch *b, int t, moe_rng *r) {
 
 static void free_batch(Batch *b) { free(b->perm), free(b->gate_w), free(b->x), free(b->h), free(b->out); }
 
-static double run_layer(const Weights *w, const Batch *b, CgPool *pool, CgWork *work) {
+static double run_layer(const Weights *w, bool ffn, const Batch *b, CgPool *pool, CgWork *work) {
     CgRouting r = {E, b->off, b->perm, b->gate_w};
     CgBlocking blk = cg_blocking_default(w->kern);
     double t0 = bench_now_s();
-    cg_moe_up_swiglu(w->kern, &blk, pool, work, &r, b->x, w->up, b->h);
-    cg_moe_down_scatter(w->kern, &blk, pool, work, &r, b->h, w->down, b->out);
+    if (ffn) cg_moe_ffn(w->kern, &blk, w->kern, &blk, pool, work, &r, b->x, w->up, w->down, b->out);
+    else {
+        cg_moe_up_swiglu(w->kern, &blk, pool, work, &r, b->x, w->up, b->h);
+        cg_moe_down_scatter(w->kern, &blk, pool, work, &r, b->h, w->down, b->out);
+    }
     return bench_now_s() - t0;
+}
+
+/* Whether the kind's down-projection takes h packed (cg_moe_ffn). */
+static bool fuses(const Weights *w) {
+    CgBlocking blk = cg_blocking_default(w->kern);
+    return cg_moe_ffn_packs_h(w->kern, &blk, I);
 }
 
 static double median_peak(CgPool *pool) {
@@ -99,21 +109,31 @@ static void bench_case(Weights *ws, int n_w, int t, CgPool *pool, double peak, m
     Batch b;
     make_batch(&b, t, r);
     int reps = t >= 512 ? 7 : t >= 64 ? 21 : MAX_REPS;
-    double times[N_KINDS][MAX_REPS];
-    CgWork work = {0};
-    for (int i = 0; i < n_w; i++) run_layer(&ws[i], &b, pool, &work), run_layer(&ws[i], &b, pool, &work);
-    for (int rep = 0; rep < reps; rep++)
-        for (int i = 0; i < n_w; i++) times[i][rep] = run_layer(&ws[i], &b, pool, &work);
-    double flops = (double)t * TOPK * (2.0 * D * 2 * I + 2.0 * I * D);
+    double times[N_ROWS][MAX_REPS];
+    int kind[N_ROWS], n_rows = 0; /* row: kind kind[row] / 2, as one cg_moe_ffn where kind[row] is odd */
     for (int i = 0; i < n_w; i++) {
+        kind[n_rows++] = 2 * i;
+        if (fuses(&ws[i])) kind[n_rows++] = 2 * i + 1;
+    }
+    CgWork work = {0};
+    for (int i = 0; i < n_rows; i++)
+        for (int k = 0; k < 2; k++) run_layer(&ws[kind[i] / 2], kind[i] % 2, &b, pool, &work);
+    for (int rep = 0; rep < reps; rep++)
+        for (int i = 0; i < n_rows; i++) times[i][rep] = run_layer(&ws[kind[i] / 2], kind[i] % 2, &b, pool, &work);
+    double flops = (double)t * TOPK * (2.0 * D * 2 * I + 2.0 * I * D);
+    for (int i = 0; i < n_rows; i++) {
         qsort(times[i], (size_t)reps, sizeof(double), bench_cmp_double);
         double med = times[i][reps / 2];
-        printf("T=%-4d threads=%d %-7s %8.3f ms (min %8.3f, max %8.3f)  %6.1f GFLOP/s  %5.1f %% of f32 peak  %7.0f tok/s\n",
-               t, cg_pool_threads(pool),
-               ws[i].kern->cfg.amx      ? "bf16amx"
-               : ws[i].kern->cfg.a_bf16 ? "bf16dot"
-               : ws[i].kern->cfg.kpair_b ? "bf16kp"
-                                        : dtype_name(ws[i].dt),
+        const Weights *w = &ws[kind[i] / 2];
+        char name[16];
+        const char *form = w->kern->cfg.amx       ? "bf16amx"
+                           : w->kern->cfg.a_bf16  ? "bf16dot"
+                           : w->kern->cfg.kpair_b ? "bf16kp"
+                                                  : dtype_name(w->dt);
+        snprintf(name, sizeof name, "%s%s", form, kind[i] % 2 ? "+ffn" : "");
+        printf("T=%-4d threads=%d %-11s %8.3f ms (min %8.3f, max %8.3f)  %6.1f GFLOP/s  %5.1f %% of f32 peak  "
+               "%7.0f tok/s\n",
+               t, cg_pool_threads(pool), name,
                med * 1e3,
                times[i][0] * 1e3, times[i][reps - 1] * 1e3,
                flops / med * 1e-9, 100.0 * flops / med * 1e-9 / peak, t / med);

@@ -187,6 +187,10 @@ typedef struct CgWork {
     size_t   tiles_cap;  /* floats */
     int64_t *tile_off;
     size_t   tile_off_cap;
+    float   *h_packed;   /* cg_moe_ffn: h in the down-projection's packed tiles */
+    size_t   h_cap;      /* floats */
+    int64_t *h_tile_off;
+    size_t   h_tile_off_cap;
     bool     borrowed;
 } CgWork;
 void cg_work_free(CgWork *w);       /* frees what it owns; a borrowed one is only forgotten */
@@ -215,11 +219,16 @@ bool cg_jit_edges(CgJit *jit, const CgKernel *kern, CgBlocking *blk, char *err, 
 /* What a driver call needs in a CgWork: cg_work_need raises need to cover a call of kern with blk
  * on `threads` threads over up to m rows in n_groups groups of K columns. */
 typedef struct CgWorkNeed {
-    size_t a_floats, tile_floats, n_tile_off;
+    size_t a_floats, tile_floats, n_tile_off, h_floats;
 } CgWorkNeed;
 void   cg_work_need(CgWorkNeed *need, const CgKernel *kern, const CgBlocking *blk, int threads, int64_t m,
                     int64_t n_groups, int64_t K);
-size_t cg_work_need_bytes(const CgWorkNeed *need);  /* three 64-byte aligned blocks */
+/* ... and for a cg_moe_ffn call of up (up_blk) and down (down_blk) on up to m slots of n_groups groups,
+ * x of D columns and h of `inter`. */
+void   cg_work_need_ffn(CgWorkNeed *need, const CgKernel *up, const CgBlocking *up_blk, const CgKernel *down,
+                        const CgBlocking *down_blk, int threads, int64_t m, int64_t n_groups, int64_t D,
+                        int64_t inter);
+size_t cg_work_need_bytes(const CgWorkNeed *need);  /* five 64-byte aligned blocks (the last two empty without h) */
 /* Use mem (64-byte aligned, cg_work_need_bytes(need) bytes) from now on; what w owned is freed. */
 void   cg_work_borrow(CgWork *w, void *mem, const CgWorkNeed *need);
 
@@ -263,5 +272,16 @@ void cg_moe_up_swiglu(const CgKernel *kern, const CgBlocking *blk, CgPool *pool,
  * h: [n_slots, I]; w_down: n_groups packed [D, I]; out: [T, D], accumulated (zero it first). */
 void cg_moe_down_scatter(const CgKernel *kern, const CgBlocking *blk, CgPool *pool, CgWork *work,
                          const CgRouting *r, const float *h, const CgPackedB *w_down, float *out);
+/* Whether cg_moe_ffn can hand `inter` columns of h to down (blocking blk): its kernels read A as f32
+ * words or bf16 pairs, all alike, with no padding words (not AMX tiles). */
+bool cg_moe_ffn_packs_h(const CgKernel *down, const CgBlocking *blk, int64_t inter);
+/* cg_moe_up_swiglu (up, up_blk) then cg_moe_down_scatter (down, down_blk) in one call, h never stored
+ * as f32 rows: the up-projection's epilogue writes it straight into the down-projection's packed tiles
+ * (work's h_packed, as its kernels read them), which do not pack it again. The same numbers as the two
+ * calls (bf16 pairs rounded as the down-projection's pack rounds them). down passes cg_moe_ffn_packs_h
+ * for w_down's K, which is w_up's N / 2. */
+void cg_moe_ffn(const CgKernel *up, const CgBlocking *up_blk, const CgKernel *down, const CgBlocking *down_blk,
+                CgPool *pool, CgWork *work, const CgRouting *r, const float *x, const CgPackedB *w_up,
+                const CgPackedB *w_down, float *out);
 
 #endif

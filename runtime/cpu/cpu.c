@@ -39,7 +39,9 @@ typedef struct Step {
     float *gate_w;
     int dispatch;                   /* grouped ops: index of their dispatch step                      */
     int fuse;                       /* linear: it and the fuse - 1 linears after it read one input     */
-                                    /*   (a layer's Q, K, V): run as one cg_gemm_multi (run_linears)   */
+                                    /*   (a layer's Q, K, V): run as one cg_gemm_multi (run_linears);  */
+                                    /*   grouped up: 2, its down-projection next and h read by it alone */
+                                    /*   (run_ffn: h kept packed in the drivers' work)                  */
 } Step;
 
 struct CpuModel {
@@ -526,15 +528,31 @@ static void run_linears(CpuModel *cm, const Step *st, int n, int64_t T)
     else for (int q = 0; q < n; q++) gemm(cm, &st[q], 0, T, x, cols(st->i->in[0]), y[q], ldc[q]);
 }
 
-/* Step.fuse of every linear: the run of consecutive linears from it (up to CG_GEMM_MULTI) with the same
+/* Steps and outputs that read v. */
+static int uses(const CpuModel *cm, const IrValue *v)
+{
+    int n = 0;
+    for (int s = 0; s < cm->n_steps; s++)
+        for (int k = 0; k < cm->steps[s].i->n_in; k++) n += cm->steps[s].i->in[k] == v;
+    for (int k = 0; k < cm->m->n_outputs; k++) n += cm->m->outputs[k].value == v;
+    return n;
+}
+
+/* Step.fuse of every grouped up-projection (see Step.fuse) and every linear: for a linear, the run of
+ * consecutive linears from it (up to CG_GEMM_MULTI) with the same
  * input. None reads another's output, and the later outputs, written early (at the first one's step),
  * overwrite nothing alive: with no other step between them, a value alive at the first step is the
  * shared input or alive at the later steps too, and so never shares a later output's place, whatever
  * T (the CUDA executor, which fuses across other steps, checks the places instead). */
 static void plan_fusion(CpuModel *cm)
 {
+    const char *ffn = getenv("MOEPPC_FUSE_FFN"); /* 0: each grouped GEMM on its own (an A/B) */
     for (int s = 0; s < cm->n_steps; s++) {
         const IrInstr *i = cm->steps[s].i;
+        if (i->op == IR_OP_MOE_GROUPED_UP && s + 1 < cm->n_steps && !(ffn && strcmp(ffn, "0") == 0) &&
+            cm->steps[s + 1].i->op == IR_OP_MOE_GROUPED_DOWN && cm->steps[s + 1].i->in[0] == i->out[0] &&
+            uses(cm, i->out[0]) == 1)
+            cm->steps[s].fuse = 2;
         if (i->op != IR_OP_LINEAR) continue;
         int n = 1;
         while (n < CG_GEMM_MULTI && s + n < cm->n_steps && cm->steps[s + n].i->op == IR_OP_LINEAR &&
@@ -704,25 +722,59 @@ void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t
 
 typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);
 
-static void run_grouped(CpuModel *cm, Step *st, int64_t T)
+/* A grouped step's routing (its dispatch's), the weights it reads (the experts some token picked) and,
+ * for an up-projection, the FFN's multiply-adds counted. */
+static CgRouting grouped_routing(CpuModel *cm, const Step *st)
 {
     const IrInstr *i = st->i;
     const Step *ds = &cm->steps[st->dispatch];
     int64_t E = ir_attr_int(i, "experts");
-    CgRouting r = {.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
-    const Choice *c = choice_for(st, T);
-    for (int64_t g = 0; g < E; g++) /* (the experts some token picked: their weights are read) */
+    for (int64_t g = 0; g < E; g++)
         cm->prof.grouped_bytes += ds->off[g + 1] > ds->off[g] ? weight_bytes(&st->pk[g]) : 0;
-    if (i->op == IR_OP_MOE_GROUPED_UP) {
-        int64_t I = i->out[0]->type.dims[2], D = cols(i->in[0]);
+    if (i->op == IR_OP_MOE_GROUPED_UP) /* up 2·I·D + down D·I per slot */
+        cm->prof.ffn_macs += (double)ds->off[E] * 3.0 * (double)i->out[0]->type.dims[2] * (double)cols(i->in[0]);
+    return (CgRouting){.n_groups = E, .off = ds->off, .perm = ds->perm, .gate_w = ds->gate_w};
+}
+
+/* A down-projection's output, holding its input y0 (which the scatter-add accumulates on). */
+static float *down_output(CpuModel *cm, const Step *st, int64_t T)
+{
+    float *y = addr(cm, st->i->out[0], T), *y0 = addr(cm, st->i->in[4], T);
+    if (y != y0) memcpy(y, y0, (size_t)(T * cols(st->i->out[0])) * sizeof *y);
+    return y;
+}
+
+static void run_grouped(CpuModel *cm, Step *st, int64_t T)
+{
+    const IrInstr *i = st->i;
+    CgRouting r = grouped_routing(cm, st);
+    const Choice *c = choice_for(st, T);
+    if (i->op == IR_OP_MOE_GROUPED_UP)
         cg_moe_up_swiglu(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, addr(cm, i->out[0], T));
-        cm->prof.ffn_macs += (double)ds->off[E] * 3.0 * (double)I * (double)D; /* up 2·I·D + down D·I per slot */
+    else
+        cg_moe_down_scatter(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk,
+                            down_output(cm, st, T));
+}
+
+/* An up-projection and its down-projection (Step.fuse 2) in one cg_moe_ffn where the down-projection's
+ * kernel at T takes h packed (cg_moe_ffn_packs_h) and its output y does not share x's place (y is
+ * written before the call reads x), else one after the other. */
+static void run_ffn(CpuModel *cm, Step *st, int64_t T)
+{
+    Step *dn = st + 1;
+    const Choice *u = choice_for(st, T), *d = choice_for(dn, T);
+    const char *x0 = addr(cm, st->i->in[0], T), *y0 = addr(cm, dn->i->out[0], T);
+    size_t xn = (size_t)(T * cols(st->i->in[0])) * sizeof(float);
+    size_t yn = (size_t)(T * cols(dn->i->out[0])) * sizeof(float);
+    if (!cg_moe_ffn_packs_h(d->k, &d->blk, st->i->out[0]->type.dims[2]) || (x0 < y0 + yn && y0 < x0 + xn)) {
+        run_grouped(cm, st, T);
+        run_grouped(cm, dn, T);
         return;
     }
-    int64_t D = cols(i->out[0]);
-    float *y = addr(cm, i->out[0], T), *y0 = addr(cm, i->in[4], T);
-    if (y != y0) memcpy(y, y0, (size_t)(T * D) * sizeof *y);
-    cg_moe_down_scatter(c->k, &c->blk, cm->pool, &cm->work, &r, addr(cm, i->in[0], T), st->pk, y);
+    CgRouting r = grouped_routing(cm, st);
+    grouped_routing(cm, dn);
+    float *y = down_output(cm, dn, T);
+    cg_moe_ffn(u->k, &u->blk, d->k, &d->blk, cm->pool, &cm->work, &r, (const float *)x0, st->pk, dn->pk, y);
 }
 
 /* The logits' tail on the last n of T rows alone: each result's rows T - n .. T - 1 (the others are not
@@ -1018,7 +1070,8 @@ bool cpu_model_run_steps(CpuModel *cm, int first, int last, const int32_t *ids, 
         int fuse = cm->steps[s].fuse, s0 = s;
         if (tail) run_tail_step(cm, &cm->steps[s], T, cm->last_rows);
         else if (fuse > 1 && s + fuse <= last && !(cm->last_rows && s + fuse > cm->tail)) {
-            run_linears(cm, &cm->steps[s], fuse, T); /* (a range that cuts the run: one at a time) */
+            if (cm->steps[s].i->op == IR_OP_MOE_GROUPED_UP) run_ffn(cm, &cm->steps[s], T);
+            else run_linears(cm, &cm->steps[s], fuse, T); /* (a range that cuts the run: one at a time) */
             s += fuse - 1;
         } else run_step(cm, &cm->steps[s], T);
         for (int q = s0; q <= s; q++) /* the steps just run: a linear reads its whole weight */
@@ -1068,6 +1121,13 @@ static CgWorkNeed work_need(const CpuModel *cm, int64_t T)
                 cg_work_need(&need, st->ch[k].k, &st->ch[k].blk, threads, m, groups, st->pk[p].k);
             if (st->narrow.k) cg_work_need(&need, st->narrow.k, &st->narrow.blk, threads, m, groups, st->pk[p].k);
         }
+        const Step *dn = st + 1; /* a grouped up-projection fused with it: what cg_moe_ffn needs as well */
+        int64_t inter = st->fuse == 2 ? st->i->out[0]->type.dims[2] : 0;
+        for (int k = 0; k < st->n_ch && inter; k++)
+            for (int q = 0; q < dn->n_ch; q++)
+                if (cg_moe_ffn_packs_h(dn->ch[q].k, &dn->ch[q].blk, inter))
+                    cg_work_need_ffn(&need, st->ch[k].k, &st->ch[k].blk, dn->ch[q].k, &dn->ch[q].blk, threads, m,
+                                     groups, cols(st->i->in[0]), inter);
     }
     return need;
 }

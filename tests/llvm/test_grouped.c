@@ -1,6 +1,7 @@
 /* test_grouped.c — the MoE drivers against a naive f64 reference on ragged groups (sizes 0, 1, 5, 8,
  * 13: empty, single, below/at/above MR): SwiGLU up-projection, then the gate-weighted scatter-add
- * down-projection fed with the kernel's own h (so each epilogue is judged on its own). */
+ * down-projection fed with the kernel's own h (so each epilogue is judged on its own); and the two in
+ * one call (cg_moe_ffn, h packed by the up-projection's epilogue) bit for bit as the two. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +13,8 @@
 
 #include "tests/llvm/llvm_test_util.h"
 
-enum { T = 14, G = 6, D = 67, I = 100 };
+enum { T = 14, G = 6, D = 67 };
+static int64_t I = 100; /* h's columns (101 in test_ffn_odd_inter: a last bf16 pair of one) */
 static const int SIZES[G] = {0, 1, 5, 8, 13, 0};
 
 typedef struct Problem {
@@ -94,7 +96,11 @@ static int check_down(const Problem *p, moe_dtype dt, bool dot, const float *h, 
     return bad;
 }
 
-static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges, uint64_t seed) {
+/* up_mr: the up-projection's tile rows, if not the down-projection's (0): h's rows then reach DOWN's
+ * tiles part of a tile at a time; down_mr: the down-projection's, if not the default's (0), both
+ * kernels then 32 columns wide. */
+static int run_case_up(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges, int up_mr, int down_mr,
+                       uint64_t seed) {
     moe_rng r;
     rng_seed(&r, seed);
     Problem *p = xcalloc(1, sizeof *p);
@@ -102,7 +108,11 @@ static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges
     CgKernelConfig cfg = cg_kernel_config_default(tu_jit(isa), dt);
     cfg.a_bf16 = dot;
     cfg = cg_kernel_form(cg_jit_target(tu_jit(isa)), cfg); /* the executor's (AVX-512: bf16 in k pairs) */
+    if (down_mr) cfg.mr = down_mr, cfg.nr = 32;
     const CgKernel *kern = tu_kernel(isa, &cfg);
+    CgKernelConfig ucfg = cfg;
+    ucfg.mr = up_mr ? up_mr : cfg.mr;
+    const CgKernel *ukern = tu_kernel(isa, &ucfg);
     CgPackedB up[G], down[G];
     for (int g = 0; g < G; g++) {
         cg_pack_b_swiglu(&up[g], p->w_up[g], dt, 2 * I, D, cfg.nr, cg_kernel_kpair(&cfg));
@@ -110,23 +120,56 @@ static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges
     }
     CgRouting route = {G, p->off, p->perm, p->gate_w};
     CgBlocking blk = {.kc = 32, .mc = cfg.mr}; /* K blocks and one-tile row blocks: every loop runs */
-    if (edges) tu_edges(isa, kern, &blk);      /* a group's last rows on 4-, 2- and 1-row kernels */
-    CgWork work = {0};
+    CgBlocking ublk = {.kc = 32, .mc = ucfg.mr};
+    if (edges) /* a group's last rows on 4-, 2- and 1-row kernels */
+        tu_edges(isa, kern, &blk), tu_edges(isa, ukern, &ublk);
+    /* both ways on works borrowed from NaN bytes (what a driver leaves unwritten), sized for cg_moe_ffn:
+     * the up-projection's, the down-projection's (its pack of h alone in it) and cg_moe_ffn's */
+    CgWorkNeed need = {0};
+    cg_work_need_ffn(&need, ukern, &ublk, kern, &blk, cg_pool_threads(pool), p->n_slots, G, D, I);
+    size_t bytes = cg_work_need_bytes(&need);
+    void *mem[3];
+    CgWork work[3] = {{0}};
+    for (int k = 0; k < 3; k++) {
+        mem[k] = aligned_alloc(64, bytes);
+        memset(mem[k], 0xff, bytes);
+        cg_work_borrow(&work[k], mem[k], &need);
+    }
     float *h = xcalloc((size_t)p->n_slots * I + 1, sizeof *h), out0[T * D], out[T * D];
     tu_random(&r, out0, T * D);
     memcpy(out, out0, sizeof out);
-    cg_moe_up_swiglu(kern, &blk, pool, &work, &route, p->x, up, h);
-    cg_moe_down_scatter(kern, &blk, pool, &work, &route, h, down, out);
+    cg_moe_up_swiglu(ukern, &ublk, pool, &work[0], &route, p->x, up, h);
+    cg_moe_down_scatter(kern, &blk, pool, &work[1], &route, h, down, out);
     char label[128];
     snprintf(label, sizeof label, "%s threads=%d%s", kern->symbol, cg_pool_threads(pool), edges ? " edges" : "");
     int bad = check_up(p, dt, dot, h, label) + check_down(p, dt, dot, h, out0, out, label);
+    if (cg_moe_ffn_packs_h(kern, &blk, I)) {
+        float fused[T * D];
+        memcpy(fused, out0, sizeof fused);
+        cg_moe_ffn(ukern, &ublk, kern, &blk, pool, &work[2], &route, p->x, up, down, fused);
+        /* h's tiles as the down-projection's own pack left them, padding included */
+        size_t words = cfg.a_bf16 ? (size_t)(I + 1) / 2 : (size_t)I, packed = 0;
+        for (int g = 0; g < G; g++) packed += (size_t)((SIZES[g] + cfg.mr - 1) / cfg.mr * cfg.mr) * words;
+        if (memcmp(fused, out, sizeof fused) != 0 ||
+            memcmp(work[2].h_packed, work[1].a_packed, packed * sizeof(float)) != 0) {
+            print_error("%s: cg_moe_ffn differs from the two calls\n", label);
+            bad++;
+        }
+    } else if (!dot && dt == DT_F32) {
+        print_error("%s: f32 kernels should take h packed\n", label);
+        bad++;
+    }
     for (int g = 0; g < G; g++) {
         cg_packed_b_free(&up[g]), cg_packed_b_free(&down[g]);
         free(p->w_up[g]), free(p->w_down[g]);
     }
-    cg_work_free(&work);
+    for (int k = 0; k < 3; k++) cg_work_free(&work[k]), free(mem[k]);
     free(h), free(p);
     return bad;
+}
+
+static int run_case(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool edges, uint64_t seed) {
+    return run_case_up(isa, dt, dot, pool, edges, 0, 0, seed);
 }
 
 static void test_grouped_all(void **state) {
@@ -153,6 +196,27 @@ static void test_grouped_bf16_dot(void **state) {
     int bad = 0;
     for (int pi = 0; pi < 4; pi++) bad += run_case(CG_ISA_AVX512, DT_BF16, true, pools[pi % 2], pi >= 2, 41u + (unsigned)pi);
     cg_pool_free(pools[1]);
+    assert_int_equal(bad, 0);
+}
+
+/* cg_moe_ffn with h of an odd width: a bf16 pair's last word has one column (f32, f16 and the dot
+ * product; bf16 in k pairs of f32 A pads the row to an even width and does not fuse); and with an
+ * up-projection of other tiles than the down-projection's. */
+static void test_ffn_odd_inter(void **state) {
+    CgPool *pool = cg_pool_new(2);
+    bool dot = cg_host_isa() >= CG_ISA_AVX512 && cg_jit_target(tu_jit(CG_ISA_AVX512))->has_bf16_dot;
+    int bad = 0;
+    I = 101;
+    for (int e = 0; e < 2; e++) {
+        bad += run_case(cg_host_isa(), DT_F32, false, pool, e, 61u + (unsigned)e);
+        bad += run_case(cg_host_isa(), DT_F16, false, pool, e, 63u + (unsigned)e);
+        if (dot) bad += run_case(CG_ISA_AVX512, DT_BF16, true, pool, e, 65u + (unsigned)e);
+    }
+    for (int e = 0; e < 4; e++) /* h's rows by 3 at a time into DOWN's tiles of 8, 4, 2, 1; by 13 into 12 */
+        bad += run_case_up(dot ? CG_ISA_AVX512 : cg_host_isa(), dot ? DT_BF16 : DT_F32, dot, pool, e % 2,
+                           e < 2 ? 3 : 13, e < 2 ? 0 : 12, 67u + (unsigned)e);
+    I = 100;
+    cg_pool_free(pool);
     assert_int_equal(bad, 0);
 }
 
@@ -184,6 +248,6 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_grouped_all), cmocka_unit_test(test_grouped_bf16_dot),
-                                       cmocka_unit_test(test_grouped_empty)};
+                                       cmocka_unit_test(test_ffn_odd_inter), cmocka_unit_test(test_grouped_empty)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
