@@ -774,6 +774,7 @@ static void run_ffn(CpuModel *cm, Step *st, int64_t T)
     CgRouting r = grouped_routing(cm, st);
     grouped_routing(cm, dn);
     float *y = down_output(cm, dn, T);
+    cm->prof.ffn_fused++;
     cg_moe_ffn(u->k, &u->blk, d->k, &d->blk, cm->pool, &cm->work, &r, (const float *)x0, st->pk, dn->pk, y);
 }
 

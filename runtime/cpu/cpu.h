@@ -64,6 +64,7 @@ typedef struct CpuProfile {
     double ffn_macs;        /* multiply-adds executed in the grouped expert GEMMs */
     double gemm_bytes;      /* weight bytes the dense GEMMs read (each weight's own size)           */
     double grouped_bytes;   /* ... and the grouped GEMMs: the experts some token picked              */
+    double ffn_fused;       /* expert FFNs run as one cg_moe_ffn, h kept packed (MOEPPC_FUSE_FFN=0: none) */
 } CpuProfile;
 CpuProfile cpu_model_profile(const CpuModel *cm);
 void      cpu_model_free(CpuModel *cm);

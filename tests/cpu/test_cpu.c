@@ -185,6 +185,58 @@ static void test_parallel_jit_equals_serial(void **state)
     }
 }
 
+/* An expert FFN's two grouped GEMMs run as one cg_moe_ffn (h written into the down-projection's tiles
+ * by the up-projection's epilogue) give the logits the two calls give, bit for bit: every tiny spec in
+ * f32, and tiny-moepp in bf16 on the bf16 dot product where the CPU takes it, at T = 1, 13, 37 and
+ * 64; MOEPPC_FUSE_FFN=0 the two calls. */
+static void test_ffn_fused_equals_unfused(void **state)
+{
+    (void)state;
+    bool dot = cpu_bf16_dot();
+    for (size_t k = 0; k <= MOE_ARRAY_LEN(tiny_specs); k++) {
+        bool bf16 = k == MOE_ARRAY_LEN(tiny_specs);
+        if (bf16 && !dot) break;
+        ModelSpec s;
+        load(bf16 ? "tiny-moepp" : tiny_specs[k], &s);
+        if (bf16) s.dtype = DT_BF16;
+        IrModule *m = ir_lower_spec(&s);
+        PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .bf16_dot = bf16};
+        Diag d = {stderr, s.name, 0};
+        assert_true(passes_run(m, &po, &d));
+        WeightSet *w;
+        RtError err = {{0}};
+        assert_true(weights_random(&s, 23, &w, &err));
+        int32_t ids[64], pos[64];
+        static const int64_t Ts[] = {1, 13, 37, 64};
+        for (size_t t = 0; t < MOE_ARRAY_LEN(Ts); t++) {
+            int64_t T = Ts[t], V = 0;
+            ids_for(ids, pos, T, s.vocab);
+            float *out[2];
+            double fused[2];
+            for (int j = 0; j < 2; j++) {
+                if (j) setenv("MOEPPC_FUSE_FFN", "0", 1);
+                CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 2, &err);
+                unsetenv("MOEPPC_FUSE_FFN");
+                assert_non_null(cm);
+                assert_true(cpu_model_run(cm, ids, pos, T, &err));
+                const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+                out[j] = xmalloc((size_t)(T * V) * sizeof *out[j]);
+                memcpy(out[j], logits, (size_t)(T * V) * sizeof *out[j]);
+                fused[j] = cpu_model_profile(cm).ffn_fused;
+                cpu_model_free(cm);
+            }
+            if (fused[0] == 0 || fused[1] != 0 || memcmp(out[0], out[1], (size_t)(T * V) * sizeof *out[0]) != 0)
+                fprintf(stderr, "%s%s T = %lld: %g and %g FFNs fused\n", s.name, bf16 ? " (bf16)" : "", (long long)T,
+                        fused[0], fused[1]);
+            assert_true(fused[0] > 0 && fused[1] == 0);
+            assert_memory_equal(out[0], out[1], (size_t)(T * V) * sizeof *out[0]);
+            free(out[0]), free(out[1]);
+        }
+        weights_close(w);
+        ir_module_free(m);
+    }
+}
+
 /* Prefill T tokens, then decode one more on the KV cache: its logits equal the last row of a fresh
  * run over all T + 1 tokens. */
 static void test_decode_on_kv_cache(void **state)
@@ -675,6 +727,7 @@ int main(void)
         cmocka_unit_test(test_batched_sequences),
         cmocka_unit_test(test_long_batched_prefill),
         cmocka_unit_test(test_parallel_jit_equals_serial),
+        cmocka_unit_test(test_ffn_fused_equals_unfused),
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
         cmocka_unit_test(test_tiles_come_from_the_ir),
