@@ -1122,9 +1122,10 @@ static CgWorkNeed work_need(const CpuModel *cm, int64_t T)
                 cg_work_need(&need, st->ch[k].k, &st->ch[k].blk, threads, m, groups, st->pk[p].k);
             if (st->narrow.k) cg_work_need(&need, st->narrow.k, &st->narrow.blk, threads, m, groups, st->pk[p].k);
         }
-        const Step *dn = st + 1; /* a grouped up-projection fused with it: what cg_moe_ffn needs as well */
-        int64_t inter = st->fuse == 2 ? st->i->out[0]->type.dims[2] : 0;
-        for (int k = 0; k < st->n_ch && inter; k++)
+        if (st->i->op != IR_OP_MOE_GROUPED_UP || st->fuse != 2) continue;
+        const Step *dn = st + 1; /* its down-projection, fused with it: what cg_moe_ffn needs as well */
+        int64_t inter = st->i->out[0]->type.dims[2];
+        for (int k = 0; k < st->n_ch; k++)
             for (int q = 0; q < dn->n_ch; q++)
                 if (cg_moe_ffn_packs_h(dn->ch[q].k, &dn->ch[q].blk, inter))
                     cg_work_need_ffn(&need, st->ch[k].k, &st->ch[k].blk, dn->ch[q].k, &dn->ch[q].blk, threads, m,
