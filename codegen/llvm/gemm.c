@@ -13,7 +13,10 @@
  * row, so a tile holds ceil(K/2) x MR words), K blocks are even, and B's panels are in k pairs.
  * AMX kernels (amx) take the same words a tile row of 16 pairs at a time (cg_kernel_fn), K blocks a
  * multiple of 32 and each row's words zero-padded to a multiple of 16; the process asks Linux for the
- * tiles (cg_amx_grant) before the first. */
+ * tiles (cg_amx_grant) before the first.
+ * cg_moe_ffn runs an expert FFN's two grouped GEMMs as two jobs: DOWN laid out first (its packed A's
+ * place), then UP, whose SwiGLU epilogue writes h straight into DOWN's tiles (swiglu_packed), then
+ * DOWN without a pack (prepacked). */
 #include "codegen/llvm/cg_llvm.h"
 
 #include <math.h>

@@ -220,7 +220,7 @@ static void test_ffn_odd_inter(void **state) {
     assert_int_equal(bad, 0);
 }
 
-/* No groups, and groups that are all empty: nothing is written. */
+/* No groups, and groups that are all empty: nothing is written (two calls or one cg_moe_ffn). */
 static void test_grouped_empty(void **state) {
     CgKernelConfig cfg = cg_kernel_config_default(tu_jit(cg_host_isa()), DT_F32);
     const CgKernel *kern = tu_kernel(cg_host_isa(), &cfg);
@@ -236,6 +236,8 @@ static void test_grouped_empty(void **state) {
     cg_moe_up_swiglu(kern, &blk, NULL, &work, &none, x, &up, h);
     cg_moe_up_swiglu(kern, &blk, NULL, &work, &empty, x, &up, h);
     cg_moe_down_scatter(kern, &blk, NULL, &work, &empty, h, &down, out);
+    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &none, x, &up, &down, out);
+    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &empty, x, &up, &down, out);
     assert_true(h[0] == 9 && out[0] == 5 && out[2] == 7);
     cg_work_free(&work);
     cg_packed_b_free(&up), cg_packed_b_free(&down);
