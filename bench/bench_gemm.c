@@ -83,7 +83,9 @@ static double run_layer(const Weights *w, bool ffn, const Batch *b, CgPool *pool
     CgRouting r = {E, b->off, b->perm, b->gate_w};
     CgBlocking blk = cg_blocking_default(w->kern);
     double t0 = bench_now_s();
-    if (ffn) cg_moe_ffn(w->kern, &blk, w->kern, &blk, pool, work, &r, b->x, w->up, w->down, b->out);
+    if (ffn) /* h's tiles in h's place where they fit, as the executor puts them */
+        cg_moe_ffn(w->kern, &blk, w->kern, &blk, pool, work, &r, b->x, w->up, w->down, b->out, b->h,
+                   (size_t)b->t * TOPK * I);
     else {
         cg_moe_up_swiglu(w->kern, &blk, pool, work, &r, b->x, w->up, b->h);
         cg_moe_down_scatter(w->kern, &blk, pool, work, &r, b->h, w->down, b->out);

@@ -277,11 +277,12 @@ void cg_moe_down_scatter(const CgKernel *kern, const CgBlocking *blk, CgPool *po
 bool cg_moe_ffn_packs_h(const CgKernel *down, const CgBlocking *blk, int64_t inter);
 /* cg_moe_up_swiglu (up, up_blk) then cg_moe_down_scatter (down, down_blk) in one call, h never stored
  * as f32 rows: the up-projection's epilogue writes it straight into the down-projection's packed tiles
- * (work's h_packed, as its kernels read them), which do not pack it again. The same numbers as the two
- * calls (bf16 pairs rounded as the down-projection's pack rounds them). down passes cg_moe_ffn_packs_h
- * for w_down's K, which is w_up's N / 2. */
+ * (as its kernels read them), which do not pack it again: in room (room_floats floats of the caller's,
+ * say where the two calls' h would lie; not overlapping x) where they fit, else in work's h_packed.
+ * The same numbers as the two calls (bf16 pairs rounded as the down-projection's pack rounds them).
+ * down passes cg_moe_ffn_packs_h for w_down's K, which is w_up's N / 2. */
 void cg_moe_ffn(const CgKernel *up, const CgBlocking *up_blk, const CgKernel *down, const CgBlocking *down_blk,
                 CgPool *pool, CgWork *work, const CgRouting *r, const float *x, const CgPackedB *w_up,
-                const CgPackedB *w_down, float *out);
+                const CgPackedB *w_down, float *out, float *room, size_t room_floats);
 
 #endif

@@ -915,10 +915,10 @@ static void check_edges(const CgKernel *kern, const CgKernel *const *edge) {
 }
 
 /* A job's plan and the place of its packed A: the cover of a group's last rows, K's blocks, the words
- * of a packed row, row blocks, each group's first tile (in *tile_off) and A's tiles (in *ap), both
- * grown to fit (asserted, in a borrowed work). */
+ * of a packed row, row blocks, each group's first tile (in *tile_off) and A's tiles (in room where
+ * they fit in room_floats, else in *ap), both grown to fit (asserted, in a borrowed work). */
 static void layout(Job *j, const CgBlocking *blk, bool borrowed, int64_t **tile_off, size_t *tile_off_cap,
-                   float **ap, size_t *ap_cap) {
+                   float **ap, size_t *ap_cap, float *room, size_t room_floats) {
     int mr = j->kern->cfg.mr;
     check_edges(j->kern, blk->edge);
     MOE_ASSERT(mr <= MAX_MR);
@@ -938,7 +938,12 @@ static void layout(Job *j, const CgBlocking *blk, bool borrowed, int64_t **tile_
     j->tile_off[0] = 0;
     for (int64_t g = 0; g < j->n_groups; g++)
         j->tile_off[g + 1] = j->tile_off[g] + (j->off[g + 1] - j->off[g] + mr - 1) / mr;
-    *ap = grow(*ap, ap_cap, (size_t)(j->tile_off[j->n_groups] * mr * j->kw) + 1, sizeof(float), borrowed);
+    size_t need = (size_t)(j->tile_off[j->n_groups] * mr * j->kw) + 1;
+    if (room && need <= room_floats) {
+        j->ap = room;
+        return;
+    }
+    *ap = grow(*ap, ap_cap, need, sizeof(float), borrowed);
     j->ap = *ap;
 }
 
@@ -946,7 +951,7 @@ static void layout(Job *j, const CgBlocking *blk, bool borrowed, int64_t **tile_
  * over the pool. */
 static void run(Job *j, const CgBlocking *blk, CgPool *pool, CgWork *work) {
     if (!j->prepacked)
-        layout(j, blk, work->borrowed, &work->tile_off, &work->tile_off_cap, &work->a_packed, &work->a_cap);
+        layout(j, blk, work->borrowed, &work->tile_off, &work->tile_off_cap, &work->a_packed, &work->a_cap, NULL, 0);
     int mr = j->kern->cfg.mr, threads = cg_pool_threads(pool);
     int64_t n_tiles = j->tile_off[j->n_groups];
     /* a thread's S, and after it for cg_moe_ffn's UP its rows of h (swiglu_packed) */
@@ -1074,12 +1079,13 @@ bool cg_moe_ffn_packs_h(const CgKernel *down, const CgBlocking *blk, int64_t int
 
 void cg_moe_ffn(const CgKernel *up, const CgBlocking *up_blk, const CgKernel *down, const CgBlocking *down_blk,
                 CgPool *pool, CgWork *work, const CgRouting *r, const float *x, const CgPackedB *w_up,
-                const CgPackedB *w_down, float *out) {
+                const CgPackedB *w_down, float *out, float *room, size_t room_floats) {
     if (r->n_groups == 0) return;
     MOE_ASSERT(w_down[0].k == w_up[0].n / 2 && cg_moe_ffn_packs_h(down, down_blk, w_down[0].k));
     Job d = down_job(down, r, NULL, w_down, out);
     check_weights(&d, false);
-    layout(&d, down_blk, work->borrowed, &work->h_tile_off, &work->h_tile_off_cap, &work->h_packed, &work->h_cap);
+    layout(&d, down_blk, work->borrowed, &work->h_tile_off, &work->h_tile_off_cap, &work->h_packed, &work->h_cap,
+           room, room_floats);
     d.prepacked = true;
     Job u = up_job(up, r, x, w_up, NULL);
     u.hd = &d;

@@ -756,17 +756,24 @@ static void run_grouped(CpuModel *cm, Step *st, int64_t T)
                             down_output(cm, st, T));
 }
 
+static bool apart(const char *a, size_t an, const char *b, size_t bn) { return a + an <= b || b + bn <= a; }
+
 /* An up-projection and its down-projection (Step.fuse 2) in one cg_moe_ffn where the down-projection's
  * kernel at T takes h packed (cg_moe_ffn_packs_h) and its output y does not share x's place (y is
- * written before the call reads x), else one after the other. */
+ * written before the call reads x), else one after the other. h's tiles go in h's own place, unused
+ * then, where they fit and it shares neither x's place (the tiles' padding is zeroed while x is
+ * packed) nor y's (written before); else in the drivers' work. */
+
 static void run_ffn(CpuModel *cm, Step *st, int64_t T)
 {
     Step *dn = st + 1;
     const Choice *u = choice_for(st, T), *d = choice_for(dn, T);
     const char *x0 = addr(cm, st->i->in[0], T), *y0 = addr(cm, dn->i->out[0], T);
+    char *h0 = addr(cm, st->i->out[0], T);
     size_t xn = (size_t)(T * cols(st->i->in[0])) * sizeof(float);
     size_t yn = (size_t)(T * cols(dn->i->out[0])) * sizeof(float);
-    if (!cg_moe_ffn_packs_h(d->k, &d->blk, st->i->out[0]->type.dims[2]) || (x0 < y0 + yn && y0 < x0 + xn)) {
+    size_t hn = (size_t)(T * cols(cm->steps[st->dispatch].i->in[0]) * cols(st->i->out[0])); /* slots x I */
+    if (!cg_moe_ffn_packs_h(d->k, &d->blk, st->i->out[0]->type.dims[2]) || !apart(x0, xn, y0, yn)) {
         run_grouped(cm, st, T);
         run_grouped(cm, dn, T);
         return;
@@ -774,8 +781,10 @@ static void run_ffn(CpuModel *cm, Step *st, int64_t T)
     CgRouting r = grouped_routing(cm, st);
     grouped_routing(cm, dn);
     float *y = down_output(cm, dn, T);
+    bool room = apart(h0, hn * sizeof(float), x0, xn) && apart(h0, hn * sizeof(float), y0, yn);
     cm->prof.ffn_fused++;
-    cg_moe_ffn(u->k, &u->blk, d->k, &d->blk, cm->pool, &cm->work, &r, (const float *)x0, st->pk, dn->pk, y);
+    cg_moe_ffn(u->k, &u->blk, d->k, &d->blk, cm->pool, &cm->work, &r, (const float *)x0, st->pk, dn->pk, y,
+               room ? (float *)h0 : NULL, room ? hn : 0);
 }
 
 /* The logits' tail on the last n of T rows alone: each result's rows T - n .. T - 1 (the others are not

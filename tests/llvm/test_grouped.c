@@ -144,17 +144,26 @@ static int run_case_up(cg_isa isa, moe_dtype dt, bool dot, CgPool *pool, bool ed
     snprintf(label, sizeof label, "%s threads=%d%s", kern->symbol, cg_pool_threads(pool), edges ? " edges" : "");
     int bad = check_up(p, dt, dot, h, label) + check_down(p, dt, dot, h, out0, out, label);
     if (cg_moe_ffn_packs_h(kern, &blk, I)) {
-        float fused[T * D];
-        memcpy(fused, out0, sizeof fused);
-        cg_moe_ffn(ukern, &ublk, kern, &blk, pool, &work[2], &route, p->x, up, down, fused);
-        /* h's tiles as the down-projection's own pack left them, padding included */
+        /* h's tiles in the work, in a room of the caller's that holds them, and (one too small) in the
+         * work again; each as the down-projection's own pack left them, padding included */
         size_t words = cfg.a_bf16 ? (size_t)(I + 1) / 2 : (size_t)I, packed = 0;
         for (int g = 0; g < G; g++) packed += (size_t)((SIZES[g] + cfg.mr - 1) / cfg.mr * cfg.mr) * words;
-        if (memcmp(fused, out, sizeof fused) != 0 ||
-            memcmp(work[2].h_packed, work[1].a_packed, packed * sizeof(float)) != 0) {
-            print_error("%s: cg_moe_ffn differs from the two calls\n", label);
-            bad++;
+        float *room = xmalloc((packed + 1) * sizeof *room);
+        for (int k = 0; k < 3; k++) {
+            float fused[T * D];
+            memcpy(fused, out0, sizeof fused);
+            memset(room, 0xff, (packed + 1) * sizeof *room);
+            cg_moe_ffn(ukern, &ublk, kern, &blk, pool, &work[2], &route, p->x, up, down, fused, k ? room : NULL,
+                       k == 1 ? packed + 1 : packed);
+            const float *tiles = k == 1 ? room : work[2].h_packed;
+            if (memcmp(fused, out, sizeof fused) != 0 || memcmp(tiles, work[1].a_packed, packed * sizeof(float)) != 0) {
+                print_error("%s: cg_moe_ffn (h %s) differs from the two calls\n", label,
+                            k == 1 ? "in the room" : "in the work");
+                bad++;
+            }
+            memset(work[2].h_packed, 0xff, packed * sizeof(float));
         }
+        free(room);
     } else if (!dot && dt == DT_F32) {
         print_error("%s: f32 kernels should take h packed\n", label);
         bad++;
@@ -236,8 +245,8 @@ static void test_grouped_empty(void **state) {
     cg_moe_up_swiglu(kern, &blk, NULL, &work, &none, x, &up, h);
     cg_moe_up_swiglu(kern, &blk, NULL, &work, &empty, x, &up, h);
     cg_moe_down_scatter(kern, &blk, NULL, &work, &empty, h, &down, out);
-    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &none, x, &up, &down, out);
-    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &empty, x, &up, &down, out);
+    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &none, x, &up, &down, out, NULL, 0);
+    cg_moe_ffn(kern, &blk, kern, &blk, NULL, &work, &empty, x, &up, &down, out, NULL, 0);
     assert_true(h[0] == 9 && out[0] == 5 && out[2] == 7);
     cg_work_free(&work);
     cg_packed_b_free(&up), cg_packed_b_free(&down);
