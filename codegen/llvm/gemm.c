@@ -72,6 +72,7 @@ typedef struct Job {
     bool prepacked;        /* cg_moe_ffn's DOWN: A's tiles written already (by UP's epilogue) */
     swiglu_fn swiglu;      /* its row function (swiglu_for_host) */
     int vec_bits;          /* host_vector_bits at the call: pack_rows's blocks */
+    bool bf16;             /* ... and whether it has AVX512-BF16 (swiglu_block's target) */
     int64_t inter;
     const int32_t *perm;   /* EPI_SCATTER: out[perm[s], d] += gate_w[s] * S */
     const float *gate_w;
@@ -282,17 +283,19 @@ static void cover_plan(Job *j, const CgKernel *const *edge) {
 
 /* The widest vectors the host code here (packing A in blocks, the SwiGLU epilogue) may take: 512, 256
  * (AVX2 with FMA) or 0, as the CPU it runs on has them, never assumed, and as MOEPPC_ISA allows (so
- * the narrower ISAs' tests run the other forms). */
-static int host_vector_bits(void) {
+ * the narrower ISAs' tests run the other forms); *bf16: with 512, whether it has AVX512-BF16 too. */
+static int host_vector_bits(bool *bf16) {
+    *bf16 = false;
 #ifdef MOEPPC_X86_INTRINSICS
-    static int have512 = -1, have256 = -1;
+    static int have512 = -1, have256 = -1, have_bf16 = -1;
     if (have512 < 0) {
         __builtin_cpu_init();
         have512 = __builtin_cpu_supports("avx512f");
         have256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        have_bf16 = have512 && __builtin_cpu_supports("avx512bf16");
     }
     const char *isa = getenv("MOEPPC_ISA");
-    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return 512;
+    if (have512 && (!isa || strcmp(isa, "avx512") == 0)) return *bf16 = have_bf16, 512;
     if (have256 && (!isa || strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0)) return 256;
 #endif
     return 0;
@@ -700,7 +703,7 @@ static swiglu_fn swiglu_for_host(int bits) {
 
 /* EPI_SWIGLU of cg_moe_ffn: the rows' h (columns col0 .. col0 + ncols - 1) packed into DOWN's tiles as
  * its kernels read them (bf16 pairs or f32 words, with the conversion of DOWN's own pack of f32 h), a
- * run of rows of one tile at a time: on AVX-512 straight from S (swiglu_block), else each row's h first
+ * run of rows of one tile at a time: with AVX512-BF16 straight from S (swiglu_block), else each row's h first
  * in hb (the thread's, MAX_MR x half f32), then pack_lanes.
  * Measured on a Zen 5 (bench_gemm, the 7B layer's grouped GEMMs, bf16 dot product, two threads, the two
  * calls against one cg_moe_ffn in the same run): T = 512 45.1 -> 44.6 ms, T = 2048 174.2 -> 170.0; T = 128
@@ -719,9 +722,9 @@ static void swiglu_packed(const Job *j, int64_t g, int64_t row0, int64_t rows, i
         if (i > 0 && row0 + i < whole) tile += (int64_t)mr * d->kw, lane = 0; /* the next whole tile */
         else if (i > 0) tile = packed_tile(d, g, row0 + i, &mr, &lane);       /* the cover's */
         n = mr - lane < rows - i ? mr - lane : rows - i;
-        int64_t blocked = 0; /* the run's rows in blocks of 8 and 4 and the rest (AVX-512), else through hb */
+        int64_t blocked = 0; /* in blocks of 8 and 4 and the rest (AVX512-BF16, its target), else through hb */
 #ifdef MOEPPC_X86_INTRINSICS
-        for (int b = 8; j->vec_bits == 512 && blocked < n; b = b > 4 ? 4 : (int)(n - blocked))
+        for (int b = 8; j->bf16 && blocked < n; b = b > 4 ? 4 : (int)(n - blocked))
             for (; blocked + b <= n; blocked += b)
                 swiglu_block(s + (i + blocked) * nr, nr, b, ncols, mr, pairs, tile + lane + blocked + at * mr);
 #endif
@@ -930,7 +933,7 @@ static void layout(Job *j, const CgBlocking *blk, bool borrowed, int64_t **tile_
         fprintf(stderr, "moeppc: Linux refused this process the AMX tiles its kernels were built for\n");
         abort();
     }
-    j->vec_bits = host_vector_bits(); /* (once a call, here: the pool's threads only read it) */
+    j->vec_bits = host_vector_bits(&j->bf16); /* (once a call, here: the pool's threads only read it) */
     j->swiglu = swiglu_for_host(j->vec_bits);
     j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
     *tile_off = grow(*tile_off, tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), borrowed);
