@@ -150,6 +150,11 @@ static void *grow(void *p, size_t *cap, size_t need, size_t elem, bool borrowed)
     return q;
 }
 
+/* A call's row block (Job.mc): blk's, a multiple of kern's MR, 256 rows where it says none. */
+static int64_t row_block(const CgKernel *kern, const CgBlocking *blk) {
+    return round_up(blk->mc > 0 ? blk->mc : 256, kern->cfg.mr);
+}
+
 /* layout(): Σ_g ceil(rows_g / MR) tiles ≤ ceil(m / MR) + n_groups, each MR × K floats, plus one */
 static size_t packed_floats(const CgKernel *kern, const CgBlocking *blk, int64_t m, int64_t n_groups, int64_t K) {
     int mr = kern->cfg.mr;
@@ -159,8 +164,7 @@ static size_t packed_floats(const CgKernel *kern, const CgBlocking *blk, int64_t
 
 void cg_work_need(CgWorkNeed *need, const CgKernel *kern, const CgBlocking *blk, int threads, int64_t m,
                   int64_t n_groups, int64_t K) {
-    int mr = kern->cfg.mr;
-    int64_t mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
+    int64_t mc = row_block(kern, blk);
     size_t a = packed_floats(kern, blk, m, n_groups, K);
     size_t tiles = (size_t)(mc * kern->cfg.nr) * (size_t)(threads < 1 ? 1 : threads);
     size_t off = (size_t)n_groups + 1;
@@ -175,7 +179,7 @@ void cg_work_need_ffn(CgWorkNeed *need, const CgKernel *up, const CgBlocking *up
                       const CgBlocking *down_blk, int threads, int64_t m, int64_t n_groups, int64_t D, int64_t inter) {
     cg_work_need(need, up, up_blk, threads, m, n_groups, D);
     cg_work_need(need, down, down_blk, threads, m, n_groups, inter);
-    int64_t mc = up_blk->mc > 0 ? round_up(up_blk->mc, up->cfg.mr) : round_up(256, up->cfg.mr);
+    int64_t mc = row_block(up, up_blk);
     size_t h = packed_floats(down, down_blk, m, n_groups, inter);
     size_t tiles = (size_t)(mc * up->cfg.nr + MAX_MR * (up->cfg.nr / 2)) * /* S and its h (run) */
                    (size_t)(threads < 1 ? 1 : threads);
@@ -712,8 +716,8 @@ static swiglu_fn swiglu_for_host(int bits) {
  * of 8 rows took 64 ns against 52 for the rows' f32 h (swiglu_avx512), the transposes' share. */
 static void swiglu_packed(const Job *j, int64_t g, int64_t row0, int64_t rows, int64_t col0, int64_t ncols,
                           const float *s, float *hb) {
-    int nr = j->kern->cfg.nr, half = nr / 2, dmr = j->hd->kern->cfg.mr, mr, lane;
     const Job *d = j->hd;
+    int nr = j->kern->cfg.nr, half = nr / 2, dmr = d->kern->cfg.mr, mr, lane;
     bool pairs = d->kern->cfg.a_bf16;
     int64_t whole = (d->off[g + 1] - d->off[g]) / dmr * dmr, at = pairs ? col0 / 2 : col0;
     const float *src[MAX_MR];
@@ -935,7 +939,7 @@ static void layout(Job *j, const CgBlocking *blk, bool borrowed, int64_t **tile_
     }
     j->vec_bits = host_vector_bits(&j->bf16); /* (once a call, here: the pool's threads only read it) */
     j->swiglu = swiglu_for_host(j->vec_bits);
-    j->mc = blk->mc > 0 ? round_up(blk->mc, mr) : round_up(256, mr);
+    j->mc = row_block(j->kern, blk);
     *tile_off = grow(*tile_off, tile_off_cap, (size_t)(j->n_groups + 1), sizeof(int64_t), borrowed);
     j->tile_off = *tile_off;
     j->tile_off[0] = 0;
