@@ -87,6 +87,14 @@ LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueR
     return LLVMBuildCall2(o->b, fty, f, args, n, "");
 }
 
+LLVMValueRef ob_intrinsic(const Ob *o, const char *name, LLVMTypeRef *type)
+{
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MOE_ASSERT(id != 0);
+    *type = LLVMIntrinsicGetType(o->ctx, id, NULL, 0);
+    return LLVMGetIntrinsicDeclaration(o->mod, id, NULL, 0);
+}
+
 LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x) { return ob_intr(o, "llvm.exp", LLVMTypeOf(x), &x, 1); }
 
 void ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx)
@@ -105,8 +113,10 @@ LLVMValueRef ob_like(const Ob *o, LLVMValueRef x, double v)
 }
 
 /* Cephes' expf, as the grouped GEMM's SwiGLU epilogue computes it (codegen/llvm/gemm.c exp_poly):
- * range reduction by ln 2 in two parts, a degree-6 polynomial, the exponent put in by integer ops. */
-LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
+ * range reduction by ln 2 in two parts, a degree-6 polynomial, the exponent put in by integer ops.
+ * nonpos (x <= 0 or NaN, 16 lanes, AVX-512 only): no upper clamp, and the exponent by vscalefps (one
+ * instruction for four); the same values, since from the clamp at -87.3 up to 0 p · 2^n is normal. */
+static LLVMValueRef exp_poly(const Ob *o, LLVMValueRef x, bool nonpos)
 {
     LLVMBuilderRef b = o->b;
     LLVMTypeRef ft = LLVMTypeOf(x);
@@ -116,7 +126,7 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
      * NaN test and a blend to each): NaN becomes lo either way, as fmaxf takes it in exp_poly */
     LLVMValueRef lo = ob_like(o, x, -87.3), hi = ob_like(o, x, 88.7);
     x = ob_fmax(o, x, lo);
-    x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, hi, ""), x, hi, "");
+    if (!nonpos) x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, hi, ""), x, hi, "");
     LLVMValueRef t = ob_fma(o, x, ob_like(o, x, 1.44269504088896341), ob_like(o, x, 0.5));
     LLVMValueRef n = ob_intr(o, "llvm.floor", ft, &t, 1);
     x = ob_fma(o, n, ob_like(o, x, -0.693359375), x);
@@ -126,6 +136,13 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
     LLVMValueRef p = ob_like(o, x, c[0]);
     for (int k = 1; k < 6; k++) p = ob_fma(o, p, x, ob_like(o, x, c[k]));
     p = ob_fma(o, p, LLVMBuildFMul(b, x, x, ""), LLVMBuildFAdd(b, x, ob_like(o, x, 1.0), ""));
+    if (nonpos) { /* p · 2^n, all lanes (mask 0xffff), the current rounding (4) */
+        MOE_ASSERT(lanes == 16);
+        LLVMTypeRef fty;
+        LLVMValueRef fn = ob_intrinsic(o, "llvm.x86.avx512.mask.scalef.ps.512", &fty);
+        LLVMValueRef args[5] = {p, n, p, LLVMConstInt(o->ti16, 0xffff, 0), ob_i32(o, 4)};
+        return LLVMBuildCall2(b, fty, fn, args, 5, "exp");
+    }
     LLVMValueRef e = LLVMBuildFPToSI(b, n, it, "");
     LLVMValueRef bias = LLVMConstInt(o->ti32, 127, 0), sh = LLVMConstInt(o->ti32, 23, 0);
     if (lanes) {
@@ -136,6 +153,8 @@ LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x)
     e = LLVMBuildShl(b, LLVMBuildAdd(b, e, bias, ""), sh, "");
     return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, e, ft, ""), "exp");
 }
+LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, false); }
+LLVMValueRef ob_exp_nonpos_avx512(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, true); }
 
 /* tanh x without a libm call, so that a loop of it vectorises: tanh |x| with x's sign, where tanh t is
  * (1 - e) / (1 + e) with e = e^(-2t) by ob_exp_poly for t >= 1/2 (there e <= 1/e: 1 - e loses under

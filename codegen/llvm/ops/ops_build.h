@@ -40,12 +40,15 @@ LLVMValueRef ob_fmax(const Ob *o, LLVMValueRef a, LLVMValueRef b); /* a > b ? a 
 LLVMValueRef ob_min64(const Ob *o, LLVMValueRef a, LLVMValueRef b);
 /* An intrinsic overloaded on `type` (llvm.exp, llvm.sqrt, llvm.fmuladd, ...), called with args. */
 LLVMValueRef ob_intr(const Ob *o, const char *name, LLVMTypeRef type, LLVMValueRef *args, unsigned n);
+/* The declaration of a target intrinsic that is not overloaded, and its type (*type) in this LLVM */
+LLVMValueRef ob_intrinsic(const Ob *o, const char *name, LLVMTypeRef *type);
 LLVMValueRef ob_exp(const Ob *o, LLVMValueRef x);
 /* A hint to fetch element idx of an array of dt (f32, or 16-bit) into the caches. */
 void         ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueRef idx);          /* scalar or vector (any lanes) */
 /* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
  * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
 LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
+LLVMValueRef ob_exp_nonpos_avx512(const Ob *o, LLVMValueRef x); /* x <= 0, <16 x float> (ops_build.c) */
 LLVMValueRef ob_tanh(const Ob *o, LLVMValueRef x); /* scalar or vector, without libm */
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
 /* <n x float> -> float by a pairwise tree (n a power of two): the sum; the max as ob_fmax takes it */
