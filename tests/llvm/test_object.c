@@ -56,8 +56,9 @@ static void test_bad_config(void **state) {
 }
 
 /* Prefetches of B in the kernel's IR for cfg on the host's target with its ISA set to isa (only the
- * IR is built: AVX-512's needs no AVX-512 host). */
-static int prefetches(cg_isa isa, CgKernelConfig cfg) {
+ * IR is built: AVX-512's needs no AVX-512 host); *spread (if given): whether the main loop's first
+ * prefetch comes before its last product (not all of them after the U steps). */
+static int prefetches_placed(cg_isa isa, CgKernelConfig cfg, bool *spread) {
     CgTarget t = *cg_jit_target(tu_jit(CG_ISA_SSE));
     t.isa = isa;
     t.vec_width = isa == CG_ISA_AVX512 ? 16 : isa == CG_ISA_AVX2 ? 8 : 4;
@@ -68,11 +69,23 @@ static int prefetches(cg_isa isa, CgKernelConfig cfg) {
     char *ir = LLVMPrintModuleToString(mod), *at = ir;
     int n = 0;
     while ((at = strstr(at, "call void @llvm.prefetch"))) n++, at++;
+    if (spread) {
+        char *main = strstr(ir, "\nmain:"), *end = main ? strstr(main, "\nmid:") : NULL;
+        assert_non_null(end);
+        *end = 0;
+        char *first = strstr(main, "call void @llvm.prefetch"), *last = NULL;
+        for (char *p = main; (p = strstr(p, cfg.a_bf16 ? "dpbf16ps" : "@llvm.fma")); p++) last = p;
+        assert_non_null(first);
+        assert_non_null(last);
+        *spread = first < last;
+    }
     LLVMDisposeMessage(ir);
     LLVMDisposeModule(mod);
     LLVMContextDispose(ctx);
     return n;
 }
+
+static int prefetches(cg_isa isa, CgKernelConfig cfg) { return prefetches_placed(isa, cfg, NULL); }
 
 static CgKernelConfig tile(moe_dtype dt, int mr, int nr, int unroll, bool dot) {
     return (CgKernelConfig){.b_dtype = dt, .mr = mr, .nr = nr, .k_unroll = unroll, .a_bf16 = dot};
@@ -99,6 +112,15 @@ static void test_b_prefetch(void **state) {
     assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 32, 4, true)), 8);   /* 4 pairs x 128 */
     assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, true)), 12);  /* 4 pairs x 192 */
     assert_int_equal(prefetches(CG_ISA_AVX512, tile(DT_BF16, 1, 16, 1, true)), 1);   /* 1 pair x 64 */
+    /* where: after each step its share where the iteration has a line a step or more (12 at once
+     * after the last step held the stream back), else all after the last (AVX2's 2 in 4 steps) */
+    bool spread;
+    assert_int_equal(prefetches_placed(CG_ISA_AVX512, tile(DT_BF16, 8, 48, 4, true), &spread), 12);
+    assert_true(spread);
+    assert_int_equal(prefetches_placed(CG_ISA_AVX512, tile(DT_F32, 8, 48, 4, false), &spread), 12);
+    assert_true(spread);
+    assert_int_equal(prefetches_placed(CG_ISA_AVX2, tile(DT_BF16, 6, 16, 4, false), &spread), 2);
+    assert_false(spread);
 }
 
 /* cg_kernel_form: AVX-512 runs bf16 weights times f32 A in k pairs (and packs them so); the dot
