@@ -70,11 +70,11 @@ static int prefetches_placed(cg_isa isa, CgKernelConfig cfg, bool *spread) {
     int n = 0;
     while ((at = strstr(at, "call void @llvm.prefetch"))) n++, at++;
     if (spread) {
-        char *main = strstr(ir, "\nmain:"), *end = main ? strstr(main, "\nmid:") : NULL;
+        char *body = strstr(ir, "\nmain:"), *end = body ? strstr(body, "\nmid:") : NULL;
         assert_non_null(end);
         *end = 0;
-        char *first = strstr(main, "call void @llvm.prefetch"), *last = NULL;
-        for (char *p = main; (p = strstr(p, cfg.a_bf16 ? "dpbf16ps" : "@llvm.fma")); p++) last = p;
+        char *first = strstr(body, "call void @llvm.prefetch"), *last = NULL;
+        for (char *p = body; (p = strstr(p, cfg.a_bf16 ? "dpbf16ps" : "@llvm.fma")); p++) last = p;
         assert_non_null(first);
         assert_non_null(last);
         *spread = first < last;
