@@ -130,18 +130,57 @@ static void emit_pair_step(KB *k, LLVMValueRef kp) {
     }
 }
 
+/* Word idx of B's k pairs (16 lanes) with each word's low half zeroed, as <16 x float>: the high
+ * halves' bf16 widened, by a masked load (vmovdqu16 {k}{z}: the mask in a mask register, where x &
+ * 0xffff0000 holds its constant in a vector one). */
+static LLVMValueRef high_halves16(KB *k, LLVMValueRef idx) {
+    LLVMBuilderRef b = k->b;
+    LLVMTypeRef words = LLVMVectorType(k->i16, 32), bit = LLVMInt1TypeInContext(k->ctx);
+    LLVMValueRef p = LLVMBuildGEP2(b, k->i32, LLVMBuildBitCast(b, k->bp, LLVMPointerType(k->i32, 0), ""), &idx, 1, "");
+    p = LLVMBuildBitCast(b, p, LLVMPointerType(words, 0), "");
+    LLVMTypeRef tys[2] = {words, LLVMTypeOf(p)};
+    unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
+    LLVMValueRef odd[32];
+    for (int l = 0; l < 32; l++) odd[l] = LLVMConstInt(bit, (unsigned long long)(l & 1), 0);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(k->ctx, id, tys, 2);
+    unsigned n = LLVMCountParamTypes(fty); /* 4 (pointer, alignment, mask, pass-through); 3 in LLVM 22 */
+    LLVMValueRef args[4] = {p, ci32(k, 4), LLVMConstVector(odd, 32), LLVMConstNull(words)};
+    if (n == 3) args[1] = args[2], args[2] = args[3];
+    LLVMValueRef w = LLVMBuildCall2(b, fty, LLVMGetIntrinsicDeclaration(k->mod, id, tys, 2), args, n, "");
+    return LLVMBuildBitCast(b, w, k->vf32, "");
+}
+
 /* One k pair of the kpair_b form: B's pair words widened (low half: k = 2p, high: 2p + 1), each
- * times A's f32 of its k: acc[i][v] += A(2p, i) B(2p, v) + A(2p+1, i) B(2p+1, v). */
+ * times A's f32 of its k: acc[i][v] += A(2p, i) B(2p, v) + A(2p+1, i) B(2p+1, v), in that order. On
+ * 16 lanes every row's low-half products go first, then the high halves come by high_halves16
+ * (loaded again, not kept from the low halves' load) and their products: 24 accumulators, 3 + 3
+ * halves and the broadcasts fit AVX-512's 32 registers, where the high halves by an AND (its mask
+ * a 33rd) made LLVM 14 spill three a pair on 8 x 48 (either change alone did not; one core of a Zen
+ * 5, `bench_gemm 1 512`'s bf16kp, two rounds: 204, 204 -> 167, 167 ms, as fast as f32 weights;
+ * LLVM 22 spilled one a pair and ran 167 before). The same products in the same order. */
 static void emit_kpair_f32_step(KB *k, LLVMValueRef kp) {
     LLVMBuilderRef b = k->b;
-    LLVMValueRef lo[MAX_ACC], hi[MAX_ACC];
+    LLVMValueRef lo[MAX_ACC], hi[MAX_ACC], idx[MAX_ACC];
+    bool split = k->W == 16;
     for (int v = 0; v < k->NV; v++) {
-        LLVMValueRef idx = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
-        LLVMValueRef x = pair_words(k, k->bp, idx, false);
+        idx[v] = LLVMBuildAdd(b, LLVMBuildMul(b, kp, ci64(k, k->NR), ""), ci64(k, (long long)v * k->W), "");
+        LLVMValueRef x = pair_words(k, k->bp, idx[v], false);
         lo[v] = LLVMBuildBitCast(b, LLVMBuildShl(b, x, splat_i32(k, 16), ""), k->vf32, "");
-        hi[v] = LLVMBuildBitCast(b, LLVMBuildAnd(b, x, splat_i32(k, 0xffff0000u), ""), k->vf32, "");
+        if (!split) hi[v] = LLVMBuildBitCast(b, LLVMBuildAnd(b, x, splat_i32(k, 0xffff0000u), ""), k->vf32, "");
     }
     LLVMValueRef k0 = LLVMBuildMul(b, kp, ci64(k, 2), ""), k1 = LLVMBuildAdd(b, k0, ci64(k, 1), "");
+    if (split) {
+        for (int i = 0; i < k->MR; i++) {
+            LLVMValueRef a0 = broadcast_a(k, k0, i);
+            for (int v = 0; v < k->NV; v++) k->acc[i * k->NV + v] = fma3(k, a0, lo[v], k->acc[i * k->NV + v]);
+        }
+        for (int v = 0; v < k->NV; v++) hi[v] = high_halves16(k, idx[v]);
+        for (int i = 0; i < k->MR; i++) {
+            LLVMValueRef a1 = broadcast_a(k, k1, i);
+            for (int v = 0; v < k->NV; v++) k->acc[i * k->NV + v] = fma3(k, a1, hi[v], k->acc[i * k->NV + v]);
+        }
+        return;
+    }
     for (int i = 0; i < k->MR; i++) {
         LLVMValueRef a0 = broadcast_a(k, k0, i), a1 = broadcast_a(k, k1, i);
         for (int v = 0; v < k->NV; v++) {
