@@ -41,9 +41,23 @@ bool pass_target_parse(const char *s, pass_target *out)
 
 const char *pass_target_name(pass_target t) { return target_names[t]; }
 
+/* IR text that plan-memory wrote comes planned, and a pass before plan-memory may end a value's life
+ * later (simplify forwarding an identity scale's input to its uses) or add values: that plan no longer
+ * holds. It is dropped, not reported as a broken pass: plan-memory, the pipeline's last pass, plans
+ * again. (A plan that plan-memory itself leaves broken is still an internal error.) */
+static void drop_stale_plan(IrModule *m)
+{
+    char why[256];
+    const IrValue *where = NULL;
+    if (!m->planned || ir_plan_check(m, why, sizeof why, &where)) return;
+    m->planned = false;
+    for (int k = 0; k < m->n_values; k++) m->values[k]->planned = false;
+}
+
 static bool run_pass(IrModule *m, const Pass *p, const PassOptions *o, Diag *d)
 {
     p->fn(m, o);
+    if (p->fn != pass_plan_memory) drop_stale_plan(m);
     if (!ir_verify(m, d)) {
         fprintf(d->out, "moeppc: internal error: the IR is invalid after pass '%s'\n", p->name);
         return false;
