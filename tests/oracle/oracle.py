@@ -319,10 +319,15 @@ def router_logits(x, lw, spec, r):
 
 
 def logits_normalise(z, target_std):
-    """z / (std(z)/target), std over the E entries with Bessel's correction (ddof = 1)."""
+    """z / (std(z)/target), std over the E entries with Bessel's correction (ddof = 1). A row without
+    spread (E = 1, or every entry equal), where PyTorch's std is NaN or 0 and the division NaN or inf,
+    is left as it is: SEMANTICS.md is silent there and asks for no NaN elsewhere; moeppc does so."""
     ddof = 0 if mut("logits_norm_no_bessel") else 1
+    E = z.shape[-1]
+    if E <= ddof:
+        return z
     std = np.std(z, axis=-1, ddof=ddof, keepdims=True)
-    return z / (std / target_std)
+    return np.where(std > 0, z / (np.where(std > 0, std, 1.0) / target_std), z)
 
 
 def topk_stable(s, k):

@@ -158,6 +158,10 @@ def test_logits_norm():
     z = np.array([[1.0, 2.0, 3.0, 4.0]])
     std = math.sqrt(5.0 / 3.0)                                  # sum of squared deviations 5, n-1 = 3
     check("logits norm std ddof=1", close(oracle.logits_normalise(z, 2.0), z / (std / 2.0)))
+    flat = np.array([[0.5, 0.5, 0.5], [1.0, -2.0, 4.0]])  # a row without spread is left as it is
+    check("logits norm without spread", close(oracle.logits_normalise(flat, 2.0)[0], flat[0])
+          and close(oracle.logits_normalise(flat, 2.0)[1], flat[1] / (np.std(flat[1], ddof=1) / 2.0)))
+    check("logits norm of one expert", close(oracle.logits_normalise(np.array([[3.0]]), 2.0), np.array([[3.0]])))
     s = tiny_spec(router__logits_norm=True, router__logits_norm_std=2.0, experts__zero=0,
                   experts__copy=0, experts__constant=0, experts__ffn=4)
     rng = np.random.default_rng(3)
