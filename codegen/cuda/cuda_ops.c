@@ -593,15 +593,17 @@ static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
                  "}\n", name, two ? "const float *bb, " : "", expr);
 }
 
-/* z / (std(z) / target), Bessel-corrected (only when the spec asks for it) */
+/* z / (std(z) / target), Bessel-corrected (only when the spec asks for it); a row without spread (one
+ * expert, or all logits equal) is left as it is, as the interpreter and the CPU backend leave it */
 static const char norm_text[] =
-        "    {\n"
+        "    if (E > 1) {\n"
         "        float s = 0.0f;\n"
         "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) s += z[i];\n"
         "        float mean = warp_sum(s) / (float)E, v = 0.0f;\n"
         "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) v += (z[i] - mean) * (z[i] - mean);\n"
         "        float sd = sqrtf(warp_sum(v) / (float)(E - 1));\n"
-        "        for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) z[i] = z[i] / (sd / (float)NORM_STD);\n"
+        "        if (sd > 0.0f)\n"
+        "            for (int i = 0; i < EPL; i++) if (lane + 32 * i < E) z[i] = z[i] / (sd / (float)NORM_STD);\n"
         "    }\n";
 
 /* The constants of the routing decision (the ROUTE_POST descriptor). */

@@ -1,0 +1,408 @@
+#!/usr/bin/python3
+"""random_models.py MOEPPC [--seeds A:B,N,...] [--paths P,...] [--emu-driver LIB] [--work DIR] [--budget S]
+
+Differential testing on random models: each seed draws a valid spec from every knob of specs/README.md
+(odd sizes included: head dims 2 to 128, hidden sizes and intermediates that are no multiple of a
+vector, vocabularies of 17 to 1100, prompts of 1 to 200 tokens, 0 to 9 FFN experts beside any mix of
+constant, copy and zero experts, top-k up to E, 1 to 4 layers with dense ones between, f32, bf16 and
+f16, tied embeddings, both gatings, the logits norm, with and without the gating residual and input
+scaling) and a random prompt, writes moeppc's seeded random weights, and runs the prompt and greedy
+decoding through each path:
+
+  interp      moeppc run --backend interp (the reference interpreter)
+  cpu         moeppc run --backend cpu (the LLVM kernels; AVX-512 where the CPU has it)
+  cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse
+  emu         moeppc run --device cuda on the CUDA emulator (--emu-driver: libmoeppc_cudaemu.so): the
+              kernels GPUs other than sm_90 run;  emu-sm90: an sm_90 GPU's defaults (wgmma, W by the
+              TMA, programmatic launches, with the emulator's hazard poisoning);  emu-ws: warp-
+              specialised persistent GEMMs;  emu-base: device-check's A/B baselines;  emu-reverse:
+              a block's threads in reverse order
+  cpu-batch   --prompts through --batch 3 --chunk 7 (prompts in chunks beside decoding rows): the
+              prompt, its first half (already in the caches) and the prompt and one token more (its
+              prefix reused), each line's greedy tokens against the oracle's;  emu-batch: the same
+              on the emulator
+  gpu         moeppc run --device cuda on the machine's GPU;  gpu-batch: as cpu-batch
+
+against the float64 oracle (oracle.py, written from SEMANTICS.md alone): the prompt's logits within
+SEMANTICS.md 4's tolerances (f32 1e-4, bf16 and f16 2e-2, relative to the largest logit), the same
+routing picks, and the same greedy tokens for --generate steps (decode on the KV caches). A routing pick
+or a next token that the oracle decides by less than the tolerance (a near tie) makes what follows it
+inconclusive, not a failure: the logits are then compared only up to it, the tokens only before it.
+
+A failure prints the seed, the path and the difference, and keeps its spec, weights and command in
+WORK/seed-N (the rest is removed); `--seeds N:N+1 --keep` runs one seed again. Exit 0 if every run
+passed or was inconclusive, 1 if one failed, 2 on a usage or setup error.
+"""
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import compare  # noqa: E402
+import oracle  # noqa: E402
+
+PATHS = {
+    "interp": (["--backend", "interp"], {}),
+    "cpu": (["--backend", "cpu", "--threads", "2"], {}),
+    "cpu-avx2": (["--backend", "cpu", "--threads", "2"], {"MOEPPC_ISA": "avx2"}),
+    "cpu-sse": (["--backend", "cpu", "--threads", "1"], {"MOEPPC_ISA": "sse"}),
+    "emu": (["--device", "cuda"], {}),
+    "emu-sm90": (["--device", "cuda"], {"MOEPPC_CUDA_TMA": "1", "MOEPPC_CUDA_PDL": "1",
+                                        "MOEPPC_CUDAEMU_PDL_HAZARDS": "1"}),
+    "emu-ws": (["--device", "cuda"], {"MOEPPC_CUDA_TMA": "1", "MOEPPC_CUDA_WS": "1"}),
+    "emu-base": (["--device", "cuda"], {"MOEPPC_CUDA_FUSE": "0", "MOEPPC_CUDA_ASYNC_GEMM": "0",
+                                        "MOEPPC_CUDA_DECODE_GEMV": "0", "MOEPPC_CUDA_ATTN_SPLIT": "0",
+                                        "MOEPPC_CUDA_ATTN_TC": "0", "MOEPPC_CUDA_ROUTE_SPLIT": "0"}),
+    "emu-reverse": (["--device", "cuda"], {"MOEPPC_CUDAEMU_ORDER": "reverse"}),
+    "cpu-batch": (["--backend", "cpu", "--threads", "2", "--batch", "3", "--chunk", "7"], {}),
+    "emu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "gpu": (["--device", "cuda"], {}),
+    "gpu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+}
+GENERATE = 6
+
+
+def draw_spec(rng, seed):
+    """A valid spec (specs/README.md's rules) as YAML text, and the prompt's ids."""
+    large = rng.random() < 0.2  # several tiles, key blocks and panels a kernel
+    heads = rng.choice([1, 1, 2, 3, 4, 6])
+    kv_heads = rng.choice([d for d in range(1, heads + 1) if heads % d == 0])
+    hd = rng.choice([2, 4, 6, 8, 10, 16, 18, 20, 24, 32, 34, 40] + ([64, 66, 96, 128] if large else []))
+    layers = rng.randint(1, 4)
+    every = rng.choice([1, 1, 1, 2, 3]) if layers > 1 else 1
+    every = min(every, layers)
+    kinds = [rng.choice([0, 1, 2, 3, 4, 5, 8, 9]), rng.choice([0, 0, 1, 2, 3]), rng.choice([0, 0, 1, 2]),
+             rng.choice([0, 0, 1, 3])]
+    if sum(kinds) == 0:
+        kinds[0] = 1
+    E = sum(kinds)
+    gating = rng.choice(["softmax_topk", "softmax_topk", "topk_softmax"])
+    dtype = rng.choice(["f32", "f32", "bf16", "f16"])
+    T = rng.choice([1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 24, 33] + ([63, 64, 65, 100, 129, 200] if large else []))
+    vocab = rng.randint(17, 1100 if large else 300)
+    m = {
+        "vocab": vocab, "hidden": heads * hd, "layers": layers, "heads": heads, "kv_heads": kv_heads,
+        "rope_theta": rng.choice([10000.0, 500.0, 1.0e6]), "norm_eps": rng.choice([1.0e-6, 1.0e-5]),
+        "max_positions": T + 1 + GENERATE + rng.randint(0, 40), "dtype": dtype,
+        "tie_embeddings": rng.random() < 0.25,
+    }
+    moe = {
+        "every": every, "dense_intermediate": rng.randint(1, 300 if large else 70) if every > 1 else 0,
+        "top_k": rng.randint(1, min(E, 4)), "intermediate": rng.randint(1, 300 if large else 70),
+    }
+    router = {
+        "layers": rng.choice([1, 2]), "gating": gating, "logits_norm": rng.random() < 0.25,
+        "logits_norm_std": rng.choice([1.0, 2.0, 0.5]), "residual": rng.random() < 0.7,
+    }
+    lines = ["# random_models.py seed %d" % seed, "format: 1", "name: random-%d" % seed, "model:"]
+    lines += ["  %s: %s" % (k, fmt(v)) for k, v in m.items()]
+    lines += ["moe:"] + ["  %s: %s" % (k, fmt(v)) for k, v in moe.items()]
+    lines += ["  experts:"] + ["    %s: %d" % (k, n) for k, n in zip(("ffn", "constant", "copy", "zero"), kinds)]
+    lines += ["  router:"] + ["    %s: %s" % (k, fmt(v)) for k, v in router.items()]
+    lines += ["  input_scaling: %s" % fmt(rng.random() < 0.8)]
+    ids = [rng.randrange(vocab) for _ in range(T)]
+    lines[1:1] = ["# seed: %d" % seed, "# ids: %s" % " ".join(map(str, ids))]  # one_regression's
+    return "\n".join(lines) + "\n", ids
+
+
+def fmt(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):  # 1.0e-05, not 1e-05: YAML 1.1 (PyYAML) reads a float only with its dot
+        r = repr(v)
+        return r.replace("e", ".0e") if "e" in r and "." not in r else r
+    return str(v)
+
+
+def parse_spec(text):
+    """A spec as the generator writes it (nested "key: value" lines, two spaces a level) as a dict:
+    PyYAML where there is one, else this (a GPU machine may lack it)."""
+    try:
+        import yaml
+        return yaml.safe_load(text)
+    except ImportError:
+        pass
+    root, stack = {}, [(-1, None)]
+    stack[0] = (-1, root)
+    for line in text.splitlines():
+        body = line.split("#", 1)[0].rstrip()
+        if not body.strip():
+            continue
+        depth = len(body) - len(body.lstrip())
+        key, _, val = body.strip().partition(":")
+        while stack[-1][0] >= depth:
+            stack.pop()
+        parent = stack[-1][1]
+        val = val.strip()
+        if not val:
+            parent[key] = {}
+            stack.append((depth, parent[key]))
+        elif val in ("true", "false"):
+            parent[key] = val == "true"
+        else:
+            try:
+                parent[key] = int(val)
+            except ValueError:
+                try:
+                    parent[key] = float(val)
+                except ValueError:
+                    parent[key] = val
+    return root
+
+
+def oracle_case(spec, W, ids, generate, tol):
+    """The oracle on a prompt: its greedy tokens, its logits over prompt + tokens, routes, and the first
+    routing and next-token near ties (first_ties)."""
+    gen = []
+    for _ in range(generate):
+        row = oracle.forward(spec, W, ids + gen)[-1]
+        gen.append(int(np.argmax(row)))  # first of equal maxima, as moeppc's greedy pick
+    routes = []
+    logits = oracle.forward(spec, W, ids + gen, routes)
+    srt = -np.sort(-logits, axis=1)
+    gap = srt[:, 0] - srt[:, 1] if logits.shape[1] > 1 else np.full(len(logits), np.inf)
+    ties = first_ties(routes, gap, float(np.abs(logits).max()), tol)
+    return {"gen": gen, "logits": logits, "routes": routes, "ties": ties}
+
+
+def first_ties(routes, logit_gap, scale, tol):
+    """The first position whose routing the oracle decides by a near tie, and the first whose next token
+    (None where there is none): a flip there changes the logits from that row on, or the tokens."""
+    route_tie = token_tie = None
+    near = max(1e-4, tol)
+    for (_, t, _, _, margin) in routes:
+        if margin < near and (route_tie is None or t < route_tie):
+            route_tie = t
+    for t, gap in enumerate(logit_gap):
+        if gap < 2 * tol * scale:  # both logits within tol * scale of the oracle's could swap them
+            token_tie = t
+            break
+    return route_tie, token_tie
+
+
+def run_path(args, name, spec_path, w_path, ids, work):
+    flags, env_extra = PATHS[name]
+    env = dict(os.environ, **env_extra)
+    if name.startswith("emu"):
+        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
+    out = os.path.join(work, name)
+    cmd = [args.moeppc, "run", spec_path, "--weights", w_path, "--ids", " ".join(map(str, ids)),
+           "--logits-out", out + ".bin", "--routes-out", out + ".routes", "--generate", str(GENERATE),
+           "--ignore-eos", "--quiet"] + flags
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    try:
+        gen = [int(v) for v in p.stdout.split()]
+    except ValueError:
+        return cmd, None, "unreadable tokens: %r" % p.stdout[-200:]
+    return cmd, gen, None
+
+
+def check_tokens(gen, case, T):
+    """gen against the oracle's greedy tokens after a prompt of T tokens (None: the same)."""
+    o_gen, (route_tie, token_tie) = case["gen"], case["ties"]
+    if len(gen) != len(o_gen):
+        return "%d tokens generated, not %d" % (len(gen), len(o_gen))
+    for g, (x, y) in enumerate(zip(gen, o_gen)):
+        if x != y:
+            pos = T - 1 + g  # the row that predicted it
+            tie = min(t for t in (route_tie, token_tie, pos + 1) if t is not None)
+            if tie <= pos:
+                return "inconclusive: token %d (%d, the oracle %d) after a near tie at position %d" % (g, x, y, tie)
+            return "generated %s, the oracle %s (first difference: token %d)" % (gen, o_gen, g)
+    return None
+
+
+def check_path(spec, ids, name, work, gen, case, tol):
+    """What is wrong with a path's outputs (None: nothing; 'inconclusive: ...' for a near tie)."""
+    T = len(ids)
+    route_tie = case["ties"][0]
+    a = compare.load(os.path.join(work, name + ".bin"), spec.V)
+    if a.shape != (T, spec.V):
+        return "logits of shape %s, not %s" % (a.shape, (T, spec.V))
+    if not np.isfinite(a).all():
+        return "non-finite logits"
+    upto = T if route_tie is None else min(T, route_tie)  # the rows before a routing near tie
+    b = case["logits"][:T]
+    scale = float(np.abs(b).max())
+    rel = float(np.abs(a[:upto] - b[:upto]).max()) / scale if upto else 0.0
+    if rel > tol:
+        return "logits rel. error %.3g > %.3g (rows 0..%d)" % (rel, tol, upto - 1)
+    mine = compare.load_routes(os.path.join(work, name + ".routes"))
+    for (l, t, rid, _, margin) in case["routes"]:
+        if t >= upto:
+            continue
+        got = mine.get((l, t))
+        if got is None:
+            return "no route for layer %d token %d" % (l, t)
+        if got[0] != sorted(rid):
+            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin)
+    return check_tokens(gen, case, T)
+
+
+def batch_prompts(ids, vocab):
+    """--batch's lines: the prompt, its first half (all of it in the caches after the first line) and
+    the prompt and one token more (the first line's prefix and one token to run)."""
+    return [list(ids), list(ids[:max(1, len(ids) // 2)]), list(ids) + [(ids[-1] * 7 + 3) % vocab]]
+
+
+def run_batch(args, name, spec_path, w_path, prompts, work):
+    """--prompts through --batch: each line's generated tokens (or an error)."""
+    flags, env_extra = PATHS[name]
+    env = dict(os.environ, **env_extra)
+    if name.startswith("emu"):
+        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
+    pf = os.path.join(work, name + ".prompts")
+    with open(pf, "w") as f:
+        f.write("".join(" ".join(map(str, p)) + "\n" for p in prompts))
+    cmd = [args.moeppc, "run", spec_path, "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE),
+           "--ignore-eos", "--quiet"] + flags
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    lines = p.stdout.splitlines()
+    if len(lines) != len(prompts):
+        return cmd, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), p.stdout[-300:])
+    try:
+        return cmd, [[int(v) for v in ln.split()] for ln in lines], None
+    except ValueError:
+        return cmd, None, "unreadable tokens: %r" % p.stdout[-300:]
+
+
+def one_seed(args, seed):
+    text, ids = draw_spec(random.Random(seed), seed)
+    return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed)
+
+
+def one_regression(args, path):
+    """A spec kept from a failure (tests/oracle/random-regressions): its weights' seed and prompt in
+    '# seed: N' and '# ids: ...' lines."""
+    with open(path) as f:
+        text = f.read()
+    seed, ids = 0, None
+    for line in text.splitlines():
+        if line.startswith("# seed:"):
+            seed = int(line.split(":", 1)[1])
+        elif line.startswith("# ids:"):
+            ids = oracle.parse_ids(line.split(":", 1)[1])
+    if not ids:
+        print("%s: no '# ids:' line" % path)
+        return 1
+    name = os.path.splitext(os.path.basename(path))[0]
+    return one_model(args, name, name, text, ids, seed)
+
+
+def one_model(args, label, folder, text, ids, seed):
+    """0 passed, 1 failed, 2 inconclusive on some path."""
+    work = os.path.join(args.work, folder)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    spec_path, w_path = os.path.join(work, "spec.yaml"), os.path.join(work, "w.safetensors")
+    with open(spec_path, "w") as f:
+        f.write(text)
+    p = subprocess.run([args.moeppc, "init-weights", spec_path, "--seed", str(seed), "-o", w_path],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        print("%s: FAILED: init-weights: %s" % (label, p.stderr.strip()[-600:]))
+        return 1
+    spec = oracle.Spec(parse_spec(text))
+    W = oracle.read_weights(w_path)
+    tol = 1e-4 if spec.dtype == "f32" else 2e-2
+    case = oracle_case(spec, W, ids, GENERATE, tol)
+    if not np.isfinite(case["logits"]).all():
+        print("%s: FAILED: the oracle's logits are not finite (%s)" % (label, spec_path))
+        return 1
+    batch = None
+    verdict = 0
+    desc = "%s D%d H%d/%d L%d every%d E%d+%d+%d+%d k%d I%d V%d T%d %s" % (
+        spec.dtype, spec.D, spec.H, spec.Hk, spec.L, spec.every, spec.n_ffn, spec.n_const, spec.n_copy,
+        spec.n_zero, spec.k, spec.I, spec.V, len(ids), spec.gating)
+    for name in args.paths:
+        if name.endswith("-batch"):
+            prompts = batch_prompts(ids, spec.V)
+            if batch is None:
+                batch = [case] + [oracle_case(spec, W, p, GENERATE, tol) for p in prompts[1:]]
+            cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, work)
+            for i in range(len(prompts)) if err is None else []:
+                err = check_tokens(gens[i], batch[i], len(prompts[i]))
+                if err:
+                    err = "line %d: %s" % (i + 1, err)
+                    break
+        else:
+            cmd, gen, err = run_path(args, name, spec_path, w_path, ids, work)
+            if err is None:
+                err = check_path(spec, ids, name, work, gen, case, tol)
+        if err is None:
+            continue
+        if err.startswith("inconclusive") or ": inconclusive" in err:
+            print("%s %s: %s: %s" % (label, name, desc, err))
+            verdict = max(verdict, 2) if verdict != 1 else 1
+            continue
+        print("%s %s: FAILED: %s: %s\n  %s" % (label, name, desc, err, " ".join(cmd)))
+        with open(os.path.join(work, "failed-%s.txt" % name), "w") as f:
+            f.write("%s\n%s\n" % (err, " ".join(cmd)))
+        verdict = 1
+    if args.verbose and verdict == 0:
+        print("%s: ok: %s (near ties: routing %s, tokens %s)" % (label, desc, case["ties"][0], case["ties"][1]))
+    if verdict != 1 and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return verdict
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("moeppc")
+    ap.add_argument("--seeds", default="0:20", help="A:B (seeds A to B - 1) or N, comma-separated")
+    ap.add_argument("--paths", default="interp,cpu", help="comma-separated: " + ", ".join(PATHS))
+    ap.add_argument("--regressions", help="a folder of kept specs (one_regression) to run first")
+    ap.add_argument("--emu-driver", help="the CUDA emulator's library (path emu)")
+    ap.add_argument("--work", default="random-models-work")
+    ap.add_argument("--budget", type=float, default=0, help="stop starting seeds after S seconds (0: none)")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds a run may take")
+    ap.add_argument("--keep", action="store_true", help="keep every seed's files")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    seeds = []
+    try:
+        for item in args.seeds.split(","):
+            a, _, b = item.partition(":")
+            seeds += range(int(a), int(b)) if b else [int(a)]
+    except ValueError:
+        ap.error("--seeds: A:B (seeds A to B - 1) or N, comma-separated")
+    args.paths = [p for p in args.paths.split(",") if p]
+    bad = [p for p in args.paths if p not in PATHS]
+    if bad or not args.paths:
+        ap.error("unknown path %s (paths: %s)" % (", ".join(bad), ", ".join(PATHS)))
+    if any(p.startswith("emu") for p in args.paths) and not (args.emu_driver and os.path.exists(args.emu_driver)):
+        ap.error("path emu needs --emu-driver LIB (libmoeppc_cudaemu.so)")
+    os.makedirs(args.work, exist_ok=True)
+    start = time.time()
+    counts = [0, 0, 0]
+    kept = sorted(os.path.join(args.regressions, f) for f in os.listdir(args.regressions)
+                  if f.endswith(".yaml")) if args.regressions else []
+    for item in kept + seeds:
+        if args.budget and time.time() - start > args.budget:
+            print("budget of %g s spent after %d models" % (args.budget, sum(counts)))
+            break
+        counts[one_regression(args, item) if isinstance(item, str) else one_seed(args, item)] += 1
+    print("random models: %d passed, %d failed, %d inconclusive (near ties), paths %s, %.0f s"
+          % (counts[0], counts[1], counts[2], ",".join(args.paths), time.time() - start))
+    return 1 if counts[1] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
