@@ -13,7 +13,8 @@
 #      residual; embed_c needs the CUDA runtime; a library emitted for the CUDA emulator refused),
 #   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 (on sm_90 the grouped GEMMs on wgmma with W by the
 #      TMA, programmatic launches: the defaults there); then, budget permitting, in this order: the tiny
-#      models on the other forms (mma.sync, wgmma alone, warp-specialised, plain launches), tuning (moeppc tune
+#      models on the other forms (mma.sync, wgmma alone, warp-specialised, plain launches), random models
+#      against the NumPy oracle (tests/oracle/random_models.py), tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
 #      with its database at the table's T (issue 6's speed-up), the embedding library (step 4's),
 #      compute-sanitizer's memcheck and racecheck on the kernels' tests, the 7B layer's A/Bs, decoding
@@ -149,6 +150,13 @@ EOF
     run 60 env MOEPPC_CUDA_WS=1 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "bf16|f16|FAIL|error"
     step "the tiny models with plain launches (MOEPPC_CUDA_PDL=0)"
     run 60 env MOEPPC_CUDA_PDL=0 MOEPPC_GPU_SKIP_SMALL_MODELS=1 "$bin/cuda_model" | grep -E "f32|bf16|f16|FAIL|error"
+  fi
+  if more "random models on the GPU"; then
+    step "random models on the GPU against the float64 oracle (tests/oracle/random_models.py: odd sizes, every knob; 60 s)"
+    if python3 -c "import numpy" 2>/dev/null; then
+      run 120 python3 tests/oracle/random_models.py "$bin/moeppc" --regressions tests/oracle/random-regressions \
+        --seeds 0:500 --paths gpu,gpu-batch --budget 60 --work "$work/random_models" | grep -E "FAILED|random models|^  "
+    else echo "no python3 with NumPy on this machine"; fi
   fi
   if more "GPU tuning"; then
     step "GPU tuning: moeppc tune --target sm_90 (tiles compiled, checked, measured), then the layer with its database"
