@@ -11,7 +11,9 @@ decoding through each path:
 
   interp      moeppc run --backend interp (the reference interpreter)
   cpu         moeppc run --backend cpu (the LLVM kernels; AVX-512 where the CPU has it)
-  cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse
+  cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse;  cpu-t3: on 3 threads
+  interp-f32  the interpreter in f32 arithmetic (--precision f32)
+  build       the executable `moeppc build SPEC` writes (its kernels compiled ahead of time)
   emu         moeppc run --device cuda on the CUDA emulator (--emu-driver: libmoeppc_cudaemu.so): the
               kernels GPUs other than sm_90 run;  emu-sm90: an sm_90 GPU's defaults (wgmma, W by the
               TMA, programmatic launches, with the emulator's hazard poisoning);  emu-ws: warp-
@@ -53,6 +55,9 @@ PATHS = {
     "cpu": (["--backend", "cpu", "--threads", "2"], {}),
     "cpu-avx2": (["--backend", "cpu", "--threads", "2"], {"MOEPPC_ISA": "avx2"}),
     "cpu-sse": (["--backend", "cpu", "--threads", "1"], {"MOEPPC_ISA": "sse"}),
+    "cpu-t3": (["--backend", "cpu", "--threads", "3"], {}),
+    "build": ([], {}),
+    "interp-f32": (["--backend", "interp", "--precision", "f32"], {}),
     "emu": (["--device", "cuda"], {}),
     "emu-sm90": (["--device", "cuda"], {"MOEPPC_CUDA_TMA": "1", "MOEPPC_CUDA_PDL": "1",
                                         "MOEPPC_CUDAEMU_PDL_HAZARDS": "1"}),
@@ -85,6 +90,8 @@ def draw_spec(rng, seed):
     E = sum(kinds)
     gating = rng.choice(["softmax_topk", "softmax_topk", "topk_softmax"])
     dtype = rng.choice(["f32", "f32", "bf16", "f16"])
+    if heads * hd < 16:  # a 16-bit model this narrow rounds past 2e-2 of the oracle, the interpreter too
+        dtype = "f32"
     T = rng.choice([1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 24, 33] + ([63, 64, 65, 100, 129, 200] if large else []))
     vocab = rng.randint(17, 1100 if large else 300)
     m = {
@@ -187,26 +194,212 @@ def first_ties(routes, logit_gap, scale, tol):
     return route_tie, token_tie
 
 
-def run_path(args, name, spec_path, w_path, ids, work):
+def invoke(args, name, spec_path, work, tail):
+    """moeppc run SPEC (or the executable moeppc build wrote: path build) on path name with the
+    arguments tail: (the command, its standard output or None, an error or None)."""
     flags, env_extra = PATHS[name]
     env = dict(os.environ, **env_extra)
     if name.startswith("emu"):
         env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
-    out = os.path.join(work, name)
-    cmd = [args.moeppc, "run", spec_path, "--weights", w_path, "--ids", " ".join(map(str, ids)),
-           "--logits-out", out + ".bin", "--routes-out", out + ".routes", "--generate", str(GENERATE),
-           "--ignore-eos", "--quiet"] + flags
+    head = [args.moeppc, "run", spec_path]
+    if name == "build":
+        head = [os.path.join(work, "model")]
+        if not os.path.exists(head[0]):
+            p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
+            if p.returncode != 0:
+                return head, None, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    cmd = head + tail + flags
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return cmd, None, "timed out after %d s" % args.timeout
     if p.returncode != 0:
         return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    return cmd, p.stdout, None
+
+
+def run_path(args, name, spec_path, w_path, ids, work):
+    """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes)."""
+    out = os.path.join(work, name)
+    cmd, text, err = invoke(args, name, spec_path, work, [
+        "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", out + ".bin",
+        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
+    if err:
+        return cmd, None, err
     try:
-        gen = [int(v) for v in p.stdout.split()]
+        return cmd, [int(v) for v in text.split()], None
     except ValueError:
-        return cmd, None, "unreadable tokens: %r" % p.stdout[-200:]
-    return cmd, gen, None
+        return cmd, None, "unreadable tokens: %r" % text[-200:]
+
+
+def check_tokens(gen, case, T):
+    """gen against the oracle's greedy tokens after a prompt of T tokens (None: the same)."""
+    o_gen, (route_tie, token_tie) = case["gen"], case["ties"]
+    if len(gen) != len(o_gen):
+        return "%d tokens generated, not %d" % (len(gen), len(o_gen))
+    for g, (x, y) in enumerate(zip(gen, o_gen)):
+        if x != y:
+            pos = T - 1 + g  # the row that predicted it
+            tie = min(t for t in (route_tie, token_tie, pos + 1) if t is not None)
+            if tie <= pos:
+                return "inconclusive: token %d (%d, the oracle %d) after a near tie at position %d" % (g, x, y, tie)
+            return "generated %s, the oracle %s (first difference: token %d)" % (gen, o_gen, g)
+    return None
+
+
+def check_path(spec, ids, name, work, gen, case, tol):
+    """What is wrong with a path's outputs (None: nothing; 'inconclusive: ...' for a near tie)."""
+    T = len(ids)
+    route_tie = case["ties"][0]
+    a = compare.load(os.path.join(work, name + ".bin"), spec.V)
+    if a.shape != (T, spec.V):
+        return "logits of shape %s, not %s" % (a.shape, (T, spec.V))
+    if not np.isfinite(a).all():
+        return "non-finite logits"
+    upto = T if route_tie is None else min(T, route_tie)  # the rows before a routing near tie
+    b = case["logits"][:T]
+    scale = float(np.abs(b).max())
+    rel = float(np.abs(a[:upto] - b[:upto]).max()) / scale if upto else 0.0
+    if rel > tol:
+        return "logits rel. error %.3g > %.3g (rows 0..%d)" % (rel, tol, upto - 1)
+    mine = compare.load_routes(os.path.join(work, name + ".routes"))
+    for (l, t, rid, _, margin) in case["routes"]:
+        if t >= upto:
+            continue
+        got = mine.get((l, t))
+        if got is None:
+            return "no route for layer %d token %d" % (l, t)
+        if got[0] != sorted(rid):
+            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin)
+    return check_tokens(gen, case, T)
+
+
+def batch_prompts(ids, vocab):
+    """--batch's lines: the prompt, its first half (all of it in the caches after the first line) and
+    the prompt and one token more (the first line's prefix and one token to run)."""
+    return [list(ids), list(ids[:max(1, len(ids) // 2)]), list(ids) + [(ids[-1] * 7 + 3) % vocab]]
+
+
+def run_batch(args, name, spec_path, w_path, prompts, work):
+    """--prompts through --batch: each line's generated tokens (or an error)."""
+    pf = os.path.join(work, name + ".prompts")
+    with open(pf, "w") as f:
+        f.write("".join(" ".join(map(str, p)) + "\n" for p in prompts))
+    cmd, text, err = invoke(args, name, spec_path, work, [
+        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
+    if err:
+        return cmd, None, err
+    lines = text.splitlines()
+    if len(lines) != len(prompts):
+        return cmd, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), text[-300:])
+    try:
+        return cmd, [[int(v) for v in ln.split()] for ln in lines], None
+    except ValueError:
+        return cmd, None, "unreadable tokens: %r" % text[-300:]
+
+
+def parse_spec(text):
+    """A spec as the generator writes it (nested "key: value" lines, two spaces a level) as a dict:
+    PyYAML where there is one, else this (a GPU machine may lack it)."""
+    try:
+        import yaml
+        return yaml.safe_load(text)
+    except ImportError:
+        pass
+    root, stack = {}, [(-1, None)]
+    stack[0] = (-1, root)
+    for line in text.splitlines():
+        body = line.split("#", 1)[0].rstrip()
+        if not body.strip():
+            continue
+        depth = len(body) - len(body.lstrip())
+        key, _, val = body.strip().partition(":")
+        while stack[-1][0] >= depth:
+            stack.pop()
+        parent = stack[-1][1]
+        val = val.strip()
+        if not val:
+            parent[key] = {}
+            stack.append((depth, parent[key]))
+        elif val in ("true", "false"):
+            parent[key] = val == "true"
+        else:
+            try:
+                parent[key] = int(val)
+            except ValueError:
+                try:
+                    parent[key] = float(val)
+                except ValueError:
+                    parent[key] = val
+    return root
+
+
+def oracle_case(spec, W, ids, generate, tol):
+    """The oracle on a prompt: its greedy tokens, its logits over prompt + tokens, routes, and the first
+    routing and next-token near ties (first_ties)."""
+    gen = []
+    for _ in range(generate):
+        row = oracle.forward(spec, W, ids + gen)[-1]
+        gen.append(int(np.argmax(row)))  # first of equal maxima, as moeppc's greedy pick
+    routes = []
+    logits = oracle.forward(spec, W, ids + gen, routes)
+    srt = -np.sort(-logits, axis=1)
+    gap = srt[:, 0] - srt[:, 1] if logits.shape[1] > 1 else np.full(len(logits), np.inf)
+    ties = first_ties(routes, gap, float(np.abs(logits).max()), tol)
+    return {"gen": gen, "logits": logits, "routes": routes, "ties": ties}
+
+
+def first_ties(routes, logit_gap, scale, tol):
+    """The first position whose routing the oracle decides by a near tie, and the first whose next token
+    (None where there is none): a flip there changes the logits from that row on, or the tokens."""
+    route_tie = token_tie = None
+    near = max(1e-4, tol)
+    for (_, t, _, _, margin) in routes:
+        if margin < near and (route_tie is None or t < route_tie):
+            route_tie = t
+    for t, gap in enumerate(logit_gap):
+        if gap < 2 * tol * scale:  # both logits within tol * scale of the oracle's could swap them
+            token_tie = t
+            break
+    return route_tie, token_tie
+
+
+def invoke(args, name, spec_path, work, tail):
+    """moeppc run SPEC (or the executable moeppc build wrote: path build) on path name with the
+    arguments tail: (the command, its standard output or None, an error or None)."""
+    flags, env_extra = PATHS[name]
+    env = dict(os.environ, **env_extra)
+    if name.startswith("emu"):
+        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
+    head = [args.moeppc, "run", spec_path]
+    if name == "build":
+        head = [os.path.join(work, "model")]
+        if not os.path.exists(head[0]):
+            p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
+            if p.returncode != 0:
+                return head, None, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    cmd = head + tail + flags
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    return cmd, p.stdout, None
+
+
+def run_path(args, name, spec_path, w_path, ids, work):
+    """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes)."""
+    out = os.path.join(work, name)
+    cmd, text, err = invoke(args, name, spec_path, work, [
+        "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", out + ".bin",
+        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
+    if err:
+        return cmd, None, err
+    try:
+        return cmd, [int(v) for v in text.split()], None
+    except ValueError:
+        return cmd, None, "unreadable tokens: %r" % text[-200:]
 
 
 def check_tokens(gen, case, T):
