@@ -173,6 +173,16 @@ static void attention_init(Problem *p, moe_rng *r)
     for (int64_t t = 0; t < p->T; t++) p->perm[t] = (int32_t)(C - p->T + t);
 }
 
+/* The output's floats: UP writes a row a slot, DOWN scatters into the T tokens' rows — more than
+ * the slots where top_k times the FFN share is below 1 (a top-1 MoE++ model; until 2026-12-06 the
+ * output had the slots' rows and DOWN's clearing of T rows overran it: found by random_models.py). */
+static size_t out_count(const Problem *p)
+{
+    if (is_attention(p->sh)) return (size_t)(p->T * p->sh->n * p->sh->k);
+    bool down = strcmp(p->sh->op, "grouped_down") == 0;
+    return (size_t)((down && p->T > p->rows ? p->T : p->rows) * p->sh->n);
+}
+
 static void problem_init(Problem *p, const Shape *sh, int64_t T, uint64_t seed)
 {
     moe_rng r;
@@ -191,8 +201,7 @@ static void problem_init(Problem *p, const Shape *sh, int64_t T, uint64_t seed)
     for (size_t j = 0; j < wn; j++) dtype_store(sh->dt, p->w, j, (2 * rng_uniform(&r) - 1) / sqrt((double)sh->k));
     p->x = xmalloc((size_t)p->rows * xk * sizeof *p->x);
     fill(&r, p->x, (size_t)p->rows * xk);
-    size_t outn = (size_t)(p->rows * sh->n);
-    p->out = xcalloc(outn, sizeof *p->out);
+    p->out = xcalloc(out_count(p), sizeof *p->out);
     p->off = xmalloc((size_t)(sh->groups + 1) * sizeof *p->off);
     for (int64_t g = 0; g <= sh->groups; g++) p->off[g] = 0;
     for (int64_t s = 0; s < p->rows; s++) p->off[1 + (int64_t)(rng_uniform(&r) * (double)sh->groups) % sh->groups]++;
@@ -211,11 +220,6 @@ static void problem_free(Problem *p)
     free(p->off);
     free(p->perm);
     free(p->gw);
-}
-
-static size_t out_count(const Problem *p)
-{
-    return (size_t)(is_attention(p->sh) ? p->T * p->sh->n * p->sh->k : p->rows * p->sh->n);
 }
 
 /* Multiply-adds of one run, ×2 = its flops. */
@@ -288,7 +292,7 @@ static void run_once(Tuner *t, const Problem *p, const Runnable *rn, const Packe
     if (is_plain(sh)) cg_gemm(rn->k, &rn->blk, t->pool, &t->work, p->rows, p->x, sh->k, pk->b, p->out, sh->n, false);
     else if (strcmp(sh->op, "grouped_up") == 0) cg_moe_up_swiglu(rn->k, &rn->blk, t->pool, &t->work, &r, p->x, pk->b, p->out);
     else {
-        memset(p->out, 0, (size_t)(p->T * sh->n) * sizeof *p->out);
+        memset(p->out, 0, out_count(p) * sizeof *p->out);
         cg_moe_down_scatter(rn->k, &rn->blk, t->pool, &t->work, &r, p->x, pk->b, p->out);
     }
 }
