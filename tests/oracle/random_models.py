@@ -14,6 +14,8 @@ decoding through each path:
   cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse;  cpu-t3: on 3 threads
   interp-f32  the interpreter in f32 arithmetic (--precision f32)
   build       the executable `moeppc build SPEC` writes (its kernels compiled ahead of time)
+  cpu-tuned   cpu with the database `moeppc tune` writes for the model in 2 s (the tiles, unrolls,
+              blockings and key blocks that won there, per token bucket: other kernels than the rule's)
   emu         moeppc run --device cuda on the CUDA emulator (--emu-driver: libmoeppc_cudaemu.so): the
               kernels GPUs other than sm_90 run;  emu-sm90: an sm_90 GPU's defaults (wgmma, W by the
               TMA, programmatic launches, with the emulator's hazard poisoning);  emu-ws: warp-
@@ -57,6 +59,7 @@ PATHS = {
     "cpu-sse": (["--backend", "cpu", "--threads", "1"], {"MOEPPC_ISA": "sse"}),
     "cpu-t3": (["--backend", "cpu", "--threads", "3"], {}),
     "build": ([], {}),
+    "cpu-tuned": (["--backend", "cpu", "--threads", "2"], {}),
     "interp-f32": (["--backend", "interp", "--precision", "f32"], {}),
     "emu": (["--device", "cuda"], {}),
     "emu-sm90": (["--device", "cuda"], {"MOEPPC_CUDA_TMA": "1", "MOEPPC_CUDA_PDL": "1",
@@ -202,6 +205,14 @@ def invoke(args, name, spec_path, work, tail):
     if name.startswith("emu"):
         env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
     head = [args.moeppc, "run", spec_path]
+    if name == "cpu-tuned":
+        db = os.path.join(work, "tuning.yaml")
+        if not os.path.exists(db):
+            p = subprocess.run([args.moeppc, "tune", spec_path, "--tokens", "1,8,32,128", "--budget", "2", "-o", db],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+        flags = flags + ["--tuning", db]
     if name == "build":
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
@@ -372,6 +383,14 @@ def invoke(args, name, spec_path, work, tail):
     if name.startswith("emu"):
         env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
     head = [args.moeppc, "run", spec_path]
+    if name == "cpu-tuned":
+        db = os.path.join(work, "tuning.yaml")
+        if not os.path.exists(db):
+            p = subprocess.run([args.moeppc, "tune", spec_path, "--tokens", "1,8,32,128", "--budget", "2", "-o", db],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+        flags = flags + ["--tuning", db]
     if name == "build":
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
