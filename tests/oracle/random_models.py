@@ -25,6 +25,9 @@ decoding through each path:
               prompt, its first half (already in the caches) and the prompt and one token more (its
               prefix reused), each line's greedy tokens against the oracle's;  emu-batch: the same
               on the emulator
+  lib         the embedding library (emit --emit lib) through examples/embed_c against the
+              interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
+              lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
   gpu         moeppc run --device cuda on the machine's GPU;  gpu-batch: as cpu-batch
 
 against the float64 oracle (oracle.py, written from SEMANTICS.md alone): the prompt's logits within
@@ -71,6 +74,8 @@ PATHS = {
     "emu-reverse": (["--device", "cuda"], {"MOEPPC_CUDAEMU_ORDER": "reverse"}),
     "cpu-batch": (["--backend", "cpu", "--threads", "2", "--batch", "3", "--chunk", "7"], {}),
     "emu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "lib": ([], {}),
+    "lib-emu": ([], {}),
     "gpu": (["--device", "cuda"], {}),
     "gpu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
 }
@@ -291,6 +296,28 @@ def batch_prompts(ids, vocab):
     return [list(ids), list(ids[:max(1, len(ids) // 2)]), list(ids) + [(ids[-1] * 7 + 3) % vocab]]
 
 
+def run_lib(args, name, spec_path, work):
+    """Paths lib, lib-emu: the embedding library (moeppc emit --emit lib; lib-emu: its CUDA build for
+    the emulator) through examples/embed_c (embed_python --cuda) against the interpreter's layer
+    (tests/embed/test_example.sh: two layers, several token and thread counts; not its mutants, which
+    a layer that picks no FFN expert cannot show). The command and an error or None."""
+    lib = os.path.join(work, name)
+    env = dict(os.environ, EMBED_MUTANTS="0")
+    target, kind = ([], "c") if name == "lib" else (["--target", "emu"], "cuda-python")
+    if name == "lib-emu":
+        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
+    cmd = [args.moeppc, "emit", spec_path, "--emit", "lib", "-o", lib] + target
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    if p.returncode != 0:
+        return cmd, "moeppc emit: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    cmd = ["bash", os.path.join(HERE, "..", "embed", "test_example.sh"), kind, args.moeppc, args.embed_ref, lib,
+           spec_path, lib + "-run"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    if p.returncode != 0:
+        return cmd, "exit %d: %s" % (p.returncode, (p.stdout + p.stderr).strip()[-600:])
+    return cmd, None
+
+
 def run_batch(args, name, spec_path, w_path, prompts, work):
     """--prompts through --batch: each line's generated tokens (or an error)."""
     pf = os.path.join(work, name + ".prompts")
@@ -307,192 +334,6 @@ def run_batch(args, name, spec_path, w_path, prompts, work):
         return cmd, [[int(v) for v in ln.split()] for ln in lines], None
     except ValueError:
         return cmd, None, "unreadable tokens: %r" % text[-300:]
-
-
-def parse_spec(text):
-    """A spec as the generator writes it (nested "key: value" lines, two spaces a level) as a dict:
-    PyYAML where there is one, else this (a GPU machine may lack it)."""
-    try:
-        import yaml
-        return yaml.safe_load(text)
-    except ImportError:
-        pass
-    root, stack = {}, [(-1, None)]
-    stack[0] = (-1, root)
-    for line in text.splitlines():
-        body = line.split("#", 1)[0].rstrip()
-        if not body.strip():
-            continue
-        depth = len(body) - len(body.lstrip())
-        key, _, val = body.strip().partition(":")
-        while stack[-1][0] >= depth:
-            stack.pop()
-        parent = stack[-1][1]
-        val = val.strip()
-        if not val:
-            parent[key] = {}
-            stack.append((depth, parent[key]))
-        elif val in ("true", "false"):
-            parent[key] = val == "true"
-        else:
-            try:
-                parent[key] = int(val)
-            except ValueError:
-                try:
-                    parent[key] = float(val)
-                except ValueError:
-                    parent[key] = val
-    return root
-
-
-def oracle_case(spec, W, ids, generate, tol):
-    """The oracle on a prompt: its greedy tokens, its logits over prompt + tokens, routes, and the first
-    routing and next-token near ties (first_ties)."""
-    gen = []
-    for _ in range(generate):
-        row = oracle.forward(spec, W, ids + gen)[-1]
-        gen.append(int(np.argmax(row)))  # first of equal maxima, as moeppc's greedy pick
-    routes = []
-    logits = oracle.forward(spec, W, ids + gen, routes)
-    srt = -np.sort(-logits, axis=1)
-    gap = srt[:, 0] - srt[:, 1] if logits.shape[1] > 1 else np.full(len(logits), np.inf)
-    ties = first_ties(routes, gap, float(np.abs(logits).max()), tol)
-    return {"gen": gen, "logits": logits, "routes": routes, "ties": ties}
-
-
-def first_ties(routes, logit_gap, scale, tol):
-    """The first position whose routing the oracle decides by a near tie, and the first whose next token
-    (None where there is none): a flip there changes the logits from that row on, or the tokens."""
-    route_tie = token_tie = None
-    near = max(1e-4, tol)
-    for (_, t, _, _, margin) in routes:
-        if margin < near and (route_tie is None or t < route_tie):
-            route_tie = t
-    for t, gap in enumerate(logit_gap):
-        if gap < 2 * tol * scale:  # both logits within tol * scale of the oracle's could swap them
-            token_tie = t
-            break
-    return route_tie, token_tie
-
-
-def invoke(args, name, spec_path, work, tail):
-    """moeppc run SPEC (or the executable moeppc build wrote: path build) on path name with the
-    arguments tail: (the command, its standard output or None, an error or None)."""
-    flags, env_extra = PATHS[name]
-    env = dict(os.environ, **env_extra)
-    if name.startswith("emu"):
-        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
-    head = [args.moeppc, "run", spec_path]
-    if name == "cpu-tuned":
-        db = os.path.join(work, "tuning.yaml")
-        if not os.path.exists(db):
-            p = subprocess.run([args.moeppc, "tune", spec_path, "--tokens", "1,8,32,128", "--budget", "2", "-o", db],
-                               capture_output=True, text=True)
-            if p.returncode != 0:
-                return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
-        flags = flags + ["--tuning", db]
-    if name == "build":
-        head = [os.path.join(work, "model")]
-        if not os.path.exists(head[0]):
-            p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
-            if p.returncode != 0:
-                return head, None, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
-    cmd = head + tail + flags
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return cmd, None, "timed out after %d s" % args.timeout
-    if p.returncode != 0:
-        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
-    return cmd, p.stdout, None
-
-
-def run_path(args, name, spec_path, w_path, ids, work):
-    """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes)."""
-    out = os.path.join(work, name)
-    cmd, text, err = invoke(args, name, spec_path, work, [
-        "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", out + ".bin",
-        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
-    if err:
-        return cmd, None, err
-    try:
-        return cmd, [int(v) for v in text.split()], None
-    except ValueError:
-        return cmd, None, "unreadable tokens: %r" % text[-200:]
-
-
-def check_tokens(gen, case, T):
-    """gen against the oracle's greedy tokens after a prompt of T tokens (None: the same)."""
-    o_gen, (route_tie, token_tie) = case["gen"], case["ties"]
-    if len(gen) != len(o_gen):
-        return "%d tokens generated, not %d" % (len(gen), len(o_gen))
-    for g, (x, y) in enumerate(zip(gen, o_gen)):
-        if x != y:
-            pos = T - 1 + g  # the row that predicted it
-            tie = min(t for t in (route_tie, token_tie, pos + 1) if t is not None)
-            if tie <= pos:
-                return "inconclusive: token %d (%d, the oracle %d) after a near tie at position %d" % (g, x, y, tie)
-            return "generated %s, the oracle %s (first difference: token %d)" % (gen, o_gen, g)
-    return None
-
-
-def check_path(spec, ids, name, work, gen, case, tol):
-    """What is wrong with a path's outputs (None: nothing; 'inconclusive: ...' for a near tie)."""
-    T = len(ids)
-    route_tie = case["ties"][0]
-    a = compare.load(os.path.join(work, name + ".bin"), spec.V)
-    if a.shape != (T, spec.V):
-        return "logits of shape %s, not %s" % (a.shape, (T, spec.V))
-    if not np.isfinite(a).all():
-        return "non-finite logits"
-    upto = T if route_tie is None else min(T, route_tie)  # the rows before a routing near tie
-    b = case["logits"][:T]
-    scale = float(np.abs(b).max())
-    rel = float(np.abs(a[:upto] - b[:upto]).max()) / scale if upto else 0.0
-    if rel > tol:
-        return "logits rel. error %.3g > %.3g (rows 0..%d)" % (rel, tol, upto - 1)
-    mine = compare.load_routes(os.path.join(work, name + ".routes"))
-    for (l, t, rid, _, margin) in case["routes"]:
-        if t >= upto:
-            continue
-        got = mine.get((l, t))
-        if got is None:
-            return "no route for layer %d token %d" % (l, t)
-        if got[0] != sorted(rid):
-            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin)
-    return check_tokens(gen, case, T)
-
-
-def batch_prompts(ids, vocab):
-    """--batch's lines: the prompt, its first half (all of it in the caches after the first line) and
-    the prompt and one token more (the first line's prefix and one token to run)."""
-    return [list(ids), list(ids[:max(1, len(ids) // 2)]), list(ids) + [(ids[-1] * 7 + 3) % vocab]]
-
-
-def run_batch(args, name, spec_path, w_path, prompts, work):
-    """--prompts through --batch: each line's generated tokens (or an error)."""
-    flags, env_extra = PATHS[name]
-    env = dict(os.environ, **env_extra)
-    if name.startswith("emu"):
-        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
-    pf = os.path.join(work, name + ".prompts")
-    with open(pf, "w") as f:
-        f.write("".join(" ".join(map(str, p)) + "\n" for p in prompts))
-    cmd = [args.moeppc, "run", spec_path, "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE),
-           "--ignore-eos", "--quiet"] + flags
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return cmd, None, "timed out after %d s" % args.timeout
-    if p.returncode != 0:
-        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
-    lines = p.stdout.splitlines()
-    if len(lines) != len(prompts):
-        return cmd, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), p.stdout[-300:])
-    try:
-        return cmd, [[int(v) for v in ln.split()] for ln in lines], None
-    except ValueError:
-        return cmd, None, "unreadable tokens: %r" % p.stdout[-300:]
 
 
 def one_seed(args, seed):
@@ -544,7 +385,9 @@ def one_model(args, label, folder, text, ids, seed):
         spec.dtype, spec.D, spec.H, spec.Hk, spec.L, spec.every, spec.n_ffn, spec.n_const, spec.n_copy,
         spec.n_zero, spec.k, spec.I, spec.V, len(ids), spec.gating)
     for name in args.paths:
-        if name.endswith("-batch"):
+        if name.startswith("lib"):
+            cmd, err = run_lib(args, name, spec_path, work)
+        elif name.endswith("-batch"):
             prompts = batch_prompts(ids, spec.V)
             if batch is None:
                 batch = [case] + [oracle_case(spec, W, p, GENERATE, tol) for p in prompts[1:]]
@@ -581,6 +424,7 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0:20", help="A:B (seeds A to B - 1) or N, comma-separated")
     ap.add_argument("--paths", default="interp,cpu", help="comma-separated: " + ", ".join(PATHS))
     ap.add_argument("--regressions", help="a folder of kept specs (one_regression) to run first")
+    ap.add_argument("--embed-ref", help="tests/embed's embed_layer_ref (path lib)")
     ap.add_argument("--emu-driver", help="the CUDA emulator's library (path emu)")
     ap.add_argument("--work", default="random-models-work")
     ap.add_argument("--budget", type=float, default=0, help="stop starting seeds after S seconds (0: none)")
@@ -599,7 +443,10 @@ def main(argv=None):
     bad = [p for p in args.paths if p not in PATHS]
     if bad or not args.paths:
         ap.error("unknown path %s (paths: %s)" % (", ".join(bad), ", ".join(PATHS)))
-    if any(p.startswith("emu") for p in args.paths) and not (args.emu_driver and os.path.exists(args.emu_driver)):
+    if any(p.startswith("lib") for p in args.paths) and not (args.embed_ref and os.path.exists(args.embed_ref)):
+        ap.error("path lib needs --embed-ref EXE (tests/embed's embed_layer_ref)")
+    on_emu = any(p.startswith("emu") or p == "lib-emu" for p in args.paths)
+    if on_emu and not (args.emu_driver and os.path.exists(args.emu_driver)):
         ap.error("path emu needs --emu-driver LIB (libmoeppc_cudaemu.so)")
     os.makedirs(args.work, exist_ok=True)
     start = time.time()
