@@ -144,8 +144,8 @@ def parse_spec(text):
         return yaml.safe_load(text)
     except ImportError:
         pass
-    root, stack = {}, [(-1, None)]
-    stack[0] = (-1, root)
+    root = {}
+    stack = [(-1, root)]  # (indent, mapping) of the open keys
     for line in text.splitlines():
         body = line.split("#", 1)[0].rstrip()
         if not body.strip():
@@ -405,7 +405,7 @@ def one_model(args, label, folder, text, ids, seed):
             continue
         if err.startswith("inconclusive") or ": inconclusive" in err:
             print("%s %s: %s: %s" % (label, name, desc, err))
-            verdict = max(verdict, 2) if verdict != 1 else 1
+            verdict = verdict or 2
             continue
         print("%s %s: FAILED: %s: %s\n  %s" % (label, name, desc, err, " ".join(cmd)))
         with open(os.path.join(work, "failed-%s.txt" % name), "w") as f:

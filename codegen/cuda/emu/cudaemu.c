@@ -234,6 +234,17 @@ static Sched *sched_get(void)
     return S = s;
 }
 
+/* This thread's scheduler and fiber stacks, freed (a pool worker that ends). */
+static void sched_put(void)
+{
+    if (!S) return;
+    munmap(S->stacks, S->stride * MAX_THREADS);
+    free(S->dyn);
+    free(S->unfenced);
+    free(S);
+    S = NULL;
+}
+
 /* ---- what kernels call (CudaEmuApi) ---------------------------------------------------------------- */
 static const CudaEmuThread *api_self(void) { return &S->cur->t; }
 
@@ -602,16 +613,21 @@ static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_CO
 static Launch *pool_job;
 static unsigned pool_gen;
 static int pool_busy, n_workers = -1;
+static pthread_t pool_threads[64];
 
 static void *pool_worker(void *arg)
 {
-    (void)arg;
-    unsigned seen = 0;
+    unsigned seen = (unsigned)(uintptr_t)arg; /* the generation when it was started (pool_start) */
     for (;;) {
         pthread_mutex_lock(&pool_mu);
         while (pool_gen == seen) pthread_cond_wait(&pool_cv, &pool_mu);
         seen = pool_gen;
         Launch *L = pool_job;
+        if (!L) { /* pool_stop's: end (it joins) */
+            pthread_mutex_unlock(&pool_mu);
+            sched_put();
+            return NULL;
+        }
         pthread_mutex_unlock(&pool_mu);
         launch_work(L);
         pthread_mutex_lock(&pool_mu);
@@ -627,14 +643,27 @@ static void pool_start(void)
     long n = e && e[0] ? atol(e) : sysconf(_SC_NPROCESSORS_ONLN);
     n = n < 1 ? 1 : n > 64 ? 64 : n;
     n_workers = 0;
-    for (long i = 1; i < n; i++) {
-        pthread_t th;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &at, pool_worker, NULL) == 0) n_workers++;
-        pthread_attr_destroy(&at);
-    }
+    pthread_mutex_lock(&pool_mu);
+    void *gen = (void *)(uintptr_t)pool_gen; /* (a pool_stop's generation is past: not a job) */
+    pthread_mutex_unlock(&pool_mu);
+    for (long i = 1; i < n; i++)
+        if (pthread_create(&pool_threads[n_workers], NULL, pool_worker, gen) == 0) n_workers++;
+}
+
+/* The workers end (the next launch starts new ones). Before kernel objects are closed: each worker
+ * holds their __shared__ arrays (thread_local) in its dynamic TLS, which a dlclose leaves stale in a
+ * live thread, and LeakSanitizer (GCC 12's) crashed reading it at exit (random_models.py's --batch
+ * runs under ASan, which end a model's context before the process). */
+static void pool_stop(void)
+{
+    pthread_mutex_lock(&launch_mu);
+    pthread_mutex_lock(&pool_mu);
+    int n = n_workers;
+    if (n > 0) pool_job = NULL, pool_gen++, pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    for (int i = 0; i < n; i++) pthread_join(pool_threads[i], NULL);
+    n_workers = -1;
+    pthread_mutex_unlock(&launch_mu);
 }
 
 static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args, bool pdl)
@@ -1154,6 +1183,7 @@ static void module_free(Kernel *k)
 
 static void ctx_release(void *ctx)
 {
+    pool_stop();
     pthread_mutex_lock(&mod_mu);
     for (Kernel **p = &modules; *p;) {
         Kernel *k = *p;
