@@ -397,6 +397,7 @@ def moe_layer(x, lw, spec, r):
     u = s * x
     router_in = u if mut("input_scaling_in_router") else x
     z, r_next = router_logits(router_in, lw, spec, r)
+    z_raw = z
     if spec.logits_norm:
         z = logits_normalise(z, spec.logits_norm_std)
     if mut("residual_after_norm"):
@@ -411,6 +412,8 @@ def moe_layer(x, lw, spec, r):
     else:
         ids, w, score = gate_topk_softmax(z, spec.k)
     margin = margin_of(score, spec.k)
+    if spec.logits_norm:  # the norm scales a row by 1/std: a small gap in z can be a large one in p (with
+        margin = np.minimum(margin, margin_of(z_raw, spec.k))  # E = 2 every p gap is the same), not in z
     y = np.zeros((T, D))
     for t in range(T):
         for j in range(spec.k):
