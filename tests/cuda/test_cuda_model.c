@@ -1,7 +1,7 @@
 /* test_cuda_model.c — whole models on the GPU (runtime/cuda) against the interpreter (f32 rounding,
  * its own optimised module without the code generators' widening): every tiny spec and the 0.6B
  * MoE++ and vanilla models, random weights and token ids from a fresh seed (printed; MOEPPC_GPU_SEED
- * repeats one), the arena poisoned with NaN before every call and a synchronisation after every
+ * repeats one, and fixes it for the emulator's CTest runs: tests/cuda/CMakeLists.txt), the arena poisoned with NaN before every call and a synchronisation after every
  * instruction, so an element no kernel wrote or a faulting kernel fails by name.
  * Checked: logits (max|a-b|/max|b| <= 1e-4 for f32 models, 2e-2 for bf16/f16, SEMANTICS.md §4), every
  * routing decision (a pick may differ only on a near-tie: then the rows after it are not compared and
