@@ -87,8 +87,10 @@ int cmd_init_weights(int argc, char **argv);
  * where negative (1: none); then greedy (temperature 0: the largest logit, the lowest id on ties),
  * or a draw from softmax(logits / temperature) among the top_k largest (0: all), then, of those
  * renormalised, the smallest set of the most probable whose mass reaches top_p (1: all),
- * renormalised again. NaN logits are never chosen. A Sampler's draws are a function of its seed and the logits it is given: the same seed,
- * the same tokens, on every backend whose logits agree. */
+ * renormalised again. NaN logits are never chosen. A Sampler's draws are a function of its seed and
+ * the logits it is given, through the candidate set and its probabilities alone (sampler_candidates'
+ * order is the ids'): the same seed, the same tokens, on every backend whose logits agree closely
+ * enough to keep the set and the candidate the draw's u falls in. */
 #define SAMPLE_MAX_TEMPERATURE 100.0
 #define SAMPLE_MAX_PENALTY 100.0
 typedef struct {
@@ -108,6 +110,7 @@ typedef struct {
     int64_t     *ids;  /* [vocab] the last draw's candidates */
     double      *prob; /* [vocab] their probabilities */
     SampleCand  *cand; /* [vocab] scratch */
+    double      *by_id; /* [vocab] scratch, zero between draws */
     double      *row;  /* [vocab] the penalised logits (repetition_penalty ≠ 1) */
     uint8_t     *mark; /* [vocab] tokens penalised in this draw */
 } Sampler;
@@ -118,7 +121,8 @@ void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t v
  * and what was generated; only the repetition penalty reads it). */
 int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen);
 /* The tokens a draw chooses among and their probabilities (summing to 1), in ids and prob (each
- * [vocab]); their count, in no set order (the same for the same logits). Temperature > 0 only. */
+ * [vocab]), in ascending id order; their count. Temperature > 0 only. A draw takes u = rng_uniform
+ * (one a draw) and the first candidate whose cumulative probability passes it. */
 int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, double *prob);
 int64_t sample_argmax(const double *logits, int64_t vocab);
 void    sampler_free(Sampler *s);

@@ -6,7 +6,9 @@
  * probability is at least θ = (1 - top_p)/n of the n candidates' mass (those below θ, fewer than n,
  * hold less than (1 - top_p) of it, so the ones above θ hold more than top_p and, coming first in
  * descending order, contain the whole nucleus: an exact cut), and finds the nucleus among them by a
- * quickselect on mass. A draw costs O(vocabulary). */
+ * quickselect on mass. The candidates then go out in ascending id order (Hugging Face's multinomial
+ * over the vocabulary walks it so too), and the draw takes the first whose cumulative probability
+ * passes u = rng_uniform. A draw costs O(vocabulary). */
 #include "runtime/runtime.h"
 
 #include <math.h>
@@ -46,6 +48,7 @@ void sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t voca
         s->ids = xmalloc((size_t)vocab * sizeof *s->ids);
         s->prob = xmalloc((size_t)vocab * sizeof *s->prob);
         s->cand = xmalloc((size_t)vocab * sizeof *s->cand);
+        s->by_id = xcalloc((size_t)vocab, sizeof *s->by_id);
     }
 }
 
@@ -54,6 +57,7 @@ void sampler_free(Sampler *s)
     free(s->ids);
     free(s->prob);
     free(s->cand);
+    free(s->by_id);
     free(s->row);
     free(s->mark);
     *s = (Sampler){0};
@@ -119,7 +123,7 @@ static void cand_swap(SampleCand *a, SampleCand *b)
  * whose mass reaches target (each one is in while the mass ahead of it is below target). Returns
  * their count; *kept gets their mass. A quickselect on mass, expected O(n): a flat distribution's
  * nucleus is most of the vocabulary, and sorting it cost milliseconds a token. The nucleus is left
- * in no particular order (a draw needs none). */
+ * in no particular order (sampler_candidates puts it in id order). */
 static int64_t nucleus(SampleCand *cd, int64_t n, double target, double *kept)
 {
     int64_t lo = 0, hi = n; /* cd[0..lo) are in, cd[hi..n) out, [lo, hi) undecided */
@@ -173,7 +177,14 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
             if (cd[c].p >= theta) cd[m++] = cd[c];
         n = nucleus(cd, m, s->p.top_p * mass, &mass);
     }
-    for (int64_t c = 0; c < n; c++) ids[c] = cd[c].id, prob[c] = cd[c].p / mass;
+    /* In ascending id order (the set's, not the order the selection left them in): a draw then
+     * depends on the candidates and their probabilities alone, so logits that differ by less than its
+     * margins (another backend's) draw the same token, and it can be reproduced without this code. */
+    double *by_id = s->by_id;
+    for (int64_t c = 0; c < n; c++) by_id[cd[c].id] = cd[c].p;
+    m = 0;
+    for (int64_t v = 0; v < s->vocab && m < n; v++)
+        if (by_id[v] > 0) ids[m] = v, prob[m++] = by_id[v] / mass, by_id[v] = 0;
     return n;
 }
 

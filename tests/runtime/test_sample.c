@@ -229,6 +229,40 @@ static void test_seeds(void **state)
     sampler_free(&a), sampler_free(&b), sampler_free(&c);
 }
 
+/* A draw is u = rng_uniform (splitmix64 from the seed) against the candidates' cumulative
+ * probabilities in id order, whatever order the selection found them in: computed here for one draw,
+ * then logits whose near-equal values trade places by 1e-12 (other heap and quickselect orders, the
+ * same set) draw the same tokens for every seed, as another backend's logits must. */
+static void test_draw_in_id_order(void **state)
+{
+    (void)state;
+    moe_rng r;
+    rng_seed(&r, 42);
+    double u = rng_uniform(&r), want[V6], cum = 0;
+    const int64_t all[V6] = {0, 1, 2, 3, 4, 5};
+    softmax_over(L6, V6, 0.8, all, V6, want);
+    int64_t expect = 0;
+    while (u >= (cum += want[expect])) expect++;
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.temperature = 0.8, .top_p = 1}, 42, V6);
+    assert_int_equal(sampler_next(&s, L6, NULL, 0), expect);
+    sampler_free(&s);
+    enum { V = 40 };
+    double a[V], b[V]; /* pairs of a value, ordered one way in a and the other in b */
+    for (int v = 0; v < V; v++) a[v] = -0.3 * (v / 2) + 1e-12 * (v % 2), b[v] = -0.3 * (v / 2) - 1e-12 * (v % 2);
+    /* (no cut splits a pair: the sets are the same) */
+    const SampleParams ps[] = {{.temperature = 1, .top_p = 1}, {.temperature = 0.7, .top_k = 14, .top_p = 1},
+                               {.temperature = 1.5, .top_p = 0.7}, {.temperature = 1, .top_k = 30, .top_p = 0.75}};
+    for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++)
+        for (uint64_t seed = 0; seed < 500; seed++) {
+            Sampler x, y;
+            sampler_init(&x, &ps[k], seed, V), sampler_init(&y, &ps[k], seed, V);
+            int64_t tx = sampler_next(&x, a, NULL, 0), ty = sampler_next(&y, b, NULL, 0);
+            if (tx != ty) fail_msg("params %zu, seed %llu: %lld and %lld", k, (unsigned long long)seed, (long long)tx, (long long)ty);
+            sampler_free(&x), sampler_free(&y);
+        }
+}
+
 static void test_degenerate_logits(void **state)
 {
     (void)state;
@@ -310,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_top_p),
         cmocka_unit_test(test_nucleus_exact_on_a_vocabulary),
         cmocka_unit_test(test_seeds),
+        cmocka_unit_test(test_draw_in_id_order),
         cmocka_unit_test(test_degenerate_logits),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_params_refused),
