@@ -6,8 +6,10 @@ Differential testing on random models: each seed draws a valid spec from every k
 vector, vocabularies of 17 to 1100, prompts of 1 to 200 tokens, 0 to 9 FFN experts beside any mix of
 constant, copy and zero experts, top-k up to E, 1 to 4 layers with dense ones between, f32, bf16 and
 f16, tied embeddings, both gatings, the logits norm, with and without the gating residual and input
-scaling) and a random prompt, writes moeppc's seeded random weights, and runs the prompt and greedy
-decoding through each path:
+scaling), a random prompt (one in 16 of 241 to 700 tokens: many key blocks, long caches) and how to
+decode it (greedy, or drawn at a temperature with top-k and top-p from a seed; a repetition penalty;
+a stop token; --max-positions ending the generation: class Decode, a kept spec's '# decode:' line),
+writes moeppc's seeded random weights, and runs the prompt and the decoding through each path:
 
   interp      moeppc run --backend interp (the reference interpreter)
   cpu         moeppc run --backend cpu (the LLVM kernels; AVX-512 where the CPU has it)
@@ -32,9 +34,12 @@ decoding through each path:
 
 against the float64 oracle (oracle.py, written from SEMANTICS.md alone): the prompt's logits within
 SEMANTICS.md 4's tolerances (f32 1e-4, bf16 and f16 2e-2, relative to the largest logit), the same
-routing picks, and the same greedy tokens for --generate steps (decode on the KV caches). A routing pick
-or a next token that the oracle decides by less than the tolerance (a near tie) makes what follows it
-inconclusive, not a failure: the logits are then compared only up to it, the tokens only before it.
+routing picks, and the same tokens for --generate steps (decode on the KV caches), chosen from the
+oracle's logits as runtime.h says (sampling.py, with the same seed). A routing pick the oracle decides
+by less than the tolerance (a near tie) makes what follows it inconclusive, not a failure: the logits
+are then compared only up to it, the tokens only before it; so does a token whose choice survives
+less change of the logits than the path may have (token_delta: 8 times what its prompt's logits
+measured, between 1/20 of the tolerance and the tolerance).
 
 A failure prints the seed, the path and the difference, and keeps its spec, weights and command in
 WORK/seed-N (the rest is removed); `--seeds N:N+1 --keep` runs one seed again. Exit 0 if every run
@@ -54,6 +59,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import compare  # noqa: E402
 import oracle  # noqa: E402
+import sampling  # noqa: E402
 
 PATHS = {
     "interp": (["--backend", "interp"], {}),
@@ -123,8 +129,86 @@ def draw_spec(rng, seed):
     lines += ["  router:"] + ["    %s: %s" % (k, fmt(v)) for k, v in router.items()]
     lines += ["  input_scaling: %s" % fmt(rng.random() < 0.8)]
     ids = [rng.randrange(vocab) for _ in range(T)]
+    if rng.random() < 0.06:  # a long context: attention over many key blocks, caches of hundreds of rows
+        ids += [rng.randrange(vocab) for _ in range(rng.randint(241, 700) - T)]
+        m["max_positions"] += len(ids) - T
+        lines[4:4 + len(m)] = ["  %s: %s" % (k, fmt(v)) for k, v in m.items()]
     lines[1:1] = ["# seed: %d" % seed, "# ids: %s" % " ".join(map(str, ids))]  # one_regression's
     return "\n".join(lines) + "\n", ids
+
+
+class Decode:
+    """How a seed decodes: sampling.Params, a stop token (the oracle's token number stop_at, which
+    ends the generation after it: stop_extra one more id beside it) and --max-positions (the prompt's
+    length + 1 + maxpos_extra: the caches end the generation; None: the spec's)."""
+
+    def __init__(self, params=None, stop_at=None, stop_extra=None, maxpos_extra=None):
+        self.params = params or sampling.Params()
+        self.stop_at, self.stop_extra, self.maxpos_extra = stop_at, stop_extra, maxpos_extra
+        self.stop = []  # the stop ids, once the oracle's tokens are known (resolve_stop)
+
+    @staticmethod
+    def draw(rng, vocab):
+        p = sampling.Params()
+        if rng.random() < 0.45:
+            p.temperature = rng.choice([0.3, 0.6, 0.9, 1.0, 1.3, 2.0])
+            p.top_k = rng.choice([0, 0, 0, 1, 2, 5, 20])
+            p.top_p = rng.choice([1.0, 1.0, 0.5, 0.8, 0.95])
+            p.seed = rng.randrange(1 << 64)
+        if rng.random() < 0.3:
+            p.penalty = rng.choice([0.7, 1.2, 1.5, 3.0])
+        d = Decode(p)
+        if rng.random() < 0.2:
+            d.stop_at = rng.randrange(GENERATE)
+            d.stop_extra = rng.randrange(vocab) if rng.random() < 0.5 else None
+        if rng.random() < 0.12:
+            d.maxpos_extra = rng.randrange(GENERATE - 1)
+        return d
+
+    @staticmethod
+    def parse(line):
+        """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
+        stop_extra=9 maxpos_extra=1' (any of them)."""
+        d = Decode()
+        for item in line.split():
+            k, _, v = item.partition("=")
+            if k in ("temperature", "top_p", "penalty"):
+                setattr(d.params, k, float(v))
+            elif k in ("top_k", "seed"):
+                setattr(d.params, k, int(v))
+            elif k in ("stop_at", "stop_extra", "maxpos_extra"):
+                setattr(d, k, int(v))
+            else:
+                raise ValueError("# decode: unknown %r" % k)
+        return d
+
+    def describe(self):
+        p = self.params
+        out = []
+        if p.temperature > 0:
+            out.append("temperature=%r top_k=%d top_p=%r seed=%d" % (p.temperature, p.top_k, p.top_p, p.seed))
+        if p.penalty != 1:
+            out.append("penalty=%r" % p.penalty)
+        for k in ("stop_at", "stop_extra", "maxpos_extra"):
+            if getattr(self, k) is not None:
+                out.append("%s=%d" % (k, getattr(self, k)))
+        return " ".join(out) or "greedy"
+
+    def max_positions(self, T):
+        return None if self.maxpos_extra is None else T + 1 + self.maxpos_extra
+
+    def resolve_stop(self, gen):
+        """The stop ids from the oracle's tokens of the first prompt."""
+        if self.stop_at is not None and self.stop_at < len(gen):
+            self.stop = [gen[self.stop_at]] + ([self.stop_extra] if self.stop_extra is not None else [])
+
+    def flags(self, T):
+        f = self.params.flags()
+        if self.stop:
+            f += ["--stop", " ".join(map(str, self.stop))]
+        if self.maxpos_extra is not None:
+            f += ["--max-positions", str(self.max_positions(T))]
+        return f
 
 
 def fmt(v):
@@ -172,34 +256,34 @@ def parse_spec(text):
     return root
 
 
-def oracle_case(spec, W, ids, generate, tol):
-    """The oracle on a prompt: its greedy tokens, its logits over prompt + tokens, routes, and the first
-    routing and next-token near ties (first_ties)."""
-    gen = []
-    for _ in range(generate):
-        row = oracle.forward(spec, W, ids + gen)[-1]
-        gen.append(int(np.argmax(row)))  # first of equal maxima, as moeppc's greedy pick
+def oracle_case(spec, W, ids, generate, tol, dec, mp):
+    """The oracle on a prompt decoded as dec says (the tokens sampling.choose picks, each with its
+    margin: how far the logits could move before it picks another; up to dec's stop ids and mp, the
+    KV caches' length, which ends them too; None: the spec's), its logits over prompt + tokens, the
+    routes, and the first position whose routing it decides by a near tie (a flip there changes the
+    logits from that row on; None: none)."""
+    gen, margins = [], []
+    rng = sampling.SplitMix64(dec.params.seed)
+    for _ in range(generate if mp is None else min(generate, mp - len(ids) + 1)):
+        tok, margin = sampling.choose(oracle.forward(spec, W, ids + gen)[-1], ids + gen, dec.params, rng)
+        gen.append(tok)
+        margins.append(margin)
+        if tok in dec.stop:
+            break
     routes = []
     logits = oracle.forward(spec, W, ids + gen, routes)
-    srt = -np.sort(-logits, axis=1)
-    gap = srt[:, 0] - srt[:, 1] if logits.shape[1] > 1 else np.full(len(logits), np.inf)
-    ties = first_ties(routes, gap, float(np.abs(logits).max()), tol)
-    return {"gen": gen, "logits": logits, "routes": routes, "ties": ties}
-
-
-def first_ties(routes, logit_gap, scale, tol):
-    """The first position whose routing the oracle decides by a near tie, and the first whose next token
-    (None where there is none): a flip there changes the logits from that row on, or the tokens."""
-    route_tie = token_tie = None
     near = max(1e-4, tol)
-    for (_, t, _, _, margin) in routes:
-        if margin < near and (route_tie is None or t < route_tie):
-            route_tie = t
-    for t, gap in enumerate(logit_gap):
-        if gap < 2 * tol * scale:  # both logits within tol * scale of the oracle's could swap them
-            token_tie = t
+    route_tie = min([t for (_, t, _, _, margin) in routes if margin < near], default=None)
+    return {"gen": gen, "margins": margins, "logits": logits, "routes": routes, "route_tie": route_tie}
+
+
+def stop_after(case, stop):
+    """case with its tokens ended after the first of the stop ids."""
+    for g, tok in enumerate(case["gen"]):
+        if tok in stop:
+            case["gen"], case["margins"] = case["gen"][:g + 1], case["margins"][:g + 1]
             break
-    return route_tie, token_tie
+    return case
 
 
 def invoke(args, name, spec_path, work, tail):
@@ -234,12 +318,12 @@ def invoke(args, name, spec_path, work, tail):
     return cmd, p.stdout, None
 
 
-def run_path(args, name, spec_path, w_path, ids, work):
+def run_path(args, name, spec_path, w_path, ids, dec, work):
     """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes)."""
     out = os.path.join(work, name)
     cmd, text, err = invoke(args, name, spec_path, work, [
         "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", out + ".bin",
-        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
+        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"] + dec.flags(len(ids)))
     if err:
         return cmd, None, err
     try:
@@ -248,46 +332,60 @@ def run_path(args, name, spec_path, w_path, ids, work):
         return cmd, None, "unreadable tokens: %r" % text[-200:]
 
 
-def check_tokens(gen, case, T):
-    """gen against the oracle's greedy tokens after a prompt of T tokens (None: the same)."""
-    o_gen, (route_tie, token_tie) = case["gen"], case["ties"]
-    if len(gen) != len(o_gen):
-        return "%d tokens generated, not %d" % (len(gen), len(o_gen))
+def check_tokens(gen, case, T, delta):
+    """gen against the oracle's tokens after a prompt of T tokens (None: the same). A difference at a
+    token the oracle picks by a margin below delta (logit units), or after a routing near tie, is
+    inconclusive."""
+    o_gen, route_tie = case["gen"], case["route_tie"]
     for g, (x, y) in enumerate(zip(gen, o_gen)):
         if x != y:
             pos = T - 1 + g  # the row that predicted it
-            tie = min(t for t in (route_tie, token_tie, pos + 1) if t is not None)
-            if tie <= pos:
-                return "inconclusive: token %d (%d, the oracle %d) after a near tie at position %d" % (g, x, y, tie)
-            return "generated %s, the oracle %s (first difference: token %d)" % (gen, o_gen, g)
+            if route_tie is not None and route_tie <= pos:
+                return "inconclusive: token %d (%d, the oracle %d) after a routing near tie at position %d" % (
+                    g, x, y, route_tie)
+            if case["margins"][g] < delta:
+                return "inconclusive: token %d (%d, the oracle %d) picked by a margin of %.3g < %.3g" % (
+                    g, x, y, case["margins"][g], delta)
+            return "generated %s, the oracle %s (first difference: token %d, margin %.3g, delta %.3g)" % (
+                gen, o_gen, g, case["margins"][g], delta)
+    if len(gen) != len(o_gen):
+        return "%d tokens generated, not %d: %s, the oracle %s" % (len(gen), len(o_gen), gen, o_gen)
     return None
 
 
+def token_delta(measured, scale, tol):
+    """How far a path's logits may be from the oracle's where it decodes (logit units): eight times
+    what its prompt's rows measured, at least tol / 20 of the largest logit, at most tol of it."""
+    return min(tol * scale, max(8 * measured, tol * scale / 20))
+
+
 def check_path(spec, ids, name, work, gen, case, tol):
-    """What is wrong with a path's outputs (None: nothing; 'inconclusive: ...' for a near tie)."""
+    """What is wrong with a path's outputs (None: nothing; 'inconclusive: ...' for a near tie), and
+    its token_delta."""
     T = len(ids)
-    route_tie = case["ties"][0]
+    route_tie = case["route_tie"]
     a = compare.load(os.path.join(work, name + ".bin"), spec.V)
     if a.shape != (T, spec.V):
-        return "logits of shape %s, not %s" % (a.shape, (T, spec.V))
+        return "logits of shape %s, not %s" % (a.shape, (T, spec.V)), None
     if not np.isfinite(a).all():
-        return "non-finite logits"
+        return "non-finite logits", None
     upto = T if route_tie is None else min(T, route_tie)  # the rows before a routing near tie
     b = case["logits"][:T]
     scale = float(np.abs(b).max())
-    rel = float(np.abs(a[:upto] - b[:upto]).max()) / scale if upto else 0.0
-    if rel > tol:
-        return "logits rel. error %.3g > %.3g (rows 0..%d)" % (rel, tol, upto - 1)
+    diff = float(np.abs(a[:upto] - b[:upto]).max()) if upto else 0.0
+    if diff > tol * scale:
+        return "logits rel. error %.3g > %.3g (rows 0..%d)" % (diff / scale, tol, upto - 1), None
+    delta = token_delta(diff, scale, tol)
     mine = compare.load_routes(os.path.join(work, name + ".routes"))
     for (l, t, rid, _, margin) in case["routes"]:
         if t >= upto:
             continue
         got = mine.get((l, t))
         if got is None:
-            return "no route for layer %d token %d" % (l, t)
+            return "no route for layer %d token %d" % (l, t), delta
         if got[0] != sorted(rid):
-            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin)
-    return check_tokens(gen, case, T)
+            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin), delta
+    return check_tokens(gen, case, T, delta), delta
 
 
 def batch_prompts(ids, vocab):
@@ -318,13 +416,14 @@ def run_lib(args, name, spec_path, work):
     return cmd, None
 
 
-def run_batch(args, name, spec_path, w_path, prompts, work):
+def run_batch(args, name, spec_path, w_path, prompts, dec, work):
     """--prompts through --batch: each line's generated tokens (or an error)."""
     pf = os.path.join(work, name + ".prompts")
     with open(pf, "w") as f:
         f.write("".join(" ".join(map(str, p)) + "\n" for p in prompts))
     cmd, text, err = invoke(args, name, spec_path, work, [
-        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"])
+        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
+        + dec.flags(len(prompts[0])))
     if err:
         return cmd, None, err
     lines = text.splitlines()
@@ -338,7 +437,10 @@ def run_batch(args, name, spec_path, w_path, prompts, work):
 
 def one_seed(args, seed):
     text, ids = draw_spec(random.Random(seed), seed)
-    return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed)
+    dec = Decode.draw(random.Random(seed * 7919 + 1), parse_spec(text)["model"]["vocab"])
+    if dec.describe() != "greedy":
+        text = text.replace("\n", "\n# decode: %s\n" % dec.describe(), 1)
+    return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed, dec)
 
 
 def one_regression(args, path):
@@ -346,20 +448,22 @@ def one_regression(args, path):
     '# seed: N' and '# ids: ...' lines."""
     with open(path) as f:
         text = f.read()
-    seed, ids = 0, None
+    seed, ids, dec = 0, None, Decode()
     for line in text.splitlines():
         if line.startswith("# seed:"):
             seed = int(line.split(":", 1)[1])
         elif line.startswith("# ids:"):
             ids = oracle.parse_ids(line.split(":", 1)[1])
+        elif line.startswith("# decode:"):
+            dec = Decode.parse(line.split(":", 1)[1])
     if not ids:
         print("%s: no '# ids:' line" % path)
         return 1
     name = os.path.splitext(os.path.basename(path))[0]
-    return one_model(args, name, name, text, ids, seed)
+    return one_model(args, name, name, text, ids, seed, dec)
 
 
-def one_model(args, label, folder, text, ids, seed):
+def one_model(args, label, folder, text, ids, seed, dec):
     """0 passed, 1 failed, 2 inconclusive on some path."""
     work = os.path.join(args.work, folder)
     shutil.rmtree(work, ignore_errors=True)
@@ -375,32 +479,39 @@ def one_model(args, label, folder, text, ids, seed):
     spec = oracle.Spec(parse_spec(text))
     W = oracle.read_weights(w_path)
     tol = 1e-4 if spec.dtype == "f32" else 2e-2
-    case = oracle_case(spec, W, ids, GENERATE, tol)
+    mp = dec.max_positions(len(ids))  # for every --batch line too
+    case = oracle_case(spec, W, ids, GENERATE, tol, dec, mp)
+    dec.resolve_stop(case["gen"])
+    stop_after(case, dec.stop)
     if not np.isfinite(case["logits"]).all():
         print("%s: FAILED: the oracle's logits are not finite (%s)" % (label, spec_path))
         return 1
     batch = None
     verdict = 0
-    desc = "%s D%d H%d/%d L%d every%d E%d+%d+%d+%d k%d I%d V%d T%d %s" % (
+    deltas = []  # token_delta of each path that wrote logits (the batch paths' is the largest)
+    desc = "%s D%d H%d/%d L%d every%d E%d+%d+%d+%d k%d I%d V%d T%d %s, %s" % (
         spec.dtype, spec.D, spec.H, spec.Hk, spec.L, spec.every, spec.n_ffn, spec.n_const, spec.n_copy,
-        spec.n_zero, spec.k, spec.I, spec.V, len(ids), spec.gating)
+        spec.n_zero, spec.k, spec.I, spec.V, len(ids), spec.gating, dec.describe())
     for name in args.paths:
         if name.startswith("lib"):
             cmd, err = run_lib(args, name, spec_path, work)
         elif name.endswith("-batch"):
             prompts = batch_prompts(ids, spec.V)
             if batch is None:
-                batch = [case] + [oracle_case(spec, W, p, GENERATE, tol) for p in prompts[1:]]
-            cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, work)
+                batch = [case] + [stop_after(oracle_case(spec, W, p, GENERATE, tol, dec, mp), dec.stop)
+                                  for p in prompts[1:]]
+            cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
+            delta = max(deltas) if deltas else tol * float(np.abs(case["logits"][:len(ids)]).max())
             for i in range(len(prompts)) if err is None else []:
-                err = check_tokens(gens[i], batch[i], len(prompts[i]))
+                err = check_tokens(gens[i], batch[i], len(prompts[i]), delta)
                 if err:
                     err = "line %d: %s" % (i + 1, err)
                     break
         else:
-            cmd, gen, err = run_path(args, name, spec_path, w_path, ids, work)
+            cmd, gen, err = run_path(args, name, spec_path, w_path, ids, dec, work)
             if err is None:
-                err = check_path(spec, ids, name, work, gen, case, tol)
+                err, delta = check_path(spec, ids, name, work, gen, case, tol)
+                deltas += [delta] if delta is not None else []
         if err is None:
             continue
         if err.startswith("inconclusive") or ": inconclusive" in err:
@@ -412,7 +523,8 @@ def one_model(args, label, folder, text, ids, seed):
             f.write("%s\n%s\n" % (err, " ".join(cmd)))
         verdict = 1
     if args.verbose and verdict == 0:
-        print("%s: ok: %s (near ties: routing %s, tokens %s)" % (label, desc, case["ties"][0], case["ties"][1]))
+        print("%s: ok: %s (routing near tie: %s, smallest token margin %.3g)" % (
+            label, desc, case["route_tie"], min(case["margins"], default=float("inf"))))
     if verdict != 1 and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return verdict

@@ -244,6 +244,40 @@ def test_forward():
     check("forward causal", close(full[:3], pre, 1e-10))
 
 
+def test_sampling():
+    """sampling.py (the next-token choice runtime.h documents) on hand cases."""
+    import sampling
+    r = sampling.SplitMix64(0)
+    check("splitmix64 seed 0", r.uniform() == (0xE220A8397B1DCDAF >> 11) / 2.0 ** 53)
+    row = np.array([1.0, 3.0, 3.0, -2.0])
+    tok, m = sampling.choose(row, [], sampling.Params(), None)
+    check("greedy: the lower id of equal maxima, margin 0", tok == 1 and m == 0.0)
+    tok, m = sampling.choose(row, [1, 1], sampling.Params(penalty=2.0), None)
+    check("penalty once: 3 / 2 < 3", tok == 2 and close(m, 0.75 / 2))
+    tok, m = sampling.choose(row, [3], sampling.Params(penalty=2.0), None)
+    check("penalty on a negative logit multiplies", tok == 1 and m == 0.0)
+    p = sampling.Params(temperature=1.0, seed=5)
+    u = sampling.SplitMix64(5).uniform()
+    w = np.exp(row - 3.0)
+    cum = np.cumsum(w / w.sum())
+    tok, m = sampling.choose(row, [], p, sampling.SplitMix64(5))
+    check("draw: the first id whose cumulative probability passes u", tok == int(np.argmax(cum > u)))
+    check("draw margin positive and finite", 0 < m < math.inf, str(m))
+    tok, _ = sampling.choose(np.array([0.0, 1.0, 5.0, 2.0]), [], sampling.Params(1.0, top_k=1), sampling.SplitMix64(1))
+    check("top-k 1 draws the largest", tok == 2)
+    # top-p: probabilities 0.5, 0.3, 0.15, 0.05 -> 0.75 keeps the first two (0.5 < 0.75 <= 0.8)
+    lg = np.log([0.5, 0.3, 0.15, 0.05])
+    drawn = {sampling.choose(lg, [], sampling.Params(1.0, top_p=0.75, seed=s), sampling.SplitMix64(s))[0]
+             for s in range(200)}
+    check("top-p 0.75 keeps two", drawn == {0, 1}, str(drawn))
+    # a u next to a cumulative boundary has a small margin
+    g = sampling.SplitMix64(3)
+    u = g.uniform()
+    near = np.log([u, 1 - u])  # the boundary at u itself
+    _, m = sampling.choose(near, [], sampling.Params(1.0, seed=3), sampling.SplitMix64(3))
+    check("u on a boundary: margin ~0", m < 1e-9, str(m))
+
+
 def main():
     for name, fn in sorted(globals().items()):
         if name.startswith("test_"):
