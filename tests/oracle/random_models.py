@@ -27,6 +27,11 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               prompt, its first half (already in the caches) and the prompt and one token more (its
               prefix reused), each line's greedy tokens against the oracle's;  emu-batch: the same
               on the emulator
+  cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
+              ("continue": its ids after the first's tokens; not with --max-positions); the
+              prompt's first half (its start in the caches): each one's tokens, and its own and
+              its prompt's log-probabilities (and top tokens') against the oracle's log-softmax
+              (within 2 tol of the largest logit);  emu-serve, gpu-serve: the same on the GPU
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -46,6 +51,7 @@ WORK/seed-N (the rest is removed); `--seeds N:N+1 --keep` runs one seed again. E
 passed or was inconclusive, 1 if one failed, 2 on a usage or setup error.
 """
 import argparse
+import json
 import os
 import random
 import shutil
@@ -80,11 +86,15 @@ PATHS = {
     "emu-reverse": (["--device", "cuda"], {"MOEPPC_CUDAEMU_ORDER": "reverse"}),
     "cpu-batch": (["--backend", "cpu", "--threads", "2", "--batch", "3", "--chunk", "7"], {}),
     "emu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "cpu-serve": (["--backend", "cpu", "--threads", "2", "--serve", "--batch", "3"], {}),
+    "emu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
     "lib": ([], {}),
     "lib-emu": ([], {}),
     "gpu": (["--device", "cuda"], {}),
     "gpu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "gpu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
 }
+LOGPROBS = 3  # the serve paths' "logprobs": K
 GENERATE = 6
 
 
@@ -154,7 +164,7 @@ class Decode:
             p.temperature = rng.choice([0.3, 0.6, 0.9, 1.0, 1.3, 2.0])
             p.top_k = rng.choice([0, 0, 0, 1, 2, 5, 20])
             p.top_p = rng.choice([1.0, 1.0, 0.5, 0.8, 0.95])
-            p.seed = rng.randrange(1 << 64)
+            p.seed = rng.choice([rng.randrange(1 << 53), rng.randrange(1 << 64)])  # above 2^53: not in JSON
         if rng.random() < 0.3:
             p.penalty = rng.choice([0.7, 1.2, 1.5, 3.0])
         d = Decode(p)
@@ -264,14 +274,15 @@ def oracle_case(spec, W, ids, generate, tol, dec, mp):
     logits from that row on; None: none)."""
     gen, margins = [], []
     rng = sampling.SplitMix64(dec.params.seed)
-    for _ in range(generate if mp is None else min(generate, mp - len(ids) + 1)):
+    mp = spec.max_pos if mp is None else mp
+    for _ in range(min(generate, mp - len(ids) + 1)):
         tok, margin = sampling.choose(oracle.forward(spec, W, ids + gen)[-1], ids + gen, dec.params, rng)
         gen.append(tok)
         margins.append(margin)
         if tok in dec.stop:
             break
     routes = []
-    logits = oracle.forward(spec, W, ids + gen, routes)
+    logits = oracle.forward(spec, W, (ids + gen)[:len(ids) + len(gen) - 1], routes)  # the last token unfed
     near = max(1e-4, tol)
     route_tie = min([t for (_, t, _, _, margin) in routes if margin < near], default=None)
     return {"gen": gen, "margins": margins, "logits": logits, "routes": routes, "route_tie": route_tie}
@@ -289,6 +300,21 @@ def stop_after(case, stop):
 def invoke(args, name, spec_path, work, tail):
     """moeppc run SPEC (or the executable moeppc build wrote: path build) on path name with the
     arguments tail: (the command, its standard output or None, an error or None)."""
+    cmd, env = invoke_command(args, name, spec_path, work, tail)
+    if isinstance(env, str):
+        return cmd, None, env
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    return cmd, p.stdout, None
+
+
+def invoke_command(args, name, spec_path, work, tail):
+    """The command and environment of invoke (tuning or building first where the path needs it), or
+    the command and an error message."""
     flags, env_extra = PATHS[name]
     env = dict(os.environ, **env_extra)
     if name.startswith("emu"):
@@ -300,22 +326,15 @@ def invoke(args, name, spec_path, work, tail):
             p = subprocess.run([args.moeppc, "tune", spec_path, "--tokens", "1,8,32,128", "--budget", "2", "-o", db],
                                capture_output=True, text=True)
             if p.returncode != 0:
-                return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+                return head, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
         flags = flags + ["--tuning", db]
     if name == "build":
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
             p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
             if p.returncode != 0:
-                return head, None, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
-    cmd = head + tail + flags
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return cmd, None, "timed out after %d s" % args.timeout
-    if p.returncode != 0:
-        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
-    return cmd, p.stdout, None
+                return head, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    return head + tail + flags, env
 
 
 def run_path(args, name, spec_path, w_path, ids, dec, work):
@@ -357,6 +376,12 @@ def token_delta(measured, scale, tol):
     """How far a path's logits may be from the oracle's where it decodes (logit units): eight times
     what its prompt's rows measured, at least tol / 20 of the largest logit, at most tol of it."""
     return min(tol * scale, max(8 * measured, tol * scale / 20))
+
+
+def other_delta(deltas, case, T, tol):
+    """The token_delta of a path without the prompt's logits (--batch, --serve): the largest of the
+    paths before it, else tol of the largest logit."""
+    return max(deltas) if deltas else tol * float(np.abs(case["logits"][:T]).max())
 
 
 def check_path(spec, ids, name, work, gen, case, tol):
@@ -435,6 +460,118 @@ def run_batch(args, name, spec_path, w_path, prompts, dec, work):
         return cmd, None, "unreadable tokens: %r" % text[-300:]
 
 
+def serve_requests(spec, ids, dec):
+    """--serve's requests: the prompt, a next turn after its tokens (where the caches have room for
+    it; not with --max-positions), the prompt's first half; each echoed with "logprobs" and dec's
+    choices."""
+    common = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True, "stop": dec.stop}
+    p = dec.params
+    if p.seed < 1 << 53:  # else the command line's options (the defaults) alone
+        if p.temperature > 0:
+            common.update(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed)
+        if p.penalty != 1:
+            common["repetition_penalty"] = p.penalty
+    reqs = [dict(common, id="a", ids=list(ids))]
+    if dec.maxpos_extra is None and len(ids) + GENERATE + 2 <= spec.max_pos:
+        turn = [(ids[0] * 5 + 1) % spec.V, (ids[-1] * 3 + 2) % spec.V]
+        reqs.append(dict(common, id="b", ids=turn, **{"continue": "a"}))
+    reqs.append(dict(common, id="c", ids=list(ids[:max(1, len(ids) // 2)])))
+    return reqs
+
+
+def run_serve(args, name, spec_path, w_path, reqs, dec, work):
+    """The requests through --serve: the answers by id (or an error)."""
+    cmd, env = invoke_command(args, name, spec_path, work, ["--weights", w_path, "--generate", str(GENERATE),
+                                                             "--ignore-eos"] + dec.flags(len(reqs[0]["ids"])))
+    if isinstance(env, str):
+        return cmd, None, env
+    text = "".join(json.dumps(r) + "\n" for r in reqs)
+    try:
+        p = subprocess.run(cmd, env=env, input=text, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    try:
+        answers = {a["id"]: a for a in map(json.loads, p.stdout.splitlines())}
+    except (ValueError, KeyError) as e:
+        return cmd, None, "unreadable answers (%s): %r" % (e, p.stdout[-300:])
+    return cmd, answers, None
+
+
+def log_softmax(rows):
+    m = rows.max(axis=1, keepdims=True)
+    return rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
+
+
+def check_logprobs(got, lsm, rows, toks, upto, tol_abs):
+    """A "logprobs" object: got's token_logprobs[i] the log-probability of toks[i] at row rows[i] (None:
+    null) and top_logprobs[i] K of the likeliest there, against the oracle's lsm; rows from upto on
+    (after a routing near tie) not compared."""
+    tl, tt = got["token_logprobs"], got["top_logprobs"]
+    if len(tl) != len(toks) or len(tt) != len(toks):
+        return "%d and %d log-probabilities for %d tokens" % (len(tl), len(tt), len(toks))
+    for i, (r, tok) in enumerate(zip(rows, toks)):
+        if r is None or r >= upto:
+            if r is None and (tl[i] is not None or tt[i] is not None):
+                return "token %d: a log-probability where none is (%r)" % (i, tl[i])
+            continue
+        if abs(tl[i] - lsm[r, tok]) > tol_abs:
+            return "token %d (%d): log-probability %.6g, the oracle %.6g" % (i, tok, tl[i], lsm[r, tok])
+        kth = np.sort(lsm[r])[-LOGPROBS]
+        if len(tt[i]) != LOGPROBS:
+            return "token %d: %d top log-probabilities, not %d" % (i, len(tt[i]), LOGPROBS)
+        for tid, lp in (e[:2] for e in tt[i]):
+            if abs(lp - lsm[r, tid]) > tol_abs or lsm[r, tid] < kth - 2 * tol_abs:
+                return "token %d: top token %d at %.6g, the oracle %.6g (its %d-th best %.6g)" % (
+                    i, tid, lp, lsm[r, tid], LOGPROBS, kth)
+    return None
+
+
+def check_serve(spec, reqs, answers, cases, delta, tol):
+    """Each answer's tokens, echoed prompt and log-probabilities against its oracle case (cases by id:
+    the sequence's earlier tokens, its prompt, the case), or what is wrong."""
+    for r in reqs:
+        a = answers.get(r["id"])
+        if a is None or "error" in a:
+            return "request %s: %s" % (r["id"], a and a["error"])
+        before, case = cases[r["id"]]
+        T = len(before) + len(r["ids"])
+        err = check_tokens(a["ids"], case, T, delta)
+        if err:
+            return "request %s: %s" % (r["id"], err)
+        if a.get("prompt_ids") != r["ids"]:
+            return "request %s: prompt_ids %s" % (r["id"], a.get("prompt_ids"))
+        lsm = log_softmax(case["logits"])
+        scale = float(np.abs(case["logits"][:T]).max())
+        upto = len(case["logits"]) if case["route_tie"] is None else case["route_tie"]
+        first = len(before)
+        rows = [t - 1 if t > 0 else None for t in range(first, T)]
+        err = check_logprobs(a["prompt_logprobs"], lsm, rows, r["ids"], upto, 2 * tol * scale)
+        if err is None:
+            rows = [T - 1 + g for g in range(len(a["ids"]))]
+            err = check_logprobs(a["logprobs"], lsm, rows, a["ids"], upto, 2 * tol * scale)
+        if err:
+            return "request %s: %s" % (r["id"], err)
+    return None
+
+
+def serve_cases(spec, W, reqs, answers, case, tol, dec, mp):
+    """The oracle's case of each request by id, with the sequence's tokens before its prompt: a's is
+    case; b continues a's sequence (its prompt and the tokens a answered)."""
+    cases = {}
+    for r in reqs:
+        before = []
+        if r["id"] == "a":
+            cases["a"] = ([], case)
+            continue
+        if "continue" in r:
+            before = list(reqs[0]["ids"]) + list(answers.get("a", {}).get("ids", []))
+        c = stop_after(oracle_case(spec, W, before + r["ids"], GENERATE, tol, dec, mp), dec.stop)
+        cases[r["id"]] = (before, c)
+    return cases
+
+
 def one_seed(args, seed):
     text, ids = draw_spec(random.Random(seed), seed)
     dec = Decode.draw(random.Random(seed * 7919 + 1), parse_spec(text)["model"]["vocab"])
@@ -495,13 +632,19 @@ def one_model(args, label, folder, text, ids, seed, dec):
     for name in args.paths:
         if name.startswith("lib"):
             cmd, err = run_lib(args, name, spec_path, work)
+        elif name.endswith("-serve"):
+            reqs = serve_requests(spec, ids, dec)
+            cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)
+            if err is None:
+                err = check_serve(spec, reqs, answers, serve_cases(spec, W, reqs, answers, case, tol, dec, mp),
+                                  other_delta(deltas, case, len(ids), tol), tol)
         elif name.endswith("-batch"):
             prompts = batch_prompts(ids, spec.V)
             if batch is None:
                 batch = [case] + [stop_after(oracle_case(spec, W, p, GENERATE, tol, dec, mp), dec.stop)
                                   for p in prompts[1:]]
             cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
-            delta = max(deltas) if deltas else tol * float(np.abs(case["logits"][:len(ids)]).max())
+            delta = other_delta(deltas, case, len(ids), tol)
             for i in range(len(prompts)) if err is None else []:
                 err = check_tokens(gens[i], batch[i], len(prompts[i]), delta)
                 if err:
