@@ -155,7 +155,7 @@ EOF
     step "random models on the GPU against the float64 oracle (tests/oracle/random_models.py: odd sizes, every knob; 60 s)"
     if python3 -c "import numpy" 2>/dev/null; then
       run 120 python3 tests/oracle/random_models.py "$bin/moeppc" --regressions tests/oracle/random-regressions \
-        --seeds 0:500 --paths gpu,gpu-batch --budget 60 --work "$work/random_models" | grep -E "FAILED|random models|^  "
+        --seeds 0:500 --paths gpu,gpu-batch,gpu-serve --budget 60 --work "$work/random_models" | grep -E "FAILED|random models|^  "
     else echo "no python3 with NumPy on this machine"; fi
   fi
   if more "GPU tuning"; then
