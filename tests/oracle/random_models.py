@@ -14,7 +14,8 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
   interp      moeppc run --backend interp (the reference interpreter)
   cpu         moeppc run --backend cpu (the LLVM kernels; AVX-512 where the CPU has it)
   cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse;  cpu-t3: on 3 threads
-  interp-f32  the interpreter in f32 arithmetic (--precision f32)
+  interp-f32  the interpreter in f32 arithmetic (--precision f32);  interp-O0: on the IR as lowered,
+              before the passes (-O0)
   build       the executable `moeppc build SPEC` writes (its kernels compiled ahead of time)
   cpu-tuned   cpu with the database `moeppc tune` writes for the model in 2 s (the tiles, unrolls,
               blockings and key blocks that won there, per token bucket: other kernels than the rule's)
@@ -76,6 +77,7 @@ PATHS = {
     "build": ([], {}),
     "cpu-tuned": (["--backend", "cpu", "--threads", "2"], {}),
     "interp-f32": (["--backend", "interp", "--precision", "f32"], {}),
+    "interp-O0": (["--backend", "interp", "-O0"], {}),
     "emu": (["--device", "cuda"], {}),
     "emu-sm90": (["--device", "cuda"], {"MOEPPC_CUDA_TMA": "1", "MOEPPC_CUDA_PDL": "1",
                                         "MOEPPC_CUDAEMU_PDL_HAZARDS": "1"}),
