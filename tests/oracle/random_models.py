@@ -25,9 +25,9 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               specialised persistent GEMMs;  emu-base: device-check's A/B baselines;  emu-reverse:
               a block's threads in reverse order
   cpu-batch   --prompts through --batch 3 --chunk 7 (prompts in chunks beside decoding rows): the
-              prompt, its first half (already in the caches) and the prompt and one token more (its
-              prefix reused), each line's greedy tokens against the oracle's;  emu-batch: the same
-              on the emulator
+              prompt, its first half (already in the caches), the prompt and one token more (its
+              prefix reused) and a + line (the next turn of the one before, where the caches have
+              room), each line's tokens against the oracle's;  emu-batch: the same on the emulator
   cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
               ("continue": its ids after the first's tokens; not with --max-positions); the
               prompt's first half (its start in the caches): each one's tokens, and its own and
@@ -415,10 +415,16 @@ def check_path(spec, ids, name, work, gen, case, tol):
     return check_tokens(gen, case, T, delta), delta
 
 
-def batch_prompts(ids, vocab):
-    """--batch's lines: the prompt, its first half (all of it in the caches after the first line) and
-    the prompt and one token more (the first line's prefix and one token to run)."""
-    return [list(ids), list(ids[:max(1, len(ids) // 2)]), list(ids) + [(ids[-1] * 7 + 3) % vocab]]
+def batch_prompts(spec, ids, mp):
+    """--batch's lines, (continues the line before, ids): the prompt, its first half (all of it in the
+    caches after the first line), the prompt and one token more (the first line's prefix and one
+    token to run) and, where the caches have room (and no --max-positions), a + line: two tokens
+    after the third line's answer, in its sequence (a conversation's next turn)."""
+    lines = [(False, list(ids)), (False, list(ids[:max(1, len(ids) // 2)])),
+             (False, list(ids) + [(ids[-1] * 7 + 3) % spec.V])]
+    if mp is None and len(ids) + 1 + 2 * GENERATE + 2 <= spec.max_pos:
+        lines.append((True, [(ids[0] * 3 + 1) % spec.V, (ids[-1] * 5 + 2) % spec.V]))
+    return lines
 
 
 def run_lib(args, name, spec_path, work):
@@ -447,10 +453,10 @@ def run_batch(args, name, spec_path, w_path, prompts, dec, work):
     """--prompts through --batch: each line's generated tokens (or an error)."""
     pf = os.path.join(work, name + ".prompts")
     with open(pf, "w") as f:
-        f.write("".join(" ".join(map(str, p)) + "\n" for p in prompts))
+        f.write("".join(("+" if plus else "") + " ".join(map(str, p)) + "\n" for plus, p in prompts))
     cmd, text, err = invoke(args, name, spec_path, work, [
         "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
-        + dec.flags(len(prompts[0])))
+        + dec.flags(len(prompts[0][1])))
     if err:
         return cmd, None, err
     lines = text.splitlines()
@@ -530,14 +536,16 @@ def check_logprobs(got, lsm, rows, toks, upto, tol_abs):
     return None
 
 
-def check_serve(spec, reqs, answers, cases, delta, tol):
-    """Each answer's tokens, echoed prompt and log-probabilities against its oracle case (cases by id:
-    the sequence's earlier tokens, its prompt, the case), or what is wrong."""
+def check_serve(reqs, answers, oracle_for, delta, tol):
+    """Each answer's tokens, echoed prompt and log-probabilities against the oracle's case of its
+    sequence (oracle_for; a "continue" request's starts with a's prompt and answer), or what is
+    wrong."""
     for r in reqs:
         a = answers.get(r["id"])
         if a is None or "error" in a:
             return "request %s: %s" % (r["id"], a and a["error"])
-        before, case = cases[r["id"]]
+        before = reqs[0]["ids"] + answers["a"]["ids"] if "continue" in r else []
+        case = oracle_for(before + r["ids"])
         T = len(before) + len(r["ids"])
         err = check_tokens(a["ids"], case, T, delta)
         if err:
@@ -556,22 +564,6 @@ def check_serve(spec, reqs, answers, cases, delta, tol):
         if err:
             return "request %s: %s" % (r["id"], err)
     return None
-
-
-def serve_cases(spec, W, reqs, answers, case, tol, dec, mp):
-    """The oracle's case of each request by id, with the sequence's tokens before its prompt: a's is
-    case; b continues a's sequence (its prompt and the tokens a answered)."""
-    cases = {}
-    for r in reqs:
-        before = []
-        if r["id"] == "a":
-            cases["a"] = ([], case)
-            continue
-        if "continue" in r:
-            before = list(reqs[0]["ids"]) + list(answers.get("a", {}).get("ids", []))
-        c = stop_after(oracle_case(spec, W, before + r["ids"], GENERATE, tol, dec, mp), dec.stop)
-        cases[r["id"]] = (before, c)
-    return cases
 
 
 def one_seed(args, seed):
@@ -622,10 +614,17 @@ def one_model(args, label, folder, text, ids, seed, dec):
     case = oracle_case(spec, W, ids, GENERATE, tol, dec, mp)
     dec.resolve_stop(case["gen"])
     stop_after(case, dec.stop)
+    cases = {tuple(ids): case}
+
+    def oracle_for(seq):
+        """The oracle's case of a sequence (its tokens, the prompt's and earlier turns'), once a model."""
+        if tuple(seq) not in cases:
+            cases[tuple(seq)] = stop_after(oracle_case(spec, W, list(seq), GENERATE, tol, dec, mp), dec.stop)
+        return cases[tuple(seq)]
+
     if not np.isfinite(case["logits"]).all():
         print("%s: FAILED: the oracle's logits are not finite (%s)" % (label, spec_path))
         return 1
-    batch = None
     verdict = 0
     deltas = []  # token_delta of each path that wrote logits (the batch paths' is the largest)
     desc = "%s D%d H%d/%d L%d every%d E%d+%d+%d+%d k%d I%d V%d T%d %s, %s" % (
@@ -638,17 +637,15 @@ def one_model(args, label, folder, text, ids, seed, dec):
             reqs = serve_requests(spec, ids, dec)
             cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)
             if err is None:
-                err = check_serve(spec, reqs, answers, serve_cases(spec, W, reqs, answers, case, tol, dec, mp),
-                                  other_delta(deltas, case, len(ids), tol), tol)
+                err = check_serve(reqs, answers, oracle_for, other_delta(deltas, case, len(ids), tol), tol)
         elif name.endswith("-batch"):
-            prompts = batch_prompts(ids, spec.V)
-            if batch is None:
-                batch = [case] + [stop_after(oracle_case(spec, W, p, GENERATE, tol, dec, mp), dec.stop)
-                                  for p in prompts[1:]]
+            prompts = batch_prompts(spec, ids, mp)
             cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
             delta = other_delta(deltas, case, len(ids), tol)
-            for i in range(len(prompts)) if err is None else []:
-                err = check_tokens(gens[i], batch[i], len(prompts[i]), delta)
+            seq = []  # the line's whole sequence: a + line's starts with the line before's and its answer
+            for i, (plus, toks) in enumerate(prompts) if err is None else []:
+                seq = (seq + gens[i - 1] if plus else []) + toks
+                err = check_tokens(gens[i], oracle_for(seq), len(seq), delta)
                 if err:
                     err = "line %d: %s" % (i + 1, err)
                     break
