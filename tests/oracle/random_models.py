@@ -24,7 +24,8 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               TMA, programmatic launches, with the emulator's hazard poisoning);  emu-ws: warp-
               specialised persistent GEMMs;  emu-base: device-check's A/B baselines;  emu-reverse:
               a block's threads in reverse order
-  cpu-batch   --prompts through --batch 3 --chunk 7 (prompts in chunks beside decoding rows): the
+  cpu-batch   --prompts through --batch 3 --chunk 7 (prompts in chunks beside decoding rows; each
+              seed draws other --batch and --chunk, --unordered, --no-prefix-reuse): the
               prompt, its first half (already in the caches), the prompt and one token more (its
               prefix reused) and a + line (the next turn of the one before, where the caches have
               room), each line's tokens against the oracle's;  emu-batch: the same on the emulator
@@ -86,14 +87,14 @@ PATHS = {
                                         "MOEPPC_CUDA_DECODE_GEMV": "0", "MOEPPC_CUDA_ATTN_SPLIT": "0",
                                         "MOEPPC_CUDA_ATTN_TC": "0", "MOEPPC_CUDA_ROUTE_SPLIT": "0"}),
     "emu-reverse": (["--device", "cuda"], {"MOEPPC_CUDAEMU_ORDER": "reverse"}),
-    "cpu-batch": (["--backend", "cpu", "--threads", "2", "--batch", "3", "--chunk", "7"], {}),
-    "emu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "cpu-batch": (["--backend", "cpu", "--threads", "2"], {}),  # and Decode.batch_flags
+    "emu-batch": (["--device", "cuda"], {}),
     "cpu-serve": (["--backend", "cpu", "--threads", "2", "--serve", "--batch", "3"], {}),
     "emu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
     "lib": ([], {}),
     "lib-emu": ([], {}),
     "gpu": (["--device", "cuda"], {}),
-    "gpu-batch": (["--device", "cuda", "--batch", "3", "--chunk", "7"], {}),
+    "gpu-batch": (["--device", "cuda"], {}),
     "gpu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
 }
 LOGPROBS = 3  # the serve paths' "logprobs": K
@@ -149,15 +150,20 @@ def draw_spec(rng, seed):
     return "\n".join(lines) + "\n", ids
 
 
+BATCH_DEFAULTS = {"batch": 3, "chunk": 7, "unordered": 0, "no_reuse": 0}
+
+
 class Decode:
     """How a seed decodes: sampling.Params, a stop token (the oracle's token number stop_at, which
     ends the generation after it: stop_extra one more id beside it) and --max-positions (the prompt's
-    length + 1 + maxpos_extra: the caches end the generation; None: the spec's)."""
+    length + 1 + maxpos_extra: the caches end the generation; None: the spec's); and how the -batch
+    paths run their lines (--batch, --chunk (0: none), --unordered, --no-prefix-reuse)."""
 
     def __init__(self, params=None, stop_at=None, stop_extra=None, maxpos_extra=None):
         self.params = params or sampling.Params()
         self.stop_at, self.stop_extra, self.maxpos_extra = stop_at, stop_extra, maxpos_extra
         self.stop = []  # the stop ids, once the oracle's tokens are known (resolve_stop)
+        self.batch = dict(BATCH_DEFAULTS)
 
     @staticmethod
     def draw(rng, vocab):
@@ -177,10 +183,23 @@ class Decode:
             d.maxpos_extra = rng.randrange(GENERATE - 1)
         return d
 
+    def draw_batch(self, rng):
+        """The -batch paths' options: one line after the other, or up to 2, 3 or 5 at once in chunks
+        of 1 to 16 prompt tokens a step (or the default 256), answers as they end or not, prefixes
+        reused or not."""
+        b = rng.choice([1, 2, 3, 3, 5])
+        self.batch = {"batch": b, "chunk": rng.choice([0, 1, 2, 7, 16]) if b > 1 else 0,
+                      "unordered": int(b > 1 and rng.random() < 0.3), "no_reuse": int(rng.random() < 0.2)}
+
+    def batch_flags(self):
+        b = self.batch
+        return (["--batch", str(b["batch"])] + (["--chunk", str(b["chunk"])] if b["chunk"] else [])
+                + (["--unordered"] if b["unordered"] else []) + (["--no-prefix-reuse"] if b["no_reuse"] else []))
+
     @staticmethod
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
-        stop_extra=9 maxpos_extra=1' (any of them)."""
+        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -190,6 +209,8 @@ class Decode:
                 setattr(d.params, k, int(v))
             elif k in ("stop_at", "stop_extra", "maxpos_extra"):
                 setattr(d, k, int(v))
+            elif k in BATCH_DEFAULTS:
+                d.batch[k] = int(v)
             else:
                 raise ValueError("# decode: unknown %r" % k)
         return d
@@ -204,6 +225,7 @@ class Decode:
         for k in ("stop_at", "stop_extra", "maxpos_extra"):
             if getattr(self, k) is not None:
                 out.append("%s=%d" % (k, getattr(self, k)))
+        out += ["%s=%d" % (k, v) for k, v in self.batch.items() if v != BATCH_DEFAULTS[k]]
         return " ".join(out) or "greedy"
 
     def max_positions(self, T):
@@ -456,14 +478,22 @@ def run_batch(args, name, spec_path, w_path, prompts, dec, work):
         f.write("".join(("+" if plus else "") + " ".join(map(str, p)) + "\n" for plus, p in prompts))
     cmd, text, err = invoke(args, name, spec_path, work, [
         "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
-        + dec.flags(len(prompts[0][1])))
+        + dec.flags(len(prompts[0][1])) + dec.batch_flags())
     if err:
         return cmd, None, err
     lines = text.splitlines()
     if len(lines) != len(prompts):
         return cmd, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), text[-300:])
     try:
-        return cmd, [[int(v) for v in ln.split()] for ln in lines], None
+        if not dec.batch["unordered"]:
+            return cmd, [[int(v) for v in ln.split()] for ln in lines], None
+        by_line = {}  # --unordered --quiet: "N<tab>tokens" as each line ends
+        for ln in lines:
+            n, _, toks = ln.partition("\t")
+            by_line[int(n)] = [int(v) for v in toks.split()]
+        if sorted(by_line) != list(range(1, len(prompts) + 1)):
+            return cmd, None, "--unordered answered lines %s" % sorted(by_line)
+        return cmd, [by_line[i + 1] for i in range(len(prompts))], None
     except ValueError:
         return cmd, None, "unreadable tokens: %r" % text[-300:]
 
@@ -569,6 +599,7 @@ def check_serve(reqs, answers, oracle_for, delta, tol):
 def one_seed(args, seed):
     text, ids = draw_spec(random.Random(seed), seed)
     dec = Decode.draw(random.Random(seed * 7919 + 1), parse_spec(text)["model"]["vocab"])
+    dec.draw_batch(random.Random(seed * 7919 + 2))
     if dec.describe() != "greedy":
         text = text.replace("\n", "\n# decode: %s\n" % dec.describe(), 1)
     return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed, dec)
