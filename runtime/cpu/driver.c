@@ -884,12 +884,12 @@ static bool gen_put(Runner *rn, Gen *G)
     else fprintf(say, " %d", next);
     if (rn->r->quiet && !rn->tok) fprintf(answer, "%s%d", G->g ? " " : "", next);
     fflush(rn->r->quiet ? answer : say);
-    if (G->g + 1 == G->n) return false;
-    if (is_stop(stop, next)) {
+    if (is_stop(stop, next)) { /* first: a stop token as the last one asked for still ends it as "stop" */
         fprintf(say, "\n (stopped: token %d, %s)", next, stop->why);
         gen_ends_here(G, "stop");
         return false;
     }
+    if (G->g + 1 == G->n) return false;
     if (G->len >= rn->s->max_positions) {
         fprintf(say, "\n (stopped: max_positions %lld reached)", (long long)rn->s->max_positions);
         gen_ends_here(G, "max_positions");

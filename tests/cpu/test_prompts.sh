@@ -169,7 +169,8 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     echo '{"id": "h", "ids": [1], "max_token": 3}'
     echo '{"id": "i", "continue": "zz", "ids": [1]}'
     echo '{"id": "j", "ids": [1], "top_p": 2}'
-    echo '{"id": "k", "ids": []}'; } >"$WORK/serve.jsonl"
+    echo '{"id": "k", "ids": []}'
+    echo '{"id": "l", "ids": '"$(js "$SHORT")"', "max_tokens": 1, "stop": ['"$first"']}'; } >"$WORK/serve.jsonl"
   "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve --batch 3 <"$WORK/serve.jsonl" >"$WORK/serve.out" 2>"$WORK/serve.err"
   rc=$?
   want=("{\"id\":\"a\",\"ids\":$(js "$a1"),\"finish_reason\":\"length\",\"prompt_tokens\":2,\"cached_tokens\":0}"
@@ -183,7 +184,10 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
         '{"id":"h","error":"--serve line 9: unknown field \"max_token\""}'
         '{"id":"k","error":"--serve line 12: \"ids\": no tokens"}')
   for w in "${want[@]}"; do grep -qFx -- "$w" "$WORK/serve.out" || { echo "--serve: no answer '$w' in:"; cat "$WORK/serve.out" "$WORK/serve.err"; exit 1; }; done
-  [ $rc -eq 1 ] && [ "$(wc -l <"$WORK/serve.out")" -eq $((12 + 4)) ] && grep -q '^{"id":"i","error":"--serve line 10: \\"continue\\": no sequence held' "$WORK/serve.out" &&
+  # a stop token as the last token asked for still ends it as "stop" ("length" until 2026-12-06)
+  grep -q '^{"id":"l","ids":\['"$first"'\],"finish_reason":"stop"' "$WORK/serve.out" ||
+    { echo "--serve: a stop token as the last one is not finish_reason \"stop\":"; grep '"l"' "$WORK/serve.out"; exit 1; }
+  [ $rc -eq 1 ] && [ "$(wc -l <"$WORK/serve.out")" -eq $((13 + 4)) ] && grep -q '^{"id":"i","error":"--serve line 10: \\"continue\\": no sequence held' "$WORK/serve.out" &&
     grep -q '^{"id":"j","error":"--serve line 11: .*top' "$WORK/serve.out" &&
     [ "$(grep '^{"id":"b","token"' "$WORK/serve.out" | sed 's/.*"token":\([0-9]*\)}/\1/' | paste -sd' ')" = "$b1" ] &&
     [ "$(grep -n '"id":"b"' "$WORK/serve.out" | tail -1 | cut -d: -f2-)" = "${want[1]}" ] ||

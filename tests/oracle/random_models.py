@@ -31,9 +31,10 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               room), each line's tokens against the oracle's;  emu-batch: the same on the emulator
   cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
               ("continue": its ids after the first's tokens; not with --max-positions); the
-              prompt's first half (its start in the caches): each one's tokens, and its own and
-              its prompt's log-probabilities (and top tokens') against the oracle's log-softmax
-              (within 2 tol of the largest logit);  emu-serve, gpu-serve: the same on the GPU
+              prompt's first half (its start in the caches; streamed): each one's tokens and
+              finish_reason, and its own and its prompt's log-probabilities (and top tokens')
+              against the oracle's log-softmax (within 2 tol of the largest logit), a stream's
+              events against its answer;  emu-serve, gpu-serve: the same on the GPU
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -513,7 +514,7 @@ def serve_requests(spec, ids, dec):
     if dec.maxpos_extra is None and len(ids) + GENERATE + 2 <= spec.max_pos:
         turn = [(ids[0] * 5 + 1) % spec.V, (ids[-1] * 3 + 2) % spec.V]
         reqs.append(dict(common, id="b", ids=turn, **{"continue": "a"}))
-    reqs.append(dict(common, id="c", ids=list(ids[:max(1, len(ids) // 2)])))
+    reqs.append(dict(common, id="c", ids=list(ids[:max(1, len(ids) // 2)]), stream=True))
     return reqs
 
 
@@ -530,10 +531,20 @@ def run_serve(args, name, spec_path, w_path, reqs, dec, work):
         return cmd, None, "timed out after %d s" % args.timeout
     if p.returncode != 0:
         return cmd, None, "exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    answers, streamed = {}, {}  # the final answers; a "stream" request's token events
     try:
-        answers = {a["id"]: a for a in map(json.loads, p.stdout.splitlines())}
+        for a in map(json.loads, p.stdout.splitlines()):
+            if "token" in a:
+                streamed.setdefault(a["id"], []).append((a["token"], a["logprob"]))
+            elif "ids" in a or "error" in a:
+                answers[a["id"]] = a
     except (ValueError, KeyError) as e:
         return cmd, None, "unreadable answers (%s): %r" % (e, p.stdout[-300:])
+    for r in reqs:
+        a = answers.get(r["id"])
+        if r.get("stream") and a and "ids" in a and streamed.get(r["id"], []) != list(
+                zip(a["ids"], a["logprobs"]["token_logprobs"])):
+            return cmd, None, "request %s: streamed %s, answered %s" % (r["id"], streamed.get(r["id"]), a["ids"])
     return cmd, answers, None
 
 
@@ -566,7 +577,7 @@ def check_logprobs(got, lsm, rows, toks, upto, tol_abs):
     return None
 
 
-def check_serve(reqs, answers, oracle_for, delta, tol):
+def check_serve(reqs, answers, oracle_for, stop, delta, tol):
     """Each answer's tokens, echoed prompt and log-probabilities against the oracle's case of its
     sequence (oracle_for; a "continue" request's starts with a's prompt and answer), or what is
     wrong."""
@@ -580,6 +591,10 @@ def check_serve(reqs, answers, oracle_for, delta, tol):
         err = check_tokens(a["ids"], case, T, delta)
         if err:
             return "request %s: %s" % (r["id"], err)
+        gen = case["gen"]
+        why = "stop" if gen and gen[-1] in stop else "length" if len(gen) == GENERATE else "max_positions"
+        if a["finish_reason"] != why:
+            return "request %s: finish_reason %r, not %r (%s)" % (r["id"], a["finish_reason"], why, gen)
         if a.get("prompt_ids") != r["ids"]:
             return "request %s: prompt_ids %s" % (r["id"], a.get("prompt_ids"))
         lsm = log_softmax(case["logits"])
@@ -668,7 +683,7 @@ def one_model(args, label, folder, text, ids, seed, dec):
             reqs = serve_requests(spec, ids, dec)
             cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)
             if err is None:
-                err = check_serve(reqs, answers, oracle_for, other_delta(deltas, case, len(ids), tol), tol)
+                err = check_serve(reqs, answers, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol)
         elif name.endswith("-batch"):
             prompts = batch_prompts(spec, ids, mp)
             cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
