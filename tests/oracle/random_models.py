@@ -31,10 +31,11 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               room), each line's tokens against the oracle's;  emu-batch: the same on the emulator
   cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
               ("continue": its ids after the first's tokens; not with --max-positions); the
-              prompt's first half (its start in the caches; streamed): each one's tokens and
-              finish_reason, and its own and its prompt's log-probabilities (and top tokens')
-              against the oracle's log-softmax (within 2 tol of the largest logit), a stream's
-              events against its answer;  emu-serve, gpu-serve: the same on the GPU
+              prompt's first half (its start in the caches; streamed): each one's tokens,
+              finish_reason and prompt_tokens, and its own and its prompt's log-probabilities
+              (and top tokens') against the oracle's log-softmax (within 2 tol of the largest
+              logit), a stream's events against its answer;  emu-serve, gpu-serve: the same on
+              the GPU
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -434,7 +435,8 @@ def check_path(spec, ids, name, work, gen, case, tol):
         if got is None:
             return "no route for layer %d token %d" % (l, t), delta
         if got[0] != sorted(rid):
-            return "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin), delta
+            why = "layer %d token %d picks %s, the oracle %s (margin %.3g)" % (l, t, got[0], sorted(rid), margin)
+            return why, delta
     return check_tokens(gen, case, T, delta), delta
 
 
@@ -593,8 +595,9 @@ def check_serve(reqs, answers, oracle_for, stop, delta, tol):
             return "request %s: %s" % (r["id"], err)
         gen = case["gen"]
         why = "stop" if gen and gen[-1] in stop else "length" if len(gen) == GENERATE else "max_positions"
-        if a["finish_reason"] != why:
-            return "request %s: finish_reason %r, not %r (%s)" % (r["id"], a["finish_reason"], why, gen)
+        if a["finish_reason"] != why or a["prompt_tokens"] != len(r["ids"]):
+            return "request %s: finish_reason %r, prompt_tokens %d; not %r, %d (%s)" % (
+                r["id"], a["finish_reason"], a["prompt_tokens"], why, len(r["ids"]), gen)
         if a.get("prompt_ids") != r["ids"]:
             return "request %s: prompt_ids %s" % (r["id"], a.get("prompt_ids"))
         lsm = log_softmax(case["logits"])

@@ -258,7 +258,9 @@ static void test_draw_in_id_order(void **state)
             Sampler x, y;
             sampler_init(&x, &ps[k], seed, V), sampler_init(&y, &ps[k], seed, V);
             int64_t tx = sampler_next(&x, a, NULL, 0), ty = sampler_next(&y, b, NULL, 0);
-            if (tx != ty) fail_msg("params %zu, seed %llu: %lld and %lld", k, (unsigned long long)seed, (long long)tx, (long long)ty);
+            if (tx != ty)
+                fail_msg("params %zu, seed %llu: %lld and %lld", k, (unsigned long long)seed, (long long)tx,
+                         (long long)ty);
             sampler_free(&x), sampler_free(&y);
         }
 }
