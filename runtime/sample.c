@@ -7,8 +7,9 @@
  * hold less than (1 - top_p) of it, so the ones above θ hold more than top_p and, coming first in
  * descending order, contain the whole nucleus: an exact cut), and finds the nucleus among them by a
  * quickselect on mass. The candidates then go out in ascending id order (Hugging Face's multinomial
- * over the vocabulary walks it so too), and the draw takes the first whose cumulative probability
- * passes u = rng_uniform. A draw costs O(vocabulary). */
+ * over the vocabulary walks it so too: a few sorted, many by a pass over the vocabulary), and the draw
+ * takes the first whose cumulative probability passes u = rng_uniform. A draw costs O(vocabulary)
+ * (bench/bench_sample). */
 #include "runtime/runtime.h"
 
 #include <math.h>
@@ -113,6 +114,12 @@ static bool cand_ahead(const SampleCand *a, const SampleCand *b) { return a->p >
 
 static int cand_cmp(const void *a, const void *b) { return cand_ahead(a, b) ? -1 : cand_ahead(b, a); }
 
+static int cand_id_cmp(const void *a, const void *b)
+{
+    int64_t x = ((const SampleCand *)a)->id, y = ((const SampleCand *)b)->id;
+    return (x > y) - (x < y);
+}
+
 static void cand_swap(SampleCand *a, SampleCand *b)
 {
     SampleCand t = *a;
@@ -180,11 +187,22 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
     /* In ascending id order (the set's, not the order the selection left them in): a draw then
      * depends on the candidates and their probabilities alone, so logits that differ by less than its
      * margins (another backend's) draw the same token, and it can be reproduced without this code. */
+    double inv = 1 / mass;
+    if (n * 64 < s->vocab) { /* few (top-k, a peaked nucleus): sorted by id */
+        qsort(cd, (size_t)n, sizeof *cd, cand_id_cmp);
+        for (int64_t c = 0; c < n; c++) ids[c] = cd[c].id, prob[c] = cd[c].p * inv;
+        return n;
+    }
+    /* many: one pass over the vocabulary without branches; slot m, written for every token, is kept
+     * only for a candidate (m < vocab throughout) */
     double *by_id = s->by_id;
     for (int64_t c = 0; c < n; c++) by_id[cd[c].id] = cd[c].p;
     m = 0;
-    for (int64_t v = 0; v < s->vocab && m < n; v++)
-        if (by_id[v] > 0) ids[m] = v, prob[m++] = by_id[v] / mass, by_id[v] = 0;
+    for (int64_t v = 0; v < s->vocab; v++) {
+        double p = by_id[v];
+        ids[m] = v, prob[m] = p * inv, by_id[v] = 0;
+        m += p > 0;
+    }
     return n;
 }
 

@@ -247,16 +247,20 @@ static void test_draw_in_id_order(void **state)
     sampler_init(&s, &(SampleParams){.temperature = 0.8, .top_p = 1}, 42, V6);
     assert_int_equal(sampler_next(&s, L6, NULL, 0), expect);
     sampler_free(&s);
-    enum { V = 40 };
-    double a[V], b[V]; /* pairs of a value, ordered one way in a and the other in b */
+    /* pairs of a value, ordered one way in a and the other in b; no cut splits a pair, so the sets are
+     * the same. 40 tokens: every candidate set is put in id order by the pass over the vocabulary;
+     * 640: small sets (top-k 8, a nucleus of 4) by sorting them */
+    enum { V = 640 };
+    double a[V], b[V];
     for (int v = 0; v < V; v++) a[v] = -0.3 * (v / 2) + 1e-12 * (v % 2), b[v] = -0.3 * (v / 2) - 1e-12 * (v % 2);
-    /* (no cut splits a pair: the sets are the same) */
     const SampleParams ps[] = {{.temperature = 1, .top_p = 1}, {.temperature = 0.7, .top_k = 14, .top_p = 1},
-                               {.temperature = 1.5, .top_p = 0.7}, {.temperature = 1, .top_k = 30, .top_p = 0.75}};
+                               {.temperature = 1.5, .top_p = 0.7}, {.temperature = 1, .top_k = 30, .top_p = 0.75},
+                               {.temperature = 1, .top_k = 8, .top_p = 1}, {.temperature = 0.5, .top_p = 0.6}};
+    const int64_t vocab[] = {40, 40, 40, 40, 640, 640};
     for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++)
         for (uint64_t seed = 0; seed < 500; seed++) {
             Sampler x, y;
-            sampler_init(&x, &ps[k], seed, V), sampler_init(&y, &ps[k], seed, V);
+            sampler_init(&x, &ps[k], seed, vocab[k]), sampler_init(&y, &ps[k], seed, vocab[k]);
             int64_t tx = sampler_next(&x, a, NULL, 0), ty = sampler_next(&y, b, NULL, 0);
             if (tx != ty)
                 fail_msg("params %zu, seed %llu: %lld and %lld", k, (unsigned long long)seed, (long long)tx,
