@@ -323,24 +323,10 @@ def stop_after(case, stop):
     return case
 
 
-def invoke(args, name, spec_path, work, tail):
+def invoke(args, name, spec_path, work, tail, stdin=None):
     """moeppc run SPEC (or the executable moeppc build wrote: path build) on path name with the
-    arguments tail: (the command, its standard output or None, an error or None)."""
-    cmd, env = invoke_command(args, name, spec_path, work, tail)
-    if isinstance(env, str):
-        return cmd, None, env
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return cmd, None, "timed out after %d s" % args.timeout
-    if p.returncode != 0:
-        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
-    return cmd, p.stdout, None
-
-
-def invoke_command(args, name, spec_path, work, tail):
-    """The command and environment of invoke (tuning or building first where the path needs it), or
-    the command and an error message."""
+    arguments tail (and stdin as its input): (the command, its standard output or None, an error or
+    None)."""
     flags, env_extra = PATHS[name]
     env = dict(os.environ, **env_extra)
     if name.startswith("emu"):
@@ -352,15 +338,22 @@ def invoke_command(args, name, spec_path, work, tail):
             p = subprocess.run([args.moeppc, "tune", spec_path, "--tokens", "1,8,32,128", "--budget", "2", "-o", db],
                                capture_output=True, text=True)
             if p.returncode != 0:
-                return head, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+                return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
         flags = flags + ["--tuning", db]
     if name == "build":
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
             p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
             if p.returncode != 0:
-                return head, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
-    return head + tail + flags, env
+                return head, None, "moeppc build: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    cmd = head + tail + flags
+    try:
+        p = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return cmd, None, "timed out after %d s" % args.timeout
+    if p.returncode != 0:
+        return cmd, None, "exit %d: %s" % (p.returncode, (p.stderr or p.stdout).strip()[-600:])
+    return cmd, p.stdout, None
 
 
 def run_path(args, name, spec_path, w_path, ids, dec, work):
@@ -522,26 +515,20 @@ def serve_requests(spec, ids, dec):
 
 def run_serve(args, name, spec_path, w_path, reqs, dec, work):
     """The requests through --serve: the answers by id (or an error)."""
-    cmd, env = invoke_command(args, name, spec_path, work, ["--weights", w_path, "--generate", str(GENERATE),
-                                                             "--ignore-eos"] + dec.flags(len(reqs[0]["ids"])))
-    if isinstance(env, str):
-        return cmd, None, env
-    text = "".join(json.dumps(r) + "\n" for r in reqs)
-    try:
-        p = subprocess.run(cmd, env=env, input=text, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return cmd, None, "timed out after %d s" % args.timeout
-    if p.returncode != 0:
-        return cmd, None, "exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
+    cmd, out, err = invoke(args, name, spec_path, work, ["--weights", w_path, "--generate", str(GENERATE),
+                                                         "--ignore-eos"] + dec.flags(len(reqs[0]["ids"])),
+                           stdin="".join(json.dumps(r) + "\n" for r in reqs))
+    if err:
+        return cmd, None, err
     answers, streamed = {}, {}  # the final answers; a "stream" request's token events
     try:
-        for a in map(json.loads, p.stdout.splitlines()):
+        for a in map(json.loads, out.splitlines()):
             if "token" in a:
                 streamed.setdefault(a["id"], []).append((a["token"], a["logprob"]))
             elif "ids" in a or "error" in a:
                 answers[a["id"]] = a
     except (ValueError, KeyError) as e:
-        return cmd, None, "unreadable answers (%s): %r" % (e, p.stdout[-300:])
+        return cmd, None, "unreadable answers (%s): %r" % (e, out[-300:])
     for r in reqs:
         a = answers.get(r["id"])
         if r.get("stream") and a and "ids" in a and streamed.get(r["id"], []) != list(
