@@ -25,10 +25,12 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               specialised persistent GEMMs;  emu-base: device-check's A/B baselines;  emu-reverse:
               a block's threads in reverse order
   cpu-batch   --prompts through --batch 3 --chunk 7 (prompts in chunks beside decoding rows; each
-              seed draws other --batch and --chunk, --unordered, --no-prefix-reuse): the
-              prompt, its first half (already in the caches), the prompt and one token more (its
+              seed draws other --batch and --chunk, --unordered, --no-prefix-reuse, --perplexity):
+              the prompt, its first half (already in the caches), the prompt and one token more (its
               prefix reused) and a + line (the next turn of the one before, where the caches have
-              room), each line's tokens against the oracle's;  emu-batch: the same on the emulator
+              room), each line's tokens against the oracle's (with --perplexity each position's
+              NLL against the oracle's log-softmax, within 2 tol of the largest logit, and the
+              line's perplexity against them);  emu-batch: the same on the emulator
   cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
               ("continue": its ids after the first's tokens; not with --max-positions); the
               prompt's first half (its start in the caches; streamed): each one's tokens,
@@ -56,8 +58,10 @@ passed or was inconclusive, 1 if one failed, 2 on a usage or setup error.
 """
 import argparse
 import json
+import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -152,14 +156,14 @@ def draw_spec(rng, seed):
     return "\n".join(lines) + "\n", ids
 
 
-BATCH_DEFAULTS = {"batch": 3, "chunk": 7, "unordered": 0, "no_reuse": 0}
+BATCH_DEFAULTS = {"batch": 3, "chunk": 7, "unordered": 0, "no_reuse": 0, "ppl": 0}
 
 
 class Decode:
     """How a seed decodes: sampling.Params, a stop token (the oracle's token number stop_at, which
     ends the generation after it: stop_extra one more id beside it) and --max-positions (the prompt's
     length + 1 + maxpos_extra: the caches end the generation; None: the spec's); and how the -batch
-    paths run their lines (--batch, --chunk (0: none), --unordered, --no-prefix-reuse)."""
+    paths run their lines (--batch, --chunk (0: none), --unordered, --no-prefix-reuse, --perplexity)."""
 
     def __init__(self, params=None, stop_at=None, stop_extra=None, maxpos_extra=None):
         self.params = params or sampling.Params()
@@ -188,10 +192,11 @@ class Decode:
     def draw_batch(self, rng):
         """The -batch paths' options: one line after the other, or up to 2, 3 or 5 at once in chunks
         of 1 to 16 prompt tokens a step (or the default 256), answers as they end or not, prefixes
-        reused or not."""
+        reused or not, each line's NLLs printed (--perplexity) or not."""
         b = rng.choice([1, 2, 3, 3, 5])
         self.batch = {"batch": b, "chunk": rng.choice([0, 1, 2, 7, 16]) if b > 1 else 0,
                       "unordered": int(b > 1 and rng.random() < 0.3), "no_reuse": int(rng.random() < 0.2)}
+        self.batch["ppl"] = int(rng.random() < 0.35)  # drawn last: the draws before it as they were
 
     def batch_flags(self):
         b = self.batch
@@ -201,7 +206,7 @@ class Decode:
     @staticmethod
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
-        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1' (any of them)."""
+        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -468,30 +473,81 @@ def run_lib(args, name, spec_path, work):
 
 
 def run_batch(args, name, spec_path, w_path, prompts, dec, work):
-    """--prompts through --batch: each line's generated tokens (or an error)."""
+    """--prompts through --batch: each line's generated tokens and, with the seed's ppl (where every
+    line that starts a sequence has a next token to predict), its NLLs [(position, token, NLL)] and
+    perplexity (None without); or an error."""
     pf = os.path.join(work, name + ".prompts")
     with open(pf, "w") as f:
         f.write("".join(("+" if plus else "") + " ".join(map(str, p)) + "\n" for plus, p in prompts))
+    ppl = dec.batch["ppl"] and all(plus or len(p) >= 2 for plus, p in prompts)
     cmd, text, err = invoke(args, name, spec_path, work, [
-        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
-        + dec.flags(len(prompts[0][1])) + dec.batch_flags())
+        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos"]
+        + (["--perplexity", "--top", "0"] if ppl else ["--quiet"]) + dec.flags(len(prompts[0][1])) + dec.batch_flags())
     if err:
-        return cmd, None, err
+        return cmd, None, None, err
+    if ppl:
+        return (cmd,) + parse_perplexity(text, len(prompts))
     lines = text.splitlines()
     if len(lines) != len(prompts):
-        return cmd, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), text[-300:])
+        return cmd, None, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), text[-300:])
     try:
         if not dec.batch["unordered"]:
-            return cmd, [[int(v) for v in ln.split()] for ln in lines], None
+            return cmd, [[int(v) for v in ln.split()] for ln in lines], None, None
         by_line = {}  # --unordered --quiet: "N<tab>tokens" as each line ends
         for ln in lines:
             n, _, toks = ln.partition("\t")
             by_line[int(n)] = [int(v) for v in toks.split()]
         if sorted(by_line) != list(range(1, len(prompts) + 1)):
-            return cmd, None, "--unordered answered lines %s" % sorted(by_line)
-        return cmd, [by_line[i + 1] for i in range(len(prompts))], None
+            return cmd, None, None, "--unordered answered lines %s" % sorted(by_line)
+        return cmd, [by_line[i + 1] for i in range(len(prompts))], None, None
     except ValueError:
-        return cmd, None, "unreadable tokens: %r" % text[-300:]
+        return cmd, None, None, "unreadable tokens: %r" % text[-300:]
+
+
+def parse_perplexity(text, n):
+    """--prompts' report with --perplexity --top 0 (a section a line, "== prompt K (line N)...", in
+    the order lines end under --unordered): each line's generated tokens, its NLLs [(position, token,
+    NLL or None)] and perplexity; or an error."""
+    gens, nlls, ppls = {}, {}, {}
+    line = None
+    for ln in text.splitlines():
+        m = re.match(r"== prompt \d+ \(line (\d+)\)", ln)
+        if m:
+            line = int(m.group(1))
+            nlls[line] = []
+            continue
+        m = re.match(r" +(\d+) +(\d+)  (?: +NLL (-?[0-9.]+))?$", ln)
+        if m and line is not None:
+            nlls[line].append((int(m.group(1)), int(m.group(2)), m.group(3) and float(m.group(3))))
+        elif ln.startswith(" perplexity ") and line is not None:
+            ppls[line] = float(ln.split()[1])
+        elif re.match(r" generated(?: \([^)]*\))?:", ln) and line is not None:  # (the drawing's settings)
+            gens[line] = [int(v) for v in ln.split("):" if "):" in ln else ":", 1)[1].split()]
+    if sorted(gens) != list(range(1, n + 1)) or sorted(nlls) != sorted(gens):
+        return None, None, "--perplexity: tokens of lines %s, NLLs of %s: %r" % (sorted(gens), sorted(nlls), text[-300:])
+    return [gens[i] for i in range(1, n + 1)], [(nlls[i], ppls.get(i)) for i in range(1, n + 1)], None
+
+
+def check_nlls(nlls, ppl, case, seq, first, tol):
+    """A line's --perplexity report against the oracle's case of its sequence seq (a + line's begins
+    with the turns before; its report from position first on): each position's token and the NLL of
+    the next (the last's none), within 2 tol of the largest logit (rows from a routing near tie on
+    not compared), and the perplexity their mean gives."""
+    want = list(range(first, len(seq)))
+    if [p for p, _, _ in nlls] != want:
+        return "--perplexity: positions %s, not %d..%d" % ([p for p, _, _ in nlls], first, len(seq) - 1)
+    lsm = log_softmax(case["logits"])
+    scale = float(np.abs(case["logits"][:len(seq)]).max())
+    upto = len(seq) if case["route_tie"] is None else case["route_tie"]
+    for p, tok, nll in nlls:
+        if tok != seq[p] or (nll is None) != (p == len(seq) - 1):
+            return "--perplexity: position %d: token %d, NLL %s (the sequence's token %d)" % (p, tok, nll, seq[p])
+        if nll is not None and p < upto and abs(nll + lsm[p, seq[p + 1]]) > 2 * tol * scale + 1e-4:
+            return "--perplexity: position %d: NLL %.4f, the oracle %.6f" % (p, nll, -lsm[p, seq[p + 1]])
+    got = [nll for _, _, nll in nlls if nll is not None]
+    if ppl is None or abs(math.log(ppl) - sum(got) / len(got)) > 1e-4 + 1e-5 * abs(math.log(ppl)):
+        return "--perplexity: perplexity %s, the NLLs' mean %.6f" % (ppl, sum(got) / len(got))
+    return None
 
 
 def serve_requests(spec, ids, dec):
@@ -676,12 +732,15 @@ def one_model(args, label, folder, text, ids, seed, dec):
                 err = check_serve(reqs, answers, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol)
         elif name.endswith("-batch"):
             prompts = batch_prompts(spec, ids, mp)
-            cmd, gens, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
+            cmd, gens, nlls, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
             delta = other_delta(deltas, case, len(ids), tol)
             seq = []  # the line's whole sequence: a + line's starts with the line before's and its answer
             for i, (plus, toks) in enumerate(prompts) if err is None else []:
+                first = len(seq) + max(len(gens[i - 1]) - 1, 0) if plus else 0  # a next turn: from its answer's last
                 seq = (seq + gens[i - 1] if plus else []) + toks
                 err = check_tokens(gens[i], oracle_for(seq), len(seq), delta)
+                if err is None and nlls:
+                    err = check_nlls(nlls[i][0], nlls[i][1], oracle_for(seq), seq, first, tol)
                 if err:
                     err = "line %d: %s" % (i + 1, err)
                     break
