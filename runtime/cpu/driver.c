@@ -1381,20 +1381,16 @@ static void lane_stream(const Runner *rn, Lane *L, int32_t token)
     fflush(L->buf);
     size_t upto = L->cut != SIZE_MAX ? L->cut : token < 0 ? L->text_n : L->text_n - stop_held(L);
     upto = upto > L->sent ? upto : L->sent;
-    char *delta = NULL;
-    if (rn->tok) {
-        delta = memcpy(xmalloc(upto - L->sent + 1), L->text + L->sent, upto - L->sent);
-        delta[upto - L->sent] = 0;
-    }
+    const char *delta = rn->tok ? L->text + L->sent : NULL; /* (NUL bytes in it are the text's) */
+    size_t n = upto - L->sent;
     L->sent = upto;
-    if (token >= 0 || (delta && *delta)) {
-        char *e = serve_event(L->sr.id, token, delta, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1, rn->tok,
+    if (token >= 0 || (delta && n)) {
+        char *e = serve_event(L->sr.id, token, delta, n, lp_asked(L) ? &L->lp : NULL, L->lp.n - 1, rn->tok,
                               L->lp_at && L->lp.n ? L->lp_at[L->lp.n - 1] : -1);
         fputs(e, stdout);
         fflush(stdout);
         free(e);
     }
-    free(delta);
 }
 
 /* A line is done (ok: its run did not fail): its answer (--serve: in JSON) goes out when its turn
@@ -1408,12 +1404,12 @@ static void lane_finish(const Runner *rn, Lane *L, Answers *a, bool ok)
     lane_print_end();
     if (rn->r->serve) {
         char *t = L->text;
-        if (L->cut != SIZE_MAX) t[L->cut] = 0; /* the text before the stop string */
+        size_t len = L->cut != SIZE_MAX ? L->cut : L->text_n; /* the text before the stop string */
         int64_t n = L->g.q ? L->c.len - L->g.first : 0; /* what it generated */
-        int64_t chars = text_chars(t, strlen(t)); /* (a stop string's tokens begin within the text cut) */
+        int64_t chars = text_chars(t, len); /* (a stop string's tokens begin within the text cut) */
         for (int64_t j = 0; L->lp_at && j < L->lp.n; j++) L->lp_at[j] = L->lp_at[j] < chars ? L->lp_at[j] : chars;
-        ServeAnswer sa = {L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, L->g.why ? L->g.why : "length", L->T,
-                          L->c.reused, lp_asked(L) ? &L->lp : NULL, L->sr.echo ? L->c.seq + L->prompt_at : NULL,
+        ServeAnswer sa = {L->sr.id, L->c.seq + L->g.first, n, rn->tok ? t : NULL, len, L->g.why ? L->g.why : "length",
+                          L->T, L->c.reused, lp_asked(L) ? &L->lp : NULL, L->sr.echo ? L->c.seq + L->prompt_at : NULL,
                           plp_asked(L) ? &L->plp : NULL, rn->tok, L->lp_at};
         L->text = ok ? serve_answer(&sa) : serve_error(L->sr.id, last_err);
         serve_logprobs_free(&L->lp);
@@ -1626,7 +1622,7 @@ static int64_t serve_cancel(Runner *rn, const char *id, Lane *lanes, int B, Prom
         }
         ServeLogprobs none = {.k = pl->sr.logprobs};
         bool lp = pl->sr.logprobs >= 0;
-        ServeAnswer sa = {id, NULL, 0, rn->tok ? "" : NULL, "cancelled", pl->T, 0, lp ? &none : NULL,
+        ServeAnswer sa = {id, NULL, 0, rn->tok ? "" : NULL, 0, "cancelled", pl->T, 0, lp ? &none : NULL,
                           pl->sr.echo ? pl->ids : NULL, lp && pl->sr.echo ? &none : NULL, rn->tok, NULL};
         answer_done(ans, answer_ticket(ans), serve_answer(&sa));
         serve_request_free(&pl->sr);

@@ -84,6 +84,17 @@ static bool stop_field(const cJSON *v, int64_t vocab, ServeRequest *q, char *why
     return true;
 }
 
+/* Where line [len] escapes a NUL character (\u0000) in a string (1-based; 0: nowhere). cJSON's strings
+ * end at a NUL, so such an id, prompt or stop string would be cut short without a word. */
+static size_t nul_escape(const char *line, size_t len)
+{
+    for (size_t i = 0, slashes = 0; i < len; i++) {
+        if (line[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(line + i + 1, "u0000", 5) == 0) return i + 1;
+        slashes = line[i] == '\\' ? slashes + 1 : 0;
+    }
+    return 0;
+}
+
 /* An id is echoed as it came: a string, a number, true/false or null. */
 static bool scalar(const cJSON *v) { return cJSON_IsString(v) || cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v); }
 
@@ -100,6 +111,13 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         q->id = xstrdup(num);
         if (!root) snprintf(why, n, "column %zu: not JSON", (size_t)((end ? end : line) - line) + 1);
         else snprintf(why, n, "a request is a JSON object ({\"ids\": [...]} or {\"prompt\": \"...\"})");
+        cJSON_Delete(root);
+        return false;
+    }
+    size_t nul = nul_escape(line, len);
+    if (nul) {
+        q->id = xstrdup(num);
+        snprintf(why, n, "column %zu: a string with a NUL character (\\u0000), which moeppc does not take", nul);
         cJSON_Delete(root);
         return false;
     }
@@ -175,11 +193,11 @@ static char *line_of(cJSON *o)
     return out;
 }
 
-/* s with each byte that does not begin or continue a well-formed UTF-8 sequence replaced by U+FFFD
- * (a model's byte tokens can make any bytes; JSON text is UTF-8). */
-static char *utf8_clean(const char *s)
+/* s [n] with each byte that does not begin or continue a well-formed UTF-8 sequence replaced by
+ * U+FFFD (a model's byte tokens can make any bytes; JSON text is UTF-8); its length in *len. */
+static char *utf8_clean(const char *s, size_t n, size_t *len)
 {
-    size_t n = strlen(s), o = 0;
+    size_t o = 0;
     char *out = xmalloc(3 * n + 1);
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
@@ -198,13 +216,41 @@ static char *utf8_clean(const char *s)
         else memcpy(out + o, "\xef\xbf\xbd", 3), o += 3, i++;
     }
     out[o] = 0;
+    *len = o;
     return out;
 }
 
-static void add_text(cJSON *o, const char *key, const char *text)
+/* The string text [n] under key. A NUL byte (a byte token's <0x00>) is a character of the text, which
+ * cJSON's strings (NUL-terminated) cannot hold: such a text goes in as raw JSON, each NUL-free run
+ * quoted by cJSON and the NULs between them \u0000. */
+static void add_text(cJSON *o, const char *key, const char *text, size_t n)
 {
-    char *t = utf8_clean(text);
-    cJSON_AddStringToObject(o, key, t);
+    size_t len;
+    char *t = utf8_clean(text, n, &len);
+    if (!memchr(t, 0, len)) {
+        cJSON_AddStringToObject(o, key, t);
+        free(t);
+        return;
+    }
+    char *raw = xmalloc(6 * len + 3), *w = raw; /* (cJSON's escapes take at most 6 bytes a byte) */
+    *w++ = '"';
+    for (size_t i = 0; i <= len;) {
+        size_t run = strlen(t + i);
+        if (run) {
+            cJSON *item = cJSON_CreateString(t + i);
+            char *q = cJSON_PrintUnformatted(item); /* "...": its inside */
+            MOE_ASSERT(q);
+            size_t l = strlen(q) - 2;
+            memcpy(w, q + 1, l), w += l;
+            cJSON_free(q);
+            cJSON_Delete(item);
+        }
+        i += run + 1;
+        if (i <= len) memcpy(w, "\\u0000", 6), w += 6;
+    }
+    *w++ = '"', *w = 0;
+    cJSON_AddRawToObject(o, key, raw);
+    free(raw);
     free(t);
 }
 
@@ -257,7 +303,9 @@ void serve_logprobs_free(ServeLogprobs *lp)
 static cJSON *piece_of(const Tokenizer *tok, int32_t id)
 {
     if (id >= tokenizer_size(tok)) return cJSON_CreateNull();
-    char *t = utf8_clean(tokenizer_piece(tok, id));
+    const char *piece = tokenizer_piece(tok, id);
+    size_t len;
+    char *t = utf8_clean(piece, strlen(piece), &len);
     cJSON *s = cJSON_CreateString(t);
     free(t);
     return s;
@@ -314,7 +362,7 @@ static void add_prompt(cJSON *o, const ServeAnswer *a)
         size_t len;
         offs = xmalloc(((size_t)a->prompt_tokens + 1) * sizeof *offs);
         char *t = tokenizer_decode_offsets(a->tok, a->prompt_ids, a->prompt_tokens, offs, &len);
-        add_text(o, "prompt_text", t);
+        add_text(o, "prompt_text", t, len);
         free(t);
     }
     if (a->prompt_lp) add_logprobs(o, "prompt_logprobs", a->prompt_ids, a->prompt_tokens, a->prompt_lp, a->tok, offs);
@@ -325,7 +373,7 @@ char *serve_answer(const ServeAnswer *a)
 {
     cJSON *o = with_id(a->id);
     add_ids(o, "ids", a->ids, a->n);
-    if (a->text) add_text(o, "text", a->text);
+    if (a->text) add_text(o, "text", a->text, a->text_len);
     cJSON_AddStringToObject(o, "finish_reason", a->finish);
     cJSON_AddNumberToObject(o, "prompt_tokens", (double)a->prompt_tokens);
     cJSON_AddNumberToObject(o, "cached_tokens", (double)a->cached_tokens);
@@ -348,16 +396,16 @@ char *serve_echo(const ServeAnswer *a)
 char *serve_error(const char *id, const char *message)
 {
     cJSON *o = with_id(id);
-    add_text(o, "error", message); /* it may quote the request's bytes */
+    add_text(o, "error", message, strlen(message)); /* it may quote the request's bytes */
     return line_of(o);
 }
 
-char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
-                  const Tokenizer *tok, int64_t text_offset)
+char *serve_event(const char *id, int32_t token, const char *text, size_t text_len, const ServeLogprobs *lp,
+                  int64_t at, const Tokenizer *tok, int64_t text_offset)
 {
     cJSON *o = with_id(id);
     if (token >= 0) cJSON_AddNumberToObject(o, "token", token);
-    if (text) add_text(o, "text", text);
+    if (text) add_text(o, "text", text, text_len);
     if (token >= 0 && lp && at >= 0 && at < lp->n) {
         if (tok) cJSON_AddItemToObject(o, "piece", piece_of(tok, token));
         cJSON_AddNumberToObject(o, "logprob", lp->chosen[at]);

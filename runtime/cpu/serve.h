@@ -79,7 +79,8 @@ typedef struct {
     const char *id;
     const int32_t *ids;         /* the generated tokens [n] */
     int64_t n;
-    const char *text;           /* their text, or NULL (no tokenizer) */
+    const char *text;           /* their text [text_len] (it may hold NUL bytes), or NULL (no tokenizer) */
+    size_t text_len;
     const char *finish;
     int64_t prompt_tokens, cached_tokens;
     const ServeLogprobs *lp;    /* "logprobs": the first n of its entries, or NULL (not asked) */
@@ -99,7 +100,7 @@ char *serve_echo(const ServeAnswer *a);
 /* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
  * `at` when lp is not NULL (and the token's piece, tok not NULL; where its text begins in the whole
  * text streamed, in characters, text_offset >= 0). */
-char *serve_event(const char *id, int32_t token, const char *text, const ServeLogprobs *lp, int64_t at,
-                  const Tokenizer *tok, int64_t text_offset);
+char *serve_event(const char *id, int32_t token, const char *text, size_t text_len, const ServeLogprobs *lp,
+                  int64_t at, const Tokenizer *tok, int64_t text_offset);
 
 #endif

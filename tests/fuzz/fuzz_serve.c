@@ -61,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(sample_params_check(&q.sample, why, sizeof why), "sampling accepted: %s", why);
         FUZZ_CHECK(q.max_tokens >= 0, "max_tokens %lld", (long long)q.max_tokens);
     }
-    char *text = malloc(size + 1); /* the input's bytes, as a tokenizer might make them */
+    char *text = malloc(size + 1); /* the input's bytes, as a tokenizer might make them (NULs too) */
     memcpy(text, data, size);
     text[size] = 0;
     ServeLogprobs lp = {.k = q.logprobs > 0 ? q.logprobs : 0}; /* each id's logprobs over a row of them */
@@ -70,10 +70,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int64_t j = 0; q.logprobs >= 0 && j < q.n_ids; j++) serve_logprobs_add(&lp, row, VOCAB, q.ids[j]);
     ServeLogprobs plp = lp; /* "echo": as if the prompt's first token had none */
     plp.n = lp.n > 0 ? lp.n - 1 : 0;
-    ServeAnswer a = {q.id, q.ids, q.n_ids, text, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL,
+    ServeAnswer a = {q.id, q.ids, q.n_ids, text, size, "length", q.n_ids, 0, q.logprobs >= 0 ? &lp : NULL,
                      q.echo ? q.ids : NULL, q.echo && q.logprobs >= 0 ? &plp : NULL, NULL, NULL};
     check_line(serve_answer(&a), q.id);
-    check_line(serve_event(q.id, 3, text, q.logprobs >= 0 ? &lp : NULL, 0, NULL, 0), q.id);
+    check_line(serve_event(q.id, 3, text, size, q.logprobs >= 0 ? &lp : NULL, 0, NULL, 0), q.id);
     for (int64_t j = 0; j < lp.n; j++)
         for (int64_t i = 1; i < lp.k; i++)
             FUZZ_CHECK(lp.top_lp[j * lp.k + i - 1] >= lp.top_lp[j * lp.k + i], "top logprobs out of order");

@@ -250,4 +250,30 @@ ev = [e for e in events if "token" in e]
 assert [e["piece"] for e in ev] == a["logprobs"]["tokens"] and [e["top_logprobs"] for e in ev] == a["logprobs"]["top_logprobs"], ev
 print(f"--serve echo: {len(prompt)} prompt tokens and 5 generated, their pieces as sentencepiece's")
 PYEOF
+# --serve with NUL bytes: <0x00> pieces in a prompt (echoed) and in the generated text (random weights 45
+# generate it fifth after 1 5 9) are characters of the text, written \u0000 (cJSON's strings end at a
+# NUL: they had cut the text there); ids past the pieces decode as a control piece does (nothing,
+# ending a byte run); a request that puts a NUL in a string is refused, naming its column
+"$PY" - "$TK" "$M" run "$tmp/t512.yaml" --random-weights 45 --tokenizer "$TK" <<'PYEOF' || fail "--serve with NUL bytes"
+import json, subprocess, sys
+import sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+reqs = [{"id": "g", "ids": [1, 5, 9], "max_tokens": 12, "stream": True},
+        {"id": "e", "ids": [1, 3, 0x4D + 3, 3, 3, 300], "max_tokens": 1, "echo": True}]  # (300: a word piece)
+raw = "".join(json.dumps(r) + "\n" for r in reqs) + '{"id": "n", "ids": [1], "stop": ["a\\u0000"]}\n'
+p = subprocess.run(sys.argv[2:] + ["--serve", "--ignore-eos"], input=raw, capture_output=True, text=True)
+assert p.returncode == 1, p  # (a refused request makes the exit status 1)
+lines = [json.loads(l) for l in p.stdout.splitlines()]
+final = {l["id"]: l for l in lines if "finish_reason" in l or "error" in l}
+n = sp.get_piece_size()
+dec = lambda ids: sp.decode([i if i < n else 1 for i in ids])  # past the pieces: as <s>
+g = final["g"]
+assert 3 in g["ids"], g  # the model's tokens do not depend on the tokenizer
+assert g["text"] == dec([1, 5, 9] + g["ids"])[len(dec([1, 5, 9])):] and "\0" in g["text"], (g["text"], dec(g["ids"]))
+assert "".join(l.get("text", "") for l in lines if l["id"] == "g" and "token" in l) == g["text"]
+assert final["e"]["prompt_text"] == dec(reqs[1]["ids"]) == "\0M\0\0" + sp.decode([300]), final["e"]
+assert "column 36" in final[3]["error"] and "NUL" in final[3]["error"], final  # (answered as line 3)
+print("--serve with NUL bytes: %d of them in the generated text, 3 in the echoed prompt; a NUL in a request refused"
+      % g["text"].count("\0"))
+PYEOF
 exit $status
