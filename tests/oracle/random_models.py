@@ -36,8 +36,11 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               prompt's first half (its start in the caches; streamed): each one's tokens,
               finish_reason and prompt_tokens, and its own and its prompt's log-probabilities
               (and top tokens') against the oracle's log-softmax (within 2 tol of the largest
-              logit), a stream's events against its answer;  emu-serve, gpu-serve: the same on
-              the GPU
+              logit), a stream's events against its answer; in most seeds with a tokenizer trained
+              here (serve_text.py: six SentencePiece models of 24 to 340 pieces, byte fallback in
+              three) each answer's text and prompt_text against sentencepiece's decoding, and in
+              some "stop" strings from the oracle's text and the prompt's: the tokens and text
+              they end (serve_text.Text.stop);  emu-serve, gpu-serve: the same on the GPU
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -74,6 +77,7 @@ sys.path.insert(0, HERE)
 import compare  # noqa: E402
 import oracle  # noqa: E402
 import sampling  # noqa: E402
+import serve_text  # noqa: E402
 
 PATHS = {
     "interp": (["--backend", "interp"], {}),
@@ -170,6 +174,9 @@ class Decode:
         self.stop_at, self.stop_extra, self.maxpos_extra = stop_at, stop_extra, maxpos_extra
         self.stop = []  # the stop ids, once the oracle's tokens are known (resolve_stop)
         self.batch = dict(BATCH_DEFAULTS)
+        self.tok = None  # the serve paths' tokenizer (serve_text.TOKENIZERS), or None
+        self.stop_str = None  # (where, length, another from the prompt): a "stop" string from the text
+        self.stop_strings = []  # ... once the oracle's tokens are known (resolve_stop_strings)
 
     @staticmethod
     def draw(rng, vocab):
@@ -198,6 +205,34 @@ class Decode:
                       "unordered": int(b > 1 and rng.random() < 0.3), "no_reuse": int(rng.random() < 0.2)}
         self.batch["ppl"] = int(rng.random() < 0.35)  # drawn last: the draws before it as they were
 
+    def draw_text(self, rng, vocab):
+        """The serve paths' tokenizer (one of those no larger than the vocabulary, or none) and "stop"
+        strings: one from the oracle's answer to the prompt (where, as a fraction of its text, and how
+        many characters), and perhaps one from the prompt's text, which only the answer's can end."""
+        fit = [name for name, (size, _) in serve_text.TOKENIZERS.items() if size <= vocab]
+        if fit and rng.random() < 0.6:
+            self.tok = rng.choice(fit)
+            if rng.random() < 0.5:
+                self.stop_str = (round(rng.random(), 4), rng.choice([1, 1, 2, 3]), int(rng.random() < 0.3))
+
+    def resolve_stop_strings(self, text, ids, gen):
+        """The "stop" strings from the texts of the oracle's answer to the prompt ids and of the prompt:
+        runs of characters without U+FFFD (the mark of bytes no character has)."""
+        def clean_run(t, at, length):
+            for i in list(range(at, len(t))) + list(range(0, at)):
+                if len(t[i:i + length]) == length and "\ufffd" not in t[i:i + length]:
+                    return t[i:i + length]
+            return None
+        if self.stop_str is None:
+            return
+        where, length, from_prompt = self.stop_str
+        answer = text.answer(ids, gen) or ""
+        found = [clean_run(answer, int(where * len(answer)), length)]
+        if from_prompt:
+            prompt = text.decode(ids)
+            found.append(clean_run(prompt, len(prompt) // 2, 2))
+        self.stop_strings = [s for s in found if s]
+
     def batch_flags(self):
         b = self.batch
         return (["--batch", str(b["batch"])] + (["--chunk", str(b["chunk"])] if b["chunk"] else [])
@@ -206,7 +241,8 @@ class Decode:
     @staticmethod
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
-        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1' (any of them)."""
+        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
+        stop_str=0.25,2,1' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -218,6 +254,11 @@ class Decode:
                 setattr(d, k, int(v))
             elif k in BATCH_DEFAULTS:
                 d.batch[k] = int(v)
+            elif k == "tok" and v in serve_text.TOKENIZERS:
+                d.tok = v
+            elif k == "stop_str":
+                where, length, from_prompt = v.split(",")
+                d.stop_str = (float(where), int(length), int(from_prompt))
             else:
                 raise ValueError("# decode: unknown %r" % k)
         return d
@@ -233,6 +274,10 @@ class Decode:
             if getattr(self, k) is not None:
                 out.append("%s=%d" % (k, getattr(self, k)))
         out += ["%s=%d" % (k, v) for k, v in self.batch.items() if v != BATCH_DEFAULTS[k]]
+        if self.tok:
+            out.append("tok=%s" % self.tok)
+        if self.stop_str:
+            out.append("stop_str=%r,%d,%d" % self.stop_str)
         return " ".join(out) or "greedy"
 
     def max_positions(self, T):
@@ -554,7 +599,7 @@ def serve_requests(spec, ids, dec):
     """--serve's requests: the prompt, a next turn after its tokens (where the caches have room for
     it; not with --max-positions), the prompt's first half; each echoed with "logprobs" and dec's
     choices."""
-    common = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True, "stop": dec.stop}
+    common = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True, "stop": dec.stop + dec.stop_strings}
     p = dec.params
     if p.seed < 1 << 53:  # else the command line's options (the defaults) alone
         if p.temperature > 0:
@@ -570,26 +615,33 @@ def serve_requests(spec, ids, dec):
 
 
 def run_serve(args, name, spec_path, w_path, reqs, dec, work):
-    """The requests through --serve: the answers by id (or an error)."""
+    """The requests through --serve (with the seed's tokenizer, if any): the answers by id (or an
+    error)."""
+    tok = ["--tokenizer", args.tokenizers[dec.tok]] if dec.tok and args.tokenizers else []
     cmd, out, err = invoke(args, name, spec_path, work, ["--weights", w_path, "--generate", str(GENERATE),
-                                                         "--ignore-eos"] + dec.flags(len(reqs[0]["ids"])),
+                                                         "--ignore-eos"] + tok + dec.flags(len(reqs[0]["ids"])),
                            stdin="".join(json.dumps(r) + "\n" for r in reqs))
     if err:
         return cmd, None, err
-    answers, streamed = {}, {}  # the final answers; a "stream" request's token events
+    answers, streamed, texts = {}, {}, {}  # the final answers; a "stream" request's token events, its text
     try:
         for a in map(json.loads, out.splitlines()):
+            if "ids" in a or "error" in a:
+                answers[a["id"]] = a
+                continue
             if "token" in a:
                 streamed.setdefault(a["id"], []).append((a["token"], a["logprob"]))
-            elif "ids" in a or "error" in a:
-                answers[a["id"]] = a
+            texts[a["id"]] = texts.get(a["id"], "") + a.get("text", "")
     except (ValueError, KeyError) as e:
         return cmd, None, "unreadable answers (%s): %r" % (e, out[-300:])
     for r in reqs:
         a = answers.get(r["id"])
-        if r.get("stream") and a and "ids" in a and streamed.get(r["id"], []) != list(
-                zip(a["ids"], a["logprobs"]["token_logprobs"])):
+        if not r.get("stream") or not a or "ids" not in a:
+            continue
+        if streamed.get(r["id"], []) != list(zip(a["ids"], a["logprobs"]["token_logprobs"])):
             return cmd, None, "request %s: streamed %s, answered %s" % (r["id"], streamed.get(r["id"]), a["ids"])
+        if tok and texts.get(r["id"], "") != a["text"]:
+            return cmd, None, "request %s: streamed the text %r, answered %r" % (r["id"], texts.get(r["id"]), a["text"])
     return cmd, answers, None
 
 
@@ -622,10 +674,11 @@ def check_logprobs(got, lsm, rows, toks, upto, tol_abs):
     return None
 
 
-def check_serve(reqs, answers, oracle_for, stop, delta, tol):
+def check_serve(reqs, answers, oracle_for, stop, delta, tol, text=None, strings=()):
     """Each answer's tokens, echoed prompt and log-probabilities against the oracle's case of its
-    sequence (oracle_for; a "continue" request's starts with a's prompt and answer), or what is
-    wrong."""
+    sequence (oracle_for; a "continue" request's starts with a's prompt and answer), and with a
+    tokenizer (text: a serve_text.Text) its text and the prompt's and where the "stop" strings end
+    it; or what is wrong."""
     for r in reqs:
         a = answers.get(r["id"])
         if a is None or "error" in a:
@@ -633,11 +686,25 @@ def check_serve(reqs, answers, oracle_for, stop, delta, tol):
         before = reqs[0]["ids"] + answers["a"]["ids"] if "continue" in r else []
         case = oracle_for(before + r["ids"])
         T = len(before) + len(r["ids"])
+        want_text, by_string = None, False
+        if text:
+            cut = text.stop(before + r["ids"], case["gen"], strings) if strings else (None, None)
+            if cut is None:
+                return "request %s: inconclusive: no rule for the text after its prompt" % r["id"]
+            if cut[0] is not None:  # a "stop" string ends it
+                case = dict(case, gen=case["gen"][:cut[0]], margins=case["margins"][:cut[0]])
+                want_text, by_string = cut[1], True
+            else:
+                want_text = text.answer(before + r["ids"], case["gen"])
         err = check_tokens(a["ids"], case, T, delta)
         if err:
             return "request %s: %s" % (r["id"], err)
         gen = case["gen"]
-        why = "stop" if gen and gen[-1] in stop else "length" if len(gen) == GENERATE else "max_positions"
+        why = ("stop" if by_string or (gen and gen[-1] in stop) else "length" if len(gen) == GENERATE
+               else "max_positions")
+        if text and (a.get("text") != want_text or a.get("prompt_text") != text.decode(r["ids"])):
+            return "request %s: text %r, prompt_text %r; not %r, %r (tokens %s, stop strings %s)" % (
+                r["id"], a.get("text"), a.get("prompt_text"), want_text, text.decode(r["ids"]), gen, strings)
         if a["finish_reason"] != why or a["prompt_tokens"] != len(r["ids"]):
             return "request %s: finish_reason %r, prompt_tokens %d; not %r, %d (%s)" % (
                 r["id"], a["finish_reason"], a["prompt_tokens"], why, len(r["ids"]), gen)
@@ -661,6 +728,7 @@ def one_seed(args, seed):
     text, ids = draw_spec(random.Random(seed), seed)
     dec = Decode.draw(random.Random(seed * 7919 + 1), parse_spec(text)["model"]["vocab"])
     dec.draw_batch(random.Random(seed * 7919 + 2))
+    dec.draw_text(random.Random(seed * 7919 + 3), parse_spec(text)["model"]["vocab"])
     if dec.describe() != "greedy":
         text = text.replace("\n", "\n# decode: %s\n" % dec.describe(), 1)
     return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed, dec)
@@ -706,6 +774,9 @@ def one_model(args, label, folder, text, ids, seed, dec):
     case = oracle_case(spec, W, ids, GENERATE, tol, dec, mp)
     dec.resolve_stop(case["gen"])
     stop_after(case, dec.stop)
+    text = serve_text.Text(args.tokenizers[dec.tok]) if dec.tok and args.tokenizers else None
+    if text:
+        dec.resolve_stop_strings(text, ids, case["gen"])
     cases = {tuple(ids): case}
 
     def oracle_for(seq):
@@ -729,7 +800,8 @@ def one_model(args, label, folder, text, ids, seed, dec):
             reqs = serve_requests(spec, ids, dec)
             cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)
             if err is None:
-                err = check_serve(reqs, answers, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol)
+                err = check_serve(reqs, answers, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol,
+                                  text, dec.stop_strings)
         elif name.endswith("-batch"):
             prompts = batch_prompts(spec, ids, mp)
             cmd, gens, nlls, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
@@ -798,6 +870,9 @@ def main(argv=None):
     if on_emu and not (args.emu_driver and os.path.exists(args.emu_driver)):
         ap.error("path emu needs --emu-driver LIB (libmoeppc_cudaemu.so)")
     os.makedirs(args.work, exist_ok=True)
+    serving = any(p.endswith("-serve") for p in args.paths)
+    args.tokenizers = serve_text.train(os.path.join(args.work, "tokenizers")) if serving and serve_text.available() \
+        else None  # (without the sentencepiece library the serve paths run without a tokenizer)
     start = time.time()
     counts = [0, 0, 0]
     kept = sorted(os.path.join(args.regressions, f) for f in os.listdir(args.regressions)

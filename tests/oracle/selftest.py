@@ -278,6 +278,17 @@ def test_sampling():
     check("u on a boundary: margin ~0", m < 1e-9, str(m))
 
 
+def test_serve_text():
+    """serve_text.unfinished (how many of a byte run's last bytes wait for the rest of a UTF-8
+    sequence) on hand cases."""
+    from serve_text import unfinished
+    cases = [([], 0), ([0x41], 0), ([0xe6], 1), ([0xe6, 0x97], 2), ([0xe6, 0x97, 0xa5], 0), ([0x97], 0),
+             ([0xe6, 0x41], 0), ([0x41, 0xf0, 0x9f, 0x98], 3), ([0xf0, 0x8f], 0), ([0xed, 0xa0], 0),
+             ([0xe0, 0x80], 0), ([0xc0], 0), ([0xc2], 1), ([0xf5], 0), ([0xe6, 0xe6], 1), ([0xe6, 0x97, 0xe6], 1), ([0xe6, 0x97, 0x41], 0)]
+    for run, want in cases:
+        check("unfinished(%s)" % [hex(b) for b in run], unfinished(run) == want, str(unfinished(run)))
+
+
 def main():
     for name, fn in sorted(globals().items()):
         if name.startswith("test_"):

@@ -1,0 +1,133 @@
+"""serve_text.py: the text of --serve's answers and where "stop" strings end them, written from the
+README's *Decoding* section and runtime.h (not from runtime/tokenizer.c), with the sentencepiece
+library's decoding as the reference for the text itself; and the SentencePiece models random_models.py
+gives its serve paths (trained here by that library, once a run).
+
+The rules: a sequence's text is what sentencepiece decodes from its ids, an id past the tokenizer's
+pieces decoding as a control piece does (nothing; it ends a run of byte pieces). An answer's text is
+the text of its whole sequence after the text of the context before its first generated token; where
+that context ends inside a UTF-8 sequence of byte pieces (a lead byte and its continuations, waiting
+for the rest), those bytes belong to the answer's text, since decoding holds them until the next
+token says. Decoding holds such an unfinished end back while it streams, and a "stop" string is
+searched for in that text as each token adds to it: the first token after which one begins in it
+ends the answer, whose text ends where the earliest of them begins."""
+import os
+import random
+
+try:
+    import sentencepiece as spm
+except ImportError:  # the serve paths then run without a tokenizer
+    spm = None
+
+LLAMA = dict(byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
+             remove_extra_whitespaces=False)
+# name: (vocabulary size, the trainer's options). Random models use those no larger than their own.
+TOKENIZERS = {
+    "bpe24": (24, dict(model_type="bpe")),
+    "uni40": (40, dict(model_type="unigram")),
+    "bpe100": (100, dict(model_type="bpe", split_digits=True)),
+    "llama300": (300, dict(model_type="bpe", split_digits=True, **LLAMA)),
+    "noprefix320": (320, dict(model_type="bpe", byte_fallback=True, add_dummy_prefix=False,
+                              normalization_rule_name="identity", remove_extra_whitespaces=False)),
+    "unillama340": (340, dict(model_type="unigram", user_defined_symbols=["<mask>"], **LLAMA)),
+}
+LETTERS = "abcdefghilmnorst"
+
+
+def available():
+    return spm is not None
+
+
+def train(folder):
+    """Every model of TOKENIZERS in folder (trained once; the same corpus each time): {name: path}."""
+    os.makedirs(folder, exist_ok=True)
+    corpus = os.path.join(folder, "corpus.txt")
+    if not os.path.exists(corpus):
+        rng = random.Random(20261206)
+        words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(1, 6))) for _ in range(80)]
+        with open(corpus + ".tmp", "w") as f:
+            for _ in range(2000):
+                f.write(" ".join(rng.choice(words) for _ in range(rng.randint(1, 10))) + rng.choice(".,!") + "\n")
+        os.replace(corpus + ".tmp", corpus)
+    paths = {}
+    for name, (size, kw) in TOKENIZERS.items():
+        prefix = os.path.join(folder, name)
+        if not os.path.exists(prefix + ".model"):
+            spm.SentencePieceTrainer.train(input=corpus, model_prefix=prefix, vocab_size=size, character_coverage=1.0,
+                                           minloglevel=2, **kw)
+        paths[name] = prefix + ".model"
+    return paths
+
+
+def _seq_len(b):
+    """The length of the UTF-8 sequence lead byte b begins (0: not a lead byte)."""
+    return 1 if b < 0x80 else 2 if 0xc2 <= b < 0xe0 else 3 if 0xe0 <= b < 0xf0 else 4 if 0xf0 <= b <= 0xf4 else 0
+
+
+def _may_continue(lead, i, b):
+    """Whether b may be byte i (1-based past the lead) of a sequence lead begins (no overlong forms,
+    no surrogates, nothing past U+10FFFF)."""
+    if b & 0xc0 != 0x80:
+        return False
+    if i == 1:
+        return not ((lead == 0xe0 and b < 0xa0) or (lead == 0xed and b >= 0xa0) or (lead == 0xf0 and b < 0x90)
+                    or (lead == 0xf4 and b >= 0x90))
+    return True
+
+
+def unfinished(run):
+    """How many of the last bytes of run (a run of byte pieces) begin a UTF-8 sequence still waiting
+    for its rest (0: none), as a decoder reading it from its start sees them."""
+    i = 0
+    while i < len(run):
+        k = _seq_len(run[i])
+        ok = k > 0 and all(_may_continue(run[i], j, run[i + j]) for j in range(1, min(k, len(run) - i)))
+        if ok and i + k > len(run):
+            return len(run) - i
+        i += k if ok else 1
+    return 0
+
+
+class Text:
+    """A tokenizer's texts of ids, as the rules above have them."""
+
+    def __init__(self, path):
+        self.sp = spm.SentencePieceProcessor(model_file=path)
+        self.n = self.sp.get_piece_size()
+        self.control = next(i for i in range(self.n) if self.sp.is_control(i))
+
+    def _ids(self, ids):
+        return [i if i < self.n else self.control for i in ids]
+
+    def decode(self, ids):
+        return self.sp.decode(self._ids(ids))
+
+    def _pending(self, ids):
+        """How many of ids' last tokens are byte pieces of an unfinished UTF-8 sequence."""
+        run = []
+        for i in reversed(self._ids(ids)):
+            if not self.sp.is_byte(i):
+                break
+            run.insert(0, int(self.sp.id_to_piece(i)[3:5], 16))
+        return unfinished(run)
+
+    def answer(self, ctx, gen, held=False):
+        """The text of gen after ctx (held: without an unfinished end, as streaming has it before the
+        next token), or None where the context's text is not a prefix of the whole's (no rule says what
+        the answer's is then)."""
+        head = self.decode(ctx[:len(ctx) - self._pending(ctx)])
+        seq = ctx + gen
+        whole = self.decode(seq[:len(seq) - self._pending(seq)] if held else seq)
+        return whole[len(head):] if whole.startswith(head) else None
+
+    def stop(self, ctx, gen, strings):
+        """Where "stop" strings end gen after ctx: (the tokens kept, the answer's text), or (None, None)
+        when none begins in its text; None where answer() has no text."""
+        for g in range(1, len(gen) + 1):
+            t = self.answer(ctx, gen[:g], held=True)
+            if t is None:
+                return None
+            at = [t.find(s) for s in strings if s in t]
+            if at:
+                return g, t[:min(at)]
+        return None, None
