@@ -177,6 +177,7 @@ class Decode:
         self.tok = None  # the serve paths' tokenizer (serve_text.TOKENIZERS), or None
         self.stop_str = None  # (where, length, another from the prompt): a "stop" string from the text
         self.stop_strings = []  # ... once the oracle's tokens are known (resolve_stop_strings)
+        self.special = None  # the ids of a fourth request (its text's cases: NUL, control ids, byte runs)
 
     @staticmethod
     def draw(rng, vocab):
@@ -214,6 +215,10 @@ class Decode:
             self.tok = rng.choice(fit)
             if rng.random() < 0.5:
                 self.stop_str = (round(rng.random(), 4), rng.choice([1, 1, 2, 3]), int(rng.random() < 0.3))
+            if rng.random() < 0.5:  # a prompt of the ids whose text is a case of its own (byte fallback's
+                # layout: <unk>, <s>, </s>, then the bytes, <0x00> at 3; the last id past most pieces)
+                pool = [0, 1, 2, 3, 3, 0xe6 + 3, 0x97 + 3, 0xa5 + 3, 0xf0 + 3, 0x9f + 3, 0xc3 + 3, 0x5c + 3, vocab - 1]
+                self.special = [rng.choice([i for i in pool if i < vocab]) for _ in range(rng.randint(2, 8))]
 
     def resolve_stop_strings(self, text, ids, gen):
         """The "stop" strings from the texts of the oracle's answer to the prompt ids and of the prompt:
@@ -242,7 +247,7 @@ class Decode:
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
         stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
-        stop_str=0.25,2,1' (any of them)."""
+        stop_str=0.25,2,1 special=3,1,236' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -256,6 +261,8 @@ class Decode:
                 d.batch[k] = int(v)
             elif k == "tok" and v in serve_text.TOKENIZERS:
                 d.tok = v
+            elif k == "special":
+                d.special = [int(x) for x in v.split(",")]
             elif k == "stop_str":
                 where, length, from_prompt = v.split(",")
                 d.stop_str = (float(where), int(length), int(from_prompt))
@@ -278,6 +285,8 @@ class Decode:
             out.append("tok=%s" % self.tok)
         if self.stop_str:
             out.append("stop_str=%r,%d,%d" % self.stop_str)
+        if self.special:
+            out.append("special=%s" % ",".join(map(str, self.special)))
         return " ".join(out) or "greedy"
 
     def max_positions(self, T):
@@ -597,7 +606,8 @@ def check_nlls(nlls, ppl, case, seq, first, tol):
 
 def serve_requests(spec, ids, dec):
     """--serve's requests: the prompt, a next turn after its tokens (where the caches have room for
-    it; not with --max-positions), the prompt's first half; each echoed with "logprobs" and dec's
+    it; not with --max-positions), the prompt's first half and, with a tokenizer, perhaps a prompt of
+    ids whose text is a case of its own (dec.special); each echoed with "logprobs" and dec's
     choices."""
     common = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True, "stop": dec.stop + dec.stop_strings}
     p = dec.params
@@ -611,6 +621,8 @@ def serve_requests(spec, ids, dec):
         turn = [(ids[0] * 5 + 1) % spec.V, (ids[-1] * 3 + 2) % spec.V]
         reqs.append(dict(common, id="b", ids=turn, **{"continue": "a"}))
     reqs.append(dict(common, id="c", ids=list(ids[:max(1, len(ids) // 2)]), stream=True))
+    if dec.special and dec.tok:
+        reqs.append(dict(common, id="d", ids=dec.special[:len(ids)], stream=True))
     return reqs
 
 
