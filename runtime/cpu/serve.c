@@ -84,12 +84,34 @@ static bool stop_field(const cJSON *v, int64_t vocab, ServeRequest *q, char *why
     return true;
 }
 
-/* Where line [len] escapes a NUL character (\u0000) in a string (1-based; 0: nowhere). cJSON's strings
- * end at a NUL, so such an id, prompt or stop string would be cut short without a word. */
-static size_t nul_escape(const char *line, size_t len)
+/* The length of the well-formed UTF-8 sequence s[i] begins (no overlong forms, no surrogates,
+ * nothing past U+10FFFF), or 0 where none does. */
+static size_t utf8_at(const char *s, size_t n, size_t i)
+{
+    unsigned char c = (unsigned char)s[i];
+    size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 && c >= 0xc2 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = k > 0 && i + k <= n;
+    for (size_t j = 1; ok && j < k; j++) ok = ((unsigned char)s[i + j] & 0xc0) == 0x80;
+    unsigned char d = k > 1 && ok ? (unsigned char)s[i + 1] : 0x80;
+    if (ok && k == 3) ok = !(c == 0xe0 && d < 0xa0) && !(c == 0xed && d >= 0xa0);
+    if (ok && k == 4) ok = !(c == 0xf0 && d < 0x90) && !(c == 0xf4 && d >= 0x90);
+    return ok ? k : 0;
+}
+
+/* What cJSON takes without a word but a request must not hold: a byte that is not UTF-8 (JSON text
+ * is UTF-8; an id so echoed would make the answer line no JSON) or an escaped NUL character (\u0000:
+ * cJSON's strings end at a NUL, so such an id, prompt or stop string would be cut short). Its column
+ * (1-based; 0: none) and what it is in *what. */
+static size_t bad_bytes(const char *line, size_t len, const char **what)
 {
     for (size_t i = 0, slashes = 0; i < len; i++) {
-        if (line[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(line + i + 1, "u0000", 5) == 0) return i + 1;
+        if (line[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(line + i + 1, "u0000", 5) == 0)
+            return *what = "a string with a NUL character (\\u0000), which moeppc does not take", i + 1;
+        if ((unsigned char)line[i] >= 0x80) {
+            size_t k = utf8_at(line, len, i);
+            if (!k) return *what = "a byte that is not UTF-8 (JSON text is UTF-8)", i + 1;
+            i += k - 1;
+        }
         slashes = line[i] == '\\' ? slashes + 1 : 0;
     }
     return 0;
@@ -114,10 +136,11 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         cJSON_Delete(root);
         return false;
     }
-    size_t nul = nul_escape(line, len);
-    if (nul) {
+    const char *what;
+    size_t bad = bad_bytes(line, len, &what);
+    if (bad) {
         q->id = xstrdup(num);
-        snprintf(why, n, "column %zu: a string with a NUL character (\\u0000), which moeppc does not take", nul);
+        snprintf(why, n, "column %zu: %s", bad, what);
         cJSON_Delete(root);
         return false;
     }
@@ -200,19 +223,8 @@ static char *utf8_clean(const char *s, size_t n, size_t *len)
     size_t o = 0;
     char *out = xmalloc(3 * n + 1);
     for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 && c >= 0xc2 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 && c <= 0xf4 ? 4 : 0;
-        bool ok = k > 0 && i + k <= n;
-        for (size_t j = 1; ok && j < k; j++) ok = ((unsigned char)s[i + j] & 0xc0) == 0x80;
-        if (ok && k == 3) { /* no overlong forms, no surrogates */
-            unsigned char d = (unsigned char)s[i + 1];
-            ok = !(c == 0xe0 && d < 0xa0) && !(c == 0xed && d >= 0xa0);
-        }
-        if (ok && k == 4) {
-            unsigned char d = (unsigned char)s[i + 1];
-            ok = !(c == 0xf0 && d < 0x90) && !(c == 0xf4 && d >= 0x90);
-        }
-        if (ok) memcpy(out + o, s + i, k), o += k, i += k;
+        size_t k = utf8_at(s, n, i);
+        if (k) memcpy(out + o, s + i, k), o += k, i += k;
         else memcpy(out + o, "\xef\xbf\xbd", 3), o += 3, i++;
     }
     out[o] = 0;

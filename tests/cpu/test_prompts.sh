@@ -170,7 +170,9 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     echo '{"id": "i", "continue": "zz", "ids": [1]}'
     echo '{"id": "j", "ids": [1], "top_p": 2}'
     echo '{"id": "k", "ids": []}'
-    echo '{"id": "l", "ids": '"$(js "$SHORT")"', "max_tokens": 1, "stop": ['"$first"']}'; } >"$WORK/serve.jsonl"
+    echo '{"id": "l", "ids": '"$(js "$SHORT")"', "max_tokens": 1, "stop": ['"$first"']}'
+    printf '{"id": "m\xff", "ids": [1]}\n' # not UTF-8 (its id had been echoed so: no JSON answer)
+    echo '{"id": "n", "ids": [1], "stop": ["x\u0000"]}'; } >"$WORK/serve.jsonl" # (cJSON's strings end at a NUL)
   "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve --batch 3 <"$WORK/serve.jsonl" >"$WORK/serve.out" 2>"$WORK/serve.err"
   rc=$?
   want=("{\"id\":\"a\",\"ids\":$(js "$a1"),\"finish_reason\":\"length\",\"prompt_tokens\":2,\"cached_tokens\":0}"
@@ -182,12 +184,14 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
         "{\"id\":\"g\",\"ids\":$(js "$(alone "$LONG 1 2")"),\"finish_reason\":\"length\",\"prompt_tokens\":12,\"cached_tokens\":10}"
         '{"id":8,"error":"--serve line 8: column 1: not JSON"}'
         '{"id":"h","error":"--serve line 9: unknown field \"max_token\""}'
-        '{"id":"k","error":"--serve line 12: \"ids\": no tokens"}')
+        '{"id":"k","error":"--serve line 12: \"ids\": no tokens"}'
+        '{"id":14,"error":"--serve line 14: column 10: a byte that is not UTF-8 (JSON text is UTF-8)"}'
+        '{"id":15,"error":"--serve line 15: column 36: a string with a NUL character (\\u0000), which moeppc does not take"}')
   for w in "${want[@]}"; do grep -qFx -- "$w" "$WORK/serve.out" || { echo "--serve: no answer '$w' in:"; cat "$WORK/serve.out" "$WORK/serve.err"; exit 1; }; done
   # a stop token as the last token asked for still ends it as "stop" ("length" until 2026-12-06)
   grep -q '^{"id":"l","ids":\['"$first"'\],"finish_reason":"stop"' "$WORK/serve.out" ||
     { echo "--serve: a stop token as the last one is not finish_reason \"stop\":"; grep '"l"' "$WORK/serve.out"; exit 1; }
-  [ $rc -eq 1 ] && [ "$(wc -l <"$WORK/serve.out")" -eq $((13 + 4)) ] && grep -q '^{"id":"i","error":"--serve line 10: \\"continue\\": no sequence held' "$WORK/serve.out" &&
+  [ $rc -eq 1 ] && [ "$(wc -l <"$WORK/serve.out")" -eq $((15 + 4)) ] && grep -q '^{"id":"i","error":"--serve line 10: \\"continue\\": no sequence held' "$WORK/serve.out" &&
     grep -q '^{"id":"j","error":"--serve line 11: .*top' "$WORK/serve.out" &&
     [ "$(grep '^{"id":"b","token"' "$WORK/serve.out" | sed 's/.*"token":\([0-9]*\)}/\1/' | paste -sd' ')" = "$b1" ] &&
     [ "$(grep -n '"id":"b"' "$WORK/serve.out" | tail -1 | cut -d: -f2-)" = "${want[1]}" ] ||
