@@ -433,6 +433,22 @@ static size_t utf8_char(const uint8_t *s, size_t n)
     return len;
 }
 
+/* Whether s[0..n) (n >= 1) is the beginning of a well-formed UTF-8 character that needs more bytes:
+ * some completion of it is one (a second byte of 0x80, 0x90 or 0xa0 meets every lead's range). */
+static bool utf8_begins(const uint8_t *s, size_t n)
+{
+    uint8_t c = s[0];
+    size_t len = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (n >= len) return false;
+    static const uint8_t second[] = {0x80, 0x90, 0xa0};
+    for (size_t t = 0; t < 3; t++) {
+        uint8_t whole[4] = {c, second[t], 0x80, 0x80};
+        memcpy(whole, s, n);
+        if (utf8_char(whole, len) == len) return true;
+    }
+    return false;
+}
+
 /* The longest user-defined piece at s, its length (0: none). */
 static size_t user_match(const Tokenizer *t, const char *s, size_t n)
 {
@@ -754,19 +770,14 @@ int64_t tokenizer_encode_special(const Tokenizer *t, const char *text, size_t n,
 /* ---- decoding -------------------------------------------------------------------------------- */
 
 /* Bytes of byte pieces as text: each valid UTF-8 character as it is, each other byte as U+FFFD; an
- * incomplete character at the end kept back when hold (it may be completed by what follows). */
+ * incomplete character at the end kept back when hold (it may be completed by what follows; bytes
+ * that no completion makes a character, such as a lead 0xf7 or 0xe0 0x80, are U+FFFD at once). */
 static size_t flush_bytes(Buf *o, const uint8_t *b, size_t n, bool hold)
 {
     size_t i = 0;
     while (i < n) {
         size_t k = utf8_char(b + i, n - i);
-        if (!k && hold) {
-            uint8_t c = b[i];
-            size_t want = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-            bool prefix = want > n - i;
-            for (size_t j = i + 1; prefix && j < n; j++) prefix = (b[j] & 0xc0) == 0x80;
-            if (prefix) return i; /* b[i..n) may yet become a character */
-        }
+        if (!k && hold && utf8_begins(b + i, n - i)) return i; /* b[i..n) may yet become a character */
         if (k) buf_put(o, (const char *)b + i, k), i += k;
         else buf_put(o, "\xef\xbf\xbd", 3), i++;
     }

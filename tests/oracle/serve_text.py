@@ -111,6 +111,12 @@ class Text:
             run.insert(0, int(self.sp.id_to_piece(i)[3:5], 16))
         return unfinished(run)
 
+    def offsets(self, ids):
+        """Where each of ids' texts begins in their whole text, in characters: the length of the text
+        of the ids before it, without an unfinished end (as streaming has printed it when it comes;
+        a byte piece inside a character points where that character begins)."""
+        return [len(self.decode(ids[:i - self._pending(ids[:i])])) for i in range(len(ids))]
+
     def answer(self, ctx, gen, held=False):
         """The text of gen after ctx (held: without an unfinished end, as streaming has it before the
         next token), or None where the context's text is not a prefix of the whole's (no rule says what

@@ -6,7 +6,9 @@ usage: tokenizer_cases.py OUTDIR  ->  OUTDIR/*.model, OUTDIR/cases.txt
 cases.txt: "model PATH SIZE BOS EOS", then for it "enc HEX N ID..." (text -> ids), "spc HEX N ID..."
 (text -> ids, the control and unknown pieces' text in it those pieces, as Hugging Face's tokenizers
 split special tokens out and encode the text between on its own: what a chat template writes) and
-"dec N ID... HEX" (ids -> text); HEX is the text's bytes in hex, "-" when empty."""
+"dec N ID... HEX" (ids -> text) and "hold N ID... HEX" (ids -> text held, as streaming has it before
+the next id: a last unfinished UTF-8 character of byte pieces left out); HEX is the text's bytes in
+hex, "-" when empty."""
 import os
 import random
 import re
@@ -14,6 +16,9 @@ import sys
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "oracle"))
+from serve_text import unfinished  # noqa: E402  (what of a byte run's end waits for more)
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -147,6 +152,7 @@ with open(os.path.join(out, "cases.txt"), "w") as f:
             ids = encode_special(sp, specials, t)
             f.write(f"spc {hexs(t)} {len(ids)} {' '.join(map(str, ids))}\n")
         byte_ids = [i for i in range(n) if sp.is_byte(i)]
+        held_cases = []
         for k in range(300):
             pool = byte_ids if byte_ids and k % 3 == 0 else range(n)
             ids = [rng.choice(pool) for _ in range(rng.randint(0, 24))]
@@ -154,3 +160,18 @@ with open(os.path.join(out, "cases.txt"), "w") as f:
                 ids[0] = rng.choice([sp.bos_id(), sp.unk_id(), ids[0]]) if sp.bos_id() >= 0 else ids[0]
             text = sp.decode(ids).encode("utf-8", "surrogateescape")
             f.write(f"dec {len(ids)} {' '.join(map(str, ids))} {hexs(text)}\n")
+            if byte_ids:
+                held_cases.append(ids)
+        # decoding held (as streaming has it before the next id): all but a last run of byte pieces'
+        # unfinished UTF-8 character; bytes no completion makes one (a lead 0xf7, 0xe0 0x80) are not held
+        b = lambda *v: [sp.piece_to_id("<0x%02X>" % x) for x in v]
+        for ids in (held_cases + [b(0xf7), b(0xe0, 0x80), b(0xe0, 0xa0), b(0xf4, 0x90), b(0xf4, 0x8f), b(0xc0), b(0xc1),
+                                  b(0xc2), b(0xe6, 0x97), b(0xf0, 0x9f, 0x98), b(0xed, 0xa0), b(0xed, 0x9f), b(0xf5),
+                                  b(0x41, 0xf0), b(0xe6, 0x97, 0xe6), b(0x97, 0xe6)] if byte_ids else []):
+            run = []
+            for i in reversed(ids):
+                if not sp.is_byte(i):
+                    break
+                run.insert(0, int(sp.id_to_piece(i)[3:5], 16))
+            kept = ids[:len(ids) - unfinished(run)]
+            f.write(f"hold {len(ids)} {' '.join(map(str, ids))} {hexs(sp.decode(kept).encode('utf-8', 'surrogateescape'))}\n")

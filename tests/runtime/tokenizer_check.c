@@ -1,6 +1,8 @@
 /* tokenizer_check CASES — moeppc's tokenizer against the sentencepiece library's own encodings and
  * decodings (tokenizer_cases.py writes them): every text's ids (also with special pieces in the text,
- * against the library encoding the parts between them), every id sequence's text, byte for byte; and decoding with hold only ever appends (each prefix's text, held, begins the whole one's).
+ * against the library encoding the parts between them), every id sequence's text, byte for byte;
+ * decoding with hold only ever appends (each prefix's text, held, begins the whole one's) and holds
+ * back only an unfinished character (the "hold" cases).
  * Prints the first mismatches; exit status 1 on any. */
 #include "runtime/runtime.h"
 
@@ -99,6 +101,23 @@ static void check_dec(const Tokenizer *t, char *rest, int line, char *buf)
     free(ids);
 }
 
+/* "hold N IDS HEX": the ids decoded held (a last run of byte pieces' unfinished character kept back,
+ * and only that) give HEX. */
+static void check_hold(const Tokenizer *t, char *rest, int line, char *buf)
+{
+    int64_t n = strtoll(strtok(rest, " "), NULL, 10);
+    int32_t *ids = xmalloc((size_t)(n + 1) * sizeof *ids);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)strtol(strtok(NULL, " "), NULL, 10);
+    size_t want_n = unhex(strtok(NULL, " \n"), buf), got_n;
+    char *got = tokenizer_decode(t, ids, n, true, &got_n);
+    if (got_n != want_n || memcmp(got, buf, want_n)) {
+        fail("decoding held differs: moeppc's text follows", line, got, got_n);
+        print_ids("ids", ids, n);
+    }
+    free(got);
+    free(ids);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) return fprintf(stderr, "usage: tokenizer_check CASES\n"), 2;
@@ -107,7 +126,7 @@ int main(int argc, char **argv)
     size_t cap = 1 << 20;
     char *line = xmalloc(cap), *buf = xmalloc(cap);
     Tokenizer *t = NULL;
-    int ln = 0, n_enc = 0, n_spc = 0, n_dec = 0, n_models = 0;
+    int ln = 0, n_enc = 0, n_spc = 0, n_dec = 0, n_hold = 0, n_models = 0;
     while (fgets(line, (int)cap, f)) {
         ln++;
         line[strcspn(line, "\n")] = 0;
@@ -124,12 +143,13 @@ int main(int argc, char **argv)
         } else if (strncmp(line, "enc ", 4) == 0) check_enc(t, line + 4, ln, buf, false), n_enc++;
         else if (strncmp(line, "spc ", 4) == 0) check_enc(t, line + 4, ln, buf, true), n_spc++;
         else if (strncmp(line, "dec ", 4) == 0) check_dec(t, line + 4, ln, buf), n_dec++;
+        else if (strncmp(line, "hold ", 5) == 0) check_hold(t, line + 5, ln, buf), n_hold++;
     }
     fclose(f);
     tokenizer_free(t);
     free(line);
     free(buf);
-    printf("tokenizer_check: %d models, %d encodings, %d with special pieces, %d decodings: %d differ\n", n_models, n_enc,
-           n_spc, n_dec, failures);
+    printf("tokenizer_check: %d models, %d encodings, %d with special pieces, %d decodings, %d held: %d differ\n",
+           n_models, n_enc, n_spc, n_dec, n_hold, failures);
     return failures ? 1 : 0;
 }
