@@ -717,6 +717,14 @@ def check_serve(reqs, answers, oracle_for, stop, delta, tol, text=None, strings=
         if text and (a.get("text") != want_text or a.get("prompt_text") != text.decode(r["ids"])):
             return "request %s: text %r, prompt_text %r; not %r, %r (tokens %s, stop strings %s)" % (
                 r["id"], a.get("text"), a.get("prompt_text"), want_text, text.decode(r["ids"]), gen, strings)
+        if text and want_text is not None:  # where each token's text begins (a cut text's end at most)
+            ctx = before + r["ids"]
+            held = [text.answer(ctx, gen[:g], held=True) for g in range(len(gen))]
+            offs = None if None in held else [min(len(t), len(want_text)) for t in held]
+            for what, got, want in (("prompt", a["prompt_logprobs"].get("text_offset"), text.offsets(r["ids"])),
+                                    ("answer", a["logprobs"].get("text_offset"), offs)):
+                if want is not None and got != want:
+                    return "request %s: the %s's text_offset %s, not %s" % (r["id"], what, got, want)
         if a["finish_reason"] != why or a["prompt_tokens"] != len(r["ids"]):
             return "request %s: finish_reason %r, prompt_tokens %d; not %r, %d (%s)" % (
                 r["id"], a["finish_reason"], a["prompt_tokens"], why, len(r["ids"]), gen)
