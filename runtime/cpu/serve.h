@@ -99,7 +99,8 @@ char *serve_error(const char *id, const char *message);
 char *serve_echo(const ServeAnswer *a);
 /* A streamed token (token < 0: the text's held-back end alone, after the last token), with lp's entry
  * `at` when lp is not NULL (and the token's piece, tok not NULL; where its text begins in the whole
- * text streamed, in characters, text_offset >= 0). */
+ * text streamed, in characters, text_offset >= 0: in the text as generated, which the answer's
+ * text_offset cuts to where a stop string begins). */
 char *serve_event(const char *id, int32_t token, const char *text, size_t text_len, const ServeLogprobs *lp,
                   int64_t at, const Tokenizer *tok, int64_t text_offset);
 

@@ -41,6 +41,12 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               three) each answer's text and prompt_text against sentencepiece's decoding, and in
               some "stop" strings from the oracle's text and the prompt's: the tokens and text
               they end (serve_text.Text.stop);  emu-serve, gpu-serve: the same on the GPU
+  cpu-http    examples/serve_http/moeppc_http.py in front of moeppc run --batch 3 (the seed's tokenizer):
+              /v1/completions of the prompt and its first half in one request ("echo", "logprobs":
+              3), and of the prompt streamed: each choice's token_ids, finish_reason, text (the
+              prompt's, then the answer's, cut by stop strings), tokens' strings, log-probabilities,
+              top log-probabilities' best and text_offset against the oracle, the usage, and the
+              stream's chunks joined against the first choice
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -60,6 +66,7 @@ WORK/seed-N (the rest is removed); `--seeds N:N+1 --keep` runs one seed again. E
 passed or was inconclusive, 1 if one failed, 2 on a usage or setup error.
 """
 import argparse
+import http.client
 import json
 import math
 import os
@@ -106,6 +113,7 @@ PATHS = {
     "gpu": (["--device", "cuda"], {}),
     "gpu-batch": (["--device", "cuda"], {}),
     "gpu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
+    "cpu-http": (["--backend", "cpu", "--threads", "2", "--batch", "3"], {}),  # behind moeppc_http.py
 }
 LOGPROBS = 3  # the serve paths' "logprobs": K
 GENERATE = 6
@@ -657,6 +665,149 @@ def run_serve(args, name, spec_path, w_path, reqs, dec, work):
     return cmd, answers, None
 
 
+FRONT = os.path.join(HERE, "..", "..", "examples", "serve_http", "moeppc_http.py")
+
+
+def run_http(args, name, spec_path, w_path, ids, dec, work):
+    """Path cpu-http: examples/serve_http/moeppc_http.py in front of moeppc run (the seed's tokenizer,
+    its decoding), asked for two completions in one request (the prompt and its first half; "echo",
+    "logprobs": 3) and for the prompt again streamed. The command, (the answer, the streamed chunks),
+    or an error."""
+    tok = ["--tokenizer", args.tokenizers[dec.tok]] if dec.tok and args.tokenizers else []
+    flags, env_extra = PATHS[name]
+    cmd = [sys.executable, FRONT, "--port", "0", "--", args.moeppc, "run", spec_path, "--weights", w_path,
+           "--generate", str(GENERATE), "--ignore-eos"] + tok + dec.flags(len(ids)) + flags
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **env_extra))
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
+        if not m:
+            return cmd, None, "the front did not start: %r %s" % (line, proc.stderr.read()[-600:])
+        body = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True}
+        if dec.stop or dec.stop_strings:
+            body["stop"] = dec.stop + dec.stop_strings
+        p = dec.params
+        if p.seed < 1 << 53:  # (as serve_requests: else the command line's options alone)
+            if p.temperature > 0:
+                body.update(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed)
+            if p.penalty != 1:
+                body["repetition_penalty"] = p.penalty
+        got = []
+        for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])]), dict(body, prompt=list(ids),
+                                                                                          stream=True)):
+            conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=args.timeout)
+            conn.request("POST", "/v1/completions", json.dumps(b), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            raw = r.read().decode()
+            conn.close()
+            if r.status != 200:
+                return cmd, None, "HTTP %d: %s" % (r.status, raw[-600:])
+            if not b.get("stream"):
+                got.append(json.loads(raw))
+                continue
+            events = [ln[6:] for ln in raw.split("\n") if ln.startswith("data: ")]
+            if events[-1:] != ["[DONE]"]:
+                return cmd, None, "a stream without its [DONE]: %r" % raw[-300:]
+            got.append([json.loads(e) for e in events[:-1]])
+        return cmd, got, None
+    except (OSError, ValueError, KeyError) as e:
+        return cmd, None, "the front: %s" % e
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
+    """The front's answers (run_http) against the oracle: each choice's tokens, finish_reason, text
+    (the prompt as its ids decode, then the answer's), its tokens' strings, log-probabilities (the
+    prompt's first null) and offsets, the usage; the stream's chunks joined against the first
+    choice; or what is wrong."""
+    answer, chunks = got
+    prompts = [list(ids), list(ids[:max(1, len(ids) // 2)])]
+    choices = sorted(answer["choices"], key=lambda c: c["index"])
+    if len(choices) != 2:
+        return "%d choices for 2 prompts" % len(choices)
+    made = 0
+    for c, p in zip(choices, prompts):
+        case = oracle_for(p)
+        want_text, by_string = "", False
+        if text:
+            cut = text.stop(p, case["gen"], strings) if strings else (None, None)
+            if cut is None:
+                return "choice %d: inconclusive: no rule for the text after its prompt" % c["index"]
+            if cut[0] is not None:
+                case = dict(case, gen=case["gen"][:cut[0]], margins=case["margins"][:cut[0]])
+                want_text, by_string = cut[1], True
+            else:
+                want_text = text.answer(p, case["gen"])
+        err = check_tokens(c["token_ids"], case, len(p), delta)
+        if err:
+            return "choice %d: %s" % (c["index"], err)
+        gen = case["gen"]
+        made += len(gen)
+        why = ("stop" if by_string or (gen and gen[-1] in stop) else "length" if len(gen) == GENERATE
+               else "max_positions")
+        echoed = text.decode(p) if text else ""
+        if c["finish_reason"] != why or (want_text is not None and c["text"] != echoed + want_text):
+            return "choice %d: finish_reason %r, text %r; not %r, %r" % (
+                c["index"], c["finish_reason"], c["text"], why, None if want_text is None else echoed + want_text)
+        seq = p + gen
+        piece = (lambda i: text.sp.id_to_piece(i).replace("\u2581", " ") if i < text.n else "token_id:%d" % i) \
+            if text else (lambda i: "token_id:%d" % i)
+        lp = c["logprobs"]
+        if lp["tokens"] != [piece(i) for i in seq]:
+            return "choice %d: tokens %s, not %s" % (c["index"], lp["tokens"], [piece(i) for i in seq])
+        lsm = log_softmax(case["logits"])
+        scale = float(np.abs(case["logits"][:len(p)]).max())
+        upto = len(case["logits"]) if case["route_tie"] is None else case["route_tie"]
+        for t, (x, top) in enumerate(zip(lp["token_logprobs"], lp["top_logprobs"])):
+            if t == 0 or t - 1 >= upto:
+                if t == 0 and (x is not None or top is not None):
+                    return "choice %d: the first token's log-probability %r" % (c["index"], x)
+                continue
+            best = float(lsm[t - 1].max())
+            if abs(x - lsm[t - 1, seq[t]]) > 2 * tol * scale or len(top) > LOGPROBS or \
+                    abs(max(top.values()) - best) > 2 * tol * scale:
+                return "choice %d: token %d: log-probability %r, top %r; the oracle %.6g, best %.6g" % (
+                    c["index"], t, x, top, lsm[t - 1, seq[t]], best)
+        if text and want_text is not None:
+            held = [text.answer(p, gen[:g], held=True) for g in range(len(gen))]
+            offs = text.offsets(p) + ([len(echoed) + min(len(h), len(want_text)) for h in held] if None not in held
+                                      else lp["text_offset"][len(p):])
+        else:
+            offs = list(np.cumsum([0] + [len(s) for s in lp["tokens"]])[:-1])
+        if lp["text_offset"] != offs:
+            return "choice %d: text_offset %s, not %s" % (c["index"], lp["text_offset"], offs)
+    u = answer["usage"]
+    if (u["prompt_tokens"], u["completion_tokens"]) != (len(prompts[0]) + len(prompts[1]), made):
+        return "usage %s: not %d prompt tokens, %d made" % (u, len(prompts[0]) + len(prompts[1]), made)
+    streamed = [ch for k in chunks for ch in k["choices"]]
+    joined = "".join(ch["text"] for ch in streamed)
+    toks = [t for ch in streamed for t in ch["token_ids"]]
+    if toks != choices[0]["token_ids"] or joined != choices[0]["text"] or \
+            streamed[-1]["finish_reason"] != choices[0]["finish_reason"]:
+        return "the stream: tokens %s, text %r, finish %r; answered %s, %r, %r" % (
+            toks, joined, streamed[-1]["finish_reason"], choices[0]["token_ids"], choices[0]["text"],
+            choices[0]["finish_reason"])
+    lps = [ch["logprobs"] for ch in streamed if ch["logprobs"]]  # the prompt's chunk's, then a token's each
+    whole = choices[0]["logprobs"]
+    for k in ("tokens", "text_offset", "token_logprobs"):
+        got = [v for lp in lps for v in lp[k]]
+        if k == "text_offset" and text:  # a stream's are into the text as generated, the answer's cut where
+            got = [min(v, len(choices[0]["text"])) for v in got]  # a stop string begins
+        if k == "token_logprobs":
+            near = len(got) == len(whole[k]) and all(
+                (x is None) == (y is None) and (x is None or abs(x - y) <= 1e-6 + tol * abs(y)) for x, y in zip(got, whole[k]))
+        if (got != whole[k]) if k != "token_logprobs" else not near:
+            return "the stream's logprobs %s: %s; answered %s" % (k, got, whole[k])
+    return None
+
+
 def log_softmax(rows):
     m = rows.max(axis=1, keepdims=True)
     return rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
@@ -816,6 +967,11 @@ def one_model(args, label, folder, text, ids, seed, dec):
     for name in args.paths:
         if name.startswith("lib"):
             cmd, err = run_lib(args, name, spec_path, work)
+        elif name.endswith("-http"):
+            cmd, got, err = run_http(args, name, spec_path, w_path, ids, dec, work)
+            if err is None:
+                err = check_http(ids, got, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol,
+                                 text, dec.stop_strings)
         elif name.endswith("-serve"):
             reqs = serve_requests(spec, ids, dec)
             cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)
@@ -890,7 +1046,7 @@ def main(argv=None):
     if on_emu and not (args.emu_driver and os.path.exists(args.emu_driver)):
         ap.error("path emu needs --emu-driver LIB (libmoeppc_cudaemu.so)")
     os.makedirs(args.work, exist_ok=True)
-    serving = any(p.endswith("-serve") for p in args.paths)
+    serving = any(p.endswith(("-serve", "-http")) for p in args.paths)
     args.tokenizers = serve_text.train(os.path.join(args.work, "tokenizers")) if serving and serve_text.available() \
         else None  # (without the sentencepiece library the serve paths run without a tokenizer)
     start = time.time()
