@@ -46,7 +46,7 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               3), and of the prompt streamed: each choice's token_ids, finish_reason, text (the
               prompt's, then the answer's, cut by stop strings), tokens' strings, log-probabilities,
               top log-probabilities' best and text_offset against the oracle, the usage, and the
-              stream's chunks joined against the first choice
+              stream's chunks joined against the first choice;  emu-http: the same on the emulator
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -114,6 +114,7 @@ PATHS = {
     "gpu-batch": (["--device", "cuda"], {}),
     "gpu-serve": (["--device", "cuda", "--serve", "--batch", "3"], {}),
     "cpu-http": (["--backend", "cpu", "--threads", "2", "--batch", "3"], {}),  # behind moeppc_http.py
+    "emu-http": (["--device", "cuda", "--batch", "3"], {}),
 }
 LOGPROBS = 3  # the serve paths' "logprobs": K
 GENERATE = 6
@@ -677,8 +678,10 @@ def run_http(args, name, spec_path, w_path, ids, dec, work):
     flags, env_extra = PATHS[name]
     cmd = [sys.executable, FRONT, "--port", "0", "--", args.moeppc, "run", spec_path, "--weights", w_path,
            "--generate", str(GENERATE), "--ignore-eos"] + tok + dec.flags(len(ids)) + flags
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **env_extra))
+    env = dict(os.environ, **env_extra)
+    if name.startswith("emu"):
+        env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
