@@ -16,7 +16,8 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
   cpu-avx2    the same with MOEPPC_ISA=avx2;   cpu-sse: MOEPPC_ISA=sse;  cpu-t3: on 3 threads
   interp-f32  the interpreter in f32 arithmetic (--precision f32);  interp-O0: on the IR as lowered,
               before the passes (-O0)
-  build       the executable `moeppc build SPEC` writes (its kernels compiled ahead of time)
+  build       the executable `moeppc build SPEC` writes (its kernels compiled ahead of time);
+              build-serve: its --serve, as cpu-serve
   cpu-tuned   cpu with the database `moeppc tune` writes for the model in 2 s (the tiles, unrolls,
               blockings and key blocks that won there, per token bucket: other kernels than the rule's)
   emu         moeppc run --device cuda on the CUDA emulator (--emu-driver: libmoeppc_cudaemu.so): the
@@ -93,6 +94,7 @@ PATHS = {
     "cpu-sse": (["--backend", "cpu", "--threads", "1"], {"MOEPPC_ISA": "sse"}),
     "cpu-t3": (["--backend", "cpu", "--threads", "3"], {}),
     "build": ([], {}),
+    "build-serve": (["--serve", "--batch", "3"], {}),
     "cpu-tuned": (["--backend", "cpu", "--threads", "2"], {}),
     "interp-f32": (["--backend", "interp", "--precision", "f32"], {}),
     "interp-O0": (["--backend", "interp", "-O0"], {}),
@@ -408,7 +410,7 @@ def invoke(args, name, spec_path, work, tail, stdin=None):
             if p.returncode != 0:
                 return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
         flags = flags + ["--tuning", db]
-    if name == "build":
+    if name.startswith("build"):
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
             p = subprocess.run([args.moeppc, "build", spec_path, "-o", head[0]], capture_output=True, text=True)
