@@ -589,7 +589,8 @@ def parse_perplexity(text, n):
         elif re.match(r" generated(?: \([^)]*\))?:", ln) and line is not None:  # (the drawing's settings)
             gens[line] = [int(v) for v in ln.split("):" if "):" in ln else ":", 1)[1].split()]
     if sorted(gens) != list(range(1, n + 1)) or sorted(nlls) != sorted(gens):
-        return None, None, "--perplexity: tokens of lines %s, NLLs of %s: %r" % (sorted(gens), sorted(nlls), text[-300:])
+        return None, None, "--perplexity: tokens of lines %s, NLLs of %s: %r" % (sorted(gens), sorted(nlls),
+                                                                                 text[-300:])
     return [gens[i] for i in range(1, n + 1)], [(nlls[i], ppls.get(i)) for i in range(1, n + 1)], None
 
 
@@ -668,6 +669,28 @@ def run_serve(args, name, spec_path, w_path, reqs, dec, work):
     return cmd, answers, None
 
 
+def expected_answer(case, ctx, stop, text, strings):
+    """What an answer after ctx must be: the oracle's case with its tokens cut where a "stop" string
+    ends them, its finish_reason, and with a tokenizer (text) its text and each token's text_offset
+    (None where no rule gives them); or an "inconclusive: ..." string."""
+    want_text, offsets, by_string = None, None, False
+    if text:
+        cut = text.stop(ctx, case["gen"], strings) if strings else (None, None)
+        if cut is None:
+            return "inconclusive: no rule for the text after its prompt"
+        if cut[0] is not None:  # a "stop" string ends it
+            case = dict(case, gen=case["gen"][:cut[0]], margins=case["margins"][:cut[0]])
+            want_text, by_string = cut[1], True
+        else:
+            want_text = text.answer(ctx, case["gen"])
+        held = [text.answer(ctx, case["gen"][:g], held=True) for g in range(len(case["gen"]))]
+        if want_text is not None and None not in held:  # where each token's text begins, the text's end at most
+            offsets = [min(len(t), len(want_text)) for t in held]
+    gen = case["gen"]
+    why = "stop" if by_string or (gen and gen[-1] in stop) else "length" if len(gen) == GENERATE else "max_positions"
+    return case, why, want_text, offsets
+
+
 FRONT = os.path.join(HERE, "..", "..", "examples", "serve_http", "moeppc_http.py")
 
 
@@ -739,24 +762,17 @@ def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
         return "%d choices for 2 prompts" % len(choices)
     made = 0
     for c, p in zip(choices, prompts):
-        case = oracle_for(p)
-        want_text, by_string = "", False
-        if text:
-            cut = text.stop(p, case["gen"], strings) if strings else (None, None)
-            if cut is None:
-                return "choice %d: inconclusive: no rule for the text after its prompt" % c["index"]
-            if cut[0] is not None:
-                case = dict(case, gen=case["gen"][:cut[0]], margins=case["margins"][:cut[0]])
-                want_text, by_string = cut[1], True
-            else:
-                want_text = text.answer(p, case["gen"])
+        want = expected_answer(oracle_for(p), p, stop, text, strings)
+        if isinstance(want, str):
+            return "choice %d: %s" % (c["index"], want)
+        case, why, want_text, answer_offs = want
+        if not text:
+            want_text = ""  # (the front's text without a tokenizer)
         err = check_tokens(c["token_ids"], case, len(p), delta)
         if err:
             return "choice %d: %s" % (c["index"], err)
         gen = case["gen"]
         made += len(gen)
-        why = ("stop" if by_string or (gen and gen[-1] in stop) else "length" if len(gen) == GENERATE
-               else "max_positions")
         echoed = text.decode(p) if text else ""
         if c["finish_reason"] != why or (want_text is not None and c["text"] != echoed + want_text):
             return "choice %d: finish_reason %r, text %r; not %r, %r" % (
@@ -780,9 +796,8 @@ def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
                     abs(max(top.values()) - best) > 2 * tol * scale:
                 return "choice %d: token %d: log-probability %r, top %r; the oracle %.6g, best %.6g" % (
                     c["index"], t, x, top, lsm[t - 1, seq[t]], best)
-        if text and want_text is not None:
-            held = [text.answer(p, gen[:g], held=True) for g in range(len(gen))]
-            offs = text.offsets(p) + ([len(echoed) + min(len(h), len(want_text)) for h in held] if None not in held
+        if text:
+            offs = text.offsets(p) + ([len(echoed) + o for o in answer_offs] if answer_offs is not None
                                       else lp["text_offset"][len(p):])
         else:
             offs = list(np.cumsum([0] + [len(s) for s in lp["tokens"]])[:-1])
@@ -806,8 +821,8 @@ def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
         if k == "text_offset" and text:  # a stream's are into the text as generated, the answer's cut where
             got = [min(v, len(choices[0]["text"])) for v in got]  # a stop string begins
         if k == "token_logprobs":
-            near = len(got) == len(whole[k]) and all(
-                (x is None) == (y is None) and (x is None or abs(x - y) <= 1e-6 + tol * abs(y)) for x, y in zip(got, whole[k]))
+            near = len(got) == len(whole[k]) and all((x is None) == (y is None) and (
+                x is None or abs(x - y) <= 1e-6 + tol * abs(y)) for x, y in zip(got, whole[k]))
         if (got != whole[k]) if k != "token_logprobs" else not near:
             return "the stream's logprobs %s: %s; answered %s" % (k, got, whole[k])
     return None
@@ -854,31 +869,20 @@ def check_serve(reqs, answers, oracle_for, stop, delta, tol, text=None, strings=
         before = reqs[0]["ids"] + answers["a"]["ids"] if "continue" in r else []
         case = oracle_for(before + r["ids"])
         T = len(before) + len(r["ids"])
-        want_text, by_string = None, False
-        if text:
-            cut = text.stop(before + r["ids"], case["gen"], strings) if strings else (None, None)
-            if cut is None:
-                return "request %s: inconclusive: no rule for the text after its prompt" % r["id"]
-            if cut[0] is not None:  # a "stop" string ends it
-                case = dict(case, gen=case["gen"][:cut[0]], margins=case["margins"][:cut[0]])
-                want_text, by_string = cut[1], True
-            else:
-                want_text = text.answer(before + r["ids"], case["gen"])
+        want = expected_answer(case, before + r["ids"], stop, text, strings)
+        if isinstance(want, str):
+            return "request %s: %s" % (r["id"], want)
+        case, why, want_text, answer_offs = want
         err = check_tokens(a["ids"], case, T, delta)
         if err:
             return "request %s: %s" % (r["id"], err)
         gen = case["gen"]
-        why = ("stop" if by_string or (gen and gen[-1] in stop) else "length" if len(gen) == GENERATE
-               else "max_positions")
         if text and (a.get("text") != want_text or a.get("prompt_text") != text.decode(r["ids"])):
             return "request %s: text %r, prompt_text %r; not %r, %r (tokens %s, stop strings %s)" % (
                 r["id"], a.get("text"), a.get("prompt_text"), want_text, text.decode(r["ids"]), gen, strings)
-        if text and want_text is not None:  # where each token's text begins (a cut text's end at most)
-            ctx = before + r["ids"]
-            held = [text.answer(ctx, gen[:g], held=True) for g in range(len(gen))]
-            offs = None if None in held else [min(len(t), len(want_text)) for t in held]
+        if text and want_text is not None:  # where each token's text begins
             for what, got, want in (("prompt", a["prompt_logprobs"].get("text_offset"), text.offsets(r["ids"])),
-                                    ("answer", a["logprobs"].get("text_offset"), offs)):
+                                    ("answer", a["logprobs"].get("text_offset"), answer_offs)):
                 if want is not None and got != want:
                     return "request %s: the %s's text_offset %s, not %s" % (r["id"], what, got, want)
         if a["finish_reason"] != why or a["prompt_tokens"] != len(r["ids"]):
