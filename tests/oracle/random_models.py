@@ -67,6 +67,7 @@ WORK/seed-N (the rest is removed); `--seeds N:N+1 --keep` runs one seed again. E
 passed or was inconclusive, 1 if one failed, 2 on a usage or setup error.
 """
 import argparse
+import copy
 import http.client
 import json
 import math
@@ -694,11 +695,17 @@ def expected_answer(case, ctx, stop, text, strings):
 FRONT = os.path.join(HERE, "..", "..", "examples", "serve_http", "moeppc_http.py")
 
 
+def http_n(dec):
+    """The HTTP path's "n": 2 choices a prompt (drawn with seeds "seed" and "seed" + 1, the second
+    forking the first's caches) where the oracle knows their seeds (greedy, or a seed JSON holds), else 1."""
+    return 2 if dec.params.temperature == 0 or dec.params.seed < (1 << 53) - 1 else 1
+
+
 def run_http(args, name, spec_path, w_path, ids, dec, work):
     """Path cpu-http: examples/serve_http/moeppc_http.py in front of moeppc run (the seed's tokenizer,
-    its decoding), asked for two completions in one request (the prompt and its first half; "echo",
-    "logprobs": 3) and for the prompt again streamed. The command, (the answer, the streamed chunks),
-    or an error."""
+    its decoding), asked for the completions of the prompt and its first half in one request ("n"
+    of each: http_n; "echo", "logprobs": 3) and for the prompt again streamed. The command, (the
+    answer, the streamed chunks), or an error."""
     tok = ["--tokenizer", args.tokenizers[dec.tok]] if dec.tok and args.tokenizers else []
     flags, env_extra = PATHS[name]
     cmd = [sys.executable, FRONT, "--port", "0", "--", args.moeppc, "run", spec_path, "--weights", w_path,
@@ -722,8 +729,8 @@ def run_http(args, name, spec_path, w_path, ids, dec, work):
             if p.penalty != 1:
                 body["repetition_penalty"] = p.penalty
         got = []
-        for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])]), dict(body, prompt=list(ids),
-                                                                                          stream=True)):
+        for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])], n=http_n(dec)),
+                  dict(body, prompt=list(ids), stream=True)):
             conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=args.timeout)
             conn.request("POST", "/v1/completions", json.dumps(b), {"Content-Type": "application/json"})
             r = conn.getresponse()
@@ -750,19 +757,21 @@ def run_http(args, name, spec_path, w_path, ids, dec, work):
             proc.communicate()
 
 
-def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
+def check_http(ids, got, oracle_for, dec, delta, tol, text=None, strings=()):
     """The front's answers (run_http) against the oracle: each choice's tokens, finish_reason, text
     (the prompt as its ids decode, then the answer's), its tokens' strings, log-probabilities (the
     prompt's first null) and offsets, the usage; the stream's chunks joined against the first
     choice; or what is wrong."""
     answer, chunks = got
+    n, stop, drawn = http_n(dec), dec.stop, dec.params.temperature > 0
     prompts = [list(ids), list(ids[:max(1, len(ids) // 2)])]
     choices = sorted(answer["choices"], key=lambda c: c["index"])
-    if len(choices) != 2:
-        return "%d choices for 2 prompts" % len(choices)
+    if len(choices) != 2 * n:
+        return "%d choices for 2 prompts, %d each" % (len(choices), n)
     made = 0
-    for c, p in zip(choices, prompts):
-        want = expected_answer(oracle_for(p), p, stop, text, strings)
+    for c, p, j in zip(choices, [p for p in prompts for _ in range(n)], list(range(n)) * 2):
+        case = oracle_for(p, dec.params.seed + j if drawn and j else None)  # (choice j: the seed + j)
+        want = expected_answer(case, p, stop, text, strings)
         if isinstance(want, str):
             return "choice %d: %s" % (c["index"], want)
         case, why, want_text, answer_offs = want
@@ -803,7 +812,7 @@ def check_http(ids, got, oracle_for, stop, delta, tol, text=None, strings=()):
             offs = list(np.cumsum([0] + [len(s) for s in lp["tokens"]])[:-1])
         if lp["text_offset"] != offs:
             return "choice %d: text_offset %s, not %s" % (c["index"], lp["text_offset"], offs)
-    u = answer["usage"]
+    u = answer["usage"]  # (each prompt's tokens once, its n choices' all)
     if (u["prompt_tokens"], u["completion_tokens"]) != (len(prompts[0]) + len(prompts[1]), made):
         return "usage %s: not %d prompt tokens, %d made" % (u, len(prompts[0]) + len(prompts[1]), made)
     streamed = [ch for k in chunks for ch in k["choices"]]
@@ -959,11 +968,18 @@ def one_model(args, label, folder, text, ids, seed, dec):
         dec.resolve_stop_strings(text, ids, case["gen"])
     cases = {tuple(ids): case}
 
-    def oracle_for(seq):
-        """The oracle's case of a sequence (its tokens, the prompt's and earlier turns'), once a model."""
-        if tuple(seq) not in cases:
-            cases[tuple(seq)] = stop_after(oracle_case(spec, W, list(seq), GENERATE, tol, dec, mp), dec.stop)
-        return cases[tuple(seq)]
+    def oracle_for(seq, seed=None):
+        """The oracle's case of a sequence (its tokens, the prompt's and earlier turns'; drawn with
+        another seed), once a model."""
+        key = tuple(seq) if seed is None else (tuple(seq), seed)
+        if key not in cases:
+            d = dec
+            if seed is not None:
+                d = copy.copy(dec)
+                d.params = copy.copy(dec.params)
+                d.params.seed = seed
+            cases[key] = stop_after(oracle_case(spec, W, list(seq), GENERATE, tol, d, mp), dec.stop)
+        return cases[key]
 
     if not np.isfinite(case["logits"]).all():
         print("%s: FAILED: the oracle's logits are not finite (%s)" % (label, spec_path))
@@ -979,7 +995,7 @@ def one_model(args, label, folder, text, ids, seed, dec):
         elif name.endswith("-http"):
             cmd, got, err = run_http(args, name, spec_path, w_path, ids, dec, work)
             if err is None:
-                err = check_http(ids, got, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol,
+                err = check_http(ids, got, oracle_for, dec, other_delta(deltas, case, len(ids), tol), tol,
                                  text, dec.stop_strings)
         elif name.endswith("-serve"):
             reqs = serve_requests(spec, ids, dec)
