@@ -442,6 +442,11 @@ def make_handler(backend, model, template):
                 if isinstance(body, dict):  # OpenAI's optional fields are nullable: null is the default
                     body = {k: v for k, v in body.items() if v is not None}
                 reqs, n = chat_requests(body, template) if chat else completion_requests(body)
+                for r in reqs:  # (moeppc takes JSON as UTF-8, which a lone surrogate has no form in)
+                    try:
+                        json.dumps(r, ensure_ascii=False).encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError("a string that is not Unicode text: a lone surrogate (\\ud800-\\udfff)")
             except ValueError as e:
                 return self._error(400, str(e))
             q = queue.Queue()  # every choice's lines, in the order they come

@@ -120,6 +120,34 @@ static size_t bad_bytes(const char *line, size_t len, const char **what)
 /* An id is echoed as it came: a string, a number, true/false or null. */
 static bool scalar(const cJSON *v) { return cJSON_IsString(v) || cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v); }
 
+/* The id to answer a line bad_bytes refuses with: its "id" where that holds neither of what it found
+ * (a client waits for an answer under its id), else the line's number. The line is parsed again with
+ * each NUL escape made U+FFFF, so that no string ends early; an id with U+FFFF or a byte that is not
+ * UTF-8 in it is not echoed. */
+static char *refused_id(const char *line, size_t len, const char *num)
+{
+    char *copy = xmalloc(len + 1);
+    memcpy(copy, line, len);
+    copy[len] = 0;
+    for (size_t i = 0, slashes = 0; i < len; i++) {
+        if (copy[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(copy + i + 1, "u0000", 5) == 0)
+            memcpy(copy + i + 1, "uffff", 5);
+        slashes = copy[i] == '\\' ? slashes + 1 : 0;
+    }
+    cJSON *root = cJSON_ParseWithLength(copy, len);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    bool ok = id && scalar(id);
+    if (ok && cJSON_IsString(id)) {
+        size_t n = strlen(id->valuestring);
+        ok = !strstr(id->valuestring, "\xef\xbf\xbf");
+        for (size_t i = 0; ok && i < n; i += utf8_at(id->valuestring, n, i)) ok = utf8_at(id->valuestring, n, i) > 0;
+    }
+    char *out = ok ? cJSON_PrintUnformatted(id) : xstrdup(num);
+    cJSON_Delete(root);
+    free(copy);
+    return out;
+}
+
 bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t vocab, const ServeRequest *defaults,
                          ServeRequest *q, char *why, size_t n)
 {
@@ -139,7 +167,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
     const char *what;
     size_t bad = bad_bytes(line, len, &what);
     if (bad) {
-        q->id = xstrdup(num);
+        q->id = refused_id(line, len, num);
         snprintf(why, n, "column %zu: %s", bad, what);
         cJSON_Delete(root);
         return false;

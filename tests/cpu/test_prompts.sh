@@ -171,7 +171,7 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
     echo '{"id": "j", "ids": [1], "top_p": 2}'
     echo '{"id": "k", "ids": []}'
     echo '{"id": "l", "ids": '"$(js "$SHORT")"', "max_tokens": 1, "stop": ['"$first"']}'
-    printf '{"id": "m\xff", "ids": [1]}\n' # not UTF-8 (its id had been echoed so: no JSON answer)
+    printf '{"id": "m\xff", "ids": [1]}\n' # not UTF-8 (its id had been echoed so: no JSON answer; now its line's number)
     echo '{"id": "n", "ids": [1], "stop": ["x\u0000"]}'; } >"$WORK/serve.jsonl" # (cJSON's strings end at a NUL)
   "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --serve --batch 3 <"$WORK/serve.jsonl" >"$WORK/serve.out" 2>"$WORK/serve.err"
   rc=$?
@@ -186,7 +186,7 @@ r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran
         '{"id":"h","error":"--serve line 9: unknown field \"max_token\""}'
         '{"id":"k","error":"--serve line 12: \"ids\": no tokens"}'
         '{"id":14,"error":"--serve line 14: column 10: a byte that is not UTF-8 (JSON text is UTF-8)"}'
-        '{"id":15,"error":"--serve line 15: column 36: a string with a NUL character (\\u0000), which moeppc does not take"}')
+        '{"id":"n","error":"--serve line 15: column 36: a string with a NUL character (\\u0000), which moeppc does not take"}')
   for w in "${want[@]}"; do grep -qFx -- "$w" "$WORK/serve.out" || { echo "--serve: no answer '$w' in:"; cat "$WORK/serve.out" "$WORK/serve.err"; exit 1; }; done
   # a stop token as the last token asked for still ends it as "stop" ("length" until 2026-12-06)
   grep -q '^{"id":"l","ids":\['"$first"'\],"finish_reason":"stop"' "$WORK/serve.out" ||

@@ -253,7 +253,7 @@ PYEOF
 # --serve with NUL bytes: <0x00> pieces in a prompt (echoed) and in the generated text (random weights 45
 # generate it fifth after 1 5 9) are characters of the text, written \u0000 (cJSON's strings end at a
 # NUL: they had cut the text there); ids past the pieces decode as a control piece does (nothing,
-# ending a byte run); a request that puts a NUL in a string is refused, naming its column
+# ending a byte run); a request that puts a NUL in a string is refused, naming its column, under its id
 "$PY" - "$TK" "$M" run "$tmp/t512.yaml" --random-weights 45 --tokenizer "$TK" <<'PYEOF' || fail "--serve with NUL bytes"
 import json, subprocess, sys
 import sentencepiece as spm
@@ -272,7 +272,7 @@ assert 3 in g["ids"], g  # the model's tokens do not depend on the tokenizer
 assert g["text"] == dec([1, 5, 9] + g["ids"])[len(dec([1, 5, 9])):] and "\0" in g["text"], (g["text"], dec(g["ids"]))
 assert "".join(l.get("text", "") for l in lines if l["id"] == "g" and "token" in l) == g["text"]
 assert final["e"]["prompt_text"] == dec(reqs[1]["ids"]) == "\0M\0\0" + sp.decode([300]), final["e"]
-assert "column 36" in final[3]["error"] and "NUL" in final[3]["error"], final  # (answered as line 3)
+assert "column 36" in final["n"]["error"] and "NUL" in final["n"]["error"], final  # (under its id)
 print("--serve with NUL bytes: %d of them in the generated text, 3 in the echoed prompt; a NUL in a request refused"
       % g["text"].count("\0"))
 PYEOF
