@@ -96,6 +96,8 @@ class Backend:
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)  # notified as requests end
         self.waiting = {}  # id -> queue of its answer lines (dicts); None: the subprocess ended
+        self.line_of = {}  # id -> the number of its line (moeppc answers a line it cannot read under that)
+        self.lines = 0
         self.ids = itertools.count(1)
         self.alive = True
         threading.Thread(target=self._read, daemon=True).start()
@@ -107,9 +109,12 @@ class Backend:
             except ValueError:
                 continue
             with self.lock:
-                q = self.waiting.get(msg.get("id"))
+                rid = msg.get("id")
+                if isinstance(rid, int) and not isinstance(rid, bool):  # a line moeppc could not read
+                    rid = next((r for r, n in self.line_of.items() if n == rid), rid)
+                q = self.waiting.get(rid) if isinstance(rid, str) else None
             if q is not None:
-                q.put(msg)
+                q.put(dict(msg, id=rid))
         with self.lock:
             self.alive = False
             for q in self.waiting.values():
@@ -135,6 +140,7 @@ class Backend:
     def done(self, rid):
         with self.lock:
             self.waiting.pop(rid, None)
+            self.line_of.pop(rid, None)
             self.idle.notify_all()
 
     def drain(self):
@@ -147,7 +153,10 @@ class Backend:
         try:
             self.proc.stdin.write((json.dumps(obj) + "\n").encode())
         except (BrokenPipeError, ValueError):
-            pass  # the reader sees the end
+            return  # the reader sees the end
+        self.lines += 1
+        if "id" in obj:
+            self.line_of[obj["id"]] = self.lines
 
     def close(self):
         try:
@@ -442,11 +451,13 @@ def make_handler(backend, model, template):
                 if isinstance(body, dict):  # OpenAI's optional fields are nullable: null is the default
                     body = {k: v for k, v in body.items() if v is not None}
                 reqs, n = chat_requests(body, template) if chat else completion_requests(body)
-                for r in reqs:  # (moeppc takes JSON as UTF-8, which a lone surrogate has no form in)
+                for r in reqs:  # what JSON has no form for: a lone surrogate (not UTF-8), NaN or an infinity
                     try:
-                        json.dumps(r, ensure_ascii=False).encode("utf-8")
+                        json.dumps(r, ensure_ascii=False, allow_nan=False).encode("utf-8")
                     except UnicodeEncodeError:
                         raise ValueError("a string that is not Unicode text: a lone surrogate (\\ud800-\\udfff)")
+                    except ValueError:
+                        raise ValueError("a number that is not finite (NaN, Infinity, or past a double's range)")
             except ValueError as e:
                 return self._error(400, str(e))
             q = queue.Queue()  # every choice's lines, in the order they come

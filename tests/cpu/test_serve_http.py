@@ -202,7 +202,9 @@ try:
                          # moeppc refuses a NUL under the request's id (under its line's number, the front
                          # had waited for ever), and a lone surrogate has no UTF-8 form to send it in
                          ({"prompt": [1], "stop": ["a\u0000"]}, "NUL"),
-                         ({"prompt": [1], "stop": ["\ud800"]}, "surrogate")):
+                         ({"prompt": [1], "stop": ["\ud800"]}, "surrogate"),
+                         ({"prompt": [1], "temperature": float("nan")}, "not finite"),  # (Python's JSON takes NaN
+                         ({"prompt": [1], "top_p": float("inf")}, "not finite")):  # and Infinity; moeppc does not)
         status, _, data = call("POST", "/v1/completions", body)
         if status != 400 or reason not in json.loads(data)["error"]["message"]:
             fail("%s: %d %r, want 400 saying %r" % (body, status, data, reason))
@@ -283,5 +285,30 @@ if (stopped["text"], stopped["finish_reason"]) != (want["text"][:want["text"].fi
 if (got["text"], got["token_ids"]) != (want["text"], want["ids"]) or not want["text"] or joined != want["text"]:
     fail("text: %r %s, streamed %r; moeppc --serve: %r %s" % (got["text"], got["token_ids"], joined, want["text"], want["ids"]))
 print("serve_http: completions, a stream, 5 at once, a next turn and n choices as alone; a batch of prompts scored "
-      "(echo, logprobs) as moeppc's, and echoed streamed; 10 bad requests refused; requests given up (streamed or not) "
+      "(echo, logprobs) as moeppc's, and echoed streamed; 14 bad requests refused; requests given up (streamed or not) "
       "cancelled; text as moeppc's, streamed the same, cut by a stop string, echoed with its pieces, streamed too")
+
+# the front's Backend routes an answer moeppc gives under a line's number (a line it could not read)
+# to the request of that line, rather than leave its client waiting for ever: a stand-in for moeppc
+# that answers every line so
+sys.path.insert(0, os.path.join(SRC, "examples", "serve_http"))
+import moeppc_http  # noqa: E402
+import queue  # noqa: E402
+
+fake = moeppc_http.Backend([sys.executable, "-c", "import json, sys\nfor i, _ in enumerate(sys.stdin, 1):\n"
+                            "    print(json.dumps({'id': i, 'error': 'line %d unreadable' % i}), flush=True)"])
+qs = [queue.Queue() for _ in range(3)]
+rids = [fake.submit({"ids": [1]}, q) for q in qs[:2]]
+fake.cancel(rids[0])  # (a line of its own: the third request is line 4)
+rids.append(fake.submit({"ids": [2]}, qs[2]))
+try:
+    got = [q.get(timeout=30) for q in qs]
+except queue.Empty:
+    fail("an answer under a line's number did not reach its request")
+if [(m["id"], m["error"]) for m in got] != [(rids[0], "line 1 unreadable"), (rids[1], "line 2 unreadable"),
+                                            (rids[2], "line 4 unreadable")]:
+    fail("answers under line numbers routed as %s" % got)
+for r in rids:
+    fake.done(r)
+fake.close()
+print("serve_http: answers under a line's number reach that line's request")
