@@ -102,17 +102,25 @@ static size_t utf8_at(const char *s, size_t n, size_t i)
  * is UTF-8; an id so echoed would make the answer line no JSON) or an escaped NUL character (\u0000:
  * cJSON's strings end at a NUL, so such an id, prompt or stop string would be cut short). Its column
  * (1-based; 0: none) and what it is in *what. */
+/* Whether line[i] begins a \u0000 escape, the backslashes right before it counted in *slashes (an
+ * escaped backslash does not begin one); call for each i in turn. */
+static bool nul_escape_at(const char *line, size_t len, size_t i, size_t *slashes)
+{
+    bool at = line[i] == '\\' && *slashes % 2 == 0 && len - i >= 6 && memcmp(line + i + 1, "u0000", 5) == 0;
+    *slashes = line[i] == '\\' ? *slashes + 1 : 0;
+    return at;
+}
+
 static size_t bad_bytes(const char *line, size_t len, const char **what)
 {
     for (size_t i = 0, slashes = 0; i < len; i++) {
-        if (line[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(line + i + 1, "u0000", 5) == 0)
+        if (nul_escape_at(line, len, i, &slashes))
             return *what = "a string with a NUL character (\\u0000), which moeppc does not take", i + 1;
         if ((unsigned char)line[i] >= 0x80) {
             size_t k = utf8_at(line, len, i);
             if (!k) return *what = "a byte that is not UTF-8 (JSON text is UTF-8)", i + 1;
-            i += k - 1;
+            i += k - 1; /* (its bytes are no backslash: slashes is 0 after the first) */
         }
-        slashes = line[i] == '\\' ? slashes + 1 : 0;
     }
     return 0;
 }
@@ -129,11 +137,8 @@ static char *refused_id(const char *line, size_t len, const char *num)
     char *copy = xmalloc(len + 1);
     memcpy(copy, line, len);
     copy[len] = 0;
-    for (size_t i = 0, slashes = 0; i < len; i++) {
-        if (copy[i] == '\\' && slashes % 2 == 0 && len - i >= 6 && memcmp(copy + i + 1, "u0000", 5) == 0)
-            memcpy(copy + i + 1, "uffff", 5);
-        slashes = copy[i] == '\\' ? slashes + 1 : 0;
-    }
+    for (size_t i = 0, slashes = 0; i < len; i++)
+        if (nul_escape_at(copy, len, i, &slashes)) memcpy(copy + i + 1, "uffff", 5);
     cJSON *root = cJSON_ParseWithLength(copy, len);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
     bool ok = id && scalar(id);
