@@ -177,9 +177,11 @@ try:
             fail("%s: %d %s, want 400 saying %r" % (body, status, got, reason))
 finally:
     stop(server)
-# --chat-template with a plain Jinja file (ChatML's form, special tokens as text): its text, no <s> added
+# --chat-template with a plain Jinja file (ChatML's form, special tokens as text): its text, no <s> added;
+# its block tags on lines of their own, indented, as Zephyr's are: trim_blocks and lstrip_blocks take
+# those lines out (this tokenizer keeps newlines and spaces)
 with open(os.path.join(work, "chatml.jinja"), "w") as f:
-    f.write("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}<|assistant|>")
+    f.write("{% for m in messages %}\n<|{{ m['role'] }}|> {{ m['content'] }}\n  {% endfor %}\n<|assistant|>")
 server, port = start(RUN, ["--chat-template", os.path.join(work, "chatml.jinja")])
 try:
     c = chat(port, {"messages": TURN1, "max_tokens": 3})

@@ -47,7 +47,11 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               3), and of the prompt streamed: each choice's token_ids, finish_reason, text (the
               prompt's, then the answer's, cut by stop strings), tokens' strings, log-probabilities,
               top log-probabilities' best and text_offset against the oracle, the usage, and the
-              stream's chunks joined against the first choice;  emu-http: the same on the emulator
+              stream's chunks joined against the first choice; in half the seeds with a tokenizer
+              /v1/chat/completions of random messages through one of four chat templates
+              (serve_text.CHAT_TEMPLATES; rendered and tokenized as transformers and Hugging Face's
+              tokenizers do), streamed and not, and the conversation's next turn;  emu-http: the
+              same on the emulator
   lib         the embedding library (emit --emit lib) through examples/embed_c against the
               interpreter's layer (tests/embed/test_example.sh; --embed-ref: embed_layer_ref);
               lib-emu: its CUDA build (--target emu) through embed_python --cuda on the emulator
@@ -190,6 +194,7 @@ class Decode:
         self.stop_str = None  # (where, length, another from the prompt): a "stop" string from the text
         self.stop_strings = []  # ... once the oracle's tokens are known (resolve_stop_strings)
         self.special = None  # the ids of a fourth request (its text's cases: NUL, control ids, byte runs)
+        self.chat = None  # the HTTP paths' chat request: (serve_text.CHAT_TEMPLATES' name, its messages' seed)
 
     @staticmethod
     def draw(rng, vocab):
@@ -232,6 +237,12 @@ class Decode:
                 pool = [0, 1, 2, 3, 3, 0xe6 + 3, 0x97 + 3, 0xa5 + 3, 0xf0 + 3, 0x9f + 3, 0xc3 + 3, 0x5c + 3, vocab - 1]
                 self.special = [rng.choice([i for i in pool if i < vocab]) for _ in range(rng.randint(2, 8))]
 
+    def draw_chat(self, rng):
+        """With a tokenizer, in half the seeds a chat request for the HTTP paths: a template and the
+        seed of its messages (serve_text.draw_messages)."""
+        if self.tok and rng.random() < 0.5:
+            self.chat = (rng.choice(sorted(serve_text.CHAT_TEMPLATES)), rng.randrange(1 << 30))
+
     def resolve_stop_strings(self, text, ids, gen):
         """The "stop" strings from the texts of the oracle's answer to the prompt ids and of the prompt:
         runs of characters without U+FFFD (the mark of bytes no character has)."""
@@ -259,7 +270,7 @@ class Decode:
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
         stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
-        stop_str=0.25,2,1 special=3,1,236' (any of them)."""
+        stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -275,6 +286,8 @@ class Decode:
                 d.tok = v
             elif k == "special":
                 d.special = [int(x) for x in v.split(",")]
+            elif k == "chat" and v.split(",")[0] in serve_text.CHAT_TEMPLATES:
+                d.chat = (v.split(",")[0], int(v.split(",")[1]))
             elif k == "stop_str":
                 where, length, from_prompt = v.split(",")
                 d.stop_str = (float(where), int(length), int(from_prompt))
@@ -299,6 +312,8 @@ class Decode:
             out.append("stop_str=%r,%d,%d" % self.stop_str)
         if self.special:
             out.append("special=%s" % ",".join(map(str, self.special)))
+        if self.chat:
+            out.append("chat=%s,%d" % self.chat)
         return " ".join(out) or "greedy"
 
     def max_positions(self, T):
@@ -701,15 +716,83 @@ def http_n(dec):
     return 2 if dec.params.temperature == 0 or dec.params.seed < (1 << 53) - 1 else 1
 
 
-def run_http(args, name, spec_path, w_path, ids, dec, work):
+def chat_case(dec, text, spec, mp, work):
+    """The HTTP paths' chat request, where the seed draws one and the tokenizer and jinja2 are here:
+    {"messages", "config" (a tokenizer_config.json with the template, for the front), "ids" (the
+    template's text as Hugging Face tokenizes it) or "refused" (the template's reason), "wire" (the
+    messages as sent: some contents as lists of text parts), "limit" ("max_tokens" or
+    "max_completion_tokens"; None where the caches end the answer first: the front's default, until
+    their end), "next" (a function of the answer's content: the next turn's messages and ids, or None)};
+    None where there is none, or the text would not leave the caches room."""
+    if not (dec.chat and text and serve_text.chat_available()):
+        return None
+    name, seed = dec.chat
+    msgs = serve_text.draw_messages(random.Random(seed), name)
+    bos, eos = (text.sp.id_to_piece(i) if i >= 0 else x for i, x in ((text.sp.bos_id(), "<s>"),
+                                                                      (text.sp.eos_id(), "</s>")))
+    room = mp or spec.max_pos
+
+    def ids_of(messages):  # (the ids, or None where the template refuses them: its reason)
+        try:
+            rendered = serve_text.render_chat(name, messages, bos, eos)
+        except ValueError as e:
+            return None, str(e)
+        return serve_text.encode_special(text.sp, text.specials(), rendered.encode()), None
+
+    rng = random.Random(seed + 1)
+    halves = lambda t: [{"type": "text", "text": t[:len(t) // 2]}, {"type": "text", "text": t[len(t) // 2:]}]
+    chat = {"messages": msgs, "config": os.path.join(work, "tokenizer_config.json"),
+            "wire": [m if rng.random() < 0.7 else dict(m, content=halves(m["content"])) for m in msgs],
+            "limit": rng.choice(["max_tokens", "max_completion_tokens"])}
+    user = serve_text.draw_messages(rng, "mistral")[-1]
+
+    def next_turn(content):
+        more = msgs + [{"role": "assistant", "content": content}, user]
+        ids, _ = ids_of(more)
+        return (more, ids) if ids and len(ids) < room - 1 and len(ids) + GENERATE < room else None
+
+    chat["next"] = next_turn
+    with open(chat["config"], "w") as f:
+        json.dump({"chat_template": serve_text.CHAT_TEMPLATES[name][1], "bos_token": bos, "eos_token": eos}, f)
+    chat["ids"], chat["refused"] = ids_of(msgs)
+    if chat["refused"]:
+        return chat
+    if len(chat["ids"]) + GENERATE >= room:
+        chat["limit"] = None
+    return chat if 0 < len(chat["ids"]) < room - 1 else None
+
+
+def post(host, port, path, body, timeout):
+    """A request to the front: (status, its JSON answer, or a stream's events without [DONE], or the
+    text of an error); raise ValueError on a stream without its [DONE]."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    raw = r.read().decode()
+    conn.close()
+    if r.status != 200:
+        return r.status, raw
+    if not body.get("stream"):
+        return r.status, json.loads(raw)
+    events = [ln[6:] for ln in raw.split("\n") if ln.startswith("data: ")]
+    if events[-1:] != ["[DONE]"]:
+        raise ValueError("a stream without its [DONE]: %r" % raw[-300:])
+    return r.status, [json.loads(e) for e in events[:-1]]
+
+
+def run_http(args, name, spec_path, w_path, ids, dec, work, chat=None):
     """Path cpu-http: examples/serve_http/moeppc_http.py in front of moeppc run (the seed's tokenizer,
     its decoding), asked for the completions of the prompt and its first half in one request ("n"
-    of each: http_n; "echo", "logprobs": 3) and for the prompt again streamed. The command, (the
-    answer, the streamed chunks), or an error."""
+    of each: http_n; "echo", "logprobs": 3) and for the prompt again streamed; with chat (chat_case)
+    for the chat completion of its messages ("n" as above, "logprobs", "top_logprobs": 3), for the
+    same streamed with the usage, and where it fits for the next turn after the first choice's
+    content. The command, (the answers, the streamed chunks, and with chat the chat's (status,
+    answer) and (status, chunks), and the next turn's (status, answer) and ids), or an error."""
     tok = ["--tokenizer", args.tokenizers[dec.tok]] if dec.tok and args.tokenizers else []
     flags, env_extra = PATHS[name]
-    cmd = [sys.executable, FRONT, "--port", "0", "--", args.moeppc, "run", spec_path, "--weights", w_path,
-           "--generate", str(GENERATE), "--ignore-eos"] + tok + dec.flags(len(ids)) + flags
+    cmd = [sys.executable, FRONT, "--port", "0"] + (["--chat-template", chat["config"]] if chat else []) + [
+        "--", args.moeppc, "run", spec_path, "--weights", w_path, "--generate", str(GENERATE), "--ignore-eos"] + \
+        tok + dec.flags(len(ids)) + flags
     env = dict(os.environ, **env_extra)
     if name.startswith("emu"):
         env["MOEPPC_CUDA_DRIVER"] = args.emu_driver
@@ -719,7 +802,8 @@ def run_http(args, name, spec_path, w_path, ids, dec, work):
         m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
         if not m:
             return cmd, None, "the front did not start: %r %s" % (line, proc.stderr.read()[-600:])
-        body = {"max_tokens": GENERATE, "logprobs": LOGPROBS, "echo": True}
+        where = (m.group(1), int(m.group(2)))
+        body = {"max_tokens": GENERATE}
         if dec.stop or dec.stop_strings:
             body["stop"] = dec.stop + dec.stop_strings
         p = dec.params
@@ -731,20 +815,20 @@ def run_http(args, name, spec_path, w_path, ids, dec, work):
         got = []
         for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])], n=http_n(dec)),
                   dict(body, prompt=list(ids), stream=True)):
-            conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=args.timeout)
-            conn.request("POST", "/v1/completions", json.dumps(b), {"Content-Type": "application/json"})
-            r = conn.getresponse()
-            raw = r.read().decode()
-            conn.close()
-            if r.status != 200:
-                return cmd, None, "HTTP %d: %s" % (r.status, raw[-600:])
-            if not b.get("stream"):
-                got.append(json.loads(raw))
-                continue
-            events = [ln[6:] for ln in raw.split("\n") if ln.startswith("data: ")]
-            if events[-1:] != ["[DONE]"]:
-                return cmd, None, "a stream without its [DONE]: %r" % raw[-300:]
-            got.append([json.loads(e) for e in events[:-1]])
+            status, answer = post(*where, "/v1/completions", dict(b, logprobs=LOGPROBS, echo=True), args.timeout)
+            if status != 200:
+                return cmd, None, "HTTP %d: %s" % (status, answer[-600:])
+            got.append(answer)
+        if chat:
+            limit = body.pop("max_tokens")
+            body.update({"messages": chat["wire"], "logprobs": True, "top_logprobs": LOGPROBS},
+                        **({chat["limit"]: limit} if chat["limit"] else {}))
+            for b in (dict(body, n=http_n(dec)), dict(body, stream=True, stream_options={"include_usage": True})):
+                got.append(post(*where, "/v1/chat/completions", b, args.timeout))
+            turn = got[-2][0] == 200 and chat["next"](min(got[-2][1]["choices"], key=lambda c: c["index"])
+                                                      ["message"]["content"])
+            if turn:  # (within max_tokens: its ids and GENERATE fit)
+                got += [post(*where, "/v1/chat/completions", dict(body, messages=turn[0], n=1), args.timeout), turn[1]]
         return cmd, got, None
     except (OSError, ValueError, KeyError) as e:
         return cmd, None, "the front: %s" % e
@@ -762,7 +846,7 @@ def check_http(ids, got, oracle_for, dec, delta, tol, text=None, strings=()):
     (the prompt as its ids decode, then the answer's), its tokens' strings, log-probabilities (the
     prompt's first null) and offsets, the usage; the stream's chunks joined against the first
     choice; or what is wrong."""
-    answer, chunks = got
+    answer, chunks = got[:2]
     n, stop, drawn = http_n(dec), dec.stop, dec.params.temperature > 0
     prompts = [list(ids), list(ids[:max(1, len(ids) // 2)])]
     choices = sorted(answer["choices"], key=lambda c: c["index"])
@@ -834,6 +918,106 @@ def check_http(ids, got, oracle_for, dec, delta, tol, text=None, strings=()):
                 x is None or abs(x - y) <= 1e-6 + tol * abs(y)) for x, y in zip(got, whole[k]))
         if (got != whole[k]) if k != "token_logprobs" else not near:
             return "the stream's logprobs %s: %s; answered %s" % (k, got, whole[k])
+    return None
+
+
+def check_chat_answer(ids, answer, n, oracle_for, dec, delta, tol, text, strings):
+    """A chat completion's choices after the template's ids against the oracle's: each one's tokens (by
+    their strings and bytes in "logprobs"), log-probabilities and likeliest, content, finish_reason,
+    and the usage; or what is wrong."""
+    drawn = dec.params.temperature > 0
+    choices = sorted(answer["choices"], key=lambda c: c["index"])
+    if len(choices) != n:
+        return "%d choices, not %d" % (len(choices), n)
+    entry_ids = {}  # a token's (string, bytes) in "logprobs": its ids
+    for i in range(len(oracle_for(ids)["logits"][0])):
+        entry_ids.setdefault(repr(text.chat_entry(i)), []).append(i)
+    made = 0
+    for j, c in enumerate(choices):
+        case = oracle_for(ids, dec.params.seed + j if drawn and j else None)
+        want = expected_answer(case, ids, dec.stop, text, strings)
+        if isinstance(want, str):
+            return "choice %d: %s" % (j, want)
+        case, why, want_text, _ = want
+        entries = (c["logprobs"] or {}).get("content") or []
+        gen = []  # the tokens the entries name: the oracle's where it is one of them
+        for g, e in enumerate(entries):
+            names = entry_ids.get(repr((e["token"], e["bytes"])), [-1])
+            gen.append(case["gen"][g] if g < len(case["gen"]) and case["gen"][g] in names else names[0])
+        err = check_tokens(gen, case, len(ids), delta)
+        if err:
+            return "choice %d: %s" % (j, err)
+        made += len(gen)
+        why = "length" if why == "max_positions" else why
+        if c["finish_reason"] != why or c["message"] != {"role": "assistant", "content": c["message"]["content"]} or \
+                (want_text is not None and c["message"]["content"] != want_text):
+            return "choice %d: finish_reason %r, message %r; not %r, %r (tokens %s)" % (
+                j, c["finish_reason"], c["message"], why, want_text, gen)
+        lsm = log_softmax(case["logits"])
+        scale = float(np.abs(case["logits"][:len(ids)]).max())
+        upto = len(case["logits"]) if case["route_tie"] is None else case["route_tie"]
+        for g, e in enumerate(entries):
+            row = len(ids) - 1 + g
+            if row >= upto:
+                break
+            tops = [(t, [i for i in entry_ids.get(repr((t["token"], t["bytes"])), [])
+                         if abs(t["logprob"] - lsm[row, i]) <= 2 * tol * scale]) for t in e["top_logprobs"]]
+            if abs(e["logprob"] - lsm[row, gen[g]]) > 2 * tol * scale or len(tops) != LOGPROBS or \
+                    not all(named for _, named in tops) or \
+                    abs(max(t["logprob"] for t, _ in tops) - lsm[row].max()) > 2 * tol * scale:
+                return "choice %d: token %d (%d): logprob %r, top %r; the oracle %.6g, best %.6g" % (
+                    j, g, gen[g], e["logprob"], e["top_logprobs"], lsm[row, gen[g]], lsm[row].max())
+    u = answer["usage"]
+    if (u["prompt_tokens"], u["completion_tokens"]) != (len(ids), made) or \
+            not 0 <= u["prompt_tokens_details"]["cached_tokens"] <= len(ids) * n:
+        return "usage %s: not %d prompt tokens, %d made" % (u, len(ids), made)
+    return None
+
+
+def check_chat(chat, got, oracle_for, dec, delta, tol, text, strings=()):
+    """The front's chat answers (run_http's last ones) against the oracle's: where the template refuses
+    the messages, 400 with its reason; else the answer (check_chat_answer), the stream's role,
+    deltas, logprobs and usage against its first choice, and the next turn's answer (the first
+    choice's content as the assistant's message, then the user's), whose template's text tokenizes
+    to other ids than the first's prompt and answer, so that the caches hold only a prefix of it; or
+    what is wrong."""
+    (status, answer), (s_status, chunks) = got[:2]
+    if chat["refused"]:
+        for st, a in got:
+            if st != 400 or chat["refused"] not in a:
+                return "chat: the template refuses the messages (%s); answered %d %s" % (chat["refused"], st, a[-300:])
+        return None
+    if status != 200 or s_status != 200:
+        return "chat: HTTP %d, %d: %s" % (status, s_status, (answer if status != 200 else chunks)[-600:])
+    err = check_chat_answer(chat["ids"], answer, http_n(dec), oracle_for, dec, delta, tol, text, strings)
+    if err:
+        return "chat " + err
+    first = min(answer["choices"], key=lambda c: c["index"])
+    if not chunks or chunks[0]["choices"] != [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "logprobs": None, "finish_reason": None}]:
+        return "chat stream: its first chunk %s, not the role's" % (chunks[:1],)
+    body = [ch for k in chunks[1:-1] for ch in k["choices"]]
+    content = "".join(ch["delta"].get("content", "") for ch in body)
+    entries = [e for ch in body for e in (ch["logprobs"] or {}).get("content", [])]
+    whole = first["logprobs"]["content"]
+    same = len(entries) == len(whole) and all(
+        (a["token"], a["bytes"]) == (b["token"], b["bytes"]) and abs(a["logprob"] - b["logprob"]) <= 1e-6 + tol * abs(
+            b["logprob"]) for a, b in zip(entries, whole))
+    if content != first["message"]["content"] or body[-1]["finish_reason"] != first["finish_reason"] or not same:
+        return "chat stream: content %r, finish %r, logprobs %s; answered %r, %r, %s" % (
+            content, body[-1]["finish_reason"], entries, first["message"]["content"], first["finish_reason"], whole)
+    su = chunks[-1].get("usage") or {}
+    if chunks[-1]["choices"] != [] or (su.get("prompt_tokens"), su.get("completion_tokens")) != (
+            len(chat["ids"]), len(whole)) or not 0 <= su["prompt_tokens_details"]["cached_tokens"] <= len(chat["ids"]):
+        return "chat stream: its last chunk %s, not the usage of %d prompt tokens, %d made" % (
+            chunks[-1], len(chat["ids"]), len(whole))
+    if len(got) > 2:  # the next turn
+        (status, answer), next_ids = got[2], got[3]
+        if status != 200:
+            return "chat's next turn: HTTP %d: %s" % (status, answer[-600:])
+        err = check_chat_answer(next_ids, answer, 1, oracle_for, dec, delta, tol, text, strings)
+        if err:
+            return "chat's next turn " + err
     return None
 
 
@@ -918,6 +1102,9 @@ def one_seed(args, seed):
     dec = Decode.draw(random.Random(seed * 7919 + 1), parse_spec(text)["model"]["vocab"])
     dec.draw_batch(random.Random(seed * 7919 + 2))
     dec.draw_text(random.Random(seed * 7919 + 3), parse_spec(text)["model"]["vocab"])
+    dec.draw_chat(random.Random(seed * 7919 + 4))
+    if dec.chat and dec.chat[1] % 3:  # room in the caches for a template's text (in a third of them, as it falls)
+        text = re.sub(r"(?m)^(  max_positions: )(\d+)$", lambda m: m.group(1) + str(int(m.group(2)) + 64), text)
     if dec.describe() != "greedy":
         text = text.replace("\n", "\n# decode: %s\n" % dec.describe(), 1)
     return one_model(args, "seed %d" % seed, "seed-%d" % seed, text, ids, seed, dec)
@@ -993,10 +1180,13 @@ def one_model(args, label, folder, text, ids, seed, dec):
         if name.startswith("lib"):
             cmd, err = run_lib(args, name, spec_path, work)
         elif name.endswith("-http"):
-            cmd, got, err = run_http(args, name, spec_path, w_path, ids, dec, work)
+            chat = chat_case(dec, text, spec, mp, work)
+            cmd, got, err = run_http(args, name, spec_path, w_path, ids, dec, work, chat)
+            delta = other_delta(deltas, case, len(ids), tol)
             if err is None:
-                err = check_http(ids, got, oracle_for, dec, other_delta(deltas, case, len(ids), tol), tol,
-                                 text, dec.stop_strings)
+                err = check_http(ids, got, oracle_for, dec, delta, tol, text, dec.stop_strings)
+            if err is None and chat:
+                err = check_chat(chat, got[2:], oracle_for, dec, delta, tol, text, dec.stop_strings)
         elif name.endswith("-serve"):
             reqs = serve_requests(spec, ids, dec)
             cmd, answers, err = run_serve(args, name, spec_path, w_path, reqs, dec, work)

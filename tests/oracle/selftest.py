@@ -289,6 +289,31 @@ def test_serve_text():
         check("unfinished(%s)" % [hex(b) for b in run], unfinished(run) == want, str(unfinished(run)))
 
 
+def test_render_chat():
+    """serve_text.render_chat: each template's text for a conversation, written out by hand as its
+    model's card gives it (Zephyr's block lines gone by trim_blocks and lstrip_blocks), and a refusal."""
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        return
+    from serve_text import render_chat
+    cases = [("mistral", [("user", "hi"), ("assistant", "yo"), ("user", "ok")],
+              "<s>[INST] hi [/INST]yo</s>[INST] ok [/INST]"),
+             ("llama2", [("system", "be"), ("user", " hi "), ("assistant", "yo"), ("user", "ok")],
+              "<s>[INST] <<SYS>>\nbe\n<</SYS>>\n\n hi [/INST] yo </s><s>[INST] ok [/INST]"),
+             ("zephyr", [("system", "be"), ("user", "hi")], "<|system|>\nbe</s>\n<|user|>\nhi</s>\n<|assistant|>\n"),
+             ("tojson", [("system", " be "), ("user", 'q"\u00e9')],
+              '<s>system "be"</s>\n<s>user "q\\"\u00e9"</s>\n<s>assistant 1:')]
+    for name, msgs, want in cases:
+        got = render_chat(name, [{"role": r, "content": c} for r, c in msgs], "<s>", "</s>")
+        check("render_chat(%s)" % name, got == want, repr(got))
+    try:
+        render_chat("mistral", [{"role": "assistant", "content": "x"}], "<s>", "</s>")
+        check("render_chat refuses an assistant first", False, "rendered")
+    except ValueError as e:
+        check("render_chat's reason", "must alternate" in str(e), str(e))
+
+
 def main():
     for name, fn in sorted(globals().items()):
         if name.startswith("test_"):

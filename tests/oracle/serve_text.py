@@ -11,8 +11,10 @@ for the rest), those bytes belong to the answer's text, since decoding holds the
 token says. Decoding holds such an unfinished end back while it streams, and a "stop" string is
 searched for in that text as each token adds to it: the first token after which one begins in it
 ends the answer, whose text ends where the earliest of them begins."""
+import json
 import os
 import random
+import re
 
 try:
     import sentencepiece as spm
@@ -96,6 +98,23 @@ class Text:
         self.n = self.sp.get_piece_size()
         self.control = next(i for i in range(self.n) if self.sp.is_control(i))
 
+    def specials(self):
+        """The pieces a chat template's text names by their text (encode_special): control and unknown."""
+        return [x for x in (self.sp.id_to_piece(i) for i in range(self.n)
+                            if self.sp.is_control(i) or self.sp.is_unknown(i)) if x]
+
+    def chat_entry(self, i):
+        """Token i as a chat completion's "logprobs" give it (README, *Decoding*): its string (the piece,
+        U+2581 a space; a byte piece's byte, \\xXX where it is no character alone; past the pieces
+        "token_id:N") and its bytes."""
+        if i >= self.n:
+            b = ("token_id:%d" % i).encode()
+        elif self.sp.is_byte(i):
+            b = bytes([int(self.sp.id_to_piece(i)[3:5], 16)])
+        else:
+            b = self.sp.id_to_piece(i).replace("\u2581", " ").encode()
+        return b.decode("utf-8", "backslashreplace"), list(b)
+
     def _ids(self, ids):
         return [i if i < self.n else self.control for i in ids]
 
@@ -137,3 +156,104 @@ class Text:
             if at:
                 return g, t[:min(at)]
         return None, None
+
+
+def encode_special(sp, specials, t):
+    """Hugging Face's tokenization of a chat template's text (bytes t): split at its special pieces
+    (the longest first where several begin at one place), each piece its id and each other part
+    sentencepiece's encoding of it alone; no beginning-of-sequence id added."""
+    ids = []
+    if not specials:
+        return sp.encode(t)
+    alt = "|".join(re.escape(x.encode("utf-8")).decode("latin-1") for x in sorted(specials, key=len, reverse=True))
+    for k, part in enumerate(re.split(("(" + alt + ")").encode("latin-1"), t)):
+        if k % 2:
+            ids.append(sp.piece_to_id(part.decode("utf-8")))
+        elif part:
+            ids += sp.encode(part)
+    return ids
+
+
+# Chat templates as checkpoints ship them (Mistral-Instruct's, Llama-2-chat's, Zephyr's: its blocks on
+# lines of their own, which trim_blocks and lstrip_blocks take out) and one of Jinja's other forms
+# (whitespace control, a namespace, tojson, the content trimmed): the roles each takes.
+CHAT_TEMPLATES = {
+    "mistral": (["user", "assistant"],
+                "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+                "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+                "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+                "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+                "{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant "
+                "roles are supported!') }}{% endif %}{% endfor %}"),
+    "llama2": (["system", "user", "assistant"],
+               "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+               "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+               "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+               "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation "
+               "roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and "
+               "system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + "
+               "message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+               "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+               "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+               "{% endfor %}"),
+    "zephyr": (["system", "user", "assistant"],
+               "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\\n' + "
+               "message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\\n' + "
+               "message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
+               "{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+               "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"),
+    "tojson": (["system", "user", "assistant"],
+               "{%- set ns = namespace(turns=0) -%}\n{%- for m in messages -%}\n"
+               "  {%- if m['role'] != 'system' %}{% set ns.turns = ns.turns + 1 %}{% endif -%}\n"
+               "  {{- bos_token + m['role'] + ' ' + (m['content'] | trim | tojson) + eos_token + '\\n' -}}\n"
+               "{%- endfor -%}\n{%- if add_generation_prompt -%}\n"
+               "  {{- bos_token + 'assistant ' + ns.turns | string + ':' -}}\n{%- endif -%}"),
+}
+CHAT_WORDS = ["a", "the", "list", "orb", "mint", "tool", "rest", ",", ".", "!", "\n", "  ", "</s>", "<s>", "<unk>",
+              "[INST]", "<mask>", "é", "中", "🙂", '"q"', "\\"]
+
+
+def draw_messages(rng, template):
+    """A conversation for a template: an optional system message (where it takes one), then turns
+    of user and assistant, ending with the user's; in one in ten a wrong order (the template says
+    why, or renders what it renders)."""
+    roles, _ = CHAT_TEMPLATES[template]
+    msgs = [{"role": "system"}] if "system" in roles and rng.random() < 0.4 else []
+    msgs += [{"role": ("user", "assistant")[i % 2]} for i in range(2 * rng.randint(0, 2) + 1)]
+    if rng.random() < 0.1:
+        rng.shuffle(msgs)
+    for m in msgs:
+        m["content"] = "".join(rng.choice(CHAT_WORDS) if rng.random() < 0.3 else " " + rng.choice(CHAT_WORDS[:7])
+                               for _ in range(rng.randint(0, 6)))
+    return msgs
+
+
+def render_chat(template, messages, bos, eos):
+    """The template's text for messages as transformers' apply_chat_template renders it (Jinja's
+    sandbox, trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson,
+    add_generation_prompt), or raise ValueError with the template's reason."""
+    import jinja2
+    import jinja2.ext
+    import jinja2.sandbox
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(CHAT_TEMPLATES[template][1]).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos, unk_token="<unk>")
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(str(e))
+
+
+def chat_available():
+    try:
+        import jinja2.sandbox  # noqa: F401
+        return spm is not None
+    except ImportError:
+        return False

@@ -11,14 +11,14 @@ the next id: a last unfinished UTF-8 character of byte pieces left out); HEX is 
 hex, "-" when empty."""
 import os
 import random
-import re
 import sys
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "oracle"))
-from serve_text import unfinished  # noqa: E402  (what of a byte run's end waits for more)
+from serve_text import encode_special, unfinished  # noqa: E402  (the reference of special texts; what of a
+# byte run's end waits for more)
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -117,21 +117,6 @@ def special_texts(specials):
         parts = [rng.choice(specials) if rng.random() < 0.4 else sentence() for _ in range(rng.randint(1, 6))]
         out_.append(rng.choice(["", " ", "\n"]).join(parts).encode("utf-8"))
     return out_
-
-
-def encode_special(sp, specials, t):
-    """The reference: the text split at its special pieces (the longest first where several begin at one
-    place), each piece its id and each other part sentencepiece's encoding of it alone."""
-    ids = []
-    if not specials:
-        return sp.encode(t)
-    alt = "|".join(re.escape(x.encode("utf-8")).decode("latin-1") for x in sorted(specials, key=len, reverse=True))
-    for k, part in enumerate(re.split(("(" + alt + ")").encode("latin-1"), t)):
-        if k % 2:
-            ids.append(sp.piece_to_id(part.decode("utf-8")))
-        elif part:
-            ids += sp.encode(part)
-    return ids
 
 
 def hexs(b):
