@@ -73,6 +73,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream", "echo"}
 CHAT_FIELDS = FIELDS - {"echo", "max_tokens"}
@@ -415,6 +416,8 @@ def make_handler(backend, model, template):
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:  # (said, so that a client keeping connections open makes a new one)
+                self.send_header("Connection", "close")
             self.end_headers()
             try:
                 self.wfile.write(data)
@@ -432,7 +435,70 @@ def make_handler(backend, model, template):
             else:
                 self._error(404, "no such endpoint: " + self.path, "not_found")
 
+        def _body(self):
+            """The request's body, read whole (so that the connection's next request starts after it):
+            Content-Length's bytes, or a chunked body's chunks; or None once refused (400 for a length
+            that is no number of bytes or a chunk that is not one, 413 past BODY_MAX, 501 for a transfer
+            coding other than chunked), which closes the connection."""
+            coding = self.headers.get("Transfer-Encoding")
+            length = self.headers.get("Content-Length", "0").strip()
+            try:
+                if coding is not None:
+                    if coding.strip().lower() != "chunked":
+                        self.close_connection = True
+                        return self._error(501, "Transfer-Encoding: %r: only chunked is taken" % coding[:40],
+                                           "not_implemented")
+                    if "Content-Length" in self.headers:
+                        raise ValueError("a body with both a Content-Length and a Transfer-Encoding")
+                    return self._chunked()
+                if not re.fullmatch(r"[0-9]{1,20}", length):
+                    raise ValueError("Content-Length: %r is no number of bytes" % length[:40])
+                if int(length) > BODY_MAX:
+                    raise OverflowError(int(length))
+                return self.rfile.read(int(length))
+            except ValueError as e:
+                self.close_connection = True
+                return self._error(400, str(e))
+            except OverflowError as e:
+                self.close_connection = True
+                return self._error(413, "the body is %s bytes; at most %d" % (e.args[0], BODY_MAX),
+                                   "request_too_large")
+
+        def _chunked(self):
+            """A chunked body's bytes (RFC 9112 7.1: hex sizes, extensions and trailers skipped); raise
+            ValueError for what is not that, OverflowError past BODY_MAX."""
+            body = bytearray()
+            while True:
+                m = re.fullmatch(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?\r?\n", self.rfile.readline(1024))
+                if not m:
+                    raise ValueError("a chunked body: a chunk's size is not a hex number on a line of its own")
+                size = int(m.group(1), 16)
+                if len(body) + size > BODY_MAX:
+                    raise OverflowError("more than %d" % BODY_MAX)
+                if size == 0:
+                    break
+                body += self.rfile.read(size)
+                if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                    raise ValueError("a chunked body: a chunk is longer than its size says")
+            for _ in range(64):  # trailer fields, up to the empty line
+                if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                    return bytes(body)
+            raise ValueError("a chunked body: more than 64 trailer lines")
+
         def do_POST(self):
+            raw = self._body()
+            if raw is None:
+                return
+            try:
+                self._post(raw)
+            except Exception as e:  # a bug of ours: the client gets an answer, the log the trace
+                self.log_error("%s", traceback.format_exc())
+                if not self.streaming:
+                    self.close_connection = True
+                    self._error(500, "moeppc_http: %s: %s" % (type(e).__name__, e), "server_error")
+
+        def _post(self, raw):
+            self.streaming = False
             chat = self.path == "/v1/chat/completions"
             if self.path != "/v1/completions" and not chat:
                 return self._error(404, "no such endpoint: " + self.path, "not_found")
@@ -441,13 +507,11 @@ def make_handler(backend, model, template):
                                         "FILE (a Jinja template, or a tokenizer_config.json with one)", "not_found")
             if chat and template.template is None:
                 return self._error(501, template.why, "not_implemented")
-            self.streaming = False
             try:
-                size = int(self.headers.get("Content-Length", "0"))
-                if not 0 <= size <= BODY_MAX:
-                    self.close_connection = True  # (the body is not read)
-                    return self._error(413, "the body is %d bytes; at most %d" % (size, BODY_MAX), "request_too_large")
-                body = json.loads(self.rfile.read(size) or b"null")
+                try:
+                    body = json.loads(raw or b"null")
+                except RecursionError:
+                    raise ValueError("the body is not JSON: nested too deeply")
                 if isinstance(body, dict):  # OpenAI's optional fields are nullable: null is the default
                     body = {k: v for k, v in body.items() if v is not None}
                 reqs, n = chat_requests(body, template) if chat else completion_requests(body)
@@ -456,6 +520,8 @@ def make_handler(backend, model, template):
                         json.dumps(r, ensure_ascii=False, allow_nan=False).encode("utf-8")
                     except UnicodeEncodeError:
                         raise ValueError("a string that is not Unicode text: a lone surrogate (\\ud800-\\udfff)")
+                    except RecursionError:
+                        raise ValueError("a value nested too deeply")
                     except ValueError:
                         raise ValueError("a number that is not finite (NaN, Infinity, or past a double's range)")
             except ValueError as e:

@@ -221,6 +221,35 @@ try:
     raw.close()
     if not head.startswith("HTTP/1.1 413") or "at most" not in head:
         fail("a body too large: %r" % head)
+    # one keep-alive connection: a 404's body is read before the next request (unread, it was taken
+    # for the next request's line), a chunked body is taken, a refusal that closes says so
+    keep = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    want = complete({"prompt": [3, 1, 4], "max_tokens": 3})["choices"][0]["token_ids"]
+    body = json.dumps({"prompt": [3, 1, 4], "max_tokens": 3}).encode()
+    for how, path, head, data, status_want in (
+            ("a wrong path", "/v1/nope", {}, body, 404),
+            ("chunked", "/v1/completions", {"Transfer-Encoding": "chunked"},
+             b"".join(b"%x;x=1\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) +
+             b"0\r\nX-Trailer: 1\r\n\r\n", 200),
+            ("a length that is no number", "/v1/completions", {"Content-Length": "1_0"}, b"", 400),
+            ("gzip", "/v1/completions", {"Transfer-Encoding": "gzip"}, b"", 501),
+            ("deep", "/v1/completions", {}, b"[" * 100000 + b"]" * 100000, 400)):
+        keep.putrequest("POST", path)
+        for k, v in dict({"Content-Length": str(len(data))} if not head else {}, **head).items():
+            keep.putheader(k, v)
+        keep.endheaders(data)
+        r = keep.getresponse()
+        got = r.read()
+        closes = r.getheader("Connection") == "close"
+        if r.status != status_want or (status_want == 200 and json.loads(got)["choices"][0]["token_ids"] != want) or \
+                closes != (status_want in (400, 501) and how != "deep"):
+            fail("%s: %d %r (Connection: %s)" % (how, r.status, got[:200], r.getheader("Connection")))
+        keep.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})  # next on it
+        r = keep.getresponse()
+        got = r.read()
+        if r.status != 200 or json.loads(got)["choices"][0]["token_ids"] != want:
+            fail("the request after %s on its connection: %d %r" % (how, r.status, got[:200]))
+    keep.close()
     s1, _, d1 = call("GET", "/health")
     s2, _, d2 = call("GET", "/v1/models")
     s3, _, _ = call("GET", "/nope")
