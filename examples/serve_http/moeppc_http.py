@@ -590,8 +590,8 @@ def make_handler(backend, model, template):
             if None in msgs:
                 return self._error(503, "the model's process has ended", "server_error")
             for m in msgs:
-                if "error" in m:
-                    return self._error(400, m["error"])
+                if "error" in m:  # (without where in moeppc's input it was: the line the front wrote)
+                    return self._error(400, re.sub(r"^--serve line [0-9]+: (column [0-9]+: )?", "", m["error"]))
             choices = []
             for i, (rid, req, m) in enumerate(zip(rids, reqs, msgs)):
                 if chat:
