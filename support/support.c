@@ -410,12 +410,20 @@ uint64_t hash_str(const char *s)
     return h;
 }
 
+static int file_next(void *in) { return getc((FILE *)in); }
+
 bool file_read_line(FILE *in, char **buf, size_t *cap, size_t limit, size_t *len, bool *too_long)
+{
+    return read_line_from(file_next, in, buf, cap, limit, len, too_long);
+}
+
+bool read_line_from(int (*next)(void *src), void *src, char **buf, size_t *cap, size_t limit, size_t *len,
+                    bool *too_long)
 {
     size_t n = 0;
     int ch;
     *too_long = false;
-    while ((ch = getc(in)) != EOF && ch != '\n') {
+    while ((ch = next(src)) != EOF && ch != '\n') {
         if (n == limit) {
             *too_long = true;
             continue;

@@ -129,6 +129,9 @@ char *file_read_all(const char *path, size_t *len);
  * length in *len; at most limit bytes kept: the rest of a longer one is read and dropped, and
  * *too_long set (a line of any length never takes more than limit bytes). False at the end of in. */
 bool  file_read_line(FILE *in, char **buf, size_t *cap, size_t limit, size_t *len, bool *too_long);
+/* The same from next(src), which gives a byte (0-255) or EOF. */
+bool  read_line_from(int (*next)(void *src), void *src, char **buf, size_t *cap, size_t limit, size_t *len,
+                     bool *too_long);
 
 /* ---- deterministic random numbers (splitmix64) ---------------------------------------------- */
 typedef struct {

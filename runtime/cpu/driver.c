@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef enum { BACKEND_INTERP, BACKEND_CPU, BACKEND_CUDA } run_backend;
 
@@ -1097,12 +1098,46 @@ static int32_t *prompt_line_text(const Runner *rn, const char *what, const char 
     return ids;
 }
 
-/* Reading --prompts: a line at a time (a prompt, + for the next turn of the sequence before it). */
+/* Reading --prompts: a line at a time (a prompt, + for the next turn of the sequence before it). From a
+ * pipe or a terminal (fd >= 0) the bytes come through buf, read(2) as they are there, so that whether a
+ * line waits to be read is what buf holds or else poll's answer (stdio's buffer is hidden from poll;
+ * unbuffered, it made a system call a byte: 3 s for a line of 6 MB); from a file, through stdio. */
+enum { LINE_IN_BUF = 1 << 16 };
 typedef struct {
     char *line;
     size_t cap, limit;
     int64_t n;       /* lines read */
+    FILE *in;
+    int fd;          /* -1: read in through stdio */
+    char *buf;       /* [LINE_IN_BUF]: buf[pos..end) read, not yet taken */
+    size_t pos, end;
 } LineReader;
+
+static LineReader line_reader(const Runner *rn, FILE *in, bool pipe)
+{
+    return (LineReader){.limit = 16 * (size_t)rn->s->max_positions + (1 << 20), /* ids and any spacing */
+                        .in = in, .fd = pipe ? fileno(in) : -1, .buf = pipe ? xmalloc(LINE_IN_BUF) : NULL};
+}
+
+static int line_next(void *p)
+{
+    LineReader *lr = p;
+    if (lr->fd < 0) return getc(lr->in);
+    if (lr->pos == lr->end) {
+        ssize_t k;
+        do k = read(lr->fd, lr->buf, LINE_IN_BUF);
+        while (k < 0 && errno == EINTR);
+        if (k <= 0) return EOF; /* (an error ends the input as its end does) */
+        lr->pos = 0, lr->end = (size_t)k;
+    }
+    return (unsigned char)lr->buf[lr->pos++];
+}
+
+static void line_reader_free(LineReader *lr)
+{
+    free(lr->line);
+    free(lr->buf);
+}
 
 typedef struct {
     int32_t *ids;    /* [T], or NULL when bad */
@@ -1145,11 +1180,11 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
 
 /* The next line that is neither blank nor a comment, parsed (a bad one reported, bad set): false at
  * the end of the input. */
-static bool next_prompt(const Runner *rn, FILE *in, LineReader *lr, PromptLine *pl)
+static bool next_prompt(const Runner *rn, LineReader *lr, PromptLine *pl)
 {
     size_t len;
     bool too_long;
-    while (file_read_line(in, &lr->line, &lr->cap, lr->limit, &len, &too_long)) {
+    while (read_line_from(line_next, lr, &lr->line, &lr->cap, lr->limit, &len, &too_long)) {
         char *line = lr->line;
         lr->n++;
         if (len && line[len - 1] == '\r') line[--len] = 0;
@@ -1228,12 +1263,12 @@ static void header(const PromptLine *pl, int64_t k)
  * starting with # are passed over. */
 static int run_prompts(Runner *rn, FILE *in, const Req *q)
 {
-    LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)}; /* ids and any spacing */
+    LineReader lr = line_reader(rn, in, false);
     PromptLine pl;
     int rc = 0;
     int64_t done = 0;
     Conv c = {.seq = xmalloc((size_t)(rn->s->max_positions + 1) * sizeof *c.seq)};
-    while (next_prompt(rn, in, &lr, &pl)) {
+    while (next_prompt(rn, &lr, &pl)) {
         if (!pl.bad && pl.more && !pl.of && c.len == 0) no_sequence_before(&pl);
         if (!pl.bad && pl.of && (pl.of != c.line || c.len == 0)) not_held(&pl, 1);
         if (!pl.bad) {
@@ -1249,7 +1284,7 @@ static int run_prompts(Runner *rn, FILE *in, const Req *q)
         fflush(stdout);
         free(pl.ids);
     }
-    free(lr.line);
+    line_reader_free(&lr);
     free(c.seq);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
     return rc;
@@ -1513,11 +1548,12 @@ static Lane *lane_for(Runner *rn, Lane *lanes, int B, const int32_t *ids, int64_
     return L;
 }
 
-/* Whether a line can be read without waiting (a pipe or a terminal: poll). */
-static bool readable(FILE *in)
+/* Whether a line can be read from a pipe or a terminal without waiting: bytes read and not yet taken,
+ * or bytes there to read (poll). */
+static bool readable(const LineReader *lr)
 {
-    struct pollfd p = {.fd = fileno(in), .events = POLLIN};
-    return poll(&p, 1, 0) > 0;
+    struct pollfd p = {.fd = lr->fd, .events = POLLIN};
+    return lr->pos < lr->end || poll(&p, 1, 0) > 0;
 }
 
 /* --serve "logprobs": the log-probabilities of the token just chosen from row[V], and the likeliest.
@@ -1675,7 +1711,6 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
     }
     struct stat st;
     bool pipe = fstat(fileno(in), &st) != 0 || !S_ISREG(st.st_mode);
-    if (pipe) setvbuf(in, NULL, _IONBF, 0); /* poll sees what is not read yet */
     say_all = say, answer_all = answer;
     Lane *lanes = xcalloc((size_t)B, sizeof *lanes);
     for (int b = 0; b < B; b++)
@@ -1687,7 +1722,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
     int32_t *run_ids = xmalloc((size_t)cap * sizeof *run_ids), *run_pos = xmalloc((size_t)cap * sizeof *run_pos),
             *run_sq = xmalloc((size_t)cap * sizeof *run_sq); /* the rows in the order they run (at) */
     int64_t *at = xmalloc((size_t)cap * sizeof *at);
-    LineReader lr = {.limit = 16 * (size_t)rn->s->max_positions + (1 << 20)};
+    LineReader lr = line_reader(rn, in, pipe);
     Answers ans = {.now = rn->r->unordered};
     int nq = 0, qcap = rn->r->serve ? SERVE_QUEUE : 1; /* lines read, not started */
     PromptLine *queue = xmalloc((size_t)qcap * sizeof *queue);
@@ -1699,9 +1734,9 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
         do { /* read and start lines until one waits or none is there */
             moved = false;
             while (!eof && nq < qcap) { /* read what is there (blocking only when nothing is to be done) */
-                if ((busy || nq) && pipe && !readable(in)) break;
+                if ((busy || nq) && pipe && !readable(&lr)) break;
                 PromptLine *pl = &queue[nq];
-                if (!next_prompt(rn, in, &lr, pl)) {
+                if (!next_prompt(rn, &lr, pl)) {
                     eof = true;
                     break;
                 }
@@ -1888,7 +1923,7 @@ static int run_prompts_batched(Runner *rn, FILE *in, const Req *q)
     free(lanes), free(queue);
     free(ids), free(pos), free(sq), free(who), free(run_ids), free(run_pos), free(run_sq), free(at);
     free(ans.text);
-    free(lr.line);
+    line_reader_free(&lr);
     if (ferror(in)) drv_err("--prompts: read error: %s\n", strerror(errno)), rc = 1;
     return rc;
 }
