@@ -679,6 +679,16 @@ def make_handler(backend, model, template):
     return Handler
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client gone between requests (its connection reset) is no error of the server's: a line,
+        not socketserver's trace."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            sys.stderr.write("moeppc_http: %s: the client reset its connection\n" % client_address[0])
+        else:
+            super().handle_error(request, client_address)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  usage="%(prog)s [--host H] [--port P] -- MOEPPC RUN ARGS...")
@@ -701,7 +711,7 @@ def main():
             ap.error("--chat-template: %s" % e)
         print("moeppc_http: no chat endpoint: %s" % e, file=sys.stderr)  # (a base model's config has none)
     backend = Backend(command)
-    server = http.server.ThreadingHTTPServer((a.host, a.port), make_handler(backend, model, template))
+    server = Server((a.host, a.port), make_handler(backend, model, template))
     server.daemon_threads = True
     print("moeppc_http: listening on http://%s:%d" % server.server_address[:2], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())

@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""fuzz_http.py MOEPPC SOURCE_DIR [--count N] [--seconds S] [--seed K]: hostile requests to
-examples/serve_http/moeppc_http.py in front of `moeppc run --serve --batch 3` on a tiny spec, with a
+"""fuzz_http.py MOEPPC SOURCE_DIR [--count N] [--seconds S] [--seed K] [--clients C]: hostile requests
+to examples/serve_http/moeppc_http.py in front of `moeppc run --serve --batch 3` on a tiny spec, with a
 sentencepiece model trained here and Mistral's chat template where the sentencepiece and jinja2 modules
-are (else completions alone).
+are (else completions alone), from C clients at once.
 
 Each request is a valid one (completions of ids, of text, of several prompts, echoed and scored,
-streamed; chat completions, streamed with the usage) with one to four mutations: a field set to a
+streamed; chat completions, streamed with the usage) with one to four changes: a field set to a
 value of another kind (null, booleans, numbers past every range, NaN, strings with NUL, lone
-surrogates and invalid bytes, lists nested ten thousand deep, megabyte strings, objects), a field
-dropped or an unknown one added, the body replaced by another JSON value, its bytes cut, flipped or
-made invalid UTF-8, the path or the Content-Type changed. What every one must get: an answer within
-30 s, the status 200 (JSON, or a stream of JSON events ending in [DONE]), 400, 404 or 413 with an
-error object; never a closed connection, a 5xx or a hang; and afterwards the server and moeppc answer
-/health and give a greedy request the very answer they gave it before. A failing request is printed
-(its body's first bytes, as Python bytes) with the seed that made it: `--seed K --count N` runs the
-same requests again; FUZZ_HTTP_KEEP=1 keeps its folder (the front's log). Exit 0 when every answer was
-good, 1 otherwise."""
+surrogates and invalid bytes, lists nested twenty thousand deep, megabyte strings, objects) or to
+another valid one ("n" up to 16, "max_tokens", sampling, "stop", "echo", "logprobs", "stream"), a
+field dropped or an unknown one added, the body replaced by another JSON value, its bytes cut,
+flipped or made invalid UTF-8, the path, the Content-Type, the Content-Length (no number) or the
+transfer coding (chunked seven ways, two broken; gzip) changed; one in twenty is given up (the
+connection closed at once or after a stream's first bytes). What every other one must get: an
+answer within 30 s, the status 200, 400, 404, 413 or 501 (never a closed connection, a 5xx or a
+hang); an error object with its reason; a 200 with the choices asked (prompts times "n", each index
+once; a stream's each ending once), none past "max_tokens", finish_reasons that exist, the usage's
+completion tokens their sum; and the greedy request sent next on the same connection the answer it
+gets alone. Afterwards /health, that answer again, no trace in the front's log, and an end on
+SIGTERM. A failing request is printed (its body's first bytes) with the seed: `--seed K --count N`
+(one client) sends the same requests again; FUZZ_HTTP_KEEP=1 keeps its folder (the front's log).
+Exit 0 when every answer was good, 1 otherwise."""
 import argparse
 import atexit
 import http.client
@@ -28,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -36,6 +42,7 @@ ap.add_argument("src")
 ap.add_argument("--count", type=int, default=300, help="requests to send (default 300)")
 ap.add_argument("--seconds", type=float, default=0, help="send for this long instead of --count")
 ap.add_argument("--seed", type=int, default=20261206)
+ap.add_argument("--clients", type=int, default=1, help="clients sending at once (default 1)")
 args = ap.parse_args()
 
 work = tempfile.mkdtemp()
@@ -92,6 +99,18 @@ FIELDS = ["prompt", "messages", "max_tokens", "max_completion_tokens", "n", "tem
           "stream_options", "best_of", "suffix", "presence_penalty", "model", "user", "special", "ids"]
 
 
+VALID = {  # a value each field takes (a request changed by these alone stays one moeppc answers)
+    "n": lambda rng: rng.randint(1, 16), "max_tokens": lambda rng: rng.randint(0, 8),
+    "temperature": lambda rng: rng.choice([0, 0.5, 1.0, 1.7]), "top_k": lambda rng: rng.randint(0, 40),
+    "top_p": lambda rng: rng.choice([0.1, 0.9, 1.0]), "seed": lambda rng: rng.randrange(1 << 40),
+    "repetition_penalty": lambda rng: rng.choice([1.0, 1.3, 0.8]), "stream": lambda rng: rng.random() < 0.5,
+    "stop": lambda rng: rng.choice([[], [rng.randrange(256)], ["e", 7], "a"]),
+}
+COMPLETIONS_VALID = {"echo": lambda rng: rng.random() < 0.5, "logprobs": lambda rng: rng.randint(0, 5),
+                     "prompt": lambda rng: rng.choice([[rng.randrange(256) for _ in range(rng.randint(1, 9))],
+                                                       [[1, 2], [3], [4, 5, 6]]])}
+
+
 def value(rng, depth=0):
     """A JSON value of any kind, hostile ones often."""
     k = rng.randrange(16 if depth < 3 else 11)
@@ -99,7 +118,7 @@ def value(rng, depth=0):
         return rng.choice([None, True, False])
     if k == 1:
         return rng.choice([0, -1, 1, 2, 255, 256, 1 << 31, 1 << 53, (1 << 53) + 1, 1 << 63, 1 << 64, -(1 << 63),
-                           10 ** 400, rng.randrange(-1000, 1000000)])
+                           10 ** 400, rng.randrange(-1000, 1000000), rng.randrange(20), rng.randrange(20)])
     if k == 2:
         return rng.choice([0.5, -0.0, 1e-320, 1e308, 2.5, float("nan"), float("inf"), -float("inf"), 1.0])
     if k in (3, 4):
@@ -164,8 +183,15 @@ def mutate(rng):
     body = json.loads(json.dumps(body))
     headers = {"Content-Type": "application/json"}
     raw = None
+    valid = dict(VALID, **(COMPLETIONS_VALID if path == "/v1/completions" else {}))
     for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(10)
+        op = rng.randrange(12)
+        if op >= 10 and isinstance(body, dict):  # (a valid change: answers to check for their sense)
+            field = rng.choice(sorted(valid))
+            body[field] = valid[field](rng)
+            if body.get("temperature") == 0:
+                body.pop("top_k", None), body.pop("top_p", None)  # (moeppc: no restriction on a greedy choice)
+            continue
         if op < 4 and isinstance(body, dict):
             body[rng.choice(list(body) + FIELDS)] = value(rng)
         elif op == 4 and isinstance(body, dict) and body:
@@ -210,7 +236,8 @@ CHUNKINGS = ["whole", "bytes", "ext", "trailer", "upper", "badhex", "long"]
 
 def chunked(data, how):
     """data as a chunked body, chunked `how` (badhex and long are not bodies: 400)."""
-    parts = [data[i:i + 1] for i in range(len(data))] if how == "bytes" else [data] if data else []
+    step = 1 if len(data) < 1 << 16 else 4096  # (a byte a chunk of megabytes only times Python out)
+    parts = [data[i:i + step] for i in range(0, len(data), step)] if how == "bytes" else [data] if data else []
     out = b"".join(b"%x%s\r\n%s\r\n" % (len(p), b";a=b" if how == "ext" else b"", p) for p in parts)
     if how == "upper" and data:
         out = b"%X\r\n%s\r\n" % (len(data), data)
@@ -249,25 +276,57 @@ def send(path, headers, data, timeout=30, method="POST", then=None):
         conn.close()
 
 
-def judge(status, data, stream):
-    """What is wrong with an answer (None: nothing)."""
+def expected_choices(path, data):
+    """How many choices a valid request asks for: prompts times "n" (None: not a request this
+    answers so, or not known)."""
+    try:
+        body = json.loads(data)
+        n = body.get("n") or 1
+        if path == "/v1/chat/completions":
+            return n
+        prompt = body["prompt"]
+        return n * (1 if isinstance(prompt, str) or all(isinstance(t, int) for t in prompt) else len(prompt))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def judge(path, data, status, got, stream):
+    """What is wrong with an answer (None: nothing): its status, its form, and in a 200 the choices
+    a valid request asks for (each index once), each one's tokens within "max_tokens" and its
+    finish_reason one of those there are, and the usage's completion tokens their sum."""
     if status is None:
-        return data
+        return got
     if status not in (200, 400, 404, 413, 501):
-        return "status %d: %r" % (status, data[:300])
-    text = data.decode("utf-8")  # (raises on bytes that are not UTF-8: the caller reports it)
+        return "status %d: %r" % (status, got[:300])
+    text = got.decode("utf-8")  # (raises on bytes that are not UTF-8: the caller reports it)
+    chat = path == "/v1/chat/completions"
     if status == 200 and stream and text.startswith("data: "):
         events = [ln[6:] for ln in text.split("\n") if ln.startswith("data: ")]
         if events[-1:] != ["[DONE]"]:
             return "a stream without [DONE]: %r" % text[-300:]
-        for e in events[:-1]:
-            json.loads(e)
+        chunks = [json.loads(e) for e in events[:-1]]
+        want = expected_choices(path, data)
+        ends = [c["index"] for k in chunks for c in k["choices"] if c.get("finish_reason")]
+        if want is not None and sorted(ends) != list(range(want)):
+            return "a stream whose choices end %s, for %d asked" % (ends, want)
         return None
     obj = json.loads(text)
-    if status != 200 and not (isinstance(obj.get("error"), dict) and isinstance(obj["error"].get("message"), str)):
-        return "status %d without an error message: %r" % (status, text[:300])
-    if status == 200 and not isinstance(obj.get("choices"), list):
-        return "200 without choices: %r" % text[:300]
+    if status != 200:
+        if not (isinstance(obj.get("error"), dict) and isinstance(obj["error"].get("message"), str)):
+            return "status %d without an error message: %r" % (status, text[:300])
+        return None
+    choices, want, body = obj["choices"], expected_choices(path, data), json.loads(data)
+    if want is not None and sorted(c["index"] for c in choices) != list(range(want)):
+        return "choices %s for %d asked: %r" % ([c["index"] for c in choices], want, text[:300])
+    made = [len(c["logprobs"]["content"]) if chat and c.get("logprobs") else None if chat else len(c["token_ids"])
+            for c in choices]
+    limit = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
+    ends = ("length", "stop") if chat else ("length", "stop", "max_positions")
+    if any(c["finish_reason"] not in ends for c in choices) or \
+            (isinstance(limit, int) and any(k is not None and k > limit for k in made)):
+        return "finish_reasons %s, tokens %s for max_tokens %r" % ([c["finish_reason"] for c in choices], made, limit)
+    if None not in made and obj["usage"]["completion_tokens"] != sum(made):
+        return "usage %s for choices of %s tokens" % (obj["usage"], made)
     return None
 
 
@@ -280,33 +339,67 @@ def greedy():
     return json.loads(data)["choices"][0]["token_ids"] if status == 200 else (status, data)
 
 
+def abandon(path, headers, data):
+    """The request sent and its connection closed at once, or after a stream's first bytes: moeppc
+    cancels it, the front goes on."""
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    try:
+        conn.request("POST", path, data, headers)
+        if random.random() < 0.5:
+            conn.getresponse().read(64)
+    except (OSError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+
+
+def client(k, share, stats, lock):
+    """Client k: its share of the requests (or until the time is up), each judged, with the greedy
+    request next on its connection; 1 in 20 given up instead (abandon)."""
+    rng = random.Random(args.seed * 1000 + k)
+    done = 0
+    while (time.time() - start < args.seconds) if args.seconds else done < share:
+        path, headers, data, stream = mutate(rng)
+        done += 1
+        if rng.random() < 0.05 and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+            abandon(path, headers, data)
+            continue
+        (status, got), (status2, got2) = send(path, headers, data, then=GREEDY)
+        why = None
+        try:  # (a length that is no number is answered 400 and the connection closed unread: the client's
+            # system may reset it before the answer is read, so no answer is no fault there)
+            if status is not None or re.fullmatch("[0-9]+", headers.get("Content-Length", "0")):
+                why = judge(path, data, status, got, stream)
+                if why is None and (status2 != 200 or json.loads(got2)["choices"][0]["token_ids"] != before):
+                    why = "the greedy request sent next on the connection: %s %r (alone: %s)" % (
+                        status2, got2[:300], before)
+        except (ValueError, AttributeError, TypeError, KeyError) as e:
+            why = "an answer that is not what it says (%s: %s): %r" % (type(e).__name__, e, got[:300])
+        with lock:
+            stats["sent"] += 1
+            stats[status] = stats.get(status, 0) + 1
+            if why:
+                stats["bad"] += 1
+                if stats["bad"] <= 10:
+                    print("fuzz_http: client %d, request %d (seed %d): POST %s %s %r: %s" % (
+                        k, done, args.seed, path, headers, data[:200], why))
+        if proc.poll() is not None:
+            return
+
+
 before = greedy()
-rng = random.Random(args.seed)
-start, sent, bad, counts = time.time(), 0, 0, {}
-while (time.time() - start < args.seconds) if args.seconds else sent < args.count:
-    path, headers, data, stream = mutate(rng)
-    (status, got), (status2, got2) = send(path, headers, data, then=GREEDY)
-    sent += 1
-    counts[status] = counts.get(status, 0) + 1
-    why = None
-    try:  # (a length that is no number is answered 400 and the connection closed unread: the client's
-        # system may reset it before the answer is read, so no answer is no fault there)
-        if status is not None or re.fullmatch("[0-9]+", headers.get("Content-Length", "0")):
-            why = judge(status, got, stream)
-            if why is None and (status2 != 200 or json.loads(got2)["choices"][0]["token_ids"] != before):
-                why = "the greedy request sent next on the connection: %s %r (alone: %s)" % (status2, got2[:300],
-                                                                                             before)
-    except (ValueError, AttributeError, TypeError, KeyError) as e:
-        why = "an answer that is not what it says (%s): %r" % (e, got[:300])
-    if why:
-        bad += 1
-        if bad <= 10:
-            print("fuzz_http: request %d (seed %d): POST %s %s %r: %s" % (sent, args.seed, path, headers, data[:200],
-                                                                          why))
-    if proc.poll() is not None:
-        print("fuzz_http: the front ended (exit %s) after request %d" % (proc.returncode, sent))
-        bad += 1
-        break
+start, lock = time.time(), threading.Lock()
+stats = {"sent": 0, "bad": 0}
+threads = [threading.Thread(target=client, args=(k, args.count // args.clients + (k < args.count % args.clients),
+                                                 stats, lock)) for k in range(args.clients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sent, bad = stats.pop("sent"), stats.pop("bad")
+if proc.poll() is not None:
+    print("fuzz_http: the front ended (exit %s)" % proc.returncode)
+    bad += 1
 after = greedy() if proc.poll() is None else "the front has ended"
 health = send("/health", {}, None, method="GET") if proc.poll() is None else None
 if after != before or health != (200, b'{"status": "ok"}'):
@@ -324,7 +417,7 @@ tail = log.read()
 if "Traceback" in tail:
     print("fuzz_http: the front wrote a traceback:\n" + tail[tail.index("Traceback"):][:3000])
     bad += 1
-print("fuzz_http: %d requests in %.0f s (statuses %s), %d bad%s" % (
-    sent, time.time() - start, ", ".join("%s: %d" % kv for kv in sorted(counts.items(), key=str)), bad,
+print("fuzz_http: %d requests from %d clients in %.0f s (statuses %s), %d bad%s" % (
+    sent, args.clients, time.time() - start, ", ".join("%s: %d" % kv for kv in sorted(stats.items(), key=str)), bad,
     "" if CHAT else "; completions only (no sentencepiece or jinja2)"))
 sys.exit(1 if bad else 0)
