@@ -366,9 +366,11 @@ def client(k, share, stats, lock):
             continue
         (status, got), (status2, got2) = send(path, headers, data, then=GREEDY)
         why = None
-        try:  # (a length that is no number is answered 400 and the connection closed unread: the client's
-            # system may reset it before the answer is read, so no answer is no fault there)
-            if status is not None or re.fullmatch("[0-9]+", headers.get("Content-Length", "0")):
+        undelimited = not re.fullmatch("[0-9]+", headers.get("Content-Length", "0")) or \
+            headers.get("Transfer-Encoding", "chunked") != "chunked"
+        try:  # (a body of a length the server cannot know is answered 400 or 501 and the connection closed
+            # unread: the client's system may reset it before the answer is read, so no answer is no fault)
+            if status is not None or not undelimited:
                 why = judge(path, data, status, got, stream)
                 if why is None and (status2 != 200 or json.loads(got2)["choices"][0]["token_ids"] != before):
                     why = "the greedy request sent next on the connection: %s %r (alone: %s)" % (
