@@ -176,26 +176,72 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
 }
 
 /* Build the CPU model for spec s and time it at every T of the list. */
+struct BenchModel {
+    CpuModel *cm;
+    IrModule *m;
+    WeightSet *w;
+    CpuKernelSource *ks; /* owned when made here */
+    bool own_ks;
+    int64_t vocab;
+};
+
+/* Spec s's model on random weights of seed, its kernels from ks (NULL: a JIT source of its own) tuned
+ * by db (NULL: the rule); NULL with err set when it cannot be made. */
+static BenchModel *model_new(const ModelSpec *s, uint64_t seed, const TuneDb *db, int threads, CpuKernelSource *ks,
+                             RtError *err)
+{
+    BenchModel *bm = xcalloc(1, sizeof *bm);
+    bm->ks = ks ? ks : cpu_jit_source_new(err), bm->own_ks = !ks, bm->vocab = s->vocab;
+    if (bm->ks && weights_random(s, seed, &bm->w, err)) {
+        bm->m = ir_lower_spec(s);
+        PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = db};
+        cpu_host_pass_options(&po);
+        Diag d = {stderr, s->name, 0};
+        MOE_ASSERT(passes_run(bm->m, &po, &d));
+        bm->cm = cpu_model_new(bm->m, bm->w, s->max_positions, bm->ks, threads, err);
+    }
+    if (!bm->cm) {
+        bench_model_free(bm);
+        return NULL;
+    }
+    return bm;
+}
+
+BenchModel *bench_model_new(const ModelSpec *s, const TuneDb *db, int threads, RtError *err)
+{
+    return model_new(s, 1, db, threads, NULL, err);
+}
+
+bool bench_model_median(BenchModel *bm, int64_t T, int reps, double *median, RtError *err)
+{
+    Timing t;
+    if (!time_runs(bm->cm, T, 0, false, bm->vocab, reps, false, &t, err)) return false;
+    *median = t.median;
+    return true;
+}
+
+void bench_model_free(BenchModel *bm)
+{
+    if (!bm) return;
+    cpu_model_free(bm->cm);
+    if (bm->m) ir_module_free(bm->m);
+    if (bm->w) weights_close(bm->w);
+    if (bm->own_ks) cpu_jit_source_free(bm->ks);
+    free(bm);
+}
+
 static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope, bool moe_only, double *peak,
                       CpuKernelSource *ks)
 {
     RtError err = {{0}};
-    WeightSet *w;
-    if (!weights_random(s, a->seed, &w, &err)) {
+    BenchModel *bm = model_new(s, a->seed, a->db, a->threads, ks, &err);
+    if (!bm) {
         fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
         return 1;
     }
-    IrModule *m = ir_lower_spec(s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
-    cpu_host_pass_options(&po);
-    Diag d = {stderr, a->spec, 0};
-    MOE_ASSERT(passes_run(m, &po, &d));
-    CpuModel *cm = cpu_model_new(m, w, s->max_positions, ks, a->threads, &err);
+    CpuModel *cm = bm->cm;
+    IrModule *m = bm->m;
     int rc = 0;
-    if (!cm) {
-        fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
-        rc = 1;
-    }
     for (int k = 0; cm && k < a->n_tokens; k++) {
         if (a->context + (a->batch ? 1 : a->tokens[k]) > s->max_positions) {
             if (a->context && !a->json) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
@@ -223,9 +269,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
                    (long long)a->context, a->batch ? ", every sequence's" : "", kv, bytes / t.attention_s / 1e9);
         }
     }
-    cpu_model_free(cm);
-    ir_module_free(m);
-    weights_close(w);
+    bench_model_free(bm);
     return rc;
 }
 

@@ -28,13 +28,21 @@ struct CudaModel;
 struct RtError;
 bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int in_graph, const int32_t *ids,
                            const int32_t *pos, int64_t T, int warmup, int reps, double *ms, struct RtError *err);
+/* bench.c: spec s's CPU model on random weights (seed 1), its kernels tuned by db (NULL: the rule), and
+ * the median seconds of reps runs of T tokens through it after two warm-ups: `moeppc tune --check`
+ * times its database against the rule so. bench_model_new: NULL, err set, when it cannot be made. */
+typedef struct BenchModel BenchModel;
+struct TuneDb;
+BenchModel *bench_model_new(const ModelSpec *s, const struct TuneDb *db, int threads, struct RtError *err);
+bool        bench_model_median(BenchModel *bm, int64_t T, int reps, double *median, struct RtError *err);
+void        bench_model_free(BenchModel *bm);
 /* `moeppc tune`'s arguments (common.c): 0, else the usage exit status (printed). */
 typedef struct TuneArgs {
     const char *spec, *out;
     int64_t tokens[16];
     int n_tokens, threads;
-    double budget;
-    bool dtype_set;
+    double budget, check_margin; /* --check: how much slower (%) the database may run than the rule */
+    bool dtype_set, check;
     moe_dtype dtype;
     pass_target target;
 } TuneArgs;

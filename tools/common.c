@@ -115,10 +115,14 @@ double tune_rel_err(const float *a, const float *ref, size_t n)
 int tune_parse_args(int argc, char **argv, TuneArgs *a)
 {
     *a = (TuneArgs){.tokens = {1, 16, 64, 512, 4096}, .n_tokens = 5, .threads = threads_default(), .budget = 60,
-                    .target = TARGET_CPU};
+                    .target = TARGET_CPU, .check_margin = 2};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
+        if (strcmp(o, "--check") == 0) {
+            a->check = true;
+            continue;
+        }
         if (o[0] == '-' && !v) return usage_error("tune", TUNE_USAGE, "option '%s' needs a value", o);
         if (strcmp(o, "-o") == 0) a->out = v, i++;
         else if (strcmp(o, "--target") == 0) {
@@ -129,6 +133,12 @@ int tune_parse_args(int argc, char **argv, TuneArgs *a)
             a->budget = strtod(v, &end);
             if (*end || !(a->budget >= 0 && a->budget < 1e6)) return usage_error("tune", TUNE_USAGE, "--budget: expected seconds, found '%s'", v);
             i++;
+        } else if (strcmp(o, "--check-margin") == 0) {
+            a->check_margin = strtod(v, &end);
+            if (*end || !(a->check_margin >= -100 && a->check_margin <= 1000))
+                return usage_error("tune", TUNE_USAGE, "--check-margin: expected a percentage from -100 to 1000, "
+                                   "found '%s'", v);
+            a->check = true, i++;
         } else if (strcmp(o, "--threads") == 0) {
             a->threads = (int)strtol(v, &end, 10);
             if (*end || a->threads < 1 || a->threads > MOE_MAX_THREADS)

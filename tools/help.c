@@ -115,7 +115,14 @@ static const HelpPage pages[] = {
      "                      kernel's rule is measured at each bucket, past the budget if need be\n"
      "  --threads N         CPU threads (1..256; default: one a core this process may use, as\n"
      "                      its affinity and its cgroup's CPU quota allow)\n"
-     "  --dtype D           tune for weights of this type instead of the spec's: f32, bf16 or f16\n\n"
+     "  --dtype D           tune for weights of this type instead of the spec's: f32, bf16 or f16\n"
+     "  --check             CPU: then time the model (its first layer where the whole would not fit\n"
+     "                      in a quarter of memory) at each bucket on the database and on the rule,\n"
+     "                      three rounds each, and keep the rule's configurations for a bucket\n"
+     "                      where the database's ran more than 2 % slower (kernels measured alone\n"
+     "                      need not add up to the model's time); past the budget\n"
+     "  --check-margin PCT  --check with this margin instead of 2 % (-100 to 1000; -100 keeps\n"
+     "                      the rule's configurations everywhere)\n\n"
      "A database is keyed by target (CPU name and features, or GPU name and sm), compiler and\n"
      "LLVM/NVRTC versions: entries from another are ignored with a warning.\n\n" EXIT_STATUS},
     {"emit", "write the kernels as files: LLVM IR, objects, CUDA C, PTX, cubin, or a layer library", EMIT_USAGE,

@@ -570,6 +570,58 @@ static void tune_all(Tuner *t, const TuneArgs *a, const Shape *sh, int n_sh, Tun
     fputc('\n', stderr);
 }
 
+/* An entry reduced to the rule's configuration and its measurement: the executor picks among a
+ * bucket's measured configurations (schedule.c), not by the entry's best alone. */
+static void keep_rule(TuneEntry *e, const TuneConfig *rule)
+{
+    for (int j = 0; j < e->n_measured; j++)
+        if (tune_config_equal(&e->measured[j].c, rule)) {
+            e->measured[0] = e->measured[j];
+            e->n_measured = 1;
+            break;
+        }
+    e->best = *rule;
+}
+
+/* --check: the model (its first layer, a vocabulary of 256, where the whole would not fit in a quarter
+ * of memory) timed at each bucket on db and on the rule, three rounds each alternating, the best of
+ * each's medians kept; where db's is slower by more than the margin (2 %) its entries of that bucket
+ * keep the rule's configuration alone (dropped, the entries' neighbours would stand in for them).
+ * False on an error (said). */
+static bool check_db(const TuneArgs *a, const ModelSpec *full, const Shape *sh, int n_sh, TuneDb *db)
+{
+    SpecSummary sum;
+    spec_summarize(full, &sum);
+    ModelSpec s = *full;
+    bool whole = 2.2 * (double)sum.params_total * (double)dtype_size(s.dtype) < 0.25 * mem_available_bytes();
+    if (!whole) s.n_layers = s.moe_every, s.vocab = 256;
+    RtError err = {{0}};
+    BenchModel *rule = bench_model_new(&s, NULL, a->threads, &err);
+    BenchModel *tuned = rule ? bench_model_new(&s, db, a->threads, &err) : NULL;
+    bool ok = tuned != NULL;
+    for (int b = 0; ok && b < a->n_tokens; b++) {
+        int64_t T = a->tokens[b];
+        if (T > s.max_positions) continue;
+        double best[2] = {INFINITY, INFINITY}, t;
+        for (int r = 0; ok && r < 6; r++)
+            if ((ok = bench_model_median(r % 2 ? tuned : rule, T, 3, &t, &err))) best[r % 2] = fmin(best[r % 2], t);
+        if (!ok) break;
+        bool keep = best[1] <= (1 + a->check_margin / 100) * best[0];
+        printf("check at T = %lld (%s): the rule %.3f ms, the database %.3f ms: %s\n", (long long)T,
+               whole ? "the model" : "its first layer", 1e3 * best[0], 1e3 * best[1],
+               keep ? "kept" : "the rule's configurations kept for this bucket");
+        for (int j = 0; !keep && j < db->n; j++)
+            for (int k = 0; db->e[j].tokens == T && k < n_sh; k++)
+                if (!strcmp(db->e[j].op, sh[k].op) && db->e[j].n == sh[k].n && db->e[j].k == sh[k].k &&
+                    db->e[j].groups == sh[k].groups && db->e[j].act_bf16 == sh[k].act && db->e[j].amx == sh[k].amx)
+                    keep_rule(&db->e[j], &sh[k].rule);
+    }
+    if (!ok) fprintf(stderr, "moeppc tune: error: --check: %s\n", err.msg);
+    bench_model_free(tuned);
+    bench_model_free(rule);
+    return ok;
+}
+
 /* The largest problem must fit in the available memory: refused before anything is allocated. */
 static bool problems_fit(const Shape *sh, int n_sh, const TuneArgs *a)
 {
@@ -630,10 +682,11 @@ int cmd_tune(int argc, char **argv)
         tune_all(&t, &a, sh, n_sh, &db);
         if (db.n == 0) printf("the budget (%.0f s) was too small to try anything: the rule's configurations are kept\n",
                               a.budget);
-        if (!tune_db_save(&db, a.out, why, sizeof why)) {
+        if (db.n && a.check && !check_db(&a, &s, sh, n_sh, &db)) rc = 1;
+        if (rc == 0 && !tune_db_save(&db, a.out, why, sizeof why)) {
             fprintf(stderr, "moeppc tune: error: %s\n", why);
             rc = 1;
-        } else {
+        } else if (rc == 0) {
             printf("wrote %s: %d entries (of %d shapes x %d token buckets), %d configurations tried in %.1f s\n", a.out, db.n,
                    n_sh, a.n_tokens, t.tried, bench_now_s() - t.t0);
         }

@@ -19,6 +19,24 @@ run "$MOEPPC" build "$SPEC" --tuning "$WORK/db.yaml" -o "$WORK/model"
 run "$WORK/model" --random-weights 2 --ids "$IDS" --logits-out "$WORK/model.bin"
 run "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
 run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab 256 --tol 1e-5
+# --check: the model timed on the database and on the rule at each bucket; with a margin of -100 %
+# (the database would have to take no time) every bucket keeps the rule's configurations: each
+# entry's best is its first measured (the rule's, tried first), and it runs as the interpreter does
+"$MOEPPC" tune "$SPEC" --tokens 1,16 --budget 3 --threads 2 --check-margin -100 -o "$WORK/checked.yaml" \
+  > "$WORK/checked.out" 2>/dev/null || { echo "tune --check failed"; cat "$WORK/checked.out"; exit 1; }
+[ "$(grep -c "^check at T = .* the rule's configurations kept for this bucket$" "$WORK/checked.out")" = 2 ] ||
+  { echo "tune --check: not a line a bucket"; cat "$WORK/checked.out"; exit 1; }
+"$PY" - "$WORK/checked.yaml" <<'EOF' || exit 1
+import re, sys
+pairs = [re.search(r"best: ([^,]+), measured: \{([^:]+): [0-9.]+\}", ln) for ln in open(sys.argv[1]) if "best:" in ln]
+if not pairs or any(not m or m.group(1) != m.group(2) for m in pairs):
+    sys.exit("tune --check-margin -100: entries not reduced to the rule's measurement alone: %s" % open(sys.argv[1]).read())
+EOF
+run "$MOEPPC" run "$SPEC" --random-weights 2 --ids "$IDS" --tuning "$WORK/checked.yaml" --logits-out "$WORK/checked.bin"
+run "$PY" "$HERE/../oracle/compare.py" "$WORK/checked.bin" "$WORK/interp.bin" --vocab 256 --tol 1e-5
+"$MOEPPC" tune "$SPEC" --check-margin x -o "$WORK/x.yaml" 2> "$WORK/margin.err"
+[ $? = 2 ] && grep -q "check-margin: expected a percentage" "$WORK/margin.err" ||
+  { echo "a bad --check-margin"; cat "$WORK/margin.err"; exit 1; }
 # a top-1 MoE++ model (tiny-top1: half the picks to FFN experts): the down-projection's problem has
 # fewer slots than tokens, and the tuner had written its output past the slots' rows (a crash in
 # every run, found by tests/oracle/random_models.py); its database then runs as the interpreter does
