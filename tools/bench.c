@@ -175,7 +175,6 @@ static void report(const BenchArgs *a, const char *scope, int64_t T, const Timin
     fflush(stdout);
 }
 
-/* Build the CPU model for spec s and time it at every T of the list. */
 struct BenchModel {
     CpuModel *cm;
     IrModule *m;
@@ -230,6 +229,7 @@ void bench_model_free(BenchModel *bm)
     free(bm);
 }
 
+/* Build the CPU model for spec s and time it at every T of the list. */
 static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope, bool moe_only, double *peak,
                       CpuKernelSource *ks)
 {

@@ -20,6 +20,7 @@
 #include "passes/tuning.h"
 #include "runtime/cpu/cpu.h"
 #include "tools/commands.h"
+#include "tools/help.h"
 #ifdef MOEPPC_HAVE_CUDA
 #include "codegen/cuda/cg_cuda.h"
 #endif
@@ -651,6 +652,8 @@ int cmd_tune(int argc, char **argv)
         fprintf(stderr, "moeppc tune: error: %s\n", why);
         return 1;
     }
+    if (a.target != TARGET_CPU && a.check)
+        return usage_error("tune", TUNE_USAGE, "%s", "--check times the model on the CPU: not with a GPU --target");
     if (a.target != TARGET_CPU) return tune_cuda(&a);
     ModelSpec s;
     if (!load_spec(a.spec, &s)) return 1;

@@ -37,6 +37,9 @@ run "$PY" "$HERE/../oracle/compare.py" "$WORK/checked.bin" "$WORK/interp.bin" --
 "$MOEPPC" tune "$SPEC" --check-margin x -o "$WORK/x.yaml" 2> "$WORK/margin.err"
 [ $? = 2 ] && grep -q "check-margin: expected a percentage" "$WORK/margin.err" ||
   { echo "a bad --check-margin"; cat "$WORK/margin.err"; exit 1; }
+"$MOEPPC" tune "$SPEC" --target sm_90 --check -o "$WORK/x.yaml" 2> "$WORK/gpucheck.err"
+[ $? = 2 ] && grep -q "not with a GPU --target" "$WORK/gpucheck.err" ||
+  { echo "--check with a GPU target"; cat "$WORK/gpucheck.err"; exit 1; }
 # a top-1 MoE++ model (tiny-top1: half the picks to FFN experts): the down-projection's problem has
 # fewer slots than tokens, and the tuner had written its output past the slots' rows (a crash in
 # every run, found by tests/oracle/random_models.py); its database then runs as the interpreter does
