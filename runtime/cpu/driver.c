@@ -1075,7 +1075,8 @@ static int32_t *encode_text(const Tokenizer *tok, const RunArgs *r, const ModelS
     return ids;
 }
 
-/* --perplexity needs a next token to predict. */
+/* --perplexity needs a next token to predict (T counts a + line's turn before it: its answer's last
+ * token, unfed, predicts the line's first). */
 static bool prompt_ok(const RunArgs *r, const char *what, int64_t T)
 {
     if (r->perplexity && T < 2) drv_err("%s: one token, and --perplexity needs a next one to predict\n", what);
@@ -1174,7 +1175,7 @@ static void serve_line(const Runner *rn, const char *line, size_t len, size_t to
             pl->ids = encode_text(rn->tok, rn->r, rn->s, pl->what, pl->sr.prompt, strlen(pl->sr.prompt), !pl->more,
                                   pl->sr.special, &pl->T);
         else pl->ids = memcpy(xmalloc((size_t)pl->sr.n_ids * sizeof *pl->ids), pl->sr.ids, (size_t)pl->sr.n_ids * sizeof *pl->ids), pl->T = pl->sr.n_ids;
-        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
+        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T + pl->more);
     }
 }
 
@@ -1214,7 +1215,7 @@ static bool next_prompt(const Runner *rn, LineReader *lr, PromptLine *pl)
         else if (rn->tok) pl->ids = prompt_line_text(rn, pl->what, body, len - (col - 1), col, !pl->more, &pl->T);
         else if (strlen(line) != len) drv_err("%s, column %zu: a NUL byte\n", pl->what, strlen(line) + 1);
         else pl->ids = parse_ids(pl->what, body, rn->s, &pl->T);
-        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T);
+        pl->bad = !pl->ids || !prompt_ok(rn->r, pl->what, pl->T + pl->more);
         return true;
     }
     return false;

@@ -54,6 +54,20 @@ top0=$("$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 
 whole="$LONG ${out[1]} $SHORT"
 [ "${out[2]}" = "$(alone "$whole")" ] || { echo "+ $SHORT: '${out[2]}', the sequence '$whole' alone: '$(alone "$whole")'"; exit 1; }
 [ "${out[4]}" = "$(alone "$SHORT")" ] || { echo "a new prompt after a conversation: '${out[4]}'"; exit 1; }
+# --perplexity: a new line of one token is refused (nothing to predict), a + line of one is not (the
+# turn before predicts it): its NLL is the one the whole sequence's run alone gives at that position
+P=(--random-weights 1 --device "$DEVICE" --generate 3 --top 0 --perplexity)
+printf '%s\n+ 9\n7\n' "$SHORT" >"$WORK/ppl1"
+"$MOEPPC" run "$SPEC" "${P[@]}" --prompts "$WORK/ppl1" >"$WORK/ppl1.txt" 2>"$WORK/ppl1.err"
+[ $? -eq 1 ] && grep -q "line 3: one token, and --perplexity needs a next one to predict" "$WORK/ppl1.err" ||
+  { echo "--perplexity, a line of one token: not refused"; cat "$WORK/ppl1.err"; exit 1; }
+gen=$(awk '/^== prompt 1 /{n=1} n && /^ generated:/ { sub(/.*: /, ""); print; exit }' "$WORK/ppl1.txt")
+nll() { awk -v p="$1" '$1 == p && $3 == "NLL" { print $4 }'; }
+at=$(( $(wc -w <<<"$SHORT $gen") - 1 )) # the answer's last token, which predicts the + line's 9
+turn=$(awk '/^== prompt 2 /{n=1} n' "$WORK/ppl1.txt" | nll $at)
+whole=$("$MOEPPC" run "$SPEC" "${P[@]}" --ids "$SHORT $gen 9" | nll $at)
+[ -n "$turn" ] && awk -v a="$turn" -v b="$whole" 'BEGIN { exit !(a - b < 2e-3 && b - a < 2e-3) }' ||
+  { echo "--perplexity, + 9 after '$SHORT' ('$gen'): NLL '$turn' at position $at, alone '$whole'"; cat "$WORK/ppl1.txt"; exit 1; }
 # a line too long to be a prompt (2 MB of "1 ") is refused without being kept; the next one runs
 { head -c 2000000 /dev/zero | tr '\0' '1'; printf '\n%s\n' "$SHORT"; } >"$WORK/long"
 "$MOEPPC" run "$SPEC" "${Q[@]}" --prompts "$WORK/long" >"$WORK/long.txt" 2>"$WORK/long.err"
