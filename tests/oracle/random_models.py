@@ -31,7 +31,12 @@ writes moeppc's seeded random weights, and runs the prompt and the decoding thro
               prefix reused) and a + line (the next turn of the one before, where the caches have
               room), each line's tokens against the oracle's (with --perplexity each position's
               NLL against the oracle's log-softmax, within 2 tol of the largest logit, and the
-              line's perplexity against them);  emu-batch: the same on the emulator
+              line's perplexity against them); in a third of the seeds the lines are text (a
+              tokenizer of their own: tabs, carriage returns, NUL and other control characters,
+              special pieces' text, é 中 🙂, backslashes, written with the escapes of README's *Decoding*;
+              --special and --no-bos drawn), their ids sentencepiece's (with --perplexity the
+              rows' tokens against them) and, with --quiet, each answer's escaped text against
+              the text of the oracle's tokens;  emu-batch: the same on the emulator
   cpu-serve   --serve --batch 3: JSON requests, all echoed with "logprobs": the prompt; a next turn
               ("continue": its ids after the first's tokens; not with --max-positions); the
               prompt's first half (its start in the caches; streamed): each one's tokens,
@@ -195,6 +200,8 @@ class Decode:
         self.stop_strings = []  # ... once the oracle's tokens are known (resolve_stop_strings)
         self.special = None  # the ids of a fourth request (its text's cases: NUL, control ids, byte runs)
         self.chat = None  # the HTTP paths' chat request: (serve_text.CHAT_TEMPLATES' name, its messages' seed)
+        self.lines = None  # the -batch paths' prompts as text lines: (their texts' seed, --special, --no-bos,
+        # the tokenizer)
 
     @staticmethod
     def draw(rng, vocab):
@@ -243,6 +250,16 @@ class Decode:
         if self.tok and rng.random() < 0.5:
             self.chat = (rng.choice(sorted(serve_text.CHAT_TEMPLATES)), rng.randrange(1 << 30))
 
+    def draw_lines(self, rng, vocab):
+        """In a third of the seeds (with the spec's max_positions) the -batch paths' prompts as text
+        lines: the seed of their texts, --special in three in ten, --no-bos in one in four, and a
+        tokenizer no larger than the vocabulary (those that keep whitespace as it is, where a tab is
+        not a space, three times as likely)."""
+        fit = [name for name, (size, kw) in serve_text.TOKENIZERS.items() if size <= vocab
+               for _ in range(3 if kw.get("normalization_rule_name") == "identity" else 1)]
+        if fit and self.maxpos_extra is None and rng.random() < 0.35:
+            self.lines = (rng.randrange(1 << 30), int(rng.random() < 0.3), int(rng.random() < 0.25), rng.choice(fit))
+
     def resolve_stop_strings(self, text, ids, gen):
         """The "stop" strings from the texts of the oracle's answer to the prompt ids and of the prompt:
         runs of characters without U+FFFD (the mark of bytes no character has)."""
@@ -270,7 +287,7 @@ class Decode:
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
         stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
-        stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77' (any of them)."""
+        stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77 lines=5,1,0,bpe24' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
@@ -288,6 +305,8 @@ class Decode:
                 d.special = [int(x) for x in v.split(",")]
             elif k == "chat" and v.split(",")[0] in serve_text.CHAT_TEMPLATES:
                 d.chat = (v.split(",")[0], int(v.split(",")[1]))
+            elif k == "lines" and v.split(",")[-1] in serve_text.TOKENIZERS:
+                d.lines = tuple(int(x) for x in v.split(",")[:3]) + (v.split(",")[-1],)
             elif k == "stop_str":
                 where, length, from_prompt = v.split(",")
                 d.stop_str = (float(where), int(length), int(from_prompt))
@@ -314,6 +333,8 @@ class Decode:
             out.append("special=%s" % ",".join(map(str, self.special)))
         if self.chat:
             out.append("chat=%s,%d" % self.chat)
+        if self.lines:
+            out.append("lines=%d,%d,%d,%s" % self.lines)
         return " ".join(out) or "greedy"
 
     def max_positions(self, T):
@@ -477,6 +498,22 @@ def check_tokens(gen, case, T, delta):
     return None
 
 
+def check_text(got, case, seq, delta, text):
+    """A --quiet answer's text (escaped) against the text of the oracle's tokens after seq; where they
+    differ, inconclusive if the oracle picked one of its tokens by a margin below delta or after a
+    routing near tie (another token was as right)."""
+    want = text.answer(seq, case["gen"])
+    if want is None or got == serve_text.escape_answer(want):
+        return None  # (None: no rule says what the answer's text is)
+    last = len(seq) - 2 + len(case["gen"])  # the row that predicted the last token
+    if case["route_tie"] is not None and case["route_tie"] <= last:
+        return "inconclusive: answered %r, the oracle %r after a routing near tie" % (got, want)
+    if min(case["margins"], default=math.inf) < delta:
+        return "inconclusive: answered %r, the oracle %r (%s) with a margin of %.3g < %.3g" % (
+            got, want, case["gen"], min(case["margins"]), delta)
+    return "answered %r, the oracle %r (its tokens %s)" % (got, serve_text.escape_answer(want), case["gen"])
+
+
 def token_delta(measured, scale, tol):
     """How far a path's logits may be from the oracle's where it decodes (logit units): eight times
     what its prompt's rows measured, at least tol / 20 of the largest logit, at most tol of it."""
@@ -531,6 +568,32 @@ def batch_prompts(spec, ids, mp):
     return lines
 
 
+def text_prompts(spec, dec, text):
+    """--batch's lines as text (dec.lines), (continues the line before, ids, the line): a text, its
+    first half, the text and a word more and, where the caches have room, a + line; each line's ids
+    as Hugging Face's LlamaTokenizer encodes its text (the beginning-of-sequence id first unless
+    --no-bos or a + line) or, with --special, as a chat template's text (encode_special). None where
+    the lines do not fit in the caches."""
+    seed, special, no_bos, _ = dec.lines
+    rng = random.Random(seed)
+    first = serve_text.draw_line(rng)
+    texts = [(False, first), (False, first[:max(1, len(first) // 2)]),
+             (False, first + serve_text.draw_line(rng)), (True, serve_text.draw_line(rng))]
+    bos = text.sp.bos_id()
+    out, total = [], 0
+    for plus, t in texts:
+        raw = t.encode("utf-8")
+        ids = (serve_text.encode_special(text.sp, text.specials(), raw) if special else
+               ([bos] if bos >= 0 and not no_bos and not plus else []) + text.sp.encode(t))
+        total = (total + GENERATE if plus else 0) + len(ids)
+        if not ids or total + GENERATE + 2 > spec.max_pos:
+            if plus:
+                break  # no room for the next turn
+            return None
+        out.append((plus, ids, ("+" if plus else "") + serve_text.escape_line(rng, t)))
+    return out
+
+
 def run_lib(args, name, spec_path, work):
     """Paths lib, lib-emu: the embedding library (moeppc emit --emit lib; lib-emu: its CUDA build for
     the emulator) through examples/embed_c (embed_python --cuda) against the interpreter's layer
@@ -554,30 +617,35 @@ def run_lib(args, name, spec_path, work):
 
 
 def run_batch(args, name, spec_path, w_path, prompts, dec, work):
-    """--prompts through --batch: each line's generated tokens and, with the seed's ppl (where every
-    line that starts a sequence has a next token to predict), its NLLs [(position, token, NLL)] and
-    perplexity (None without); or an error."""
+    """--prompts through --batch: each line's generated tokens (text lines (text_prompts), with --quiet:
+    the escaped text of each answer) and, with the seed's ppl (where every line that starts a sequence
+    has a next token to predict), its NLLs [(position, token, NLL)] and perplexity (None without); or
+    an error."""
     pf = os.path.join(work, name + ".prompts")
+    lines = len(prompts[0]) == 3
     with open(pf, "w") as f:
-        f.write("".join(("+" if plus else "") + " ".join(map(str, p)) + "\n" for plus, p in prompts))
-    ppl = dec.batch["ppl"] and all(plus or len(p) >= 2 for plus, p in prompts)
+        f.write("".join((p[2] if lines else ("+" if p[0] else "") + " ".join(map(str, p[1]))) + "\n" for p in prompts))
+    ppl = dec.batch["ppl"] and all(p[0] or len(p[1]) >= 2 for p in prompts)
+    tok = ["--tokenizer", args.tokenizers[dec.lines[3]]] + (["--special"] if dec.lines[1] else []) + (
+        ["--no-bos"] if dec.lines[2] else []) if lines else []
     cmd, text, err = invoke(args, name, spec_path, work, [
-        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos"]
+        "--weights", w_path, "--prompts", pf, "--generate", str(GENERATE), "--ignore-eos"] + tok
         + (["--perplexity", "--top", "0"] if ppl else ["--quiet"]) + dec.flags(len(prompts[0][1])) + dec.batch_flags())
     if err:
         return cmd, None, None, err
     if ppl:
         return (cmd,) + parse_perplexity(text, len(prompts))
-    lines = text.splitlines()
-    if len(lines) != len(prompts):
-        return cmd, None, None, "%d answers to %d prompts: %r" % (len(lines), len(prompts), text[-300:])
+    out = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    if len(out) != len(prompts):
+        return cmd, None, None, "%d answers to %d prompts: %r" % (len(out), len(prompts), text[-300:])
+    answer = (lambda a: a) if lines else (lambda a: [int(v) for v in a.split()])
     try:
         if not dec.batch["unordered"]:
-            return cmd, [[int(v) for v in ln.split()] for ln in lines], None, None
-        by_line = {}  # --unordered --quiet: "N<tab>tokens" as each line ends
-        for ln in lines:
-            n, _, toks = ln.partition("\t")
-            by_line[int(n)] = [int(v) for v in toks.split()]
+            return cmd, [answer(ln) for ln in out], None, None
+        by_line = {}  # --unordered --quiet: "N<tab>tokens" (or text) as each line ends
+        for ln in out:
+            n, _, a = ln.partition("\t")
+            by_line[int(n)] = answer(a)
         if sorted(by_line) != list(range(1, len(prompts) + 1)):
             return cmd, None, None, "--unordered answered lines %s" % sorted(by_line)
         return cmd, [by_line[i + 1] for i in range(len(prompts))], None, None
@@ -604,6 +672,8 @@ def parse_perplexity(text, n):
             ppls[line] = float(ln.split()[1])
         elif re.match(r" generated(?: \([^)]*\))?:", ln) and line is not None:  # (the drawing's settings)
             gens[line] = [int(v) for v in ln.split("):" if "):" in ln else ":", 1)[1].split()]
+        elif ln.startswith(" generated ids:") and line is not None:  # with a tokenizer (its text a line before)
+            gens[line] = [int(v) for v in ln.split(":", 1)[1].split()]
     if sorted(gens) != list(range(1, n + 1)) or sorted(nlls) != sorted(gens):
         return None, None, "--perplexity: tokens of lines %s, NLLs of %s: %r" % (sorted(gens), sorted(nlls),
                                                                                  text[-300:])
@@ -1103,6 +1173,7 @@ def one_seed(args, seed):
     dec.draw_batch(random.Random(seed * 7919 + 2))
     dec.draw_text(random.Random(seed * 7919 + 3), parse_spec(text)["model"]["vocab"])
     dec.draw_chat(random.Random(seed * 7919 + 4))
+    dec.draw_lines(random.Random(seed * 7919 + 5), parse_spec(text)["model"]["vocab"])
     if dec.chat and dec.chat[1] % 3:  # room in the caches for a template's text (in a third of them, as it falls)
         text = re.sub(r"(?m)^(  max_positions: )(\d+)$", lambda m: m.group(1) + str(int(m.group(2)) + 64), text)
     if dec.describe() != "greedy":
@@ -1194,14 +1265,19 @@ def one_model(args, label, folder, text, ids, seed, dec):
                 err = check_serve(reqs, answers, oracle_for, dec.stop, other_delta(deltas, case, len(ids), tol), tol,
                                   text, dec.stop_strings)
         elif name.endswith("-batch"):
-            prompts = batch_prompts(spec, ids, mp)
+            lines = dec.lines and args.tokenizers and serve_text.Text(args.tokenizers[dec.lines[3]])
+            prompts = (lines and text_prompts(spec, dec, lines)) or batch_prompts(spec, ids, mp)
             cmd, gens, nlls, err = run_batch(args, name, spec_path, w_path, prompts, dec, work)
             delta = other_delta(deltas, case, len(ids), tol)
-            seq = []  # the line's whole sequence: a + line's starts with the line before's and its answer
-            for i, (plus, toks) in enumerate(prompts) if err is None else []:
-                first = len(seq) + max(len(gens[i - 1]) - 1, 0) if plus else 0  # a next turn: from its answer's last
-                seq = (seq + gens[i - 1] if plus else []) + toks
-                err = check_tokens(gens[i], oracle_for(seq), len(seq), delta)
+            seq, gen = [], []  # the line's whole sequence (a + line's starts with the line before's and its
+            # answer: moeppc's tokens, or the oracle's where its answers are text) and its answer
+            for i, (plus, toks) in enumerate(p[:2] for p in prompts) if err is None else []:
+                first = len(seq) + max(len(gen) - 1, 0) if plus else 0  # a next turn: from its answer's last
+                seq = (seq + gen if plus else []) + toks
+                text_answer = isinstance(gens[i], str)
+                gen = oracle_for(seq)["gen"] if text_answer else gens[i]
+                err = (check_text(gens[i], oracle_for(seq), seq, delta, lines) if text_answer else
+                       check_tokens(gens[i], oracle_for(seq), len(seq), delta))
                 if err is None and nlls:
                     err = check_nlls(nlls[i][0], nlls[i][1], oracle_for(seq), seq, first, tol)
                 if err:
@@ -1261,9 +1337,9 @@ def main(argv=None):
     if on_emu and not (args.emu_driver and os.path.exists(args.emu_driver)):
         ap.error("path emu needs --emu-driver LIB (libmoeppc_cudaemu.so)")
     os.makedirs(args.work, exist_ok=True)
-    serving = any(p.endswith(("-serve", "-http")) for p in args.paths)
-    args.tokenizers = serve_text.train(os.path.join(args.work, "tokenizers")) if serving and serve_text.available() \
-        else None  # (without the sentencepiece library the serve paths run without a tokenizer)
+    texts = any(p.endswith(("-serve", "-http", "-batch")) for p in args.paths)
+    args.tokenizers = serve_text.train(os.path.join(args.work, "tokenizers")) if texts and serve_text.available() \
+        else None  # (without the sentencepiece library these paths run without a tokenizer, on ids)
     start = time.time()
     counts = [0, 0, 0]
     kept = sorted(os.path.join(args.regressions, f) for f in os.listdir(args.regressions)

@@ -228,6 +228,43 @@ def draw_messages(rng, template):
     return msgs
 
 
+LINE_ODD = ["\t", "\r", "\x00", "\x01", "\x7f", "+", "\\n", "x\\x41", "\\"]
+
+
+def draw_line(rng):
+    """A --prompts line's text: 1 to 8 words, chat templates' (CHAT_WORDS: special pieces' text, line
+    breaks, runs of spaces, é 中 🙂, quotes) and LINE_ODD's (tabs, carriage returns, NUL and other
+    control characters, a backslash and what looks like an escape) a quarter each."""
+    def word():
+        r = rng.random()
+        return rng.choice(CHAT_WORDS) if r < 0.25 else rng.choice(LINE_ODD) if r < 0.5 else " " + rng.choice(CHAT_WORDS[:7])
+    return "".join(word() for _ in range(rng.randint(1, 8)))
+
+
+def escape_line(rng, t):
+    """t written as a --prompts line (README, *Decoding*: \\n \\t \\r \\\\ and \\xHH for a byte): a
+    backslash, line break and carriage return always escaped, a tab or any other byte now and then (a
+    character as the \\xHH of its UTF-8 bytes; a first "+", which would make the line a next turn,
+    always)."""
+    out = []
+    for k, ch in enumerate(t):
+        named = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
+        if (k == 0 and ch == "+") or rng.random() < 0.15 or (ch < " " and not named):
+            out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
+        elif named and (ch != "\t" or rng.random() < 0.5):
+            out.append(named)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape_answer(t):
+    """A --quiet answer's text as moeppc writes it on its line: \\\\ \\n \\t \\r, other bytes below 0x20 and
+    0x7f as \\xHH, everything else as it is."""
+    named = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return "".join(named.get(ch) or ("\\x%02x" % ord(ch) if ch < " " or ch == "\x7f" else ch) for ch in t)
+
+
 def render_chat(template, messages, bos, eos):
     """The template's text for messages as transformers' apply_chat_template renders it (Jinja's
     sandbox, trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson,

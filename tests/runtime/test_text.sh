@@ -129,7 +129,7 @@ mkdir "$tmp/ckpt"
 a=$("$M" run "$tmp/t512.yaml" --weights "$tmp/ckpt" --backend interp --prompt "the city" --generate 6 --quiet) || fail "the tokenizer beside --weights: exit $?"
 b=$("$M" run "$tmp/t512.yaml" --weights "$tmp/ckpt/model.safetensors" --backend interp --tokenizer "$TK" --prompt "the city" --generate 6 --quiet)
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "the tokenizer beside --weights prints '$a', --tokenizer '$b'"
-printf 'the city\n# a comment\n\nnew\\nline \\x41\\\\\nbad \\q escape\n+ and more\n' > "$tmp/prompts.txt"
+printf 'the city\n# a comment\n\nnew\\nline\\t\\r \\x41\\\\\nbad \\q escape\n+ and more\n' > "$tmp/prompts.txt"
 "${R[@]}" --tokenizer "$TK" --prompts "$tmp/prompts.txt" --generate 5 --quiet > "$tmp/p.out" 2> "$tmp/p.err"
 [ $? = 1 ] || fail "--prompts with a bad escape: exit status not 1"
 grep -q -- "--prompts line 5, column 5: '\\\\q' is not an escape" "$tmp/p.err" || fail "bad escape message: $(cat "$tmp/p.err")"
@@ -158,7 +158,7 @@ plus=$("$M" run "$tmp/t512.yaml" --random-weights 5 --tokenizer "$TK" --prompts 
 import re, sys, sentencepiece as spm
 sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
 ids = re.findall(rb"\n prompt ids:([ 0-9]*)\n", open(sys.argv[2], "rb").read())
-want = [[1] + sp.encode("the city"), [1] + sp.encode(b"new\nline A\\"), sp.encode(" and more")]
+want = [[1] + sp.encode("the city"), [1] + sp.encode(b"new\nline\t\r A\\"), sp.encode(" and more")]
 assert [[int(x) for x in i.split()] for i in ids] == want, (ids, want)
 PYEOF
 # --serve with text: "prompt" encoded as --prompt encodes it (the same ids generated), the answer's
