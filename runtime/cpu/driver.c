@@ -262,6 +262,7 @@ static void print_help(FILE *f)
           "                      idle longest first); blank and # lines skipped, a bad\n"
           "                      line reported by its number and the rest still run. Ids, or with\n"
           "                      --tokenizer text, in which \\n \\t \\r \\\\ \\xHH stand for their bytes\n"
+          "                      (a text that begins with # or +: \\x23, \\x2b; a + line's with @: \\x40)\n"
           "  --batch N           with --prompts: up to N lines' sequences at once (the CPU backend or\n"
           "                      the GPU; default 1: one line after the other), each step one row of\n"
           "                      each decoding sequence and a chunk of the prompts to run through the\n"

@@ -317,20 +317,21 @@ def test_render_chat():
 
 def test_escapes():
     """serve_text.escape_answer on a hand case, and escape_line's lines read back by the README's
-    escapes (\\n \\t \\r \\\\ \\xHH) into their text, a first "+" never left as it is."""
+    escapes (\\n \\t \\r \\\\ \\xHH) into their text, a first "+", "#" or "@" never left as it is."""
     import random
     from serve_text import escape_answer, escape_line
     got = escape_answer("a\\b\n\t\r\x00\x1f\x7f\u00e9 ")
     check("escape_answer", got == "a\\\\b\\n\\t\\r\\x00\\x1f\\x7f\u00e9 ", repr(got))
     names = {"n": b"\n", "t": b"\t", "r": b"\r", "\\": b"\\"}
-    rng, t, bad = random.Random(5), "+a\\n\t\r\n\x00\u00e9\u4e2d\U0001f642 \\x41", []
-    for _ in range(20):  # (the escapes each character gets are drawn)
+    rng, bad = random.Random(5), []
+    for k in range(40):  # (the escapes each character gets are drawn)
+        t = "+#@"[k % 3] + "a\\n\t\r\n\x00\u00e9\u4e2d\U0001f642 \\x41"
         line = escape_line(rng, t).encode("utf-8")
         back = re.sub(rb"\\(x[0-9a-f]{2}|[ntr\\])", lambda m: names.get(m.group(1).decode(), None) or
                       bytes([int(m.group(1)[1:], 16)]), line)
-        if back != t.encode("utf-8") or line.startswith(b"+") or b"\n" in line or b"\r" in line:
+        if back != t.encode("utf-8") or line.startswith((b"+", b"#", b"@")) or b"\n" in line or b"\r" in line:
             bad.append(line)
-    check("escape_line(%r), 20 draws" % t, not bad, repr(bad[:2]))
+    check("escape_line, 40 draws", not bad, repr(bad[:2]))
 
 
 def main():

@@ -228,13 +228,13 @@ def draw_messages(rng, template):
     return msgs
 
 
-LINE_ODD = ["\t", "\r", "\x00", "\x01", "\x7f", "+", "\\n", "x\\x41", "\\"]
+LINE_ODD = ["\t", "\r", "\x00", "\x01", "\x7f", "+", "#", "@", "\\n", "x\\x41", "\\"]
 
 
 def draw_line(rng):
     """A --prompts line's text: 1 to 8 words, chat templates' (CHAT_WORDS: special pieces' text, line
     breaks, runs of spaces, é 中 🙂, quotes) and LINE_ODD's (tabs, carriage returns, NUL and other
-    control characters, a backslash and what looks like an escape) a quarter each."""
+    control characters, + # @, a backslash and what looks like an escape) a quarter each."""
     def word():
         r = rng.random()
         return rng.choice(CHAT_WORDS) if r < 0.25 else rng.choice(LINE_ODD) if r < 0.5 else " " + rng.choice(CHAT_WORDS[:7])
@@ -244,12 +244,12 @@ def draw_line(rng):
 def escape_line(rng, t):
     """t written as a --prompts line (README, *Decoding*: \\n \\t \\r \\\\ and \\xHH for a byte): a
     backslash, line break and carriage return always escaped, a tab or any other byte now and then (a
-    character as the \\xHH of its UTF-8 bytes; a first "+", which would make the line a next turn,
-    always)."""
+    character as the \\xHH of its UTF-8 bytes; a first "+", "#" or "@", which would make the line a
+    next turn, a comment or, after a +, another line's turn, always)."""
     out = []
     for k, ch in enumerate(t):
         named = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
-        if (k == 0 and ch == "+") or rng.random() < 0.15 or (ch < " " and not named):
+        if (k == 0 and ch in "+#@") or rng.random() < 0.15 or (ch < " " and not named):
             out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
         elif named and (ch != "\t" or rng.random() < 0.5):
             out.append(named)
