@@ -97,6 +97,9 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* "token" or "tokens", for a count of n in what run says */
+static const char *tokens_word(int64_t n) { return n == 1 ? "token" : "tokens"; }
+
 static bool parse_u64(const char *s, uint64_t *out)
 {
     char *end;
@@ -922,7 +925,8 @@ static bool gen_end(Runner *rn, Gen *G, bool ok)
     }
     if (!ok) return false;
     double dt = now_s() - G->t0;
-    fprintf(say, "\n decode: %lld tokens in %.3f s (%.2f tokens/s)\n", (long long)G->n, dt, (double)G->n / dt);
+    fprintf(say, "\n decode: %lld %s in %.3f s (%.2f tokens/s)\n", (long long)G->n, tokens_word(G->n), dt,
+            (double)G->n / dt);
     return true;
 }
 
@@ -987,10 +991,10 @@ static int prompt_report(Runner *rn, Conv *c, const EvalResult *res, int64_t fro
     const RunArgs *r = rn->r;
     const EvalTensor *logits = eval_output(res, "logits");
     if (rn->gpu)
-        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s", (long long)n,
-                res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
+        fprintf(say, "ran %lld %s in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s", (long long)n,
+                tokens_word(n), res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
     else
-        fprintf(say, "ran %lld tokens in %.3f s (%.1f tokens/s) on the %s", (long long)n, res->seconds,
+        fprintf(say, "ran %lld %s in %.3f s (%.1f tokens/s) on the %s", (long long)n, tokens_word(n), res->seconds,
                 (double)n / res->seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"
                                                 : "CPU backend (JIT-compiled kernels)")
                 : r->opt_level ? "interpreter (optimised IR)" : "interpreter (dense IR)");
@@ -1250,7 +1254,8 @@ static void not_continued(PromptLine *pl)
 
 static void header(const PromptLine *pl, int64_t k)
 {
-    fprintf(say, "\n== prompt %lld (line %lld): %lld tokens", (long long)k, (long long)pl->line, (long long)pl->T);
+    fprintf(say, "\n== prompt %lld (line %lld): %lld %s", (long long)k, (long long)pl->line, (long long)pl->T,
+            tokens_word(pl->T));
     if (pl->of) fprintf(say, ", continuing line %lld's sequence", (long long)pl->of);
     else if (pl->more) fprintf(say, ", continuing the sequence before it");
     fprintf(say, "\n");
@@ -1991,7 +1996,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     fprintf(say, "%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
             (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
     if (prompts) fprintf(say, "prompts%s from %s; weights: ", tok ? " (text)" : "", prompts == stdin ? "standard input" : r.prompts);
-    else fprintf(say, "%lld tokens; weights: ", (long long)T);
+    else fprintf(say, "%lld %s; weights: ", (long long)T, tokens_word(T));
     if (r.random) fprintf(say, "random (seed %llu)\n", (unsigned long long)r.seed);
     else fprintf(say, "%s\n", r.weights);
     fflush(say);
