@@ -241,6 +241,10 @@ def draw_line(rng):
     return "".join(word() for _ in range(rng.randint(1, 8)))
 
 
+# The escapes with a name, in --prompts lines and --quiet answers alike (README, *Decoding*)
+NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def escape_line(rng, t):
     """t written as a --prompts line (README, *Decoding*: \\n \\t \\r \\\\ and \\xHH for a byte): a
     backslash, line break and carriage return always escaped, a tab or any other byte now and then (a
@@ -248,7 +252,7 @@ def escape_line(rng, t):
     next turn, a comment or, after a +, another line's turn, always)."""
     out = []
     for k, ch in enumerate(t):
-        named = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
+        named = NAMED_ESCAPES.get(ch)
         if (k == 0 and ch in "+#@") or rng.random() < 0.15 or (ch < " " and not named):
             out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
         elif named and (ch != "\t" or rng.random() < 0.5):
@@ -261,8 +265,7 @@ def escape_line(rng, t):
 def escape_answer(t):
     """A --quiet answer's text as moeppc writes it on its line: \\\\ \\n \\t \\r, other bytes below 0x20 and
     0x7f as \\xHH, everything else as it is."""
-    named = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    return "".join(named.get(ch) or ("\\x%02x" % ord(ch) if ch < " " or ch == "\x7f" else ch) for ch in t)
+    return "".join(NAMED_ESCAPES.get(ch) or ("\\x%02x" % ord(ch) if ch < " " or ch == "\x7f" else ch) for ch in t)
 
 
 def render_chat(template, messages, bos, eos):
