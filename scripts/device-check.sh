@@ -5,8 +5,8 @@
 #   2. measures the GPU's ceilings in the same run (PyTorch, when the machine has it): dense bf16
 #      matrix product (8192^3) and device-to-device copy bandwidth (bytes read + written),
 #   3. runs the generated kernels against C references (tests/cuda/test_cuda_gpu.c) and the whole
-#      tiny and 0.6B models against the interpreter on fresh random inputs, outputs poisoned before
-#      every call (tests/cuda/test_cuda_model.c),
+#      tiny and 0.6B models and the 7B layer of step 5 against the interpreter on fresh random inputs,
+#      outputs poisoned before every call (tests/cuda/test_cuda_model.c),
 #   4. decodes with `moeppc run --device cuda` (CUDA graph per token), and (an extra) runs the CUDA build of the
 #      embedding library (tests/embed: examples/embed_c and examples/embed_python --cuda on the GPU
 #      against the interpreter: device and host weights, in place, with and without the gating

@@ -307,12 +307,14 @@ static bool decode(const ModelSpec *s, const WeightSet *w, const int32_t *ids, c
 /* Prefill and decode; on a failure, the prefill again with every layer's values compared. A 16-bit
  * model whose routing flips on a near-tie within its first 3 tokens leaves nothing to compare the
  * logits over: it is checked again on the next seed, up to 4 seeds (a real fault fails them all).
- * T beyond the spec's context: grown to T when `grow`, else T cut to it. */
-static bool check_spec_at(const char *path, int64_t T, bool grow)
+ * T beyond the spec's context: grown to T when `grow`, else T cut to it. `layer`: the spec cut to its
+ * first MoE layer and a vocabulary of 256, as `moeppc bench` times it. */
+static bool check_spec_at(const char *path, int64_t T, bool grow, bool layer)
 {
     ModelSpec s;
     Diag d = {.out = stderr, .file = path};
     assert_true(spec_load_file(path, &s, &d));
+    if (layer) s.n_layers = s.moe_every, s.vocab = 256;
     if (T > s.max_positions && grow) s.max_positions = T;
     if (T > s.max_positions) T = s.max_positions;
     int64_t rows = 0;
@@ -347,7 +349,7 @@ static bool check_spec_at(const char *path, int64_t T, bool grow)
     return ok;
 }
 
-static bool check_spec(const char *path, int64_t T) { return check_spec_at(path, T, false); }
+static bool check_spec(const char *path, int64_t T) { return check_spec_at(path, T, false, false); }
 
 static void test_tiny_specs(void **state)
 {
@@ -381,6 +383,21 @@ static void test_small_models(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* The layer device-check times (the 7B's first layer, bench's cut): its kernels at the paper size's
+ * shapes (hidden 1536, 16 experts of 4096), tiles at T = 17 and the GEMV and decode MLP in decode. */
+static void test_paper_layer(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    if (getenv("MOEPPC_GPU_SKIP_SMALL_MODELS")) {
+        printf("cuda_model: the 7B layer skipped (MOEPPC_GPU_SKIP_SMALL_MODELS)\n");
+        skip();
+    }
+    char p[1024];
+    src_path(p, sizeof p, "specs/moepp-7b.yaml");
+    assert_true(check_spec_at(p, 17, false, true));
+}
+
 /* Decode steps at a context of 256 (tiny-bf16: its prefill's 512 slots average 128 a group, so on
  * sm_90's TMA form the larger of the rule's tiles, cg_cuda_gemm_tma_large) and across 64 keys
  * (tiny-gqa; their context grown):
@@ -393,14 +410,14 @@ static void test_long_decode(void **state)
     if (!have_gpu) skip();
     char p[1024];
     src_path(p, sizeof p, "specs/tiny/tiny-bf16.yaml"); /* its caches bf16, its prefill on tensor cores */
-    assert_true(check_spec_at(p, 256, true));
+    assert_true(check_spec_at(p, 256, true, false));
     src_path(p, sizeof p, "specs/tiny/tiny-gqa.yaml");
     /* steps 62..64 over 63 to 65 keys: a graph captured at one split replays at two */
-    assert_true(check_spec_at(p, 65, true));
+    assert_true(check_spec_at(p, 65, true, false));
     const char *was = getenv("MOEPPC_CUDA_ATTN_SPLIT");
     char *keep = was ? xstrdup(was) : NULL;
     setenv("MOEPPC_CUDA_ATTN_SPLIT", "0", 1);
-    bool ok = check_spec_at(p, 200, true);
+    bool ok = check_spec_at(p, 200, true, false);
     if (keep) setenv("MOEPPC_CUDA_ATTN_SPLIT", keep, 1);
     else unsetenv("MOEPPC_CUDA_ATTN_SPLIT");
     free(keep);
@@ -754,6 +771,7 @@ int main(void)
         cmocka_unit_test(test_no_gpu_message),
         cmocka_unit_test(test_tiny_specs),
         cmocka_unit_test(test_small_models),
+        cmocka_unit_test(test_paper_layer),
         cmocka_unit_test(test_long_decode),
         cmocka_unit_test(test_batched_sequences),
         cmocka_unit_test(test_batched_graphs),
