@@ -370,6 +370,7 @@ typedef struct CgCudaBinary {
     size_t  cubin_len;
     char   *log;           /* NVRTC's program log (ptxas -v lines included with a cubin)          */
     double  compile_ms;    /* wall clock of nvrtcCompileProgram (both passes when both asked)    */
+    bool    compiled;      /* compiled now, not taken from a cache (MOEPPC_NVRTC_CACHE, the emulator's) */
     /* From "ptxas info" lines (cubin only; -1 when not reported). */
     int     registers;
     int     smem_bytes;    /* static shared memory                                              */

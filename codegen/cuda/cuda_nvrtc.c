@@ -193,6 +193,7 @@ static bool compile_once(const char *source, const char *name, const char *arch_
         double t0 = now_ms();
         NVRTC_CHECK(nvrtcCompileProgram(prog, n_opts, opts));
         out->compile_ms += now_ms() - t0;
+        out->compiled = true;
         log = program_log(prog);
         if (cubin) {
             NVRTC_CHECK(nvrtcGetCUBINSize(prog, &out->cubin_len));

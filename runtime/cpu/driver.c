@@ -1993,8 +1993,9 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (!r.stop && eos >= 0 && !r.ignore_eos) stop = (StopIds){&eos, 1, s.has_eos ? "the spec's eos_token_id" : "the tokenizer's </s>"};
     else if (r.stop) stop.why = "a --stop token";
     Req q = {r.generate, r.sample, r.sample_seed, stop};
-    fprintf(say, "%s: %s: %s, %lld layers, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name, dtype_name(s.dtype),
-            (long long)s.n_layers, (long long)spec_n_experts(&s), (long long)s.top_k);
+    fprintf(say, "%s: %s: %s, %lld layer%s, %lld experts per MoE layer, top-%lld; ", cfg->prog, s.name,
+            dtype_name(s.dtype), (long long)s.n_layers, s.n_layers == 1 ? "" : "s", (long long)spec_n_experts(&s),
+            (long long)s.top_k);
     if (prompts) fprintf(say, "prompts%s from %s; weights: ", tok ? " (text)" : "", prompts == stdin ? "standard input" : r.prompts);
     else fprintf(say, "%lld %s; weights: ", (long long)T, tokens_word(T));
     if (r.random) fprintf(say, "random (seed %llu)\n", (unsigned long long)r.seed);

@@ -1017,7 +1017,7 @@ static const CudaKernelImage *find_image(const CudaModel *cm, const char *symbol
 static bool load_kernels(CudaModel *cm, RtError *err)
 {
     double t0 = now_s();
-    int *todo = xmalloc((size_t)(cm->n_k + 1) * sizeof *todo), n_todo = 0, n_embedded = 0, n_cached = 0;
+    int *todo = xmalloc((size_t)(cm->n_k + 1) * sizeof *todo), n_todo = 0, n_embedded = 0, n_cached = 0, n_fresh = 0;
     const void *cached;
     char e[2048];
     bool ok = true;
@@ -1061,6 +1061,7 @@ static bool load_kernels(CudaModel *cm, RtError *err)
                 ok = false;
             }
             if (ok) cache_add(k->symbol, cm->arch, &bins[q]);
+            n_fresh += bins[q].compiled;
         }
         for (int q = 0; ok && q < n_todo; q++) cg_cuda_binary_free(&bins[q]);
         free(bins);
@@ -1069,10 +1070,14 @@ static bool load_kernels(CudaModel *cm, RtError *err)
     free(todo);
     char name[128];
     cg_cuda_device_name(cm->drv, name, sizeof name);
-    if (n_todo || n_cached)
+    const char *by = strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0 ? "the host's C++ compiler" : "NVRTC";
+    if ((n_todo || n_cached) && n_fresh == n_todo)
         snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels compiled by %s in %.1f s (%d more already compiled)",
-                 name, cm->arch, n_todo, strcmp(cm->arch, CG_CUDA_EMU_ARCH) == 0 ? "the host's C++ compiler" : "NVRTC",
-                 now_s() - t0, n_cached);
+                 name, cm->arch, n_todo, by, now_s() - t0, n_cached);
+    else if (n_todo || n_cached)
+        snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels in %.1f s: %d compiled by %s, %d taken from its cache "
+                 "(%d more already compiled)", name, cm->arch, n_todo, now_s() - t0, n_fresh, by, n_todo - n_fresh,
+                 n_cached);
     else
         snprintf(cm->info, sizeof cm->info, "%s (%s), %d kernels built into this executable (%s)", name, cm->arch,
                  n_embedded, cm->o.images_arch && strcmp(cm->o.images_arch, cm->arch) == 0 ? "cubin" : "PTX");

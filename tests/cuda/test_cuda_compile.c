@@ -263,8 +263,8 @@ static void test_nvrtc_cache(void **state)
     CgCudaBinary a, b, c;
     assert_true(cg_cuda_compile(src, sym, "sm_80", true, true, &a, err, sizeof err));
     assert_true(cg_cuda_compile(src, sym, "sm_80", true, true, &b, err, sizeof err));
-    assert_true(a.compile_ms > 0);
-    assert_true(b.compile_ms == 0); /* both passes read back */
+    assert_true(a.compile_ms > 0 && a.compiled);
+    assert_true(b.compile_ms == 0 && !b.compiled); /* both passes read back */
     assert_int_equal(a.cubin_len, b.cubin_len);
     assert_memory_equal(a.cubin, b.cubin, a.cubin_len);
     assert_string_equal(a.ptx, b.ptx);
@@ -278,7 +278,7 @@ static void test_nvrtc_cache(void **state)
              dir);
     assert_int_equal(system(cmd), 0);
     assert_true(cg_cuda_compile(src, sym, "sm_80", true, false, &c, err, sizeof err));
-    assert_true(c.compile_ms > 0);
+    assert_true(c.compile_ms > 0 && c.compiled);
     assert_memory_equal(a.cubin, c.cubin, a.cubin_len);
     cg_cuda_binary_free(&a), cg_cuda_binary_free(&b), cg_cuda_binary_free(&c);
     /* a failed compile leaves nothing, and fails again */

@@ -12,6 +12,7 @@
 #include "codegen/cuda/cg_cuda.h"
 #include "codegen/cuda/emu/cudaemu_abi.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +141,54 @@ static void test_gpu_image_refused(void **state)
     assert_null(kernel("extern \"C\" __global__ void k(float *o) { o[0] = undeclared; }\n", err, sizeof err));
     assert_non_null(strstr(err, "undeclared"));
     assert_non_null(strstr(err, "kernel k"));
+}
+
+/* The C library as kernel.hpp declares it (none of the C++ library's headers): the math functions give
+ * the host's values, a double name called with a float is the float overload (as in CUDA C++, and as
+ * C++'s <cmath> made it), a double stays double; an object is compiled once, then taken from the
+ * cache (a folder of its own here). */
+static void test_library(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    char dir[] = "/tmp/moeppc-cudaemu-lib-XXXXXX", err[8192], *was = getenv("MOEPPC_CUDAEMU_CACHE");
+    char *keep = was ? strdup(was) : NULL;
+    assert_non_null(mkdtemp(dir));
+    setenv("MOEPPC_CUDAEMU_CACHE", dir, 1);
+    static const char src[] =
+        "extern \"C\" __global__ void k(float *o) {\n"
+        "    float x = 0.3f + (float)threadIdx.x;\n"
+        "    o[0] = expf(x); o[1] = tanhf(x); o[2] = erff(x); o[3] = nearbyintf(2.5f + x); o[4] = powf(x, 1.7f);\n"
+        "    o[5] = (float)sizeof(sqrt(x)); o[6] = (float)sizeof(fmax(x, 1.0f)); o[7] = (float)sizeof(exp(0.3));\n"
+        "    o[8] = (float)cos(0.3 + threadIdx.x); o[9] = -INFINITY; o[10] = fabs(-x); o[11] = log2f(x);\n"
+        "}\n";
+    CgCudaBinary a, b;
+    assert_true(cg_cuda_compile(src, "k", CG_CUDA_EMU_ARCH, true, false, &a, err, sizeof err));
+    assert_true(cg_cuda_compile(src, "k", CG_CUDA_EMU_ARCH, true, false, &b, err, sizeof err));
+    assert_true(a.compiled && !b.compiled);
+    void *fn = NULL;
+    bool ok = cg_cuda_function(drv, b.cubin, "k", &fn, err, sizeof err);
+    if (!ok) fprintf(stderr, "%s\n", err);
+    assert_true(ok);
+    uint64_t o = dev(12 * 4);
+    run1(fn, 1, 1, o, err, sizeof err);
+    assert_string_equal(err, "");
+    float h[12];
+    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    volatile float vx = 0.3f; /* (the library's values at run time, not the compiler's folded ones) */
+    volatile double vd = 0.3;
+    const float x = vx, want[12] = {expf(x), tanhf(x), erff(x), nearbyintf(2.5f + x), powf(x, 1.7f), 4, 4, 8,
+                                    (float)cos(vd), -INFINITY, x, log2f(x)};
+    for (int i = 0; i < 12; i++) {
+        if (h[i] != want[i]) printf("o[%d] = %.9g, the host's %.9g\n", i, h[i], want[i]);
+        assert_true(h[i] == want[i]);
+    }
+    cg_cuda_binary_free(&a), cg_cuda_binary_free(&b);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -r %s", dir);
+    assert_int_equal(system(cmd), 0);
+    if (keep) setenv("MOEPPC_CUDAEMU_CACHE", keep, 1), free(keep);
+    else unsetenv("MOEPPC_CUDAEMU_CACHE");
 }
 
 /* A self-contained image (format 2, what an emitted library embeds) runs without its object file;
@@ -650,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
         cmocka_unit_test(test_warps_ahead),
         cmocka_unit_test(test_mbarrier),
+        cmocka_unit_test(test_library),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -175,6 +175,7 @@ bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out
         char *argv[] = {(char *)cxx, EMU_CXX_FLAGS, "-include", hpp, "-x", "c++", tmp_src, EMU_LINK_FLAGS,
                         "-o", tmp_so, NULL};
         int rc = ok ? run_logged(argv, log) : 0;
+        out->compiled = ok;
         if (ok && rc != 0) {
             char *msg = read_text(log);
             snprintf(err, errlen, "CUDA emulator: %s %s for kernel %s%s%s", cxx,
