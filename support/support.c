@@ -1,6 +1,7 @@
 /* support.c — element types, checked allocation, the arena, numbers, strings, random numbers. */
 #include "support/support.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -447,8 +448,9 @@ int32_t *ids_parse(const char *text, int64_t vocab, int64_t max, int64_t *n_out,
         if (!*p) break;
         char *end, shown[48]; /* printable and short, whatever the bytes (a --prompts file may hold any) */
         errno = 0;
-        long long v = strtoll(p, &end, 10);
-        if (end == p || (*end && !strchr(" ,\t\n", *end)) || errno) {
+        const char *d = p + (*p == '+' || *p == '-');
+        long long v = strtoll(p, &end, 10); /* (which would skip a \v, \f or \r before the number) */
+        if (end == p || !isdigit((unsigned char)*d) || (*end && !strchr(" ,\t\n", *end)) || errno) {
             str_escape(p, strcspn(p, " ,\t\n"), shown, sizeof shown);
             snprintf(why, why_n, "'%s' (token %lld) is not a token id", shown, (long long)n + 1);
         } else if (v < 0 || v >= vocab) {
