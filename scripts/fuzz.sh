@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(spec hf_config safetensors safetensors_index ir tuning tokenizer serve sysres)
+# (all of them: tests/fuzz/CMakeLists.txt's list)
+[ ${#targets[@]} -gt 0 ] || read -r -a targets <<<"$(sed -n 's/^set(fuzz_targets \(.*\))$/\1/p' tests/fuzz/CMakeLists.txt)"
 case "$secs" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
 # clang and its libFuzzer runtime, installed by scripts/deps.sh with the build's own needs
