@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fuzz.sh [SECONDS] [TARGET...]: coverage-guided fuzzing of every reader of hostile input (tests/fuzz):
 # builds the libFuzzer targets with clang, ASan and UBSan in build-fuzz/, runs each target (all of them
-# by default: spec hf_config safetensors safetensors_index ir tuning tokenizer serve sysres) for SECONDS
+# by default: the fuzz_targets of tests/fuzz/CMakeLists.txt) for SECONDS
 # (default 60), one after another at low priority, and prints executions, coverage and crashes per target.
 #
 # Each target starts from its seed corpus (tests/fuzz/corpus/TARGET, copied into build-fuzz/corpus/
