@@ -12,7 +12,8 @@
 #      against the interpreter: device and host weights, in place, with and without the gating
 #      residual; embed_c needs the CUDA runtime; a library emitted for the CUDA emulator refused),
 #   5. benchmarks the 7B layer at T = 1, 64, 512, 4096 (on sm_90 the grouped GEMMs on wgmma with W by the
-#      TMA, programmatic launches: the defaults there); then, budget permitting, in this order: the tiny
+#      TMA, programmatic launches: the defaults there) and checks it at 512 and 4096 against the CPU
+#      backend (tests/oracle/compare.py --flipped-rows); then, budget permitting, in this order: the tiny
 #      models on the other forms (mma.sync, wgmma alone, warp-specialised, plain launches), random models
 #      against the NumPy oracle (tests/oracle/random_models.py), tuning (moeppc tune
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
@@ -80,6 +81,8 @@ run() {
     ldd "$bin/moeppc" | grep "not found"
   fi
   export MOEPPC_SOURCE_DIR=$root
+  # NVRTC's results shared by the steps (each `moeppc run/bench --device cuda` and test compiles at load)
+  export MOEPPC_NVRTC_CACHE=$work/nvrtc-cache
   # the embedding examples need pkg-config (device-prebuild.sh carries one) and a python3 with NumPy
   command -v pkg-config >/dev/null || [ ! -x "$bin/bin/pkg-config" ] || export PKG_CONFIG=$bin/bin/pkg-config
   export PYTHON=${PYTHON:-$(command -v python3)}
@@ -131,6 +134,18 @@ EOF
   echo "routing set to the paper's tau = 0.75 share (FFN share 0.75, 16 experts in use)"
   run 120 "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --tokens 1,64,512,4096 --zc-share 0.25 "${ceil[@]}" >"$out/bench.txt"
   cat "$out/bench.txt"
+  step "the table's kernels checked: the 7B layer (cut as bench cuts it) at T = 512 and 4096 against the CPU backend"
+  sed -e 's/^  vocab: .*/  vocab: 256/' -e 's/^  layers: .*/  layers: 1/' specs/moepp-7b.yaml >"$work/layer7b.yaml"
+  for T in 512 4096; do # (a token whose picks flip between near-equal weights is left out: its row alone follows)
+    ids=$(seq 0 $((T - 1)) | awk '{ printf "%d ", ($1 * 7919) % 256 }')
+    for dev in cuda cpu; do
+      run 120 "$bin/moeppc" run "$work/layer7b.yaml" --random-weights 3 --ids "$ids" --device $dev \
+        --logits-out "$work/l7b-$T.$dev.bin" --routes-out "$work/l7b-$T.$dev.routes" >"$work/l7b-$T.$dev.log" 2>&1
+      grep "^ran" "$work/l7b-$T.$dev.log"
+    done
+    run 60 python3 tests/oracle/compare.py "$work/l7b-$T.cuda.bin" "$work/l7b-$T.cpu.bin" --vocab 256 --tol 2e-2 \
+      --routes-a "$work/l7b-$T.cuda.routes" --routes-b "$work/l7b-$T.cpu.routes" --flipped-rows 0.01 --show 0
+  done
   # ab WHAT "VAR=VALUE..." TOKENS: the 7B layer again with those switches set, against the table above
   ab() {
     more "$1" || return 0

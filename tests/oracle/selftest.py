@@ -334,6 +334,43 @@ def test_escapes():
     check("escape_line, 40 draws", not bad, repr(bad[:2]))
 
 
+def test_flipped_rows():
+    """compare.py --flipped-rows on two runs of one MoE layer: a token whose picks differ between weights
+    equal to 6 digits is left out of the logits (its row wrong), one whose differ by 0.2 fails, as do
+    more than 1 % left out and routes of two layers."""
+    import contextlib
+    import io
+    import compare
+    d = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+
+    def files(rows_a, rows_b, T=100, bad_row=None):
+        b = np.arange(T * 4, dtype="<f4").reshape(T, 4) / 100
+        a = b.copy()
+        if bad_row is not None:
+            a[bad_row] += 1
+        for name, arr, rows in (("a", a, rows_a), ("b", b, rows_b)):
+            arr.tofile(os.path.join(d, name + ".bin"))
+            with open(os.path.join(d, name + ".routes"), "w") as f:
+                for t in range(T):
+                    f.write(rows.get(t, "0 %d 1 2 0.6 0.4" % t) + "\n")
+        return [os.path.join(d, "a.bin"), os.path.join(d, "b.bin"), "--vocab", "4", "--tol", "2e-2", "--routes-a",
+                os.path.join(d, "a.routes"), "--routes-b", os.path.join(d, "b.routes"), "--show", "0"]
+
+    def rc(argv):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return compare.main(argv)
+    near = files({10: "0 10 2 3 0.571709 0.428291"}, {10: "0 10 2 13 0.571712 0.428288"}, bad_row=10)
+    check("flipped-rows: a near-equal flip left out", rc(near + ["--flipped-rows", "0.01"]) == 0)
+    check("flipped-rows: without it, the same fails", rc(near) == 1)
+    far = files({10: "0 10 2 3 0.8 0.2"}, {10: "0 10 2 13 0.6 0.4"}, bad_row=10)
+    check("flipped-rows: weights 0.2 apart fail", rc(far + ["--flipped-rows", "0.01"]) == 1)
+    many = files({t: "0 %d 2 3 0.5 0.5" % t for t in (3, 4)}, {t: "0 %d 2 13 0.5 0.5" % t for t in (3, 4)})
+    check("flipped-rows: 2 of 100 left out is too many", rc(many + ["--flipped-rows", "0.01"]) == 1)
+    two = files({1: "1 1 1 2 0.6 0.4"}, {})
+    check("flipped-rows: two layers refused", rc(two + ["--flipped-rows", "0.01"]) == 2)
+
+
 def main():
     for name, fn in sorted(globals().items()):
         if name.startswith("test_"):
