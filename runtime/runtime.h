@@ -48,6 +48,8 @@ bool        rt_copy_ok(int from, int to, int64_t positions, int n, int64_t max_p
 /* Seeded random weights for every tensor of the spec, in the spec's dtype (distribution: see
  * weights_random's definition and README). */
 bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err);
+/* The bytes weights_random allocates for s (0 past 2^63). */
+size_t      weights_random_bytes(const ModelSpec *s);
 /* Check that every tensor the spec needs exists with the right shape and dtype. Reports the
  * first problems (all of them, one per line, up to a limit) in err. */
 bool        weights_check(const WeightSet *w, const ModelSpec *s, RtError *err);

@@ -293,6 +293,17 @@ static bool random_plan(const TensorDesc *d, int n, size_t *offs, size_t *total)
     return true;
 }
 
+size_t weights_random_bytes(const ModelSpec *s)
+{
+    int n;
+    TensorDesc *d = spec_tensors(s, &n);
+    size_t *offs = xmalloc((size_t)(n ? n : 1) * sizeof *offs), total = 0;
+    if (!random_plan(d, n, offs, &total)) total = 0;
+    free(offs);
+    free(d);
+    return total;
+}
+
 static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
 {
     double have = mem_available_bytes(), limit = 0.8 * have;

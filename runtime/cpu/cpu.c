@@ -931,9 +931,8 @@ static double cache_bytes(const IrInstr *i, int64_t max_positions)
     return 2.0 * (double)dtype_size(d.wdtype) * (double)cg_attention_cache_elems(max_positions, d.kv_heads, d.head_dim);
 }
 
-/* Bytes the model will allocate beyond its weights: the packed copies of every GEMM weight and the
- * KV caches (the arena, sized by the tokens of a call, is small beside them). */
-static double bytes_needed(const IrModule *m, int64_t max_positions)
+/* (the arena, sized by the tokens of a call, is small beside the packed weights and the caches) */
+double cpu_model_bytes_needed(const IrModule *m, int64_t max_positions)
 {
     double b = 0;
     for (const IrInstr *i = m->first; i; i = i->next) {
@@ -950,7 +949,7 @@ static double bytes_needed(const IrModule *m, int64_t max_positions)
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {
-    double need = bytes_needed(m, max_positions), have = mem_available_bytes();
+    double need = cpu_model_bytes_needed(m, max_positions), have = mem_available_bytes();
     if (need > 0.9 * have) {
         char a[32], b[32];
         str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);

@@ -40,6 +40,9 @@ typedef struct CpuModel CpuModel;
 
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err);
+/* Bytes a model of m allocates beyond its weights: the packed copies of every GEMM weight and the KV
+ * caches (cpu_model_new refuses a model whose need passes 90 % of the memory available). */
+double    cpu_model_bytes_needed(const IrModule *m, int64_t max_positions);
 /* Run T tokens at positions pos (each < max_positions). */
 bool      cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
 /* Run only instructions [first, last) (indices in program order) on T tokens, after a full run on the

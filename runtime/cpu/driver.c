@@ -619,10 +619,36 @@ static bool load_module(Runner *rn)
  * they are copied out. */
 static bool last_row_only(const RunArgs *r) { return (r->quiet || r->top == 0) && !r->perplexity && !r->logits_out; }
 
-static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s, WeightSet *w)
+/* The runner's module (before any weights are read: random_room may refuse them first). */
+static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s)
 {
-    *rn = (Runner){.r = r, .s = s, .w = w, .last_only = last_row_only(r)};
-    if (!load_module(rn)) return false;
+    *rn = (Runner){.r = r, .s = s, .last_only = last_row_only(r)};
+    return load_module(rn);
+}
+
+/* Random weights for the CPU backend: they stay in memory beside its packed copy (a checkpoint's pages
+ * leave once packed), so both must fit, said before seconds of generating them rather than after. */
+static bool random_room(const Runner *rn)
+{
+    if (!rn->r->random || rn->r->backend != BACKEND_CPU || !cfg->kernels_new) return true;
+    double weights = (double)weights_random_bytes(rn->s), packed = cpu_model_bytes_needed(rn->m, rn->s->max_positions);
+    double have = mem_available_bytes();
+    if (weights + packed <= 0.9 * have || weights > 0.8 * have) return true; /* (too many alone: weights_random says) */
+    char a[32], b[32], c[32];
+    str_bytes(weights, a, sizeof a), str_bytes(packed, b, sizeof b), str_bytes(have, c, sizeof c);
+    drv_err("--random-weights: %s of random weights and the CPU backend's %s of packed weights and KV caches "
+            "beside them do not fit the %s of memory available; a checkpoint's pages leave memory once packed: "
+            "write the weights with `moeppc init-weights %s --seed %llu -o FILE` and run with --weights FILE\n", a, b,
+            c, rn->r->spec, (unsigned long long)rn->r->seed);
+    return false;
+}
+
+/* The backend for the runner's module, on weights w. */
+static bool runner_start(Runner *rn, WeightSet *w)
+{
+    const RunArgs *r = rn->r;
+    const ModelSpec *s = rn->s;
+    rn->w = w;
     if (r->backend == BACKEND_INTERP) return true;
     RtError err = {{0}};
     if (r->opt_level < 1) {
@@ -2001,23 +2027,21 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (r.random) fprintf(say, "random (seed %llu)\n", (unsigned long long)r.seed);
     else fprintf(say, "%s\n", r.weights);
     fflush(say);
-    WeightSet *w;
-    if (open_weights(&r, &s, &w)) {
-        Runner rn;
-        if (runner_init(&rn, &r, &s, w)) {
-            rn.tok = tok;
-            if (prompts) {
-                rc = r.batch > 1 || r.serve ? run_prompts_batched(&rn, prompts, &q) : run_prompts(&rn, prompts, &q);
-            } else {
-                Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
-                rc = run_prompt(&rn, &c, ids, T, &q);
-                if (r.quiet) printf("\n");
-                free(c.seq);
-            }
+    WeightSet *w = NULL;
+    Runner rn;
+    if (runner_init(&rn, &r, &s) && random_room(&rn) && open_weights(&r, &s, &w) && runner_start(&rn, w)) {
+        rn.tok = tok;
+        if (prompts) {
+            rc = r.batch > 1 || r.serve ? run_prompts_batched(&rn, prompts, &q) : run_prompts(&rn, prompts, &q);
+        } else {
+            Conv c = {.seq = xmalloc((size_t)(T + r.generate + 1) * sizeof *c.seq)};
+            rc = run_prompt(&rn, &c, ids, T, &q);
+            if (r.quiet) printf("\n");
+            free(c.seq);
         }
-        runner_free(&rn);
-        weights_close(w);
     }
+    runner_free(&rn);
+    weights_close(w);
 out:
     if (prompts && prompts != stdin) fclose(prompts);
     if (say != stdout) fclose(say);

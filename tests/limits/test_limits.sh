@@ -2,7 +2,8 @@
 # test_limits.sh MOEPPC WORKDIR: inputs that ask for more than the machine has are refused early, each
 # with one message and exit status 1, and nothing is allocated for them: a spec with a tensor beyond
 # 2^38 elements (hidden 10^7), one beyond the memory (hidden 65536; MOEPPC_MEM_LIMIT_MB plays a
-# machine of 1000 MB), activations beyond the memory, a safetensors header length of gigabytes, a
+# machine of 1000 MB), activations beyond the memory, random weights that do not fit beside the CPU
+# backend's packed copy, a safetensors header length of gigabytes, a
 # token list longer than max_positions, a file that never ends, an output that cannot be written.
 # (Nesting and node limits of YAML: tests/frontend/errors/nested-too-deep and frontend_unit; sizes of
 # IR values: tests/ir/errors.)
@@ -52,6 +53,9 @@ MOEPPC_MEM_LIMIT_MB=1 expect 1 "error: not enough memory: the interpreter needs 
     "$moeppc" run "$tiny" --random-weights 1 --ids "$ids" --backend interp
 MOEPPC_MEM_LIMIT_MB=6 expect 1 "error: not enough memory: 4096 tokens need an activation arena of 5.8 MB" \
     "$moeppc" bench "$tiny" --experts --tokens 4096
+# random weights that fit alone, not beside the CPU backend's packed copy: said before they are made
+MOEPPC_MEM_LIMIT_MB=2000 expect 1 "error: --random-weights: 1.06 GB of random weights and the CPU backend's 1.17 GB of packed weights and KV caches beside them do not fit the 2.10 GB" \
+    "$moeppc" run "$src/specs/moepp-0.6b.yaml" --random-weights 1 --ids "1 2"
 
 # a header length of 3 GB in a 10-byte file: refused before anything is read or allocated
 printf '\000\136\320\262\000\000\000\000{}' >"$work/huge-header.safetensors"
