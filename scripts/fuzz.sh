@@ -15,7 +15,8 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 # (all of them: tests/fuzz/CMakeLists.txt's list)
-[ ${#targets[@]} -gt 0 ] || read -r -a targets <<<"$(sed -n 's/^set(fuzz_targets \(.*\))$/\1/p' tests/fuzz/CMakeLists.txt)"
+[ ${#targets[@]} -gt 0 ] ||
+  read -r -a targets <<<"$(sed -n 's/^set(fuzz_targets \(.*\))$/\1/p' tests/fuzz/CMakeLists.txt)"
 case "$secs" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
 # clang and its libFuzzer runtime, installed by scripts/deps.sh with the build's own needs

@@ -1018,7 +1018,8 @@ static int prompt_report(Runner *rn, Conv *c, const EvalResult *res, int64_t fro
     const EvalTensor *logits = eval_output(res, "logits");
     if (rn->gpu)
         fprintf(say, "ran %lld %s in %.3f s (%.1f tokens/s; GPU time %.3f ms) on the GPU: %s", (long long)n,
-                tokens_word(n), res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu), cfg->cuda->device(rn->gpu));
+                tokens_word(n), res->seconds, (double)n / res->seconds, cfg->cuda->last_ms(rn->gpu),
+                cfg->cuda->device(rn->gpu));
     else
         fprintf(say, "ran %lld %s in %.3f s (%.1f tokens/s) on the %s", (long long)n, tokens_word(n), res->seconds,
                 (double)n / res->seconds, r->backend == BACKEND_CPU ? (cfg->ir_text ? "CPU backend (kernels compiled into this executable)"

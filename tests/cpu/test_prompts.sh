@@ -94,7 +94,8 @@ printf '%s\n%s 1 2\n%s\n' "$LONG" "$LONG" "$LONG" >"$WORK/reuse"
   [ "$(cat "$WORK/reuse.txt")" = "$(printf '%s\n%s\n%s' "$(alone "$LONG")" "$(alone "$LONG 1 2")" "$(alone "$LONG")")" ] ||
   { echo "prefix reuse: other answers than alone:"; cat "$WORK/reuse.txt"; exit 1; }
 ran() { "$MOEPPC" run "$SPEC" --random-weights 1 --device "$DEVICE" --generate 4 --prompts "$WORK/reuse" "$@" | grep "^ran " |
-          sed 's/^ran \([0-9]*\) tokens\?.*in the caches$/\1 after reuse/; s/^ran \([0-9]*\) tokens\?.*/\1/' | paste -sd,; }
+          sed 's/^ran \([0-9]*\) tokens\?.*in the caches$/\1 after reuse/; s/^ran \([0-9]*\) tokens\?.*/\1/' |
+          paste -sd,; }
 r0=$(ran --top 0) r1=$(ran --top 0 --no-prefix-reuse) r2=$(ran --top 1) r3=$(ran --top 0 --route-stats)
 [ "$r0" = "10,2 after reuse,1 after reuse" ] && [ "$r1" = "10,12,10" ] && [ "$r2" = "$r1" ] && [ "$r3" = "$r1" ] ||
   { echo "prefix reuse: tokens run '$r0', --no-prefix-reuse '$r1', --top 1 '$r2', --route-stats '$r3'"; exit 1; }

@@ -4,9 +4,9 @@
  * CUDAEMU_IMAGE_MAGIC, then the shared object's path; cg_cuda_emu_embed turns it into one that
  * carries the object itself (CUDAEMU_IMAGE_MAGIC2), for a library that must not depend on the cache.
  *
- * Objects are kept by a hash of their text (and the compiler and its flags) in MOEPPC_CUDAEMU_CACHE when set (the
- * tests point it into the build folder), else in a folder of this process under $TMPDIR, removed at
- * exit. The compiler: MOEPPC_CUDAEMU_CXX, else CXX, else c++.
+ * Objects are kept by a hash of their text (and the compiler and its flags) in MOEPPC_CUDAEMU_CACHE when
+ * set (the tests point it into the build folder), else in a folder of this process under $TMPDIR,
+ * removed at exit. The compiler: MOEPPC_CUDAEMU_CXX, else CXX, else c++.
  *
  * kernel.hpp is precompiled once per folder (kernel-HASH.hpp and its .gch, HASH of its text, the
  * compiler and the flags) and each kernel's file takes it by -include: parsing it was 0.2 s of the
@@ -175,7 +175,6 @@ bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out
         char *argv[] = {(char *)cxx, EMU_CXX_FLAGS, "-include", hpp, "-x", "c++", tmp_src, EMU_LINK_FLAGS,
                         "-o", tmp_so, NULL};
         int rc = ok ? run_logged(argv, log) : 0;
-        out->compiled = ok;
         if (ok && rc != 0) {
             char *msg = read_text(log);
             snprintf(err, errlen, "CUDA emulator: %s %s for kernel %s%s%s", cxx,
@@ -188,6 +187,7 @@ bool cg_cuda_emu_compile(const char *source, const char *name, CgCudaBinary *out
             ok = false;
         }
         unlink(tmp_src), unlink(log), unlink(tmp_so);
+        out->compiled = ok;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     free(text);
