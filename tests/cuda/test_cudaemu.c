@@ -77,6 +77,16 @@ static void run1(void *fn, unsigned g, unsigned b, uint64_t out, char *err, size
     cg_cuda_launch(drv, fn, grid, block, 0, args, err, errlen);
 }
 
+/* k(out) on grid g of blocks of b, which must run without an error; out's first n floats into h. */
+static void run_floats(void *fn, unsigned g, unsigned b, float *h, size_t n)
+{
+    char err[8192];
+    uint64_t o = dev(n * sizeof *h);
+    run1(fn, g, b, o, err, sizeof err);
+    assert_string_equal(err, "");
+    assert_true(cg_cuda_download(drv, h, o, n * sizeof *h, err, sizeof err));
+}
+
 static void test_divergent_barrier(void **state)
 {
     (void)state;
@@ -170,11 +180,8 @@ static void test_library(void **state)
     bool ok = cg_cuda_function(drv, b.cubin, "k", &fn, err, sizeof err);
     if (!ok) fprintf(stderr, "%s\n", err);
     assert_true(ok);
-    uint64_t o = dev(12 * 4);
-    run1(fn, 1, 1, o, err, sizeof err);
-    assert_string_equal(err, "");
     float h[12];
-    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    run_floats(fn, 1, 1, h, 12);
     volatile float vx = 0.3f; /* (the library's values at run time, not the compiler's folded ones) */
     volatile double vd = 0.3;
     const float x = vx, want[12] = {expf(x), tanhf(x), erff(x), nearbyintf(2.5f + x), powf(x, 1.7f), 4, 4, 8,
@@ -212,11 +219,8 @@ static void test_embedded_image(void **state)
     assert_int_equal(rename(moved, path), 0);
     if (!ok) fprintf(stderr, "%s\n", err);
     assert_true(ok);
-    uint64_t o = dev(32 * 4);
-    run1(fn, 1, 32, o, err, sizeof err);
-    assert_string_equal(err, "");
     float h[32];
-    assert_true(cg_cuda_download(drv, h, o, sizeof h, err, sizeof err));
+    run_floats(fn, 1, 32, h, 32);
     for (int i = 0; i < 32; i++) assert_true(h[i] == 2.0f * (float)i);
     static const char *const bad[] = {"MOEPPC-CUDAEMU-2\n", "MOEPPC-CUDAEMU-2\nx\n", "MOEPPC-CUDAEMU-2\n0\n",
                                       "MOEPPC-CUDAEMU-2\n99999999999\n", "MOEPPC-CUDAEMU-2\n16\n\177ELF and no more"};
