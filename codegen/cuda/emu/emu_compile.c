@@ -10,7 +10,9 @@
  *
  * kernel.hpp is precompiled once per folder (kernel-HASH.hpp and its .gch, HASH of its text, the
  * compiler and the flags) and each kernel's file takes it by -include: parsing it was 0.2 s of the
- * 0.5 s a kernel took to compile. A compiler that cannot precompile, or will not take the result,
+ * 0.5 s a kernel took to compile while it included C++'s <math.h>; now that it includes no library
+ * header the precompiled form saves 0.006 s a kernel (0.032 against 0.038 s for an empty one). A
+ * compiler that cannot precompile, or will not take the result,
  * parses kernel-HASH.hpp itself (the .gch is only ever used by one whose flags match). */
 #include "codegen/cuda/cg_cuda.h"
 #include "codegen/cuda/emu/cudaemu_abi.h"
