@@ -60,14 +60,20 @@ const Tensor *weights_find(const WeightSet *w, const char *name);
 bool        weights_parts(const WeightSet *w, const Tensor *t, const void *part[2], size_t *part0_bytes);
 /* t's bytes as one block, for a reader that needs them whole: t->data, which for a tensor held in
  * two parts is set here, at the first call, to a copy of the two stacked (kept with w; NULL, with
- * err, when it cannot be allocated). Readers that can take the parts (packing, uploading) should. */
+ * err, when it cannot be allocated), and for a random tensor released (weights_release) to its values
+ * made again. Readers that can take the parts (packing, uploading) should; any reader of a set that
+ * may have been released reads through here, not t->data. */
 const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err);
-/* bytes at data (a tensor's, or a part's) are not needed again soon (copied: packed, uploaded): where
- * they lie in one of w's file mappings, the whole pages among them leave this process (madvise
- * MADV_DONTNEED on the read-only private mapping: the file's pages are read again if touched; the
- * page cache keeps them while memory allows), so that the mapping and the copy do not both stay
- * resident. Anywhere else (random weights, copies, caller memory): nothing. */
+/* bytes at data (a tensor's, or a part's) are not needed again soon (copied: packed, uploaded), so
+ * that they and the copy do not both stay resident: where they lie in one of w's file mappings, the
+ * whole pages among them leave this process (madvise MADV_DONTNEED on the read-only private mapping:
+ * the file's pages are read again if touched; the page cache keeps them while memory allows); where
+ * they are a whole random tensor's, its pages leave and its data is NULL until weights_data makes its
+ * values again. Anywhere else (part of a random tensor, copies, caller memory): nothing. */
 void        weights_release(const WeightSet *w, const void *data, size_t bytes);
+/* Whether weights_release gives w's memory back to the system (random weights), rather than to the
+ * page cache (a checkpoint's mapped pages, counted as available memory already). */
+bool        weights_release_frees(const WeightSet *w);
 int         weights_count(const WeightSet *w);
 const Tensor *weights_at(const WeightSet *w, int i);
 void        weights_close(WeightSet *w);

@@ -25,6 +25,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+static const void *random_again(const WeightSet *w, const Tensor *t);
+static void random_release(const WeightSet *w, const void *data, size_t bytes);
+
 /* ---- the WeightSet ------------------------------------------------------------------------------ */
 WeightSet *ws_new(const char *origin)
 {
@@ -102,6 +105,7 @@ const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err)
 {
     const void *part[2];
     size_t lo;
+    if (!t->data && w->regen) return random_again(w, t);
     if (!weights_parts(w, t, part, &lo)) return t->data;
     void *whole = aligned_alloc(64, (t->nbytes + 63) & ~(size_t)63);
     if (!whole) {
@@ -114,6 +118,8 @@ const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err)
     ((Tensor *)t)->data = whole;
     return whole;
 }
+
+bool weights_release_frees(const WeightSet *w) { return w && w->regen; }
 
 int weights_count(const WeightSet *w) { return w ? w->n : 0; }
 
@@ -129,6 +135,7 @@ void weights_release(const WeightSet *w, const void *data, size_t bytes)
         if (a < b) madvise((void *)a, b - a, MADV_DONTNEED); /* only a hint: failure changes nothing */
         return;
     }
+    if (w->regen) random_release(w, data, bytes);
 }
 
 void weights_close(WeightSet *w)
@@ -142,6 +149,7 @@ void weights_close(WeightSet *w)
     for (int i = 0; i < w->n_copies; i++) free(w->copies[i]);
     free(w->copies);
     free(w->parts);
+    free(w->regen);
     free(w->owned);
     free(w->origin);
     free(w);
@@ -241,7 +249,7 @@ static void fill_part(void *dst, moe_dtype dt, size_t i0, size_t count, uint64_t
 /* The fill in parts of FILL_PART elements, a pool task a part: a 7B model's 7.6 G values took a
  * minute on one core, and the page faults of first touch parallelise too. */
 #define FILL_PART ((size_t)1 << 20)
-typedef struct {
+typedef struct FillJob {
     void *dst;
     moe_dtype dt;
     size_t count;
@@ -304,6 +312,42 @@ size_t weights_random_bytes(const ModelSpec *s)
     return total;
 }
 
+/* A random tensor whose pages have been released (random_release) made again where it was: the same
+ * values, its generator being its own (the readers that go through weights_data never see the gap). */
+static const void *random_again(const WeightSet *w, const Tensor *t)
+{
+    MOE_ASSERT(t >= w->tensors && t < w->tensors + w->n);
+    const FillJob *job = &w->regen[t - w->tensors];
+    fill_all(job, 1);
+    ((Tensor *)t)->data = job->dst; /* (the set owns its tensors: filling one in is its business) */
+    return job->dst;
+}
+
+static int job_cmp(const void *key, const void *elem)
+{
+    uintptr_t a = (uintptr_t)key, b = (uintptr_t)((const FillJob *)elem)->dst;
+    return a < b ? -1 : a > b;
+}
+
+/* A whole random tensor no longer needed (weights_release): its whole pages leave the process
+ * (MADV_DONTNEED: an anonymous page reads zero when touched again, so data is NULL until
+ * weights_data makes it again), and stay out of transparent huge pages, which would fill them in. A
+ * part of one, or bytes of no tensor, are left alone. */
+static void random_release(const WeightSet *w, const void *data, size_t bytes)
+{
+    const FillJob *job = bsearch(data, w->regen, (size_t)w->n, sizeof *w->regen, job_cmp); /* (dst ascends) */
+    if (!job || bytes == 0) return;
+    Tensor *t = &w->tensors[job - w->regen];
+    if (t->data != data || t->nbytes != bytes) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)data, hi = lo + bytes;
+    uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page; /* (a neighbour's pages stay) */
+    if (a < b) {
+        madvise((void *)a, b - a, MADV_NOHUGEPAGE); /* only hints: failure changes nothing but memory */
+        madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+    t->data = NULL;
+}
+
 static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
 {
     double have = mem_available_bytes(), limit = 0.8 * have;
@@ -343,7 +387,7 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
             ws_push(w, &t);
         }
         fill_all(jobs, n);
-        free(jobs);
+        w->regen = jobs;
         MOE_ASSERT(ws_build_index(w) < 0); /* spec_tensors names are unique */
         *out = w;
     }

@@ -86,17 +86,21 @@ static const Tensor *param(const CpuModel *cm, const IrValue *v)
     return t;
 }
 
+/* A weight read in place: its bytes (made again if released: weights_data). */
+static const void *param_data(const CpuModel *cm, const IrValue *v)
+{
+    const Tensor *t = param(cm, v);
+    MOE_ASSERT(!weights_parts(cm->w, t, (const void *[2]){0}, &(size_t){0})); /* (one in two parts is only packed) */
+    return weights_data(cm->w, t, &(RtError){{0}});
+}
+
 static void *addr(const CpuModel *cm, const IrValue *v, int64_t T)
 {
     switch (v->kind) {
     case IR_VAL_INPUT:
         if (cm->bound[v->id]) return (void *)cm->bound[v->id];
         return (void *)(strcmp(v->name, "pos") == 0 ? cm->pos : cm->ids);
-    case IR_VAL_PARAM: {
-        const Tensor *t = param(cm, v);
-        MOE_ASSERT(t->data || t->nbytes == 0); /* one in two parts (weights_parts) is only packed */
-        return (void *)t->data;
-    }
+    case IR_VAL_PARAM: return (void *)param_data(cm, v);
     case IR_VAL_RESULT: break;
     }
     MOE_ASSERT(v->planned);
@@ -260,21 +264,47 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
 }
 
 /* A weight to pack: [n, k] at src, or in two parts (weights_parts: rows 0 .. rows_lo - 1 at src, the
- * rest at src_hi), into panels nr wide. */
+ * rest at src_hi), into panels nr wide; t its tensor (NULL: a copy). */
 typedef struct {
     const void *src, *src_hi;
     int64_t rows_lo, n, k;
     int nr;
+    const Tensor *t;
 } PackSrc;
 
 static PackSrc pack_src(const CpuModel *cm, const IrValue *w, int nr)
 {
     const Tensor *t = param(cm, w);
-    const void *part[2] = {t->data, NULL};
+    const void *part[2] = {NULL, NULL};
     size_t lo = 0;
-    weights_parts(cm->w, t, part, &lo); /* (two parts: each packed from where it is) */
+    if (!weights_parts(cm->w, t, part, &lo)) /* (two parts: each packed from where it is) */
+        part[0] = weights_data(cm->w, t, &(RtError){{0}});
     return (PackSrc){part[0], part[1], (int64_t)(lo / ((size_t)w->type.dims[1] * dtype_size(t->dtype))),
-                     w->type.dims[0], w->type.dims[1], nr};
+                     w->type.dims[0], w->type.dims[1], nr, t};
+}
+
+/* Whether input k of i is a weight packed from where it lies (pack_src), not read there when running. */
+static bool packed_in_place(const IrInstr *i, int k)
+{
+    if (i->in[k]->kind != IR_VAL_PARAM) return false;
+    switch (i->op) {
+    case IR_OP_LINEAR: return k == 1;
+    case IR_OP_MOE_GROUPED_UP: return k >= 3 && k < 3 + ir_attr_int(i, "experts");
+    case IR_OP_MOE_GROUPED_DOWN: return k >= 5 && k < 5 + ir_attr_int(i, "experts");
+    case IR_OP_MOE_ROUTE: /* W1 [W2] [r Wg]: the constants' Wc are copied, then packed */
+        return k >= 1 && k < 1 + ir_attr_int(i, "router_layers") + (ir_attr_int(i, "residual") ? 2 : 0);
+    default: return false;
+    }
+}
+
+/* Whether some op of m reads tensor in place (an embedding table that is also the lm_head). */
+static bool read_in_place(const IrModule *m, const char *tensor)
+{
+    for (const IrInstr *i = m->first; i; i = i->next)
+        for (int k = 0; k < i->n_in; k++)
+            if (i->in[k]->kind == IR_VAL_PARAM && !packed_in_place(i, k) && strcmp(i->in[k]->tensor, tensor) == 0)
+                return true;
+    return false;
 }
 
 /* Packing on the pool: each weight's panels in runs of about 1 MiB, a task a run (the 7B's 15 GB
@@ -314,7 +344,8 @@ static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
     free(pt.first), free(pt.run);
-    for (int e = 0; e < n; e++) { /* the copy is what runs: the checkpoint's pages leave (weights_release) */
+    for (int e = 0; e < n; e++) { /* the copy is what runs: the source's pages leave (weights_release) */
+        if (!src[e].t || read_in_place(cm->m, src[e].t->name)) continue;
         size_t row = (size_t)src[e].k * dtype_size(dt);
         weights_release(cm->w, src[e].src, (size_t)(src[e].src_hi ? src[e].rows_lo : src[e].n) * row);
         if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
@@ -402,7 +433,7 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
             }
             memcpy((char *)wc + c * bytes, data, bytes);
         }
-        src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr};
+        src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr, NULL};
     }
     pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), false); /* (the narrow kernel's alike) */
     free(wc);
@@ -447,7 +478,7 @@ static bool prepare_rowwise(CpuModel *cm, Step *st, RtError *err)
     MOE_ASSERT(cg_op_desc_for(i, &d));
     if (i->op == IR_OP_MOE_COMBINE) {
         st->vc_ptrs = xcalloc((size_t)(d.n_const + 1), sizeof *st->vc_ptrs);
-        for (int64_t c = 0; c < d.n_const && !cm->dry; c++) st->vc_ptrs[c] = param(cm, i->in[4 + c])->data;
+        for (int64_t c = 0; c < d.n_const && !cm->dry; c++) st->vc_ptrs[c] = param_data(cm, i->in[4 + c]);
     }
     return want_op(cm, st, &st->fn, &d, err);
 }
@@ -946,10 +977,21 @@ double cpu_model_bytes_needed(const IrModule *m, int64_t max_positions)
     return b;
 }
 
+double cpu_model_bytes_freed(const IrModule *m)
+{
+    double b = 0;
+    for (const IrInstr *i = m->first; i; i = i->next)
+        for (int k = 0; k < i->n_in; k++)
+            if (packed_in_place(i, k) && !read_in_place(m, i->in[k]->tensor))
+                b += (double)ir_type_numel(&i->in[k]->type, 1) * (double)dtype_size(i->in[k]->type.dtype);
+    return b;
+}
+
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {
     double need = cpu_model_bytes_needed(m, max_positions), have = mem_available_bytes();
+    if (weights_release_frees(w)) need -= cpu_model_bytes_freed(m); /* (packing op by op: a layer's at most more) */
     if (need > 0.9 * have) {
         char a[32], b[32];
         str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);

@@ -43,6 +43,10 @@ CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_posit
 /* Bytes a model of m allocates beyond its weights: the packed copies of every GEMM weight and the KV
  * caches (cpu_model_new refuses a model whose need passes 90 % of the memory available). */
 double    cpu_model_bytes_needed(const IrModule *m, int64_t max_positions);
+/* Of those, the bytes of the weights packed op by op that nothing reads in place: on weights whose
+ * release frees memory (weights_release_frees: random ones) each leaves once packed, and
+ * cpu_model_new counts them out of its need. */
+double    cpu_model_bytes_freed(const IrModule *m);
 /* Run T tokens at positions pos (each < max_positions). */
 bool      cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
 /* Run only instructions [first, last) (indices in program order) on T tokens, after a full run on the

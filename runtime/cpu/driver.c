@@ -626,20 +626,19 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s)
     return load_module(rn);
 }
 
-/* Random weights for the CPU backend: they stay in memory beside its packed copy (a checkpoint's pages
- * leave once packed), so both must fit, said before seconds of generating them rather than after. */
+/* Random weights for the CPU backend: those it packs leave memory once packed, the rest (tables read in
+ * place) stay beside its packed copy and KV caches; all of that must fit, said before seconds of
+ * generating them rather than after (cpu_model_new would say it after). */
 static bool random_room(const Runner *rn)
 {
     if (!rn->r->random || rn->r->backend != BACKEND_CPU || !cfg->kernels_new) return true;
     double weights = (double)weights_random_bytes(rn->s), packed = cpu_model_bytes_needed(rn->m, rn->s->max_positions);
-    double have = mem_available_bytes();
-    if (weights + packed <= 0.9 * have || weights > 0.8 * have) return true; /* (too many alone: weights_random says) */
+    double kept = weights - cpu_model_bytes_freed(rn->m), have = mem_available_bytes();
+    if (kept + packed <= 0.9 * have || weights > 0.8 * have) return true; /* (too many alone: weights_random says) */
     char a[32], b[32], c[32];
-    str_bytes(weights, a, sizeof a), str_bytes(packed, b, sizeof b), str_bytes(have, c, sizeof c);
-    drv_err("--random-weights: %s of random weights and the CPU backend's %s of packed weights and KV caches "
-            "beside them do not fit the %s of memory available; a checkpoint's pages leave memory once packed: "
-            "write the weights with `moeppc init-weights %s --seed %llu -o FILE` and run with --weights FILE\n", a, b,
-            c, rn->r->spec, (unsigned long long)rn->r->seed);
+    str_bytes(packed, a, sizeof a), str_bytes(kept, b, sizeof b), str_bytes(have, c, sizeof c);
+    drv_err("--random-weights: the CPU backend's %s of packed weights and KV caches and the %s of weights it reads "
+            "in place do not fit the %s of memory available; use a smaller spec\n", a, b, c);
     return false;
 }
 

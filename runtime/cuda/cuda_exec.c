@@ -278,8 +278,9 @@ static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t by
     const void *part[2];
     size_t lo;
     if (!weights_parts(cm->w, t, part, &lo)) {
-        if (!dupload(cm, d, t->data, bytes, err)) return false;
-        weights_release(cm->w, t->data, bytes);
+        const void *data = weights_data(cm->w, t, err); /* (a random tensor released: made again) */
+        if (!dupload(cm, d, data, bytes, err)) return false;
+        weights_release(cm->w, data, bytes);
         return true;
     }
     MOE_ASSERT(bytes == t->nbytes);

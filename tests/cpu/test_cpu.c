@@ -461,6 +461,48 @@ static void test_refuses_when_memory_is_short(void **state)
     tiny_close(&t);
 }
 
+/* On random weights, what the backend packs leaves memory once packed (weights_release): every weight
+ * packed and read nowhere else is released, cpu_model_bytes_freed's bytes of them, and nothing else
+ * is: tiny-tied's embedding table, also its lm_head, stays where the embedding reads it. The model
+ * and then the interpreter (its weights made again) still compute the same logits. */
+static void test_packed_weights_leave_memory(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    WeightSet *w;
+    IrModule *m = open_spec("tiny-tied", 9, &s, &w);
+    RtError err = {{0}};
+    CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 2, &err);
+    assert_non_null(cm);
+    double released = 0;
+    for (int i = 0; i < weights_count(w); i++) {
+        const Tensor *t = weights_at(w, i);
+        bool used = false; /* (layer 0's gate map is not: no gating residual there) */
+        for (int k = 0; k < m->n_values; k++)
+            used |= m->values[k]->kind == IR_VAL_PARAM && strcmp(m->values[k]->tensor, t->name) == 0;
+        bool packed = used && (strstr(t->name, "proj.weight") || strstr(t->name, "moe.gate.")); /* (W1, W2, Wg) */
+        bool kept = strstr(t->name, "norm") || strstr(t->name, "embed_tokens") || strstr(t->name, ".constant") ||
+                    strstr(t->name, ".wg.weight"); /* (the constants' Wc: copied, then packed) */
+        if (!t->data) released += (double)t->nbytes;
+        if (kept || !used) assert_non_null(t->data);
+        else if (packed) assert_null(t->data);
+    }
+    assert_non_null(weights_find(w, "model.embed_tokens.weight")->data);
+    assert_true(released > 0 && released == cpu_model_bytes_freed(m));
+    int32_t ids[9], pos[9];
+    ids_for(ids, pos, 9, s.vocab);
+    assert_true(cpu_model_run(cm, ids, pos, 9, &err));
+    EvalResult ref;
+    assert_true(ir_eval(m, w, ids, pos, 9, EVAL_F64, &ref, &err));
+    int64_t V;
+    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+    assert_true(rel_err(logits, eval_output(&ref, "logits")->data, 9, V) <= 1e-5);
+    ir_eval_result_free(&ref);
+    cpu_model_free(cm);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 /* The configuration the specialize pass records on an op is the one its kernel gets: a source that
  * notes every GEMM request, and a module whose GEMMs were re-tiled to 4 × 32, k unrolled by 2, K in
  * blocks of 16 and M in blocks of 4 rows (several per call), with attention's keys in blocks of 3,
@@ -730,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_ffn_fused_equals_unfused),
         cmocka_unit_test(test_position_out_of_range),
         cmocka_unit_test(test_refuses_when_memory_is_short),
+        cmocka_unit_test(test_packed_weights_leave_memory),
         cmocka_unit_test(test_tiles_come_from_the_ir),
         cmocka_unit_test(test_rule_tile_is_the_hosts),
         cmocka_unit_test(test_rule_width_pads_little),

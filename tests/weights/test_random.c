@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static WeightSet *make(const ModelSpec *s, uint64_t seed)
 {
@@ -60,6 +62,56 @@ static void test_random_depends_on_name_only(void **state)
     const char *name = "model.layers.1.mlp.moe.experts.experts.0.up_proj.weight";
     assert_memory_equal(weights_find(a, name)->data, weights_find(b, name)->data, weights_find(a, name)->nbytes);
     weights_close(a), weights_close(b);
+}
+
+/* Whether every whole page of [p, p + bytes) is resident in this process (mincore), or none is;
+ * returns how many whole pages there are. */
+static size_t assert_resident(const void *p, size_t bytes, bool all)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page;
+    uintptr_t b = ((uintptr_t)p + bytes) / page * page;
+    size_t whole = b > a ? (b - a) / page : 0, n = 0;
+    unsigned char *vec = calloc(whole + 1, 1);
+    assert_int_equal(mincore((void *)a, b - a, vec), 0);
+    for (size_t i = 0; i < whole; i++) n += vec[i] & 1;
+    free(vec);
+    assert_int_equal(n, all ? whole : 0);
+    return whole;
+}
+
+/* A random tensor released (weights_release, as a backend does with what it has copied): its pages
+ * leave the process and its data is NULL until weights_data makes the same values again, where they
+ * were; a part of a tensor, bytes of none, and its neighbours are left alone. */
+static void test_random_release(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_F32);
+    s.ffn_intermediate = 4096; /* up_proj [8192, 16]: 128 pages of 4 KiB */
+    WeightSet *w = make(&s, 5), *ref = make(&s, 5);
+    assert_true(weights_release_frees(w));
+    int i = 0;
+    while (strcmp(weights_at(w, i)->name, "model.layers.0.mlp.moe.experts.experts.0.up_proj.weight") != 0) i++;
+    const Tensor *t = weights_at(w, i), *next = weights_at(w, i + 1), *want = weights_at(ref, i);
+    const void *at = t->data;
+    assert_true(assert_resident(at, t->nbytes, true) >= 100);
+
+    weights_release(w, at, t->nbytes - 4); /* a part */
+    float x = 1;
+    weights_release(w, &x, sizeof x);       /* no tensor's */
+    assert_ptr_equal(t->data, at);
+    assert_resident(at, t->nbytes, true);
+
+    weights_release(w, at, t->nbytes);
+    assert_null(t->data);
+    assert_resident(at, t->nbytes, false);
+    assert_memory_equal(next->data, weights_at(ref, i + 1)->data, next->nbytes);
+    weights_release(w, at, t->nbytes); /* (again: nothing) */
+
+    RtError err;
+    assert_ptr_equal(weights_data(w, t, &err), at);
+    assert_ptr_equal(t->data, at);
+    assert_memory_equal(t->data, want->data, t->nbytes);
+    weights_close(w), weights_close(ref);
 }
 
 /* The documented formula, recomputed independently element by element through dtype_store. */
@@ -227,6 +279,7 @@ static void test_random_write_open_check(void **state)
     assert_true(safetensors_write(p, t, weights_count(w), &err));
     assert_true(weights_open(dir, &r, &err));
     assert_true(weights_check(r, &s, &err));
+    assert_false(weights_release_frees(r)); /* (a file's pages go back to the page cache) */
     for (int i = 0; i < weights_count(w); i++)
         assert_memory_equal(weights_find(r, t[i].name)->data, t[i].data, t[i].nbytes);
     weights_close(w), weights_close(r);
@@ -239,6 +292,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_covers_spec),
         cmocka_unit_test(test_random_deterministic),
+        cmocka_unit_test(test_random_release),
         cmocka_unit_test(test_random_depends_on_name_only),
         cmocka_unit_test(test_random_formula_and_rounding),
         cmocka_unit_test(test_random_bounds),
