@@ -71,6 +71,24 @@ static void ids_for(int32_t *ids, int32_t *pos, int64_t T, int64_t vocab)
     for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)((t * 71 + 13) % vocab), pos[t] = (int32_t)t;
 }
 
+/* The model's logits for ids_for's T tokens (T ≤ 64) against the interpreter's on the same weights:
+ * max rel err over every row. */
+static double against_interpreter(CpuModel *cm, const IrModule *m, const WeightSet *w, int64_t T, int64_t vocab)
+{
+    int32_t ids[64], pos[64];
+    RtError err = {{0}};
+    MOE_ASSERT(T <= 64);
+    ids_for(ids, pos, T, vocab);
+    EvalResult ref;
+    assert_true(ir_eval(m, w, ids, pos, T, EVAL_F64, &ref, &err));
+    assert_true(cpu_model_run(cm, ids, pos, T, &err));
+    int64_t V;
+    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
+    double e = rel_err(logits, eval_output(&ref, "logits")->data, T, V);
+    ir_eval_result_free(&ref);
+    return e;
+}
+
 /* Every tiny spec at T = 1, 13, 25, 37, with every row of logits, then with the last one only, then
  * the last 5 (cpu_model_set_last_rows: the final norm and lm_head on those rows alone; the row before
  * them is then not computed). */
@@ -128,20 +146,12 @@ static void test_input_scale_of_three(void **state)
     WeightSet *w;
     RtError err = {{0}};
     assert_true(weights_random(&s, 11, &w, &err));
-    int32_t ids[37], pos[37];
-    ids_for(ids, pos, 37, s.vocab);
-    EvalResult ref;
-    assert_true(ir_eval(m, w, ids, pos, 37, EVAL_F64, &ref, &err));
     CpuModel *cm = cpu_model_new(m, w, s.max_positions, ks, 2, &err);
     assert_non_null(cm);
-    assert_true(cpu_model_run(cm, ids, pos, 37, &err));
-    int64_t V;
-    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
-    double e = rel_err(logits, eval_output(&ref, "logits")->data, 37, V);
+    double e = against_interpreter(cm, m, w, 37, s.vocab);
     printf("tiny-moepp, top_k 3: CPU backend vs interpreter: rel err %.3g\n", e);
     assert_true(e <= 1e-5);
     cpu_model_free(cm);
-    ir_eval_result_free(&ref);
     weights_close(w);
     ir_module_free(m);
 }
@@ -489,15 +499,7 @@ static void test_packed_weights_leave_memory(void **state)
     }
     assert_non_null(weights_find(w, "model.embed_tokens.weight")->data);
     assert_true(released > 0 && released == cpu_model_bytes_freed(m));
-    int32_t ids[9], pos[9];
-    ids_for(ids, pos, 9, s.vocab);
-    assert_true(cpu_model_run(cm, ids, pos, 9, &err));
-    EvalResult ref;
-    assert_true(ir_eval(m, w, ids, pos, 9, EVAL_F64, &ref, &err));
-    int64_t V;
-    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
-    assert_true(rel_err(logits, eval_output(&ref, "logits")->data, 9, V) <= 1e-5);
-    ir_eval_result_free(&ref);
+    assert_true(against_interpreter(cm, m, w, 9, s.vocab) <= 1e-5);
     cpu_model_free(cm);
     weights_close(w);
     ir_module_free(m);
@@ -556,15 +558,7 @@ static void test_tiles_come_from_the_ir(void **state)
     int retiled = 0;
     for (int k = 0; k < tile_log.n; k++) retiled += tile_log.mr[k] == 4 && tile_log.nr[k] == 32 && tile_log.unroll[k] == 2;
     assert_true(retiled >= 9 + 2 + 4); /* q, k, v, o of 2 layers and lm_head; 2 routers; 2 × up, down */
-    int32_t ids[13], pos[13];
-    ids_for(ids, pos, 13, s.vocab);
-    EvalResult ref;
-    assert_true(ir_eval(m, w, ids, pos, 13, EVAL_F64, &ref, &err));
-    assert_true(cpu_model_run(cm, ids, pos, 13, &err));
-    int64_t V;
-    const float *logits = cpu_model_output(cm, "logits", &V, NULL);
-    assert_true(rel_err(logits, eval_output(&ref, "logits")->data, 13, V) <= 1e-5);
-    ir_eval_result_free(&ref);
+    assert_true(against_interpreter(cm, m, w, 13, s.vocab) <= 1e-5);
     cpu_model_free(cm);
     weights_close(w);
     ir_module_free(m);
@@ -683,22 +677,14 @@ static void bf16_act_equals_interpreter(const PassOptions *po_in, const char *wh
         assert_true(tile_log.dot >= marked); /* (the routers' GEMMs are not among them) */
         assert_true(tile_log.dot < tile_log.n);
         assert_true(po.amx ? tile_log.amx == tile_log.dot : tile_log.amx == 0);
-        int32_t ids[40], pos[40];
         for (int64_t T = 1; T <= 37; T += 12 + 12 * (T > 1)) {
-            ids_for(ids, pos, T, s.vocab);
-            EvalResult ref;
-            assert_true(ir_eval(m, w, ids, pos, T, EVAL_F64, &ref, &err));
-            assert_true(cpu_model_run(cm, ids, pos, T, &err));
-            int64_t V;
-            const float *logits = cpu_model_output(cm, "logits", &V, NULL);
-            double e = rel_err(logits, eval_output(&ref, "logits")->data, T, V);
+            double e = against_interpreter(cm, m, w, T, s.vocab);
             errs[n_errs++] = e;
             if (wide) wide_errs[n_wide++] = e;
             if (e > 2e-3)
                 fprintf(stderr, "%s%s T = %lld: rel err %.3g\n", tiny_specs[k % MOE_ARRAY_LEN(tiny_specs)],
                         wide ? " (2 heads)" : "", (long long)T, e);
             assert_true(e <= 4e-3);
-            ir_eval_result_free(&ref);
         }
         cpu_model_free(cm);
         weights_close(w);
