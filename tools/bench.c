@@ -10,7 +10,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 typedef struct {
     const char *spec, *tuning;
@@ -184,6 +183,17 @@ struct BenchModel {
     int64_t vocab;
 };
 
+/* Spec s lowered for the CPU backend of this host, tuned by db (NULL: the rule). */
+static IrModule *lower(const ModelSpec *s, const TuneDb *db)
+{
+    IrModule *m = ir_lower_spec(s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = db};
+    cpu_host_pass_options(&po);
+    Diag d = {stderr, s->name, 0};
+    MOE_ASSERT(passes_run(m, &po, &d));
+    return m;
+}
+
 /* Spec s's model on random weights of seed, its kernels from ks (NULL: a JIT source of its own) tuned
  * by db (NULL: the rule); NULL with err set when it cannot be made. */
 static BenchModel *model_new(const ModelSpec *s, uint64_t seed, const TuneDb *db, int threads, CpuKernelSource *ks,
@@ -192,11 +202,7 @@ static BenchModel *model_new(const ModelSpec *s, uint64_t seed, const TuneDb *db
     BenchModel *bm = xcalloc(1, sizeof *bm);
     bm->ks = ks ? ks : cpu_jit_source_new(err), bm->own_ks = !ks, bm->vocab = s->vocab;
     if (bm->ks && weights_random(s, seed, &bm->w, err)) {
-        bm->m = ir_lower_spec(s);
-        PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = db};
-        cpu_host_pass_options(&po);
-        Diag d = {stderr, s->name, 0};
-        MOE_ASSERT(passes_run(bm->m, &po, &d));
+        bm->m = lower(s, db);
         bm->cm = cpu_model_new(bm->m, bm->w, s->max_positions, bm->ks, threads, err);
     }
     if (!bm->cm) {
@@ -404,11 +410,7 @@ static int bench_experts(const BenchArgs *a, const ModelSpec *full, double *peak
         fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
         return 1;
     }
-    IrModule *m = ir_lower_spec(&s);
-    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true, .tuning = a->db};
-    cpu_host_pass_options(&po);
-    Diag d = {stderr, a->spec, 0};
-    MOE_ASSERT(passes_run(m, &po, &d));
+    IrModule *m = lower(&s, a->db);
     CpuModel *cm = cpu_model_new(m, w, s.max_positions > 8192 ? s.max_positions : 8192, ks, a->threads, &err);
     if (!cm) fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
     int rc = cm ? 0 : 1;
@@ -481,11 +483,14 @@ int cmd_bench(int argc, char **argv)
     }
     if (a.experts) rc |= bench_experts(&a, &s, &peak, ks);
     if (a.model) {
-        SpecSummary sum;
-        spec_summarize(&s, &sum);
-        double need = 2.2 * (double)sum.params_total * (double)dtype_size(s.dtype); /* weights + packed copy */
-        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE) * 0.8;
-        if (need > have) printf("model  skipped: needs about %.1f GB (weights and their packed copy), %.1f GB usable\n", need / 1e9, have / 1e9);
+        IrModule *m = lower(&s, a.db); /* (random weights that pack leave once packed: what stays must fit) */
+        double made = (double)weights_random_bytes(&s), kept = cpu_model_bytes_on_random(m, &s);
+        double have = mem_available_bytes();
+        ir_module_free(m);
+        if (made > 0.8 * have || kept > 0.9 * have)
+            printf("model  skipped: %.2f GB of random weights made (80 %% of memory at most), then %.2f GB of panels, "
+                   "KV caches and the weights read in place (90 %%), do not fit the %.2f GB available\n", made / 1e9,
+                   kept / 1e9, have / 1e9);
         else {
             if (a.batch && !a.json)
                 printf("batch: T sequences, one token each at position %lld of its own (a decode step of them)\n",

@@ -987,6 +987,11 @@ double cpu_model_bytes_freed(const IrModule *m)
     return b;
 }
 
+double cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s)
+{
+    return (double)weights_random_bytes(s) - cpu_model_bytes_freed(m) + cpu_model_bytes_needed(m, s->max_positions);
+}
+
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {

@@ -632,13 +632,12 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s)
 static bool random_room(const Runner *rn)
 {
     if (!rn->r->random || rn->r->backend != BACKEND_CPU || !cfg->kernels_new) return true;
-    double weights = (double)weights_random_bytes(rn->s), packed = cpu_model_bytes_needed(rn->m, rn->s->max_positions);
-    double kept = weights - cpu_model_bytes_freed(rn->m), have = mem_available_bytes();
-    if (kept + packed <= 0.9 * have || weights > 0.8 * have) return true; /* (too many alone: weights_random says) */
-    char a[32], b[32], c[32];
-    str_bytes(packed, a, sizeof a), str_bytes(kept, b, sizeof b), str_bytes(have, c, sizeof c);
-    drv_err("--random-weights: the CPU backend's %s of packed weights and KV caches and the %s of weights it reads "
-            "in place do not fit the %s of memory available; use a smaller spec\n", a, b, c);
+    double need = cpu_model_bytes_on_random(rn->m, rn->s), have = mem_available_bytes();
+    if (need <= 0.9 * have || (double)weights_random_bytes(rn->s) > 0.8 * have) return true; /* (weights_random says) */
+    char a[32], b[32];
+    str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
+    drv_err("--random-weights: the CPU backend's packed weights and KV caches and the weights it reads in place "
+            "(%s) do not fit the %s of memory available; use a smaller spec\n", a, b);
     return false;
 }
 

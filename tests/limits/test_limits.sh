@@ -56,10 +56,14 @@ MOEPPC_MEM_LIMIT_MB=6 expect 1 "error: not enough memory: 4096 tokens need an ac
 # random weights that fit alone, not beside the CPU backend's packed copy and the weights it reads in
 # place (those it packs leave once packed): said before they are made; with 20 MB more, they run
 MOEPPC_MEM_LIMIT_MB=1280 expect 1 \
-    "error: --random-weights: the CPU backend's 1.17 GB of packed weights and KV caches and the 49.3 MB of weights it" \
+    "KV caches and the weights it reads in place (1.22 GB) do not fit the 1.34 GB of memory available" \
     "$moeppc" run "$src/specs/moepp-0.6b.yaml" --random-weights 1 --ids "1 2"
 MOEPPC_MEM_LIMIT_MB=1300 "$moeppc" run "$src/specs/moepp-0.6b.yaml" --random-weights 1 --ids "1 2" --top 0 \
     >/dev/null 2>"$work/err" || { echo "FAIL: the 0.6B's random weights in 1300 MB:"; head -3 "$work/err"; failed=1; }
+# bench --model on the same rule: a line that says so, not a model killed for memory
+MOEPPC_MEM_LIMIT_MB=1280 "$moeppc" bench "$src/specs/moepp-0.6b.yaml" --model --tokens 1 --reps 1 >"$work/out" &&
+    grep -q "^model  skipped: 1.06 GB of random weights made .*then 1.22 GB of panels" "$work/out" ||
+    { echo "FAIL: bench --model in 1280 MB:"; tail -2 "$work/out"; failed=1; }
 
 # a header length of 3 GB in a 10-byte file: refused before anything is read or allocated
 printf '\000\136\320\262\000\000\000\000{}' >"$work/huge-header.safetensors"
