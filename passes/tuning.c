@@ -573,7 +573,8 @@ static void describe_target(const TuneTarget *t, bool show_features, char *buf, 
 bool tune_db_matches(const TuneDb *db, const TuneTarget *t, char *why, size_t why_len)
 {
     const TuneTarget *a = &db->target;
-    bool diff[5] = {strcmp(a->cpu, t->cpu) != 0, strcmp(a->isa, t->isa) != 0, a->features != t->features,
+    bool same_features = a->features == t->features || (t->features_all && a->features == t->features_all);
+    bool diff[5] = {strcmp(a->cpu, t->cpu) != 0, strcmp(a->isa, t->isa) != 0, !same_features,
                     strcmp(a->llvm, t->llvm) != 0, strcmp(a->compiler, t->compiler) != 0};
     static const char *const names[5] = {"cpu", "isa", "cpu features", "LLVM version", "compiler version"};
     char list[96] = "", mine[200], theirs[200];

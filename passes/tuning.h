@@ -13,7 +13,7 @@
  *   moeppc_tuning: 1
  *   compiler: "0.1.0"          # MOEPPC_VERSION of the tuner
  *   llvm: "14.0.6"
- *   target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}   # features: hash of the feature string
+ *   target: {cpu: znver3, isa: avx512, features: 1a2b3c4d5e6f7081}   # features: hash of the vector features
  *   entries:
  *     - {op: grouped_up, dtype: f32, n: 8192, k: 1536, groups: 16, tokens: 512, best: 8x48/u2,
  *        measured: {8x48: 181.2, 4x96: 179.9, 8x48/u2: 183.0, 8x48/u2/kc512: 176.4}}   # GFLOP/s
@@ -108,7 +108,10 @@ typedef struct TuneEntry {
 
 typedef struct TuneTarget {
     char cpu[64], isa[16], llvm[32], compiler[32];
-    uint64_t features;           /* hash_str of the host feature string */
+    uint64_t features;           /* hash_str of the host's vector features (cg_vector_features); a
+                                    database written before 2026-12-06 holds the whole string's */
+    uint64_t features_all;       /* a host's: hash_str of its whole feature string (such an old
+                                    database matches it); 0 in a database */
 } TuneTarget;
 
 typedef struct TuneDb {

@@ -503,7 +503,9 @@ static void host_identity(const CgJit *jit, TuneTarget *t)
     snprintf(t->isa, sizeof t->isa, "%s", cg_isa_name(ct->isa));
     snprintf(t->llvm, sizeof t->llvm, "%s", cg_llvm_version());
     snprintf(t->compiler, sizeof t->compiler, "%s", MOEPPC_VERSION);
-    t->features = hash_str(ct->features);
+    char *vec = cg_vector_features(ct->features, ct->isa);
+    t->features = hash_str(vec), t->features_all = hash_str(ct->features);
+    free(vec);
 }
 
 bool tuning_load_for_host(const char *path, TuneDb *db)

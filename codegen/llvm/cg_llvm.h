@@ -46,6 +46,11 @@ typedef struct CgTarget {
 } CgTarget;
 
 const char *cg_isa_name(cg_isa isa); /* "avx512", "avx2", "sse" */
+/* Of an LLVM feature string ("+avx2,-avx512f,+sha,…"), the vector extensions a kernel's code can use
+ * under isa, present ("+"), sorted, comma-separated (malloc'd): sse*, ssse3, then avx*, fma, f16c for AVX2,
+ * then avx512* and amx* for AVX-512. Hosts with the same CPU name and these run the same kernels alike;
+ * the rest (sha, rdpid, shstk, …) is what virtual machines of one CPU model differ in. */
+char *cg_vector_features(const char *features, cg_isa isa);
 /* The widest ISA the host supports (ignores MOEPPC_ISA). */
 cg_isa cg_host_isa(void);
 

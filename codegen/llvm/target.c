@@ -57,6 +57,40 @@ static cg_isa isa_of_features(const char *f) {
     return CG_ISA_SSE;
 }
 
+static int str_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Whether feature name (without its sign) is a vector extension a kernel may use under isa. */
+static bool vector_feature(const char *name, size_t n, cg_isa isa) {
+    static const struct { const char *prefix; cg_isa from; } kinds[] = {
+        {"sse", CG_ISA_SSE},     {"ssse3", CG_ISA_SSE}, {"avx512", CG_ISA_AVX512}, {"amx", CG_ISA_AVX512},
+        {"avx", CG_ISA_AVX2},    {"fma", CG_ISA_AVX2},  {"f16c", CG_ISA_AVX2},
+    };
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        size_t p = strlen(kinds[k].prefix);
+        if (n >= p && strncmp(name, kinds[k].prefix, p) == 0) return isa >= kinds[k].from; /* (avx512 before avx) */
+    }
+    return false;
+}
+
+char *cg_vector_features(const char *features, cg_isa isa) {
+    char *copy = xstrdup(features), *out = xmalloc(strlen(features) + 1);
+    char **items = xmalloc((strlen(features) / 2 + 1) * sizeof *items);
+    size_t n = 0, at = 0;
+    for (char *p = copy, *next; p; p = next) { /* (the items, each ended in place) */
+        next = strchr(p, ',');
+        if (next) *next++ = '\0';
+        if (p[0] == '+' && vector_feature(p + 1, strlen(p + 1), isa)) items[n++] = p;
+    }
+    qsort(items, n, sizeof *items, str_cmp);
+    for (size_t i = 0; i < n; i++)
+        if (!i || strcmp(items[i], items[i - 1]) != 0) /* (listed twice: once) */
+            at += (size_t)sprintf(out + at, "%s%s", at ? "," : "", items[i]);
+    out[at] = '\0';
+    free(items);
+    free(copy);
+    return out;
+}
+
 cg_isa cg_host_isa(void) {
     char *f = LLVMGetHostCPUFeatures();
     cg_isa isa = isa_of_features(f);

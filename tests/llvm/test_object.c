@@ -1,5 +1,6 @@
 /* test_object.c — the optimised kernel module written as an object file: it exists, defines the
- * kernel symbol as code (nm), and the JIT-compiled twin still computes correctly. */
+ * kernel symbol as code (nm), and the JIT-compiled twin still computes correctly; the kernels' forms
+ * and the vector features a tuning database is matched on. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -188,6 +189,29 @@ static int zmm_spills(const char *cpu, CgKernelConfig cfg) {
 /* AVX-512's 8 x 48 tiles keep their 24 accumulators and operands in the 32 vector registers: f32
  * weights, the dot product, and bf16 in k pairs (whose high halves by an AND's mask had made LLVM 14
  * spill 50 times, 3 a k pair: 1.2x slower, kernel_ir.c emit_kpair_f32_step). */
+/* The vector features a tuning database is matched on: the extensions the ISA keeps, sorted, once
+ * each; what virtual machines of one CPU differ in (sha, rdpid, shstk) and what is off left out. */
+static void test_vector_features(void **state) {
+    (void)state;
+    static const char *host = "+avx2,-avx512f,+sha,+fma,+avx512bw,+sse4.2,+f16c,+ssse3,+amx-tile,+avx,+rdpid,+avx512f,"
+                              "+sse2,+fma,-avx512vl,+avxvnni";
+    static const char *const want[3] = {"+sse2,+sse4.2,+ssse3", "+avx,+avx2,+avxvnni,+f16c,+fma,+sse2,+sse4.2,+ssse3",
+                                        "+amx-tile,+avx,+avx2,+avx512bw,+avx512f,+avxvnni,+f16c,+fma,+sse2,+sse4.2,+ssse3"};
+    static const cg_isa isas[3] = {CG_ISA_SSE, CG_ISA_AVX2, CG_ISA_AVX512};
+    for (int i = 0; i < 3; i++) {
+        char *v = cg_vector_features(host, isas[i]);
+        assert_string_equal(v, want[i]);
+        free(v);
+    }
+    char *a = cg_vector_features("+sse2,+avx,+shstk,+invpcid", CG_ISA_AVX2);
+    char *b = cg_vector_features("+avx,+sse2,+pku", CG_ISA_AVX2);
+    assert_string_equal(a, b);
+    free(a), free(b);
+    char *none = cg_vector_features("", CG_ISA_AVX512);
+    assert_string_equal(none, "");
+    free(none);
+}
+
 static void test_no_spills(void **state) {
     CgKernelConfig kp = tile(DT_BF16, 8, 48, 4, false);
     kp.kpair_b = true;
@@ -207,6 +231,6 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_object_file), cmocka_unit_test(test_bad_config),
                                        cmocka_unit_test(test_b_prefetch), cmocka_unit_test(test_kernel_form),
-                                       cmocka_unit_test(test_no_spills)};
+                                       cmocka_unit_test(test_no_spills), cmocka_unit_test(test_vector_features)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -316,6 +316,18 @@ static void test_matches(void **state)
                              "0.1.0; this is cpu znver3 (avx2, features 1a2b3c4d5e6f7082) with LLVM 14.0.6 by moeppc "
                              "0.1.0 (differs: isa, cpu features)");
     assert_false(tune_db_matches(&db, &t, NULL, 0));
+
+    /* a host's vector features match a database's; so does its whole string an older database's */
+    t = sample_target();
+    t.features = 0x1a2b3c4d5e6f7081ull, t.features_all = 0x77ull;
+    assert_true(tune_db_matches(&db, &t, NULL, 0));
+    t.features = 0x1a2b3c4d5e6f7082ull, t.features_all = 0x1a2b3c4d5e6f7081ull;
+    assert_true(tune_db_matches(&db, &t, NULL, 0));
+    t.features_all = 0x77ull;
+    assert_false(tune_db_matches(&db, &t, NULL, 0));
+    db.target.features = 0;
+    t.features = 0x1a2b3c4d5e6f7082ull, t.features_all = 0; /* (0: no whole string, not a hash of one) */
+    assert_false(tune_db_matches(&db, &t, NULL, 0));
 }
 
 /* One golden case: loading bad/NAME.yaml fails with exactly bad/NAME.err; false (printed) if not. */
