@@ -123,8 +123,8 @@ static const HelpPage pages[] = {
      "                      need not add up to the model's time); past the budget\n"
      "  --check-margin PCT  --check with this margin instead of 2 % (-100 to 1000; -100 keeps\n"
      "                      the rule's configurations everywhere)\n\n"
-     "A database is keyed by target (CPU name and features, or GPU name and sm), compiler and\n"
-     "LLVM/NVRTC versions: entries from another are ignored with a warning.\n\n" EXIT_STATUS},
+     "A database is keyed by target (CPU name and vector features, or GPU name and sm), compiler\n"
+     "and LLVM/NVRTC versions: entries from another are ignored with a warning.\n\n" EXIT_STATUS},
     {"emit", "write the kernels as files: LLVM IR, objects, CUDA C, PTX, cubin, or a layer library", EMIT_USAGE,
      "Writes SPEC's kernels to the folder DIR.\n\n"
      "  --emit llvm         the CPU kernels as optimised LLVM IR (.ll), one file per kernel\n"
