@@ -414,6 +414,8 @@ def moe_layer(x, lw, spec, r):
     margin = margin_of(score, spec.k)
     if spec.logits_norm:  # the norm scales a row by 1/std: a small gap in z can be a large one in p (with
         margin = np.minimum(margin, margin_of(z_raw, spec.k))  # E = 2 every p gap is the same), not in z
+        if spec.E == 2 and spec.k == 2:  # both picked, but which is first still flips both weights (z = ±c)
+            margin = np.minimum(margin, margin_of(z_raw, 1))
     y = np.zeros((T, D))
     for t in range(T):
         for j in range(spec.k):
