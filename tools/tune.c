@@ -586,18 +586,27 @@ static void keep_rule(TuneEntry *e, const TuneConfig *rule)
     e->best = *rule;
 }
 
-/* --check: the model (its first layer, a vocabulary of 256, where the whole would not fit in a quarter
- * of memory) timed at each bucket on db and on the rule, three rounds each alternating, the best of
- * each's medians kept; where db's is slower by more than the margin (2 %) its entries of that bucket
- * keep the rule's configuration alone (dropped, the entries' neighbours would stand in for them).
- * False on an error (said). */
-static bool check_db(const TuneArgs *a, const ModelSpec *full, const Shape *sh, int n_sh, TuneDb *db)
+/* --check: the model timed at each bucket on db and on the rule, three rounds each alternating, the
+ * best of each's medians kept; where db's is slower by more than the margin (2 %) its entries of that
+ * bucket keep the rule's configuration alone (dropped, the entries' neighbours would stand in for
+ * them). Both models are held at once, on random weights that leave once packed: the whole model
+ * where, while the second is made, the first's panels and caches (m, the rule's IR) and the second's
+ * weights fit in 90 % of the memory available (bench --model's accounting), else its first layer and
+ * a vocabulary of 256 (said). False on an error (said). */
+static bool check_db(const TuneArgs *a, const ModelSpec *full, const IrModule *m, const Shape *sh, int n_sh,
+                     TuneDb *db)
 {
-    SpecSummary sum;
-    spec_summarize(full, &sum);
     ModelSpec s = *full;
-    bool whole = 2.2 * (double)sum.params_total * (double)dtype_size(s.dtype) < 0.25 * mem_available_bytes();
-    if (!whole) s.n_layers = s.moe_every, s.vocab = 256;
+    double kept = cpu_model_bytes_on_random(m, &s), need = fmax(kept + (double)weights_random_bytes(&s), 2 * kept);
+    double have = mem_available_bytes();
+    bool whole = need <= 0.9 * have;
+    if (!whole) {
+        char b[2][32];
+        str_bytes(need, b[0], sizeof b[0]), str_bytes(have, b[1], sizeof b[1]);
+        fprintf(stderr, "moeppc tune: --check times the first layer: the whole model on both configurations needs %s "
+                        "(90 %% of the %s available at most)\n", b[0], b[1]);
+        s.n_layers = s.moe_every, s.vocab = 256;
+    }
     RtError err = {{0}};
     BenchModel *rule = bench_model_new(&s, NULL, a->threads, &err);
     BenchModel *tuned = rule ? bench_model_new(&s, db, a->threads, &err) : NULL;
@@ -687,7 +696,7 @@ int cmd_tune(int argc, char **argv)
         tune_all(&t, &a, sh, n_sh, &db);
         if (db.n == 0) printf("the budget (%.0f s) was too small to try anything: the rule's configurations are kept\n",
                               a.budget);
-        if (db.n && a.check && !check_db(&a, &s, sh, n_sh, &db)) rc = 1;
+        if (db.n && a.check && !check_db(&a, &s, m, sh, n_sh, &db)) rc = 1;
         if (rc == 0 && !tune_db_save(&db, a.out, why, sizeof why)) {
             fprintf(stderr, "moeppc tune: error: %s\n", why);
             rc = 1;

@@ -26,6 +26,14 @@ run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vo
   > "$WORK/checked.out" 2>/dev/null || { echo "tune --check failed"; cat "$WORK/checked.out"; exit 1; }
 [ "$(grep -c "^check at T = .* the rule's configurations kept for this bucket$" "$WORK/checked.out")" = 2 ] ||
   { echo "tune --check: not a line a bucket"; cat "$WORK/checked.out"; exit 1; }
+grep -q "(the model)" "$WORK/checked.out" || { echo "tune --check: not the whole tiny model"; cat "$WORK/checked.out"; exit 1; }
+# where both configurations' models would not fit (tiny: 1.3 MB at most while the second is made), its
+# first layer, said so
+MOEPPC_MEM_LIMIT_MB=1 "$MOEPPC" tune "$SPEC" --tokens 1 --budget 1 --threads 2 --check -o "$WORK/layer.yaml" \
+  > "$WORK/layer.out" 2> "$WORK/layer.err" || { echo "tune --check in 1 MB failed"; tail -c 300 "$WORK/layer.err"; exit 1; }
+grep -q "^check at T = 1 (its first layer)" "$WORK/layer.out" &&
+  grep -q "check times the first layer: the whole model on both configurations needs" "$WORK/layer.err" ||
+  { echo "tune --check in 1 MB: not the first layer"; cat "$WORK/layer.out"; tail -c 300 "$WORK/layer.err"; exit 1; }
 "$PY" - "$WORK/checked.yaml" <<'EOF' || exit 1
 import re, sys
 pairs = [re.search(r"best: ([^,]+), measured: \{([^:]+): [0-9.]+\}", ln) for ln in open(sys.argv[1]) if "best:" in ln]
