@@ -1,15 +1,22 @@
 /* jit.c — from a kernel configuration to callable code: build the IR, verify it, run "default<O3>"
- * with the host target machine, optionally write an object file, then hand the module to LLJIT.
- * Kernels are cached per configuration for the life of the CgJit. */
+ * with the host target machine, optionally write an object file, then compile it to an object in
+ * memory and link that into LLJIT. Kernels are cached per configuration for the life of the CgJit.
+ *
+ * Profiling: with MOEPPC_PERF_MAP=1 in the environment, each kernel linked is also written to
+ * /tmp/perf-PID.map ("ADDRESS SIZE SYMBOL", hexadecimal, the size its object's symbol table gives),
+ * the file `perf report` reads to name code in anonymous memory: `MOEPPC_PERF_MAP=1 perf record
+ * moeppc run …` then names each JIT kernel instead of showing bare addresses. */
 #include "codegen/llvm/cg_internal.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/LLJIT.h>
+#include <llvm-c/Object.h>
 #include <llvm-c/Orc.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
@@ -23,6 +30,7 @@ struct CgJit {
     LLVMOrcThreadSafeContextRef tsc;
     LLVMContextRef ctx;      /* tsc's context, where every kernel module is built; tsc owns it */
     LLVMTargetMachineRef tm; /* for LLVMRunPasses and object files; the JIT owns its own */
+    LLVMTargetMachineRef tm_link; /* the objects the JIT links (not position-independent, as the JIT's own) */
     LLVMOrcLLJITRef lljit;
     CgKernel **kernels;
     int n_kernels;
@@ -81,7 +89,8 @@ CgJit *cg_jit_new(cg_isa max_isa, char *err, size_t errlen) {
     }
     CgJit *jit = xcalloc(1, sizeof *jit);
     bool ok = cg_target_detect(&jit->t, max_isa, err, errlen) && start_lljit(jit, err, errlen) &&
-              (jit->tm = cg_target_machine(&jit->t, true, err, errlen)) != NULL;
+              (jit->tm = cg_target_machine(&jit->t, true, err, errlen)) != NULL &&
+              (jit->tm_link = cg_target_machine(&jit->t, false, err, errlen)) != NULL;
     if (!ok) {
         cg_jit_free(jit);
         return NULL;
@@ -102,6 +111,7 @@ void cg_jit_free(CgJit *jit) {
     }
     if (jit->tsc) LLVMOrcDisposeThreadSafeContext(jit->tsc);
     if (jit->tm) LLVMDisposeTargetMachine(jit->tm);
+    if (jit->tm_link) LLVMDisposeTargetMachine(jit->tm_link);
     free(jit->ir_dump_dir);
     for (int i = 0; i < jit->n_kernels; i++) free(jit->kernels[i]);
     free(jit->kernels);
@@ -248,18 +258,78 @@ static const CgKernel *cache_find(const CgJit *jit, const CgKernelConfig *cfg) {
     return NULL;
 }
 
-/* Hand mod to the JIT (which owns it from here, error or not) and look the symbol up, which runs
- * code generation. */
-static bool jit_add_and_lookup(CgJit *jit, LLVMModuleRef mod, const char *sym, uint64_t *addr, char *err,
-                               size_t errlen) {
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, jit->tsc);
-    LLVMErrorRef e = LLVMOrcLLJITAddLLVMIRModule(jit->lljit, LLVMOrcLLJITGetMainJITDylib(jit->lljit), tsm);
-    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITAddLLVMIRModule", e);
+/* ---- linking, and the perf map ---------------------------------------------------------------- */
+static pthread_mutex_t perf_mu = PTHREAD_MUTEX_INITIALIZER;
+static FILE *perf_map; /* /tmp/perf-PID.map, opened at the first kernel linked while MOEPPC_PERF_MAP=1 */
+
+static bool perf_map_wanted(void) {
+    const char *v = getenv("MOEPPC_PERF_MAP");
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
+/* The size of symbol sym in object obj (its symbol table's), 0 where it says none. */
+static uint64_t object_symbol_size(LLVMMemoryBufferRef obj, const char *sym) {
+    char *msg = NULL;
+    LLVMContextRef c = LLVMContextCreate();
+    LLVMBinaryRef bin = LLVMCreateBinary(obj, c, &msg); /* (reads obj, which stays the caller's) */
+    LLVMDisposeMessage(msg);
+    uint64_t size = 0;
+    if (bin) {
+        LLVMSymbolIteratorRef it = LLVMObjectFileCopySymbolIterator(bin);
+        for (; it && !LLVMObjectFileIsSymbolIteratorAtEnd(bin, it) && !size; LLVMMoveToNextSymbol(it))
+            if (strcmp(LLVMGetSymbolName(it), sym) == 0) size = LLVMGetSymbolSize(it);
+        if (it) LLVMDisposeSymbolIterator(it);
+        LLVMDisposeBinary(bin);
+    }
+    LLVMContextDispose(c);
+    return size;
+}
+
+/* A line of the perf map for sym at addr (size bytes); the file is opened at the first. A map that
+ * cannot be written is said once, and profiling goes on without it. */
+static void perf_map_add(uint64_t addr, uint64_t size, const char *sym) {
+    static bool failed;
+    pthread_mutex_lock(&perf_mu);
+    if (!perf_map && !failed) {
+        char path[64];
+        snprintf(path, sizeof path, "/tmp/perf-%d.map", (int)getpid());
+        if (!(perf_map = fopen(path, "a"))) {
+            failed = true;
+            fprintf(stderr, "moeppc: warning: MOEPPC_PERF_MAP: cannot write %s; kernels go unnamed\n", path);
+        }
+    }
+    if (perf_map) {
+        fprintf(perf_map, "%llx %llx %s\n", (unsigned long long)addr, (unsigned long long)size, sym);
+        fflush(perf_map);
+    }
+    pthread_mutex_unlock(&perf_mu);
+}
+
+/* Link object obj into the JIT (which takes it, error or not) and look sym up in it. */
+static bool link_object(CgJit *jit, LLVMMemoryBufferRef obj, const char *sym, uint64_t *addr, char *err,
+                        size_t errlen) {
+    uint64_t size = perf_map_wanted() ? object_symbol_size(obj, sym) : 0;
+    LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(jit->lljit, LLVMOrcLLJITGetMainJITDylib(jit->lljit), obj);
+    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITAddObjectFile", e);
     LLVMOrcExecutorAddress a = 0;
     e = LLVMOrcLLJITLookup(jit->lljit, &a, sym);
     if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITLookup", e);
+    if (size) perf_map_add(a, size, sym);
     *addr = a;
     return true;
+}
+
+/* Compile mod (disposed here, error or not) to an object, link that into the JIT and look the symbol
+ * up: the code cg_jit_compile_many makes of the same module. */
+static bool jit_add_and_lookup(CgJit *jit, LLVMModuleRef mod, const char *sym, uint64_t *addr, char *err,
+                               size_t errlen) {
+    char *msg = NULL;
+    LLVMMemoryBufferRef obj = NULL;
+    bool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm_link, mod, LLVMObjectFile, &msg, &obj);
+    if (failed) cg_fail(err, errlen, "kernel %s: code generation failed: %s", sym, msg ? msg : "?");
+    LLVMDisposeMessage(msg);
+    LLVMDisposeModule(mod);
+    return !failed && link_object(jit, obj, sym, addr, err, errlen);
 }
 
 const CgKernel *cg_jit_kernel(CgJit *jit, const CgKernelConfig *cfg, const char *obj_path, char *err,
@@ -367,12 +437,10 @@ static void compile_job(void *ctx, int64_t i, int thread) {
 
 /* Link job j's object into the JIT (which takes it) and note its address. */
 static bool link_job(CgJit *jit, CgJitJob *j, char *err, size_t errlen) {
-    LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(jit->lljit, LLVMOrcLLJITGetMainJITDylib(jit->lljit), j->obj);
+    uint64_t a = 0;
+    LLVMMemoryBufferRef obj = j->obj;
     j->obj = NULL;
-    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITAddObjectFile", e);
-    LLVMOrcExecutorAddress a = 0;
-    e = LLVMOrcLLJITLookup(jit->lljit, &a, j->symbol);
-    if (e) return cg_fail_llvm(err, errlen, "LLVMOrcLLJITLookup", e);
+    if (!link_object(jit, obj, j->symbol, &a, err, errlen)) return false;
     j->fn = (void *)(uintptr_t)a;
     if (!j->gemm) return true;
     CgKernel *k = xcalloc(1, sizeof *k);

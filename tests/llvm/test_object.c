@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "codegen/llvm/cg_internal.h"
 #include "tests/llvm/llvm_test_util.h"
@@ -223,6 +224,62 @@ static void test_no_spills(void **state) {
     assert_int_equal(zmm_spills("generic", tile(DT_BF16, 8, 48, 4, true)), 0);
 }
 
+/* The line of the perf map at path for sym: its address and size (false: none). */
+static bool perf_map_line(const char *path, const char *sym, unsigned long long *addr, unsigned long long *size) {
+    FILE *f = fopen(path, "r");
+    char name[256];
+    bool found = false;
+    while (f && !found && fscanf(f, "%llx %llx %255s", addr, size, name) == 3) found = strcmp(name, sym) == 0;
+    if (f) fclose(f);
+    return found;
+}
+
+/* Whether [addr, addr + size) lies in one executable mapping of this process. */
+static bool in_code(unsigned long long addr, unsigned long long size) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512], perm[8];
+    unsigned long long lo, hi;
+    bool in = false;
+    while (f && !in && fgets(line, sizeof line, f))
+        in = sscanf(line, "%llx-%llx %7s", &lo, &hi, perm) == 3 && perm[2] == 'x' && addr >= lo && addr + size <= hi;
+    if (f) fclose(f);
+    return in;
+}
+
+/* MOEPPC_PERF_MAP=1: every kernel linked, one by one or many at once, gets a line of /tmp/perf-PID.map
+ * naming its code (its address, its size from the object, within an executable mapping); without it
+ * no file is written. */
+static void test_perf_map(void **state) {
+    char path[64], err[512];
+    snprintf(path, sizeof path, "/tmp/perf-%d.map", (int)getpid());
+    remove(path);
+    unsetenv("MOEPPC_PERF_MAP");
+    CgJit *jit = cg_jit_new(cg_host_isa(), err, sizeof err);
+    assert_non_null(jit);
+    CgKernelConfig f32 = cg_kernel_config_default(jit, DT_F32), bf16 = cg_kernel_config_default(jit, DT_BF16);
+    const CgKernel *k = cg_jit_kernel(jit, &f32, NULL, err, sizeof err);
+    assert_non_null(k);
+    struct stat st;
+    assert_int_not_equal(stat(path, &st), 0); /* none asked for */
+    setenv("MOEPPC_PERF_MAP", "1", 1);
+    k = cg_jit_kernel(jit, &bf16, NULL, err, sizeof err);
+    assert_non_null(k);
+    CgJitJob job = {.gemm = true, .cfg = cg_kernel_config_default(jit, DT_F16)};
+    assert_true(cg_jit_compile_many(jit, &job, 1, 1, err, sizeof err));
+    unsigned long long addr, size;
+    const char *sym[2] = {k->symbol, job.symbol};
+    const void *fn[2] = {(const void *)(uintptr_t)k->fn, job.fn};
+    for (int i = 0; i < 2; i++) {
+        assert_true(perf_map_line(path, sym[i], &addr, &size));
+        assert_true(addr == (unsigned long long)(uintptr_t)fn[i]);
+        assert_true(size > 16 && size < (1u << 20));
+        assert_true(in_code(addr, size));
+    }
+    unsetenv("MOEPPC_PERF_MAP");
+    cg_jit_free(jit);
+    remove(path);
+}
+
 static int teardown(void **state) {
     tu_jits_free();
     return 0;
@@ -231,6 +288,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_object_file), cmocka_unit_test(test_bad_config),
                                        cmocka_unit_test(test_b_prefetch), cmocka_unit_test(test_kernel_form),
-                                       cmocka_unit_test(test_no_spills), cmocka_unit_test(test_vector_features)};
+                                       cmocka_unit_test(test_no_spills), cmocka_unit_test(test_vector_features),
+                                       cmocka_unit_test(test_perf_map)};
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
