@@ -270,8 +270,8 @@ static bool perf_map_wanted(void) {
 /* The size of symbol sym in object obj (its symbol table's), 0 where it says none. */
 static uint64_t object_symbol_size(LLVMMemoryBufferRef obj, const char *sym) {
     char *msg = NULL;
-    LLVMContextRef c = LLVMContextCreate();
-    LLVMBinaryRef bin = LLVMCreateBinary(obj, c, &msg); /* (reads obj, which stays the caller's) */
+    LLVMBinaryRef bin = LLVMCreateBinary(obj, NULL, &msg); /* (reads obj, which stays the caller's; an
+                                                               object, not IR, needs no context) */
     LLVMDisposeMessage(msg);
     uint64_t size = 0;
     if (bin) {
@@ -281,7 +281,6 @@ static uint64_t object_symbol_size(LLVMMemoryBufferRef obj, const char *sym) {
         if (it) LLVMDisposeSymbolIterator(it);
         LLVMDisposeBinary(bin);
     }
-    LLVMContextDispose(c);
     return size;
 }
 
