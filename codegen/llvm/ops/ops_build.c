@@ -114,9 +114,10 @@ LLVMValueRef ob_like(const Ob *o, LLVMValueRef x, double v)
 
 /* Cephes' expf, as the grouped GEMM's SwiGLU epilogue computes it (codegen/llvm/gemm.c exp_poly):
  * range reduction by ln 2 in two parts, a degree-6 polynomial, the exponent put in by integer ops.
- * nonpos (x <= 0 or NaN, 16 lanes, AVX-512 only): no upper clamp, and the exponent by vscalefps (one
- * instruction for four); the same values, since from the clamp at -87.3 up to 0 p · 2^n is normal. */
-static LLVMValueRef exp_poly(const Ob *o, LLVMValueRef x, bool nonpos)
+ * nonpos (x <= 0 or NaN, or above 0 by a rounding's worth): no upper clamp, the same values; scalef
+ * (nonpos, 16 lanes, AVX-512 only): the exponent by vscalefps (one instruction for four), the same
+ * values too, since from the clamp at -87.3 up to 0 p · 2^n is normal. */
+static LLVMValueRef exp_poly(const Ob *o, LLVMValueRef x, bool nonpos, bool scalef)
 {
     LLVMBuilderRef b = o->b;
     LLVMTypeRef ft = LLVMTypeOf(x);
@@ -136,7 +137,7 @@ static LLVMValueRef exp_poly(const Ob *o, LLVMValueRef x, bool nonpos)
     LLVMValueRef p = ob_like(o, x, c[0]);
     for (int k = 1; k < 6; k++) p = ob_fma(o, p, x, ob_like(o, x, c[k]));
     p = ob_fma(o, p, LLVMBuildFMul(b, x, x, ""), LLVMBuildFAdd(b, x, ob_like(o, x, 1.0), ""));
-    if (nonpos) { /* p · 2^n, all lanes (mask 0xffff), the current rounding (4) */
+    if (scalef) { /* p · 2^n, all lanes (mask 0xffff), the current rounding (4) */
         MOE_ASSERT(lanes == 16);
         LLVMTypeRef fty;
         LLVMValueRef fn = ob_intrinsic(o, "llvm.x86.avx512.mask.scalef.ps.512", &fty);
@@ -153,8 +154,9 @@ static LLVMValueRef exp_poly(const Ob *o, LLVMValueRef x, bool nonpos)
     e = LLVMBuildShl(b, LLVMBuildAdd(b, e, bias, ""), sh, "");
     return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, e, ft, ""), "exp");
 }
-LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, false); }
-LLVMValueRef ob_exp_nonpos_avx512(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, true); }
+LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, false, false); }
+LLVMValueRef ob_exp_nonpos(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, true, false); }
+LLVMValueRef ob_exp_nonpos_avx512(const Ob *o, LLVMValueRef x) { return exp_poly(o, x, true, true); }
 
 /* tanh x without a libm call, so that a loop of it vectorises: tanh |x| with x's sign, where tanh t is
  * (1 - e) / (1 + e) with e = e^(-2t) by ob_exp_poly for t >= 1/2 (there e <= 1/e: 1 - e loses under

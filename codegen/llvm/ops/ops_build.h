@@ -48,6 +48,7 @@ void         ob_prefetch(const Ob *o, moe_dtype dt, LLVMValueRef ptr, LLVMValueR
 /* e^x inline (Cephes' polynomial, relative error < 2e-7; x clamped to [-87.3, 88.7], so e^-inf is
  * 1.2e-38, not 0): no libm call, vectorisable. For attention's weights, not for routing decisions. */
 LLVMValueRef ob_exp_poly(const Ob *o, LLVMValueRef x);
+LLVMValueRef ob_exp_nonpos(const Ob *o, LLVMValueRef x);        /* x <= 0 (or a rounding above): no upper clamp */
 LLVMValueRef ob_exp_nonpos_avx512(const Ob *o, LLVMValueRef x); /* x <= 0, <16 x float> (ops_build.c) */
 LLVMValueRef ob_tanh(const Ob *o, LLVMValueRef x); /* scalar or vector, without libm */
 LLVMValueRef ob_fma(const Ob *o, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c); /* a·b + c */
