@@ -791,8 +791,8 @@ def chat_case(dec, text, spec, mp, work):
     {"messages", "config" (a tokenizer_config.json with the template, for the front), "ids" (the
     template's text as Hugging Face tokenizes it) or "refused" (the template's reason), "wire" (the
     messages as sent: some contents as lists of text parts), "limit" ("max_tokens" or
-    "max_completion_tokens"; None where the caches end the answer first: the front's default, until
-    their end), "next" (a function of the answer's content: the next turn's messages and ids, or None)};
+    "max_completion_tokens"; None where the caches end the answer within GENERATE tokens: the front's
+    default, until their end; with len(ids) + GENERATE == room they would let one token more), "next" (a function of the answer's content: the next turn's messages and ids, or None)};
     None where there is none, or the text would not leave the caches room."""
     if not (dec.chat and text and serve_text.chat_available()):
         return None
@@ -827,7 +827,7 @@ def chat_case(dec, text, spec, mp, work):
     chat["ids"], chat["refused"] = ids_of(msgs)
     if chat["refused"]:
         return chat
-    if len(chat["ids"]) + GENERATE >= room:
+    if len(chat["ids"]) + GENERATE > room:  # (the caches' end: room - len + 1 tokens, the last one unfed)
         chat["limit"] = None
     return chat if 0 < len(chat["ids"]) < room - 1 else None
 
