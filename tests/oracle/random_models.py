@@ -792,7 +792,8 @@ def chat_case(dec, text, spec, mp, work):
     template's text as Hugging Face tokenizes it) or "refused" (the template's reason), "wire" (the
     messages as sent: some contents as lists of text parts), "limit" ("max_tokens" or
     "max_completion_tokens"; None where the caches end the answer within GENERATE tokens: the front's
-    default, until their end; with len(ids) + GENERATE == room they would let one token more), "next" (a function of the answer's content: the next turn's messages and ids, or None)};
+    default, until their end; with len(ids) + GENERATE == room they would let one token more), "next"
+    (a function of the answer's content: the next turn's messages and ids, or None)};
     None where there is none, or the text would not leave the caches room."""
     if not (dec.chat and text and serve_text.chat_available()):
         return None
