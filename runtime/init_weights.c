@@ -79,8 +79,10 @@ int cmd_init_weights(int argc, char **argv)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
+    bool ok = true;
+    for (int i = 0; ok && i < w->n; i++) ok = weights_data(w, &w->tensors[i], &err) || !w->tensors[i].nbytes;
     static const char *const meta[] = {"format", "pt", NULL};
-    bool ok = safetensors_write_meta(a.out, w->tensors, w->n, meta, &err);
+    ok = ok && safetensors_write_meta(a.out, w->tensors, w->n, meta, &err); /* (each tensor made first) */
     if (ok) {
         int64_t params = 0;
         size_t bytes = 0;

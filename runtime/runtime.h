@@ -46,9 +46,16 @@ bool        rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err);
 bool        rt_copy_ok(int from, int to, int64_t positions, int n, int64_t max_positions, RtError *err);
 
 /* Seeded random weights for every tensor of the spec, in the spec's dtype (distribution: see
- * weights_random's definition and README). */
+ * weights_random's definition and README). Each tensor is made when first read (its data NULL until
+ * weights_data), or row by row into its reader's memory (weights_make_rows): a packer that copies a
+ * weight anyway need never have the whole of it. */
 bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err);
-/* The bytes weights_random allocates for s (0 past 2^63). */
+/* Whether t's values are made when read: a random set's tensor not made yet, or released. */
+bool        weights_made_on_read(const WeightSet *w, const Tensor *t);
+/* Rows row0 .. row0 + rows - 1 of a random set's tensor t (of shape[0] rows) made into dst: the bytes
+ * weights_data holds there. Safe to call from several threads at once. */
+void        weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_t rows, void *dst);
+/* The bytes weights_random reserves for s (0 past 2^63): touched only as tensors are read whole. */
 size_t      weights_random_bytes(const ModelSpec *s);
 /* Check that every tensor the spec needs exists with the right shape and dtype. Reports the
  * first problems (all of them, one per line, up to a limit) in err. */
@@ -60,9 +67,10 @@ const Tensor *weights_find(const WeightSet *w, const char *name);
 bool        weights_parts(const WeightSet *w, const Tensor *t, const void *part[2], size_t *part0_bytes);
 /* t's bytes as one block, for a reader that needs them whole: t->data, which for a tensor held in
  * two parts is set here, at the first call, to a copy of the two stacked (kept with w; NULL, with
- * err, when it cannot be allocated), and for a random tensor released (weights_release) to its values
- * made again. Readers that can take the parts (packing, uploading) should; any reader of a set that
- * may have been released reads through here, not t->data. */
+ * err, when it cannot be allocated), and for a random tensor not made yet or released
+ * (weights_release) to its values, made there. Readers that can take the parts or rows (packing,
+ * uploading) should; every reader of a random set, or of one that may have been released, reads
+ * through here, not t->data. */
 const void *weights_data(const WeightSet *w, const Tensor *t, RtError *err);
 /* bytes at data (a tensor's, or a part's) are not needed again soon (copied: packed, uploaded), so
  * that they and the copy do not both stay resident: where they lie in one of w's file mappings, the

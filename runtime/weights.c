@@ -14,7 +14,9 @@
  *   computed in double, then rounded to float and from float to the dtype, each to nearest even
  *   (exactly dtype_store). A tensor's values depend only on the seed and its name, so adding or
  *   removing other tensors does not change it.
- * The weights live in one 64-byte-aligned block, each tensor at a 64-byte-aligned offset.
+ * The weights live in one 64-byte-aligned block, each tensor at a 64-byte-aligned offset, its pages
+ * untouched until the tensor is read whole (weights_data): a weight its reader packs, row by row
+ * from the generator (weights_make_rows), never occupies them.
  */
 #include "runtime/weights_internal.h"
 
@@ -280,8 +282,8 @@ static bool fill_avx2(void)
 #endif
 }
 
-/* Elements i0 .. i0 + count - 1 of a tensor (its generator seeked there: any part can be filled
- * alone), FILL_BLOCK at a time: the draws first (a chain through the generator's state; four lanes
+/* Elements i0 .. i0 + count - 1 of a tensor into dst (its generator seeked there: any part can be
+ * made alone, where its reader wants it), FILL_BLOCK at a time: the draws first (a chain through the generator's state; four lanes
  * at a time on AVX2), then the values, whose divisions are independent of each other (whole blocks,
  * so the compiler vectorises the loop at -O2: a last block's extra values are computed and not
  * stored), then the conversion, one loop per dtype. */
@@ -301,7 +303,7 @@ static void fill_part(void *dst, moe_dtype dt, size_t i0, size_t count, uint64_t
             fill_block_avx2(r.s, k, f, dt == DT_BF16 ? h : NULL);
             r.s += FILL_BLOCK * 0x9e3779b97f4a7c15ull;
             if (dt == DT_BF16) {
-                memcpy((uint16_t *)dst + i0 + b, h, n * sizeof *h);
+                memcpy((uint16_t *)dst + b, h, n * sizeof *h);
                 continue;
             }
         } else
@@ -311,13 +313,13 @@ static void fill_part(void *dst, moe_dtype dt, size_t i0, size_t count, uint64_t
             for (size_t i = 0; i < FILL_BLOCK; i++) f[i] = (float)(k.a + (k.b * u[i]) / k.c);
         }
         if (dt == DT_F32) {
-            memcpy((float *)dst + i0 + b, f, n * sizeof *f);
+            memcpy((float *)dst + b, f, n * sizeof *f);
         } else if (dt == DT_BF16) {
-            uint16_t *p = (uint16_t *)dst + i0 + b;
+            uint16_t *p = (uint16_t *)dst + b;
             for (size_t i = 0; i < n; i++) p[i] = f32_to_bf16(f[i]);
         } else {
             MOE_ASSERT(dt == DT_F16);
-            uint16_t *p = (uint16_t *)dst + i0 + b;
+            uint16_t *p = (uint16_t *)dst + b;
             for (size_t i = 0; i < n; i++) p[i] = fill_f16(f[i]);
         }
     }
@@ -346,34 +348,45 @@ static void fill_task(void *ctx, int64_t part, int thread)
     while (fw->first[j + 1] <= (size_t)part) j++;
     const FillJob *b = &fw->jobs[j];
     size_t i0 = ((size_t)part - fw->first[j]) * FILL_PART, n = b->count - i0 < FILL_PART ? b->count - i0 : FILL_PART;
-    fill_part(b->dst, b->dt, i0, n, b->seed, b->k);
+    fill_part((char *)b->dst + i0 * dtype_size(b->dt), b->dt, i0, n, b->seed, b->k);
 }
 
-/* Every job, on a pool of the CPUs this process may use (up to 8). The values do not depend on it. */
+/* Every job, on a pool of the CPUs this process may use (up to 8; none for a single part: a norm's
+ * few values). The values do not depend on it. */
 static void fill_all(const FillJob *jobs, int n)
 {
     FillWork fw = {jobs, xmalloc((size_t)(n + 1) * sizeof(size_t))};
     fw.first[0] = 0;
     for (int j = 0; j < n; j++) fw.first[j + 1] = fw.first[j] + (jobs[j].count + FILL_PART - 1) / FILL_PART;
     int cpus = cpus_available();
-    CgPool *pool = cg_pool_new(cpus < 8 ? cpus : 8);
-    cg_pool_parallel_for(pool, (int64_t)fw.first[n], fill_task, &fw);
-    cg_pool_free(pool);
+    if (fw.first[n] > 1 && cpus > 1) {
+        CgPool *pool = cg_pool_new(cpus < 8 ? cpus : 8);
+        cg_pool_parallel_for(pool, (int64_t)fw.first[n], fill_task, &fw);
+        cg_pool_free(pool);
+    } else {
+        for (size_t part = 0; part < fw.first[n]; part++) fill_task(&fw, (int64_t)part, 0);
+    }
     free(fw.first);
 }
 
-/* Byte offsets of each tensor in the block (64-byte aligned); false on int64 overflow. */
+/* Byte offsets of each tensor in the block (64-byte aligned), the tensors under 64 KiB first,
+ * together: those a CPU makes whole (norms, constants) then share their huge pages, where in the
+ * spec's order each would take a 2 MiB page of its own between two weights that are never made;
+ * false on int64 overflow. */
 static bool random_plan(const TensorDesc *d, int n, size_t *offs, size_t *total)
 {
+    const int64_t small = (int64_t)64 << 10;
     int64_t off = 0;
-    for (int i = 0; i < n; i++) {
-        int64_t bytes = (int64_t)dtype_size(d[i].dtype);
-        for (int j = 0; j < d[i].ndim; j++)
-            if (!i64_mul_ok(bytes, d[i].shape[j], &bytes)) return false;
-        offs[i] = (size_t)off;
-        if (!i64_add_ok(off, bytes, &off) || !i64_add_ok(off, 63, &off)) return false;
-        off &= ~(int64_t)63;
-    }
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++) {
+            int64_t bytes = (int64_t)dtype_size(d[i].dtype);
+            for (int j = 0; j < d[i].ndim; j++)
+                if (!i64_mul_ok(bytes, d[i].shape[j], &bytes)) return false;
+            if ((bytes < small) != (pass == 0)) continue;
+            offs[i] = (size_t)off;
+            if (!i64_add_ok(off, bytes, &off) || !i64_add_ok(off, 63, &off)) return false;
+            off &= ~(int64_t)63;
+        }
     *total = (size_t)off;
     return true;
 }
@@ -389,8 +402,9 @@ size_t weights_random_bytes(const ModelSpec *s)
     return total;
 }
 
-/* A random tensor whose pages have been released (random_release) made again where it was: the same
- * values, its generator being its own (the readers that go through weights_data never see the gap). */
+/* A random tensor not made yet, or whose pages have been released (random_release), made where it
+ * lies: the same values every time, its generator being its own (the readers that go through
+ * weights_data never see the gap). */
 static const void *random_again(const WeightSet *w, const Tensor *t)
 {
     MOE_ASSERT(t >= w->tensors && t < w->tensors + w->n);
@@ -400,22 +414,16 @@ static const void *random_again(const WeightSet *w, const Tensor *t)
     return job->dst;
 }
 
-static int job_cmp(const void *key, const void *elem)
-{
-    uintptr_t a = (uintptr_t)key, b = (uintptr_t)((const FillJob *)elem)->dst;
-    return a < b ? -1 : a > b;
-}
-
 /* A whole random tensor no longer needed (weights_release): its whole pages leave the process
  * (MADV_DONTNEED: an anonymous page reads zero when touched again, so data is NULL until
  * weights_data makes it again), and stay out of transparent huge pages, which would fill them in. A
  * part of one, or bytes of no tensor, are left alone. */
 static void random_release(const WeightSet *w, const void *data, size_t bytes)
 {
-    const FillJob *job = bsearch(data, w->regen, (size_t)w->n, sizeof *w->regen, job_cmp); /* (dst ascends) */
-    if (!job || bytes == 0) return;
-    Tensor *t = &w->tensors[job - w->regen];
-    if (t->data != data || t->nbytes != bytes) return;
+    Tensor *t = NULL;
+    for (int i = 0; i < w->n && data && !t; i++) /* (once a tensor at most: a model's thousand, microseconds) */
+        if (w->tensors[i].data == data) t = &w->tensors[i];
+    if (!t || bytes == 0 || t->nbytes != bytes) return;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)data, hi = lo + bytes;
     uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page; /* (a neighbour's pages stay) */
     if (a < b) {
@@ -457,13 +465,12 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
         FillJob *jobs = xmalloc((size_t)(n ? n : 1) * sizeof *jobs);
         for (int i = 0; i < n; i++) {
             Tensor t = {.name = xstrdup(d[i].name), .dtype = d[i].dtype, .ndim = d[i].ndim,
-                        .shape = {d[i].shape[0], d[i].shape[1], 0, 0}, .data = (char *)block + offs[i]};
+                        .shape = {d[i].shape[0], d[i].shape[1], 0, 0}, .data = NULL}; /* (made when read) */
             size_t count = d[i].ndim == 2 ? (size_t)(d[i].shape[0] * d[i].shape[1]) : (size_t)d[i].shape[0];
             t.nbytes = count * dtype_size(t.dtype);
             jobs[i] = (FillJob){(char *)block + offs[i], t.dtype, count, seed ^ hash_str(d[i].name), fill_scale(&d[i])};
             ws_push(w, &t);
         }
-        fill_all(jobs, n);
         w->regen = jobs;
         MOE_ASSERT(ws_build_index(w) < 0); /* spec_tensors names are unique */
         *out = w;
@@ -471,6 +478,17 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
     free(offs);
     free(d);
     return ok;
+}
+
+bool weights_made_on_read(const WeightSet *w, const Tensor *t) { return w && w->regen && !t->data; }
+
+void weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_t rows, void *dst)
+{
+    MOE_ASSERT(w->regen && t >= w->tensors && t < w->tensors + w->n && t->ndim >= 1);
+    size_t cols = (size_t)(t->nbytes / dtype_size(t->dtype)) / (size_t)t->shape[0];
+    MOE_ASSERT(row0 >= 0 && rows >= 0 && row0 + rows <= t->shape[0]);
+    const FillJob *job = &w->regen[t - w->tensors];
+    fill_part(dst, job->dt, (size_t)row0 * cols, (size_t)rows * cols, job->seed, job->k);
 }
 
 bool rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err)

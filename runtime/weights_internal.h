@@ -2,8 +2,9 @@
  *
  * A WeightSet is a growable array of Tensors (in load order: header order of each file, shards in
  * the index's order) plus a by-name index built once loading is done, and the memory the tensor
- * data lives in: read-only file mappings, or one owned 64-byte-aligned block (random weights, whose
- * released tensors' pages leave it: data NULL until weights_data makes them again).
+ * data lives in: read-only file mappings, or one owned 64-byte-aligned block (random weights, each
+ * tensor's pages touched when it is first read whole and left when it is released: data NULL until
+ * weights_data makes it).
  * Tensor data is always aligned to its element size (misaligned file tensors are copied).
  * Tensor names are owned (xstrdup) and freed by weights_close().
  */
@@ -42,8 +43,8 @@ struct WeightSet {
     bool       from_mixtral;   /* MoE names mapped from Mixtral's (checkpoint_layout.c)    */
     WsParts   *parts;          /* [n_parts] tensors held in two parts, sorted by name      */
     int        n_parts;
-    struct FillJob *regen;     /* [n] random weights: how each tensor was made, to make it */
-                               /*   again once released (weights_release); NULL for files */
+    struct FillJob *regen;     /* [n] random weights: how each tensor is made (when read,  */
+                               /*   whole or by rows, and again once released); NULL for files */
 };
 
 WeightSet *ws_new(const char *origin);

@@ -483,12 +483,12 @@ int cmd_bench(int argc, char **argv)
     }
     if (a.experts) rc |= bench_experts(&a, &s, &peak, ks);
     if (a.model) {
-        IrModule *m = lower(&s, a.db); /* (random weights that pack leave once packed: what stays must fit) */
+        IrModule *m = lower(&s, a.db); /* (random weights packed are made a run at a time: what stays must fit) */
         double made = (double)weights_random_bytes(&s), kept = cpu_model_bytes_on_random(m, &s);
         double have = mem_available_bytes();
         ir_module_free(m);
         if (made > 0.8 * have || kept > 0.9 * have)
-            printf("model  skipped: %.2f GB of random weights made (80 %% of memory at most), then %.2f GB of panels, "
+            printf("model  skipped: %.2f GB of random weights reserved (80 %% of memory at most), %.2f GB of panels, "
                    "KV caches and the weights read in place (90 %%), do not fit the %.2f GB available\n", made / 1e9,
                    kept / 1e9, have / 1e9);
         else {

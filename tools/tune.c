@@ -589,15 +589,15 @@ static void keep_rule(TuneEntry *e, const TuneConfig *rule)
 /* --check: the model timed at each bucket on db and on the rule, three rounds each alternating, the
  * best of each's medians kept; where db's is slower by more than the margin (2 %) its entries of that
  * bucket keep the rule's configuration alone (dropped, the entries' neighbours would stand in for
- * them). Both models are held at once, on random weights that leave once packed: the whole model
- * where, while the second is made, the first's panels and caches (m, the rule's IR) and the second's
- * weights fit in 90 % of the memory available (bench --model's accounting), else its first layer and
- * a vocabulary of 256 (said). False on an error (said). */
+ * them). Both models are held at once, on random weights packed as they are made (never whole): the
+ * whole model where both models' panels and caches and the weights read in place (m, the rule's IR)
+ * fit in 90 % of the memory available (bench --model's accounting), else its first layer and a
+ * vocabulary of 256 (said). False on an error (said). */
 static bool check_db(const TuneArgs *a, const ModelSpec *full, const IrModule *m, const Shape *sh, int n_sh,
                      TuneDb *db)
 {
     ModelSpec s = *full;
-    double kept = cpu_model_bytes_on_random(m, &s), need = fmax(kept + (double)weights_random_bytes(&s), 2 * kept);
+    double need = 2 * cpu_model_bytes_on_random(m, &s);
     double have = mem_available_bytes();
     bool whole = need <= 0.9 * have;
     if (!whole) {

@@ -175,8 +175,14 @@ void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t
 void cg_pack_b_alloc(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair, bool swiglu);
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1);
 /* The same for a W held in two parts: rows 0 .. rows_lo - 1 at w, the rest at w_hi (w_hi NULL: all
- * at w), e.g. a Mixtral expert's w1 and w3 read in place as its [2I, K] up projection. */
-void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t p0, int64_t p1);
+ * at w), e.g. a Mixtral expert's w1 and w3 read in place as its [2I, K] up projection; each part's
+ * first skip rows left out (row r at w + (r - skip)·K, or at w_hi + (r - rows_lo - skip)·K): a W made
+ * a few panels at a time, only the rows cg_pack_b_source_rows names, with skip its first. */
+void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t skip, int64_t p0,
+                          int64_t p1);
+/* The rows of W that panels p0 .. p1 - 1 of b read: rows[0] .. rows[1] - 1, and for swiglu also
+ * rows[2] .. rows[3] - 1 (the b half's: I + the a half's; an empty range otherwise). */
+void cg_pack_b_source_rows(const CgPackedB *b, int64_t p0, int64_t p1, int64_t rows[4]);
 void cg_packed_b_free(CgPackedB *b);
 
 /* ---- thread pool: CgPool, support.h (pool.c) ------------------------------------------------ */

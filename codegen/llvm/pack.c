@@ -29,15 +29,17 @@ void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr,
     MOE_ASSERT(out->data);
 }
 
-/* Where W's row r is: w's, or from row rows_lo on w_hi's (a weight held in two parts). */
+/* Where W's row r is: w's, or from row rows_lo on w_hi's (a weight held in two parts), each part's
+ * first skip rows left out. */
 typedef struct {
     const void *w, *w_hi;
-    int64_t rows_lo;
+    int64_t rows_lo, skip;
 } Rows;
 
 static const char *row_of(const CgPackedB *b, const Rows *w, int64_t src_row) {
     bool hi = w->w_hi && src_row >= w->rows_lo;
-    int64_t r = hi ? src_row - w->rows_lo : src_row;
+    int64_t r = (hi ? src_row - w->rows_lo : src_row) - w->skip;
+    MOE_ASSERT(r >= 0);
     return (const char *)(hi ? w->w_hi : w->w) + (size_t)(r * b->k) * dtype_size(b->dtype);
 }
 
@@ -136,11 +138,21 @@ static void pack_panel(CgPackedB *b, int64_t p, const char *const *rows) {
 }
 
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1) {
-    cg_pack_b_fill_parts(b, w, NULL, 0, p0, p1);
+    cg_pack_b_fill_parts(b, w, NULL, 0, 0, p0, p1);
 }
 
-void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t p0, int64_t p1) {
-    const Rows src = {w, w_hi, rows_lo};
+void cg_pack_b_source_rows(const CgPackedB *b, int64_t p0, int64_t p1, int64_t rows[4]) {
+    MOE_ASSERT(0 <= p0 && p0 <= p1 && p1 <= b->n_panels);
+    int64_t w = b->swiglu ? b->nr / 2 : b->nr, n = b->swiglu ? b->n / 2 : b->n; /* (the a half's) */
+    rows[0] = p0 * w < n ? p0 * w : n;
+    rows[1] = p1 * w < n ? p1 * w : n;
+    rows[2] = rows[0] + (b->swiglu ? n : 0);
+    rows[3] = b->swiglu ? rows[1] + n : rows[2];
+}
+
+void cg_pack_b_fill_parts(CgPackedB *b, const void *w, const void *w_hi, int64_t rows_lo, int64_t skip, int64_t p0,
+                          int64_t p1) {
+    const Rows src = {w, w_hi, rows_lo, skip};
     MOE_ASSERT(0 <= p0 && p0 <= p1 && p1 <= b->n_panels);
     int64_t nr = b->nr, half = nr / 2, inter = b->n / 2;
     const char **rows = xmalloc((size_t)nr * sizeof *rows), *zero = NULL; /* padding columns: the kernel computes them */

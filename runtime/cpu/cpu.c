@@ -264,12 +264,14 @@ static bool gemm_choices(CpuModel *cm, Step *st, const IrInstr *i, moe_dtype dt,
 }
 
 /* A weight to pack: [n, k] at src, or in two parts (weights_parts: rows 0 .. rows_lo - 1 at src, the
- * rest at src_hi), into panels nr wide; t its tensor (NULL: a copy). */
+ * rest at src_hi), or made (weights_made_on_read: random weights, src NULL: each task makes the rows
+ * it packs), into panels nr wide; t its tensor (NULL: a copy). */
 typedef struct {
     const void *src, *src_hi;
     int64_t rows_lo, n, k;
     int nr;
     const Tensor *t;
+    bool made;
 } PackSrc;
 
 static PackSrc pack_src(const CpuModel *cm, const IrValue *w, int nr)
@@ -277,10 +279,11 @@ static PackSrc pack_src(const CpuModel *cm, const IrValue *w, int nr)
     const Tensor *t = param(cm, w);
     const void *part[2] = {NULL, NULL};
     size_t lo = 0;
-    if (!weights_parts(cm->w, t, part, &lo)) /* (two parts: each packed from where it is) */
+    bool made = weights_made_on_read(cm->w, t);
+    if (!made && !weights_parts(cm->w, t, part, &lo)) /* (two parts: each packed from where it is) */
         part[0] = weights_data(cm->w, t, &(RtError){{0}});
     return (PackSrc){part[0], part[1], (int64_t)(lo / ((size_t)w->type.dims[1] * dtype_size(t->dtype))),
-                     w->type.dims[0], w->type.dims[1], nr, t};
+                     w->type.dims[0], w->type.dims[1], nr, t, made};
 }
 
 /* Whether input k of i is a weight packed from where it lies (pack_src), not read there when running. */
@@ -308,25 +311,41 @@ static bool read_in_place(const IrModule *m, const char *tensor)
 }
 
 /* Packing on the pool: each weight's panels in runs of about 1 MiB, a task a run (the 7B's 15 GB
- * of weights are packed at start-up, and one thread did it alone). */
+ * of weights are packed at start-up, and one thread did it alone). A made weight's task makes its
+ * run's rows in its thread's scratch first (a run's bytes: they stay in cache for the packing, and
+ * the weight's own pages are never touched: the 7B's start-up zeroed 15 GB fewer). */
 typedef struct {
     CgPackedB *pk;
     const PackSrc *src; /* [n] */
     int64_t *first;     /* [n + 1] each weight's first task */
     int64_t *run;       /* [n] panels a task */
     int n;
+    const WeightSet *w;
+    void **scratch;     /* [threads] each thread's rows of a made weight, scratch_bytes each */
+    size_t scratch_bytes;
 } PackTasks;
 
 static void pack_task(void *ctx, int64_t task, int thread)
 {
-    (void)thread;
     const PackTasks *pt = ctx;
     int e = 0;
     while (pt->first[e + 1] <= task) e++;
-    int64_t p0 = (task - pt->first[e]) * pt->run[e], p1 = p0 + pt->run[e];
     const PackSrc *s = &pt->src[e];
-    cg_pack_b_fill_parts(&pt->pk[e], s->src, s->src_hi, s->rows_lo, p0,
-                         p1 < pt->pk[e].n_panels ? p1 : pt->pk[e].n_panels);
+    CgPackedB *b = &pt->pk[e];
+    int64_t p0 = (task - pt->first[e]) * pt->run[e], p1 = p0 + pt->run[e] < b->n_panels ? p0 + pt->run[e] : b->n_panels;
+    if (!s->made) {
+        cg_pack_b_fill_parts(b, s->src, s->src_hi, s->rows_lo, 0, p0, p1);
+        return;
+    }
+    int64_t r[4];
+    cg_pack_b_source_rows(b, p0, p1, r);
+    size_t row = (size_t)s->k * dtype_size(b->dtype);
+    MOE_ASSERT((size_t)(r[1] - r[0] + r[3] - r[2]) * row <= pt->scratch_bytes);
+    if (!pt->scratch[thread]) pt->scratch[thread] = xmalloc(pt->scratch_bytes);
+    char *lo = pt->scratch[thread], *hi = lo + (size_t)(r[1] - r[0]) * row;
+    weights_make_rows(pt->w, s->t, r[0], r[1] - r[0], lo);
+    weights_make_rows(pt->w, s->t, r[2], r[3] - r[2], hi);
+    cg_pack_b_fill_parts(b, lo, r[3] > r[2] ? hi : NULL, r[2] - r[0], r[0], p0, p1);
 }
 
 /* The step's packed weights, from n sources of dtype dt. */
@@ -334,18 +353,22 @@ static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
 {
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
-    PackTasks pt = {st->pk, src, xmalloc((size_t)(n + 1) * sizeof *pt.first), xmalloc((size_t)n * sizeof *pt.run), n};
+    PackTasks pt = {st->pk, src, xmalloc((size_t)(n + 1) * sizeof *pt.first), xmalloc((size_t)n * sizeof *pt.run), n,
+                    cm->w, xcalloc((size_t)cg_pool_threads(cm->pool), sizeof *pt.scratch), 0};
     pt.first[0] = 0;
     for (int e = 0; e < n; e++) {
         cg_pack_b_alloc(&st->pk[e], dt, src[e].n, src[e].k, src[e].nr, kpair, swiglu);
         pt.run[e] = st->pk[e].panel_bytes ? (int64_t)(((size_t)1 << 20) / st->pk[e].panel_bytes) : 1;
         if (pt.run[e] < 1) pt.run[e] = 1;
         pt.first[e + 1] = pt.first[e] + (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e];
+        size_t rows = (size_t)(pt.run[e] * src[e].nr), bytes = rows * (size_t)src[e].k * dtype_size(dt); /* (a run's) */
+        if (src[e].made && bytes > pt.scratch_bytes) pt.scratch_bytes = bytes;
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
-    free(pt.first), free(pt.run);
+    for (int t = 0; t < cg_pool_threads(cm->pool); t++) free(pt.scratch[t]);
+    free(pt.first), free(pt.run), free(pt.scratch);
     for (int e = 0; e < n; e++) { /* the copy is what runs: the source's pages leave (weights_release) */
-        if (!src[e].t || read_in_place(cm->m, src[e].t->name)) continue;
+        if (!src[e].t || src[e].made || read_in_place(cm->m, src[e].t->name)) continue;
         size_t row = (size_t)src[e].k * dtype_size(dt);
         weights_release(cm->w, src[e].src, (size_t)(src[e].src_hi ? src[e].rows_lo : src[e].n) * row);
         if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
@@ -433,7 +456,7 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
             }
             memcpy((char *)wc + c * bytes, data, bytes);
         }
-        src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr, NULL};
+        src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr, NULL, false};
     }
     pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), false); /* (the narrow kernel's alike) */
     free(wc);
@@ -846,8 +869,9 @@ int64_t cpu_model_last_rows(const CpuModel *cm) { return cm->last_rows; }
 static void run_step(CpuModel *cm, Step *st, int64_t T)
 {
     const IrInstr *i = st->i;
-    void *out = i->n_out ? addr(cm, i->out[0], T) : NULL;
-    const void *a0 = i->n_in > 0 ? addr(cm, i->in[0], T) : NULL, *a1 = i->n_in > 1 ? addr(cm, i->in[1], T) : NULL;
+    void *out = i->n_out ? addr(cm, i->out[0], T) : NULL; /* (a packed weight's own bytes never: made again) */
+    const void *a0 = i->n_in > 0 ? addr(cm, i->in[0], T) : NULL;
+    const void *a1 = i->n_in > 1 && !packed_in_place(i, 1) ? addr(cm, i->in[1], T) : NULL;
     switch (i->op) {
     case IR_OP_LINEAR: gemm(cm, st, 0, T, a0, cols(i->in[0]), out, cols(i->out[0])); break;
     case IR_OP_MOE_ROUTE: run_route(cm, st, T); break;

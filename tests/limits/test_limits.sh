@@ -62,7 +62,7 @@ MOEPPC_MEM_LIMIT_MB=1300 "$moeppc" run "$src/specs/moepp-0.6b.yaml" --random-wei
     >/dev/null 2>"$work/err" || { echo "FAIL: the 0.6B's random weights in 1300 MB:"; head -3 "$work/err"; failed=1; }
 # bench --model on the same rule: a line that says so, not a model killed for memory
 MOEPPC_MEM_LIMIT_MB=1280 "$moeppc" bench "$src/specs/moepp-0.6b.yaml" --model --tokens 1 --reps 1 >"$work/out" &&
-    grep -q "^model  skipped: 1.06 GB of random weights made .*then 1.22 GB of panels" "$work/out" ||
+    grep -q "^model  skipped: 1.06 GB of random weights reserved .*, 1.22 GB of panels" "$work/out" ||
     { echo "FAIL: bench --model in 1280 MB:"; tail -2 "$work/out"; failed=1; }
 
 # a header length of 3 GB in a 10-byte file: refused before anything is read or allocated

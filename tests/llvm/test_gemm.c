@@ -355,7 +355,9 @@ static void test_ir_text(void **state) {
 
 /* Packing writes every byte of its panels: K and column padding zero whatever the memory held
  * before (a bf16 NaN there times an A padding of 0 is NaN), and each element where the kernels read
- * it; every layout (f32, 16-bit, k pairs with an odd K, swiglu halves), N and K not multiples. */
+ * it; every layout (f32, 16-bit, k pairs with an odd K, swiglu halves), N and K not multiples. The
+ * same panels packed a run at a time from only the rows cg_pack_b_source_rows names, copied apart
+ * (each part's first rows skipped: a weight made a run at a time), are the same bytes. */
 static void test_pack_every_byte(void **state) {
     (void)state;
     static const struct { moe_dtype dt; bool kpair, swiglu; int nr; } forms[] = {
@@ -388,6 +390,22 @@ static void test_pack_every_byte(void **state) {
             for (size_t i = 0; i < b.panel_bytes; i++) zeros += panel[i] == 0;
             assert_int_equal(zeros, b.panel_bytes - real_bytes);
         }
+        CgPackedB c;
+        cg_pack_b_alloc(&c, forms[f].dt, n, k, forms[f].nr, forms[f].kpair, forms[f].swiglu);
+        memset(c.data, 0xff, c.panel_bytes * (size_t)c.n_panels);
+        size_t row = (size_t)k * es;
+        for (int64_t p0 = 0, run = 1; p0 < c.n_panels; p0 += run, run = run % 3 + 1) {
+            int64_t p1 = p0 + run < c.n_panels ? p0 + run : c.n_panels, r[4];
+            cg_pack_b_source_rows(&c, p0, p1, r);
+            assert_true(r[0] <= r[1] && r[1] <= (forms[f].swiglu ? n / 2 : n) && r[2] <= r[3] && r[3] <= n);
+            unsigned char *lo = malloc((size_t)(r[1] - r[0]) * row + 1), *hi = malloc((size_t)(r[3] - r[2]) * row + 1);
+            memcpy(lo, w + (size_t)r[0] * row, (size_t)(r[1] - r[0]) * row);
+            memcpy(hi, w + (size_t)r[2] * row, (size_t)(r[3] - r[2]) * row);
+            cg_pack_b_fill_parts(&c, lo, r[3] > r[2] ? hi : NULL, r[2] - r[0], r[0], p0, p1);
+            free(lo), free(hi);
+        }
+        assert_memory_equal(c.data, b.data, c.panel_bytes * (size_t)c.n_panels);
+        cg_packed_b_free(&c);
         cg_packed_b_free(&b);
         free(w);
     }

@@ -119,7 +119,7 @@ static WeightSet *skewed_weights(const ModelSpec *s, const char *dir)
     for (int k = 0; k < n; k++) {
         t[k] = *weights_at(w, k);
         void *data = xmalloc(t[k].nbytes);
-        memcpy(data, t[k].data, t[k].nbytes);
+        memcpy(data, weights_data(w, weights_at(w, k), &err), t[k].nbytes); /* (made when read) */
         t[k].data = data;
         size_t numel = t[k].nbytes / 4;
         float *f = data;

@@ -16,6 +16,15 @@ static WeightSet *make(const ModelSpec *s, uint64_t seed)
     return w;
 }
 
+/* The same with every tensor made (weights_data), for the tests that read t->data. */
+static WeightSet *made(const ModelSpec *s, uint64_t seed)
+{
+    WeightSet *w = make(s, seed);
+    RtError err;
+    for (int i = 0; i < weights_count(w); i++) assert_non_null(weights_data(w, weights_at(w, i), &err));
+    return w;
+}
+
 static void test_random_covers_spec(void **state)
 {
     (void)state;
@@ -24,14 +33,18 @@ static void test_random_covers_spec(void **state)
     TensorDesc *d = spec_tensors(&s, &n);
     WeightSet *w = make(&s, 1);
     assert_int_equal(weights_count(w), n);
+    RtError err;
     for (int i = 0; i < n; i++) {
         const Tensor *t = weights_at(w, i);
         assert_string_equal(t->name, d[i].name);              /* spec order */
         assert_int_equal(t->dtype, DT_BF16);
+        assert_true(weights_made_on_read(w, t) && !t->data);  /* made when read */
+        const void *at = weights_data(w, t, &err);
+        assert_ptr_equal(at, t->data);
+        assert_false(weights_made_on_read(w, t));
         assert_int_equal((uintptr_t)t->data % 64, 0);
         assert_int_equal(t->nbytes, (size_t)(d[i].shape[0] * (d[i].ndim == 2 ? d[i].shape[1] : 1)) * 2);
     }
-    RtError err;
     assert_true(weights_check(w, &s, &err));
     weights_close(w);
     free(d);
@@ -41,7 +54,7 @@ static void test_random_deterministic(void **state)
 {
     (void)state;
     ModelSpec s = tu_tiny_spec(DT_F32);
-    WeightSet *a = make(&s, 42), *b = make(&s, 42), *c = make(&s, 43);
+    WeightSet *a = made(&s, 42), *b = made(&s, 42), *c = made(&s, 43);
     int differ = 0;
     for (int i = 0; i < weights_count(a); i++) {
         const Tensor *ta = weights_at(a, i), *tb = weights_at(b, i), *tc = weights_at(c, i);
@@ -58,7 +71,7 @@ static void test_random_depends_on_name_only(void **state)
     (void)state;
     ModelSpec s2 = tu_tiny_spec(DT_F32), s3 = s2;
     s3.n_layers = 3;
-    WeightSet *a = make(&s2, 7), *b = make(&s3, 7);
+    WeightSet *a = made(&s2, 7), *b = made(&s3, 7);
     const char *name = "model.layers.1.mlp.moe.experts.experts.0.up_proj.weight";
     assert_memory_equal(weights_find(a, name)->data, weights_find(b, name)->data, weights_find(a, name)->nbytes);
     weights_close(a), weights_close(b);
@@ -87,7 +100,7 @@ static void test_random_release(void **state)
     (void)state;
     ModelSpec s = tu_tiny_spec(DT_F32);
     s.ffn_intermediate = 4096; /* up_proj [8192, 16]: 128 pages of 4 KiB */
-    WeightSet *w = make(&s, 5), *ref = make(&s, 5);
+    WeightSet *w = made(&s, 5), *ref = made(&s, 5);
     assert_true(weights_release_frees(w));
     int i = 0;
     while (strcmp(weights_at(w, i)->name, "model.layers.0.mlp.moe.experts.experts.0.up_proj.weight") != 0) i++;
@@ -114,7 +127,9 @@ static void test_random_release(void **state)
     weights_close(w), weights_close(ref);
 }
 
-/* The documented formula, recomputed independently element by element through dtype_store. */
+/* The documented formula, recomputed independently element by element through dtype_store; the rows
+ * weights_make_rows makes, 7 at a time (a run starting anywhere in the generator's blocks), of a set
+ * never made whole, are the same bytes, and leave their tensors unmade. */
 static void test_random_formula_and_rounding(void **state)
 {
     (void)state;
@@ -124,7 +139,7 @@ static void test_random_formula_and_rounding(void **state)
         if (k >= 3) s.vocab = 40000, s.hidden = 64; /* embeddings of 2.56 M values: filled in parts by threads */
         int n;
         TensorDesc *d = spec_tensors(&s, &n);
-        WeightSet *w = make(&s, 99);
+        WeightSet *w = made(&s, 99), *lazy = make(&s, 99);
         unsigned char want[8];
         for (int i = 0; i < n; i++) {
             const Tensor *t = weights_find(w, d[i].name);
@@ -139,8 +154,18 @@ static void test_random_formula_and_rounding(void **state)
                 dtype_store(t->dtype, want, 0, v);
                 assert_memory_equal((const char *)t->data + j * dtype_size(t->dtype), want, dtype_size(t->dtype));
             }
+            const Tensor *u = weights_find(lazy, d[i].name);
+            size_t row = t->nbytes / (size_t)t->shape[0];
+            char *rows = xmalloc(7 * row);
+            for (int64_t r0 = 0; r0 < t->shape[0]; r0 += 7) {
+                int64_t nr = t->shape[0] - r0 < 7 ? t->shape[0] - r0 : 7;
+                weights_make_rows(lazy, u, r0, nr, rows);
+                assert_memory_equal(rows, (const char *)t->data + (size_t)r0 * row, (size_t)nr * row);
+            }
+            assert_true(weights_made_on_read(lazy, u));
+            free(rows);
         }
-        weights_close(w);
+        weights_close(w), weights_close(lazy);
         free(d);
     }
 }
@@ -153,7 +178,7 @@ static void test_random_bounds(void **state)
     s.vocab = 4096;
     int n;
     TensorDesc *d = spec_tensors(&s, &n);
-    WeightSet *w = make(&s, 5);
+    WeightSet *w = made(&s, 5);
     for (int i = 0; i < n; i++) {
         const Tensor *t = weights_find(w, d[i].name);
         size_t count = t->nbytes / 2;
@@ -197,7 +222,7 @@ static void test_random_refuses_too_big(void **state)
 /* Write the tiny spec's random weights with some tensors dropped, retyped or reshaped. */
 static WeightSet *doctored(const char *dir, const ModelSpec *s)
 {
-    WeightSet *w = make(s, 3);
+    WeightSet *w = made(s, 3);
     int n = weights_count(w), k = 0;
     Tensor *t = xcalloc((size_t)n + 1, sizeof *t);
     static float extra[4];
@@ -272,7 +297,7 @@ static void test_random_write_open_check(void **state)
     (void)state;
     char *dir = tu_tmpdir(), *p = tu_path(dir, "model.safetensors");
     ModelSpec s = tu_tiny_spec(DT_F16);
-    WeightSet *w = make(&s, 11), *r;
+    WeightSet *w = made(&s, 11), *r;
     Tensor *t = xmalloc((size_t)weights_count(w) * sizeof *t);
     for (int i = 0; i < weights_count(w); i++) t[i] = *weights_at(w, i);
     RtError err;

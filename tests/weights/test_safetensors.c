@@ -271,6 +271,7 @@ static void test_release(void **state)
     free(big);
     ModelSpec spec = tu_tiny_spec(DT_F32); /* one block of all its tensors, several pages */
     assert_true(weights_random(&spec, 3, &w, &err));
+    for (int i = 0; i < weights_count(w); i++) assert_non_null(weights_data(w, weights_at(w, i), &err)); /* (made) */
     const Tensor *first = weights_at(w, 0), *last = weights_at(w, weights_count(w) - 1);
     size_t span = (size_t)((const char *)last->data + last->nbytes - (const char *)first->data);
     assert_true(span > 4 * 4096);
