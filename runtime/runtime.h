@@ -53,7 +53,8 @@ bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, R
 /* Whether t's values are made when read: a random set's tensor not made yet, or released. */
 bool        weights_made_on_read(const WeightSet *w, const Tensor *t);
 /* Rows row0 .. row0 + rows - 1 of a random set's tensor t (of shape[0] rows) made into dst: the bytes
- * weights_data holds there. Safe to call from several threads at once. */
+ * weights_data holds there; more than 2^20 values on a pool of threads of its own. Safe to call from
+ * several threads at once. */
 void        weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_t rows, void *dst);
 /* The bytes weights_random reserves for s (0 past 2^63): touched only as tensors are read whole. */
 size_t      weights_random_bytes(const ModelSpec *s);

@@ -351,9 +351,9 @@ static void fill_part(void *dst, moe_dtype dt, size_t i0, size_t count, uint64_t
  * minute on one core, and the page faults of first touch parallelise too. */
 #define FILL_PART ((size_t)1 << 20)
 typedef struct FillJob {
-    void *dst;
+    void *dst;    /* where element first goes */
     moe_dtype dt;
-    size_t count;
+    size_t first, count;
     uint64_t seed;
     FillScale k;
 } FillJob;
@@ -370,7 +370,7 @@ static void fill_task(void *ctx, int64_t part, int thread)
     while (fw->first[j + 1] <= (size_t)part) j++;
     const FillJob *b = &fw->jobs[j];
     size_t i0 = ((size_t)part - fw->first[j]) * FILL_PART, n = b->count - i0 < FILL_PART ? b->count - i0 : FILL_PART;
-    fill_part((char *)b->dst + i0 * dtype_size(b->dt), b->dt, i0, n, b->seed, b->k);
+    fill_part((char *)b->dst + i0 * dtype_size(b->dt), b->dt, b->first + i0, n, b->seed, b->k);
 }
 
 /* Every job, on a pool of the CPUs this process may use (up to 8; none for a single part: a norm's
@@ -490,7 +490,7 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
                         .shape = {d[i].shape[0], d[i].shape[1], 0, 0}, .data = NULL}; /* (made when read) */
             size_t count = d[i].ndim == 2 ? (size_t)(d[i].shape[0] * d[i].shape[1]) : (size_t)d[i].shape[0];
             t.nbytes = count * dtype_size(t.dtype);
-            jobs[i] = (FillJob){(char *)block + offs[i], t.dtype, count, seed ^ hash_str(d[i].name), fill_scale(&d[i])};
+            jobs[i] = (FillJob){(char *)block + offs[i], t.dtype, 0, count, seed ^ hash_str(d[i].name), fill_scale(&d[i])};
             ws_push(w, &t);
         }
         w->regen = jobs;
@@ -509,8 +509,9 @@ void weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_
     MOE_ASSERT(w->regen && t >= w->tensors && t < w->tensors + w->n && t->ndim >= 1);
     size_t cols = (size_t)(t->nbytes / dtype_size(t->dtype)) / (size_t)t->shape[0];
     MOE_ASSERT(row0 >= 0 && rows >= 0 && row0 + rows <= t->shape[0]);
-    const FillJob *job = &w->regen[t - w->tensors];
-    fill_part(dst, job->dt, (size_t)row0 * cols, (size_t)rows * cols, job->seed, job->k);
+    FillJob job = w->regen[t - w->tensors];
+    job.dst = dst, job.first = (size_t)row0 * cols, job.count = (size_t)rows * cols;
+    fill_all(&job, 1);
 }
 
 bool rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err)

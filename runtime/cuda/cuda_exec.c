@@ -195,6 +195,8 @@ struct CudaModel {
     int n_steps;
     WMap *wmap;
     int n_w, cap_w;
+    void *stage;                    /* random weights made here a run of rows at a time, then uploaded  */
+    size_t stage_bytes;             /*   (dupload_made; freed once the steps are prepared)            */
     uint64_t *allocs;               /* every allocation that lives as long as the model                */
     int n_allocs, cap_allocs;
     double bytes;
@@ -270,13 +272,38 @@ static const Tensor *param(const CudaModel *cm, const IrValue *v)
 
 static size_t tensor_bytes(const IrValue *v) { return (size_t)ir_type_numel(&v->type, 1) * dtype_size(v->type.dtype); }
 
-/* A parameter's bytes [bytes] to device address d, whole or from its two parts (weights_parts). */
+/* A random tensor not made yet (weights_made_on_read) to device address d, made 64 MiB of rows at a
+ * time (CudaOptions.upload_run) into one host buffer and uploaded from there: its own pages are never
+ * touched (made whole, the 7B's 15 GB were faulted in and given back a tensor at a time). */
+static bool dupload_made(CudaModel *cm, uint64_t d, const Tensor *t, RtError *err)
+{
+    size_t row = t->nbytes / (size_t)t->shape[0], want = cm->o.upload_run ? cm->o.upload_run : (size_t)64 << 20;
+    int64_t run = row < want ? (int64_t)(want / row) : 1;
+    if (run > t->shape[0]) run = t->shape[0];
+    if (cm->stage_bytes < (size_t)run * row) {
+        free(cm->stage);
+        cm->stage = xmalloc(cm->stage_bytes = (size_t)run * row);
+    }
+    for (int64_t r = 0; r < t->shape[0]; r += run) {
+        int64_t n = t->shape[0] - r < run ? t->shape[0] - r : run;
+        weights_make_rows(cm->w, t, r, n, cm->stage);
+        if (!dupload(cm, d + (uint64_t)r * row, cm->stage, (size_t)n * row, err)) return false;
+    }
+    return true;
+}
+
+/* A parameter's bytes [bytes] to device address d, whole or from its two parts (weights_parts), or
+ * made (dupload_made). */
 /* (The upload is synchronous: the device copy is what runs, and the checkpoint's pages then leave the
  * process, weights_release.) */
 static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
 {
     const void *part[2];
     size_t lo;
+    if (weights_made_on_read(cm->w, t) && t->nbytes) {
+        MOE_ASSERT(bytes == t->nbytes);
+        return dupload_made(cm, d, t, err);
+    }
     if (!weights_parts(cm->w, t, part, &lo)) {
         const void *data = weights_data(cm->w, t, err); /* (a random tensor released: made again) */
         if (!dupload(cm, d, data, bytes, err)) return false;
@@ -1370,6 +1397,8 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
             return NULL;
         }
     }
+    free(cm->stage); /* (every weight uploaded) */
+    cm->stage = NULL, cm->stage_bytes = 0;
     if (!dry && !load_kernels(cm, err)) {
         cuda_model_free(cm);
         return NULL;
@@ -2090,6 +2119,7 @@ void cuda_model_free(CudaModel *cm)
     free(cm->k);
     free(cm->allocs);
     free(cm->wmap);
+    free(cm->stage);
     for (int s = 0; s < cm->n_steps; s++)
     {
         for (int g = 0; g < cm->steps[s].n_gm; g++) {

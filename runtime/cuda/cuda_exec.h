@@ -142,6 +142,9 @@ typedef struct CudaOptions {
                                        start while the one before it drains; the default on a GPU, this
                                        asks for it on the emulator too (MOEPPC_CUDA_PDL=1)         */
     bool no_pdl;                    /* plain launches on a GPU too (MOEPPC_CUDA_PDL=0: an A/B)      */
+    size_t upload_run;              /* random weights are made and uploaded this many bytes of rows at
+                                       a time at most (0: 64 MiB; a test's few hundred bytes take a
+                                       tiny model's tensors in several runs)                       */
     CudaCompileFn compile;          /* what is not embedded: cuda_nvrtc_cubins, or NULL (an
                                        executable: every kernel must be built in)                   */
     /* Inside someone else's CUDA program (the embedding library, embed/layer_cuda.c):               */
