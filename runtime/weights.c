@@ -507,6 +507,7 @@ bool weights_made_on_read(const WeightSet *w, const Tensor *t) { return w && w->
 void weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_t rows, void *dst)
 {
     MOE_ASSERT(w->regen && t >= w->tensors && t < w->tensors + w->n && t->ndim >= 1);
+    if (rows == 0) return; /* (nor a tensor of no rows to divide by) */
     size_t cols = (size_t)(t->nbytes / dtype_size(t->dtype)) / (size_t)t->shape[0];
     MOE_ASSERT(row0 >= 0 && rows >= 0 && row0 + rows <= t->shape[0]);
     FillJob job = w->regen[t - w->tensors];
