@@ -56,6 +56,12 @@ bool        weights_made_on_read(const WeightSet *w, const Tensor *t);
  * weights_data holds there; more than 2^20 values on a pool of threads of its own. Safe to call from
  * several threads at once. */
 void        weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_t rows, void *dst);
+/* t's identity as text into buf (n bytes): its name and type, and where its values come from: the
+ * place in a checkpoint's file (device, inode, size and modification time of the file, offset and
+ * length), or a random set's seed and scale. Two tensors with the same identity have the same
+ * values while their files are not rewritten in place within the clock's resolution. False where t
+ * has none (a copy in memory, not from a file) or buf is too short. Keys a panel cache's files. */
+bool        weights_identity(const WeightSet *w, const Tensor *t, char *buf, size_t n);
 /* The bytes weights_random reserves for s (0 past 2^63): touched only as tensors are read whole. */
 size_t      weights_random_bytes(const ModelSpec *s);
 /* Check that every tensor the spec needs exists with the right shape and dtype. Reports the

@@ -86,7 +86,8 @@ typedef struct {
     uint64_t begin, end;
 } StRange;
 
-static bool st_map_file(const char *path, void **base, size_t *len, RtError *err)
+/* Map PATH read-only; *ident gets its identity (WsMapping). */
+static bool st_map_file(const char *path, void **base, size_t *len, char **ident, RtError *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);    /* O_NONBLOCK: a FIFO must not hang us */
     if (fd < 0) {
@@ -105,6 +106,11 @@ static bool st_map_file(const char *path, void **base, size_t *len, RtError *err
         *base = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0);
         ok = *base != MAP_FAILED;
         if (!ok) rt_errorf(err, path, "cannot map: %s", strerror(errno));
+        char id[128];
+        snprintf(id, sizeof id, "file dev %llx ino %llu size %lld mtime %lld.%09ld", (unsigned long long)st.st_dev,
+                 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+                 (long)st.st_mtim.tv_nsec);
+        *ident = xstrdup(id);
     }
     close(fd);
     return ok;
@@ -364,8 +370,9 @@ static bool st_load_file(const char *path, WeightSet *w, RtError *err)
 {
     void *base;
     size_t len;
-    if (!st_map_file(path, &base, &len, err)) return false;
-    ws_add_mapping(w, base, len);
+    char *ident;
+    if (!st_map_file(path, &base, &len, &ident, err)) return false;
+    ws_add_mapping(w, base, len, ident);
     cJSON *root;
     uint64_t hlen;
     if (!st_parse_header(path, base, len, &root, &hlen, err)) return false;
@@ -465,7 +472,8 @@ static void idx_take_shard(WeightSet *w, WeightSet *shard, const MapEntry *m, in
         else ws_push(w, &shard->tensors[i]);
     }
     shard->n = 0;
-    for (int i = 0; i < shard->n_maps; i++) ws_add_mapping(w, shard->maps[i].base, shard->maps[i].len);
+    for (int i = 0; i < shard->n_maps; i++)
+        ws_add_mapping(w, shard->maps[i].base, shard->maps[i].len, shard->maps[i].ident);
     shard->n_maps = 0;
     for (int i = 0; i < shard->n_copies; i++) ws_add_copy(w, shard->copies[i]);
     shard->n_copies = 0;

@@ -52,10 +52,10 @@ void ws_push(WeightSet *w, const Tensor *t)
     w->tensors[w->n++] = *t;
 }
 
-void ws_add_mapping(WeightSet *w, void *base, size_t len)
+void ws_add_mapping(WeightSet *w, void *base, size_t len, char *ident)
 {
     w->maps = xrealloc(w->maps, (size_t)(w->n_maps + 1) * sizeof *w->maps);
-    w->maps[w->n_maps++] = (WsMapping){base, len};
+    w->maps[w->n_maps++] = (WsMapping){base, len, ident};
 }
 
 void ws_add_copy(WeightSet *w, void *block)
@@ -149,7 +149,7 @@ void weights_close(WeightSet *w)
 {
     if (!w) return;
     for (int i = 0; i < w->n; i++) free(w->tensors[i].name);
-    for (int i = 0; i < w->n_maps; i++) munmap(w->maps[i].base, w->maps[i].len);
+    for (int i = 0; i < w->n_maps; i++) munmap(w->maps[i].base, w->maps[i].len), free(w->maps[i].ident);
     free(w->tensors);
     free(w->by_name);
     free(w->maps);
@@ -513,6 +513,44 @@ void weights_make_rows(const WeightSet *w, const Tensor *t, int64_t row0, int64_
     FillJob job = w->regen[t - w->tensors];
     job.dst = dst, job.first = (size_t)row0 * cols, job.count = (size_t)rows * cols;
     fill_all(&job, 1);
+}
+
+/* The values random weights are made with: change it whenever the generator's values change (the
+ * identity below keys panel caches by it). */
+#define RANDOM_VALUES_VERSION 1
+
+/* " file … @ OFFSET +BYTES": where bytes at p lie in one of w's file mappings; false if in none. */
+static bool mapped_at(const WeightSet *w, const void *p, size_t bytes, char *buf, size_t n)
+{
+    uintptr_t lo = (uintptr_t)p;
+    for (int i = 0; i < w->n_maps; i++) {
+        uintptr_t base = (uintptr_t)w->maps[i].base;
+        if (lo < base || lo - base > w->maps[i].len || bytes > w->maps[i].len - (lo - base)) continue;
+        unsigned long long at = lo - base;
+        return (size_t)snprintf(buf, n, " %s @ %llu +%zu", w->maps[i].ident, at, bytes) < n;
+    }
+    return false;
+}
+
+bool weights_identity(const WeightSet *w, const Tensor *t, char *buf, size_t n)
+{
+    if (!w || t < w->tensors || t >= w->tensors + w->n || n < 2) return false;
+    char type[96];
+    rt_format_type(type, sizeof type, t->dtype, t->ndim, t->shape);
+    size_t k = (size_t)snprintf(buf, n, "%zu:%s %s from", strlen(t->name), t->name, type);
+    if (k >= n) return false;
+    if (w->regen) {
+        const FillJob *j = &w->regen[t - w->tensors];
+        return (size_t)snprintf(buf + k, n - k, " random v%d seed %016llx count %zu scale %a %a %a",
+                                RANDOM_VALUES_VERSION, (unsigned long long)j->seed, j->count, j->k.a, j->k.b,
+                                j->k.c) < n - k;
+    }
+    const void *part[2];
+    size_t lo;
+    if (!weights_parts(w, t, part, &lo)) return mapped_at(w, t->data, t->nbytes, buf + k, n - k);
+    if (!mapped_at(w, part[0], lo, buf + k, n - k)) return false;
+    k += strlen(buf + k);
+    return mapped_at(w, part[1], t->nbytes - lo, buf + k, n - k);
 }
 
 bool rt_sequences_ok(const int32_t *seq, int64_t T, int n, RtError *err)

@@ -21,6 +21,7 @@ typedef struct WsName {
 typedef struct WsMapping {
     void  *base;
     size_t len;
+    char  *ident;              /* the file's identity (weights_identity; owned): device, inode, size, mtime */
 } WsMapping;
 
 /* A tensor held in two parts (weights_parts). */
@@ -50,7 +51,8 @@ struct WeightSet {
 WeightSet *ws_new(const char *origin);
 /* Append a tensor; takes ownership of t->name. */
 void       ws_push(WeightSet *w, const Tensor *t);
-void       ws_add_mapping(WeightSet *w, void *base, size_t len);
+/* Take a file mapping (and ident, the file's identity, owned: see WsMapping) to unmap on close. */
+void       ws_add_mapping(WeightSet *w, void *base, size_t len, char *ident);
 /* Take a malloc'd block to free on close. */
 void       ws_add_copy(WeightSet *w, void *block);
 /* Sort the two-part tensors by name (weights_parts looks them up). */

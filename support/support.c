@@ -381,6 +381,19 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
     return ok;
 }
 
+bool make_dirs(const char *dir)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return errno = ENAMETOOLONG, false;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return false;
+        *p = '/';
+    }
+    return mkdir(buf, 0777) == 0 || errno == EEXIST;
+}
+
 bool file_can_write(const char *path, char *why, size_t why_len)
 {
     struct stat st;

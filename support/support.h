@@ -119,6 +119,8 @@ bool file_write_atomic(const char *path, const void *data, size_t n, char *why, 
 /* Whether file_write_atomic could write path now (a temporary file beside it made and removed; path
  * not a directory): checked before long work whose result goes there, with the same message. */
 bool file_can_write(const char *path, char *why, size_t why_len);
+/* mkdir -p: dir and each folder above it that is missing (false, errno set, where one cannot be made). */
+bool make_dirs(const char *dir);
 /* Read a whole file; NULL with errno set on failure. *len gets the byte count. Every text input
  * (spec, config, index, IR, tuning database) is read through this, so none can be larger than
  * FILE_READ_LIMIT (the cap safetensors sets on its header): a bigger one fails with EFBIG before

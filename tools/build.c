@@ -358,20 +358,6 @@ static int emit_cpu(const char *spec_path, const char *dir, bool llvm, const Tun
     return ok ? 0 : 1;
 }
 
-/* mkdir -p */
-static bool make_dirs(const char *dir)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return false;
-        *p = '/';
-    }
-    return mkdir(buf, 0777) == 0 || errno == EEXIST;
-}
-
 int cmd_emit(int argc, char **argv)
 {
     const char *spec = NULL, *dir = NULL, *kind = NULL, *target = NULL, *tuning = NULL;

@@ -173,6 +173,14 @@ void cg_pack_b_swiglu(CgPackedB *out, const void *w_up, moe_dtype dtype, int64_t
  * [2I, K] as above), then cg_pack_b_fill packs panels p0 .. p1 - 1 of w into it, any ranges in any
  * order (each panel's padding zeroed with it). */
 void cg_pack_b_alloc(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair, bool swiglu);
+/* cg_pack_b_alloc in two: the form alone (data NULL), then memory for the panels (or the caller
+ * points data at cg_packed_b_bytes of its own, 64-byte aligned: a panel cache's file). */
+void cg_pack_b_size(CgPackedB *out, moe_dtype dtype, int64_t n, int64_t k, int nr, bool kpair, bool swiglu);
+void cg_pack_b_alloc_data(CgPackedB *b);
+size_t cg_packed_b_bytes(const CgPackedB *b);
+/* The panels' layout (pack.c's order of bytes for a form): a panel cache's files (runtime/cpu/
+ * panel_cache.c) are keyed by it, so change it whenever that order changes. */
+#define CG_PANEL_LAYOUT 1
 void cg_pack_b_fill(CgPackedB *b, const void *w, int64_t p0, int64_t p1);
 /* The same for a W held in two parts: rows 0 .. rows_lo - 1 at w, the rest at w_hi (w_hi NULL: all
  * at w), e.g. a Mixtral expert's w1 and w3 read in place as its [2I, K] up projection; each part's

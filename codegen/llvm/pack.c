@@ -9,7 +9,7 @@
 #include <emmintrin.h>
 #endif
 
-void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
+void cg_pack_b_size(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
     MOE_ASSERT(n >= 0 && k >= 0 && nr > 0 && nr % 4 == 0);
     MOE_ASSERT(dt == DT_F32 || dt == DT_BF16 || dt == DT_F16);
     MOE_ASSERT(!kpair || dt == DT_BF16);
@@ -24,9 +24,18 @@ void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr,
     out->n_panels = swiglu ? (n / 2 + nr / 2 - 1) / (nr / 2) : (n + nr - 1) / nr;
     int64_t kp = kpair ? (k + 31) / 32 * 32 : k; /* zeros to the AMX kernels' k block (an odd K's last pair too) */
     out->panel_bytes = ((size_t)kp * (size_t)nr * dtype_size(dt) + 63) & ~(size_t)63;
-    size_t total = out->panel_bytes * (size_t)out->n_panels;
-    out->data = alloc_large(total); /* (huge pages: the panels are streamed from memory, a decode step's whole) */
-    MOE_ASSERT(out->data);
+}
+
+size_t cg_packed_b_bytes(const CgPackedB *b) { return b->panel_bytes * (size_t)b->n_panels; }
+
+void cg_pack_b_alloc_data(CgPackedB *b) {
+    b->data = alloc_large(cg_packed_b_bytes(b)); /* (huge pages: the panels are streamed, a decode step's whole) */
+    MOE_ASSERT(b->data);
+}
+
+void cg_pack_b_alloc(CgPackedB *out, moe_dtype dt, int64_t n, int64_t k, int nr, bool kpair, bool swiglu) {
+    cg_pack_b_size(out, dt, n, k, nr, kpair, swiglu);
+    cg_pack_b_alloc_data(out);
 }
 
 /* Where W's row r is: w's, or from row rows_lo on w_hi's (a weight held in two parts), each part's

@@ -29,6 +29,7 @@ typedef struct Step {
     CgPackedB *pk;                  /* packed weights: linear 1; grouped E; route W1[,W2], [Wg], [Wc] */
                                     /*   (the constants' Wc stacked: one [2nc, D])                     */
     int n_pk;
+    PanelFile *panels;              /* the panel cache's file holding some of pk (NULL: none)         */
     void **kt, **vc;                /* attention: each sequence's K and V caches (cg_attention_store), */
                                     /*   of kv_dt: [n_seqs]                                           */
     moe_dtype kv_dt;
@@ -65,6 +66,7 @@ struct CpuModel {
     bool external;                  /* arena, scratch and dispatch buffers lie in caller memory:       */
                                     /*   cap_t is fixed, runs allocate nothing                         */
     CpuProfile prof;
+    PanelCache *panels;             /* packed weights kept in files (NULL: packed in memory alone)    */
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
     int tail;                       /* steps [tail, n_steps) make the logits from the final residual  */
                                     /*   rows alone (final norm, lm_head; n_steps: none such)         */
@@ -348,31 +350,58 @@ static void pack_task(void *ctx, int64_t task, int thread)
     cg_pack_b_fill_parts(b, lo, r[3] > r[2] ? hi : NULL, r[2] - r[0], r[0], p0, p1);
 }
 
-/* The step's packed weights, from n sources of dtype dt. */
+/* The panel cache's file for the step's weights (pk sized): kept are those whose source has an
+ * identity (weights_identity); NULL: none (no cache, or it failed). */
+static PanelFile *open_panels(CpuModel *cm, CgPackedB *pk, const PackSrc *src, int n, bool *hit)
+{
+    *hit = false;
+    if (!cm->panels) return NULL;
+    char **id = xcalloc((size_t)n, sizeof *id);
+    for (int e = 0; e < n; e++) {
+        char buf[1024];
+        if (src[e].t && weights_identity(cm->w, src[e].t, buf, sizeof buf)) id[e] = xstrdup(buf);
+    }
+    PanelFile *f = panel_cache_open(cm->panels, pk, (const char *const *)id, n, hit);
+    for (int e = 0; e < n; e++) free(id[e]);
+    free(id);
+    return f;
+}
+
+/* The step's packed weights, from n sources of dtype dt: mapped from the panel cache where it holds
+ * them, else packed (into its new file, or memory). */
 static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *src, int n, bool kpair, bool swiglu)
 {
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
+    for (int e = 0; e < n; e++) cg_pack_b_size(&st->pk[e], dt, src[e].n, src[e].k, src[e].nr, kpair, swiglu);
+    bool hit;
+    st->panels = open_panels(cm, st->pk, src, n, &hit);
+    bool *done = xcalloc((size_t)n, sizeof *done); /* mapped, packed already */
+    for (int e = 0; e < n; e++) {
+        done[e] = hit && panel_file_holds(st->panels, st->pk[e].data);
+        if (!st->pk[e].data) cg_pack_b_alloc_data(&st->pk[e]);
+    }
     PackTasks pt = {st->pk, src, xmalloc((size_t)(n + 1) * sizeof *pt.first), xmalloc((size_t)n * sizeof *pt.run), n,
                     cm->w, xcalloc((size_t)cg_pool_threads(cm->pool), sizeof *pt.scratch), 0};
     pt.first[0] = 0;
     for (int e = 0; e < n; e++) {
-        cg_pack_b_alloc(&st->pk[e], dt, src[e].n, src[e].k, src[e].nr, kpair, swiglu);
         pt.run[e] = st->pk[e].panel_bytes ? (int64_t)(((size_t)1 << 20) / st->pk[e].panel_bytes) : 1;
         if (pt.run[e] < 1) pt.run[e] = 1;
-        pt.first[e + 1] = pt.first[e] + (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e];
+        pt.first[e + 1] = pt.first[e] + (done[e] ? 0 : (st->pk[e].n_panels + pt.run[e] - 1) / pt.run[e]);
         size_t rows = (size_t)(pt.run[e] * src[e].nr), bytes = rows * (size_t)src[e].k * dtype_size(dt); /* (a run's) */
-        if (src[e].made && bytes > pt.scratch_bytes) pt.scratch_bytes = bytes;
+        if (src[e].made && !done[e] && bytes > pt.scratch_bytes) pt.scratch_bytes = bytes;
     }
     cg_pool_parallel_for(cm->pool, pt.first[n], pack_task, &pt);
     for (int t = 0; t < cg_pool_threads(cm->pool); t++) free(pt.scratch[t]);
     free(pt.first), free(pt.run), free(pt.scratch);
+    if (st->panels && !hit) panel_file_commit(cm->panels, st->panels);
     for (int e = 0; e < n; e++) { /* the copy is what runs: the source's pages leave (weights_release) */
-        if (!src[e].t || src[e].made || read_in_place(cm->m, src[e].t->name)) continue;
+        if (!src[e].t || src[e].made || done[e] || read_in_place(cm->m, src[e].t->name)) continue;
         size_t row = (size_t)src[e].k * dtype_size(dt);
         weights_release(cm->w, src[e].src, (size_t)(src[e].src_hi ? src[e].rows_lo : src[e].n) * row);
         if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
     }
+    free(done);
 }
 
 /* The weights i->in[idx[0..n)], for the op's GEMM kernel of their dtype; swiglu for up-projections. */
@@ -950,7 +979,7 @@ static void ensure_segments(CpuModel *cm, int64_t T)
 }
 
 static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
-                           int threads, bool dry, RtError *err)
+                           int threads, const char *panel_cache, bool dry, RtError *err)
 {
     MOE_ASSERT(m->planned);
     CpuModel *cm = xcalloc(1, sizeof *cm);
@@ -961,6 +990,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->max_pos = max_positions;
     cm->n_seqs = 1;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
+    cm->panels = panel_cache && *panel_cache && !dry ? panel_cache_new(panel_cache) : NULL;
     cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
@@ -1019,6 +1049,12 @@ double cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s)
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err)
 {
+    return cpu_model_open(m, w, max_positions, ks, &(CpuModelOptions){.threads = threads}, err);
+}
+
+CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
+                         const CpuModelOptions *o, RtError *err)
+{
     double need = cpu_model_bytes_needed(m, max_positions), have = mem_available_bytes();
     if (weights_release_frees(w)) need -= cpu_model_bytes_freed(m); /* (packing op by op: a layer's at most more) */
     if (need > 0.9 * have) {
@@ -1031,12 +1067,12 @@ CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_posit
     }
     RtError ignored; /* (cpu.h: what prefetch did not make is made when asked, with its own error) */
     if (ks->prefetch) ks->prefetch(ks->ctx, m, &ignored);
-    return model_new(m, w, max_positions, ks, threads, false, err);
+    return model_new(m, w, max_positions, ks, o->threads, o->panel_cache, false, err);
 }
 
 bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)
 {
-    CpuModel *cm = model_new(m, NULL, 1, ks, 1, true, err);
+    CpuModel *cm = model_new(m, NULL, 1, ks, 1, NULL, true, err);
     bool ok = cm != NULL;
     cpu_model_free(cm);
     return ok;
@@ -1176,6 +1212,12 @@ const void *cpu_model_output(const CpuModel *cm, const char *name, int64_t *ncol
 
 CpuProfile cpu_model_profile(const CpuModel *cm) { return cm->prof; }
 
+bool cpu_model_panel_stats(const CpuModel *cm, PanelCacheStats *st)
+{
+    if (cm->panels) *st = panel_cache_stats(cm->panels);
+    return cm->panels != NULL;
+}
+
 /* ---- caller memory (embed/): bound inputs and a workspace -------------------------------------- */
 
 void cpu_model_bind_input(CpuModel *cm, const IrValue *input, const void *data)
@@ -1267,7 +1309,9 @@ void cpu_model_free(CpuModel *cm)
     free_run_buffers(cm);
     for (int s = 0; s < cm->n_steps; s++) {
         Step *st = &cm->steps[s];
-        for (int e = 0; e < st->n_pk; e++) cg_packed_b_free(&st->pk[e]);
+        for (int e = 0; e < st->n_pk; e++)
+            if (!panel_file_holds(st->panels, st->pk[e].data)) cg_packed_b_free(&st->pk[e]);
+        panel_file_free(st->panels);
         free(st->pk);
         free(st->sched);
         for (int q = 0; st->kt && q < cm->n_seqs; q++) free(st->kt[q]), free(st->vc[q]);
@@ -1281,5 +1325,6 @@ void cpu_model_free(CpuModel *cm)
     free(cm->bound);
     cg_work_free(&cm->work);
     cg_pool_free(cm->pool);
+    panel_cache_free(cm->panels);
     free(cm);
 }

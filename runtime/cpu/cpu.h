@@ -19,6 +19,7 @@
 #include "codegen/llvm/cg_llvm.h"
 #include "codegen/llvm/ops/cg_ops.h"
 #include "ir/ir.h"
+#include "runtime/cpu/panel_cache.h"
 #include "runtime/runtime.h"
 
 typedef struct CpuKernelSource {
@@ -40,6 +41,15 @@ typedef struct CpuModel CpuModel;
 
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                         int threads, RtError *err);
+/* cpu_model_new with the options a driver may set. */
+typedef struct CpuModelOptions {
+    int         threads;
+    const char *panel_cache;  /* a directory keeping the packed weights between runs (panel_cache.h); NULL: none */
+} CpuModelOptions;
+CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
+                         const CpuModelOptions *o, RtError *err);
+/* The panel cache's counts so far; false (st untouched) without one. */
+bool      cpu_model_panel_stats(const CpuModel *cm, PanelCacheStats *st);
 /* Bytes a model of m allocates beyond its weights: the packed copies of every GEMM weight and the KV
  * caches (cpu_model_new refuses a model whose need passes 90 % of the memory available). */
 double    cpu_model_bytes_needed(const IrModule *m, int64_t max_positions);

@@ -51,7 +51,8 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--generate N [--temperature X] [--top-k K] [--top-p P] "
+               "[--device cpu|cuda] [--threads N] [--panel-cache DIR] "
+               "[--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] [--perplexity] [--quiet] %s[-O0|-O1]\n",
@@ -71,6 +72,7 @@ static int drv_usage(const char *fmt, const char *arg)
 typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
+    const char *panel_cache;      /* --panel-cache (MOEPPC_PANEL_CACHE): packed weights kept there    */
     bool random, route_stats, ignore_eos, perplexity, quiet, no_bos, special;
     bool no_reuse;                /* --no-prefix-reuse: every prompt run whole                       */
     uint64_t seed;
@@ -181,6 +183,10 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     else if (strcmp(o, "--tokenizer") == 0) r->tokenizer = v;
     else if (strcmp(o, "--logits-out") == 0) r->logits_out = v;
     else if (strcmp(o, "--routes-out") == 0) r->routes_out = v;
+    else if (strcmp(o, "--panel-cache") == 0) {
+        if (!*v) return drv_usage("%s", "--panel-cache: expected a directory, found ''");
+        r->panel_cache = v;
+    }
     else if (strcmp(o, "--tuning") == 0) {
         if (!cfg->load_tuning || cfg->ir_text) return drv_usage("--tuning '%s': not available here (an executable's tiles are fixed when it is built)", v);
         r->tuning = v;
@@ -336,6 +342,11 @@ static void print_help(FILE *f)
     if (cfg->kernels_new) fputs("  --backend cpu       the same as --device cpu\n", f);
     fprintf(f, "  --threads N         CPU threads (1..256; default: one a core this process may use, %d here)\n",
             threads_default());
+    if (cfg->kernels_new)
+        fputs("  --panel-cache DIR   keep the CPU backend's packed weights in files in DIR (made if missing; a file\n"
+              "                      a packing step, keyed by the weights' files and places and the packed form):\n"
+              "                      a later run maps them instead of packing, and shares them in the page cache\n"
+              "                      (default: MOEPPC_PANEL_CACHE, else none)\n", f);
     fputs("  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
           "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
           "                      literally); -O1 (default): the optimised IR\n", f);
@@ -350,6 +361,7 @@ static void print_help(FILE *f)
               "  MOEPPC_PERF_MAP=1   name the JIT's kernels in /tmp/perf-PID.map, for perf report\n", f);
     if (cfg->cuda_compile)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
+    if (cfg->kernels_new) fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n", f);
     fputs("  MOEPPC_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1)\n"
           "  MOEPPC_CUDA_SYNC=1  synchronise after every GPU instruction and name the one that fails\n"
           "  MOEPPC_MEM_LIMIT_MB the host memory taken as available (default /proc/meminfo's MemAvailable):\n"
@@ -361,7 +373,7 @@ static void print_help(FILE *f)
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
     *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = threads_default(), .batch = 1, .chunk = 256,
-                   .sample = {.top_p = 1, .repetition_penalty = 1},
+                   .sample = {.top_p = 1, .repetition_penalty = 1}, .panel_cache = getenv("MOEPPC_PANEL_CACHE"),
                    .backend = cfg->default_cpu ? BACKEND_CPU : BACKEND_INTERP};
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a];
@@ -381,7 +393,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
-                                                 "--batch", "--max-positions", "--chunk"};
+                                                 "--batch", "--max-positions", "--chunk", "--panel-cache"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -680,8 +692,14 @@ static bool runner_start(Runner *rn, WeightSet *w)
         return false;
     }
     rn->ks = cfg->kernels_new(&err);
-    if (rn->ks) rn->cm = cpu_model_new(rn->m, w, s->max_positions, rn->ks, r->threads, &err);
+    CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache};
+    if (rn->ks) rn->cm = cpu_model_open(rn->m, w, s->max_positions, rn->ks, &o, &err);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
+    PanelCacheStats pst;
+    if (rn->cm && cpu_model_panel_stats(rn->cm, &pst))
+        fprintf(stderr, "%s: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)%s\n",
+                cfg->prog, r->panel_cache, pst.hits, pst.hit_bytes / 1e6, pst.misses, pst.kept_bytes / 1e6,
+                pst.failed ? ", the rest packed in memory" : "");
     return rn->cm != NULL;
 }
 

@@ -15,6 +15,18 @@ run "$MOEPPC" build "$SPEC" -o "$WORK/model" ${TARGET:+--target "$TARGET"}
 run "$MOEPPC" init-weights "$SPEC" --seed 5 -o "$WORK/w.safetensors"
 run "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --threads 2 --logits-out "$WORK/model.bin" --generate 3
 run "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend interp --logits-out "$WORK/interp.bin"
+# --panel-cache: the packed weights kept in files, then mapped from them; the same logits bit for bit
+for k in 1 2; do
+  if [ $k = 1 ]; then set -- --panel-cache "$WORK/panels"; else set --; fi
+  MOEPPC_PANEL_CACHE="$WORK/panels" run "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" --threads 2 \
+    --logits-out "$WORK/panels$k.bin" --generate 3 "$@" 2>"$WORK/panels$k.txt"
+  cmp "$WORK/model.bin" "$WORK/panels$k.bin" || { echo "--panel-cache: other logits (run $k)"; exit 1; }
+done
+grep -q " 0 steps' panels mapped (0.0 MB), [1-9][0-9]* packed and kept" "$WORK/panels1.txt" &&
+  grep -q " [1-9][0-9]* steps' panels mapped .*, 0 packed and kept" "$WORK/panels2.txt" ||
+  { echo "--panel-cache: not kept, then mapped:"; cat "$WORK/panels1.txt" "$WORK/panels2.txt"; exit 1; }
+"$WORK/model" --random-weights 1 --ids 1 --panel-cache "" >/dev/null 2>&1
+[ $? -eq 2 ] || { echo "--panel-cache '': not a usage error"; exit 1; }
 V=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import oracle; print(oracle.load_spec(sys.argv[2]).V)' "$HERE/../oracle" "$SPEC")
 run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
 if [ -n "$TARGET" ]; then

@@ -1,0 +1,280 @@
+/* panel_cache.c — packed weights kept in files (see panel_cache.h).
+ *
+ * A file: a 40-byte header (magic "MOEPPCPN", format version, the description's length, where the
+ * panels begin, the file's size; little-endian u32/u64), the description, zeros to a 4 KiB boundary,
+ * then each kept weight's panels in the step's order, each at a 64-byte boundary (panel_bytes is a
+ * multiple of 64, so they follow one another). */
+#include "runtime/cpu/panel_cache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PC_MAGIC "MOEPPCPN"
+#define PC_VERSION 1u
+#define PC_HEADER 40
+
+struct PanelCache {
+    char *dir;
+    bool  warned; /* a failure said once; the rest packed in memory quietly */
+    bool  broken; /* the directory cannot be used: every step packs in memory */
+    PanelCacheStats st;
+};
+
+struct PanelFile {
+    void  *base;
+    size_t len;
+    int    fd;       /* a miss's, until panel_file_commit; -1 after */
+    char  *tmp;      /* a miss's temporary name (no O_TMPFILE), NULL otherwise */
+    char  *path;     /* the name it has (hit) or gets (miss) */
+};
+
+PanelCache *panel_cache_new(const char *dir)
+{
+    PanelCache *pc = xcalloc(1, sizeof *pc);
+    pc->dir = xstrdup(dir);
+    return pc;
+}
+
+void panel_cache_free(PanelCache *pc)
+{
+    if (!pc) return;
+    free(pc->dir);
+    free(pc);
+}
+
+const char *panel_cache_dir(const PanelCache *pc) { return pc->dir; }
+
+PanelCacheStats panel_cache_stats(const PanelCache *pc) { return pc->st; }
+
+static void pc_warn(PanelCache *pc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void pc_warn(PanelCache *pc, const char *fmt, ...)
+{
+    pc->st.failed++;
+    if (pc->warned) return;
+    pc->warned = true;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "moeppc: panel cache %s: %s; packing in memory\n", pc->dir, msg);
+}
+
+static size_t pc_align(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* The step's description (the file's key) and its panels' layout: *data the first panel's offset,
+ * *size the file's. Returns the description (xmalloc'd). */
+static char *pc_describe(const CgPackedB *pk, const char *const *id, int n, size_t *data, size_t *size)
+{
+    size_t cap = 256, len = 0;
+    for (int e = 0; e < n; e++) cap += id[e] ? strlen(id[e]) + 160 : 0;
+    char *d = xmalloc(cap);
+    len += (size_t)snprintf(d + len, cap - len, "moeppc panels: layout %d\n", CG_PANEL_LAYOUT);
+    for (int e = 0; e < n; e++) {
+        if (!id[e]) continue;
+        const CgPackedB *b = &pk[e];
+        len += (size_t)snprintf(d + len, cap - len, "%d %s: %s [%lld, %lld] nr %d%s%s, %lld panels of %zu bytes\n", e,
+                                id[e], dtype_name(b->dtype), (long long)b->n, (long long)b->k, b->nr,
+                                b->kpair ? " k pairs" : "", b->swiglu ? " swiglu" : "", (long long)b->n_panels,
+                                b->panel_bytes);
+    }
+    MOE_ASSERT(len < cap);
+    *data = pc_align(PC_HEADER + len, 4096);
+    *size = *data;
+    for (int e = 0; e < n; e++)
+        if (id[e]) *size += pc_align(cg_packed_b_bytes(&pk[e]), 64);
+    return d;
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void pc_header(unsigned char *h, size_t desc_len, size_t data, size_t size)
+{
+    memcpy(h, PC_MAGIC, 8);
+    put_u32(h + 8, PC_VERSION);
+    put_u32(h + 12, 0);
+    put_u64(h + 16, desc_len);
+    put_u64(h + 24, data);
+    put_u64(h + 32, size);
+}
+
+/* Point the kept weights' data into the mapping at base. */
+static void pc_point(CgPackedB *pk, const char *const *id, int n, char *base, size_t data)
+{
+    for (int e = 0; e < n; e++) {
+        if (!id[e]) continue;
+        pk[e].data = base + data;
+        data += pc_align(cg_packed_b_bytes(&pk[e]), 64);
+    }
+}
+
+static bool read_all(int fd, void *buf, size_t n, off_t at)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t k = pread(fd, (char *)buf + done, n - done, at + (off_t)done);
+        if (k <= 0) {
+            if (k < 0 && errno == EINTR) continue;
+            return false;
+        }
+        done += (size_t)k;
+    }
+    return true;
+}
+
+/* The file at path if it holds this step: its mapping, else NULL (missing, or another step's, or
+ * damaged: a miss, which replaces it). */
+static PanelFile *pc_hit(const char *path, const char *desc, size_t data, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return NULL;
+    struct stat st;
+    unsigned char h[PC_HEADER], want[PC_HEADER];
+    size_t len = strlen(desc);
+    pc_header(want, len, data, size);
+    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == (uint64_t)size &&
+              read_all(fd, h, sizeof h, 0) && memcmp(h, want, sizeof h) == 0;
+    char *d = ok ? xmalloc(len) : NULL;
+    ok = ok && read_all(fd, d, len, PC_HEADER) && memcmp(d, desc, len) == 0;
+    free(d);
+    void *base = ok ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (base == MAP_FAILED) return NULL;
+    madvise(base, size, MADV_HUGEPAGE); /* only a hint */
+    PanelFile *f = xcalloc(1, sizeof *f);
+    *f = (PanelFile){base, size, -1, NULL, xstrdup(path)};
+    return f;
+}
+
+/* A new file of size bytes in the cache's directory for path: unnamed where the file system can
+ * (O_TMPFILE), else under a temporary name; -1 (errno set) on failure. */
+static int pc_create(PanelCache *pc, const char *path, char **tmp)
+{
+    *tmp = NULL;
+    int fd = open(pc->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+    if (fd >= 0) return fd;
+    *tmp = xmalloc(strlen(path) + 16);
+    sprintf(*tmp, "%s.tmpXXXXXX", path);
+    fd = mkstemp(*tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(*tmp), *tmp = NULL;
+        errno = e;
+        return -1;
+    }
+    mode_t mask = umask(0); /* mkstemp makes 0600; the cache is shared as the checkpoint is */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask) != 0) {} /* (a private file still serves) */
+    return fd;
+}
+
+static PanelFile *pc_miss(PanelCache *pc, const char *path, const char *desc, size_t data, size_t size)
+{
+    if (!make_dirs(pc->dir)) {
+        pc->broken = true;
+        pc_warn(pc, "cannot make the directory: %s", strerror(errno));
+        return NULL;
+    }
+    char *tmp;
+    int fd = pc_create(pc, path, &tmp);
+    if (fd < 0) {
+        pc->broken = true;
+        pc_warn(pc, "cannot create a file: %s", strerror(errno));
+        return NULL;
+    }
+    int e = posix_fallocate(fd, 0, (off_t)size); /* (its blocks now: no SIGBUS when the disk fills) */
+    void *base = e ? MAP_FAILED : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        pc_warn(pc, "cannot reserve %.1f MB for %s: %s", (double)size / 1e6, path, strerror(e ? e : errno));
+        close(fd);
+        if (tmp) unlink(tmp);
+        free(tmp);
+        return NULL;
+    }
+    madvise(base, size, MADV_HUGEPAGE);
+    size_t len = strlen(desc);
+    pc_header(base, len, data, size);
+    memcpy((char *)base + PC_HEADER, desc, len);
+    PanelFile *f = xcalloc(1, sizeof *f);
+    *f = (PanelFile){base, size, fd, tmp, xstrdup(path)};
+    return f;
+}
+
+PanelFile *panel_cache_open(PanelCache *pc, CgPackedB *pk, const char *const *id, int n, bool *hit)
+{
+    *hit = false;
+    bool any = false;
+    for (int e = 0; e < n; e++) any |= id[e] != NULL;
+    if (!pc || pc->broken || !any) return NULL;
+    size_t data, size;
+    char *desc = pc_describe(pk, id, n, &data, &size);
+    char *path = xmalloc(strlen(pc->dir) + 40);
+    sprintf(path, "%s/panels-%016llx.bin", pc->dir, (unsigned long long)hash_str(desc));
+    PanelFile *f = pc_hit(path, desc, data, size);
+    *hit = f != NULL;
+    if (!f) f = pc_miss(pc, path, desc, data, size);
+    if (f) pc_point(pk, id, n, f->base, data);
+    if (f && *hit) pc->st.hits++, pc->st.hit_bytes += (double)size;
+    free(desc);
+    free(path);
+    return f;
+}
+
+void panel_file_commit(PanelCache *pc, PanelFile *f)
+{
+    if (f->fd < 0) return;
+    const char *why = NULL;
+    int e = 0;
+    if (fdatasync(f->fd) != 0) why = "cannot write", e = errno;
+    if (mprotect(f->base, f->len, PROT_READ) != 0) {} /* (only a guard) */
+    if (!why && f->tmp && rename(f->tmp, f->path) != 0) why = "cannot name", e = errno;
+    if (!why && !f->tmp) {
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", f->fd);
+        unlink(f->path); /* (a damaged one; another run's equal one is as good as this) */
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, f->path, AT_SYMLINK_FOLLOW) != 0 && errno != EEXIST)
+            why = "cannot name", e = errno;
+    }
+    if (why) {
+        pc_warn(pc, "%s %s: %s", why, f->path, strerror(e));
+        if (f->tmp) unlink(f->tmp);
+    } else {
+        pc->st.misses++;
+        pc->st.kept_bytes += (double)f->len;
+    }
+    close(f->fd);
+    f->fd = -1;
+    free(f->tmp);
+    f->tmp = NULL;
+}
+
+bool panel_file_holds(const PanelFile *f, const void *p)
+{
+    return f && (const char *)p >= (const char *)f->base && (const char *)p < (const char *)f->base + f->len;
+}
+
+void panel_file_free(PanelFile *f)
+{
+    if (!f) return;
+    munmap(f->base, f->len);
+    if (f->fd >= 0) close(f->fd);
+    if (f->tmp) unlink(f->tmp);
+    free(f->tmp);
+    free(f->path);
+    free(f);
+}

@@ -1,0 +1,332 @@
+/* test_panel_cache.c — the CPU backend's packed weights kept in files (panel_cache.h): a model whose
+ * panels are mapped from the cache computes bit for bit what one that packed them does (and the
+ * interpreter's logits), a checkpoint rewritten under the same name is not taken for the old one, a
+ * damaged file is a miss that is made again, and a directory that cannot be used packs in memory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "tests/tiny_specs.h"
+
+#include "passes/passes.h"
+#include "runtime/cpu/cpu.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { T = 9 };
+
+static CpuKernelSource *ks;
+static char root[] = "/tmp/moeppc-panels-XXXXXX";
+
+static int setup(void **state)
+{
+    (void)state;
+    RtError err = {{0}};
+    ks = cpu_jit_source_new(&err);
+    if (!ks) fprintf(stderr, "JIT: %s\n", err.msg);
+    return ks && mkdtemp(root) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cpu_jit_source_free(ks);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static IrModule *codegen_ir(const char *name, ModelSpec *s)
+{
+    assert_true(tiny_spec_load(name, s));
+    IrModule *m = ir_lower_spec(s);
+    PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
+    Diag d = {stderr, s->name, 0};
+    assert_true(passes_run(m, &po, &d));
+    return m;
+}
+
+/* A model on w with panel cache dir (NULL: none): its logits for T tokens into out (xmalloc'd), and
+ * the cache's counts. */
+static float *logits_of(const IrModule *m, const WeightSet *w, const ModelSpec *s, const char *dir, PanelCacheStats *st)
+{
+    RtError err = {{0}};
+    CpuModelOptions o = {.threads = 2, .panel_cache = dir};
+    CpuModel *cm = cpu_model_open(m, w, s->max_positions, ks, &o, &err);
+    if (!cm) fail_msg("%s", err.msg);
+    int32_t ids[T], pos[T];
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 71 + 13) % s->vocab), pos[t] = t;
+    assert_true(cpu_model_run(cm, ids, pos, T, &err));
+    int64_t V;
+    const float *l = cpu_model_output(cm, "logits", &V, NULL);
+    float *out = xmalloc((size_t)(T * V) * sizeof *out);
+    memcpy(out, l, (size_t)(T * V) * sizeof *out);
+    assert_int_equal(cpu_model_panel_stats(cm, st), dir != NULL);
+    cpu_model_free(cm);
+    return out;
+}
+
+static void assert_same(const float *a, const float *b, int64_t n)
+{
+    if (memcmp(a, b, (size_t)n * sizeof *a) != 0) fail_msg("logits differ from the model that packed its weights");
+}
+
+/* The interpreter's logits against a's: max rel err. */
+static double against_interpreter(const float *a, const IrModule *m, const WeightSet *w, const ModelSpec *s)
+{
+    int32_t ids[T], pos[T];
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 71 + 13) % s->vocab), pos[t] = t;
+    EvalResult ref;
+    RtError err = {{0}};
+    assert_true(ir_eval(m, w, ids, pos, T, EVAL_F64, &ref, &err));
+    const double *b = eval_output(&ref, "logits")->data;
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < T * s->vocab; j++) num = fmax(num, fabs((double)a[j] - b[j])), den = fmax(den, fabs(b[j]));
+    ir_eval_result_free(&ref);
+    return num / den;
+}
+
+static int files_in(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += strncmp(e->d_name, "panels-", 7) == 0;
+    if (d) closedir(d);
+    return n;
+}
+
+/* Each tiny spec on random weights: packed into new files, then mapped from them; the same logits
+ * bit for bit as without a cache, and the interpreter's. */
+static void test_mapped_equals_packed(void **state)
+{
+    (void)state;
+    static const char *const specs[] = {"tiny-moepp", "tiny-bf16", "tiny-tied", "tiny-vanilla"};
+    for (size_t k = 0; k < sizeof specs / sizeof *specs; k++) {
+        ModelSpec s;
+        IrModule *m = codegen_ir(specs[k], &s);
+        WeightSet *w;
+        RtError err = {{0}};
+        assert_true(weights_random(&s, 5, &w, &err));
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s/%s/cache", root, specs[k]); /* (two folders made) */
+        PanelCacheStats st, st2;
+        float *ref = logits_of(m, w, &s, NULL, &st);
+        float *miss = logits_of(m, w, &s, dir, &st);
+        assert_true(st.misses > 0 && st.hits == 0 && st.failed == 0 && st.kept_bytes > 0);
+        assert_int_equal(files_in(dir), st.misses);
+        float *hit = logits_of(m, w, &s, dir, &st2);
+        assert_true(st2.hits == st.misses && st2.misses == 0 && st2.failed == 0 && st2.hit_bytes == st.kept_bytes);
+        assert_same(miss, ref, T * s.vocab);
+        assert_same(hit, ref, T * s.vocab);
+        assert_true(against_interpreter(hit, m, w, &s) <= (s.dtype == DT_F32 ? 1e-5 : 2e-2));
+        /* another seed is another model: none of the files serves it */
+        WeightSet *w2;
+        assert_true(weights_random(&s, 6, &w2, &err));
+        free(logits_of(m, w2, &s, dir, &st2));
+        assert_true(st2.hits == 0 && st2.misses == st.misses);
+        free(ref), free(miss), free(hit);
+        weights_close(w2);
+        weights_close(w);
+        ir_module_free(m);
+    }
+}
+
+/* w's tensors written to path as a checkpoint. */
+static void write_checkpoint(const WeightSet *w, const char *path)
+{
+    RtError err = {{0}};
+    int n = weights_count(w);
+    Tensor *t = xcalloc((size_t)n, sizeof *t);
+    for (int i = 0; i < n; i++) t[i] = *weights_at(w, i), t[i].data = weights_data(w, weights_at(w, i), &err);
+    if (!safetensors_write(path, t, n, &err)) fail_msg("%s", err.msg);
+    free(t);
+}
+
+/* A checkpoint's panels are keyed by its file: mapped while it stays, made again once it is rewritten
+ * under the same name with other values. */
+static void test_checkpoint_rewritten_is_a_miss(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    char path[256], dir[256];
+    snprintf(path, sizeof path, "%s/ckpt.safetensors", root);
+    snprintf(dir, sizeof dir, "%s/ckpt-cache", root);
+    RtError err = {{0}};
+    PanelCacheStats st, st2;
+    int first = 0;
+    for (uint64_t seed = 1; seed <= 2; seed++) {
+        WeightSet *r, *w;
+        assert_true(weights_random(&s, seed, &r, &err));
+        write_checkpoint(r, path);
+        weights_close(r);
+        assert_true(weights_open(path, &w, &err));
+        float *ref = logits_of(m, w, &s, NULL, &st);
+        float *miss = logits_of(m, w, &s, dir, &st);
+        float *hit = logits_of(m, w, &s, dir, &st2);
+        assert_true(st.misses > 0 && st.hits == 0 && st.failed == 0); /* (seed 2: none of seed 1's files) */
+        assert_true(st2.hits == st.misses && st2.misses == 0);
+        if (seed == 1) first = st.misses;
+        else assert_int_equal(files_in(dir), first + st.misses);
+        assert_same(miss, ref, T * s.vocab);
+        assert_same(hit, ref, T * s.vocab);
+        assert_true(against_interpreter(hit, m, w, &s) <= 1e-5);
+        free(ref), free(miss), free(hit);
+        weights_close(w);
+    }
+    ir_module_free(m);
+}
+
+/* Damage the n-th panel file of dir (in readdir's order): how 0 cuts its last 64 bytes, 1 changes a
+ * byte of its description, 2 one of its header, 3 its first panel's first 4 KiB (to large values).
+ * Returns its path (static). */
+static const char *damage(const char *dir, int nth, int how)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    static char path[512];
+    path[0] = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strncmp(e->d_name, "panels-", 7) == 0 && nth-- == 0) snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    closedir(d);
+    assert_true(path[0]);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    if (how == 0) {
+        assert_int_equal(truncate(path, sb.st_size - 64), 0);
+        return path;
+    }
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    off_t at = how == 1 ? 50 : how == 2 ? 9 : 4096;
+    unsigned char c[4096];
+    size_t n = how == 3 ? sizeof c : 1;
+    assert_int_equal(pread(fd, c, n, at), (ssize_t)n);
+    for (size_t i = 0; i < n; i++) c[i] = how == 3 ? 0x47 : c[i] ^ 0x20;
+    assert_int_equal(pwrite(fd, c, n, at), (ssize_t)n);
+    close(fd);
+    return path;
+}
+
+static void test_damaged_files_are_made_again(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-every2", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 3, &w, &err));
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/damaged", root);
+    PanelCacheStats st, st2;
+    float *ref = logits_of(m, w, &s, NULL, &st);
+    free(logits_of(m, w, &s, dir, &st));
+    assert_true(st.misses >= 3);
+    for (int how = 0; how < 3; how++) damage(dir, how, how);
+    float *again = logits_of(m, w, &s, dir, &st2);
+    assert_true(st2.misses == 3 && st2.hits == st.misses - 3 && st2.failed == 0);
+    assert_int_equal(files_in(dir), st.misses); /* (each replaced under its name) */
+    assert_same(again, ref, T * s.vocab);
+    free(again);
+    again = logits_of(m, w, &s, dir, &st2);
+    assert_true(st2.hits == st.misses && st2.misses == 0);
+    assert_same(again, ref, T * s.vocab);
+    free(again);
+    /* the panels are the file's, trusted as they are: changed there, the logits change (where some
+     * token reads them: not an expert none of them picked) */
+    int changed = 0;
+    for (int nth = 0; nth < st.misses; nth++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s", damage(dir, nth, 3));
+        again = logits_of(m, w, &s, dir, &st2);
+        assert_true(st2.hits == st.misses && st2.misses == 0);
+        changed += memcmp(again, ref, (size_t)(T * s.vocab) * sizeof *ref) != 0;
+        free(again);
+        assert_int_equal(unlink(path), 0); /* (made again: the next in the loop sees every file whole) */
+        again = logits_of(m, w, &s, dir, &st2);
+        assert_true(st2.hits == st.misses - 1 && st2.misses == 1);
+        assert_same(again, ref, T * s.vocab);
+        free(again);
+    }
+    printf("%d of %d files changed the logits\n", changed, st.misses);
+    assert_true(changed >= st.misses / 2);
+    free(ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
+/* A cache under a regular file cannot be made: every step packs in memory, with the same logits. */
+static void test_unusable_directory_packs_in_memory(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 4, &w, &err));
+    char file[256], dir[300];
+    snprintf(file, sizeof file, "%s/plain-file", root);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(dir, sizeof dir, "%s/cache", file);
+    PanelCacheStats st;
+    float *ref = logits_of(m, w, &s, NULL, &st);
+    float *got = logits_of(m, w, &s, dir, &st);
+    assert_true(st.hits == 0 && st.misses == 0 && st.failed > 0);
+    assert_same(got, ref, T * s.vocab);
+    free(got), free(ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
+/* weights_identity: a random tensor's names its seed, a checkpoint's its place in the file; none for
+ * a tensor of another set or a buffer too short. */
+static void test_weights_identity(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    assert_true(tiny_spec_load("tiny-moepp", &s));
+    WeightSet *a, *b, *c;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 1, &a, &err));
+    assert_true(weights_random(&s, 2, &b, &err));
+    char ia[1024], ib[1024], ic[1024];
+    const Tensor *ta = weights_find(a, "lm_head.weight"), *tb = weights_find(b, "lm_head.weight");
+    assert_true(weights_identity(a, ta, ia, sizeof ia) && weights_identity(b, tb, ib, sizeof ib));
+    assert_non_null(strstr(ia, "random"));
+    assert_string_not_equal(ia, ib);
+    assert_false(weights_identity(a, tb, ib, sizeof ib)); /* (b's tensor) */
+    assert_false(weights_identity(a, ta, ib, 8));
+    char path[256];
+    snprintf(path, sizeof path, "%s/identity.safetensors", root);
+    write_checkpoint(a, path);
+    assert_true(weights_open(path, &c, &err));
+    const Tensor *t1 = weights_find(c, "lm_head.weight"), *t2 = weights_find(c, "model.norm.weight");
+    assert_true(weights_identity(c, t1, ic, sizeof ic) && weights_identity(c, t2, ib, sizeof ib));
+    assert_non_null(strstr(ic, "file dev"));
+    assert_string_not_equal(ic, ib);
+    assert_string_not_equal(ic, ia);
+    weights_close(a), weights_close(b), weights_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mapped_equals_packed),
+        cmocka_unit_test(test_checkpoint_rewritten_is_a_miss),
+        cmocka_unit_test(test_damaged_files_are_made_again),
+        cmocka_unit_test(test_unusable_directory_packs_in_memory),
+        cmocka_unit_test(test_weights_identity),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
