@@ -23,7 +23,7 @@
 struct PanelCache {
     char *dir;
     bool  warned; /* a failure said once; the rest packed in memory quietly */
-    bool  broken; /* the directory cannot be used: every step packs in memory */
+    bool  broken; /* the directory cannot be made: every step packs in memory */
     PanelCacheStats st;
 };
 
@@ -192,8 +192,7 @@ static PanelFile *pc_miss(PanelCache *pc, const char *path, const char *desc, si
     }
     char *tmp;
     int fd = pc_create(pc, path, &tmp);
-    if (fd < 0) {
-        pc->broken = true;
+    if (fd < 0) { /* (a directory others filled and this user may only read: its files still serve) */
         pc_warn(pc, "cannot create a file: %s", strerror(errno));
         return NULL;
     }
