@@ -110,7 +110,7 @@ static bool st_map_file(const char *path, void **base, size_t *len, char **ident
         snprintf(id, sizeof id, "file dev %llx ino %llu size %lld mtime %lld.%09ld", (unsigned long long)st.st_dev,
                  (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
                  (long)st.st_mtim.tv_nsec);
-        *ident = xstrdup(id);
+        *ident = ok ? xstrdup(id) : NULL;
     }
     close(fd);
     return ok;
