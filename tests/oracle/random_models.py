@@ -106,6 +106,7 @@ PATHS = {
     "build": ([], {}),
     "build-serve": (["--serve", "--batch", "3"], {}),
     "cpu-tuned": (["--backend", "cpu", "--threads", "2"], {}),
+    "cpu-panels": (["--backend", "cpu", "--threads", "2"], {}),  # --panel-cache: packed into it, then mapped
     "interp-f32": (["--backend", "interp", "--precision", "f32"], {}),
     "interp-O0": (["--backend", "interp", "-O0"], {}),
     "emu": (["--device", "cuda"], {}),
@@ -447,6 +448,8 @@ def invoke(args, name, spec_path, work, tail, stdin=None):
             if p.returncode != 0:
                 return head, None, "moeppc tune: exit %d: %s" % (p.returncode, p.stderr.strip()[-600:])
         flags = flags + ["--tuning", db]
+    if name == "cpu-panels":
+        flags = flags + ["--panel-cache", os.path.join(work, "panels")]
     if name.startswith("build"):
         head = [os.path.join(work, "model")]
         if not os.path.exists(head[0]):
@@ -464,13 +467,24 @@ def invoke(args, name, spec_path, work, tail, stdin=None):
 
 
 def run_path(args, name, spec_path, w_path, ids, dec, work):
-    """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes)."""
+    """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes).
+    cpu-panels runs twice: its weights packed into the panel cache, then mapped from it (the same
+    logits bit for bit)."""
     out = os.path.join(work, name)
-    cmd, text, err = invoke(args, name, spec_path, work, [
-        "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", out + ".bin",
-        "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"] + dec.flags(len(ids)))
-    if err:
-        return cmd, None, err
+    for run in range(2 if name == "cpu-panels" else 1):
+        bin_path = out + (".packed.bin" if run == 0 and name == "cpu-panels" else ".bin")
+        cmd, text, err = invoke(args, name, spec_path, work, [
+            "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", bin_path,
+            "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
+            + dec.flags(len(ids)))
+        if err:
+            return cmd, None, err
+    if name == "cpu-panels":
+        kept = [f for f in os.listdir(os.path.join(work, "panels")) if f.startswith("panels-")]
+        with open(out + ".bin", "rb") as a, open(out + ".packed.bin", "rb") as b:
+            if not kept or a.read() != b.read():
+                return cmd, None, ("no panel file kept" if not kept else
+                                   "logits from the mapped panels differ from those of the packed ones")
     try:
         return cmd, [int(v) for v in text.split()], None
     except ValueError:
