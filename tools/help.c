@@ -95,7 +95,8 @@ static const HelpPage pages[] = {
      "  --tile UP[/DOWN]    the grouped GEMMs' block tiles MxNxK (up-projection[/down-projection])\n"
      "  --tuning GPU-DB     a GPU tuning database (moeppc tune --target sm_XX)\n\n"
      "environment: MOEPPC_ISA (avx512, avx2 or sse: the widest the JIT may use), MOEPPC_PERF_MAP=1\n"
-     "(the JIT's kernels named in /tmp/perf-PID.map, for perf report), MOEPPC_CUDA_DRIVER\n"
+     "(the JIT's kernels named in /tmp/perf-PID.map, for perf report), MOEPPC_JIT_CACHE (a folder\n"
+     "keeping the JIT's compiled kernels between runs), MOEPPC_CUDA_DRIVER\n"
      "(the CUDA driver library, default libcuda.so.1), MOEPPC_NVRTC_CACHE (a folder keeping NVRTC's\n"
      "results between runs).\n\n" EXIT_STATUS},
     {"tune", "measure kernel configurations for this CPU or a GPU; write a tuning database", TUNE_USAGE,

@@ -68,6 +68,8 @@ bool cg_jit_compile_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *e
  * (cg_jit_dump_ir's IR included) and written position-independent to its obj_path, bit for bit what
  * cg_jit_kernel writes there; nothing is linked into jit. */
 bool cg_jit_emit_many(CgJit *jit, CgJitJob *jobs, int n, int threads, char *err, size_t errlen);
+/* The kernels jit read from MOEPPC_JIT_CACHE (hits) and wrote there (kept), so far. */
+void cg_jit_cache_counts(const CgJit *jit, int *hits, int *kept);
 /* Whether jit has compiled the GEMM micro-kernel of cfg already. */
 bool cg_jit_has_kernel(const CgJit *jit, const CgKernelConfig *cfg);
 

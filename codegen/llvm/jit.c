@@ -5,7 +5,14 @@
  * Profiling: with MOEPPC_PERF_MAP=1 in the environment, each kernel linked is also written to
  * /tmp/perf-PID.map ("ADDRESS SIZE SYMBOL", hexadecimal, the size its object's symbol table gives),
  * the file `perf report` reads to name code in anonymous memory: `MOEPPC_PERF_MAP=1 perf record
- * moeppc run …` then names each JIT kernel instead of showing bare addresses. */
+ * moeppc run …` then names each JIT kernel instead of showing bare addresses.
+ *
+ * Objects kept between processes: with MOEPPC_JIT_CACHE=DIR, each kernel the JIT links is kept in
+ * DIR/HASH.jit under its key — LLVM's version, the triple, the CPU's name and features, and the
+ * module's IR as built, before optimisation — written whole beside the object; a later JIT that
+ * builds the same IR for the same target reads the object back instead of optimising and compiling
+ * (a hit compares the key byte for byte; a file not whole is a miss, written again). Objects for
+ * files (`moeppc build`) and runs that dump IR are never cached. */
 #include "codegen/llvm/cg_internal.h"
 
 #include <pthread.h>
@@ -34,6 +41,8 @@ struct CgJit {
     LLVMOrcLLJITRef lljit;
     CgKernel **kernels;
     int n_kernels;
+    char *cache_dir;         /* MOEPPC_JIT_CACHE (NULL: none) */
+    int cache_hits, cache_kept; /* (atomics: compile_job counts on threads) */
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -96,6 +105,8 @@ CgJit *cg_jit_new(cg_isa max_isa, char *err, size_t errlen) {
         return NULL;
     }
     jit->tsc = cg_thread_safe_context(&jit->ctx);
+    const char *dir = getenv("MOEPPC_JIT_CACHE");
+    jit->cache_dir = dir && *dir ? xstrdup(dir) : NULL;
     return jit;
 }
 
@@ -113,6 +124,7 @@ void cg_jit_free(CgJit *jit) {
     if (jit->tm) LLVMDisposeTargetMachine(jit->tm);
     if (jit->tm_link) LLVMDisposeTargetMachine(jit->tm_link);
     free(jit->ir_dump_dir);
+    free(jit->cache_dir);
     for (int i = 0; i < jit->n_kernels; i++) free(jit->kernels[i]);
     free(jit->kernels);
     cg_target_dispose(&jit->t);
@@ -225,6 +237,84 @@ static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, 
     return optimize_with(jit, jit->tm, mod, sym, err, errlen);
 }
 
+/* ---- the object cache (MOEPPC_JIT_CACHE, see the top) --------------------------------------- */
+#define JIT_CACHE_MAGIC "MOEPPC-JIT-1"
+
+/* mod's key (xmalloc'd): the target and its IR as built; NULL without a cache. */
+static char *object_key(const CgJit *jit, LLVMModuleRef mod) {
+    if (!jit->cache_dir || jit->ir_dump_dir) return NULL;
+    char *ir = LLVMPrintModuleToString(mod);
+    size_t n = strlen(ir) + strlen(jit->t.features) + 512;
+    char *key = xmalloc(n);
+    snprintf(key, n, "LLVM %s\n%s\n%s\n%s\ndefault<O3>, the JIT's code model\n%s", LLVM_VERSION_STRING,
+             LLVMOrcLLJITGetTripleString(jit->lljit), jit->t.cpu, jit->t.features, ir);
+    LLVMDisposeMessage(ir);
+    return key;
+}
+
+static void object_path(const CgJit *jit, const char *key, char *path, size_t n) {
+    snprintf(path, n, "%s/%016llx.jit", jit->cache_dir, (unsigned long long)hash_str(key));
+}
+
+/* The object kept under key, or NULL (none, another key's, not whole). */
+static LLVMMemoryBufferRef object_read(CgJit *jit, const char *key) {
+    char path[4200];
+    object_path(jit, key, path, sizeof path);
+    size_t len, n_key = 0, n_obj = 0;
+    char *buf = file_read_all(path, &len), *body = buf ? memchr(buf, '\n', len < 64 ? len : 64) : NULL;
+    bool ok = body && sscanf(buf, JIT_CACHE_MAGIC " %zu %zu", &n_key, &n_obj) == 2 && n_key == strlen(key) &&
+              (size_t)(body + 1 - buf) <= len && len - (size_t)(body + 1 - buf) == n_key + n_obj &&
+              memcmp(body + 1, key, n_key) == 0;
+    LLVMMemoryBufferRef obj = ok ? LLVMCreateMemoryBufferWithMemoryRangeCopy(body + 1 + n_key, n_obj, "kept") : NULL;
+    free(buf);
+    if (obj) __atomic_add_fetch(&jit->cache_hits, 1, __ATOMIC_RELAXED);
+    return obj;
+}
+
+/* obj kept under key (all or nothing; a failure only costs the next process its hit). */
+static void object_write(CgJit *jit, const char *key, LLVMMemoryBufferRef obj) {
+    char path[4200], head[96], why[256];
+    if (!make_dirs(jit->cache_dir)) return;
+    object_path(jit, key, path, sizeof path);
+    size_t n_key = strlen(key), n_obj = LLVMGetBufferSize(obj);
+    int h = snprintf(head, sizeof head, JIT_CACHE_MAGIC " %zu %zu\n", n_key, n_obj);
+    char *buf = xmalloc((size_t)h + n_key + n_obj);
+    memcpy(buf, head, (size_t)h);
+    memcpy(buf + h, key, n_key);
+    memcpy(buf + h + n_key, LLVMGetBufferStart(obj), n_obj);
+    if (file_write_atomic(path, buf, (size_t)h + n_key + n_obj, why, sizeof why))
+        __atomic_add_fetch(&jit->cache_kept, 1, __ATOMIC_RELAXED);
+    free(buf);
+}
+
+/* mod (taken) as an object the JIT links: optimised with tm_opt, compiled with tm_emit; or read from
+ * the cache where it keeps one for mod as built (and kept there when made). NULL with err. */
+static LLVMMemoryBufferRef linkable_object(CgJit *jit, LLVMTargetMachineRef tm_opt, LLVMTargetMachineRef tm_emit,
+                                           LLVMModuleRef mod, const char *sym, char *err, size_t errlen) {
+    char *key = object_key(jit, mod);
+    LLVMMemoryBufferRef obj = key ? object_read(jit, key) : NULL;
+    if (obj) {
+        LLVMDisposeModule(mod);
+    } else if (optimize_with(jit, tm_opt, mod, sym, err, errlen)) {
+        char *msg = NULL;
+        if (LLVMTargetMachineEmitToMemoryBuffer(tm_emit, mod, LLVMObjectFile, &msg, &obj)) {
+            cg_fail(err, errlen, "kernel %s: code generation failed: %s", sym, msg ? msg : "?");
+            obj = NULL;
+        } else if (key) {
+            object_write(jit, key, obj);
+        }
+        LLVMDisposeMessage(msg);
+        LLVMDisposeModule(mod);
+    }
+    free(key);
+    return obj;
+}
+
+void cg_jit_cache_counts(const CgJit *jit, int *hits, int *kept) {
+    *hits = __atomic_load_n(&jit->cache_hits, __ATOMIC_RELAXED);
+    *kept = __atomic_load_n(&jit->cache_kept, __ATOMIC_RELAXED);
+}
+
 void cg_jit_dump_ir(CgJit *jit, const char *dir) {
     free(jit->ir_dump_dir);
     jit->ir_dump_dir = dir ? xstrdup(dir) : NULL;
@@ -318,10 +408,10 @@ static bool link_object(CgJit *jit, LLVMMemoryBufferRef obj, const char *sym, ui
     return true;
 }
 
-/* Compile mod (disposed here, error or not) to an object, link that into the JIT and look the symbol
- * up: the code cg_jit_compile_many makes of the same module. */
-static bool jit_add_and_lookup(CgJit *jit, LLVMModuleRef mod, const char *sym, uint64_t *addr, char *err,
-                               size_t errlen) {
+/* Compile mod, optimised already (disposed here, error or not), to an object, link that into the JIT
+ * and look the symbol up. */
+static bool link_optimized(CgJit *jit, LLVMModuleRef mod, const char *sym, uint64_t *addr, char *err,
+                           size_t errlen) {
     char *msg = NULL;
     LLVMMemoryBufferRef obj = NULL;
     bool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm_link, mod, LLVMObjectFile, &msg, &obj);
@@ -331,6 +421,15 @@ static bool jit_add_and_lookup(CgJit *jit, LLVMModuleRef mod, const char *sym, u
     return !failed && link_object(jit, obj, sym, addr, err, errlen);
 }
 
+/* Optimise mod as built (taken: disposed here, error or not), compile it to an object (or read that
+ * from the cache), link it into the JIT and look the symbol up: the code cg_jit_compile_many makes of
+ * the same module. */
+static bool jit_add_and_lookup(CgJit *jit, LLVMModuleRef mod, const char *sym, uint64_t *addr, char *err,
+                               size_t errlen) {
+    LLVMMemoryBufferRef obj = linkable_object(jit, jit->tm, jit->tm_link, mod, sym, err, errlen);
+    return obj && link_object(jit, obj, sym, addr, err, errlen);
+}
+
 const CgKernel *cg_jit_kernel(CgJit *jit, const CgKernelConfig *cfg, const char *obj_path, char *err,
                               size_t errlen) {
     char sym[64];
@@ -338,18 +437,24 @@ const CgKernel *cg_jit_kernel(CgJit *jit, const CgKernelConfig *cfg, const char 
     const CgKernel *cached = cache_find(jit, cfg);
     if (cached && !obj_path) return cached;
     double t0 = now_ms();
-    LLVMModuleRef mod = build_optimized(jit, cfg, sym, err, errlen);
-    if (!mod) return NULL;
-    if (obj_path && !emit_object(jit, mod, obj_path, err, errlen)) {
-        LLVMDisposeModule(mod);
-        return NULL;
-    }
-    if (cached) {
-        LLVMDisposeModule(mod);
-        return cached;
-    }
     uint64_t addr = 0;
-    if (!jit_add_and_lookup(jit, mod, sym, &addr, err, errlen)) return NULL;
+    if (obj_path) {
+        LLVMModuleRef mod = build_optimized(jit, cfg, sym, err, errlen);
+        if (!mod) return NULL;
+        bool ok = emit_object(jit, mod, obj_path, err, errlen);
+        if (ok && cached) {
+            LLVMDisposeModule(mod);
+            return cached;
+        }
+        if (!ok || !link_optimized(jit, mod, sym, &addr, err, errlen)) {
+            if (!ok) LLVMDisposeModule(mod);
+            return NULL;
+        }
+    } else {
+        if (!check_config(jit, cfg, err, errlen)) return NULL;
+        if (!jit_add_and_lookup(jit, cg_build_kernel_module(jit->ctx, &jit->t, cfg, sym), sym, &addr, err, errlen))
+            return NULL;
+    }
     CgKernel *k = xcalloc(1, sizeof *k);
     k->cfg = *cfg;
     k->fn = (cg_kernel_fn)(uintptr_t)addr;
@@ -391,7 +496,6 @@ char *cg_kernel_ir_text(CgJit *jit, const CgKernelConfig *cfg, char *err, size_t
 LLVMContextRef cg_jit_context(CgJit *jit) { return jit->ctx; }
 
 void *cg_jit_compile_module(CgJit *jit, LLVMModuleRef mod, const char *symbol, char *err, size_t errlen) {
-    if (!verify_and_optimize(jit, mod, symbol, err, errlen)) return NULL;
     uint64_t addr = 0;
     if (!jit_add_and_lookup(jit, mod, symbol, &addr, err, errlen)) return NULL;
     return (void *)(uintptr_t)addr;
@@ -416,18 +520,16 @@ static void compile_job(void *ctx, int64_t i, int thread) {
     LLVMContextRef c = LLVMContextCreate();
     LLVMModuleRef mod = j->gemm ? cg_build_kernel_module(c, &w->jit->t, &j->cfg, j->symbol)
                                 : j->build(c, j->arg, w->jit->t.vec_width, j->symbol, j->err, sizeof j->err);
-    if (mod && optimize_with(w->jit, w->tm[thread], mod, j->symbol, j->err, sizeof j->err)) {
+    if (mod && w->link) {
+        j->obj = linkable_object(w->jit, w->tm[thread], w->tm[thread], mod, j->symbol, j->err, sizeof j->err);
+        j->done = j->obj != NULL;
+    } else if (mod && optimize_with(w->jit, w->tm[thread], mod, j->symbol, j->err, sizeof j->err)) {
         char *msg = NULL;
-        LLVMMemoryBufferRef obj = NULL;
-        if (!w->link) {
-            char *path = j->obj_path ? xstrdup(j->obj_path) : NULL; /* the C API wants a char * */
-            if (path && LLVMTargetMachineEmitToFile(w->tm[thread], mod, path, LLVMObjectFile, &msg))
-                cg_fail(j->err, sizeof j->err, "writing object file %s: %s", path, msg ? msg : "?");
-            else j->done = true;
-            free(path);
-        } else if (LLVMTargetMachineEmitToMemoryBuffer(w->tm[thread], mod, LLVMObjectFile, &msg, &obj))
-            cg_fail(j->err, sizeof j->err, "kernel %s: code generation failed: %s", j->symbol, msg ? msg : "?");
-        else j->obj = obj, j->done = true;
+        char *path = j->obj_path ? xstrdup(j->obj_path) : NULL; /* the C API wants a char * */
+        if (path && LLVMTargetMachineEmitToFile(w->tm[thread], mod, path, LLVMObjectFile, &msg))
+            cg_fail(j->err, sizeof j->err, "writing object file %s: %s", path, msg ? msg : "?");
+        else j->done = true;
+        free(path);
         LLVMDisposeMessage(msg);
         LLVMDisposeModule(mod);
     }

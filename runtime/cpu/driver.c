@@ -358,7 +358,8 @@ static void print_help(FILE *f)
         fputs("  MOEPPC_ISA          the widest instruction set the JIT may use: avx512 (default), avx2, sse\n"
               "  MOEPPC_JIT_SERIAL=1 compile the kernels one by one as the model asks for them (default: all\n"
               "                      at once, on every CPU this process may use)\n"
-              "  MOEPPC_PERF_MAP=1   name the JIT's kernels in /tmp/perf-PID.map, for perf report\n", f);
+              "  MOEPPC_PERF_MAP=1   name the JIT's kernels in /tmp/perf-PID.map, for perf report\n"
+              "  MOEPPC_JIT_CACHE    a folder keeping the JIT's compiled kernels between runs\n", f);
     if (cfg->cuda_compile)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
     if (cfg->kernels_new) fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n", f);
