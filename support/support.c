@@ -414,11 +414,14 @@ void rng_seed(moe_rng *r, uint64_t seed) { r->s = seed; }
 /* splitmix64's state only counts: k draws later it is seed + k·γ. */
 void rng_seek(moe_rng *r, uint64_t seed, uint64_t k) { r->s = seed + k * 0x9e3779b97f4a7c15ull; }
 
-uint64_t hash_str(const char *s)
+uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s)); }
+
+uint64_t hash_bytes(const void *p, size_t n)
 {
+    const unsigned char *b = p;
     uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
         h *= 0x100000001b3ull;
     }
     return h;

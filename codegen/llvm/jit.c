@@ -9,9 +9,10 @@
  *
  * Objects kept between processes: with MOEPPC_JIT_CACHE=DIR, each kernel the JIT links is kept in
  * DIR/HASH.jit under its key — LLVM's version, the triple, the CPU's name and features, and the
- * module's IR as built, before optimisation — written whole beside the object; a later JIT that
- * builds the same IR for the same target reads the object back instead of optimising and compiling
- * (a hit compares the key byte for byte; a file not whole is a miss, written again). Objects for
+ * module's IR as built, before optimisation — written whole beside the object and its checksum; a
+ * later JIT that builds the same IR for the same target reads the object back instead of optimising
+ * and compiling (a hit compares the key byte for byte and the object's FNV-1a; a file not whole, or
+ * changed, is a miss, written again). Objects for
  * files (`moeppc build`) and runs that dump IR are never cached. */
 #include "codegen/llvm/cg_internal.h"
 
@@ -238,7 +239,7 @@ static bool verify_and_optimize(CgJit *jit, LLVMModuleRef mod, const char *sym, 
 }
 
 /* ---- the object cache (MOEPPC_JIT_CACHE, see the top) --------------------------------------- */
-#define JIT_CACHE_MAGIC "MOEPPC-JIT-1"
+#define JIT_CACHE_MAGIC "MOEPPC-JIT-1" /* then the key's and the object's lengths, the object's FNV-1a */
 
 /* mod's key (xmalloc'd): the target and its IR as built; NULL without a cache. */
 static char *object_key(const CgJit *jit, LLVMModuleRef mod) {
@@ -261,10 +262,11 @@ static LLVMMemoryBufferRef object_read(CgJit *jit, const char *key) {
     char path[4200];
     object_path(jit, key, path, sizeof path);
     size_t len, n_key = 0, n_obj = 0;
-    char *buf = file_read_all(path, &len), *body = buf ? memchr(buf, '\n', len < 64 ? len : 64) : NULL;
-    bool ok = body && sscanf(buf, JIT_CACHE_MAGIC " %zu %zu", &n_key, &n_obj) == 2 && n_key == strlen(key) &&
-              (size_t)(body + 1 - buf) <= len && len - (size_t)(body + 1 - buf) == n_key + n_obj &&
-              memcmp(body + 1, key, n_key) == 0;
+    unsigned long long sum = 0;
+    char *buf = file_read_all(path, &len), *body = buf ? memchr(buf, '\n', len < 96 ? len : 96) : NULL;
+    bool ok = body && sscanf(buf, JIT_CACHE_MAGIC " %zu %zu %llx", &n_key, &n_obj, &sum) == 3 &&
+              n_key == strlen(key) && len - (size_t)(body + 1 - buf) == n_key + n_obj &&
+              memcmp(body + 1, key, n_key) == 0 && hash_bytes(body + 1 + n_key, n_obj) == sum;
     LLVMMemoryBufferRef obj = ok ? LLVMCreateMemoryBufferWithMemoryRangeCopy(body + 1 + n_key, n_obj, "kept") : NULL;
     free(buf);
     if (obj) __atomic_add_fetch(&jit->cache_hits, 1, __ATOMIC_RELAXED);
@@ -277,11 +279,13 @@ static void object_write(CgJit *jit, const char *key, LLVMMemoryBufferRef obj) {
     if (!make_dirs(jit->cache_dir)) return;
     object_path(jit, key, path, sizeof path);
     size_t n_key = strlen(key), n_obj = LLVMGetBufferSize(obj);
-    int h = snprintf(head, sizeof head, JIT_CACHE_MAGIC " %zu %zu\n", n_key, n_obj);
+    const void *o = LLVMGetBufferStart(obj);
+    int h = snprintf(head, sizeof head, JIT_CACHE_MAGIC " %zu %zu %016llx\n", n_key, n_obj,
+                     (unsigned long long)hash_bytes(o, n_obj));
     char *buf = xmalloc((size_t)h + n_key + n_obj);
     memcpy(buf, head, (size_t)h);
     memcpy(buf + h, key, n_key);
-    memcpy(buf + h + n_key, LLVMGetBufferStart(obj), n_obj);
+    memcpy(buf + h + n_key, o, n_obj);
     if (file_write_atomic(path, buf, (size_t)h + n_key + n_obj, why, sizeof why))
         __atomic_add_fetch(&jit->cache_kept, 1, __ATOMIC_RELAXED);
     free(buf);
