@@ -13,6 +13,7 @@ its message and no logits written.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,20 @@ def main():
                 e = rel_err(logits(o), ref)
                 check(e <= tol, "%s %s: logits within %g of the reference (%.3g)" % (dtype, b, tol, e))
                 check(rel_err(logits(o), swapped) > tol, "%s %s: and not those of w1 and w3 swapped" % (dtype, b))
+
+    # ---- --panel-cache: each expert's w1 and w3 (two parts, in two shards) packed into the cache, then
+    # mapped from it: the CPU backend's logits bit for bit ------------------------------------------------
+    for dtype in ("f32", "bf16"):
+        d = os.path.join(WORK, dtype)
+        want = os.path.join(d, "cpu.bin")
+        for k, said in ((1, r" 0 steps' panels mapped \(0\.0 MB\), [1-9][0-9]* packed and kept"),
+                        (2, r" [1-9][0-9]* steps' panels mapped .*, 0 packed and kept")):
+            o = os.path.join(d, "panels%d.bin" % k)
+            rc, out = run(os.path.join(d, "spec.yaml"), d, o, "--backend", "cpu", "--panel-cache", os.path.join(d, "panels"))
+            same = rc == 0 and os.path.exists(want) and open(o, "rb").read() == open(want, "rb").read()
+            ok = same and re.search(said, out) is not None
+            check(ok, "%s --panel-cache, run %d: the CPU backend's logits, panels %s%s" % (
+                dtype, k, "kept" if k == 1 else "mapped", "" if ok else ": " + out.strip()[-300:]))
 
     # ---- the model directory itself as SPEC: its config.json, its checkpoint as the weights -------------
     d = os.path.join(WORK, "f32")
