@@ -1067,7 +1067,9 @@ CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_posi
     }
     RtError ignored; /* (cpu.h: what prefetch did not make is made when asked, with its own error) */
     if (ks->prefetch) ks->prefetch(ks->ctx, m, &ignored);
-    return model_new(m, w, max_positions, ks, o->threads, o->panel_cache, false, err);
+    CpuModel *cm = model_new(m, w, max_positions, ks, o->threads, o->panel_cache, false, err);
+    if (cm && cm->panels && o->panel_cache_max > 0) panel_cache_trim(cm->panels, o->panel_cache_max);
+    return cm;
 }
 
 bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)

@@ -51,7 +51,7 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--panel-cache DIR] "
+               "[--device cpu|cuda] [--threads N] [--panel-cache DIR [--panel-cache-max MB]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
@@ -73,6 +73,7 @@ typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
     const char *panel_cache;      /* --panel-cache (MOEPPC_PANEL_CACHE): packed weights kept there    */
+    int64_t panel_cache_max;      /* --panel-cache-max (MOEPPC_PANEL_CACHE_MAX_MB): MB at most, 0: any */
     bool random, route_stats, ignore_eos, perplexity, quiet, no_bos, special;
     bool no_reuse;                /* --no-prefix-reuse: every prompt run whole                       */
     uint64_t seed;
@@ -186,6 +187,8 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     else if (strcmp(o, "--panel-cache") == 0) {
         if (!*v) return drv_usage("%s", "--panel-cache: expected a directory, found ''");
         r->panel_cache = v;
+    } else if (strcmp(o, "--panel-cache-max") == 0) {
+        if (!int_option(o, v, 1, INT64_C(1) << 40, &r->panel_cache_max)) return 2;
     }
     else if (strcmp(o, "--tuning") == 0) {
         if (!cfg->load_tuning || cfg->ir_text) return drv_usage("--tuning '%s': not available here (an executable's tiles are fixed when it is built)", v);
@@ -346,7 +349,9 @@ static void print_help(FILE *f)
         fputs("  --panel-cache DIR   keep the CPU backend's packed weights in files in DIR (made if missing; a file\n"
               "                      a packing step, keyed by the weights' files and places and the packed form):\n"
               "                      a later run maps them instead of packing, and shares them in the page cache\n"
-              "                      (default: MOEPPC_PANEL_CACHE, else none)\n", f);
+              "                      (default: MOEPPC_PANEL_CACHE, else none)\n"
+              "  --panel-cache-max MB then remove its least recently used files (never this model's) past MB\n"
+              "                      (default: MOEPPC_PANEL_CACHE_MAX_MB, else none: files stay until removed)\n", f);
     fputs("  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
           "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
           "                      literally); -O1 (default): the optimised IR\n", f);
@@ -362,7 +367,9 @@ static void print_help(FILE *f)
               "  MOEPPC_JIT_CACHE    a folder keeping the JIT's compiled kernels between runs\n", f);
     if (cfg->cuda_compile)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
-    if (cfg->kernels_new) fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n", f);
+    if (cfg->kernels_new)
+        fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n"
+              "  MOEPPC_PANEL_CACHE_MAX_MB --panel-cache-max's\n", f);
     fputs("  MOEPPC_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1)\n"
           "  MOEPPC_CUDA_SYNC=1  synchronise after every GPU instruction and name the one that fails\n"
           "  MOEPPC_MEM_LIMIT_MB the host memory taken as available (default /proc/meminfo's MemAvailable):\n"
@@ -394,7 +401,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
-                                                 "--batch", "--max-positions", "--chunk", "--panel-cache"};
+                                                 "--batch", "--max-positions", "--chunk", "--panel-cache",
+                                                 "--panel-cache-max"};
             bool known = false;
             for (size_t k = 0; k < MOE_ARRAY_LEN(valued); k++) known |= strcmp(o, valued[k]) == 0;
             if (!known) return drv_usage("unknown option '%s'", o);
@@ -405,6 +413,12 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else return drv_usage("unexpected argument '%s'", o);
     }
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
+    if (r->panel_cache_max && !r->panel_cache)
+        return drv_usage("%s", "--panel-cache-max: only with --panel-cache (or MOEPPC_PANEL_CACHE)");
+    const char *max = getenv("MOEPPC_PANEL_CACHE_MAX_MB");
+    if (!r->panel_cache_max && max && *max && !int_option("MOEPPC_PANEL_CACHE_MAX_MB", max, 1, INT64_C(1) << 40,
+                                                          &r->panel_cache_max))
+        return 2;
     /* a model directory (config.json, its checkpoint, tokenizer.model) is its own weights */
     if (r->spec && !r->weights && !r->random && spec_is_model_dir(r->spec)) r->weights = r->spec;
     if (!r->weights == !r->random) return drv_usage("%s", "give exactly one of --weights and --random-weights");
@@ -693,14 +707,18 @@ static bool runner_start(Runner *rn, WeightSet *w)
         return false;
     }
     rn->ks = cfg->kernels_new(&err);
-    CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache};
+    CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache,
+                         .panel_cache_max = (double)r->panel_cache_max * 1048576.0};
     if (rn->ks) rn->cm = cpu_model_open(rn->m, w, s->max_positions, rn->ks, &o, &err);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
     PanelCacheStats pst;
     if (rn->cm && cpu_model_panel_stats(rn->cm, &pst))
-        fprintf(stderr, "%s: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)%s\n",
+        fprintf(stderr, "%s: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)%s",
                 cfg->prog, r->panel_cache, pst.hits, pst.hit_bytes / 1e6, pst.misses, pst.kept_bytes / 1e6,
                 pst.failed ? ", the rest packed in memory" : "");
+    if (rn->cm && cpu_model_panel_stats(rn->cm, &pst))
+        fprintf(stderr, pst.removed ? "; %d least recently used files removed (%.1f MB)\n" : "\n", pst.removed,
+                pst.removed_bytes / 1e6);
     return rn->cm != NULL;
 }
 

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,8 @@
 
 struct PanelCache {
     char *dir;
+    char **mine;  /* names of the files this cache's model maps (panel_cache_trim keeps them) */
+    int n_mine;
     bool  warned; /* a failure said once; the rest packed in memory quietly */
     bool  broken; /* the directory cannot be made: every step packs in memory */
     PanelCacheStats st;
@@ -45,6 +48,8 @@ PanelCache *panel_cache_new(const char *dir)
 void panel_cache_free(PanelCache *pc)
 {
     if (!pc) return;
+    for (int i = 0; i < pc->n_mine; i++) free(pc->mine[i]);
+    free(pc->mine);
     free(pc->dir);
     free(pc);
 }
@@ -69,6 +74,13 @@ static void pc_warn(PanelCache *pc, const char *fmt, ...)
 }
 
 static size_t pc_align(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+static void pc_mine(PanelCache *pc, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    pc->mine = xrealloc(pc->mine, (size_t)(pc->n_mine + 1) * sizeof *pc->mine);
+    pc->mine[pc->n_mine++] = xstrdup(slash ? slash + 1 : path);
+}
 
 /* The step's description (the file's key) and its panels' layout: *data the first panel's offset,
  * *size the file's. Returns the description (xmalloc'd). */
@@ -153,6 +165,7 @@ static PanelFile *pc_hit(const char *path, const char *desc, size_t data, size_t
     ok = ok && read_all(fd, d, len, PC_HEADER) && memcmp(d, desc, len) == 0;
     free(d);
     void *base = ok ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (base != MAP_FAILED && futimens(fd, NULL) != 0) {} /* (used now: panel_cache_trim removes the least recently) */
     close(fd);
     if (base == MAP_FAILED) return NULL;
     madvise(base, size, MADV_HUGEPAGE); /* only a hint */
@@ -226,6 +239,7 @@ PanelFile *panel_cache_open(PanelCache *pc, CgPackedB *pk, const char *const *id
     sprintf(path, "%s/panels-%016llx.bin", pc->dir, (unsigned long long)hash_str(desc));
     PanelFile *f = pc_hit(path, desc, data, size);
     *hit = f != NULL;
+    if (f) pc_mine(pc, path);
     if (!f) f = pc_miss(pc, path, desc, data, size);
     if (f) pc_point(pk, id, n, f->base, data);
     if (f && *hit) pc->st.hits++, pc->st.hit_bytes += (double)size;
@@ -255,6 +269,7 @@ void panel_file_commit(PanelCache *pc, PanelFile *f)
     } else {
         pc->st.misses++;
         pc->st.kept_bytes += (double)f->len;
+        pc_mine(pc, f->path);
     }
     close(f->fd);
     f->fd = -1;
@@ -276,4 +291,57 @@ void panel_file_free(PanelFile *f)
     free(f->tmp);
     free(f->path);
     free(f);
+}
+
+typedef struct {
+    char  *name;
+    off_t  size;
+    struct timespec used;
+} PcEntry;
+
+static int pc_by_use(const void *a, const void *b)
+{
+    const struct timespec *x = &((const PcEntry *)a)->used, *y = &((const PcEntry *)b)->used;
+    return x->tv_sec != y->tv_sec ? (x->tv_sec < y->tv_sec ? -1 : 1)
+                                  : (x->tv_nsec < y->tv_nsec ? -1 : x->tv_nsec > y->tv_nsec);
+}
+
+static bool pc_is_mine(const PanelCache *pc, const char *name)
+{
+    for (int i = 0; i < pc->n_mine; i++)
+        if (strcmp(pc->mine[i], name) == 0) return true;
+    return false;
+}
+
+void panel_cache_trim(PanelCache *pc, double max_bytes)
+{
+    DIR *d = pc && !pc->broken ? opendir(pc->dir) : NULL;
+    if (!d) return;
+    PcEntry *e = NULL;
+    int n = 0;
+    double total = 0;
+    char path[4400];
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t len = strlen(de->d_name);
+        struct stat sb;
+        if (strncmp(de->d_name, "panels-", 7) != 0 || len < 11 || strcmp(de->d_name + len - 4, ".bin") != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", pc->dir, de->d_name);
+        if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        total += (double)sb.st_size;
+        if (pc_is_mine(pc, de->d_name)) continue;
+        e = xrealloc(e, (size_t)(n + 1) * sizeof *e);
+        e[n++] = (PcEntry){xstrdup(de->d_name), sb.st_size, sb.st_mtim};
+    }
+    closedir(d);
+    qsort(e, (size_t)n, sizeof *e, pc_by_use);
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", pc->dir, e[i].name);
+        if (total > max_bytes && unlink(path) == 0) {
+            total -= (double)e[i].size;
+            pc->st.removed++;
+            pc->st.removed_bytes += (double)e[i].size;
+        }
+        free(e[i].name);
+    }
+    free(e);
 }

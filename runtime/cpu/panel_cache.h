@@ -18,7 +18,8 @@
  *      file that does not match) is said once on stderr ("moeppc: panel cache DIR: …") and the step
  *      packs into memory as it would without a cache. The panels in a file are trusted as the
  *      checkpoint is: a file changed in place under its name is not detected (remove the directory
- *      to start again), nor one truncated while a run maps it (SIGBUS, as for a checkpoint).
+ *      to start again), nor one truncated while a run maps it (SIGBUS, as for a checkpoint). Files
+ *      stay until removed, or until panel_cache_trim removes the least recently used past a size.
  * Memory: a PanelFile owns its mapping; the CgPackedB pointing into it must not be freed with
  *      cg_packed_b_free (panel_file_holds says which).
  */
@@ -34,6 +35,8 @@ typedef struct PanelCacheStats {
     int    hits, misses;         /* steps mapped from a file; packed into a new one */
     double hit_bytes, kept_bytes; /* their files' bytes                              */
     int    failed;               /* steps packed in memory after a failure          */
+    int    removed;              /* other files panel_cache_trim removed            */
+    double removed_bytes;
 } PanelCacheStats;
 
 /* A cache in dir (nothing touched yet). */
@@ -50,6 +53,10 @@ PanelFile  *panel_cache_open(PanelCache *pc, CgPackedB *pk, const char *const *i
 /* A miss's panels packed: the file synced, made read-only and named (a failure is said, and the
  * panels stay in use from the unnamed file). */
 void        panel_file_commit(PanelCache *pc, PanelFile *f);
+/* Remove the least recently used files of the directory (by modification time: a hit sets it)
+ * until they take max_bytes at most, never one this cache's model maps: a model larger than
+ * max_bytes keeps its own. */
+void        panel_cache_trim(PanelCache *pc, double max_bytes);
 /* Whether p lies in f's mapping (a packed weight's data not to free). */
 bool        panel_file_holds(const PanelFile *f, const void *p);
 void        panel_file_free(PanelFile *f);

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { T = 9 };
@@ -289,6 +290,51 @@ static void test_unusable_directory_packs_in_memory(void **state)
     ir_module_free(m);
 }
 
+/* panel_cache_trim (CpuModelOptions.panel_cache_max): the least recently used files go first, a hit
+ * counting as a use, and never the model's own. */
+static void test_trim_least_recently_used(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/trim", root);
+    WeightSet *w[4];
+    RtError err = {{0}};
+    PanelCacheStats st;
+    double one = 0;
+    for (int k = 0; k < 4; k++) assert_true(weights_random(&s, 10 + (uint64_t)k, &w[k], &err));
+    for (int k = 0; k < 3; k++) { /* 10, 11, 12 kept; then 10 used again */
+        free(logits_of(m, w[k], &s, dir, &st));
+        assert_true(st.misses > 0 && st.hits == 0);
+        one = st.kept_bytes;
+        nanosleep(&(struct timespec){0, 30000000}, NULL); /* (file times are coarse: a few ms) */
+    }
+    free(logits_of(m, w[0], &s, dir, &st));
+    assert_true(st.hits > 0 && st.misses == 0);
+    nanosleep(&(struct timespec){0, 30000000}, NULL);
+    int per = st.hits;
+    RtError e2 = {{0}};
+    CpuModelOptions o = {.threads = 2, .panel_cache = dir, .panel_cache_max = 2 * one + 16};
+    CpuModel *cm = cpu_model_open(m, w[3], s.max_positions, ks, &o, &e2); /* 13: 11 and 12 go */
+    assert_non_null(cm);
+    assert_true(cpu_model_panel_stats(cm, &st));
+    assert_int_equal(st.removed, 2 * per);
+    assert_int_equal(files_in(dir), 2 * per);
+    cpu_model_free(cm);
+    free(logits_of(m, w[0], &s, dir, &st));
+    assert_int_equal(st.hits, per);
+    free(logits_of(m, w[1], &s, dir, &st));
+    assert_int_equal(st.misses, per);
+    o.panel_cache_max = 1; /* smaller than one model: all but 11's own go */
+    cm = cpu_model_open(m, w[1], s.max_positions, ks, &o, &e2);
+    assert_non_null(cm);
+    cpu_model_free(cm);
+    assert_int_equal(files_in(dir), per);
+    for (int k = 0; k < 4; k++) weights_close(w[k]);
+    ir_module_free(m);
+}
+
 /* weights_identity: a random tensor's names its seed, a checkpoint's its place in the file; none for
  * a tensor of another set or a buffer too short. */
 static void test_weights_identity(void **state)
@@ -326,6 +372,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_rewritten_is_a_miss),
         cmocka_unit_test(test_damaged_files_are_made_again),
         cmocka_unit_test(test_unusable_directory_packs_in_memory),
+        cmocka_unit_test(test_trim_least_recently_used),
         cmocka_unit_test(test_weights_identity),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
