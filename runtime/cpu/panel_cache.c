@@ -6,9 +6,9 @@
  * multiple of 64, so they follow one another). */
 #include "runtime/cpu/panel_cache.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,8 +53,6 @@ void panel_cache_free(PanelCache *pc)
     free(pc->dir);
     free(pc);
 }
-
-const char *panel_cache_dir(const PanelCache *pc) { return pc->dir; }
 
 PanelCacheStats panel_cache_stats(const PanelCache *pc) { return pc->st; }
 
@@ -165,7 +163,7 @@ static PanelFile *pc_hit(const char *path, const char *desc, size_t data, size_t
     ok = ok && read_all(fd, d, len, PC_HEADER) && memcmp(d, desc, len) == 0;
     free(d);
     void *base = ok ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (base != MAP_FAILED && futimens(fd, NULL) != 0) {} /* (used now: panel_cache_trim removes the least recently) */
+    if (base != MAP_FAILED && futimens(fd, NULL) != 0) {} /* (used now: see panel_cache_trim) */
     close(fd);
     if (base == MAP_FAILED) return NULL;
     madvise(base, size, MADV_HUGEPAGE); /* only a hint */

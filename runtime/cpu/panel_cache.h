@@ -42,7 +42,6 @@ typedef struct PanelCacheStats {
 /* A cache in dir (nothing touched yet). */
 PanelCache *panel_cache_new(const char *dir);
 void        panel_cache_free(PanelCache *pc);
-const char *panel_cache_dir(const PanelCache *pc);
 PanelCacheStats panel_cache_stats(const PanelCache *pc);
 
 /* The step's weights pk[0..n) (their forms set, data NULL) and their identities id[0..n) (NULL: not

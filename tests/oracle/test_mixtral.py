@@ -204,7 +204,8 @@ def main():
         for k, said in ((1, r" 0 steps' panels mapped \(0\.0 MB\), [1-9][0-9]* packed and kept"),
                         (2, r" [1-9][0-9]* steps' panels mapped .*, 0 packed and kept")):
             o = os.path.join(d, "panels%d.bin" % k)
-            rc, out = run(os.path.join(d, "spec.yaml"), d, o, "--backend", "cpu", "--panel-cache", os.path.join(d, "panels"))
+            rc, out = run(os.path.join(d, "spec.yaml"), d, o, "--backend", "cpu",
+                          "--panel-cache", os.path.join(d, "panels"))
             same = rc == 0 and os.path.exists(want) and open(o, "rb").read() == open(want, "rb").read()
             ok = same and re.search(said, out) is not None
             check(ok, "%s --panel-cache, run %d: the CPU backend's logits, panels %s%s" % (
