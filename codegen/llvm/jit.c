@@ -12,8 +12,8 @@
  * module's IR as built, before optimisation — written whole beside the object and its checksum; a
  * later JIT that builds the same IR for the same target reads the object back instead of optimising
  * and compiling (a hit compares the key byte for byte and the object's FNV-1a; a file not whole, or
- * changed, is a miss, written again). Objects for
- * files (`moeppc build`) and runs that dump IR are never cached. */
+ * changed, is a miss, written again). Objects for files (`moeppc build`) and runs that dump IR are
+ * never cached. */
 #include "codegen/llvm/cg_internal.h"
 
 #include <pthread.h>
