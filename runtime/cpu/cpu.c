@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* A configuration a step may run: a GEMM's micro-kernel and blocking, or attention's kernel. */
@@ -67,6 +68,9 @@ struct CpuModel {
                                     /*   cap_t is fixed, runs allocate nothing                         */
     CpuProfile prof;
     PanelCache *panels;             /* packed weights kept in files (NULL: packed in memory alone)    */
+    double in_memory_max;           /* > 0: bytes of panels the model may pack in memory after all (a   */
+    double in_memory;               /*   panel cache's step failed; cpu_model_open counted them as     */
+                                    /*   files), and those packed so far                               */
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
     int tail;                       /* steps [tail, n_steps) make the logits from the final residual  */
                                     /*   rows alone (final norm, lm_head; n_steps: none such)         */
@@ -369,13 +373,23 @@ static PanelFile *open_panels(CpuModel *cm, CgPackedB *pk, const PackSrc *src, i
 
 /* The step's packed weights, from n sources of dtype dt: mapped from the panel cache where it holds
  * them, else packed (into its new file, or memory). */
-static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *src, int n, bool kpair, bool swiglu)
+static bool pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *src, int n, bool kpair, bool swiglu,
+                         RtError *err)
 {
     st->pk = xcalloc((size_t)n, sizeof *st->pk);
     st->n_pk = n;
     for (int e = 0; e < n; e++) cg_pack_b_size(&st->pk[e], dt, src[e].n, src[e].k, src[e].nr, kpair, swiglu);
     bool hit;
     st->panels = open_panels(cm, st->pk, src, n, &hit);
+    for (int e = 0; e < n; e++) cm->in_memory += st->pk[e].data ? 0 : (double)cg_packed_b_bytes(&st->pk[e]);
+    if (cm->in_memory_max > 0 && cm->in_memory > cm->in_memory_max) {
+        char a[32], b[32];
+        str_bytes(cm->in_memory, a, sizeof a), str_bytes(cm->in_memory_max, b, sizeof b);
+        snprintf(err->msg, sizeof err->msg, "not enough memory: the panel cache could not take %s of packed weights, "
+                 "more than the %s of memory left beside the KV caches", a, b);
+        st->n_pk = 0; /* (none allocated: the caller frees the model) */
+        return false;
+    }
     bool *done = xcalloc((size_t)n, sizeof *done); /* mapped, packed already */
     for (int e = 0; e < n; e++) {
         done[e] = hit && panel_file_holds(st->panels, st->pk[e].data);
@@ -402,6 +416,7 @@ static void pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
         if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
     }
     free(done);
+    return true;
 }
 
 /* The weights i->in[idx[0..n)], for the op's GEMM kernel of their dtype; swiglu for up-projections. */
@@ -415,9 +430,9 @@ static bool pack_list(CpuModel *cm, Step *st, const IrInstr *i, const int *idx, 
         MOE_ASSERT(i->in[idx[e]]->type.dtype == dt);
         src[e] = pack_src(cm, i->in[idx[e]], st->ch[0].k->cfg.nr);
     }
-    pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), swiglu);
+    bool ok = pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), swiglu, err);
     free(src);
-    return true;
+    return ok;
 }
 
 static bool pack(CpuModel *cm, Step *st, const IrInstr *i, int first, int n, bool swiglu, RtError *err)
@@ -487,9 +502,9 @@ static bool prepare_route(CpuModel *cm, Step *st, RtError *err)
         }
         src[n++] = (PackSrc){wc, NULL, 0, 2 * nc, D, st->narrow.k && 2 * nc < nr ? st->narrow.k->cfg.nr : nr, NULL, false};
     }
-    pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), false); /* (the narrow kernel's alike) */
+    bool ok = pack_sources(cm, st, dt, src, n, cg_kernel_kpair(&st->ch[0].k->cfg), false, err); /* (narrow alike) */
     free(wc);
-    return true;
+    return ok;
 }
 
 /* Attention's kernels: the op's key block, then each one a bucket of its schedule won. */
@@ -979,7 +994,7 @@ static void ensure_segments(CpuModel *cm, int64_t T)
 }
 
 static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
-                           int threads, const char *panel_cache, bool dry, RtError *err)
+                           int threads, const char *panel_cache, double in_memory_max, bool dry, RtError *err)
 {
     MOE_ASSERT(m->planned);
     CpuModel *cm = xcalloc(1, sizeof *cm);
@@ -991,6 +1006,7 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->n_seqs = 1;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
     cm->panels = panel_cache && *panel_cache && !dry ? panel_cache_new(panel_cache) : NULL;
+    cm->in_memory_max = in_memory_max;
     cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;
@@ -1016,19 +1032,27 @@ static double cache_bytes(const IrInstr *i, int64_t max_positions)
     return 2.0 * (double)dtype_size(d.wdtype) * (double)cg_attention_cache_elems(max_positions, d.kv_heads, d.head_dim);
 }
 
-/* (the arena, sized by the tokens of a call, is small beside the packed weights and the caches) */
-double cpu_model_bytes_needed(const IrModule *m, int64_t max_positions)
+/* The KV caches' bytes (kv) and the packed weights' (packed). */
+static void model_bytes(const IrModule *m, int64_t max_positions, double *kv, double *packed)
 {
-    double b = 0;
+    *kv = *packed = 0;
     for (const IrInstr *i = m->first; i; i = i->next) {
-        if (i->op == IR_OP_ATTENTION) b += cache_bytes(i, max_positions);
+        if (i->op == IR_OP_ATTENTION) *kv += cache_bytes(i, max_positions);
         if (i->op != IR_OP_LINEAR && i->op != IR_OP_MOE_GROUPED_UP && i->op != IR_OP_MOE_GROUPED_DOWN &&
             i->op != IR_OP_MOE_ROUTE)
             continue;
         for (int k = 1; k < i->n_in; k++)
-            if (i->in[k]->kind == IR_VAL_PARAM) b += (double)ir_type_numel(&i->in[k]->type, 1) * (double)dtype_size(i->in[k]->type.dtype);
+            if (i->in[k]->kind == IR_VAL_PARAM)
+                *packed += (double)ir_type_numel(&i->in[k]->type, 1) * (double)dtype_size(i->in[k]->type.dtype);
     }
-    return b;
+}
+
+/* (the arena, sized by the tokens of a call, is small beside the packed weights and the caches) */
+double cpu_model_bytes_needed(const IrModule *m, int64_t max_positions)
+{
+    double kv, packed;
+    model_bytes(m, max_positions, &kv, &packed);
+    return kv + packed;
 }
 
 double cpu_model_bytes_freed(const IrModule *m)
@@ -1055,8 +1079,16 @@ CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_posit
 CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                          const CpuModelOptions *o, RtError *err)
 {
-    double need = cpu_model_bytes_needed(m, max_positions), have = mem_available_bytes();
-    if (weights_release_frees(w)) need -= cpu_model_bytes_freed(m); /* (packing op by op: a layer's at most more) */
+    double kv, packed, have = mem_available_bytes();
+    model_bytes(m, max_positions, &kv, &packed);
+    /* With a panel cache the panels are file pages, which the kernel writes back and evicts as it does
+     * a checkpoint's: a model larger than memory runs, paged from its files; what packs in memory after
+     * all (a step the cache could not take) is checked as it packs (pack_sources). */
+    struct stat sb;
+    bool files = o->panel_cache && *o->panel_cache && make_dirs(o->panel_cache) && stat(o->panel_cache, &sb) == 0 &&
+                 S_ISDIR(sb.st_mode); /* (one this user may only read may hold every file: checked as it packs) */
+    double need = kv + (files ? 0 : packed);
+    if (!files && weights_release_frees(w)) need -= cpu_model_bytes_freed(m); /* (op by op: a layer's at most more) */
     if (need > 0.9 * have) {
         char a[32], b[32];
         str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
@@ -1067,14 +1099,15 @@ CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_posi
     }
     RtError ignored; /* (cpu.h: what prefetch did not make is made when asked, with its own error) */
     if (ks->prefetch) ks->prefetch(ks->ctx, m, &ignored);
-    CpuModel *cm = model_new(m, w, max_positions, ks, o->threads, o->panel_cache, false, err);
+    double left = 0.9 * have - need > 1 ? 0.9 * have - need : 1; /* (what may pack in memory after all) */
+    CpuModel *cm = model_new(m, w, max_positions, ks, o->threads, o->panel_cache, files ? left : 0, false, err);
     if (cm && cm->panels && o->panel_cache_max > 0) panel_cache_trim(cm->panels, o->panel_cache_max);
     return cm;
 }
 
 bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)
 {
-    CpuModel *cm = model_new(m, NULL, 1, ks, 1, NULL, true, err);
+    CpuModel *cm = model_new(m, NULL, 1, ks, 1, NULL, 0, true, err);
     bool ok = cm != NULL;
     cpu_model_free(cm);
     return ok;

@@ -52,7 +52,9 @@ CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_posi
 /* The panel cache's counts so far; false (st untouched) without one. */
 bool      cpu_model_panel_stats(const CpuModel *cm, PanelCacheStats *st);
 /* Bytes a model of m allocates beyond its weights: the packed copies of every GEMM weight and the KV
- * caches (cpu_model_new refuses a model whose need passes 90 % of the memory available). */
+ * caches (cpu_model_new refuses a model whose need passes 90 % of the memory available; with a panel
+ * cache, cpu_model_open counts the KV caches alone, the panels being file pages, and checks what packs
+ * in memory after all as it packs). */
 double    cpu_model_bytes_needed(const IrModule *m, int64_t max_positions);
 /* Of those, the bytes of the weights packed op by op that nothing reads in place: on weights whose
  * release frees memory (weights_release_frees: random ones) each leaves once packed, and

@@ -335,6 +335,57 @@ static void test_trim_least_recently_used(void **state)
     ir_module_free(m);
 }
 
+/* With a panel cache the panels are file pages: a model whose panels do not fit in memory (but whose
+ * KV caches do) runs, paged from its files, where without one it is refused; where the cache can
+ * take nothing after all, packing in memory is refused as it starts, with a message. */
+static void test_larger_than_memory(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    WeightSet *r, *w;
+    RtError err = {{0}};
+    PanelCacheStats st;
+    char dir[256], cmd[600];
+    assert_true(weights_random(&s, 8, &r, &err)); /* (a checkpoint: random weights leave as they are packed) */
+    snprintf(dir, sizeof dir, "%s/small.safetensors", root);
+    write_checkpoint(r, dir);
+    weights_close(r);
+    assert_true(weights_open(dir, &w, &err));
+    float *ref = logits_of(m, w, &s, NULL, &st);
+    snprintf(dir, sizeof dir, "%s/small", root);
+    setenv("MOEPPC_MEM_LIMIT_MB", "0.3", 1); /* (its KV caches 64 KiB, its panels 0.5 MB) */
+    CpuModelOptions o = {.threads = 1};
+    CpuModel *none = cpu_model_open(m, w, s.max_positions, ks, &o, &err);
+    float *got = logits_of(m, w, &s, dir, &st);
+    if (none || !strstr(err.msg, "not enough memory")) unsetenv("MOEPPC_MEM_LIMIT_MB");
+    assert_null(none);
+    assert_non_null(strstr(err.msg, "not enough memory"));
+    assert_true(st.misses > 0 && st.failed == 0);
+    assert_same(got, ref, T * s.vocab);
+    free(got);
+    /* a directory nothing can be made in (immutable, which binds root too), checked as it packs */
+    snprintf(dir, sizeof dir, "%s/immutable", root);
+    assert_int_equal(mkdir(dir, 0777), 0);
+    snprintf(cmd, sizeof cmd, "chattr +i '%s' 2>/dev/null", dir);
+    if (system(cmd) == 0) {
+        o.panel_cache = dir;
+        err.msg[0] = 0;
+        CpuModel *cm = cpu_model_open(m, w, s.max_positions, ks, &o, &err);
+        unsetenv("MOEPPC_MEM_LIMIT_MB"); /* (before a failure ends the test) */
+        snprintf(cmd, sizeof cmd, "chattr -i '%s'", dir);
+        assert_int_equal(system(cmd), 0);
+        assert_null(cm);
+        assert_non_null(strstr(err.msg, "the panel cache could not take"));
+    } else {
+        fprintf(stderr, "(chattr +i not possible here: the check while packing not exercised)\n");
+    }
+    unsetenv("MOEPPC_MEM_LIMIT_MB");
+    free(ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 /* weights_identity: a random tensor's names its seed, a checkpoint's its place in the file; none for
  * a tensor of another set or a buffer too short. */
 static void test_weights_identity(void **state)
@@ -373,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_damaged_files_are_made_again),
         cmocka_unit_test(test_unusable_directory_packs_in_memory),
         cmocka_unit_test(test_trim_least_recently_used),
+        cmocka_unit_test(test_larger_than_memory),
         cmocka_unit_test(test_weights_identity),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
