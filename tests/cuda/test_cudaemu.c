@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static CgCudaDriver *drv;
 
@@ -297,6 +299,31 @@ static void block64(const char *src, uint64_t o, void *arg, float h[64])
     void *args[] = {&o, arg};
     assert_true(cg_cuda_launch(drv, fn, grid, block, 0, args, err, sizeof err));
     assert_true(cg_cuda_download(drv, h, o, 64 * sizeof *h, err, sizeof err));
+}
+
+/* The thread that launches waits while the pool's workers run the blocks, a grid of one block and
+ * one run one at a time (MOEPPC_CUDAEMU_PDL_HAZARDS) included: a kernel object's thread_local
+ * __shared__ arrays then live only in threads that end before it is closed (LeakSanitizer crashed
+ * at exit scanning the launching thread's stale TLS, cudaemu.c pool_stop). */
+static void test_launcher_waits(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    void *fn = must_kernel("#include <sys/syscall.h>\n#include <unistd.h>\n"
+                           "extern \"C\" __global__ void k(long long *o) {\n"
+                           "    if (threadIdx.x == 0) o[blockIdx.x] = (long long)syscall(SYS_gettid); }\n");
+    long long me = (long long)syscall(SYS_gettid), h[8];
+    char err[1024];
+    for (int hz = 0; hz < 2; hz++)
+        for (unsigned g = 1; g <= 8; g += 7) {
+            if (hz) setenv("MOEPPC_CUDAEMU_PDL_HAZARDS", "1", 1);
+            uint64_t o = dev(sizeof h);
+            run1(fn, g, 32, o, err, sizeof err);
+            unsetenv("MOEPPC_CUDAEMU_PDL_HAZARDS");
+            assert_string_equal(err, "");
+            assert_true(cg_cuda_download(drv, h, o, g * sizeof *h, err, sizeof err));
+            for (unsigned b = 0; b < g; b++) assert_true(h[b] > 0 && h[b] != me);
+        }
 }
 
 static void test_order(void **state)
@@ -701,7 +728,7 @@ int main(void)
         cmocka_unit_test(test_ldmatrix),          cmocka_unit_test(test_dynamic_shared),
         cmocka_unit_test(test_embedded_image),    cmocka_unit_test(test_wgmma), cmocka_unit_test(test_wgmma_in_flight), cmocka_unit_test(test_wgmma_proxy_fence),
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
-        cmocka_unit_test(test_warps_ahead),
+        cmocka_unit_test(test_warps_ahead),       cmocka_unit_test(test_launcher_waits),
         cmocka_unit_test(test_mbarrier),
         cmocka_unit_test(test_library),
     };

@@ -30,7 +30,11 @@ for try in 1 2; do
   echo "(retried once)"
   mv "$WORK/tune.err" "$WORK/tune1.err"
 done
-cat "$WORK/tune.out"
+# tune's tables (a hundred lines) come after any failure's cause, with the host: CI shows a window of a
+# failing test's output from its first line, and the 67th stop's CI failed here 34 s in with the cause
+# cut from that window (the tables, then printed first, filled it)
+trap 'rc=$?; [ $rc -ne 0 ] && { echo "host: $(grep -m1 "model name" /proc/cpuinfo) ($(nproc) CPUs)";
+  echo "tune printed:"; cat "$WORK/tune.out"; }; exit $rc' EXIT
 grep -q "logits differ" "$WORK/tune.err" && { echo "a tile's logits differ from the rule's:"; grep "logits differ" "$WORK/tune.err"; exit 1; }
 grep -q "isa: emu" "$WORK/db.yaml" || { echo "the database is not the emulator's"; cat "$WORK/db.yaml"; exit 1; }
 # at_least MIN OP TOKENS PATTERN WHAT: OP's entry for TOKENS ("1," or "64,") measured at least MIN

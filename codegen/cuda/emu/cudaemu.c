@@ -7,8 +7,8 @@
  * collectives (shuffles, match, mma.sync, ldmatrix) for all 32 lanes of the warp, so a divergent
  * barrier, a collective with exited or missing lanes, or any other deadlock ends the launch with an
  * error naming the kernel, block and thread, instead of a hang. Blocks are spread over a pool of OS
- * threads (MOEPPC_CUDAEMU_THREADS, default: the cores); atomics are real atomics. cp.async copies
- * happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
+ * threads (MOEPPC_CUDAEMU_THREADS, default: the cores; the launching thread waits); atomics are
+ * real atomics. cp.async copies happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
  * (filled with 0xff bytes, NaN as floats, when allocated; MOEPPC_CUDAEMU_MEMORY bytes caps it);
  * streams run everything at once, in order; a stream capture records launches, copies and fills
  * into a graph that a graph launch replays; events read the host's clock. A programmatic launch
@@ -541,6 +541,7 @@ typedef struct Launch {
     bool pdl;             /* launched with programmatic dependent launch              */
     long waits;           /* griddepcontrol.wait calls (atomic)                       */
     bool hazards;         /* the kernel before's writes poisoned until each block's wait (below) */
+    bool claimed;         /* (hazards) taken by the one worker that runs its blocks   */
 } Launch;
 
 /* Programmatic-launch hazards (MOEPPC_CUDAEMU_PDL_HAZARDS=1): on a GPU a kernel launched with
@@ -571,6 +572,7 @@ static void api_grid_dep_wait(void)
 
 static void launch_work(Launch *L)
 {
+    if (L->hazards && __atomic_exchange_n(&L->claimed, true, __ATOMIC_SEQ_CST)) return; /* one block at a time */
     Sched *s = sched_get();
     if (s) s->launch = L;
     if (!s) {
@@ -646,14 +648,18 @@ static void pool_start(void)
     pthread_mutex_lock(&pool_mu);
     void *gen = (void *)(uintptr_t)pool_gen; /* (a pool_stop's generation is past: not a job) */
     pthread_mutex_unlock(&pool_mu);
-    for (long i = 1; i < n; i++)
+    for (long i = 0; i < n; i++)
         if (pthread_create(&pool_threads[n_workers], NULL, pool_worker, gen) == 0) n_workers++;
 }
 
 /* The workers end (the next launch starts new ones). Before kernel objects are closed: each worker
  * holds their __shared__ arrays (thread_local) in its dynamic TLS, which a dlclose leaves stale in a
  * live thread, and LeakSanitizer (GCC 12's) crashed reading it at exit (random_models.py's --batch
- * runs under ASan, which end a model's context before the process). */
+ * runs under ASan, which end a model's context before the process). For the same reason the thread
+ * that launches never runs a block itself, unless no worker could be started: it outlives every
+ * module, and LeakSanitizer's scan of its stale TLS at exit crashed ("Tracer caught signal 11", in
+ * ScanRangeForPointers) about one `run --device cuda` in 200 under load (tune_cuda_emu failed so in
+ * the 43rd and 67th stops' CI). */
 static void pool_stop(void)
 {
     pthread_mutex_lock(&launch_mu);
@@ -668,7 +674,7 @@ static void pool_stop(void)
 
 static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block, unsigned smem, void **args, bool pdl)
 {
-    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0, false};
+    Launch L = {k, args, grid, block, smem, 0, (long)grid.x * grid.y * grid.z, 0, pdl, 0, false, false};
     pthread_mutex_lock(&launch_mu); /* one launch at a time: kernels of a stream run in order anyway */
     const char *check = getenv("MOEPPC_CUDAEMU_PDL_HAZARDS");
     bool hazards = check && strcmp(check, "1") == 0, snapped = hazards && hazard_snapshot();
@@ -679,19 +685,14 @@ static CUresult run_launch(const Kernel *k, CudaEmuDim3 grid, CudaEmuDim3 block,
     const char *cp = getenv("MOEPPC_CUDAEMU_CP_ASYNC");
     cp_eager = cp && strcmp(cp, "eager") == 0;
     if (n_workers < 0) pool_start();
-    bool pool = n_workers > 0 && L.total > 1 && !L.hazards;
+    bool pool = n_workers > 0; /* (hazards: the first worker takes every block, launch_work) */
     if (pool) {
         pthread_mutex_lock(&pool_mu);
         pool_job = &L, pool_busy = n_workers, pool_gen++;
         pthread_cond_broadcast(&pool_cv);
-        pthread_mutex_unlock(&pool_mu);
-    }
-    launch_work(&L);
-    if (pool) {
-        pthread_mutex_lock(&pool_mu);
         while (pool_busy) pthread_cond_wait(&pool_done, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
-    }
+    } else launch_work(&L);
     hazard_valid = snapped && !L.failed && hazard_diff();
     pthread_mutex_unlock(&launch_mu);
     long threads = L.total * (long)block.x * block.y * block.z;
