@@ -48,8 +48,11 @@ bool        rt_copy_ok(int from, int to, int64_t positions, int n, int64_t max_p
 /* Seeded random weights for every tensor of the spec, in the spec's dtype (distribution: see
  * weights_random's definition and README). Each tensor is made when first read (its data NULL until
  * weights_data), or row by row into its reader's memory (weights_make_rows): a packer that copies a
- * weight anyway need never have the whole of it. */
+ * weight anyway need never have the whole of it. Refused where the whole set would not fit in 80 %
+ * of the memory available (a reader that keeps every tensor); weights_random_lazy is not, for a
+ * reader that releases each tensor once copied and has counted what it keeps (the CPU backend). */
 bool        weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err);
+bool        weights_random_lazy(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err);
 /* Whether t's values are made when read: a random set's tensor not made yet, or released. */
 bool        weights_made_on_read(const WeightSet *w, const Tensor *t);
 /* Rows row0 .. row0 + rows - 1 of a random set's tensor t (of shape[0] rows) made into dst: the bytes

@@ -464,7 +464,19 @@ static bool random_fits(const ModelSpec *s, size_t total, RtError *err)
     return false;
 }
 
+static bool random_set(const ModelSpec *s, uint64_t seed, bool check_fit, WeightSet **out, RtError *err);
+
 bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err)
+{
+    return random_set(s, seed, true, out, err);
+}
+
+bool weights_random_lazy(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError *err)
+{
+    return random_set(s, seed, false, out, err);
+}
+
+static bool random_set(const ModelSpec *s, uint64_t seed, bool check_fit, WeightSet **out, RtError *err)
 {
     *out = NULL;
     err->msg[0] = '\0';
@@ -473,7 +485,7 @@ bool weights_random(const ModelSpec *s, uint64_t seed, WeightSet **out, RtError 
     size_t *offs = xmalloc((size_t)(n ? n : 1) * sizeof *offs), total = 0;
     bool ok = random_plan(d, n, offs, &total);
     if (!ok) rt_errorf(err, s->name, "random weights need more than 2^63 bytes");
-    ok = ok && random_fits(s, total, err);
+    ok = ok && (!check_fit || random_fits(s, total, err));
     void *block = ok ? alloc_large(total) : NULL; /* (huge pages: 4 KiB faults cost as much as the values) */
     if (ok && !block) {
         rt_errorf(err, s->name, "cannot allocate %.1f MB for random weights", (double)total / 1e6);

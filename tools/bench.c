@@ -484,7 +484,7 @@ int cmd_bench(int argc, char **argv)
     if (a.experts) rc |= bench_experts(&a, &s, &peak, ks);
     if (a.model) {
         IrModule *m = lower(&s, a.db); /* (random weights packed are made a run at a time: what stays must fit) */
-        double made = (double)weights_random_bytes(&s), kept = cpu_model_bytes_on_random(m, &s);
+        double made = (double)weights_random_bytes(&s), kept = cpu_model_bytes_on_random(m, &s, false);
         double have = mem_available_bytes();
         ir_module_free(m);
         if (made > 0.8 * have || kept > 0.9 * have)

@@ -597,7 +597,7 @@ static bool check_db(const TuneArgs *a, const ModelSpec *full, const IrModule *m
                      TuneDb *db)
 {
     ModelSpec s = *full;
-    double need = 2 * cpu_model_bytes_on_random(m, &s);
+    double need = 2 * cpu_model_bytes_on_random(m, &s, false);
     double have = mem_available_bytes();
     bool whole = need <= 0.9 * have;
     if (!whole) {

@@ -1065,9 +1065,11 @@ double cpu_model_bytes_freed(const IrModule *m)
     return b;
 }
 
-double cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s)
+double cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s, bool panel_files)
 {
-    return (double)weights_random_bytes(s) - cpu_model_bytes_freed(m) + cpu_model_bytes_needed(m, s->max_positions);
+    double kv, packed;
+    model_bytes(m, s->max_positions, &kv, &packed);
+    return (double)weights_random_bytes(s) - cpu_model_bytes_freed(m) + kv + (panel_files ? 0 : packed);
 }
 
 CpuModel *cpu_model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,

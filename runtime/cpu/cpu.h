@@ -60,9 +60,10 @@ double    cpu_model_bytes_needed(const IrModule *m, int64_t max_positions);
  * release frees memory (weights_release_frees: random ones) each leaves once packed, and
  * cpu_model_new counts them out of its need. */
 double    cpu_model_bytes_freed(const IrModule *m);
-/* The bytes a model of m on s's random weights keeps once packed: its panels and KV caches and the
- * weights it reads in place (weights_random_bytes(s) are made first, all of them). */
-double    cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s);
+/* The bytes a model of m on s's random weights keeps in memory once packed: its KV caches, the
+ * weights it reads in place and, unless its panels are file pages (panel_files: a panel cache), its
+ * panels. */
+double    cpu_model_bytes_on_random(const IrModule *m, const ModelSpec *s, bool panel_files);
 /* Run T tokens at positions pos (each < max_positions). */
 bool      cpu_model_run(CpuModel *cm, const int32_t *ids, const int32_t *pos, int64_t T, RtError *err);
 /* Run only instructions [first, last) (indices in program order) on T tokens, after a full run on the

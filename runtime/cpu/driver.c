@@ -470,10 +470,16 @@ static int32_t *parse_ids(const char *opt, const char *text, const ModelSpec *s,
     return ids;
 }
 
+/* Whether the runner's random weights go to the CPU backend, which makes each as it packs it and
+ * releases it once packed: random_room's count is the check (weights_random_lazy). */
+static bool random_for_cpu(const RunArgs *r) { return r->random && r->backend == BACKEND_CPU && cfg->kernels_new; }
+
 static bool open_weights(const RunArgs *r, const ModelSpec *s, WeightSet **w)
 {
     RtError err = {{0}};
-    bool ok = r->random ? weights_random(s, r->seed, w, &err) : weights_open(r->weights, w, &err);
+    bool ok = random_for_cpu(r) ? weights_random_lazy(s, r->seed, w, &err)
+              : r->random     ? weights_random(s, r->seed, w, &err)
+                              : weights_open(r->weights, w, &err);
     if (ok && !weights_check(*w, s, &err)) {
         weights_close(*w);
         ok = false;
@@ -655,17 +661,19 @@ static bool runner_init(Runner *rn, const RunArgs *r, const ModelSpec *s)
 }
 
 /* Random weights for the CPU backend: those it packs leave memory once packed, the rest (tables read in
- * place) stay beside its packed copy and KV caches; all of that must fit, said before seconds of
- * generating them rather than after (cpu_model_new would say it after). */
+ * place) stay beside its packed copy (file pages with a panel cache, which need not fit) and KV
+ * caches; all of that must fit, said before seconds of generating them rather than after. */
 static bool random_room(const Runner *rn)
 {
-    if (!rn->r->random || rn->r->backend != BACKEND_CPU || !cfg->kernels_new) return true;
-    double need = cpu_model_bytes_on_random(rn->m, rn->s), have = mem_available_bytes();
-    if (need <= 0.9 * have || (double)weights_random_bytes(rn->s) > 0.8 * have) return true; /* (weights_random says) */
+    if (!random_for_cpu(rn->r)) return true;
+    bool files = rn->r->panel_cache && *rn->r->panel_cache;
+    double need = cpu_model_bytes_on_random(rn->m, rn->s, files), have = mem_available_bytes();
+    if (need <= 0.9 * have) return true;
     char a[32], b[32];
     str_bytes(need, a, sizeof a), str_bytes(have, b, sizeof b);
-    drv_err("--random-weights: the CPU backend's packed weights and KV caches and the weights it reads in place "
-            "(%s) do not fit the %s of memory available; use a smaller spec\n", a, b);
+    drv_err("--random-weights: the CPU backend's %sKV caches and the weights it reads in place (%s) do not fit the "
+            "%s of memory available; use a smaller spec%s\n", files ? "" : "packed weights and ", a, b,
+            files ? "" : " (or a panel cache: --panel-cache DIR)");
     return false;
 }
 

@@ -27,6 +27,29 @@ grep -q " 0 steps' panels mapped (0.0 MB), [1-9][0-9]* packed and kept" "$WORK/p
   { echo "--panel-cache: not kept, then mapped:"; cat "$WORK/panels1.txt" "$WORK/panels2.txt"; exit 1; }
 "$WORK/model" --random-weights 1 --ids 1 --panel-cache "" >/dev/null 2>&1
 [ $? -eq 2 ] || { echo "--panel-cache '': not a usage error"; exit 1; }
+# random weights larger than memory (MOEPPC_MEM_LIMIT_MB between what stays in memory with a panel
+# cache, KV caches and the tables read in place, and that plus the panels): refused without the cache,
+# naming it; with it kept, then mapped, the logits those of a run without the limit bit for bit
+need() { # MB the run says it needs ("(0.6 MB) do not fit"), asked with almost no memory
+  MOEPPC_MEM_LIMIT_MB=0.000001 "$WORK/model" --random-weights 1 --ids 1 "$@" 2>&1 |
+    sed -n 's/.*(\([0-9.]*\) \([MG]\)B) do not fit.*/\1 \2/p' | awk '{print $2 == "G" ? $1 * 1000 : $1}'
+}
+lo=$(need --panel-cache "$WORK/rpanels") hi=$(need)
+[ -n "$lo" ] && [ -n "$hi" ] || { echo "random weights in no memory: no need said ($lo, $hi)"; exit 1; }
+lim=$(awk -v a="$lo" -v b="$hi" 'BEGIN { if (b - a < 0.15) exit 1; printf "%.6f", (a + b) / 2 / 0.9 / 1.048576 }') ||
+  { echo "random weights: $lo MB with a panel cache, $hi MB without: too close to test"; exit 1; }
+run "$WORK/model" --random-weights 1 --ids "$IDS" --threads 2 --logits-out "$WORK/random.bin"
+MOEPPC_MEM_LIMIT_MB=$lim "$WORK/model" --random-weights 1 --ids "$IDS" >/dev/null 2>"$WORK/rlimit.txt"
+[ $? -eq 1 ] && grep -q "do not fit .*--panel-cache" "$WORK/rlimit.txt" ||
+  { echo "random weights in $lim MiB without a panel cache: not refused so"; cat "$WORK/rlimit.txt"; exit 1; }
+for k in 1 2; do
+  MOEPPC_MEM_LIMIT_MB=$lim run "$WORK/model" --random-weights 1 --ids "$IDS" --threads 2 --panel-cache "$WORK/rpanels" \
+    --logits-out "$WORK/rpanels$k.bin" 2>"$WORK/rpanels$k.txt"
+  cmp "$WORK/random.bin" "$WORK/rpanels$k.bin" || { echo "random weights in $lim MiB: other logits (run $k)"; exit 1; }
+done
+grep -q " 0 steps' panels mapped (0.0 MB), [1-9][0-9]* packed and kept" "$WORK/rpanels1.txt" &&
+  grep -q " [1-9][0-9]* steps' panels mapped .*, 0 packed and kept" "$WORK/rpanels2.txt" ||
+  { echo "random weights in $lim MiB: not kept, then mapped:"; cat "$WORK/rpanels1.txt" "$WORK/rpanels2.txt"; exit 1; }
 V=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import oracle; print(oracle.load_spec(sys.argv[2]).V)' "$HERE/../oracle" "$SPEC")
 run "$PY" "$HERE/../oracle/compare.py" "$WORK/model.bin" "$WORK/interp.bin" --vocab "$V" --tol "$TOL"
 if [ -n "$TARGET" ]; then

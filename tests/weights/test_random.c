@@ -222,6 +222,33 @@ static void test_random_refuses_too_big(void **state)
     assert_non_null(strstr(err.msg, "2^63"));
 }
 
+/* weights_random_lazy: no check of the whole set against the memory (its reader counts what it keeps),
+ * the same values as weights_random's where both run */
+static void test_random_lazy_unchecked(void **state)
+{
+    (void)state;
+    ModelSpec s = tu_tiny_spec(DT_F32);
+    WeightSet *a = made(&s, 7), *b = NULL;
+    RtError err;
+    setenv("MOEPPC_MEM_LIMIT_MB", "0.01", 1);
+    assert_false(weights_random(&s, 7, &b, &err));
+    assert_non_null(strstr(err.msg, "80% of"));
+    bool ok = weights_random_lazy(&s, 7, &b, &err);
+    unsetenv("MOEPPC_MEM_LIMIT_MB");
+    assert_true(ok);
+    assert_int_equal(weights_count(a), weights_count(b));
+    for (int i = 0; i < weights_count(b); i++) {
+        const Tensor *ta = weights_at(a, i), *tb = weights_at(b, i);
+        const void *db = weights_data(b, tb, &err);
+        assert_non_null(db);
+        assert_string_equal(ta->name, tb->name);
+        assert_int_equal(ta->nbytes, tb->nbytes);
+        assert_memory_equal(ta->data, db, ta->nbytes);
+    }
+    weights_close(a);
+    weights_close(b);
+}
+
 /* ---- weights_check ---- */
 /* Write the tiny spec's random weights with some tensors dropped, retyped or reshaped. */
 static WeightSet *doctored(const char *dir, const ModelSpec *s)
@@ -326,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_random_formula_and_rounding),
         cmocka_unit_test(test_random_bounds),
         cmocka_unit_test(test_random_refuses_too_big),
+        cmocka_unit_test(test_random_lazy_unchecked),
         cmocka_unit_test(test_check_reports_problems),
         cmocka_unit_test(test_check_many_problems),
         cmocka_unit_test(test_random_write_open_check),
