@@ -47,7 +47,8 @@ expect 1 "random weights need 137812.5 MB, more than the 838.9 MB allowed" \
 expect 1 "the CPU backend's packed weights and KV caches and the weights it reads in place (137.95 GB) do not fit the \
 1.05 GB of memory available; use a smaller spec (or a panel cache: --panel-cache DIR)" \
     "$moeppc" run "$work/big.yaml" --random-weights 1 --ids "1 2"
-expect 1 "random weights need 137812.5 MB" "$moeppc" run "$work/big.yaml" --random-weights 1 --ids "1 2" --backend interp
+expect 1 "random weights need 137812.5 MB" \
+    "$moeppc" run "$work/big.yaml" --random-weights 1 --ids "1 2" --backend interp
 expect 1 "random weights need 68973.5 MB" "$moeppc" bench "$work/big.yaml" --layer --tokens 1
 expect 1 "error: not enough memory: linear 65536x65536 (1 groups) at T = 1 needs 34.36 GB, and 1.05 GB is available" \
     "$moeppc" tune "$work/big.yaml" --tokens 1 -o "$work/db.yaml"

@@ -8,12 +8,13 @@
  * barrier, a collective with exited or missing lanes, or any other deadlock ends the launch with an
  * error naming the kernel, block and thread, instead of a hang. Blocks are spread over a pool of OS
  * threads (MOEPPC_CUDAEMU_THREADS, default: the cores; the launching thread waits); atomics are
- * real atomics. cp.async copies happen at the cp.async.wait_group that retires them, not before. Device memory is host memory
- * (filled with 0xff bytes, NaN as floats, when allocated; MOEPPC_CUDAEMU_MEMORY bytes caps it);
- * streams run everything at once, in order; a stream capture records launches, copies and fills
- * into a graph that a graph launch replays; events read the host's clock. A programmatic launch
- * fails unless every thread waited; with MOEPPC_CUDAEMU_PDL_HAZARDS=1 what the kernel before it
- * wrote reads as garbage until its block's threads have (see Launch). Timing figures are the CPU's and mean nothing for a GPU.
+ * real atomics. cp.async copies happen at the cp.async.wait_group that retires them, not before.
+ * Device memory is host memory (filled with 0xff bytes, NaN as floats, when allocated;
+ * MOEPPC_CUDAEMU_MEMORY bytes caps it); streams run everything at once, in order; a stream capture
+ * records launches, copies and fills into a graph that a graph launch replays; events read the
+ * host's clock. A programmatic launch fails unless every thread waited; with
+ * MOEPPC_CUDAEMU_PDL_HAZARDS=1 what the kernel before it wrote reads as garbage until its block's
+ * threads have (see Launch). Timing figures are the CPU's and mean nothing for a GPU.
  * Kernel images: the path of a compiled object (format 1), or the object's bytes themselves (format
  * 2, in an emitted library: written to a private temporary file, opened and unlinked; cudaemu_abi.h).
  * Not emulated: partial warp masks, texture/surface memory, several devices. */
