@@ -13,6 +13,7 @@
 
 typedef struct {
     const char *spec, *tuning;
+    const char *panel_cache;      /* --panel-cache DIR: the packed weights kept there, mapped when there */
     const TuneDb *db;
     bool layer, model, experts, json;
     double zc_share;              /* --experts: share of picks sent to zero-computation experts; < 0: the router's own */
@@ -195,26 +196,32 @@ static IrModule *lower(const ModelSpec *s, const TuneDb *db)
 }
 
 /* Spec s's model on random weights of seed, its kernels from ks (NULL: a JIT source of its own) tuned
- * by db (NULL: the rule); NULL with err set when it cannot be made. */
+ * by db (NULL: the rule), its panels kept in and mapped from panel_cache's files (NULL: in memory);
+ * NULL with err set when it cannot be made. */
 static BenchModel *model_new(const ModelSpec *s, uint64_t seed, const TuneDb *db, int threads, CpuKernelSource *ks,
-                             RtError *err)
+                             const char *panel_cache, RtError *err)
 {
     BenchModel *bm = xcalloc(1, sizeof *bm);
     bm->ks = ks ? ks : cpu_jit_source_new(err), bm->own_ks = !ks, bm->vocab = s->vocab;
     if (bm->ks && weights_random(s, seed, &bm->w, err)) {
         bm->m = lower(s, db);
-        bm->cm = cpu_model_new(bm->m, bm->w, s->max_positions, bm->ks, threads, err);
+        CpuModelOptions o = {.threads = threads, .panel_cache = panel_cache};
+        bm->cm = cpu_model_open(bm->m, bm->w, s->max_positions, bm->ks, &o, err);
     }
     if (!bm->cm) {
         bench_model_free(bm);
         return NULL;
     }
+    PanelCacheStats pst;
+    if (panel_cache && cpu_model_panel_stats(bm->cm, &pst))
+        fprintf(stderr, "moeppc bench: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)\n",
+                panel_cache, pst.hits, pst.hit_bytes / 1e6, pst.misses, pst.kept_bytes / 1e6);
     return bm;
 }
 
 BenchModel *bench_model_new(const ModelSpec *s, const TuneDb *db, int threads, RtError *err)
 {
-    return model_new(s, 1, db, threads, NULL, err);
+    return model_new(s, 1, db, threads, NULL, NULL, err);
 }
 
 bool bench_model_median(BenchModel *bm, int64_t T, int reps, double *median, RtError *err)
@@ -240,7 +247,7 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
                       CpuKernelSource *ks)
 {
     RtError err = {{0}};
-    BenchModel *bm = model_new(s, a->seed, a->db, a->threads, ks, &err);
+    BenchModel *bm = model_new(s, a->seed, a->db, a->threads, ks, a->panel_cache, &err);
     if (!bm) {
         fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
         return 1;
@@ -332,6 +339,10 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
             i++;
         } else if (strcmp(o, "--tuning") == 0) {
             a->tuning = v;
+            i++;
+        } else if (strcmp(o, "--panel-cache") == 0) {
+            if (!*v) return usage_error("bench", BENCH_USAGE, "--panel-cache: expected a directory, found '%s'", v);
+            a->panel_cache = v;
             i++;
         } else if (strcmp(o, "--zc-share") == 0) {
             char *end;
