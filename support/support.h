@@ -153,6 +153,8 @@ static inline uint64_t rng_next(moe_rng *r)
 static inline double rng_uniform(moe_rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 uint64_t hash_str(const char *s);                /* FNV-1a 64 */
 uint64_t hash_bytes(const void *p, size_t n);    /* FNV-1a 64 of n bytes */
+/* XXH64 of n bytes (xxHash's published algorithm): a checksum of data, gigabytes a second */
+uint64_t hash_xxh64(const void *p, size_t n, uint64_t seed);
 
 /* ---- thread pool (pool.c): the CPU backend's drivers and packing, random weights ------------ */
 /* n_threads in all: the caller plus n_threads-1 workers, created once, never pinned. */
