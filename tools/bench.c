@@ -213,9 +213,9 @@ static BenchModel *model_new(const ModelSpec *s, uint64_t seed, const TuneDb *db
         return NULL;
     }
     PanelCacheStats pst;
+    char line[512];
     if (panel_cache && cpu_model_panel_stats(bm->cm, &pst))
-        fprintf(stderr, "moeppc bench: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)\n",
-                panel_cache, pst.hits, pst.hit_bytes / 1e6, pst.misses, pst.kept_bytes / 1e6);
+        fprintf(stderr, "moeppc bench: %s\n", panel_cache_stats_line(&pst, panel_cache, line, sizeof line));
     return bm;
 }
 

@@ -176,6 +176,25 @@ static const HelpPage pages[] = {
      "  --escape            with --decode, the text on one line: \\n, \\t, \\r, \\\\, \\xHH for their bytes\n"
      "  --file F            the inputs are the lines of F instead of TEXT arguments; a bad line is\n"
      "                      reported by its number and answered by an empty line\n\n" EXIT_STATUS},
+    {"panel-cache", "list and check a panel cache's files (run --panel-cache); remove the damaged, trim",
+     PANEL_CACHE_USAGE,
+     "Lists the files of DIR, a panel cache (`run --panel-cache DIR`: the CPU backend's packed weights,\n"
+     "a file a packing step), a line each: its name, size, when a run last mapped or wrote it, the\n"
+     "weights it holds, and what it is: ok; damaged (cut short, a header or description not its own,\n"
+     "or with --verify panels that differ from the checksums they were written with: a run that\n"
+     "maps it reads wrong weights unless it verifies); stale (another moeppc's file format or panel\n"
+     "layout: never mapped by this one); unfinished (a temporary file a run stopped while packing\n"
+     "left). Then a line of totals. Nothing is changed unless asked.\n\n"
+     "  --verify            read each file whole and check its panels against their checksums (an\n"
+     "                      XXH64 of each 4 MiB; what `run --panel-cache-verify` checks before use)\n"
+     "  --remove-damaged    remove the damaged and unfinished files (runs pack those steps again)\n"
+     "  --remove-stale      remove the stale files (another moeppc's, which this one never maps)\n"
+     "  --max MB            then remove the least recently used files until the rest take MB at most,\n"
+     "                      as `run --panel-cache-max` does (0: all of them)\n"
+     "  --threads N         threads that compute the checksums (default: one a core this process\n"
+     "                      may use)\n\n"
+     "exit status: 0 every file left is ok or stale; 1 a damaged or unfinished file is left (said\n"
+     "on stderr), or DIR cannot be read; 2 a wrong command line.\n"},
 };
 
 static const HelpPage *find(const char *cmd)

@@ -53,7 +53,7 @@ typedef struct {
 static const Command commands[] = { /* each with its page in tools/help.c */
     {"check", cmd_check}, {"import-hf", cmd_import_hf}, {"compile", cmd_compile}, {"init-weights", cmd_init_weights},
     {"run", cmd_run},     {"bench", cmd_bench},         {"tune", cmd_tune},       {"emit", cmd_emit},
-    {"build", cmd_build}, {"tokenize", cmd_tokenize},
+    {"build", cmd_build}, {"tokenize", cmd_tokenize},     {"panel-cache", cmd_panel_cache},
 };
 
 static void usage(FILE *f)

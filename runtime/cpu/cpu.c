@@ -994,8 +994,10 @@ static void ensure_segments(CpuModel *cm, int64_t T)
 }
 
 static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
-                           int threads, const char *panel_cache, double in_memory_max, bool dry, RtError *err)
+                           const CpuModelOptions *o, double in_memory_max, bool dry, RtError *err)
 {
+    int threads = o->threads;
+    const char *panel_cache = o->panel_cache;
     MOE_ASSERT(m->planned);
     CpuModel *cm = xcalloc(1, sizeof *cm);
     cm->m = m;
@@ -1005,7 +1007,8 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->max_pos = max_positions;
     cm->n_seqs = 1;
     cm->pool = dry ? NULL : cg_pool_new(threads < 1 ? 1 : threads);
-    cm->panels = panel_cache && *panel_cache && !dry ? panel_cache_new(panel_cache) : NULL;
+    cm->panels = panel_cache && *panel_cache && !dry ? panel_cache_new(panel_cache, cm->pool, o->panel_cache_verify)
+                                                     : NULL;
     cm->in_memory_max = in_memory_max;
     cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
@@ -1102,14 +1105,14 @@ CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_posi
     RtError ignored; /* (cpu.h: what prefetch did not make is made when asked, with its own error) */
     if (ks->prefetch) ks->prefetch(ks->ctx, m, &ignored);
     double left = 0.9 * have - need > 1 ? 0.9 * have - need : 1; /* (what may pack in memory after all) */
-    CpuModel *cm = model_new(m, w, max_positions, ks, o->threads, o->panel_cache, files ? left : 0, false, err);
+    CpuModel *cm = model_new(m, w, max_positions, ks, o, files ? left : 0, false, err);
     if (cm && cm->panels && o->panel_cache_max > 0) panel_cache_trim(cm->panels, o->panel_cache_max);
     return cm;
 }
 
 bool cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err)
 {
-    CpuModel *cm = model_new(m, NULL, 1, ks, 1, NULL, 0, true, err);
+    CpuModel *cm = model_new(m, NULL, 1, ks, &(CpuModelOptions){.threads = 1}, 0, true, err);
     bool ok = cm != NULL;
     cpu_model_free(cm);
     return ok;

@@ -46,6 +46,7 @@ typedef struct CpuModelOptions {
     int         threads;
     const char *panel_cache;  /* a directory keeping the packed weights between runs (panel_cache.h); NULL: none */
     double      panel_cache_max; /* > 0: then its least recently used files removed past this many bytes */
+    bool        panel_cache_verify; /* each file's panels checked against their checksums before use */
 } CpuModelOptions;
 CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                          const CpuModelOptions *o, RtError *err);

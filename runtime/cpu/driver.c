@@ -51,7 +51,7 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--panel-cache DIR [--panel-cache-max MB]] "
+               "[--device cpu|cuda] [--threads N] [--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
@@ -74,6 +74,7 @@ typedef struct {
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
     const char *panel_cache;      /* --panel-cache (MOEPPC_PANEL_CACHE): packed weights kept there    */
     int64_t panel_cache_max;      /* --panel-cache-max (MOEPPC_PANEL_CACHE_MAX_MB): MB at most, 0: any */
+    bool panel_cache_verify;      /* --panel-cache-verify (MOEPPC_PANEL_CACHE_VERIFY=1)              */
     bool random, route_stats, ignore_eos, perplexity, quiet, no_bos, special;
     bool no_reuse;                /* --no-prefix-reuse: every prompt run whole                       */
     uint64_t seed;
@@ -351,7 +352,10 @@ static void print_help(FILE *f)
               "                      a later run maps them instead of packing, and shares them in the page cache\n"
               "                      (default: MOEPPC_PANEL_CACHE, else none)\n"
               "  --panel-cache-max MB then remove its least recently used files (never this model's) past MB\n"
-              "                      (default: MOEPPC_PANEL_CACHE_MAX_MB, else none: files stay until removed)\n", f);
+              "                      (default: MOEPPC_PANEL_CACHE_MAX_MB, else none: files stay until removed)\n"
+              "  --panel-cache-verify check each file's panels against their checksums before use (reads it\n"
+              "                      whole; a damaged one is packed again) (default: MOEPPC_PANEL_CACHE_VERIFY=1,\n"
+              "                      else trusted as the checkpoint is; `moeppc panel-cache DIR --verify`)\n", f);
     fputs("  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
           "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
           "                      literally); -O1 (default): the optimised IR\n", f);
@@ -369,7 +373,8 @@ static void print_help(FILE *f)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
     if (cfg->kernels_new)
         fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n"
-              "  MOEPPC_PANEL_CACHE_MAX_MB --panel-cache-max's\n", f);
+              "  MOEPPC_PANEL_CACHE_MAX_MB --panel-cache-max's\n"
+              "  MOEPPC_PANEL_CACHE_VERIFY=1 --panel-cache-verify\n", f);
     fputs("  MOEPPC_CUDA_DRIVER  the CUDA driver library to open (default libcuda.so.1)\n"
           "  MOEPPC_CUDA_SYNC=1  synchronise after every GPU instruction and name the one that fails\n"
           "  MOEPPC_MEM_LIMIT_MB the host memory taken as available (default /proc/meminfo's MemAvailable):\n"
@@ -394,6 +399,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--no-bos") == 0) r->no_bos = true;
         else if (strcmp(o, "--special") == 0) r->special = true;
         else if (strcmp(o, "--no-prefix-reuse") == 0) r->no_reuse = true;
+        else if (strcmp(o, "--panel-cache-verify") == 0) r->panel_cache_verify = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
         else if (o[0] == '-') {
@@ -415,6 +421,12 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
     if (!r->spec && !cfg->spec_text) return drv_usage("%s", "missing SPEC");
     if (r->panel_cache_max && !r->panel_cache)
         return drv_usage("%s", "--panel-cache-max: only with --panel-cache (or MOEPPC_PANEL_CACHE)");
+    if (r->panel_cache_verify && !r->panel_cache)
+        return drv_usage("%s", "--panel-cache-verify: only with --panel-cache (or MOEPPC_PANEL_CACHE)");
+    const char *verify = getenv("MOEPPC_PANEL_CACHE_VERIFY");
+    if (verify && *verify && strcmp(verify, "0") != 0 && strcmp(verify, "1") != 0)
+        return drv_usage("MOEPPC_PANEL_CACHE_VERIFY: expected 0 or 1, found '%s'", verify);
+    r->panel_cache_verify |= verify && strcmp(verify, "1") == 0;
     const char *max = getenv("MOEPPC_PANEL_CACHE_MAX_MB");
     if (!r->panel_cache_max && max && *max && !int_option("MOEPPC_PANEL_CACHE_MAX_MB", max, 1, INT64_C(1) << 40,
                                                           &r->panel_cache_max))
@@ -716,17 +728,14 @@ static bool runner_start(Runner *rn, WeightSet *w)
     }
     rn->ks = cfg->kernels_new(&err);
     CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache,
-                         .panel_cache_max = (double)r->panel_cache_max * 1048576.0};
+                         .panel_cache_max = (double)r->panel_cache_max * 1048576.0,
+                         .panel_cache_verify = r->panel_cache_verify};
     if (rn->ks) rn->cm = cpu_model_open(rn->m, w, s->max_positions, rn->ks, &o, &err);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
     PanelCacheStats pst;
+    char line[512];
     if (rn->cm && cpu_model_panel_stats(rn->cm, &pst))
-        fprintf(stderr, "%s: panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)%s",
-                cfg->prog, r->panel_cache, pst.hits, pst.hit_bytes / 1e6, pst.misses, pst.kept_bytes / 1e6,
-                pst.failed ? ", the rest packed in memory" : "");
-    if (rn->cm && cpu_model_panel_stats(rn->cm, &pst))
-        fprintf(stderr, pst.removed ? "; %d least recently used files removed (%.1f MB)\n" : "\n", pst.removed,
-                pst.removed_bytes / 1e6);
+        fprintf(stderr, "%s: %s\n", cfg->prog, panel_cache_stats_line(&pst, r->panel_cache, line, sizeof line));
     return rn->cm != NULL;
 }
 

@@ -1,9 +1,11 @@
 /* panel_cache.c — packed weights kept in files (see panel_cache.h).
  *
- * A file: a 40-byte header (magic "MOEPPCPN", format version, the description's length, where the
- * panels begin, the file's size; little-endian u32/u64), the description, zeros to a 4 KiB boundary,
- * then each kept weight's panels in the step's order, each at a 64-byte boundary (panel_bytes is a
- * multiple of 64, so they follow one another). */
+ * A file: a 40-byte header (magic "MOEPPCPN", format version, log2 of the checksums' chunk, the
+ * description's length, where the panels begin, the file's size; little-endian u32/u64), the
+ * description, the panels' checksums (an XXH64 of each 4 MiB chunk of them, seeded with the chunk's
+ * index, u64 each), zeros to a 4 KiB boundary, then each kept weight's panels in the step's order,
+ * each at a 64-byte boundary (panel_bytes is a multiple of 64, so they follow one another). Format 1
+ * (before 2026-12-07) had no checksums: a later run does not map its files (another header). */
 #include "runtime/cpu/panel_cache.h"
 
 #include <dirent.h>
@@ -18,11 +20,15 @@
 #include <unistd.h>
 
 #define PC_MAGIC "MOEPPCPN"
-#define PC_VERSION 1u
+#define PC_VERSION 2u
 #define PC_HEADER 40
+#define PC_CHUNK_LOG2 22 /* the checksums' chunk: 4 MiB (15 GB of the 7B's panels: 3600, 29 KB of sums) */
+#define PC_CHUNK ((size_t)1 << PC_CHUNK_LOG2)
 
 struct PanelCache {
     char *dir;
+    CgPool *pool; /* the checksums' threads (borrowed; NULL: this one) */
+    bool  verify; /* a hit's panels checked against their sums before they are used */
     char **mine;  /* names of the files this cache's model maps (panel_cache_trim keeps them) */
     int n_mine;
     bool  warned; /* a failure said once; the rest packed in memory quietly */
@@ -36,12 +42,15 @@ struct PanelFile {
     int    fd;       /* a miss's, until panel_file_commit; -1 after */
     char  *tmp;      /* a miss's temporary name (no O_TMPFILE), NULL otherwise */
     char  *path;     /* the name it has (hit) or gets (miss) */
+    size_t desc_len, data; /* its description's length; where its panels begin */
 };
 
-PanelCache *panel_cache_new(const char *dir)
+PanelCache *panel_cache_new(const char *dir, CgPool *pool, bool verify)
 {
     PanelCache *pc = xcalloc(1, sizeof *pc);
     pc->dir = xstrdup(dir);
+    pc->pool = pool;
+    pc->verify = verify;
     return pc;
 }
 
@@ -55,6 +64,19 @@ void panel_cache_free(PanelCache *pc)
 }
 
 PanelCacheStats panel_cache_stats(const PanelCache *pc) { return pc->st; }
+
+const char *panel_cache_stats_line(const PanelCacheStats *st, const char *dir, char *buf, size_t n)
+{
+    int k = snprintf(buf, n, "panel cache %s: %d steps' panels mapped (%.1f MB), %d packed and kept (%.1f MB)%s", dir,
+                     st->hits, st->hit_bytes / 1e6, st->misses, st->kept_bytes / 1e6,
+                     st->failed ? ", the rest packed in memory" : "");
+    if (st->damaged && k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - (size_t)k, "; %d damaged (packed again)", st->damaged);
+    if (st->removed && k >= 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, "; %d least recently used files removed (%.1f MB)", st->removed,
+                 st->removed_bytes / 1e6);
+    return buf;
+}
 
 static void pc_warn(PanelCache *pc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -80,6 +102,15 @@ static void pc_mine(PanelCache *pc, const char *path)
     pc->mine[pc->n_mine++] = xstrdup(slash ? slash + 1 : path);
 }
 
+static size_t pc_chunks(size_t panel_bytes) { return (panel_bytes + PC_CHUNK - 1) >> PC_CHUNK_LOG2; }
+
+/* Where a file's parts lie, from its description's length and its panels' bytes. */
+static void pc_layout(size_t desc_len, size_t panel_bytes, size_t *data, size_t *size)
+{
+    *data = pc_align(PC_HEADER + desc_len + 8 * pc_chunks(panel_bytes), 4096);
+    *size = *data + panel_bytes;
+}
+
 /* The step's description (the file's key) and its panels' layout: *data the first panel's offset,
  * *size the file's. Returns the description (xmalloc'd). */
 static char *pc_describe(const CgPackedB *pk, const char *const *id, int n, size_t *data, size_t *size)
@@ -97,10 +128,10 @@ static char *pc_describe(const CgPackedB *pk, const char *const *id, int n, size
                                 b->panel_bytes);
     }
     MOE_ASSERT(len < cap);
-    *data = pc_align(PC_HEADER + len, 4096);
-    *size = *data;
+    size_t panels = 0;
     for (int e = 0; e < n; e++)
-        if (id[e]) *size += pc_align(cg_packed_b_bytes(&pk[e]), 64);
+        if (id[e]) panels += pc_align(cg_packed_b_bytes(&pk[e]), 64);
+    pc_layout(len, panels, data, size);
     return d;
 }
 
@@ -114,11 +145,18 @@ static void put_u64(unsigned char *p, uint64_t v)
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
 }
 
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
 static void pc_header(unsigned char *h, size_t desc_len, size_t data, size_t size)
 {
     memcpy(h, PC_MAGIC, 8);
     put_u32(h + 8, PC_VERSION);
-    put_u32(h + 12, 0);
+    put_u32(h + 12, PC_CHUNK_LOG2);
     put_u64(h + 16, desc_len);
     put_u64(h + 24, data);
     put_u64(h + 32, size);
@@ -132,6 +170,43 @@ static void pc_point(CgPackedB *pk, const char *const *id, int n, char *base, si
         pk[e].data = base + data;
         data += pc_align(cg_packed_b_bytes(&pk[e]), 64);
     }
+}
+
+typedef struct {
+    const unsigned char *panels;
+    size_t               bytes;
+    uint64_t            *sum;
+} SumJob;
+
+static void sum_task(void *ctx, int64_t c, int thread)
+{
+    (void)thread;
+    const SumJob *j = ctx;
+    size_t at = (size_t)c << PC_CHUNK_LOG2, len = j->bytes - at < PC_CHUNK ? j->bytes - at : PC_CHUNK;
+    j->sum[c] = hash_xxh64(j->panels + at, len, (uint64_t)c);
+}
+
+/* The checksums of the panels of a file mapped at base (data, size: pc_layout's), on pool's threads:
+ * xmalloc'd, *n of them. */
+static uint64_t *pc_sums(CgPool *pool, const void *base, size_t data, size_t size, size_t *n)
+{
+    *n = pc_chunks(size - data);
+    SumJob j = {(const unsigned char *)base + data, size - data, xmalloc((*n ? *n : 1) * sizeof *j.sum)};
+    cg_pool_parallel_for(pool, (int64_t)*n, sum_task, &j);
+    return j.sum;
+}
+
+/* The first chunk of a mapped file's panels that differs from the checksum stored for it, or -1. */
+static int64_t pc_damaged_chunk(CgPool *pool, const void *base, size_t desc_len, size_t data, size_t size)
+{
+    size_t n;
+    uint64_t *sum = pc_sums(pool, base, data, size, &n);
+    const unsigned char *kept = (const unsigned char *)base + PC_HEADER + desc_len;
+    int64_t bad = -1;
+    for (size_t c = 0; c < n && bad < 0; c++)
+        if (get_u64(kept + 8 * c) != sum[c]) bad = (int64_t)c;
+    free(sum);
+    return bad;
 }
 
 static bool read_all(int fd, void *buf, size_t n, off_t at)
@@ -148,8 +223,8 @@ static bool read_all(int fd, void *buf, size_t n, off_t at)
 }
 
 /* The file at path if it holds this step: its mapping, else NULL (missing, or another step's, or
- * damaged: a miss, which replaces it). */
-static PanelFile *pc_hit(const char *path, const char *desc, size_t data, size_t size)
+ * damaged: a miss, which replaces it). With pc->verify its panels are checked against their sums. */
+static PanelFile *pc_hit(PanelCache *pc, const char *path, const char *desc, size_t data, size_t size)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return NULL;
@@ -167,8 +242,18 @@ static PanelFile *pc_hit(const char *path, const char *desc, size_t data, size_t
     close(fd);
     if (base == MAP_FAILED) return NULL;
     madvise(base, size, MADV_HUGEPAGE); /* only a hint */
+    int64_t bad = pc->verify ? pc_damaged_chunk(pc->pool, base, len, data, size) : -1;
+    if (bad >= 0) {
+        size_t at = data + ((size_t)bad << PC_CHUNK_LOG2);
+        fprintf(stderr, "moeppc: panel cache %s: %s is damaged (bytes %zu to %zu differ from their checksum); "
+                "packing it again\n", pc->dir, strrchr(path, '/') + 1, at,
+                at + PC_CHUNK < size ? at + PC_CHUNK : size);
+        pc->st.damaged++;
+        munmap(base, size);
+        return NULL;
+    }
     PanelFile *f = xcalloc(1, sizeof *f);
-    *f = (PanelFile){base, size, -1, NULL, xstrdup(path)};
+    *f = (PanelFile){base, size, -1, NULL, xstrdup(path), len, data};
     return f;
 }
 
@@ -221,7 +306,7 @@ static PanelFile *pc_miss(PanelCache *pc, const char *path, const char *desc, si
     pc_header(base, len, data, size);
     memcpy((char *)base + PC_HEADER, desc, len);
     PanelFile *f = xcalloc(1, sizeof *f);
-    *f = (PanelFile){base, size, fd, tmp, xstrdup(path)};
+    *f = (PanelFile){base, size, fd, tmp, xstrdup(path), len, data};
     return f;
 }
 
@@ -235,7 +320,7 @@ PanelFile *panel_cache_open(PanelCache *pc, CgPackedB *pk, const char *const *id
     char *desc = pc_describe(pk, id, n, &data, &size);
     char *path = xmalloc(strlen(pc->dir) + 40);
     sprintf(path, "%s/panels-%016llx.bin", pc->dir, (unsigned long long)hash_str(desc));
-    PanelFile *f = pc_hit(path, desc, data, size);
+    PanelFile *f = pc_hit(pc, path, desc, data, size);
     *hit = f != NULL;
     if (f) pc_mine(pc, path);
     if (!f) f = pc_miss(pc, path, desc, data, size);
@@ -251,6 +336,10 @@ void panel_file_commit(PanelCache *pc, PanelFile *f)
     if (f->fd < 0) return;
     const char *why = NULL;
     int e = 0;
+    size_t n;
+    uint64_t *sum = pc_sums(pc->pool, f->base, f->data, f->len, &n);
+    for (size_t c = 0; c < n; c++) put_u64((unsigned char *)f->base + PC_HEADER + f->desc_len + 8 * c, sum[c]);
+    free(sum);
     if (fdatasync(f->fd) != 0) why = "cannot write", e = errno;
     if (mprotect(f->base, f->len, PROT_READ) != 0) {} /* (only a guard) */
     if (!why && f->tmp && rename(f->tmp, f->path) != 0) why = "cannot name", e = errno;
@@ -342,4 +431,136 @@ void panel_cache_trim(PanelCache *pc, double max_bytes)
         free(e[i].name);
     }
     free(e);
+}
+
+/* ---- a directory's files, checked (moeppc panel-cache) -------------------------------------------- */
+static int pc_by_name(const void *a, const void *b)
+{
+    return strcmp(((const PanelFileInfo *)a)->name, ((const PanelFileInfo *)b)->name);
+}
+
+/* The weights a description names: their count, and the first one's name ("E LEN:NAME …"). */
+static void pc_weights(const char *desc, PanelFileInfo *fi)
+{
+    for (const char *line = strchr(desc, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
+        int e, len, at = 0;
+        if (sscanf(line + 1, "%d %d:%n", &e, &len, &at) == 2 && at > 0 && fi->weights++ == 0 && len > 0)
+            snprintf(fi->first, sizeof fi->first, "%.*s", len < (int)sizeof fi->first ? len : 95, line + 1 + at);
+    }
+}
+
+/* Check an open panels-*.bin file of st.st_size bytes against what its header says it is. */
+static void pc_check(int fd, const struct stat *st, bool verify, CgPool *pool, PanelFileInfo *fi)
+{
+    unsigned char h[PC_HEADER];
+    fi->state = PANEL_FILE_DAMAGED;
+    if (!read_all(fd, h, sizeof h, 0) || memcmp(h, PC_MAGIC, 8) != 0) {
+        snprintf(fi->why, sizeof fi->why, "not a panel file (its first bytes)");
+        return;
+    }
+    uint32_t version = (uint32_t)get_u64(h + 8) & 0xffffffffu;
+    if (version != PC_VERSION) {
+        fi->state = PANEL_FILE_STALE;
+        snprintf(fi->why, sizeof fi->why, "file format %u (this moeppc writes %u): never mapped", version, PC_VERSION);
+        return;
+    }
+    uint64_t desc_len = get_u64(h + 16), data = get_u64(h + 24), size = get_u64(h + 32);
+    size_t want_data, want_size;
+    bool sane = get_u64(h + 8) >> 32 == PC_CHUNK_LOG2 && desc_len < ((uint64_t)1 << 26) && data <= size;
+    if (sane) pc_layout((size_t)desc_len, (size_t)(size - data), &want_data, &want_size);
+    if (!sane || want_data != data) {
+        snprintf(fi->why, sizeof fi->why, "its header is not a panel file's");
+        return;
+    }
+    if ((uint64_t)st->st_size != size) {
+        snprintf(fi->why, sizeof fi->why, "%lld bytes where its header says %llu (%s)", (long long)st->st_size,
+                 (unsigned long long)size, (uint64_t)st->st_size < size ? "cut short" : "grown");
+        return;
+    }
+    char *desc = xmalloc((size_t)desc_len + 1);
+    if (!read_all(fd, desc, (size_t)desc_len, PC_HEADER)) {
+        snprintf(fi->why, sizeof fi->why, "its description cannot be read: %s", strerror(errno));
+        free(desc);
+        return;
+    }
+    desc[desc_len] = '\0';
+    int layout;
+    char name[40];
+    snprintf(name, sizeof name, "panels-%016llx.bin", (unsigned long long)hash_bytes(desc, (size_t)desc_len));
+    pc_weights(desc, fi);
+    if (sscanf(desc, "moeppc panels: layout %d\n", &layout) != 1 || strcmp(name, fi->name) != 0) {
+        snprintf(fi->why, sizeof fi->why, "its description is not the one its name was made from (changed)");
+    } else if (layout != CG_PANEL_LAYOUT) {
+        fi->state = PANEL_FILE_STALE;
+        snprintf(fi->why, sizeof fi->why, "panel layout %d (this moeppc packs layout %d): never mapped", layout,
+                 CG_PANEL_LAYOUT);
+    } else if (!verify) {
+        fi->state = PANEL_FILE_OK;
+    } else {
+        void *base = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+        int64_t bad = base == MAP_FAILED ? -2 : pc_damaged_chunk(pool, base, (size_t)desc_len, data, size);
+        fi->verified = bad != -2;
+        if (bad == -2) {
+            snprintf(fi->why, sizeof fi->why, "cannot be mapped: %s", strerror(errno));
+        } else if (bad >= 0) {
+            size_t at = data + ((size_t)bad << PC_CHUNK_LOG2);
+            snprintf(fi->why, sizeof fi->why, "bytes %zu to %zu differ from their checksum", at,
+                     at + PC_CHUNK < size ? at + PC_CHUNK : size);
+        } else {
+            fi->state = PANEL_FILE_OK;
+        }
+        if (base != MAP_FAILED) munmap(base, (size_t)size);
+    }
+    free(desc);
+}
+
+PanelFileInfo *panel_cache_list(const char *dir, bool verify, CgPool *pool, int *n, char *why, size_t why_len)
+{
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(why, why_len, "cannot read the directory '%s': %s", dir, strerror(errno));
+        return NULL;
+    }
+    PanelFileInfo *fi = NULL;
+    char path[4400];
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t len = strlen(de->d_name);
+        bool tmp = strstr(de->d_name, ".bin.tmp") != NULL;
+        if (strncmp(de->d_name, "panels-", 7) != 0 || (!tmp && (len < 11 || strcmp(de->d_name + len - 4, ".bin") != 0)))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        struct stat st;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), e = errno;
+        if (fd < 0 && e == ENOENT) continue; /* (removed meanwhile, by a run's trim) */
+        if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+            close(fd); /* (not a file a run made) */
+            continue;
+        }
+        fi = xrealloc(fi, (size_t)(*n + 1) * sizeof *fi);
+        PanelFileInfo *f = &fi[(*n)++];
+        *f = (PanelFileInfo){.name = xstrdup(de->d_name), .state = PANEL_FILE_DAMAGED};
+        if (fd < 0) {
+            snprintf(f->why, sizeof f->why, "cannot be opened: %s", strerror(e));
+            continue;
+        }
+        f->bytes = (double)st.st_size;
+        f->used = st.st_mtim;
+        if (tmp) {
+            f->state = PANEL_FILE_UNFINISHED;
+            snprintf(f->why, sizeof f->why, "a temporary file a run stopped while packing left");
+        } else {
+            pc_check(fd, &st, verify, pool, f);
+        }
+        close(fd);
+    }
+    closedir(d);
+    if (*n) qsort(fi, (size_t)*n, sizeof *fi, pc_by_name);
+    return fi ? fi : xcalloc(1, sizeof *fi);
+}
+
+void panel_cache_list_free(PanelFileInfo *f, int n)
+{
+    for (int i = 0; f && i < n; i++) free(f[i].name);
+    free(f);
 }

@@ -12,13 +12,16 @@
  *      and the panels are the page cache's pages (shared by every process running the model). A miss
  *      makes an unnamed file in DIR (O_TMPFILE; else a temporary name), reserves its space (a full
  *      disk is a miss, not a SIGBUS), the step's packing writes the panels into its mapping, and
- *      panel_file_commit syncs it and links it in under its name: no reader sees half a file, and a
- *      run stopped while packing leaves nothing behind (a temporary name: a file panels-*.tmp*).
+ *      panel_file_commit stores their checksums (an XXH64 of each 4 MiB), syncs it and links it in
+ *      under its name: no reader sees half a file, and a run stopped while packing leaves nothing
+ *      behind (a temporary name: a file panels-*.tmp*). A cache made to verify checks a hit's panels
+ *      against those sums before it maps them for use (reading the whole file once): a damaged file
+ *      is said on stderr and packed again, as a miss. panel_cache_list checks a directory's files.
  * Errors: the cache only saves time. Any failure (a directory that cannot be made, no space, a
  *      file that does not match) is said once on stderr ("moeppc: panel cache DIR: …") and the step
- *      packs into memory as it would without a cache. The panels in a file are trusted as the
- *      checkpoint is: a file changed in place under its name is not detected (remove the directory
- *      to start again), nor one truncated while a run maps it (SIGBUS, as for a checkpoint). Files
+ *      packs into memory as it would without a cache. Unless verifying, the panels in a file are
+ *      trusted as the checkpoint is: a file changed in place under its name is not detected, nor one
+ *      truncated while a run maps it (SIGBUS, as for a checkpoint). Files
  *      stay until removed, or until panel_cache_trim removes the least recently used past a size.
  * Memory: a PanelFile owns its mapping; the CgPackedB pointing into it must not be freed with
  *      cg_packed_b_free (panel_file_holds says which).
@@ -27,6 +30,8 @@
 #define MOEPPC_RUNTIME_PANEL_CACHE_H
 
 #include "codegen/llvm/cg_llvm.h"
+
+#include <time.h>
 
 typedef struct PanelCache PanelCache;
 typedef struct PanelFile PanelFile;
@@ -37,12 +42,17 @@ typedef struct PanelCacheStats {
     int    failed;               /* steps packed in memory after a failure          */
     int    removed;              /* other files panel_cache_trim removed            */
     double removed_bytes;
+    int    damaged;              /* files whose panels failed their checksums (then misses) */
 } PanelCacheStats;
 
-/* A cache in dir (nothing touched yet). */
-PanelCache *panel_cache_new(const char *dir);
+/* A cache in dir (nothing touched yet); pool's threads compute the checksums (NULL: the caller's
+ * alone); verify: each hit's panels checked against them before use. */
+PanelCache *panel_cache_new(const char *dir, CgPool *pool, bool verify);
 void        panel_cache_free(PanelCache *pc);
 PanelCacheStats panel_cache_stats(const PanelCache *pc);
+/* "panel cache DIR: 169 steps' panels mapped (15059.6 MB), 0 packed and kept (0.0 MB)", with what
+ * failed, was damaged or removed after it, in buf (returned). */
+const char *panel_cache_stats_line(const PanelCacheStats *st, const char *dir, char *buf, size_t n);
 
 /* The step's weights pk[0..n) (their forms set, data NULL) and their identities id[0..n) (NULL: not
  * kept). Returns the file holding the kept ones' panels, each pk[e].data pointed into it, *hit true
@@ -59,5 +69,31 @@ void        panel_cache_trim(PanelCache *pc, double max_bytes);
 /* Whether p lies in f's mapping (a packed weight's data not to free). */
 bool        panel_file_holds(const PanelFile *f, const void *p);
 void        panel_file_free(PanelFile *f);
+
+/* What a directory's panel files are (`moeppc panel-cache`). */
+typedef enum {
+    PANEL_FILE_OK,         /* whole, and (verified) its panels match their checksums            */
+    PANEL_FILE_DAMAGED,    /* cut short, a header or description not its own, or (verified) panels
+                            * that differ from their checksums: a run packs its step again       */
+    PANEL_FILE_STALE,      /* another moeppc's (file format or panel layout): this one never maps it */
+    PANEL_FILE_UNFINISHED, /* a temporary file a run stopped while packing left (panels-*.tmp*)  */
+} PanelFileState;
+
+typedef struct PanelFileInfo {
+    char           *name;     /* in the directory */
+    double          bytes;
+    struct timespec used;     /* its modification time: when a run last mapped or wrote it */
+    PanelFileState  state;
+    bool            verified; /* its panels were checked against their checksums */
+    int             weights;  /* how many weights' panels it holds (read from its description) */
+    char            first[96]; /* the first one's name */
+    char            why[192]; /* for any state but OK: what is wrong */
+} PanelFileInfo;
+
+/* The panel files of dir (panels-*.bin, and unfinished panels-*.tmp*), by name, each checked (its
+ * header, description, name and size; with verify its panels against their checksums too, on pool's
+ * threads): *n of them, xmalloc'd. NULL with why set when dir cannot be read. */
+PanelFileInfo *panel_cache_list(const char *dir, bool verify, CgPool *pool, int *n, char *why, size_t why_len);
+void           panel_cache_list_free(PanelFileInfo *f, int n);
 
 #endif

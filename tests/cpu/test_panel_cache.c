@@ -56,12 +56,13 @@ static IrModule *codegen_ir(const char *name, ModelSpec *s)
     return m;
 }
 
-/* A model on w with panel cache dir (NULL: none): its logits for T tokens into out (xmalloc'd), and
- * the cache's counts. */
-static float *logits_of(const IrModule *m, const WeightSet *w, const ModelSpec *s, const char *dir, PanelCacheStats *st)
+/* A model on w with panel cache dir (NULL: none), its hits verified or not: its logits for T tokens
+ * into out (xmalloc'd), and the cache's counts. */
+static float *logits_with(const IrModule *m, const WeightSet *w, const ModelSpec *s, const char *dir, bool verify,
+                          PanelCacheStats *st)
 {
     RtError err = {{0}};
-    CpuModelOptions o = {.threads = 2, .panel_cache = dir};
+    CpuModelOptions o = {.threads = 2, .panel_cache = dir, .panel_cache_verify = verify};
     CpuModel *cm = cpu_model_open(m, w, s->max_positions, ks, &o, &err);
     if (!cm) fail_msg("%s", err.msg);
     int32_t ids[T], pos[T];
@@ -74,6 +75,11 @@ static float *logits_of(const IrModule *m, const WeightSet *w, const ModelSpec *
     assert_int_equal(cpu_model_panel_stats(cm, st), dir != NULL);
     cpu_model_free(cm);
     return out;
+}
+
+static float *logits_of(const IrModule *m, const WeightSet *w, const ModelSpec *s, const char *dir, PanelCacheStats *st)
+{
+    return logits_with(m, w, s, dir, false, st);
 }
 
 static void assert_same(const float *a, const float *b, int64_t n)
@@ -208,7 +214,11 @@ static const char *damage(const char *dir, int nth, int how)
     }
     int fd = open(path, O_RDWR);
     assert_true(fd >= 0);
-    off_t at = how == 1 ? 50 : how == 2 ? 9 : 4096;
+    unsigned char h[40];
+    assert_int_equal(pread(fd, h, sizeof h, 0), (ssize_t)sizeof h);
+    off_t data = 0; /* (where the panels begin: the header's u64 at 24) */
+    for (int i = 0; i < 8; i++) data |= (off_t)h[24 + i] << (8 * i);
+    off_t at = how == 1 ? 50 : how == 2 ? 9 : data;
     unsigned char c[4096];
     size_t n = how == 3 ? sizeof c : 1;
     assert_int_equal(pread(fd, c, n, at), (ssize_t)n);
@@ -261,6 +271,114 @@ static void test_damaged_files_are_made_again(void **state)
     printf("%d of %d files changed the logits\n", changed, st.misses);
     assert_true(changed >= st.misses / 2);
     free(ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
+/* A cache that verifies finds each file whose panels were changed in place (where one that trusts
+ * them reads other logits, test_damaged_files_are_made_again), says so, packs that step again into
+ * a new file under the name, and computes the logits of a model without a cache bit for bit. */
+static void test_verify_finds_changed_panels(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-every2", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 5, &w, &err));
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/verify", root);
+    PanelCacheStats st, st2;
+    float *ref = logits_of(m, w, &s, NULL, &st);
+    free(logits_with(m, w, &s, dir, true, &st));
+    assert_true(st.misses >= 3 && st.damaged == 0);
+    for (int nth = 0; nth < st.misses; nth++) {
+        damage(dir, nth, 3);
+        float *again = logits_with(m, w, &s, dir, true, &st2);
+        assert_true(st2.damaged == 1 && st2.misses == 1 && st2.hits == st.misses - 1 && st2.failed == 0);
+        assert_same(again, ref, T * s.vocab);
+        free(again);
+        again = logits_with(m, w, &s, dir, true, &st2); /* (made again, whole) */
+        assert_true(st2.damaged == 0 && st2.hits == st.misses);
+        assert_same(again, ref, T * s.vocab);
+        free(again);
+    }
+    assert_int_equal(files_in(dir), st.misses);
+    free(ref);
+    weights_close(w);
+    ir_module_free(m);
+}
+
+static const PanelFileInfo *info_of(const PanelFileInfo *f, int n, const char *path)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(f[i].name, strrchr(path, '/') + 1) == 0) return &f[i];
+    fail_msg("%s not listed", path);
+    return NULL;
+}
+
+/* panel_cache_list (moeppc panel-cache): every file a run wrote is ok (with its weights named), and
+ * verified so; a file cut short, one whose description changed, one whose panels changed (found
+ * when verifying only), one of another format and a temporary file are each told for what they
+ * are; a directory that cannot be read is an error. */
+static void test_list_tells_each_file(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-every2", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 6, &w, &err));
+    char dir[256], path[4][512], why[256];
+    snprintf(dir, sizeof dir, "%s/list", root);
+    PanelCacheStats st;
+    free(logits_of(m, w, &s, dir, &st));
+    assert_true(st.misses >= 4);
+    CgPool *pool = cg_pool_new(2);
+    for (int verify = 0; verify < 2; verify++) {
+        int n;
+        PanelFileInfo *f = panel_cache_list(dir, verify, pool, &n, why, sizeof why);
+        assert_non_null(f);
+        assert_int_equal(n, st.misses);
+        for (int i = 0; i < n; i++) {
+            if (f[i].state != PANEL_FILE_OK) fail_msg("%s: %s", f[i].name, f[i].why);
+            assert_true(f[i].verified == verify && f[i].weights > 0 && f[i].first[0] && f[i].bytes > 4096);
+        }
+        panel_cache_list_free(f, n);
+    }
+    snprintf(path[0], sizeof path[0], "%s", damage(dir, 0, 0)); /* cut short */
+    snprintf(path[1], sizeof path[1], "%s", damage(dir, 1, 1)); /* its description */
+    snprintf(path[2], sizeof path[2], "%s", damage(dir, 2, 3)); /* its panels */
+    snprintf(path[3], sizeof path[3], "%s", damage(dir, 3, 2)); /* its format's version */
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s/panels-0123456789abcdef.bin.tmpAbCdEf", dir);
+    FILE *t = fopen(tmp, "w");
+    assert_non_null(t);
+    fputs("half", t);
+    fclose(t);
+    for (int verify = 0; verify < 2; verify++) {
+        int n;
+        PanelFileInfo *f = panel_cache_list(dir, verify, pool, &n, why, sizeof why);
+        assert_int_equal(n, st.misses + 1);
+        const PanelFileInfo *cut = info_of(f, n, path[0]), *desc = info_of(f, n, path[1]);
+        const PanelFileInfo *panels = info_of(f, n, path[2]), *stale = info_of(f, n, path[3]);
+        const PanelFileInfo *unfinished = info_of(f, n, tmp);
+        assert_true(cut->state == PANEL_FILE_DAMAGED && strstr(cut->why, "cut short"));
+        assert_true(desc->state == PANEL_FILE_DAMAGED && strstr(desc->why, "description"));
+        assert_true(stale->state == PANEL_FILE_STALE && strstr(stale->why, "format"));
+        assert_true(unfinished->state == PANEL_FILE_UNFINISHED);
+        if (!verify) assert_true(panels->state == PANEL_FILE_OK && !panels->verified);
+        else assert_true(panels->state == PANEL_FILE_DAMAGED && strstr(panels->why, "checksum") && panels->verified);
+        int ok = 0;
+        for (int i = 0; i < n; i++) ok += f[i].state == PANEL_FILE_OK;
+        assert_int_equal(ok, st.misses - 4 + !verify);
+        panel_cache_list_free(f, n);
+    }
+    int n;
+    snprintf(tmp, sizeof tmp, "%s/none", dir);
+    assert_null(panel_cache_list(tmp, false, NULL, &n, why, sizeof why));
+    assert_true(strstr(why, "cannot read the directory") != NULL);
+    cg_pool_free(pool);
     weights_close(w);
     ir_module_free(m);
 }
@@ -422,6 +540,8 @@ int main(void)
         cmocka_unit_test(test_mapped_equals_packed),
         cmocka_unit_test(test_checkpoint_rewritten_is_a_miss),
         cmocka_unit_test(test_damaged_files_are_made_again),
+        cmocka_unit_test(test_verify_finds_changed_panels),
+        cmocka_unit_test(test_list_tells_each_file),
         cmocka_unit_test(test_unusable_directory_packs_in_memory),
         cmocka_unit_test(test_trim_least_recently_used),
         cmocka_unit_test(test_larger_than_memory),

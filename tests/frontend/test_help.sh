@@ -22,6 +22,7 @@ declare -A parsers=(
   [emit]="tools/build.c:cmd_emit"
   [build]="tools/build.c:cmd_build"
   [tokenize]="tools/tokenize.c:cmd_tokenize"
+  [panel-cache]="tools/panel_cache.c:parse_args"
 )
 # The option literals of function fn in file (from its definition to the first "}" in column 1).
 options_of() {
