@@ -447,6 +447,8 @@ static void pc_weights(const char *desc, PanelFileInfo *fi)
         if (sscanf(line + 1, "%d %d:%n", &e, &len, &at) == 2 && at > 0 && fi->weights++ == 0 && len > 0)
             snprintf(fi->first, sizeof fi->first, "%.*s", len < (int)sizeof fi->first ? len : 95, line + 1 + at);
     }
+    for (char *c = fi->first; *c; c++) /* (a damaged file's bytes are not printed as they are) */
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
 }
 
 /* Check an open panels-*.bin file of st.st_size bytes against what its header says it is. */
