@@ -468,15 +468,16 @@ def invoke(args, name, spec_path, work, tail, stdin=None):
 
 def run_path(args, name, spec_path, w_path, ids, dec, work):
     """The prompt and --generate: the generated tokens (logits and routes in WORK/NAME.bin, .routes).
-    cpu-panels runs twice: its weights packed into the panel cache, then mapped from it (the same
-    logits bit for bit)."""
+    cpu-panels runs twice: its weights packed into the panel cache, then mapped from it, each file
+    checked against its checksums first (--panel-cache-verify: the same logits bit for bit, and
+    `moeppc panel-cache --verify` finds every file ok)."""
     out = os.path.join(work, name)
     for run in range(2 if name == "cpu-panels" else 1):
         bin_path = out + (".packed.bin" if run == 0 and name == "cpu-panels" else ".bin")
         cmd, text, err = invoke(args, name, spec_path, work, [
             "--weights", w_path, "--ids", " ".join(map(str, ids)), "--logits-out", bin_path,
             "--routes-out", out + ".routes", "--generate", str(GENERATE), "--ignore-eos", "--quiet"]
-            + dec.flags(len(ids)))
+            + dec.flags(len(ids)) + (["--panel-cache-verify"] if run == 1 else []))
         if err:
             return cmd, None, err
     if name == "cpu-panels":
@@ -485,6 +486,10 @@ def run_path(args, name, spec_path, w_path, ids, dec, work):
             if not kept or a.read() != b.read():
                 return cmd, None, ("no panel file kept" if not kept else
                                    "logits from the mapped panels differ from those of the packed ones")
+        p = subprocess.run([args.moeppc, "panel-cache", os.path.join(work, "panels"), "--verify"],
+                           capture_output=True, text=True)
+        if p.returncode != 0 or " ok, verified" not in p.stdout or "damaged" in p.stderr:
+            return cmd, None, "moeppc panel-cache --verify: exit %d: %s" % (p.returncode, (p.stderr or p.stdout)[-400:])
     try:
         return cmd, [int(v) for v in text.split()], None
     except ValueError:
