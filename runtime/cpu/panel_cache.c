@@ -420,7 +420,7 @@ void panel_cache_trim(PanelCache *pc, double max_bytes)
         e[n++] = (PcEntry){xstrdup(de->d_name), sb.st_size, sb.st_mtim};
     }
     closedir(d);
-    qsort(e, (size_t)n, sizeof *e, pc_by_use);
+    if (n) qsort(e, (size_t)n, sizeof *e, pc_by_use); /* (e is NULL without any) */
     for (int i = 0; i < n; i++) {
         snprintf(path, sizeof path, "%s/%s", pc->dir, e[i].name);
         if (total > max_bytes && unlink(path) == 0) {

@@ -65,6 +65,9 @@ grep -q "^$name .*  damaged: .*; removed$" "$WORK/list" && grep -q "; 1 removed 
 "$MOEPPC" panel-cache "$D" --remove-damaged --max 0 >"$WORK/list" 2>&1 || fail "--max 0: $(cat "$WORK/list")"
 grep -q "past 0 MB: $((n - 1)) least recently used removed" "$WORK/list" || fail "--max 0: $(tail -1 "$WORK/list")"
 [ -z "$(ls -A "$D")" ] || fail "files left: $(ls "$D")"
+out=$("$MOEPPC" panel-cache "$D" --verify --max 0 2>&1) || fail "an empty directory: $out"
+want="$D: 0 files, 0.0 MB: 0 ok (0 verified), 0 damaged, 0 stale, 0 unfinished; past 0 MB: 0 least recently used"
+[ "$out" = "$want removed (0.0 MB)" ] || fail "an empty directory: $out"
 # bad command lines, a directory that cannot be read
 for bad in "" "$D --threads 0" "$D --max x" "$D --frob" "$D $D" "$D --max"; do
   err=$("$MOEPPC" panel-cache $bad 2>&1); rc=$?
