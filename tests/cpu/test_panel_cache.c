@@ -14,16 +14,39 @@
 #include "runtime/cpu/cpu.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 enum { T = 9 };
+
+/* This program's open (the panel cache's calls resolve to it): with no_tmpfile set, O_TMPFILE fails
+ * as on a file system without it (NFS, many FUSE ones), which makes the cache write its files under
+ * temporary names instead. */
+static bool no_tmpfile;
+
+int open(const char *path, int flags, ...)
+{
+    int mode = 0;
+    if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = va_arg(ap, int);
+        va_end(ap);
+    }
+    if (no_tmpfile && (flags & O_TMPFILE) == O_TMPFILE) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+}
 
 static CpuKernelSource *ks;
 static char root[] = "/tmp/moeppc-panels-XXXXXX";
@@ -383,6 +406,49 @@ static void test_list_tells_each_file(void **state)
     ir_module_free(m);
 }
 
+/* Where O_TMPFILE fails, each file is packed under a temporary name beside its own and renamed:
+ * every step kept, none left under a temporary name, the files readable by others as the
+ * checkpoint is (0666 less the umask), mapped by the next run with the same logits. */
+static void test_without_o_tmpfile(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 8, &w, &err));
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/no-tmpfile", root);
+    PanelCacheStats st, st2;
+    float *ref = logits_of(m, w, &s, NULL, &st);
+    no_tmpfile = true;
+    float *kept = logits_with(m, w, &s, dir, true, &st);
+    no_tmpfile = false;
+    assert_true(st.misses >= 3 && st.failed == 0 && st.hits == 0);
+    assert_same(kept, ref, T * s.vocab);
+    assert_int_equal(files_in(dir), st.misses);
+    mode_t mask = umask(0);
+    umask(mask);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        if (strstr(e->d_name, ".tmp")) fail_msg("%s left", e->d_name);
+        char path[512];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        assert_int_equal(stat(path, &sb), 0);
+        assert_int_equal(sb.st_mode & 0777, 0666 & ~mask);
+    }
+    closedir(d);
+    float *again = logits_with(m, w, &s, dir, true, &st2);
+    assert_true(st2.hits == st.misses && st2.misses == 0 && st2.damaged == 0);
+    assert_same(again, ref, T * s.vocab);
+    free(ref), free(kept), free(again);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 /* A cache under a regular file cannot be made: every step packs in memory, with the same logits. */
 static void test_unusable_directory_packs_in_memory(void **state)
 {
@@ -542,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_damaged_files_are_made_again),
         cmocka_unit_test(test_verify_finds_changed_panels),
         cmocka_unit_test(test_list_tells_each_file),
+        cmocka_unit_test(test_without_o_tmpfile),
         cmocka_unit_test(test_unusable_directory_packs_in_memory),
         cmocka_unit_test(test_trim_least_recently_used),
         cmocka_unit_test(test_larger_than_memory),
