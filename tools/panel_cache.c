@@ -29,8 +29,9 @@ static bool int_arg(const char *opt, const char *v, long long lo, long long hi, 
     errno = 0;
     long long n = strtoll(v, &end, 10);
     if (errno || end == v || *end || n < lo || n > hi) {
-        fprintf(stderr, "moeppc panel-cache: error: %s: expected an integer in [%lld, %lld], found '%s'\n", opt, lo,
-                hi, v);
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s: expected an integer in [%lld, %lld], found '%.40s'", opt, lo, hi, v);
+        cache_usage("%s", msg);
         return false;
     }
     *out = n;
@@ -59,6 +60,12 @@ static int parse_args(int argc, char **argv, CacheArgs *a)
     if (!a->dir) return cache_usage("%s", "missing DIR");
     if (!*a->dir) return cache_usage("%s", "DIR: expected a directory, found ''");
     return 0;
+}
+
+/* A file's name as it is but for control bytes, '?' (a name in the directory is anyone's). */
+static void put_name(const char *name)
+{
+    for (const char *c = name; *c; c++) putchar((unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c);
 }
 
 static const char *state_word(PanelFileState s)
@@ -99,7 +106,8 @@ int cmd_panel_cache(int argc, char **argv)
         struct tm tm;
         time_t t = f[i].used.tv_sec;
         if (localtime_r(&t, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M", &tm);
-        printf("%s  %10.1f MB  %s  ", f[i].name, f[i].bytes / 1e6, when);
+        put_name(f[i].name);
+        printf("  %10.1f MB  %s  ", f[i].bytes / 1e6, when);
         if (f[i].weights) printf("%d weight%s (%s%s)  ", f[i].weights, f[i].weights > 1 ? "s" : "", f[i].first,
                                  f[i].weights > 1 ? ", …" : "");
         printf("%s", state_word(f[i].state));

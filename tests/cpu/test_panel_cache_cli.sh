@@ -59,8 +59,10 @@ grep -q "^$name .*  damaged: .*; removed$" "$WORK/list" && grep -q "; 1 removed 
   fail "--remove-damaged: $(cat "$WORK/list")"
 [ ! -e "$f" ] || fail "$f still there"
 : >"$D/panels-0000000000000000.bin.tmpXyZ123"
+: >"$D/panels-x$(printf '\033')y.bin" # (not a run's: an escape byte in its name, printed as '?')
 "$MOEPPC" panel-cache "$D" >"$WORK/list" 2>&1; rc=$?
-[ $rc -eq 1 ] && grep -q "^panels-0000000000000000.bin.tmpXyZ123 .*unfinished: " "$WORK/list" ||
+[ $rc -eq 1 ] && grep -q "^panels-0000000000000000.bin.tmpXyZ123 .*unfinished: " "$WORK/list" &&
+  grep -q "^panels-x?y.bin .*damaged: not a panel file" "$WORK/list" ||
   fail "unfinished file: exit $rc: $(cat "$WORK/list")"
 "$MOEPPC" panel-cache "$D" --remove-damaged --max 0 >"$WORK/list" 2>&1 || fail "--max 0: $(cat "$WORK/list")"
 grep -q "past 0 MB: $((n - 1)) least recently used removed" "$WORK/list" || fail "--max 0: $(tail -1 "$WORK/list")"
