@@ -408,6 +408,17 @@ bool file_can_write(const char *path, char *why, size_t why_len)
     return ok;
 }
 
+bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return false;
+    *out = v;
+    return true;
+}
+
 /* ---- random numbers --------------------------------------------------------------------------- */
 void rng_seed(moe_rng *r, uint64_t seed) { r->s = seed; }
 

@@ -25,16 +25,14 @@ static int cache_usage(const char *fmt, const char *arg)
 
 static bool int_arg(const char *opt, const char *v, long long lo, long long hi, long long *out)
 {
-    char *end;
-    errno = 0;
-    long long n = strtoll(v, &end, 10);
-    if (errno || end == v || *end || n < lo || n > hi) {
+    uint64_t n;
+    if (!parse_u64(v, &n) || n < (uint64_t)lo || n > (uint64_t)hi) {
         char msg[160];
         snprintf(msg, sizeof msg, "%s: expected an integer in [%lld, %lld], found '%.40s'", opt, lo, hi, v);
         cache_usage("%s", msg);
         return false;
     }
-    *out = n;
+    *out = (long long)n;
     return true;
 }
 

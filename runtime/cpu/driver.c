@@ -104,17 +104,6 @@ static double now_s(void)
 /* "token" or "tokens", for a count of n in what run says */
 static const char *tokens_word(int64_t n) { return n == 1 ? "token" : "tokens"; }
 
-static bool parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (!*s || *s == '-') return false;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno) return false;
-    *out = v;
-    return true;
-}
-
 /* An option's value as an integer in [lo, hi]; false (after a usage message) otherwise. */
 static bool int_option(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
 {

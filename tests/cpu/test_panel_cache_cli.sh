@@ -71,7 +71,7 @@ out=$("$MOEPPC" panel-cache "$D" --verify --max 0 2>&1) || fail "an empty direct
 want="$D: 0 files, 0.0 MB: 0 ok (0 verified), 0 damaged, 0 stale, 0 unfinished; past 0 MB: 0 least recently used"
 [ "$out" = "$want removed (0.0 MB)" ] || fail "an empty directory: $out"
 # bad command lines, a directory that cannot be read
-for bad in "" "$D --threads 0" "$D --max x" "$D --frob" "$D $D" "$D --max"; do
+for bad in "" "$D --threads 0" "$D --max x" "$D --max -1" "$D --frob" "$D $D" "$D --max"; do
   err=$("$MOEPPC" panel-cache $bad 2>&1); rc=$?
   [ $rc -eq 2 ] && echo "$err" | grep -q "^moeppc panel-cache: error: " || fail "'$bad': exit $rc: $err"
 done
