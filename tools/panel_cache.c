@@ -73,6 +73,7 @@ static const char *state_word(PanelFileState s)
     case PANEL_FILE_DAMAGED: return "damaged";
     case PANEL_FILE_STALE: return "stale";
     case PANEL_FILE_UNFINISHED: return "unfinished";
+    case PANEL_FILE_WRITING: return "writing";
     }
     return "?";
 }
@@ -97,7 +98,7 @@ int cmd_panel_cache(int argc, char **argv)
         fprintf(stderr, "moeppc panel-cache: error: %s\n", why);
         return 1;
     }
-    int count[4] = {0}, removed = 0, left_bad = 0, verified = 0;
+    int count[5] = {0}, removed = 0, left_bad = 0, verified = 0;
     double total = 0, removed_bytes = 0;
     for (int i = 0; i < n; i++) {
         char when[32] = "?";
@@ -116,11 +117,16 @@ int cmd_panel_cache(int argc, char **argv)
         total += f[i].bytes;
         bool bad = f[i].state == PANEL_FILE_DAMAGED || f[i].state == PANEL_FILE_UNFINISHED;
         if (to_remove(&a, f[i].state)) {
-            char path[4400];
-            snprintf(path, sizeof path, "%s/%s", a.dir, f[i].name);
-            if (unlink(path) == 0 || errno == ENOENT) {
+            PanelRemoved r = panel_cache_remove(a.dir, &f[i]);
+            if (r == PANEL_REMOVED || r == PANEL_GONE) {
                 printf("; removed");
                 removed++, removed_bytes += f[i].bytes, bad = false;
+            } else if (r == PANEL_REPLACED) {
+                printf("; kept: a run put a new file under its name meanwhile");
+                bad = false;
+            } else if (r == PANEL_WRITING) {
+                printf("; kept: a running moeppc is writing it now");
+                bad = false;
             } else {
                 printf("; cannot be removed: %s", strerror(errno));
             }
@@ -131,6 +137,7 @@ int cmd_panel_cache(int argc, char **argv)
     printf("%s: %d file%s, %.1f MB: %d ok (%d verified), %d damaged, %d stale, %d unfinished", a.dir, n,
            n == 1 ? "" : "s", total / 1e6, count[PANEL_FILE_OK], verified, count[PANEL_FILE_DAMAGED],
            count[PANEL_FILE_STALE], count[PANEL_FILE_UNFINISHED]);
+    if (count[PANEL_FILE_WRITING]) printf(", %d being written", count[PANEL_FILE_WRITING]);
     if (removed) printf("; %d removed (%.1f MB)", removed, removed_bytes / 1e6);
     if (a.max_mb >= 0) {
         PanelCache *pc = panel_cache_new(a.dir, NULL, false);

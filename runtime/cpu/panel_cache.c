@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -276,6 +277,9 @@ static int pc_create(PanelCache *pc, const char *path, char **tmp)
     mode_t mask = umask(0); /* mkstemp makes 0600; the cache is shared as the checkpoint is */
     umask(mask);
     if (fchmod(fd, 0666 & ~mask) != 0) {} /* (a private file still serves) */
+    /* held until the file is named: `moeppc panel-cache` tells it from a stopped run's and leaves it
+     * (never waited for: a file system without locks, or a lister's moment, leaves it unlocked) */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {}
     return fd;
 }
 
@@ -384,6 +388,8 @@ typedef struct {
     char  *name;
     off_t  size;
     struct timespec used;
+    dev_t  dev;
+    ino_t  ino;
 } PcEntry;
 
 static int pc_by_use(const void *a, const void *b)
@@ -398,6 +404,57 @@ static bool pc_is_mine(const PanelCache *pc, const char *name)
     for (int i = 0; i < pc->n_mine; i++)
         if (strcmp(pc->mine[i], name) == 0) return true;
     return false;
+}
+
+/* Remove dir/name if it is still the file (dev, ino): renamed aside first (to name.tmp-rmPID, which a
+ * listing shows as unfinished should this stop before the unlink), then compared; a file a run named
+ * there meanwhile is put back by link, which never replaces a newer one. */
+static PanelRemoved pc_remove_same(const char *dir, const char *name, dev_t dev, ino_t ino)
+{
+    char path[4400], aside[4440];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(aside, sizeof aside, "%s.tmp-rm%ld", path, (long)getpid());
+    if (rename(path, aside) != 0) return errno == ENOENT ? PANEL_GONE : PANEL_NOT_REMOVED;
+    struct stat sb;
+    if (lstat(aside, &sb) == 0 && sb.st_dev == dev && sb.st_ino == ino) {
+        if (unlink(aside) == 0) return PANEL_REMOVED;
+        int e = errno;
+        if (rename(aside, path) != 0) {} /* (it was the one to remove) */
+        errno = e;
+        return PANEL_NOT_REMOVED;
+    }
+    if (link(aside, path) != 0 && errno != EEXIST && rename(aside, path) == 0) return PANEL_REPLACED;
+    unlink(aside); /* (put back, or a newer one is there) */
+    return PANEL_REPLACED;
+}
+
+/* A temporary file: removed unless a running moeppc holds its lock (it is writing it), and held
+ * while removed. */
+static PanelRemoved pc_remove_unfinished(const char *dir, const char *name, dev_t dev, ino_t ino)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return errno == ENOENT ? PANEL_GONE : PANEL_NOT_REMOVED;
+    struct stat sb;
+    PanelRemoved r = PANEL_WRITING;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+    } else if (fstat(fd, &sb) != 0 || sb.st_dev != dev || sb.st_ino != ino) {
+        r = PANEL_REPLACED;
+    } else {
+        r = unlink(path) == 0 ? PANEL_REMOVED : errno == ENOENT ? PANEL_GONE : PANEL_NOT_REMOVED;
+    }
+    int e = errno;
+    close(fd);
+    errno = e;
+    return r;
+}
+
+PanelRemoved panel_cache_remove(const char *dir, const PanelFileInfo *fi)
+{
+    if (fi->state == PANEL_FILE_WRITING) return PANEL_WRITING;
+    if (fi->state == PANEL_FILE_UNFINISHED) return pc_remove_unfinished(dir, fi->name, fi->dev, fi->ino);
+    return pc_remove_same(dir, fi->name, fi->dev, fi->ino);
 }
 
 void panel_cache_trim(PanelCache *pc, double max_bytes)
@@ -417,13 +474,12 @@ void panel_cache_trim(PanelCache *pc, double max_bytes)
         total += (double)sb.st_size;
         if (pc_is_mine(pc, de->d_name)) continue;
         e = xrealloc(e, (size_t)(n + 1) * sizeof *e);
-        e[n++] = (PcEntry){xstrdup(de->d_name), sb.st_size, sb.st_mtim};
+        e[n++] = (PcEntry){xstrdup(de->d_name), sb.st_size, sb.st_mtim, sb.st_dev, sb.st_ino};
     }
     closedir(d);
     if (n) qsort(e, (size_t)n, sizeof *e, pc_by_use); /* (e is NULL without any) */
     for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/%s", pc->dir, e[i].name);
-        if (total > max_bytes && unlink(path) == 0) {
+        if (total > max_bytes && pc_remove_same(pc->dir, e[i].name, e[i].dev, e[i].ino) == PANEL_REMOVED) {
             total -= (double)e[i].size;
             pc->st.removed++;
             pc->st.removed_bytes += (double)e[i].size;
@@ -548,7 +604,11 @@ PanelFileInfo *panel_cache_list(const char *dir, bool verify, CgPool *pool, int 
         }
         f->bytes = (double)st.st_size;
         f->used = st.st_mtim;
-        if (tmp) {
+        f->dev = st.st_dev, f->ino = st.st_ino;
+        if (tmp && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+            f->state = PANEL_FILE_WRITING;
+            snprintf(f->why, sizeof f->why, "a running moeppc is packing into it");
+        } else if (tmp) {
             f->state = PANEL_FILE_UNFINISHED;
             snprintf(f->why, sizeof f->why, "a temporary file a run stopped while packing left");
         } else {

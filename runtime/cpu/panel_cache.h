@@ -31,6 +31,7 @@
 
 #include "codegen/llvm/cg_llvm.h"
 
+#include <sys/types.h>
 #include <time.h>
 
 typedef struct PanelCache PanelCache;
@@ -77,6 +78,7 @@ typedef enum {
                             * that differ from their checksums: a run packs its step again       */
     PANEL_FILE_STALE,      /* another moeppc's (file format or panel layout): this one never maps it */
     PANEL_FILE_UNFINISHED, /* a temporary file a run stopped while packing left (panels-*.tmp*)  */
+    PANEL_FILE_WRITING,    /* a temporary file a running moeppc is packing into (it holds its lock) */
 } PanelFileState;
 
 typedef struct PanelFileInfo {
@@ -88,6 +90,8 @@ typedef struct PanelFileInfo {
     int             weights;  /* how many weights' panels it holds (read from its description) */
     char            first[96]; /* the first one's name */
     char            why[192]; /* for any state but OK: what is wrong */
+    dev_t           dev;      /* the file examined (panel_cache_remove removes no other) */
+    ino_t           ino;
 } PanelFileInfo;
 
 /* The panel files of dir (panels-*.bin, and unfinished panels-*.tmp*), by name, each checked (its
@@ -95,5 +99,17 @@ typedef struct PanelFileInfo {
  * threads): *n of them, xmalloc'd. NULL with why set when dir cannot be read. */
 PanelFileInfo *panel_cache_list(const char *dir, bool verify, CgPool *pool, int *n, char *why, size_t why_len);
 void           panel_cache_list_free(PanelFileInfo *f, int n);
+
+/* Remove the file fi describes, if its name still holds that file: one a run named there since
+ * (packed again, in place of a damaged one) is kept, and so is a temporary file a running moeppc is
+ * writing. panel_cache_trim removes files the same way. */
+typedef enum {
+    PANEL_REMOVED,     /* removed                                                   */
+    PANEL_GONE,        /* already gone                                              */
+    PANEL_REPLACED,    /* kept: another file is under its name now                   */
+    PANEL_WRITING,     /* kept: a running moeppc is writing it                       */
+    PANEL_NOT_REMOVED, /* errno says why                                             */
+} PanelRemoved;
+PanelRemoved   panel_cache_remove(const char *dir, const PanelFileInfo *fi);
 
 #endif

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -46,6 +47,28 @@ int open(const char *path, int flags, ...)
         return -1;
     }
     return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+}
+
+/* This program's fdatasync (the cache's commit calls it before it names a miss's file): with watch
+ * set, first lists that directory, counting the files being written and trying to remove each, as
+ * `moeppc panel-cache --remove-damaged` beside the run would. */
+static const char *watch;
+static int seen_writing, kept_writing;
+
+int fdatasync(int fd)
+{
+    if (watch) {
+        int n;
+        char why[256];
+        PanelFileInfo *f = panel_cache_list(watch, false, NULL, &n, why, sizeof why);
+        for (int i = 0; f && i < n; i++) {
+            if (f[i].state != PANEL_FILE_WRITING) continue;
+            seen_writing++;
+            kept_writing += panel_cache_remove(watch, &f[i]) == PANEL_WRITING;
+        }
+        panel_cache_list_free(f, n);
+    }
+    return (int)syscall(SYS_fdatasync, fd);
 }
 
 static CpuKernelSource *ks;
@@ -449,6 +472,91 @@ static void test_without_o_tmpfile(void **state)
     ir_module_free(m);
 }
 
+/* A file whose name holds another file by the time it is removed (a run packed a damaged one again
+ * meanwhile) is kept, nothing left beside it; the file examined is removed, and one gone since is
+ * said to be. */
+static void test_remove_only_the_file_examined(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 9, &w, &err));
+    char dir[256], why[256], path[600], copy[620], cmd[1400];
+    snprintf(dir, sizeof dir, "%s/replaced", root);
+    PanelCacheStats st;
+    free(logits_of(m, w, &s, dir, &st));
+    int n, n2;
+    PanelFileInfo *f = panel_cache_list(dir, false, NULL, &n, why, sizeof why);
+    assert_true(f && n == st.misses && n >= 2);
+    snprintf(path, sizeof path, "%s/%s", dir, f[0].name);
+    snprintf(copy, sizeof copy, "%s.copy", path);
+    snprintf(cmd, sizeof cmd, "cp %s %s && mv %s %s", path, copy, copy, path);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(panel_cache_remove(dir, &f[0]), PANEL_REPLACED);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_ino != f[0].ino && sb.st_size == (off_t)f[0].bytes);
+    assert_int_equal(files_in(dir), n);
+    PanelFileInfo *g = panel_cache_list(dir, true, NULL, &n2, why, sizeof why);
+    assert_int_equal(n2, n); /* (no file set aside is left) */
+    for (int i = 0; i < n2; i++) assert_int_equal(g[i].state, PANEL_FILE_OK);
+    assert_int_equal(panel_cache_remove(dir, &g[0]), PANEL_REMOVED);
+    assert_int_equal(panel_cache_remove(dir, &g[0]), PANEL_GONE);
+    assert_int_equal(panel_cache_remove(dir, &f[1]), PANEL_REMOVED);
+    assert_int_equal(files_in(dir), n - 2);
+    panel_cache_list_free(f, n), panel_cache_list_free(g, n2);
+    weights_close(w);
+    ir_module_free(m);
+}
+
+/* A temporary file a running moeppc packs into (it holds its lock until the file is named) is told
+ * from one a stopped run left, and never removed: a run without O_TMPFILE, listed and removed from
+ * while it writes, keeps every step; a lock held here does the same, and once released the file is
+ * unfinished and removed. */
+static void test_file_being_written(void **state)
+{
+    (void)state;
+    ModelSpec s;
+    IrModule *m = codegen_ir("tiny-moepp", &s);
+    WeightSet *w;
+    RtError err = {{0}};
+    assert_true(weights_random(&s, 10, &w, &err));
+    char dir[256], why[256], tmp[300];
+    snprintf(dir, sizeof dir, "%s/writing", root);
+    PanelCacheStats st;
+    no_tmpfile = true, watch = dir, seen_writing = kept_writing = 0;
+    free(logits_of(m, w, &s, dir, &st));
+    no_tmpfile = false, watch = NULL;
+    assert_true(st.misses >= 3 && st.failed == 0);
+    assert_int_equal(seen_writing, st.misses);
+    assert_int_equal(kept_writing, st.misses);
+    assert_int_equal(files_in(dir), st.misses);
+    snprintf(tmp, sizeof tmp, "%s/panels-0123456789abcdef.bin.tmpQwErTy", dir);
+    int fd = open(tmp, O_CREAT | O_WRONLY | O_CLOEXEC, 0644), n;
+    assert_true(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
+    for (int held = 1; held >= 0; held--) {
+        PanelFileInfo *f = panel_cache_list(dir, false, NULL, &n, why, sizeof why), *t = NULL;
+        for (int i = 0; i < n; i++)
+            if (strstr(f[i].name, ".tmp")) t = &f[i];
+        assert_non_null(t);
+        assert_int_equal(t->state, held ? PANEL_FILE_WRITING : PANEL_FILE_UNFINISHED);
+        if (held) {
+            assert_int_equal(panel_cache_remove(dir, t), PANEL_WRITING);
+            t->state = PANEL_FILE_UNFINISHED; /* (and asked as if the lister had not seen it) */
+            assert_int_equal(panel_cache_remove(dir, t), PANEL_WRITING);
+            close(fd);
+        } else {
+            assert_int_equal(panel_cache_remove(dir, t), PANEL_REMOVED);
+        }
+        panel_cache_list_free(f, n);
+    }
+    assert_int_equal(access(tmp, F_OK), -1);
+    weights_close(w);
+    ir_module_free(m);
+}
+
 /* A cache under a regular file cannot be made: every step packs in memory, with the same logits. */
 static void test_unusable_directory_packs_in_memory(void **state)
 {
@@ -609,6 +717,8 @@ int main(void)
         cmocka_unit_test(test_verify_finds_changed_panels),
         cmocka_unit_test(test_list_tells_each_file),
         cmocka_unit_test(test_without_o_tmpfile),
+        cmocka_unit_test(test_remove_only_the_file_examined),
+        cmocka_unit_test(test_file_being_written),
         cmocka_unit_test(test_unusable_directory_packs_in_memory),
         cmocka_unit_test(test_trim_least_recently_used),
         cmocka_unit_test(test_larger_than_memory),

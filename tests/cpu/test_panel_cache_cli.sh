@@ -3,8 +3,8 @@
 # verified with --verify); a file whose panels are changed in place is still "ok" to the listing,
 # which trusts them as a run does, and "damaged" to --verify (exit 1, said on stderr); `run
 # --panel-cache-verify` finds it too, packs that step again and prints the logits of the first run;
-# --remove-damaged removes such a file, --max 0 every file; bad command lines exit 2, a directory
-# that cannot be read 1.
+# --remove-damaged removes such a file (not a temporary file whose lock a running moeppc holds),
+# --max 0 every file; bad command lines exit 2, a directory that cannot be read 1.
 set -u -o pipefail
 MOEPPC=$1 WORK=$2
 SPEC=$(cd "$(dirname "$0")/../../specs/tiny" && pwd)/tiny-every2.yaml
@@ -64,6 +64,14 @@ grep -q "^$name .*  damaged: .*; removed$" "$WORK/list" && grep -q "; 1 removed 
 [ $rc -eq 1 ] && grep -q "^panels-0000000000000000.bin.tmpXyZ123 .*unfinished: " "$WORK/list" &&
   grep -q "^panels-x?y.bin .*damaged: not a panel file" "$WORK/list" ||
   fail "unfinished file: exit $rc: $(cat "$WORK/list")"
+# a temporary file whose lock is held (a running moeppc packing into it): writing, kept, exit 0
+w="$D/panels-0000000000000001.bin.tmpAbC987"
+exec 9>"$w" && flock -x 9 || fail "cannot lock $w"
+"$MOEPPC" panel-cache "$D" --remove-damaged >"$WORK/list" 2>&1 || fail "a file being written: $(cat "$WORK/list")"
+grep -q "^panels-0000000000000001.bin.tmpAbC987 .*writing: a running moeppc is packing into it$" "$WORK/list" &&
+  grep -q ", 1 being written; 2 removed " "$WORK/list" && [ -e "$w" ] ||
+  fail "a file being written: $(cat "$WORK/list")"
+exec 9>&-
 "$MOEPPC" panel-cache "$D" --remove-damaged --max 0 >"$WORK/list" 2>&1 || fail "--max 0: $(cat "$WORK/list")"
 grep -q "past 0 MB: $((n - 1)) least recently used removed" "$WORK/list" || fail "--max 0: $(tail -1 "$WORK/list")"
 [ -z "$(ls -A "$D")" ] || fail "files left: $(ls "$D")"
