@@ -381,7 +381,9 @@ static void fill_all(const FillJob *jobs, int n)
     fw.first[0] = 0;
     for (int j = 0; j < n; j++) fw.first[j + 1] = fw.first[j] + (jobs[j].count + FILL_PART - 1) / FILL_PART;
     int cpus = cpus_available();
-    if (fw.first[n] > 1 && cpus > 1) {
+    /* (not inside a pool's task, the CPU backend's packing by rows: its threads are the CPUs already,
+     * and a pool of this call's own would only take them from each other) */
+    if (fw.first[n] > 1 && cpus > 1 && !cg_pool_in_task()) {
         CgPool *pool = cg_pool_new(cpus < 8 ? cpus : 8);
         cg_pool_parallel_for(pool, (int64_t)fw.first[n], fill_task, &fw);
         cg_pool_free(pool);

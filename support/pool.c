@@ -50,11 +50,21 @@ struct CgPool {
 
 static uint64_t generation(uint64_t state) { return state >> GEN_SHIFT; }
 
+static _Thread_local int tasks_inside; /* this thread's tasks running (cg_pool_in_task) */
+
+static void run_task(cg_task_fn fn, void *ctx, int64_t t, int thread) {
+    tasks_inside++;
+    fn(ctx, t, thread);
+    tasks_inside--;
+}
+
+bool cg_pool_in_task(void) { return tasks_inside > 0; }
+
 static void run_tasks(CgPool *p, int thread) {
     for (;;) {
         long long t = atomic_fetch_add(&p->next, 1);
         if (t >= p->n_tasks) return;
-        p->fn(p->ctx, (int64_t)t, thread);
+        run_task(p->fn, p->ctx, (int64_t)t, thread);
     }
 }
 
@@ -157,7 +167,7 @@ bool cg_pool_spins(const CgPool *p) { return p && p->n_threads > 1 && p->spin_ns
 void cg_pool_parallel_for(CgPool *p, int64_t n_tasks, cg_task_fn fn, void *ctx) {
     if (n_tasks <= 0) return;
     if (!p || p->n_threads == 1 || n_tasks == 1) {
-        for (int64_t t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        for (int64_t t = 0; t < n_tasks; t++) run_task(fn, ctx, t, 0);
         return;
     }
     /* Every worker of the last job has left it (the caller waited), so these fields are the caller's. */

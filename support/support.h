@@ -170,6 +170,9 @@ bool    cg_pool_spins(const CgPool *pool);   /* whether its threads spin before 
 /* Run fn(ctx, t, thread) for every t < n_tasks, thread < cg_pool_threads; returns when all ran.
  * A NULL pool runs them on the caller. Not reentrant. */
 void cg_pool_parallel_for(CgPool *pool, int64_t n_tasks, cg_task_fn fn, void *ctx);
+/* Whether the calling thread is running a task of some pool's parallel_for (then the process's
+ * threads are busy already: work split further there goes on the caller alone). */
+bool cg_pool_in_task(void);
 
 /* ---- what the machine gives this process (sysres.c) ----------------------------------------- */
 enum { MOE_MAX_THREADS = 256 }; /* --threads at most (their messages and help pages say 256) */

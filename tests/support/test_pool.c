@@ -208,12 +208,35 @@ static void test_workers_not_running(void **state) {
     }
 }
 
+static void note_in_task(void *ctx, int64_t t, int thread) { (void)thread, ((bool *)ctx)[t] = cg_pool_in_task(); }
+
+/* Each task, on a worker or on the caller, one at a time or many, knows it runs inside a pool's task;
+ * the caller, before and after, does not. */
+static void test_in_task(void **state) {
+    (void)state;
+    for (int threads = 1; threads <= 3; threads++) {
+        CgPool *pool = cg_pool_new(threads);
+        for (int64_t n = 1; n <= 64; n += 63) {
+            bool in[64] = {false};
+            assert_false(cg_pool_in_task());
+            cg_pool_parallel_for(pool, n, note_in_task, in);
+            for (int64_t t = 0; t < n; t++) assert_true(in[t]);
+            assert_false(cg_pool_in_task());
+        }
+        cg_pool_free(pool);
+    }
+    bool in[2] = {false};
+    cg_pool_parallel_for(NULL, 2, note_in_task, in);
+    assert_true(in[0] && in[1] && !cg_pool_in_task());
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_task_once),
         cmocka_unit_test(test_spin_and_sleep),
         cmocka_unit_test(test_exclusive_threads),
         cmocka_unit_test(test_workers_not_running),
+        cmocka_unit_test(test_in_task),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
