@@ -35,4 +35,5 @@ cmake -S . -B build-minimal -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$cc" 
   -DMOEPPC_TESTS=OFF >/dev/null
 cmake --build build-minimal -j$jobs >/dev/null
 build-minimal/moeppc run $spec --random-weights 1 --ids "$ids" >/dev/null
+bash tests/frontend/test_version.sh build-minimal/moeppc >/dev/null # (says what it lacks)
 echo "builds without CUDA and without LLVM ($(basename "$cc")): compiled and ran"

@@ -13,6 +13,7 @@ int cmd_tune(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_panel_cache(int argc, char **argv);
+int cmd_version(int argc, char **argv); /* `moeppc --version [--verbose]` (argv[0] "--version") */
 #define PANEL_CACHE_USAGE "panel-cache DIR [--verify] [--remove-damaged] [--remove-stale] [--max MB] [--threads N]"
 #define TOKENIZE_USAGE "tokenize TOKENIZER [--decode] [--pieces] [--no-bos] [--special] [--escape] (TEXT... | --file F)"
 /* bench_cuda.c: `moeppc bench SPEC --device cuda` (cmd_bench hands over when asked for cuda). */

@@ -62,7 +62,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
         fprintf(f, "  %-13s %s\n", commands[i].name, help_summary(commands[i].name));
     fprintf(f, "\nmoeppc COMMAND --help (or moeppc help COMMAND): what a command does, each option, its defaults\n"
-               "moeppc --version\n");
+               "moeppc --version [--verbose]   (verbose: the build, LLVM, this CPU, NVRTC, the CUDA driver and GPUs)\n");
 }
 
 static const Command *find_command(const char *name)
@@ -111,10 +111,7 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "--version") == 0) {
-        printf("moeppc %s\n", MOEPPC_VERSION);
-        return 0;
-    }
+    if (strcmp(cmd, "--version") == 0) return cmd_version(argc - 1, argv + 1);
     const Command *c = find_command(cmd);
     if (!c) return unknown_command(cmd);
     for (int a = 2; a < argc; a++)

@@ -403,6 +403,8 @@ bool cg_cuda_emu_embed(CgCudaBinary *b, char *err, size_t errlen);
 /* "NVRTC x.y" or NULL with err set (the library's version call). */
 bool cg_cuda_nvrtc_version(int *major, int *minor);
 const char *cg_cuda_nvrtc_version_text(void); /* "NVRTC 13.0": what GPU tuning databases record */
+/* Whether this NVRTC compiles for sm_XX (arch "sm_90": its number in nvrtcGetSupportedArchs). */
+bool cg_cuda_nvrtc_supports(const char *arch);
 
 /* ---- driver API (cuda_driver.c: dlopen("libcuda.so.1"), never linked) ---------------------------------
  * MOEPPC_CUDA_DRIVER in the environment names another library to open instead (the emulator). */
@@ -441,6 +443,18 @@ bool cg_cuda_launch(CgCudaDriver *d, void *fn, const unsigned grid[3], const uns
 /* The device's compute capability as "sm_XY" ("emu" for the emulator), its name, its free and total memory. */
 void cg_cuda_device_arch(CgCudaDriver *d, char *out, size_t n);
 void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n);
+/* The devices d's driver has (`moeppc --version --verbose`): how many; device `ordinal`'s name,
+ * architecture ("sm_90"; "emu" for the emulator's; "" when the driver does not say), SMs and memory
+ * (0 when the driver does not say), no context made on it (false: no such device); the CUDA version
+ * the driver supports (12040 for 12.4; 0 when it does not say). */
+typedef struct CgCudaDeviceInfo {
+    char   name[128], arch[16];
+    int    sms;
+    size_t bytes;
+} CgCudaDeviceInfo;
+int  cg_cuda_device_count(CgCudaDriver *d);
+bool cg_cuda_device_info(CgCudaDriver *d, int ordinal, CgCudaDeviceInfo *out);
+int  cg_cuda_driver_version(CgCudaDriver *d);
 int  cg_cuda_device_sms(CgCudaDriver *d);                   /* its multiprocessors (1 if unknown)      */
 bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes);
 

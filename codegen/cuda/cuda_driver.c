@@ -96,6 +96,8 @@ typedef struct CuApi {
     CUresult (*dtod)(CUdeviceptr, CUdeviceptr, size_t);
     CUresult (*device_count)(int *);
     CUresult (*func_set_attr)(CUfunction, int, int);
+    CUresult (*driver_version)(int *);                                  /* optional (not the emulator's) */
+    CUresult (*total_mem)(size_t *, CUdevice);                          /* optional (not the emulator's) */
     CUresult (*launch_ex)(const CUlaunchConfig *, CUfunction, void **, void **); /* optional (CUDA 12+) */
     CUresult (*tensor_map_tiled)(void *, int, unsigned, void *, const uint64_t *, const uint64_t *, const unsigned *,
                                  const unsigned *, int, int, int, int); /* optional (CUDA 12+) */
@@ -188,6 +190,9 @@ static bool load_api(CgCudaDriver *d, char *err, size_t errlen)
     memcpy(&d->api.launch_ex, &ex, sizeof ex);
     void *tm = dlsym(d->lib, "cuTensorMapEncodeTiled"); /* ... or tensor maps */
     memcpy(&d->api.tensor_map_tiled, &tm, sizeof tm);
+    void *dv = dlsym(d->lib, "cuDriverGetVersion"), *mem = dlsym(d->lib, "cuDeviceTotalMem_v2"); /* (reports only) */
+    memcpy(&d->api.driver_version, &dv, sizeof dv);
+    memcpy(&d->api.total_mem, &mem, sizeof mem);
     return true;
 }
 
@@ -381,6 +386,36 @@ int cg_cuda_device_sms(CgCudaDriver *d)
 void cg_cuda_device_name(CgCudaDriver *d, char *out, size_t n)
 {
     if (d->api.device_name(out, (int)n, d->dev) != 0) snprintf(out, n, "(unknown GPU)");
+}
+
+int cg_cuda_device_count(CgCudaDriver *d)
+{
+    int n = 0;
+    return d->api.device_count(&n) == 0 && n > 0 ? n : 0;
+}
+
+int cg_cuda_driver_version(CgCudaDriver *d)
+{
+    int v = 0;
+    return d->api.driver_version && d->api.driver_version(&v) == 0 ? v : 0;
+}
+
+bool cg_cuda_device_info(CgCudaDriver *d, int ordinal, CgCudaDeviceInfo *out)
+{
+    memset(out, 0, sizeof *out);
+    CUdevice dev;
+    if (d->api.device_get(&dev, ordinal) != 0) return false;
+    if (d->api.device_name(out->name, (int)sizeof out->name, dev) != 0) snprintf(out->name, sizeof out->name, "?");
+    int major = 0, minor = 0;
+    if (d->emu_error) {
+        snprintf(out->arch, sizeof out->arch, "%s", CG_CUDA_EMU_ARCH);
+    } else if (d->api.device_attr(&major, CU_ATTR_CC_MAJOR, dev) == 0 &&
+               d->api.device_attr(&minor, CU_ATTR_CC_MINOR, dev) == 0) {
+        snprintf(out->arch, sizeof out->arch, "sm_%d%d", major, minor);
+    }
+    if (d->api.device_attr(&out->sms, CU_ATTR_SMS, dev) != 0) out->sms = 0;
+    if (d->api.total_mem && d->api.total_mem(&out->bytes, dev) != 0) out->bytes = 0;
+    return true;
 }
 
 bool cg_cuda_mem_info(CgCudaDriver *d, size_t *free_bytes, size_t *total_bytes)

@@ -273,3 +273,15 @@ const char *cg_cuda_nvrtc_version_text(void)
     if (!text[0]) snprintf(text, sizeof text, "NVRTC %d.%d", cg_cuda_nvrtc_version(&major, &minor) ? major : 0, minor);
     return text;
 }
+
+bool cg_cuda_nvrtc_supports(const char *arch)
+{
+    int n = 0, want = 0;
+    if (sscanf(arch, "sm_%d", &want) != 1 || nvrtcGetNumSupportedArchs(&n) != NVRTC_SUCCESS || n <= 0) return false;
+    int *list = xmalloc((size_t)n * sizeof *list);
+    bool found = false;
+    if (nvrtcGetSupportedArchs(list) == NVRTC_SUCCESS)
+        for (int k = 0; k < n && !found; k++) found = list[k] == want;
+    free(list);
+    return found;
+}

@@ -24,9 +24,6 @@ typedef struct {
 } CgDotIntrinsic;
 CgDotIntrinsic cg_dot_intrinsic(LLVMModuleRef mod);
 
-/* Fill t for the host capped at max_isa (CG_ISA_AUTO reads MOEPPC_ISA). false on a bad MOEPPC_ISA. */
-bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen);
-void cg_target_dispose(CgTarget *t);
 /* A target machine for t: O3, PIC when `pic` (objects linked into PIE executables), else JIT code. */
 LLVMTargetMachineRef cg_target_machine(const CgTarget *t, bool pic, char *err, size_t errlen);
 

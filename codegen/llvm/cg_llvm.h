@@ -53,6 +53,9 @@ const char *cg_isa_name(cg_isa isa); /* "avx512", "avx2", "sse" */
 char *cg_vector_features(const char *features, cg_isa isa);
 /* The widest ISA the host supports (ignores MOEPPC_ISA). */
 cg_isa cg_host_isa(void);
+/* Fill t for the host capped at max_isa (CG_ISA_AUTO reads MOEPPC_ISA). false on a bad MOEPPC_ISA. */
+bool cg_target_detect(CgTarget *t, cg_isa max_isa, char *err, size_t errlen);
+void cg_target_dispose(CgTarget *t);
 
 /* ---- JIT and kernels ---------------------------------------------------------------------- */
 typedef struct CgJit CgJit;
