@@ -176,11 +176,17 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
                " * instruction on a CPU without the extensions) */\n");
     write_c_string(f, "cpu_name", t->cpu);
     write_c_string(f, "cpu_features", t->features);
+    char *vf = cg_vector_features(t->features, t->isa);
+    write_c_string(f, "cpu_vector_features", vf);
+    free(vf);
     fprintf(f, "static CpuKernelSource *kernels(RtError *err)\n{\n"
                "    return cpu_table_source_checked(table, %d, cpu_name, cpu_features, err);\n}\n\n", r->n);
     fprintf(f, "int main(int argc, char **argv)\n{\n"
                "    DriverConfig cfg = {.prog = argv[0], .spec_text = spec_text, .ir_text = ir_text, .default_cpu = true,\n"
-               "                        .kernels_new = kernels, .kernels_free = cpu_table_source_free};\n");
+               "                        .kernels_new = kernels, .kernels_free = cpu_table_source_free,\n"
+               "                        .built_by = \"moeppc %s\", .cpu_name = cpu_name, .cpu_features = cpu_features,\n"
+               "                        .cpu_vector_features = cpu_vector_features, .n_cpu_kernels = %d};\n",
+            MOEPPC_VERSION, r->n);
     if (gpu)
         fprintf(f, "    cfg.cuda = &cuda_backend; /* --device cuda: the kernels above, no compiler at run time */\n"
                    "    cfg.cuda_images = gpu_table;\n    cfg.n_cuda_images = %d;\n    cfg.cuda_arch = gpu_arch;\n"

@@ -345,6 +345,9 @@ static void print_help(FILE *f)
               "  --panel-cache-verify check each file's panels against their checksums before use (reads it\n"
               "                      whole; a damaged one is packed again) (default: MOEPPC_PANEL_CACHE_VERIFY=1,\n"
               "                      else trusted as the checkpoint is; `moeppc panel-cache DIR --verify`)\n", f);
+    fputs(exe ? "  --version           what this is: its model, the moeppc that built it, the CPU its kernels\n"
+                "                      were compiled for (and whether this one runs them), its GPU kernels\n"
+              : "  --version           moeppc's version (moeppc --version --verbose: more)\n", f);
     fputs("  --precision P       the interpreter's arithmetic: f64 (default) or f32\n"
           "  -O0 | -O1           -O0: interpret the dense form (every expert for every token, SEMANTICS.md\n"
           "                      literally); -O1 (default): the optimised IR\n", f);
@@ -372,6 +375,39 @@ static void print_help(FILE *f)
           "command line.\n", f);
 }
 
+static bool load_spec(const RunArgs *r, ModelSpec *s);
+
+/* --version: moeppc's; a built executable's also what it is: its model, what built it, the CPU its
+ * kernels were compiled for and whether this one runs them, its GPU kernels. -1 (done), or 1 when
+ * its spec does not load. */
+static int print_version(FILE *f)
+{
+    if (!cfg->built_by) {
+        fprintf(f, "moeppc %s\n", MOEPPC_VERSION);
+        return -1;
+    }
+    ModelSpec s;
+    if (!load_spec(&(RunArgs){0}, &s)) return 1;
+    fprintf(f, "%s: %s (%s, %lld layer%s), built by %s\n", cfg->prog, s.name, dtype_name(s.dtype),
+            (long long)s.n_layers, s.n_layers == 1 ? "" : "s", cfg->built_by);
+    if (cfg->cpu_name) {
+        char missing[512];
+        bool runs = cpu_runs_features(cfg->cpu_features, missing, sizeof missing);
+        fprintf(f, "  CPU kernels:  %d, compiled for %s (%s); ", cfg->n_cpu_kernels, cfg->cpu_name,
+                cfg->cpu_vector_features);
+        if (runs) fprintf(f, "this CPU runs them\n");
+        else fprintf(f, "this CPU lacks %s: --device cpu refuses to start here\n", missing);
+    }
+    bool db = false; /* (the build's schedules: a GPU tuning database's where any is set) */
+    for (int k = 0; cfg->cuda_tile_sched && k < 4; k++) db |= cfg->cuda_tile_sched[k] != NULL;
+    if (cfg->cuda_images)
+        fprintf(f, "  GPU kernels:  %d, for %s (a newer GPU compiles their PTX), tiles %s\n", cfg->n_cuda_images,
+                cfg->cuda_arch, db ? "from a GPU tuning database" : "by the rule");
+    else
+        fprintf(f, "  GPU kernels:  none (built for the CPU only)\n");
+    return -1;
+}
+
 static int parse_run_args(int argc, char **argv, RunArgs *r)
 {
     *r = (RunArgs){.prec = EVAL_F64, .top = 5, .opt_level = 1, .threads = threads_default(), .batch = 1, .chunk = 256,
@@ -391,6 +427,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
         else if (strcmp(o, "--panel-cache-verify") == 0) r->panel_cache_verify = true;
         else if (strcmp(o, "--ignore-eos") == 0) r->ignore_eos = true, r->sampling = r->sampling ? r->sampling : o;
         else if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) return print_help(stdout), -1;
+        else if (strcmp(o, "--version") == 0) return print_version(stdout);
         else if (o[0] == '-') {
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",

@@ -42,6 +42,11 @@ typedef struct DriverConfig {
     CudaCompileFn cuda_compile;   /* NVRTC for what is not built in (moeppc run), or NULL          */
     const char *nvrtc_version;    /* "NVRTC 13.0" with cuda_compile: what a GPU tuning database
                                      must have been made with (--tuning with --device cuda)        */
+    /* A built executable's --version: what made it ("moeppc 0.1.0"; NULL: moeppc run itself), the
+     * CPU its n_cpu_kernels kernels were compiled for (LLVM's name), that compilation's LLVM
+     * feature list (checked against this CPU) and its vector extensions alone (to print). */
+    const char *built_by, *cpu_name, *cpu_features, *cpu_vector_features;
+    int n_cpu_kernels;
 } DriverConfig;
 
 int driver_main(int argc, char **argv, const DriverConfig *cfg);

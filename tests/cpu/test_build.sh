@@ -114,7 +114,7 @@ echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greed
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
 for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty --seed --stop --ignore-eos --top --perplexity --quiet --route-stats \
-         --logits-out --routes-out --device --backend --threads --precision -O0; do
+         --logits-out --routes-out --device --backend --threads --precision -O0 --version; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
 # bad input: a token outside the vocabulary, an empty list, no arguments
@@ -135,4 +135,20 @@ expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
 # the extension named, instead of an illegal instruction in a kernel
 expect 1 env MOEPPC_CPU_HIDE=sse2 "$WORK/model" --random-weights 1 --ids "1"
 grep -q "this CPU lacks sse2" "$WORK/out.txt" || { echo "the missing extension is not named"; cat "$WORK/out.txt"; exit 1; }
+# --version: its model, what built it, the CPU its kernels were compiled for and whether this one runs
+# them (an extension hidden: not), its GPU kernels
+name=$(sed -n 's/^name: *//p' "$SPEC")
+v=$("$WORK/model" --version) || { echo "--version: exit $?"; exit 1; }
+ver=$("$MOEPPC" --version)
+grep -q "^$WORK/model: $name ([a-z0-9]*, [0-9]* layers*), built by $ver$" <<<"$v" &&
+  grep -Eq "^  CPU kernels:  [0-9]+, compiled for [a-z0-9_-]+ \(.*\+sse2.*\); this CPU runs them$" <<<"$v" ||
+  { echo "--version: $v"; exit 1; }
+if [ -n "$TARGET" ]; then
+  grep -Eq "^  GPU kernels:  [0-9]+, for $TARGET .*, tiles by the rule$" <<<"$v" ||
+    { echo "--version's GPU kernels: $v"; exit 1; }
+else
+  grep -q "^  GPU kernels:  none (built for the CPU only)$" <<<"$v" || { echo "--version's GPU kernels: $v"; exit 1; }
+fi
+v=$(MOEPPC_CPU_HIDE=sse2 "$WORK/model" --version) && grep -q "; this CPU lacks sse2: " <<<"$v" ||
+  { echo "--version, sse2 hidden: $v"; exit 1; }
 echo "built executable matches the interpreter; bad input rejected"
