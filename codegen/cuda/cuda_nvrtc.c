@@ -91,59 +91,65 @@ static bool valid_arch(const char *arch)
     return atoi(arch + 3) >= 80;
 }
 
-#define NVRTC_CACHE_MAGIC "MOEPPC-NVRTC-1"
+/* A cache file: this line, then the key (what was compiled, how, by which NVRTC), the output and the
+ * log; the sum an XXH64 of those three. A hit compares the key byte for byte and the sum (compiled
+ * code is not trusted as data is: a changed byte would be a fault on the GPU, not a wrong number),
+ * as the JIT's cache does; anything else is a miss, compiled and written again. */
+#define NVRTC_CACHE_MAGIC "MOEPPC-NVRTC-2"
 
-/* The cache file of one pass in MOEPPC_NVRTC_CACHE (false when that is not set). */
-static bool cache_path(const char *source, const char *name, const char *arch_opt, bool cubin, char *path, size_t n)
+/* The cache file of one pass in MOEPPC_NVRTC_CACHE and its key (xmalloc'd; NULL when that is not set). */
+static char *cache_path(const char *source, const char *name, const char *arch_opt, bool cubin, char *path, size_t n)
 {
     const char *dir = getenv("MOEPPC_NVRTC_CACHE");
-    if (!dir || !dir[0]) return false;
+    if (!dir || !dir[0]) return NULL;
     int major = 0, minor = 0;
     nvrtcVersion(&major, &minor);
     size_t n_key = strlen(source) + strlen(name) + strlen(arch_opt) + 64;
     char *key = xmalloc(n_key); /* the source first: the lines after it hold no newline of their own */
     snprintf(key, n_key, "%s\n%s\n%s\n%d.%d/%d", source, name, arch_opt, major, minor, (int)cubin);
-    uint64_t h = hash_str(key);
-    free(key);
     mkdir(dir, 0777);
-    snprintf(path, n, "%s/%016llx.nvrtc", dir, (unsigned long long)h);
-    return true;
+    snprintf(path, n, "%s/%016llx.nvrtc", dir, (unsigned long long)hash_str(key));
+    return key;
 }
 
-/* A pass's result from the cache: the output (cubin bytes or PTX) and the log; false when absent or
- * not whole. */
-static bool cache_read(const char *path, char **data, size_t *len, char **log)
+/* A pass's result from the cache: the output (cubin bytes or PTX) and the log; false when absent, not
+ * whole, another key's or changed. */
+static bool cache_read(const char *path, const char *key, char **data, size_t *len, char **log)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return false;
-    size_t n_out = 0, n_log = 0;
-    bool ok = fscanf(f, NVRTC_CACHE_MAGIC " %zu %zu", &n_out, &n_log) == 2 && fgetc(f) == '\n' &&
-              n_out < ((size_t)1 << 30) && n_log < ((size_t)1 << 30);
-    char *d = ok ? xmalloc(n_out + 1) : NULL, *l = ok ? xmalloc(n_log + 1) : NULL;
-    ok = ok && fread(d, 1, n_out, f) == n_out && fread(l, 1, n_log, f) == n_log && fgetc(f) == EOF;
+    size_t n_key = 0, n_out = 0, n_log = 0, limit = (size_t)1 << 30;
+    unsigned long long sum = 0;
+    bool ok = fscanf(f, NVRTC_CACHE_MAGIC " %zu %zu %zu %llx", &n_key, &n_out, &n_log, &sum) == 4 &&
+              fgetc(f) == '\n' && n_key == strlen(key) && n_out < limit && n_log < limit;
+    char *all = ok ? xmalloc(n_key + n_out + n_log + 1) : NULL;
+    ok = ok && fread(all, 1, n_key + n_out + n_log, f) == n_key + n_out + n_log && fgetc(f) == EOF &&
+         memcmp(all, key, n_key) == 0 && hash_xxh64(all, n_key + n_out + n_log, 0) == sum;
     fclose(f);
-    if (!ok) {
-        free(d), free(l);
-        return false;
+    if (ok) {
+        char *d = xmalloc(n_out + 1), *l = xmalloc(n_log + 1);
+        memcpy(d, all + n_key, n_out), memcpy(l, all + n_key + n_out, n_log);
+        d[n_out] = 0, l[n_log] = 0;
+        *data = d, *len = n_out, *log = l;
     }
-    d[n_out] = 0, l[n_log] = 0;
-    *data = d, *len = n_out, *log = l;
-    return true;
+    free(all);
+    return ok;
 }
 
 /* Stores a pass's result (file_write_atomic: a reader never sees part of it); a failure only costs
  * the next compile its hit. */
-static void cache_write(const char *path, const void *data, size_t len, const char *log)
+static void cache_write(const char *path, const char *key, const void *data, size_t len, const char *log)
 {
-    size_t n_log = strlen(log);
-    char head[96];
-    int h = snprintf(head, sizeof head, NVRTC_CACHE_MAGIC " %zu %zu\n", len, n_log);
-    char *buf = xmalloc((size_t)h + len + n_log), why[256];
-    memcpy(buf, head, (size_t)h);
-    memcpy(buf + h, data, len);
-    memcpy(buf + h + len, log, n_log);
-    (void)file_write_atomic(path, buf, (size_t)h + len + n_log, why, sizeof why);
-    free(buf);
+    size_t n_key = strlen(key), n_log = strlen(log), n = n_key + len + n_log;
+    char *body = xmalloc(n + 128), why[256];
+    memcpy(body + 128, key, n_key);
+    memcpy(body + 128 + n_key, data, len);
+    memcpy(body + 128 + n_key + len, log, n_log);
+    int h = snprintf(body, 128, NVRTC_CACHE_MAGIC " %zu %zu %zu %016llx\n", n_key, len, n_log,
+                     (unsigned long long)hash_xxh64(body + 128, n, 0));
+    memmove(body + h, body + 128, n); /* (the header's length known only now) */
+    (void)file_write_atomic(path, body, (size_t)h + n, why, sizeof why);
+    free(body);
 }
 
 /* dl_iterate_phdr's callback: the folder of the loaded libnvrtc.so.N into `data` (PATH_MAX bytes). */
@@ -179,10 +185,10 @@ static bool compile_once(const char *source, const char *name, const char *arch_
     const char *opts[] = {arch_opt, "-std=c++17", "-default-device", "--ptxas-options=-v"};
     int n_opts = cubin ? 4 : 3;
     char file[300], path[4100];
-    bool cached = cache_path(source, name, arch_opt, cubin, path, sizeof path);
+    char *key = cache_path(source, name, arch_opt, cubin, path, sizeof path);
     char *data = NULL, *log = NULL;
     size_t len = 0;
-    if (cached && cache_read(path, &data, &len, &log)) {
+    if (key && cache_read(path, key, &data, &len, &log)) {
         if (cubin) out->cubin = data, out->cubin_len = len;
         else out->ptx = data, out->ptx_len = strlen(data); /* (a cache written before held the NUL too) */
     } else {
@@ -207,8 +213,9 @@ static bool compile_once(const char *source, const char *name, const char *arch_
             out->ptx_len = strlen(out->ptx); /* NVRTC's size counts the NUL (a .ptx file with it ptxas refuses) */
         }
         nvrtcDestroyProgram(&prog);
-        if (cached) cache_write(path, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);
+        if (key) cache_write(path, key, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);
     }
+    free(key);
     if (cubin) {
         parse_resources(log, out);
         free(out->log);
@@ -217,7 +224,7 @@ static bool compile_once(const char *source, const char *name, const char *arch_
     else free(log);
     return true;
 fail:
-    free(log);
+    free(log), free(key);
     if (prog) nvrtcDestroyProgram(&prog);
     return false;
 }

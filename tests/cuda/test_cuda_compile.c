@@ -246,8 +246,8 @@ static void test_bad_source(void **state)
 }
 
 /* MOEPPC_NVRTC_CACHE: the second compile of a kernel reads the first's cubin, PTX, log and resources
- * back from the folder (nothing compiled: 0 ms); a cache file cut short is compiled again; a source
- * that fails is not kept. */
+ * back from the folder (nothing compiled: 0 ms); a cache file cut short, one whose cubin changed and
+ * another kernel's under its name are compiled again; a source that fails is not kept. */
 static void test_nvrtc_cache(void **state)
 {
     (void)state;
@@ -280,7 +280,34 @@ static void test_nvrtc_cache(void **state)
     assert_true(cg_cuda_compile(src, sym, "sm_80", true, false, &c, err, sizeof err));
     assert_true(c.compile_ms > 0 && c.compiled);
     assert_memory_equal(a.cubin, c.cubin, a.cubin_len);
-    cg_cuda_binary_free(&a), cg_cuda_binary_free(&b), cg_cuda_binary_free(&c);
+    cg_cuda_binary_free(&c);
+    /* a byte of the cubin changed in place (the middle of the output, after the header's line and the
+     * key), and another kernel's file under this one's name (what a collision of the names' hashes
+     * would read): each compiled again, the same cubin */
+    char other[] = "/tmp/moeppc-nvrtc-other-XXXXXX", how[2][1024];
+    assert_non_null(mkdtemp(other));
+    CgCudaGemm g2 = cg_cuda_gemm_default(CG_CUDA_GEMM_DOWN, CG_CUDA_PATH_MMA, DT_BF16, 4, 2, 64, 64);
+    char sym2[600], *src2 = cg_cuda_gemm_source(&g2, err, sizeof err);
+    cg_cuda_gemm_symbol(&g2, sym2, sizeof sym2);
+    setenv("MOEPPC_NVRTC_CACHE", other, 1);
+    assert_true(cg_cuda_compile(src2, sym2, "sm_80", true, false, &c, err, sizeof err));
+    cg_cuda_binary_free(&c);
+    setenv("MOEPPC_NVRTC_CACHE", dir, 1);
+    snprintf(how[0], sizeof how[0], "for f in %s/*.nvrtc; do set -- $(head -1 \"$f\"); at=$(( $(head -1 \"$f\" | wc -c)"
+             " + $2 + $3 / 2 )); printf '\\001' | dd of=\"$f\" bs=1 seek=$at conv=notrunc status=none; done", dir);
+    snprintf(how[1], sizeof how[1], "for f in %s/*.nvrtc; do cp %s/*.nvrtc \"$f\"; done", dir, other);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(system(how[k]), 0);
+        assert_true(cg_cuda_compile(src, sym, "sm_80", true, false, &c, err, sizeof err));
+        assert_true(c.compiled);
+        assert_int_equal(c.cubin_len, a.cubin_len);
+        assert_memory_equal(a.cubin, c.cubin, a.cubin_len);
+        cg_cuda_binary_free(&c);
+    }
+    snprintf(cmd, sizeof cmd, "rm -r %s", other);
+    assert_int_equal(system(cmd), 0);
+    free(src2);
+    cg_cuda_binary_free(&a), cg_cuda_binary_free(&b);
     /* a failed compile leaves nothing, and fails again */
     const char *bad = "extern \"C\" __global__ void broken_cached(float *x) { x[0] = nope; }\n";
     assert_false(cg_cuda_compile(bad, "broken_cached", "sm_80", true, false, &a, err, sizeof err));
