@@ -419,6 +419,15 @@ bool parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
+bool parse_cuda_device(const char *s, int *ordinal)
+{
+    uint64_t n = 0;
+    if (strcmp(s, "cuda") == 0) n = 0;
+    else if (strncmp(s, "cuda:", 5) != 0 || !parse_u64(s + 5, &n) || n > 255) return false;
+    *ordinal = (int)n;
+    return true;
+}
+
 /* ---- random numbers --------------------------------------------------------------------------- */
 void rng_seed(moe_rng *r, uint64_t seed) { r->s = seed; }
 

@@ -153,6 +153,9 @@ static inline uint64_t rng_next(moe_rng *r)
 static inline double rng_uniform(moe_rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
 /* s as a decimal integer in [0, 2^64), nothing after it; false for a sign, empty text or overflow */
 bool parse_u64(const char *s, uint64_t *out);
+/* A --device value that names a GPU: "cuda" (device 0) or "cuda:N" (N in [0, 255], the CUDA driver's
+ * ordinal, after CUDA_VISIBLE_DEVICES); false for anything else. */
+bool parse_cuda_device(const char *s, int *ordinal);
 uint64_t hash_str(const char *s);                /* FNV-1a 64 */
 uint64_t hash_bytes(const void *p, size_t n);    /* FNV-1a 64 of n bytes */
 /* XXH64 of n bytes (xxHash's published algorithm): a checksum of data, gigabytes a second */

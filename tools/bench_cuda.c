@@ -34,6 +34,7 @@ typedef struct {
     int64_t context;              /* --context P: the tokens at positions P.., after a prefill of P tokens */
     int tile[2][3];               /* --tile UP[/DOWN] */
     const char *tuning;           /* --tuning: a GPU tuning database (moeppc tune --target sm_XX) */
+    int device;                   /* --device cuda:N's ordinal */
 } CudaBenchArgs;
 
 static int parse_args(int argc, char **argv, CudaBenchArgs *a)
@@ -45,7 +46,8 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         if (strcmp(o, "--json") == 0) a->json = true;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_CUDA_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) {
-            if (strcmp(v, "cuda") != 0) return usage_error("bench", BENCH_CUDA_USAGE, "--device: expected cuda, found '%s'", v);
+            if (!parse_cuda_device(v, &a->device))
+                return usage_error("bench", BENCH_CUDA_USAGE, "--device: expected cuda or cuda:N (N: 0..255), found '%s'", v);
             i++;
         } else if (strcmp(o, "--tokens") == 0) {
             a->n_tokens = 0;
@@ -156,7 +158,7 @@ int bench_cuda(int argc, char **argv)
     PassOptions po = {.opt_level = 1, .target = TARGET_CPU, .codegen = true};
     Diag d = {stderr, a.spec, 0};
     MOE_ASSERT(passes_run(m, &po, &d));
-    CudaOptions o = {.compile = cuda_nvrtc_cubins};
+    CudaOptions o = {.compile = cuda_nvrtc_cubins, .device = a.device};
     cuda_options_env(&o);
     memcpy(o.tile, a.tile, sizeof o.tile);
     char gpu[128], arch[16];
@@ -167,7 +169,7 @@ int bench_cuda(int argc, char **argv)
         weights_close(w);
         return 1;
     }
-    if (a.tuning && cuda_backend.identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) /* no GPU: said below */
+    if (a.tuning && cuda_backend.identity(a.device, gpu, sizeof gpu, arch, sizeof arch, &err)) /* no GPU: said below */
         tune_db_apply_gpu(a.tuning, &db, gpu, arch, cg_cuda_nvrtc_version_text(), m, o.tile_sched, &m->arena);
     tune_db_free(&db);
     CudaModel *cm = cuda_model_new(m, w, s.max_positions, &o, &err);

@@ -200,6 +200,12 @@ static bool driver_start(CgCudaDriver *d, int ordinal, char *err, size_t errlen)
 {
     if (!load_api(d, err, errlen)) return false;
     CU_CHECK(d, init(0));
+    int n = 0;
+    if (d->api.device_count(&n) == 0 && ordinal >= n) { /* (said with the count, not the driver's bare code) */
+        snprintf(err, errlen, "CUDA driver: no GPU %d: it has %d (ordinals 0..%d, after CUDA_VISIBLE_DEVICES)", ordinal,
+                 n, n - 1);
+        return false;
+    }
     CU_CHECK(d, device_get(&d->dev, ordinal));
     CU_CHECK(d, ctx_create(&d->ctx, 0, d->dev));
     CU_CHECK(d, stream_create(&d->stream, CU_STREAM_NON_BLOCKING));

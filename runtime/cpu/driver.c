@@ -51,7 +51,7 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
-               "[--device cpu|cuda] [--threads N] [--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
+               "[--device cpu|cuda[:N]] [--threads N] [--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
@@ -92,6 +92,7 @@ typedef struct {
     int64_t max_positions;        /* --max-positions: the caches' positions (0: the spec's)         */
     run_backend backend;
     bool backend_set;             /* --backend or --device given */
+    int cuda_device;              /* --device cuda:N's ordinal (0 for cuda)                         */
 } RunArgs;
 
 static double now_s(void)
@@ -193,7 +194,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         r->backend_set = true;
     } else if (strcmp(o, "--device") == 0) { /* DESIGN.md's executable flag */
         if (strcmp(v, "cpu") == 0) r->backend = BACKEND_CPU, r->backend_set = true;
-        else if (strcmp(v, "cuda") == 0) {
+        else if (parse_cuda_device(v, &r->cuda_device)) {
             if (!cfg->cuda && cfg->spec_text) {
                 drv_err("--device cuda: this executable was built for the CPU only (moeppc build --target sm_XX "
                         "builds one that runs on the GPU too)\n");
@@ -205,7 +206,7 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
                 return 1;
             }
             r->backend = BACKEND_CUDA, r->backend_set = true;
-        } else return drv_usage("--device: expected cpu or cuda, found '%s'", v);
+        } else return drv_usage("--device: expected cpu, cuda or cuda:N (N: the GPU's ordinal, 0..255), found '%s'", v);
     } else if (strcmp(o, "--top") == 0) {
         if (!int_option(o, v, 0, 100, &n)) return 2;
         r->top = (int)n;
@@ -325,7 +326,8 @@ static void print_help(FILE *f)
     if (cfg->kernels_new)
         fprintf(f, "  --device cpu        the CPU backend's kernels%s (the default)\n",
                 exe ? " built into this executable" : ", JIT-compiled through the LLVM C API");
-    fprintf(f, "  --device cuda       %s\n",
+    fprintf(f, "  --device cuda       %s\n"
+               "  --device cuda:N     the same on GPU N (the CUDA driver's ordinal: after CUDA_VISIBLE_DEVICES)\n",
             !cfg->cuda ? (exe ? "(not here: built for the CPU only; moeppc build --target sm_XX adds the GPU)"
                               : "(not in this build: it has no CUDA backend)")
             : cfg->cuda_images ? "the GPU: the kernels built in (a newer GPU JIT-compiles their PTX)"
@@ -731,13 +733,13 @@ static bool runner_start(Runner *rn, WeightSet *w)
         CudaOptions o = {.images = cfg->cuda_images, .n_images = cfg->n_cuda_images, .images_arch = cfg->cuda_arch,
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
-                         .last_rows = rn->last_only};
+                         .last_rows = rn->last_only, .device = r->cuda_device};
         cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
         if (r->tuning) { /* the GPU's identity first: a database made for another one is not used */
             char gpu[128], arch[16];
-            if (!cfg->cuda->identity(0, gpu, sizeof gpu, arch, sizeof arch, &err)) {
+            if (!cfg->cuda->identity(r->cuda_device, gpu, sizeof gpu, arch, sizeof arch, &err)) {
                 drv_err("CUDA backend: %s\n", err.msg);
                 return false;
             }
