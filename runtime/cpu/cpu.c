@@ -72,6 +72,9 @@ struct CpuModel {
     double in_memory;               /*   panel cache's step failed; cpu_model_open counted them as     */
                                     /*   files), and those packed so far                               */
     bool dry;                       /* only request the kernels (cpu_request_kernels): no weights     */
+    double ready, total;            /* CpuModelOptions.progress: the weights' bytes packed, of all    */
+    void (*progress)(void *ctx, double ready, double total);
+    void *progress_ctx;
     int tail;                       /* steps [tail, n_steps) make the logits from the final residual  */
                                     /*   rows alone (final norm, lm_head; n_steps: none such)         */
     int64_t last_rows;              /* ... and run on a run's last rows alone, this many (0: on all;  */
@@ -416,6 +419,10 @@ static bool pack_sources(CpuModel *cm, Step *st, moe_dtype dt, const PackSrc *sr
         if (src[e].src_hi) weights_release(cm->w, src[e].src_hi, (size_t)(src[e].n - src[e].rows_lo) * row);
     }
     free(done);
+    if (cm->progress) {
+        for (int e = 0; e < n; e++) cm->ready += (double)src[e].n * (double)src[e].k * (double)dtype_size(dt);
+        cm->progress(cm->progress_ctx, cm->ready, cm->total);
+    }
     return true;
 }
 
@@ -993,6 +1000,8 @@ static void ensure_segments(CpuModel *cm, int64_t T)
     cm->segs_cap = T;
 }
 
+static void model_bytes(const IrModule *m, int64_t max_positions, double *kv, double *packed);
+
 static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                            const CpuModelOptions *o, double in_memory_max, bool dry, RtError *err)
 {
@@ -1010,6 +1019,11 @@ static CpuModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_po
     cm->panels = panel_cache && *panel_cache && !dry ? panel_cache_new(panel_cache, cm->pool, o->panel_cache_verify)
                                                      : NULL;
     cm->in_memory_max = in_memory_max;
+    if (o->progress && !dry) {
+        double kv;
+        model_bytes(m, max_positions, &kv, &cm->total); /* (the same count of the weights pack_sources adds) */
+        cm->progress = o->progress, cm->progress_ctx = o->progress_ctx;
+    }
     cm->scratch_per_t = cg_route_scratch_floats(m);
     cm->bound = xcalloc((size_t)m->n_values + 1, sizeof *cm->bound); /* binding never allocates */
     for (const IrInstr *i = m->first; i; i = i->next) cm->n_steps++;

@@ -47,6 +47,10 @@ typedef struct CpuModelOptions {
     const char *panel_cache;  /* a directory keeping the packed weights between runs (panel_cache.h); NULL: none */
     double      panel_cache_max; /* > 0: then its least recently used files removed past this many bytes */
     bool        panel_cache_verify; /* each file's panels checked against their checksums before use */
+    /* Called on the opening thread after each packing step (its panels mapped from a file or packed):
+     * the bytes of the weights whose panels are ready and of all of them (start-up's progress). */
+    void      (*progress)(void *ctx, double ready, double total);
+    void       *progress_ctx;
 } CpuModelOptions;
 CpuModel *cpu_model_open(const IrModule *m, const WeightSet *w, int64_t max_positions, CpuKernelSource *ks,
                          const CpuModelOptions *o, RtError *err);

@@ -366,6 +366,10 @@ static void print_help(FILE *f)
     if (cfg->cuda_compile)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
     if (cfg->kernels_new)
+        fputs("  MOEPPC_PROGRESS     start-up's progress on stderr as the weights are packed or mapped: shown\n"
+              "                      on a terminal for weights of 256 MB or more; 1: always (a line a tenth\n"
+              "                      where stderr is not a terminal), 0: never\n", f);
+    if (cfg->kernels_new)
         fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n"
               "  MOEPPC_PANEL_CACHE_MAX_MB --panel-cache-max's\n"
               "  MOEPPC_PANEL_CACHE_VERIFY=1 --panel-cache-verify\n", f);
@@ -717,6 +721,41 @@ static bool random_room(const Runner *rn)
     return false;
 }
 
+/* Start-up's progress as the weights are packed or mapped (CpuModelOptions.progress), on stderr:
+ * "PROG: weights ready: 43% (6.5 of 15.1 GB)". Shown (mode 1) where stderr is a terminal and the
+ * weights take 256 MB or more, one line rewritten every quarter second at most and cleared at the
+ * end; MOEPPC_PROGRESS=1 shows it anyway (on a terminal so, else mode 2: a line at the start and at
+ * each tenth, for a log), MOEPPC_PROGRESS=0 never. */
+typedef struct {
+    int mode; /* 0 none, 1 a terminal's line, 2 lines */
+    double last;
+    bool shown;
+    int tenth; /* mode 2: the tenths said so far */
+} Progress;
+
+static int progress_mode(void)
+{
+    const char *e = getenv("MOEPPC_PROGRESS");
+    if (e && strcmp(e, "0") == 0) return 0;
+    if (e && strcmp(e, "1") == 0) return isatty(2) ? 1 : 2;
+    return isatty(2) ? 1 : 0;
+}
+
+static void progress(void *ctx, double ready, double total)
+{
+    Progress *p = ctx;
+    double now = now_s();
+    bool forced = getenv("MOEPPC_PROGRESS") != NULL;
+    if ((!forced && total < 256e6) || total <= 0) return;
+    int tenth = (int)(10.0 * ready / total);
+    if (p->mode == 1 ? ready < total && now - p->last < 0.25 : p->shown && tenth <= p->tenth) return;
+    p->last = now, p->shown = true, p->tenth = tenth;
+    double unit = total < 1e9 ? 1e6 : 1e9;
+    fprintf(stderr, "%s%s: weights ready: %3.0f%% (%.1f of %.1f %s)%s", p->mode == 1 ? "\r" : "", cfg->prog,
+            100.0 * ready / total, ready / unit, total / unit, unit == 1e6 ? "MB" : "GB", p->mode == 1 ? "" : "\n");
+    fflush(stderr);
+}
+
 /* The backend for the runner's module, on weights w. */
 static bool runner_start(Runner *rn, WeightSet *w)
 {
@@ -755,10 +794,13 @@ static bool runner_start(Runner *rn, WeightSet *w)
         return false;
     }
     rn->ks = cfg->kernels_new(&err);
+    Progress pg = {progress_mode(), 0, false, 0};
     CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache,
                          .panel_cache_max = (double)r->panel_cache_max * 1048576.0,
-                         .panel_cache_verify = r->panel_cache_verify};
+                         .panel_cache_verify = r->panel_cache_verify, .progress = pg.mode ? progress : NULL,
+                         .progress_ctx = &pg};
     if (rn->ks) rn->cm = cpu_model_open(rn->m, w, s->max_positions, rn->ks, &o, &err);
+    if (pg.shown && pg.mode == 1) fputs("\r\033[K", stderr); /* (a terminal's line cleared) */
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
     PanelCacheStats pst;
     char line[512];

@@ -135,6 +135,20 @@ expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"
 # the extension named, instead of an illegal instruction in a kernel
 expect 1 env MOEPPC_CPU_HIDE=sse2 "$WORK/model" --random-weights 1 --ids "1"
 grep -q "this CPU lacks sse2" "$WORK/out.txt" || { echo "the missing extension is not named"; cat "$WORK/out.txt"; exit 1; }
+# start-up's progress (MOEPPC_PROGRESS): forced, a line a tenth (stderr is not a terminal) up to 100 %;
+# on a terminal (script's pty), the line rewritten and cleared at the end; a model this small shows
+# none on a terminal unless forced, and none when stderr is not one
+p=$(MOEPPC_PROGRESS=1 "$WORK/model" --random-weights 1 --ids "1 2" --top 0 2>&1 >/dev/null)
+[ "$(grep -c "^$WORK/model: weights ready: " <<<"$p")" -le 11 ] &&
+  grep -q "^$WORK/model: weights ready: 100% (" <<<"$p" || { echo "MOEPPC_PROGRESS=1: $p"; exit 1; }
+p=$("$WORK/model" --random-weights 1 --ids "1 2" --top 0 2>&1 >/dev/null)
+! grep -q "weights ready" <<<"$p" || { echo "progress off a terminal: $p"; exit 1; }
+if command -v script >/dev/null; then
+  p=$(script -qec "MOEPPC_PROGRESS=1 '$WORK/model' --random-weights 1 --ids '1 2' --top 0 >/dev/null" /dev/null | od -An -c | tr -d ' \n')
+  [[ "$p" == *'\r'*"weightsready:100%"*'\r033[K' ]] || { echo "progress on a terminal: $p"; exit 1; }
+  p=$(script -qec "'$WORK/model' --random-weights 1 --ids '1 2' --top 0 >/dev/null" /dev/null)
+  [ -z "$p" ] || { echo "progress on a terminal, a small model: $p"; exit 1; }
+fi
 # --version: its model, what built it, the CPU its kernels were compiled for and whether this one runs
 # them (an extension hidden: not), its GPU kernels
 name=$(sed -n 's/^name: *//p' "$SPEC")
