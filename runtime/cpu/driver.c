@@ -366,9 +366,9 @@ static void print_help(FILE *f)
     if (cfg->cuda_compile)
         fputs("  MOEPPC_NVRTC_CACHE  a folder keeping NVRTC's results between runs\n", f);
     if (cfg->kernels_new)
-        fputs("  MOEPPC_PROGRESS     start-up's progress on stderr as the weights are packed or mapped: shown\n"
-              "                      on a terminal for weights of 256 MB or more; 1: always (a line a tenth\n"
-              "                      where stderr is not a terminal), 0: never\n", f);
+        fputs("  MOEPPC_PROGRESS     start-up's progress on stderr as the weights are packed, mapped or sent\n"
+              "                      to the GPU: shown on a terminal for weights of 256 MB or more; 1: always\n"
+              "                      (a line a tenth where stderr is not a terminal), 0: never\n", f);
     if (cfg->kernels_new)
         fputs("  MOEPPC_PANEL_CACHE  --panel-cache's default\n"
               "  MOEPPC_PANEL_CACHE_MAX_MB --panel-cache-max's\n"
@@ -773,6 +773,8 @@ static bool runner_start(Runner *rn, WeightSet *w)
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
                          .last_rows = rn->last_only, .device = r->cuda_device};
+        Progress pg = {progress_mode(), 0, false, 0};
+        o.progress = pg.mode ? progress : NULL, o.progress_ctx = &pg;
         cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
             for (int k = 0; k < 4; k++) o.tile_sched[k] = cfg->cuda_tile_sched[k];
@@ -786,6 +788,7 @@ static bool runner_start(Runner *rn, WeightSet *w)
                               o.tile_sched, &rn->m->arena);
         }
         rn->gpu = cfg->cuda->model_new(rn->m, w, s->max_positions, &o, &err);
+        if (pg.shown && pg.mode == 1) fputs("\r\033[K", stderr); /* (a terminal's line cleared) */
         if (!rn->gpu) drv_err("CUDA backend: %s\n", err.msg);
         return rn->gpu != NULL;
     }

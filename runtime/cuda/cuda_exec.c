@@ -180,6 +180,7 @@ struct CudaModel {
     const IrModule *m;
     const WeightSet *w;
     CudaOptions o;
+    double ready, total;            /* CudaOptions.progress: the weights' bytes uploaded, of all     */
     bool dry;                       /* only collect the kernels (cuda_module_kernels): no GPU          */
     bool pdl;                       /* CudaOptions.pdl, where this GPU and the kernels' target allow it */
     CgCudaDriver *drv;
@@ -296,7 +297,17 @@ static bool dupload_made(CudaModel *cm, uint64_t d, const Tensor *t, RtError *er
  * made (dupload_made). */
 /* (The upload is synchronous: the device copy is what runs, and the checkpoint's pages then leave the
  * process, weights_release.) */
+static bool dupload_tensor_(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err);
+
 static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
+{
+    if (!dupload_tensor_(cm, d, t, bytes, err)) return false;
+    cm->ready += (double)bytes;
+    if (cm->o.progress) cm->o.progress(cm->o.progress_ctx, cm->ready < cm->total ? cm->ready : cm->total, cm->total);
+    return true;
+}
+
+static bool dupload_tensor_(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
 {
     const void *part[2];
     size_t lo;
@@ -1391,12 +1402,15 @@ static CudaModel *model_new(const IrModule *m, const WeightSet *w, int64_t max_p
     mark_a16(cm);
     mark_mlp(cm);
     mark_fusions(cm);
+    for (int k = 0; cm->o.progress && !dry && k < m->n_values; k++)
+        if (m->values[k]->kind == IR_VAL_PARAM) cm->total += (double)tensor_bytes(m->values[k]);
     for (s = 0; s < cm->n_steps; s++) {
         if (!prepare(cm, &cm->steps[s], err)) {
             cuda_model_free(cm);
             return NULL;
         }
     }
+    if (cm->o.progress && !dry) cm->o.progress(cm->o.progress_ctx, cm->total, cm->total); /* (all there now) */
     free(cm->stage); /* (every weight uploaded) */
     cm->stage = NULL, cm->stage_bytes = 0;
     if (!dry && !load_kernels(cm, err)) {

@@ -160,6 +160,10 @@ typedef struct CudaOptions {
                                        given to cuda_model_set_workspace; inputs are bound to device
                                        memory (cuda_model_bind_input) and calls only queue work
                                        (cuda_model_enqueue)                                        */
+    /* Called as weights are uploaded (on the thread of cuda_model_new): the bytes uploaded and of all
+     * of them (start-up's progress, as CpuModelOptions.progress; NULL: none). */
+    void (*progress)(void *ctx, double ready, double total);
+    void *progress_ctx;
 } CudaOptions;
 
 typedef struct CudaModel CudaModel;

@@ -2,7 +2,7 @@
 # test_device_emu.sh MOEPPC: choosing the GPU, on the CUDA emulator (one device; MOEPPC_CUDA_DRIVER from
 # CTest). `--device cuda:0` decodes what `--device cuda` decodes; `cuda:1` is refused with exit status 1
 # and a message that says how many GPUs there are (run and bench); a malformed ordinal is a usage error
-# (exit 2) that names the forms.
+# (exit 2) that names the forms. MOEPPC_PROGRESS=1 says the upload's progress up to 100 %.
 set -u
 MOEPPC=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -12,6 +12,9 @@ run() { timeout 120 "$MOEPPC" run "$SPEC" --random-weights 1 --ids "1 2 3" --gen
 want=$(run cuda | grep generated) || fail "--device cuda: $(run cuda)"
 got=$(run cuda:0 | grep generated) && [ "$got" = "$want" ] || fail "--device cuda:0: '$got', not '$want'"
 echo "cuda:0 as cuda:$want"
+# start-up's progress as the weights are uploaded (MOEPPC_PROGRESS=1: a line a tenth off a terminal)
+p=$(MOEPPC_PROGRESS=1 timeout 120 "$MOEPPC" run "$SPEC" --random-weights 1 --ids "1" --device cuda 2>&1 >/dev/null)
+grep -q "^moeppc run: weights ready: 100% (" <<<"$p" || fail "MOEPPC_PROGRESS=1 --device cuda: $p"
 out=$(run cuda:1); rc=$?
 [ $rc -eq 1 ] && grep -q "error: CUDA backend: CUDA driver: no GPU 1: it has 1 (ordinals 0..0" <<<"$out" &&
   ! grep -q generated <<<"$out" || fail "--device cuda:1: exit $rc: $out"
