@@ -48,6 +48,8 @@ typedef struct TuneArgs {
     bool dtype_set, check;
     moe_dtype dtype;
     pass_target target;
+    int device;                  /* --device cuda:N: the GPU a GPU target is measured on */
+    bool device_set;
 } TuneArgs;
 int tune_parse_args(int argc, char **argv, TuneArgs *a);
 /* max |a - ref| / max |ref| over n values (max |a - ref| when ref is all zeros): how the tuners check

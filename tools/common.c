@@ -155,10 +155,17 @@ int tune_parse_args(int argc, char **argv, TuneArgs *a)
                 a->tokens[a->n_tokens++] = T;
             }
             i++;
+        } else if (strcmp(o, "--device") == 0) {
+            if (!parse_cuda_device(v, &a->device))
+                return usage_error("tune", TUNE_USAGE, "--device: expected cuda or cuda:N (N: 0..255), found '%s'", v);
+            a->device_set = true;
+            i++;
         } else if (o[0] == '-') return usage_error("tune", TUNE_USAGE, "unknown option '%s'", o);
         else if (!a->spec) a->spec = o;
         else return usage_error("tune", TUNE_USAGE, "unexpected argument '%s'", o);
     }
+    if (a->device_set && a->target == TARGET_CPU)
+        return usage_error("tune", TUNE_USAGE, "%s", "--device: only with a GPU target (--target sm_XX)");
     if (!a->spec) return usage_error("tune", TUNE_USAGE, "%s", "missing SPEC");
     if (!a->out) return usage_error("tune", TUNE_USAGE, "%s", "missing -o DB");
     return 0;

@@ -115,6 +115,8 @@ static const HelpPage pages[] = {
      "  --target T          " TARGETS ";\n"
      "                      a GPU target measures on that GPU (block tiles, pipeline stages,\n"
      "                      split-K, the GEMV's forms, attention's and the router's)\n"
+     "  --device cuda:N     with a GPU target, measure on GPU N (the CUDA driver's ordinal, after\n"
+     "                      CUDA_VISIBLE_DEVICES; default 0)\n"
      "  --tokens LIST       the token buckets (default 1,16,64,512,4096)\n"
      "  --budget SECONDS    the time to spend (default 60), shared by the shapes and buckets; too\n"
      "                      little to try anything keeps the rule's choices, and says so. On a GPU\n"

@@ -317,6 +317,7 @@ typedef struct {
                                   emulator (its timings say nothing of a GPU's: the flow is what runs) */
     const char *arch;
     const char *garch;         /* the GPU's (the emulator's on it): its rule is what runs there */
+    int device;                /* its ordinal (--device cuda:N) */
     int att_step;              /* the first attention instruction, and its kernels' descriptor */
     CgOpDesc att;
     GpuCand att_cand[MAX_CANDS];
@@ -350,7 +351,8 @@ static int in_graph(int64_t T) { return T <= CG_CUDA_GEMV_MAX_T ? 10 : 1; }
 static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, const int32_t *ids, const int32_t *pos,
                        int64_t T, float **logits, double *ms, int64_t *picks, RtError *err)
 {
-    CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM")};
+    CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
+                     .device = L->device};
     static const TuneConfig rule = {0};
     if (c->mlp) o.mlp[0] = c->tile_m, o.mlp[1] = c->tile_n, c = &rule; /* (the GEMMs' rule otherwise) */
     else if (gemv) o.gemv[kind][0] = c->tile_m, o.gemv[kind][1] = c->tile_n, o.gemv[kind][2] = c->unroll;
@@ -593,7 +595,7 @@ static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int3
                      int64_t P, int64_t T, float **logits, double *ms, RtError *err)
 {
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                     .no_fuse = true}; /* the forms alone: the rule's router would do the combine too */
+                     .no_fuse = true, .device = L->device}; /* the forms alone: the rule's router would do the combine too */
     if (c && kind == FORM_ATTENTION) o.attn = cuda_attn_form(c);
     if (c && kind == FORM_ROUTE) o.route[0] = c->tile_m, o.route[1] = c->tile_n, o.route[2] = (int)c->kc;
     int step = kind == FORM_ATTENTION ? L->att_step : L->route_step;
@@ -779,11 +781,11 @@ static bool layer_candidates(GpuLayer *L, const char *arch, GpuCand cand[2][2][M
  * (said) otherwise. The CUDA emulator stands for any architecture (its kernels are compiled for it):
  * the whole search runs, and the database is the emulator's (isa emu: no GPU takes it), its timings
  * the CPU's (a warning says so). */
-static bool gpu_of_arch(const char *arch, char *gpu, size_t n, char *garch)
+static bool gpu_of_arch(const char *arch, int device, char *gpu, size_t n, char *garch)
 {
     char err[512];
     garch[0] = 0;
-    CgCudaDriver *drv = cg_cuda_driver_open(0, err, sizeof err);
+    CgCudaDriver *drv = cg_cuda_driver_open(device, err, sizeof err);
     if (drv) cg_cuda_device_name(drv, gpu, n), cg_cuda_device_arch(drv, garch, 16);
     cg_cuda_driver_close(drv);
     if (drv && strcmp(garch, CG_CUDA_EMU_ARCH) == 0) {
@@ -809,8 +811,8 @@ int tune_cuda(const TuneArgs *a)
     char gpu[128] = "", garch[16] = "";
     RtError err = {{0}};
     bool ok = layer_init(&L, &s, a, arch) && layer_candidates(&L, arch, cand, n_cand) &&
-              gpu_of_arch(arch, gpu, sizeof gpu, garch);
-    L.garch = garch;
+              gpu_of_arch(arch, a->device, gpu, sizeof gpu, garch);
+    L.garch = garch, L.device = a->device;
     if (ok && !weights_random(&s, 1, &L.w, &err)) fprintf(stderr, "moeppc tune: error: %s\n", err.msg), ok = false;
     bool emu = strcmp(garch, CG_CUDA_EMU_ARCH) == 0;
     if (ok) /* (step 1 counts against the budget: it is time spent) */
