@@ -47,7 +47,8 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_CUDA_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) {
             if (!parse_cuda_device(v, &a->device))
-                return usage_error("bench", BENCH_CUDA_USAGE, "--device: expected cuda or cuda:N (N: 0..255), found '%s'", v);
+                return usage_error("bench", BENCH_CUDA_USAGE,
+                                   "--device: expected cuda or cuda:N (N: 0..255), found '%s'", v);
             i++;
         } else if (strcmp(o, "--tokens") == 0) {
             a->n_tokens = 0;

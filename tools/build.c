@@ -184,8 +184,9 @@ static bool write_main(const char *path, const char *spec_text, const char *ir_t
     fprintf(f, "int main(int argc, char **argv)\n{\n"
                "    DriverConfig cfg = {.prog = argv[0], .spec_text = spec_text, .ir_text = ir_text, .default_cpu = true,\n"
                "                        .kernels_new = kernels, .kernels_free = cpu_table_source_free,\n"
-               "                        .built_by = \"moeppc %s\", .cpu_name = cpu_name, .cpu_features = cpu_features,\n"
-               "                        .cpu_vector_features = cpu_vector_features, .n_cpu_kernels = %d};\n",
+               "                        .built_by = \"moeppc %s\", .cpu_name = cpu_name,\n"
+               "                        .cpu_features = cpu_features, .cpu_vector_features = cpu_vector_features,\n"
+               "                        .n_cpu_kernels = %d};\n",
             MOEPPC_VERSION, r->n);
     if (gpu)
         fprintf(f, "    cfg.cuda = &cuda_backend; /* --device cuda: the kernels above, no compiler at run time */\n"

@@ -21,7 +21,8 @@
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda[:N] [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
                          "[--dtype f32|bf16|f16] [--context P] [--zc-share P] [--peak-tflops X] [--bandwidth-gbs Y] " \
                          "[--tile MxNxK[/MxNxK]] [--tuning GPU-DB] [--json]"
-#define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90 [--device cuda[:N]]] [--tokens 1,16,64,512,4096] " \
+#define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90 [--device cuda[:N]]] " \
+                   "[--tokens 1,16,64,512,4096] " \
                    "[--budget SECONDS] [--threads N] [--dtype f32|bf16|f16] [--check] [--check-margin PCT]"
 #define BUILD_USAGE "build SPEC -o MODEL [--target cpu|sm_80|sm_86|sm_89|sm_90] [--tuning DB] [--keep-temps]"
 #define EMIT_USAGE "emit SPEC --emit llvm|obj|lib|cuda|ptx|cubin -o DIR [--target cpu|sm_80|sm_86|sm_89|sm_90|emu (lib)] " \

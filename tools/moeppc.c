@@ -62,7 +62,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
         fprintf(f, "  %-13s %s\n", commands[i].name, help_summary(commands[i].name));
     fprintf(f, "\nmoeppc COMMAND --help (or moeppc help COMMAND): what a command does, each option, its defaults\n"
-               "moeppc --version [--verbose]   (verbose: the build, LLVM, this CPU, NVRTC, the CUDA driver and GPUs)\n");
+               "moeppc --version [--verbose]   (verbose: the build, LLVM, this CPU, NVRTC, the CUDA driver, GPUs)\n");
 }
 
 static const Command *find_command(const char *name)

@@ -594,8 +594,9 @@ typedef enum { FORM_ATTENTION, FORM_ROUTE } FormKind;
 static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int32_t *ids, const int32_t *pos,
                      int64_t P, int64_t T, float **logits, double *ms, RtError *err)
 {
+    /* (no_fuse: the forms alone; the rule's router would do the combine too) */
     CudaOptions o = {.compile = cuda_nvrtc_cubins, .no_async_gemm = cuda_env_off("MOEPPC_CUDA_ASYNC_GEMM"),
-                     .no_fuse = true, .device = L->device}; /* the forms alone: the rule's router would do the combine too */
+                     .no_fuse = true, .device = L->device};
     if (c && kind == FORM_ATTENTION) o.attn = cuda_attn_form(c);
     if (c && kind == FORM_ROUTE) o.route[0] = c->tile_m, o.route[1] = c->tile_n, o.route[2] = (int)c->kc;
     int step = kind == FORM_ATTENTION ? L->att_step : L->route_step;

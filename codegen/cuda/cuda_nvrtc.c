@@ -213,7 +213,8 @@ static bool compile_once(const char *source, const char *name, const char *arch_
             out->ptx_len = strlen(out->ptx); /* NVRTC's size counts the NUL (a .ptx file with it ptxas refuses) */
         }
         nvrtcDestroyProgram(&prog);
-        if (key) cache_write(path, key, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);
+        if (key)
+            cache_write(path, key, cubin ? out->cubin : (void *)out->ptx, cubin ? out->cubin_len : out->ptx_len, log);
     }
     free(key);
     if (cubin) {

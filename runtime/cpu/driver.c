@@ -51,7 +51,8 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: %s %s(--weights W | --random-weights SEED) (--ids \"1 2 3\" | --prompt TEXT | --prompts F [--batch N [--chunk N] [--unordered]] [--no-prefix-reuse] | --serve [--batch N]) [--max-positions N] [--tokenizer F] [--no-bos] [--special] "
                "[--backend interp|cpu] "
-               "[--device cpu|cuda[:N]] [--threads N] [--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
+               "[--device cpu|cuda[:N]] [--threads N] "
+               "[--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
                "[--repetition-penalty R] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "

@@ -297,17 +297,18 @@ static bool dupload_made(CudaModel *cm, uint64_t d, const Tensor *t, RtError *er
  * made (dupload_made). */
 /* (The upload is synchronous: the device copy is what runs, and the checkpoint's pages then leave the
  * process, weights_release.) */
-static bool dupload_tensor_(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err);
+static bool dupload_tensor_data(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err);
 
+/* ... and said to CudaOptions.progress */
 static bool dupload_tensor(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
 {
-    if (!dupload_tensor_(cm, d, t, bytes, err)) return false;
+    if (!dupload_tensor_data(cm, d, t, bytes, err)) return false;
     cm->ready += (double)bytes;
     if (cm->o.progress) cm->o.progress(cm->o.progress_ctx, cm->ready < cm->total ? cm->ready : cm->total, cm->total);
     return true;
 }
 
-static bool dupload_tensor_(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
+static bool dupload_tensor_data(CudaModel *cm, uint64_t d, const Tensor *t, size_t bytes, RtError *err)
 {
     const void *part[2];
     size_t lo;

@@ -144,7 +144,8 @@ p=$(MOEPPC_PROGRESS=1 "$WORK/model" --random-weights 1 --ids "1 2" --top 0 2>&1 
 p=$("$WORK/model" --random-weights 1 --ids "1 2" --top 0 2>&1 >/dev/null)
 ! grep -q "weights ready" <<<"$p" || { echo "progress off a terminal: $p"; exit 1; }
 if command -v script >/dev/null; then
-  p=$(script -qec "MOEPPC_PROGRESS=1 '$WORK/model' --random-weights 1 --ids '1 2' --top 0 >/dev/null" /dev/null | od -An -c | tr -d ' \n')
+  p=$(script -qec "MOEPPC_PROGRESS=1 '$WORK/model' --random-weights 1 --ids '1 2' --top 0 >/dev/null" /dev/null |
+    od -An -c | tr -d ' \n')
   [[ "$p" == *'\r'*"weightsready:100%"*'\r033[K' ]] || { echo "progress on a terminal: $p"; exit 1; }
   p=$(script -qec "'$WORK/model' --random-weights 1 --ids '1 2' --top 0 >/dev/null" /dev/null)
   [ -z "$p" ] || { echo "progress on a terminal, a small model: $p"; exit 1; }

@@ -25,7 +25,8 @@ BF16=$HERE/../../specs/tiny/tiny-bf16.yaml
 db=${TMPDIR:-/tmp}/moeppc-device-emu-$$.yaml
 out=$(timeout 200 "$MOEPPC" tune "$BF16" --target sm_90 --device cuda:1 --tokens 1 --budget 5 -o "$db" 2>&1)
 rc=$?
-[ $rc -eq 1 ] && grep -q "no GPU 1: it has 1" <<<"$out" && [ ! -e "$db" ] || { rm -f "$db"; fail "tune --device cuda:1: exit $rc: $out"; }
+[ $rc -eq 1 ] && grep -q "no GPU 1: it has 1" <<<"$out" && [ ! -e "$db" ] ||
+  { rm -f "$db"; fail "tune --device cuda:1: exit $rc: $out"; }
 out=$("$MOEPPC" tune "$BF16" --device cuda:0 -o /dev/null 2>&1); rc=$?
 [ $rc -eq 2 ] && grep -q "only with a GPU target" <<<"$out" || fail "tune --device without --target: exit $rc: $out"
 for bad in cuda:x cuda: cuda:256 cuda:-1 gpu; do
