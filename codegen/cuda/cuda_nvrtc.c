@@ -141,15 +141,17 @@ static bool cache_read(const char *path, const char *key, char **data, size_t *l
 static void cache_write(const char *path, const char *key, const void *data, size_t len, const char *log)
 {
     size_t n_key = strlen(key), n_log = strlen(log), n = n_key + len + n_log;
-    char *body = xmalloc(n + 128), why[256];
-    memcpy(body + 128, key, n_key);
-    memcpy(body + 128 + n_key, data, len);
-    memcpy(body + 128 + n_key + len, log, n_log);
-    int h = snprintf(body, 128, NVRTC_CACHE_MAGIC " %zu %zu %zu %016llx\n", n_key, len, n_log,
-                     (unsigned long long)hash_xxh64(body + 128, n, 0));
-    memmove(body + h, body + 128, n); /* (the header's length known only now) */
-    (void)file_write_atomic(path, body, (size_t)h + n, why, sizeof why);
-    free(body);
+    enum { HEAD = 128 }; /* (more than the header line: the magic, three sizes and a sum, 95 bytes at most) */
+    char *file = xmalloc(HEAD + n), *body = file + HEAD, why[256];
+    memcpy(body, key, n_key);
+    memcpy(body + n_key, data, len);
+    memcpy(body + n_key + len, log, n_log);
+    char head[HEAD];
+    int h = snprintf(head, sizeof head, NVRTC_CACHE_MAGIC " %zu %zu %zu %016llx\n", n_key, len, n_log,
+                     (unsigned long long)hash_xxh64(body, n, 0));
+    memcpy(body - h, head, (size_t)h); /* (the line just before the body) */
+    (void)file_write_atomic(path, body - h, (size_t)h + n, why, sizeof why);
+    free(file);
 }
 
 /* dl_iterate_phdr's callback: the folder of the loaded libnvrtc.so.N into `data` (PATH_MAX bytes). */

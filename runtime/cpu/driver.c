@@ -734,12 +734,17 @@ typedef struct {
     int tenth; /* mode 2: the tenths said so far */
 } Progress;
 
-static int progress_mode(void)
+static Progress progress_start(void)
 {
     const char *e = getenv("MOEPPC_PROGRESS");
-    if (e && strcmp(e, "0") == 0) return 0;
-    if (e && strcmp(e, "1") == 0) return isatty(2) ? 1 : 2;
-    return isatty(2) ? 1 : 0;
+    int mode = e && strcmp(e, "0") == 0 ? 0 : isatty(2) ? 1 : e && strcmp(e, "1") == 0 ? 2 : 0;
+    return (Progress){mode, 0, false, 0};
+}
+
+/* The model is ready: a terminal's line cleared. */
+static void progress_end(const Progress *p)
+{
+    if (p->shown && p->mode == 1) fputs("\r\033[K", stderr);
 }
 
 static void progress(void *ctx, double ready, double total)
@@ -774,7 +779,7 @@ static bool runner_start(Runner *rn, WeightSet *w)
                          .no_graph = cuda_env_off("MOEPPC_CUDA_GRAPH"), .poison = getenv("MOEPPC_CUDA_POISON") != NULL,
                          .sync_each = getenv("MOEPPC_CUDA_SYNC") != NULL, .compile = cfg->cuda_compile,
                          .last_rows = rn->last_only, .device = r->cuda_device};
-        Progress pg = {progress_mode(), 0, false, 0};
+        Progress pg = progress_start();
         o.progress = pg.mode ? progress : NULL, o.progress_ctx = &pg;
         cuda_options_env(&o);
         if (cfg->cuda_tile_sched)
@@ -789,7 +794,7 @@ static bool runner_start(Runner *rn, WeightSet *w)
                               o.tile_sched, &rn->m->arena);
         }
         rn->gpu = cfg->cuda->model_new(rn->m, w, s->max_positions, &o, &err);
-        if (pg.shown && pg.mode == 1) fputs("\r\033[K", stderr); /* (a terminal's line cleared) */
+        progress_end(&pg);
         if (!rn->gpu) drv_err("CUDA backend: %s\n", err.msg);
         return rn->gpu != NULL;
     }
@@ -798,13 +803,13 @@ static bool runner_start(Runner *rn, WeightSet *w)
         return false;
     }
     rn->ks = cfg->kernels_new(&err);
-    Progress pg = {progress_mode(), 0, false, 0};
+    Progress pg = progress_start();
     CpuModelOptions o = {.threads = r->threads, .panel_cache = r->panel_cache,
                          .panel_cache_max = (double)r->panel_cache_max * 1048576.0,
                          .panel_cache_verify = r->panel_cache_verify, .progress = pg.mode ? progress : NULL,
                          .progress_ctx = &pg};
     if (rn->ks) rn->cm = cpu_model_open(rn->m, w, s->max_positions, rn->ks, &o, &err);
-    if (pg.shown && pg.mode == 1) fputs("\r\033[K", stderr); /* (a terminal's line cleared) */
+    progress_end(&pg);
     if (!rn->cm) drv_err("CPU backend: %s\n", err.msg);
     PanelCacheStats pst;
     char line[512];
