@@ -286,7 +286,9 @@ static void run_once(Tuner *t, const Problem *p, const Runnable *rn, const Packe
 {
     const Shape *sh = p->sh;
     if (is_attention(sh)) {
-        cpu_attention_run(t->pool, rn->att, p->T, sh->n, cg_attention_cap(p->rows), p->x, p->w, p->vc, p->perm, p->out);
+        CgOpDesc d = {.kind = CG_OP_ATTENTION, .heads = sh->n, .kv_heads = sh->groups}; /* (prepare's form) */
+        cpu_attention_run(t->pool, rn->att, p->T, sh->n, cg_attention_heads_per_call(&d), cg_attention_cap(p->rows),
+                          p->x, p->w, p->vc, p->perm, p->out);
         return;
     }
     CgRouting r = {sh->groups, p->off, p->perm, p->gw};

@@ -35,6 +35,7 @@ typedef struct Step {
                                     /*   of kv_dt: [n_seqs]                                           */
     moe_dtype kv_dt;
     bool kv_pairs;                  /* attention's amx form: its caches in k pairs (cg_attention_kt_index) */
+    int64_t att_hpc;                /* attention's query heads a kernel call (cg_attention_heads_per_call) */
     const void **vc_ptrs;           /* combine: the constant vectors                                  */
     int64_t *off;                   /* dispatch: CgRouting of this layer                              */
     int32_t *perm;
@@ -521,6 +522,7 @@ static bool prepare_attention(CpuModel *cm, Step *st, RtError *err)
     MOE_ASSERT(cg_op_desc_for(st->i, &d));
     st->kv_dt = d.wdtype;
     st->kv_pairs = d.amx;
+    st->att_hpc = cg_attention_heads_per_call(&d);
     if (!cm->dry) {
         size_t n = (size_t)cg_attention_cache_elems(cm->max_pos, d.kv_heads, d.head_dim);
         st->kt = xcalloc(1, sizeof *st->kt);
@@ -764,15 +766,15 @@ static void run_attention(CpuModel *cm, Step *st, int64_t T)
         if (n && cm->segs[n - 1].kt == st->kt[s]) cm->segs[n - 1].rows++;
         else cm->segs[n++] = (CpuAttSeg){t, 1, st->kt[s], st->vc[s], 0};
     }
-    cpu_attention_run_segs(cm->pool, choice_for(st, T)->fn, ir_attr_int(i, "heads"), cap, addr(cm, i->in[0], T),
-                           cm->pos, addr(cm, i->out[0], T), cm->segs, n);
+    cpu_attention_run_segs(cm->pool, choice_for(st, T)->fn, ir_attr_int(i, "heads"), st->att_hpc, cap,
+                           addr(cm, i->in[0], T), cm->pos, addr(cm, i->out[0], T), cm->segs, n);
 }
 
 /* ---- attention's schedule over the threads -------------------------------------------------------- */
 
 typedef struct {
     attn_fn fn;
-    int64_t heads, rows;            /* rows per task */
+    int64_t heads, hpc, rows;       /* query heads, a call's, rows per task */
     int64_t cap;
     const void *q;
     const int32_t *pos;
@@ -781,9 +783,9 @@ typedef struct {
     int n;
 } AttTasks;
 
-/* One task: a block of query rows of one head of one sequence in one kernel call, which takes them a
- * few at a time over each tile of keys and values (heads interleaved by row would stream the cache
- * from memory). */
+/* One task: a block of query rows of a call's heads (cg_attention_heads_per_call: one, or the query
+ * heads of one kv head) of one sequence in one kernel call, which takes them a few at a time over each
+ * tile of keys and values (heads interleaved by row would stream the cache from memory). */
 static void att_task(void *ctx, int64_t task, int thread)
 {
     (void)thread;
@@ -795,34 +797,35 @@ static void att_task(void *ctx, int64_t task, int thread)
         else hi = mid - 1;
     }
     const CpuAttSeg *s = &a->segs[lo];
-    int64_t local = task - s->task0, blocks = (s->rows + a->rows - 1) / a->rows;
+    int64_t local = task - s->task0, blocks = (s->rows + a->rows - 1) / a->rows, calls = a->heads / a->hpc;
     /* the last block of rows of every head first: causal rows see the more keys the later they come,
      * so the largest tasks go first and the pool's last tasks are its smallest */
-    int64_t h = local % a->heads, t0 = (blocks - 1 - local / a->heads) * a->rows;
+    int64_t h = local % calls * a->hpc, t0 = (blocks - 1 - local / calls) * a->rows;
     int64_t rows = t0 + a->rows < s->rows ? a->rows : s->rows - t0;
     a->fn((s->row0 + t0) * a->heads + h, rows, a->cap, a->q, s->kt, s->vc, a->pos, a->out);
 }
 
-void cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t cap, const void *q, const int32_t *pos,
-                            void *out, CpuAttSeg *segs, int n)
+void cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t hpc, int64_t cap, const void *q,
+                            const int32_t *pos, void *out, CpuAttSeg *segs, int n)
 {
     int64_t T = 0, want = 8 * (int64_t)cg_pool_threads(pool); /* tasks enough to balance the causal triangle */
     for (int k = 0; k < n; k++) T += segs[k].rows;
-    int64_t blocks = (want + heads - 1) / heads, tasks = 0;
-    AttTasks a = {(attn_fn)fn, heads, (T + blocks - 1) / blocks, cap, q, pos, out, segs, n};
+    MOE_ASSERT(hpc >= 1 && heads % hpc == 0);
+    int64_t calls = heads / hpc, blocks = (want + calls - 1) / calls, tasks = 0;
+    AttTasks a = {(attn_fn)fn, heads, hpc, (T + blocks - 1) / blocks, cap, q, pos, out, segs, n};
     a.rows = (a.rows + 15) / 16 * 16; /* whole tiles of query rows (the kernels' are 1 to 4, or 16 on AMX) */
     for (int k = 0; k < n; k++) {
         segs[k].task0 = tasks;
-        tasks += heads * ((segs[k].rows + a.rows - 1) / a.rows);
+        tasks += calls * ((segs[k].rows + a.rows - 1) / a.rows);
     }
     cg_pool_parallel_for(pool, tasks, att_task, &a);
 }
 
-void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q, const void *kt,
-                       const void *vc, const int32_t *pos, void *out)
+void cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t hpc, int64_t cap, const void *q,
+                       const void *kt, const void *vc, const int32_t *pos, void *out)
 {
     CpuAttSeg one = {0, T, kt, vc, 0};
-    cpu_attention_run_segs(pool, fn, heads, cap, q, pos, out, &one, 1);
+    cpu_attention_run_segs(pool, fn, heads, hpc, cap, q, pos, out, &one, 1);
 }
 
 typedef void (*dispatch_kernel)(int64_t, const int32_t *, const float *, int64_t *, int32_t *, float *);

@@ -127,9 +127,10 @@ bool      cpu_model_run_seqs(CpuModel *cm, const int32_t *ids, const int32_t *po
                              RtError *err);
 
 /* Causal attention of T query rows over the KV caches (kt, vc of cap positions a head:
- * cg_attention_store) with the attention kernel fn: the work spreads over the pool's threads by head
+ * cg_attention_store) with the attention kernel fn, which takes hpc query heads a call
+ * (cg_attention_heads_per_call of its op): the work spreads over the pool's threads by those heads
  * and block of rows (the tuner times it so). */
-void      cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t cap, const void *q,
+void      cpu_attention_run(CgPool *pool, void *fn, int64_t T, int64_t heads, int64_t hpc, int64_t cap, const void *q,
                             const void *kt, const void *vc, const int32_t *pos, void *out);
 /* The same over several sequences' caches: rows [row0, row0 + rows) of q, pos and out attend over
  * kt, vc (task0 is the function's own: where the segment's tasks start). */
@@ -138,8 +139,8 @@ typedef struct CpuAttSeg {
     const void *kt, *vc;
     int64_t task0;
 } CpuAttSeg;
-void      cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t cap, const void *q, const int32_t *pos,
-                                 void *out, CpuAttSeg *segs, int n);
+void      cpu_attention_run_segs(CgPool *pool, void *fn, int64_t heads, int64_t hpc, int64_t cap, const void *q,
+                                 const int32_t *pos, void *out, CpuAttSeg *segs, int n);
 
 /* Every kernel the module needs, requested from ks once (moeppc build compiles them this way). */
 bool      cpu_request_kernels(const IrModule *m, CpuKernelSource *ks, RtError *err);

@@ -1,6 +1,7 @@
 /* ops_timing.c — not a test: the cost of building each kernel (cg_ops_build + verify, O3, JIT code
  * generation) at the MoE++ 7B shapes, and single-threaded run times of attention (T = 512, 16 heads
- * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, OPS_TIMING_KV=bf16|f16 a 16-bit KV cache,
+ * of 96, positions 0..511; OPS_TIMING_HEADS=HxHD other heads, HxHD/KVH with KVH kv heads (GQA: Mixtral's
+ * 32x128/8), OPS_TIMING_KV=bf16|f16 a 16-bit KV cache,
  * OPS_TIMING_KVB and OPS_TIMING_TASK the key block and the rows a call;
  * decode steps at 511 and 4095, and a serving batch's at 511 over 64 MB of caches) and of the row
  * kernels at T = 512. Medians of repeated calls. */
@@ -28,9 +29,10 @@ int main(void)
 {
     OpsJit *j = oj_new();
     const int64_t D = 1536, T = 512; /* attention: the 7B's 16 heads of 96, or OPS_TIMING_HEADS=HxHD */
-    int64_t H = 16, hd = 96;
+    int64_t H = 16, hd = 96, Hk = 0;
     const char *heads_env = getenv("OPS_TIMING_HEADS");
-    if (heads_env && sscanf(heads_env, "%ldx%ld", &H, &hd) != 2) H = 16, hd = 96;
+    if (heads_env && sscanf(heads_env, "%ldx%ld/%ld", &H, &hd, &Hk) < 2) H = 16, hd = 96;
+    if (Hk <= 0 || H % Hk) Hk = H;
     moe_dtype kv = DT_F32;
     if (getenv("OPS_TIMING_KV") && !dtype_parse(getenv("OPS_TIMING_KV"), &kv)) kv = DT_F32;
     /* OPS_TIMING_AMX=1: attention's amx form (bf16 caches in k pairs, head_dim a multiple of 32) on AMX
@@ -48,7 +50,7 @@ int main(void)
         {.kind = CG_OP_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ADD_RMS_NORM, .wdtype = DT_BF16, .cols = D, .eps = 1e-6},
         {.kind = CG_OP_ROPE, .heads = H, .head_dim = hd, .theta = 10000.0},
-        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = H, .head_dim = hd, .amx = amx,
+        {.kind = CG_OP_ATTENTION, .wdtype = kv, .heads = H, .kv_heads = Hk, .head_dim = hd, .amx = amx,
          .kv_block = kvb},
         {.kind = CG_OP_SWIGLU, .cols = 4096},
         {.kind = CG_OP_ADD, .cols = D},
@@ -79,16 +81,17 @@ int main(void)
     int32_t *pos = xmalloc((size_t)T * 4);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     fn_att att = (fn_att)oj_kernel(j, &ds[4], NULL);
+    const int64_t G = cg_attention_heads_per_call(&ds[4]); /* heads a call */
     int64_t cap = cg_attention_cap(T);
-    void *kt = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
-    void *vh = xcalloc((size_t)cg_attention_cache_elems(T, H, hd), dtype_size(kv));
+    void *kt = xcalloc((size_t)cg_attention_cache_elems(T, Hk, hd), dtype_size(kv));
+    void *vh = xcalloc((size_t)cg_attention_cache_elems(T, Hk, hd), dtype_size(kv));
     for (int64_t t = 0; t < T; t++)
-        cg_attention_store(kt, vh, kv, H, hd, cap, t, kc + t * H * hd, vc + t * H * hd, amx);
+        cg_attention_store(kt, vh, kv, Hk, hd, cap, t, kc + t * Hk * hd, vc + t * Hk * hd, amx);
     double ms[15];
     for (int k = 0; k < 15; k++) { /* the executor's order (cpu_attention_run): a head's rows in one call */
         double t0 = oj_now_ms();
         for (int64_t t = 0; t < T; t += task)
-            for (int64_t h = 0; h < H; h++) att(t * H + h, t + task <= T ? task : T - t, cap, q, kt, vh, pos, out);
+            for (int64_t h = 0; h < H; h += G) att(t * H + h, t + task <= T ? task : T - t, cap, q, kt, vh, pos, out);
         ms[k] = oj_now_ms() - t0;
     }
     double flop = 4.0 * (double)H * hd * (double)T * (double)(T + 1) / 2; /* qk and pv, 2 flops per MAC */
@@ -99,32 +102,32 @@ int main(void)
     printf("  = %.1f GFLOP/s on the causal half\n", flop / (ms[7] * 1e6));
     for (int k = 0; k < 15; k++) {
         double t0 = oj_now_ms();
-        for (int64_t h = 0; h < H; h++) att((T - 1) * H + h, 1, cap, q, kt, vh, pos, out); /* one decode step at 511 */
+        for (int64_t h = 0; h < H; h += G) att((T - 1) * H + h, 1, cap, q, kt, vh, pos, out); /* one decode step at 511 */
         ms[k] = oj_now_ms() - t0;
     }
     report("attention decode step at pos 511", ms, 15);
     { /* at pos 4095: caches of 4096 positions, far past the caches (the bytes a step reads, said) */
-        const int64_t L = 4096, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, H, hd);
+        const int64_t L = 4096, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, Hk, hd);
         void *kl = xcalloc((size_t)el, dtype_size(kv)), *vl = xcalloc((size_t)el, dtype_size(kv));
         float *row = xmalloc((size_t)(2 * H * hd) * 4);
         for (int64_t t = 0; t < L; t++) {
-            oj_random(&r, row, (size_t)(2 * H * hd), -1, 1);
-            cg_attention_store(kl, vl, kv, H, hd, capl, t, row, row + H * hd, amx);
+            oj_random(&r, row, (size_t)(2 * Hk * hd), -1, 1);
+            cg_attention_store(kl, vl, kv, Hk, hd, capl, t, row, row + Hk * hd, amx);
         }
         int32_t last = (int32_t)(L - 1);
         for (int k = 0; k < 15; k++) {
             double t0 = oj_now_ms();
-            for (int64_t h = 0; h < H; h++) att(h, 1, capl, q, kl, vl, &last, out);
+            for (int64_t h = 0; h < H; h += G) att(h, 1, capl, q, kl, vl, &last, out);
             ms[k] = oj_now_ms() - t0;
         }
         report("attention decode step at pos 4095", ms, 15);
-        printf("  = %.1f GB/s of the caches (%.1f MB)\n", 2.0 * L * H * hd * dtype_size(kv) / (ms[7] * 1e6),
-               2.0 * L * H * hd * dtype_size(kv) / 1e6);
+        printf("  = %.1f GB/s of the caches (%.1f MB)\n", 2.0 * L * Hk * hd * dtype_size(kv) / (ms[7] * 1e6),
+               2.0 * L * Hk * hd * dtype_size(kv) / 1e6);
         free(kl), free(vl), free(row);
     }
     { /* a serving batch's decode step: sequences of 512 positions, one query row each, their caches
        * 64 MB in all (past any L3 these machines have had; the step at 4095 above may sit in one) */
-        const int64_t L = 512, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, H, hd);
+        const int64_t L = 512, capl = cg_attention_cap(L), el = cg_attention_cache_elems(L, Hk, hd);
         const double seq_bytes = 2.0 * (double)el * (double)dtype_size(kv);
         const int64_t S = (int64_t)(64e6 / seq_bytes) + 1;
         void **kl = xmalloc(sizeof(void *) * (size_t)S), **vl = xmalloc(sizeof(void *) * (size_t)S);
@@ -132,20 +135,20 @@ int main(void)
         for (int64_t s = 0; s < S; s++) {
             kl[s] = xcalloc((size_t)el, dtype_size(kv)), vl[s] = xcalloc((size_t)el, dtype_size(kv));
             for (int64_t t = 0; t < L; t++) {
-                oj_random(&r, row, (size_t)(2 * H * hd), -1, 1);
-                cg_attention_store(kl[s], vl[s], kv, H, hd, capl, t, row, row + H * hd, amx);
+                oj_random(&r, row, (size_t)(2 * Hk * hd), -1, 1);
+                cg_attention_store(kl[s], vl[s], kv, Hk, hd, capl, t, row, row + Hk * hd, amx);
             }
         }
         int32_t last = (int32_t)(L - 1);
         for (int k = 0; k < 15; k++) { /* cpu_attention_run_segs' order: sequence by sequence, head by head */
             double t0 = oj_now_ms();
             for (int64_t s = 0; s < S; s++)
-                for (int64_t h = 0; h < H; h++) att(h, 1, capl, q, kl[s], vl[s], &last, out);
+                for (int64_t h = 0; h < H; h += G) att(h, 1, capl, q, kl[s], vl[s], &last, out);
             ms[k] = oj_now_ms() - t0;
         }
         snprintf(what, sizeof what, "attention decode, %ld sequences at pos 511", (long)S);
         report(what, ms, 15);
-        double bytes = 2.0 * (double)(S * L * H * hd) * (double)dtype_size(kv);
+        double bytes = 2.0 * (double)(S * L * Hk * hd) * (double)dtype_size(kv);
         printf("  = %.1f GB/s of the caches (%.1f MB)\n", bytes / (ms[7] * 1e6), bytes / 1e6);
         for (int64_t s = 0; s < S; s++) free(kl[s]), free(vl[s]);
         free(kl), free(vl), free(row);

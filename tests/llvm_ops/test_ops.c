@@ -245,7 +245,9 @@ static void test_rope_far(void **state)
 }
 
 /* ---- attention -------------------------------------------------------------------------------- */
-static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}};
+/* query and kv heads: GQA groups of 2, 4 (a decode step's 4 heads one tile) and 6 (the dot form's 8-row
+ * tiles, then tiles of the 6 heads, then rows alone) */
+static const int64_t head_pairs[][2] = {{4, 4}, {4, 2}, {2, 1}, {8, 2}, {6, 1}};
 
 /* The caches of P positions (rows [P, Hk·hd] of kc and vc) as the kernel reads them, of type dt, each
  * against a guard page; what lies past P holds NaN, which the kernel must mask or never read. */
@@ -273,11 +275,13 @@ static void caches_free(Caches *c)
     oj_guarded_free(c->vc, c->bytes);
 }
 
-/* Every head's rows of T queries in two calls each, rows [0, s) and [s, T). */
-static void run_attention(fn_att f, int64_t H, int64_t T, int64_t s, const float *q, const Caches *c,
+/* Every head's rows of T queries in two calls each, rows [0, s) and [s, T), a call for each of d's
+ * heads a call (cg_attention_heads_per_call). */
+static void run_attention(fn_att f, const CgOpDesc *d, int64_t T, int64_t s, const float *q, const Caches *c,
                           const int32_t *pos, float *out)
 {
-    for (int64_t h = 0; h < H; h++) {
+    int64_t H = d->heads;
+    for (int64_t h = 0; h < H; h += cg_attention_heads_per_call(d)) {
         if (s > 0) f(h, s, c->cap, q, c->kt, c->vc, pos, out);
         if (s < T) f(s * H + h, T - s, c->cap, q, c->kt, c->vc, pos, out);
     }
@@ -315,7 +319,7 @@ static void check_attention_case(moe_rng *r, int64_t H, int64_t Hk, int64_t hd, 
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .wdtype = dt, .heads = H, .kv_heads = Hk, .head_dim = hd};
     fn_att f = (fn_att)oj_kernel(J, &d, NULL);
     Caches c = caches(kc, vc, T, Hk, hd, dt, false);
-    run_attention(f, H, T, split(T), q, &c, pos, out);
+    run_attention(f, &d, T, split(T), q, &c, pos, out);
     caches_free(&c);
     char label[96];
     snprintf(label, sizeof label, "attention H=%lld Hk=%lld hd=%lld T=%lld kv %s", (long long)H, (long long)Hk,
@@ -333,7 +337,7 @@ static void test_attention(void **state)
     const int64_t hds[] = {2, 16, 40, 64, 158}; /* 158 = 2·79: one <158 x float> accumulator; 40: 5
                                                    * vectors of 8, accumulators on the stack in chunks of
                                                    * 2, 2 (a loop), then 1 on AVX2 */
-    for (size_t a = 0; a < 3; a++)
+    for (size_t a = 0; a < MOE_ARRAY_LEN(head_pairs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t t = 0; t < 3; t++) {
                 check_attention_case(&r, head_pairs[a][0], head_pairs[a][1], hds[b], Ts[t], DT_F32);
@@ -387,7 +391,7 @@ static void test_attention_kv_cache(void **state)
     /* 38: 19 vectors of 2; 64: 4 of 16, 6 rows a tile on AVX-512; 96: 6 of 16, 4 rows */
     const int64_t p0s[] = {5, 40}, hds[] = {2, 38, 64, 96};
     const int blocks[] = {0, 1, 7, 40, 64};
-    for (size_t a = 0; a < 3; a++)
+    for (size_t a = 0; a < MOE_ARRAY_LEN(head_pairs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t c = 0; c < 2; c++)
                 for (size_t t = 0; t < 3; t++) {
@@ -413,7 +417,7 @@ static void test_attention_kv_cache(void **state)
                     Caches cs = caches(kc, vc, P, Hk, hd, dt, false);
                     for (int64_t sp = 0; sp <= T; sp++) {
                         memset(out, 0xff, (size_t)(T * H * hd) * 4); /* NaN: rows left unwritten fail */
-                        run_attention(f, H, T, sp, q, &cs, pos, out);
+                        run_attention(f, &d, T, sp, q, &cs, pos, out);
                         assert_true(oj_rel_err("attention kv cache", out, ref, (size_t)(T * H * hd)) <= TOL);
                     }
                     caches_free(&cs);
@@ -517,7 +521,7 @@ static void check_amx_form(int form)
     rng_seed(&r, 16);
     const int64_t p0s[] = {0, 5, 40}, hds[] = {32, 64, 96, 128}, Tamx[] = {1, 16, 17, 45, 70};
     int64_t rows_all = 0, rows_off = 0;
-    for (size_t a = 0; a < 3; a++)
+    for (size_t a = 0; a < MOE_ARRAY_LEN(head_pairs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(hds); b++)
             for (size_t c = 0; c < MOE_ARRAY_LEN(p0s); c++)
                 for (size_t t = 0; t < MOE_ARRAY_LEN(Tamx); t++) {
@@ -538,7 +542,7 @@ static void check_amx_form(int form)
                     for (size_t k = 0; k < MOE_ARRAY_LEN(sps); k++) {
                         if (sps[k] > T) continue;
                         memset(out, 0xff, nq * 4); /* NaN: rows left unwritten fail */
-                        run_attention(f, H, T, sps[k], q, &cs, pos, out);
+                        run_attention(f, &d, T, sps[k], q, &cs, pos, out);
                         double most = 0, worst = 0;
                         for (size_t e = 0; e < nq; e++) most = fmax(most, fabs(ref[e]));
                         for (int64_t row = 0; row < T * H; row++) {
@@ -571,7 +575,7 @@ static void check_amx_form(int form)
                       .amx = form};
         Caches cs = caches(kc, vc, P, Hk, hd, DT_BF16, true);
         memset(out, 0xff, nq * 4);
-        run_attention((fn_att)oj_kernel(J, &d, NULL), H, T, 0, q, &cs, pos, out);
+        run_attention((fn_att)oj_kernel(J, &d, NULL), &d, T, 0, q, &cs, pos, out);
         for (size_t e = 0; e < nq; e++) most = fmax(most, fabs(ref[e]));
         for (size_t e = 0; e < nq; e++)
             worst = isnan(out[e]) ? INFINITY : fmax(worst, fabs(out[e] - ref[e]) / most);

@@ -36,8 +36,10 @@ typedef enum {
                          *        const void *vc, const int32 *pos, float *out)
                          *   kt, vc: the caches (cg_attention_store), of cap positions a head and of
                          *   wdtype (f32, bf16 or f16)
-                         *   query rows t0 .. t0 + rows - 1 of head h, where item0 = t0·heads + h (so a
-                         *   decode step's heads spread over threads, a prefill's rows in blocks);
+                         *   query rows t0 .. t0 + rows - 1 of heads h .. h + G - 1, where item0 =
+                         *   t0·heads + h, G = cg_attention_heads_per_call and h a multiple of G (so a
+                         *   decode step's heads spread over threads, a prefill's rows in blocks, and
+                         *   the query heads of one kv head share each load of its keys and values);
                          *   q: [T, heads·hd]; vc: the V cache in rows; kt: the K cache in key tiles,
                          *   so that one query's scores of 16 keys are one vector; query t attends to positions 0..pos[t]
                          *   (causal; every position up to the largest pos of a call written), scale
@@ -116,6 +118,17 @@ enum { CG_ATTENTION_AMX = 1, CG_ATTENTION_DOT = 2 }; /* CgOpDesc.amx, the IR att
 static inline int64_t cg_attention_cap(int64_t positions)
 {
     return (positions + 63 + CG_ATTENTION_KT_KEYS - 1) / CG_ATTENTION_KT_KEYS * CG_ATTENTION_KT_KEYS;
+}
+/* Query heads one attention call takes (G above): the largest divisor of the GQA group heads / kv_heads
+ * up to 8, whose rows (each position's G heads, then the next position's) the kernel takes a tile at a
+ * time as it takes a head's consecutive rows, so that a decode step reads each kv head's caches once
+ * instead of once a query head; 1 on AMX tiles (amx 1: tiles of 16 rows of one head). */
+static inline int64_t cg_attention_heads_per_call(const CgOpDesc *d)
+{
+    int64_t group = d->kv_heads > 0 ? d->heads / d->kv_heads : 1, g = group < 8 ? group : 8;
+    if (d->amx == CG_ATTENTION_AMX) return 1;
+    while (g > 1 && group % g) g--;
+    return g > 1 ? g : 1;
 }
 /* Elements of each cache (K and V alike) for P positions. */
 static inline int64_t cg_attention_cache_elems(int64_t positions, int64_t kv_heads, int64_t head_dim)

@@ -1,7 +1,10 @@
 /* ops_attention.c — causal GQA attention over a KV cache, streaming (flash-attention style), for a
- * few query rows of one head at a time.
+ * few query rows at a time.
  *
- * A call handles rows t0 .. t0 + rows - 1 of head h, qb rows at once (qb 1, 2, 4 or, on AVX-512 up
+ * A call handles rows t0 .. t0 + rows - 1 of heads h .. h + G - 1 (G = cg_attention_heads_per_call:
+ * with GQA the query heads of one kv head, so that a decode step's tile of them reads the kv head's
+ * caches once, not once a head), as G·rows "pairs" (t0 + p / G, h + p % G): a position's G heads,
+ * then the next position's. It takes them qb at once (qb 1, 2, 4 or, on AVX-512 up
  * to head_dim 64, 6 chosen so that their output accumulators stay in registers, or the stack form
  * below; a call's last 2 to qb - 1 rows one more tile that overlaps the one before, as below; the
  * last rows one at a time). Keys come in blocks of kb = 16·nt (kv_block rounded up to 16, at most
@@ -67,7 +70,9 @@ typedef struct {
     moe_dtype kvdt;                  /* the KV cache's elements (f32, bf16, f16), widened as loaded */
     int pf;                          /* key blocks ahead the caches are prefetched */
     LLVMValueRef ps;                 /* [MAX_QB][kb] the block's probabilities */
-    LLVMValueRef h, g;               /* the query head and its kv head */
+    LLVMValueRef t0, h, g;           /* the call's first row and query head, and their kv head */
+    int64_t hpc;                     /* query heads a call (cg_attention_heads_per_call): its rows
+                                      * ("pairs" p) are (t0 + p / hpc, h + p % hpc) */
     int64_t heads, hd, vwp, nvp;     /* vwp lanes per accumulator vector, nvp = hd / vwp vectors a row */
     int nt;                          /* 16-key tiles a block */
     int chunk;                       /* > 0: accumulators in accm, chunk vectors a row at a time */
@@ -76,6 +81,17 @@ typedef struct {
     LLVMValueRef ml;                 /* [2][MAX_QB]: the rows' max and sum (chunk > 0) */
     double scale;
 } Att;
+
+/* The query row of a call's pair p (p >= 0): its position's index t, and its q and output offset. */
+static LLVMValueRef pair_t(const Ob *o, const Att *a, LLVMValueRef p)
+{
+    return add(o, a->t0, a->hpc > 1 ? LLVMBuildUDiv(o->b, p, ob_i64(o, a->hpc), "") : p);
+}
+static LLVMValueRef pair_qi(const Ob *o, const Att *a, LLVMValueRef p)
+{
+    LLVMValueRef h = a->hpc > 1 ? add(o, a->h, LLVMBuildURem(o->b, p, ob_i64(o, a->hpc), "")) : a->h;
+    return mul(o, add(o, mul(o, pair_t(o, a, p), a->heads), h), a->hd);
+}
 
 /* One pass over d: the scores of tiles tile0 + u0 .. tile0 + u0 + nu - 1 of kv head g for qb rows,
  * sc[i·nu + u] = Σ_d q_i[d] · kt_tile[d][:] (a tile: [hd][16] values). */
@@ -204,8 +220,8 @@ static LLVMValueRef row_softmax(Ob *o, const Att *a, int64_t kb, LLVMValueRef j0
     return corr;
 }
 
-/* Rows lo .. lo + qb·n_tiles - 1 of the head, qb at a time; a tile starts last rows past lo at the
- * most (when non-NULL): a call's last tile of qb rows may overlap the one before it, whose rows it
+/* The call's rows (pairs) lo .. lo + qb·n_tiles - 1, qb at a time; a tile starts last rows past lo at
+ * the most (when non-NULL): a call's last tile of qb rows may overlap the one before it, whose rows it
  * computes again, to the same values. The stack form (inmem) keeps each row's max, sum and
  * accumulators in memory (ml, accm) and runs the softmax and the values' chunks as loops: their
  * indices keep LLVM from promoting those to registers it does not have (it would spill them, from an
@@ -219,12 +235,12 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     LLVMTypeRef tacc = LLVMVectorType(o->tf32, (unsigned)a->vwp);
     ObLoop R;
     ob_loop_begin(o, &R, ob_i64(o, 0), n_tiles, 0, NULL);
-    LLVMValueRef r0 = mul(o, R.i, qb), t0 = add(o, lo, last ? ob_min64(o, r0, last) : r0), n[MAX_QB], qi[MAX_QB];
+    LLVMValueRef r0 = mul(o, R.i, qb), p0 = add(o, lo, last ? ob_min64(o, r0, last) : r0), n[MAX_QB], qi[MAX_QB];
     LLVMValueRef nmax = NULL;
     for (int i = 0; i < qb; i++) {
-        LLVMValueRef t = addc(o, t0, i);
-        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1); /* keys 0 .. pos[t] */
-        qi[i] = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
+        LLVMValueRef p = addc(o, p0, i);
+        n[i] = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, p)), 1); /* keys 0 .. pos[t] */
+        qi[i] = pair_qi(o, a, p);
         nmax = nmax ? LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "") : n[i];
     }
     LLVMValueRef init[OB_MAX_CARRY]; /* registers: m[qb], l[qb], acc[qb][nvp] */
@@ -252,7 +268,7 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     } else {
         ObLoop I;
         ob_loop_begin(o, &I, ob_i64(o, 0), ob_i64(o, qb), 0, NULL);
-        LLVMValueRef li = addc(o, I.i, MAX_QB), ni = addc(o, ob_ldi32(o, a->pos, add(o, t0, I.i)), 1);
+        LLVMValueRef li = addc(o, I.i, MAX_QB), ni = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, add(o, p0, I.i))), 1);
         LLVMValueRef full = LLVMBuildICmp(o->b, LLVMIntSLE, addc(o, j0, kb), ni, "full");
         for (int f = 0; f < 2; f++) { /* the block whole the row's, else masked: two copies, one runs */
             LLVMBasicBlockRef join = ob_if_begin(o, f ? full : LLVMBuildNot(o->b, full, ""));
@@ -324,9 +340,11 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
         a.ml = ob_alloca(o, o->tf32, 2 * MAX_QB);
     }
     a.ps = ob_alloca(o, o->tf32, MAX_QB * (int64_t)a.nt * KT);
-    LLVMValueRef item0 = ob_arg(o, 0), rows = ob_arg(o, 1);
-    LLVMValueRef t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
+    LLVMValueRef item0 = ob_arg(o, 0);
+    a.hpc = cg_attention_heads_per_call(d);
+    a.t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
     a.h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h");
+    LLVMValueRef rows = mul(o, ob_arg(o, 1), a.hpc); /* pairs (rows of the call's heads) */
     a.g = LLVMBuildSDiv(o->b, a.h, ob_i64(o, group), "g");
     LLVMValueRef cap = ob_arg(o, 2);
     a.head_rows = LLVMBuildNSWMul(o->b, a.g, cap, "head_rows");
@@ -344,7 +362,7 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
         last = LLVMBuildNSWSub(o->b, rows, ob_i64(o, qb), "");
     }
     a.chunk = stack ? stack_acc / qb : 0;
-    attend_rows(o, &a, t0, tiles, qb, last);
+    attend_rows(o, &a, ob_i64(o, 0), tiles, qb, last);
     a.chunk = 0;
-    if (qb > 1) attend_rows(o, &a, add(o, t0, done), LLVMBuildNSWSub(o->b, rows, done, ""), 1, NULL);
+    if (qb > 1) attend_rows(o, &a, done, LLVMBuildNSWSub(o->b, rows, done, ""), 1, NULL);
 }

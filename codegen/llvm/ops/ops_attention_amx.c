@@ -47,7 +47,9 @@
 enum { T_S = 0, T_O = 0, T_Q = 4, T_P = 4, T_B = 6 }; /* tile registers: S 0-1 or O 0-3, A 4, B 6-7 */
 
 typedef struct {
-    LLVMValueRef q, kt, vc, pos, out, h;
+    LLVMValueRef q, kt, vc, pos, out, t0, h; /* the call's first row and query head */
+    int64_t hpc;                         /* its query heads (cg_attention_heads_per_call): pair p is
+                                          * row t0 + p / hpc of head h + p % hpc */
     LLVMValueRef head_tiles, head_pairs; /* kv head g's first K tile and first V pair row */
     int64_t heads, hd;
     double scale;
@@ -65,6 +67,17 @@ static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LL
 static LLVMValueRef mul(const Ob *o, LLVMValueRef a, int64_t c) { return LLVMBuildNSWMul(o->b, a, ob_i64(o, c), ""); }
 static LLVMValueRef addc(const Ob *o, LLVMValueRef a, int64_t c) { return add(o, a, ob_i64(o, c)); }
 static LLVMTypeRef vi(const Ob *o, LLVMTypeRef e, int n) { return LLVMVectorType(e, (unsigned)n); }
+
+/* A call's pair p (>= 0): its position's index t, and its q and output offset. */
+static LLVMValueRef pair_t(const Ob *o, const Am *a, LLVMValueRef p)
+{
+    return add(o, a->t0, a->hpc > 1 ? LLVMBuildUDiv(o->b, p, ob_i64(o, a->hpc), "") : p);
+}
+static LLVMValueRef pair_qi(const Ob *o, const Am *a, LLVMValueRef p)
+{
+    LLVMValueRef h = a->hpc > 1 ? add(o, a->h, LLVMBuildURem(o->b, p, ob_i64(o, a->hpc), "")) : a->h;
+    return mul(o, add(o, mul(o, pair_t(o, a, p), a->heads), h), a->hd);
+}
 
 static LLVMValueRef splat_u32(const Ob *o, uint32_t c, int n)
 {
@@ -239,16 +252,16 @@ static void copy_v_tail(Ob *o, const Am *a, LLVMValueRef j0, LLVMValueRef nmax)
     }
 }
 
-/* A tile's rows t0 .. t0 + rows - 1: each one's key count n[i] (the largest returned) and output
- * offset qi[i], its q rounded to bf16 into a->qb, its output accumulators a->ob zeroed. */
-static LLVMValueRef tile_rows(Ob *o, const Am *a, LLVMValueRef t0, int rows, LLVMValueRef *n, LLVMValueRef *qi)
+/* A tile's rows, the call's pairs p0 .. p0 + rows - 1: each one's key count n[i] (the largest returned)
+ * and output offset qi[i], its q rounded to bf16 into a->qb, its output accumulators a->ob zeroed. */
+static LLVMValueRef tile_rows(Ob *o, const Am *a, LLVMValueRef p0, int rows, LLVMValueRef *n, LLVMValueRef *qi)
 {
     LLVMValueRef nmax = ob_i64(o, 0), zero16 = LLVMConstNull(vi(o, o->tf32, 16));
     for (int i = 0; i < rows; i++) {
-        LLVMValueRef t = addc(o, t0, i);
-        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1);
+        LLVMValueRef p = addc(o, p0, i);
+        n[i] = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, p)), 1);
         nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "");
-        qi[i] = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
+        qi[i] = pair_qi(o, a, p);
         for (int64_t c = 0; c < a->hd / 32; c++)
             store_bf16x32(o, round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c))),
                           round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c + 16))), a->qb,
@@ -268,11 +281,11 @@ static LLVMValueRef v_source(const Ob *o, const Am *a, LLVMValueRef vsub, LLVMVa
     return LLVMBuildSelect(o->b, tail, LLVMBuildPointerCast(o->b, a->vt, o->tptr, ""), direct, "");
 }
 
-static void tile16(Ob *o, const Am *a, LLVMValueRef t0)
+static void tile16(Ob *o, const Am *a, LLVMValueRef p0)
 {
     LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[ROWS], qi[ROWS];
     LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
-    LLVMValueRef nmax = tile_rows(o, a, t0, ROWS, n, qi);
+    LLVMValueRef nmax = tile_rows(o, a, p0, ROWS, n, qi);
     for (int i = 0; i < ROWS; i++) {
         ob_st(o, o->ti64, a->nr, ob_i64(o, i), n[i]);
         ob_stv(o, a->mv, ob_i64(o, 16 * i), ninf);
@@ -376,32 +389,31 @@ static LLVMValueRef cvt_pairs(const Ob *o, const Am *a, LLVMValueRef lo, LLVMVal
  * vcvtne2ps2bf16 and their exponentials by vscalefps (cvt_pairs, ob_exp_nonpos_avx512): the same
  * values. One core of a Zen 5, T = 512 (OPS_TIMING_AMX=2, README): 16 heads of 96 2.62 -> 2.22 ms,
  * 12 of 64 1.37 -> 1.17, 8 of 128 1.66 -> 1.45 (the loop 8-10 %, the rest 7-8 %). */
-static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
+static void tile_dot(Ob *o, const Am *a, LLVMValueRef p0, int R)
 {
-    enum { R = DOT_ROWS };
-    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[R], qi[R];
+    LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16)), n[DOT_ROWS], qi[DOT_ROWS];
     LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     LLVMValueRef scale = ob_splat_n(o, ob_f32(o, a->scale), 16);
-    LLVMValueRef nmax = tile_rows(o, a, t0, R, n, qi);
+    LLVMValueRef nmax = tile_rows(o, a, p0, R, n, qi);
     LLVMValueRef nsub = LLVMBuildSDiv(o->b, addc(o, nmax, SUB - 1), ob_i64(o, SUB), "");
 
     ObLoop S; /* pass 1: 32 keys a step, their scaled and masked scores kept; each row's max lanes */
-    LLVMValueRef mx[R];
+    LLVMValueRef mx[DOT_ROWS];
     for (int i = 0; i < R; i++) mx[i] = ninf;
     ob_loop_begin(o, &S, ob_i64(o, 0), nsub, R, mx);
-    LLVMValueRef tile0 = add(o, a->head_tiles, mul(o, S.i, SUB / KT)), base[2], acc[2 * R];
+    LLVMValueRef tile0 = add(o, a->head_tiles, mul(o, S.i, SUB / KT)), base[2], acc[2 * DOT_ROWS];
     for (int u = 0; u < 2; u++) base[u] = mul(o, addc(o, tile0, u), a->hd * KT / 2); /* its first pair word */
     for (int k = 0; k < 2 * R; k++) acc[k] = zero16;
     ObLoop D;
     ob_loop_begin(o, &D, ob_i64(o, 0), ob_i64(o, a->hd / 2), 2 * R, acc);
-    LLVMValueRef w[2], nx[2 * R];
+    LLVMValueRef w[2], nx[2 * DOT_ROWS];
     for (int u = 0; u < 2; u++) w[u] = ld_words(o, a->kt, add(o, base[u], mul(o, D.i, KT)));
     for (int i = 0; i < R; i++) {
         LLVMValueRef qw = ob_ld(o, o->ti32, a->qb, addc(o, D.i, i * a->hd / 2));
         for (int u = 0; u < 2; u++) nx[2 * i + u] = dot(o, a, D.v[2 * i + u], w[u], qw);
     }
     ob_loop_end(o, &D, nx);
-    LLVMValueRef j0 = mul(o, S.i, SUB), kept = ob_gep(o, o->tf32, a->kept, mul(o, S.i, R * SUB)), nmx[R];
+    LLVMValueRef j0 = mul(o, S.i, SUB), kept = ob_gep(o, o->tf32, a->kept, mul(o, S.i, R * SUB)), nmx[DOT_ROWS];
     for (int i = 0; i < R; i++) {
         LLVMValueRef left = LLVMBuildNSWSub(o->b, n[i], j0, ""), m = S.v[i];
         for (int u = 0; u < 2; u++) {
@@ -413,13 +425,13 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
         nmx[i] = m;
     }
     ob_loop_end(o, &S, nmx);
-    LLVMValueRef m[R], lsum[R];
+    LLVMValueRef m[DOT_ROWS], lsum[DOT_ROWS];
     for (int i = 0; i < R; i++) m[i] = ob_splat_n(o, ob_hmax(o, S.v[i]), 16), lsum[i] = zero16;
 
     ObLoop B; /* pass 2: STEP_SUBS · 32 keys a step, the rows' sums of their weights carried */
     ob_loop_begin(o, &B, ob_i64(o, 0), LLVMBuildSDiv(o->b, addc(o, nsub, STEP_SUBS - 1), ob_i64(o, STEP_SUBS), ""), R,
                   lsum);
-    LLVMValueRef sub0 = mul(o, B.i, STEP_SUBS), lnow[R];
+    LLVMValueRef sub0 = mul(o, B.i, STEP_SUBS), lnow[DOT_ROWS];
     LLVMValueRef nin = ob_min64(o, ob_i64(o, STEP_SUBS), LLVMBuildNSWSub(o->b, nsub, sub0, ""));
     ObLoop U; /* each 32 keys' weights as pair words; the V of the 32 that hold the rows' last key copied, masked */
     ob_loop_begin(o, &U, ob_i64(o, 0), nin, R, B.v);
@@ -442,7 +454,7 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
     ob_loop_end(o, &U, lnow);
     for (int64_t c0 = 0; c0 < a->hd / 16; c0 += DOT_CHUNK) { /* O += P · V, DOT_CHUNK vectors a row at a time */
         int nc = a->hd / 16 - c0 < DOT_CHUNK ? (int)(a->hd / 16 - c0) : DOT_CHUNK;
-        LLVMValueRef oacc[R * DOT_CHUNK], onx[R * DOT_CHUNK];
+        LLVMValueRef oacc[DOT_ROWS * DOT_CHUNK], onx[DOT_ROWS * DOT_CHUNK];
         for (int i = 0; i < R; i++)
             for (int c = 0; c < nc; c++)
                 oacc[i * nc + c] = ob_ldv_n(o, 16, a->ob, ob_i64(o, i * a->hd + 16 * (c0 + c)));
@@ -475,9 +487,9 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef t0)
 }
 
 /* ---- one row on FMAs ------------------------------------------------------------------------- */
-static void row1(Ob *o, const Am *a, LLVMValueRef t)
+static void row1(Ob *o, const Am *a, LLVMValueRef pair)
 {
-    LLVMValueRef n = addc(o, ob_ldi32(o, a->pos, t), 1), qi = mul(o, add(o, mul(o, t, a->heads), a->h), a->hd);
+    LLVMValueRef n = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, pair)), 1), qi = pair_qi(o, a, pair);
     LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16));
     LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     for (int64_t c = 0; c < a->hd / 16; c++)
@@ -537,10 +549,11 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
 {
     int64_t hd = d->head_dim, group = d->heads / d->kv_heads;
     MOE_ASSERT(d->amx && o->vw == 16 && hd % 32 == 0 && hd / 16 <= OB_MAX_CARRY);
-    LLVMValueRef item0 = ob_arg(o, 0), rows = ob_arg(o, 1), cap = ob_arg(o, 2);
+    LLVMValueRef item0 = ob_arg(o, 0), cap = ob_arg(o, 2);
     Am a = {.q = ob_arg(o, 3), .kt = ob_arg(o, 4), .vc = ob_arg(o, 5), .pos = ob_arg(o, 6), .out = ob_arg(o, 7),
-            .heads = d->heads, .hd = hd, .scale = 1.0 / sqrt((double)hd)};
-    LLVMValueRef t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
+            .heads = d->heads, .hd = hd, .scale = 1.0 / sqrt((double)hd), .hpc = cg_attention_heads_per_call(d)};
+    LLVMValueRef rows = LLVMBuildNSWMul(o->b, ob_arg(o, 1), ob_i64(o, a.hpc), "pairs"); /* (the call's heads) */
+    a.t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
     a.h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h");
     LLVMValueRef g = LLVMBuildSDiv(o->b, a.h, ob_i64(o, group), "g");
     a.head_tiles = LLVMBuildNSWMul(o->b, g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");
@@ -574,13 +587,24 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
     if (d->amx == CG_ATTENTION_AMX) tile_config(o); /* once a call: its tiles of rows share the configuration */
     ObLoop R;
     ob_loop_begin(o, &R, ob_i64(o, 0), tiles, 0, NULL);
-    if (d->amx == CG_ATTENTION_DOT) tile_dot(o, &a, add(o, t0, mul(o, R.i, per)));
-    else tile16(o, &a, add(o, t0, mul(o, R.i, ROWS)));
+    if (d->amx == CG_ATTENTION_DOT) tile_dot(o, &a, mul(o, R.i, per), DOT_ROWS);
+    else tile16(o, &a, mul(o, R.i, ROWS));
     ob_loop_end(o, &R, NULL);
     if (d->amx == CG_ATTENTION_AMX) amx(o, "llvm.x86.tilerelease", NULL, 0);
     ob_if_end(o, join);
+    LLVMValueRef done = mul(o, tiles, per);
+    if (d->amx == CG_ATTENTION_DOT && a.hpc > 1 && a.hpc < DOT_ROWS) {
+        /* fewer pairs than a tile (a decode step's: one position's hpc heads): tiles of the heads */
+        LLVMValueRef more = LLVMBuildSDiv(o->b, LLVMBuildNSWSub(o->b, rows, done, ""), ob_i64(o, a.hpc), "");
+        more = LLVMBuildSelect(o->b, a.keep, more, ob_i64(o, 0), "");
+        ObLoop G;
+        ob_loop_begin(o, &G, ob_i64(o, 0), more, 0, NULL);
+        tile_dot(o, &a, add(o, done, mul(o, G.i, a.hpc)), (int)a.hpc);
+        ob_loop_end(o, &G, NULL);
+        done = add(o, done, mul(o, more, a.hpc));
+    }
     ObLoop L;
-    ob_loop_begin(o, &L, add(o, t0, mul(o, tiles, per)), add(o, t0, rows), 0, NULL);
+    ob_loop_begin(o, &L, done, rows, 0, NULL);
     row1(o, &a, L.i);
     ob_loop_end(o, &L, NULL);
 }
