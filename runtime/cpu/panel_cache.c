@@ -18,6 +18,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PC_MAGIC "MOEPPCPN"
@@ -428,8 +429,18 @@ static PanelRemoved pc_remove_same(const char *dir, const char *name, dev_t dev,
     return PANEL_REPLACED;
 }
 
-/* A temporary file: removed unless a running moeppc holds its lock (it is writing it), and held
- * while removed. */
+/* Seconds since st's file last changed (a negative age, a clock behind the file system's, counts as
+ * just changed). */
+static double pc_quiet_s(const struct stat *st)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double age = (double)(now.tv_sec - st->st_mtim.tv_sec) + 1e-9 * (double)(now.tv_nsec - st->st_mtim.tv_nsec);
+    return age > 0 ? age : 0;
+}
+
+/* A temporary file: removed unless a running moeppc holds its lock or it changed in the last
+ * PANEL_TMP_QUIET_S seconds (it is being written), and held while removed. */
 static PanelRemoved pc_remove_unfinished(const char *dir, const char *name, dev_t dev, ino_t ino)
 {
     char path[4400];
@@ -441,6 +452,8 @@ static PanelRemoved pc_remove_unfinished(const char *dir, const char *name, dev_
     if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
     } else if (fstat(fd, &sb) != 0 || sb.st_dev != dev || sb.st_ino != ino) {
         r = PANEL_REPLACED;
+    } else if (pc_quiet_s(&sb) < PANEL_TMP_QUIET_S) {
+        errno = 0; /* (written to since it was listed, or listed as written to) */
     } else {
         r = unlink(path) == 0 ? PANEL_REMOVED : errno == ENOENT ? PANEL_GONE : PANEL_NOT_REMOVED;
     }
@@ -608,6 +621,10 @@ PanelFileInfo *panel_cache_list(const char *dir, bool verify, CgPool *pool, int 
         if (tmp && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
             f->state = PANEL_FILE_WRITING;
             snprintf(f->why, sizeof f->why, "a running moeppc is packing into it");
+        } else if (tmp && pc_quiet_s(&st) < PANEL_TMP_QUIET_S) {
+            f->state = PANEL_FILE_WRITING;
+            snprintf(f->why, sizeof f->why, "changed %.0f s ago, unlocked: taken for a running moeppc's (removed "
+                     "once unchanged for %d s)", pc_quiet_s(&st), PANEL_TMP_QUIET_S);
         } else if (tmp) {
             f->state = PANEL_FILE_UNFINISHED;
             snprintf(f->why, sizeof f->why, "a temporary file a run stopped while packing left");

@@ -77,9 +77,15 @@ typedef enum {
     PANEL_FILE_DAMAGED,    /* cut short, a header or description not its own, or (verified) panels
                             * that differ from their checksums: a run packs its step again       */
     PANEL_FILE_STALE,      /* another moeppc's (file format or panel layout): this one never maps it */
-    PANEL_FILE_UNFINISHED, /* a temporary file a run stopped while packing left (panels-*.tmp*)  */
-    PANEL_FILE_WRITING,    /* a temporary file a running moeppc is packing into (it holds its lock) */
+    PANEL_FILE_UNFINISHED, /* a temporary file a run stopped while packing left (panels-*.tmp*):
+                            * unlocked and unchanged for PANEL_TMP_QUIET_S seconds              */
+    PANEL_FILE_WRITING,    /* a temporary file a running moeppc is packing into (it holds its lock),
+                            * or one changed in the last PANEL_TMP_QUIET_S seconds              */
 } PanelFileState;
+/* An unlocked temporary file changed this recently is taken for one being written: a run locks its
+ * file just after making it (a lister may come between), and on a file system without flock never;
+ * its writes keep the modification time moving. A stopped run's file waits this long to be removed. */
+#define PANEL_TMP_QUIET_S 300
 
 typedef struct PanelFileInfo {
     char           *name;     /* in the directory */

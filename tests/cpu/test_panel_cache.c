@@ -157,6 +157,15 @@ static int files_in(const char *dir)
     return n;
 }
 
+/* path's modification time set s seconds back. */
+static void age(const char *path, int s)
+{
+    struct timespec now, t[2];
+    clock_gettime(CLOCK_REALTIME, &now);
+    t[0] = t[1] = (struct timespec){now.tv_sec - s, 0};
+    assert_int_equal(utimensat(AT_FDCWD, path, t, 0), 0);
+}
+
 /* Each tiny spec on random weights: packed into new files, then mapped from them; the same logits
  * bit for bit as without a cache, and the interpreter's. */
 static void test_mapped_equals_packed(void **state)
@@ -402,6 +411,7 @@ static void test_list_tells_each_file(void **state)
     assert_non_null(t);
     fputs("half", t);
     fclose(t);
+    age(tmp, PANEL_TMP_QUIET_S + 60); /* (a stopped run's: unchanged since) */
     for (int verify = 0; verify < 2; verify++) {
         int n;
         PanelFileInfo *f = panel_cache_list(dir, verify, pool, &n, why, sizeof why);
@@ -536,17 +546,22 @@ static void test_file_being_written(void **state)
     snprintf(tmp, sizeof tmp, "%s/panels-0123456789abcdef.bin.tmpQwErTy", dir);
     int fd = open(tmp, O_CREAT | O_WRONLY | O_CLOEXEC, 0644), n;
     assert_true(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
-    for (int held = 1; held >= 0; held--) {
+    /* locked (and changed just now); unlocked and changed just now (a run between making its file and
+     * locking it, or on a file system without locks); unlocked and unchanged for longer than
+     * PANEL_TMP_QUIET_S (a stopped run's) */
+    for (int phase = 0; phase < 3; phase++) {
+        if (phase == 2) age(tmp, PANEL_TMP_QUIET_S + 1);
         PanelFileInfo *f = panel_cache_list(dir, false, NULL, &n, why, sizeof why), *t = NULL;
         for (int i = 0; i < n; i++)
             if (strstr(f[i].name, ".tmp")) t = &f[i];
         assert_non_null(t);
-        assert_int_equal(t->state, held ? PANEL_FILE_WRITING : PANEL_FILE_UNFINISHED);
-        if (held) {
+        assert_int_equal(t->state, phase < 2 ? PANEL_FILE_WRITING : PANEL_FILE_UNFINISHED);
+        assert_non_null(strstr(t->why, phase == 0 ? "packing into it" : phase == 1 ? "unlocked" : "stopped"));
+        if (phase < 2) {
             assert_int_equal(panel_cache_remove(dir, t), PANEL_WRITING);
             t->state = PANEL_FILE_UNFINISHED; /* (and asked as if the lister had not seen it) */
             assert_int_equal(panel_cache_remove(dir, t), PANEL_WRITING);
-            close(fd);
+            if (phase == 0) close(fd);
         } else {
             assert_int_equal(panel_cache_remove(dir, t), PANEL_REMOVED);
         }

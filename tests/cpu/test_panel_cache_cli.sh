@@ -59,6 +59,7 @@ grep -q "^$name .*  damaged: .*; removed$" "$WORK/list" && grep -q "; 1 removed 
   fail "--remove-damaged: $(cat "$WORK/list")"
 [ ! -e "$f" ] || fail "$f still there"
 : >"$D/panels-0000000000000000.bin.tmpXyZ123"
+touch -d '-1 hour' "$D/panels-0000000000000000.bin.tmpXyZ123" # (a stopped run's: unchanged since)
 : >"$D/panels-x$(printf '\033')y.bin" # (not a run's: an escape byte in its name, printed as '?')
 "$MOEPPC" panel-cache "$D" >"$WORK/list" 2>&1; rc=$?
 [ $rc -eq 1 ] && grep -q "^panels-0000000000000000.bin.tmpXyZ123 .*unfinished: " "$WORK/list" &&
@@ -72,7 +73,15 @@ grep -q "^panels-0000000000000001.bin.tmpAbC987 .*writing: a running moeppc is p
   grep -q ", 1 being written; 2 removed " "$WORK/list" && [ -e "$w" ] ||
   fail "a file being written: $(cat "$WORK/list")"
 exec 9>&-
+# unlocked, but changed within the last 300 s (a run between making its file and locking it, or a
+# file system without locks): writing, kept; once older, unfinished and removed (below)
+"$MOEPPC" panel-cache "$D" --remove-damaged >"$WORK/list" 2>&1 || fail "a file just changed: $(cat "$WORK/list")"
+grep -q "^panels-0000000000000001.bin.tmpAbC987 .*writing: changed [0-9]* s ago, unlocked: " "$WORK/list" &&
+  grep -q ", 1 being written$" "$WORK/list" && [ -e "$w" ] || fail "a file just changed: $(cat "$WORK/list")"
+touch -d '-301 seconds' "$w"
 "$MOEPPC" panel-cache "$D" --remove-damaged --max 0 >"$WORK/list" 2>&1 || fail "--max 0: $(cat "$WORK/list")"
+grep -q "^panels-0000000000000001.bin.tmpAbC987 .*unfinished: .*; removed$" "$WORK/list" ||
+  fail "an old unlocked file: $(cat "$WORK/list")"
 grep -q "past 0 MB: $((n - 1)) least recently used removed" "$WORK/list" || fail "--max 0: $(tail -1 "$WORK/list")"
 [ -z "$(ls -A "$D")" ] || fail "files left: $(ls "$D")"
 out=$("$MOEPPC" panel-cache "$D" --verify --max 0 2>&1) || fail "an empty directory: $out"
