@@ -47,7 +47,7 @@ int main(int argc, char **argv)
             Sampler s;
             sampler_init(&s, &ps[i], 1, V);
             double t0 = now_s();
-            for (int k = 0; k < 200; k++) check += sampler_next(&s, l, NULL, 0);
+            for (int k = 0; k < 200; k++) check += sampler_next(&s, l, NULL, 0, 0);
             ms[run] = (now_s() - t0) / 200 * 1e3;
             sampler_free(&s);
         }

@@ -110,20 +110,26 @@ int cmd_init_weights(int argc, char **argv);
 /* ---- choosing the next token (sample.c) --------------------------------------------------------
  * From one row of logits ([vocab], f64), as Hugging Face's generate does, in its order: the logit
  * of every token already in the sequence divided by repetition_penalty where positive, multiplied
- * where negative (1: none); then greedy (temperature 0: the largest logit, the lowest id on ties),
- * or a draw from softmax(logits / temperature) among the top_k largest (0: all), then, of those
- * renormalised, the smallest set of the most probable whose mass reaches top_p (1: all),
- * renormalised again. NaN logits are never chosen. A Sampler's draws are a function of its seed and
- * the logits it is given, through the candidate set and its probabilities alone (sampler_candidates'
- * order is the ids'): the same seed, the same tokens, on every backend whose logits agree closely
- * enough to keep the set and the candidate the draw's u falls in. */
+ * where negative (1: none); then, as OpenAI's API and vLLM do, from the logit of every token this
+ * generation has chosen so far frequency_penalty times the number of times it was chosen and
+ * presence_penalty once (0: none; the prompt's tokens are not counted); then greedy (temperature 0:
+ * the largest logit, the lowest id on ties), or a draw from softmax(logits / temperature) among the
+ * top_k largest (0: all), then, of those renormalised, the smallest set of the most probable whose
+ * mass reaches top_p (1: all), renormalised again. NaN logits are never chosen. A Sampler's draws
+ * are a function of its seed and the logits it is given, through the candidate set and its
+ * probabilities alone (sampler_candidates' order is the ids'): the same seed, the same tokens, on
+ * every backend whose logits agree closely enough to keep the set and the candidate the draw's u
+ * falls in. */
 #define SAMPLE_MAX_TEMPERATURE 100.0
 #define SAMPLE_MAX_PENALTY 100.0
+#define SAMPLE_MAX_OPENAI_PENALTY 2.0 /* presence and frequency penalties: OpenAI's range, ±2 */
 typedef struct {
     double  temperature;        /* [0, SAMPLE_MAX_TEMPERATURE]; 0: greedy */
     int64_t top_k;              /* ≥ 0; 0: every token */
     double  top_p;              /* (0, 1]; 1: every token */
     double  repetition_penalty; /* (0, SAMPLE_MAX_PENALTY]; 1: none (0 in a SampleParams is taken as 1) */
+    double  presence_penalty;   /* [-2, 2]; 0: none */
+    double  frequency_penalty;  /* [-2, 2]; 0: none */
 } SampleParams;
 typedef struct {
     double  p;
@@ -137,15 +143,18 @@ typedef struct {
     double      *prob; /* [vocab] their probabilities */
     SampleCand  *cand; /* [vocab] scratch */
     double      *by_id; /* [vocab] scratch, zero between draws */
-    double      *row;  /* [vocab] the penalised logits (repetition_penalty ≠ 1) */
-    uint8_t     *mark; /* [vocab] tokens penalised in this draw */
+    double      *row;  /* [vocab] the penalised logits (a penalty given) */
+    uint8_t     *mark; /* [vocab] tokens penalised in this draw (repetition_penalty ≠ 1) */
+    int32_t     *count; /* [vocab] times each was generated (a presence or frequency penalty), zero
+                         * between draws */
 } Sampler;
 /* False with the reason in why when p is out of range, or asks for top-k/top-p at temperature 0. */
 bool    sample_params_check(const SampleParams *p, char *why, size_t n);
 void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t vocab); /* p checked */
 /* The next token from logits, given the sequence so far (seen: n_seen ids below vocab, the prompt
- * and what was generated; only the repetition penalty reads it). */
-int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen);
+ * and what was generated, the generated ones from seen[from] on; only the penalties read them: the
+ * repetition penalty all, the presence and frequency penalties the generated ones). */
+int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen, int64_t from);
 /* The tokens a draw chooses among and their probabilities (summing to 1), in ids and prob (each
  * [vocab]), in ascending id order; their count. Temperature > 0 only. A draw takes u = rng_uniform
  * (one a draw) and the first candidate whose cumulative probability passes it. */

@@ -27,6 +27,12 @@ bool sample_params_check(const SampleParams *p, char *why, size_t n)
         snprintf(why, n, "top-p %g: expected a number in (0, 1]", p->top_p);
     else if (!(p->repetition_penalty == 0 || (p->repetition_penalty > 0 && p->repetition_penalty <= SAMPLE_MAX_PENALTY)))
         snprintf(why, n, "repetition penalty %g: expected a number in (0, %g]", p->repetition_penalty, SAMPLE_MAX_PENALTY);
+    else if (!(fabs(p->presence_penalty) <= SAMPLE_MAX_OPENAI_PENALTY))
+        snprintf(why, n, "presence penalty %g: expected a number in [-%g, %g]", p->presence_penalty,
+                 SAMPLE_MAX_OPENAI_PENALTY, SAMPLE_MAX_OPENAI_PENALTY);
+    else if (!(fabs(p->frequency_penalty) <= SAMPLE_MAX_OPENAI_PENALTY))
+        snprintf(why, n, "frequency penalty %g: expected a number in [-%g, %g]", p->frequency_penalty,
+                 SAMPLE_MAX_OPENAI_PENALTY, SAMPLE_MAX_OPENAI_PENALTY);
     else if (p->temperature == 0 && (p->top_k > 0 || p->top_p < 1))
         snprintf(why, n, "top-k and top-p restrict a draw, and temperature 0 draws nothing (it is greedy): give a "
                          "temperature above 0");
@@ -41,10 +47,10 @@ void sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t voca
     *s = (Sampler){.p = *p, .vocab = vocab};
     if (s->p.repetition_penalty == 0) s->p.repetition_penalty = 1;
     rng_seed(&s->rng, seed);
-    if (s->p.repetition_penalty != 1) {
-        s->row = xmalloc((size_t)vocab * sizeof *s->row);
-        s->mark = xcalloc((size_t)vocab, 1);
-    }
+    bool counts = s->p.presence_penalty != 0 || s->p.frequency_penalty != 0;
+    if (s->p.repetition_penalty != 1 || counts) s->row = xmalloc((size_t)vocab * sizeof *s->row);
+    if (s->p.repetition_penalty != 1) s->mark = xcalloc((size_t)vocab, 1);
+    if (counts) s->count = xcalloc((size_t)vocab, sizeof *s->count);
     if (p->temperature > 0) {
         s->ids = xmalloc((size_t)vocab * sizeof *s->ids);
         s->prob = xmalloc((size_t)vocab * sizeof *s->prob);
@@ -61,6 +67,7 @@ void sampler_free(Sampler *s)
     free(s->by_id);
     free(s->row);
     free(s->mark);
+    free(s->count);
     *s = (Sampler){0};
 }
 
@@ -206,12 +213,15 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
     return n;
 }
 
-/* The logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), in s->row. */
-static const double *penalised(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen)
+/* The logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), then
+ * each generated one's (seen[from ..]) less frequency_penalty times its count and presence_penalty
+ * (vLLM's order, OpenAI's definition), in s->row. */
+static const double *penalised(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen, int64_t from)
 {
-    if (s->p.repetition_penalty == 1 || n_seen == 0) return logits;
+    bool rep = s->p.repetition_penalty != 1 && n_seen > 0, counts = s->count && from < n_seen;
+    if (!rep && !counts) return logits;
     memcpy(s->row, logits, (size_t)s->vocab * sizeof *s->row);
-    for (int64_t k = 0; k < n_seen; k++) {
+    for (int64_t k = 0; rep && k < n_seen; k++) {
         int32_t t = seen[k];
         MOE_ASSERT(t >= 0 && t < s->vocab);
         if (s->mark[t]) continue;
@@ -219,13 +229,24 @@ static const double *penalised(Sampler *s, const double *logits, const int32_t *
         double *x = &s->row[t];
         *x = *x < 0 ? *x * s->p.repetition_penalty : *x / s->p.repetition_penalty;
     }
-    for (int64_t k = 0; k < n_seen; k++) s->mark[seen[k]] = 0;
+    for (int64_t k = 0; rep && k < n_seen; k++) s->mark[seen[k]] = 0;
+    for (int64_t k = from; counts && k < n_seen; k++) {
+        MOE_ASSERT(seen[k] >= 0 && seen[k] < s->vocab);
+        s->count[seen[k]]++;
+    }
+    for (int64_t k = from; counts && k < n_seen; k++) {
+        int32_t t = seen[k];
+        if (!s->count[t]) continue; /* (done: a token counted once) */
+        s->row[t] -= s->p.frequency_penalty * s->count[t] + s->p.presence_penalty;
+        s->count[t] = 0;
+    }
     return s->row;
 }
 
-int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen)
+int64_t sampler_next(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen, int64_t from)
 {
-    logits = penalised(s, logits, seen, n_seen);
+    MOE_ASSERT(from >= 0);
+    logits = penalised(s, logits, seen, n_seen, from < n_seen ? from : n_seen);
     if (s->p.temperature == 0) return sample_argmax(logits, s->vocab);
     int64_t n = sampler_candidates(s, logits, s->ids, s->prob);
     double u = rng_uniform(&s->rng), cum = 0;

@@ -6,7 +6,8 @@
 
 runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
   POST /v1/completions  {"prompt": "text" | [token ids] | a list of either (a batch), "n",
-                         "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+                         "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                         "presence_penalty", "frequency_penalty", "seed",
                          "stop": a string or [strings and token ids], "stream", "logprobs": K,
                          "echo", "continue": the "id" of an earlier completion (its conversation's
                          next turn)}
@@ -23,8 +24,8 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
   POST /v1/chat/completions  {"messages": [{"role", "content": text or [{"type": "text", "text"}]}], "n",
                          "max_tokens" (or "max_completion_tokens"; default: until the end of sequence
                          or the caches' end), "temperature", "top_p", "top_k", "repetition_penalty",
-                         "seed", "stop", "stream", "stream_options": {"include_usage"}, "logprobs":
-                         true|false, "top_logprobs": K}
+                         "presence_penalty", "frequency_penalty", "seed", "stop", "stream",
+                         "stream_options": {"include_usage"}, "logprobs": true|false, "top_logprobs": K}
                         -> {"id", "object": "chat.completion", "created", "model", "choices": [{"index",
                             "message": {"role": "assistant", "content"}, "finish_reason", "logprobs":
                             null or {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}}],
@@ -75,11 +76,12 @@ import threading
 import time
 import traceback
 
-FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream", "echo"}
+FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
+          "seed", "stop", "stream", "echo"}
 CHAT_FIELDS = FIELDS - {"echo", "max_tokens"}
 MAX_TOKENS_UNTIL_END = 1000000  # moeppc's largest "max_tokens": a chat's default, ended by the caches' end
 # OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored
-NEUTRAL = {"best_of": 1, "suffix": None, "presence_penalty": 0, "frequency_penalty": 0}
+NEUTRAL = {"best_of": 1, "suffix": None}
 N_MAX = 16
 PROMPTS_MAX = 256
 BODY_MAX = 64 << 20  # bytes of a request's body (a 4096-token prompt of ids is about 30 KB)
@@ -307,13 +309,11 @@ def chat_requests(body, template):
     request a choice (as completion_requests); or raise ValueError with the reason."""
     if not isinstance(body, dict):
         raise ValueError("the body is a JSON object")
-    known = CHAT_FIELDS | set(NEUTRAL) - {"best_of", "suffix"} | {"messages", "model", "user", "n", "logprobs",
-                                                                  "top_logprobs", "max_tokens", "max_completion_tokens",
-                                                                  "stream_options"}
+    known = CHAT_FIELDS | {"messages", "model", "user", "n", "logprobs", "top_logprobs", "max_tokens",
+                           "max_completion_tokens", "stream_options"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValueError('unknown field "%s"' % unknown[0])
-    neutral(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError('"messages": a list of {"role", "content"}')

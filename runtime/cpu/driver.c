@@ -54,7 +54,7 @@ static void print_usage(FILE *f)
                "[--device cpu|cuda[:N]] [--threads N] "
                "[--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
-               "[--repetition-penalty R] [--seed N] "
+               "[--repetition-penalty R] [--presence-penalty X] [--frequency-penalty X] [--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] [--perplexity] [--quiet] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
@@ -137,8 +137,8 @@ static bool number_option(const char *opt, const char *v, double lo, bool open_l
     return true;
 }
 
-/* --temperature, --top-k, --top-p, --repetition-penalty, --seed, --stop: how --generate chooses its
- * tokens. */
+/* --temperature, --top-k, --top-p, --repetition-penalty, --presence-penalty, --frequency-penalty,
+ * --seed, --stop: how --generate chooses its tokens. */
 static int sample_option(RunArgs *r, const char *o, const char *v)
 {
     int64_t n;
@@ -153,6 +153,9 @@ static int sample_option(RunArgs *r, const char *o, const char *v)
         if (!number_option(o, v, 0, true, 1, &r->sample.top_p)) return 2;
     } else if (strcmp(o, "--repetition-penalty") == 0) {
         if (!number_option(o, v, 0, true, SAMPLE_MAX_PENALTY, &r->sample.repetition_penalty)) return 2;
+    } else if (strcmp(o, "--presence-penalty") == 0 || strcmp(o, "--frequency-penalty") == 0) {
+        double *x = o[2] == 'p' ? &r->sample.presence_penalty : &r->sample.frequency_penalty;
+        if (!number_option(o, v, -SAMPLE_MAX_OPENAI_PENALTY, false, SAMPLE_MAX_OPENAI_PENALTY, x)) return 2;
     } else if (strcmp(o, "--seed") == 0) {
         if (!parse_u64(v, &r->sample_seed)) return drv_usage("--seed: '%s' is not a seed (a non-negative integer)", v);
     } else {
@@ -225,7 +228,8 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--generate") == 0) {
         if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
     } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-k") == 0 || strcmp(o, "--top-p") == 0 ||
-               strcmp(o, "--repetition-penalty") == 0 || strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
+               strcmp(o, "--repetition-penalty") == 0 || strcmp(o, "--presence-penalty") == 0 ||
+               strcmp(o, "--frequency-penalty") == 0 || strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
         return sample_option(r, o, v);
     } else return drv_usage("unknown option '%s'", o);
     return 0;
@@ -281,7 +285,8 @@ static void print_help(FILE *f)
           "                      to --batch N at once, each answered in JSON as it ends, by its id:\n"
           "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
-          "                      \"top_p\", \"repetition_penalty\", \"seed\", \"stop\": [ids, strings],\n"
+          "                      \"top_p\", \"repetition_penalty\", \"presence_penalty\",\n"
+          "                      \"frequency_penalty\", \"seed\", \"stop\": [ids, strings],\n"
           "                      \"logprobs\": K, \"echo\", \"stream\", \"special\": the prompt's <s>, </s>\n"
           "                      those tokens and no BOS added, as a chat template writes it}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
@@ -310,6 +315,10 @@ static void print_help(FILE *f)
           "  --repetition-penalty R  before all that (greedy too), the logit of each token already in the\n"
           "                      sequence divided by R where positive, times R where negative; R in\n"
           "                      (0, 100] (default 1: none), Hugging Face's repetition_penalty\n"
+          "  --presence-penalty X  then (greedy too) X off the logit of every token this generation has\n"
+          "                      chosen, X in [-2, 2] (default 0: none), OpenAI's presence_penalty\n"
+          "  --frequency-penalty X  and X times the number of times it chose it, X in [-2, 2] (default 0),\n"
+          "                      OpenAI's frequency_penalty (the prompt's tokens count for neither)\n"
           "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
           "  --stop \"2 13\"       end the generation after one of these tokens (default: the spec's\n"
           "                      model.eos_token_id, which import-hf takes from the config, if it has one,\n"
@@ -439,7 +448,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
             static const char *const valued[] = {"--weights", "--random-weights", "--ids", "--prompts", "--logits-out", "--routes-out",
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
-                                                 "--repetition-penalty", "--seed", "--stop", "--prompt", "--tokenizer",
+                                                 "--repetition-penalty", "--presence-penalty", "--frequency-penalty",
+                                                 "--seed", "--stop", "--prompt", "--tokenizer",
                                                  "--batch", "--max-positions", "--chunk", "--panel-cache",
                                                  "--panel-cache-max"};
             bool known = false;
@@ -1017,17 +1027,19 @@ static void gen_begin(Runner *rn, Gen *G, Conv *c, const Req *q, const double *r
 {
     *G = (Gen){.c = c, .q = q, .n = q->generate, .len = c->len, .first = c->len};
     sampler_init(&G->sm, &q->sample, q->seed, V);
-    G->next = (int32_t)sampler_next(&G->sm, row, c->seq, c->len);
+    G->next = (int32_t)sampler_next(&G->sm, row, c->seq, c->len, c->len);
     G->t0 = now_s();
     fprintf(say, "\n generated");
     const SampleParams *sp = &q->sample;
     if (sp->temperature > 0)
         fprintf(say, " (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
                 sp->top_p, (unsigned long long)q->seed);
-    else if (sp->repetition_penalty != 1)
-        fprintf(say, " (greedy");
+    bool pen = sp->repetition_penalty != 1 || sp->presence_penalty != 0 || sp->frequency_penalty != 0;
+    if (sp->temperature == 0 && pen) fprintf(say, " (greedy");
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
-    if (sp->temperature > 0 || sp->repetition_penalty != 1) fprintf(say, ")");
+    if (sp->presence_penalty != 0) fprintf(say, ", presence penalty %g", sp->presence_penalty);
+    if (sp->frequency_penalty != 0) fprintf(say, ", frequency penalty %g", sp->frequency_penalty);
+    if (sp->temperature > 0 || pen) fprintf(say, ")");
     fprintf(say, rn->tok ? " text: " : ":");
     if (rn->tok) /* --quiet: escaped, on one line; --serve: as it is, for JSON */
         text_stream_begin(&G->text, rn->tok, rn->r->quiet ? answer : say, rn->r->quiet && !rn->r->serve, c->seq, c->len);
@@ -1064,7 +1076,7 @@ static bool gen_put(Runner *rn, Gen *G)
 /* After the step that fed seq[len]: the next token from its logits. */
 static void gen_advance(Gen *G, const double *row)
 {
-    G->next = (int32_t)sampler_next(&G->sm, row, G->c->seq, G->len + 1);
+    G->next = (int32_t)sampler_next(&G->sm, row, G->c->seq, G->len + 1, G->first);
     G->len++;
     G->g++;
 }

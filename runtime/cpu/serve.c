@@ -204,6 +204,8 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
         else if (strcmp(k, "temperature") == 0) ok = num_field(f, k, &q->sample.temperature, why, n);
         else if (strcmp(k, "top_p") == 0) ok = num_field(f, k, &q->sample.top_p, why, n);
         else if (strcmp(k, "repetition_penalty") == 0) ok = num_field(f, k, &q->sample.repetition_penalty, why, n);
+        else if (strcmp(k, "presence_penalty") == 0) ok = num_field(f, k, &q->sample.presence_penalty, why, n);
+        else if (strcmp(k, "frequency_penalty") == 0) ok = num_field(f, k, &q->sample.frequency_penalty, why, n);
         else if (strcmp(k, "logprobs") == 0) ok = int_field(f, k, 0, SERVE_LOGPROBS_MAX, &q->logprobs, why, n);
         else if (strcmp(k, "top_k") == 0) ok = int_field(f, k, 0, 1e9, &q->sample.top_k, why, n);
         else if (strcmp(k, "seed") == 0) ok = int_field(f, k, 0, 9007199254740992.0, &i, why, n), q->seed = (uint64_t)i;

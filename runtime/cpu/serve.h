@@ -6,6 +6,7 @@
  *             "prompt": "text" (with a tokenizer) | "ids": [token ids],
  *             "continue": the id of an earlier request, whose sequence this one goes on,
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
+ *             "presence_penalty": X, "frequency_penalty": X (OpenAI's, over this request's tokens),
  *             "seed": S, "logprobs": K, "stop": [ids and strings] (the run's options are the defaults; ids replace its
  *             stop tokens, strings end the text where one begins), "stream": true|false,
  *             "echo": true|false (the answer also gives the prompt, and with "logprobs" its tokens'),

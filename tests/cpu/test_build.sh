@@ -91,7 +91,8 @@ EOF
 # decoding: drawn tokens are a function of the seed and the logits, so the executable and `moeppc run`'s
 # JIT-compiled kernels draw the same; top-k 1 is greedy at any temperature; --stop ends at its token
 gen() { "$@" 2>&1 | sed -n 's/^ generated[^:]*: //p'; }
-DRAW="--generate 12 --temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.3 --seed 9"
+DRAW="--generate 12 --temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.3 --presence-penalty 0.4
+      --frequency-penalty -0.3 --seed 9"
 a=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" $DRAW)
 b=$(gen "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend cpu $DRAW)
 [ -n "$a" ] && [ "$a" = "$b" ] || { echo "drawn tokens: executable '$a', moeppc run '$b'"; exit 1; }
@@ -113,7 +114,8 @@ echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greed
 "$WORK/model" --help >"$WORK/help.txt" || { echo "--help: exit $?"; exit 1; }
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
-for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty --seed --stop --ignore-eos --top --perplexity --quiet --route-stats \
+for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty \
+         --presence-penalty --frequency-penalty --seed --stop --ignore-eos --top --perplexity --quiet --route-stats \
          --logits-out --routes-out --device --backend --threads --precision -O0 --version; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
@@ -128,6 +130,9 @@ expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --top-p 0
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --temperature 0.5
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --ignore-eos
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --repetition-penalty 0
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --presence-penalty 2.5
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --frequency-penalty -3
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --frequency-penalty nan
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --perplexity
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --stop "$V"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"

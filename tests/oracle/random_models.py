@@ -7,8 +7,9 @@ vector, vocabularies of 17 to 1100, prompts of 1 to 200 tokens, 0 to 9 FFN exper
 constant, copy and zero experts, top-k up to E, 1 to 4 layers with dense ones between, f32, bf16 and
 f16, tied embeddings, both gatings, the logits norm, with and without the gating residual and input
 scaling), a random prompt (one in 16 of 241 to 700 tokens: many key blocks, long caches) and how to
-decode it (greedy, or drawn at a temperature with top-k and top-p from a seed; a repetition penalty;
-a stop token; --max-positions ending the generation: class Decode, a kept spec's '# decode:' line),
+decode it (greedy, or drawn at a temperature with top-k and top-p from a seed; a repetition penalty,
+OpenAI's presence and frequency penalties; a stop token; --max-positions ending the generation: class
+Decode, a kept spec's '# decode:' line),
 writes moeppc's seeded random weights, and runs the prompt and the decoding through each path:
 
   interp      moeppc run --backend interp (the reference interpreter)
@@ -220,6 +221,9 @@ class Decode:
             d.stop_extra = rng.randrange(vocab) if rng.random() < 0.5 else None
         if rng.random() < 0.12:
             d.maxpos_extra = rng.randrange(GENERATE - 1)
+        if rng.random() < 0.25:  # (drawn last: the draws before it as they were)
+            p.presence = rng.choice([0.0, -0.5, 0.7, 2.0])
+            p.frequency = rng.choice([0.0, 0.4, -1.0, 1.5])
         return d
 
     def draw_batch(self, rng):
@@ -286,13 +290,13 @@ class Decode:
 
     @staticmethod
     def parse(line):
-        """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 seed=7 stop_at=2
-        stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
+        """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 presence=0.7 frequency=-1.0
+        seed=7 stop_at=2 stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
         stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77 lines=5,1,0,bpe24' (any of them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
-            if k in ("temperature", "top_p", "penalty"):
+            if k in ("temperature", "top_p", "penalty", "presence", "frequency"):
                 setattr(d.params, k, float(v))
             elif k in ("top_k", "seed"):
                 setattr(d.params, k, int(v))
@@ -322,6 +326,7 @@ class Decode:
             out.append("temperature=%r top_k=%d top_p=%r seed=%d" % (p.temperature, p.top_k, p.top_p, p.seed))
         if p.penalty != 1:
             out.append("penalty=%r" % p.penalty)
+        out += ["%s=%r" % (k, getattr(p, k)) for k in ("presence", "frequency") if getattr(p, k)]
         for k in ("stop_at", "stop_extra", "maxpos_extra"):
             if getattr(self, k) is not None:
                 out.append("%s=%d" % (k, getattr(self, k)))
@@ -410,7 +415,7 @@ def oracle_case(spec, W, ids, generate, tol, dec, mp):
     rng = sampling.SplitMix64(dec.params.seed)
     mp = spec.max_pos if mp is None else mp
     for _ in range(min(generate, mp - len(ids) + 1)):
-        tok, margin = sampling.choose(oracle.forward(spec, W, ids + gen)[-1], ids + gen, dec.params, rng)
+        tok, margin = sampling.choose(oracle.forward(spec, W, ids + gen)[-1], ids + gen, dec.params, rng, len(ids))
         gen.append(tok)
         margins.append(margin)
         if tok in dec.stop:
@@ -733,6 +738,7 @@ def serve_requests(spec, ids, dec):
             common.update(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed)
         if p.penalty != 1:
             common["repetition_penalty"] = p.penalty
+        common.update({k + "_penalty": getattr(p, k) for k in ("presence", "frequency") if getattr(p, k)})
     reqs = [dict(common, id="a", ids=list(ids))]
     if dec.maxpos_extra is None and len(ids) + GENERATE + 2 <= spec.max_pos:
         turn = [(ids[0] * 5 + 1) % spec.V, (ids[-1] * 3 + 2) % spec.V]
@@ -902,6 +908,7 @@ def run_http(args, name, spec_path, w_path, ids, dec, work, chat=None):
                 body.update(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed)
             if p.penalty != 1:
                 body["repetition_penalty"] = p.penalty
+            body.update({k + "_penalty": getattr(p, k) for k in ("presence", "frequency") if getattr(p, k)})
         got = []
         for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])], n=http_n(dec)),
                   dict(body, prompt=list(ids), stream=True)):

@@ -2,7 +2,9 @@
 from that comment, not from sample.c), and how far the logits could move before the choice changes.
 
 Hugging Face's order: each token already in the sequence penalised once (repetition_penalty R: a
-positive logit divided by R, a negative one multiplied); then greedy (temperature 0: the largest
+positive logit divided by R, a negative one multiplied); then, as OpenAI's API and vLLM, each token
+this generation has chosen (not the prompt's) less presence_penalty once and frequency_penalty times
+the number of times it was chosen; then greedy (temperature 0: the largest
 logit, the lowest id on ties), or softmax(logits / temperature) over the top_k largest (0: all; ties at
 the cut: the lower ids), then of those renormalised the fewest most probable (ties: the lower id)
 whose mass reaches top_p, renormalised again, and a draw: u = the seed's next splitmix64 value's top
@@ -36,8 +38,9 @@ class SplitMix64:
 
 
 class Params:
-    def __init__(self, temperature=0.0, top_k=0, top_p=1.0, penalty=1.0, seed=0):
+    def __init__(self, temperature=0.0, top_k=0, top_p=1.0, penalty=1.0, seed=0, presence=0.0, frequency=0.0):
         self.temperature, self.top_k, self.top_p, self.penalty, self.seed = temperature, top_k, top_p, penalty, seed
+        self.presence, self.frequency = presence, frequency
 
     def flags(self):
         """moeppc run's options for these (none for plain greedy)."""
@@ -50,15 +53,22 @@ class Params:
                 f += ["--top-p", repr(self.top_p)]
         if self.penalty != 1:
             f += ["--repetition-penalty", repr(self.penalty)]
+        if self.presence:
+            f += ["--presence-penalty", repr(self.presence)]
+        if self.frequency:
+            f += ["--frequency-penalty", repr(self.frequency)]
         return f
 
 
-def penalised(row, seen, penalty):
-    if penalty == 1 or not len(seen):
-        return row
+def penalised(row, seen, p, start):
+    """row after p's penalties, seen the sequence so far and seen[start:] what this generation chose."""
     x = np.array(row, dtype=np.float64)
-    s = np.unique(np.asarray(seen, dtype=np.int64))
-    x[s] = np.where(x[s] < 0, x[s] * penalty, x[s] / penalty)
+    if p.penalty != 1 and len(seen):
+        s = np.unique(np.asarray(seen, dtype=np.int64))
+        x[s] = np.where(x[s] < 0, x[s] * p.penalty, x[s] / p.penalty)
+    if (p.presence or p.frequency) and len(seen) > start:
+        ids, counts = np.unique(np.asarray(seen[start:], dtype=np.int64), return_counts=True)
+        x[ids] -= p.frequency * counts + p.presence
     return x
 
 
@@ -68,9 +78,11 @@ def _eps_to_logits(eps, temperature):
     return temperature / 2 * math.log1p(max(eps, 0.0))
 
 
-def choose(row, seen, p, rng):
-    """(token, margin) for one row; rng (a SplitMix64) is drawn once when p.temperature > 0."""
-    x = penalised(row, seen, p.penalty)
+def choose(row, seen, p, rng, start=None):
+    """(token, margin) for one row after seen (the generation's own from seen[start:]; None: none);
+    rng (a SplitMix64) is drawn once when p.temperature > 0. (The presence and frequency penalties
+    move logits by constants: the margin as without them.)"""
+    x = penalised(row, seen, p, len(seen) if start is None else start)
     amp = max(p.penalty, 1 / p.penalty)  # a logit's change, after the penalty, is at most amp times it
     V = len(x)
     order = np.lexsort((np.arange(V), -x))  # largest first, the lower id on ties

@@ -257,6 +257,14 @@ def test_sampling():
     check("penalty once: 3 / 2 < 3", tok == 2 and close(m, 0.75 / 2))
     tok, m = sampling.choose(row, [3], sampling.Params(penalty=2.0), None)
     check("penalty on a negative logit multiplies", tok == 1 and m == 0.0)
+    # presence and frequency: over the generation's tokens only (seen[start:]), presence once,
+    # frequency a time each: 1 chosen twice 3 - 0.5 - 2 * 0.25 = 2, 2 (the prompt's) stays 3
+    tok, m = sampling.choose(row, [2, 1, 1], sampling.Params(presence=0.5, frequency=0.25), None, 1)
+    check("presence and frequency over the generated tokens", tok == 2 and close(m, 0.5))
+    tok, _ = sampling.choose(row, [2, 1, 1], sampling.Params(presence=1.0), None, 0)
+    check("... the prompt's counted when it is the generation's (3 - 1 both: the lower id)", tok == 1)
+    tok, _ = sampling.choose(row, [2, 1, 1], sampling.Params(presence=0.5), None)
+    check("... none before the generation's first", tok == 1)
     p = sampling.Params(temperature=1.0, seed=5)
     u = sampling.SplitMix64(5).uniform()
     w = np.exp(row - 3.0)

@@ -18,13 +18,13 @@ static const double L6[V6] = {2, 1, 0.5, 0, -1, -3};
 /* Draw n tokens after the sequence seen[n_seen] and check each frequency against want[] (0 where a
  * token must never come) within five standard deviations of the binomial count. */
 static void check_frequencies_after(const SampleParams *p, const double *logits, int64_t V, const int32_t *seen,
-                                    int64_t n_seen, const double *want, int n)
+                                    int64_t n_seen, int64_t from, const double *want, int n)
 {
     Sampler s;
     sampler_init(&s, p, 12345, V);
     int64_t *count = calloc((size_t)V, sizeof *count);
     for (int k = 0; k < n; k++) {
-        int64_t t = sampler_next(&s, logits, seen, n_seen);
+        int64_t t = sampler_next(&s, logits, seen, n_seen, from);
         assert_true(t >= 0 && t < V);
         count[t]++;
     }
@@ -39,7 +39,7 @@ static void check_frequencies_after(const SampleParams *p, const double *logits,
 
 static void check_frequencies(const SampleParams *p, const double *logits, int64_t V, const double *want, int n)
 {
-    check_frequencies_after(p, logits, V, NULL, 0, want, n);
+    check_frequencies_after(p, logits, V, NULL, 0, 0, want, n);
 }
 
 /* softmax(logits[ids] / T) over the listed ids, 0 elsewhere. */
@@ -61,7 +61,7 @@ static void test_greedy(void **state)
     assert_int_equal(sample_argmax(d, 2), 0);
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1}, 7, 5);
-    for (int k = 0; k < 10; k++) assert_int_equal(sampler_next(&s, a, NULL, 0), 1);
+    for (int k = 0; k < 10; k++) assert_int_equal(sampler_next(&s, a, NULL, 0, 0), 1);
     sampler_free(&s);
 }
 
@@ -221,9 +221,9 @@ static void test_seeds(void **state)
     sampler_init(&a, &p, 5, V6), sampler_init(&b, &p, 5, V6), sampler_init(&c, &p, 6, V6);
     int differ = 0;
     for (int k = 0; k < 1000; k++) {
-        int64_t x = sampler_next(&a, L6, NULL, 0);
-        assert_int_equal(x, sampler_next(&b, L6, NULL, 0));
-        differ += x != sampler_next(&c, L6, NULL, 0);
+        int64_t x = sampler_next(&a, L6, NULL, 0, 0);
+        assert_int_equal(x, sampler_next(&b, L6, NULL, 0, 0));
+        differ += x != sampler_next(&c, L6, NULL, 0, 0);
     }
     assert_true(differ > 100);
     sampler_free(&a), sampler_free(&b), sampler_free(&c);
@@ -245,7 +245,7 @@ static void test_draw_in_id_order(void **state)
     while (u >= (cum += want[expect])) expect++;
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 0.8, .top_p = 1}, 42, V6);
-    assert_int_equal(sampler_next(&s, L6, NULL, 0), expect);
+    assert_int_equal(sampler_next(&s, L6, NULL, 0, 0), expect);
     sampler_free(&s);
     /* pairs of a value, ordered one way in a and the other in b; no cut splits a pair, so the sets are
      * the same. 40 tokens: every candidate set is put in id order by the pass over the vocabulary;
@@ -261,7 +261,7 @@ static void test_draw_in_id_order(void **state)
         for (uint64_t seed = 0; seed < 500; seed++) {
             Sampler x, y;
             sampler_init(&x, &ps[k], seed, vocab[k]), sampler_init(&y, &ps[k], seed, vocab[k]);
-            int64_t tx = sampler_next(&x, a, NULL, 0), ty = sampler_next(&y, b, NULL, 0);
+            int64_t tx = sampler_next(&x, a, NULL, 0, 0), ty = sampler_next(&y, b, NULL, 0, 0);
             if (tx != ty)
                 fail_msg("params %zu, seed %llu: %lld and %lld", k, (unsigned long long)seed, (long long)tx,
                          (long long)ty);
@@ -276,10 +276,10 @@ static void test_degenerate_logits(void **state)
     const double nan1[4] = {NAN, 0, 0, NAN}, want[4] = {0, 0.5, 0.5, 0};
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 0.9}, 1, 4);
-    for (int k = 0; k < 20; k++) assert_int_equal(sampler_next(&s, inf, NULL, 0), 1);
+    for (int k = 0; k < 20; k++) assert_int_equal(sampler_next(&s, inf, NULL, 0, 0), 1);
     sampler_free(&s);
     sampler_init(&s, &(SampleParams){.temperature = 1, .top_p = 1}, 1, 3);
-    assert_int_equal(sampler_next(&s, ninf, NULL, 0), 0);
+    assert_int_equal(sampler_next(&s, ninf, NULL, 0, 0), 0);
     sampler_free(&s);
     check_frequencies(&(SampleParams){.temperature = 1, .top_p = 1}, nan1, 4, want, 100000);
 }
@@ -290,7 +290,7 @@ static int64_t greedy_after(const double *logits, int64_t V, const int32_t *seen
 {
     Sampler s;
     sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1, .repetition_penalty = penalty}, 1, V);
-    int64_t t = sampler_next(&s, logits, seen, n_seen);
+    int64_t t = sampler_next(&s, logits, seen, n_seen, n_seen);
     sampler_free(&s);
     return t;
 }
@@ -308,8 +308,8 @@ static void test_repetition_penalty(void **state)
     assert_int_equal(greedy_after(b, 2, NULL, 0, 2), 0);
     Sampler s; /* the marks of one draw do not carry into the next */
     sampler_init(&s, &(SampleParams){.temperature = 0, .top_p = 1, .repetition_penalty = 3}, 1, 2);
-    assert_int_equal(sampler_next(&s, b, seen_b, 1), 1);
-    assert_int_equal(sampler_next(&s, b, seen_b, 0), 0);
+    assert_int_equal(sampler_next(&s, b, seen_b, 1, 1), 1);
+    assert_int_equal(sampler_next(&s, b, seen_b, 0, 0), 0);
     sampler_free(&s);
     /* the draw follows softmax of the penalised logits */
     const int32_t seen[3] = {1, 0, 1};
@@ -318,7 +318,7 @@ static void test_repetition_penalty(void **state)
     double want[V6];
     softmax_over(adj, V6, 1, all, V6, want);
     check_frequencies_after(&(SampleParams){.temperature = 1, .top_p = 1, .repetition_penalty = 1.5}, L6, V6, seen, 3,
-                            want, 200000);
+                            3, want, 200000);
 }
 
 static void test_params_refused(void **state)
@@ -331,6 +331,9 @@ static void test_params_refused(void **state)
         {.temperature = 1, .top_k = -1, .top_p = 1}, {.temperature = 0, .top_k = 5, .top_p = 1},
         {.temperature = 0, .top_p = 0.9},   {.top_p = 1, .repetition_penalty = -1},
         {.top_p = 1, .repetition_penalty = NAN}, {.top_p = 1, .repetition_penalty = 101},
+        {.top_p = 1, .presence_penalty = 2.01}, {.top_p = 1, .presence_penalty = -2.5},
+        {.top_p = 1, .presence_penalty = NAN}, {.top_p = 1, .frequency_penalty = -2.01},
+        {.top_p = 1, .frequency_penalty = INFINITY},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         why[0] = 0;
@@ -339,6 +342,74 @@ static void test_params_refused(void **state)
     }
     assert_true(sample_params_check(&(SampleParams){.temperature = 0, .top_p = 1}, why, sizeof why));
     assert_true(sample_params_check(&(SampleParams){.temperature = 100, .top_k = 1, .top_p = 1e-9}, why, sizeof why));
+    assert_true(sample_params_check(&(SampleParams){.top_p = 1, .presence_penalty = -2, .frequency_penalty = 2}, why,
+                                    sizeof why));
+}
+
+/* OpenAI's presence and frequency penalties (after the repetition penalty, vLLM's order): from each
+ * generated token's logit (seen[from ..]; the prompt's before it count for neither) presence once and
+ * frequency times its count. Against the penalised logits worked out here, over random sequences:
+ * greedy's pick the argmax of those, a draw's frequencies their softmax. */
+static void penalised_ref(const double *logits, int64_t V, const int32_t *seen, int64_t n_seen, int64_t from,
+                          const SampleParams *p, double *out)
+{
+    for (int64_t v = 0; v < V; v++) {
+        double x = logits[v];
+        int64_t in = 0, count = 0;
+        for (int64_t k = 0; k < n_seen; k++) in += seen[k] == v, count += k >= from && seen[k] == v;
+        if (in && p->repetition_penalty != 0 && p->repetition_penalty != 1)
+            x = x < 0 ? x * p->repetition_penalty : x / p->repetition_penalty;
+        if (count) x -= p->frequency_penalty * (double)count + p->presence_penalty;
+        out[v] = x;
+    }
+}
+
+static void test_presence_frequency_penalties(void **state)
+{
+    (void)state;
+    /* by hand: 0 generated three times, 1 once; 2 only in the prompt */
+    const double a[4] = {3, 1.4, 1, 0.5};
+    const int32_t seq[6] = {2, 2, 0, 1, 0, 0}; /* prompt 2 2, then 0 1 0 0 */
+    assert_int_equal(greedy_after(a, 4, seq, 6, 1), 0);
+    Sampler s;
+    sampler_init(&s, &(SampleParams){.top_p = 1, .presence_penalty = 1.5}, 1, 4); /* 3 - 1.5 = 1.5 > 1.4 - 1.5 */
+    assert_int_equal(sampler_next(&s, a, seq, 6, 2), 0);
+    sampler_free(&s);
+    sampler_init(&s, &(SampleParams){.top_p = 1, .frequency_penalty = 0.7}, 1, 4); /* 3 - 2.1 = 0.9 < 1.4 - 0.7 */
+    assert_int_equal(sampler_next(&s, a, seq, 6, 2), 2);
+    assert_int_equal(sampler_next(&s, a, seq, 6, 0), 0); /* the prompt generated too: 2 at 1 - 1.4 */
+    assert_int_equal(sampler_next(&s, a, seq, 6, 6), 0); /* nothing generated yet */
+    assert_int_equal(sampler_next(&s, a, seq, 2, 2), 0); /* (the counts of one draw do not carry) */
+    sampler_free(&s);
+    sampler_init(&s, &(SampleParams){.top_p = 1, .presence_penalty = -2}, 1, 4); /* negative: favours them */
+    const double b[4] = {0, -0.5, 1.9, 0}; /* 0 at 2, 1 at 1.5, 2 (the prompt's) stays at 1.9 */
+    assert_int_equal(sampler_next(&s, b, seq, 6, 2), 0);
+    sampler_free(&s);
+    moe_rng r;
+    rng_seed(&r, 77);
+    enum { V = 40, N = 60 };
+    double l[V], ref[V];
+    int32_t seen[N];
+    for (int round = 0; round < 300; round++) {
+        for (int v = 0; v < V; v++) l[v] = 4 * rng_uniform(&r) - 2;
+        int64_t n = 1 + (int64_t)(rng_next(&r) % N), from = (int64_t)(rng_next(&r) % (uint64_t)(n + 1));
+        for (int64_t k = 0; k < n; k++) seen[k] = (int32_t)(rng_next(&r) % (k % 3 ? 8 : V)); /* repeats */
+        SampleParams p = {.top_p = 1, .presence_penalty = 4 * rng_uniform(&r) - 2,
+                          .frequency_penalty = 4 * rng_uniform(&r) - 2,
+                          .repetition_penalty = round % 2 ? 1 + 2 * rng_uniform(&r) : 1};
+        penalised_ref(l, V, seen, n, from, &p, ref);
+        sampler_init(&s, &p, 1, V);
+        assert_int_equal(sampler_next(&s, l, seen, n, from), sample_argmax(ref, V));
+        sampler_free(&s);
+    }
+    /* a draw follows softmax of the penalised logits */
+    const int32_t seen6[5] = {3, 0, 1, 0, 3}; /* prompt 3, then 0 1 0 3 */
+    SampleParams p = {.temperature = 0.8, .top_p = 1, .presence_penalty = 0.5, .frequency_penalty = -0.25};
+    const int64_t all[V6] = {0, 1, 2, 3, 4, 5};
+    double adj[V6], want[V6];
+    penalised_ref(L6, V6, seen6, 5, 1, &p, adj);
+    softmax_over(adj, V6, 0.8, all, V6, want);
+    check_frequencies_after(&p, L6, V6, seen6, 5, 1, want, 200000);
 }
 
 int main(void)
@@ -353,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_draw_in_id_order),
         cmocka_unit_test(test_degenerate_logits),
         cmocka_unit_test(test_repetition_penalty),
+        cmocka_unit_test(test_presence_frequency_penalties),
         cmocka_unit_test(test_params_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
