@@ -71,7 +71,7 @@ static void gpu_part(void)
     }
     const char *path = getenv("MOEPPC_CUDA_DRIVER");
     char err[512];
-    CgCudaDriver *d = cg_cuda_driver_open(0, err, sizeof err);
+    CgCudaDriver *d = cg_cuda_driver_probe(err, sizeof err); /* (no context on any GPU) */
     if (!d) {
         printf("  CUDA driver:  none usable: %s\n", err);
         return;

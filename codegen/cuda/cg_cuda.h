@@ -412,6 +412,9 @@ typedef struct CgCudaDriver CgCudaDriver;
 /* Open the driver, cuInit, take device `ordinal`, create a context. NULL with err set: "no CUDA
  * driver (libcuda.so.1) on this machine" when the library is absent, else the driver's message. */
 CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen);
+/* Open the driver and cuInit only, no context on any device: for the queries of the devices below
+ * (cg_cuda_device_count, cg_cuda_device_info, cg_cuda_driver_version) and close, nothing else. */
+CgCudaDriver *cg_cuda_driver_probe(char *err, size_t errlen);
 /* For a library inside someone else's CUDA program (embed/): retain the primary context (the CUDA
  * runtime's) of the device whose context is current on this thread, else of device 0; create no
  * stream: the asynchronous calls below go to the one cg_cuda_set_stream gives (NULL: the legacy

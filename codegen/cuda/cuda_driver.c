@@ -212,10 +212,19 @@ static bool driver_start(CgCudaDriver *d, int ordinal, char *err, size_t errlen)
     return true;
 }
 
-/* libcuda opened, then started on device `ordinal` (driver_start) or attached (driver_attach). */
+/* libcuda opened, then started on device `ordinal` (driver_start), attached (driver_attach) or only
+ * initialised (probe: no context). */
 static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen);
+typedef enum { DRIVER_START, DRIVER_ATTACH, DRIVER_PROBE } DriverMode;
 
-static CgCudaDriver *driver_new(bool attach, int ordinal, char *err, size_t errlen)
+static bool driver_probe(CgCudaDriver *d, char *err, size_t errlen)
+{
+    if (!load_api(d, err, errlen)) return false;
+    CU_CHECK(d, init(0));
+    return true;
+}
+
+static CgCudaDriver *driver_new(DriverMode mode, int ordinal, char *err, size_t errlen)
 {
     const char *path = getenv("MOEPPC_CUDA_DRIVER");
     void *lib = dlopen(path && path[0] ? path : "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -230,7 +239,10 @@ static CgCudaDriver *driver_new(bool attach, int ordinal, char *err, size_t errl
     CgCudaDriver *d = xcalloc(1, sizeof *d);
     d->lib = lib;
     *(void **)&d->emu_error = dlsym(lib, "moeppc_cudaemu_last_error");
-    if (!(attach ? driver_attach(d, err, errlen) : driver_start(d, ordinal, err, errlen))) {
+    bool ok = mode == DRIVER_ATTACH  ? driver_attach(d, err, errlen)
+              : mode == DRIVER_PROBE ? driver_probe(d, err, errlen)
+                                     : driver_start(d, ordinal, err, errlen);
+    if (!ok) {
         cg_cuda_driver_close(d);
         return NULL;
     }
@@ -239,8 +251,10 @@ static CgCudaDriver *driver_new(bool attach, int ordinal, char *err, size_t errl
 
 CgCudaDriver *cg_cuda_driver_open(int ordinal, char *err, size_t errlen)
 {
-    return driver_new(false, ordinal, err, errlen);
+    return driver_new(DRIVER_START, ordinal, err, errlen);
 }
+
+CgCudaDriver *cg_cuda_driver_probe(char *err, size_t errlen) { return driver_new(DRIVER_PROBE, 0, err, errlen); }
 
 /* The primary context of the device current on this thread (a CUDA runtime caller's, after
  * cudaSetDevice), else of device 0; the caller's stream is set later (cg_cuda_set_stream). */
@@ -259,7 +273,7 @@ static bool driver_attach(CgCudaDriver *d, char *err, size_t errlen)
     return true;
 }
 
-CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen) { return driver_new(true, 0, err, errlen); }
+CgCudaDriver *cg_cuda_driver_attach(char *err, size_t errlen) { return driver_new(DRIVER_ATTACH, 0, err, errlen); }
 
 void cg_cuda_set_stream(CgCudaDriver *d, void *stream)
 {

@@ -734,9 +734,13 @@ EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, int dev)
     *v = attr == 75 ? 9 : attr == 16 ? 4 : 0;
     return CU_OK;
 }
+/* MOEPPC_CUDAEMU_NO_CONTEXTS=1 refuses every context (a test that a caller makes none: moeppc
+ * --version --verbose's queries). */
 EXPORT CUresult cuCtxCreate_v2(void **ctx, unsigned flags, int dev)
 {
     (void)flags;
+    const char *no = getenv("MOEPPC_CUDAEMU_NO_CONTEXTS");
+    if (no && no[0] == '1') return CU_OUT_OF_MEMORY;
     Ctx *c = calloc(1, sizeof *c);
     if (!c) return CU_OUT_OF_MEMORY;
     c->dev = dev;
