@@ -34,9 +34,10 @@ else
     e=$(MOEPPC_CUDA_DRIVER=$EMU "$MOEPPC" --version -v) || fail "emulator: exit $?"
     grep -q "^  CUDA driver:  $EMU; 1 device$" <<<"$e" &&
       grep -q "^    0: moeppc CUDA emulator (CPU), emu, 4 SMs$" <<<"$e" || fail "emulator: $e"
-    # the devices queried without a context on any (the emulator refusing every one)
+    # the devices queried without a context on any (the emulator refusing every one): the same lines
     e2=$(MOEPPC_CUDAEMU_NO_CONTEXTS=1 MOEPPC_CUDA_DRIVER=$EMU "$MOEPPC" --version -v) || fail "no contexts: exit $?"
-    [ "$e2" = "$e" ] || fail "no contexts: $e2"
+    [ "$(sed -n '/^  CUDA driver:/,$p' <<<"$e2")" = "$(sed -n '/^  CUDA driver:/,$p' <<<"$e")" ] ||
+      fail "no contexts: $e2"
   fi
 fi
 for bad in "--frob" "--verbose x"; do
