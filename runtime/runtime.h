@@ -108,7 +108,8 @@ bool        safetensors_write_meta(const char *path, const Tensor *tensors, int 
 int cmd_init_weights(int argc, char **argv);
 
 /* ---- choosing the next token (sample.c) --------------------------------------------------------
- * From one row of logits ([vocab], f64), as Hugging Face's generate does, in its order: the logit
+ * From one row of logits ([vocab], f64), first each bias added to its token's logit (OpenAI's
+ * logit_bias), then as Hugging Face's generate does, in its order: the logit
  * of every token already in the sequence divided by repetition_penalty where positive, multiplied
  * where negative (1: none); then, as OpenAI's API and vLLM do, from the logit of every token this
  * generation has chosen so far frequency_penalty times the number of times it was chosen and
@@ -123,6 +124,12 @@ int cmd_init_weights(int argc, char **argv);
 #define SAMPLE_MAX_TEMPERATURE 100.0
 #define SAMPLE_MAX_PENALTY 100.0
 #define SAMPLE_MAX_OPENAI_PENALTY 2.0 /* presence and frequency penalties: OpenAI's range, ±2 */
+#define SAMPLE_MAX_BIAS 100.0         /* a logit bias: OpenAI's range, ±100 */
+#define SAMPLE_MAX_BIASES 1024        /* logit biases a request at most */
+typedef struct {
+    int32_t id;   /* a token of the vocabulary, each once */
+    double  bias; /* [-100, 100] */
+} SampleBias;
 typedef struct {
     double  temperature;        /* [0, SAMPLE_MAX_TEMPERATURE]; 0: greedy */
     int64_t top_k;              /* ≥ 0; 0: every token */
@@ -130,6 +137,8 @@ typedef struct {
     double  repetition_penalty; /* (0, SAMPLE_MAX_PENALTY]; 1: none (0 in a SampleParams is taken as 1) */
     double  presence_penalty;   /* [-2, 2]; 0: none */
     double  frequency_penalty;  /* [-2, 2]; 0: none */
+    const SampleBias *bias;     /* [n_bias] (the caller's, which outlives the samplers made with it) */
+    int64_t n_bias;             /* 0..SAMPLE_MAX_BIASES */
 } SampleParams;
 typedef struct {
     double  p;
@@ -143,13 +152,17 @@ typedef struct {
     double      *prob; /* [vocab] their probabilities */
     SampleCand  *cand; /* [vocab] scratch */
     double      *by_id; /* [vocab] scratch, zero between draws */
-    double      *row;  /* [vocab] the penalised logits (a penalty given) */
+    double      *row;  /* [vocab] the biased and penalised logits (a bias or penalty given) */
     uint8_t     *mark; /* [vocab] tokens penalised in this draw (repetition_penalty ≠ 1) */
     int32_t     *count; /* [vocab] times each was generated (a presence or frequency penalty), zero
                          * between draws */
 } Sampler;
-/* False with the reason in why when p is out of range, or asks for top-k/top-p at temperature 0. */
+/* False with the reason in why when p is out of range, or asks for top-k/top-p at temperature 0
+ * (a bias's token against the vocabulary is its parser's to check). */
 bool    sample_params_check(const SampleParams *p, char *why, size_t n);
+/* "ID:BIAS,ID:BIAS…" (--logit-bias) into a SampleBias array [*n] (xmalloc'd): NULL with why set
+ * when a token is outside the vocabulary or given twice, a bias outside ±100, or the text malformed. */
+SampleBias *sample_bias_parse(const char *text, int64_t vocab, int64_t *n, char *why, size_t why_len);
 void    sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t vocab); /* p checked */
 /* The next token from logits, given the sequence so far (seen: n_seen ids below vocab, the prompt
  * and what was generated, the generated ones from seen[from] on; only the penalties read them: the

@@ -12,10 +12,70 @@
  * (bench/bench_sample). */
 #include "runtime/runtime.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Each bias within ±SAMPLE_MAX_BIAS of a token id >= 0, no token twice. */
+static bool bias_ok(const SampleParams *p, char *why, size_t n)
+{
+    for (int64_t k = 0; k < p->n_bias; k++) {
+        const SampleBias *b = &p->bias[k];
+        if (b->id < 0 || !(fabs(b->bias) <= SAMPLE_MAX_BIAS)) {
+            snprintf(why, n, "logit bias %g of token %d: expected a token id and a number in [-%g, %g]", b->bias,
+                     (int)b->id, SAMPLE_MAX_BIAS, SAMPLE_MAX_BIAS);
+            return false;
+        }
+        for (int64_t j = 0; j < k; j++)
+            if (p->bias[j].id == b->id) {
+                snprintf(why, n, "logit bias: token %d given twice", (int)b->id);
+                return false;
+            }
+    }
+    return true;
+}
+
+SampleBias *sample_bias_parse(const char *text, int64_t vocab, int64_t *n, char *why, size_t why_len)
+{
+    SampleBias *b = xmalloc(sizeof *b);
+    *n = 0;
+    for (const char *s = text;;) {
+        char *end;
+        errno = 0;
+        long long id = strtoll(s, &end, 10);
+        bool ok = end != s && *end == ':' && errno == 0 && !isspace((unsigned char)*s);
+        double x = 0;
+        if (ok) {
+            s = end + 1;
+            x = strtod(s, &end);
+            ok = end != s && (*end == ',' || !*end) && !isspace((unsigned char)*s);
+        }
+        if (!ok) {
+            snprintf(why, why_len, "'%s': expected ID:BIAS pairs separated by commas (\"13:-100,42:2.5\")", text);
+            break;
+        }
+        if (id < 0 || id >= vocab) {
+            snprintf(why, why_len, "token %lld: not in the vocabulary of %lld", id, (long long)vocab);
+            break;
+        }
+        if (*n == SAMPLE_MAX_BIASES) {
+            snprintf(why, why_len, "more than %d logit biases", SAMPLE_MAX_BIASES);
+            break;
+        }
+        b = xrealloc(b, (size_t)(*n + 1) * sizeof *b);
+        b[(*n)++] = (SampleBias){(int32_t)id, x};
+        SampleParams p = {.bias = b, .n_bias = *n};
+        if (!bias_ok(&p, why, why_len)) break;
+        if (!*end) return b;
+        s = end + 1;
+    }
+    free(b);
+    *n = 0;
+    return NULL;
+}
 
 bool sample_params_check(const SampleParams *p, char *why, size_t n)
 {
@@ -33,6 +93,9 @@ bool sample_params_check(const SampleParams *p, char *why, size_t n)
     else if (!(fabs(p->frequency_penalty) <= SAMPLE_MAX_OPENAI_PENALTY))
         snprintf(why, n, "frequency penalty %g: expected a number in [-%g, %g]", p->frequency_penalty,
                  SAMPLE_MAX_OPENAI_PENALTY, SAMPLE_MAX_OPENAI_PENALTY);
+    else if (p->n_bias < 0 || p->n_bias > SAMPLE_MAX_BIASES || (p->n_bias && !p->bias))
+        snprintf(why, n, "%lld logit biases: at most %d", (long long)p->n_bias, SAMPLE_MAX_BIASES);
+    else if (!bias_ok(p, why, n)) return false;
     else if (p->temperature == 0 && (p->top_k > 0 || p->top_p < 1))
         snprintf(why, n, "top-k and top-p restrict a draw, and temperature 0 draws nothing (it is greedy): give a "
                          "temperature above 0");
@@ -48,7 +111,8 @@ void sampler_init(Sampler *s, const SampleParams *p, uint64_t seed, int64_t voca
     if (s->p.repetition_penalty == 0) s->p.repetition_penalty = 1;
     rng_seed(&s->rng, seed);
     bool counts = s->p.presence_penalty != 0 || s->p.frequency_penalty != 0;
-    if (s->p.repetition_penalty != 1 || counts) s->row = xmalloc((size_t)vocab * sizeof *s->row);
+    for (int64_t k = 0; k < s->p.n_bias; k++) MOE_ASSERT(s->p.bias[k].id < vocab);
+    if (s->p.repetition_penalty != 1 || counts || s->p.n_bias) s->row = xmalloc((size_t)vocab * sizeof *s->row);
     if (s->p.repetition_penalty != 1) s->mark = xcalloc((size_t)vocab, 1);
     if (counts) s->count = xcalloc((size_t)vocab, sizeof *s->count);
     if (p->temperature > 0) {
@@ -213,14 +277,15 @@ int64_t sampler_candidates(Sampler *s, const double *logits, int64_t *ids, doubl
     return n;
 }
 
-/* The logits with each seen token's penalised once (HF's RepetitionPenaltyLogitsProcessor), then
- * each generated one's (seen[from ..]) less frequency_penalty times its count and presence_penalty
- * (vLLM's order, OpenAI's definition), in s->row. */
+/* The logits with the biases added, then each seen token's penalised once (HF's
+ * RepetitionPenaltyLogitsProcessor), then each generated one's (seen[from ..]) less frequency_penalty
+ * times its count and presence_penalty (vLLM's order, OpenAI's definitions), in s->row. */
 static const double *penalised(Sampler *s, const double *logits, const int32_t *seen, int64_t n_seen, int64_t from)
 {
     bool rep = s->p.repetition_penalty != 1 && n_seen > 0, counts = s->count && from < n_seen;
-    if (!rep && !counts) return logits;
+    if (!rep && !counts && !s->p.n_bias) return logits;
     memcpy(s->row, logits, (size_t)s->vocab * sizeof *s->row);
+    for (int64_t k = 0; k < s->p.n_bias; k++) s->row[s->p.bias[k].id] += s->p.bias[k].bias;
     for (int64_t k = 0; rep && k < n_seen; k++) {
         int32_t t = seen[k];
         MOE_ASSERT(t >= 0 && t < s->vocab);

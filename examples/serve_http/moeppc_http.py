@@ -7,7 +7,7 @@
 runs the command (adding --serve) as one subprocess that keeps the model loaded, and answers
   POST /v1/completions  {"prompt": "text" | [token ids] | a list of either (a batch), "n",
                          "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
-                         "presence_penalty", "frequency_penalty", "seed",
+                         "presence_penalty", "frequency_penalty", "logit_bias": {"ID": bias}, "seed",
                          "stop": a string or [strings and token ids], "stream", "logprobs": K,
                          "echo", "continue": the "id" of an earlier completion (its conversation's
                          next turn)}
@@ -24,7 +24,7 @@ runs the command (adding --serve) as one subprocess that keeps the model loaded,
   POST /v1/chat/completions  {"messages": [{"role", "content": text or [{"type": "text", "text"}]}], "n",
                          "max_tokens" (or "max_completion_tokens"; default: until the end of sequence
                          or the caches' end), "temperature", "top_p", "top_k", "repetition_penalty",
-                         "presence_penalty", "frequency_penalty", "seed", "stop", "stream",
+                         "presence_penalty", "frequency_penalty", "logit_bias", "seed", "stop", "stream",
                          "stream_options": {"include_usage"}, "logprobs": true|false, "top_logprobs": K}
                         -> {"id", "object": "chat.completion", "created", "model", "choices": [{"index",
                             "message": {"role": "assistant", "content"}, "finish_reason", "logprobs":
@@ -77,7 +77,7 @@ import time
 import traceback
 
 FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
-          "seed", "stop", "stream", "echo"}
+          "logit_bias", "seed", "stop", "stream", "echo"}
 CHAT_FIELDS = FIELDS - {"echo", "max_tokens"}
 MAX_TOKENS_UNTIL_END = 1000000  # moeppc's largest "max_tokens": a chat's default, ended by the caches' end
 # OpenAI fields taken at their neutral values only; "model" and "user" are taken and ignored

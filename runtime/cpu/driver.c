@@ -54,7 +54,8 @@ static void print_usage(FILE *f)
                "[--device cpu|cuda[:N]] [--threads N] "
                "[--panel-cache DIR [--panel-cache-max MB] [--panel-cache-verify]] "
                "[--generate N [--temperature X] [--top-k K] [--top-p P] "
-               "[--repetition-penalty R] [--presence-penalty X] [--frequency-penalty X] [--seed N] "
+               "[--repetition-penalty R] [--presence-penalty X] [--frequency-penalty X] [--logit-bias ID:B,…] "
+               "[--seed N] "
                "[--stop IDS] [--ignore-eos]] [--logits-out F] [--routes-out F] [--route-stats] "
                "[--precision f64|f32] [--top N] [--perplexity] [--quiet] %s[-O0|-O1]\n",
             cfg->prog, cfg->spec_text ? "" : "SPEC ", cfg->load_tuning && !cfg->ir_text ? "[--tuning DB] " : "");
@@ -72,6 +73,7 @@ static int drv_usage(const char *fmt, const char *arg)
 
 typedef struct {
     const char *spec, *weights, *ids, *prompts, *logits_out, *routes_out, *tuning, *stop;
+    const char *logit_bias;       /* --logit-bias: checked against the vocabulary once the spec is read */
     const char *prompt, *tokenizer; /* --prompt's text; the tokenizer.model for it and for printing text */
     const char *panel_cache;      /* --panel-cache (MOEPPC_PANEL_CACHE): packed weights kept there    */
     int64_t panel_cache_max;      /* --panel-cache-max (MOEPPC_PANEL_CACHE_MAX_MB): MB at most, 0: any */
@@ -138,7 +140,7 @@ static bool number_option(const char *opt, const char *v, double lo, bool open_l
 }
 
 /* --temperature, --top-k, --top-p, --repetition-penalty, --presence-penalty, --frequency-penalty,
- * --seed, --stop: how --generate chooses its tokens. */
+ * --logit-bias, --seed, --stop: how --generate chooses its tokens. */
 static int sample_option(RunArgs *r, const char *o, const char *v)
 {
     int64_t n;
@@ -156,6 +158,8 @@ static int sample_option(RunArgs *r, const char *o, const char *v)
     } else if (strcmp(o, "--presence-penalty") == 0 || strcmp(o, "--frequency-penalty") == 0) {
         double *x = o[2] == 'p' ? &r->sample.presence_penalty : &r->sample.frequency_penalty;
         if (!number_option(o, v, -SAMPLE_MAX_OPENAI_PENALTY, false, SAMPLE_MAX_OPENAI_PENALTY, x)) return 2;
+    } else if (strcmp(o, "--logit-bias") == 0) {
+        r->logit_bias = v;
     } else if (strcmp(o, "--seed") == 0) {
         if (!parse_u64(v, &r->sample_seed)) return drv_usage("--seed: '%s' is not a seed (a non-negative integer)", v);
     } else {
@@ -229,7 +233,8 @@ static int parse_option(RunArgs *r, const char *o, const char *v)
         if (!int_option(o, v, 0, 1000000, &r->generate)) return 2;
     } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-k") == 0 || strcmp(o, "--top-p") == 0 ||
                strcmp(o, "--repetition-penalty") == 0 || strcmp(o, "--presence-penalty") == 0 ||
-               strcmp(o, "--frequency-penalty") == 0 || strcmp(o, "--seed") == 0 || strcmp(o, "--stop") == 0) {
+               strcmp(o, "--frequency-penalty") == 0 || strcmp(o, "--logit-bias") == 0 || strcmp(o, "--seed") == 0 ||
+               strcmp(o, "--stop") == 0) {
         return sample_option(r, o, v);
     } else return drv_usage("unknown option '%s'", o);
     return 0;
@@ -286,7 +291,8 @@ static void print_help(FILE *f)
           "                      {\"id\", \"ids\": [...] or \"prompt\": text, \"continue\": an earlier id,\n"
           "                      \"max_tokens\" (default --generate, else 16), \"temperature\", \"top_k\",\n"
           "                      \"top_p\", \"repetition_penalty\", \"presence_penalty\",\n"
-          "                      \"frequency_penalty\", \"seed\", \"stop\": [ids, strings],\n"
+          "                      \"frequency_penalty\", \"logit_bias\": {\"ID\": bias}, \"seed\", \"stop\": [ids,\n"
+          "                      strings],\n"
           "                      \"logprobs\": K, \"echo\", \"stream\", \"special\": the prompt's <s>, </s>\n"
           "                      those tokens and no BOS added, as a chat template writes it}\n"
           "                      -> {\"id\", \"ids\", \"text\", \"finish_reason\", \"prompt_tokens\",\n"
@@ -319,6 +325,8 @@ static void print_help(FILE *f)
           "                      chosen, X in [-2, 2] (default 0: none), OpenAI's presence_penalty\n"
           "  --frequency-penalty X  and X times the number of times it chose it, X in [-2, 2] (default 0),\n"
           "                      OpenAI's frequency_penalty (the prompt's tokens count for neither)\n"
+          "  --logit-bias \"13:-100,42:2.5\"  before all of them, each bias added to its token's logit\n"
+          "                      (-100 bans it), each in [-100, 100]: OpenAI's logit_bias\n"
           "  --seed N            the draws' seed (default 0): the same seed, the same tokens\n"
           "  --stop \"2 13\"       end the generation after one of these tokens (default: the spec's\n"
           "                      model.eos_token_id, which import-hf takes from the config, if it has one,\n"
@@ -449,7 +457,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *r)
                                                  "--tuning", "--precision", "--backend", "--device", "--top",
                                                  "--threads", "--generate", "--temperature", "--top-k", "--top-p",
                                                  "--repetition-penalty", "--presence-penalty", "--frequency-penalty",
-                                                 "--seed", "--stop", "--prompt", "--tokenizer",
+                                                 "--logit-bias", "--seed", "--stop", "--prompt", "--tokenizer",
                                                  "--batch", "--max-positions", "--chunk", "--panel-cache",
                                                  "--panel-cache-max"};
             bool known = false;
@@ -1034,11 +1042,12 @@ static void gen_begin(Runner *rn, Gen *G, Conv *c, const Req *q, const double *r
     if (sp->temperature > 0)
         fprintf(say, " (drawn at temperature %g, top-k %lld, top-p %g, seed %llu", sp->temperature, (long long)sp->top_k,
                 sp->top_p, (unsigned long long)q->seed);
-    bool pen = sp->repetition_penalty != 1 || sp->presence_penalty != 0 || sp->frequency_penalty != 0;
+    bool pen = sp->repetition_penalty != 1 || sp->presence_penalty != 0 || sp->frequency_penalty != 0 || sp->n_bias;
     if (sp->temperature == 0 && pen) fprintf(say, " (greedy");
     if (sp->repetition_penalty != 1) fprintf(say, ", repetition penalty %g", sp->repetition_penalty);
     if (sp->presence_penalty != 0) fprintf(say, ", presence penalty %g", sp->presence_penalty);
     if (sp->frequency_penalty != 0) fprintf(say, ", frequency penalty %g", sp->frequency_penalty);
+    if (sp->n_bias) fprintf(say, ", %lld logit bias%s", (long long)sp->n_bias, sp->n_bias > 1 ? "es" : "");
     if (sp->temperature > 0 || pen) fprintf(say, ")");
     fprintf(say, rn->tok ? " text: " : ":");
     if (rn->tok) /* --quiet: escaped, on one line; --serve: as it is, for JSON */
@@ -2139,6 +2148,7 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
     if (r.max_positions) s.max_positions = r.max_positions; /* the caches', and every check's after */
     int64_t T = 0;
     int32_t *ids = NULL, *stop_ids = NULL;
+    SampleBias *bias = NULL;
     FILE *prompts = NULL;
     StopIds stop = {0};
     Tokenizer *tok = NULL;
@@ -2160,6 +2170,13 @@ int driver_main(int argc, char **argv, const DriverConfig *config)
         goto out;
     }
     if (r.stop && !(stop.ids = stop_ids = parse_ids("--stop", r.stop, &s, &stop.n))) goto out;
+    if (r.logit_bias) {
+        char why[256];
+        if (!(r.sample.bias = bias = sample_bias_parse(r.logit_bias, s.vocab, &r.sample.n_bias, why, sizeof why))) {
+            rc = drv_usage("--logit-bias: %s", why);
+            goto out;
+        }
+    }
     int32_t eos = s.has_eos ? (int32_t)s.eos_token_id : tok ? tokenizer_eos(tok) : -1; /* checked against the vocabulary */
     if (!r.stop && eos >= 0 && !r.ignore_eos) stop = (StopIds){&eos, 1, s.has_eos ? "the spec's eos_token_id" : "the tokenizer's </s>"};
     else if (r.stop) stop.why = "a --stop token";
@@ -2192,6 +2209,7 @@ out:
     if (say != stdout) fclose(say);
     free(ids);
     free(stop_ids);
+    free(bias);
     tokenizer_free(tok);
     return rc;
 }

@@ -5,6 +5,8 @@
 #include "support/support.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,41 @@ static bool ids_field(const cJSON *v, const char *name, int64_t vocab, int32_t *
         (*ids)[j] = (int32_t)id;
     }
     return true;
+}
+
+/* "logit_bias": {"ID": bias, ...} (OpenAI's: token ids as the keys' text) into q->bias, which replaces
+ * the run's --logit-bias; each id of the vocabulary once, each bias in ±SAMPLE_MAX_BIAS
+ * (sample_params_check's). */
+static bool bias_field(const cJSON *v, int64_t vocab, ServeRequest *q, char *why, size_t n)
+{
+    if (!cJSON_IsObject(v)) {
+        snprintf(why, n, "\"logit_bias\": expected an object of token ids and biases ({\"13\": -100})");
+        return false;
+    }
+    int64_t k = cJSON_GetArraySize(v);
+    if (k > SAMPLE_MAX_BIASES) {
+        snprintf(why, n, "\"logit_bias\": %lld entries, at most %d", (long long)k, SAMPLE_MAX_BIASES);
+        return false;
+    }
+    q->bias = xmalloc((size_t)(k ? k : 1) * sizeof *q->bias);
+    q->sample.bias = q->bias, q->sample.n_bias = 0;
+    for (const cJSON *e = v->child; e; e = e->next) {
+        char *end, shown[64];
+        str_escape(e->string, strlen(e->string), shown, sizeof shown);
+        errno = 0;
+        long long id = strtoll(e->string, &end, 10);
+        if (end == e->string || *end || errno || id < 0 || id >= vocab || !isdigit((unsigned char)e->string[0])) {
+            snprintf(why, n, "\"logit_bias\": \"%s\": expected a token id of the vocabulary of %lld", shown,
+                     (long long)vocab);
+            return false;
+        }
+        if (!cJSON_IsNumber(e)) {
+            snprintf(why, n, "\"logit_bias\": \"%s\": expected a number", shown);
+            return false;
+        }
+        q->bias[q->sample.n_bias++] = (SampleBias){(int32_t)id, e->valuedouble};
+    }
+    return true; /* (ranges and ids given twice: sample_params_check) */
 }
 
 /* "stop": token ids (which replace the run's stop tokens, as an empty array does) and strings (which
@@ -193,6 +230,7 @@ bool serve_request_parse(const char *line, size_t len, int64_t line_no, int64_t 
             else q->prompt = xstrdup(f->valuestring);
         } else if (strcmp(k, "ids") == 0) ok = ids_field(f, k, vocab, &q->ids, &q->n_ids, why, n);
         else if (strcmp(k, "stop") == 0) ok = stop_field(f, vocab, q, why, n);
+        else if (strcmp(k, "logit_bias") == 0) ok = bias_field(f, vocab, q, why, n);
         else if (strcmp(k, "continue") == 0) {
             if (!scalar(f)) ok = false, snprintf(why, n, "\"continue\": expected the id of an earlier request");
             else q->cont = cJSON_PrintUnformatted(f);
@@ -227,6 +265,7 @@ void serve_request_free(ServeRequest *q)
 {
     for (int64_t k = 0; k < q->n_stop_text; k++) free(q->stop_text[k]);
     free(q->id), free(q->cont), free(q->cancel), free(q->prompt), free(q->ids), free(q->stop), free(q->stop_text);
+    free(q->bias);
     memset(q, 0, sizeof *q);
 }
 

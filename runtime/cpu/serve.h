@@ -7,6 +7,7 @@
  *             "continue": the id of an earlier request, whose sequence this one goes on,
  *             "max_tokens": N, "temperature": X, "top_k": K, "top_p": P, "repetition_penalty": R,
  *             "presence_penalty": X, "frequency_penalty": X (OpenAI's, over this request's tokens),
+ *             "logit_bias": {"ID": bias, ...} (OpenAI's; replaces --logit-bias),
  *             "seed": S, "logprobs": K, "stop": [ids and strings] (the run's options are the defaults; ids replace its
  *             stop tokens, strings end the text where one begins), "stream": true|false,
  *             "echo": true|false (the answer also gives the prompt, and with "logprobs" its tokens'),
@@ -41,6 +42,7 @@ typedef struct ServeRequest {
     int64_t max_tokens;
     SampleParams sample;
     uint64_t seed;
+    SampleBias *bias;    /* "logit_bias" (sample.bias points here), or NULL */
     int32_t *stop;       /* "stop"'s token ids [n_stop]: the stop tokens when stop_set */
     int64_t n_stop;
     char **stop_text;    /* "stop"'s strings [n_stop_text] (with a tokenizer: the text ends before one) */

@@ -92,7 +92,7 @@ EOF
 # JIT-compiled kernels draw the same; top-k 1 is greedy at any temperature; --stop ends at its token
 gen() { "$@" 2>&1 | sed -n 's/^ generated[^:]*: //p'; }
 DRAW="--generate 12 --temperature 0.8 --top-k 50 --top-p 0.95 --repetition-penalty 1.3 --presence-penalty 0.4
-      --frequency-penalty -0.3 --seed 9"
+      --frequency-penalty -0.3 --logit-bias 3:-100,7:1.5 --seed 9"
 a=$(gen "$WORK/model" --weights "$WORK/w.safetensors" --ids "$IDS" $DRAW)
 b=$(gen "$MOEPPC" run "$SPEC" --weights "$WORK/w.safetensors" --ids "$IDS" --backend cpu $DRAW)
 [ -n "$a" ] && [ "$a" = "$b" ] || { echo "drawn tokens: executable '$a', moeppc run '$b'"; exit 1; }
@@ -115,7 +115,8 @@ echo "decoding: drawn '$a' (the executable and moeppc run agree), greedy '$greed
 head -1 "$WORK/help.txt" | grep -q "^usage: $WORK/model (--weights" || { echo "--help's usage line:"; head -1 "$WORK/help.txt"; exit 1; }
 ! grep -q -- "--tuning" "$WORK/help.txt" || { echo "--help offers --tuning, which an executable refuses"; exit 1; }
 for o in --weights --random-weights --ids --prompts --generate --temperature --top-k --top-p --repetition-penalty \
-         --presence-penalty --frequency-penalty --seed --stop --ignore-eos --top --perplexity --quiet --route-stats \
+         --presence-penalty --frequency-penalty --logit-bias --seed --stop --ignore-eos --top --perplexity --quiet \
+         --route-stats \
          --logits-out --routes-out --device --backend --threads --precision -O0 --version; do
   grep -v "^usage:" "$WORK/help.txt" | grep -q -- "^  $o" || { echo "--help does not describe $o"; exit 1; }
 done
@@ -133,6 +134,9 @@ expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --repetition-pe
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --presence-penalty 2.5
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --frequency-penalty -3
 expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --frequency-penalty nan
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --logit-bias "$V:1"
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --logit-bias "3:1,3:2"
+expect 2 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --logit-bias "3:-101"
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --perplexity
 expect 1 "$WORK/model" --random-weights 1 --ids "1" --generate 2 --stop "$V"
 expect 1 "$WORK/model" --weights "$WORK/missing.safetensors" --ids "1"

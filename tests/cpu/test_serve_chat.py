@@ -6,7 +6,7 @@ Face does (<s> and </s> those tokens, each part between them sentencepiece's enc
 computed here with the sentencepiece library), and its answer, log-probabilities and usage those of
 `moeppc run --serve` given those ids; the conversation sent again with its next message takes its
 first turn from the caches; streamed, the role first, the deltas joining to the same text, and the
-usage last when asked; presence and frequency penalties passed on; the template's own errors and bad
+usage last when asked; presence and frequency penalties and logit biases passed on; the template's own errors and bad
 requests answered 400; --chat-template with a plain Jinja file; a server with no template answers 404."""
 import atexit
 import http.client
@@ -135,9 +135,9 @@ try:
     if b["choices"][0]["message"]["content"] != ref2["text"] or b["usage"]["prompt_tokens"] != len(want2) or \
             b["usage"]["prompt_tokens_details"]["cached_tokens"] < len(want_ids):
         fail("the next turn: %s; moeppc --serve with %s: %s" % (b, want2, ref2))
-    # OpenAI's presence and frequency penalties passed on: moeppc's answer with them (which differs from
-    # the greedy one without: this tiny model repeats itself)
-    pen = {"presence_penalty": 2, "frequency_penalty": 1.5}
+    # OpenAI's presence and frequency penalties and logit biases passed on: moeppc's answer with them
+    # (which differs from the greedy one without: this tiny model repeats itself)
+    pen = {"presence_penalty": 2, "frequency_penalty": 1.5, "logit_bias": {"5": 1.5, "9": -100}}
     c = chat(port, dict(pen, messages=TURN1, max_tokens=12))
     ref3 = serve_alone(dict(pen, ids=want_ids, max_tokens=12))
     if c["choices"][0]["message"]["content"] != ref3["text"] or \
@@ -180,7 +180,9 @@ try:
                          ({"messages": TURN1, "echo": True}, 'unknown field "echo"'),
                          ({"messages": TURN1, "max_tokens": 2, "max_completion_tokens": 3}, "differ"),
                          ({"messages": TURN1, "presence_penalty": 3}, "presence penalty 3: expected a number in"),
-                         ({"messages": TURN1, "frequency_penalty": "x"}, '"frequency_penalty"')):
+                         ({"messages": TURN1, "frequency_penalty": "x"}, '"frequency_penalty"'),
+                         ({"messages": TURN1, "logit_bias": {"512": 1}}, '"logit_bias": "512"'),
+                         ({"messages": TURN1, "logit_bias": {"5": 101}}, "logit bias 101 of token 5")):
         status, got = post(port, body)
         if status != 400 or reason not in got["error"]["message"]:
             fail("%s: %d %s, want 400 saying %r" % (body, status, got, reason))

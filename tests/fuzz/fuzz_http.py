@@ -96,8 +96,8 @@ if CHAT:
                                         "stream_options": {"include_usage": True}})]
 FIELDS = ["prompt", "messages", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "top_k",
           "repetition_penalty", "seed", "stop", "stream", "echo", "logprobs", "top_logprobs", "continue",
-          "stream_options", "best_of", "suffix", "presence_penalty", "frequency_penalty", "model", "user", "special",
-          "ids"]
+          "stream_options", "best_of", "suffix", "presence_penalty", "frequency_penalty", "logit_bias", "model", "user",
+          "special", "ids"]
 
 
 VALID = {  # a value each field takes (a request changed by these alone stays one moeppc answers)
@@ -107,6 +107,7 @@ VALID = {  # a value each field takes (a request changed by these alone stays on
     "repetition_penalty": lambda rng: rng.choice([1.0, 1.3, 0.8]), "stream": lambda rng: rng.random() < 0.5,
     "presence_penalty": lambda rng: rng.choice([0, -2, 0.5, 2]),
     "frequency_penalty": lambda rng: rng.choice([0, 1.5, -0.7]),
+    "logit_bias": lambda rng: rng.choice([{}, {str(rng.randrange(256)): -100}, {"3": 2.5, "7": -1}]),
     "stop": lambda rng: rng.choice([[], [rng.randrange(256)], ["e", 7], "a"]),
 }
 COMPLETIONS_VALID = {"echo": lambda rng: rng.random() < 0.5, "logprobs": lambda rng: rng.randint(0, 5),

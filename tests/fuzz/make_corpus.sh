@@ -57,6 +57,8 @@ printf '%s' '{"id": "c", "continue": "a", "ids": [7], "stop": [2, 13]}' >"$s/con
 printf '%s' '{"ids": [1], "stop": ["\n\n", 2, "User:"]}' >"$s/stop-strings.json"
 printf '%s' '{"ids": [1], "stop": [""]}' >"$s/bad-stop-empty.json"
 printf '%s' '{"ids": [1, 2], "logprobs": 3}' >"$s/logprobs.json"
+printf '%s' '{"ids": [1, 2], "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"13": -100, "2": 2.5}}' >"$s/penalties.json"
+printf '%s' '{"ids": [1], "logit_bias": {"13": 1, "013": 2}}' >"$s/bad-bias-twice.json"
 printf '%s' '{"cancel": "a"}' >"$s/cancel.json"
 printf '%s' '{"cancel": 7, "ids": [1]}' >"$s/bad-cancel.json"
 printf '%s' '{"ids": [], "stop": []}' >"$s/bad-empty-ids.json"

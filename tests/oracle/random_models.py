@@ -8,7 +8,7 @@ constant, copy and zero experts, top-k up to E, 1 to 4 layers with dense ones be
 f16, tied embeddings, both gatings, the logits norm, with and without the gating residual and input
 scaling), a random prompt (one in 16 of 241 to 700 tokens: many key blocks, long caches) and how to
 decode it (greedy, or drawn at a temperature with top-k and top-p from a seed; a repetition penalty,
-OpenAI's presence and frequency penalties; a stop token; --max-positions ending the generation: class
+OpenAI's presence and frequency penalties and logit biases; a stop token; --max-positions ending the generation: class
 Decode, a kept spec's '# decode:' line),
 writes moeppc's seeded random weights, and runs the prompt and the decoding through each path:
 
@@ -224,6 +224,8 @@ class Decode:
         if rng.random() < 0.25:  # (drawn last: the draws before it as they were)
             p.presence = rng.choice([0.0, -0.5, 0.7, 2.0])
             p.frequency = rng.choice([0.0, 0.4, -1.0, 1.5])
+        if rng.random() < 0.2:  # logit biases: a token banned, one favoured
+            p.bias = {rng.randrange(vocab): rng.choice([-100.0, 3.0, -2.5]) for _ in range(rng.choice([1, 2, 3]))}
         return d
 
     def draw_batch(self, rng):
@@ -291,13 +293,16 @@ class Decode:
     @staticmethod
     def parse(line):
         """A kept spec's '# decode: temperature=0.9 top_k=5 top_p=0.8 penalty=1.2 presence=0.7 frequency=-1.0
-        seed=7 stop_at=2 stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1 no_reuse=1 ppl=1 tok=bpe100
-        stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77 lines=5,1,0,bpe24' (any of them)."""
+        bias=13:-100.0,2:3.0 seed=7 stop_at=2 stop_extra=9 maxpos_extra=1 batch=2 chunk=1 unordered=1
+        no_reuse=1 ppl=1 tok=bpe100 stop_str=0.25,2,1 special=3,1,236 chat=zephyr,77 lines=5,1,0,bpe24' (any of
+        them)."""
         d = Decode()
         for item in line.split():
             k, _, v = item.partition("=")
             if k in ("temperature", "top_p", "penalty", "presence", "frequency"):
                 setattr(d.params, k, float(v))
+            elif k == "bias":
+                d.params.bias = {int(t): float(b) for t, b in (kv.split(":") for kv in v.split(","))}
             elif k in ("top_k", "seed"):
                 setattr(d.params, k, int(v))
             elif k in ("stop_at", "stop_extra", "maxpos_extra"):
@@ -327,6 +332,8 @@ class Decode:
         if p.penalty != 1:
             out.append("penalty=%r" % p.penalty)
         out += ["%s=%r" % (k, getattr(p, k)) for k in ("presence", "frequency") if getattr(p, k)]
+        if p.bias:
+            out.append("bias=" + ",".join("%d:%r" % kv for kv in sorted(p.bias.items())))
         for k in ("stop_at", "stop_extra", "maxpos_extra"):
             if getattr(self, k) is not None:
                 out.append("%s=%d" % (k, getattr(self, k)))
@@ -739,6 +746,8 @@ def serve_requests(spec, ids, dec):
         if p.penalty != 1:
             common["repetition_penalty"] = p.penalty
         common.update({k + "_penalty": getattr(p, k) for k in ("presence", "frequency") if getattr(p, k)})
+        if p.bias:
+            common["logit_bias"] = {str(t): b for t, b in p.bias.items()}
     reqs = [dict(common, id="a", ids=list(ids))]
     if dec.maxpos_extra is None and len(ids) + GENERATE + 2 <= spec.max_pos:
         turn = [(ids[0] * 5 + 1) % spec.V, (ids[-1] * 3 + 2) % spec.V]
@@ -909,6 +918,8 @@ def run_http(args, name, spec_path, w_path, ids, dec, work, chat=None):
             if p.penalty != 1:
                 body["repetition_penalty"] = p.penalty
             body.update({k + "_penalty": getattr(p, k) for k in ("presence", "frequency") if getattr(p, k)})
+            if p.bias:
+                body["logit_bias"] = {str(t): b for t, b in p.bias.items()}
         got = []
         for b in (dict(body, prompt=[list(ids), list(ids[:max(1, len(ids) // 2)])], n=http_n(dec)),
                   dict(body, prompt=list(ids), stream=True)):

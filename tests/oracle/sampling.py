@@ -1,12 +1,12 @@
 """sampling.py — choosing the next token from a row of logits as runtime/runtime.h documents it (written
 from that comment, not from sample.c), and how far the logits could move before the choice changes.
 
-Hugging Face's order: each token already in the sequence penalised once (repetition_penalty R: a
-positive logit divided by R, a negative one multiplied); then, as OpenAI's API and vLLM, each token
-this generation has chosen (not the prompt's) less presence_penalty once and frequency_penalty times
-the number of times it was chosen; then greedy (temperature 0: the largest
-logit, the lowest id on ties), or softmax(logits / temperature) over the top_k largest (0: all; ties at
-the cut: the lower ids), then of those renormalised the fewest most probable (ties: the lower id)
+OpenAI's logit biases added first; then Hugging Face's order: each token already in the sequence
+penalised once (repetition_penalty R: a positive logit divided by R, a negative one multiplied); then,
+as OpenAI's API and vLLM, each token this generation has chosen (not the prompt's) less
+presence_penalty once and frequency_penalty times the number of times it was chosen; then greedy
+(temperature 0: the largest logit, the lowest id on ties), or softmax(logits / temperature) over the
+top_k largest (0: all; ties at the cut: the lower ids), then of those renormalised the fewest most probable (ties: the lower id)
 whose mass reaches top_p, renormalised again, and a draw: u = the seed's next splitmix64 value's top
 53 bits / 2^53, the first candidate in ascending id order whose cumulative probability passes u.
 
@@ -38,9 +38,11 @@ class SplitMix64:
 
 
 class Params:
-    def __init__(self, temperature=0.0, top_k=0, top_p=1.0, penalty=1.0, seed=0, presence=0.0, frequency=0.0):
+    def __init__(self, temperature=0.0, top_k=0, top_p=1.0, penalty=1.0, seed=0, presence=0.0, frequency=0.0,
+                 bias=None):
         self.temperature, self.top_k, self.top_p, self.penalty, self.seed = temperature, top_k, top_p, penalty, seed
         self.presence, self.frequency = presence, frequency
+        self.bias = dict(bias or {})  # token id -> logit bias
 
     def flags(self):
         """moeppc run's options for these (none for plain greedy)."""
@@ -57,12 +59,17 @@ class Params:
             f += ["--presence-penalty", repr(self.presence)]
         if self.frequency:
             f += ["--frequency-penalty", repr(self.frequency)]
+        if self.bias:
+            f += ["--logit-bias", ",".join("%d:%r" % kv for kv in sorted(self.bias.items()))]
         return f
 
 
 def penalised(row, seen, p, start):
-    """row after p's penalties, seen the sequence so far and seen[start:] what this generation chose."""
+    """row after p's biases and penalties, seen the sequence so far and seen[start:] what this
+    generation chose."""
     x = np.array(row, dtype=np.float64)
+    for t, b in p.bias.items():
+        x[t] += b
     if p.penalty != 1 and len(seen):
         s = np.unique(np.asarray(seen, dtype=np.int64))
         x[s] = np.where(x[s] < 0, x[s] * p.penalty, x[s] / p.penalty)
@@ -80,8 +87,8 @@ def _eps_to_logits(eps, temperature):
 
 def choose(row, seen, p, rng, start=None):
     """(token, margin) for one row after seen (the generation's own from seen[start:]; None: none);
-    rng (a SplitMix64) is drawn once when p.temperature > 0. (The presence and frequency penalties
-    move logits by constants: the margin as without them.)"""
+    rng (a SplitMix64) is drawn once when p.temperature > 0. (The biases and the presence and frequency
+    penalties move logits by constants: the margin as without them.)"""
     x = penalised(row, seen, p, len(seen) if start is None else start)
     amp = max(p.penalty, 1 / p.penalty)  # a logit's change, after the penalty, is at most amp times it
     V = len(x)

@@ -346,15 +346,17 @@ static void test_params_refused(void **state)
                                     sizeof why));
 }
 
-/* OpenAI's presence and frequency penalties (after the repetition penalty, vLLM's order): from each
- * generated token's logit (seen[from ..]; the prompt's before it count for neither) presence once and
- * frequency times its count. Against the penalised logits worked out here, over random sequences:
- * greedy's pick the argmax of those, a draw's frequencies their softmax. */
+/* OpenAI's logit biases (added first), then the repetition penalty, then OpenAI's presence and
+ * frequency penalties (vLLM's order): from each generated token's logit (seen[from ..]; the prompt's
+ * before it count for neither) presence once and frequency times its count. Against the logits
+ * worked out here, over random sequences: greedy's pick the argmax of those, a draw's frequencies
+ * their softmax. */
 static void penalised_ref(const double *logits, int64_t V, const int32_t *seen, int64_t n_seen, int64_t from,
                           const SampleParams *p, double *out)
 {
     for (int64_t v = 0; v < V; v++) {
         double x = logits[v];
+        for (int64_t k = 0; k < p->n_bias; k++) x += p->bias[k].id == v ? p->bias[k].bias : 0;
         int64_t in = 0, count = 0;
         for (int64_t k = 0; k < n_seen; k++) in += seen[k] == v, count += k >= from && seen[k] == v;
         if (in && p->repetition_penalty != 0 && p->repetition_penalty != 1)
@@ -394,9 +396,13 @@ static void test_presence_frequency_penalties(void **state)
         for (int v = 0; v < V; v++) l[v] = 4 * rng_uniform(&r) - 2;
         int64_t n = 1 + (int64_t)(rng_next(&r) % N), from = (int64_t)(rng_next(&r) % (uint64_t)(n + 1));
         for (int64_t k = 0; k < n; k++) seen[k] = (int32_t)(rng_next(&r) % (k % 3 ? 8 : V)); /* repeats */
+        SampleBias bias[3];
+        for (int k = 0; k < 3; k++) /* (distinct tokens) */
+            bias[k] = (SampleBias){(int32_t)(k * 13 + rng_next(&r) % 13), 6 * rng_uniform(&r) - 3};
         SampleParams p = {.top_p = 1, .presence_penalty = 4 * rng_uniform(&r) - 2,
                           .frequency_penalty = 4 * rng_uniform(&r) - 2,
-                          .repetition_penalty = round % 2 ? 1 + 2 * rng_uniform(&r) : 1};
+                          .repetition_penalty = round % 2 ? 1 + 2 * rng_uniform(&r) : 1,
+                          .bias = bias, .n_bias = round % 3};
         penalised_ref(l, V, seen, n, from, &p, ref);
         sampler_init(&s, &p, 1, V);
         assert_int_equal(sampler_next(&s, l, seen, n, from), sample_argmax(ref, V));
@@ -404,12 +410,40 @@ static void test_presence_frequency_penalties(void **state)
     }
     /* a draw follows softmax of the penalised logits */
     const int32_t seen6[5] = {3, 0, 1, 0, 3}; /* prompt 3, then 0 1 0 3 */
-    SampleParams p = {.temperature = 0.8, .top_p = 1, .presence_penalty = 0.5, .frequency_penalty = -0.25};
+    const SampleBias b6[2] = {{5, 4}, {0, -100}}; /* 5 boosted to 1, 0 never */
+    SampleParams p = {.temperature = 0.8, .top_p = 1, .presence_penalty = 0.5, .frequency_penalty = -0.25,
+                      .bias = b6, .n_bias = 2};
     const int64_t all[V6] = {0, 1, 2, 3, 4, 5};
     double adj[V6], want[V6];
     penalised_ref(L6, V6, seen6, 5, 1, &p, adj);
     softmax_over(adj, V6, 0.8, all, V6, want);
+    assert_true(want[0] < 1e-40);
     check_frequencies_after(&p, L6, V6, seen6, 5, 1, want, 200000);
+}
+
+/* --logit-bias's text: pairs in order, each token of the vocabulary once, each bias within ±100; bad
+ * text refused with a reason and nothing returned. */
+static void test_bias_parse(void **state)
+{
+    (void)state;
+    char why[256];
+    int64_t n;
+    SampleBias *b = sample_bias_parse("13:-100,42:2.5,0:0", 50, &n, why, sizeof why);
+    assert_non_null(b);
+    assert_int_equal(n, 3);
+    assert_true(b[0].id == 13 && b[0].bias == -100 && b[1].id == 42 && b[1].bias == 2.5 && b[2].id == 0);
+    assert_true(sample_params_check(&(SampleParams){.top_p = 1, .bias = b, .n_bias = n}, why, sizeof why));
+    free(b);
+    const char *bad[] = {"", "x", "5", "5:", ":1", "5:1,", "5:1,,6:2", " 5:1", "5: 1", "5:1x", "50:1", "-1:1",
+                         "5:1,5:2", "5:100.5", "5:nan", "5:inf", "99999999999999999999:1"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        why[0] = 0;
+        assert_null(sample_bias_parse(bad[k], 50, &n, why, sizeof why));
+        assert_true(why[0] != 0 && n == 0);
+    }
+    SampleBias twice[2] = {{3, 1}, {3, 2}}, far[1] = {{3, -100.5}};
+    assert_false(sample_params_check(&(SampleParams){.top_p = 1, .bias = twice, .n_bias = 2}, why, sizeof why));
+    assert_false(sample_params_check(&(SampleParams){.top_p = 1, .bias = far, .n_bias = 1}, why, sizeof why));
 }
 
 int main(void)
@@ -425,6 +459,7 @@ int main(void)
         cmocka_unit_test(test_degenerate_logits),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_presence_frequency_penalties),
+        cmocka_unit_test(test_bias_parse),
         cmocka_unit_test(test_params_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
