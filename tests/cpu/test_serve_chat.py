@@ -143,6 +143,9 @@ try:
     if c["choices"][0]["message"]["content"] != ref3["text"] or \
             ref3["ids"] == serve_alone({"ids": want_ids, "max_tokens": 12})["ids"]:
         fail("penalties: %s; moeppc --serve with them %s" % (c, ref3))
+    forced = serve_alone({"ids": want_ids, "max_tokens": 3, "logit_bias": {"7": 100}})
+    if forced["ids"] != [7, 7, 7]:
+        fail("a bias of 100 on token 7: %s" % forced)
     # streamed: the role first, the deltas joining to the answer, the end, the usage last
     status, chunks = post(port, {"messages": TURN1, "max_tokens": 5, "stream": True,
                                  "stream_options": {"include_usage": True}})
