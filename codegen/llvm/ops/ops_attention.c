@@ -70,9 +70,8 @@ typedef struct {
     moe_dtype kvdt;                  /* the KV cache's elements (f32, bf16, f16), widened as loaded */
     int pf;                          /* key blocks ahead the caches are prefetched */
     LLVMValueRef ps;                 /* [MAX_QB][kb] the block's probabilities */
-    LLVMValueRef t0, h, g;           /* the call's first row and query head, and their kv head */
-    int64_t hpc;                     /* query heads a call (cg_attention_heads_per_call): its rows
-                                      * ("pairs" p) are (t0 + p / hpc, h + p % hpc) */
+    OpsAttRows rows;                 /* the call's rows: pairs of a position and a query head */
+    LLVMValueRef g;                  /* their kv head */
     int64_t heads, hd, vwp, nvp;     /* vwp lanes per accumulator vector, nvp = hd / vwp vectors a row */
     int nt;                          /* 16-key tiles a block */
     int chunk;                       /* > 0: accumulators in accm, chunk vectors a row at a time */
@@ -82,15 +81,22 @@ typedef struct {
     double scale;
 } Att;
 
-/* The query row of a call's pair p (p >= 0): its position's index t, and its q and output offset. */
-static LLVMValueRef pair_t(const Ob *o, const Att *a, LLVMValueRef p)
+OpsAttRows ops_attention_rows(const Ob *o, const CgOpDesc *d, LLVMValueRef *pairs)
 {
-    return add(o, a->t0, a->hpc > 1 ? LLVMBuildUDiv(o->b, p, ob_i64(o, a->hpc), "") : p);
+    LLVMValueRef item0 = ob_arg(o, 0);
+    OpsAttRows r = {.t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0"),
+                    .h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h"),
+                    .hpc = cg_attention_heads_per_call(d), .heads = d->heads, .hd = d->head_dim};
+    *pairs = mul(o, ob_arg(o, 1), r.hpc);
+    return r;
 }
-static LLVMValueRef pair_qi(const Ob *o, const Att *a, LLVMValueRef p)
+
+LLVMValueRef ops_attention_pair(const Ob *o, const OpsAttRows *r, LLVMValueRef p, LLVMValueRef *t)
 {
-    LLVMValueRef h = a->hpc > 1 ? add(o, a->h, LLVMBuildURem(o->b, p, ob_i64(o, a->hpc), "")) : a->h;
-    return mul(o, add(o, mul(o, pair_t(o, a, p), a->heads), h), a->hd);
+    bool more = r->hpc > 1; /* (p >= 0) */
+    *t = add(o, r->t0, more ? LLVMBuildUDiv(o->b, p, ob_i64(o, r->hpc), "") : p);
+    LLVMValueRef h = more ? add(o, r->h, LLVMBuildURem(o->b, p, ob_i64(o, r->hpc), "")) : r->h;
+    return mul(o, add(o, mul(o, *t, r->heads), h), r->hd);
 }
 
 /* One pass over d: the scores of tiles tile0 + u0 .. tile0 + u0 + nu - 1 of kv head g for qb rows,
@@ -238,9 +244,9 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     LLVMValueRef r0 = mul(o, R.i, qb), p0 = add(o, lo, last ? ob_min64(o, r0, last) : r0), n[MAX_QB], qi[MAX_QB];
     LLVMValueRef nmax = NULL;
     for (int i = 0; i < qb; i++) {
-        LLVMValueRef p = addc(o, p0, i);
-        n[i] = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, p)), 1); /* keys 0 .. pos[t] */
-        qi[i] = pair_qi(o, a, p);
+        LLVMValueRef t;
+        qi[i] = ops_attention_pair(o, &a->rows, addc(o, p0, i), &t);
+        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1); /* keys 0 .. pos[t] */
         nmax = nmax ? LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "") : n[i];
     }
     LLVMValueRef init[OB_MAX_CARRY]; /* registers: m[qb], l[qb], acc[qb][nvp] */
@@ -268,7 +274,9 @@ static void attend_rows(Ob *o, const Att *a, LLVMValueRef lo, LLVMValueRef n_til
     } else {
         ObLoop I;
         ob_loop_begin(o, &I, ob_i64(o, 0), ob_i64(o, qb), 0, NULL);
-        LLVMValueRef li = addc(o, I.i, MAX_QB), ni = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, add(o, p0, I.i))), 1);
+        LLVMValueRef li = addc(o, I.i, MAX_QB), ti;
+        ops_attention_pair(o, &a->rows, add(o, p0, I.i), &ti); /* (its offset unused) */
+        LLVMValueRef ni = addc(o, ob_ldi32(o, a->pos, ti), 1);
         LLVMValueRef full = LLVMBuildICmp(o->b, LLVMIntSLE, addc(o, j0, kb), ni, "full");
         for (int f = 0; f < 2; f++) { /* the block whole the row's, else masked: two copies, one runs */
             LLVMBasicBlockRef join = ob_if_begin(o, f ? full : LLVMBuildNot(o->b, full, ""));
@@ -340,12 +348,9 @@ void ops_emit_attention(Ob *o, const CgOpDesc *d)
         a.ml = ob_alloca(o, o->tf32, 2 * MAX_QB);
     }
     a.ps = ob_alloca(o, o->tf32, MAX_QB * (int64_t)a.nt * KT);
-    LLVMValueRef item0 = ob_arg(o, 0);
-    a.hpc = cg_attention_heads_per_call(d);
-    a.t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
-    a.h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h");
-    LLVMValueRef rows = mul(o, ob_arg(o, 1), a.hpc); /* pairs (rows of the call's heads) */
-    a.g = LLVMBuildSDiv(o->b, a.h, ob_i64(o, group), "g");
+    LLVMValueRef rows; /* pairs */
+    a.rows = ops_attention_rows(o, d, &rows);
+    a.g = LLVMBuildSDiv(o->b, a.rows.h, ob_i64(o, group), "g");
     LLVMValueRef cap = ob_arg(o, 2);
     a.head_rows = LLVMBuildNSWMul(o->b, a.g, cap, "head_rows");
     a.head_tiles = LLVMBuildNSWMul(o->b, a.g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");

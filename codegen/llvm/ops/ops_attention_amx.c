@@ -47,9 +47,8 @@
 enum { T_S = 0, T_O = 0, T_Q = 4, T_P = 4, T_B = 6 }; /* tile registers: S 0-1 or O 0-3, A 4, B 6-7 */
 
 typedef struct {
-    LLVMValueRef q, kt, vc, pos, out, t0, h; /* the call's first row and query head */
-    int64_t hpc;                         /* its query heads (cg_attention_heads_per_call): pair p is
-                                          * row t0 + p / hpc of head h + p % hpc */
+    LLVMValueRef q, kt, vc, pos, out;
+    OpsAttRows rows;                     /* the call's rows: pairs of a position and a query head */
     LLVMValueRef head_tiles, head_pairs; /* kv head g's first K tile and first V pair row */
     int64_t heads, hd;
     double scale;
@@ -67,17 +66,6 @@ static LLVMValueRef add(const Ob *o, LLVMValueRef a, LLVMValueRef b) { return LL
 static LLVMValueRef mul(const Ob *o, LLVMValueRef a, int64_t c) { return LLVMBuildNSWMul(o->b, a, ob_i64(o, c), ""); }
 static LLVMValueRef addc(const Ob *o, LLVMValueRef a, int64_t c) { return add(o, a, ob_i64(o, c)); }
 static LLVMTypeRef vi(const Ob *o, LLVMTypeRef e, int n) { return LLVMVectorType(e, (unsigned)n); }
-
-/* A call's pair p (>= 0): its position's index t, and its q and output offset. */
-static LLVMValueRef pair_t(const Ob *o, const Am *a, LLVMValueRef p)
-{
-    return add(o, a->t0, a->hpc > 1 ? LLVMBuildUDiv(o->b, p, ob_i64(o, a->hpc), "") : p);
-}
-static LLVMValueRef pair_qi(const Ob *o, const Am *a, LLVMValueRef p)
-{
-    LLVMValueRef h = a->hpc > 1 ? add(o, a->h, LLVMBuildURem(o->b, p, ob_i64(o, a->hpc), "")) : a->h;
-    return mul(o, add(o, mul(o, pair_t(o, a, p), a->heads), h), a->hd);
-}
 
 static LLVMValueRef splat_u32(const Ob *o, uint32_t c, int n)
 {
@@ -258,10 +246,10 @@ static LLVMValueRef tile_rows(Ob *o, const Am *a, LLVMValueRef p0, int rows, LLV
 {
     LLVMValueRef nmax = ob_i64(o, 0), zero16 = LLVMConstNull(vi(o, o->tf32, 16));
     for (int i = 0; i < rows; i++) {
-        LLVMValueRef p = addc(o, p0, i);
-        n[i] = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, p)), 1);
+        LLVMValueRef t;
+        qi[i] = ops_attention_pair(o, &a->rows, addc(o, p0, i), &t);
+        n[i] = addc(o, ob_ldi32(o, a->pos, t), 1);
         nmax = LLVMBuildSelect(o->b, LLVMBuildICmp(o->b, LLVMIntSGT, n[i], nmax, ""), n[i], nmax, "");
-        qi[i] = pair_qi(o, a, p);
         for (int64_t c = 0; c < a->hd / 32; c++)
             store_bf16x32(o, round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c))),
                           round_bf16(o, ob_ldv_n(o, 16, a->q, addc(o, qi[i], 32 * c + 16))), a->qb,
@@ -489,7 +477,7 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef p0, int R)
 /* ---- one row on FMAs ------------------------------------------------------------------------- */
 static void row1(Ob *o, const Am *a, LLVMValueRef pair)
 {
-    LLVMValueRef n = addc(o, ob_ldi32(o, a->pos, pair_t(o, a, pair)), 1), qi = pair_qi(o, a, pair);
+    LLVMValueRef t, qi = ops_attention_pair(o, &a->rows, pair, &t), n = addc(o, ob_ldi32(o, a->pos, t), 1);
     LLVMValueRef zero16 = LLVMConstNull(vi(o, o->tf32, 16));
     LLVMValueRef ninf = ob_splat_n(o, LLVMConstReal(o->tf32, -INFINITY), 16);
     for (int64_t c = 0; c < a->hd / 16; c++)
@@ -549,13 +537,10 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
 {
     int64_t hd = d->head_dim, group = d->heads / d->kv_heads;
     MOE_ASSERT(d->amx && o->vw == 16 && hd % 32 == 0 && hd / 16 <= OB_MAX_CARRY);
-    LLVMValueRef item0 = ob_arg(o, 0), cap = ob_arg(o, 2);
+    LLVMValueRef cap = ob_arg(o, 2), rows; /* pairs */
     Am a = {.q = ob_arg(o, 3), .kt = ob_arg(o, 4), .vc = ob_arg(o, 5), .pos = ob_arg(o, 6), .out = ob_arg(o, 7),
-            .heads = d->heads, .hd = hd, .scale = 1.0 / sqrt((double)hd), .hpc = cg_attention_heads_per_call(d)};
-    LLVMValueRef rows = LLVMBuildNSWMul(o->b, ob_arg(o, 1), ob_i64(o, a.hpc), "pairs"); /* (the call's heads) */
-    a.t0 = LLVMBuildSDiv(o->b, item0, ob_i64(o, d->heads), "t0");
-    a.h = LLVMBuildSRem(o->b, item0, ob_i64(o, d->heads), "h");
-    LLVMValueRef g = LLVMBuildSDiv(o->b, a.h, ob_i64(o, group), "g");
+            .rows = ops_attention_rows(o, d, &rows), .heads = d->heads, .hd = hd, .scale = 1.0 / sqrt((double)hd)};
+    LLVMValueRef g = LLVMBuildSDiv(o->b, a.rows.h, ob_i64(o, group), "g");
     a.head_tiles = LLVMBuildNSWMul(o->b, g, LLVMBuildSDiv(o->b, cap, ob_i64(o, KT), ""), "head_tiles");
     a.head_pairs = LLVMBuildNSWMul(o->b, g, LLVMBuildSDiv(o->b, cap, ob_i64(o, 2), ""), "head_pairs");
     a.qr = ob_alloca(o, o->tf32, hd);
@@ -593,15 +578,15 @@ void ops_emit_attention_amx(Ob *o, const CgOpDesc *d)
     if (d->amx == CG_ATTENTION_AMX) amx(o, "llvm.x86.tilerelease", NULL, 0);
     ob_if_end(o, join);
     LLVMValueRef done = mul(o, tiles, per);
-    if (d->amx == CG_ATTENTION_DOT && a.hpc > 1 && a.hpc < DOT_ROWS) {
+    if (d->amx == CG_ATTENTION_DOT && a.rows.hpc > 1 && a.rows.hpc < DOT_ROWS) {
         /* fewer pairs than a tile (a decode step's: one position's hpc heads): tiles of the heads */
-        LLVMValueRef more = LLVMBuildSDiv(o->b, LLVMBuildNSWSub(o->b, rows, done, ""), ob_i64(o, a.hpc), "");
+        LLVMValueRef more = LLVMBuildSDiv(o->b, LLVMBuildNSWSub(o->b, rows, done, ""), ob_i64(o, a.rows.hpc), "");
         more = LLVMBuildSelect(o->b, a.keep, more, ob_i64(o, 0), "");
         ObLoop G;
         ob_loop_begin(o, &G, ob_i64(o, 0), more, 0, NULL);
-        tile_dot(o, &a, add(o, done, mul(o, G.i, a.hpc)), (int)a.hpc);
+        tile_dot(o, &a, add(o, done, mul(o, G.i, a.rows.hpc)), (int)a.rows.hpc);
         ob_loop_end(o, &G, NULL);
-        done = add(o, done, mul(o, more, a.hpc));
+        done = add(o, done, mul(o, more, a.rows.hpc));
     }
     ObLoop L;
     ob_loop_begin(o, &L, done, rows, 0, NULL);

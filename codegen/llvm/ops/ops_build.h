@@ -112,6 +112,17 @@ void ops_emit_rope(Ob *o, const CgOpDesc *d);
 void ops_emit_elementwise(Ob *o, const CgOpDesc *d); /* SWIGLU, ADD, SCALE */
 void ops_emit_attention(Ob *o, const CgOpDesc *d);
 void ops_emit_attention_amx(Ob *o, const CgOpDesc *d); /* ops_attention_amx.c */
+/* Both attention forms' query rows of a call: its first row t0 and query head h (item0 = t0·heads + h)
+ * and the heads it takes, hpc (cg_attention_heads_per_call); its rows are pairs p, row t0 + p / hpc of
+ * head h + p % hpc (ops_attention.c). ops_attention_rows: those of d's call, and (*pairs) how many:
+ * its rows argument times hpc. ops_attention_pair: pair p's row index (*t) and, returned, the offset
+ * of its q and output row. */
+typedef struct {
+    LLVMValueRef t0, h;
+    int64_t hpc, heads, hd;
+} OpsAttRows;
+OpsAttRows   ops_attention_rows(const Ob *o, const CgOpDesc *d, LLVMValueRef *pairs);
+LLVMValueRef ops_attention_pair(const Ob *o, const OpsAttRows *r, LLVMValueRef p, LLVMValueRef *t);
 void ops_emit_route_post(Ob *o, const CgOpDesc *d);
 void ops_emit_combine(Ob *o, const CgOpDesc *d);
 void ops_emit_dispatch(Ob *o, const CgOpDesc *d);
