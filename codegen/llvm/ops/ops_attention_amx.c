@@ -440,8 +440,12 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef p0, int R)
     copy_v_tail(o, a, jj, nmax);
     ob_if_end(o, join);
     ob_loop_end(o, &U, lnow);
-    for (int64_t c0 = 0; c0 < a->hd / 16; c0 += DOT_CHUNK) { /* O += P · V, DOT_CHUNK vectors a row at a time */
-        int nc = a->hd / 16 - c0 < DOT_CHUNK ? (int)(a->hd / 16 - c0) : DOT_CHUNK;
+    /* fewer rows (a GQA decode step's tile of the group's heads): more vectors a row a pass, the same
+     * chains, and each V pair row read fewer times (4 heads of 128, a serving batch's step, one thread,
+     * ops_timing: 5.45-5.61 -> 4.01-4.27 ms) */
+    int chunk = DOT_CHUNK * DOT_ROWS / R;
+    for (int64_t c0 = 0; c0 < a->hd / 16; c0 += chunk) { /* O += P · V, chunk vectors a row at a time */
+        int nc = a->hd / 16 - c0 < chunk ? (int)(a->hd / 16 - c0) : chunk;
         LLVMValueRef oacc[DOT_ROWS * DOT_CHUNK], onx[DOT_ROWS * DOT_CHUNK];
         for (int i = 0; i < R; i++)
             for (int c = 0; c < nc; c++)
@@ -453,7 +457,7 @@ static void tile_dot(Ob *o, const Am *a, LLVMValueRef p0, int R)
         ObLoop J; /* key pair J.i: its 16-dim pair rows, each row's weight word */
         ob_loop_begin(o, &J, ob_i64(o, 0), ob_i64(o, SUB / 2), R * nc, V.v);
         for (int k = 0; k < R * nc; k++) onx[k] = J.v[k];
-        LLVMValueRef vw[DOT_CHUNK], vrow = mul(o, J.i, a->hd), pj = add(o, prow, J.i);
+        LLVMValueRef vw[DOT_ROWS * DOT_CHUNK], vrow = mul(o, J.i, a->hd), pj = add(o, prow, J.i);
         for (int c = 0; c < nc; c++) vw[c] = ld_words(o, vsrc, addc(o, vrow, 16 * (c0 + c)));
         for (int i = 0; i < R; i++) {
             LLVMValueRef pw = ob_ld(o, o->ti32, a->pb, addc(o, pj, i * SUB / 2));
