@@ -67,9 +67,10 @@ SampleBias *sample_bias_parse(const char *text, int64_t vocab, int64_t *n, char 
         }
         b = xrealloc(b, (size_t)(*n + 1) * sizeof *b);
         b[(*n)++] = (SampleBias){(int32_t)id, x};
-        SampleParams p = {.bias = b, .n_bias = *n};
-        if (!bias_ok(&p, why, why_len)) break;
-        if (!*end) return b;
+        if (!*end) { /* the ranges and tokens given twice, once all are read */
+            if (bias_ok(&(SampleParams){.bias = b, .n_bias = *n}, why, why_len)) return b;
+            break;
+        }
         s = end + 1;
     }
     free(b);
