@@ -109,6 +109,17 @@ void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
 void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
                                unsigned block[3]);
+/* The per-query form (bq 1) for a serving batch's decode step: rows of T distinct sequences in one
+ * launch, ATTENTION's arguments but (kc, vc) replaced by (const unsigned long long *kvs, const int
+ * *seq): row t's K and V caches at kvs[2 seq[t]] and kvs[2 seq[t] + 1], its new key and value
+ * (knew, vnew, as at T = 1) stored there at pos[t] (or knew NULL: the caches hold them); its grid
+ * (heads, T, splits) (cg_cuda_attention_seqs_launch: a row's heads together, so that GQA's heads of a
+ * kv head read its caches through L2 once). Symbol: the form's with "_seqs". NULL with err set for
+ * another form. */
+void  cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);
+char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
+void  cg_cuda_attention_seqs_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
+                                    unsigned block[3]);
 #define CG_CUDA_DISPATCH_THREADS 1024
 #define CG_CUDA_COMBINE_DISPATCH_MAX_T 16
 

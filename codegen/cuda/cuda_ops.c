@@ -156,7 +156,11 @@ static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
                      "    f[0] = %s((u16)(v & 0xffffu)), f[1] = %s((u16)(v >> 16));\n}\n", cv, cv);
 }
 
-static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits)
+/* seqs: the form that takes a row of each of several sequences in one launch (a serving batch's decode
+ * step, cg_cuda_attention_seqs_source): row t's caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and
+ * its grid (heads, T, splits), so that the blocks of a row's heads run together: GQA's query heads of
+ * one kv head read its caches through L2 once, as the launches a sequence did. */
+static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits, bool seqs)
 {
     /* lane l holds dimensions l, l + 32, ... of the head; or, when the head fits 2 or 4 a lane in
      * pieces of that many (33..64 wide and even, 65..128 and a multiple of 4: the 7B's 96 takes 4 a
@@ -175,20 +179,23 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
     emit_kv_type(b, d->wdtype);
     if (vec) emit_kv_vec_load(b, d->wdtype, epl);
     else cb_printf(b, "#define kv_ld_row(p, i, f) ((void)0)  /* (not used: VEC 0) */\n");
-    const char *kv = kv_ctype(d->wdtype);
+    char params[96];
+    if (seqs) snprintf(params, sizeof params, "const unsigned long long *kvs, const int *seq");
+    else snprintf(params, sizeof params, "%s *kc, %s *vc", kv_ctype(d->wdtype), kv_ctype(d->wdtype));
     cb_printf(b,
-        "/* knew, vnew (a decode step, T = 1): the key and value at pos[t] come from them, not the caches,\n"
-        " * and the first query head of each KV head stores them there for the steps to come (no block of\n"
-        " * this launch reads that row). Split s of A takes keys j0..j1-1; with A > 1 the last split to\n"
+        "/* knew, vnew (a decode step: T = 1, or rows of T distinct sequences, kvs and seq giving each row's\n"
+        " * caches): row t's key and value at pos[t] come from them, not the caches, and the first query head\n"
+        " * of each KV head stores them there for the steps to come (no block of this launch reads that\n"
+        " * row). Split s of A takes keys j0..j1-1; with A > 1 the last split to\n"
         " * finish merges the splits' partial results (part) and resets the count (cnt). */\n"
-        "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, %s *kc, %s *vc,\n"
+        "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, %s,\n"
         "        const int *pos, float *out, const float *knew, const float *vnew, float *part, unsigned *cnt) {\n"
         "    PDL_ENTRY();\n"
         "    __shared__ float sm[NW], sl[NW], sacc[NW][HD], se[SPLITS];\n"
         "    __shared__ unsigned last;\n"
-        "    long long t = blockIdx.x;\n"
-        "    int h = blockIdx.y, s = blockIdx.z, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
-        "    if (t >= T) return;\n"
+        "    long long t = blockIdx.%c;\n"
+        "    int h = blockIdx.%c, s = blockIdx.z, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
+        "    if (t >= T) return;\n%s"
         "    int n = pos[t] + 1;\n"
         "    int chunk = part ? (n + (int)gridDim.z - 1) / (int)gridDim.z : n;  /* (gridDim.z <= SPLITS) */\n"
         "    if (part && chunk < MINK) chunk = MINK;\n"
@@ -293,7 +300,8 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "        out[t * (HEADS * HD) + h * HD + dd] = o / L;\n"
         "    }\n"
         "    if (threadIdx.x == 0) cnt[t * HEADS + h] = 0u;  /* for the next launch */\n"
-        "}\n", name, kv, kv);
+        "}\n", name, params, seqs ? 'y' : 'x', seqs ? 'x' : 'y',
+        seqs ? "    kvt *kc = (kvt *)kvs[2 * seq[t]], *vc = (kvt *)kvs[2 * seq[t] + 1];\n" : "");
 }
 
 /* Prefill attention, tiled: a block per BQ consecutive queries of one head, TPQ threads a query
@@ -490,6 +498,29 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "}\n", name);
 }
 
+void cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n)
+{
+    char base[560];
+    cg_cuda_attention_symbol(d, f, base, sizeof base);
+    snprintf(out, n, "%s_seqs", base);
+}
+
+char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+{
+    if (!check(d, err, errlen) || !attn_form_check(d, f, err, errlen)) return NULL;
+    if (f->bq != 1) {
+        snprintf(err, errlen, "cuda attention %dx%d/kv%d: only the per-query form takes several sequences' rows",
+                 f->bq, f->tpq, f->bkv);
+        return NULL;
+    }
+    char name[600];
+    cg_cuda_attention_seqs_symbol(d, f, name, sizeof name);
+    CgBuf b = {0};
+    cb_prelude(&b, DT_F32);
+    emit_attention(&b, d, name, f->tpq / 32, f->bkv, true);
+    return b.s;
+}
+
 char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
 {
     if (!check(d, err, errlen) || !attn_form_check(d, f, err, errlen)) return NULL;
@@ -498,7 +529,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
     if (f->bq == 1) {
-        emit_attention(&b, d, name, f->tpq / 32, f->bkv);
+        emit_attention(&b, d, name, f->tpq / 32, f->bkv, false);
         return b.s;
     }
     if (f->tpq == 0) {
@@ -575,6 +606,14 @@ void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_
     grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads;
     grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)((f->bkv + rows - 1) / rows) : 1; /* fewer as queries fill it */
     block[0] = (unsigned)(f->tpq ? f->bq * f->tpq : f->bq * 2), block[1] = block[2] = 1; /* (tensor cores: 16 queries a warp) */
+}
+
+void cg_cuda_attention_seqs_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
+                                   unsigned block[3])
+{
+    cg_cuda_attention_launch(d, f, T, grid, block);
+    unsigned rows = grid[0];
+    grid[0] = grid[1], grid[1] = rows;
 }
 
 static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)
@@ -856,7 +895,7 @@ char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen)
     case CG_OP_RMS_NORM: emit_norm(&b, name, false); break;
     case CG_OP_ADD_RMS_NORM: emit_norm(&b, name, true); break;
     case CG_OP_ROPE: emit_rope(&b, d, name); break;
-    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)); break;
+    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d), false); break;
     case CG_OP_SWIGLU:
     case CG_OP_ADD:
     case CG_OP_SCALE:

@@ -72,6 +72,7 @@ typedef struct AttnAlt {
     TileSchedule sched;               /* n = 0: f[0] for every T */
     CgCudaAttnForm f[TILE_MAX_BUCKETS];
     int k[TILE_MAX_BUCKETS], n;
+    int ks[TILE_MAX_BUCKETS];         /* a per-query form's kernel for several sequences' rows (-1: none) */
 } AttnAlt;
 
 /* The router's forms other than the rule's (fused up to FUSED_ROUTE_MAX_T tokens, the GEMMs above):
@@ -104,6 +105,9 @@ typedef struct Step {
                                        model's type (d.wdtype; f32 with MOEPPC_CUDA_ATTN_TC=0)       */
     uint64_t *kcs, *vcs;            /* ... each sequence's ([0] kc, vc; NULL: one sequence)           */
     int n_kv;                       /*   how many of them are allocated                              */
+    uint64_t kvs;                   /*   their device table, kc, vc a sequence (n_kv >= 2; else 0)   */
+    int kern_seqs;                  /* attention: the rule's per-query form for rows of several
+                                       sequences in one launch (cg_cuda_attention_seqs_source)       */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -202,7 +206,7 @@ struct CudaModel {
     int n_allocs, cap_allocs;
     double bytes;
     int64_t max_pos, cap_t, last_t;
-    uint64_t arena, ids, pos, scratch, x16; /* sized by cap_t                                          */
+    uint64_t arena, ids, pos, seqs, scratch, x16; /* sized by cap_t (seqs: the rows' sequences)      */
     uint64_t attn_part, attn_cnt;   /* the per-query attention's key splits below
                                        CG_CUDA_ATTN_TILED_MIN_T tokens: partial results, arrivals
                                        (zero between launches); 0: no split                       */
@@ -830,6 +834,20 @@ static bool attn_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f,
     return kern_new(cm, sym, cg_cuda_attention_source(d, f, err->msg, sizeof err->msg), g1, g2, b, 0, out);
 }
 
+/* A per-query form f's kernel for a decode step of several sequences (one row each) in one launch;
+ * -1 for another form. */
+static bool attn_seqs_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f, int *out, RtError *err)
+{
+    *out = -1;
+    if (f->bq != 1) return true;
+    char sym[640];
+    cg_cuda_attention_seqs_symbol(d, f, sym, sizeof sym);
+    if (kern_have(cm, sym, out)) return true;
+    unsigned g1[3], g2[3], b[3];
+    cg_cuda_attention_seqs_launch(d, f, 1, g1, b), cg_cuda_attention_seqs_launch(d, f, 512, g2, b);
+    return kern_new(cm, sym, cg_cuda_attention_seqs_source(d, f, err->msg, sizeof err->msg), g1, g2, b, 0, out);
+}
+
 static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
 {
     const IrInstr *i = st->i;
@@ -847,14 +865,14 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     }
     CgCudaAttnForm one = cg_cuda_attention_rule(&st->d, 1), tiled = cg_cuda_attention_rule(&st->d, CG_CUDA_ATTN_TILED_MIN_T);
     if (!attn_split_room(cm, &st->d, &one, err) || !op_kern(cm, &st->d, &st->kern, err) ||
-        !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err))
+        !attn_seqs_kern(cm, &st->d, &one, &st->kern_seqs, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err))
         return false;
     const char *text = cm->o.tile_sched[2];
     if (cm->o.attn.bq <= 0 && !text) return true;
     AttnAlt *a = st->att = xcalloc(1, sizeof *st->att);
     if (cm->o.attn.bq > 0) { /* the tuner's candidate */
         a->f[0] = cm->o.attn, a->n = 1;
-        return attn_kern(cm, &st->d, &a->f[0], &a->k[0], err);
+        return attn_kern(cm, &st->d, &a->f[0], &a->k[0], err) && attn_seqs_kern(cm, &st->d, &a->f[0], &a->ks[0], err);
     }
     if (!tile_schedule_parse(text, &a->sched) || a->sched.nr != TILE_SCHED_GPU) {
         snprintf(err->msg, sizeof err->msg, "the tuning database's attention schedule '%s' is not a GPU one", text);
@@ -873,7 +891,9 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
                 return false;
             }
             a->f[a->n] = f;
-            if (!attn_kern(cm, &st->d, &f, &a->k[a->n++], err)) return false;
+            if (!attn_kern(cm, &st->d, &f, &a->k[a->n], err) || !attn_seqs_kern(cm, &st->d, &f, &a->ks[a->n], err))
+                return false;
+            a->n++;
         }
     return true;
 }
@@ -1147,7 +1167,7 @@ static void model_free_buffers(CudaModel *cm)
         free(cm->graphs[j].key.seq);
     }
     cm->n_graphs = 0;
-    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->scratch, &cm->x16};
+    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
     for (int s = 0; s < cm->n_steps; s++) {
         cg_cuda_free(cm->drv, cm->steps[s].perm);
@@ -1462,6 +1482,7 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
     if (!dalloc(cm, &cm->arena, arena, "the activation arena", false, err) ||
         !dalloc(cm, &cm->ids, (size_t)T * sizeof(int32_t), "token ids", false, err) ||
         !dalloc(cm, &cm->pos, (size_t)T * sizeof(int32_t), "positions", false, err) ||
+        !dalloc(cm, &cm->seqs, (size_t)T * sizeof(int32_t), "the rows' sequences", false, err) ||
         !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err) ||
         (cm->x16_per_t && !dalloc(cm, &cm->x16, cm->x16_per_t * (size_t)T, "16-bit expert inputs", false, err)))
         return false;
@@ -1730,6 +1751,37 @@ static bool run_route(const Run *r, const Step *st)
     return op(r, st, st->kern, &st->d, a);
 }
 
+/* The attention form for T rows of one sequence (the rule's, or the database's for T, or the tuner's
+ * candidate) and its kernel; *kseqs: the form's kernel for rows of several sequences (-1: none). */
+static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
+{
+    *f = cg_cuda_attention_rule(&st->d, T); /* prefill: tiled, keys and values shared by a block's queries */
+    int kern = f->bq == 1 ? st->kern : st->kern_fused;
+    *kseqs = f->bq == 1 ? st->kern_seqs : -1;
+    const AttnAlt *at = st->att;
+    if (at && !at->sched.n) *f = at->f[0], kern = at->k[0], *kseqs = at->ks[0];
+    if (at && at->sched.n) { /* the database's form for this T */
+        TuneConfig c = tile_schedule_pick(&at->sched, T);
+        CgCudaAttnForm want = cuda_attn_form(&c);
+        for (int j = 0; j < at->n; j++)
+            if (!memcmp(&at->f[j], &want, sizeof want)) *f = want, kern = at->k[j], *kseqs = at->ks[j];
+    }
+    return kern;
+}
+
+/* The per-query form's launch of r's rows (its arguments aa, the caches' or their table's): with key
+ * splits where there is room for them (below CG_CUDA_ATTN_TILED_MIN_T rows). */
+static bool attend_launch(const Run *r, const Step *st, const CgCudaAttnForm *f, int kern, bool seqs, void **aa,
+                          uint64_t *part, uint64_t *cnt)
+{
+    unsigned g[3], b[3];
+    if (seqs) cg_cuda_attention_seqs_launch(&st->d, f, r->T, g, b);
+    else cg_cuda_attention_launch(&st->d, f, r->T, g, b);
+    if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part) *part = r->cm->attn_part, *cnt = r->cm->attn_cnt;
+    else g[2] = 1; /* (no room for the splits: one a query and head) */
+    return launch(r, st, kern, g, b, 0, aa);
+}
+
 /* Attention of r's rows over caches kc, vc, their positions at pos (device). */
 static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint64_t vc)
 {
@@ -1739,22 +1791,40 @@ static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint
     void *ka[] = {(void *)&r->TT, &k, &pos, &kc}, *va[] = {(void *)&r->TT, &v, &pos, &vc};
     uint64_t knew = 0, vnew = 0, part = 0, cnt = 0;
     void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew, &part, &cnt};
-    CgCudaAttnForm f = cg_cuda_attention_rule(&st->d, r->T); /* prefill: tiled, keys and values shared by a block's queries */
-    int kern = f.bq == 1 ? st->kern : st->kern_fused;
-    const AttnAlt *at = st->att;
-    if (at && !at->sched.n) f = at->f[0], kern = at->k[0];
-    if (at && at->sched.n) { /* the database's form for this T */
-        TuneConfig c = tile_schedule_pick(&at->sched, r->T);
-        CgCudaAttnForm want = cuda_attn_form(&c);
-        for (int j = 0; j < at->n; j++)
-            if (!memcmp(&at->f[j], &want, sizeof want)) f = want, kern = at->k[j];
-    }
+    CgCudaAttnForm f;
+    int unused, kern = attn_pick(st, r->T, &f, &unused);
     if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) knew = k, vnew = v; /* a decode step: the kernel stores them */
     else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
+    if (f.bq == 1) return attend_launch(r, st, &f, kern, false, aa, &part, &cnt);
     cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
-    if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part) part = r->cm->attn_part, cnt = r->cm->attn_cnt;
-    else g[2] = 1; /* (no room for the splits: one a query and head) */
     return launch(r, st, kern, g, b, 0, aa);
+}
+
+/* A decode step of several sequences, one row each (no two of one sequence: each row's block stores
+ * its key and value as the others read theirs), in one launch of the per-query form for T = 1 over
+ * the caches' table; false (*done false) where the step is not one, or the form has no such kernel. */
+static bool attend_seqs(const Run *r, const Step *st, bool *done)
+{
+    const CudaModel *cm = r->cm;
+    *done = false;
+    CgCudaAttnForm f;
+    int kseqs;
+    attn_pick(st, 1, &f, &kseqs);
+    if (r->T < 2 || kseqs < 0 || !st->kvs || cm->o.no_fuse) return true;
+    bool *seen = xcalloc((size_t)cm->n_seqs, sizeof *seen), distinct = true;
+    for (int64_t t = 0; t < r->T && distinct; t++) {
+        int s = cm->seq[r->row0 + t];
+        distinct = !seen[s], seen[s] = true;
+    }
+    free(seen);
+    if (!distinct) return true;
+    const IrInstr *i = st->i;
+    uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
+    uint64_t pos = cm->pos + (uint64_t)r->row0 * sizeof(int32_t), seq = cm->seqs + (uint64_t)r->row0 * sizeof(int32_t);
+    uint64_t kvs = st->kvs, part = 0, cnt = 0;
+    void *aa[] = {(void *)&r->TT, &q, &kvs, &seq, &pos, &out, &k, &v, &part, &cnt};
+    *done = true;
+    return attend_launch(r, st, &f, kseqs, true, aa, &part, &cnt);
 }
 
 /* Several sequences' rows (cuda_model_run_seqs): each run of one sequence's rows attends over its
@@ -1763,6 +1833,8 @@ static bool run_attention(const Run *r, const Step *st)
 {
     const CudaModel *cm = r->cm;
     if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc);
+    bool done, ok = attend_seqs(r, st, &done);
+    if (!ok || done) return ok;
     for (int64_t t0 = 0, t1; t0 < r->T; t0 = t1) {
         int s = cm->seq[r->row0 + t0];
         for (t1 = t0 + 1; t1 < r->T && cm->seq[r->row0 + t1] == s; t1++) {}
@@ -1974,7 +2046,8 @@ bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, con
     }
     cm->ops = graph_ops;
     if (!cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
-        !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e))
+        !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e) ||
+        (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)))
         return fail_cuda(err, "queueing the inputs", e);
     if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
                                               (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))
@@ -2033,6 +2106,13 @@ bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
             if (!dalloc(cm, &st->kcs[st->n_kv], bytes, "the KV caches of --batch", true, err) ||
                 !dalloc(cm, &st->vcs[st->n_kv], bytes, "the KV caches of --batch", true, err))
                 return false;
+        if (n < 2) continue;
+        uint64_t *tab = xmalloc((size_t)(2 * n) * sizeof *tab); /* (the table it replaces stays till the end) */
+        for (int q = 0; q < n; q++) tab[2 * q] = st->kcs[q], tab[2 * q + 1] = st->vcs[q];
+        bool ok = dalloc(cm, &st->kvs, (size_t)(2 * n) * sizeof *tab, "the KV caches' table", true, err) &&
+                  dupload(cm, st->kvs, tab, (size_t)(2 * n) * sizeof *tab, err);
+        free(tab);
+        if (!ok) return st->kvs = 0, false;
     }
     if (n > cm->n_seqs) cm->n_seqs = n;
     return true;
