@@ -45,7 +45,8 @@
  *                  for bf16/f16: SEMANTICS §4's activations in the model's type); knew/vnew
  *                  NULL, or (T = 1 only: a decode step) the new key and value row, read from there
  *                  and stored into the caches at pos[0] by the kernel (no separate KV store). One
- *                  block of CG_CUDA_ATTN_WARPS warps per (query t, head h, key split s): the keys
+ *                  block of CG_CUDA_ATTN_WARPS warps per (query t, G query heads from h = G·blockIdx.y
+ *                  (cg_cuda_attention_heads_per_block: GQA's heads of one kv head), key split s): the keys
  *                  0..pos[t] go to up to grid.z splits of at least CG_CUDA_ATTN_SPLIT_MIN_KEYS
  *                  (flash-decoding: a decode step's 16 heads would otherwise keep 16 SMs busy;
  *                  grid.z = ceil(S / T) for the form's S, cg_cuda_attention_launch);
@@ -96,7 +97,13 @@
 typedef struct CgCudaAttnForm {
     int bq, tpq, bkv;
 } CgCudaAttnForm;
-/* The per-query kernel's key splits for d: enough blocks that a query's heads fill
+/* The per-query kernel's query heads a block (G): the largest divisor of heads / kv_heads up to
+ * CG_CUDA_ATTN_GQ_MAX whose shared accumulators (G · warps · head_dim floats) fit 32 KB; with GQA the
+ * query heads of one kv head, so that each load of its keys and values serves G heads (a block per
+ * (query, G heads, key split): grid.y = heads / G). */
+#define CG_CUDA_ATTN_GQ_MAX 4
+int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps);
+/* The per-query kernel's key splits for d: enough blocks that a query's head blocks fill
  * CG_CUDA_ATTN_SPLIT_BLOCKS (a power of two, 1..CG_CUDA_ATTN_SPLIT_MAX). */
 int cg_cuda_attention_splits(const CgOpDesc *d);
 /* The rule's form for T tokens: per query (4 warps, cg_cuda_attention_splits) below

@@ -156,6 +156,13 @@ static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
                      "    f[0] = %s((u16)(v & 0xffffu)), f[1] = %s((u16)(v >> 16));\n}\n", cv, cv);
 }
 
+int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
+{
+    int64_t group = d->kv_heads > 0 ? d->heads / d->kv_heads : 1, g = group < CG_CUDA_ATTN_GQ_MAX ? group : CG_CUDA_ATTN_GQ_MAX;
+    while (g > 1 && (group % g || g * warps * d->head_dim * 4 > 32 * 1024)) g--;
+    return (int)g;
+}
+
 /* seqs: the form that takes a row of each of several sequences in one launch (a serving batch's decode
  * step, cg_cuda_attention_seqs_source): row t's caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and
  * its grid (heads, T, splits), so that the blocks of a row's heads run together: GQA's query heads of
@@ -170,11 +177,14 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
     if (epl == 3) epl = 4;
     int vec = (epl == 2 || epl == 4) && d->head_dim % epl == 0;
     if (!vec) epl = (int)((d->head_dim + 31) / 32);
+    /* KB keys (and values) a warp loads at once; with G heads a block each serves G dot products, so
+     * half as many are in flight and the G heads' queries and accumulators have the registers */
+    int gq = cg_cuda_attention_heads_per_block(d, warps), kb = (d->head_dim <= 128 ? 8 : 4) / (gq > 1 ? 2 : 1);
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
-                 "#define EPL %d\n#define GROUP (HEADS / KVH)\n#define SPLITS %d\n#define MINK %d\n"
+                 "#define EPL %d\n#define GROUP (HEADS / KVH)\n#define GQ %d\n#define SPLITS %d\n#define MINK %d\n"
                  "#define KB %d\n#define VEC %d\n#define DD(i) (VEC ? lane * EPL + (i) : lane + 32 * (i))\n",
-              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, epl, splits > 1 ? splits : 1,
-              CG_CUDA_ATTN_SPLIT_MIN_KEYS, d->head_dim <= 128 ? 8 : 4, vec);
+              (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, warps, epl, gq,
+              splits > 1 ? splits : 1, CG_CUDA_ATTN_SPLIT_MIN_KEYS, kb, vec);
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     emit_kv_type(b, d->wdtype);
     if (vec) emit_kv_vec_load(b, d->wdtype, epl);
@@ -191,10 +201,10 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "extern \"C\" __global__ void __launch_bounds__(NW * 32) %s(long long T, const float *q, %s,\n"
         "        const int *pos, float *out, const float *knew, const float *vnew, float *part, unsigned *cnt) {\n"
         "    PDL_ENTRY();\n"
-        "    __shared__ float sm[NW], sl[NW], sacc[NW][HD], se[SPLITS];\n"
+        "    __shared__ float sm[GQ][NW], sl[GQ][NW], sacc[GQ][NW][HD], se[GQ][SPLITS];\n"
         "    __shared__ unsigned last;\n"
         "    long long t = blockIdx.%c;\n"
-        "    int h = blockIdx.%c, s = blockIdx.z, kvh = h / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
+        "    int h0 = blockIdx.%c * GQ, s = blockIdx.z, kvh = h0 / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
         "    if (t >= T) return;\n%s"
         "    int n = pos[t] + 1;\n"
         "    int chunk = part ? (n + (int)gridDim.z - 1) / (int)gridDim.z : n;  /* (gridDim.z <= SPLITS) */\n"
@@ -202,20 +212,23 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    int A = (n + chunk - 1) / chunk;\n"
         "    if (s >= A) return;  /* (a short context: fewer splits) */\n"
         "    int j0 = s * chunk, j1 = n - j0 < chunk ? n : j0 + chunk;\n"
-        "    if (knew && h %% GROUP == 0 && s == 0)\n"
+        "    if (knew && h0 %% GROUP == 0 && s == 0)\n"
         "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "            long long c = (long long)pos[t] * (KVH * HD) + kvh * HD + dd;\n"
         "            long long at = t * (KVH * HD) + kvh * HD + dd;\n"
         "            kc[c] = kv_of(knew[at]), vc[c] = kv_of(vnew[at]);\n"
         "        }\n"
-        "    float qr[EPL], acc[EPL];\n"
+        "    float qr[GQ][EPL], acc[GQ][EPL], m[GQ], l[GQ];  /* per query head g of the block's */\n"
         "#pragma unroll\n"
-        "    for (int i = 0; i < EPL; i++) {\n"
-        "        int dd = DD(i);\n"
-        "        qr[i] = dd < HD ? q[t * (HEADS * HD) + h * HD + dd] : 0.0f;\n"
-        "        acc[i] = 0.0f;\n"
+        "    for (int g = 0; g < GQ; g++) {\n"
+        "        m[g] = -INFINITY, l[g] = 0.0f;\n"
+        "#pragma unroll\n"
+        "        for (int i = 0; i < EPL; i++) {\n"
+        "            int dd = DD(i);\n"
+        "            qr[g][i] = dd < HD ? q[t * (HEADS * HD) + (h0 + g) * HD + dd] : 0.0f;\n"
+        "            acc[g][i] = 0.0f;\n"
+        "        }\n"
         "    }\n"
-        "    float m = -INFINITY, l = 0.0f;\n"
         "    for (int jb = j0 + w * KB; jb < j1; jb += NW * KB) {  /* streaming softmax, KB keys a time */\n"
         "        float kx[KB][EPL], vx[KB][EPL], sc[KB];\n"
         "#pragma unroll\n"
@@ -242,64 +255,74 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "                vx[u][i] = !ok ? 0.0f : fresh ? kv_round(vn[dd]) : kv_ld(vr, dd);\n"
         "            }\n"
         "        }\n"
-        "        float mn = m;\n"
         "#pragma unroll\n"
-        "        for (int u = 0; u < KB; u++) {\n"
-        "            float dot = 0.0f;\n"
+        "        for (int g = 0; g < GQ; g++) {  /* each loaded key and value serves the GQ heads */\n"
+        "            float mn = m[g];\n"
         "#pragma unroll\n"
-        "            for (int i = 0; i < EPL; i++) dot += qr[i] * kx[u][i];\n"
-        "            sc[u] = warp_sum(dot) * SCALE;\n"
-        "            if (jb + u < j1) mn = fmaxf(mn, sc[u]);\n"
+        "            for (int u = 0; u < KB; u++) {\n"
+        "                float dot = 0.0f;\n"
+        "#pragma unroll\n"
+        "                for (int i = 0; i < EPL; i++) dot += qr[g][i] * kx[u][i];\n"
+        "                sc[u] = warp_sum(dot) * SCALE;\n"
+        "                if (jb + u < j1) mn = fmaxf(mn, sc[u]);\n"
+        "            }\n"
+        "            float corr = expf(m[g] - mn);  /* key jb is in range: mn is finite */\n"
+        "            l[g] *= corr;\n"
+        "#pragma unroll\n"
+        "            for (int i = 0; i < EPL; i++) acc[g][i] *= corr;\n"
+        "#pragma unroll\n"
+        "            for (int u = 0; u < KB; u++) {\n"
+        "                float p = jb + u < j1 ? expf(sc[u] - mn) : 0.0f;\n"
+        "                l[g] += p;\n"
+        "#pragma unroll\n"
+        "                for (int i = 0; i < EPL; i++) acc[g][i] += p * vx[u][i];\n"
+        "            }\n"
+        "            m[g] = mn;\n"
         "        }\n"
-        "        float corr = expf(m - mn);  /* key jb is in range: mn is finite */\n"
-        "        l *= corr;\n"
-        "#pragma unroll\n"
-        "        for (int i = 0; i < EPL; i++) acc[i] *= corr;\n"
-        "#pragma unroll\n"
-        "        for (int u = 0; u < KB; u++) {\n"
-        "            float p = jb + u < j1 ? expf(sc[u] - mn) : 0.0f;\n"
-        "            l += p;\n"
-        "#pragma unroll\n"
-        "            for (int i = 0; i < EPL; i++) acc[i] += p * vx[u][i];\n"
-        "        }\n"
-        "        m = mn;\n"
         "    }\n"
-        "    if (lane == 0) { sm[w] = m; sl[w] = l; }\n"
         "#pragma unroll\n"
-        "    for (int i = 0; i < EPL; i++) { int dd = DD(i); if (dd < HD) sacc[w][dd] = acc[i]; }\n"
+        "    for (int g = 0; g < GQ; g++) {\n"
+        "        if (lane == 0) { sm[g][w] = m[g]; sl[g][w] = l[g]; }\n"
+        "#pragma unroll\n"
+        "        for (int i = 0; i < EPL; i++) { int dd = DD(i); if (dd < HD) sacc[g][w][dd] = acc[g][i]; }\n"
+        "    }\n"
         "    __syncthreads();\n"
-        "    float mx = sm[0];  /* warp 0 always has key j0, so mx is finite */\n"
-        "    for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[k]);\n"
-        "    float tot = 0.0f;\n"
-        "    for (int k = 0; k < NW; k++) tot += sl[k] * expf(sm[k] - mx);\n"
-        "    float *pp = part + ((t * HEADS + h) * SPLITS + s) * (HD + 2);  /* (used only when A > 1) */\n"
-        "    for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
-        "        float o = 0.0f;\n"
-        "        for (int k = 0; k < NW; k++) o += sacc[k][dd] * expf(sm[k] - mx);\n"
-        "        if (A == 1) out[t * (HEADS * HD) + h * HD + dd] = o / tot;\n"
-        "        else pp[2 + dd] = o;\n"
+        "    for (int g = 0; g < GQ; g++) {\n"
+        "        float mx = sm[g][0];  /* warp 0 always has key j0, so mx is finite */\n"
+        "        for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[g][k]);\n"
+        "        float tot = 0.0f;\n"
+        "        for (int k = 0; k < NW; k++) tot += sl[g][k] * expf(sm[g][k] - mx);\n"
+        "        float *pp = part + ((t * HEADS + h0 + g) * SPLITS + s) * (HD + 2);  /* (used only when A > 1) */\n"
+        "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
+        "            float o = 0.0f;\n"
+        "            for (int k = 0; k < NW; k++) o += sacc[g][k][dd] * expf(sm[g][k] - mx);\n"
+        "            if (A == 1) out[t * (HEADS * HD) + (h0 + g) * HD + dd] = o / tot;\n"
+        "            else pp[2 + dd] = o;\n"
+        "        }\n"
+        "        if (A > 1 && threadIdx.x == 0) pp[0] = mx, pp[1] = tot;\n"
         "    }\n"
         "    if (A == 1) return;\n"
-        "    if (threadIdx.x == 0) pp[0] = mx, pp[1] = tot;\n"
-        "    __threadfence();  /* this split's result, before its arrival counts */\n"
+        "    __threadfence();  /* this split's results, before its arrival counts */\n"
         "    __syncthreads();\n"
-        "    if (threadIdx.x == 0) last = atomicAdd(cnt + t * HEADS + h, 1u) == (unsigned)A - 1;\n"
+        "    if (threadIdx.x == 0) last = atomicAdd(cnt + t * HEADS + h0, 1u) == (unsigned)A - 1;\n"
         "    __syncthreads();\n"
         "    if (!last) return;\n"
         "    __threadfence();\n"
-        "    const float *pb = part + (t * HEADS + h) * SPLITS * (HD + 2);\n"
-        "    float M = -INFINITY;\n"
-        "    for (int k = 0; k < A; k++) M = fmaxf(M, __ldcg(pb + k * (HD + 2)));\n"
-        "    for (int k = threadIdx.x; k < A; k += blockDim.x) se[k] = expf(__ldcg(pb + k * (HD + 2)) - M);\n"
-        "    __syncthreads();\n"
-        "    float L = 0.0f;\n"
-        "    for (int k = 0; k < A; k++) L += se[k] * __ldcg(pb + k * (HD + 2) + 1);\n"
-        "    for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
-        "        float o = 0.0f;\n"
-        "        for (int k = 0; k < A; k++) o += se[k] * __ldcg(pb + k * (HD + 2) + 2 + dd);\n"
-        "        out[t * (HEADS * HD) + h * HD + dd] = o / L;\n"
+        "    for (int g = 0; g < GQ; g++) {  /* the last split merges the GQ heads' */\n"
+        "        const float *pb = part + (t * HEADS + h0 + g) * SPLITS * (HD + 2);\n"
+        "        float M = -INFINITY;\n"
+        "        for (int k = 0; k < A; k++) M = fmaxf(M, __ldcg(pb + k * (HD + 2)));\n"
+        "        for (int k = threadIdx.x; k < A; k += blockDim.x) se[g][k] = expf(__ldcg(pb + k * (HD + 2)) - M);\n"
+        "        __syncthreads();\n"
+        "        float L = 0.0f;\n"
+        "        for (int k = 0; k < A; k++) L += se[g][k] * __ldcg(pb + k * (HD + 2) + 1);\n"
+        "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
+        "            float o = 0.0f;\n"
+        "            for (int k = 0; k < A; k++) o += se[g][k] * __ldcg(pb + k * (HD + 2) + 2 + dd);\n"
+        "            out[t * (HEADS * HD) + (h0 + g) * HD + dd] = o / L;\n"
+        "        }\n"
         "    }\n"
-        "    if (threadIdx.x == 0) cnt[t * HEADS + h] = 0u;  /* for the next launch */\n"
+        "    if (threadIdx.x == 0) cnt[t * HEADS + h0] = 0u;  /* for the next launch */\n"
         "}\n", name, params, seqs ? 'y' : 'x', seqs ? 'x' : 'y',
         seqs ? "    kvt *kc = (kvt *)kvs[2 * seq[t]], *vc = (kvt *)kvs[2 * seq[t] + 1];\n" : "");
 }
@@ -315,7 +338,8 @@ static bool check(const CgOpDesc *d, char *err, size_t errlen);
 int cg_cuda_attention_splits(const CgOpDesc *d)
 {
     int s = 1;
-    while (s < CG_CUDA_ATTN_SPLIT_MAX && s * d->heads < CG_CUDA_ATTN_SPLIT_BLOCKS) s *= 2;
+    int64_t blocks = d->heads / cg_cuda_attention_heads_per_block(d, CG_CUDA_ATTN_WARPS); /* a query's */
+    while (s < CG_CUDA_ATTN_SPLIT_MAX && s * blocks < CG_CUDA_ATTN_SPLIT_BLOCKS) s *= 2;
     return s;
 }
 
@@ -602,8 +626,8 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 
 void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3], unsigned block[3])
 {
-    int64_t rows = T > 0 ? T : 1;
-    grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)d->heads;
+    int64_t rows = T > 0 ? T : 1, gq = f->bq == 1 ? cg_cuda_attention_heads_per_block(d, f->tpq / 32) : 1;
+    grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)(d->heads / gq);
     grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)((f->bkv + rows - 1) / rows) : 1; /* fewer as queries fill it */
     block[0] = (unsigned)(f->tpq ? f->bq * f->tpq : f->bq * 2), block[1] = block[2] = 1; /* (tensor cores: 16 queries a warp) */
 }
@@ -916,7 +940,8 @@ void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned 
     int64_t rows = T > 0 ? T : 1;
     switch (d->kind) {
     case CG_OP_ATTENTION:
-        grid[0] = (unsigned)rows, grid[1] = (unsigned)d->heads, grid[2] = (unsigned)cg_cuda_attention_splits(d);
+        grid[0] = (unsigned)rows, grid[1] = (unsigned)(d->heads / cg_cuda_attention_heads_per_block(d, CG_CUDA_ATTN_WARPS));
+        grid[2] = (unsigned)cg_cuda_attention_splits(d);
         block[0] = 32 * CG_CUDA_ATTN_WARPS;
         break;
     case CG_OP_SWIGLU:

@@ -929,6 +929,12 @@ static void test_attention(void **state)
     attention_case(1, 6, 2, 96, 300); /* the 7B's decode: 4 dimensions a lane on 24 lanes, keys split */
     attention_case(70, 2, 2, 128, 200);
     attention_case(50, 4, 4, 16, 10);
+    /* GQA groups of 4 and 8 (Mixtral's): the per-query forms take 4 query heads a block
+     * (cg_cuda_attention_heads_per_block), each load of a key serving the 4; a group of 8 in two
+     * blocks, the first storing the new row; split or not, several queries a launch */
+    attention_case(1, 8, 2, 64, 700);
+    attention_case(1, 16, 2, 32, 300);
+    attention_case(3, 8, 1, 128, 200);
 }
 
 int main(void)
