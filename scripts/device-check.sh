@@ -19,9 +19,10 @@
 #      --target sm_90 at T = 4096, 512, 64, 1, written to $OUT/gpu-sm90-moepp-7b.yaml) and a bench
 #      with its database at the table's T (issue 6's speed-up), the embedding library (step 4's),
 #      compute-sanitizer's memcheck and racecheck on the kernels' tests, the 7B layer's A/Bs, decoding
-#      A/Bs, batched decoding (--batch 8 against one by one), a shared prefix (forked against run
-#      whole), the vanilla and own-routing benches, tuning the other paper sizes for sm_90;
-#      and prints the table last.
+#      A/Bs, batched decoding (--batch 8 against one by one), a batch's decode attention (one launch
+#      over the caches' table against a launch a sequence, the 7B's and Mixtral's GQA layer), a shared
+#      prefix (forked against run whole), the vanilla and own-routing benches, tuning the other paper
+#      sizes for sm_90; and prints the table last.
 # Logs go to $OUT (the device tool brings them back) or ./device-check-out; scratch files to work.tgz there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -278,6 +279,20 @@ EOF
     grep "^ generated" "$work/batch1.txt" >"$work/batch1.ids"; grep "^ generated" "$work/batch8.txt" >"$work/batch8.ids"
     cmp -s "$work/batch1.ids" "$work/batch8.ids" && echo "the same tokens either way" ||
       echo "!! --batch 8 generated other tokens than one by one (a bf16 near-tie, or a fault: see $work/batch*.txt)"
+  fi
+  if more "batched decode attention"; then
+    step "a serving batch's decode step at position 2048 (bench --batch: T sequences, a token each):" \
+      "attention one launch a layer over the caches' table, then a launch a sequence (MOEPPC_CUDA_ATTN_SEQS=0);" \
+      "the 7B (16 heads) and Mixtral-8x7B's layer (GQA: 4 query heads a block of its kv head)"
+    run 30 "$bin/moeppc" import-hf tests/frontend/hf/mixtral-8x7b-config.json -o "$work/mixtral.yaml"
+    for spec in specs/moepp-7b.yaml "$work/mixtral.yaml"; do
+      for seqs in 1 0; do
+        echo "-- $(basename "$spec") MOEPPC_CUDA_ATTN_SEQS=$seqs"
+        run 90 env MOEPPC_CUDA_ATTN_SEQS=$seqs "$bin/moeppc" bench "$spec" --device cuda --batch --context 2048 \
+          --tokens 8,32 --reps 10 "${ceil[@]}" | grep "^T =" |
+          sed 's/  \[.*experts; MoE block: [0-9]* GPU ops\]//'
+      done
+    done
   fi
   if more "shared prefix"; then
     step "--batch 8, 8 prompts of a shared 500-token prefix and 12 ids each: prefix reuse (the first prompt's caches forked) against --no-prefix-reuse (moepp-0.6b)"

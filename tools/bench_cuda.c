@@ -32,6 +32,7 @@ typedef struct {
     double peak_tflops, bw_gbs;
     double zc_share;              /* --zc-share P: synthetic routing for the MoE block (< 0: the router's) */
     int64_t context;              /* --context P: the tokens at positions P.., after a prefill of P tokens */
+    bool batch;                   /* --batch: T sequences of one token each, at position P of its own */
     int tile[2][3];               /* --tile UP[/DOWN] */
     const char *tuning;           /* --tuning: a GPU tuning database (moeppc tune --target sm_XX) */
     int device;                   /* --device cuda:N's ordinal */
@@ -44,6 +45,7 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
         if (strcmp(o, "--json") == 0) a->json = true;
+        else if (strcmp(o, "--batch") == 0) a->batch = true;
         else if (o[0] == '-' && !v) return usage_error("bench", BENCH_CUDA_USAGE, "option '%s' needs a value", o);
         else if (strcmp(o, "--device") == 0) {
             if (!parse_cuda_device(v, &a->device))
@@ -120,12 +122,12 @@ static int cmp_double(const void *a, const void *b)
 }
 
 bool bench_cuda_time_steps(CudaModel *cm, int first, int last, int in_graph, const int32_t *ids, const int32_t *pos,
-                           int64_t T, int warmup, int reps, double *ms, RtError *err)
+                           const int32_t *seq, int64_t T, int warmup, int reps, double *ms, RtError *err)
 {
     double *v = xmalloc((size_t)reps * sizeof *v);
     bool ok = true;
     for (int r = -warmup; r < reps && ok; r++) {
-        ok = cuda_model_run_steps_reps(cm, first, last, in_graph, ids, pos, T, err);
+        ok = cuda_model_run_steps_seqs(cm, first, last, in_graph, ids, pos, seq, T, err);
         if (r >= 0) v[r] = cuda_model_last_ms(cm) / in_graph;
     }
     if (ok) {
@@ -189,16 +191,19 @@ int bench_cuda(int argc, char **argv)
     double kv_elem = tune_attention_dtype(ai) == DT_F32 || o.no_attn_tc ? 4.0 : 2.0; /* the caches' (cuda_exec.h) */
     double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * kv_elem;
     double qk_cols = (double)ai->in[0]->type.dims[ai->in[0]->type.ndim - 1]; /* heads x head_dim */
-    if (a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens */
+    bool ok = !a.batch || cuda_model_set_sequences(cm, (int)max_t, &err);
+    if (ok && a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens (--batch: copied to each) */
         int32_t *ids = xmalloc((size_t)a.context * sizeof *ids), *pos = xmalloc((size_t)a.context * sizeof *pos);
         for (int64_t t = 0; t < a.context; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
-        bool ok = cuda_model_run(cm, ids, pos, a.context, &err);
+        ok = cuda_model_run(cm, ids, pos, a.context, &err);
+        for (int q = 1; ok && a.batch && q < max_t; q++) ok = cuda_model_copy_sequence(cm, 0, q, a.context, &err);
         free(ids), free(pos);
-        if (!ok) {
-            fprintf(stderr, "moeppc bench: error: CUDA backend: the prefill of --context %lld: %s\n", (long long)a.context, err.msg);
-            cuda_model_free(cm), ir_module_free(m), weights_close(w);
-            return 1;
-        }
+    }
+    if (!ok) {
+        fprintf(stderr, "moeppc bench: error: CUDA backend: the prefill of --context %lld: %s\n", (long long)a.context,
+                err.msg);
+        cuda_model_free(cm), ir_module_free(m), weights_close(w);
+        return 1;
     }
     const IrInstr *ri = instr_at(m, route);
     double router_bytes = 0, expert_bytes = 3.0 * (double)s.hidden * (double)s.ffn_intermediate * dtype_size(s.dtype);
@@ -207,20 +212,24 @@ int bench_cuda(int argc, char **argv)
             router_bytes += (double)ir_type_numel(&ri->in[k]->type, 1) * dtype_size(ri->in[k]->type.dtype);
     if (!a.json)
         printf("moeppc bench %s --device cuda: one layer, %s weights, %s; median of %d (CUDA events; T = 1 as CUDA "
-               "graphs, as decode steps run)%s%s\n", s.name,
+               "graphs, as decode steps run)%s%s%s\n", s.name,
                dtype_name(s.dtype), cuda_model_device(cm), a.reps,
                a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)",
-               a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "");
+               a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "",
+               a.batch ? "; --batch: T sequences, a token each (their steps as graphs from the second)" : "");
     char name[64];
     snprintf(name, sizeof name, "route.%lld.ids", (long long)(s.n_layers - 1));
     for (int q = 0; q < a.n_tokens && rc == 0; q++) {
         int64_t T = a.tokens[q];
         int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
-        for (int64_t t = 0; t < T; t++)
-            ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + t);
+        int32_t *seq = a.batch ? xmalloc((size_t)T * sizeof *seq) : NULL;
+        for (int64_t t = 0; t < T; t++) { /* --batch: token t of sequence t at position P */
+            ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + (seq ? 0 : t));
+            if (seq) seq[t] = (int32_t)t;
+        }
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0, att_ms = 0;
-        bool ok = bench_cuda_time_steps(cm, 0, n_steps, 1, ids, pos, T, 3, a.reps, &layer_ms, &err) &&
-                  bench_cuda_time_steps(cm, att, att + 1, 1, ids, pos, T, 3, a.reps, &att_ms, &err);
+        ok = bench_cuda_time_steps(cm, 0, n_steps, 1, ids, pos, seq, T, 3, a.reps, &layer_ms, &err) &&
+             bench_cuda_time_steps(cm, att, att + 1, 1, ids, pos, seq, T, 3, a.reps, &att_ms, &err);
         int32_t *sid = NULL;
         if (ok && a.zc_share >= 0) { /* the router's decisions replaced: the block after it is timed */
             int64_t k = s.top_k;
@@ -231,15 +240,15 @@ int bench_cuda(int argc, char **argv)
             free(sw);
         }
         int first = a.zc_share >= 0 ? route + 1 : route;
-        ok = ok && bench_cuda_time_steps(cm, first, down + 1, 1, ids, pos, T, 3, a.reps, &moe_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, first, down + 1, 1, ids, pos, seq, T, 3, a.reps, &moe_ms, &err);
         int moe_ops = cuda_model_last_ops(cm); /* the block's launches (and fills, copies) */
-        ok = ok && bench_cuda_time_steps(cm, up, down + 1, 1, ids, pos, T, 3, a.reps, &gemm_ms, &err);
+        ok = ok && bench_cuda_time_steps(cm, up, down + 1, 1, ids, pos, seq, T, 3, a.reps, &gemm_ms, &err);
         /* a decode step's block as it runs inside the whole step's graph: IN_GRAPH blocks in one graph,
          * its launch shared (the block's ranges rewrite what they read: each run is the first's) */
         double moe_g = 0, gemm_g = 0;
         if (ok && T == 1)
-            ok = bench_cuda_time_steps(cm, first, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &moe_g, &err) &&
-                 bench_cuda_time_steps(cm, up, down + 1, IN_GRAPH, ids, pos, T, 3, a.reps, &gemm_g, &err);
+            ok = bench_cuda_time_steps(cm, first, down + 1, IN_GRAPH, ids, pos, seq, T, 3, a.reps, &moe_g, &err) &&
+                 bench_cuda_time_steps(cm, up, down + 1, IN_GRAPH, ids, pos, seq, T, 3, a.reps, &gemm_g, &err);
         int64_t cols = s.top_k, picks = 0, used = 0;
         moe_dtype dt;
         const int32_t *rid = !ok ? NULL : sid ? sid : cuda_model_output(cm, name, &cols, &dt, &err);
@@ -253,17 +262,21 @@ int bench_cuda(int argc, char **argv)
             double tflops = 2e-12 * (double)picks * expert_bytes / dtype_size(s.dtype) / (gemm_ms * 1e-3);
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
             double gbs_g = moe_g > 0 ? gbs * moe_ms / moe_g : 0;
-            double kv_gbs = 1e-9 * (double)(a.context + T) * kv_row_bytes / (att_ms * 1e-3); /* the cache read once */
-            double keys = (double)T * (double)a.context + (double)T * (double)(T + 1) / 2; /* causal: sum of pos + 1 */
+            /* the caches' rows read (each once), and the keys the queries see (causal: the sum of pos + 1) */
+            double rows_read = seq ? (double)T * (double)(a.context + 1) : (double)(a.context + T);
+            double kv_gbs = 1e-9 * rows_read * kv_row_bytes / (att_ms * 1e-3);
+            double keys = seq ? rows_read : (double)T * (double)a.context + (double)T * (double)(T + 1) / 2;
             double att_tflops = 4e-12 * keys * qk_cols / (att_ms * 1e-3);                 /* q.k and p.v */
             if (a.json)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
+                       "\"batch\": %s, "
                        "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g, "
                        "\"moe_ms_in_graph\": %.6g, \"grouped_ms_in_graph\": %.6g, \"moe_weight_gbs_in_graph\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
+                       a.batch ? "true" : "false",
                        att_ms, att_tflops, kv_gbs, moe_g, gemm_g, gbs_g);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,
@@ -277,8 +290,8 @@ int bench_cuda(int argc, char **argv)
                     if (a.bw_gbs) printf(" (%5.1f %% of copy bw)", 100.0 * gbs_g / a.bw_gbs);
                     printf(", grouped GEMMs %.4f ms", gemm_g);
                 }
-                printf("  attention %.4f ms over %lld keys, %.1f TFLOP/s (KV cache %.0f GB/s", att_ms,
-                       (long long)(a.context + T), att_tflops, kv_gbs);
+                printf("  attention %.4f ms over %lld keys%s, %.1f TFLOP/s (KV cache %.0f GB/s", att_ms,
+                       (long long)(seq ? a.context + 1 : a.context + T), seq ? " a sequence" : "", att_tflops, kv_gbs);
                 if (a.bw_gbs) printf(", %.1f %% of copy bw", 100.0 * kv_gbs / a.bw_gbs);
                 printf(")\n");
             }
@@ -286,6 +299,7 @@ int bench_cuda(int argc, char **argv)
         }
         free(ids);
         free(pos);
+        free(seq);
         free(sid);
     }
     cuda_model_free(cm);

@@ -26,11 +26,13 @@ int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, dou
                                 float *w);
 /* bench_cuda.c: the median GPU milliseconds (CUDA events) of instructions [first, last) of a CUDA
  * model on T tokens over reps runs after `warmup` runs, each run the range in_graph times over in one
- * call (one graph at T = 1; cuda_model_run_steps_reps) and its time divided by in_graph. */
+ * call (one graph at T = 1; cuda_model_run_steps_reps) and its time divided by in_graph; seq: the
+ * tokens' sequences (bench --batch: cuda_model_run_steps_seqs), or NULL. */
 struct CudaModel;
 struct RtError;
 bool bench_cuda_time_steps(struct CudaModel *cm, int first, int last, int in_graph, const int32_t *ids,
-                           const int32_t *pos, int64_t T, int warmup, int reps, double *ms, struct RtError *err);
+                           const int32_t *pos, const int32_t *seq, int64_t T, int warmup, int reps, double *ms,
+                           struct RtError *err);
 /* bench.c: spec s's CPU model on random weights (seed 1), its kernels tuned by db (NULL: the rule), and
  * the median seconds of reps runs of T tokens through it after two warm-ups: `moeppc tune --check`
  * times its database against the rule so. bench_model_new: NULL, err set, when it cannot be made. */

@@ -94,6 +94,8 @@ static const HelpPage pages[] = {
      "  --reps N            timed runs per figure (default 20)\n"
      "  --context P         the tokens at positions P.. after a P-token prefill (a decode step at a\n"
      "                      long context; attention's KV-cache bytes/s said)\n"
+     "  --batch             T sequences, one token each at position P of its own (the prefill's\n"
+     "                      caches copied to each): a serving batch's decode step (run --batch)\n"
      "  --zc-share P        set routing: a share P of the picks to zero-computation experts\n"
      "  --peak-tflops X     the GPU's measured dense 16-bit peak: the table gives fractions of it\n"
      "  --bandwidth-gbs Y   its measured copy bandwidth (GB/s): fractions of it too\n"

@@ -375,8 +375,8 @@ static bool run_config(GpuLayer *L, const TuneConfig *c, bool gemv, int kind, co
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
     const int32_t *rid = lg ? cuda_model_output(cm, name, &cols, &dt, err) : NULL;
     int first = o.mlp[0] ? L->step[0] : L->step[kind]; /* (the MLP: from UP's step) */
-    ok = rid &&
-         bench_cuda_time_steps(cm, first, L->step[kind] + 1, in_graph(T), ids, pos, T, L->warmup, L->reps, ms, err);
+    ok = rid && bench_cuda_time_steps(cm, first, L->step[kind] + 1, in_graph(T), ids, pos, NULL, T, L->warmup, L->reps,
+                                      ms, err);
     for (int64_t j = 0; ok && j < T * cols; j++) *picks += rid[j] >= 0 && rid[j] < L->s->n_ffn;
     cuda_model_free(cm);
     return ok;
@@ -607,7 +607,7 @@ static bool run_form(GpuLayer *L, FormKind kind, const TuneConfig *c, const int3
     bool ok = (P == T || cuda_model_run(cm, ids, pos, P - T, err)) && cuda_model_run(cm, ids + P - T, pos + P - T, T, err);
     const float *lg = ok ? cuda_model_output(cm, "logits", &cols, &dt, err) : NULL;
     if (lg) *logits = memcpy(xmalloc((size_t)(T * cols) * sizeof **logits), lg, (size_t)(T * cols) * sizeof **logits);
-    ok = lg && bench_cuda_time_steps(cm, step, step + 1, in_graph(T), ids + P - T, pos + P - T, T, L->warmup,
+    ok = lg && bench_cuda_time_steps(cm, step, step + 1, in_graph(T), ids + P - T, pos + P - T, NULL, T, L->warmup,
                                      L->reps, ms, err);
     cuda_model_free(cm);
     return ok;

@@ -1810,7 +1810,7 @@ static bool attend_seqs(const Run *r, const Step *st, bool *done)
     CgCudaAttnForm f;
     int kseqs;
     attn_pick(st, 1, &f, &kseqs);
-    if (r->T < 2 || kseqs < 0 || !st->kvs || cm->o.no_fuse) return true;
+    if (r->T < 2 || kseqs < 0 || !st->kvs || cm->o.no_fuse || cm->o.no_attn_seqs) return true;
     bool *seen = xcalloc((size_t)cm->n_seqs, sizeof *seen), distinct = true;
     for (int64_t t = 0; t < r->T && distinct; t++) {
         int s = cm->seq[r->row0 + t];
@@ -2118,14 +2118,20 @@ bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
     return true;
 }
 
-bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
-                         RtError *err)
+bool cuda_model_run_steps_seqs(CudaModel *cm, int first, int last, int reps, const int32_t *ids, const int32_t *pos,
+                               const int32_t *seq, int64_t T, RtError *err)
 {
     if (!rt_sequences_ok(seq, T, cm->n_seqs, err)) return false;
     cm->seq = seq;
-    bool ok = cuda_model_run_steps(cm, 0, cm->n_steps, ids, pos, T, err);
+    bool ok = cuda_model_run_steps_reps(cm, first, last, reps, ids, pos, T, err);
     cm->seq = NULL;
     return ok;
+}
+
+bool cuda_model_run_seqs(CudaModel *cm, const int32_t *ids, const int32_t *pos, const int32_t *seq, int64_t T,
+                         RtError *err)
+{
+    return cuda_model_run_steps_seqs(cm, 0, cm->n_steps, 1, ids, pos, seq, T, err);
 }
 
 bool cuda_model_copy_sequence(CudaModel *cm, int from, int to, int64_t positions, RtError *err)

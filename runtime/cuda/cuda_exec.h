@@ -134,6 +134,9 @@ typedef struct CudaOptions {
     bool no_attn_split;             /* the per-query attention kernel on one block a query and head,
                                        its keys not split across blocks (MOEPPC_CUDA_ATTN_SPLIT=0: an
                                        A/B of flash-decoding's splits)                             */
+    bool no_attn_seqs;              /* a serving batch's decode step's attention a launch a sequence,
+                                       not one over the caches' table (MOEPPC_CUDA_ATTN_SEQS=0: an
+                                       A/B of cg_cuda_attention_seqs_source)                       */
     bool no_attn_tc;                /* a 16-bit model's attention in f32 throughout: f32 KV caches,
                                        prefill on the f32 tiled form, not on tensor cores
                                        (MOEPPC_CUDA_ATTN_TC=0: an A/B)                             */
@@ -224,6 +227,7 @@ static inline void cuda_options_env(CudaOptions *o)
     if (!mlp || sscanf(mlp, "%dx%d", &o->mlp[0], &o->mlp[1]) != 2) o->mlp[0] = o->mlp[1] = 0;
     o->no_attn_split = cuda_env_off("MOEPPC_CUDA_ATTN_SPLIT");
     o->no_attn_tc = cuda_env_off("MOEPPC_CUDA_ATTN_TC");
+    o->no_attn_seqs = cuda_env_off("MOEPPC_CUDA_ATTN_SEQS");
     o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
     o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
     o->tma = cuda_env_on("MOEPPC_CUDA_TMA");
@@ -269,6 +273,10 @@ bool       cuda_model_run_steps(CudaModel *cm, int first, int last, const int32_
  * stored again with the same values; the MoE block) leaves the outputs one run would. */
 bool       cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, const int32_t *ids,
                                      const int32_t *pos, int64_t T, RtError *err);
+/* Instructions [first, last) of a run of several sequences' rows (as cuda_model_run_seqs runs them;
+ * seq NULL: cuda_model_run_steps_reps): bench --batch times a serving batch's decode step so. */
+bool       cuda_model_run_steps_seqs(CudaModel *cm, int first, int last, int reps, const int32_t *ids,
+                                     const int32_t *pos, const int32_t *seq, int64_t T, RtError *err);
 /* A module output of the last run, copied to host memory owned by the model: [T, cols]. NULL if the
  * name is not an output (or the copy failed: err says why). */
 const void *cuda_model_output(CudaModel *cm, const char *name, int64_t *cols, moe_dtype *dtype, RtError *err);

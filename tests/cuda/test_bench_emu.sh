@@ -5,6 +5,7 @@
 # decode step's MoE block folded to 2 GPU operations (router; up and down as one decode MLP kernel),
 # every part timed (at T = 1 also in a graph of 20 blocks) and none far beyond the layer (medians timed
 # apart on a loaded CPU);
+# --batch on tiny-gqa with and without the batch's one attention launch a layer;
 # a bad --context is a usage error (exit 2) naming the option.
 set -u
 MOEPPC=$1
@@ -30,5 +31,22 @@ assert recs[0]["moe_ms_in_graph"] > 0 and recs[0]["grouped_ms_in_graph"] > 0, re
 assert recs[1]["moe_ms_in_graph"] == 0 and recs[1]["grouped_ms_in_graph"] == 0, recs[1]
 print("ok: bench --device cuda --context, %d records" % len(recs))
 PY
+# --batch: T sequences a token each at position 30 (the prefill's caches copied to each), their
+# steps' attention one launch a layer over the caches' table (MOEPPC_CUDA_ATTN_SEQS=0: a launch a
+# sequence): both time every part (test_cuda_model's test_batched_decode_launch checks the launches)
+GQA=$HERE/../../specs/tiny/tiny-gqa.yaml
+for seqs in 1 0; do
+  b=$(MOEPPC_CUDA_ATTN_SEQS=$seqs "$MOEPPC" bench "$GQA" --device cuda --batch --tokens 1,5 --context 30 --reps 3 --json) ||
+    { echo "bench --batch failed (MOEPPC_CUDA_ATTN_SEQS=$seqs)"; exit 1; }
+  echo "$b"
+  python3 - "$b" <<'PY' || exit 1
+import json, sys
+recs = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith("{")]
+assert [r["tokens"] for r in recs] == [1, 5] and all(r["batch"] and r["context"] == 30 for r in recs), recs
+for r in recs:
+    for k in ("layer_ms", "moe_ms", "grouped_ms", "attention_ms", "kv_gbs"):
+        assert r[k] > 0, (k, r)
+PY
+done
 err=$("$MOEPPC" bench "$SPEC" --device cuda --context -1 2>&1); rc=$?
 [ $rc -eq 2 ] && echo "$err" | grep -q -- "--context" || { echo "bad --context: exit $rc: $err"; exit 1; }
