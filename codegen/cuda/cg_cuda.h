@@ -118,8 +118,10 @@ void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64
                                unsigned block[3]);
 /* The per-query form (bq 1) for a serving batch's decode step: rows of T distinct sequences in one
  * launch, ATTENTION's arguments but (kc, vc) replaced by (const unsigned long long *kvs, const int
- * *seq): row t's K and V caches at kvs[2 seq[t]] and kvs[2 seq[t] + 1], its new key and value
- * (knew, vnew, as at T = 1) stored there at pos[t] (or knew NULL: the caches hold them); its grid
+ * *seq, const int *rows): the launch's row i is the model's row t = rows[i] (rows NULL: i; q, pos,
+ * out, knew, vnew, seq at t; part and cnt at i), its K and V caches at kvs[2 seq[t]] and
+ * kvs[2 seq[t] + 1], its new key and value (knew, vnew, as at T = 1) stored there at pos[t] (or knew
+ * NULL: the caches hold them), no other row of the launch of its sequence; its grid
  * (heads, T, splits) (cg_cuda_attention_seqs_launch: a row's heads together, so that GQA's heads of a
  * kv head read its caches through L2 once). Symbol: the form's with "_seqs". NULL with err set for
  * another form. */

@@ -164,8 +164,8 @@ int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
 }
 
 /* seqs: the form that takes a row of each of several sequences in one launch (a serving batch's decode
- * step, cg_cuda_attention_seqs_source): row t's caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and
- * its grid (heads, T, splits), so that the blocks of a row's heads run together: GQA's query heads of
+ * step, cg_cuda_attention_seqs_source): its row i the model's row t = rows[i] (rows NULL: i), whose
+ * caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and its grid (heads, T, splits), so that the blocks of a row's heads run together: GQA's query heads of
  * one kv head read its caches through L2 once, as the launches a sequence did. */
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits, bool seqs)
 {
@@ -190,7 +190,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
     if (vec) emit_kv_vec_load(b, d->wdtype, epl);
     else cb_printf(b, "#define kv_ld_row(p, i, f) ((void)0)  /* (not used: VEC 0) */\n");
     char params[96];
-    if (seqs) snprintf(params, sizeof params, "const unsigned long long *kvs, const int *seq");
+    if (seqs) snprintf(params, sizeof params, "const unsigned long long *kvs, const int *seq, const int *rows");
     else snprintf(params, sizeof params, "%s *kc, %s *vc", kv_ctype(d->wdtype), kv_ctype(d->wdtype));
     cb_printf(b,
         "/* knew, vnew (a decode step: T = 1, or rows of T distinct sequences, kvs and seq giving each row's\n"
@@ -203,9 +203,9 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    PDL_ENTRY();\n"
         "    __shared__ float sm[GQ][NW], sl[GQ][NW], sacc[GQ][NW][HD], se[GQ][SPLITS];\n"
         "    __shared__ unsigned last;\n"
-        "    long long t = blockIdx.%c;\n"
+        "    long long i = blockIdx.%c;  /* the launch's row i: the model's row t (its part and cnt are i's) */\n"
         "    int h0 = blockIdx.%c * GQ, s = blockIdx.z, kvh = h0 / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
-        "    if (t >= T) return;\n%s"
+        "    if (i >= T) return;\n%s"
         "    int n = pos[t] + 1;\n"
         "    int chunk = part ? (n + (int)gridDim.z - 1) / (int)gridDim.z : n;  /* (gridDim.z <= SPLITS) */\n"
         "    if (part && chunk < MINK) chunk = MINK;\n"
@@ -292,7 +292,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "        for (int k = 1; k < NW; k++) mx = fmaxf(mx, sm[g][k]);\n"
         "        float tot = 0.0f;\n"
         "        for (int k = 0; k < NW; k++) tot += sl[g][k] * expf(sm[g][k] - mx);\n"
-        "        float *pp = part + ((t * HEADS + h0 + g) * SPLITS + s) * (HD + 2);  /* (used only when A > 1) */\n"
+        "        float *pp = part + ((i * HEADS + h0 + g) * SPLITS + s) * (HD + 2);  /* (used only when A > 1) */\n"
         "        for (int dd = threadIdx.x; dd < HD; dd += blockDim.x) {\n"
         "            float o = 0.0f;\n"
         "            for (int k = 0; k < NW; k++) o += sacc[g][k][dd] * expf(sm[g][k] - mx);\n"
@@ -304,12 +304,12 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    if (A == 1) return;\n"
         "    __threadfence();  /* this split's results, before its arrival counts */\n"
         "    __syncthreads();\n"
-        "    if (threadIdx.x == 0) last = atomicAdd(cnt + t * HEADS + h0, 1u) == (unsigned)A - 1;\n"
+        "    if (threadIdx.x == 0) last = atomicAdd(cnt + i * HEADS + h0, 1u) == (unsigned)A - 1;\n"
         "    __syncthreads();\n"
         "    if (!last) return;\n"
         "    __threadfence();\n"
         "    for (int g = 0; g < GQ; g++) {  /* the last split merges the GQ heads' */\n"
-        "        const float *pb = part + (t * HEADS + h0 + g) * SPLITS * (HD + 2);\n"
+        "        const float *pb = part + (i * HEADS + h0 + g) * SPLITS * (HD + 2);\n"
         "        float M = -INFINITY;\n"
         "        for (int k = 0; k < A; k++) M = fmaxf(M, __ldcg(pb + k * (HD + 2)));\n"
         "        for (int k = threadIdx.x; k < A; k += blockDim.x) se[g][k] = expf(__ldcg(pb + k * (HD + 2)) - M);\n"
@@ -322,9 +322,11 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "            out[t * (HEADS * HD) + (h0 + g) * HD + dd] = o / L;\n"
         "        }\n"
         "    }\n"
-        "    if (threadIdx.x == 0) cnt[t * HEADS + h0] = 0u;  /* for the next launch */\n"
+        "    if (threadIdx.x == 0) cnt[i * HEADS + h0] = 0u;  /* for the next launch */\n"
         "}\n", name, params, seqs ? 'y' : 'x', seqs ? 'x' : 'y',
-        seqs ? "    kvt *kc = (kvt *)kvs[2 * seq[t]], *vc = (kvt *)kvs[2 * seq[t] + 1];\n" : "");
+        seqs ? "    long long t = rows ? rows[i] : i;\n"
+               "    kvt *kc = (kvt *)kvs[2 * seq[t]], *vc = (kvt *)kvs[2 * seq[t] + 1];\n"
+             : "    long long t = i;\n");
 }
 
 /* Prefill attention, tiled: a block per BQ consecutive queries of one head, TPQ threads a query

@@ -207,6 +207,11 @@ struct CudaModel {
     double bytes;
     int64_t max_pos, cap_t, last_t;
     uint64_t arena, ids, pos, seqs, scratch, x16; /* sized by cap_t (seqs: the rows' sequences)      */
+    uint64_t rows1;                 /* sized by cap_t: the rows whose sequence has no other row in the
+                                       call (n_rows1 of them; cuda_model_run_steps_reps), attention's
+                                       one launch over the caches' table (attend_seqs)               */
+    int32_t *rows1_h;
+    int64_t n_rows1;
     uint64_t attn_part, attn_cnt;   /* the per-query attention's key splits below
                                        CG_CUDA_ATTN_TILED_MIN_T tokens: partial results, arrivals
                                        (zero between launches); 0: no split                       */
@@ -1167,7 +1172,7 @@ static void model_free_buffers(CudaModel *cm)
         free(cm->graphs[j].key.seq);
     }
     cm->n_graphs = 0;
-    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->scratch, &cm->x16};
+    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->rows1, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
     for (int s = 0; s < cm->n_steps; s++) {
         cg_cuda_free(cm->drv, cm->steps[s].perm);
@@ -1483,6 +1488,7 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
         !dalloc(cm, &cm->ids, (size_t)T * sizeof(int32_t), "token ids", false, err) ||
         !dalloc(cm, &cm->pos, (size_t)T * sizeof(int32_t), "positions", false, err) ||
         !dalloc(cm, &cm->seqs, (size_t)T * sizeof(int32_t), "the rows' sequences", false, err) ||
+        !dalloc(cm, &cm->rows1, (size_t)T * sizeof(int32_t), "the rows of one-row sequences", false, err) ||
         !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err) ||
         (cm->x16_per_t && !dalloc(cm, &cm->x16, cm->x16_per_t * (size_t)T, "16-bit expert inputs", false, err)))
         return false;
@@ -1494,6 +1500,7 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
             !dalloc(cm, &st->gate_w, n * sizeof(float), "the gate weights", false, err))
             return false;
     }
+    cm->rows1_h = xrealloc(cm->rows1_h, (size_t)T * sizeof *cm->rows1_h);
     cm->cap_t = T;
     return true;
 }
@@ -1800,31 +1807,41 @@ static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint
     return launch(r, st, kern, g, b, 0, aa);
 }
 
-/* A decode step of several sequences, one row each (no two of one sequence: each row's block stores
- * its key and value as the others read theirs), in one launch of the per-query form for T = 1 over
- * the caches' table; false (*done false) where the step is not one, or the form has no such kernel. */
-static bool attend_seqs(const Run *r, const Step *st, bool *done)
+/* The rows of seq[T] whose sequence has no other row among them (each a decode step's row of its
+ * sequence), in order, into list; how many. */
+static int64_t single_rows(const int32_t *seq, int64_t T, int n_seqs, int32_t *list)
+{
+    int *count = xcalloc((size_t)n_seqs, sizeof *count);
+    int64_t n = 0;
+    for (int64_t t = 0; t < T; t++) count[seq[t]]++;
+    for (int64_t t = 0; t < T; t++)
+        if (count[seq[t]] == 1) list[n++] = (int32_t)t;
+    free(count);
+    return n;
+}
+
+/* The rows of several sequences each of which has only that row in the call (a serving batch's
+ * decoding sequences, beside a prompt's chunk or not), in one launch of the per-query form for T = 1
+ * over the caches' table: each row's block stores its key and value as the others read theirs. Sets
+ * *listed when it ran them (the other runs attend as before); false only when a launch failed. */
+static bool attend_seqs(const Run *r, const Step *st, bool *listed)
 {
     const CudaModel *cm = r->cm;
-    *done = false;
+    *listed = false;
     CgCudaAttnForm f;
     int kseqs;
     attn_pick(st, 1, &f, &kseqs);
-    if (r->T < 2 || kseqs < 0 || !st->kvs || cm->o.no_fuse || cm->o.no_attn_seqs) return true;
-    bool *seen = xcalloc((size_t)cm->n_seqs, sizeof *seen), distinct = true;
-    for (int64_t t = 0; t < r->T && distinct; t++) {
-        int s = cm->seq[r->row0 + t];
-        distinct = !seen[s], seen[s] = true;
-    }
-    free(seen);
-    if (!distinct) return true;
+    if (cm->n_rows1 < 2 || r->row0 || r->T != r->lay_t || kseqs < 0 || !st->kvs || cm->o.no_fuse ||
+        cm->o.no_attn_seqs)
+        return true;
     const IrInstr *i = st->i;
     uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
-    uint64_t pos = cm->pos + (uint64_t)r->row0 * sizeof(int32_t), seq = cm->seqs + (uint64_t)r->row0 * sizeof(int32_t);
-    uint64_t kvs = st->kvs, part = 0, cnt = 0;
-    void *aa[] = {(void *)&r->TT, &q, &kvs, &seq, &pos, &out, &k, &v, &part, &cnt};
-    *done = true;
-    return attend_launch(r, st, &f, kseqs, true, aa, &part, &cnt);
+    uint64_t kvs = st->kvs, rows = cm->n_rows1 < r->T ? cm->rows1 : 0, part = 0, cnt = 0;
+    Run rs = *r; /* the listed rows: the launch's */
+    rs.T = cm->n_rows1, rs.TT = (long long)rs.T;
+    void *aa[] = {(void *)&rs.TT, &q, &kvs, (void *)&cm->seqs, &rows, (void *)&cm->pos, &out, &k, &v, &part, &cnt};
+    *listed = true;
+    return attend_launch(&rs, st, &f, kseqs, true, aa, &part, &cnt);
 }
 
 /* Several sequences' rows (cuda_model_run_seqs): each run of one sequence's rows attends over its
@@ -1833,11 +1850,16 @@ static bool run_attention(const Run *r, const Step *st)
 {
     const CudaModel *cm = r->cm;
     if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc);
-    bool done, ok = attend_seqs(r, st, &done);
-    if (!ok || done) return ok;
+    bool listed;
+    if (!attend_seqs(r, st, &listed)) return false;
+    int64_t next = 0; /* (listed: the next listed row, rows1_h ascending) */
     for (int64_t t0 = 0, t1; t0 < r->T; t0 = t1) {
         int s = cm->seq[r->row0 + t0];
         for (t1 = t0 + 1; t1 < r->T && cm->seq[r->row0 + t1] == s; t1++) {}
+        if (listed && next < cm->n_rows1 && cm->rows1_h[next] == t0) {
+            next++;
+            continue;
+        }
         Run rs = *r;
         rs.T = t1 - t0, rs.TT = (long long)rs.T, rs.row0 = r->row0 + t0;
         if (!attend(&rs, st, cm->pos + (uint64_t)rs.row0 * sizeof(int32_t), st->kcs[s], st->vcs[s])) return false;
@@ -2045,9 +2067,12 @@ bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, con
         cm->seen = graph_key_copy(&key);
     }
     cm->ops = graph_ops;
+    cm->n_rows1 = cm->seq ? single_rows(cm->seq, T, cm->n_seqs, cm->rows1_h) : 0;
     if (!cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e) ||
-        (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)))
+        (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)) ||
+        (cm->n_rows1 && !cg_cuda_upload_async(cm->drv, cm->rows1, cm->rows1_h, (size_t)cm->n_rows1 * sizeof *cm->rows1_h,
+                                              e, sizeof e)))
         return fail_cuda(err, "queueing the inputs", e);
     if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
                                               (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))
@@ -2217,6 +2242,7 @@ void cuda_model_free(CudaModel *cm)
     for (int k = 0; k < cm->m->n_outputs; k++) free(cm->outs[k].data);
     free(cm->outs);
     free(cm->seen.seq);
+    free(cm->rows1_h);
     free(cm->k);
     free(cm->allocs);
     free(cm->wmap);

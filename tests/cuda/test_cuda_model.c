@@ -526,12 +526,16 @@ static void test_batched_sequences(void **state)
     }
 }
 
-/* A decode step of distinct sequences, one row each, runs each layer's attention as one launch over
- * the caches' table (cg_cuda_attention_seqs_source), key splits and all: three sequences of 70, 140
- * and 200 positions (1 to 4 splits of 64 keys), each prefilled alone, then steps of rows of
- * sequences (0, 1, 2), (2, 0), (1, 0, 1) — sequence 1 twice, whose second row needs the first's
- * key: each row a launch of its own, as before — and (2, 1, 0); every row against the interpreter on
- * its sequence alone, and a step of three sequences' rows as many GPU operations as one of two. */
+/* The rows of a call whose sequence has no other row in it (a serving batch's decoding sequences)
+ * run each layer's attention as one launch over the caches' table (cg_cuda_attention_seqs_source),
+ * key splits and all: three sequences of 70, 140 and 200 positions (1 to 4 splits of 64 keys), each
+ * prefilled alone, then steps of rows of sequences (0, 1, 2), (2, 0), (1, 0, 1) — sequence 1 twice,
+ * whose second row needs the first's key: a launch a run, as before — (0, 2, 2, 2, 1) — sequence 2's
+ * three rows of a prompt beside two decoding rows, those two in one launch through the list of rows
+ * — and (2, 1, 0); every row against the interpreter on its sequence alone, on that model and on one
+ * launching a run at a time (MOEPPC_CUDA_ATTN_SEQS=0's CudaOptions.no_attn_seqs): the first's steps
+ * of three and two sequences as many GPU operations as each other, a launch a layer fewer than the
+ * second's for each listed row past the first. */
 static void test_batched_decode_launch(void **state)
 {
     (void)state;
@@ -544,56 +548,63 @@ static void test_batched_decode_launch(void **state)
         ModelSpec s;
         Diag d = {.out = stderr, .file = p};
         assert_true(spec_load_file(p, &s, &d));
-        enum { NS = 3, MAXLEN = 210 };
+        enum { NS = 3, MAXLEN = 210, STEPS = 5 };
         s.max_positions = 256;
         RtError err = {{0}};
         WeightSet *w;
         assert_true(weights_random(&s, seed, &w, &err));
         IrModule *ref_m = module_for(&s, false, false), *m = module_for(&s, true, false);
-        CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins};
-        CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
-        assert_non_null(cm);
-        int64_t len[NS] = {70, 140, 200};
         int32_t seqs[NS][MAXLEN], ps[MAXLEN], ids[MAXLEN], pos[MAXLEN], sq[MAXLEN];
         for (int q = 0; q < NS; q++)
             for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 53 + q * 29 + 11) % s.vocab), ps[t] = t;
-        assert_true(cuda_model_set_sequences(cm, NS, &err));
         EvalResult ref[NS];
         for (int q = 0; q < NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
-        for (int q = 0; q < NS; q++) {
-            for (int t = 0; t < len[q]; t++) sq[t] = q;
-            assert_true(cuda_model_run_seqs(cm, seqs[q], ps, sq, len[q], &err));
-        }
-        static const int steps[4][4] = {{3, 0, 1, 2}, {2, 2, 0}, {3, 1, 0, 1}, {3, 2, 1, 0}}; /* rows, sequences */
-        int ops[4];
+        static const int steps[STEPS][6] = {{3, 0, 1, 2}, {2, 2, 0}, {3, 1, 0, 1}, {5, 0, 2, 2, 2, 1}, {3, 2, 1, 0}};
+        int ops[2][STEPS], layers = 0;
+        for (const IrInstr *i = m->first; i; i = i->next) layers += i->op == IR_OP_ATTENTION;
         double worst = 0;
-        for (int step = 0; step < 4; step++) {
-            int64_t T = steps[step][0];
-            for (int t = 0; t < T; t++) {
-                int q = steps[step][1 + t];
-                ids[t] = seqs[q][len[q]], pos[t] = (int32_t)len[q]++, sq[t] = q;
+        for (int apart = 0; apart < 2; apart++) { /* one launch over the table, then a launch a run */
+            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = apart};
+            CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
+            assert_non_null(cm);
+            assert_true(cuda_model_set_sequences(cm, NS, &err));
+            int64_t len[NS] = {70, 140, 200};
+            for (int q = 0; q < NS; q++) {
+                for (int t = 0; t < len[q]; t++) sq[t] = q;
+                assert_true(cuda_model_run_seqs(cm, seqs[q], ps, sq, len[q], &err));
             }
-            assert_true(cuda_model_run_seqs(cm, ids, pos, sq, T, &err));
-            ops[step] = cuda_model_last_ops(cm);
-            int64_t V;
-            moe_dtype dt;
-            const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
-            assert_non_null(logits);
-            for (int64_t t = 0; t < T; t++) {
-                double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
-                worst = fmax(worst, e);
-                if (e > tolerance(&s)) printf("  %s: step %d row %lld (sequence %d, position %d): rel err %.3g\n", s.name,
-                                              step, (long long)t, sq[t], pos[t], e);
-                assert_true(e <= tolerance(&s));
+            for (int step = 0; step < STEPS; step++) {
+                int64_t T = steps[step][0];
+                for (int t = 0; t < T; t++) {
+                    int q = steps[step][1 + t];
+                    ids[t] = seqs[q][len[q]], pos[t] = (int32_t)len[q]++, sq[t] = q;
+                }
+                assert_true(cuda_model_run_seqs(cm, ids, pos, sq, T, &err));
+                ops[apart][step] = cuda_model_last_ops(cm);
+                int64_t V;
+                moe_dtype dt;
+                const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
+                assert_non_null(logits);
+                for (int64_t t = 0; t < T; t++) {
+                    double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
+                    worst = fmax(worst, e);
+                    if (e > tolerance(&s))
+                        printf("  %s: step %d row %lld (sequence %d, position %d)%s: rel err %.3g\n", s.name, step,
+                               (long long)t, sq[t], pos[t], apart ? " a launch a run" : "", e);
+                    assert_true(e <= tolerance(&s));
+                }
             }
+            cuda_model_free(cm);
         }
-        assert_int_equal(ops[0], ops[1]); /* one attention launch a layer, however many sequences */
-        assert_int_equal(ops[3], ops[0]);
-        assert_true(ops[2] > ops[0]);     /* a sequence's two rows: a launch a row */
-        printf("  %-12s decode steps of 3, 2 and 3 sequences' rows (attention one launch a layer: %d GPU operations "
-               "a step; %d with a sequence twice): worst rel err %.3g\n", s.name, ops[0], ops[2], worst);
+        assert_int_equal(ops[0][0], ops[0][1]); /* one attention launch a layer, however many sequences */
+        assert_int_equal(ops[0][4], ops[0][0]);
+        static const int listed[STEPS] = {3, 2, 1, 2, 3}; /* rows alone of their sequence */
+        for (int step = 0; step < STEPS; step++) /* (one listed row: no list, a launch a run) */
+            assert_int_equal(ops[1][step] - ops[0][step], listed[step] > 1 ? layers * (listed[step] - 1) : 0);
+        printf("  %-12s decode steps of 3, 2, 3 (one twice), 5 (a prompt's 3 beside 2) and 3 sequences' rows: %d, %d, %d, "
+               "%d, %d GPU operations (a launch a run: %d, %d, %d, %d, %d): worst rel err %.3g\n", s.name, ops[0][0],
+               ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[1][0], ops[1][1], ops[1][2], ops[1][3], ops[1][4], worst);
         for (int q = 0; q < NS; q++) ir_eval_result_free(&ref[q]);
-        cuda_model_free(cm);
         ir_module_free(m);
         ir_module_free(ref_m);
         weights_close(w);
