@@ -424,14 +424,20 @@ static void test_long_decode(void **state)
     assert_true(ok);
 }
 
-/* specs/tiny/NAME.yaml with random weights of this run's seed: its planned module for the GPU. */
-static IrModule *tiny_model(const char *name, ModelSpec *s, WeightSet **w)
+/* specs/tiny/NAME.yaml into s. */
+static void tiny_spec(const char *name, ModelSpec *s)
 {
     char p[1024], rel[256];
     snprintf(rel, sizeof rel, "specs/tiny/%s.yaml", name);
     src_path(p, sizeof p, rel);
     Diag d = {.out = stderr, .file = p};
     assert_true(spec_load_file(p, s, &d));
+}
+
+/* specs/tiny/NAME.yaml with random weights of this run's seed: its planned module for the GPU. */
+static IrModule *tiny_model(const char *name, ModelSpec *s, WeightSet **w)
+{
+    tiny_spec(name, s);
     RtError err = {{0}};
     assert_true(weights_random(s, seed, w, &err));
     return module_for(s, true, false);
@@ -450,12 +456,8 @@ static void test_batched_sequences(void **state)
     if (!have_gpu) skip();
     static const char *const specs[] = {"tiny-gqa", "tiny-moepp"};
     for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
-        char p[1024], rel[256];
-        snprintf(rel, sizeof rel, "specs/tiny/%s.yaml", specs[k]);
-        src_path(p, sizeof p, rel);
         ModelSpec s;
-        Diag d = {.out = stderr, .file = p};
-        assert_true(spec_load_file(p, &s, &d));
+        tiny_spec(specs[k], &s);
         RtError err = {{0}};
         WeightSet *w;
         assert_true(weights_random(&s, 5, &w, &err));
@@ -542,12 +544,8 @@ static void test_batched_decode_launch(void **state)
     if (!have_gpu) skip();
     static const char *const specs[] = {"tiny-gqa", "tiny-moepp"};
     for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
-        char p[1024], rel[256];
-        snprintf(rel, sizeof rel, "specs/tiny/%s.yaml", specs[k]);
-        src_path(p, sizeof p, rel);
         ModelSpec s;
-        Diag d = {.out = stderr, .file = p};
-        assert_true(spec_load_file(p, &s, &d));
+        tiny_spec(specs[k], &s);
         enum { NS = 3, MAXLEN = 210, STEPS = 5 };
         s.max_positions = 256;
         RtError err = {{0}};
