@@ -158,15 +158,17 @@ static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
 
 int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
 {
-    int64_t group = d->kv_heads > 0 ? d->heads / d->kv_heads : 1, g = group < CG_CUDA_ATTN_GQ_MAX ? group : CG_CUDA_ATTN_GQ_MAX;
+    int64_t group = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
+    int64_t g = group < CG_CUDA_ATTN_GQ_MAX ? group : CG_CUDA_ATTN_GQ_MAX;
     while (g > 1 && (group % g || g * warps * d->head_dim * 4 > 32 * 1024)) g--;
     return (int)g;
 }
 
 /* seqs: the form that takes a row of each of several sequences in one launch (a serving batch's decode
  * step, cg_cuda_attention_seqs_source): its row i the model's row t = rows[i] (rows NULL: i), whose
- * caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and its grid (heads, T, splits), so that the blocks of a row's heads run together: GQA's query heads of
- * one kv head read its caches through L2 once, as the launches a sequence did. */
+ * caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and its grid (heads / G, T, splits), so that the
+ * blocks of a row's heads run together (GQA's blocks of one kv head read its caches through L2 once,
+ * as the launches a sequence did). */
 static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits, bool seqs)
 {
     /* lane l holds dimensions l, l + 32, ... of the head; or, when the head fits 2 or 4 a lane in
@@ -204,7 +206,8 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
         "    __shared__ float sm[GQ][NW], sl[GQ][NW], sacc[GQ][NW][HD], se[GQ][SPLITS];\n"
         "    __shared__ unsigned last;\n"
         "    long long i = blockIdx.%c;  /* the launch's row i: the model's row t (its part and cnt are i's) */\n"
-        "    int h0 = blockIdx.%c * GQ, s = blockIdx.z, kvh = h0 / GROUP, lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
+        "    int h0 = blockIdx.%c * GQ, s = blockIdx.z, kvh = h0 / GROUP;\n"
+        "    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
         "    if (i >= T) return;\n%s"
         "    int n = pos[t] + 1;\n"
         "    int chunk = part ? (n + (int)gridDim.z - 1) / (int)gridDim.z : n;  /* (gridDim.z <= SPLITS) */\n"
@@ -942,7 +945,8 @@ void cg_cuda_op_launch(const CgOpDesc *d, int64_t T, unsigned grid[3], unsigned 
     int64_t rows = T > 0 ? T : 1;
     switch (d->kind) {
     case CG_OP_ATTENTION:
-        grid[0] = (unsigned)rows, grid[1] = (unsigned)(d->heads / cg_cuda_attention_heads_per_block(d, CG_CUDA_ATTN_WARPS));
+        grid[0] = (unsigned)rows;
+        grid[1] = (unsigned)(d->heads / cg_cuda_attention_heads_per_block(d, CG_CUDA_ATTN_WARPS));
         grid[2] = (unsigned)cg_cuda_attention_splits(d);
         block[0] = 32 * CG_CUDA_ATTN_WARPS;
         break;

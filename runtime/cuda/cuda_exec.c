@@ -1784,8 +1784,9 @@ static bool attend_launch(const Run *r, const Step *st, const CgCudaAttnForm *f,
     unsigned g[3], b[3];
     if (seqs) cg_cuda_attention_seqs_launch(&st->d, f, r->T, g, b);
     else cg_cuda_attention_launch(&st->d, f, r->T, g, b);
-    if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part) *part = r->cm->attn_part, *cnt = r->cm->attn_cnt;
-    else g[2] = 1; /* (no room for the splits: one a query and head) */
+    if (g[2] > 1 && r->T < CG_CUDA_ATTN_TILED_MIN_T && r->cm->attn_part)
+        *part = r->cm->attn_part, *cnt = r->cm->attn_cnt;
+    else g[2] = 1; /* (no room for the splits: one block a query and head group) */
     return launch(r, st, kern, g, b, 0, aa);
 }
 
@@ -2071,8 +2072,8 @@ bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, con
     if (!cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e) ||
         (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)) ||
-        (cm->n_rows1 && !cg_cuda_upload_async(cm->drv, cm->rows1, cm->rows1_h, (size_t)cm->n_rows1 * sizeof *cm->rows1_h,
-                                              e, sizeof e)))
+        (cm->n_rows1 && !cg_cuda_upload_async(cm->drv, cm->rows1, cm->rows1_h,
+                                              (size_t)cm->n_rows1 * sizeof *cm->rows1_h, e, sizeof e)))
         return fail_cuda(err, "queueing the inputs", e);
     if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
                                               (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))

@@ -476,7 +476,8 @@ static void test_split_compile(void **state)
 /* Attention's tuner forms (not in a spec's list) for a head of 128: the per-query kernel with 8
  * warps, and with 2 warps and 16 key splits, tiled ones with 2 and 32 threads a query and key tiles of 16 and 32 compile for sm_80 and
  * sm_90 without warnings, and the per-query ones' forms for several sequences' rows (the tiled ones
- * have none; the rule's, in a spec's list, must not spill); shapes the kernels cannot take are refused with a message. */
+ * have none; the rule's, in a spec's list, must not spill); shapes the kernels cannot take are
+ * refused with a message. */
 static void test_attention_forms_compile(void **state)
 {
     (void)state;

@@ -599,9 +599,10 @@ static void test_batched_decode_launch(void **state)
         static const int listed[STEPS] = {3, 2, 1, 2, 3}; /* rows alone of their sequence */
         for (int step = 0; step < STEPS; step++) /* (one listed row: no list, a launch a run) */
             assert_int_equal(ops[1][step] - ops[0][step], listed[step] > 1 ? layers * (listed[step] - 1) : 0);
-        printf("  %-12s decode steps of 3, 2, 3 (one twice), 5 (a prompt's 3 beside 2) and 3 sequences' rows: %d, %d, %d, "
-               "%d, %d GPU operations (a launch a run: %d, %d, %d, %d, %d): worst rel err %.3g\n", s.name, ops[0][0],
-               ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[1][0], ops[1][1], ops[1][2], ops[1][3], ops[1][4], worst);
+        printf("  %-12s decode steps of 3, 2, 3 (one twice), 5 (a prompt's 3 beside 2) and 3 sequences' rows: "
+               "%d, %d, %d, %d, %d GPU operations (a launch a run: %d, %d, %d, %d, %d): worst rel err %.3g\n", s.name,
+               ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[1][0], ops[1][1], ops[1][2], ops[1][3],
+               ops[1][4], worst);
         for (int q = 0; q < NS; q++) ir_eval_result_free(&ref[q]);
         ir_module_free(m);
         ir_module_free(ref_m);
