@@ -116,12 +116,13 @@ void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
 void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
                                unsigned block[3]);
-/* The per-query form (bq 1) for a serving batch's decode step: rows of T distinct sequences in one
+/* The per-query form (bq 1) for a serving batch's step: T rows of several sequences in one
  * launch, ATTENTION's arguments but (kc, vc) replaced by (const unsigned long long *kvs, const int
  * *seq, const int *rows): the launch's row i is the model's row t = rows[i] (rows NULL: i; q, pos,
  * out, knew, vnew, seq at t; part and cnt at i), its K and V caches at kvs[2 seq[t]] and
- * kvs[2 seq[t] + 1], its new key and value (knew, vnew, as at T = 1) stored there at pos[t] (or knew
- * NULL: the caches hold them), no other row of the launch of its sequence; its grid
+ * kvs[2 seq[t] + 1], its new key and value (knew, vnew, as at T = 1) stored there at pos[t], no
+ * other row of the launch of its sequence (or knew NULL: the caches hold every row's already, stored
+ * by cg_cuda_kv_store_seqs_source: rows of any sequences, several of one among them); its grid
  * (heads, T, splits) (cg_cuda_attention_seqs_launch: a row's heads together, so that GQA's heads of a
  * kv head read its caches through L2 once). Symbol: the form's with "_seqs". NULL with err set for
  * another form. */
@@ -186,6 +187,11 @@ int   cg_cuda_route_fused_split(const CgCudaRouteFused *r, int64_t T);
  * for bf16/f16); grid T, block 256. */
 void  cg_cuda_kv_store_symbol(int64_t cols, moe_dtype dt, char *out, size_t n);
 char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt);
+/* Its form for rows of several sequences (a serving batch's step): (long long T, const float *k,
+ * const float *v, const int *pos, const unsigned long long *kvs, const int *seq), grid (T, 2), block
+ * 256: row t's key into kvs[2 seq[t]] and its value into kvs[2 seq[t] + 1], at row pos[t]. */
+void  cg_cuda_kv_store_seqs_symbol(int64_t cols, moe_dtype dt, char *out, size_t n);
+char *cg_cuda_kv_store_seqs_source(int64_t cols, moe_dtype dt);
 
 /* ---- grouped GEMMs of the MoE experts ---------------------------------------------------------------
  * Routing as cg_llvm.h's CgRouting, on the device: off[E+1] (int64), perm[n_slots], gate_w[n_slots]

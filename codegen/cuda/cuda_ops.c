@@ -164,8 +164,8 @@ int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
     return (int)g;
 }
 
-/* seqs: the form that takes a row of each of several sequences in one launch (a serving batch's decode
- * step, cg_cuda_attention_seqs_source): its row i the model's row t = rows[i] (rows NULL: i), whose
+/* seqs: the form that takes rows of several sequences in one launch (a serving batch's step,
+ * cg_cuda_attention_seqs_source): its row i the model's row t = rows[i] (rows NULL: i), whose
  * caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and its grid (heads / G, T, splits), so that the
  * blocks of a row's heads run together (GQA's blocks of one kv head read its caches through L2 once,
  * as the launches a sequence did). */
@@ -973,23 +973,47 @@ void cg_cuda_kv_store_symbol(int64_t cols, moe_dtype dt, char *out, size_t n)
     snprintf(out, n, "moeppc_cu_kv_store_c%lld%s%s", (long long)cols, kv16(dt) ? "_" : "", kv16(dt) ? dtype_name(dt) : "");
 }
 
-char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt)
+void cg_cuda_kv_store_seqs_symbol(int64_t cols, moe_dtype dt, char *out, size_t n)
 {
-    char name[64];
-    cg_cuda_kv_store_symbol(cols, dt, name, sizeof name);
+    char base[64];
+    cg_cuda_kv_store_symbol(cols, dt, base, sizeof base);
+    snprintf(out, n, "%s_seqs", base);
+}
+
+/* seqs: the form that stores the keys and values of rows of several sequences in one launch (grid (T,
+ * 2): blockIdx.y 0 the key, 1 the value), each into its sequence's caches from the table kvs. */
+static char *kv_store_source(int64_t cols, moe_dtype dt, bool seqs)
+{
+    char name[80];
+    if (seqs) cg_cuda_kv_store_seqs_symbol(cols, dt, name, sizeof name);
+    else cg_cuda_kv_store_symbol(cols, dt, name, sizeof name);
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
     emit_kv_type(&b, dt);
-    cb_printf(&b, "#define COLS %lld\n"
-                  "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, %s *cache) {\n"
-                  "    PDL_ENTRY();\n"
-                  "    long long t = blockIdx.x;\n"
-                  "    if (t >= T) return;\n"
-                  "    kvt *dst = cache + (long long)pos[t] * COLS;\n"
-                  "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) dst[c] = kv_of(src[t * COLS + c]);\n"
-                  "}\n", (long long)cols, name, kv_ctype(dt));
+    cb_printf(&b, "#define COLS %lld\n", (long long)cols);
+    if (seqs)
+        cb_printf(&b, "extern \"C\" __global__ void %s(long long T, const float *k, const float *v, const int *pos,\n"
+                      "        const unsigned long long *kvs, const int *seq) {\n"
+                      "    PDL_ENTRY();\n"
+                      "    long long t = blockIdx.x;\n"
+                      "    if (t >= T) return;\n"
+                      "    const float *src = blockIdx.y ? v : k;  /* row t's into its sequence's cache */\n"
+                      "    kvt *dst = (kvt *)kvs[2 * seq[t] + blockIdx.y] + (long long)pos[t] * COLS;\n",
+                  name);
+    else
+        cb_printf(&b, "extern \"C\" __global__ void %s(long long T, const float *src, const int *pos, %s *cache) {\n"
+                      "    PDL_ENTRY();\n"
+                      "    long long t = blockIdx.x;\n"
+                      "    if (t >= T) return;\n"
+                      "    kvt *dst = cache + (long long)pos[t] * COLS;\n",
+                  name, kv_ctype(dt));
+    cb_printf(&b, "    for (int c = threadIdx.x; c < COLS; c += blockDim.x) dst[c] = kv_of(src[t * COLS + c]);\n"
+                  "}\n");
     return b.s;
 }
+
+char *cg_cuda_kv_store_source(int64_t cols, moe_dtype dt) { return kv_store_source(cols, dt, false); }
+char *cg_cuda_kv_store_seqs_source(int64_t cols, moe_dtype dt) { return kv_store_source(cols, dt, true); }
 
 /* ---- the fused router (CUDA only: one block per token, for small T) ---------------------------------- */
 

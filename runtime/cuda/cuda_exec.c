@@ -108,6 +108,7 @@ typedef struct Step {
     uint64_t kvs;                   /*   their device table, kc, vc a sequence (n_kv >= 2; else 0)   */
     int kern_seqs;                  /* attention: the rule's per-query form for rows of several
                                        sequences in one launch (cg_cuda_attention_seqs_source)       */
+    int kern_kv_seqs;               /*   and their keys' and values' store (cg_cuda_kv_store_seqs_source) */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -207,11 +208,14 @@ struct CudaModel {
     double bytes;
     int64_t max_pos, cap_t, last_t;
     uint64_t arena, ids, pos, seqs, scratch, x16; /* sized by cap_t (seqs: the rows' sequences)      */
-    uint64_t rows1;                 /* sized by cap_t: the rows whose sequence has no other row in the
-                                       call (n_rows1 of them; cuda_model_run_steps_reps), attention's
-                                       one launch over the caches' table (attend_seqs)               */
-    int32_t *rows1_h;
-    int64_t n_rows1;
+    uint64_t att_rows;              /* sized by cap_t: a run of several sequences' rows' (seq) rows in
+                                       runs (of one sequence's consecutive rows) shorter than
+                                       CG_CUDA_ATTN_TILED_MIN_T, n_att_rows of them: attention's one
+                                       launch over the caches' table (attend_seqs); set with the ids */
+    int32_t *att_rows_h;
+    int64_t n_att_rows, att_runs;   /*   ... and the call's runs                                     */
+    bool att_alone;                 /*   each row the only one of its sequence in the call (the
+                                       attention kernel stores its own key and value)               */
     uint64_t attn_part, attn_cnt;   /* the per-query attention's key splits below
                                        CG_CUDA_ATTN_TILED_MIN_T tokens: partial results, arrivals
                                        (zero between launches); 0: no split                       */
@@ -863,6 +867,9 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     cg_cuda_kv_store_symbol(kvc, st->d.wdtype, sym, sizeof sym);
     st->kern_kv = kern_add(cm, sym, cg_cuda_kv_store_source(kvc, st->d.wdtype));
     snprintf(cm->k[st->kern_kv].launch, sizeof cm->k[st->kern_kv].launch, "block 256; grid T");
+    cg_cuda_kv_store_seqs_symbol(kvc, st->d.wdtype, sym, sizeof sym);
+    st->kern_kv_seqs = kern_add(cm, sym, cg_cuda_kv_store_seqs_source(kvc, st->d.wdtype));
+    snprintf(cm->k[st->kern_kv_seqs].launch, sizeof cm->k[st->kern_kv_seqs].launch, "block 256; grid (T, 2)");
     if (!cm->dry) {
         size_t bytes = (size_t)(cm->max_pos * kvc) * (st->d.wdtype == DT_F32 ? sizeof(float) : 2);
         if (!dalloc(cm, &st->kc, bytes, "the KV cache", true, err) || !dalloc(cm, &st->vc, bytes, "the KV cache", true, err))
@@ -1172,7 +1179,7 @@ static void model_free_buffers(CudaModel *cm)
         free(cm->graphs[j].key.seq);
     }
     cm->n_graphs = 0;
-    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->rows1, &cm->scratch, &cm->x16};
+    uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->att_rows, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
     for (int s = 0; s < cm->n_steps; s++) {
         cg_cuda_free(cm->drv, cm->steps[s].perm);
@@ -1488,7 +1495,7 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
         !dalloc(cm, &cm->ids, (size_t)T * sizeof(int32_t), "token ids", false, err) ||
         !dalloc(cm, &cm->pos, (size_t)T * sizeof(int32_t), "positions", false, err) ||
         !dalloc(cm, &cm->seqs, (size_t)T * sizeof(int32_t), "the rows' sequences", false, err) ||
-        !dalloc(cm, &cm->rows1, (size_t)T * sizeof(int32_t), "the rows of one-row sequences", false, err) ||
+        !dalloc(cm, &cm->att_rows, (size_t)T * sizeof(int32_t), "attention's rows of short runs", false, err) ||
         !dalloc(cm, &cm->scratch, scratch, "the router scratch", false, err) ||
         (cm->x16_per_t && !dalloc(cm, &cm->x16, cm->x16_per_t * (size_t)T, "16-bit expert inputs", false, err)))
         return false;
@@ -1500,7 +1507,7 @@ static bool ensure_capacity(CudaModel *cm, int64_t T, RtError *err)
             !dalloc(cm, &st->gate_w, n * sizeof(float), "the gate weights", false, err))
             return false;
     }
-    cm->rows1_h = xrealloc(cm->rows1_h, (size_t)T * sizeof *cm->rows1_h);
+    cm->att_rows_h = xrealloc(cm->att_rows_h, (size_t)T * sizeof *cm->att_rows_h);
     cm->cap_t = T;
     return true;
 }
@@ -1790,8 +1797,9 @@ static bool attend_launch(const Run *r, const Step *st, const CgCudaAttnForm *f,
     return launch(r, st, kern, g, b, 0, aa);
 }
 
-/* Attention of r's rows over caches kc, vc, their positions at pos (device). */
-static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint64_t vc)
+/* Attention of r's rows over caches kc, vc, their positions at pos (device); stored: their keys and
+ * values are in the caches already (attend_seqs stored them). */
+static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint64_t vc, bool stored)
 {
     const IrInstr *i = st->i;
     uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
@@ -1801,69 +1809,86 @@ static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint
     void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew, &part, &cnt};
     CgCudaAttnForm f;
     int unused, kern = attn_pick(st, r->T, &f, &unused);
-    if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) knew = k, vnew = v; /* a decode step: the kernel stores them */
-    else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) return false;
+    if (stored) {
+    } else if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) {
+        knew = k, vnew = v; /* a decode step: the kernel stores them */
+    } else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) {
+        return false;
+    }
     if (f.bq == 1) return attend_launch(r, st, &f, kern, false, aa, &part, &cnt);
     cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
     return launch(r, st, kern, g, b, 0, aa);
 }
 
-/* The rows of seq[T] whose sequence has no other row among them (each a decode step's row of its
- * sequence), in order, into list; how many. */
-static int64_t single_rows(const int32_t *seq, int64_t T, int n_seqs, int32_t *list)
+/* The runs of seq[T] (each a sequence's consecutive rows): how many (*runs); the rows of those shorter
+ * than CG_CUDA_ATTN_TILED_MIN_T, in order, into list, and how many; *alone: whether each row is the
+ * only one of its sequence (a decode step of several sequences). */
+static int64_t attention_rows(const int32_t *seq, int64_t T, int n_seqs, int32_t *list, int64_t *runs, bool *alone)
 {
     int *count = xcalloc((size_t)n_seqs, sizeof *count);
     int64_t n = 0;
-    for (int64_t t = 0; t < T; t++) count[seq[t]]++;
-    for (int64_t t = 0; t < T; t++)
-        if (count[seq[t]] == 1) list[n++] = (int32_t)t;
+    *runs = 0, *alone = true;
+    for (int64_t t0 = 0, t1; t0 < T; t0 = t1, ++*runs) {
+        for (t1 = t0 + 1; t1 < T && seq[t1] == seq[t0]; t1++) {}
+        for (int64_t t = t0; t < t1 && t1 - t0 < CG_CUDA_ATTN_TILED_MIN_T; t++) list[n++] = (int32_t)t;
+    }
+    for (int64_t t = 0; t < T; t++) *alone &= ++count[seq[t]] == 1;
     free(count);
     return n;
 }
 
-/* The rows of several sequences each of which has only that row in the call (a serving batch's
- * decoding sequences, beside a prompt's chunk or not), in one launch of the per-query form for T = 1
- * over the caches' table: each row's block stores its key and value as the others read theirs. Sets
- * *listed when it ran them (the other runs attend as before); false only when a launch failed. */
-static bool attend_seqs(const Run *r, const Step *st, bool *listed)
+/* Several sequences' rows (cm->seq: a serving batch's step) in one launch of the per-query form over
+ * the caches' table: those of its runs shorter than CG_CUDA_ATTN_TILED_MIN_T (att_rows: the decoding
+ * sequences' rows, short prompts' chunks). Where each row is its sequence's only one (a decode step)
+ * each row's blocks store its key and value as the others read theirs; else one launch first stores
+ * every row's, the longer runs' too, which then attend alone (their tiled form) without storing them.
+ * Sets *seqs when it ran (else each run attends as a run of one sequence's rows alone); false only when
+ * a launch failed. */
+static bool attend_seqs(const Run *r, const Step *st, bool *seqs)
 {
     const CudaModel *cm = r->cm;
-    *listed = false;
+    *seqs = false;
     CgCudaAttnForm f;
     int kseqs;
     attn_pick(st, 1, &f, &kseqs);
-    if (cm->n_rows1 < 2 || r->row0 || r->T != r->lay_t || kseqs < 0 || !st->kvs || cm->o.no_fuse ||
+    if (cm->att_runs < 2 || r->row0 || r->T != r->lay_t || kseqs < 0 || !st->kvs || cm->o.no_fuse ||
         cm->o.no_attn_seqs)
         return true;
     const IrInstr *i = st->i;
     uint64_t k = addr(r, i->in[1]), v = addr(r, i->in[2]), q = addr(r, i->in[0]), out = addr(r, i->out[0]);
-    uint64_t kvs = st->kvs, rows = cm->n_rows1 < r->T ? cm->rows1 : 0, part = 0, cnt = 0;
+    uint64_t kvs = st->kvs;
+    *seqs = true;
+    if (!cm->att_alone) {
+        unsigned g[3] = {(unsigned)r->T, 2, 1}, b[3] = {256, 1, 1};
+        void *ka[] = {(void *)&r->TT, &k, &v, (void *)&cm->pos, &kvs, (void *)&cm->seqs};
+        if (!launch(r, st, st->kern_kv_seqs, g, b, 0, ka)) return false;
+    }
+    if (!cm->n_att_rows) return true;
+    uint64_t rows = cm->n_att_rows < r->T ? cm->att_rows : 0, part = 0, cnt = 0;
+    uint64_t knew = cm->att_alone ? k : 0, vnew = cm->att_alone ? v : 0;
     Run rs = *r; /* the listed rows: the launch's */
-    rs.T = cm->n_rows1, rs.TT = (long long)rs.T;
-    void *aa[] = {(void *)&rs.TT, &q, &kvs, (void *)&cm->seqs, &rows, (void *)&cm->pos, &out, &k, &v, &part, &cnt};
-    *listed = true;
+    rs.T = cm->n_att_rows, rs.TT = (long long)rs.T;
+    void *aa[] = {(void *)&rs.TT, &q, &kvs, (void *)&cm->seqs, &rows, (void *)&cm->pos, &out, &knew, &vnew, &part, &cnt};
     return attend_launch(&rs, st, &f, kseqs, true, aa, &part, &cnt);
 }
 
 /* Several sequences' rows (cuda_model_run_seqs): each run of one sequence's rows attends over its
- * own caches, as a run of those rows alone (their results' addresses offset by the first row). */
+ * own caches, as a run of those rows alone (their results' addresses offset by the first row), but
+ * for those attend_seqs took. */
 static bool run_attention(const Run *r, const Step *st)
 {
     const CudaModel *cm = r->cm;
-    if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc);
-    bool listed;
-    if (!attend_seqs(r, st, &listed)) return false;
-    int64_t next = 0; /* (listed: the next listed row, rows1_h ascending) */
+    if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc, false);
+    bool seqs;
+    if (!attend_seqs(r, st, &seqs)) return false;
     for (int64_t t0 = 0, t1; t0 < r->T; t0 = t1) {
         int s = cm->seq[r->row0 + t0];
         for (t1 = t0 + 1; t1 < r->T && cm->seq[r->row0 + t1] == s; t1++) {}
-        if (listed && next < cm->n_rows1 && cm->rows1_h[next] == t0) {
-            next++;
-            continue;
-        }
+        if (seqs && t1 - t0 < CG_CUDA_ATTN_TILED_MIN_T) continue; /* (in attend_seqs's launch) */
         Run rs = *r;
         rs.T = t1 - t0, rs.TT = (long long)rs.T, rs.row0 = r->row0 + t0;
-        if (!attend(&rs, st, cm->pos + (uint64_t)rs.row0 * sizeof(int32_t), st->kcs[s], st->vcs[s])) return false;
+        if (!attend(&rs, st, cm->pos + (uint64_t)rs.row0 * sizeof(int32_t), st->kcs[s], st->vcs[s], seqs))
+            return false;
     }
     return true;
 }
@@ -2068,12 +2093,13 @@ bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, con
         cm->seen = graph_key_copy(&key);
     }
     cm->ops = graph_ops;
-    cm->n_rows1 = cm->seq ? single_rows(cm->seq, T, cm->n_seqs, cm->rows1_h) : 0;
+    cm->n_att_rows = cm->att_runs = 0;
+    if (cm->seq) cm->n_att_rows = attention_rows(cm->seq, T, cm->n_seqs, cm->att_rows_h, &cm->att_runs, &cm->att_alone);
     if (!cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e) ||
         (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)) ||
-        (cm->n_rows1 && !cg_cuda_upload_async(cm->drv, cm->rows1, cm->rows1_h,
-                                              (size_t)cm->n_rows1 * sizeof *cm->rows1_h, e, sizeof e)))
+        (cm->n_att_rows && !cg_cuda_upload_async(cm->drv, cm->att_rows, cm->att_rows_h,
+                                                 (size_t)cm->n_att_rows * sizeof *cm->att_rows_h, e, sizeof e)))
         return fail_cuda(err, "queueing the inputs", e);
     if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
                                               (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))
@@ -2243,7 +2269,7 @@ void cuda_model_free(CudaModel *cm)
     for (int k = 0; k < cm->m->n_outputs; k++) free(cm->outs[k].data);
     free(cm->outs);
     free(cm->seen.seq);
-    free(cm->rows1_h);
+    free(cm->att_rows_h);
     free(cm->k);
     free(cm->allocs);
     free(cm->wmap);

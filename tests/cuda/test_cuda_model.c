@@ -528,25 +528,33 @@ static void test_batched_sequences(void **state)
     }
 }
 
-/* The rows of a call whose sequence has no other row in it (a serving batch's decoding sequences)
- * run each layer's attention as one launch over the caches' table (cg_cuda_attention_seqs_source),
- * key splits and all: three sequences of 70, 140 and 200 positions (1 to 4 splits of 64 keys), each
- * prefilled alone, then steps of rows of sequences (0, 1, 2), (2, 0), (1, 0, 1) — sequence 1 twice,
- * whose second row needs the first's key: a launch a run, as before — (0, 2, 2, 2, 1) — sequence 2's
- * three rows of a prompt beside two decoding rows, those two in one launch through the list of rows
- * — and (2, 1, 0); every row against the interpreter on its sequence alone, on that model and on one
- * launching a run at a time (MOEPPC_CUDA_ATTN_SEQS=0's CudaOptions.no_attn_seqs): the first's steps
- * of three and two sequences as many GPU operations as each other, a launch a layer fewer than the
- * second's for each listed row past the first. */
+/* A call's rows of several sequences (a serving batch's step) run each layer's attention as one
+ * launch over the caches' table (cg_cuda_attention_seqs_source), key splits and all, for every run of
+ * a sequence's consecutive rows shorter than CG_CUDA_ATTN_TILED_MIN_T; the longer runs attend alone on
+ * the tiled form. Three sequences of 70, 140 and 200 positions (1 to 4 splits of 64 keys), each
+ * prefilled alone, then steps of runs (sequence × rows) 0 1 2, 2 0, 1 0 1 (sequence 1 twice: its
+ * second row needs the first's key), 0 2×3 1 (a short prompt's chunk beside two decoding rows), 2 1 0,
+ * 0×40 1 2 (a long chunk beside two decoding rows) and 1×33 2×2 0×34; every row against the
+ * interpreter on its sequence alone, on that model and on one launching a run at a time
+ * (MOEPPC_CUDA_ATTN_SEQS=0's CudaOptions.no_attn_seqs), each layer's attention the launches counted
+ * below: a decode step's one, the key and value stores of every row in one launch first where a
+ * sequence has several rows. */
 static void test_batched_decode_launch(void **state)
 {
     (void)state;
     if (!have_gpu) skip();
     static const char *const specs[] = {"tiny-gqa", "tiny-moepp"};
+    enum { NS = 3, MAXLEN = 210, STEPS = 7 };
+    static const int steps[STEPS][7] = {/* runs: sequence, rows; ... (-1: the end) */
+                                        {0, 1, 1, 1, 2, 1, -1}, {2, 1, 0, 1, -1},    {1, 1, 0, 1, 1, 1, -1},
+                                        {0, 1, 2, 3, 1, 1, -1}, {2, 1, 1, 1, 0, 1, -1}, {0, 40, 1, 1, 2, 1, -1},
+                                        {1, 33, 2, 2, 0, 34, -1}};
+    /* attention's launches a layer: one over the table (a store of every row's key and value first where
+     * a sequence has several rows), and a launch a run (a row alone: 1, storing its own; else 3) */
+    static const int one[STEPS] = {1, 1, 2, 2, 1, 3, 4}, apart[STEPS] = {3, 2, 3, 5, 3, 5, 9};
     for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
         ModelSpec s;
         tiny_spec(specs[k], &s);
-        enum { NS = 3, MAXLEN = 210, STEPS = 5 };
         s.max_positions = 256;
         RtError err = {{0}};
         WeightSet *w;
@@ -557,12 +565,11 @@ static void test_batched_decode_launch(void **state)
             for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 53 + q * 29 + 11) % s.vocab), ps[t] = t;
         EvalResult ref[NS];
         for (int q = 0; q < NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
-        static const int steps[STEPS][6] = {{3, 0, 1, 2}, {2, 2, 0}, {3, 1, 0, 1}, {5, 0, 2, 2, 2, 1}, {3, 2, 1, 0}};
         int ops[2][STEPS], layers = 0;
         for (const IrInstr *i = m->first; i; i = i->next) layers += i->op == IR_OP_ATTENTION;
         double worst = 0;
-        for (int apart = 0; apart < 2; apart++) { /* one launch over the table, then a launch a run */
-            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = apart};
+        for (int sep = 0; sep < 2; sep++) { /* one launch over the table, then a launch a run */
+            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = sep};
             CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
             assert_non_null(cm);
             assert_true(cuda_model_set_sequences(cm, NS, &err));
@@ -572,13 +579,12 @@ static void test_batched_decode_launch(void **state)
                 assert_true(cuda_model_run_seqs(cm, seqs[q], ps, sq, len[q], &err));
             }
             for (int step = 0; step < STEPS; step++) {
-                int64_t T = steps[step][0];
-                for (int t = 0; t < T; t++) {
-                    int q = steps[step][1 + t];
-                    ids[t] = seqs[q][len[q]], pos[t] = (int32_t)len[q]++, sq[t] = q;
-                }
+                int64_t T = 0;
+                for (int j = 0; j < 7 && steps[step][j] >= 0; j += 2)
+                    for (int n = 0, q = steps[step][j]; n < steps[step][j + 1]; n++, T++)
+                        ids[T] = seqs[q][len[q]], pos[T] = (int32_t)len[q]++, sq[T] = q;
                 assert_true(cuda_model_run_seqs(cm, ids, pos, sq, T, &err));
-                ops[apart][step] = cuda_model_last_ops(cm);
+                ops[sep][step] = cuda_model_last_ops(cm);
                 int64_t V;
                 moe_dtype dt;
                 const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
@@ -588,7 +594,7 @@ static void test_batched_decode_launch(void **state)
                     worst = fmax(worst, e);
                     if (e > tolerance(&s))
                         printf("  %s: step %d row %lld (sequence %d, position %d)%s: rel err %.3g\n", s.name, step,
-                               (long long)t, sq[t], pos[t], apart ? " a launch a run" : "", e);
+                               (long long)t, sq[t], pos[t], sep ? " a launch a run" : "", e);
                     assert_true(e <= tolerance(&s));
                 }
             }
@@ -596,13 +602,12 @@ static void test_batched_decode_launch(void **state)
         }
         assert_int_equal(ops[0][0], ops[0][1]); /* one attention launch a layer, however many sequences */
         assert_int_equal(ops[0][4], ops[0][0]);
-        static const int listed[STEPS] = {3, 2, 1, 2, 3}; /* rows alone of their sequence */
-        for (int step = 0; step < STEPS; step++) /* (one listed row: no list, a launch a run) */
-            assert_int_equal(ops[1][step] - ops[0][step], listed[step] > 1 ? layers * (listed[step] - 1) : 0);
-        printf("  %-12s decode steps of 3, 2, 3 (one twice), 5 (a prompt's 3 beside 2) and 3 sequences' rows: "
-               "%d, %d, %d, %d, %d GPU operations (a launch a run: %d, %d, %d, %d, %d): worst rel err %.3g\n", s.name,
-               ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[1][0], ops[1][1], ops[1][2], ops[1][3],
-               ops[1][4], worst);
+        for (int step = 0; step < STEPS; step++)
+            assert_int_equal(ops[1][step] - ops[0][step], layers * (apart[step] - one[step]));
+        printf("  %-12s steps of runs 0 1 2 | 2 0 | 1 0 1 | 0 2x3 1 | 2 1 0 | 0x40 1 2 | 1x33 2x2 0x34: %d %d %d %d "
+               "%d %d %d GPU operations (a launch a run: %d %d %d %d %d %d %d); worst rel err %.3g\n", s.name,
+               ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[0][5], ops[0][6], ops[1][0], ops[1][1],
+               ops[1][2], ops[1][3], ops[1][4], ops[1][5], ops[1][6], worst);
         for (int q = 0; q < NS; q++) ir_eval_result_free(&ref[q]);
         ir_module_free(m);
         ir_module_free(ref_m);
