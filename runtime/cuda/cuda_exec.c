@@ -1171,14 +1171,20 @@ static double bytes_needed(const IrModule *m, int64_t max_positions, bool weight
     return b;
 }
 
-static void model_free_buffers(CudaModel *cm)
+/* Every captured graph (they hold the addresses of buffers about to go). */
+static void graphs_drop(CudaModel *cm)
 {
-    if (!cm->drv || cm->o.caller_workspace) return; /* there, they are addresses in the caller's workspace */
     for (int j = 0; j < cm->n_graphs && j < (int)MOE_ARRAY_LEN(cm->graphs); j++) {
         cg_cuda_graph_free(cm->drv, cm->graphs[j].g);
         free(cm->graphs[j].key.seq);
     }
     cm->n_graphs = 0;
+}
+
+static void model_free_buffers(CudaModel *cm)
+{
+    if (!cm->drv || cm->o.caller_workspace) return; /* there, they are addresses in the caller's workspace */
+    graphs_drop(cm);
     uint64_t *bufs[] = {&cm->arena, &cm->ids, &cm->pos, &cm->seqs, &cm->att_rows, &cm->scratch, &cm->x16};
     for (size_t j = 0; j < MOE_ARRAY_LEN(bufs); j++) cg_cuda_free(cm->drv, *bufs[j]), *bufs[j] = 0;
     for (int s = 0; s < cm->n_steps; s++) {
@@ -2159,12 +2165,18 @@ bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
                 !dalloc(cm, &st->vcs[st->n_kv], bytes, "the KV caches of --batch", true, err))
                 return false;
         if (n < 2) continue;
-        uint64_t *tab = xmalloc((size_t)(2 * n) * sizeof *tab); /* (the table it replaces stays till the end) */
+        uint64_t *tab = xmalloc((size_t)(2 * n) * sizeof *tab), d = 0;
         for (int q = 0; q < n; q++) tab[2 * q] = st->kcs[q], tab[2 * q + 1] = st->vcs[q];
-        bool ok = dalloc(cm, &st->kvs, (size_t)(2 * n) * sizeof *tab, "the KV caches' table", true, err) &&
-                  dupload(cm, st->kvs, tab, (size_t)(2 * n) * sizeof *tab, err);
+        bool ok = dalloc(cm, &d, (size_t)(2 * n) * sizeof *tab, "the KV caches' table", false, err) &&
+                  dupload(cm, d, tab, (size_t)(2 * n) * sizeof *tab, err);
         free(tab);
-        if (!ok) return st->kvs = 0, false;
+        if (st->kvs) { /* the table it replaces, and the graphs that read it (after a failure too: it is
+                          short of the caches allocated, and no table takes the one-launch path) */
+            graphs_drop(cm);
+            cg_cuda_free(cm->drv, st->kvs);
+        }
+        st->kvs = ok ? d : 0;
+        if (!ok) return cg_cuda_free(cm->drv, d), false;
     }
     if (n > cm->n_seqs) cm->n_seqs = n;
     return true;
@@ -2258,6 +2270,7 @@ void cuda_model_free(CudaModel *cm)
     model_free_buffers(cm);
     if (cm->drv) {
         for (int j = 0; j < cm->n_allocs; j++) cg_cuda_free(cm->drv, cm->allocs[j]);
+        for (int s = 0; s < cm->n_steps && !cm->o.caller_workspace; s++) cg_cuda_free(cm->drv, cm->steps[s].kvs);
         cg_cuda_event_free(cm->drv, cm->ev0);
         cg_cuda_event_free(cm->drv, cm->ev1);
         if (cm->own_drv) cg_cuda_driver_close(cm->drv);

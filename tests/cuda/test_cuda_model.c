@@ -619,7 +619,8 @@ static void test_batched_decode_launch(void **state)
  * it is captured (a layout seen once is not), and replayed while the layout holds; each step's rows
  * against the interpreter on its sequence alone. Three sequences after a mixed prefill: four steps in
  * the order 0, 1, 2, four in the order 2, 0, 1, then four more so with the logits of the last two
- * rows alone: a graph for each, captured at its second step. */
+ * rows alone: a graph for each, captured at its second step. Then a fourth sequence: the caches'
+ * tables grow (the old ones freed: no graph is left) and three steps of sequences 3, 0 and 1. */
 static void test_batched_graphs(void **state)
 {
     (void)state;
@@ -631,15 +632,15 @@ static void test_batched_graphs(void **state)
     CudaOptions opt = {.compile = cuda_nvrtc_cubins};
     CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
     assert_non_null(cm);
-    enum { NS = 3, STEPS = 12, MAXLEN = 50 + STEPS };
-    int64_t len[NS] = {7, 3, 50};
-    int32_t seqs[NS][MAXLEN], ps[MAXLEN], ids[64], pos[64], sq[64];
-    for (int q = 0; q < NS; q++)
+    enum { NS = 3, STEPS = 12, GROWN = 3, MAXLEN = 50 + STEPS };
+    int64_t len[NS + 1] = {7, 3, 50, 0};
+    int32_t seqs[NS + 1][MAXLEN], ps[MAXLEN], ids[64], pos[64], sq[64];
+    for (int q = 0; q <= NS; q++)
         for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 37 + q * 101 + 5) % s.vocab), ps[t] = t;
     assert_true(cuda_model_set_sequences(cm, NS, &err));
     static const int runs[4][3] = {{2, 0, 34}, {0, 0, 7}, {2, 34, 50}, {1, 0, 3}};
-    EvalResult ref[NS];
-    for (int q = 0; q < NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
+    EvalResult ref[NS + 1];
+    for (int q = 0; q <= NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
     static const int order[2][NS] = {{0, 1, 2}, {2, 0, 1}};
     static const int graphs[STEPS + 1] = {0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3}; /* after each step */
     double worst = 0;
@@ -664,9 +665,32 @@ static void test_batched_graphs(void **state)
             assert_true(e <= tolerance(&s));
         }
     }
-    printf("  tiny-moepp   3 sequences' decode steps captured and replayed as graphs (%d layouts): worst rel "
-           "err %.3g against the interpreter\n", cuda_model_graphs(cm), worst);
-    for (int q = 0; q < NS; q++) ir_eval_result_free(&ref[q]);
+    int layouts = cuda_model_graphs(cm);
+    assert_true(cuda_model_set_sequences(cm, NS + 1, &err));
+    assert_int_equal(cuda_model_graphs(cm), 0); /* (they read the tables it replaced) */
+    cuda_model_set_last_rows(cm, 0);
+    for (int step = 0; step < GROWN; step++) {
+        static const int rows[NS] = {3, 0, 1}; /* (sequence 2 is at its max_positions) */
+        for (int t = 0; t < NS; t++) {
+            int q = rows[t];
+            ids[t] = seqs[q][len[q]], pos[t] = (int32_t)len[q]++, sq[t] = q;
+        }
+        assert_true(cuda_model_run_seqs(cm, ids, pos, sq, NS, &err));
+        assert_int_equal(cuda_model_graphs(cm), step > 0); /* captured at the second */
+        int64_t V;
+        moe_dtype dt;
+        const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
+        assert_non_null(logits);
+        for (int t = 0; t < NS; t++) {
+            double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
+            worst = fmax(worst, e);
+            if (e > tolerance(&s)) printf("  4 sequences, step %d row %d: rel err %.3g\n", step, t, e);
+            assert_true(e <= tolerance(&s));
+        }
+    }
+    printf("  tiny-moepp   3 sequences' decode steps captured and replayed as graphs (%d layouts), then a fourth's: worst rel "
+           "err %.3g against the interpreter\n", layouts, worst);
+    for (int q = 0; q <= NS; q++) ir_eval_result_free(&ref[q]);
     cuda_model_free(cm);
     ir_module_free(ref_m);
     ir_module_free(m);
