@@ -283,12 +283,14 @@ EOF
   if more "batched decode attention"; then
     step "a serving batch's decode step at position 2048 (bench --batch: T sequences, a token each):" \
       "attention one launch a layer over the caches' table, then a launch a sequence (MOEPPC_CUDA_ATTN_SEQS=0);" \
-      "the 7B (16 heads) and Mixtral-8x7B's layer (GQA: 4 query heads a block of its kv head)"
+      "the 7B (16 heads) and Mixtral-8x7B's layer (GQA: 4 query heads a block of its kv head; then one," \
+      "MOEPPC_CUDA_ATTN_GQ=0)"
     run 30 "$bin/moeppc" import-hf tests/frontend/hf/mixtral-8x7b-config.json -o "$work/mixtral.yaml"
     for spec in specs/moepp-7b.yaml "$work/mixtral.yaml"; do
-      for seqs in 1 0; do
-        echo "-- $(basename "$spec") MOEPPC_CUDA_ATTN_SEQS=$seqs"
-        run 90 env MOEPPC_CUDA_ATTN_SEQS=$seqs "$bin/moeppc" bench "$spec" --device cuda --batch --context 2048 \
+      for ab in SEQS=1 SEQS=0 GQ=0; do
+        [ "$ab" = GQ=0 ] && [ "$spec" = specs/moepp-7b.yaml ] && continue # (MHA: a head a block already)
+        echo "-- $(basename "$spec") MOEPPC_CUDA_ATTN_$ab"
+        run 90 env "MOEPPC_CUDA_ATTN_$ab" "$bin/moeppc" bench "$spec" --device cuda --batch --context 2048 \
           --tokens 8,32 --reps 10 "${ceil[@]}" | grep "^T =" |
           sed 's/  \[.*experts; MoE block: [0-9]* GPU ops\]//'
       done

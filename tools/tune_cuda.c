@@ -218,12 +218,14 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     CgCudaAttnForm list[MAX_CANDS];
     int n_list = 0;
     for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++)
-        for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k]};
+        for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++)
+            list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k], 0};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs) && d->wdtype != DT_F32; a++) /* tensor cores: 16-bit models */
-        for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 64 : 32};
+        for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 64 : 32, 0};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)
         for (size_t b = 0; b < MOE_ARRAY_LEN(tpqs); b++)
-            for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++) list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k]};
+            for (size_t k = 0; k < MOE_ARRAY_LEN(bkvs); k++)
+                list[n_list++] = (CgCudaAttnForm){bqs[a], tpqs[b], bkvs[k], 0};
     CudaKernelCode code[MAX_CANDS];
     int map[MAX_CANDS], n_code = 0;
     for (int q = 0; q < n_list; q++) {

@@ -96,6 +96,9 @@
  * (cuda_attn_config): bq x tpq [/kv bkv], the tensor-core form bq x 16 [/kv bkv]/tc. */
 typedef struct CgCudaAttnForm {
     int bq, tpq, bkv;
+    int gq; /* the per-query form's query heads a block, a divisor of heads / kv_heads up to
+               CG_CUDA_ATTN_GQ_MAX within its 32 KB (0: cg_cuda_attention_heads_per_block's; symbol
+               `_gG` when another) */
 } CgCudaAttnForm;
 /* The per-query kernel's query heads a block (G): the largest divisor of heads / kv_heads up to
  * CG_CUDA_ATTN_GQ_MAX whose shared accumulators (G · warps · head_dim floats) fit 32 KB; with GQA the

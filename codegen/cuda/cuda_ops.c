@@ -156,12 +156,21 @@ static void emit_kv_vec_load(CgBuf *b, moe_dtype dt, int epl)
                      "    f[0] = %s((u16)(v & 0xffffu)), f[1] = %s((u16)(v >> 16));\n}\n", cv, cv);
 }
 
+/* Whether a block of g query heads of warps warps fits its shared accumulators (32 KB). */
+static bool gq_fits(const CgOpDesc *d, int64_t g, int warps) { return g * warps * d->head_dim * 4 <= 32 * 1024; }
+
 int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
 {
     int64_t group = d->kv_heads > 0 ? d->heads / d->kv_heads : 1;
     int64_t g = group < CG_CUDA_ATTN_GQ_MAX ? group : CG_CUDA_ATTN_GQ_MAX;
-    while (g > 1 && (group % g || g * warps * d->head_dim * 4 > 32 * 1024)) g--;
+    while (g > 1 && (group % g || !gq_fits(d, g, warps))) g--;
     return (int)g;
+}
+
+/* Form f's query heads a block (1 but for the per-query form). */
+static int form_gq(const CgOpDesc *d, const CgCudaAttnForm *f)
+{
+    return f->bq != 1 ? 1 : f->gq > 0 ? f->gq : cg_cuda_attention_heads_per_block(d, f->tpq / 32);
 }
 
 /* seqs: the form that takes rows of several sequences in one launch (a serving batch's step,
@@ -169,7 +178,7 @@ int cg_cuda_attention_heads_per_block(const CgOpDesc *d, int warps)
  * caches are kvs[2 seq[t]] and kvs[2 seq[t] + 1], and its grid (heads / G, T, splits), so that the
  * blocks of a row's heads run together (GQA's blocks of one kv head read its caches through L2 once,
  * as the launches a sequence did). */
-static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits, bool seqs)
+static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int warps, int splits, int gq, bool seqs)
 {
     /* lane l holds dimensions l, l + 32, ... of the head; or, when the head fits 2 or 4 a lane in
      * pieces of that many (33..64 wide and even, 65..128 and a multiple of 4: the 7B's 96 takes 4 a
@@ -181,7 +190,7 @@ static void emit_attention(CgBuf *b, const CgOpDesc *d, const char *name, int wa
     if (!vec) epl = (int)((d->head_dim + 31) / 32);
     /* KB keys (and values) a warp loads at once; with G heads a block each serves G dot products, so
      * half as many are in flight and the G heads' queries and accumulators have the registers */
-    int gq = cg_cuda_attention_heads_per_block(d, warps), kb = (d->head_dim <= 128 ? 8 : 4) / (gq > 1 ? 2 : 1);
+    int kb = (d->head_dim <= 128 ? 8 : 4) / (gq > 1 ? 2 : 1);
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define NW %d\n"
                  "#define EPL %d\n#define GROUP (HEADS / KVH)\n#define GQ %d\n#define SPLITS %d\n#define MINK %d\n"
                  "#define KB %d\n#define VEC %d\n#define DD(i) (VEC ? lane * EPL + (i) : lane + 32 * (i))\n",
@@ -357,7 +366,8 @@ static int attn_bkv(const CgOpDesc *d, const CgCudaAttnForm *f)
 
 void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n)
 {
-    if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS && f->bkv == cg_cuda_attention_splits(d)) {
+    bool own_gq = f->bq == 1 && form_gq(d, f) != cg_cuda_attention_heads_per_block(d, f->tpq / 32);
+    if (f->bq == 1 && f->tpq == 32 * CG_CUDA_ATTN_WARPS && f->bkv == cg_cuda_attention_splits(d) && !own_gq) {
         cg_cuda_op_symbol(d, out, n);
         return;
     }
@@ -369,8 +379,10 @@ void cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *
     int w = snprintf(out, n, "moeppc_cu_attention_%s%s%sh%lld_kv%lld_hd%lld_q%d", f->bq > 1 ? "tiled_" : "",
                      kv16(d->wdtype) ? dtype_name(d->wdtype) : "", kv16(d->wdtype) ? "_" : "", (long long)d->heads,
                      (long long)d->kv_heads, (long long)d->head_dim, f->bq);
-    if (f->bq == 1 && w > 0 && (size_t)w < n)
-        snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
+    if (f->bq == 1 && w > 0 && (size_t)w < n) {
+        int x = snprintf(out + w, n - (size_t)w, f->bkv > 1 ? "_t%d_s%d" : "_t%d", f->tpq, f->bkv);
+        if (own_gq && x > 0 && (size_t)(w + x) < n) snprintf(out + w + x, n - (size_t)(w + x), "_g%d", f->gq);
+    }
     else if ((f->tpq != 4 || f->bkv) && w > 0 && (size_t)w < n)
         snprintf(out + w, n - (size_t)w, "_t%d_b%d", f->tpq, attn_bkv(d, f));
 }
@@ -392,16 +404,22 @@ static bool attn_form_check(const CgOpDesc *d, const CgCudaAttnForm *f, char *er
         why = "tiled form: 2 or more queries a block, a power of two up to 32 threads each, whole warps up to 1024";
     else if (!tc && f->bq != 1 && (f->bkv < 0 || f->bkv > 256 || 2L * attn_bkv(d, f) * d->head_dim * 4 + 4 > 48 * 1024))
         why = "tiled form: key tiles of 1..256 rows within 48 KB of shared memory";  /* (+ the block's key count) */
-    if (why) snprintf(err, errlen, "cuda attention %dx%d/kv%d: %s", f->bq, f->tpq, f->bkv, why);
+    else if (f->gq < 0 || (f->gq > 0 && (f->bq != 1 || f->gq > CG_CUDA_ATTN_GQ_MAX ||
+                                         (d->heads / d->kv_heads) % f->gq || !gq_fits(d, f->gq, f->tpq / 32))))
+        why = "query heads a block: the per-query form's, a divisor of heads / kv_heads up to 4 within 32 KB";
+    char g[24] = "";
+    if (f->gq) snprintf(g, sizeof g, "/g%d", f->gq);
+    if (why) snprintf(err, errlen, "cuda attention %dx%d/kv%d%s: %s", f->bq, f->tpq, f->bkv, g, why);
     return why == NULL;
 }
 
 CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
 {
-    if (T < CG_CUDA_ATTN_TILED_MIN_T) return (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d)};
-    CgCudaAttnForm tc = {CG_CUDA_ATTN_BQ, 0, d->head_dim <= 64 ? 64 : 32}; /* (64 keys of 96 dims spill on sm_90) */
+    if (T < CG_CUDA_ATTN_TILED_MIN_T)
+        return (CgCudaAttnForm){1, 32 * CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d), 0};
+    CgCudaAttnForm tc = {CG_CUDA_ATTN_BQ, 0, d->head_dim <= 64 ? 64 : 32, 0}; /* (64 keys of 96 dims spill on sm_90) */
     char unused[256];
-    return attn_form_check(d, &tc, unused, sizeof unused) ? tc : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0};
+    return attn_form_check(d, &tc, unused, sizeof unused) ? tc : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0, 0};
 }
 
 /* Prefill attention on tensor cores (16-bit models; tpq = 0): a block per BQ consecutive queries of one
@@ -546,7 +564,7 @@ char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, 
     cg_cuda_attention_seqs_symbol(d, f, name, sizeof name);
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
-    emit_attention(&b, d, name, f->tpq / 32, f->bkv, true);
+    emit_attention(&b, d, name, f->tpq / 32, f->bkv, form_gq(d, f), true);
     return b.s;
 }
 
@@ -558,7 +576,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
     if (f->bq == 1) {
-        emit_attention(&b, d, name, f->tpq / 32, f->bkv, false);
+        emit_attention(&b, d, name, f->tpq / 32, f->bkv, form_gq(d, f), false);
         return b.s;
     }
     if (f->tpq == 0) {
@@ -631,7 +649,7 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 
 void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3], unsigned block[3])
 {
-    int64_t rows = T > 0 ? T : 1, gq = f->bq == 1 ? cg_cuda_attention_heads_per_block(d, f->tpq / 32) : 1;
+    int64_t rows = T > 0 ? T : 1, gq = form_gq(d, f);
     grid[0] = (unsigned)((rows + f->bq - 1) / f->bq), grid[1] = (unsigned)(d->heads / gq);
     grid[2] = f->bq == 1 && f->bkv > 1 ? (unsigned)((f->bkv + rows - 1) / rows) : 1; /* fewer as queries fill it */
     block[0] = (unsigned)(f->tpq ? f->bq * f->tpq : f->bq * 2), block[1] = block[2] = 1; /* (tensor cores: 16 queries a warp) */
@@ -924,7 +942,10 @@ char *cg_cuda_op_source(const CgOpDesc *d, char *err, size_t errlen)
     case CG_OP_RMS_NORM: emit_norm(&b, name, false); break;
     case CG_OP_ADD_RMS_NORM: emit_norm(&b, name, true); break;
     case CG_OP_ROPE: emit_rope(&b, d, name); break;
-    case CG_OP_ATTENTION: emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d), false); break;
+    case CG_OP_ATTENTION:
+        emit_attention(&b, d, name, CG_CUDA_ATTN_WARPS, cg_cuda_attention_splits(d),
+                       cg_cuda_attention_heads_per_block(d, CG_CUDA_ATTN_WARPS), false);
+        break;
     case CG_OP_SWIGLU:
     case CG_OP_ADD:
     case CG_OP_SCALE:

@@ -109,6 +109,8 @@ typedef struct Step {
     int kern_seqs;                  /* attention: the rule's per-query form for rows of several
                                        sequences in one launch (cg_cuda_attention_seqs_source)       */
     int kern_kv_seqs;               /*   and their keys' and values' store (cg_cuda_kv_store_seqs_source) */
+    int gq;                         /* attention: the per-query forms' CgCudaAttnForm.gq (1 with
+                                       CudaOptions.no_attn_gq; else 0, the rule's)                   */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -876,7 +878,9 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
             return false;
     }
     CgCudaAttnForm one = cg_cuda_attention_rule(&st->d, 1), tiled = cg_cuda_attention_rule(&st->d, CG_CUDA_ATTN_TILED_MIN_T);
-    if (!attn_split_room(cm, &st->d, &one, err) || !op_kern(cm, &st->d, &st->kern, err) ||
+    one.gq = st->gq = cm->o.no_attn_gq ? 1 : 0;
+    if (!attn_split_room(cm, &st->d, &one, err) ||
+        !(st->gq ? attn_kern(cm, &st->d, &one, &st->kern, err) : op_kern(cm, &st->d, &st->kern, err)) ||
         !attn_seqs_kern(cm, &st->d, &one, &st->kern_seqs, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err))
         return false;
     const char *text = cm->o.tile_sched[2];
@@ -894,6 +898,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
         for (int c = 0; c < a->sched.b[b].n; c++) {
             const TuneConfig *t = &a->sched.b[b].c[c];
             CgCudaAttnForm f = cuda_attn_form(t);
+            if (f.bq == 1) f.gq = st->gq;
             bool have = false;
             for (int j = 0; j < a->n; j++) have |= !memcmp(&a->f[j], &f, sizeof f);
             if (have) continue;
@@ -1776,6 +1781,7 @@ static bool run_route(const Run *r, const Step *st)
 static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
 {
     *f = cg_cuda_attention_rule(&st->d, T); /* prefill: tiled, keys and values shared by a block's queries */
+    if (f->bq == 1) f->gq = st->gq;
     int kern = f->bq == 1 ? st->kern : st->kern_fused;
     *kseqs = f->bq == 1 ? st->kern_seqs : -1;
     const AttnAlt *at = st->att;
@@ -1783,6 +1789,7 @@ static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
     if (at && at->sched.n) { /* the database's form for this T */
         TuneConfig c = tile_schedule_pick(&at->sched, T);
         CgCudaAttnForm want = cuda_attn_form(&c);
+        if (want.bq == 1) want.gq = st->gq;
         for (int j = 0; j < at->n; j++)
             if (!memcmp(&at->f[j], &want, sizeof want)) *f = want, kern = at->k[j], *kseqs = at->ks[j];
     }

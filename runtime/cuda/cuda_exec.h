@@ -134,9 +134,11 @@ typedef struct CudaOptions {
     bool no_attn_split;             /* the per-query attention kernel on one block a query and head,
                                        its keys not split across blocks (MOEPPC_CUDA_ATTN_SPLIT=0: an
                                        A/B of flash-decoding's splits)                             */
-    bool no_attn_seqs;              /* a serving batch's decode step's attention a launch a sequence,
+    bool no_attn_seqs;              /* a serving batch's attention a launch a run of a sequence's rows,
                                        not one over the caches' table (MOEPPC_CUDA_ATTN_SEQS=0: an
                                        A/B of cg_cuda_attention_seqs_source)                       */
+    bool no_attn_gq;                /* the per-query attention one query head a block, not GQA's G of a
+                                       kv head (MOEPPC_CUDA_ATTN_GQ=0: an A/B of CgCudaAttnForm.gq) */
     bool no_attn_tc;                /* a 16-bit model's attention in f32 throughout: f32 KV caches,
                                        prefill on the f32 tiled form, not on tensor cores
                                        (MOEPPC_CUDA_ATTN_TC=0: an A/B)                             */
@@ -189,7 +191,7 @@ static inline TuneConfig cuda_attn_config(const CgCudaAttnForm *f)
 
 static inline CgCudaAttnForm cuda_attn_form(const TuneConfig *c)
 {
-    return (CgCudaAttnForm){c->tile_m, c->tc ? 0 : c->tile_n, c->kv_block};
+    return (CgCudaAttnForm){c->tile_m, c->tc ? 0 : c->tile_n, c->kv_block, 0};
 }
 
 /* The fused router's descriptor for moe.route instruction i (CgCudaRouteFused, 256 threads); false
@@ -213,7 +215,8 @@ static inline bool cuda_env_on(const char *name)
 
 /* The executor's switches from the environment, over o's other fields: MOEPPC_CUDA_DECODE_GEMV=0,
  * MOEPPC_CUDA_ASYNC_GEMM=0, MOEPPC_CUDA_FUSE=0, MOEPPC_CUDA_ATTN_SPLIT=0, MOEPPC_CUDA_ATTN_TC=0,
- * MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1, MOEPPC_CUDA_WS=1|0, MOEPPC_CUDA_TILE_PAIR=0,
+ * MOEPPC_CUDA_ATTN_SEQS=0, MOEPPC_CUDA_ATTN_GQ=0, MOEPPC_CUDA_WGMMA=1, MOEPPC_CUDA_PDL=1, MOEPPC_CUDA_TMA=1,
+ * MOEPPC_CUDA_WS=1|0, MOEPPC_CUDA_TILE_PAIR=0,
  * MOEPPC_CUDA_TMA_A=0, MOEPPC_CUDA_MLP=0|RxW, MOEPPC_CUDA_ROUTE_SPLIT=0, MOEPPC_CUDA_STREAMK=0 (the A/Bs of
  * scripts/device-check.sh). */
 static inline void cuda_options_env(CudaOptions *o)
@@ -228,6 +231,7 @@ static inline void cuda_options_env(CudaOptions *o)
     o->no_attn_split = cuda_env_off("MOEPPC_CUDA_ATTN_SPLIT");
     o->no_attn_tc = cuda_env_off("MOEPPC_CUDA_ATTN_TC");
     o->no_attn_seqs = cuda_env_off("MOEPPC_CUDA_ATTN_SEQS");
+    o->no_attn_gq = cuda_env_off("MOEPPC_CUDA_ATTN_GQ");
     o->wgmma = cuda_env_on("MOEPPC_CUDA_WGMMA");
     o->pdl = cuda_env_on("MOEPPC_CUDA_PDL");
     o->tma = cuda_env_on("MOEPPC_CUDA_TMA");

@@ -473,22 +473,43 @@ static void test_split_compile(void **state)
     assert_non_null(strstr(err, "split-K"));
 }
 
-/* Attention's tuner forms (not in a spec's list) for a head of 128: the per-query kernel with 8
- * warps, and with 2 warps and 16 key splits, tiled ones with 2 and 32 threads a query and key tiles of 16 and 32 compile for sm_80 and
- * sm_90 without warnings, and the per-query ones' forms for several sequences' rows (the tiled ones
- * have none; the rule's, in a spec's list, must not spill); shapes the kernels cannot take are
- * refused with a message. */
+/* Attention's tuner forms (not in a spec's list) for a head of 128, GQA's groups of 4: the per-query
+ * kernel with 8 warps, and with 2 warps and 16 key splits, and with 1 and 2 query heads a block (the
+ * rule's 4; its symbol unchanged when named), tiled ones with 2 and 32 threads a query and key tiles
+ * of 16 and 32 compile for sm_80 and sm_90 without warnings, and the per-query ones' forms for
+ * several sequences' rows (the tiled ones have none; the rule's, in a spec's list, must not spill);
+ * shapes the kernels cannot take are refused with a message. */
 static void test_attention_forms_compile(void **state)
 {
     (void)state;
     CgOpDesc d = {.kind = CG_OP_ATTENTION, .cols = 16 * 128, .heads = 16, .kv_heads = 4, .head_dim = 128};
-    static const CgCudaAttnForm good[] = {{1, 256, 0}, {128, 2, 16}, {8, 32, 32}, {1, 64, 16}};
+    static const CgCudaAttnForm good[] = {{1, 256, 0, 0}, {128, 2, 16, 0}, {8, 32, 32, 0},
+                                          {1, 64, 16, 0}, {1, 128, 8, 1}, {1, 128, 8, 2}};
+    char rule[600], named[600];
+    CgCudaAttnForm one = cg_cuda_attention_rule(&d, 1), four = one;
+    four.gq = 4;
+    cg_cuda_attention_symbol(&d, &one, rule, sizeof rule), cg_cuda_attention_symbol(&d, &four, named, sizeof named);
+    assert_string_equal(rule, named); /* (the rule's G named: the same kernel) */
+    cg_cuda_op_symbol(&d, named, sizeof named);
+    assert_string_equal(rule, named); /* (the rule's form: the op's kernel) */
+    /* MOEPPC_CUDA_ATTN_GQ=0 (no_attn_gq): tiny-gqa's decode attention (group 2) a head a block, its
+     * per-query kernel and that kernel's for several sequences; by default the op's */
+    const char *gqa = MOEPPC_SOURCE_DIR "/specs/tiny/tiny-gqa.yaml";
+    CudaOptions sm80 = {.images_arch = "sm_80"}, head = {.images_arch = "sm_80", .no_attn_gq = true};
+    assert_int_equal(kernels_with(gqa, &head, "_g1\n"), 1);
+    assert_int_equal(kernels_with(gqa, &head, "_g1_seqs\n"), 1);
+    assert_int_equal(kernels_with(gqa, &sm80, "_g1\n") + kernels_with(gqa, &sm80, "_g1_seqs\n"), 0);
     for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d, &good[k], sym, sizeof sym);
         char *src = cg_cuda_attention_source(&d, &good[k], err, sizeof err);
         assert_non_null(src);
         assert_non_null(strstr(src, sym));
+        if (good[k].gq) { /* its G in its symbol and its kernel */
+            char g[32];
+            snprintf(g, sizeof g, "_g%d", good[k].gq), assert_non_null(strstr(sym, g));
+            snprintf(g, sizeof g, "#define GQ %d\n", good[k].gq), assert_non_null(strstr(src, g));
+        }
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
         if (good[k].bq != 1) { /* several sequences' rows in one launch: the per-query form only */
@@ -505,8 +526,10 @@ static void test_attention_forms_compile(void **state)
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
     }
-    static const CgCudaAttnForm bad[] = {{1, 48, 0}, {1, 64, 33}, {16, 3, 0}, {4, 4, 0}, {64, 32, 0}, {32, 4, 64},
-                                         {64, 0, 0} /* tensor cores: not for f32 models */};
+    static const CgCudaAttnForm bad[] = {{1, 48, 0, 0}, {1, 64, 33, 0}, {16, 3, 0, 0}, {4, 4, 0, 0}, {64, 32, 0, 0},
+                                         {32, 4, 64, 0}, {64, 0, 0, 0} /* tensor cores: not for f32 models */,
+                                         {1, 128, 0, 3} /* not a divisor of the group */, {1, 128, 0, -1},
+                                         {8, 32, 32, 2} /* the per-query form's */, {1, 1024, 0, 4} /* 128 KB */};
     for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++) {
         char err[512];
         assert_null(cg_cuda_attention_source(&d, &bad[k], err, sizeof err));
@@ -517,7 +540,8 @@ static void test_attention_forms_compile(void **state)
      * block's key count pass 48 KB are refused (64 rows of K and V in f32 are 48 KB alone: NVRTC
      * refused that kernel, which stopped the tuner) */
     CgOpDesc d96 = {.kind = CG_OP_ATTENTION, .cols = 16 * 96, .heads = 16, .kv_heads = 16, .head_dim = 96, .wdtype = DT_BF16};
-    const CgCudaAttnForm good96[] = {cg_cuda_attention_rule(&d96, 512) /* no spills */, {128, 0, 32}, {16, 0, 16}, {64, 4, 32}};
+    const CgCudaAttnForm good96[] = {cg_cuda_attention_rule(&d96, 512) /* no spills */, {128, 0, 32, 0}, {16, 0, 16, 0},
+                                     {64, 4, 32, 0}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(good96); k++) {
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d96, &good96[k], sym, sizeof sym);
@@ -528,7 +552,8 @@ static void test_attention_forms_compile(void **state)
     }
     CgCudaAttnForm tc = cg_cuda_attention_rule(&d96, 512);
     assert_int_equal(tc.tpq, 0); /* the rule's prefill form for a 16-bit model: tensor cores */
-    static const CgCudaAttnForm bad96[] = {{64, 4, 64}, {16, 2, 64}, {64, 0, 128}, {8, 0, 0}, {64, 0, 24}};
+    static const CgCudaAttnForm bad96[] = {{64, 4, 64, 0}, {16, 2, 64, 0}, {64, 0, 128, 0}, {8, 0, 0, 0},
+                                           {64, 0, 24, 0}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(bad96); k++) {
         char err[512];
         assert_null(cg_cuda_attention_source(&d96, &bad96[k], err, sizeof err));

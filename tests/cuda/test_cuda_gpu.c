@@ -831,13 +831,20 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
     struct { CgCudaAttnForm f; int ds; } forms[32];
     int n_forms = 0;
     const CgCudaAttnForm f32_forms[] = {cg_cuda_attention_rule(&d, 1), cg_cuda_attention_rule(&d, CG_CUDA_ATTN_TILED_MIN_T),
-                                        {1, 128, 0}, {1, 32, 3}, {1, 256, 32}, {32, 8, 16}, {16, 2, 8}, {8, 32, 0}, {128, 1, 4}};
+                                        {1, 128, 0, 0}, {1, 32, 3, 0}, {1, 256, 32, 0}, {32, 8, 16, 0}, {16, 2, 8, 0},
+                                        {8, 32, 0, 0}, {128, 1, 4, 0}};
     for (size_t k = 0; k < MOE_ARRAY_LEN(f32_forms); k++) forms[n_forms].f = f32_forms[k], forms[n_forms++].ds = 0;
+    if (H / KVH > 1) { /* GQA: query heads a block other than the rule's: one (MOEPPC_CUDA_ATTN_GQ=0), two */
+        forms[n_forms].f = (CgCudaAttnForm){1, 128, 0, 1}, forms[n_forms++].ds = tc;
+        if (H / KVH % 2 == 0) forms[n_forms].f = (CgCudaAttnForm){1, 128, 8, 2}, forms[n_forms++].ds = 0;
+    }
     for (int x = 0; tc && x < 2; x++) {
         CgCudaAttnForm rule_tc = cg_cuda_attention_rule(&d16[x], CG_CUDA_ATTN_TILED_MIN_T);
         assert_int_equal(rule_tc.tpq, 0); /* the rule's prefill form at 16 bits: tensor cores */
-        const CgCudaAttnForm f16_forms[] = {cg_cuda_attention_rule(&d16[x], 1), {1, 64, 0}, {32, 8, 16}, rule_tc,
-                                            x ? (CgCudaAttnForm){32, 0, HD <= 96 ? 48 : 16} : (CgCudaAttnForm){16, 0, 16}, {128, 0, 32}};
+        const CgCudaAttnForm f16_forms[] = {cg_cuda_attention_rule(&d16[x], 1), {1, 64, 0, 0}, {32, 8, 16, 0}, rule_tc,
+                                            x ? (CgCudaAttnForm){32, 0, HD <= 96 ? 48 : 16, 0}
+                                              : (CgCudaAttnForm){16, 0, 16, 0},
+                                            {128, 0, 32, 0}};
         for (size_t k = 0; k < MOE_ARRAY_LEN(f16_forms); k++) forms[n_forms].f = f16_forms[k], forms[n_forms++].ds = 1 + x;
     }
     for (int k = 0; k < n_forms; k++) {
@@ -865,8 +872,9 @@ static void attention_case(int64_t T, int H, int KVH, int HD, int P0)
         /* tensor cores round P to 16 bits: 2^-9 (bf16), 2^-12 (f16) relative a weight, averaging out;
          * the other forms see the 16-bit caches' values exactly */
         double tol = f->tpq ? 1e-5 : ds == 1 ? 4e-3 : 5e-4;
-        printf("attention %dx%d/kv%d, %s caches, T=%lld H=%d KVH=%d HD=%d from position %d: grid z %u, rel err %.3g "
-               "(tolerance %.0e)\n", f->bq, f->tpq, f->bkv, dtype_name(dd->wdtype), (long long)T, H, KVH, HD, P0, g[2], re, tol);
+        printf("attention %dx%d/kv%d/g%d, %s caches, T=%lld H=%d KVH=%d HD=%d from position %d: grid (%u, %u, %u), rel "
+               "err %.3g (tolerance %.0e)\n", f->bq, f->tpq, f->bkv, f->gq, dtype_name(dd->wdtype), (long long)T, H,
+               KVH, HD, P0, g[0], g[1], g[2], re, tol);
         assert_true(re <= tol);
         download(cnt, dcnt, rows * 4); /* every split's count back to zero */
         for (size_t x = 0; x < rows; x++) assert_int_equal(cnt[x], 0);

@@ -538,7 +538,8 @@ static void test_batched_sequences(void **state)
  * interpreter on its sequence alone, on that model and on one launching a run at a time
  * (MOEPPC_CUDA_ATTN_SEQS=0's CudaOptions.no_attn_seqs), each layer's attention the launches counted
  * below: a decode step's one, the key and value stores of every row in one launch first where a
- * sequence has several rows. */
+ * sequence has several rows; and on one with a query head a block (MOEPPC_CUDA_ATTN_GQ=0's
+ * no_attn_gq; tiny-gqa's rule takes its group of 2), its launches the first's. */
 static void test_batched_decode_launch(void **state)
 {
     (void)state;
@@ -565,11 +566,12 @@ static void test_batched_decode_launch(void **state)
             for (int t = 0; t < MAXLEN; t++) seqs[q][t] = (int32_t)((t * 53 + q * 29 + 11) % s.vocab), ps[t] = t;
         EvalResult ref[NS];
         for (int q = 0; q < NS; q++) assert_true(ir_eval(ref_m, w, seqs[q], ps, MAXLEN, EVAL_F32, &ref[q], &err));
-        int ops[2][STEPS], layers = 0;
+        int ops[3][STEPS], layers = 0;
         for (const IrInstr *i = m->first; i; i = i->next) layers += i->op == IR_OP_ATTENTION;
         double worst = 0;
-        for (int sep = 0; sep < 2; sep++) { /* one launch over the table, then a launch a run */
-            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = sep};
+        for (int sep = 0; sep < 3; sep++) { /* one launch over the table, a launch a run, a head a block */
+            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = sep == 1,
+                               .no_attn_gq = sep == 2};
             CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
             assert_non_null(cm);
             assert_true(cuda_model_set_sequences(cm, NS, &err));
@@ -594,7 +596,8 @@ static void test_batched_decode_launch(void **state)
                     worst = fmax(worst, e);
                     if (e > tolerance(&s))
                         printf("  %s: step %d row %lld (sequence %d, position %d)%s: rel err %.3g\n", s.name, step,
-                               (long long)t, sq[t], pos[t], sep ? " a launch a run" : "", e);
+                               (long long)t, sq[t], pos[t], sep == 1 ? " a launch a run" : sep ? " a head a block" : "",
+                               e);
                     assert_true(e <= tolerance(&s));
                 }
             }
@@ -602,8 +605,10 @@ static void test_batched_decode_launch(void **state)
         }
         assert_int_equal(ops[0][0], ops[0][1]); /* one attention launch a layer, however many sequences */
         assert_int_equal(ops[0][4], ops[0][0]);
-        for (int step = 0; step < STEPS; step++)
+        for (int step = 0; step < STEPS; step++) {
             assert_int_equal(ops[1][step] - ops[0][step], layers * (apart[step] - one[step]));
+            assert_int_equal(ops[2][step], ops[0][step]);
+        }
         printf("  %-12s steps of runs 0 1 2 | 2 0 | 1 0 1 | 0 2x3 1 | 2 1 0 | 0x40 1 2 | 1x33 2x2 0x34: %d %d %d %d "
                "%d %d %d GPU operations (a launch a run: %d %d %d %d %d %d %d); worst rel err %.3g\n", s.name,
                ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[0][5], ops[0][6], ops[1][0], ops[1][1],
