@@ -33,13 +33,13 @@ static bool parse_count(const char **s, int64_t max, int64_t *out)
 
 /* The bounds are the IR verifier's for the attributes these become (tile_m, tile_n <= 4096,
  * tile_unroll <= 16, tile_mc <= 65536, kv_block <= 1024); a GPU tile's stages (s) 2..6, split-K
- * (sk) 2..16. */
+ * (sk) 2..16, attention's query heads a block (g) 1..64 (the form checks its group). */
 bool tune_config_parse(const char *text, TuneConfig *c)
 {
     memset(c, 0, sizeof *c);
     if (!text || !text[0]) return false;
     if (!strcmp(text, "rule")) return true;
-    bool seen[12] = {false};
+    bool seen[13] = {false};
     for (const char *s = text;;) {
         int64_t v, w;
         int field;
@@ -76,6 +76,10 @@ bool tune_config_parse(const char *text, TuneConfig *c)
         } else if (!strncmp(s, "ws", 2)) {
             s += 2;
             c->ws = 1, field = 10;
+        } else if (s[0] == 'g') {
+            s++;
+            if (!parse_count(&s, 64, &v)) return false;
+            c->gq = (int)v, field = 12;
         } else if (!strncmp(s, "sk", 2)) {
             s += 2;
             if (!parse_count(&s, 16, &v) || v < 2) return false;
@@ -109,6 +113,7 @@ void tune_config_format(const TuneConfig *c, char *buf, size_t n)
     if (c->ws) strbuf_printf(&b, "%sws", sep), sep = "/";
     if (c->split) strbuf_printf(&b, "%ssk%d", sep, c->split), sep = "/";
     if (c->tc) strbuf_printf(&b, "%stc", sep), sep = "/";
+    if (c->gq) strbuf_printf(&b, "%sg%d", sep, c->gq), sep = "/";
     if (c->mlp) strbuf_printf(&b, "%smlp", sep);
     snprintf(buf, n, "%s", b.s ? b.s : "rule");
     free(b.s);
@@ -118,7 +123,8 @@ bool tune_config_equal(const TuneConfig *a, const TuneConfig *b)
 {
     return a->tile_m == b->tile_m && a->tile_n == b->tile_n && a->unroll == b->unroll && a->kc == b->kc &&
            a->mc == b->mc && a->kv_block == b->kv_block && a->stages == b->stages && a->wgmma == b->wgmma &&
-           a->split == b->split && a->tma == b->tma && a->ws == b->ws && a->tc == b->tc && a->mlp == b->mlp;
+           a->split == b->split && a->tma == b->tma && a->ws == b->ws && a->tc == b->tc && a->mlp == b->mlp &&
+           a->gq == b->gq;
 }
 
 moe_dtype tune_attention_dtype(const struct IrInstr *i)

@@ -79,10 +79,11 @@ static bool config_fits(const TuneEntry *e, const TuneConfig *c)
     const char *op = e->op;
     if (!op[0]) return true; /* the op was reported already */
     if (e->amx && !amx_config(c)) return false;
-    if (c->mlp) return mlp_config(c) && !strcmp(op, "grouped_down") && e->tokens == 1;
-    if (tune_op_is_gemm(op)) return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && (!c->ws || c->tma) && !c->tc;
+    if (c->mlp) return mlp_config(c) && !c->gq && !strcmp(op, "grouped_down") && e->tokens == 1;
+    if (tune_op_is_gemm(op))
+        return c->tile_m > 0 && c->kv_block == 0 && (!c->tma || c->wgmma) && (!c->ws || c->tma) && !c->tc && !c->gq;
     return c->unroll == 0 && c->kc == 0 && c->mc == 0 && c->stages == 0 && c->wgmma == 0 && c->split == 0 && !c->ws &&
-           (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0);
+           (c->kv_block > 0 || c->tile_m > 0) && (!c->tc || c->tile_m > 0) && (!c->gq || (c->tile_m == 1 && !c->tc));
 }
 
 static const char *config_expected(const TuneEntry *e, const TuneConfig *c)
@@ -92,7 +93,7 @@ static const char *config_expected(const TuneEntry *e, const TuneConfig *c)
     if (e->amx) return "an AMX tile MxN[/u1][/kcK][/mcR] (M 1..16 or 32, N 16 or 32, K a multiple of 32)";
     return !op[0] || tune_op_is_gemm(op)
                ? "a GEMM configuration MxN[/uU][/kcK][/mcR] (positive; M, N <= 4096, U <= 16, R <= 65536; tma only with wg, ws only with tma)"
-               : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB][/tc]";
+               : "an attention configuration kvB (1 <= B <= 1024), or on a GPU QxP[/kvB][/tc] or 1xP[/kvB][/gG]";
 }
 
 /* ---- mappings with a fixed key list ------------------------------------------------------------ */

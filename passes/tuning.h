@@ -84,6 +84,8 @@ typedef struct TuneConfig {
     int mlp;                     /* GPU: 1 = a decode step's down-projection with its up-
                                     projection as one decode MLP kernel, tile_m rows of h a
                                     block by tile_n warps (grouped_down at 1 token only)       */
+    int gq;                      /* GPU: attention's per-query form's query heads a block
+                                    (GQA's of one kv head; 0: the rule's)                       */
 } TuneConfig;
 
 typedef struct TuneMeasure {

@@ -53,7 +53,8 @@ typedef struct {
 } GpuCand;
 
 /* 3 x 3 x 3, and on sm_90 12 wgmma tiles and 6 with TMA, up to 18 of them again on a shallower ring
- * for two blocks an SM, the 6 TMA ones warp-specialised; attention 12 + 36 + 8 forms */
+ * for two blocks an SM, the 6 TMA ones warp-specialised; attention 12 + 36 + 8 forms, and with GQA up
+ * to 12 of other query heads a block */
 enum { MAX_CANDS = 72 };
 /* A grouped GEMM's share of the budget against attention's or the router's (1): the GEMMs take most of
  * a layer's time and have the most candidates (tiles, GEMV forms, deeper rings, split-K) */
@@ -207,7 +208,8 @@ static int gpu_candidates(const CgCudaGemm *base, bool gemv, const char *arch, G
 }
 
 /* Step 1 for attention (d): every form, the per-query kernel with 1, 2, 4 or 8 warps (its keys in 1,
- * 8 or 32 splits; the rule's: cg_cuda_attention_splits), the tiled one with {16, 32, 64, 128}
+ * 8 or 32 splits; the rule's: cg_cuda_attention_splits) and, with GQA, with 2 or 4 warps and each
+ * other number of a kv head's query heads a block (gq: 1, 2, 4), the tiled one with {16, 32, 64, 128}
  * queries x {2, 4, 8} threads x key tiles {the rule's, 16, 64} and, for 16-bit models, the tensor-core
  * one with {16, 32, 64, 128} queries x key tiles {32, 64}, generated, compiled and checked as the
  * GEMMs' tiles; returns how many were listed (-1: NVRTC failed). */
@@ -220,6 +222,14 @@ static int attn_candidates(const CgOpDesc *d, const char *arch, GpuCand *out, ch
     for (size_t w = 0; w < MOE_ARRAY_LEN(warps); w++)
         for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++)
             list[n_list++] = (CgCudaAttnForm){1, 32 * warps[w], splits[k], 0};
+    int64_t group = d->heads / d->kv_heads;
+    for (int w = 2; w <= 4; w *= 2)
+        for (int g = 1; g <= CG_CUDA_ATTN_GQ_MAX && group > 1; g *= 2)
+            for (size_t k = 0; k < MOE_ARRAY_LEN(splits) && group % g == 0; k++)
+                if (g != cg_cuda_attention_heads_per_block(d, w)) {
+                    MOE_ASSERT(n_list < MAX_CANDS); /* (12 more at most: 68 with the 16-bit forms) */
+                    list[n_list++] = (CgCudaAttnForm){1, 32 * w, splits[k], g};
+                }
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs) && d->wdtype != DT_F32; a++) /* tensor cores: 16-bit models */
         for (size_t k = 0; k < 2; k++) list[n_list++] = (CgCudaAttnForm){bqs[a], 0, k ? 64 : 32, 0};
     for (size_t a = 0; a < MOE_ARRAY_LEN(bqs); a++)

@@ -109,8 +109,8 @@ typedef struct Step {
     int kern_seqs;                  /* attention: the rule's per-query form for rows of several
                                        sequences in one launch (cg_cuda_attention_seqs_source)       */
     int kern_kv_seqs;               /*   and their keys' and values' store (cg_cuda_kv_store_seqs_source) */
-    int gq;                         /* attention: the per-query forms' CgCudaAttnForm.gq (1 with
-                                       CudaOptions.no_attn_gq; else 0, the rule's)                   */
+    int gq;                         /* attention: 1 with CudaOptions.no_attn_gq, every per-query form's
+                                       CgCudaAttnForm.gq (the rule's, the database's); else 0        */
     uint64_t vc_ptrs;               /* combine: device array of the constant vectors' device pointers     */
     uint64_t off, perm, gate_w;     /* dispatch: the routing of this layer                                */
     int dispatch;                   /* grouped ops: index of their dispatch step                          */
@@ -898,7 +898,7 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
         for (int c = 0; c < a->sched.b[b].n; c++) {
             const TuneConfig *t = &a->sched.b[b].c[c];
             CgCudaAttnForm f = cuda_attn_form(t);
-            if (f.bq == 1) f.gq = st->gq;
+            if (f.bq == 1 && st->gq) f.gq = st->gq; /* (MOEPPC_CUDA_ATTN_GQ=0's G over the database's) */
             bool have = false;
             for (int j = 0; j < a->n; j++) have |= !memcmp(&a->f[j], &f, sizeof f);
             if (have) continue;
@@ -1781,7 +1781,7 @@ static bool run_route(const Run *r, const Step *st)
 static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
 {
     *f = cg_cuda_attention_rule(&st->d, T); /* prefill: tiled, keys and values shared by a block's queries */
-    if (f->bq == 1) f->gq = st->gq;
+    if (f->bq == 1 && st->gq) f->gq = st->gq;
     int kern = f->bq == 1 ? st->kern : st->kern_fused;
     *kseqs = f->bq == 1 ? st->kern_seqs : -1;
     const AttnAlt *at = st->att;
@@ -1789,7 +1789,7 @@ static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
     if (at && at->sched.n) { /* the database's form for this T */
         TuneConfig c = tile_schedule_pick(&at->sched, T);
         CgCudaAttnForm want = cuda_attn_form(&c);
-        if (want.bq == 1) want.gq = st->gq;
+        if (want.bq == 1 && st->gq) want.gq = st->gq;
         for (int j = 0; j < at->n; j++)
             if (!memcmp(&at->f[j], &want, sizeof want)) *f = want, kern = at->k[j], *kseqs = at->ks[j];
     }

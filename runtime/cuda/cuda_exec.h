@@ -182,16 +182,17 @@ static inline bool cuda_attention_desc(const IrInstr *i, CgOpDesc *d)
     return true;
 }
 
-/* An attention form as a tuning configuration (passes/tuning.h: QxP[/kvB], the tensor-core form
- * Qx16[/kvB]/tc) and back. */
+/* An attention form as a tuning configuration (passes/tuning.h: QxP[/kvB], the per-query form's G
+ * 1xP[/kvB]/gG, the tensor-core form Qx16[/kvB]/tc) and back. */
 static inline TuneConfig cuda_attn_config(const CgCudaAttnForm *f)
 {
-    return (TuneConfig){.tile_m = f->bq, .tile_n = f->tpq ? f->tpq : 16, .kv_block = f->bkv, .tc = f->tpq == 0};
+    return (TuneConfig){.tile_m = f->bq, .tile_n = f->tpq ? f->tpq : 16, .kv_block = f->bkv, .tc = f->tpq == 0,
+                        .gq = f->gq};
 }
 
 static inline CgCudaAttnForm cuda_attn_form(const TuneConfig *c)
 {
-    return (CgCudaAttnForm){c->tile_m, c->tc ? 0 : c->tile_n, c->kv_block, 0};
+    return (CgCudaAttnForm){c->tile_m, c->tc ? 0 : c->tile_n, c->kv_block, c->gq};
 }
 
 /* The fused router's descriptor for moe.route instruction i (CgCudaRouteFused, 256 threads); false

@@ -499,6 +499,10 @@ static void test_attention_forms_compile(void **state)
     assert_int_equal(kernels_with(gqa, &head, "_g1\n"), 1);
     assert_int_equal(kernels_with(gqa, &head, "_g1_seqs\n"), 1);
     assert_int_equal(kernels_with(gqa, &sm80, "_g1\n") + kernels_with(gqa, &sm80, "_g1_seqs\n"), 0);
+    /* a tuning database's form with its own G (1xP/kvB/gG): its kernel and its several sequences' */
+    CudaOptions db = {.images_arch = "sm_80", .tile_sched = {[2] = "-1;1:1x64/kv8/g1@1.0;64:16x8/kv16@1.0"}};
+    assert_int_equal(kernels_with(gqa, &db, "_q1_t64_s8_g1\n"), 1);
+    assert_int_equal(kernels_with(gqa, &db, "_q1_t64_s8_g1_seqs\n"), 1);
     for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d, &good[k], sym, sizeof sym);

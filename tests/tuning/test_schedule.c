@@ -48,7 +48,7 @@ static void test_config_text(void **state)
     (void)state;
     const char *good[] = {"8x48", "1x96/u2", "8x48/u1/kc256/mc64", "kv16", "4x32/mc512", "6x64/kc128",
                           "128x128/kc64/s4/wg/sk2", "128x64/kc64/s5/wg/tma/sk4", "128x128/kc64/s4/wg/tma/ws", "1x4/u6/sk16", "64x128/kc32/sk8",
-                          "64x16/kv64/tc", "1x128/kv16"};
+                          "64x16/kv64/tc", "1x128/kv16", "1x128/kv8/g2", "1x64/g1"};
     for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
         TuneConfig c;
         char back[64];
@@ -59,7 +59,8 @@ static void test_config_text(void **state)
     const char *bad[] = {"", "8x", "x48", "08x48", "8x48/", "8x48//u2", "8x48/u0", "8x48/u17", "8x48/u2/u2",
                          "8x48/mc65537", "kv0", "kv1025", "8x48 u2", "8x48/zz1", "u2", "8x48/kv16/x",
                          "8x48/sk1", "8x48/sk17", "8x48/sk2/sk4", "8x48/sk", /* split-K 2..16, once */
-                         "8x48/tma/tma", "8x48/tma2", "64x16/tc/tc", "64x16/tc1", "8x48/ws/ws", "8x48/ws1"};
+                         "8x48/tma/tma", "8x48/tma2", "64x16/tc/tc", "64x16/tc1", "8x48/ws/ws", "8x48/ws1",
+                         "1x128/g0", "1x128/g", "1x128/g65", "1x128/g2/g2", "1x128/g02"};
     for (size_t k = 0; k < MOE_ARRAY_LEN(bad); k++) {
         TuneConfig c;
         if (tune_config_parse(bad[k], &c) && strcmp(bad[k], "u2") != 0) fail_msg("'%s' parsed", bad[k]);

@@ -64,7 +64,7 @@ static TuneEntry make_entry(const char *op, moe_dtype dt, int64_t n, int64_t k, 
     for (int i = 0; i < n_measured; i++) { /* values with one decimal survive %.1f exactly */
         TuneConfig c = {2 + i, 8 * (n_measured - i), i % 3, i % 4 ? 0 : 128 * i, i % 5 == 1 ? 16 * i : 0, 0,
                         i % 6 == 2 ? 2 + i % 5 : 0, i % 7 == 3, i % 4 == 1 ? 2 << i % 3 : 0, i % 7 == 3,
-                        i % 7 == 3 && i % 2, 0, 0};
+                        i % 7 == 3 && i % 2, 0, 0, 0};
         if (!strcmp(op, "attention")) c = (TuneConfig){.kv_block = 4 + i};
         e.measured[i] = (TuneMeasure){c, (double)(1000 + 37 * i) / 10.0};
     }
