@@ -210,8 +210,8 @@ struct CudaModel {
     double bytes;
     int64_t max_pos, cap_t, last_t;
     uint64_t arena, ids, pos, seqs, scratch, x16; /* sized by cap_t (seqs: the rows' sequences)      */
-    uint64_t att_rows;              /* sized by cap_t: a run of several sequences' rows' (seq) rows in
-                                       runs (of one sequence's consecutive rows) shorter than
+    uint64_t att_rows;              /* sized by cap_t: a call of several sequences' (seq) rows, those
+                                       of its runs (a sequence's consecutive rows) shorter than
                                        CG_CUDA_ATTN_TILED_MIN_T, n_att_rows of them: attention's one
                                        launch over the caches' table (attend_seqs); set with the ids */
     int32_t *att_rows_h;
@@ -1822,12 +1822,9 @@ static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint
     void *aa[] = {(void *)&r->TT, &q, &kc, &vc, &pos, &out, &knew, &vnew, &part, &cnt};
     CgCudaAttnForm f;
     int unused, kern = attn_pick(st, r->T, &f, &unused);
-    if (stored) {
-    } else if (r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) {
-        knew = k, vnew = v; /* a decode step: the kernel stores them */
-    } else if (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)) {
+    if (!stored && r->T == 1 && f.bq == 1 && !r->cm->o.no_fuse) knew = k, vnew = v; /* decode: the kernel stores them */
+    else if (!stored && (!launch(r, st, st->kern_kv, g, b, 0, ka) || !launch(r, st, st->kern_kv, g, b, 0, va)))
         return false;
-    }
     if (f.bq == 1) return attend_launch(r, st, &f, kern, false, aa, &part, &cnt);
     cg_cuda_attention_launch(&st->d, &f, r->T, g, b);
     return launch(r, st, kern, g, b, 0, aa);
@@ -1881,7 +1878,8 @@ static bool attend_seqs(const Run *r, const Step *st, bool *seqs)
     uint64_t knew = cm->att_alone ? k : 0, vnew = cm->att_alone ? v : 0;
     Run rs = *r; /* the listed rows: the launch's */
     rs.T = cm->n_att_rows, rs.TT = (long long)rs.T;
-    void *aa[] = {(void *)&rs.TT, &q, &kvs, (void *)&cm->seqs, &rows, (void *)&cm->pos, &out, &knew, &vnew, &part, &cnt};
+    void *aa[] = {(void *)&rs.TT, &q, &kvs, (void *)&cm->seqs, &rows, (void *)&cm->pos, &out, &knew, &vnew,
+                  &part, &cnt};
     return attend_launch(&rs, st, &f, kseqs, true, aa, &part, &cnt);
 }
 
@@ -2177,8 +2175,11 @@ bool cuda_model_set_sequences(CudaModel *cm, int n, RtError *err)
         bool ok = dalloc(cm, &d, (size_t)(2 * n) * sizeof *tab, "the KV caches' table", false, err) &&
                   dupload(cm, d, tab, (size_t)(2 * n) * sizeof *tab, err);
         free(tab);
-        if (st->kvs) { /* the table it replaces, and the graphs that read it (after a failure too: it is
-                          short of the caches allocated, and no table takes the one-launch path) */
+        if (st->kvs) { /* the table it replaces, once the stream is done with it, and the graphs that read
+                          it (after a failure too: it is short of the caches allocated, and no table
+                          takes the one-launch path) */
+            char e[512];
+            cg_cuda_sync(cm->drv, e, sizeof e); /* (a failure is the next call's to report) */
             graphs_drop(cm);
             cg_cuda_free(cm->drv, st->kvs);
         }
