@@ -443,6 +443,29 @@ static IrModule *tiny_model(const char *name, ModelSpec *s, WeightSet **w)
     return module_for(s, true, false);
 }
 
+/* The last run's logits of rows [first, T) against the interpreter's of each row's sequence alone
+ * (ref[sq[t]] at pos[t]), each within the spec's tolerance (a line naming the row where not, `what`
+ * saying which step); the worst relative error. */
+static double check_rows(CudaModel *cm, const ModelSpec *s, const EvalResult *ref, const int32_t *pos,
+                         const int32_t *sq, int64_t first, int64_t T, const char *what)
+{
+    RtError err = {{0}};
+    int64_t V;
+    moe_dtype dt;
+    const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
+    assert_non_null(logits);
+    double worst = 0;
+    for (int64_t t = first; t < T; t++) { /* row t: its sequence's row at its position (causal) */
+        double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
+        worst = fmax(worst, e);
+        if (e > tolerance(s))
+            printf("  %s: %s row %lld (sequence %d, position %d): rel err %.3g\n", s->name, what, (long long)t, sq[t],
+                   pos[t], e);
+        assert_true(e <= tolerance(s));
+    }
+    return worst;
+}
+
 /* Several sequences in one run (cuda_model_run_seqs, moeppc run --batch), on random weights made and
  * uploaded 200 bytes of rows at a time, never whole in host memory: a prefill of three prompts whose
  * rows are mixed (one prompt's in two runs, 34 rows on the tiled attention and 16 on the
@@ -488,17 +511,9 @@ static void test_batched_sequences(void **state)
             bool ok = cuda_model_run_seqs(cm, ids, pos, sq, T, &err);
             if (!ok) fprintf(stderr, "%s: %s\n", s.name, err.msg);
             assert_true(ok);
-            int64_t V;
-            moe_dtype dt;
-            const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
-            assert_non_null(logits);
-            for (int64_t t = first; t < T; t++) { /* row t: its sequence's row at its position (causal) */
-                double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
-                worst = fmax(worst, e);
-                if (e > tolerance(&s)) printf("  %s: step %d row %lld (sequence %d, position %d): rel err %.3g\n", s.name,
-                                              step, (long long)t, sq[t], pos[t], e);
-                assert_true(e <= tolerance(&s));
-            }
+            char what[32];
+            snprintf(what, sizeof what, "step %d", step);
+            worst = fmax(worst, check_rows(cm, &s, ref, pos, sq, first, T, what));
         }
         printf("  %-12s 3 sequences batched on the GPU (a mixed prefill, %d decode steps) vs each alone in the "
                "interpreter: worst rel err %.3g (tolerance %.0e)\n", s.name, STEPS, worst, tolerance(&s));
@@ -587,19 +602,10 @@ static void test_batched_decode_launch(void **state)
                         ids[T] = seqs[q][len[q]], pos[T] = (int32_t)len[q]++, sq[T] = q;
                 assert_true(cuda_model_run_seqs(cm, ids, pos, sq, T, &err));
                 ops[sep][step] = cuda_model_last_ops(cm);
-                int64_t V;
-                moe_dtype dt;
-                const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
-                assert_non_null(logits);
-                for (int64_t t = 0; t < T; t++) {
-                    double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
-                    worst = fmax(worst, e);
-                    if (e > tolerance(&s))
-                        printf("  %s: step %d row %lld (sequence %d, position %d)%s: rel err %.3g\n", s.name, step,
-                               (long long)t, sq[t], pos[t], sep == 1 ? " a launch a run" : sep ? " a head a block" : "",
-                               e);
-                    assert_true(e <= tolerance(&s));
-                }
+                char what[48];
+                snprintf(what, sizeof what, "step %d%s", step,
+                         sep == 1 ? " (a launch a run)" : sep ? " (a head a block)" : "");
+                worst = fmax(worst, check_rows(cm, &s, ref, pos, sq, 0, T, what));
             }
             cuda_model_free(cm);
         }
@@ -659,16 +665,9 @@ static void test_batched_graphs(void **state)
         cuda_model_set_last_rows(cm, last);
         assert_true(cuda_model_run_seqs(cm, ids, pos, sq, T, &err));
         assert_int_equal(cuda_model_graphs(cm), graphs[step]);
-        int64_t V;
-        moe_dtype dt;
-        const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
-        assert_non_null(logits);
-        for (int64_t t = last ? T - last : 0; t < T; t++) {
-            double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
-            worst = fmax(worst, e);
-            if (e > tolerance(&s)) printf("  step %d row %lld: rel err %.3g\n", step, (long long)t, e);
-            assert_true(e <= tolerance(&s));
-        }
+        char what[32];
+        snprintf(what, sizeof what, "step %d", step);
+        worst = fmax(worst, check_rows(cm, &s, ref, pos, sq, last ? T - last : 0, T, what));
     }
     int layouts = cuda_model_graphs(cm);
     assert_true(cuda_model_set_sequences(cm, NS + 1, &err));
@@ -682,16 +681,9 @@ static void test_batched_graphs(void **state)
         }
         assert_true(cuda_model_run_seqs(cm, ids, pos, sq, NS, &err));
         assert_int_equal(cuda_model_graphs(cm), step > 0); /* captured at the second */
-        int64_t V;
-        moe_dtype dt;
-        const float *logits = cuda_model_output(cm, "logits", &V, &dt, &err);
-        assert_non_null(logits);
-        for (int t = 0; t < NS; t++) {
-            double e = rel_err(logits + t * V, eval_output(&ref[sq[t]], "logits")->data + pos[t] * V, V, 0, 1);
-            worst = fmax(worst, e);
-            if (e > tolerance(&s)) printf("  4 sequences, step %d row %d: rel err %.3g\n", step, t, e);
-            assert_true(e <= tolerance(&s));
-        }
+        char what[48];
+        snprintf(what, sizeof what, "4 sequences, step %d", step);
+        worst = fmax(worst, check_rows(cm, &s, ref, pos, sq, 0, NS, what));
     }
     printf("  tiny-moepp   3 sequences' decode steps captured and replayed as graphs (%d layouts), then a fourth's: worst rel "
            "err %.3g against the interpreter\n", layouts, worst);
