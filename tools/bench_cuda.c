@@ -33,6 +33,8 @@ typedef struct {
     double zc_share;              /* --zc-share P: synthetic routing for the MoE block (< 0: the router's) */
     int64_t context;              /* --context P: the tokens at positions P.., after a prefill of P tokens */
     bool batch;                   /* --batch: T sequences of one token each, at position P of its own */
+    int64_t rows;                 /* --rows R (with --batch): T / R sequences of R tokens each instead, at
+                                     positions P..P+R-1 (a step of prompts' chunks) */
     int tile[2][3];               /* --tile UP[/DOWN] */
     const char *tuning;           /* --tuning: a GPU tuning database (moeppc tune --target sm_XX) */
     int device;                   /* --device cuda:N's ordinal */
@@ -40,7 +42,7 @@ typedef struct {
 
 static int parse_args(int argc, char **argv, CudaBenchArgs *a)
 {
-    *a = (CudaBenchArgs){.reps = 20, .seed = 1, .tokens = {1, 64, 512, 4096}, .n_tokens = 4, .zc_share = -1};
+    *a = (CudaBenchArgs){.reps = 20, .seed = 1, .tokens = {1, 64, 512, 4096}, .n_tokens = 4, .zc_share = -1, .rows = 1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
@@ -81,6 +83,12 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
                 return usage_error("bench", BENCH_CUDA_USAGE, "--context: expected a position in 0..1048576, found '%s'", v);
             a->context = p;
             i++;
+        } else if (strcmp(o, "--rows") == 0) {
+            long long r = strtoll(v, &end, 10);
+            if (*end || !*v || r < 1 || r > 1 << 20)
+                return usage_error("bench", BENCH_CUDA_USAGE, "--rows: expected a count in 1..1048576, found '%s'", v);
+            a->rows = r;
+            i++;
         } else if (strcmp(o, "--zc-share") == 0) {
             a->zc_share = strtod(v, &end);
             if (*end || !(a->zc_share >= 0 && a->zc_share <= 1))
@@ -105,6 +113,14 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         else return usage_error("bench", BENCH_CUDA_USAGE, "unexpected argument '%s'", o);
     }
     if (!a->spec) return usage_error("bench", BENCH_CUDA_USAGE, "%s", "missing SPEC");
+    if (a->rows > 1 && !a->batch) return usage_error("bench", BENCH_CUDA_USAGE, "%s", "--rows: only with --batch");
+    for (int q = 0; q < a->n_tokens; q++)
+        if (a->tokens[q] % a->rows) {
+            char why[96];
+            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q], (long long)a->rows);
+            return usage_error("bench", BENCH_CUDA_USAGE, "--tokens: each count a multiple of --rows (T / R "
+                               "sequences of R tokens), found %s", why);
+        }
     return 0;
 }
 
@@ -191,12 +207,13 @@ int bench_cuda(int argc, char **argv)
     double kv_elem = tune_attention_dtype(ai) == DT_F32 || o.no_attn_tc ? 4.0 : 2.0; /* the caches' (cuda_exec.h) */
     double kv_row_bytes = 2.0 * (double)ai->in[1]->type.dims[ai->in[1]->type.ndim - 1] * kv_elem;
     double qk_cols = (double)ai->in[0]->type.dims[ai->in[0]->type.ndim - 1]; /* heads x head_dim */
-    bool ok = !a.batch || cuda_model_set_sequences(cm, (int)max_t, &err);
+    int64_t max_seqs = max_t / a.rows;
+    bool ok = !a.batch || cuda_model_set_sequences(cm, (int)max_seqs, &err);
     if (ok && a.context > 0) { /* the KV cache's first P rows: a prefill of P tokens (--batch: copied to each) */
         int32_t *ids = xmalloc((size_t)a.context * sizeof *ids), *pos = xmalloc((size_t)a.context * sizeof *pos);
         for (int64_t t = 0; t < a.context; t++) ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)t;
         ok = cuda_model_run(cm, ids, pos, a.context, &err);
-        for (int q = 1; ok && a.batch && q < max_t; q++) ok = cuda_model_copy_sequence(cm, 0, q, a.context, &err);
+        for (int q = 1; ok && a.batch && q < max_seqs; q++) ok = cuda_model_copy_sequence(cm, 0, q, a.context, &err);
         free(ids), free(pos);
     }
     if (!ok) {
@@ -216,16 +233,18 @@ int bench_cuda(int argc, char **argv)
                dtype_name(s.dtype), cuda_model_device(cm), a.reps,
                a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)",
                a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "",
-               a.batch ? "; --batch: T sequences, a token each (their steps as graphs from the second)" : "");
+               !a.batch ? "" : a.rows > 1 ? "; --batch --rows R: T / R sequences, R tokens each (a step of prompts' chunks)"
+                                          : "; --batch: T sequences, a token each (their steps as graphs from the second)");
     char name[64];
     snprintf(name, sizeof name, "route.%lld.ids", (long long)(s.n_layers - 1));
     for (int q = 0; q < a.n_tokens && rc == 0; q++) {
         int64_t T = a.tokens[q];
         int32_t *ids = xmalloc((size_t)T * sizeof *ids), *pos = xmalloc((size_t)T * sizeof *pos);
         int32_t *seq = a.batch ? xmalloc((size_t)T * sizeof *seq) : NULL;
-        for (int64_t t = 0; t < T; t++) { /* --batch: token t of sequence t at position P */
-            ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab), pos[t] = (int32_t)(a.context + (seq ? 0 : t));
-            if (seq) seq[t] = (int32_t)t;
+        for (int64_t t = 0; t < T; t++) { /* --batch: token t of sequence t / R at position P + t % R */
+            ids[t] = (int32_t)((t * 2654435761u) % (uint64_t)s.vocab);
+            pos[t] = (int32_t)(a.context + (seq ? t % a.rows : t));
+            if (seq) seq[t] = (int32_t)(t / a.rows);
         }
         double layer_ms = 0, moe_ms = 0, gemm_ms = 0, att_ms = 0;
         ok = bench_cuda_time_steps(cm, 0, n_steps, 1, ids, pos, seq, T, 3, a.reps, &layer_ms, &err) &&
@@ -263,20 +282,21 @@ int bench_cuda(int argc, char **argv)
             double gbs = 1e-9 * (router_bytes + (double)used * expert_bytes) / (moe_ms * 1e-3);
             double gbs_g = moe_g > 0 ? gbs * moe_ms / moe_g : 0;
             /* the caches' rows read (each once), and the keys the queries see (causal: the sum of pos + 1) */
-            double rows_read = seq ? (double)T * (double)(a.context + 1) : (double)(a.context + T);
+            double R = (double)a.rows, n_seqs = seq ? (double)T / R : 1, run = seq ? R : (double)T;
+            double rows_read = n_seqs * (double)(a.context + run);
             double kv_gbs = 1e-9 * rows_read * kv_row_bytes / (att_ms * 1e-3);
-            double keys = seq ? rows_read : (double)T * (double)a.context + (double)T * (double)(T + 1) / 2;
+            double keys = n_seqs * (run * (double)a.context + run * (run + 1) / 2);
             double att_tflops = 4e-12 * keys * qk_cols / (att_ms * 1e-3);                 /* q.k and p.v */
             if (a.json)
                 printf("{\"spec\": \"%s\", \"device\": \"cuda\", \"tokens\": %lld, \"ffn_picks\": %lld, \"experts_used\": %lld, "
                        "\"layer_ms\": %.6g, \"moe_ms\": %.6g, \"moe_ops\": %d, \"grouped_ms\": %.6g, \"grouped_tflops\": %.6g, "
                        "\"moe_weight_gbs\": %.6g, \"peak_fraction\": %.4f, \"bandwidth_fraction\": %.4f, \"context\": %lld, "
-                       "\"batch\": %s, "
+                       "\"batch\": %s, \"rows\": %lld, "
                        "\"attention_ms\": %.6g, \"attention_tflops\": %.6g, \"kv_gbs\": %.6g, "
                        "\"moe_ms_in_graph\": %.6g, \"grouped_ms_in_graph\": %.6g, \"moe_weight_gbs_in_graph\": %.6g}\n",
                        s.name, (long long)T, (long long)picks, (long long)used, layer_ms, moe_ms, moe_ops, gemm_ms, tflops, gbs,
                        a.peak_tflops ? tflops / a.peak_tflops : 0.0, a.bw_gbs ? gbs / a.bw_gbs : 0.0, (long long)a.context,
-                       a.batch ? "true" : "false",
+                       a.batch ? "true" : "false", (long long)(a.batch ? a.rows : 0),
                        att_ms, att_tflops, kv_gbs, moe_g, gemm_g, gbs_g);
             else {
                 printf("T = %-5lld layer %9.4f ms  MoE block %9.4f ms  grouped GEMMs %9.4f ms  %7.1f TFLOP/s", (long long)T,

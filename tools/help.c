@@ -96,6 +96,8 @@ static const HelpPage pages[] = {
      "                      long context; attention's KV-cache bytes/s said)\n"
      "  --batch             T sequences, one token each at position P of its own (the prefill's\n"
      "                      caches copied to each): a serving batch's decode step (run --batch)\n"
+     "  --rows R            with --batch: T / R sequences of R tokens each, at positions P..P+R-1\n"
+     "                      (a step of R-token prompt chunks; each T a multiple of R; default 1)\n"
      "  --zc-share P        set routing: a share P of the picks to zero-computation experts\n"
      "  --peak-tflops X     the GPU's measured dense 16-bit peak: the table gives fractions of it\n"
      "  --bandwidth-gbs Y   its measured copy bandwidth (GB/s): fractions of it too\n"

@@ -19,7 +19,7 @@
                     "[--device cpu|cuda[:N]] [--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--tuning DB] " \
                     "[--panel-cache DIR] [--json]"
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda[:N] [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \
-                         "[--dtype f32|bf16|f16] [--context P [--batch]] [--zc-share P] [--peak-tflops X] " \
+                         "[--dtype f32|bf16|f16] [--context P [--batch [--rows R]]] [--zc-share P] [--peak-tflops X] " \
                          "[--bandwidth-gbs Y] " \
                          "[--tile MxNxK[/MxNxK]] [--tuning GPU-DB] [--json]"
 #define TUNE_USAGE "tune SPEC -o DB [--target cpu|sm_80|sm_86|sm_89|sm_90 [--device cuda[:N]]] " \

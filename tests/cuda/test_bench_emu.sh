@@ -33,20 +33,30 @@ print("ok: bench --device cuda --context, %d records" % len(recs))
 PY
 # --batch: T sequences a token each at position 30 (the prefill's caches copied to each), their
 # steps' attention one launch a layer over the caches' table (MOEPPC_CUDA_ATTN_SEQS=0: a launch a
-# sequence): both time every part (test_cuda_model's test_batched_decode_launch checks the launches)
+# sequence); --rows 3: T / 3 sequences of 3 tokens (prompts' chunks) at positions 30..32: each way
+# times every part (test_cuda_model's test_batched_decode_launch checks the launches)
 GQA=$HERE/../../specs/tiny/tiny-gqa.yaml
 for seqs in 1 0; do
-  b=$(MOEPPC_CUDA_ATTN_SEQS=$seqs "$MOEPPC" bench "$GQA" --device cuda --batch --tokens 1,5 --context 30 --reps 3 --json) ||
-    { echo "bench --batch failed (MOEPPC_CUDA_ATTN_SEQS=$seqs)"; exit 1; }
-  echo "$b"
-  python3 - "$b" <<'PY' || exit 1
+  for rows in 1 3; do
+    b=$(MOEPPC_CUDA_ATTN_SEQS=$seqs "$MOEPPC" bench "$GQA" --device cuda --batch --rows $rows \
+          --tokens $((rows)),$((rows * 3)) --context 30 --reps 3 --json) ||
+      { echo "bench --batch --rows $rows failed (MOEPPC_CUDA_ATTN_SEQS=$seqs)"; exit 1; }
+    echo "$b"
+    python3 - "$b" "$rows" <<'PY' || exit 1
 import json, sys
-recs = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith("{")]
-assert [r["tokens"] for r in recs] == [1, 5] and all(r["batch"] and r["context"] == 30 for r in recs), recs
+recs, R = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith("{")], int(sys.argv[2])
+assert [r["tokens"] for r in recs] == [R, 3 * R], recs
+assert all(r["batch"] and r["rows"] == R and r["context"] == 30 for r in recs), recs
 for r in recs:
     for k in ("layer_ms", "moe_ms", "grouped_ms", "attention_ms", "kv_gbs"):
         assert r[k] > 0, (k, r)
 PY
+  done
+done
+for bad in "--rows 2 --tokens 4|--rows: only with --batch" "--batch --rows 3 --tokens 3,4|found 4, not a multiple of --rows 3" \
+           "--batch --rows 0|--rows: expected a count"; do
+  err=$("$MOEPPC" bench "$GQA" --device cuda ${bad%%|*} 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$err" | grep -q -- "${bad#*|}" || { echo "bench ${bad%%|*}: exit $rc: $err"; exit 1; }
 done
 err=$("$MOEPPC" bench "$SPEC" --device cuda --context -1 2>&1); rc=$?
 [ $rc -eq 2 ] && echo "$err" | grep -q -- "--context" || { echo "bad --context: exit $rc: $err"; exit 1; }
