@@ -117,7 +117,8 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
     for (int q = 0; q < a->n_tokens; q++)
         if (a->tokens[q] % a->rows) {
             char why[96];
-            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q], (long long)a->rows);
+            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q],
+                     (long long)a->rows);
             return usage_error("bench", BENCH_CUDA_USAGE, "--tokens: each count a multiple of --rows (T / R "
                                "sequences of R tokens), found %s", why);
         }
@@ -233,8 +234,9 @@ int bench_cuda(int argc, char **argv)
                dtype_name(s.dtype), cuda_model_device(cm), a.reps,
                a.peak_tflops ? "" : " (give --peak-tflops/--bandwidth-gbs for fractions of the ceilings)",
                a.zc_share >= 0 ? "; synthetic routing: the MoE block is what follows the router" : "",
-               !a.batch ? "" : a.rows > 1 ? "; --batch --rows R: T / R sequences, R tokens each (a step of prompts' chunks)"
-                                          : "; --batch: T sequences, a token each (their steps as graphs from the second)");
+               !a.batch      ? ""
+               : a.rows > 1 ? "; --batch --rows R: T / R sequences, R tokens each (a step of prompts' chunks)"
+                            : "; --batch: T sequences, a token each (their steps as graphs from the second)");
     char name[64];
     snprintf(name, sizeof name, "route.%lld.ids", (long long)(s.n_layers - 1));
     for (int q = 0; q < a.n_tokens && rc == 0; q++) {

@@ -53,7 +53,8 @@ for r in recs:
 PY
   done
 done
-for bad in "--rows 2 --tokens 4|--rows: only with --batch" "--batch --rows 3 --tokens 3,4|found 4, not a multiple of --rows 3" \
+for bad in "--rows 2 --tokens 4|--rows: only with --batch" \
+           "--batch --rows 3 --tokens 3,4|found 4, not a multiple of --rows 3" \
            "--batch --rows 0|--rows: expected a count"; do
   err=$("$MOEPPC" bench "$GQA" --device cuda ${bad%%|*} 2>&1); rc=$?
   [ $rc -eq 2 ] && echo "$err" | grep -q -- "${bad#*|}" || { echo "bench ${bad%%|*}: exit $rc: $err"; exit 1; }
