@@ -685,8 +685,8 @@ static void test_batched_graphs(void **state)
         snprintf(what, sizeof what, "4 sequences, step %d", step);
         worst = fmax(worst, check_rows(cm, &s, ref, pos, sq, 0, NS, what));
     }
-    printf("  tiny-moepp   3 sequences' decode steps captured and replayed as graphs (%d layouts), then a fourth's: worst rel "
-           "err %.3g against the interpreter\n", layouts, worst);
+    printf("  tiny-moepp   3 sequences' decode steps captured and replayed as graphs (%d layouts), then a fourth's: "
+           "worst rel err %.3g against the interpreter\n", layouts, worst);
     for (int q = 0; q <= NS; q++) ir_eval_result_free(&ref[q]);
     cuda_model_free(cm);
     ir_module_free(ref_m);
