@@ -21,6 +21,7 @@ typedef struct {
     int n_tokens, threads, reps;
     int64_t context;              /* --context P: the model's T tokens at positions P.. after a P-token prefill */
     bool batch;                   /* --batch: T sequences' tokens at position P each (a decode step of a batch) */
+    int64_t rows;                 /* --rows R (with --batch): T / R sequences of R tokens at P..P+R-1 instead */
     uint64_t seed;
     bool dtype_set;
     moe_dtype dtype;
@@ -36,17 +37,17 @@ typedef struct {
 } Timing;
 
 /* Run T tokens at positions P.. (after one untimed P-token prefill that fills the KV caches) reps
- * times after 2 warm-ups; time either the whole run or its MoE part. batch: T sequences instead,
- * each prefilled with P tokens of its own, then one token of each at position P a run. False (err
- * set) when the first run is refused (an arena for T tokens or caches for T sequences that do not
- * fit in memory). */
-static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vocab, int reps, bool moe_only,
-                      Timing *out, RtError *err)
+ * times after 2 warm-ups; time either the whole run or its MoE part. batch: T / R sequences instead
+ * (R = rows), each prefilled with P tokens of its own, then R tokens of each at positions P..P+R-1 a
+ * run. False (err set) when the first run is refused (an arena for T tokens or caches for the
+ * sequences that do not fit in memory). */
+static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t rows, int64_t vocab, int reps,
+                      bool moe_only, Timing *out, RtError *err)
 {
-    int64_t n = P > T ? P : T;
+    int64_t n = P > T ? P : T, n_seqs = batch ? T / rows : 1;
     int32_t *ids = xmalloc((size_t)n * sizeof *ids), *pos = xmalloc((size_t)n * sizeof *pos), *seq = NULL;
-    bool ok = !batch || cpu_model_sequences(cm) >= T || cpu_model_set_sequences(cm, (int)T, err);
-    for (int64_t q = 0; ok && q < (batch ? T : 1); q++) { /* sequence q's tokens: q offsets the hash */
+    bool ok = !batch || cpu_model_sequences(cm) >= n_seqs || cpu_model_set_sequences(cm, (int)n_seqs, err);
+    for (int64_t q = 0; ok && q < n_seqs; q++) { /* sequence q's tokens: q offsets the hash */
         for (int64_t t = 0; t < n; t++) ids[t] = (int32_t)(((t + q * 7919) * 2654435761u) % (uint64_t)vocab), pos[t] = (int32_t)t;
         int32_t *one = q ? xmalloc((size_t)P * sizeof *one) : NULL;
         for (int64_t t = 0; one && t < P; t++) one[t] = (int32_t)q;
@@ -57,8 +58,8 @@ static bool time_runs(CpuModel *cm, int64_t T, int64_t P, bool batch, int64_t vo
         seq = xmalloc((size_t)T * sizeof *seq);
         for (int64_t t = 0; t < T; t++) ids[t] = (int32_t)(((P + t * 7919) * 2654435761u) % (uint64_t)vocab);
     }
-    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(batch ? P : P + t);
-    for (int64_t t = 0; seq && t < T; t++) seq[t] = (int32_t)t;
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(batch ? P + t % rows : P + t);
+    for (int64_t t = 0; seq && t < T; t++) seq[t] = (int32_t)(t / rows);
     double *s = xmalloc((size_t)reps * sizeof *s), macs = 0, grouped = 0, route = 0, attention = 0, linear = 0;
     double gbytes = 0, lbytes = 0;
     for (int r = -2; ok && r < reps; r++) {
@@ -227,7 +228,7 @@ BenchModel *bench_model_new(const ModelSpec *s, const TuneDb *db, int threads, R
 bool bench_model_median(BenchModel *bm, int64_t T, int reps, double *median, RtError *err)
 {
     Timing t;
-    if (!time_runs(bm->cm, T, 0, false, bm->vocab, reps, false, &t, err)) return false;
+    if (!time_runs(bm->cm, T, 0, false, 1, bm->vocab, reps, false, &t, err)) return false;
     *median = t.median;
     return true;
 }
@@ -256,13 +257,13 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
     IrModule *m = bm->m;
     int rc = 0;
     for (int k = 0; cm && k < a->n_tokens; k++) {
-        if (a->context + (a->batch ? 1 : a->tokens[k]) > s->max_positions) {
+        if (a->context + (a->batch ? a->rows : a->tokens[k]) > s->max_positions) {
             if (a->context && !a->json) printf("%-6s T = %-5lld skipped: positions %lld.. pass max_positions %lld\n", scope,
                                    (long long)a->tokens[k], (long long)a->context, (long long)s->max_positions);
             continue;
         }
         Timing t;
-        if (!time_runs(cm, a->tokens[k], a->context, a->batch, s->vocab, a->reps, moe_only, &t, &err)) {
+        if (!time_runs(cm, a->tokens[k], a->context, a->batch, a->rows, s->vocab, a->reps, moe_only, &t, &err)) {
             fprintf(stderr, "moeppc bench: error: %s\n", err.msg);
             rc = 1;
             break;
@@ -273,7 +274,9 @@ static int bench_spec(const BenchArgs *a, const ModelSpec *s, const char *scope,
             for (const IrInstr *i = m->first; i; i = i->next) {
                 CgOpDesc od;
                 if (i->op == IR_OP_ATTENTION && cg_op_desc_for(i, &od))
-                    bytes += 2.0 * (double)(a->batch ? a->tokens[k] * (a->context + 1) : a->context + a->tokens[k]) *
+                    bytes += 2.0 *
+                             (double)(a->batch ? a->tokens[k] / a->rows * (a->context + a->rows)
+                                               : a->context + a->tokens[k]) *
                              (double)i->in[1]->type.dims[1] * (double)dtype_size(od.wdtype);
             }
             char kv[32];
@@ -303,7 +306,7 @@ static bool parse_tokens(const char *v, BenchArgs *a)
 static int parse_bench_args(int argc, char **argv, BenchArgs *a)
 {
     *a = (BenchArgs){.tokens = {1, 64, 512}, .n_tokens = 3, .threads = threads_default(), .reps = 7, .seed = 1,
-                     .zc_share = -1};
+                     .zc_share = -1, .rows = 1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(o, "--layer") == 0) a->layer = true;
@@ -337,6 +340,12 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
             if (*end || a->context < 0 || a->context > 1 << 20)
                 return usage_error("bench", BENCH_USAGE, "--context: expected a position, found '%s'", v);
             i++;
+        } else if (strcmp(o, "--rows") == 0) {
+            char *end;
+            a->rows = strtoll(v, &end, 10);
+            if (*end || !*v || a->rows < 1 || a->rows > 65536)
+                return usage_error("bench", BENCH_USAGE, "--rows: expected a count in 1..65536, found '%s'", v);
+            i++;
         } else if (strcmp(o, "--tuning") == 0) {
             a->tuning = v;
             i++;
@@ -363,6 +372,15 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
     if ((a->context || a->batch) && (a->layer || a->experts || !a->model))
         return usage_error("bench", BENCH_USAGE, "%s: with --model only (a layer has no attention)",
                            a->batch ? "--batch" : "--context");
+    if (a->rows > 1 && !a->batch) return usage_error("bench", BENCH_USAGE, "%s", "--rows: only with --batch");
+    for (int q = 0; q < a->n_tokens; q++)
+        if (a->tokens[q] % a->rows) {
+            char why[96];
+            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q],
+                     (long long)a->rows);
+            return usage_error("bench", BENCH_USAGE, "--tokens: each count a multiple of --rows (T / R sequences of "
+                               "R tokens), found %s", why);
+        }
     return 0;
 }
 
@@ -503,7 +521,10 @@ int cmd_bench(int argc, char **argv)
                    "KV caches and the weights read in place (90 %%), do not fit the %.2f GB available\n", made / 1e9,
                    kept / 1e9, have / 1e9);
         else {
-            if (a.batch && !a.json)
+            if (a.batch && !a.json && a.rows > 1)
+                printf("batch: T / %lld sequences, %lld tokens each at positions %lld.. of its own (a step of prompts' "
+                       "chunks)\n", (long long)a.rows, (long long)a.rows, (long long)a.context);
+            else if (a.batch && !a.json)
                 printf("batch: T sequences, one token each at position %lld of its own (a decode step of them)\n",
                        (long long)a.context);
             rc |= bench_spec(&a, &s, a.batch ? "batch" : "model", false, &peak, ks);

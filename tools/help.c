@@ -72,6 +72,8 @@ static const HelpPage pages[] = {
      "  --batch             with --model: T sequences, one token each at position P of its own\n"
      "                      (after a P-token prefill of each): the decode step of a serving batch\n"
      "                      (moeppc run --batch), not T tokens of one sequence\n"
+     "  --rows R            with --batch: T / R sequences of R tokens each, at positions P..P+R-1\n"
+     "                      (a step of R-token prompt chunks; each T a multiple of R; default 1)\n"
      "  --experts           the expert part of one layer under set routing (the paper's expert\n"
      "                      throughput): --zc-share P of the picks go to zero-computation experts\n"
      "  --tokens LIST       token counts T (default 1,64,512; up to 16, each 1..65536)\n"

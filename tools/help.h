@@ -15,7 +15,8 @@
 
 #define COMPILE_USAGE "compile (SPEC | --ir FILE) [-O0|-O1] [--target cpu|sm_80|sm_86|sm_89|sm_90] [--print-ir] " \
                       "[--print-after=PASS|all] [--pass NAME] [--stats] [--tuning DB] [-o FILE.ir]"
-#define BENCH_USAGE "bench SPEC [--layer] [--model [--context P] [--batch]] [--experts [--zc-share P]] [--tokens 1,64,512] [--threads N] " \
+#define BENCH_USAGE "bench SPEC [--layer] [--model [--context P] [--batch [--rows R]]] [--experts [--zc-share P]] " \
+                    "[--tokens 1,64,512] [--threads N] " \
                     "[--device cpu|cuda[:N]] [--random-weights SEED] [--dtype f32|bf16|f16] [--reps N] [--tuning DB] " \
                     "[--panel-cache DIR] [--json]"
 #define BENCH_CUDA_USAGE "bench SPEC --device cuda[:N] [--tokens 1,64,512,4096] [--reps N] [--random-weights SEED] " \

@@ -10,7 +10,8 @@
 # each in bf16, 24.6 in f32 (all 8 a layer would be 196.6 and 393.2).
 # A bf16 model's report says which form attention takes (here f32 FMAs: head_dim 16); an f32 one's does not.
 # --batch: T sequences, one token each at position P of its own: T = 3 holds three sequences' 31
-# positions (47.6 KB), and T = 40 at position 63 fits (one position each); --batch --layer exit 2.
+# positions (47.6 KB), and T = 40 at position 63 fits (one position each); --batch --layer exit 2;
+# --rows R: T / R sequences of R tokens; without --batch, or a T not a multiple of R: exit 2.
 set -u
 MOEPPC=$1
 SPEC=$(cd "$(dirname "$0")/../../specs/tiny" && pwd)/tiny-bf16.yaml
@@ -42,8 +43,18 @@ echo "$out" | grep -q "KV caches at position 30, every sequence's: 15.9 KB" &&
 echo "$out" | grep -q "^batch  T = 3 " || fail "--batch: no T = 3 figure"
 out=$("$MOEPPC" bench "$SPEC" --context 63 --batch --tokens 40 --reps 1) && echo "$out" | grep -q "^batch  T = 40 " ||
   fail "--batch --context 63 --tokens 40: $out"
-for bad in "--context 5 --layer" "--context -1" "--batch --layer"; do
+# --rows 3: T / 3 sequences of 3 tokens at positions 30..32 (prompts' chunks): 33 positions of each
+# sequence's caches, one sequence at T = 3 (16.9 KB), two at T = 6
+out=$("$MOEPPC" bench "$SPEC" --context 30 --batch --rows 3 --tokens 3,6 --reps 3) ||
+  fail "bench --batch --rows 3: $out"
+echo "$out"
+echo "$out" | grep -q "KV caches at position 30, every sequence's: 16.9 KB" &&
+  echo "$out" | grep -q "KV caches at position 30, every sequence's: 33.8 KB" ||
+  fail "--rows 3: expected 16.9 and 33.8 KB"
+echo "$out" | grep -q "^batch  T = 6 " || fail "--rows 3: no T = 6 figure"
+for bad in "--context 5 --layer" "--context -1" "--batch --layer" "--rows 2 --batch --tokens 3" \
+           "--rows 2 --tokens 4"; do
   err=$("$MOEPPC" bench "$SPEC" $bad 2>&1); rc=$?
   [ $rc -eq 2 ] && echo "$err" | grep -q -- "${bad%% *}" || fail "$bad: exit $rc: $err"
 done
-echo "ok: bench --context and --batch on the CPU"
+echo "ok: bench --context, --batch and --rows on the CPU"
