@@ -372,16 +372,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a)
     if ((a->context || a->batch) && (a->layer || a->experts || !a->model))
         return usage_error("bench", BENCH_USAGE, "%s: with --model only (a layer has no attention)",
                            a->batch ? "--batch" : "--context");
-    if (a->rows > 1 && !a->batch) return usage_error("bench", BENCH_USAGE, "%s", "--rows: only with --batch");
-    for (int q = 0; q < a->n_tokens; q++)
-        if (a->tokens[q] % a->rows) {
-            char why[96];
-            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q],
-                     (long long)a->rows);
-            return usage_error("bench", BENCH_USAGE, "--tokens: each count a multiple of --rows (T / R sequences of "
-                               "R tokens), found %s", why);
-        }
-    return 0;
+    return bench_rows_check(BENCH_USAGE, a->batch, a->rows, a->tokens, a->n_tokens);
 }
 
 /* ---- --experts: the expert part of one layer under synthetic routing ----------------------------------- */

@@ -113,16 +113,7 @@ static int parse_args(int argc, char **argv, CudaBenchArgs *a)
         else return usage_error("bench", BENCH_CUDA_USAGE, "unexpected argument '%s'", o);
     }
     if (!a->spec) return usage_error("bench", BENCH_CUDA_USAGE, "%s", "missing SPEC");
-    if (a->rows > 1 && !a->batch) return usage_error("bench", BENCH_CUDA_USAGE, "%s", "--rows: only with --batch");
-    for (int q = 0; q < a->n_tokens; q++)
-        if (a->tokens[q] % a->rows) {
-            char why[96];
-            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)a->tokens[q],
-                     (long long)a->rows);
-            return usage_error("bench", BENCH_CUDA_USAGE, "--tokens: each count a multiple of --rows (T / R "
-                               "sequences of R tokens), found %s", why);
-        }
-    return 0;
+    return bench_rows_check(BENCH_CUDA_USAGE, a->batch, a->rows, a->tokens, a->n_tokens);
 }
 
 static const IrInstr *instr_at(const IrModule *m, int idx)

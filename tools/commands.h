@@ -24,6 +24,9 @@ int bench_cuda(int argc, char **argv);
  * bench/baseline_openblas.c draws the same routing. */
 int64_t bench_synthetic_routing(int64_t T, int64_t k, int64_t nf, int64_t E, double p, uint64_t seed, int32_t *ids,
                                 float *w);
+/* bench --rows R (with --batch: T / R sequences of R tokens) against the rest of the command line:
+ * 0, or a usage error's exit status (usage: the command's usage line). */
+int bench_rows_check(const char *usage, bool batch, int64_t rows, const int64_t *tokens, int n_tokens);
 /* bench_cuda.c: the median GPU milliseconds (CUDA events) of instructions [first, last) of a CUDA
  * model on T tokens over reps runs after `warmup` runs, each run the range in_graph times over in one
  * call (one graph at T = 1; cuda_model_run_steps_reps) and its time divided by in_graph; seq: the

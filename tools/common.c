@@ -61,6 +61,19 @@ static int64_t n_free(const int32_t *picks, int64_t j, int64_t lo, int64_t hi)
     return n;
 }
 
+int bench_rows_check(const char *usage, bool batch, int64_t rows, const int64_t *tokens, int n_tokens)
+{
+    if (rows > 1 && !batch) return usage_error("bench", usage, "%s", "--rows: only with --batch");
+    for (int q = 0; q < n_tokens; q++)
+        if (tokens[q] % rows) {
+            char why[96];
+            snprintf(why, sizeof why, "%lld, not a multiple of --rows %lld", (long long)tokens[q], (long long)rows);
+            return usage_error("bench", usage, "--tokens: each count a multiple of --rows (T / R sequences of R "
+                               "tokens), found %s", why);
+        }
+    return 0;
+}
+
 /* Token t's k picks: each a zero-computation expert ([nf, E)) with probability p, else an FFN expert,
  * uniform among that class's experts the token has not picked (the other class when it runs out);
  * weights uniform in [0.1, 1), normalised. bench/baseline_openblas.c draws the same routing. */
