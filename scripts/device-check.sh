@@ -284,7 +284,7 @@ EOF
     step "a serving batch's decode step at position 2048 (bench --batch: T sequences, a token each):" \
       "attention one launch a layer over the caches' table, then a launch a sequence (MOEPPC_CUDA_ATTN_SEQS=0);" \
       "the 7B (16 heads) and Mixtral-8x7B's layer (GQA: 4 query heads a block of its kv head; then one," \
-      "MOEPPC_CUDA_ATTN_GQ=0); and 8 sequences of 8 tokens (prompts' chunks: --rows 8) on the 7B's"
+      "MOEPPC_CUDA_ATTN_GQ=0); and 8 sequences of 8 tokens and 4 of 128 (prompts' chunks: --rows) on the 7B's"
     run 30 "$bin/moeppc" import-hf tests/frontend/hf/mixtral-8x7b-config.json -o "$work/mixtral.yaml"
     for spec in specs/moepp-7b.yaml "$work/mixtral.yaml"; do
       for ab in SEQS=1 SEQS=0 GQ=0; do
@@ -295,11 +295,13 @@ EOF
           sed 's/  \[.*experts; MoE block: [0-9]* GPU ops\]//'
       done
     done
-    for seqs in 1 0; do # 8 prompts' chunks of 8 tokens: one launch a layer (a store first) or 3 a chunk
-      echo "-- moepp-7b.yaml --rows 8 (8 sequences of 8 tokens) MOEPPC_CUDA_ATTN_SEQS=$seqs"
-      run 90 env MOEPPC_CUDA_ATTN_SEQS=$seqs "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --batch --rows 8 \
-        --context 2048 --tokens 64 --reps 10 "${ceil[@]}" | grep "^T =" |
-        sed 's/  \[.*experts; MoE block: [0-9]* GPU ops\]//'
+    for seqs in 1 0; do # prompts' chunks: 8 of 8 tokens, 4 of 128: one launch a layer (a store first) or 3 a chunk
+      for rows in 8 128; do
+        echo "-- moepp-7b.yaml --rows $rows (sequences of $rows tokens) MOEPPC_CUDA_ATTN_SEQS=$seqs"
+        run 90 env MOEPPC_CUDA_ATTN_SEQS=$seqs "$bin/moeppc" bench specs/moepp-7b.yaml --device cuda --batch \
+          --rows $rows --context 2048 --tokens $((rows * (rows == 8 ? 8 : 4))) --reps 10 "${ceil[@]}" |
+          grep "^T =" | sed 's/  \[.*experts; MoE block: [0-9]* GPU ops\]//'
+      done
     done
   fi
   if more "shared prefix"; then

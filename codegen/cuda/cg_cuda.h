@@ -119,20 +119,27 @@ void  cg_cuda_attention_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char 
 char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
 void  cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
                                unsigned block[3]);
-/* The per-query form (bq 1) for a serving batch's step: T rows of several sequences in one
- * launch, ATTENTION's arguments but (kc, vc) replaced by (const unsigned long long *kvs, const int
- * *seq, const int *rows): the launch's row i is the model's row t = rows[i] (rows NULL: i; q, pos,
- * out, knew, vnew, seq at t; part and cnt at i), its K and V caches at kvs[2 seq[t]] and
- * kvs[2 seq[t] + 1], its new key and value (knew, vnew, as at T = 1) stored there at pos[t], no
- * other row of the launch of its sequence (or knew NULL: the caches hold every row's already, stored
- * by cg_cuda_kv_store_seqs_source: rows of any sequences, several of one among them); its grid
- * (heads, T, splits) (cg_cuda_attention_seqs_launch: a row's heads together, so that GQA's heads of a
- * kv head read its caches through L2 once). Symbol: the form's with "_seqs". NULL with err set for
- * another form. */
-void  cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);
-char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
-void  cg_cuda_attention_seqs_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
-                                    unsigned block[3]);
+/* A form for a serving batch's step: rows of several sequences in one launch. Symbol: the form's
+ * with "_seqs"; NULL with err set when d or f is out of range.
+ * The per-query form (bq 1): T rows, ATTENTION's arguments but (kc, vc) replaced by (const unsigned
+ * long long *kvs, const int *seq, const int *rows): the launch's row i is the model's row t = rows[i]
+ * (rows NULL: i; q, pos, out, knew, vnew, seq at t; part and cnt at i), its K and V caches at
+ * kvs[2 seq[t]] and kvs[2 seq[t] + 1], its new key and value (knew, vnew, as at T = 1) stored there at
+ * pos[t], no other row of the launch of its sequence (or knew NULL: the caches hold every row's
+ * already, stored by cg_cuda_kv_store_seqs_source: rows of any sequences, several of one among them);
+ * its grid (heads, T, splits) (cg_cuda_attention_seqs_launch: a row's heads together, so that GQA's
+ * heads of a kv head read its caches through L2 once).
+ * A tiled form (bq > 1): runs of consecutive rows, each of one sequence, whose keys and values the
+ * caches hold already (cg_cuda_kv_store_seqs_source), arguments (long long R, const float *q, const
+ * unsigned long long *kvs, const int *seq, const int *runs, const int *pos, float *out): run k of R
+ * its rows runs[2 k] .. runs[2 k] + runs[2 k + 1] - 1, each tile of bq of a run's rows a block as in
+ * the form's own launch, the tiles in the runs' order (T of cg_cuda_attention_seqs_launch: their
+ * count, cg_cuda_attention_run_tiles; grid (tiles, heads)). */
+void    cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n);
+char   *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen);
+void    cg_cuda_attention_seqs_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
+                                      unsigned block[3]);
+int64_t cg_cuda_attention_run_tiles(const CgCudaAttnForm *f, const int32_t *runs, int64_t n);
 #define CG_CUDA_DISPATCH_THREADS 1024
 #define CG_CUDA_COMBINE_DISPATCH_MAX_T 16
 

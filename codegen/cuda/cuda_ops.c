@@ -422,6 +422,34 @@ CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
     return attn_form_check(d, &tc, unused, sizeof unused) ? tc : (CgCudaAttnForm){CG_CUDA_ATTN_BQ, 4, 0, 0};
 }
 
+/* The tiled forms' parameters and first lines: the block's rows t0.. (those below T live) and its
+ * caches kc, vc of type kt. seqs: the form for runs of several sequences' rows in one launch
+ * (cg_cuda_attention_seqs_source): runs[2 k], runs[2 k + 1] the first row and the row count of run k
+ * of R, each of one sequence, whose caches are kvs[2 seq[row]] and kvs[2 seq[row] + 1]; its blocks
+ * the runs' tiles of BQ rows (the last of a run's may have fewer) in order: block x finds its run by
+ * walking them, so the list needs no entry a tile and holds for any BQ. */
+static void emit_tiled_head(CgBuf *b, const char *name, const char *kt, bool seqs)
+{
+    if (!seqs) {
+        cb_printf(b,
+            "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const %s *kc,\n"
+            "                                const %s *vc, const int *pos, float *out) {\n"
+            "    PDL_ENTRY();\n"
+            "    long long t0 = (long long)blockIdx.x * BQ;\n", name, kt, kt);
+        return;
+    }
+    cb_printf(b,
+        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long R, const float *q,\n"
+        "        const unsigned long long *kvs, const int *seq, const int *runs, const int *pos, float *out) {\n"
+        "    PDL_ENTRY();\n"
+        "    long long tile = blockIdx.x;  /* the block's tile, then its tile within its run rk */\n"
+        "    int rk = 0;\n"
+        "    for (; rk + 1 < R && tile >= (runs[2 * rk + 1] + BQ - 1) / BQ; rk++) tile -= (runs[2 * rk + 1] + BQ - 1) / BQ;\n"
+        "    long long t0 = runs[2 * rk] + tile * BQ, T = (long long)runs[2 * rk] + runs[2 * rk + 1];\n"
+        "    const %s *kc = (const %s *)kvs[2 * seq[t0]], *vc = (const %s *)kvs[2 * seq[t0] + 1];\n",
+        name, kt, kt, kt);
+}
+
 /* Prefill attention on tensor cores (16-bit models; tpq = 0): a block per BQ consecutive queries of one
  * head, a warp per 16 of them (mma.sync m16n8k16, f32 accumulators). The queries are the warp's A
  * fragments, rounded to the model's 16-bit type once; tiles of BKV keys come from the cache (in that
@@ -431,7 +459,7 @@ CgCudaAttnForm cg_cuda_attention_rule(const CgOpDesc *d, int64_t T)
  * accumulator fragments (a row's four threads agree through shuffles), P rounded to 16 bits straight
  * from S's fragments as A of O += P V. Rows of shared memory padded by 8 elements: the fragments'
  * reads fall in distinct banks. */
-static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm *f, const char *name)
+static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm *f, const char *name, bool seqs)
 {
     bool bf = d->wdtype == DT_BF16;
     cb_printf(b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
@@ -440,14 +468,12 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, attn_bkv(d, f),
               bf ? "pack_bf16" : "pack_f16", bf ? "mma_16816_bf16" : "mma_16816_f16");
     cb_printf(b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
+    emit_tiled_head(b, name, "u16", seqs);
     cb_printf(b,
-        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const u16 *kc,\n"
-        "                                const u16 *vc, const int *pos, float *out) {\n"
-        "    PDL_ENTRY();\n"
         "    __shared__ __align__(16) u16 ks[2][BKV * KS], vs[2][BKV * KS];  /* a ring of two tiles */\n"
         "    __shared__ int nmax;\n"
         "    int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, c = lane & 3, h = blockIdx.y, kvh = h / GROUP;\n"
-        "    int ta = blockIdx.x * BQ + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
+        "    int ta = (int)t0 + (tid >> 5) * 16 + g, tb = ta + 8;  /* this thread's two rows */\n"
         "    int na = ta < T ? pos[ta] + 1 : 0, nb = tb < T ? pos[tb] + 1 : 0;  /* their keys: 0..n-1 */\n"
         "    if (tid == 0) nmax = 0;\n"
         "    __syncthreads();\n"
@@ -542,7 +568,7 @@ static void emit_attention_mma(CgBuf *b, const CgOpDesc *d, const CgCudaAttnForm
         "        if (ta < T) oa[dn * 8] = o[dn][0] / la, oa[dn * 8 + 1] = o[dn][1] / la;\n"
         "        if (tb < T) ob[dn * 8] = o[dn][2] / lb, ob[dn * 8 + 1] = o[dn][3] / lb;\n"
         "    }\n"
-        "}\n", name);
+        "}\n");
 }
 
 void cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, char *out, size_t n)
@@ -552,35 +578,21 @@ void cg_cuda_attention_seqs_symbol(const CgOpDesc *d, const CgCudaAttnForm *f, c
     snprintf(out, n, "%s_seqs", base);
 }
 
-char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
-{
-    if (!check(d, err, errlen) || !attn_form_check(d, f, err, errlen)) return NULL;
-    if (f->bq != 1) {
-        snprintf(err, errlen, "cuda attention %dx%d/kv%d: only the per-query form takes several sequences' rows",
-                 f->bq, f->tpq, f->bkv);
-        return NULL;
-    }
-    char name[600];
-    cg_cuda_attention_seqs_symbol(d, f, name, sizeof name);
-    CgBuf b = {0};
-    cb_prelude(&b, DT_F32);
-    emit_attention(&b, d, name, f->tpq / 32, f->bkv, form_gq(d, f), true);
-    return b.s;
-}
-
-char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+/* The source of form f's kernel; seqs: its form for several sequences' rows (its symbol "_seqs"). */
+static char *attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, bool seqs, char *err, size_t errlen)
 {
     if (!check(d, err, errlen) || !attn_form_check(d, f, err, errlen)) return NULL;
     char name[600];
-    cg_cuda_attention_symbol(d, f, name, sizeof name);
+    if (seqs) cg_cuda_attention_seqs_symbol(d, f, name, sizeof name);
+    else cg_cuda_attention_symbol(d, f, name, sizeof name);
     CgBuf b = {0};
     cb_prelude(&b, DT_F32);
     if (f->bq == 1) {
-        emit_attention(&b, d, name, f->tpq / 32, f->bkv, form_gq(d, f), false);
+        emit_attention(&b, d, name, f->tpq / 32, f->bkv, form_gq(d, f), seqs);
         return b.s;
     }
     if (f->tpq == 0) {
-        emit_attention_mma(&b, d, f, name);
+        emit_attention_mma(&b, d, f, name, seqs);
         return b.s;
     }
     cb_printf(&b, "#define HEADS %lld\n#define KVH %lld\n#define HD %lld\n#define GROUP (HEADS / KVH)\n"
@@ -589,14 +601,12 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, f->tpq, attn_bkv(d, f));
     cb_printf(&b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     emit_kv_type(&b, d->wdtype);
+    emit_tiled_head(&b, name, "kvt", seqs);
     cb_printf(&b,
-        "extern \"C\" __global__ void __launch_bounds__(NT) %s(long long T, const float *q, const %s *kc,\n"
-        "                                const %s *vc, const int *pos, float *out) {\n"
-        "    PDL_ENTRY();\n"
         "    __shared__ float ks[BKV][HD], vs[BKV][HD];\n"
         "    __shared__ int nmax;\n"
         "    int tid = threadIdx.x, c = tid %% TPQ, h = blockIdx.y, kvh = h / GROUP;\n"
-        "    long long t = (long long)blockIdx.x * BQ + tid / TPQ;\n"
+        "    long long t = t0 + tid / TPQ;\n"
         "    bool live = t < T;\n"
         "    int n = live ? pos[t] + 1 : 0;  /* this query's keys: 0..n-1 */\n"
         "    if (tid == 0) nmax = 0;\n"
@@ -643,8 +653,18 @@ char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char 
         "        int dd = TPQ * i + c;\n"
         "        if (dd < HD) out[t * (HEADS * HD) + h * HD + dd] = acc[i] / l;\n"
         "    }\n"
-        "}\n", name, kv_ctype(d->wdtype), kv_ctype(d->wdtype));
+        "}\n");
     return b.s;
+}
+
+char *cg_cuda_attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+{
+    return attention_source(d, f, false, err, errlen);
+}
+
+char *cg_cuda_attention_seqs_source(const CgOpDesc *d, const CgCudaAttnForm *f, char *err, size_t errlen)
+{
+    return attention_source(d, f, true, err, errlen);
 }
 
 void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3], unsigned block[3])
@@ -658,9 +678,21 @@ void cg_cuda_attention_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_
 void cg_cuda_attention_seqs_launch(const CgOpDesc *d, const CgCudaAttnForm *f, int64_t T, unsigned grid[3],
                                    unsigned block[3])
 {
+    if (f->bq > 1) { /* T: the runs' tiles, a block each */
+        cg_cuda_attention_launch(d, f, 1, grid, block);
+        grid[0] = (unsigned)(T > 0 ? T : 1);
+        return;
+    }
     cg_cuda_attention_launch(d, f, T, grid, block);
     unsigned rows = grid[0];
     grid[0] = grid[1], grid[1] = rows;
+}
+
+int64_t cg_cuda_attention_run_tiles(const CgCudaAttnForm *f, const int32_t *runs, int64_t n)
+{
+    int64_t tiles = 0;
+    for (int64_t k = 0; k < n; k++) tiles += (runs[2 * k + 1] + f->bq - 1) / f->bq;
+    return tiles;
 }
 
 static void emit_elementwise(CgBuf *b, const CgOpDesc *d, const char *name)

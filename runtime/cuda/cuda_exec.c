@@ -72,7 +72,7 @@ typedef struct AttnAlt {
     TileSchedule sched;               /* n = 0: f[0] for every T */
     CgCudaAttnForm f[TILE_MAX_BUCKETS];
     int k[TILE_MAX_BUCKETS], n;
-    int ks[TILE_MAX_BUCKETS];         /* a per-query form's kernel for several sequences' rows (-1: none) */
+    int ks[TILE_MAX_BUCKETS];         /* the form's kernel for several sequences' rows (or runs of them) */
 } AttnAlt;
 
 /* The router's forms other than the rule's (fused up to FUSED_ROUTE_MAX_T tokens, the GEMMs above):
@@ -108,6 +108,8 @@ typedef struct Step {
     uint64_t kvs;                   /*   their device table, kc, vc a sequence (n_kv >= 2; else 0)   */
     int kern_seqs;                  /* attention: the rule's per-query form for rows of several
                                        sequences in one launch (cg_cuda_attention_seqs_source)       */
+    int kern_fused_seqs;            /*   its tiled form's (kern_fused's) for their runs of
+                                       CG_CUDA_ATTN_TILED_MIN_T rows and more                        */
     int kern_kv_seqs;               /*   and their keys' and values' store (cg_cuda_kv_store_seqs_source) */
     int gq;                         /* attention: 1 with CudaOptions.no_attn_gq, every per-query form's
                                        CgCudaAttnForm.gq (the rule's, the database's); else 0        */
@@ -213,9 +215,13 @@ struct CudaModel {
     uint64_t att_rows;              /* sized by cap_t: a call of several sequences' (seq) rows, those
                                        of its runs (a sequence's consecutive rows) shorter than
                                        CG_CUDA_ATTN_TILED_MIN_T, n_att_rows of them: attention's one
-                                       launch over the caches' table (attend_seqs); set with the ids */
+                                       launch over the caches' table (attend_seqs); then the other
+                                       runs' first row and row count each, n_att_long of them, with
+                                       att_long_rows rows in all: the tiled form's one launch; set
+                                       with the ids                                               */
     int32_t *att_rows_h;
     int64_t n_att_rows, att_runs;   /*   ... and the call's runs                                     */
+    int64_t n_att_long, att_long_rows;
     bool att_alone;                 /*   each row the only one of its sequence in the call (the
                                        attention kernel stores its own key and value)               */
     uint64_t attn_part, attn_cnt;   /* the per-query attention's key splits below
@@ -845,12 +851,10 @@ static bool attn_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f,
     return kern_new(cm, sym, cg_cuda_attention_source(d, f, err->msg, sizeof err->msg), g1, g2, b, 0, out);
 }
 
-/* A per-query form f's kernel for a decode step of several sequences (one row each) in one launch;
- * -1 for another form. */
+/* Form f's kernel for rows of several sequences in one launch (a per-query form: rows; a tiled one:
+ * runs of rows, cg_cuda_attention_seqs_source). */
 static bool attn_seqs_kern(CudaModel *cm, const CgOpDesc *d, const CgCudaAttnForm *f, int *out, RtError *err)
 {
-    *out = -1;
-    if (f->bq != 1) return true;
     char sym[640];
     cg_cuda_attention_seqs_symbol(d, f, sym, sizeof sym);
     if (kern_have(cm, sym, out)) return true;
@@ -881,7 +885,8 @@ static bool prepare_attention(CudaModel *cm, Step *st, RtError *err)
     one.gq = st->gq = cm->o.no_attn_gq ? 1 : 0;
     if (!attn_split_room(cm, &st->d, &one, err) ||
         !(st->gq ? attn_kern(cm, &st->d, &one, &st->kern, err) : op_kern(cm, &st->d, &st->kern, err)) ||
-        !attn_seqs_kern(cm, &st->d, &one, &st->kern_seqs, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err))
+        !attn_seqs_kern(cm, &st->d, &one, &st->kern_seqs, err) || !attn_kern(cm, &st->d, &tiled, &st->kern_fused, err) ||
+        !attn_seqs_kern(cm, &st->d, &tiled, &st->kern_fused_seqs, err))
         return false;
     const char *text = cm->o.tile_sched[2];
     if (cm->o.attn.bq <= 0 && !text) return true;
@@ -1777,13 +1782,13 @@ static bool run_route(const Run *r, const Step *st)
 }
 
 /* The attention form for T rows of one sequence (the rule's, or the database's for T, or the tuner's
- * candidate) and its kernel; *kseqs: the form's kernel for rows of several sequences (-1: none). */
+ * candidate) and its kernel; *kseqs: the form's kernel for rows of several sequences. */
 static int attn_pick(const Step *st, int64_t T, CgCudaAttnForm *f, int *kseqs)
 {
     *f = cg_cuda_attention_rule(&st->d, T); /* prefill: tiled, keys and values shared by a block's queries */
     if (f->bq == 1 && st->gq) f->gq = st->gq;
     int kern = f->bq == 1 ? st->kern : st->kern_fused;
-    *kseqs = f->bq == 1 ? st->kern_seqs : -1;
+    *kseqs = f->bq == 1 ? st->kern_seqs : st->kern_fused_seqs;
     const AttnAlt *at = st->att;
     if (at && !at->sched.n) *f = at->f[0], kern = at->k[0], *kseqs = at->ks[0];
     if (at && at->sched.n) { /* the database's form for this T */
@@ -1830,38 +1835,48 @@ static bool attend(const Run *r, const Step *st, uint64_t pos, uint64_t kc, uint
     return launch(r, st, kern, g, b, 0, aa);
 }
 
-/* The runs of seq[T] (each a sequence's consecutive rows): how many (*runs); the rows of those shorter
- * than CG_CUDA_ATTN_TILED_MIN_T, in order, into list, and how many; *alone: whether each row is the
- * only one of its sequence (a decode step of several sequences). */
-static int64_t attention_rows(const int32_t *seq, int64_t T, int n_seqs, int32_t *list, int64_t *runs, bool *alone)
+/* The runs of cm->seq[T] (each a sequence's consecutive rows): how many (att_runs); the rows of
+ * those shorter than CG_CUDA_ATTN_TILED_MIN_T, in order, into att_rows_h (n_att_rows), then each
+ * other's first row and row count (n_att_long of them, att_long_rows rows); att_alone: whether each
+ * row is the only one of its sequence (a decode step of several sequences). */
+static void attention_rows(CudaModel *cm, int64_t T)
 {
-    int *count = xcalloc((size_t)n_seqs, sizeof *count);
-    int64_t n = 0;
-    *runs = 0, *alone = true;
-    for (int64_t t0 = 0, t1; t0 < T; t0 = t1, ++*runs) {
+    const int32_t *seq = cm->seq;
+    int32_t *list = cm->att_rows_h, *runs = xmalloc((size_t)T * sizeof *runs); /* (each 32 rows or more) */
+    int *count = xcalloc((size_t)cm->n_seqs, sizeof *count);
+    int64_t n = 0, nl = 0;
+    cm->att_runs = cm->att_long_rows = 0, cm->att_alone = true;
+    for (int64_t t0 = 0, t1; t0 < T; t0 = t1, cm->att_runs++) {
         for (t1 = t0 + 1; t1 < T && seq[t1] == seq[t0]; t1++) {}
-        for (int64_t t = t0; t < t1 && t1 - t0 < CG_CUDA_ATTN_TILED_MIN_T; t++) list[n++] = (int32_t)t;
+        if (t1 - t0 >= CG_CUDA_ATTN_TILED_MIN_T) {
+            runs[2 * nl] = (int32_t)t0, runs[2 * nl + 1] = (int32_t)(t1 - t0), nl++;
+            cm->att_long_rows += t1 - t0;
+        } else
+            for (int64_t t = t0; t < t1; t++) list[n++] = (int32_t)t;
     }
-    for (int64_t t = 0; t < T; t++) *alone &= ++count[seq[t]] == 1;
+    memcpy(list + n, runs, (size_t)(2 * nl) * sizeof *runs); /* n + 2 nl <= T: a long run's 2 entries, 32 rows */
+    for (int64_t t = 0; t < T; t++) cm->att_alone &= ++count[seq[t]] == 1;
+    cm->n_att_rows = n, cm->n_att_long = nl;
     free(count);
-    return n;
+    free(runs);
 }
 
-/* Several sequences' rows (cm->seq: a serving batch's step) in one launch of the per-query form over
- * the caches' table: those of its runs shorter than CG_CUDA_ATTN_TILED_MIN_T (att_rows: the decoding
- * sequences' rows, short prompts' chunks). Where each row is its sequence's only one (a decode step)
- * each row's blocks store its key and value as the others read theirs; else one launch first stores
- * every row's, the longer runs' too, which then attend alone (their tiled form) without storing them.
- * Sets *seqs when it ran (else each run attends as a run of one sequence's rows alone); false only when
- * a launch failed. */
-static bool attend_seqs(const Run *r, const Step *st, bool *seqs)
+/* Several sequences' rows (cm->seq: a serving batch's step) over the caches' table: those of its
+ * runs shorter than CG_CUDA_ATTN_TILED_MIN_T (att_rows: the decoding sequences' rows, short prompts'
+ * chunks) in one launch of the per-query form, the longer runs in one of the tiled form's (the form
+ * for their rows in all, where it is a tiled one). Where each row is its sequence's only one (a
+ * decode step) each row's blocks store its key and value as the others read theirs; else one launch
+ * first stores every row's. Sets *seqs when it ran (else each run attends as a run of one sequence's
+ * rows alone) and *runs when the tiled launch did (else the long runs attend alone, their keys and
+ * values stored); false only when a launch failed. */
+static bool attend_seqs(const Run *r, const Step *st, bool *seqs, bool *runs)
 {
     const CudaModel *cm = r->cm;
-    *seqs = false;
+    *seqs = *runs = false;
     CgCudaAttnForm f;
     int kseqs;
     attn_pick(st, 1, &f, &kseqs);
-    if (cm->att_runs < 2 || r->row0 || r->T != r->lay_t || kseqs < 0 || !st->kvs || cm->o.no_fuse ||
+    if (cm->att_runs < 2 || r->row0 || r->T != r->lay_t || f.bq != 1 || !st->kvs || cm->o.no_fuse ||
         cm->o.no_attn_seqs)
         return true;
     const IrInstr *i = st->i;
@@ -1872,6 +1887,19 @@ static bool attend_seqs(const Run *r, const Step *st, bool *seqs)
         unsigned g[3] = {(unsigned)r->T, 2, 1}, b[3] = {256, 1, 1};
         void *ka[] = {(void *)&r->TT, &k, &v, (void *)&cm->pos, &kvs, (void *)&cm->seqs};
         if (!launch(r, st, st->kern_kv_seqs, g, b, 0, ka)) return false;
+    }
+    CgCudaAttnForm fl;
+    int kl;
+    attn_pick(st, cm->att_long_rows, &fl, &kl);
+    if (cm->n_att_long && fl.bq > 1) {
+        unsigned g[3], b[3];
+        long long R = (long long)cm->n_att_long;
+        uint64_t list = cm->att_rows + (uint64_t)cm->n_att_rows * sizeof(int32_t);
+        cg_cuda_attention_seqs_launch(&st->d, &fl,
+                                      cg_cuda_attention_run_tiles(&fl, cm->att_rows_h + cm->n_att_rows, R), g, b);
+        void *la[] = {&R, &q, &kvs, (void *)&cm->seqs, &list, (void *)&cm->pos, &out};
+        if (!launch(r, st, kl, g, b, 0, la)) return false;
+        *runs = true;
     }
     if (!cm->n_att_rows) return true;
     uint64_t rows = cm->n_att_rows < r->T ? cm->att_rows : 0, part = 0, cnt = 0;
@@ -1890,9 +1918,9 @@ static bool run_attention(const Run *r, const Step *st)
 {
     const CudaModel *cm = r->cm;
     if (!cm->seq) return attend(r, st, cm->pos, st->kc, st->vc, false);
-    bool seqs;
-    if (!attend_seqs(r, st, &seqs)) return false;
-    for (int64_t t0 = 0, t1; t0 < r->T; t0 = t1) {
+    bool seqs, runs;
+    if (!attend_seqs(r, st, &seqs, &runs)) return false;
+    for (int64_t t0 = 0, t1; t0 < r->T && !runs; t0 = t1) {
         int s = cm->seq[r->row0 + t0];
         for (t1 = t0 + 1; t1 < r->T && cm->seq[r->row0 + t1] == s; t1++) {}
         if (seqs && t1 - t0 < CG_CUDA_ATTN_TILED_MIN_T) continue; /* (in attend_seqs's launch) */
@@ -2104,13 +2132,14 @@ bool cuda_model_run_steps_reps(CudaModel *cm, int first, int last, int reps, con
         cm->seen = graph_key_copy(&key);
     }
     cm->ops = graph_ops;
-    cm->n_att_rows = cm->att_runs = 0;
-    if (cm->seq) cm->n_att_rows = attention_rows(cm->seq, T, cm->n_seqs, cm->att_rows_h, &cm->att_runs, &cm->att_alone);
+    cm->n_att_rows = cm->att_runs = cm->n_att_long = 0;
+    if (cm->seq) attention_rows(cm, T);
     if (!cg_cuda_upload_async(cm->drv, cm->ids, ids, (size_t)T * sizeof *ids, e, sizeof e) ||
         !cg_cuda_upload_async(cm->drv, cm->pos, pos, (size_t)T * sizeof *pos, e, sizeof e) ||
         (cm->seq && !cg_cuda_upload_async(cm->drv, cm->seqs, cm->seq, (size_t)T * sizeof *cm->seq, e, sizeof e)) ||
-        (cm->n_att_rows && !cg_cuda_upload_async(cm->drv, cm->att_rows, cm->att_rows_h,
-                                                 (size_t)cm->n_att_rows * sizeof *cm->att_rows_h, e, sizeof e)))
+        (cm->n_att_rows + cm->n_att_long &&
+         !cg_cuda_upload_async(cm->drv, cm->att_rows, cm->att_rows_h,
+                               (size_t)(cm->n_att_rows + 2 * cm->n_att_long) * sizeof *cm->att_rows_h, e, sizeof e)))
         return fail_cuda(err, "queueing the inputs", e);
     if (cm->o.poison && !cg_cuda_fill32_async(cm->drv, cm->arena, 0xffc00000u,
                                               (size_t)(cm->m->arena_t * T + cm->m->arena_c) / 4, e, sizeof e))

@@ -476,9 +476,9 @@ static void test_split_compile(void **state)
 /* Attention's tuner forms (not in a spec's list) for a head of 128, GQA's groups of 4: the per-query
  * kernel with 8 warps, and with 2 warps and 16 key splits, and with 1 and 2 query heads a block (the
  * rule's 4; its symbol unchanged when named), tiled ones with 2 and 32 threads a query and key tiles
- * of 16 and 32 compile for sm_80 and sm_90 without warnings, and the per-query ones' forms for
- * several sequences' rows (the tiled ones have none; the rule's, in a spec's list, must not spill);
- * shapes the kernels cannot take are refused with a message. */
+ * of 16 and 32 compile for sm_80 and sm_90 without warnings, and their forms for several sequences'
+ * rows (the per-query ones') or runs of rows (the tiled ones'; the rule's, in a spec's list, must not
+ * spill); shapes the kernels cannot take are refused with a message. */
 static void test_attention_forms_compile(void **state)
 {
     (void)state;
@@ -503,6 +503,9 @@ static void test_attention_forms_compile(void **state)
     CudaOptions db = {.images_arch = "sm_80", .tile_sched = {[2] = "-1;1:1x64/kv8/g1@1.0;64:16x8/kv16@1.0"}};
     assert_int_equal(kernels_with(gqa, &db, "_q1_t64_s8_g1\n"), 1);
     assert_int_equal(kernels_with(gqa, &db, "_q1_t64_s8_g1_seqs\n"), 1);
+    /* and the tiled forms' for a call's long runs: the rule's (64 queries a block), the database's */
+    assert_int_equal(kernels_with(gqa, &sm80, "_q64_seqs\n"), 1);
+    assert_int_equal(kernels_with(gqa, &db, "_q16_t8_b16_seqs\n"), 1);
     for (size_t k = 0; k < MOE_ARRAY_LEN(good); k++) {
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d, &good[k], sym, sizeof sym);
@@ -516,17 +519,12 @@ static void test_attention_forms_compile(void **state)
         }
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
-        if (good[k].bq != 1) { /* several sequences' rows in one launch: the per-query form only */
-            assert_null(cg_cuda_attention_seqs_source(&d, &good[k], err, sizeof err));
-            assert_non_null(strstr(err, "only the per-query form"));
-            continue;
-        }
         cg_cuda_attention_seqs_symbol(&d, &good[k], sym, sizeof sym);
         assert_non_null(strstr(sym, "_seqs"));
         src = cg_cuda_attention_seqs_source(&d, &good[k], err, sizeof err);
         assert_non_null(src);
         assert_non_null(strstr(src, sym));
-        assert_non_null(strstr(src, "kvs[2 * seq[t]]"));
+        assert_non_null(strstr(src, good[k].bq == 1 ? "kvs[2 * seq[t]]" : "kvs[2 * seq[t0]]"));
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], false, false);
         free(src);
     }
@@ -550,6 +548,11 @@ static void test_attention_forms_compile(void **state)
         char sym[600], err[512];
         cg_cuda_attention_symbol(&d96, &good96[k], sym, sizeof sym);
         char *src = cg_cuda_attention_source(&d96, &good96[k], err, sizeof err);
+        assert_non_null(src);
+        for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], k == 0, false);
+        free(src);
+        cg_cuda_attention_seqs_symbol(&d96, &good96[k], sym, sizeof sym); /* its runs of rows' form */
+        src = cg_cuda_attention_seqs_source(&d96, &good96[k], err, sizeof err);
         assert_non_null(src);
         for (int a = 0; a < 2; a++) compile_one("attention", sym, src, archs[a], k == 0, false);
         free(src);

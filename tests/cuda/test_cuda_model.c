@@ -545,11 +545,12 @@ static void test_batched_sequences(void **state)
 
 /* A call's rows of several sequences (a serving batch's step) run each layer's attention as one
  * launch over the caches' table (cg_cuda_attention_seqs_source), key splits and all, for every run of
- * a sequence's consecutive rows shorter than CG_CUDA_ATTN_TILED_MIN_T; the longer runs attend alone on
- * the tiled form. Three sequences of 70, 140 and 200 positions (1 to 4 splits of 64 keys), each
- * prefilled alone, then steps of runs (sequence × rows) 0 1 2, 2 0, 1 0 1 (sequence 1 twice: its
- * second row needs the first's key), 0 2×3 1 (a short prompt's chunk beside two decoding rows), 2 1 0,
- * 0×40 1 2 (a long chunk beside two decoding rows) and 1×33 2×2 0×34; every row against the
+ * a sequence's consecutive rows shorter than CG_CUDA_ATTN_TILED_MIN_T, and one launch of the tiled
+ * form's for the longer runs. Three sequences of 70, 140 and 200 positions (1 to 4 splits of 64
+ * keys), each prefilled alone, then steps of runs (sequence × rows) 0 1 2, 2 0, 1 0 1 (sequence 1
+ * twice: its second row needs the first's key), 0 2×3 1 (a short prompt's chunk beside two decoding
+ * rows), 2 1 0, 0×40 1 2 (a long chunk beside two decoding rows), 1×33 2×2 0×34 (two long chunks)
+ * and 0×36 1×70 (long chunks alone, the second in two tiles of 64 queries); every row against the
  * interpreter on its sequence alone, on that model and on one launching a run at a time
  * (MOEPPC_CUDA_ATTN_SEQS=0's CudaOptions.no_attn_seqs), each layer's attention the launches counted
  * below: a decode step's one, the key and value stores of every row in one launch first where a
@@ -560,14 +561,15 @@ static void test_batched_decode_launch(void **state)
     (void)state;
     if (!have_gpu) skip();
     static const char *const specs[] = {"tiny-gqa", "tiny-moepp"};
-    enum { NS = 3, MAXLEN = 210, STEPS = 7 };
+    enum { NS = 3, MAXLEN = 256, STEPS = 8 };
     static const int steps[STEPS][7] = {/* runs: sequence, rows; ... (-1: the end) */
                                         {0, 1, 1, 1, 2, 1, -1}, {2, 1, 0, 1, -1},    {1, 1, 0, 1, 1, 1, -1},
                                         {0, 1, 2, 3, 1, 1, -1}, {2, 1, 1, 1, 0, 1, -1}, {0, 40, 1, 1, 2, 1, -1},
-                                        {1, 33, 2, 2, 0, 34, -1}};
-    /* attention's launches a layer: one over the table (a store of every row's key and value first where
-     * a sequence has several rows), and a launch a run (a row alone: 1, storing its own; else 3) */
-    static const int one[STEPS] = {1, 1, 2, 2, 1, 3, 4}, apart[STEPS] = {3, 2, 3, 5, 3, 5, 9};
+                                        {1, 33, 2, 2, 0, 34, -1}, {0, 36, 1, 70, -1}};
+    /* attention's launches a layer: one over the table for the short runs' rows and one for the runs of
+     * 32 rows and more (a store of every row's key and value first where a sequence has several rows),
+     * or a launch a run (a row alone: 1, storing its own; else 3) */
+    static const int one[STEPS] = {1, 1, 2, 2, 1, 3, 3, 2}, apart[STEPS] = {3, 2, 3, 5, 3, 5, 9, 6};
     for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
         ModelSpec s;
         tiny_spec(specs[k], &s);
@@ -615,13 +617,82 @@ static void test_batched_decode_launch(void **state)
             assert_int_equal(ops[1][step] - ops[0][step], layers * (apart[step] - one[step]));
             assert_int_equal(ops[2][step], ops[0][step]);
         }
-        printf("  %-12s steps of runs 0 1 2 | 2 0 | 1 0 1 | 0 2x3 1 | 2 1 0 | 0x40 1 2 | 1x33 2x2 0x34: %d %d %d %d "
-               "%d %d %d GPU operations (a launch a run: %d %d %d %d %d %d %d); worst rel err %.3g\n", s.name,
-               ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[0][5], ops[0][6], ops[1][0], ops[1][1],
-               ops[1][2], ops[1][3], ops[1][4], ops[1][5], ops[1][6], worst);
+        printf("  %-12s steps of runs 0 1 2 | 2 0 | 1 0 1 | 0 2x3 1 | 2 1 0 | 0x40 1 2 | 1x33 2x2 0x34 | 0x36 1x70: "
+               "%d %d %d %d %d %d %d %d GPU operations (a launch a run: %d %d %d %d %d %d %d %d); worst rel err %.3g\n",
+               s.name, ops[0][0], ops[0][1], ops[0][2], ops[0][3], ops[0][4], ops[0][5], ops[0][6], ops[0][7],
+               ops[1][0], ops[1][1], ops[1][2], ops[1][3], ops[1][4], ops[1][5], ops[1][6], ops[1][7], worst);
         for (int q = 0; q < NS; q++) ir_eval_result_free(&ref[q]);
         ir_module_free(m);
         ir_module_free(ref_m);
+        weights_close(w);
+    }
+}
+
+/* A serving batch's long prompt chunks on the tensor-core form (16-bit models): one launch of its
+ * `_seqs` kernel for all of a call's runs of CG_CUDA_ATTN_TILED_MIN_T rows and more against a launch
+ * a run (MOEPPC_CUDA_ATTN_SEQS=0) on the same model. A first call of runs (sequence × rows) 0×70 (two
+ * tiles of 64 queries), 1×40, 2×5 (the per-query launch's), 0×34 (sequence 0 again: its keys those of
+ * the call's first run too), then 1×33 0×1 (a decode row beside a chunk). The two run the same tiles,
+ * the same keys in the same order: their logits agree to the bit (the tiled kernel itself is checked
+ * against the interpreter by test_tiny_specs; a 16-bit model's routing near-ties make the interpreter
+ * no sharp reference here), and attention's launches a layer are 3 and 3 against 12 and 4 (the stores
+ * and the two launches; or each run's stores and launch, a row alone storing its own). */
+static void test_batched_long_runs(void **state)
+{
+    (void)state;
+    if (!have_gpu) skip();
+    static const char *const specs[] = {"tiny-bf16", "tiny-f16"};
+    enum { NS = 3, CALLS = 2, MAXT = 175 };
+    static const int calls[CALLS][9] = {{0, 70, 1, 40, 2, 5, 0, 34, -1}, {1, 33, 0, 1, -1}};
+    static const int one[CALLS] = {3, 3}, apart[CALLS] = {12, 4};
+    for (size_t k = 0; k < MOE_ARRAY_LEN(specs); k++) {
+        ModelSpec s;
+        tiny_spec(specs[k], &s);
+        s.max_positions = 128;
+        RtError err = {{0}};
+        WeightSet *w;
+        assert_true(weights_random(&s, seed, &w, &err));
+        IrModule *m = module_for(&s, true, false);
+        int layers = 0;
+        for (const IrInstr *i = m->first; i; i = i->next) layers += i->op == IR_OP_ATTENTION;
+        float *logits[2][CALLS];
+        int ops[2][CALLS];
+        int64_t V = 0, rows[CALLS];
+        for (int sep = 0; sep < 2; sep++) {
+            CudaOptions opt = {.poison = true, .compile = cuda_nvrtc_cubins, .no_attn_seqs = sep == 1};
+            CudaModel *cm = cuda_model_new(m, w, s.max_positions, &opt, &err);
+            assert_non_null(cm);
+            assert_true(cuda_model_set_sequences(cm, NS, &err));
+            int32_t ids[MAXT], pos[MAXT], sq[MAXT], len[NS] = {0};
+            for (int c = 0; c < CALLS; c++) {
+                int64_t T = 0;
+                for (int j = 0; calls[c][j] >= 0; j += 2)
+                    for (int n = 0, q = calls[c][j]; n < calls[c][j + 1]; n++, T++)
+                        ids[T] = (int32_t)((len[q] * 53 + q * 29 + 11) % s.vocab), pos[T] = len[q]++, sq[T] = q;
+                if (!cuda_model_run_seqs(cm, ids, pos, sq, T, &err)) fail_msg("%s: call %d: %s", s.name, c, err.msg);
+                ops[sep][c] = cuda_model_last_ops(cm);
+                moe_dtype dt;
+                const float *l = cuda_model_output(cm, "logits", &V, &dt, &err);
+                assert_non_null(l);
+                rows[c] = T;
+                logits[sep][c] = xmalloc((size_t)(T * V) * sizeof(float));
+                memcpy(logits[sep][c], l, (size_t)(T * V) * sizeof(float));
+            }
+            cuda_model_free(cm);
+        }
+        for (int c = 0; c < CALLS; c++) {
+            for (int64_t j = 0; j < rows[c] * V; j++)
+                if (logits[0][c][j] != logits[1][c][j] || !isfinite(logits[0][c][j]))
+                    fail_msg("%s: call %d: logit %lld (row %lld): %.9g in one launch, %.9g a launch a run", s.name,
+                             c, (long long)j, (long long)(j / V), logits[0][c][j], logits[1][c][j]);
+            assert_int_equal(ops[1][c] - ops[0][c], layers * (apart[c] - one[c]));
+            free(logits[0][c]);
+            free(logits[1][c]);
+        }
+        printf("  %-12s runs 0x70 1x40 2x5 0x34, then 1x33 0x1: logits the same to the bit in one launch and a launch "
+               "a run; %d and %d GPU operations against %d and %d\n", s.name, ops[0][0], ops[0][1], ops[1][0],
+               ops[1][1]);
+        ir_module_free(m);
         weights_close(w);
     }
 }
@@ -890,6 +961,7 @@ int main(void)
         cmocka_unit_test(test_batched_sequences),
         cmocka_unit_test(test_batched_graphs),
         cmocka_unit_test(test_batched_decode_launch),
+        cmocka_unit_test(test_batched_long_runs),
         cmocka_unit_test(test_range_graphs),
         cmocka_unit_test(test_decode_ops),
     };
