@@ -2,7 +2,9 @@
  * and run through the driver API as moeppc runs them. What it must catch (a divergent barrier, a warp
  * collective with lanes missing: errors naming the kernel, never a hang), what it must refuse (a GPU
  * image, a corrupt self-contained one), what it must model (graph capture runs nothing until the graph is launched; cp.async lands
- * at the wait_group that retires it; ldmatrix's fragments; shuffles; shared memory per block).
+ * at the wait_group that retires it; ldmatrix's fragments; shuffles; shared memory per block), and an
+ * access past a device allocation's end (or before its start), which must end the process with a
+ * line naming the kernel, block and thread (run in a child: `cudaemu oob N`).
  * Run with MOEPPC_CUDA_DRIVER naming the emulator (CTest does); skips otherwise. Label "cuda;emu". */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,8 +17,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static CgCudaDriver *drv;
@@ -719,8 +723,74 @@ static void test_wgmma_proxy_fence(void **state)
     wg_fails(fn, 2, args, "wgmma over cp.async tiles without fence.proxy.async", "block (1,0,0)", "no fence.proxy.async");
 }
 
-int main(void)
+/* The child of test_out_of_bounds: kernel k writes o[i] for thread i of a block of `threads` over an
+ * allocation of `bytes` (offset by `at` bytes): returns only if nothing faulted. */
+static int oob_child(int threads, size_t bytes, long at)
 {
+    setup(NULL);
+    if (!drv) return 2;
+    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 1.0f; }\n");
+    char err[1024];
+    run1(fn, 1, (unsigned)threads, dev(bytes) + (uint64_t)at, err, sizeof err);
+    printf("oob child: ran: %s\n", err);
+    return 0;
+}
+
+/* Runs `cudaemu oob threads bytes at` (this binary) and returns what it wrote on stderr; *faulted:
+ * whether it ended by a signal or a failure exit (a sanitizer's SEGV report) rather than exit 0. */
+static char *oob_run(int threads, size_t bytes, long at, bool *faulted)
+{
+    int fd[2];
+    assert_int_equal(pipe(fd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fd[1], 2), close(fd[0]), close(fd[1]);
+        char t[16], b[32], a[32];
+        snprintf(t, sizeof t, "%d", threads), snprintf(b, sizeof b, "%zu", bytes), snprintf(a, sizeof a, "%ld", at);
+        execl("/proc/self/exe", "cudaemu", "oob", t, b, a, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t cap = 1 << 16, n = 0;
+    char *out = calloc(cap, 1);
+    for (ssize_t r; n + 1 < cap && (r = read(fd[0], out + n, cap - 1 - n)) > 0;) n += (size_t)r;
+    close(fd[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    *faulted = WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    return out;
+}
+
+/* Device memory's guard pages: a block of 65 threads writing o[0..64] over 256 bytes writes 4 past the
+ * end, named; 70 threads over 257 bytes (rounded to 512) stay within the rounding and run, as on a GPU;
+ * o[-1..] over a page-sized allocation (its start at a page's) reaches before it, named too. */
+static void test_out_of_bounds(void **state)
+{
+    (void)state;
+    if (!drv) skip();
+    bool faulted;
+    char *out = oob_run(65, 256, 0, &faulted);
+    printf("65 floats into 256 bytes -> %s", out);
+    assert_true(faulted);
+    assert_non_null(strstr(out, "CUDA emulator: kernel k, block (0,0,0), thread (64,0,0): an access 0 bytes past the "
+                                "end of the device allocation of 256 bytes"));
+    free(out);
+    out = oob_run(70, 257, 0, &faulted);
+    assert_false(faulted);
+    assert_null(strstr(out, "CUDA emulator"));
+    free(out);
+    out = oob_run(8, 4096, -4, &faulted);
+    printf("o[-1] of 4096 bytes -> %s", out);
+    assert_true(faulted);
+    assert_non_null(strstr(out, "thread (0,0,0): an access 4 bytes before the device allocation of 4096 bytes"));
+    free(out);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && strcmp(argv[1], "oob") == 0) return oob_child(atoi(argv[2]), strtoull(argv[3], NULL, 10),
+                                                                   strtol(argv[4], NULL, 10));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_divergent_barrier), cmocka_unit_test(test_partial_warp),
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),
@@ -730,7 +800,7 @@ int main(void)
         cmocka_unit_test(test_pdl),               cmocka_unit_test(test_order),
         cmocka_unit_test(test_warps_ahead),       cmocka_unit_test(test_launcher_waits),
         cmocka_unit_test(test_mbarrier),
-        cmocka_unit_test(test_library),
+        cmocka_unit_test(test_library),           cmocka_unit_test(test_out_of_bounds),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

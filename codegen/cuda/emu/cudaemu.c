@@ -9,8 +9,9 @@
  * error naming the kernel, block and thread, instead of a hang. Blocks are spread over a pool of OS
  * threads (MOEPPC_CUDAEMU_THREADS, default: the cores; the launching thread waits); atomics are
  * real atomics. cp.async copies happen at the cp.async.wait_group that retires them, not before.
- * Device memory is host memory (filled with 0xff bytes, NaN as floats, when allocated;
- * MOEPPC_CUDAEMU_MEMORY bytes caps it); streams run everything at once, in order; a stream capture
+ * Device memory is host memory (filled with 0xff bytes, NaN as floats, when allocated; each
+ * allocation between pages no access may touch, so that one past its end faults and is named:
+ * mem_fault; MOEPPC_CUDAEMU_MEMORY bytes caps it); streams run everything at once, in order; a stream capture
  * records launches, copies and fills into a graph that a graph launch replays; events read the
  * host's clock. A programmatic launch fails unless every thread waited; with
  * MOEPPC_CUDAEMU_PDL_HAZARDS=1 what the kernel before it wrote reads as garbage until its block's
@@ -24,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -784,11 +786,75 @@ EXPORT CUresult cuCtxGetDevice(int *dev)
 EXPORT CUresult cuCtxSynchronize(void) { return CU_OK; }
 
 /* ---- memory --------------------------------------------------------------------------------------- */
-typedef struct Alloc { uintptr_t base; size_t bytes; void *ctx; } Alloc;
+/* Device memory: each allocation a mapping of its own between two pages no access may touch, its
+ * bytes rounded up to 256 (cuMemAlloc's alignment) and placed against the upper one, so that a
+ * kernel's read or write past an allocation's last 256-byte unit faults at once, and mem_fault names
+ * the kernel, block and thread and the allocation, instead of it reading or changing a neighbour's
+ * bytes unseen (a GPU goes on, or faults later and elsewhere); one before its first page faults too. */
+typedef struct Alloc { uintptr_t base; size_t bytes; void *ctx; char *map; size_t span; } Alloc;
 static Alloc *allocs;
 static int n_allocs, cap_allocs;
 static size_t allocated;
 static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction segv_before; /* the process's SIGSEGV action before mem_fault's */
+static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+
+/* SIGSEGV: where the address is in an allocation's guard pages, a line on stderr naming it (and the
+ * kernel, block and thread when a kernel's thread made the access); then the action before this
+ * one's takes the fault again (the default: the process ends; a sanitizer's: its report). Reads the
+ * allocations' list without its lock: it is not changed while a kernel runs. */
+static void mem_fault(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)uc;
+    uintptr_t p = (uintptr_t)si->si_addr, page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < n_allocs; i++) {
+        const Alloc *a = &allocs[i];
+        uintptr_t lo = (uintptr_t)a->map, hi = lo + a->span;
+        if (p < lo || p >= hi || (p >= lo + page && p < hi - page)) continue;
+        char where[384] = "outside the kernels";
+        const Sched *s = S;
+        if (s && s->cur && s->k) {
+            const CudaEmuThread *t = &s->cur->t;
+            snprintf(where, sizeof where, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u)", s->k->name, t->bid.x,
+                     t->bid.y, t->bid.z, t->tid.x, t->tid.y, t->tid.z);
+        }
+        char msg[640];
+        int n = p >= a->base ? snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes past the end of the "
+                                        "device allocation of %zu bytes at %#llx\n", where,
+                                        (unsigned long long)(p - a->base - a->bytes), a->bytes, (unsigned long long)a->base)
+                             : snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes before the device "
+                                        "allocation of %zu bytes at %#llx\n", where, (unsigned long long)(a->base - p),
+                                        a->bytes, (unsigned long long)a->base);
+        if (n > 0 && write(2, msg, (size_t)n) < 0) {} /* (nothing more to do about it) */
+        break;
+    }
+    sigaction(SIGSEGV, &segv_before, NULL);
+}
+
+static void segv_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = mem_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &segv_before);
+}
+
+/* rounded bytes (a multiple of 256) against the upper of two guard pages; NULL when out of memory. */
+static void *guarded_alloc(size_t rounded, char **map, size_t *span)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    *span = (rounded + page - 1) / page * page + 2 * page;
+    *map = mmap(NULL, *span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (*map == MAP_FAILED) return NULL;
+    if (mprotect(*map, page, PROT_NONE) || mprotect(*map + *span - page, page, PROT_NONE)) {
+        munmap(*map, *span);
+        return NULL;
+    }
+    pthread_once(&segv_once, segv_install);
+    return *map + *span - page - rounded;
+}
 
 /* The device's memory: MOEPPC_CUDAEMU_MEMORY bytes (a GPU's size, or a small one to test running out
  * of it: allocations past it fail as a full GPU's do), else the host's. 0 when not set. */
@@ -898,7 +964,9 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
     pthread_mutex_unlock(&mem_mu);
     if (over) return fail_with(CU_OUT_OF_MEMORY, "%zu bytes more than the emulated device's %zu (MOEPPC_CUDAEMU_MEMORY)",
                                bytes, limit);
-    void *m = aligned_alloc(256, rounded);
+    char *map;
+    size_t span;
+    void *m = guarded_alloc(rounded, &map, &span);
     if (!m) return fail_with(CU_OUT_OF_MEMORY, "host memory for %zu bytes of device memory", bytes);
     memset(m, 0xff, rounded); /* device memory starts as garbage: NaN as floats */
     pthread_mutex_lock(&mem_mu);
@@ -907,12 +975,12 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
         Alloc *a = realloc(allocs, (size_t)cap * sizeof *a);
         if (!a) {
             pthread_mutex_unlock(&mem_mu);
-            free(m);
+            munmap(map, span);
             return CU_OUT_OF_MEMORY;
         }
         allocs = a, cap_allocs = cap;
     }
-    allocs[n_allocs++] = (Alloc){(uintptr_t)m, bytes, current_ctx()};
+    allocs[n_allocs++] = (Alloc){(uintptr_t)m, bytes, current_ctx(), map, span};
     allocated += rounded;
     pthread_mutex_unlock(&mem_mu);
     *p = (CUdeviceptr)(uintptr_t)m;
@@ -925,9 +993,10 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
     for (int i = 0; i < n_allocs; i++)
         if (allocs[i].base == p) {
             allocated -= (allocs[i].bytes + 255) & ~(size_t)255;
+            Alloc a = allocs[i];
             allocs[i] = allocs[--n_allocs];
             pthread_mutex_unlock(&mem_mu);
-            free((void *)(uintptr_t)p);
+            munmap(a.map, a.span);
             return CU_OK;
         }
     pthread_mutex_unlock(&mem_mu);
@@ -1201,7 +1270,7 @@ static void ctx_release(void *ctx)
     for (int i = 0; i < n_allocs;) {
         if (allocs[i].ctx == ctx) {
             allocated -= (allocs[i].bytes + 255) & ~(size_t)255;
-            free((void *)allocs[i].base);
+            munmap(allocs[i].map, allocs[i].span);
             allocs[i] = allocs[--n_allocs];
         } else i++;
     }
