@@ -724,21 +724,31 @@ static void test_wgmma_proxy_fence(void **state)
 }
 
 /* The child of test_out_of_bounds: kernel k writes o[i] for thread i of a block of `threads` over an
- * allocation of `bytes` (offset by `at` bytes): returns only if nothing faulted. */
-static int oob_child(int threads, size_t bytes, long at)
+ * allocation of `bytes` (offset by `at` bytes), or with smem bytes of dynamic shared memory, there
+ * (and o[i] from it): returns only if nothing faulted. */
+static int oob_child(int threads, size_t bytes, long at, unsigned smem)
 {
     setup(NULL);
     if (!drv) return 2;
-    void *fn = must_kernel("extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 1.0f; }\n");
+    void *fn = must_kernel(smem ? "extern \"C\" __global__ void k(float *o) {\n"
+                                  "    DYN_SHARED(float, d);\n"
+                                  "    d[threadIdx.x] = 1.0f;\n"
+                                  "    __syncthreads();\n"
+                                  "    o[threadIdx.x] = d[threadIdx.x]; }\n"
+                                : "extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 1.0f; }\n");
     char err[1024];
-    run1(fn, 1, (unsigned)threads, dev(bytes) + (uint64_t)at, err, sizeof err);
+    uint64_t o = dev(bytes) + (uint64_t)at;
+    unsigned grid[3] = {1, 1, 1}, block[3] = {(unsigned)threads, 1, 1};
+    void *args[] = {&o};
+    cg_cuda_launch(drv, fn, grid, block, smem, args, err, sizeof err);
     printf("oob child: ran: %s\n", err);
     return 0;
 }
 
-/* Runs `cudaemu oob threads bytes at` (this binary) and returns what it wrote on stderr; *faulted:
- * whether it ended by a signal or a failure exit (a sanitizer's SEGV report) rather than exit 0. */
-static char *oob_run(int threads, size_t bytes, long at, bool *faulted)
+/* Runs `cudaemu oob threads bytes at smem` (this binary) and returns what it wrote on stderr;
+ * *faulted: whether it ended by a signal or a failure exit (a sanitizer's SEGV report) rather than
+ * exit 0. */
+static char *oob_run(int threads, size_t bytes, long at, unsigned smem, bool *faulted)
 {
     int fd[2];
     assert_int_equal(pipe(fd), 0);
@@ -746,9 +756,10 @@ static char *oob_run(int threads, size_t bytes, long at, bool *faulted)
     assert_true(pid >= 0);
     if (pid == 0) {
         dup2(fd[1], 2), close(fd[0]), close(fd[1]);
-        char t[16], b[32], a[32];
+        char t[16], b[32], a[32], sm[16];
         snprintf(t, sizeof t, "%d", threads), snprintf(b, sizeof b, "%zu", bytes), snprintf(a, sizeof a, "%ld", at);
-        execl("/proc/self/exe", "cudaemu", "oob", t, b, a, (char *)NULL);
+        snprintf(sm, sizeof sm, "%u", smem);
+        execl("/proc/self/exe", "cudaemu", "oob", t, b, a, sm, (char *)NULL);
         _exit(127);
     }
     close(fd[1]);
@@ -764,33 +775,44 @@ static char *oob_run(int threads, size_t bytes, long at, bool *faulted)
 
 /* Device memory's guard pages: a block of 65 threads writing o[0..64] over 256 bytes writes 4 past the
  * end, named; 70 threads over 257 bytes (rounded to 512) stay within the rounding and run, as on a GPU;
- * o[-1..] over a page-sized allocation (its start at a page's) reaches before it, named too. */
+ * o[-1..] over a page-sized allocation (its start at a page's) reaches before it, named too. Dynamic
+ * shared memory's: 33 threads over 128 bytes of it write 4 past its end; 32 run. */
 static void test_out_of_bounds(void **state)
 {
     (void)state;
     if (!drv) skip();
     bool faulted;
-    char *out = oob_run(65, 256, 0, &faulted);
+    char *out = oob_run(65, 256, 0, 0, &faulted);
     printf("65 floats into 256 bytes -> %s", out);
     assert_true(faulted);
     assert_non_null(strstr(out, "CUDA emulator: kernel k, block (0,0,0), thread (64,0,0): an access 0 bytes past the "
                                 "end of the device allocation of 256 bytes"));
     free(out);
-    out = oob_run(70, 257, 0, &faulted);
+    out = oob_run(70, 257, 0, 0, &faulted);
     assert_false(faulted);
     assert_null(strstr(out, "CUDA emulator"));
     free(out);
-    out = oob_run(8, 4096, -4, &faulted);
+    out = oob_run(8, 4096, -4, 0, &faulted);
     printf("o[-1] of 4096 bytes -> %s", out);
     assert_true(faulted);
     assert_non_null(strstr(out, "thread (0,0,0): an access 4 bytes before the device allocation of 4096 bytes"));
+    free(out);
+    out = oob_run(33, 256, 0, 128, &faulted);
+    printf("33 floats into 128 bytes of shared memory -> %s", out);
+    assert_true(faulted);
+    assert_non_null(strstr(out, "thread (32,0,0): an access 0 bytes past the end of the block's dynamic shared memory "
+                                "of 128 bytes"));
+    free(out);
+    out = oob_run(32, 256, 0, 128, &faulted);
+    assert_false(faulted);
     free(out);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && strcmp(argv[1], "oob") == 0) return oob_child(atoi(argv[2]), strtoull(argv[3], NULL, 10),
-                                                                   strtol(argv[4], NULL, 10));
+    if (argc == 6 && strcmp(argv[1], "oob") == 0)
+        return oob_child(atoi(argv[2]), strtoull(argv[3], NULL, 10), strtol(argv[4], NULL, 10),
+                         (unsigned)strtoul(argv[5], NULL, 10));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_divergent_barrier), cmocka_unit_test(test_partial_warp),
         cmocka_unit_test(test_gpu_image_refused), cmocka_unit_test(test_shared_per_block),

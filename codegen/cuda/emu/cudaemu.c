@@ -88,6 +88,27 @@ EXPORT CUresult cuGetErrorString(CUresult rc, const char **s)
     return CU_OK;
 }
 
+/* ---- guard pages ----------------------------------------------------------------------------------- */
+static void segv_install(void);
+static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+
+/* A mapping of its own for `bytes` (a multiple of 128) between two pages no access may touch, the
+ * bytes against the upper one; their start (NULL when out of memory). Installs mem_fault, which names
+ * an access that falls on either page. */
+static char *guarded_map(size_t bytes, char **map, size_t *span)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    *span = (bytes + page - 1) / page * page + 2 * page;
+    *map = mmap(NULL, *span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (*map == MAP_FAILED) return NULL;
+    if (mprotect(*map, page, PROT_NONE) || mprotect(*map + *span - page, page, PROT_NONE)) {
+        munmap(*map, *span);
+        return NULL;
+    }
+    pthread_once(&segv_once, segv_install);
+    return *map + *span - page - bytes;
+}
+
 /* ---- fibers ---------------------------------------------------------------------------------------- */
 #define MAX_THREADS 1024
 #define DYN_SMEM_DEFAULT (48 * 1024)  /* without an opt-in */
@@ -144,8 +165,11 @@ typedef struct Sched {
     const Kernel *k;
     void **args;
     struct Launch *launch; /* the one this thread's blocks belong to */
-    unsigned char *dyn; /* the block's dynamic shared memory */
-    size_t dyn_bytes, dyn_cap;
+    unsigned char *dyn; /* the block's dynamic shared memory: dyn_bytes (rounded up to 128) ending at */
+    size_t dyn_bytes;   /* dyn_top, a guard page (guarded_map: an access past them faults, named) */
+    unsigned char *dyn_top;
+    char *dyn_map;
+    size_t dyn_span;
     /* per 16-byte chunk of it: 1 + the thread whose cp.async (a generic-proxy write) landed there
      * last, until that thread's fence.proxy.async; 0 when written through the async proxy (the TMA)
      * or fenced. wgmma (the async proxy) may not read a marked chunk. */
@@ -242,7 +266,7 @@ static void sched_put(void)
 {
     if (!S) return;
     munmap(S->stacks, S->stride * MAX_THREADS);
-    free(S->dyn);
+    if (S->dyn_map) munmap(S->dyn_map, S->dyn_span);
     free(S->unfenced);
     free(S);
     S = NULL;
@@ -583,21 +607,21 @@ static void launch_work(Launch *L)
         fail_with(CU_OUT_OF_MEMORY, "no memory for the emulator's fiber stacks");
         return;
     }
-    if (L->smem > s->dyn_cap) {
-        free(s->dyn);
-        free(s->unfenced);
-        s->dyn_cap = 0;
-        s->unfenced = calloc((L->smem + 15) / 16, sizeof *s->unfenced);
-        if (!s->unfenced || posix_memalign((void **)&s->dyn, 64, L->smem)) {
+    if (L->smem && !s->dyn_map) { /* room for the most any launch may ask for */
+        char *start = NULL;
+        s->unfenced = calloc(DYN_SMEM_MAX / 16, sizeof *s->unfenced);
+        if (s->unfenced) start = guarded_map(DYN_SMEM_MAX, &s->dyn_map, &s->dyn_span);
+        if (!start) {
             free(s->unfenced);
-            s->dyn = NULL, s->unfenced = NULL;
+            s->unfenced = NULL, s->dyn_map = NULL;
             __atomic_store_n(&L->failed, 1, __ATOMIC_SEQ_CST);
             fail_with(CU_OUT_OF_MEMORY, "no memory for %u bytes of dynamic shared memory", L->smem);
             return;
         }
-        s->dyn_cap = L->smem;
+        s->dyn_top = (unsigned char *)start + DYN_SMEM_MAX;
     }
     s->dyn_bytes = L->smem;
+    s->dyn = s->dyn_top - (L->smem + 127) / 128 * 128; /* (dyn_top: the guard page) */
     for (;;) {
         long b = __atomic_fetch_add(&L->next, 1, __ATOMIC_SEQ_CST);
         if (b >= L->total || __atomic_load_n(&L->failed, __ATOMIC_SEQ_CST)) return;
@@ -786,47 +810,57 @@ EXPORT CUresult cuCtxGetDevice(int *dev)
 EXPORT CUresult cuCtxSynchronize(void) { return CU_OK; }
 
 /* ---- memory --------------------------------------------------------------------------------------- */
-/* Device memory: each allocation a mapping of its own between two pages no access may touch, its
- * bytes rounded up to 256 (cuMemAlloc's alignment) and placed against the upper one, so that a
- * kernel's read or write past an allocation's last 256-byte unit faults at once, and mem_fault names
- * the kernel, block and thread and the allocation, instead of it reading or changing a neighbour's
- * bytes unseen (a GPU goes on, or faults later and elsewhere); one before its first page faults too. */
+/* Device memory: each allocation a mapping of its own between two pages no access may touch
+ * (guarded_map), its bytes rounded up to 256 (cuMemAlloc's alignment) against the upper one, so that
+ * a kernel's read or write past an allocation's last 256-byte unit faults at once, and mem_fault
+ * names the kernel, block and thread and the allocation, instead of it reading or changing a
+ * neighbour's bytes unseen (a GPU goes on, or faults later and elsewhere); one before its first page
+ * faults too. A block's dynamic shared memory likewise (launch_work). */
 typedef struct Alloc { uintptr_t base; size_t bytes; void *ctx; char *map; size_t span; } Alloc;
 static Alloc *allocs;
 static int n_allocs, cap_allocs;
 static size_t allocated;
 static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction segv_before; /* the process's SIGSEGV action before mem_fault's */
-static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 
-/* SIGSEGV: where the address is in an allocation's guard pages, a line on stderr naming it (and the
- * kernel, block and thread when a kernel's thread made the access); then the action before this
- * one's takes the fault again (the default: the process ends; a sanitizer's: its report). Reads the
- * allocations' list without its lock: it is not changed while a kernel runs. */
+/* Whether p is on one of the guard pages of the mapping [map, map + span). */
+static bool on_guard(uintptr_t p, const char *map, size_t span)
+{
+    uintptr_t lo = (uintptr_t)map, hi = lo + span, page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    return map && p >= lo && p < hi && (p < lo + page || p >= hi - page);
+}
+
+/* SIGSEGV: where the address is on the guard pages of a device allocation or of this thread's
+ * dynamic shared memory, a line on stderr naming them (and the kernel, block and thread when a
+ * kernel's thread made the access); then the action before this one's takes the fault again (the
+ * default: the process ends; a sanitizer's: its report). Reads the allocations' list without its
+ * lock: it is not changed while a kernel runs. */
 static void mem_fault(int sig, siginfo_t *si, void *uc)
 {
     (void)sig, (void)uc;
-    uintptr_t p = (uintptr_t)si->si_addr, page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < n_allocs; i++) {
-        const Alloc *a = &allocs[i];
-        uintptr_t lo = (uintptr_t)a->map, hi = lo + a->span;
-        if (p < lo || p >= hi || (p >= lo + page && p < hi - page)) continue;
-        char where[384] = "outside the kernels";
-        const Sched *s = S;
+    uintptr_t p = (uintptr_t)si->si_addr, base = 0;
+    size_t bytes = 0;
+    const char *what = NULL;
+    const Sched *s = S;
+    if (s && on_guard(p, s->dyn_map, s->dyn_span))
+        what = "the block's dynamic shared memory", base = (uintptr_t)s->dyn, bytes = s->dyn_bytes;
+    for (int i = 0; !what && i < n_allocs; i++)
+        if (on_guard(p, allocs[i].map, allocs[i].span))
+            what = "the device allocation", base = allocs[i].base, bytes = allocs[i].bytes;
+    if (what) {
+        char where[384] = "outside the kernels", msg[640];
         if (s && s->cur && s->k) {
             const CudaEmuThread *t = &s->cur->t;
             snprintf(where, sizeof where, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u)", s->k->name, t->bid.x,
                      t->bid.y, t->bid.z, t->tid.x, t->tid.y, t->tid.z);
         }
-        char msg[640];
-        int n = p >= a->base ? snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes past the end of the "
-                                        "device allocation of %zu bytes at %#llx\n", where,
-                                        (unsigned long long)(p - a->base - a->bytes), a->bytes, (unsigned long long)a->base)
-                             : snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes before the device "
-                                        "allocation of %zu bytes at %#llx\n", where, (unsigned long long)(a->base - p),
-                                        a->bytes, (unsigned long long)a->base);
+        int n = p >= base ? snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes past the end of %s of "
+                                     "%zu bytes at %#llx\n", where, (unsigned long long)(p - base - bytes), what, bytes,
+                                     (unsigned long long)base)
+                          : snprintf(msg, sizeof msg, "CUDA emulator: %s: an access %llu bytes before %s of %zu bytes "
+                                     "at %#llx\n", where, (unsigned long long)(base - p), what, bytes,
+                                     (unsigned long long)base);
         if (n > 0 && write(2, msg, (size_t)n) < 0) {} /* (nothing more to do about it) */
-        break;
     }
     sigaction(SIGSEGV, &segv_before, NULL);
 }
@@ -839,21 +873,6 @@ static void segv_install(void)
     sa.sa_flags = SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &segv_before);
-}
-
-/* rounded bytes (a multiple of 256) against the upper of two guard pages; NULL when out of memory. */
-static void *guarded_alloc(size_t rounded, char **map, size_t *span)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    *span = (rounded + page - 1) / page * page + 2 * page;
-    *map = mmap(NULL, *span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (*map == MAP_FAILED) return NULL;
-    if (mprotect(*map, page, PROT_NONE) || mprotect(*map + *span - page, page, PROT_NONE)) {
-        munmap(*map, *span);
-        return NULL;
-    }
-    pthread_once(&segv_once, segv_install);
-    return *map + *span - page - rounded;
 }
 
 /* The device's memory: MOEPPC_CUDAEMU_MEMORY bytes (a GPU's size, or a small one to test running out
@@ -966,7 +985,7 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes)
                                bytes, limit);
     char *map;
     size_t span;
-    void *m = guarded_alloc(rounded, &map, &span);
+    void *m = guarded_map(rounded, &map, &span);
     if (!m) return fail_with(CU_OUT_OF_MEMORY, "host memory for %zu bytes of device memory", bytes);
     memset(m, 0xff, rounded); /* device memory starts as garbage: NaN as floats */
     pthread_mutex_lock(&mem_mu);
