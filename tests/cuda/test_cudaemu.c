@@ -724,18 +724,24 @@ static void test_wgmma_proxy_fence(void **state)
 }
 
 /* The child of test_out_of_bounds: kernel k writes o[i] for thread i of a block of `threads` over an
- * allocation of `bytes` (offset by `at` bytes), or with smem bytes of dynamic shared memory, there
- * (and o[i] from it): returns only if nothing faulted. */
+ * allocation of `bytes` (offset by `at` bytes); or, with smem bytes of dynamic shared memory, there
+ * (and o[i] from it); or (smem 1) into a thread's array of 32 floats: returns only if nothing faulted. */
 static int oob_child(int threads, size_t bytes, long at, unsigned smem)
 {
     setup(NULL);
     if (!drv) return 2;
-    void *fn = must_kernel(smem ? "extern \"C\" __global__ void k(float *o) {\n"
-                                  "    DYN_SHARED(float, d);\n"
-                                  "    d[threadIdx.x] = 1.0f;\n"
-                                  "    __syncthreads();\n"
-                                  "    o[threadIdx.x] = d[threadIdx.x]; }\n"
-                                : "extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 1.0f; }\n");
+    void *fn = must_kernel(smem == 1 ? "extern \"C\" __global__ void k(float *o) {\n"
+                                       "    float r[32];\n"
+                                       "    for (int i = 0; i < 32; i++) r[i] = o[i];\n"
+                                       "    r[threadIdx.x] += 1.0f;\n"
+                                       "    o[threadIdx.x] = r[threadIdx.x]; }\n"
+                           : smem ? "extern \"C\" __global__ void k(float *o) {\n"
+                                    "    DYN_SHARED(float, d);\n"
+                                    "    d[threadIdx.x] = 1.0f;\n"
+                                    "    __syncthreads();\n"
+                                    "    o[threadIdx.x] = d[threadIdx.x]; }\n"
+                                  : "extern \"C\" __global__ void k(float *o) { o[threadIdx.x] = 1.0f; }\n");
+    smem = smem == 1 ? 0 : smem;
     char err[1024];
     uint64_t o = dev(bytes) + (uint64_t)at;
     unsigned grid[3] = {1, 1, 1}, block[3] = {(unsigned)threads, 1, 1};
@@ -776,7 +782,8 @@ static char *oob_run(int threads, size_t bytes, long at, unsigned smem, bool *fa
 /* Device memory's guard pages: a block of 65 threads writing o[0..64] over 256 bytes writes 4 past the
  * end, named; 70 threads over 257 bytes (rounded to 512) stay within the rounding and run, as on a GPU;
  * o[-1..] over a page-sized allocation (its start at a page's) reaches before it, named too. Dynamic
- * shared memory's: 33 threads over 128 bytes of it write 4 past its end; 32 run. */
+ * shared memory's: 33 threads over 128 bytes of it write 4 past its end; 32 run. A thread's array of
+ * 32 indexed by threadIdx.x: thread 32 of 33 traps (the kernels compiled with -fsanitize=bounds). */
 static void test_out_of_bounds(void **state)
 {
     (void)state;
@@ -805,6 +812,11 @@ static void test_out_of_bounds(void **state)
     free(out);
     out = oob_run(32, 256, 0, 128, &faulted);
     assert_false(faulted);
+    free(out);
+    out = oob_run(33, 256, 0, 1, &faulted);
+    printf("r[32] of a thread's 32 floats -> %s", out);
+    assert_true(faulted);
+    assert_non_null(strstr(out, "thread (32,0,0): an index past the bounds of an array"));
     free(out);
 }
 

@@ -89,8 +89,8 @@ EXPORT CUresult cuGetErrorString(CUresult rc, const char **s)
 }
 
 /* ---- guard pages ----------------------------------------------------------------------------------- */
-static void segv_install(void);
-static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+static void faults_install(void);
+static pthread_once_t faults_once = PTHREAD_ONCE_INIT;
 
 /* A mapping of its own for `bytes` (a multiple of 128) between two pages no access may touch, the
  * bytes against the upper one; their start (NULL when out of memory). Installs mem_fault, which names
@@ -105,7 +105,7 @@ static char *guarded_map(size_t bytes, char **map, size_t *span)
         munmap(*map, *span);
         return NULL;
     }
-    pthread_once(&segv_once, segv_install);
+    pthread_once(&faults_once, faults_install);
     return *map + *span - page - bytes;
 }
 
@@ -258,6 +258,7 @@ static Sched *sched_get(void)
         return NULL;
     }
     for (int i = 0; i < MAX_THREADS; i++) mprotect(s->stacks + (size_t)i * s->stride, 4096, PROT_NONE);
+    pthread_once(&faults_once, faults_install); /* (a kernel's faults and traps named) */
     return S = s;
 }
 
@@ -821,7 +822,7 @@ static Alloc *allocs;
 static int n_allocs, cap_allocs;
 static size_t allocated;
 static pthread_mutex_t mem_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct sigaction segv_before; /* the process's SIGSEGV action before mem_fault's */
+static struct sigaction segv_before, ill_before; /* the process's SIGSEGV and SIGILL actions before ours */
 
 /* Whether p is on one of the guard pages of the mapping [map, map + span). */
 static bool on_guard(uintptr_t p, const char *map, size_t span)
@@ -865,7 +866,24 @@ static void mem_fault(int sig, siginfo_t *si, void *uc)
     sigaction(SIGSEGV, &segv_before, NULL);
 }
 
-static void segv_install(void)
+/* SIGILL in a kernel's thread: the trap of an index past an array's bounds (emu_compile.c compiles
+ * the kernels so), named as mem_fault names an access; then the action before this one's. */
+static void bounds_trap(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)si, (void)uc;
+    const Sched *s = S;
+    if (s && s->cur && s->k) {
+        const CudaEmuThread *t = &s->cur->t;
+        char msg[512];
+        int n = snprintf(msg, sizeof msg, "CUDA emulator: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): an index past "
+                         "the bounds of an array (a trap of -fsanitize=bounds)\n", s->k->name, t->bid.x, t->bid.y,
+                         t->bid.z, t->tid.x, t->tid.y, t->tid.z);
+        if (n > 0 && write(2, msg, (size_t)n) < 0) {} /* (nothing more to do about it) */
+    }
+    sigaction(SIGILL, &ill_before, NULL);
+}
+
+static void faults_install(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -873,6 +891,8 @@ static void segv_install(void)
     sa.sa_flags = SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &segv_before);
+    sa.sa_sigaction = bounds_trap;
+    sigaction(SIGILL, &sa, &ill_before);
 }
 
 /* The device's memory: MOEPPC_CUDAEMU_MEMORY bytes (a GPU's size, or a small one to test running out
