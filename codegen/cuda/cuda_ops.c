@@ -601,7 +601,7 @@ static char *attention_source(const CgOpDesc *d, const CgCudaAttnForm *f, bool s
               (long long)d->heads, (long long)d->kv_heads, (long long)d->head_dim, f->bq, f->tpq, attn_bkv(d, f));
     cb_printf(&b, "#define SCALE ((float)%.17g)\n", 1.0 / sqrt((double)d->head_dim));
     emit_kv_type(&b, d->wdtype);
-    emit_tiled_head(&b, name, "kvt", seqs);
+    emit_tiled_head(&b, name, kv_ctype(d->wdtype), seqs);
     cb_printf(&b,
         "    __shared__ float ks[BKV][HD], vs[BKV][HD];\n"
         "    __shared__ int nmax;\n"
